@@ -1,0 +1,1 @@
+"""fakerun: a drop-in torchrun that runs a simulated LLM training job."""

@@ -1,0 +1,1 @@
+"""torchrun's agent, rendezvous, process table, console writer and reports."""

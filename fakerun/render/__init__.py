@@ -1,0 +1,1 @@
+"""Pure renderers: event -> text (progress bars, GPU grid, NCCL lines, metric lines)."""

@@ -1,0 +1,1 @@
+"""Pure, deterministic physics of the simulated job: (spec, seed, rank, step) -> numbers."""

@@ -1,0 +1,1 @@
+"""Companion commands: fakerun-smi, fakerun-tail, fakerun-plan."""

@@ -1,0 +1,1 @@
+"""The per-rank worker process: environment, process title, the simulated job."""
