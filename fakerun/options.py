@@ -1,0 +1,73 @@
+"""The parsed command line: torchrun's options as typed, and fakerun's own --fake-* options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TorchrunArgs:
+    """torchrun 2.13's options after argparse and PET_* defaults, values exactly as typed."""
+
+    training_script: str
+    training_script_args: list[str] = field(default_factory=list)
+    nnodes: str = "1:1"
+    nproc_per_node: str = "1"
+    rdzv_backend: str = "static"
+    rdzv_endpoint: str = ""
+    rdzv_id: str = "none"
+    rdzv_conf: str = ""
+    standalone: bool = False
+    max_restarts: int = 0
+    monitor_interval: float = 0.1
+    start_method: str = "spawn"
+    event_log_handler: str = "null"
+    role: str = "default"
+    module: bool = False
+    no_python: bool = False
+    run_path: bool = False
+    log_dir: str | None = None
+    redirects: str = "0"
+    tee: str = "0"
+    local_ranks_filter: str = ""
+    duplicate_stdout_filters: list[str] = field(default_factory=list)
+    duplicate_stderr_filters: list[str] = field(default_factory=list)
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    local_addr: str | None = None
+    logs_specs: str | None = None
+    numa_binding: str | None = None
+    signals_to_handle: str = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
+    shutdown_timeout: int | None = None
+    virtual_local_rank: bool = False
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    """fakerun's own options (--fake-<name>, FAKERUN_<NAME>, or the --fake-config TOML file)."""
+
+    config: str | None = None
+    exec: bool = False
+    seed: int = 0
+    speed: float = 1.0
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    start_step: int = 0
+    model: str | None = None
+    gpu: str | None = None
+    cluster: str | None = None
+    log_format: str = "console"
+    metrics: str | None = None
+    loop: bool = False
+    fail: str | None = None
+    list_presets: bool = False
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """Everything the launcher was asked to do."""
+
+    torchrun: TorchrunArgs
+    fake: FakeOptions
+    prog: str = "fakerun"
