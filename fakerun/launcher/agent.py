@@ -1,0 +1,182 @@
+"""torchrun's elastic agent as a state machine: start the group, watch it, restart, stop, report."""
+
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+from fakerun.launcher.envs import WorkerSlot
+
+# torch waits this long for SIGTERMed workers after a worker failure; --shutdown-timeout does not apply.
+FAILURE_SHUTDOWN_TIMEOUT = 30.0
+
+
+class State(enum.Enum):
+    """Where the agent is in its run."""
+
+    RUNNING = "running"
+    STOPPING_AFTER_FAILURE = "stopping_after_failure"
+    STOPPING_AFTER_SIGNAL = "stopping_after_signal"
+    DONE = "done"
+
+
+@dataclass
+class Worker:
+    """One worker process of the current attempt and what became of it."""
+
+    slot: WorkerSlot
+    pid: int
+    exitcode: int | None = None
+    exit_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A worker that ended badly: its place, pid, exit code (negative = signal) and when."""
+
+    slot: WorkerSlot
+    pid: int
+    exitcode: int
+    time: float
+
+
+class WorkerGroup(Protocol):
+    """Starts and signals the processes of a worker group; the agent never touches processes itself."""
+
+    def start(self, restart_count: int) -> list[tuple[int, WorkerSlot]]:
+        """Starts every worker of one attempt and returns (pid, slot) for each."""
+        ...
+
+    def kill(self, pid: int, sig: int) -> None:
+        """Sends `sig` to one worker."""
+        ...
+
+
+class AgentOutput(Protocol):
+    """The launcher's messages, in the words torchrun uses; the agent says what, this says how."""
+
+    def group_started(self, restart_count: int, workers: list[Worker]) -> None: ...
+    def sending_closing_signal(self, pid: int, sig: signal.Signals) -> None: ...
+    def unable_to_shutdown(self, pid: int, sig: signal.Signals) -> None: ...
+    def worker_failed(self, failure: Failure) -> None: ...
+    def will_restart(self, attempts_left: int) -> None: ...
+    def received_death_signal(self, signum: int) -> None: ...
+    def child_failed_report(self, root: Failure, others: list[Failure], restart_count: int) -> None: ...
+    def signal_exception(self, signum: int) -> None: ...
+    def group_succeeded(self) -> None: ...
+
+
+class Agent:
+    """Drives one launcher's worker groups from events: worker exits, signals, and the passing of time."""
+
+    def __init__(self, group: WorkerGroup, out: AgentOutput, *, max_restarts: int, shutdown_timeout: float) -> None:
+        self.group = group
+        self.out = out
+        self.max_restarts = max_restarts
+        self.shutdown_timeout = shutdown_timeout
+        self.state = State.RUNNING
+        self.restart_count = 0
+        self.workers: dict[int, Worker] = {}
+        self.exit_code: int | None = None
+        self._root: Failure | None = None
+        self._deadline: float | None = None
+        self._stop_signal: signal.Signals = signal.SIGTERM
+        self._death_signum = 0
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Starts the first attempt."""
+        self._start_attempt()
+
+    def on_exit(self, pid: int, exitcode: int, now: float) -> None:
+        """A worker process ended with `exitcode` (negative: killed by that signal)."""
+        worker = self.workers.get(pid)
+        if worker is None or worker.exitcode is not None:
+            return
+        worker.exitcode, worker.exit_time = exitcode, now
+        if self.state is State.RUNNING:
+            if exitcode != 0:
+                self._root = Failure(worker.slot, pid, exitcode, now)
+                self._stop_all(signal.SIGTERM, now + FAILURE_SHUTDOWN_TIMEOUT)
+                self.state = State.STOPPING_AFTER_FAILURE
+            elif not self.alive():
+                self.out.group_succeeded()
+                self._finish(0)
+                return
+        self._maybe_stopped()
+
+    def on_signal(self, signum: int, now: float) -> None:
+        """The launcher received one of --signals-to-handle: forward it and shut down, exit code 1."""
+        if self.state in (State.STOPPING_AFTER_SIGNAL, State.DONE):
+            return
+        self._death_signum = signum
+        self.out.received_death_signal(signum)
+        self.state = State.STOPPING_AFTER_SIGNAL
+        self._stop_all(signal.Signals(signum), now + self.shutdown_timeout)
+        self._maybe_stopped()
+
+    def on_tick(self, now: float) -> None:
+        """Time passed: escalate to SIGKILL for workers that outlived their shutdown deadline."""
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            for w in self.workers.values():
+                if w.exitcode is None:
+                    self.out.unable_to_shutdown(w.pid, self._stop_signal)
+                    self.group.kill(w.pid, signal.SIGKILL)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def alive(self) -> list[Worker]:
+        """Workers of the current attempt that have not ended."""
+        return [w for w in self.workers.values() if w.exitcode is None]
+
+    def deadline(self) -> float | None:
+        """When on_tick must next be called, if ever."""
+        return self._deadline
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _start_attempt(self) -> None:
+        self.workers = {pid: Worker(slot, pid) for pid, slot in self.group.start(self.restart_count)}
+        self.state = State.RUNNING
+        self._root = None
+        self._deadline = None
+        self.out.group_started(self.restart_count, list(self.workers.values()))
+
+    def _stop_all(self, sig: signal.Signals, deadline: float) -> None:
+        self._stop_signal = sig
+        self._deadline = deadline
+        for w in self.alive():
+            self.out.sending_closing_signal(w.pid, sig)
+            self.group.kill(w.pid, sig)
+
+    def _maybe_stopped(self) -> None:
+        if self.state is State.RUNNING or self.state is State.DONE or self.alive():
+            return
+        if self.state is State.STOPPING_AFTER_SIGNAL:
+            self.out.signal_exception(self._death_signum)
+            self._finish(1)
+            return
+        assert self._root is not None
+        root = self._root
+        self.out.worker_failed(root)
+        if self.restart_count < self.max_restarts:
+            self.out.will_restart(self.max_restarts - self.restart_count)
+            self.restart_count += 1
+            self._start_attempt()
+            return
+        others = [
+            Failure(w.slot, w.pid, w.exitcode, w.exit_time or root.time)
+            for w in sorted(self.workers.values(), key=lambda w: w.slot.rank)
+            if w.pid != root.pid and w.exitcode not in (None, 0)
+        ]
+        self.out.child_failed_report(root, others, self.restart_count)
+        self._finish(1)
+
+    def _finish(self, code: int) -> None:
+        self.state = State.DONE
+        self._deadline = None
+        self.exit_code = code

@@ -1,0 +1,236 @@
+"""Resolves torchrun's options into a launch plan: topology, rendezvous form, streams, signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import uuid
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from fakerun.options import TorchrunArgs
+
+RdzvForm: TypeAlias = Literal["standalone", "c10d", "static"]
+StdMap: TypeAlias = dict[int, int]  # local rank -> Std bits (1 = stdout, 2 = stderr)
+
+DEFAULT_MASTER_PORT = 29500
+DEFAULT_GPUS_PER_NODE = 8
+_STD_VALUE = r"^[0-3]$"
+_STD_MAPPING = r"^(\d:[0-3],)*(\d:[0-3])$"
+
+
+class LaunchError(Exception):
+    """A bad value found after parsing: torchrun raises, prints the exception line and exits 1."""
+
+    def __init__(self, exc_line: str, exit_code: int = 1) -> None:
+        super().__init__(exc_line)
+        self.exc_line = exc_line
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """What the rendezvous hands every worker group: run id, master address, group numbering."""
+
+    form: RdzvForm
+    backend: str
+    endpoint: str
+    run_id: str
+    master_addr: str
+    master_port: int
+    conf: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One (simulated) node of the job as this launcher plays it."""
+
+    group_rank: int
+    host: str
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything the agent needs to start, watch, restart and report the worker groups."""
+
+    args: TorchrunArgs
+    rdzv: Rendezvous
+    min_nodes: int
+    max_nodes: int
+    nproc_per_node: int
+    nodes: tuple[NodePlan, ...]
+    group_world_size: int
+    redirects: StdMap
+    tee: StdMap
+    local_ranks_filter: frozenset[int] | None
+    signals_to_handle: tuple[signal.Signals, ...]
+    unknown_signals: tuple[str, ...]
+    shutdown_timeout: float
+    set_omp_threads: bool
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks in the whole job."""
+        return self.group_world_size * self.nproc_per_node
+
+    @property
+    def entrypoint(self) -> str:
+        """The script, module or binary the workers run, as torchrun names it in its report."""
+        return self.args.training_script
+
+
+def parse_min_max_nnodes(nnodes: str) -> tuple[int, int]:
+    """Parses `N` or `MIN:MAX` and checks 0 < MIN <= MAX, raising torchrun's exceptions."""
+    parts = nnodes.split(":")
+    try:
+        if len(parts) == 1:
+            lo = hi = int(parts[0])
+        elif len(parts) == 2:
+            lo, hi = int(parts[0]), int(parts[1])
+        else:
+            raise LaunchError(f'RuntimeError: nnodes={nnodes} is not in "MIN:MAX" format')
+    except ValueError as exc:
+        raise LaunchError(f"ValueError: {exc}") from None
+    if not 0 < lo <= hi:
+        raise LaunchError("AssertionError")
+    return lo, hi
+
+
+def determine_nproc(value: str, gpus_per_node: int, cpu_count: int) -> int:
+    """Maps --nproc-per-node to a worker count; GPUs are simulated, so `gpu`/`auto` mean the preset's."""
+    if value in ("gpu", "auto"):
+        return gpus_per_node
+    if value == "cpu":
+        return cpu_count
+    if value == "xpu":
+        raise LaunchError("ValueError: Xpu is not available.")
+    try:
+        n = int(value)
+    except ValueError:
+        raise LaunchError(f"ValueError: Unsupported nproc_per_node value: {value}") from None
+    if n < 1:
+        raise LaunchError(f"ValueError: Unsupported nproc_per_node value: {value}")
+    return n
+
+
+def parse_std(value: str, nproc: int) -> StdMap:
+    """Parses --redirects/--tee (`3` or `0:1,1:2`) into a per-local-rank map, as torch's Std.from_str."""
+    if re.match(_STD_VALUE, value):
+        return dict.fromkeys(range(nproc), int(value))
+    if re.match(_STD_MAPPING, value):
+        mapping = {lr: 0 for lr in range(nproc)}
+        for item in value.split(","):
+            lr, std = item.split(":")
+            mapping[int(lr)] = int(std)
+        return mapping
+    raise LaunchError(f"ValueError: {value} does not match: <{_STD_VALUE}> or <{_STD_MAPPING}>")
+
+
+def parse_rdzv_conf(conf: str) -> dict[str, str]:
+    """Parses `k=v,k=v` as torch's _parse_rendezvous_config."""
+    result: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in conf.split(","))):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip() or not val.strip():
+            raise LaunchError(
+                "ValueError: The rendezvous configuration string must be in format "
+                "<key1>=<value1>,...,<keyN>=<valueN>."
+            )
+        result[key.strip()] = val.strip()
+    return result
+
+
+def parse_local_ranks_filter(value: str) -> frozenset[int] | None:
+    """Parses --local-ranks-filter; torch raises ValueError on anything but comma-separated ints."""
+    if not value:
+        return None
+    try:
+        return frozenset(int(x) for x in value.split(","))
+    except ValueError:
+        raise LaunchError(
+            f"ValueError: --local_ranks_filter must be a comma-separated list of integers e.g. "
+            f"--local_ranks_filter=0,1,2 ({value!r} given)"
+        ) from None
+
+
+def parse_signals(value: str) -> tuple[tuple[signal.Signals, ...], tuple[str, ...]]:
+    """Parses --signals-to-handle into signals we can catch and names we cannot."""
+    good: list[signal.Signals] = []
+    bad: list[str] = []
+    for name in filter(None, (s.strip() for s in value.split(","))):
+        sig = getattr(signal.Signals, name, None)
+        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
+            bad.append(name)
+        elif sig not in good:
+            good.append(sig)
+    return tuple(good), tuple(bad)
+
+
+def select_rendezvous(
+    args: TorchrunArgs, max_nodes: int, fqdn: str, free_port: int, run_uuid: str
+) -> Rendezvous:
+    """Applies torchrun's rendezvous selection rules (standalone, automatic c10d, static)."""
+    conf = parse_rdzv_conf(args.rdzv_conf)
+    c10d_addr = args.local_addr or fqdn
+    if args.standalone:
+        return Rendezvous("standalone", "c10d", "localhost:0", run_uuid, c10d_addr, free_port, conf)
+    if args.rdzv_backend == "static" and not args.rdzv_endpoint and args.master_port is None and max_nodes == 1:
+        return Rendezvous("c10d", "c10d", "localhost:0", run_uuid, c10d_addr, free_port, conf)
+    if args.rdzv_backend == "static":
+        port = args.master_port if args.master_port is not None else DEFAULT_MASTER_PORT
+        endpoint = f"{args.master_addr}:{port}"
+        return Rendezvous("static", "static", endpoint, args.rdzv_id, args.master_addr, port, conf)
+    return Rendezvous("c10d", args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id, c10d_addr, free_port, conf)
+
+
+def host_names(nnodes: int, real_host: str) -> tuple[str, ...]:
+    """Host names of the simulated nodes: the real one for a single node, a cluster pattern otherwise."""
+    if nnodes == 1:
+        return (real_host,)
+    return tuple(f"gpu-node-{i + 1:03d}" for i in range(nnodes))
+
+
+def make_plan(
+    args: TorchrunArgs,
+    environ: dict[str, str] | os._Environ[str],
+    *,
+    fqdn: str,
+    free_port: int,
+    cpu_count: int,
+    run_uuid: str | None = None,
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+) -> LaunchPlan:
+    """Builds the launch plan for one fakerun that plays every node of the job on this host."""
+    if args.module and args.no_python:
+        raise LaunchError('ValueError: Don\'t use both the \'--no-python\' flag and the \'--module\' flag at the same time.')
+    if args.max_restarts < 0:
+        raise LaunchError("AssertionError")
+    min_nodes, max_nodes = parse_min_max_nnodes(args.nnodes)
+    nproc = determine_nproc(args.nproc_per_node, gpus_per_node, cpu_count)
+    rdzv = select_rendezvous(args, max_nodes, fqdn, free_port, run_uuid or str(uuid.uuid4()))
+    signals, unknown = parse_signals(args.signals_to_handle)
+    if args.shutdown_timeout is not None:
+        shutdown_timeout = float(args.shutdown_timeout)
+    else:
+        try:
+            shutdown_timeout = float(environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
+        except ValueError:
+            shutdown_timeout = 30.0
+    hosts = host_names(max_nodes, fqdn)
+    return LaunchPlan(
+        args=args,
+        rdzv=rdzv,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        nproc_per_node=nproc,
+        nodes=tuple(NodePlan(i, h) for i, h in enumerate(hosts)),
+        group_world_size=max_nodes,
+        redirects=parse_std(args.redirects, nproc),
+        tee=parse_std(args.tee, nproc),
+        local_ranks_filter=parse_local_ranks_filter(args.local_ranks_filter),
+        signals_to_handle=signals,
+        unknown_signals=unknown,
+        shutdown_timeout=shutdown_timeout,
+        set_omp_threads=nproc > 1 and "OMP_NUM_THREADS" not in environ,
+    )

@@ -1,0 +1,158 @@
+"""Worker processes: fork from the preloaded launcher, own session, parent-death signal, exec or simulate."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+_PR_SET_PDEATHSIG = 1
+_libc: ctypes.CDLL | None = None
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Asks the kernel to send `sig` to this process when its parent dies (Linux only)."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def preload_libc() -> None:
+    """Loads libc in the launcher so that forked workers need not look it up."""
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@dataclass
+class ChildPipes:
+    """The parent's ends of one worker's pipes."""
+
+    stdout: int
+    stderr: int
+    extra: list[int] = field(default_factory=list)
+
+
+# What a forked child runs once its fds and session are set up; it never returns normally.
+ChildMain = Callable[[], int]
+
+
+class ProcessTable(Protocol):
+    """The process mechanics the agent relies on; tests replace it with a scripted fake."""
+
+    def spawn(self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]) -> tuple[int, ChildPipes]:
+        """Starts one worker and returns its pid and the parent's pipe ends."""
+        ...
+
+    def kill(self, pid: int, sig: int) -> None:
+        """Sends `sig` to the worker `pid` if it still exists."""
+        ...
+
+
+class ForkProcessTable:
+    """Starts workers by fork(): cheap, since the launcher has already imported what workers need."""
+
+    def __init__(self) -> None:
+        self.launcher_pid = os.getpid()
+        preload_libc()
+
+    def spawn(self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]) -> tuple[int, ChildPipes]:
+        """Forks a worker whose stdout/stderr are pipes to the launcher; `extra_fds` move to fd 3, 4..."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            code = 1
+            try:
+                _setup_child(self.launcher_pid, new_session, out_w, err_w, extra_fds)
+                code = child_main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        os.close(out_w)
+        os.close(err_w)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        return pid, ChildPipes(out_r, err_r)
+
+    def kill(self, pid: int, sig: int) -> None:
+        """Sends `sig` to `pid`, ignoring a worker that is already gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, extra_fds: list[int]) -> None:
+    """Makes a fresh fork look like a worker torchrun started: own session, std streams, no inherited fds."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Python ignores SIGPIPE and SIGXFSZ; a worker must get the defaults, as subprocess restores them.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    if new_session:
+        os.setsid()
+    # Better than torchrun on purpose: a SIGKILLed launcher takes its workers with it.
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != launcher_pid:
+        os._exit(1)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    target = 3
+    for fd in extra_fds:
+        if fd != target:
+            os.dup2(fd, target)
+        os.set_inheritable(target, True)
+        target += 1
+    # Close every other inherited fd: sibling pipe ends would otherwise keep EOFs from arriving.
+    os.closerange(target, _max_fd())
+    # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered.
+    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+
+
+def _max_fd() -> int:
+    """The highest fd number that may be open in this process, plus one."""
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
+
+
+def exec_child(argv: list[str], env: dict[str, str]) -> ChildMain:
+    """A child main that replaces the forked worker with the real program (`--fake-exec`)."""
+
+    def run() -> int:
+        try:
+            if os.sep in argv[0]:
+                os.execve(argv[0], argv, env)
+            else:
+                os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            print(f"{argv[0]}: {exc.strerror}", file=sys.stderr)
+            return 127
+        return 0  # unreachable: execve does not return
+
+    return run
+
+
+def exit_code_of(status: int) -> int:
+    """waitpid status -> torch's exit code convention (negative signal number when killed)."""
+    return os.waitstatus_to_exitcode(status)

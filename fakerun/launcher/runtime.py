@@ -1,0 +1,219 @@
+"""The launcher's event loop: one selector over worker pipes, signals and timers, feeding the agent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fakerun.launcher.agent import Agent, AgentOutput
+from fakerun.launcher.console import STDERR, STDOUT, Console, Route
+from fakerun.launcher.envs import WorkerSlot, worker_slots
+from fakerun.launcher.logdir import LogDir, attempt_dir, make_attempt_dirs
+from fakerun.launcher.plan import LaunchPlan
+from fakerun.launcher.procs import ChildMain, ForkProcessTable, exit_code_of
+
+_READ_CHUNK = 65536
+
+# Builds what a forked worker runs: given its slot and attempt, returns the child's main function.
+ChildFactory = Callable[[WorkerSlot, int, str], ChildMain]
+# Extra per-attempt hook (the coordinator of the simulated job); returns fds to hand each child.
+AttemptHook = Callable[[int], None]
+
+
+@dataclass
+class _Stream:
+    """A worker pipe registered in the selector."""
+
+    pid: int
+    fd: int
+    route: Route
+
+
+@dataclass
+class LocalWorkerGroup:
+    """Starts the workers of every simulated node of this host by fork, with routes for their output."""
+
+    plan: LaunchPlan
+    console: Console
+    selector: selectors.BaseSelector
+    procs: ForkProcessTable
+    child_factory: ChildFactory
+    run_dirs: list[str]
+    streams: dict[int, _Stream] = field(default_factory=dict)
+    by_pid: dict[int, list[int]] = field(default_factory=dict)
+
+    def error_file_path(self, slot: WorkerSlot, restart_count: int) -> str:
+        """TORCHELASTIC_ERROR_FILE of a worker."""
+        return os.path.join(attempt_dir(self.run_dirs[slot.node_index], restart_count), str(slot.local_rank), "error.json")
+
+    def start(self, restart_count: int) -> list[tuple[int, WorkerSlot]]:
+        """Starts every worker of one attempt and registers its pipes."""
+        for run_dir in self.run_dirs:
+            make_attempt_dirs(run_dir, restart_count, self.plan.nproc_per_node)
+        new_session = not self.plan.args.run_path
+        started: list[tuple[int, WorkerSlot]] = []
+        for slot in worker_slots(self.plan):
+            error_file = self.error_file_path(slot, restart_count)
+            pid, pipes = self.procs.spawn(
+                self.child_factory(slot, restart_count, error_file), new_session=new_session, extra_fds=[]
+            )
+            apath = attempt_dir(self.run_dirs[slot.node_index], restart_count)
+            fds = []
+            for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
+                route = self.console.open_route(self.plan, slot.local_rank, slot.rank, stream, apath)
+                self.streams[fd] = _Stream(pid, fd, route)
+                self.selector.register(fd, selectors.EVENT_READ)
+                fds.append(fd)
+            self.by_pid[pid] = fds
+            started.append((pid, slot))
+        return started
+
+    def kill(self, pid: int, sig: int) -> None:
+        """Sends `sig` to one worker."""
+        self.procs.kill(pid, sig)
+
+    def pump(self, fd: int, drain: bool = False) -> None:
+        """Moves what a worker wrote into its route; closes the stream at EOF."""
+        stream = self.streams.get(fd)
+        if stream is None:
+            return
+        while True:
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(stream)
+                return
+            stream.route.feed(data)
+            if not drain:
+                return
+
+    def drain_pid(self, pid: int) -> None:
+        """Reads everything an ended worker left in its pipes, so its last lines precede our messages."""
+        for fd in self.by_pid.pop(pid, []):
+            self.pump(fd, drain=True)
+
+    def _close(self, stream: _Stream) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(stream.fd)
+        os.close(stream.fd)
+        stream.route.close()
+        del self.streams[stream.fd]
+
+    def close_all(self) -> None:
+        """Flushes and closes every stream still open (workers' children may hold them)."""
+        for stream in list(self.streams.values()):
+            with contextlib.suppress(OSError):
+                data = os.read(stream.fd, _READ_CHUNK)
+                if data:
+                    stream.route.feed(data)
+            self._close(stream)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """Placeholder handler: the wakeup fd carries the signal number to the loop."""
+
+
+class SignalPipe:
+    """Turns signals into bytes on a pipe the selector watches (the self-pipe trick, via set_wakeup_fd)."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...]) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        self._old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        self._saved = {}
+        for sig in (*signals, signal.SIGCHLD):
+            self._saved[sig] = signal.signal(sig, _ignore)
+
+    def read(self) -> list[int]:
+        """Signal numbers received since the last read."""
+        try:
+            return list(os.read(self.r, 4096))
+        except BlockingIOError:
+            return []
+
+    def close(self) -> None:
+        """Restores the previous handlers."""
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        os.close(self.r)
+        os.close(self.w)
+
+
+def run_job(
+    plan: LaunchPlan,
+    console: Console,
+    out_factory: Callable[[LocalWorkerGroup], AgentOutput],
+    child_factory: ChildFactory,
+    log_dir: LogDir,
+    extra_fd_handler: Callable[[int], bool] | None = None,
+) -> int:
+    """Runs the job to its end and returns the launcher's exit code."""
+    selector = selectors.DefaultSelector()
+    sigpipe = SignalPipe(plan.signals_to_handle)
+    handled = {int(s) for s in plan.signals_to_handle}
+    selector.register(sigpipe.r, selectors.EVENT_READ)
+    run_dirs = [log_dir.new_run_dir(plan.rdzv.run_id) for _ in plan.nodes]
+    group = LocalWorkerGroup(plan, console, selector, ForkProcessTable(), child_factory, run_dirs)
+    agent = Agent(group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout)
+    try:
+        agent.start(time.time())
+        while agent.exit_code is None:
+            deadline = agent.deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            for key, _ in selector.select(timeout):
+                fd = int(key.fd)
+                if fd == sigpipe.r:
+                    for signum in sigpipe.read():
+                        if signum == signal.SIGCHLD:
+                            _reap(group, agent)
+                        elif signum in handled:
+                            agent.on_signal(signum, time.time())
+                elif extra_fd_handler is not None and extra_fd_handler(fd):
+                    continue
+                else:
+                    group.pump(fd)
+            # A SIGCHLD may coalesce with another; reaping each round keeps no exit unseen.
+            _reap(group, agent)
+            agent.on_tick(time.time())
+            console.flush()
+        return agent.exit_code
+    finally:
+        for w in agent.alive():
+            group.kill(w.pid, signal.SIGKILL)
+        _reap_all_blocking(agent)
+        group.close_all()
+        console.flush()
+        console.close_files()
+        selector.close()
+        sigpipe.close()
+
+
+def _reap(group: LocalWorkerGroup, agent: Agent) -> None:
+    """Collects every ended child and hands its exit code to the agent."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        group.drain_pid(pid)
+        agent.on_exit(pid, exit_code_of(status), time.time())
+
+
+def _reap_all_blocking(agent: Agent) -> None:
+    """Waits for workers we just SIGKILLed, so none outlives the launcher."""
+    for w in agent.alive():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(w.pid, 0)

@@ -1,0 +1,127 @@
+"""`fakerun`: parse torchrun's command line, plan the job, run it, and turn the outcome into an exit code."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import sys
+
+from fakerun.cli import parse_command_line, prog_name
+from fakerun.launcher import glog
+from fakerun.launcher.console import Console
+from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env
+from fakerun.launcher.logdir import LogDir
+from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
+from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
+from fakerun.launcher.procs import ChildMain, exec_child
+from fakerun.launcher.runtime import LocalWorkerGroup, run_job
+from fakerun.options import CommandLine
+
+
+def _free_port() -> int:
+    """A port the kernel says is free now, as torch's c10d store picks for `localhost:0`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_startup(plan: LaunchPlan, log: LauncherLog, log_dir: LogDir) -> None:
+    """What torchrun prints before it starts workers: INFO blocks and the OMP_NUM_THREADS banner."""
+    args = plan.args
+    if args.standalone:
+        log.block("I", glog.RUN_PY_RDZV_INFO, glog.rendezvous_info_block(plan.rdzv.backend, plan.rdzv.endpoint, plan.rdzv.run_id))
+    log.log("I", glog.RUN_PY_USING_NPROC, glog.using_nproc(plan.nproc_per_node))
+    if plan.set_omp_threads:
+        for message in glog.omp_banner():
+            log.log("W", glog.RUN_PY_OMP, message)
+    if log.enabled("I"):
+        log.block("I", glog.LAUNCHER_API_CONFIG, glog.launch_config_block(_config_view(plan, log_dir)))
+
+
+def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
+    """The values torchrun's `Starting elastic_operator with launch configs` block shows."""
+    args = plan.args
+    conf: dict[str, object] = {"timeout": 900}
+    conf.update(plan.rdzv.conf)
+    return glog.LaunchConfigView(
+        entrypoint=args.training_script if not args.module else args.training_script,
+        min_nodes=plan.min_nodes,
+        max_nodes=plan.max_nodes,
+        nproc_per_node=plan.nproc_per_node,
+        run_id=plan.rdzv.run_id,
+        rdzv_backend=plan.rdzv.backend,
+        rdzv_endpoint=plan.rdzv.endpoint,
+        rdzv_configs=conf,
+        max_restarts=args.max_restarts,
+        monitor_interval=args.monitor_interval,
+        log_dir=log_dir.base,
+        metrics_cfg={},
+        event_log_handler=args.event_log_handler,
+        numa_options=None,
+        signals_to_handle=args.signals_to_handle,
+        duplicate_stdout_filters=args.duplicate_stdout_filters,
+        duplicate_stderr_filters=args.duplicate_stderr_filters,
+    )
+
+
+def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str):  # type: ignore[no-untyped-def]
+    """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
+    argv = worker_argv(plan, python)
+    base_env = dict(os.environ)
+    fake = cmd.fake
+
+    def make(slot: WorkerSlot, restart_count: int, error_file: str) -> ChildMain:
+        env = worker_env(base_env, plan, slot, restart_count=restart_count, error_file=error_file)
+        if fake.exec and plan.args.run_path:
+            return _run_path_child(plan, env)
+        if fake.exec:
+            return exec_child(argv, env)
+        from fakerun.worker.main import worker_main
+
+        return lambda: worker_main(argv, env, fake.max_steps or 20, 0.5 / fake.speed)
+
+    return make
+
+
+def _run_path_child(plan: LaunchPlan, env: dict[str, str]) -> ChildMain:
+    """`--run-path`: run the script with runpy in the forked interpreter, as torch's fork start method."""
+
+    def run() -> int:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [plan.args.training_script, *plan.args.training_script_args]
+        runpy.run_path(plan.args.training_script, run_name="__main__")
+        return 0
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of `fakerun` and `python -m fakerun`."""
+    argv = list(sys.argv if argv is None else argv)
+    prog = prog_name(argv[0] if argv else "fakerun")
+    cmd = parse_command_line(argv[1:], os.environ, prog=prog)
+    try:
+        plan = make_plan(cmd.torchrun, os.environ, fqdn=socket.getfqdn(), free_port=_free_port(), cpu_count=os.cpu_count() or 1)
+    except LaunchError as exc:
+        print(exc.exc_line, file=sys.stderr)
+        return exc.exit_code
+    console = Console(sys.stdout.buffer, sys.stderr.buffer)
+    plain = os.path.basename(argv[0]) == "__main__.py"
+    log = LauncherLog(console, log_level(os.environ), plain=plain, pid=os.getpid())
+    log_dir = LogDir.create(cmd.torchrun.log_dir)
+    python = python_executable()
+    try:
+        _log_startup(plan, log, log_dir)
+
+        def voice(group: LocalWorkerGroup) -> TorchrunVoice:
+            return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
+
+        return run_job(plan, console, voice, _child_factory(cmd, plan, python), log_dir)
+    finally:
+        log_dir.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
