@@ -83,6 +83,7 @@ class TorchrunVoice:
         self.argv0 = argv0
         self.python = python
         self.role = plan.args.role
+        self.started = time.monotonic()
 
     def group_started(self, restart_count: int, workers: list[Worker]) -> None:
         """INFO: the rendezvous result and `Starting worker group`."""
@@ -93,7 +94,7 @@ class TorchrunVoice:
         self.log.log("I", glog.AGENT_RENDEZVOUSING, glog.rendezvousing(self.role))
         node0 = [w.slot for w in workers if w.slot.node_index == 0]
         n = self.plan.world_size
-        self.log.log(
+        self.log.block(
             "I",
             glog.AGENT_RDZV_COMPLETE,
             glog.rendezvous_complete_block(
@@ -160,7 +161,7 @@ class TorchrunVoice:
 
     def group_succeeded(self) -> None:
         """INFO: the success lines."""
-        for source, message in glog.success_lines(self.role):
+        for source, message in glog.success_lines(self.role, time.monotonic() - self.started):
             self.log.log("I", source, message)
 
     def _record(self, f: Failure, restart_count: int, payload: dict[str, object] | None) -> report.FailureRecord:

@@ -30,8 +30,9 @@ def run_placeholder(env: dict[str, str], max_steps: int, step_seconds: float) ->
 
 def worker_main(argv: list[str], env: dict[str, str], max_steps: int, step_seconds: float) -> int:
     """Entry point of a forked worker in simulation mode."""
+    # setproctitle relocates the environ block on first use; it must run before environ is rewritten.
+    set_title(argv)
     os.environ.clear()
     os.environ.update(env)
-    set_title(argv)
     sys.argv = argv[2:] if len(argv) > 2 and argv[1] == "-u" else list(argv)
     return run_placeholder(env, max_steps, step_seconds)

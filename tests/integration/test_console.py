@@ -1,0 +1,174 @@
+"""Worker output on the console and in the log directory, as torchrun routes it."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SCRIPTS, Runner
+
+CHATTY = str(SCRIPTS / "chatty.py")
+GLOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d{3}000 \d+ [\w/.]+:\d+\] ")
+
+
+def worker_lines(text: str) -> list[str]:
+    """Output lines that are not launcher log lines."""
+    return [line for line in text.splitlines(keepends=True) if not GLOG.match(line)]
+
+
+def chatty_lines(ranks: list[int], stream: str, prefix: str = "{lr}") -> list[str]:
+    """What chatty.py prints on one stream, per rank, with an optional per-rank prefix."""
+    lines = []
+    for r in ranks:
+        p = prefix.format(lr=r, r=r) if prefix != "{lr}" else ""
+        lines += [f"{p}{stream} rank{r} line{i}\n" for i in range(3)]
+    return lines
+
+
+def partials(text: str) -> str:
+    """The last line of stdout: the workers' partial lines, concatenated."""
+    return text.splitlines(keepends=True)[-1]
+
+
+def assert_same_lines_per_rank(got: list[str], want: list[str]) -> None:
+    """Same lines, and each rank's lines in its own order (ranks interleave by timing)."""
+    assert sorted(got) == sorted(want)
+    for r in range(8):
+        tag = f"rank{r} "
+        assert [x for x in got if tag in x] == [x for x in want if tag in x]
+
+
+def logdir_tree(root: Path) -> dict[str, tuple[str, int | None]]:
+    """The log directory as {relative path with the run dir renamed: (mode, size of files)}."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = re.sub(r"^[^/]+_[a-z0-9_]{8}", "RUN", str(path.relative_to(root)))
+            st = path.stat()
+            out[rel] = (stat.filemode(st.st_mode), st.st_size if path.is_file() else None)
+    return out
+
+
+class TestDefault:
+    """Without --tee or --redirects, worker output is unprefixed and partial lines stay partial."""
+
+    def test_default(self, runner: Runner) -> None:
+        """stdout and stderr of every rank reach the matching launcher stream, unchanged."""
+        res = runner.run(["--standalone", "--nproc-per-node", "3", "--fake-exec", CHATTY])
+        assert res.code == 0
+        out = worker_lines(res.stdout)
+        assert_same_lines_per_rank(out[:-1], chatty_lines([0, 1, 2], "stdout"))
+        assert sorted(re.findall(r"stdout rank\d partial-no-newline", out[-1])) == [
+            f"stdout rank{r} partial-no-newline" for r in range(3)
+        ]
+        assert not out[-1].endswith("\n")
+        assert_same_lines_per_rank(worker_lines(res.stderr), chatty_lines([0, 1, 2], "stderr"))
+
+    def test_omp_banner_is_the_only_launcher_output(self, runner: Runner) -> None:
+        """On success at WARNING level, stderr carries exactly the 4-line OMP_NUM_THREADS banner."""
+        res = runner.run(["--standalone", "--nproc-per-node", "2", "--fake-exec", CHATTY])
+        launcher = [line for line in res.stderr.splitlines() if GLOG.match(line)]
+        assert [GLOG.sub("", line) for line in launcher] == [
+            "",
+            "*" * 41,
+            "Setting OMP_NUM_THREADS environment variable for each process to be 1 in default, to avoid your "
+            "system being overloaded, please further tune the variable for optimal performance in your "
+            "application as needed. ",
+            "*" * 41,
+        ]
+        assert all(line.split()[3].startswith("torch/distributed/run.py:") for line in launcher)
+        assert res.stdout.count("\n") == 6
+
+    def test_local_ranks_filter(self, runner: Runner) -> None:
+        """Ranks outside --local-ranks-filter are not shown."""
+        res = runner.run(["--standalone", "--nproc-per-node", "3", "--local-ranks-filter", "0,2", "--fake-exec", CHATTY])
+        assert res.code == 0
+        assert_same_lines_per_rank(worker_lines(res.stderr), chatty_lines([0, 2], "stderr"))
+        assert "rank1" not in res.stdout
+
+
+class TestTee:
+    """--tee prefixes each line with the role and local rank (or the prefix template)."""
+
+    @pytest.mark.parametrize(
+        ("extra_args", "env", "prefix"),
+        [
+            ([], {}, "[default{lr}]:"),
+            (["--role", "trainer"], {}, "[trainer{lr}]:"),
+            ([], {"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[${role_name}|r${rank}|l${local_rank}]"}, "[default|r{r}|l{lr}]"),
+        ],
+    )
+    def test_prefixes(self, runner: Runner, extra_args: list[str], env: dict[str, str], prefix: str) -> None:
+        """Every line and every partial line carries its rank's prefix."""
+        res = runner.run(["--standalone", "--nproc-per-node", "3", "--tee", "3", *extra_args, "--fake-exec", CHATTY], **env)
+        assert res.code == 0
+        out = worker_lines(res.stdout)
+        assert_same_lines_per_rank(out[:-1], chatty_lines([0, 1, 2], "stdout", prefix))
+        assert sorted(re.findall(r"\S+?stdout rank\d partial-no-newline", out[-1])) == sorted(
+            prefix.format(lr=r, r=r) + f"stdout rank{r} partial-no-newline" for r in range(3)
+        )
+        assert_same_lines_per_rank(worker_lines(res.stderr), chatty_lines([0, 1, 2], "stderr", prefix))
+
+    def test_tee_with_filter_still_writes_files(self, runner: Runner) -> None:
+        """Filtered-out tee'd ranks are not shown but still logged."""
+        logs = runner.tmp / "logs"
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "3", "--tee", "3", "--local-ranks-filter", "0,2", "--log-dir", str(logs), "--fake-exec", CHATTY]
+        )
+        assert res.code == 0
+        assert "rank1" not in res.stdout + res.stderr
+        (run_dir,) = list(logs.iterdir())
+        assert (run_dir / "attempt_0/1/stdout.log").read_text().startswith("stdout rank1 line0\n")
+
+
+class TestLogDir:
+    """--log-dir with --redirects: raw bytes in `<run_id>_<rand8>/attempt_N/<local_rank>/`."""
+
+    def test_redirects_tree_and_contents(self, runner: Runner, reference: Path) -> None:
+        """Same tree, modes, sizes and bytes as the recorded run; nothing on the console."""
+        logs = runner.tmp / "x"
+        res = runner.run(["--standalone", "--nproc-per-node", "3", "--log-dir", str(logs), "--redirects", "3", "--fake-exec", CHATTY])
+        assert res.code == 0
+        assert worker_lines(res.stdout) == [] and worker_lines(res.stderr) == []
+        recorded = {}
+        for line in (reference / "03_console/logdir_redirects3/logdir_tree.txt").read_text().splitlines():
+            mode, size, rel = line.split()
+            if rel != ".":
+                rel = re.sub(r"^\./[^/]+_[a-z0-9_]{8}", "RUN", rel)
+                recorded[rel] = (mode, int(size) if mode.startswith("-") else None)
+        assert logdir_tree(logs) == recorded
+        (run_dir,) = list(logs.iterdir())
+        assert (run_dir / "attempt_0/2/stdout.log").read_bytes() == (
+            b"stdout rank2 line0\nstdout rank2 line1\nstdout rank2 line2\nstdout rank2 partial-no-newline"
+        )
+
+    def test_duplicate_filters_with_tee(self, runner: Runner) -> None:
+        """Matching tee'd lines, prefixed, go to attempt_N/filtered_{stdout,stderr}.log."""
+        logs = runner.tmp / "x7"
+        args = ["--standalone", "--nproc-per-node", "2", "--log-dir", str(logs), "--tee", "3"]
+        args += ["--duplicate-stdout-filters", "line1,partial", "--duplicate-stderr-filters", "line2", "--fake-exec", CHATTY]
+        res = runner.run(args)
+        assert res.code == 0
+        (run_dir,) = list(logs.iterdir())
+        out = (run_dir / "attempt_0/filtered_stdout.log").read_text()
+        err = (run_dir / "attempt_0/filtered_stderr.log").read_text()
+        assert sorted(err.splitlines()) == ["[default0]:stderr rank0 line2", "[default1]:stderr rank1 line2"]
+        assert sorted(re.findall(r"\[default\d\]:stdout rank\d [\w-]+", out)) == [
+            "[default0]:stdout rank0 line1",
+            "[default0]:stdout rank0 partial-no-newline",
+            "[default1]:stdout rank1 line1",
+            "[default1]:stdout rank1 partial-no-newline",
+        ]
+
+    def test_no_log_dir_leaves_no_temp_dir(self, runner: Runner) -> None:
+        """Unlike torchrun, the default /tmp/torchelastic_* directory is removed when the job ends."""
+        tmpdir = runner.tmp / "tmp"
+        tmpdir.mkdir()
+        res = runner.run(["--nproc-per-node", "2", "--fake-exec", str(SCRIPTS / "probe.py")], TMPDIR=str(tmpdir))
+        assert res.code == 0
+        assert list(tmpdir.iterdir()) == []
