@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -62,6 +63,9 @@ class FakeOptions:
     loop: bool = False
     fail: str | None = None
     list_presets: bool = False
+    # Where each option that was set came from: "command line", "FAKERUN_<NAME>" or "config file <path>".
+    # Options absent here kept their default, so presets may still fill them in.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
