@@ -30,7 +30,11 @@ def _log_startup(plan: LaunchPlan, log: LauncherLog, log_dir: LogDir) -> None:
     """What torchrun prints before it starts workers: INFO blocks and the OMP_NUM_THREADS banner."""
     args = plan.args
     if args.standalone:
-        log.block("I", glog.RUN_PY_RDZV_INFO, glog.rendezvous_info_block(plan.rdzv.backend, plan.rdzv.endpoint, plan.rdzv.run_id))
+        log.block(
+            "I",
+            glog.RUN_PY_RDZV_INFO,
+            glog.rendezvous_info_block(plan.rdzv.backend, plan.rdzv.endpoint, plan.rdzv.run_id),
+        )
     log.log("I", glog.RUN_PY_USING_NPROC, glog.using_nproc(plan.nproc_per_node))
     if plan.set_omp_threads:
         for message in glog.omp_banner():
@@ -45,7 +49,7 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
     conf: dict[str, object] = {"timeout": 900}
     conf.update(plan.rdzv.conf)
     return glog.LaunchConfigView(
-        entrypoint=args.training_script if not args.module else args.training_script,
+        entrypoint=args.training_script,
         min_nodes=plan.min_nodes,
         max_nodes=plan.max_nodes,
         nproc_per_node=plan.nproc_per_node,
@@ -79,7 +83,7 @@ def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str):  # type: ig
             return exec_child(argv, env)
         from fakerun.worker.main import worker_main
 
-        return lambda: worker_main(argv, env, fake.max_steps or 20, 0.5 / fake.speed)
+        return lambda: worker_main(argv, env, fake)
 
     return make
 
@@ -103,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     prog = prog_name(argv[0] if argv else "fakerun")
     cmd = parse_command_line(argv[1:], os.environ, prog=prog)
     try:
-        plan = make_plan(cmd.torchrun, os.environ, fqdn=socket.getfqdn(), free_port=_free_port(), cpu_count=os.cpu_count() or 1)
+        plan = make_plan(
+            cmd.torchrun,
+            os.environ,
+            fqdn=socket.getfqdn(),
+            free_port=_free_port(),
+            cpu_count=os.cpu_count() or 1,
+        )
     except LaunchError as exc:
         print(exc.exc_line, file=sys.stderr)
         return exc.exit_code

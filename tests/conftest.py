@@ -73,7 +73,12 @@ class Runner:
         """Runs `fakerun args...` to completion in the test's temporary directory."""
         t0 = time.monotonic()
         proc = subprocess.run(
-            [fakerun_exe(), *args], capture_output=True, text=True, timeout=timeout, env=self.env(**extra), cwd=self.tmp
+            [fakerun_exe(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(**extra),
+            cwd=self.tmp,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
 
@@ -94,9 +99,9 @@ def marked_processes(mark: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get("FAKERUN_TEST_MARK") == mark:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
+            mine = proc.pid != os.getpid() and proc.environ().get("FAKERUN_TEST_MARK") == mark
+            if mine and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found

@@ -71,7 +71,9 @@ class AgentOutput(Protocol):
 class Agent:
     """Drives one launcher's worker groups from events: worker exits, signals, and the passing of time."""
 
-    def __init__(self, group: WorkerGroup, out: AgentOutput, *, max_restarts: int, shutdown_timeout: float) -> None:
+    def __init__(
+        self, group: WorkerGroup, out: AgentOutput, *, max_restarts: int, shutdown_timeout: float
+    ) -> None:
         self.group = group
         self.out = out
         self.max_restarts = max_restarts

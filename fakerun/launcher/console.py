@@ -149,7 +149,9 @@ class Console:
         log_file = None
         if spec.to_file:
             log_file = open(os.path.join(attempt_path, str(local_rank), f"{name}.log"), "wb")  # noqa: SIM115
-        filters = plan.args.duplicate_stdout_filters if stream == STDOUT else plan.args.duplicate_stderr_filters
+        filters = (
+            plan.args.duplicate_stdout_filters if stream == STDOUT else plan.args.duplicate_stderr_filters
+        )
         filtered = self.filtered_file(attempt_path, name) if filters else None
         return Route(spec, self.sink(stream), log_file, filtered if spec.duplicate else None, filters)
 

@@ -90,7 +90,9 @@ class TorchrunVoice:
         if not self.log.enabled("I"):
             return
         if restart_count == 0:
-            self.log.log("I", glog.AGENT_STARTING_WORKERS, glog.starting_workers(self.role, self._binary_name()))
+            self.log.log(
+                "I", glog.AGENT_STARTING_WORKERS, glog.starting_workers(self.role, self._binary_name())
+            )
         self.log.log("I", glog.AGENT_RENDEZVOUSING, glog.rendezvousing(self.role))
         node0 = [w.slot for w in workers if w.slot.node_index == 0]
         n = self.plan.world_size
@@ -128,12 +130,18 @@ class TorchrunVoice:
     def worker_failed(self, failure: Failure) -> None:
         """E: `failed (exitcode: 3) local_rank: 1 (pid: N) of binary: ...`."""
         self.log.log(
-            "E", glog.API_FAILED, glog.failed_line(failure.exitcode, failure.slot.local_rank, failure.pid, self._binary())
+            "E",
+            glog.API_FAILED,
+            glog.failed_line(failure.exitcode, failure.slot.local_rank, failure.pid, self._binary()),
         )
 
     def will_restart(self, attempts_left: int) -> None:
         """INFO: the group failed and will restart."""
-        self.log.log("I", glog.AGENT_GROUP_FAILED, glog.worker_group_failed_will_restart(self.role, attempts_left, self.plan.args.max_restarts))
+        self.log.log(
+            "I",
+            glog.AGENT_GROUP_FAILED,
+            glog.worker_group_failed_will_restart(self.role, attempts_left, self.plan.args.max_restarts),
+        )
         self.log.log("I", glog.AGENT_STOPPING_GROUP, glog.stopping_worker_group(self.role))
 
     def received_death_signal(self, signum: int) -> None:
@@ -145,9 +153,15 @@ class TorchrunVoice:
         payload = report.read_error_file(self._error_file(root, restart_count))
         root_rec = self._record(root, restart_count, payload)
         if payload is not None:
-            self.log.log("E", glog.ERROR_HANDLER_NO_PARENT_FILE, glog.no_error_file_for_parent(root_rec.error_file or ""))
+            self.log.log(
+                "E",
+                glog.ERROR_HANDLER_NO_PARENT_FILE,
+                glog.no_error_file_for_parent(root_rec.error_file or ""),
+            )
         else:
-            self.log.log("I", glog.ERRORS_NO_ERROR_FILE, glog.no_error_file_for_local_rank(root.slot.local_rank))
+            self.log.log(
+                "I", glog.ERRORS_NO_ERROR_FILE, glog.no_error_file_for_local_rank(root.slot.local_rank)
+            )
         other_recs = [self._record(f, restart_count, None) for f in others]
         text = report.launcher_traceback("child_failed", self.argv0, site_packages())
         text += report.format_child_failed_error(self.plan.entrypoint, root_rec, other_recs)
@@ -164,7 +178,9 @@ class TorchrunVoice:
         for source, message in glog.success_lines(self.role, time.monotonic() - self.started):
             self.log.log("I", source, message)
 
-    def _record(self, f: Failure, restart_count: int, payload: dict[str, object] | None) -> report.FailureRecord:
+    def _record(
+        self, f: Failure, restart_count: int, payload: dict[str, object] | None
+    ) -> report.FailureRecord:
         return report.FailureRecord(
             rank=f.slot.rank,
             local_rank=f.slot.local_rank,

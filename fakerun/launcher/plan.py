@@ -175,7 +175,12 @@ def select_rendezvous(
     c10d_addr = args.local_addr or fqdn
     if args.standalone:
         return Rendezvous("standalone", "c10d", "localhost:0", run_uuid, c10d_addr, free_port, conf)
-    if args.rdzv_backend == "static" and not args.rdzv_endpoint and args.master_port is None and max_nodes == 1:
+    if (
+        args.rdzv_backend == "static"
+        and not args.rdzv_endpoint
+        and args.master_port is None
+        and max_nodes == 1
+    ):
         return Rendezvous("c10d", "c10d", "localhost:0", run_uuid, c10d_addr, free_port, conf)
     if args.rdzv_backend == "static":
         port = args.master_port if args.master_port is not None else DEFAULT_MASTER_PORT
@@ -203,7 +208,9 @@ def make_plan(
 ) -> LaunchPlan:
     """Builds the launch plan for one fakerun that plays every node of the job on this host."""
     if args.module and args.no_python:
-        raise LaunchError('ValueError: Don\'t use both the \'--no-python\' flag and the \'--module\' flag at the same time.')
+        raise LaunchError(
+            "ValueError: Don't use both the '--no-python' flag and the '--module' flag at the same time."
+        )
     if args.max_restarts < 0:
         raise LaunchError("AssertionError")
     min_nodes, max_nodes = parse_min_max_nnodes(args.nnodes)

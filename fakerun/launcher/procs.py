@@ -50,7 +50,9 @@ ChildMain = Callable[[], int]
 class ProcessTable(Protocol):
     """The process mechanics the agent relies on; tests replace it with a scripted fake."""
 
-    def spawn(self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]) -> tuple[int, ChildPipes]:
+    def spawn(
+        self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]
+    ) -> tuple[int, ChildPipes]:
         """Starts one worker and returns its pid and the parent's pipe ends."""
         ...
 
@@ -66,7 +68,9 @@ class ForkProcessTable:
         self.launcher_pid = os.getpid()
         preload_libc()
 
-    def spawn(self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]) -> tuple[int, ChildPipes]:
+    def spawn(
+        self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]
+    ) -> tuple[int, ChildPipes]:
         """Forks a worker whose stdout/stderr are pipes to the launcher; `extra_fds` move to fd 3, 4..."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -101,7 +105,14 @@ class ForkProcessTable:
 def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, extra_fds: list[int]) -> None:
     """Makes a fresh fork look like a worker torchrun started: own session, std streams, no inherited fds."""
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD):
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+    ):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # Python ignores SIGPIPE and SIGXFSZ; a worker must get the defaults, as subprocess restores them.

@@ -49,7 +49,9 @@ class LocalWorkerGroup:
 
     def error_file_path(self, slot: WorkerSlot, restart_count: int) -> str:
         """TORCHELASTIC_ERROR_FILE of a worker."""
-        return os.path.join(attempt_dir(self.run_dirs[slot.node_index], restart_count), str(slot.local_rank), "error.json")
+        return os.path.join(
+            attempt_dir(self.run_dirs[slot.node_index], restart_count), str(slot.local_rank), "error.json"
+        )
 
     def start(self, restart_count: int) -> list[tuple[int, WorkerSlot]]:
         """Starts every worker of one attempt and registers its pipes."""
@@ -165,7 +167,9 @@ def run_job(
     selector.register(sigpipe.r, selectors.EVENT_READ)
     run_dirs = [log_dir.new_run_dir(plan.rdzv.run_id) for _ in plan.nodes]
     group = LocalWorkerGroup(plan, console, selector, ForkProcessTable(), child_factory, run_dirs)
-    agent = Agent(group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout)
+    agent = Agent(
+        group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout
+    )
     try:
         agent.start(time.time())
         while agent.exit_code is None:

@@ -69,7 +69,9 @@ class Recorder:
         return [e for e, _ in self.events]
 
 
-def make_agent(nproc: int = 3, max_restarts: int = 0, shutdown_timeout: float = 30.0) -> tuple[Agent, FakeGroup, Recorder]:
+def make_agent(
+    nproc: int = 3, max_restarts: int = 0, shutdown_timeout: float = 30.0
+) -> tuple[Agent, FakeGroup, Recorder]:
     group, out = FakeGroup(nproc), Recorder()
     agent = Agent(group, out, max_restarts=max_restarts, shutdown_timeout=shutdown_timeout)
     agent.start(0.0)
@@ -174,7 +176,9 @@ class TestRestarts:
 class TestSignals:
     """Signals received by the launcher."""
 
-    @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1])
+    @pytest.mark.parametrize(
+        "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1]
+    )
     def test_forwarded_as_same_signal(self, sig: signal.Signals) -> None:
         """Each worker gets the very signal the launcher received."""
         agent, group, out = make_agent(3)
@@ -193,7 +197,10 @@ class TestSignals:
         agent.on_tick(12.9)
         assert all(sig != signal.SIGKILL for _, sig in group.kills)
         agent.on_tick(13.0)
-        assert [(p, s) for p, s in group.kills if s == signal.SIGKILL] == [(100, signal.SIGKILL), (101, signal.SIGKILL)]
+        assert [(p, s) for p, s in group.kills if s == signal.SIGKILL] == [
+            (100, signal.SIGKILL),
+            (101, signal.SIGKILL),
+        ]
         assert ("unable", (100, 15)) in out.events and ("unable", (101, 15)) in out.events
         agent.on_exit(100, -9, 13.01)
         agent.on_exit(101, -9, 13.02)

@@ -86,7 +86,9 @@ class TestDefault:
 
     def test_local_ranks_filter(self, runner: Runner) -> None:
         """Ranks outside --local-ranks-filter are not shown."""
-        res = runner.run(["--standalone", "--nproc-per-node", "3", "--local-ranks-filter", "0,2", "--fake-exec", CHATTY])
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "3", "--local-ranks-filter", "0,2", "--fake-exec", CHATTY]
+        )
         assert res.code == 0
         assert_same_lines_per_rank(worker_lines(res.stderr), chatty_lines([0, 2], "stderr"))
         assert "rank1" not in res.stdout
@@ -100,12 +102,18 @@ class TestTee:
         [
             ([], {}, "[default{lr}]:"),
             (["--role", "trainer"], {}, "[trainer{lr}]:"),
-            ([], {"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[${role_name}|r${rank}|l${local_rank}]"}, "[default|r{r}|l{lr}]"),
+            (
+                [],
+                {"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[${role_name}|r${rank}|l${local_rank}]"},
+                "[default|r{r}|l{lr}]",
+            ),
         ],
     )
     def test_prefixes(self, runner: Runner, extra_args: list[str], env: dict[str, str], prefix: str) -> None:
         """Every line and every partial line carries its rank's prefix."""
-        res = runner.run(["--standalone", "--nproc-per-node", "3", "--tee", "3", *extra_args, "--fake-exec", CHATTY], **env)
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "3", "--tee", "3", *extra_args, "--fake-exec", CHATTY], **env
+        )
         assert res.code == 0
         out = worker_lines(res.stdout)
         assert_same_lines_per_rank(out[:-1], chatty_lines([0, 1, 2], "stdout", prefix))
@@ -118,7 +126,19 @@ class TestTee:
         """Filtered-out tee'd ranks are not shown but still logged."""
         logs = runner.tmp / "logs"
         res = runner.run(
-            ["--standalone", "--nproc-per-node", "3", "--tee", "3", "--local-ranks-filter", "0,2", "--log-dir", str(logs), "--fake-exec", CHATTY]
+            [
+                "--standalone",
+                "--nproc-per-node",
+                "3",
+                "--tee",
+                "3",
+                "--local-ranks-filter",
+                "0,2",
+                "--log-dir",
+                str(logs),
+                "--fake-exec",
+                CHATTY,
+            ]
         )
         assert res.code == 0
         assert "rank1" not in res.stdout + res.stderr
@@ -132,7 +152,19 @@ class TestLogDir:
     def test_redirects_tree_and_contents(self, runner: Runner, reference: Path) -> None:
         """Same tree, modes, sizes and bytes as the recorded run; nothing on the console."""
         logs = runner.tmp / "x"
-        res = runner.run(["--standalone", "--nproc-per-node", "3", "--log-dir", str(logs), "--redirects", "3", "--fake-exec", CHATTY])
+        res = runner.run(
+            [
+                "--standalone",
+                "--nproc-per-node",
+                "3",
+                "--log-dir",
+                str(logs),
+                "--redirects",
+                "3",
+                "--fake-exec",
+                CHATTY,
+            ]
+        )
         assert res.code == 0
         assert worker_lines(res.stdout) == [] and worker_lines(res.stderr) == []
         recorded = {}
@@ -151,7 +183,14 @@ class TestLogDir:
         """Matching tee'd lines, prefixed, go to attempt_N/filtered_{stdout,stderr}.log."""
         logs = runner.tmp / "x7"
         args = ["--standalone", "--nproc-per-node", "2", "--log-dir", str(logs), "--tee", "3"]
-        args += ["--duplicate-stdout-filters", "line1,partial", "--duplicate-stderr-filters", "line2", "--fake-exec", CHATTY]
+        args += [
+            "--duplicate-stdout-filters",
+            "line1,partial",
+            "--duplicate-stderr-filters",
+            "line2",
+            "--fake-exec",
+            CHATTY,
+        ]
         res = runner.run(args)
         assert res.code == 0
         (run_dir,) = list(logs.iterdir())
@@ -169,6 +208,8 @@ class TestLogDir:
         """Unlike torchrun, the default /tmp/torchelastic_* directory is removed when the job ends."""
         tmpdir = runner.tmp / "tmp"
         tmpdir.mkdir()
-        res = runner.run(["--nproc-per-node", "2", "--fake-exec", str(SCRIPTS / "probe.py")], TMPDIR=str(tmpdir))
+        res = runner.run(
+            ["--nproc-per-node", "2", "--fake-exec", str(SCRIPTS / "probe.py")], TMPDIR=str(tmpdir)
+        )
         assert res.code == 0
         assert list(tmpdir.iterdir()) == []

@@ -55,7 +55,10 @@ def run_probe(runner: Runner, args: list[str], **extra: str) -> Result:
 FORMS = {
     "standalone": (["--standalone", "--nproc-per-node", "4"], "02_env/standalone"),
     "auto_c10d": (["--nproc-per-node", "1"], "07_misc/nproc1"),
-    "static_single_node": (["--master-port", "29513", "--nproc-per-node", "2"], "07_misc/static_single_node_master_port"),
+    "static_single_node": (
+        ["--master-port", "29513", "--nproc-per-node", "2"],
+        "07_misc/static_single_node_master_port",
+    ),
 }
 
 
@@ -105,8 +108,15 @@ class TestEnvironmentValues:
         assert len(ports) == 1
         for r, e in enumerate(envs):
             assert isinstance(e, dict)
-            assert re.search(rf"/[0-9a-f-]{{36}}_[a-z0-9_]{{8}}/attempt_0/{r}/error\.json$", e["TORCHELASTIC_ERROR_FILE"])
-            assert (e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"], e["OMP_NUM_THREADS"]) == (str(r), str(r), "3", "1")
+            assert re.search(
+                rf"/[0-9a-f-]{{36}}_[a-z0-9_]{{8}}/attempt_0/{r}/error\.json$", e["TORCHELASTIC_ERROR_FILE"]
+            )
+            assert (e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"], e["OMP_NUM_THREADS"]) == (
+                str(r),
+                str(r),
+                "3",
+                "1",
+            )
 
     def test_local_multi_node_numbering(self, runner: Runner) -> None:
         """`--nnodes 3 --nproc-per-node 2`: six processes numbered as a static 3-node job."""
@@ -116,8 +126,16 @@ class TestEnvironmentValues:
         for r, info in got.items():
             env = info["env"]
             assert isinstance(env, dict)
-            assert (env["GROUP_RANK"], env["LOCAL_RANK"], env["GROUP_WORLD_SIZE"]) == (str(r // 2), str(r % 2), "3")
-            assert (env["TORCHELASTIC_RUN_ID"], env["MASTER_ADDR"], env["MASTER_PORT"]) == ("none", "127.0.0.1", "29500")
+            assert (env["GROUP_RANK"], env["LOCAL_RANK"], env["GROUP_WORLD_SIZE"]) == (
+                str(r // 2),
+                str(r % 2),
+                "3",
+            )
+            assert (env["TORCHELASTIC_RUN_ID"], env["MASTER_ADDR"], env["MASTER_PORT"]) == (
+                "none",
+                "127.0.0.1",
+                "29500",
+            )
 
     def test_pet_variables_and_virtual_local_rank(self, runner: Runner) -> None:
         """PET_* defaults apply; --virtual-local-rank zeroes LOCAL_RANK and sets CUDA_VISIBLE_DEVICES."""
@@ -127,7 +145,11 @@ class TestEnvironmentValues:
         for r, info in got.items():
             env = info["env"]
             assert isinstance(env, dict)
-            assert (env["LOCAL_RANK"], env["CUDA_VISIBLE_DEVICES"], env["TORCHELASTIC_MAX_RESTARTS"]) == ("0", str(r), "1")
+            assert (env["LOCAL_RANK"], env["CUDA_VISIBLE_DEVICES"], env["TORCHELASTIC_MAX_RESTARTS"]) == (
+                "0",
+                str(r),
+                "1",
+            )
 
 
 class TestProcesses:

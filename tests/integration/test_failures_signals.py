@@ -60,20 +60,36 @@ class TestWorkerFailure:
         # The rule width follows the longest line; our script path differs in length from the recording's.
         assert re.sub(r"^[=-]+$", "RULE", got, flags=re.M) == re.sub(r"^[=-]+$", "RULE", want, flags=re.M)
         assert normalise(res.stderr).count("closing signal SIGTERM") == 3
-        assert "E" + "MMDD hh:mm:ss.uuuuuu PID torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 3) local_rank: 1 (pid: N) of binary: " in normalise(res.stderr)
+        failed = (
+            "EMMDD hh:mm:ss.uuuuuu PID torch/distributed/elastic/multiprocessing/api.py:1002] "
+            "failed (exitcode: 3) local_rank: 1 (pid: N) of binary: "
+        )
+        assert failed in normalise(res.stderr)
 
     def test_order_of_launcher_messages(self, runner: Runner) -> None:
         """The worker's last line, then SIGTERM lines, the failed line, the traceback and the block."""
         res = runner.run(["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL])
         assert res.code == 1
         err = res.stderr
-        order = [err.index(s) for s in ("rank1 exiting", "closing signal SIGTERM", "failed (exitcode: 3)", "Traceback (most recent call last):", "raise ChildFailedError(", "Root Cause (first observed failure):")]
+        order = [
+            err.index(s)
+            for s in (
+                "rank1 exiting",
+                "closing signal SIGTERM",
+                "failed (exitcode: 3)",
+                "Traceback (most recent call last):",
+                "raise ChildFailedError(",
+                "Root Cause (first observed failure):",
+            )
+        ]
         assert order == sorted(order)
 
     @pytest.mark.parametrize(("sig", "name"), [("SIGKILL", "SIGKILL"), ("SIGSEGV", "SIGSEGV")])
     def test_worker_killed_by_signal(self, runner: Runner, sig: str, name: str) -> None:
         """A worker dying by a signal is reported with the negative code and the signal's name."""
-        res = runner.run(["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="selfkill", SELF_SIG=sig)
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="selfkill", SELF_SIG=sig
+        )
         assert res.code == 1
         num = int(getattr(signal, sig))
         block = normalise(report_block(res.stderr))
@@ -84,7 +100,10 @@ class TestWorkerFailure:
     def test_error_file_from_record(self, runner: Runner) -> None:
         """A worker's error.json shows up in the Root Cause with its traceback, indented."""
         logs = runner.tmp / "logs"
-        res = runner.run(["--standalone", "--nproc-per-node", "2", "--log-dir", str(logs), "--fake-exec", FAIL], MODE="record")
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "2", "--log-dir", str(logs), "--fake-exec", FAIL],
+            MODE="record",
+        )
         assert res.code == 1
         (run_dir,) = list(logs.iterdir())
         path = run_dir / "attempt_0/1/error.json"
@@ -94,7 +113,9 @@ class TestWorkerFailure:
         assert "  traceback : Traceback (most recent call last):\n" in block
         assert "  ValueError: boom from rank 1\n" in block
         assert f"no error file defined for parent, to copy child error file ({path})" in res.stderr
-        assert "ValueError: boom from rank 1" in res.stderr.split("Traceback")[1]  # the worker's own traceback
+        assert (
+            "ValueError: boom from rank 1" in res.stderr.split("Traceback")[1]
+        )  # the worker's own traceback
 
     def test_exception_without_record(self, runner: Runner) -> None:
         """An uncaught exception: exit code 1, no error file, the pointer to the docs."""
@@ -119,7 +140,9 @@ class TestWorkerFailure:
 
     def test_early_clean_exit_keeps_others_running(self, runner: Runner) -> None:
         """A rank that exits 0 early does not stop the others; the run ends with 0."""
-        res = runner.run(["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="none", SLEEP="0.5")
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="none", SLEEP="0.5"
+        )
         assert res.code == 0
         assert "closing signal" not in res.stderr
 
@@ -129,15 +152,24 @@ class TestRestarts:
 
     def test_three_attempts(self, runner: Runner) -> None:
         """max-restarts 2: three attempts with RESTART_COUNT 0, 1, 2, then the report; exit 1."""
-        res = runner.run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "2", "--fake-exec", FAIL], FAIL_AFTER="0.3")
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "2", "--max-restarts", "2", "--fake-exec", FAIL],
+            FAIL_AFTER="0.3",
+        )
         assert res.code == 1
-        assert sorted(res.stdout.splitlines()) == sorted(f"rank{r} started restart_count={a}" for r in (0, 1) for a in (0, 1, 2))
+        assert sorted(res.stdout.splitlines()) == sorted(
+            f"rank{r} started restart_count={a}" for r in (0, 1) for a in (0, 1, 2)
+        )
         assert res.stderr.count("failed (exitcode: 3) local_rank: 1") == 3
         assert res.stderr.count("ChildFailedError: \n") == 1
 
     def test_restart_info_lines(self, runner: Runner) -> None:
         """LOGLEVEL=INFO adds the worker-group-failed line with the attempts left."""
-        res = runner.run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--fake-exec", FAIL], LOGLEVEL="INFO", FAIL_AFTER="0.3")
+        res = runner.run(
+            ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--fake-exec", FAIL],
+            LOGLEVEL="INFO",
+            FAIL_AFTER="0.3",
+        )
         assert res.code == 1
         assert "[default] Worker group FAILED. 1/1 attempts left; will restart worker group" in res.stderr
         assert "  restart_count=1\n" in res.stderr
@@ -145,7 +177,22 @@ class TestRestarts:
     def test_attempt_directories(self, runner: Runner) -> None:
         """Each attempt gets its own attempt_N directory."""
         logs = runner.tmp / "logs"
-        res = runner.run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--log-dir", str(logs), "--redirects", "3", "--fake-exec", FAIL], FAIL_AFTER="0.3")
+        res = runner.run(
+            [
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "--max-restarts",
+                "1",
+                "--log-dir",
+                str(logs),
+                "--redirects",
+                "3",
+                "--fake-exec",
+                FAIL,
+            ],
+            FAIL_AFTER="0.3",
+        )
         assert res.code == 1
         (run_dir,) = list(logs.iterdir())
         assert sorted(p.name for p in run_dir.iterdir()) == ["attempt_0", "attempt_1"]
@@ -163,20 +210,29 @@ class TestSignals:
         workers = [p.pid for p in psutil.Process(proc.pid).children()]
         t0 = time.monotonic()
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
         assert proc.returncode == 1
         assert time.monotonic() - t0 < 10
         assert f"Received {int(sig)} death signal, shutting down workers" in err
-        assert sorted(int(p) for p in re.findall(rf"Sending process (\d+) closing signal {sig.name}", err)) == sorted(workers)
-        assert err.rstrip().endswith(f"torch.distributed.elastic.multiprocessing.api.SignalException: Process {proc.pid} got signal: {int(sig)}")
+        assert sorted(
+            int(p) for p in re.findall(rf"Sending process (\d+) closing signal {sig.name}", err)
+        ) == sorted(workers)
+        exc = "torch.distributed.elastic.multiprocessing.api.SignalException"
+        assert err.rstrip().endswith(f"{exc}: Process {proc.pid} got signal: {int(sig)}")
         assert "ChildFailedError" not in err
         events = (runner.tmp / "events.log").read_text()
         assert events.count(f"got signal {sig.name}") == 3
-        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers)
+        assert not any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers
+        )
 
     def test_shutdown_timeout_escalates(self, runner: Runner) -> None:
         """Workers ignoring SIGTERM are SIGKILLed after --shutdown-timeout, with torchrun's line."""
-        proc = runner.start(["--standalone", "--nproc-per-node", "2", "--shutdown-timeout", "1", "--fake-exec", FAIL], MODE="none", IGNORE_TERM="1")
+        proc = runner.start(
+            ["--standalone", "--nproc-per-node", "2", "--shutdown-timeout", "1", "--fake-exec", FAIL],
+            MODE="none",
+            IGNORE_TERM="1",
+        )
         wait_for(lambda: started_ranks(runner.tmp) == 2)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -184,7 +240,7 @@ class TestSignals:
         assert len(re.findall(r"Unable to shutdown process \d+ via 15, forcefully exiting via 9", err)) == 2
 
     def test_unhandled_signal_takes_workers_along(self, runner: Runner) -> None:
-        """SIGUSR1 is not handled by default: the launcher dies of it (138), and, unlike torchrun, so do the workers."""
+        """Unhandled SIGUSR1 kills the launcher and, unlike under torchrun, its workers too."""
         proc = runner.start(["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="none")
         wait_for(lambda: started_ranks(runner.tmp) == 2)
         proc.send_signal(signal.SIGUSR1)
@@ -194,7 +250,18 @@ class TestSignals:
 
     def test_signals_to_handle(self, runner: Runner) -> None:
         """--signals-to-handle adds SIGUSR1, which is then forwarded."""
-        proc = runner.start(["--standalone", "--nproc-per-node", "2", "--signals-to-handle", "SIGTERM,SIGINT,SIGUSR1", "--fake-exec", FAIL], MODE="none")
+        proc = runner.start(
+            [
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "--signals-to-handle",
+                "SIGTERM,SIGINT,SIGUSR1",
+                "--fake-exec",
+                FAIL,
+            ],
+            MODE="none",
+        )
         wait_for(lambda: started_ranks(runner.tmp) == 2)
         proc.send_signal(signal.SIGUSR1)
         _, err = proc.communicate(timeout=30)
@@ -218,8 +285,16 @@ class TestBadInput:
         [
             (["--nproc-per-node", "foo", "x.py"], 1, "ValueError: Unsupported nproc_per_node value: foo"),
             (["--nnodes", "3:2", "x.py"], 1, "AssertionError"),
-            (["--nproc", "2", "x.py"], 2, "fakerun: error: ambiguous option: --nproc could match --nproc-per-node, --nproc_per_node"),
-            ([], 2, "fakerun: error: the following arguments are required: training_script, training_script_args"),
+            (
+                ["--nproc", "2", "x.py"],
+                2,
+                "fakerun: error: ambiguous option: --nproc could match --nproc-per-node, --nproc_per_node",
+            ),
+            (
+                [],
+                2,
+                "fakerun: error: the following arguments are required: training_script, training_script_args",
+            ),
             (["--start-method", "bogus", "x.py"], 2, None),
         ],
     )
@@ -238,7 +313,9 @@ def test_ps_shows_torchrun_like_titles(runner: Runner) -> None:
     try:
         wait_for(lambda: len(psutil.Process(proc.pid).children()) == 2)
         time.sleep(0.3)
-        out = subprocess.run(["ps", "-o", "args=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ps", "-o", "args=", "--ppid", str(proc.pid)], capture_output=True, text=True
+        ).stdout
         lines = out.splitlines()
         assert len(lines) == 2
         for line in lines:

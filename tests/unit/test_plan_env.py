@@ -15,7 +15,8 @@ TORCHRUN_KEYS = {
     "GROUP_RANK", "GROUP_WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "RANK", "ROLE_NAME", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_ERROR_FILE",
     "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID",
-    "TORCHELASTIC_SIGNALS_TO_HANDLE", "TORCHELASTIC_USE_AGENT_STORE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "WORLD_SIZE",
+    "TORCHELASTIC_SIGNALS_TO_HANDLE", "TORCHELASTIC_USE_AGENT_STORE", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    "WORLD_SIZE",
 }  # fmt: skip
 
 
@@ -41,7 +42,12 @@ class TestRendezvousSelection:
     def test_master_port_keeps_static(self) -> None:
         """--master-port on one node keeps static: run id `none`, 127.0.0.1 and that port."""
         p = plan_for(master_port=29513, nproc_per_node="2")
-        assert (p.rdzv.form, p.rdzv.run_id, p.rdzv.master_addr, p.rdzv.master_port) == ("static", "none", "127.0.0.1", 29513)
+        assert (p.rdzv.form, p.rdzv.run_id, p.rdzv.master_addr, p.rdzv.master_port) == (
+            "static",
+            "none",
+            "127.0.0.1",
+            29513,
+        )
 
     def test_static_multi_node_default_port(self) -> None:
         """--nnodes 2 without a port is static on 29500."""
@@ -60,7 +66,12 @@ class TestTopology:
         """Node n's local rank l gets rank n*nproc+l and its own host name."""
         p = plan_for(nnodes="2", nproc_per_node="2")
         slots = worker_slots(p)
-        assert [(s.node_index, s.local_rank, s.rank) for s in slots] == [(0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3)]
+        assert [(s.node_index, s.local_rank, s.rank) for s in slots] == [
+            (0, 0, 0),
+            (0, 1, 1),
+            (1, 0, 2),
+            (1, 1, 3),
+        ]
         assert len({s.host for s in slots}) == 2
         assert p.world_size == 4
 
@@ -110,7 +121,9 @@ class TestWorkerEnv:
         """Exactly torchrun's added variables, with its values for rank 1 of 4."""
         p = plan_for(standalone=True, nproc_per_node="4")
         base = {"PATH": "/usr/bin", "HOME": "/root"}
-        env = worker_env(base, p, worker_slots(p)[1], restart_count=0, error_file="/tmp/e/attempt_0/1/error.json")
+        env = worker_env(
+            base, p, worker_slots(p)[1], restart_count=0, error_file="/tmp/e/attempt_0/1/error.json"
+        )
         added = {k: v for k, v in env.items() if k not in base}
         assert set(added) == TORCHRUN_KEYS | {"OMP_NUM_THREADS"}
         assert added["RANK"] == "1" and added["LOCAL_RANK"] == "1" and added["WORLD_SIZE"] == "4"
@@ -135,8 +148,17 @@ class TestWorkerEnv:
         """Node 1 of a static 2x2 job: GROUP_RANK 1, ranks 2 and 3, run id none."""
         p = plan_for(nnodes="2", nproc_per_node="2", master_port=29511)
         env = worker_env({}, p, worker_slots(p)[3], restart_count=2, error_file="e")
-        assert (env["GROUP_RANK"], env["RANK"], env["LOCAL_RANK"], env["GROUP_WORLD_SIZE"]) == ("1", "3", "1", "2")
-        assert (env["TORCHELASTIC_RUN_ID"], env["MASTER_PORT"], env["TORCHELASTIC_RESTART_COUNT"]) == ("none", "29511", "2")
+        assert (env["GROUP_RANK"], env["RANK"], env["LOCAL_RANK"], env["GROUP_WORLD_SIZE"]) == (
+            "1",
+            "3",
+            "1",
+            "2",
+        )
+        assert (env["TORCHELASTIC_RUN_ID"], env["MASTER_PORT"], env["TORCHELASTIC_RESTART_COUNT"]) == (
+            "none",
+            "29511",
+            "2",
+        )
 
     def test_virtual_local_rank(self) -> None:
         """--virtual-local-rank: LOCAL_RANK 0 and CUDA_VISIBLE_DEVICES = the local rank."""

@@ -1,5 +1,9 @@
 # Dumps the worker's environment and process facts as JSON, one file per rank, then sleeps SLEEP s.
-import json, os, sys, time
+import json
+import os
+import sys
+import time
+
 out = os.environ["DUMP_DIR"]
 rank = os.environ.get("RANK", "norank")
 restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "x")
