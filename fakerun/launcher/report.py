@@ -1,0 +1,270 @@
+"""torchrun 2.13's failure output: the launcher traceback, the ChildFailedError block, exception lines."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+NOT_AVAILABLE = "<N/A>"
+CHILD_FAILED_ERROR = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+SIGNAL_EXCEPTION = "torch.distributed.elastic.multiprocessing.api.SignalException"
+RENDEZVOUS_TIMEOUT_ERROR = "torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError"
+DIST_STORE_ERROR = "torch.distributed.DistStoreError"
+NO_TRACEBACK_HINT = "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
+MAX_WIDTH = 60
+
+TracebackKind = Literal["child_failed", "signal", "c10d_join_timeout", "static_store_timeout"]
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One failed worker as the report shows it; a negative exitcode means killed by signal -exitcode."""
+
+    rank: int
+    local_rank: int
+    pid: int
+    exitcode: int
+    time: float
+    host: str
+    error_file: str | None = None
+    error_payload: dict[str, object] | None = None
+
+
+def signal_name(exitcode: int) -> str | None:
+    """`SIGTERM` for exitcode -15; None when not a signal or not a known one (torch then shows `<N/A>`)."""
+    if exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return None
+
+
+def _as_timestamp(value: object) -> int | None:
+    """torch's int(...) of an error file timestamp (a string of seconds), None when that would raise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _shown_error_file(rec: FailureRecord) -> str | None:
+    """The error file path, kept only when its contents were read (torch shows `<N/A>` for a missing file)."""
+    return rec.error_file if rec.error_payload is not None else None
+
+
+def _message_and_timestamp(rec: FailureRecord) -> tuple[str, int]:
+    """The traceback text and the timestamp of one failure, following torch's ProcessFailure."""
+    timestamp = int(rec.time)
+    message = ""
+    payload = rec.error_payload if _shown_error_file(rec) is not None else None
+    if payload is not None:
+        body = payload.get("message")
+        if isinstance(body, str):
+            message = body
+            # torch: int(error_file_data.get("timestamp", 0)), so a bare message dates from 1970.
+            ts = _as_timestamp(payload.get("timestamp", 0))
+            timestamp = ts if ts is not None else timestamp
+        elif isinstance(body, dict):
+            extra = body.get("extraInfo")
+            extra = extra if isinstance(extra, dict) else {}
+            ts = _as_timestamp(extra.get("timestamp"))
+            timestamp = ts if ts is not None else timestamp
+            text = extra.get("py_callstack", body.get("message", NOT_AVAILABLE))
+            message = str(text).replace("\n", "\n  ")
+            # A dict message is never replaced by the default text below, even when it renders empty.
+            return message, timestamp
+    if not message:
+        if rec.exitcode < 0:
+            name = signal_name(rec.exitcode) or NOT_AVAILABLE
+            message = f"Signal {-rec.exitcode} ({name}) received by PID {rec.pid}"
+        else:
+            message = NO_TRACEBACK_HINT
+    return message, timestamp
+
+
+def _format_failure(idx: int, rec: FailureRecord) -> str:
+    """One `[idx]:` entry of the block, without a trailing newline."""
+    message, timestamp = _message_and_timestamp(rec)
+    stamp = time.strftime("%Y-%m-%d_%H:%M:%S", time.localtime(timestamp))
+    name = signal_name(rec.exitcode)
+    suffix = f" ({name})" if name is not None else ""
+    error_file = _shown_error_file(rec) or NOT_AVAILABLE
+    return (
+        f"[{idx}]:\n"
+        f"  time      : {stamp}\n"
+        f"  host      : {rec.host}\n"
+        f"  rank      : {rec.rank} (local_rank: {rec.local_rank})\n"
+        f"  exitcode  : {rec.exitcode} (pid: {rec.pid}) {suffix}\n"
+        f"  error_file: {error_file}\n"
+        f"  traceback : {message}"
+    )
+
+
+def format_child_failed_error(name: str, root: FailureRecord, others: list[FailureRecord]) -> str:
+    """The `ChildFailedError: ` line and the report block, every line ending in a newline."""
+    title = f"{name} FAILED"
+    root_fmt = _format_failure(0, root)
+    other_fmts = [_format_failure(i, rec) for i, rec in enumerate(others, start=1)]
+    width = len(title)
+    for fmt in [root_fmt, *other_fmts]:
+        width = max(width, *(len(line) for line in fmt.split("\n")))
+    width = min(width, MAX_WIDTH)
+    border, section = "=" * width, "-" * width
+    parts = [
+        f"{CHILD_FAILED_ERROR}: ",
+        border,
+        title,
+        section,
+        "Failures:",
+        "\n".join(other_fmts or ["  <NO_OTHER_FAILURES>"]),
+        section,
+        "Root Cause (first observed failure):",
+        root_fmt,
+        border,
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def read_error_file(path: str) -> dict[str, object] | None:
+    """The JSON object a worker's @record wrote, or None when the file is missing, unreadable or not one."""
+    try:
+        with open(path, encoding="utf-8") as fp:
+            data = json.load(fp)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def signal_exception_line(pid: int, signum: int) -> str:
+    """`...SignalException: Process <pid> got signal: <n>` with its newline."""
+    return f"{SIGNAL_EXCEPTION}: Process {pid} got signal: {int(signum)}\n"
+
+
+def rendezvous_timeout_line() -> str:
+    """The last line of a c10d rendezvous that timed out waiting for nodes (the exception has no message)."""
+    return f"{RENDEZVOUS_TIMEOUT_ERROR}\n"
+
+
+def dist_store_timeout_line(seconds: int, joined: int, world_size: int) -> str:
+    """The last line of a static rendezvous whose TCPStore timed out (torch showed 6 s for timeout=5)."""
+    return (
+        f"{DIST_STORE_ERROR}: Timed out after {seconds} seconds waiting for clients. "
+        f"{joined}/{world_size} clients joined.\n"
+    )
+
+
+_ARGV0 = "\x00argv0\x00"
+_SITE = "\x00site\x00"
+_TORCH = _SITE + "/torch/distributed/"
+_ELASTIC = _TORCH + "elastic/"
+
+# One frame: file, line, function, source line, and where Python 3.11 put carets under it (column, count).
+_Frame = tuple[str, int, str, str, tuple[int, int] | None]
+
+_HEAD: list[_Frame] = [
+    (_ARGV0, 8, "<module>", "sys.exit(main())", (9, 6)),
+    (
+        _ELASTIC + "multiprocessing/errors/__init__.py",
+        367,
+        "wrapper",
+        "return f(*args, **kwargs)",
+        (7, 18),
+    ),
+    (_TORCH + "run.py", 1028, "main", "run(args)", None),
+    (_TORCH + "run.py", 1019, "run", "elastic_launch(", None),
+    (_TORCH + "launcher/api.py", 194, "__call__", "return launch_agent(", (7, 13)),
+]
+_CHILD_FAILED: list[_Frame] = [
+    (_TORCH + "launcher/api.py", 383, "launch_agent", "raise ChildFailedError(", None),
+]
+_METRICS_WRAPPER: _Frame = (
+    _ELASTIC + "metrics/api.py",
+    134,
+    "wrapper",
+    "result = f(*args, **kwargs)",
+    (9, 18),
+)
+_AGENT_RUN: list[_Frame] = [
+    (_TORCH + "launcher/api.py", 374, "launch_agent", "result = agent.run()", (9, 11)),
+    _METRICS_WRAPPER,
+    (_ELASTIC + "agent/server/api.py", 745, "run", "result = self._invoke_run(role)", (9, 22)),
+]
+_SIGNAL: list[_Frame] = [
+    (_ELASTIC + "agent/server/api.py", 923, "_invoke_run", "time.sleep(monitor_interval)", None),
+    (
+        _ELASTIC + "multiprocessing/api.py",
+        86,
+        "_terminate_process_handler",
+        'raise SignalException(f"Process {os.getpid()} got signal: {sigval}", sigval=sigval)',
+        None,
+    ),
+]
+_RENDEZVOUS: list[_Frame] = [
+    (
+        _ELASTIC + "agent/server/api.py",
+        916,
+        "_invoke_run",
+        "self._initialize_workers(self._worker_group)",
+        None,
+    ),
+    _METRICS_WRAPPER,
+    (_ELASTIC + "agent/server/api.py", 713, "_initialize_workers", "self._rendezvous(worker_group)", None),
+    _METRICS_WRAPPER,
+    (
+        _ELASTIC + "agent/server/api.py",
+        528,
+        "_rendezvous",
+        "rdzv_info = spec.rdzv_handler.next_rendezvous()",
+        (12, 35),
+    ),
+]
+_C10D_TIMEOUT: list[_Frame] = [
+    (
+        _ELASTIC + "rendezvous/dynamic_rendezvous.py",
+        1171,
+        "next_rendezvous",
+        "self._op_executor.run(join_op, deadline, self._get_deadline)",
+        None,
+    ),
+    (_ELASTIC + "rendezvous/dynamic_rendezvous.py", 680, "run", "raise RendezvousTimeoutError", None),
+]
+_STATIC_TIMEOUT: list[_Frame] = [
+    (
+        _ELASTIC + "rendezvous/static_tcp_rendezvous.py",
+        67,
+        "next_rendezvous",
+        "self._store = TCPStore(  # type: ignore[call-arg]",
+        (14, 35),
+    ),
+]
+
+_TRACEBACKS: dict[str, list[_Frame]] = {
+    "child_failed": _HEAD + _CHILD_FAILED,
+    "signal": _HEAD + _AGENT_RUN + _SIGNAL,
+    "c10d_join_timeout": _HEAD + _AGENT_RUN + _RENDEZVOUS + _C10D_TIMEOUT,
+    "static_store_timeout": _HEAD + _AGENT_RUN + _RENDEZVOUS + _STATIC_TIMEOUT,
+}
+
+
+def launcher_traceback(kind: TracebackKind, launcher_argv0: str, site_packages: str) -> str:
+    """The launcher's Python traceback up to (not including) the exception line, as torchrun prints it."""
+    site = site_packages.rstrip("/")
+    lines = ["Traceback (most recent call last):"]
+    for path, lineno, func, code, carets in _TRACEBACKS[kind]:
+        shown = launcher_argv0 if path == _ARGV0 else path.replace(_SITE, site)
+        lines.append(f'  File "{shown}", line {lineno}, in {func}')
+        lines.append(f"    {code}")
+        if carets is not None:
+            column, count = carets
+            lines.append("    " + " " * column + "^" * count)
+    return "\n".join(lines) + "\n"
