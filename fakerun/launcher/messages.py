@@ -42,11 +42,10 @@ class LauncherLog:
         """Logs one message (all its lines) at level I, W or E."""
         if _LETTER_LEVEL[level] < self.threshold:
             return
-        if self.plain:
-            text = glog.format_plain(level, message)
-        else:
-            text = glog.format_glog(level, self.clock(), self.pid, source, message)
-        self.console.launcher_lines(text)
+        # Under `python -m`, only run.py's logger is `__main__` and loses its glog prefix.
+        text = glog.format_log(level, self.clock(), self.pid, source, message, python_m=self.plain)
+        if text:
+            self.console.launcher_lines(text)
 
     def block(self, level: str, source: str, messages: list[str]) -> None:
         """Logs several messages with one timestamp, as torch logs a multi-line string."""
@@ -160,7 +159,7 @@ class TorchrunVoice:
             )
         else:
             self.log.log(
-                "I", glog.ERRORS_NO_ERROR_FILE, glog.no_error_file_for_local_rank(root.slot.local_rank)
+                "I", glog.ERRORS_NO_ERROR_FILE, glog.no_error_file_for_local_rank(root.slot.rank)
             )
         other_recs = [self._record(f, restart_count, None) for f in others]
         text = report.launcher_traceback("child_failed", self.argv0, site_packages())

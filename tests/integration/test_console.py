@@ -213,3 +213,50 @@ class TestLogDir:
         )
         assert res.code == 0
         assert list(tmpdir.iterdir()) == []
+
+
+def _mask(text: str, script: str) -> list[str]:
+    """Masks times, pids, uuids, ports, temp names and the script path in launcher lines."""
+    text = text.replace(script, "SCRIPT").replace("/home/user/ref/scripts/train.py", "SCRIPT")
+    text = re.sub(r"^([IWE])\d{4} [\d:.]+ \d+ ", r"\1 ", text, flags=re.M)
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "UUID", text)
+    text = re.sub(r"(master_port=|Elapsed: )[\d.e-]+", r"\1N", text)
+    text = re.sub(r"/[\w/]*torchelastic_[a-z0-9_]{8}", "LOGDIR", text)
+    return [line for line in text.splitlines() if GLOG.match(line) or re.match(r"^[IWE] ", line)]
+
+
+class TestLauncherVoice:
+    """The launcher's own lines at INFO level and under `python -m`."""
+
+    def test_loglevel_info_success_matches_recording(self, runner: Runner, reference: Path) -> None:
+        """LOGLEVEL=INFO prints torchrun's rendezvous, config, group and success blocks, line for line."""
+        probe = str(SCRIPTS / "probe.py")
+        res = runner.run(["--standalone", "--nproc-per-node", "2", "--fake-exec", probe], LOGLEVEL="INFO")
+        assert res.code == 0
+        recorded = (reference / "07_misc/LOGLEVEL_INFO_success/console_stderr.txt").read_text()
+        assert _mask(res.stderr, probe) == _mask(recorded, probe)
+
+    def test_python_m_prints_plain_lines(self, runner: Runner) -> None:
+        """Under `python -m fakerun` the banner has no glog prefix, as under torch's `python -m`."""
+        import subprocess
+        import sys
+
+        env = runner.env()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fakerun",
+                "--nproc-per-node",
+                "2",
+                "--fake-exec",
+                str(SCRIPTS / "probe.py"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=runner.tmp,
+            timeout=60,
+        )
+        assert proc.returncode == 0
+        assert proc.stderr.splitlines()[:2] == ["", "*" * 41]
