@@ -195,3 +195,17 @@ class TestProcesses:
         res = runner.run(["--fake-exec", str(SCRIPTS / "probe.py"), "--nproc-per-node", "5", "--help"])
         assert res.code == 0, res.stderr
         assert probes(runner.tmp)[0]["argv"] == [str(SCRIPTS / "probe.py"), "--nproc-per-node", "5", "--help"]
+
+
+def test_run_path_runs_in_launcher_process_group(runner: Runner) -> None:
+    """`--run-path` runs the script in a forked interpreter in the launcher's process group."""
+    script = str(SCRIPTS / "probe.py")
+    res = runner.run(["--nproc-per-node", "2", "--run-path", "--fake-exec", script, "--foo", "1"])
+    assert res.code == 0, res.stderr
+    got = probes(runner.tmp)
+    assert sorted(got) == [0, 1]
+    for info in got.values():
+        assert info["argv"] == [script, "--foo", "1"]
+        assert info["name"] == "__main__"
+        assert info["pgid"] != info["pid"]
+        assert info["sid"] != info["pid"]
