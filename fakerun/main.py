@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(sys.stdout.buffer, sys.stderr.buffer)
     plain = os.path.basename(argv[0]) == "__main__.py"
     log = LauncherLog(console, log_level(os.environ), plain=plain, pid=os.getpid())
-    log_dir = LogDir.create(cmd.torchrun.log_dir)
+    try:
+        log_dir = LogDir.create(cmd.torchrun.log_dir)
+    except OSError as exc:
+        print(f"{prog}: error: cannot create the log directory: {exc}", file=sys.stderr)
+        return 1
     python = python_executable()
     try:
         _log_startup(plan, log, log_dir)

@@ -148,7 +148,8 @@ class Console:
         name = "stdout" if stream == STDOUT else "stderr"
         log_file = None
         if spec.to_file:
-            log_file = open(os.path.join(attempt_path, str(local_rank), f"{name}.log"), "wb")  # noqa: SIM115
+            # Unbuffered: the file holds what the worker wrote even if the launcher is killed.
+            log_file = open(os.path.join(attempt_path, str(local_rank), f"{name}.log"), "wb", buffering=0)  # noqa: SIM115
         filters = (
             plan.args.duplicate_stdout_filters if stream == STDOUT else plan.args.duplicate_stderr_filters
         )

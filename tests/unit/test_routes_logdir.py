@@ -1,0 +1,142 @@
+"""Unit tests of stream routing (tee, redirects, filter, prefixes), line assembly and log-dir paths."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from fakerun.launcher.console import STDERR, STDOUT, Route, RouteSpec, Sink, route_spec
+from fakerun.launcher.logdir import LogDir, error_file, make_attempt_dirs
+from fakerun.launcher.plan import make_plan
+from fakerun.options import TorchrunArgs
+
+
+def plan_for(**kw: object):  # type: ignore[no-untyped-def]
+    args = TorchrunArgs(training_script="t.py", nproc_per_node="3", **kw)  # type: ignore[arg-type]
+    return make_plan(args, {}, fqdn="localhost", free_port=1, cpu_count=2, run_uuid="u")
+
+
+class TestRouteSpec:
+    """Where each stream goes, per torch's LogsSpecs rules."""
+
+    def test_default_is_console_without_prefix(self) -> None:
+        """No flags: console, no prefix, no file."""
+        assert route_spec(plan_for(), 0, 0, STDOUT) == RouteSpec(True, "", False, False)
+
+    def test_redirect_goes_to_file_only(self) -> None:
+        """--redirects 1: stdout to its file only, stderr untouched."""
+        p = plan_for(redirects="1")
+        assert route_spec(p, 1, 1, STDOUT) == RouteSpec(False, "", True, False)
+        assert route_spec(p, 1, 1, STDERR) == RouteSpec(True, "", False, False)
+
+    def test_tee_prefixes_and_files(self) -> None:
+        """--tee 3 --role trainer: console with `[trainer2]:` and a file."""
+        assert route_spec(plan_for(tee="3", role="trainer"), 2, 2, STDERR) == RouteSpec(
+            True, "[trainer2]:", True, False
+        )
+
+    def test_mapping_per_local_rank(self) -> None:
+        """`-r 0:1,1:2 -t 2:3` applies per local rank."""
+        p = plan_for(redirects="0:1,1:2", tee="2:3")
+        assert route_spec(p, 0, 0, STDOUT).to_console is False
+        assert route_spec(p, 1, 1, STDOUT).to_console is True
+        assert route_spec(p, 1, 1, STDERR).to_file is True
+        assert route_spec(p, 2, 2, STDOUT).prefix == "[default2]:"
+
+    def test_filtered_rank_is_hidden_but_teed_file_kept(self) -> None:
+        """A rank outside --local-ranks-filter is not shown; with --tee its file is still written."""
+        p = plan_for(tee="3", local_ranks_filter="0,2")
+        assert route_spec(p, 1, 1, STDOUT) == RouteSpec(False, "[default1]:", True, False)
+        assert route_spec(plan_for(local_ranks_filter="0"), 1, 1, STDOUT).to_console is False
+
+    def test_prefix_template(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE replaces the prefix, no colon added."""
+        monkeypatch.setenv("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "[${role_name}|r${rank}|l${local_rank}]")
+        assert route_spec(plan_for(tee="3"), 1, 7, STDOUT).prefix == "[default|r7|l1]"
+
+    def test_duplicate_only_for_teed_streams(self) -> None:
+        """Duplicate filters apply only to tee'd output."""
+        assert route_spec(plan_for(duplicate_stdout_filters=["x"]), 0, 0, STDOUT).duplicate is False
+        assert route_spec(plan_for(tee="3", duplicate_stdout_filters=["x"]), 0, 0, STDOUT).duplicate is True
+
+
+class TestRouteLines:
+    """Bytes in, whole lines out."""
+
+    def make(self, prefix: str = "") -> tuple[Route, io.BytesIO, io.BytesIO, io.BytesIO]:
+        console, log, filtered = io.BytesIO(), io.BytesIO(), io.BytesIO()
+        sink = Sink(console)
+        route = Route(RouteSpec(True, prefix, True, bool(prefix)), sink, log, filtered, ["keep"])
+        return route, console, log, filtered
+
+    def test_partial_lines_wait_for_newline(self) -> None:
+        """A line split across reads is written once, whole; the file gets raw bytes at once."""
+        route, console, log, _ = self.make("[d0]:")
+        route.feed(b"hel")
+        route.sink.flush()
+        assert console.getvalue() == b"" and log.getvalue() == b"hel"
+        route.feed(b"lo\nwor")
+        route.sink.flush()
+        assert console.getvalue() == b"[d0]:hello\n"
+
+    def test_partial_last_line_flushed_at_close(self) -> None:
+        """At EOF the partial line goes out with its prefix and without a newline."""
+        route, console, _, _ = self.make("[d0]:")
+        route.feed(b"a\nb")
+        route.close()
+        route.sink.flush()
+        assert console.getvalue() == b"[d0]:a\n[d0]:b"
+
+    def test_duplicate_filter_matches_substrings(self) -> None:
+        """Lines containing a filter string are duplicated, prefixed."""
+        route, _, _, filtered = self.make("[d0]:")
+        route.feed(b"keep me\ndrop me\n")
+        assert filtered.getvalue() == b"[d0]:keep me\n"
+
+    def test_broken_pipe_stops_writing(self) -> None:
+        """A closed reader makes the sink stop, not crash."""
+
+        class Broken(io.BytesIO):
+            def write(self, data: bytes) -> int:  # type: ignore[override]
+                raise BrokenPipeError
+
+        sink = Sink(Broken())
+        sink.write(b"x\n")
+        sink.flush()
+        assert sink.broken
+
+
+class TestLogDir:
+    """torch's log directory layout."""
+
+    def test_layout(self, tmp_path: Path) -> None:
+        """`<base>/<run_id>_<rand8>/attempt_N/<local_rank>/error.json`, run dir mode 0700."""
+        ld = LogDir.create(str(tmp_path / "logs"))
+        run_dir = ld.new_run_dir("none")
+        assert (
+            os.path.basename(run_dir).startswith("none_")
+            and len(os.path.basename(run_dir)) == len("none_") + 8
+        )
+        assert os.stat(run_dir).st_mode & 0o777 == 0o700
+        make_attempt_dirs(run_dir, 1, 2)
+        assert sorted(os.listdir(os.path.join(run_dir, "attempt_1"))) == ["0", "1"]
+        assert error_file(run_dir, 1, 1) == os.path.join(run_dir, "attempt_1", "1", "error.json")
+
+    def test_temporary_base_is_removed_user_dir_kept(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Our own torchelastic_* directory is removed at cleanup; a --log-dir is kept."""
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        own = LogDir.create(None)
+        assert os.path.basename(own.base).startswith("torchelastic_")
+        own.cleanup()
+        assert not os.path.exists(own.base)
+        user = LogDir.create(str(tmp_path / "mine"))
+        user.cleanup()
+        assert os.path.isdir(tmp_path / "mine")
