@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -12,17 +11,9 @@ from pathlib import Path
 import pytest
 
 from fakerun.launcher import glog
+from tests.conftest import reference_dir
 
-
-def _reference_dir() -> Path:
-    """The torchrun recordings: $FAKERUN_REFERENCE_DIR, else ../shared/reference/torchrun next to the repo."""
-    override = os.environ.get("FAKERUN_REFERENCE_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "torchrun"
-
-
-REF = _reference_dir()
+REF = reference_dir()
 needs_reference = pytest.mark.skipif(
     not REF.is_dir(), reason=f"torchrun reference recordings not found at {REF} (set FAKERUN_REFERENCE_DIR)"
 )
