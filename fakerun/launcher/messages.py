@@ -158,9 +158,7 @@ class TorchrunVoice:
                 glog.no_error_file_for_parent(root_rec.error_file or ""),
             )
         else:
-            self.log.log(
-                "I", glog.ERRORS_NO_ERROR_FILE, glog.no_error_file_for_local_rank(root.slot.rank)
-            )
+            self.log.log("I", glog.ERRORS_NO_ERROR_FILE, glog.no_error_file_for_local_rank(root.slot.rank))
         other_recs = [self._record(f, restart_count, None) for f in others]
         text = report.launcher_traceback("child_failed", self.argv0, site_packages())
         text += report.format_child_failed_error(self.plan.entrypoint, root_rec, other_recs)

@@ -224,14 +224,21 @@ def make_plan(
             shutdown_timeout = float(environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
         except ValueError:
             shutdown_timeout = 30.0
-    hosts = host_names(max_nodes, fqdn)
+    if rdzv.form == "static" and args.node_rank > 0:
+        # This host is one node of a static job: it starts only its own ranks (the TCP rendezvous with the
+        # other nodes is not built yet, so they are not waited for).
+        if args.node_rank >= max_nodes:
+            raise LaunchError(f"AssertionError: node_rank {args.node_rank} must be < nnodes {max_nodes}")
+        nodes: tuple[NodePlan, ...] = (NodePlan(args.node_rank, fqdn),)
+    else:
+        nodes = tuple(NodePlan(i, h) for i, h in enumerate(host_names(max_nodes, fqdn)))
     return LaunchPlan(
         args=args,
         rdzv=rdzv,
         min_nodes=min_nodes,
         max_nodes=max_nodes,
         nproc_per_node=nproc,
-        nodes=tuple(NodePlan(i, h) for i, h in enumerate(hosts)),
+        nodes=nodes,
         group_world_size=max_nodes,
         redirects=parse_std(args.redirects, nproc),
         tee=parse_std(args.tee, nproc),

@@ -43,7 +43,7 @@ class LocalWorkerGroup:
     selector: selectors.BaseSelector
     procs: ForkProcessTable
     child_factory: ChildFactory
-    run_dirs: list[str]
+    run_dirs: dict[int, str]  # node (group rank) -> its `<run_id>_<rand8>` directory
     streams: dict[int, _Stream] = field(default_factory=dict)
     by_pid: dict[int, list[int]] = field(default_factory=dict)
 
@@ -55,7 +55,7 @@ class LocalWorkerGroup:
 
     def start(self, restart_count: int) -> list[tuple[int, WorkerSlot]]:
         """Starts every worker of one attempt and registers its pipes."""
-        for run_dir in self.run_dirs:
+        for run_dir in self.run_dirs.values():
             make_attempt_dirs(run_dir, restart_count, self.plan.nproc_per_node)
         new_session = not self.plan.args.run_path
         started: list[tuple[int, WorkerSlot]] = []
@@ -165,7 +165,7 @@ def run_job(
     sigpipe = SignalPipe(plan.signals_to_handle)
     handled = {int(s) for s in plan.signals_to_handle}
     selector.register(sigpipe.r, selectors.EVENT_READ)
-    run_dirs = [log_dir.new_run_dir(plan.rdzv.run_id) for _ in plan.nodes]
+    run_dirs = {node.group_rank: log_dir.new_run_dir(plan.rdzv.run_id) for node in plan.nodes}
     group = LocalWorkerGroup(plan, console, selector, ForkProcessTable(), child_factory, run_dirs)
     agent = Agent(
         group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout

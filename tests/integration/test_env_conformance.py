@@ -92,6 +92,20 @@ class TestEnvironmentMatchesTorchrun:
                     k: v for k, v in want.items() if k != "TORCHELASTIC_ERROR_FILE"
                 }
 
+    def test_node_rank_one_matches_recorded_second_agent(self, runner: Runner, reference: Path) -> None:
+        """`--node-rank 1` of a static 2-node job: the recorded node1 agent's ranks and values."""
+        args = ["--nnodes", "2", "--nproc-per-node", "2", "--node-rank", "1"]
+        run_probe(runner, [*args, "--master-addr", "127.0.0.1", "--master-port", "29511"])
+        got = probes(runner.tmp)
+        expected = read_env_diff(reference / "02_env/static_2nodes/node1/env_diff.txt")
+        assert sorted(got) == sorted(expected) == [2, 3]
+        for rank, want in expected.items():
+            have = added_vars(runner, got[rank])
+            assert {k: v for k, v in have.items() if k != "TORCHELASTIC_ERROR_FILE"} == {
+                k: v for k, v in want.items() if k != "TORCHELASTIC_ERROR_FILE"
+            }
+            assert re.search(r"/none_[a-z0-9_]{8}/attempt_0/\d/error\.json$", have["TORCHELASTIC_ERROR_FILE"])
+
 
 class TestEnvironmentValues:
     """Literal expectations from the torchrun contract, independent of the recordings."""

@@ -195,3 +195,21 @@ def test_signals_parsing() -> None:
     p = plan_for(signals_to_handle="SIGTERM,SIGUSR1,SIGFOO,SIGKILL")
     assert p.signals_to_handle == (signal.SIGTERM, signal.SIGUSR1)
     assert p.unknown_signals == ("SIGFOO", "SIGKILL")
+
+
+class TestOneNodeOfStaticJob:
+    """`--node-rank R` (R > 0): this host is node R of a static job."""
+
+    def test_only_own_ranks(self) -> None:
+        """Node 1 of 2 starts ranks 2 and 3 on the real host name, as the recorded node1 agent."""
+        p = plan_for(nnodes="2", nproc_per_node="2", node_rank=1, master_port=29511)
+        assert [(s.node_index, s.local_rank, s.rank, s.host) for s in worker_slots(p)] == [
+            (1, 0, 2, "localhost"),
+            (1, 1, 3, "localhost"),
+        ]
+        assert p.world_size == 4
+
+    def test_node_rank_out_of_range(self) -> None:
+        """A node rank not below the node count is a value error."""
+        with pytest.raises(LaunchError):
+            plan_for(nnodes="2", node_rank=2)
