@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import importlib
 import json
 import os
@@ -62,14 +64,14 @@ class Registry:
         for launcher in self.launchers:
             if launcher.poll() is None:
                 self.note_tree(launcher)
-        for p in list(self.seen.values()):
-            if _alive(p):
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-        for launcher in self.launchers:
-            if launcher.poll() is None:
+                # The launcher first: it forks no more workers, and those die of their parent-death signal.
                 with contextlib.suppress(OSError):
                     launcher.kill()
+        for p in list(self.seen.values()):
+            with contextlib.suppress(psutil.Error):
+                p.kill()  # psutil checks the create time: never a reused pid
+        _sweep_tagged()
+        for launcher in self.launchers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 launcher.wait(timeout=5)
             if launcher.stdout is not None:
@@ -80,6 +82,29 @@ class Registry:
 
 
 REGISTRY = Registry()
+# Every launcher gets this in its environment, so that the cleanup also finds one whose Popen never returned
+# (an interrupt arriving between fork and return).
+TAG_NAME = "FAKERUN_BENCH_TAG"
+TAG = f"{os.getpid()}.{time.time_ns()}"
+
+
+def _sweep_tagged() -> None:
+    """SIGKILLs any process of ours whose environment carries this benchmark's tag."""
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get(TAG_NAME) == TAG:
+                p.kill()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the forked child before exec: a SIGKILLed benchmark takes its launchers with it."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -108,7 +133,13 @@ class Job:
         with open(self.stderr_path, "wb") as err:
             self.t0 = time.monotonic()
             self.proc = subprocess.Popen(
-                list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+                list(argv),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env={**os.environ, TAG_NAME: TAG},
+                preexec_fn=_die_with_parent,
             )
         REGISTRY.launchers.append(self.proc)
         self._reader = threading.Thread(target=self._read, daemon=True)
