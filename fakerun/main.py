@@ -7,6 +7,7 @@ import runpy
 import socket
 import sys
 
+from fakerun import presets
 from fakerun.cli import parse_command_line, prog_name
 from fakerun.launcher import glog
 from fakerun.launcher.console import Console
@@ -17,6 +18,9 @@ from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.runtime import LocalWorkerGroup, run_job
 from fakerun.options import CommandLine
+
+# The model simulated when neither --fake-model nor the script's arguments name one.
+DEFAULT_MODEL = "llama3-8b"
 
 
 def _free_port() -> int:
@@ -101,11 +105,31 @@ def _run_path_child(plan: LaunchPlan, env: dict[str, str]) -> ChildMain:
     return run
 
 
+def _load_presets(cmd: CommandLine) -> presets.PresetBundle:
+    """The model, GPU and cluster presets of the job; a bad name or file ends the run with one line."""
+    fake = cmd.fake
+    try:
+        return presets.resolve(fake.model or DEFAULT_MODEL, fake.gpu, fake.cluster)
+    except presets.PresetError as exc:
+        print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _print_presets() -> None:
+    """`--fake-list-presets`: the shipped presets by kind."""
+    for kind, names in presets.list_presets().items():
+        print(f"{kind + ':':<10}{', '.join(names)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `fakerun` and `python -m fakerun`."""
     argv = list(sys.argv if argv is None else argv)
     prog = prog_name(argv[0] if argv else "fakerun")
     cmd = parse_command_line(argv[1:], os.environ, prog=prog)
+    bundle = _load_presets(cmd)
+    if cmd.fake.list_presets:
+        _print_presets()
+        return 0
     try:
         plan = make_plan(
             cmd.torchrun,
@@ -113,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             fqdn=socket.getfqdn(),
             free_port=_free_port(),
             cpu_count=os.cpu_count() or 1,
+            gpus_per_node=bundle.cluster.gpus_per_node,
+            node_host=lambda i: presets.host_name(bundle.cluster, i),
         )
     except LaunchError as exc:
         print(exc.exc_line, file=sys.stderr)

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -189,11 +190,15 @@ def select_rendezvous(
     return Rendezvous("c10d", args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id, c10d_addr, free_port, conf)
 
 
-def host_names(nnodes: int, real_host: str) -> tuple[str, ...]:
-    """Host names of the simulated nodes: the real one for a single node, a cluster pattern otherwise."""
+def host_names(nnodes: int, real_host: str, node_host: Callable[[int], str]) -> tuple[str, ...]:
+    """Host names of the simulated nodes: the real one for a single node, the cluster's pattern otherwise."""
     if nnodes == 1:
         return (real_host,)
-    return tuple(f"gpu-node-{i + 1:03d}" for i in range(nnodes))
+    return tuple(node_host(i) for i in range(nnodes))
+
+
+def _default_node_host(index: int) -> str:
+    return f"gpu-node-{index + 1:03d}"
 
 
 def make_plan(
@@ -205,6 +210,7 @@ def make_plan(
     cpu_count: int,
     run_uuid: str | None = None,
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+    node_host: Callable[[int], str] = _default_node_host,
 ) -> LaunchPlan:
     """Builds the launch plan for one fakerun that plays every node of the job on this host."""
     if args.module and args.no_python:
@@ -231,7 +237,7 @@ def make_plan(
             raise LaunchError(f"AssertionError: node_rank {args.node_rank} must be < nnodes {max_nodes}")
         nodes: tuple[NodePlan, ...] = (NodePlan(args.node_rank, fqdn),)
     else:
-        nodes = tuple(NodePlan(i, h) for i, h in enumerate(host_names(max_nodes, fqdn)))
+        nodes = tuple(NodePlan(i, h) for i, h in enumerate(host_names(max_nodes, fqdn, node_host)))
     return LaunchPlan(
         args=args,
         rdzv=rdzv,

@@ -325,3 +325,31 @@ def test_ps_shows_torchrun_like_titles(runner: Runner) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+class TestPresetOptions:
+    """--fake-model/--fake-gpu/--fake-cluster name shipped presets; bad names end with one line."""
+
+    def test_unknown_model(self, runner: Runner) -> None:
+        """An unknown model: one line listing the valid names, exit 2, no worker started."""
+        res = runner.run(["--fake-model", "gpt-17", "train.py"])
+        assert res.code == 2
+        (line,) = res.stderr.splitlines()
+        assert line.startswith("fakerun: error: unknown model 'gpt-17' (choose from: ")
+        assert "llama3-8b" in line
+        assert res.stdout == ""
+
+    def test_list_presets(self, runner: Runner) -> None:
+        """--fake-list-presets needs no script and lists every kind."""
+        res = runner.run(["--fake-list-presets"])
+        assert res.code == 0
+        kinds = [line.split(":")[0] for line in res.stdout.splitlines()]
+        assert kinds == ["models", "gpus", "clusters", "storage"]
+
+    def test_cluster_names_the_simulated_hosts(self, runner: Runner) -> None:
+        """In a local multi-node run the report names each node after the cluster's host pattern."""
+        args = ["--nnodes", "2", "--nproc-per-node", "1", "--fake-cluster", "dgx-h100", "--fake-exec", FAIL]
+        res = runner.run(args)
+        assert res.code == 1
+        hosts = re.findall(r"  host      : (\S+)", res.stderr)
+        assert sorted(hosts) == ["gpu-node-001", "gpu-node-002"]

@@ -1,0 +1,626 @@
+"""Presets shipped in fakerun/configs: models, GPUs, clusters and storage, loaded from TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
+
+__all__ = [
+    "ClusterSpec",
+    "GpuSpec",
+    "ModelSpec",
+    "PresetBundle",
+    "PresetError",
+    "StorageSpec",
+    "host_name",
+    "list_presets",
+    "load_cluster",
+    "load_gpu",
+    "load_model",
+    "load_storage",
+    "model_from_hf_name",
+    "resolve",
+    "with_gpu",
+]
+
+KINDS = ("models", "gpus", "clusters", "storage")
+_SINGULAR = {"models": "model", "gpus": "GPU", "clusters": "cluster", "storage": "storage"}
+
+
+class PresetError(Exception):
+    """A preset name or preset file that cannot be used; the message is one line."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The specs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A transformer architecture with its published size and the training defaults of its preset."""
+
+    name: str
+    layers: int
+    hidden: int
+    ffn_hidden: int
+    heads: int
+    vocab: int
+    seq_len: int
+    display_name: str = ""
+    family: str = ""
+    hf_name: str = ""
+    aliases: tuple[str, ...] = ()
+    published_params: float = 0.0
+    published_active_params: float = 0.0
+    joke: bool = False
+    kv_heads: int = 0  # 0: same as heads (multi-head attention)
+    max_position: int = 0  # 0: seq_len
+    position: str = "rope"  # rope | learned
+    mlp: str = "swiglu"  # swiglu (3 matrices) | gelu (2 matrices)
+    norm: str = "rmsnorm"  # rmsnorm (1 vector) | layernorm (2 vectors)
+    bias: str = "none"  # none | qkv | all
+    tied_embeddings: bool = False
+    experts: int = 1
+    top_k: int = 1
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    # Training defaults of the preset.
+    global_batch: int = 256
+    micro_batch: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 2000
+    total_steps: int = 100_000
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    zero_stage: int = 1
+    recompute: str = "selective"
+    default_cluster: str = "dgx-h100"
+    default_nnodes: int = 1
+    # Exact counts from the architecture, filled in by __post_init__.
+    params: int = field(init=False, compare=False)
+    active_params: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
+        if self.kv_heads == 0:
+            object.__setattr__(self, "kv_heads", self.heads)
+        if self.max_position == 0:
+            object.__setattr__(self, "max_position", self.seq_len)
+        dense, expert, router = self.layer_params()
+        shared = self.embedding_params() + self._final_norm()
+        object.__setattr__(self, "params", self.layers * (dense + self.experts * expert + router) + shared)
+        object.__setattr__(
+            self, "active_params", self.layers * (dense + self.top_k * expert + router) + shared
+        )
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden // self.heads
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the MLP is a mixture of experts."""
+        return self.experts > 1
+
+    def _norm_params(self) -> int:
+        return self.hidden if self.norm == "rmsnorm" else 2 * self.hidden
+
+    def _final_norm(self) -> int:
+        return self._norm_params()
+
+    def layer_params(self) -> tuple[int, int, int]:
+        """(attention + norms, one expert's MLP, router) parameters of one layer."""
+        h, f, hd = self.hidden, self.ffn_hidden, self.head_dim
+        q, kv = self.heads * hd, self.kv_heads * hd
+        attn = h * q + 2 * h * kv + q * h
+        if self.bias in ("qkv", "all"):
+            attn += q + 2 * kv
+        if self.bias == "all":
+            attn += h
+        if self.mlp == "swiglu":
+            mlp = 3 * h * f + (2 * f + h if self.bias == "all" else 0)
+        else:
+            mlp = 2 * h * f + (f + h if self.bias == "all" else 0)
+        router = h * self.experts if self.is_moe else 0
+        return attn + 2 * self._norm_params(), mlp, router
+
+    def embedding_params(self) -> int:
+        """Token embedding, LM head (unless tied) and learned positions."""
+        emb = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        if self.position == "learned":
+            emb += self.max_position * self.hidden
+        return emb
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One accelerator: peak dense BF16 rate, memory as nvidia-smi reports it, power, links, clocks."""
+
+    name: str
+    display_name: str
+    peak_bf16_tflops: float
+    memory_mib: int
+    tdp_w: int
+    aliases: tuple[str, ...] = ()
+    vendor: str = "nvidia"
+    architecture: str = ""
+    form_factor: str = "SXM"
+    peak_fp8_tflops: float = 0.0
+    mem_bandwidth_tbs: float = 0.0
+    idle_power_w: int = 60
+    link: str = "NVLink"
+    link_gbs: float = 0.0  # per direction, per GPU
+    idle_temp_c: int = 30
+    load_temp_c: int = 70
+    max_temp_c: int = 87
+    sm_clock_max_mhz: int = 1500
+    sm_clock_idle_mhz: int = 300
+    mem_clock_max_mhz: int = 1500
+    driver_version: str = "550.90.07"
+    cuda_version: str = "12.4"
+    mfu_typical: float = 0.40
+
+    @property
+    def memory_gib(self) -> float:
+        """Total device memory in GiB (nvidia-smi's MiB / 1024)."""
+        return self.memory_mib / 1024.0
+
+    @property
+    def peak_flops(self) -> float:
+        """Peak dense BF16 rate in FLOP/s."""
+        return self.peak_bf16_tflops * 1e12
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A node type and its fabric: GPUs per node, NVLink and NIC bandwidths, host names."""
+
+    name: str
+    gpu: GpuSpec
+    gpus_per_node: int
+    display_name: str = ""
+    intra_busbw_gbs: float = 200.0  # achieved ring all_reduce busbw inside a node, large messages
+    nvls: bool = False
+    nvls_busbw_gbs: float = 0.0
+    intra_latency_us: float = 2.0
+    nics_per_node: int = 8
+    nic_gbps: float = 400.0
+    nic_name: str = "mlx5"
+    fabric: str = "InfiniBand"
+    nic_efficiency: float = 0.9
+    inter_latency_us: float = 5.0
+    host_pattern: str = "{prefix}{index:03d}"
+    host_prefix: str = "node-"
+    index_base: int = 0
+    cpu_model: str = "Intel(R) Xeon(R) CPU"
+    cpu_cores: int = 64
+    ram_gib: int = 1024
+    storage: str = "nfs"
+    bus_ids: tuple[str, ...] = ()
+
+    @property
+    def nic_bytes_per_gpu(self) -> float:
+        """Achievable inter-node bytes/s per GPU (its share of the node's NICs)."""
+        return self.nics_per_node * self.nic_gbps / 8.0 * 1e9 * self.nic_efficiency / self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where checkpoints go: aggregate and per-node bandwidths in GB/s."""
+
+    name: str
+    read_gbs: float
+    write_gbs: float
+    display_name: str = ""
+    kind: str = "nfs"
+    mount: str = "/checkpoints"
+    per_node_read_gbs: float = 0.0  # 0: same as the aggregate
+    per_node_write_gbs: float = 0.0
+    shared: bool = True  # False: node-local, the aggregate grows with the node count
+    open_latency_ms: float = 1.0
+
+
+@dataclass(frozen=True)
+class PresetBundle:
+    """The four presets a job is built from."""
+
+    model: ModelSpec
+    gpu: GpuSpec
+    cluster: ClusterSpec
+    storage: StorageSpec
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parsing and validation
+
+_T = TypeVar("_T")
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def _coerce(key: str, typ: str, value: Any) -> Any:
+    """Check one TOML value against the dataclass field type; raise ValueError with a short reason."""
+    if typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"field '{key}' must be an integer, got {value!r}")
+        return value
+    if typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"field '{key}' must be a number, got {value!r}")
+        return float(value)
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"field '{key}' must be true or false, got {value!r}")
+        return value
+    if typ == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"field '{key}' must be a string, got {value!r}")
+        return value
+    if typ == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"field '{key}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise ValueError(f"field '{key}' cannot be set in a file")
+
+
+def _build(cls: type[_T], data: Mapping[str, Any], special: Mapping[str, Callable[[Any], Any]]) -> _T:
+    """Build a spec dataclass from a TOML table, checking names, types and required fields."""
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"unknown field '{key}'")
+        kwargs[key] = special[key](value) if key in special else _coerce(key, str(known[key].type), value)
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"missing field '{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _positive(spec: object, names: str) -> None:
+    for n in names.split():
+        if getattr(spec, n) <= 0:
+            raise ValueError(f"field '{n}' must be positive, got {getattr(spec, n)!r}")
+
+
+def _one_of(spec: object, name: str, allowed: tuple[Any, ...]) -> None:
+    if getattr(spec, name) not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        raise ValueError(f"field '{name}' must be one of {choices}, got {getattr(spec, name)!r}")
+
+
+def _check_model(m: ModelSpec) -> None:
+    _positive(m, "layers hidden ffn_hidden heads kv_heads vocab seq_len max_position experts top_k")
+    _positive(m, "global_batch micro_batch lr total_steps tp pp ep default_nnodes")
+    if m.hidden % m.heads:
+        raise ValueError(f"hidden={m.hidden} is not divisible by heads={m.heads}")
+    if m.heads % m.kv_heads:
+        raise ValueError(f"heads={m.heads} is not divisible by kv_heads={m.kv_heads}")
+    if m.top_k > m.experts:
+        raise ValueError(f"top_k={m.top_k} exceeds experts={m.experts}")
+    if m.warmup_steps < 0 or not 0.0 <= m.min_lr_ratio <= 1.0:
+        raise ValueError("warmup_steps must be >= 0 and min_lr_ratio within [0, 1]")
+    _one_of(m, "position", ("rope", "learned"))
+    _one_of(m, "mlp", ("swiglu", "gelu"))
+    _one_of(m, "norm", ("rmsnorm", "layernorm"))
+    _one_of(m, "bias", ("none", "qkv", "all"))
+    _one_of(m, "zero_stage", (0, 1, 2, 3))
+    _one_of(m, "recompute", ("none", "selective", "full"))
+
+
+def _check_gpu(g: GpuSpec) -> None:
+    _positive(g, "peak_bf16_tflops memory_mib tdp_w sm_clock_max_mhz mem_clock_max_mhz")
+    if not 0.0 < g.mfu_typical < 1.0:
+        raise ValueError(f"field 'mfu_typical' must be within (0, 1), got {g.mfu_typical!r}")
+    if not g.idle_temp_c < g.load_temp_c <= g.max_temp_c:
+        raise ValueError("temperatures must satisfy idle_temp_c < load_temp_c <= max_temp_c")
+    if not 0 < g.idle_power_w < g.tdp_w:
+        raise ValueError("field 'idle_power_w' must be between 0 and tdp_w")
+
+
+def _check_cluster(c: ClusterSpec) -> None:
+    _positive(c, "gpus_per_node intra_busbw_gbs nics_per_node nic_gbps nic_efficiency")
+    if c.nvls and c.nvls_busbw_gbs <= 0:
+        raise ValueError("field 'nvls_busbw_gbs' must be positive when nvls = true")
+    try:
+        c.host_pattern.format(prefix=c.host_prefix, index=c.index_base)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"bad host_pattern {c.host_pattern!r} ({exc!s})") from None
+
+
+def _check_storage(s: StorageSpec) -> None:
+    _positive(s, "read_gbs write_gbs")
+
+
+_CHECKS: dict[str, Callable[[Any], None]] = {
+    "models": _check_model,
+    "gpus": _check_gpu,
+    "clusters": _check_cluster,
+    "storage": _check_storage,
+}
+_CLASSES: dict[str, type] = {
+    "models": ModelSpec,
+    "gpus": GpuSpec,
+    "clusters": ClusterSpec,
+    "storage": StorageSpec,
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _parse(kind: str, text: str, where: str, stem: str) -> Any:
+    """Parse and validate one preset file's text; raise PresetError naming the file on any problem."""
+    label = f"bad {_SINGULAR[kind]} file '{where}'"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"{label}: {_one_line(str(exc))}") from None
+    data.setdefault("name", stem)
+    special: dict[str, Callable[[Any], Any]] = {}
+    if kind == "clusters":
+        special["gpu"] = _cluster_gpu
+    try:
+        spec: Any = _build(_CLASSES[kind], data, special)
+        _CHECKS[kind](spec)
+    except PresetError as exc:
+        raise PresetError(f"{label}: {exc}") from None
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        raise PresetError(f"{label}: {_one_line(str(exc))}") from None
+    return spec
+
+
+def _cluster_gpu(value: Any) -> GpuSpec:
+    if not isinstance(value, str):
+        raise ValueError(f"field 'gpu' must be a GPU preset name, got {value!r}")
+    try:
+        return load_gpu(value)
+    except PresetError as exc:
+        raise PresetError(f"field 'gpu': {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The shipped presets
+
+
+def _root() -> Traversable:
+    return resources.files("fakerun") / "configs"
+
+
+@functools.cache
+def _shipped(kind: str) -> dict[str, Any]:
+    """All shipped presets of one kind, by canonical name, in display order."""
+    specs: list[Any] = []
+    folder = _root() / kind
+    for entry in folder.iterdir():
+        if entry.name.endswith(".toml"):
+            stem = entry.name[: -len(".toml")]
+            specs.append(
+                _parse(kind, entry.read_text(encoding="utf-8"), f"configs/{kind}/{entry.name}", stem)
+            )
+    if kind == "models":
+        specs.sort(key=lambda m: (m.joke, m.family, m.params, m.name))
+    elif kind == "gpus":
+        specs.sort(key=lambda g: (g.vendor != "nvidia", g.peak_bf16_tflops, g.memory_mib, g.name))
+    else:
+        specs.sort(key=lambda s: s.name)
+    return {s.name: s for s in specs}
+
+
+@functools.cache
+def _aliases(kind: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, spec in _shipped(kind).items():
+        names = list(getattr(spec, "aliases", ()))
+        hf = getattr(spec, "hf_name", "")
+        if hf:
+            names += [hf, hf.split("/")[-1]]
+        for alias in names:
+            out.setdefault(_norm(alias), name)
+        out[_norm(name)] = name
+    return out
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith(".toml") or Path(text).is_file()
+
+
+def _load(kind: str, name_or_path: str) -> Any:
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise PresetError(f"empty {_SINGULAR[kind]} name (choose from: {', '.join(_shipped(kind))})")
+    if _looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PresetError(f"{_SINGULAR[kind]} file '{name_or_path}' not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PresetError(
+                f"cannot read {_SINGULAR[kind]} file '{name_or_path}': {_one_line(str(exc))}"
+            ) from None
+        return _parse(kind, text, name_or_path, path.stem)
+    hit = _aliases(kind).get(_norm(name_or_path))
+    if hit is not None:
+        return _shipped(kind)[hit]
+    if kind == "models":
+        model = model_from_hf_name(name_or_path)
+        if model is not None:
+            return model
+    raise PresetError(
+        f"unknown {_SINGULAR[kind]} {name_or_path!r} (choose from: {', '.join(_shipped(kind))})"
+    )
+
+
+def load_model(name_or_path: str) -> ModelSpec:
+    """A model preset by name (case-insensitive, aliases and Hugging Face names too) or from a TOML file."""
+    spec: ModelSpec = _load("models", name_or_path)
+    return spec
+
+
+def load_gpu(name_or_path: str) -> GpuSpec:
+    """A GPU preset by name (case-insensitive, aliases too) or from a TOML file."""
+    spec: GpuSpec = _load("gpus", name_or_path)
+    return spec
+
+
+def load_cluster(name_or_path: str) -> ClusterSpec:
+    """A cluster preset by name (case-insensitive) or from a TOML file."""
+    spec: ClusterSpec = _load("clusters", name_or_path)
+    return spec
+
+
+def load_storage(name_or_path: str) -> StorageSpec:
+    """A storage preset by name (case-insensitive) or from a TOML file."""
+    spec: StorageSpec = _load("storage", name_or_path)
+    return spec
+
+
+def list_presets() -> dict[str, list[str]]:
+    """The shipped preset names by kind ("models", "gpus", "clusters", "storage"), in display order."""
+    return {kind: list(_shipped(kind)) for kind in KINDS}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hugging Face names
+
+_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z0-9])")
+_MOE_SIZE = re.compile(r"(\d+)x(\d+(?:\.\d+)?)b(?![a-z0-9])")
+
+
+def _hf_key(name: str) -> tuple[str, str] | None:
+    """(family and version, size) read from a Hugging Face repo id or a local checkpoint path."""
+    text = _norm(name.rstrip("/").split("/")[-1]).replace("meta-", "")
+    moe = _MOE_SIZE.search(text)
+    if "mixtral" in text:
+        return ("mixtral", f"{moe.group(1)}x{moe.group(2)}b") if moe else None
+    size_match = _SIZE.search(text)
+    size = f"{size_match.group(1)}{size_match.group(2)}" if size_match else ""
+    llama = re.search(r"llama-?(\d+(?:\.\d+)?)", text)
+    if llama:
+        version = llama.group(1)
+        major, _, minor = version.partition(".")
+        family = "llama3.2" if (major, minor) == ("3", "2") else f"llama{major}"
+        return (family, size) if size else None
+    if "mistral" in text:
+        return ("mistral", size or "7b")
+    qwen = re.search(r"qwen-?(\d+)", text)
+    if qwen:
+        return (f"qwen{qwen.group(1)}", size) if size else None
+    if re.search(r"gpt-?3|davinci", text):
+        return ("gpt3", size or "175b")
+    if re.search(r"gpt-?2", text):
+        if "xl" in text or "medium" in text or "large" in text:
+            return None
+        return ("gpt2", size or "124m")
+    return None
+
+
+@functools.cache
+def _hf_index() -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for name, model in _shipped("models").items():
+        if model.joke:
+            continue
+        for hf in (model.hf_name, *model.aliases):
+            key = _hf_key(hf)
+            if key is not None:
+                out.setdefault(key, name)
+    return out
+
+
+def model_from_hf_name(name: str) -> ModelSpec | None:
+    """The preset for a --model_name_or_path value (repo id or local path), or None when nothing matches."""
+    if not name or not name.strip():
+        return None
+    shipped: dict[str, ModelSpec] = _shipped("models")
+    aliases = _aliases("models")
+    exact = aliases.get(_norm(name.rstrip("/"))) or aliases.get(_norm(name.rstrip("/").split("/")[-1]))
+    if exact is not None:
+        return shipped[exact]
+    key = _hf_key(name)
+    if key is None:
+        return None
+    hit = _hf_index().get(key)
+    if hit is None and key[0] == "qwen2":  # Qwen2 and Qwen2.5 share their shapes at 7B and 72B
+        hit = _hf_index().get(("qwen2.5", key[1]))
+    return shipped[hit] if hit is not None else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def host_name(cluster: ClusterSpec, node_index: int) -> str:
+    """The simulated host name of node `node_index` (0-based) of a cluster."""
+    return cluster.host_pattern.format(prefix=cluster.host_prefix, index=node_index + cluster.index_base)
+
+
+def with_gpu(cluster: ClusterSpec, gpu: GpuSpec) -> ClusterSpec:
+    """The cluster with another GPU in its nodes; NVLink figures scale with the GPU's link bandwidth."""
+    if gpu == cluster.gpu:
+        return cluster
+    scale = gpu.link_gbs / cluster.gpu.link_gbs if cluster.gpu.link_gbs > 0 and gpu.link_gbs > 0 else 1.0
+    # NVLink SHARP needs NVSwitch generation 3 (Hopper) or later.
+    nvls = cluster.nvls and gpu.vendor == "nvidia" and gpu.architecture not in ("Ampere", "Volta")
+    return dataclasses.replace(
+        cluster,
+        gpu=gpu,
+        intra_busbw_gbs=cluster.intra_busbw_gbs * scale,
+        nvls=nvls,
+        nvls_busbw_gbs=cluster.nvls_busbw_gbs * scale if nvls else 0.0,
+    )
+
+
+def resolve(
+    model: str | ModelSpec,
+    gpu: str | GpuSpec | None = None,
+    cluster: str | ClusterSpec | None = None,
+    storage: str | StorageSpec | None = None,
+) -> PresetBundle:
+    """Model, GPU, cluster and storage with defaults: the cluster from the model, the GPU from the cluster."""
+    m = load_model(model) if isinstance(model, str) else model
+    g = load_gpu(gpu) if isinstance(gpu, str) else gpu
+    if cluster is not None:
+        c = load_cluster(cluster) if isinstance(cluster, str) else cluster
+    elif g is not None:
+        default = load_cluster(m.default_cluster)
+        same = [c for c in _shipped("clusters").values() if c.gpu.name == g.name]
+        c = default if default.gpu.name == g.name or not same else same[0]
+    else:
+        c = load_cluster(m.default_cluster)
+    if g is not None:
+        c = with_gpu(c, g)
+    s = storage if isinstance(storage, StorageSpec) else load_storage(storage or c.storage)
+    return PresetBundle(model=m, gpu=c.gpu, cluster=c, storage=s)
