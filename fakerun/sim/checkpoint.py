@@ -1,0 +1,177 @@
+"""Checkpoints and exports: sizes, save/load times from the storage bandwidth, safetensors shard names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fakerun.sim import rand
+
+if TYPE_CHECKING:
+    from fakerun.presets import ModelSpec
+    from fakerun.sim.job import JobSpec
+
+# transformers' save_pretrained(max_shard_size="5GB"): decimal gigabytes; Llama 3 8B ships as 4 shards.
+HF_SHARD_BYTES = 5_000_000_000
+# A full training checkpoint: bf16 weights (2) + fp32 master weights and Adam m, v (12) bytes per parameter
+# (PHYSICS.md 7: 14-16 bytes/param; BLOOM-176B 2.3 TB).
+WEIGHT_BYTES = 2
+OPTIMIZER_BYTES = 12
+COMPANION_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """One file of an export or a checkpoint."""
+
+    name: str
+    nbytes: int
+
+
+def checkpoint_bytes(model: ModelSpec, *, full: bool = True) -> int:
+    """Bytes of a checkpoint: weights only (bf16) or with the optimizer state."""
+    per_param = WEIGHT_BYTES + (OPTIMIZER_BYTES if full else 0)
+    return model.params * per_param
+
+
+def rank_checkpoint_bytes(job: JobSpec, *, full: bool = True) -> int:
+    """Bytes each rank writes to a distributed (torch_dist) checkpoint: an even share of the whole."""
+    return checkpoint_bytes(job.model, full=full) // job.world_size
+
+
+def _write_bandwidth(job: JobSpec) -> float:
+    st = job.storage
+    per_node = (st.per_node_write_gbs or st.write_gbs) * 1e9
+    if not st.shared:
+        return per_node * job.nnodes
+    return min(st.write_gbs * 1e9, per_node * job.nnodes)
+
+
+def _read_bandwidth(job: JobSpec) -> float:
+    st = job.storage
+    per_node = (st.per_node_read_gbs or st.read_gbs) * 1e9
+    if not st.shared:
+        return per_node * job.nnodes
+    return min(st.read_gbs * 1e9, per_node * job.nnodes)
+
+
+def save_seconds(job: JobSpec, step: int, *, full: bool = True) -> float:
+    """Seconds to save a checkpoint at `step`: bytes over the write bandwidth, plus barriers, metadata."""
+    nbytes = checkpoint_bytes(job.model, full=full)
+    files_per_node = job.nproc_per_node + 2
+    fixed = 1.0 + files_per_node * job.storage.open_latency_ms / 1000.0
+    jitter = 1.0 + 0.08 * rand.normal(job.seed, "ckpt-save", step)
+    return (nbytes / _write_bandwidth(job) + fixed) * max(0.8, jitter)
+
+
+def load_seconds(job: JobSpec, *, full: bool = True) -> float:
+    """Wall time to load a checkpoint (resume or initial weights)."""
+    nbytes = checkpoint_bytes(job.model, full=full)
+    return nbytes / _read_bandwidth(job) + 0.5 + job.nproc_per_node * job.storage.open_latency_ms / 1000.0
+
+
+def checkpoint_dir(step: int, style: str = "megatron") -> str:
+    """Checkpoint directory: Megatron's iter_0001000, HF Trainer's checkpoint-1000, torchtitan's step-1000."""
+    if style == "hf":
+        return f"checkpoint-{step}"
+    if style == "torchtitan":
+        return f"step-{step}"
+    return f"iter_{step:07d}"
+
+
+def distcp_files(job: JobSpec) -> tuple[ExportFile, ...]:
+    """The files of a torch.distributed.checkpoint save: one .distcp per rank and the .metadata file."""
+    share = rank_checkpoint_bytes(job)
+    files = [ExportFile(f"__{r}_0.distcp", share) for r in range(job.world_size)]
+    return (*files, ExportFile(".metadata", 2000 + 150 * job.world_size))
+
+
+def hf_tensors(model: ModelSpec) -> Iterator[tuple[str, int]]:
+    """(name, elements) of the model's tensors in Hugging Face state_dict order."""
+    h, f, hd = model.hidden, model.ffn_hidden, model.head_dim
+    q, kv = model.heads * hd, model.kv_heads * hd
+    if model.family in ("gpt2", "gpt3"):
+        yield "transformer.wte.weight", model.vocab * h
+        yield "transformer.wpe.weight", model.max_position * h
+        for i in range(model.layers):
+            p = f"transformer.h.{i}."
+            yield p + "ln_1.weight", h
+            yield p + "ln_1.bias", h
+            yield p + "attn.c_attn.weight", h * 3 * h
+            yield p + "attn.c_attn.bias", 3 * h
+            yield p + "attn.c_proj.weight", h * h
+            yield p + "attn.c_proj.bias", h
+            yield p + "ln_2.weight", h
+            yield p + "ln_2.bias", h
+            yield p + "mlp.c_fc.weight", h * f
+            yield p + "mlp.c_fc.bias", f
+            yield p + "mlp.c_proj.weight", f * h
+            yield p + "mlp.c_proj.bias", h
+        yield "transformer.ln_f.weight", h
+        yield "transformer.ln_f.bias", h
+        return
+    yield "model.embed_tokens.weight", model.vocab * h
+    for i in range(model.layers):
+        p = f"model.layers.{i}."
+        for name, n in (("q_proj", h * q), ("k_proj", h * kv), ("v_proj", h * kv), ("o_proj", q * h)):
+            yield p + f"self_attn.{name}.weight", n
+            if model.bias != "none" and name != "o_proj":
+                yield p + f"self_attn.{name}.bias", n // h
+        if model.is_moe:
+            yield p + "block_sparse_moe.gate.weight", h * model.experts
+            for e in range(model.experts):
+                for w in ("w1", "w2", "w3"):
+                    yield p + f"block_sparse_moe.experts.{e}.{w}.weight", h * f
+        else:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                yield p + f"mlp.{name}.weight", h * f
+        yield p + "input_layernorm.weight", h
+        yield p + "post_attention_layernorm.weight", h
+    yield "model.norm.weight", h
+    if not model.tied_embeddings:
+        yield "lm_head.weight", model.vocab * h
+
+
+def safetensors_shards(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tuple[ExportFile, ...]:
+    """bf16 safetensors files as save_pretrained writes them (model-00001-of-0000N.safetensors), greedy."""
+    shards: list[list[int]] = [[0, 0]]  # [bytes, tensors]
+    for name, numel in hf_tensors(model):
+        nbytes = numel * WEIGHT_BYTES
+        # Each tensor adds ~ a JSON header entry (name, dtype, shape, offsets) to its file.
+        entry = len(name) + 60
+        if shards[-1][1] and shards[-1][0] + nbytes > max_shard_bytes:
+            shards.append([0, 0])
+        shards[-1][0] += nbytes + entry
+        shards[-1][1] += 1
+    if len(shards) == 1:
+        return (ExportFile("model.safetensors", shards[0][0] + 8),)
+    n = len(shards)
+    return tuple(
+        ExportFile(f"model-{i + 1:05d}-of-{n:05d}.safetensors", b + 8) for i, (b, _) in enumerate(shards)
+    )
+
+
+def export_files(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tuple[ExportFile, ...]:
+    """All files of a Hugging Face export: the safetensors shards and the companion files, with sizes."""
+    shards = safetensors_shards(model, max_shard_bytes)
+    n_tensors = sum(1 for _ in hf_tensors(model))
+    # Sizes modelled on real repos: tokenizer.json ~70 bytes per vocab entry (Llama 3: ~9 MB for 128k) [mem].
+    files = [
+        *shards,
+        ExportFile("config.json", 650 + 25 * (model.is_moe + (model.bias != "none"))),
+        ExportFile("generation_config.json", 180),
+        ExportFile("special_tokens_map.json", 301),
+        ExportFile("tokenizer.json", 71 * model.vocab),
+        ExportFile("tokenizer_config.json", 2_000 + model.vocab // 3),
+    ]
+    if len(shards) > 1:
+        files.append(ExportFile("model.safetensors.index.json", 120 + 75 * n_tensors))
+    return tuple(sorted(files, key=lambda f: f.name))

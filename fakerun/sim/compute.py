@@ -1,0 +1,140 @@
+"""FLOPs, MFU (30-55%, slowly drifting), stragglers, step time, TFLOP/s and tokens/s."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fakerun.sim import rand
+from fakerun.sim.collectives import COMM_JITTER, comm_plan
+
+if TYPE_CHECKING:
+    from fakerun.presets import ModelSpec
+    from fakerun.sim.job import JobSpec
+
+# Reported MFU always stays in this band (PRODUCT.md 6). Real runs: 38-43% Llama 3 405B on H100, ~48% BLOOM on
+# A100, 52-58% torchtitan on A100, "up to 47%" Megatron-Core on H100 (PHYSICS.md 2); > ~80% would look fake.
+MFU_MIN = 0.30
+MFU_MAX = 0.55
+CENTER_MIN = 0.33
+CENTER_MAX = 0.50
+# Exposed communication never takes more than this share of the fastest possible step.
+MAX_EXPOSED_SHARE = 0.35
+# Spread of compute time between ranks on a normal step (kernels, dataloader, clocks).
+RANK_JITTER = 0.025
+# Straggler episodes (a slow or throttling GPU for a few to ~20 steps) and one-step hiccups (GC, dataloader).
+EPISODE_BLOCK = 500
+EPISODE_PROB = 0.3
+HICCUP_PROB = 0.004
+
+
+def model_flops_per_token(model: ModelSpec) -> float:
+    """Training FLOPs per token by the 6N rule (2N forward + 4N backward); active parameters for MoE."""
+    return 6.0 * model.active_params
+
+
+def attention_flops_per_token(model: ModelSpec, seq_len: int) -> float:
+    """The attention term Megatron adds to 6N: 12 * layers * hidden * seq (Narayanan et al. 2021 [mem])."""
+    return 12.0 * model.layers * model.hidden * seq_len
+
+
+def flops_per_step(job: JobSpec) -> float:
+    """Model FLOPs of one optimizer step: 6 * N * tokens_per_step (MFU is defined on this, not on HFU)."""
+    return model_flops_per_token(job.model) * job.tokens_per_step
+
+
+def step_time_for_mfu(job: JobSpec, mfu: float) -> float:
+    """step time = 6 * N * tokens_per_step / (GPUs * MFU * peak)."""
+    return flops_per_step(job) / (job.world_size * mfu * job.gpu.peak_flops)
+
+
+def mfu_for_step_time(job: JobSpec, seconds: float) -> float:
+    """The MFU a step time implies."""
+    return flops_per_step(job) / (job.world_size * seconds * job.gpu.peak_flops)
+
+
+def tflops_per_gpu(job: JobSpec, seconds: float) -> float:
+    """Achieved model TFLOP/s per GPU for a step time (what Megatron prints as throughput per GPU)."""
+    return flops_per_step(job) / (job.world_size * seconds) / 1e12
+
+
+@functools.lru_cache(maxsize=256)
+def mfu_center(job: JobSpec) -> float:
+    """The job's typical MFU: the GPU's usual figure less bubble, exposed comms, MoE and thin GEMMs."""
+    mfu = job.gpu.mfu_typical
+    if job.pp > 1:
+        # 1F1B bubble: (p - 1) / (m + p - 1) of the step idles (Narayanan et al. 2021).
+        mfu *= 1.0 - 0.5 * (job.pp - 1) / (job.grad_accum + job.pp - 1)
+    if job.model.is_moe:
+        mfu *= 0.85  # routing, load imbalance, grouped GEMMs (excerpt 26: Mixtral at ~24% on H100)
+    width = job.model.hidden / job.tp
+    mfu *= min(1.0, 0.8 + 0.2 * width / 1024.0)  # thin GEMMs do not saturate the tensor cores
+    if job.recompute == "full":
+        mfu *= 0.85  # the forward runs twice: hardware does up to 8N of work per token for 6N of credit
+    # The typical figures already include a usual bubble and usual exposed communication: count half of ours.
+    plan = comm_plan(job)
+    t0 = step_time_for_mfu(job, mfu)
+    mfu *= 1.0 - 0.5 * plan.exposed_s / (t0 + plan.exposed_s)
+    return min(CENTER_MAX, max(CENTER_MIN, mfu))
+
+
+def base_mfu(job: JobSpec, step: int) -> float:
+    """MFU of `step` before stragglers: centre + slow seeded drift (O(1) at any step) + a little noise."""
+    drift = 0.025 * rand.value_noise(job.seed, "mfu-slow", step / 150.0)
+    drift += 0.012 * rand.value_noise(job.seed, "mfu-mid", step / 23.0)
+    noise = 0.004 * rand.normal(job.seed, "mfu-noise", step)
+    return min(MFU_MAX, max(MFU_MIN, mfu_center(job) + drift + noise))
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """A rank slowing the whole step: `slowdown` times its usual compute time."""
+
+    rank: int
+    slowdown: float
+    cause: str  # "thermal" (an episode of several steps) | "hiccup" (one step)
+
+
+def straggler(job: JobSpec, step: int) -> Straggler | None:
+    """The straggler of `step`, if any: rare and deterministic per (seed, step), the same on every rank."""
+    block = step // EPISODE_BLOCK
+    if rand.uniform(job.seed, "strag-episode", block) < EPISODE_PROB:
+        length = 3 + int(20 * rand.uniform(job.seed, "strag-len", block))
+        start = block * EPISODE_BLOCK + int(
+            (EPISODE_BLOCK - length) * rand.uniform(job.seed, "strag-start", block)
+        )
+        if start <= step < start + length:
+            rank = rand.hash64(job.seed, "strag-rank", block) % job.world_size
+            return Straggler(rank, 1.06 + 0.14 * rand.uniform(job.seed, "strag-slow", block), "thermal")
+    if rand.uniform(job.seed, "hiccup", step) < HICCUP_PROB:
+        rank = rand.hash64(job.seed, "hiccup-rank", step) % job.world_size
+        return Straggler(rank, 1.05 + 0.3 * rand.uniform(job.seed, "hiccup-slow", step), "hiccup")
+    return None
+
+
+def reported_mfu(job: JobSpec, step: int) -> tuple[float, float, Straggler | None]:
+    """(reported MFU, MFU without the straggler, straggler) of `step`; the reported one stays >= MFU_MIN."""
+    base = base_mfu(job, step)
+    s = straggler(job, step)
+    if s is None:
+        return base, base, None
+    return max(MFU_MIN, base / s.slowdown), base, s
+
+
+@functools.lru_cache(maxsize=256)
+def exposed_fraction(job: JobSpec) -> float:
+    """Share of the collective time that lengthens the step (the rest hides behind compute)."""
+    plan = comm_plan(job)
+    if plan.total_s <= 0:
+        return 0.0
+    t_min = step_time_for_mfu(job, MFU_MAX)
+    cap = MAX_EXPOSED_SHARE * t_min / (plan.total_s * (1.0 + 3 * COMM_JITTER))
+    return min(plan.exposed_fraction, cap)
+
+
+def gating_rank(job: JobSpec, step: int, s: Straggler | None) -> int:
+    """The rank every other rank waits for at `step`: the straggler, else a seeded pick."""
+    if s is not None:
+        return s.rank
+    return rand.hash64(job.seed, "gate", step) % job.world_size

@@ -1,0 +1,357 @@
+"""The simulated job: presets plus parallelism, batch and schedule, derived and validated in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fakerun.presets import ClusterSpec, GpuSpec, ModelSpec, StorageSpec, with_gpu
+from fakerun.sim.loss import LAWS
+from fakerun.sim.memory import check_fits
+from fakerun.sim.schedule import SCHEDULES
+
+RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class RankCoords:
+    """Where a global rank sits: node, local rank and its tensor / data / pipeline / expert parallel ranks."""
+
+    rank: int
+    node: int
+    local_rank: int
+    tp_rank: int
+    dp_rank: int
+    pp_rank: int
+    ep_rank: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything the physics needs; build it with make_job(), which derives and checks the parallelism."""
+
+    model: ModelSpec
+    gpu: GpuSpec
+    cluster: ClusterSpec
+    storage: StorageSpec
+    nnodes: int
+    nproc_per_node: int
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    micro_batch: int
+    grad_accum: int
+    global_batch: int  # sequences per optimizer step
+    seq_len: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+    # ZeRO stage: 0 DDP, 1 sharded optimizer (Megatron distributed optimizer), 2 + grads, 3 FSDP full shard.
+    zero_stage: int
+    seed: int = 0
+    law: str = "chinchilla"
+    start_step: int = 0
+    ep: int = 1
+    recompute: str = "selective"
+    lr_schedule: str = "cosine"
+    fp32_grad_buffer: bool = False
+    grad_clip: float = 1.0
+    spikes: bool = True  # rare natural loss spikes
+    spike_steps: tuple[int, ...] = ()  # forced spikes (failure scenario)
+    nan_steps: tuple[int, ...] = ()  # NaN loss, skipped iterations (failure scenario)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.world_size != self.nnodes * self.nproc_per_node:
+            problems.append(f"world_size {self.world_size} != nnodes*nproc_per_node")
+        if self.world_size != self.tp * self.pp * self.dp:
+            problems.append(f"world_size {self.world_size} != tp*pp*dp = {self.tp}*{self.pp}*{self.dp}")
+        if self.global_batch != self.micro_batch * self.dp * self.grad_accum:
+            problems.append(f"global_batch {self.global_batch} != micro_batch*dp*grad_accum")
+        if self.dp % self.ep:
+            problems.append(f"dp={self.dp} is not divisible by ep={self.ep}")
+        if self.gpu != self.cluster.gpu:
+            problems.append("gpu differs from the cluster's GPU (use presets.with_gpu)")
+        if not 0 <= self.start_step <= self.total_steps:
+            problems.append(f"start_step {self.start_step} outside [0, {self.total_steps}]")
+        if problems:
+            raise ValueError("inconsistent job: " + "; ".join(problems))
+
+    def __hash__(self) -> int:
+        # Hashing the nested presets costs microseconds and every lru_cache keyed by the job pays it: memoise.
+        h: int | None = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, object]:
+        # str hashes differ between interpreters (PYTHONHASHSEED): never ship the memo to another process.
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step over the whole job."""
+        return self.global_batch * self.seq_len
+
+    @property
+    def gpus(self) -> int:
+        """GPUs in the job (one per rank)."""
+        return self.world_size
+
+    def coords(self, rank: int) -> RankCoords:
+        """Megatron's rank order: tensor parallel fastest, then data parallel, then pipeline stage."""
+        tp_rank = rank % self.tp
+        dp_rank = (rank // self.tp) % self.dp
+        pp_rank = rank // (self.tp * self.dp)
+        return RankCoords(
+            rank=rank,
+            node=rank // self.nproc_per_node,
+            local_rank=rank % self.nproc_per_node,
+            tp_rank=tp_rank,
+            dp_rank=dp_rank,
+            pp_rank=pp_rank,
+            ep_rank=dp_rank % self.ep,
+        )
+
+    def stage_layers(self, pp_rank: int) -> int:
+        """Transformer layers on pipeline stage `pp_rank`."""
+        return _stage_layers(self.model.layers, self.pp)[pp_rank]
+
+
+@functools.lru_cache(maxsize=256)
+def _stage_layers(layers: int, pp: int) -> tuple[int, ...]:
+    # Uneven splits give the first and last stages fewer layers: they also hold the embedding and the LM head
+    # (Llama 3 405B: 126 layers on 16 stages, one layer fewer on the first and last [mem]).
+    base, extra = divmod(layers, pp)
+    counts = [base] * pp
+    order = [*range(1, pp - 1), 0, pp - 1] if pp > 2 else list(range(pp))
+    for i in order[:extra]:
+        counts[i] += 1
+    return tuple(counts)
+
+
+def _largest_fitting(start: int, ok: Callable[[int], bool]) -> int:
+    value = max(start, 1)
+    while value > 1 and not ok(value):
+        value -= 1
+    return value
+
+
+def make_job(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    storage: StorageSpec,
+    *,
+    gpu: GpuSpec | None = None,
+    nnodes: int | None = None,
+    nproc_per_node: int | None = None,
+    tp: int | None = None,
+    pp: int | None = None,
+    ep: int | None = None,
+    micro_batch: int | None = None,
+    grad_accum: int | None = None,
+    global_batch: int | None = None,
+    seq_len: int | None = None,
+    lr: float | None = None,
+    min_lr: float | None = None,
+    lr_schedule: str = "cosine",
+    warmup_steps: int | None = None,
+    total_steps: int | None = None,
+    zero_stage: int | None = None,
+    recompute: str | None = None,
+    fp32_grad_buffer: bool = False,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    law: str = "chinchilla",
+    start_step: int = 0,
+    spikes: bool = True,
+    spike_steps: tuple[int, ...] = (),
+    nan_steps: tuple[int, ...] = (),
+    check_memory: bool = True,
+) -> JobSpec:
+    """Build a consistent JobSpec: defaults from the model preset, explicit values checked (one-line errors).
+
+    Defaulted knobs adapt to the world size (tp and pp shrink until they divide it; the global batch rounds
+    to a multiple of micro_batch * dp) and, when memory is short, ZeRO stage, micro batch and recompute
+    escalate. Explicit values are never changed: an impossible combination raises ValueError.
+    """
+    if gpu is not None:
+        cluster = with_gpu(cluster, gpu)
+    gpu = cluster.gpu
+    npn = cluster.gpus_per_node if nproc_per_node is None else nproc_per_node
+    nn = model.default_nnodes if nnodes is None else nnodes
+    if nn < 1 or npn < 1:
+        raise ValueError(f"nnodes and nproc_per_node must be >= 1, got {nn} and {npn}")
+    if npn > cluster.gpus_per_node:
+        raise ValueError(
+            f"nproc_per_node={npn} exceeds the {cluster.gpus_per_node} GPUs per node of {cluster.name} "
+            "(one GPU per rank)"
+        )
+    world = nn * npn
+    m = model
+
+    # Tensor parallelism stays inside a node and must divide the attention heads.
+    if tp is None:
+        tp_ = _largest_fitting(
+            min(m.tp, npn),
+            lambda t: world % t == 0 and m.heads % t == 0 and m.kv_heads % t == 0 and npn % t == 0,
+        )
+    else:
+        tp_ = tp
+        if tp_ < 1 or world % tp_:
+            raise ValueError(f"tp={tp_} does not divide the world size {world}")
+        if tp_ > npn:
+            raise ValueError(
+                f"tp={tp_} exceeds nproc_per_node={npn} (tensor parallelism stays inside a node)"
+            )
+        if m.heads % tp_:
+            raise ValueError(f"tp={tp_} does not divide the {m.heads} attention heads of {m.name}")
+    if pp is None:
+        pp_ = _largest_fitting(min(m.pp, m.layers), lambda p: (world // tp_) % p == 0)
+    else:
+        pp_ = pp
+        if pp_ < 1 or (world // tp_) % pp_:
+            raise ValueError(f"pp={pp_} does not divide world/tp = {world // tp_}")
+        if pp_ > m.layers:
+            raise ValueError(f"pp={pp_} exceeds the {m.layers} layers of {m.name}")
+    dp_ = world // (tp_ * pp_)
+    if not m.is_moe:
+        if ep not in (None, 1):
+            raise ValueError(f"ep={ep} needs a mixture-of-experts model; {m.name} is dense")
+        ep_ = 1
+    elif ep is None:
+        ep_ = _largest_fitting(min(m.ep, dp_), lambda e: dp_ % e == 0 and m.experts % e == 0)
+    else:
+        ep_ = ep
+        if ep_ < 1 or dp_ % ep_ or m.experts % ep_:
+            raise ValueError(f"ep={ep_} must divide both dp={dp_} and the {m.experts} experts")
+
+    seq = m.seq_len if seq_len is None else seq_len
+    if seq < 1 or seq > m.max_position:
+        raise ValueError(f"seq_len={seq} outside [1, {m.max_position}] for {m.name}")
+
+    mbs_given = micro_batch is not None
+    mbs = m.micro_batch if micro_batch is None else micro_batch
+    if mbs < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {mbs}")
+    gbs, ga = _batch(m.global_batch, mbs, dp_, global_batch, grad_accum, mbs_given)
+    mbs = gbs // (dp_ * ga)  # _batch may have lowered a defaulted micro batch to make the global batch divide
+
+    total = m.total_steps if total_steps is None else total_steps
+    if total < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total}")
+    warm = min(m.warmup_steps, total // 10) if warmup_steps is None else warmup_steps
+    if not 0 <= warm <= total:
+        raise ValueError(f"warmup_steps={warm} outside [0, total_steps={total}]")
+    peak = m.lr if lr is None else lr
+    low = peak * m.min_lr_ratio if min_lr is None else min_lr
+    if peak <= 0 or not 0 <= low <= peak:
+        raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={peak} min_lr={low}")
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {lr_schedule!r} (choose from: {', '.join(SCHEDULES)})")
+    zero = m.zero_stage if zero_stage is None else zero_stage
+    if zero not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero}")
+    rc = m.recompute if recompute is None else recompute
+    if rc not in RECOMPUTE:
+        raise ValueError(f"unknown recompute {rc!r} (choose from: {', '.join(RECOMPUTE)})")
+    if law not in LAWS:
+        raise ValueError(f"unknown scaling law {law!r} (choose from: {', '.join(LAWS)})")
+    if grad_clip <= 0:
+        raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
+    if not 0 <= start_step <= total:
+        raise ValueError(f"start_step={start_step} outside [0, total_steps={total}]")
+
+    job = JobSpec(
+        model=m,
+        gpu=gpu,
+        cluster=cluster,
+        storage=storage,
+        nnodes=nn,
+        nproc_per_node=npn,
+        world_size=world,
+        tp=tp_,
+        pp=pp_,
+        dp=dp_,
+        ep=ep_,
+        micro_batch=mbs,
+        grad_accum=ga,
+        global_batch=gbs,
+        seq_len=seq,
+        lr=peak,
+        min_lr=low,
+        lr_schedule=lr_schedule,
+        warmup_steps=warm,
+        total_steps=total,
+        zero_stage=zero,
+        recompute=rc,
+        fp32_grad_buffer=fp32_grad_buffer,
+        grad_clip=grad_clip,
+        seed=seed,
+        law=law,
+        start_step=start_step,
+        spikes=spikes,
+        spike_steps=tuple(sorted(spike_steps)),
+        nan_steps=tuple(sorted(nan_steps)),
+    )
+    if check_memory:
+        job = _fit(
+            job, zero_given=zero_stage is not None, mbs_given=mbs_given, rc_given=recompute is not None
+        )
+    return job
+
+
+def _batch(
+    default_gbs: int, mbs: int, dp: int, gbs: int | None, ga: int | None, mbs_given: bool
+) -> tuple[int, int]:
+    """(global batch, grad accumulation) from whichever of the two were given."""
+    if ga is not None and ga < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {ga}")
+    if gbs is not None and gbs < 1:
+        raise ValueError(f"global_batch must be >= 1, got {gbs}")
+    if gbs is not None and ga is not None:
+        if gbs != mbs * dp * ga:
+            raise ValueError(f"global_batch={gbs} != micro_batch*dp*grad_accum = {mbs}*{dp}*{ga}")
+        return gbs, ga
+    if ga is not None:
+        return mbs * dp * ga, ga
+    if gbs is not None:
+        if gbs % (mbs * dp) == 0:
+            return gbs, gbs // (mbs * dp)
+        if not mbs_given and gbs % dp == 0:
+            for b in range(mbs - 1, 0, -1):
+                if gbs % (b * dp) == 0:
+                    return gbs, gbs // (b * dp)
+        raise ValueError(f"global_batch={gbs} is not divisible by micro_batch*dp = {mbs}*{dp}")
+    ga_ = max(1, round(default_gbs / (mbs * dp)))
+    return mbs * dp * ga_, ga_
+
+
+def _fit(job: JobSpec, *, zero_given: bool, mbs_given: bool, rc_given: bool) -> JobSpec:
+    """Escalate defaulted memory knobs (ZeRO stage, micro batch, then full recompute) until the job fits."""
+    candidates = [job]
+    cur = job
+    if not zero_given and job.dp > 1:
+        for z in range(job.zero_stage + 1, 4):
+            cur = dataclasses.replace(cur, zero_stage=z)
+            candidates.append(cur)
+    if not mbs_given:
+        while cur.micro_batch > 1:
+            b = max(d for d in range(1, cur.micro_batch) if cur.micro_batch % d == 0)
+            cur = dataclasses.replace(cur, micro_batch=b, grad_accum=cur.global_batch // (b * cur.dp))
+            candidates.append(cur)
+    if not rc_given and cur.recompute != "full":
+        candidates.append(dataclasses.replace(cur, recompute="full"))
+    for cand in candidates:
+        try:
+            check_fits(cand)
+        except ValueError:
+            continue
+        return cand
+    check_fits(job)  # raise with the numbers of the configuration as asked
+    return job

@@ -1,0 +1,178 @@
+"""Training and validation loss: a Chinchilla-style law at the tokens consumed, noise, spikes, NaNs."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fakerun.sim import rand
+
+if TYPE_CHECKING:
+    from fakerun.presets import ModelSpec
+    from fakerun.sim.job import JobSpec
+
+
+@dataclass(frozen=True)
+class Law:
+    """L(N, D) = E + A / N**alpha + B / D**beta, in nats per token."""
+
+    name: str
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    source: str
+
+    def loss(self, n_params: float, tokens: float) -> float:
+        """The predicted loss of an N-parameter model after D tokens (inf at D = 0)."""
+        if tokens <= 0:
+            return math.inf
+        return self.E + self.A / float(n_params**self.alpha) + self.B / float(tokens**self.beta)
+
+
+LAWS: dict[str, Law] = {
+    # Hoffmann et al. 2022, approach 3 as printed in the paper (Appendix D; PHYSICS.md 4).
+    "chinchilla": Law("chinchilla", 1.69, 406.4, 410.7, 0.34, 0.28, "Hoffmann et al. 2022, approach 3"),
+    # Besiroglu, Erdil, Barnett, You 2024 (arXiv 2404.10102): E=1.8172, A=482.01, B=2085.43, alpha=0.3478,
+    # beta=0.3658. PHYSICS.md marks the digits [mem]; they agree with our recollection of the paper.
+    "epoch": Law(
+        "epoch", 1.8172, 482.01, 2085.43, 0.3478, 0.3658, "Besiroglu et al. 2024, Epoch AI replication"
+    ),
+}
+
+# Relative per-step noise of the training loss (~1-1.5% in Megatron-LLM and BLOOM logs, excerpts 22, 26).
+NOISE_REL = 0.010
+DRIFT_REL = 0.008  # slow data-mix drift, correlated over ~50 steps
+EVAL_GAP = 0.015  # validation sits ~1.5% above training loss
+SPIKE_BLOCK = 2500  # at most one natural spike per block of steps
+SPIKE_PROB = 0.3  # chance that a block has one: roughly one spike per ~8000 steps
+SPIKE_SPAN = 60  # steps a spike takes to fade
+
+
+def law(job: JobSpec) -> Law:
+    """The job's scaling law."""
+    return LAWS[job.law]
+
+
+def effective_params(model: ModelSpec) -> float:
+    """N for the law: all parameters; for MoE the geometric mean of total and active (a common heuristic)."""
+    if model.is_moe:
+        return math.sqrt(model.params * model.active_params)
+    return float(model.params)
+
+
+@functools.lru_cache(maxsize=256)
+def initial_loss(job: JobSpec) -> float:
+    """Loss of the untrained model: ln(vocab) plus a little, by seed (excerpt 70: 12.25 at ln V = 11.76)."""
+    return math.log(job.model.vocab) + 0.05 + 0.35 * rand.uniform(job.seed, "loss-init")
+
+
+def tokens_before(job: JobSpec, step: int) -> float:
+    """Tokens consumed before step `step` runs (step 1 is the first optimizer step)."""
+    return float(max(step - 1, 0) * job.tokens_per_step)
+
+
+def _softmin(a: float, b: float, t: float = 0.3) -> float:
+    if math.isinf(a):
+        return b
+    lo = min(a, b)
+    return lo - t * math.log(math.exp((lo - a) / t) + math.exp((lo - b) / t))
+
+
+def expected_loss(job: JobSpec, step: int) -> float:
+    """The noiseless curve: ln(vocab) at step 0, bending onto the law by the end of the warmup."""
+    l0 = initial_loss(job)
+    target = _softmin(law(job).loss(effective_params(job.model), tokens_before(job, step)), l0)
+    # The curve meets the law by the end of the warmup, or by step 400 for long warmups (Llama 3 405B: 8000):
+    # real losses fall fast from the first steps whatever the warmup (~7.4 by step 100-200, excerpts 25, 27).
+    horizon = max(min(job.warmup_steps, 400), 10)
+    x = step / horizon
+    if x >= 1.0:
+        return target
+    g = (1.0 - x) ** 2 * math.exp(-8.0 * x)
+    return target + (l0 - target) * g
+
+
+@dataclass(frozen=True)
+class Spike:
+    """A loss spike in progress: `age` steps after its start, with its loss and grad-norm peaks."""
+
+    start: int
+    age: int
+    loss_peak: float  # fraction of the way back up to the initial loss at the peak
+    grad_peak: float  # grad-norm multiplier at the peak
+
+
+def _spike_in_block(job: JobSpec, block: int) -> int | None:
+    if rand.uniform(job.seed, "spike", block) >= SPIKE_PROB:
+        return None
+    start = block * SPIKE_BLOCK + int(rand.uniform(job.seed, "spike-at", block) * (SPIKE_BLOCK - SPIKE_SPAN))
+    # Never in the first steps: early training has its own large grad norms.
+    return start if start > max(job.warmup_steps // 2, 50) else None
+
+
+def spike_at(job: JobSpec, step: int) -> Spike | None:
+    """The spike affecting `step`, if any: rare natural ones (seeded) or the job's forced ones."""
+    best: Spike | None = None
+    for s in job.spike_steps:
+        if s <= step < s + SPIKE_SPAN:
+            best = Spike(s, step - s, 0.35 + 0.15 * rand.uniform(job.seed, "spike-mag", s), 400.0)
+    if best is not None or not job.spikes:
+        return best
+    block = step // SPIKE_BLOCK
+    for b in (block, block - 1):
+        if b < 0:
+            continue
+        start = _spike_in_block(job, b)
+        if start is not None and start <= step < start + SPIKE_SPAN:
+            u = rand.uniform(job.seed, "spike-mag", start)
+            return Spike(start, step - start, 0.04 + 0.12 * u, 5.0 + 40.0 * u)
+    return None
+
+
+def spike_loss_factor(spike: Spike | None) -> float:
+    """Share of (initial - expected) loss a spike adds back; the loss trails the grad norm by 2-3 steps."""
+    if spike is None or spike.age < 2:
+        return 0.0
+    t = spike.age
+    # BLOOM-176B (excerpt 22): loss 2.20 -> 5.10 peak -> 2.21 within ~30 iterations.
+    rise = min(1.0, (t - 1) / 3.0)
+    return spike.loss_peak * rise * math.exp(-max(0.0, t - 4.0) / 7.0)
+
+
+def is_nan_step(job: JobSpec, step: int) -> bool:
+    """Whether the step's loss is NaN (a failure scenario): the iteration is skipped."""
+    return step in job.nan_steps
+
+
+def train_loss(job: JobSpec, step: int) -> float:
+    """The all-reduced training loss at `step`: the same on every rank (seeded by seed and step only)."""
+    if is_nan_step(job, step):
+        return math.nan
+    base = expected_loss(job, step)
+    l0 = initial_loss(job)
+    spike = spike_at(job, step)
+    if spike is not None:
+        base += (l0 - base) * spike_loss_factor(spike)
+    drift = DRIFT_REL * rand.value_noise(job.seed, "loss-drift", step / 50.0)
+    noise = NOISE_REL * rand.normal(job.seed, "loss-noise", step)
+    # Early steps are noisier: batch-to-batch variance is large while the model is still near uniform.
+    early = 1.0 + 2.0 * math.exp(-step / max(job.warmup_steps / 4.0, 5.0))
+    return base * (1.0 + (drift + noise) * early)
+
+
+def eval_loss(job: JobSpec, step: int) -> float:
+    """Validation loss after `step`: consistently ~1.5% above the noiseless training curve, small noise."""
+    base = expected_loss(job, step + 1)
+    spike = spike_at(job, step)
+    if spike is not None:
+        base += (initial_loss(job) - base) * spike_loss_factor(spike) * 0.8
+    return base * (1.0 + EVAL_GAP + 0.003 * rand.normal(job.seed, "eval-noise", step))
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped where it would overflow."""
+    return math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan

@@ -1,0 +1,112 @@
+"""One training step of one rank: every number a worker prints, as a pure function of (job, rank, step)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fakerun.sim import compute, loss, rand
+from fakerun.sim.collectives import comm_seconds
+from fakerun.sim.gradnorm import clip_coefficient, grad_norm
+from fakerun.sim.job import JobSpec
+from fakerun.sim.memory import GIB, memory_breakdown
+from fakerun.sim.schedule import lr
+
+
+@dataclass(frozen=True)
+class StepNumbers:
+    """What rank `rank` knows after optimizer step `step` (1-based); shared values are equal on all ranks."""
+
+    step: int
+    rank: int
+    tokens: int  # consumed after this step, whole job
+    samples: int  # sequences consumed after this step
+    loss: float  # all-reduced training loss (nan on a NaN step)
+    ppl: float
+    lr: float
+    grad_norm: float  # before clipping, as Megatron / HF print it
+    clip_coef: float  # min(1, clip / grad_norm)
+    skipped: bool  # NaN step: the optimizer skipped the update
+    spike: bool  # inside a loss spike
+    compute_s: float  # this rank's compute time
+    comm_s: float  # collective time of the step (total, before overlap)
+    exposed_comm_s: float  # the part of it not hidden behind compute
+    step_time_s: float  # wall time of the step: slowest rank + exposed comm
+    mfu: float
+    tflops_per_gpu: float
+    tokens_per_s: float  # whole job
+    tokens_per_s_per_gpu: float
+    rank_tokens_per_s: float  # per GPU as this rank measures it (torchtitan's tps, last digits differ)
+    mem_allocated_gib: float
+    mem_max_allocated_gib: float
+    mem_reserved_gib: float
+    mem_gib: float  # torchtitan's "memory": max reserved GiB
+    mem_pct: float  # of the device's memory
+    gating_rank: int
+    straggler_rank: int | None
+    moe_aux_loss: float | None  # Megatron's load_balancing_loss for MoE models
+
+
+def step_time(job: JobSpec, step: int, compute_times: Sequence[float], comm_s: float) -> float:
+    """Wall time of a step: the slowest rank gates, then the exposed part of the collectives."""
+    del step  # the same rule at every step; kept so callers pass the step they time
+    return max(compute_times) + comm_s * compute.exposed_fraction(job)
+
+
+def _aux_loss(job: JobSpec, step: int) -> float | None:
+    if not job.model.is_moe:
+        return None
+    # Megatron's load_balancing_loss sits just above 1.0 once routing settles (excerpt 26: 1.018-1.020).
+    return 1.015 + 0.25 * math.exp(-step / 150.0) + 0.002 * rand.normal(job.seed, "aux", step)
+
+
+def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
+    """All numbers of `step` for `rank`; pure and cheap (one numpy Generator, per-step hash draws)."""
+    mfu, base, strag = compute.reported_mfu(job, step)
+    t_step = compute.step_time_for_mfu(job, mfu)
+    comm = comm_seconds(job, step)
+    exposed = comm * compute.exposed_fraction(job)
+    gate = compute.gating_rank(job, step, strag)
+    if rank == gate:
+        t_compute = t_step - exposed
+    else:
+        # Everyone else finishes a little early and waits in the next collective.
+        u = float(rand.generator(job.seed, "rank-step", rank, step).random())
+        t_compute = (compute.step_time_for_mfu(job, base) - exposed) * (1.0 - compute.RANK_JITTER * u)
+    train = loss.train_loss(job, step)
+    gn = grad_norm(job, step)
+    mem = memory_breakdown(job, rank, step)
+    tokens_per_s = job.tokens_per_step / t_step
+    per_gpu = tokens_per_s / job.world_size
+    rank_tps = per_gpu * (1.0 + 0.0004 * rand.normal(job.seed, "tps", rank, step))
+    return StepNumbers(
+        step=step,
+        rank=rank,
+        tokens=step * job.tokens_per_step,
+        samples=step * job.global_batch,
+        loss=train,
+        ppl=loss.perplexity(train),
+        lr=lr(job, step),
+        grad_norm=gn,
+        clip_coef=clip_coefficient(job, gn),
+        skipped=loss.is_nan_step(job, step),
+        spike=loss.spike_at(job, step) is not None,
+        compute_s=t_compute,
+        comm_s=comm,
+        exposed_comm_s=exposed,
+        step_time_s=t_step,
+        mfu=mfu,
+        tflops_per_gpu=mfu * job.gpu.peak_bf16_tflops,
+        tokens_per_s=tokens_per_s,
+        tokens_per_s_per_gpu=per_gpu,
+        rank_tokens_per_s=rank_tps,
+        mem_allocated_gib=mem.allocated / GIB,
+        mem_max_allocated_gib=mem.max_allocated / GIB,
+        mem_reserved_gib=mem.reserved / GIB,
+        mem_gib=mem.reserved / GIB,
+        mem_pct=100.0 * mem.reserved / mem.capacity,
+        gating_rank=gate,
+        straggler_rank=strag.rank if strag is not None else None,
+        moe_aux_loss=_aux_loss(job, step),
+    )

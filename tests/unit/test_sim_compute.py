@@ -1,0 +1,119 @@
+"""Compute physics: MFU band, the step-time identity, throughput figures, stragglers."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakerun import presets
+from fakerun.sim import compute
+from fakerun.sim.collectives import comm_seconds
+from fakerun.sim.job import JobSpec, make_job
+from fakerun.sim.step import step_numbers, step_time
+
+
+@functools.cache
+def job(model: str = "llama3-8b", seed: int = 0, **kw: Any) -> JobSpec:
+    b = presets.resolve(model)
+    return make_job(b.model, b.cluster, b.storage, seed=seed, **kw)
+
+
+SMALL = ["gpt2-124m", "llama3.2-1b", "llama3-8b", "mixtral-8x7b", "mistral-7b"]
+
+
+class TestMfu:
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(presets.list_presets()["models"]), st.integers(0, 3), st.integers(0, 2_000_000))
+    def test_mfu_stays_in_band(self, model: str, seed: int, step: int) -> None:
+        """Reported MFU is within [0.30, 0.55] at every step, stragglers included."""
+        mfu, base, _ = compute.reported_mfu(job(model, seed), step)
+        assert 0.30 <= mfu <= base <= 0.55
+
+    def test_mfu_drifts_slowly(self) -> None:
+        """Consecutive steps differ by a little; the drift spans a few points over thousands of steps."""
+        j = job()
+        values = [compute.base_mfu(j, s) for s in range(5000)]
+        assert max(abs(a - b) for a, b in itertools.pairwise(values)) < 0.03
+        assert max(values) - min(values) > 0.02
+
+    @pytest.mark.parametrize(
+        ("model", "low", "high"),
+        [("gpt3-175b", 0.42, 0.50), ("llama3-70b", 0.36, 0.45), ("qwen2.5-72b", 0.30, 0.36)],
+    )
+    def test_centre_is_realistic(self, model: str, low: float, high: float) -> None:
+        """A100 Megatron ~48%, H100 ~40%, MI300X ~30-35% (PHYSICS.md 2)."""
+        assert low <= compute.mfu_center(job(model)) <= high
+
+
+class TestStepTime:
+    @settings(max_examples=40, deadline=None)
+    @given(st.sampled_from(SMALL), st.integers(0, 5), st.integers(1, 100_000))
+    def test_step_time_identity(self, model: str, seed: int, step: int) -> None:
+        """step time = 6 N tokens / (GPUs * MFU * peak), from all ranks' compute times and the comm time."""
+        j = job(model, seed)
+        numbers = [step_numbers(j, r, step) for r in range(j.world_size)]
+        t = step_time(j, step, [n.compute_s for n in numbers], comm_seconds(j, step))
+        mfu = numbers[0].mfu
+        expected = (
+            6 * j.model.active_params * j.global_batch * j.seq_len / (j.world_size * mfu * j.gpu.peak_flops)
+        )
+        assert t == pytest.approx(expected, rel=1e-9)
+        assert numbers[0].step_time_s == pytest.approx(expected, rel=1e-9)
+
+    def test_slowest_rank_gates(self) -> None:
+        """Exactly one rank has the largest compute time and it is the gating rank."""
+        j = job("llama3.2-1b")
+        for step in range(1, 200):
+            times = [step_numbers(j, r, step).compute_s for r in range(j.world_size)]
+            gate = step_numbers(j, 0, step).gating_rank
+            assert times[gate] == max(times)
+            assert min(times) > 0.9 * max(times) or step_numbers(j, 0, step).straggler_rank is not None
+
+    def test_throughput_figures_agree(self) -> None:
+        """TFLOP/s = MFU x peak, tokens/s = tokens per step / step time."""
+        j = job()
+        n = step_numbers(j, 0, 1234)
+        assert n.tflops_per_gpu == pytest.approx(n.mfu * 989.4)
+        assert n.tokens_per_s == pytest.approx(j.global_batch * j.seq_len / n.step_time_s)
+        assert n.tokens_per_s_per_gpu == pytest.approx(n.tokens_per_s / j.world_size)
+
+    def test_llama3_8b_throughput_matches_the_rule_of_thumb(self) -> None:
+        """~8,200 tokens/s/GPU for 8B on H100 at 40% MFU (PHYSICS.md 2): within the MFU band's range."""
+        n = step_numbers(job(), 0, 500)
+        assert 6000 <= n.tokens_per_s_per_gpu <= 11_500
+
+    def test_bloom_consistency_example(self) -> None:
+        """BLOOM-size step on 384 A100s: 76 s at 48% of 6N; BLOOM's 149.77 TFLOPs counted 8N (full recompute),
+        and 76 s x 8/6 = 102 s matches its logged 104.7-106.5 s/iter (PHYSICS.md 2, excerpt 23)."""
+        b = presets.resolve("gpt3-175b")
+        j = make_job(
+            b.model, b.cluster, b.storage, nnodes=48, tp=4, pp=12, global_batch=2048, check_memory=False
+        )
+        t = compute.step_time_for_mfu(j, 0.48)
+        assert t == pytest.approx(6 * b.model.params * 2048 * 2048 / (384 * 312e12 * 0.48))
+        assert 98 <= t * 8 / 6 <= 106
+
+
+class TestStragglers:
+    def test_rare_and_deterministic(self) -> None:
+        """A few steps in a thousand have a straggler; the same ones for the same seed."""
+        j = job()
+        hits = [s for s in range(20_000) if compute.straggler(j, s) is not None]
+        assert 0.001 * 20_000 <= len(hits) <= 0.05 * 20_000
+        assert hits == [s for s in range(20_000) if compute.straggler(j, s) is not None]
+        other = job(seed=1)
+        assert hits != [s for s in range(20_000) if compute.straggler(other, s) is not None]
+
+    def test_straggler_slows_the_step(self) -> None:
+        """On a straggler step the step is slower and the straggler is the gating rank."""
+        j = job("llama3.2-1b")
+        step = next(s for s in range(1, 50_000) if compute.straggler(j, s) is not None)
+        n = step_numbers(j, 0, step)
+        s = compute.straggler(j, step)
+        assert s is not None and n.gating_rank == s.rank == n.straggler_rank
+        assert n.mfu < compute.base_mfu(j, step)

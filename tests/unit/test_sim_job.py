@@ -1,0 +1,112 @@
+"""JobSpec and make_job: parallelism derived consistently, impossible configurations refused in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from typing import Any
+
+import pytest
+
+from fakerun import presets
+from fakerun.sim.job import JobSpec, make_job
+
+
+def job(model: str = "llama3-8b", **kw: Any) -> JobSpec:
+    b = presets.resolve(model, gpu=kw.pop("gpu", None), cluster=kw.pop("cluster", None))
+    return make_job(b.model, b.cluster, b.storage, **kw)
+
+
+class TestDefaults:
+    @pytest.mark.parametrize("name", presets.list_presets()["models"])
+    def test_parallelism_multiplies_to_the_world(self, name: str) -> None:
+        """world = nnodes * nproc_per_node = tp * pp * dp; global batch = micro batch * dp * accumulation."""
+        j = job(name)
+        assert j.world_size == j.nnodes * j.nproc_per_node == j.tp * j.pp * j.dp
+        assert j.global_batch == j.micro_batch * j.dp * j.grad_accum
+        assert j.dp % j.ep == 0
+        assert j.tokens_per_step == j.global_batch * j.seq_len
+
+    def test_defaults_come_from_the_preset(self) -> None:
+        """Llama 3 70B runs TP8 x PP4 on 32 DGX H100 nodes by default."""
+        j = job("llama3-70b")
+        assert (j.nnodes, j.nproc_per_node, j.tp, j.pp, j.dp) == (32, 8, 8, 4, 8)
+        assert j.lr == 1.5e-4 and j.min_lr == pytest.approx(1.5e-5) and j.seq_len == 8192
+
+    def test_defaulted_parallelism_adapts_to_a_small_world(self) -> None:
+        """With 2 GPUs, a defaulted tp of 8 shrinks to 2 and pp to 1."""
+        j = job("llama3.2-1b", nnodes=1, nproc_per_node=2, tp=None)
+        assert (j.tp, j.pp, j.dp) == (1, 1, 2)
+        j = job("mixtral-8x7b", nnodes=2)
+        assert (j.tp, j.pp, j.dp, j.ep) == (2, 2, 4, 4)
+
+    def test_defaulted_global_batch_rounds_to_the_data_parallel_size(self) -> None:
+        """The preset's global batch rounds to a multiple of micro_batch * dp."""
+        j = job("llama3.2-1b", nnodes=3, nproc_per_node=8)
+        assert j.global_batch % (j.micro_batch * j.dp) == 0
+
+    def test_short_runs_shorten_the_warmup(self) -> None:
+        """A 200-step run warms up over 20 steps instead of the preset's 2000."""
+        assert job("llama3.2-1b", total_steps=200).warmup_steps == 20
+
+    def test_memory_knobs_escalate_when_defaulted(self) -> None:
+        """Llama 3 8B on a single node fits by raising the ZeRO stage or recomputing, not by failing."""
+        j = job("llama3-8b", nnodes=1)
+        assert j.world_size == 8
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("kw", "message"),
+        [
+            ({"tp": 3}, "tp=3 does not divide"),
+            ({"tp": 16, "nnodes": 2}, "tensor parallelism stays inside a node"),
+            ({"pp": 3}, "pp=3 does not divide"),
+            ({"global_batch": 100}, "not divisible by micro_batch"),
+            ({"nproc_per_node": 16}, "exceeds the 8 GPUs per node"),
+            ({"global_batch": 64, "grad_accum": 3}, "global_batch=64 != micro_batch"),
+            ({"zero_stage": 5}, "zero_stage must be"),
+            ({"recompute": "some"}, "unknown recompute"),
+            ({"law": "kaplan"}, "unknown scaling law"),
+            ({"warmup_steps": 5000, "total_steps": 1000}, "warmup_steps=5000"),
+            ({"seq_len": 100_000}, "seq_len=100000"),
+            ({"ep": 2}, "needs a mixture-of-experts"),
+            ({"lr": 1e-4, "min_lr": 1e-3}, "min_lr <= lr"),
+        ],
+    )
+    def test_impossible_configurations(self, kw: dict[str, Any], message: str) -> None:
+        """Explicit impossible values raise a one-line ValueError saying why."""
+        with pytest.raises(ValueError) as err:
+            job("llama3-8b", **kw)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+    def test_would_not_fit_gives_the_numbers(self) -> None:
+        """Llama 3 405B on one node does not fit, and the message says how much it needs."""
+        with pytest.raises(ValueError, match=r"llama3-405b would not fit: \d+\.\d GiB per GPU .* 79\.6 GiB"):
+            job("llama3-405b", nnodes=1)
+
+    def test_inconsistent_replace_is_refused(self) -> None:
+        """dataclasses.replace cannot build a JobSpec whose parallelism does not add up."""
+        with pytest.raises(ValueError, match="inconsistent job"):
+            dataclasses.replace(job(), tp=2)
+
+
+class TestRanks:
+    def test_megatron_rank_order(self) -> None:
+        """Tensor-parallel ranks are adjacent, then data-parallel, then pipeline stages."""
+        j = job("llama3-70b")
+        c = j.coords(8 * 8 * 2 + 8 + 3)
+        assert (c.tp_rank, c.dp_rank, c.pp_rank) == (3, 1, 2)
+        assert (c.node, c.local_rank) == (c.rank // 8, c.rank % 8)
+
+    def test_uneven_stages_spare_the_first_and_last(self) -> None:
+        """126 layers on 16 stages: 7 on the first and last, 8 elsewhere (as Llama 3 405B)."""
+        j = job("llama3-405b")
+        layers = [j.stage_layers(s) for s in range(j.pp)]
+        assert sum(layers) == 126 and layers[0] == layers[-1] == 7 and set(layers[1:-1]) == {8}
+
+    def test_job_is_hashable_and_picklable(self) -> None:
+        """Jobs key caches and cross process boundaries intact."""
+        j = job()
+        again = pickle.loads(pickle.dumps(j))
+        assert again == j and hash(again) == hash(j)

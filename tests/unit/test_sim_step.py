@@ -1,0 +1,73 @@
+"""step_numbers: determinism, shared values across ranks, token accounting, cost."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakerun import presets
+from fakerun.sim.job import JobSpec, make_job
+from fakerun.sim.step import step_numbers
+
+
+@functools.cache
+def job(model: str = "llama3.2-1b", seed: int = 0) -> JobSpec:
+    b = presets.resolve(model)
+    return make_job(b.model, b.cluster, b.storage, seed=seed)
+
+
+class TestDeterminism:
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(0, 2**40), st.integers(0, 7), st.integers(0, 10**7))
+    def test_same_inputs_same_numbers(self, seed: int, rank: int, step: int) -> None:
+        """The same (seed, rank, step) gives identical numbers, whatever was computed before."""
+        assert step_numbers(job(seed=seed), rank, step) == step_numbers(job(seed=seed), rank, step)
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.integers(0, 2**31), st.integers(1, 10**6))
+    def test_different_seed_different_numbers(self, seed: int, step: int) -> None:
+        """Another seed changes the loss, the grad norm and the MFU."""
+        a = step_numbers(job(seed=seed), 0, step)
+        b = step_numbers(job(seed=seed + 1), 0, step)
+        assert a.loss != b.loss and a.grad_norm != b.grad_norm and a.mfu != b.mfu
+
+    def test_shared_values_agree_across_ranks(self) -> None:
+        """Loss, grad norm, lr, MFU and step time are the same on every rank; compute time is not."""
+        j = job()
+        rows = [step_numbers(j, r, 4321) for r in range(j.world_size)]
+        for field in ("loss", "grad_norm", "lr", "mfu", "step_time_s", "tokens", "gating_rank"):
+            assert len({getattr(n, field) for n in rows}) == 1, field
+        assert len({n.compute_s for n in rows}) > 1
+
+
+class TestAccounting:
+    def test_tokens_and_samples(self) -> None:
+        """After step k the job has consumed k global batches."""
+        j = job()
+        n = step_numbers(j, 0, 250)
+        assert n.tokens == 250 * j.global_batch * j.seq_len and n.samples == 250 * j.global_batch
+
+    def test_memory_fields(self) -> None:
+        """Memory figures are ordered and below the device."""
+        n = step_numbers(job(), 2, 100)
+        assert n.mem_allocated_gib <= n.mem_max_allocated_gib <= n.mem_reserved_gib == n.mem_gib
+        assert 0 < n.mem_pct < 100
+
+    def test_moe_aux_loss(self) -> None:
+        """MoE jobs report a load-balancing loss just above 1 (excerpt 26); dense ones none."""
+        assert step_numbers(job(), 0, 10).moe_aux_loss is None
+        aux = step_numbers(job("mixtral-8x7b"), 0, 5000).moe_aux_loss
+        assert aux is not None and 1.0 < aux < 1.05
+
+
+def test_cheap_enough_for_every_step() -> None:
+    """A worker can afford step_numbers every step: well under a millisecond on average."""
+    j = job("llama3-70b")
+    step_numbers(j, 5, 1)
+    start = time.perf_counter()
+    for step in range(1, 501):
+        step_numbers(j, 5, step)
+    assert (time.perf_counter() - start) / 500 < 1e-3
