@@ -16,7 +16,7 @@ from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
 from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
-from fakerun.launcher.runtime import LocalWorkerGroup, run_job
+from fakerun.launcher.runtime import ChildFactory, LocalWorkerGroup, run_job
 from fakerun.options import CommandLine
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
@@ -73,7 +73,7 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
     )
 
 
-def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str):  # type: ignore[no-untyped-def]
+def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str) -> ChildFactory:
     """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
     argv = worker_argv(plan, python)
     base_env = dict(os.environ)

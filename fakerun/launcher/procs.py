@@ -10,8 +10,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
 _libc: ctypes.CDLL | None = None
@@ -40,25 +39,10 @@ class ChildPipes:
 
     stdout: int
     stderr: int
-    extra: list[int] = field(default_factory=list)
 
 
 # What a forked child runs once its fds and session are set up; it never returns normally.
 ChildMain = Callable[[], int]
-
-
-class ProcessTable(Protocol):
-    """The process mechanics the agent relies on; tests replace it with a scripted fake."""
-
-    def spawn(
-        self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]
-    ) -> tuple[int, ChildPipes]:
-        """Starts one worker and returns its pid and the parent's pipe ends."""
-        ...
-
-    def kill(self, pid: int, sig: int) -> None:
-        """Sends `sig` to the worker `pid` if it still exists."""
-        ...
 
 
 class ForkProcessTable:

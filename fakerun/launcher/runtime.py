@@ -21,8 +21,6 @@ _READ_CHUNK = 65536
 
 # Builds what a forked worker runs: given its slot and attempt, returns the child's main function.
 ChildFactory = Callable[[WorkerSlot, int, str], ChildMain]
-# Extra per-attempt hook (the coordinator of the simulated job); returns fds to hand each child.
-AttemptHook = Callable[[int], None]
 
 
 @dataclass
@@ -158,7 +156,6 @@ def run_job(
     out_factory: Callable[[LocalWorkerGroup], AgentOutput],
     child_factory: ChildFactory,
     log_dir: LogDir,
-    extra_fd_handler: Callable[[int], bool] | None = None,
 ) -> int:
     """Runs the job to its end and returns the launcher's exit code."""
     selector = selectors.DefaultSelector()
@@ -183,8 +180,6 @@ def run_job(
                             _reap(group, agent)
                         elif signum in handled:
                             agent.on_signal(signum, time.time())
-                elif extra_fd_handler is not None and extra_fd_handler(fd):
-                    continue
                 else:
                     group.pump(fd)
             # A SIGCHLD may coalesce with another; reaping each round keeps no exit unseen.
