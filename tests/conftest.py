@@ -32,6 +32,16 @@ def reference() -> Path:
     return ref
 
 
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time = UTC, the recording machine's zone."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
 def fakerun_exe() -> str:
     """The `fakerun` console script installed next to the interpreter running the tests."""
     exe = Path(sys.executable).parent / "fakerun"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ GLOG_LINE = re.compile(
 YEAR = 2026
 
 Message = tuple[str, str, str]
-
-
-@pytest.fixture
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Local time = UTC, the recording machine's zone."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def _utc(month: int, day: int, h: int, m: int, s: int) -> float:

@@ -6,7 +6,6 @@ import calendar
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ RECORDED_SITE = "/opt/venv/lib/python3.11/site-packages"
 LAUNCHER_TRACEBACK = f'Traceback (most recent call last):\n  File "{RECORDED_ARGV0}", line 8, in <module>\n'
 BLOCK_START = f"{report.CHILD_FAILED_ERROR}: \n"
 URL_HINT = "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
-
-
-@pytest.fixture
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Local time = UTC, the recording machine's zone."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def _utc(y: int, mo: int, d: int, h: int, mi: int, s: int) -> float:
