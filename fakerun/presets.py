@@ -420,16 +420,23 @@ def _root() -> Traversable:
 
 
 @functools.cache
+def _shipped_file(kind: str, stem: str) -> Any:
+    """One shipped preset by file name, or None; loading one preset does not parse all the others."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", stem):
+        return None
+    entry = _root() / kind / f"{stem}.toml"
+    if not entry.is_file():
+        return None
+    return _parse(kind, entry.read_text(encoding="utf-8"), f"configs/{kind}/{stem}.toml", stem)
+
+
+@functools.cache
 def _shipped(kind: str) -> dict[str, Any]:
     """All shipped presets of one kind, by canonical name, in display order."""
     specs: list[Any] = []
-    folder = _root() / kind
-    for entry in folder.iterdir():
+    for entry in (_root() / kind).iterdir():
         if entry.name.endswith(".toml"):
-            stem = entry.name[: -len(".toml")]
-            specs.append(
-                _parse(kind, entry.read_text(encoding="utf-8"), f"configs/{kind}/{entry.name}", stem)
-            )
+            specs.append(_shipped_file(kind, entry.name[: -len(".toml")]))
     if kind == "models":
         specs.sort(key=lambda m: (m.joke, m.family, m.params, m.name))
     elif kind == "gpus":
@@ -471,6 +478,9 @@ def _load(kind: str, name_or_path: str) -> Any:
                 f"cannot read {_SINGULAR[kind]} file '{name_or_path}': {_one_line(str(exc))}"
             ) from None
         return _parse(kind, text, name_or_path, path.stem)
+    direct = _shipped_file(kind, _norm(name_or_path))
+    if direct is not None:
+        return direct
     hit = _aliases(kind).get(_norm(name_or_path))
     if hit is not None:
         return _shipped(kind)[hit]

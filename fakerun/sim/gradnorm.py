@@ -47,12 +47,30 @@ def expected_grad_norm(job: JobSpec, step: int) -> float:
     return floor * late + early
 
 
-def grad_norm(job: JobSpec, step: int) -> float:
+def _finetune_grad_norm(job: JobSpec, step: int) -> float:
+    # SFT: 1-3 most steps, noisy, isolated spikes of 7-15 without loss spikes (excerpts 60, 61).
+    level = 1.2 + 1.5 * rand.uniform(job.seed, "gn-ft-level")
+    early = 1.0 + 2.0 * math.exp(-step / 20.0)
+    noise = math.exp(0.3 * rand.normal(job.seed, "gn-noise", step))
+    burst = 1.0
+    if rand.uniform(job.seed, "gn-ft-burst", step) < 0.02:
+        burst = 3.0 + 4.0 * rand.uniform(job.seed, "gn-ft-size", step)
+    return level * early * noise * burst
+
+
+_UNSET: object = object()
+
+
+def grad_norm(job: JobSpec, step: int, spike: object = _UNSET) -> float:
     """The global grad norm before clipping, as Megatron and HF print it (the same on every rank)."""
     if is_nan_step(job, step):
         return math.nan
+    sp = spike_at(job, step) if spike is _UNSET else spike
+    mult = _spike_multiplier(sp if isinstance(sp, Spike) else None)
+    if job.regime == "finetune":
+        return _finetune_grad_norm(job, step) * mult
     noise = math.exp(0.10 * rand.normal(job.seed, "gn-noise", step))
-    return expected_grad_norm(job, step) * noise * _spike_multiplier(spike_at(job, step))
+    return expected_grad_norm(job, step) * noise * mult
 
 
 def clip_coefficient(job: JobSpec, norm: float) -> float:

@@ -13,6 +13,7 @@ from fakerun.sim.memory import check_fits
 from fakerun.sim.schedule import SCHEDULES
 
 RECOMPUTE = ("none", "selective", "full")
+REGIMES = ("pretrain", "finetune")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class JobSpec:
     spikes: bool = True  # rare natural loss spikes
     spike_steps: tuple[int, ...] = ()  # forced spikes (failure scenario)
     nan_steps: tuple[int, ...] = ()  # NaN loss, skipped iterations (failure scenario)
+    regime: str = (
+        "pretrain"  # pretrain: the scaling law from ln(vocab); finetune: SFT-like losses of ~2 down to ~1
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +101,11 @@ class JobSpec:
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step over the whole job."""
         return self.global_batch * self.seq_len
+
+    @property
+    def sharding(self) -> str:
+        """How data parallelism shards the training state: DDP, ZeRO-1, ZeRO-2 or FSDP."""
+        return ("DDP", "ZeRO-1", "ZeRO-2", "FSDP")[self.zero_stage]
 
     @property
     def gpus(self) -> int:
@@ -172,14 +181,13 @@ def make_job(
     spikes: bool = True,
     spike_steps: tuple[int, ...] = (),
     nan_steps: tuple[int, ...] = (),
+    regime: str = "pretrain",
     check_memory: bool = True,
 ) -> JobSpec:
-    """Build a consistent JobSpec: defaults from the model preset, explicit values checked (one-line errors).
-
-    Defaulted knobs adapt to the world size (tp and pp shrink until they divide it; the global batch rounds
-    to a multiple of micro_batch * dp) and, when memory is short, ZeRO stage, micro batch and recompute
-    escalate. Explicit values are never changed: an impossible combination raises ValueError.
-    """
+    """A consistent JobSpec: defaults from the model preset, explicit values checked (one-line errors)."""
+    # Defaulted knobs adapt to the world size (tp and pp shrink until they divide it; the global batch rounds
+    # to a multiple of micro_batch * dp) and, when memory is short, ZeRO stage, micro batch and recompute
+    # escalate. Explicit values are never changed: an impossible combination raises ValueError.
     if gpu is not None:
         cluster = with_gpu(cluster, gpu)
     gpu = cluster.gpu
@@ -188,9 +196,13 @@ def make_job(
     if nn < 1 or npn < 1:
         raise ValueError(f"nnodes and nproc_per_node must be >= 1, got {nn} and {npn}")
     if npn > cluster.gpus_per_node:
-        raise ValueError(
-            f"nproc_per_node={npn} exceeds the {cluster.gpus_per_node} GPUs per node of {cluster.name} "
-            "(one GPU per rank)"
+        # torchrun accepts any --nproc-per-node: play a bigger node of the same kind (one NVLink domain, as on
+        # NVL72 racks) with NICs in proportion, rather than refuse.
+        cluster = dataclasses.replace(
+            cluster,
+            gpus_per_node=npn,
+            nics_per_node=max(1, cluster.nics_per_node * npn // cluster.gpus_per_node),
+            display_name=f"{cluster.display_name or cluster.name} ({npn} GPUs per node)",
         )
     world = nn * npn
     m = model
@@ -262,6 +274,8 @@ def make_job(
         raise ValueError(f"unknown recompute {rc!r} (choose from: {', '.join(RECOMPUTE)})")
     if law not in LAWS:
         raise ValueError(f"unknown scaling law {law!r} (choose from: {', '.join(LAWS)})")
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r} (choose from: {', '.join(REGIMES)})")
     if grad_clip <= 0:
         raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
     if not 0 <= start_step <= total:
@@ -298,6 +312,7 @@ def make_job(
         spikes=spikes,
         spike_steps=tuple(sorted(spike_steps)),
         nan_steps=tuple(sorted(nan_steps)),
+        regime=regime,
     )
     if check_memory:
         job = _fit(

@@ -67,7 +67,20 @@ def effective_params(model: ModelSpec) -> float:
 @functools.lru_cache(maxsize=256)
 def initial_loss(job: JobSpec) -> float:
     """Loss of the untrained model: ln(vocab) plus a little, by seed (excerpt 70: 12.25 at ln V = 11.76)."""
+    if job.regime == "finetune":
+        # A pretrained model meeting instruction data: ~1.4-2.4 (HF Trainer logs, excerpt 60: 2.12 first).
+        return 1.4 + 1.0 * rand.uniform(job.seed, "loss-init")
     return math.log(job.model.vocab) + 0.05 + 0.35 * rand.uniform(job.seed, "loss-init")
+
+
+def _finetune_loss(job: JobSpec, step: int) -> float:
+    # Fine-tuning falls fast over the first ~5% of the run, then slowly, to ~45-65% of where it started
+    # (excerpt 60: 2.12 -> 1.16 over 1.5 epochs); no scaling law applies to a pretrained model.
+    l0 = initial_loss(job)
+    end = l0 * (0.45 + 0.2 * rand.uniform(job.seed, "loss-end"))
+    t = max(job.total_steps, 1)
+    shape = 0.6 * math.exp(-step / (0.05 * t + 1.0)) + 0.4 * math.exp(-step / (0.5 * t + 1.0))
+    return end + (l0 - end) * shape
 
 
 def tokens_before(job: JobSpec, step: int) -> float:
@@ -84,6 +97,8 @@ def _softmin(a: float, b: float, t: float = 0.3) -> float:
 
 def expected_loss(job: JobSpec, step: int) -> float:
     """The noiseless curve: ln(vocab) at step 0, bending onto the law by the end of the warmup."""
+    if job.regime == "finetune":
+        return _finetune_loss(job, step)
     l0 = initial_loss(job)
     target = _softmin(law(job).loss(effective_params(job.model), tokens_before(job, step)), l0)
     # The curve meets the law by the end of the warmup, or by step 400 for long warmups (Llama 3 405B: 8000):
@@ -120,7 +135,7 @@ def spike_at(job: JobSpec, step: int) -> Spike | None:
     for s in job.spike_steps:
         if s <= step < s + SPIKE_SPAN:
             best = Spike(s, step - s, 0.35 + 0.15 * rand.uniform(job.seed, "spike-mag", s), 400.0)
-    if best is not None or not job.spikes:
+    if best is not None or not job.spikes or job.regime == "finetune":
         return best
     block = step // SPIKE_BLOCK
     for b in (block, block - 1):
@@ -148,29 +163,35 @@ def is_nan_step(job: JobSpec, step: int) -> bool:
     return step in job.nan_steps
 
 
-def train_loss(job: JobSpec, step: int) -> float:
+_UNSET: object = object()
+
+
+def train_loss(job: JobSpec, step: int, spike: object = _UNSET) -> float:
     """The all-reduced training loss at `step`: the same on every rank (seeded by seed and step only)."""
     if is_nan_step(job, step):
         return math.nan
+    sp = spike_at(job, step) if spike is _UNSET else spike
     base = expected_loss(job, step)
-    l0 = initial_loss(job)
-    spike = spike_at(job, step)
-    if spike is not None:
-        base += (l0 - base) * spike_loss_factor(spike)
+    if isinstance(sp, Spike):
+        base += (initial_loss(job) - base) * spike_loss_factor(sp)
     drift = DRIFT_REL * rand.value_noise(job.seed, "loss-drift", step / 50.0)
     noise = NOISE_REL * rand.normal(job.seed, "loss-noise", step)
+    if job.regime == "finetune":
+        # Small SFT batches of uneven examples: ~5% step-to-step (excerpt 60: 1.58, 1.60, 1.21, 1.16).
+        return base * (1.0 + 5.0 * noise + drift)
     # Early steps are noisier: batch-to-batch variance is large while the model is still near uniform.
     early = 1.0 + 2.0 * math.exp(-step / max(job.warmup_steps / 4.0, 5.0))
     return base * (1.0 + (drift + noise) * early)
 
 
 def eval_loss(job: JobSpec, step: int) -> float:
-    """Validation loss after `step`: consistently ~1.5% above the noiseless training curve, small noise."""
+    """Validation loss after `step`: consistently above the noiseless training curve, small noise."""
     base = expected_loss(job, step + 1)
     spike = spike_at(job, step)
     if spike is not None:
         base += (initial_loss(job) - base) * spike_loss_factor(spike) * 0.8
-    return base * (1.0 + EVAL_GAP + 0.003 * rand.normal(job.seed, "eval-noise", step))
+    gap = EVAL_GAP * (2.0 if job.regime == "finetune" else 1.0)
+    return base * (1.0 + gap + 0.003 * rand.normal(job.seed, "eval-noise", step))
 
 
 def perplexity(loss: float) -> float:

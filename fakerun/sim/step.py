@@ -74,8 +74,9 @@ def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
         # Everyone else finishes a little early and waits in the next collective.
         u = float(rand.generator(job.seed, "rank-step", rank, step).random())
         t_compute = (compute.step_time_for_mfu(job, base) - exposed) * (1.0 - compute.RANK_JITTER * u)
-    train = loss.train_loss(job, step)
-    gn = grad_norm(job, step)
+    spike = loss.spike_at(job, step)
+    train = loss.train_loss(job, step, spike)
+    gn = grad_norm(job, step, spike)
     mem = memory_breakdown(job, rank, step)
     tokens_per_s = job.tokens_per_step / t_step
     per_gpu = tokens_per_s / job.world_size
@@ -91,7 +92,7 @@ def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
         grad_norm=gn,
         clip_coef=clip_coefficient(job, gn),
         skipped=loss.is_nan_step(job, step),
-        spike=loss.spike_at(job, step) is not None,
+        spike=spike is not None,
         compute_s=t_compute,
         comm_s=comm,
         exposed_comm_s=exposed,

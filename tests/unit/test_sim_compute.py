@@ -117,3 +117,17 @@ class TestStragglers:
         s = compute.straggler(j, step)
         assert s is not None and n.gating_rank == s.rank == n.straggler_rank
         assert n.mfu < compute.base_mfu(j, step)
+
+
+class TestEta:
+    def test_eta_counts_the_steps_left(self) -> None:
+        """ETA = steps left x the typical step time, 0 at the end."""
+        j = job()
+        assert compute.eta_seconds(j, 100) == pytest.approx(
+            (j.total_steps - 100) * compute.expected_step_time(j)
+        )
+        assert compute.eta_seconds(j, j.total_steps) == 0.0
+
+    def test_first_step_overhead_is_seconds(self) -> None:
+        """The first step of an attempt costs a few extra seconds, outside the MFU identity."""
+        assert 2.0 <= compute.first_step_overhead_s(job()) <= 10.0

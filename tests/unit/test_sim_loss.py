@@ -148,3 +148,19 @@ class TestGradNorm:
         j = job()
         assert gradnorm.clip_coefficient(j, 4.0) == pytest.approx(0.25, rel=1e-5)
         assert gradnorm.clip_coefficient(j, 0.3) == 1.0
+
+
+class TestFinetune:
+    def test_starts_near_two_and_ends_near_one(self) -> None:
+        """SFT of a pretrained model: ~1.4-2.4 at first, about half of that at the end (excerpt 60)."""
+        j = job("llama3-8b", regime="finetune", total_steps=1000, lr=2e-5)
+        start = statistics.mean(loss.train_loss(j, s) for s in range(0, 5))
+        end = statistics.mean(loss.train_loss(j, s) for s in range(950, 1000))
+        assert 1.3 < start < 2.6 and 0.35 * start < end < 0.75 * start
+
+    def test_grad_norm_is_noisy_with_isolated_spikes(self) -> None:
+        """Fine-tuning grad norms sit at 1-4 with isolated spikes above 7 (excerpts 60, 61)."""
+        j = job("llama3-8b", regime="finetune", total_steps=3000, lr=2e-5)
+        norms = [gradnorm.grad_norm(j, s) for s in range(100, 3000)]
+        assert 0.8 < statistics.median(norms) < 4.0
+        assert 0 < sum(n > 7 for n in norms) < 0.05 * len(norms)
