@@ -16,7 +16,7 @@ from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
 from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
-from fakerun.launcher.runtime import ChildFactory, LocalWorkerGroup, run_job
+from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
 from fakerun.options import CommandLine
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: cannot create the log directory: {exc}", file=sys.stderr)
         return 1
     python = python_executable()
+    fatal = 0
     try:
         _log_startup(plan, log, log_dir)
 
@@ -159,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
 
         return run_job(plan, console, voice, _child_factory(cmd, plan, python), log_dir)
+    except FatalSignal as exc:
+        fatal = exc.signum
+        return 128 + fatal
     finally:
         log_dir.cleanup()
+        if fatal:
+            die_of(fatal)
 
 
 if __name__ == "__main__":

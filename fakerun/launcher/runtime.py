@@ -118,6 +118,25 @@ class LocalWorkerGroup:
             self._close(stream)
 
 
+# Signals whose default action kills the launcher (as it kills torchrun) when they are not in
+# --signals-to-handle. We still die of them, but only after removing our temporary files.
+FATAL_BY_DEFAULT = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+
+
+class FatalSignal(Exception):
+    """An unhandled signal arrived: the launcher must clean up and then die of it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def die_of(signum: int) -> None:
+    """Ends the process by the signal's default action, so the parent sees the same wait status."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def _ignore(signum: int, frame: object) -> None:
     """Placeholder handler: the wakeup fd carries the signal number to the loop."""
 
@@ -131,7 +150,8 @@ class SignalPipe:
         os.set_blocking(self.w, False)
         self._old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
         self._saved = {}
-        for sig in (*signals, signal.SIGCHLD):
+        fatal = [sig for sig in FATAL_BY_DEFAULT if sig not in signals]
+        for sig in (*signals, *fatal, signal.SIGCHLD):
             self._saved[sig] = signal.signal(sig, _ignore)
 
     def read(self) -> list[int]:
@@ -180,6 +200,8 @@ def run_job(
                             _reap(group, agent)
                         elif signum in handled:
                             agent.on_signal(signum, time.time())
+                        else:
+                            raise FatalSignal(signum)
                 else:
                     group.pump(fd)
             # A SIGCHLD may coalesce with another; reaping each round keeps no exit unseen.

@@ -205,7 +205,11 @@ class TestSignals:
     @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
     def test_forwarded(self, runner: Runner, sig: signal.Signals) -> None:
         """Received-death-signal line, one closing line per worker, the SignalException, exit 1."""
-        proc = runner.start(["--standalone", "--nproc-per-node", "3", "--fake-exec", FAIL], MODE="none")
+        tmpdir = runner.tmp / "tmp"
+        tmpdir.mkdir()
+        proc = runner.start(
+            ["--standalone", "--nproc-per-node", "3", "--fake-exec", FAIL], MODE="none", TMPDIR=str(tmpdir)
+        )
         wait_for(lambda: started_ranks(runner.tmp) == 3)
         workers = [p.pid for p in psutil.Process(proc.pid).children()]
         t0 = time.monotonic()
@@ -225,6 +229,7 @@ class TestSignals:
         assert not any(
             psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers
         )
+        assert list(tmpdir.iterdir()) == []
 
     def test_shutdown_timeout_escalates(self, runner: Runner) -> None:
         """Workers ignoring SIGTERM are SIGKILLed after --shutdown-timeout, with torchrun's line."""
@@ -240,13 +245,20 @@ class TestSignals:
         assert len(re.findall(r"Unable to shutdown process \d+ via 15, forcefully exiting via 9", err)) == 2
 
     def test_unhandled_signal_takes_workers_along(self, runner: Runner) -> None:
-        """Unhandled SIGUSR1 kills the launcher and, unlike under torchrun, its workers too."""
-        proc = runner.start(["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="none")
+        """Unhandled SIGUSR1 kills the launcher and, unlike under torchrun, its workers and temp files too."""
+        tmpdir = runner.tmp / "tmp"
+        tmpdir.mkdir()
+        proc = runner.start(
+            ["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="none", TMPDIR=str(tmpdir)
+        )
         wait_for(lambda: started_ranks(runner.tmp) == 2)
+        (own_dir,) = list(tmpdir.iterdir())
+        assert own_dir.name.startswith("torchelastic_")
         proc.send_signal(signal.SIGUSR1)
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGUSR1
         wait_for(lambda: not marked_processes(runner.mark), timeout=1.0)
+        assert list(tmpdir.iterdir()) == []
 
     def test_signals_to_handle(self, runner: Runner) -> None:
         """--signals-to-handle adds SIGUSR1, which is then forwarded."""
@@ -270,7 +282,12 @@ class TestSignals:
 
     def test_sigkill_of_launcher_takes_workers_within_a_second(self, runner: Runner) -> None:
         """Better than torchrun: a SIGKILLed launcher leaves no orphans (parent-death signal)."""
-        proc = runner.start(["--standalone", "--nproc-per-node", "4", "--fake-exec", FAIL], MODE="none")
+        # A SIGKILLed launcher cannot remove its temporary log dir: keep it inside the test's directory.
+        tmpdir = str(runner.tmp / "tmp")
+        os.mkdir(tmpdir)
+        proc = runner.start(
+            ["--standalone", "--nproc-per-node", "4", "--fake-exec", FAIL], MODE="none", TMPDIR=tmpdir
+        )
         wait_for(lambda: started_ranks(runner.tmp) == 4)
         proc.kill()
         proc.communicate(timeout=10)
