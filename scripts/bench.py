@@ -138,7 +138,8 @@ class Job:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
-                env={**os.environ, TAG_NAME: TAG},
+                # TMPDIR inside the bench's own directory: a SIGKILLed launcher cannot remove its temp dir.
+                env={**os.environ, TAG_NAME: TAG, "TMPDIR": cwd},
                 preexec_fn=_die_with_parent,
             )
         REGISTRY.launchers.append(self.proc)
