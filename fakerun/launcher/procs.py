@@ -52,17 +52,15 @@ class ForkProcessTable:
         self.launcher_pid = os.getpid()
         preload_libc()
 
-    def spawn(
-        self, child_main: ChildMain, *, new_session: bool, extra_fds: list[int]
-    ) -> tuple[int, ChildPipes]:
-        """Forks a worker whose stdout/stderr are pipes to the launcher; `extra_fds` move to fd 3, 4..."""
+    def spawn(self, child_main: ChildMain, *, new_session: bool) -> tuple[int, ChildPipes]:
+        """Forks a worker whose stdout/stderr are pipes to the launcher."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             code = 1
             try:
-                _setup_child(self.launcher_pid, new_session, out_w, err_w, extra_fds)
+                _setup_child(self.launcher_pid, new_session, out_w, err_w)
                 code = child_main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -86,7 +84,7 @@ class ForkProcessTable:
             os.kill(pid, sig)
 
 
-def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, extra_fds: list[int]) -> None:
+def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int) -> None:
     """Makes a fresh fork look like a worker torchrun started: own session, std streams, no inherited fds."""
     signal.set_wakeup_fd(-1)
     for sig in (
@@ -110,14 +108,8 @@ def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, e
         os._exit(1)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    target = 3
-    for fd in extra_fds:
-        if fd != target:
-            os.dup2(fd, target)
-        os.set_inheritable(target, True)
-        target += 1
     # Close every other inherited fd: sibling pipe ends would otherwise keep EOFs from arriving.
-    os.closerange(target, _max_fd())
+    os.closerange(3, _max_fd())
     # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered.
     sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fakerun.launcher.agent import Agent, AgentOutput
 from fakerun.launcher.console import STDERR, STDOUT, Console, Route
 from fakerun.launcher.envs import WorkerSlot, worker_slots
-from fakerun.launcher.logdir import LogDir, attempt_dir, make_attempt_dirs
+from fakerun.launcher.logdir import LogDir, attempt_dir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import LaunchPlan
 from fakerun.launcher.procs import ChildMain, ForkProcessTable, exit_code_of
 
@@ -47,9 +47,7 @@ class LocalWorkerGroup:
 
     def error_file_path(self, slot: WorkerSlot, restart_count: int) -> str:
         """TORCHELASTIC_ERROR_FILE of a worker."""
-        return os.path.join(
-            attempt_dir(self.run_dirs[slot.node_index], restart_count), str(slot.local_rank), "error.json"
-        )
+        return error_file(self.run_dirs[slot.node_index], restart_count, slot.local_rank)
 
     def start(self, restart_count: int) -> list[tuple[int, WorkerSlot]]:
         """Starts every worker of one attempt and registers its pipes."""
@@ -58,10 +56,8 @@ class LocalWorkerGroup:
         new_session = not self.plan.args.run_path
         started: list[tuple[int, WorkerSlot]] = []
         for slot in worker_slots(self.plan):
-            error_file = self.error_file_path(slot, restart_count)
-            pid, pipes = self.procs.spawn(
-                self.child_factory(slot, restart_count, error_file), new_session=new_session, extra_fds=[]
-            )
+            child = self.child_factory(slot, restart_count, self.error_file_path(slot, restart_count))
+            pid, pipes = self.procs.spawn(child, new_session=new_session)
             apath = attempt_dir(self.run_dirs[slot.node_index], restart_count)
             fds = []
             for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
