@@ -47,20 +47,20 @@ def rank_checkpoint_bytes(job: JobSpec, *, full: bool = True) -> int:
     return checkpoint_bytes(job.model, full=full) // job.world_size
 
 
-def _write_bandwidth(job: JobSpec) -> float:
-    st = job.storage
-    per_node = (st.per_node_write_gbs or st.write_gbs) * 1e9
-    if not st.shared:
+def _bandwidth(job: JobSpec, aggregate_gbs: float, per_node_gbs: float) -> float:
+    """Bytes/s all nodes get together: node-local storage scales with nodes, shared storage is capped."""
+    per_node = (per_node_gbs or aggregate_gbs) * 1e9
+    if not job.storage.shared:
         return per_node * job.nnodes
-    return min(st.write_gbs * 1e9, per_node * job.nnodes)
+    return min(aggregate_gbs * 1e9, per_node * job.nnodes)
+
+
+def _write_bandwidth(job: JobSpec) -> float:
+    return _bandwidth(job, job.storage.write_gbs, job.storage.per_node_write_gbs)
 
 
 def _read_bandwidth(job: JobSpec) -> float:
-    st = job.storage
-    per_node = (st.per_node_read_gbs or st.read_gbs) * 1e9
-    if not st.shared:
-        return per_node * job.nnodes
-    return min(st.read_gbs * 1e9, per_node * job.nnodes)
+    return _bandwidth(job, job.storage.read_gbs, job.storage.per_node_read_gbs)
 
 
 def save_seconds(job: JobSpec, step: int, *, full: bool = True) -> float:
