@@ -1,0 +1,811 @@
+"""Hints from the training script's arguments (HF Trainer, Megatron-LM, torchtitan): model and job."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+from fakerun.presets import ModelSpec, model_from_hf_name
+
+__all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
+
+# Keys of Hints.arch that apply_arch understands. seq_len is the training context, not an architecture change.
+ARCH_KEYS = (
+    "layers",
+    "hidden",
+    "ffn_hidden",
+    "heads",
+    "kv_heads",
+    "vocab",
+    "experts",
+    "top_k",
+    "max_position",
+)
+_ALL_ARCH_KEYS = (*ARCH_KEYS, "seq_len")
+
+
+class HintError(ValueError):
+    """A known hint of the training script's arguments with a value the real script would refuse; one line."""
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What the training script's arguments say about the model and the job, and where each hint came from."""
+
+    model_name: str | None = None  # as given: HF repo id or path, or torchtitan "<name>-<flavor>"
+    model: ModelSpec | None = None  # the preset model_name matches, or None
+    arch: dict[str, int] = field(default_factory=dict)  # apply_arch overrides (ARCH_KEYS and seq_len)
+    job: dict[str, object] = field(default_factory=dict)  # make_job keyword overrides
+    epochs: float | None = None  # HF --num_train_epochs, only when no --max_steps > 0 overrides it
+    warmup_ratio: float | None = None  # fraction of the total steps, only when no warmup step count wins
+    seed: int | None = None
+    style: str = "generic"  # "hf" | "megatron" | "titan" | "generic"
+    sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
+
+
+# ----------------------------------------------------------------------------------------------------
+# Known options
+
+_VALUE, _FLAG, _HF_BOOL = "value", "flag", "hf-bool"
+
+
+def _words(text: str) -> frozenset[str]:
+    """The whitespace-separated words of `text`."""
+    return frozenset(text.split())
+
+
+# Flat options by canonical name (underscores). Each is accepted spelled with dashes or underscores.
+_OPTIONS: dict[str, str] = {
+    # Hugging Face Trainer (and the usual example scripts)
+    "model_name_or_path": _VALUE,
+    "per_device_train_batch_size": _VALUE,
+    "per_gpu_train_batch_size": _VALUE,
+    "gradient_accumulation_steps": _VALUE,
+    "learning_rate": _VALUE,
+    "max_steps": _VALUE,
+    "num_train_epochs": _VALUE,
+    "bf16": _HF_BOOL,
+    "seq_length": _VALUE,
+    "max_seq_length": _VALUE,
+    "model_max_length": _VALUE,
+    "block_size": _VALUE,
+    "warmup_steps": _VALUE,
+    "warmup_ratio": _VALUE,
+    "lr_scheduler_type": _VALUE,
+    "deepspeed": _VALUE,
+    "fsdp": _VALUE,
+    "gradient_checkpointing": _HF_BOOL,
+    "seed": _VALUE,
+    # Megatron-LM
+    "num_layers": _VALUE,
+    "hidden_size": _VALUE,
+    "ffn_hidden_size": _VALUE,
+    "num_attention_heads": _VALUE,
+    "num_query_groups": _VALUE,
+    "group_query_attention": _FLAG,
+    "swiglu": _FLAG,
+    "max_position_embeddings": _VALUE,
+    "vocab_size": _VALUE,
+    "padded_vocab_size": _VALUE,
+    "num_experts": _VALUE,
+    "moe_router_topk": _VALUE,
+    "micro_batch_size": _VALUE,
+    "global_batch_size": _VALUE,
+    "lr": _VALUE,
+    "min_lr": _VALUE,
+    "lr_warmup_iters": _VALUE,
+    "lr_warmup_fraction": _VALUE,
+    "lr_warmup_samples": _VALUE,
+    "lr_decay_style": _VALUE,
+    "train_iters": _VALUE,
+    "train_samples": _VALUE,
+    "tensor_model_parallel_size": _VALUE,
+    "pipeline_model_parallel_size": _VALUE,
+    "expert_model_parallel_size": _VALUE,
+    "recompute_granularity": _VALUE,
+    "recompute_activations": _FLAG,
+    "use_distributed_optimizer": _FLAG,
+}
+
+# torchtitan's JobConfig: every known key takes a value. Older releases' names map to the current ones.
+_TITAN_KEYS = frozenset(
+    {
+        "job.config_file",
+        "model.name",
+        "model.flavor",
+        "optimizer.lr",
+        "lr_scheduler.warmup_steps",
+        "lr_scheduler.decay_type",
+        "lr_scheduler.lr_min",
+        "training.local_batch_size",
+        "training.global_batch_size",
+        "training.seq_len",
+        "training.steps",
+        "training.seed",
+        "parallelism.data_parallel_shard_degree",
+        "parallelism.tensor_parallel_degree",
+        "parallelism.pipeline_parallel_degree",
+        "parallelism.pipeline_parallel_microbatch_size",
+        "parallelism.expert_parallel_degree",
+        "activation_checkpoint.mode",
+    }
+)
+_TITAN_OLD = {
+    "training.batch_size": "training.local_batch_size",
+    "training.warmup_steps": "lr_scheduler.warmup_steps",
+    "training.data_parallel_shard_degree": "parallelism.data_parallel_shard_degree",
+    "training.tensor_parallel_degree": "parallelism.tensor_parallel_degree",
+    "experimental.pipeline_parallel_degree": "parallelism.pipeline_parallel_degree",
+    "debug.seed": "training.seed",
+}
+_TITAN_SECTIONS = _words(
+    "job profiling metrics model optimizer lr_scheduler training parallelism checkpoint activation_checkpoint"
+    " float8 mx comm memory_estimation fault_tolerance experimental validation debug compile"
+)
+
+# Options that only one framework spells this way: they vote for the style.
+_HF_VOTES = _words(
+    "model_name_or_path per_device_train_batch_size per_gpu_train_batch_size per_device_eval_batch_size "
+    "gradient_accumulation_steps num_train_epochs lr_scheduler_type warmup_ratio deepspeed fsdp output_dir "
+    "overwrite_output_dir do_train do_eval logging_steps save_steps save_strategy eval_strategy "
+    "evaluation_strategy report_to model_max_length max_seq_length block_size dataset_name train_file "
+    "save_total_limit logging_dir run_name gradient_checkpointing"
+)
+_MEGATRON_VOTES = _words(
+    "num-layers hidden-size ffn-hidden-size num-attention-heads num-query-groups group-query-attention "
+    "max-position-embeddings seq-length micro-batch-size global-batch-size min-lr lr-warmup-iters "
+    "lr-warmup-fraction lr-warmup-samples lr-decay-style lr-decay-iters train-iters train-samples "
+    "tensor-model-parallel-size pipeline-model-parallel-size expert-model-parallel-size num-experts "
+    "moe-router-topk recompute-granularity recompute-activations recompute-method use-distributed-optimizer "
+    "data-path tokenizer-type tokenizer-model vocab-file merge-file save-interval eval-interval eval-iters "
+    "log-interval distributed-backend sequence-parallel use-flash-attn use-mcore-models normalization "
+    "position-embedding-type disable-bias-linear untie-embeddings-and-output-weights clip-grad adam-beta1 "
+    "adam-beta2 init-method-std attention-dropout hidden-dropout transformer-impl"
+)
+_SCRIPT_STYLES = (
+    ("titan", re.compile(r"titan")),
+    ("megatron", re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)")),
+    (
+        "hf",
+        re.compile(r"run_(clm|mlm|plm|fim|glue|qa|seq2seq|summarization|translation|ner|swag)|transformers"),
+    ),
+)
+
+# Learning-rate schedules by framework name -> sim/schedule.py's SCHEDULES (the nearest shape).
+_HF_SCHEDULES = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "cosine_with_restarts": "cosine",
+    "cosine_with_min_lr": "cosine",
+    "cosine_warmup_with_min_lr": "cosine",
+    "polynomial": "linear",  # power 1.0 by default
+    "constant": "constant",
+    "constant_with_warmup": "constant",
+    "inverse_sqrt": "linear",
+    "reduce_lr_on_plateau": "constant",
+    "warmup_stable_decay": "constant",
+}
+_HF_TO_ZERO = ("linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt")  # decay to 0
+_HF_NO_WARMUP = ("constant", "reduce_lr_on_plateau")  # HF ignores the warmup for these
+_MEGATRON_SCHEDULES = {
+    "cosine": "cosine",
+    "linear": "linear",
+    "constant": "constant",
+    "inverse-square-root": "linear",
+    "wsd": "constant",
+}
+_TITAN_SCHEDULES = {"linear": "linear", "cosine": "cosine", "sqrt": "linear"}
+_RECOMPUTE_MEGATRON = {"full": "full", "selective": "selective"}
+_RECOMPUTE_TITAN = {"none": "none", "selective": "selective", "full": "full", "memory_budget": "selective"}
+_FSDP_ZERO = {"full_shard": 3, "hybrid_shard": 3, "shard_grad_op": 2, "hybrid_shard_zero2": 2, "no_shard": 0}
+_FSDP_OTHER = ("offload", "auto_wrap")
+
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+_NEGATIVE_NUMBER = re.compile(r"-\.?\d")
+_T = TypeVar("_T")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class _Given:
+    """One known argument: its spelling and raw value (a string, None for a bare flag, or a TOML value)."""
+
+    option: str  # "--learning_rate" on the command line, "training.steps" in a torchtitan file
+    value: object
+    where: str = ""  # the torchtitan config file, or "" for the command line
+
+    @property
+    def label(self) -> str:
+        """The argument as error messages name it."""
+        if self.where:
+            return f"torchtitan config {self.where!r}: {self.option}"
+        return f"script argument {self.option}"
+
+    @property
+    def source(self) -> str:
+        """The argument as Hints.sources names it."""
+        return f"{self.option} in {self.where}" if self.where else self.option
+
+    def fail(self, what: str) -> HintError:
+        """A one-line HintError naming this argument."""
+        return HintError(" ".join(f"{self.label}: {what}".split()))
+
+
+def _int(g: _Given, low: int | None = 1) -> int:
+    """An integer of at least `low` (no bound when None)."""
+    v = g.value
+    if isinstance(v, str):
+        try:
+            n = int(v.strip())
+        except ValueError:
+            raise g.fail(f"invalid int value {v!r}") from None
+    elif isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    else:
+        raise g.fail(f"invalid int value {v!r}")
+    if low is not None and n < low:
+        raise g.fail(f"invalid value {v!r} (must be >= {low})")
+    return n
+
+
+def _float(g: _Given, *, positive: bool = True, high: float | None = None) -> float:
+    """A finite float, > 0 when `positive` else >= 0, and at most `high`."""
+    v = g.value
+    if isinstance(v, str):
+        try:
+            x = float(v.strip())
+        except ValueError:
+            raise g.fail(f"invalid float value {v!r}") from None
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        x = float(v)
+    else:
+        raise g.fail(f"invalid float value {v!r}")
+    if not math.isfinite(x):
+        raise g.fail(f"invalid float value {v!r}")
+    if (x <= 0 if positive else x < 0) or (high is not None and x > high):
+        bound = "> 0" if positive else ">= 0"
+        raise g.fail(
+            f"invalid value {v!r} (must be {bound}" + (f" and <= {high:g})" if high is not None else ")")
+        )
+    return x
+
+
+def _bool(g: _Given) -> bool:
+    """A boolean: a bare flag is True; HF's words (true/false, yes/no, 1/0, ...) in any case."""
+    v = g.value
+    if v is None:
+        return True
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+        return v.strip().lower() in _TRUE
+    raise g.fail(f"invalid boolean value {v!r}")
+
+
+def _str(g: _Given) -> str:
+    """A non-empty string."""
+    if not isinstance(g.value, str) or not g.value.strip():
+        raise g.fail(f"invalid value {g.value!r} (expected a non-empty string)")
+    return g.value.strip()
+
+
+def _choice(g: _Given, table: Mapping[str, str]) -> str:
+    """A value of `table` chosen by its key, case-insensitively."""
+    text = _str(g)
+    hit = table.get(text.lower())
+    if hit is None:
+        raise g.fail(f"invalid choice {text!r} (choose from {', '.join(table)})")
+    return hit
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line
+
+
+def _canonical(name: str) -> str:
+    """The table key of an option name: underscores, torchtitan's older names mapped to the current ones."""
+    key = name.replace("-", "_")
+    if "." in key:
+        return _TITAN_OLD.get(key, key)
+    return key
+
+
+def _kind(key: str) -> str | None:
+    """How a known option takes its value, or None for an unknown option."""
+    if "." in key:
+        return _VALUE if key in _TITAN_KEYS else None
+    return _OPTIONS.get(key)
+
+
+def _option_names(args: Sequence[str]) -> list[str]:
+    """The option names as spelled (no dashes, no "=value"), up to a "--" terminator."""
+    names: list[str] = []
+    for tok in args:
+        if tok == "--":
+            break
+        if tok.startswith("--") and len(tok) > 2:
+            names.append(tok[2:].partition("=")[0])
+    return names
+
+
+def _style(script: str, names: Sequence[str]) -> str:
+    """The framework the arguments look like; the script name breaks ties and decides when they are silent."""
+    votes = {"hf": 0, "megatron": 0, "titan": 0}
+    for name in names:
+        if "." in name:
+            votes["titan"] += name.split(".", 1)[0].replace("-", "_") in _TITAN_SECTIONS
+        elif name in _MEGATRON_VOTES:
+            votes["megatron"] += 1
+        elif name.replace("-", "_") in _HF_VOTES or name == "seq_length":
+            votes["hf"] += 1
+    lowered = script.replace("\\", "/").lower()
+    by_script = next((style for style, pattern in _SCRIPT_STYLES if pattern.search(lowered)), "generic")
+    best = max(votes.values())
+    if best == 0:
+        return by_script
+    winners = [style for style, n in votes.items() if n == best]
+    if by_script in winners:
+        return by_script
+    return winners[0] if len(winners) == 1 else "generic"
+
+
+def _is_value(tok: str) -> bool:
+    """Whether argparse would take `tok` as an option's value rather than as the next option."""
+    return not tok.startswith("-") or tok == "-" or bool(_NEGATIVE_NUMBER.match(tok))
+
+
+def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
+    """The known options of the command line, last one wins, in the order of their last occurrence."""
+    given: dict[str, _Given] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        i += 1
+        if tok == "--":
+            break
+        if not tok.startswith("--") or len(tok) == 2:
+            continue
+        name, eq, inline = tok[2:].partition("=")
+        key = _canonical(name)
+        kind = _kind(key)
+        if kind is None:
+            continue
+        option = f"--{name}"
+        value: str | None
+        if eq:
+            value = inline
+        elif kind == _VALUE:
+            if i >= len(args) or not _is_value(args[i]):
+                raise HintError(f"script argument {option}: expected a value")
+            value = args[i]
+            i += 1
+        else:
+            nxt = args[i] if i < len(args) else None
+            takes = nxt is not None and (
+                nxt.strip().lower() in _TRUE | _FALSE
+                or (kind == _HF_BOOL and style == "hf" and _is_value(nxt))
+            )
+            value = nxt if takes else None
+            i += takes
+        given.pop(key, None)
+        given[key] = _Given(option, value)
+    return given
+
+
+def _titan_file(g: _Given) -> dict[str, _Given]:
+    """The known keys of a torchtitan TOML config file."""
+    path = _str(g)
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise g.fail(f"cannot read {path!r}: {reason}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise g.fail(f"invalid TOML in {path!r}: {exc}") from None
+    out: dict[str, _Given] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        for name, value in table.items():
+            key = _canonical(f"{section}.{name}")
+            if key in _TITAN_KEYS and key != "job.config_file":
+                out[key] = _Given(f"{section}.{name}", value, where=path)
+    return out
+
+
+def _deepspeed_stage(g: _Given) -> int | None:
+    """zero_optimization.stage of a DeepSpeed JSON config (file or inline), None if it cannot be read."""
+    text = g.value.strip() if isinstance(g.value, str) else ""
+    if not text:
+        return None  # HF: an empty --deepspeed is off
+    if not text.startswith("{"):
+        try:
+            text = Path(text).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+    try:
+        config = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        return None
+    stage = zero.get("stage", 0)  # DeepSpeed's default: ZeRO off
+    if isinstance(stage, str) and stage.strip().isdigit():
+        stage = int(stage)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise g.fail(f"invalid zero_optimization.stage {stage!r} (must be 0, 1, 2 or 3)")
+    return int(stage)
+
+
+# ----------------------------------------------------------------------------------------------------
+# From arguments to hints
+
+
+class _Builder:
+    """Hints being collected: later arguments overwrite earlier ones, as argparse and torchtitan do."""
+
+    def __init__(self, style: str, given: dict[str, _Given]) -> None:
+        self.style = style
+        self.given = given
+        self.arch: dict[str, int] = {}
+        self.job: dict[str, object] = {}
+        self.top: dict[str, object] = {}  # model_name, epochs, warmup_ratio, seed
+        self.sources: dict[str, str] = {}
+
+    def set(self, where: dict[str, _T], key: str, value: _T, g: _Given) -> None:
+        """Record one hint and its source."""
+        where[key] = value
+        self.sources[key] = g.source
+
+    def drop(self, where: dict[str, _T], key: str) -> None:
+        """Forget a hint that a later rule overrides."""
+        if key in where:
+            del where[key]
+            self.sources.pop(key, None)
+
+    def seq_len(self, g: _Given) -> None:
+        """The training sequence length: a job override and the context apply_arch must allow."""
+        n = _int(g)
+        self.set(self.job, "seq_len", n, g)
+        self.set(self.arch, "seq_len", n, g)
+
+
+_JOB_INTS: dict[str, tuple[str, int]] = {
+    # option -> (make_job keyword, lowest value)
+    "per_device_train_batch_size": ("micro_batch", 1),
+    "per_gpu_train_batch_size": ("micro_batch", 1),
+    "micro_batch_size": ("micro_batch", 1),
+    "training.local_batch_size": ("micro_batch", 1),
+    "gradient_accumulation_steps": ("grad_accum", 1),
+    "global_batch_size": ("global_batch", 1),
+    "train_iters": ("total_steps", 1),
+    "training.steps": ("total_steps", 1),
+    "lr_warmup_iters": ("warmup_steps", 0),
+    "lr_scheduler.warmup_steps": ("warmup_steps", 0),
+    "tensor_model_parallel_size": ("tp", 1),
+    "parallelism.tensor_parallel_degree": ("tp", 1),
+    "pipeline_model_parallel_size": ("pp", 1),
+    "parallelism.pipeline_parallel_degree": ("pp", 1),
+    "expert_model_parallel_size": ("ep", 1),
+    "parallelism.expert_parallel_degree": ("ep", 1),
+}
+_ARCH_INTS: dict[str, str] = {
+    "num_layers": "layers",
+    "hidden_size": "hidden",
+    "ffn_hidden_size": "ffn_hidden",
+    "num_attention_heads": "heads",
+    "max_position_embeddings": "max_position",
+    "vocab_size": "vocab",
+    "padded_vocab_size": "vocab",
+    "num_experts": "experts",
+    "moe_router_topk": "top_k",
+}
+_SEQ_LEN = frozenset({"seq_length", "max_seq_length", "model_max_length", "block_size", "training.seq_len"})
+_LATER = frozenset(
+    {
+        "num_query_groups",
+        "group_query_attention",
+        "swiglu",
+        "train_samples",
+        "lr_warmup_samples",
+        "model.name",
+        "model.flavor",
+        "lr_scheduler.lr_min",
+        "parallelism.pipeline_parallel_microbatch_size",
+        "job.config_file",
+    }
+)
+
+
+def _one(b: _Builder, key: str, g: _Given) -> None:
+    """Turn one known argument into hints (options read together with others wait for _finish)."""
+    if key in _JOB_INTS:
+        name, low = _JOB_INTS[key]
+        b.set(b.job, name, _int(g, low), g)
+    elif key in _ARCH_INTS:
+        b.set(b.arch, _ARCH_INTS[key], _int(g), g)
+    elif key in _SEQ_LEN:
+        b.seq_len(g)
+    elif key in ("learning_rate", "lr", "optimizer.lr"):
+        b.set(b.job, "lr", _float(g), g)
+    elif key == "min_lr":
+        b.set(b.job, "min_lr", _float(g, positive=False), g)
+    elif key == "model_name_or_path":
+        b.set(b.top, "model", _str(g), g)
+    elif key == "max_steps":
+        steps = _int(g, None)  # HF: -1 (the default) or any value <= 0 leaves the epochs in charge
+        if steps > 0:
+            b.set(b.job, "total_steps", steps, g)
+    elif key == "num_train_epochs":
+        b.set(b.top, "epochs", _float(g), g)
+    elif key == "warmup_steps":
+        _hf_warmup(b, g)
+    elif key in ("warmup_ratio", "lr_warmup_fraction"):
+        b.set(b.top, "warmup_ratio", _float(g, positive=False, high=1.0), g)
+    elif key == "seed" or key == "training.seed":
+        b.set(b.top, "seed", _int(g, 0), g)
+    elif key == "lr_scheduler_type":
+        _hf_schedule(b, g)
+    elif key == "lr_decay_style":
+        b.set(b.job, "lr_schedule", _choice(g, _MEGATRON_SCHEDULES), g)
+    elif key == "lr_scheduler.decay_type":
+        b.set(b.job, "lr_schedule", _choice(g, _TITAN_SCHEDULES), g)
+    elif key == "deepspeed":
+        stage = _deepspeed_stage(g)
+        if stage is not None:
+            b.set(b.job, "zero_stage", stage, g)
+    elif key == "fsdp":
+        _hf_fsdp(b, g)
+    elif key == "bf16":
+        _bool(g)  # the simulation always trains in BF16; the value must still be one HF accepts
+    elif key == "gradient_checkpointing":
+        b.set(b.job, "recompute", "full" if _bool(g) else "none", g)
+    elif key == "recompute_granularity":
+        b.set(b.job, "recompute", _choice(g, _RECOMPUTE_MEGATRON), g)
+    elif key == "recompute_activations":
+        if _bool(g):
+            b.set(b.job, "recompute", "selective", g)
+    elif key == "activation_checkpoint.mode":
+        b.set(b.job, "recompute", _choice(g, _RECOMPUTE_TITAN), g)
+    elif key == "use_distributed_optimizer":
+        if _bool(g):
+            b.set(b.job, "zero_stage", 1, g)
+    elif key == "parallelism.data_parallel_shard_degree":
+        shard = _int(g, -1)
+        if shard == 0:
+            raise g.fail(f"invalid value {g.value!r} (must be -1 or >= 1)")
+        b.set(b.job, "zero_stage", 0 if shard == 1 else 3, g)  # FSDP shards everything (ZeRO-3)
+    elif key == "training.global_batch_size":
+        gbs = _int(g, -1)
+        if gbs == 0:
+            raise g.fail(f"invalid value {g.value!r} (must be -1 or >= 1)")
+        if gbs > 0:  # -1: local batch x data parallel size
+            b.set(b.job, "global_batch", gbs, g)
+    else:
+        assert key in _LATER, key
+
+
+def _hf_warmup(b: _Builder, g: _Given) -> None:
+    """HF --warmup_steps: a step count, or (newer transformers) a float below 1 meaning a ratio."""
+    try:
+        x = float(g.value.strip()) if isinstance(g.value, str) else math.nan
+    except ValueError:
+        x = math.nan
+    if 0 < x < 1:
+        b.set(b.top, "warmup_ratio", x, g)
+        b.drop(b.job, "warmup_steps")
+    elif x >= 1 and x.is_integer() and math.isfinite(x):
+        b.set(b.job, "warmup_steps", int(x), g)
+    else:
+        b.set(b.job, "warmup_steps", _int(g, 0), g)
+
+
+def _hf_schedule(b: _Builder, g: _Given) -> None:
+    """HF --lr_scheduler_type: the nearest simulated shape; HF's decaying schedules end at 0."""
+    text = _str(g).lower()
+    b.set(b.job, "lr_schedule", _choice(g, _HF_SCHEDULES), g)
+    if text in _HF_TO_ZERO:
+        b.set(b.job, "min_lr", 0.0, g)
+
+
+def _hf_fsdp(b: _Builder, g: _Given) -> None:
+    """HF --fsdp "full_shard auto_wrap ...": the sharding option as a ZeRO stage."""
+    text = _str(g) if isinstance(g.value, str) and g.value.strip() else ""
+    if not text or text.lower() in _FALSE:
+        return
+    if text.lower() in _TRUE:
+        b.set(b.job, "zero_stage", 3, g)
+        return
+    for word in text.replace(",", " ").split():
+        w = word.lower()
+        if w in _FSDP_ZERO:
+            b.set(b.job, "zero_stage", _FSDP_ZERO[w], g)
+        elif w not in _FSDP_OTHER:
+            raise g.fail(f"invalid choice {word!r} (choose from {', '.join((*_FSDP_ZERO, *_FSDP_OTHER))})")
+
+
+def _finish(b: _Builder) -> None:
+    """Rules that read several arguments together, applied after all of them."""
+    given = b.given
+    _finish_megatron(b, given)
+    _finish_titan(b, given)
+    # Warmup: a positive step count beats a ratio (HF); a zero count leaves the ratio in charge.
+    if "warmup_ratio" in b.top and "warmup_steps" in b.job:
+        if b.job["warmup_steps"] == 0:
+            b.drop(b.job, "warmup_steps")
+        else:
+            b.drop(b.top, "warmup_ratio")
+    sched = given.get("lr_scheduler_type")
+    if sched is not None and _str(sched).lower() in _HF_NO_WARMUP:
+        b.drop(b.top, "warmup_ratio")
+        b.set(b.job, "warmup_steps", 0, sched)
+    if "total_steps" in b.job:
+        b.drop(b.top, "epochs")
+
+
+def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
+    """Megatron's derived values: samples to iterations, and (Megatron style) its architecture defaults."""
+    gbs = b.job.get("global_batch")
+    for key, name in (("train_samples", "total_steps"), ("lr_warmup_samples", "warmup_steps")):
+        g = given.get(key)
+        if g is None:
+            continue
+        samples = _int(g, 1 if key == "train_samples" else 0)
+        if name in b.job or not isinstance(gbs, int):
+            continue  # iterations given too, or no global batch to divide by
+        steps = samples // gbs
+        if key == "train_samples" and steps < 1:
+            raise g.fail(f"{samples} samples make no step of {gbs} (--global-batch-size)")
+        b.set(b.job, name, steps, g)
+    groups = given.get("num_query_groups")
+    n_groups = _int(groups) if groups is not None else None
+    gqa = given.get("group_query_attention")
+    if b.style != "megatron":
+        if groups is not None and n_groups is not None:
+            b.set(b.arch, "kv_heads", n_groups, groups)
+        return
+    heads = given.get("num_attention_heads")
+    if gqa is not None and _bool(gqa):
+        b.set(b.arch, "kv_heads", n_groups if n_groups is not None else 1, groups or gqa)
+    elif heads is not None:
+        b.set(b.arch, "kv_heads", b.arch["heads"], heads)  # no --group-query-attention: multi-head attention
+    hidden = given.get("hidden_size")
+    if hidden is not None and "ffn_hidden" not in b.arch:
+        swiglu = given.get("swiglu")
+        h = b.arch["hidden"]
+        ffn = int(4 * h * 2 / 3 / 64) * 64 if swiglu is not None and _bool(swiglu) else 4 * h
+        b.set(b.arch, "ffn_hidden", ffn, hidden)
+    experts = given.get("num_experts")
+    if experts is not None and b.arch["experts"] > 1 and "top_k" not in b.arch:
+        b.set(b.arch, "top_k", 2, experts)  # --moe-router-topk defaults to 2
+
+
+def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
+    """torchtitan's model name and flavor, pipeline micro batches and the minimum learning rate ratio."""
+    name, flavor = given.get("model.name"), given.get("model.flavor")
+    last = flavor or name
+    if last is not None:  # torchtitan's defaults: llama3, debugmodel
+        text = f"{_str(name) if name else 'llama3'}-{_str(flavor) if flavor else 'debugmodel'}"
+        b.set(b.top, "model", text, last)
+    pp = b.job.get("pp")
+    mbs_given = given.get("parallelism.pipeline_parallel_microbatch_size")
+    mbs = _int(mbs_given) if mbs_given is not None else 1
+    local = given.get("training.local_batch_size")
+    if isinstance(pp, int) and pp > 1 and (local is not None or mbs_given is not None):
+        # With pipeline stages, each local batch runs as local/mbs micro batches of mbs sequences.
+        if local is not None:
+            n_local = _int(local)
+            if n_local % mbs:
+                raise local.fail(
+                    f"local batch size {n_local} is not divisible by the pipeline micro batch {mbs}"
+                )
+            if "global_batch" not in b.job:
+                b.set(b.job, "grad_accum", n_local // mbs, local)
+        source = mbs_given or local
+        if source is not None:
+            b.set(b.job, "micro_batch", mbs, source)
+    lr_min = given.get("lr_scheduler.lr_min")
+    if lr_min is not None:
+        ratio = _float(lr_min, positive=False, high=1.0)
+        lr = b.job.get("lr")
+        if isinstance(lr, float):
+            b.set(b.job, "min_lr", lr * ratio, lr_min)
+
+
+def parse_hints(script: str, args: Sequence[str]) -> Hints:
+    """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
+    style = _style(script, _option_names(args))
+    given = _scan(args, style)
+    config = given.get("job.config_file")
+    if config is not None:
+        merged = _titan_file(config)
+        for key, g in given.items():  # the command line overrides the file
+            merged.pop(key, None)
+            merged[key] = g
+        given = merged
+    b = _Builder(style, given)
+    for key, g in given.items():
+        _one(b, key, g)
+    _finish(b)
+    model_name = b.top.get("model")
+    name = model_name if isinstance(model_name, str) else None
+    epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
+    return Hints(
+        model_name=name,
+        model=model_from_hf_name(name) if name else None,
+        arch=b.arch,
+        job=b.job,
+        epochs=epochs if isinstance(epochs, float) else None,
+        warmup_ratio=ratio if isinstance(ratio, float) else None,
+        seed=seed if isinstance(seed, int) else None,
+        style=style,
+        sources=b.sources,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Architecture overrides
+
+
+def apply_arch(model: ModelSpec, arch: Mapping[str, int]) -> ModelSpec:
+    """The model with architecture hints applied (renamed "<name>-custom" when its shape changes)."""
+    for key, value in arch.items():
+        if key not in _ALL_ARCH_KEYS:
+            raise HintError(f"unknown architecture hint {key!r} (choose from {', '.join(_ALL_ARCH_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise HintError(f"architecture hint {key}={value!r} must be a positive integer")
+    changes: dict[str, int] = {k: v for k, v in arch.items() if k in ARCH_KEYS and getattr(model, k) != v}
+    if "heads" in changes and "kv_heads" not in arch and model.kv_heads == model.heads:
+        changes["kv_heads"] = changes["heads"]  # multi-head attention stays multi-head
+    if "experts" in changes and "top_k" not in arch:
+        changes["top_k"] = min(model.top_k, changes["experts"])
+    shape = {k: changes.get(k, getattr(model, k)) for k in ARCH_KEYS}
+    who = f"{model.name} with {' '.join(f'{k}={v}' for k, v in arch.items())}"
+    if shape["hidden"] % shape["heads"]:
+        raise HintError(f"{who}: hidden size {shape['hidden']} is not divisible by {shape['heads']} heads")
+    if shape["heads"] % shape["kv_heads"]:
+        raise HintError(f"{who}: {shape['heads']} heads are not divisible by {shape['kv_heads']} KV heads")
+    if shape["top_k"] > shape["experts"]:
+        raise HintError(f"{who}: top_k {shape['top_k']} exceeds {shape['experts']} experts")
+    extra: dict[str, int] = {}
+    seq = arch.get("seq_len")
+    if seq is not None and seq != model.seq_len:
+        extra["seq_len"] = seq
+    if seq is not None and seq > shape["max_position"]:
+        if model.position == "learned" or "max_position" in arch:
+            raise HintError(f"{who}: seq_len {seq} exceeds max_position {shape['max_position']}")
+        extra["max_position"] = seq  # rotary positions have no table: a longer context only needs the limit
+    if not changes and not extra:
+        return model
+    renamed: dict[str, object] = {}
+    if changes:
+        suffix = "" if model.name.endswith("-custom") else "-custom"
+        renamed = {
+            "name": f"{model.name}{suffix}",
+            "display_name": f"{model.display_name}{' (custom)' if suffix else ''}",
+            "published_params": 0.0,
+            "published_active_params": 0.0,
+        }
+    fields: dict[str, Any] = {**changes, **extra, **renamed}
+    return dataclasses.replace(model, **fields)
