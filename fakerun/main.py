@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 import runpy
+import selectors
+import shutil
 import socket
 import sys
+from collections.abc import Callable, Iterable
+from typing import TextIO
 
 from fakerun import presets
 from fakerun.cli import parse_command_line, prog_name
+from fakerun.coordinator import Coordinator
+from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog
 from fakerun.launcher.console import Console
+from fakerun.launcher.control import ControlHub
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env
 from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
@@ -18,6 +25,7 @@ from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
 from fakerun.options import CommandLine
+from fakerun.worker.trainer import SimContext
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
 DEFAULT_MODEL = "llama3-8b"
@@ -73,7 +81,68 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
     )
 
 
-def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str) -> ChildFactory:
+def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle) -> SimContext:
+    """The simulated job every rank shares; a job that cannot be simulated ends the run with one line."""
+    try:
+        run, _ = build_run(
+            cmd,
+            bundle,
+            nnodes=plan.max_nodes,
+            nproc_per_node=plan.nproc_per_node,
+            model_given=cmd.fake.model is not None,
+        )
+    except JobConfigError as exc:
+        print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    # Rank 0's bar reaches the terminal when torchrun would show its stderr there (no --redirects).
+    tty = sys.stderr.isatty() and not (plan.redirects.get(0, 0) & 2)
+    columns = shutil.get_terminal_size().columns if tty else None
+    # Simulated names for every node; the ones this launcher plays keep the names the plan gave them.
+    hosts = [presets.host_name(bundle.cluster, i) for i in range(plan.max_nodes)]
+    for node in plan.nodes:
+        hosts[node.group_rank] = node.host
+    return SimContext(
+        run=run,
+        hosts=tuple(hosts),
+        speed=cmd.fake.speed,
+        log_format=cmd.fake.log_format,
+        loop=cmd.fake.loop,
+        bar_columns=columns,
+        color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
+    )
+
+
+def _open_metrics(cmd: CommandLine) -> TextIO | None:
+    """The --fake-metrics file, created now so that a bad path fails before anything starts."""
+    if cmd.fake.metrics is None:
+        return None
+    try:
+        return open(cmd.fake.metrics, "w", encoding="utf-8", buffering=1)
+    except OSError as exc:
+        print(
+            f"{cmd.prog}: error: cannot write the metrics file {cmd.fake.metrics}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+def _control(
+    plan: LaunchPlan, ctx: SimContext, metrics: TextIO | None
+) -> Callable[[selectors.BaseSelector], ControlHub]:
+    """Builds the coordinator's channels for the run loop."""
+
+    def make(selector: selectors.BaseSelector) -> ControlHub:
+        def coordinator(attempt: int, ranks: Iterable[int]) -> Coordinator:
+            return Coordinator(
+                ctx.run, ranks=ranks, speed=ctx.speed, run_id=plan.rdzv.run_id, attempt=attempt
+            )
+
+        return ControlHub(selector, coordinator, ctx.hosts, plan.nproc_per_node, metrics)
+
+    return make
+
+
+def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str, ctx: SimContext | None) -> ChildFactory:
     """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
     argv = worker_argv(plan, python)
     base_env = dict(os.environ)
@@ -87,7 +156,8 @@ def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str) -> ChildFact
             return exec_child(argv, env)
         from fakerun.worker.main import worker_main
 
-        return lambda: worker_main(argv, env, fake)
+        assert ctx is not None
+        return lambda: worker_main(argv, env, ctx)
 
     return make
 
@@ -143,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(exc.exc_line, file=sys.stderr)
         return exc.exit_code
-    console = Console(sys.stdout.buffer, sys.stderr.buffer)
+    ctx = None if cmd.fake.exec else _sim_context(cmd, plan, bundle)
+    metrics = _open_metrics(cmd) if ctx is not None else None
+    console = Console(
+        sys.stdout.buffer, sys.stderr.buffer, pin_bars=ctx is not None and ctx.bar_columns is not None
+    )
     plain = os.path.basename(argv[0]) == "__main__.py"
     log = LauncherLog(console, log_level(os.environ), plain=plain, pid=os.getpid())
     try:
@@ -159,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
             return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
 
-        return run_job(plan, console, voice, _child_factory(cmd, plan, python), log_dir)
+        control = None if ctx is None else _control(plan, ctx, metrics)
+        return run_job(plan, console, voice, _child_factory(cmd, plan, python, ctx), log_dir, control)
     except FatalSignal as exc:
         fatal = exc.signum
         return 128 + fatal

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import string
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -11,6 +13,7 @@ from typing import BinaryIO
 from fakerun.launcher.plan import LaunchPlan
 
 STDOUT, STDERR = 1, 2
+_NEWLINES = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -46,18 +49,54 @@ def route_spec(plan: LaunchPlan, local_rank: int, rank: int, stream: int) -> Rou
     )
 
 
+class LineState:
+    """Which route left an unfinished live line (a `\\r` progress bar) on an output that is not a terminal."""
+
+    def __init__(self) -> None:
+        self.owner: object | None = None
+
+
 class Sink:
     """One output stream of the launcher (its stdout or stderr), written in whole lines."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, line: LineState | None = None) -> None:
         self._stream = stream
         self._pending: list[bytes] = []
         self.broken = False
+        # Shared by the two sinks when stdout and stderr are the same file (`2>&1`).
+        self.line = line or LineState()
 
-    def write(self, data: bytes) -> None:
-        """Queues bytes; they reach the terminal at the next flush."""
-        if not self.broken:
-            self._pending.append(data)
+    @property
+    def pending(self) -> bool:
+        """Whether bytes wait for the next flush."""
+        return bool(self._pending)
+
+    def write(self, data: bytes, owner: object | None = None, live: bool = False) -> None:
+        """Queues bytes; they reach the terminal at the next flush.
+
+        A live segment (`live`: a bar refresh without a newline) leaves its line open for `owner`; anyone
+        else writing first ends that line, so a bar in a file never has another rank's line glued to it.
+        """
+        if self.broken or not data:
+            return
+        if self.line.owner is not None and self.line.owner is not owner:
+            self._pending.append(b"\n")
+            self.line.owner = None
+        self._pending.append(data)
+        if live:
+            self.line.owner = owner
+        elif data.endswith(b"\n"):
+            self.line.owner = None
+
+    def raw(self, data: bytes) -> None:
+        """Writes terminal control bytes at once (the pinned bar's erase and redraw)."""
+        if self.broken:
+            return
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except OSError:
+            self.broken = True
 
     def flush(self) -> None:
         """Writes what is queued in one go."""
@@ -76,6 +115,32 @@ class Sink:
             self.broken = True
 
 
+# Erase the terminal line the cursor is on (carriage return, then ANSI "erase to end of line").
+ERASE_LINE = b"\r\x1b[K"
+
+
+class StatusBoard:
+    """The bottom line of a terminal, held by one live bar while other lines scroll above it."""
+
+    def __init__(self) -> None:
+        self.owner: object | None = None
+        self.text: bytes = b""
+        self.shown = False
+        self.changed = False
+
+    def show(self, owner: object, text: bytes) -> None:
+        """`owner`'s bar now reads `text`."""
+        if owner is not self.owner or text != self.text:
+            self.owner, self.text, self.changed = owner, text, True
+
+    def release(self, owner: object) -> bool:
+        """`owner`'s bar ended; True if it held the board."""
+        if self.owner is not owner:
+            return False
+        self.owner, self.text, self.changed = None, b"", True
+        return True
+
+
 @dataclass
 class Route:
     """One worker stream being pumped: its spec, its line remainder and its open files."""
@@ -85,6 +150,7 @@ class Route:
     log_file: BinaryIO | None
     filtered_file: BinaryIO | None
     filters: list[str]
+    board: StatusBoard | None = None  # set when this stream reaches a terminal: bars pin to its bottom line
     remainder: bytes = b""
     prefix_bytes: bytes = field(init=False)
 
@@ -98,38 +164,95 @@ class Route:
         if not self.spec.to_console:
             return
         buf = self.remainder + data
+        if self.prefix_bytes:
+            self._feed_universal(buf)
+            return
         cut = buf.rfind(b"\n") + 1
+        tail = buf[cut:]
+        if cut:
+            self._emit([line + b"\n" for line in buf[: cut - 1].split(b"\n")])
+        cr = tail.rfind(b"\r")
+        if cr < 0 or cr == len(tail) - 1:
+            # No bar refresh, or a `\r` that may be the first half of `\r\n`: wait for more.
+            self.remainder = tail
+        elif self.board is not None:
+            self.board.show(self, tail[cr + 1 :])
+            self.remainder = tail[cr:]  # only the latest refresh matters on a terminal
+        else:
+            # Into a file, a bar is its refreshes one after the other, as tqdm writes them into a .out file.
+            self.sink.write(tail, owner=self, live=True)
+            self.remainder = b""
+
+    def _feed_universal(self, buf: bytes) -> None:
+        """Prefixed (tee'd) output: torchrun reads it in text mode, where `\r`, `\n` and `\r\n` end lines."""
+        # A final `\r` may be the first half of `\r\n`: keep it until the next read tells.
+        scan = buf[:-1] if buf.endswith(b"\r") else buf
+        cut = max(scan.rfind(b"\n"), scan.rfind(b"\r")) + 1
         self.remainder = buf[cut:]
         if cut:
-            self._emit(buf[:cut].splitlines(keepends=True))
+            self._emit([line + b"\n" for line in _NEWLINES.split(buf[:cut])[:-1]])
 
     def close(self) -> None:
         """The worker closed the stream: a partial last line goes out as it is, then files close."""
-        if self.remainder:
+        if self.board is not None and self.remainder and self.board.release(self):
+            self._emit([self.remainder + b"\n"])
+        elif self.remainder:
             self._emit([self.remainder])
-            self.remainder = b""
+        self.remainder = b""
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
 
     def _emit(self, lines: list[bytes]) -> None:
+        if self.board is not None:
+            lines = [self._settle(line) for line in lines]
         if self.prefix_bytes:
             lines = [self.prefix_bytes + line for line in lines]
-        self.sink.write(b"".join(lines))
+        self.sink.write(b"".join(lines), owner=self)
         if self.filtered_file is not None:
             for line in lines:
                 text = line.decode("utf-8", "replace")
                 if any(f in text for f in self.filters):
                     self.filtered_file.write(line)
 
+    def _settle(self, line: bytes) -> bytes:
+        """On a terminal a line with carriage returns shows only its last part; it also ends our bar."""
+        body = line.rstrip(b"\r\n")
+        cr = body.rfind(b"\r")
+        if cr < 0:
+            return line
+        if self.board is not None:
+            self.board.release(self)
+        return body[cr + 1 :] + line[len(body) :]
+
+
+def _isatty(stream: BinaryIO) -> bool:
+    try:
+        return stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _same_file(a: BinaryIO, b: BinaryIO) -> bool:
+    """Whether two streams write to the same file or terminal (`>out 2>&1`)."""
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
 
 class Console:
     """Owns the launcher's stdout and stderr; every byte the job shows goes through here."""
 
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO) -> None:
-        self.out = Sink(stdout)
-        self.err = Sink(stderr)
+    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, *, pin_bars: bool = False) -> None:
+        line = LineState() if _same_file(stdout, stderr) else None
+        self.out = Sink(stdout, line)
+        self.err = Sink(stderr, line)
         self._filtered: dict[str, BinaryIO] = {}
+        # On a terminal, worker progress bars (on their stderr) stay on the bottom line.
+        self.board = StatusBoard() if pin_bars else None
+        self._out_on_terminal = pin_bars and _isatty(stdout)
 
     def sink(self, stream: int) -> Sink:
         """The launcher sink for a worker stream."""
@@ -154,7 +277,8 @@ class Console:
             plan.args.duplicate_stdout_filters if stream == STDOUT else plan.args.duplicate_stderr_filters
         )
         filtered = self.filtered_file(attempt_path, name) if filters else None
-        return Route(spec, self.sink(stream), log_file, filtered if spec.duplicate else None, filters)
+        board = self.board if stream == STDERR else None
+        return Route(spec, self.sink(stream), log_file, filtered if spec.duplicate else None, filters, board)
 
     def filtered_file(self, attempt_path: str, name: str) -> BinaryIO:
         """The attempt's `filtered_<stream>.log`, created once per attempt even if nothing matches."""
@@ -164,9 +288,22 @@ class Console:
         return self._filtered[path]
 
     def flush(self) -> None:
-        """Pushes queued output of both streams to the terminal."""
-        self.out.flush()
-        self.err.flush()
+        """Pushes queued output of both streams to the terminal, keeping a pinned bar at the bottom."""
+        board = self.board
+        if board is None or (not board.shown and not board.owner):
+            self.out.flush()
+            self.err.flush()
+        else:
+            scrolls = self.err.pending or (self._out_on_terminal and self.out.pending)
+            if board.shown and (scrolls or board.changed):
+                self.err.raw(ERASE_LINE)
+                board.shown = False
+            self.out.flush()
+            self.err.flush()
+            if board.owner is not None and not board.shown:
+                self.err.raw(board.text)
+                board.shown = True
+            board.changed = False
         for f in self._filtered.values():
             with contextlib.suppress(OSError):
                 f.flush()

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
+# A simulated worker finds its coordinator socket here (after stdin, stdout and stderr).
+CONTROL_FD = 3
 _libc: ctypes.CDLL | None = None
 
 
@@ -52,15 +54,17 @@ class ForkProcessTable:
         self.launcher_pid = os.getpid()
         preload_libc()
 
-    def spawn(self, child_main: ChildMain, *, new_session: bool) -> tuple[int, ChildPipes]:
-        """Forks a worker whose stdout/stderr are pipes to the launcher."""
+    def spawn(
+        self, child_main: ChildMain, *, new_session: bool, control: int | None = None
+    ) -> tuple[int, ChildPipes]:
+        """Forks a worker whose stdout/stderr are pipes to the launcher and `control` its fd CONTROL_FD."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             code = 1
             try:
-                _setup_child(self.launcher_pid, new_session, out_w, err_w)
+                _setup_child(self.launcher_pid, new_session, out_w, err_w, control)
                 code = child_main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -84,7 +88,7 @@ class ForkProcessTable:
             os.kill(pid, sig)
 
 
-def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int) -> None:
+def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, control: int | None) -> None:
     """Makes a fresh fork look like a worker torchrun started: own session, std streams, no inherited fds."""
     signal.set_wakeup_fd(-1)
     for sig in (
@@ -108,8 +112,14 @@ def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int) -
         os._exit(1)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
+    keep = 3
+    if control is not None:
+        # After 1 and 2 are set, so clobbering whatever sat at fd 3 (maybe out_w) is harmless.
+        if control != CONTROL_FD:
+            os.dup2(control, CONTROL_FD)
+        keep = CONTROL_FD + 1
     # Close every other inherited fd: sibling pipe ends would otherwise keep EOFs from arriving.
-    os.closerange(3, _max_fd())
+    os.closerange(keep, _max_fd())
     # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered.
     sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115

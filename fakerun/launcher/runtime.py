@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from fakerun.launcher.agent import Agent, AgentOutput
 from fakerun.launcher.console import STDERR, STDOUT, Console, Route
+from fakerun.launcher.control import ControlHub
 from fakerun.launcher.envs import WorkerSlot, worker_slots
 from fakerun.launcher.logdir import LogDir, attempt_dir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import LaunchPlan
@@ -42,6 +43,7 @@ class LocalWorkerGroup:
     procs: ForkProcessTable
     child_factory: ChildFactory
     run_dirs: dict[int, str]  # node (group rank) -> its `<run_id>_<rand8>` directory
+    control: ControlHub | None = None  # the simulated job's coordinator channels (None with --fake-exec)
     streams: dict[int, _Stream] = field(default_factory=dict)
     by_pid: dict[int, list[int]] = field(default_factory=dict)
 
@@ -55,9 +57,19 @@ class LocalWorkerGroup:
             make_attempt_dirs(run_dir, restart_count, self.plan.nproc_per_node)
         new_session = not self.plan.args.run_path
         started: list[tuple[int, WorkerSlot]] = []
-        for slot in worker_slots(self.plan):
+        slots = worker_slots(self.plan)
+        if self.control is not None:
+            self.control.new_attempt(restart_count, [slot.rank for slot in slots])
+        for slot in slots:
             child = self.child_factory(slot, restart_count, self.error_file_path(slot, restart_count))
-            pid, pipes = self.procs.spawn(child, new_session=new_session)
+            theirs = self.control.channel_for(slot.rank) if self.control is not None else None
+            try:
+                pid, pipes = self.procs.spawn(
+                    child, new_session=new_session, control=theirs.fileno() if theirs else None
+                )
+            finally:
+                if theirs is not None:
+                    theirs.close()
             apath = attempt_dir(self.run_dirs[slot.node_index], restart_count)
             fds = []
             for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
@@ -172,6 +184,7 @@ def run_job(
     out_factory: Callable[[LocalWorkerGroup], AgentOutput],
     child_factory: ChildFactory,
     log_dir: LogDir,
+    control: Callable[[selectors.BaseSelector], ControlHub] | None = None,
 ) -> int:
     """Runs the job to its end and returns the launcher's exit code."""
     selector = selectors.DefaultSelector()
@@ -179,7 +192,8 @@ def run_job(
     handled = {int(s) for s in plan.signals_to_handle}
     selector.register(sigpipe.r, selectors.EVENT_READ)
     run_dirs = {node.group_rank: log_dir.new_run_dir(plan.rdzv.run_id) for node in plan.nodes}
-    group = LocalWorkerGroup(plan, console, selector, ForkProcessTable(), child_factory, run_dirs)
+    hub = control(selector) if control is not None else None
+    group = LocalWorkerGroup(plan, console, selector, ForkProcessTable(), child_factory, run_dirs, hub)
     agent = Agent(
         group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout
     )
@@ -198,6 +212,8 @@ def run_job(
                             agent.on_signal(signum, time.time())
                         else:
                             raise FatalSignal(signum)
+                elif hub is not None and hub.owns(fd):
+                    hub.pump(fd)
                 else:
                     group.pump(fd)
             # A SIGCHLD may coalesce with another; reaping each round keeps no exit unseen.
@@ -210,6 +226,8 @@ def run_job(
             group.kill(w.pid, signal.SIGKILL)
         _reap_all_blocking(agent)
         group.close_all()
+        if hub is not None:
+            hub.close()
         console.flush()
         console.close_files()
         selector.close()

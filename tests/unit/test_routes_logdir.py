@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fakerun.launcher.console import STDERR, STDOUT, Route, RouteSpec, Sink, route_spec
+from fakerun.launcher.console import (
+    ERASE_LINE,
+    STDERR,
+    STDOUT,
+    Console,
+    Route,
+    RouteSpec,
+    Sink,
+    route_spec,
+)
 from fakerun.launcher.logdir import LogDir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import make_plan
 from fakerun.options import TorchrunArgs
@@ -107,6 +116,97 @@ class TestRouteLines:
         sink.write(b"x\n")
         sink.flush()
         assert sink.broken
+
+
+class Tty(io.BytesIO):
+    """A terminal stand-in."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class TestLiveBars:
+    """Carriage-return bars: pinned to the bottom line of a terminal, tqdm-like in files, never glued."""
+
+    def console(self, pin: bool) -> tuple[Console, io.BytesIO, io.BytesIO, Route, Route]:
+        out, err = Tty(), Tty()
+        console = Console(out, err, pin_bars=pin)
+        spec = RouteSpec(True, "", False, False)
+        bar = Route(spec, console.err, None, None, [], console.board)
+        other = Route(spec, console.out, None, None, [])
+        return console, out, err, bar, other
+
+    def test_terminal_bar_redrawn_below_scrolling_lines(self) -> None:
+        """A line from another rank erases the bar, scrolls, and the bar is drawn again below it."""
+        console, out, err, bar, other = self.console(pin=True)
+        bar.feed(b"\r 1/10")
+        console.flush()
+        assert err.getvalue() == b" 1/10"
+        other.feed(b"rank 3 says hi\n")
+        console.flush()
+        assert out.getvalue() == b"rank 3 says hi\n"
+        assert err.getvalue() == b" 1/10" + ERASE_LINE + b" 1/10"
+
+    def test_terminal_bar_refresh_replaces_in_place(self) -> None:
+        """A refresh erases the old bar and draws the newest only, even if several came in one read."""
+        console, _, err, bar, _ = self.console(pin=True)
+        bar.feed(b"\r 1/10")
+        console.flush()
+        bar.feed(b"\r 2/10\r 3/10")
+        console.flush()
+        assert err.getvalue() == b" 1/10" + ERASE_LINE + b" 3/10"
+
+    def test_terminal_bar_closed_by_newline_becomes_a_line(self) -> None:
+        """tqdm's close (final refresh + newline) leaves the last state as an ordinary line."""
+        console, _, err, bar, _ = self.console(pin=True)
+        bar.feed(b"\r 9/10")
+        console.flush()
+        bar.feed(b"\r10/10\n")
+        console.flush()
+        assert err.getvalue() == b" 9/10" + ERASE_LINE + b"10/10\n"
+        assert console.board is not None and console.board.owner is None
+
+    def test_terminal_bar_left_open_is_kept_at_exit(self) -> None:
+        """A worker that dies with its bar open leaves the bar's last state as a line."""
+        console, _, err, bar, _ = self.console(pin=True)
+        bar.feed(b"\r 4/10")
+        console.flush()
+        bar.close()
+        console.flush()
+        assert err.getvalue().endswith(b" 4/10\n")
+
+    def test_file_bar_written_raw_and_ended_before_other_lines(self) -> None:
+        """Into a file, refreshes go out as tqdm writes them; another line first ends the bar's line."""
+        out = io.BytesIO()
+        console = Console(out, out)  # the same stream, as with 2>&1
+        spec = RouteSpec(True, "", False, False)
+        bar = Route(spec, console.err, None, None, [])
+        other = Route(spec, console.err, None, None, [])
+        bar.feed(b"\r 1/10")
+        bar.feed(b"\r 2/10")
+        other.feed(b"hello\n")
+        bar.feed(b"\r 3/10")
+        bar.feed(b"\r 3/10\n")
+        console.flush()
+        assert out.getvalue() == b"\r 1/10\r 2/10\nhello\n\r 3/10\r 3/10\n"
+
+    def test_teed_bars_split_like_text_mode(self) -> None:
+        """Prefixed (tee'd) output follows torchrun's text-mode reading: every `\\r` ends a line."""
+        out = io.BytesIO()
+        console = Console(out, out)
+        route = Route(RouteSpec(True, "[d0]:", False, False), console.err, None, None, [])
+        route.feed(b"\r 1/2\r 2/2\r")
+        route.feed(b"\nok\n")
+        console.flush()
+        assert out.getvalue() == b"[d0]:\n[d0]: 1/2\n[d0]: 2/2\n[d0]:ok\n"
+
+    def test_crlf_is_a_plain_line_end(self) -> None:
+        """`\\r\\n` split across reads is not taken for a bar."""
+        console, _, err, bar, _ = self.console(pin=True)
+        bar.feed(b"windows line\r")
+        bar.feed(b"\n")
+        console.flush()
+        assert err.getvalue() == b"windows line\r\n"
 
 
 class TestLogDir:

@@ -1,0 +1,259 @@
+"""The job's coordinator: a per-step barrier of every rank, collective timings, the job's aggregate state.
+
+Pure logic: messages and the time come in, replies and metric records go out; launcher/control.py does
+the I/O. Each rank reports its compute time and GPU telemetry for a step and waits; when the last rank has
+reported, the step's collectives are timed (the slowest rank gates everyone), every rank gets its answer
+with the wall time at which the step ends, and the metrics file gets the step's record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fakerun.render.metrics import checkpoint_record, eval_record, run_record, step_record
+from fakerun.sim import checkpoint, compute
+from fakerun.sim.collectives import bucket_allreduces, comm_seconds
+from fakerun.sim.run import RunPlan, looped
+from fakerun.sim.step import step_numbers, step_time
+
+# One GPU sample as workers send it: [util %, memory util %, temp C, power W, SM MHz, memory used MiB, phase].
+TELEMETRY_FIELDS = ("util", "mem_util", "temp", "power", "sm_clock", "mem_used_mib", "phase")
+Message = Mapping[str, Any]
+Reply = tuple[int, dict[str, Any]]
+
+
+class ProtocolError(ValueError):
+    """A malformed message from a worker (logged and dropped, never fatal to the launcher)."""
+
+
+@dataclass
+class RankState:
+    """What the coordinator last heard from one rank."""
+
+    pid: int = 0
+    telemetry: list[Any] = field(default_factory=list)
+    phase: str = "init"
+    compute_ms: float = 0.0
+    alive: bool = True
+
+
+@dataclass
+class Output:
+    """What one message caused: replies to ranks and records for the metrics file."""
+
+    replies: list[Reply] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _number(msg: Message, key: str) -> float:
+    value = msg.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError(f"field {key!r} is not a finite number: {value!r}")
+    return float(value)
+
+
+def _telemetry(msg: Message) -> list[Any] | None:
+    tel = msg.get("tel")
+    if tel is None:
+        return None
+    if not isinstance(tel, list) or len(tel) != len(TELEMETRY_FIELDS) or not isinstance(tel[-1], str):
+        raise ProtocolError(f"bad telemetry {tel!r}")
+    return tel
+
+
+class Coordinator:
+    """The barrier and aggregate of one attempt of the job (all ranks, whichever node they run on)."""
+
+    def __init__(
+        self, run: RunPlan, *, ranks: Iterable[int], speed: float, run_id: str, attempt: int
+    ) -> None:
+        self.base = run
+        self.loops = 0  # runs completed with --fake-loop
+        self.run = run
+        self.job = run.job
+        self.speed = speed
+        self.run_id = run_id
+        self.attempt = attempt
+        self.ranks = {r: RankState() for r in ranks}
+        self.ready: set[int] = set()
+        self.reports: dict[int, float] = {}
+        self.step = run.first_step  # the step being gathered
+        self.step_start = math.nan  # monotonic time the current step began
+        self.sim_elapsed = 0.0  # simulated seconds of training so far (steps and pauses)
+        self.started = False
+
+    # -- messages -------------------------------------------------------------------------------------------
+
+    def on_message(self, rank: int, msg: Message, now: float, wall: float) -> Output:
+        """Handles one message of `rank`; `now` is time.monotonic(), `wall` time.time()."""
+        if rank not in self.ranks:
+            raise ProtocolError(f"message from unknown rank {rank}")
+        kind = msg.get("k")
+        state = self.ranks[rank]
+        tel = _telemetry(msg)
+        if tel is not None:
+            state.telemetry = tel
+            state.phase = tel[-1]
+        if kind == "ready":
+            state.pid = int(_number(msg, "pid"))
+            return self._on_ready(rank, now, wall)
+        if kind == "step":
+            step = int(_number(msg, "s"))
+            if step != self.step:
+                raise ProtocolError(f"rank {rank} reported step {step} while step {self.step} is gathered")
+            seconds = _number(msg, "c")
+            state.compute_ms = seconds * 1000.0
+            return self._on_step(rank, seconds, now, wall)
+        if kind == "phase":
+            return Output()
+        raise ProtocolError(f"unknown message kind {kind!r}")
+
+    def on_gone(self, rank: int) -> None:
+        """A rank's channel closed: its GPU shows as gone; the barrier never completes without it."""
+        state = self.ranks.get(rank)
+        if state is not None:
+            state.alive = False
+            state.phase = "dead"
+
+    def _on_ready(self, rank: int, now: float, wall: float) -> Output:
+        self.ready.add(rank)
+        if len(self.ready) < len(self.ranks) or self.started:
+            return Output()
+        # NCCL init is collective: training starts for everyone when the last rank is ready.
+        self.started = True
+        self.step_start = now
+        out = Output(replies=[(r, {"k": "go", "t0": now}) for r in sorted(self.ranks)])
+        out.records.append(
+            run_record(
+                self.job,
+                run_id=self.run_id,
+                attempt=self.attempt,
+                first_step=self.run.first_step,
+                last_step=self.run.last_step,
+            )
+        )
+        return out
+
+    def _on_step(self, rank: int, seconds: float, now: float, wall: float) -> Output:
+        self.reports[rank] = seconds
+        if len(self.reports) < len(self.ranks):
+            return Output()
+        step = self.step
+        job = self.job
+        computes = [self.reports[r] for r in sorted(self.reports)]
+        self.reports.clear()
+        comm = comm_seconds(job, step)
+        sim_step = step_time(job, step, computes, comm)
+        wall_step = sim_step / self.speed
+        if step == self.run.first_step:
+            # Warm-up of the first step (autotuning, lazy NCCL set-up) costs wall time outside the step's
+            # figures; the workers add the same to their compute.
+            wall_step += compute.first_step_overhead_s(job) / self.speed
+        release = max(now, self.step_start + wall_step)
+        self.sim_elapsed += sim_step
+        stop = step >= self.run.last_step or (
+            self.run.max_time_s is not None and self.sim_elapsed >= self.run.max_time_s
+        )
+        pauses = self.run.pauses_after(step, final=stop)
+        buckets = bucket_allreduces(job, step)
+        allreduce_ms = 1000.0 * sum(b.seconds for b in buckets)
+        reply: dict[str, Any] = {
+            "k": "step",
+            "s": step,
+            "rel": release,
+            "comm": comm,
+            "ar_ms": allreduce_ms,
+            "stop": stop,
+        }
+        out = Output(replies=[(r, dict(reply)) for r in sorted(self.ranks)])
+        if step % self.run.grid_interval == 0 or step == self.run.first_step or stop:
+            out.replies[0][1]["grid"] = self.grid_rows()
+        release_wall = wall + (release - now)
+        numbers = step_numbers(job, 0, step)
+        mem_gib = max((s.telemetry[5] for s in self.ranks.values() if s.telemetry), default=0) / 1024.0
+        out.records.append(
+            step_record(numbers, allreduce_ms=allreduce_ms, mem_gib=mem_gib, time=release_wall)
+        )
+        t = release_wall
+        for phase, seconds_ in pauses:
+            t += seconds_ / self.speed
+            if phase == "eval":
+                out.records.append(eval_record(job, step, seconds=seconds_, time=t))
+            else:
+                out.records.append(
+                    checkpoint_record(
+                        step,
+                        path=checkpoint.checkpoint_dir(step),
+                        nbytes=checkpoint.checkpoint_bytes(job.model),
+                        seconds=seconds_,
+                        time=t,
+                    )
+                )
+        pause = sum(s for _, s in pauses)
+        self.sim_elapsed += pause
+        self.step_start = release + pause / self.speed
+        self.step = step + 1
+        if stop:
+            self._next_run()
+        return out
+
+    def _next_run(self) -> None:
+        """After the last step: the barrier waits for the next run of a --fake-loop job."""
+        self.loops += 1
+        self.run = looped(self.base, self.loops)
+        self.job = self.run.job
+        self.step = self.run.first_step
+        self.sim_elapsed = 0.0
+        self.started = False
+        self.ready.clear()
+
+    # -- aggregate ------------------------------------------------------------------------------------------
+
+    def grid_rows(self) -> list[list[Any]]:
+        """Every rank's latest sample, in rank order: telemetry fields then compute ms."""
+        return [
+            [*(s.telemetry or [0, 0, 0, 0, 0, 0, s.phase])[:-1], s.phase, round(s.compute_ms, 1)]
+            for _, s in sorted(self.ranks.items())
+        ]
+
+    def state(
+        self, hosts: Sequence[str], nproc_per_node: int, launcher_pid: int, wall: float
+    ) -> dict[str, Any]:
+        """The job state other tools read (fakerun-smi, fakerun-tail): identity, progress and every GPU."""
+        job = self.job
+        gpus = []
+        for rank, s in sorted(self.ranks.items()):
+            tel = s.telemetry or [0, 0, 0, 0, 0, 0, s.phase]
+            gpus.append(
+                {
+                    "rank": rank,
+                    "node": rank // nproc_per_node,
+                    "local_rank": rank % nproc_per_node,
+                    "host": hosts[rank // nproc_per_node] if hosts else "",
+                    "pid": s.pid,
+                    **dict(zip(TELEMETRY_FIELDS[:-1], tel[:-1], strict=True)),
+                    "mem_total_mib": job.gpu.memory_mib,
+                    "power_cap": job.gpu.tdp_w,
+                    "phase": s.phase,
+                }
+            )
+        return {
+            "version": 1,
+            "run_id": self.run_id,
+            "launcher_pid": launcher_pid,
+            "attempt": self.attempt,
+            "model": job.model.name,
+            "gpu": job.gpu.name,
+            "gpu_display_name": job.gpu.display_name,
+            "world_size": job.world_size,
+            "nnodes": job.nnodes,
+            "nproc_per_node": job.nproc_per_node,
+            "step": self.step - 1,
+            "last_step": self.run.last_step,
+            "total_steps": job.total_steps,
+            "updated": wall,
+            "gpus": gpus,
+        }

@@ -1,0 +1,75 @@
+"""The simulated job of a command line: presets, the script's argument hints and --fake-* options."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fakerun import presets
+from fakerun.hints import HintError, Hints, apply_arch, parse_hints
+from fakerun.options import CommandLine
+from fakerun.sim import compute
+from fakerun.sim.job import JobSpec, make_job
+from fakerun.sim.run import DEFAULT_LADDER, RunPlan, make_run, pick_default_model
+
+
+class JobConfigError(Exception):
+    """The job cannot be simulated as asked; the message is one line for the user."""
+
+
+def _job(bundle: presets.PresetBundle, model: presets.ModelSpec, nnodes: int, npn: int, **kw: Any) -> JobSpec:
+    return make_job(model, bundle.cluster, bundle.storage, nnodes=nnodes, nproc_per_node=npn, **kw)
+
+
+def _default_model(
+    bundle: presets.PresetBundle, nnodes: int, npn: int, kw: dict[str, Any]
+) -> presets.ModelSpec:
+    """The largest ladder model whose steps take about a second or two on this many GPUs."""
+    candidates: list[tuple[presets.ModelSpec, float]] = []
+    for name in DEFAULT_LADDER:
+        model = presets.load_model(name)
+        try:
+            job = _job(bundle, model, nnodes, npn, **kw)
+        except ValueError:
+            continue
+        candidates.append((model, compute.expected_step_time(job)))
+    if not candidates:
+        return bundle.model
+    return pick_default_model(candidates)
+
+
+def build_run(
+    cmd: CommandLine, bundle: presets.PresetBundle, *, nnodes: int, nproc_per_node: int, model_given: bool
+) -> tuple[RunPlan, Hints]:
+    """The run this command line asks for; JobConfigError with one line when it cannot be."""
+    fake = cmd.fake
+    args = cmd.torchrun
+    try:
+        hints = parse_hints(args.training_script, args.training_script_args)
+    except HintError as exc:
+        raise JobConfigError(str(exc)) from None
+    kw: dict[str, Any] = dict(hints.job)
+    kw["seed"] = fake.seed if "seed" in fake.sources or hints.seed is None else hints.seed
+    if fake.start_step:
+        kw["start_step"] = fake.start_step
+    try:
+        if model_given:
+            model = bundle.model
+        elif hints.model is not None:
+            model = hints.model
+        else:
+            model = _default_model(bundle, nnodes, nproc_per_node, kw)
+        if hints.arch:
+            model = apply_arch(model, hints.arch)
+        if hints.epochs is not None and "total_steps" not in kw:
+            probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
+            # One epoch is the preset's run over its dataset; HF Trainer's --num_train_epochs repeats it.
+            kw["total_steps"] = math.ceil(hints.epochs * probe.total_steps)
+        if hints.warmup_ratio is not None and "warmup_steps" not in kw:
+            probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
+            kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)
+        job = _job(bundle, model, nnodes, nproc_per_node, **kw)
+        run = make_run(job, max_steps=fake.max_steps, max_time_s=fake.max_time, epochs=hints.epochs)
+    except (ValueError, HintError) as exc:
+        raise JobConfigError(str(exc)) from None
+    return run, hints

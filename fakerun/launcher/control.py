@@ -1,0 +1,169 @@
+"""The coordinator's I/O in the launcher: a socket per worker, newline-framed JSON, metrics and state."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from fakerun.coordinator import Coordinator, ProtocolError
+
+# A worker's messages are a few hundred bytes; anything this long is not ours.
+MAX_MESSAGE = 64 * 1024
+_READ_CHUNK = 65536
+STATE_EVERY_S = 1.0
+
+
+def state_dir() -> str:
+    """Where running jobs publish their state: $FAKERUN_STATE_DIR or <tmp>/fakerun-<uid>."""
+    return os.environ.get("FAKERUN_STATE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"fakerun-{os.getuid()}"
+    )
+
+
+@dataclass
+class _Channel:
+    """One worker's control socket as the launcher holds it."""
+
+    rank: int
+    sock: socket.socket
+    buffer: bytes = b""
+
+
+@dataclass
+class ControlHub:
+    """Owns the workers' control sockets of the current attempt and feeds their messages to a coordinator."""
+
+    selector: selectors.BaseSelector
+    make_coordinator: Callable[[int, Iterable[int]], Coordinator]  # (attempt, ranks) -> coordinator
+    hosts: tuple[str, ...]
+    nproc_per_node: int
+    metrics: TextIO | None = None  # the --fake-metrics file, opened by the caller, closed by close()
+    warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+    coordinator: Coordinator | None = None
+    channels: dict[int, _Channel] = field(default_factory=dict)
+    _state_path: str | None = None
+    _state_written: float = 0.0
+
+    def new_attempt(self, attempt: int, ranks: Iterable[int]) -> None:
+        """Drops the previous attempt's channels and starts a fresh barrier."""
+        for fd in list(self.channels):
+            self._close(fd)
+        self.coordinator = self.make_coordinator(attempt, list(ranks))
+
+    def channel_for(self, rank: int) -> socket.socket:
+        """Creates rank's socket pair, registers our end; returns the worker's end (to close after fork)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        self.channels[ours.fileno()] = _Channel(rank, ours)
+        self.selector.register(ours.fileno(), selectors.EVENT_READ)
+        return theirs
+
+    def owns(self, fd: int) -> bool:
+        """Whether `fd` is one of our control sockets."""
+        return fd in self.channels
+
+    def pump(self, fd: int) -> None:
+        """Reads what a worker sent and handles each complete message."""
+        channel = self.channels.get(fd)
+        if channel is None:
+            return
+        try:
+            data = channel.sock.recv(_READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(fd)
+            return
+        buf = channel.buffer + data
+        *lines, channel.buffer = buf.split(b"\n")
+        if len(channel.buffer) > MAX_MESSAGE:
+            self.warn(f"fakerun: dropping an oversized control message from rank {channel.rank}")
+            channel.buffer = b""
+        for line in lines:
+            self._handle(channel, line)
+
+    def _handle(self, channel: _Channel, line: bytes) -> None:
+        coordinator = self.coordinator
+        if coordinator is None or not line:
+            return
+        try:
+            msg = json.loads(line)
+            if not isinstance(msg, dict):
+                raise ProtocolError("not a JSON object")
+            out = coordinator.on_message(channel.rank, msg, time.monotonic(), time.time())
+        except (ValueError, ProtocolError) as exc:
+            self.warn(f"fakerun: bad control message from rank {channel.rank}: {exc}")
+            return
+        by_rank = {c.rank: c for c in self.channels.values()}
+        for rank, reply in out.replies:
+            target = by_rank.get(rank)
+            if target is not None:
+                self._send(target, reply)
+        if self.metrics is not None:
+            for record in out.records:
+                self.metrics.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+        if out.replies:
+            self.publish_state()
+
+    def _send(self, channel: _Channel, reply: dict[str, Any]) -> None:
+        data = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+        # The worker waits for this very reply, so its buffer has room; a dead worker just loses it.
+        with contextlib.suppress(OSError):
+            channel.sock.setblocking(True)
+            channel.sock.sendall(data)
+            channel.sock.setblocking(False)
+
+    def _close(self, fd: int) -> None:
+        channel = self.channels.pop(fd)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(fd)
+        channel.sock.close()
+        if self.coordinator is not None:
+            self.coordinator.on_gone(channel.rank)
+
+    def publish_state(self, force: bool = False) -> None:
+        """Writes the job state file (atomically, at most once a second) for fakerun-smi and friends."""
+        coordinator = self.coordinator
+        now = time.monotonic()
+        if coordinator is None or (not force and now - self._state_written < STATE_EVERY_S):
+            return
+        self._state_written = now
+        state = coordinator.state(self.hosts, self.nproc_per_node, os.getpid(), time.time())
+        directory = state_dir()
+        path = os.path.join(directory, f"job-{os.getpid()}.json")
+        tmp = path + ".tmp"
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(state, f)
+            os.replace(tmp, path)
+            self._state_path = path
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def close(self) -> None:
+        """Closes every socket and file and removes the state file: nothing outlives the job."""
+        for fd in list(self.channels):
+            self._close(fd)
+        if self.metrics is not None:
+            with contextlib.suppress(OSError):
+                self.metrics.close()
+            self.metrics = None
+        if self._state_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._state_path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self._state_path))  # only when no other job uses it
+            self._state_path = None

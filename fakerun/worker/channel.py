@@ -1,0 +1,47 @@
+"""A worker's end of its coordinator socket: newline-framed JSON, blocking, one request at a time."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+
+class CoordinatorGone(Exception):
+    """The launcher closed the control socket: the job is being torn down."""
+
+
+class CoordinatorLink:
+    """Sends this rank's reports and waits for the coordinator's answers."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._buffer = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        """One message, written whole."""
+        try:
+            self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:
+            raise CoordinatorGone(str(exc)) from None
+
+    def receive(self) -> dict[str, Any]:
+        """Blocks until the next answer arrives."""
+        while b"\n" not in self._buffer:
+            try:
+                data = self._sock.recv(65536)
+            except OSError as exc:
+                raise CoordinatorGone(str(exc)) from None
+            if not data:
+                raise CoordinatorGone("control socket closed")
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise CoordinatorGone("malformed reply")
+        return reply
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Sends and waits for the answer."""
+        self.send(message)
+        return self.receive()

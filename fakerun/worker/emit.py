@@ -1,0 +1,71 @@
+"""Where a worker's output goes: structlog events on stdout, plain lines on stdout, rank 0's bar on stderr."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+# Timestamps as real trainers print them: local time with milliseconds on the console, ISO 8601 UTC in json.
+CONSOLE_TIME = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def _trim_millis(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Cuts strftime's microseconds to milliseconds (`,123`), as Python's logging prints them."""
+    ts = event.get("timestamp")
+    if isinstance(ts, str) and "," in ts:
+        event["timestamp"] = ts[:-3]
+    return event
+
+
+def configure_logging(log_format: str, rank: int, *, color: bool) -> Any:
+    """structlog with the chosen renderer, bound to this rank; colour only when asked."""
+    renderer: structlog.typing.Processor
+    processors: list[structlog.typing.Processor] = [structlog.processors.add_log_level]
+    if log_format == "json":
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+        renderer = structlog.processors.JSONRenderer()
+    elif log_format == "logfmt":
+        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+        renderer = structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event", "rank"])
+    else:
+        processors += [structlog.processors.TimeStamper(fmt=CONSOLE_TIME, utc=False), _trim_millis]
+        renderer = structlog.dev.ConsoleRenderer(colors=color, pad_event=28, sort_keys=False)
+    structlog.configure(
+        processors=[*processors, renderer],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    return structlog.get_logger().bind(rank=rank)
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    """Plain lines (NCCL's own output, the GPU grid, the summary) in one write."""
+    text = "".join(line + "\n" for line in lines)
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+class BarWriter:
+    """tqdm's way of drawing a bar on a stream: `\\r` + meter per refresh, a newline when it closes."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def draw(self, text: str) -> None:
+        """Redraws the bar in place."""
+        sys.stderr.write("\r" + text)
+        sys.stderr.flush()
+        self.open = True
+
+    def close(self, text: str | None = None) -> None:
+        """Draws the last state and ends the line, as tqdm.close() does."""
+        if text is not None:
+            sys.stderr.write("\r" + text)
+        if self.open or text is not None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        self.open = False

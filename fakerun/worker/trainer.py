@@ -1,0 +1,486 @@
+"""One rank of the simulated training job: start-up, the paced step loop with the coordinator, the end."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fakerun.presets import host_name
+from fakerun.render import bar, nccl
+from fakerun.render.grid import GridGpu, render_grid
+from fakerun.render.summary import summary_table
+from fakerun.sim import checkpoint, compute, loss, memory
+from fakerun.sim.collectives import bucket_allreduces
+from fakerun.sim.run import RunPlan, looped, startup_times
+from fakerun.sim.step import StepNumbers, step_numbers
+from fakerun.sim.telemetry import Phase, telemetry
+from fakerun.worker.channel import CoordinatorLink
+from fakerun.worker.emit import BarWriter, configure_logging, print_lines
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class SimContext:
+    """What every rank of the simulated job shares, decided once by the launcher before the fork."""
+
+    run: RunPlan
+    hosts: tuple[str, ...]  # one per node of the job
+    speed: float
+    log_format: str
+    loop: bool
+    bar_columns: int | None  # the terminal's width when rank 0's bar reaches a terminal, else None
+    color: bool
+
+
+def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+def _count(n: float) -> str:
+    """1.24B, 62.9M: how trainers print parameter and token counts."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+class RankTrainer:
+    """Runs one rank: every printed figure comes from sim/, every wait from the coordinator or the pace."""
+
+    def __init__(self, ctx: SimContext, env: dict[str, str], link: CoordinatorLink) -> None:
+        self.ctx = ctx
+        self.env = env
+        self.link = link
+        self.rank = int(env["RANK"])
+        self.local_rank = int(env["LOCAL_RANK"])
+        self.log = configure_logging(ctx.log_format, self.rank, color=ctx.color)
+        self.bar = BarWriter()
+        self.run = ctx.run
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    def _pace(self, sim_seconds: float) -> None:
+        time.sleep(max(0.0, sim_seconds / self.ctx.speed))
+
+    def _telemetry(self, step: int, phase: Phase) -> list[Any]:
+        t = telemetry(self.run.job, self.rank, step, phase)
+        return [t.util_pct, t.mem_util_pct, t.temp_c, t.power_w, t.sm_clock_mhz, t.mem_used_mib, phase]
+
+    def _phase(self, step: int, phase: Phase) -> None:
+        self.link.send({"k": "phase", "tel": self._telemetry(step, phase)})
+
+    @property
+    def node(self) -> int:
+        """This rank's node in the job."""
+        return self.rank // self.run.job.nproc_per_node
+
+    # -- the job --------------------------------------------------------------------------------------------
+
+    def main(self) -> int:
+        """Runs job after job with --fake-loop, else one; returns the exit code."""
+        index = 0
+        while True:
+            self.run_job(first=index == 0)
+            if not self.ctx.loop:
+                return 0
+            index += 1
+            self.run = looped(self.ctx.run, index)
+
+    def run_job(self, *, first: bool) -> None:
+        """Start-up, training until the coordinator says stop, then evaluation, save, export and summary."""
+        t0 = self.startup(first=first)
+        last, released, wall_start = self.train(t0)
+        self.finish(last, released, wall_start)
+
+    def startup(self, *, first: bool) -> float:
+        """Everything before step one; returns the monotonic time training starts (after the barrier)."""
+        job = self.run.job
+        rank0 = self.rank == 0
+        resume = job.start_step > 0
+        times = startup_times(job, self.rank, resume=resume)
+        log = self.log
+        if first:
+            log.info(
+                "worker started",
+                host=self.ctx.hosts[self.node],
+                local_rank=self.local_rank,
+                world_size=job.world_size,
+                pid=os.getpid(),
+            )
+            log.info(
+                "cuda device",
+                device=f"cuda:{self.local_rank}",
+                name=job.gpu.display_name,
+                memory_gib=round(job.gpu.memory_mib / 1024, 1),
+                bus_id=nccl.pci_bus_id(self.local_rank),
+            )
+            log.info("initializing process group", backend="nccl", world_size=job.world_size)
+            self._pace(times.dist_init_s)
+            if self.env.get("NCCL_DEBUG", "").upper() in ("INFO", "TRACE"):
+                topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, self.ctx.hosts)
+                tid = os.getpid() + 60 + self.local_rank * 3
+                print_lines(nccl.nccl_init_lines(topo, self.rank, pid=os.getpid(), tid=tid, seed=job.seed))
+            log.info(
+                "process group initialized",
+                tp_rank=job.coords(self.rank).tp_rank,
+                dp_rank=job.coords(self.rank).dp_rank,
+                pp_rank=job.coords(self.rank).pp_rank,
+            )
+        if rank0:
+            m = job.model
+            log.info(
+                "model config",
+                model=m.hf_name or m.display_name,
+                params=_count(m.params),
+                layers=m.layers,
+                hidden=m.hidden,
+                heads=m.heads,
+                kv_heads=m.kv_heads,
+                vocab=m.vocab,
+                seq_len=job.seq_len,
+            )
+            log.info(
+                "parallelism",
+                tp=job.tp,
+                pp=job.pp,
+                dp=job.dp,
+                sharding=job.sharding,
+                micro_batch=job.micro_batch,
+                grad_accum=job.grad_accum,
+                global_batch=job.global_batch,
+                tokens_per_step=job.tokens_per_step,
+            )
+            self._pace(times.tokenizer_s)
+            log.info("tokenizer loaded", vocab_size=m.vocab)
+            self._dataset_bar(times.dataset_s)
+            dataset_tokens = job.total_steps * job.tokens_per_step // self.run.epochs
+            log.info(
+                "dataset ready",
+                tokens=_count(dataset_tokens),
+                samples=dataset_tokens // job.seq_len,
+                epochs=self.run.epochs,
+                steps_per_epoch=self.run.steps_per_epoch,
+            )
+        else:
+            self._pace(times.tokenizer_s + times.dataset_s)
+        self._pace(times.model_init_s)
+        pp_rank = job.coords(self.rank).pp_rank
+        stage, _ = memory.stage_params(job, pp_rank)
+        log.info(
+            "model initialized",
+            dtype="bfloat16",
+            params_on_rank=_count(stage / job.tp),
+            layers_on_rank=job.stage_layers(pp_rank),
+        )
+        if resume:
+            path = checkpoint.checkpoint_dir(job.start_step)
+            if rank0:
+                log.info("loading checkpoint", path=path, size=_gb(checkpoint.checkpoint_bytes(job.model)))
+            self._pace(times.load_s)
+            if rank0:
+                log.info(
+                    "resumed from checkpoint",
+                    path=path,
+                    step=job.start_step,
+                    tokens=_count(job.start_step * job.tokens_per_step),
+                    loss=round(loss.train_loss(job, job.start_step), 4),
+                    lr=f"{step_numbers(job, 0, job.start_step).lr:.3e}",
+                    seconds=round(times.load_s, 1),
+                )
+        if rank0:
+            log.info(
+                "starting training",
+                first_step=self.run.first_step,
+                last_step=self.run.last_step,
+                total_steps=job.total_steps,
+                warmup_steps=job.warmup_steps,
+                lr=job.lr,
+                schedule=job.lr_schedule,
+            )
+        self.link.send({"k": "ready", "pid": os.getpid(), "tel": self._telemetry(job.start_step, "idle")})
+        go = self.link.receive()
+        return float(go["t0"])
+
+    def _dataset_bar(self, seconds: float) -> None:
+        """`Loading dataset shards: 100%|...| 64/64`: the bar data loaders draw while mapping shards."""
+        shards = 16 if self.run.job.world_size <= 64 else 64
+        start = time.monotonic()
+        sim_elapsed = 0.0
+        for i in range(shards + 1):
+            text = bar.meter(
+                i, shards, sim_elapsed, prefix="Loading dataset shards", ncols=self.ctx.bar_columns
+            )
+            if i < shards:
+                self.bar.draw(text)
+                sim_elapsed = seconds * (i + 1) / shards
+                _sleep_until(start + sim_elapsed / self.ctx.speed)
+            else:
+                self.bar.close(text)
+
+    def train(self, t0: float) -> tuple[int, float, float]:
+        """The step loop; returns the last step, when it ended (monotonic) and when training began (wall)."""
+        job = self.run.job
+        run = self.run
+        rank0 = self.rank == 0
+        log = self.log
+        wall_start = time.time()
+        t_start = t0
+        step_times: list[float] = []
+        sim_elapsed = 0.0
+        prev: StepNumbers | None = None
+        step = run.first_step
+        while True:
+            numbers = step_numbers(job, self.rank, step)
+            compute_s = numbers.compute_s
+            overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
+            _sleep_until(t_start + (compute_s + overhead) / self.ctx.speed)
+            reply = self.link.request(
+                {"k": "step", "s": step, "c": compute_s, "tel": self._telemetry(step, "train")}
+            )
+            _sleep_until(float(reply["rel"]))
+            stop = bool(reply["stop"])
+            step_times.append(numbers.step_time_s + overhead)
+            sim_elapsed += numbers.step_time_s + overhead
+            if step == run.first_step:
+                self._memory_report(step)
+            if rank0:
+                self._rank0_step(numbers, prev, reply, step_times, sim_elapsed)
+            released = float(reply["rel"])
+            if stop:
+                if rank0:
+                    self.bar.close()
+                    log.info("stopping", step=step, reason=self._stop_reason(step))
+                return step, released, wall_start
+            t_start = self._pauses(step, released, final=False)
+            prev = numbers
+            step += 1
+
+    def _stop_reason(self, step: int) -> str:
+        if step >= self.run.job.total_steps:
+            return "reached total steps"
+        if step >= self.run.last_step:
+            return "reached max steps"
+        return "reached max time"
+
+    def _memory_report(self, step: int) -> None:
+        """Every rank's memory after its first step (Megatron's `[Rank N] (after 1 iterations) memory`)."""
+        m = memory.memory_breakdown(self.run.job, self.rank, step)
+        mib = 1024.0**2
+        self.log.info(
+            "memory after first step",
+            allocated_mib=round(m.allocated / mib, 1),
+            max_allocated_mib=round(m.max_allocated / mib, 1),
+            reserved_mib=round(m.reserved / mib, 1),
+            max_reserved_mib=round(m.reserved / mib, 1),
+        )
+
+    def _rank0_step(
+        self,
+        n: StepNumbers,
+        prev: StepNumbers | None,
+        reply: dict[str, Any],
+        step_times: list[float],
+        sim_elapsed: float,
+    ) -> None:
+        """Rank 0's view of a finished step: the bar, metric lines, AllReduce timings, grid, warnings."""
+        job = self.run.job
+        run = self.run
+        log = self.log
+        step = n.step
+        ncols = self.ctx.bar_columns
+        postfix = bar.train_postfix(n.loss, n.lr, n.tokens_per_s, width=ncols)
+        self.bar.draw(
+            bar.meter(
+                step,
+                job.total_steps,
+                sim_elapsed,
+                prefix=f"Epoch {run.epoch_of(step)}/{run.epochs}",
+                postfix=postfix,
+                rate=bar.ema_rate(step_times[-50:]),
+                ncols=ncols,
+                initial=job.start_step,
+            )
+        )
+        if n.skipped:
+            log.warning("nan loss detected, skipping optimizer step", step=step, grad_norm="nan")
+        if n.spike and (prev is None or not prev.spike):
+            log.warning("loss spike", step=step, loss=round(n.loss, 4), grad_norm=round(n.grad_norm, 3))
+        if n.straggler_rank is not None and (prev is None or prev.straggler_rank != n.straggler_rank):
+            log.warning(
+                "straggler detected",
+                step=step,
+                slow_rank=n.straggler_rank,
+                host=self.ctx.hosts[n.straggler_rank // job.nproc_per_node],
+                step_time_s=round(n.step_time_s, 3),
+                mfu=f"{100 * n.mfu:.1f}%",
+            )
+        if step % run.log_interval == 0 or step == run.first_step:
+            log.info(
+                "train",
+                step=step,
+                loss=round(n.loss, 4) if not math.isnan(n.loss) else "nan",
+                ppl=round(n.ppl, 2) if not math.isnan(n.ppl) else "nan",
+                lr=f"{n.lr:.4e}",
+                grad_norm=round(n.grad_norm, 4),
+                tokens_per_s=round(n.tokens_per_s),
+                tflops=round(n.tflops_per_gpu, 1),
+                mfu=f"{100 * n.mfu:.2f}%",
+                step_time_s=round(n.step_time_s, 3),
+                memory_gib=round(n.mem_gib, 2),
+            )
+            buckets = bucket_allreduces(job, step)
+            if buckets:
+                total = sum(b.seconds for b in buckets)
+                size = sum(b.nbytes for b in buckets)
+                log.debug(
+                    "gradient sync",
+                    op=buckets[0].op,
+                    buckets=len(buckets),
+                    size_mb=round(size / 1e6, 1),
+                    ranks=buckets[0].ranks,
+                    algo=buckets[0].algo,
+                    time_ms=round(float(reply["ar_ms"]), 2),
+                    busbw_gbs=round(sum(b.busbw * b.seconds for b in buckets) / total / 1e9, 1)
+                    if total
+                    else 0.0,
+                )
+        grid = reply.get("grid")
+        if isinstance(grid, list):
+            self._print_grid(step, grid, n)
+
+    def _print_grid(self, step: int, rows: list[list[Any]], n: StepNumbers) -> None:
+        job = self.run.job
+        npn = job.nproc_per_node
+        gpus = [
+            GridGpu(
+                rank=r,
+                node=r // npn,
+                local_rank=r % npn,
+                host=self.ctx.hosts[r // npn]
+                if r // npn < len(self.ctx.hosts)
+                else host_name(job.cluster, r // npn),
+                util_pct=int(row[0]),
+                temp_c=int(row[2]),
+                power_w=int(row[3]),
+                power_cap_w=job.gpu.tdp_w,
+                mem_used_mib=int(row[5]),
+                mem_total_mib=job.gpu.memory_mib,
+                phase=str(row[6]),
+                step_ms=float(row[7]),
+            )
+            for r, row in enumerate(rows)
+        ]
+        stragglers = frozenset({n.straggler_rank}) if n.straggler_rank is not None else frozenset()
+        width = self.ctx.bar_columns or 100
+        print_lines(
+            render_grid(gpus, step=step, width=min(width, 100), color=self.ctx.color, stragglers=stragglers)
+        )
+
+    def _pauses(self, step: int, start: float, *, final: bool) -> float:
+        """Runs the evaluation and checkpoint after `step` from `start`; returns when they end (monotonic)."""
+        t = start
+        for phase, seconds in self.run.pauses_after(step, final=final):
+            # Absolute deadlines: every rank leaves a collective save at the same moment, as in a real job.
+            t += seconds / self.ctx.speed
+            self._pause(step, phase, seconds, until=t)
+        return t
+
+    def _pause(self, step: int, phase: str, seconds: float, *, until: float) -> None:
+        """An evaluation or a checkpoint after `step`: lines before and after, GPUs in that phase."""
+        job = self.run.job
+        rank0 = self.rank == 0
+        if phase == "eval":
+            self._phase(step, "eval")
+            if rank0:
+                self.log.info("evaluating", step=step, iters=self.run.eval_iters)
+            _sleep_until(until)
+            if rank0:
+                value = loss.eval_loss(job, step)
+                self.log.info(
+                    "validation",
+                    step=step,
+                    val_loss=round(value, 4),
+                    val_ppl=round(loss.perplexity(value), 2),
+                    seconds=round(seconds, 1),
+                )
+        else:
+            self._phase(step, "checkpoint")
+            path = checkpoint.checkpoint_dir(step)
+            nbytes = checkpoint.checkpoint_bytes(job.model)
+            if rank0:
+                self.log.info("saving checkpoint", step=step, path=path, format="torch_dist")
+            _sleep_until(until)
+            if rank0:
+                self.log.info(
+                    "checkpoint saved",
+                    step=step,
+                    path=path,
+                    size=_gb(nbytes),
+                    seconds=round(seconds, 1),
+                    bandwidth_gbs=round(nbytes / seconds / 1e9, 2),
+                )
+
+    def finish(self, last: int, released: float, wall_start: float) -> None:
+        """After the last step: final evaluation and save, then rank 0 exports and prints the summary."""
+        self._pauses(last, released, final=True)
+        self._phase(last, "idle")
+        if self.rank == 0:
+            self._export()
+            self._summary(last, wall_start)
+        self.log.info("training finished", step=last)
+
+    def _export(self) -> None:
+        job = self.run.job
+        out_dir = f"hf_export/{job.model.name}"
+        self.log.info("exporting model", path=out_dir, format="safetensors")
+        for f in checkpoint.export_files(job.model):
+            self.log.info(
+                "wrote",
+                file=f"{out_dir}/{f.name}",
+                size=_gb(f.nbytes) if f.nbytes >= 1e8 else f"{f.nbytes:,} B",
+            )
+
+    def _summary(self, last: int, wall_start: float) -> None:
+        job = self.run.job
+        run = self.run
+        steps = [step_numbers(job, 0, s) for s in range(run.first_step, last + 1)]
+        final = steps[-1]
+        val = loss.eval_loss(job, last)
+        med_time = statistics.median(n.step_time_s for n in steps)
+        med_tps = statistics.median(n.tokens_per_s for n in steps)
+        med_mfu = statistics.median(n.mfu for n in steps)
+        saves = sum(1 for s in range(run.first_step, last) if run.saves_after(s)) + 1
+        wall = time.time() - wall_start
+        rows = [
+            ("model", f"{job.model.display_name} ({_count(job.model.params)} parameters)"),
+            (
+                "GPUs",
+                f"{job.world_size} x {job.gpu.display_name} ({job.nnodes} nodes x {job.nproc_per_node})",
+            ),
+            ("parallelism", f"TP {job.tp} / PP {job.pp} / DP {job.dp}, {job.sharding}"),
+            ("steps", f"{run.first_step:,}-{last:,} of {job.total_steps:,}"),
+            ("tokens", f"{_count(final.tokens)} ({job.tokens_per_step:,} per step)"),
+            ("final loss", f"{final.loss:.4f} (validation {val:.4f}, ppl {loss.perplexity(val):.2f})"),
+            ("step time", f"{med_time:.3f} s (median)"),
+            ("throughput", f"{med_tps:,.0f} tokens/s ({med_tps / job.world_size:,.0f} per GPU)"),
+            ("MFU", f"{100 * med_mfu:.1f}% ({med_mfu * job.gpu.peak_bf16_tflops:.0f} TFLOP/s per GPU)"),
+            ("checkpoints", f"{saves} (last {checkpoint.checkpoint_dir(last)})"),
+            ("wall time", f"{wall:.1f} s at speed {self.ctx.speed:g}"),
+        ]
+        print_lines(summary_table("Training summary", rows, width=min(self.ctx.bar_columns or 100, 100)))
+
+
+def run_rank(ctx: SimContext, env: dict[str, str], control_fd: int) -> int:
+    """Entry of a simulated rank."""
+    return RankTrainer(ctx, env, CoordinatorLink(control_fd)).main()

@@ -1,0 +1,313 @@
+"""The simulated training job end to end: every rank's events, the metrics file, the bar, the grid, seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakerun import presets
+from tests.conftest import Result, Runner, fakerun_exe
+
+JOB_2X4 = ["--nnodes", "2", "--nproc-per-node", "4", "--fake-max-steps", "30", "--fake-speed", "50"]
+RUN_KEYS = {
+    "model",
+    "params",
+    "n_gpus",
+    "gpu",
+    "peak_tflops",
+    "seq_len",
+    "global_batch_tokens",
+    "vocab_size",
+    "law",
+}
+STEP_KEYS = {
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "step_time_s",
+    "tokens_per_s",
+    "tflops_per_gpu",
+    "mfu",
+    "allreduce_ms",
+    "mem_gib",
+    "time",
+}
+# Wall-clock fields: the only ones allowed to differ between two runs with the same seed.
+CLOCK_FIELDS = {"time", "timestamp", "pid", "run_id", "seconds"}
+
+
+def json_events(text: str) -> list[dict[str, Any]]:
+    """The structlog JSON events of an output (NCCL lines, the grid and the summary are plain text)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def metrics(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a --fake-metrics file (a line still being written is left out)."""
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]]
+
+
+def strip_clock(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records without their wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in CLOCK_FIELDS} for r in records]
+
+
+@pytest.fixture(scope="module")
+def json_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, list[dict[str, Any]]]:
+    """The issue's acceptance command, run once for the tests of this module."""
+    tmp = tmp_path_factory.mktemp("sim")
+    runner = Runner(uuid.uuid4().hex, tmp)
+    result = runner.run(
+        [*JOB_2X4, "--fake-log-format", "json", "--fake-metrics", "m.jsonl", "train.py"], timeout=120
+    )
+    return result, metrics(tmp / "m.jsonl")
+
+
+class TestAcceptance:
+    """`fakerun --nnodes 2 --nproc-per-node 4 --fake-max-steps 30 --fake-speed 50 --fake-log-format json`."""
+
+    def test_exit_zero_and_every_rank_speaks(self, json_run: tuple[Result, list[dict[str, Any]]]) -> None:
+        """Exit 0; all 8 ranks log their start, first-step memory and end."""
+        result, _ = json_run
+        assert result.code == 0, result.stderr[-2000:]
+        events = json_events(result.stdout)
+        for name in (
+            "worker started",
+            "process group initialized",
+            "memory after first step",
+            "training finished",
+        ):
+            assert {e["rank"] for e in events if e["event"] == name} == set(range(8)), name
+
+    def test_json_events_carry_required_keys(self, json_run: tuple[Result, list[dict[str, Any]]]) -> None:
+        """Every JSON line has timestamp, level, event and rank."""
+        events = json_events(json_run[0].stdout)
+        assert events
+        for e in events:
+            assert {"timestamp", "level", "event", "rank"} <= e.keys()
+
+    def test_metrics_file_is_consistent(self, json_run: tuple[Result, list[dict[str, Any]]]) -> None:
+        """A run header, steps 1-30 with the physics' identities, then the final eval and checkpoint."""
+        _, recs = json_run
+        run = recs[0]
+        assert run["event"] == "run" and run.keys() >= RUN_KEYS
+        assert run["n_gpus"] == 8
+        model = presets.load_model(run["model"])
+        assert run["params"] == model.params and run["vocab_size"] == model.vocab
+        assert set(run["law"]) >= {"E", "A", "B", "alpha", "beta"}
+        steps = [r for r in recs if r["event"] == "step"]
+        assert [s["step"] for s in steps] == list(range(1, 31))
+        gpu = presets.load_gpu(run["gpu"])
+        for s in steps:
+            assert s.keys() >= STEP_KEYS
+            assert s["tokens"] == s["step"] * run["global_batch_tokens"]
+            mfu = 6 * model.active_params * s["tokens_per_s"] / (run["n_gpus"] * gpu.peak_flops)
+            assert s["mfu"] == pytest.approx(mfu, rel=0.02)
+            assert 0.25 <= s["mfu"] <= 0.60
+            assert s["tokens_per_s"] == pytest.approx(run["global_batch_tokens"] / s["step_time_s"], rel=1e-4)
+            assert 0 < s["mem_gib"] <= gpu.memory_mib / 1024
+            assert math.isfinite(s["loss"]) and 0 < s["loss"] < 1.2 * math.log(model.vocab)
+        times = [s["time"] for s in steps]
+        assert times == sorted(times)
+        tail = [r["event"] for r in recs if r["event"] in ("eval", "checkpoint")]
+        assert tail[-2:] == ["eval", "checkpoint"]
+        assert recs[-1]["step"] == 30
+
+    def test_same_seed_same_numbers(
+        self, json_run: tuple[Result, list[dict[str, Any]]], runner: Runner
+    ) -> None:
+        """Same seed: the same metrics, wall clock aside; another seed: different ones."""
+        _, first = json_run
+        again = runner.run([*JOB_2X4, "--fake-metrics", "a.jsonl", "train.py"], timeout=120)
+        assert again.code == 0
+        assert strip_clock(metrics(runner.tmp / "a.jsonl")) == strip_clock(first)
+        other = runner.run(
+            [*JOB_2X4, "--fake-seed", "7", "--fake-metrics", "b.jsonl", "train.py"], timeout=120
+        )
+        assert other.code == 0
+        assert strip_clock(metrics(runner.tmp / "b.jsonl")) != strip_clock(first)
+
+
+@pytest.fixture(scope="module")
+def console_run(tmp_path_factory: pytest.TempPathFactory) -> Result:
+    """The 2x4 job in console format with NCCL_DEBUG=INFO; output kept as bytes, so `\\r` survives."""
+    tmp = tmp_path_factory.mktemp("console")
+    runner = Runner(uuid.uuid4().hex, tmp)
+    proc = subprocess.run(
+        [fakerun_exe(), *JOB_2X4, "train.py"],
+        capture_output=True,
+        timeout=120,
+        env=runner.env(NCCL_DEBUG="INFO"),
+        cwd=tmp,
+    )
+    return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), 0.0)
+
+
+class TestConsoleOutput:
+    """What a person watching sees (not a terminal here: the bar is tqdm into a file)."""
+
+    def test_bar_refreshes_into_file_like_tqdm(self, console_run: Result) -> None:
+        """Rank 0's stderr carries `\\r`-separated tqdm refreshes up to step 30 of the job's total."""
+        assert console_run.code == 0, console_run.stderr[-2000:]
+        refreshes = re.findall(r"\r(Epoch 1/1:\s+\d+%\|[^|]*\| (\d+)/(\d+) \[[^\]]*\])", console_run.stderr)
+        assert refreshes
+        assert [int(n) for _, n, _ in refreshes] == list(range(1, 31))
+        assert "Loading dataset shards: 100%" in console_run.stderr
+
+    def test_grid_shows_every_gpu(self, console_run: Result) -> None:
+        """The GPU grid names both nodes' hosts."""
+        cluster = presets.load_cluster("dgx-h100")
+        hosts = [presets.host_name(cluster, i) for i in range(2)]
+        grid = [line for line in console_run.stdout.splitlines() if any(h in line for h in hosts)]
+        assert {h for h in hosts if any(h in line for line in grid)} == set(hosts)
+
+    def test_nccl_init_complete_per_rank(self, console_run: Result) -> None:
+        """With NCCL_DEBUG=INFO every rank prints NCCL's `Init COMPLETE` line once, version once."""
+        done = re.findall(
+            r"NCCL INFO comm 0x[0-9a-f]+ rank (\d+) nranks 8 .*Init COMPLETE", console_run.stdout
+        )
+        assert sorted(int(r) for r in done) == list(range(8))
+        assert len(re.findall(r"^NCCL version ", console_run.stdout, re.M)) == 1
+
+    def test_summary_table(self, console_run: Result) -> None:
+        """Rank 0 ends with a summary table naming the steps run."""
+        assert "Training summary" in console_run.stdout
+        assert re.search(r"\| steps\s+\| 1-30 of ", console_run.stdout)
+
+    def test_no_nccl_lines_without_nccl_debug(self, runner: Runner) -> None:
+        """Without NCCL_DEBUG, NCCL stays silent."""
+        result = runner.run(
+            ["--nproc-per-node", "2", "--fake-max-steps", "2", "--fake-speed", "100", "train.py"]
+        )
+        assert result.code == 0 and "NCCL INFO" not in result.stdout
+
+
+class TestScenarios:
+    """Resuming, hints, limits and loops."""
+
+    def test_resume_from_start_step(self, runner: Runner) -> None:
+        """--fake-start-step S resumes at S+1 with a checkpoint load line and step S's loss."""
+        result = runner.run(
+            [
+                "--nproc-per-node",
+                "2",
+                "--fake-start-step",
+                "1000",
+                "--fake-max-steps",
+                "3",
+                "--fake-speed",
+                "100",
+                "--fake-log-format",
+                "json",
+                "--fake-metrics",
+                "m.jsonl",
+                "train.py",
+            ]
+        )
+        assert result.code == 0, result.stderr[-2000:]
+        events = json_events(result.stdout)
+        resumed = [e for e in events if e["event"] == "resumed from checkpoint"]
+        assert resumed and resumed[0]["step"] == 1000
+        steps = [r["step"] for r in metrics(runner.tmp / "m.jsonl") if r["event"] == "step"]
+        assert steps == [1001, 1002, 1003]
+
+    def test_script_hints_pick_model_and_batch(self, runner: Runner) -> None:
+        """HF-style script arguments select the preset and the batch."""
+        result = runner.run(
+            [
+                "--nproc-per-node",
+                "8",
+                "--fake-max-steps",
+                "2",
+                "--fake-speed",
+                "100",
+                "--fake-metrics",
+                "m.jsonl",
+                "train.py",
+                "--model_name_or_path",
+                "meta-llama/Llama-3.2-1B",
+                "--per_device_train_batch_size",
+                "2",
+                "--gradient_accumulation_steps",
+                "4",
+                "--unknown_flag",
+                "x",
+            ]
+        )
+        assert result.code == 0, result.stderr[-2000:]
+        run = metrics(runner.tmp / "m.jsonl")[0]
+        assert run["model"] == "llama3.2-1b"
+        assert run["micro_batch"] == 2 and run["grad_accum"] == 4 and run["global_batch"] == 2 * 4 * 8
+
+    def test_bad_hint_is_one_line(self, runner: Runner) -> None:
+        """A bad value of a known script argument: one line, exit 2, nothing started."""
+        result = runner.run(["--nproc-per-node", "2", "train.py", "--learning_rate", "fast"])
+        assert result.code == 2
+        assert result.stderr.count("\n") == 1 and "--learning_rate" in result.stderr
+
+    def test_model_too_big_is_one_line(self, runner: Runner) -> None:
+        """A model that cannot fit the GPUs: one line, exit 2."""
+        result = runner.run(["--nproc-per-node", "2", "--fake-model", "llama3-405b", "train.py"])
+        assert result.code == 2
+        assert result.stderr.count("\n") == 1 and "would not fit" in result.stderr
+
+    def test_max_time_stops_cleanly(self, runner: Runner) -> None:
+        """--fake-max-time ends the run with exit 0 after the simulated time."""
+        result = runner.run(
+            [
+                "--nproc-per-node",
+                "2",
+                "--fake-max-time",
+                "3m",
+                "--fake-speed",
+                "200",
+                "--fake-metrics",
+                "m.jsonl",
+                "train.py",
+            ]
+        )
+        assert result.code == 0, result.stderr[-2000:]
+        steps = [r for r in metrics(runner.tmp / "m.jsonl") if r["event"] == "step"]
+        total = sum(s["step_time_s"] for s in steps)
+        assert total >= 180 and total - steps[-1]["step_time_s"] < 180
+
+    def test_loop_runs_job_after_job(self, runner: Runner) -> None:
+        """--fake-loop starts the next run (a new run record) when one ends; SIGTERM then ends it."""
+        import signal
+        import time
+
+        proc = runner.start(
+            [
+                "--nproc-per-node",
+                "2",
+                "--fake-loop",
+                "--fake-max-steps",
+                "2",
+                "--fake-speed",
+                "500",
+                "--fake-metrics",
+                "m.jsonl",
+                "train.py",
+            ]
+        )
+        path = runner.tmp / "m.jsonl"
+        deadline = time.monotonic() + 60
+        runs = 0
+        while time.monotonic() < deadline and runs < 2:
+            time.sleep(0.2)
+            runs = sum(1 for r in metrics(path) if r["event"] == "run") if path.exists() else 0
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert runs >= 2

@@ -1,0 +1,117 @@
+"""The run plan: steps covered, round cadences, pauses and start-up times."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakerun import presets
+from fakerun.sim import checkpoint, compute
+from fakerun.sim.job import JobSpec, make_job
+from fakerun.sim.run import (
+    NICE_INTERVALS,
+    eval_seconds,
+    looped,
+    make_run,
+    nice_interval,
+    pick_default_model,
+    startup_times,
+)
+
+
+@functools.cache
+def job(model: str = "llama3-8b", nnodes: int = 8, start_step: int = 0) -> JobSpec:
+    b = presets.resolve(model)
+    return make_job(b.model, b.cluster, b.storage, nnodes=nnodes, nproc_per_node=8, start_step=start_step)
+
+
+class TestCadence:
+    """Intervals are round numbers close to their wall-time targets."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.floats(0.5, 3600.0), st.floats(0.01, 100.0))
+    def test_nice_interval_is_round_and_close(self, target: float, step_s: float) -> None:
+        """The interval is one of the round numbers and within a factor 2.5 of the target (unless clamped)."""
+        n = nice_interval(target, step_s)
+        assert n in NICE_INTERVALS
+        want = target / step_s
+        if NICE_INTERVALS[0] <= want <= NICE_INTERVALS[-1]:
+            assert want / 2.5 <= n <= want * 2.5
+
+    def test_default_cadences_follow_step_time(self) -> None:
+        """Slower steps mean fewer steps between metric lines and saves."""
+        fast, slow = make_run(job("llama3.2-1b")), make_run(job("llama3-70b"))
+        assert fast.log_interval >= slow.log_interval
+        assert fast.save_interval >= slow.save_interval
+        assert fast.eval_interval < fast.save_interval or fast.eval_interval == fast.save_interval
+
+
+class TestSteps:
+    """Which steps a run covers."""
+
+    @pytest.mark.parametrize("start,max_steps", [(0, 30), (1000, 5), (0, None)])
+    def test_first_and_last(self, start: int, max_steps: int | None) -> None:
+        """A run goes from start+1 to start+max_steps, or to the job's total."""
+        run = make_run(job(start_step=start), max_steps=max_steps)
+        assert run.first_step == start + 1
+        total = job().total_steps
+        assert run.last_step == (total if max_steps is None else start + max_steps)
+
+    def test_nothing_left_to_run(self) -> None:
+        """Resuming at the last step leaves nothing to run: a one-line error."""
+        j = job()
+        import dataclasses
+
+        with pytest.raises(ValueError, match="nothing to run"):
+            make_run(dataclasses.replace(j, start_step=j.total_steps))
+
+    def test_final_pauses_evaluate_then_save(self) -> None:
+        """The end of a run evaluates, then saves, with the storage-derived save time."""
+        run = make_run(job(), max_steps=3)
+        pauses = run.pauses_after(3, final=True)
+        assert [p for p, _ in pauses] == ["eval", "checkpoint"]
+        assert pauses[1][1] == checkpoint.save_seconds(run.job, 3)
+
+    def test_periodic_pauses(self) -> None:
+        """Periodic evaluation and save happen on their multiples only."""
+        run = make_run(job(), max_steps=100, eval_interval=10, save_interval=20)
+        assert [p for p, _ in run.pauses_after(20)] == ["eval", "checkpoint"]
+        assert [p for p, _ in run.pauses_after(10)] == ["eval"]
+        assert run.pauses_after(11) == ()
+
+    def test_epochs(self) -> None:
+        """Steps map to 1-based epochs of equal length."""
+        run = make_run(job(), epochs=3)
+        spe = run.steps_per_epoch
+        assert run.epoch_of(1) == 1 and run.epoch_of(spe) == 1 and run.epoch_of(spe + 1) == 2
+        assert run.epoch_of(run.job.total_steps) == 3
+
+    def test_loop_changes_seed_and_restarts(self) -> None:
+        """The next run of a loop starts at step 1 with the next seed and keeps max steps."""
+        run = make_run(job(start_step=500), max_steps=7)
+        nxt = looped(run, 2)
+        assert (nxt.first_step, nxt.last_step, nxt.job.seed) == (1, 7, run.job.seed + 2)
+
+
+class TestDurations:
+    """Evaluation and start-up take physically sensible time."""
+
+    def test_eval_is_a_third_of_training_per_token(self) -> None:
+        """Forward-only evaluation of one global batch costs about a third of a training step."""
+        j = job()
+        ratio = eval_seconds(j, 1, 10) / compute.expected_step_time(j)
+        assert 0.25 < ratio < 0.45
+
+    def test_startup_resume_loads_checkpoint(self) -> None:
+        """Resuming adds the checkpoint read time; a fresh start does not."""
+        assert startup_times(job(), 0, resume=False).load_s == 0
+        assert startup_times(job(), 0, resume=True).load_s == checkpoint.load_seconds(job())
+
+    def test_default_model_is_largest_fast_enough(self) -> None:
+        """The ladder's first model under the step-time bound wins; else the fastest."""
+        a, b, c = (presets.load_model(n) for n in ("llama3-70b", "llama3-8b", "llama3.2-1b"))
+        assert pick_default_model([(a, 30.0), (b, 2.0), (c, 0.3)]) == b
+        assert pick_default_model([(a, 30.0), (b, 9.0)]) == b
