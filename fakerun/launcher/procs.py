@@ -88,6 +88,9 @@ class ForkProcessTable:
             os.kill(pid, sig)
 
 
+_replaced_streams: list[object] = []
+
+
 def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, control: int | None) -> None:
     """Makes a fresh fork look like a worker torchrun started: own session, std streams, no inherited fds."""
     signal.set_wakeup_fd(-1)
@@ -121,6 +124,9 @@ def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, c
     # Close every other inherited fd: sibling pipe ends would otherwise keep EOFs from arriving.
     os.closerange(keep, _max_fd())
     # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered.
+    # The old stream objects are kept alive: if one owned an fd we have just reused (an embedding program
+    # that pointed sys.stdout at a file), collecting it would close that fd under us.
+    _replaced_streams.extend((sys.stdout, sys.stderr))
     sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
 

@@ -62,7 +62,7 @@ def _aux_loss(job: JobSpec, step: int) -> float | None:
 
 
 def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
-    """All numbers of `step` for `rank`; pure and cheap (one numpy Generator, per-step hash draws)."""
+    """All numbers of `step` for `rank`; pure and cheap (O(1) hash draws keyed by seed, rank and step)."""
     mfu, base, strag = compute.reported_mfu(job, step)
     t_step = compute.step_time_for_mfu(job, mfu)
     comm = comm_seconds(job, step)
@@ -72,7 +72,7 @@ def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
         t_compute = t_step - exposed
     else:
         # Everyone else finishes a little early and waits in the next collective.
-        u = float(rand.generator(job.seed, "rank-step", rank, step).random())
+        u = rand.uniform(job.seed, "rank-step", rank, step)
         t_compute = (compute.step_time_for_mfu(job, base) - exposed) * (1.0 - compute.RANK_JITTER * u)
     spike = loss.spike_at(job, step)
     train = loss.train_loss(job, step, spike)
