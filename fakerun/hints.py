@@ -52,6 +52,7 @@ class Hints:
     warmup_ratio: float | None = None  # fraction of the total steps, only when no warmup step count wins
     seed: int | None = None
     style: str = "generic"  # "hf" | "megatron" | "titan" | "generic"
+    cadence: dict[str, int] = field(default_factory=dict)  # log/eval/save intervals and eval iterations
     sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
 
 
@@ -88,6 +89,9 @@ _OPTIONS: dict[str, str] = {
     "fsdp": _VALUE,
     "gradient_checkpointing": _HF_BOOL,
     "seed": _VALUE,
+    "logging_steps": _VALUE,
+    "eval_steps": _VALUE,
+    "save_steps": _VALUE,
     # Megatron-LM
     "num_layers": _VALUE,
     "hidden_size": _VALUE,
@@ -117,6 +121,10 @@ _OPTIONS: dict[str, str] = {
     "recompute_granularity": _VALUE,
     "recompute_activations": _FLAG,
     "use_distributed_optimizer": _FLAG,
+    "log_interval": _VALUE,
+    "eval_interval": _VALUE,
+    "save_interval": _VALUE,
+    "eval_iters": _VALUE,
 }
 
 # torchtitan's JobConfig: every known key takes a value. Older releases' names map to the current ones.
@@ -140,6 +148,10 @@ _TITAN_KEYS = frozenset(
         "parallelism.pipeline_parallel_microbatch_size",
         "parallelism.expert_parallel_degree",
         "activation_checkpoint.mode",
+        "metrics.log_freq",
+        "checkpoint.interval",
+        "validation.freq",
+        "validation.steps",
     }
 )
 _TITAN_OLD = {
@@ -471,6 +483,7 @@ class _Builder:
         self.arch: dict[str, int] = {}
         self.job: dict[str, object] = {}
         self.top: dict[str, object] = {}  # model_name, epochs, warmup_ratio, seed
+        self.cadence: dict[str, int] = {}
         self.sources: dict[str, str] = {}
 
     def set(self, where: dict[str, _T], key: str, value: _T, g: _Given) -> None:
@@ -510,6 +523,21 @@ _JOB_INTS: dict[str, tuple[str, int]] = {
     "expert_model_parallel_size": ("ep", 1),
     "parallelism.expert_parallel_degree": ("ep", 1),
 }
+_CADENCE: dict[str, tuple[str, int]] = {
+    # option -> (cadence key, lowest value); 0 turns periodic evaluation or saving off
+    "logging_steps": ("log_interval", 1),
+    "log_interval": ("log_interval", 1),
+    "metrics.log_freq": ("log_interval", 1),
+    "eval_steps": ("eval_interval", 0),
+    "eval_interval": ("eval_interval", 0),
+    "validation.freq": ("eval_interval", 0),
+    "save_steps": ("save_interval", 0),
+    "save_interval": ("save_interval", 0),
+    "checkpoint.interval": ("save_interval", 0),
+    "eval_iters": ("eval_iters", 1),
+    "validation.steps": ("eval_iters", 1),
+}
+_HF_RATIO_STEPS = frozenset({"logging_steps", "eval_steps", "save_steps"})
 _ARCH_INTS: dict[str, str] = {
     "num_layers": "layers",
     "hidden_size": "hidden",
@@ -543,6 +571,11 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     if key in _JOB_INTS:
         name, low = _JOB_INTS[key]
         b.set(b.job, name, _int(g, low), g)
+    elif key in _HF_RATIO_STEPS and _float(g) < 1:
+        pass  # HF also takes a fraction of the run (0.1); the simulation keeps its own cadence then
+    elif key in _CADENCE:
+        name, low = _CADENCE[key]
+        b.set(b.cadence, name, _int(g, low), g)
     elif key in _ARCH_INTS:
         b.set(b.arch, _ARCH_INTS[key], _int(g), g)
     elif key in _SEQ_LEN:
@@ -760,6 +793,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         warmup_ratio=ratio if isinstance(ratio, float) else None,
         seed=seed if isinstance(seed, int) else None,
         style=style,
+        cadence=b.cadence,
         sources=b.sources,
     )
 

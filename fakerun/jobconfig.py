@@ -69,7 +69,16 @@ def build_run(
             probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
             kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)
         job = _job(bundle, model, nnodes, nproc_per_node, **kw)
-        run = make_run(job, max_steps=fake.max_steps, max_time_s=fake.max_time, epochs=hints.epochs)
+        run = make_run(
+            job,
+            max_steps=fake.max_steps,
+            max_time_s=fake.max_time,
+            epochs=hints.epochs,
+            log_interval=hints.cadence.get("log_interval"),
+            eval_interval=hints.cadence.get("eval_interval"),
+            save_interval=hints.cadence.get("save_interval"),
+            eval_iters=hints.cadence.get("eval_iters"),
+        )
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
     return run, hints

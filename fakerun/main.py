@@ -84,7 +84,7 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
 def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle) -> SimContext:
     """The simulated job every rank shares; a job that cannot be simulated ends the run with one line."""
     try:
-        run, _ = build_run(
+        run, hints = build_run(
             cmd,
             bundle,
             nnodes=plan.max_nodes,
@@ -109,6 +109,7 @@ def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundl
         loop=cmd.fake.loop,
         bar_columns=columns,
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
+        style=hints.style,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -30,3 +31,9 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     except CoordinatorGone:
         # The launcher is tearing the job down (it also signals us); leave quietly.
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an
+        # interrupted program does, without a traceback of the simulator's own frames.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        return 130

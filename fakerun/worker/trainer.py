@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,14 @@ from typing import Any
 from fakerun.presets import host_name
 from fakerun.render import bar, nccl
 from fakerun.render.grid import GridGpu, render_grid
+from fakerun.render.lines import (
+    hf_eval_dict,
+    hf_log_dict,
+    megatron_iteration,
+    megatron_memory,
+    megatron_validation,
+    titan_step,
+)
 from fakerun.render.summary import summary_table
 from fakerun.sim import checkpoint, compute, loss, memory
 from fakerun.sim.collectives import bucket_allreduces
@@ -35,6 +44,31 @@ class SimContext:
     loop: bool
     bar_columns: int | None  # the terminal's width when rank 0's bar reaches a terminal, else None
     color: bool
+    # Which trainer the script looks like (hints.Hints.style): its metric lines are printed in that
+    # trainer's own format on the console; json/logfmt keep structured events for log pipelines.
+    style: str = "generic"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _log_time() -> str:
+    """Now as Python's logging prints it: `2026-11-22 08:23:31,507`."""
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+
+
+def _barrier_warning(rank: int, local_rank: int) -> str:
+    """torch's C++ warning (c10 format, nanosecond time, `[rankN]:` prefix) for a device-less barrier."""
+    now = time.time()
+    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
+    return (
+        f"[rank{rank}]:[W{stamp} ProcessGroupNCCL.cpp:4561] [PG ID 0 PG GUID 0 Rank {rank}]  using GPU "
+        f"{local_rank} to perform barrier as devices used by this process are currently unknown. This can "
+        "potentially cause a hang if this rank to GPU mapping is incorrect. Specify device_ids in barrier() "
+        "to force use of a particular device, or call init_process_group() with a device_id."
+    )
 
 
 def _sleep_until(deadline: float) -> None:
@@ -67,6 +101,7 @@ class RankTrainer:
         self.log = configure_logging(ctx.log_format, self.rank, color=ctx.color)
         self.bar = BarWriter()
         self.run = ctx.run
+        self.style = ctx.style if ctx.log_format == "console" else "generic"
 
     # -- helpers --------------------------------------------------------------------------------------------
 
@@ -131,6 +166,8 @@ class RankTrainer:
                 topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, self.ctx.hosts)
                 tid = os.getpid() + 60 + self.local_rank * 3
                 print_lines(nccl.nccl_init_lines(topo, self.rank, pid=os.getpid(), tid=tid, seed=job.seed))
+            # What torch's ProcessGroupNCCL prints on each rank of a job calling barrier() without device_ids.
+            print(_barrier_warning(self.rank, self.local_rank), file=sys.stderr, flush=True)
             log.info(
                 "process group initialized",
                 tp_rank=job.coords(self.rank).tp_rank,
@@ -256,6 +293,10 @@ class RankTrainer:
                 self._memory_report(step)
             if rank0:
                 self._rank0_step(numbers, prev, reply, step_times, sim_elapsed)
+            if step % run.log_interval == 0 or step == run.first_step:
+                self._metrics_line(numbers, step_times)
+                if rank0:
+                    self._sync_line(step, reply)
             released = float(reply["rel"])
             if stop:
                 if rank0:
@@ -277,6 +318,11 @@ class RankTrainer:
         """Every rank's memory after its first step (Megatron's `[Rank N] (after 1 iterations) memory`)."""
         m = memory.memory_breakdown(self.run.job, self.rank, step)
         mib = 1024.0**2
+        if self.style == "megatron":
+            print_lines(
+                [megatron_memory(self.rank, 1, m.allocated / mib, m.max_allocated / mib, m.reserved / mib)]
+            )
+            return
         self.log.info(
             "memory after first step",
             allocated_mib=round(m.allocated / mib, 1),
@@ -325,8 +371,64 @@ class RankTrainer:
                 step_time_s=round(n.step_time_s, 3),
                 mfu=f"{100 * n.mfu:.1f}%",
             )
-        if step % run.log_interval == 0 or step == run.first_step:
-            log.info(
+        grid = reply.get("grid")
+        if isinstance(grid, list):
+            self._print_grid(step, grid, n)
+
+    def _metrics_line(self, n: StepNumbers, step_times: list[float]) -> None:
+        """The periodic metric line, by the rank that prints it in the trainer the script looks like."""
+        job = self.run.job
+        style = self.style
+        step = n.step
+        interval = step_times[-self.run.log_interval :]
+        if style == "megatron":
+            # Megatron prints on the last rank (the last pipeline stage holds the loss), interval averages.
+            if self.rank == job.world_size - 1:
+                print_lines(
+                    [
+                        megatron_iteration(
+                            timestamp=time.strftime("%Y-%m-%d %H:%M:%S"),
+                            step=step,
+                            total=job.total_steps,
+                            samples=n.samples,
+                            step_ms=1000.0 * sum(interval) / len(interval),
+                            tflops=n.tflops_per_gpu,
+                            lr=n.lr,
+                            global_batch=job.global_batch,
+                            loss=n.loss,
+                            grad_norm=n.grad_norm,
+                            skipped=int(n.skipped),
+                            nan_iters=int(n.skipped),
+                            aux_loss=n.moe_aux_loss,
+                        )
+                    ]
+                )
+            return
+        if style == "hf":
+            if self.rank == 0:
+                epoch = step / self.run.steps_per_epoch
+                print_lines([hf_log_dict(n.loss, n.grad_norm, n.lr, epoch)])
+            return
+        if style == "titan":
+            # torchtitan logs on every rank: same loss, throughput as each rank measured it.
+            print_lines(
+                [
+                    titan_step(
+                        timestamp=_log_time(),
+                        step=step,
+                        loss=n.loss,
+                        grad_norm=n.grad_norm,
+                        memory_gib=n.mem_gib,
+                        memory_pct=n.mem_pct,
+                        tps=n.rank_tokens_per_s,
+                        tflops=n.tflops_per_gpu * n.rank_tokens_per_s / n.tokens_per_s_per_gpu,
+                        mfu_pct=100.0 * n.mfu * n.rank_tokens_per_s / n.tokens_per_s_per_gpu,
+                    )
+                ]
+            )
+            return
+        if self.rank == 0:
+            self.log.info(
                 "train",
                 step=step,
                 loss=round(n.loss, 4) if not math.isnan(n.loss) else "nan",
@@ -339,25 +441,24 @@ class RankTrainer:
                 step_time_s=round(n.step_time_s, 3),
                 memory_gib=round(n.mem_gib, 2),
             )
-            buckets = bucket_allreduces(job, step)
-            if buckets:
-                total = sum(b.seconds for b in buckets)
-                size = sum(b.nbytes for b in buckets)
-                log.debug(
-                    "gradient sync",
-                    op=buckets[0].op,
-                    buckets=len(buckets),
-                    size_mb=round(size / 1e6, 1),
-                    ranks=buckets[0].ranks,
-                    algo=buckets[0].algo,
-                    time_ms=round(float(reply["ar_ms"]), 2),
-                    busbw_gbs=round(sum(b.busbw * b.seconds for b in buckets) / total / 1e9, 1)
-                    if total
-                    else 0.0,
-                )
-        grid = reply.get("grid")
-        if isinstance(grid, list):
-            self._print_grid(step, grid, n)
+
+    def _sync_line(self, step: int, reply: dict[str, Any]) -> None:
+        """Rank 0's account of the step's gradient collectives, timed by the coordinator's model."""
+        log = self.log
+        buckets = bucket_allreduces(self.run.job, step)
+        if buckets:
+            total = sum(b.seconds for b in buckets)
+            size = sum(b.nbytes for b in buckets)
+            log.debug(
+                "gradient sync",
+                op=buckets[0].op,
+                buckets=len(buckets),
+                size_mb=round(size / 1e6, 1),
+                ranks=buckets[0].ranks,
+                algo=buckets[0].algo,
+                time_ms=round(float(reply["ar_ms"]), 2),
+                busbw_gbs=round(sum(b.busbw * b.seconds for b in buckets) / total / 1e9, 1) if total else 0.0,
+            )
 
     def _print_grid(self, step: int, rows: list[list[Any]], n: StepNumbers) -> None:
         job = self.run.job
@@ -405,8 +506,14 @@ class RankTrainer:
             if rank0:
                 self.log.info("evaluating", step=step, iters=self.run.eval_iters)
             _sleep_until(until)
-            if rank0:
-                value = loss.eval_loss(job, step)
+            value = loss.eval_loss(job, step)
+            if self.style == "megatron" and self.rank == job.world_size - 1:
+                print_lines(megatron_validation(step, value, loss.perplexity(value)))
+            elif self.style == "hf" and rank0:
+                samples = self.run.eval_iters * job.global_batch
+                epoch = step / self.run.steps_per_epoch
+                print_lines([hf_eval_dict(value, seconds, samples, self.run.eval_iters, epoch)])
+            elif self.style not in ("megatron", "hf") and rank0:
                 self.log.info(
                     "validation",
                     step=step,

@@ -8,7 +8,7 @@ import re
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -311,3 +311,129 @@ class TestScenarios:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         assert runs >= 2
+
+
+class TestTrainerStyles:
+    """Script arguments that look like a known trainer get that trainer's metric lines on the console."""
+
+    FAST: ClassVar[list[str]] = ["--nproc-per-node", "4", "--fake-max-steps", "3", "--fake-speed", "200"]
+
+    def test_megatron_lines_from_last_rank(self, runner: Runner) -> None:
+        """Megatron arguments: iteration lines, per-rank memory reports, the validation block."""
+        result = runner.run(
+            [
+                *self.FAST,
+                "pretrain_gpt.py",
+                "--num-layers",
+                "16",
+                "--hidden-size",
+                "2048",
+                "--num-attention-heads",
+                "32",
+                "--micro-batch-size",
+                "1",
+                "--global-batch-size",
+                "32",
+                "--train-iters",
+                "500",
+                "--log-interval",
+                "1",
+            ]
+        )
+        assert result.code == 0, result.stderr[-2000:]
+        iterations = re.findall(r"^ \[[\d\-: ]+\] iteration +(\d+)/ +500 \|", result.stdout, re.M)
+        assert iterations[:1] == ["1"] and "3" in iterations
+        memory = re.findall(r"^\[Rank (\d+)\] \(after 1 iterations\) memory \(MB\) \|", result.stdout, re.M)
+        assert sorted(int(r) for r in memory) == [0, 1, 2, 3]
+        assert " validation loss at iteration 3 on validation set | lm loss value: " in result.stdout
+
+    def test_hf_dict_lines(self, runner: Runner) -> None:
+        """HF Trainer arguments: dict lines with loss, grad_norm, learning_rate and epoch."""
+        result = runner.run(
+            [
+                *self.FAST,
+                "run_clm.py",
+                "--model_name_or_path",
+                "gpt2",
+                "--per_device_train_batch_size",
+                "8",
+                "--num_train_epochs",
+                "3",
+                "--bf16",
+            ]
+        )
+        assert result.code == 0, result.stderr[-2000:]
+        dicts = re.findall(
+            r"^\{'loss': [\d.]+, 'grad_norm': [\d.e-]+, 'learning_rate': [\d.e-]+, 'epoch': [\d.]+\}$",
+            result.stdout,
+            re.M,
+        )
+        assert dicts
+        assert re.search(r"^\{'eval_loss': ", result.stdout, re.M)
+        assert "Epoch 1/3" in result.stderr
+
+    def test_titan_lines_on_every_rank(self, runner: Runner) -> None:
+        """torchtitan arguments: every rank logs the step line with the same loss."""
+        result = runner.run(
+            [
+                *self.FAST,
+                "torchtitan/train.py",
+                "--model.name",
+                "llama3",
+                "--model.flavor",
+                "8B",
+                "--training.steps",
+                "1000",
+            ]
+        )
+        assert result.code == 0, result.stderr[-2000:]
+        steps = re.findall(r"^\[titan\] .* - step:  1  loss: +([\d.]+)", result.stdout, re.M)
+        assert len(steps) == 4 and len(set(steps)) == 1
+
+
+class TestProcessHygiene:
+    """The state file exists while a job runs and is gone after; Ctrl-C prints no traceback."""
+
+    def test_state_file_lives_with_the_job(self, runner: Runner) -> None:
+        """$FAKERUN_STATE_DIR holds job-<pid>.json with every GPU while running, nothing after."""
+        import signal
+        import time
+
+        state_dir = runner.tmp / "state"
+        proc = runner.start(
+            ["--nproc-per-node", "4", "--fake-speed", "20", "train.py"], FAKERUN_STATE_DIR=str(state_dir)
+        )
+        path = state_dir / f"job-{proc.pid}.json"
+        deadline = time.monotonic() + 60
+        state = None
+        while time.monotonic() < deadline:
+            if path.exists():
+                state = json.loads(path.read_text())
+                if state["step"] >= 1:
+                    break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert state is not None and [g["rank"] for g in state["gpus"]] == [0, 1, 2, 3]
+        assert all(g["pid"] > 0 and g["mem_used_mib"] > 0 for g in state["gpus"])
+        assert not state_dir.exists() or not any(state_dir.iterdir())
+
+    def test_sigint_without_traceback(self, runner: Runner) -> None:
+        """Ctrl-C (SIGINT to the launcher) ends the job with torchrun's exit code and no Python traceback."""
+        import signal
+        import time
+
+        proc = runner.start(
+            ["--nproc-per-node", "2", "--fake-speed", "20", "--fake-log-format", "json", "train.py"]
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if '"training"' in line or '"starting training"' in line or "memory after first step" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        assert "Traceback" not in err.replace('Traceback (most recent call last):\n  File "', "")
+        assert "fakerun/worker" not in err

@@ -711,3 +711,59 @@ class TestApplyArch:
         assert (job.tp, job.micro_batch, job.global_batch, job.seq_len) == (2, 2, 256, 4096)
         assert (job.total_steps, job.warmup_steps, job.lr_schedule) == (1000, 100, "cosine")
         assert (job.zero_stage, job.recompute, job.min_lr) == (1, "selective", 3e-5)
+
+
+class TestCadence:
+    """Logging, evaluation and checkpoint intervals in each framework's spelling."""
+
+    @pytest.mark.parametrize(
+        "script,args,want",
+        [
+            (
+                "run_clm.py",
+                ["--logging_steps", "10", "--eval_steps=500", "--save_steps", "1000"],
+                {"log_interval": 10, "eval_interval": 500, "save_interval": 1000},
+            ),
+            (
+                "pretrain_gpt.py",
+                [
+                    "--log-interval",
+                    "1",
+                    "--eval-interval",
+                    "100",
+                    "--save-interval",
+                    "0",
+                    "--eval-iters",
+                    "20",
+                ],
+                {"log_interval": 1, "eval_interval": 100, "save_interval": 0, "eval_iters": 20},
+            ),
+            (
+                "train.py",
+                [
+                    "--metrics.log_freq",
+                    "5",
+                    "--checkpoint.interval",
+                    "250",
+                    "--validation.freq",
+                    "50",
+                    "--validation.steps",
+                    "8",
+                ],
+                {"log_interval": 5, "save_interval": 250, "eval_interval": 50, "eval_iters": 8},
+            ),
+        ],
+    )
+    def test_intervals(self, script: str, args: list[str], want: dict[str, int]) -> None:
+        """Each framework's interval options land in the cadence."""
+        assert parse_hints(script, args).cadence == want
+
+    def test_hf_fraction_keeps_default(self) -> None:
+        """HF's fractional steps (a share of the run) leave the cadence to the simulation."""
+        assert parse_hints("run_clm.py", ["--logging_steps", "0.1"]).cadence == {}
+
+    @pytest.mark.parametrize("args", [["--log-interval", "0"], ["--eval-iters", "x"], ["--save_steps", "-3"]])
+    def test_bad_values(self, args: list[str]) -> None:
+        """A log interval of 0, or a non-number, is one-line error naming the option."""
+        with pytest.raises(HintError, match=args[0]):
+            parse_hints("pretrain_gpt.py", args)
