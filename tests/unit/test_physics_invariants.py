@@ -1,0 +1,132 @@
+"""The physics contract of the simulated job, as property tests over presets, GPUs, sizes and seeds.
+
+Every expected value here is computed from the published formulas (6·N FLOPs per token, the Chinchilla
+law's constants as printed, warmup + cosine), never from the code under test.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from fakerun import presets
+from fakerun.sim.job import JobSpec, make_job
+from fakerun.sim.step import step_numbers
+
+MODELS = ("gpt2-124m", "llama3.2-1b", "llama3.2-3b", "llama3-8b", "mistral-7b", "qwen2.5-7b", "llama3-70b")
+GPUS = ("a100-80gb", "h100", "h200", "b200", "mi300x")
+CHINCHILLA = (1.69, 406.4, 410.7, 0.34, 0.28)
+
+
+@functools.cache
+def job(model: str, gpu: str, nnodes: int, seed: int) -> JobSpec | None:
+    """The job, or None when the model cannot fit this many GPUs of this kind."""
+    b = presets.resolve(model, gpu)
+    try:
+        return make_job(b.model, b.cluster, b.storage, nnodes=nnodes, seed=seed)
+    except ValueError:
+        return None
+
+
+jobs = st.builds(
+    job,
+    st.sampled_from(MODELS),
+    st.sampled_from(GPUS),
+    st.sampled_from((1, 2, 8, 32)),
+    st.integers(0, 2**31),
+)
+steps = st.integers(1, 200_000)
+
+
+class TestThroughput:
+    """Step time, MFU and throughput obey step_time = 6·N·tokens / (GPUs · MFU · peak)."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(jobs, steps, st.integers(0, 255))
+    def test_mfu_identity_and_band(self, j: JobSpec | None, step: int, rank: int) -> None:
+        """MFU recomputed from tokens/s is the printed MFU within 2%, and lies in 25-60%."""
+        assume(j is not None)
+        assert j is not None
+        n = step_numbers(j, rank % j.world_size, step)
+        mfu = 6 * j.model.active_params * n.tokens_per_s / (j.world_size * j.gpu.peak_flops)
+        assert math.isclose(mfu, n.mfu, rel_tol=0.02)
+        assert 0.25 <= n.mfu <= 0.60
+        assert math.isclose(n.tokens_per_s, j.tokens_per_step / n.step_time_s, rel_tol=1e-9)
+        assert math.isclose(n.tflops_per_gpu, n.mfu * j.gpu.peak_bf16_tflops, rel_tol=1e-9)
+
+
+class TestMemory:
+    """Every rank's memory stays under its GPU's capacity."""
+
+    @settings(max_examples=100, deadline=None)
+    @given(jobs, steps, st.integers(0, 255))
+    def test_under_capacity(self, j: JobSpec | None, step: int, rank: int) -> None:
+        """Reserved memory is positive and below the device memory on every rank."""
+        assume(j is not None)
+        assert j is not None
+        n = step_numbers(j, rank % j.world_size, step)
+        assert 0 < n.mem_reserved_gib < j.gpu.memory_mib / 1024
+
+
+class TestLoss:
+    """The loss starts near ln(vocab) and follows the Chinchilla law at the tokens consumed."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(jobs, st.integers(1, 1_000_000))
+    def test_within_ten_percent_of_the_law_after_a_billion_tokens(self, j: JobSpec | None, step: int) -> None:
+        """Once >= 1e9 tokens are consumed, the training loss is within 10% of L(N, D)."""
+        assume(j is not None)
+        assert j is not None
+        assume(step <= j.total_steps and step * j.tokens_per_step >= 1e9)
+        n = step_numbers(j, 0, step)
+        assume(not n.spike and not n.skipped)
+        e, a, b, alpha, beta = CHINCHILLA
+        want = e + a / j.model.params**alpha + b / n.tokens**beta
+        assert abs(n.loss - want) <= 0.10 * want
+
+    @settings(max_examples=50, deadline=None)
+    @given(jobs)
+    def test_starts_near_ln_vocab(self, j: JobSpec | None) -> None:
+        """The first step's loss is within 10% of ln(vocab), the loss of a uniform guess."""
+        assume(j is not None)
+        assert j is not None
+        n = step_numbers(j, 0, 1)
+        assert abs(n.loss - math.log(j.model.vocab)) <= 0.10 * math.log(j.model.vocab)
+
+
+class TestSchedule:
+    """Linear warmup to the peak, then cosine to the minimum."""
+
+    @settings(max_examples=100, deadline=None)
+    @given(jobs, st.floats(0.0, 1.0))
+    def test_warmup_then_cosine(self, j: JobSpec | None, frac: float) -> None:
+        """lr(step) equals the warmup line or the cosine curve, as the textbook formula gives."""
+        assume(j is not None)
+        assert j is not None
+        w, total = j.warmup_steps, j.total_steps
+        step = max(1, round(frac * total))
+        got = step_numbers(j, 0, step).lr
+        if step <= w:
+            want = j.lr * step / w
+        else:
+            progress = (step - w) / (total - w)
+            want = j.min_lr + 0.5 * (j.lr - j.min_lr) * (1 + math.cos(math.pi * progress))
+        assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-12)
+
+
+class TestDeterminism:
+    """The same seed gives the same numbers; rank-shared figures agree across ranks."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(jobs, steps, st.integers(0, 255))
+    def test_same_seed_same_numbers(self, j: JobSpec | None, step: int, rank: int) -> None:
+        """Two evaluations of (job, rank, step) are identical, and loss/lr/MFU match rank 0's."""
+        assume(j is not None)
+        assert j is not None
+        r = rank % j.world_size
+        assert step_numbers(j, r, step) == step_numbers(j, r, step)
+        a, b = step_numbers(j, r, step), step_numbers(j, 0, step)
+        assert (a.loss, a.lr, a.mfu, a.step_time_s) == (b.loss, b.lr, b.mfu, b.step_time_s)
