@@ -167,11 +167,18 @@ class TestConsoleOutput:
         assert "Loading dataset shards: 100%" in console_run.stderr
 
     def test_grid_shows_every_gpu(self, console_run: Result) -> None:
-        """The GPU grid names both nodes' hosts."""
+        """Each GPU grid counts 8 GPUs on 2 nodes and draws one cell per GPU on its node's line."""
         cluster = presets.load_cluster("dgx-h100")
         hosts = [presets.host_name(cluster, i) for i in range(2)]
-        grid = [line for line in console_run.stdout.splitlines() if any(h in line for h in hosts)]
-        assert {h for h in hosts if any(h in line for line in grid)} == set(hosts)
+        out = console_run.stdout.splitlines()
+        headers = [i for i, line in enumerate(out) if line.startswith("GPUs @ step ")]
+        assert headers
+        for i in headers:
+            assert " 8 GPUs on 2 nodes " in out[i]
+            node_lines = out[i + 1 : i + 3]
+            assert [line.split()[0] for line in node_lines] == hosts
+            cells = sum(1 for line in node_lines for ch in line.split()[1] if ch in "▁▂▃▄▅▆▇█!Xx")
+            assert cells == 8
 
     def test_nccl_init_complete_per_rank(self, console_run: Result) -> None:
         """With NCCL_DEBUG=INFO every rank prints NCCL's `Init COMPLETE` line once, version once."""
