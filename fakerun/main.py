@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import runpy
 import selectors
@@ -17,7 +18,7 @@ from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog
 from fakerun.launcher.console import Console
-from fakerun.launcher.control import ControlHub
+from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env
 from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
@@ -25,6 +26,7 @@ from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
 from fakerun.options import CommandLine
+from fakerun.sim.run import resumed
 from fakerun.worker.trainer import SimContext
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
@@ -128,22 +130,23 @@ def _open_metrics(cmd: CommandLine) -> TextIO | None:
 
 
 def _control(
-    plan: LaunchPlan, ctx: SimContext, metrics: TextIO | None
+    plan: LaunchPlan, ctx: SimContext, metrics: TextIO | None, saved: SavedStep
 ) -> Callable[[selectors.BaseSelector], ControlHub]:
     """Builds the coordinator's channels for the run loop."""
 
     def make(selector: selectors.BaseSelector) -> ControlHub:
         def coordinator(attempt: int, ranks: Iterable[int]) -> Coordinator:
-            return Coordinator(
-                ctx.run, ranks=ranks, speed=ctx.speed, run_id=plan.rdzv.run_id, attempt=attempt
-            )
+            run = resumed(ctx.run, saved.step)
+            return Coordinator(run, ranks=ranks, speed=ctx.speed, run_id=plan.rdzv.run_id, attempt=attempt)
 
-        return ControlHub(selector, coordinator, ctx.hosts, plan.nproc_per_node, metrics)
+        return ControlHub(selector, coordinator, ctx.hosts, plan.nproc_per_node, metrics, saved=saved)
 
     return make
 
 
-def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str, ctx: SimContext | None) -> ChildFactory:
+def _child_factory(
+    cmd: CommandLine, plan: LaunchPlan, python: str, ctx: SimContext | None, saved: SavedStep
+) -> ChildFactory:
     """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
     argv = worker_argv(plan, python)
     base_env = dict(os.environ)
@@ -158,7 +161,9 @@ def _child_factory(cmd: CommandLine, plan: LaunchPlan, python: str, ctx: SimCont
         from fakerun.worker.main import worker_main
 
         assert ctx is not None
-        return lambda: worker_main(argv, env, ctx)
+        # A restarted attempt resumes from the newest checkpoint, as a real job's --resume would.
+        rank_ctx = dataclasses.replace(ctx, run=resumed(ctx.run, saved.step))
+        return lambda: worker_main(argv, env, rank_ctx)
 
     return make
 
@@ -234,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
             return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
 
-        control = None if ctx is None else _control(plan, ctx, metrics)
-        return run_job(plan, console, voice, _child_factory(cmd, plan, python, ctx), log_dir, control)
+        saved = SavedStep()
+        control = None if ctx is None else _control(plan, ctx, metrics, saved)
+        children = _child_factory(cmd, plan, python, ctx, saved)
+        return run_job(plan, console, voice, children, log_dir, control)
     except FatalSignal as exc:
         fatal = exc.signum
         return 128 + fatal

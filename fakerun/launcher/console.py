@@ -226,6 +226,14 @@ class Route:
         return body[cr + 1 :] + line[len(body) :]
 
 
+def fit_line(text: bytes, columns: int) -> bytes:
+    """`text` cut to fit one terminal line: a pinned bar that wrapped could no longer be erased in place."""
+    chars = text.decode("utf-8", "replace")
+    if len(chars) < columns:
+        return text
+    return chars[: max(columns - 1, 1)].encode()
+
+
 def _isatty(stream: BinaryIO) -> bool:
     try:
         return stream.isatty()
@@ -253,6 +261,14 @@ class Console:
         # On a terminal, worker progress bars (on their stderr) stay on the bottom line.
         self.board = StatusBoard() if pin_bars else None
         self._out_on_terminal = pin_bars and _isatty(stdout)
+        self._stderr = stderr
+
+    def columns(self) -> int:
+        """The terminal's width now (it may have been resized since the job started)."""
+        try:
+            return os.get_terminal_size(self._stderr.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return 80
 
     def sink(self, stream: int) -> Sink:
         """The launcher sink for a worker stream."""
@@ -301,7 +317,7 @@ class Console:
             self.out.flush()
             self.err.flush()
             if board.owner is not None and not board.shown:
-                self.err.raw(board.text)
+                self.err.raw(fit_line(board.text, self.columns()))
                 board.shown = True
             board.changed = False
         for f in self._filtered.values():

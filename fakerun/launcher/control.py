@@ -30,6 +30,13 @@ def state_dir() -> str:
 
 
 @dataclass
+class SavedStep:
+    """The newest checkpoint the job has saved: where a restarted attempt resumes (shared with the forks)."""
+
+    step: int = 0
+
+
+@dataclass
 class _Channel:
     """One worker's control socket as the launcher holds it."""
 
@@ -47,6 +54,7 @@ class ControlHub:
     hosts: tuple[str, ...]
     nproc_per_node: int
     metrics: TextIO | None = None  # the --fake-metrics file, opened by the caller, closed by close()
+    saved: SavedStep = field(default_factory=SavedStep)
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     coordinator: Coordinator | None = None
     channels: dict[int, _Channel] = field(default_factory=dict)
@@ -110,6 +118,9 @@ class ControlHub:
             target = by_rank.get(rank)
             if target is not None:
                 self._send(target, reply)
+        for record in out.records:
+            if record.get("event") == "checkpoint":
+                self.saved.step = int(record["step"])
         if self.metrics is not None:
             for record in out.records:
                 self.metrics.write(json.dumps(record, separators=(", ", ": ")) + "\n")

@@ -127,6 +127,15 @@ def make_run(
     )
 
 
+def resumed(run: RunPlan, saved_step: int) -> RunPlan:
+    """The run restarted (torchrun --max-restarts) from its newest checkpoint, saved after `saved_step`."""
+    step = min(saved_step, run.last_step - 1)
+    if step <= run.job.start_step:
+        return run
+    job = dataclasses.replace(run.job, start_step=step)
+    return dataclasses.replace(run, job=job, first_step=step + 1)
+
+
 def looped(run: RunPlan, index: int) -> RunPlan:
     """The `index`-th run after `run` with --fake-loop: the same job from step 0 with the next seed."""
     if index == 0:

@@ -444,3 +444,54 @@ class TestProcessHygiene:
         assert proc.returncode != 0
         assert "Traceback" not in err.replace('Traceback (most recent call last):\n  File "', "")
         assert "fakerun/worker" not in err
+
+
+class TestRestart:
+    """A rank that dies makes torchrun's agent restart the group, which resumes from the newest checkpoint."""
+
+    def test_killed_rank_restart_resumes_from_checkpoint(self, runner: Runner) -> None:
+        """SIGKILL one worker after a save: attempt 1 starts right after the saved step, then exit 0."""
+        import os
+        import signal
+        import time
+
+        proc = runner.start(
+            [
+                "--nproc-per-node",
+                "2",
+                "--max-restarts",
+                "1",
+                "--fake-max-steps",
+                "40",
+                "--fake-speed",
+                "20",
+                "--fake-log-format",
+                "json",
+                "--fake-metrics",
+                "m.jsonl",
+                "pretrain_gpt.py",
+                "--save-interval",
+                "4",
+            ],
+            FAKERUN_STATE_DIR=str(runner.tmp / "state"),
+        )
+        path = runner.tmp / "m.jsonl"
+        deadline = time.monotonic() + 60
+        saved = 0
+        while time.monotonic() < deadline and not saved:
+            time.sleep(0.1)
+            recs = metrics(path) if path.exists() else []
+            saved = max((r["step"] for r in recs if r["event"] == "checkpoint"), default=0)
+        assert saved
+        state = json.loads((runner.tmp / "state" / f"job-{proc.pid}.json").read_text())
+        os.kill(state["gpus"][1]["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        runs = [r for r in metrics(path) if r["event"] == "run"]
+        assert [r["attempt"] for r in runs] == [0, 1]
+        assert runs[1]["first_step"] > saved and runs[1]["first_step"] - 1 in {
+            r["step"] for r in metrics(path) if r["event"] == "checkpoint"
+        }
+        assert "failed (exitcode: -9) local_rank: 1" in err or "exitcode: -9" in err
+        resumed = [e for e in json_events(out) if e["event"] == "resumed from checkpoint"]
+        assert resumed and resumed[0]["step"] == runs[1]["first_step"] - 1

@@ -16,6 +16,7 @@ from fakerun.launcher.console import (
     Route,
     RouteSpec,
     Sink,
+    fit_line,
     route_spec,
 )
 from fakerun.launcher.logdir import LogDir, error_file, make_attempt_dirs
@@ -146,6 +147,18 @@ class TestLiveBars:
         console.flush()
         assert out.getvalue() == b"rank 3 says hi\n"
         assert err.getvalue() == b" 1/10" + ERASE_LINE + b" 1/10"
+
+    def test_terminal_bar_cut_to_the_width(self) -> None:
+        """A bar wider than the terminal is cut (by characters, not bytes) so it never wraps."""
+        console, _, err, bar, _ = self.console(pin=True)
+        bar.feed("\r█".encode() * 1 + "█".encode() * 200)
+        console.flush()
+        assert err.getvalue().decode() == "█" * (console.columns() - 1)
+
+    def test_fit_line(self) -> None:
+        """Short lines pass through; long ones keep columns - 1 characters."""
+        assert fit_line(b"abc", 80) == b"abc"
+        assert fit_line("é".encode() * 100, 10) == "é".encode() * 9
 
     def test_terminal_bar_refresh_replaces_in_place(self) -> None:
         """A refresh erases the old bar and draws the newest only, even if several came in one read."""

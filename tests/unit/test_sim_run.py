@@ -18,6 +18,7 @@ from fakerun.sim.run import (
     make_run,
     nice_interval,
     pick_default_model,
+    resumed,
     startup_times,
 )
 
@@ -115,3 +116,23 @@ class TestDurations:
         a, b, c = (presets.load_model(n) for n in ("llama3-70b", "llama3-8b", "llama3.2-1b"))
         assert pick_default_model([(a, 30.0), (b, 2.0), (c, 0.3)]) == b
         assert pick_default_model([(a, 30.0), (b, 9.0)]) == b
+
+
+class TestResume:
+    """A restarted attempt resumes after the newest checkpoint."""
+
+    def test_resumed_run_starts_after_the_save(self) -> None:
+        """Saved after step 40 of a 1-100 run: the next attempt runs 41-100 from start step 40."""
+        run = make_run(job(), max_steps=100)
+        again = resumed(run, 40)
+        assert (again.first_step, again.last_step, again.job.start_step) == (41, 100, 40)
+
+    def test_nothing_saved_starts_over(self) -> None:
+        """Without a checkpoint the attempt starts from the run's own start."""
+        run = make_run(job(start_step=500), max_steps=10)
+        assert resumed(run, 0) == run
+
+    def test_save_at_the_end_reruns_the_last_step(self) -> None:
+        """A failure after the final save still leaves one step to run."""
+        run = make_run(job(), max_steps=10)
+        assert resumed(run, 10).first_step == 10
