@@ -18,12 +18,13 @@ from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog
 from fakerun.launcher.console import Console
-from fakerun.launcher.control import ControlHub, SavedStep
-from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env
+from fakerun.launcher.control import ControlHub, SavedStep, state_dir
+from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
 from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
+from fakerun.launcher.ranklogs import RankLogs
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
 from fakerun.options import CommandLine
 from fakerun.sim.run import resumed
@@ -113,6 +114,23 @@ def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundl
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
         style=hints.style,
     )
+
+
+def _rank_logs(cmd: CommandLine, plan: LaunchPlan) -> RankLogs | None:
+    """The per-rank output copies fakerun-tail reads; without them (read-only /tmp) the job still runs."""
+    slots = worker_slots(plan)
+    meta = {
+        "run_id": plan.rdzv.run_id,
+        "script": cmd.torchrun.training_script,
+        "nnodes": plan.max_nodes,
+        "nproc_per_node": plan.nproc_per_node,
+        "nodes": {str(node.group_rank): node.host for node in plan.nodes},
+        "ranks": [slot.rank for slot in slots],
+    }
+    try:
+        return RankLogs(os.path.join(state_dir(), f"job-{os.getpid()}"), meta)
+    except OSError:
+        return None
 
 
 def _open_metrics(cmd: CommandLine) -> TextIO | None:
@@ -233,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     python = python_executable()
     fatal = 0
+    rank_logs = _rank_logs(cmd, plan)
+    console.rank_logs = rank_logs
     try:
         _log_startup(plan, log, log_dir)
 
@@ -248,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + fatal
     finally:
         log_dir.cleanup()
+        if rank_logs is not None:
+            rank_logs.close()
         if fatal:
             die_of(fatal)
 

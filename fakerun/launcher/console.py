@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from fakerun.launcher.plan import LaunchPlan
+from fakerun.launcher.ranklogs import RankLogs
 
 STDOUT, STDERR = 1, 2
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
@@ -151,6 +152,7 @@ class Route:
     filtered_file: BinaryIO | None
     filters: list[str]
     board: StatusBoard | None = None  # set when this stream reaches a terminal: bars pin to its bottom line
+    rank_file: BinaryIO | None = None  # the rank's raw copy for fakerun-tail (both streams, as written)
     remainder: bytes = b""
     prefix_bytes: bytes = field(init=False)
 
@@ -161,6 +163,13 @@ class Route:
         """Takes raw bytes from the worker: raw into the log file, whole lines to the console."""
         if self.log_file is not None:
             self.log_file.write(data)
+        if self.rank_file is not None:
+            # Workers write whole lines (and whole bar refreshes) per write, so both streams interleave
+            # in this file at line boundaries.
+            try:
+                self.rank_file.write(data)
+            except OSError:
+                self.rank_file = None  # a full or vanished /tmp must not stop the job
         if not self.spec.to_console:
             return
         buf = self.remainder + data
@@ -253,7 +262,9 @@ def _same_file(a: BinaryIO, b: BinaryIO) -> bool:
 class Console:
     """Owns the launcher's stdout and stderr; every byte the job shows goes through here."""
 
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, *, pin_bars: bool = False) -> None:
+    def __init__(
+        self, stdout: BinaryIO, stderr: BinaryIO, *, pin_bars: bool = False, rank_logs: RankLogs | None = None
+    ) -> None:
         line = LineState() if _same_file(stdout, stderr) else None
         self.out = Sink(stdout, line)
         self.err = Sink(stderr, line)
@@ -262,6 +273,7 @@ class Console:
         self.board = StatusBoard() if pin_bars else None
         self._out_on_terminal = pin_bars and _isatty(stdout)
         self._stderr = stderr
+        self.rank_logs = rank_logs
 
     def columns(self) -> int:
         """The terminal's width now (it may have been resized since the job started)."""
@@ -294,7 +306,10 @@ class Console:
         )
         filtered = self.filtered_file(attempt_path, name) if filters else None
         board = self.board if stream == STDERR else None
-        return Route(spec, self.sink(stream), log_file, filtered if spec.duplicate else None, filters, board)
+        rank_file = self.rank_logs.file_for(rank) if self.rank_logs is not None else None
+        return Route(
+            spec, self.sink(stream), log_file, filtered if spec.duplicate else None, filters, board, rank_file
+        )
 
     def filtered_file(self, attempt_path: str, name: str) -> BinaryIO:
         """The attempt's `filtered_<stream>.log`, created once per attempt even if nothing matches."""

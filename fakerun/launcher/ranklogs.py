@@ -1,0 +1,48 @@
+"""Per-rank copies of the job's output, for `fakerun-tail`: <state_dir>/job-<launcher pid>/rank-<R>.log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from typing import Any, BinaryIO
+
+META = "meta.json"
+
+
+def rank_file_name(rank: int) -> str:
+    """The file holding one rank's stdout and stderr, as the worker wrote them."""
+    return f"rank-{rank:05d}.log"
+
+
+class RankLogs:
+    """Owns the job's tail directory: its description, one raw file per rank, and its removal at the end."""
+
+    def __init__(self, directory: str, meta: dict[str, Any]) -> None:
+        self.directory = directory
+        self._files: dict[int, BinaryIO] = {}
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        tmp = os.path.join(directory, META + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({**meta, "launcher_pid": os.getpid(), "started": time.time()}, f)
+        os.replace(tmp, os.path.join(directory, META))
+
+    def file_for(self, rank: int) -> BinaryIO:
+        """The rank's file (appended across restarts), opened on first use, unbuffered."""
+        f = self._files.get(rank)
+        if f is None:
+            path = os.path.join(self.directory, rank_file_name(rank))
+            f = self._files[rank] = open(path, "ab", buffering=0)  # noqa: SIM115
+        return f
+
+    def close(self) -> None:
+        """Closes the files and removes the directory: a finished job leaves nothing behind."""
+        for f in self._files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+        self._files.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.directory))  # the shared state dir, when no other job uses it
