@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -842,7 +843,22 @@ def parse_command_line(argv: list[str], environ: Mapping[str, str], prog: str = 
         fake = _resolve_fake(ns, environ)
     except _FakeError as exc:
         _fail(f"{prog}: error: {exc}", 2)
-    return CommandLine(torchrun=_torchrun_args(ns), fake=fake, prog=prog)
+    args = dataclasses.replace(_torchrun_args(ns), explicit=_explicit(prog, argv, environ))
+    return CommandLine(torchrun=args, fake=fake, prog=prog)
+
+
+_UNSET = object()
+
+
+def _explicit(prog: str, argv: list[str], environ: Mapping[str, str]) -> frozenset[str]:
+    """The torchrun options the user set: parsed again with every default replaced by a marker."""
+    parser = build_parser(prog, {}, positionals=True)
+    for action in parser._actions:
+        action.default = _UNSET
+    ns, _ = parser.parse_known_args(argv)
+    given = {dest for dest, value in vars(ns).items() if value is not _UNSET}
+    given |= {f.name for f in fields(TorchrunArgs) if f"PET_{f.name.upper()}" in environ}
+    return frozenset(given)
 
 
 def prog_name(argv0: str) -> str:

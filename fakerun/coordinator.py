@@ -111,6 +111,21 @@ class Coordinator:
             return Output()
         raise ProtocolError(f"unknown message kind {kind!r}")
 
+    def observe(self, rank: int, msg: Message) -> None:
+        """Records what a rank reports without taking part in the barrier (nodes other than node 0)."""
+        state = self.ranks.get(rank)
+        if state is None:
+            return
+        tel = _telemetry(msg)
+        if tel is not None:
+            state.telemetry = tel
+            state.phase = tel[-1]
+        if msg.get("k") == "ready":
+            state.pid = int(_number(msg, "pid"))
+        elif msg.get("k") == "step":
+            state.compute_ms = _number(msg, "c") * 1000.0
+            self.step = max(self.step, int(_number(msg, "s")) + 1)
+
     def on_gone(self, rank: int) -> None:
         """A rank's channel closed: its GPU shows as gone; the barrier never completes without it."""
         state = self.ranks.get(rank)

@@ -17,11 +17,13 @@ from fakerun.cli import parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog
+from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.console import Console
 from fakerun.launcher.control import ControlHub, SavedStep, state_dir
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir
-from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable
+from fakerun.launcher.meet import Interrupted, Links, MeetError, meet
+from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable, site_packages
 from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
@@ -148,16 +150,49 @@ def _open_metrics(cmd: CommandLine) -> TextIO | None:
 
 
 def _control(
-    plan: LaunchPlan, ctx: SimContext, metrics: TextIO | None, saved: SavedStep
+    plan: LaunchPlan,
+    ctx: SimContext,
+    metrics: TextIO | None,
+    saved: SavedStep,
+    links: Links | None,
+    console: Console,
 ) -> Callable[[selectors.BaseSelector], ControlHub]:
-    """Builds the coordinator's channels for the run loop."""
+    """Builds the coordinator's channels (and, on a multi-node job, the links to the other agents)."""
+
+    def warn(line: str) -> None:
+        console.launcher_lines(line + "\n")
 
     def make(selector: selectors.BaseSelector) -> ControlHub:
         def coordinator(attempt: int, ranks: Iterable[int]) -> Coordinator:
             run = resumed(ctx.run, saved.step)
             return Coordinator(run, ranks=ranks, speed=ctx.speed, run_id=plan.rdzv.run_id, attempt=attempt)
 
-        return ControlHub(selector, coordinator, ctx.hosts, plan.nproc_per_node, metrics, saved=saved)
+        hub = ControlHub(
+            selector,
+            coordinator,
+            ctx.hosts,
+            plan.nproc_per_node,
+            metrics,
+            saved=saved,
+            warn=warn,
+            loop=ctx.loop,
+        )
+        if links is not None:
+            hub.world_size = plan.world_size
+            local = frozenset(slot.rank for slot in worker_slots(plan))
+            cluster = ClusterLink(
+                selector,
+                links.assignment.group_rank,
+                local,
+                plan.nproc_per_node,
+                warn,
+                peers=dict(links.peers),
+                listener=links.listener,
+            )
+            links.peers.clear()  # the cluster owns them now
+            links.listener = None
+            hub.attach(cluster)
+        return hub
 
     return make
 
@@ -251,22 +286,41 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     python = python_executable()
     fatal = 0
-    rank_logs = _rank_logs(cmd, plan)
-    console.rank_logs = rank_logs
+    rank_logs: RankLogs | None = None
+    links: Links | None = None
     try:
         _log_startup(plan, log, log_dir)
+        if plan.multi_node:
+            try:
+                plan, links = meet(
+                    plan, argv[0], site_packages(), lambda line: console.launcher_lines(line + "\n")
+                )
+            except MeetError as exc:
+                console.launcher_lines(exc.text)
+                return exc.exit_code
+            except Interrupted:
+                return 1
+            if ctx is not None:
+                ctx = dataclasses.replace(ctx, hosts=links.assignment.hosts)
+            else:
+                links.close()  # --fake-exec: the real scripts need only the environment the rendezvous gave
+                links = None
+        rank_logs = _rank_logs(cmd, plan)
+        console.rank_logs = rank_logs
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
             return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
 
         saved = SavedStep()
-        control = None if ctx is None else _control(plan, ctx, metrics, saved)
+        control = None if ctx is None else _control(plan, ctx, metrics, saved, links, console)
         children = _child_factory(cmd, plan, python, ctx, saved)
         return run_job(plan, console, voice, children, log_dir, control)
     except FatalSignal as exc:
         fatal = exc.signum
         return 128 + fatal
     finally:
+        if links is not None:
+            links.close()  # no-op once the run took them over (the hub closed them)
         log_dir.cleanup()
         if rank_logs is not None:
             rank_logs.close()

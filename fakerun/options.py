@@ -42,6 +42,9 @@ class TorchrunArgs:
     signals_to_handle: str = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
     shutdown_timeout: int | None = None
     virtual_local_rank: bool = False
+    # Options the user set (on the command line or through PET_<DEST>), as opposed to defaults: a default
+    # --node-rank 0 and an explicit one mean different topologies (fakerun plays every node vs one node).
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from fakerun.coordinator import Coordinator, ProtocolError
+from fakerun.coordinator import Coordinator, Output, ProtocolError
+from fakerun.launcher.cluster import ClusterLink
 
 # A worker's messages are a few hundred bytes; anything this long is not ours.
 MAX_MESSAGE = 64 * 1024
@@ -58,13 +59,28 @@ class ControlHub:
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     coordinator: Coordinator | None = None
     channels: dict[int, _Channel] = field(default_factory=dict)
+    cluster: ClusterLink | None = None  # the other agents of a multi-node job
+    world_size: int = 0  # every rank of the job (the root's coordinator waits for all of them)
+    finished: bool = False  # the run's last step was answered: workers closing their sockets is expected
+    loop: bool = False  # --fake-loop: runs follow one another
     _state_path: str | None = None
     _state_written: float = 0.0
+
+    def attach(self, cluster: ClusterLink) -> None:
+        """Joins the agents of a multi-node job: batches to and from them, aborts when one is lost."""
+        self.cluster = cluster
+        cluster.handle_batch = self._remote_batch
+        cluster.deliver = self._deliver
+        cluster.abort = self.abort
+        cluster.start()
 
     def new_attempt(self, attempt: int, ranks: Iterable[int]) -> None:
         """Drops the previous attempt's channels and starts a fresh barrier."""
         for fd in list(self.channels):
-            self._close(fd)
+            self._close(fd, teardown=True)
+        self.finished = False
+        if self.cluster is not None and self.cluster.is_root:
+            ranks = range(self.world_size)  # remote ranks report through their agents
         self.coordinator = self.make_coordinator(attempt, list(ranks))
 
     def channel_for(self, rank: int) -> socket.socket:
@@ -76,11 +92,23 @@ class ControlHub:
         return theirs
 
     def owns(self, fd: int) -> bool:
-        """Whether `fd` is one of our control sockets."""
-        return fd in self.channels
+        """Whether `fd` is one of our control sockets or cluster connections."""
+        return fd in self.channels or (self.cluster is not None and self.cluster.owns(fd))
+
+    def deadline(self) -> float | None:
+        """When tick() is due (heartbeats), if ever."""
+        return self.cluster.deadline() if self.cluster is not None else None
+
+    def tick(self, now: float) -> None:
+        """Timers: the cluster's heartbeats and liveness checks."""
+        if self.cluster is not None:
+            self.cluster.tick(now)
 
     def pump(self, fd: int) -> None:
-        """Reads what a worker sent and handles each complete message."""
+        """Reads what a worker (or another agent) sent and handles each complete message."""
+        if self.cluster is not None and fd not in self.channels and self.cluster.owns(fd):
+            self.cluster.pump(fd)
+            return
         channel = self.channels.get(fd)
         if channel is None:
             return
@@ -105,19 +133,53 @@ class ControlHub:
         coordinator = self.coordinator
         if coordinator is None or not line:
             return
+        cluster = self.cluster
         try:
             msg = json.loads(line)
             if not isinstance(msg, dict):
                 raise ProtocolError("not a JSON object")
+            if cluster is not None and cluster.lost is not None:
+                # A restarted attempt of a job that lost a node cannot complete: its workers abort too.
+                self._send(channel, {"k": "abort", "reason": cluster.lost})
+                return
+            if cluster is not None and not cluster.is_root:
+                coordinator.observe(channel.rank, msg)  # for this node's state file
+                cluster.collect(channel.rank, msg)
+                return
             out = coordinator.on_message(channel.rank, msg, time.monotonic(), time.time())
         except (ValueError, ProtocolError) as exc:
             self.warn(f"fakerun: bad control message from rank {channel.rank}: {exc}")
             return
+        self._dispatch(out)
+
+    def _remote_batch(self, node: int, items: list[tuple[int, dict[str, Any]]]) -> None:
+        """Root: another node's ranks reported (its local barrier is complete)."""
+        coordinator = self.coordinator
+        if coordinator is None:
+            return
+        for rank, msg in items:
+            if rank // self.nproc_per_node != node:
+                self.warn(f"fakerun: node {node} reported for rank {rank}, which is not on it; ignored")
+                continue
+            try:
+                out = coordinator.on_message(rank, msg, time.monotonic(), time.time())
+            except ProtocolError as exc:
+                self.warn(f"fakerun: bad report from node {node} for rank {rank}: {exc}")
+                continue
+            self._dispatch(out)
+
+    def _dispatch(self, out: Output) -> None:
+        """Answers to local ranks directly, to remote ones through their agents; records to the file."""
         by_rank = {c.rank: c for c in self.channels.values()}
         for rank, reply in out.replies:
+            self._note(reply)
             target = by_rank.get(rank)
             if target is not None:
                 self._send(target, reply)
+            elif self.cluster is not None:
+                self.cluster.route(rank, reply)
+        if self.cluster is not None:
+            self.cluster.flush()
         for record in out.records:
             if record.get("event") == "checkpoint":
                 self.saved.step = int(record["step"])
@@ -127,6 +189,31 @@ class ControlHub:
         if out.replies:
             self.publish_state()
 
+    def _deliver(self, items: list[tuple[int, dict[str, Any]]]) -> None:
+        """Non-root: answers from node 0's coordinator for our ranks."""
+        by_rank = {c.rank: c for c in self.channels.values()}
+        for rank, reply in items:
+            self._note(reply)
+            target = by_rank.get(rank)
+            if target is not None:
+                self._send(target, reply)
+        self.publish_state()
+
+    def _note(self, reply: dict[str, Any]) -> None:
+        """Tracks whether the run is over (workers then leave on their own)."""
+        if reply.get("k") == "go":
+            self.finished = False
+        elif reply.get("k") == "step" and reply.get("stop"):
+            self.finished = True
+        if self.cluster is not None:
+            # With --fake-loop another run follows: an agent leaving between runs is still a lost node.
+            self.cluster.finished = self.finished and not self.loop
+
+    def abort(self, reason: str) -> None:
+        """The job is lost elsewhere: every local worker is told to fail as NCCL would make it fail."""
+        for channel in list(self.channels.values()):
+            self._send(channel, {"k": "abort", "reason": reason})
+
     def _send(self, channel: _Channel, reply: dict[str, Any]) -> None:
         data = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
         # The worker waits for this very reply, so its buffer has room; a dead worker just loses it.
@@ -135,13 +222,16 @@ class ControlHub:
             channel.sock.sendall(data)
             channel.sock.setblocking(False)
 
-    def _close(self, fd: int) -> None:
+    def _close(self, fd: int, *, teardown: bool = False) -> None:
         channel = self.channels.pop(fd)
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(fd)
         channel.sock.close()
         if self.coordinator is not None:
             self.coordinator.on_gone(channel.rank)
+        if self.cluster is not None and not teardown and not self.finished:
+            # A worker died mid-run: the collective it was part of can never complete on any node.
+            self.cluster.report_lost_rank(channel.rank)
 
     def publish_state(self, force: bool = False) -> None:
         """Writes the job state file (atomically, at most once a second) for fakerun-smi and friends."""
@@ -167,7 +257,9 @@ class ControlHub:
     def close(self) -> None:
         """Closes every socket and file and removes the state file: nothing outlives the job."""
         for fd in list(self.channels):
-            self._close(fd)
+            self._close(fd, teardown=True)
+        if self.cluster is not None:
+            self.cluster.close()
         if self.metrics is not None:
             with contextlib.suppress(OSError):
                 self.metrics.close()

@@ -69,6 +69,7 @@ class LaunchPlan:
     unknown_signals: tuple[str, ...]
     shutdown_timeout: float
     set_omp_threads: bool
+    multi_node: bool = False  # one node of several, meeting the others over TCP (see is_multi_node)
 
     @property
     def world_size(self) -> int:
@@ -230,12 +231,14 @@ def make_plan(
             shutdown_timeout = float(environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
         except ValueError:
             shutdown_timeout = 30.0
-    if rdzv.form == "static" and args.node_rank > 0:
-        # This host is one node of a static job: it starts only its own ranks (the TCP rendezvous with the
-        # other nodes is not built yet, so they are not waited for).
+    multi = is_multi_node(args, rdzv, max_nodes)
+    if multi:
+        # This host is one node of the job: it starts only its own ranks and meets the other nodes' agents
+        # over TCP (c10d numbers nodes by join order: the group rank is known after the rendezvous).
         if args.node_rank >= max_nodes:
             raise LaunchError(f"AssertionError: node_rank {args.node_rank} must be < nnodes {max_nodes}")
-        nodes: tuple[NodePlan, ...] = (NodePlan(args.node_rank, fqdn),)
+        group_rank = args.node_rank if rdzv.form == "static" else 0
+        nodes: tuple[NodePlan, ...] = (NodePlan(group_rank, fqdn),)
     else:
         nodes = tuple(NodePlan(i, h) for i, h in enumerate(host_names(max_nodes, fqdn, node_host)))
     return LaunchPlan(
@@ -253,4 +256,18 @@ def make_plan(
         unknown_signals=unknown,
         shutdown_timeout=shutdown_timeout,
         set_omp_threads=nproc > 1 and "OMP_NUM_THREADS" not in environ,
+        multi_node=multi,
     )
+
+
+def is_multi_node(args: TorchrunArgs, rdzv: Rendezvous, max_nodes: int) -> bool:
+    """Whether this fakerun is one node among several (else it plays every node of the job itself).
+
+    As torchrun: a c10d endpoint with several nodes, or a static job told its node rank, waits for the
+    other nodes' agents. fakerun's addition: a bare `--nnodes N` (static, default node rank) plays all N.
+    """
+    if max_nodes <= 1 or rdzv.form == "standalone":
+        return False
+    if rdzv.form == "c10d":
+        return True
+    return args.node_rank > 0 or "node_rank" in args.explicit

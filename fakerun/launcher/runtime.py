@@ -202,6 +202,10 @@ def run_job(
         while agent.exit_code is None:
             deadline = agent.deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time())
+            beat = hub.deadline() if hub is not None else None
+            if beat is not None:
+                wait = max(0.0, beat - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             for key, _ in selector.select(timeout):
                 fd = int(key.fd)
                 if fd == sigpipe.r:
@@ -216,6 +220,8 @@ def run_job(
                     hub.pump(fd)
                 else:
                     group.pump(fd)
+            if hub is not None:
+                hub.tick(time.monotonic())
             # A SIGCHLD may coalesce with another; reaping each round keeps no exit unseen.
             _reap(group, agent)
             agent.on_tick(time.time())

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 from typing import Any
 
 
 class CoordinatorGone(Exception):
     """The launcher closed the control socket: the job is being torn down."""
+
+
+class JobAborted(Exception):
+    """Another node of the job is lost: this rank's collectives can never complete."""
 
 
 class CoordinatorLink:
@@ -28,18 +34,36 @@ class CoordinatorLink:
     def receive(self) -> dict[str, Any]:
         """Blocks until the next answer arrives."""
         while b"\n" not in self._buffer:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as exc:
-                raise CoordinatorGone(str(exc)) from None
-            if not data:
-                raise CoordinatorGone("control socket closed")
-            self._buffer += data
+            self._buffer += self._recv_some()
         line, self._buffer = self._buffer.split(b"\n", 1)
         reply = json.loads(line)
         if not isinstance(reply, dict):
             raise CoordinatorGone("malformed reply")
+        if reply.get("k") == "abort":
+            raise JobAborted(str(reply.get("reason", "")))
         return reply
+
+    def wait_until(self, deadline: float) -> None:
+        """Sleeps until `deadline` (monotonic), waking at once if the launcher aborts the job meanwhile."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([self._sock], [], [], left)
+            if readable:
+                # Only an abort arrives unasked; receive() raises it (or CoordinatorGone at EOF).
+                self._buffer += self._recv_some()
+                if b"\n" in self._buffer:
+                    self.receive()
+
+    def _recv_some(self) -> bytes:
+        try:
+            data = self._sock.recv(65536)
+        except OSError as exc:
+            raise CoordinatorGone(str(exc)) from None
+        if not data:
+            raise CoordinatorGone("control socket closed")
+        return data
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Sends and waits for the answer."""

@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 import setproctitle
 
 from fakerun.launcher.procs import CONTROL_FD
-from fakerun.worker.channel import CoordinatorGone
+from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.trainer import SimContext, run_rank
 
 
 def set_title(argv: Sequence[str]) -> None:
     """Makes `ps` show the command line torchrun's worker would have (`python -u train.py ...`)."""
     setproctitle.setproctitle(" ".join(argv))
+
+
+NCCL_VERSION = "2.21.5"
+
+
+def die_like_nccl(rank: int) -> None:
+    """What a rank prints and how it dies when a peer node vanishes: the NCCL watchdog, then SIGABRT."""
+    now = time.time()
+    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
+    what = (
+        f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}] Process group watchdog thread terminated with "
+        "exception: NCCL error: remote process exited or there was a network error, "
+        f"NCCL version {NCCL_VERSION}"
+    )
+    sys.stderr.write(
+        f"[rank{rank}]:[E{stamp} ProcessGroupNCCL.cpp:1895] {what}\n"
+        "ncclRemoteError: A call failed possibly due to a network error or a remote process exiting "
+        "prematurely.\nLast error:\nsocketProgress: Connection closed by remote peer\n"
+        f"terminate called after throwing an instance of 'c10::DistBackendError'\n  what():  {what}\n"
+    )
+    sys.stderr.flush()
+    # std::terminate aborts; without a core file, which would be left behind in the working directory.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGABRT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGABRT)
 
 
 def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
@@ -30,6 +57,9 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         return run_rank(ctx, env, CONTROL_FD)
     except CoordinatorGone:
         # The launcher is tearing the job down (it also signals us); leave quietly.
+        return 1
+    except JobAborted:
+        die_like_nccl(int(env.get("RANK", "0")))
         return 1
     except KeyboardInterrupt:
         # Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an

@@ -71,12 +71,6 @@ def _barrier_warning(rank: int, local_rank: int) -> str:
     )
 
 
-def _sleep_until(deadline: float) -> None:
-    delay = deadline - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
 def _gb(nbytes: float) -> str:
     return f"{nbytes / 1e9:.1f} GB"
 
@@ -106,7 +100,11 @@ class RankTrainer:
     # -- helpers --------------------------------------------------------------------------------------------
 
     def _pace(self, sim_seconds: float) -> None:
-        time.sleep(max(0.0, sim_seconds / self.ctx.speed))
+        self._sleep_until(time.monotonic() + max(0.0, sim_seconds / self.ctx.speed))
+
+    def _sleep_until(self, deadline: float) -> None:
+        # Sleeping on the control socket: an abort from the launcher (a lost node) ends the wait at once.
+        self.link.wait_until(deadline)
 
     def _telemetry(self, step: int, phase: Phase) -> list[Any]:
         t = telemetry(self.run.job, self.rank, step, phase)
@@ -261,7 +259,7 @@ class RankTrainer:
             if i < shards:
                 self.bar.draw(text)
                 sim_elapsed = seconds * (i + 1) / shards
-                _sleep_until(start + sim_elapsed / self.ctx.speed)
+                self._sleep_until(start + sim_elapsed / self.ctx.speed)
             else:
                 self.bar.close(text)
 
@@ -281,11 +279,11 @@ class RankTrainer:
             numbers = step_numbers(job, self.rank, step)
             compute_s = numbers.compute_s
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
-            _sleep_until(t_start + (compute_s + overhead) / self.ctx.speed)
+            self._sleep_until(t_start + (compute_s + overhead) / self.ctx.speed)
             reply = self.link.request(
                 {"k": "step", "s": step, "c": compute_s, "tel": self._telemetry(step, "train")}
             )
-            _sleep_until(float(reply["rel"]))
+            self._sleep_until(float(reply["rel"]))
             stop = bool(reply["stop"])
             step_times.append(numbers.step_time_s + overhead)
             sim_elapsed += numbers.step_time_s + overhead
@@ -505,7 +503,7 @@ class RankTrainer:
             self._phase(step, "eval")
             if rank0:
                 self.log.info("evaluating", step=step, iters=self.run.eval_iters)
-            _sleep_until(until)
+            self._sleep_until(until)
             value = loss.eval_loss(job, step)
             if self.style == "megatron" and self.rank == job.world_size - 1:
                 print_lines(megatron_validation(step, value, loss.perplexity(value)))
@@ -527,7 +525,7 @@ class RankTrainer:
             nbytes = checkpoint.checkpoint_bytes(job.model)
             if rank0:
                 self.log.info("saving checkpoint", step=step, path=path, format="torch_dist")
-            _sleep_until(until)
+            self._sleep_until(until)
             if rank0:
                 self.log.info(
                     "checkpoint saved",

@@ -92,13 +92,35 @@ class TestEnvironmentMatchesTorchrun:
                     k: v for k, v in want.items() if k != "TORCHELASTIC_ERROR_FILE"
                 }
 
-    def test_node_rank_one_matches_recorded_second_agent(self, runner: Runner, reference: Path) -> None:
-        """`--node-rank 1` of a static 2-node job: the recorded node1 agent's ranks and values."""
-        args = ["--nnodes", "2", "--nproc-per-node", "2", "--node-rank", "1"]
-        run_probe(runner, [*args, "--master-addr", "127.0.0.1", "--master-port", "29511"])
+    def test_two_agents_match_recorded_static_nodes(self, runner: Runner, reference: Path) -> None:
+        """Two agents of a static 2-node job (`--node-rank 0` and `1`): each matches the recorded agent."""
+        args = [
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            "29511",
+        ]
+        node0 = runner.start(
+            [*args, "--node-rank", "0", "--fake-exec", str(SCRIPTS / "probe.py"), "--foo", "1"]
+        )
+        try:
+            run_probe(runner, [*args, "--node-rank", "1"])
+            node0.communicate(timeout=60)
+        finally:
+            if node0.poll() is None:
+                node0.kill()
+                node0.communicate()
+        assert node0.returncode == 0
         got = probes(runner.tmp)
-        expected = read_env_diff(reference / "02_env/static_2nodes/node1/env_diff.txt")
-        assert sorted(got) == sorted(expected) == [2, 3]
+        expected = {
+            **read_env_diff(reference / "02_env/static_2nodes/node0/env_diff.txt"),
+            **read_env_diff(reference / "02_env/static_2nodes/node1/env_diff.txt"),
+        }
+        assert sorted(got) == sorted(expected) == [0, 1, 2, 3]
         for rank, want in expected.items():
             have = added_vars(runner, got[rank])
             assert {k: v for k, v in have.items() if k != "TORCHELASTIC_ERROR_FILE"} == {

@@ -252,7 +252,9 @@ class TestSignals:
             ["--standalone", "--nproc-per-node", "2", "--fake-exec", FAIL], MODE="none", TMPDIR=str(tmpdir)
         )
         wait_for(lambda: started_ranks(runner.tmp) == 2)
-        (own_dir,) = list(tmpdir.iterdir())
+        (own_dir,) = [
+            d for d in tmpdir.iterdir() if not d.name.startswith("fakerun-")
+        ]  # fakerun-tail's copies
         assert own_dir.name.startswith("torchelastic_")
         proc.send_signal(signal.SIGUSR1)
         proc.communicate(timeout=30)

@@ -1,0 +1,202 @@
+"""How this agent meets the other nodes of a multi-node job (static or c10d), in torchrun's terms."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+from fakerun.launcher import report
+from fakerun.launcher.peers import Peer
+from fakerun.launcher.plan import LaunchPlan, NodePlan
+from fakerun.launcher.rendezvous import (
+    Assignment,
+    Join,
+    RendezvousTimeout,
+    close_all,
+    host_rendezvous,
+    join_rendezvous,
+    listen,
+    try_listen,
+)
+from fakerun.launcher.wire import WireError, job_secret
+
+C10D_DEFAULT_PORT = 29400  # torch's default when --rdzv-endpoint names no port
+STATIC_TIMEOUT_S = 900.0  # torch's static rendezvous (TCPStore) timeout
+C10D_JOIN_TIMEOUT_S = 600.0  # torch's c10d join_timeout
+
+
+class MeetError(Exception):
+    """The rendezvous failed; `text` is what torchrun prints (traceback and exception line), then exit 1."""
+
+    def __init__(self, text: str, exit_code: int = 1) -> None:
+        super().__init__(text)
+        self.text = text
+        self.exit_code = exit_code
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while waiting for the other nodes."""
+
+
+@dataclass
+class Links:
+    """The connections the rendezvous left open, for the run (see cluster.py)."""
+
+    assignment: Assignment
+    peers: dict[int, Peer]
+    listener: socket.socket | None
+
+    def close(self) -> None:
+        """Closes everything (when the run never took them over)."""
+        close_all(self.peers)
+        self.peers.clear()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+
+def _seconds(conf: dict[str, str], key: str, default: float) -> float:
+    try:
+        return float(conf.get(key, default))
+    except ValueError:
+        raise MeetError(f"ValueError: could not convert string to float: {conf[key]!r}\n") from None
+
+
+def _is_this_machine(host: str) -> bool:
+    """Whether `host` names this machine (loopback or one of our interfaces), as c10d checks for is_host."""
+    try:
+        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    if any(a.startswith("127.") or a == "::1" for a in addrs):
+        return True
+    import psutil  # only multi-node c10d agents need the interface list
+
+    local = {a.address for nic in psutil.net_if_addrs().values() for a in nic}
+    return bool(addrs & local)
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, C10D_DEFAULT_PORT
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise MeetError(
+            f"ValueError: The port number of the rendezvous endpoint '{text}' must be an integer.\n"
+        ) from None
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT/SIGTERM end the wait with Interrupted, so the caller can clean up before exiting."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def meet(
+    plan: LaunchPlan, argv0: str, site_packages: str, warn: Callable[[str], None]
+) -> tuple[LaunchPlan, Links]:
+    """Runs the rendezvous for this node; returns the plan with its group rank and master address."""
+    args = plan.args
+    rdzv = plan.rdzv
+    host = plan.nodes[0].host
+    secret = job_secret(os.environ, rdzv.run_id)
+    static = rdzv.form == "static"
+    me = Join(args.node_rank if static else None, host, plan.nproc_per_node, rdzv.run_id)
+    listener: socket.socket | None = None
+    try:
+        with _interruptible():
+            if static:
+                timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
+                if args.node_rank == 0:
+                    listener = _listen_static(rdzv.master_port)
+                    assignment, peers = host_rendezvous(
+                        listener,
+                        me,
+                        nnodes=plan.max_nodes,
+                        secret=secret,
+                        timeout_s=timeout,
+                        master_addr=rdzv.master_addr,
+                        master_port=rdzv.master_port,
+                        warn=warn,
+                    )
+                else:
+                    assignment, peer = join_rendezvous(
+                        args.master_addr, rdzv.master_port, me, secret=secret, timeout_s=timeout
+                    )
+                    peers = {0: peer}
+            else:
+                timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
+                ep_host, ep_port = _endpoint(rdzv.endpoint)
+                listener = try_listen(ep_port) if _is_this_machine(ep_host) else None
+                if listener is not None:
+                    assignment, peers = host_rendezvous(
+                        listener,
+                        me,
+                        nnodes=plan.max_nodes,
+                        secret=secret,
+                        timeout_s=timeout,
+                        master_addr=rdzv.master_addr,
+                        master_port=rdzv.master_port,
+                        warn=warn,
+                    )
+                else:
+                    assignment, peer = join_rendezvous(ep_host, ep_port, me, secret=secret, timeout_s=timeout)
+                    peers = {0: peer}
+    except RendezvousTimeout as exc:
+        if listener is not None:
+            listener.close()
+        kind: report.TracebackKind = "static_store_timeout" if static else "c10d_join_timeout"
+        trace = report.launcher_traceback(kind, argv0, site_packages)
+        if static and args.node_rank == 0:
+            line = report.dist_store_timeout_line(int(timeout) + 1, exc.joined, exc.expected)
+        elif static:
+            line = (
+                "torch.distributed.DistNetworkError: The client socket has timed out after "
+                f"{int(timeout * 1000)}ms while trying to connect to "
+                f"({args.master_addr}, {rdzv.master_port}).\n"
+            )
+        else:
+            line = report.rendezvous_timeout_line()
+        raise MeetError(trace + line) from None
+    except WireError as exc:
+        if listener is not None:
+            listener.close()
+        raise MeetError(f"fakerun: error: the rendezvous failed: {exc}\n") from None
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
+    node = NodePlan(assignment.group_rank, host)
+    new_rdzv = dataclasses.replace(
+        rdzv, master_addr=assignment.master_addr, master_port=assignment.master_port
+    )
+    return dataclasses.replace(plan, nodes=(node,), rdzv=new_rdzv), Links(assignment, peers, listener)
+
+
+def _listen_static(port: int) -> socket.socket:
+    """Node 0's store port, as torch's TCPStore binds it."""
+    try:
+        return listen(port)
+    except OSError as exc:
+        raise MeetError(
+            "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "
+            f"address. port: {port}, useIpv6: false, code: -98, name: EADDRINUSE, message: "
+            f"{(exc.strerror or 'address already in use').lower()}\n"
+        ) from None

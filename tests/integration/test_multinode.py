@@ -1,0 +1,266 @@
+"""Several fakerun agents forming one job over TCP on loopback, as torchrun agents do (static and c10d)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from tests.conftest import SCRIPTS, Runner, fakerun_exe
+
+PROBE = str(SCRIPTS / "probe.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def agent(runner: Runner, args: list[str], name: str, **env: str) -> subprocess.Popen[str]:
+    """Starts one agent with its output in files named after it."""
+    out = open(runner.tmp / f"{name}.out", "w")  # noqa: SIM115
+    err = open(runner.tmp / f"{name}.err", "w")  # noqa: SIM115
+    return subprocess.Popen(
+        [fakerun_exe(), *args],
+        stdout=out,
+        stderr=err,
+        text=True,
+        env=runner.env(**env),
+        cwd=runner.tmp,
+    )
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[int]:
+    """Waits for every agent; kills the rest if one hangs."""
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=timeout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return codes
+
+
+def text(runner: Runner, name: str) -> str:
+    return (runner.tmp / name).read_text()
+
+
+def probe_envs(runner: Runner) -> dict[int, dict[str, str]]:
+    """The environments the probe script dumped, by RANK."""
+    envs = {}
+    for path in runner.tmp.glob("proc_rank*_attempt*.json"):
+        env = json.loads(path.read_text())["env"]
+        envs[int(env["RANK"])] = env
+    return envs
+
+
+class TestStatic:
+    """`--nnodes 2 --node-rank R --master-addr A --master-port P` on two agents."""
+
+    def test_two_agents_form_one_simulated_job(self, runner: Runner) -> None:
+        """Node 0 runs the coordinator for all 8 ranks; both agents exit 0; one bar, one 8-GPU grid."""
+        port = str(free_port())
+        common = [
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "4",
+            "--master-port",
+            port,
+            "--fake-max-steps",
+            "6",
+            "--fake-speed",
+            "50",
+        ]
+        n0 = agent(runner, [*common, "--node-rank", "0", "--fake-metrics", "m.jsonl", "train.py"], "n0")
+        n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1")
+        assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-1500:] + text(runner, "n1.err")[-1500:]
+        steps = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
+        assert steps[0]["n_gpus"] == 8
+        assert [s["step"] for s in steps if s["event"] == "step"] == list(range(1, 7))
+        assert "8 GPUs on 2 nodes" in text(runner, "n0.out")
+        assert "Epoch 1/1" in text(runner, "n0.err") and "Epoch 1/1" not in text(runner, "n1.err")
+        assert "rank=5" in text(runner, "n1.out") and "rank=5" not in text(runner, "n0.out")
+
+    def test_environment_matches_torchrun(self, runner: Runner) -> None:
+        """With --fake-exec, node 1's ranks get RANK 2,3, GROUP_RANK 1 and node 0's master address."""
+        port = str(free_port())
+        common = [
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            port,
+            "--fake-exec",
+        ]
+        n0 = agent(runner, [*common, "--node-rank", "0", PROBE], "n0")
+        n1 = agent(runner, [*common, "--node-rank", "1", PROBE], "n1")
+        assert finish([n0, n1]) == [0, 0]
+        envs = probe_envs(runner)
+        assert sorted(envs) == [0, 1, 2, 3]
+        for rank, env in envs.items():
+            assert env["GROUP_RANK"] == str(rank // 2) and env["LOCAL_RANK"] == str(rank % 2)
+            assert (env["WORLD_SIZE"], env["GROUP_WORLD_SIZE"]) == ("4", "2")
+            assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("127.0.0.1", port)
+            assert env["TORCHELASTIC_RUN_ID"] == "none"
+
+    def test_timeout_when_a_node_never_comes(self, runner: Runner) -> None:
+        """Node 0 alone with --rdzv-conf timeout=2: torch's DistStoreError, exit 1, nothing started."""
+        port = str(free_port())
+        n0 = agent(
+            runner,
+            [
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "2",
+                "--node-rank",
+                "0",
+                "--master-port",
+                port,
+                "--rdzv-conf",
+                "timeout=2",
+                "train.py",
+            ],
+            "n0",
+        )
+        assert finish([n0]) == [1]
+        err = text(runner, "n0.err")
+        assert err.rstrip().endswith(
+            "torch.distributed.DistStoreError: Timed out after 3 seconds waiting for clients. "
+            "1/2 clients joined."
+        )
+        assert "static_tcp_rendezvous.py" in err and "worker started" not in text(runner, "n0.out")
+
+    def test_killed_node_ends_the_job_everywhere(self, runner: Runner) -> None:
+        """SIGKILL node 1's agent mid-run: node 0's workers die as NCCL makes them, report, exit 1."""
+        port = str(free_port())
+        common = ["--nnodes", "2", "--nproc-per-node", "2", "--master-port", port, "--fake-speed", "5"]
+        n0 = agent(
+            runner, [*common, "--node-rank", "0", "train.py"], "n0", FAKERUN_STATE_DIR=str(runner.tmp / "s")
+        )
+        n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "memory after first step" not in text(runner, "n0.out"):
+            time.sleep(0.1)
+        n1.send_signal(signal.SIGKILL)
+        assert finish([n0, n1], timeout=30) == [1, -9]
+        err = text(runner, "n0.err")
+        assert "fakerun: lost node 1" in err
+        assert "ncclRemoteError" in err and "exitcode: -6" in err and "ChildFailedError" in err
+
+
+class TestC10d:
+    """`--rdzv-backend c10d --rdzv-endpoint host:port --rdzv-id ID` on three agents (join order)."""
+
+    def test_three_agents_join_order(self, runner: Runner) -> None:
+        """Group ranks by join order; the first to bind the endpoint hosts and is group rank 0."""
+        port = str(free_port())
+        common = [
+            "--nnodes",
+            "3",
+            "--nproc-per-node",
+            "2",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            "job7",
+            "--fake-exec",
+        ]
+        procs = []
+        for i in range(3):
+            procs.append(agent(runner, [*common, PROBE], f"n{i}"))
+            time.sleep(0.3)  # a deterministic join order
+        assert finish(procs) == [0, 0, 0]
+        envs = probe_envs(runner)
+        assert sorted(envs) == list(range(6))
+        assert {e["TORCHELASTIC_RUN_ID"] for e in envs.values()} == {"job7"}
+        masters = {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs.values()}
+        assert len(masters) == 1 and next(iter(masters))[1] != port  # a free port of node 0, not the endpoint
+        assert {e["GROUP_WORLD_SIZE"] for e in envs.values()} == {"3"}
+
+    def test_join_timeout(self, runner: Runner) -> None:
+        """One of two c10d agents with join_timeout=2: RendezvousTimeoutError, exit 1."""
+        port = str(free_port())
+        n0 = agent(
+            runner,
+            [
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "2",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-conf",
+                "join_timeout=2",
+                "train.py",
+            ],
+            "n0",
+        )
+        assert finish([n0]) == [1]
+        assert (
+            text(runner, "n0.err")
+            .rstrip()
+            .endswith("torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError")
+        )
+
+
+class TestSecurity:
+    """Strangers are refused with one line and the job carries on."""
+
+    def test_wrong_secret_is_refused(self, runner: Runner) -> None:
+        """A node with another FAKERUN_SECRET cannot join; node 0 logs it, waits on, then times out."""
+        port = str(free_port())
+        common = ["--nnodes", "2", "--nproc-per-node", "1", "--master-port", port, "--rdzv-conf", "timeout=4"]
+        n0 = agent(runner, [*common, "--node-rank", "0", "train.py"], "n0", FAKERUN_SECRET="right")
+        time.sleep(0.5)
+        n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1", FAKERUN_SECRET="wrong")
+        codes = finish([n0, n1])
+        assert codes == [1, 1]
+        assert "wrong secret" in text(runner, "n0.err")
+        assert "fakerun: error: the rendezvous failed:" in text(runner, "n1.err")
+
+    def test_garbage_during_the_run_is_refused(self, runner: Runner) -> None:
+        """Random bytes sent to node 0's port mid-run: one line, connection closed, the job completes."""
+        port = int(free_port())
+        common = [
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(port),
+            "--fake-max-steps",
+            "40",
+            "--fake-speed",
+            "20",
+        ]
+        n0 = agent(runner, [*common, "--node-rank", "0", "train.py"], "n0")
+        n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "memory after first step" not in text(runner, "n0.out"):
+            time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(os.urandom(64) + b"\xff\xff\xff\xff")
+            # Node 0 answers with its challenge, then closes on us: read until EOF (or a reset).
+            try:
+                while s.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass
+        assert finish([n0, n1]) == [0, 0]
+        assert "fakerun: refused a connection from 127.0.0.1:" in text(runner, "n0.err")
