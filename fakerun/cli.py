@@ -340,6 +340,13 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),
     _FakeSpec("fail", "SCENARIO", "Inject a failure scenario.", _parse_name("a scenario")),
     _FakeSpec("list_presets", None, "List the model, GPU and cluster presets and exit.", _parse_flag),
+    _FakeSpec(
+        "install_shims",
+        "DIR",
+        "Write `torchrun` and `nvidia-smi` shims running fakerun into DIR and exit "
+        "(then PATH=DIR:$PATH runs unmodified job scripts on fakerun).",
+        _parse_name("a directory"),
+    ),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _FAKE_SPECS}
 _CONFIG_KEYS = tuple(spec.name for spec in _FAKE_SPECS if spec.name != "config")
@@ -820,10 +827,12 @@ def _list_presets_without_script(
     try:
         fake = _resolve_fake(ns, environ)
     except _FakeError as exc:
-        if getattr(ns, _SPEC_BY_NAME["list_presets"].dest):
+        if getattr(ns, _SPEC_BY_NAME["list_presets"].dest) or getattr(
+            ns, _SPEC_BY_NAME["install_shims"].dest
+        ):
             _fail(f"{prog}: error: {exc}", 2)
         return None
-    if not fake.list_presets:
+    if not fake.list_presets and fake.install_shims is None:
         return None
     return CommandLine(torchrun=_torchrun_args(ns, training_script=""), fake=fake, prog=prog)
 

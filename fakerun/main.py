@@ -244,6 +244,21 @@ def _load_presets(cmd: CommandLine) -> presets.PresetBundle:
         raise SystemExit(2) from None
 
 
+def _install_shims(directory: str, prog: str) -> int:
+    """`--fake-install-shims DIR`: torchrun and nvidia-smi shims, then how to use them."""
+    from fakerun.tools.shims import install_shims
+
+    try:
+        paths = install_shims(directory, python=sys.executable)
+    except (OSError, ValueError) as exc:
+        print(f"{prog}: error: cannot install the shims: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    print(f'run jobs on fakerun with: export PATH="{os.path.abspath(directory)}:$PATH"')
+    return 0
+
+
 def _print_presets() -> None:
     """`--fake-list-presets`: the shipped presets by kind."""
     for kind, names in presets.list_presets().items():
@@ -255,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog = prog_name(argv[0] if argv else "fakerun")
     cmd = parse_command_line(argv[1:], os.environ, prog=prog)
+    if cmd.fake.install_shims is not None:
+        return _install_shims(cmd.fake.install_shims, prog)
     bundle = _load_presets(cmd)
     if cmd.fake.list_presets:
         _print_presets()

@@ -66,6 +66,7 @@ class FakeOptions:
     loop: bool = False
     fail: str | None = None
     list_presets: bool = False
+    install_shims: str | None = None
     # Where each option that was set came from: "command line", "FAKERUN_<NAME>" or "config file <path>".
     # Options absent here kept their default, so presets may still fill them in.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)

@@ -147,7 +147,8 @@ class TestDefaults:
     def test_defaults(self) -> None:
         """The parsed TorchrunArgs equals flags.md's defaults."""
         args = parse(["train.py"]).torchrun
-        assert asdict(args) == {
+        assert args.explicit == {"training_script", "training_script_args"}
+        assert {k: v for k, v in asdict(args).items() if k != "explicit"} == {
             "training_script": "train.py",
             "training_script_args": [],
             "nnodes": "1:1",
@@ -871,4 +872,23 @@ class TestProgName:
 def test_torchrun_args_fields_match_parser() -> None:
     """Every TorchrunArgs field is an argparse dest of the parser, so no value is silently dropped."""
     dests = {action.dest for action in build_parser("fakerun")._actions}
-    assert {f for f in TorchrunArgs.__dataclass_fields__} <= dests
+    assert {f for f in TorchrunArgs.__dataclass_fields__} - {"explicit"} <= dests
+
+
+class TestExplicit:
+    """TorchrunArgs.explicit tells options the user set from defaults (a default node rank plays all nodes)."""
+
+    @pytest.mark.parametrize(
+        "argv,env,given",
+        [
+            (["--nnodes", "2", "train.py"], {}, False),
+            (["--nnodes", "2", "--node-rank", "0", "train.py"], {}, True),
+            (["--nnodes", "2", "--node_rank=0", "train.py"], {}, True),
+            (["--nnodes", "2", "--node-r", "0", "train.py"], {}, True),
+            (["--nnodes", "2", "train.py", "--node-rank", "3"], {}, False),
+            (["--nnodes", "2", "train.py"], {"PET_NODE_RANK": "0"}, True),
+        ],
+    )
+    def test_node_rank(self, argv: list[str], env: dict[str, str], given: bool) -> None:
+        """Spelled either way, abbreviated or from PET_NODE_RANK counts; a script argument does not."""
+        assert ("node_rank" in parse_command_line(argv, env).torchrun.explicit) is given
