@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# One tmux window showing a simulated 2-node x 8-GPU job: the job itself (rank 0's bar), two ranks' output
+# through fakerun-tail, and fakerun-smi. See scripts/tmux/README.md.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: demo.sh [-s NAME] [--detach] [--ranks A,B] [-h] [FAKERUN_ARG ...]
+
+Opens a tmux session (a new window when already inside tmux) running
+  fakerun --nnodes 2 --nproc-per-node 8 [FAKERUN_ARG ...] train.py
+in a big pane, `fakerun-tail --rank 5 -f` and `fakerun-tail --rank 12 -f` in two smaller panes and
+`watch -n 1 fakerun-smi` in a fourth. Ctrl-C in the big pane ends the job; the tail panes end with it;
+Enter then closes the window.
+
+  -s, --session NAME  tmux session name (default: fakerun-demo, or fakerun-demo-<pid> when taken)
+  --detach            create the session without attaching to it (scripts, tests)
+  --ranks A,B         the two ranks to tail (default: 5,12)
+  -h, --help          this help
+  FAKERUN_ARG ...     anything else goes to fakerun, e.g. --fake-speed 5 --fake-max-steps 200
+                      (`--` ends demo.sh's own options)
+EOF
+}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+self="$here/$(basename "${BASH_SOURCE[0]}")"
+repo=$(cd "$here/../.." && pwd)
+
+# A command's absolute path: from PATH, else from the repository's venv. Panes get absolute paths because
+# a tmux server started earlier has its own PATH, which need not hold an activated venv.
+find_cmd() {
+    local found
+    if found=$(command -v "$1" 2>/dev/null); then
+        echo "$found"
+    elif [[ -x "$repo/.venv/bin/$1" ]]; then
+        echo "$repo/.venv/bin/$1"
+    else
+        return 1
+    fi
+}
+
+# ----------------------------------------------------------------------------------------- pane roles
+# The panes run this script again with a role as first argument, so that no command line is quoted twice.
+
+role_job() {  # role_job FAKERUN ARG...: the job in the foreground, then a closing prompt
+    local status=0
+    # Ctrl-C reaches fakerun directly (same process group), which stops its workers as torchrun does; the
+    # trap only keeps this shell alive to say how the job ended (and makes Ctrl-C at the prompt close too).
+    trap ':' INT
+    "$@" || status=$?
+    printf '\n[fakerun exited with status %s; press Enter to close the demo]\n' "$status"
+    read -r _ || true
+    tmux kill-window -t "${TMUX_PANE:?}" 2>/dev/null || true
+}
+
+role_smi() {  # role_smi FAKERUN_SMI: the GPU table, refreshed every second
+    if command -v watch >/dev/null 2>&1; then
+        exec watch -n 1 -t "$1"
+    fi
+    while :; do
+        clear
+        "$1" || true
+        sleep 1
+    done
+}
+
+case "${1:-}" in
+    __job) shift; role_job "$@"; exit 0 ;;
+    __smi) shift; role_smi "$@"; exit 0 ;;
+esac
+
+# ------------------------------------------------------------------------------------------------ setup
+
+session=""
+detach=0
+ranks="5,12"
+fakerun_args=()
+while (($#)); do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        -s | --session) session=${2:?--session needs a name}; shift 2 ;;
+        --session=*) session=${1#*=}; shift ;;
+        --detach) detach=1; shift ;;
+        --ranks) ranks=${2:?--ranks needs A,B}; shift 2 ;;
+        --ranks=*) ranks=${1#*=}; shift ;;
+        --) shift; fakerun_args+=("$@"); break ;;
+        *) fakerun_args+=("$1"); shift ;;
+    esac
+done
+IFS=, read -r rank_a rank_b <<<"$ranks"
+if ! [[ "$rank_a" =~ ^[0-9]+$ && "$rank_b" =~ ^[0-9]+$ ]]; then
+    echo "demo.sh: --ranks takes two ranks, e.g. 5,12" >&2
+    exit 2
+fi
+
+command -v tmux >/dev/null 2>&1 || { echo "demo.sh: tmux is not installed" >&2; exit 1; }
+fakerun=$(find_cmd fakerun) || { echo "demo.sh: fakerun not found (pip install -e . in $repo)" >&2; exit 1; }
+tail_cmd=$(find_cmd fakerun-tail) || { echo "demo.sh: fakerun-tail not found (pip install -e .)" >&2; exit 1; }
+smi=$(find_cmd fakerun-smi) || smi="fakerun-smi"  # written elsewhere: the pane says so if it is missing
+
+# The tails find this job by its run id, not by being the only job on the host. A --rdzv-id of the
+# caller's wins (argparse keeps the last value), so it is the one to look for.
+run_id="fakerun-demo-$$"
+for ((i = 0; i < ${#fakerun_args[@]}; i++)); do
+    case "${fakerun_args[$i]}" in
+        --rdzv-id | --rdzv_id) run_id=${fakerun_args[$((i + 1))]:-$run_id} ;;
+        --rdzv-id=* | --rdzv_id=*) run_id=${fakerun_args[$i]#*=} ;;
+    esac
+done
+
+# The panes' environment: this PATH (fakerun-smi's watch), and the state directory the job publishes in.
+envs=(-e "PATH=$PATH")
+if [[ -n "${FAKERUN_STATE_DIR:-}" ]]; then
+    envs+=(-e "FAKERUN_STATE_DIR=$FAKERUN_STATE_DIR")
+fi
+
+# Commands go to tmux as argument lists: tmux then runs them directly, with no shell in between to quote
+# for, and each pane's process is the one that gets Ctrl-C and the hangup when the window closes.
+job_cmd=("$self" __job "$fakerun" --rdzv-id "$run_id" --nnodes 2 --nproc-per-node 8 "${fakerun_args[@]}" train.py)
+tail_a=("$tail_cmd" --rank "$rank_a" -f --wait 30 --run-id "$run_id")
+tail_b=("$tail_cmd" --rank "$rank_b" -f --wait 30 --run-id "$run_id")
+smi_cmd=("$self" __smi "$smi")
+
+if [[ -n "${TMUX:-}" ]]; then
+    main=$(tmux new-window -P -F '#{pane_id}' -n fakerun-demo -c "$PWD" "${envs[@]}" "${job_cmd[@]}")
+    target=""
+else
+    if [[ -z "$session" ]]; then
+        session="fakerun-demo"
+        tmux has-session -t "=$session" 2>/dev/null && session="fakerun-demo-$$"
+    fi
+    size=()
+    if [[ -t 1 ]]; then
+        size=(-x "$(tput cols)" -y "$(tput lines)")
+    fi
+    main=$(tmux new-session -d -P -F '#{pane_id}' -s "$session" -n fakerun-demo "${size[@]}" -c "$PWD" \
+        "${envs[@]}" "${job_cmd[@]}")
+    target=$session
+fi
+
+# Layout: the job on top (wide: its lines are long), the GPU table to its right, the two tails below.
+split() {  # split TARGET -v|-h SIZE COMMAND...: a new pane, its id printed
+    local at=$1 dir=$2 pct=$3
+    shift 3
+    tmux split-window "$dir" -d -P -F '#{pane_id}' -t "$at" -l "$pct" -c "$PWD" "${envs[@]}" "$@"
+}
+pane_a=$(split "$main" -v 35% "${tail_a[@]}")
+pane_b=$(split "$pane_a" -h 50% "${tail_b[@]}")
+pane_smi=$(split "$main" -h 30% "${smi_cmd[@]}")
+# A finished tail keeps its last lines on screen instead of closing and reshaping the layout.
+for pane in "$pane_a" "$pane_b"; do
+    tmux set-option -p -t "$pane" remain-on-exit on
+done
+tmux select-pane -t "$pane_a" -T "rank $rank_a"
+tmux select-pane -t "$pane_b" -T "rank $rank_b"
+tmux select-pane -t "$pane_smi" -T "fakerun-smi"
+tmux select-pane -t "$main" -T "fakerun"
+
+if [[ -n "$target" && $detach -eq 0 ]]; then
+    exec tmux attach-session -t "=$target"
+fi
+echo "demo.sh: started in ${target:+session $target, }pane $main"
