@@ -19,7 +19,7 @@ from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog
 from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.console import Console
-from fakerun.launcher.control import ControlHub, SavedStep, state_dir
+from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.meet import Interrupted, Links, MeetError, meet
@@ -29,6 +29,7 @@ from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
 from fakerun.options import CommandLine
+from fakerun.paths import state_dir
 from fakerun.sim.run import resumed
 from fakerun.worker.trainer import SimContext
 

@@ -104,12 +104,23 @@ class Runner:
         )
 
 
+# Test directory of each marker: workers run there, and their environment is hidden from /proc once
+# setproctitle has rewritten it (the title takes the environ block), so their cwd identifies them too.
+_DIRS: dict[str, str] = {}
+
+
 def marked_processes(mark: str) -> list[psutil.Process]:
-    """Live processes whose environment carries the marker."""
+    """Live processes whose environment carries the marker, or that run in the marker's test directory."""
     found = []
+    where = _DIRS.get(mark)
     for proc in psutil.process_iter():
         try:
-            mine = proc.pid != os.getpid() and proc.environ().get("FAKERUN_TEST_MARK") == mark
+            if proc.pid == os.getpid():
+                continue
+            mine = proc.environ().get("FAKERUN_TEST_MARK") == mark
+            if not mine and where is not None:
+                cwd = proc.cwd()
+                mine = cwd == where or cwd.startswith(where + os.sep)
             if mine and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -121,6 +132,7 @@ def marked_processes(mark: str) -> list[psutil.Process]:
 def runner(tmp_path: Path) -> Iterator[Runner]:
     """A runner whose processes must all be gone when the test ends."""
     r = Runner(uuid.uuid4().hex, tmp_path)
+    _DIRS[r.mark] = str(tmp_path)
     yield r
     deadline = time.monotonic() + 2.0
     left = marked_processes(r.mark)

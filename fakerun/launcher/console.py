@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from fakerun.launcher.plan import LaunchPlan
-from fakerun.launcher.ranklogs import RankLogs
+from fakerun.launcher.ranklogs import RankFile, RankLogs
 
 STDOUT, STDERR = 1, 2
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
@@ -152,7 +152,8 @@ class Route:
     filtered_file: BinaryIO | None
     filters: list[str]
     board: StatusBoard | None = None  # set when this stream reaches a terminal: bars pin to its bottom line
-    rank_file: BinaryIO | None = None  # the rank's raw copy for fakerun-tail (both streams, as written)
+    rank_file: RankFile | None = None  # the rank's raw copy for fakerun-tail (both streams, as written)
+    stream: int = STDOUT
     remainder: bytes = b""
     prefix_bytes: bytes = field(init=False)
 
@@ -167,7 +168,7 @@ class Route:
             # Workers write whole lines (and whole bar refreshes) per write, so both streams interleave
             # in this file at line boundaries.
             try:
-                self.rank_file.write(data)
+                self.rank_file.write(data, self.stream)
             except OSError:
                 self.rank_file = None  # a full or vanished /tmp must not stop the job
         if not self.spec.to_console:
@@ -308,7 +309,14 @@ class Console:
         board = self.board if stream == STDERR else None
         rank_file = self.rank_logs.file_for(rank) if self.rank_logs is not None else None
         return Route(
-            spec, self.sink(stream), log_file, filtered if spec.duplicate else None, filters, board, rank_file
+            spec,
+            self.sink(stream),
+            log_file,
+            filtered if spec.duplicate else None,
+            filters,
+            board,
+            rank_file,
+            stream,
         )
 
     def filtered_file(self, attempt_path: str, name: str) -> BinaryIO:

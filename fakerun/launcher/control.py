@@ -8,7 +8,6 @@ import os
 import selectors
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,18 +15,12 @@ from typing import Any, TextIO
 
 from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink
+from fakerun.paths import state_dir
 
 # A worker's messages are a few hundred bytes; anything this long is not ours.
 MAX_MESSAGE = 64 * 1024
 _READ_CHUNK = 65536
 STATE_EVERY_S = 1.0
-
-
-def state_dir() -> str:
-    """Where running jobs publish their state: $FAKERUN_STATE_DIR or <tmp>/fakerun-<uid>."""
-    return os.environ.get("FAKERUN_STATE_DIR") or os.path.join(
-        tempfile.gettempdir(), f"fakerun-{os.getuid()}"
-    )
 
 
 @dataclass

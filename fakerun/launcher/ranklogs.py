@@ -17,24 +17,45 @@ def rank_file_name(rank: int) -> str:
     return f"rank-{rank:05d}.log"
 
 
+class RankFile:
+    """One rank's copy: its two streams in one file, a line left open by one ended before the other writes."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._open: int | None = None  # the stream whose last write did not end a line (a bar refresh)
+
+    def write(self, data: bytes, stream: int) -> None:
+        """Appends what `stream` wrote; OSError is the caller's (a full /tmp)."""
+        if not data:
+            return
+        if self._open is not None and self._open != stream:
+            self._f.write(b"\n")
+        self._f.write(data)
+        self._open = None if data.endswith(b"\n") else stream
+
+    def close(self) -> None:
+        """Closes the file."""
+        self._f.close()
+
+
 class RankLogs:
     """Owns the job's tail directory: its description, one raw file per rank, and its removal at the end."""
 
     def __init__(self, directory: str, meta: dict[str, Any]) -> None:
         self.directory = directory
-        self._files: dict[int, BinaryIO] = {}
+        self._files: dict[int, RankFile] = {}
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(directory, META + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump({**meta, "launcher_pid": os.getpid(), "started": time.time()}, f)
         os.replace(tmp, os.path.join(directory, META))
 
-    def file_for(self, rank: int) -> BinaryIO:
+    def file_for(self, rank: int) -> RankFile:
         """The rank's file (appended across restarts), opened on first use, unbuffered."""
         f = self._files.get(rank)
         if f is None:
             path = os.path.join(self.directory, rank_file_name(rank))
-            f = self._files[rank] = open(path, "ab", buffering=0)  # noqa: SIM115
+            f = self._files[rank] = RankFile(open(path, "ab", buffering=0))  # noqa: SIM115
         return f
 
     def close(self) -> None:

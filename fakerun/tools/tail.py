@@ -19,8 +19,8 @@ from typing import BinaryIO, NoReturn
 
 import psutil
 
-from fakerun.launcher.control import state_dir
 from fakerun.launcher.ranklogs import META, rank_file_name
+from fakerun.paths import state_dir
 
 PROG = "fakerun-tail"
 POLL_S = 0.1  # ~10 Hz: new output shows promptly and an idle follower costs next to no CPU
