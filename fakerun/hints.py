@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-from fakerun.presets import ModelSpec, model_from_hf_name
+from fakerun.presets import ModelSpec, list_presets, load_model, model_from_hf_name
 
 __all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
 
@@ -33,7 +33,8 @@ ARCH_KEYS = (
     "top_k",
     "max_position",
 )
-_ALL_ARCH_KEYS = (*ARCH_KEYS, "seq_len")
+_FLAG_ARCH_KEYS = ("tied_embeddings",)  # 0 or 1
+_ALL_ARCH_KEYS = (*ARCH_KEYS, *_FLAG_ARCH_KEYS, "seq_len")
 
 
 class HintError(ValueError):
@@ -121,6 +122,7 @@ _OPTIONS: dict[str, str] = {
     "recompute_granularity": _VALUE,
     "recompute_activations": _FLAG,
     "use_distributed_optimizer": _FLAG,
+    "untie_embeddings_and_output_weights": _FLAG,
     "log_interval": _VALUE,
     "eval_interval": _VALUE,
     "save_interval": _VALUE,
@@ -562,6 +564,7 @@ _LATER = frozenset(
         "lr_scheduler.lr_min",
         "parallelism.pipeline_parallel_microbatch_size",
         "job.config_file",
+        "untie_embeddings_and_output_weights",
     }
 )
 
@@ -732,6 +735,11 @@ def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
     experts = given.get("num_experts")
     if experts is not None and b.arch["experts"] > 1 and "top_k" not in b.arch:
         b.set(b.arch, "top_k", 2, experts)  # --moe-router-topk defaults to 2
+    untie = given.get("untie_embeddings_and_output_weights")
+    if untie is not None or hidden is not None:
+        # Megatron ties the LM head to the embedding unless told otherwise (Llama recipes untie).
+        tied = not (untie is not None and _bool(untie))
+        b.set(b.arch, "tied_embeddings", int(tied), untie or hidden)  # type: ignore[arg-type]
 
 
 def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
@@ -807,9 +815,13 @@ def apply_arch(model: ModelSpec, arch: Mapping[str, int]) -> ModelSpec:
     for key, value in arch.items():
         if key not in _ALL_ARCH_KEYS:
             raise HintError(f"unknown architecture hint {key!r} (choose from {', '.join(_ALL_ARCH_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        low = 0 if key in _FLAG_ARCH_KEYS else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (low == 0 and value > 1):
             raise HintError(f"architecture hint {key}={value!r} must be a positive integer")
-    changes: dict[str, int] = {k: v for k, v in arch.items() if k in ARCH_KEYS and getattr(model, k) != v}
+    changes: dict[str, Any] = {k: v for k, v in arch.items() if k in ARCH_KEYS and getattr(model, k) != v}
+    for key in _FLAG_ARCH_KEYS:
+        if key in arch and bool(arch[key]) != getattr(model, key):
+            changes[key] = bool(arch[key])
     if "heads" in changes and "kv_heads" not in arch and model.kv_heads == model.heads:
         changes["kv_heads"] = changes["heads"]  # multi-head attention stays multi-head
     if "experts" in changes and "top_k" not in arch:
@@ -822,7 +834,7 @@ def apply_arch(model: ModelSpec, arch: Mapping[str, int]) -> ModelSpec:
         raise HintError(f"{who}: {shape['heads']} heads are not divisible by {shape['kv_heads']} KV heads")
     if shape["top_k"] > shape["experts"]:
         raise HintError(f"{who}: top_k {shape['top_k']} exceeds {shape['experts']} experts")
-    extra: dict[str, int] = {}
+    extra: dict[str, Any] = {}
     seq = arch.get("seq_len")
     if seq is not None and seq != model.seq_len:
         extra["seq_len"] = seq
@@ -834,12 +846,35 @@ def apply_arch(model: ModelSpec, arch: Mapping[str, int]) -> ModelSpec:
         return model
     renamed: dict[str, object] = {}
     if changes:
-        suffix = "" if model.name.endswith("-custom") else "-custom"
+        shaped = dataclasses.replace(model, **changes)
+        known = _preset_with_shape(shaped)
+        if known is not None:
+            # Megatron users spell out a published architecture: call it by its name.
+            return dataclasses.replace(known, **extra) if extra else known
+        size = shaped.params / 1e9
         renamed = {
-            "name": f"{model.name}{suffix}",
-            "display_name": f"{model.display_name}{' (custom)' if suffix else ''}",
+            "name": f"{model.family or 'custom'}-{size:.1f}b-custom",
+            "display_name": f"custom {model.family or 'transformer'} {size:.1f}B",
+            "hf_name": "",
+            "aliases": (),
             "published_params": 0.0,
             "published_active_params": 0.0,
         }
     fields: dict[str, Any] = {**changes, **extra, **renamed}
     return dataclasses.replace(model, **fields)
+
+
+_SHAPE = (
+    *("layers", "hidden", "ffn_hidden", "heads", "kv_heads", "vocab", "experts", "top_k"),
+    *("mlp", "norm", "bias", "position", "tied_embeddings"),
+)
+
+
+def _preset_with_shape(model: ModelSpec) -> ModelSpec | None:
+    """The shipped (non-joke) preset with exactly this architecture, if any."""
+    want = tuple(getattr(model, f) for f in _SHAPE)
+    for name in list_presets()["models"]:
+        preset = load_model(name)
+        if not preset.joke and tuple(getattr(preset, f) for f in _SHAPE) == want:
+            return preset
+    return None

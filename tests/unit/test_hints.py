@@ -645,11 +645,24 @@ class TestApplyArch:
         assert m.params == m.active_params == dense_swiglu_params(layers, hidden, ffn, heads, kv, vocab)
 
     def test_names_the_custom_model(self) -> None:
-        """A changed shape is '<preset>-custom' and no longer claims the published size."""
+        """A changed shape is named by family and size, and no longer claims a published name or size."""
         m = apply_arch(presets.load_model("llama3-8b"), {"layers": 16})
-        assert (m.name, m.display_name) == ("llama3-8b-custom", "Llama 3 8B (custom)")
-        assert m.published_params == 0.0
-        assert apply_arch(m, {"layers": 8}).name == "llama3-8b-custom"
+        size = m.params / 1e9
+        assert (m.name, m.display_name) == (f"llama-{size:.1f}b-custom", f"custom llama {size:.1f}B")
+        assert m.published_params == 0.0 and m.hf_name == ""
+        assert apply_arch(m, {"layers": 8}).name.endswith("-custom")
+
+    def test_a_published_shape_gets_its_preset(self) -> None:
+        """Megatron arguments spelling out Llama 3 70B's shape select the llama3-70b preset."""
+        arch = {
+            "layers": 80,
+            "hidden": 8192,
+            "ffn_hidden": 28672,
+            "heads": 64,
+            "kv_heads": 8,
+            "tied_embeddings": 0,
+        }
+        assert apply_arch(presets.load_model("llama3.2-3b"), arch) == presets.load_model("llama3-70b")
 
     def test_no_change_returns_the_preset(self) -> None:
         """Values equal to the preset's change nothing: the very same spec comes back."""
@@ -696,7 +709,7 @@ class TestApplyArch:
         args = [
             *("--num-layers", "16", "--hidden-size", "2048", "--ffn-hidden-size", "8192"),
             *("--num-attention-heads", "32", "--group-query-attention", "--num-query-groups", "8"),
-            "--swiglu",
+            *("--swiglu", "--untie-embeddings-and-output-weights"),
             *("--seq-length", "4096", "--max-position-embeddings", "4096", "--bf16"),
             *("--micro-batch-size", "2", "--global-batch-size", "256", "--train-iters", "1000"),
             *("--lr", "3e-4", "--min-lr", "3e-5", "--lr-warmup-iters", "100", "--lr-decay-style", "cosine"),
