@@ -28,6 +28,7 @@ from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
+from fakerun.launcher.slurm import apply_slurm, simulated_hosts, slurm_job
 from fakerun.options import CommandLine
 from fakerun.paths import state_dir
 from fakerun.sim.run import resumed
@@ -245,6 +246,16 @@ def _load_presets(cmd: CommandLine) -> presets.PresetBundle:
         raise SystemExit(2) from None
 
 
+def _under_slurm(cmd: CommandLine) -> tuple[CommandLine, str | None]:
+    """Under srun, SLURM's job fills the rendezvous options the command line left out; and names this node."""
+    job = slurm_job(os.environ)
+    if job is None:
+        return cmd, None
+    args = apply_slurm(cmd.torchrun, job, cmd.torchrun.explicit)
+    host = job.node_name or simulated_hosts(job)[job.node_id]
+    return dataclasses.replace(cmd, torchrun=args), host
+
+
 def _install_shims(directory: str, prog: str) -> int:
     """`--fake-install-shims DIR`: torchrun and nvidia-smi shims, then how to use them."""
     from fakerun.tools.shims import install_shims
@@ -278,10 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         _print_presets()
         return 0
     try:
+        cmd, slurm_host = _under_slurm(cmd)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    try:
         plan = make_plan(
             cmd.torchrun,
             os.environ,
-            fqdn=socket.getfqdn(),
+            fqdn=slurm_host or socket.getfqdn(),
             free_port=_free_port(),
             cpu_count=os.cpu_count() or 1,
             gpus_per_node=bundle.cluster.gpus_per_node,

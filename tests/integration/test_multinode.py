@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 from tests.conftest import SCRIPTS, Runner, fakerun_exe
 
@@ -264,3 +265,56 @@ class TestSecurity:
                 pass
         assert finish([n0, n1]) == [0, 0]
         assert "fakerun: refused a connection from 127.0.0.1:" in text(runner, "n0.err")
+
+
+class TestSlurm:
+    """Under srun, SLURM's variables fill the rendezvous options and name the nodes."""
+
+    def test_sbatch_script_under_fake_srun(self, runner: Runner) -> None:
+        """scripts/slurm's 8B job on 2 simulated SLURM nodes: one 16-GPU job on fake-001 and fake-002."""
+        root = Path(__file__).resolve().parents[2]
+        env = runner.env(
+            FAKERUN_SPEED="100",
+            FAKERUN_MAX_STEPS="4",
+            PATH=f"{Path(fakerun_exe()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        )
+        res = subprocess.run(
+            [
+                "bash",
+                str(root / "scripts/slurm/fake_srun.sh"),
+                "-N",
+                "2",
+                str(root / "scripts/slurm/train_llama3_8b.sbatch"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=runner.tmp,
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        grid = [line for line in res.stdout.splitlines() if line.startswith(("fake-001 ", "fake-002 "))]
+        assert {line.split()[0] for line in grid} == {"fake-001", "fake-002"}
+        assert "16 GPUs on 2 nodes" in res.stdout
+
+    def test_static_form_from_slurm_variables(self, runner: Runner) -> None:
+        """Without --node-rank/--nnodes, SLURM_NODEID and SLURM_NNODES make two agents one static job."""
+        port = str(free_port())
+        procs = []
+        for node in (0, 1):
+            slurm = {
+                "SLURM_JOB_ID": "4242",
+                "SLURM_NNODES": "2",
+                "SLURM_JOB_NODELIST": "localhost,localhost",
+                "SLURM_NODEID": str(node),
+                "SLURM_PROCID": str(node),
+                "SLURM_NTASKS": "2",
+                "SLURM_TASKS_PER_NODE": "1(x2)",
+            }
+            args = ["--nproc-per-node", "2", "--master-port", port, "--fake-exec", PROBE]
+            procs.append(agent(runner, args, f"n{node}", **slurm))
+        assert finish(procs) == [0, 0], text(runner, "n1.err")[-1500:]
+        envs = probe_envs(runner)
+        assert sorted(envs) == [0, 1, 2, 3]
+        assert {e["GROUP_RANK"] for e in envs.values()} == {"0", "1"}
+        assert {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs.values()} == {("localhost", port)}
