@@ -122,43 +122,30 @@ def meet(
     listener: socket.socket | None = None
     try:
         with _interruptible():
+            # Who hosts: static node 0 on the master port; under c10d, the first agent on the endpoint's
+            # machine to bind its port. Everyone else dials the host.
             if static:
                 timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
-                if args.node_rank == 0:
-                    listener = _listen_static(rdzv.master_port)
-                    assignment, peers = host_rendezvous(
-                        listener,
-                        me,
-                        nnodes=plan.max_nodes,
-                        secret=secret,
-                        timeout_s=timeout,
-                        master_addr=rdzv.master_addr,
-                        master_port=rdzv.master_port,
-                        warn=warn,
-                    )
-                else:
-                    assignment, peer = join_rendezvous(
-                        args.master_addr, rdzv.master_port, me, secret=secret, timeout_s=timeout
-                    )
-                    peers = {0: peer}
+                listener = _listen_static(rdzv.master_port) if args.node_rank == 0 else None
+                dial = (args.master_addr, rdzv.master_port)
             else:
                 timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
-                ep_host, ep_port = _endpoint(rdzv.endpoint)
-                listener = try_listen(ep_port) if _is_this_machine(ep_host) else None
-                if listener is not None:
-                    assignment, peers = host_rendezvous(
-                        listener,
-                        me,
-                        nnodes=plan.max_nodes,
-                        secret=secret,
-                        timeout_s=timeout,
-                        master_addr=rdzv.master_addr,
-                        master_port=rdzv.master_port,
-                        warn=warn,
-                    )
-                else:
-                    assignment, peer = join_rendezvous(ep_host, ep_port, me, secret=secret, timeout_s=timeout)
-                    peers = {0: peer}
+                dial = _endpoint(rdzv.endpoint)
+                listener = try_listen(dial[1]) if _is_this_machine(dial[0]) else None
+            if listener is not None:
+                assignment, peers = host_rendezvous(
+                    listener,
+                    me,
+                    nnodes=plan.max_nodes,
+                    secret=secret,
+                    timeout_s=timeout,
+                    master_addr=rdzv.master_addr,
+                    master_port=rdzv.master_port,
+                    warn=warn,
+                )
+            else:
+                assignment, peer = join_rendezvous(*dial, me, secret=secret, timeout_s=timeout)
+                peers = {0: peer}
     except RendezvousTimeout as exc:
         if listener is not None:
             listener.close()
