@@ -1,0 +1,488 @@
+"""fakerun-smi: a fake `nvidia-smi` that shows the GPUs of the fakerun job running on this machine.
+
+Running jobs publish their state in `fakerun.launcher.control.state_dir()` (one `job-<pid>.json` per
+launcher, rewritten about once a second). fakerun-smi shows one node of the newest live job: the node
+whose simulated host name is this machine's, else node 0 (`--node N` picks another). With no job, the
+eight idle H100s of the default cluster preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import FrameType
+from typing import Any, NoReturn
+
+import psutil
+
+from fakerun.launcher.control import state_dir
+from fakerun.presets import GpuSpec, PresetError, load_cluster, load_gpu
+from fakerun.render import smi
+from fakerun.render.nccl import pci_bus_id
+from fakerun.sim.telemetry import GpuTelemetry, idle_telemetry
+
+__all__ = ["Snapshot", "choose_node", "main", "running_jobs", "snapshot"]
+
+STALE_S = 10.0  # a state file not rewritten for this long belongs to no running job
+IDLE_CLUSTER = "dgx-h100"
+DEFAULT_PROCESS = "/usr/bin/python3"
+# Excerpt 40: a process's memory is its GPU's used memory less the 19 MiB the driver keeps for itself.
+DRIVER_RESERVED_MIB = 19
+# A worker that has not reported telemetry yet already holds its CUDA context (~0.5 GiB on an H100).
+CUDA_CONTEXT_MIB = 518
+NO_DEVICES = "No devices were found"
+NO_DRIVER = (
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+    "Make sure that the latest NVIDIA driver is installed and running."
+)
+BAD_COMBINATION = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
+_COMPUTE_CAP = {"Volta": "7.0", "Ampere": "8.0", "Ada": "8.9", "Hopper": "9.0", "Blackwell": "10.0"}
+_NVIDIA_SMI_EXIT_DRIVER = 9
+
+
+class UsageError(Exception):
+    """A bad command line: one line on stderr, exit status 2."""
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM while looping: leave quietly."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Turns argparse's complaint into a UsageError."""
+        raise UsageError(message)
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"the interval must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _millis(text: str) -> float:
+    """argparse type: a positive number of milliseconds, as seconds."""
+    return _seconds(text) / 1000.0
+
+
+def _node(text: str) -> int:
+    """argparse type: a node index (0-based)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a node index: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"node indexes start at 0, not {value}")
+    return value
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """nvidia-smi's options that fakerun-smi understands, plus --node."""
+    p = _Parser(
+        prog=prog,
+        allow_abbrev=False,  # nvidia-smi takes no abbreviations
+        description="Shows the simulated GPUs of the fakerun job on this machine as nvidia-smi would.",
+    )
+    p.add_argument("-L", "--list-gpus", action="store_true", help="list each GPU with its UUID")
+    p.add_argument(
+        "-i", "--id", metavar="IDS", help="only these GPUs: indexes, UUIDs or PCI bus ids, comma-separated"
+    )
+    p.add_argument(
+        "-l",
+        "--loop",
+        metavar="SEC",
+        nargs="?",
+        const=5.0,
+        type=_seconds,
+        help="print again every SEC seconds (default 5) until Ctrl-C",
+    )
+    p.add_argument("-lms", "--loop-ms", metavar="MS", type=_millis, help="print again every MS milliseconds")
+    p.add_argument(
+        "--query-gpu",
+        metavar="FIELDS",
+        help="GPU properties to print as CSV, e.g. index,name,utilization.gpu",
+    )
+    p.add_argument(
+        "--query-compute-apps", metavar="FIELDS", help="process properties, e.g. pid,process_name,used_memory"
+    )
+    p.add_argument("--format", metavar="FMT", help="with a query: csv[,noheader][,nounits]")
+    p.add_argument(
+        "--node",
+        metavar="N",
+        type=_node,
+        help="fakerun: show node N of a multi-node job (default: the node named like this host, else 0)",
+    )
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the running jobs
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists (one we may not signal still exists)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _num(d: dict[str, Any], key: str, default: float = 0) -> float:
+    """A numeric field of a state document; anything else reads as the default."""
+    value = d.get(key, default)
+    # JSON also carries booleans, NaN and infinities: none of them is a usable figure.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return default
+    return value
+
+
+def _int(d: dict[str, Any], key: str, default: int = 0) -> int:
+    """An integer field of a state document (see _num)."""
+    return int(_num(d, key, default))
+
+
+def _gpus(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPU entries of a state document that are objects."""
+    return [g for g in job.get("gpus", []) if isinstance(g, dict)]
+
+
+def running_jobs(directory: str, wall: float) -> list[dict[str, Any]]:
+    """The state documents of live jobs, newest first; unreadable, stale and orphaned files are skipped."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    jobs = []
+    for name in names:
+        if not (name.startswith("job-") and name.endswith(".json")):
+            continue
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError):  # gone meanwhile, not JSON, not UTF-8
+            continue
+        if not isinstance(state, dict) or not isinstance(state.get("gpus"), list):
+            continue
+        if wall - _num(state, "updated", -1e18) > STALE_S or not _alive(_int(state, "launcher_pid")):
+            continue
+        jobs.append(state)
+    jobs.sort(key=lambda s: _num(s, "updated"), reverse=True)
+    return jobs
+
+
+def _short(host: str) -> str:
+    """A host name without its domain, lower-cased."""
+    return host.split(".", 1)[0].lower()
+
+
+def choose_node(
+    jobs: Sequence[dict[str, Any]], hostname: str, node: int | None = None
+) -> tuple[dict[str, Any], int] | None:
+    """(job, node) to show: node `node` if given, else the node named like this host, else the first node."""
+    views: list[tuple[dict[str, Any], int, str]] = []
+    for job in jobs:
+        nodes: dict[int, str] = {}
+        for g in _gpus(job):
+            nodes.setdefault(_int(g, "node"), str(g.get("host", "")))
+        views += [(job, n, host) for n, host in sorted(nodes.items())]
+    if not views:
+        return None
+    if node is not None:
+        for job, n, _ in views:
+            if n == node:
+                return job, n
+        known = sorted({n for _, n, _ in views})
+        raise UsageError(f"the running job has no node {node} (its nodes here: {', '.join(map(str, known))})")
+    # Comparing short names also matches a fully qualified name on either side, without a DNS lookup.
+    for job, n, host in views:
+        if host and _short(host) == _short(hostname):
+            return job, n
+    job, n, _ = views[0]
+    return job, n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building the GPU samples
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one refresh shows: the node's GPUs and processes, and the driver they run on."""
+
+    gpus: list[smi.SmiGpu]
+    processes: list[smi.SmiProcess]
+    driver_version: str
+    cuda_version: str
+
+
+def _jitter(key: str, sample: int) -> float:
+    """A stable fraction of a watt in [-0.45, 0.45]: nvidia-smi reads power to the centiwatt."""
+    return (zlib.crc32(f"{key}/{sample}".encode()) % 91 - 45) / 100.0
+
+
+def _gpu_spec(job: dict[str, Any]) -> GpuSpec:
+    """The job's GPU preset; a GPU from a TOML file rebuilt from what the state says about it."""
+    name = str(job.get("gpu", ""))
+    try:
+        return load_gpu(name)
+    except PresetError:
+        gpus = _gpus(job)
+        first = gpus[0] if gpus else {}
+        return GpuSpec(
+            name=name or "gpu",
+            display_name=str(job.get("gpu_display_name") or name or "NVIDIA GPU"),
+            peak_bf16_tflops=0.0,
+            memory_mib=_int(first, "mem_total_mib", 81559),
+            tdp_w=_int(first, "power_cap", 700),
+        )
+
+
+def _sample(spec: GpuSpec, index: int, host: str, bus: str, tel: GpuTelemetry, sample: int) -> smi.SmiGpu:
+    """An SmiGpu from a telemetry sample of GPU `index` of `host`."""
+    uuid = smi.gpu_uuid(host, index)
+    return smi.SmiGpu(
+        index=index,
+        name=spec.display_name,
+        uuid=uuid,
+        bus_id=bus,
+        temp_c=tel.temp_c,
+        power_w=tel.power_w + _jitter(uuid, sample),
+        power_cap_w=tel.power_cap_w,
+        mem_used_mib=tel.mem_used_mib,
+        mem_total_mib=tel.mem_total_mib,
+        util_pct=tel.util_pct,
+        mem_util_pct=tel.mem_util_pct,
+        sm_clock_mhz=tel.sm_clock_mhz,
+        mem_clock_mhz=tel.mem_clock_mhz,
+        sm_clock_max_mhz=spec.sm_clock_max_mhz,
+        mem_clock_max_mhz=spec.mem_clock_max_mhz,
+        pstate=tel.pstate,
+        serial=smi.gpu_serial(host, index),
+        compute_cap=_COMPUTE_CAP.get(spec.architecture, ""),
+    )
+
+
+def process_name(pid: int) -> str:
+    """The executable a worker runs as its command line shows it (torchrun starts sys.executable)."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.Error, OSError):
+        return DEFAULT_PROCESS
+    first = str(cmdline[0]) if cmdline else ""
+    # A retitled process (setproctitle) shows its whole command line as one argument.
+    return first.split(" ", 1)[0] or DEFAULT_PROCESS
+
+
+def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
+    """Node `node` of a running job: its GPUs from the state, its live workers as processes."""
+    spec = _gpu_spec(job)
+    if spec.vendor != "nvidia":
+        raise smi.SmiError(NO_DRIVER, _NVIDIA_SMI_EXIT_DRIVER)
+    seed = zlib.crc32(str(job.get("run_id", "")).encode())
+    rows = sorted((g for g in _gpus(job) if _int(g, "node") == node), key=lambda g: _int(g, "local_rank"))
+    gpus, processes = [], []
+    for g in rows:
+        index = _int(g, "local_rank")
+        pid = _int(g, "pid")
+        running = pid > 0 and g.get("phase") != "dead" and _alive(pid)
+        reported = any(_num(g, k) for k in ("util", "temp", "power", "mem_used_mib"))
+        if reported and running:
+            tel = GpuTelemetry(
+                util_pct=_int(g, "util"),
+                mem_util_pct=_int(g, "mem_util"),
+                temp_c=_int(g, "temp"),
+                power_w=_int(g, "power"),
+                power_cap_w=_int(g, "power_cap", spec.tdp_w),
+                sm_clock_mhz=_int(g, "sm_clock", spec.sm_clock_max_mhz),
+                mem_clock_mhz=spec.mem_clock_max_mhz,
+                mem_used_mib=_int(g, "mem_used_mib"),
+                mem_total_mib=_int(g, "mem_total_mib", spec.memory_mib),
+                pstate="P0",
+                throttle="",
+            )
+        else:
+            # Not started yet, or its process is gone: the GPU idles (a new worker holds only its context).
+            tel = idle_telemetry(spec, index, seed, sample)
+        if running:
+            used = max(tel.mem_used_mib, CUDA_CONTEXT_MIB + DRIVER_RESERVED_MIB)
+            tel = dataclasses.replace(tel, mem_used_mib=used)
+            processes.append(smi.SmiProcess(index, pid, process_name(pid), used - DRIVER_RESERVED_MIB))
+        host = str(g.get("host", "")) or socket.gethostname()
+        gpus.append(_sample(spec, index, host, pci_bus_id(index), tel, sample))
+    return Snapshot(gpus, processes, spec.driver_version, spec.cuda_version)
+
+
+def _idle_snapshot(hostname: str, sample: int) -> Snapshot:
+    """The idle GPUs of the default cluster preset's node, stable for this host."""
+    cluster = load_cluster(IDLE_CLUSTER)
+    spec = cluster.gpu
+    seed = zlib.crc32(hostname.encode())
+    gpus = [
+        _sample(
+            spec, i, hostname, pci_bus_id(i, cluster.bus_ids), idle_telemetry(spec, i, seed, sample), sample
+        )
+        for i in range(cluster.gpus_per_node)
+    ]
+    return Snapshot(gpus, [], spec.driver_version, spec.cuda_version)
+
+
+def snapshot(node: int | None, wall: float, hostname: str, directory: str | None = None) -> Snapshot:
+    """This machine's GPUs now: the chosen node of the newest running job, or idle GPUs."""
+    jobs = running_jobs(state_dir() if directory is None else directory, wall)
+    chosen = choose_node(jobs, hostname, node)
+    if chosen is None:
+        return _idle_snapshot(hostname, int(wall))
+    job, n = chosen
+    return _job_snapshot(job, n, int(wall))
+
+
+def select(snap: Snapshot, ids: str | None) -> Snapshot:
+    """The GPUs named by `-i` (indexes, UUIDs or PCI bus ids) and their processes."""
+    if ids is None:
+        return snap
+    wanted: set[int] = set()
+    for token in (t.strip().lower() for t in ids.split(",")):
+        match = [
+            g.index
+            for g in snap.gpus
+            if token in (str(g.index), g.uuid.lower(), g.bus_id.lower(), g.bus_id[4:].lower())
+        ]
+        if not match:
+            raise smi.SmiError(NO_DEVICES, 6)
+        wanted.update(match)
+    gpus = [g for g in snap.gpus if g.index in wanted]
+    procs = [p for p in snap.processes if p.gpu_index in wanted]
+    return Snapshot(gpus, procs, snap.driver_version, snap.cuda_version)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What to print each refresh."""
+
+    kind: str  # table | list | gpu | apps
+    fields: tuple[smi.Field, ...] = ()
+    fmt: smi.CsvFormat = dataclasses.field(default_factory=smi.CsvFormat)
+
+
+def _request(args: argparse.Namespace) -> _Request:
+    """What the options ask for; bad combinations are errors."""
+    queries = [q for q in (args.query_gpu, args.query_compute_apps) if q is not None]
+    if len(queries) > 1 or (queries and args.list_gpus):
+        raise smi.SmiError(BAD_COMBINATION)
+    if args.format is not None and not queries:
+        raise UsageError("--format only applies to --query-gpu and --query-compute-apps")
+    if args.list_gpus:
+        return _Request("list")
+    if not queries:
+        return _Request("table")
+    if args.format is None:
+        raise UsageError("a query needs --format=csv[,noheader][,nounits]")
+    fmt = smi.parse_format(args.format)
+    if args.query_gpu is not None:
+        return _Request("gpu", tuple(smi.parse_query(args.query_gpu)), fmt)
+    return _Request("apps", tuple(smi.parse_query(args.query_compute_apps, smi.APP_FIELDS)), fmt)
+
+
+def _render(req: _Request, snap: Snapshot, now: datetime, first: bool) -> list[str]:
+    """The lines one refresh prints."""
+    # Looping queries print their header once, as nvidia-smi does; the table is printed whole each time.
+    fmt = smi.CsvFormat(header=req.fmt.header and first, units=req.fmt.units)
+    if req.kind == "list":
+        return smi.render_list(snap.gpus)
+    if req.kind == "gpu":
+        return smi.render_gpu_csv(snap.gpus, req.fields, fmt, now=now, driver_version=snap.driver_version)
+    if req.kind == "apps":
+        return smi.render_apps_csv(
+            snap.gpus, snap.processes, req.fields, fmt, now=now, driver_version=snap.driver_version
+        )
+    return smi.render_table(
+        snap.gpus, snap.processes, now=now, driver_version=snap.driver_version, cuda_version=snap.cuda_version
+    )
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: ends the loop."""
+    raise _Stop
+
+
+def _run(args: argparse.Namespace, req: _Request) -> int:
+    """Prints once, or every interval until a signal; returns the exit status."""
+    interval = args.loop_ms if args.loop_ms is not None else args.loop
+    hostname = socket.gethostname()
+    first = True
+    while True:
+        wall = time.time()
+        try:
+            snap = select(snapshot(args.node, wall, hostname), args.id)
+        except smi.SmiError as exc:
+            print(exc, flush=True)  # nvidia-smi prints its own errors on stdout
+            return exc.code
+        lines = _render(req, snap, datetime.fromtimestamp(wall), first)
+        if lines:
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+        if interval is None:
+            return 0
+        first = False
+        time.sleep(interval)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Entry point of `fakerun-smi` (and of the `nvidia-smi` shim)."""
+    prog = prog or os.path.basename(sys.argv[0]) or "fakerun-smi"
+    try:
+        args = build_parser(prog).parse_args(argv)
+        req = _request(args)
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except smi.SmiError as exc:
+        print(exc)
+        return exc.code
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    try:
+        return _run(args, req)
+    except _Stop:
+        return 0
+    except UsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say, and nothing to flush at exit either.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    # The nvidia-smi shim runs this module: it answers as nvidia-smi.
+    sys.exit(main(prog="nvidia-smi"))
