@@ -1,6 +1,6 @@
 """fakerun-smi: a fake `nvidia-smi` that shows the GPUs of the fakerun job running on this machine.
 
-Running jobs publish their state in `fakerun.launcher.control.state_dir()` (one `job-<pid>.json` per
+Running jobs publish their state in `fakerun.paths.state_dir()` (one `job-<pid>.json` per
 launcher, rewritten about once a second). fakerun-smi shows one node of the newest live job: the node
 whose simulated host name is this machine's, else node 0 (`--node N` picks another). With no job, the
 eight idle H100s of the default cluster preset.
@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import psutil
 
-from fakerun.launcher.control import state_dir
+from fakerun.paths import state_dir
 from fakerun.presets import GpuSpec, PresetError, load_cluster, load_gpu
 from fakerun.render import smi
 from fakerun.render.nccl import pci_bus_id
