@@ -89,13 +89,18 @@ class ControlHub:
         return fd in self.channels or (self.cluster is not None and self.cluster.owns(fd))
 
     def deadline(self) -> float | None:
-        """When tick() is due (heartbeats), if ever."""
-        return self.cluster.deadline() if self.cluster is not None else None
+        """When tick() is due: the cluster's heartbeats, and the state file's refresh."""
+        due = self._state_written + STATE_EVERY_S if self.coordinator is not None else None
+        if self.cluster is not None:
+            beat = self.cluster.deadline()
+            due = beat if due is None else min(due, beat)
+        return due
 
     def tick(self, now: float) -> None:
-        """Timers: the cluster's heartbeats and liveness checks."""
+        """Timers: the cluster's heartbeats and liveness checks; the state stays fresh through long pauses."""
         if self.cluster is not None:
             self.cluster.tick(now)
+        self.publish_state()
 
     def pump(self, fd: int) -> None:
         """Reads what a worker (or another agent) sent and handles each complete message."""

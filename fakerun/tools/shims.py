@@ -22,8 +22,16 @@ def _sh_quoted(text: str) -> str:
     return f'"{text}"'
 
 
+# The torchrun shim runs fakerun with the shim's own path as argv[0], so that usage lines, messages and
+# launcher tracebacks say `torchrun` and show the shim's path, as a real torchrun console script does.
+_AS_ARGV0 = "import sys; sys.argv = sys.argv[1:]; from {module}.main import main; sys.exit(main())"
+
+
 def _script(python: str, module: str) -> str:
-    """The text of a shim running `python -m module` with the shim's arguments."""
+    """The text of a shim running `module` with the shim's arguments."""
+    if module == "fakerun":
+        code = _AS_ARGV0.format(module=module)
+        return f'#!/bin/sh\n{MARKER}\nexec {_sh_quoted(python)} -c "{code}" "$0" "$@"\n'
     return f'#!/bin/sh\n{MARKER}\nexec {_sh_quoted(python)} -m {module} "$@"\n'
 
 
