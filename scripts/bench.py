@@ -4,6 +4,8 @@ Usage: python scripts/bench.py [--runs N] [--quick]
 
 Every figure is measured over several runs (median and min-max). Every process the benchmark starts is
 killed at the end, on success, on an exception and on Ctrl-C/SIGTERM. Standard library plus psutil only.
+Jobs run without PYTHONDONTWRITEBYTECODE in their environment, after one untimed warm-up, so that the
+launcher loads cached bytecode as a user's install does.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import ctypes.util
 import importlib
 import json
 import os
+import platform
+import re
+import selectors
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +40,13 @@ LONG_RUN_STEPS = 10**6  # a job that outlives any measurement; it is ended by SI
 START_TIMEOUT_S = 120.0
 EXIT_TIMEOUT_S = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Pace of the barrier-throughput runs: every simulated sleep becomes ~0, so steps go as fast as the
+# coordinator's rounds allow.
+ROUNDS_SPEED = "100000"
+# Removed from the environment of every process the benchmark starts. PYTHONDONTWRITEBYTECODE (exported by
+# some shells, this machine's among them) keeps the editable install from caching bytecode, so that every
+# launcher start would recompile fakerun's modules; users' installs have .pyc files.
+DROPPED_ENV = ("PYTHONDONTWRITEBYTECODE",)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,13 +101,29 @@ TAG_NAME = "FAKERUN_BENCH_TAG"
 TAG = f"{os.getpid()}.{time.time_ns()}"
 
 
+# The benchmark's own directory, where every process it starts runs: workers retitle themselves with
+# setproctitle, which overwrites their /proc/PID/environ, so the tag alone no longer finds them.
+BENCH_DIRS: list[str] = []
+
+
+def _ours(p: psutil.Process) -> bool:
+    """Whether `p` carries this benchmark's tag or runs in its directory."""
+    with contextlib.suppress(psutil.Error):
+        if p.environ().get(TAG_NAME) == TAG:
+            return True
+    with contextlib.suppress(psutil.Error):
+        cwd = p.cwd()
+        return any(cwd == d or cwd.startswith(d + os.sep) for d in BENCH_DIRS)
+    return False
+
+
 def _sweep_tagged() -> None:
-    """SIGKILLs any process of ours whose environment carries this benchmark's tag."""
+    """SIGKILLs any process of ours: carrying this benchmark's tag or running in its directory."""
     for p in psutil.process_iter():
         if p.pid == os.getpid():
             continue
-        with contextlib.suppress(psutil.Error):
-            if p.environ().get(TAG_NAME) == TAG:
+        if _ours(p):
+            with contextlib.suppress(psutil.Error):
                 p.kill()
 
 
@@ -119,16 +148,36 @@ def _alive(p: psutil.Process) -> bool:
 # One job: the launcher with its stdout read by a thread that timestamps the lines that matter.
 
 
+def child_env(cwd: str) -> dict[str, str]:
+    """The environment of every process the benchmark starts: ours, minus DROPPED_ENV, plus tag and TMPDIR."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env[TAG_NAME] = TAG
+    # TMPDIR inside the bench's own directory: a SIGKILLed launcher cannot remove its temp dir.
+    env["TMPDIR"] = cwd
+    return env
+
+
 class Job:
-    """A launched command whose stdout is drained by a thread recording first-line and rank-start times."""
+    """A launched command whose stdout is drained by a thread timestamping the lines that matter.
+
+    With `expected_ranks` (and `--fake-log-format json`), it records when every rank printed `worker started`
+    and when training runs: every rank printed `memory after first step` (after its step 1) and rank 0 its
+    first `train` event.
+    """
 
     def __init__(self, argv: Sequence[str], cwd: str, expected_ranks: int | None = None) -> None:
         self.expected_ranks = expected_ranks
         self.first_line_at: float | None = None
         self.all_started_at: float | None = None
+        self.training_at: float | None = None
         self.ranks_started: set[int] = set()
+        self.ranks_stepped: set[int] = set()
+        self.rank0_trained = False
+        self.last_line = b""
+        self.stderr_checked = False
         self.first_line = threading.Event()
         self.all_started = threading.Event()
+        self.training = threading.Event()
         self.stderr_path = os.path.join(cwd, f"stderr.{time.monotonic_ns()}")
         with open(self.stderr_path, "wb") as err:
             self.t0 = time.monotonic()
@@ -138,8 +187,7 @@ class Job:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=err,
-                # TMPDIR inside the bench's own directory: a SIGKILLed launcher cannot remove its temp dir.
-                env={**os.environ, TAG_NAME: TAG, "TMPDIR": cwd},
+                env=child_env(cwd),
                 preexec_fn=_die_with_parent,
             )
         REGISTRY.launchers.append(self.proc)
@@ -149,20 +197,38 @@ class Job:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.last_line = line
+            if self.training_at is not None:
+                continue  # nothing left to watch for: keep up with a fast job's output
             now = time.monotonic()
             if self.first_line_at is None:
                 self.first_line_at = now
                 self.first_line.set()
-            if self.expected_ranks is not None and b"worker started" in line:
-                try:
-                    self.ranks_started.add(int(json.loads(line)["rank"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if len(self.ranks_started) >= self.expected_ranks and self.all_started_at is None:
-                    self.all_started_at = now
-                    self.all_started.set()
+            if self.expected_ranks is not None:
+                self._watch(line, now, self.expected_ranks)
         self.first_line.set()  # EOF: wake waiters, who see no timestamp
         self.all_started.set()
+        self.training.set()
+
+    def _watch(self, line: bytes, now: float, ranks: int) -> None:
+        if b"worker started" in line:
+            rank = _rank_of(line)
+            if rank is not None:
+                self.ranks_started.add(rank)
+            if len(self.ranks_started) >= ranks and self.all_started_at is None:
+                self.all_started_at = now
+                self.all_started.set()
+        elif b"memory after first step" in line:
+            rank = _rank_of(line)
+            if rank is not None:
+                self.ranks_stepped.add(rank)
+        elif b'"event": "train"' in line and _rank_of(line) == 0:
+            self.rank0_trained = True
+        else:
+            return
+        if self.rank0_trained and len(self.ranks_stepped) >= ranks:
+            self.training_at = now
+            self.training.set()
 
     def stderr_tail(self) -> str:
         with open(self.stderr_path, "rb") as f:
@@ -182,6 +248,23 @@ class Job:
             )
         return self.all_started_at - self.t0
 
+    def wait_training(self, timeout: float = START_TIMEOUT_S) -> float:
+        """Seconds from launch until every rank finished step 1 and rank 0 printed its first `train` event."""
+        self.training.wait(timeout)
+        if self.training_at is None:
+            raise RuntimeError(
+                f"training not running: {len(self.ranks_stepped)}/{self.expected_ranks} ranks past step 1, "
+                f"rank 0 train event {'seen' if self.rank0_trained else 'not seen'}, "
+                f"launcher exit code {self.proc.poll()}:\n{self.stderr_tail()}"
+            )
+        return self.training_at - self.t0
+
+    def check_running(self, what: str) -> None:
+        """Raises if the launcher has exited (a measurement over a dead job would be meaningless)."""
+        code = self.proc.poll()
+        if code is not None:
+            raise RuntimeError(f"launcher exited {code} during {what}:\n{self.stderr_tail()}")
+
     def tree(self) -> list[psutil.Process]:
         return REGISTRY.note_tree(self.proc)
 
@@ -197,7 +280,38 @@ class Job:
             REGISTRY.cleanup()
             raise RuntimeError(f"launcher {self.proc.pid} ignored signal {sig}") from None
         self._reader.join(timeout=5)
+        self._check_stderr()
         return code
+
+    def _check_stderr(self) -> None:
+        """Notes (once) a job whose stderr holds a traceback through fakerun's code.
+
+        Tracebacks through torch's files are the launcher imitating torchrun (SIGTERM prints one).
+        """
+        if self.stderr_checked:
+            return
+        self.stderr_checked = True
+        with contextlib.suppress(OSError), open(self.stderr_path, "rb") as f:
+            data = f.read()
+            frame = OWN_FRAME.search(data)
+            if frame is not None:
+                at = data.rfind(b"Traceback (most recent call last)", 0, frame.start())
+                text = data[max(at, 0) :][:3000].decode(errors="replace")
+                PROBLEMS.append(f"{self.proc.args!r}:\n{text}")
+
+
+# A traceback frame in fakerun's own code (a file under a `fakerun/` package directory).
+OWN_FRAME = re.compile(rb'File "[^"\n]*/fakerun/[^"\n]*\.py", line \d+')
+# Jobs whose stderr showed such a frame, reported at the end (a job may fail in a way no figure shows).
+PROBLEMS: list[str] = []
+
+
+def _rank_of(line: bytes) -> int | None:
+    """The `rank` field of a JSON log line, or None."""
+    try:
+        return int(json.loads(line)["rank"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def fakerun_argv(nnodes: int, *extra: str) -> list[str]:
@@ -229,18 +343,47 @@ def pss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
-def cpu_ticks(pids: Sequence[int]) -> dict[int, int]:
-    """utime+stime (clock ticks) from /proc/PID/stat of each pid still present."""
-    ticks: dict[int, int] = {}
+def _stat_seconds(pid: int) -> float:
+    """utime+stime of /proc/PID/stat (all threads, dead ones included), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def _schedstat_works() -> bool:
+    """Whether /proc/PID/schedstat reports time on CPU here (it reads `0 0 0` without sched_info)."""
+    try:
+        with open(f"/proc/{os.getpid()}/schedstat", "rb") as f:
+            return int(f.read().split()[0]) > 0
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+SCHEDSTAT = _schedstat_works()
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds used so far by each pid still present.
+
+    utime+stime of /proc/PID/stat are sampled at the timer tick (CONFIG_TICK_CPU_ACCOUNTING: a tick of 4 ms
+    charged to whichever task runs at that instant), far too coarse for 64 processes that each run ~100 µs
+    a step: a 2 s window read 0.5% where the exact figure was 6%. So a single-threaded process is read from
+    /proc/PID/schedstat (nanoseconds on CPU, kept by the scheduler); a multi-threaded one, whose exited
+    threads only /proc/PID/stat still counts, from its ticks.
+    """
+    used: dict[int, float] = {}
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except (FileNotFoundError, ProcessLookupError):
+            tasks = os.listdir(f"/proc/{pid}/task")
+            if SCHEDSTAT and len(tasks) == 1:
+                with open(f"/proc/{pid}/task/{tasks[0]}/schedstat", "rb") as f:
+                    used[pid] = int(f.read().split()[0]) / 1e9
+            else:
+                used[pid] = _stat_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
             continue
-        fields = data[data.rindex(b")") + 2 :].split()
-        ticks[pid] = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return ticks
+    return used
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,6 +413,19 @@ def first_line_torchrun(cwd: str) -> float:
         job.stop()
 
 
+def sample_pss(job: Job, ranks: int, samples: int = 3) -> float:
+    """The tree's PSS in MB, mean of `samples` samples 0.2 s apart; raises unless every rank is alive."""
+    values: list[int] = []
+    for i in range(samples):
+        if i:
+            time.sleep(0.2)
+        procs = job.tree()
+        if len(procs) < ranks + 1:
+            raise RuntimeError(f"only {len(procs)} processes in the tree of {ranks} ranks")
+        values.append(pss_bytes([p.pid for p in procs]))
+    return statistics.mean(values) / 2**20
+
+
 @dataclass
 class StartAndPss:
     started_s: float
@@ -277,49 +433,222 @@ class StartAndPss:
     processes: int
 
 
-def start_and_pss(nnodes: int, cwd: str, samples: int = 3) -> StartAndPss:
+def start_and_pss(nnodes: int, cwd: str) -> StartAndPss:
     """Time until every rank printed `worker started`, then the tree's PSS sampled while all are alive."""
+    ranks = nnodes * RANKS_PER_NODE
     job = long_job(nnodes, cwd)
     try:
         started = job.wait_all_started()
         time.sleep(0.3)
-        values: list[int] = []
-        nprocs = 0
-        for _ in range(samples):
-            procs = job.tree()
-            nprocs = len(procs)
-            if nprocs < nnodes * RANKS_PER_NODE + 1:
-                raise RuntimeError(f"only {nprocs} processes in the tree of {nnodes * RANKS_PER_NODE} ranks")
-            values.append(pss_bytes([p.pid for p in procs]))
-            time.sleep(0.2)
-        return StartAndPss(started, statistics.mean(values) / 2**20, nprocs)
+        pss = sample_pss(job, ranks)
+        return StartAndPss(started, pss, len(job.tree()))
     finally:
         job.stop()
 
 
-def cpu_per_wall(nnodes: int, cwd: str, window_s: float, *extra: str) -> float:
-    """CPU seconds per wall second (x100 = % of one core) of the whole tree over `window_s` after start."""
+@dataclass
+class Training:
+    """One run of a job measured once training runs."""
+
+    to_training_s: float  # launch until every rank finished step 1 (and rank 0 printed `train`)
+    cpu_pct: float  # CPU seconds per wall second x 100 of the whole tree over the window
+    pss_mb: float  # the tree's PSS right after the window
+
+
+def training_run(nnodes: int, cwd: str, window_s: float, *extra: str) -> Training:
+    """CPU of the launcher and all workers over `window_s` of training, then the tree's PSS."""
+    ranks = nnodes * RANKS_PER_NODE
     job = long_job(nnodes, cwd, *extra)
     try:
-        job.wait_all_started()
-        time.sleep(0.5)
-        pids = [p.pid for p in job.tree()]
-        before = cpu_ticks(pids)
+        to_training = job.wait_training()
+        procs = job.tree()
+        if len(procs) < ranks + 1:
+            raise RuntimeError(f"only {len(procs)} processes in the tree of {ranks} ranks")
+        pids = [p.pid for p in procs]
+        before = cpu_seconds(pids)
         t0 = time.monotonic()
         time.sleep(window_s)
-        after = cpu_ticks(pids)
+        after = cpu_seconds(pids)
         wall = time.monotonic() - t0
-        used = sum(after[pid] - before[pid] for pid in before if pid in after)
-        return used / CLK_TCK / wall
+        job.check_running("the CPU window")
+        if len(after) < len(before):
+            raise RuntimeError(f"{len(before) - len(after)} processes of the job ended during the CPU window")
+        used = sum(after[pid] - before[pid] for pid in before)
+        pss = sample_pss(job, ranks)
+        return Training(to_training, 100.0 * used / wall, pss)
     finally:
         job.stop()
+
+
+class MetricsTail:
+    """Reads the step records a running job appends to its --fake-metrics file (line-buffered JSON lines)."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._rest = b""
+
+    def step_records(self) -> int:
+        """Complete `"event": "step"` lines written since the previous call."""
+        data = self._rest + self._file.read()
+        *lines, self._rest = data.split(b"\n")
+        return sum(1 for line in lines if b'"event": "step"' in line)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Rounds:
+    """One run of a barrier-throughput measurement."""
+
+    rounds_per_s: float
+    pss_mb: float | None = None
+
+
+def fakerun_rounds(nnodes: int, cwd: str, window_s: float) -> Rounds:
+    """Step rounds/s of the job's coordinator at a pace where nothing sleeps: step records per second."""
+    ranks = nnodes * RANKS_PER_NODE
+    metrics = os.path.join(cwd, f"metrics.{time.monotonic_ns()}.jsonl")
+    job = long_job(nnodes, cwd, "--fake-speed", ROUNDS_SPEED, "--fake-metrics", metrics)
+    tail: MetricsTail | None = None
+    try:
+        job.wait_training()
+        tail = MetricsTail(metrics)
+        tail.step_records()  # everything up to now is before the window
+        t0 = time.monotonic()
+        time.sleep(window_s)
+        records = tail.step_records()
+        wall = time.monotonic() - t0
+        job.check_running("the rounds window")
+        pss = sample_pss(job, ranks)
+        return Rounds(records / wall, pss)
+    finally:
+        if tail is not None:
+            tail.close()
+        job.stop()
+        with contextlib.suppress(OSError):
+            os.unlink(metrics)
+
+
+# The baseline: the same barrier shape in a few lines of pure Python, run by this script in a child process
+# of its own (`--baseline-barrier N`), which forks N ranks before it starts any thread, as the launcher does.
+
+BASELINE_TELEMETRY: list[object] = [97, 61, 71, 655, 1980, 43521, "train"]
+
+
+def _baseline_rank(sock: socket.socket, rank: int) -> None:
+    """One baseline rank: report a step as one JSON line, wait for the answer line, repeat until EOF."""
+    buffer = b""
+    step = 0
+    while True:
+        report = {"k": "step", "s": step, "c": 0.7 + rank * 1e-6, "tel": BASELINE_TELEMETRY}
+        sock.sendall(json.dumps(report, separators=(",", ":")).encode() + b"\n")
+        while b"\n" not in buffer:
+            data = sock.recv(65536)
+            if not data:
+                return
+            buffer += data
+        line, buffer = buffer.split(b"\n", 1)
+        json.loads(line)
+        step += 1
+
+
+def baseline_barrier(nprocs: int, window_s: float, warmup_s: float = 0.5) -> float:
+    """Barrier rounds/s of N forked processes, each with a socketpair to this one, over a selector.
+
+    Each round every rank sends one small newline-terminated JSON report; when all have arrived (each
+    parsed), every rank gets the same small JSON answer. Rounds are counted over `window_s` after
+    `warmup_s` of rounds.
+    """
+    parent = os.getpid()
+    selector = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    pids: list[int] = []
+    try:
+        for rank in range(nprocs):
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    _die_with_parent()
+                    if os.getppid() == parent:
+                        for s in [*socks, mine]:
+                            s.close()
+                        _baseline_rank(theirs, rank)
+                        code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+            theirs.close()
+            mine.setblocking(False)
+            selector.register(mine.fileno(), selectors.EVENT_READ, rank)
+            socks.append(mine)
+        buffers = [b""] * nprocs
+        arrived = 0
+        step = 0
+        begin = time.monotonic()
+        counting_from: float | None = None
+        first_counted = 0
+        while True:
+            for key, _ in selector.select(timeout=30):
+                rank = key.data
+                data = socks[rank].recv(65536)
+                if not data:
+                    raise RuntimeError(f"baseline rank {rank} closed its socket")
+                *lines, buffers[rank] = (buffers[rank] + data).split(b"\n")
+                for line in lines:
+                    json.loads(line)
+                    arrived += 1
+            if arrived < nprocs:
+                continue
+            arrived = 0
+            answer = {"k": "step", "s": step, "rel": time.monotonic(), "stop": False}
+            payload = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+            for s in socks:
+                s.sendall(payload)
+            step += 1
+            now = time.monotonic()
+            if counting_from is None:
+                if now - begin >= warmup_s:
+                    counting_from, first_counted = now, step
+            elif now - counting_from >= window_s:
+                return (step - first_counted) / (now - counting_from)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+        for s in socks:
+            s.close()
+        selector.close()
+
+
+def baseline_rounds(nprocs: int, cwd: str, window_s: float) -> Rounds:
+    """Runs the baseline barrier in a child process of its own (tagged and cleaned up like the jobs)."""
+    argv = [sys.executable, os.path.abspath(__file__), "--baseline-barrier", str(nprocs)]
+    job = Job([*argv, "--window", str(window_s)], cwd)
+    try:
+        code = job.proc.wait(timeout=START_TIMEOUT_S)
+        job.stop()  # joins the reader: last_line is the child's answer
+        if code != 0:
+            raise RuntimeError(f"baseline barrier of {nprocs} exited {code}:\n{job.stderr_tail()}")
+        return Rounds(float(json.loads(job.last_line)["rounds_per_s"]))
+    finally:
+        job.stop(signal.SIGKILL)
 
 
 def teardown(nnodes: int, cwd: str, sig: int) -> float:
-    """Seconds from `sig` to the launcher until no process of the job remains (zombies count as gone)."""
-    job = long_job(nnodes, cwd)
+    """Seconds from `sig` to the launcher until no process of the job remains (zombies count as gone).
+
+    The signal arrives while the job trains at --fake-speed 20 (reached in about a second, where the default
+    pace takes ~18 s of simulated start-up).
+    """
+    job = long_job(nnodes, cwd, "--fake-speed", "20")
     try:
-        job.wait_all_started()
+        job.wait_training()
         time.sleep(0.3)
         procs = job.tree()
         t0 = time.monotonic()
@@ -338,10 +667,10 @@ def teardown(nnodes: int, cwd: str, sig: int) -> float:
         job.stop(signal.SIGKILL)
 
 
-def completes(nnodes: int, cwd: str, steps: int) -> float:
+def completes(nnodes: int, cwd: str, steps: int, speed: str = "10") -> float:
     """Runs a job to --fake-max-steps; returns its wall time, raising unless it exits 0."""
     argv = fakerun_argv(
-        nnodes, "--fake-max-steps", str(steps), "--fake-speed", "10", "--fake-log-format", "json"
+        nnodes, "--fake-max-steps", str(steps), "--fake-speed", speed, "--fake-log-format", "json"
     )
     job = Job(argv, cwd, expected_ranks=nnodes * RANKS_PER_NODE)
     code = job.proc.wait(timeout=START_TIMEOUT_S)
@@ -350,6 +679,43 @@ def completes(nnodes: int, cwd: str, steps: int) -> float:
     if code != 0:
         raise RuntimeError(f"{nnodes * RANKS_PER_NODE}-rank job exited {code}:\n{job.stderr_tail()}")
     return elapsed
+
+
+def warm_up(cwd: str) -> None:
+    """Untimed: the imports once (writing the .pyc files a user's install has), then one small job."""
+    env = child_env(cwd)
+    subprocess.run(
+        [sys.executable, "-c", "import fakerun.main, fakerun.worker.main"],
+        env=env,
+        cwd=cwd,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        timeout=START_TIMEOUT_S,
+    )
+    completes(1, cwd, 1, speed="1000")
+
+
+def describe_environment() -> None:
+    """What the figures depend on, on stderr: code version, machine, load."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return out.stdout.rstrip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
+    print(f"  commit {git('rev-parse', '--short', 'HEAD')}; uncommitted: {dirty or 'none'}", file=sys.stderr)
+    print(
+        f"  Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.platform()}; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -386,6 +752,10 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.1f}%"
     if unit == "x":
         return f"{value:.1f}×"
+    if unit == "ratio":
+        return f"{value:.2f}×"
+    if unit == "rounds/s":
+        return f"{value:,.0f}/s" if value >= 100 else f"{value:.1f}/s"
     return f"{value:g} {unit}"
 
 
@@ -394,8 +764,12 @@ def repeat(runs: int, label: str, fn: Callable[[], float]) -> list[float]:
     for i in range(runs):
         value = fn()
         values.append(value)
-        print(f"  {label} run {i + 1}/{runs}: {value:.4g}", file=sys.stderr, flush=True)
+        log(f"{label} run {i + 1}/{runs}: {value:.4g}")
     return values
+
+
+def log(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
 
 
 def torch_importable() -> bool:
@@ -431,11 +805,9 @@ def measure(runs: int, quick: bool, cwd: str) -> list[Row]:
         for i in range(runs):
             r = start_and_pss(nnodes, cwd)
             results.append(r)
-            print(
-                f"  {ranks} ranks run {i + 1}/{runs}: started {r.started_s:.3f} s, "
-                f"PSS {r.pss_mb:.0f} MB over {r.processes} processes",
-                file=sys.stderr,
-                flush=True,
+            log(
+                f"{ranks} ranks run {i + 1}/{runs}: started {r.started_s:.3f} s, "
+                f"PSS {r.pss_mb:.0f} MB over {r.processes} processes"
             )
         st, st_text = start_targets.get(nnodes, (None, ""))
         start_rows.append(
@@ -449,36 +821,100 @@ def measure(runs: int, quick: bool, cwd: str) -> list[Row]:
         )
         pt, pt_text = pss_targets.get(nnodes, (None, ""))
         pss_rows.append(
-            Row(f"PSS of the job tree, {ranks} ranks", [r.pss_mb for r in results], "MB", pt, pt_text)
+            Row(
+                f"PSS of the job tree at start-up, {ranks} ranks",
+                [r.pss_mb for r in results],
+                "MB",
+                pt,
+                pt_text,
+            )
         )
     rows += start_rows + pss_rows
 
     if not quick:
         done = repeat(1, "1024 ranks to --fake-max-steps 3", lambda: completes(128, cwd, 3))
-        rows.append(Row("1024 ranks run to --fake-max-steps 3, exit 0 (wall time)", done, "s"))
+        rows.append(Row("1024 ranks run to --fake-max-steps 3 at --fake-speed 10, exit 0 (wall)", done, "s"))
 
-    cpu_default = repeat(runs, "CPU 64 ranks default pace", lambda: 100 * cpu_per_wall(8, cwd, window))
-    rows.append(
-        Row(
-            f"CPU of the tree, 64 ranks, default pace ({window:g} s window)",
-            cpu_default,
-            "%",
-            5.0,
-            "≤ 5% of one core",
+    paces: list[tuple[str, tuple[str, ...]]] = [
+        ("default pace", ()),
+        ("--fake-speed 20", ("--fake-speed", "20")),
+    ]
+    for pace, extra in paces:
+        samples: list[Training] = []
+        for i in range(runs):
+            t = training_run(8, cwd, window, *extra)
+            samples.append(t)
+            log(
+                f"64 ranks {pace} run {i + 1}/{runs}: training after {t.to_training_s:.2f} s, "
+                f"CPU {t.cpu_pct:.2f}%, PSS {t.pss_mb:.0f} MB"
+            )
+        cpu_target = (5.0, "≤ 5% of one core") if not extra else (None, "")
+        rows.append(
+            Row(
+                f"CPU of the tree while training, 64 ranks, {pace} ({window:g} s window)",
+                [t.cpu_pct for t in samples],
+                "%",
+                *cpu_target,
+            )
         )
-    )
-    cpu_fast = repeat(
-        runs, "CPU 64 ranks speed 20", lambda: 100 * cpu_per_wall(8, cwd, window, "--fake-speed", "20")
-    )
-    rows.append(Row(f"CPU of the tree, 64 ranks, --fake-speed 20 ({window:g} s window)", cpu_fast, "%"))
+        if not extra:
+            rows.append(
+                Row(
+                    "PSS of the job tree while training, 64 ranks, default pace",
+                    [t.pss_mb for t in samples],
+                    "MB",
+                    300.0,
+                    "≤ 300 MB",
+                )
+            )
 
-    rows.append(Row("coordinator step rounds/s, 64 ranks", [], "", note="n/a (coordinator not built yet)"))
-    rows.append(Row("coordinator step rounds/s, 1024 ranks", [], "", note="n/a (coordinator not built yet)"))
+    for nnodes in [8] if quick else [8, 128]:
+        ranks = nnodes * RANKS_PER_NODE
+        fake: list[Rounds] = []
+        base: list[Rounds] = []
+        for i in range(runs):  # interleaved, so that the machine's noise hits both alike
+            fake.append(fakerun_rounds(nnodes, cwd, window))
+            base.append(baseline_rounds(ranks, cwd, window))
+            log(
+                f"rounds {ranks} ranks run {i + 1}/{runs}: fakerun {fake[-1].rounds_per_s:.1f}/s "
+                f"(PSS {fake[-1].pss_mb or 0:.0f} MB), baseline {base[-1].rounds_per_s:.1f}/s"
+            )
+        rows.append(
+            Row(
+                f"coordinator step rounds/s, {ranks} ranks (speed {ROUNDS_SPEED}, {window:g} s window)",
+                [r.rounds_per_s for r in fake],
+                "rounds/s",
+            )
+        )
+        rows.append(
+            Row(
+                f"baseline barrier rounds/s, {ranks} forked processes (pure Python, socketpair + selector)",
+                [r.rounds_per_s for r in base],
+                "rounds/s",
+            )
+        )
+        rows.append(
+            Row(
+                f"fakerun / baseline rounds, {ranks} ranks",
+                [f.rounds_per_s / b.rounds_per_s for f, b in zip(fake, base, strict=True)],
+                "ratio",
+            )
+        )
+        if nnodes == 128:
+            rows.append(
+                Row(
+                    f"PSS of the job tree while training, {ranks} ranks, --fake-speed {ROUNDS_SPEED}",
+                    [r.pss_mb for r in fake if r.pss_mb is not None],
+                    "MB",
+                )
+            )
+    if quick:
+        rows.append(Row("coordinator step rounds/s, 1024 ranks", [], "", note="n/a (full run only)"))
 
     term = repeat(runs, "SIGTERM teardown 64", lambda: teardown(8, cwd, signal.SIGTERM))
-    rows.append(Row("SIGTERM launcher → all processes gone, 64 ranks", term, "s", 0.5, "≤ 0.5 s"))
+    rows.append(Row("SIGTERM launcher → all processes gone, 64 ranks training", term, "s", 0.5, "≤ 0.5 s"))
     kill = repeat(runs, "SIGKILL teardown 64", lambda: teardown(8, cwd, signal.SIGKILL))
-    rows.append(Row("SIGKILL launcher → all processes gone, 64 ranks", kill, "s", 1.0, "≤ 1 s"))
+    rows.append(Row("SIGKILL launcher → all processes gone, 64 ranks training", kill, "s", 1.0, "≤ 1 s"))
     return rows
 
 
@@ -510,18 +946,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default: 5)")
     parser.add_argument("--quick", action="store_true", help="one run per figure, 8 and 64 ranks only (CI)")
+    # Internal: the baseline barrier runs in a child process of the benchmark (see baseline_rounds).
+    parser.add_argument("--baseline-barrier", type=int, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=float, default=5.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.baseline_barrier is not None:
+        rate = baseline_barrier(args.baseline_barrier, args.window)
+        print(json.dumps({"rounds_per_s": rate}), flush=True)
+        return 0
     runs = 1 if args.quick else max(1, args.runs)
     with signals_raise(), tempfile.TemporaryDirectory(prefix="fakerun-bench.") as cwd:
+        BENCH_DIRS.append(os.path.realpath(cwd))
         started = time.monotonic()
         try:
+            describe_environment()
+            warm_up(cwd)
             rows = measure(runs, args.quick, cwd)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)
             return 130
         finally:
             REGISTRY.cleanup()
-        print(f"  total benchmark time {time.monotonic() - started:.0f} s", file=sys.stderr)
+        log(f"total benchmark time {time.monotonic() - started:.0f} s")
+        describe_environment()
+        for problem in PROBLEMS:
+            log(f"a job printed a traceback: {problem}")
+        log(f"jobs with a traceback through fakerun's code on stderr: {len(PROBLEMS)}")
     print(render(rows))
     return 0
 
