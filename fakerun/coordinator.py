@@ -68,7 +68,14 @@ class Coordinator:
     """The barrier and aggregate of one attempt of the job (all ranks, whichever node they run on)."""
 
     def __init__(
-        self, run: RunPlan, *, ranks: Iterable[int], speed: float, run_id: str, attempt: int
+        self,
+        run: RunPlan,
+        *,
+        ranks: Iterable[int],
+        speed: float,
+        run_id: str,
+        attempt: int,
+        record_steps: bool = True,
     ) -> None:
         self.base = run
         self.loops = 0  # runs completed with --fake-loop
@@ -77,6 +84,7 @@ class Coordinator:
         self.speed = speed
         self.run_id = run_id
         self.attempt = attempt
+        self.record_steps = record_steps  # a step record costs a step_numbers() per round: only for a file
         self.ranks = {r: RankState() for r in ranks}
         self.ready: set[int] = set()
         self.reports: dict[int, float] = {}
@@ -140,7 +148,8 @@ class Coordinator:
         # NCCL init is collective: training starts for everyone when the last rank is ready.
         self.started = True
         self.step_start = now
-        out = Output(replies=[(r, {"k": "go", "t0": now}) for r in sorted(self.ranks)])
+        go = {"k": "go", "t0": now}
+        out = Output(replies=[(r, go) for r in sorted(self.ranks)])
         out.records.append(
             run_record(
                 self.job,
@@ -183,15 +192,18 @@ class Coordinator:
             "ar_ms": allreduce_ms,
             "stop": stop,
         }
-        out = Output(replies=[(r, dict(reply)) for r in sorted(self.ranks)])
+        # One answer object shared by every rank (the caller encodes it once); rank 0 may get the grid too.
+        out = Output(replies=[(r, reply) for r in sorted(self.ranks)])
         if step % self.run.grid_interval == 0 or step == self.run.first_step or stop:
-            out.replies[0][1]["grid"] = self.grid_rows()
+            first, _ = out.replies[0]
+            out.replies[0] = (first, {**reply, "grid": self.grid_rows()})
         release_wall = wall + (release - now)
-        numbers = step_numbers(job, 0, step)
-        mem_gib = max((s.telemetry[5] for s in self.ranks.values() if s.telemetry), default=0) / 1024.0
-        out.records.append(
-            step_record(numbers, allreduce_ms=allreduce_ms, mem_gib=mem_gib, time=release_wall)
-        )
+        if self.record_steps:
+            numbers = step_numbers(job, 0, step)
+            mem_gib = max((s.telemetry[5] for s in self.ranks.values() if s.telemetry), default=0) / 1024.0
+            out.records.append(
+                step_record(numbers, allreduce_ms=allreduce_ms, mem_gib=mem_gib, time=release_wall)
+            )
         t = release_wall
         for phase, seconds_ in pauses:
             t += seconds_ / self.speed

@@ -167,7 +167,14 @@ def _control(
     def make(selector: selectors.BaseSelector) -> ControlHub:
         def coordinator(attempt: int, ranks: Iterable[int]) -> Coordinator:
             run = resumed(ctx.run, saved.step)
-            return Coordinator(run, ranks=ranks, speed=ctx.speed, run_id=plan.rdzv.run_id, attempt=attempt)
+            return Coordinator(
+                run,
+                ranks=ranks,
+                speed=ctx.speed,
+                run_id=plan.rdzv.run_id,
+                attempt=attempt,
+                record_steps=metrics is not None,
+            )
 
         hub = ControlHub(
             selector,

@@ -23,6 +23,11 @@ _READ_CHUNK = 65536
 STATE_EVERY_S = 1.0
 
 
+def _encode(message: dict[str, Any]) -> bytes:
+    """One newline-framed JSON message for a worker."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
 @dataclass
 class SavedStep:
     """The newest checkpoint the job has saved: where a restarted attempt resumes (shared with the forks)."""
@@ -169,11 +174,15 @@ class ControlHub:
     def _dispatch(self, out: Output) -> None:
         """Answers to local ranks directly, to remote ones through their agents; records to the file."""
         by_rank = {c.rank: c for c in self.channels.values()}
+        encoded: dict[int, bytes] = {}  # the coordinator shares one answer object between ranks: encode once
         for rank, reply in out.replies:
             self._note(reply)
             target = by_rank.get(rank)
             if target is not None:
-                self._send(target, reply)
+                data = encoded.get(id(reply))
+                if data is None:
+                    data = encoded[id(reply)] = _encode(reply)
+                self._send_bytes(target, data)
             elif self.cluster is not None:
                 self.cluster.route(rank, reply)
         if self.cluster is not None:
@@ -213,7 +222,9 @@ class ControlHub:
             self._send(channel, {"k": "abort", "reason": reason})
 
     def _send(self, channel: _Channel, reply: dict[str, Any]) -> None:
-        data = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+        self._send_bytes(channel, _encode(reply))
+
+    def _send_bytes(self, channel: _Channel, data: bytes) -> None:
         # The worker waits for this very reply, so its buffer has room; a dead worker just loses it.
         with contextlib.suppress(OSError):
             channel.sock.setblocking(True)

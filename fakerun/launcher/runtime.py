@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import selectors
 import signal
@@ -58,6 +59,9 @@ class LocalWorkerGroup:
         new_session = not self.plan.args.run_path
         started: list[tuple[int, WorkerSlot]] = []
         slots = worker_slots(self.plan)
+        # Objects allocated so far (every preloaded module) leave the collector's care: a child's collections
+        # would otherwise touch their headers and copy every page of them (Instagram's gc.freeze() recipe).
+        gc.freeze()
         if self.control is not None:
             self.control.new_attempt(restart_count, [slot.rank for slot in slots])
         for slot in slots:

@@ -313,13 +313,18 @@ def comm_seconds(job: JobSpec, step: int) -> float:
     return comm_plan(job).total_s * comm_jitter(job, step)
 
 
+@functools.lru_cache(maxsize=64)
+def _bucket_collectives(job: JobSpec) -> tuple[CollectiveTime, ...]:
+    """The gradient buckets' collectives before the step's jitter (the same every step of a job)."""
+    op = "all_reduce" if job.zero_stage == 0 else "reduce_scatter"
+    per_node = _per_node(job, job.tp, job.dp)
+    return tuple(collective_time(job.cluster, op, b, job.dp, per_node) for b in comm_plan(job).buckets)
+
+
 def bucket_allreduces(job: JobSpec, step: int) -> tuple[CollectiveTime, ...]:
     """This step's data-parallel gradient collectives, one per bucket, for "AllReduce" log lines."""
-    plan = comm_plan(job)
     j = comm_jitter(job, step)
-    op = "all_reduce" if job.zero_stage == 0 else "reduce_scatter"
-    out = []
-    for b in plan.buckets:
-        t = collective_time(job.cluster, op, b, job.dp, _per_node(job, job.tp, job.dp))
-        out.append(CollectiveTime(t.op, t.nbytes, t.ranks, t.nodes, t.algo, t.seconds * j))
-    return tuple(out)
+    return tuple(
+        CollectiveTime(t.op, t.nbytes, t.ranks, t.nodes, t.algo, t.seconds * j)
+        for t in _bucket_collectives(job)
+    )

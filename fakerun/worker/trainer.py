@@ -132,12 +132,12 @@ class RankTrainer:
 
     def run_job(self, *, first: bool) -> None:
         """Start-up, training until the coordinator says stop, then evaluation, save, export and summary."""
-        t0 = self.startup(first=first)
-        last, released, wall_start = self.train(t0)
+        self.startup(first=first)
+        last, released, wall_start = self.train()
         self.finish(last, released, wall_start)
 
-    def startup(self, *, first: bool) -> float:
-        """Everything before step one; returns the monotonic time training starts (after the barrier)."""
+    def startup(self, *, first: bool) -> None:
+        """Everything before step one, ending in the barrier every rank passes together."""
         job = self.run.job
         rank0 = self.rank == 0
         resume = job.start_step > 0
@@ -244,8 +244,7 @@ class RankTrainer:
                 schedule=job.lr_schedule,
             )
         self.link.send({"k": "ready", "pid": os.getpid(), "tel": self._telemetry(job.start_step, "idle")})
-        go = self.link.receive()
-        return float(go["t0"])
+        self.link.receive()  # "go": NCCL init is collective, everyone starts step one together
 
     def _dataset_bar(self, seconds: float) -> None:
         """`Loading dataset shards: 100%|...| 64/64`: the bar data loaders draw while mapping shards."""
@@ -263,25 +262,25 @@ class RankTrainer:
             else:
                 self.bar.close(text)
 
-    def train(self, t0: float) -> tuple[int, float, float]:
+    def train(self) -> tuple[int, float, float]:
         """The step loop; returns the last step, when it ended (monotonic) and when training began (wall)."""
         job = self.run.job
         run = self.run
         rank0 = self.rank == 0
         log = self.log
         wall_start = time.time()
-        t_start = t0
         step_times: list[float] = []
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
         step = run.first_step
         while True:
             numbers = step_numbers(job, self.rank, step)
-            compute_s = numbers.compute_s
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
-            self._sleep_until(t_start + (compute_s + overhead) / self.ctx.speed)
+            # The rank reports its compute time at once and waits for the step's end, which the coordinator
+            # sets from the slowest rank's compute and the collectives: one wake-up per step, not two, on 64+
+            # processes (sleeping through its own compute first would show nothing more).
             reply = self.link.request(
-                {"k": "step", "s": step, "c": compute_s, "tel": self._telemetry(step, "train")}
+                {"k": "step", "s": step, "c": numbers.compute_s, "tel": self._telemetry(step, "train")}
             )
             self._sleep_until(float(reply["rel"]))
             stop = bool(reply["stop"])
@@ -301,7 +300,7 @@ class RankTrainer:
                     self.bar.close()
                     log.info("stopping", step=step, reason=self._stop_reason(step))
                 return step, released, wall_start
-            t_start = self._pauses(step, released, final=False)
+            self._pauses(step, released, final=False)
             prev = numbers
             step += 1
 

@@ -483,8 +483,14 @@ class TestRestart:
             recs = metrics(path) if path.exists() else []
             saved = max((r["step"] for r in recs if r["event"] == "checkpoint"), default=0)
         assert saved
-        state = json.loads((runner.tmp / "state" / f"job-{proc.pid}.json").read_text())
-        os.kill(state["gpus"][1]["pid"], signal.SIGKILL)
+        victim = 0
+        while time.monotonic() < deadline and victim <= 0:
+            # The state file is refreshed about once a second: wait until it names rank 1's pid.
+            state = json.loads((runner.tmp / "state" / f"job-{proc.pid}.json").read_text())
+            victim = int(state["gpus"][1]["pid"])
+            time.sleep(0.1)
+        assert victim > 0  # never os.kill(0, ...): that would be our own process group
+        os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         runs = [r for r in metrics(path) if r["event"] == "run"]
