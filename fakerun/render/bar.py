@@ -26,10 +26,12 @@ def human_count(value: float) -> str:
 
 
 def train_postfix(loss: float, lr: float, tokens_per_s: float, *, width: int | None) -> str:
-    """`loss=2.345, ppl=10.43, lr=3.00e-04, tok/s=2.10M`; narrow terminals keep the first figures only."""
+    """`loss=2.345, ppl=10.43, lr=3.00e-04, tok/s=2.10M`; narrow terminals keep loss (and lr) only."""
     ppl = math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan
     parts = [f"loss={loss:.4f}", f"ppl={ppl:.4g}", f"lr={lr:.2e}", f"tok/s={human_count(tokens_per_s)}"]
-    if width is not None and width < 100:
+    if width is not None and width < 90:
+        parts = [parts[0]]  # an 80-column pane: the meter's times and rate already take ~60 columns
+    elif width is not None and width < 100:
         parts = [parts[0], parts[2]]
     return ", ".join(parts)
 

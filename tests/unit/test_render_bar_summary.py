@@ -52,10 +52,11 @@ class TestMeter:
         assert bar.human_count(value) == text
 
     def test_postfix_narrow_keeps_loss_and_lr(self) -> None:
-        """Below 100 columns the postfix keeps loss and lr only; ppl is exp(loss)."""
+        """Below 100 columns the postfix keeps loss and lr, below 90 loss only; ppl is exp(loss)."""
         wide = bar.train_postfix(2.0, 3e-4, 2.1e6, width=None)
         assert f"ppl={math.exp(2.0):.4g}" in wide and "tok/s=2.1M" in wide
-        assert bar.train_postfix(2.0, 3e-4, 2.1e6, width=80) == "loss=2.0000, lr=3.00e-04"
+        assert bar.train_postfix(2.0, 3e-4, 2.1e6, width=95) == "loss=2.0000, lr=3.00e-04"
+        assert bar.train_postfix(2.0, 3e-4, 2.1e6, width=80) == "loss=2.0000"
 
 
 class TestSummary:
