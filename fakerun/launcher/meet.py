@@ -119,6 +119,10 @@ def meet(
     secret = job_secret(os.environ, rdzv.run_id)
     static = rdzv.form == "static"
     me = Join(args.node_rank if static else None, host, plan.nproc_per_node, rdzv.run_id)
+    port = rdzv.master_port if static else _endpoint(rdzv.endpoint)[1]
+    if not 0 < port < 65536:
+        option = "--master-port" if static else "--rdzv-endpoint"
+        raise MeetError(f"fakerun: error: {option}: {port} is not a TCP port (1-65535)\n")
     listener: socket.socket | None = None
     try:
         with _interruptible():

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SCRIPTS, Runner, fakerun_exe
 
 PROBE = str(SCRIPTS / "probe.py")
@@ -318,3 +320,23 @@ class TestSlurm:
         assert sorted(envs) == [0, 1, 2, 3]
         assert {e["GROUP_RANK"] for e in envs.values()} == {"0", "1"}
         assert {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs.values()} == {("localhost", port)}
+
+
+class TestBadInput:
+    """Impossible rendezvous addresses: one line, exit 1, nothing left behind."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["--node-rank", "0", "--master-port", "99999"],
+            ["--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:70000"],
+        ],
+    )
+    def test_port_out_of_range(self, runner: Runner, args: list[str]) -> None:
+        """A port above 65535 is refused before anything starts."""
+        tmp = runner.tmp / "tmp"
+        tmp.mkdir()
+        res = runner.run(["--nnodes", "2", "--nproc-per-node", "2", *args, "train.py"], TMPDIR=str(tmp))
+        assert res.code == 1
+        assert res.stderr.splitlines()[-1].startswith("fakerun: error: ")
+        assert "Traceback" not in res.stderr and list(tmp.iterdir()) == []
