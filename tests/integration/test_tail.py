@@ -227,7 +227,8 @@ def test_tmux_demo_runs_and_leaves_nothing_behind(runner: Runner) -> None:
 
     try:
         res = subprocess.run(
-            [str(DEMO), "--detach", "-s", "demo", "--fake-speed", "20", "--fake-max-steps", "20"],
+            # Long enough (~8 s of training) that the tail panes surely find the job before it ends.
+            [str(DEMO), "--detach", "-s", "demo", "--fake-speed", "20", "--fake-max-steps", "120"],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -237,8 +238,11 @@ def test_tmux_demo_runs_and_leaves_nothing_behind(runner: Runner) -> None:
         assert res.returncode == 0, res.stderr
         assert set(panes()) == {"fakerun", "rank 5", "rank 12", "fakerun-smi"}
         # The job ends by itself; the tails end with it and stay on screen.
-        # tmux marks a pane dead before it records the exit status: wait for both.
-        wait_for(lambda: panes()["rank 5"][1:] == panes()["rank 12"][1:] == ["1", "0"], "the tails to exit 0")
+        wait_for(lambda: panes()["rank 5"][1] == panes()["rank 12"][1] == "1", "the tail panes to end")
+        # tmux 3.3a sometimes never records the status of one of two panes that die together (empty
+        # #{pane_dead_status}, no "Pane is dead" line); when it does, it must be 0. `fakerun-tail -f` exiting
+        # 0 at the end of a job is asserted without tmux in test_follow_ends_with_the_job.
+        assert {panes()["rank 5"][2], panes()["rank 12"][2]} <= {"0", ""}
         for rank in (5, 12):
             text = shown(f"rank {rank}")
             assert f"worker started               rank={rank} " in text and "training finished" in text, text

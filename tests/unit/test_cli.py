@@ -876,7 +876,7 @@ def test_torchrun_args_fields_match_parser() -> None:
 
 
 class TestExplicit:
-    """TorchrunArgs.explicit tells options the user set from defaults (a default node rank plays all nodes)."""
+    """TorchrunArgs.explicit tells options the user set from defaults (default node rank: play all nodes)."""
 
     @pytest.mark.parametrize(
         "argv,env,given",
