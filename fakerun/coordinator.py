@@ -275,6 +275,7 @@ class Coordinator:
             "model": job.model.name,
             "gpu": job.gpu.name,
             "gpu_display_name": job.gpu.display_name,
+            "bus_ids": list(job.cluster.bus_ids),  # the cluster's PCI layout, for fakerun-smi
             "world_size": job.world_size,
             "nnodes": job.nnodes,
             "nproc_per_node": job.nproc_per_node,

@@ -299,6 +299,9 @@ def process_name(pid: int) -> str:
 
 def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
     """Node `node` of a running job: its GPUs from the state, its live workers as processes."""
+    # The cluster's PCI layout, as the workers' NCCL lines show it (older state files have none).
+    listed = job.get("bus_ids")
+    bus_ids = tuple(str(b) for b in listed) if isinstance(listed, list) else ()
     spec = _gpu_spec(job)
     if spec.vendor != "nvidia":
         raise smi.SmiError(NO_DRIVER, _NVIDIA_SMI_EXIT_DRIVER)
@@ -332,7 +335,7 @@ def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
             tel = dataclasses.replace(tel, mem_used_mib=used)
             processes.append(smi.SmiProcess(index, pid, process_name(pid), used - DRIVER_RESERVED_MIB))
         host = str(g.get("host", "")) or socket.gethostname()
-        gpus.append(_sample(spec, index, host, pci_bus_id(index), tel, sample))
+        gpus.append(_sample(spec, index, host, pci_bus_id(index, bus_ids), tel, sample))
     return Snapshot(gpus, processes, spec.driver_version, spec.cuda_version)
 
 

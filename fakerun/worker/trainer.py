@@ -156,7 +156,7 @@ class RankTrainer:
                 device=f"cuda:{self.local_rank}",
                 name=job.gpu.display_name,
                 memory_gib=round(job.gpu.memory_mib / 1024, 1),
-                bus_id=nccl.pci_bus_id(self.local_rank),
+                bus_id=nccl.pci_bus_id(self.local_rank, job.cluster.bus_ids),
             )
             log.info("initializing process group", backend="nccl", world_size=job.world_size)
             self._pace(times.dist_init_s)
