@@ -75,6 +75,8 @@ class Runner:
             "LANG": "C.UTF-8",
             "FAKERUN_TEST_MARK": self.mark,
             "DUMP_DIR": str(self.tmp),
+            # Job state and rank copies inside the test's directory: a SIGKILLed launcher leaves them behind.
+            "FAKERUN_STATE_DIR": str(self.tmp / "state"),
         }
         env.update(extra)
         return env

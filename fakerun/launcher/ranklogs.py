@@ -12,6 +12,31 @@ from typing import Any, BinaryIO
 META = "meta.json"
 
 
+def prune_stale(directory: str) -> None:
+    """Removes what SIGKILLed launchers left in the state directory (`job-<pid>` of a pid that is gone)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        stem = name.removesuffix(".json")
+        if not stem.startswith("job-") or not stem[4:].isdigit():
+            continue
+        try:
+            os.kill(int(stem[4:]), 0)
+            continue  # alive (or another user's): not ours to touch
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def rank_file_name(rank: int) -> str:
     """The file holding one rank's stdout and stderr, as the worker wrote them."""
     return f"rank-{rank:05d}.log"
@@ -44,6 +69,7 @@ class RankLogs:
     def __init__(self, directory: str, meta: dict[str, Any]) -> None:
         self.directory = directory
         self._files: dict[int, RankFile] = {}
+        prune_stale(os.path.dirname(directory))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(directory, META + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:

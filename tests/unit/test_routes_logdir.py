@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from fakerun.launcher.console import (
 )
 from fakerun.launcher.logdir import LogDir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import make_plan
+from fakerun.launcher.ranklogs import prune_stale
 from fakerun.options import TorchrunArgs
 
 
@@ -253,3 +255,25 @@ class TestLogDir:
         user = LogDir.create(str(tmp_path / "mine"))
         user.cleanup()
         assert os.path.isdir(tmp_path / "mine")
+
+
+class TestPruneStale:
+    """A new job clears what SIGKILLed launchers left in the state directory."""
+
+    def test_dead_launchers_entries_go_live_ones_stay(self, tmp_path: Path) -> None:
+        """job-<pid> entries of a pid that is gone are removed; ours and unrelated files stay."""
+        gone = _reaped_pid()
+        (tmp_path / f"job-{gone}").mkdir()
+        (tmp_path / f"job-{gone}" / "meta.json").write_text("{}")
+        (tmp_path / f"job-{gone}.json").write_text("{}")
+        (tmp_path / f"job-{os.getpid()}.json").write_text("{}")
+        (tmp_path / "notes.txt").write_text("x")
+        prune_stale(str(tmp_path))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"job-{os.getpid()}.json", "notes.txt"])
+
+
+def _reaped_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
