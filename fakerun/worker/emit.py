@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -10,6 +11,13 @@ import structlog
 
 # Timestamps as real trainers print them: local time with milliseconds on the console, ISO 8601 UTC in json.
 CONSOLE_TIME = "%Y-%m-%d %H:%M:%S,%f"
+
+
+def c10_prefix(rank: int, level: str, source: str) -> str:
+    """The prefix torch's C++ logging puts on a rank's line: `[rank3]:[W1122 08:41:58.102931737 f.cpp:9]`."""
+    now = time.time()
+    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
+    return f"[rank{rank}]:[{level}{stamp} {source}]"
 
 
 def _trim_millis(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -6,13 +6,13 @@ import os
 import resource
 import signal
 import sys
-import time
 from collections.abc import Sequence
 
 import setproctitle
 
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.worker.channel import CoordinatorGone, JobAborted
+from fakerun.worker.emit import c10_prefix
 from fakerun.worker.trainer import SimContext, run_rank
 
 
@@ -26,15 +26,13 @@ NCCL_VERSION = "2.21.5"
 
 def die_like_nccl(rank: int) -> None:
     """What a rank prints and how it dies when a peer node vanishes: the NCCL watchdog, then SIGABRT."""
-    now = time.time()
-    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
     what = (
         f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}] Process group watchdog thread terminated with "
         "exception: NCCL error: remote process exited or there was a network error, "
         f"NCCL version {NCCL_VERSION}"
     )
     sys.stderr.write(
-        f"[rank{rank}]:[E{stamp} ProcessGroupNCCL.cpp:1895] {what}\n"
+        f"{c10_prefix(rank, 'E', 'ProcessGroupNCCL.cpp:1895')} {what}\n"
         "ncclRemoteError: A call failed possibly due to a network error or a remote process exiting "
         "prematurely.\nLast error:\nsocketProgress: Connection closed by remote peer\n"
         f"terminate called after throwing an instance of 'c10::DistBackendError'\n  what():  {what}\n"

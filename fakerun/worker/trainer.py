@@ -28,7 +28,7 @@ from fakerun.sim.run import RunPlan, looped, startup_times
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.telemetry import Phase, telemetry
 from fakerun.worker.channel import CoordinatorLink
-from fakerun.worker.emit import BarWriter, configure_logging, print_lines
+from fakerun.worker.emit import BarWriter, c10_prefix, configure_logging, print_lines
 
 GIB = 1024**3
 
@@ -61,10 +61,8 @@ def _log_time() -> str:
 
 def _barrier_warning(rank: int, local_rank: int) -> str:
     """torch's C++ warning (c10 format, nanosecond time, `[rankN]:` prefix) for a device-less barrier."""
-    now = time.time()
-    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
     return (
-        f"[rank{rank}]:[W{stamp} ProcessGroupNCCL.cpp:4561] [PG ID 0 PG GUID 0 Rank {rank}]  using GPU "
+        f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:4561')} [PG ID 0 PG GUID 0 Rank {rank}]  using GPU "
         f"{local_rank} to perform barrier as devices used by this process are currently unknown. This can "
         "potentially cause a hang if this rank to GPU mapping is incorrect. Specify device_ids in barrier() "
         "to force use of a particular device, or call init_process_group() with a device_id."
