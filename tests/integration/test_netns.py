@@ -6,18 +6,17 @@ whatever happens.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import SCRIPTS, Runner, fakerun_exe
+from tests.integration.test_multinode import finish, probe_envs
 
 ADDR = ("10.231.0.1", "10.231.0.2")
 
@@ -84,16 +83,6 @@ def in_ns(runner: Runner, ns: str, args: list[str], name: str) -> subprocess.Pop
     )
 
 
-def wait_all(procs: list[subprocess.Popen[str]], timeout: float = 90) -> list[int]:
-    try:
-        return [p.wait(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
 def test_static_job_across_namespaces(hosts: tuple[str, str], runner: Runner) -> None:
     """Node 0 in one namespace, node 1 in the other: the job forms over the veth link, environments right."""
     a, b = hosts
@@ -101,11 +90,8 @@ def test_static_job_across_namespaces(hosts: tuple[str, str], runner: Runner) ->
     probe = ["--fake-exec", str(SCRIPTS / "probe.py")]
     n0 = in_ns(runner, a, [*common, "--node-rank", "0", *probe], "n0")
     n1 = in_ns(runner, b, [*common, "--node-rank", "1", *probe], "n1")
-    assert wait_all([n0, n1]) == [0, 0], (runner.tmp / "n1.err").read_text()[-1500:]
-    envs = {}
-    for path in Path(runner.tmp).glob("proc_rank*_attempt0.json"):
-        env = json.loads(path.read_text())["env"]
-        envs[int(env["RANK"])] = env
+    assert finish([n0, n1]) == [0, 0], (runner.tmp / "n1.err").read_text()[-1500:]
+    envs = probe_envs(runner)
     assert sorted(envs) == [0, 1, 2, 3]
     assert {(e["MASTER_ADDR"], e["MASTER_PORT"]) for e in envs.values()} == {(ADDR[0], "29533")}
 
@@ -135,7 +121,7 @@ def test_silent_link_is_detected_by_heartbeats(hosts: tuple[str, str], runner: R
     links = _ip("-n", b, "-o", "link", "show", "type", "veth").stdout.split(":")
     veth = links[1].strip().split("@")[0]
     _ip("-n", b, "link", "set", veth, "down")
-    codes = wait_all([n0, n1], timeout=40)
+    codes = finish([n0, n1], timeout=40)
     assert codes == [1, 1]
     for name in ("n0.err", "n1.err"):
         err = (runner.tmp / name).read_text()
