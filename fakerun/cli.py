@@ -12,12 +12,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
+from fakerun import limits, tomlfile
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+from fakerun.sim.failures import FAILURE_KINDS, RANDOM_FAILURE
 
 __all__ = ["UsageError", "build_parser", "parse_command_line", "prog_name"]
 
@@ -187,30 +184,68 @@ def _number(value: object, from_text: Callable[[str], float]) -> float:
     raise ValueError(value)
 
 
-def _parse_int(minimum: int) -> Callable[[object], int]:
-    """Converter for an integer option with a lower bound."""
+def _clip(text: str) -> str:
+    """Text for an error line, shortened so that a huge value still gives a short line."""
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-10:]} ({len(text)} characters)"
+
+
+def _shown(value: object) -> str:
+    """repr() of a value for an error line, shortened; tables and arrays by their kind."""
+    if isinstance(value, (dict, list)):
+        return "a table" if isinstance(value, dict) else "an array"  # never repr: it may nest deeply
+    return _clip(repr(value))
+
+
+def _parse_int(minimum: int, maximum: int) -> Callable[[object], int]:
+    """Converter for an integer option within [minimum, maximum]."""
 
     def convert(value: object) -> int:
         try:
             number = _number(value, int)
         except ValueError:
             number = math.nan
-        if not isinstance(number, int) or number < minimum:
-            raise _BadValue(f"invalid value {value!r} (expected an integer >= {minimum})")
+        if not isinstance(number, int) or not minimum <= number <= maximum:
+            raise _BadValue(
+                f"invalid value {_shown(value)} (expected an integer from {minimum} to {maximum})"
+            )
         return number
 
     return convert
 
 
 def _parse_speed(value: object) -> float:
-    """Converter for --fake-speed: a finite number > 0."""
+    """Converter for --fake-speed: a finite number within [MIN_SPEED, MAX_SPEED]."""
     try:
         number = float(_number(value, float))
-    except ValueError:
+    except (ValueError, OverflowError):
         number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise _BadValue(f"invalid speed {value!r} (expected a number > 0, e.g. 10)")
+    if not (math.isfinite(number) and limits.MIN_SPEED <= number <= limits.MAX_SPEED):
+        raise _BadValue(
+            f"invalid speed {_shown(value)} "
+            f"(expected a number from {limits.MIN_SPEED:g} to {limits.MAX_SPEED:g}, e.g. 10)"
+        )
     return number
+
+
+_FAIL_SYNTAX = "SCENARIO[@STEP][:RANK]"
+_FAIL_RE = re.compile(r"(?P<name>[^@:]*)(?:@(?P<step>[^:]*))?(?::(?P<rank>.*))?", re.DOTALL)
+_MAX_RANK = limits.MAX_NNODES * limits.MAX_NPROC_PER_NODE - 1
+
+
+def _parse_fail(value: object) -> str:
+    """Converter for --fake-fail: SCENARIO[@STEP][:RANK], a known scenario, STEP >= 1 and RANK >= 0."""
+    names = (*FAILURE_KINDS, RANDOM_FAILURE)
+    match = _FAIL_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or match["name"] not in names:
+        raise _BadValue(
+            f"invalid scenario {_shown(value)} (choose from {', '.join(names)}; as {_FAIL_SYNTAX})"
+        )
+    for part, low, high in (("step", 1, limits.MAX_STEPS), ("rank", 0, _MAX_RANK)):
+        text = match[part]
+        if text is not None and not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+            expected = f"expected an integer from {low} to {high}; as {_FAIL_SYNTAX}"
+            raise _BadValue(f"invalid {part} {_shown(text)} in {_shown(value)} ({expected})")
+    return match.group(0)
 
 
 _NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
@@ -231,13 +266,16 @@ def parse_duration(text: str) -> float:
 
 
 def _parse_max_time(value: object) -> float:
-    """Converter for --fake-max-time: a duration > 0, as text or as a TOML number of seconds."""
+    """Converter for --fake-max-time: a duration > 0 and <= MAX_SIM_SECONDS, as text or TOML seconds."""
     try:
         seconds = float(_number(value, parse_duration))
-    except ValueError:
-        raise _BadValue(f"invalid duration {value!r} ({_DURATION_FORMS})") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise _BadValue(f"invalid duration {value!r} (must be > 0; {_DURATION_FORMS})")
+    except (ValueError, OverflowError):
+        raise _BadValue(f"invalid duration {_shown(value)} ({_DURATION_FORMS})") from None
+    if not (math.isfinite(seconds) and 0 < seconds <= limits.MAX_SIM_SECONDS):
+        raise _BadValue(
+            f"invalid duration {_shown(value)} "
+            f"(must be > 0 and at most {limits.MAX_SIM_SECONDS:g} s; {_DURATION_FORMS})"
+        )
     return seconds
 
 
@@ -253,7 +291,7 @@ def _parse_flag(value: object) -> bool:
             return True
         if word in _FALSE:
             return False
-    raise _BadValue(f"invalid boolean {value!r} ({_BOOL_FORMS})")
+    raise _BadValue(f"invalid boolean {_shown(value)} ({_BOOL_FORMS})")
 
 
 def _parse_name(what: str) -> Callable[[object], str]:
@@ -262,7 +300,7 @@ def _parse_name(what: str) -> Callable[[object], str]:
     def convert(value: object) -> str:
         if isinstance(value, str) and value.strip():
             return value
-        raise _BadValue(f"invalid value {value!r} (expected {what})")
+        raise _BadValue(f"invalid value {_shown(value)} (expected {what})")
 
     return convert
 
@@ -271,7 +309,7 @@ def _parse_log_format(value: object) -> str:
     """Converter for --fake-log-format."""
     if isinstance(value, str) and value.strip().lower() in _LOG_FORMATS:
         return value.strip().lower()
-    raise _BadValue(f"invalid choice {value!r} (choose from {', '.join(_LOG_FORMATS)})")
+    raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(_LOG_FORMATS)})")
 
 
 @dataclass(frozen=True)
@@ -313,18 +351,20 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         "Run the real SCRIPT on each rank with torchrun's environment instead of simulating it.",
         _parse_flag,
     ),
-    _FakeSpec("seed", "INT", "Seed of the simulation's random numbers (default: 0).", _parse_int(0)),
+    _FakeSpec(
+        "seed", "INT", "Seed of the simulation's random numbers (default: 0).", _parse_int(0, limits.MAX_SEED)
+    ),
     _FakeSpec(
         "speed", "FACTOR", "Speed factor: run N times faster than real time (default: 1).", _parse_speed
     ),
-    _FakeSpec("max_steps", "N", "Stop after N training steps.", _parse_int(1)),
+    _FakeSpec("max_steps", "N", "Stop after N training steps.", _parse_int(1, limits.MAX_STEPS)),
     _FakeSpec(
         "max_time",
         "DURATION",
         "Stop after this long, e.g. 90, 90s, 15m, 2h10m, 1h30m15s, 1.5h.",
         _parse_max_time,
     ),
-    _FakeSpec("start_step", "S", "Start (resume) at step S (default: 0).", _parse_int(0)),
+    _FakeSpec("start_step", "S", "Start (resume) at step S (default: 0).", _parse_int(0, limits.MAX_STEPS)),
     _FakeSpec("model", "NAME|FILE", "Model: a preset name or a TOML file.", _parse_name("a name or file")),
     _FakeSpec("gpu", "NAME|FILE", "GPU: a preset name or a TOML file.", _parse_name("a name or file")),
     _FakeSpec(
@@ -338,7 +378,13 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     ),
     _FakeSpec("metrics", "FILE", "Also write the training metrics to FILE.", _parse_name("a file name")),
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),
-    _FakeSpec("fail", "SCENARIO", "Inject a failure scenario.", _parse_name("a scenario")),
+    _FakeSpec(
+        "fail",
+        "SCENARIO",
+        f"Inject a failure scenario: {_FAIL_SYNTAX}, SCENARIO one of {', '.join(FAILURE_KINDS)}, "
+        f"{RANDOM_FAILURE}.",
+        _parse_fail,
+    ),
     _FakeSpec("list_presets", None, "List the model, GPU and cluster presets and exit.", _parse_flag),
     _FakeSpec(
         "install_shims",
@@ -692,14 +738,11 @@ def _load_config(path: str, origin: str) -> _Config:
     """Read and check the TOML config file; _FakeError on any problem."""
     where = "argument --fake-config: "
     try:
-        with open(path, "rb") as handle:
-            data: dict[str, Any] = tomllib.load(handle)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise _FakeError(f"{where}cannot read {path!r}: {reason}{_from(origin)}") from None
-    except ValueError as exc:
-        reason = " ".join(str(exc).split())
-        raise _FakeError(f"{where}invalid TOML in {path!r}: {reason}{_from(origin)}") from None
+        data = tomlfile.load(path)
+    except tomlfile.FileError as exc:
+        raise _FakeError(f"{where}cannot read {path!r}: {exc.reason}{_from(origin)}") from None
+    except tomlfile.TomlError as exc:
+        raise _FakeError(f"{where}invalid TOML in {path!r}: {exc}{_from(origin)}") from None
 
     items: list[tuple[str, object]] = []
     for key, value in data.items():
@@ -715,9 +758,9 @@ def _load_config(path: str, origin: str) -> _Config:
         name = key.replace("-", "_")
         if name not in _CONFIG_KEYS:
             known = ", ".join(_CONFIG_KEYS)
-            raise _FakeError(f"{where}unknown key {key!r} in {path!r} (known: {known}){_from(origin)}")
+            raise _FakeError(f"{where}unknown key {_shown(key)} in {path!r} (known: {known}){_from(origin)}")
         if name in values:
-            raise _FakeError(f"{where}key {key!r} is set twice in {path!r}{_from(origin)}")
+            raise _FakeError(f"{where}key {_shown(key)} is set twice in {path!r}{_from(origin)}")
         values[name] = value
     return _Config(path, f"config file {path}", values)
 
@@ -815,6 +858,59 @@ def _parse_args(parser: _Parser, argv: list[str]) -> argparse.Namespace:
     return ns
 
 
+def _int_or_none(text: str) -> int | None:
+    """int(text) as torchrun would convert it, or None when it is not an integer (torchrun reports those)."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _check_limits(parser: _Parser, ns: argparse.Namespace) -> None:
+    """Usage error for counts and times beyond what any real job uses (fakerun's caps, see limits.py)."""
+    # Values torchrun itself refuses (nnodes 3:2, a negative shutdown timeout...) are left to the plan,
+    # which reports them as torchrun does; these caps only stop values that would exhaust the machine or
+    # overflow a number before anything starts.
+    nproc = _int_or_none(ns.nproc_per_node)
+    timeout = ns.shutdown_timeout
+    checks: list[tuple[bool, str, str, str]] = [
+        (
+            any((n or 0) > limits.MAX_NNODES for n in map(_int_or_none, ns.nnodes.split(":"))),
+            "--nnodes",
+            _clip(ns.nnodes),
+            f"is more nodes than fakerun plays (at most {limits.MAX_NNODES})",
+        ),
+        (
+            nproc is not None and nproc > limits.MAX_NPROC_PER_NODE,
+            "--nproc-per-node/--nproc_per_node",
+            _clip(ns.nproc_per_node),
+            f"is more workers per node than fakerun starts (at most {limits.MAX_NPROC_PER_NODE})",
+        ),
+        (
+            ns.max_restarts > limits.MAX_RESTARTS,
+            "--max-restarts/--max_restarts",
+            _clip(str(ns.max_restarts)),
+            f"is more restarts than fakerun allows (at most {limits.MAX_RESTARTS})",
+        ),
+        (
+            # NaN and negative intervals are the plan's: torch's time.sleep raises ValueError for those.
+            ns.monitor_interval > limits.MAX_SECONDS_OPTION,
+            "--monitor-interval/--monitor_interval",
+            f"{ns.monitor_interval:g}",
+            f"seconds is longer than fakerun allows (at most {limits.MAX_SECONDS_OPTION:g})",
+        ),
+        (
+            timeout is not None and timeout > limits.MAX_SECONDS_OPTION,
+            "--shutdown-timeout/--shutdown_timeout",
+            _clip(str(timeout)),
+            f"seconds is longer than fakerun allows (at most {limits.MAX_SECONDS_OPTION:g})",
+        ),
+    ]
+    for bad, option, value, reason in checks:
+        if bad:
+            parser.error(f"argument {option}: {value} {reason}")
+
+
 def _list_presets_without_script(
     argv: list[str], environ: Mapping[str, str], prog: str
 ) -> CommandLine | None:
@@ -842,6 +938,7 @@ def parse_command_line(argv: list[str], environ: Mapping[str, str], prog: str = 
     parser = _build(prog, environ)
     try:
         ns = _parse_args(parser, argv)
+        _check_limits(parser, ns)
     except UsageError as exc:
         if exc.message.startswith(_REQUIRED_MSG):
             listing = _list_presets_without_script(argv, environ, prog)

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from fakerun.sim.job import JobSpec
 
 FAILURE_KINDS = ("crash", "segfault", "oom", "nccl-timeout", "hang", "node-loss", "loss-spike", "nan")
+# --fake-fail's name for "one of FAILURE_KINDS, chosen by the seed".
+RANDOM_FAILURE = "random"
 # torch.distributed's default NCCL watchdog timeout (excerpts 05, 07: Timeout(ms)=600000).
 WATCHDOG_TIMEOUT_MS = 600_000
 

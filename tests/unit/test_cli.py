@@ -507,7 +507,9 @@ FAKE_VALUES = [
     ("--fake-log-format", "FAKERUN_LOG_FORMAT", "json", "log_format", "json"),
     ("--fake-log-format", "FAKERUN_LOG_FORMAT", "logfmt", "log_format", "logfmt"),
     ("--fake-metrics", "FAKERUN_METRICS", "m.jsonl", "metrics", "m.jsonl"),
-    ("--fake-fail", "FAKERUN_FAIL", "rank1@step5", "fail", "rank1@step5"),
+    ("--fake-fail", "FAKERUN_FAIL", "oom@5:1", "fail", "oom@5:1"),
+    ("--fake-fail", "FAKERUN_FAIL", "nccl-timeout", "fail", "nccl-timeout"),
+    ("--fake-fail", "FAKERUN_FAIL", " Random@12 ", "fail", "random@12"),
 ]
 FAKE_FLAGS = [
     ("--fake-exec", "FAKERUN_EXEC", "exec"),
