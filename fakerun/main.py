@@ -10,20 +10,20 @@ import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from typing import TextIO
 
 from fakerun import presets
 from fakerun.cli import parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run
-from fakerun.launcher import glog
+from fakerun.launcher import glog, preflight
 from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.console import Console
 from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
-from fakerun.launcher.logdir import LogDir
+from fakerun.launcher.logdir import LogDir, LogDirError
 from fakerun.launcher.meet import Interrupted, Links, MeetError, meet
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable, site_packages
+from fakerun.launcher.outfile import OutputFile, reason, warning
 from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
@@ -120,7 +120,7 @@ def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundl
     )
 
 
-def _rank_logs(cmd: CommandLine, plan: LaunchPlan) -> RankLogs | None:
+def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs | None:
     """The per-rank output copies fakerun-tail reads; without them (read-only /tmp) the job still runs."""
     slots = worker_slots(plan)
     meta = {
@@ -131,18 +131,27 @@ def _rank_logs(cmd: CommandLine, plan: LaunchPlan) -> RankLogs | None:
         "nodes": {str(node.group_rank): node.host for node in plan.nodes},
         "ranks": [slot.rank for slot in slots],
     }
+    directory = state_dir()
     try:
-        return RankLogs(os.path.join(state_dir(), f"job-{os.getpid()}"), meta)
-    except OSError:
+        return RankLogs(os.path.join(directory, f"job-{os.getpid()}"), meta, console.warn)
+    except OSError as exc:
+        console.warn(
+            f"fakerun: warning: cannot write the job state in {directory}: {reason(exc)}; "
+            "fakerun-tail and fakerun-smi will not see this job"
+        )
         return None
 
 
-def _open_metrics(cmd: CommandLine) -> TextIO | None:
+def _open_metrics(cmd: CommandLine, console: Console) -> OutputFile | None:
     """The --fake-metrics file, created now so that a bad path fails before anything starts."""
     if cmd.fake.metrics is None:
         return None
+
+    def failed(f: OutputFile, exc: OSError) -> None:
+        console.warn(warning("the metrics file", f.path, exc, "no more records are written to it"))
+
     try:
-        return open(cmd.fake.metrics, "w", encoding="utf-8", buffering=1)
+        return OutputFile.open(cmd.fake.metrics, failed)
     except OSError as exc:
         print(
             f"{cmd.prog}: error: cannot write the metrics file {cmd.fake.metrics}: {exc.strerror}",
@@ -154,10 +163,11 @@ def _open_metrics(cmd: CommandLine) -> TextIO | None:
 def _control(
     plan: LaunchPlan,
     ctx: SimContext,
-    metrics: TextIO | None,
+    metrics: OutputFile | None,
     saved: SavedStep,
     links: Links | None,
     console: Console,
+    publish: bool,
 ) -> Callable[[selectors.BaseSelector], ControlHub]:
     """Builds the coordinator's channels (and, on a multi-node job, the links to the other agents)."""
 
@@ -185,6 +195,7 @@ def _control(
             saved=saved,
             warn=warn,
             loop=ctx.loop,
+            state_failed=not publish,  # the state directory already failed (and was warned about)
         )
         if links is not None:
             hub.world_size = plan.world_size
@@ -313,11 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(exc.exc_line, file=sys.stderr)
         return exc.exit_code
+    # Before anything is forked (or any agent met): a job the host cannot hold is refused in one line.
+    fd_limit = preflight.raise_fd_limit()
+    try:
+        preflight.check(
+            plan, fd_limit, simulated=not cmd.fake.exec, memory=not cmd.fake.skip_memory_check, prog=prog
+        )
+    except preflight.Refused as exc:
+        print(exc, file=sys.stderr)
+        return 1
     ctx = None if cmd.fake.exec else _sim_context(cmd, plan, bundle)
-    metrics = _open_metrics(cmd) if ctx is not None else None
     console = Console(
         sys.stdout.buffer, sys.stderr.buffer, pin_bars=ctx is not None and ctx.bar_columns is not None
     )
+    metrics = _open_metrics(cmd, console) if ctx is not None else None
     plain = os.path.basename(argv[0]) == "__main__.py"
     log = LauncherLog(console, log_level(os.environ), plain=plain, pid=os.getpid())
     try:
@@ -346,16 +366,20 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 links.close()  # --fake-exec: the real scripts need only the environment the rendezvous gave
                 links = None
-        rank_logs = _rank_logs(cmd, plan)
+        rank_logs = _rank_logs(cmd, plan, console)
         console.rank_logs = rank_logs
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
             return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
 
         saved = SavedStep()
-        control = None if ctx is None else _control(plan, ctx, metrics, saved, links, console)
+        publish = rank_logs is not None
+        control = None if ctx is None else _control(plan, ctx, metrics, saved, links, console, publish)
         children = _child_factory(cmd, plan, python, ctx, saved)
-        return run_job(plan, console, voice, children, log_dir, control)
+        return run_job(plan, console, voice, children, log_dir, control, child_fd_limit=fd_limit.original)
+    except LogDirError as exc:
+        console.launcher_lines(f"{prog}: error: {exc}\n")
+        return 1
     except FatalSignal as exc:
         fatal = exc.signum
         return 128 + fatal

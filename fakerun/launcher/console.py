@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
+from fakerun.launcher.outfile import OutputFile, reason
 from fakerun.launcher.plan import LaunchPlan
 from fakerun.launcher.ranklogs import RankFile, RankLogs
 
@@ -50,6 +51,16 @@ def route_spec(plan: LaunchPlan, local_rank: int, rank: int, stream: int) -> Rou
     )
 
 
+class ByteWriter(Protocol):
+    """Where a route copies bytes: a log file (an OutputFile, which reports its own errors)."""
+
+    def write(self, data: bytes, /) -> object:
+        """Writes all of `data`."""
+
+    def close(self) -> None:
+        """Closes the file."""
+
+
 class LineState:
     """Which route left an unfinished live line (a `\\r` progress bar) on an output that is not a terminal."""
 
@@ -64,6 +75,7 @@ class Sink:
         self._stream = stream
         self._pending: list[bytes] = []
         self.broken = False
+        self.on_break: Callable[[], None] | None = None  # called once, when the stream goes away
         # Shared by the two sinks when stdout and stderr are the same file (`2>&1`).
         self.line = line or LineState()
 
@@ -97,7 +109,7 @@ class Sink:
             self._stream.write(data)
             self._stream.flush()
         except OSError:
-            self.broken = True
+            self._break()
 
     def flush(self) -> None:
         """Writes what is queued in one go."""
@@ -109,11 +121,26 @@ class Sink:
         try:
             self._stream.write(data)
             self._stream.flush()
-        except BrokenPipeError:
-            # The reader went away (`fakerun ... | head`): stop writing, keep the job going.
-            self.broken = True
         except OSError:
-            self.broken = True
+            # The reader went away (`fakerun ... | head`), or the file it was is full: stop writing.
+            self._break()
+
+    def _break(self) -> None:
+        """The stream failed: no more writes, and the workers writing to it through us are cut off."""
+        self.broken = True
+        try:
+            # Python flushes the std streams at exit: what failed to go out would fail again there, print
+            # `Exception ignored ... BrokenPipeError` and turn the exit code into 120. /dev/null takes it.
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass  # not a file descriptor (a test's BytesIO)
+        if self.on_break is not None:
+            self.on_break()
 
 
 # Erase the terminal line the cursor is on (carriage return, then ANSI "erase to end of line").
@@ -148,8 +175,8 @@ class Route:
 
     spec: RouteSpec
     sink: Sink
-    log_file: BinaryIO | None
-    filtered_file: BinaryIO | None
+    log_file: ByteWriter | None
+    filtered_file: ByteWriter | None
     filters: list[str]
     board: StatusBoard | None = None  # set when this stream reaches a terminal: bars pin to its bottom line
     rank_file: RankFile | None = None  # the rank's raw copy for fakerun-tail (both streams, as written)
@@ -160,6 +187,15 @@ class Route:
     def __post_init__(self) -> None:
         self.prefix_bytes = self.spec.prefix.encode()
 
+    @property
+    def cut_off(self) -> bool:
+        """Whether this stream's only way out is gone.
+
+        Under torchrun this worker would write to the launcher's own (inherited) stdout or stderr, so its
+        writes would now fail. Tee'd and redirected streams go to files there, hidden ones to /dev/null.
+        """
+        return self.sink.broken and self.spec.to_console and not self.spec.to_file
+
     def feed(self, data: bytes) -> None:
         """Takes raw bytes from the worker: raw into the log file, whole lines to the console."""
         if self.log_file is not None:
@@ -167,10 +203,7 @@ class Route:
         if self.rank_file is not None:
             # Workers write whole lines (and whole bar refreshes) per write, so both streams interleave
             # in this file at line boundaries.
-            try:
-                self.rank_file.write(data, self.stream)
-            except OSError:
-                self.rank_file = None  # a full or vanished /tmp must not stop the job
+            self.rank_file.write(data, self.stream)
         if not self.spec.to_console:
             return
         buf = self.remainder + data
@@ -220,10 +253,10 @@ class Route:
             lines = [self.prefix_bytes + line for line in lines]
         self.sink.write(b"".join(lines), owner=self)
         if self.filtered_file is not None:
-            for line in lines:
-                text = line.decode("utf-8", "replace")
-                if any(f in text for f in self.filters):
-                    self.filtered_file.write(line)
+            texts = [(line, line.decode("utf-8", "replace")) for line in lines]
+            matching = [line for line, text in texts if any(f in text for f in self.filters)]
+            if matching:
+                self.filtered_file.write(b"".join(matching))
 
     def _settle(self, line: bytes) -> bytes:
         """On a terminal a line with carriage returns shows only its last part; it also ends our bar."""
@@ -269,7 +302,8 @@ class Console:
         line = LineState() if _same_file(stdout, stderr) else None
         self.out = Sink(stdout, line)
         self.err = Sink(stderr, line)
-        self._filtered: dict[str, BinaryIO] = {}
+        self._filtered: dict[str, OutputFile | None] = {}
+        self._warned: set[str] = set()
         # On a terminal, worker progress bars (on their stderr) stay on the bottom line.
         self.board = StatusBoard() if pin_bars else None
         self._out_on_terminal = pin_bars and _isatty(stdout)
@@ -287,10 +321,42 @@ class Console:
         """The launcher sink for a worker stream."""
         return self.out if stream == STDOUT else self.err
 
+    @property
+    def broken(self) -> bool:
+        """Whether stdout or stderr has gone away."""
+        return self.out.broken or self.err.broken
+
     def launcher_lines(self, text: str) -> None:
         """Writes the launcher's own messages (stderr) and flushes at once."""
         self.err.write(text.encode())
         self.flush()
+
+    def warn(self, line: str) -> None:
+        """A one-line warning of the launcher (stderr)."""
+        self.launcher_lines(line + "\n")
+
+    def warn_once(self, key: str, line: str) -> None:
+        """A one-line warning of the launcher, printed only the first time for `key`."""
+        if key not in self._warned:
+            self._warned.add(key)
+            self.warn(line)
+
+    def log_dir_failed(self, path: str, exc: OSError, what: str = "the log file") -> None:
+        """Warns (once per attempt) that a log file or directory of an attempt cannot be written."""
+        attempt = _attempt_of(path)
+        self.warn_once(
+            attempt,
+            f"fakerun: warning: cannot write {what} {path}: {reason(exc)}; the job carries on, "
+            f"without the log files of {os.path.basename(attempt)} that cannot be written",
+        )
+
+    def _open_log(self, path: str) -> OutputFile | None:
+        """A log file of this attempt, or None (warned) when it cannot be created."""
+        try:
+            return OutputFile.open(path, lambda f, exc: self.log_dir_failed(f.path, exc))
+        except OSError as exc:
+            self.log_dir_failed(path, exc)
+            return None
 
     def open_route(
         self, plan: LaunchPlan, local_rank: int, rank: int, stream: int, attempt_path: str
@@ -301,7 +367,7 @@ class Console:
         log_file = None
         if spec.to_file:
             # Unbuffered: the file holds what the worker wrote even if the launcher is killed.
-            log_file = open(os.path.join(attempt_path, str(local_rank), f"{name}.log"), "wb", buffering=0)  # noqa: SIM115
+            log_file = self._open_log(os.path.join(attempt_path, str(local_rank), f"{name}.log"))
         filters = (
             plan.args.duplicate_stdout_filters if stream == STDOUT else plan.args.duplicate_stderr_filters
         )
@@ -319,11 +385,11 @@ class Console:
             stream,
         )
 
-    def filtered_file(self, attempt_path: str, name: str) -> BinaryIO:
+    def filtered_file(self, attempt_path: str, name: str) -> OutputFile | None:
         """The attempt's `filtered_<stream>.log`, created once per attempt even if nothing matches."""
         path = os.path.join(attempt_path, f"filtered_{name}.log")
         if path not in self._filtered:
-            self._filtered[path] = open(path, "wb")  # noqa: SIM115
+            self._filtered[path] = self._open_log(path)
         return self._filtered[path]
 
     def flush(self) -> None:
@@ -343,13 +409,17 @@ class Console:
                 self.err.raw(fit_line(board.text, self.columns()))
                 board.shown = True
             board.changed = False
-        for f in self._filtered.values():
-            with contextlib.suppress(OSError):
-                f.flush()
 
     def close_files(self) -> None:
         """Closes the duplicate-filter files."""
         for f in self._filtered.values():
-            with contextlib.suppress(OSError):
+            if f is not None:
                 f.close()
         self._filtered.clear()
+
+
+def _attempt_of(path: str) -> str:
+    """The `attempt_N` directory a log file belongs to (`attempt_N/<local_rank>/stdout.log` or
+    `attempt_N/filtered_stdout.log`)."""
+    parent = os.path.dirname(path)
+    return parent if os.path.basename(parent).startswith("attempt_") else os.path.dirname(parent)

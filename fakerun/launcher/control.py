@@ -11,10 +11,11 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink
+from fakerun.launcher.outfile import OutputFile, warning
 from fakerun.paths import state_dir
 
 # A worker's messages are a few hundred bytes; anything this long is not ours.
@@ -52,7 +53,7 @@ class ControlHub:
     make_coordinator: Callable[[int, Iterable[int]], Coordinator]  # (attempt, ranks) -> coordinator
     hosts: tuple[str, ...]
     nproc_per_node: int
-    metrics: TextIO | None = None  # the --fake-metrics file, opened by the caller, closed by close()
+    metrics: OutputFile | None = None  # the --fake-metrics file, opened by the caller, closed by close()
     saved: SavedStep = field(default_factory=SavedStep)
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     coordinator: Coordinator | None = None
@@ -61,6 +62,7 @@ class ControlHub:
     world_size: int = 0  # every rank of the job (the root's coordinator waits for all of them)
     finished: bool = False  # the run's last step was answered: workers closing their sockets is expected
     loop: bool = False  # --fake-loop: runs follow one another
+    state_failed: bool = False  # the state file cannot be written: warned once, not tried again
     _state_path: str | None = None
     _state_written: float = 0.0
 
@@ -192,7 +194,8 @@ class ControlHub:
                 self.saved.step = int(record["step"])
         if self.metrics is not None:
             for record in out.records:
-                self.metrics.write(json.dumps(record, separators=(", ", ": ")) + "\n")
+                # One write per record: a full disk keeps every record before it whole, and none after.
+                self.metrics.write((json.dumps(record, separators=(", ", ": ")) + "\n").encode())
         if out.replies:
             self.publish_state()
 
@@ -246,7 +249,9 @@ class ControlHub:
         """Writes the job state file (atomically, at most once a second) for fakerun-smi and friends."""
         coordinator = self.coordinator
         now = time.monotonic()
-        if coordinator is None or (not force and now - self._state_written < STATE_EVERY_S):
+        if coordinator is None or self.state_failed:
+            return
+        if not force and now - self._state_written < STATE_EVERY_S:
             return
         self._state_written = now
         state = coordinator.state(self.hosts, self.nproc_per_node, os.getpid(), time.time())
@@ -259,9 +264,12 @@ class ControlHub:
                 json.dump(state, f)
             os.replace(tmp, path)
             self._state_path = path
-        except OSError:
+        except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            self.state_failed = True
+            self.warn(warning("the job state file", path, exc, "fakerun-smi will not see this job"))
+            self.close_state()  # a state frozen at this step would show a job that no longer moves
 
     def close(self) -> None:
         """Closes every socket and file and removes the state file: nothing outlives the job."""
@@ -270,9 +278,12 @@ class ControlHub:
         if self.cluster is not None:
             self.cluster.close()
         if self.metrics is not None:
-            with contextlib.suppress(OSError):
-                self.metrics.close()
+            self.metrics.close()
             self.metrics = None
+        self.close_state()
+
+    def close_state(self) -> None:
+        """Removes the state file, if one was written."""
         if self._state_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._state_path)

@@ -7,7 +7,10 @@ import json
 import os
 import shutil
 import time
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import Any
+
+from fakerun.launcher.outfile import OutputFile, warning
 
 META = "meta.json"
 
@@ -45,18 +48,17 @@ def rank_file_name(rank: int) -> str:
 class RankFile:
     """One rank's copy: its two streams in one file, a line left open by one ended before the other writes."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: OutputFile) -> None:
         self._f = f
         self._open: int | None = None  # the stream whose last write did not end a line (a bar refresh)
 
     def write(self, data: bytes, stream: int) -> None:
-        """Appends what `stream` wrote; OSError is the caller's (a full /tmp)."""
-        if not data:
+        """Appends what `stream` wrote, in one write; a failed write is the file's owner's to report."""
+        if not data or self._f.closed:
             return
-        if self._open is not None and self._open != stream:
-            self._f.write(b"\n")
-        self._f.write(data)
-        self._open = None if data.endswith(b"\n") else stream
+        record = b"\n" + data if self._open is not None and self._open != stream else data
+        if self._f.write(record):
+            self._open = None if data.endswith(b"\n") else stream
 
     def close(self) -> None:
         """Closes the file."""
@@ -66,30 +68,57 @@ class RankFile:
 class RankLogs:
     """Owns the job's tail directory: its description, one raw file per rank, and its removal at the end."""
 
-    def __init__(self, directory: str, meta: dict[str, Any]) -> None:
+    def __init__(self, directory: str, meta: dict[str, Any], warn: Callable[[str], None]) -> None:
         self.directory = directory
         self._files: dict[int, RankFile] = {}
+        self._warn = warn
+        self.failed = False  # a copy could not be written: warned once, every copy dropped
         prune_stale(os.path.dirname(directory))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(directory, META + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({**meta, "launcher_pid": os.getpid(), "started": time.time()}, f)
-        os.replace(tmp, os.path.join(directory, META))
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({**meta, "launcher_pid": os.getpid(), "started": time.time()}, f)
+            os.replace(tmp, os.path.join(directory, META))
+        except OSError:
+            self._remove()  # a half-made entry would be listed by fakerun-tail until the next job prunes it
+            raise
 
-    def file_for(self, rank: int) -> RankFile:
-        """The rank's file (appended across restarts), opened on first use, unbuffered."""
+    def file_for(self, rank: int) -> RankFile | None:
+        """The rank's file (appended across restarts), opened on first use, unbuffered; None once failed."""
+        if self.failed:
+            return None
         f = self._files.get(rank)
         if f is None:
             path = os.path.join(self.directory, rank_file_name(rank))
-            f = self._files[rank] = RankFile(open(path, "ab", buffering=0))  # noqa: SIM115
+            try:
+                f = self._files[rank] = RankFile(OutputFile.open(path, self._on_error, append=True))
+            except OSError as exc:
+                self._fail(path, exc)
+                return None
         return f
+
+    def _on_error(self, f: OutputFile, exc: OSError) -> None:
+        self._fail(f.path, exc)
+
+    def _fail(self, path: str, exc: OSError) -> None:
+        """One copy failed (a full /tmp): every copy stops, so fakerun-tail never shows a rank with gaps."""
+        if self.failed:
+            return
+        self.failed = True
+        self._warn(warning("the output copy", path, exc, "fakerun-tail shows no more of this job"))
+        for f in self._files.values():
+            f.close()
 
     def close(self) -> None:
         """Closes the files and removes the directory: a finished job leaves nothing behind."""
+        self.failed = True  # errors while closing are moot: the files are removed next
         for f in self._files.values():
-            with contextlib.suppress(OSError):
-                f.close()
+            f.close()
         self._files.clear()
+        self._remove()
+
+    def _remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(self.directory))  # the shared state dir, when no other job uses it

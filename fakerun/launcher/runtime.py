@@ -55,7 +55,7 @@ class LocalWorkerGroup:
     def start(self, restart_count: int) -> list[tuple[int, WorkerSlot]]:
         """Starts every worker of one attempt and registers its pipes."""
         for run_dir in self.run_dirs.values():
-            make_attempt_dirs(run_dir, restart_count, self.plan.nproc_per_node)
+            make_attempt_dirs(run_dir, restart_count, self.plan.nproc_per_node, self._attempt_dir_failed)
         new_session = not self.plan.args.run_path
         started: list[tuple[int, WorkerSlot]] = []
         slots = worker_slots(self.plan)
@@ -107,6 +107,25 @@ class LocalWorkerGroup:
             stream.route.feed(data)
             if not drain:
                 return
+
+    def _attempt_dir_failed(self, path: str, exc: OSError) -> None:
+        self.console.log_dir_failed(path, exc, "the log directory")
+
+    def cut_off(self) -> None:
+        """Closes our end of every pipe whose output can no longer go anywhere (our stdout or stderr is gone),
+        so the worker's own next write fails as it would on torchrun's inherited stdout."""
+        for stream in list(self.streams.values()):
+            if stream.route.cut_off:
+                # What the worker wrote already still reaches its copies (fakerun-tail); one read, as a
+                # worker writing without pause would never let a drain end.
+                with contextlib.suppress(OSError):
+                    data = os.read(stream.fd, _READ_CHUNK)
+                    if data:
+                        stream.route.feed(data)
+                fds = self.by_pid.get(stream.pid)
+                if fds is not None and stream.fd in fds:
+                    fds.remove(stream.fd)  # the number may be reused by a restarted worker's pipe
+                self._close(stream)
 
     def drain_pid(self, pid: int) -> None:
         """Reads everything an ended worker left in its pipes, so its last lines precede our messages."""
@@ -230,6 +249,8 @@ def run_job(
             _reap(group, agent)
             agent.on_tick(time.time())
             console.flush()
+            if console.broken:
+                group.cut_off()
         return agent.exit_code
     finally:
         for w in agent.alive():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
@@ -18,6 +19,14 @@ def c10_prefix(rank: int, level: str, source: str) -> str:
     now = time.time()
     stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
     return f"[rank{rank}]:[{level}{stamp} {source}]"
+
+
+def script_traceback(rank: int, script: str, exc: BaseException) -> str:
+    """An uncaught exception of the training script as a rank prints it once init_process_group has installed
+    torch's excepthook: Python's traceback, every line prefixed `[rankN]: `."""
+    lines = ["Traceback (most recent call last):", f'  File "{script}", line 1, in <module>']
+    lines += "".join(traceback.format_exception_only(type(exc), exc)).splitlines()
+    return "".join(f"[rank{rank}]: {line}\n" for line in lines)
 
 
 def _trim_millis(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

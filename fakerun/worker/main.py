@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -12,7 +13,7 @@ import setproctitle
 
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.worker.channel import CoordinatorGone, JobAborted
-from fakerun.worker.emit import c10_prefix
+from fakerun.worker.emit import c10_prefix, script_traceback
 from fakerun.worker.trainer import SimContext, run_rank
 
 
@@ -51,8 +52,18 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     os.environ.clear()
     os.environ.update(env)
     sys.argv = argv[2:] if len(argv) > 2 and argv[1] == "-u" else list(argv)
+    # A real (Python) worker's interpreter ignores these from its start, so a write to a stdout whose reader
+    # left raises BrokenPipeError instead of killing it (the fork got the defaults, as subprocess gives).
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return run_rank(ctx, env, CONTROL_FD)
+    except BrokenPipeError as exc:
+        # Its stdout or stderr went away (`fakerun ... | head`): the script dies of it, traceback and exit 1.
+        with contextlib.suppress(OSError):
+            sys.stderr.write(script_traceback(int(env.get("RANK", "0")), sys.argv[0], exc))
+            sys.stderr.flush()
+        return 1
     except CoordinatorGone:
         # The launcher is tearing the job down (it also signals us); leave quietly.
         return 1
