@@ -6,17 +6,16 @@ import dataclasses
 import functools
 import math
 import re
+import string
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+from fakerun import tomlfile
+from fakerun.limits import MAX_NNODES, MAX_NPROC_PER_NODE, MAX_STEPS
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -31,6 +30,7 @@ __all__ = [
     "PresetBundle",
     "PresetError",
     "StorageSpec",
+    "check_bus_ids",
     "host_name",
     "list_presets",
     "load_cluster",
@@ -308,10 +308,91 @@ def _build(cls: type[_T], data: Mapping[str, Any], special: Mapping[str, Callabl
     return cls(**kwargs)
 
 
-def _positive(spec: object, names: str) -> None:
-    for n in names.split():
-        if getattr(spec, n) <= 0:
-            raise ValueError(f"field '{n}' must be positive, got {getattr(spec, n)!r}")
+# The physically sensible range of every numeric field, inclusive: wide enough for any real (or joke)
+# hardware and model, narrow enough that no product, quotient or wait computed from them overflows.
+_GIB_MIB = 1024
+_RANGES: dict[type, dict[str, tuple[float, float]]] = {
+    ModelSpec: {
+        "layers": (1, 10_000),
+        "hidden": (1, 1 << 20),
+        "ffn_hidden": (1, 1 << 22),
+        "heads": (1, 1 << 16),
+        "kv_heads": (0, 1 << 16),  # 0: same as heads
+        "vocab": (1, 1 << 24),
+        "seq_len": (1, 1 << 27),
+        "max_position": (0, 1 << 27),  # 0: seq_len
+        "experts": (1, 1 << 16),
+        "top_k": (1, 1 << 16),
+        "global_batch": (1, 1 << 27),
+        "micro_batch": (1, 1 << 20),
+        "warmup_steps": (0, MAX_STEPS),
+        "total_steps": (1, MAX_STEPS),
+        "tp": (1, 1 << 16),
+        "pp": (1, 1 << 16),
+        "ep": (1, 1 << 16),
+        "zero_stage": (0, 3),
+        "default_nnodes": (1, MAX_NNODES),
+        "published_params": (0.0, 1e15),
+        "published_active_params": (0.0, 1e15),
+        "rope_theta": (1.0, 1e12),
+        "norm_eps": (1e-30, 1.0),
+        "lr": (1e-12, 100.0),
+        "min_lr_ratio": (0.0, 1.0),
+    },
+    GpuSpec: {
+        "peak_bf16_tflops": (0.01, 1e5),
+        "peak_fp8_tflops": (0.0, 2e5),  # 0: not stated
+        "mem_bandwidth_tbs": (0.0, 1e3),
+        "link_gbs": (0.0, 1e5),
+        "mfu_typical": (0.0, 1.0),
+        "memory_mib": (1, 16 * 1024 * _GIB_MIB),  # 16 TiB
+        "tdp_w": (1, 100_000),
+        "idle_power_w": (1, 100_000),
+        "idle_temp_c": (0, 150),
+        "load_temp_c": (0, 150),
+        "max_temp_c": (0, 150),
+        "sm_clock_max_mhz": (1, 100_000),
+        "sm_clock_idle_mhz": (1, 100_000),
+        "mem_clock_max_mhz": (1, 100_000),
+    },
+    ClusterSpec: {
+        "gpus_per_node": (1, MAX_NPROC_PER_NODE),
+        "intra_busbw_gbs": (0.1, 1e5),
+        "nvls_busbw_gbs": (0.0, 1e5),
+        "intra_latency_us": (0.0, 1e6),
+        "nics_per_node": (1, 1024),
+        "nic_gbps": (0.1, 1e5),
+        "nic_efficiency": (0.01, 1.0),
+        "inter_latency_us": (0.0, 1e6),
+        "index_base": (0, 1_000_000_000),
+        "cpu_cores": (2, 1 << 20),  # NCCL's topology pairs SMT siblings: at least 2
+        "ram_gib": (1, 1 << 30),
+    },
+    StorageSpec: {
+        "read_gbs": (0.01, 1e6),
+        "write_gbs": (0.01, 1e6),
+        "per_node_read_gbs": (0.0, 1e6),  # 0: same as the aggregate
+        "per_node_write_gbs": (0.0, 1e6),
+        "open_latency_ms": (0.0, 1e6),
+    },
+}
+_MAX_HOST_NAME = 253  # DNS's limit on a full host name
+_MAX_BUS_IDS = MAX_NPROC_PER_NODE
+
+
+def _number_text(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _check_ranges(spec: object) -> None:
+    """ValueError unless every numeric field is within its range of _RANGES."""
+    for name, (low, high) in _RANGES[type(spec)].items():
+        value = getattr(spec, name)
+        if not low <= value <= high:
+            raise ValueError(
+                f"field '{name}' must be within [{_number_text(low)}, {_number_text(high)}], "
+                f"got {_number_text(value)}"
+            )
 
 
 def _one_of(spec: object, name: str, allowed: tuple[Any, ...]) -> None:
@@ -321,16 +402,13 @@ def _one_of(spec: object, name: str, allowed: tuple[Any, ...]) -> None:
 
 
 def _check_model(m: ModelSpec) -> None:
-    _positive(m, "layers hidden ffn_hidden heads kv_heads vocab seq_len max_position experts top_k")
-    _positive(m, "global_batch micro_batch lr total_steps tp pp ep default_nnodes")
+    _check_ranges(m)
     if m.hidden % m.heads:
         raise ValueError(f"hidden={m.hidden} is not divisible by heads={m.heads}")
     if m.heads % m.kv_heads:
         raise ValueError(f"heads={m.heads} is not divisible by kv_heads={m.kv_heads}")
     if m.top_k > m.experts:
         raise ValueError(f"top_k={m.top_k} exceeds experts={m.experts}")
-    if m.warmup_steps < 0 or not 0.0 <= m.min_lr_ratio <= 1.0:
-        raise ValueError("warmup_steps must be >= 0 and min_lr_ratio within [0, 1]")
     _one_of(m, "position", ("rope", "learned"))
     _one_of(m, "mlp", ("swiglu", "gelu"))
     _one_of(m, "norm", ("rmsnorm", "layernorm"))
@@ -340,7 +418,7 @@ def _check_model(m: ModelSpec) -> None:
 
 
 def _check_gpu(g: GpuSpec) -> None:
-    _positive(g, "peak_bf16_tflops memory_mib tdp_w sm_clock_max_mhz mem_clock_max_mhz")
+    _check_ranges(g)
     if not 0.0 < g.mfu_typical < 1.0:
         raise ValueError(f"field 'mfu_typical' must be within (0, 1), got {g.mfu_typical!r}")
     if not g.idle_temp_c < g.load_temp_c <= g.max_temp_c:
@@ -349,18 +427,64 @@ def _check_gpu(g: GpuSpec) -> None:
         raise ValueError("field 'idle_power_w' must be between 0 and tdp_w")
 
 
-def _check_cluster(c: ClusterSpec) -> None:
-    _positive(c, "gpus_per_node intra_busbw_gbs nics_per_node nic_gbps nic_efficiency")
-    if c.nvls and c.nvls_busbw_gbs <= 0:
-        raise ValueError("field 'nvls_busbw_gbs' must be positive when nvls = true")
+def check_bus_ids(values: Sequence[object]) -> tuple[str, ...]:
+    """PCI bus numbers of a node's GPUs ("18", "2A": one or two hex digits); ValueError naming a bad one."""
+    # The one check of bus ids: cluster files go through it, and so does fakerun-smi's reading of a job state.
+    if len(values) > _MAX_BUS_IDS:
+        raise ValueError(f"field 'bus_ids' lists {len(values)} GPUs, more than {_MAX_BUS_IDS}")
+    for value in values:
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9A-Fa-f]{1,2}", value)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise ValueError(
+                f'field \'bus_ids\' must list PCI bus numbers of 1 or 2 hex digits (e.g. "18", "2A"), '
+                f"got {shown}"
+            )
+    return tuple(str(v) for v in values)
+
+
+def _check_host_pattern(c: ClusterSpec) -> None:
+    """ValueError unless host_pattern formats {prefix} and {index} into host names of at most 253 chars."""
     try:
-        c.host_pattern.format(prefix=c.host_prefix, index=c.index_base)
+        fields = list(string.Formatter().parse(c.host_pattern))
+    except ValueError as exc:
+        raise ValueError(f"bad host_pattern {c.host_pattern!r} ({exc!s})") from None
+    for _, name, spec, _ in fields:
+        if name is None:
+            continue
+        # Only the two names, no attribute or item access; a format spec with its own {fields} or a width
+        # of millions would make str.format build a huge string before any length could be checked.
+        if (
+            name not in ("prefix", "index")
+            or "{" in (spec or "")
+            or any(int(n) > _MAX_HOST_NAME for n in re.findall(r"\d+", spec or ""))
+        ):
+            raise ValueError(
+                f"bad host_pattern {c.host_pattern!r} (use {{prefix}} and {{index}}, e.g. {{index:03d}})"
+            )
+    try:
+        longest = max(
+            (
+                c.host_pattern.format(prefix=c.host_prefix, index=c.index_base + i)
+                for i in (0, MAX_NNODES - 1)
+            ),
+            key=len,
+        )
     except (KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"bad host_pattern {c.host_pattern!r} ({exc!s})") from None
+    if len(longest) > _MAX_HOST_NAME:
+        raise ValueError(f"host names from host_pattern and host_prefix exceed {_MAX_HOST_NAME} characters")
+
+
+def _check_cluster(c: ClusterSpec) -> None:
+    _check_ranges(c)
+    if c.nvls and c.nvls_busbw_gbs <= 0:
+        raise ValueError("field 'nvls_busbw_gbs' must be positive when nvls = true")
+    check_bus_ids(c.bus_ids)
+    _check_host_pattern(c)
 
 
 def _check_storage(s: StorageSpec) -> None:
-    _positive(s, "read_gbs write_gbs")
+    _check_ranges(s)
 
 
 _CHECKS: dict[str, Callable[[Any], None]] = {
@@ -385,9 +509,9 @@ def _parse(kind: str, text: str, where: str, stem: str) -> Any:
     """Parse and validate one preset file's text; raise PresetError naming the file on any problem."""
     label = f"bad {_SINGULAR[kind]} file '{where}'"
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PresetError(f"{label}: {_one_line(str(exc))}") from None
+        data = tomlfile.loads(text)
+    except tomlfile.TomlError as exc:
+        raise PresetError(f"{label}: {exc}") from None
     data.setdefault("name", stem)
     special: dict[str, Callable[[Any], Any]] = {}
     if kind == "clusters":
@@ -470,13 +594,11 @@ def _load(kind: str, name_or_path: str) -> Any:
     if _looks_like_path(name_or_path):
         path = Path(name_or_path).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PresetError(f"{_SINGULAR[kind]} file '{name_or_path}' not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PresetError(
-                f"cannot read {_SINGULAR[kind]} file '{name_or_path}': {_one_line(str(exc))}"
-            ) from None
+            text = tomlfile.read_text(str(path))
+        except tomlfile.FileError as exc:
+            if exc.missing:
+                raise PresetError(f"{_SINGULAR[kind]} file '{name_or_path}' not found") from None
+            raise PresetError(f"cannot read {_SINGULAR[kind]} file '{name_or_path}': {exc.reason}") from None
         return _parse(kind, text, name_or_path, path.stem)
     direct = _shipped_file(kind, _norm(name_or_path))
     if direct is not None:

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 import psutil
 
 from fakerun.paths import state_dir
-from fakerun.presets import GpuSpec, PresetError, load_cluster, load_gpu
+from fakerun.presets import GpuSpec, PresetError, check_bus_ids, load_cluster, load_gpu
 from fakerun.render import smi
 from fakerun.render.nccl import pci_bus_id
 from fakerun.sim.telemetry import GpuTelemetry, idle_telemetry
@@ -299,9 +299,13 @@ def process_name(pid: int) -> str:
 
 def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
     """Node `node` of a running job: its GPUs from the state, its live workers as processes."""
-    # The cluster's PCI layout, as the workers' NCCL lines show it (older state files have none).
+    # The cluster's PCI layout, as the workers' NCCL lines show it (older state files have none). A state
+    # file is only data: bus ids the cluster check would refuse fall back to the default layout.
     listed = job.get("bus_ids")
-    bus_ids = tuple(str(b) for b in listed) if isinstance(listed, list) else ()
+    try:
+        bus_ids = check_bus_ids(listed) if isinstance(listed, list) else ()
+    except ValueError:
+        bus_ids = ()
     spec = _gpu_spec(job)
     if spec.vendor != "nvidia":
         raise smi.SmiError(NO_DRIVER, _NVIDIA_SMI_EXIT_DRIVER)
