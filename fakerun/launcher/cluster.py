@@ -5,24 +5,35 @@ upstream in one message; node 0's coordinator answers when every node's batch is
 the answers to its ranks. Every connection carries a heartbeat each second; a node silent for
 HEARTBEAT_TIMEOUT_S, or whose connection breaks, is lost: every agent then aborts its workers, which die as
 NCCL makes them die when a peer vanishes, and each agent reports that failure as torchrun would.
+
+Authenticated is not trusted: every field of every message from another agent is checked for type and
+range before it reaches the coordinator or a worker, and a bad one ends that agent's connection with one
+line (the job is then lost, as when that node breaks). Release times cross the wire as offsets from the
+sender's clock: the monotonic clocks of two machines do not agree.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import selectors
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fakerun.launcher.peers import Peer, PeerGone
-from fakerun.launcher.wire import WireError, challenge
+from fakerun.launcher.peers import Gate, Peer, PeerGone
+from fakerun.launcher.rendezvous import is_int
+from fakerun.launcher.wire import WireError, shown
+from fakerun.sim.telemetry import PHASES
 
 HEARTBEAT_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
-HANDSHAKE_TIMEOUT_S = 5.0
+MAX_WAIT_S = 86400.0  # the longest a step (or a pause's start) may be ahead: a 1-GPU 70B step takes ~20 min
+MAX_STEP = 1 << 53
+MAX_PID = (1 << 31) - 1
+# Bounds of a GPU sample's numbers, in TELEMETRY_FIELDS order (coordinator.py): %, %, C, W, MHz, MiB.
+TELEMETRY_MAX = (100.0, 100.0, 200.0, 10_000.0, 10_000.0, float(1 << 24))
 
 Deliver = Callable[[list[tuple[int, dict[str, Any]]]], None]  # replies to local ranks
 Abort = Callable[[str], None]  # tell every local worker that the job is lost
@@ -38,8 +49,7 @@ class ClusterLink:
     nproc_per_node: int
     warn: Callable[[str], None]
     peers: dict[int, Peer] = field(default_factory=dict)  # root: every other node; else: {0: root}
-    listener: socket.socket | None = None  # root: the rendezvous port, still answered (and refused)
-    strangers: dict[int, tuple[Peer, float]] = field(default_factory=dict)  # late connections being refused
+    listener: Gate | None = None  # root: the rendezvous port, still answered (and refused)
     handle_batch: Callable[[int, list[tuple[int, dict[str, Any]]]], None] | None = None  # root
     deliver: Deliver | None = None  # non-root
     abort: Abort | None = None
@@ -48,6 +58,7 @@ class ClusterLink:
     _gathered: dict[int, dict[str, Any]] = field(default_factory=dict)  # non-root: the local barrier
     _outbox: dict[int, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)  # root
     _next_beat: float = 0.0
+    _nnodes: int = 0
 
     @property
     def is_root(self) -> bool:
@@ -56,17 +67,18 @@ class ClusterLink:
 
     def start(self) -> None:
         """Registers the connections in the run loop's selector."""
+        self._nnodes = len(self.peers) + 1
         for peer in self.peers.values():
             self.selector.register(peer.fileno(), selectors.EVENT_READ)
         if self.listener is not None:
-            self.selector.register(self.listener.fileno(), selectors.EVENT_READ)
+            self.listener.attach(self.selector)
         self._next_beat = time.monotonic() + HEARTBEAT_S
 
     def owns(self, fd: int) -> bool:
         """Whether `fd` is one of our sockets."""
-        if self.listener is not None and fd == self.listener.fileno():
+        if self.listener is not None and self.listener.owns(fd):
             return True
-        return fd in self.strangers or any(p.fileno() == fd for p in self.peers.values())
+        return any(p.fileno() == fd for p in self.peers.values())
 
     # -- the local barrier (non-root) ------------------------------------------------------------------
 
@@ -88,10 +100,11 @@ class ClusterLink:
         self._outbox.setdefault(rank // self.nproc_per_node, []).append((rank, reply))
 
     def flush(self) -> None:
-        """Sends the queued answers."""
+        """Sends the queued answers, with our clock's time so that the receiver can read release times."""
         outbox, self._outbox = self._outbox, {}
+        now = time.monotonic()
         for node, items in outbox.items():
-            self._send(node, {"k": "replies", "items": [[r, m] for r, m in items]})
+            self._send(node, {"k": "replies", "now": now, "items": [[r, m] for r, m in items]})
 
     def report_lost_rank(self, rank: int) -> None:
         """A local worker died mid-run: the whole job is lost (root tells everyone, others tell root)."""
@@ -105,13 +118,16 @@ class ClusterLink:
 
     def pump(self, fd: int) -> None:
         """Handles what arrived on one of our sockets."""
-        if self.listener is not None and fd == self.listener.fileno():
-            self._accept_stranger()
+        gate = self.listener
+        if gate is not None and gate.owns(fd):
+            now = time.monotonic()
+            for p, _ in gate.pump(fd, now):
+                # It knows the secret, so it is an agent of this job: one that came too late, or one too many.
+                gate.refuse(p, f"the job's {self._nnodes} nodes have all joined and are running", now)
             return
-        if fd in self.strangers:
-            self._refuse(fd)
+        peer = next((p for p in self.peers.values() if p.fileno() == fd), None)
+        if peer is None:
             return
-        peer = next(p for p in self.peers.values() if p.fileno() == fd)
         try:
             messages = peer.receive()
         except PeerGone:
@@ -121,11 +137,14 @@ class ClusterLink:
             self._peer_lost(peer, f"it sent garbage ({exc})")
             return
         for message in messages:
+            if self.peers.get(peer.group_rank) is not peer:
+                return  # dropped while handling an earlier message
             self._handle(peer, message)
 
     def deadline(self) -> float:
         """When the loop must call tick() next (monotonic)."""
-        return self._next_beat
+        gate = self.listener.deadline() if self.listener is not None else None
+        return self._next_beat if gate is None else min(self._next_beat, gate)
 
     def tick(self, now: float) -> None:
         """Heartbeats out, silent peers and stalled handshakes detected."""
@@ -136,10 +155,8 @@ class ClusterLink:
         for peer in list(self.peers.values()):
             if now - peer.last_seen > HEARTBEAT_TIMEOUT_S:
                 self._peer_lost(peer, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s")
-        for fd, (stranger, since) in list(self.strangers.items()):
-            if now - since > HANDSHAKE_TIMEOUT_S:
-                self.warn(f"fakerun: refused a connection from {stranger.address}: no handshake in time")
-                self._drop_stranger(fd)
+        if self.listener is not None:
+            self.listener.tick(now)
 
     def close(self) -> None:
         """Closes every connection (the job is over here)."""
@@ -148,11 +165,7 @@ class ClusterLink:
                 self.selector.unregister(peer.fileno())
             peer.close()
         self.peers.clear()
-        for fd in list(self.strangers):
-            self._drop_stranger(fd)
         if self.listener is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(self.listener.fileno())
             self.listener.close()
             self.listener = None
 
@@ -163,18 +176,22 @@ class ClusterLink:
         if kind == "hb":
             return
         try:
-            if kind == "batch" and self.is_root and self.handle_batch is not None:
-                self.handle_batch(peer.group_rank, _items(message))
-            elif kind == "replies" and not self.is_root and self.deliver is not None:
-                self.deliver(_items(message))
+            if kind == "batch" and self.is_root:
+                items = _batch_items(message, peer.group_rank, self.nproc_per_node)
+                if self.handle_batch is not None:
+                    self.handle_batch(peer.group_rank, items)
+            elif kind == "replies" and not self.is_root:
+                replies = _reply_items(message, self.local_ranks, time.monotonic())
+                if self.deliver is not None:
+                    self.deliver(replies)
             elif kind == "lost" and self.is_root:
-                self._lose(str(message.get("reason", "a node lost a rank"))[:200])
+                self._lose(_reason(message))
             elif kind == "abort" and not self.is_root:
-                self._abort_locally(str(message.get("reason", "the job was aborted"))[:200])
+                self._abort_locally(_reason(message))
             else:
-                raise WireError(f"unexpected message {kind!r}")
+                raise WireError(f"unexpected message {shown(kind, 40)!r}")
         except WireError as exc:
-            self.warn(f"fakerun: ignored a message from node {peer.group_rank} ({peer.address}): {exc}")
+            self._peer_lost(peer, f"it sent a malformed message ({exc})")
 
     def _send(self, node: int, message: dict[str, Any]) -> None:
         peer = self.peers.get(node)
@@ -214,56 +231,108 @@ class ClusterLink:
         if self.abort is not None:
             self.abort(reason)
 
-    def _accept_stranger(self) -> None:
-        assert self.listener is not None
-        try:
-            sock, addr = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        sock.setblocking(False)
-        stranger = Peer(sock, f"{addr[0]}:{addr[1]}")
-        try:
-            stranger.send(challenge())
-        except PeerGone:
-            stranger.close()
-            return
-        self.strangers[sock.fileno()] = (stranger, time.monotonic())
-        self.selector.register(sock.fileno(), selectors.EVENT_READ)
 
-    def _refuse(self, fd: int) -> None:
-        """Anything a late or foreign connection sends: one line, then the connection is closed."""
-        stranger, _ = self.strangers[fd]
-        try:
-            stranger.receive()
-            why = "the job's nodes have all joined"
-        except PeerGone:
-            why = "it closed the connection"
-        except WireError as exc:
-            why = str(exc)
-        self.warn(f"fakerun: refused a connection from {stranger.address}: {why}")
-        self._drop_stranger(fd)
-
-    def _drop_stranger(self, fd: int) -> None:
-        stranger, _ = self.strangers.pop(fd)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(fd)
-        stranger.close()
+def _reason(message: dict[str, Any]) -> str:
+    """The text of a `lost` or `abort` message, made one printable line."""
+    reason = message.get("reason")
+    if not isinstance(reason, str):
+        raise WireError("reason missing")
+    return shown(reason)
 
 
-def _items(message: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-    """[[rank, message], ...] checked for shape."""
+def _number(message: dict[str, Any], key: str, low: float, high: float) -> float:
+    """message[key] as a finite float in [low, high]; WireError otherwise."""
+    value = message.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WireError(f"field {key!r} is not a number")
+    # Compared before float(): an int of 400 digits would overflow it.
+    if not (math.isfinite(value) and low <= value <= high):
+        raise WireError(f"field {key!r} is out of range")
+    return float(value)
+
+
+def _telemetry(message: dict[str, Any]) -> list[Any] | None:
+    """A GPU sample ([six numbers, phase]) checked for type and range; None when the message has none."""
+    tel = message.get("tel")
+    if tel is None:
+        return None
+    if not isinstance(tel, list) or len(tel) != len(TELEMETRY_MAX) + 1 or tel[-1] not in PHASES:
+        raise WireError("malformed telemetry")
+    values = {str(i): v for i, v in enumerate(tel[:-1])}
+    return [_number(values, str(i), 0.0, high) for i, high in enumerate(TELEMETRY_MAX)] + [tel[-1]]
+
+
+def _report(message: dict[str, Any]) -> dict[str, Any]:
+    """One rank's report relayed by its agent (`ready` or `step`), rebuilt from its checked fields only."""
+    kind = message.get("k")
+    tel = _telemetry(message)
+    if kind == "ready":
+        out: dict[str, Any] = {"k": "ready", "pid": int(_number(message, "pid", 1, MAX_PID))}
+    elif kind == "step":
+        step = message.get("s")
+        if not is_int(step, 0, MAX_STEP):
+            raise WireError("field 's' is not a step number")
+        out = {"k": "step", "s": step, "c": _number(message, "c", 0.0, MAX_WAIT_S)}
+    else:
+        raise WireError(f"unexpected report {shown(kind, 40)!r}")
+    if tel is not None:
+        out["tel"] = tel
+    return out
+
+
+def _batch_items(message: dict[str, Any], node: int, nproc: int) -> list[tuple[int, dict[str, Any]]]:
+    """A node's batch: [[rank, report], ...] for distinct ranks of that node, every report checked."""
     items = message.get("items")
-    if not isinstance(items, list):
-        raise WireError("items missing")
+    if not isinstance(items, list) or len(items) > nproc:
+        raise WireError("malformed batch")
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: set[int] = set()
+    for item in items:
+        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], dict):
+            raise WireError("malformed batch item")
+        rank = item[0]
+        if not is_int(rank, node * nproc, node * nproc + nproc - 1) or rank in seen:
+            raise WireError(f"a report for rank {shown(rank, 40)}, which is not on node {node}")
+        seen.add(rank)
+        out.append((rank, _report(item[1])))
+    return out
+
+
+def _reply_items(
+    message: dict[str, Any], local_ranks: frozenset[int], now: float
+) -> list[tuple[int, dict[str, Any]]]:
+    """Node 0's answers for our ranks, rebuilt from their checked fields, release times on our clock."""
+    items = message.get("items")
+    sent = _number(message, "now", -math.inf, math.inf)  # the sender's monotonic clock
+    if not isinstance(items, list) or len(items) > len(local_ranks):
+        raise WireError("malformed replies")
     out: list[tuple[int, dict[str, Any]]] = []
     for item in items:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not isinstance(item[0], int)
-            or isinstance(item[0], bool)
-            or not isinstance(item[1], dict)
-        ):
-            raise WireError("malformed item")
-        out.append((item[0], item[1]))
+        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], dict):
+            raise WireError("malformed reply item")
+        rank, reply = item
+        if not is_int(rank, 0, MAX_STEP) or rank not in local_ranks:
+            raise WireError(f"a reply for rank {shown(rank, 40)}, which is not on this node")
+        out.append((rank, _reply(reply, sent, now)))
     return out
+
+
+def _reply(reply: dict[str, Any], sent: float, now: float) -> dict[str, Any]:
+    """One answer of the coordinator ("go" or "step") checked, its release time moved to our clock."""
+    kind = reply.get("k")
+    if kind == "go":
+        return {"k": "go", "t0": now + _number(reply, "t0", sent - MAX_WAIT_S, sent + MAX_WAIT_S) - sent}
+    if kind != "step":
+        raise WireError(f"unexpected reply {shown(kind, 40)!r}")
+    step, stop = reply.get("s"), reply.get("stop")
+    if not is_int(step, 0, MAX_STEP) or not isinstance(stop, bool):
+        raise WireError("malformed step reply")
+    return {
+        "k": "step",
+        "s": step,
+        # Ahead of the sender's clock by at most a day (a release in the past is a late answer: no wait).
+        "rel": now + _number(reply, "rel", sent - MAX_WAIT_S, sent + MAX_WAIT_S) - sent,
+        "comm": _number(reply, "comm", 0.0, MAX_WAIT_S),
+        "ar_ms": _number(reply, "ar_ms", 0.0, 1000.0 * MAX_WAIT_S),
+        "stop": stop,
+    }

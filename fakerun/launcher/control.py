@@ -16,6 +16,7 @@ from typing import Any
 from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.outfile import OutputFile, warning
+from fakerun.launcher.wire import WireError
 from fakerun.paths import state_dir
 
 # A worker's messages are a few hundred bytes; anything this long is not ours.
@@ -169,8 +170,8 @@ class ControlHub:
             try:
                 out = coordinator.on_message(rank, msg, time.monotonic(), time.time())
             except ProtocolError as exc:
-                self.warn(f"fakerun: bad report from node {node} for rank {rank}: {exc}")
-                continue
+                # The agent broke the protocol (cluster.py ends its connection with one line).
+                raise WireError(f"a report for rank {rank}: {exc}") from None
             self._dispatch(out)
 
     def _dispatch(self, out: Output) -> None:

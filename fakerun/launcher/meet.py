@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ipaddress
+import math
 import os
 import signal
 import socket
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from fakerun.launcher import report
-from fakerun.launcher.peers import Peer
+from fakerun.launcher.peers import Gate, Peer
 from fakerun.launcher.plan import LaunchPlan, NodePlan
 from fakerun.launcher.rendezvous import (
     Assignment,
@@ -25,6 +28,7 @@ from fakerun.launcher.rendezvous import (
     try_listen,
 )
 from fakerun.launcher.wire import WireError, job_secret
+from fakerun.sim.job import JobSpec
 
 C10D_DEFAULT_PORT = 29400  # torch's default when --rdzv-endpoint names no port
 STATIC_TIMEOUT_S = 900.0  # torch's static rendezvous (TCPStore) timeout
@@ -50,7 +54,7 @@ class Links:
 
     assignment: Assignment
     peers: dict[int, Peer]
-    listener: socket.socket | None
+    listener: Gate | None  # the host's port, refusing late agents and strangers during the run
 
     def close(self) -> None:
         """Closes everything (when the run never took them over)."""
@@ -63,16 +67,60 @@ class Links:
 
 def _seconds(conf: dict[str, str], key: str, default: float) -> float:
     try:
-        return float(conf.get(key, default))
+        value = float(conf.get(key, default))
     except ValueError:
         raise MeetError(f"ValueError: could not convert string to float: {conf[key]!r}\n") from None
+    if not (math.isfinite(value) and value > 0):
+        # nan never times out and breaks select(); inf and negative waits make no sense either.
+        raise MeetError(f"fakerun: error: --rdzv-conf: {key}={conf[key]} is not a number of seconds > 0\n")
+    return value
+
+
+def _check_host(host: str, option: str) -> None:
+    """A name the resolver can take (labels of 1-63 characters): else one line, not a UnicodeError later."""
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        why = str(exc).rpartition("(UnicodeError: ")[2].rstrip(")") or "not a host name"
+        raise MeetError(f"fakerun: error: {option}: {host!r} is not a valid host name ({why})\n") from None
+
+
+def _loopback(host: str) -> str | None:
+    """The IPv4 loopback address `host` names, if it names nothing else (then we listen there only)."""
+    try:
+        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None, socket.AF_INET)}
+    except (OSError, UnicodeError):
+        return None
+    if addrs and all(ipaddress.ip_address(a).is_loopback for a in addrs):
+        return min(addrs)
+    return None
+
+
+def job_identity(job: JobSpec | None) -> tuple[str, str]:
+    """The simulated job in a few words and a digest of all of it, which every agent of a job must share."""
+    if job is None:
+        return "the script itself (--fake-exec)", ""
+    return f"{job.model.name} on {job.gpu.name}", hashlib.sha256(repr(job).encode()).hexdigest()[:32]
+
+
+def _secret_warning(
+    environ: dict[str, str] | os._Environ[str], host: str, port: int, run_id: str
+) -> str | None:
+    """The warning for a job whose default secret anyone can derive, reachable beyond this machine."""
+    if environ.get("FAKERUN_SECRET") or _loopback(host) is not None:
+        return None
+    return (
+        f"fakerun: warning: FAKERUN_SECRET is not set, so this job's secret follows from its run id "
+        f"{run_id!r}: anyone who can reach {host}:{port} can join the job or feed it steps; "
+        "set the same FAKERUN_SECRET on every node"
+    )
 
 
 def _is_this_machine(host: str) -> bool:
     """Whether `host` names this machine (loopback or one of our interfaces), as c10d checks for is_host."""
     try:
         addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
+    except (OSError, UnicodeError):
         return False
     if any(a.startswith("127.") or a == "::1" for a in addrs):
         return True
@@ -110,49 +158,65 @@ def _interruptible() -> Iterator[None]:
 
 
 def meet(
-    plan: LaunchPlan, argv0: str, site_packages: str, warn: Callable[[str], None]
+    plan: LaunchPlan,
+    argv0: str,
+    site_packages: str,
+    warn: Callable[[str], None],
+    job: JobSpec | None = None,
 ) -> tuple[LaunchPlan, Links]:
-    """Runs the rendezvous for this node; returns the plan with its group rank and master address."""
+    """Runs the rendezvous for this node; returns the plan with its group rank and master address.
+
+    `job` is the simulated job (None with --fake-exec): agents simulating different jobs cannot form one.
+    """
     args = plan.args
     rdzv = plan.rdzv
     host = plan.nodes[0].host
     secret = job_secret(os.environ, rdzv.run_id)
     static = rdzv.form == "static"
-    me = Join(args.node_rank if static else None, host, plan.nproc_per_node, rdzv.run_id)
+    what, digest = job_identity(job)
+    me = Join(args.node_rank if static else None, host, plan.nproc_per_node, rdzv.run_id, what, digest)
     port = rdzv.master_port if static else _endpoint(rdzv.endpoint)[1]
+    option = "--master-port" if static else "--rdzv-endpoint"
     if not 0 < port < 65536:
-        option = "--master-port" if static else "--rdzv-endpoint"
         raise MeetError(f"fakerun: error: {option}: {port} is not a TCP port (1-65535)\n")
+    dial = (args.master_addr, rdzv.master_port) if static else _endpoint(rdzv.endpoint)
+    _check_host(dial[0], "--master-addr" if static else "--rdzv-endpoint")
+    if static:
+        timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
+    else:
+        timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
+    warning = _secret_warning(os.environ, dial[0], dial[1], rdzv.run_id)
+    if warning is not None:
+        warn(warning)
+    # A job addressed on loopback is not offered to the network.
+    bind = _loopback(dial[0]) or ""
     listener: socket.socket | None = None
+    gate: Gate | None = None
     try:
         with _interruptible():
             # Who hosts: static node 0 on the master port; under c10d, the first agent on the endpoint's
             # machine to bind its port. Everyone else dials the host.
             if static:
-                timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
-                listener = _listen_static(rdzv.master_port) if args.node_rank == 0 else None
-                dial = (args.master_addr, rdzv.master_port)
+                listener = _listen_static(rdzv.master_port, bind) if args.node_rank == 0 else None
             else:
-                timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
-                dial = _endpoint(rdzv.endpoint)
-                listener = try_listen(dial[1]) if _is_this_machine(dial[0]) else None
+                listener = try_listen(dial[1], bind) if _is_this_machine(dial[0]) else None
             if listener is not None:
+                gate = Gate(listener, secret, warn)
                 assignment, peers = host_rendezvous(
-                    listener,
+                    gate,
                     me,
                     nnodes=plan.max_nodes,
-                    secret=secret,
                     timeout_s=timeout,
                     master_addr=rdzv.master_addr,
                     master_port=rdzv.master_port,
-                    warn=warn,
                 )
             else:
-                assignment, peer = join_rendezvous(*dial, me, secret=secret, timeout_s=timeout)
+                assignment, peer = join_rendezvous(
+                    *dial, me, nnodes=plan.max_nodes, secret=secret, timeout_s=timeout
+                )
                 peers = {0: peer}
     except RendezvousTimeout as exc:
-        if listener is not None:
-            listener.close()
+        _close(gate, listener)
         kind: report.TracebackKind = "static_store_timeout" if static else "c10d_join_timeout"
         trace = report.launcher_traceback(kind, argv0, site_packages)
         if static and args.node_rank == 0:
@@ -167,24 +231,29 @@ def meet(
             line = report.rendezvous_timeout_line()
         raise MeetError(trace + line) from None
     except WireError as exc:
-        if listener is not None:
-            listener.close()
+        _close(gate, listener)
         raise MeetError(f"fakerun: error: the rendezvous failed: {exc}\n") from None
     except BaseException:
-        if listener is not None:
-            listener.close()
+        _close(gate, listener)
         raise
     node = NodePlan(assignment.group_rank, host)
     new_rdzv = dataclasses.replace(
         rdzv, master_addr=assignment.master_addr, master_port=assignment.master_port
     )
-    return dataclasses.replace(plan, nodes=(node,), rdzv=new_rdzv), Links(assignment, peers, listener)
+    return dataclasses.replace(plan, nodes=(node,), rdzv=new_rdzv), Links(assignment, peers, gate)
 
 
-def _listen_static(port: int) -> socket.socket:
-    """Node 0's store port, as torch's TCPStore binds it."""
+def _close(gate: Gate | None, listener: socket.socket | None) -> None:
+    if gate is not None:
+        gate.close()
+    elif listener is not None:
+        listener.close()
+
+
+def _listen_static(port: int, host: str) -> socket.socket:
+    """Node 0's store port, as torch's TCPStore binds it (on loopback only for a loopback master address)."""
     try:
-        return listen(port)
+        return listen(port, host)
     except OSError as exc:
         raise MeetError(
             "torch.distributed.DistNetworkError: The server socket has failed to listen on any local network "

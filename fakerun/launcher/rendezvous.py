@@ -1,9 +1,11 @@
 """Multi-node rendezvous over TCP, before any worker starts: static (node ranks given) or c10d (join order).
 
-The agent of node 0 (static) or the first agent to bind the c10d endpoint hosts: it accepts the other
-agents, checks that each knows the job's secret and agrees on the job (run id, ranks per node), and when
-all nodes have joined, tells each its group rank, every node's host name and the workers' master address.
-The connections stay open for the run (step relays and heartbeats, see cluster.py).
+The agent of node 0 (static) or the first agent to bind the c10d endpoint hosts: its gate (peers.py)
+accepts the other agents and checks that each knows the job's secret; the host then checks that each
+agrees on the job (run id, ranks per node, the simulated model and GPUs) and, when all nodes have joined,
+tells each its group rank, every node's host name and the workers' master address. Every field either side
+receives is checked for type and range: a bad one refuses that connection (host) or ends the rendezvous with
+one line (agent). The connections stay open for the run (step relays and heartbeats, see cluster.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fakerun.launcher.peers import Peer, PeerGone
-from fakerun.launcher.wire import WireError, answer, challenge, verify_answer, verify_welcome
+from fakerun.launcher.peers import Gate, Peer, PeerGone
+from fakerun.launcher.wire import WireError, answer, shown, verify_welcome
 
 CONNECT_RETRY_S = 0.5
+MAX_NAME = 255  # host names and addresses
+MAX_NPROC = 1 << 16
 
 
 class RendezvousTimeout(Exception):
@@ -40,6 +44,8 @@ class Join:
     host: str
     nproc_per_node: int
     run_id: str
+    job: str = ""  # the simulated job in a few words ("llama3-8b on h100"), or "--fake-exec"
+    job_digest: str = ""  # every figure of the simulated job: agents that agree print the same job
 
     def message(self) -> dict[str, Any]:
         """As sent on the wire."""
@@ -49,6 +55,8 @@ class Join:
             "host": self.host,
             "nproc": self.nproc_per_node,
             "run_id": self.run_id,
+            "job": self.job,
+            "job_digest": self.job_digest,
         }
 
 
@@ -62,16 +70,63 @@ class Assignment:
     master_port: int
 
 
+def is_int(value: object, low: int, high: int) -> bool:
+    """Whether `value` is an int (not a bool) in [low, high]."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def is_name(value: object) -> bool:
+    """Whether `value` can be a host name or address: 1-255 printable characters, no spaces."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_NAME
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
+
+
 def _parse_join(message: dict[str, Any]) -> Join:
-    node_rank = message.get("node_rank")
-    host, nproc, run_id = message.get("host"), message.get("nproc"), message.get("run_id")
-    if message.get("k") != "join" or not isinstance(host, str) or not isinstance(run_id, str):
+    if message.get("k") != "join":
         raise WireError("expected a join message")
-    if not isinstance(nproc, int) or isinstance(nproc, bool):
-        raise WireError("malformed join message")
-    if node_rank is not None and (not isinstance(node_rank, int) or isinstance(node_rank, bool)):
-        raise WireError("malformed node rank")
-    return Join(node_rank, host[:255], nproc, run_id)
+    node_rank, host, nproc = message.get("node_rank"), message.get("host"), message.get("nproc")
+    run_id, job, digest = message.get("run_id"), message.get("job", ""), message.get("job_digest", "")
+    if not is_name(host):
+        raise WireError("malformed join message (host)")
+    if not is_int(nproc, 1, MAX_NPROC):
+        raise WireError("malformed join message (nproc)")
+    if node_rank is not None and not is_int(node_rank, 0, MAX_NPROC):
+        raise WireError("malformed join message (node rank)")
+    for value in (run_id, job, digest):
+        if not isinstance(value, str) or len(value) > 1024:
+            raise WireError("malformed join message")
+    assert isinstance(host, str) and isinstance(nproc, int) and isinstance(run_id, str)
+    return Join(node_rank, host, nproc, run_id, str(job), str(digest))
+
+
+def _check_join(
+    message: dict[str, Any], me: Join, joined: list[tuple[Join, Peer | None]], nnodes: int
+) -> Join:
+    """The join of an authenticated agent, if it belongs to this job; WireError saying why not."""
+    join = _parse_join(message)
+    if join.run_id != me.run_id:
+        raise WireError(f"joined with run id {shown(join.run_id)!r}, this job is {me.run_id!r}")
+    if join.nproc_per_node != me.nproc_per_node:
+        raise WireError(f"has --nproc-per-node {join.nproc_per_node}, this job {me.nproc_per_node}")
+    if join.job != me.job:
+        raise WireError(
+            f"simulates {shown(join.job, 80)}, this job {me.job}: start every agent with the same "
+            "--fake-model, --fake-gpu and script arguments"
+        )
+    if join.job_digest != me.job_digest:
+        raise WireError(
+            f"simulates {me.job} with other settings than this job: start every agent with the same "
+            "--fake-* options and script arguments"
+        )
+    if join.node_rank is not None:
+        taken = {j.node_rank for j, _ in joined}
+        if not 0 <= join.node_rank < nnodes or join.node_rank in taken:
+            raise WireError(f"node rank {join.node_rank} is out of range or already taken")
+    return join
 
 
 def listen(port: int, host: str = "") -> socket.socket:
@@ -88,120 +143,60 @@ def listen(port: int, host: str = "") -> socket.socket:
     return sock
 
 
-def try_listen(port: int) -> socket.socket | None:
+def try_listen(port: int, host: str = "") -> socket.socket | None:
     """The c10d host election: whoever binds the endpoint's port first hosts; None if another agent did."""
     try:
-        return listen(port)
+        return listen(port, host)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return None
         raise
 
 
-class _Pending:
-    """An accepted connection going through the handshake."""
-
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        self.sent = challenge()
-        self.authed = False
-        peer.send(self.sent)
-
-
 def host_rendezvous(
-    server: socket.socket,
+    gate: Gate,
     me: Join,
     *,
     nnodes: int,
-    secret: bytes,
     timeout_s: float,
     master_addr: str,
     master_port: int,
-    warn: Any,
 ) -> tuple[Assignment, dict[int, Peer]]:
     """Hosts the rendezvous until `nnodes` agents (us included) joined; returns our assignment and peers."""
     start = time.monotonic()
     deadline = start + timeout_s
     selector = selectors.DefaultSelector()
-    selector.register(server, selectors.EVENT_READ)
-    pending: dict[int, _Pending] = {}
+    gate.attach(selector)
     joined: list[tuple[Join, Peer | None]] = [(me, None)]
     try:
         while len(joined) < nnodes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RendezvousTimeout(len(joined), nnodes, time.monotonic() - start)
-            for key, _ in selector.select(min(left, 1.0)):
-                if key.fileobj is server:
-                    _accept(server, selector, pending)
-                    continue
-                fd = int(key.fd)
-                p = pending[fd]
-                try:
-                    for message in p.peer.receive():
-                        done = _advance(p, message, secret, me, joined, nnodes)
-                        if done:
-                            selector.unregister(fd)
-                            del pending[fd]
-                            break
-                except (WireError, PeerGone) as exc:
-                    warn(f"fakerun: rendezvous: dropped the connection from {p.peer.address}: {exc}")
-                    if isinstance(exc, WireError):
-                        # Say why before closing, so a misconfigured agent fails at once instead of retrying.
-                        with contextlib.suppress(PeerGone):
-                            p.peer.send({"k": "reject", "reason": str(exc)[:200]})
-                    selector.unregister(fd)
-                    del pending[fd]
-                    p.peer.close()
+            now = time.monotonic()
+            if now >= deadline:
+                raise RendezvousTimeout(len(joined), nnodes, now - start)
+            gate.tick(now)
+            wait = min(deadline, gate.deadline() or deadline, now + 1.0) - now
+            for key, _ in selector.select(max(0.0, wait)):
+                now = time.monotonic()
+                for p, message in gate.pump(int(key.fd), now):
+                    if p.done or len(joined) >= nnodes:
+                        continue
+                    try:
+                        join = _check_join(message, me, joined, nnodes)
+                    except WireError as exc:
+                        gate.refuse(p, str(exc), now)
+                        continue
+                    peer = gate.admit(p)
+                    peer.host = join.host
+                    joined.append((join, peer))
         return _assign(joined, master_addr, master_port)
+    except BaseException:
+        for _, member in joined:
+            if member is not None:
+                member.close()
+        raise
     finally:
-        for p in pending.values():
-            p.peer.close()
+        gate.detach()
         selector.close()
-
-
-def _accept(server: socket.socket, selector: selectors.BaseSelector, pending: dict[int, _Pending]) -> None:
-    try:
-        sock, addr = server.accept()
-    except (BlockingIOError, InterruptedError):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setblocking(False)
-    peer = Peer(sock, f"{addr[0]}:{addr[1]}")
-    try:
-        p = _Pending(peer)
-    except PeerGone:
-        peer.close()
-        return
-    pending[sock.fileno()] = p
-    selector.register(sock, selectors.EVENT_READ)
-
-
-def _advance(
-    p: _Pending,
-    message: dict[str, Any],
-    secret: bytes,
-    me: Join,
-    joined: list[tuple[Join, Peer | None]],
-    nnodes: int,
-) -> bool:
-    """One handshake or join step of a pending connection; True once it has joined."""
-    if not p.authed:
-        p.peer.send(verify_answer(secret, p.sent, message))
-        p.authed = True
-        return False
-    join = _parse_join(message)
-    if join.run_id != me.run_id:
-        raise WireError(f"joined with run id {join.run_id!r}, this job is {me.run_id!r}")
-    if join.nproc_per_node != me.nproc_per_node:
-        raise WireError(f"has --nproc-per-node {join.nproc_per_node}, this job {me.nproc_per_node}")
-    if join.node_rank is not None:
-        taken = {j.node_rank for j, _ in joined}
-        if not 0 <= join.node_rank < nnodes or join.node_rank in taken:
-            raise WireError(f"node rank {join.node_rank} is out of range or already taken")
-    p.peer.host = join.host
-    joined.append((join, p.peer))
-    return True
 
 
 def _assign(
@@ -222,20 +217,23 @@ def _assign(
         peer.group_rank = group_rank
         peers[group_rank] = peer
     for group_rank, peer in peers.items():
-        peer.send(
-            {
-                "k": "assign",
-                "group_rank": group_rank,
-                "hosts": list(hosts),
-                "master_addr": master_addr,
-                "master_port": master_port,
-            }
-        )
+        # An agent that left after joining is noticed by the run (its connection reads EOF): the job is
+        # then lost as when a node dies mid-run.
+        with contextlib.suppress(PeerGone):
+            peer.send(
+                {
+                    "k": "assign",
+                    "group_rank": group_rank,
+                    "hosts": list(hosts),
+                    "master_addr": master_addr,
+                    "master_port": master_port,
+                }
+            )
     return Assignment(mine, hosts, master_addr, master_port), peers
 
 
 def join_rendezvous(
-    host: str, port: int, me: Join, *, secret: bytes, timeout_s: float
+    host: str, port: int, me: Join, *, nnodes: int, secret: bytes, timeout_s: float
 ) -> tuple[Assignment, Peer]:
     """Joins the rendezvous hosted at host:port, retrying the connection until the deadline."""
     start = time.monotonic()
@@ -243,29 +241,34 @@ def join_rendezvous(
     while True:
         peer = _connect(host, port, deadline)
         try:
-            sent = answer(secret, peer.receive_blocking(deadline))
+            sent = answer(secret, _unless_rejected(peer.receive_blocking(deadline)))
             peer.send(sent)
             verify_welcome(secret, sent, _unless_rejected(peer.receive_blocking(deadline)))
+            peer.authenticated()
             peer.send(me.message())
-            assign = _unless_rejected(peer.receive_blocking(deadline))
-            return _parse_assign(assign), peer
+            assignment = _parse_assign(_unless_rejected(peer.receive_blocking(deadline)), me, nnodes)
         except PeerGone:
             # The host dropped us (it may be restarting, or we were early): try again while time is left.
             peer.close()
             if time.monotonic() >= deadline:
                 raise RendezvousTimeout(0, 1, time.monotonic() - start) from None
             time.sleep(CONNECT_RETRY_S)
+            continue
         except TimeoutError:
             peer.close()
             raise RendezvousTimeout(0, 1, time.monotonic() - start) from None
         except WireError:
             peer.close()
             raise
+        # The host is group rank 0: a lost host is then reported as "lost node 0 (its host name)".
+        peer.group_rank = 0
+        peer.host = assignment.hosts[0]
+        return assignment, peer
 
 
 def _unless_rejected(message: dict[str, Any]) -> dict[str, Any]:
     if message.get("k") == "reject":
-        raise WireError(f"the rendezvous host refused this agent: {str(message.get('reason', ''))[:200]}")
+        raise WireError(f"the rendezvous host refused this agent: {shown(message.get('reason', ''))}")
     return message
 
 
@@ -286,19 +289,23 @@ def _connect(host: str, port: int, deadline: float) -> Peer:
         return Peer(sock, f"{host}:{port}")
 
 
-def _parse_assign(message: dict[str, Any]) -> Assignment:
-    hosts = message.get("hosts")
-    group_rank, addr, port = message.get("group_rank"), message.get("master_addr"), message.get("master_port")
-    if (
-        message.get("k") != "assign"
-        or not isinstance(group_rank, int)
-        or not isinstance(hosts, list)
-        or not all(isinstance(h, str) for h in hosts)
-        or not isinstance(addr, str)
-        or not isinstance(port, int)
-    ):
-        raise WireError("malformed assignment from the rendezvous host")
-    return Assignment(group_rank, tuple(hosts), addr, port)
+def _parse_assign(message: dict[str, Any], me: Join, nnodes: int) -> Assignment:
+    """The host's answer to our join, checked for type and range; WireError saying what is wrong."""
+    if message.get("k") != "assign":
+        raise WireError(
+            f"expected an assignment from the rendezvous host, got {shown(message.get('k'), 40)!r}"
+        )
+    group_rank, hosts = message.get("group_rank"), message.get("hosts")
+    addr, port = message.get("master_addr"), message.get("master_port")
+    # The host itself is group rank 0; a static agent keeps its node rank.
+    if not is_int(group_rank, 1, nnodes - 1) or (me.node_rank is not None and group_rank != me.node_rank):
+        raise WireError(f"malformed assignment from the rendezvous host (group rank {shown(group_rank, 40)})")
+    if not isinstance(hosts, list) or len(hosts) != nnodes or not all(is_name(h) for h in hosts):
+        raise WireError("malformed assignment from the rendezvous host (host names)")
+    if not is_name(addr) or not is_int(port, 1, 65535):
+        raise WireError("malformed assignment from the rendezvous host (master address)")
+    assert isinstance(group_rank, int) and isinstance(addr, str) and isinstance(port, int)
+    return Assignment(group_rank, tuple(str(h) for h in hosts), addr, port)
 
 
 def close_all(peers: dict[int, Peer]) -> None:
