@@ -354,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         if plan.multi_node:
             try:
                 plan, links = meet(
-                    plan, argv[0], site_packages(), lambda line: console.launcher_lines(line + "\n")
+                    plan,
+                    argv[0],
+                    site_packages(),
+                    lambda line: console.launcher_lines(line + "\n"),
+                    job=None if ctx is None else ctx.run.job,
                 )
             except MeetError as exc:
                 console.launcher_lines(exc.text)
