@@ -17,7 +17,7 @@ from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog, preflight
 from fakerun.launcher.cluster import ClusterLink
-from fakerun.launcher.console import Console
+from fakerun.launcher.console import Console, open_std_streams
 from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir, LogDirError
@@ -297,6 +297,7 @@ def _print_presets() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `fakerun` and `python -m fakerun`."""
+    open_std_streams()
     argv = list(sys.argv if argv is None else argv)
     prog = prog_name(argv[0] if argv else "fakerun")
     cmd = parse_command_line(argv[1:], os.environ, prog=prog)

@@ -6,7 +6,7 @@ import io
 import os
 import re
 import string
-from collections.abc import Callable
+import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
@@ -75,7 +75,6 @@ class Sink:
         self._stream = stream
         self._pending: list[bytes] = []
         self.broken = False
-        self.on_break: Callable[[], None] | None = None  # called once, when the stream goes away
         # Shared by the two sinks when stdout and stderr are the same file (`2>&1`).
         self.line = line or LineState()
 
@@ -139,8 +138,6 @@ class Sink:
                 os.close(null)
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             pass  # not a file descriptor (a test's BytesIO)
-        if self.on_break is not None:
-            self.on_break()
 
 
 # Erase the terminal line the cursor is on (carriage return, then ANSI "erase to end of line").
@@ -267,6 +264,29 @@ class Route:
         if self.board is not None:
             self.board.release(self)
         return body[cr + 1 :] + line[len(body) :]
+
+
+def open_std_streams() -> None:
+    """Points a closed stdin, stdout or stderr of the launcher (`>&-`, `2>&-`) at /dev/null.
+
+    Left closed, its number would go to the next file or pipe the launcher opens (our stdout writes landing in
+    a worker's pipe, a worker's stdin being some socket), and sys.stdout would be None. Under torchrun the
+    workers inherit the closed descriptor and what they print goes nowhere: /dev/null does the same.
+    """
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, flags)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False, encoding="utf-8")  # noqa: SIM115
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
 
 
 def fit_line(text: bytes, columns: int) -> bytes:

@@ -330,6 +330,26 @@ class TestBrokenPipe:
         assert "Training summary" not in out.read_text()
 
 
+@pytest.mark.parametrize("closed", [1, 2])
+def test_stdout_or_stderr_closed_from_the_start(runner: Runner, closed: int) -> None:
+    """`fakerun ... >&-` or `2>&-`: what would go there goes nowhere, as under torchrun; the job runs."""
+    proc = subprocess.run(
+        [fakerun_exe(), *FAST, "--fake-max-steps", "3", "train.py"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=runner.env(),
+        cwd=runner.tmp,
+        preexec_fn=lambda: os.close(closed),
+    )
+    assert proc.returncode == 0, proc.stderr
+    if closed == 1:
+        assert "Epoch 1/1" in proc.stderr  # rank 0's bar, on the stream that is still open
+        assert_no_own_traceback(proc.stderr)
+    else:
+        assert "training finished" in proc.stdout
+
+
 def launcher_dirs(tmp: Path) -> set[str]:
     """The `torchelastic_*` directories in a temporary directory."""
     return {p.name for p in tmp.glob("torchelastic_*")}
