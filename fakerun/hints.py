@@ -6,18 +6,14 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
-
-from fakerun.presets import ModelSpec, list_presets, load_model, model_from_hf_name
+from fakerun import tomlfile
+from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
+from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 
 __all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
 
@@ -261,42 +257,59 @@ class _Given:
         return HintError(" ".join(f"{self.label}: {what}".split()))
 
 
-def _int(g: _Given, low: int | None = 1) -> int:
-    """An integer of at least `low` (no bound when None)."""
+def _shown(value: object) -> str:
+    """repr() of a value for an error line, shortened; tables and arrays by their kind (never a deep repr)."""
+    if isinstance(value, (dict, list)):
+        return "a table" if isinstance(value, dict) else "an array"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-10:]} ({len(text)} characters)"
+
+
+def _model_high(name: str) -> int:
+    """The largest value a ModelSpec field may take (presets' range): the cap of the hint that sets it."""
+    return int(field_range(ModelSpec, name)[1])
+
+
+def _int(g: _Given, low: int | None = 1, *, high: int) -> int:
+    """An integer from `low` (no lower bound when None) to `high`."""
     v = g.value
     if isinstance(v, str):
         try:
             n = int(v.strip())
         except ValueError:
-            raise g.fail(f"invalid int value {v!r}") from None
+            raise g.fail(f"invalid int value {_shown(v)}") from None
     elif isinstance(v, int) and not isinstance(v, bool):
         n = v
     else:
-        raise g.fail(f"invalid int value {v!r}")
+        raise g.fail(f"invalid int value {_shown(v)}")
     if low is not None and n < low:
-        raise g.fail(f"invalid value {v!r} (must be >= {low})")
+        raise g.fail(f"invalid value {_shown(v)} (must be >= {low})")
+    if n > high:
+        # No real job comes near: refused here, before a product of such numbers overflows the simulation.
+        raise g.fail(f"invalid value {_shown(v)} (must be <= {high})")
     return n
 
 
-def _float(g: _Given, *, positive: bool = True, high: float | None = None) -> float:
+def _float(g: _Given, *, positive: bool = True, high: float) -> float:
     """A finite float, > 0 when `positive` else >= 0, and at most `high`."""
     v = g.value
     if isinstance(v, str):
         try:
             x = float(v.strip())
         except ValueError:
-            raise g.fail(f"invalid float value {v!r}") from None
+            raise g.fail(f"invalid float value {_shown(v)}") from None
     elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:  # a TOML integer beyond any float
+            x = math.inf
     else:
-        raise g.fail(f"invalid float value {v!r}")
+        raise g.fail(f"invalid float value {_shown(v)}")
     if not math.isfinite(x):
-        raise g.fail(f"invalid float value {v!r}")
-    if (x <= 0 if positive else x < 0) or (high is not None and x > high):
+        raise g.fail(f"invalid float value {_shown(v)}")
+    if (x <= 0 if positive else x < 0) or x > high:
         bound = "> 0" if positive else ">= 0"
-        raise g.fail(
-            f"invalid value {v!r} (must be {bound}" + (f" and <= {high:g})" if high is not None else ")")
-        )
+        raise g.fail(f"invalid value {_shown(v)} (must be {bound} and <= {high:g})")
     return x
 
 
@@ -309,13 +322,13 @@ def _bool(g: _Given) -> bool:
         return v
     if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
         return v.strip().lower() in _TRUE
-    raise g.fail(f"invalid boolean value {v!r}")
+    raise g.fail(f"invalid boolean value {_shown(v)}")
 
 
 def _str(g: _Given) -> str:
     """A non-empty string."""
     if not isinstance(g.value, str) or not g.value.strip():
-        raise g.fail(f"invalid value {g.value!r} (expected a non-empty string)")
+        raise g.fail(f"invalid value {_shown(g.value)} (expected a non-empty string)")
     return g.value.strip()
 
 
@@ -324,7 +337,7 @@ def _choice(g: _Given, table: Mapping[str, str]) -> str:
     text = _str(g)
     hit = table.get(text.lower())
     if hit is None:
-        raise g.fail(f"invalid choice {text!r} (choose from {', '.join(table)})")
+        raise g.fail(f"invalid choice {_shown(text)} (choose from {', '.join(table)})")
     return hit
 
 
@@ -426,14 +439,13 @@ def _titan_file(g: _Given) -> dict[str, _Given]:
     """The known keys of a torchtitan TOML config file."""
     path = _str(g)
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise g.fail(f"cannot read {path!r}: {reason}") from None
+        text = tomlfile.read_text(str(Path(path).expanduser()))
+    except (tomlfile.FileError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise g.fail(f"cannot read {_shown(path)}: {exc}") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise g.fail(f"invalid TOML in {path!r}: {exc}") from None
+        data = tomlfile.loads(text)
+    except tomlfile.TomlError as exc:
+        raise g.fail(f"invalid TOML in {_shown(path)}: {exc}") from None
     out: dict[str, _Given] = {}
     for section, table in data.items():
         if not isinstance(table, dict):
@@ -452,8 +464,8 @@ def _deepspeed_stage(g: _Given) -> int | None:
         return None  # HF: an empty --deepspeed is off
     if not text.startswith("{"):
         try:
-            text = Path(text).expanduser().read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError, ValueError):
+            text = tomlfile.read_text(str(Path(text).expanduser()))
+        except (tomlfile.FileError, ValueError):  # ValueError: a NUL in the path
             return None
     try:
         config = json.loads(text)
@@ -468,7 +480,7 @@ def _deepspeed_stage(g: _Given) -> int | None:
     if isinstance(stage, str) and stage.strip().isdigit():
         stage = int(stage)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        raise g.fail(f"invalid zero_optimization.stage {stage!r} (must be 0, 1, 2 or 3)")
+        raise g.fail(f"invalid zero_optimization.stage {_shown(stage)} (must be 0, 1, 2 or 3)")
     return int(stage)
 
 
@@ -501,43 +513,47 @@ class _Builder:
 
     def seq_len(self, g: _Given) -> None:
         """The training sequence length: a job override and the context apply_arch must allow."""
-        n = _int(g)
+        n = _int(g, high=_model_high("seq_len"))
         self.set(self.job, "seq_len", n, g)
         self.set(self.arch, "seq_len", n, g)
 
 
-_JOB_INTS: dict[str, tuple[str, int]] = {
-    # option -> (make_job keyword, lowest value)
-    "per_device_train_batch_size": ("micro_batch", 1),
-    "per_gpu_train_batch_size": ("micro_batch", 1),
-    "micro_batch_size": ("micro_batch", 1),
-    "training.local_batch_size": ("micro_batch", 1),
-    "gradient_accumulation_steps": ("grad_accum", 1),
-    "global_batch_size": ("global_batch", 1),
-    "train_iters": ("total_steps", 1),
-    "training.steps": ("total_steps", 1),
-    "lr_warmup_iters": ("warmup_steps", 0),
-    "lr_scheduler.warmup_steps": ("warmup_steps", 0),
-    "tensor_model_parallel_size": ("tp", 1),
-    "parallelism.tensor_parallel_degree": ("tp", 1),
-    "pipeline_model_parallel_size": ("pp", 1),
-    "parallelism.pipeline_parallel_degree": ("pp", 1),
-    "expert_model_parallel_size": ("ep", 1),
-    "parallelism.expert_parallel_degree": ("ep", 1),
+_MAX_GRAD_ACCUM = 1 << 20
+_MAX_EVAL_ITERS = 100_000
+_MAX_SAMPLES = 10**15  # Megatron's sample counts: Llama 3's 15T tokens are 2e9 samples of 8k tokens
+_MAX_LR = field_range(ModelSpec, "lr")[1]
+_JOB_INTS: dict[str, tuple[str, int, int]] = {
+    # option -> (make_job keyword, lowest value, highest value)
+    "per_device_train_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
+    "per_gpu_train_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
+    "micro_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
+    "training.local_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
+    "gradient_accumulation_steps": ("grad_accum", 1, _MAX_GRAD_ACCUM),
+    "global_batch_size": ("global_batch", 1, _model_high("global_batch")),
+    "train_iters": ("total_steps", 1, MAX_STEPS),
+    "training.steps": ("total_steps", 1, MAX_STEPS),
+    "lr_warmup_iters": ("warmup_steps", 0, MAX_STEPS),
+    "lr_scheduler.warmup_steps": ("warmup_steps", 0, MAX_STEPS),
+    "tensor_model_parallel_size": ("tp", 1, _model_high("tp")),
+    "parallelism.tensor_parallel_degree": ("tp", 1, _model_high("tp")),
+    "pipeline_model_parallel_size": ("pp", 1, _model_high("pp")),
+    "parallelism.pipeline_parallel_degree": ("pp", 1, _model_high("pp")),
+    "expert_model_parallel_size": ("ep", 1, _model_high("ep")),
+    "parallelism.expert_parallel_degree": ("ep", 1, _model_high("ep")),
 }
-_CADENCE: dict[str, tuple[str, int]] = {
-    # option -> (cadence key, lowest value); 0 turns periodic evaluation or saving off
-    "logging_steps": ("log_interval", 1),
-    "log_interval": ("log_interval", 1),
-    "metrics.log_freq": ("log_interval", 1),
-    "eval_steps": ("eval_interval", 0),
-    "eval_interval": ("eval_interval", 0),
-    "validation.freq": ("eval_interval", 0),
-    "save_steps": ("save_interval", 0),
-    "save_interval": ("save_interval", 0),
-    "checkpoint.interval": ("save_interval", 0),
-    "eval_iters": ("eval_iters", 1),
-    "validation.steps": ("eval_iters", 1),
+_CADENCE: dict[str, tuple[str, int, int]] = {
+    # option -> (cadence key, lowest value, highest value); 0 turns periodic evaluation or saving off
+    "logging_steps": ("log_interval", 1, MAX_STEPS),
+    "log_interval": ("log_interval", 1, MAX_STEPS),
+    "metrics.log_freq": ("log_interval", 1, MAX_STEPS),
+    "eval_steps": ("eval_interval", 0, MAX_STEPS),
+    "eval_interval": ("eval_interval", 0, MAX_STEPS),
+    "validation.freq": ("eval_interval", 0, MAX_STEPS),
+    "save_steps": ("save_interval", 0, MAX_STEPS),
+    "save_interval": ("save_interval", 0, MAX_STEPS),
+    "checkpoint.interval": ("save_interval", 0, MAX_STEPS),
+    "eval_iters": ("eval_iters", 1, _MAX_EVAL_ITERS),
+    "validation.steps": ("eval_iters", 1, _MAX_EVAL_ITERS),
 }
 _HF_RATIO_STEPS = frozenset({"logging_steps", "eval_steps", "save_steps"})
 _ARCH_INTS: dict[str, str] = {
@@ -572,35 +588,36 @@ _LATER = frozenset(
 def _one(b: _Builder, key: str, g: _Given) -> None:
     """Turn one known argument into hints (options read together with others wait for _finish)."""
     if key in _JOB_INTS:
-        name, low = _JOB_INTS[key]
-        b.set(b.job, name, _int(g, low), g)
-    elif key in _HF_RATIO_STEPS and _float(g) < 1:
+        name, low, high = _JOB_INTS[key]
+        b.set(b.job, name, _int(g, low, high=high), g)
+    elif key in _HF_RATIO_STEPS and _float(g, high=float(MAX_STEPS)) < 1:
         pass  # HF also takes a fraction of the run (0.1); the simulation keeps its own cadence then
     elif key in _CADENCE:
-        name, low = _CADENCE[key]
-        b.set(b.cadence, name, _int(g, low), g)
+        name, low, high = _CADENCE[key]
+        b.set(b.cadence, name, _int(g, low, high=high), g)
     elif key in _ARCH_INTS:
-        b.set(b.arch, _ARCH_INTS[key], _int(g), g)
+        arch_key = _ARCH_INTS[key]
+        b.set(b.arch, arch_key, _int(g, high=_model_high(arch_key)), g)
     elif key in _SEQ_LEN:
         b.seq_len(g)
     elif key in ("learning_rate", "lr", "optimizer.lr"):
-        b.set(b.job, "lr", _float(g), g)
+        b.set(b.job, "lr", _float(g, high=_MAX_LR), g)
     elif key == "min_lr":
-        b.set(b.job, "min_lr", _float(g, positive=False), g)
+        b.set(b.job, "min_lr", _float(g, positive=False, high=_MAX_LR), g)
     elif key == "model_name_or_path":
         b.set(b.top, "model", _str(g), g)
     elif key == "max_steps":
-        steps = _int(g, None)  # HF: -1 (the default) or any value <= 0 leaves the epochs in charge
+        steps = _int(g, None, high=MAX_STEPS)  # HF: -1 (the default) or <= 0 leaves the epochs in charge
         if steps > 0:
             b.set(b.job, "total_steps", steps, g)
     elif key == "num_train_epochs":
-        b.set(b.top, "epochs", _float(g), g)
+        b.set(b.top, "epochs", _float(g, high=MAX_EPOCHS), g)
     elif key == "warmup_steps":
         _hf_warmup(b, g)
     elif key in ("warmup_ratio", "lr_warmup_fraction"):
         b.set(b.top, "warmup_ratio", _float(g, positive=False, high=1.0), g)
     elif key == "seed" or key == "training.seed":
-        b.set(b.top, "seed", _int(g, 0), g)
+        b.set(b.top, "seed", _int(g, 0, high=MAX_SEED), g)
     elif key == "lr_scheduler_type":
         _hf_schedule(b, g)
     elif key == "lr_decay_style":
@@ -628,12 +645,12 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         if _bool(g):
             b.set(b.job, "zero_stage", 1, g)
     elif key == "parallelism.data_parallel_shard_degree":
-        shard = _int(g, -1)
+        shard = _int(g, -1, high=MAX_NNODES * MAX_NPROC_PER_NODE)
         if shard == 0:
             raise g.fail(f"invalid value {g.value!r} (must be -1 or >= 1)")
         b.set(b.job, "zero_stage", 0 if shard == 1 else 3, g)  # FSDP shards everything (ZeRO-3)
     elif key == "training.global_batch_size":
-        gbs = _int(g, -1)
+        gbs = _int(g, -1, high=_model_high("global_batch"))
         if gbs == 0:
             raise g.fail(f"invalid value {g.value!r} (must be -1 or >= 1)")
         if gbs > 0:  # -1: local batch x data parallel size
@@ -651,10 +668,10 @@ def _hf_warmup(b: _Builder, g: _Given) -> None:
     if 0 < x < 1:
         b.set(b.top, "warmup_ratio", x, g)
         b.drop(b.job, "warmup_steps")
-    elif x >= 1 and x.is_integer() and math.isfinite(x):
+    elif 1 <= x <= MAX_STEPS and x.is_integer():
         b.set(b.job, "warmup_steps", int(x), g)
     else:
-        b.set(b.job, "warmup_steps", _int(g, 0), g)
+        b.set(b.job, "warmup_steps", _int(g, 0, high=MAX_STEPS), g)
 
 
 def _hf_schedule(b: _Builder, g: _Given) -> None:
@@ -678,7 +695,9 @@ def _hf_fsdp(b: _Builder, g: _Given) -> None:
         if w in _FSDP_ZERO:
             b.set(b.job, "zero_stage", _FSDP_ZERO[w], g)
         elif w not in _FSDP_OTHER:
-            raise g.fail(f"invalid choice {word!r} (choose from {', '.join((*_FSDP_ZERO, *_FSDP_OTHER))})")
+            raise g.fail(
+                f"invalid choice {_shown(word)} (choose from {', '.join((*_FSDP_ZERO, *_FSDP_OTHER))})"
+            )
 
 
 def _finish(b: _Builder) -> None:
@@ -707,7 +726,7 @@ def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
         g = given.get(key)
         if g is None:
             continue
-        samples = _int(g, 1 if key == "train_samples" else 0)
+        samples = _int(g, 1 if key == "train_samples" else 0, high=_MAX_SAMPLES)
         if name in b.job or not isinstance(gbs, int):
             continue  # iterations given too, or no global batch to divide by
         steps = samples // gbs
@@ -715,7 +734,7 @@ def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
             raise g.fail(f"{samples} samples make no step of {gbs} (--global-batch-size)")
         b.set(b.job, name, steps, g)
     groups = given.get("num_query_groups")
-    n_groups = _int(groups) if groups is not None else None
+    n_groups = _int(groups, high=_model_high("kv_heads")) if groups is not None else None
     gqa = given.get("group_query_attention")
     if b.style != "megatron":
         if groups is not None and n_groups is not None:
@@ -751,12 +770,12 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         b.set(b.top, "model", text, last)
     pp = b.job.get("pp")
     mbs_given = given.get("parallelism.pipeline_parallel_microbatch_size")
-    mbs = _int(mbs_given) if mbs_given is not None else 1
+    mbs = _int(mbs_given, high=_model_high("micro_batch")) if mbs_given is not None else 1
     local = given.get("training.local_batch_size")
     if isinstance(pp, int) and pp > 1 and (local is not None or mbs_given is not None):
         # With pipeline stages, each local batch runs as local/mbs micro batches of mbs sequences.
         if local is not None:
-            n_local = _int(local)
+            n_local = _int(local, high=_model_high("micro_batch"))
             if n_local % mbs:
                 raise local.fail(
                     f"local batch size {n_local} is not divisible by the pipeline micro batch {mbs}"
@@ -817,7 +836,10 @@ def apply_arch(model: ModelSpec, arch: Mapping[str, int]) -> ModelSpec:
             raise HintError(f"unknown architecture hint {key!r} (choose from {', '.join(_ALL_ARCH_KEYS)})")
         low = 0 if key in _FLAG_ARCH_KEYS else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (low == 0 and value > 1):
-            raise HintError(f"architecture hint {key}={value!r} must be a positive integer")
+            raise HintError(f"architecture hint {key}={_shown(value)} must be a positive integer")
+        high = 1 if low == 0 else _model_high(key)
+        if value > high:
+            raise HintError(f"architecture hint {key}={_shown(value)} exceeds {high}")
     changes: dict[str, Any] = {k: v for k, v in arch.items() if k in ARCH_KEYS and getattr(model, k) != v}
     for key in _FLAG_ARCH_KEYS:
         if key in arch and bool(arch[key]) != getattr(model, key):

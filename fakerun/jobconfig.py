@@ -7,10 +7,11 @@ from typing import Any
 
 from fakerun import presets
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
+from fakerun.limits import MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
-from fakerun.sim import compute
+from fakerun.sim import checkpoint, compute
 from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.run import DEFAULT_LADDER, RunPlan, make_run, pick_default_model
+from fakerun.sim.run import DEFAULT_LADDER, RunPlan, eval_seconds, make_run, pick_default_model, startup_times
 
 
 class JobConfigError(Exception):
@@ -64,7 +65,14 @@ def build_run(
         if hints.epochs is not None and "total_steps" not in kw:
             probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
             # One epoch is the preset's run over its dataset; HF Trainer's --num_train_epochs repeats it.
-            kw["total_steps"] = math.ceil(hints.epochs * probe.total_steps)
+            steps = math.ceil(hints.epochs * probe.total_steps)
+            if steps > MAX_STEPS:
+                source = hints.sources.get("epochs", "--num_train_epochs")
+                raise JobConfigError(
+                    f"script argument {source}: {hints.epochs:g} epochs of {probe.total_steps} steps are "
+                    f"{steps} steps, more than {MAX_STEPS}"
+                )
+            kw["total_steps"] = steps
         if hints.warmup_ratio is not None and "warmup_steps" not in kw:
             probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
             kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)
@@ -81,4 +89,28 @@ def build_run(
         )
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
+    _check_waits(run, fake.speed)
     return run, hints
+
+
+def _check_waits(run: RunPlan, speed: float) -> None:
+    """JobConfigError when start-up, a step, an evaluation or a checkpoint would pace past MAX_WALL_STEP_S."""
+    # Workers sleep until absolute deadlines: a wait of billions of seconds is a job that never moves (and
+    # beyond ~9e9 s, a deadline the kernel cannot even express).
+    job = run.job
+    waits = {
+        "start-up": startup_times(job, 0, resume=job.start_step > 0).total_s,
+        "step": compute.expected_step_time(job),
+        "evaluation": eval_seconds(job, run.eval_iters, run.first_step),
+        "checkpoint save": checkpoint.save_seconds(job, run.first_step),
+        "checkpoint load": checkpoint.load_seconds(job),
+    }
+    gpus = f"{job.world_size} GPU" + ("s" if job.world_size != 1 else "")
+    for what, seconds in waits.items():
+        wall = seconds / speed
+        if not wall <= MAX_WALL_STEP_S:  # also catches NaN
+            raise JobConfigError(
+                f"one {what} of {job.model.name} on {gpus} would take {wall:.3g} s of wall "
+                f"time at speed {speed:g} (at most {MAX_WALL_STEP_S:g} s); use a higher --fake-speed, more "
+                "GPUs or a smaller model"
+            )

@@ -15,7 +15,7 @@ MAX_SEED = 2**64 - 1  # the simulation's seeds are 64-bit (splitmix64)
 MIN_SPEED = 1e-3  # --fake-speed: a thousand times slower than real time ...
 MAX_SPEED = 1e9  # ... to a billion times faster (beyond that every wait is already zero)
 MAX_SIM_SECONDS = 1e9  # --fake-max-time: about 31 years of simulated training
-MAX_WALL_STEP_S = 1e6  # one simulated step may take at most ~11.6 days of wall time at the chosen speed
+MAX_WALL_STEP_S = 86_400.0  # a step, evaluation or checkpoint paces for at most a day of wall time
 MAX_EPOCHS = 1e6
 
 MAX_FILE_BYTES = 1 << 20  # a --fake-config, preset, torchtitan or DeepSpeed file

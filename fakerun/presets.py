@@ -31,6 +31,7 @@ __all__ = [
     "PresetError",
     "StorageSpec",
     "check_bus_ids",
+    "field_range",
     "host_name",
     "list_presets",
     "load_cluster",
@@ -378,6 +379,11 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
 }
 _MAX_HOST_NAME = 253  # DNS's limit on a full host name
 _MAX_BUS_IDS = MAX_NPROC_PER_NODE
+
+
+def field_range(cls: type, name: str) -> tuple[float, float]:
+    """The inclusive range a numeric field of ModelSpec, GpuSpec, ClusterSpec or StorageSpec must lie in."""
+    return _RANGES[cls][name]
 
 
 def _number_text(x: float) -> str:
