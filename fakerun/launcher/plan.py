@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from fakerun.limits import MAX_SECONDS_OPTION
 from fakerun.options import TorchrunArgs
 
 RdzvForm: TypeAlias = Literal["standalone", "c10d", "static"]
@@ -17,6 +19,11 @@ StdMap: TypeAlias = dict[int, int]  # local rank -> Std bits (1 = stdout, 2 = st
 
 DEFAULT_MASTER_PORT = 29500
 DEFAULT_GPUS_PER_NODE = 8
+DEFAULT_SHUTDOWN_TIMEOUT = 30
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+# torch's rendezvous handler registry (torch/distributed/elastic/rendezvous/registry.py) and the default
+# port each backend's handler gives an endpoint without one (static has none: -1, as _get_addr_and_port).
+RDZV_BACKENDS = {"static": -1, "c10d": 29400, "etcd": 2379, "etcd-v2": 2379}
 _STD_VALUE = r"^[0-3]$"
 _STD_MAPPING = r"^(\d:[0-3],)*(\d:[0-3])$"
 
@@ -224,19 +231,19 @@ def make_plan(
     nproc = determine_nproc(args.nproc_per_node, gpus_per_node, cpu_count)
     rdzv = select_rendezvous(args, max_nodes, fqdn, free_port, run_uuid or str(uuid.uuid4()))
     signals, unknown = parse_signals(args.signals_to_handle)
-    if args.shutdown_timeout is not None:
-        shutdown_timeout = float(args.shutdown_timeout)
-    else:
-        try:
-            shutdown_timeout = float(environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
-        except ValueError:
-            shutdown_timeout = 30.0
+    try:
+        shutdown_timeout = float(min(_shutdown_timeout(args, environ), MAX_SECONDS_OPTION))
+    except ValueError:
+        shutdown_timeout = float(DEFAULT_SHUTDOWN_TIMEOUT)  # check_launch reports it before anything starts
     multi = is_multi_node(args, rdzv, max_nodes)
     if multi:
         # This host is one node of the job: it starts only its own ranks and meets the other nodes' agents
         # over TCP (c10d numbers nodes by join order: the group rank is known after the rendezvous).
         if args.node_rank >= max_nodes:
             raise LaunchError(f"AssertionError: node_rank {args.node_rank} must be < nnodes {max_nodes}")
+        if args.node_rank < 0:
+            # torch waits for a node 0 that a negative rank can never be matched with, until the timeout.
+            raise LaunchError(f"AssertionError: node_rank {args.node_rank} must be >= 0")
         group_rank = args.node_rank if rdzv.form == "static" else 0
         nodes: tuple[NodePlan, ...] = (NodePlan(group_rank, fqdn),)
     else:
@@ -271,3 +278,85 @@ def is_multi_node(args: TorchrunArgs, rdzv: Rendezvous, max_nodes: int) -> bool:
     if rdzv.form == "c10d":
         return True
     return args.node_rank > 0 or "node_rank" in args.explicit
+
+
+def _shutdown_timeout(args: TorchrunArgs, environ: Mapping[str, str]) -> int:
+    """--shutdown-timeout, else int(TORCH_ELASTIC_SHUTDOWN_TIMEOUT or 30), as torch's LaunchConfig."""
+    if args.shutdown_timeout is not None:
+        if args.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must be non-negative, got {args.shutdown_timeout}")
+        return args.shutdown_timeout
+    # torch reads the variable with int(): "30.5", "nan" and "" are ValueErrors there too.
+    return int(environ.get(SHUTDOWN_TIMEOUT_ENV, str(DEFAULT_SHUTDOWN_TIMEOUT)))
+
+
+def _port_text(text: str) -> int | None:
+    """torch's _try_parse_port: one to five ASCII digits, else None."""
+    return int(text) if re.fullmatch(r"[0-9]{1,5}", text) else None
+
+
+def parse_rendezvous_endpoint(endpoint: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of `host[:port]` with torch's checks and ValueError messages (rendezvous/utils.py)."""
+    endpoint = endpoint.strip()
+    if not endpoint:
+        return ("localhost", default_port)
+    if endpoint[0] == "[" and endpoint[-1] == "]":
+        host, rest = endpoint, []
+    else:
+        host, *rest = endpoint.rsplit(":", 1)
+    if len(host) > 1 and host[0] == "[" and host[-1] == "]":
+        host = host[1:-1]
+    if len(rest) == 1:
+        port = _port_text(rest[0])
+        if port is None or port >= 2**16:
+            raise ValueError(
+                f"The port number of the rendezvous endpoint '{endpoint}' must be an integer "
+                "between 0 and 65536."
+            )
+    else:
+        port = default_port
+    if not re.match(r"^[\w\.:-]+$", host):
+        raise ValueError(
+            f"The hostname of the rendezvous endpoint '{endpoint}' must be a dot-separated list of "
+            "labels, an IPv4 address, or an IPv6 address."
+        )
+    return host, port
+
+
+def check_launch(plan: LaunchPlan, environ: Mapping[str, str], prog: str = "fakerun") -> None:
+    """What torchrun raises after its start-up lines and before or soon after its workers start: LaunchError.
+
+    In torch's order: the shutdown timeout (LaunchConfig), the static endpoint (launch_agent), the rendezvous
+    backend (the handler registry) and its endpoint, and the monitor interval (time.sleep in the agent's
+    loop, which torch reaches only after starting the workers; fakerun refuses it before).
+    """
+    try:
+        timeout = _shutdown_timeout(plan.args, environ)
+    except ValueError as exc:
+        raise LaunchError(f"ValueError: {exc}") from None
+    if timeout > MAX_SECONDS_OPTION:  # an explicit --shutdown-timeout that long is a usage error already
+        raw = environ.get(SHUTDOWN_TIMEOUT_ENV, "")
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        raise LaunchError(
+            f"{prog}: error: {SHUTDOWN_TIMEOUT_ENV}={shown} is longer than fakerun allows "
+            f"(at most {MAX_SECONDS_OPTION:g} seconds)"
+        )
+    try:
+        rdzv = plan.rdzv
+        # One node of several: the rendezvous (meet) checks the endpoint it dials, in its own words.
+        if rdzv.form == "static" and not plan.multi_node:
+            parse_rendezvous_endpoint(rdzv.endpoint, RDZV_BACKENDS["static"])
+        if rdzv.backend not in RDZV_BACKENDS:
+            raise ValueError(
+                f"The rendezvous backend '{rdzv.backend}' is not registered. "
+                "Did you forget to call `register`?"
+            )
+        if rdzv.form != "static" and not plan.multi_node:
+            parse_rendezvous_endpoint(rdzv.endpoint, RDZV_BACKENDS[rdzv.backend])
+        interval = plan.args.monitor_interval
+        if math.isnan(interval):
+            raise ValueError("Invalid value NaN (not a number)")
+        if interval < 0:
+            raise ValueError("sleep length must be non-negative")
+    except ValueError as exc:
+        raise LaunchError(f"ValueError: {exc}") from None
