@@ -24,7 +24,7 @@ from fakerun.launcher.logdir import LogDir, LogDirError
 from fakerun.launcher.meet import Interrupted, Links, MeetError, meet
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable, site_packages
 from fakerun.launcher.outfile import OutputFile, reason, warning
-from fakerun.launcher.plan import LaunchError, LaunchPlan, make_plan
+from fakerun.launcher.plan import LaunchError, LaunchPlan, check_launch, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
@@ -352,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     links: Links | None = None
     try:
         _log_startup(plan, log, log_dir)
+        try:
+            check_launch(plan, os.environ, prog)
+        except LaunchError as exc:
+            # What torchrun raises once its start-up lines are out (an unknown rendezvous backend, a port
+            # out of range...): after them, as there, and before any worker exists.
+            console.launcher_lines(exc.exc_line + "\n")
+            return exc.exit_code
         if plan.multi_node:
             try:
                 plan, links = meet(
