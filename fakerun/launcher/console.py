@@ -15,6 +15,9 @@ from fakerun.launcher.plan import LaunchPlan
 from fakerun.launcher.ranklogs import RankFile, RankLogs
 
 STDOUT, STDERR = 1, 2
+# The longest unfinished line a route holds back: past it, a worker writing without newlines would take the
+# launcher's memory (and time, as each read is appended), so what is held goes out as a partial line.
+MAX_PARTIAL_LINE = 64 * 1024
 _NEWLINES = re.compile(rb"\r\n|\r|\n")
 
 
@@ -206,7 +209,13 @@ class Route:
         buf = self.remainder + data
         if self.prefix_bytes:
             self._feed_universal(buf)
-            return
+        else:
+            self._feed_raw(buf)
+        if len(self.remainder) > MAX_PARTIAL_LINE:
+            self._spill()
+
+    def _feed_raw(self, buf: bytes) -> None:
+        """Unprefixed output: whole lines out, a bar refresh shown or written as it is, the rest held."""
         cut = buf.rfind(b"\n") + 1
         tail = buf[cut:]
         if cut:
@@ -231,6 +240,14 @@ class Route:
         self.remainder = buf[cut:]
         if cut:
             self._emit([line + b"\n" for line in _NEWLINES.split(buf[:cut])[:-1]])
+
+    def _spill(self) -> None:
+        """An overlong unfinished line goes out as it is, left open for this route (as a bar in a file is)."""
+        held, self.remainder = self.remainder, b""
+        if self.board is not None and held.startswith(b"\r"):
+            self.remainder = b"\r" + held[-MAX_PARTIAL_LINE:]  # a bar refresh, shown already: its end will do
+            return
+        self.sink.write(self.prefix_bytes + held, owner=self, live=True)
 
     def close(self) -> None:
         """The worker closed the stream: a partial last line goes out as it is, then files close."""

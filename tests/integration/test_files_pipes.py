@@ -20,6 +20,7 @@ import fakerun
 from tests.conftest import Runner, fakerun_exe
 
 TIMEOUT = 60
+MAX_HELD = 64 * 1024  # the most of an unfinished line the launcher holds back
 # A short simulated job: 2 ranks of GPT-2, every step at 1000x real time.
 FAST = ["--nproc-per-node", "2", "--fake-model", "gpt2-124m", "--fake-speed", "1000"]
 # One that would take minutes to finish: whatever ends it early is the test's subject.
@@ -328,6 +329,51 @@ class TestBrokenPipe:
         assert code == 1  # a worker failed (its stderr is gone too); not 120, a failed flush at exit
         assert not hooks.exists(), hooks.read_text()
         assert "Training summary" not in out.read_text()
+
+
+ENDLESS_LINE = """
+import os, sys, time
+if os.environ["RANK"] == "0":
+    for _ in range(32):  # 2 MiB without a newline...
+        sys.stdout.write("x" * 65536)
+    deadline = time.time() + 60
+    while not os.path.exists("go") and time.time() < deadline:  # ...which the test sees before the line ends
+        time.sleep(0.01)
+    sys.stdout.write("\\n")
+else:
+    for i in range(50):
+        print(f"rank1 line{i}")
+        time.sleep(0.002)
+"""
+
+
+def test_line_without_end_goes_out_in_pieces(runner: Runner) -> None:
+    """A worker's endless line is not held back whole (the launcher holds at most 64 KiB of it): it reaches
+    stdout while still unfinished, every byte in order, and another rank's lines are never cut into it."""
+    script = runner.tmp / "endless.py"
+    script.write_text(ENDLESS_LINE)
+    proc = runner.start(["--nproc-per-node", "2", "--fake-exec", str(script)])
+    assert proc.stdout is not None
+    early = b""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while early.count(b"x") < 2 * 1024 * 1024 - MAX_HELD:
+            assert time.monotonic() < deadline, "the unfinished line was held back"
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            assert chunk, "stdout closed before the line went out"
+            early += chunk
+        (runner.tmp / "go").touch()
+        rest, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # its workers die with it (parent-death signal)
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = (early.decode() + rest).splitlines()
+    rank1 = [line for line in lines if line.startswith("rank1")]
+    assert sorted(rank1) == sorted(f"rank1 line{i}" for i in range(50))
+    xs = [line for line in lines if not line.startswith("rank1")]
+    assert set("".join(xs)) == {"x"} and sum(map(len, xs)) == 32 * 65536
 
 
 @pytest.mark.parametrize("closed", [1, 2])
