@@ -36,8 +36,13 @@ class OutputFile:
 
     @classmethod
     def open(cls, path: str, on_error: OnError, *, append: bool = False, mode: int = 0o644) -> OutputFile:
-        """Creates (or, with `append`, extends) `path`, unbuffered; OSError is the caller's."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        """Creates (or, with `append`, extends) `path`, unbuffered; OSError is the caller's.
+
+        Non-blocking, which only matters for a FIFO: one without a reader fails at once (ENXIO), and a reader
+        that stops reading makes a write fail (EAGAIN) rather than the whole job wait for it.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+        flags |= os.O_APPEND if append else os.O_TRUNC
         fd = os.open(path, flags, mode)
         try:
             return cls(fd, path, on_error)

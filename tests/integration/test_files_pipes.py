@@ -113,6 +113,34 @@ class TestMetricsFile:
         assert "training finished" in res.stdout
         assert_no_own_traceback(res.stderr)
 
+    def test_fifo_without_reader_is_one_line(self, runner: Runner) -> None:
+        fifo = runner.tmp / "metrics.fifo"
+        os.mkfifo(fifo)
+        res = runner.run([*FAST, "--fake-max-steps", "5", "--fake-metrics", str(fifo), "train.py"])
+        assert res.code == 1
+        assert res.stderr.splitlines() == [
+            f"fakerun: error: cannot write the metrics file {fifo}: No such device or address"
+        ]
+
+    def test_fifo_reader_that_stops_reading(self, runner: Runner) -> None:
+        """The job does not wait for a metrics reader: when the FIFO is full, the file is dropped."""
+        fifo = runner.tmp / "metrics.fifo"
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, but reads nothing until the job ends
+        try:
+            res = runner.run([*FAST, "--fake-max-steps", "400", "--fake-metrics", str(fifo), "train.py"])
+            data = b""
+            while chunk := os.read(reader, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(reader)
+        assert res.code == 0, res.stderr
+        assert warned_files(res.stderr) == {str(fifo): "Resource temporarily unavailable"}
+        assert "training finished" in res.stdout
+        assert data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
+
 
 class TestFileSizeLimit:
     """RLIMIT_FSIZE (EFBIG, as from a quota) on every file the launcher writes, in one job."""
