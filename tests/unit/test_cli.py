@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from fakerun.cli import build_parser, parse_command_line, prog_name
+from fakerun.launcher.plan import LaunchError, check_launch, make_plan
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
+from fakerun.sim.failures import FAILURE_KINDS
 
 HELP_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "torchrun" / "01_help"
 FAKE_GROUP = "\nfakerun options:"
@@ -894,3 +896,261 @@ class TestExplicit:
     def test_node_rank(self, argv: list[str], env: dict[str, str], given: bool) -> None:
         """Spelled either way, abbreviated or from PET_NODE_RANK counts; a script argument does not."""
         assert ("node_rank" in parse_command_line(argv, env).torchrun.explicit) is given
+
+
+# --- hardening: values that pass the parser's types and would crash or hang later -------------------
+
+HUGE = str(10**30)
+NINES = "9" * 5000  # more digits than int() converts
+
+
+class TestFakeLimits:
+    """--fake-* numbers beyond fakerun's documented caps, from any source: one line, exit code 2."""
+
+    @pytest.mark.parametrize(
+        ("option", "text"),
+        [
+            ("--fake-speed", "1e-310"),
+            ("--fake-speed", "0.0001"),
+            ("--fake-speed", "1e10"),
+            ("--fake-speed", "5e-324"),
+            ("--fake-speed", "1e400"),
+            ("--fake-seed", str(2**64)),
+            ("--fake-seed", NINES),
+            ("--fake-max-steps", str(10**12 + 1)),
+            ("--fake-max-steps", HUGE),
+            ("--fake-start-step", HUGE),
+            ("--fake-max-time", "1000000001"),
+            ("--fake-max-time", "277778h"),
+            ("--fake-max-time", "99999999999h"),
+            ("--fake-max-time", "9" * 400 + "h"),
+        ],
+    )
+    def test_command_line(self, capsys: pytest.CaptureFixture[str], option: str, text: str) -> None:
+        """The line names the option, and stays short however long the value."""
+        line = one_line(capsys, [option, text, "train.py"])
+        assert line.startswith(f"fakerun: error: argument {option}: ")
+        assert len(line) < 300
+
+    @pytest.mark.parametrize(
+        ("text", "option"),
+        [
+            ("speed = 1e-310", "--fake-speed"),
+            ("speed = inf", "--fake-speed"),
+            ("speed = nan", "--fake-speed"),
+            ("seed = 18446744073709551616", "--fake-seed"),
+            ("max_time = 1e300", "--fake-max-time"),
+            ("max_steps = 10000000000000", "--fake-max-steps"),
+            ("fail = 'bogus'", "--fake-fail"),
+            ("fail = 'oom@0'", "--fake-fail"),
+        ],
+    )
+    def test_config_file(
+        self, capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, option: str
+    ) -> None:
+        """A config file's value past the cap names the option and the file."""
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        line = one_line(capsys, ["--fake-config", str(path), "train.py"])
+        assert line.startswith(f"fakerun: error: argument {option}: ")
+        assert line.endswith(f"(from config file {path})")
+
+    def test_environment(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A FAKERUN_* value past the cap names the variable."""
+        line = one_line(capsys, ["train.py"], {"FAKERUN_SPEED": "1e-310"})
+        assert line.startswith("fakerun: error: argument --fake-speed: ") and line.endswith(
+            "(from FAKERUN_SPEED)"
+        )
+
+    @pytest.mark.parametrize(
+        ("option", "text", "field", "expected"),
+        [
+            ("--fake-speed", "0.001", "speed", 0.001),
+            ("--fake-speed", "1e9", "speed", 1e9),
+            ("--fake-seed", str(2**64 - 1), "seed", 2**64 - 1),
+            ("--fake-max-steps", str(10**12), "max_steps", 10**12),
+            ("--fake-start-step", str(10**12), "start_step", 10**12),
+            ("--fake-max-time", "1000000000", "max_time", 1e9),
+        ],
+    )
+    def test_caps_are_inclusive(self, option: str, text: str, field: str, expected: object) -> None:
+        """The documented caps themselves are accepted."""
+        assert getattr(parse([option, text, "train.py"]).fake, field) == expected
+
+
+class TestFakeFail:
+    """--fake-fail SCENARIO[@STEP][:RANK]: known scenario names only, STEP >= 1, RANK >= 0."""
+
+    @pytest.mark.parametrize("name", [*FAILURE_KINDS, "random"])
+    @pytest.mark.parametrize("suffix", ["", "@1", ":0", "@250:7"])
+    def test_known_names(self, name: str, suffix: str) -> None:
+        """Every scenario of the simulation, and random, with or without a step and a rank."""
+        assert parse(["--fake-fail", name + suffix, "train.py"]).fake.fail == name + suffix
+
+    def test_unknown_name_lists_the_known_ones(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown scenario is one line naming every scenario there is (it used to be ignored)."""
+        line = one_line(capsys, ["--fake-fail", "bogus", "train.py"])
+        assert line.startswith("fakerun: error: argument --fake-fail: invalid scenario 'bogus'")
+        assert all(name in line for name in (*FAILURE_KINDS, "random"))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "",
+            "bogus@5",
+            "oom@0",
+            "oom@-1",
+            "oom@x",
+            "oom@1.5",
+            "oom@",
+            "oom:",
+            "oom:-1",
+            "oom:x",
+            "oom@5:1:2",
+            HUGE,
+        ],
+    )
+    def test_bad_forms(self, capsys: pytest.CaptureFixture[str], text: str) -> None:
+        """A bad name, step or rank is one line that shows the syntax."""
+        line = one_line(capsys, ["--fake-fail", text, "train.py"])
+        assert line.startswith("fakerun: error: argument --fake-fail: ")
+        assert "SCENARIO[@STEP][:RANK]" in line
+
+
+class TestTorchrunLimits:
+    """Counts and times no real job uses: usage and one `prog: error:` line, exit code 2, before any work."""
+
+    @pytest.mark.parametrize(
+        ("argv", "environ", "option"),
+        [
+            (["--nproc-per-node", "99999999999999999999"], {}, "--nproc-per-node/--nproc_per_node"),
+            (["--nproc-per-node", "4097"], {}, "--nproc-per-node/--nproc_per_node"),
+            ([], {"PET_NPROC_PER_NODE": "100000"}, "--nproc-per-node/--nproc_per_node"),
+            (["--nnodes", "1:99999999999999"], {}, "--nnodes"),
+            (["--nnodes", "65537"], {}, "--nnodes"),
+            (["--max-restarts", HUGE], {}, "--max-restarts/--max_restarts"),
+            (["--max-restarts", "1000001"], {}, "--max-restarts/--max_restarts"),
+            (["--monitor-interval", "inf"], {}, "--monitor-interval/--monitor_interval"),
+            (["--monitor-interval", "1e10"], {}, "--monitor-interval/--monitor_interval"),
+            (["--shutdown-timeout", "1" + "0" * 400], {}, "--shutdown-timeout/--shutdown_timeout"),
+        ],
+    )
+    def test_usage_error(
+        self, capsys: pytest.CaptureFixture[str], argv: list[str], environ: dict[str, str], option: str
+    ) -> None:
+        """argparse's shape: the usage, then one short line naming the option."""
+        lines = fails(capsys, [*argv, "train.py"], environ)
+        assert lines[0].startswith("usage: fakerun ")
+        assert lines[-1].startswith(f"fakerun: error: argument {option}: ")
+        assert len(lines[-1]) < 300
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["--nproc-per-node", "4096"],
+            ["--nnodes", "1:65536"],
+            ["--max-restarts", "1000000"],
+            ["--monitor-interval", "86400"],
+            ["--shutdown-timeout", "86400"],
+            ["--nproc-per-node", "foo"],  # torchrun's own ValueError, reported by the plan
+            ["--nnodes", "3:2"],
+        ],
+    )
+    def test_within_caps_parse(self, argv: list[str]) -> None:
+        """The caps themselves, and values torchrun refuses in its own words later, parse."""
+        parse([*argv, "train.py"])
+
+
+def launch(argv: list[str], environ: dict[str, str] | None = None) -> None:
+    """Parse, plan and check_launch as main does; LaunchError on what torchrun would raise."""
+    env = environ or {}
+    args = parse([*argv, "train.py"], env).torchrun
+    plan = make_plan(args, env, fqdn="localhost", free_port=39165, cpu_count=2)
+    check_launch(plan, env)
+
+
+class TestLaunchChecks:
+    """Values torchrun accepts at parse time and dies of later: its exception line, exit code 1, at once."""
+
+    @pytest.mark.parametrize(
+        ("argv", "environ", "line"),
+        [
+            (
+                ["--rdzv-backend", "foo"],
+                {},
+                "ValueError: The rendezvous backend 'foo' is not registered. "
+                "Did you forget to call `register`?",
+            ),
+            (
+                ["--rdzv-backend", "etcd3", "--nnodes", "2", "--rdzv-endpoint", "localhost:29400"],
+                {},
+                "ValueError: The rendezvous backend 'etcd3' is not registered. "
+                "Did you forget to call `register`?",
+            ),
+            (
+                ["--master-port", "70000"],
+                {},
+                "ValueError: The port number of the rendezvous endpoint '127.0.0.1:70000' must be an integer "
+                "between 0 and 65536.",
+            ),
+            (
+                ["--master-port", "-1"],
+                {},
+                "ValueError: The port number of the rendezvous endpoint '127.0.0.1:-1' must be an integer "
+                "between 0 and 65536.",
+            ),
+            (
+                ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:99999"],
+                {},
+                "ValueError: The port number of the rendezvous endpoint 'localhost:99999' must be an integer "
+                "between 0 and 65536.",
+            ),
+            (
+                ["--master-addr", "a b", "--master-port", "29500"],
+                {},
+                "ValueError: The hostname of the rendezvous endpoint 'a b:29500' must be a dot-separated "
+                "list of labels, an IPv4 address, or an IPv6 address.",
+            ),
+            (["--monitor-interval", "-1"], {}, "ValueError: sleep length must be non-negative"),
+            (["--monitor-interval", "nan"], {}, "ValueError: Invalid value NaN (not a number)"),
+            (["--shutdown-timeout", "-1"], {}, "ValueError: shutdown_timeout must be non-negative, got -1"),
+            (
+                [],
+                {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "nan"},
+                "ValueError: invalid literal for int() with base 10: 'nan'",
+            ),
+            (["--nnodes", "2", "--node-rank", "-1"], {}, "AssertionError: node_rank -1 must be >= 0"),
+        ],
+    )
+    def test_torch_exception_line(self, argv: list[str], environ: dict[str, str], line: str) -> None:
+        """The line is torch's own exception text; the exit code is torchrun's 1."""
+        with pytest.raises(LaunchError) as info:
+            launch(argv, environ)
+        assert info.value.exc_line == line
+        assert info.value.exit_code == 1
+
+    def test_shutdown_timeout_variable_past_the_cap(self) -> None:
+        """A TORCH_ELASTIC_SHUTDOWN_TIMEOUT torch would take and overflow on is fakerun's one line."""
+        with pytest.raises(LaunchError) as info:
+            launch([], {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "1" + "0" * 400})
+        assert info.value.exc_line.startswith("fakerun: error: TORCH_ELASTIC_SHUTDOWN_TIMEOUT=")
+        assert info.value.exit_code == 1 and len(info.value.exc_line) < 200
+
+    @pytest.mark.parametrize(
+        ("argv", "environ"),
+        [
+            (["--rdzv-backend", "c10d"], {}),
+            (["--rdzv-backend", "etcd"], {}),
+            (["--rdzv-backend", "etcd-v2"], {}),
+            (["--rdzv-backend", "bogus", "--standalone"], {}),  # --standalone replaces the backend
+            (["--master-port", "0"], {}),
+            (["--master-port", "65535"], {}),
+            (["--monitor-interval", "0"], {}),
+            (["--shutdown-timeout", "0"], {}),
+            ([], {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "-5"}),  # torch checks only an explicit option's sign
+            (["--nnodes", "2", "--node-rank", "1"], {}),
+        ],
+    )
+    def test_accepted(self, argv: list[str], environ: dict[str, str]) -> None:
+        """What torch accepts passes the checks."""
+        launch(argv, environ)
