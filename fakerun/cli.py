@@ -379,6 +379,12 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec("metrics", "FILE", "Also write the training metrics to FILE.", _parse_name("a file name")),
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),
     _FakeSpec(
+        "skip_memory_check",
+        None,
+        "Start the job even when its ranks need more memory than the host has available.",
+        _parse_flag,
+    ),
+    _FakeSpec(
         "fail",
         "SCENARIO",
         f"Inject a failure scenario: {_FAIL_SYNTAX}, SCENARIO one of {', '.join(FAILURE_KINDS)}, "

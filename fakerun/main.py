@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything is forked (or any agent met): a job the host cannot hold is refused in one line.
     fd_limit = preflight.raise_fd_limit()
     try:
-        preflight.check(
+        fds = preflight.check(
             plan, fd_limit, simulated=not cmd.fake.exec, memory=not cmd.fake.skip_memory_check, prog=prog
         )
     except preflight.Refused as exc:
@@ -379,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 links.close()  # --fake-exec: the real scripts need only the environment the rendezvous gave
                 links = None
         rank_logs = _rank_logs(cmd, plan, console)
+        if rank_logs is not None:
+            rank_logs.max_open = fds.spare  # the copies take what the ranks' pipes leave of the limit
         console.rank_logs = rank_logs
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:

@@ -64,6 +64,7 @@ class FakeOptions:
     log_format: str = "console"
     metrics: str | None = None
     loop: bool = False
+    skip_memory_check: bool = False
     fail: str | None = None
     list_presets: bool = False
     install_shims: str | None = None

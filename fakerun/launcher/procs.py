@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import resource
 import signal
 import sys
 import traceback
@@ -50,8 +51,15 @@ ChildMain = Callable[[], int]
 class ForkProcessTable:
     """Starts workers by fork(): cheap, since the launcher has already imported what workers need."""
 
-    def __init__(self) -> None:
+    def __init__(self, child_fd_limit: int | None = None) -> None:
         self.launcher_pid = os.getpid()
+        # The soft RLIMIT_NOFILE workers get back: the launcher raised its own, torchrun's workers keep the
+        # user's.
+        self.child_fd_limit = child_fd_limit
+        # Workers in a session of their own: a signal for one goes to its whole process group, so whatever
+        # the worker started (a --fake-exec script's children) gets it too, as torch's killpg does.
+        self._leaders: set[int] = set()
+        self._all_signals = signal.valid_signals()
         preload_libc()
 
     def spawn(
@@ -60,11 +68,20 @@ class ForkProcessTable:
         """Forks a worker whose stdout/stderr are pipes to the launcher and `control` its fd CONTROL_FD."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        pid = os.fork()
+        # Signals wait until the child has its own handlers: one landing in between would run the
+        # launcher's handler in the child, and a SIGTERM meant for the worker would be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._all_signals)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             code = 1
             try:
-                _setup_child(self.launcher_pid, new_session, out_w, err_w, control)
+                _setup_child(self.launcher_pid, new_session, out_w, err_w, control, mask, self.child_fd_limit)
                 code = child_main()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -76,6 +93,9 @@ class ForkProcessTable:
                     sys.stdout.flush()
                     sys.stderr.flush()
                 os._exit(code)
+        if new_session:
+            self._leaders.add(pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(out_w)
         os.close(err_w)
         os.set_blocking(out_r, False)
@@ -83,15 +103,33 @@ class ForkProcessTable:
         return pid, ChildPipes(out_r, err_r)
 
     def kill(self, pid: int, sig: int) -> None:
-        """Sends `sig` to `pid`, ignoring a worker that is already gone."""
+        """Sends `sig` to the worker, to its whole process group when it has its own (as torch does)."""
+        if pid in self._leaders:
+            try:
+                os.killpg(pid, sig)
+                return
+            except (ProcessLookupError, PermissionError):
+                pass  # not its group's leader yet (it is still setting up, signals blocked): itself only
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+    def forget(self, pid: int) -> None:
+        """The worker was reaped: its pid, and so its group id, may be reused."""
+        self._leaders.discard(pid)
 
 
 _replaced_streams: list[object] = []
 
 
-def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, control: int | None) -> None:
+def _setup_child(
+    launcher_pid: int,
+    new_session: bool,
+    out_w: int,
+    err_w: int,
+    control: int | None,
+    mask: set[int | signal.Signals],
+    fd_limit: int | None,
+) -> None:
     """Makes a fresh fork look like a worker torchrun started: own session, std streams, no inherited fds."""
     signal.set_wakeup_fd(-1)
     for sig in (
@@ -107,6 +145,8 @@ def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, c
     # Python ignores SIGPIPE and SIGXFSZ; a worker must get the defaults, as subprocess restores them.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    # Handlers are the worker's own now: a signal that came meanwhile is delivered to them.
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if new_session:
         os.setsid()
     # Better than torchrun on purpose: a SIGKILLed launcher takes its workers with it.
@@ -123,6 +163,12 @@ def _setup_child(launcher_pid: int, new_session: bool, out_w: int, err_w: int, c
         keep = CONTROL_FD + 1
     # Close every other inherited fd: sibling pipe ends would otherwise keep EOFs from arriving.
     os.closerange(keep, _max_fd())
+    if fd_limit is not None:
+        # Only after the close: a lower limit than an open fd's number would make closerange miss it.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (fd_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+            )
     # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered.
     # The old stream objects are kept alive: if one owned an fd we have just reused (an embedding program
     # that pointed sys.stdout at a file), collecting it would close that fd under us.

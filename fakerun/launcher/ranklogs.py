@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -48,21 +49,29 @@ def rank_file_name(rank: int) -> str:
 class RankFile:
     """One rank's copy: its two streams in one file, a line left open by one ended before the other writes."""
 
-    def __init__(self, f: OutputFile) -> None:
-        self._f = f
+    def __init__(self, path: str, logs: RankLogs) -> None:
+        self.path = path
+        self._logs = logs
+        # Open from the rank's first write on, unless too many copies are open (see RankLogs.max_open).
+        self.handle: OutputFile | None = None
         self._open: int | None = None  # the stream whose last write did not end a line (a bar refresh)
 
     def write(self, data: bytes, stream: int) -> None:
         """Appends what `stream` wrote, in one write; a failed write is the file's owner's to report."""
-        if not data or self._f.closed:
+        if not data:
+            return
+        f = self._logs.acquire(self)
+        if f is None or f.closed:
             return
         record = b"\n" + data if self._open is not None and self._open != stream else data
-        if self._f.write(record):
+        if f.write(record):
             self._open = None if data.endswith(b"\n") else stream
 
     def close(self) -> None:
-        """Closes the file."""
-        self._f.close()
+        """Closes the file (a later write reopens it, unless the copies have failed)."""
+        f, self.handle = self.handle, None
+        if f is not None:
+            f.close()
 
 
 class RankLogs:
@@ -71,6 +80,10 @@ class RankLogs:
     def __init__(self, directory: str, meta: dict[str, Any], warn: Callable[[str], None]) -> None:
         self.directory = directory
         self._files: dict[int, RankFile] = {}
+        # At most this many copies hold a descriptor (None: all): the launcher's descriptors go to the
+        # ranks' pipes first, and a copy not written lately is closed and reopened at its next write.
+        self.max_open: int | None = None
+        self._lru: OrderedDict[RankFile, None] = OrderedDict()  # open copies, least recently written first
         self._warn = warn
         self.failed = False  # a copy could not be written: warned once, every copy dropped
         prune_stale(os.path.dirname(directory))
@@ -85,17 +98,30 @@ class RankLogs:
             raise
 
     def file_for(self, rank: int) -> RankFile | None:
-        """The rank's file (appended across restarts), opened on first use, unbuffered; None once failed."""
+        """The rank's file (appended across restarts, created at its first write); None once failed."""
         if self.failed:
             return None
         f = self._files.get(rank)
         if f is None:
-            path = os.path.join(self.directory, rank_file_name(rank))
-            try:
-                f = self._files[rank] = RankFile(OutputFile.open(path, self._on_error, append=True))
-            except OSError as exc:
-                self._fail(path, exc)
-                return None
+            f = self._files[rank] = RankFile(os.path.join(self.directory, rank_file_name(rank)), self)
+        return f
+
+    def acquire(self, rank_file: RankFile) -> OutputFile | None:
+        """The copy's open file: opened on demand, closing the least recently written beyond max_open."""
+        f = rank_file.handle
+        if f is not None:
+            self._lru.move_to_end(rank_file)
+            return f
+        while self.max_open is not None and self._lru and len(self._lru) >= self.max_open:
+            self._lru.popitem(last=False)[0].close()
+        if self.failed:  # also when closing one just now reported a delayed write error
+            return None
+        try:
+            f = rank_file.handle = OutputFile.open(rank_file.path, self._on_error, append=True)
+        except OSError as exc:
+            self._fail(rank_file.path, exc)
+            return None
+        self._lru[rank_file] = None
         return f
 
     def _on_error(self, f: OutputFile, exc: OSError) -> None:
@@ -116,6 +142,7 @@ class RankLogs:
         for f in self._files.values():
             f.close()
         self._files.clear()
+        self._lru.clear()
         self._remove()
 
     def _remove(self) -> None:

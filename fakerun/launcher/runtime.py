@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import selectors
@@ -45,6 +46,9 @@ class LocalWorkerGroup:
     child_factory: ChildFactory
     run_dirs: dict[int, str]  # node (group rank) -> its `<run_id>_<rand8>` directory
     control: ControlHub | None = None  # the simulated job's coordinator channels (None with --fake-exec)
+    # Whether a signal that ends the launcher has arrived: the fork loop stops at once, so that the loop
+    # can shut down the workers that exist (a 1,000-rank fork loop takes seconds).
+    interrupted: Callable[[], bool] = lambda: False
     streams: dict[int, _Stream] = field(default_factory=dict)
     by_pid: dict[int, list[int]] = field(default_factory=dict)
 
@@ -65,12 +69,24 @@ class LocalWorkerGroup:
         if self.control is not None:
             self.control.new_attempt(restart_count, [slot.rank for slot in slots])
         for slot in slots:
+            if self.interrupted():
+                break
             child = self.child_factory(slot, restart_count, self.error_file_path(slot, restart_count))
-            theirs = self.control.channel_for(slot.rank) if self.control is not None else None
+            theirs = None
             try:
+                theirs = self.control.channel_for(slot.rank) if self.control is not None else None
                 pid, pipes = self.procs.spawn(
                     child, new_session=new_session, control=theirs.fileno() if theirs else None
                 )
+            except OSError as exc:
+                # Out of processes, memory or descriptors although the preflight passed (another job took
+                # them meanwhile): what was started goes, and the launcher ends with one line.
+                self._stop_started(started)
+                what = "fork" if exc.errno in (errno.EAGAIN, errno.ENOMEM) else "create its pipes"
+                raise StartError(
+                    f"cannot start rank {slot.rank} ({len(started)} of {len(slots)} started): "
+                    f"{what}: {exc.strerror or exc}"
+                ) from None
             finally:
                 if theirs is not None:
                     theirs.close()
@@ -88,6 +104,15 @@ class LocalWorkerGroup:
     def kill(self, pid: int, sig: int) -> None:
         """Sends `sig` to one worker."""
         self.procs.kill(pid, sig)
+
+    def _stop_started(self, started: list[tuple[int, WorkerSlot]]) -> None:
+        """Kills and reaps the workers of an attempt that could not be started whole."""
+        for pid, _ in started:
+            self.procs.kill(pid, signal.SIGKILL)
+        for pid, _ in started:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self.drain_pid(pid)
 
     def pump(self, fd: int, drain: bool = False) -> None:
         """Moves what a worker wrote into its route; closes the stream at EOF."""
@@ -129,6 +154,7 @@ class LocalWorkerGroup:
 
     def drain_pid(self, pid: int) -> None:
         """Reads everything an ended worker left in its pipes, so its last lines precede our messages."""
+        self.procs.forget(pid)
         for fd in self.by_pid.pop(pid, []):
             self.pump(fd, drain=True)
 
@@ -154,6 +180,10 @@ class LocalWorkerGroup:
 FATAL_BY_DEFAULT = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 
+class StartError(Exception):
+    """A worker could not be forked: the one line that says why (the started ones are gone)."""
+
+
 class FatalSignal(Exception):
     """An unhandled signal arrived: the launcher must clean up and then die of it."""
 
@@ -168,10 +198,6 @@ def die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def _ignore(signum: int, frame: object) -> None:
-    """Placeholder handler: the wakeup fd carries the signal number to the loop."""
-
-
 class SignalPipe:
     """Turns signals into bytes on a pipe the selector watches (the self-pipe trick, via set_wakeup_fd)."""
 
@@ -181,9 +207,20 @@ class SignalPipe:
         os.set_blocking(self.w, False)
         self._old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
         self._saved = {}
+        # Signals received so far (the wakeup fd carries them to the loop; this is for the fork loop).
+        self.arrived: set[int] = set()
         fatal = [sig for sig in FATAL_BY_DEFAULT if sig not in signals]
+        self.ending = frozenset(int(sig) for sig in (*signals, *fatal))
         for sig in (*signals, *fatal, signal.SIGCHLD):
-            self._saved[sig] = signal.signal(sig, _ignore)
+            self._saved[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        """Handler of every watched signal: records it (the wakeup fd has already carried its number)."""
+        self.arrived.add(signum)
+
+    def interrupted(self) -> bool:
+        """Whether a signal that ends the launcher has arrived."""
+        return not self.ending.isdisjoint(self.arrived)
 
     def read(self) -> list[int]:
         """Signal numbers received since the last read."""
@@ -208,15 +245,19 @@ def run_job(
     child_factory: ChildFactory,
     log_dir: LogDir,
     control: Callable[[selectors.BaseSelector], ControlHub] | None = None,
+    child_fd_limit: int | None = None,
 ) -> int:
-    """Runs the job to its end and returns the launcher's exit code."""
+    """Runs the job to its end and returns the launcher's exit code; workers get `child_fd_limit` files."""
     selector = selectors.DefaultSelector()
     sigpipe = SignalPipe(plan.signals_to_handle)
     handled = {int(s) for s in plan.signals_to_handle}
     selector.register(sigpipe.r, selectors.EVENT_READ)
     run_dirs = {node.group_rank: log_dir.new_run_dir(plan.rdzv.run_id) for node in plan.nodes}
     hub = control(selector) if control is not None else None
-    group = LocalWorkerGroup(plan, console, selector, ForkProcessTable(), child_factory, run_dirs, hub)
+    procs = ForkProcessTable(child_fd_limit)
+    group = LocalWorkerGroup(
+        plan, console, selector, procs, child_factory, run_dirs, hub, interrupted=sigpipe.interrupted
+    )
     agent = Agent(
         group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout
     )
@@ -252,6 +293,9 @@ def run_job(
             if console.broken:
                 group.cut_off()
         return agent.exit_code
+    except StartError as exc:
+        console.launcher_lines(f"fakerun: error: {exc}\n")
+        return 1
     finally:
         for w in agent.alive():
             group.kill(w.pid, signal.SIGKILL)
