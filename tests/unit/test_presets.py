@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fakerun import presets
 from fakerun.presets import PresetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 # Published parameter counts (model cards and papers), as literals: the architecture must reproduce them.
 PUBLISHED = [
@@ -242,3 +252,175 @@ class TestUserFiles:
         listed = presets.list_presets()
         assert set(listed) == {"models", "gpus", "clusters", "storage"}
         assert "llama3-8b" in listed["models"] and "h100" in listed["gpus"]
+
+
+# --- hardening: hostile preset files ---------------------------------------------------------------
+
+CONFIGS = Path(presets.__file__).parent / "configs"
+# One shipped preset of each kind, the base of every hostile variant below.
+BASES = {"models": "llama3-8b", "gpus": "h100", "clusters": "dgx-h100", "storage": "lustre"}
+LOADERS: dict[str, Callable[[str], object]] = {
+    "models": presets.load_model,
+    "gpus": presets.load_gpu,
+    "clusters": presets.load_cluster,
+    "storage": presets.load_storage,
+}
+CLASSES: dict[str, type] = {
+    "models": presets.ModelSpec,
+    "gpus": presets.GpuSpec,
+    "clusters": presets.ClusterSpec,
+    "storage": presets.StorageSpec,
+}
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for the simple (finite) values preset files hold."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def variant(tmp_path: Path, kind: str, **changes: Any) -> str:
+    """A copy of the kind's base preset with some fields changed, written as a file; its path."""
+    data = tomllib.loads((CONFIGS / kind / f"{BASES[kind]}.toml").read_text())
+    data.update(changes)
+    path = tmp_path / f"variant-{kind}.toml"
+    path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in data.items()))
+    return str(path)
+
+
+def numeric_fields() -> list[tuple[str, str, str]]:
+    """(kind, field, "int" or "float") of every numeric field a preset file can set."""
+    return [
+        (kind, f.name, str(f.type))
+        for kind, cls in CLASSES.items()
+        for f in dataclasses.fields(cls)
+        if f.init and str(f.type) in ("int", "float")
+    ]
+
+
+def load_error(kind: str, path: str) -> str:
+    """The one-line PresetError message of loading the file."""
+    with pytest.raises(PresetError) as err:
+        LOADERS[kind](path)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+class TestHostileFiles:
+    """Values that parse as TOML and would overflow, divide by zero or hang the job later: one line each."""
+
+    def test_base_variants_load(self, tmp_path: Path) -> None:
+        """The unchanged copies load (so every failure below is the changed field's)."""
+        for kind in CLASSES:
+            LOADERS[kind](variant(tmp_path, kind))
+
+    @pytest.mark.parametrize(("kind", "field", "typ"), numeric_fields())
+    def test_absurdly_large(self, tmp_path: Path, kind: str, field: str, typ: str) -> None:
+        """Every numeric field of every preset kind refuses a value no hardware or model comes near."""
+        huge: Any = 10**30 if typ == "int" else 1e300
+        message = load_error(kind, variant(tmp_path, kind, **{field: huge}))
+        assert f"'{field}'" in message
+
+    @pytest.mark.parametrize(("kind", "field", "typ"), numeric_fields())
+    def test_negative(self, tmp_path: Path, kind: str, field: str, typ: str) -> None:
+        """No numeric field of any preset kind is negative."""
+        negative: Any = -1 if typ == "int" else -1.0
+        message = load_error(kind, variant(tmp_path, kind, **{field: negative}))
+        assert f"'{field}'" in message
+
+    @pytest.mark.parametrize(
+        ("kind", "field", "value"),
+        [
+            ("gpus", "peak_bf16_tflops", 1e308),
+            ("gpus", "peak_bf16_tflops", 1e-300),
+            ("gpus", "peak_bf16_tflops", 0.0),
+            ("gpus", "memory_mib", 0),
+            ("clusters", "intra_busbw_gbs", 1e-300),
+            ("clusters", "nic_gbps", 5e-324),
+            ("clusters", "gpus_per_node", 99999),
+            ("storage", "write_gbs", 1e-300),
+            ("models", "lr", 1e-300),
+            ("models", "rope_theta", 0.0),
+        ],
+    )
+    def test_tiny_or_huge(self, tmp_path: Path, kind: str, field: str, value: Any) -> None:
+        """The values of the issue (1e308 and 1e-300 TFLOP/s) and their kin are refused, naming the file."""
+        path = variant(tmp_path, kind, **{field: value})
+        message = load_error(kind, path)
+        assert f"'{field}'" in message and path in message
+
+    @pytest.mark.parametrize(
+        "bus_ids", [["zz"], ["18", "2g"], ["123"], [""], [" 18"], ["1_0"], ["0x18"], [18]]
+    )
+    def test_bad_bus_ids(self, tmp_path: Path, bus_ids: list[Any]) -> None:
+        """A bus id that is not one or two hex digits is refused when the cluster file is read."""
+        assert "'bus_ids'" in load_error("clusters", variant(tmp_path, "clusters", bus_ids=bus_ids))
+
+    def test_good_bus_ids(self, tmp_path: Path) -> None:
+        """Lower or upper case, one or two digits."""
+        cluster = presets.load_cluster(variant(tmp_path, "clusters", bus_ids=["0", "1a", "FF"]))
+        assert cluster.bus_ids == ("0", "1a", "FF")
+
+    @pytest.mark.parametrize("ids", [["zz"], ["18", None], ["1" * 10_000]])
+    def test_check_bus_ids_is_one_line(self, ids: list[Any]) -> None:
+        """The one check fakerun-smi shares: ValueError with a short message."""
+        with pytest.raises(ValueError) as err:
+            presets.check_bus_ids(ids)
+        assert "\n" not in str(err.value) and len(str(err.value)) < 200
+
+    @pytest.mark.parametrize(
+        ("pattern", "prefix"),
+        [
+            ("{index:0999999999d}", "n"),
+            ("{index:{prefix}}", "n"),
+            ("{index.__class__}", "n"),
+            ("{prefix[0]}{index}", "n"),
+            ("{other}", "n"),
+            ("{index", "n"),
+            ("{prefix}{index}", "x" * 300),
+        ],
+    )
+    def test_host_patterns(self, tmp_path: Path, pattern: str, prefix: str) -> None:
+        """A host pattern that could build huge names, reach attributes or fail to format is refused."""
+        path = variant(tmp_path, "clusters", host_pattern=pattern, host_prefix=prefix)
+        assert "host" in load_error("clusters", path)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "a = " + "[" * 5000 + "]" * 5000,
+            "a = " + "{x = " * 5000 + "}" * 5000,
+            "[" + ".".join(["a"] * 5000) + "]",
+            "a = " + "[" * 40 + "]" * 40,
+        ],
+    )
+    @pytest.mark.parametrize("kind", list(CLASSES))
+    def test_deep_nesting(self, tmp_path: Path, kind: str, text: str) -> None:
+        """Tables and arrays nested thousands deep are one line, not a RecursionError."""
+        path = tmp_path / "deep.toml"
+        path.write_text(text)
+        assert "nested" in load_error(kind, str(path))
+
+    def test_too_large(self, tmp_path: Path) -> None:
+        """A file over 1 MiB is refused before it is parsed."""
+        path = tmp_path / "big.toml"
+        path.write_text("# " + "x" * (1 << 20) + "\n")
+        assert "larger than 1 MiB" in load_error("gpus", str(path))
+
+    def test_fifo(self, tmp_path: Path) -> None:
+        """A FIFO named like a preset file is refused at once instead of waiting for a writer."""
+        path = tmp_path / "pipe.toml"
+        os.mkfifo(path)
+        assert "not a regular file" in load_error("clusters", str(path))
+
+    def test_directory(self, tmp_path: Path) -> None:
+        """A directory named like a preset file is one line."""
+        path = tmp_path / "dir.toml"
+        path.mkdir()
+        assert "cannot read" in load_error("models", str(path))
