@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakerun import presets
+from fakerun.cli import parse_command_line
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
+from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.sim.job import make_job
 from fakerun.sim.schedule import SCHEDULES
 
@@ -780,3 +782,139 @@ class TestCadence:
         """A log interval of 0, or a non-number, is one-line error naming the option."""
         with pytest.raises(HintError, match=args[0]):
             parse_hints("pretrain_gpt.py", args)
+
+
+# --- hardening: numeric hints past any real job ----------------------------------------------------
+
+HUGE = str(10**30)
+
+
+class TestHintRanges:
+    """Every numeric hint is bounded: a value no real job uses is one short line naming the argument."""
+
+    @pytest.mark.parametrize(
+        ("script", "args"),
+        [
+            ("pretrain_gpt.py", ["--global-batch-size", "1e25"]),
+            ("pretrain_gpt.py", ["--global-batch-size", HUGE]),
+            ("run_clm.py", ["--num_train_epochs", "1e308"]),
+            ("run_clm.py", ["--num_train_epochs", "inf"]),
+            ("pretrain_gpt.py", ["--hidden-size", "1e200"]),
+            ("pretrain_gpt.py", ["--hidden-size", HUGE]),
+            ("pretrain_gpt.py", ["--num-layers", HUGE]),
+            ("pretrain_gpt.py", ["--num-attention-heads", HUGE]),
+            ("pretrain_gpt.py", ["--ffn-hidden-size", HUGE]),
+            ("pretrain_gpt.py", ["--vocab-size", HUGE]),
+            ("pretrain_gpt.py", ["--num-experts", HUGE]),
+            ("pretrain_gpt.py", ["--seq-length", HUGE]),
+            ("pretrain_gpt.py", ["--max-position-embeddings", HUGE]),
+            ("pretrain_gpt.py", ["--micro-batch-size", HUGE]),
+            ("pretrain_gpt.py", ["--train-iters", HUGE]),
+            ("pretrain_gpt.py", ["--lr-warmup-iters", HUGE]),
+            ("pretrain_gpt.py", ["--tensor-model-parallel-size", HUGE]),
+            ("pretrain_gpt.py", ["--pipeline-model-parallel-size", HUGE]),
+            ("pretrain_gpt.py", ["--log-interval", HUGE]),
+            ("pretrain_gpt.py", ["--eval-iters", HUGE]),
+            ("pretrain_gpt.py", ["--lr", "1e300"]),
+            ("pretrain_gpt.py", ["--min-lr", "1e300"]),
+            ("pretrain_gpt.py", ["--global-batch-size", "8", "--train-samples", HUGE]),
+            ("pretrain_gpt.py", ["--group-query-attention", "--num-query-groups", HUGE]),
+            ("run_clm.py", ["--gradient_accumulation_steps", HUGE]),
+            ("run_clm.py", ["--per_device_train_batch_size", HUGE]),
+            ("run_clm.py", ["--max_steps", HUGE]),
+            ("run_clm.py", ["--warmup_steps", "1e300"]),
+            ("run_clm.py", ["--warmup_steps", HUGE]),
+            ("run_clm.py", ["--learning_rate", "inf"]),
+            ("run_clm.py", ["--seed", str(2**64)]),
+            ("run_clm.py", ["--logging_steps", "1e300"]),
+            ("run_clm.py", ["--block_size", HUGE]),
+            ("train.py", ["--training.steps", HUGE]),
+            ("train.py", ["--training.global_batch_size", HUGE]),
+            ("train.py", ["--parallelism.data_parallel_shard_degree", HUGE]),
+            ("train.py", ["--training.seed", "9" * 5000]),
+        ],
+    )
+    def test_out_of_range(self, script: str, args: list[str]) -> None:
+        """One line, naming the script argument, short whatever the value's length."""
+        with pytest.raises(HintError) as info:
+            parse_hints(script, args)
+        message = str(info.value)
+        assert message.startswith(f"script argument {args[-2]}: ")
+        assert "\n" not in message and len(message) < 200
+
+    def test_torchtitan_file_value(self, tmp_path: Path) -> None:
+        """A number past the range inside a torchtitan config file names the file and the key."""
+        path = tmp_path / "job.toml"
+        path.write_text(f"[training]\nsteps = {HUGE}\n")
+        with pytest.raises(HintError, match=r"job\.toml.*training\.steps: invalid value"):
+            parse_hints("train.py", ["--job.config_file", str(path)])
+
+    @pytest.mark.parametrize(
+        "text",
+        ["[training]\nsteps = " + "[" * 5000 + "]" * 5000, "[" + ".".join(["a"] * 5000) + "]"],
+    )
+    def test_torchtitan_file_nested_too_deep(self, tmp_path: Path, text: str) -> None:
+        """A torchtitan file nested thousands deep is one line, not a RecursionError."""
+        path = tmp_path / "deep.toml"
+        path.write_text(text)
+        with pytest.raises(HintError, match="nested") as info:
+            parse_hints("train.py", ["--job.config_file", str(path)])
+        assert "\n" not in str(info.value)
+
+    def test_special_files_are_not_read(self) -> None:
+        """/dev/zero as a config file is refused (torchtitan) or ignored (DeepSpeed), never read forever."""
+        with pytest.raises(HintError, match="not a regular file"):
+            parse_hints("train.py", ["--job.config_file", "/dev/zero"])
+        assert "zero_stage" not in parse_hints("run_clm.py", ["--deepspeed", "/dev/zero"]).job
+
+    @pytest.mark.parametrize(
+        ("arch", "match"),
+        [
+            ({"hidden": 10**30}, "hidden=1000000000000000000000000000000 exceeds"),
+            ({"layers": 10**7}, "exceeds"),
+        ],
+    )
+    def test_apply_arch_bounds(self, arch: dict[str, int], match: str) -> None:
+        """apply_arch refuses architecture values past the presets' ranges too."""
+        with pytest.raises(HintError, match=match):
+            apply_arch(presets.load_model("llama3-8b"), arch)
+
+    def test_largest_values_accepted(self) -> None:
+        """Large but real values still work: a 10M-token context, a 16M-sequence batch, 1T steps."""
+        h = parse_hints(
+            "pretrain_gpt.py",
+            ["--seq-length", "10000000", "--global-batch-size", "16000000", "--train-iters", "1000000000000"],
+        )
+        assert (h.job["seq_len"], h.job["global_batch"], h.job["total_steps"]) == (10**7, 16 * 10**6, 10**12)
+
+
+def run_of(argv: list[str], nproc: int = 1) -> None:
+    """build_run for a one-node command line, as main does before anything starts."""
+    cmd = parse_command_line([*argv], {})
+    bundle = presets.resolve(cmd.fake.model or "llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=cmd.fake.model is not None)
+
+
+class TestJobLimits:
+    """Hints and presets each in range whose job would still never move: one JobConfigError line."""
+
+    def test_epochs_beyond_the_step_cap(self) -> None:
+        """A million epochs of Llama 3 8B's 1.2M-step preset run are more steps than the cap."""
+        with pytest.raises(JobConfigError, match=r"--num_train_epochs: 1e\+06 epochs") as info:
+            run_of(["--fake-model", "llama3-8b", "train.py", "--num_train_epochs", "1000000"], nproc=8)
+        assert "\n" not in str(info.value)
+
+    def test_step_longer_than_a_day(self, tmp_path: Path) -> None:
+        """A GPU of 0.01 TFLOP/s (in range) paced in real time would spend days on one step."""
+        gpu = tmp_path / "slow.toml"
+        gpu.write_text('display_name = "slow"\npeak_bf16_tflops = 0.01\nmemory_mib = 81920\ntdp_w = 300\n')
+        with pytest.raises(
+            JobConfigError, match=r"one step of gpt2-124m on 1 GPU would take .* use a higher"
+        ):
+            run_of(["--fake-model", "gpt2-124m", "--fake-gpu", str(gpu), "train.py"])
+
+    def test_speed_lifts_the_limit(self, tmp_path: Path) -> None:
+        """The same job at a higher speed paces within the limit."""
+        gpu = tmp_path / "slow.toml"
+        gpu.write_text('display_name = "slow"\npeak_bf16_tflops = 0.01\nmemory_mib = 81920\ntdp_w = 300\n')
+        run_of(["--fake-model", "gpt2-124m", "--fake-gpu", str(gpu), "--fake-speed", "1000000", "train.py"])
