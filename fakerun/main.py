@@ -17,7 +17,7 @@ from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.launcher import glog, preflight
 from fakerun.launcher.cluster import ClusterLink
-from fakerun.launcher.console import Console, open_std_streams
+from fakerun.launcher.console import Console, open_std_streams, quiet_broken_pipe
 from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir, LogDirError
@@ -295,6 +295,7 @@ def _print_presets() -> None:
         print(f"{kind + ':':<10}{', '.join(names)}")
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `fakerun` and `python -m fakerun`."""
     open_std_streams()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
 import string
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, ParamSpec, Protocol
 
 from fakerun.launcher.outfile import OutputFile, reason
 from fakerun.launcher.plan import LaunchPlan
@@ -281,6 +283,38 @@ class Route:
         if self.board is not None:
             self.board.release(self)
         return body[cr + 1 :] + line[len(body) :]
+
+
+_P = ParamSpec("_P")
+
+
+def _silence_std_streams() -> None:
+    """Points stdout and stderr at /dev/null: Python's flush at exit must not fail again (and exit 120)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def quiet_broken_pipe(entry: Callable[_P, int]) -> Callable[_P, int]:
+    """Wraps a command's entry point: its stdout or stderr closing under it (`fakerun --help | head -1`)
+    ends it with exit code 1 instead of a traceback."""
+
+    @functools.wraps(entry)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> int:
+        try:
+            code = entry(*args, **kwargs)
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()  # what is still buffered fails here, where it can be handled
+            return code
+        except BrokenPipeError:
+            _silence_std_streams()
+            return 1
+
+    return run
 
 
 def open_std_streams() -> None:

@@ -404,6 +404,27 @@ def test_line_without_end_goes_out_in_pieces(runner: Runner) -> None:
     assert set("".join(xs)) == {"x"} and sum(map(len, xs)) == 32 * 65536
 
 
+@pytest.mark.parametrize("args", [["--fake-list-presets"], ["--help"]])
+def test_listing_into_a_closed_pipe_is_quiet(runner: Runner, args: list[str]) -> None:
+    """Commands that only print: a reader gone before they write ends them without a word on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [fakerun_exe(), *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+            env=runner.env(),
+            cwd=runner.tmp,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode in (0, 1)  # argparse's help ignores a failed write (as torchrun's does)
+
+
 @pytest.mark.parametrize("closed", [1, 2])
 def test_stdout_or_stderr_closed_from_the_start(runner: Runner, closed: int) -> None:
     """`fakerun ... >&-` or `2>&-`: what would go there goes nowhere, as under torchrun; the job runs."""
