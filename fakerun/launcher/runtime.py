@@ -176,8 +176,17 @@ class LocalWorkerGroup:
 
 
 # Signals whose default action kills the launcher (as it kills torchrun) when they are not in
-# --signals-to-handle. We still die of them, but only after removing our temporary files.
-FATAL_BY_DEFAULT = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
+# --signals-to-handle. We still die of them, but only after removing our temporary files and stopping the
+# workers. SIGINT is Python's KeyboardInterrupt: torchrun dies of it with a traceback, we die of it quietly.
+FATAL_BY_DEFAULT = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+)
 
 
 class StartError(Exception):

@@ -193,6 +193,28 @@ def test_signal_during_the_fork_loop_ends_the_job_at_once(runner: Runner, sig: s
     assert err.rstrip().endswith(f"SignalException: Process {proc.pid} got signal: {int(sig)}")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_signal_left_out_of_signals_to_handle_kills_quietly(runner: Runner, sig: signal.Signals) -> None:
+    """Not in --signals-to-handle: the launcher dies of it as torchrun does, but stops its workers first and
+    prints no traceback (Python's KeyboardInterrupt, for SIGINT)."""
+    args = ["--nproc-per-node", "4", "--signals-to-handle", "SIGTERM", "--fake-speed", "10", "train.py"]
+    proc = runner.start(args)
+    try:
+        launcher = psutil.Process(proc.pid)
+        wait_until(lambda: len(launcher.children()) == 4, "the workers")
+        workers = [p.pid for p in launcher.children()]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -sig
+    assert "Traceback" not in err
+    assert "death signal" not in err  # not handled: nothing forwarded, no torchrun shutdown messages
+    assert gone(workers)
+
+
 GRANDCHILD = """#!/bin/sh
 {trap}
 sleep 1000 &
