@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ LAUNCHER_FDS = 32
 # The fewest output copies kept open at once; more are reopened in turn (see ranklogs.RankLogs).
 MIN_RANK_FILES = 16
 
-# Memory per rank, measured (psutil, 64-1024 simulated ranks): USS 4.6 MB, PSS 4.6-4.9 MB per worker; the
-# host's available memory dropped by 4.7-5.3 MB per rank (page tables, kernel stacks, pipe and socket
+# Memory per rank, measured (psutil, 64-1024 simulated ranks): USS 4.6-4.8 MB, PSS 4.6-4.9 MB per worker; the
+# host's available memory dropped by 4.4-5.3 MB per rank (page tables, kernel stacks, pipe and socket
 # buffers included). The same figure stands in for --fake-exec, whose real script costs at least that.
 RANK_BYTES = 5 * 2**20
 LAUNCHER_BYTES = 64 * 2**20
@@ -115,7 +116,7 @@ def fd_budget(plan: LaunchPlan, limit: FdLimit, *, simulated: bool, held: int) -
     per_rank = fds_per_rank(plan, simulated=simulated)
     # Node 0 of a multi-node job holds a connection to every other agent.
     base = held + LAUNCHER_FDS + MIN_RANK_FILES + (plan.max_nodes if plan.multi_node else 0)
-    need = base + int(per_rank * ranks + 0.999)
+    need = base + math.ceil(per_rank * ranks)
     fit = max(0, int((limit.soft - base) / per_rank))
     return FdBudget(ranks, need, limit, fit, max(0, limit.soft - need) + MIN_RANK_FILES)
 
@@ -188,8 +189,9 @@ def memory_error(ranks: int, available: int | None, prog: str) -> str | None:
     fit = max(0, (usable - LAUNCHER_BYTES) // RANK_BYTES)
     return (
         f"{prog}: error: cannot start {ranks} ranks: they need about {need / GIB:.1f} GiB of memory "
-        f"({RANK_BYTES // 2**20} MiB each) and {available / GIB:.1f} GiB is available; at most {fit} ranks "
-        "fit (--fake-skip-memory-check starts them anyway)"
+        f"({RANK_BYTES // 2**20} MiB each) and {available / GIB:.1f} GiB is available "
+        f"({MEMORY_SHARE:.0%} of it for the job); at most {fit} ranks fit "
+        "(--fake-skip-memory-check starts them anyway)"
     )
 
 
