@@ -552,7 +552,7 @@ def _root() -> Traversable:
 @functools.cache
 def _shipped_file(kind: str, stem: str) -> Any:
     """One shipped preset by file name, or None; loading one preset does not parse all the others."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", stem):
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,127}", stem):  # longer is no shipped name (nor a file name)
         return None
     entry = _root() / kind / f"{stem}.toml"
     if not entry.is_file():
@@ -591,7 +591,18 @@ def _aliases(kind: str) -> dict[str, str]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith(".toml") or Path(text).is_file()
+    if text.endswith(".toml"):
+        return True
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name longer than any file name (ENAMETOOLONG) is no file
+        return False
+
+
+def _shown_name(text: str) -> str:
+    """repr() of a name or path for an error line, shortened when it is absurdly long."""
+    shown = repr(text)
+    return shown if len(shown) <= 200 else f"{shown[:150]}...{shown[-20:]} ({len(text)} characters)"
 
 
 def _load(kind: str, name_or_path: str) -> Any:
@@ -603,8 +614,10 @@ def _load(kind: str, name_or_path: str) -> Any:
             text = tomlfile.read_text(str(path))
         except tomlfile.FileError as exc:
             if exc.missing:
-                raise PresetError(f"{_SINGULAR[kind]} file '{name_or_path}' not found") from None
-            raise PresetError(f"cannot read {_SINGULAR[kind]} file '{name_or_path}': {exc.reason}") from None
+                raise PresetError(f"{_SINGULAR[kind]} file {_shown_name(name_or_path)} not found") from None
+            raise PresetError(
+                f"cannot read {_SINGULAR[kind]} file {_shown_name(name_or_path)}: {exc.reason}"
+            ) from None
         return _parse(kind, text, name_or_path, path.stem)
     direct = _shipped_file(kind, _norm(name_or_path))
     if direct is not None:
@@ -617,7 +630,7 @@ def _load(kind: str, name_or_path: str) -> Any:
         if model is not None:
             return model
     raise PresetError(
-        f"unknown {_SINGULAR[kind]} {name_or_path!r} (choose from: {', '.join(_shipped(kind))})"
+        f"unknown {_SINGULAR[kind]} {_shown_name(name_or_path)} (choose from: {', '.join(_shipped(kind))})"
     )
 
 

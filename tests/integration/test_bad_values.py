@@ -83,6 +83,8 @@ CASES: list[tuple[list[str], list[str], dict[str, str], int, str]] = [
     (["--fake-gpu", "deep.toml"], [], {}, 2, f"{ERR}bad GPU file 'deep.toml': tables or arrays nested "),
     (["--fake-model", "deep.toml"], [], {}, 2, f"{ERR}bad model file 'deep.toml': tables or arrays nested "),
     (["--fake-cluster", "deeptable.toml"], [], {}, 2, f"{ERR}bad cluster file 'deeptable.toml': tables "),
+    (["--fake-gpu", "g" * 5000], [], {}, 2, f"{ERR}unknown GPU 'ggg"),
+    (["--fake-model", "m" * 5000 + ".toml"], [], {}, 2, f"{ERR}cannot read model file 'mmm"),
     (
         ["--fake-config", "/dev/zero"],
         [],

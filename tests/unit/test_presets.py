@@ -424,3 +424,9 @@ class TestHostileFiles:
         path = tmp_path / "dir.toml"
         path.mkdir()
         assert "cannot read" in load_error("models", str(path))
+
+    @pytest.mark.parametrize("kind", list(CLASSES))
+    @pytest.mark.parametrize("name", ["a" * 5000, "a" * 5000 + ".toml", "x/" * 3000 + "y"])
+    def test_names_longer_than_any_file_name(self, kind: str, name: str) -> None:
+        """A name or path the file system cannot even look up (ENAMETOOLONG) is a short line, no OSError."""
+        assert len(load_error(kind, name)) < 600
