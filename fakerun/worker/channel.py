@@ -8,6 +8,8 @@ import socket
 import time
 from typing import Any
 
+_MAX_WAIT_S = 86_400.0
+
 
 class CoordinatorGone(Exception):
     """The launcher closed the control socket: the job is being torn down."""
@@ -49,7 +51,8 @@ class CoordinatorLink:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            readable, _, _ = select.select([self._sock], [], [], left)
+            # select() overflows past ~9e9 s; waking once a day and looping costs nothing.
+            readable, _, _ = select.select([self._sock], [], [], min(left, _MAX_WAIT_S))
             if readable:
                 # Only an abort arrives unasked; receive() raises it (or CoordinatorGone at EOF).
                 self._buffer += self._recv_some()
