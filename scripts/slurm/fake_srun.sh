@@ -169,45 +169,133 @@ scontrol_main() {
 			echo "scontrol: error: no hostlist given and SLURM_JOB_NODELIST is unset" >&2
 			return 1
 		}
-		expand_hostlist "$list" || {
+		local out
+		out=$(expand_hostlist "$list") || {
 			echo "scontrol: error: Invalid hostlist: $list" >&2
 			return 1
 		}
+		# One write, as scontrol's buffered output (bash's printf writes line by line): `scontrol show
+		# hostnames | head -n1` under pipefail must not see scontrol die of SIGPIPE between two names.
+		cat <<<"$out"
 		return
 	fi
 	echo "scontrol (fake_srun.sh): only 'scontrol show hostnames [LIST]' is simulated" >&2
 	return 1
 }
 
+# --- processes -----------------------------------------------------------------------------------------
+
+# Sets the caller's `tree` to the live descendants of the given pids, one "PID PGID" a line, read from /proc
+# (Linux); the subtrees of the pids in the caller's `prune` (an associative array, may be empty) are left out.
+proc_tree() {
+	local f line pid ppid rest
+	local -a fields queue
+	local -A kids=() pgid_of=()
+	for f in /proc/[0-9]*/stat; do
+		{ read -r line <"$f"; } 2>/dev/null || continue
+		pid=${line%% *}
+		rest=${line##*") "} # after the command name, which may hold spaces and parentheses
+		# shellcheck disable=SC2206  # numbers and a state letter: nothing to glob
+		fields=($rest)
+		ppid=${fields[1]:-0}
+		kids[$ppid]+=" $pid"
+		pgid_of[$pid]=${fields[2]:-0}
+	done
+	tree=()
+	queue=("$@")
+	while ((${#queue[@]})); do
+		for pid in ${kids[${queue[0]}]:-}; do
+			[[ -z ${prune[$pid]+x} ]] || continue
+			tree+=("$pid ${pgid_of[$pid]}")
+			queue+=("$pid")
+		done
+		queue=("${queue[@]:1}")
+	done
+}
+
+# Sends signal SIG to every process of the tasks PID...: the process group each leads (tasks run under
+# setsid) and every descendant outside those groups (a task's children may lead their own sessions, as
+# fakerun's workers do), as slurmstepd signals every process of a step's cgroup. The tree is read before
+# anything is signalled: a SIGKILLed task's children would be orphans, out of reach.
+signal_tasks() {
+	local sig=$1 p entry
+	shift
+	(($#)) || return 0
+	local -a tree=()
+	local -A groups=() prune=()
+	proc_tree "$@"
+	for p in "$@"; do
+		groups[$p]=1
+		kill -s "$sig" -- "-$p" 2>/dev/null || kill -s "$sig" "$p" 2>/dev/null || true
+	done
+	for entry in "${tree[@]}"; do
+		[[ -n ${groups[${entry#* }]+x} ]] || kill -s "$sig" "${entry%% *}" 2>/dev/null || true
+	done
+}
+
 # --- the srun shim -----------------------------------------------------------------------------------
 
-# srun's wording for how a task ended: `Exited with exit code N`, or the signal.
+# srun's wording for how a task ended (strsignal's for a signal): `Exited with exit code N`, or the signal.
 task_end() {
-	local rc=$1
+	local rc=$1 sig
+	local -a names=("" Hangup Interrupt Quit "Illegal instruction" "Trace/breakpoint trap" Aborted "Bus error"
+		"Floating point exception" Killed "User defined signal 1" "Segmentation fault" "User defined signal 2"
+		"Broken pipe" "Alarm clock" Terminated "Stack fault" "Child exited" Continued "Stopped (signal)"
+		Stopped "Stopped (tty input)" "Stopped (tty output)" "Urgent I/O condition" "CPU time limit exceeded"
+		"File size limit exceeded" "Virtual timer expired" "Profiling timer expired" "Window changed"
+		"I/O possible" "Power failure" "Bad system call")
 	if ((rc <= 128)); then
 		echo "Exited with exit code $rc"
 		return
 	fi
-	case $((rc - 128)) in
-	9) echo "Killed" ;;
-	15) echo "Terminated" ;;
-	2) echo "Interrupt" ;;
-	*) echo "Killed by signal $((rc - 128))" ;;
-	esac
+	sig=$((rc - 128))
+	echo "${names[sig]:-Unknown signal $sig}"
+}
+
+# SLURM's bitmap form of sorted task ids: `0-3,5`.
+task_ranges() {
+	local out="" lo="" hi="" n
+	for n in "$@" ""; do
+		if [[ -n $hi && $n == $((hi + 1)) ]]; then
+			hi=$n
+			continue
+		fi
+		if [[ -n $lo ]]; then
+			if ((lo == hi)); then out+="${out:+,}$lo"; else out+="${out:+,}$lo-$hi"; fi
+		fi
+		lo=$n
+		hi=$n
+	done
+	printf '%s\n' "$out"
 }
 
 # Copies stdin to stdout with srun --label's `N: ` in front of each line.
 label_lines() {
 	local label=$1 line
 	# The terminal's Ctrl-C is srun's to handle: the label must outlive its task's last line.
-	trap '' INT TERM HUP
+	trap '' INT TERM HUP QUIT
 	while IFS= read -r line || [[ -n $line ]]; do
 		printf '%s: %s\n' "$label" "$line"
 	done
 }
 
+# srun writes its tasks' output itself. When that output is a pipe whose reader has gone away, srun gets
+# SIGPIPE and ends the step (signals.c: _handle_pipe). The relay is that writer here: it copies the tasks'
+# output (stdin) to srun's (stdout) and, when a write fails, passes the SIGPIPE on to srun (pid $1).
+relay() {
+	# It ends at end of file, once every task and srun have closed the pipe.
+	trap '' INT TERM HUP QUIT
+	cat || kill -s PIPE "$1" 2>/dev/null || true
+}
+
 srun_main() {
-	local nodes="" ntasks="" per_node="" nodelist="" label=0
+	# A srun whose batch script dies (fake_srun.sh SIGKILLed, or the script gone while `srun ... &` runs)
+	# gets SIGTERM and ends its step: the kernel's parent-death signal, set by util-linux's setpriv.
+	if [[ -z ${FAKE_SRUN_GUARDED:-} ]] && command -v setpriv >/dev/null; then
+		FAKE_SRUN_GUARDED=1 exec setpriv --pdeathsig TERM "$0" "$@"
+	fi
+	unset FAKE_SRUN_GUARDED
+	local nodes="" ntasks="" per_node="" nodelist="" label=0 quit_on_intr=0 disable_status=0
 	while (($#)); do
 		case $1 in
 		-N | --nodes) nodes=$2 && shift 2 ;;
@@ -222,6 +310,8 @@ srun_main() {
 		--nodelist=*) nodelist=${1#*=} && shift ;;
 		-w*) nodelist=${1#-w} && shift ;;
 		-l | --label) label=1 && shift ;;
+		--quit-on-interrupt) quit_on_intr=1 && shift ;;
+		-X | --disable-status) disable_status=1 && shift ;;
 		# Options with a separate value that a sbatch script commonly gives srun: value skipped.
 		-c | -J | -o | -e | -i | -p | -t | -G | -A | -q | -m | -D | --cpus-per-task | --job-name | --output | \
 			--error | --input | --partition | --time | --gpus | --gpus-per-node | --gpus-per-task | --gres | \
@@ -277,13 +367,26 @@ srun_main() {
 		left=$((left > per_node ? left - per_node : 0))
 	done
 
+	# Registered with fake_srun.sh, which ends a step still running when the batch script ends (an
+	# `srun ... &`, or a srun that was SIGKILLed: the file then names its tasks). A job that is ending has
+	# removed the directory: no new step then.
+	local reg=""
+	if [[ -n ${FAKE_SRUN_DIR:-} ]]; then
+		reg=$FAKE_SRUN_DIR/srun.$$
+		if ! { : >"$reg"; } 2>/dev/null; then
+			echo "srun: error: Unable to create step for job $SLURM_JOB_ID: Job/step already completing or completed" >&2
+			return 1
+		fi
+		# shellcheck disable=SC2064  # expanded now, on purpose
+		trap "rm -f '$reg'" EXIT
+	fi
 	# Step ids count up within the job, as they do under SLURM.
 	local step=0 step_file=${FAKE_SRUN_DIR:-}/steps
 	if [[ -n ${FAKE_SRUN_DIR:-} ]]; then
 		step=$(cat "$step_file" 2>/dev/null || echo 0)
 		echo $((step + 1)) >"$step_file"
 	fi
-	local steplist tasks_per_node width=${#ntasks}
+	local steplist tasks_per_node width=${#ntasks} stepid=$SLURM_JOB_ID.$step
 	if ((nnodes == ${#alloc[@]})) && [[ -z $nodelist ]]; then
 		steplist=$SLURM_JOB_NODELIST
 	else
@@ -294,59 +397,172 @@ srun_main() {
 	fi
 	tasks_per_node=$(compress_counts "${counts[@]}")
 
-	# Registered for fake_srun.sh, which stops a step still running when the batch script ends (e.g. an
-	# `srun ... &` that Ctrl-C cannot reach).
-	if [[ -n ${FAKE_SRUN_DIR:-} ]]; then
-		: >"$FAKE_SRUN_DIR/srun.$$"
-		# shellcheck disable=SC2064  # expanded now, on purpose
-		trap "rm -f '$FAKE_SRUN_DIR/srun.$$'" EXIT
-	fi
-
 	# setsid puts each task in its own session, as on a real remote node: the terminal's Ctrl-C reaches
 	# srun only, and srun decides what the tasks get (without it they would see SIGINT and SIGTERM both).
 	# Except when srun was started in the background (`srun ... &`): bash then ignores SIGINT for good, so
 	# Ctrl-C can reach the tasks only directly, and only those that handle SIGINT themselves (torchrun does).
-	local -a detach=()
+	local -a detach=() guard=()
 	if command -v setsid >/dev/null && [[ -z $(trap -p INT) ]]; then detach=(setsid); fi
+	# And a task whose srun dies without a word (SIGKILL) gets SIGKILL: nothing runs on unseen.
+	if command -v setpriv >/dev/null; then guard=(setpriv --pdeathsig KILL); fi
 
-	local -a pids=() task_node=() helpers=()
-	# Signals: forwarded to every task, Ctrl-C as SIGTERM, a second Ctrl-C as SIGKILL. A detached task leads
-	# its own process group: signal the group, as slurmstepd signals all of a task's processes.
-	local caught=0 interrupted=0 sig srun_err=2
-	forward() {
-		sig=$1
-		caught=1
-		if [[ $sig == INT ]]; then
-			if ((interrupted)); then
-				echo "srun: sending SIGKILL to StepId=$SLURM_JOB_ID.$step" >&"$srun_err"
-				signal_tasks KILL
-				# An explicit status: a bare `return` in a trap returns the interrupted `wait`'s 128+N.
-				return 0
-			fi
-			interrupted=1
-			echo "srun: interrupt: sending SIGTERM to StepId=$SLURM_JOB_ID.$step (Ctrl-C again: SIGKILL)" \
-				>&"$srun_err"
-			sig=TERM
-		fi
-		signal_tasks "$sig"
+	# srun's signals (signals.c), each handled by signalling the tasks first and writing after: a write
+	# never stops srun (SIGPIPE is handled, a failed write ignored) and never comes before the tasks are told.
+	#   SIGINT   status report: `interrupt (one more within 1 sec to abort)` and the tasks' states; a second
+	#            within a second: SIGINT to every process of the step, then SIGKILL (`forcing job
+	#            termination`). --quit-on-interrupt: the first one does that; -X: each forwards SIGINT.
+	#   SIGTERM, SIGHUP, SIGQUIT   SIGKILL to every process of the step (`forcing job termination`).
+	#   SIGPIPE  (srun's output is gone) SIGKILL to every process of the step, without a word.
+	#   SIGUSR1, SIGUSR2   forwarded to every process of the step. SIGALRM: ignored.
+	local -a pids=() task_node=() helpers=() relays=() extra_fds=()
+	local -A rc_of=()
+	local aborted=0 cancelled=0 kill_sent=0 piped=0 intr_deadline=0 said_at="" say_fd=2 abort_said=0
+	say() {
+		printf '%s\n' "$@" 1>&"$say_fd" 2>/dev/null || true
 	}
-	signal_tasks() {
-		local p
-		for p in "${pids[@]}"; do
-			if ((${#detach[@]})); then
-				kill -s "$1" -- "-$p" 2>/dev/null || kill -s "$1" "$p" 2>/dev/null || true
-			else
-				kill -s "$1" "$p" 2>/dev/null || true
-			fi
+	now_us() {
+		local t=${EPOCHREALTIME:-}
+		if [[ -z $t ]]; then t=$(date +%s.%6N); fi
+		t=${t/[.,]/}
+		echo $((10#$t))
+	}
+	live_tasks() {
+		local i
+		live=()
+		for i in "${!pids[@]}"; do
+			[[ -n ${rc_of[$i]+x} ]] || live+=("${pids[i]}")
 		done
 	}
-	trap 'forward INT || true' INT
-	trap 'forward TERM || true' TERM
-	trap 'forward HUP || true' HUP
+	signal_step() {
+		local -a live
+		live_tasks
+		signal_tasks "$1" "${live[@]}"
+	}
+	abort_step() {
+		local -a live
+		live_tasks
+		((${#live[@]})) || return 0
+		aborted=1
+		signal_tasks KILL "${live[@]}"
+	}
+	say_tasks() {
+		local state=$1 s=""
+		shift
+		(($#)) || return 0
+		(($# == 1)) || s=s
+		say "srun: StepId=$stepid task$s $(task_ranges "$@"): $state"
+	}
+	# srun's status report (task_state.c): running, exited abnormally, exited.
+	print_status() {
+		local i
+		local -a running=() bad=() good=()
+		for i in "${!pids[@]}"; do
+			if [[ -z ${rc_of[$i]+x} ]]; then
+				running+=("$i")
+			elif ((rc_of[$i])); then
+				bad+=("$i")
+			else
+				good+=("$i")
+			fi
+		done
+		say_tasks running "${running[@]}"
+		say_tasks "exited abnormally" "${bad[@]}"
+		say_tasks exited "${good[@]}"
+	}
+	# After the handler's own lines, srun's main thread: it waits KillWait (30 s) + 2 for the step to end,
+	# and the first node's slurmstepd says why the step ends.
+	say_aborted() {
+		((aborted && !abort_said)) || return 0
+		abort_said=1
+		say "srun: Job step aborted: Waiting up to 32 seconds for job step to finish."
+		say "slurmstepd: error: *** STEP $stepid ON ${hosts[0]} CANCELLED AT $(printf '%(%Y-%m-%dT%H:%M:%S)T' -1) DUE to SIGNAL Killed ***"
+	}
+	on_int() {
+		local now
+		now=$(now_us)
+		reap
+		if ((quit_on_intr || now < intr_deadline)); then
+			signal_step INT
+			abort_step
+			cancelled=1
+			kill_sent=$((kill_sent + 1))
+			say "srun: sending Ctrl-C to StepId=$stepid"
+			if ((kill_sent == 1)); then
+				say "srun: forcing job termination"
+			elif [[ $said_at != $((now / 1000000)) ]]; then
+				said_at=$((now / 1000000))
+				say "srun: job abort in progress"
+			fi
+			say_aborted
+			return 0
+		fi
+		if ((disable_status)); then
+			signal_step INT
+			say "srun: sending Ctrl-C to StepId=$stepid"
+		elif ((!cancelled)); then
+			say "srun: interrupt (one more within 1 sec to abort)"
+			print_status
+		fi
+		intr_deadline=$((now + 1000000))
+	}
+	on_kill() {
+		local again=$aborted
+		abort_step
+		[[ $1 != QUIT ]] || say "srun: Quit"
+		# Once: a hangup or a SIGTERM to the job reaches srun both directly and through its batch script.
+		((again)) || say "srun: forcing job termination"
+		say_aborted
+	}
+	on_pipe() {
+		((piped)) && return 0
+		piped=1
+		abort_step
+		say_aborted
+	}
+	# An explicit status in each: a bare `return` in a trap returns the interrupted `wait`'s 128+N.
+	trap 'on_int || true' INT
+	trap 'on_kill TERM || true' TERM
+	trap 'on_kill HUP || true' HUP
+	trap 'on_kill QUIT || true' QUIT
+	trap 'on_pipe || true' PIPE
+	trap 'signal_step USR1 || true' USR1
+	trap 'signal_step USR2 || true' USR2
+	trap ':' ALRM
 
-	local t local_id=0 out_fd err_fd
+	# The tasks' output goes through a relay where srun's own is a pipe or a socket (a terminal hangs up with
+	# SIGHUP, a file never goes away). One relay when stdout and stderr are the same pipe (`2>&1 | tee`):
+	# the lines of both keep their order. srun's own lines follow the tasks' stderr through it.
+	local to_out=1 to_err=2 orig_err
+	exec {orig_err}>&2
+	extra_fds+=("$orig_err")
+	if [[ $(trap -p PIPE) == *on_pipe* ]]; then
+		if [[ -p /dev/stdout || -S /dev/stdout ]]; then
+			exec {to_out}> >(relay "$$")
+			relays+=("$!")
+			extra_fds+=("$to_out")
+		fi
+		if [[ -p /dev/stderr || -S /dev/stderr ]]; then
+			if ((to_out != 1)) && [[ /dev/stdout -ef /dev/stderr ]]; then
+				to_err=$to_out
+			else
+				exec {to_err}> >(
+					for fd in "${extra_fds[@]}"; do exec {fd}>&-; done
+					relay "$$" >&2
+				)
+				relays+=("$!")
+				extra_fds+=("$to_err")
+			fi
+		fi
+	fi
+	# srun's lines: through the stderr relay, else to a copy of stderr (fd 2 goes to /dev/null below).
+	say_fd=$to_err
+	((say_fd != 2)) || say_fd=$orig_err
+
+	local t local_id=0 out_fd err_fd fd
 	node=0
 	for ((t = 0; t < ntasks; t++)); do
+		# A signal that ended the step while it was starting: no more tasks.
+		((!aborted)) || break
 		if ((local_id >= counts[node])); then
 			node=$((node + 1))
 			local_id=0
@@ -362,67 +578,120 @@ srun_main() {
 		)
 		if ((label)); then
 			# srun -l pads the task number to the width of the largest one.
-			exec {out_fd}> >(label_lines "$(printf '%*d' "$width" "$t")")
+			exec {out_fd}> >(
+				for fd in "${extra_fds[@]}"; do [[ $fd == "$to_out" ]] || exec {fd}>&-; done
+				label_lines "$(printf '%*d' "$width" "$t")" >&"$to_out"
+			)
 			helpers+=("$!")
-			exec {err_fd}> >(label_lines "$(printf '%*d' "$width" "$t")" >&2)
+			exec {err_fd}> >(
+				for fd in "${extra_fds[@]}" "$out_fd"; do [[ $fd == "$to_err" ]] || exec {fd}>&-; done
+				label_lines "$(printf '%*d' "$width" "$t")" >&"$to_err"
+			)
 			helpers+=("$!")
-			# shellcheck disable=SC2261  # two different fds, not two targets for stderr
-			env "${vars[@]}" "${detach[@]}" "$@" >&"$out_fd" 2>&"$err_fd" &
-			pids+=("$!")
-			exec {out_fd}>&- {err_fd}>&-
 		else
-			env "${vars[@]}" "${detach[@]}" "$@" &
-			pids+=("$!")
+			out_fd=$to_out
+			err_fd=$to_err
 		fi
+		# The task: a subshell that closes srun's own descriptors, then becomes the command (exec), with
+		# default signal dispositions (bash resets what it traps).
+		(
+			for fd in "${extra_fds[@]}"; do exec {fd}>&-; done
+			exec env "${vars[@]}" "${guard[@]}" "${detach[@]}" "$@"
+		) 1>&"$out_fd" 2>&"$err_fd" &
+		pids+=("$!")
+		if [[ -n $reg ]]; then printf '%s\n' "$!" >>"$reg"; fi
+		if ((label)); then exec {out_fd}>&- {err_fd}>&-; fi
 		task_node+=("${hosts[node]}")
 		local_id=$((local_id + 1))
 	done
 
-
-	local worst=0 rc prev i
-	# While waiting, bash would print its own "line N: PID Killed  env ..." notices on stderr: srun's lines
-	# go to a copy of stderr instead, and bash's to /dev/null.
-	exec {srun_err}>&2 2>/dev/null
-	for i in "${!pids[@]}"; do
-		prev=""
-		while :; do
-			caught=0
+	# Reaps the tasks that have ended and reports them as srun does: an exit code or a signal is an error
+	# line, except that a cancelled step's killed tasks go unmentioned.
+	local worst_code=0 worst_sig=0 force_terminated=0
+	reap() {
+		local i rc=0 sig
+		for i in "${!pids[@]}"; do
+			[[ -z ${rc_of[$i]+x} ]] || continue
+			# Still running (or a zombie that bash reaps at once and the next `wait` reports).
+			! kill -0 "${pids[i]}" 2>/dev/null || continue
 			rc=0
 			wait "${pids[i]}" || rc=$?
-			# A trapped signal interrupts `wait` with 128+signal while the task runs on: wait again. (A task
-			# that ended just as the signal came is already reported: `wait` then says 127.)
-			if ((rc == 127)) && [[ -n $prev ]]; then
-				rc=$prev
-				break
-			fi
-			((caught)) || break
-			prev=$rc
+			task_done "$i" "$rc"
 		done
-		if ((rc != 0)); then
-			echo "srun: error: ${task_node[i]}: task $i: $(task_end "$rc")" >&"$srun_err"
+	}
+	task_index() {
+		local i
+		for i in "${!pids[@]}"; do
+			if [[ ${pids[i]} == "$1" ]]; then
+				echo "$i"
+				return
+			fi
+		done
+	}
+	task_done() {
+		local i=$1 rc=$2 sig
+		rc_of[$i]=$rc
+		((rc)) || return 0
+		if ((rc > 128)); then
+			sig=$((rc - 128))
+			# srun's "Force Terminated" line follows a task killed by SIGKILL or SIGTERM.
+			((sig != 9 && sig != 15)) || force_terminated=1
+			((sig <= worst_sig)) || worst_sig=$sig
+			((cancelled)) && return 0
+		else
+			((rc <= worst_code)) || worst_code=$rc
 		fi
-		if ((rc > worst)); then worst=$rc; fi
+		say "srun: error: ${task_node[i]}: task $i: $(task_end "$rc")"
+	}
+
+	# While waiting, bash would print its own "line N: PID Killed  env ..." notices on stderr: srun's lines
+	# go to say_fd, bash's to /dev/null.
+	exec 2>/dev/null
+	local -a live
+	local who rc prev
+	while :; do
+		reap
+		live_tasks
+		((${#live[@]})) || break
+		rc=0
+		if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501)); then
+			# A trapped signal interrupts `wait` with 128+N and leaves `who` unset.
+			wait -n -p who "${live[@]}" || rc=$?
+			[[ -z ${who:-} ]] || task_done "$(task_index "$who")" "$rc"
+		else
+			# bash < 5.1: one task at a time. A task that ended just as a signal came is already reported:
+			# `wait` then says 127.
+			wait "${live[0]}" || rc=$?
+			if ! kill -0 "${live[0]}" 2>/dev/null; then
+				prev=$rc
+				rc=0
+				wait "${live[0]}" || rc=$?
+				((rc != 127)) || rc=$prev
+				task_done "$(task_index "${live[0]}")" "$rc"
+			fi
+		fi
 	done
+	if ((force_terminated)); then say "srun: Force Terminated StepId=$stepid"; fi
 	# When a step ends SLURM kills what its tasks left behind (background children): so do we, group by group.
-	if ((${#detach[@]})); then
-		for i in "${pids[@]}"; do kill -s KILL -- "-$i" 2>/dev/null || true; done
-	fi
-	# The label helpers end when their task's output closes; let them flush before srun returns.
-	# A task's own background children may hold its output open: give up on them after 2 s.
+	for i in "${pids[@]}"; do kill -s KILL -- "-$i" 2>/dev/null || true; done
+	# The label helpers and relays end when every task's output has closed; let them flush before srun
+	# returns. A task's own background children may hold its output open: give up on them after 2 s.
+	for fd in "$to_out" "$to_err"; do
+		((fd <= 2)) || exec {fd}>&- 2>/dev/null || true
+	done
 	local tries=100
-	for i in "${helpers[@]}"; do
+	for i in "${helpers[@]}" "${relays[@]}"; do
 		while kill -0 "$i" 2>/dev/null && ((tries > 0)); do
 			sleep 0.02
 			tries=$((tries - 1))
 		done
 	done
-	trap - INT TERM HUP
-	exec 2>&"$srun_err" {srun_err}>&-
-	if ((interrupted)); then
-		# Die of SIGINT, so that the batch script stops too, as after Ctrl-C in a terminal.
-		kill -INT $$
-	fi
-	return "$worst"
+	if ((tries == 0)); then signal_tasks KILL "${helpers[@]}" "${relays[@]}"; fi
+	trap - INT TERM HUP QUIT PIPE USR1 USR2 ALRM
+	exec 2>&"$orig_err" {orig_err}>&-
+	# srun's exit code: the highest signal of a killed task (128+N), else the highest exit code.
+	if ((worst_sig)); then return $((128 + worst_sig)); fi
+	return "$worst_code"
 }
 
 # --- sbatch, in this shell -----------------------------------------------------------------------------
@@ -445,17 +714,60 @@ sbatch_option() {
 	done <"$script"
 }
 
-# At exit: SIGTERM to any srun step still running (srun passes it to its tasks), a moment for them to stop,
-# then the shims go.
+# At exit (the batch script's end, or fake_srun.sh's own death by SIGTERM, SIGHUP, SIGPIPE...), as SLURM
+# does when a job ends: the batch script and whatever it still runs get SIGTERM, every srun still running
+# ends its step (SIGKILL to its tasks), what is left after 5 s gets SIGKILL, and so do the tasks of a srun
+# that was SIGKILLed (named in its file). Then the shims go. Nothing here writes: a job whose output is
+# gone must still be cleaned up.
 cleanup() {
-	local f tries=300
+	local f pid entry tries=50 line
+	local -a sruns=() tasks=() tree=() rest=()
+	local -A prune=()
 	for f in "$FAKE_SRUN_DIR"/srun.*; do
-		[[ -e $f ]] && kill -TERM "${f##*.}" 2>/dev/null
+		[[ -e $f ]] || continue
+		pid=${f##*.}
+		sruns+=("$pid")
+		prune[$pid]=1
 	done
-	while compgen -G "$FAKE_SRUN_DIR/srun.*" >/dev/null && ((tries > 0)); do
+	# The job's other processes, read before anything is signalled (a srun's own are its to end).
+	proc_tree "$$"
+	for entry in "${tree[@]}"; do
+		kill -s TERM "${entry%% *}" 2>/dev/null || true
+	done
+	# A srun that got the same signal (a Ctrl-C, a hangup of the terminal) is ending its step already: a
+	# moment for it, then SIGTERM to the others.
+	while ((tries > 40)); do
+		rest=()
+		for pid in "${sruns[@]}"; do
+			if kill -0 "$pid" 2>/dev/null; then rest+=("$pid"); fi
+		done
+		((${#rest[@]})) || break
 		sleep 0.1
 		tries=$((tries - 1))
 	done
+	for pid in "${rest[@]}"; do kill -s TERM "$pid" 2>/dev/null || true; done
+	while ((tries > 0)); do
+		rest=()
+		for entry in "${sruns[@]}" "${tree[@]}"; do
+			if kill -0 "${entry%% *}" 2>/dev/null; then rest+=("${entry%% *}"); fi
+		done
+		((${#rest[@]})) || break
+		sleep 0.1
+		tries=$((tries - 1))
+	done
+	for pid in "${rest[@]}"; do kill -s KILL "$pid" 2>/dev/null || true; done
+	# A srun that ends removes its file: one left names the tasks of a srun that died without a word.
+	# Each still leads its own process group (setsid) unless its pid has gone to another process.
+	for f in "$FAKE_SRUN_DIR"/srun.*; do
+		[[ -e $f ]] || continue
+		while IFS= read -r pid; do
+			{ read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
+			# shellcheck disable=SC2206  # numbers and a state letter
+			line=(${line##*") "})
+			[[ ${line[2]:-} != "$pid" ]] || tasks+=("$pid")
+		done <"$f"
+	done
+	signal_tasks KILL "${tasks[@]}"
 	rm -rf "$FAKE_SRUN_DIR"
 }
 
@@ -534,7 +846,8 @@ sbatch_main() {
 	[[ ! $gpus =~ ^[0-9]+$ ]] || export SLURM_GPUS_ON_NODE=$gpus SLURM_GPUS_PER_NODE=$gpus
 	# The batch script itself is task 0 of the first node.
 	export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
-	SLURMD_NODENAME=$(expand_hostlist "$nodelist" | head -n1)
+	# The first name of the list, without `| head -n1`: under pipefail, head's early exit is a SIGPIPE.
+	SLURMD_NODENAME=$(printf '%s%0*d' "$NODE_PREFIX" "$width" 1)
 	export SLURMD_NODENAME
 	export SLURM_SUBMIT_DIR=$PWD SLURM_SUBMIT_HOST=${HOSTNAME:-localhost} SLURM_CLUSTER_NAME=fake
 
@@ -551,7 +864,14 @@ sbatch_main() {
 	echo "fake_srun.sh: job $jobid ($name) on $nodes simulated node(s) $nodelist" >&2
 	# In the foreground, so that Ctrl-C reaches the script and its srun (a background job would ignore it).
 	local rc=0
-	"${interpreter[@]}" "$script" "$@" || rc=$?
+	# If fake_srun.sh dies without its cleanup (SIGKILL), the batch script gets SIGTERM, its sruns then.
+	local -a guard=()
+	if command -v setpriv >/dev/null; then guard=(setpriv --pdeathsig TERM); fi
+	# The script's stderr is ours; bash's own notice of its end ("Terminated") goes nowhere.
+	local err
+	exec {err}>&2 2>/dev/null
+	"${guard[@]}" "${interpreter[@]}" "$script" "$@" 2>&"$err" {err}>&- || rc=$?
+	exec 2>&"$err" {err}>&-
 	return "$rc"
 }
 
