@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fakerun import tomlfile
 from fakerun.limits import MAX_NNODES, MAX_NPROC_PER_NODE, MAX_STEPS
+from fakerun.sim import stack  # pure, and imports presets only for type checking
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -180,9 +181,10 @@ class GpuSpec:
     sm_clock_max_mhz: int = 1500
     sm_clock_idle_mhz: int = 300
     mem_clock_max_mhz: int = 1500
-    driver_version: str = "550.90.07"
-    cuda_version: str = "12.4"
+    driver_version: str = "580.126.09"  # legacy: the job's driver comes from sim.stack.stack_for(cluster)
+    cuda_version: str = "13.0"  # legacy: as driver_version
     mfu_typical: float = 0.40
+    nvlinks: int = 0  # NVLink (xGMI) links per GPU: NCCL's intra-node channel count follows them
 
     @property
     def memory_gib(self) -> float:
@@ -221,6 +223,16 @@ class ClusterSpec:
     ram_gib: int = 1024
     storage: str = "nfs"
     bus_ids: tuple[str, ...] = ()
+    # The machine as NCCL sees it (fakerun/render/nccl.py) and the software it runs (fakerun/sim/stack.py).
+    stack: str = ""  # a key of sim.stack.STACKS ("cu130", "cu126", "rocm7.2"); "": the vendor's default
+    driver_version: str = ""  # the node's GPU driver; "": the stack's
+    transport: str = "ib"  # ib | roce | efa: NCCL's network (NET/IB over IB or RoCE, or the OFI plugin)
+    oob_if: str = "ib0"  # the bootstrap interface NCCL picks (ib0, bond0, enp..., eth0)
+    ib_gid_index: int = 3  # RoCE only: NCCL_IB_GID_INDEX the job sets (3: RoCE v2 over IPv4 on most hosts)
+    collnet: bool = False  # SHARP in the IB switches (CollNet)
+    mnnvl_domain: int = 0  # GPUs in one multi-node NVLink domain (72 on a GB200 NVL72); 0: none
+    threads_per_core: int = 2  # SMT siblings per core (Grace: 1)
+    cpu_sockets: int = 2  # NUMA nodes the GPUs are spread over
 
     @property
     def nic_bytes_per_gpu(self) -> float:
@@ -355,6 +367,7 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "sm_clock_max_mhz": (1, 100_000),
         "sm_clock_idle_mhz": (1, 100_000),
         "mem_clock_max_mhz": (1, 100_000),
+        "nvlinks": (0, 64),
     },
     ClusterSpec: {
         "gpus_per_node": (1, MAX_NPROC_PER_NODE),
@@ -368,6 +381,10 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "index_base": (0, 1_000_000_000),
         "cpu_cores": (2, 1 << 20),  # NCCL's topology pairs SMT siblings: at least 2
         "ram_gib": (1, 1 << 30),
+        "ib_gid_index": (0, 255),
+        "mnnvl_domain": (0, 1 << 16),
+        "threads_per_core": (1, 8),
+        "cpu_sockets": (1, 16),
     },
     StorageSpec: {
         "read_gbs": (0.01, 1e6),
@@ -439,10 +456,12 @@ def check_bus_ids(values: Sequence[object]) -> tuple[str, ...]:
     if len(values) > _MAX_BUS_IDS:
         raise ValueError(f"field 'bus_ids' lists {len(values)} GPUs, more than {_MAX_BUS_IDS}")
     for value in values:
-        if not (isinstance(value, str) and re.fullmatch(r"[0-9A-Fa-f]{1,2}", value)):
+        # A bus number, or domain:bus where GPUs sit in other PCI domains (Grace: "0008:01").
+        if not (isinstance(value, str) and re.fullmatch(r"(?:[0-9A-Fa-f]{4}:)?[0-9A-Fa-f]{1,2}", value)):
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise ValueError(
-                f'field \'bus_ids\' must list PCI bus numbers of 1 or 2 hex digits (e.g. "18", "2A"), '
+                f'field \'bus_ids\' must list PCI bus numbers of 1 or 2 hex digits (e.g. "18", "2A", '
+                f'"0008:01"), '
                 f"got {shown}"
             )
     return tuple(str(v) for v in values)
@@ -487,6 +506,24 @@ def _check_cluster(c: ClusterSpec) -> None:
         raise ValueError("field 'nvls_busbw_gbs' must be positive when nvls = true")
     check_bus_ids(c.bus_ids)
     _check_host_pattern(c)
+    _one_of(c, "transport", ("ib", "roce", "efa"))
+    if c.stack and c.stack not in stack.STACKS:
+        raise ValueError(f"field 'stack' must be one of {', '.join(stack.STACKS)}, got {c.stack!r}")
+    if c.stack and stack.STACKS[c.stack].vendor != c.gpu.vendor:
+        raise ValueError(
+            f"field 'stack' {c.stack!r} is for {stack.STACKS[c.stack].vendor} GPUs, not {c.gpu.vendor}"
+        )
+    if c.driver_version:
+        if not re.fullmatch(r"\d{1,4}(\.\d{1,4}){1,3}", c.driver_version):
+            raise ValueError(f"field 'driver_version' must look like 580.126.09, got {c.driver_version!r}")
+        if c.gpu.vendor == "nvidia":
+            stack.driver_cuda_version(c.driver_version)  # ValueError for an unknown driver branch
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", c.oob_if):
+        raise ValueError(f"field 'oob_if' must be a network interface name, got {c.oob_if!r}")
+    if c.cpu_cores % c.cpu_sockets:
+        raise ValueError(f"cpu_cores={c.cpu_cores} is not divisible by cpu_sockets={c.cpu_sockets}")
+    if c.mnnvl_domain and (c.mnnvl_domain < c.gpus_per_node or c.mnnvl_domain % c.gpus_per_node):
+        raise ValueError("field 'mnnvl_domain' must be a multiple of gpus_per_node")
 
 
 def _check_storage(s: StorageSpec) -> None:

@@ -132,7 +132,9 @@ class TestHardware:
         """Every cluster names a GPU preset, a storage preset and a usable host pattern."""
         c = presets.load_cluster(name)
         presets.load_storage(c.storage)
-        assert c.gpus_per_node == 8 and c.intra_busbw_gbs < c.gpu.link_gbs * 1.1
+        # GB200 compute trays hold 4 GPUs; every other node type here 8.
+        assert c.gpus_per_node == (4 if c.gpu.name == "gb200" else 8)
+        assert c.intra_busbw_gbs < c.gpu.link_gbs * 1.1
         hosts = {presets.host_name(c, i) for i in range(300)}
         assert len(hosts) == 300
 
