@@ -245,10 +245,13 @@ def _number(message: dict[str, Any], key: str, low: float, high: float) -> float
     value = message.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WireError(f"field {key!r} is not a number")
-    # Compared before float(): an int of 400 digits would overflow it.
-    if not (math.isfinite(value) and low <= value <= high):
+    # Ints are compared as they are (math.isfinite() or float() of a 400-digit int would overflow).
+    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
         raise WireError(f"field {key!r} is out of range")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise WireError(f"field {key!r} is out of range") from None
 
 
 def _telemetry(message: dict[str, Any]) -> list[Any] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import resource
 import selectors
 import socket
@@ -132,6 +133,7 @@ class Refusals:
         self.window_s = window_s
         self.burst = burst
         self._window_end: float | None = None
+        self._window_start = 0.0
         self._shown: set[tuple[str, str]] = set()
         self._held: Counter[tuple[str, str]] = Counter()
 
@@ -144,6 +146,7 @@ class Refusals:
         """Writes `text` unless its kind was written in this window or the window's lines are used up."""
         self.flush(now)
         if self._window_end is None:
+            self._window_start = now
             self._window_end = now + self.window_s
         if kind in self._shown or len(self._shown) >= self.burst:
             if kind not in self._held and len(self._held) >= _HELD_KINDS:
@@ -157,18 +160,17 @@ class Refusals:
         """When flush() has a count to write (monotonic)."""
         return self._window_end if self._held else None
 
-    def flush(self, now: float) -> None:
-        """At the end of a window: one line counting what it held back; the next window starts afresh."""
-        if self._window_end is None or now < self._window_end:
+    def flush(self, now: float, *, final: bool = False) -> None:
+        """At the end of a window (or of the job): one line counting what it held back; then afresh."""
+        if self._window_end is None or (now < self._window_end and not final):
             return
         if self._held:
             total = sum(self._held.values())
             (host, why), _ = self._held.most_common(1)[0]
             most = f"most from {host}: {why}" if host else f"most: {why}"
             plural = "s" if total > 1 else ""
-            self.warn(
-                f"fakerun: refused {total} more connection{plural} in the last {self.window_s:.0f} s ({most})"
-            )
+            seconds = math.ceil(min(now, self._window_end) - self._window_start)
+            self.warn(f"fakerun: refused {total} more connection{plural} in the last {seconds} s ({most})")
         self._window_end = None
         self._shown.clear()
         self._held.clear()
@@ -299,11 +301,12 @@ class Gate:
         self.refusals.flush(now)
 
     def close(self) -> None:
-        """Closes the port and every waiting connection."""
+        """Closes the port and every waiting connection; says how many refusals it did not write."""
         self.detach()
         for p in list(self.pending.values()):
             self._drop(p)
             p.peer.close()
+        self.refusals.flush(time.monotonic(), final=True)
         with contextlib.suppress(OSError):
             self.listener.close()
 

@@ -1,0 +1,484 @@
+"""The agents' wire protocol and its checks: whatever arrives is a message or one WireError, never a crash.
+
+Hypothesis feeds the decoder random bytes, random and deeply nested JSON and huge announced lengths; the
+handshake and every check of a message from another agent get random JSON values. The gate is driven with
+real loopback sockets and an explicit clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import selectors
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fakerun.launcher import cluster, rendezvous
+from fakerun.launcher.meet import MeetError, _check_host, _loopback, _seconds, _secret_warning
+from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Refusals
+from fakerun.launcher.wire import (
+    MAX_DEPTH,
+    MAX_FRAME,
+    MAX_HANDSHAKE_FRAME,
+    FrameDecoder,
+    WireError,
+    answer,
+    challenge,
+    decode,
+    encode,
+    shown,
+    verify_answer,
+    verify_welcome,
+)
+
+# Any JSON value, nested a few levels: what a peer could send inside a well-formed frame.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
+# Message-like objects: a "k" and random fields, some with the names our messages use.
+FIELDS = ["k", "s", "c", "tel", "pid", "items", "now", "rel", "comm", "ar_ms", "stop", "t0", "reason"]
+messages = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), json_values, max_size=8)
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 0
+
+
+def feed_all(decoder: FrameDecoder, data: bytes, cuts: list[int]) -> list[dict[str, Any]]:
+    """Feeds `data` in pieces cut at `cuts`; returns the messages, or raises the decoder's error."""
+    out: list[dict[str, Any]] = []
+    start = 0
+    for cut in [*sorted(c % (len(data) + 1) for c in cuts), len(data)]:
+        out += decoder.feed(data[start:cut])
+        start = max(start, cut)
+    return out
+
+
+class TestDecoderFuzz:
+    """FrameDecoder and decode(): a message or WireError, for any input."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=4))
+    def test_random_bytes(self, data: bytes, cuts: list[int]) -> None:
+        """Random bytes, fed in random pieces."""
+        try:
+            out = feed_all(FrameDecoder(), data, cuts)
+        except WireError:
+            return
+        assert all(isinstance(m, dict) and isinstance(m["k"], str) for m in out)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=2000))
+    def test_random_frame_bodies(self, body: bytes) -> None:
+        """Any body in a well-formed frame, before and after authentication."""
+        for limit in (MAX_HANDSHAKE_FRAME, MAX_FRAME):
+            try:
+                out = FrameDecoder(limit).feed(frame(body))
+            except WireError:
+                continue
+            assert len(out) == 1 and isinstance(out[0]["k"], str)
+
+    @settings(max_examples=300, deadline=None)
+    @given(json_values)
+    def test_random_json(self, value: object) -> None:
+        """Any JSON value: accepted exactly when it is an object with a string "k"."""
+        body = json.dumps(value).encode()
+        try:
+            out = FrameDecoder(MAX_FRAME).feed(frame(body))
+        except WireError:
+            assert not (isinstance(value, dict) and isinstance(value.get("k"), str))
+            return
+        assert out == [value]
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.integers(1, 20_000),
+        st.sampled_from(["[", "{"]),
+        st.booleans(),
+        st.sampled_from([MAX_HANDSHAKE_FRAME, MAX_FRAME]),
+    )
+    def test_nested(self, levels: int, opener: str, closed: bool, limit: int) -> None:
+        """Nesting of any depth, closed or not, inside a message object: refused past MAX_DEPTH."""
+        inner = opener * levels
+        if closed:
+            inner += ("]" if opener == "[" else "}") * levels
+        if opener == "{":
+            inner = inner.replace("{", '{"a":')
+            inner = inner.replace(":}", ":0}", 1) if closed else inner
+        body = ('{"k":"x","v":' + inner + "}").encode()
+        try:
+            out = FrameDecoder(limit).feed(frame(body))
+        except WireError:
+            return
+        assert depth(out[0]) <= MAX_DEPTH
+
+    @pytest.mark.parametrize("levels", [MAX_DEPTH - 1, MAX_DEPTH, 999, 5000, 100_000])
+    def test_depth_limit(self, levels: int) -> None:
+        """MAX_DEPTH levels pass; one more, or enough to exhaust the parser's recursion, is refused."""
+        body = ('{"k":"x","v":' + "[" * (levels - 1) + "]" * (levels - 1) + "}").encode()
+        if levels <= MAX_DEPTH:
+            assert depth(decode(body)) == levels
+        else:
+            with pytest.raises(WireError, match="nests deeper"):
+                decode(body)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 2**32 - 1), st.binary(max_size=64))
+    def test_announced_lengths(self, size: int, tail: bytes) -> None:
+        """Any announced length: over the limit is refused at once, without waiting for the body."""
+        decoder = FrameDecoder()
+        data = struct.pack(">I", size) + tail
+        if size > MAX_HANDSHAKE_FRAME:
+            with pytest.raises(WireError, match=f"frame of {size} bytes announced"):
+                decoder.feed(data)
+            return
+        with contextlib.suppress(WireError):
+            decoder.feed(data)
+
+    def test_limit_rises_after_authentication(self) -> None:
+        """A 10 kB frame: refused during the handshake, accepted once the peer has proved the secret."""
+        body = json.dumps({"k": "x", "pad": "a" * 10_000}).encode()
+        with pytest.raises(WireError):
+            FrameDecoder().feed(frame(body))
+        assert FrameDecoder(MAX_FRAME).feed(frame(body))[0]["k"] == "x"
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"k":NaN}',
+            b'{"k":"x","v":Infinity}',
+            b'{"k":"x","v":-Infinity}',
+            b'{"k":"x","v":' + b"9" * 5000 + b"}",
+        ],
+    )
+    def test_non_json_numbers(self, body: bytes) -> None:
+        """NaN, infinities and integers beyond Python's digit limit are not JSON here."""
+        with pytest.raises(WireError, match="not JSON"):
+            decode(body)
+
+    def test_encode_refuses_what_the_peer_would(self) -> None:
+        """Our own messages are finite and bounded: a NaN or an oversize message is a WireError."""
+        with pytest.raises(WireError):
+            encode({"k": "x", "v": float("nan")})
+        with pytest.raises(WireError):
+            encode({"k": "x", "v": "a" * MAX_FRAME})
+        assert decode(encode({"k": "x", "v": [1, 2.5, "é"]})[4:]) == {"k": "x", "v": [1, 2.5, "é"]}
+
+
+class TestHandshake:
+    """The HMAC handshake: any reply to any message is a proof or a WireError."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(messages)
+    def test_any_message_at_any_step(self, message: dict[str, Any]) -> None:
+        secret = b"s"
+        sent = challenge()
+        for step in (
+            lambda: answer(secret, message),
+            lambda: verify_answer(secret, sent, message),
+            lambda: verify_welcome(secret, sent, message),
+        ):
+            with contextlib.suppress(WireError):
+                step()
+
+    @pytest.mark.parametrize(
+        "field",
+        [{"mac": "é" * 64}, {"nonce": "\ud800" * 32}, {"mac": "A" * 64}, {"nonce": 12}, {"mac": None}],
+    )
+    def test_non_hex_fields(self, field: dict[str, Any]) -> None:
+        """Fields hmac.compare_digest or the MAC cannot take (non-ASCII, surrogates) are refused first."""
+        sent = challenge()
+        reply = {**answer(b"s", sent), **field}
+        with pytest.raises(WireError, match="expected an authentication answer"):
+            verify_answer(b"s", sent, reply)
+
+    def test_round_trip_and_wrong_secret(self) -> None:
+        sent = challenge()
+        reply = answer(b"right", sent)
+        verify_welcome(b"right", reply, verify_answer(b"right", sent, reply))
+        with pytest.raises(WireError, match="wrong secret"):
+            verify_answer(b"wrong", sent, reply)
+
+
+class TestMessageChecks:
+    """Every field another agent sends is checked: random content gives a clean message or a WireError."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(messages, st.integers(0, 3))
+    def test_batches(self, message: dict[str, Any], node: int) -> None:
+        try:
+            items = cluster._batch_items(message, node, 2)
+        except WireError:
+            return
+        for rank, report in items:
+            assert node * 2 <= rank < node * 2 + 2
+            assert report["k"] in ("ready", "step")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(json_values, messages), max_size=3), json_values)
+    def test_batch_items(self, items: list[tuple[object, dict[str, Any]]], now: object) -> None:
+        """Random items inside otherwise well-formed batches and replies."""
+        with_items = [[rank, msg] for rank, msg in items]
+        for check in (
+            lambda: cluster._batch_items({"k": "batch", "items": with_items}, 0, 4),
+            lambda: cluster._reply_items(
+                {"k": "replies", "now": now, "items": with_items}, frozenset({0, 1}), 5.0
+            ),
+        ):
+            with contextlib.suppress(WireError):
+                check()
+
+    @settings(max_examples=300, deadline=None)
+    @given(messages)
+    def test_reports(self, report: dict[str, Any]) -> None:
+        try:
+            clean = cluster._report(report)
+        except WireError:
+            return
+        assert set(clean) <= {"k", "pid", "s", "c", "tel"}
+        if "tel" in clean:
+            assert all(isinstance(v, float) for v in clean["tel"][:-1])
+
+    @pytest.mark.parametrize(
+        "report",
+        [
+            {"k": "step", "s": 10**400, "c": 0.1},
+            {"k": "step", "s": 1, "c": 10**400},
+            {"k": "step", "s": 1, "c": -1.0},
+            {"k": "step", "s": True, "c": 0.1},
+            {"k": "ready", "pid": 0},
+            {"k": "ready", "pid": 7, "tel": [1, 2, 3, 4, 5, 6, "boiling"]},
+            {"k": "ready", "pid": 7, "tel": [101, 2, 3, 4, 5, 6, "train"]},
+            {"k": "ready", "pid": 7, "tel": [[], 2, 3, 4, 5, 6, "train"]},
+            {"k": "ready", "pid": 7, "tel": [1, 2, 3, 4, 5, 6, ["train"]]},
+            {"k": "phase"},
+        ],
+    )
+    def test_bad_reports(self, report: dict[str, Any]) -> None:
+        with pytest.raises(WireError):
+            cluster._report(report)
+
+    def test_reply_release_moves_to_our_clock(self) -> None:
+        """A release 2 s ahead of the sender's clock is 2 s ahead of ours; a day and more is refused."""
+        reply = {"k": "step", "s": 3, "rel": 1002.0, "comm": 0.1, "ar_ms": 1.0, "stop": False, "x": 1}
+        out = cluster._reply_items({"now": 1000.0, "items": [[1, reply]]}, frozenset({1}), 50.0)
+        assert out == [(1, {"k": "step", "s": 3, "rel": 52.0, "comm": 0.1, "ar_ms": 1.0, "stop": False})]
+        with pytest.raises(WireError, match="'rel' is out of range"):
+            cluster._reply_items({"now": 0.0, "items": [[1, {**reply, "rel": 1e9}]]}, frozenset({1}), 0.0)
+        with pytest.raises(WireError, match="not on this node"):
+            cluster._reply_items({"now": 0.0, "items": [[[1], reply]]}, frozenset({1}), 0.0)
+
+    @settings(max_examples=300, deadline=None)
+    @given(messages, st.sampled_from([None, 1, 2]))
+    def test_assignments(self, message: dict[str, Any], node_rank: int | None) -> None:
+        me = rendezvous.Join(node_rank, "h", 1, "none")
+        try:
+            got = rendezvous._parse_assign(message, me, 3)
+        except WireError:
+            return
+        assert 1 <= got.group_rank < 3 and len(got.hosts) == 3 and 0 < got.master_port < 65536
+
+    @settings(max_examples=300, deadline=None)
+    @given(messages)
+    def test_joins(self, message: dict[str, Any]) -> None:
+        me = rendezvous.Join(0, "h", 1, "none", "gpt2-124m on h100", "d")
+        try:
+            join = rendezvous._check_join({**message, "k": "join"}, me, [(me, None)], 2)
+        except WireError:
+            return
+        assert join.node_rank in (None, 1) and join.host.isprintable()
+
+    def test_shown_is_one_printable_line(self) -> None:
+        assert shown("a\nb\x1b[31m\ud800") == "a\\nb\\x1b[31m\\ud800"
+        assert len(shown("x" * 1000)) == 200
+
+
+class TestRefusals:
+    """Refusal lines: one per kind per window, at most a few, and a count of the rest."""
+
+    def test_repeats_are_counted(self) -> None:
+        lines: list[str] = []
+        log = Refusals(lines.append, window_s=30.0, burst=2)
+        for i in range(10):
+            log.refuse(f"10.0.0.1:{4000 + i}", "wrong secret", now=float(i))
+        log.refuse("10.0.0.2:1", "garbage", now=10.0)
+        log.refuse("10.0.0.3:1", "garbage", now=11.0)  # a third kind: over the window's lines
+        assert lines == [
+            "fakerun: refused a connection from 10.0.0.1:4000: wrong secret",
+            "fakerun: refused a connection from 10.0.0.2:1: garbage",
+        ]
+        assert log.deadline() == 30.0
+        log.flush(29.0)
+        assert len(lines) == 2
+        log.flush(30.0)
+        assert (
+            lines[2]
+            == "fakerun: refused 10 more connections in the last 30 s (most from 10.0.0.1: wrong secret)"
+        )
+        log.refuse("10.0.0.1:5000", "wrong secret", now=31.0)  # a new window: shown again
+        assert lines[3].endswith("10.0.0.1:5000: wrong secret") and log.deadline() is None
+
+    def test_final_flush(self) -> None:
+        lines: list[str] = []
+        log = Refusals(lines.append)
+        log.refuse("h:1", "x", now=0.0)
+        log.refuse("h:2", "x", now=2.5)
+        log.flush(4.0, final=True)
+        assert lines[-1] == "fakerun: refused 1 more connection in the last 4 s (most from h: x)"
+
+
+@pytest.fixture
+def port_gate() -> Iterator[tuple[Gate, selectors.BaseSelector, int, list[str]]]:
+    """A gate with a cap of 2 on a loopback port, attached to a selector; its lines."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    lines: list[str] = []
+    gate = Gate(listener, b"secret", lines.append, cap=2)
+    selector = selectors.DefaultSelector()
+    gate.attach(selector)
+    yield gate, selector, listener.getsockname()[1], lines
+    gate.close()
+    selector.close()
+
+
+def ready(selector: selectors.BaseSelector) -> set[int]:
+    return {int(key.fd) for key, _ in selector.select(0.5)}
+
+
+class TestGate:
+    """The port's gate with real sockets: cap, eviction, deadline, admission."""
+
+    def test_cap_pauses_then_evicts_the_oldest(
+        self, port_gate: tuple[Gate, selectors.BaseSelector, int, list[str]]
+    ) -> None:
+        gate, selector, port, lines = port_gate
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        try:
+            assert gate.fileno() in ready(selector)
+            gate.pump(gate.fileno(), now=100.0)
+            assert len(gate.pending) == 2
+            # Full of young connections: the port is not watched (else the loop would spin) until the
+            # oldest has had EVICT_AFTER_S.
+            assert gate.fileno() not in ready(selector)
+            assert gate.deadline() == 100.0 + EVICT_AFTER_S
+            gate.tick(100.0 + EVICT_AFTER_S)
+            assert gate.fileno() in ready(selector)
+            gate.pump(gate.fileno(), now=100.0 + EVICT_AFTER_S)
+            assert len(gate.pending) == 2
+            assert lines == ["fakerun: refused a connection from " + lines[0].split("from ")[1]]
+            assert lines[0].endswith("too many connections waiting for a handshake")
+        finally:
+            for c in clients:
+                c.close()
+
+    def test_handshake_deadline(self, port_gate: tuple[Gate, selectors.BaseSelector, int, list[str]]) -> None:
+        gate, selector, port, lines = port_gate
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            ready(selector)
+            gate.pump(gate.fileno(), now=0.0)
+            assert len(gate.pending) == 1
+            gate.tick(HANDSHAKE_TIMEOUT_S + 0.1)
+            assert not gate.pending and lines[0].endswith(f"no handshake in {HANDSHAKE_TIMEOUT_S:.0f} s")
+            client.settimeout(5)
+            assert client.recv(4096)  # the challenge
+            assert client.recv(4096) == b""  # then closed, without a reason: an agent would retry
+
+    def test_admission_after_the_handshake(
+        self, port_gate: tuple[Gate, selectors.BaseSelector, int, list[str]]
+    ) -> None:
+        gate, selector, port, lines = port_gate
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(5)
+            ready(selector)
+            gate.pump(gate.fileno(), now=0.0)
+            decoder = FrameDecoder()
+            sent = answer(b"secret", decoder.feed(client.recv(4096))[0])
+            client.sendall(encode(sent))
+            fd = next(iter(gate.pending))
+            ready(selector)
+            assert gate.pump(fd, now=0.1) == []
+            verify_welcome(b"secret", sent, decoder.feed(client.recv(4096))[0])
+            client.sendall(encode({"k": "join", "pad": "a" * 8000}))  # past the handshake's frame limit
+            ready(selector)
+            [(p, message)] = gate.pump(fd, now=0.2)
+            assert message["k"] == "join" and p.authed
+            peer = gate.admit(p)
+            assert not gate.pending and lines == []
+            peer.close()
+
+    def test_out_of_fds_pauses_accepting(self) -> None:
+        """accept() failing with EMFILE: one line, the port unwatched for a while, no exception."""
+
+        class NoFds:
+            def __init__(self) -> None:
+                self.sock = socket.create_server(("127.0.0.1", 0))
+
+            def fileno(self) -> int:
+                return self.sock.fileno()
+
+            def accept(self) -> tuple[socket.socket, Any]:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            def close(self) -> None:
+                self.sock.close()
+
+        lines: list[str] = []
+        listener = NoFds()
+        gate = Gate(listener, b"s", lines.append)  # type: ignore[arg-type]
+        selector = selectors.DefaultSelector()
+        gate.attach(selector)
+        try:
+            gate.pump(gate.fileno(), now=0.0)
+            gate.pump(gate.fileno(), now=0.1)
+            assert lines == [
+                "fakerun: cannot accept connections: Too many open files; waiting connections are refused"
+            ]
+            assert not selector.get_map()  # the port is not watched during the pause
+            gate.tick(5.0)
+            assert gate.fileno() in selector.get_map()
+        finally:
+            gate.close()
+            selector.close()
+
+
+class TestAddresses:
+    """The rendezvous options' values that pass the command line's checks."""
+
+    @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "0"])
+    def test_timeouts(self, value: str) -> None:
+        with pytest.raises(MeetError, match=f"timeout={value} is not a number of seconds > 0"):
+            _seconds({"timeout": value}, "timeout", 900.0)
+        assert _seconds({}, "timeout", 900.0) == 900.0 and _seconds({"timeout": "2.5"}, "timeout", 1) == 2.5
+
+    @pytest.mark.parametrize("host", ["a" * 64, "a..b", "x." + "b" * 70 + ".org"])
+    def test_host_names(self, host: str) -> None:
+        with pytest.raises(MeetError, match="is not a valid host name"):
+            _check_host(host, "--master-addr")
+        _check_host("a" * 63, "--master-addr")
+
+    def test_loopback(self) -> None:
+        assert _loopback("127.0.0.1") == "127.0.0.1" and _loopback("127.0.0.5") == "127.0.0.5"
+        assert _loopback("192.0.2.1") is None and _loopback("a" * 64) is None
+
+    def test_secret_warning(self) -> None:
+        assert _secret_warning({}, "127.0.0.1", 29500, "none") is None
+        assert _secret_warning({"FAKERUN_SECRET": "x"}, "10.0.0.1", 29500, "none") is None
+        warning = _secret_warning({}, "10.0.0.1", 29500, "none")
+        assert warning is not None and "\n" not in warning and "10.0.0.1:29500" in warning
