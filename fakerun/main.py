@@ -9,6 +9,7 @@ import selectors
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 
 from fakerun import presets
@@ -31,7 +32,8 @@ from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup
 from fakerun.launcher.slurm import apply_slurm, simulated_hosts, slurm_job
 from fakerun.options import CommandLine
 from fakerun.paths import state_dir
-from fakerun.sim.run import resumed
+from fakerun.sim import identity
+from fakerun.sim.run import JobClock, rendezvous_seconds, resumed
 from fakerun.worker.trainer import SimContext
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
@@ -65,8 +67,12 @@ def _log_startup(plan: LaunchPlan, log: LauncherLog, log_dir: LogDir) -> None:
 def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
     """The values torchrun's `Starting elastic_operator with launch configs` block shows."""
     args = plan.args
-    conf: dict[str, object] = {"timeout": 900}
-    conf.update(plan.rdzv.conf)
+    # torch's order: --rdzv-conf as parsed (strings), then run.py's `rank` for a static rendezvous, then
+    # LaunchConfig.__post_init__'s default timeout when none was given.
+    conf: dict[str, object] = dict(plan.rdzv.conf)
+    if plan.rdzv.backend == "static":
+        conf["rank"] = args.node_rank
+    conf.setdefault("timeout", 900)
     return glog.LaunchConfigView(
         entrypoint=args.training_script,
         min_nodes=plan.min_nodes,
@@ -88,7 +94,9 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
     )
 
 
-def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle) -> SimContext:
+def _sim_context(
+    cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle, clock: JobClock
+) -> SimContext:
     """The simulated job every rank shares; a job that cannot be simulated ends the run with one line."""
     try:
         run, hints = build_run(
@@ -117,7 +125,25 @@ def _sim_context(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundl
         bar_columns=columns,
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
         style=hints.style,
+        clock=clock,
+        real_node=plan.nodes[0].group_rank,
     )
+
+
+def _shown_pid(plan: LaunchPlan, ctx: SimContext | None) -> Callable[[WorkerSlot, int, int], int] | None:
+    """The pid a worker's own agent would name: real on the node this launcher is, drawn on the others."""
+    if ctx is None:
+        return None  # --fake-exec: the scripts are what they are and print their own pids
+    real_node = plan.nodes[0].group_rank
+    job = ctx.run.job
+
+    def shown(slot: WorkerSlot, pid: int, restart_count: int) -> int:
+        if slot.node_index == real_node:
+            return pid
+        pids = identity.worker_pids(job.seed, slot.node_index, plan.nproc_per_node, restart_count, job.nnodes)
+        return pids[slot.local_rank]
+
+    return shown
 
 
 def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs | None:
@@ -298,6 +324,7 @@ def _print_presets() -> None:
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `fakerun` and `python -m fakerun`."""
+    started_wall, started_mono = time.time(), time.monotonic()
     open_std_streams()
     argv = list(sys.argv if argv is None else argv)
     prog = prog_name(argv[0] if argv else "fakerun")
@@ -335,13 +362,17 @@ def main(argv: list[str] | None = None) -> int:
     except preflight.Refused as exc:
         print(exc, file=sys.stderr)
         return 1
-    ctx = None if cmd.fake.exec else _sim_context(cmd, plan, bundle)
+    # The job's one clock: every timestamp of a simulated job runs at --fake-speed (real scripts: real time).
+    clock = JobClock(started_wall, started_mono, 1.0 if cmd.fake.exec else cmd.fake.speed)
+    ctx = None if cmd.fake.exec else _sim_context(cmd, plan, bundle, clock)
     console = Console(
         sys.stdout.buffer, sys.stderr.buffer, pin_bars=ctx is not None and ctx.bar_columns is not None
     )
     metrics = _open_metrics(cmd, console) if ctx is not None else None
     plain = os.path.basename(argv[0]) == "__main__.py"
-    log = LauncherLog(console, log_level(os.environ), plain=plain, pid=os.getpid())
+    log = LauncherLog(
+        console, log_level(os.environ), plain=plain, pid=os.getpid(), clock=lambda: clock.at(time.monotonic())
+    )
     try:
         log_dir = LogDir.create(cmd.torchrun.log_dir)
     except OSError as exc:
@@ -385,13 +416,32 @@ def main(argv: list[str] | None = None) -> int:
         console.rank_logs = rank_logs
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
-            return TorchrunVoice(plan, log, argv[0], python, group.error_file_path)
+            return TorchrunVoice(
+                plan, log, argv[0], python, group.error_file_path, shown_pid=_shown_pid(plan, ctx)
+            )
+
+        seed = cmd.fake.seed if ctx is None else ctx.run.job.seed
+        # This launcher plays every node of a single-launcher job, so their agents' wait is simulated; an
+        # agent that met the others over TCP has waited for real and only the store's round remains.
+        rdzv_nodes = 1 if plan.multi_node else plan.group_world_size
+
+        def rendezvous_s(restart_count: int) -> float:
+            return rendezvous_seconds(seed, rdzv_nodes, restart_count) / clock.speed
 
         saved = SavedStep()
         publish = rank_logs is not None
         control = None if ctx is None else _control(plan, ctx, metrics, saved, links, console, publish)
         children = _child_factory(cmd, plan, python, ctx, saved)
-        return run_job(plan, console, voice, children, log_dir, control, child_fd_limit=fd_limit.original)
+        return run_job(
+            plan,
+            console,
+            voice,
+            children,
+            log_dir,
+            control,
+            child_fd_limit=fd_limit.original,
+            rendezvous_s=rendezvous_s,
+        )
     except LogDirError as exc:
         console.launcher_lines(f"{prog}: error: {exc}\n")
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,7 @@ FAILURE_SHUTDOWN_TIMEOUT = 30.0
 class State(enum.Enum):
     """Where the agent is in its run."""
 
+    RENDEZVOUS = "rendezvous"
     RUNNING = "running"
     STOPPING_AFTER_FAILURE = "stopping_after_failure"
     STOPPING_AFTER_SIGNAL = "stopping_after_signal"
@@ -57,6 +59,7 @@ class WorkerGroup(Protocol):
 class AgentOutput(Protocol):
     """The launcher's messages, in the words torchrun uses; the agent says what, this says how."""
 
+    def rendezvousing(self, restart_count: int) -> None: ...
     def group_started(self, restart_count: int, workers: list[Worker]) -> None: ...
     def sending_closing_signal(self, pid: int, sig: signal.Signals) -> None: ...
     def unable_to_shutdown(self, pid: int, sig: signal.Signals) -> None: ...
@@ -72,9 +75,17 @@ class Agent:
     """Drives one launcher's worker groups from events: worker exits, signals, and the passing of time."""
 
     def __init__(
-        self, group: WorkerGroup, out: AgentOutput, *, max_restarts: int, shutdown_timeout: float
+        self,
+        group: WorkerGroup,
+        out: AgentOutput,
+        *,
+        max_restarts: int,
+        shutdown_timeout: float,
+        rendezvous_s: Callable[[int], float] | None = None,
     ) -> None:
         self.group = group
+        # How long each attempt's rendezvous takes before its workers start (None: no rendezvous step).
+        self.rendezvous_s = rendezvous_s
         self.out = out
         self.max_restarts = max_restarts
         self.shutdown_timeout = shutdown_timeout
@@ -91,7 +102,7 @@ class Agent:
 
     def start(self, now: float) -> None:
         """Starts the first attempt."""
-        self._start_attempt()
+        self._begin_attempt(now)
 
     def on_exit(self, pid: int, exitcode: int, now: float) -> None:
         """A worker process ended with `exitcode` (negative: killed by that signal)."""
@@ -108,7 +119,7 @@ class Agent:
                 self.out.group_succeeded()
                 self._finish(0)
                 return
-        self._maybe_stopped()
+        self._maybe_stopped(now)
 
     def on_signal(self, signum: int, now: float) -> None:
         """The launcher received one of --signals-to-handle: forward it and shut down, exit code 1."""
@@ -118,10 +129,14 @@ class Agent:
         self.out.received_death_signal(signum)
         self.state = State.STOPPING_AFTER_SIGNAL
         self._stop_all(signal.Signals(signum), now + self.shutdown_timeout)
-        self._maybe_stopped()
+        self._maybe_stopped(now)
 
     def on_tick(self, now: float) -> None:
-        """Time passed: escalate to SIGKILL for workers that outlived their shutdown deadline."""
+        """Time passed: the rendezvous ends, or workers past their shutdown deadline are SIGKILLed."""
+        if self.state is State.RENDEZVOUS:
+            if self._deadline is not None and now >= self._deadline:
+                self._start_attempt()
+            return
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
             for w in self.workers.values():
@@ -141,6 +156,16 @@ class Agent:
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _begin_attempt(self, now: float) -> None:
+        """An attempt's rendezvous: its workers start when it completes (on_tick), at once without one."""
+        if self.rendezvous_s is None:
+            self._start_attempt()
+            return
+        self.out.rendezvousing(self.restart_count)
+        self.state = State.RENDEZVOUS
+        self._deadline = now + max(0.0, self.rendezvous_s(self.restart_count))
+        self.on_tick(now)
+
     def _start_attempt(self) -> None:
         self.workers = {pid: Worker(slot, pid) for pid, slot in self.group.start(self.restart_count)}
         self.state = State.RUNNING
@@ -155,8 +180,8 @@ class Agent:
             self.out.sending_closing_signal(w.pid, sig)
             self.group.kill(w.pid, sig)
 
-    def _maybe_stopped(self) -> None:
-        if self.state is State.RUNNING or self.state is State.DONE or self.alive():
+    def _maybe_stopped(self, now: float) -> None:
+        if self.state in (State.RUNNING, State.RENDEZVOUS, State.DONE) or self.alive():
             return
         if self.state is State.STOPPING_AFTER_SIGNAL:
             self.out.signal_exception(self._death_signum)
@@ -168,7 +193,7 @@ class Agent:
         if self.restart_count < self.max_restarts:
             self.out.will_restart(self.max_restarts - self.restart_count)
             self.restart_count += 1
-            self._start_attempt()
+            self._begin_attempt(now)
             return
         others = [
             Failure(w.slot, w.pid, w.exitcode, w.exit_time or root.time)

@@ -75,17 +75,23 @@ class TorchrunVoice:
         argv0: str,
         python: str,
         error_file_of: Callable[[WorkerSlot, int], str],
+        shown_pid: Callable[[WorkerSlot, int, int], int] | None = None,
     ) -> None:
         self.plan = plan
+        # (slot, real pid, restart count) -> the pid its own host's agent would name: a simulated node's
+        # workers are real processes here, but their agent would report the pids of that other host.
+        self.shown_pid = shown_pid
+        self._shown: dict[int, int] = {}
+        self._announced: int | None = None
         self.error_file_of = error_file_of
         self.log = log
         self.argv0 = argv0
         self.python = python
         self.role = plan.args.role
-        self.started = time.monotonic()
 
-    def group_started(self, restart_count: int, workers: list[Worker]) -> None:
-        """INFO: the rendezvous result and `Starting worker group`."""
+    def rendezvousing(self, restart_count: int) -> None:
+        """INFO: `starting workers` (first attempt) and `Rendezvous'ing worker group`."""
+        self._announced = restart_count
         if not self.log.enabled("I"):
             return
         if restart_count == 0:
@@ -93,7 +99,17 @@ class TorchrunVoice:
                 "I", glog.AGENT_STARTING_WORKERS, glog.starting_workers(self.role, self._binary_name())
             )
         self.log.log("I", glog.AGENT_RENDEZVOUSING, glog.rendezvousing(self.role))
-        node0 = [w.slot for w in workers if w.slot.node_index == 0]
+
+    def group_started(self, restart_count: int, workers: list[Worker]) -> None:
+        """INFO: the rendezvous result (this agent's own node) and `Starting worker group`."""
+        if self.shown_pid is not None:
+            self._shown = {w.pid: self.shown_pid(w.slot, w.pid, restart_count) for w in workers}
+        if self._announced != restart_count:
+            self.rendezvousing(restart_count)
+        if not self.log.enabled("I"):
+            return
+        me = self.plan.nodes[0].group_rank  # the node this agent is (the first it plays)
+        mine = [w.slot for w in workers if w.slot.node_index == me]
         n = self.plan.world_size
         self.log.block(
             "I",
@@ -103,13 +119,13 @@ class TorchrunVoice:
                 restart_count=restart_count,
                 master_addr=self.plan.rdzv.master_addr,
                 master_port=self.plan.rdzv.master_port,
-                group_rank=0,
+                group_rank=me,
                 group_world_size=self.plan.group_world_size,
-                local_ranks=[s.local_rank for s in node0],
-                role_ranks=[s.rank for s in node0],
-                global_ranks=[s.rank for s in node0],
-                role_world_sizes=[n] * len(node0),
-                global_world_sizes=[n] * len(node0),
+                local_ranks=[s.local_rank for s in mine],
+                role_ranks=[s.rank for s in mine],
+                global_ranks=[s.rank for s in mine],
+                role_world_sizes=[n] * len(mine),
+                global_world_sizes=[n] * len(mine),
                 event_log_handler=self.plan.args.event_log_handler,
             ),
         )
@@ -120,18 +136,22 @@ class TorchrunVoice:
 
     def sending_closing_signal(self, pid: int, sig: signal.Signals) -> None:
         """W: `Sending process N closing signal SIGTERM`."""
-        self.log.log("W", glog.API_SENDING, glog.sending_closing_signal(pid, sig.name))
+        self.log.log("W", glog.API_SENDING, glog.sending_closing_signal(self._pid(pid), sig.name))
 
     def unable_to_shutdown(self, pid: int, sig: signal.Signals) -> None:
         """W: `Unable to shutdown process N via 15, forcefully exiting via 9`."""
-        self.log.log("W", glog.API_UNABLE, glog.unable_to_shutdown(pid, int(sig), int(signal.SIGKILL)))
+        self.log.log(
+            "W", glog.API_UNABLE, glog.unable_to_shutdown(self._pid(pid), int(sig), int(signal.SIGKILL))
+        )
 
     def worker_failed(self, failure: Failure) -> None:
         """E: `failed (exitcode: 3) local_rank: 1 (pid: N) of binary: ...`."""
         self.log.log(
             "E",
             glog.API_FAILED,
-            glog.failed_line(failure.exitcode, failure.slot.local_rank, failure.pid, self._binary()),
+            glog.failed_line(
+                failure.exitcode, failure.slot.local_rank, self._pid(failure.pid), self._binary()
+            ),
         )
 
     def will_restart(self, attempts_left: int) -> None:
@@ -172,8 +192,14 @@ class TorchrunVoice:
 
     def group_succeeded(self) -> None:
         """INFO: the success lines."""
-        for source, message in glog.success_lines(self.role, time.monotonic() - self.started):
+        # The exit barrier's wait is a store round trip once every agent is done (0.00024 s recorded): the
+        # time this agent takes to get there stands for it, not the run's length.
+        begun = time.perf_counter()
+        lines = glog.success_lines(self.role, 0.0)
+        for source, message in lines[:-1]:
             self.log.log("I", source, message)
+        source, _ = lines[-1]
+        self.log.log("I", source, glog.done_waiting(time.perf_counter() - begun))
 
     def _record(
         self, f: Failure, restart_count: int, payload: dict[str, object] | None
@@ -181,13 +207,17 @@ class TorchrunVoice:
         return report.FailureRecord(
             rank=f.slot.rank,
             local_rank=f.slot.local_rank,
-            pid=f.pid,
+            pid=self._pid(f.pid),
             exitcode=f.exitcode,
             time=f.time,
             host=f.slot.host,
             error_file=self._error_file(f, restart_count) if payload is not None else None,
             error_payload=payload,
         )
+
+    def _pid(self, pid: int) -> int:
+        """The pid a worker's own agent names it by."""
+        return self._shown.get(pid, pid)
 
     def _error_file(self, f: Failure, restart_count: int) -> str:
         return self.error_file_of(f.slot, restart_count)

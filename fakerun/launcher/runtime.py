@@ -255,8 +255,10 @@ def run_job(
     log_dir: LogDir,
     control: Callable[[selectors.BaseSelector], ControlHub] | None = None,
     child_fd_limit: int | None = None,
+    rendezvous_s: Callable[[int], float] | None = None,
 ) -> int:
-    """Runs the job to its end and returns the launcher's exit code; workers get `child_fd_limit` files."""
+    """Runs the job to its end and returns the launcher's exit code; workers get `child_fd_limit` files;
+    each attempt's rendezvous takes `rendezvous_s(restart_count)` seconds of wall time first."""
     selector = selectors.DefaultSelector()
     sigpipe = SignalPipe(plan.signals_to_handle)
     handled = {int(s) for s in plan.signals_to_handle}
@@ -268,7 +270,11 @@ def run_job(
         plan, console, selector, procs, child_factory, run_dirs, hub, interrupted=sigpipe.interrupted
     )
     agent = Agent(
-        group, out_factory(group), max_restarts=plan.args.max_restarts, shutdown_timeout=plan.shutdown_timeout
+        group,
+        out_factory(group),
+        max_restarts=plan.args.max_restarts,
+        shutdown_timeout=plan.shutdown_timeout,
+        rendezvous_s=rendezvous_s,
     )
     try:
         agent.start(time.time())

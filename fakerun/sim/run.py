@@ -158,37 +158,101 @@ def eval_seconds(job: JobSpec, iters: int, step: int) -> float:
     return flops / rate * (1.0 + EVAL_MARGIN) * jitter
 
 
+# Start-up bands, simulated seconds on a real GPU node. The interpreter with `import torch` (CUDA build, its
+# libraries paged in from a shared file system) and the training framework: 3-15 s, all ranks of a node
+# reading the same files at once (the reference machine's CPU-only wheel alone takes 1.4 s, 06_timing).
+IMPORT_S = (3.0, 15.0)
+# The CUDA context and the caching allocator's first segment (torch.cuda.set_device + the first tensor).
+CUDA_S = (1.0, 3.0)
+
+
 @dataclass(frozen=True)
 class StartupTimes:
-    """Simulated seconds of each start-up phase of one rank, before the first step."""
+    """Simulated seconds of each start-up phase of one rank, from its fork to its first step."""
 
+    import_s: float  # interpreter start, `import torch`, the framework: before the script prints anything
+    cuda_s: float  # CUDA context creation, before init_process_group
+    nccl_s: float  # NCCL communicator set-up after the store barrier every rank passes together
     tokenizer_s: float
     dataset_s: float
     model_init_s: float
-    dist_init_s: float
     load_s: float  # checkpoint or initial weights; 0 when training from scratch
 
     @property
+    def to_init_s(self) -> float:
+        """From the fork to init_process_group's store barrier (the rank's own share, before it waits)."""
+        return self.import_s + self.cuda_s
+
+    @property
+    def after_init_s(self) -> float:
+        """From the barrier to the first step."""
+        return self.nccl_s + self.tokenizer_s + self.dataset_s + self.model_init_s + self.load_s
+
+    @property
     def total_s(self) -> float:
-        """All of start-up."""
-        return self.tokenizer_s + self.dataset_s + self.model_init_s + self.dist_init_s + self.load_s
+        """All of start-up that is this rank's own (waiting for the slowest rank at the barrier aside)."""
+        return self.to_init_s + self.after_init_s
+
+
+def _clamp(x: float, band: tuple[float, float]) -> float:
+    return min(band[1], max(band[0], x))
 
 
 def startup_times(job: JobSpec, rank: int, *, resume: bool) -> StartupTimes:
-    """How long this rank spends in each start-up phase (they differ a little between ranks)."""
+    """How long this rank spends in each start-up phase: per node and per rank draws, no two alike."""
+    seed = job.seed
+    node = rank // max(job.nproc_per_node, 1)
 
-    def vary(stream: str, base: float) -> float:
-        return base * (1.0 + 0.15 * rand.uniform(job.seed, stream, rank))
+    def vary(stream: str, base: float, spread: float = 0.15) -> float:
+        return base * (1.0 + spread * (2.0 * rand.uniform(seed, stream, rank) - 1.0))
 
+    # A node's import time is set by its file system and page cache (log-normal around 6 s); its ranks
+    # read the same files at once and differ by ~15%.
+    node_import = 6.0 * math.exp(0.35 * rand.normal(seed, "st-import-node", node))
+    import_s = _clamp(node_import * (1.0 + 0.15 * rand.normal(seed, "st-import", rank)), IMPORT_S)
+    cuda_s = CUDA_S[0] + (CUDA_S[1] - CUDA_S[0]) * rand.uniform(seed, "st-cuda", rank) ** 1.5
     # Building a model on the meta device and sharding it costs ~0.1 s per billion parameters per layer
     # group; NCCL init grows with log(world size) (bootstrap all-gather, ring and tree search).
     init = 1.5 + 0.25 * job.model.params / 1e9 / max(job.tp * job.pp, 1) ** 0.5
-    dist = 1.0 + 0.6 * math.log2(max(job.world_size, 2))
+    nccl = 0.6 + 0.45 * math.log2(max(job.world_size, 2))
     load = checkpoint.load_seconds(job) if resume else 0.0
     return StartupTimes(
+        import_s=import_s,
+        cuda_s=cuda_s,
+        nccl_s=vary("st-nccl", nccl, 0.1),
         tokenizer_s=vary("st-tok", 0.4),
         dataset_s=vary("st-data", 2.0 + 0.4 * math.log2(max(job.world_size, 2))),
         model_init_s=vary("st-init", init),
-        dist_init_s=vary("st-dist", dist),
         load_s=load,
     )
+
+
+def rendezvous_seconds(seed: int, nnodes: int, attempt: int = 0) -> float:
+    """The agent's rendezvous, from `Rendezvous'ing worker group` to `Rendezvous complete`.
+
+    One node: creating the store and one round of it, ~0.1-0.35 s (torchrun 2.13 recorded 0.24 and 0.31 s,
+    04_failure and 07_misc LOGLEVEL_INFO). Several: the agents are started by srun or by hand within
+    seconds of each other and every one waits for the last, more nodes wait longer.
+    """
+    base = 0.1 + 0.25 * rand.uniform(seed, "rdzv-one", attempt)
+    if nnodes <= 1:
+        return base
+    spread = 0.4 + 0.6 * math.log2(nnodes)
+    return base + spread * (0.5 + rand.uniform(seed, "rdzv-many", attempt))
+
+
+@dataclass(frozen=True)
+class JobClock:
+    """The job's one clock: simulated epoch time runs `speed` times faster than the launcher's monotonic time.
+
+    Every timestamp a run prints (launcher lines, worker lines, metric lines) is read from it, so that the
+    times between lines equal the elapsed times, step times and throughputs printed in them.
+    """
+
+    wall0: float  # epoch seconds when the launcher started
+    mono0: float  # time.monotonic() at that moment
+    speed: float
+
+    def at(self, mono: float) -> float:
+        """The job's epoch time at monotonic time `mono`."""
+        return self.wall0 + (mono - self.mono0) * self.speed

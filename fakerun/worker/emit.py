@@ -5,18 +5,45 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
 
-# Timestamps as real trainers print them: local time with milliseconds on the console, ISO 8601 UTC in json.
-CONSOLE_TIME = "%Y-%m-%d %H:%M:%S,%f"
+# Timestamps as real trainers print them: local time with milliseconds on the console, ISO 8601 UTC in json,
+# from the job's clock (epoch seconds): the simulated time with --fake-speed, so that every printed timestamp
+# agrees with the elapsed times and throughputs printed beside it. The trainer sets it after the fork.
+_clock: Callable[[], float] = time.time
+
+
+def set_clock(clock: Callable[[], float]) -> None:
+    """Makes every timestamp this worker prints come from `clock`."""
+    global _clock
+    _clock = clock
+
+
+def now() -> float:
+    """The job's time now, in epoch seconds."""
+    return _clock()
+
+
+def _stamp(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Python logging's console time from the job's clock: `2026-11-22 08:23:31,507`."""
+    t = _clock()
+    event["timestamp"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
+    return event
+
+
+def _stamp_iso(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """ISO 8601 UTC from the job's clock, as structlog's TimeStamper(fmt="iso", utc=True) writes it."""
+    t = _clock()
+    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+    return event
 
 
 def c10_prefix(rank: int, level: str, source: str) -> str:
     """The prefix torch's C++ logging puts on a rank's line: `[rank3]:[W1122 08:41:58.102931737 f.cpp:9]`."""
-    now = time.time()
+    now = _clock()
     stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
     return f"[rank{rank}]:[{level}{stamp} {source}]"
 
@@ -29,26 +56,18 @@ def script_traceback(rank: int, script: str, exc: BaseException) -> str:
     return "".join(f"[rank{rank}]: {line}\n" for line in lines)
 
 
-def _trim_millis(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Cuts strftime's microseconds to milliseconds (`,123`), as Python's logging prints them."""
-    ts = event.get("timestamp")
-    if isinstance(ts, str) and "," in ts:
-        event["timestamp"] = ts[:-3]
-    return event
-
-
 def configure_logging(log_format: str, rank: int, *, color: bool) -> Any:
     """structlog with the chosen renderer, bound to this rank; colour only when asked."""
     renderer: structlog.typing.Processor
     processors: list[structlog.typing.Processor] = [structlog.processors.add_log_level]
     if log_format == "json":
-        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+        processors.append(_stamp_iso)
         renderer = structlog.processors.JSONRenderer()
     elif log_format == "logfmt":
-        processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+        processors.append(_stamp_iso)
         renderer = structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event", "rank"])
     else:
-        processors += [structlog.processors.TimeStamper(fmt=CONSOLE_TIME, utc=False), _trim_millis]
+        processors.append(_stamp)
         renderer = structlog.dev.ConsoleRenderer(colors=color, pad_event=28, sort_keys=False)
     structlog.configure(
         processors=[*processors, renderer],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -22,13 +23,14 @@ from fakerun.render.lines import (
     titan_step,
 )
 from fakerun.render.summary import summary_table
-from fakerun.sim import checkpoint, compute, loss, memory
+from fakerun.sim import checkpoint, compute, identity, loss, memory
 from fakerun.sim.collectives import bucket_allreduces
-from fakerun.sim.run import RunPlan, looped, startup_times
+from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.telemetry import Phase, telemetry
 from fakerun.worker.channel import CoordinatorLink
-from fakerun.worker.emit import BarWriter, c10_prefix, configure_logging, print_lines
+from fakerun.worker.emit import BarWriter, c10_prefix, configure_logging, print_lines, set_clock
+from fakerun.worker.emit import now as job_now
 
 GIB = 1024**3
 
@@ -47,6 +49,11 @@ class SimContext:
     # Which trainer the script looks like (hints.Hints.style): its metric lines are printed in that
     # trainer's own format on the console; json/logfmt keep structured events for log pipelines.
     style: str = "generic"
+    # The job's clock (simulated time with --fake-speed); None: the wall clock.
+    clock: JobClock | None = None
+    # The node this launcher really is: its ranks show their real pids (a user may act on them), the other
+    # simulated nodes' ranks show the pids their own host would have given them (sim/identity.py).
+    real_node: int = 0
 
 
 def _plural(n: int, word: str) -> str:
@@ -55,7 +62,7 @@ def _plural(n: int, word: str) -> str:
 
 def _log_time() -> str:
     """Now as Python's logging prints it: `2026-11-22 08:23:31,507`."""
-    now = time.time()
+    now = job_now()
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
 
 
@@ -81,6 +88,20 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
+def _with_warmup(n: StepNumbers, overhead_s: float) -> StepNumbers:
+    """A step's figures as measured over its wall time plus `overhead_s` of warm-up (the first step)."""
+    f = n.step_time_s / (n.step_time_s + overhead_s)
+    return dataclasses.replace(
+        n,
+        step_time_s=n.step_time_s + overhead_s,
+        mfu=n.mfu * f,
+        tflops_per_gpu=n.tflops_per_gpu * f,
+        tokens_per_s=n.tokens_per_s * f,
+        tokens_per_s_per_gpu=n.tokens_per_s_per_gpu * f,
+        rank_tokens_per_s=n.rank_tokens_per_s * f,
+    )
+
+
 class RankTrainer:
     """Runs one rank: every printed figure comes from sim/, every wait from the coordinator or the pace."""
 
@@ -94,11 +115,36 @@ class RankTrainer:
         self.bar = BarWriter()
         self.run = ctx.run
         self.style = ctx.style if ctx.log_format == "console" else "generic"
+        self.born = time.monotonic()  # the fork, give or take the few ms the launcher took to get here
+        clock = ctx.clock
+        if clock is not None:
+            set_clock(lambda: clock.at(time.monotonic()))
 
     # -- helpers --------------------------------------------------------------------------------------------
 
     def _pace(self, sim_seconds: float) -> None:
         self._sleep_until(time.monotonic() + max(0.0, sim_seconds / self.ctx.speed))
+
+    def _pace_from(self, start: float, sim_seconds: float) -> float:
+        """Sleeps until `sim_seconds` of simulated time after `start` (monotonic); returns that deadline."""
+        deadline = start + max(0.0, sim_seconds) / self.ctx.speed
+        self._sleep_until(deadline)
+        return deadline
+
+    def _identity(self) -> tuple[int, int]:
+        """The pid this rank shows and the thread id NCCL's init thread shows, as its host would draw them."""
+        job = self.run.job
+        npn = job.nproc_per_node
+        attempt = int(self.env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if self.node == self.ctx.real_node:
+            pid = os.getpid()
+            # Forked one after another by this launcher: the node's last worker is about this far above.
+            last = pid + (npn - 1 - self.local_rank)
+        else:
+            pids = identity.worker_pids(job.seed, self.node, npn, attempt, job.nnodes)
+            pid, last = pids[self.local_rank], max(pids)
+        tid = identity.nccl_tids(job.seed, self.node, last, npn, attempt)[self.local_rank]
+        return pid, tid
 
     def _sleep_until(self, deadline: float) -> None:
         # Sleeping on the control socket: an abort from the launcher (a lost node) ends the wait at once.
@@ -135,19 +181,23 @@ class RankTrainer:
         self.finish(last, released, wall_start)
 
     def startup(self, *, first: bool) -> None:
-        """Everything before step one, ending in the barrier every rank passes together."""
+        """Everything before step one: each phase takes this rank's own drawn time, and the rank prints when
+        it gets there; init_process_group's store barrier is the one place every rank waits for the others."""
         job = self.run.job
         rank0 = self.rank == 0
         resume = job.start_step > 0
         times = startup_times(job, self.rank, resume=resume)
         log = self.log
+        pid, tid = self._identity()
         if first:
+            # Nothing is printed before the interpreter has imported torch and the training framework.
+            t = self._pace_from(self.born, times.import_s)
             log.info(
                 "worker started",
                 host=self.ctx.hosts[self.node],
                 local_rank=self.local_rank,
                 world_size=job.world_size,
-                pid=os.getpid(),
+                pid=pid,
             )
             log.info(
                 "cuda device",
@@ -156,14 +206,20 @@ class RankTrainer:
                 memory_gib=round(job.gpu.memory_mib / 1024, 1),
                 bus_id=nccl.pci_bus_id(self.local_rank, job.cluster.bus_ids),
             )
+            self._pace_from(t, times.cuda_s)
             log.info("initializing process group", backend="nccl", world_size=job.world_size)
-            self._pace(times.dist_init_s)
+        # The store barrier of init_process_group: every rank leaves it when the slowest has arrived.
+        self.link.send({"k": "ready", "pid": os.getpid(), "tel": self._telemetry(job.start_step, "idle")})
+        self.link.receive()
+        t = time.monotonic()
+        if first:
+            # What torch's ProcessGroupNCCL prints on each rank of a job calling barrier() without device_ids;
+            # that barrier is the first collective, which sets NCCL's communicator up.
+            print(_barrier_warning(self.rank, self.local_rank), file=sys.stderr, flush=True)
+            t = self._pace_from(t, times.nccl_s)
             if self.env.get("NCCL_DEBUG", "").upper() in ("INFO", "TRACE"):
                 topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, self.ctx.hosts)
-                tid = os.getpid() + 60 + self.local_rank * 3
-                print_lines(nccl.nccl_init_lines(topo, self.rank, pid=os.getpid(), tid=tid, seed=job.seed))
-            # What torch's ProcessGroupNCCL prints on each rank of a job calling barrier() without device_ids.
-            print(_barrier_warning(self.rank, self.local_rank), file=sys.stderr, flush=True)
+                print_lines(nccl.nccl_init_lines(topo, self.rank, pid=pid, tid=tid, seed=job.seed))
             log.info(
                 "process group initialized",
                 tp_rank=job.coords(self.rank).tp_rank,
@@ -194,9 +250,9 @@ class RankTrainer:
                 global_batch=job.global_batch,
                 tokens_per_step=job.tokens_per_step,
             )
-            self._pace(times.tokenizer_s)
+            t = self._pace_from(t, times.tokenizer_s)
             log.info("tokenizer loaded", vocab_size=m.vocab)
-            self._dataset_bar(times.dataset_s)
+            t = self._dataset_bar(t, times.dataset_s)
             dataset_tokens = job.total_steps * job.tokens_per_step // self.run.epochs
             log.info(
                 "dataset ready",
@@ -206,8 +262,8 @@ class RankTrainer:
                 steps_per_epoch=self.run.steps_per_epoch,
             )
         else:
-            self._pace(times.tokenizer_s + times.dataset_s)
-        self._pace(times.model_init_s)
+            t = self._pace_from(t, times.tokenizer_s + times.dataset_s)
+        t = self._pace_from(t, times.model_init_s)
         pp_rank = job.coords(self.rank).pp_rank
         stage, _ = memory.stage_params(job, pp_rank)
         log.info(
@@ -220,7 +276,7 @@ class RankTrainer:
             path = checkpoint.checkpoint_dir(job.start_step)
             if rank0:
                 log.info("loading checkpoint", path=path, size=_gb(checkpoint.checkpoint_bytes(job.model)))
-            self._pace(times.load_s)
+            t = self._pace_from(t, times.load_s)
             if rank0:
                 log.info(
                     "resumed from checkpoint",
@@ -241,13 +297,11 @@ class RankTrainer:
                 lr=job.lr,
                 schedule=job.lr_schedule,
             )
-        self.link.send({"k": "ready", "pid": os.getpid(), "tel": self._telemetry(job.start_step, "idle")})
-        self.link.receive()  # "go": NCCL init is collective, everyone starts step one together
+        # The first step's collectives make everyone wait for the slowest rank (the coordinator's barrier).
 
-    def _dataset_bar(self, seconds: float) -> None:
+    def _dataset_bar(self, start: float, seconds: float) -> float:
         """`Loading dataset shards: 100%|...| 64/64`: the bar data loaders draw while mapping shards."""
         shards = 16 if self.run.job.world_size <= 64 else 64
-        start = time.monotonic()
         sim_elapsed = 0.0
         for i in range(shards + 1):
             text = bar.meter(
@@ -259,6 +313,7 @@ class RankTrainer:
                 self._sleep_until(start + sim_elapsed / self.ctx.speed)
             else:
                 self.bar.close(text)
+        return start + seconds / self.ctx.speed
 
     def train(self) -> tuple[int, float, float]:
         """The step loop; returns the last step, when it ended (monotonic) and when training began (wall)."""
@@ -284,6 +339,9 @@ class RankTrainer:
             stop = bool(reply["stop"])
             step_times.append(numbers.step_time_s + overhead)
             sim_elapsed += numbers.step_time_s + overhead
+            if overhead:
+                # Iteration 1 took its warm-up too: its printed time and throughput say so.
+                numbers = _with_warmup(numbers, overhead)
             if step == run.first_step:
                 self._memory_report(step)
             if rank0:
@@ -382,7 +440,7 @@ class RankTrainer:
                 print_lines(
                     [
                         megatron_iteration(
-                            timestamp=time.strftime("%Y-%m-%d %H:%M:%S"),
+                            timestamp=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job_now())),
                             step=step,
                             total=job.total_steps,
                             samples=n.samples,

@@ -38,6 +38,9 @@ class Recorder:
 
     events: list[tuple[str, object]] = field(default_factory=list)
 
+    def rendezvousing(self, restart_count: int) -> None:
+        self.events.append(("rendezvous", restart_count))
+
     def group_started(self, restart_count: int, workers: list[Worker]) -> None:
         self.events.append(("started", restart_count))
 
@@ -223,3 +226,51 @@ class TestSignals:
         agent.on_exit(102, -2, 1.1)
         assert out.names()[-1] == "signal_exception"
         assert agent.exit_code == 1
+
+
+class TestRendezvous:
+    """An attempt's rendezvous takes time: the workers start when it completes, not when it begins."""
+
+    def rendezvous_agent(
+        self, seconds: list[float], max_restarts: int = 0
+    ) -> tuple[Agent, FakeGroup, Recorder]:
+        group, out = FakeGroup(2), Recorder()
+        agent = Agent(
+            group,
+            out,
+            max_restarts=max_restarts,
+            shutdown_timeout=30.0,
+            rendezvous_s=lambda attempt: seconds[attempt],
+        )
+        agent.start(10.0)
+        return agent, group, out
+
+    def test_workers_start_at_the_deadline(self) -> None:
+        """`Rendezvous'ing` at once; the workers and the complete block only once its time has passed."""
+        agent, group, out = self.rendezvous_agent([0.3])
+        assert out.names() == ["rendezvous"] and group.starts == []
+        assert agent.deadline() == pytest.approx(10.3)
+        agent.on_tick(10.29)
+        assert group.starts == []
+        agent.on_tick(10.3)
+        assert group.starts == [0] and out.names() == ["rendezvous", "started"]
+        assert agent.state is State.RUNNING
+
+    def test_restart_rendezvous_again(self) -> None:
+        """A restarted group goes through its own rendezvous before its workers start."""
+        agent, group, out = self.rendezvous_agent([0.2, 0.5], max_restarts=1)
+        agent.on_tick(10.2)
+        agent.on_exit(100, 3, 11.0)
+        agent.on_exit(101, -15, 11.1)
+        assert out.names()[-1] == "rendezvous" and group.starts == [0]
+        agent.on_tick(11.5)
+        assert group.starts == [0]
+        agent.on_tick(11.6)
+        assert group.starts == [0, 1] and out.events[-1] == ("started", 1)
+
+    def test_signal_during_rendezvous_ends_without_workers(self) -> None:
+        """A handled signal before any worker exists: the signal exception, exit 1, nothing started."""
+        agent, group, out = self.rendezvous_agent([5.0])
+        agent.on_signal(signal.SIGTERM, 11.0)
+        assert agent.exit_code == 1 and group.starts == [] and group.kills == []
+        assert out.names() == ["rendezvous", "death_signal", "signal_exception"]

@@ -114,10 +114,21 @@ class TestPacing:
 
     def test_late_reports_release_at_once(self) -> None:
         """When the ranks are late (overloaded machine), the release is now, never in the past."""
-        c = coordinator(make_run(job(), max_steps=5))
+        c = coordinator(make_run(job(), max_steps=5, eval_interval=0, save_interval=0))
         start(c, now=0.0)
-        (_, reply), *_ = report_all(c, 1, 1e6)[0]
+        report_all(c, 1, 0.0)
+        (_, reply), *_ = report_all(c, 2, 1e6)[0]
         assert reply["rel"] == 1e6
+
+    def test_first_step_starts_when_the_slowest_rank_reports(self) -> None:
+        """Ranks end their start-up at their own times: step 1 runs from the last report, not from the go."""
+        run = make_run(job(), max_steps=5)
+        c = coordinator(run)
+        start(c, now=0.0)
+        late = 37.5
+        (_, reply), *_ = report_all(c, 1, late)[0]
+        wall = step_numbers(run.job, 0, 1).step_time_s + compute.first_step_overhead_s(run.job)
+        assert reply["rel"] == pytest.approx(late + wall)
 
     def test_collective_time_from_the_model(self) -> None:
         """The answer carries the step's collective time and the bucket AllReduce total from sim/."""
