@@ -173,8 +173,10 @@ class Coordinator:
         sim_step = step_time(job, step, computes, comm)
         wall_step = sim_step / self.speed
         if step == self.run.first_step:
-            # Warm-up of the first step (autotuning, lazy NCCL set-up) costs wall time outside the step's
-            # figures; the workers add the same to their compute.
+            # Ranks finish their start-up (data, model, checkpoint) at their own times: the first step starts
+            # when the last one reports. Its warm-up (autotuning, lazy NCCL set-up) costs wall time outside
+            # the step's figures; the workers add the same to their compute.
+            self.step_start = now
             wall_step += compute.first_step_overhead_s(job) / self.speed
         release = max(now, self.step_start + wall_step)
         self.sim_elapsed += sim_step
