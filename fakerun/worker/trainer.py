@@ -116,9 +116,23 @@ class RankTrainer:
         self.run = ctx.run
         self.style = ctx.style if ctx.log_format == "console" else "generic"
         self.born = time.monotonic()  # the fork, give or take the few ms the launcher took to get here
-        clock = ctx.clock
-        if clock is not None:
-            set_clock(lambda: clock.at(time.monotonic()))
+        # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
+        # are stamped from the former, so a late wake-up is not multiplied by --fake-speed into the log.
+        self._mark = self._woke = self.born
+        self._last_stamp = 0.0
+        if ctx.clock is not None:
+            set_clock(self._job_time)
+
+    def _job_time(self) -> float:
+        """The job's time for a line printed now: the simulated moment reached plus real time since then."""
+        assert self.ctx.clock is not None
+        t = self.ctx.clock.at(self._mark) + (time.monotonic() - self._woke)
+        self._last_stamp = max(self._last_stamp, t)
+        return self._last_stamp
+
+    def _woke_at(self, mark: float) -> None:
+        self._mark = mark
+        self._woke = time.monotonic()
 
     # -- helpers --------------------------------------------------------------------------------------------
 
@@ -149,6 +163,7 @@ class RankTrainer:
     def _sleep_until(self, deadline: float) -> None:
         # Sleeping on the control socket: an abort from the launcher (a lost node) ends the wait at once.
         self.link.wait_until(deadline)
+        self._woke_at(deadline)
 
     def _telemetry(self, step: int, phase: Phase) -> list[Any]:
         t = telemetry(self.run.job, self.rank, step, phase)
@@ -212,6 +227,7 @@ class RankTrainer:
         self.link.send({"k": "ready", "pid": os.getpid(), "tel": self._telemetry(job.start_step, "idle")})
         self.link.receive()
         t = time.monotonic()
+        self._woke_at(t)
         if first:
             # What torch's ProcessGroupNCCL prints on each rank of a job calling barrier() without device_ids;
             # that barrier is the first collective, which sets NCCL's communicator up.

@@ -55,6 +55,11 @@ def text(runner: Runner, name: str) -> str:
     return (runner.tmp / name).read_text()
 
 
+def messages(err: str) -> list[str]:
+    """The messages of the launcher's glog lines (prefix cut), in order."""
+    return [line.split("] ", 1)[1] if "] " in line else "" for line in err.splitlines() if line[:1] in "IWE"]
+
+
 def probe_envs(runner: Runner) -> dict[int, dict[str, str]]:
     """The environments the probe script dumped, by RANK."""
     envs = {}
@@ -82,9 +87,24 @@ class TestStatic:
             "--fake-speed",
             "50",
         ]
-        n0 = agent(runner, [*common, "--node-rank", "0", "--fake-metrics", "m.jsonl", "train.py"], "n0")
-        n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1")
+        n0 = agent(
+            runner,
+            [*common, "--node-rank", "0", "--fake-metrics", "m.jsonl", "train.py"],
+            "n0",
+            LOGLEVEL="INFO",
+        )
+        n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1", LOGLEVEL="INFO")
         assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-1500:] + text(runner, "n1.err")[-1500:]
+        # Each agent's INFO lines as torch's: its node rank in a static rdzv_configs, its own group's ranks.
+        for node, name in enumerate(("n0", "n1")):
+            err = messages(text(runner, f"{name}.err"))
+            assert f"  rdzv_configs             : {{'rank': {node}, 'timeout': 900}}" in err
+            ranks = [node * 4 + lr for lr in range(4)]
+            block = err[err.index("[default] Rendezvous complete for workers. Result:") :][:13]
+            assert f"  group_rank={node}" in block and "  group_world_size=2" in block
+            assert "  local_ranks=[0, 1, 2, 3]" in block
+            assert f"  role_ranks={ranks}" in block and f"  global_ranks={ranks}" in block
+            assert "  global_world_sizes=[8, 8, 8, 8]" in block
         steps = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
         assert steps[0]["n_gpus"] == 8
         assert [s["step"] for s in steps if s["event"] == "step"] == list(range(1, 7))
