@@ -17,7 +17,9 @@ from fakerun.render.metrics import checkpoint_record, eval_record, run_record, s
 from fakerun.sim import checkpoint, compute
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
 from fakerun.sim.run import RunPlan, looped
+from fakerun.sim.stack import stack_for
 from fakerun.sim.step import step_numbers, step_time
+from fakerun.sim.telemetry import Board, job_board, sensor_noise, settle, target_temp
 
 # One GPU sample as workers send it: [util %, memory util %, temp C, power W, SM MHz, memory used MiB, phase].
 TELEMETRY_FIELDS = ("util", "mem_util", "temp", "power", "sm_clock", "mem_used_mib", "phase")
@@ -38,6 +40,13 @@ class RankState:
     phase: str = "init"
     compute_ms: float = 0.0
     alive: bool = True
+    # The thermal state carried from sample to sample: die temperature, where it heads, and when (simulated
+    # seconds on the coordinator's clock, and the wall time the sample arrived, for fakerun-smi in between).
+    die_temp: float = math.nan
+    temp_target: float = math.nan
+    sim_at: float = math.nan
+    sampled: float = 0.0
+    board: Board | None = None
 
 
 @dataclass
@@ -92,6 +101,9 @@ class Coordinator:
         self.step_start = math.nan  # monotonic time the current step began
         self.sim_elapsed = 0.0  # simulated seconds of training so far (steps and pauses)
         self.started = False
+        # Simulated seconds since the coordinator began, never reset by --fake-loop: the thermal clock.
+        self.sim_clock = 0.0
+        self.pause_starts: dict[str, float] = {}  # phase -> when the pauses after the last step begin
 
     # -- messages -------------------------------------------------------------------------------------------
 
@@ -103,8 +115,7 @@ class Coordinator:
         state = self.ranks[rank]
         tel = _telemetry(msg)
         if tel is not None:
-            state.telemetry = tel
-            state.phase = tel[-1]
+            self._sample(rank, state, tel, kind, wall)
         if kind == "ready":
             state.pid = int(_number(msg, "pid"))
             return self._on_ready(rank, now, wall)
@@ -119,20 +130,49 @@ class Coordinator:
             return Output()
         raise ProtocolError(f"unknown message kind {kind!r}")
 
-    def observe(self, rank: int, msg: Message) -> None:
+    def observe(self, rank: int, msg: Message, wall: float = 0.0) -> None:
         """Records what a rank reports without taking part in the barrier (nodes other than node 0)."""
         state = self.ranks.get(rank)
         if state is None:
             return
         tel = _telemetry(msg)
+        if msg.get("k") == "step":
+            step = int(_number(msg, "s"))
+            if step >= self.step:
+                # This node sees no step times: its thermal clock runs on the job's typical step.
+                self.sim_clock += (step - self.step + 1) * compute.expected_step_time(self.job)
         if tel is not None:
-            state.telemetry = tel
-            state.phase = tel[-1]
+            self._sample(rank, state, tel, msg.get("k"), wall)
         if msg.get("k") == "ready":
             state.pid = int(_number(msg, "pid"))
         elif msg.get("k") == "step":
             state.compute_ms = _number(msg, "c") * 1000.0
             self.step = max(self.step, int(_number(msg, "s")) + 1)
+
+    def _sample(self, rank: int, state: RankState, tel: list[Any], kind: object, wall: float) -> None:
+        """Keeps a rank's sample, its temperature lagging behind its power (first-order, THERMAL_TAU_S)."""
+        phase = str(tel[-1])
+        if kind == "ready":
+            phase = "init"  # the ready sample: weights loaded, waiting for the others
+        # When the sample was taken on the simulated clock: a step's start, or the start of its pause.
+        at = self.pause_starts.get(phase, self.sim_clock) if kind == "phase" else self.sim_clock
+        step = self.step if kind != "phase" else max(self.step - 1, self.run.first_step)
+        if state.board is None:
+            state.board = job_board(self.job, rank)
+        target = target_temp(self.job, state.board, rank, step, phase, float(tel[3]))
+        if math.isnan(state.die_temp):
+            # Before its first sample the GPU idled; the start-up took long enough to settle at the target.
+            state.die_temp = target
+        else:
+            state.die_temp = settle(state.die_temp, state.temp_target, at - state.sim_at)
+        state.temp_target, state.sim_at, state.sampled = target, at, wall
+        state.telemetry = [
+            *tel[:2],
+            round(state.die_temp + sensor_noise(self.job, rank, step)),
+            *tel[3:-1],
+            phase,
+        ]
+        state.phase = phase
 
     def on_gone(self, rank: int) -> None:
         """A rank's channel closed: its GPU shows as gone; the barrier never completes without it."""
@@ -180,6 +220,7 @@ class Coordinator:
             wall_step += compute.first_step_overhead_s(job) / self.speed
         release = max(now, self.step_start + wall_step)
         self.sim_elapsed += sim_step
+        self.sim_clock += wall_step * self.speed
         stop = step >= self.run.last_step or (
             self.run.max_time_s is not None and self.sim_elapsed >= self.run.max_time_s
         )
@@ -223,6 +264,12 @@ class Coordinator:
                 )
         pause = sum(s for _, s in pauses)
         self.sim_elapsed += pause
+        # The ranks report each pause when it begins; the last report of a run (idle) comes after them all.
+        self.pause_starts = {}
+        for phase, seconds_ in pauses:
+            self.pause_starts[phase] = self.sim_clock
+            self.sim_clock += seconds_
+        self.pause_starts["idle"] = self.sim_clock
         self.step_start = release + pause / self.speed
         self.step = step + 1
         if stop:
@@ -267,8 +314,13 @@ class Coordinator:
                     "mem_total_mib": job.gpu.memory_mib,
                     "power_cap": job.gpu.tdp_w,
                     "phase": s.phase,
+                    # fakerun-smi carries the temperature on between two samples (a long checkpoint).
+                    "die_temp": round(s.die_temp, 2) if math.isfinite(s.die_temp) else None,
+                    "temp_target": round(s.temp_target, 2) if math.isfinite(s.temp_target) else None,
+                    "sampled": s.sampled,
                 }
             )
+        stack = stack_for(job.cluster)
         return {
             "version": 1,
             "run_id": self.run_id,
@@ -278,6 +330,10 @@ class Coordinator:
             "gpu": job.gpu.name,
             "gpu_display_name": job.gpu.display_name,
             "bus_ids": list(job.cluster.bus_ids),  # the cluster's PCI layout, for fakerun-smi
+            "cluster": job.cluster.name,  # with the host and index: which physical GPU (UUID, serial)
+            "driver_version": stack.driver,  # nvidia-smi's header follows the job's driver
+            "cuda_version": stack.driver_cuda,
+            "speed": self.speed,  # simulated seconds per wall second: the thermal lag runs on simulated time
             "world_size": job.world_size,
             "nnodes": job.nnodes,
             "nproc_per_node": job.nproc_per_node,

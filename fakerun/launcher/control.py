@@ -15,7 +15,7 @@ from typing import Any
 
 from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink
-from fakerun.launcher.outfile import OutputFile, warning
+from fakerun.launcher.outfile import OutputFile, notice, warning
 from fakerun.launcher.wire import WireError
 from fakerun.paths import state_dir
 
@@ -130,7 +130,7 @@ class ControlHub:
         buf = channel.buffer + data
         *lines, channel.buffer = buf.split(b"\n")
         if len(channel.buffer) > MAX_MESSAGE:
-            self.warn(f"fakerun: dropping an oversized control message from rank {channel.rank}")
+            self.warn(notice(f"dropping an oversized control message from rank {channel.rank}"))
             channel.buffer = b""
         for line in lines:
             self._handle(channel, line)
@@ -149,12 +149,12 @@ class ControlHub:
                 self._send(channel, {"k": "abort", "reason": cluster.lost})
                 return
             if cluster is not None and not cluster.is_root:
-                coordinator.observe(channel.rank, msg)  # for this node's state file
+                coordinator.observe(channel.rank, msg, time.time())  # for this node's state file
                 cluster.collect(channel.rank, msg)
                 return
             out = coordinator.on_message(channel.rank, msg, time.monotonic(), time.time())
         except (ValueError, ProtocolError) as exc:
-            self.warn(f"fakerun: bad control message from rank {channel.rank}: {exc}")
+            self.warn(notice(f"bad control message from rank {channel.rank}: {exc}"))
             return
         self._dispatch(out)
 
@@ -165,7 +165,7 @@ class ControlHub:
             return
         for rank, msg in items:
             if rank // self.nproc_per_node != node:
-                self.warn(f"fakerun: node {node} reported for rank {rank}, which is not on it; ignored")
+                self.warn(notice(f"node {node} reported for rank {rank}, which is not on it; ignored"))
                 continue
             try:
                 out = coordinator.on_message(rank, msg, time.monotonic(), time.time())

@@ -1,13 +1,19 @@
 """nvidia-smi's text: the default table, `-L` lines and `--query-gpu` / `--query-compute-apps` CSV.
 
-Pure: the caller passes GPU samples, processes, the driver and CUDA versions and the time. Two layouts of
-the default table exist, chosen by the driver's major version: 535's (89 columns, excerpt 40) and the
-wider one of drivers 550 and later (91 columns, excerpt 41: Bus-Id and Memory-Usage gained two columns,
-power shows a 4-digit cap).
+Pure: the caller passes GPU samples, processes, the driver and CUDA versions and the time. The default
+table's layout follows the driver's branch, as public captures show it:
+- 535 (excerpt 40): 89 columns.
+- 550-565 (excerpt 41; 550.90.07, 550.107.02, 560.35.03, 565.57.01 captures): 91 columns, Bus-Id and
+  Memory-Usage two columns wider, the power cap in 4 digits.
+- 570-575 (570.124.06, 570.133.20, 575.51.03, 575.64.05 captures): the Processes section's PID column is
+  six columns wider (16) and the process name six narrower (32).
+- 580 and later (580.95.05 on H100 during training, 580.126.09 on A100): as 570, and the rule under the
+  version line is drawn `+---+` instead of `|---+`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ __all__ = [
     "SmiError",
     "SmiGpu",
     "SmiProcess",
+    "driver_branch",
     "gpu_serial",
     "gpu_uuid",
     "header_date",
@@ -30,6 +37,7 @@ __all__ = [
     "render_gpu_csv",
     "render_list",
     "render_table",
+    "serial_prefix",
     "table_width",
 ]
 
@@ -97,20 +105,34 @@ class _Layout:
     cap_w: int  # Pwr:Usage/Cap: cap digits
     driver_w: int  # the field after "Driver Version: "
     name_w: int  # the Processes section's process-name column
+    pid_w: int = 10  # the Processes section's PID column
+    head_rule_left: str = "|"  # the first character of the rule under the version line
 
 
 _LAYOUT_535 = _Layout(width=89, bus_cell=22, used_w=7, total_w=5, cap_w=3, driver_w=13, name_w=36)
 _LAYOUT_550 = _Layout(width=91, bus_cell=24, used_w=8, total_w=6, cap_w=4, driver_w=15, name_w=38)
+_LAYOUT_570 = dataclasses.replace(_LAYOUT_550, name_w=32, pid_w=16)
+_LAYOUT_580 = dataclasses.replace(_LAYOUT_570, head_rule_left="+")
 _GPU_CELL = 41  # "GPU  Name ... Persistence-M" column: the same in both layouts
 _UTIL_CELL = 22  # "Volatile Uncorr. ECC" column
 _NAME_W = 31  # the GPU name inside its cell
 _CONTEXT_COLUMNS = 17  # "|  GPU   GI   CI  " before the PID column in the Processes section
 
 
-def _layout(driver_version: str) -> _Layout:
-    """The table layout of a driver version: 535's up to 549, the wide one from 550."""
+def driver_branch(driver_version: str) -> int:
+    """The branch of a driver version (580.126.09 -> 580); an unreadable version counts as the newest."""
     head = driver_version.split(".", 1)[0]
-    return _LAYOUT_550 if not head.isdigit() or int(head) >= 550 else _LAYOUT_535
+    return int(head) if head.isdigit() and len(head) <= 4 else 9999
+
+
+def _layout(driver_version: str) -> _Layout:
+    """The table layout of a driver version's branch (see the module's docstring)."""
+    branch = driver_branch(driver_version)
+    if branch >= 580:
+        return _LAYOUT_580
+    if branch >= 570:
+        return _LAYOUT_570
+    return _LAYOUT_550 if branch >= 550 else _LAYOUT_535
 
 
 def table_width(driver_version: str) -> int:
@@ -118,20 +140,37 @@ def table_width(driver_version: str) -> int:
     return _layout(driver_version).width
 
 
-def _hex(host: str, index: int, salt: str) -> str:
-    """A hex digest of (salt, host, index): the source of the made-up identifiers."""
-    return hashlib.sha256(f"{salt}\0{host}\0{index}".encode()).hexdigest()
+def _hex(cluster: str, host: str, index: int, salt: str) -> str:
+    """A hex digest of (salt, cluster, host, index): the source of the made-up identifiers."""
+    return hashlib.sha256(f"{salt}\0{cluster}\0{host}\0{index}".encode()).hexdigest()
 
 
-def gpu_uuid(host: str, index: int) -> str:
-    """A stable made-up UUID for GPU `index` of `host` (`GPU-8-4-4-4-12` hex digits)."""
-    h = _hex(host, index, "uuid")
+def gpu_uuid(cluster: str, host: str, index: int) -> str:
+    """The UUID of GPU `index` of `host` in a cluster of that preset (`GPU-8-4-4-4-12` hex digits)."""
+    h = _hex(cluster, host, index, "uuid")
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def gpu_serial(host: str, index: int) -> str:
-    """A stable made-up 13-digit board serial for GPU `index` of `host`."""
-    return "165" + str(int(_hex(host, index, "serial"), 16))[:10]
+# The first four digits of a board serial by product. H100 SXM5: 1654, then one digit 1-5, a 2, one digit
+# 1-3 and a 6-digit sequence number (1654423001593, 1654123038646, 1654523007052, 1654321021062 in public
+# `nvidia-smi -q` captures). The other products keep that shape under their own prefix [unverified: no
+# capture of their serials was found].
+_SERIAL_PREFIX = {"H100": "1654", "H200": "1655", "A100": "1323", "B200": "1792"}
+
+
+def serial_prefix(gpu_name: str) -> str:
+    """The serial's product prefix for a GPU's name (`NVIDIA H100 80GB HBM3` -> 1654)."""
+    for model, prefix in _SERIAL_PREFIX.items():
+        if model in gpu_name:
+            return prefix
+    return "1652"
+
+
+def gpu_serial(cluster: str, host: str, index: int, gpu_name: str = "") -> str:
+    """The 13-digit board serial of GPU `index` of `host` in a cluster of that preset."""
+    n = int(_hex(cluster, host, index, "serial"), 16)
+    lot, year, seq = 1 + n % 5, 1 + (n >> 8) % 3, (n >> 16) % 60_000
+    return f"{serial_prefix(gpu_name)}{lot}2{year}{seq:06d}"
 
 
 def header_date(now: datetime) -> str:
@@ -187,8 +226,8 @@ def _boxed(text: str, lay: _Layout) -> str:
 def _process_rows(processes: Sequence[SmiProcess], lay: _Layout) -> list[str]:
     """The Processes box: header, one row per process (or the 'none' line), bottom border."""
     inner = lay.width - 2
-    mem_w = inner - 37 - lay.name_w  # memory right-aligned up to the " |" closing the line
-    header = "  GPU   GI   CI        PID   Type   Process name"
+    mem_w = inner - 27 - lay.pid_w - lay.name_w  # memory right-aligned up to the " |" closing the line
+    header = "  GPU   GI   CI" + "PID".rjust(lay.pid_w + 1) + "   Type   Process name"
     usage = "        ID   ID"
     rows = [
         "+" + "-" * inner + "+",
@@ -204,7 +243,7 @@ def _process_rows(processes: Sequence[SmiProcess], lay: _Layout) -> list[str]:
         used = f"{p.used_mib}MiB"
         rows.append(
             _boxed(
-                f"{p.gpu_index:>5}   {NA:<3}  {NA:<3}{p.pid:>10}{p.type:>7}   "
+                f"{p.gpu_index:>5}   {NA:<3}  {NA:<3}{p.pid:>{lay.pid_w}}{p.type:>7}   "
                 f"{name:<{lay.name_w}}{used:>{mem_w}} ",
                 lay,
             )
@@ -229,7 +268,7 @@ def render_table(
         header_date(now),
         "+" + "-" * inner + "+",
         _boxed(f"{version}CUDA Version: {cuda_version:<9}", lay),
-        _rule(lay, "-", "|", "+"),
+        _rule(lay, "-", lay.head_rule_left, "+"),
         _row(
             " GPU  Name                 Persistence-M ",
             " Bus-Id".ljust(lay.bus_cell - 7) + "Disp.A ",

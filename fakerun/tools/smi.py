@@ -31,7 +31,8 @@ from fakerun.paths import state_dir
 from fakerun.presets import GpuSpec, PresetError, check_bus_ids, load_cluster, load_gpu
 from fakerun.render import smi
 from fakerun.render.nccl import pci_bus_id
-from fakerun.sim.telemetry import GpuTelemetry, idle_telemetry
+from fakerun.sim.stack import stack_for
+from fakerun.sim.telemetry import GpuTelemetry, board, idle_telemetry, settle
 
 __all__ = ["Snapshot", "choose_node", "main", "running_jobs", "snapshot"]
 
@@ -261,9 +262,11 @@ def _gpu_spec(job: dict[str, Any]) -> GpuSpec:
         )
 
 
-def _sample(spec: GpuSpec, index: int, host: str, bus: str, tel: GpuTelemetry, sample: int) -> smi.SmiGpu:
-    """An SmiGpu from a telemetry sample of GPU `index` of `host`."""
-    uuid = smi.gpu_uuid(host, index)
+def _sample(
+    spec: GpuSpec, cluster: str, index: int, host: str, bus: str, tel: GpuTelemetry, sample: int
+) -> smi.SmiGpu:
+    """An SmiGpu from a telemetry sample of GPU `index` of `host` in a cluster of preset `cluster`."""
+    uuid = smi.gpu_uuid(cluster, host, index)
     return smi.SmiGpu(
         index=index,
         name=spec.display_name,
@@ -281,7 +284,7 @@ def _sample(spec: GpuSpec, index: int, host: str, bus: str, tel: GpuTelemetry, s
         sm_clock_max_mhz=spec.sm_clock_max_mhz,
         mem_clock_max_mhz=spec.mem_clock_max_mhz,
         pstate=tel.pstate,
-        serial=smi.gpu_serial(host, index),
+        serial=smi.gpu_serial(cluster, host, index, spec.display_name),
         compute_cap=_COMPUTE_CAP.get(spec.architecture, ""),
     )
 
@@ -297,7 +300,36 @@ def process_name(pid: int) -> str:
     return first.split(" ", 1)[0] or DEFAULT_PROCESS
 
 
-def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
+def _temp_now(g: dict[str, Any], job: dict[str, Any], wall: float) -> int:
+    """A GPU's temperature now: its last sample's, carried on towards its target over the time since."""
+    temp = _int(g, "temp")
+    die, target, sampled = _num(g, "die_temp", math.nan), _num(g, "temp_target", math.nan), _num(g, "sampled")
+    speed = _num(job, "speed", 1.0)
+    if not (math.isfinite(die) and math.isfinite(target)) or sampled <= 0 or not 0 < speed <= 1e6:
+        return temp
+    # The sample's sensor noise stays: the reading moves from where the sample left it.
+    moved = settle(die, target, max(0.0, wall - sampled) * speed) - die
+    return round(temp + moved)
+
+
+def _versions(job: dict[str, Any], spec: GpuSpec) -> tuple[str, str]:
+    """(driver, CUDA version) of the job's nodes: the state's, else its cluster's stack, else the GPU's."""
+    driver, cuda = job.get("driver_version"), job.get("cuda_version")
+    if isinstance(driver, str) and isinstance(cuda, str) and driver and cuda and len(driver + cuda) < 40:
+        return driver, cuda
+    try:
+        stack = stack_for(load_cluster(str(job.get("cluster", ""))))
+    except (PresetError, ValueError, KeyError):
+        return spec.driver_version, spec.cuda_version
+    return stack.driver, stack.driver_cuda
+
+
+def _idle_mib(driver: str) -> int:
+    """What an idle GPU's memory reads: 0MiB from the 580 branch (H100 capture), 4MiB before (excerpt 41)."""
+    return 0 if smi.driver_branch(driver) >= 580 else 4
+
+
+def _job_snapshot(job: dict[str, Any], node: int, sample: int, wall: float) -> Snapshot:
     """Node `node` of a running job: its GPUs from the state, its live workers as processes."""
     # The cluster's PCI layout, as the workers' NCCL lines show it (older state files have none). A state
     # file is only data: bus ids the cluster check would refuse fall back to the default layout.
@@ -310,6 +342,8 @@ def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
     if spec.vendor != "nvidia":
         raise smi.SmiError(NO_DRIVER, _NVIDIA_SMI_EXIT_DRIVER)
     seed = zlib.crc32(str(job.get("run_id", "")).encode())
+    cluster = str(job.get("cluster", ""))[:200]
+    driver, cuda = _versions(job, spec)
     rows = sorted((g for g in _gpus(job) if _int(g, "node") == node), key=lambda g: _int(g, "local_rank"))
     gpus, processes = [], []
     for g in rows:
@@ -321,7 +355,7 @@ def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
             tel = GpuTelemetry(
                 util_pct=_int(g, "util"),
                 mem_util_pct=_int(g, "mem_util"),
-                temp_c=_int(g, "temp"),
+                temp_c=_temp_now(g, job, wall),
                 power_w=_int(g, "power"),
                 power_cap_w=_int(g, "power_cap", spec.tdp_w),
                 sm_clock_mhz=_int(g, "sm_clock", spec.sm_clock_max_mhz),
@@ -331,30 +365,31 @@ def _job_snapshot(job: dict[str, Any], node: int, sample: int) -> Snapshot:
                 pstate="P0",
                 throttle="",
             )
-        else:
+        host = str(g.get("host", "")) or socket.gethostname()
+        if not (reported and running):
             # Not started yet, or its process is gone: the GPU idles (a new worker holds only its context).
-            tel = idle_telemetry(spec, index, seed, sample)
+            tel = idle_telemetry(spec, board(cluster, host, index), seed + index, sample)
+            tel = dataclasses.replace(tel, mem_used_mib=_idle_mib(driver))
         if running:
             used = max(tel.mem_used_mib, CUDA_CONTEXT_MIB + DRIVER_RESERVED_MIB)
             tel = dataclasses.replace(tel, mem_used_mib=used)
             processes.append(smi.SmiProcess(index, pid, process_name(pid), used - DRIVER_RESERVED_MIB))
-        host = str(g.get("host", "")) or socket.gethostname()
-        gpus.append(_sample(spec, index, host, pci_bus_id(index, bus_ids), tel, sample))
-    return Snapshot(gpus, processes, spec.driver_version, spec.cuda_version)
+        gpus.append(_sample(spec, cluster, index, host, pci_bus_id(index, bus_ids), tel, sample))
+    return Snapshot(gpus, processes, driver, cuda)
 
 
 def _idle_snapshot(hostname: str, sample: int) -> Snapshot:
     """The idle GPUs of the default cluster preset's node, stable for this host."""
     cluster = load_cluster(IDLE_CLUSTER)
     spec = cluster.gpu
+    stack = stack_for(cluster)
     seed = zlib.crc32(hostname.encode())
-    gpus = [
-        _sample(
-            spec, i, hostname, pci_bus_id(i, cluster.bus_ids), idle_telemetry(spec, i, seed, sample), sample
-        )
-        for i in range(cluster.gpus_per_node)
-    ]
-    return Snapshot(gpus, [], spec.driver_version, spec.cuda_version)
+    gpus = []
+    for i in range(cluster.gpus_per_node):
+        tel = idle_telemetry(spec, board(cluster.name, hostname, i, cluster.gpus_per_node), seed + i, sample)
+        tel = dataclasses.replace(tel, mem_used_mib=_idle_mib(stack.driver))
+        gpus.append(_sample(spec, cluster.name, i, hostname, pci_bus_id(i, cluster.bus_ids), tel, sample))
+    return Snapshot(gpus, [], stack.driver, stack.driver_cuda)
 
 
 def snapshot(node: int | None, wall: float, hostname: str, directory: str | None = None) -> Snapshot:
@@ -364,7 +399,7 @@ def snapshot(node: int | None, wall: float, hostname: str, directory: str | None
     if chosen is None:
         return _idle_snapshot(hostname, int(wall))
     job, n = chosen
-    return _job_snapshot(job, n, int(wall))
+    return _job_snapshot(job, n, int(wall), wall)
 
 
 def select(snap: Snapshot, ids: str | None) -> Snapshot:

@@ -16,6 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
+from fakerun.presets import load_cluster
+from fakerun.sim.stack import stack_for
+from fakerun.sim.telemetry import settle
 from fakerun.tools.shims import MARKER, install_shims
 from tests.conftest import Result, Runner, fakerun_exe
 
@@ -159,7 +162,11 @@ class TestIdle:
         )
         assert all(55 <= r["power"] <= 85 and 15 <= r["temp"] <= 40 for r in rows)
         assert "|  No running processes found" in res.stdout
-        assert "NVIDIA-SMI 550.90.07" in res.stdout and "CUDA Version: 12.4" in res.stdout
+        # The default cluster runs the default stack: torch 2.13+cu130 on a 580-series driver.
+        stack = stack_for(load_cluster("dgx-h100"))
+        assert stack.driver.startswith("580.") and stack.driver_cuda == "13.0"
+        assert f"NVIDIA-SMI {stack.driver}" in res.stdout and "CUDA Version: 13.0" in res.stdout
+        assert res.stdout.splitlines()[3].startswith("+----")  # 580's rule under the version line
 
     def test_idle_list(self, runner: Runner, state: Path) -> None:
         """-L lists the eight GPUs with stable UUIDs."""
@@ -432,3 +439,61 @@ class TestShims:
             [str(bin_dir / "nvidia-smi"), "-L"], capture_output=True, text=True, env=env, timeout=60
         )
         assert res.returncode == 0 and len(res.stdout.splitlines()) == 8
+
+
+class TestJobStack:
+    """The table follows the job's driver, and temperatures move on between two samples."""
+
+    def test_pinned_535_stack_keeps_the_535_layout(self, runner: Runner, state: Path) -> None:
+        """A job on a 535 driver (CUDA 12.2) shows the 89-column table."""
+        doc = job_state(os.getpid())
+        doc.update(driver_version="535.183.01", cuda_version="12.2")
+        write_state(state, doc)
+        lines = smi(runner, state).stdout.splitlines()
+        assert "Driver Version: 535.183.01   CUDA Version: 12.2" in lines[2]
+        assert {len(line) for line in lines[1:] if line.strip()} == {89}
+
+    def test_temperature_follows_the_target_between_samples(self, runner: Runner, state: Path) -> None:
+        """A GPU sampled hot 20 s ago, heading for a checkpoint's cool target, reads cooler, not cold."""
+        doc = job_state(os.getpid())
+        doc["speed"] = 1.0
+        for g in doc["gpus"]:
+            g.update(die_temp=float(g["temp"]), temp_target=30.0, sampled=time.time() - 20.0)
+        write_state(state, doc)
+        temps = [r["temp"] for r in statuses(smi(runner, state).stdout)]
+        for (_, _, _, _, before, *_), now in zip(GPU_VALUES[:2], temps, strict=True):
+            lo = settle(before, 30.0, 25.0)  # the run may take a few seconds more
+            assert round(lo) - 1 <= now <= round(settle(before, 30.0, 20.0)) + 1 < before
+
+
+def test_smi_and_the_grid_agree(tmp_path: Path) -> None:
+    """The same GPU at the same moment: the coordinator's grid rows and fakerun-smi show the same figures."""
+    from fakerun.coordinator import Coordinator
+    from fakerun.presets import resolve
+    from fakerun.sim.job import make_job
+    from fakerun.sim.run import make_run
+    from fakerun.sim.telemetry import telemetry
+    from fakerun.tools.smi import snapshot
+
+    b = resolve("llama3-8b")
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=8)
+    coord = Coordinator(make_run(job), ranks=range(8), speed=1.0, run_id="agree", attempt=0)
+    wall = time.time()
+    for r in range(8):
+        t = telemetry(job, r, 1, "idle")
+        tel = [t.util_pct, t.mem_util_pct, t.temp_c, t.power_w, t.sm_clock_mhz, t.mem_used_mib, "idle"]
+        coord.on_message(r, {"k": "ready", "pid": os.getpid(), "tel": tel}, 0.0, wall)
+    for r in range(8):
+        t = telemetry(job, r, 1, "train")
+        tel = [t.util_pct, t.mem_util_pct, t.temp_c, t.power_w, t.sm_clock_mhz, t.mem_used_mib, "train"]
+        coord.on_message(r, {"k": "step", "s": 1, "c": 1.0, "tel": tel}, 1.0, wall)
+    doc = coord.state(["gpu-node-001"], 8, os.getpid(), wall)
+    (tmp_path / "job-1.json").write_text(json.dumps(doc), encoding="utf-8")
+    snap = snapshot(None, wall, "gpu-node-001", str(tmp_path))
+    rows = coord.grid_rows()
+    assert [g.temp_c for g in snap.gpus] == [row[2] for row in rows]
+    assert [g.util_pct for g in snap.gpus] == [row[0] for row in rows]
+    assert all(abs(g.power_w - row[3]) < 0.5 for g, row in zip(snap.gpus, rows, strict=True))
+    assert [g.mem_used_mib for g in snap.gpus] == [row[5] for row in rows]
+    assert len({row[3] for row in rows}) > 1 and len({row[2] for row in rows}) > 1  # not all the same GPU
+    assert snap.driver_version == doc["driver_version"] and snap.cuda_version == "13.0"

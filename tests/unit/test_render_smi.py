@@ -64,6 +64,40 @@ REAL_535 = """\
 |                                         |                      |             Disabled |
 +-----------------------------------------+----------------------+----------------------+
 """.splitlines()
+# Driver 580 (580.95.05, 2 x H100 during a DDP run, public capture): the rule under the version line starts
+# with '+', and the Processes section of drivers 570 and later has a wider PID column.
+REAL_580 = """\
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 580.95.05              Driver Version: 580.95.05      CUDA Version: 13.0     |
++-----------------------------------------+------------------------+----------------------+
+| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |
+| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |
+|                                         |                        |               MIG M. |
+|=========================================+========================+======================|
+|   0  NVIDIA H100 80GB HBM3          On  |   00000000:04:00.0 Off |                    0 |
+| N/A   38C    P0            193W /  700W |   18903MiB /  81559MiB |     25%      Default |
+|                                         |                        |             Disabled |
++-----------------------------------------+------------------------+----------------------+
+|   1  NVIDIA H100 80GB HBM3          On  |   00000000:05:00.0 Off |                    0 |
+| N/A   37C    P0            199W /  700W |   18905MiB /  81559MiB |     28%      Default |
+|                                         |                        |             Disabled |
++-----------------------------------------+------------------------+----------------------+
+""".splitlines()
+REAL_PROCESSES_580 = """\
++-----------------------------------------------------------------------------------------+
+| Processes:                                                                              |
+|  GPU   GI   CI              PID   Type   Process name                        GPU Memory |
+|        ID   ID                                                               Usage      |
+|=========================================================================================|
+|    0   N/A  N/A            4935      C   ...und/unsloth/.venv/bin/python3      18256MiB |
+|    1   N/A  N/A            4936      C   ...und/unsloth/.venv/bin/python3      18258MiB |
++-----------------------------------------------------------------------------------------+
+""".splitlines()
+# Driver 570 (570.133.20, public capture): the 550 frames with 570's Processes columns.
+REAL_570_HEAD = [
+    "| NVIDIA-SMI 570.133.20             Driver Version: 570.133.20     CUDA Version: 12.8     |",
+    "|-----------------------------------------+------------------------+----------------------+",
+]
 REAL_PROCESSES_535 = """\
 +---------------------------------------------------------------------------------------+
 | Processes:                                                                            |
@@ -99,7 +133,7 @@ def gpu(index: int = 0, **kw: Any) -> SmiGpu:
     base = SmiGpu(
         index=index,
         name=H100,
-        uuid=gpu_uuid("gpu-node-001", index),
+        uuid=gpu_uuid("dgx-h100", "gpu-node-001", index),
         bus_id=f"00000000:{0x18 + index:02X}:00.0",
         temp_c=64,
         power_w=612.0,
@@ -112,7 +146,7 @@ def gpu(index: int = 0, **kw: Any) -> SmiGpu:
         mem_clock_mhz=2619,
         sm_clock_max_mhz=1980,
         mem_clock_max_mhz=2619,
-        serial=gpu_serial("gpu-node-001", index),
+        serial=gpu_serial("dgx-h100", "gpu-node-001", index, H100),
         compute_cap="9.0",
     )
     return dataclasses.replace(base, **kw)
@@ -158,7 +192,29 @@ class TestTableLayout:
         assert lines[1 : 1 + len(REAL_535)] == REAL_535
         assert lines[-len(REAL_PROCESSES_535) :] == REAL_PROCESSES_535
 
-    @pytest.mark.parametrize(("driver", "width"), [("535.183.01", 89), ("550.90.07", 91), ("570.124.06", 91)])
+    def test_580_layout_matches_the_real_table(self) -> None:
+        """Driver 580 (the cu130 stack's): frames, blocks and the Processes section of a real 580 table."""
+        gpus = [
+            gpu(0, bus_id="00000000:04:00.0", temp_c=38, power_w=193.4, mem_used_mib=18_903, util_pct=25),
+            gpu(1, bus_id="00000000:05:00.0", temp_c=37, power_w=198.8, mem_used_mib=18_905, util_pct=28),
+        ]
+        python = "/home/user/playground/unsloth/.venv/bin/python3"
+        procs = [SmiProcess(0, 4935, python, 18_256), SmiProcess(1, 4936, python, 18_258)]
+        lines = render_table(gpus, procs, now=NOW, driver_version="580.95.05", cuda_version="13.0")
+        assert lines[1 : 1 + len(REAL_580)] == REAL_580
+        assert lines[-len(REAL_PROCESSES_580) :] == REAL_PROCESSES_580
+        assert lines[1 + len(REAL_580)] == " " * 89
+
+    def test_570_layout_keeps_the_bar_under_the_version(self) -> None:
+        """570 and 575 draw 550's frame with 580's Processes columns."""
+        procs = [SmiProcess(0, 4935, "/home/user/playground/unsloth/.venv/bin/python3", 18_256)]
+        lines = render_table([gpu(0)], procs, now=NOW, driver_version="570.133.20", cuda_version="12.8")
+        assert lines[2:4] == REAL_570_HEAD
+        assert lines[-7:] == [*REAL_PROCESSES_580[:6], REAL_PROCESSES_580[-1]]
+
+    @pytest.mark.parametrize(
+        ("driver", "width"), [("535.183.01", 89), ("550.90.07", 91), ("570.124.06", 91), ("580.126.09", 91)]
+    )
     def test_every_line_has_the_layouts_width(self, driver: str, width: int) -> None:
         """All lines but the date are exactly as wide as the real table, bars in the real columns."""
         lines = table(
@@ -271,12 +327,26 @@ class TestList:
             assert m and UUID.match(m.group(1))
 
     def test_uuids_are_stable_and_distinct(self) -> None:
-        """The same host and index always give the same UUID; other hosts or indexes give others."""
-        assert gpu_uuid("gpu-node-001", 3) == gpu_uuid("gpu-node-001", 3)
-        uuids = {gpu_uuid(f"gpu-node-{n:03d}", i) for n in range(1, 17) for i in range(8)}
-        assert len(uuids) == 128
+        """The same cluster, host and index give the same UUID; other clusters, hosts or indexes others."""
+        assert gpu_uuid("dgx-h100", "gpu-node-001", 3) == gpu_uuid("dgx-h100", "gpu-node-001", 3)
+        uuids = {gpu_uuid("dgx-h100", f"gpu-node-{n:03d}", i) for n in range(1, 17) for i in range(8)}
+        uuids |= {gpu_uuid("hgx-h200", f"gpu-node-{n:03d}", i) for n in range(1, 17) for i in range(8)}
+        assert len(uuids) == 256
         assert all(UUID.match(u) for u in uuids)
-        assert re.fullmatch(r"165\d{10}", gpu_serial("gpu-node-001", 0))
+
+    def test_serials_have_the_real_shape(self) -> None:
+        """H100 serials: 1654, a digit 1-5, a 2, a digit 1-3, six digits (public nvidia-smi -q captures)."""
+        serials = {
+            gpu_serial("dgx-h100", f"gpu-node-{n:03d}", i, H100) for n in range(1, 17) for i in range(8)
+        }
+        assert len(serials) == 128
+        assert all(re.fullmatch(r"1654[1-5]2[1-3]\d{6}", s) for s in serials)
+        assert gpu_serial("dgx-h100", "gpu-node-001", 0, H100) != gpu_serial(
+            "hgx-h200", "gpu-node-001", 0, H100
+        )
+        assert all(
+            len(gpu_serial("c", "h", 0, name)) == 13 for name in ("NVIDIA B200", "NVIDIA A100-SXM4-80GB")
+        )
 
 
 class TestCsv:
@@ -310,7 +380,8 @@ class TestCsv:
         """Values carry their units after a blank; power has two decimals; no fan on SXM reads [N/A]."""
         row = self.csv(self.FIELDS)[1]
         assert row == (
-            f"0, {H100}, {gpu_uuid('gpu-node-001', 0)}, 00000000:18:00.0, 550.90.07, P0, 64, 98 %, 41 %, "
+            f"0, {H100}, {gpu_uuid('dgx-h100', 'gpu-node-001', 0)}, 00000000:18:00.0, 550.90.07, P0, 64, "
+            "98 %, 41 %, "
             "43321 MiB, 81559 MiB, 38238 MiB, 612.00 W, 700.00 W, 1980 MHz, 2619 MHz, [N/A]"
         )
 
