@@ -179,7 +179,9 @@ class TestVariety:
         temps = [t.temp_c for t in samples]
         assert len(set(powers)) > 1 and len(set(temps)) > 1
         assert max(powers) - min(powers) <= 0.35 * g.tdp_w
-        assert max(temps) - min(temps) <= 20
+        # A thermal straggler (failing cooling, throttled) is meant to stand out; the others stay together.
+        healthy = [t.temp_c for t in samples if t.throttle != "HW Thermal Slowdown"]
+        assert max(healthy) - min(healthy) <= 20
         for t in samples:
             assert g.idle_power_w * 0.9 <= t.power_w <= g.tdp_w
             assert t.sm_clock_mhz <= g.sm_clock_max_mhz and t.sm_clock_mhz % 15 == 0
