@@ -1,10 +1,18 @@
-"""What NCCL prints per rank during communicator init with NCCL_DEBUG=INFO: bootstrap to `Init COMPLETE`.
+"""What NCCL (or RCCL) prints per rank at communicator init with NCCL_DEBUG=INFO, in its version's forms.
 
-Lines are `{host}:{pid}:{tid} [{cudaDev}] NCCL INFO {message}`; the network probe lines use the main
-thread (tid == pid), the rest the init thread. Rings chain the nodes with each node's ranks contiguous;
-trees are NCCL's double binary tree over the nodes with a chain inside each node. Output per rank is
-bounded at any scale: ring lines on rank 0 only, at most the first 20 ranks of a ring (as NCCL's own line
-buffer does), and connection lines for at most the first two channels.
+Lines are `{host}:{pid}:{tid} [{cudaDev}] NCCL INFO {message}`. torch calls ncclCommInitRankConfig from
+the main thread, and NCCL runs the init job on a thread of its own (group.cc): the version and bootstrap
+lines carry tid == pid, the init lines the caller's `tid`, and the connections NCCL makes at the first
+collective (runtime connect, on by default with cuMem since 2.22) a later thread. Every form below is
+the printf of NCCL's source at the stack's release (src/ paths of github.com/NVIDIA/nccl at v2.29.7-1),
+checked against real logs of 2.27.7 and 2.29.3; `NCCL_FORMS` names the differences by release.
+
+Topology as NCCL 2.2x builds it on NVSwitch nodes: one NVLink domain (a node, or a GB200 NVL72 rack)
+gets 2 channels per NVLink (24 on A100, 32 on H100/B200, 16 on H800) and one ring in rank order; across
+nodes, 2 channels per NIC rail, each channel entering a node at one GPU and walking the node's GPUs
+downwards (as the 2.29.3 16-rank log shows), trees with that GPU as the node's head and NCCL's double
+binary tree between nodes. Output per rank is bounded by the channel count (at most 64), whatever the
+scale: ring lines on rank 0 only, cut at 128 characters as dumpLine() does.
 """
 
 from __future__ import annotations
@@ -14,13 +22,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fakerun.sim import rand
+from fakerun.sim.stack import DEFAULT_STACK, Stack, stack_for
 
 if TYPE_CHECKING:
     from fakerun.presets import ClusterSpec
 
 __all__ = [
+    "NCCL_FORMS",
     "NcclTopo",
     "bus_id",
+    "coll_channels",
     "nccl_init_lines",
     "nccl_topo_for",
     "pci_bus_id",
@@ -31,15 +42,52 @@ __all__ = [
 
 # PCI bus numbers of the eight GPUs of a DGX H100, in CUDA device order.
 DGX_H100_BUS_IDS: tuple[str, ...] = ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB")
-RING_LINE_MAX_RANKS = 20  # NCCL's ring dump stops after 20 ranks (the 32-rank sample shows 0..19)
-PRINTED_CHANNELS = 2  # connection and ring lines are printed for this many channels at most
+RING_LINE_LENGTH = 128  # src/graph/rings.cc dumpLine(): a 128-byte buffer, "..." when cut
+MAX_CHANNELS = 64  # src/include/device.h MAXCHANNELS
 _TREE_ARITY = 3
-_GPUS_PER_SOCKET = 4  # DGX/HGX: GPUs 0-3 hang off CPU socket 0, GPUs 4-7 off socket 1
+_NVLS_CHUNK = 128 * 1024  # src/transport/nvls.cc NCCL_NVLS_CHUNKSIZE default
+_NCCL_STEPS = 8
+_RAS_PORT = 28028  # src/ras/ras_internal.h: the RAS client socket's default port
+
+# Per release family, the forms that differ (source file:line at the tag; "rccl" = RCCL 2.27.7's hipified
+# NCCL 2.27 as its logs show it). Keys are read by nccl_init_lines.
+NCCL_FORMS: dict[str, dict[str, str]] = {
+    "2.29": {
+        "env_plugin": "ENV/Plugin: Could not find: libnccl-env.so",  # plugin/plugin_open.cc:108
+        "bootstrap": "Bootstrap: Using {oob}:{ip}<0>",  # bootstrap.cc:137
+        "git": "NCCL git version {git}",  # init.cc:657, misc/git_version.cc:11
+        "affinity": "ncclTopoGetCpuAffinity: Affinity for GPU {dev} is {gpu}. (GPU affinity = {gpu} ; "
+        "CPU affinity = {cpu}).",  # graph/topo.cc:1812-1826
+        "p2p_type": "Check P2P Type isAllDirectP2p 1 directMode 0 isAllCudaP2p 1",  # transport.cc:113
+        "start": "[Rank {rank}] ncclCommInitRankConfig comm {comm} rank {rank} nranks {n} cudaDev {dev} "
+        "nvmlDev {dev} busId {bus} commId {commid} - Init START",  # init.cc:1699
+        "complete": "ncclCommInitRankConfig comm {comm} rank {rank} nranks {n} cudaDev {dev} nvmlDev {dev} "
+        "busId {bus} commId {commid} - Init COMPLETE",  # init.cc:1727
+        "p2p": "P2P/CUMEM",  # transport/p2p.cc:412-414 (MNNVL on a multi-node NVLink domain)
+        "tuner": "TUNER/Plugin: Could not find: libnccl-tuner.so",  # plugin/plugin_open.cc:108
+        "profiler": "PROFILER/Plugin: Could not find: libnccl-profiler.so",
+    },
+    "rccl": {
+        "env_plugin": "",
+        "bootstrap": "Bootstrap: Using {oob}:{ip}<0>",
+        "git": "",
+        "affinity": "Setting affinity for GPU {dev} to {gpu}",
+        "p2p_type": "Check P2P Type isAllDirectP2p 1 directMode 0",
+        "start": "ncclCommInitRankConfig comm {comm} rank {rank} nranks {n} cudaDev {dev} nvmlDev {dev} "
+        "busId {bus} commId {commid} - Init START",
+        "complete": "ncclCommInitRankConfig comm {comm} rank {rank} nranks {n} cudaDev {dev} nvmlDev {dev} "
+        "busId {bus} commId {commid} - Init COMPLETE",
+        "p2p": "P2P/IPC",
+        # NCCL 2.27's plugin loader still names its fallback (seen in 2.27.7 logs).
+        "tuner": "TUNER/Plugin: Could not find: libnccl-tuner.so. Using internal tuner plugin.",
+        "profiler": "PROFILER/Plugin: Could not find: libnccl-profiler.so.",
+    },
+}
 
 
 @dataclass(frozen=True)
 class NcclTopo:
-    """The job as NCCL sees it: nodes, GPUs per node, host names, NICs, library versions, channels."""
+    """The job as NCCL sees it: nodes, GPUs, host names, NICs, NVLink and NVSwitch, CPUs, the stack."""
 
     nnodes: int
     nproc_per_node: int
@@ -47,39 +95,74 @@ class NcclTopo:
     nics_per_node: int
     nic_prefix: str  # "mlx5_" gives mlx5_0, mlx5_1, ...
     gpu_vendor: str  # "nvidia" | "amd" (RCCL prints the same "NCCL INFO" lines)
-    nccl_version: str = "2.21.5"
-    cuda_version: str = "12.4"  # the HIP version for AMD
-    channels: int = 2
-    link_layer: str = "IB"  # "IB" | "RoCE"
+    stack: Stack = DEFAULT_STACK
+    channels: int = 0  # coll channels; 0: what NCCL derives from the topology (coll_channels)
+    transport: str = "ib"  # ib | roce | efa
     oob_if: str = "ib0"  # the bootstrap (out-of-band) interface
-    cpu_cores: int = 112  # physical cores per node over both sockets; SMT siblings follow them
-    bus_ids: tuple[str, ...] = ()  # PCI bus number per local GPU ("18", "2A", ...); () for a DGX H100's
+    cpu_cores: int = 112  # physical cores per node over all sockets; SMT siblings follow them
+    threads_per_core: int = 2
+    cpu_sockets: int = 2
+    bus_ids: tuple[str, ...] = ()  # PCI bus per local GPU ("18", "0008:01"); () for a DGX H100's
+    nvlinks: int = 18  # NVLink links per GPU (0: PCIe only)
+    ampere: bool = False  # sm80 reads over NVLink: P2P connections end in "/read"
+    blackwell: bool = False  # sm100: 24 NVLS channels in one NVLink domain, 32 across (nvls.cc:149-151)
+    nvls: bool = False  # NVSwitch with NVLink SHARP (Hopper and later)
+    # SHARP in the IB switches: NCCL sets CollNet up only with NCCL_COLLNET_ENABLE=1 and the SHARP plugin,
+    # neither of which a default job has, so no line shows it (init.cc:56, coll_net.cc).
+    collnet: bool = False
+    mnnvl_domain: int = 0  # GPUs per multi-node NVLink domain; 0: none
+    gid_index: int = 3  # NCCL_IB_GID_INDEX on RoCE
 
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.nproc_per_node < 1:
             raise ValueError(f"need at least one node and one GPU, got {self.nnodes} x {self.nproc_per_node}")
         if len(self.hosts) != self.nnodes:
             raise ValueError(f"need one host name per node: {len(self.hosts)} for {self.nnodes} nodes")
-        if self.nics_per_node < 1 or self.channels < 1 or self.cpu_cores < 2:
-            raise ValueError("nics_per_node and channels must be positive and cpu_cores at least 2")
+        if self.nics_per_node < 1 or self.channels < 0 or self.cpu_cores < 2:
+            raise ValueError("nics_per_node must be positive, channels not negative, cpu_cores at least 2")
         if self.gpu_vendor not in ("nvidia", "amd"):
             raise ValueError(f"gpu_vendor must be nvidia or amd, got {self.gpu_vendor!r}")
+        if self.transport not in ("ib", "roce", "efa"):
+            raise ValueError(f"transport must be ib, roce or efa, got {self.transport!r}")
 
     @property
     def world(self) -> int:
         """Number of ranks."""
         return self.nnodes * self.nproc_per_node
 
+    @property
+    def domain_ranks(self) -> int:
+        """Ranks in one NVLink domain: a node, or the MNNVL rack's share of the job."""
+        if self.mnnvl_domain > self.nproc_per_node and self.gpu_vendor == "nvidia":
+            return min(self.world, self.mnnvl_domain)
+        return self.nproc_per_node
+
+    @property
+    def single_domain(self) -> bool:
+        """Whether every rank shares one NVLink domain (one node, or one NVL72 rack)."""
+        return self.domain_ranks >= self.world
+
+    @property
+    def mnnvl(self) -> bool:
+        """Whether NCCL turns MNNVL on: several nodes in one NVLink fabric (init.cc:988, mnnvl.cc:87)."""
+        return self.mnnvl_domain > self.nproc_per_node and self.nnodes > 1 and self.gpu_vendor == "nvidia"
+
+
+# ----------------------------------------------------------------------------------------------------
+# PCI ids
+
 
 def _bus_number(local_rank: int, bus_ids: Sequence[str]) -> tuple[int, int]:
     """(PCI domain, bus) of a local GPU; GPUs beyond the table go to the next PCI domain."""
     table = tuple(bus_ids) or DGX_H100_BUS_IDS
-    domain, slot = divmod(local_rank, len(table))
-    return domain, int(table[slot], 16)
+    extra, slot = divmod(local_rank, len(table))
+    domains = [int(entry.rpartition(":")[0] or "0", 16) for entry in table]
+    # Past the table, repeat it in higher domains that no listed GPU uses.
+    return domains[slot] + extra * (max(domains) + 1), int(table[slot].rpartition(":")[2], 16)
 
 
 def bus_id(local_rank: int, bus_ids: Sequence[str] = ()) -> str:
-    """The bus id as NCCL prints it in brackets and in `busId`: `18000` for 0000:18:00.0."""
+    """The bus id as NCCL prints it in `busId`: `18000` for 0000:18:00.0, `8001000` for 0008:01:00.0."""
     domain, bus = _bus_number(local_rank, bus_ids)
     return f"{(domain << 20) | (bus << 12):x}"
 
@@ -90,12 +173,44 @@ def pci_bus_id(local_rank: int, bus_ids: Sequence[str] = ()) -> str:
     return f"{domain:08X}:{bus:02X}:00.0"
 
 
+# ----------------------------------------------------------------------------------------------------
+# Channels, rings and trees
+
+
+def coll_channels(topo: NcclTopo) -> int:
+    """NCCL's coll channel count: 2 per NVLink inside an NVLink domain, 2 per NIC rail across nodes."""
+    if topo.channels:
+        return topo.channels
+    if topo.world == 1:
+        return MAX_CHANNELS  # one rank: every channel is a self-loop ("Channel 00/64 : 0")
+    if topo.single_domain:
+        links = topo.nvlinks or 2  # PCIe-only GPUs get NCCL's minimum of 2
+        return max(2, min(32, 2 * links))
+    rails = min(topo.nics_per_node, topo.nproc_per_node) if topo.transport != "efa" else topo.nproc_per_node
+    return max(2, min(32, 2 * rails))
+
+
+def _rails(topo: NcclTopo) -> int:
+    """Distinct ring entry GPUs per node: each channel pair enters a node at another GPU."""
+    return max(1, min(coll_channels(topo) // 2, topo.nproc_per_node))
+
+
+def _head(topo: NcclTopo, channel: int) -> int:
+    """The local GPU where channel's ring enters each node and its tree heads it."""
+    k = _rails(topo)
+    return (channel % k) * topo.nproc_per_node // k
+
+
 def ring_order(topo: NcclTopo, channel: int) -> list[int]:
-    """Channel `channel`'s ring from rank 0: nodes in order, each node's ranks contiguous."""
+    """Channel `channel`'s ring as rank 0 prints it: from rank 0, each node's GPUs in one run."""
+    if topo.single_domain:
+        return list(range(topo.world))
     p = topo.nproc_per_node
-    # Odd channels run each node's chain the other way round, as NCCL alternates directions over NVLink.
-    local = list(range(p)) if channel % 2 == 0 else [0, *range(p - 1, 0, -1)]
-    return [node * p + lr for node in range(topo.nnodes) for lr in local]
+    s = _head(topo, channel)
+    segment = [(s - i) % p for i in range(p)]  # enter at s, walk down, leave at s + 1
+    ring = [node * p + local for node in range(topo.nnodes) for local in segment]
+    start = ring.index(0)
+    return ring[start:] + ring[:start]
 
 
 def _btree(n: int, r: int) -> tuple[int, int, int]:
@@ -133,26 +248,51 @@ def _dtree(n: int, r: int, tree: int) -> tuple[int, list[int]]:
 
 def tree_links(topo: NcclTopo, rank: int, channel: int) -> tuple[tuple[int, int, int], int]:
     """Rank's (three children padded with -1, parent) in channel's tree: node heads in the tree, chains."""
-    p = topo.nproc_per_node
-    node, local = divmod(rank, p)
-    chain_child = [rank + 1] if local < p - 1 else []
-    if local > 0:
-        children, parent = chain_child, rank - 1
+    if topo.single_domain:
+        children = [rank + 1] if rank + 1 < topo.world else []
+        parent = rank - 1
     else:
-        node_parent, node_children = _dtree(topo.nnodes, node, channel % 2)
-        children = chain_child + [c * p for c in node_children]
-        parent = node_parent * p if node_parent >= 0 else -1
+        p = topo.nproc_per_node
+        node, local = divmod(rank, p)
+        head = _head(topo, channel)
+        step = 1 if channel % 2 == 0 else -1  # even channels chain upwards from the head, odd downwards
+        pos = (local - head) * step % p
+        children = [node * p + (local + step) % p] if pos < p - 1 else []
+        if pos:
+            parent = node * p + (local - step) % p
+        else:
+            tree = 0 if channel < coll_channels(topo) // 2 else 1
+            node_parent, node_children = _dtree(topo.nnodes, node, tree)
+            children += [c * p + head for c in node_children]
+            parent = node_parent * p + head if node_parent >= 0 else -1
     padded = (*children, *([-1] * (_TREE_ARITY - len(children))))
     return (padded[0], padded[1], padded[2]), parent
 
 
 def tree_line(topo: NcclTopo, rank: int) -> str:
-    """`Trees [0] c/c/c->r->p [1] ...`: rank's children and parent in every channel's tree."""
+    """`Trees [0] c/c/c->r->p [1] ...`: rank's children and parent in every channel's tree (init.cc:1304)."""
     parts = []
-    for c in range(topo.channels):
+    for c in range(coll_channels(topo)):
         (d0, d1, d2), parent = tree_links(topo, rank, c)
-        parts.append(f"[{c}] {d0}/{d1}/{d2}->{rank}->{parent}")
-    return "Trees " + " ".join(parts)
+        parts.append(f" [{c}] {d0}/{d1}/{d2}->{rank}->{parent}")
+    return "Trees" + "".join(parts)
+
+
+def _ring_line(topo: NcclTopo, channel: int, nch: int) -> str:
+    """`Channel 00/16 :  0  7 ...`: dumpLine() (graph/rings.cc:10) with ranks padded to the widest."""
+    width = len(str(topo.world - 1))
+    line = f"Channel {channel:02d}/{nch:02d} :"
+    for r in ring_order(topo, channel):
+        line += f" {r:{width}d}"
+        if len(line) >= RING_LINE_LENGTH - 1:
+            break
+    if len(line) >= RING_LINE_LENGTH:
+        line = line[: RING_LINE_LENGTH - 4] + "..."
+    return line
+
+
+# ----------------------------------------------------------------------------------------------------
+# Identifiers and machine details
 
 
 def _node_ip(seed: int, node: int) -> str:
@@ -162,139 +302,323 @@ def _node_ip(seed: int, node: int) -> str:
     return f"10.{1 + (h >> 8) % 250}.{(h >> 16) % 200 + index // 250}.{index % 250 + 2}"
 
 
-def _cpuset(cpus: Sequence[int]) -> str:
-    """A CPU set as NCCL prints it: hex bytes from the highest non-zero one, a comma every 32 bits."""
-    mask = 0
-    for c in cpus:
-        mask |= 1 << c
-    nbytes = max(1, (mask.bit_length() + 7) // 8)
-    out = []
-    for o in range(nbytes - 1, -1, -1):
-        out.append(f"{(mask >> (8 * o)) & 0xFF:02x}")
-        if o and o % 4 == 0:
-            out.append(",")
-    return "".join(out)
+def _ranges(cpus: Sequence[int]) -> str:
+    """A CPU set as ncclCpusetToRangeStr prints it: `0-55,112-167`."""
+    out: list[str] = []
+    ordered = sorted(set(cpus))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(f"{ordered[i]}-{ordered[j]}" if j > i else str(ordered[i]))
+        i = j + 1
+    return ",".join(out)
 
 
-def _affinity(topo: NcclTopo, local_rank: int) -> str:
-    """The CPUs of the socket the GPU hangs off: its physical cores and their SMT siblings."""
-    half = topo.cpu_cores // 2
-    socket = min(1, (local_rank % (2 * _GPUS_PER_SOCKET)) // _GPUS_PER_SOCKET)
-    cores = range(socket * half, (socket + 1) * half)
-    return _cpuset([*cores, *(topo.cpu_cores + c for c in cores)])
+def _socket_cpus(topo: NcclTopo, local_rank: int) -> list[int]:
+    """The CPUs of the GPU's socket: its cores and their SMT siblings (numbered after all the cores)."""
+    per_socket = topo.cpu_cores // topo.cpu_sockets
+    gpus_per_socket = max(1, -(-topo.nproc_per_node // topo.cpu_sockets))
+    socket = min(topo.cpu_sockets - 1, local_rank // gpus_per_socket)
+    cores = range(socket * per_socket, (socket + 1) * per_socket)
+    return [t * topo.cpu_cores + c for t in range(topo.threads_per_core) for c in cores]
 
 
 def _nic(topo: NcclTopo, local_rank: int) -> int:
     """The NIC closest to a GPU: one per GPU on 8-NIC nodes, shared by neighbours on nodes with fewer."""
-    return (
-        local_rank * topo.nics_per_node // max(topo.nproc_per_node, topo.nics_per_node) % topo.nics_per_node
-    )
+    n = topo.nics_per_node
+    return local_rank * n // max(topo.nproc_per_node, n) % n
 
 
-def _comm_ptr(seed: int, rank: int) -> str:
-    """The ncclComm address: a heap address per process, the same offset inside the arena for the job."""
-    job = rand.hash64(seed, "nccl-comm")
-    h = rand.hash64(seed, "nccl-comm", rank)
-    hi = 0x7F0000 | (h & 0xFFFF) if job & 1 else 0x140000 + h % 0x20000
-    lo = ((job >> 8) % 0x1000) << 4
-    return f"0x{hi:06x}{lo:06x}"
+def _comm_ptr(seed: int, rank: int, comm: int = 0) -> str:
+    """An ncclComm address: calloc'd on the main thread, so in the process's brk heap (0x55.../0x56...)."""
+    h = rand.hash64(seed, "nccl-comm-ptr", rank, comm)
+    base = 0x550000000000 + (h >> 24) % 0x20000000000  # PIE heap: 0x55xx_xxxx_xxxx .. 0x56xx_xxxx_xxxx
+    return f"0x{base & ~0xF:x}"
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
+def _comm_id(seed: int, comm: int = 0) -> str:
+    """The commId hash of the communicator's unique id: one random 64-bit value, the same on every rank."""
+    return f"0x{rand.hash64(seed, 'nccl-comm-id', comm):x}"
 
 
-def _thread_thresholds(topo: NcclTopo) -> str:
-    ring_ll = 8 * topo.world  # NCCL scales the ring LL threshold with the rank count
-    if _version_tuple(topo.nccl_version) < (2, 12):
-        return f"threadThresholds 8/8/64 | {ring_ll}/8/64 | 8/8/512"
-    return f"threadThresholds 8/8/64 | {ring_ll}/8/64 | 512 | 512"
+def _seconds(seed: int, stream: str, rank: int, low: float, high: float) -> float:
+    return low + (high - low) * rand.uniform(seed, stream, rank)
 
 
-def nccl_init_lines(topo: NcclTopo, rank: int, *, pid: int, tid: int, seed: int) -> list[str]:
-    """One rank's NCCL_DEBUG=INFO init lines in order, from `Bootstrap` to `Init COMPLETE`."""
+def _nic_list(topo: NcclTopo) -> str:
+    """`[0]mlx5_0:1/IB [1]mlx5_1:1/IB ...` (transport/net_ib/init.cc:376)."""
+    layer = "RoCE" if topo.transport == "roce" else "IB"
+    return "".join(f" [{i}]{topo.nic_prefix}{i}:1/{layer}" for i in range(topo.nics_per_node))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The lines
+
+
+def nccl_init_lines(
+    topo: NcclTopo, rank: int, *, pid: int, tid: int, seed: int, connect_tid: int | None = None
+) -> list[str]:
+    """One rank's NCCL_DEBUG=INFO lines of its first communicator: init, then its first collective's connects.
+
+    `pid` is the process, `tid` NCCL's init thread; `connect_tid` the thread of the connections made at the
+    first collective (by default a few thread ids after `tid`: NCCL's proxy threads start in between).
+    """
     if not 0 <= rank < topo.world:
         raise ValueError(f"rank {rank} outside 0..{topo.world - 1}")
+    stack = topo.stack
+    amd = stack.vendor == "amd"
+    forms = NCCL_FORMS["rccl" if amd else "2.29"]
     p = topo.nproc_per_node
     node, local = divmod(rank, p)
     host = topo.hosts[node]
-    lib = "rccl" if topo.gpu_vendor == "amd" else "nccl"
     ip = _node_ip(seed, node)
+    n = topo.world
+    nch = coll_channels(topo)
+    # Thread ids are system-wide: other processes' threads start in between, so the gaps vary.
+    gaps = rand.hash64(seed, "nccl-thread-gaps", rank)
+    proxy_tid = tid + 1 + gaps % 11
+    uds_tid = proxy_tid + 1 + (gaps >> 8) % 4
+    if connect_tid is None:
+        connect_tid = uds_tid + 1 + (gaps >> 16) % 7
 
     def bus(r: int) -> str:
         return bus_id(r % p, topo.bus_ids)
 
-    def peer(a: int, b: int) -> str:
-        return f"{a}[{bus(a)}] -> {b}[{bus(b)}]"
-
     main = f"{host}:{pid}:{pid} [{local}] NCCL INFO "
     init = f"{host}:{pid}:{tid} [{local}] NCCL INFO "
-    nics = " ".join(f"[{i}]{topo.nic_prefix}{i}:1/{topo.link_layer}" for i in range(topo.nics_per_node))
-    lines = [
-        f"{main}Bootstrap : Using {topo.oob_if}:{ip}<0>",
-        f"{main}NET/Plugin : No plugin found (lib{lib}-net.so), using internal implementation",
-        f"{main}NET/IB : Using {nics} ; OOB {topo.oob_if}:{ip}<0>",
-        f"{main}Using network IB",
-    ]
-    if rank == 0:
-        runtime = f"hip{topo.cuda_version}" if topo.gpu_vendor == "amd" else f"cuda{topo.cuda_version}"
-        lines.append(f"{lib.upper()} version {topo.nccl_version}+{runtime}")
+    conn = f"{host}:{pid}:{connect_tid} [{local}] NCCL INFO "
+    # The proxy threads print before they set their device, so their prefix shows device 0 (2.29.3 logs).
+    proxy = f"{host}:{pid}:{{tid}} [0] NCCL INFO "
 
-    shown = range(min(topo.channels, PRINTED_CHANNELS))
-    rings = {c: ring_order(topo, c) for c in shown}
+    lines: list[str] = []
+    if forms["env_plugin"]:
+        lines.append(main + forms["env_plugin"])
+    lines.append(main + forms["bootstrap"].format(oob=topo.oob_if, ip=ip))
+    if amd:
+        # RCCL's version block: one INFO message of five lines (src/init.cc showVersion in RCCL).
+        lines += (
+            f"{main}{stack.nccl_version_line}\nHIP version  : {stack.nccl_build_cuda}\n"
+            f"ROCm version : {stack.rocm}.0-43-{stack.nccl_build_cuda.rpartition('-')[2]}\n"
+            f"Hostname     : {host}\nLibrccl path : /opt/rocm-{stack.rocm}/lib/librccl.so.1"
+        ).split("\n")
+    else:
+        lines.append(f"{main}cudaDriverVersion {stack.cuda_driver_version}")  # misc/cudawrap.cc:274
+        lines.append(main + stack.nccl_version_line)  # init.cc:648-655
+        lines.append(main + forms["git"].format(git=stack.nccl_git))
+    lines.append(f"{main}Comm config Blocking set to 1")  # init.cc:1756: torch sets config.blocking
+
+    # The init thread: network plugin, then ncclCommInitRankFunc.
+    if topo.transport == "efa":
+        lines += [
+            f"{init}NET/Plugin: Loaded net plugin Libfabric (v10)",
+            f"{init}Successfully loaded external plugin libnccl-net.so",
+            f"{init}NET/OFI Initializing aws-ofi-nccl 1.17.1",
+            f"{init}NET/OFI Using Libfabric version 2.3",
+            f"{init}NET/OFI Using CUDA driver version {stack.cuda_driver_version} with runtime "
+            f"{stack.cuda_driver_version}",
+            f"{init}NET/OFI Configuring AWS-specific options",
+            f"{init}NET/OFI Setting provider_filter to efa",
+            f"{init}NET/OFI Selected provider is efa, fabric is efa-direct (found {topo.nics_per_node} nics)",
+            f"{init}Initialized NET plugin Libfabric",
+            f"{init}Assigned NET plugin Libfabric to comm",
+            f"{init}Using network Libfabric",
+        ]
+    else:
+        plugin = "librccl-net.so libnccl-net.so" if amd else "libnccl-net.so"
+        lines.append(f"{init}NET/Plugin: Could not find: {plugin}")
+        if topo.transport == "roce":
+            lines.append(
+                f"{init}NCCL_IB_GID_INDEX set by environment to {topo.gid_index}."
+            )  # misc/param.cc:129
+        ro = "[RO]" if not amd else ""
+        lines += [
+            f"{init}NET/IB : Using{_nic_list(topo)} {ro}; OOB {topo.oob_if}:{ip}<0>",  # net_ib/init.cc:385
+            f"{init}Initialized NET plugin IB",  # plugin/net.cc:172
+            f"{init}Assigned NET plugin IB to comm",  # plugin/net.cc:211
+        ]
+        if not amd:
+            lines += [
+                f"{init}Assigned GIN plugin GIN_IB_GDAKI to comm",
+                f"{init}Assigned RMA plugin GIN_IB_PROXY to comm",
+            ]
+        lines.append(f"{init}Using network IB")  # init.cc:457
+    comm = _comm_ptr(seed, rank)
+    commid = _comm_id(seed)
+    fields = {"comm": comm, "rank": rank, "n": n, "dev": local, "bus": bus(rank), "commid": commid}
+    if not amd:
+        lines.append(f"{init}DMA-BUF is available on GPU device {local}")  # init.cc:394
+    lines.append(init + forms["start"].format(**fields))
+    lines.append(f"{init}RAS client listening socket at 127.0.0.1<{_RAS_PORT}>")  # ras/client_support.cc:184
+    create = _seconds(seed, "nccl-boot-create", rank, 0.000015, 0.00005)
+    send = _seconds(seed, "nccl-boot-send", rank, 0.00005, 0.0002)
+    recv = _seconds(seed, "nccl-boot-recv", rank, 0.00008, 0.25 if rank else 0.0006)
+    ring_t = _seconds(seed, "nccl-boot-ring", rank, 0.00005, 0.006 * topo.nnodes**0.5)
+    boot = create + send + recv + ring_t + _seconds(seed, "nccl-boot-rest", rank, 0.0001, 0.0006)
+    lines.append(
+        f"{init}Bootstrap timings total {boot:.6f} (create {create:.6f}, send {send:.6f}, recv {recv:.6f}, "
+        f"ring {ring_t:.6f}, delay 0.000000)"  # bootstrap.cc:865
+    )
+    if not amd and topo.nvls:
+        # Fabric-managed NVSwitch systems report their fabric state (init.cc:717); NVL72 with its UUID.
+        uuid = f"{rand.hash64(seed, 'nccl-fabric') >> 1:x}.{rand.hash64(seed, 'nccl-fabric', 1) >> 1:x}"
+        clique = rand.hash64(seed, "nccl-clique", rank // max(1, topo.mnnvl_domain)) % 0x7FFF + 1
+        shown = f"{uuid} cliqueId 0x{clique:x}" if topo.mnnvl_domain else "0.0 cliqueId 0x0"
+        lines.append(f"{init}MNNVL busId 0x{bus(rank)} fabric UUID {shown} state 3 healthMask 0x0")
+    socket_cpus = _socket_cpus(topo, local)
+    all_cpus = range(topo.cpu_cores * topo.threads_per_core)
+    lines.append(init + forms["affinity"].format(dev=local, gpu=_ranges(socket_cpus), cpu=_ranges(all_cpus)))
+    if topo.mnnvl:
+        clique_size = min(topo.world, topo.mnnvl_domain)
+        clique = rand.hash64(seed, "nccl-clique", rank // topo.mnnvl_domain) % 0x7FFF + 1
+        clique_rank = rank % topo.mnnvl_domain
+        lines.append(f"{init}MNNVL 1 cliqueId {clique:x} cliqueSize {clique_size} cliqueRank {clique_rank}")
+    nvls_ch = 0
+    if not amd:
+        if topo.nvls:
+            nvls_ch = 16 if not topo.blackwell else (24 if topo.single_domain else 32)
+        avail = "" if topo.nvls else "not "
+        lines.append(
+            f"{init}NVLS multicast support is {avail}available on dev {local} (NVLS_NCHANNELS {nvls_ch})"
+        )
+    mnnvl_flag = 1 if topo.mnnvl else 0
+    local_ranks = p
+    lines.append(
+        f"{init}comm {comm} rank {rank} nRanks {n} nNodes {topo.nnodes} localRanks {local_ranks} "
+        f"localRank {local} MNNVL {mnnvl_flag}"  # init.cc:1252
+    )
     if rank == 0:
-        for c, order in rings.items():
-            ranks = "".join(f" {r:3d}" for r in order[:RING_LINE_MAX_RANKS])
-            lines.append(f"{init}Channel {c:02d}/{topo.channels:02d} : {ranks}")
+        lines += [init + _ring_line(topo, c, nch) for c in range(nch)]
     lines.append(init + tree_line(topo, rank))
-    lines.append(f"{init}Setting affinity for GPU {local} to {_affinity(topo, local)}")
-
-    nic = _nic(topo, local)
-    if topo.world > 1:
-        for c, order in rings.items():
-            pos = order.index(rank)
-            prev, nxt = order[pos - 1], order[(pos + 1) % len(order)]
-            if prev // p != node:
-                lines.append(f"{init}Channel {c:02d} : {peer(prev, rank)} [receive] via NET/IB/{nic}")
-            if nxt // p == node:
-                lines.append(f"{init}Channel {c:02d} : {peer(rank, nxt)} via P2P/IPC/read")
-            else:
-                lines.append(f"{init}Channel {c:02d} : {peer(rank, nxt)} [send] via NET/IB/{nic}")
-    lines.append(f"{init}Connected all rings")
-    for c in shown:
-        children, parent = tree_links(topo, rank, c)
-        for child in children:
-            if child >= 0 and child // p != node:
-                lines.append(f"{init}Channel {c:02d} : {peer(child, rank)} [receive] via NET/IB/{nic}")
-        if parent >= 0 and parent // p != node:
-            lines.append(f"{init}Channel {c:02d} : {peer(rank, parent)} [send] via NET/IB/{nic}")
-    lines += [
-        f"{init}Connected all trees",
-        init + _thread_thresholds(topo),
-        f"{init}{topo.channels} coll channels, {topo.channels} p2p channels, 1 p2p channels per peer",
-        f"{init}comm {_comm_ptr(seed, rank)} rank {rank} nranks {topo.world} cudaDev {local} "
-        f"busId {bus(rank)} - Init COMPLETE",
-    ]
+    chunk = 524288 if topo.single_domain and topo.nvlinks else 131072  # init.cc:778, P2P_NVL vs NET chunk
+    lines.append(f"{init}P2P Chunksize set to {chunk}")  # init.cc:793
+    lines.append(init + forms["profiler"])
+    lines.append(init + forms["p2p_type"])
+    cores = [c for c in socket_cpus]
+    core = cores[rand.hash64(seed, "nccl-proxy-core", rank) % len(cores)]
+    core_uds = cores[rand.hash64(seed, "nccl-proxy-core", rank, 1) % len(cores)]
+    lines.append(
+        proxy.format(tid=proxy_tid) + f"[Proxy Service] Device {local} CPU core {core}"
+    )  # proxy.cc:1623
+    lines.append(proxy.format(tid=uds_tid) + f"[Proxy Service UDS] Device {local} CPU core {core_uds}")
+    lines.append(f"{init}threadThresholds 8/8/64 | {8 * n}/8/64 | 512 | 512")  # graph/tuning.cc:567
+    p2p_channels = 1 << (min(nch, MAX_CHANNELS) - 1).bit_length()  # graph/paths.cc:899 pow2Up
+    per_peer = p2p_channels
+    if topo.nnodes > 1:
+        while per_peer * -(-n // 8) > p2p_channels and per_peer > 1:  # paths.cc:903-904
+            per_peer //= 2
+    lines.append(
+        # init.cc:1451 prints the coll channel count twice (as "collnet channels" too).
+        f"{init}{nch} coll channels, {nch} collnet channels, {nvls_ch} nvls channels, "
+        f"{p2p_channels} p2p channels, {per_peer} p2p channels per peer"
+    )
+    if rank == 0:
+        lines.append(f"{init}CC Off, workFifoBytes 1048576")  # init.cc:592
+    lines.append(init + forms["tuner"])
+    lines.append(init + forms["complete"].format(**fields))
+    total = boot + _seconds(seed, "nccl-init-total", rank, 0.35, 0.9)
+    kernels = _seconds(seed, "nccl-init-kernels", rank, 0.15, 0.3)
+    alloc = _seconds(seed, "nccl-init-alloc", rank, 0.02, 0.09)
+    topo_t = _seconds(seed, "nccl-init-topo", rank, 0.01, 0.04)
+    conn_t = _seconds(seed, "nccl-init-conn", rank, 0.01, 0.05)
+    graphs = _seconds(seed, "nccl-init-graphs", rank, 0.0, 0.02)
+    rest = max(0.0, total - kernels - alloc - boot - topo_t - conn_t - graphs)
+    lines.append(
+        f"{init}Init timings - ncclCommInitRankConfig: rank {rank} nranks {n} total {total:.2f} (kernels "
+        f"{kernels:.2f}, alloc {alloc:.2f}, bootstrap {boot:.2f}, allgathers 0.00, topo {topo_t:.2f}, graphs "
+        f"{graphs:.2f}, connections {conn_t:.2f}, rest {rest:.2f})"  # init.cc:1733
+    )
+    if n > 1:
+        lines += _first_collective(topo, rank, conn, forms, nvls_ch, comm)
     return lines
+
+
+def _first_collective(
+    topo: NcclTopo, rank: int, conn: str, forms: dict[str, str], nvls_ch: int, comm: str
+) -> list[str]:
+    """The connections the first collective makes (runtime connect): ring, then trees across nodes."""
+    p = topo.nproc_per_node
+    local = rank % p
+    nch = coll_channels(topo)
+    p2p = "P2P/MNNVL" if topo.mnnvl and forms["p2p"] == "P2P/CUMEM" else forms["p2p"]
+    read = "/read" if topo.ampere else ""
+    net = "Libfabric" if topo.transport == "efa" else "IB"
+    gdr = "/GDRDMA"
+
+    def dev(r: int) -> int:
+        return r % p
+
+    def same_fabric(a: int, b: int) -> bool:
+        return a // topo.domain_ranks == b // topo.domain_ranks
+
+    def link(c: int, a: int, b: int) -> list[str]:
+        """What `a` prints for its connection to `b`, or `b` for `a`'s: P2P by the sender, NET by both."""
+        head = f"Channel {c:02d}/0 : {a}[{dev(a)}] -> {b}[{dev(b)}]"
+        if same_fabric(a, b):
+            return [f"{conn}{head} via {p2p}{read}"] if a == rank else []
+        nic = _nic(topo, dev(rank))
+        role = "[send]" if a == rank else "[receive]"
+        return [f"{conn}{head} {role} via NET/{net}/{nic}{gdr}"]
+
+    out: list[str] = []
+    for c in range(nch):
+        order = ring_order(topo, c)
+        pos = order.index(rank)
+        prev, nxt = order[pos - 1], order[(pos + 1) % len(order)]
+        if not same_fabric(prev, rank):
+            out += link(c, prev, rank)
+        out += link(c, rank, nxt)
+    out.append(f"{conn}Connected all rings, use ring PXN 0 GDR 1")  # transport/generic.cc:40
+    if not topo.single_domain:
+        for c in range(nch):
+            (d0, d1, d2), parent = tree_links(topo, rank, c)
+            for child in (d0, d1, d2):
+                if child >= 0 and not same_fabric(child, rank):
+                    out += link(c, child, rank)
+            if parent >= 0 and not same_fabric(parent, rank):
+                out += link(c, rank, parent)
+        out.append(f"{conn}Connected all trees")  # transport/generic.cc:59
+    if nvls_ch:
+        heads = topo.nics_per_node if not topo.single_domain else max(1, p // 2)
+        heads = min(heads, p)
+        head_rank = local if local < heads else -1
+        buff = _NVLS_CHUNK * _NCCL_STEPS
+        per_rank = nvls_ch * 2 * buff
+        out.append(
+            f"{conn}NVLS comm {comm} headRank {head_rank} nHeads {heads} nvlsRanks {p} buffSize {buff} "
+            f"nvlsPerRankSize {per_rank} nvlsTotalSize {per_rank * heads}"  # transport/nvls.cc:337
+        )
+        if not topo.single_domain:
+            out.append(f"{conn}Connected NVLS tree")  # transport/nvls.cc:216
+    return out
 
 
 def nccl_topo_for(cluster: ClusterSpec, nnodes: int, nproc_per_node: int, hosts: Sequence[str]) -> NcclTopo:
     """The NcclTopo of a job on `nnodes` nodes of a cluster preset, `nproc_per_node` ranks each."""
-    roce = "roce" in cluster.fabric.lower()
     name = cluster.nic_name
-    # Device names: mlx5_0, mlx5_1 ... but bnxt_re0, bnxt_re1 ...: a separator only after a digit.
-    prefix = name + "_" if name[-1:].isdigit() else name
-    version = cluster.gpu.cuda_version.removeprefix("ROCm ").strip()
+    # Device names: mlx5_0, mlx5_1 ... but bnxt_re0, bnxt_re1 ...: a separator only after a digit or word.
+    prefix = name + "_" if name[-1:].isdigit() or name.endswith("_bond") else name
+    gpu = cluster.gpu
     return NcclTopo(
         nnodes=nnodes,
         nproc_per_node=nproc_per_node,
         hosts=tuple(hosts),
         nics_per_node=cluster.nics_per_node,
         nic_prefix=prefix,
-        gpu_vendor=cluster.gpu.vendor,
-        cuda_version=version,
-        link_layer="RoCE" if roce else "IB",
-        oob_if="bond0" if roce else "ib0",
+        gpu_vendor=gpu.vendor,
+        stack=stack_for(cluster),
+        transport=cluster.transport,
+        oob_if=cluster.oob_if,
         cpu_cores=cluster.cpu_cores,
+        threads_per_core=cluster.threads_per_core,
+        cpu_sockets=cluster.cpu_sockets,
         bus_ids=cluster.bus_ids,
+        nvlinks=gpu.nvlinks,
+        ampere=gpu.architecture == "Ampere",
+        blackwell=gpu.architecture == "Blackwell",
+        nvls=cluster.nvls and gpu.vendor == "nvidia",
+        collnet=cluster.collnet,
+        mnnvl_domain=cluster.mnnvl_domain,
+        gid_index=cluster.ib_gid_index,
     )
