@@ -49,8 +49,8 @@ _NVLS_CHUNK = 128 * 1024  # src/transport/nvls.cc NCCL_NVLS_CHUNKSIZE default
 _NCCL_STEPS = 8
 _RAS_PORT = 28028  # src/ras/ras_internal.h: the RAS client socket's default port
 
-# Per release family, the forms that differ (source file:line at the tag; "rccl" = RCCL 2.27.7's hipified
-# NCCL 2.27 as its logs show it). Keys are read by nccl_init_lines.
+# Per release family (sim.stack.NCCL_FORMATS), the forms that differ: source file:line at the tag for 2.29,
+# RCCL 2.27.7 (hipified NCCL 2.27) as its logs show it. Keys are read by nccl_init_lines.
 NCCL_FORMS: dict[str, dict[str, str]] = {
     "2.29": {
         "env_plugin": "ENV/Plugin: Could not find: libnccl-env.so",  # plugin/plugin_open.cc:108
@@ -67,7 +67,7 @@ NCCL_FORMS: dict[str, dict[str, str]] = {
         "tuner": "TUNER/Plugin: Could not find: libnccl-tuner.so",  # plugin/plugin_open.cc:108
         "profiler": "PROFILER/Plugin: Could not find: libnccl-profiler.so",
     },
-    "rccl": {
+    "2.27-rccl": {
         "env_plugin": "",
         "bootstrap": "Bootstrap: Using {oob}:{ip}<0>",
         "git": "",
@@ -369,7 +369,7 @@ def nccl_init_lines(
         raise ValueError(f"rank {rank} outside 0..{topo.world - 1}")
     stack = topo.stack
     amd = stack.vendor == "amd"
-    forms = NCCL_FORMS["rccl" if amd else "2.29"]
+    forms = NCCL_FORMS[stack.format.name]
     p = topo.nproc_per_node
     node, local = divmod(rank, p)
     host = topo.hosts[node]

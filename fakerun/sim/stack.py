@@ -38,25 +38,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class NcclFormat:
-    """Which line forms an NCCL (or RCCL) release prints at communicator init with NCCL_DEBUG=INFO."""
+    """A release family whose INFO lines share one set of forms (render/nccl.py NCCL_FORMS[name])."""
 
-    name: str  # the first release of the family, e.g. "2.29"
-    rccl: bool = False  # RCCL's version block, `RCCL version : x-HEAD:sha` and its HIP/ROCm lines
-    init_config: bool = True  # `ncclCommInitRankConfig comm ... commId 0x... - Init START`
-    mnnvl_in_comm_line: bool = True  # `comm 0x... rank r nRanks n nNodes N localRanks l localRank k MNNVL m`
-    nvls_lines: bool = True  # `NVLS multicast support is available on dev d` and `NVLS comm ... headRank`
-    connected_all_rings_with_time: bool = True  # `Connected all rings, use ring PXN 0 GDR 1`
-    init_timings: bool = True  # `Init timings - ncclCommInitRankConfig: rank r nranks n total ...`
-    complete_with_commid: bool = True  # `... commId 0x... - Init COMPLETE`
-    nvml_dev: bool = True  # `cudaDev d nvmlDev d busId b` in Init START/COMPLETE
-    cumem: bool = True  # `CC Off, workFifoBytes ...`/cuMem lines of 2.19+
+    name: str  # "2.29": NCCL 2.29.x; "2.27-rccl": RCCL 2.27.x
+    rccl: bool = False  # RCCL's version block (`RCCL version : x-HEAD:sha`, HIP, ROCm, host, library path)
 
 
-# The line forms by release family, from NCCL's sources at each tag (see fakerun/render/nccl.py for the
-# file and line of each form). RCCL 2.27.7 is NCCL 2.27's code with AMD's additions.
+# The families with a line table. Between the v2.29.3-1 and v2.29.7-1 tags the INFO strings of a default
+# init are the same (the diff adds the GIN/RMA plugin lines, which the 2.29.3 wheels already print);
+# RCCL 2.27.7 is NCCL 2.27's code with AMD's additions.
 NCCL_FORMATS: dict[str, NcclFormat] = {
     "2.29": NcclFormat("2.29"),
-    "2.27-rccl": NcclFormat("2.27-rccl", rccl=True, nvls_lines=False, mnnvl_in_comm_line=False),
+    "2.27-rccl": NcclFormat("2.27-rccl", rccl=True),
 }
 
 

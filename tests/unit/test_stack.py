@@ -83,3 +83,13 @@ class TestPresets:
         """A cluster that pins nothing gets its vendor's default stack and driver."""
         c = dataclasses.replace(presets.load_cluster("dgx-h100"), stack="", driver_version="")
         assert stack_for(c) == stack.DEFAULT_STACK
+
+
+class TestFormats:
+    def test_every_family_has_forms(self) -> None:
+        """Each release family of the table has its line forms in render/nccl.py, and only those."""
+        from fakerun.render.nccl import NCCL_FORMS
+
+        assert set(NCCL_FORMS) == set(stack.NCCL_FORMATS)
+        keys = {frozenset(forms) for forms in NCCL_FORMS.values()}
+        assert len(keys) == 1
