@@ -21,17 +21,32 @@
 #       scontrol show hostnames [LIST]  one host a line (LIST defaults to $SLURM_JOB_NODELIST);
 #       srun [OPTIONS] CMD [ARGS...]    runs CMD once per task, all at once in the background, each with its
 #                                       own SLURM_NODEID, SLURM_PROCID, SLURM_LOCALID, SLURMD_NODENAME and
-#                                       step variables; waits for all; exits with the highest exit code
-#                                       (128+N for a task killed by signal N), as srun does. Understood:
-#                                       -N/--nodes, -n/--ntasks, --ntasks-per-node, -w/--nodelist,
-#                                       -l/--label; other options are accepted and ignored. Default: one
-#                                       task per node of the allocation (--ntasks-per-node from sbatch).
+#                                       step variables; waits for all; reports each failed task as srun
+#                                       does and exits with the highest signal (128+N) of a killed task,
+#                                       else the highest exit code. Understood: -N/--nodes, -n/--ntasks,
+#                                       --ntasks-per-node, -w/--nodelist, -l/--label, -X/--disable-status,
+#                                       --quit-on-interrupt; other options are accepted and ignored.
+#                                       Default: one task per node of the allocation (--ntasks-per-node
+#                                       from sbatch).
 #   - runs SCRIPT with the interpreter of its #! line, in the current directory. Output stays on the
 #     terminal (sbatch would write it to the script's --output file).
 #
-# Signals: Ctrl-C makes srun send SIGTERM to every task (a second Ctrl-C sends SIGKILL), wait for them, and
-# stop the script; SIGTERM and SIGHUP sent to srun are forwarded as they are. Every simulated node is this
-# machine: a task that binds a port binds it here, so tasks must not all listen on the same one.
+# Signals, as srun handles them (each task runs in a session of its own, so a Ctrl-C in the terminal
+# reaches srun and the batch script, never the tasks directly):
+#   Ctrl-C        srun prints the tasks' states (`srun: interrupt (one more within 1 sec to abort)`,
+#                 `srun: StepId=ID.0 tasks 0-1: running`); the job runs on. A second Ctrl-C within a second
+#                 sends SIGINT, then SIGKILL, to every process of the step (`srun: sending Ctrl-C to
+#                 StepId=...`, `srun: forcing job termination`, `srun: Job step aborted: ...`).
+#   SIGTERM, SIGHUP, SIGQUIT to srun: SIGKILL to every process of the step (`srun: forcing job termination`).
+#   SIGPIPE, or the reader of srun's output gone: SIGKILL to every process of the step.
+#   SIGUSR1, SIGUSR2: forwarded to every process of the step.
+#   fake_srun.sh itself ending (the batch script's end, SIGTERM, SIGHUP, a dead pipe): SIGTERM to what the
+#   batch script still runs, every srun ends its step. SIGKILL of fake_srun.sh or of a srun: the kernel's
+#   parent-death signal (setpriv) ends the script, the sruns and their tasks.
+# srun signals its tasks first and writes after; no write can stop it.
+#
+# Every simulated node is this machine: a task that binds a port binds it here, so tasks must not all listen
+# on the same one.
 
 set -euo pipefail
 
@@ -189,11 +204,15 @@ scontrol_main() {
 # (Linux); the subtrees of the pids in the caller's `prune` (an associative array, may be empty) are left out.
 proc_tree() {
 	local f line pid ppid rest
-	local -a fields queue
+	local -a fields queue stat
 	local -A kids=() pgid_of=()
 	for f in /proc/[0-9]*/stat; do
-		{ read -r line <"$f"; } 2>/dev/null || continue
+		# mapfile, not read: this runs in srun's signal handlers, and a `read` there would make a `read -t`
+		# they interrupt wait forever (bash 5.2).
+		{ mapfile -n 1 -t stat <"$f"; } 2>/dev/null || continue
+		line=${stat[0]:-}
 		pid=${line%% *}
+		[[ -n $pid ]] || continue
 		rest=${line##*") "} # after the command name, which may hold spaces and parentheses
 		# shellcheck disable=SC2206  # numbers and a state letter: nothing to glob
 		fields=($rest)
@@ -211,6 +230,17 @@ proc_tree() {
 		done
 		queue=("${queue[@]:1}")
 	done
+}
+
+# True if process PID runs: it exists and is not a zombie (an orphan's zombie may wait long for its reaper),
+# and, given PARENT, is still that process's child (not a stranger that got the pid of one that ended).
+alive() {
+	local -a stat fields
+	{ mapfile -n 1 -t stat <"/proc/$1/stat"; } 2>/dev/null || return 1 # not `read`: see proc_tree
+	((${#stat[@]})) || return 1
+	# shellcheck disable=SC2206  # numbers and a state letter
+	fields=(${stat[0]##*") "})
+	[[ ${fields[0]:-Z} != Z && ${2:-${fields[1]}} == "${fields[1]}" ]]
 }
 
 # Sends signal SIG to every process of the tasks PID...: the process group each leads (tasks run under
@@ -417,6 +447,7 @@ srun_main() {
 	local -a pids=() task_node=() helpers=() relays=() extra_fds=()
 	local -A rc_of=()
 	local aborted=0 cancelled=0 kill_sent=0 piped=0 intr_deadline=0 said_at="" say_fd=2 abort_said=0
+	local forcing_said=0
 	say() {
 		printf '%s\n' "$@" 1>&"$say_fd" 2>/dev/null || true
 	}
@@ -471,11 +502,20 @@ srun_main() {
 	}
 	# After the handler's own lines, srun's main thread: it waits KillWait (30 s) + 2 for the step to end,
 	# and the first node's slurmstepd says why the step ends.
+	# Once: a hangup or a SIGTERM to the job reaches srun both directly and through its batch script (and a
+	# handler may run inside another one).
+	say_forcing() {
+		((!forcing_said)) || return 0
+		forcing_said=1
+		say "srun: forcing job termination"
+	}
 	say_aborted() {
 		((aborted && !abort_said)) || return 0
 		abort_said=1
 		say "srun: Job step aborted: Waiting up to 32 seconds for job step to finish."
-		say "slurmstepd: error: *** STEP $stepid ON ${hosts[0]} CANCELLED AT $(printf '%(%Y-%m-%dT%H:%M:%S)T' -1) DUE to SIGNAL Killed ***"
+		local when
+		printf -v when '%(%Y-%m-%dT%H:%M:%S)T' -1
+		say "slurmstepd: error: *** STEP $stepid ON ${hosts[0]} CANCELLED AT $when DUE to SIGNAL Killed ***"
 	}
 	on_int() {
 		local now
@@ -488,7 +528,7 @@ srun_main() {
 			kill_sent=$((kill_sent + 1))
 			say "srun: sending Ctrl-C to StepId=$stepid"
 			if ((kill_sent == 1)); then
-				say "srun: forcing job termination"
+				say_forcing
 			elif [[ $said_at != $((now / 1000000)) ]]; then
 				said_at=$((now / 1000000))
 				say "srun: job abort in progress"
@@ -506,11 +546,9 @@ srun_main() {
 		intr_deadline=$((now + 1000000))
 	}
 	on_kill() {
-		local again=$aborted
 		abort_step
 		[[ $1 != QUIT ]] || say "srun: Quit"
-		# Once: a hangup or a SIGTERM to the job reaches srun both directly and through its batch script.
-		((again)) || say "srun: forcing job termination"
+		say_forcing
 		say_aborted
 	}
 	on_pipe() {
@@ -520,13 +558,14 @@ srun_main() {
 		say_aborted
 	}
 	# An explicit status in each: a bare `return` in a trap returns the interrupted `wait`'s 128+N.
-	trap 'on_int || true' INT
-	trap 'on_kill TERM || true' TERM
-	trap 'on_kill HUP || true' HUP
-	trap 'on_kill QUIT || true' QUIT
-	trap 'on_pipe || true' PIPE
-	trap 'signal_step USR1 || true' USR1
-	trap 'signal_step USR2 || true' USR2
+	local last_sig=0
+	trap 'last_sig=2; on_int || true' INT
+	trap 'last_sig=15; on_kill TERM || true' TERM
+	trap 'last_sig=1; on_kill HUP || true' HUP
+	trap 'last_sig=3; on_kill QUIT || true' QUIT
+	trap 'last_sig=13; on_pipe || true' PIPE
+	trap 'last_sig=10; signal_step USR1 || true' USR1
+	trap 'last_sig=12; signal_step USR2 || true' USR2
 	trap ':' ALRM
 
 	# The tasks' output goes through a relay where srun's own is a pipe or a socket (a terminal hangs up with
@@ -612,20 +651,14 @@ srun_main() {
 		local i rc=0 sig
 		for i in "${!pids[@]}"; do
 			[[ -z ${rc_of[$i]+x} ]] || continue
-			# Still running (or a zombie that bash reaps at once and the next `wait` reports).
-			! kill -0 "${pids[i]}" 2>/dev/null || continue
+			! alive "${pids[i]}" "$$" || continue
+			# Ended: `wait` returns its status at once. Except that bash 5.2 may have lost the status of a
+			# child that ended just as a signal came (`wait` says -1): a signal to the whole process group
+			# (a task without setsid) then most likely ended it too.
 			rc=0
 			wait "${pids[i]}" || rc=$?
+			((rc >= 0)) || rc=$((last_sig ? 128 + last_sig : 255))
 			task_done "$i" "$rc"
-		done
-	}
-	task_index() {
-		local i
-		for i in "${!pids[@]}"; do
-			if [[ ${pids[i]} == "$1" ]]; then
-				echo "$i"
-				return
-			fi
 		done
 	}
 	task_done() {
@@ -648,28 +681,15 @@ srun_main() {
 	# go to say_fd, bash's to /dev/null.
 	exec 2>/dev/null
 	local -a live
-	local who rc prev
 	while :; do
 		reap
 		live_tasks
 		((${#live[@]})) || break
-		rc=0
-		if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501)); then
-			# A trapped signal interrupts `wait` with 128+N and leaves `who` unset.
-			wait -n -p who "${live[@]}" || rc=$?
-			[[ -z ${who:-} ]] || task_done "$(task_index "$who")" "$rc"
-		else
-			# bash < 5.1: one task at a time. A task that ended just as a signal came is already reported:
-			# `wait` then says 127.
-			wait "${live[0]}" || rc=$?
-			if ! kill -0 "${live[0]}" 2>/dev/null; then
-				prev=$rc
-				rc=0
-				wait "${live[0]}" || rc=$?
-				((rc != 127)) || rc=$prev
-				task_done "$(task_index "${live[0]}")" "$rc"
-			fi
-		fi
+		# A signal interrupts the `wait` and is handled at once; a task's end is seen within 0.25 s. Not a
+		# `wait` for the tasks: bash 5.2 loses the status of a child that ends while a trap interrupts a
+		# `wait` for it (-1). Not `read -t`: a `read` in a trap makes it hang, and its SIGALRM can crash bash.
+		sleep 0.25 &
+		wait "$!" || true
 	done
 	if ((force_terminated)); then say "srun: Force Terminated StepId=$stepid"; fi
 	# When a step ends SLURM kills what its tasks left behind (background children): so do we, group by group.
@@ -681,7 +701,7 @@ srun_main() {
 	done
 	local tries=100
 	for i in "${helpers[@]}" "${relays[@]}"; do
-		while kill -0 "$i" 2>/dev/null && ((tries > 0)); do
+		while alive "$i" "$$" && ((tries > 0)); do
 			sleep 0.02
 			tries=$((tries - 1))
 		done
@@ -720,8 +740,8 @@ sbatch_option() {
 # that was SIGKILLed (named in its file). Then the shims go. Nothing here writes: a job whose output is
 # gone must still be cleaned up.
 cleanup() {
-	local f pid entry tries=50 line
-	local -a sruns=() tasks=() tree=() rest=()
+	local f pid entry tries=50
+	local -a sruns=() tasks=() tree=() rest=() stat=() fields=()
 	local -A prune=()
 	for f in "$FAKE_SRUN_DIR"/srun.*; do
 		[[ -e $f ]] || continue
@@ -739,7 +759,7 @@ cleanup() {
 	while ((tries > 40)); do
 		rest=()
 		for pid in "${sruns[@]}"; do
-			if kill -0 "$pid" 2>/dev/null; then rest+=("$pid"); fi
+			if alive "$pid"; then rest+=("$pid"); fi
 		done
 		((${#rest[@]})) || break
 		sleep 0.1
@@ -749,7 +769,7 @@ cleanup() {
 	while ((tries > 0)); do
 		rest=()
 		for entry in "${sruns[@]}" "${tree[@]}"; do
-			if kill -0 "${entry%% *}" 2>/dev/null; then rest+=("${entry%% *}"); fi
+			if alive "${entry%% *}"; then rest+=("${entry%% *}"); fi
 		done
 		((${#rest[@]})) || break
 		sleep 0.1
@@ -761,10 +781,10 @@ cleanup() {
 	for f in "$FAKE_SRUN_DIR"/srun.*; do
 		[[ -e $f ]] || continue
 		while IFS= read -r pid; do
-			{ read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
+			{ mapfile -n 1 -t stat <"/proc/$pid/stat"; } 2>/dev/null || continue
 			# shellcheck disable=SC2206  # numbers and a state letter
-			line=(${line##*") "})
-			[[ ${line[2]:-} != "$pid" ]] || tasks+=("$pid")
+			fields=(${stat[0]##*") "})
+			[[ ${fields[2]:-} != "$pid" ]] || tasks+=("$pid")
 		done <"$f"
 	done
 	signal_tasks KILL "${tasks[@]}"
