@@ -113,13 +113,14 @@ def _check_join(
     if join.nproc_per_node != me.nproc_per_node:
         raise WireError(f"has --nproc-per-node {join.nproc_per_node}, this job {me.nproc_per_node}")
     if join.job != me.job:
-        raise WireError(
-            f"simulates {shown(join.job, 80)}, this job {me.job}: start every agent with the same "
-            "--fake-model, --fake-gpu and script arguments"
-        )
+        if join.job_digest and me.job_digest:
+            fix = "start every agent with the same --fake-model, --fake-gpu and script arguments"
+        else:  # only --fake-exec agents have no digest: they simulate nothing
+            fix = "give --fake-exec to every agent or to none"
+        raise WireError(f"runs {shown(join.job, 80)}, this job runs {me.job}: {fix}")
     if join.job_digest != me.job_digest:
         raise WireError(
-            f"simulates {me.job} with other settings than this job: start every agent with the same "
+            f"runs {me.job} with other settings than this job: start every agent with the same "
             "--fake-* options and script arguments"
         )
     if join.node_rank is not None:

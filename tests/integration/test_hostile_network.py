@@ -196,7 +196,7 @@ class Wire:
 def fake_host(port: int) -> Iterator[socket.socket]:
     """A listening socket on loopback, playing the rendezvous host."""
     server = socket.create_server(("127.0.0.1", port))
-    server.settimeout(30)
+    server.settimeout(90)  # an agent starts in a second, but the machine may be busy
     try:
         yield server
     finally:
@@ -269,8 +269,8 @@ class TestStrangers:
     def test_bad_frames_during_the_run(self, runner: Runner) -> None:
         """Deep nesting and a 4 GiB length announced to node 0 mid-run: one line each, the job completes."""
         port = free_port()
-        n0 = agent(runner, static(port, 0, "--fake-max-steps", "40", "--fake-speed", "20"), "n0")
-        n1 = agent(runner, static(port, 1, "--fake-max-steps", "40", "--fake-speed", "20"), "n1")
+        n0 = agent(runner, static(port, 0, "--fake-max-steps", "100", "--fake-speed", "20"), "n0")
+        n1 = agent(runner, static(port, 1, "--fake-max-steps", "100", "--fake-speed", "20"), "n1")
         wait_for("training", training(runner, "n0"), [n0, n1])
         for body in (b"[" * 3000, b"{" * 4000):
             stranger = Wire.dial(port)
@@ -283,6 +283,7 @@ class TestStrangers:
         assert stranger.until_closed() == [
             {"k": "reject", "reason": "frame of 4294967295 bytes announced (limit 4096)"}
         ]
+        assert n0.poll() is None and n1.poll() is None  # refused mid-run
         assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-2000:]
         err = text(runner, "n0.err")
         assert len(lines_with(err, "fakerun: refused a connection from 127.0.0.1:")) == 3
@@ -310,14 +311,17 @@ class TestStrangers:
         """400 connections opened mid-run at node 0 with 256 fds, some closed at once: the job completes."""
         port = free_port()
         n0 = agent(
-            runner, static(port, 0, "--fake-max-steps", "60", "--fake-speed", "20"), "n0", fd_limit=256
+            runner, static(port, 0, "--fake-max-steps", "150", "--fake-speed", "20"), "n0", fd_limit=256
         )
-        n1 = agent(runner, static(port, 1, "--fake-max-steps", "60", "--fake-speed", "20"), "n1")
+        n1 = agent(runner, static(port, 1, "--fake-max-steps", "150", "--fake-speed", "20"), "n1")
         wait_for("training", training(runner, "n0"), [n0, n1])
         connections = flood(port, 400)
         try:
             for s in connections[::4]:
                 s.close()  # some leave at once, the rest stay silent
+            # The cap is reached while the job runs: older silent connections give way to newer ones.
+            evicted = "too many connections waiting for a handshake"
+            wait_for("an eviction", lambda: evicted in text(runner, "n0.err"), [n0, n1])
             assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-2000:]
         finally:
             for s in connections:
@@ -341,13 +345,20 @@ class TestStrangers:
         n1 = agent(runner, static(port, 1, "--fake-max-steps", "3"), "n1")
         assert finish([n0, n1]) == [0, 0]
         refused = lines_with(text(runner, "n0.err"), "fakerun: refused")
-        assert len(refused) == 2, refused
         assert refused[0].endswith(": wrong secret (check FAKERUN_SECRET on every node)")
-        assert re.fullmatch(
-            r"fakerun: refused 29 more connections in the last \d+ s "
-            r"\(most from 127\.0\.0\.1: wrong secret .*\)",
-            refused[1],
-        ), refused
+        # Every refusal is accounted for, in a line or in a count of the ones held back; a line repeats
+        # only once its 30 s window is over (a slow machine may need two windows).
+        counted = [
+            re.fullmatch(r"fakerun: refused (\d+) more connections? in the last \d+ s \((.*)\)", r)
+            for r in refused
+        ]
+        assert sum(int(m[1]) if m else 1 for m in counted) == 30, refused
+        assert 2 <= len(refused) <= 4, refused
+        assert all(
+            m[2] == "most from 127.0.0.1: wrong secret (check FAKERUN_SECRET on every node)"
+            for m in counted
+            if m
+        )
 
 
 class TestImpostorAgent:
@@ -554,12 +565,13 @@ class TestAgents:
     def test_late_agent_is_told_why(self, runner: Runner) -> None:
         """A third agent for a two-node job: refused with the reason, exits 1; the job completes."""
         port = free_port()
-        steps = ["--fake-max-steps", "40", "--fake-speed", "20"]
+        steps = ["--fake-max-steps", "200", "--fake-speed", "20"]
         n0 = agent(runner, static(port, 0, *steps), "n0")
         n1 = agent(runner, static(port, 1, *steps), "n1")
         wait_for("training", training(runner, "n0"), [n0, n1])
         late = agent(runner, static(port, 1, *steps), "late")
         assert finish([late], timeout=60) == [1]
+        assert n0.poll() is None and n1.poll() is None  # refused while the job runs
         assert text(runner, "late.err").splitlines()[-1] == (
             "fakerun: error: the rendezvous failed: the rendezvous host refused this agent: "
             "the job's 2 nodes have all joined and are running"
@@ -574,20 +586,26 @@ class TestAgents:
             (
                 ["--fake-model", "llama3-8b", "train.py"],
                 ["--fake-model", "gpt2", "train.py"],
-                "simulates gpt2-124m on h100, this job llama3-8b on h100",
+                "runs gpt2-124m on h100, this job runs llama3-8b on h100",
             ),
             (
                 ["train.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B"],
                 ["train.py", "--model_name_or_path", "gpt2"],
-                "simulates gpt2-124m on h100, this job llama3-8b on h100",
+                "runs gpt2-124m on h100, this job runs llama3-8b on h100",
             ),
             (
                 ["--fake-model", "gpt2", "train.py", "--per_device_train_batch_size", "4"],
                 ["--fake-model", "gpt2", "train.py", "--per_device_train_batch_size", "8"],
-                "simulates gpt2-124m on h100 with other settings than this job",
+                "runs gpt2-124m on h100 with other settings than this job",
+            ),
+            (
+                ["--fake-model", "gpt2", "train.py"],
+                ["--fake-exec", "train.py"],
+                "runs the script itself (--fake-exec), this job runs gpt2-124m on h100: "
+                "give --fake-exec to every agent or to none",
             ),
         ],
-        ids=["fake-model", "script-hints", "batch-size"],
+        ids=["fake-model", "script-hints", "batch-size", "fake-exec"],
     )
     def test_agents_of_different_jobs(
         self, runner: Runner, first: list[str], second: list[str], why: str
