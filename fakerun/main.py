@@ -24,7 +24,7 @@ from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_sl
 from fakerun.launcher.logdir import LogDir, LogDirError
 from fakerun.launcher.meet import Interrupted, Links, MeetError, meet
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable, site_packages
-from fakerun.launcher.outfile import OutputFile, reason, warning
+from fakerun.launcher.outfile import OutputFile, notice, reason, set_notice_clock, warning
 from fakerun.launcher.plan import LaunchError, LaunchPlan, check_launch, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
@@ -162,8 +162,10 @@ def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs
         return RankLogs(os.path.join(directory, f"job-{os.getpid()}"), meta, console.warn)
     except OSError as exc:
         console.warn(
-            f"fakerun: warning: cannot write the job state in {directory}: {reason(exc)}; "
-            "fakerun-tail and fakerun-smi will not see this job"
+            notice(
+                f"cannot write the job state in {directory}: {reason(exc)}; "
+                "fakerun-tail and fakerun-smi will not see this job"
+            )
         )
         return None
 
@@ -373,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     log = LauncherLog(
         console, log_level(os.environ), plain=plain, pid=os.getpid(), clock=lambda: clock.at(time.monotonic())
     )
+    set_notice_clock(log.clock)
     try:
         log_dir = LogDir.create(cmd.torchrun.log_dir)
     except OSError as exc:

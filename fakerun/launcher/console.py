@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, ParamSpec, Protocol
 
-from fakerun.launcher.outfile import OutputFile, reason
+from fakerun.launcher.outfile import OutputFile, notice, reason
 from fakerun.launcher.plan import LaunchPlan
 from fakerun.launcher.ranklogs import RankFile, RankLogs
 
@@ -417,8 +417,10 @@ class Console:
         attempt = _attempt_of(path)
         self.warn_once(
             attempt,
-            f"fakerun: warning: cannot write {what} {path}: {reason(exc)}; the job carries on, "
-            f"without the log files of {os.path.basename(attempt)} that cannot be written",
+            notice(
+                f"cannot write {what} {path}: {reason(exc)}; the job carries on, "
+                f"without the log files of {os.path.basename(attempt)} that cannot be written"
+            ),
         )
 
     def _open_log(self, path: str) -> OutputFile | None:

@@ -6,7 +6,11 @@ import contextlib
 import errno
 import os
 import stat
+import sys
+import time
 from collections.abc import Callable
+
+from fakerun.launcher import glog
 
 # What the owner of a file does when a write to it fails: (the file, the error).
 OnError = Callable[["OutputFile", OSError], None]
@@ -17,9 +21,33 @@ def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+# The job's clock for fakerun's own notices, so that they fall in line with torchrun's (main sets it).
+_clock: Callable[[], float] = time.time
+
+
+def set_notice_clock(clock: Callable[[], float]) -> None:
+    """Makes fakerun's notices take their time from the job's clock."""
+    global _clock
+    _clock = clock
+
+
+def notice(message: str, level: str = "W", *, depth: int = 1) -> str:
+    """fakerun's own notice in the launcher's glog format, naming the module and line that raised it.
+
+    `W1205 07:40:00.123000 <pid> fakerun/launcher/control.py:157] message`: one line among torchrun's, in
+    their shape, instead of a `fakerun:` prefix that no real job prints.
+    """
+    frame = sys._getframe(depth)
+    path = frame.f_code.co_filename.replace(os.sep, "/")
+    cut = path.rfind("fakerun/")
+    source = f"{path[cut:] if cut >= 0 else os.path.basename(path)}:{frame.f_lineno}"
+    text = " ".join(message.splitlines())  # one line: the console writes whole lines
+    return glog.format_glog(level, _clock(), os.getpid(), source, text).rstrip("\n")
+
+
 def warning(what: str, path: str, exc: OSError, then: str) -> str:
-    """The line reporting a file the launcher cannot write: which file, which error, what happens now."""
-    return f"fakerun: warning: cannot write {what} {path}: {reason(exc)}; {then}"
+    """The notice of a file the launcher cannot write: which file, which error, what happens now."""
+    return notice(f"cannot write {what} {path}: {reason(exc)}; {then}", depth=2)
 
 
 class OutputFile:

@@ -26,12 +26,14 @@ FAST = ["--nproc-per-node", "2", "--fake-model", "gpt2-124m", "--fake-speed", "1
 # One that would take minutes to finish: whatever ends it early is the test's subject.
 SLOW = [*FAST[:4], "--fake-speed", "20", "--fake-max-steps", "100000"]
 OWN_CODE = str(Path(fakerun.__file__).resolve().parent)
-WARNING = re.compile(r"^fakerun: warning: cannot write (?:the [\w ]+?) (/\S+): ([^;]+); .+$")
+# fakerun's own notices: one glog line in the launcher's shape, naming fakerun's module, no `fakerun:` word.
+NOTICE = re.compile(r"^W\d{4} \d\d:\d\d:\d\d\.\d{3}000 \d+ fakerun/[\w/]+\.py:\d+\] (.*)$")
+WARNING = re.compile(r"^W\d{4} [\d:.]+ \d+ \S+\] cannot write (?:the [\w ]+?) (/\S+): ([^;]+); .+$")
 
 
 def warnings(stderr: str) -> list[str]:
     """The launcher's warning lines."""
-    return [line for line in stderr.splitlines() if line.startswith("fakerun: warning:")]
+    return [line for line in stderr.splitlines() if NOTICE.match(line)]
 
 
 def warned_files(stderr: str) -> dict[str, str]:
