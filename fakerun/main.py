@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             console.launcher_lines(exc.exc_line + "\n")
             return exc.exit_code
         if plan.multi_node:
+            # torch's agent says it is rendezvousing before it waits for the other nodes' agents.
+            TorchrunVoice(plan, log, argv[0], python, lambda slot, attempt: "").rendezvousing(0)
             try:
                 plan, links = meet(
                     plan,
@@ -420,7 +422,13 @@ def main(argv: list[str] | None = None) -> int:
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
             return TorchrunVoice(
-                plan, log, argv[0], python, group.error_file_path, shown_pid=_shown_pid(plan, ctx)
+                plan,
+                log,
+                argv[0],
+                python,
+                group.error_file_path,
+                shown_pid=_shown_pid(plan, ctx),
+                announced=plan.multi_node,
             )
 
         seed = cmd.fake.seed if ctx is None else ctx.run.job.seed

@@ -76,13 +76,16 @@ class TorchrunVoice:
         python: str,
         error_file_of: Callable[[WorkerSlot, int], str],
         shown_pid: Callable[[WorkerSlot, int, int], int] | None = None,
+        *,
+        announced: bool = False,
     ) -> None:
         self.plan = plan
         # (slot, real pid, restart count) -> the pid its own host's agent would name: a simulated node's
         # workers are real processes here, but their agent would report the pids of that other host.
         self.shown_pid = shown_pid
         self._shown: dict[int, int] = {}
-        self._announced: int | None = None
+        # The attempt whose `Rendezvous'ing` is out (an agent meeting others over TCP says it before).
+        self._announced: int | None = 0 if announced else None
         self.error_file_of = error_file_of
         self.log = log
         self.argv0 = argv0
@@ -91,6 +94,8 @@ class TorchrunVoice:
 
     def rendezvousing(self, restart_count: int) -> None:
         """INFO: `starting workers` (first attempt) and `Rendezvous'ing worker group`."""
+        if self._announced == restart_count:
+            return
         self._announced = restart_count
         if not self.log.enabled("I"):
             return
