@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import re
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -86,14 +87,15 @@ def _check_host(host: str, option: str) -> None:
 
 
 def _loopback(host: str) -> str | None:
-    """The IPv4 loopback address `host` names, if it names nothing else (then we listen there only)."""
+    """The loopback address `host` names (IPv4 first), if it names nothing else: we then listen there only."""
     try:
-        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None, socket.AF_INET)}
+        addrs = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except (OSError, UnicodeError):
         return None
-    if addrs and all(ipaddress.ip_address(a).is_loopback for a in addrs):
-        return min(addrs)
-    return None
+    if not addrs or not all(ipaddress.ip_address(a).is_loopback for a in addrs):
+        return None
+    v4 = sorted(a for a in addrs if "." in a)
+    return v4[0] if v4 else sorted(addrs)[0]
 
 
 def job_identity(job: JobSpec | None) -> tuple[str, str]:
@@ -131,15 +133,30 @@ def _is_this_machine(host: str) -> bool:
 
 
 def _endpoint(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, C10D_DEFAULT_PORT
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
+    """--rdzv-endpoint's host and port, split as torch splits it (`[v6]:port`), with its hostname check."""
+    endpoint = text.strip()
+    if not endpoint:
+        return "localhost", C10D_DEFAULT_PORT
+    if (endpoint[0] == "[" and endpoint[-1] == "]") or ":" not in endpoint:
+        host, port_text = endpoint, None
+    else:
+        host, port_text = endpoint.rsplit(":", 1)
+    if len(host) > 1 and host[0] == "[" and host[-1] == "]":
+        host = host[1:-1]
+    port = C10D_DEFAULT_PORT
+    if port_text is not None:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise MeetError(
+                f"ValueError: The port number of the rendezvous endpoint '{endpoint}' must be an integer.\n"
+            ) from None
+    if not re.match(r"^[\w\.:-]+$", host):
         raise MeetError(
-            f"ValueError: The port number of the rendezvous endpoint '{text}' must be an integer.\n"
-        ) from None
+            f"ValueError: The hostname of the rendezvous endpoint '{endpoint}' must be a dot-separated list of "
+            "labels, an IPv4 address, or an IPv6 address.\n"
+        )
+    return host, port
 
 
 @contextmanager

@@ -131,8 +131,8 @@ def _check_join(
 
 
 def listen(port: int, host: str = "") -> socket.socket:
-    """A listening socket on `port` (all interfaces unless `host`); OSError when the port is taken."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening socket on `port` (all IPv4 interfaces unless `host`); OSError when the port is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import fakerun
@@ -681,16 +682,44 @@ class TestAddresses:
         assert last.startswith("fakerun: error: --") and "is not a valid host name (label" in last, last
         clean(res.stderr)
 
-    def test_loopback_job_listens_on_loopback(self, runner: Runner) -> None:
-        """--master-addr 127.0.0.1: node 0's port is bound to 127.0.0.1, not to every interface."""
+    @pytest.mark.parametrize(
+        ("addr", "bound"),
+        [("127.0.0.1", "0100007F"), ("::1", "00000000000000000000000001000000"), ("local", "00000000")],
+        ids=["loopback", "loopback-v6", "interface"],
+    )
+    def test_where_node_0_listens(self, runner: Runner, addr: str, bound: str) -> None:
+        """A loopback master address: node 0's port is bound to loopback only; else to every interface."""
+        if addr == "local":
+            addr = own_address()
         port = free_port()
-        n0 = agent(runner, static(port, 0, "--rdzv-conf", "timeout=30"), "n0")
+        args = ["--nnodes", "2", "--node-rank", "0", "--master-addr", addr, "--master-port", str(port)]
+        n0 = agent(runner, [*args, *FAST, "--rdzv-conf", "timeout=30", "train.py"], "n0")
         try:
             wait_for("node 0 to listen", lambda: listening(port), [n0])
-            assert bound_address(port) == "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
+            assert bound_address(port) == bound  # as /proc/net/tcp{,6} write addresses
         finally:
             n0.terminate()
             finish([n0])
+
+    def test_endpoint_host_torch_refuses(self, runner: Runner) -> None:
+        """An endpoint whose host torch's parser refuses (a space): torch's ValueError line, exit 1."""
+        args = [
+            "--nnodes",
+            "2",
+            *FAST,
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "gpu 1:29500",
+            "train.py",
+        ]
+        res = runner.run(args)
+        assert res.code == 1
+        assert res.stderr.splitlines()[-1] == (
+            "ValueError: The hostname of the rendezvous endpoint 'gpu 1:29500' must be a dot-separated list "
+            "of labels, an IPv4 address, or an IPv6 address."
+        )
+        clean(res.stderr)
 
     def test_default_secret_beyond_loopback_warns(self, runner: Runner) -> None:
         """No FAKERUN_SECRET, a master address off this machine: one warning line; none with a secret."""
@@ -710,11 +739,21 @@ class TestAddresses:
 
 
 def bound_address(port: int) -> str | None:
-    """The local address (hex, as in /proc/net/tcp) a listening socket on `port` is bound to."""
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, _, hex_port = local.partition(":")
-            if state == "0A" and int(hex_port, 16) == port:
-                return address
+    """The address (hex, as in /proc/net/tcp and tcp6) a listening socket on `port` is bound to."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    return address
     return None
+
+
+def own_address() -> str:
+    """An IPv4 address of this machine that is not loopback (the test is skipped without one)."""
+    for nic in psutil.net_if_addrs().values():
+        for a in nic:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return str(a.address)
+    pytest.skip("this machine has no IPv4 address besides loopback")
