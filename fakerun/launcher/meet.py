@@ -153,8 +153,8 @@ def _endpoint(text: str) -> tuple[str, int]:
             ) from None
     if not re.match(r"^[\w\.:-]+$", host):
         raise MeetError(
-            f"ValueError: The hostname of the rendezvous endpoint '{endpoint}' must be a dot-separated list of "
-            "labels, an IPv4 address, or an IPv6 address.\n"
+            f"ValueError: The hostname of the rendezvous endpoint '{endpoint}' must be a dot-separated "
+            "list of labels, an IPv4 address, or an IPv6 address.\n"
         )
     return host, port
 
