@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer, PeerGone
 from fakerun.launcher.rendezvous import is_int
 from fakerun.launcher.wire import WireError, shown
@@ -227,7 +228,7 @@ class ClusterLink:
         if self.lost is not None:
             return
         self.lost = reason
-        self.warn(f"fakerun: {reason}")
+        self.warn(notice(reason))
         if self.abort is not None:
             self.abort(reason)
 

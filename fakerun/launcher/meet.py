@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from fakerun.launcher import report
+from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer
 from fakerun.launcher.plan import LaunchPlan, NodePlan
 from fakerun.launcher.rendezvous import (
@@ -112,7 +113,7 @@ def _secret_warning(
     if environ.get("FAKERUN_SECRET") or _loopback(host) is not None:
         return None
     return (
-        f"fakerun: warning: FAKERUN_SECRET is not set, so this job's secret follows from its run id "
+        f"FAKERUN_SECRET is not set, so this job's secret follows from its run id "
         f"{run_id!r}: anyone who can reach {host}:{port} can join the job or feed it steps; "
         "set the same FAKERUN_SECRET on every node"
     )
@@ -204,7 +205,7 @@ def meet(
         timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
     warning = _secret_warning(os.environ, dial[0], dial[1], rdzv.run_id)
     if warning is not None:
-        warn(warning)
+        warn(notice(warning))
     # A job addressed on loopback is not offered to the network.
     bind = _loopback(dial[0]) or ""
     listener: socket.socket | None = None

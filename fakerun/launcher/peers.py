@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fakerun.launcher.outfile import notice
 from fakerun.launcher.wire import MAX_FRAME, FrameDecoder, WireError, challenge, encode, verify_answer
 
 SEND_TIMEOUT_S = 5.0
@@ -140,7 +141,7 @@ class Refusals:
     def refuse(self, address: str, why: str, now: float) -> None:
         """A connection from `address` ("ip:port") was refused because `why`."""
         host = address.rpartition(":")[0] or address
-        self.line((host, why), f"fakerun: refused a connection from {address}: {why}", now)
+        self.line((host, why), notice(f"refused a connection from {address}: {why}"), now)
 
     def line(self, kind: tuple[str, str], text: str, now: float) -> None:
         """Writes `text` unless its kind was written in this window or the window's lines are used up."""
@@ -170,7 +171,7 @@ class Refusals:
             most = f"most from {host}: {why}" if host else f"most: {why}"
             plural = "s" if total > 1 else ""
             seconds = math.ceil(min(now, self._window_end) - self._window_start)
-            self.warn(f"fakerun: refused {total} more connection{plural} in the last {seconds} s ({most})")
+            self.warn(notice(f"refused {total} more connection{plural} in the last {seconds} s ({most})"))
         self._window_end = None
         self._shown.clear()
         self._held.clear()
@@ -325,7 +326,7 @@ class Gate:
                     continue  # the connection was reset before we took it: nothing to refuse
                 # The queued connection stays queued: accept again once fds may have been freed.
                 why = f"cannot accept connections: {exc.strerror or exc}"
-                self.refusals.line(("", why), f"fakerun: {why}; waiting connections are refused", now)
+                self.refusals.line(("", why), notice(f"{why}; waiting connections are refused"), now)
                 self._pause(now + NO_FD_PAUSE_S, out_of_fds=True)
                 return
             sock.setblocking(False)

@@ -128,6 +128,11 @@ def lines_with(err: str, needle: str) -> list[str]:
     return [line for line in err.splitlines() if needle in line]
 
 
+def said(err: str) -> str:
+    """The messages of fakerun's own notices (glog W lines naming a fakerun module), one per line."""
+    return "\n".join(m[1] for m in re.finditer(r"(?m)^W\d{4} [\d:.]+ \d+ fakerun/\S+\] (.*)$", err))
+
+
 class Wire:
     """The test's end of a connection, speaking fakerun's frames (a stranger or an impostor agent)."""
 
@@ -262,8 +267,8 @@ class TestStrangers:
         n1 = agent(runner, static(port, 1, "--fake-max-steps", "3"), "n1")
         assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-2000:]
         err = text(runner, "n0.err")
-        refused = lines_with(err, "refused a connection")
-        assert len(refused) == 1 and refused[0].startswith("fakerun: refused a connection from 127.0.0.1:")
+        refused = lines_with(said(err), "refused a connection")
+        assert len(refused) == 1 and refused[0].startswith("refused a connection from 127.0.0.1:")
         assert refused[0].endswith(why)
         clean(err)
 
@@ -287,7 +292,7 @@ class TestStrangers:
         assert n0.poll() is None and n1.poll() is None  # refused mid-run
         assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-2000:]
         err = text(runner, "n0.err")
-        assert len(lines_with(err, "fakerun: refused a connection from 127.0.0.1:")) == 3
+        assert len(lines_with(said(err), "refused a connection from 127.0.0.1:")) == 3
         clean(err)
 
     def test_flood_before_the_rendezvous(self, runner: Runner) -> None:
@@ -306,7 +311,7 @@ class TestStrangers:
         clean(err)
         # The cap was reached, and the refusals were rate-limited: a line per kind and a count, not 400.
         assert lines_with(err, "too many connections waiting for a handshake"), err[-3000:]
-        assert len(lines_with(err, "fakerun: refused")) <= LINES_PER_WINDOW + 2, err[-3000:]
+        assert len(lines_with(said(err), "refused")) <= LINES_PER_WINDOW + 2, err[-3000:]
 
     def test_flood_during_the_run(self, runner: Runner) -> None:
         """400 connections opened mid-run at node 0 with 256 fds, some closed at once: the job completes."""
@@ -330,7 +335,7 @@ class TestStrangers:
         err = text(runner, "n0.err")
         clean(err)
         assert lines_with(err, "too many connections waiting for a handshake"), err[-3000:]
-        assert len(lines_with(err, "fakerun: refused")) <= LINES_PER_WINDOW + 2, err[-3000:]
+        assert len(lines_with(said(err), "refused")) <= LINES_PER_WINDOW + 2, err[-3000:]
 
     def test_repeats_are_rate_limited(self, runner: Runner) -> None:
         """The same stranger with a wrong secret 30 times: one line, not thirty; the job goes on."""
@@ -345,13 +350,12 @@ class TestStrangers:
             assert stranger.until_closed()[0]["reason"].startswith("wrong secret")
         n1 = agent(runner, static(port, 1, "--fake-max-steps", "3"), "n1")
         assert finish([n0, n1]) == [0, 0]
-        refused = lines_with(text(runner, "n0.err"), "fakerun: refused")
+        refused = lines_with(said(text(runner, "n0.err")), "refused")
         assert refused[0].endswith(": wrong secret (check FAKERUN_SECRET on every node)")
         # Every refusal is accounted for, in a line or in a count of the ones held back; a line repeats
         # only once its 30 s window is over (a slow machine may need two windows).
         counted = [
-            re.fullmatch(r"fakerun: refused (\d+) more connections? in the last \d+ s \((.*)\)", r)
-            for r in refused
+            re.fullmatch(r"refused (\d+) more connections? in the last \d+ s \((.*)\)", r) for r in refused
         ]
         assert sum(int(m[1]) if m else 1 for m in counted) == 30, refused
         assert 2 <= len(refused) <= 4, refused
@@ -440,10 +444,8 @@ class TestImpostorAgent:
         finally:
             wire.close()
         err = text(runner, "n0.err")
-        lost = lines_with(err, "fakerun: lost node 1")
-        assert lost == [f"fakerun: lost node 1 (impostor-node): it {lost[0].split(': it ', 1)[1]}"], err[
-            -3000:
-        ]
+        lost = lines_with(said(err), "lost node 1")
+        assert lost == [f"lost node 1 (impostor-node): it {lost[0].split(': it ', 1)[1]}"], err[-3000:]
         assert why in lost[0], lost
         assert "ChildFailedError" in err  # torchrun's report of the workers NCCL would have killed
         clean(err)
@@ -479,8 +481,8 @@ class TestImpostorAgent:
             assert finish([n1], timeout=60) == [1]
             conn.close()
         err = text(runner, "n1.err")
-        assert lines_with(err, "fakerun: lost node") == [
-            "fakerun: lost node 0 (fake-root): it sent a malformed message (field 'rel' is out of range)"
+        assert lines_with(said(err), "lost node") == [
+            "lost node 0 (fake-root): it sent a malformed message (field 'rel' is out of range)"
         ]
         assert "ChildFailedError" in err
         clean(err)
@@ -506,7 +508,7 @@ class TestImpostorAgent:
             assert finish([n1], timeout=60) == [1]
             conn.close()
         err = text(runner, "n1.err")
-        assert "fakerun: boom\\nE0000 forged line\\x1b[31m\\ud800" in err.splitlines()
+        assert "boom\\nE0000 forged line\\x1b[31m\\ud800" in said(err).splitlines()
         clean(err)
 
     @pytest.mark.parametrize(
@@ -637,8 +639,8 @@ class TestAgents:
         wait_for("training", training(runner, "n1"), [n0, n1])
         n0.kill()
         assert finish([n0, n1], timeout=60) == [-9, 1]
-        lost = lines_with(text(runner, "n1.err"), "fakerun: lost node")
-        assert len(lost) == 1 and lost[0].startswith("fakerun: lost node 0 ("), lost
+        lost = lines_with(said(text(runner, "n1.err")), "lost node")
+        assert len(lost) == 1 and lost[0].startswith("lost node 0 ("), lost
         assert "-1" not in lost[0]
 
 
@@ -727,9 +729,9 @@ class TestAddresses:
         args = ["--nnodes", "2", "--node-rank", "1", "--master-addr", "192.0.2.1", "--master-port", port]
         args += [*FAST, "--rdzv-conf", "timeout=1", "train.py"]
         res = runner.run(args)
-        warning = lines_with(res.stderr, "FAKERUN_SECRET")
+        warning = lines_with(said(res.stderr), "FAKERUN_SECRET")
         assert warning == [
-            "fakerun: warning: FAKERUN_SECRET is not set, so this job's secret follows from its run id "
+            "FAKERUN_SECRET is not set, so this job's secret follows from its run id "
             f"'none': anyone who can reach 192.0.2.1:{port} can join the job or feed it steps; "
             "set the same FAKERUN_SECRET on every node"
         ]
