@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import re
 import selectors
 import socket
 import struct
@@ -320,17 +321,17 @@ class TestRefusals:
             log.refuse(f"10.0.0.1:{4000 + i}", "wrong secret", now=float(i))
         log.refuse("10.0.0.2:1", "garbage", now=10.0)
         log.refuse("10.0.0.3:1", "garbage", now=11.0)  # a third kind: over the window's lines
-        assert lines == [
-            "fakerun: refused a connection from 10.0.0.1:4000: wrong secret",
-            "fakerun: refused a connection from 10.0.0.2:1: garbage",
+        assert messages_of(lines) == [
+            "refused a connection from 10.0.0.1:4000: wrong secret",
+            "refused a connection from 10.0.0.2:1: garbage",
         ]
+        assert re.match(r"W\d{4} [\d:.]+ \d+ fakerun/launcher/peers\.py:\d+\] refused", lines[0]), lines[0]
         assert log.deadline() == 30.0
         log.flush(29.0)
         assert len(lines) == 2
         log.flush(30.0)
-        assert (
-            lines[2]
-            == "fakerun: refused 10 more connections in the last 30 s (most from 10.0.0.1: wrong secret)"
+        assert messages_of(lines)[2] == (
+            "refused 10 more connections in the last 30 s (most from 10.0.0.1: wrong secret)"
         )
         log.refuse("10.0.0.1:5000", "wrong secret", now=31.0)  # a new window: shown again
         assert lines[3].endswith("10.0.0.1:5000: wrong secret") and log.deadline() is None
@@ -341,7 +342,7 @@ class TestRefusals:
         log.refuse("h:1", "x", now=0.0)
         log.refuse("h:2", "x", now=2.5)
         log.flush(4.0, final=True)
-        assert lines[-1] == "fakerun: refused 1 more connection in the last 4 s (most from h: x)"
+        assert messages_of(lines)[-1] == "refused 1 more connection in the last 4 s (most from h: x)"
 
 
 @pytest.fixture
@@ -356,6 +357,11 @@ def port_gate() -> Iterator[tuple[Gate, selectors.BaseSelector, int, list[str]]]
     yield gate, selector, listener.getsockname()[1], lines
     gate.close()
     selector.close()
+
+
+def messages_of(lines: list[str]) -> list[str]:
+    """The messages of glog notice lines (`W1205 07:40:00.123000 PID fakerun/...py:N] message`)."""
+    return [line.split("] ", 1)[1] for line in lines]
 
 
 def ready(selector: selectors.BaseSelector) -> set[int]:
@@ -382,8 +388,9 @@ class TestGate:
             assert gate.fileno() in ready(selector)
             gate.pump(gate.fileno(), now=100.0 + EVICT_AFTER_S)
             assert len(gate.pending) == 2
-            assert lines == ["fakerun: refused a connection from " + lines[0].split("from ")[1]]
-            assert lines[0].endswith("too many connections waiting for a handshake")
+            [line] = messages_of(lines)
+            assert line.startswith("refused a connection from 127.0.0.1:")
+            assert line.endswith(": too many connections waiting for a handshake")
         finally:
             for c in clients:
                 c.close()
@@ -447,8 +454,8 @@ class TestGate:
         try:
             gate.pump(gate.fileno(), now=0.0)
             gate.pump(gate.fileno(), now=0.1)
-            assert lines == [
-                "fakerun: cannot accept connections: Too many open files; waiting connections are refused"
+            assert messages_of(lines) == [
+                "cannot accept connections: Too many open files; waiting connections are refused"
             ]
             assert not selector.get_map()  # the port is not watched during the pause
             gate.tick(5.0)
