@@ -105,6 +105,8 @@ class JobSpec:
     @property
     def sharding(self) -> str:
         """How data parallelism shards the training state: DDP, ZeRO-1, ZeRO-2 or FSDP."""
+        if self.dp == 1:
+            return "DDP"  # one data-parallel rank has nothing to shard with: ZeRO-1 over 1 rank is plain DDP
         return ("DDP", "ZeRO-1", "ZeRO-2", "FSDP")[self.zero_stage]
 
     @property

@@ -431,12 +431,14 @@ class RankTrainer:
             log.warning("nan loss detected, skipping optimizer step", step=step, grad_norm="nan")
         if n.spike and (prev is None or not prev.spike):
             log.warning("loss spike", step=step, loss=round(n.loss, 4), grad_norm=round(n.grad_norm, 3))
-        if n.straggler_rank is not None and (prev is None or prev.straggler_rank != n.straggler_rank):
+        # A lone GPU that slows down is not a straggler: there is no other rank to wait for it.
+        slow = n.straggler_rank if job.world_size > 1 else None
+        if slow is not None and (prev is None or prev.straggler_rank != slow):
             log.warning(
                 "straggler detected",
                 step=step,
-                slow_rank=n.straggler_rank,
-                host=self.ctx.hosts[n.straggler_rank // job.nproc_per_node],
+                slow_rank=slow,
+                host=self.ctx.hosts[slow // job.nproc_per_node],
                 step_time_s=round(n.step_time_s, 3),
                 mfu=f"{100 * n.mfu:.1f}%",
             )

@@ -115,3 +115,16 @@ class TestRanks:
         j = job()
         again = pickle.loads(pickle.dumps(j))
         assert again == j and hash(again) == hash(j)
+
+
+class TestShardingLabel:
+    def test_one_data_parallel_rank_has_no_zero_stage(self) -> None:
+        """ZeRO over a data-parallel group of one shards nothing: the job says DDP, as real trainers do."""
+        j = job("llama3.2-1b", nnodes=1, nproc_per_node=1, zero_stage=1)
+        assert j.dp == 1 and j.zero_stage == 1
+        assert j.sharding == "DDP"
+
+    def test_several_data_parallel_ranks_keep_their_stage(self) -> None:
+        """With dp > 1 the label names the stage."""
+        j = job("llama3.2-1b", nnodes=1, nproc_per_node=8, tp=1, pp=1, zero_stage=1)
+        assert j.dp == 8 and j.sharding == "ZeRO-1"
