@@ -49,8 +49,12 @@ def fakerun_batch(runner: Runner, nodes: int, nproc: int, *fake: str) -> Path:
 
 
 def env(runner: Runner) -> dict[str, str]:
-    """The runner's environment with the `fakerun` command on PATH."""
-    return runner.env(PATH=f"{Path(fakerun_exe()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    """The runner's environment with the `fakerun` command on PATH and TMPDIR in the test's directory."""
+    tmp = runner.tmp / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return runner.env(
+        PATH=f"{Path(fakerun_exe()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}", TMPDIR=str(tmp)
+    )
 
 
 def start(runner: Runner, script: Path, stdout: int, stderr: int, *args: str) -> subprocess.Popen[bytes]:
@@ -105,7 +109,8 @@ def end(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
 
 
 def nothing_left(runner: Runner, timeout: float = 15) -> None:
-    """No process of the test is left (a launcher's workers follow it within a second)."""
+    """No process of the test is left (a launcher's workers follow it within a second), nor the shims."""
+    assert not list((runner.tmp / "tmp").glob("fake_srun.*"))
     deadline = time.monotonic() + timeout
     left = marked_processes(runner.mark)
     while left and time.monotonic() < deadline:
@@ -314,3 +319,4 @@ class TestSteps:
             )
             assert res.returncode == 0, res.stderr[-2000:]
             assert "16 GPUs on 16 nodes" in res.stdout and "Training summary" in res.stdout
+        assert not list((runner.tmp / "tmp").glob("fake_srun.*"))
