@@ -67,6 +67,7 @@ class JobSpec:
     regime: str = (
         "pretrain"  # pretrain: the scaling law from ln(vocab); finetune: SFT-like losses of ~2 down to ~1
     )
+    epochs: int = 1  # passes over the dataset in total_steps: epochs 2+ repeat data (Muennighoff et al. 2023)
 
     def __post_init__(self) -> None:
         problems = []
@@ -184,6 +185,7 @@ def make_job(
     spike_steps: tuple[int, ...] = (),
     nan_steps: tuple[int, ...] = (),
     regime: str = "pretrain",
+    epochs: int = 1,
     check_memory: bool = True,
 ) -> JobSpec:
     """A consistent JobSpec: defaults from the model preset, explicit values checked (one-line errors)."""
@@ -278,6 +280,8 @@ def make_job(
         raise ValueError(f"unknown scaling law {law!r} (choose from: {', '.join(LAWS)})")
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r} (choose from: {', '.join(REGIMES)})")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     if grad_clip <= 0:
         raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
     if not 0 <= start_step <= total:
@@ -315,6 +319,7 @@ def make_job(
         spike_steps=tuple(sorted(spike_steps)),
         nan_steps=tuple(sorted(nan_steps)),
         regime=regime,
+        epochs=epochs,
     )
     if check_memory:
         job = _fit(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fakerun.sim import rand
+from fakerun.sim.schedule import lr_area, lr_area_at
 
 if TYPE_CHECKING:
     from fakerun.presets import ModelSpec
@@ -64,28 +65,83 @@ def effective_params(model: ModelSpec) -> float:
     return float(model.params)
 
 
+# Learning-rate-aware progress (Tissue et al. 2024, "Scaling law with learning rate annealing", arXiv
+# 2408.11029): the loss follows the area under the lr schedule, not the step count.
+# Optimizer-limited descent from ln(V): e-folds per unit of integrated absolute lr (sum of lr_i). Fitted on
+# excerpt 27 (GPT-2 124M, peak lr 1e-4 reached at iteration ~30): 10.72 at 20, 9.24 at 50, 8.64 at 60, 7.51 at
+# 100, i.e. integrated lr 0.0035 -> 9.3 and 0.0085 -> 7.5 from 10.82.
+OPT_SCALE = 0.018
+# The unigram plateau every run crosses early: ~7.4-7.5 for GPT-2's 50k vocabulary (excerpt 27 at iterations
+# 100-110; PHYSICS.md 4: "~7.4 by 100-200 iterations"); scaled with ln(V) for other vocabularies.
+UNIGRAM_FRAC = 0.68
+# Tokens that teach a model the unigram statistics (so a small-batch run does not wait on the Chinchilla term,
+# whose fit starts at ~1e9 tokens and says nothing below ~1e7).
+UNIGRAM_TOKENS = 1e5
+# An un-annealed run sits this share above the law; the cooldown recovers it (a constant lr with no cooldown
+# ends ~2-4% above cosine at the same tokens: Haegele et al. 2024, arXiv 2405.18392, Fig. 3 [mem]).
+ANNEAL_LIFT = 0.03
+# Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models", arXiv 2305.16264), eq. 5: repeated
+# tokens are worth U * R* * (1 - exp(-R / R*)) fresh ones, with R* = 15.4 for data.
+R_STAR_DATA = 15.4
+# The cosine-to-10% schedule the law's runs followed (Hoffmann et al. 2022, section 3): the end loss of that
+# schedule is the law; other schedules end above or below it by their areas.
+REFERENCE_MIN_LR_RATIO = 0.1
+_SMOOTH = 0.05  # nats: width of the soft max/min joining the curves
+
+
+def loss_seed(job: JobSpec) -> int:
+    """The seed of the loss's own draws: the job seed and the model, so two models never print one curve."""
+    m = job.model
+    return rand.hash64(job.seed, "loss-model", rand.stream_id(m.name), m.params, m.vocab) >> 1
+
+
 @functools.lru_cache(maxsize=256)
 def initial_loss(job: JobSpec) -> float:
     """Loss of the untrained model: ln(vocab) plus a little, by seed (excerpt 70: 12.25 at ln V = 11.76)."""
+    seed = loss_seed(job)
     if job.regime == "finetune":
         # A pretrained model meeting instruction data: ~1.4-2.4 (HF Trainer logs, excerpt 60: 2.12 first).
-        return 1.4 + 1.0 * rand.uniform(job.seed, "loss-init")
-    return math.log(job.model.vocab) + 0.05 + 0.35 * rand.uniform(job.seed, "loss-init")
+        return 1.4 + 1.0 * rand.uniform(seed, "loss-init")
+    return math.log(job.model.vocab) + 0.05 + 0.35 * rand.uniform(seed, "loss-init")
 
 
 def _finetune_loss(job: JobSpec, step: int) -> float:
     # Fine-tuning falls fast over the first ~5% of the run, then slowly, to ~45-65% of where it started
-    # (excerpt 60: 2.12 -> 1.16 over 1.5 epochs); no scaling law applies to a pretrained model.
+    # (excerpt 60: 2.12 -> 1.16 over 1.5 epochs); no scaling law applies to a pretrained model. Progress is
+    # counted in peak-lr steps, so a warm-up at a tiny lr moves it little.
     l0 = initial_loss(job)
-    end = l0 * (0.45 + 0.2 * rand.uniform(job.seed, "loss-end"))
+    end = l0 * (0.45 + 0.2 * rand.uniform(loss_seed(job), "loss-end"))
     t = max(job.total_steps, 1)
-    shape = 0.6 * math.exp(-step / (0.05 * t + 1.0)) + 0.4 * math.exp(-step / (0.5 * t + 1.0))
+    x, _ = lr_area(job, max(step - 1, 0))
+    shape = 0.6 * math.exp(-x / (0.05 * t + 1.0)) + 0.4 * math.exp(-x / (0.5 * t + 1.0))
     return end + (l0 - end) * shape
 
 
 def tokens_before(job: JobSpec, step: int) -> float:
     """Tokens consumed before step `step` runs (step 1 is the first optimizer step)."""
     return float(max(step - 1, 0) * job.tokens_per_step)
+
+
+def unique_tokens(job: JobSpec) -> float:
+    """Tokens in one pass over the dataset: the whole run over its epochs."""
+    return float(job.total_steps * job.tokens_per_step) / max(job.epochs, 1)
+
+
+def data_constrained_tokens(tokens: float, unique: float, r_star: float = R_STAR_DATA) -> float:
+    """Muennighoff et al. 2023's effective data D': fresh tokens count fully, repeats decay with R*."""
+    if unique <= 0 or tokens <= unique:
+        return tokens
+    repeats = tokens / unique - 1.0
+    return unique + unique * r_star * (1.0 - math.exp(-repeats / r_star))
+
+
+def effective_tokens(job: JobSpec, step: int) -> float:
+    """Tokens the optimizer has learnt from before `step`: repeats decayed (D'), times S1 per step run."""
+    done = max(step - 1, 0)
+    if done == 0:
+        return 0.0
+    s1, _ = lr_area(job, done)
+    return data_constrained_tokens(float(done * job.tokens_per_step), unique_tokens(job)) * s1 / done
 
 
 def _softmin(a: float, b: float, t: float = 0.3) -> float:
@@ -95,20 +151,52 @@ def _softmin(a: float, b: float, t: float = 0.3) -> float:
     return lo - t * math.log(math.exp((lo - a) / t) + math.exp((lo - b) / t))
 
 
+def _softmax(a: float, b: float, t: float = _SMOOTH) -> float:
+    hi = max(a, b)
+    return hi + t * math.log1p(math.exp(-abs(a - b) / t))
+
+
+@functools.lru_cache(maxsize=256)
+def _anneal_calibration(job: JobSpec) -> tuple[float, float]:
+    """(lift, bonus per unit of S2): the un-annealed excess and what a cooldown takes off per peak-lr step.
+
+    The reference cosine-to-10% schedule of the same length ends exactly on the law at the run's tokens:
+    its S1 shortfall plus the lift are what its annealing area S2 buys back (Tissue et al. 2024's -C * S2).
+    """
+    lw, n = law(job), effective_params(job.model)
+    t = job.total_steps
+    d_end = data_constrained_tokens(float(t * job.tokens_per_step), unique_tokens(job))
+    s1, s2 = lr_area_at(
+        t, peak=1.0, min_lr=REFERENCE_MIN_LR_RATIO, warmup=job.warmup_steps, total=t, kind="cosine"
+    )
+    on_law = lw.loss(n, d_end)
+    # The lift is the schedule's: the same for fresh and repeated data (the law at the fresh tokens).
+    lift = ANNEAL_LIFT * lw.loss(n, float(t * job.tokens_per_step))
+    if s2 <= 0:
+        return lift, 0.0
+    return lift, (lw.loss(n, d_end * s1 / t) + lift - on_law) / s2
+
+
 def expected_loss(job: JobSpec, step: int) -> float:
-    """The noiseless curve: ln(vocab) at step 0, bending onto the law by the end of the warmup."""
+    """The noiseless curve at `step`: ln(vocab) at first, as fast as the integrated lr allows, then the law.
+
+    Three bounds, the highest binding: the optimizer's (how far the lr applied so far can move the weights
+    from initialisation), the data's (the law at the effective tokens, less the annealing bonus of the
+    cooldown so far), and the start (never above ln(V) plus the init excess).
+    """
     if job.regime == "finetune":
         return _finetune_loss(job, step)
     l0 = initial_loss(job)
-    target = _softmin(law(job).loss(effective_params(job.model), tokens_before(job, step)), l0)
-    # The curve meets the law by the end of the warmup, or by step 400 for long warmups (Llama 3 405B: 8000):
-    # real losses fall fast from the first steps whatever the warmup (~7.4 by step 100-200, excerpts 25, 27).
-    horizon = max(min(job.warmup_steps, 400), 10)
-    x = step / horizon
-    if x >= 1.0:
-        return target
-    g = (1.0 - x) ** 2 * math.exp(-8.0 * x)
-    return target + (l0 - target) * g
+    lw, n = law(job), effective_params(job.model)
+    s1, s2 = lr_area(job, max(step - 1, 0))
+    d_eff = effective_tokens(job, step)
+    lift, per_s2 = _anneal_calibration(job)
+    data = lw.loss(n, d_eff) + lift - per_s2 * s2 if d_eff > 0 else math.inf
+    unigram = UNIGRAM_FRAC * math.log(job.model.vocab)
+    early = unigram + (l0 - unigram) * math.exp(-d_eff / UNIGRAM_TOKENS)
+    data = _softmin(data, early)
+    opt = lw.E + (l0 - lw.E) * math.exp(-s1 * job.lr / OPT_SCALE)
+    return min(l0, _softmax(data, opt))
 
 
 @dataclass(frozen=True)
@@ -174,9 +262,9 @@ def train_loss(job: JobSpec, step: int, spike: object = _UNSET) -> float:
     base = expected_loss(job, step)
     if isinstance(sp, Spike):
         base += (initial_loss(job) - base) * spike_loss_factor(sp)
-    drift = DRIFT_REL * rand.value_noise(job.seed, "loss-drift", step / 50.0)
+    drift = DRIFT_REL * rand.value_noise(loss_seed(job), "loss-drift", step / 50.0)
     # Clipped at 2.5 sigma: batch losses have no heavy tails away from spikes (which are modelled apart).
-    noise = NOISE_REL * max(-2.5, min(2.5, rand.normal(job.seed, "loss-noise", step)))
+    noise = NOISE_REL * max(-2.5, min(2.5, rand.normal(loss_seed(job), "loss-noise", step)))
     if job.regime == "finetune":
         # Small SFT batches of uneven examples: ~5% step-to-step (excerpt 60: 1.58, 1.60, 1.21, 1.16).
         return base * (1.0 + 5.0 * noise + drift)
@@ -192,7 +280,7 @@ def eval_loss(job: JobSpec, step: int) -> float:
     if spike is not None:
         base += (initial_loss(job) - base) * spike_loss_factor(spike) * 0.8
     gap = EVAL_GAP * (2.0 if job.regime == "finetune" else 1.0)
-    return base * (1.0 + gap + 0.003 * rand.normal(job.seed, "eval-noise", step))
+    return base * (1.0 + gap + 0.003 * rand.normal(loss_seed(job), "eval-noise", step))
 
 
 def perplexity(loss: float) -> float:

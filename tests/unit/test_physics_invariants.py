@@ -71,21 +71,46 @@ class TestMemory:
         assert 0 < n.mem_reserved_gib < j.gpu.memory_mib / 1024
 
 
+def lr_area(j: JobSpec, step: float) -> float:
+    """Integral of lr / peak from 0 to `step` for linear warmup then cosine to min_lr (the textbook form)."""
+    w, total, r = j.warmup_steps, j.total_steps, j.min_lr / j.lr
+    if step <= w:
+        return step * step / (2 * w) if w else 0.0
+    x = min(step, total) - w
+    span = total - w
+    cos = x * r + (1 - r) / 2 * (x + span / math.pi * math.sin(math.pi * x / span))
+    return w / 2 + cos + max(step - total, 0) * r
+
+
 class TestLoss:
-    """The loss starts near ln(vocab) and follows the Chinchilla law at the tokens consumed."""
+    """The loss starts near ln(vocab), tracks the area under the lr schedule, ends on the Chinchilla law."""
 
     @settings(max_examples=150, deadline=None)
     @given(jobs, st.integers(1, 1_000_000))
-    def test_within_ten_percent_of_the_law_after_a_billion_tokens(self, j: JobSpec | None, step: int) -> None:
-        """Once >= 1e9 tokens are consumed, the training loss is within 10% of L(N, D)."""
+    def test_between_the_law_at_tokens_and_at_lr_weighted_tokens(self, j: JobSpec | None, step: int) -> None:
+        """After the warm-up and 1e9 tokens: L(N, D) <= loss <= L(N, D * S1/steps) + 3% lift, within noise."""
+        # Replaces "within 10% of L(N, D) after 1e9 tokens": tokens alone let the loss collapse during a long
+        # warm-up at a tiny lr; Tissue et al. 2024 put progress in the area S1 under the schedule.
         assume(j is not None)
         assert j is not None
-        assume(step <= j.total_steps and step * j.tokens_per_step >= 1e9)
+        assume(j.warmup_steps < step <= j.total_steps and step * j.tokens_per_step >= 1e9)
         n = step_numbers(j, 0, step)
         assume(not n.spike and not n.skipped)
         e, a, b, alpha, beta = CHINCHILLA
-        want = e + a / j.model.params**alpha + b / n.tokens**beta
-        assert abs(n.loss - want) <= 0.10 * want
+        d = (step - 1) * j.tokens_per_step
+        d_lr = lr_area(j, step - 1) * j.tokens_per_step
+        low = e + a / j.model.params**alpha + b / d**beta
+        high = e + a / j.model.params**alpha + b / d_lr**beta
+        assert 0.96 * low <= n.loss <= 1.03 * high * 1.05
+
+    @settings(max_examples=60, deadline=None)
+    @given(jobs, st.integers(1, 4000))
+    def test_no_collapse_before_the_lr_has_done_work(self, j: JobSpec | None, step: int) -> None:
+        """While the integrated lr (sum of lr_i) is under 0.003, the loss stays above 80% of ln(vocab)."""
+        assume(j is not None)
+        assert j is not None
+        assume(step <= j.total_steps and lr_area(j, step - 1) * j.lr < 0.003)
+        assert step_numbers(j, 0, step).loss > 0.8 * math.log(j.model.vocab)
 
     @settings(max_examples=50, deadline=None)
     @given(jobs)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.sim.job import make_job
-from fakerun.sim.schedule import lr, lr_at
+from fakerun.sim.schedule import lr, lr_area_at, lr_at
 
 KW: dict[str, Any] = {"peak": 3e-4, "min_lr": 3e-5, "warmup": 2000, "total": 102_000}
 
@@ -56,3 +59,27 @@ class TestOtherSchedules:
         j = make_job(b.model, b.cluster, b.storage, total_steps=10_000, warmup_steps=100)
         assert lr(j, 100) == pytest.approx(3e-4)
         assert lr(j, 10_000) == pytest.approx(3e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 400),
+    st.floats(0.0, 1.0),
+    st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+    st.sampled_from(["cosine", "linear", "constant"]),
+    st.integers(0, 500),
+)
+def test_lr_area_is_the_sum_of_the_lr(
+    total: int, warm_frac: float, ratio: float, kind: str, step: int
+) -> None:
+    """S1 sums lr/peak over steps 1..s; S2 sums 1 - lr/peak after the warm-up (Tissue et al. 2024)."""
+    warmup = round(warm_frac * total)
+    low = 1e-3 * ratio
+    lrs = [
+        lr_at(i, peak=1e-3, min_lr=low, warmup=warmup, total=total, kind=kind) / 1e-3
+        for i in range(1, step + 1)
+    ]
+    s1, s2 = lr_area_at(step, peak=1e-3, min_lr=low, warmup=warmup, total=total, kind=kind)
+    assert math.isclose(s1, sum(lrs), rel_tol=1e-9, abs_tol=1e-9)
+    post = [1 - x for i, x in enumerate(lrs, start=1) if i >= max(warmup, 1)]
+    assert math.isclose(s2, sum(post), rel_tol=1e-9, abs_tol=1e-9)
