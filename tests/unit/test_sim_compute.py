@@ -131,3 +131,53 @@ class TestEta:
     def test_first_step_overhead_is_seconds(self) -> None:
         """The first step of an attempt costs a few extra seconds, outside the MFU identity."""
         assert 2.0 <= compute.first_step_overhead_s(job()) <= 10.0
+
+
+class TestFrameworkFlops:
+    """Megatron's and torchtitan's own FLOPs counts, and their TFLOP/s from the step time."""
+
+    def test_megatron_formula_reduces_to_narayanan(self) -> None:
+        """GPT-2 (MHA, GELU 4h): 72 B s l h^2 (1 + s/6h + V/12lh) (Narayanan et al. 2021, no recompute)."""
+        b = presets.resolve("gpt2-124m")
+        j = make_job(b.model, b.cluster, b.storage, nnodes=1)
+        m = j.model
+        assert m.ffn_hidden == 4 * m.hidden and m.kv_heads == m.heads and m.mlp != "swiglu"
+        s, h, l_, v = j.seq_len, m.hidden, m.layers, m.vocab
+        want = 72 * j.global_batch * s * l_ * h * h * (1 + s / (6 * h) + v / (12 * l_ * h))
+        assert compute.megatron_flops_per_step(j) == pytest.approx(want, rel=1e-9)
+
+    def test_megatron_counts_gqa_and_swiglu(self) -> None:
+        """Llama 3 8B: fewer K/V heads shrink attention, SwiGLU's third matrix adds half the MLP."""
+        b = presets.resolve("llama3-8b")
+        j = make_job(b.model, b.cluster, b.storage, nnodes=1)
+        m = j.model
+        s, h, l_ = j.seq_len, m.hidden, m.layers
+        per_token = 12 * l_ * h * h * ((1 + 8 / 32 + s / h) + 14336 / 4096 * 1.5 + m.vocab / (2 * l_ * h))
+        assert compute.megatron_flops_per_step(j) == pytest.approx(per_token * j.tokens_per_step, rel=1e-9)
+
+    def test_torchtitan_matches_its_log(self) -> None:
+        """Excerpt 70: Llama 3 8B at seq 8192 prints tps 5,615 and tflops 325.20: 57.9 GFLOP per token."""
+        model = presets.resolve("llama3-8b").model
+        assert compute.torchtitan_flops_per_token(model, 8192) == pytest.approx(325.20e12 / 5615, rel=0.01)
+
+    @pytest.mark.parametrize("framework", compute.FRAMEWORKS)
+    @pytest.mark.parametrize("step", [1, 2, 500])
+    def test_step_time_identity(self, framework: str, step: int) -> None:
+        """TFLOP/s * GPUs * step time = the framework's FLOPs, on every step (iteration 1 too)."""
+        j = job()
+        n = step_numbers(j, 0, step)
+        tflops = compute.framework_tflops_per_gpu(j, n.step_time_s, framework)
+        got = tflops * 1e12 * j.world_size * n.step_time_s
+        assert got == pytest.approx(compute.framework_flops_per_step(j, framework), rel=1e-9)
+        assert compute.framework_mfu(j, n.step_time_s, framework) == pytest.approx(
+            tflops * 1e12 / j.gpu.peak_flops, rel=1e-9
+        )
+
+    @pytest.mark.parametrize("model", ["llama3.2-1b", "llama3.2-3b", "llama3-8b"])
+    def test_fsdp_below_ddp(self, model: str) -> None:
+        """FSDP's MFU sits below the same job's ZeRO-1/DDP figure (excerpt 70: ~33% on H100)."""
+        b = presets.resolve(model)
+        z1 = make_job(b.model, b.cluster, b.storage, nnodes=1, zero_stage=1)
+        z3 = make_job(b.model, b.cluster, b.storage, nnodes=1, zero_stage=3)
+        assert z3.dp > 1
+        assert compute.mfu_center(z3) < compute.mfu_center(z1)
