@@ -100,6 +100,15 @@ def _wire(factor: float, nbytes: float, bw: float) -> float:
     return min(factor * (nbytes + S_HALF) / bw, factor * nbytes / (bw * LL_EFFICIENCY))
 
 
+def node_nic_bytes(cluster: ClusterSpec, ranks_per_node: int) -> float:
+    """Achievable bytes/s out of one node for `ranks_per_node` ranks: the NICs nearest them, x efficiency."""
+    # Rail-optimised nodes give each GPU its own NIC (DGX H100: 8 x NDR400); ranks on half the GPUs reach
+    # half the NICs (excerpt 51: CUDA_VISIBLE_DEVICES=0,2,4,6 with NCCL_CROSS_NIC=0 uses 4).
+    share = min(max(ranks_per_node, 1), cluster.gpus_per_node) / cluster.gpus_per_node
+    nics = max(1, round(cluster.nics_per_node * share))
+    return nics * cluster.nic_gbps / 8.0 * 1e9 * cluster.nic_efficiency
+
+
 def collective_time(
     cluster: ClusterSpec, op: str, nbytes: float, ranks: int, ranks_per_node: int
 ) -> CollectiveTime:
@@ -131,7 +140,11 @@ def collective_time(
         inter = _wire((n - g) / n, nbytes, b_out)
     else:
         intra = _wire(bus_factor(op, g), nbytes, b_in) if g > 1 else 0.0
-        inter = _wire(bus_factor(op, k), nbytes / g, b_out)
+        # NCCL's rings run through every GPU: each ring enters and leaves each node once, so a node's NICs
+        # carry the whole ring volume, 2(n-1)/n * S for an all-reduce. busbw is therefore capped by the NICs
+        # the node's ranks use (per-NIC rate x NICs x efficiency): 2 x 4 H100 on 4 NDR400 NICs cap at
+        # 4 x 46.5 = 186 GB/s and measure 159 at 256 MiB (excerpt 51; 46-48 GB/s per NIC, nccl-tests#290).
+        inter = _wire(bus_factor(op, n), nbytes, node_nic_bytes(cluster, g))
     bw_time = max(intra, inter) + 0.1 * min(intra, inter)
     # A flat ring visits every rank: of its hops, k per pass cross the network.
     steps = _ring_steps(op, n)

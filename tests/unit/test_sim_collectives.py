@@ -6,6 +6,8 @@ import itertools
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.sim import collectives as col
@@ -124,3 +126,29 @@ class TestPlan:
         ops = col.bucket_allreduces(j, 10)
         assert [o.nbytes for o in ops] == list(col.comm_plan(j).buckets)
         assert all(o.seconds > 0 for o in ops)
+
+
+class TestNetworkCap:
+    """Across nodes, busbw is bounded by the NICs a node's ranks use (NCCL's rings cross every node)."""
+
+    @settings(max_examples=80, deadline=None)
+    @given(
+        st.sampled_from(["dgx-h100", "dgx-a100", "hgx-b200", "hgx-h200", "h800-roce", "mi300x-node"]),
+        st.sampled_from(["all_reduce", "reduce_scatter", "all_gather"]),
+        st.integers(2, 16),
+        st.sampled_from([1, 2, 4, 8]),
+        st.integers(20, 34),
+    )
+    def test_busbw_under_the_nics(self, name: str, op: str, nodes: int, per_node: int, log2: int) -> None:
+        """busbw <= per-NIC rate x NICs in use x efficiency, for every size, op and node count."""
+        c = presets.load_cluster(name)
+        assume(per_node <= c.gpus_per_node)
+        t = col.collective_time(c, op, float(2**log2), nodes * per_node, per_node)
+        nics = max(1, round(c.nics_per_node * per_node / c.gpus_per_node))
+        cap = nics * c.nic_gbps / 8 * 1e9 * c.nic_efficiency
+        assert t.busbw <= cap * (1 + 1e-9)
+
+    def test_two_nodes_of_four_h100(self) -> None:
+        """2 x 4 H100 on 4 NDR400 NICs, 256 MiB: under 4 x 46.5 = 186 GB/s, near 159 measured (excerpt 51)."""
+        t = col.collective_time(presets.load_cluster("dgx-h100"), "all_reduce", 256 * 2**20, 8, 4)
+        assert 140e9 <= t.busbw <= 186e9
