@@ -24,6 +24,13 @@ EVAL_ITERS = 10  # validation batches per evaluation (Megatron's --eval-iters de
 # the default demo moves about every second (PRODUCT.md 5).
 DEFAULT_LADDER = ("llama3-70b", "llama3-8b", "llama3.2-3b", "llama3.2-1b", "gpt2-124m")
 DEFAULT_MAX_STEP_S = 2.5
+# Default evaluation and checkpoint cadences also keep each pause under this share of the wall time: real jobs
+# spend ~0.4% saving (BLOOM-176B: 2.3 TB in ~40 s every ~3 h, PHYSICS.md 7) and a few percent validating.
+EVAL_SHARE = 0.03
+# Large checkpoints are written less often: ~5 s of training per GB (BLOOM-176B: 2.3 TB every ~3 h, PHYSICS.md
+# 7), so a 988 GB 70B checkpoint comes every ~80 min, not every ~10.
+SAVE_S_PER_GB = 5.0
+SAVE_SHARE = 0.03
 EVAL_MARGIN = 0.05  # evaluation wall time over the forward FLOPs: data loading, all-reduce of the loss
 
 Pause = tuple[str, float]  # (phase name, simulated seconds)
@@ -33,6 +40,15 @@ def nice_interval(target_s: float, step_s: float) -> int:
     """The round step interval closest (in log scale) to `target_s` of simulated time."""
     want = max(1.0, target_s / max(step_s, 1e-9))
     return min(NICE_INTERVALS, key=lambda n: abs(math.log(n / want)))
+
+
+def costed_interval(target_s: float, step_s: float, pause_s: float, share: float) -> int:
+    """The round interval near `target_s` of training, lengthened until the pause is <= `share` of it."""
+    base = nice_interval(target_s, step_s)
+    need = pause_s / (share * max(step_s, 1e-9))
+    if base >= need:
+        return base
+    return next((n for n in NICE_INTERVALS if n >= need), NICE_INTERVALS[-1])
 
 
 def pick_default_model(candidates: Sequence[tuple[ModelSpec, float]]) -> ModelSpec:
@@ -110,6 +126,7 @@ def make_run(
     step_s = compute.expected_step_time(job)
     first = job.start_step + 1
     last = job.total_steps if max_steps is None else min(job.total_steps, job.start_step + max_steps)
+    iters = EVAL_ITERS if eval_iters is None else eval_iters
     if last < first:
         raise ValueError(f"nothing to run: start step {job.start_step} is the last of {job.total_steps}")
     return RunPlan(
@@ -118,9 +135,22 @@ def make_run(
         last_step=last,
         log_interval=log_interval or nice_interval(LOG_EVERY_S, step_s),
         grid_interval=nice_interval(GRID_EVERY_S, step_s),
-        eval_interval=nice_interval(EVAL_EVERY_S, step_s) if eval_interval is None else eval_interval,
-        save_interval=nice_interval(SAVE_EVERY_S, step_s) if save_interval is None else save_interval,
-        eval_iters=EVAL_ITERS if eval_iters is None else eval_iters,
+        eval_interval=(
+            costed_interval(EVAL_EVERY_S, step_s, eval_seconds(job, iters, 0), EVAL_SHARE)
+            if eval_interval is None
+            else eval_interval
+        ),
+        save_interval=(
+            costed_interval(
+                max(SAVE_EVERY_S, SAVE_S_PER_GB * checkpoint.checkpoint_bytes(job.model) / 1e9),
+                step_s,
+                checkpoint.save_seconds(job, 0),
+                SAVE_SHARE,
+            )
+            if save_interval is None
+            else save_interval
+        ),
+        eval_iters=iters,
         epochs=max(1, math.ceil(epochs)) if epochs else 1,
         max_time_s=max_time_s,
         max_steps=max_steps,

@@ -87,3 +87,24 @@ class TestCheckpoints:
     def test_directory_names(self, style: str, name: str) -> None:
         """Checkpoint directories are named as each framework names them."""
         assert ck.checkpoint_dir(1000, style) == name
+
+
+class TestExportTime:
+    """save_pretrained's duration: every byte of the export through one writer."""
+
+    @pytest.mark.parametrize("model", ["llama3-8b", "llama3-70b"])
+    def test_takes_the_bytes_over_the_bandwidth(self, model: str) -> None:
+        """At least the export's bytes over the storage's per-node write bandwidth (16-141 GB: seconds+)."""
+        b = presets.resolve(model)
+        j = make_job(b.model, b.cluster, b.storage)
+        nbytes = sum(f.nbytes for f in ck.export_files(j.model))
+        per_node = (j.storage.per_node_write_gbs or j.storage.write_gbs) * 1e9
+        assert ck.export_seconds(j) >= 0.85 * nbytes / per_node
+        assert ck.export_seconds(j) >= 0.85 * nbytes / 2e9  # one process: ~1.5 GB/s, not 10s of GB/s
+
+    def test_grows_with_the_model(self) -> None:
+        """A 70B export takes several times an 8B one on the same storage."""
+        small, big = presets.resolve("llama3-8b"), presets.resolve("llama3-70b")
+        js = make_job(small.model, big.cluster, big.storage, nnodes=4)
+        jb = make_job(big.model, big.cluster, big.storage, nnodes=4)
+        assert ck.export_seconds(jb) > 5 * ck.export_seconds(js)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.sim import checkpoint, compute
+from fakerun.sim import run as run_mod
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import (
     NICE_INTERVALS,
@@ -136,3 +137,35 @@ class TestResume:
         """A failure after the final save still leaves one step to run."""
         run = make_run(job(), max_steps=10)
         assert resumed(run, 10).first_step == 10
+
+
+class TestCostedCadence:
+    """Default evaluation and checkpoint cadences keep their pauses a small share of the wall time."""
+
+    @pytest.mark.parametrize(
+        ("model", "nnodes"), [("llama3-70b", None), ("gpt3-175b", None), ("llama3-8b", 1), ("llama3.2-1b", 1)]
+    )
+    def test_pauses_are_a_few_percent(self, model: str, nnodes: int | None) -> None:
+        """Evaluation and checkpointing each take <= 5% of the wall time at the default cadence."""
+        b = presets.resolve(model)
+        j = make_job(b.model, b.cluster, b.storage, nnodes=nnodes)
+        r = run_mod.make_run(j)
+        step_s = compute.expected_step_time(j)
+        ev = run_mod.eval_seconds(j, r.eval_iters, 0)
+        sv = checkpoint.save_seconds(j, 0)
+        assert ev / (ev + r.eval_interval * step_s) <= 0.05
+        assert sv / (sv + r.save_interval * step_s) <= 0.05
+
+    def test_a_large_checkpoint_is_not_written_every_few_minutes(self) -> None:
+        """988 GB of Llama 3 70B training state: an hour or more apart (BLOOM: 2.3 TB every ~3 h)."""
+        b = presets.resolve("llama3-70b")
+        j = make_job(b.model, b.cluster, b.storage)
+        r = run_mod.make_run(j)
+        assert r.save_interval * compute.expected_step_time(j) >= 3600
+
+    def test_arguments_win(self) -> None:
+        """A cadence the script sets is kept, however costly."""
+        b = presets.resolve("llama3-70b")
+        j = make_job(b.model, b.cluster, b.storage)
+        r = run_mod.make_run(j, eval_interval=5, save_interval=10)
+        assert (r.eval_interval, r.save_interval) == (5, 10)
