@@ -352,7 +352,10 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         _parse_flag,
     ),
     _FakeSpec(
-        "seed", "INT", "Seed of the simulation's random numbers (default: 0).", _parse_int(0, limits.MAX_SEED)
+        "seed",
+        "INT",
+        "Seed of the simulation's random numbers (default: a fresh one per run, kept in the metrics file).",
+        _parse_int(0, limits.MAX_SEED),
     ),
     _FakeSpec(
         "speed", "FACTOR", "Speed factor: run N times faster than real time (default: 1).", _parse_speed
@@ -390,6 +393,12 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         f"Inject a failure scenario: {_FAIL_SYNTAX}, SCENARIO one of {', '.join(FAILURE_KINDS)}, "
         f"{RANDOM_FAILURE}.",
         _parse_fail,
+    ),
+    _FakeSpec(
+        "check",
+        None,
+        "Print whether the job fits in GPU memory (need per GPU, capacity, breakdown), then exit 0 or 1.",
+        _parse_flag,
     ),
     _FakeSpec("list_presets", None, "List the model, GPU and cluster presets and exit.", _parse_flag),
     _FakeSpec(

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import math
+import os
+import struct
+import zlib
 from typing import Any
 
 from fakerun import presets
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
-from fakerun.limits import MAX_STEPS, MAX_WALL_STEP_S
+from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
-from fakerun.sim import checkpoint, compute
+from fakerun.sim import checkpoint, compute, memory
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import DEFAULT_LADDER, RunPlan, eval_seconds, make_run, pick_default_model, startup_times
 
 
 class JobConfigError(Exception):
     """The job cannot be simulated as asked; the message is one line for the user."""
+
+
+def draw_seed(shared_key: str | None = None) -> int:
+    """A fresh seed for a run given none: from os.urandom, or from a key every agent of the job shares.
+
+    Agents on other machines must simulate the same job (the rendezvous compares a digest of it), so a job
+    whose nodes are played by several launchers derives its seed from what they share (the run id).
+    """
+    if shared_key is not None:
+        return zlib.crc32(shared_key.encode("utf-8")) * 0x9E3779B1 & MAX_SEED
+    return int(struct.unpack("<Q", os.urandom(8))[0]) & MAX_SEED
 
 
 def _job(bundle: presets.PresetBundle, model: presets.ModelSpec, nnodes: int, npn: int, **kw: Any) -> JobSpec:
@@ -40,7 +54,13 @@ def _default_model(
 
 
 def build_run(
-    cmd: CommandLine, bundle: presets.PresetBundle, *, nnodes: int, nproc_per_node: int, model_given: bool
+    cmd: CommandLine,
+    bundle: presets.PresetBundle,
+    *,
+    nnodes: int,
+    nproc_per_node: int,
+    model_given: bool,
+    fresh_seed: int | None = None,
 ) -> tuple[RunPlan, Hints]:
     """The run this command line asks for; JobConfigError with one line when it cannot be."""
     fake = cmd.fake
@@ -50,7 +70,14 @@ def build_run(
     except HintError as exc:
         raise JobConfigError(str(exc)) from None
     kw: dict[str, Any] = dict(hints.job)
-    kw["seed"] = fake.seed if "seed" in fake.sources or hints.seed is None else hints.seed
+    # --fake-seed (or FAKERUN_SEED) replays a run; the script's own --seed is deterministic like a real one;
+    # otherwise each run draws a fresh seed (the launcher passes it; the metrics file's run record keeps it).
+    if "seed" in fake.sources:
+        kw["seed"] = fake.seed
+    elif hints.seed is not None:
+        kw["seed"] = hints.seed
+    else:
+        kw["seed"] = fake.seed if fresh_seed is None else fresh_seed
     if fake.start_step:
         kw["start_step"] = fake.start_step
     try:
@@ -63,7 +90,7 @@ def build_run(
         if hints.arch:
             model = apply_arch(model, hints.arch)
         if hints.epochs is not None and "total_steps" not in kw:
-            probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
+            probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
             # One epoch is the preset's run over its dataset; HF Trainer's --num_train_epochs repeats it.
             steps = math.ceil(hints.epochs * probe.total_steps)
             if steps > MAX_STEPS:
@@ -74,9 +101,12 @@ def build_run(
                 )
             kw["total_steps"] = steps
         if hints.warmup_ratio is not None and "warmup_steps" not in kw:
-            probe = _job(bundle, model, nnodes, nproc_per_node, **{**kw, "start_step": 0})
+            probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
             kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)
-        job = _job(bundle, model, nnodes, nproc_per_node, **kw)
+        if hints.epochs is not None:
+            kw["epochs"] = max(1, math.ceil(hints.epochs))
+        # A job that does not fit starts and runs out of memory at its first step, as on real GPUs.
+        job = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **kw)
         run = make_run(
             job,
             max_steps=fake.max_steps,
@@ -105,6 +135,9 @@ def _check_waits(run: RunPlan, speed: float) -> None:
         "checkpoint save": checkpoint.save_seconds(job, run.first_step),
         "checkpoint load": checkpoint.load_seconds(job),
     }
+    if job.oom_at_step is not None:
+        # The job dies at its first step, out of memory, before any step, evaluation or save would end.
+        waits = {k: v for k, v in waits.items() if k in ("start-up", "checkpoint load")}
     gpus = f"{job.world_size} GPU" + ("s" if job.world_size != 1 else "")
     for what, seconds in waits.items():
         wall = seconds / speed
@@ -114,3 +147,9 @@ def _check_waits(run: RunPlan, speed: float) -> None:
                 f"time at speed {speed:g} (at most {MAX_WALL_STEP_S:g} s); use a higher --fake-speed, more "
                 "GPUs or a smaller model"
             )
+
+
+def check_report(job: JobSpec) -> tuple[int, str]:
+    """--fake-check: (exit code, the feasibility line): 0 when the job fits in GPU memory, 1 when not."""
+    fits, line = memory.feasibility(job)
+    return (0 if fits else 1), line

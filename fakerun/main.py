@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from fakerun import presets
 from fakerun.cli import parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
-from fakerun.jobconfig import JobConfigError, build_run
+from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
 from fakerun.launcher import glog, preflight
 from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.console import Console, open_std_streams, quiet_broken_pipe
@@ -94,6 +94,20 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
     )
 
 
+def _fresh_seed(plan: LaunchPlan) -> int:
+    """A seed for a run given none: random when this launcher plays every node, else shared by run id."""
+    if len(plan.nodes) >= plan.max_nodes:
+        return draw_seed()
+    return draw_seed(f"{plan.rdzv.run_id}|{plan.rdzv.endpoint}")
+
+
+def _check(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle, clock: JobClock) -> int:
+    """--fake-check: the job's GPU-memory verdict on stdout, exit 0 if it fits and 1 if not."""
+    code, line = check_report(_sim_context(cmd, plan, bundle, clock).run.job)
+    print(line)
+    return code
+
+
 def _sim_context(
     cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle, clock: JobClock
 ) -> SimContext:
@@ -105,6 +119,7 @@ def _sim_context(
             nnodes=plan.max_nodes,
             nproc_per_node=plan.nproc_per_node,
             model_given=cmd.fake.model is not None,
+            fresh_seed=_fresh_seed(plan),
         )
     except JobConfigError as exc:
         print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
@@ -355,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         print(exc.exc_line, file=sys.stderr)
         return exc.exit_code
+    if cmd.fake.check and not cmd.fake.exec:
+        return _check(cmd, plan, bundle, JobClock(started_wall, started_mono, cmd.fake.speed))
     # Before anything is forked (or any agent met): a job the host cannot hold is refused in one line.
     fd_limit = preflight.raise_fd_limit()
     try:

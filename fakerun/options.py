@@ -53,7 +53,7 @@ class FakeOptions:
 
     config: str | None = None
     exec: bool = False
-    seed: int = 0
+    seed: int = 0  # used as given only when set (sources); otherwise the launcher draws a fresh one
     speed: float = 1.0
     max_steps: int | None = None
     max_time: float | None = None  # seconds
@@ -65,6 +65,7 @@ class FakeOptions:
     metrics: str | None = None
     loop: bool = False
     skip_memory_check: bool = False
+    check: bool = False  # print the GPU-memory feasibility verdict and exit (0 fits, 1 does not)
     fail: str | None = None
     list_presets: bool = False
     install_shims: str | None = None

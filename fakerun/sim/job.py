@@ -67,6 +67,9 @@ class JobSpec:
     regime: str = (
         "pretrain"  # pretrain: the scaling law from ln(vocab); finetune: SFT-like losses of ~2 down to ~1
     )
+    # The step at which a rank raises torch.OutOfMemoryError (a configuration that does not fit starts, like
+    # a real one, and dies at its first step); None: it fits. memory.oom_figures gives the message's numbers.
+    oom_at_step: int | None = None
     epochs: int = 1  # passes over the dataset in total_steps: epochs 2+ repeat data (Muennighoff et al. 2023)
 
     def __post_init__(self) -> None:
@@ -187,6 +190,7 @@ def make_job(
     regime: str = "pretrain",
     epochs: int = 1,
     check_memory: bool = True,
+    allow_oom: bool = False,
 ) -> JobSpec:
     """A consistent JobSpec: defaults from the model preset, explicit values checked (one-line errors)."""
     # Defaulted knobs adapt to the world size (tp and pp shrink until they divide it; the global batch rounds
@@ -322,9 +326,15 @@ def make_job(
         epochs=epochs,
     )
     if check_memory:
-        job = _fit(
-            job, zero_given=zero_stage is not None, mbs_given=mbs_given, rc_given=recompute is not None
-        )
+        try:
+            job = _fit(
+                job, zero_given=zero_stage is not None, mbs_given=mbs_given, rc_given=recompute is not None
+            )
+        except ValueError:
+            if not allow_oom:
+                raise
+            # Start it anyway: the first step of the run runs out of memory, as it would on the GPUs.
+            job = dataclasses.replace(job, oom_at_step=start_step + 1)
     return job
 
 

@@ -240,3 +240,47 @@ def check_fits(job: JobSpec) -> None:
         f"zero={job.zero_stage} recompute={job.recompute} micro_batch={job.micro_batch}; "
         f"use more GPUs, more tensor/pipeline parallelism or a smaller micro batch"
     )
+
+
+@dataclass(frozen=True)
+class OomFigures:
+    """The numbers of torch's "CUDA out of memory" message on the rank that fails, in bytes."""
+
+    tried_to_allocate: float
+    capacity: float  # "GPU 0 has a total capacity of"
+    free: float  # "of which ... is free"
+    in_use: float  # "this process has ... memory in use" (PyTorch's reserved + CUDA context and NCCL)
+    allocated: float  # "Of the allocated memory ... is allocated by PyTorch"
+    reserved_unallocated: float  # "and ... is reserved by PyTorch but unallocated"
+
+
+def oom_figures(job: JobSpec) -> OomFigures:
+    """What the fullest rank's failing allocation looks like: the device nearly full, one tensor too many."""
+    stage, mb = peak_memory(job)
+    capacity = mb.capacity
+    # The allocator has grabbed all but a sliver (0.2-1.5% of the device) before the request that fails.
+    free = capacity * (0.002 + 0.013 * rand.uniform(job.seed, "oom-free", stage))
+    in_use = capacity - free
+    pytorch = max(in_use - mb.overhead, 0.0)
+    reserved_unallocated = pytorch * (0.01 + 0.03 * rand.uniform(job.seed, "oom-frag", stage))
+    allocated = pytorch - reserved_unallocated
+    # The request that fails: the largest single tensor of the step (logits, a layer's saved activations, an
+    # FSDP gathered layer), at least what the step still lacks past the free sliver, in 2 MiB pages.
+    largest = max(mb.logits, layer_activation_bytes(job), mb.buffers / 2.0, 2 * MIB)
+    need = mb.used - in_use + free
+    tried = math.ceil(max(largest, min(need, largest * 4.0), free + 2 * MIB) / (2 * MIB)) * 2 * MIB
+    return OomFigures(float(tried), capacity, free, in_use, allocated, reserved_unallocated)
+
+
+def feasibility(job: JobSpec) -> tuple[bool, str]:
+    """(fits, one line): the fullest GPU's memory against its capacity, with the breakdown."""
+    stage, mb = peak_memory(job)
+    verdict = "fits" if mb.fits else "does not fit"
+    return mb.fits, (
+        f"{job.model.name} {verdict}: {mb.used_gib:.1f} GiB per GPU needed on pipeline stage {stage} of "
+        f"{mb.capacity_gib:.1f} GiB on {job.gpu.display_name} (weights {mb.weights / GIB:.1f}, grads "
+        f"{mb.grads / GIB:.1f}, optimizer {mb.optimizer / GIB:.1f}, activations "
+        f"{(mb.activations + mb.logits) / GIB:.1f}, buffers {mb.buffers / GIB:.1f}, CUDA/NCCL "
+        f"{mb.overhead / GIB:.1f} GiB) with tp={job.tp} pp={job.pp} dp={job.dp} {job.sharding} "
+        f"recompute={job.recompute} micro_batch={job.micro_batch}"
+    )

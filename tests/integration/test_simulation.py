@@ -128,11 +128,17 @@ class TestAcceptance:
     def test_same_seed_same_numbers(
         self, json_run: tuple[Result, list[dict[str, Any]]], runner: Runner
     ) -> None:
-        """Same seed: the same metrics, wall clock aside; another seed: different ones."""
+        """A run's recorded seed replays it, wall clock aside; a run given no seed draws another one."""
         _, first = json_run
-        again = runner.run([*JOB_2X4, "--fake-metrics", "a.jsonl", "train.py"], timeout=120)
+        seed = str(first[0]["seed"])
+        again = runner.run(
+            [*JOB_2X4, "--fake-seed", seed, "--fake-metrics", "a.jsonl", "train.py"], timeout=120
+        )
         assert again.code == 0
         assert strip_clock(metrics(runner.tmp / "a.jsonl")) == strip_clock(first)
+        fresh = runner.run([*JOB_2X4, "--fake-metrics", "c.jsonl", "train.py"], timeout=120)
+        assert fresh.code == 0
+        assert metrics(runner.tmp / "c.jsonl")[0]["seed"] != first[0]["seed"]
         other = runner.run(
             [*JOB_2X4, "--fake-seed", "7", "--fake-metrics", "b.jsonl", "train.py"], timeout=120
         )
@@ -265,11 +271,13 @@ class TestScenarios:
         assert result.code == 2
         assert result.stderr.count("\n") == 1 and "--learning_rate" in result.stderr
 
-    def test_model_too_big_is_one_line(self, runner: Runner) -> None:
-        """A model that cannot fit the GPUs: one line, exit 2."""
-        result = runner.run(["--nproc-per-node", "2", "--fake-model", "llama3-405b", "train.py"])
-        assert result.code == 2
-        assert result.stderr.count("\n") == 1 and "would not fit" in result.stderr
+    def test_model_too_big_is_checked_not_refused(self, runner: Runner) -> None:
+        """A model that cannot fit the GPUs is not refused (it starts and OOMs); --fake-check: exit 1."""
+        result = runner.run(
+            ["--nproc-per-node", "2", "--fake-model", "llama3-405b", "--fake-check", "train.py"]
+        )
+        assert result.code == 1
+        assert result.stdout.count("\n") == 1 and "does not fit" in result.stdout
 
     def test_max_time_stops_cleanly(self, runner: Runner) -> None:
         """--fake-max-time ends the run with exit 0 after the simulated time."""
