@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fakerun import tomlfile
+from fakerun import dialects, tomlfile
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 
@@ -48,7 +48,7 @@ class Hints:
     epochs: float | None = None  # HF --num_train_epochs, only when no --max_steps > 0 overrides it
     warmup_ratio: float | None = None  # fraction of the total steps, only when no warmup step count wins
     seed: int | None = None
-    style: str = "generic"  # "hf" | "megatron" | "titan" | "generic"
+    style: str = dialects.DEFAULT  # the dialect the arguments select (fakerun.dialects), its default if none
     cadence: dict[str, int] = field(default_factory=dict)  # log/eval/save intervals and eval iterations
     sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
 
@@ -160,39 +160,6 @@ _TITAN_OLD = {
     "experimental.pipeline_parallel_degree": "parallelism.pipeline_parallel_degree",
     "debug.seed": "training.seed",
 }
-_TITAN_SECTIONS = _words(
-    "job profiling metrics model optimizer lr_scheduler training parallelism checkpoint activation_checkpoint"
-    " float8 mx comm memory_estimation fault_tolerance experimental validation debug compile"
-)
-
-# Options that only one framework spells this way: they vote for the style.
-_HF_VOTES = _words(
-    "model_name_or_path per_device_train_batch_size per_gpu_train_batch_size per_device_eval_batch_size "
-    "gradient_accumulation_steps num_train_epochs lr_scheduler_type warmup_ratio deepspeed fsdp output_dir "
-    "overwrite_output_dir do_train do_eval logging_steps save_steps save_strategy eval_strategy "
-    "evaluation_strategy report_to model_max_length max_seq_length block_size dataset_name train_file "
-    "save_total_limit logging_dir run_name gradient_checkpointing"
-)
-_MEGATRON_VOTES = _words(
-    "num-layers hidden-size ffn-hidden-size num-attention-heads num-query-groups group-query-attention "
-    "max-position-embeddings seq-length micro-batch-size global-batch-size min-lr lr-warmup-iters "
-    "lr-warmup-fraction lr-warmup-samples lr-decay-style lr-decay-iters train-iters train-samples "
-    "tensor-model-parallel-size pipeline-model-parallel-size expert-model-parallel-size num-experts "
-    "moe-router-topk recompute-granularity recompute-activations recompute-method use-distributed-optimizer "
-    "data-path tokenizer-type tokenizer-model vocab-file merge-file save-interval eval-interval eval-iters "
-    "log-interval distributed-backend sequence-parallel use-flash-attn use-mcore-models normalization "
-    "position-embedding-type disable-bias-linear untie-embeddings-and-output-weights clip-grad adam-beta1 "
-    "adam-beta2 init-method-std attention-dropout hidden-dropout transformer-impl"
-)
-_SCRIPT_STYLES = (
-    ("titan", re.compile(r"titan")),
-    ("megatron", re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)")),
-    (
-        "hf",
-        re.compile(r"run_(clm|mlm|plm|fim|glue|qa|seq2seq|summarization|translation|ner|swag)|transformers"),
-    ),
-)
-
 # Learning-rate schedules by framework name -> sim/schedule.py's SCHEDULES (the nearest shape).
 _HF_SCHEDULES = {
     "linear": "linear",
@@ -371,27 +338,6 @@ def _option_names(args: Sequence[str]) -> list[str]:
     return names
 
 
-def _style(script: str, names: Sequence[str]) -> str:
-    """The framework the arguments look like; the script name breaks ties and decides when they are silent."""
-    votes = {"hf": 0, "megatron": 0, "titan": 0}
-    for name in names:
-        if "." in name:
-            votes["titan"] += name.split(".", 1)[0].replace("-", "_") in _TITAN_SECTIONS
-        elif name in _MEGATRON_VOTES:
-            votes["megatron"] += 1
-        elif name.replace("-", "_") in _HF_VOTES or name == "seq_length":
-            votes["hf"] += 1
-    lowered = script.replace("\\", "/").lower()
-    by_script = next((style for style, pattern in _SCRIPT_STYLES if pattern.search(lowered)), "generic")
-    best = max(votes.values())
-    if best == 0:
-        return by_script
-    winners = [style for style, n in votes.items() if n == best]
-    if by_script in winners:
-        return by_script
-    return winners[0] if len(winners) == 1 else "generic"
-
-
 def _is_value(tok: str) -> bool:
     """Whether argparse would take `tok` as an option's value rather than as the next option."""
     return not tok.startswith("-") or tok == "-" or bool(_NEGATIVE_NUMBER.match(tok))
@@ -426,7 +372,7 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
             nxt = args[i] if i < len(args) else None
             takes = nxt is not None and (
                 nxt.strip().lower() in _TRUE | _FALSE
-                or (kind == _HF_BOOL and style == "hf" and _is_value(nxt))
+                or (kind == _HF_BOOL and dialects.DIALECTS[style].hints.bool_words and _is_value(nxt))
             )
             value = nxt if takes else None
             i += takes
@@ -736,7 +682,7 @@ def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
     groups = given.get("num_query_groups")
     n_groups = _int(groups, high=_model_high("kv_heads")) if groups is not None else None
     gqa = given.get("group_query_attention")
-    if b.style != "megatron":
+    if not dialects.DIALECTS[b.style].hints.arch_defaults:
         if groups is not None and n_groups is not None:
             b.set(b.arch, "kv_heads", n_groups, groups)
         return
@@ -795,7 +741,7 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
 
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
     """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
-    style = _style(script, _option_names(args))
+    style = dialects.select(script, _option_names(args))
     given = _scan(args, style)
     config = given.get("job.config_file")
     if config is not None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
-from fakerun import presets
+from fakerun import dialects, presets
 from fakerun.cli import parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
@@ -124,6 +124,7 @@ def _sim_context(
     except JobConfigError as exc:
         print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    trainer = dialects.choose(None, hints.style, cmd.fake.log_format)
     # Rank 0's bar reaches the terminal when torchrun would show its stderr there (no --redirects).
     tty = sys.stderr.isatty() and not (plan.redirects.get(0, 0) & 2)
     columns = shutil.get_terminal_size().columns if tty else None
@@ -139,7 +140,8 @@ def _sim_context(
         loop=cmd.fake.loop,
         bar_columns=columns,
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
-        style=hints.style,
+        trainer=trainer,
+        grid=dialects.DIALECTS[trainer].grid,
         clock=clock,
         real_node=plan.nodes[0].group_rank,
     )

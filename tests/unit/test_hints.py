@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.dialects import DEFAULT
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.sim.job import make_job
@@ -595,10 +596,10 @@ class TestStyle:
             ("torchtitan/train.py", [], "titan"),
             ("torchtitan.train", [], "titan"),
             ("train.py", ["--training.steps", "10"], "titan"),
-            ("train.py", [], "generic"),
-            ("train.py", ["--lr", "1e-3", "--batch_size", "8", "--num_layers", "2"], "generic"),
+            ("train.py", [], DEFAULT),
+            ("train.py", ["--lr", "1e-3", "--batch_size", "8", "--num_layers", "2"], DEFAULT),
             ("run_clm.py", ["--num-layers", "2", "--output_dir", "x"], "hf"),
-            ("train.py", ["--num-layers", "2", "--output_dir", "x"], "generic"),
+            ("train.py", ["--num-layers", "2", "--output_dir", "x"], DEFAULT),
             ("pretrain_gpt.py", ["--model_name_or_path", "x", "--per_device_train_batch_size", "1"], "hf"),
         ],
     )

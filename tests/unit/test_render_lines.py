@@ -1,4 +1,4 @@
-"""Metric lines in Megatron-LM, HF Trainer and torchtitan formats (shapes from reference/reallogs)."""
+"""Metric lines of the Megatron-LM, HF Trainer and torchtitan dialects (shapes from reference/reallogs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from fakerun.render import lines
+from fakerun.dialects import hf, titan
+from fakerun.dialects import megatron as mg
 
 MEGATRON = re.compile(
     r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration +(\d+)/ +(\d+) \| consumed samples: +(\d+) \| "
@@ -40,7 +41,7 @@ def megatron(**kw: object) -> str:
         "nan_iters": 0,
     }
     args.update(kw)
-    return lines.megatron_iteration(**args)  # type: ignore[arg-type]
+    return mg.iteration_line(**args)  # type: ignore[arg-type]
 
 
 class TestMegatron:
@@ -71,13 +72,13 @@ class TestMegatron:
 
     def test_memory_report(self) -> None:
         """`[Rank N] (after K iterations) memory (MB) | allocated: ... | max reserved: ...`."""
-        text = lines.megatron_memory(44, 1, 15492.84619140625, 15492.84619140625, 18418.0)
+        text = mg.memory_line(44, 1, 15492.84619140625, 15492.84619140625, 18418.0)
         assert text.startswith("[Rank 44] (after 1 iterations) memory (MB) | allocated: 15492.84619140625 |")
         assert text.endswith("reserved: 18418.0 | max reserved: 18418.0")
 
     def test_validation_block_rules_match_width(self) -> None:
         """The dashed rules frame the validation line."""
-        rule, body, rule2 = lines.megatron_validation(10, 9.64748, 15482.72)
+        rule, body, rule2 = mg.validation_block(10, 9.64748, 15482.72)
         assert rule == rule2 and set(rule) == {"-"} and len(rule) == len(body) + 1
         assert "validation loss at iteration 10 on validation set | lm loss value: 9.647480E+00 |" in body
 
@@ -87,7 +88,7 @@ class TestHf:
 
     def test_log_dict_is_a_python_dict(self) -> None:
         """The line is a dict repr with loss to 4 places, full grad norm and lr, epoch to 2."""
-        text = lines.hf_log_dict(1.55449, 2.383980345174379, 9.659320146057262e-05, 0.3812)
+        text = hf.log_dict(1.55449, 2.383980345174379, 9.659320146057262e-05, 0.3812)
         d = ast.literal_eval(text)
         assert list(d) == ["loss", "grad_norm", "learning_rate", "epoch"]
         assert d == {
@@ -99,7 +100,7 @@ class TestHf:
 
     def test_eval_dict_rates(self) -> None:
         """Samples and steps per second are the counts over the runtime."""
-        d = ast.literal_eval(lines.hf_eval_dict(1.249, 49.1914, 5875, 3, 0.44))
+        d = ast.literal_eval(hf.eval_dict(1.249, 49.1914, 5875, 3, 0.44))
         assert d["eval_samples_per_second"] == pytest.approx(5875 / 49.1914, abs=1e-3)
         assert d["eval_steps_per_second"] == pytest.approx(3 / 49.1914, abs=1e-3)
 
@@ -110,7 +111,7 @@ class TestTitan:
     @pytest.mark.parametrize("step,loss", [(4, 7.62585), (10, 10.2391), (57, 2.84575)])
     def test_layout(self, step: int, loss: float) -> None:
         """Double-spaced fields, thousands separators in tps, GiB with the percentage of the device."""
-        text = lines.titan_step(
+        text = titan.step_line(
             timestamp="2026-11-22 08:00:00,123",
             step=step,
             loss=loss,

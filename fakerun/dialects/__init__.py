@@ -1,0 +1,96 @@
+"""Trainer dialects: one module per training framework, and the table the script's arguments select from.
+
+A rank's phase loop (worker/trainer.py) emits typed events (events.py) and knows no framework's format; its
+printer (worker/printer.py) passes each event to torch's own lines (common.TorchLines), to the job's dialect,
+and to fakerun's GPU grid where it is shown (common.GridLines), and is the worker's only writer.
+
+How to add a dialect (say `nanogpt`):
+
+1. Write `fakerun/dialects/nanogpt.py` with one class following base.Dialect:
+   - `name = "nanogpt"`: the registry key and the value of `--fake-trainer` / FAKERUN_TRAINER;
+   - `hints = HintRule(...)`: which script arguments select it (a script-path pattern, option names that
+     only this framework spells so, torchtitan-style config sections) and what its argument parser does
+     with them (`bool_words`, `arch_defaults`); `HintRule()` if only `--fake-trainer` selects it;
+   - `grid = False`: a framework's log holds only what that framework prints (REALISM.md); the grid is
+     fakerun's own and shows with `--fake-grid`;
+   - `__init__(self, seat)`: the seat says which rank this is, the job's hosts, the terminal width,
+     colour and fakerun's log format;
+   - `render(self, event, at) -> Sequence[Output]`: the lines this rank prints for the event
+     (`Line(text)` on stdout, `Line(text, "stderr")`, `BarDraw`/`BarClose` for a tqdm-style bar), with
+     `at` the job clock's time for timestamps. Decide here which ranks print (rank 0, the last pipeline
+     stage, every rank) and return nothing for events the framework does not print;
+   - `wants(self, kind) -> bool`: whether this rank prints anything for events of that kind (the loop
+     skips building costly events nobody prints, such as the summary).
+   It must stay pure: no I/O, clock, environment or global RNG. Every figure comes in the events; if a
+   framework prints a figure no event carries, add the field to the event in events.py and compute it in
+   the phase loop from sim/, never in the dialect. Timestamp helpers are in base.py (log_time,
+   seconds_time, iso_time, c10_prefix).
+2. Add one row to DIALECTS below. Earlier rows win when two script patterns match the script's path.
+3. Test it as tests/unit/test_dialects.py does: feed events, parse the lines back with patterns taken from
+   the real logs in reference/reallogs/.
+
+The launcher imports this package (and so every dialect module) before it forks the workers: a worker
+imports nothing after the fork (tests/integration/test_fork_imports.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fakerun.dialects.base import Dialect, Seat
+from fakerun.dialects.fakerun import FakerunDialect
+from fakerun.dialects.hf import HfDialect
+from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.titan import TitanDialect
+
+__all__ = ["DEFAULT", "DIALECTS", "choose", "make", "names", "select"]
+
+# name -> dialect. The order is the order in which script-path patterns are tried.
+DIALECTS: dict[str, type[Dialect]] = {
+    dialect.name: dialect
+    for dialect in (
+        FakerunDialect,
+        TitanDialect,
+        MegatronDialect,
+        HfDialect,
+    )
+}
+# The dialect of a script whose arguments look like no known framework.
+DEFAULT = FakerunDialect.name
+
+
+def names() -> tuple[str, ...]:
+    """The dialects' names, sorted (for --fake-trainer's help and errors)."""
+    return tuple(sorted(DIALECTS))
+
+
+def select(script: str, option_names: Sequence[str]) -> str:
+    """The dialect whose options the arguments use most; the script's path breaks ties and decides alone."""
+    votes = {name: 0 for name, d in DIALECTS.items() if d.hints.options or d.hints.exact or d.hints.sections}
+    for option in option_names:
+        for name in votes:
+            votes[name] += DIALECTS[name].hints.votes(option)
+    path = script.replace("\\", "/").lower()
+    by_script = next(
+        (name for name, d in DIALECTS.items() if d.hints.script is not None and d.hints.script.search(path)),
+        DEFAULT,
+    )
+    best = max(votes.values(), default=0)
+    if best == 0:
+        return by_script
+    winners = [name for name, n in votes.items() if n == best]
+    if by_script in winners:
+        return by_script
+    return winners[0] if len(winners) == 1 else DEFAULT
+
+
+def choose(explicit: str | None, hinted: str, log_format: str) -> str:
+    """The job's dialect: --fake-trainer, else the script's; json and logfmt are fakerun's own events."""
+    if log_format != "console":
+        return DEFAULT
+    return explicit if explicit is not None else hinted
+
+
+def make(name: str, seat: Seat) -> Dialect:
+    """The dialect `name` for one rank (KeyError for an unknown name: the command line checked it)."""
+    return DIALECTS[name](seat)

@@ -1,0 +1,66 @@
+"""Output beside every dialect: torch's and NCCL's own lines, and fakerun's GPU grid where it is shown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fakerun.dialects.base import Line, Output, Seat, c10_prefix
+from fakerun.dialects.events import BarrierPassed, Event, GpuGrid, NcclInitialized
+from fakerun.render import nccl
+from fakerun.render.grid import render_grid
+
+
+def barrier_warning(rank: int, device_index: int, at: float) -> str:
+    """torch's C++ warning (c10 format, nanosecond time, `[rankN]:` prefix) for a device-less barrier."""
+    return (
+        f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:4561', at)} [PG ID 0 PG GUID 0 Rank {rank}]  "
+        f"using GPU {device_index} to perform barrier as devices used by this process are currently unknown. "
+        "This can potentially cause a hang if this rank to GPU mapping is incorrect. Specify device_ids in "
+        "barrier() to force use of a particular device, or call init_process_group() with a device_id."
+    )
+
+
+class TorchLines:
+    """What torch and NCCL print on every rank whatever the training framework is."""
+
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+
+    def render(self, event: Event, at: float) -> Sequence[Output]:
+        """torch's barrier warning on stderr; NCCL's INFO lines under NCCL_DEBUG=INFO."""
+        seat = self.seat
+        if isinstance(event, BarrierPassed):
+            # Every rank of a job that calls barrier() without device_ids prints it: that barrier is the
+            # first collective, which sets NCCL's communicator up.
+            return [Line(barrier_warning(seat.rank, event.device_index, at), "stderr")]
+        if isinstance(event, NcclInitialized) and seat.nccl_debug:
+            job = event.job
+            topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, seat.hosts)
+            lines = nccl.nccl_init_lines(topo, seat.rank, pid=event.pid, tid=event.tid, seed=job.seed)
+            return [Line(text) for text in lines]
+        return ()
+
+    def wants(self, kind: type[Event]) -> bool:
+        """The barrier warning always; NCCL's lines only when NCCL_DEBUG asks for them."""
+        return kind is BarrierPassed or (kind is NcclInitialized and self.seat.nccl_debug)
+
+
+class GridLines:
+    """fakerun's GPU grid (a status view of every GPU, not any framework's output), where it is shown."""
+
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+
+    def render(self, event: Event, at: float) -> Sequence[Output]:
+        """The grid's lines for a GpuGrid event, when this rank shows the grid."""
+        if not (isinstance(event, GpuGrid) and self.seat.grid):
+            return ()
+        seat = self.seat
+        lines = render_grid(
+            event.gpus, step=event.step, width=seat.width, color=seat.color, stragglers=event.stragglers
+        )
+        return [Line(text) for text in lines]
+
+    def wants(self, kind: type[Event]) -> bool:
+        """The grid's events, when it is shown."""
+        return kind is GpuGrid and self.seat.grid

@@ -1,0 +1,391 @@
+"""What happens on one rank of the simulated job, as typed events: every figure a framework may print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from fakerun.presets import ModelSpec
+from fakerun.render.grid import GridGpu
+from fakerun.sim.checkpoint import ExportFile
+from fakerun.sim.job import JobSpec
+from fakerun.sim.run import RunPlan
+from fakerun.sim.step import StepNumbers
+
+# Every figure here is computed by the rank's phase loop from sim/ (or read from the coordinator's answer);
+# a dialect only chooses which of them to print, on which ranks, and how. Times are simulated seconds,
+# sizes bytes, rates per second, unless a field's name says otherwise. The moment an event is printed at
+# is the printer's business (the job clock), so events carry no timestamp.
+
+# -- start-up, in the order a rank lives through it ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """A run begins on this rank (again with --fake-loop): its whole plan, for dialects echoing arguments."""
+
+    run: RunPlan
+    first: bool  # the process's first run: the interpreter, CUDA and NCCL start-up happen only then
+    resume: bool  # it starts from the checkpoint of run.job.start_step
+
+
+@dataclass(frozen=True)
+class WorkerStarted:
+    """The interpreter has imported torch and the training framework: the script's first line runs."""
+
+    host: str
+    local_rank: int
+    world_size: int
+    pid: int  # as this rank's host shows it (real on the launcher's node, drawn on the others)
+
+
+@dataclass(frozen=True)
+class DeviceSelected:
+    """torch.cuda.set_device(local_rank): the GPU this rank drives."""
+
+    index: int
+    name: str
+    memory_mib: int
+    bus_id: str  # 00000000:18:00.0
+
+
+@dataclass(frozen=True)
+class ProcessGroupInitializing:
+    """init_process_group() is called (its store barrier follows: every rank waits for the slowest)."""
+
+    backend: str
+    world_size: int
+
+
+@dataclass(frozen=True)
+class BarrierPassed:
+    """The store barrier is over and the first barrier() runs on `device_index` (torch warns about it)."""
+
+    device_index: int
+
+
+@dataclass(frozen=True)
+class NcclInitialized:
+    """NCCL's communicator is set up (NCCL_DEBUG=INFO's lines about it are torch's layer, not a dialect's)."""
+
+    job: JobSpec
+    pid: int
+    tid: int  # NCCL's init thread as this rank's host draws it
+
+
+@dataclass(frozen=True)
+class ProcessGroupReady:
+    """init_process_group() returned: this rank's place in the tensor, data and pipeline groups."""
+
+    tp_rank: int
+    dp_rank: int
+    pp_rank: int
+
+
+@dataclass(frozen=True)
+class ModelConfigured:
+    """The model's configuration is known (before any weight exists)."""
+
+    model: ModelSpec
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class ParallelismDecided:
+    """The parallel layout and the batch arithmetic of the job."""
+
+    tp: int
+    pp: int
+    dp: int
+    sharding: str  # "DDP", "ZeRO-1", "FSDP"...
+    micro_batch: int
+    grad_accum: int
+    global_batch: int
+    tokens_per_step: int
+
+
+@dataclass(frozen=True)
+class TokenizerLoaded:
+    """The tokenizer is loaded."""
+
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class DatasetLoading:
+    """`shard` of `shards` dataset shards are mapped after `elapsed_s` (a loader's progress bar)."""
+
+    shard: int
+    shards: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class DatasetReady:
+    """The training dataset is ready."""
+
+    tokens: int
+    samples: int
+    epochs: int
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class ModelBuilt:
+    """This rank's part of the model exists on its GPU."""
+
+    dtype: str
+    params_on_rank: float  # parameters of this rank's pipeline stage over its tensor-parallel group
+    layers_on_rank: int
+    pp_rank: int
+
+
+@dataclass(frozen=True)
+class CheckpointLoading:
+    """Loading the checkpoint a resumed run starts from."""
+
+    step: int
+    path: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class CheckpointLoaded:
+    """The checkpoint is loaded: the run continues after `step`."""
+
+    step: int
+    path: str
+    tokens: int
+    loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    """The step loop begins (its first step waits for the slowest rank's start-up)."""
+
+    first_step: int
+    last_step: int
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    schedule: str
+
+
+# -- training ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """An optimizer step has ended on every rank (the coordinator's barrier); this rank's figures of it."""
+
+    run: RunPlan
+    numbers: StepNumbers  # the first step's figures include its warm-up
+    elapsed_s: float  # simulated training time so far, this step included
+    recent_s: tuple[float, ...]  # the last (up to 50) step times, oldest first
+    interval_s: float  # mean step time over the last log interval (Megatron's "elapsed time per iteration")
+    epoch: float  # fractional epochs done (HF's "epoch")
+    rank_tflops: float  # TFLOP/s per GPU as this rank measures it (torchtitan's, last digits differ by rank)
+    rank_mfu: float  # likewise, as a fraction
+    logged: bool  # a log step: the first of the run or a multiple of run.log_interval
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """This rank's CUDA memory after its first `iterations` steps (torch.cuda memory statistics)."""
+
+    step: int
+    iterations: int
+    allocated: float
+    max_allocated: float
+    reserved: float
+    max_reserved: float
+
+
+@dataclass(frozen=True)
+class GradientSync:
+    """The step's gradient collectives as the collective model times them (a log step)."""
+
+    step: int
+    op: str  # "all_reduce", "reduce_scatter"
+    buckets: int
+    nbytes: float
+    ranks: int
+    algo: str  # "RING", "TREE"
+    time_ms: float
+    busbw_gbs: float
+
+
+@dataclass(frozen=True)
+class GpuGrid:
+    """Every GPU of the job at a step, gathered by the coordinator (sent to rank 0 every grid interval)."""
+
+    step: int
+    gpus: tuple[GridGpu, ...]
+    stragglers: frozenset[int]
+
+
+@dataclass(frozen=True)
+class NanLoss:
+    """A step whose loss was NaN: the optimizer skipped its update."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class LossSpike:
+    """The first step of a loss spike."""
+
+    step: int
+    loss: float
+    grad_norm: float
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """A rank became the slowest and gates the job (only in jobs of more than one GPU)."""
+
+    step: int
+    slow_rank: int
+    host: str
+    step_time_s: float
+    mfu: float
+
+
+@dataclass(frozen=True)
+class TrainingStopped:
+    """The step loop ends after `step`."""
+
+    step: int
+    reason: str  # "reached total steps", "reached max steps", "reached max time"
+
+
+# -- pauses -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalStarted:
+    """An evaluation begins after `step`."""
+
+    step: int
+    iters: int
+
+
+@dataclass(frozen=True)
+class EvalDone:
+    """An evaluation has ended."""
+
+    step: int
+    loss: float
+    ppl: float
+    seconds: float
+    samples: int
+    iters: int
+    epoch: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaving:
+    """A checkpoint save begins after `step`."""
+
+    step: int
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """The checkpoint is on storage."""
+
+    step: int
+    path: str
+    nbytes: int
+    seconds: float
+    bandwidth_gbs: float
+
+
+# -- the end ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelExported:
+    """The trained model written in a serving format (rank 0)."""
+
+    path: str
+    format: str
+    files: tuple[ExportFile, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures of the whole run: medians over its steps, the last step's loss and the final evaluation."""
+
+    model: ModelSpec
+    world_size: int
+    gpu_name: str
+    nnodes: int
+    nproc_per_node: int
+    tp: int
+    pp: int
+    dp: int
+    sharding: str
+    first_step: int
+    last_step: int
+    total_steps: int
+    tokens: int
+    tokens_per_step: int
+    final_loss: float
+    val_loss: float
+    val_ppl: float
+    median_step_s: float
+    median_tokens_per_s: float
+    median_tokens_per_s_per_gpu: float
+    median_mfu: float
+    median_tflops: float  # per GPU
+    checkpoints: int
+    last_checkpoint: str
+    wall_s: float  # real seconds the training took
+    speed: float
+
+
+@dataclass(frozen=True)
+class TrainingFinished:
+    """The script's last line: this rank is done with the run."""
+
+    step: int
+
+
+Event: TypeAlias = (
+    JobStarted
+    | WorkerStarted
+    | DeviceSelected
+    | ProcessGroupInitializing
+    | BarrierPassed
+    | NcclInitialized
+    | ProcessGroupReady
+    | ModelConfigured
+    | ParallelismDecided
+    | TokenizerLoaded
+    | DatasetLoading
+    | DatasetReady
+    | ModelBuilt
+    | CheckpointLoading
+    | CheckpointLoaded
+    | TrainingStarted
+    | StepDone
+    | MemoryReport
+    | GradientSync
+    | GpuGrid
+    | NanLoss
+    | LossSpike
+    | Straggler
+    | TrainingStopped
+    | EvalStarted
+    | EvalDone
+    | CheckpointSaving
+    | CheckpointSaved
+    | ModelExported
+    | RunSummary
+    | TrainingFinished
+)

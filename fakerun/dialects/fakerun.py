@@ -1,0 +1,471 @@
+"""fakerun's own style: structlog events on every rank, rank 0's tqdm bar, the GPU grid and the summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import structlog
+
+from fakerun.dialects.base import (
+    BarClose,
+    BarDraw,
+    HintRule,
+    Line,
+    Output,
+    Seat,
+    count,
+    gigabytes,
+    iso_time,
+    log_time,
+)
+from fakerun.dialects.events import (
+    CheckpointLoaded,
+    CheckpointLoading,
+    CheckpointSaved,
+    CheckpointSaving,
+    DatasetLoading,
+    DatasetReady,
+    DeviceSelected,
+    EvalDone,
+    EvalStarted,
+    Event,
+    GradientSync,
+    LossSpike,
+    MemoryReport,
+    ModelBuilt,
+    ModelConfigured,
+    ModelExported,
+    NanLoss,
+    ParallelismDecided,
+    ProcessGroupInitializing,
+    ProcessGroupReady,
+    RunSummary,
+    StepDone,
+    Straggler,
+    TokenizerLoaded,
+    TrainingFinished,
+    TrainingStarted,
+    TrainingStopped,
+    WorkerStarted,
+)
+from fakerun.render import bar
+from fakerun.render.summary import summary_table
+
+_MIB = 1024.0**2
+
+# Events only rank 0 prints (a real script guards its logging with `if rank == 0`).
+_RANK0: frozenset[type[Event]] = frozenset(
+    {
+        ModelConfigured,
+        ParallelismDecided,
+        TokenizerLoaded,
+        DatasetLoading,
+        DatasetReady,
+        CheckpointLoading,
+        CheckpointLoaded,
+        TrainingStarted,
+        StepDone,
+        GradientSync,
+        NanLoss,
+        LossSpike,
+        Straggler,
+        TrainingStopped,
+        EvalStarted,
+        EvalDone,
+        CheckpointSaving,
+        CheckpointSaved,
+        ModelExported,
+        RunSummary,
+    }
+)
+# Events every rank prints.
+_EVERY_RANK: frozenset[type[Event]] = frozenset(
+    {
+        WorkerStarted,
+        DeviceSelected,
+        ProcessGroupInitializing,
+        ProcessGroupReady,
+        ModelBuilt,
+        MemoryReport,
+        TrainingFinished,
+    }
+)
+
+
+class StructuredLog:
+    """structlog's output as a logger bound to `rank=N` writes it, rendered from an event's moment."""
+
+    def __init__(self, log_format: str, rank: int, *, color: bool) -> None:
+        self.rank = rank
+        self.renderer: structlog.typing.Processor
+        if log_format == "json":
+            self.stamp = iso_time
+            self.renderer = structlog.processors.JSONRenderer()
+        elif log_format == "logfmt":
+            self.stamp = iso_time
+            self.renderer = structlog.processors.LogfmtRenderer(
+                key_order=["timestamp", "level", "event", "rank"]
+            )
+        else:
+            self.stamp = log_time
+            self.renderer = structlog.dev.ConsoleRenderer(colors=color, pad_event=28, sort_keys=False)
+
+    def line(self, level: str, event: str, at: float, **fields: Any) -> Line:
+        """One event line: the bound rank, the fields in order, then the event, level and time processors."""
+        record: dict[str, Any] = {"rank": self.rank, **fields, "event": event}
+        record = dict(structlog.processors.add_log_level(None, level, record))
+        record["timestamp"] = self.stamp(at)
+        text = self.renderer(None, level, record)
+        assert isinstance(text, str)
+        return Line(text)
+
+
+def _nan_or(value: float, digits: int) -> float | str:
+    return "nan" if math.isnan(value) else round(value, digits)
+
+
+class FakerunDialect:
+    """fakerun's own log: what each phase of the rank does, as structured events (console, json or logfmt)."""
+
+    name: ClassVar[str] = "fakerun"
+    hints: ClassVar[HintRule] = HintRule()  # the default: chosen when no framework's arguments are recognised
+    grid: ClassVar[bool] = True
+
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+        self.log = StructuredLog(seat.log_format, seat.rank, color=seat.color)
+
+    def wants(self, kind: type[Event]) -> bool:
+        """Rank 0 prints every event of the run; the other ranks their own start-up and end."""
+        return kind in _EVERY_RANK or (kind in _RANK0 and self.seat.rank == 0)
+
+    def render(self, event: Event, at: float) -> Sequence[Output]:
+        """The lines of `event` on this rank."""
+        if not self.wants(type(event)):
+            return ()
+        info = self.log.line
+        match event:
+            case WorkerStarted():
+                return [
+                    info(
+                        "info",
+                        "worker started",
+                        at,
+                        host=event.host,
+                        local_rank=event.local_rank,
+                        world_size=event.world_size,
+                        pid=event.pid,
+                    )
+                ]
+            case DeviceSelected():
+                return [
+                    info(
+                        "info",
+                        "cuda device",
+                        at,
+                        device=f"cuda:{event.index}",
+                        name=event.name,
+                        memory_gib=round(event.memory_mib / 1024, 1),
+                        bus_id=event.bus_id,
+                    )
+                ]
+            case ProcessGroupInitializing():
+                return [
+                    info(
+                        "info",
+                        "initializing process group",
+                        at,
+                        backend=event.backend,
+                        world_size=event.world_size,
+                    )
+                ]
+            case ProcessGroupReady():
+                return [
+                    info(
+                        "info",
+                        "process group initialized",
+                        at,
+                        tp_rank=event.tp_rank,
+                        dp_rank=event.dp_rank,
+                        pp_rank=event.pp_rank,
+                    )
+                ]
+            case ModelConfigured():
+                m = event.model
+                return [
+                    info(
+                        "info",
+                        "model config",
+                        at,
+                        model=m.hf_name or m.display_name,
+                        params=count(m.params),
+                        layers=m.layers,
+                        hidden=m.hidden,
+                        heads=m.heads,
+                        kv_heads=m.kv_heads,
+                        vocab=m.vocab,
+                        seq_len=event.seq_len,
+                    )
+                ]
+            case ParallelismDecided():
+                return [
+                    info(
+                        "info",
+                        "parallelism",
+                        at,
+                        tp=event.tp,
+                        pp=event.pp,
+                        dp=event.dp,
+                        sharding=event.sharding,
+                        micro_batch=event.micro_batch,
+                        grad_accum=event.grad_accum,
+                        global_batch=event.global_batch,
+                        tokens_per_step=event.tokens_per_step,
+                    )
+                ]
+            case TokenizerLoaded():
+                return [info("info", "tokenizer loaded", at, vocab_size=event.vocab_size)]
+            case DatasetLoading():
+                return self.dataset_bar(event)
+            case DatasetReady():
+                return [
+                    info(
+                        "info",
+                        "dataset ready",
+                        at,
+                        tokens=count(event.tokens),
+                        samples=event.samples,
+                        epochs=event.epochs,
+                        steps_per_epoch=event.steps_per_epoch,
+                    )
+                ]
+            case ModelBuilt():
+                return [
+                    info(
+                        "info",
+                        "model initialized",
+                        at,
+                        dtype=event.dtype,
+                        params_on_rank=count(event.params_on_rank),
+                        layers_on_rank=event.layers_on_rank,
+                    )
+                ]
+            case CheckpointLoading():
+                return [info("info", "loading checkpoint", at, path=event.path, size=gigabytes(event.nbytes))]
+            case CheckpointLoaded():
+                return [
+                    info(
+                        "info",
+                        "resumed from checkpoint",
+                        at,
+                        path=event.path,
+                        step=event.step,
+                        tokens=count(event.tokens),
+                        loss=round(event.loss, 4),
+                        lr=f"{event.lr:.3e}",
+                        seconds=round(event.seconds, 1),
+                    )
+                ]
+            case TrainingStarted():
+                return [
+                    info(
+                        "info",
+                        "starting training",
+                        at,
+                        first_step=event.first_step,
+                        last_step=event.last_step,
+                        total_steps=event.total_steps,
+                        warmup_steps=event.warmup_steps,
+                        lr=event.lr,
+                        schedule=event.schedule,
+                    )
+                ]
+            case StepDone():
+                out: list[Output] = [self.step_bar(event)]
+                if event.logged:
+                    out.append(self.train_line(event, at))
+                return out
+            case MemoryReport():
+                return [
+                    info(
+                        "info",
+                        "memory after first step",
+                        at,
+                        allocated_mib=round(event.allocated / _MIB, 1),
+                        max_allocated_mib=round(event.max_allocated / _MIB, 1),
+                        reserved_mib=round(event.reserved / _MIB, 1),
+                        max_reserved_mib=round(event.max_reserved / _MIB, 1),
+                    )
+                ]
+            case GradientSync():
+                return [
+                    info(
+                        "debug",
+                        "gradient sync",
+                        at,
+                        op=event.op,
+                        buckets=event.buckets,
+                        size_mb=round(event.nbytes / 1e6, 1),
+                        ranks=event.ranks,
+                        algo=event.algo,
+                        time_ms=round(event.time_ms, 2),
+                        busbw_gbs=round(event.busbw_gbs, 1),
+                    )
+                ]
+            case NanLoss():
+                return [
+                    info(
+                        "warning",
+                        "nan loss detected, skipping optimizer step",
+                        at,
+                        step=event.step,
+                        grad_norm="nan",
+                    )
+                ]
+            case LossSpike():
+                return [
+                    info(
+                        "warning",
+                        "loss spike",
+                        at,
+                        step=event.step,
+                        loss=round(event.loss, 4),
+                        grad_norm=round(event.grad_norm, 3),
+                    )
+                ]
+            case Straggler():
+                return [
+                    info(
+                        "warning",
+                        "straggler detected",
+                        at,
+                        step=event.step,
+                        slow_rank=event.slow_rank,
+                        host=event.host,
+                        step_time_s=round(event.step_time_s, 3),
+                        mfu=f"{100 * event.mfu:.1f}%",
+                    )
+                ]
+            case TrainingStopped():
+                return [BarClose(), info("info", "stopping", at, step=event.step, reason=event.reason)]
+            case EvalStarted():
+                return [info("info", "evaluating", at, step=event.step, iters=event.iters)]
+            case EvalDone():
+                return [self.validation_line(event, at)]
+            case CheckpointSaving():
+                return [
+                    info(
+                        "info", "saving checkpoint", at, step=event.step, path=event.path, format=event.format
+                    )
+                ]
+            case CheckpointSaved():
+                return [
+                    info(
+                        "info",
+                        "checkpoint saved",
+                        at,
+                        step=event.step,
+                        path=event.path,
+                        size=gigabytes(event.nbytes),
+                        seconds=round(event.seconds, 1),
+                        bandwidth_gbs=round(event.bandwidth_gbs, 2),
+                    )
+                ]
+            case ModelExported():
+                lines = [info("info", "exporting model", at, path=event.path, format=event.format)]
+                for f in event.files:
+                    size = gigabytes(f.nbytes) if f.nbytes >= 1e8 else f"{f.nbytes:,} B"
+                    lines.append(info("info", "wrote", at, file=f"{event.path}/{f.name}", size=size))
+                return lines
+            case RunSummary():
+                return [
+                    Line(text)
+                    for text in summary_table("Training summary", summary_rows(event), width=self.seat.width)
+                ]
+            case TrainingFinished():
+                return [info("info", "training finished", at, step=event.step)]
+        return ()
+
+    # -- pieces other dialects reuse ----------------------------------------------------------------------
+
+    def dataset_bar(self, event: DatasetLoading) -> list[Output]:
+        """`Loading dataset shards: 100%|...| 64/64`: the bar data loaders draw while mapping shards."""
+        text = bar.meter(
+            event.shard,
+            event.shards,
+            event.elapsed_s,
+            prefix="Loading dataset shards",
+            ncols=self.seat.bar_columns,
+        )
+        return [BarDraw(text) if event.shard < event.shards else BarClose(text)]
+
+    def step_bar(self, event: StepDone) -> Output:
+        """Rank 0's tqdm bar over the run's steps: epoch, loss, lr and tokens/s in its postfix."""
+        n = event.numbers
+        run = event.run
+        ncols = self.seat.bar_columns
+        return BarDraw(
+            bar.meter(
+                n.step,
+                run.job.total_steps,
+                event.elapsed_s,
+                prefix=f"Epoch {run.epoch_of(n.step)}/{run.epochs}",
+                postfix=bar.train_postfix(n.loss, n.lr, n.tokens_per_s, width=ncols),
+                rate=bar.ema_rate(event.recent_s),
+                ncols=ncols,
+                initial=run.job.start_step,
+            )
+        )
+
+    def train_line(self, event: StepDone, at: float) -> Line:
+        """The periodic `train` event with the step's figures."""
+        n = event.numbers
+        return self.log.line(
+            "info",
+            "train",
+            at,
+            step=n.step,
+            loss=_nan_or(n.loss, 4),
+            ppl=_nan_or(n.ppl, 2),
+            lr=f"{n.lr:.4e}",
+            grad_norm=round(n.grad_norm, 4),
+            tokens_per_s=round(n.tokens_per_s),
+            tflops=round(n.tflops_per_gpu, 1),
+            mfu=f"{100 * n.mfu:.2f}%",
+            step_time_s=round(n.step_time_s, 3),
+            memory_gib=round(n.mem_gib, 2),
+        )
+
+    def validation_line(self, event: EvalDone, at: float) -> Line:
+        """The `validation` event after an evaluation."""
+        return self.log.line(
+            "info",
+            "validation",
+            at,
+            step=event.step,
+            val_loss=round(event.loss, 4),
+            val_ppl=round(event.ppl, 2),
+            seconds=round(event.seconds, 1),
+        )
+
+
+def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
+    """The rows of fakerun's end-of-run table."""
+    return [
+        ("model", f"{s.model.display_name} ({count(s.model.params)} parameters)"),
+        ("GPUs", f"{s.world_size} x {s.gpu_name} ({s.nnodes} nodes x {s.nproc_per_node})"),
+        ("parallelism", f"TP {s.tp} / PP {s.pp} / DP {s.dp}, {s.sharding}"),
+        ("steps", f"{s.first_step:,}-{s.last_step:,} of {s.total_steps:,}"),
+        ("tokens", f"{count(s.tokens)} ({s.tokens_per_step:,} per step)"),
+        ("final loss", f"{s.final_loss:.4f} (validation {s.val_loss:.4f}, ppl {s.val_ppl:.2f})"),
+        ("step time", f"{s.median_step_s:.3f} s (median)"),
+        (
+            "throughput",
+            f"{s.median_tokens_per_s:,.0f} tokens/s ({s.median_tokens_per_s_per_gpu:,.0f} per GPU)",
+        ),
+        ("MFU", f"{100 * s.median_mfu:.1f}% ({s.median_tflops:.0f} TFLOP/s per GPU)"),
+        ("checkpoints", f"{s.checkpoints} (last {s.last_checkpoint})"),
+        ("wall time", f"{s.wall_s:.1f} s at speed {s.speed:g}"),
+    ]

@@ -1,0 +1,79 @@
+"""The worker's only writer: each event through torch's lines, the dialect and the grid, to stdout/stderr."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from fakerun.dialects import make
+from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Renderer, Seat
+from fakerun.dialects.common import GridLines, TorchLines
+from fakerun.dialects.events import Event
+
+
+class Printer:
+    """Renders a rank's events and writes them: whole lines per stream, a tqdm-style bar on stderr."""
+
+    def __init__(
+        self,
+        layers: Sequence[Renderer],
+        clock: Callable[[], float],
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.layers = tuple(layers)
+        self.clock = clock
+        # Looked up when writing unless given, so that a test's redirection of sys.stdout is honoured.
+        self._stdout = stdout
+        self._stderr = stderr
+        self.bar_open = False
+
+    @classmethod
+    def for_rank(cls, dialect: str, seat: Seat, clock: Callable[[], float]) -> Printer:
+        """torch's own lines, then the dialect's, then the grid."""
+        return cls((TorchLines(seat), make(dialect, seat), GridLines(seat)), clock)
+
+    def wants(self, kind: type[Event]) -> bool:
+        """Whether anything is printed on this rank for events of `kind`."""
+        return any(layer.wants(kind) for layer in self.layers)
+
+    def emit(self, event: Event) -> None:
+        """Prints `event` as it happens now on the job's clock."""
+        at = self.clock()
+        out: list[Output] = []
+        for layer in self.layers:
+            out.extend(layer.render(event, at))
+        if out:
+            self.write(out)
+
+    def write(self, outputs: Sequence[Output]) -> None:
+        """Writes outputs in order, stdout lines of a run in one write, each stream flushed."""
+        pending: list[str] = []
+        for item in outputs:
+            if isinstance(item, Line) and item.stream == "stdout":
+                pending.append(item.text + "\n")
+                continue
+            self._flush_stdout(pending)
+            pending = []
+            err = self._stderr or sys.stderr
+            if isinstance(item, Line):
+                err.write(item.text + "\n")
+            elif isinstance(item, BarDraw):
+                err.write("\r" + item.text)
+                self.bar_open = True
+            elif isinstance(item, BarClose):
+                # tqdm.close(): the last state, then the newline that ends the bar (nothing if none is open).
+                if item.text is not None:
+                    err.write("\r" + item.text)
+                if self.bar_open or item.text is not None:
+                    err.write("\n")
+                self.bar_open = False
+            err.flush()
+        self._flush_stdout(pending)
+
+    def _flush_stdout(self, pending: list[str]) -> None:
+        if pending:
+            out = self._stdout or sys.stdout
+            out.write("".join(pending))
+            out.flush()
