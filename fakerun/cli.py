@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-from fakerun import limits, tomlfile
+from fakerun import dialects, limits, tomlfile
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
 from fakerun.sim.failures import FAILURE_KINDS, RANDOM_FAILURE
 
@@ -312,6 +312,13 @@ def _parse_log_format(value: object) -> str:
     raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(_LOG_FORMATS)})")
 
 
+def _parse_trainer(value: object) -> str:
+    """Converter for --fake-trainer: a dialect's name (fakerun/dialects)."""
+    if isinstance(value, str) and value.strip().lower() in dialects.DIALECTS:
+        return value.strip().lower()
+    raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(dialects.names())})")
+
+
 @dataclass(frozen=True)
 class _FakeSpec:
     """One --fake-<name> option: its FakeOptions field, metavar (None for a flag), help and converter."""
@@ -378,6 +385,19 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         "{" + ",".join(_LOG_FORMATS) + "}",
         "Format of fakerun's own log lines (default: console).",
         _parse_log_format,
+    ),
+    _FakeSpec(
+        "trainer",
+        "{" + ",".join(dialects.names()) + "}",
+        "Print the training output as this framework does (default: the one the script's arguments look "
+        "like, else fakerun's own events; the json and logfmt log formats always print fakerun's).",
+        _parse_trainer,
+    ),
+    _FakeSpec(
+        "grid",
+        None,
+        "Show fakerun's GPU grid whatever the trainer (by default only fakerun's own output shows it).",
+        _parse_flag,
     ),
     _FakeSpec("metrics", "FILE", "Also write the training metrics to FILE.", _parse_name("a file name")),
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),

@@ -124,7 +124,7 @@ def _sim_context(
     except JobConfigError as exc:
         print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    trainer = dialects.choose(None, hints.style, cmd.fake.log_format)
+    trainer = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
     # Rank 0's bar reaches the terminal when torchrun would show its stderr there (no --redirects).
     tty = sys.stderr.isatty() and not (plan.redirects.get(0, 0) & 2)
     columns = shutil.get_terminal_size().columns if tty else None
@@ -141,7 +141,7 @@ def _sim_context(
         bar_columns=columns,
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
         trainer=trainer,
-        grid=dialects.DIALECTS[trainer].grid,
+        grid=cmd.fake.grid or dialects.DIALECTS[trainer].grid,
         clock=clock,
         real_node=plan.nodes[0].group_rank,
     )

@@ -62,6 +62,8 @@ class FakeOptions:
     gpu: str | None = None
     cluster: str | None = None
     log_format: str = "console"
+    trainer: str | None = None  # a dialect's name (fakerun/dialects); None: the script's arguments decide
+    grid: bool = False  # show the GPU grid in any dialect's output
     metrics: str | None = None
     loop: bool = False
     skip_memory_check: bool = False

@@ -50,7 +50,7 @@ class HfDialect(FakerunDialect):
 
     name: ClassVar[str] = "hf"
     hints: ClassVar[HintRule] = HINTS
-    grid: ClassVar[bool] = True
+    grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """HF's form of the step and evaluation events (rank 0); fakerun's for the others."""

@@ -99,7 +99,7 @@ class MegatronDialect(FakerunDialect):
 
     name: ClassVar[str] = "megatron"
     hints: ClassVar[HintRule] = HINTS
-    grid: ClassVar[bool] = True
+    grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
 
     @property
     def last_rank(self) -> bool:

@@ -46,7 +46,7 @@ class TitanDialect(FakerunDialect):
 
     name: ClassVar[str] = "titan"
     hints: ClassVar[HintRule] = HINTS
-    grid: ClassVar[bool] = True
+    grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
 
     def wants(self, kind: type[Event]) -> bool:
         """Every rank logs the step line."""

@@ -362,6 +362,8 @@ class TestTrainerStyles:
         memory = re.findall(r"^\[Rank (\d+)\] \(after 1 iterations\) memory \(MB\) \|", result.stdout, re.M)
         assert sorted(int(r) for r in memory) == [0, 1, 2, 3]
         assert " validation loss at iteration 3 on validation set | lm loss value: " in result.stdout
+        # fakerun's GPU grid is not part of a Megatron log.
+        assert not re.search(r"^GPUs @ step ", result.stdout, re.M)
 
     def test_hf_dict_lines(self, runner: Runner) -> None:
         """HF Trainer arguments: dict lines with loss, grad_norm, learning_rate and epoch."""
@@ -405,6 +407,14 @@ class TestTrainerStyles:
         assert result.code == 0, result.stderr[-2000:]
         steps = re.findall(r"^\[titan\] .* - step:  1  loss: +([\d.]+)", result.stdout, re.M)
         assert len(steps) == 4 and len(set(steps)) == 1
+
+    def test_explicit_trainer_with_the_grid(self, runner: Runner) -> None:
+        """--fake-trainer picks the dialect whatever the script is; --fake-grid adds fakerun's grid."""
+        fast = ["--nproc-per-node", "2", "--fake-max-steps", "2", "--fake-speed", "500"]
+        result = runner.run([*fast, "--fake-trainer", "titan", "--fake-grid", "train.py"])
+        assert result.code == 0, result.stderr[-2000:]
+        assert len(re.findall(r"^\[titan\] .* - step:  1  loss: ", result.stdout, re.M)) == 2
+        assert re.search(r"^GPUs @ step 1 ", result.stdout, re.M)
 
 
 class TestProcessHygiene:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fakerun import dialects
 from fakerun.cli import build_parser, parse_command_line, prog_name
 from fakerun.launcher.plan import LaunchError, check_launch, make_plan
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
@@ -114,6 +115,8 @@ class TestHelp:
             "--fake-gpu NAME|FILE",
             "--fake-cluster NAME|FILE",
             "--fake-log-format {console,json,logfmt}",
+            "--fake-trainer {" + ",".join(dialects.names()) + "}",
+            "--fake-grid",
             "--fake-metrics FILE",
             "--fake-loop",
             "--fake-fail SCENARIO",
@@ -508,6 +511,8 @@ FAKE_VALUES = [
     ("--fake-cluster", "FAKERUN_CLUSTER", "dgx", "cluster", "dgx"),
     ("--fake-log-format", "FAKERUN_LOG_FORMAT", "json", "log_format", "json"),
     ("--fake-log-format", "FAKERUN_LOG_FORMAT", "logfmt", "log_format", "logfmt"),
+    ("--fake-trainer", "FAKERUN_TRAINER", "megatron", "trainer", "megatron"),
+    ("--fake-trainer", "FAKERUN_TRAINER", " HF ", "trainer", "hf"),
     ("--fake-metrics", "FAKERUN_METRICS", "m.jsonl", "metrics", "m.jsonl"),
     ("--fake-fail", "FAKERUN_FAIL", "oom@5:1", "fail", "oom@5:1"),
     ("--fake-fail", "FAKERUN_FAIL", "nccl-timeout", "fail", "nccl-timeout"),
@@ -516,6 +521,7 @@ FAKE_VALUES = [
 FAKE_FLAGS = [
     ("--fake-exec", "FAKERUN_EXEC", "exec"),
     ("--fake-loop", "FAKERUN_LOOP", "loop"),
+    ("--fake-grid", "FAKERUN_GRID", "grid"),
     ("--fake-list-presets", "FAKERUN_LIST_PRESETS", "list_presets"),
 ]
 
@@ -763,6 +769,7 @@ class TestBadFakeValues:
             ("--fake-max-time", "inf"),
             ("--fake-start-step", "-1"),
             ("--fake-log-format", "xml"),
+            ("--fake-trainer", "no-such-trainer"),
             ("--fake-model", ""),
             ("--fake-gpu", " "),
             ("--fake-config", ""),
@@ -783,6 +790,7 @@ class TestBadFakeValues:
             ("FAKERUN_EXEC", "--fake-exec", "maybe"),
             ("FAKERUN_LOOP", "--fake-loop", "2"),
             ("FAKERUN_LOG_FORMAT", "--fake-log-format", "yaml"),
+            ("FAKERUN_TRAINER", "--fake-trainer", "no-such-trainer"),
         ],
     )
     def test_environment(self, capsys: pytest.CaptureFixture[str], env: str, option: str, text: str) -> None:
@@ -807,6 +815,7 @@ class TestBadFakeValues:
             ("exec = 2", "--fake-exec"),
             ("model = 3", "--fake-model"),
             ("log_format = 'xml'", "--fake-log-format"),
+            ("trainer = 'no-such-trainer'", "--fake-trainer"),
             ("[fakerun]\nfail = {a = 1}", "--fake-fail"),
         ],
     )

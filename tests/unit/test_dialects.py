@@ -178,6 +178,10 @@ class TestRegistry:
         assert dialects.DEFAULT in dialects.DIALECTS
         assert dialects.names() == tuple(sorted(dialects.DIALECTS))
 
+    def test_only_fakerun_shows_the_grid_by_default(self) -> None:
+        """A framework's log holds only what it prints: the grid is fakerun's own (--fake-grid adds it)."""
+        assert [name for name, d in dialects.DIALECTS.items() if d.grid] == [dialects.DEFAULT]
+
     @pytest.mark.parametrize("name", sorted(dialects.DIALECTS))
     @pytest.mark.parametrize("rank", [0, 3, 7])
     def test_wants_agrees_with_render(self, name: str, rank: int) -> None:
