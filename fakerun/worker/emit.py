@@ -1,18 +1,16 @@
-"""Where a worker's output goes: structlog events on stdout, plain lines on stdout, rank 0's bar on stderr."""
+"""What a worker prints outside its printer, when it dies: its clock, torch's C++ prefix, the traceback."""
 
 from __future__ import annotations
 
-import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
-import structlog
+from fakerun.dialects.base import c10_prefix as c10_prefix_at
 
-# Timestamps as real trainers print them: local time with milliseconds on the console, ISO 8601 UTC in json,
-# from the job's clock (epoch seconds): the simulated time with --fake-speed, so that every printed timestamp
-# agrees with the elapsed times and throughputs printed beside it. The trainer sets it after the fork.
+# Timestamps come from the job's clock (epoch seconds): the simulated time with --fake-speed, so that every
+# printed timestamp agrees with the elapsed times and throughputs printed beside it. The trainer sets it after
+# the fork; its printer reads the same clock.
 _clock: Callable[[], float] = time.time
 
 
@@ -27,25 +25,9 @@ def now() -> float:
     return _clock()
 
 
-def _stamp(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Python logging's console time from the job's clock: `2026-11-22 08:23:31,507`."""
-    t = _clock()
-    event["timestamp"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
-    return event
-
-
-def _stamp_iso(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """ISO 8601 UTC from the job's clock, as structlog's TimeStamper(fmt="iso", utc=True) writes it."""
-    t = _clock()
-    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-    return event
-
-
 def c10_prefix(rank: int, level: str, source: str) -> str:
-    """The prefix torch's C++ logging puts on a rank's line: `[rank3]:[W1122 08:41:58.102931737 f.cpp:9]`."""
-    now = _clock()
-    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1e9):09d}"
-    return f"[rank{rank}]:[{level}{stamp} {source}]"
+    """torch's C++ logging prefix of a rank's line now (dialects.base.c10_prefix at the job's time)."""
+    return c10_prefix_at(rank, level, source, _clock())
 
 
 def script_traceback(rank: int, script: str, exc: BaseException) -> str:
@@ -54,54 +36,3 @@ def script_traceback(rank: int, script: str, exc: BaseException) -> str:
     lines = ["Traceback (most recent call last):", f'  File "{script}", line 1, in <module>']
     lines += "".join(traceback.format_exception_only(type(exc), exc)).splitlines()
     return "".join(f"[rank{rank}]: {line}\n" for line in lines)
-
-
-def configure_logging(log_format: str, rank: int, *, color: bool) -> Any:
-    """structlog with the chosen renderer, bound to this rank; colour only when asked."""
-    renderer: structlog.typing.Processor
-    processors: list[structlog.typing.Processor] = [structlog.processors.add_log_level]
-    if log_format == "json":
-        processors.append(_stamp_iso)
-        renderer = structlog.processors.JSONRenderer()
-    elif log_format == "logfmt":
-        processors.append(_stamp_iso)
-        renderer = structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event", "rank"])
-    else:
-        processors.append(_stamp)
-        renderer = structlog.dev.ConsoleRenderer(colors=color, pad_event=28, sort_keys=False)
-    structlog.configure(
-        processors=[*processors, renderer],
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
-    )
-    return structlog.get_logger().bind(rank=rank)
-
-
-def print_lines(lines: Iterable[str]) -> None:
-    """Plain lines (NCCL's own output, the GPU grid, the summary) in one write."""
-    text = "".join(line + "\n" for line in lines)
-    if text:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-
-class BarWriter:
-    """tqdm's way of drawing a bar on a stream: `\\r` + meter per refresh, a newline when it closes."""
-
-    def __init__(self) -> None:
-        self.open = False
-
-    def draw(self, text: str) -> None:
-        """Redraws the bar in place."""
-        sys.stderr.write("\r" + text)
-        sys.stderr.flush()
-        self.open = True
-
-    def close(self, text: str | None = None) -> None:
-        """Draws the last state and ends the line, as tqdm.close() does."""
-        if text is not None:
-            sys.stderr.write("\r" + text)
-        if self.open or text is not None:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-        self.open = False
