@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from fakerun.presets import ModelSpec
 from fakerun.render.grid import GridGpu
 from fakerun.sim.checkpoint import ExportFile
+from fakerun.sim.estimates import ParamGroups
 from fakerun.sim.job import JobSpec
 from fakerun.sim.run import RunPlan
 from fakerun.sim.step import StepNumbers
@@ -138,6 +140,11 @@ class ModelBuilt:
     params_on_rank: float  # parameters of this rank's pipeline stage over its tensor-parallel group
     layers_on_rank: int
     pp_rank: int
+    # nanoGPT / llm.c: the weight-decay groups, get_num_params() (no position table), all with padded vocab.
+    groups: ParamGroups | None = None
+    reported_params: int = 0
+    padded_params: int = 0
+    padded_vocab: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,9 @@ class TrainingStarted:
     warmup_steps: int
     lr: float
     schedule: str
+    # The losses an evaluation before the first step would measure (nanoGPT evaluates at iter_num 0).
+    train_loss: float = math.nan
+    val_loss: float = math.nan
 
 
 # -- training ---------------------------------------------------------------------------------------------
@@ -189,6 +199,11 @@ class StepDone:
     rank_tflops: float  # TFLOP/s per GPU as this rank measures it (torchtitan's, last digits differ by rank)
     rank_mfu: float  # likewise, as a fraction
     logged: bool  # a log step: the first of the run or a multiple of run.log_interval
+    nanogpt_mfu: float = -1.0  # nanoGPT's running_mfu (A100-promised, -1 for its first iterations)
+    llmc_mfu: float = 0.0  # llm.c's MFU of this step against the device's promised bf16 FLOPS
+    loss_z: float = math.nan  # llm.c's z-scores of loss and grad norm (nan until its window is full)
+    norm_z: float = math.nan
+    llmc_tokens_per_s: float = 0.0  # llm.c's bias-corrected EMA of tok/s (the first step raw)
 
 
 @dataclass(frozen=True)
@@ -283,6 +298,7 @@ class EvalDone:
     samples: int
     iters: int
     epoch: float
+    train_loss: float = math.nan  # the training loss an evaluation of the train split measures (nanoGPT)
 
 
 @dataclass(frozen=True)

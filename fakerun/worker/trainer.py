@@ -48,7 +48,7 @@ from fakerun.dialects.events import (
 from fakerun.presets import host_name
 from fakerun.render import nccl
 from fakerun.render.grid import GridGpu
-from fakerun.sim import checkpoint, compute, identity, loss, memory
+from fakerun.sim import checkpoint, compute, estimates, identity, loss, memory
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
 from fakerun.sim.step import StepNumbers, step_numbers
@@ -275,6 +275,10 @@ class RankTrainer:
                 params_on_rank=stage / job.tp,
                 layers_on_rank=job.stage_layers(pp_rank),
                 pp_rank=pp_rank,
+                groups=estimates.param_groups(job.model),
+                reported_params=estimates.nanogpt_num_params(job.model),
+                padded_params=estimates.gpt_params(job.model),
+                padded_vocab=estimates.padded_vocab(job.model),
             )
         )
         if resume:
@@ -303,6 +307,8 @@ class RankTrainer:
                 warmup_steps=job.warmup_steps,
                 lr=job.lr,
                 schedule=job.lr_schedule,
+                train_loss=loss.expected_loss(job, job.start_step),
+                val_loss=loss.eval_loss(job, job.start_step),
             )
         )
         # The first step's collectives make everyone wait for the slowest rank (the coordinator's barrier).
@@ -330,6 +336,10 @@ class RankTrainer:
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
         step = run.first_step
+        # Trainers' own running estimates (nanoGPT's running_mfu, llm.c's outlier windows and tok/s EMA).
+        running_mfu, tps_ema = -1.0, 0.0
+        losses: list[float] = []
+        norms: list[float] = []
         while True:
             numbers = step_numbers(job, self.rank, step)
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
@@ -366,6 +376,15 @@ class RankTrainer:
             interval = step_times[-run.log_interval :]
             # torchtitan's figures as each rank measures them: its own token rate against the job's.
             ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
+            index = step - run.first_step
+            if logged and index >= estimates.NANOGPT_SETTLE_ITERS:
+                mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
+                running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
+            loss_z = estimates.zscore(losses, numbers.loss)
+            norm_z = estimates.zscore(norms, numbers.grad_norm)
+            losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
+            norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
+            tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
             emit(
                 StepDone(
                     run=run,
@@ -377,6 +396,11 @@ class RankTrainer:
                     rank_tflops=numbers.tflops_per_gpu * ratio,
                     rank_mfu=numbers.mfu * ratio,
                     logged=logged,
+                    nanogpt_mfu=running_mfu,
+                    llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
+                    loss_z=loss_z,
+                    norm_z=norm_z,
+                    llmc_tokens_per_s=llmc_tps,
                 )
             )
             if logged and self.out.wants(GradientSync):
@@ -489,6 +513,7 @@ class RankTrainer:
                     samples=run.eval_iters * job.global_batch,
                     iters=run.eval_iters,
                     epoch=step / run.steps_per_epoch,
+                    train_loss=loss.expected_loss(job, step),
                 )
             )
         else:
