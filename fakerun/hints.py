@@ -51,6 +51,8 @@ class Hints:
     style: str = dialects.DEFAULT  # the dialect the arguments select (fakerun.dialects), its default if none
     cadence: dict[str, int] = field(default_factory=dict)  # log/eval/save intervals and eval iterations
     sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
+    # "finetune" when the arguments name a pretrained checkpoint (sim/loss.py's regime), else "pretrain".
+    regime: str = "pretrain"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -739,6 +741,52 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
             b.set(b.job, "min_lr", lr * ratio, lr_min)
 
 
+# Arguments that start the run from pretrained weights: HF's --model_name_or_path (run_clm trains from scratch
+# with --config_name instead), Megatron's --pretrained-checkpoint and --finetune, PEFT/LoRA switches (trl,
+# LLaMA-Factory's --finetuning_type), torchtitan's initial load path.
+_FINETUNE_OPTIONS = frozenset(
+    {
+        "model_name_or_path",
+        "pretrained_checkpoint",
+        "finetune",
+        "use_peft",
+        "peft",
+        "lora_r",
+        "lora_rank",
+        "lora_alpha",
+        "lora_target_modules",
+        "finetuning_type",
+        "checkpoint.initial_load_path",
+    }
+)
+# Fine-tuning scripts and recipes by name (torchtune's lora_finetune_distributed, trl's sft.py, finetune.py).
+_FINETUNE_SCRIPT = re.compile(r"fine_?tun|lora|qlora|peft|(^|[/_-])(sft|dpo|orpo|kto)([/_.-]|$)")
+
+
+def _regime(script: str, args: Sequence[str]) -> str:
+    """ "finetune" when the arguments or the script name a pretrained checkpoint to start from."""
+    values: dict[str, str] = {}
+    for i, tok in enumerate(args):
+        if tok == "--":
+            break
+        if not tok.startswith("--") or len(tok) == 2:
+            continue
+        name, eq, value = tok[2:].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) and _is_value(args[i + 1]) else ""
+        values[name.replace("-", "_")] = value
+    for name, value in values.items():
+        if name in _FINETUNE_OPTIONS and value.strip().lower() not in _FALSE:
+            return "finetune"
+    # Megatron's --load is a pretrained checkpoint unless it is the run's own --save folder (a resumption).
+    load = values.get("load", "").rstrip("/")
+    if load and load != values.get("save", "").rstrip("/"):
+        return "finetune"
+    if _FINETUNE_SCRIPT.search(script.replace("\\", "/").lower()):
+        return "finetune"
+    return "pretrain"
+
+
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
     """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
     style = dialects.select(script, _option_names(args))
@@ -768,6 +816,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         style=style,
         cadence=b.cadence,
         sources=b.sources,
+        regime=_regime(script, args),
     )
 
 

@@ -12,7 +12,7 @@ from fakerun import presets
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
-from fakerun.sim import checkpoint, compute, memory
+from fakerun.sim import checkpoint, compute, memory, rand
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import DEFAULT_LADDER, RunPlan, eval_seconds, make_run, pick_default_model, startup_times
 
@@ -30,6 +30,34 @@ def draw_seed(shared_key: str | None = None) -> int:
     if shared_key is not None:
         return zlib.crc32(shared_key.encode("utf-8")) * 0x9E3779B1 & MAX_SEED
     return int(struct.unpack("<Q", os.urandom(8))[0]) & MAX_SEED
+
+
+# HF TrainingArguments' defaults where the script's arguments are silent: AdamW at 5e-5 with a linear decay to 0
+# and no warm-up, 3 epochs; data parallelism only (the Trainer shards with DDP, FSDP or DeepSpeed ZeRO, it has no
+# tensor or pipeline parallel layout).
+HF_LR = 5e-5
+HF_EPOCHS = 3.0
+# A fine-tuning dataset (instruction / chat data): ~5k-100k examples (Alpaca 52k, Dolly 15k, OpenHermes 1M is
+# the rare large one), log-uniform by seed.
+FINETUNE_EXAMPLES = (5_000, 100_000)
+
+
+def finetune_examples(seed: int) -> int:
+    """Examples in the fine-tuning dataset of a run with this seed."""
+    lo, hi = FINETUNE_EXAMPLES
+    return int(lo * (hi / lo) ** rand.uniform(seed, "ft-examples"))
+
+
+def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
+    """HF Trainer's defaults for what its arguments leave unset."""
+    kw.setdefault("lr", HF_LR)
+    if "lr_schedule" not in kw:
+        kw["lr_schedule"] = "linear"
+        kw.setdefault("min_lr", 0.0)
+    if hints.warmup_ratio is None:
+        kw.setdefault("warmup_steps", 0)
+    kw.setdefault("tp", 1)
+    kw.setdefault("pp", 1)
 
 
 def _job(bundle: presets.PresetBundle, model: presets.ModelSpec, nnodes: int, npn: int, **kw: Any) -> JobSpec:
@@ -80,6 +108,10 @@ def build_run(
         kw["seed"] = fake.seed if fresh_seed is None else fresh_seed
     if fake.start_step:
         kw["start_step"] = fake.start_step
+    kw.setdefault("regime", hints.regime)
+    if hints.style == "hf":
+        _hf_defaults(kw, hints)
+    epochs = hints.epochs
     try:
         if model_given:
             model = bundle.model
@@ -89,6 +121,13 @@ def build_run(
             model = _default_model(bundle, nnodes, nproc_per_node, kw)
         if hints.arch:
             model = apply_arch(model, hints.arch)
+        if kw["regime"] == "finetune" and "total_steps" not in kw:
+            # A fine-tune runs its epochs over an instruction dataset, not the preset's pre-training corpus.
+            if epochs is None and hints.style == "hf":
+                epochs = HF_EPOCHS
+            probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
+            per_epoch = math.ceil(finetune_examples(kw["seed"]) / probe.global_batch)
+            kw["total_steps"] = max(1, math.ceil((epochs or 1.0) * per_epoch))
         if hints.epochs is not None and "total_steps" not in kw:
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
             # One epoch is the preset's run over its dataset; HF Trainer's --num_train_epochs repeats it.
@@ -103,15 +142,15 @@ def build_run(
         if hints.warmup_ratio is not None and "warmup_steps" not in kw:
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
             kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)
-        if hints.epochs is not None:
-            kw["epochs"] = max(1, math.ceil(hints.epochs))
+        if epochs is not None:
+            kw["epochs"] = max(1, math.ceil(epochs))
         # A job that does not fit starts and runs out of memory at its first step, as on real GPUs.
         job = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **kw)
         run = make_run(
             job,
             max_steps=fake.max_steps,
             max_time_s=fake.max_time,
-            epochs=hints.epochs,
+            epochs=epochs,
             log_interval=hints.cadence.get("log_interval"),
             eval_interval=hints.cadence.get("eval_interval"),
             save_interval=hints.cadence.get("save_interval"),
