@@ -71,6 +71,15 @@ class JobSpec:
     # a real one, and dies at its first step); None: it fits. memory.oom_figures gives the message's numbers.
     oom_at_step: int | None = None
     epochs: int = 1  # passes over the dataset in total_steps: epochs 2+ repeat data (Muennighoff et al. 2023)
+    # Mixed precision: "bf16" (no loss scaling) or "fp16" with a dynamic loss scaler (sim/lossscale.py):
+    # it starts at initial_loss_scale, halves on overflow after `hysteresis` overflows, doubles every
+    # loss_scale_window clean steps; a static_loss_scale (--loss-scale) never changes.
+    precision: str = "bf16"
+    initial_loss_scale: float = 2.0**32
+    min_loss_scale: float = 1.0
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
+    static_loss_scale: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -189,6 +198,12 @@ def make_job(
     nan_steps: tuple[int, ...] = (),
     regime: str = "pretrain",
     epochs: int = 1,
+    precision: str = "bf16",
+    initial_loss_scale: float = 2.0**32,
+    min_loss_scale: float = 1.0,
+    loss_scale_window: int = 1000,
+    hysteresis: int = 2,
+    static_loss_scale: float | None = None,
     check_memory: bool = True,
     allow_oom: bool = False,
 ) -> JobSpec:
@@ -286,6 +301,12 @@ def make_job(
         raise ValueError(f"unknown regime {regime!r} (choose from: {', '.join(REGIMES)})")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"precision must be bf16 or fp16, got {precision!r}")
+    if loss_scale_window < 1 or hysteresis < 1 or not 0 < min_loss_scale <= initial_loss_scale:
+        raise ValueError(
+            "need loss_scale_window >= 1, hysteresis >= 1 and 0 < min_loss_scale <= initial_loss_scale"
+        )
     if grad_clip <= 0:
         raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
     if not 0 <= start_step <= total:
@@ -324,6 +345,12 @@ def make_job(
         nan_steps=tuple(sorted(nan_steps)),
         regime=regime,
         epochs=epochs,
+        precision=precision,
+        initial_loss_scale=initial_loss_scale,
+        min_loss_scale=min_loss_scale,
+        loss_scale_window=loss_scale_window,
+        hysteresis=hysteresis,
+        static_loss_scale=static_loss_scale,
     )
     if check_memory:
         try:

@@ -25,7 +25,7 @@ RANDOM_OVERFLOW_EVERY = 4000
 
 @dataclass(frozen=True)
 class LossScale:
-    """The loss scale after a step's optimizer update and the skipped iterations so far (this one included)."""
+    """The loss scale after a step's optimizer update and the skipped iterations so far (this one too)."""
 
     scale: float
     skipped: int  # iterations skipped from step 1 to this step
@@ -43,7 +43,7 @@ class _Timeline:
 
 
 def _safe_scale(seed: int, step: int) -> float:
-    """The largest scale that does not overflow at `step` (drawn once per run, growing as gradients shrink)."""
+    """The largest scale that does not overflow at `step` (drawn per run, growing as gradients shrink)."""
     k = SAFE_LOG2[0] + int(rand.uniform(seed, "loss-scale-safe") * (SAFE_LOG2[1] - SAFE_LOG2[0] + 1))
     return 2.0 ** min(SAFE_LOG2_MAX, k + step // SAFE_DOUBLING_STEPS)
 

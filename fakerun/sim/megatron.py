@@ -62,7 +62,10 @@ def step_timers_ms(job: JobSpec, n: StepNumbers) -> tuple[tuple[str, float], ...
     work = body - bubble
     out: list[tuple[str, float]] = [("forward-compute", jitter("fwd", work * fwd_share))]
     if job.pp > 1:
-        out += [("forward-recv", jitter("frecv", 0.6 * bubble)), ("forward-send", jitter("fsend", 0.01 * work))]
+        out += [
+            ("forward-recv", jitter("frecv", 0.6 * bubble)),
+            ("forward-send", jitter("fsend", 0.01 * work)),
+        ]
     out.append(("backward-compute", jitter("bwd", work * (1.0 - fwd_share))))
     if job.pp > 1:
         out += [
