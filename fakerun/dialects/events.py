@@ -11,6 +11,7 @@ from fakerun.render.grid import GridGpu
 from fakerun.sim.checkpoint import ExportFile
 from fakerun.sim.estimates import ParamGroups
 from fakerun.sim.job import JobSpec
+from fakerun.sim.megatron import Theory
 from fakerun.sim.run import RunPlan
 from fakerun.sim.step import StepNumbers
 
@@ -82,6 +83,8 @@ class ProcessGroupReady:
     tp_rank: int
     dp_rank: int
     pp_rank: int
+    helpers_compile_s: float = 0.0  # Megatron: its dataset index builder's compilation on rank 0
+    kernels_compile_s: float = 0.0  # Megatron: loading its fused kernels
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class TokenizerLoaded:
     """The tokenizer is loaded."""
 
     vocab_size: int
+    padded_vocab: int = 0  # Megatron pads it to a multiple of 128 x TP (sim/megatron.padded_vocab)
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class ModelBuilt:
     params_on_rank: float  # parameters of this rank's pipeline stage over its tensor-parallel group
     layers_on_rank: int
     pp_rank: int
+    theory: Theory | None = None  # Megatron's theoretical memory figures for the job (sim/megatron.theory)
     # nanoGPT / llm.c: the weight-decay groups, get_num_params() (no position table), all with padded vocab.
     groups: ParamGroups | None = None
     reported_params: int = 0
@@ -178,6 +183,9 @@ class TrainingStarted:
     warmup_steps: int
     lr: float
     schedule: str
+    # Megatron's set-up timers, (min, max) over the ranks in ms: model and optimizer, data iterators.
+    model_setup_ms: tuple[float, float] = (0.0, 0.0)
+    data_setup_ms: tuple[float, float] = (0.0, 0.0)
     # The losses an evaluation before the first step would measure (nanoGPT evaluates at iter_num 0).
     train_loss: float = math.nan
     val_loss: float = math.nan
@@ -199,6 +207,15 @@ class StepDone:
     rank_tflops: float  # TFLOP/s per GPU as this rank measures it (torchtitan's, last digits differ by rank)
     rank_mfu: float  # likewise, as a fraction
     logged: bool  # a log step: the first of the run or a multiple of run.log_interval
+    # fp16 loss scaling (sim/lossscale.py; bf16: 1.0 and no skips) and Megatron's interval counters: the log
+    # interval is (the previous multiple of run.log_interval or the run's start, this step].
+    loss_scale: float = 1.0
+    step_skipped: bool = False  # this iteration overflowed: no update, no grad norm
+    skipped_iters: int = 0  # skipped iterations in the log interval
+    advanced_iters: int = 1  # iterations in the log interval that updated the model
+    megatron_tflops: float = 0.0  # Megatron's FLOPs over interval_s per GPU (compute.framework_tflops_per_gpu)
+    samples_per_s: float = 0.0  # global batch over interval_s (Megatron-DeepSpeed's samples per second)
+    timers_ms: tuple[tuple[str, float], ...] = ()  # Megatron's per-phase timers of this iteration
     nanogpt_mfu: float = -1.0  # nanoGPT's running_mfu (A100-promised, -1 for its first iterations)
     llmc_mfu: float = 0.0  # llm.c's MFU of this step against the device's promised bf16 FLOPS
     loss_z: float = math.nan  # llm.c's z-scores of loss and grad norm (nan until its window is full)
