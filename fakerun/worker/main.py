@@ -7,14 +7,16 @@ import os
 import resource
 import signal
 import sys
+import sysconfig
 from collections.abc import Sequence
 
 import setproctitle
 
 from fakerun.launcher.procs import CONTROL_FD
+from fakerun.render.oom import oom_traceback
 from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
-from fakerun.worker.trainer import SimContext, run_rank
+from fakerun.worker.trainer import CudaOutOfMemory, SimContext, run_rank
 
 
 def set_title(argv: Sequence[str]) -> None:
@@ -23,6 +25,12 @@ def set_title(argv: Sequence[str]) -> None:
 
 
 NCCL_VERSION = "2.21.5"
+# What torch prints when a process that called init_process_group exits without destroy_process_group().
+_NOT_DESTROYED = (
+    "Warning: WARNING: destroy_process_group() was not called before program exit, which can leak "
+    "resources. For more info, please see https://pytorch.org/docs/stable/distributed.html#shutdown "
+    "(function operator())"
+)
 
 
 def die_like_nccl(rank: int) -> None:
@@ -62,6 +70,17 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         # Its stdout or stderr went away (`fakerun ... | head`): the script dies of it, traceback and exit 1.
         with contextlib.suppress(OSError):
             sys.stderr.write(script_traceback(int(env.get("RANK", "0")), sys.argv[0], exc))
+            sys.stderr.flush()
+        return 1
+    except CudaOutOfMemory as exc:
+        # The script dies of torch.OutOfMemoryError: its traceback through torch's hook, exit 1 (the agent
+        # reports the ChildFailedError); at exit torch warns that the process group was not destroyed.
+        rank = int(env.get("RANK", "0"))
+        script = os.path.abspath(sys.argv[0]) if sys.argv else "train.py"
+        with contextlib.suppress(OSError):
+            site = sysconfig.get_paths()["purelib"]
+            sys.stderr.write(oom_traceback(rank, script, site, exc.figures, exc.device))
+            sys.stderr.write(f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:1505')} {_NOT_DESTROYED}\n")
             sys.stderr.flush()
         return 1
     except CoordinatorGone:

@@ -50,6 +50,7 @@ from fakerun.render import nccl
 from fakerun.render.grid import GridGpu
 from fakerun.sim import checkpoint, compute, estimates, identity, loss, memory
 from fakerun.sim.collectives import bucket_allreduces
+from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.telemetry import Phase, telemetry
@@ -59,6 +60,15 @@ from fakerun.worker.printer import Printer
 
 # Steps over which rank 0's bar smooths its rate (tqdm keeps a moving average; older steps weigh nothing).
 _BAR_WINDOW = 50
+
+
+class CudaOutOfMemory(Exception):
+    """torch.OutOfMemoryError in this rank's backward pass (a job that does not fit, at its first step)."""
+
+    def __init__(self, figures: memory.OomFigures, device: int) -> None:
+        super().__init__("CUDA out of memory")
+        self.figures = figures
+        self.device = device
 
 
 @dataclass(frozen=True)
@@ -343,6 +353,8 @@ class RankTrainer:
         while True:
             numbers = step_numbers(job, self.rank, step)
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
+            if step == job.oom_at_step:
+                self._run_out_of_memory(numbers.compute_s / max(job.grad_accum, 1) + overhead)
             # The rank reports its compute time at once and waits for the step's end, which the coordinator
             # sets from the slowest rank's compute and the collectives: one wake-up per step, not two, on 64+
             # processes (sleeping through its own compute first would show nothing more).
@@ -412,6 +424,14 @@ class RankTrainer:
             self._pauses(step, released, final=False)
             prev = numbers
             step += 1
+
+    def _run_out_of_memory(self, micro_batch_s: float) -> None:
+        """The first micro-batch's backward asks for one tensor too many: every rank gets there within a few
+        percent of the others (drawn per rank, so which ranks fail first is seeded) and raises."""
+        job = self.run.job
+        when = (0.7 + 0.03 * uniform(job.seed, "oom-when", self.rank)) * micro_batch_s
+        self._pace_from(time.monotonic(), when)
+        raise CudaOutOfMemory(memory.oom_figures(job), self.local_rank)
 
     def _stop_reason(self, step: int) -> str:
         if step >= self.run.job.total_steps:

@@ -1,0 +1,75 @@
+"""fakerun's own style end to end: the OOM of a job that does not fit, early stopping, epochs, the loop."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from fakerun import presets
+from fakerun.cli import parse_command_line
+from fakerun.jobconfig import build_run
+from fakerun.render.oom import format_size
+from fakerun.sim import memory
+from fakerun.sim.run import RunPlan
+from tests.conftest import Runner
+
+FAST = ["--fake-speed", "400"]
+OOM_LINE = re.compile(
+    r"^\[rank(\d+)\]: torch\.OutOfMemoryError: CUDA out of memory\. Tried to allocate (\S+ \S+)\. GPU (\d+) "
+    r"has a total capacity of (\S+ \S+) of which (\S+ \S+) is free\. Including non-PyTorch memory, this "
+    r"process has (\S+ \S+) memory in use\. Of the allocated memory (\S+ \S+) is allocated by PyTorch, and "
+    r"(\S+ \S+) is reserved by PyTorch but unallocated\. If reserved but unallocated memory is large try "
+    r"setting PYTORCH_ALLOC_CONF=expandable_segments:True to avoid fragmentation\.  See documentation for "
+    r"Memory Management  \(https://pytorch\.org/docs/stable/notes/cuda\.html#environment-variables\)$",
+    re.M,
+)
+
+
+def run_of(argv: list[str], nproc: int = 2) -> RunPlan:
+    """The run a one-node command line asks for, built as the launcher builds it."""
+    cmd = parse_command_line(argv, {})
+    bundle = presets.resolve(cmd.fake.model or "llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    run, _ = build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=cmd.fake.model is not None)
+    return run
+
+
+class TestOutOfMemory:
+    """A job that does not fit starts, and every rank dies of torch.OutOfMemoryError at its first step."""
+
+    ARGS: ClassVar[list[str]] = [
+        *("--nproc-per-node", "2", "--fake-model", "llama3-70b", "--fake-seed", "11"),
+        *FAST,
+        "train.py",
+    ]
+
+    def test_check_says_it_does_not_fit(self, runner: Runner) -> None:
+        """The configuration of this class is one --fake-check refuses (exit 1)."""
+        result = runner.run(["--fake-check", *self.ARGS])
+        assert result.code == 1 and "does not fit" in result.stdout
+
+    def test_ooms_at_the_first_step_with_torchs_message(self, runner: Runner) -> None:
+        """Exit 1, torch's message with oom_figures' numbers, a backward traceback, the launcher's report."""
+        result = runner.run(self.ARGS, timeout=120)
+        assert result.code == 1, result.stderr[-3000:]
+        matches = OOM_LINE.findall(result.stderr)
+        assert matches, result.stderr[-3000:]
+        # The figures of the fullest GPU, as the physics core computes them for this job.
+        f = memory.oom_figures(run_of(self.ARGS).job)
+        expected = tuple(
+            format_size(x)
+            for x in (f.tried_to_allocate, f.capacity, f.free, f.in_use, f.allocated, f.reserved_unallocated)
+        )
+        for rank, size, device, *rest in matches:
+            assert int(device) == int(rank) % 2  # the local rank's GPU
+            assert (size, *rest) == expected
+        # The traceback is the script's backward pass into torch's autograd engine, on the failing rank.
+        rank = matches[0][0]
+        trace = [line for line in result.stderr.splitlines() if line.startswith(f"[rank{rank}]: ")]
+        assert trace[0] == f"[rank{rank}]: Traceback (most recent call last):"
+        assert any(line.endswith("    loss.backward()") for line in trace)
+        assert any("torch/autograd/graph.py" in line and "_engine_run_backward" in line for line in trace)
+        assert not any("fakerun" in line for line in trace)
+        # No step ever completed, and torchrun's agent reports the failure of the first failed rank.
+        assert " train " not in result.stdout
+        assert f"exitcode: 1) local_rank: {rank}" in result.stderr
+        assert "ChildFailedError" in result.stderr and "Root Cause (first observed failure)" in result.stderr
