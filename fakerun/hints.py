@@ -51,6 +51,9 @@ class Hints:
     style: str = dialects.DEFAULT  # the dialect the arguments select (fakerun.dialects), its default if none
     cadence: dict[str, int] = field(default_factory=dict)  # log/eval/save intervals and eval iterations
     sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
+    # Textual settings a framework echoes in its log (torchtitan's job.description, training.dataset...), as
+    # given; no figure: those are in job and arch.
+    settings: dict[str, str] = field(default_factory=dict)
     # "finetune" when the arguments name a pretrained checkpoint (sim/loss.py's regime), else "pretrain".
     regime: str = "pretrain"
 
@@ -816,8 +819,58 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         style=style,
         cadence=b.cadence,
         sources=b.sources,
+        settings=_settings(args, config),
         regime=_regime(script, args),
     )
+
+
+# torchtitan's textual settings its log echoes (the description, dataset, folders, switches).
+_TITAN_TEXT = frozenset(
+    {
+        "job.description",
+        "job.dump_folder",
+        "model.name",
+        "model.flavor",
+        "training.dataset",
+        "training.gc_freq",
+        "profiling.enable_profiling",
+        "profiling.save_traces_folder",
+        "checkpoint.enable",
+        "checkpoint.folder",
+        "checkpoint.async_mode",
+        "metrics.disable_color_printing",
+        "activation_checkpoint.mode",
+        "parallelism.data_parallel_replicate_degree",
+        "validation.enable",
+    }
+)
+
+
+def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
+    """torchtitan's textual settings (the config file's, then the command line's) and torchtune's --config."""
+    out: dict[str, str] = {}
+    if config is not None:
+        try:  # already read and checked by _titan_file: a failure here cannot happen unnoticed
+            data = tomlfile.loads(tomlfile.read_text(str(Path(_str(config)).expanduser())))
+        except (tomlfile.FileError, tomlfile.TomlError, ValueError, HintError):
+            data = {}
+        for section, table in data.items():
+            if isinstance(table, dict):
+                for name, value in table.items():
+                    key = f"{section}.{name}"
+                    if key in _TITAN_TEXT and isinstance(value, (str, bool, int)):
+                        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    for i, tok in enumerate(args):
+        if not tok.startswith("--"):
+            continue
+        name, eq, value = tok[2:].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "true"
+        key = name.replace("-", "_")
+        if key in _TITAN_TEXT or key == "config":
+            out[key] = value
+    return out
+
 
 
 # ----------------------------------------------------------------------------------------------------

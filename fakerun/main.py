@@ -144,6 +144,7 @@ def _sim_context(
         grid=cmd.fake.grid or dialects.DIALECTS[trainer].grid,
         clock=clock,
         real_node=plan.nodes[0].group_rank,
+        settings=tuple(hints.settings.items()),
     )
 
 

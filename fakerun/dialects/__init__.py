@@ -42,6 +42,7 @@ from fakerun.dialects.fakerun import FakerunDialect
 from fakerun.dialects.hf import HfDialect
 from fakerun.dialects.megatron import MegatronDialect
 from fakerun.dialects.titan import TitanDialect
+from fakerun.dialects.torchtune import TorchtuneDialect
 
 __all__ = ["DEFAULT", "DIALECTS", "choose", "make", "names", "select"]
 
@@ -51,6 +52,7 @@ DIALECTS: dict[str, type[Dialect]] = {
     for dialect in (
         FakerunDialect,
         TitanDialect,
+        TorchtuneDialect,
         MegatronDialect,
         HfDialect,
     )

@@ -30,6 +30,8 @@ class JobStarted:
     run: RunPlan
     first: bool  # the process's first run: the interpreter, CUDA and NCCL start-up happen only then
     resume: bool  # it starts from the checkpoint of run.job.start_step
+    # The script's textual settings a framework echoes (hints.Hints.settings: torchtitan's job.description).
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,9 @@ class ModelBuilt:
     params_on_rank: float  # parameters of this rank's pipeline stage over its tensor-parallel group
     layers_on_rank: int
     pp_rank: int
+    weights_bytes: float = 0.0  # this rank's share of the weights on its GPU after init (torchtitan's line)
+    init_s: float = 0.0  # instantiating the model and loading its weights took this long
+    capacity_bytes: float = 0.0  # the GPU's memory as torch.cuda reports it
     theory: Theory | None = None  # Megatron's theoretical memory figures for the job (sim/megatron.theory)
     # nanoGPT / llm.c: the weight-decay groups, get_num_params() (no position table), all with padded vocab.
     groups: ParamGroups | None = None
@@ -207,6 +212,7 @@ class StepDone:
     rank_tflops: float  # TFLOP/s per GPU as this rank measures it (torchtitan's, last digits differ by rank)
     rank_mfu: float  # likewise, as a fraction
     logged: bool  # a log step: the first of the run or a multiple of run.log_interval
+    gc_s: float = 0.0  # a Python garbage collection at this step, for frameworks that run one periodically
     # fp16 loss scaling (sim/lossscale.py; bf16: 1.0 and no skips) and Megatron's interval counters: the log
     # interval is (the previous multiple of run.log_interval or the run's start, this step].
     loss_scale: float = 1.0

@@ -1,14 +1,32 @@
-"""torchtitan: its metrics line on every rank."""
+"""torchtitan (0.2.1, the last release read from a TOML --job.config_file): its start-up, step, GC,
+checkpoint and shutdown lines, on every rank, as torchtitan/train.py and its components log them."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import ClassVar
 
-from fakerun.dialects.base import HintRule, Line, Output, log_time, words
-from fakerun.dialects.events import Event, StepDone
-from fakerun.dialects.fakerun import FakerunDialect
+from fakerun.dialects.base import HintRule, Line, Output, Seat, log_time, words
+from fakerun.dialects.events import (
+    CheckpointLoaded,
+    CheckpointLoading,
+    CheckpointSaved,
+    CheckpointSaving,
+    DatasetReady,
+    EvalDone,
+    Event,
+    JobStarted,
+    ModelBuilt,
+    ProcessGroupReady,
+    StepDone,
+    TokenizerLoaded,
+    TrainingFinished,
+    TrainingStarted,
+    WorkerStarted,
+)
+from fakerun.sim.job import JobSpec
 
 # torchtitan's options are `--section.key` of its TOML config's sections.
 HINTS = HintRule(
@@ -19,6 +37,32 @@ HINTS = HintRule(
         "debug compile"
     ),
 )
+
+VERSION = "0.2.1"
+_GIB = 1024.0**3
+# torchtitan/tools/utils.py's Color (and NoColor: every code empty).
+_COLORS = {
+    "red": "\033[31m",
+    "green": "\033[32m",
+    "yellow": "\033[33m",
+    "blue": "\033[34m",
+    "magenta": "\033[35m",
+    "cyan": "\033[36m",
+    "reset": "\033[39m",
+    "orange": "\033[38;2;180;60;0m",
+    "turquoise": "\033[38;2;54;234;195m",
+}
+_NO_COLORS = dict.fromkeys(_COLORS, "")
+# torchtitan/models/llama3/__init__.py: the flavors' arguments beside the shape (multiple_of, ffn multiplier).
+_LLAMA3_FLAVORS = {"8B": (1024, 1.3), "70B": (4096, 1.3), "405B": (4096, 1.2)}
+# Where torchtitan's hf_datasets/text_datasets.py finds a dataset by name.
+_DATASET_PATHS = {"c4": "allenai/c4", "c4_validation": "allenai/c4", "c4_test": "tests/assets/c4_test"}
+_SLEEP_S = 2.0  # train(): rank 0 sleeps 2 seconds before "Training completed"
+
+
+def prefix(at: float, level: str = "INFO") -> str:
+    """torchtitan's logging format: `[titan] %(asctime)s - %(name)s - %(levelname)s - `, the root logger."""
+    return f"[titan] {log_time(at)} - root - {level} - "
 
 
 def step_line(
@@ -32,46 +76,287 @@ def step_line(
     tps: float,
     tflops: float,
     mfu_pct: float,
+    color: bool = False,
 ) -> str:
-    """torchtitan's metrics line (every rank logs it; tps and tflops differ in the last digits)."""
+    """components/metrics.py's step line (every rank logs it; tps and tflops differ in the last digits)."""
+    c = _COLORS if color else _NO_COLORS
     return (
-        f"[titan] {timestamp} - root - INFO - step: {step:2d}  loss: {loss:8.5f}  "
-        f"grad_norm: {grad_norm:7.4f}  memory: {memory_gib:5.2f}GiB({memory_pct:.2f}%)  "
-        f"tps: {round(tps):,}  tflops: {tflops:.2f}  mfu: {mfu_pct:.2f}%"
+        f"[titan] {timestamp} - root - INFO - {c['red']}step: {step:2}  "
+        f"{c['green']}loss: {loss:8.5f}  "
+        f"{c['orange']}grad_norm: {grad_norm:7.4f}  "
+        f"{c['turquoise']}memory: {memory_gib:5.2f}GiB({memory_pct:.2f}%)  "
+        f"{c['blue']}tps: {round(tps):,}  "
+        f"{c['cyan']}tflops: {tflops:,.2f}  "
+        f"{c['magenta']}mfu: {mfu_pct:.2f}%{c['reset']}"
     )
 
 
-class TitanDialect(FakerunDialect):
-    """torchtitan's step line on every rank; the rest still in fakerun's events (until it has its own)."""
+def mesh_dims(job: JobSpec, dp_replicate: int) -> list[str]:
+    """ParallelDims.build_mesh's one-dimensional meshes larger than 1, in its dictionary's order."""
+    dp_shard = max(job.dp // dp_replicate, 1)
+    batch = dp_replicate * dp_shard
+    fsdp = dp_shard  # context parallelism is not simulated (cp=1)
+    efsdp = fsdp * job.tp // max(job.ep, 1)
+    sizes = {
+        "pp": job.pp,
+        "batch": batch,
+        "loss": batch,
+        "dp_replicate": dp_replicate,
+        "fsdp": fsdp,
+        "tp": job.tp,
+        "ep": job.ep,
+        "efsdp": efsdp,
+    }
+    return [name for name, size in sizes.items() if size > 1]
+
+
+class TitanDialect:
+    """torchtitan's root-logger lines on every rank (torchrun's --local-ranks-filter chooses which show)."""
 
     name: ClassVar[str] = "titan"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
 
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+        self.settings: dict[str, str] = {}
+        self.job: JobSpec | None = None
+
+    def _set(self, key: str, default: str) -> str:
+        return self.settings.get(key, default)
+
+    def _on(self, key: str, default: bool = False) -> bool:
+        return self._set(key, "true" if default else "false").lower() in ("true", "1", "yes")
+
+    @property
+    def _colors(self) -> dict[str, str]:
+        return _COLORS if self.seat.color and not self._on("metrics.disable_color_printing") else _NO_COLORS
+
+    def _names(self) -> tuple[str, str]:
+        """torchtitan's model name and flavor (`llama3`, `8B`), as configured or from the preset's name."""
+        assert self.job is not None
+        flavor = self.job.model.name.rsplit("-", 1)[-1].upper()
+        return self._set("model.name", "llama3"), self._set("model.flavor", flavor)
+
+    def _dump_folder(self) -> str:
+        return self._set("job.dump_folder", "./outputs").rstrip("/")
+
     def wants(self, kind: type[Event]) -> bool:
-        """Every rank logs the step line."""
-        return kind is StepDone or super().wants(kind)
+        """The events torchtitan logs something for."""
+        return kind in _WANTED
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
-        """torchtitan's form of the step event (every rank, throughput as the rank measured it)."""
-        if isinstance(event, StepDone):
-            n = event.numbers
-            out: list[Output] = [self.step_bar(event)] if self.seat.rank == 0 else []
-            if event.logged:
-                out.append(
-                    Line(
-                        step_line(
-                            timestamp=log_time(at),
-                            step=n.step,
-                            loss=n.loss,
-                            grad_norm=n.grad_norm,
-                            memory_gib=n.mem_gib,
-                            memory_pct=n.mem_pct,
-                            tps=n.rank_tokens_per_s,
-                            tflops=event.rank_tflops,
-                            mfu_pct=100.0 * event.rank_mfu,
-                        )
-                    )
-                )
+        """torchtitan's lines for `event` on this rank."""
+        if isinstance(event, JobStarted):
+            self.settings = dict(event.settings)
+            self.job = event.run.job
+            return () if event.first else self._start(at)
+        if self.job is None:
+            return ()
+        texts = self._texts(event, at)
+        return [Line(t) for t in texts]
+
+    def _start(self, at: float) -> list[Line]:
+        p = prefix(at)
+        return [
+            Line(f"{p}torchtitan version: {VERSION} (0.0.0 means __version__ is not defined correctly)."),
+            Line(f"{p}Starting job: {self._set('job.description', 'default job')}"),
+        ]
+
+    def _texts(self, event: Event, at: float) -> list[str]:
+        job = self.job
+        assert job is not None
+        p = prefix(at)
+        if isinstance(event, WorkerStarted):
+            return [line.text for line in self._start(at)]
+        if isinstance(event, ProcessGroupReady):
+            rep = int(self._set("parallelism.data_parallel_replicate_degree", "1") or 1)
+            rep = rep if rep > 0 and job.dp % rep == 0 else 1
+            return [
+                f"{p}Building device mesh with parallelism: pp={job.pp}, dp_replicate={rep}, "
+                f"dp_shard={job.dp // rep}, cp=1, tp={job.tp}, ep={job.ep}, etp=1",
+                f"{p}Successfully created meshes with active dimensions: {mesh_dims(job, rep)}",
+                f"{p}[GC] Initial GC collection took 0.00 seconds",
+            ]
+        if isinstance(event, TokenizerLoaded):
+            return [f"{p}Loading tokenizer from tokenizer.json"]
+        if isinstance(event, DatasetReady):
+            name = self._set("training.dataset", "c4_test")
+            return [f"{p}Preparing {name} dataset from {_DATASET_PATHS.get(name, name)}"]
+        if isinstance(event, ModelBuilt):
+            return self._built(event, at)
+        if isinstance(event, CheckpointLoading):
+            return [f"{p}Loading the checkpoint from {self._checkpoint_dir(event.step)}."]
+        if isinstance(event, CheckpointLoaded):
+            return [
+                f"{p}[GC] GC collection for checkpoint loading. took 0.01 seconds",
+                f"{p}Finished loading the checkpoint in {event.seconds:.2f} seconds.",
+            ]
+        if isinstance(event, TrainingStarted):
+            out = [f"{p}Training starts at step {event.first_step}"]
+            if self._on("profiling.enable_profiling"):
+                traces = self._set("profiling.save_traces_folder", "profile_traces")
+                out.append(f"{p}Profiling active. Traces will be saved at {self._dump_folder()}/{traces}")
             return out
-        return super().render(event, at)
+        if isinstance(event, StepDone):
+            return self._step(event, at)
+        if isinstance(event, EvalDone) and self._on("validation.enable"):
+            c = self._colors
+            return [
+                f"{p}{c['yellow']}validate step: {event.step:2}  "
+                f"{c['green']}loss: {event.loss:7.4f}{c['reset']}"
+            ]
+        if isinstance(event, CheckpointSaving) and self._checkpointing():
+            out = []
+            if event.step >= job.total_steps:
+                out.append(f"{p}Saving a full checkpoint at last step, step {event.step}.")
+            return [f"{p}Saving the checkpoint (or staging if async is enabled).", *out]
+        if isinstance(event, CheckpointSaved) and self._checkpointing():
+            return [
+                f"{p}[GC] GC collection invoked by checkpointer. took 0.01 seconds",
+                # torchtitan's two f-strings join without a space before "in".
+                f"{p}Finished saving the checkpoint (or staging if async is enabled)"
+                f"in {event.seconds:.2f} seconds.",
+            ]
+        if isinstance(event, TrainingFinished):
+            done = prefix(at + _SLEEP_S)
+            if self.seat.rank == 0:
+                return [
+                    f"{p}Sleeping 2 seconds for other ranks to complete",
+                    f"{done}Training completed",
+                    f"{done}Process group destroyed",
+                ]
+            return [f"{done}Process group destroyed"]
+        return []
+
+    def _checkpointing(self) -> bool:
+        return self._on("checkpoint.enable")
+
+    def _checkpoint_dir(self, step: int) -> str:
+        return f"{self._dump_folder()}/{self._set('checkpoint.folder', 'checkpoint')}/step-{step}"
+
+    def _built(self, event: ModelBuilt, at: float) -> list[str]:
+        job = self.job
+        assert job is not None
+        p = prefix(at)
+        c = self._colors
+        name, flavor = self._names()
+        m = job.model
+        multiple_of, ffn_multiplier = _LLAMA3_FLAVORS.get(flavor, (256, None))
+        args = {
+            "_enforced": "This field is used to enforce all fields have defaults.",
+            "dim": m.hidden,
+            "n_layers": m.layers,
+            "n_heads": m.heads,
+            "n_kv_heads": m.kv_heads,
+            "vocab_size": m.vocab,
+            "multiple_of": multiple_of,
+            "ffn_dim_multiplier": ffn_multiplier,
+            "norm_eps": 1e-05,
+            "rope_theta": 500000,
+            "rope_scaling_args": {
+                "scaling_factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            "max_seq_len": job.seq_len,
+            "depth_init": True,
+            "attn_type": "sdpa",
+            "attn_mask_type": "causal",
+            "eos_id": 0,
+        }
+        # torchtitan's f-string has no space between the flavor and "with".
+        dump = f"{p}Building {name} {flavor}with {json.dumps(args, indent=2)}".split("\n")
+        gpu = job.gpu.display_name
+        capacity = event.capacity_bytes or job.gpu.memory_mib * 1024.0**2
+        out = [
+            *dump,
+            f"{p}CUDA capacity: {gpu} with {capacity / _GIB:.2f}GiB memory",
+            f"{p}{c['blue']}Model {name} {flavor} {c['red']}size: {m.params:,} total parameters{c['reset']}",
+        ]
+        if job.tp > 1:
+            out.append(f"{p}Applied Tensor Parallelism to the model")
+        ac = self._set("activation_checkpoint.mode", job.recompute if job.recompute != "none" else "none")
+        if ac != "none":
+            out.append(f"{p}Applied {ac} activation checkpointing to the model")
+        rep = int(self._set("parallelism.data_parallel_replicate_degree", "1") or 1)
+        sharded = job.dp // max(rep, 1) > 1
+        if sharded:
+            out.append(f"{p}Applied {'HSDP' if rep > 1 else 'FSDP'} to the model")
+        elif job.dp > 1:
+            out.append(f"{p}Applied DDP to the model")
+        out.append(f"{p}Peak FLOPS used for computing MFU: {job.gpu.peak_flops:.3e}")
+        out.append(
+            f"{p}CUDA memory usage for model: {event.weights_bytes / _GIB:.2f}GiB"
+            f"({100.0 * event.weights_bytes / capacity:.2f}%)"
+        )
+        if self._checkpointing():
+            folder = f"{self._dump_folder()}/{self._set('checkpoint.folder', 'checkpoint')}"
+            out.append(f"{p}Checkpointing active. Checkpoints will be loaded from and saved to {folder}")
+        if sharded:
+            out.append(f"{p}Mixed precision training is handled by fully_shard")
+        elif job.tp > 1 or job.pp > 1:
+            out.append(
+                f"{prefix(at, 'WARNING')}Mixed precision training with TP or PP is only supported when "
+                "FSDP/HSDP/CP is enabled."
+            )
+            out.append(f"{p}Mixed precision training is disabled")
+        else:
+            out.append(f"{p}Mixed precision training is handled by AMP")
+        # With pipeline stages a local batch runs as micro batches inside the schedule, not as accumulation.
+        pipelined = job.pp > 1
+        local = job.micro_batch * job.grad_accum if pipelined else job.micro_batch
+        accum = 1 if pipelined else job.grad_accum
+        out.append(
+            f"{p}Trainer is initialized with local batch size {local}, global batch size {job.global_batch}, "
+            f"gradient accumulation steps {accum}, sequence length {job.seq_len}, "
+            f"total steps {job.total_steps} (warmup {job.warmup_steps})"
+        )
+        return out
+
+    def _step(self, event: StepDone, at: float) -> list[str]:
+        n = event.numbers
+        out: list[str] = []
+        gc_freq = int(self._set("training.gc_freq", "50") or 50)
+        if gc_freq > 0 and n.step > 1 and n.step % gc_freq == 0:
+            # GarbageCollection.run runs at the start of the step, before its metrics are logged.
+            out.append(f"{prefix(at)}[GC] Performing periodic GC collection took {event.gc_s:.2f} seconds")
+        if event.logged:
+            out.append(
+                step_line(
+                    timestamp=log_time(at),
+                    step=n.step,
+                    loss=n.loss,
+                    grad_norm=n.grad_norm,
+                    memory_gib=n.mem_gib,
+                    memory_pct=n.mem_pct,
+                    tps=n.rank_tokens_per_s,
+                    tflops=event.rank_tflops,
+                    mfu_pct=100.0 * event.rank_mfu,
+                    color=bool(self._colors["red"]),
+                )
+            )
+        return out
+
+
+_WANTED: frozenset[type[Event]] = frozenset(
+    {
+        JobStarted,
+        WorkerStarted,
+        ProcessGroupReady,
+        TokenizerLoaded,
+        DatasetReady,
+        ModelBuilt,
+        CheckpointLoading,
+        CheckpointLoaded,
+        TrainingStarted,
+        StepDone,
+        EvalDone,
+        CheckpointSaving,
+        CheckpointSaved,
+        TrainingFinished,
+    }
+)
+
+__all__ = ["HINTS", "TitanDialect", "mesh_dims", "prefix", "step_line"]

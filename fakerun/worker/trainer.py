@@ -48,7 +48,7 @@ from fakerun.dialects.events import (
 from fakerun.presets import host_name
 from fakerun.render import nccl
 from fakerun.render.grid import GridGpu
-from fakerun.sim import checkpoint, compute, estimates, identity, loss, memory
+from fakerun.sim import checkpoint, compute, estimates, identity, loss, memory, rand
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
@@ -91,6 +91,8 @@ class SimContext:
     # The node this launcher really is: its ranks show their real pids (a user may act on them), the other
     # simulated nodes' ranks show the pids their own host would have given them (sim/identity.py).
     real_node: int = 0
+    # The script's textual settings a framework echoes in its log (hints.Hints.settings).
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 def _with_warmup(n: StepNumbers, overhead_s: float) -> StepNumbers:
@@ -218,7 +220,7 @@ class RankTrainer:
         resume = job.start_step > 0
         times = startup_times(job, self.rank, resume=resume)
         pid, tid = self._identity()
-        emit(JobStarted(run=self.run, first=first, resume=resume))
+        emit(JobStarted(run=self.run, first=first, resume=resume, settings=self.ctx.settings))
         if first:
             # Nothing is printed before the interpreter has imported torch and the training framework.
             t = self._pace_from(self.born, times.import_s)
@@ -279,12 +281,16 @@ class RankTrainer:
         t = self._pace_from(t, times.model_init_s)
         pp_rank = job.coords(self.rank).pp_rank
         stage, _ = memory.stage_params(job, pp_rank)
+        built = memory.memory_breakdown(job, self.rank, 0)
         emit(
             ModelBuilt(
                 dtype="bfloat16",
                 params_on_rank=stage / job.tp,
                 layers_on_rank=job.stage_layers(pp_rank),
                 pp_rank=pp_rank,
+                weights_bytes=built.weights,
+                init_s=times.model_init_s,
+                capacity_bytes=built.capacity,
                 groups=estimates.param_groups(job.model),
                 reported_params=estimates.nanogpt_num_params(job.model),
                 padded_params=estimates.gpt_params(job.model),
@@ -386,8 +392,10 @@ class RankTrainer:
                 emit(self._grid(step, grid, numbers))
             logged = step % run.log_interval == 0 or step == run.first_step
             interval = step_times[-run.log_interval :]
-            # torchtitan's figures as each rank measures them: its own token rate against the job's.
+            # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
+            # (warm-up included on iteration 1), scaled by its own token rate against the job's.
             ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
+            titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
             index = step - run.first_step
             if logged and index >= estimates.NANOGPT_SETTLE_ITERS:
                 mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
@@ -405,9 +413,11 @@ class RankTrainer:
                     recent_s=tuple(step_times[-_BAR_WINDOW:]),
                     interval_s=sum(interval) / len(interval),
                     epoch=step / run.steps_per_epoch,
-                    rank_tflops=numbers.tflops_per_gpu * ratio,
-                    rank_mfu=numbers.mfu * ratio,
+                    rank_tflops=titan_tflops * ratio,
+                    rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
                     logged=logged,
+                    # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
+                    gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
                     nanogpt_mfu=running_mfu,
                     llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
                     loss_z=loss_z,
