@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
+from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 
@@ -56,6 +57,7 @@ class Hints:
     settings: dict[str, str] = field(default_factory=dict)
     # "finetune" when the arguments name a pretrained checkpoint (sim/loss.py's regime), else "pretrain".
     regime: str = "pretrain"
+    deepspeed: DsConfig | None = None  # the DeepSpeed JSON config the script is given, when it reads
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,6 +90,8 @@ _OPTIONS: dict[str, str] = {
     "warmup_ratio": _VALUE,
     "lr_scheduler_type": _VALUE,
     "deepspeed": _VALUE,
+    "deepspeed_config": _VALUE,  # DeepSpeed's add_config_arguments (--deepscale_config is its old name)
+    "deepscale_config": _VALUE,
     "fsdp": _VALUE,
     "gradient_checkpointing": _HF_BOOL,
     "seed": _VALUE,
@@ -364,6 +368,11 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
         kind = _kind(key)
         if kind is None:
             continue
+        if key == "deepspeed" and style == "deepspeed" and not eq:
+            # So is DeepSpeed's own (add_config_arguments), unless the script takes a JSON file after it.
+            following = args[i] if i < len(args) else ""
+            if not following.lower().endswith(".json"):
+                kind = _FLAG
         option = f"--{name}"
         value: str | None
         if eq:
@@ -406,6 +415,55 @@ def _titan_file(g: _Given) -> dict[str, _Given]:
             if key in _TITAN_KEYS and key != "job.config_file":
                 out[key] = _Given(f"{section}.{name}", value, where=path)
     return out
+
+
+def _ds_config(b: _Builder, g: _Given) -> None:
+    """A DeepSpeed JSON config: its ZeRO stage, and for DeepSpeed's own scripts its batch sizes, lr,
+    schedule and steps_per_print as hints."""
+    stage = _deepspeed_stage(g)
+    if stage is not None:
+        b.set(b.job, "zero_stage", stage, g)
+    text = g.value.strip() if isinstance(g.value, str) else ""
+    if text and not text.startswith("{"):
+        try:
+            text = tomlfile.read_text(str(Path(text).expanduser()))
+        except (tomlfile.FileError, ValueError):
+            return
+    ds = parse_ds_config(text) if text else None
+    if ds is None:
+        return
+    b.set(b.top, "deepspeed", ds, g)
+    if b.style != "deepspeed":
+        return  # HF Trainer and Megatron fill the config's batch sizes and schedule from their own arguments
+    config = ds.user_config()
+    ints = (
+        ("train_micro_batch_size_per_gpu", "micro_batch", _model_high("micro_batch")),
+        ("gradient_accumulation_steps", "grad_accum", _MAX_GRAD_ACCUM),
+    )
+    for name, hint, high in ints:
+        value = config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            b.set(b.job, hint, _int(_Given(f"{g.option} {name}", value), high=high), g)
+    gbs = config.get("train_batch_size")
+    both = "micro_batch" in b.job and "grad_accum" in b.job  # the global batch follows from them and dp
+    if isinstance(gbs, int) and not isinstance(gbs, bool) and not both:
+        high = _model_high("global_batch")
+        b.set(b.job, "global_batch", _int(_Given(f"{g.option} train_batch_size", gbs), high=high), g)
+    optimizer = config.get("optimizer")
+    params = optimizer.get("params") if isinstance(optimizer, dict) else None
+    if isinstance(params, dict) and isinstance(params.get("lr"), (int, float)):
+        b.set(b.job, "lr", _float(_Given(f"{g.option} optimizer.params.lr", params["lr"]), high=_MAX_LR), g)
+    scheduler = config.get("scheduler")
+    sched = scheduler.get("params") if isinstance(scheduler, dict) else None
+    if isinstance(sched, dict):
+        for name, hint in (("warmup_num_steps", "warmup_steps"), ("total_num_steps", "total_steps")):
+            value = sched.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                low = 0 if hint == "warmup_steps" else 1
+                given = _Given(f"{g.option} scheduler.params.{name}", value)
+                b.set(b.job, hint, _int(given, low, high=MAX_STEPS), g)
+    if "steps_per_print" in config:
+        b.set(b.cadence, "log_interval", ds.steps_per_print, g)
 
 
 def _deepspeed_stage(g: _Given) -> int | None:
@@ -575,10 +633,10 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         b.set(b.job, "lr_schedule", _choice(g, _MEGATRON_SCHEDULES), g)
     elif key == "lr_scheduler.decay_type":
         b.set(b.job, "lr_schedule", _choice(g, _TITAN_SCHEDULES), g)
+    elif key in ("deepspeed_config", "deepscale_config") or (key == "deepspeed" and isinstance(g.value, str)):
+        _ds_config(b, g)
     elif key == "deepspeed":
-        stage = _deepspeed_stage(g)
-        if stage is not None:
-            b.set(b.job, "zero_stage", stage, g)
+        pass  # DeepSpeed's bare --deepspeed flag
     elif key == "fsdp":
         _hf_fsdp(b, g)
     elif key == "bf16":
@@ -808,6 +866,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
+    ds = b.top.get("deepspeed")
     return Hints(
         model_name=name,
         model=model_from_hf_name(name) if name else None,
@@ -819,6 +878,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         style=style,
         cadence=b.cadence,
         sources=b.sources,
+        deepspeed=ds if isinstance(ds, DsConfig) else None,
         settings=_settings(args, config),
         regime=_regime(script, args),
     )

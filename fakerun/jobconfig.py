@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import struct
@@ -158,6 +159,8 @@ def build_run(
         )
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
+    if hints.deepspeed is not None:
+        run = dataclasses.replace(run, deepspeed=hints.deepspeed)
     _check_waits(run, fake.speed)
     return run, hints
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fakerun.dialects.base import Dialect, Seat
+from fakerun.dialects.deepspeed import DeepSpeedDialect
 from fakerun.dialects.fakerun import FakerunDialect
 from fakerun.dialects.hf import HfDialect
 from fakerun.dialects.megatron import MegatronDialect
@@ -54,6 +55,7 @@ DIALECTS: dict[str, type[Dialect]] = {
         TitanDialect,
         TorchtuneDialect,
         MegatronDialect,
+        DeepSpeedDialect,
         HfDialect,
     )
 }

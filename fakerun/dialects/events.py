@@ -9,6 +9,7 @@ from typing import TypeAlias
 from fakerun.presets import ModelSpec
 from fakerun.render.grid import GridGpu
 from fakerun.sim.checkpoint import ExportFile
+from fakerun.sim.ds_lossscale import ScaleStep
 from fakerun.sim.estimates import ParamGroups
 from fakerun.sim.job import JobSpec
 from fakerun.sim.megatron import Theory
@@ -227,6 +228,11 @@ class StepDone:
     loss_z: float = math.nan  # llm.c's z-scores of loss and grad norm (nan until its window is full)
     norm_z: float = math.nan
     llmc_tokens_per_s: float = 0.0  # llm.c's bias-corrected EMA of tok/s (the first step raw)
+    # DeepSpeed: its fp16 dynamic loss scaler at this step (sim/ds_lossscale.py; None unless fp16), and the
+    # ThroughputTimer's span (the run's steps after its first two, which it does not time).
+    ds_scale: ScaleStep | None = None
+    timed_s: float = 0.0
+    timed_steps: int = 0
 
 
 @dataclass(frozen=True)

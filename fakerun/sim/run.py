@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fakerun.dsconfig import DsConfig
 from fakerun.presets import ModelSpec
 from fakerun.sim import checkpoint, compute, rand
 from fakerun.sim.job import JobSpec
@@ -74,6 +75,7 @@ class RunPlan:
     epochs: int
     max_time_s: float | None = None  # simulated seconds of training before a clean stop
     max_steps: int | None = None  # steps per run (--fake-max-steps), kept for the next run of a loop
+    deepspeed: DsConfig | None = None  # the script's DeepSpeed config (--deepspeed_config), None if none
 
     @property
     def steps(self) -> int:

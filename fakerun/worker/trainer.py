@@ -48,7 +48,7 @@ from fakerun.dialects.events import (
 from fakerun.presets import host_name
 from fakerun.render import nccl
 from fakerun.render.grid import GridGpu
-from fakerun.sim import checkpoint, compute, estimates, identity, loss, memory, rand
+from fakerun.sim import checkpoint, compute, ds_lossscale, estimates, identity, loss, memory, rand
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
@@ -356,6 +356,10 @@ class RankTrainer:
         running_mfu, tps_ema = -1.0, 0.0
         losses: list[float] = []
         norms: list[float] = []
+        # DeepSpeed's fp16 scaler (its config's), carried step to step, and its ThroughputTimer's span.
+        ds = run.deepspeed
+        ds_fp16 = ds is not None and ds.precision == "fp16"
+        ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
         while True:
             numbers = step_numbers(job, self.rank, step)
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
@@ -405,6 +409,12 @@ class RankTrainer:
             losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
             norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
             tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
+            ds_scaled = None
+            if ds_fp16 and ds is not None and ds_state is not None:
+                ds_scaled = ds_lossscale.advance(
+                    ds_state, job.seed, step, delayed_shift=ds.hysteresis, window=ds.loss_scale_window
+                )
+                ds_state = ds_scaled.state
             emit(
                 StepDone(
                     run=run,
@@ -423,6 +433,9 @@ class RankTrainer:
                     loss_z=loss_z,
                     norm_z=norm_z,
                     llmc_tokens_per_s=llmc_tps,
+                    ds_scale=ds_scaled,
+                    timed_s=sum(step_times[2:]),
+                    timed_steps=max(0, len(step_times) - 2),
                 )
             )
             if logged and self.out.wants(GradientSync):

@@ -1,0 +1,332 @@
+"""DeepSpeed 0.19 (a script calling deepspeed.initialize): its engine's lines, as its logger prints them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from fakerun.dialects.base import HintRule, Line, Output, Seat, log_time, words
+from fakerun.dialects.events import (
+    CheckpointSaving,
+    Event,
+    JobStarted,
+    ModelBuilt,
+    StepDone,
+)
+from fakerun.dsconfig import DsConfig
+from fakerun.sim.job import JobSpec
+
+# Options DeepSpeed's add_config_arguments and its examples define (`--deepspeed` is a flag there; HF
+# Trainer's --deepspeed takes the config file and is the HF dialect's when HF options dominate).
+HINTS = HintRule(
+    # DeepSpeedExamples and tutorials (cifar10_deepspeed.py, train_bert_ds.py); not Megatron-DeepSpeed.
+    script=re.compile(r"(?<!megatron.)deepspeed(?!.*megatron)|_ds\.py$|(^|/)ds_(train|pretrain)"),
+    options=words("deepspeed deepspeed_config deepscale deepscale_config zero_stage"),
+)
+
+VERSION = "0.19.6"
+GIT_HASH = "unknown"
+GIT_BRANCH = "unknown"
+
+# Where each line comes from in DeepSpeed 0.19.6's source: file:line:function of the logging call.
+_LOG_DIST = "logging.py:123:log_dist"
+_GROUPS = "engine.py:1867:_configure_distributed_model"
+_ZERO = "stage_1_and_2.py:{}:__init__"
+_CONFIG = "config.py:{}:print"
+_USER_CONFIG = "config.py:999:print_user_config"
+_TIMER = "timer.py:264:stop"
+_SCALER = "loss_scaler.py:{}:update_scale"
+_GIB = 1024.0**3
+_OFFLOAD = (
+    "device='cpu' nvme_path=None buffer_count=4 pin_memory=False pipeline_read=False pipeline_write=False "
+    "fast_init=False ratio=1.0"
+)
+
+# torch dtypes as DeepSpeed names them in 'Creating ... ZeRO stage N optimizer'.
+_DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16", "fp32": "torch.float32"}
+# The config's optimizer types -> the class DeepSpeed builds (FusedAdam for Adam/AdamW on CUDA).
+_OPTIMIZERS = {"adam": "FusedAdam", "adamw": "FusedAdam", "lamb": "FusedLamb", "lion": "FusedLion"}
+
+
+def prefix(at: float, where: str, level: str = "INFO") -> str:
+    """DeepSpeed's logging.Formatter: `[asctime] [LEVEL] [file.py:line:func] `."""
+    return f"[{log_time(at)}] [{level}] [{where}] "
+
+
+def encode(value: Any, level: int = 0) -> str:
+    """DeepSpeed's ScientificNotationEncoder: keys in file order, `, ` before each newline, numbers over 1e3
+    in `e` notation."""
+    close, level = " " * level * 4, level + 1
+    inner = " " * level * 4
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{value:e}" if value > 1e3 else f"{value}"
+    if isinstance(value, dict):
+        items = [f'\n{inner}"{k}": {encode(v, level)}' for k, v in value.items()]
+        return "{" + ", ".join(items) + f"\n{close}" + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(encode(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def py_float(x: float) -> str:
+    """A float as Python's repr prints it in a list (`5e-05`, `0.0001`)."""
+    return repr(float(x))
+
+
+def progress_line(step: int, skipped: int, lr: float, mom: str) -> str:
+    """engine._report_progress: `step=40, skipped=2, lr=[5e-05], mom=[[0.9, 0.999]]`."""
+    return f"[Rank 0] step={step}, skipped={skipped}, lr=[{py_float(lr)}], mom={mom}"
+
+
+def throughput_line(
+    micro_step: int, global_step: int, running: float, current: float, allocated: float, max_allocated: float
+) -> str:
+    """ThroughputTimer.stop's report (samples per second unrounded, memory in GiB rounded to 2 places)."""
+    return (
+        f"epoch=0/micro_step={micro_step}/global_step={global_step}, RunningAvgSamplesPerSec={running!r}, "
+        f"CurrSamplesPerSec={current!r}, MemAllocated={round(allocated / _GIB, 2)!r}GB, "
+        f"MaxMemAllocated={round(max_allocated / _GIB, 2)!r}GB"
+    )
+
+
+def config_rows(ds: DsConfig, job: JobSpec) -> list[tuple[str, str]]:
+    """The attributes DeepSpeedConfig.print dumps (sorted by name), with this job's values."""
+    fp16 = ds.precision == "fp16"
+    rows = {
+        "activation_checkpointing_config": '{\n    "partition_activations": false, \n    "contiguous_memory_'
+        'optimization": false, \n    "cpu_checkpointing": false, \n    "number_checkpoints": null, \n    '
+        '"synchronize_checkpoint_boundary": false, \n    "profile": false\n}',
+        "amp_enabled": "False",
+        "amp_params": "False",
+        "bfloat16_config": (
+            f"enabled={ds.precision == 'bf16'} immediate_grad_update=True check_grad_overflow=False"
+        ),
+        "checkpoint_parallel_write_pipeline": "False",
+        "checkpoint_tag_validation_enabled": "True",
+        "checkpoint_tag_validation_fail": "False",
+        "communication_data_type": "None",
+        "curriculum_enabled_legacy": "False",
+        "curriculum_params_legacy": "False",
+        "dataloader_drop_last": "False",
+        "disable_allgather": "False",
+        "dump_state": "False",
+        "elasticity_enabled": "False",
+        "float16_config": (
+            f"enabled={fp16} auto_cast=False loss_scale=0.0 initial_scale_power={ds.initial_scale_power} "
+            f"loss_scale_window={ds.loss_scale_window} hysteresis={ds.hysteresis} "
+            "consecutive_hysteresis=False "
+            f"min_loss_scale={int(ds.min_loss_scale)} fp16_master_weights_and_grads=False"
+        ),
+        "global_rank": "0",
+        "grad_accum_dtype": "None",
+        "gradient_accumulation_steps": str(job.grad_accum),
+        "gradient_clipping": repr(ds.gradient_clipping),
+        "gradient_predivide_factor": "1.0",
+        "graph_harvesting": "False",
+        "load_universal_checkpoint": "False",
+        "log_level": ds.log_level,
+        "memory_breakdown": "False",
+        "mics_hierarchial_params_gather": "False",
+        "mics_shard_size": "-1",
+        "optimizer_legacy_fusion": "False",
+        "optimizer_name": ds.optimizer.lower() if ds.optimizer else "None",
+        "prescale_gradients": "False",
+        "scheduler_name": ds.scheduler or "None",
+        "seq_parallel_communication_data_type": "torch.float32",
+        "sparse_attention": "None",
+        "sparse_gradients_enabled": "False",
+        "steps_per_print": str(ds.steps_per_print),
+        "train_batch_size": str(job.global_batch),
+        "train_micro_batch_size_per_gpu": str(job.micro_batch),
+        "use_data_before_expert_parallel_": "False",
+        "use_node_local_storage": "False",
+        "wall_clock_breakdown": str(ds.wall_clock_breakdown),
+        "world_size": str(job.dp),
+        "zero_allow_untested_optimizer": "False",
+        "zero_config": " ".join(
+            (
+                f"stage={ds.zero_stage} contiguous_gradients=True reduce_scatter=True",
+                f"reduce_bucket_size={ds.reduce_bucket_size} use_multi_rank_bucket_allreduce=True",
+                f"allgather_partitions=True allgather_bucket_size={ds.allgather_bucket_size}",
+                "overlap_comm=False load_from_fp32_weights=True elastic_checkpoint=False offload_param=None",
+                f"offload_optimizer={_OFFLOAD if ds.cpu_offload else None}",
+                "sub_group_size=1000000000 cpu_offload_param=None cpu_offload_use_pin_memory=None",
+                "cpu_offload=None prefetch_bucket_size=50000000 param_persistence_threshold=100000",
+                "model_persistence_threshold=9223372036854775807 max_live_parameters=1000000000",
+                "max_reuse_distance=1000000000 gather_16bit_weights_on_model_save=False",
+                "module_granularity_threshold=0 use_all_reduce_for_fetch_params=False",
+                "stage3_gather_fp16_weights_on_model_save=False ignore_unused_parameters=True",
+                f"legacy_stage1=False round_robin_gradients={ds.round_robin_gradients}",
+                "zero_hpz_partition_size=1",
+                "zero_quantized_weights=False zero_quantized_nontrainable_weights=False",
+                "zero_quantized_gradients=False zeropp_loco_param=None mics_shard_size=-1",
+                "mics_hierarchical_params_gather=False memory_efficient_linear=True",
+                "pipeline_loading_checkpoint=False override_module_apply=True log_trace_cache_warnings=False",
+            )
+        ),
+        "zero_enabled": str(ds.zero_stage > 0),
+        "zero_force_ds_cpu_optimizer": "True",
+        "zero_optimization_stage": str(ds.zero_stage),
+    }
+    return sorted(rows.items())
+
+
+class DeepSpeedDialect:
+    """DeepSpeed's engine lines (rank 0, at the config's log_level); no structlog, bar or grid."""
+
+    name: ClassVar[str] = "deepspeed"
+    hints: ClassVar[HintRule] = HINTS
+    grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+        self.ds = DsConfig()
+        self.job: JobSpec | None = None
+
+    def wants(self, kind: type[Event]) -> bool:
+        """Rank 0 logs (log_dist ranks=[0]); every rank learns the config from JobStarted."""
+        if kind is JobStarted:
+            return True
+        return self.seat.rank == 0 and self.ds.info and kind in (ModelBuilt, StepDone, CheckpointSaving)
+
+    def render(self, event: Event, at: float) -> Sequence[Output]:
+        """The engine's lines for the events DeepSpeed logs at; nothing for the others."""
+        if isinstance(event, JobStarted):
+            # What the config says is known from the start: deepspeed.initialize reads it.
+            self.ds = event.run.deepspeed or DsConfig(zero_stage=event.run.job.zero_stage)
+            self.job = event.run.job
+            return ()
+        if self.seat.rank != 0 or not self.ds.info:
+            return ()
+        if isinstance(event, ModelBuilt) and self.job is not None:
+            return [Line(text) for text in self.engine_init(self.job, at)]
+        if isinstance(event, StepDone):
+            return [Line(text) for text in self.step(event, at)]
+        if isinstance(event, CheckpointSaving):
+            tag = f"global_step{event.step}"
+            p = prefix(at, _LOG_DIST)
+            return [
+                Line(f"{p}[Rank 0] [Torch] Checkpoint {tag} is about to be saved!"),
+                Line(f"{p}[Rank 0] Saving model checkpoint: checkpoints/{tag}/mp_rank_00_model_states.pt"),
+            ]
+        return ()
+
+    def mom(self) -> str:
+        """get_mom(): the optimizer's betas per param group, a list as configured, FusedAdam's tuple else."""
+        betas = self.ds.betas
+        if betas is not None:
+            return "[[" + ", ".join(py_float(b) for b in betas) + "]]"
+        return "[(0.9, 0.999)]"
+
+    def engine_init(self, job: JobSpec, at: float) -> list[str]:
+        """DeepSpeedEngine.__init__ on rank 0: groups summary, optimizer, ZeRO, scheduler, config dump."""
+        ds = self.ds
+        job_dp = job.dp
+        p = prefix(at, _LOG_DIST)
+        out = [
+            prefix(at, _GROUPS) + "********** distributed groups summary **********",
+            f"\t self.dp_world_size={job_dp}",
+            "\t self.mp_world_size=1",
+            f"\t self.seq_dp_world_size={job_dp}",
+            "\t self.sequence_parallel_size=1",
+            "***********************************************",
+            f"{p}[Rank 0] DeepSpeed Flops Profiler Enabled: False",
+        ]
+        if ds.optimizer:
+            out.append(
+                f"{p}[Rank 0] Using DeepSpeed Optimizer param name {ds.optimizer.lower()} as basic optimizer"
+            )
+        else:
+            out.append(f"{p}[Rank 0] Using client Optimizer as basic optimizer")
+        out.append(f"{p}[Rank 0] Removing param_group that has no 'params' in the basic Optimizer")
+        basic = _OPTIMIZERS.get((ds.optimizer or "adamw").lower(), "FusedAdam") if ds.optimizer else "AdamW"
+        out.append(f"{p}[Rank 0] DeepSpeed Basic Optimizer = {basic}")
+        dtype = _DTYPES[ds.precision]
+        if ds.zero_stage in (1, 2):
+            out.append(f"{p}[Rank 0] Creating {dtype} ZeRO stage {ds.zero_stage} optimizer")
+            out += [
+                prefix(at, _ZERO.format(197)) + f"Reduce bucket size {ds.reduce_bucket_size}",
+                prefix(at, _ZERO.format(198)) + f"Allgather bucket size {ds.allgather_bucket_size}",
+                prefix(at, _ZERO.format(199)) + f"CPU Offload: {ds.cpu_offload}",
+                prefix(at, _ZERO.format(200))
+                + f"Round robin gradient partitioning: {ds.round_robin_gradients}",
+                prefix(at, _ZERO.format(664)) + "optimizer state initialized",
+            ]
+            final = "DeepSpeedZeroOptimizer"
+        elif ds.zero_stage == 3:
+            out.append(f"{p}[Rank 0] Creating {dtype} ZeRO stage 3 optimizer")
+            final = "DeepSpeedZeroOptimizer_Stage3"
+        elif ds.precision == "fp16":
+            out.append(f"{p}[Rank 0] Creating fp16 optimizer with dynamic loss scale")
+            final = "FP16_Optimizer"
+        elif ds.precision == "bf16":
+            out.append(f"{p}[Rank 0] Creating BF16 optimizer")
+            final = "BF16_Optimizer"
+        else:
+            final = basic
+        out.append(f"{p}[Rank 0] DeepSpeed Final Optimizer = {final}")
+        if ds.scheduler:
+            out.append(f"{p}[Rank 0] DeepSpeed using configured LR scheduler = {ds.scheduler}")
+            out.append(f"{p}[Rank 0] DeepSpeed LR Scheduler = {ds.scheduler}")
+        else:
+            out.append(f"{p}[Rank 0] DeepSpeed LR Scheduler = None")
+        # _report_progress(0): the scheduler's first lr (warmup_min_lr, 0) or the optimizer's.
+        out.append(p + progress_line(0, 0, 0.0 if ds.scheduler else job.lr, self.mom()))
+        out.append(prefix(at, _CONFIG.format(1009)) + "DeepSpeedEngine configuration:")
+        c = prefix(at, _CONFIG.format(1013))
+        for name, value in config_rows(ds, job):
+            # A multi-line value (a JSON repr) continues on unprefixed lines, as logging writes it.
+            first, *rest = f"  {name} {'.' * (29 - len(name))} {value}".split("\n")
+            out.append(c + first)
+            out.extend(rest)
+        user = encode(ds.user_config())
+        lines = f"  json = {user}".split("\n")
+        out.append(prefix(at, _USER_CONFIG) + lines[0])
+        out.extend(lines[1:])
+        return out
+
+    def step(self, event: StepDone, at: float) -> list[str]:
+        """An overflow on its step; step= and the throughput timer every steps_per_print."""
+        out: list[str] = []
+        n = event.numbers
+        s = event.ds_scale
+        if s is not None and s.overflow:
+            if s.hysteresis_before > 1:
+                out.append(
+                    prefix(at, _SCALER.format(284))
+                    + f"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
+                    f"loss scale: {int(s.attempted)}, but hysteresis is {s.hysteresis_before}. Reducing "
+                    f"hysteresis to {s.hysteresis_before - 1}"
+                )
+            else:
+                out.append(
+                    prefix(at, _SCALER.format(277))
+                    + f"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
+                    f"loss scale: {int(s.attempted)}, reducing to {int(s.state.scale)}"
+                )
+        spp = self.ds.steps_per_print
+        if n.step % spp == 0:
+            skipped = s.state.skipped if s is not None else 0
+            out.append(prefix(at, _LOG_DIST) + progress_line(n.step, skipped, n.lr, self.mom()))
+            job = event.run.job
+            running = (
+                job.global_batch / (event.timed_s / event.timed_steps) if event.timed_steps else float("-inf")
+            )
+            current = job.global_batch / n.step_time_s
+            out.append(
+                prefix(at, _TIMER)
+                + throughput_line(
+                    n.step * job.grad_accum,
+                    n.step,
+                    running,
+                    current,
+                    n.mem_allocated_gib * _GIB,
+                    n.mem_max_allocated_gib * _GIB,
+                )
+            )
+        return out

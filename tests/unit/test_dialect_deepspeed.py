@@ -1,0 +1,225 @@
+"""DeepSpeed's dialect: engine lines parsed back with patterns from reallog 62 and DeepSpeed 0.19's source."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fakerun import dialects, presets
+from fakerun.dialects import events as ev
+from fakerun.dialects.base import Line, Output, Seat
+from fakerun.dialects.deepspeed import DeepSpeedDialect, encode
+from fakerun.dsconfig import DsConfig, parse_ds_config
+from fakerun.hints import parse_hints
+from fakerun.sim import ds_lossscale
+from fakerun.sim.job import make_job
+from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.step import step_numbers
+
+AT = 1_795_000_000.25
+CONFIG = {
+    "train_micro_batch_size_per_gpu": 2,
+    "gradient_accumulation_steps": 4,
+    "steps_per_print": 5,
+    "log_level": "info",
+    "optimizer": {"type": "AdamW", "params": {"lr": 2e-4, "betas": [0.9, 0.95], "weight_decay": 0.1}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}},
+    "fp16": {"enabled": True},
+    "zero_optimization": {"stage": 2, "reduce_bucket_size": 200000000},
+}
+# reallog 62's prefix: `[2022-03-11 02:06:58,985] [INFO] [logging.py:69:log_dist] `.
+PREFIX = r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[INFO\] \[([a-z_0-9]+\.py):(\d+):(\w+)\] "
+STEP = re.compile(
+    PREFIX + r"\[Rank 0\] step=(\d+), skipped=(\d+), lr=\[([0-9.e+-]+)\], mom=\[\[([0-9.]+), ([0-9.]+)\]\]$"
+)
+TIMER = re.compile(
+    PREFIX + r"epoch=0/micro_step=(\d+)/global_step=(\d+), RunningAvgSamplesPerSec=([0-9.e+-]+|-inf), "
+    r"CurrSamplesPerSec=([0-9.e+-]+), MemAllocated=([0-9.]+)GB, MaxMemAllocated=([0-9.]+)GB$"
+)
+OVERFLOW = re.compile(
+    PREFIX + r"\[deepspeed\] OVERFLOW! Rank 0 Skipping step\. Attempted loss scale: (\d+), "
+    r"(?:reducing to (\d+)|but hysteresis is (\d+)\. Reducing hysteresis to (\d+))$"
+)
+DUMP = re.compile(PREFIX + r"  (\w+) (\.*) ?(.*)$")
+
+
+def ds_config(**changes: object) -> DsConfig:
+    config = parse_ds_config(json.dumps({**CONFIG, **changes}))
+    assert config is not None
+    return config
+
+
+@functools.cache
+def run_plan(config: DsConfig) -> RunPlan:
+    b = presets.resolve("llama3.2-1b")
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=4, micro_batch=2, grad_accum=4)
+    return dataclasses.replace(make_run(job, max_steps=40), deepspeed=config)
+
+
+def dialect(rank: int, config: DsConfig) -> DeepSpeedDialect:
+    d = DeepSpeedDialect(Seat(rank=rank, local_rank=rank, world_size=4, nproc_per_node=4, hosts=("h",)))
+    d.render(ev.JobStarted(run=run_plan(config), first=True, resume=False), AT)
+    return d
+
+
+def texts(out: object) -> list[str]:
+    assert isinstance(out, (list, tuple))
+    lines: list[Output] = list(out)
+    assert all(isinstance(o, Line) and o.stream == "stdout" for o in lines)  # logging's handler is stdout
+    return [o.text for o in lines if isinstance(o, Line)]
+
+
+def built(run: RunPlan) -> ev.ModelBuilt:
+    return ev.ModelBuilt(dtype="bfloat16", params_on_rank=1e9, layers_on_rank=16, pp_rank=0)
+
+
+def steps(config: DsConfig, rank: int = 0) -> list[str]:
+    """The dialect's lines over the run, with the scaler and timer figures as the phase loop computes them."""
+    run = run_plan(config)
+    d = dialect(rank, config)
+    state = ds_lossscale.initial_state(config.initial_scale_power, config.hysteresis)
+    times: list[float] = []
+    out: list[str] = []
+    for s in range(1, 41):
+        n = step_numbers(run.job, rank, s)
+        scale = ds_lossscale.advance(
+            state, run.job.seed, s, delayed_shift=config.hysteresis, window=config.loss_scale_window
+        )
+        state = scale.state
+        times.append(n.step_time_s)
+        event = ev.StepDone(
+            run=run,
+            numbers=n,
+            elapsed_s=sum(times),
+            recent_s=tuple(times),
+            interval_s=n.step_time_s,
+            epoch=0.0,
+            rank_tflops=n.tflops_per_gpu,
+            rank_mfu=n.mfu,
+            logged=True,
+            ds_scale=scale if config.precision == "fp16" else None,
+            timed_s=sum(times[2:]),
+            timed_steps=max(0, len(times) - 2),
+        )
+        out += texts(d.render(event, AT + s))
+    return out
+
+
+def test_engine_init_block_on_rank_0_only() -> None:
+    config = ds_config()
+    run = run_plan(config)
+    lines = texts(dialect(0, config).render(built(run), AT))
+    assert texts(dialect(1, config).render(built(run), AT)) == []
+    heads = [m.group(2, 4) for m in (re.match(PREFIX, t) for t in lines) if m]
+    assert heads[0] == ("engine.py", "_configure_distributed_model")
+    assert ("stage_1_and_2.py", "__init__") in heads and ("config.py", "print") in heads
+    joined = "\n".join(lines)
+    assert "Creating torch.float16 ZeRO stage 2 optimizer" in joined
+    assert f"Reduce bucket size {200000000}" in joined
+    assert "DeepSpeed Final Optimizer = DeepSpeedZeroOptimizer" in joined
+    assert "DeepSpeed using configured LR scheduler = WarmupLR" in joined
+    # _report_progress(0) with the configured betas (a JSON list) before the configuration dump.
+    first = next(i for i, t in enumerate(lines) if STEP.match(t))
+    assert first < next(i for i, t in enumerate(lines) if t.endswith("DeepSpeedEngine configuration:"))
+
+
+def test_config_dump_dots_and_values() -> None:
+    """DeepSpeedConfig.print: `  name ` + 29 - len(name) dots + ` value`, sorted, the job's figures."""
+    config = ds_config()
+    run = run_plan(config)
+    rows = {}
+    for t in texts(dialect(0, config).render(built(run), AT)):
+        m = DUMP.match(t)
+        if m and m.group(5) != "json":
+            rows[m.group(5)] = m.group(7)
+            assert len(m.group(6)) == max(0, 29 - len(m.group(5)))
+    names = list(rows)
+    assert names == sorted(names) and len(names) > 40
+    assert int(rows["train_batch_size"]) == run.job.global_batch
+    assert int(rows["train_micro_batch_size_per_gpu"]) == 2
+    assert int(rows["gradient_accumulation_steps"]) == 4
+    assert rows["zero_optimization_stage"] == "2" and rows["steps_per_print"] == "5"
+
+
+def test_user_json_as_scientific_notation_encoder() -> None:
+    """print_user_config: file order, `, ` before each newline, numbers over 1e3 in e notation."""
+    text = encode({"b": 1, "a": {"x": 500000000, "y": [0.9, 0.95], "z": True}})
+    assert text.splitlines()[1] == '    "b": 1, '
+    assert '"x": 5.000000e+08, ' in text and '"y": [0.9, 0.95], ' in text and '"z": true' in text
+    assert text.endswith("\n    }\n}")
+
+
+def test_step_and_timer_lines_every_steps_per_print() -> None:
+    config = ds_config()
+    run = run_plan(config)
+    lines = steps(config)
+    progress = [m for m in map(STEP.match, lines) if m]
+    timers = [m for m in map(TIMER.match, lines) if m]
+    assert [int(m.group(5)) for m in progress] == list(range(5, 41, 5))
+    assert [int(m.group(6)) for m in timers] == list(range(5, 41, 5))
+    for m in timers:
+        step = int(m.group(6))
+        assert int(m.group(5)) == step * run.job.grad_accum  # micro steps
+        n = step_numbers(run.job, 0, step)
+        assert float(m.group(8)) == pytest.approx(run.job.global_batch / n.step_time_s)
+        assert float(m.group(9)) == pytest.approx(n.mem_allocated_gib, abs=0.006)
+    for m in progress:
+        n = step_numbers(run.job, 0, int(m.group(5)))
+        assert float(m.group(7)) == pytest.approx(n.lr)
+        assert (float(m.group(8)), float(m.group(9))) == (0.9, 0.95)
+    # Nothing else on other ranks (log_dist ranks=[0]).
+    assert steps(config, rank=2) == []
+
+
+def test_fp16_overflows_at_start_follow_the_scaler() -> None:
+    """Dynamic loss scaling from 2**16 with hysteresis 2: one hysteresis message, then halvings."""
+    config = ds_config()
+    lines = steps(config)
+    over = [m for m in map(OVERFLOW.match, lines) if m]
+    assert over, lines[:5]
+    assert over[0].group(5) == "65536" and over[0].group(7) == "2" and over[0].group(8) == "1"
+    halvings = [m for m in over[1:] if m.group(6)]
+    for m in halvings:
+        assert int(m.group(6)) * 2 == int(m.group(5))
+    skipped = [int(m.group(6)) for m in map(STEP.match, lines) if m]
+    assert skipped[0] == len(
+        [m for m in over if lines.index(m.string) < lines.index(next(filter(STEP.match, lines)))]
+    )
+    # bf16: no scaler, no overflow.
+    assert not any(map(OVERFLOW.match, steps(ds_config(fp16={"enabled": False}, bf16={"enabled": True}))))
+
+
+def test_warning_level_prints_nothing() -> None:
+    """DeepSpeed >= 0.17.6's logger is at WARNING unless the config's log_level says otherwise."""
+    config = ds_config(log_level="warning")
+    assert texts(dialect(0, config).render(built(run_plan(config)), AT)) == []
+    assert steps(config) == []
+
+
+def test_checkpoint_lines() -> None:
+    config = ds_config()
+    out = texts(dialect(0, config).render(ev.CheckpointSaving(step=100, path="x", format="torch"), AT))
+    assert re.match(PREFIX + r"\[Rank 0\] \[Torch\] Checkpoint global_step100 is about to be saved!$", out[0])
+    assert re.match(
+        PREFIX + r"\[Rank 0\] Saving model checkpoint: \S+/global_step100/mp_rank_00_model_states\.pt$",
+        out[1],
+    )
+
+
+def test_selection_by_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps(CONFIG))
+    assert dialects.select("train.py", ["deepspeed_config", "zero_stage"]) == "deepspeed"
+    assert dialects.select("cifar10_deepspeed.py", ["deepspeed", "deepspeed_config"]) == "deepspeed"
+    assert dialects.select("Megatron-DeepSpeed/pretrain_gpt.py", ["deepspeed"]) != "deepspeed"
+    assert dialects.select("run_clm.py", ["deepspeed"]) == "hf"  # HF Trainer's --deepspeed ds.json
+    h = parse_hints("train_ds.py", ["--deepspeed", "--deepspeed_config", str(path)])
+    assert h.style == "deepspeed" and h.deepspeed is not None and h.deepspeed.precision == "fp16"
+    assert h.job["micro_batch"] == 2 and h.job["grad_accum"] == 4 and h.job["zero_stage"] == 2
+    assert h.job["lr"] == pytest.approx(2e-4) and h.job["warmup_steps"] == 10
+    assert h.cadence["log_interval"] == 5
