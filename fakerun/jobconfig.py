@@ -33,11 +33,12 @@ def draw_seed(shared_key: str | None = None) -> int:
     return int(struct.unpack("<Q", os.urandom(8))[0]) & MAX_SEED
 
 
-# HF TrainingArguments' defaults where the script's arguments are silent: AdamW at 5e-5 with a linear decay to 0
-# and no warm-up, 3 epochs; data parallelism only (the Trainer shards with DDP, FSDP or DeepSpeed ZeRO, it has no
-# tensor or pipeline parallel layout).
+# HF TrainingArguments' defaults where the script's arguments are silent: AdamW at 5e-5, a linear decay to 0,
+# no warm-up, 3 epochs, no gradient accumulation; data parallelism only (the Trainer shards with DDP, FSDP or
+# DeepSpeed ZeRO: it has no tensor or pipeline parallel layout).
 HF_LR = 5e-5
 HF_EPOCHS = 3.0
+HF_SAVE_STEPS = 500  # save_strategy "steps" every 500; eval_strategy "no" unless --eval_steps
 # A fine-tuning dataset (instruction / chat data): ~5k-100k examples (Alpaca 52k, Dolly 15k, OpenHermes 1M is
 # the rare large one), log-uniform by seed.
 FINETUNE_EXAMPLES = (5_000, 100_000)
@@ -59,6 +60,8 @@ def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
         kw.setdefault("warmup_steps", 0)
     kw.setdefault("tp", 1)
     kw.setdefault("pp", 1)
+    if "global_batch" not in kw:
+        kw.setdefault("grad_accum", 1)
 
 
 def _job(bundle: presets.PresetBundle, model: presets.ModelSpec, nnodes: int, npn: int, **kw: Any) -> JobSpec:
@@ -153,8 +156,8 @@ def build_run(
             max_time_s=fake.max_time,
             epochs=epochs,
             log_interval=hints.cadence.get("log_interval"),
-            eval_interval=hints.cadence.get("eval_interval"),
-            save_interval=hints.cadence.get("save_interval"),
+            eval_interval=hints.cadence.get("eval_interval", 0 if hints.style == "hf" else None),
+            save_interval=hints.cadence.get("save_interval", HF_SAVE_STEPS if hints.style == "hf" else None),
             eval_iters=hints.cadence.get("eval_iters"),
         )
     except (ValueError, HintError) as exc:

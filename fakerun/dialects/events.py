@@ -303,6 +303,13 @@ class TrainingStopped:
 
     step: int
     reason: str  # "reached total steps", "reached max steps", "reached max time"
+    # HF Trainer's end-of-training figures: simulated seconds since the step loop began (pauses included), the
+    # steps and samples this run trained, the mean of its training losses and its FLOPs (6 N tokens).
+    runtime_s: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    mean_loss: float = math.nan
+    total_flos: float = 0.0
 
 
 # -- pauses -----------------------------------------------------------------------------------------------

@@ -1,14 +1,32 @@
-"""Hugging Face Trainer: its logging dicts and evaluation dicts from rank 0."""
+"""Hugging Face Trainer (transformers 4.50, an example script's logging): what a Trainer job prints."""
 
 from __future__ import annotations
 
+import datetime
+import math
 import re
+import struct
+import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from fakerun.dialects.base import HintRule, Line, Output, words
-from fakerun.dialects.events import EvalDone, Event, StepDone
-from fakerun.dialects.fakerun import FakerunDialect
+from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, log_time, words
+from fakerun.dialects.events import (
+    CheckpointSaving,
+    DatasetLoading,
+    DatasetReady,
+    EvalDone,
+    Event,
+    JobStarted,
+    ModelConfigured,
+    ParallelismDecided,
+    StepDone,
+    TrainingFinished,
+    TrainingStarted,
+    TrainingStopped,
+    WorkerStarted,
+)
+from fakerun.render import bar
 
 # Options only HF Trainer scripts spell so (either spelling: HfArgumentParser accepts both).
 HINTS = HintRule(
@@ -20,23 +38,58 @@ HINTS = HintRule(
         "gradient_accumulation_steps num_train_epochs lr_scheduler_type warmup_ratio deepspeed fsdp "
         "output_dir overwrite_output_dir do_train do_eval logging_steps save_steps save_strategy "
         "eval_strategy evaluation_strategy report_to model_max_length max_seq_length block_size "
-        "dataset_name train_file save_total_limit logging_dir run_name gradient_checkpointing"
+        "dataset_name train_file save_total_limit logging_dir run_name gradient_checkpointing "
+        "use_peft lora_r lora_alpha lora_dropout lora_target_modules"
     ),
     exact=frozenset({"seq_length"}),  # Megatron's is seq-length
     bool_words=True,
 )
 
+# transformers.utils.logging.enable_explicit_format(), which the example scripts (run_clm.py...) and
+# LLaMA-Factory call: `[INFO|trainer.py:2405] 2025-03-06 12:04:09,913 >> ***** Running training *****`. The
+# line numbers are transformers 4.50's (one version per job: REALISM.md, "a version pins a format").
+_BLOCK_LINES = (2405, 2406, 2407, 2408, 2411, 2412, 2413, 2414)
+_COMPLETED_LINE = 2676
+_SAVING_LINE = 3942
+_CONFIG_LINE = 423
+_GENERATION_CONFIG_LINE = 909
+# TrainingArguments' default output_dir (transformers 4.50: optional, "trainer_output").
+DEFAULT_OUTPUT_DIR = "trainer_output"
+
+
+def explicit(at: float, source: str, line: int, message: str, level: str = "INFO") -> str:
+    """A transformers logger line in the explicit format (it goes to stderr, the library handler's stream)."""
+    return f"[{level}|{source}:{line}] {log_time(at)} >> {message}"
+
+
+def script_time(at: float) -> str:
+    """The example scripts' logging.basicConfig datefmt: `03/06/2025 12:04:09`."""
+    return time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(at))
+
+
+def float32(x: float) -> float:
+    """A value as a float32 tensor's .item() gives it back (fp32 losses and grad norms: 37.657958984375)."""
+    if not math.isfinite(x) or abs(x) > 3.4e38:
+        return x
+    value: float = struct.unpack("f", struct.pack("f", x))[0]
+    return value
+
 
 def log_dict(loss: float, grad_norm: float, lr: float, epoch: float) -> str:
-    """HF Trainer's logging_steps line: a Python dict repr (loss rounded to 4, epoch to 2 decimals)."""
-    record = {"loss": round(loss, 4), "grad_norm": grad_norm, "learning_rate": lr, "epoch": round(epoch, 2)}
+    """The Trainer's logging_steps line: a dict repr (loss rounded to 4, an fp32 grad norm, epoch to 2)."""
+    record = {
+        "loss": round(loss, 4),
+        "grad_norm": float32(grad_norm),
+        "learning_rate": lr,
+        "epoch": round(epoch, 2),
+    }
     return repr(record)
 
 
 def eval_dict(loss: float, runtime_s: float, samples: int, steps: int, epoch: float) -> str:
-    """HF Trainer's evaluation line."""
+    """The Trainer's evaluation line (speed_metrics: runtime to 4 decimals, rates to 3)."""
     record = {
-        "eval_loss": loss,
+        "eval_loss": float32(loss),
         "eval_runtime": round(runtime_s, 4),
         "eval_samples_per_second": round(samples / runtime_s, 3),
         "eval_steps_per_second": round(steps / runtime_s, 3),
@@ -45,25 +98,229 @@ def eval_dict(loss: float, runtime_s: float, samples: int, steps: int, epoch: fl
     return repr(record)
 
 
-class HfDialect(FakerunDialect):
-    """HF Trainer's dicts on rank 0; the rest of the run still in fakerun's events (until it has its own)."""
+def train_dict(runtime_s: float, samples: int, steps: int, loss: float, epoch: float) -> str:
+    """The Trainer's last log line (total_flos is popped by ProgressCallback before it prints)."""
+    record = {
+        "train_runtime": round(runtime_s, 4),
+        "train_samples_per_second": round(samples / runtime_s, 3),
+        "train_steps_per_second": round(steps / runtime_s, 3),
+        "train_loss": loss,
+        "epoch": round(epoch, 2),
+    }
+    return repr(record)
+
+
+def _timedelta(secs: float) -> str:
+    """trainer_pt_utils._secs2timedelta: `0:01:23.45`."""
+    return f"{datetime.timedelta(seconds=int(secs))}.{int(abs(secs - int(secs)) * 100):02d}"
+
+
+def metrics_block(split: str, metrics: dict[str, float | int]) -> list[str]:
+    """Trainer.log_metrics (print, world process zero): `***** train metrics *****` and aligned rows."""
+    shown: dict[str, str] = {}
+    for key, value in metrics.items():
+        if "_runtime" in key:
+            shown[key] = _timedelta(float(value))
+        elif key == "total_flos":
+            shown[key] = f"{int(value) >> 30}GF"
+        elif isinstance(value, float):
+            shown[key] = str(round(value, 4))
+        else:
+            shown[key] = str(value)
+    k_width = max(len(k) for k in shown)
+    v_width = max(len(v) for v in shown.values())
+    return [f"***** {split} metrics *****"] + [
+        f"  {key: <{k_width}} = {shown[key]:>{v_width}}" for key in sorted(shown)
+    ]
+
+
+class HfDialect:
+    """A Trainer job: the script's per-rank line, the training block, rank 0's bar, dicts and metrics."""
 
     name: ClassVar[str] = "hf"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
 
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+        # What the Trainer knows by the time it prints its block (a renderer remembers earlier events).
+        self.output_dir = DEFAULT_OUTPUT_DIR
+        self.params = 0
+        self.micro_batch = self.grad_accum = self.global_batch = 0
+        self.samples = 0
+        self.epochs = 1
+        self.bar = ""  # the bar as last drawn (tqdm.write clears this many columns, then redraws it)
+        self.stopped = False
+        self.epoch = 0.0
+        # log_metrics' blocks, printed (stdout) once the script's final evaluation and save are over.
+        self.metrics: list[str] = []
+
+    def wants(self, kind: type[Event]) -> bool:
+        """The events a Trainer job prints something for, on this rank."""
+        if kind in (JobStarted, ModelConfigured, ParallelismDecided, DatasetReady, WorkerStarted):
+            return True
+        if kind in (TrainingStarted, TrainingStopped):
+            return self.seat.local_rank == 0
+        return self.seat.rank == 0 and kind in (
+            DatasetLoading,
+            StepDone,
+            EvalDone,
+            CheckpointSaving,
+            TrainingFinished,
+        )
+
     def render(self, event: Event, at: float) -> Sequence[Output]:
-        """HF's form of the step and evaluation events (rank 0); fakerun's for the others."""
-        if isinstance(event, StepDone):
-            if self.seat.rank != 0:
-                return ()
-            n = event.numbers
-            out: list[Output] = [self.step_bar(event)]
-            if event.logged:
-                out.append(Line(log_dict(n.loss, n.grad_norm, n.lr, event.epoch)))
+        """The lines of `event` on this rank."""
+        seat = self.seat
+        match event:
+            case JobStarted():
+                self.output_dir = dict(event.settings).get("output_dir", DEFAULT_OUTPUT_DIR).rstrip("/")
+                self.epochs = event.run.epochs
+                self.stopped = False
+            case WorkerStarted():
+                # run_clm.py and its siblings warn once per process, on stdout (their basicConfig handler).
+                return [
+                    Line(
+                        f"{script_time(at)} - WARNING - __main__ - Process rank: {event.local_rank}, device: "
+                        f"cuda:{event.local_rank}, n_gpu: 1, distributed training: {event.world_size > 1}, "
+                        "16-bits training: False"
+                    )
+                ]
+            case ModelConfigured():
+                self.params = event.model.params
+            case ParallelismDecided():
+                self.micro_batch, self.grad_accum = event.micro_batch, event.grad_accum
+                self.global_batch = event.global_batch
+            case DatasetReady():
+                self.samples = event.samples
+            case DatasetLoading() if seat.rank == 0:
+                text = bar.meter(
+                    event.shard, event.shards, event.elapsed_s, prefix="Loading dataset shards", ncols=None
+                )
+                return [BarDraw(text) if event.shard < event.shards else BarClose(text)]
+            case TrainingStarted() if seat.local_rank == 0:
+                return self._block(event, at)
+            case StepDone() if seat.rank == 0:
+                return self._step(event)
+            case EvalDone() if seat.rank == 0:
+                return self._eval(event)
+            case CheckpointSaving() if seat.rank == 0:
+                return self._saving(event, at)
+            case TrainingStopped() if seat.local_rank == 0:
+                return self._stopped(event, at)
+            case TrainingFinished() if seat.rank == 0:
+                lines, self.metrics = self.metrics, []
+                return [Line(text) for text in lines]
+        return ()
+
+    # -- pieces --------------------------------------------------------------------------------------------
+
+    def _block(self, event: TrainingStarted, at: float) -> list[Output]:
+        """`***** Running training *****` and its figures (logger.info on each node's main process)."""
+        texts = (
+            "***** Running training *****",
+            f"  Num examples = {self.samples:,}",
+            f"  Num Epochs = {self.epochs:,}",
+            f"  Instantaneous batch size per device = {self.micro_batch:,}",
+            f"  Total train batch size (w. parallel, distributed & accumulation) = {self.global_batch:,}",
+            f"  Gradient Accumulation steps = {self.grad_accum}",
+            f"  Total optimization steps = {event.total_steps:,}",
+            f"  Number of trainable parameters = {self.params:,}",
+        )
+        out: list[Output] = [
+            Line(explicit(at, "trainer.py", n, text), "stderr")
+            for n, text in zip(_BLOCK_LINES, texts, strict=True)
+        ]
+        if self.seat.rank == 0:
+            # ProgressCallback.on_train_begin: tqdm(total=max_steps) draws its empty bar at once.
+            self.bar = bar.meter(
+                event.first_step - 1,
+                event.total_steps,
+                0.0,
+                ncols=self.seat.bar_columns,
+                initial=event.first_step - 1,
+            )
+            out.append(BarDraw(self.bar))
+        return out
+
+    def _write(self, text: str) -> list[Output]:
+        """tqdm.write: clear the bar (`\\r`, blanks, `\\r`), the text, then the bar redrawn as it was."""
+        return [Line("\r" + " " * len(self.bar) + "\r" + text, "stderr"), BarDraw(self.bar)]
+
+    def _step(self, event: StepDone) -> list[Output]:
+        n = event.numbers
+        job = event.run.job
+        self.epoch = event.epoch
+        self.bar = bar.meter(
+            n.step,
+            job.total_steps,
+            event.elapsed_s,
+            rate=bar.ema_rate(event.recent_s),
+            ncols=self.seat.bar_columns,
+            initial=job.start_step,
+        )
+        out: list[Output] = [BarDraw(self.bar)]
+        # DefaultFlowCallback: a log every logging_steps (no first-step log unless logging_first_step).
+        if n.step % event.run.log_interval == 0:
+            out += self._write(log_dict(n.loss, n.grad_norm, n.lr, event.epoch))
+        return out
+
+    def _eval(self, event: EvalDone) -> list[Output]:
+        if not self.stopped:
+            return self._write(eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch))
+        # The script's trainer.evaluate() after training: no bar to write through, log_metrics prints.
+        metrics: dict[str, float | int] = {
+            "epoch": round(event.epoch, 2),
+            "eval_loss": float32(event.loss),
+            "eval_runtime": round(event.seconds, 4),
+            "eval_samples": event.samples,
+            "eval_samples_per_second": round(event.samples / event.seconds, 3),
+            "eval_steps_per_second": round(event.iters / event.seconds, 3),
+            "perplexity": event.ppl,
+        }
+        self.metrics += metrics_block("eval", metrics)
+        return []
+
+    def _saving(self, event: CheckpointSaving, at: float) -> list[Output]:
+        """Trainer._save: glued to the bar on stderr, as a logger line written while tqdm's line is open."""
+        path = self.output_dir if self.stopped else f"{self.output_dir}/checkpoint-{event.step}"
+        return [
+            Line(explicit(at, "trainer.py", _SAVING_LINE, f"Saving model checkpoint to {path}"), "stderr"),
+            Line(
+                explicit(
+                    at, "configuration_utils.py", _CONFIG_LINE, f"Configuration saved in {path}/config.json"
+                ),
+                "stderr",
+            ),
+            Line(
+                explicit(
+                    at,
+                    "configuration_utils.py",
+                    _GENERATION_CONFIG_LINE,
+                    f"Configuration saved in {path}/generation_config.json",
+                ),
+                "stderr",
+            ),
+        ]
+
+    def _stopped(self, event: TrainingStopped, at: float) -> list[Output]:
+        """`Training completed.` on each node's main process; rank 0's final dict, bar close and metrics."""
+        self.stopped = True
+        message = "\n\nTraining completed. Do not forget to share your model on huggingface.co/models =)\n\n"
+        out: list[Output] = [Line(explicit(at, "trainer.py", _COMPLETED_LINE, message), "stderr")]
+        if self.seat.rank != 0:
             return out
-        if isinstance(event, EvalDone):
-            if self.seat.rank != 0:
-                return ()
-            return [Line(eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch))]
-        return super().render(event, at)
+        runtime = max(event.runtime_s, 1e-3)
+        out += self._write(train_dict(runtime, event.samples, event.steps, event.mean_loss, self.epoch))
+        out.append(BarClose())
+        metrics: dict[str, float | int] = {
+            "epoch": round(self.epoch, 2),
+            "total_flos": event.total_flos,
+            "train_loss": event.mean_loss,
+            "train_runtime": round(runtime, 4),
+            "train_samples": self.samples,
+            "train_samples_per_second": round(event.samples / runtime, 3),
+            "train_steps_per_second": round(event.steps / runtime, 3),
+        }
+        self.metrics = metrics_block("train", metrics)
+        return out

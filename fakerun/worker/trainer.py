@@ -352,6 +352,7 @@ class RankTrainer:
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
         step = run.first_step
+        clock0, loss_sum = self.out.clock(), 0.0  # HF Trainer's train_runtime and train_loss
         # Trainers' own running estimates (nanoGPT's running_mfu, llm.c's outlier windows and tok/s EMA).
         running_mfu, tps_ema = -1.0, 0.0
         losses: list[float] = []
@@ -375,6 +376,7 @@ class RankTrainer:
             stop = bool(reply["stop"])
             step_times.append(numbers.step_time_s + overhead)
             sim_elapsed += numbers.step_time_s + overhead
+            loss_sum += numbers.loss
             if overhead:
                 # Iteration 1 took its warm-up too: its printed time and throughput say so.
                 numbers = _with_warmup(numbers, overhead)
@@ -442,7 +444,22 @@ class RankTrainer:
                 self._sync(step, reply)
             released = float(reply["rel"])
             if stop:
-                emit(TrainingStopped(step=step, reason=self._stop_reason(step)))
+                steps = step - run.first_step + 1
+                emit(
+                    TrainingStopped(
+                        step=step,
+                        reason=self._stop_reason(step),
+                        runtime_s=self.out.clock() - clock0,
+                        steps=steps,
+                        samples=steps * job.global_batch,
+                        mean_loss=loss_sum / steps,
+                        # transformers' floating_point_ops: 6 x non-embedding parameters x tokens.
+                        total_flos=6.0
+                        * (job.model.params - job.model.embedding_params())
+                        * steps
+                        * job.tokens_per_step,
+                    )
+                )
                 return step, released, wall_start
             self._pauses(step, released, final=False)
             prev = numbers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -107,6 +108,7 @@ def sample_events() -> list[ev.Event]:
         ),
         ev.TrainingStopped(step=20, reason="reached max steps"),
         ev.EvalStarted(step=20, iters=10),
+        ev.EarlyStoppingCheck(step=20, val_loss=3.1, best=3.0, best_step=10, strikes=1, patience=3),
         ev.EvalDone(step=20, loss=3.1, ppl=math.exp(3.1), seconds=4.0, samples=1280, iters=10, epoch=0.1),
         ev.CheckpointSaving(step=20, path="iter_0000020", format="torch_dist"),
         ev.CheckpointSaved(step=20, path="iter_0000020", nbytes=10**10, seconds=2.0, bandwidth_gbs=5.0),
@@ -227,8 +229,15 @@ class TestRanks:
 
     def test_hf_dicts_on_rank0_only(self) -> None:
         """HF Trainer's dicts come from rank 0."""
-        rank0 = texts(render_all("hf", 0)[ev.StepDone])
-        assert any(t.startswith("{'loss': ") for t in rank0)
+        step = next(e for e in sample_events() if isinstance(e, ev.StepDone))
+        # At a logging step (the Trainer does not log its first step by default).
+        at_log = dataclasses.replace(
+            step, numbers=dataclasses.replace(step.numbers, step=step.run.log_interval)
+        )
+        rank0 = texts(list(dialects.make("hf", seat(0)).render(at_log, AT)))
+        # Written through tqdm.write: the bar cleared (`\r`, blanks, `\r`), then the dict.
+        assert any(t.rsplit("\r", 1)[-1].startswith("{'loss': ") for t in rank0)
+        assert not dialects.make("hf", seat(4)).render(at_log, AT)
         assert ev.StepDone not in render_all("hf", 4)
 
     def test_log_format_json_is_structured(self) -> None:

@@ -1,0 +1,314 @@
+"""HF Trainer dialect: golden lines parsed back with patterns from real Trainer logs; the fine-tune regime."""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+
+from fakerun import presets
+from fakerun.cli import parse_command_line
+from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
+from fakerun.dialects.events import (
+    CheckpointSaving,
+    DatasetReady,
+    EvalDone,
+    Event,
+    JobStarted,
+    ModelConfigured,
+    ParallelismDecided,
+    StepDone,
+    TrainingFinished,
+    TrainingStarted,
+    TrainingStopped,
+)
+from fakerun.dialects.hf import HfDialect
+from fakerun.hints import parse_hints
+from fakerun.jobconfig import build_run
+from fakerun.sim import loss
+from fakerun.sim.job import make_job
+from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.step import step_numbers
+
+AT = 1_764_000_000.25
+# `[INFO|trainer.py:2405] 2025-03-06 12:04:09,913 >> ***** Running training *****` (transformers' explicit
+# format, as run_clm.py and LLaMA-Factory logs show it).
+EXPLICIT = re.compile(
+    r"^\[INFO\|(?P<file>[a-z_]+\.py):(?P<line>\d+)\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} >> (?P<msg>.*)$",
+    re.S,
+)
+# Reallog 61: `  4%|▎         | 1317/36234 [11:37<5:10:26,  1.87it/s]` (no description, no postfix).
+BAR = re.compile(r"^\s*\d+%\|.{10}\| (?P<n>\d+)/(?P<total>\d+) \[[\d:]+<[\d:?]+, +[\d.?]+(s/it|it/s)\]$")
+# Reallogs 60/61: the dict repr keys, in order.
+LOG_KEYS = ["loss", "grad_norm", "learning_rate", "epoch"]
+EVAL_KEYS = ["eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"]
+TRAIN_KEYS = ["train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "epoch"]
+
+
+def seat(rank: int, local_rank: int | None = None, world: int = 8) -> Seat:
+    """A seat of an 8-GPU job on 2 nodes of 4."""
+    return Seat(
+        rank=rank,
+        local_rank=rank % 4 if local_rank is None else local_rank,
+        world_size=world,
+        nproc_per_node=4,
+        hosts=("node-a", "node-b"),
+    )
+
+
+def hf_run() -> RunPlan:
+    """A fine-tune of Llama 3 8B on 8 GPUs, logging every 5 steps."""
+    bundle = presets.resolve("llama3-8b", None, None)
+    job = make_job(
+        bundle.model,
+        bundle.cluster,
+        bundle.storage,
+        nnodes=2,
+        nproc_per_node=4,
+        tp=1,
+        pp=1,
+        micro_batch=2,
+        grad_accum=4,
+        total_steps=300,
+        warmup_steps=0,
+        lr=5e-5,
+        min_lr=0.0,
+        lr_schedule="linear",
+        regime="finetune",
+        seed=7,
+        allow_oom=True,
+    )
+    return make_run(job, log_interval=5, epochs=3)
+
+
+def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
+    """The start-up events, `steps` steps, an evaluation and a save, the stop and the final evaluation."""
+    job = run.job
+    out: list[Output] = []
+    events: list[Event] = [
+        JobStarted(run=run, first=True, resume=False, settings=(("output_dir", "out/sft/"),)),
+        ModelConfigured(model=job.model, seq_len=job.seq_len),
+        ParallelismDecided(
+            tp=job.tp,
+            pp=job.pp,
+            dp=job.dp,
+            sharding=job.sharding,
+            micro_batch=job.micro_batch,
+            grad_accum=job.grad_accum,
+            global_batch=job.global_batch,
+            tokens_per_step=job.tokens_per_step,
+        ),
+        DatasetReady(tokens=10**8, samples=12_345, epochs=run.epochs, steps_per_epoch=run.steps_per_epoch),
+        TrainingStarted(
+            first_step=1,
+            last_step=steps,
+            total_steps=job.total_steps,
+            warmup_steps=0,
+            lr=job.lr,
+            schedule="linear",
+        ),
+    ]
+    for event in events:
+        out += dialect.render(event, AT)
+    for s in range(1, steps + 1):
+        n = step_numbers(job, 0, s)
+        out += dialect.render(
+            StepDone(
+                run=run,
+                numbers=n,
+                elapsed_s=4.0 * s,
+                recent_s=(4.0,) * s,
+                interval_s=4.0,
+                epoch=s / run.steps_per_epoch,
+                rank_tflops=n.tflops_per_gpu,
+                rank_mfu=n.mfu,
+                logged=True,
+            ),
+            AT + s,
+        )
+    ev = loss.eval_loss(job, steps)
+    eval_event = EvalDone(
+        step=steps,
+        loss=ev,
+        ppl=math.exp(ev),
+        seconds=12.5,
+        samples=320,
+        iters=10,
+        epoch=steps / run.steps_per_epoch,
+    )
+    out += dialect.render(eval_event, AT + 50)
+    out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 60)
+    out += dialect.render(
+        TrainingStopped(
+            step=steps,
+            reason="reached max steps",
+            runtime_s=61.5,
+            steps=steps,
+            samples=steps * 64,
+            mean_loss=1.8,
+            total_flos=3.2e17,
+        ),
+        AT + 70,
+    )
+    out += dialect.render(eval_event, AT + 80)
+    out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 90)
+    out += dialect.render(TrainingFinished(step=steps), AT + 100)
+    return out
+
+
+def dicts(out: list[Output]) -> list[dict[str, object]]:
+    """The dicts tqdm.write printed: `\\r` + blanks + `\\r` + the repr, on stderr (reallog 61)."""
+    found = []
+    for item in out:
+        if isinstance(item, Line) and item.text.startswith("\r"):
+            m = re.fullmatch(r"\r( +)\r(\{.*\})", item.text)
+            assert m, item.text
+            value = ast.literal_eval(m.group(2).replace("nan", "None"))
+            assert isinstance(value, dict)
+            found.append(value)
+    return found
+
+
+class TestRankZero:
+    """Rank 0 prints the block, the bar, the dicts and the final metrics."""
+
+    def test_running_training_block(self) -> None:
+        """The block's lines in the explicit format, with the job's figures and thousands separators."""
+        run = hf_run()
+        out = feed(HfDialect(seat(0)), run)
+        lines = [o.text for o in out if isinstance(o, Line) and o.stream == "stderr" and "Running" in o.text]
+        assert len(lines) == 1
+        block = [
+            EXPLICIT.match(o.text) for o in out if isinstance(o, Line) and "  " in o.text and ">>" in o.text
+        ]
+        fields = {}
+        for m in block:
+            assert m is not None and m.group("file") == "trainer.py"
+            key, _, value = m.group("msg").strip().partition(" = ")
+            fields[key] = value
+        job = run.job
+        assert fields["Num examples"] == "12,345"
+        assert fields["Num Epochs"] == str(run.epochs)
+        assert fields["Instantaneous batch size per device"] == str(job.micro_batch)
+        total = int(
+            fields["Total train batch size (w. parallel, distributed & accumulation)"].replace(",", "")
+        )
+        assert total == job.micro_batch * job.grad_accum * job.world_size
+        assert fields["Gradient Accumulation steps"] == str(job.grad_accum)
+        assert int(fields["Total optimization steps"].replace(",", "")) == job.total_steps
+        assert int(fields["Number of trainable parameters"].replace(",", "")) == job.model.params
+
+    def test_bar_and_log_dicts(self) -> None:
+        """Bar refreshes match tqdm's meter; a dict every logging_steps with the step's own figures."""
+        run = hf_run()
+        out = feed(HfDialect(seat(0)), run)
+        bars = [o.text for o in out if isinstance(o, BarDraw)]
+        assert bars and all(BAR.match(b) for b in bars), bars[:3]
+        assert {int(m.group("n")) for b in bars if (m := BAR.match(b))} == set(range(11))
+        logs = [d for d in dicts(out) if "loss" in d]
+        assert [list(d) for d in logs] == [LOG_KEYS, LOG_KEYS]
+        for d, step in zip(logs, (5, 10), strict=True):
+            n = step_numbers(run.job, 0, step)
+            assert d["loss"] == round(n.loss, 4)
+            assert isinstance(d["grad_norm"], float) and math.isclose(
+                d["grad_norm"], n.grad_norm, rel_tol=1e-6
+            )
+            assert d["learning_rate"] == n.lr
+            assert d["epoch"] == round(step / run.steps_per_epoch, 2)
+        assert sum(isinstance(o, BarClose) for o in out) == 1
+
+    def test_eval_train_dicts_and_metrics(self) -> None:
+        """The eval dict during training; the train dict at the end; log_metrics blocks printed last."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        found = dicts(out)
+        evals = [d for d in found if "eval_loss" in d]
+        trains = [d for d in found if "train_runtime" in d]
+        assert [list(d) for d in evals] == [EVAL_KEYS] and [list(d) for d in trains] == [TRAIN_KEYS]
+        assert evals[0]["eval_runtime"] == 12.5 and evals[0]["eval_samples_per_second"] == round(
+            320 / 12.5, 3
+        )
+        assert trains[0]["train_steps_per_second"] == round(10 / 61.5, 3) and trains[0]["train_loss"] == 1.8
+        texts = [o.text for o in out if isinstance(o, Line)]
+        saving = [t for t in texts if "Saving model checkpoint to" in t]
+        assert [EXPLICIT.match(t).group("msg") for t in saving] == [  # type: ignore[union-attr]
+            "Saving model checkpoint to out/sft/checkpoint-10",
+            "Saving model checkpoint to out/sft",
+        ]
+        stdout = [o.text for o in out if isinstance(o, Line) and o.stream == "stdout"]
+        assert stdout[0] == "***** train metrics *****" and "***** eval metrics *****" in stdout
+        # log_metrics: `  key = value` with the keys padded to one width, the values right-aligned.
+        rows = [t for t in stdout if t.startswith("  ")]
+        assert all(re.fullmatch(r"  [a-z_]+ +=  *\S+", t) for t in rows), rows
+        assert any(re.fullmatch(r"  train_runtime += +0:01:01\.50", t) for t in rows)
+        completed = [t for t in texts if "Training completed." in t]
+        assert len(completed) == 1 and completed[0].endswith("huggingface.co/models =)\n\n")
+
+
+class TestOtherRanks:
+    """A node's other ranks print nothing of the Trainer; each node's main process prints its INFO lines."""
+
+    def test_rank_nonzero_silent(self) -> None:
+        """Rank 1: no bar, no dict, no block."""
+        assert feed(HfDialect(seat(1)), hf_run()) == []
+
+    def test_second_node_main_process(self) -> None:
+        """Rank 4 (local rank 0 of node 1): the block and `Training completed`, no bar and no dict."""
+        out = feed(HfDialect(seat(4)), hf_run())
+        assert not any(isinstance(o, (BarDraw, BarClose)) for o in out)
+        texts = [o.text for o in out if isinstance(o, Line)]
+        assert any("***** Running training *****" in t for t in texts)
+        assert not dicts(out) and not any(t.startswith("*****") for t in texts)
+
+
+def run_of(argv: list[str], nproc: int = 8) -> RunPlan:
+    """build_run for a one-node command line."""
+    cmd = parse_command_line(argv, {})
+    bundle = presets.resolve(cmd.fake.model or "llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    run, _ = build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=cmd.fake.model is not None)
+    return run
+
+
+class TestFinetuneRegime:
+    """A pretrained checkpoint in the arguments selects the fine-tune physics; none keeps pre-training."""
+
+    def test_selection(self) -> None:
+        """Each way of naming a pretrained checkpoint selects it; resuming one's own --save does not."""
+        assert (
+            parse_hints("run_clm.py", ["--model_name_or_path", "meta-llama/Meta-Llama-3-8B"]).regime
+            == "finetune"
+        )
+        assert (
+            parse_hints("pretrain_gpt.py", ["--load", "/ckpt/base", "--save", "/ckpt/sft"]).regime
+            == "finetune"
+        )
+        assert (
+            parse_hints("pretrain_gpt.py", ["--load", "/ckpt/run", "--save", "/ckpt/run"]).regime
+            == "pretrain"
+        )
+        assert parse_hints("train.py", ["--lora_r", "16"]).regime == "finetune"
+        assert parse_hints("train.py", ["--use_peft", "false"]).regime == "pretrain"
+        assert parse_hints("recipes/lora_finetune_distributed.py", []).regime == "finetune"
+        assert parse_hints("run_clm.py", ["--config_name", "gpt2"]).regime == "pretrain"
+
+    def test_hf_finetune_of_8b_starts_near_2(self) -> None:
+        """The HF fine-tune of Llama 3 8B: first loss in 1-3, HF's schedule, data parallel only."""
+        for seed in range(6):
+            run = run_of(
+                ["--fake-seed", str(seed), "run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B"]
+            )
+            job = run.job
+            assert job.regime == "finetune" and job.model.name == "llama3-8b"
+            assert 1.0 <= loss.train_loss(job, 1) <= 3.0
+            assert (job.tp, job.pp) == (1, 1)
+            assert (job.lr, job.lr_schedule, job.min_lr, job.warmup_steps) == (5e-5, "linear", 0.0, 0)
+            # 3 epochs (HF's default) over an instruction dataset of 5k-100k examples, not a pre-training corpus.
+            assert run.epochs == 3
+            assert 3 * 5_000 <= job.total_steps * job.global_batch <= 3 * 100_000 + 3 * job.global_batch
+
+    def test_pretraining_from_scratch_starts_near_ln_v(self) -> None:
+        """No pretrained checkpoint: the first loss is within half a nat above ln(V)."""
+        run = run_of(["--fake-seed", "1", "pretrain_gpt.py", "--num-layers", "16"])
+        job = run.job
+        assert job.regime == "pretrain"
+        ln_v = math.log(job.model.vocab)
+        assert ln_v - 0.3 <= loss.train_loss(job, 1) <= ln_v + 0.6
