@@ -402,6 +402,12 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec("metrics", "FILE", "Also write the training metrics to FILE.", _parse_name("a file name")),
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),
     _FakeSpec(
+        "early_stopping",
+        "N",
+        "Stop the run cleanly after N validations in a row without a better validation loss.",
+        _parse_int(1, limits.MAX_STEPS),
+    ),
+    _FakeSpec(
         "skip_memory_check",
         None,
         "Start the job even when its ranks need more memory than the host has available.",

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fakerun.render.metrics import checkpoint_record, eval_record, run_record, step_record
-from fakerun.sim import checkpoint, compute
+from fakerun.sim import checkpoint, compute, loss
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
 from fakerun.sim.run import RunPlan, looped
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import step_numbers, step_time
+from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Board, job_board, sensor_noise, settle, target_temp
 
 # One GPU sample as workers send it: [util %, memory util %, temp C, power W, SM MHz, memory used MiB, phase].
@@ -104,6 +105,8 @@ class Coordinator:
         # Simulated seconds since the coordinator began, never reset by --fake-loop: the thermal clock.
         self.sim_clock = 0.0
         self.pause_starts: dict[str, float] = {}  # phase -> when the pauses after the last step begin
+        # --fake-early-stopping: the coordinator decides for every rank, so that all of them stop together.
+        self.patience = Patience(run.patience) if run.patience else None
 
     # -- messages -------------------------------------------------------------------------------------------
 
@@ -224,6 +227,10 @@ class Coordinator:
         stop = step >= self.run.last_step or (
             self.run.max_time_s is not None and self.sim_elapsed >= self.run.max_time_s
         )
+        if self.patience is not None and self.run.evaluates_after(step):
+            # The validation after this step is known now (pure physics): when it uses up the patience, the
+            # answer stops every rank, and the run's last pauses (that validation, the save) follow.
+            stop = self.patience.observe(step, loss.eval_loss(job, step)) or stop
         pauses = self.run.pauses_after(step, final=stop)
         buckets = bucket_allreduces(job, step)
         allreduce_ms = 1000.0 * sum(b.seconds for b in buckets)
@@ -285,6 +292,7 @@ class Coordinator:
         self.sim_elapsed = 0.0
         self.started = False
         self.ready.clear()
+        self.patience = Patience(self.run.patience) if self.run.patience else None
 
     # -- aggregate ------------------------------------------------------------------------------------------
 

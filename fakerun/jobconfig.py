@@ -154,6 +154,7 @@ def build_run(
             job,
             max_steps=fake.max_steps,
             max_time_s=fake.max_time,
+            patience=fake.early_stopping,
             epochs=epochs,
             log_interval=hints.cadence.get("log_interval"),
             eval_interval=hints.cadence.get("eval_interval", 0 if hints.style == "hf" else None),

@@ -66,6 +66,7 @@ class FakeOptions:
     grid: bool = False  # show the GPU grid in any dialect's output
     metrics: str | None = None
     loop: bool = False
+    early_stopping: int | None = None  # validations without improvement before the run stops
     skip_memory_check: bool = False
     check: bool = False  # print the GPU-memory feasibility verdict and exit (0 fits, 1 does not)
     fail: str | None = None

@@ -312,6 +312,18 @@ class TrainingStopped:
     total_flos: float = 0.0
 
 
+@dataclass(frozen=True)
+class EarlyStoppingCheck:
+    """A validation against the best so far (--fake-early-stopping): an improvement, or one more strike."""
+
+    step: int
+    val_loss: float
+    best: float  # the best validation loss so far, this one included
+    best_step: int
+    strikes: int  # validations in a row without improvement; the run stops when it reaches patience
+    patience: int
+
+
 # -- pauses -----------------------------------------------------------------------------------------------
 
 
@@ -433,6 +445,7 @@ Event: TypeAlias = (
     | LossSpike
     | Straggler
     | TrainingStopped
+    | EarlyStoppingCheck
     | EvalStarted
     | EvalDone
     | CheckpointSaving

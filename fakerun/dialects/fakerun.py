@@ -28,6 +28,7 @@ from fakerun.dialects.events import (
     DatasetLoading,
     DatasetReady,
     DeviceSelected,
+    EarlyStoppingCheck,
     EvalDone,
     EvalStarted,
     Event,
@@ -74,6 +75,7 @@ _RANK0: frozenset[type[Event]] = frozenset(
         TrainingStopped,
         EvalStarted,
         EvalDone,
+        EarlyStoppingCheck,
         CheckpointSaving,
         CheckpointSaved,
         ModelExported,
@@ -354,6 +356,8 @@ class FakerunDialect:
                 return [info("info", "evaluating", at, step=event.step, iters=event.iters)]
             case EvalDone():
                 return [self.validation_line(event, at)]
+            case EarlyStoppingCheck():
+                return [self.patience_line(event, at)]
             case CheckpointSaving():
                 return [
                     info(
@@ -436,6 +440,39 @@ class FakerunDialect:
             mfu=f"{100 * n.mfu:.2f}%",
             step_time_s=round(n.step_time_s, 3),
             memory_gib=round(n.mem_gib, 2),
+        )
+
+    def patience_line(self, event: EarlyStoppingCheck, at: float) -> Line:
+        """The early-stopping counter after a validation; the line that stops the run when it runs out."""
+        if event.strikes >= event.patience:
+            return self.log.line(
+                "warning",
+                "early stopping: no improvement, stopping training",
+                at,
+                step=event.step,
+                val_loss=round(event.val_loss, 4),
+                best_val_loss=round(event.best, 4),
+                best_step=event.best_step,
+                patience=f"{event.strikes}/{event.patience}",
+            )
+        if event.strikes == 0:
+            return self.log.line(
+                "info",
+                "early stopping: val_loss improved",
+                at,
+                step=event.step,
+                best_val_loss=round(event.best, 4),
+                patience=f"0/{event.patience}",
+            )
+        return self.log.line(
+            "info",
+            "early stopping: no improvement",
+            at,
+            step=event.step,
+            val_loss=round(event.val_loss, 4),
+            best_val_loss=round(event.best, 4),
+            best_step=event.best_step,
+            patience=f"{event.strikes}/{event.patience}",
         )
 
     def validation_line(self, event: EvalDone, at: float) -> Line:

@@ -75,6 +75,7 @@ class RunPlan:
     epochs: int
     max_time_s: float | None = None  # simulated seconds of training before a clean stop
     max_steps: int | None = None  # steps per run (--fake-max-steps), kept for the next run of a loop
+    patience: int | None = None  # --fake-early-stopping: validations without improvement before a clean stop
     deepspeed: DsConfig | None = None  # the script's DeepSpeed config (--deepspeed_config), None if none
 
     @property
@@ -123,6 +124,7 @@ def make_run(
     save_interval: int | None = None,
     eval_iters: int | None = None,
     epochs: float | None = None,
+    patience: int | None = None,
 ) -> RunPlan:
     """The run of `job` from its start step: cadences default to round numbers fitted to the step time."""
     step_s = compute.expected_step_time(job)
@@ -156,6 +158,7 @@ def make_run(
         epochs=max(1, math.ceil(epochs)) if epochs else 1,
         max_time_s=max_time_s,
         max_steps=max_steps,
+        patience=patience,
     )
 
 

@@ -21,6 +21,7 @@ from fakerun.dialects.events import (
     DatasetLoading,
     DatasetReady,
     DeviceSelected,
+    EarlyStoppingCheck,
     EvalDone,
     EvalStarted,
     GpuGrid,
@@ -53,6 +54,7 @@ from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
 from fakerun.sim.step import StepNumbers, step_numbers
+from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
 from fakerun.worker.channel import CoordinatorLink
 from fakerun.worker.emit import set_clock
@@ -120,6 +122,10 @@ class RankTrainer:
         self.rank = int(env["RANK"])
         self.local_rank = int(env["LOCAL_RANK"])
         self.run = ctx.run
+        # --fake-early-stopping as the script's callback keeps it (the coordinator decides the stop), and the
+        # step after which the validation that used up the patience already ran.
+        self.patience: Patience | None = None
+        self._evaluated: int | None = None
         self.born = time.monotonic()  # the fork, give or take the few ms the launcher took to get here
         # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
         # are stamped from the former, so a late wake-up is not multiplied by --fake-speed into the log.
@@ -348,6 +354,8 @@ class RankTrainer:
         run = self.run
         emit = self.out.emit
         wall_start = time.time()
+        self.patience = Patience(run.patience) if run.patience else None
+        self._evaluated = None
         step_times: list[float] = []
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
@@ -443,6 +451,9 @@ class RankTrainer:
             if logged and self.out.wants(GradientSync):
                 self._sync(step, reply)
             released = float(reply["rel"])
+            if stop and self._early_stop(step):
+                # The validation that used up the patience is printed before the loop ends, as a callback's.
+                released = self._early_validation(step, released)
             if stop:
                 steps = step - run.first_step + 1
                 emit(
@@ -473,11 +484,28 @@ class RankTrainer:
         self._pace_from(time.monotonic(), when)
         raise CudaOutOfMemory(memory.oom_figures(job), self.local_rank)
 
+    def _early_stop(self, step: int) -> bool:
+        """Whether the coordinator's stop after `step` is early stopping (its validation follows)."""
+        run = self.run
+        if self.patience is None or step >= run.last_step or not run.evaluates_after(step):
+            return False
+        return self.patience.would_stop(loss.eval_loss(run.job, step))
+
+    def _early_validation(self, step: int, start: float) -> float:
+        """The run's last validation, ahead of its end; returns when it ends (monotonic)."""
+        seconds = next(s for phase, s in self.run.pauses_after(step, final=True) if phase == "eval")
+        until = start + seconds / self.ctx.speed
+        self._pause(step, "eval", seconds, until=until)
+        self._evaluated = step
+        return until
+
     def _stop_reason(self, step: int) -> str:
         if step >= self.run.job.total_steps:
             return "reached total steps"
         if step >= self.run.last_step:
             return "reached max steps"
+        if self._evaluated == step:
+            return "early stopping"
         return "reached max time"
 
     def _warnings(self, n: StepNumbers, prev: StepNumbers | None) -> None:
@@ -549,6 +577,8 @@ class RankTrainer:
         """Runs the evaluation and checkpoint after `step` from `start`; returns when they end (monotonic)."""
         t = start
         for phase, seconds in self.run.pauses_after(step, final=final):
+            if phase == "eval" and self._evaluated == step:
+                continue  # early stopping's validation ran before the loop ended
             # Absolute deadlines: every rank leaves a collective save at the same moment, as in a real job.
             t += seconds / self.ctx.speed
             self._pause(step, phase, seconds, until=t)
@@ -576,6 +606,19 @@ class RankTrainer:
                     train_loss=loss.expected_loss(job, step),
                 )
             )
+            if self.patience is not None and run.evaluates_after(step):
+                self.patience.observe(step, value)
+                p = self.patience
+                emit(
+                    EarlyStoppingCheck(
+                        step=step,
+                        val_loss=value,
+                        best=p.best,
+                        best_step=p.best_step,
+                        strikes=p.strikes,
+                        patience=p.patience,
+                    )
+                )
         else:
             self._phase(step, "checkpoint")
             path = checkpoint.checkpoint_dir(step)

@@ -73,3 +73,45 @@ class TestOutOfMemory:
         assert " train " not in result.stdout
         assert f"exitcode: 1) local_rank: {rank}" in result.stderr
         assert "ChildFailedError" in result.stderr and "Root Cause (first observed failure)" in result.stderr
+
+
+VALIDATION = re.compile(r"\[info\s*\] validation\s+rank=0 step=(\d+) val_loss=([\d.]+)")
+
+
+class TestEarlyStopping:
+    """--fake-early-stopping N: the run stops cleanly after N validations in a row without improvement."""
+
+    def test_stops_after_patience_runs_out(self, runner: Runner) -> None:
+        """Every rank stops at the validation that used up the patience, saves, and the job exits 0."""
+        patience = 2
+        result = runner.run(
+            [
+                *("--nproc-per-node", "2", "--fake-seed", "3", "--fake-trainer", "fakerun"),
+                *("--fake-start-step", "400000", "--fake-max-steps", "3000"),
+                *("--fake-early-stopping", str(patience), *FAST),
+                *("train.py", "--eval-interval", "20", "--eval-iters", "2"),
+            ],
+            timeout=180,
+        )
+        assert result.code == 0, result.stderr[-3000:]
+        losses = [(int(step), float(value)) for step, value in VALIDATION.findall(result.stdout)]
+        # The rule, applied to the printed validations: the run ends at the first one that makes `patience`
+        # in a row without beating the best so far.
+        best, strikes, stop_at = float("inf"), 0, None
+        for step, value in losses:
+            if value < best:
+                best, strikes = value, 0
+            else:
+                strikes += 1
+            if strikes >= patience:
+                stop_at = step
+                break
+        assert stop_at is not None and losses[-1][0] == stop_at, losses
+        assert stop_at < 400000 + 3000
+        assert f"stopping                     rank=0 step={stop_at} reason='early stopping'" in result.stdout
+        assert "early stopping: no improvement, stopping training" in result.stdout
+        assert f"patience={patience}/{patience}" in result.stdout
+        # The run ends as any run does: its checkpoint, and every rank's last line.
+        assert f"checkpoint saved             rank=0 step={stop_at}" in result.stdout
+        for rank in (0, 1):
+            assert f"training finished            rank={rank} step={stop_at}" in result.stdout
