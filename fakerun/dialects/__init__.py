@@ -41,7 +41,11 @@ from fakerun.dialects.base import Dialect, Seat
 from fakerun.dialects.deepspeed import DeepSpeedDialect
 from fakerun.dialects.fakerun import FakerunDialect
 from fakerun.dialects.hf import HfDialect
+from fakerun.dialects.lightning import LightningDialect
+from fakerun.dialects.llmc import LlmcDialect
 from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.nanogpt import NanoGptDialect
+from fakerun.dialects.nemo import NemoDialect
 from fakerun.dialects.titan import TitanDialect
 from fakerun.dialects.torchtune import TorchtuneDialect
 
@@ -54,6 +58,10 @@ DIALECTS: dict[str, type[Dialect]] = {
         FakerunDialect,
         TitanDialect,
         TorchtuneDialect,
+        NemoDialect,
+        NanoGptDialect,
+        LlmcDialect,
+        LightningDialect,
         MegatronDialect,
         DeepSpeedDialect,
         HfDialect,

@@ -1,0 +1,308 @@
+"""nanoGPT, llm.c, NeMo 2 and Lightning dialects: events in, lines parsed back with the real logs' formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+
+from fakerun import dialects, presets
+from fakerun.dialects import events as ev
+from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
+from fakerun.hints import parse_hints
+from fakerun.sim import estimates, loss
+from fakerun.sim.job import make_job
+from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.step import step_numbers
+
+AT = 1_795_000_000.25
+
+
+@functools.cache
+def gpt2_run() -> RunPlan:
+    b = presets.resolve("gpt2-124m")
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=4)
+    return make_run(job, max_steps=40)
+
+
+def seat(rank: int) -> Seat:
+    job = gpt2_run().job
+    return Seat(
+        rank=rank,
+        local_rank=rank % job.nproc_per_node,
+        world_size=job.world_size,
+        nproc_per_node=job.nproc_per_node,
+        hosts=("node-a",),
+    )
+
+
+def built() -> ev.ModelBuilt:
+    m = gpt2_run().job.model
+    return ev.ModelBuilt(
+        dtype="bfloat16",
+        params_on_rank=m.params,
+        layers_on_rank=m.layers,
+        pp_rank=0,
+        groups=estimates.param_groups(m),
+        reported_params=estimates.nanogpt_num_params(m),
+        padded_params=estimates.gpt_params(m),
+        padded_vocab=estimates.padded_vocab(m),
+    )
+
+
+def step_done(step: int, **kw: float) -> ev.StepDone:
+    run = gpt2_run()
+    n = step_numbers(run.job, 0, step)
+    return ev.StepDone(
+        run=run,
+        numbers=n,
+        elapsed_s=step * n.step_time_s,
+        recent_s=(n.step_time_s,) * min(step, 50),
+        interval_s=n.step_time_s,
+        epoch=step / run.steps_per_epoch,
+        rank_tflops=n.tflops_per_gpu,
+        rank_mfu=n.mfu,
+        logged=True,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def eval_done(step: int) -> ev.EvalDone:
+    job = gpt2_run().job
+    value = loss.eval_loss(job, step)
+    return ev.EvalDone(
+        step=step,
+        loss=value,
+        ppl=loss.perplexity(value),
+        seconds=4.0,
+        samples=640,
+        iters=5,
+        epoch=0.1,
+        train_loss=loss.expected_loss(job, step),
+    )
+
+
+def lines(name: str, rank: int, events: list[ev.Event]) -> list[str]:
+    """Every stdout/stderr line and bar text the dialect prints on `rank` for `events`, in order."""
+    d = dialects.make(name, seat(rank))
+    out: list[Output] = []
+    for e in [ev.JobStarted(run=gpt2_run(), first=True, resume=False), *events]:
+        out.extend(d.render(e, AT))
+    return [o.text for o in out if isinstance(o, (Line, BarDraw, BarClose)) and o.text is not None]
+
+
+def started() -> ev.TrainingStarted:
+    job = gpt2_run().job
+    return ev.TrainingStarted(
+        first_step=1,
+        last_step=40,
+        total_steps=job.total_steps,
+        warmup_steps=job.warmup_steps,
+        lr=job.lr,
+        schedule="cosine",
+        train_loss=loss.expected_loss(job, 0),
+        val_loss=loss.eval_loss(job, 0),
+    )
+
+
+# -- nanoGPT (excerpt 71, karpathy/nanoGPT train.py and model.py) ----------------------------------------
+
+ITER = re.compile(r"^iter (\d+): loss (\d+\.\d{4}), time (\d+\.\d{2})ms, mfu (-?\d+\.\d{2})%$")
+EVAL = re.compile(r"^step (\d+): train loss (\d+\.\d{4}), val loss (\d+\.\d{4})$")
+
+
+class TestNanoGpt:
+    def test_gpt2_start_up_matches_the_real_script(self) -> None:
+        """GPT-2 124M: the counts nanoGPT really prints for it (50 / 124,354,560; 98 / 121,344; 123.69M)."""
+        out = lines("nanogpt", 2, [built()])
+        assert "number of parameters: 123.69M" in out
+        assert "num decayed parameter tensors: 50, with 124,354,560 parameters" in out
+        assert "num non-decayed parameter tensors: 98, with 121,344 parameters" in out
+        assert out[0] == "Initializing a new model from scratch"
+        assert out[-1] == "compiling the model... (takes a ~minute)"
+
+    def test_tokens_per_iteration_on_every_rank(self) -> None:
+        job = gpt2_run().job
+        event = ev.ParallelismDecided(
+            tp=1,
+            pp=1,
+            dp=4,
+            sharding="DDP",
+            micro_batch=12,
+            grad_accum=10,
+            global_batch=480,
+            tokens_per_step=job.tokens_per_step,
+        )
+        for rank in range(4):
+            (text,) = lines("nanogpt", rank, [event])
+            figure = re.fullmatch(r"tokens per iteration will be: ([\d,]+)", text)
+            assert figure is not None and int(figure.group(1).replace(",", "")) == job.tokens_per_step
+
+    def test_iter_and_eval_lines_on_master_only(self) -> None:
+        events: list[ev.Event] = [started(), step_done(1), eval_done(20), step_done(21, nanogpt_mfu=0.4321)]
+        assert lines("nanogpt", 1, events) == []
+        out = lines("nanogpt", 0, events)
+        first = EVAL.match(out[0])
+        assert first is not None and first.group(1) == "0"
+        it0 = ITER.match(out[1])
+        assert it0 is not None and it0.group(1) == "0" and it0.group(4) == "-100.00"
+        n1 = step_numbers(gpt2_run().job, 0, 1)
+        assert float(it0.group(3)) == round(n1.step_time_s * 1000, 2)
+        ev20 = EVAL.match(out[2])
+        assert ev20 is not None and ev20.group(1) == "20"
+        it20 = ITER.match(out[3])
+        assert it20 is not None and it20.group(1) == "20" and it20.group(4) == "43.21"
+
+    def test_mfu_is_against_the_a100_promise(self) -> None:
+        """estimate_mfu: (6N + 12 L H Q T) T B / dt / 312e12, whatever the GPU."""
+        job = gpt2_run().job
+        n = 123_689_472  # nanoGPT's get_num_params() for GPT-2 124M with the padded vocabulary
+        per_token = 6 * n + 12 * 12 * 12 * 64 * 1024
+        expected = per_token * 1024 * (job.global_batch / job.world_size) / 0.5 / 312e12
+        assert math.isclose(estimates.nanogpt_mfu(job, 0.5), expected, rel_tol=1e-9)
+        assert estimates.nanogpt_running_mfu(-1.0, 0.3) == 0.3
+        assert math.isclose(estimates.nanogpt_running_mfu(0.3, 0.4), 0.31)
+
+    def test_hints_take_configurator_overrides(self) -> None:
+        h = parse_hints(
+            "train.py", ["config/train_gpt2.py", "--batch_size=8", "--gradient_accumulation_steps=40"]
+        )
+        assert h.style == "nanogpt" and h.model_name == "gpt2"
+        assert h.job["micro_batch"] == 8 and h.job["global_batch"] == 320
+
+
+# -- llm.c (train_gpt2.cu printf0) -------------------------------------------------------------------
+
+LLMC_STEP = re.compile(
+    r"^step +(\d+)/(\d+) \| loss (\d+\.\d{6}) \(([+-](?:nan|\d+\.\d{2}))z\)\| norm (\d+\.\d{4}) "
+    r"\(([+-](?:nan|\d+\.\d{2}))z\)\| lr (\d\.\d{2}e[+-]\d{2}) \| (\d+\.\d{2}) ms \| (\d+\.\d)% bf16 MFU "
+    r"\| (\d+) tok/s$"
+)
+
+
+class TestLlmc:
+    def test_table_is_aligned_and_counts_d12(self) -> None:
+        out = lines("llmc", 0, [built()])
+        rule = out[0]
+        table = [t for t in out if t.startswith(("|", "+"))]
+        assert all(len(t) == len(rule) for t in table)
+        assert "num_parameters: 124475904 => bytes: 248951808" in out  # llm.c's own figure for d12
+        assert any(re.fullmatch(r"\| padded_vocab_size Vp  \| 50304 +\|", t) for t in out)
+        assert lines("llmc", 1, [built()]) == []
+
+    def test_step_line(self) -> None:
+        s = step_done(3, llmc_mfu=0.423, llmc_tokens_per_s=171562.4)
+        (text,) = lines("llmc", 0, [s])
+        m = LLMC_STEP.match(text)
+        assert m is not None, text
+        assert m.group(1) == "3" and m.group(4) == "+nan" and m.group(9) == "42.3" and m.group(10) == "171562"
+        z = step_done(200, loss_z=-0.5, norm_z=1.25)
+        m2 = LLMC_STEP.match(lines("llmc", 0, [z])[0])
+        assert m2 is not None and m2.group(4) == "-0.50" and m2.group(6) == "+1.25"
+
+    def test_zscore_waits_for_its_window(self) -> None:
+        window = [1.0, 2.0] * (estimates.LLMC_WINDOW // 2)
+        assert math.isnan(estimates.zscore(window[:-1], 1.0))
+        recent = [*window[1:], 5.0]
+        mean = sum(recent) / len(recent)
+        std = math.sqrt(sum((v - mean) ** 2 for v in recent) / len(recent))
+        assert math.isclose(estimates.zscore(window, 5.0), (5.0 - mean) / std)
+
+    def test_selected_by_the_binary(self) -> None:
+        assert parse_hints("./train_gpt2cu", ["-b", "16"]).style == "llmc"
+
+
+# -- NeMo 2 (excerpt 28, nemo/lightning/pytorch/callbacks/progress_printer.py) ----------------------------
+
+NEMO = re.compile(
+    r"^Training epoch (\d+), iteration (\d+)/(\d+) \| lr: ([\d.e+-]+) \| consumed_samples: (\d+) "
+    r"\| global_batch_size: (\d+) \| global_step: (\d+) \| reduced_train_loss: ([\d.]+) "
+    r"\| train_step_timing in s: ([\d.e+-]+)(?: \| val_loss: ([\d.]+))?$"
+)
+
+
+class TestNemo:
+    def test_progress_lines_on_rank0(self) -> None:
+        job = gpt2_run().job
+        out = lines("nemo", 0, [step_done(1), eval_done(1), step_done(2)])
+        first = NEMO.match(out[0])
+        assert first is not None, out[0]
+        assert first.group(2) == "0" and int(first.group(3)) == job.total_steps - 1
+        assert int(first.group(5)) == job.global_batch and first.group(7) == "0"
+        assert first.group(10) is None
+        assert out[1:6] == [f"Validation: iteration {i}/5" for i in range(1, 6)]
+        second = NEMO.match(out[6])
+        assert second is not None and second.group(10) is not None
+        assert lines("nemo", 2, [step_done(1)]) == []
+
+    def test_start_up(self) -> None:
+        events: list[ev.Event] = [
+            ev.WorkerStarted(host="node-a", local_rank=0, world_size=4, pid=1),
+            ev.ProcessGroupInitializing(backend="nccl", world_size=4),
+            ev.ProcessGroupReady(tp_rank=0, dp_rank=0, pp_rank=0),
+            built(),
+        ]
+        out = lines("nemo", 0, events)
+        assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/4" in out
+        mismatch = [t for t in out if "Fixing mis-match" in t]
+        assert re.fullmatch(
+            r"\[NeMo I \d{4}-\d\d-\d\d \d\d:\d\d:\d\d megatron_strategy:\d+\] Fixing .*", mismatch[0]
+        )
+        assert lines("nemo", 3, events) == [
+            "Initializing distributed: GLOBAL_RANK: 3, MEMBER: 4/4",
+            "LOCAL_RANK: 3 - CUDA_VISIBLE_DEVICES: [0,1,2,3]",
+        ]
+
+    def test_selected_by_recipes(self) -> None:
+        assert (
+            parse_hints("/opt/NeMo/examples/nlp/language_modeling/megatron_gpt_pretraining.py", []).style
+            == "nemo"
+        )
+
+
+# -- Lightning (excerpt 72, src/lightning) -----------------------------------------------------------------
+
+
+class TestLightning:
+    def test_summary_table(self) -> None:
+        out = lines("lightning", 0, [built()])
+        header = next(t for t in out if t.startswith("  | Name"))
+        assert re.fullmatch(r"  \| Name +\| Type +\| Params +\| Mode +", header)
+        row = next(t for t in out if t.startswith("0 | "))
+        params = re.fullmatch(r"0 \| model +\| GPT +\| (\d+) M +\| train", row)
+        assert params is not None and int(params.group(1)) == int(gpt2_run().job.model.params / 1e6)
+        size = next(t for t in out if t.endswith("Total estimated model params size (MB)"))
+        assert math.isclose(
+            float(size[:10].replace(",", "")), gpt2_run().job.model.params * 4 / 1e6, abs_tol=1e-3
+        )
+
+    def test_bar_and_stop(self) -> None:
+        out = lines("lightning", 0, [step_done(5), ev.TrainingStopped(step=40, reason="reached max steps")])
+        assert re.match(r"^Epoch 0: +\d+%\|.*\| 5/\d+ \[.*it.*, v_num=0, train_loss=\d+\.\d+\]", out[0]), out[
+            0
+        ]
+        assert out[-1] == "`Trainer.fit` stopped: `max_steps=40` reached."
+        assert lines("lightning", 1, [step_done(5)]) == []
+
+    def test_init_lines_every_rank_banner_on_rank0(self) -> None:
+        init = ev.ProcessGroupInitializing(backend="nccl", world_size=4)
+        ready = ev.ProcessGroupReady(tp_rank=0, dp_rank=0, pp_rank=0)
+        assert lines("lightning", 2, [init, ready]) == [
+            "Initializing distributed: GLOBAL_RANK: 2, MEMBER: 3/4"
+        ]
+        out = lines("lightning", 0, [init, ready])
+        assert out[1] == "-" * 100 and out[2] == "distributed_backend=nccl"
+        assert out[3] == "All distributed processes registered. Starting with 4 processes"
+
+    def test_selected_by_cli_options(self) -> None:
+        assert parse_hints(
+            "main.py", ["fit", "--trainer.max_steps", "100", "--trainer.devices", "8"]
+        ).style == ("lightning")
+
+
+def test_printed_mfu_is_the_events() -> None:
+    """The nanoGPT dialect prints the event's running MFU, it does not compute one."""
+    a = lines("nanogpt", 0, [step_done(21, nanogpt_mfu=0.2)])
+    b = lines("nanogpt", 0, [dataclasses.replace(step_done(21), nanogpt_mfu=0.3)])
+    assert a != b and a[0].endswith("mfu 20.00%") and b[0].endswith("mfu 30.00%")
