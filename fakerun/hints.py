@@ -906,6 +906,10 @@ _TITAN_TEXT = frozenset(
 )
 
 
+# HF TrainingArguments' text its Trainer echoes (checkpoint paths under --output_dir).
+_HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir"})
+
+
 def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
     """torchtitan's textual settings (the config file's, then the command line's) and torchtune's --config."""
     out: dict[str, str] = {}
@@ -927,7 +931,7 @@ def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
         if not eq:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "true"
         key = name.replace("-", "_")
-        if key in _TITAN_TEXT or key == "config":
+        if key in _TITAN_TEXT or key in _HF_TEXT or key == "config":
             out[key] = value
     return out
 
