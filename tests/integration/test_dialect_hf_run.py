@@ -1,0 +1,41 @@
+"""HF Trainer end to end: a fine-tune's Trainer lines, no fakerun event, no grid."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from tests.conftest import Runner
+
+STRUCTLOG = re.compile(r"\[(info|debug|warning|error) +\]")
+GRID = re.compile(r"GPUs @ step|util [▁-█]")
+# Formats from real Trainer logs (reallogs 60, 61; run_clm-style explicit logger lines).
+BLOCK = re.compile(
+    r"^\[INFO\|trainer\.py:\d+\] [\d-]+ [\d:,]+ >> \*\*\*\*\* Running training \*\*\*\*\*$", re.M
+)
+# The runner reads text with universal newlines: tqdm.write's `\r` blanks `\r` arrive as line ends.
+LOG_DICT = re.compile(r"^(\{'loss': .*\})$", re.M)
+SAVING = re.compile(
+    r"\[INFO\|trainer\.py:\d+\] [\d-]+ [\d:,]+ >> Saving model checkpoint to out/sft/checkpoint-4$", re.M
+)
+
+
+def test_hf_finetune_run(runner: Runner) -> None:
+    """8 steps of an 8B fine-tune on 8 GPUs: block, losses near 2, a save, the train dict; nothing else."""
+    result = runner.run(
+        [
+            *("--nproc-per-node", "8", "--fake-max-steps", "8", "--fake-speed", "400", "--fake-seed", "5"),
+            "run_clm.py",
+            *("--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--per_device_train_batch_size", "2"),
+            *("--logging_steps", "2", "--save_steps", "4", "--output_dir", "out/sft"),
+        ],
+        timeout=240,
+    )
+    out = result.stdout + result.stderr
+    assert result.code == 0, result.stderr[-2000:]
+    assert not STRUCTLOG.search(out) and not GRID.search(out)
+    assert len(BLOCK.findall(out)) == 1
+    losses = [ast.literal_eval(m)["loss"] for m in LOG_DICT.findall(result.stderr)]
+    assert len(losses) == 4 and all(1.0 <= x <= 3.0 for x in losses), losses
+    assert SAVING.search(out)
+    assert "{'train_runtime': " in result.stderr and "***** train metrics *****" in result.stdout
