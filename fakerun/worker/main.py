@@ -14,6 +14,7 @@ import setproctitle
 
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
+from fakerun.sim.stack import stack_for
 from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
 from fakerun.worker.trainer import CudaOutOfMemory, SimContext, run_rank
@@ -24,7 +25,6 @@ def set_title(argv: Sequence[str]) -> None:
     setproctitle.setproctitle(" ".join(argv))
 
 
-NCCL_VERSION = "2.21.5"
 # What torch prints when a process that called init_process_group exits without destroy_process_group().
 _NOT_DESTROYED = (
     "Warning: WARNING: destroy_process_group() was not called before program exit, which can leak "
@@ -33,12 +33,12 @@ _NOT_DESTROYED = (
 )
 
 
-def die_like_nccl(rank: int) -> None:
+def die_like_nccl(rank: int, nccl_version: str) -> None:
     """What a rank prints and how it dies when a peer node vanishes: the NCCL watchdog, then SIGABRT."""
     what = (
         f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}] Process group watchdog thread terminated with "
         "exception: NCCL error: remote process exited or there was a network error, "
-        f"NCCL version {NCCL_VERSION}"
+        f"NCCL version {nccl_version}"
     )
     sys.stderr.write(
         f"{c10_prefix(rank, 'E', 'ProcessGroupNCCL.cpp:1895')} {what}\n"
@@ -87,7 +87,8 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         # The launcher is tearing the job down (it also signals us); leave quietly.
         return 1
     except JobAborted:
-        die_like_nccl(int(env.get("RANK", "0")))
+        # torch's getNcclVersion(): the job's NCCL release, without the build suffix of NCCL's own line.
+        die_like_nccl(int(env.get("RANK", "0")), stack_for(ctx.run.job.cluster).nccl)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an

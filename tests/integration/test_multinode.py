@@ -182,6 +182,8 @@ class TestStatic:
         err = text(runner, "n0.err")
         assert re.search(r"(?m)^W\d{4} [\d:.]+ \d+ fakerun/\S+\] lost node 1", err), err[-2000:]
         assert "ncclRemoteError" in err and "exitcode: -6" in err and "ChildFailedError" in err
+        # torch's watchdog names the NCCL release of the job's stack, the one its NCCL INFO lines print.
+        assert re.search(r"network error, NCCL version 2\.29\.\d+\n", err), err[-2000:]
 
 
 class TestC10d:
