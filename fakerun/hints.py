@@ -132,6 +132,15 @@ _OPTIONS: dict[str, str] = {
     "eval_interval": _VALUE,
     "save_interval": _VALUE,
     "eval_iters": _VALUE,
+    # nanoGPT (configurator.py: `--key=value` over train.py's globals)
+    "batch_size": _VALUE,
+    "max_iters": _VALUE,
+    "warmup_iters": _VALUE,
+    "lr_decay_iters": _VALUE,
+    "n_layer": _VALUE,
+    "n_head": _VALUE,
+    "n_embd": _VALUE,
+    "compile": _FLAG,
 }
 
 # torchtitan's JobConfig: every known key takes a value. Older releases' names map to the current ones.
@@ -344,6 +353,8 @@ def _option_names(args: Sequence[str]) -> list[str]:
             break
         if tok.startswith("--") and len(tok) > 2:
             names.append(tok[2:].partition("=")[0])
+        elif tok.endswith(".py") and not tok.startswith("-"):
+            names.append("<config_py>")  # nanoGPT's configurator execs a config file given as an argument
     return names
 
 
@@ -537,6 +548,9 @@ _JOB_INTS: dict[str, tuple[str, int, int]] = {
     "per_gpu_train_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
     "micro_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
     "training.local_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
+    "batch_size": ("micro_batch", 1, _model_high("micro_batch")),
+    "max_iters": ("total_steps", 1, MAX_STEPS),
+    "warmup_iters": ("warmup_steps", 0, MAX_STEPS),
     "gradient_accumulation_steps": ("grad_accum", 1, _MAX_GRAD_ACCUM),
     "global_batch_size": ("global_batch", 1, _model_high("global_batch")),
     "train_iters": ("total_steps", 1, MAX_STEPS),
@@ -575,6 +589,9 @@ _ARCH_INTS: dict[str, str] = {
     "padded_vocab_size": "vocab",
     "num_experts": "experts",
     "moe_router_topk": "top_k",
+    "n_layer": "layers",
+    "n_head": "heads",
+    "n_embd": "hidden",
 }
 _SEQ_LEN = frozenset({"seq_length", "max_seq_length", "model_max_length", "block_size", "training.seq_len"})
 _LATER = frozenset(
@@ -590,6 +607,8 @@ _LATER = frozenset(
         "parallelism.pipeline_parallel_microbatch_size",
         "job.config_file",
         "untie_embeddings_and_output_weights",
+        "lr_decay_iters",
+        "compile",
     }
 )
 
@@ -714,6 +733,8 @@ def _finish(b: _Builder) -> None:
     given = b.given
     _finish_megatron(b, given)
     _finish_titan(b, given)
+    if b.style == "nanogpt":
+        _finish_nanogpt(b, given)
     # Warmup: a positive step count beats a ratio (HF); a zero count leaves the ratio in charge.
     if "warmup_ratio" in b.top and "warmup_steps" in b.job:
         if b.job["warmup_steps"] == 0:
@@ -768,6 +789,26 @@ def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
         # Megatron ties the LM head to the embedding unless told otherwise (Llama recipes untie).
         tied = not (untie is not None and _bool(untie))
         b.set(b.arch, "tied_embeddings", int(tied), untie or hidden)  # type: ignore[arg-type]
+
+
+def _finish_nanogpt(b: _Builder, given: Mapping[str, _Given]) -> None:
+    """nanoGPT: GPT-2 unless told otherwise, a 4h MLP, and gradient_accumulation_steps over the whole job."""
+    if "model" not in b.top:
+        b.top["model"] = "gpt2"
+    hidden = given.get("n_embd")
+    if hidden is not None and "ffn_hidden" not in b.arch:
+        b.set(b.arch, "ffn_hidden", 4 * b.arch["hidden"], hidden)
+    accum = given.get("gradient_accumulation_steps")
+    if accum is not None and "global_batch" not in b.job:
+        # train.py divides it by the world size: batch_size x this is the job's batch in sequences.
+        micro = b.job.get("micro_batch", 12)  # train.py's default batch_size
+        assert isinstance(micro, int)
+        b.drop(b.job, "grad_accum")
+        b.set(b.job, "global_batch", _int(accum, high=_MAX_GRAD_ACCUM) * micro, accum)
+    for key in ("compile", "lr_decay_iters"):
+        g = given.get(key)
+        if g is not None:
+            _bool(g) if key == "compile" else _int(g, 1, high=MAX_STEPS)  # values the real script accepts
 
 
 def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
