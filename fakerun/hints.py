@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
+from fakerun.dialects import megatron_ds
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
@@ -132,6 +133,16 @@ _OPTIONS: dict[str, str] = {
     "eval_interval": _VALUE,
     "save_interval": _VALUE,
     "eval_iters": _VALUE,
+    # Megatron-LM's fp16 loss scaling and exits (HF's --fp16 is a word-taking bool; Megatron's a flag)
+    "fp16": _HF_BOOL,
+    "initial_loss_scale": _VALUE,
+    "min_loss_scale": _VALUE,
+    "loss_scale": _VALUE,
+    "loss_scale_window": _VALUE,
+    "hysteresis": _VALUE,
+    "exit_interval": _VALUE,
+    "exit_duration_in_mins": _VALUE,
+    "zero_stage": _VALUE,
     # nanoGPT (configurator.py: `--key=value` over train.py's globals)
     "batch_size": _VALUE,
     "max_iters": _VALUE,
@@ -379,6 +390,8 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
         kind = _kind(key)
         if kind is None:
             continue
+        if key == "deepspeed" and style.startswith("megatron"):
+            kind = _FLAG  # Megatron-DeepSpeed's --deepspeed is a switch (--deepspeed_config names the file)
         if key == "deepspeed" and style == "deepspeed" and not eq:
             # So is DeepSpeed's own (add_config_arguments), unless the script takes a JSON file after it.
             following = args[i] if i < len(args) else ""
@@ -542,6 +555,8 @@ _MAX_GRAD_ACCUM = 1 << 20
 _MAX_EVAL_ITERS = 100_000
 _MAX_SAMPLES = 10**15  # Megatron's sample counts: Llama 3's 15T tokens are 2e9 samples of 8k tokens
 _MAX_LR = field_range(ModelSpec, "lr")[1]
+_MAX_LOSS_SCALE = 2.0**64  # fp16 scales beyond 2**32 (Megatron's default start) overflow every step anyway
+_MAX_HYSTERESIS = 1000
 _JOB_INTS: dict[str, tuple[str, int, int]] = {
     # option -> (make_job keyword, lowest value, highest value)
     "per_device_train_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
@@ -658,6 +673,23 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         pass  # DeepSpeed's bare --deepspeed flag
     elif key == "fsdp":
         _hf_fsdp(b, g)
+    elif key == "fp16":
+        if _bool(g):
+            b.set(b.job, "precision", "fp16", g)
+    elif key in ("initial_loss_scale", "min_loss_scale"):
+        b.set(b.job, key, _float(g, high=_MAX_LOSS_SCALE), g)
+    elif key == "loss_scale":
+        b.set(b.job, "static_loss_scale", _float(g, high=_MAX_LOSS_SCALE), g)
+    elif key == "loss_scale_window":
+        b.set(b.job, "loss_scale_window", _int(g, high=MAX_STEPS), g)
+    elif key == "hysteresis":
+        b.set(b.job, "hysteresis", _int(g, high=_MAX_HYSTERESIS), g)
+    elif key == "exit_interval":
+        _int(g, high=MAX_STEPS)  # checked as Megatron would; the run's length is --train-iters and --fake-*
+    elif key == "exit_duration_in_mins":
+        _float(g, high=float(MAX_STEPS))
+    elif key == "zero_stage":
+        b.set(b.job, "zero_stage", _int(g, 0, high=3), g)
     elif key == "bf16":
         _bool(g)  # the simulation always trains in BF16; the value must still be one HF accepts
     elif key == "gradient_checkpointing":
@@ -891,7 +923,10 @@ def _regime(script: str, args: Sequence[str]) -> str:
 
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
     """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
-    style = dialects.select(script, _option_names(args))
+    names = _option_names(args)
+    style = dialects.select(script, names)
+    if style in ("megatron", "deepspeed") and megatron_ds.applies(script, names):
+        style = megatron_ds.MegatronDeepSpeedDialect.name
     given = _scan(args, style)
     config = given.get("job.config_file")
     if config is not None:

@@ -44,6 +44,7 @@ from fakerun.dialects.hf import HfDialect
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.dialects.llmc import LlmcDialect
 from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
 from fakerun.dialects.nanogpt import NanoGptDialect
 from fakerun.dialects.nemo import NemoDialect
 from fakerun.dialects.titan import TitanDialect
@@ -62,6 +63,7 @@ DIALECTS: dict[str, type[Dialect]] = {
         NanoGptDialect,
         LlmcDialect,
         LightningDialect,
+        MegatronDeepSpeedDialect,
         MegatronDialect,
         DeepSpeedDialect,
         HfDialect,

@@ -1,4 +1,4 @@
-"""Megatron-LM: its iteration line from the last rank, per-rank memory reports, the validation block."""
+"""Megatron-LM (Megatron-core v0.15): start-up, iteration lines, memory reports, timers, validation, saves."""
 
 from __future__ import annotations
 
@@ -7,27 +7,49 @@ import re
 from collections.abc import Sequence
 from typing import ClassVar
 
-from fakerun.dialects.base import HintRule, Line, Output, seconds_time, words
-from fakerun.dialects.events import EvalDone, Event, MemoryReport, StepDone
-from fakerun.dialects.fakerun import FakerunDialect
+from fakerun.dialects.base import HintRule, Line, Output, Seat, seconds_time, words
+from fakerun.dialects.events import (
+    CheckpointLoaded,
+    CheckpointSaved,
+    CheckpointSaving,
+    EvalDone,
+    EvalStarted,
+    Event,
+    JobStarted,
+    MemoryReport,
+    ModelBuilt,
+    ProcessGroupInitializing,
+    ProcessGroupReady,
+    StepDone,
+    TokenizerLoaded,
+    TrainingStarted,
+    TrainingStopped,
+    WorkerStarted,
+)
+from fakerun.sim.job import JobSpec
+from fakerun.sim.megatron import Theory
+from fakerun.sim.run import RunPlan
 
 _MIB = 1024.0**2
+SAVE_DIR = "checkpoints"  # --save as the script's arguments would give it
 
 # Options only Megatron-LM spells so (its argparse takes dashes only).
+MEGATRON_OPTIONS = (
+    "num-layers hidden-size ffn-hidden-size num-attention-heads num-query-groups group-query-attention "
+    "max-position-embeddings seq-length micro-batch-size global-batch-size min-lr lr-warmup-iters "
+    "lr-warmup-fraction lr-warmup-samples lr-decay-style lr-decay-iters train-iters train-samples "
+    "tensor-model-parallel-size pipeline-model-parallel-size expert-model-parallel-size num-experts "
+    "moe-router-topk recompute-granularity recompute-activations recompute-method "
+    "use-distributed-optimizer data-path tokenizer-type tokenizer-model vocab-file merge-file "
+    "save-interval eval-interval eval-iters log-interval distributed-backend sequence-parallel "
+    "use-flash-attn use-mcore-models normalization position-embedding-type disable-bias-linear "
+    "untie-embeddings-and-output-weights clip-grad adam-beta1 adam-beta2 init-method-std "
+    "attention-dropout hidden-dropout transformer-impl initial-loss-scale loss-scale-window loss-scale "
+    "min-loss-scale hysteresis exit-interval exit-duration-in-mins"
+)
 HINTS = HintRule(
     script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)"),
-    exact=words(
-        "num-layers hidden-size ffn-hidden-size num-attention-heads num-query-groups group-query-attention "
-        "max-position-embeddings seq-length micro-batch-size global-batch-size min-lr lr-warmup-iters "
-        "lr-warmup-fraction lr-warmup-samples lr-decay-style lr-decay-iters train-iters train-samples "
-        "tensor-model-parallel-size pipeline-model-parallel-size expert-model-parallel-size num-experts "
-        "moe-router-topk recompute-granularity recompute-activations recompute-method "
-        "use-distributed-optimizer data-path tokenizer-type tokenizer-model vocab-file merge-file "
-        "save-interval eval-interval eval-iters log-interval distributed-backend sequence-parallel "
-        "use-flash-attn use-mcore-models normalization position-embedding-type disable-bias-linear "
-        "untie-embeddings-and-output-weights clip-grad adam-beta1 adam-beta2 init-method-std "
-        "attention-dropout hidden-dropout transformer-impl"
-    ),
+    exact=words(MEGATRON_OPTIONS),
     arch_defaults=True,
 )
 
@@ -47,29 +69,34 @@ def iteration_line(
     tflops: float,
     lr: float,
     global_batch: int,
-    loss: float,
-    grad_norm: float,
+    loss: float | None,
+    loss_scale: float,
+    grad_norm: float | None,
     skipped: int,
     nan_iters: int,
     aux_loss: float | None = None,
 ) -> str:
-    """Megatron-core's training log line: leading space, `[time]`, fixed-width numbers, trailing `|`."""
+    """Megatron-core's training_log line: leading space, `[time]`, fixed-width numbers, trailing `|`."""
     parts = [
-        f" [{timestamp}] iteration {step:>8d}/{total:>8d}",
-        f" consumed samples: {samples:>12d}",
+        f" [{timestamp}] iteration {step:8d}/{total:8d}",
+        f" consumed samples: {samples:12d}",
         f" elapsed time per iteration (ms): {step_ms:.1f}",
         f" throughput per GPU (TFLOP/s/GPU): {tflops:.1f}",
-        f" learning rate: {lr:E}",
-        f" global batch size: {global_batch:>5d}",
-        f" lm loss: {_e(loss)}",
+        f" learning rate: {lr:.6E}",
+        f" global batch size: {global_batch:5d}",
     ]
-    if aux_loss is not None:
-        parts.append(f" load_balancing_loss: {_e(aux_loss)}")
+    # Losses are averaged over the interval's updated iterations; a skipped-only interval averages 0 and
+    # Megatron prints no loss then (`if avg > 0.0`).
+    if loss is not None:
+        parts.append(f" lm loss: {_e(loss)}")
+        if aux_loss is not None:
+            parts.append(f" load_balancing_loss: {_e(aux_loss)}")
+    parts.append(f" loss scale: {loss_scale:.1f}")
+    if grad_norm is not None:  # None when the interval's last iteration was skipped
+        parts.append(f" grad norm: {grad_norm:.3f}" if not math.isnan(grad_norm) else " grad norm: nan")
     parts += [
-        " loss scale: 1.0",
-        f" grad norm: {grad_norm:.3f}" if not math.isnan(grad_norm) else " grad norm: nan",
-        f" number of skipped iterations: {skipped:>3d}",
-        f" number of nan iterations: {nan_iters:>3d}",
+        f" number of skipped iterations: {skipped:3d}",
+        f" number of nan iterations: {nan_iters:3d}",
     ]
     return " |".join(parts) + " |"
 
@@ -77,69 +104,351 @@ def iteration_line(
 def memory_line(
     rank: int, iterations: int, allocated_mb: float, max_allocated_mb: float, reserved_mb: float
 ) -> str:
-    """Megatron's per-rank memory report after the first iterations (bytes / 2**20, printed unrounded)."""
+    """Megatron's per-rank memory report (bytes / 2**20, printed unrounded with str())."""
     return (
-        f"[Rank {rank}] (after {iterations} iterations) memory (MB) | allocated: {allocated_mb!r} | "
-        f"max allocated: {max_allocated_mb!r} | reserved: {reserved_mb!r} | max reserved: {reserved_mb!r}"
+        f"[Rank {rank}] (after {iterations} iterations) memory (MB) | allocated: {allocated_mb} | "
+        f"max allocated: {max_allocated_mb} | reserved: {reserved_mb} | max reserved: {reserved_mb}"
     )
 
 
-def validation_block(step: int, loss: float, ppl: float) -> list[str]:
-    """Megatron's validation block: a dashed rule, the loss and perplexity line, the rule again."""
-    body = (
-        f" validation loss at iteration {step} on validation set | lm loss value: {_e(loss)} | "
-        f"lm loss PPL: {_e(ppl)} | "
-    )
+def validation_block(prefix: str, loss: float, ppl: float) -> list[str]:
+    """evaluate_and_print_results: a dashed rule one longer than the line, the line, the rule again."""
+    body = f" validation loss at {prefix} | lm loss value: {_e(loss)} | lm loss PPL: {_e(ppl)} | "
     rule = "-" * (len(body) + 1)
     return [rule, body, rule]
 
 
-class MegatronDialect(FakerunDialect):
-    """Megatron-LM's lines; the rest of the run still in fakerun's events (until this dialect has its own)."""
+def timers_block(rows: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Megatron-core's Timers.log: `(min, max) time across ranks (ms):` and one dotted row per timer."""
+    out = ["(min, max) time across ranks (ms):"]
+    out += [f"    {(name + ' ').ljust(48, '.')}: ({lo:.2f}, {hi:.2f})" for name, lo, hi in rows]
+    return out
+
+
+def argument_rows(run: RunPlan, seed: int) -> list[tuple[str, object]]:
+    """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets)."""
+    job = run.job
+    m = job.model
+    fp16 = job.precision == "fp16"
+    rows: list[tuple[str, object]] = [
+        ("adam_beta1", 0.9),
+        ("adam_beta2", 0.95),
+        ("adam_eps", 1e-08),
+        ("attention_dropout", 0.0 if m.family != "gpt2" else 0.1),
+        ("bf16", not fp16),
+        ("ckpt_format", "torch_dist"),
+        ("clip_grad", job.grad_clip),
+        ("context_parallel_size", 1),
+        ("data_parallel_size", job.dp),
+        ("distributed_backend", "nccl"),
+        ("eval_interval", run.eval_interval),
+        ("eval_iters", run.eval_iters),
+        ("expert_model_parallel_size", job.ep),
+        ("ffn_hidden_size", m.ffn_hidden),
+        ("fp16", fp16),
+        ("global_batch_size", job.global_batch),
+        ("group_query_attention", m.kv_heads != m.heads),
+        ("hidden_dropout", 0.0 if m.family != "gpt2" else 0.1),
+        ("hidden_size", m.hidden),
+        ("hysteresis", job.hysteresis),
+        ("init_method_std", 0.02),
+        ("initial_loss_scale", job.initial_loss_scale),
+        ("log_interval", run.log_interval),
+        ("log_throughput", True),
+        ("loss_scale", job.static_loss_scale),
+        ("loss_scale_window", job.loss_scale_window),
+        ("lr", job.lr),
+        ("lr_decay_style", job.lr_schedule),
+        ("lr_warmup_iters", job.warmup_steps),
+        ("make_vocab_size_divisible_by", 128),
+        ("max_position_embeddings", m.max_position),
+        ("micro_batch_size", job.micro_batch),
+        ("min_loss_scale", job.min_loss_scale),
+        ("min_lr", job.min_lr),
+        ("num_attention_heads", m.heads),
+        ("num_experts", m.experts if m.is_moe else None),
+        ("num_layers", m.layers),
+        ("num_query_groups", m.kv_heads),
+        ("params_dtype", "torch.float16" if fp16 else "torch.bfloat16"),
+        ("pipeline_model_parallel_size", job.pp),
+        ("rank", 0),
+        ("recompute_granularity", None if job.recompute == "none" else job.recompute),
+        ("save", SAVE_DIR),
+        ("save_interval", run.save_interval),
+        ("seed", seed),
+        ("seq_length", job.seq_len),
+        ("sequence_parallel", job.tp > 1),
+        ("tensor_model_parallel_size", job.tp),
+        ("train_iters", job.total_steps),
+        ("untie_embeddings_and_output_weights", not m.tied_embeddings),
+        ("use_distributed_optimizer", job.zero_stage >= 1),
+        ("weight_decay", 0.1),
+        ("world_size", job.world_size),
+    ]
+    return rows
+
+
+def arguments_block(run: RunPlan, seed: int) -> list[str]:
+    """_print_args: `  name ..... value` rows (dots to column 48) sorted case-insensitively, between rules."""
+    rows = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in argument_rows(run, seed)]
+    return [
+        "------------------------ arguments ------------------------",
+        *sorted(rows, key=str.lower),
+        "-------------------- end of arguments ---------------------",
+    ]
+
+
+def tokenizer_name(job: JobSpec) -> str:
+    """The --tokenizer-type a script for this model passes."""
+    return "GPT2BPETokenizer" if job.model.family == "gpt2" else "HuggingFaceTokenizer"
+
+
+class MegatronDialect:
+    """Megatron-core's console: rank 0's start-up, the last rank's iteration lines, timers and validation,
+    the memory reports of the first data-parallel group; nothing else of fakerun's."""
 
     name: ClassVar[str] = "megatron"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
 
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+        self.run: RunPlan | None = None
+        self.started_at = 0.0  # the process's start (Megatron's _TRAIN_START_TIME)
+        self.memory: MemoryReport | None = None  # reported after the first log line
+        self.stopped = False  # the step loop is over: the final evaluation prints after the save
+        self.final_eval: list[str] = []
+        self.theory: Theory | None = None
+
+    # -- ranks -------------------------------------------------------------------------------------------
+
     @property
-    def last_rank(self) -> bool:
-        """Megatron logs on the last rank: the last pipeline stage holds the loss."""
+    def first(self) -> bool:
+        """print_rank_0's rank."""
+        return self.seat.rank == 0
+
+    @property
+    def last(self) -> bool:
+        """print_rank_last's rank: the last pipeline stage holds the loss."""
         return self.seat.rank == self.seat.world_size - 1
 
+    def dp_first(self) -> bool:
+        """Whether this rank is data-parallel rank 0 (memory and parameter counts print there)."""
+        return self.run is not None and self.run.job.coords(self.seat.rank).dp_rank == 0
+
     def wants(self, kind: type[Event]) -> bool:
-        """Iteration lines and validation on the last rank, memory on every rank, rank 0's bar."""
-        if kind in (StepDone, EvalDone):
-            return self.last_rank or (kind is StepDone and self.seat.rank == 0)
-        return kind is MemoryReport or super().wants(kind)
+        """Whether this rank prints anything for events of `kind` (the summary and export never)."""
+        return kind in _KINDS
+
+    # -- rendering ---------------------------------------------------------------------------------------
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
-        """Megatron's form of the step, memory and validation events; fakerun's for the others."""
-        if isinstance(event, StepDone):
-            out: list[Output] = [self.step_bar(event)] if self.seat.rank == 0 else []
-            if event.logged and self.last_rank:
-                out.append(Line(self.iteration(event, at)))
-            return out
-        if isinstance(event, MemoryReport):
-            m = event
+        """Megatron's lines for `event` on this rank."""
+        return [Line(text) for text in self.lines(event, at)]
+
+    def lines(self, event: Event, at: float) -> list[str]:
+        """The text lines of `event` on this rank."""
+        if isinstance(event, JobStarted):
+            self.run = event.run
+            self.started_at = at
+            self.stopped = False
+            self.final_eval = []
+            return []
+        run = self.run
+        if run is None:
+            return []
+        job = run.job
+        if isinstance(event, WorkerStarted):
+            return self.startup(run) if self.first else []
+        if isinstance(event, ProcessGroupInitializing):
+            return ["> initializing torch distributed ..."] if self.first else []
+        if isinstance(event, ProcessGroupReady):
+            return self.initialized(event, at) if self.first else []
+        if isinstance(event, TokenizerLoaded):
+            if not self.first:
+                return []
             return [
-                Line(
+                f"> building {tokenizer_name(job)} tokenizer ...",
+                f" > padded vocab (size: {event.vocab_size}) with {event.padded_vocab - event.vocab_size} "
+                f"dummy tokens (new size: {event.padded_vocab})",
+            ]
+        if isinstance(event, ModelBuilt):
+            self.theory = event.theory
+            out: list[str] = []
+            if self.dp_first():
+                c = job.coords(self.seat.rank)
+                out.append(
+                    " > number of parameters on (tensor, pipeline) model parallel rank "
+                    f"({c.tp_rank}, {c.pp_rank}): {int(event.params_on_rank)}"
+                )
+            if self.first and not run.job.start_step:
+                out.append(self.datetime("after model, optimizer, and learning rate scheduler are built", at))
+            return out
+        if isinstance(event, CheckpointLoaded):
+            if not self.first:
+                return []
+            return [
+                f" loading distributed checkpoint from {SAVE_DIR} at iteration {event.step}",
+                f"  successfully loaded checkpoint from {SAVE_DIR} [ t 1/{job.tp}, p 1/{job.pp} ] "
+                f"at iteration {event.step}",
+                self.datetime("after model, optimizer, and learning rate scheduler are built", at),
+            ]
+        if isinstance(event, TrainingStarted):
+            return self.training_started(event, at) if self.first else []
+        if isinstance(event, MemoryReport):
+            if event.iterations == 1:
+                self.memory = event
+            return []
+        if isinstance(event, StepDone):
+            return self.step(event, at)
+        if isinstance(event, TrainingStopped):
+            self.stopped = True
+            return self.stop_lines(event, at) if self.first else []
+        if isinstance(event, EvalStarted):
+            if self.stopped and self.first:
+                return [f"Evaluating on {event.iters * job.global_batch} samples"] + [
+                    f"Evaluating iter {i}/{event.iters}" for i in range(1, event.iters + 1)
+                ]
+            return []
+        if isinstance(event, EvalDone):
+            if not self.last:
+                return []
+            ms = 1000.0 * event.seconds
+            prefix = f"iteration {event.step}" + (" on validation set" if self.stopped else "")
+            block = timers_block([("evaluate", ms, ms)]) + validation_block(prefix, event.loss, event.ppl)
+            if self.stopped:
+                self.final_eval = block  # Megatron saves before its final evaluation
+                return []
+            return block
+        if isinstance(event, CheckpointSaving):
+            if not self.first:
+                return []
+            return [f"saving checkpoint at iteration {event.step:7d} to {SAVE_DIR} in {event.format} format"]
+        if isinstance(event, CheckpointSaved):
+            out = []
+            if self.first:
+                out.append(
+                    f"  successfully saved checkpoint from iteration {event.step:7d} to {SAVE_DIR} "
+                    f"[ t 1/{job.tp}, p 1/{job.pp} ]"
+                )
+            if self.last:
+                ms = 1000.0 * event.seconds
+                out += timers_block([("save-checkpoint", ms, ms)])
+                out += self.final_eval
+                self.final_eval = []
+            return out
+        return []
+
+    def datetime(self, what: str, at: float) -> str:
+        """print_datetime: `[what] datetime: 2026-11-22 08:41:57 ` (a trailing space)."""
+        return f"[{what}] datetime: {seconds_time(at)} "
+
+    def startup(self, run: RunPlan) -> list[str]:
+        """Rank 0 after parsing its arguments: the layout line, the arguments, the micro-batch count."""
+        job = run.job
+        return [
+            f"using world size: {job.world_size}, data-parallel size: {job.dp}, context-parallel size: 1, "
+            f"hierarchical context-parallel sizes: None, tensor-model-parallel size: {job.tp}, "
+            f"pipeline-model-parallel size: {job.pp}",
+            f"using {'torch.float16' if job.precision == 'fp16' else 'torch.bfloat16'} for parameters ...",
+            *arguments_block(run, _SEED),
+            "INFO:megatron.core.num_microbatches_calculator:setting number of microbatches to constant "
+            f"{job.grad_accum}",
+        ]
+
+    def initialized(self, event: ProcessGroupReady, at: float) -> list[str]:
+        """Rank 0 once the process groups exist: model parallel sizes, seeds, compiled helpers, the time."""
+        assert self.run is not None
+        job = self.run.job
+        return [
+            f"> initialized tensor model parallel with size {job.tp}",
+            f"> initialized pipeline model parallel with size {job.pp}",
+            f"> setting random seeds to {_SEED} ...",
+            "> compiling dataset index builder ...",
+            f">>> done with dataset index builder. Compilation time: {event.helpers_compile_s:.3f} seconds",
+            "> compiling and loading fused kernels ...",
+            ">>> done with compiling and loading fused kernels. Compilation time: "
+            f"{event.kernels_compile_s:.3f} seconds",
+            f"time to initialize megatron (seconds): {at - self.started_at:.3f}",
+            self.datetime("after megatron is initialized", at),
+        ]
+
+    def training_started(self, event: TrainingStarted, at: float) -> list[str]:
+        """Rank 0 before the first step: datasets, set-up timers, `training ...`."""
+        assert self.run is not None
+        run = self.run
+        job = run.job
+        train = job.total_steps * job.global_batch
+        valid = (job.total_steps // max(run.eval_interval, 1) + 1) * run.eval_iters * job.global_batch
+        return [
+            "> building train, validation, and test datasets ...",
+            " > datasets target sizes (minimum size):",
+            f"    train:      {train}",
+            f"    validation: {valid}",
+            f"    test:       {run.eval_iters * job.global_batch}",
+            "> finished creating GPT datasets ...",
+            self.datetime("after dataloaders are built", at),
+            "done with setup ...",
+            *timers_block(
+                [
+                    ("model-and-optimizer-setup", *event.model_setup_ms),
+                    ("train/valid/test-data-iterators-setup", *event.data_setup_ms),
+                ]
+            ),
+            "training ...",
+            f"Setting rerun_state_machine.current_iteration to {event.first_step - 1}...",
+            self.datetime("before the start of training step", at),
+        ]
+
+    def step(self, event: StepDone, at: float) -> list[str]:
+        """A log iteration: the last rank's line, then rank 0's theoretical memory and the memory reports."""
+        run = event.run
+        n = event.numbers
+        if n.step % run.log_interval:
+            return []
+        out: list[str] = []
+        if self.last:
+            out.append(self.iteration(event, at))
+        if self.memory is not None and self.report_now(event):
+            if self.first:
+                out += self.theory_lines()
+            if self.dp_first():
+                m = self.memory
+                out.append(
                     memory_line(
-                        self.seat.rank,
-                        m.iterations,
-                        m.allocated / _MIB,
-                        m.max_allocated / _MIB,
-                        m.reserved / _MIB,
+                        self.seat.rank, n.step, m.allocated / _MIB, m.max_allocated / _MIB, m.reserved / _MIB
                     )
                 )
-            ]
-        if isinstance(event, EvalDone):
-            if not self.last_rank:
-                return ()
-            return [Line(text) for text in validation_block(event.step, event.loss, event.ppl)]
-        return super().render(event, at)
+            self.memory = None
+        if self.last:
+            out += self.timer_lines(event)
+        return out
+
+    def report_now(self, event: StepDone) -> bool:
+        """Megatron-core reports memory at its first log line."""
+        del event
+        return True
+
+    def theory_lines(self) -> list[str]:
+        """report_theoretical_memory(verbose=True) on rank 0 (the short form: no activation estimate)."""
+        t = self.theory
+        if t is None:
+            return []
+        return [
+            f"Number of parameters in transformer block in billions: {t.transformer / 1e9: .2f}",
+            f"Number of parameters in embedding layers in billions: {t.embedding / 1e9:.2f}",
+            f"Total number of parameters in billions: {t.total / 1e9:.2f}",
+            f"Number of parameters in most loaded shard in billions: {t.most_loaded_shard / 1e9:.4f}",
+            f"Theoretical memory footprints: weight and optimizer={t.weight_and_optimizer_mb:.2f} MB",
+        ]
+
+    def timer_lines(self, event: StepDone) -> list[str]:
+        """Timers logged after the line (Megatron-core's default --timing-log-level 0 logs none)."""
+        del event
+        return []
 
     def iteration(self, event: StepDone, at: float) -> str:
-        """The iteration line of a log step: figures averaged over the log interval."""
+        """The iteration line: figures over the log interval, TFLOP/s from Megatron's FLOPs and its time."""
         n = event.numbers
         job = event.run.job
         return iteration_line(
@@ -148,12 +457,47 @@ class MegatronDialect(FakerunDialect):
             total=job.total_steps,
             samples=n.samples,
             step_ms=1000.0 * event.interval_s,
-            tflops=n.tflops_per_gpu,
+            tflops=event.megatron_tflops,
             lr=n.lr,
             global_batch=job.global_batch,
-            loss=n.loss,
-            grad_norm=n.grad_norm,
-            skipped=int(n.skipped),
+            loss=n.loss if event.advanced_iters > 0 else None,
+            loss_scale=event.loss_scale,
+            grad_norm=None if event.step_skipped else n.grad_norm,
+            skipped=event.skipped_iters,
             nan_iters=int(n.skipped),
             aux_loss=n.moe_aux_loss,
         )
+
+    def stop_lines(self, event: TrainingStopped, at: float) -> list[str]:
+        """Rank 0 when the loop ends: --exit-interval or --exit-duration-in-mins, then the end of training."""
+        assert self.run is not None
+        out: list[str] = []
+        if event.reason == "reached max steps":
+            out.append(self.datetime(f"exiting program at iteration {event.step}", at))
+        elif event.reason == "reached max time":
+            minutes = int((at - self.started_at) / 60.0)
+            out.append(self.datetime(f"exiting program after {minutes} minutes", at))
+        out.append(self.datetime("after training is done", at))
+        return out
+
+
+_SEED = 1234  # --seed's default
+_KINDS = frozenset(
+    {
+        JobStarted,
+        WorkerStarted,
+        ProcessGroupInitializing,
+        ProcessGroupReady,
+        TokenizerLoaded,
+        ModelBuilt,
+        CheckpointLoaded,
+        TrainingStarted,
+        MemoryReport,
+        StepDone,
+        TrainingStopped,
+        EvalStarted,
+        EvalDone,
+        CheckpointSaving,
+        CheckpointSaved,
+    }
+)

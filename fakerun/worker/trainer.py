@@ -49,7 +49,8 @@ from fakerun.dialects.events import (
 from fakerun.presets import host_name
 from fakerun.render import nccl
 from fakerun.render.grid import GridGpu
-from fakerun.sim import checkpoint, compute, ds_lossscale, estimates, identity, loss, memory, rand
+from fakerun.sim import checkpoint, compute, ds_lossscale, estimates, identity, loss, lossscale, memory, rand
+from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
@@ -258,7 +259,16 @@ class RankTrainer:
             t = self._pace_from(t, times.nccl_s)
             emit(NcclInitialized(job=job, pid=pid, tid=tid))
             coords = job.coords(self.rank)
-            emit(ProcessGroupReady(tp_rank=coords.tp_rank, dp_rank=coords.dp_rank, pp_rank=coords.pp_rank))
+            helpers_s, kernels_s = megatron_figures.compile_seconds(job)
+            emit(
+                ProcessGroupReady(
+                    tp_rank=coords.tp_rank,
+                    dp_rank=coords.dp_rank,
+                    pp_rank=coords.pp_rank,
+                    helpers_compile_s=helpers_s,
+                    kernels_compile_s=kernels_s,
+                )
+            )
         emit(ModelConfigured(model=job.model, seq_len=job.seq_len))
         emit(
             ParallelismDecided(
@@ -273,7 +283,12 @@ class RankTrainer:
             )
         )
         t = self._pace_from(t, times.tokenizer_s)
-        emit(TokenizerLoaded(vocab_size=job.model.vocab))
+        emit(
+            TokenizerLoaded(
+                vocab_size=job.model.vocab,
+                padded_vocab=megatron_figures.padded_vocab(job.model.vocab, job.tp),
+            )
+        )
         t = self._dataset(t, times.dataset_s)
         dataset_tokens = job.total_steps * job.tokens_per_step // self.run.epochs
         emit(
@@ -294,6 +309,7 @@ class RankTrainer:
                 params_on_rank=stage / job.tp,
                 layers_on_rank=job.stage_layers(pp_rank),
                 pp_rank=pp_rank,
+                theory=megatron_figures.theory(job),
                 weights_bytes=built.weights,
                 init_s=times.model_init_s,
                 capacity_bytes=built.capacity,
@@ -321,6 +337,7 @@ class RankTrainer:
                     seconds=times.load_s,
                 )
             )
+        model_ms, data_ms = megatron_figures.setup_timers_ms(job, resume=resume)
         emit(
             TrainingStarted(
                 first_step=self.run.first_step,
@@ -329,6 +346,8 @@ class RankTrainer:
                 warmup_steps=job.warmup_steps,
                 lr=job.lr,
                 schedule=job.lr_schedule,
+                model_setup_ms=model_ms,
+                data_setup_ms=data_ms,
                 train_loss=loss.expected_loss(job, job.start_step),
                 val_loss=loss.eval_loss(job, job.start_step),
             )
@@ -370,7 +389,8 @@ class RankTrainer:
         ds_fp16 = ds is not None and ds.precision == "fp16"
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
         while True:
-            numbers = step_numbers(job, self.rank, step)
+            # fp16: overflowed iterations are skipped; the lr and the model advance only on the others.
+            numbers = lossscale.with_skips(job, step_numbers(job, self.rank, step))
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
             if step == job.oom_at_step:
                 self._run_out_of_memory(numbers.compute_s / max(job.grad_accum, 1) + overhead)
@@ -406,6 +426,11 @@ class RankTrainer:
                 emit(self._grid(step, grid, numbers))
             logged = step % run.log_interval == 0 or step == run.first_step
             interval = step_times[-run.log_interval :]
+            interval_s = sum(interval) / len(interval)
+            # Megatron's counters cover the iterations since its previous log line (or the run's start).
+            since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
+            scaled = lossscale.loss_scale(job, job.seed, step)
+            skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
             # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
             # (warm-up included on iteration 1), scaled by its own token rate against the job's.
             ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
@@ -431,11 +456,18 @@ class RankTrainer:
                     numbers=numbers,
                     elapsed_s=sim_elapsed,
                     recent_s=tuple(step_times[-_BAR_WINDOW:]),
-                    interval_s=sum(interval) / len(interval),
+                    interval_s=interval_s,
                     epoch=step / run.steps_per_epoch,
                     rank_tflops=titan_tflops * ratio,
                     rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
                     logged=logged,
+                    loss_scale=scaled.scale,
+                    step_skipped=scaled.skipped_now,
+                    skipped_iters=skipped_iters,
+                    advanced_iters=step - since - skipped_iters,
+                    megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
+                    samples_per_s=job.global_batch / interval_s,
+                    timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
                     # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
                     gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
                     nanogpt_mfu=running_mfu,

@@ -211,16 +211,15 @@ class TestRanks:
         assert {ev.WorkerStarted, ev.MemoryReport, ev.TrainingFinished} <= set(other)
 
     def test_megatron_iteration_line_on_the_last_rank(self) -> None:
-        """The last rank prints the iteration line and validation; rank 0 only its bar."""
+        """The last rank prints the final validation after the save; no bar anywhere; memory waits for the
+        first log line (the iteration lines themselves: test_dialect_megatron.py)."""
         last = render_all("megatron", 7)
-        assert any(" iteration " in t for t in texts(last[ev.StepDone]))
-        assert any("validation loss at iteration 20" in t for t in texts(last[ev.EvalDone]))
+        final = texts(last[ev.CheckpointSaved])
+        assert any("validation loss at iteration 20 on validation set" in t for t in final)
         rank0 = render_all("megatron", 0)
-        assert all(isinstance(item, BarDraw) for item in rank0[ev.StepDone])
+        assert not any(isinstance(item, BarDraw) for items in rank0.values() for item in items)
         assert ev.EvalDone not in rank0
-        assert texts(render_all("megatron", 3)[ev.MemoryReport])[0].startswith(
-            "[Rank 3] (after 1 iterations)"
-        )
+        assert ev.MemoryReport not in render_all("megatron", 3)
 
     def test_titan_step_line_on_every_rank(self) -> None:
         """torchtitan logs the step on every rank."""

@@ -1,0 +1,295 @@
+"""Megatron-LM and Megatron-DeepSpeed dialects and the fp16 loss scaler: golden lines parsed back with the
+real logs' formats (reallogs 08, 20-27), values from sim/."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import re
+
+import pytest
+
+from fakerun import dialects, presets
+from fakerun.dialects import events as ev
+from fakerun.dialects.base import Line, Seat
+from fakerun.hints import parse_hints
+from fakerun.sim import compute, lossscale
+from fakerun.sim import megatron as figures
+from fakerun.sim.job import JobSpec, make_job
+from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.schedule import lr
+from fakerun.sim.step import step_numbers
+
+AT = 1_795_000_000.25
+
+# Formats written from the excerpts (26: core line, 27: fp16 line without lm loss / grad norm, 21: memory,
+# 23: BLOOM line, 25: timers).
+CORE = re.compile(
+    r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration +(?P<it>\d+)/ +(?P<total>\d+) \|"
+    r" consumed samples: +(?P<samples>\d+) \| elapsed time per iteration \(ms\): (?P<ms>\d+\.\d) \|"
+    r" throughput per GPU \(TFLOP/s/GPU\): (?P<tflops>\d+\.\d) \|"
+    r" learning rate: (?P<lr>\d\.\d{6}E[+-]\d\d) \|"
+    r" global batch size: +(?P<gbs>\d+) \|(?: lm loss: (?P<loss>\d\.\d{6}E[+-]\d\d) \|)?"
+    r" loss scale: (?P<scale>\d+\.\d) \|(?: grad norm: (?P<gn>\d+\.\d{3}) \|)?"
+    r" number of skipped iterations: +(?P<skipped>\d+) \| number of nan iterations: +(?P<nan>\d+) \|$"
+)
+MEMORY = re.compile(
+    r"^\[Rank (?P<rank>\d+)\] \(after (?P<it>\d+) iterations\) memory \(MB\) \| allocated: (?P<a>[\d.]+) \|"
+    r" max allocated: (?P<ma>[\d.]+) \| reserved: (?P<r>[\d.]+) \| max reserved: (?P<mr>[\d.]+)$"
+)
+DS = re.compile(
+    r"^ iteration +(?P<it>\d+)/ +(?P<total>\d+) \| consumed samples: +(?P<samples>\d+) \|"
+    r" consumed tokens: +(?P<tokens>\d+) \| elapsed time per iteration \(s\): (?P<s>\d+\.\d\d) \|"
+    r" learning rate: (?P<lr>\d\.\d{3}E[+-]\d\d) \| global batch size: +(?P<gbs>\d+) \|"
+    r"(?: lm loss: (?P<loss>\d\.\d{6}E[+-]\d\d) \|)?(?: loss scale: (?P<scale>\d+\.\d) \|)?"
+    r"(?: grad norm: (?P<gn>\d+\.\d{3}) \| num zeros: 0\.0 \|)?"
+    r" number of skipped iterations: +(?P<skipped>\d+) \| number of nan iterations: +(?P<nan>\d+) \|"
+    r" samples per second: (?P<sps>\d+\.\d{3}) \| TFLOPs: (?P<tflops>\d+\.\d\d) \|$"
+)
+TIMERS = re.compile(r"^time \(ms\)( \| [a-z-]+: \d+\.\d\d)+$")
+ARG_ROW = re.compile(r"^  (?P<name>\w+) (?P<dots>\.+) (?P<value>.*)$")
+
+
+@functools.cache
+def fp16_job(seed: int = 7) -> JobSpec:
+    b = presets.resolve("gpt2-124m")
+    return make_job(
+        b.model,
+        b.cluster,
+        b.storage,
+        nnodes=1,
+        nproc_per_node=8,
+        precision="fp16",
+        total_steps=5000,
+        seed=seed,
+    )
+
+
+def bf16_job() -> JobSpec:
+    return dataclasses.replace(fp16_job(), precision="bf16")
+
+
+def seat(job: JobSpec, rank: int) -> Seat:
+    return Seat(
+        rank=rank,
+        local_rank=rank % job.nproc_per_node,
+        world_size=job.world_size,
+        nproc_per_node=job.nproc_per_node,
+        hosts=("node-a",),
+    )
+
+
+def step_done(run: RunPlan, step: int, rank: int) -> ev.StepDone:
+    """StepDone as the phase loop builds it (worker/trainer.py), from sim/ only."""
+    job = run.job
+    n = lossscale.with_skips(job, step_numbers(job, rank, step))
+    since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
+    scaled = lossscale.loss_scale(job, job.seed, step)
+    skipped = lossscale.skipped_between(job, job.seed, since, step)
+    interval_s = n.step_time_s
+    return ev.StepDone(
+        run=run,
+        numbers=n,
+        elapsed_s=interval_s * step,
+        recent_s=(interval_s,),
+        interval_s=interval_s,
+        epoch=0.0,
+        rank_tflops=0.0,
+        rank_mfu=0.0,
+        logged=True,
+        loss_scale=scaled.scale,
+        step_skipped=scaled.skipped_now,
+        skipped_iters=skipped,
+        advanced_iters=step - since - skipped,
+        megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
+        samples_per_s=job.global_batch / interval_s,
+        timers_ms=figures.step_timers_ms(job, n),
+    )
+
+
+def lines(name: str, run: RunPlan, rank: int, events: list[ev.Event]) -> list[str]:
+    d = dialects.make(name, seat(run.job, rank))
+    out: list[str] = []
+    for e in [ev.JobStarted(run=run, first=True, resume=False), *events]:
+        out += [item.text for item in d.render(e, AT) if isinstance(item, Line)]
+    return out
+
+
+class TestLossScale:
+    def test_fp16_starts_at_the_initial_scale_skips_and_halves(self) -> None:
+        job = fp16_job()
+        first = lossscale.loss_scale(job, job.seed, 1)
+        assert first.skipped_now and first.skipped == 1
+        scales = [lossscale.loss_scale(job, job.seed, s).scale for s in range(1, 40)]
+        assert scales[0] <= job.initial_loss_scale
+        assert all(b in (a, a / 2) for a, b in itertools.pairwise(scales))
+        assert scales[-1] < job.initial_loss_scale / 2**10
+        # Hysteresis 2: the first overflow does not halve, the next ones do.
+        assert scales[0] == job.initial_loss_scale and scales[1] == job.initial_loss_scale / 2
+
+    def test_the_scale_grows_after_a_clean_window_and_overflows_again(self) -> None:
+        job = fp16_job()
+        s = next(s for s in range(1, 200) if not lossscale.loss_scale(job, job.seed, s).skipped_now)
+        base = lossscale.loss_scale(job, job.seed, s)
+        later = [lossscale.loss_scale(job, job.seed, x) for x in range(s, s + 3 * job.loss_scale_window)]
+        assert max(x.scale for x in later) >= 2 * base.scale
+        assert later[-1].skipped > base.skipped  # growing past the safe scale overflows
+
+    def test_bf16_and_static_scales_never_skip(self) -> None:
+        static = dataclasses.replace(fp16_job(), static_loss_scale=4096.0)
+        for step in (1, 2, 50, 4000):
+            assert lossscale.loss_scale(bf16_job(), 0, step) == lossscale.LossScale(1.0, 0, False)
+            assert lossscale.loss_scale(static, 0, step) == lossscale.LossScale(4096.0, 0, False)
+
+    def test_skipped_iterations_do_not_advance_the_lr(self) -> None:
+        job = fp16_job()
+        for step in (3, 30, 300):
+            skipped = lossscale.loss_scale(job, job.seed, step).skipped
+            n = lossscale.with_skips(job, step_numbers(job, 0, step))
+            assert skipped > 0
+            assert n.lr == (lr(job, step - skipped) if step > skipped else 0.0)
+
+    def test_deterministic_per_seed(self) -> None:
+        a = [lossscale.loss_scale(fp16_job(1), 1, s) for s in range(1, 3000, 97)]
+        b = [lossscale.loss_scale(fp16_job(1), 1, s) for s in range(1, 3000, 97)]
+        assert a == b
+
+
+class TestMegatronCore:
+    def run(self, job: JobSpec | None = None) -> RunPlan:
+        return make_run(job or fp16_job(), max_steps=40, log_interval=10)
+
+    def test_iteration_line_parses_back_with_the_events_figures(self) -> None:
+        run = self.run()
+        e = step_done(run, 30, 7)
+        (text,) = lines("megatron", run, 7, [e])
+        m = CORE.match(text)
+        assert m, text
+        n = e.numbers
+        assert int(m["it"]) == 30 and int(m["total"]) == run.job.total_steps
+        assert int(m["samples"]) == n.samples and int(m["gbs"]) == run.job.global_batch
+        assert float(m["ms"]) == pytest.approx(1000 * e.interval_s, abs=0.05)
+        assert float(m["tflops"]) == pytest.approx(e.megatron_tflops, abs=0.05)
+        # Megatron's TFLOP/s follows its printed time: FLOPs / (GPUs x time).
+        flops = compute.framework_flops_per_step(run.job, "megatron")
+        assert float(m["tflops"]) == pytest.approx(flops / (8 * float(m["ms"]) / 1000) / 1e12, rel=2e-3)
+        assert float(m["lr"]) == pytest.approx(n.lr, rel=1e-6)
+        assert float(m["scale"]) == e.loss_scale
+        assert int(m["skipped"]) == e.skipped_iters
+
+    def test_skipped_only_interval_prints_no_loss_and_no_grad_norm(self) -> None:
+        run = self.run()
+        e = step_done(run, 10, 7)
+        assert e.advanced_iters == 0 and e.step_skipped
+        m = CORE.match(lines("megatron", run, 7, [e])[0])
+        assert m and m["loss"] is None and m["gn"] is None
+        assert int(m["skipped"]) == 10 and float(m["lr"]) == 0.0
+
+    def test_bf16_prints_loss_scale_one_and_no_skips(self) -> None:
+        run = self.run(bf16_job())
+        m = CORE.match(lines("megatron", run, 7, [step_done(run, 10, 7)])[0])
+        assert m and float(m["scale"]) == 1.0 and int(m["skipped"]) == 0 and m["loss"] and m["gn"]
+
+    def test_only_log_steps_and_only_the_last_rank(self) -> None:
+        run = self.run()
+        assert lines("megatron", run, 7, [step_done(run, 9, 7)]) == []
+        assert lines("megatron", run, 3, [step_done(run, 10, 3)]) == []
+
+    def test_memory_after_the_first_log_line_on_data_parallel_rank_0(self) -> None:
+        b = presets.resolve("gpt2-124m")
+        job = make_job(
+            b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=8, tp=2, precision="fp16", seed=7
+        )
+        run = make_run(job, max_steps=40, log_interval=10)
+        report = ev.MemoryReport(
+            step=1, iterations=1, allocated=2e9, max_allocated=3e9, reserved=3.5e9, max_reserved=3.5e9
+        )
+        printed = {}
+        for rank in range(8):
+            out = lines("megatron", run, rank, [report, step_done(run, 10, rank), step_done(run, 20, rank)])
+            printed[rank] = [m for m in map(MEMORY.match, out) if m]
+        assert {r for r, ms in printed.items() if ms} == {0, 1}  # tp ranks of data-parallel rank 0
+        m = printed[1][0]
+        assert len(printed[1]) == 1 and int(m["rank"]) == 1 and int(m["it"]) == 10
+        assert float(m["a"]) == pytest.approx(2e9 / 2**20) and float(m["mr"]) == pytest.approx(3.5e9 / 2**20)
+
+    def test_startup_arguments_block_is_sorted_and_dotted(self) -> None:
+        run = self.run()
+        out = lines("megatron", run, 0, [ev.WorkerStarted(host="a", local_rank=0, world_size=8, pid=1)])
+        assert out[0].startswith("using world size: 8, data-parallel size: 8, context-parallel size: 1")
+        start = out.index("------------------------ arguments ------------------------")
+        end = out.index("-------------------- end of arguments ---------------------")
+        rows = out[start + 1 : end]
+        assert rows == sorted(rows, key=str.lower) and len(rows) > 30
+        for row in rows:
+            m = ARG_ROW.match(row)
+            assert m and len(m["name"]) + len(m["dots"]) == 48
+        assert "  fp16 " + "." * 44 + " True" in rows
+        assert (
+            lines("megatron", run, 3, [ev.WorkerStarted(host="a", local_rank=3, world_size=8, pid=1)]) == []
+        )
+
+    def test_validation_block_and_final_order(self) -> None:
+        run = self.run()
+        done = ev.EvalDone(step=20, loss=3.1, ppl=math.exp(3.1), seconds=4.0, samples=80, iters=5, epoch=0.0)
+        out = lines("megatron", run, 7, [done])
+        assert out[:2] == [
+            "(min, max) time across ranks (ms):",
+            f"    {'evaluate '.ljust(48, '.')}: (4000.00, 4000.00)",
+        ]
+        rule, body, rule2 = out[2:]
+        assert rule == rule2 == "-" * (len(body) + 1)
+        assert (
+            body
+            == " validation loss at iteration 20 | lm loss value: 3.100000E+00 | lm loss PPL: 2.219795E+01 | "
+        )
+        # After the loop, Megatron saves first and evaluates on the validation set after.
+        final = lines(
+            "megatron",
+            run,
+            7,
+            [
+                ev.TrainingStopped(step=40, reason="reached total steps"),
+                dataclasses.replace(done, step=40),
+                ev.CheckpointSaved(
+                    step=40, path="iter_0000040", nbytes=10**9, seconds=2.0, bandwidth_gbs=0.5
+                ),
+            ],
+        )
+        assert "save-checkpoint" in final[1] and "on validation set" in final[-2]
+
+
+class TestMegatronDeepSpeed:
+    def test_selected_by_deepspeed_switches_on_a_megatron_script(self) -> None:
+        args = "--num-layers 24 --hidden-size 1024 --deepspeed --deepspeed_config ds.json --zero-stage 1"
+        h = parse_hints("pretrain_gpt.py", args.split())
+        assert h.style == "megatron-deepspeed" and h.job["zero_stage"] == 1
+        assert parse_hints("pretrain_gpt.py", ["--num-layers", "24", "--fp16"]).style == "megatron"
+
+    def test_bloom_line_and_timers_parse_back(self) -> None:
+        run = make_run(fp16_job(), max_steps=40, log_interval=10)
+        e = step_done(run, 30, 7)
+        out = lines("megatron-deepspeed", run, 7, [e])
+        m = DS.match(out[0])
+        assert m, out[0]
+        assert int(m["tokens"]) == e.numbers.tokens and float(m["s"]) == pytest.approx(
+            e.interval_s, abs=0.005
+        )
+        assert float(m["sps"]) == pytest.approx(e.samples_per_s, abs=5e-4)
+        assert float(m["tflops"]) == pytest.approx(e.megatron_tflops, abs=0.005)
+        assert float(m["scale"]) == e.loss_scale
+        assert TIMERS.match(out[-1]) and "forward-compute" in out[-1] and "backward-compute" in out[-1]
+
+    def test_bf16_has_no_loss_scale_and_memory_waits_for_a_positive_lr(self) -> None:
+        run = make_run(fp16_job(), max_steps=40, log_interval=10)
+        report = ev.MemoryReport(
+            step=1, iterations=1, allocated=1e9, max_allocated=2e9, reserved=3e9, max_reserved=3e9
+        )
+        out = lines("megatron-deepspeed", run, 0, [report, step_done(run, 10, 0), step_done(run, 30, 0)])
+        its = [int(m["it"]) for m in map(MEMORY.match, out) if m]
+        assert its == [30]  # iteration 10 was all skipped: lr 0
+        bf = make_run(bf16_job(), max_steps=40, log_interval=10)
+        m = DS.match(lines("megatron-deepspeed", bf, 7, [step_done(bf, 10, 7)])[0])
+        assert m and m["scale"] is None
