@@ -214,7 +214,8 @@ class TorchrunVoice:
             local_rank=f.slot.local_rank,
             pid=self._pid(f.pid),
             exitcode=f.exitcode,
-            time=f.time,
+            # On the job's clock, like every other line of the run: now, less the real time since it failed.
+            time=self.log.clock() - (time.time() - f.time),
             host=f.slot.host,
             error_file=self._error_file(f, restart_count) if payload is not None else None,
             error_payload=payload,

@@ -73,6 +73,10 @@ class TestOutOfMemory:
         assert " train " not in result.stdout
         assert f"exitcode: 1) local_rank: {rank}" in result.stderr
         assert "ChildFailedError" in result.stderr and "Root Cause (first observed failure)" in result.stderr
+        # The report's time is on the job's clock: not before the last line the workers printed.
+        reported = min(re.findall(r"time\s+: (\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d)", result.stderr))
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ", result.stdout, re.MULTILINE)
+        assert stamps and reported >= max(stamps).replace(" ", "_"), (reported, max(stamps))
 
 
 VALIDATION = re.compile(r"\[info\s*\] validation\s+rank=0 step=(\d+) val_loss=([\d.]+)")
