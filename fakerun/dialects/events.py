@@ -220,7 +220,7 @@ class StepDone:
     step_skipped: bool = False  # this iteration overflowed: no update, no grad norm
     skipped_iters: int = 0  # skipped iterations in the log interval
     advanced_iters: int = 1  # iterations in the log interval that updated the model
-    megatron_tflops: float = 0.0  # Megatron's FLOPs over interval_s per GPU (compute.framework_tflops_per_gpu)
+    megatron_tflops: float = 0.0  # Megatron's TFLOP/s per GPU over interval_s (compute.framework_*)
     samples_per_s: float = 0.0  # global batch over interval_s (Megatron-DeepSpeed's samples per second)
     timers_ms: tuple[tuple[str, float], ...] = ()  # Megatron's per-phase timers of this iteration
     nanogpt_mfu: float = -1.0  # nanoGPT's running_mfu (A100-promised, -1 for its first iterations)
