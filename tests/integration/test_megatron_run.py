@@ -1,0 +1,66 @@
+"""One fast fp16 job per Megatron dialect: only its own lines (no structlog, bar or grid), fp16 skips."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Runner, fakerun_exe
+
+ARGS = str.split(
+    "--num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 512 --max-position-embeddings 512 "
+    "--micro-batch-size 2 --global-batch-size 8 --train-iters 400 --lr 3e-4 --lr-warmup-iters 10 --fp16 "
+    "--log-interval 5 --eval-interval 20 --save-interval 20 --eval-iters 2"
+)
+STRUCTLOG = re.compile(r"\[(info|debug|warning|error) +\]")
+GRID = re.compile(r"^GPUs @ step|█")
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        ([], re.compile(r"^ \[[\d :-]+\] iteration +\d+/ +400 \|")),
+        (
+            ["--deepspeed", "--deepspeed_config", "ds.json", "--zero-stage", "1"],
+            re.compile(r"^ iteration +\d"),
+        ),
+    ],
+    ids=["megatron", "megatron-deepspeed"],
+)
+def test_fp16_job_prints_only_megatron_lines(extra: list[str], line: re.Pattern[str], tmp_path: Path) -> None:
+    runner = Runner(uuid.uuid4().hex, tmp_path)
+    proc = subprocess.run(
+        [
+            fakerun_exe(),
+            "--nproc-per-node",
+            "2",
+            "--fake-max-steps",
+            "25",
+            "--fake-speed",
+            "400",
+            "pretrain_gpt.py",
+            *ARGS,
+            *extra,
+        ],
+        capture_output=True,
+        timeout=180,
+        env=runner.env(),
+        cwd=tmp_path,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.splitlines()
+    assert not [x for x in out + proc.stderr.splitlines() if STRUCTLOG.search(x) or GRID.search(x)]
+    iterations = [x for x in out if line.match(x)]
+    assert len(iterations) == 5
+    # fp16 from 2**32: the first interval only skips, so it prints no lm loss, and the scale falls.
+    assert "lm loss" not in iterations[0] and "number of skipped iterations:   5" in iterations[0]
+    scales = [float(m) for x in iterations for m in re.findall(r"loss scale: ([\d.]+)", x)]
+    assert scales == sorted(scales, reverse=True) and scales[-1] < scales[0]
+    assert any("lm loss" in x for x in iterations[-2:])
+    assert any(x.startswith("[Rank 0] (after ") for x in out)
+    assert "[after training is done] datetime: " in proc.stdout
