@@ -315,7 +315,7 @@ class MegatronDialect:
                 return []
             ms = 1000.0 * event.seconds
             prefix = f"iteration {event.step}" + (" on validation set" if self.stopped else "")
-            block = timers_block([("evaluate", ms, ms)]) + validation_block(prefix, event.loss, event.ppl)
+            block = self.timers([("evaluate", ms, ms)]) + validation_block(prefix, event.loss, event.ppl)
             if self.stopped:
                 self.final_eval = block  # Megatron saves before its final evaluation
                 return []
@@ -323,21 +323,37 @@ class MegatronDialect:
         if isinstance(event, CheckpointSaving):
             if not self.first:
                 return []
-            return [f"saving checkpoint at iteration {event.step:7d} to {SAVE_DIR} in {event.format} format"]
+            return [self.saving_line(event)]
         if isinstance(event, CheckpointSaved):
             out = []
             if self.first:
-                out.append(
-                    f"  successfully saved checkpoint from iteration {event.step:7d} to {SAVE_DIR} "
-                    f"[ t 1/{job.tp}, p 1/{job.pp} ]"
-                )
+                out.append(self.saved_line(event, job))
             if self.last:
                 ms = 1000.0 * event.seconds
-                out += timers_block([("save-checkpoint", ms, ms)])
+                out += self.timers([("save-checkpoint", ms, ms)])
                 out += self.final_eval
                 self.final_eval = []
             return out
         return []
+
+    def timers(self, rows: Sequence[tuple[str, float, float]]) -> list[str]:
+        """A Timers.log of (name, min, max) rows in this version's form."""
+        return timers_block(rows)
+
+    def rerun_line(self, event: TrainingStarted) -> list[str]:
+        """Megatron-core's rerun state machine announces the iteration it starts from."""
+        return [f"Setting rerun_state_machine.current_iteration to {event.first_step - 1}..."]
+
+    def saving_line(self, event: CheckpointSaving) -> str:
+        """save_checkpoint's first line on rank 0."""
+        return f"saving checkpoint at iteration {event.step:7d} to {SAVE_DIR} in {event.format} format"
+
+    def saved_line(self, event: CheckpointSaved, job: JobSpec) -> str:
+        """save_checkpoint's last line on rank 0: rank 0's tensor and pipeline rank of their sizes."""
+        return (
+            f"  successfully saved checkpoint from iteration {event.step:7d} to {SAVE_DIR} "
+            f"[ t 1/{job.tp}, p 1/{job.pp} ]"
+        )
 
     def datetime(self, what: str, at: float) -> str:
         """print_datetime: `[what] datetime: 2026-11-22 08:41:57 ` (a trailing space)."""
@@ -389,14 +405,14 @@ class MegatronDialect:
             "> finished creating GPT datasets ...",
             self.datetime("after dataloaders are built", at),
             "done with setup ...",
-            *timers_block(
+            *self.timers(
                 [
                     ("model-and-optimizer-setup", *event.model_setup_ms),
                     ("train/valid/test-data-iterators-setup", *event.data_setup_ms),
                 ]
             ),
             "training ...",
-            f"Setting rerun_state_machine.current_iteration to {event.first_step - 1}...",
+            *self.rerun_line(event),
             self.datetime("before the start of training step", at),
         ]
 

@@ -8,8 +8,15 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from fakerun.dialects.base import HintRule
-from fakerun.dialects.events import ProcessGroupReady, StepDone
-from fakerun.dialects.megatron import MegatronDialect, _e, arguments_block
+from fakerun.dialects.events import (
+    CheckpointSaved,
+    CheckpointSaving,
+    ProcessGroupReady,
+    StepDone,
+    TrainingStarted,
+)
+from fakerun.dialects.megatron import SAVE_DIR, MegatronDialect, _e, arguments_block
+from fakerun.sim.job import JobSpec
 from fakerun.sim.run import RunPlan
 
 # Selected by its path, by --fake-trainer, or (hints.parse_hints) by DeepSpeed's switches beside Megatron's
@@ -106,6 +113,24 @@ class MegatronDeepSpeedDialect(MegatronDialect):
             f"time to initialize megatron (seconds): {at - self.started_at:.3f}",
             self.datetime("after megatron is initialized", at),
         ]
+
+    def timers(self, rows: Sequence[tuple[str, float, float]]) -> list[str]:
+        """The fork's Timers.log: one `time (ms) | name: value` line (the last rank's own times)."""
+        return ["time (ms)" + "".join(f" | {name}: {hi:.2f}" for name, _, hi in rows)]
+
+    def rerun_line(self, event: TrainingStarted) -> list[str]:
+        """The fork has no rerun state machine."""
+        del event
+        return []
+
+    def saving_line(self, event: CheckpointSaving) -> str:
+        """The fork's save_checkpoint (no format: DeepSpeed writes its own)."""
+        return f"saving checkpoint at iteration {event.step:7d} to {SAVE_DIR}"
+
+    def saved_line(self, event: CheckpointSaved, job: JobSpec) -> str:
+        """The fork's last save line."""
+        del job
+        return f"  successfully saved checkpoint at iteration {event.step:7d} to {SAVE_DIR}"
 
     def report_now(self, event: StepDone) -> bool:
         """The fork reports memory at the first log line whose lr is above zero (fp16 skips keep it at 0)."""
