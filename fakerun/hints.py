@@ -357,13 +357,17 @@ def _kind(key: str) -> str | None:
 
 
 def _option_names(args: Sequence[str]) -> list[str]:
-    """The option names as spelled (no dashes, no "=value"), up to a "--" terminator."""
+    """The option names as spelled (no dashes, no "=value"; `name=` too when so given), up to a "--"."""
     names: list[str] = []
     for tok in args:
         if tok == "--":
             break
         if tok.startswith("--") and len(tok) > 2:
-            names.append(tok[2:].partition("=")[0])
+            name, eq, _ = tok[2:].partition("=")
+            names.append(name)
+            if eq and "." not in name:
+                # nanoGPT's configurator takes only `--key=value`: the form votes apart from the name.
+                names.append(name + "=")
         elif tok.endswith(".py") and not tok.startswith("-"):
             names.append("<config_py>")  # nanoGPT's configurator execs a config file given as an argument
     return names
@@ -1010,7 +1014,6 @@ def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
         if key in _TITAN_TEXT or key in _HF_TEXT or key == "config":
             out[key] = value
     return out
-
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,11 +22,16 @@ from fakerun.sim.run import RunPlan
 # train.py's globals that configurator.py lets `--key=value` override (and a config/*.py file argument).
 HINTS = HintRule(
     script=re.compile(r"nanogpt"),
-    exact=words(
-        "batch_size block_size max_iters n_layer n_head n_embd warmup_iters lr_decay_iters decay_lr "
-        "init_from out_dir eval_only always_save_checkpoint wandb_log wandb_project wandb_run_name "
-        "dataset dropout weight_decay beta1 beta2 grad_clip compile backend dtype <config_py>"
-    ),
+    # configurator.py takes `--key=value` only (`--batch_size 8` is an argparse script's spelling).
+    exact=frozenset(
+        f"{name}="
+        for name in words(
+            "batch_size block_size max_iters n_layer n_head n_embd warmup_iters lr_decay_iters decay_lr "
+            "init_from out_dir eval_only always_save_checkpoint wandb_log wandb_project wandb_run_name "
+            "dataset dropout weight_decay beta1 beta2 grad_clip compile backend dtype"
+        )
+    )
+    | {"<config_py>"},
 )
 # train.py's default out_dir ('out'); the checkpoint is out/ckpt.pt.
 OUT_DIR = "out"

@@ -301,7 +301,7 @@ class TestFinetuneRegime:
             assert 1.0 <= loss.train_loss(job, 1) <= 3.0
             assert (job.tp, job.pp) == (1, 1)
             assert (job.lr, job.lr_schedule, job.min_lr, job.warmup_steps) == (5e-5, "linear", 0.0, 0)
-            # 3 epochs (HF's default) over an instruction dataset of 5k-100k examples, not a pre-training corpus.
+            # 3 epochs (HF's default) over an instruction set of 5k-100k examples, not a pre-training corpus.
             assert run.epochs == 3
             assert 3 * 5_000 <= job.total_steps * job.global_batch <= 3 * 100_000 + 3 * job.global_batch
 

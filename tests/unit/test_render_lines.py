@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import struct
 
 import pytest
 
@@ -37,6 +38,7 @@ def megatron(**kw: object) -> str:
         "global_batch": 128,
         "loss": 1.825991,
         "grad_norm": 1.4261,
+        "loss_scale": 1.0,
         "skipped": 0,
         "nan_iters": 0,
     }
@@ -78,7 +80,7 @@ class TestMegatron:
 
     def test_validation_block_rules_match_width(self) -> None:
         """The dashed rules frame the validation line."""
-        rule, body, rule2 = mg.validation_block(10, 9.64748, 15482.72)
+        rule, body, rule2 = mg.validation_block("iteration 10 on validation set", 9.64748, 15482.72)
         assert rule == rule2 and set(rule) == {"-"} and len(rule) == len(body) + 1
         assert "validation loss at iteration 10 on validation set | lm loss value: 9.647480E+00 |" in body
 
@@ -87,13 +89,14 @@ class TestHf:
     """HF Trainer's dict lines."""
 
     def test_log_dict_is_a_python_dict(self) -> None:
-        """The line is a dict repr with loss to 4 places, full grad norm and lr, epoch to 2."""
+        """A dict repr: loss to 4 places, the grad norm as a float32 `.item()`, the lr, epoch to 2."""
         text = hf.log_dict(1.55449, 2.383980345174379, 9.659320146057262e-05, 0.3812)
         d = ast.literal_eval(text)
         assert list(d) == ["loss", "grad_norm", "learning_rate", "epoch"]
         assert d == {
             "loss": 1.5545,
-            "grad_norm": 2.383980345174379,
+            # torch's grad norm is a float32 tensor: its .item() is the nearest float32, widened.
+            "grad_norm": struct.unpack("f", struct.pack("f", 2.383980345174379))[0],
             "learning_rate": 9.659320146057262e-05,
             "epoch": 0.38,
         }
