@@ -9,6 +9,10 @@ from fakerun.dialects.events import BarrierPassed, Event, GpuGrid, NcclInitializ
 from fakerun.render import nccl
 from fakerun.render.grid import render_grid
 
+# A job of more GPUs than this shows its first nodes and one line of ranges for the others: the grid stays
+# a few lines long, whatever the job's size (the unhealthy line still names any GPU in trouble).
+GRID_DETAIL_GPUS = 16
+
 
 def barrier_warning(rank: int, device_index: int, at: float) -> str:
     """torch's C++ warning (c10 format, nanosecond time, `[rankN]:` prefix) for a device-less barrier."""
@@ -57,7 +61,12 @@ class GridLines:
             return ()
         seat = self.seat
         lines = render_grid(
-            event.gpus, step=event.step, width=seat.width, color=seat.color, stragglers=event.stragglers
+            event.gpus,
+            step=event.step,
+            width=seat.width,
+            color=seat.color,
+            stragglers=event.stragglers,
+            detail_gpus=GRID_DETAIL_GPUS,
         )
         return [Line(text) for text in lines]
 

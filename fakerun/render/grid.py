@@ -1,7 +1,8 @@
 """The GPU status grid rank 0 prints: every GPU of the job as one cell, grouped by node, coloured by health.
 
 Layout: line 0 is the header (step, GPU count, job-wide figures); then the body, one node per line with a
-summary for small jobs (<= 16 nodes), several nodes per line for large ones; then, when any GPU needs
+summary for small jobs (<= 16 nodes), several nodes per line for large ones (or, given `detail_gpus`, the
+first nodes up to that many GPUs and one line of ranges for the rest); then, when any GPU needs
 attention, an ``unhealthy:`` line; the last line is the legend. A cell's glyph encodes utilisation
 (``▁`` to ``█``); a dead GPU is ``x``; without colour, warn and crit cells show ``!`` and ``X`` instead.
 """
@@ -277,6 +278,27 @@ def _many_per_line(nodes: Sequence[_Node], width: int, color: bool) -> list[str]
     return lines
 
 
+def _span(values: Sequence[float], fmt: str) -> str:
+    """`lo-hi` (or one value when they agree) in `fmt`."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _rest_line(cells: Sequence[_Cell], width: int) -> str:
+    """`... and 48 more GPUs: util 97-99%, 61-68°C, 690-700 W, mem 61.2-63.0 GiB` (the live ones' ranges)."""
+    head = f"... and {len(cells)} more GPU{'s' if len(cells) != 1 else ''}"
+    alive = [c.gpu for c in cells if c.level != "dead"]
+    if not alive:
+        return _clip(head, width)
+    fields = [
+        f"{head}: util {_span([g.util_pct for g in alive], '{:.0f}')}%",
+        f"{_span([g.temp_c for g in alive], '{:.0f}')}°C",
+        f"{_span([g.power_w for g in alive], '{:.0f}')} W",
+        f"mem {_span([g.mem_used_mib / 1024 for g in alive], '{:.1f}')} GiB",
+    ]
+    return _fit_fields(fields, width, ", ")
+
+
 def _header(cells: Sequence[_Cell], nnodes: int, step: int, width: int) -> str:
     alive = [c.gpu for c in cells if c.level != "dead"]
     util = round(statistics.fmean(g.util_pct for g in alive)) if alive else 0
@@ -352,8 +374,10 @@ def render_grid(
     stragglers: frozenset[int] = frozenset(),
     temp_warn: int = 83,
     temp_crit: int = 90,
+    detail_gpus: int | None = None,
 ) -> list[str]:
-    """The grid's lines (no newlines), each at most `width` columns wide, for any number of GPUs."""
+    """The grid's lines (no newlines), each at most `width` columns wide, for any number of GPUs; with
+    `detail_gpus`, a job of more GPUs shows its first nodes up to that many and sums up the others."""
     if width < _MIN_WIDTH:
         raise ValueError(f"width must be at least {_MIN_WIDTH}, got {width}")
     ordered = sorted(gpus, key=lambda g: (g.node, g.local_rank, g.rank))
@@ -378,9 +402,18 @@ def render_grid(
         by_node.setdefault(c.gpu.node, []).append(c)
     nodes = [_Node(group[0].gpu.host, tuple(group)) for group in by_node.values()]
     lines = [_header(cells, len(nodes), step, width)]
+    hidden: list[_Cell] = []
+    if detail_gpus is not None and len(cells) > detail_gpus:
+        shown = 1  # the first node always, whatever its size
+        while shown < len(nodes) and sum(len(n.cells) for n in nodes[: shown + 1]) <= detail_gpus:
+            shown += 1
+        hidden = [c for n in nodes[shown:] for c in n.cells]
+        nodes = nodes[:shown]
     if nodes:
         body = _one_node_per_line(nodes, width, color) if len(nodes) <= _ONE_NODE_PER_LINE_MAX else None
         lines += body if body is not None else _many_per_line(nodes, width, color)
+    if hidden:
+        lines.append(_rest_line(hidden, width))
     unhealthy = _unhealthy_line(cells, stragglers, temp_warn, width)
     if unhealthy:
         lines.append(unhealthy)

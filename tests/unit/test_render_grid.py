@@ -323,3 +323,62 @@ class TestHeaderAndDeterminism:
         first = render_grid(gpus, step=7, width=width, color=color)
         assert first == render_grid(gpus, step=7, width=width, color=color)
         assert first == render_grid(shuffled, step=7, width=width, color=color)
+
+
+REST = re.compile(
+    r"^\.\.\. and (\d+) more GPUs: util (\d+)(?:-(\d+))?%, (\d+)(?:-(\d+))?°C, (\d+)(?:-(\d+))? W, "
+    r"mem ([\d.]+)(?:-([\d.]+))? GiB$"
+)
+
+
+class TestSummarisedRest:
+    """With detail_gpus, a large job shows its first nodes and one line of ranges for the other GPUs."""
+
+    @pytest.mark.parametrize(
+        ("nnodes", "nproc", "shown_nodes"), [(8, 8, 2), (4, 8, 2), (3, 6, 2), (2, 16, 1)]
+    )
+    def test_first_nodes_then_ranges(self, nnodes: int, nproc: int, shown_nodes: int) -> None:
+        """Whole nodes up to 16 GPUs (at least one), then `... and N more GPUs` with the rest's ranges."""
+        gpus = job(nnodes, nproc, seed=nnodes)
+        lines = render_grid(gpus, step=3, width=120, detail_gpus=16)
+        hosts = [ln.split()[0] for ln in lines[1:] if ln.startswith("gpu-node-")]
+        assert hosts == [f"gpu-node-{n + 1:03d}" for n in range(shown_nodes)]
+        rest = [m for ln in lines if (m := REST.match(ln))]
+        assert len(rest) == 1
+        hidden = [g for g in gpus if g.node >= shown_nodes]
+        count, *spans = rest[0].groups()
+        assert int(count) == len(hidden)
+
+        def span(lo: str | None, hi: str | None) -> tuple[float, float]:
+            assert lo is not None
+            return float(lo), float(hi if hi is not None else lo)
+
+        assert span(spans[0], spans[1]) == (min(g.util_pct for g in hidden), max(g.util_pct for g in hidden))
+        assert span(spans[2], spans[3]) == (min(g.temp_c for g in hidden), max(g.temp_c for g in hidden))
+        assert span(spans[4], spans[5]) == (min(g.power_w for g in hidden), max(g.power_w for g in hidden))
+        lo, hi = span(spans[6], spans[7])
+        assert lo == pytest.approx(min(g.mem_used_mib for g in hidden) / 1024, abs=0.05)
+        assert hi == pytest.approx(max(g.mem_used_mib for g in hidden) / 1024, abs=0.05)
+        # The header still counts every GPU, and the grid stays a few lines long.
+        assert f"{len(gpus)} GPUs" in lines[0]
+        assert len(lines) <= shown_nodes + 3
+
+    def test_small_jobs_and_default_unchanged(self) -> None:
+        """16 GPUs or fewer are drawn in full; without detail_gpus nothing is summarised."""
+        assert render_grid(job(2, 8), step=1, detail_gpus=16) == render_grid(job(2, 8), step=1)
+        assert not any(REST.match(ln) for ln in render_grid(job(8, 8), step=1))
+
+    def test_trouble_in_the_rest_is_still_named(self) -> None:
+        """A GPU among the summarised ones that needs attention is still on the unhealthy line."""
+        gpus = job(8, 8)
+        gpus[60] = dataclasses.replace(gpus[60], temp_c=91)
+        lines = render_grid(gpus, step=1, width=120, detail_gpus=16)
+        unhealthy = [ln for ln in lines if ln.startswith("unhealthy:")]
+        assert unhealthy and "r60 91°C" in unhealthy[0]
+
+    @pytest.mark.parametrize("width", [40, 80, 200])
+    def test_rest_line_fits(self, width: int) -> None:
+        """The summary line keeps to the width, dropping ranges from the end."""
+        lines = render_grid(job(8, 8), step=1, width=width, detail_gpus=16)
+        assert all(visible_len(ln) <= width for ln in lines)
+        assert any(ln.startswith("... and 48 more GPUs") for ln in lines)
