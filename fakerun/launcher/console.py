@@ -147,27 +147,61 @@ class Sink:
 
 # Erase the terminal line the cursor is on (carriage return, then ANSI "erase to end of line").
 ERASE_LINE = b"\r\x1b[K"
+# Up one line and erase it: with ERASE_LINE, clears a status area of several lines from its bottom up.
+ERASE_ROW_ABOVE = b"\x1b[A\x1b[K"
+# tqdm's nested bar at position 1 (moveto(1), "\r" + text, moveto(-1)): down a line, draw, back up.
+_LOWER_BAR = re.compile(rb"\n\r([^\r\n]*)\x1b\[A")
+# Rows of a terminal a pinned status area may take (tqdm's bars at positions 0 and 1).
+STATUS_ROWS = 2
+
+
+def erase_rows(rows: int) -> bytes:
+    """Clears the `rows` bottom lines the cursor ends on, leaving it at the start of the top one."""
+    return ERASE_LINE + ERASE_ROW_ABOVE * (rows - 1) if rows > 0 else b""
 
 
 class StatusBoard:
-    """The bottom line of a terminal, held by one live bar while other lines scroll above it."""
+    """The bottom lines of a terminal (up to STATUS_ROWS: nested bars), held by one stream's live bars while
+    other lines scroll above them."""
 
     def __init__(self) -> None:
         self.owner: object | None = None
-        self.text: bytes = b""
-        self.shown = False
+        self.slots: dict[int, bytes] = {}  # bar position -> its latest text
+        self.shown = 0  # rows of the area on the terminal now
         self.changed = False
 
-    def show(self, owner: object, text: bytes) -> None:
-        """`owner`'s bar now reads `text`."""
-        if owner is not self.owner or text != self.text:
-            self.owner, self.text, self.changed = owner, text, True
+    @property
+    def text(self) -> bytes:
+        """The top bar's text (b"" if none)."""
+        return self.slots.get(0, b"")
+
+    def rows(self) -> list[bytes]:
+        """The area's lines, top first."""
+        return [self.slots[position] for position in sorted(self.slots)]
+
+    def show(self, owner: object, text: bytes, position: int = 0) -> None:
+        """`owner`'s bar at `position` now reads `text` (another owner's bars give way)."""
+        if position >= STATUS_ROWS:
+            return
+        if owner is not self.owner:
+            self.owner, self.slots, self.changed = owner, {}, True
+        if self.slots.get(position) != text:
+            self.slots[position] = text
+            self.changed = True
+
+    def clear(self, owner: object, position: int) -> None:
+        """`owner`'s bar at `position` was blanked (tqdm's leave=False): the area loses that row."""
+        if owner is self.owner and position in self.slots:
+            del self.slots[position]
+            self.changed = True
+            if not self.slots:
+                self.owner = None
 
     def release(self, owner: object) -> bool:
-        """`owner`'s bar ended; True if it held the board."""
+        """`owner`'s bars ended; True if it held the board."""
         if self.owner is not owner:
             return False
-        self.owner, self.text, self.changed = None, b"", True
+        self.owner, self.slots, self.changed = None, {}, True
         return True
 
 
@@ -180,7 +214,7 @@ class Route:
     log_file: ByteWriter | None
     filtered_file: ByteWriter | None
     filters: list[str]
-    board: StatusBoard | None = None  # set when this stream reaches a terminal: bars pin to its bottom line
+    board: StatusBoard | None = None  # set when this stream reaches a terminal: bars pin to its bottom lines
     rank_file: RankFile | None = None  # the rank's raw copy for fakerun-tail (both streams, as written)
     stream: int = STDOUT
     remainder: bytes = b""
@@ -218,6 +252,20 @@ class Route:
 
     def _feed_raw(self, buf: bytes) -> None:
         """Unprefixed output: whole lines out, a bar refresh shown or written as it is, the rest held."""
+        if self.board is not None:
+            # On a terminal a nested bar's draw moves down a line and back: it is the area's second row, and
+            # its `\n` ends no line. (Into files tqdm's bytes go out as they are, moves included.)
+            while (m := _LOWER_BAR.search(buf)) is not None:
+                self._feed_lines(buf[: m.start()])
+                text = m.group(1)
+                if text.strip(b" "):
+                    self.board.show(self, text, 1)
+                else:
+                    self.board.clear(self, 1)
+                buf = self.remainder + buf[m.end() :]
+        self._feed_lines(buf)
+
+    def _feed_lines(self, buf: bytes) -> None:
         cut = buf.rfind(b"\n") + 1
         tail = buf[cut:]
         if cut:
@@ -375,7 +423,7 @@ class Console:
         self.err = Sink(stderr, line)
         self._filtered: dict[str, OutputFile | None] = {}
         self._warned: set[str] = set()
-        # On a terminal, worker progress bars (on their stderr) stay on the bottom line.
+        # On a terminal, worker progress bars (on their stderr) stay on the bottom lines.
         self.board = StatusBoard() if pin_bars else None
         self._out_on_terminal = pin_bars and _isatty(stdout)
         self._stderr = stderr
@@ -474,13 +522,16 @@ class Console:
         else:
             scrolls = self.err.pending or (self._out_on_terminal and self.out.pending)
             if board.shown and (scrolls or board.changed):
-                self.err.raw(ERASE_LINE)
-                board.shown = False
+                self.err.raw(erase_rows(board.shown))
+                board.shown = 0
             self.out.flush()
             self.err.flush()
             if board.owner is not None and not board.shown:
-                self.err.raw(fit_line(board.text, self.columns()))
-                board.shown = True
+                columns = self.columns()
+                rows = board.rows()
+                # The area's rows, the cursor left at the end of the bottom one (where tqdm leaves it).
+                self.err.raw(b"\n".join(fit_line(row, columns) for row in rows))
+                board.shown = len(rows)
             board.changed = False
 
     def close_files(self) -> None:

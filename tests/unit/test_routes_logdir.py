@@ -17,6 +17,7 @@ from fakerun.launcher.console import (
     Route,
     RouteSpec,
     Sink,
+    erase_rows,
     fit_line,
     route_spec,
 )
@@ -222,6 +223,82 @@ class TestLiveBars:
         bar.feed(b"\n")
         console.flush()
         assert err.getvalue() == b"windows line\r\n"
+
+
+class TestNestedBars:
+    """tqdm's nested bars (positions 0 and 1): two rows pinned to a terminal's bottom, raw into files."""
+
+    OUTER = b"\rTraining:  0%| | 0/2"
+    INNER = b"\n\rEpoch 1/2:  10%| | 1/10\x1b[A"
+
+    def console(self) -> tuple[Console, Tty, Route, Route]:
+        term = Tty()
+        console = Console(term, term, pin_bars=True)  # one terminal: the true order of every byte
+        spec = RouteSpec(True, "", False, False)
+        return (
+            console,
+            term,
+            Route(spec, console.err, None, None, [], console.board),
+            Route(spec, console.out, None, None, []),
+        )
+
+    def test_two_rows_drawn_and_redrawn_whole(self) -> None:
+        """Both bars on the area's two rows; a refresh of the lower one erases both rows and draws both."""
+        console, term, bar, _ = self.console()
+        bar.feed(self.OUTER + self.INNER)
+        console.flush()
+        assert term.getvalue() == b"Training:  0%| | 0/2\nEpoch 1/2:  10%| | 1/10"
+        bar.feed(b"\n\rEpoch 1/2:  20%| | 2/10\x1b[A")
+        console.flush()
+        assert term.getvalue().endswith(erase_rows(2) + b"Training:  0%| | 0/2\nEpoch 1/2:  20%| | 2/10")
+        assert erase_rows(2) == ERASE_LINE + b"\x1b[A\x1b[K"
+
+    def test_other_lines_scroll_above_both_rows(self) -> None:
+        """Another rank's line goes out between the erase and the redraw: never inside the area's rows."""
+        console, term, bar, other = self.console()
+        bar.feed(self.OUTER + self.INNER)
+        console.flush()
+        before = len(term.getvalue())
+        other.feed(b"rank 3 says hi\n")
+        console.flush()
+        assert term.getvalue()[before:] == (
+            erase_rows(2) + b"rank 3 says hi\n" + b"Training:  0%| | 0/2\nEpoch 1/2:  10%| | 1/10"
+        )
+
+    def test_blanked_lower_bar_shrinks_the_area_then_outer_close_is_a_line(self) -> None:
+        """leave=False blanks the lower bar (one row left); the outer's close leaves its last state."""
+        console, term, bar, _ = self.console()
+        bar.feed(self.OUTER + self.INNER)
+        console.flush()
+        bar.feed(b"\n\r" + b" " * 24 + b"\x1b[A\rTraining: 50%| | 1/2")
+        console.flush()
+        assert term.getvalue().endswith(erase_rows(2) + b"Training: 50%| | 1/2")
+        assert console.board is not None and console.board.rows() == [b"Training: 50%| | 1/2"]
+        bar.feed(b"\rTraining: 100%| | 2/2\n")
+        console.flush()
+        assert term.getvalue().endswith(ERASE_LINE + b"Training: 100%| | 2/2\n")
+        assert console.board.owner is None
+
+    def test_rows_cut_to_the_width(self) -> None:
+        """Each row is cut to the terminal's width, so neither wraps and the erase stays exact."""
+        console, term, bar, _ = self.console()
+        bar.feed(b"\r" + b"a" * 300 + b"\n\r" + b"b" * 300 + b"\x1b[A")
+        console.flush()
+        top, bottom = term.getvalue().split(b"\n")
+        assert len(top) == len(bottom) == console.columns() - 1
+
+    def test_into_a_file_tqdm_bytes_pass_through(self) -> None:
+        """Not on a terminal, the moves go out as tqdm wrote them; another line first ends the bar's line."""
+        out = io.BytesIO()
+        console = Console(out, out)
+        spec = RouteSpec(True, "", False, False)
+        bar = Route(spec, console.err, None, None, [])
+        other = Route(spec, console.err, None, None, [])
+        bar.feed(self.OUTER + self.INNER)
+        bar.feed(self.INNER)
+        other.feed(b"hello\n")
+        console.flush()
+        assert out.getvalue() == self.OUTER + self.INNER + self.INNER + b"\nhello\n"
 
 
 class TestLogDir:
