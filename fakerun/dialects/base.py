@@ -26,13 +26,17 @@ class BarDraw:
     """A progress bar redrawn in place on stderr (tqdm's `\\r` + meter)."""
 
     text: str
+    position: int = 0  # tqdm's position=: a nested bar drawn that many lines below the cursor's
 
 
 @dataclass(frozen=True)
 class BarClose:
-    """The progress bar's last state (None: as last drawn) and the newline that ends it, as tqdm.close()."""
+    """The progress bar's last state (None: as last drawn) and the newline that ends it, as tqdm.close().
+
+    A nested bar (position > 0) closes as tqdm's leave=False does: its line is blanked, no newline."""
 
     text: str | None = None
+    position: int = 0
 
 
 Output: TypeAlias = Line | BarDraw | BarClose

@@ -180,6 +180,16 @@ class CheckpointLoaded:
 
 
 @dataclass(frozen=True)
+class WeightsLoading:
+    """`shard` of `shards` safetensors shards (5 GB each) of pretrained weights or a checkpoint are read
+    after `elapsed_s` (transformers' `Loading checkpoint shards` bar)."""
+
+    shard: int
+    shards: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
 class TrainingStarted:
     """The step loop begins (its first step waits for the slowest rank's start-up)."""
 
@@ -369,6 +379,30 @@ class CheckpointSaved:
     bandwidth_gbs: float
 
 
+@dataclass(frozen=True)
+class SlowPause:
+    """An evaluation or a checkpoint save after `step` took much longer than usual (a rare stall)."""
+
+    step: int
+    phase: str  # "eval" or "checkpoint"
+    seconds: float
+    usual_s: float  # what such a pause takes without the stall
+    train_steps: float  # the pause in training steps of the job's expected step time
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    """A pass over the dataset has ended after `step` (and the evaluation and save that followed it)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    train_loss: float  # mean training loss over the epoch's steps in this run
+    val_loss: float  # the epoch's last evaluation (nan if none ran in it)
+    tokens: int  # trained in this epoch by this run
+    seconds: float  # simulated time of the epoch in this run, pauses included
+
+
 # -- the end ----------------------------------------------------------------------------------------------
 
 
@@ -436,6 +470,7 @@ Event: TypeAlias = (
     | ModelBuilt
     | CheckpointLoading
     | CheckpointLoaded
+    | WeightsLoading
     | TrainingStarted
     | StepDone
     | MemoryReport
@@ -450,6 +485,8 @@ Event: TypeAlias = (
     | EvalDone
     | CheckpointSaving
     | CheckpointSaved
+    | SlowPause
+    | EpochDone
     | ModelExported
     | RunSummary
     | TrainingFinished

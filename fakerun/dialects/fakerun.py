@@ -29,10 +29,12 @@ from fakerun.dialects.events import (
     DatasetReady,
     DeviceSelected,
     EarlyStoppingCheck,
+    EpochDone,
     EvalDone,
     EvalStarted,
     Event,
     GradientSync,
+    JobStarted,
     LossSpike,
     MemoryReport,
     ModelBuilt,
@@ -43,22 +45,26 @@ from fakerun.dialects.events import (
     ProcessGroupInitializing,
     ProcessGroupReady,
     RunSummary,
+    SlowPause,
     StepDone,
     Straggler,
     TokenizerLoaded,
     TrainingFinished,
     TrainingStarted,
     TrainingStopped,
+    WeightsLoading,
     WorkerStarted,
 )
 from fakerun.render import bar
 from fakerun.render.summary import summary_table
+from fakerun.sim.run import RunPlan
 
 _MIB = 1024.0**2
 
 # Events only rank 0 prints (a real script guards its logging with `if rank == 0`).
 _RANK0: frozenset[type[Event]] = frozenset(
     {
+        JobStarted,
         ModelConfigured,
         ParallelismDecided,
         TokenizerLoaded,
@@ -66,6 +72,7 @@ _RANK0: frozenset[type[Event]] = frozenset(
         DatasetReady,
         CheckpointLoading,
         CheckpointLoaded,
+        WeightsLoading,
         TrainingStarted,
         StepDone,
         GradientSync,
@@ -78,6 +85,8 @@ _RANK0: frozenset[type[Event]] = frozenset(
         EarlyStoppingCheck,
         CheckpointSaving,
         CheckpointSaved,
+        SlowPause,
+        EpochDone,
         ModelExported,
         RunSummary,
     }
@@ -138,6 +147,13 @@ class FakerunDialect:
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         self.log = StructuredLog(seat.log_format, seat.rank, color=seat.color)
+        self.runs = 0  # runs begun by this process (--fake-loop runs one after another)
+        self.run: RunPlan | None = None  # the current run's plan
+        # Rank 0's bars over a run of several epochs, as nested tqdm bars: the epochs' (position 0, open since
+        # the run's first step, drawn from the job's time) over the current epoch's steps (position 1).
+        self.outer_open = False
+        self.outer_t0 = 0.0  # the job's time when the run's first step began
+        self.epoch_t0 = 0.0  # the run's training time (StepDone.elapsed_s) when this epoch's first step began
 
     def wants(self, kind: type[Event]) -> bool:
         """Rank 0 prints every event of the run; the other ranks their own start-up and end."""
@@ -149,6 +165,23 @@ class FakerunDialect:
             return ()
         info = self.log.line
         match event:
+            case JobStarted():
+                self.runs += 1
+                self.run = event.run
+                self.outer_open = False
+                if event.first:
+                    return ()
+                # --fake-loop: the script's outer loop starts training again, from scratch, with a new seed.
+                return [
+                    info(
+                        "info",
+                        "restarting training from scratch",
+                        at,
+                        run=self.runs,
+                        seed=event.run.job.seed,
+                        steps=event.run.steps,
+                    )
+                ]
             case WorkerStarted():
                 return [
                     info(
@@ -270,6 +303,8 @@ class FakerunDialect:
                         seconds=round(event.seconds, 1),
                     )
                 ]
+            case WeightsLoading():
+                return self.shards_bar(event)
             case TrainingStarted():
                 return [
                     info(
@@ -285,7 +320,7 @@ class FakerunDialect:
                     )
                 ]
             case StepDone():
-                out: list[Output] = [self.step_bar(event)]
+                out: list[Output] = list(self.step_bars(event, at))
                 if event.logged:
                     out.append(self.train_line(event, at))
                 return out
@@ -351,13 +386,18 @@ class FakerunDialect:
                     )
                 ]
             case TrainingStopped():
-                return [BarClose(), info("info", "stopping", at, step=event.step, reason=event.reason)]
+                stopping = info("info", "stopping", at, step=event.step, reason=event.reason)
+                return [*self.close_bars(event.step, at), stopping]
             case EvalStarted():
                 return [info("info", "evaluating", at, step=event.step, iters=event.iters)]
             case EvalDone():
                 return [self.validation_line(event, at)]
             case EarlyStoppingCheck():
                 return [self.patience_line(event, at)]
+            case EpochDone():
+                return [*self.epoch_bars(event, at), self.epoch_line(event, at)]
+            case SlowPause():
+                return [self.slow_pause_line(event, at)]
             case CheckpointSaving():
                 return [
                     info(
@@ -384,9 +424,18 @@ class FakerunDialect:
                     lines.append(info("info", "wrote", at, file=f"{event.path}/{f.name}", size=size))
                 return lines
             case RunSummary():
+                table = summary_table("Training summary", summary_rows(event), width=self.seat.width)
                 return [
-                    Line(text)
-                    for text in summary_table("Training summary", summary_rows(event), width=self.seat.width)
+                    info(
+                        "info",
+                        "training complete",
+                        at,
+                        steps=event.last_step - event.first_step + 1,
+                        tokens=count(event.tokens),
+                        wall_time=f"{event.wall_s:.1f}s",
+                        final_loss=_nan_or(event.final_loss, 4),
+                    ),
+                    *(Line(text) for text in table),
                 ]
             case TrainingFinished():
                 return [info("info", "training finished", at, step=event.step)]
@@ -401,6 +450,17 @@ class FakerunDialect:
             event.shards,
             event.elapsed_s,
             prefix="Loading dataset shards",
+            ncols=self.seat.bar_columns,
+        )
+        return [BarDraw(text) if event.shard < event.shards else BarClose(text)]
+
+    def shards_bar(self, event: WeightsLoading) -> list[Output]:
+        """`Loading checkpoint shards: 100%|...| 4/4`: transformers' bar while it reads safetensors shards."""
+        text = bar.meter(
+            event.shard,
+            event.shards,
+            event.elapsed_s,
+            prefix="Loading checkpoint shards",
             ncols=self.seat.bar_columns,
         )
         return [BarDraw(text) if event.shard < event.shards else BarClose(text)]
@@ -421,6 +481,99 @@ class FakerunDialect:
                 ncols=ncols,
                 initial=run.job.start_step,
             )
+        )
+
+    def step_bars(self, event: StepDone, at: float) -> list[Output]:
+        """One bar over the run, or with several epochs the epochs' bar over the current epoch's steps."""
+        run = event.run
+        if run.epochs <= 1:
+            return [self.step_bar(event)]
+        n = event.numbers
+        epoch = run.epoch_of(n.step)
+        before = (epoch - 1) * run.steps_per_epoch  # steps of the earlier epochs
+        out: list[Output] = []
+        if n.step == run.first_step or n.step == before + 1:
+            self.epoch_t0 = event.elapsed_s - n.step_time_s
+        if not self.outer_open:
+            self.outer_open = True
+            self.outer_t0 = at - n.step_time_s
+            # Drawn as tqdm draws it when the loop over epochs begins, before the first step.
+            out.append(BarDraw(self.epochs_meter(run, epoch - 1, self.outer_t0)))
+        ncols = self.seat.bar_columns
+        inner = bar.meter(
+            n.step - before,
+            min(run.steps_per_epoch, run.job.total_steps - before),
+            event.elapsed_s - self.epoch_t0,
+            prefix=f"Epoch {epoch}/{run.epochs}",
+            postfix=bar.train_postfix(n.loss, n.lr, n.tokens_per_s, width=ncols),
+            rate=bar.ema_rate(event.recent_s),
+            ncols=ncols,
+            initial=max(0, run.first_step - 1 - before),
+        )
+        out.append(BarDraw(inner, position=1))
+        return out
+
+    def epochs_meter(self, run: RunPlan, done: int, at: float) -> str:
+        """The outer bar: epochs done of the run's, over the job's time since its first step."""
+        return bar.meter(
+            done,
+            run.epochs,
+            max(0.0, at - self.outer_t0),
+            prefix="Training",
+            unit="epoch",
+            ncols=self.seat.bar_columns,
+            initial=run.epoch_of(run.first_step) - 1,
+        )
+
+    def epoch_bars(self, event: EpochDone, at: float) -> list[Output]:
+        """At an epoch's end: its steps' bar is cleared (leave=False) and the epochs' bar counts one more."""
+        if not self.outer_open or self.run is None:
+            return []  # the run's bars closed when training stopped, the last epoch's count with them
+        return [BarClose(position=1), BarDraw(self.epochs_meter(self.run, event.epoch, at))]
+
+    def close_bars(self, step: int, at: float) -> list[Output]:
+        """tqdm.close() of the run's bars when training stops: the nested one blanked, the outer one left
+        with the epochs done (the one `step` ends included)."""
+        run = self.run
+        if not self.outer_open or run is None:
+            return [BarClose()]
+        self.outer_open = False
+        ends = step % run.steps_per_epoch == 0 or step >= run.job.total_steps
+        done = run.epoch_of(step) - (0 if ends else 1)
+        return [BarClose(position=1), BarClose(self.epochs_meter(run, done, at))]
+
+    def epoch_line(self, event: EpochDone, at: float) -> Line:
+        """The `epoch complete` event: the epoch's mean training loss, its validation, tokens and time."""
+        fields: dict[str, Any] = {
+            "epoch": f"{event.epoch}/{event.epochs}",
+            "step": event.step,
+            "train_loss": _nan_or(event.train_loss, 4),
+        }
+        if not math.isnan(event.val_loss):
+            fields["val_loss"] = round(event.val_loss, 4)
+        fields["tokens"] = count(event.tokens)
+        fields["seconds"] = round(event.seconds, 1)
+        return self.log.line("info", "epoch complete", at, **fields)
+
+    def slow_pause_line(self, event: SlowPause, at: float) -> Line:
+        """A warning about an evaluation or a checkpoint save that took far longer than usual."""
+        if event.phase == "eval":
+            return self.log.line(
+                "warning",
+                "evaluation slower than usual",
+                at,
+                step=event.step,
+                seconds=round(event.seconds, 1),
+                usual_s=round(event.usual_s, 1),
+                train_steps=round(event.train_steps, 1),
+            )
+        return self.log.line(
+            "warning",
+            "checkpoint save slower than usual",
+            at,
+            step=event.step,
+            seconds=round(event.seconds, 1),
+            usual_s=round(event.usual_s, 1),
         )
 
     def train_line(self, event: StepDone, at: float) -> Line:

@@ -21,6 +21,8 @@ OPTIMIZER_BYTES = 12
 # One Python process serialising safetensors (device-to-host copy, then write) sustains ~1-2 GB/s whatever the
 # file system [mem: operator experience; no log in reference/]: save_pretrained is single-writer.
 SINGLE_WRITER_GBS = 1.5
+# One pause (save or evaluation) in this many is stalled [mem: operator experience on shared Lustre/NFS].
+SLOW_PAUSE_ODDS = 40
 COMPANION_FILES = (
     "config.json",
     "generation_config.json",
@@ -66,13 +68,28 @@ def _read_bandwidth(job: JobSpec) -> float:
     return _bandwidth(job, job.storage.read_gbs, job.storage.per_node_read_gbs)
 
 
-def save_seconds(job: JobSpec, step: int, *, full: bool = True) -> float:
-    """Seconds to save a checkpoint at `step`: bytes over the write bandwidth, plus barriers, metadata."""
+def usual_save_seconds(job: JobSpec, *, full: bool = True) -> float:
+    """Seconds a checkpoint save takes without jitter or stall: bytes over the write bandwidth, plus barriers
+    and metadata."""
     nbytes = checkpoint_bytes(job.model, full=full)
     files_per_node = job.nproc_per_node + 2
     fixed = 1.0 + files_per_node * job.storage.open_latency_ms / 1000.0
+    return nbytes / _write_bandwidth(job) + fixed
+
+
+def storage_stall(job: JobSpec, stream: str, step: int) -> float:
+    """A rare slow-down of a pause after `step` (another job's I/O on shared storage, a metadata server's
+    hiccup, a cold page cache): x2-4 about once in SLOW_PAUSE_ODDS, else 1. Never at step 0, whose pause
+    sizes the default cadences."""
+    if step <= 0 or rand.uniform(job.seed, stream, step) >= 1.0 / SLOW_PAUSE_ODDS:
+        return 1.0
+    return 2.0 + 2.0 * rand.uniform(job.seed, stream + "-x", step)
+
+
+def save_seconds(job: JobSpec, step: int, *, full: bool = True) -> float:
+    """Seconds to save a checkpoint at `step`: the usual time, jittered, now and then stalled."""
     jitter = 1.0 + 0.08 * rand.normal(job.seed, "ckpt-save", step)
-    return (nbytes / _write_bandwidth(job) + fixed) * max(0.8, jitter)
+    return usual_save_seconds(job, full=full) * max(0.8, jitter) * storage_stall(job, "ckpt-stall", step)
 
 
 def load_seconds(job: JobSpec, *, full: bool = True) -> float:

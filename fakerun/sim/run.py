@@ -184,13 +184,20 @@ def looped(run: RunPlan, index: int) -> RunPlan:
     )
 
 
-def eval_seconds(job: JobSpec, iters: int, step: int) -> float:
-    """One evaluation: `iters` global batches forward only (2N FLOPs per token) at the job's MFU."""
+def usual_eval_seconds(job: JobSpec, iters: int) -> float:
+    """One evaluation without jitter or stall: `iters` global batches forward only (2N FLOPs per token) at
+    the job's MFU."""
     tokens = iters * job.tokens_per_step
     flops = 2.0 * job.model.active_params * tokens
     rate = job.world_size * compute.mfu_center(job) * job.gpu.peak_bf16_tflops * 1e12
+    return flops / rate * (1.0 + EVAL_MARGIN)
+
+
+def eval_seconds(job: JobSpec, iters: int, step: int) -> float:
+    """One evaluation after `step`: the usual time, jittered, now and then stalled (validation shards read
+    cold from shared storage)."""
     jitter = 1.0 + 0.03 * rand.normal(job.seed, "eval-time", step)
-    return flops / rate * (1.0 + EVAL_MARGIN) * jitter
+    return usual_eval_seconds(job, iters) * jitter * checkpoint.storage_stall(job, "eval-stall", step)
 
 
 # Start-up bands, simulated seconds on a real GPU node. The interpreter with `import torch` (CUDA build, its
@@ -250,7 +257,11 @@ def startup_times(job: JobSpec, rank: int, *, resume: bool) -> StartupTimes:
     # group; NCCL init grows with log(world size) (bootstrap all-gather, ring and tree search).
     init = 1.5 + 0.25 * job.model.params / 1e9 / max(job.tp * job.pp, 1) ** 0.5
     nccl = 0.6 + 0.45 * math.log2(max(job.world_size, 2))
-    load = checkpoint.load_seconds(job) if resume else 0.0
+    # A resumption reads the whole checkpoint; a fine-tune the pretrained weights (bf16) before step one.
+    if resume:
+        load = checkpoint.load_seconds(job)
+    else:
+        load = checkpoint.load_seconds(job, full=False) if job.regime == "finetune" else 0.0
     return StartupTimes(
         import_s=import_s,
         cuda_s=cuda_s,

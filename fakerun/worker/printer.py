@@ -28,6 +28,7 @@ class Printer:
         self._stdout = stdout
         self._stderr = stderr
         self.bar_open = False
+        self._nested: dict[int, int] = {}  # position -> columns of the nested bar last drawn there
 
     @classmethod
     def for_rank(cls, dialect: str, seat: Seat, clock: Callable[[], float]) -> Printer:
@@ -59,6 +60,14 @@ class Printer:
             err = self._stderr or sys.stderr
             if isinstance(item, Line):
                 err.write(item.text + "\n")
+            elif isinstance(item, BarDraw) and item.position:
+                # tqdm's moveto(position), the refresh, moveto(-position): one write, whole in the pipe.
+                err.write(_nested(item.position, item.text))
+                self._nested[item.position] = len(item.text)
+            elif isinstance(item, BarClose) and item.position:
+                # leave=False: tqdm blanks the nested bar's line with as many spaces as it held.
+                if item.position in self._nested:
+                    err.write(_nested(item.position, " " * self._nested.pop(item.position)))
             elif isinstance(item, BarDraw):
                 err.write("\r" + item.text)
                 self.bar_open = True
@@ -77,3 +86,8 @@ class Printer:
             out = self._stdout or sys.stdout
             out.write("".join(pending))
             out.flush()
+
+
+def _nested(position: int, text: str) -> str:
+    """A nested bar's refresh as tqdm writes it: down `position` lines, `\\r` and the text, back up."""
+    return "\n" * position + "\r" + text + "\x1b[A" * position

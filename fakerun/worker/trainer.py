@@ -4,6 +4,7 @@ end), which emits typed events to the rank's printer and knows no framework's fo
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -22,6 +23,7 @@ from fakerun.dialects.events import (
     DatasetReady,
     DeviceSelected,
     EarlyStoppingCheck,
+    EpochDone,
     EvalDone,
     EvalStarted,
     GpuGrid,
@@ -38,12 +40,14 @@ from fakerun.dialects.events import (
     ProcessGroupInitializing,
     ProcessGroupReady,
     RunSummary,
+    SlowPause,
     StepDone,
     Straggler,
     TokenizerLoaded,
     TrainingFinished,
     TrainingStarted,
     TrainingStopped,
+    WeightsLoading,
     WorkerStarted,
 )
 from fakerun.presets import host_name
@@ -53,7 +57,7 @@ from fakerun.sim import checkpoint, compute, ds_lossscale, estimates, identity, 
 from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
-from fakerun.sim.run import JobClock, RunPlan, looped, startup_times
+from fakerun.sim.run import JobClock, RunPlan, looped, startup_times, usual_eval_seconds
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
@@ -63,6 +67,10 @@ from fakerun.worker.printer import Printer
 
 # Steps over which rank 0's bar smooths its rate (tqdm keeps a moving average; older steps weigh nothing).
 _BAR_WINDOW = 50
+# A pause worth a warning: this many times its usual length (a stall), and an evaluation also longer than
+# this many training steps.
+_SLOW_PAUSE = 1.5
+_SLOW_EVAL_STEPS = 5
 
 
 class CudaOutOfMemory(Exception):
@@ -98,6 +106,24 @@ class SimContext:
     settings: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass
+class _EpochTally:
+    """What the phase loop counts over the current epoch of the run, for its EpochDone."""
+
+    clock0: float  # the job's time when this run's part of the epoch began
+    steps: int = 0
+    loss_sum: float = 0.0
+    losses: int = 0  # steps with a finite loss
+    val_loss: float = math.nan
+
+    def add(self, value: float) -> None:
+        """One more step with this training loss (a NaN loss counts as a step, not in the mean)."""
+        self.steps += 1
+        if not math.isnan(value):
+            self.loss_sum += value
+            self.losses += 1
+
+
 def _with_warmup(n: StepNumbers, overhead_s: float) -> StepNumbers:
     """A step's figures as measured over its wall time plus `overhead_s` of warm-up (the first step)."""
     f = n.step_time_s / (n.step_time_s + overhead_s)
@@ -127,6 +153,7 @@ class RankTrainer:
         # step after which the validation that used up the patience already ran.
         self.patience: Patience | None = None
         self._evaluated: int | None = None
+        self._tally = _EpochTally(0.0)
         self.born = time.monotonic()  # the fork, give or take the few ms the launcher took to get here
         # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
         # are stamped from the former, so a late wake-up is not multiplied by --fake-speed into the log.
@@ -310,13 +337,13 @@ class RankTrainer:
                 layers_on_rank=job.stage_layers(pp_rank),
                 pp_rank=pp_rank,
                 theory=megatron_figures.theory(job),
-                weights_bytes=built.weights,
-                init_s=times.model_init_s,
-                capacity_bytes=built.capacity,
                 groups=estimates.param_groups(job.model),
                 reported_params=estimates.nanogpt_num_params(job.model),
                 padded_params=estimates.gpt_params(job.model),
                 padded_vocab=estimates.padded_vocab(job.model),
+                weights_bytes=built.weights,
+                init_s=times.model_init_s,
+                capacity_bytes=built.capacity,
             )
         )
         if resume:
@@ -326,7 +353,7 @@ class RankTrainer:
                     step=job.start_step, path=path, nbytes=checkpoint.checkpoint_bytes(job.model)
                 )
             )
-            t = self._pace_from(t, times.load_s)
+            t = self._load_weights(t, times.load_s, checkpoint.checkpoint_bytes(job.model))
             emit(
                 CheckpointLoaded(
                     step=job.start_step,
@@ -337,6 +364,9 @@ class RankTrainer:
                     seconds=times.load_s,
                 )
             )
+        elif job.regime == "finetune":
+            # from_pretrained: the base model's bf16 weights, shard by shard.
+            t = self._load_weights(t, times.load_s, checkpoint.checkpoint_bytes(job.model, full=False))
         model_ms, data_ms = megatron_figures.setup_timers_ms(job, resume=resume)
         emit(
             TrainingStarted(
@@ -367,6 +397,18 @@ class RankTrainer:
                 self._sleep_until(start + sim_elapsed / self.ctx.speed)
         return start + seconds / self.ctx.speed
 
+    def _load_weights(self, start: float, seconds: float, nbytes: int) -> float:
+        """Reads `nbytes` of weights as 5 GB safetensors shards (a loader's bar, where it is printed)."""
+        if not self.out.wants(WeightsLoading):
+            return self._pace_from(start, seconds)
+        shards = max(1, -(-nbytes // checkpoint.HF_SHARD_BYTES))
+        for i in range(shards + 1):
+            # Every shard but the last is full: each takes its bytes' share of the read.
+            sim_elapsed = seconds * min(i * checkpoint.HF_SHARD_BYTES, nbytes) / nbytes
+            self._sleep_until(start + sim_elapsed / self.ctx.speed)
+            self.out.emit(WeightsLoading(shard=i, shards=shards, elapsed_s=sim_elapsed))
+        return start + seconds / self.ctx.speed
+
     def train(self) -> tuple[int, float, float]:
         """The step loop; returns the last step, when it ended (monotonic) and when training began (wall)."""
         job = self.run.job
@@ -380,6 +422,7 @@ class RankTrainer:
         prev: StepNumbers | None = None
         step = run.first_step
         clock0, loss_sum = self.out.clock(), 0.0  # HF Trainer's train_runtime and train_loss
+        self._tally = _EpochTally(clock0)
         # Trainers' own running estimates (nanoGPT's running_mfu, llm.c's outlier windows and tok/s EMA).
         running_mfu, tps_ema = -1.0, 0.0
         losses: list[float] = []
@@ -405,6 +448,7 @@ class RankTrainer:
             step_times.append(numbers.step_time_s + overhead)
             sim_elapsed += numbers.step_time_s + overhead
             loss_sum += numbers.loss
+            self._tally.add(numbers.loss)
             if overhead:
                 # Iteration 1 took its warm-up too: its printed time and throughput say so.
                 numbers = _with_warmup(numbers, overhead)
@@ -430,11 +474,16 @@ class RankTrainer:
             # Megatron's counters cover the iterations since its previous log line (or the run's start).
             since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
             scaled = lossscale.loss_scale(job, job.seed, step)
+            ds_scaled = None
+            if ds_fp16 and ds is not None and ds_state is not None:
+                ds_scaled = ds_lossscale.advance(
+                    ds_state, job.seed, step, delayed_shift=ds.hysteresis, window=ds.loss_scale_window
+                )
+                ds_state = ds_scaled.state
             skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
             # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
             # (warm-up included on iteration 1), scaled by its own token rate against the job's.
             ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
-            titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
             index = step - run.first_step
             if logged and index >= estimates.NANOGPT_SETTLE_ITERS:
                 mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
@@ -444,12 +493,7 @@ class RankTrainer:
             losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
             norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
             tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
-            ds_scaled = None
-            if ds_fp16 and ds is not None and ds_state is not None:
-                ds_scaled = ds_lossscale.advance(
-                    ds_state, job.seed, step, delayed_shift=ds.hysteresis, window=ds.loss_scale_window
-                )
-                ds_state = ds_scaled.state
+            titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
             emit(
                 StepDone(
                     run=run,
@@ -468,13 +512,13 @@ class RankTrainer:
                     megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
                     samples_per_s=job.global_batch / interval_s,
                     timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
-                    # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
-                    gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
                     nanogpt_mfu=running_mfu,
                     llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
                     loss_z=loss_z,
                     norm_z=norm_z,
                     llmc_tokens_per_s=llmc_tps,
+                    # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
+                    gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
                     ds_scale=ds_scaled,
                     timed_s=sum(step_times[2:]),
                     timed_steps=max(0, len(step_times) - 2),
@@ -505,6 +549,7 @@ class RankTrainer:
                 )
                 return step, released, wall_start
             self._pauses(step, released, final=False)
+            self._epoch_end(step)
             prev = numbers
             step += 1
 
@@ -638,6 +683,8 @@ class RankTrainer:
                     train_loss=loss.expected_loss(job, step),
                 )
             )
+            self._tally.val_loss = value
+            self._slow_pause(step, phase, seconds)
             if self.patience is not None and run.evaluates_after(step):
                 self.patience.observe(step, value)
                 p = self.patience
@@ -662,10 +709,47 @@ class RankTrainer:
                     step=step, path=path, nbytes=nbytes, seconds=seconds, bandwidth_gbs=nbytes / seconds / 1e9
                 )
             )
+            self._slow_pause(step, phase, seconds)
+
+    def _slow_pause(self, step: int, phase: str, seconds: float) -> None:
+        """A warning when the pause after `step` stalled far beyond its usual length (sim's rare stalls)."""
+        job = self.run.job
+        if phase == "eval":
+            usual = usual_eval_seconds(job, self.run.eval_iters)
+        else:
+            usual = checkpoint.usual_save_seconds(job)
+        step_s = compute.expected_step_time(job)
+        if seconds > _SLOW_PAUSE * usual and (phase != "eval" or seconds > _SLOW_EVAL_STEPS * step_s):
+            steps = seconds / step_s
+            self.out.emit(
+                SlowPause(step=step, phase=phase, seconds=seconds, usual_s=usual, train_steps=steps)
+            )
+
+    def _epoch_end(self, step: int) -> None:
+        """The epoch that `step` ends, if it ends one, after that step's evaluation and save."""
+        run = self.run
+        tally = self._tally
+        if tally.steps == 0 or (step % run.steps_per_epoch and step < run.job.total_steps):
+            return
+        now = self.out.clock()
+        if self.out.wants(EpochDone):
+            self.out.emit(
+                EpochDone(
+                    epoch=run.epoch_of(step),
+                    epochs=run.epochs,
+                    step=step,
+                    train_loss=tally.loss_sum / tally.losses if tally.losses else math.nan,
+                    val_loss=tally.val_loss,
+                    tokens=tally.steps * run.job.tokens_per_step,
+                    seconds=now - tally.clock0,
+                )
+            )
+        self._tally = _EpochTally(now)
 
     def finish(self, last: int, released: float, wall_start: float) -> None:
         """After the last step: final evaluation and save, then the export and the run's summary."""
         self._pauses(last, released, final=True)
+        self._epoch_end(last)
         self._phase(last, "idle")
         job = self.run.job
         out_dir = f"hf_export/{job.model.name}"

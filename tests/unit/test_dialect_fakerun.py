@@ -1,15 +1,25 @@
-"""fakerun's own style: the early-stopping counter, the OOM message, and the rule behind early stopping."""
+"""fakerun's own style: the early-stopping counter, the OOM message, the rule behind early stopping, the
+nested epoch bars, epoch lines, the shards bar, slow-pause warnings, the success and --fake-loop lines."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import math
 import re
 
+from fakerun import presets
 from fakerun.dialects import events as ev
-from fakerun.dialects.base import Line, Seat
+from fakerun.dialects.base import BarClose, BarDraw, Line, Seat
 from fakerun.dialects.fakerun import FakerunDialect
 from fakerun.render.oom import format_size, oom_message, oom_traceback
+from fakerun.sim.checkpoint import HF_SHARD_BYTES, checkpoint_bytes
+from fakerun.sim.job import make_job
 from fakerun.sim.memory import OomFigures
+from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.step import step_numbers
 from fakerun.sim.stopping import Patience
+from fakerun.worker.printer import Printer
 
 GIB = 1024.0**3
 
@@ -99,3 +109,175 @@ class TestOomMessage:
         assert frames[-1].startswith(
             '[rank3]:   File "/env/lib/python3.11/site-packages/torch/autograd/graph.py"'
         )
+
+
+AT = 1_795_000_000.0
+OUTER = re.compile(r"^Training:\s+\d+%\|.*\| (\d+)/(\d+) \[")
+INNER = re.compile(r"^Epoch (\d+)/(\d+):\s+\d+%\|.*\| (\d+)/(\d+) \[.*loss=")
+FIELDS = re.compile(r"(\w+)=('[^']*'|\S+)")
+
+
+def small_run(epochs: int, steps: int = 12) -> RunPlan:
+    """A run of `steps` steps over `epochs` epochs of Llama 3.2 1B on 2 GPUs."""
+    b = presets.resolve("llama3.2-1b")
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=2, total_steps=steps)
+    return make_run(job, epochs=epochs)
+
+
+def step_done(run: RunPlan, step: int) -> ev.StepDone:
+    """Step `step` as the phase loop reports it (one step's time each)."""
+    n = step_numbers(run.job, 0, step)
+    return ev.StepDone(
+        run=run,
+        numbers=n,
+        elapsed_s=step * n.step_time_s,
+        recent_s=(n.step_time_s,),
+        interval_s=n.step_time_s,
+        epoch=step / run.steps_per_epoch,
+        rank_tflops=n.tflops_per_gpu,
+        rank_mfu=n.mfu,
+        logged=False,
+    )
+
+
+def epoch_done(run: RunPlan, step: int) -> ev.EpochDone:
+    """The end of the epoch `step` ends."""
+    return ev.EpochDone(
+        epoch=run.epoch_of(step),
+        epochs=run.epochs,
+        step=step,
+        train_loss=2.5,
+        val_loss=math.nan,
+        tokens=run.steps_per_epoch * run.job.tokens_per_step,
+        seconds=60.0,
+    )
+
+
+def fields(line: str) -> dict[str, str]:
+    """A console event line's key=value fields."""
+    return dict(FIELDS.findall(line))
+
+
+def bar_states(stderr: str) -> list[tuple[int, str]]:
+    """What a terminal would show of each refresh: (position, text) in order, blanked rows as ''."""
+    states = []
+    for m in re.finditer(r"(\n?)\r([^\r\n\x1b]*)(\x1b\[A)?", stderr):
+        states.append((1 if m.group(1) and m.group(3) else 0, m.group(2).strip()))
+    return states
+
+
+class TestNestedEpochBars:
+    """A run of several epochs: the epochs' bar (position 0) over the current epoch's steps (position 1)."""
+
+    def run_through(self, run: RunPlan, last: int) -> str:
+        """Rank 0's stderr for steps 1..last, epoch ends included, then the stop."""
+        err = io.StringIO()
+        printer = Printer([dialect()], clock=lambda: AT, stdout=io.StringIO(), stderr=err)
+        printer.emit(ev.JobStarted(run=run, first=True, resume=False))
+        for step in range(1, last + 1):
+            printer.emit(step_done(run, step))
+            if step == last:
+                printer.emit(ev.TrainingStopped(step=step, reason="reached max steps"))
+            if step % run.steps_per_epoch == 0:
+                printer.emit(epoch_done(run, step))
+        return err.getvalue()
+
+    def test_outer_counts_epochs_inner_counts_the_epochs_steps(self) -> None:
+        """Outer 0/3 first; each step redraws the lower bar only; an epoch's end blanks it and counts one."""
+        run = small_run(epochs=3)
+        states = bar_states(self.run_through(run, 12))
+        outer = [(int(m[1]), int(m[2])) for p, t in states if p == 0 and (m := OUTER.match(t))]
+        assert outer == [(0, 3), (1, 3), (2, 3), (3, 3)]
+        inner = [tuple(map(int, m.groups())) for p, t in states if p == 1 and (m := INNER.match(t))]
+        assert inner == [(s // 4 + 1, 3, s % 4 + 1, 4) for s in range(12)]
+        blanks = [i for i, (p, t) in enumerate(states) if p == 1 and not t]
+        assert len(blanks) == 3  # each epoch's bar, left=False
+
+    def test_stop_mid_epoch_keeps_the_epochs_done(self) -> None:
+        """Stopped in epoch 2, the outer bar closes at 1/3 and ends its line."""
+        run = small_run(epochs=3)
+        err = self.run_through(run, 6)
+        assert err.endswith("\n")
+        last = bar_states(err)[-1]
+        m = OUTER.match(last[1])
+        assert last[0] == 0 and m is not None and (m[1], m[2]) == ("1", "3")
+
+    def test_one_epoch_keeps_one_bar(self) -> None:
+        """A run of one epoch draws its single bar over the run's steps, never a nested one."""
+        run = small_run(epochs=1)
+        outputs = [o for s in range(1, 4) for o in dialect().render(step_done(run, s), AT)]
+        assert outputs and all(isinstance(o, BarDraw) and o.position == 0 for o in outputs)
+        assert all(
+            text.startswith("Epoch 1/1:") for text in (o.text for o in outputs if isinstance(o, BarDraw))
+        )
+
+
+class TestEpochLine:
+    """`epoch complete` on rank 0 with the epoch's figures; the validation only when one ran."""
+
+    def test_fields(self) -> None:
+        """Epoch k/N, step, mean train loss, val loss if evaluated, tokens, seconds."""
+        run = small_run(epochs=3)
+        event = dataclasses.replace(epoch_done(run, 4), val_loss=2.4321)
+        (line,) = [o for o in dialect().render(event, AT) if isinstance(o, Line)]
+        f = fields(line.text)
+        assert "[info     ] epoch complete" in line.text
+        assert (f["epoch"], f["step"], f["train_loss"], f["val_loss"], f["seconds"]) == (
+            "1/3",
+            "4",
+            "2.5",
+            "2.4321",
+            "60.0",
+        )
+        assert "val_loss" not in fields(
+            next(o.text for o in dialect().render(epoch_done(run, 4), AT) if isinstance(o, Line))
+        )
+
+    def test_only_rank_0(self) -> None:
+        """Other ranks print no epoch line."""
+        assert dialect(1).render(epoch_done(small_run(epochs=3), 4), AT) == ()
+
+
+class TestShardsBar:
+    """transformers' `Loading checkpoint shards` bar while pretrained weights or a checkpoint are read."""
+
+    def test_bar_then_closed_at_the_last_shard(self) -> None:
+        """Drawn while shards remain; the last one closes it at 100% with every shard counted."""
+        d = dialect()
+        shards = -(-checkpoint_bytes(presets.resolve("llama3-8b").model, full=False) // HF_SHARD_BYTES)
+        assert shards == 4  # Llama 3 8B ships as 4 safetensors shards of at most 5 GB
+        drawn = d.render(ev.WeightsLoading(shard=1, shards=shards, elapsed_s=0.8), AT)
+        done = d.render(ev.WeightsLoading(shard=shards, shards=shards, elapsed_s=3.3), AT)
+        assert len(drawn) == 1 and isinstance(drawn[0], BarDraw)
+        assert drawn[0].text.startswith("Loading checkpoint shards:  25%|")
+        assert len(done) == 1 and isinstance(done[0], BarClose) and done[0].text is not None
+        assert re.match(
+            r"Loading checkpoint shards: 100%\|█+\| 4/4 \[00:03<00:00, +[\d.]+it/s\]$", done[0].text
+        )
+
+
+class TestWarningsAndEndLines:
+    """Slow pauses warn; the run ends with a success line before the table; --fake-loop marks each new run."""
+
+    def test_slow_pauses(self) -> None:
+        """A stalled checkpoint and a stalled evaluation each give a warning with their figures."""
+        d = dialect()
+        ckpt = d.render(
+            ev.SlowPause(step=500, phase="checkpoint", seconds=41.2, usual_s=12.3, train_steps=20), AT
+        )
+        evl = d.render(ev.SlowPause(step=500, phase="eval", seconds=30.0, usual_s=9.0, train_steps=25.0), AT)
+        assert isinstance(ckpt[0], Line) and "[warning  ] checkpoint save slower than usual" in ckpt[0].text
+        assert (fields(ckpt[0].text)["seconds"], fields(ckpt[0].text)["usual_s"]) == ("41.2", "12.3")
+        assert isinstance(evl[0], Line) and "[warning  ] evaluation slower than usual" in evl[0].text
+        assert fields(evl[0].text)["train_steps"] == "25.0"
+
+    def test_loop_line_on_the_next_runs_only(self) -> None:
+        """The first run prints nothing; each next one its number and seed."""
+        d = dialect()
+        run = small_run(epochs=1)
+        assert d.render(ev.JobStarted(run=run, first=True, resume=False), AT) == ()
+        later = dataclasses.replace(run, job=dataclasses.replace(run.job, seed=run.job.seed + 1))
+        (line,) = d.render(ev.JobStarted(run=later, first=False, resume=False), AT)
+        assert isinstance(line, Line) and "restarting training from scratch" in line.text
+        assert (fields(line.text)["run"], fields(line.text)["seed"]) == ("2", str(run.job.seed + 1))
+        assert dialect(1).render(ev.JobStarted(run=later, first=False, resume=False), AT) == ()

@@ -77,6 +77,7 @@ def sample_events() -> list[ev.Event]:
         ev.ModelBuilt(dtype="bfloat16", params_on_rank=job.model.params, layers_on_rank=16, pp_rank=0),
         ev.CheckpointLoading(step=100, path="iter_0000100", nbytes=10**10),
         ev.CheckpointLoaded(step=100, path="iter_0000100", tokens=10**8, loss=3.2, lr=1e-4, seconds=12.0),
+        ev.WeightsLoading(shard=1, shards=4, elapsed_s=0.8),
         ev.TrainingStarted(
             first_step=1,
             last_step=20,
@@ -109,10 +110,11 @@ def sample_events() -> list[ev.Event]:
         ev.TrainingStopped(step=20, reason="reached max steps"),
         ev.EvalStarted(step=20, iters=10),
         ev.EarlyStoppingCheck(step=20, val_loss=3.1, best=3.0, best_step=10, strikes=1, patience=3),
-        ev.EarlyStoppingCheck(step=20, val_loss=3.1, best=3.0, best_step=10, strikes=1, patience=3),
         ev.EvalDone(step=20, loss=3.1, ppl=math.exp(3.1), seconds=4.0, samples=1280, iters=10, epoch=0.1),
         ev.CheckpointSaving(step=20, path="iter_0000020", format="torch_dist"),
         ev.CheckpointSaved(step=20, path="iter_0000020", nbytes=10**10, seconds=2.0, bandwidth_gbs=5.0),
+        ev.SlowPause(step=20, phase="checkpoint", seconds=9.0, usual_s=2.0, train_steps=7.5),
+        ev.EpochDone(epoch=1, epochs=1, step=20, train_loss=3.0, val_loss=3.1, tokens=10**8, seconds=30.0),
         ev.ModelExported(path="hf_export/x", format="safetensors", files=checkpoint.export_files(job.model)),
         ev.RunSummary(
             model=job.model,
@@ -248,6 +250,47 @@ class TestRanks:
         )
 
 
+class TestFakerunOwnEvents:
+    """fakerun's own extras (epoch bars and lines, the shards bar, slow-pause warnings, the success and loop
+    lines) belong to its style only: no other dialect prints any of them."""
+
+    @staticmethod
+    def extra_events() -> list[ev.Event]:
+        """The events behind those extras, in a run of several epochs after a --fake-loop restart."""
+        run = dataclasses.replace(run_plan(), epochs=4)
+        step = next(e for e in sample_events() if isinstance(e, ev.StepDone))
+        return [
+            ev.JobStarted(run=run, first=False, resume=False),
+            ev.WeightsLoading(shard=4, shards=4, elapsed_s=3.3),
+            ev.StepDone(**{**vars(step), "run": run}),
+            ev.SlowPause(step=20, phase="eval", seconds=40.0, usual_s=9.0, train_steps=30.0),
+            ev.EpochDone(
+                epoch=1, epochs=4, step=5, train_loss=3.0, val_loss=math.nan, tokens=10**8, seconds=9.0
+            ),
+            ev.TrainingStopped(step=20, reason="reached max steps"),
+        ]
+
+    def test_fakerun_prints_them_on_rank_0(self) -> None:
+        """The fakerun style renders each of them on rank 0 (nested bars included)."""
+        d = dialects.make("fakerun", seat(0))
+        out = {type(e): list(d.render(e, AT)) for e in self.extra_events()}
+        assert all(out[kind] for kind in (ev.JobStarted, ev.WeightsLoading, ev.SlowPause, ev.EpochDone))
+        assert any(isinstance(i, BarDraw) and i.position == 1 for i in out[ev.StepDone])
+
+    @pytest.mark.parametrize("name", sorted(set(dialects.DIALECTS) - {dialects.DEFAULT}))
+    @pytest.mark.parametrize("rank", [0, 7])
+    def test_no_other_dialect_prints_them(self, name: str, rank: int) -> None:
+        """Nothing for the new kinds, no nested bar, no loop, epoch or success line in another framework."""
+        d = dialects.make(name, seat(rank))
+        for kind in (ev.WeightsLoading, ev.SlowPause, ev.EpochDone):
+            assert not d.wants(kind), kind.__name__
+        items = [i for e in [*sample_events(), *self.extra_events()] for i in d.render(e, AT)]
+        assert not any(isinstance(i, (BarDraw, BarClose)) and i.position for i in items)
+        for text in texts(items):
+            for extra in ("epoch complete", "training complete", "restarting training", "slower than usual"):
+                assert extra not in text
+
+
 class TestSelection:
     """The script's arguments vote for a dialect; the script's path decides alone or breaks ties."""
 
@@ -326,6 +369,13 @@ class TestPrinter:
         printer.emit(ev.TrainingFinished(step=1))
         assert out.getvalue() == "a\nb\n"
         assert err.getvalue() == "\r1/2w\n\r2/2\n"
+
+    def test_nested_bar_as_tqdm_moves_to_it(self) -> None:
+        """A bar at position 1 is drawn a line down, the cursor back up; its close blanks that line."""
+        err = io.StringIO()
+        layer = self.Fixed(BarDraw("0/2"), BarDraw("3/10", position=1), BarClose(position=1), BarClose("1/2"))
+        Printer([layer], clock=lambda: AT, stdout=io.StringIO(), stderr=err).emit(ev.TrainingFinished(step=1))
+        assert err.getvalue() == "\r0/2" + "\n\r3/10\x1b[A" + "\n\r    \x1b[A" + "\r1/2\n"
 
     def test_close_without_open_bar_writes_nothing(self) -> None:
         """Closing a bar that was never drawn leaves stderr empty, as tqdm does."""

@@ -108,3 +108,26 @@ class TestExportTime:
         js = make_job(small.model, big.cluster, big.storage, nnodes=4)
         jb = make_job(big.model, big.cluster, big.storage, nnodes=4)
         assert ck.export_seconds(jb) > 5 * ck.export_seconds(js)
+
+
+class TestStalls:
+    """Rare, seeded stalls of saves and evaluations (what fakerun's style warns about)."""
+
+    def test_rare_and_bounded(self) -> None:
+        """About one pause in SLOW_PAUSE_ODDS is stalled x2-4, never at step 0; the same seed, the same."""
+        j = job()
+        factors = [ck.storage_stall(j, "ckpt-stall", s) for s in range(1, 8001)]
+        stalled = [f for f in factors if f != 1.0]
+        assert 0.5 / ck.SLOW_PAUSE_ODDS < len(stalled) / len(factors) < 2.0 / ck.SLOW_PAUSE_ODDS
+        assert all(2.0 <= f <= 4.0 for f in stalled)
+        assert ck.storage_stall(j, "ckpt-stall", 0) == 1.0
+        assert factors == [ck.storage_stall(j, "ckpt-stall", s) for s in range(1, 8001)]
+
+    def test_a_stalled_save_is_far_above_its_usual_time(self) -> None:
+        """A stalled step's save takes at least 1.5x the usual time; an unstalled one stays near it."""
+        j = job()
+        usual = ck.usual_save_seconds(j)
+        steps = range(1, 4001)
+        slow = [s for s in steps if ck.storage_stall(j, "ckpt-stall", s) > 1.0]
+        assert slow and all(ck.save_seconds(j, s) > 1.5 * usual for s in slow)
+        assert all(ck.save_seconds(j, s) < 1.5 * usual for s in steps if s not in slow)
