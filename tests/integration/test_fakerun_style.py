@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import time
 from typing import ClassVar
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.dialects.base import count
 from fakerun.jobconfig import build_run
 from fakerun.render.oom import format_size
 from fakerun.sim import memory
+from fakerun.sim.checkpoint import HF_SHARD_BYTES, checkpoint_bytes
 from fakerun.sim.run import RunPlan
-from tests.conftest import Runner
+from tests.conftest import Runner, fakerun_exe
 
 FAST = ["--fake-speed", "400"]
 OOM_LINE = re.compile(
@@ -119,3 +125,89 @@ class TestEarlyStopping:
         assert f"checkpoint saved             rank=0 step={stop_at}" in result.stdout
         for rank in (0, 1):
             assert f"training finished            rank={rank} step={stop_at}" in result.stdout
+
+
+EPOCH_LINE = re.compile(r"\[info\s*\] epoch complete\s+rank=0 (.*)$", re.M)
+SUMMARY_LOSS = re.compile(r"\| final loss\s+\| ([\d.]+) ")
+FIELD = re.compile(r"(\w+)=('[^']*'|\S+)")
+
+
+def stderr_bars(stderr: str) -> list[tuple[int, str]]:
+    """Each bar refresh in tqdm's bytes (a pipe gets them raw): (position, text), a blanked row as ''."""
+    return [
+        (1 if m[1] and m[3] else 0, m[2].strip())
+        for m in re.finditer(r"(\n?)\r([^\r\n\x1b]*)(\x1b\[A)?", stderr)
+    ]
+
+
+class TestEpochsFineTune:
+    """A fine-tune of Llama 3 8B over three short epochs: shards bar, nested bars, epoch lines, the end."""
+
+    ARGS: ClassVar[list[str]] = [
+        *("--nproc-per-node", "2", "--fake-trainer", "fakerun", "--fake-seed", "9", *FAST),
+        *("train.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--num_train_epochs", "3"),
+        *("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "64"),
+        *("--max_seq_length", "256", "--eval_steps", "3"),
+    ]
+
+    def test_run(self, runner: Runner) -> None:
+        """One run, every extra of fakerun's style checked against the plan the launcher builds."""
+        run = run_of(self.ARGS)
+        assert run.epochs == 3 and run.job.regime == "finetune"
+        # Bytes: text mode would turn tqdm's carriage returns into newlines.
+        proc = subprocess.run(
+            [fakerun_exe(), *self.ARGS], capture_output=True, timeout=240, env=runner.env(), cwd=runner.tmp
+        )
+        stdout, stderr = proc.stdout.decode(), proc.stderr.decode()
+        assert proc.returncode == 0, stderr[-3000:]
+        bars = stderr_bars(stderr)
+        # from_pretrained's bar: the bf16 weights in 5 GB shards, read to the last one.
+        shards = -(-checkpoint_bytes(run.job.model, full=False) // HF_SHARD_BYTES)
+        assert any(
+            t.startswith("Loading checkpoint shards: 100%") and f"| {shards}/{shards} [" in t for _, t in bars
+        )
+        # Nested bars: the epochs' bar counts 0..3 at position 0, each epoch's steps run at position 1.
+        outer = [t for p, t in bars if p == 0 and t.startswith("Training:")]
+        assert [re.findall(r"\| (\d+)/3 \[", t) for t in outer] == [["0"], ["1"], ["2"], ["3"]]
+        inner = [t for p, t in bars if p == 1 and t]
+        spe = run.steps_per_epoch
+        expected = [f"Epoch {s // spe + 1}/3" for s in range(run.job.total_steps)]
+        assert [t.split(":")[0] for t in inner] == expected
+        assert sum(1 for p, t in bars if p == 1 and not t) == 3
+        # One epoch line per epoch, after its validation, with its tokens.
+        epochs = [dict(FIELD.findall(m)) for m in EPOCH_LINE.findall(stdout)]
+        assert [e["epoch"] for e in epochs] == ["1/3", "2/3", "3/3"]
+        assert [int(e["step"]) for e in epochs] == [spe, 2 * spe, 3 * spe]
+        assert all(e["tokens"] == count(spe * run.job.tokens_per_step) for e in epochs)
+        validations = dict(VALIDATION.findall(stdout))
+        assert [e["val_loss"] for e in epochs] == [validations[e["step"]] for e in epochs]
+        # The success line before the table: the run's steps and the table's final loss.
+        done = re.search(r"\[info\s*\] training complete\s+rank=0 (.*)$", stdout, re.M)
+        assert done is not None
+        figures = dict(FIELD.findall(done[1]))
+        assert figures["steps"] == str(run.job.total_steps)
+        assert figures["final_loss"] == SUMMARY_LOSS.findall(stdout)[0]
+        assert stdout.index("training complete") < stdout.index("Training summary")
+
+
+class TestLoopLine:
+    """--fake-loop: each next run is announced with its number and seed."""
+
+    def test_next_run_line(self, runner: Runner) -> None:
+        """Run 2 starts with seed + 1 (sim.run.looped); SIGTERM then ends the job."""
+        args = ["--nproc-per-node", "2", "--fake-loop", "--fake-max-steps", "2", "--fake-seed", "5", *FAST]
+        proc = runner.start([*args, "--fake-metrics", "m.jsonl", "train.py"])
+        path = runner.tmp / "m.jsonl"
+        deadline = time.monotonic() + 90
+        runs = 0
+        while time.monotonic() < deadline and runs < 3:
+            time.sleep(0.2)
+            if path.exists():
+                runs = sum(1 for line in path.read_text().splitlines() if json.loads(line)["event"] == "run")
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=30)
+        assert runs >= 3
+        lines = re.findall(r"\[info\s*\] restarting training from scratch\s+rank=0 (.*)$", stdout, re.M)
+        assert len(lines) >= 2
+        assert [dict(FIELD.findall(line))["run"] for line in lines[:2]] == ["2", "3"]
+        assert [dict(FIELD.findall(line))["seed"] for line in lines[:2]] == ["6", "7"]
