@@ -313,7 +313,7 @@ class TestSteps:
                 ["bash", str(FAKE_SRUN), str(script)],
                 capture_output=True,
                 text=True,
-                timeout=120,
+                timeout=60,
                 env=env(runner),
                 cwd=runner.tmp,
             )

@@ -301,6 +301,8 @@ class TestSlurm:
         env = runner.env(
             FAKERUN_SPEED="100",
             FAKERUN_MAX_STEPS="4",
+            # The HF Trainer's log has no GPU grid of its own: fakerun's, to see the nodes' names.
+            FAKERUN_GRID="1",
             PATH=f"{Path(fakerun_exe()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         )
         res = subprocess.run(
