@@ -432,7 +432,8 @@ class FakerunDialect:
                         at,
                         steps=event.last_step - event.first_step + 1,
                         tokens=count(event.tokens),
-                        wall_time=f"{event.wall_s:.1f}s",
+                        # On the job's clock, as every timestamp of the run (real seconds times the speed).
+                        wall_time=f"{event.wall_s * event.speed:.1f}s",
                         final_loss=_nan_or(event.final_loss, 4),
                     ),
                     *(Line(text) for text in table),

@@ -281,3 +281,16 @@ class TestWarningsAndEndLines:
         assert isinstance(line, Line) and "restarting training from scratch" in line.text
         assert (fields(line.text)["run"], fields(line.text)["seed"]) == ("2", str(run.job.seed + 1))
         assert dialect(1).render(ev.JobStarted(run=later, first=False, resume=False), AT) == ()
+
+
+class TestTrainingComplete:
+    def test_time_is_on_the_jobs_clock(self) -> None:
+        """The success line's time is simulated time (real seconds times the speed), as its timestamps are."""
+        from tests.unit.test_dialects import sample_events
+
+        (summary,) = [e for e in sample_events() if isinstance(e, ev.RunSummary)]
+        summary = dataclasses.replace(summary, wall_s=0.25, speed=80.0)
+        (line,) = [
+            o.text for o in dialect().render(summary, 0.0) if isinstance(o, Line) and "complete" in o.text
+        ]
+        assert fields(line)["wall_time"] == f"{0.25 * 80.0:.1f}s"
