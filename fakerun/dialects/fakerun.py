@@ -121,7 +121,8 @@ class StructuredLog:
             )
         else:
             self.stamp = log_time
-            self.renderer = structlog.dev.ConsoleRenderer(colors=color, pad_event=28, sort_keys=False)
+            # The event's padding, positionally: structlog < 25 names it pad_event, later ones pad_event_to.
+            self.renderer = structlog.dev.ConsoleRenderer(28, colors=color, sort_keys=False)
 
     def line(self, level: str, event: str, at: float, **fields: Any) -> Line:
         """One event line: the bound rank, the fields in order, then the event, level and time processors."""
