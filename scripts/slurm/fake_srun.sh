@@ -447,7 +447,7 @@ srun_main() {
 	local -a pids=() task_node=() helpers=() relays=() extra_fds=()
 	local -A rc_of=()
 	local aborted=0 cancelled=0 kill_sent=0 piped=0 intr_deadline=0 said_at="" say_fd=2 abort_said=0
-	local forcing_said=0
+	local forcing_said=0 last_sig=0
 	say() {
 		printf '%s\n' "$@" 1>&"$say_fd" 2>/dev/null || true
 	}
@@ -500,8 +500,6 @@ srun_main() {
 		say_tasks "exited abnormally" "${bad[@]}"
 		say_tasks exited "${good[@]}"
 	}
-	# After the handler's own lines, srun's main thread: it waits KillWait (30 s) + 2 for the step to end,
-	# and the first node's slurmstepd says why the step ends.
 	# Once: a hangup or a SIGTERM to the job reaches srun both directly and through its batch script (and a
 	# handler may run inside another one).
 	say_forcing() {
@@ -509,6 +507,8 @@ srun_main() {
 		forcing_said=1
 		say "srun: forcing job termination"
 	}
+	# After the handler's own lines, srun's main thread: it waits KillWait (30 s) + 2 for the step to end,
+	# and the first node's slurmstepd says why the step ends.
 	say_aborted() {
 		((aborted && !abort_said)) || return 0
 		abort_said=1
@@ -516,6 +516,38 @@ srun_main() {
 		local when
 		printf -v when '%(%Y-%m-%dT%H:%M:%S)T' -1
 		say "slurmstepd: error: *** STEP $stepid ON ${hosts[0]} CANCELLED AT $when DUE to SIGNAL Killed ***"
+	}
+	# Reaps the tasks that have ended and reports them as srun does: an exit code or a signal is an error
+	# line, except that a cancelled step's killed tasks go unmentioned.
+	local worst_code=0 worst_sig=0 force_terminated=0
+	reap() {
+		local i rc=0 sig
+		for i in "${!pids[@]}"; do
+			[[ -z ${rc_of[$i]+x} ]] || continue
+			! alive "${pids[i]}" "$$" || continue
+			# Ended: `wait` returns its status at once. Except that bash 5.2 may have lost the status of a
+			# child that ended just as a signal came (`wait` says -1): a signal to the whole process group
+			# (a task without setsid) then most likely ended it too.
+			rc=0
+			wait "${pids[i]}" || rc=$?
+			((rc >= 0)) || rc=$((last_sig ? 128 + last_sig : 255))
+			task_done "$i" "$rc"
+		done
+	}
+	task_done() {
+		local i=$1 rc=$2 sig
+		rc_of[$i]=$rc
+		((rc)) || return 0
+		if ((rc > 128)); then
+			sig=$((rc - 128))
+			# srun's "Force Terminated" line follows a task killed by SIGKILL or SIGTERM.
+			((sig != 9 && sig != 15)) || force_terminated=1
+			((sig <= worst_sig)) || worst_sig=$sig
+			((cancelled)) && return 0
+		else
+			((rc <= worst_code)) || worst_code=$rc
+		fi
+		say "srun: error: ${task_node[i]}: task $i: $(task_end "$rc")"
 	}
 	on_int() {
 		local now
@@ -558,7 +590,6 @@ srun_main() {
 		say_aborted
 	}
 	# An explicit status in each: a bare `return` in a trap returns the interrupted `wait`'s 128+N.
-	local last_sig=0
 	trap 'last_sig=2; on_int || true' INT
 	trap 'last_sig=15; on_kill TERM || true' TERM
 	trap 'last_sig=1; on_kill HUP || true' HUP
@@ -643,39 +674,6 @@ srun_main() {
 		task_node+=("${hosts[node]}")
 		local_id=$((local_id + 1))
 	done
-
-	# Reaps the tasks that have ended and reports them as srun does: an exit code or a signal is an error
-	# line, except that a cancelled step's killed tasks go unmentioned.
-	local worst_code=0 worst_sig=0 force_terminated=0
-	reap() {
-		local i rc=0 sig
-		for i in "${!pids[@]}"; do
-			[[ -z ${rc_of[$i]+x} ]] || continue
-			! alive "${pids[i]}" "$$" || continue
-			# Ended: `wait` returns its status at once. Except that bash 5.2 may have lost the status of a
-			# child that ended just as a signal came (`wait` says -1): a signal to the whole process group
-			# (a task without setsid) then most likely ended it too.
-			rc=0
-			wait "${pids[i]}" || rc=$?
-			((rc >= 0)) || rc=$((last_sig ? 128 + last_sig : 255))
-			task_done "$i" "$rc"
-		done
-	}
-	task_done() {
-		local i=$1 rc=$2 sig
-		rc_of[$i]=$rc
-		((rc)) || return 0
-		if ((rc > 128)); then
-			sig=$((rc - 128))
-			# srun's "Force Terminated" line follows a task killed by SIGKILL or SIGTERM.
-			((sig != 9 && sig != 15)) || force_terminated=1
-			((sig <= worst_sig)) || worst_sig=$sig
-			((cancelled)) && return 0
-		else
-			((rc <= worst_code)) || worst_code=$rc
-		fi
-		say "srun: error: ${task_node[i]}: task $i: $(task_end "$rc")"
-	}
 
 	# While waiting, bash would print its own "line N: PID Killed  env ..." notices on stderr: srun's lines
 	# go to say_fd, bash's to /dev/null.
