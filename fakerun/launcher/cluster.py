@@ -203,6 +203,12 @@ class ClusterLink:
         except (PeerGone, WireError) as exc:
             self._peer_lost(peer, f"sending failed ({exc})")
 
+    def reject(self, node: int, why: str) -> None:
+        """Root: ends node's connection for a report the coordinator refused (the job is lost with it)."""
+        peer = self.peers.get(node)
+        if peer is not None:
+            self._peer_lost(peer, f"it sent a malformed message ({why})")
+
     def _peer_lost(self, peer: Peer, why: str) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(peer.fileno())

@@ -64,6 +64,8 @@ class ControlHub:
     finished: bool = False  # the run's last step was answered: workers closing their sockets is expected
     loop: bool = False  # --fake-loop: runs follow one another
     state_failed: bool = False  # the state file cannot be written: warned once, not tried again
+    # Root: batches of other nodes that reported before this agent's own attempt (and coordinator) began.
+    _early: list[tuple[int, list[tuple[int, dict[str, Any]]]]] = field(default_factory=list)
     _state_path: str | None = None
     _state_written: float = 0.0
 
@@ -83,6 +85,15 @@ class ControlHub:
         if self.cluster is not None and self.cluster.is_root:
             ranks = range(self.world_size)  # remote ranks report through their agents
         self.coordinator = self.make_coordinator(attempt, list(ranks))
+        # Agents start their workers as soon as the rendezvous completes on their side, so a fast node's
+        # first reports can reach the root before the root forked its own workers: they count now.
+        early, self._early = self._early, []
+        for node, items in early:
+            try:
+                self._remote_batch(node, items)
+            except WireError as exc:
+                if self.cluster is not None:
+                    self.cluster.reject(node, str(exc))
 
     def channel_for(self, rank: int) -> socket.socket:
         """Creates rank's socket pair, registers our end; returns the worker's end (to close after fork)."""
@@ -162,6 +173,7 @@ class ControlHub:
         """Root: another node's ranks reported (its local barrier is complete)."""
         coordinator = self.coordinator
         if coordinator is None:
+            self._early.append((node, items))
             return
         for rank, msg in items:
             if rank // self.nproc_per_node != node:
