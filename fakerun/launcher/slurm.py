@@ -7,12 +7,23 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from fakerun.options import TorchrunArgs
+from fakerun.presets import ClusterSpec, host_name
 
-__all__ = ["SlurmJob", "apply_slurm", "expand_nodelist", "simulated_hosts", "slurm_job"]
+__all__ = [
+    "SlurmJob",
+    "apply_slurm",
+    "compress_hostlist",
+    "expand_nodelist",
+    "main",
+    "preset_nodelist",
+    "simulated_hosts",
+    "slurm_job",
+]
 
 # SLURM's hostlist.c refuses a single range of more than 64K hosts ("Too many hosts in range").
 MAX_RANGE = 64 * 1024
@@ -23,6 +34,11 @@ MAX_HOSTS = 1 << 20
 _SEPARATORS = frozenset(", \t")
 # One element of a bracket: `7` or `001-016`; ASCII digits only (str.isdigit would take other scripts).
 _RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+# fakerun.main's default model, whose cluster names the nodes of fake_srun.sh's jobs (not imported from
+# there: the launcher's whole import would double the helper's start-up; a unit test keeps them equal).
+DEFAULT_MODEL = "llama3-8b"
+# A host name split before its trailing number: `gpu-node-` and `001`.
+_NUMBERED = re.compile(r"(.*?)([0-9]+)")
 # SLURM_TASKS_PER_NODE and friends: `2(x3),1` means 2 tasks on each of 3 nodes, then 1 on the next.
 _TASKS = re.compile(r"([0-9]+)(?:\(x([0-9]+)\))?")
 _UINT = re.compile(r"[0-9]+")
@@ -287,3 +303,76 @@ def apply_slurm(args: TorchrunArgs, job: SlurmJob, explicit: frozenset[str]) -> 
 def simulated_hosts(job: SlurmJob) -> list[str]:
     """The host names of the job's nodes, in node-id order: the names its simulated nodes go by."""
     return list(job.nodelist)
+
+
+def _ranges(numbers: Sequence[str]) -> str:
+    """`001,002,003,005` -> `001-003,005`: runs of consecutive numbers of one width as lo-hi."""
+    items: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and int(n) == int(prev) + 1 and len(n) == len(prev):
+            prev = n
+            continue
+        items.append(start if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(items)
+
+
+def compress_hostlist(hosts: Sequence[str]) -> str:
+    """SLURM's ranged form of a host list, in its order: `gpu-node-[001-004]`, `dgx[01-02,07],login`.
+
+    Neighbouring hosts that share a prefix and a number's width go into one bracket (a lone host keeps its
+    plain name), as `scontrol show hostlist` writes them; expand_nodelist gives `hosts` back.
+    """
+    groups: list[tuple[str, int, list[str]]] = []  # (prefix, width or -1 for a plain name, numbers)
+    for host in hosts:
+        m = _NUMBERED.fullmatch(host)
+        if m is None:
+            groups.append((host, -1, []))
+            continue
+        prefix, number = m.group(1), m.group(2)
+        if groups and groups[-1][0] == prefix and groups[-1][1] == len(number):
+            groups[-1][2].append(number)
+        else:
+            groups.append((prefix, len(number), [number]))
+    parts: list[str] = []
+    for prefix, width, numbers in groups:
+        if width < 0:
+            parts.append(prefix)
+        elif len(numbers) == 1:
+            parts.append(prefix + numbers[0])
+        else:
+            parts.append(f"{prefix}[{_ranges(numbers)}]")
+    return ",".join(parts)
+
+
+def preset_nodelist(cluster: ClusterSpec, nnodes: int) -> str:
+    """The node list SLURM would give a job of `nnodes` nodes on `cluster`, named as the preset names them."""
+    if nnodes < 1:
+        raise ValueError(f"a job has at least one node, not {nnodes}")
+    return compress_hostlist([host_name(cluster, i) for i in range(nnodes)])
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m fakerun.launcher.slurm NODES [CLUSTER]`: the node list of a NODES-node job on a cluster
+    preset (by default the default model's), as sbatch sets SLURM_JOB_NODELIST; for scripts/slurm."""
+    from fakerun import presets
+
+    if len(argv) not in (1, 2) or not _UINT.fullmatch(argv[0]) or int(argv[0]) < 1:
+        print("usage: python -m fakerun.launcher.slurm NODES [CLUSTER]", file=sys.stderr)
+        return 2
+    try:
+        if len(argv) == 2 and argv[1]:
+            cluster = presets.load_cluster(argv[1])
+        else:
+            cluster = presets.resolve(DEFAULT_MODEL).cluster
+    except presets.PresetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(preset_nodelist(cluster, int(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

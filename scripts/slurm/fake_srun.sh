@@ -2,11 +2,18 @@
 # fake_srun.sh: run an sbatch script on this machine as if SLURM had given it NODES nodes.
 #
 # Usage:
-#   scripts/slurm/fake_srun.sh [-N NODES] [-J NAME] [--jobid ID] [--] SCRIPT [SCRIPT_ARGS...]
+#   scripts/slurm/fake_srun.sh [-N NODES] [-J NAME] [-w LIST] [-o FILE] [--jobid ID] [--site-lua] [--]
+#                              SCRIPT [SCRIPT_ARGS...]
 #
 #   -N, --nodes NODES     simulated nodes (default: the script's `#SBATCH --nodes`, else 1)
 #   -J, --job-name NAME   SLURM_JOB_NAME (default: the script's `#SBATCH --job-name`, else its file name)
+#   -w, --nodelist LIST   the nodes' names (default: named as the cluster preset names them, FAKERUN_CLUSTER
+#                         or the default one's: gpu-node-[001-00N])
+#   -o, --output FILE     the job's output (stdout and stderr) into FILE, `%x`, `%j`, `%N`, `%u` expanded as
+#                         sbatch does (`%x-%j.out`); `Submitted batch job ID` on the terminal. Default: the
+#                         terminal
 #   --jobid ID            SLURM_JOB_ID (default: a random 6-digit number)
+#   --site-lua            every srun prints `srun: lua: Submitted job ID`, as on sites with a lua cli_filter
 #   -h, --help            this text
 #
 # Example:
@@ -14,10 +21,11 @@
 #
 # What it does, in sbatch's place:
 #   - sets the environment a batch script gets: SLURM_JOB_ID, SLURM_JOB_NAME, SLURM_NNODES,
-#     SLURM_JOB_NUM_NODES, SLURM_JOB_NODELIST (fake-[001-00N]), SLURM_NTASKS, SLURM_TASKS_PER_NODE,
+#     SLURM_JOB_NUM_NODES, SLURM_JOB_NODELIST (gpu-node-[001-00N]), SLURM_NTASKS, SLURM_TASKS_PER_NODE,
 #     SLURM_CPUS_PER_TASK and SLURM_GPUS_ON_NODE (from the script's #SBATCH lines), and, as the batch
 #     script runs as task 0 of the first node, SLURM_NODEID=0, SLURM_PROCID=0, SLURM_LOCALID=0, SLURMD_NODENAME;
-#   - puts two shims first on PATH, for the script only:
+#   - puts shims first on PATH, for the script only (and fakerun's `torchrun` and `nvidia-smi` when the
+#     `fakerun` command is on PATH: a script's `srun torchrun ...` is simulated):
 #       scontrol show hostnames [LIST]  one host a line (LIST defaults to $SLURM_JOB_NODELIST);
 #       srun [OPTIONS] CMD [ARGS...]    runs CMD once per task, all at once in the background, each with its
 #                                       own SLURM_NODEID, SLURM_PROCID, SLURM_LOCALID, SLURMD_NODENAME and
@@ -25,11 +33,13 @@
 #                                       does and exits with the highest signal (128+N) of a killed task,
 #                                       else the highest exit code. Understood: -N/--nodes, -n/--ntasks,
 #                                       --ntasks-per-node, -w/--nodelist, -l/--label, -X/--disable-status,
-#                                       --quit-on-interrupt; other options are accepted and ignored.
+#                                       --quit-on-interrupt, --mpi (pmix: the PMIx server's error line in
+#                                       each task's output, as many PMIx 3 sites print it; also from
+#                                       SLURM_MPI_TYPE); other options are accepted and ignored.
 #                                       Default: one task per node of the allocation (--ntasks-per-node
 #                                       from sbatch).
 #   - runs SCRIPT with the interpreter of its #! line, in the current directory. Output stays on the
-#     terminal (sbatch would write it to the script's --output file).
+#     terminal unless -o names a file (sbatch writes it to the script's --output file).
 #
 # Signals, as srun handles them (each task runs in a session of its own, so a Ctrl-C in the terminal
 # reaches srun and the batch script, never the tasks directly):
@@ -50,7 +60,29 @@
 
 set -euo pipefail
 
-readonly NODE_PREFIX=fake-
+# Without fakerun: node names as many sites have them.
+readonly NODE_PREFIX=node
+# With it: the node list of a job of NODES nodes on CLUSTER (default: the default model's cluster), and
+# fakerun's `torchrun` and `nvidia-smi` shims in DIR. Arguments: NODES CLUSTER DIR.
+readonly FAKERUN_HELPER='import sys
+from fakerun.launcher.slurm import main
+from fakerun.tools.shims import install_shims
+install_shims(sys.argv[3], python=sys.executable)
+sys.exit(main(sys.argv[1:3]))'
+
+# Prints the interpreter of the `fakerun` command on PATH (the #! line of its console script).
+fakerun_python() {
+	local exe line
+	exe=$(command -v fakerun) || return 1
+	IFS= read -r line <"$exe" || return 1
+	line=${line#'#!'}
+	line=${line%%[[:space:]]*}
+	if [[ $line == /* && -x $line && $line != */sh ]]; then
+		printf '%s\n' "$line"
+	else
+		command -v python3
+	fi
+}
 
 usage() {
 	sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -194,7 +226,7 @@ scontrol_main() {
 		cat <<<"$out"
 		return
 	fi
-	echo "scontrol (fake_srun.sh): only 'scontrol show hostnames [LIST]' is simulated" >&2
+	echo "scontrol: error: only 'scontrol show hostnames [LIST]' is simulated here" >&2
 	return 1
 }
 
@@ -326,6 +358,7 @@ srun_main() {
 	fi
 	unset FAKE_SRUN_GUARDED
 	local nodes="" ntasks="" per_node="" nodelist="" label=0 quit_on_intr=0 disable_status=0
+	local mpi=${SLURM_MPI_TYPE:-}
 	while (($#)); do
 		case $1 in
 		-N | --nodes) nodes=$2 && shift 2 ;;
@@ -342,10 +375,12 @@ srun_main() {
 		-l | --label) label=1 && shift ;;
 		--quit-on-interrupt) quit_on_intr=1 && shift ;;
 		-X | --disable-status) disable_status=1 && shift ;;
+		--mpi) mpi=$2 && shift 2 ;;
+		--mpi=*) mpi=${1#*=} && shift ;;
 		# Options with a separate value that a sbatch script commonly gives srun: value skipped.
 		-c | -J | -o | -e | -i | -p | -t | -G | -A | -q | -m | -D | --cpus-per-task | --job-name | --output | \
 			--error | --input | --partition | --time | --gpus | --gpus-per-node | --gpus-per-task | --gres | \
-			--mem | --mem-per-cpu | --mem-per-gpu | --cpu-bind | --gpu-bind | --mpi | --export | --distribution | \
+			--mem | --mem-per-cpu | --mem-per-gpu | --cpu-bind | --gpu-bind | --export | --distribution | \
 			--account | --qos | --chdir | --jobid | --container-image | --container-mounts | \
 			--container-workdir | --container-name | --network | --signal)
 			shift 2
@@ -426,6 +461,11 @@ srun_main() {
 		)
 	fi
 	tasks_per_node=$(compress_counts "${counts[@]}")
+	# A site's lua cli_filter logs each submission through srun's own log.
+	if [[ -n ${FAKE_SRUN_SITE_LUA:-} ]]; then echo "srun: lua: Submitted job $SLURM_JOB_ID" >&2; fi
+	# The PMIx server of each task's node (PMIx 3's shared-memory lock, harmless) says so as the task starts.
+	local pmix_noise=0
+	[[ $mpi != pmix* ]] || pmix_noise=1
 
 	# setsid puts each task in its own session, as on a real remote node: the terminal's Ctrl-C reaches
 	# srun only, and srun decides what the tasks get (without it they would see SIGINT and SIGTERM both).
@@ -666,6 +706,10 @@ srun_main() {
 		# default signal dispositions (bash resets what it traps).
 		(
 			for fd in "${extra_fds[@]}"; do exec {fd}>&-; done
+			if ((pmix_noise)); then
+				printf '[%s:%d] PMIX ERROR: ERROR in file %s at line %d\n' "${hosts[node]}" "$BASHPID" \
+					../../../../../../src/mca/gds/ds12/gds_ds12_lock_pthread.c 168 >&2
+			fi
 			exec env "${vars[@]}" "${guard[@]}" "${detach[@]}" "$@"
 		) 1>&"$out_fd" 2>&"$err_fd" &
 		pids+=("$!")
@@ -790,18 +834,23 @@ cleanup() {
 }
 
 sbatch_main() {
-	local nodes="" name="" jobid=""
+	local nodes="" name="" jobid="" hostlist="" output="" site_lua=""
 	while (($#)); do
 		case $1 in
 		-N | --nodes) nodes=${2:?-N needs a node count} && shift 2 ;;
 		--nodes=*) nodes=${1#*=} && shift ;;
+		-w | --nodelist) hostlist=${2:?-w needs a node list} && shift 2 ;;
+		--nodelist=*) hostlist=${1#*=} && shift ;;
+		-o | --output) output=${2:?-o needs a file name} && shift 2 ;;
+		--output=*) output=${1#*=} && shift ;;
+		--site-lua) site_lua=1 && shift ;;
 		-J | --job-name) name=${2:?-J needs a name} && shift 2 ;;
 		--job-name=*) name=${1#*=} && shift ;;
 		--jobid) jobid=${2:?--jobid needs an id} && shift 2 ;;
 		--jobid=*) jobid=${1#*=} && shift ;;
 		-h | --help) usage && return 0 ;;
 		--) shift && break ;;
-		-*) echo "fake_srun.sh: unknown option $1 (see --help)" >&2 && return 2 ;;
+		-*) echo "sbatch: unrecognized option '$1' (see fake_srun.sh --help)" >&2 && return 2 ;;
 		*) break ;;
 		esac
 	done
@@ -825,11 +874,22 @@ sbatch_main() {
 	local -a interpreter
 	read -ra interpreter <<<"${shebang#'#!'}"
 
+	local -a named=()
+	if [[ -n $hostlist ]]; then
+		local out
+		out=$(expand_hostlist "$hostlist") || return 2
+		mapfile -t named <<<"$out"
+		nodes=${nodes:-${#named[@]}}
+	fi
 	nodes=${nodes:-$(sbatch_option "$script" nodes N)}
 	nodes=${nodes:-1}
 	nodes=${nodes##*-} # `--nodes=2-4`: the most SLURM could give
 	if [[ ! $nodes =~ ^[1-9][0-9]*$ ]]; then
-		echo "fake_srun.sh: bad node count '$nodes'" >&2
+		echo "sbatch: error: Invalid node count specification: $nodes" >&2
+		return 2
+	fi
+	if ((${#named[@]} && ${#named[@]} != nodes)); then
+		echo "sbatch: error: -w $hostlist names ${#named[@]} nodes, not $nodes" >&2
 		return 2
 	fi
 	name=${name:-$(sbatch_option "$script" job-name J)}
@@ -842,13 +902,34 @@ sbatch_main() {
 	gpus=${gpus##*:} # `h100:8` or `gpu:8`: the count
 	cpus=$(sbatch_option "$script" cpus-per-task c)
 
-	local width=3 nodelist
-	if ((${#nodes} > width)); then width=${#nodes}; fi
-	if ((nodes == 1)); then
-		nodelist=$(printf '%s%0*d' "$NODE_PREFIX" "$width" 1)
-	else
-		nodelist=$(printf '%s[%0*d-%0*d]' "$NODE_PREFIX" "$width" 1 "$width" "$nodes")
+	# The job's directory, its shims first on PATH for the script only: this very file linked as `srun` and
+	# `scontrol`, and fakerun's `torchrun` and `nvidia-smi`.
+	local self
+	self=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+	FAKE_SRUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/fake_srun.XXXXXX")
+	export FAKE_SRUN_DIR
+	trap cleanup EXIT
+	ln -s "$self" "$FAKE_SRUN_DIR/srun"
+	ln -s "$self" "$FAKE_SRUN_DIR/scontrol"
+
+	# The nodes, named as the cluster preset names its hosts (fakerun's helper), else node[001-00N].
+	local nodelist="" py
+	if py=$(fakerun_python); then
+		nodelist=$("$py" -c "$FAKERUN_HELPER" "$nodes" "${FAKERUN_CLUSTER:-}" "$FAKE_SRUN_DIR") || nodelist=""
 	fi
+	if ((${#named[@]})); then nodelist=$hostlist; fi
+	if [[ -z $nodelist ]]; then
+		local width=3
+		if ((${#nodes} > width)); then width=${#nodes}; fi
+		if ((nodes == 1)); then
+			nodelist=$(printf '%s%0*d' "$NODE_PREFIX" "$width" 1)
+		else
+			nodelist=$(printf '%s[%0*d-%0*d]' "$NODE_PREFIX" "$width" 1 "$width" "$nodes")
+		fi
+	fi
+	local first
+	first=$(expand_hostlist "$nodelist") || return 2
+	first=${first%%$'\n'*}
 
 	# A clean slate: no step of an outer (real or fake) job leaks into this one.
 	local var
@@ -864,22 +945,21 @@ sbatch_main() {
 	[[ ! $gpus =~ ^[0-9]+$ ]] || export SLURM_GPUS_ON_NODE=$gpus SLURM_GPUS_PER_NODE=$gpus
 	# The batch script itself is task 0 of the first node.
 	export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
-	# The first name of the list, without `| head -n1`: under pipefail, head's early exit is a SIGPIPE.
-	SLURMD_NODENAME=$(printf '%s%0*d' "$NODE_PREFIX" "$width" 1)
-	export SLURMD_NODENAME
-	export SLURM_SUBMIT_DIR=$PWD SLURM_SUBMIT_HOST=${HOSTNAME:-localhost} SLURM_CLUSTER_NAME=fake
-
-	# The shims: this very file, linked as `srun` and `scontrol`, first on PATH for the script only.
-	local self
-	self=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
-	FAKE_SRUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/fake_srun.XXXXXX")
-	export FAKE_SRUN_DIR
-	trap cleanup EXIT
-	ln -s "$self" "$FAKE_SRUN_DIR/srun"
-	ln -s "$self" "$FAKE_SRUN_DIR/scontrol"
+	export SLURMD_NODENAME=$first
+	export SLURM_SUBMIT_DIR=$PWD SLURM_SUBMIT_HOST=${HOSTNAME:-localhost} SLURM_CLUSTER_NAME=cluster
+	export SLURM_JOB_USER=${USER:-$(id -un)} SLURM_JOB_PARTITION=gpu
+	if [[ -n $site_lua ]]; then export FAKE_SRUN_SITE_LUA=1; else unset FAKE_SRUN_SITE_LUA; fi
 	export PATH="$FAKE_SRUN_DIR:$PATH"
 
-	echo "fake_srun.sh: job $jobid ($name) on $nodes simulated node(s) $nodelist" >&2
+	# -o: the job's output in a file, as sbatch writes it; the terminal gets sbatch's one line.
+	if [[ -n $output ]]; then
+		output=${output//%x/$name}
+		output=${output//%j/$jobid}
+		output=${output//%N/$first}
+		output=${output//%u/$SLURM_JOB_USER}
+		echo "Submitted batch job $jobid"
+		exec >>"$output" 2>&1 || return 1
+	fi
 	# In the foreground, so that Ctrl-C reaches the script and its srun (a background job would ignore it).
 	local rc=0
 	# If fake_srun.sh dies without its cleanup (SIGKILL), the batch script gets SIGTERM, its sruns then.

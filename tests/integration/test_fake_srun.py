@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -135,7 +139,7 @@ def srun_pid(runner: Runner) -> int:
     for p in marked_processes(runner.mark):
         try:
             if any(arg.endswith("/srun") for arg in p.cmdline()[:3]):
-                return p.pid
+                return int(p.pid)
         except psutil.Error:
             continue
     pytest.fail("no srun is running")
@@ -180,7 +184,7 @@ class TestCtrlC:
             lines[5],
         ], err[-3000:]
         assert re.fullmatch(
-            rf"slurmstepd: error: \*\*\* STEP {JOBID}\.0 ON fake-001 CANCELLED AT "
+            rf"slurmstepd: error: \*\*\* STEP {JOBID}\.0 ON gpu-node-001 CANCELLED AT "
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d DUE to SIGNAL Killed \*\*\*",
             lines[5],
         )
@@ -286,11 +290,11 @@ class TestSteps:
         ]
         lines = srun_lines(res.stderr)
         assert sorted(lines[:2]) == [
-            "srun: error: fake-002: task 1: Exited with exit code 1",
-            "srun: error: fake-003: task 2: Exited with exit code 2",
+            "srun: error: gpu-node-002: task 1: Exited with exit code 1",
+            "srun: error: gpu-node-003: task 2: Exited with exit code 2",
         ]
         assert lines[2:] == [
-            "srun: error: fake-002: task 1: Killed",
+            "srun: error: gpu-node-002: task 1: Killed",
             f"srun: Force Terminated StepId={JOBID}.1",
         ]
 
@@ -306,7 +310,7 @@ class TestSteps:
                 env=env(runner),
                 cwd=runner.tmp,
             )
-            assert (res.returncode, res.stdout) == (0, "fake-001\n"), res.stderr
+            assert (res.returncode, res.stdout) == (0, "gpu-node-001\n"), res.stderr
         for _ in range(3):
             script = fakerun_batch(runner, 16, 1, "--fake-max-steps", "1", "--fake-speed", "1000")
             res = subprocess.run(
@@ -320,3 +324,176 @@ class TestSteps:
             assert res.returncode == 0, res.stderr[-2000:]
             assert "16 GPUs on 16 nodes" in res.stdout and "Training summary" in res.stdout
         assert not list((runner.tmp / "tmp").glob("fake_srun.*"))
+
+
+SLURM_DIR = FAKE_SRUN.parent
+SCRIPTS = sorted(SLURM_DIR.glob("*.sbatch"))
+# The nodes each script is run on here: the 70B job's TP 8 x PP 4 needs a multiple of 4 nodes.
+NODES = {"train_llama3_8b.sbatch": 2, "train_llama3_70b.sbatch": 4}
+
+
+@dataclass
+class SbatchRun:
+    """One sbatch script run through fake_srun.sh with `-o %x-%j.out`: the terminal's output and the .out."""
+
+    code: int
+    terminal: str
+    errors: str
+    out_name: str
+    out: str
+
+
+@pytest.fixture(scope="module")
+def sbatch_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SbatchRun]]:
+    """Each script of scripts/slurm run once, a few fast steps, shared by the tests that read its output."""
+    tmp = tmp_path_factory.mktemp("sbatch")
+    runner = Runner(uuid.uuid4().hex, tmp)
+    runs: dict[str, SbatchRun] = {}
+    for i, script in enumerate(SCRIPTS):
+        jobid = str(7100 + i)
+        sbatch = ["bash", str(FAKE_SRUN), "-N", str(NODES.get(script.name, 2)), "--jobid", jobid]
+        res = subprocess.run(
+            [*sbatch, "-o", "%x-%j.out", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={
+                **env(runner),
+                "FAKERUN_SPEED": "1000",
+                "FAKERUN_MAX_STEPS": "2",
+                "MASTER_PORT": str(free_port()),
+            },
+            cwd=tmp,
+        )
+        outs = list(tmp.glob(f"*-{jobid}.out"))
+        name = outs[0].name if len(outs) == 1 else ""
+        text = outs[0].read_text(errors="replace") if len(outs) == 1 else ""
+        runs[script.name] = SbatchRun(res.returncode, res.stdout, res.stderr, name, text)
+    yield runs
+    left = marked_processes(runner.mark)
+    for proc in left:
+        proc.kill()
+    assert not left, "processes left behind"
+
+
+def job_name(script: Path) -> str:
+    """The script's `#SBATCH --job-name`."""
+    m = re.search(r"^#SBATCH --job-name=(\S+)$", script.read_text(), re.M)
+    assert m is not None
+    return m.group(1)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+class TestSbatchScripts:
+    """scripts/slurm's job scripts: written as teams write them, and run here under their own strict mode."""
+
+    def test_syntax(self, script: Path) -> None:
+        """`bash -n` passes, and shellcheck where it is installed."""
+        res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr
+        if shutil.which("shellcheck"):
+            res = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
+            assert res.returncode == 0, res.stdout
+
+    def test_terse_and_strict(self, script: Path) -> None:
+        """#SBATCH header with the usual options, then `set -euo pipefail`; no explanatory comments."""
+        lines = script.read_text().splitlines()
+        assert lines[0] == "#!/bin/bash"
+        header = [line for line in lines[1:] if line.startswith("#SBATCH ")]
+        options = {line.split()[1].split("=")[0] for line in header}
+        assert {
+            "--job-name",
+            "--nodes",
+            "--ntasks-per-node",
+            "--gpus-per-node",
+            "--cpus-per-task",
+            "--time",
+            "--output",
+            "--exclusive",
+        } <= options
+        assert "#SBATCH --ntasks-per-node=1" in header and "#SBATCH --output=%x-%j.out" in header
+        code = [line for line in lines[1:] if line.strip() and not line.startswith("#SBATCH ")]
+        assert code[0] == "set -euo pipefail"
+        assert [line for line in code if line.lstrip().startswith("#")] == []
+        text = script.read_text()
+        assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1' in text
+        assert re.search(r"^srun ", text, re.M) and re.search(r"\btorchrun \\$", text, re.M)
+        # c10d at the head node's address, or static with each task's own node rank.
+        assert '--rdzv_endpoint "$head_node_ip:' in text or "--node_rank \\$SLURM_PROCID" in text
+        # The preset's NICs (dgx-h100: eight mlx5 HCAs, IPoIB bootstrap) and the agents' shared secret.
+        assert "export NCCL_IB_HCA=" + ",".join(f"mlx5_{i}" for i in range(8)) in lines
+        assert "export NCCL_SOCKET_IFNAME=ibp26s0" in lines
+        assert any(line.startswith("export FAKERUN_SECRET=") for line in lines)
+        assert "fakerun" not in text.replace("FAKERUN_SECRET", "")
+
+    def test_runs_under_fake_srun(self, script: Path, sbatch_runs: dict[str, SbatchRun]) -> None:
+        """The job completes; sbatch's line on the terminal, the job's output in %x-%j.out only."""
+        run = sbatch_runs[script.name]
+        assert run.code == 0, (run.errors + run.out)[-3000:]
+        jobid = re.fullmatch(r"Submitted batch job (\d+)\n", run.terminal)
+        assert jobid is not None, run.terminal
+        assert run.out_name == f"{job_name(script)}-{jobid.group(1)}.out"
+        assert run.errors == ""
+        assert "Setting OMP_NUM_THREADS environment variable" in run.out
+        assert re.search(r"(iteration +2/|\| 2/\d+ \[)", run.out), run.out[-3000:]
+
+    def test_out_looks_like_a_cluster_job(self, script: Path, sbatch_runs: dict[str, SbatchRun]) -> None:
+        """No tool names, no `fake-` hosts, no secret warning, no srun noise that was not asked for."""
+        out = sbatch_runs[script.name].out
+        assert out
+        assert not re.search(r"fake-|fake_srun|fakerun", out, re.I)
+        assert "FAKERUN_SECRET" not in out
+        assert "PMIX" not in out and "srun: lua:" not in out
+        assert not re.search(r"^(srun|slurmstepd): ", out, re.M)
+        # The nodes go by the cluster preset's names where the job shows them.
+        hosts = set(re.findall(r"\bgpu-node-\d{3}\b", out))
+        assert hosts <= {"gpu-node-001", "gpu-node-002", "gpu-node-003", "gpu-node-004"}
+        if script.name == "train_llama3_8b.sbatch":
+            assert re.search(r"^nodes: gpu-node-\[001-002\] rdzv: ", out, re.M)
+            assert re.search(r"master_addr=gpu-node-00[12]$", out, re.M)
+
+
+class TestSrunNoise:
+    """srun's own lines where srun prints them: labels with -l, PMIx with --mpi=pmix, a site's lua filter."""
+
+    def test_label_pmix_and_lua(self, runner: Runner) -> None:
+        """`srun -l --mpi=pmix` on 2 nodes: every task line labelled, one PMIx line per task, lua per srun."""
+        script = batch(
+            runner,
+            "srun -l --mpi=pmix fakerun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d "
+            f'--rdzv-endpoint 127.0.0.1:{free_port()} --rdzv-id "$SLURM_JOB_ID" '
+            "--fake-max-steps 2 --fake-speed 1000 train.py\n"
+            "srun -l bash -c 'echo plain on $SLURMD_NODENAME'",
+        )
+        res = subprocess.run(
+            ["bash", str(FAKE_SRUN), "--jobid", JOBID, "--site-lua", str(script)],
+            capture_output=True,
+            timeout=120,
+            env=env(runner),
+            cwd=runner.tmp,
+        )
+        # As bytes: a progress bar's carriage returns stay inside its line (srun labels whole lines).
+        stdout, stderr = res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+        assert res.returncode == 0, stderr[-3000:]
+        out = [line for line in stdout.split("\n") if line]
+        err = [line for line in stderr.split("\n") if line]
+        assert len(out) > 20
+        assert all(re.match(r"[01]: ", line) for line in out), [x for x in out if not re.match(r"[01]: ", x)]
+        assert {line[:2] for line in out} == {"0:", "1:"}
+        assert sorted(line for line in out if "plain on" in line) == [
+            "0: plain on gpu-node-001",
+            "1: plain on gpu-node-002",
+        ]
+        lua = [line for line in err if line.startswith("srun: lua: ")]
+        assert lua == [f"srun: lua: Submitted job {JOBID}"] * 2
+        labelled = [line for line in err if not line.startswith("srun: ")]
+        assert all(re.match(r"[01]: ", line) for line in labelled), [x for x in labelled if x[1:3] != ": "]
+        pmix = [line for line in labelled if "PMIX ERROR" in line]
+        assert len(pmix) == 2, pmix
+        for line in pmix:
+            m = re.fullmatch(
+                r"([01]): \[(gpu-node-00[12]):(\d+)\] PMIX ERROR: ERROR in file \S+\.c at line \d+", line
+            )
+            assert m is not None, line
+            assert m.group(2) == f"gpu-node-00{int(m.group(1)) + 1}"
+        assert not re.search(r"fake-|fake_srun|fakerun:", stdout + stderr)

@@ -296,13 +296,14 @@ class TestSlurm:
     """Under srun, SLURM's variables fill the rendezvous options and name the nodes."""
 
     def test_sbatch_script_under_fake_srun(self, runner: Runner) -> None:
-        """scripts/slurm's 8B job on 2 simulated SLURM nodes: one 16-GPU job on fake-001 and fake-002."""
+        """scripts/slurm's 8B job on 2 simulated SLURM nodes: one 16-GPU job on gpu-node-001 and -002."""
         root = Path(__file__).resolve().parents[2]
         env = runner.env(
             FAKERUN_SPEED="100",
             FAKERUN_MAX_STEPS="4",
             # The HF Trainer's log has no GPU grid of its own: fakerun's, to see the nodes' names.
             FAKERUN_GRID="1",
+            MASTER_PORT=str(free_port()),
             PATH=f"{Path(fakerun_exe()).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         )
         res = subprocess.run(
@@ -320,8 +321,11 @@ class TestSlurm:
             cwd=runner.tmp,
         )
         assert res.returncode == 0, res.stderr[-2000:]
-        grid = [line for line in res.stdout.splitlines() if line.startswith(("fake-001 ", "fake-002 "))]
-        assert {line.split()[0] for line in grid} == {"fake-001", "fake-002"}
+        # Named as the default cluster preset (dgx-h100) names its hosts.
+        grid = [
+            line for line in res.stdout.splitlines() if line.startswith(("gpu-node-001 ", "gpu-node-002 "))
+        ]
+        assert {line.split()[0] for line in grid} == {"gpu-node-001", "gpu-node-002"}
         assert "16 GPUs on 2 nodes" in res.stdout
 
     def test_static_form_from_slurm_variables(self, runner: Runner) -> None:

@@ -9,12 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.launcher import slurm
 from fakerun.launcher.slurm import (
     MAX_RANGE,
     SlurmJob,
     apply_slurm,
+    compress_hostlist,
     expand_nodelist,
+    preset_nodelist,
     simulated_hosts,
     slurm_job,
 )
@@ -444,3 +448,80 @@ class TestApplySlurm:
             "gpu-001:29500",
             0,
         )
+
+
+class TestCompressHostlist:
+    """compress_hostlist writes a host list in SLURM's ranged form, which expands back to it."""
+
+    @pytest.mark.parametrize(
+        ("hosts", "text"),
+        [
+            (["gpu-node-001"], "gpu-node-001"),
+            (["gpu-node-001", "gpu-node-002"], "gpu-node-[001-002]"),
+            (["dgx01", "dgx02", "dgx03", "dgx07", "login"], "dgx[01-03,07],login"),
+            (["n8", "n9", "n10"], "n[8-9],n10"),
+            (["b200-0001", "h200-000", "h200-001"], "b200-0001,h200-[000-001]"),
+            (["a3", "a1", "a2"], "a[3,1-2]"),
+            (["r1c1", "r1c2", "r2c1"], "r1c[1-2],r2c1"),
+            ([], ""),
+        ],
+    )
+    def test_examples(self, hosts: list[str], text: str) -> None:
+        """Neighbours of one prefix and number width share a bracket; order is kept."""
+        assert compress_hostlist(hosts) == text
+        assert expand_nodelist(text) == hosts
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["gpu-node-", "dgx", "a100-st-p4d-24xlarge-", "x"]),
+                st.integers(0, 120),
+                st.integers(1, 4),
+            ),
+            max_size=12,
+        )
+    )
+    def test_round_trip(self, parts: list[tuple[str, int, int]]) -> None:
+        """Any list of numbered names expands back from its ranged form, in the same order."""
+        hosts = [f"{prefix}{n:0{width}d}" for prefix, n, width in parts]
+        assert expand_nodelist(compress_hostlist(hosts)) == hosts
+
+
+class TestPresetNodelist:
+    """The node list fake_srun.sh gives a job: the cluster preset's host names, never `fake-`."""
+
+    @pytest.mark.parametrize("name", presets.list_presets()["clusters"])
+    def test_every_cluster_names_its_nodes(self, name: str) -> None:
+        """Each shipped preset's list expands to its host names; no tool name in them."""
+        cluster = presets.load_cluster(name)
+        text = preset_nodelist(cluster, 4)
+        assert expand_nodelist(text) == [presets.host_name(cluster, i) for i in range(4)]
+        assert "[" in text and "fake" not in text
+
+    def test_presets_are_told_apart(self) -> None:
+        """No two shipped cluster presets name their first node alike."""
+        names = presets.list_presets()["clusters"]
+        firsts = {presets.host_name(presets.load_cluster(n), 0) for n in names}
+        assert len(firsts) == len(names)
+
+    def test_default_cluster(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`python -m fakerun.launcher.slurm 2`: the default model's cluster (dgx-h100) names the nodes."""
+        from fakerun.main import DEFAULT_MODEL
+
+        assert slurm.DEFAULT_MODEL == DEFAULT_MODEL
+        assert slurm.main(["2"]) == 0
+        assert capsys.readouterr().out == "gpu-node-[001-002]\n"
+        assert slurm.main(["1", "dgx-a100"]) == 0
+        assert capsys.readouterr().out == "dgx01\n"
+
+    @pytest.mark.parametrize("argv", [[], ["0"], ["two"], ["2", "no-such-cluster"], ["1", "2", "3"]])
+    def test_bad_arguments(self, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        """Usage or the preset error on stderr, exit 2, nothing on stdout."""
+        assert slurm.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.strip()
+
+    def test_no_nodes(self) -> None:
+        """A job has at least one node."""
+        with pytest.raises(ValueError):
+            preset_nodelist(presets.load_cluster("dgx-h100"), 0)
