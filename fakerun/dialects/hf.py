@@ -244,8 +244,12 @@ class HfDialect:
         return out
 
     def _write(self, text: str) -> list[Output]:
-        """tqdm.write: clear the bar (`\\r`, blanks, `\\r`), the text, then the bar redrawn as it was."""
-        return [Line("\r" + " " * len(self.bar) + "\r" + text, "stderr"), BarDraw(self.bar)]
+        """tqdm.write: the bar blanked on its stream (`\\r`, blanks, `\\r`), the text on stdout, the bar.
+
+        tqdm.write prints to sys.stdout unless told otherwise, while the bar lives on stderr: under `2>&1`
+        the bytes read `\\r<blanks>\\r{...}` as in reallog 61, and `> log` keeps the dicts apart from the bar.
+        """
+        return [BarDraw(" " * len(self.bar) + "\r"), Line(text), BarDraw(self.bar)]
 
     def _step(self, event: StepDone) -> list[Output]:
         n = event.numbers

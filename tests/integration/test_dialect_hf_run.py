@@ -35,7 +35,7 @@ def test_hf_finetune_run(runner: Runner) -> None:
     assert result.code == 0, result.stderr[-2000:]
     assert not STRUCTLOG.search(out) and not GRID.search(out)
     assert len(BLOCK.findall(out)) == 1
-    losses = [ast.literal_eval(m)["loss"] for m in LOG_DICT.findall(result.stderr)]
+    losses = [ast.literal_eval(m)["loss"] for m in LOG_DICT.findall(result.stdout)]
     assert len(losses) == 4 and all(1.0 <= x <= 3.0 for x in losses), losses
     assert SAVING.search(out)
-    assert "{'train_runtime': " in result.stderr and "***** train metrics *****" in result.stdout
+    assert "{'train_runtime': " in result.stdout and "***** train metrics *****" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import re
 
@@ -157,13 +158,13 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
 
 
 def dicts(out: list[Output]) -> list[dict[str, object]]:
-    """The dicts tqdm.write printed: `\\r` + blanks + `\\r` + the repr, on stderr (reallog 61)."""
+    """The dicts tqdm.write printed: on stdout, each right after the bar was blanked (reallog 61)."""
     found = []
-    for item in out:
-        if isinstance(item, Line) and item.text.startswith("\r"):
-            m = re.fullmatch(r"\r( +)\r(\{.*\})", item.text)
-            assert m, item.text
-            value = ast.literal_eval(m.group(2).replace("nan", "None"))
+    for before, item in itertools.pairwise(out):
+        if isinstance(item, Line) and item.text.startswith("{"):
+            assert item.stream == "stdout", item
+            assert isinstance(before, BarDraw) and re.fullmatch(r" +\r", before.text), before
+            value = ast.literal_eval(item.text.replace("nan", "None"))
             assert isinstance(value, dict)
             found.append(value)
     return found
@@ -202,7 +203,8 @@ class TestRankZero:
         """Bar refreshes match tqdm's meter; a dict every logging_steps with the step's own figures."""
         run = hf_run()
         out = feed(HfDialect(seat(0)), run)
-        bars = [o.text for o in out if isinstance(o, BarDraw)]
+        # tqdm.write blanks the bar before each dict: those draws are spaces and a carriage return.
+        bars = [o.text for o in out if isinstance(o, BarDraw) and o.text.strip()]
         assert bars and all(BAR.match(b) for b in bars), bars[:3]
         assert {int(m.group("n")) for b in bars if (m := BAR.match(b))} == set(range(11))
         logs = [d for d in dicts(out) if "loss" in d]
@@ -234,7 +236,7 @@ class TestRankZero:
             "Saving model checkpoint to out/sft/checkpoint-10",
             "Saving model checkpoint to out/sft",
         ]
-        stdout = [o.text for o in out if isinstance(o, Line) and o.stream == "stdout"]
+        stdout = [o.text for o in out if isinstance(o, Line) and o.stream == "stdout" and o.text[:1] != "{"]
         assert stdout[0] == "***** train metrics *****" and "***** eval metrics *****" in stdout
         # log_metrics: `  key = value` with the keys padded to one width, the values right-aligned.
         rows = [t for t in stdout if t.startswith("  ")]
