@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import statistics
 import uuid
 from typing import Any, ClassVar
 
@@ -80,11 +81,16 @@ class TestTime:
             assert times == sorted(times)
 
     def test_step_times_equal_timestamp_differences(self, job: Result) -> None:
-        """Between two consecutive steps' lines the clock moved by the later step's printed time."""
+        """Between two consecutive steps' lines the clock moved by the later step's printed time.
+
+        A loaded machine can only deliver a step late, never early (a release is never in the past): so no
+        gap is shorter than its step, and most gaps, hence their median, equal it.
+        """
         train = [e for e in events(job) if e["event"] == "train"]
         assert [e["step"] for e in train] == list(range(1, 9))
-        for a, b in itertools.pairwise(train):
-            assert stamp(b) - stamp(a) == pytest.approx(b["step_time_s"], abs=0.01)
+        gaps = [stamp(b) - stamp(a) - b["step_time_s"] for a, b in itertools.pairwise(train)]
+        assert min(gaps) >= -0.01, gaps
+        assert statistics.median(gaps) == pytest.approx(0.0, abs=0.01), gaps
 
     def test_throughput_follows_the_printed_time(self, job: Result) -> None:
         """tokens/s x step time = the tokens of a step, iteration 1 (with its warm-up) included."""
