@@ -43,6 +43,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Pace of the barrier-throughput runs: every simulated sleep becomes ~0, so steps go as fast as the
 # coordinator's rounds allow.
 ROUNDS_SPEED = "100000"
+# Pace of the start-up runs: the simulated `import torch` and CUDA context (seconds) become microseconds.
+START_SPEED = "1000000"
 # Removed from the environment of every process the benchmark starts. PYTHONDONTWRITEBYTECODE (exported by
 # some shells, this machine's among them) keeps the editable install from caching bytecode, so that every
 # launcher start would recompile fakerun's modules; users' installs have .pyc files.
@@ -442,9 +444,13 @@ class StartAndPss:
 
 
 def start_and_pss(nnodes: int, cwd: str) -> StartAndPss:
-    """Time until every rank printed `worker started`, then the tree's PSS sampled while all are alive."""
+    """Time until every rank printed `worker started`, then the tree's PSS sampled while all are alive.
+
+    The simulated start-up (importing torch, the CUDA context) is paced like a real node's, seconds at the
+    default pace: at START_SPEED it takes microseconds, so the figure is the launcher's own cost.
+    """
     ranks = nnodes * RANKS_PER_NODE
-    job = long_job(nnodes, cwd)
+    job = long_job(nnodes, cwd, "--fake-speed", START_SPEED)
     try:
         started = job.wait_all_started()
         time.sleep(0.3)
@@ -794,7 +800,8 @@ def measure(runs: int, quick: bool, cwd: str) -> list[Row]:
     rows: list[Row] = []
 
     fake_first = repeat(runs, "first line fakerun", lambda: first_line_fakerun(cwd))
-    rows.append(Row("first line of a --fake-exec hello script, 8 ranks (fakerun)", fake_first, "s", 0.25, "≤ 0.25 s"))
+    # PRODUCT.md §8: at least 10x sooner than torchrun running the same script, measured in the same run.
+    rows.append(Row("first line of a --fake-exec hello script, 8 ranks (fakerun)", fake_first, "s"))
     if torch_importable():
         torch_first = repeat(runs, "first line torchrun", lambda: first_line_torchrun(cwd))
         rows.append(Row("first worker line, 8 ranks (torchrun --standalone)", torch_first, "s"))
