@@ -16,7 +16,7 @@ from typing import Any
 from fakerun.render.metrics import checkpoint_record, eval_record, run_record, step_record
 from fakerun.sim import checkpoint, compute, loss
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
-from fakerun.sim.run import RunPlan, looped
+from fakerun.sim.run import JobClock, RunPlan, looped
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import step_numbers, step_time
 from fakerun.sim.stopping import Patience
@@ -86,8 +86,11 @@ class Coordinator:
         run_id: str,
         attempt: int,
         record_steps: bool = True,
+        clock: JobClock | None = None,
     ) -> None:
         self.base = run
+        # The job's clock, which printed timestamps follow: the metrics records' times too (else wall time).
+        self.clock = clock
         self.loops = 0  # runs completed with --fake-loop
         self.run = run
         self.job = run.job
@@ -247,7 +250,10 @@ class Coordinator:
         if step % self.run.grid_interval == 0 or step == self.run.first_step or stop:
             first, _ = out.replies[0]
             out.replies[0] = (first, {**reply, "grid": self.grid_rows()})
-        release_wall = wall + (release - now)
+        if self.clock is not None:
+            release_wall, per_second = self.clock.at(release), 1.0  # the job clock counts simulated seconds
+        else:
+            release_wall, per_second = wall + (release - now), 1.0 / self.speed
         if self.record_steps:
             numbers = step_numbers(job, 0, step)
             mem_gib = max((s.telemetry[5] for s in self.ranks.values() if s.telemetry), default=0) / 1024.0
@@ -256,7 +262,7 @@ class Coordinator:
             )
         t = release_wall
         for phase, seconds_ in pauses:
-            t += seconds_ / self.speed
+            t += seconds_ * per_second
             if phase == "eval":
                 out.records.append(eval_record(job, step, seconds=seconds_, time=t))
             else:

@@ -230,6 +230,7 @@ def _control(
                 run_id=plan.rdzv.run_id,
                 attempt=attempt,
                 record_steps=metrics is not None,
+                clock=ctx.clock,
             )
 
         hub = ControlHub(

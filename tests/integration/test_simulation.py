@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -124,6 +125,21 @@ class TestAcceptance:
         tail = [r["event"] for r in recs if r["event"] in ("eval", "checkpoint")]
         assert tail[-2:] == ["eval", "checkpoint"]
         assert recs[-1]["step"] == 30
+
+    def test_record_times_follow_the_printed_clock(
+        self, json_run: tuple[Result, list[dict[str, Any]]]
+    ) -> None:
+        """A step record's time is the job clock's, the time rank 0's line for that step carries."""
+        result, recs = json_run
+        printed = {
+            e["step"]: dt.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+            for e in json_events(result.stdout)
+            if e["event"] == "train" and e["rank"] == 0
+        }
+        recorded = {r["step"]: r["time"] for r in recs if r["event"] == "step"}
+        assert printed and printed.keys() <= recorded.keys()
+        for step, at in printed.items():
+            assert recorded[step] == pytest.approx(at, abs=0.05), step
 
     def test_same_seed_same_numbers(
         self, json_run: tuple[Result, list[dict[str, Any]]], runner: Runner
