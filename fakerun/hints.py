@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -448,22 +447,17 @@ def _titan_file(g: _Given) -> dict[str, _Given]:
 def _ds_config(b: _Builder, g: _Given) -> None:
     """A DeepSpeed JSON config: its ZeRO stage, and for DeepSpeed's own scripts its batch sizes, lr,
     schedule and steps_per_print as hints."""
-    stage = _deepspeed_stage(g)
-    if stage is not None:
-        b.set(b.job, "zero_stage", stage, g)
-    text = g.value.strip() if isinstance(g.value, str) else ""
-    if text and not text.startswith("{"):
-        try:
-            text = tomlfile.read_text(str(Path(text).expanduser()))
-        except (tomlfile.FileError, ValueError):
-            return
-    ds = parse_ds_config(text) if text else None
+    text = _ds_text(g)
+    ds = parse_ds_config(text) if text is not None else None
     if ds is None:
         return
+    config = ds.user_config()
+    stage = _deepspeed_stage(g, config)
+    if stage is not None:
+        b.set(b.job, "zero_stage", stage, g)
     b.set(b.top, "deepspeed", ds, g)
     if b.style != "deepspeed":
         return  # HF Trainer and Megatron fill the config's batch sizes and schedule from their own arguments
-    config = ds.user_config()
     ints = (
         ("train_micro_batch_size_per_gpu", "micro_batch", _model_high("micro_batch")),
         ("gradient_accumulation_steps", "grad_accum", _MAX_GRAD_ACCUM),
@@ -494,22 +488,21 @@ def _ds_config(b: _Builder, g: _Given) -> None:
         b.set(b.cadence, "log_interval", ds.steps_per_print, g)
 
 
-def _deepspeed_stage(g: _Given) -> int | None:
-    """zero_optimization.stage of a DeepSpeed JSON config (file or inline), None if it cannot be read."""
+def _ds_text(g: _Given) -> str | None:
+    """The text of a DeepSpeed JSON config given inline or as a file, None if there is none to read."""
     text = g.value.strip() if isinstance(g.value, str) else ""
     if not text:
         return None  # HF: an empty --deepspeed is off
-    if not text.startswith("{"):
-        try:
-            text = tomlfile.read_text(str(Path(text).expanduser()))
-        except (tomlfile.FileError, ValueError):  # ValueError: a NUL in the path
-            return None
+    if text.startswith("{"):
+        return text
     try:
-        config = json.loads(text)
-    except (ValueError, RecursionError):
+        return tomlfile.read_text(str(Path(text).expanduser()))
+    except (tomlfile.FileError, ValueError):  # ValueError: a NUL in the path
         return None
-    if not isinstance(config, dict):
-        return None
+
+
+def _deepspeed_stage(g: _Given, config: dict[str, Any]) -> int | None:
+    """zero_optimization.stage of a DeepSpeed config, None if it has no readable zero_optimization table."""
     zero = config.get("zero_optimization", {})
     if not isinstance(zero, dict):
         return None
