@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import resource
 import socket
 import struct
 import subprocess
@@ -33,8 +32,8 @@ from fakerun.launcher.wire import (
     verify_answer,
     verify_welcome,
 )
-from tests.conftest import Runner, fakerun_exe
-from tests.integration.test_multinode import finish, free_port, text
+from tests.conftest import Runner
+from tests.integration.test_multinode import finish, free_port, launch, text
 
 SECRET = "hostile-network-test"
 OWN_CODE = str(Path(fakerun.__file__).resolve().parent)
@@ -42,25 +41,10 @@ FAST = ["--nproc-per-node", "1", "--fake-model", "gpt2-124m", "--fake-speed", "2
 
 
 def agent(
-    runner: Runner, args: list[str], name: str, fd_limit: int | None = None, **env: str
+    runner: Runner, args: list[str], name: str, *, fd_limit: int | None = None, **env: str
 ) -> subprocess.Popen[str]:
     """One agent with the job's secret, its output in files named after it; `fd_limit` caps its fds."""
-
-    def limit() -> None:
-        if fd_limit is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
-
-    out = open(runner.tmp / f"{name}.out", "w")  # noqa: SIM115
-    err = open(runner.tmp / f"{name}.err", "w")  # noqa: SIM115
-    return subprocess.Popen(
-        [fakerun_exe(), *args],
-        stdout=out,
-        stderr=err,
-        text=True,
-        env=runner.env(**{"FAKERUN_SECRET": SECRET, **env}),
-        cwd=runner.tmp,
-        preexec_fn=limit,
-    )
+    return launch(runner, args, name, {"FAKERUN_SECRET": SECRET, **env}, fd_limit)
 
 
 def static(port: int, node_rank: int, *extra: str, nnodes: int = 2) -> list[str]:

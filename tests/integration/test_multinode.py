@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -26,6 +27,18 @@ def free_port() -> int:
 
 def agent(runner: Runner, args: list[str], name: str, **env: str) -> subprocess.Popen[str]:
     """Starts one agent with its output in files named after it."""
+    return launch(runner, args, name, env)
+
+
+def launch(
+    runner: Runner, args: list[str], name: str, env: dict[str, str], fd_limit: int | None = None
+) -> subprocess.Popen[str]:
+    """Starts one agent with `env` added, its output in files named after it; `fd_limit` caps its fds."""
+
+    def limit() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
     out = open(runner.tmp / f"{name}.out", "w")  # noqa: SIM115
     err = open(runner.tmp / f"{name}.err", "w")  # noqa: SIM115
     return subprocess.Popen(
@@ -35,6 +48,7 @@ def agent(runner: Runner, args: list[str], name: str, **env: str) -> subprocess.
         text=True,
         env=runner.env(**env),
         cwd=runner.tmp,
+        preexec_fn=limit,
     )
 
 
