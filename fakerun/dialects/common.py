@@ -29,6 +29,7 @@ class TorchLines:
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
+        self._nccl: tuple[tuple[int, int, int], dict[str, list[str]]] | None = None
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """torch's barrier warning on stderr; NCCL's INFO lines under NCCL_DEBUG=INFO."""
@@ -38,11 +39,20 @@ class TorchLines:
             # first collective, which sets NCCL's communicator up.
             return [Line(barrier_warning(seat.rank, event.device_index, at), "stderr")]
         if isinstance(event, NcclInitialized) and seat.nccl_debug:
-            job = event.job
-            topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, seat.hosts)
-            lines = nccl.nccl_init_lines(topo, seat.rank, pid=event.pid, tid=event.tid, seed=job.seed)
-            return [Line(text) for text in lines]
+            parts = self._nccl_parts(event)
+            names = nccl.INIT_PARTS if event.part is None else (event.part,)
+            return [Line(text) for name in names for text in parts[name]]
         return ()
+
+    def _nccl_parts(self, event: NcclInitialized) -> dict[str, list[str]]:
+        # Drawn once per communicator: its parts print at different moments.
+        key = (event.job.seed, event.pid, event.tid)
+        if self._nccl is None or self._nccl[0] != key:
+            job = event.job
+            topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, self.seat.hosts)
+            parts = nccl.nccl_init_parts(topo, self.seat.rank, pid=event.pid, tid=event.tid, seed=job.seed)
+            self._nccl = (key, parts)
+        return self._nccl[1]
 
     def wants(self, kind: type[Event]) -> bool:
         """The barrier warning always; NCCL's lines only when NCCL_DEBUG asks for them."""

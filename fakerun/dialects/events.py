@@ -72,11 +72,13 @@ class BarrierPassed:
 
 @dataclass(frozen=True)
 class NcclInitialized:
-    """NCCL's communicator is set up (NCCL_DEBUG=INFO's lines about it are torch's layer, not a dialect's)."""
+    """NCCL's communicator reached a part of its set-up (NCCL_DEBUG=INFO's lines about it are torch's layer,
+    not a dialect's)."""
 
     job: JobSpec
     pid: int
     tid: int  # NCCL's init thread as this rank's host draws it
+    part: str | None = None  # one of render.nccl.INIT_PARTS; None: the whole set-up at once
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,98 @@ def _seconds(seed: int, stream: str, rank: int, low: float, high: float) -> floa
     return low + (high - low) * rand.uniform(seed, stream, rank)
 
 
+@dataclass(frozen=True)
+class InitTimings:
+    """The seconds NCCL's init of one rank's first communicator takes, as its `timings` lines print them."""
+
+    boot: float  # bootstrap: create, send, recv, ring and the rest
+    create: float
+    send: float
+    recv: float
+    ring: float
+    total: float  # ncclCommInitRankConfig, Init START to Init COMPLETE
+    kernels: float
+    alloc: float
+    topo: float
+    connections: float
+    graphs: float
+
+    @property
+    def rest(self) -> float:
+        """The part of `total` the line's other fields do not account for."""
+        named = self.kernels + self.alloc + self.boot + self.topo + self.connections + self.graphs
+        return max(0.0, self.total - named)
+
+
+def init_timings(seed: int, rank: int, nnodes: int) -> InitTimings:
+    """One rank's NCCL init timings: the printed figures and the pace of the lines that print them."""
+    create = _seconds(seed, "nccl-boot-create", rank, 0.000015, 0.00005)
+    send = _seconds(seed, "nccl-boot-send", rank, 0.00005, 0.0002)
+    recv = _seconds(seed, "nccl-boot-recv", rank, 0.00008, 0.25 if rank else 0.0006)
+    ring = _seconds(seed, "nccl-boot-ring", rank, 0.00005, 0.006 * nnodes**0.5)
+    boot = create + send + recv + ring + _seconds(seed, "nccl-boot-rest", rank, 0.0001, 0.0006)
+    return InitTimings(
+        boot=boot,
+        create=create,
+        send=send,
+        recv=recv,
+        ring=ring,
+        total=boot + _seconds(seed, "nccl-init-total", rank, 0.35, 0.9),
+        kernels=_seconds(seed, "nccl-init-kernels", rank, 0.15, 0.3),
+        alloc=_seconds(seed, "nccl-init-alloc", rank, 0.02, 0.09),
+        topo=_seconds(seed, "nccl-init-topo", rank, 0.01, 0.04),
+        connections=_seconds(seed, "nccl-init-conn", rank, 0.01, 0.05),
+        graphs=_seconds(seed, "nccl-init-graphs", rank, 0.0, 0.02),
+    )
+
+
+# The parts of one rank's init output, in order, each printed when the rank gets there: the main thread's
+# ncclInit (bootstrap interface, versions), the init thread up to its bootstrap ring, the topology search,
+# the channels it found, Init COMPLETE with its timings, and the first collective's connections.
+INIT_PARTS = ("bootstrap", "init", "topology", "channels", "complete", "connect")
+
+
+@dataclass(frozen=True)
+class InitSchedule:
+    """Seconds after the first collective's start at which each part of a rank's init output prints."""
+
+    bootstrap: float
+    init: float
+    topology: float
+    channels: float
+    complete: float
+    connect: float
+    end: float  # the first collective's connections are made: the communicator is ready
+
+    def at(self, part: str) -> float:
+        """The offset of one of INIT_PARTS."""
+        return float(getattr(self, part))
+
+
+def init_schedule(seed: int, rank: int, nnodes: int) -> InitSchedule:
+    """When each part of a rank's NCCL init prints: the gaps are the printed timings' own."""
+    t = init_timings(seed, rank, nnodes)
+    bootstrap = _seconds(seed, "nccl-at-bootstrap", rank, 0.02, 0.25)  # ncclInit: env, plugins, interfaces
+    init = bootstrap + _seconds(seed, "nccl-at-init", rank, 0.005, 0.05)  # cudaFree, the init thread starts
+    complete = init + t.total
+    # The search's end: after the topology and graph phases the line's timings name.
+    channels = (
+        init + t.boot + t.topo + t.graphs + (t.total - t.boot) * _seconds(seed, "nccl-at-ch", rank, 0.2, 0.6)
+    )
+    # The first collective is launched once init returns; its connections are set up in a few ms per peer.
+    connect = complete + _seconds(seed, "nccl-at-connect", rank, 0.002, 0.02)
+    end = connect + _seconds(seed, "nccl-at-end", rank, 0.02, 0.15) * nnodes**0.25
+    return InitSchedule(
+        bootstrap=bootstrap,
+        init=init,
+        topology=init + t.boot,
+        channels=min(channels, complete),
+        complete=complete,
+        connect=connect,
+        end=end,
+    )
+
+
 def _nic_list(topo: NcclTopo) -> str:
     """`[0]mlx5_0:1/IB [1]mlx5_1:1/IB ...` (transport/net_ib/init.cc:376)."""
     layer = "RoCE" if topo.transport == "roce" else "IB"
@@ -360,7 +452,15 @@ def _nic_list(topo: NcclTopo) -> str:
 def nccl_init_lines(
     topo: NcclTopo, rank: int, *, pid: int, tid: int, seed: int, connect_tid: int | None = None
 ) -> list[str]:
-    """One rank's NCCL_DEBUG=INFO lines of its first communicator: init, then its first collective's connects.
+    """One rank's NCCL_DEBUG=INFO lines of its first communicator: init, then its first collective's."""
+    parts = nccl_init_parts(topo, rank, pid=pid, tid=tid, seed=seed, connect_tid=connect_tid)
+    return [line for name in INIT_PARTS for line in parts[name]]
+
+
+def nccl_init_parts(
+    topo: NcclTopo, rank: int, *, pid: int, tid: int, seed: int, connect_tid: int | None = None
+) -> dict[str, list[str]]:
+    """One rank's NCCL_DEBUG=INFO lines of its first communicator, by part of INIT_PARTS.
 
     `pid` is the process, `tid` NCCL's init thread; `connect_tid` the thread of the connections made at the
     first collective (by default a few thread ids after `tid`: NCCL's proxy threads start in between).
@@ -392,7 +492,8 @@ def nccl_init_lines(
     # The proxy threads print before they set their device, so their prefix shows device 0 (2.29.3 logs).
     proxy = f"{host}:{pid}:{{tid}} [0] NCCL INFO "
 
-    lines: list[str] = []
+    parts: dict[str, list[str]] = {name: [] for name in INIT_PARTS}
+    lines = parts["bootstrap"]
     if forms["env_plugin"]:
         lines.append(main + forms["env_plugin"])
     lines.append(main + forms["bootstrap"].format(oob=topo.oob_if, ip=ip))
@@ -410,6 +511,7 @@ def nccl_init_lines(
     lines.append(f"{main}Comm config Blocking set to 1")  # init.cc:1756: torch sets config.blocking
 
     # The init thread: network plugin, then ncclCommInitRankFunc.
+    lines = parts["init"]
     if topo.transport == "efa":
         lines += [
             f"{init}NET/Plugin: Loaded net plugin Libfabric (v10)",
@@ -451,14 +553,11 @@ def nccl_init_lines(
         lines.append(f"{init}DMA-BUF is available on GPU device {local}")  # init.cc:394
     lines.append(init + forms["start"].format(**fields))
     lines.append(f"{init}RAS client listening socket at 127.0.0.1<{_RAS_PORT}>")  # ras/client_support.cc:184
-    create = _seconds(seed, "nccl-boot-create", rank, 0.000015, 0.00005)
-    send = _seconds(seed, "nccl-boot-send", rank, 0.00005, 0.0002)
-    recv = _seconds(seed, "nccl-boot-recv", rank, 0.00008, 0.25 if rank else 0.0006)
-    ring_t = _seconds(seed, "nccl-boot-ring", rank, 0.00005, 0.006 * topo.nnodes**0.5)
-    boot = create + send + recv + ring_t + _seconds(seed, "nccl-boot-rest", rank, 0.0001, 0.0006)
-    lines.append(
-        f"{init}Bootstrap timings total {boot:.6f} (create {create:.6f}, send {send:.6f}, recv {recv:.6f}, "
-        f"ring {ring_t:.6f}, delay 0.000000)"  # bootstrap.cc:865
+    timings = init_timings(seed, rank, topo.nnodes)
+    lines = parts["topology"]
+    lines.append(  # bootstrap.cc:865
+        f"{init}Bootstrap timings total {timings.boot:.6f} (create {timings.create:.6f}, send "
+        f"{timings.send:.6f}, recv {timings.recv:.6f}, ring {timings.ring:.6f}, delay 0.000000)"
     )
     if not amd and topo.nvls:
         # Fabric-managed NVSwitch systems report their fabric state (init.cc:717); NVL72 with its UUID.
@@ -488,6 +587,7 @@ def nccl_init_lines(
         f"{init}comm {comm} rank {rank} nRanks {n} nNodes {topo.nnodes} localRanks {local_ranks} "
         f"localRank {local} MNNVL {mnnvl_flag}"  # init.cc:1252
     )
+    lines = parts["channels"]
     if rank == 0:
         lines += [init + _ring_line(topo, c, nch) for c in range(nch)]
     lines.append(init + tree_line(topo, rank))
@@ -516,22 +616,17 @@ def nccl_init_lines(
     if rank == 0:
         lines.append(f"{init}CC Off, workFifoBytes 1048576")  # init.cc:592
     lines.append(init + forms["tuner"])
+    lines = parts["complete"]
     lines.append(init + forms["complete"].format(**fields))
-    total = boot + _seconds(seed, "nccl-init-total", rank, 0.35, 0.9)
-    kernels = _seconds(seed, "nccl-init-kernels", rank, 0.15, 0.3)
-    alloc = _seconds(seed, "nccl-init-alloc", rank, 0.02, 0.09)
-    topo_t = _seconds(seed, "nccl-init-topo", rank, 0.01, 0.04)
-    conn_t = _seconds(seed, "nccl-init-conn", rank, 0.01, 0.05)
-    graphs = _seconds(seed, "nccl-init-graphs", rank, 0.0, 0.02)
-    rest = max(0.0, total - kernels - alloc - boot - topo_t - conn_t - graphs)
+    t = timings
     lines.append(
-        f"{init}Init timings - ncclCommInitRankConfig: rank {rank} nranks {n} total {total:.2f} (kernels "
-        f"{kernels:.2f}, alloc {alloc:.2f}, bootstrap {boot:.2f}, allgathers 0.00, topo {topo_t:.2f}, graphs "
-        f"{graphs:.2f}, connections {conn_t:.2f}, rest {rest:.2f})"  # init.cc:1733
+        f"{init}Init timings - ncclCommInitRankConfig: rank {rank} nranks {n} total {t.total:.2f} (kernels "
+        f"{t.kernels:.2f}, alloc {t.alloc:.2f}, bootstrap {t.boot:.2f}, allgathers 0.00, topo {t.topo:.2f}, "
+        f"graphs {t.graphs:.2f}, connections {t.connections:.2f}, rest {t.rest:.2f})"  # init.cc:1733
     )
     if n > 1:
-        lines += _first_collective(topo, rank, conn, forms, nvls_ch, comm)
-    return lines
+        parts["connect"] = _first_collective(topo, rank, conn, forms, nvls_ch, comm)
+    return parts
 
 
 def _first_collective(

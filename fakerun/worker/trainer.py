@@ -283,8 +283,13 @@ class RankTrainer:
         self._woke_at(t)
         if first:
             emit(BarrierPassed(device_index=self.local_rank))
-            t = self._pace_from(t, times.nccl_s)
-            emit(NcclInitialized(job=job, pid=pid, tid=tid))
+            # The barrier is the first collective: NCCL sets its communicator up, part by part, then the
+            # rest of init_process_group's work (the subgroups) takes what remains of this rank's draw.
+            schedule = nccl.init_schedule(job.seed, self.rank, job.nnodes)
+            for part in nccl.INIT_PARTS:
+                self._pace_from(t, schedule.at(part))
+                emit(NcclInitialized(job=job, pid=pid, tid=tid, part=part))
+            t = self._pace_from(t, max(times.nccl_s, schedule.end))
             coords = job.coords(self.rank)
             helpers_s, kernels_s = megatron_figures.compile_seconds(job)
             emit(

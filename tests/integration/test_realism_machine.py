@@ -127,6 +127,12 @@ class TestOrder:
         gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
         assert len(set(gaps)) == len(gaps)
 
+    def test_nccl_init_interleaves_across_ranks(self, job: Result) -> None:
+        """Each rank's NCCL set-up prints part by part as it gets there, not as one block per rank."""
+        pids = [int(m[2]) for m in map(NCCL_ID.match, job.stdout.splitlines()) if m]
+        runs = 1 + sum(a != b for a, b in itertools.pairwise(pids))
+        assert len(set(pids)) == 4 and runs > 2 * 4  # one block per rank would be 4 runs
+
 
 class TestIdentities:
     """pids per host: node 1's do not continue node 0's; NCCL's thread ids are no formula of the pid."""

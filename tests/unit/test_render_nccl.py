@@ -15,10 +15,14 @@ from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.render.nccl import (
+    INIT_PARTS,
     NcclTopo,
     bus_id,
     coll_channels,
+    init_schedule,
+    init_timings,
     nccl_init_lines,
+    nccl_init_parts,
     nccl_topo_for,
     pci_bus_id,
     ring_order,
@@ -450,3 +454,29 @@ class TestVersions:
         lines = nccl_init_lines(t, 3, pid=50, tid=60, seed=0)
         version = [ln for ln in lines if s.nccl_version_line in ln]
         assert len(version) == 1 and version[0].startswith("node-a000:50:50 [3] NCCL INFO ")
+
+
+class TestInitSchedule:
+    """Each part of a rank's init output prints when the rank gets there, at the pace its timings print."""
+
+    @given(st.integers(0, 2**32), st.integers(0, 63), st.sampled_from([1, 2, 8]))
+    def test_parts_in_order_and_timed_as_printed(self, seed: int, rank: int, nnodes: int) -> None:
+        sched = init_schedule(seed, rank, nnodes)
+        offsets = [sched.at(part) for part in INIT_PARTS]
+        assert offsets == sorted(offsets) and offsets[-1] < sched.end
+        t = init_timings(seed, rank, nnodes)
+        # Init START to Init COMPLETE is the total the timings line prints; the bootstrap ring its part.
+        assert sched.complete - sched.init == pytest.approx(t.total)
+        assert sched.topology - sched.init == pytest.approx(t.boot)
+
+    def test_parts_cover_the_lines(self) -> None:
+        t = topo(2, 8)
+        parts = nccl_init_parts(t, 9, pid=4242, tid=4300, seed=1)
+        assert list(parts) == list(INIT_PARTS) and all(parts.values())
+        assert [line for p in INIT_PARTS for line in parts[p]] == nccl_init_lines(
+            t, 9, pid=4242, tid=4300, seed=1
+        )
+        assert "Init START" in parts["init"][-2] and "Init COMPLETE" in parts["complete"][0]
+        assert "Bootstrap timings" in parts["topology"][0]
+        printed = re.search(r"total (\d+\.\d+) \(", parts["complete"][1])
+        assert printed and float(printed[1]) == round(init_timings(1, 9, 2).total, 2)
