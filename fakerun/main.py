@@ -425,14 +425,19 @@ def main(argv: list[str] | None = None) -> int:
                     site_packages(),
                     lambda line: console.launcher_lines(line + "\n"),
                     job=None if ctx is None else ctx.run.job,
+                    started=started_mono,
                 )
             except MeetError as exc:
                 console.launcher_lines(exc.text)
                 return exc.exit_code
             except Interrupted:
                 return 1
+            # Every agent's clock starts when the job's first agent did, as synchronised hosts' clocks agree
+            # (the launcher's lines so far move forward by (speed - 1) x the difference).
+            age = links.assignment.epoch_age
+            clock = JobClock(time.time() - age, time.monotonic() - age, clock.speed)
             if ctx is not None:
-                ctx = dataclasses.replace(ctx, hosts=links.assignment.hosts)
+                ctx = dataclasses.replace(ctx, hosts=links.assignment.hosts, clock=clock)
             else:
                 links.close()  # --fake-exec: the real scripts need only the environment the rendezvous gave
                 links = None

@@ -181,10 +181,12 @@ def meet(
     site_packages: str,
     warn: Callable[[str], None],
     job: JobSpec | None = None,
+    started: float | None = None,
 ) -> tuple[LaunchPlan, Links]:
     """Runs the rendezvous for this node; returns the plan with its group rank and master address.
 
     `job` is the simulated job (None with --fake-exec): agents simulating different jobs cannot form one.
+    `started` is this agent's monotonic start: the assignment says how long ago the first agent started.
     """
     args = plan.args
     rdzv = plan.rdzv
@@ -192,7 +194,9 @@ def meet(
     secret = job_secret(os.environ, rdzv.run_id)
     static = rdzv.form == "static"
     what, digest = job_identity(job)
-    me = Join(args.node_rank if static else None, host, plan.nproc_per_node, rdzv.run_id, what, digest)
+    me = Join(
+        args.node_rank if static else None, host, plan.nproc_per_node, rdzv.run_id, what, digest, started
+    )
     port = rdzv.master_port if static else _endpoint(rdzv.endpoint)[1]
     option = "--master-port" if static else "--rdzv-endpoint"
     if not 0 < port < 65536:

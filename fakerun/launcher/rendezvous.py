@@ -24,6 +24,7 @@ from fakerun.launcher.wire import WireError, answer, shown, verify_welcome
 CONNECT_RETRY_S = 0.5
 MAX_NAME = 255  # host names and addresses
 MAX_NPROC = 1 << 16
+MAX_AGE_S = 7 * 86400.0  # how long ago an agent may have started: a rendezvous times out long before
 
 
 class RendezvousTimeout(Exception):
@@ -46,6 +47,11 @@ class Join:
     run_id: str
     job: str = ""  # the simulated job in a few words ("llama3-8b on h100"), or "--fake-exec"
     job_digest: str = ""  # every figure of the simulated job: agents that agree print the same job
+    started: float | None = None  # our monotonic time at start (not sent: monotonic clocks differ)
+
+    def age(self) -> float:
+        """Seconds since this agent started (0 when unknown)."""
+        return 0.0 if self.started is None else max(0.0, time.monotonic() - self.started)
 
     def message(self) -> dict[str, Any]:
         """As sent on the wire."""
@@ -57,6 +63,7 @@ class Join:
             "run_id": self.run_id,
             "job": self.job,
             "job_digest": self.job_digest,
+            "age": self.age(),
         }
 
 
@@ -68,6 +75,14 @@ class Assignment:
     hosts: tuple[str, ...]  # by group rank
     master_addr: str
     master_port: int
+    # Seconds ago (when the assignment arrived) the first agent of the job started: every agent's job clock
+    # starts then, so that the nodes' timestamps agree as NTP-synchronised hosts' do.
+    epoch_age: float = 0.0
+
+
+def is_age(value: object) -> bool:
+    """Whether `value` is a finite number of seconds in [0, MAX_AGE_S]."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= MAX_AGE_S
 
 
 def is_int(value: object, low: int, high: int) -> bool:
@@ -99,8 +114,12 @@ def _parse_join(message: dict[str, Any]) -> Join:
     for value in (run_id, job, digest):
         if not isinstance(value, str) or len(value) > 1024:
             raise WireError("malformed join message")
+    age = message.get("age", 0.0)
+    if not is_age(age):
+        raise WireError("malformed join message (age)")
     assert isinstance(host, str) and isinstance(nproc, int) and isinstance(run_id, str)
-    return Join(node_rank, host, nproc, run_id, str(job), str(digest))
+    # The agent's start moved to our monotonic clock (the message's time in flight is negligible).
+    return Join(node_rank, host, nproc, run_id, str(job), str(digest), time.monotonic() - float(age))
 
 
 def _check_join(
@@ -209,6 +228,7 @@ def _assign(
     else:
         ordered = joined
     hosts = tuple(j.host for j, _ in ordered)
+    first = min((j.started for j, _ in joined if j.started is not None), default=time.monotonic())
     peers: dict[int, Peer] = {}
     mine = 0
     for group_rank, (_, peer) in enumerate(ordered):
@@ -228,9 +248,10 @@ def _assign(
                     "hosts": list(hosts),
                     "master_addr": master_addr,
                     "master_port": master_port,
+                    "epoch_age": max(0.0, time.monotonic() - first),
                 }
             )
-    return Assignment(mine, hosts, master_addr, master_port), peers
+    return Assignment(mine, hosts, master_addr, master_port, max(0.0, time.monotonic() - first)), peers
 
 
 def join_rendezvous(
@@ -298,6 +319,7 @@ def _parse_assign(message: dict[str, Any], me: Join, nnodes: int) -> Assignment:
         )
     group_rank, hosts = message.get("group_rank"), message.get("hosts")
     addr, port = message.get("master_addr"), message.get("master_port")
+    epoch_age = message.get("epoch_age", 0.0)
     # The host itself is group rank 0; a static agent keeps its node rank.
     if not is_int(group_rank, 1, nnodes - 1) or (me.node_rank is not None and group_rank != me.node_rank):
         raise WireError(f"malformed assignment from the rendezvous host (group rank {shown(group_rank, 40)})")
@@ -305,8 +327,11 @@ def _parse_assign(message: dict[str, Any], me: Join, nnodes: int) -> Assignment:
         raise WireError("malformed assignment from the rendezvous host (host names)")
     if not is_name(addr) or not is_int(port, 1, 65535):
         raise WireError("malformed assignment from the rendezvous host (master address)")
+    if not is_age(epoch_age):
+        raise WireError("malformed assignment from the rendezvous host (epoch)")
     assert isinstance(group_rank, int) and isinstance(addr, str) and isinstance(port, int)
-    return Assignment(group_rank, tuple(str(h) for h in hosts), addr, port)
+    assert isinstance(epoch_age, (int, float))
+    return Assignment(group_rank, tuple(str(h) for h in hosts), addr, port, float(epoch_age))
 
 
 def close_all(peers: dict[int, Peer]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -108,8 +109,20 @@ class TestStatic:
             "n0",
             LOGLEVEL="INFO",
         )
+        # Node 1 starts later, as agents do: its clock must still read node 0's (one synchronised job clock).
+        time.sleep(0.5)
         n1 = agent(runner, [*common, "--node-rank", "1", "train.py"], "n1", LOGLEVEL="INFO")
         assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-1500:] + text(runner, "n1.err")[-1500:]
+        finished = {
+            int(m[2]): dt.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for name in ("n0.out", "n1.out")
+            for m in re.finditer(
+                r"^(\S+ \S+) \[info\s*\] training finished\s+rank=(\d+)", text(runner, name), re.M
+            )
+        }
+        assert sorted(finished) == list(range(8))
+        # The last step ends together on every rank; 0.5 s late at --fake-speed 50 would be 25 s apart.
+        assert max(finished.values()) - min(finished.values()) < 5.0
         # Each agent's INFO lines as torch's: its node rank in a static rdzv_configs, its own group's ranks.
         for node, name in enumerate(("n0", "n1")):
             err = messages(text(runner, f"{name}.err"))

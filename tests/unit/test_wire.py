@@ -14,8 +14,9 @@ import re
 import selectors
 import socket
 import struct
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -489,3 +490,46 @@ class TestAddresses:
         assert _secret_warning({"FAKERUN_SECRET": "x"}, "10.0.0.1", 29500, "none") is None
         warning = _secret_warning({}, "10.0.0.1", 29500, "none")
         assert warning is not None and "\n" not in warning and "10.0.0.1:29500" in warning
+
+
+class TestJobEpoch:
+    """Agents agree on when the job started: an age on the wire, never a monotonic time (hosts differ)."""
+
+    JOIN: ClassVar[dict[str, Any]] = {
+        "k": "join",
+        "node_rank": 1,
+        "host": "b",
+        "nproc": 2,
+        "run_id": "r",
+        "job": "",
+        "job_digest": "",
+    }
+    ASSIGN: ClassVar[dict[str, Any]] = {
+        "k": "assign",
+        "group_rank": 1,
+        "hosts": ["a", "b"],
+        "master_addr": "127.0.0.1",
+        "master_port": 29500,
+    }
+
+    def test_join_age_becomes_a_start_on_our_clock(self) -> None:
+        before = time.monotonic()
+        join = rendezvous._parse_join({**self.JOIN, "age": 30.0})
+        assert join.started is not None and before - 30.0 <= join.started <= time.monotonic() - 30.0
+        assert rendezvous.Join(None, "a", 1, "r", started=time.monotonic() - 5).message()["age"] >= 5.0
+
+    @pytest.mark.parametrize("age", [-1.0, float("nan"), float("inf"), 1e12, "3", True, None])
+    def test_bad_ages_are_refused(self, age: object) -> None:
+        with pytest.raises(WireError, match=r"malformed join message \(age\)"):
+            rendezvous._parse_join({**self.JOIN, "age": age})
+        me = rendezvous.Join(1, "b", 2, "r")
+        with pytest.raises(WireError, match=r"\(epoch\)"):
+            rendezvous._parse_assign({**self.ASSIGN, "epoch_age": age}, me, 2)
+
+    def test_the_first_agent_sets_the_epoch(self) -> None:
+        """The host started 2 s ago, the other agent 10 s ago: the job's clock started 10 s ago."""
+        now = time.monotonic()
+        host = rendezvous.Join(0, "a", 2, "r", started=now - 2.0)
+        other = rendezvous.Join(1, "b", 2, "r", started=now - 10.0)
+        assignment, _ = rendezvous._assign([(host, None), (other, None)], "127.0.0.1", 29500)
+        assert 10.0 <= assignment.epoch_age < 11.0
