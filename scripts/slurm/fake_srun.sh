@@ -27,6 +27,8 @@
 #   - puts shims first on PATH, for the script only (and fakerun's `torchrun` and `nvidia-smi` when the
 #     `fakerun` command is on PATH: a script's `srun torchrun ...` is simulated):
 #       scontrol show hostnames [LIST]  one host a line (LIST defaults to $SLURM_JOB_NODELIST);
+#       hostname [-s|-f]                the simulated node's name (SLURMD_NODENAME; $HOSTNAME likewise);
+#                                       addresses (-i, -I) are this machine's, where every node runs;
 #       srun [OPTIONS] CMD [ARGS...]    runs CMD once per task, all at once in the background, each with its
 #                                       own SLURM_NODEID, SLURM_PROCID, SLURM_LOCALID, SLURMD_NODENAME and
 #                                       step variables; waits for all; reports each failed task as srun
@@ -293,6 +295,32 @@ signal_tasks() {
 	for entry in "${tree[@]}"; do
 		[[ -n ${groups[${entry#* }]+x} ]] || kill -s "$sig" "${entry%% *}" 2>/dev/null || true
 	done
+}
+
+# --- the hostname shim -------------------------------------------------------------------------------
+
+# A task on a simulated node names that node: `hostname`, `-s`, `-f`, `-A` print SLURMD_NODENAME (short
+# form for -s). Addresses (-i, -I) and anything else are this machine's, where every simulated node runs:
+# a rendezvous endpoint taken from `hostname --ip-address` must be reachable.
+hostname_main() {
+	local real="" dir
+	local IFS=:
+	for dir in $PATH; do
+		[[ $dir != "$FAKE_SRUN_DIR" && -x $dir/hostname ]] && real=$dir/hostname && break
+	done
+	unset IFS
+	local name=${SLURMD_NODENAME:-}
+	if [[ -n $name ]]; then
+		case "$*" in
+		"" | -f | --fqdn | --long | -A | --all-fqdns) printf '%s\n' "$name" && return ;;
+		-s | --short) printf '%s\n' "${name%%.*}" && return ;;
+		esac
+	fi
+	[[ -n $real ]] || {
+		echo "hostname: command not found" >&2
+		return 127
+	}
+	exec "$real" "$@"
 }
 
 # --- the srun shim -----------------------------------------------------------------------------------
@@ -684,7 +712,7 @@ srun_main() {
 			SLURM_STEP_NUM_TASKS="$ntasks" SLURM_NTASKS="$ntasks" SLURM_NPROCS="$ntasks"
 			SLURM_STEP_TASKS_PER_NODE="$tasks_per_node" SLURM_TASKS_PER_NODE="$tasks_per_node"
 			SLURM_NODEID="$node" SLURM_PROCID="$t" SLURM_LOCALID="$local_id"
-			SLURMD_NODENAME="${hosts[node]}"
+			SLURMD_NODENAME="${hosts[node]}" HOSTNAME="${hosts[node]}"
 		)
 		if ((label)); then
 			# srun -l pads the task number to the width of the largest one.
@@ -911,6 +939,7 @@ sbatch_main() {
 	trap cleanup EXIT
 	ln -s "$self" "$FAKE_SRUN_DIR/srun"
 	ln -s "$self" "$FAKE_SRUN_DIR/scontrol"
+	ln -s "$self" "$FAKE_SRUN_DIR/hostname"
 
 	# The nodes, named as the cluster preset names its hosts (fakerun's helper), else node[001-00N].
 	local nodelist="" py
@@ -945,7 +974,7 @@ sbatch_main() {
 	[[ ! $gpus =~ ^[0-9]+$ ]] || export SLURM_GPUS_ON_NODE=$gpus SLURM_GPUS_PER_NODE=$gpus
 	# The batch script itself is task 0 of the first node.
 	export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
-	export SLURMD_NODENAME=$first
+	export SLURMD_NODENAME=$first HOSTNAME=$first
 	export SLURM_SUBMIT_DIR=$PWD SLURM_SUBMIT_HOST=${HOSTNAME:-localhost} SLURM_CLUSTER_NAME=cluster
 	export SLURM_JOB_USER=${USER:-$(id -un)} SLURM_JOB_PARTITION=gpu
 	if [[ -n $site_lua ]]; then export FAKE_SRUN_SITE_LUA=1; else unset FAKE_SRUN_SITE_LUA; fi
@@ -973,9 +1002,10 @@ sbatch_main() {
 	return "$rc"
 }
 
-# One file, three programs: called through the `srun` or `scontrol` link, it is that shim.
+# One file, four programs: called through the `srun`, `scontrol` or `hostname` link, it is that shim.
 case $(basename "$0") in
 srun) srun_main "$@" ;;
 scontrol) scontrol_main "$@" ;;
+hostname) hostname_main "$@" ;;
 *) sbatch_main "$@" ;;
 esac

@@ -463,7 +463,8 @@ class TestSrunNoise:
             "srun -l --mpi=pmix fakerun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d "
             f'--rdzv-endpoint 127.0.0.1:{free_port()} --rdzv-id "$SLURM_JOB_ID" '
             "--fake-max-steps 2 --fake-speed 1000 train.py\n"
-            "srun -l bash -c 'echo plain on $SLURMD_NODENAME'",
+            "srun -l bash -c 'echo plain on $SLURMD_NODENAME $(hostname) $HOSTNAME $(hostname -s)'\n"
+            "echo batch on $(hostname) $HOSTNAME at $(hostname --ip-address)",
         )
         res = subprocess.run(
             ["bash", str(FAKE_SRUN), "--jobid", JOBID, "--site-lua", str(script)],
@@ -477,13 +478,17 @@ class TestSrunNoise:
         assert res.returncode == 0, stderr[-3000:]
         out = [line for line in stdout.split("\n") if line]
         err = [line for line in stderr.split("\n") if line]
+        out = [line for line in out if not line.startswith("batch on")]
         assert len(out) > 20
         assert all(re.match(r"[01]: ", line) for line in out), [x for x in out if not re.match(r"[01]: ", x)]
         assert {line[:2] for line in out} == {"0:", "1:"}
+        # A task names its simulated node, in every way a script asks; addresses stay this machine's.
         assert sorted(line for line in out if "plain on" in line) == [
-            "0: plain on gpu-node-001",
-            "1: plain on gpu-node-002",
+            "0: plain on" + " gpu-node-001" * 4,
+            "1: plain on" + " gpu-node-002" * 4,
         ]
+        ip = subprocess.run(["hostname", "--ip-address"], capture_output=True, text=True).stdout.strip()
+        assert f"batch on gpu-node-001 gpu-node-001 at {ip}" in stdout
         lua = [line for line in err if line.startswith("srun: lua: ")]
         assert lua == [f"srun: lua: Submitted job {JOBID}"] * 2
         labelled = [line for line in err if not line.startswith("srun: ")]
