@@ -271,6 +271,7 @@ def _child_factory(
     argv = worker_argv(plan, python)
     base_env = dict(os.environ)
     fake = cmd.fake
+    spawned: dict[int, float] = {}  # by restart count: when the first worker of that attempt was made
 
     def make(slot: WorkerSlot, restart_count: int, error_file: str) -> ChildMain:
         env = worker_env(base_env, plan, slot, restart_count=restart_count, error_file=error_file)
@@ -282,7 +283,11 @@ def _child_factory(
 
         assert ctx is not None
         # A restarted attempt resumes from the newest checkpoint, as a real job's --resume would.
-        rank_ctx = dataclasses.replace(ctx, run=resumed(ctx.run, saved.step))
+        rank_ctx = dataclasses.replace(
+            ctx,
+            run=resumed(ctx.run, saved.step),
+            spawned=spawned.setdefault(restart_count, time.monotonic()),
+        )
         return lambda: worker_main(argv, env, rank_ctx)
 
     return make

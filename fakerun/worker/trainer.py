@@ -104,6 +104,10 @@ class SimContext:
     real_node: int = 0
     # The script's textual settings a framework echoes in its log (hints.Hints.settings).
     settings: tuple[tuple[str, str], ...] = ()
+    # When the launcher began forking this attempt's workers (monotonic; None: the rank's own fork). Every
+    # rank's start-up is paced from it, as a real node's workers all start in the same few milliseconds:
+    # forking many ranks on a small machine takes long enough to show at a high --fake-speed otherwise.
+    spawned: float | None = None
 
 
 @dataclass
@@ -154,7 +158,7 @@ class RankTrainer:
         self.patience: Patience | None = None
         self._evaluated: int | None = None
         self._tally = _EpochTally(0.0)
-        self.born = time.monotonic()  # the fork, give or take the few ms the launcher took to get here
+        self.born = time.monotonic() if ctx.spawned is None else min(ctx.spawned, time.monotonic())
         # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
         # are stamped from the former, so a late wake-up is not multiplied by --fake-speed into the log.
         self._mark = self._woke = self.born

@@ -13,6 +13,7 @@ from fakerun.sim import checkpoint, compute
 from fakerun.sim import run as run_mod
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import (
+    IMPORT_S,
     NICE_INTERVALS,
     eval_seconds,
     looped,
@@ -169,3 +170,11 @@ class TestCostedCadence:
         j = make_job(b.model, b.cluster, b.storage)
         r = run_mod.make_run(j, eval_interval=5, save_interval=10)
         assert (r.eval_interval, r.save_interval) == (5, 10)
+
+
+def test_start_up_durations_are_never_shared() -> None:
+    """No two ranks of a job take the same time to import torch (their first lines would share a stamp)."""
+    big = job(nnodes=64)
+    imports = [startup_times(big, rank, resume=False).import_s for rank in range(big.world_size)]
+    assert len({round(x, 6) for x in imports}) == len(imports)
+    assert all(IMPORT_S[0] <= x <= IMPORT_S[1] for x in imports)
