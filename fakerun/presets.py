@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fakerun import tomlfile
 from fakerun.limits import MAX_NNODES, MAX_NPROC_PER_NODE, MAX_STEPS
-from fakerun.sim import stack  # pure, and imports presets only for type checking
+from fakerun.sim import rand, stack  # pure, and import presets only for type checking
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -479,18 +479,19 @@ def _check_host_pattern(c: ClusterSpec) -> None:
         # Only the two names, no attribute or item access; a format spec with its own {fields} or a width
         # of millions would make str.format build a huge string before any length could be checked.
         if (
-            name not in ("prefix", "index")
+            name not in ("prefix", "index", "ip")
             or "{" in (spec or "")
             or any(int(n) > _MAX_HOST_NAME for n in re.findall(r"\d+", spec or ""))
         ):
             raise ValueError(
-                f"bad host_pattern {c.host_pattern!r} (use {{prefix}} and {{index}}, e.g. {{index:03d}})"
+                f"bad host_pattern {c.host_pattern!r} "
+                "(use {prefix}, {index} or {ip}, e.g. {index:03d})"
             )
     try:
         longest = max(
             (
-                c.host_pattern.format(prefix=c.host_prefix, index=c.index_base + i)
-                for i in (0, MAX_NNODES - 1)
+                c.host_pattern.format(prefix=c.host_prefix, index=index, ip=_vpc_ip(c, index))
+                for index in (c.index_base, c.index_base + MAX_NNODES - 1)
             ),
             key=len,
         )
@@ -770,9 +771,19 @@ def model_from_hf_name(name: str) -> ModelSpec | None:
 # Helpers
 
 
+def _vpc_ip(cluster: ClusterSpec, node_index: int) -> str:
+    """A node's private IPv4 in the cluster's one /16 VPC subnet, dashed as EC2 host names spell it."""
+    h = rand.hash64(0, "vpc-subnet", rand.stream_id(cluster.name))
+    # EC2 scatters addresses over the subnet: a multiplier prime to 65532 permutes the host numbers,
+    # so no two nodes share one (past 65532 nodes they repeat); the first four are AWS's own.
+    host = (node_index * 40501 + (h >> 16)) % 65532 + 4
+    return f"10-{1 + h % 254}-{host >> 8}-{host & 0xFF}"
+
+
 def host_name(cluster: ClusterSpec, node_index: int) -> str:
     """The simulated host name of node `node_index` (0-based) of a cluster."""
-    return cluster.host_pattern.format(prefix=cluster.host_prefix, index=node_index + cluster.index_base)
+    index = node_index + cluster.index_base
+    return cluster.host_pattern.format(prefix=cluster.host_prefix, index=index, ip=_vpc_ip(cluster, index))
 
 
 def with_gpu(cluster: ClusterSpec, gpu: GpuSpec) -> ClusterSpec:

@@ -17,6 +17,8 @@ scale: ring lines on rank 0 only, cut at 128 characters as dumpLine() does.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,6 +49,7 @@ MAX_CHANNELS = 64  # src/include/device.h MAXCHANNELS
 _TREE_ARITY = 3
 _NVLS_CHUNK = 128 * 1024  # src/transport/nvls.cc NCCL_NVLS_CHUNKSIZE default
 _NCCL_STEPS = 8
+_EC2_HOST = re.compile(r"ip-(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})\b")  # ip-10-1-23-45: its private IPv4
 _RAS_PORT = 28028  # src/ras/ras_internal.h: the RAS client socket's default port
 
 # Per release family (sim.stack.NCCL_FORMATS), the forms that differ: source file:line at the tag for 2.29,
@@ -295,8 +298,11 @@ def _ring_line(topo: NcclTopo, channel: int, nch: int) -> str:
 # Identifiers and machine details
 
 
-def _node_ip(seed: int, node: int) -> str:
-    """A private 10.x.y.z address per node: one subnet per job (seed), hosts numbered up from a base."""
+def _node_ip(seed: int, node: int, host: str = "") -> str:
+    """A node's private 10.x.y.z address: the one an EC2 host name spells, else one subnet per job (seed)."""
+    spelled = _EC2_HOST.match(host)
+    if spelled:
+        return ".".join(spelled.groups())
     h = rand.hash64(seed, "nccl-subnet")
     index = node + h % 40
     return f"10.{1 + (h >> 8) % 250}.{(h >> 16) % 200 + index // 250}.{index % 250 + 2}"
@@ -446,6 +452,85 @@ def _nic_list(topo: NcclTopo) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# aws-ofi-nccl (EFA): its lines at the stack's release (src/ of github.com/aws/aws-ofi-nccl at v1.19.0),
+# checked against real logs of 1.18.0 and 1.19.0 on p5/p5en/g7e.
+
+_OFI_LIB = "/opt/amazon/ofi-nccl/lib/libnccl-net.so"  # where the EFA installer puts the plugin
+# What the plugin sets for NCCL on p5/p5e (platform-aws.cpp platform_data_map "p5/p5e", FI_EFA_FORK_SAFE, the
+# tuner, the topology file it writes), printed in env_manager's (std::map) order as "Adding NAME=VALUE".
+_OFI_P5_ENV = (
+    ("FI_EFA_FORK_SAFE", "1"),
+    ("NCCL_BUFFSIZE", "8388608"),
+    ("NCCL_NET_FORCE_FLUSH", "0"),
+    ("NCCL_NVLSTREE_MAX_CHUNKSIZE", "524288"),
+    ("NCCL_NVLS_CHUNKSIZE", "524288"),
+    ("NCCL_P2P_NET_CHUNKSIZE", "524288"),
+    ("NCCL_TOPO_FILE", ""),  # the memfd it wrote, as /proc/self/fd/N
+    ("NCCL_TUNER_PLUGIN", "libnccl-net.so"),
+)
+_OFI_NVLS_CHUNK = 524288
+
+
+def efa_nics(topo: NcclTopo) -> list[list[int]]:
+    """Each GPU's EFA devices' PCI buses: on a p5, the four buses below the GPU's (4f-52 for 53)."""
+    gpus = [_bus_number(g, topo.bus_ids)[1] for g in range(len(topo.bus_ids) or topo.nproc_per_node)]
+    per = max(1, topo.nics_per_node // len(gpus))
+    return [[bus - per + i for i in range(per)] for bus in gpus]
+
+
+def _topo_fd(seed: int, rank: int) -> int:
+    """The plugin's memfd: above the descriptors torch, CUDA and the bootstrap sockets hold by then."""
+    return 60 + rand.hash64(seed, "ofi-topo-fd", rank) % 90
+
+
+def _efa_plugin_lines(topo: NcclTopo, seed: int, rank: int, ip: str) -> list[str]:
+    """The NET plugin's load and init (plugin/net.cc, aws-ofi-nccl's nccl_ofi_net.cpp, platform-aws.cpp)."""
+    stack = topo.stack
+    groups = efa_nics(topo)
+    node = rank // topo.nproc_per_node
+    out = [
+        "NET/Plugin: Loaded net plugin Libfabric (v11)",  # plugin/net/net_v11.cc:18
+        f"Successfully loaded external network plugin {_OFI_LIB}",  # plugin/net.cc:117
+        f"NET/OFI Initializing aws-ofi-nccl {stack.ofi_nccl}",
+        f"NET/OFI Using Libfabric version {stack.libfabric}",
+        f"NET/OFI Using CUDA driver version {stack.cuda_driver_version} with runtime "
+        f"{stack.ofi_cuda_runtime}",
+        "NET/OFI Plugin selected platform: AWS",
+        "NET/OFI Configuring AWS-specific options",
+        "NET/OFI Setting provider_filter to efa",  # no FI_PROVIDER in the job's environment
+        "NET/OFI Internode latency set at 75.0 us",  # platform_data_map "p5/p5e"
+        "NET/OFI Using transport protocol RDMA (platform set)",
+        f"NET/OFI Selected provider is efa, fabric is efa-direct (found {topo.nics_per_node} nics)",
+    ]
+    # nccl_ofi_topo.cpp: the NICs grouped by the GPU they sit beside, one NCCL device per group.
+    out += [
+        f"NET/OFI NIC group {g} device #{j} 0000:{bus:02x}:00.0"
+        for g, buses in enumerate(groups)
+        for j, bus in enumerate(buses)
+    ]
+    node_id = int(ipaddress.IPv4Address(ip))
+    for g, buses in enumerate(groups):
+        # platform-aws.cpp: the first rail's node GUID from sysfs (MAC bytes, per-card PCI bus, function), and
+        # the device GUID, which on EFA v2 (device id 0xefa1) is the node's IPv4 above the device index.
+        mac = rand.hash64(seed, "efa-guid", node, g) & 0xFFFFFFFF
+        out.append(f"NET/OFI GUID of rdmap{buses[0]}s0: {mac:08x}0000{0x10 + g:02x}01")
+        out.append(f"NET/OFI GUID for dev[{g}]: {node_id << 32 | g:032x}")
+        out.append(f"NET/OFI Created device with {len(buses)} rails")  # nccl_ofi_rdma.cpp
+    out += [
+        "NET/OFI Support for global registrations: true",
+        "NET/OFI Support for DMA-BUF registrations: true",
+    ]
+    fd = f"/proc/self/fd/{_topo_fd(seed, rank)}"
+    out += [f"NET/OFI Adding {name}={value or fd} to environment" for name, value in _OFI_P5_ENV]
+    out += [
+        "Initialized NET plugin Libfabric",  # plugin/net.cc:172
+        "Assigned NET plugin Libfabric to comm",  # plugin/net.cc:211
+        "Using network Libfabric",  # init.cc:457
+    ]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
 # The lines
 
 
@@ -473,7 +558,7 @@ def nccl_init_parts(
     p = topo.nproc_per_node
     node, local = divmod(rank, p)
     host = topo.hosts[node]
-    ip = _node_ip(seed, node)
+    ip = _node_ip(seed, node, host)
     n = topo.world
     nch = coll_channels(topo)
     # Thread ids are system-wide: other processes' threads start in between, so the gaps vary.
@@ -513,20 +598,7 @@ def nccl_init_parts(
     # The init thread: network plugin, then ncclCommInitRankFunc.
     lines = parts["init"]
     if topo.transport == "efa":
-        lines += [
-            f"{init}NET/Plugin: Loaded net plugin Libfabric (v10)",
-            f"{init}Successfully loaded external plugin libnccl-net.so",
-            f"{init}NET/OFI Initializing aws-ofi-nccl 1.17.1",
-            f"{init}NET/OFI Using Libfabric version 2.3",
-            f"{init}NET/OFI Using CUDA driver version {stack.cuda_driver_version} with runtime "
-            f"{stack.cuda_driver_version}",
-            f"{init}NET/OFI Configuring AWS-specific options",
-            f"{init}NET/OFI Setting provider_filter to efa",
-            f"{init}NET/OFI Selected provider is efa, fabric is efa-direct (found {topo.nics_per_node} nics)",
-            f"{init}Initialized NET plugin Libfabric",
-            f"{init}Assigned NET plugin Libfabric to comm",
-            f"{init}Using network Libfabric",
-        ]
+        lines += [init + x for x in _efa_plugin_lines(topo, seed, rank, ip)]
     else:
         plugin = "librccl-net.so libnccl-net.so" if amd else "libnccl-net.so"
         lines.append(f"{init}NET/Plugin: Could not find: {plugin}")
@@ -565,6 +637,10 @@ def nccl_init_parts(
         clique = rand.hash64(seed, "nccl-clique", rank // max(1, topo.mnnvl_domain)) % 0x7FFF + 1
         shown = f"{uuid} cliqueId 0x{clique:x}" if topo.mnnvl_domain else "0.0 cliqueId 0x0"
         lines.append(f"{init}MNNVL busId 0x{bus(rank)} fabric UUID {shown} state 3 healthMask 0x0")
+    efa = topo.transport == "efa"
+    if efa:
+        # The plugin's topology file, read as the topology is detected (graph/topo.cc:1455).
+        lines.append(f"{init}NCCL_TOPO_FILE set by environment to /proc/self/fd/{_topo_fd(seed, rank)}")
     socket_cpus = _socket_cpus(topo, local)
     all_cpus = range(topo.cpu_cores * topo.threads_per_core)
     lines.append(init + forms["affinity"].format(dev=local, gpu=_ranges(socket_cpus), cpu=_ranges(all_cpus)))
@@ -592,6 +668,12 @@ def nccl_init_parts(
         lines += [init + _ring_line(topo, c, nch) for c in range(nch)]
     lines.append(init + tree_line(topo, rank))
     chunk = 524288 if topo.single_domain and topo.nvlinks else 131072  # init.cc:778, P2P_NVL vs NET chunk
+    if efa:
+        # computeBuffSizes reads NCCL_BUFFSIZE always, the NET chunk size only across nodes (init.cc:756-776).
+        lines.append(f"{init}NCCL_BUFFSIZE set by environment to 8388608.")
+        if topo.nnodes > 1:
+            lines.append(f"{init}NCCL_P2P_NET_CHUNKSIZE set by environment to 524288.")
+            chunk = 524288
     lines.append(f"{init}P2P Chunksize set to {chunk}")  # init.cc:793
     lines.append(init + forms["profiler"])
     lines.append(init + forms["p2p_type"])
@@ -602,6 +684,14 @@ def nccl_init_parts(
         proxy.format(tid=proxy_tid) + f"[Proxy Service] Device {local} CPU core {core}"
     )  # proxy.cc:1623
     lines.append(proxy.format(tid=uds_tid) + f"[Proxy Service UDS] Device {local} CPU core {core_uds}")
+    if efa:
+        # aws-ofi-nccl is also NCCL's tuner (it set NCCL_TUNER_PLUGIN), loaded here as in real 2.29.2 logs.
+        lines += [
+            f"{init}NCCL_TUNER_PLUGIN set by environment to libnccl-net.so",
+            f"{init}TUNER/Plugin: Using nccl_ofi_tuner (v3)",  # plugin/tuner/tuner_v3.cc:39
+            f"{init}Successfully loaded external tuner plugin {_OFI_LIB}",  # plugin/tuner.cc:87
+            f"{init}NET/OFI Tuner selected platform: AWS",
+        ]
     lines.append(f"{init}threadThresholds 8/8/64 | {8 * n}/8/64 | 512 | 512")  # graph/tuning.cc:567
     p2p_channels = 1 << (min(nch, MAX_CHANNELS) - 1).bit_length()  # graph/paths.cc:899 pow2Up
     per_peer = p2p_channels
@@ -615,7 +705,8 @@ def nccl_init_parts(
     )
     if rank == 0:
         lines.append(f"{init}CC Off, workFifoBytes 1048576")  # init.cc:592
-    lines.append(init + forms["tuner"])
+    if not efa:
+        lines.append(init + forms["tuner"])
     lines = parts["complete"]
     lines.append(init + forms["complete"].format(**fields))
     t = timings
@@ -678,7 +769,11 @@ def _first_collective(
         heads = topo.nics_per_node if not topo.single_domain else max(1, p // 2)
         heads = min(heads, p)
         head_rank = local if local < heads else -1
-        buff = _NVLS_CHUNK * _NCCL_STEPS
+        chunk = _NVLS_CHUNK
+        if topo.transport == "efa":
+            out.append(f"{conn}NCCL_NVLS_CHUNKSIZE set by environment to {_OFI_NVLS_CHUNK}.")  # nvls.cc:154
+            chunk = _OFI_NVLS_CHUNK
+        buff = chunk * _NCCL_STEPS
         per_rank = nvls_ch * 2 * buff
         out.append(
             f"{conn}NVLS comm {comm} headRank {head_rank} nHeads {heads} nvlsRanks {p} buffSize {buff} "

@@ -10,6 +10,9 @@ nvidia-nccl-cu13 2.29.7 wheel prints `NCCL version 2.29.7+cuda13.2`, nvidia-nccl
 `2.29.3+cuda12.9` (both as seen in public logs of those wheels). CUDA 13.0 needs a 580-series driver, so
 nvidia-smi says `CUDA Version: 13.0` and NCCL `cudaDriverVersion 13000`.
 
+`cu130-efa`: the same torch and NCCL on an AWS DLAMI, with its network plugin aws-ofi-nccl 1.19.0 over
+libfabric 2.4 (EFA installer 1.48).
+
 Pinned older stacks: `cu126` (torch 2.13.0+cu126 on a 535 driver: nvidia-smi `CUDA Version: 12.2`,
 `cudaDriverVersion 12020`, CUDA minor-version compatibility lets 12.6 code run there) and `rocm7.2`
 (torch 2.13.0+rocm7.2 with ROCm 7.2.0's RCCL 2.27.7, which prints its own multi-line version block).
@@ -68,6 +71,10 @@ class Stack:
     )
     driver: str  # the kernel driver: nvidia-smi's `Driver Version` (amdgpu's for ROCm)
     rocm: str = ""  # the ROCm release for AMD stacks ("7.2.0"); "" for CUDA
+    # AWS's network plugin (EFA clusters): aws-ofi-nccl, its libfabric, the CUDA runtime it was built with.
+    ofi_nccl: str = ""
+    libfabric: str = ""
+    ofi_cuda_runtime: int = 0  # as cudaRuntimeGetVersion() gives it: 12090 for CUDA 12.9
 
     @property
     def driver_cuda(self) -> str:
@@ -161,6 +168,16 @@ STACKS: dict[str, Stack] = {
         rocm="7.2.0",
     ),
 }
+# An AWS Deep Learning AMI/Container of early 2026 (EFA installer 1.48): torch's cu130 wheels beside
+# aws-ofi-nccl 1.19.0 (built against CUDA 12.9) and libfabric 2.4, on the 580.105.08 driver of p5 nodes.
+STACKS["cu130-efa"] = replace(
+    STACKS["cu130"],
+    name="cu130-efa",
+    driver="580.105.08",
+    ofi_nccl="1.19.0",
+    libfabric="2.4",
+    ofi_cuda_runtime=12090,
+)
 DEFAULT_STACK = STACKS["cu130"]
 _VENDOR_DEFAULT = {"nvidia": "cu130", "amd": "rocm7.2"}
 

@@ -35,6 +35,8 @@ PREFIX = re.compile(r"^([\w.-]+):(\d+):(\d+) \[(\d+)\] NCCL INFO (.*)$")
 RCCL_BLOCK = re.compile(r"^(HIP version  |ROCm version |Hostname     |Librccl path ): \S+$")
 TREE_PART = re.compile(r"\[(\d+)\] (-?\d+)/(-?\d+)/(-?\d+)->(\d+)->(-?\d+)")
 # transport/p2p.cc:413 and transport/net.cc:317,363 (2.29): peers as rank[nvmlDev], the connection index.
+# aws-ofi-nccl's nccl_ofi_topo.cpp: one line per EFA device, grouped by the GPU it serves.
+OFI_NIC = re.compile(r"NET/OFI NIC group (\d+) device #(\d+) 0000:([0-9a-f]{2}):00\.0")
 CONN = re.compile(r"^Channel (\d\d)/(\d) : (\d+)\[(\d+)\] -> (\d+)\[(\d+)\] (.*)$")
 
 # The forms of NCCL 2.29 (src/ at v2.29.7-1; values replaced by patterns).
@@ -275,11 +277,16 @@ class TestPresets:
             assert done.group(6) == bus_id(rank % t.nproc_per_node, cluster.bus_ids)
             commids.add(done.group(7))
             comms.append(int(done.group(1), 16))
-            nic_msg = next(x for x in msgs if x.startswith("NET/IB : Using"))
-            devices = re.findall(r"\[(\d+)\]([\w]+):1/(IB|RoCE)", nic_msg)
-            assert len(devices) == cluster.nics_per_node
-            assert {d[2] for d in devices} == {"RoCE" if cluster.transport == "roce" else "IB"}
-            assert nic_msg.endswith(f"OOB {cluster.oob_if}:{nic_msg.rsplit(':', 1)[1]}")
+            if cluster.transport == "efa":
+                assert "Using network Libfabric" in msgs and not any(x.startswith("NET/IB") for x in msgs)
+                groups = [m for m in map(OFI_NIC.fullmatch, msgs) if m]
+                assert len(groups) == cluster.nics_per_node
+            else:
+                nic_msg = next(x for x in msgs if x.startswith("NET/IB : Using"))
+                devices = re.findall(r"\[(\d+)\]([\w]+):1/(IB|RoCE)", nic_msg)
+                assert len(devices) == cluster.nics_per_node
+                assert {d[2] for d in devices} == {"RoCE" if cluster.transport == "roce" else "IB"}
+                assert nic_msg.endswith(f"OOB {cluster.oob_if}:{nic_msg.rsplit(':', 1)[1]}")
             gid = [x for x in msgs if x.startswith("NCCL_IB_GID_INDEX set by environment to ")]
             assert gid == (
                 [f"NCCL_IB_GID_INDEX set by environment to {cluster.ib_gid_index}."]
@@ -319,7 +326,7 @@ class TestPresets:
             t = cluster_topo(name)
             msgs = messages(nccl_init_lines(t, 1, pid=5, tid=6, seed=0))
             key = (
-                next(x for x in msgs if x.startswith("NET/IB")).split("; OOB")[0],
+                next(x for x in msgs if x.startswith(("NET/IB", "Using network"))).split("; OOB")[0],
                 tuple(bus_id(i, t.bus_ids) for i in range(t.nproc_per_node)),
                 t.stack.name,
                 t.oob_if,
@@ -480,3 +487,64 @@ class TestInitSchedule:
         assert "Bootstrap timings" in parts["topology"][0]
         printed = re.search(r"total (\d+\.\d+) \(", parts["complete"][1])
         assert printed and float(printed[1]) == round(init_timings(1, 9, 2).total, 2)
+
+
+class TestEfa:
+    """The AWS p5 preset: aws-ofi-nccl over 32 EFA devices instead of NET/IB, EC2 host names."""
+
+    def test_plugin_lines_follow_the_p5(self) -> None:
+        """Four EFA devices per GPU, each on a PCI bus just below its GPU's; 8 NCCL devices of 4 rails."""
+        t = cluster_topo("p5-efa")
+        msgs = messages(nccl_init_lines(t, 3, pid=5, tid=6, seed=0))
+        groups: dict[int, list[int]] = defaultdict(list)
+        for m in map(OFI_NIC.fullmatch, msgs):
+            if m:
+                groups[int(m.group(1))].append(int(m.group(3), 16))
+        assert sorted(groups) == list(range(8))
+        for g, buses in groups.items():
+            gpu_bus = int(pci_bus_id(g, t.bus_ids).split(":")[1], 16)
+            assert sorted(buses) == list(range(gpu_bus - 4, gpu_bus))
+        assert msgs.count("NET/OFI Created device with 4 rails") == 8
+        assert "NET/OFI Selected provider is efa, fabric is efa-direct (found 32 nics)" in msgs
+        assert "NET/OFI Initializing aws-ofi-nccl 1.19.0" in msgs
+        assert "NET/Plugin: Loaded net plugin Libfabric (v11)" in msgs
+
+    def test_host_names_spell_the_bootstrap_ip(self) -> None:
+        """ip-a-b-c-d host names: distinct, in one /16, the address NCCL bootstraps on and puts in GUIDs."""
+        cluster = presets.load_cluster("p5-efa")
+        names = [presets.host_name(cluster, i) for i in range(300)]
+        assert len(set(names)) == 300
+        nets = {ipaddress.ip_network(n[3:].replace("-", ".") + "/16", strict=False) for n in names}
+        assert len(nets) == 1 and next(iter(nets)).subnet_of(ipaddress.ip_network("10.0.0.0/8"))
+        t = cluster_topo("p5-efa", nnodes=3)
+        for node in range(3):
+            msgs = messages(nccl_init_lines(t, node * 8 + 2, pid=5, tid=6, seed=4))
+            ip = t.hosts[node][3:].replace("-", ".")
+            assert f"Bootstrap: Using {cluster.oob_if}:{ip}<0>" in msgs
+            guid = first(re.compile(r"NET/OFI GUID for dev\[0\]: 0{16}([0-9a-f]{8})0{8}"), msgs)
+            assert ipaddress.IPv4Address(int(guid.group(1), 16)) == ipaddress.IPv4Address(ip)
+
+    def test_differs_from_the_ib_h100(self) -> None:
+        """Same GPUs as the DGX H100, other bus ids, host names and network: no NET/IB, Libfabric channels."""
+        efa, ib = cluster_topo("p5-efa"), cluster_topo("dgx-h100")
+        assert {bus_id(i, efa.bus_ids) for i in range(8)}.isdisjoint(bus_id(i, ib.bus_ids) for i in range(8))
+        assert all(re.fullmatch(r"ip-10-\d+-\d+-\d+", h) for h in efa.hosts)
+        efa_msgs = messages(nccl_init_lines(efa, 8, pid=5, tid=6, seed=0))
+        ib_msgs = messages(nccl_init_lines(ib, 8, pid=5, tid=6, seed=0))
+        nets = {x.split(" via ")[1].split("/")[1] for x in efa_msgs if CONN.match(x) and "NET/" in x}
+        assert nets == {"Libfabric"}
+        assert not any("Libfabric" in x or "NET/OFI" in x for x in ib_msgs)
+
+    def test_plugin_settings_reach_nccl(self) -> None:
+        """What the plugin adds to the environment, NCCL reads back: chunk sizes across nodes, its tuner."""
+        multi = messages(nccl_init_lines(cluster_topo("p5-efa", 2), 0, pid=5, tid=6, seed=0))
+        single = messages(nccl_init_lines(cluster_topo("p5-efa", 1), 0, pid=5, tid=6, seed=0))
+        for msgs in (multi, single):
+            assert "NCCL_BUFFSIZE set by environment to 8388608." in msgs
+            assert "TUNER/Plugin: Using nccl_ofi_tuner (v3)" in msgs
+            assert not any(x.startswith("TUNER/Plugin: Could not find") for x in msgs)
+            topo_file = first(re.compile(r"NET/OFI Adding NCCL_TOPO_FILE=(\S+) to environment"), msgs)
+            assert f"NCCL_TOPO_FILE set by environment to {topo_file.group(1)}" in msgs
+        assert "NCCL_P2P_NET_CHUNKSIZE set by environment to 524288." in multi
+        assert not any(x.startswith("NCCL_P2P_NET_CHUNKSIZE") for x in single)
+        assert "P2P Chunksize set to 524288" in multi
