@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
-from fakerun.dialects import megatron_ds
+from fakerun.dialects import megatron, megatron_ds
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
@@ -979,8 +979,10 @@ _TITAN_TEXT = frozenset(
 )
 
 
-# HF TrainingArguments' text its Trainer echoes (checkpoint paths under --output_dir).
+# HF TrainingArguments' text its Trainer echoes (checkpoint paths under --output_dir); Megatron's --save
+# folder and the arguments that date a Megatron script (its log format follows).
 _HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir"})
+_MEGATRON_TEXT = frozenset({"save"}) | megatron.LEGACY_OPTIONS
 
 
 def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
@@ -1004,7 +1006,7 @@ def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
         if not eq:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "true"
         key = name.replace("-", "_")
-        if key in _TITAN_TEXT or key in _HF_TEXT or key == "config":
+        if key in _TITAN_TEXT or key in _HF_TEXT or key in _MEGATRON_TEXT or key == "config":
             out[key] = value
     return out
 

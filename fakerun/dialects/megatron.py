@@ -1,4 +1,5 @@
-"""Megatron-LM (Megatron-core v0.15): start-up, iteration lines, memory reports, timers, validation, saves."""
+"""Megatron-LM (Megatron-core v0.15, or the 2021-22 format for older scripts): start-up, iteration lines,
+memory reports, timers, validation, saves."""
 
 from __future__ import annotations
 
@@ -31,7 +32,19 @@ from fakerun.sim.megatron import Theory
 from fakerun.sim.run import RunPlan
 
 _MIB = 1024.0**2
-SAVE_DIR = "checkpoints"  # --save as the script's arguments would give it
+SAVE_DIR = "checkpoints"  # --save when the script's arguments give none
+# Arguments of Megatron-LM before mid-2022 that newer versions renamed, removed or only warn about
+# (--checkpoint-activations deprecated in 2022, --activations-checkpoint-* renamed to --recompute-* in April
+# 2022, --DDP-impl removed in August 2023): a script passing one was written for the older log format.
+LEGACY_OPTIONS = frozenset(
+    {
+        "checkpoint_activations",
+        "activations_checkpoint_method",
+        "activations_checkpoint_num_layers",
+        "distribute_checkpointed_activations",
+        "DDP_impl",
+    }
+)
 
 # Options only Megatron-LM spells so (its argparse takes dashes only).
 MEGATRON_OPTIONS = (
@@ -45,7 +58,9 @@ MEGATRON_OPTIONS = (
     "use-flash-attn use-mcore-models normalization position-embedding-type disable-bias-linear "
     "untie-embeddings-and-output-weights clip-grad adam-beta1 adam-beta2 init-method-std "
     "attention-dropout hidden-dropout transformer-impl initial-loss-scale loss-scale-window loss-scale "
-    "min-loss-scale hysteresis exit-interval exit-duration-in-mins"
+    "min-loss-scale hysteresis exit-interval exit-duration-in-mins checkpoint-activations "
+    "activations-checkpoint-method activations-checkpoint-num-layers distribute-checkpointed-activations "
+    "DDP-impl"
 )
 HINTS = HintRule(
     script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)"),
@@ -61,7 +76,7 @@ def _e(value: float) -> str:
 
 def iteration_line(
     *,
-    timestamp: str,
+    timestamp: str | None,
     step: int,
     total: int,
     samples: int,
@@ -76,13 +91,18 @@ def iteration_line(
     nan_iters: int,
     aux_loss: float | None = None,
 ) -> str:
-    """Megatron-core's training_log line: leading space, `[time]`, fixed-width numbers, trailing `|`."""
+    """training_log's line: leading space, fixed-width numbers, trailing `|`; Megatron-core's has a `[time]`
+    prefix (timestamp), the throughput and a 6-digit learning rate, the 2021-22 one (timestamp None) not."""
+    legacy = timestamp is None
     parts = [
-        f" [{timestamp}] iteration {step:8d}/{total:8d}",
+        f"{'' if legacy else f' [{timestamp}]'} iteration {step:8d}/{total:8d}",
         f" consumed samples: {samples:12d}",
         f" elapsed time per iteration (ms): {step_ms:.1f}",
-        f" throughput per GPU (TFLOP/s/GPU): {tflops:.1f}",
-        f" learning rate: {lr:.6E}",
+    ]
+    if not legacy:
+        parts.append(f" throughput per GPU (TFLOP/s/GPU): {tflops:.1f}")
+    parts += [
+        f" learning rate: {lr:.3E}" if legacy else f" learning rate: {lr:.6E}",
         f" global batch size: {global_batch:5d}",
     ]
     # Losses are averaged over the interval's updated iterations; a skipped-only interval averages 0 and
@@ -118,14 +138,17 @@ def validation_block(prefix: str, loss: float, ppl: float) -> list[str]:
     return [rule, body, rule]
 
 
-def timers_block(rows: Sequence[tuple[str, float, float]]) -> list[str]:
-    """Megatron-core's Timers.log: `(min, max) time across ranks (ms):` and one dotted row per timer."""
+def timers_block(rows: Sequence[tuple[str, float, float]], *, legacy: bool = False) -> list[str]:
+    """Timers.log: Megatron-core's `(min, max) time across ranks (ms):` and one dotted row per timer; before
+    August 2022 one `time (ms) | name: value` line of the last rank's own times."""
+    if legacy:
+        return ["time (ms)" + "".join(f" | {name}: {hi:.2f}" for name, _, hi in rows)]
     out = ["(min, max) time across ranks (ms):"]
     out += [f"    {(name + ' ').ljust(48, '.')}: ({lo:.2f}, {hi:.2f})" for name, lo, hi in rows]
     return out
 
 
-def argument_rows(run: RunPlan, seed: int) -> list[tuple[str, object]]:
+def argument_rows(run: RunPlan, seed: int, save: str = SAVE_DIR) -> list[tuple[str, object]]:
     """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets)."""
     job = run.job
     m = job.model
@@ -173,7 +196,7 @@ def argument_rows(run: RunPlan, seed: int) -> list[tuple[str, object]]:
         ("pipeline_model_parallel_size", job.pp),
         ("rank", 0),
         ("recompute_granularity", None if job.recompute == "none" else job.recompute),
-        ("save", SAVE_DIR),
+        ("save", save),
         ("save_interval", run.save_interval),
         ("seed", seed),
         ("seq_length", job.seq_len),
@@ -188,9 +211,9 @@ def argument_rows(run: RunPlan, seed: int) -> list[tuple[str, object]]:
     return rows
 
 
-def arguments_block(run: RunPlan, seed: int) -> list[str]:
+def arguments_block(run: RunPlan, seed: int, save: str = SAVE_DIR) -> list[str]:
     """_print_args: `  name ..... value` rows (dots to column 48) sorted case-insensitively, between rules."""
-    rows = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in argument_rows(run, seed)]
+    rows = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in argument_rows(run, seed, save)]
     return [
         "------------------------ arguments ------------------------",
         *sorted(rows, key=str.lower),
@@ -205,11 +228,13 @@ def tokenizer_name(job: JobSpec) -> str:
 
 class MegatronDialect:
     """Megatron-core's console: rank 0's start-up, the last rank's iteration lines, timers and validation,
-    the memory reports of the first data-parallel group; nothing else of fakerun's."""
+    the memory reports of the first data-parallel group; nothing else of fakerun's. A script passing
+    arguments of 2021-22 Megatron (LEGACY_OPTIONS) gets that era's lines instead."""
 
     name: ClassVar[str] = "megatron"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+    always_legacy: ClassVar[bool] = False  # a fork of the older code prints its lines whatever the arguments
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
@@ -219,6 +244,8 @@ class MegatronDialect:
         self.stopped = False  # the step loop is over: the final evaluation prints after the save
         self.final_eval: list[str] = []
         self.theory: Theory | None = None
+        self.legacy = self.always_legacy
+        self.save_dir = SAVE_DIR
 
     # -- ranks -------------------------------------------------------------------------------------------
 
@@ -250,6 +277,9 @@ class MegatronDialect:
         """The text lines of `event` on this rank."""
         if isinstance(event, JobStarted):
             self.run = event.run
+            settings = dict(event.settings)
+            self.legacy = self.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
+            self.save_dir = settings.get("save") or SAVE_DIR
             self.started_at = at
             self.stopped = False
             self.final_eval = []
@@ -288,8 +318,8 @@ class MegatronDialect:
             if not self.first:
                 return []
             return [
-                f" loading distributed checkpoint from {SAVE_DIR} at iteration {event.step}",
-                f"  successfully loaded checkpoint from {SAVE_DIR} [ t 1/{job.tp}, p 1/{job.pp} ] "
+                f" loading distributed checkpoint from {self.save_dir} at iteration {event.step}",
+                f"  successfully loaded checkpoint from {self.save_dir} [ t 1/{job.tp}, p 1/{job.pp} ] "
                 f"at iteration {event.step}",
                 self.datetime("after model, optimizer, and learning rate scheduler are built", at),
             ]
@@ -338,20 +368,25 @@ class MegatronDialect:
 
     def timers(self, rows: Sequence[tuple[str, float, float]]) -> list[str]:
         """A Timers.log of (name, min, max) rows in this version's form."""
-        return timers_block(rows)
+        return timers_block(rows, legacy=self.legacy)
 
     def rerun_line(self, event: TrainingStarted) -> list[str]:
-        """Megatron-core's rerun state machine announces the iteration it starts from."""
+        """Megatron-core's rerun state machine announces the iteration it starts from (older code: none)."""
+        if self.legacy:
+            return []
         return [f"Setting rerun_state_machine.current_iteration to {event.first_step - 1}..."]
 
     def saving_line(self, event: CheckpointSaving) -> str:
-        """save_checkpoint's first line on rank 0."""
-        return f"saving checkpoint at iteration {event.step:7d} to {SAVE_DIR} in {event.format} format"
+        """save_checkpoint's first line on rank 0 (the older code names no format)."""
+        line = f"saving checkpoint at iteration {event.step:7d} to {self.save_dir}"
+        return line if self.legacy else f"{line} in {event.format} format"
 
     def saved_line(self, event: CheckpointSaved, job: JobSpec) -> str:
         """save_checkpoint's last line on rank 0: rank 0's tensor and pipeline rank of their sizes."""
+        if self.legacy:
+            return f"  successfully saved checkpoint at iteration {event.step:7d} to {self.save_dir}"
         return (
-            f"  successfully saved checkpoint from iteration {event.step:7d} to {SAVE_DIR} "
+            f"  successfully saved checkpoint from iteration {event.step:7d} to {self.save_dir} "
             f"[ t 1/{job.tp}, p 1/{job.pp} ]"
         )
 
@@ -362,12 +397,21 @@ class MegatronDialect:
     def startup(self, run: RunPlan) -> list[str]:
         """Rank 0 after parsing its arguments: the layout line, the arguments, the micro-batch count."""
         job = run.job
+        dtype = "torch.float16" if job.precision == "fp16" else "torch.bfloat16"
+        if self.legacy:  # megatron/arguments.py of 2021-22: its own spacing and wording
+            return [
+                f"using world size: {job.world_size}, data-parallel-size: {job.dp}, tensor-model-parallel "
+                f"size: {job.tp}, pipeline-model-parallel size: {job.pp} ",
+                f"using {dtype} for parameters ...",
+                *arguments_block(run, _SEED, self.save_dir),
+                f"setting number of micro-batches to constant {job.grad_accum}",
+            ]
         return [
             f"using world size: {job.world_size}, data-parallel size: {job.dp}, context-parallel size: 1, "
             f"hierarchical context-parallel sizes: None, tensor-model-parallel size: {job.tp}, "
             f"pipeline-model-parallel size: {job.pp}",
-            f"using {'torch.float16' if job.precision == 'fp16' else 'torch.bfloat16'} for parameters ...",
-            *arguments_block(run, _SEED),
+            f"using {dtype} for parameters ...",
+            *arguments_block(run, _SEED, self.save_dir),
             "INFO:megatron.core.num_microbatches_calculator:setting number of microbatches to constant "
             f"{job.grad_accum}",
         ]
@@ -376,10 +420,17 @@ class MegatronDialect:
         """Rank 0 once the process groups exist: model parallel sizes, seeds, compiled helpers, the time."""
         assert self.run is not None
         job = self.run.job
+        # The older code says `initializing` where Megatron-core says `initialized`, and reports its seeds.
+        verb = "initializing" if self.legacy else "initialized"
+        seeds = [
+            "> initializing model parallel cuda seeds on global rank 0, model parallel rank 0, and data "
+            f"parallel rank 0 with model parallel seed: {_SEED + 2718} and data parallel seed: {_SEED}"
+        ]
         return [
-            f"> initialized tensor model parallel with size {job.tp}",
-            f"> initialized pipeline model parallel with size {job.pp}",
+            f"> {verb} tensor model parallel with size {job.tp}",
+            f"> {verb} pipeline model parallel with size {job.pp}",
             f"> setting random seeds to {_SEED} ...",
+            *(seeds if self.legacy else []),
             "> compiling dataset index builder ...",
             f">>> done with dataset index builder. Compilation time: {event.helpers_compile_s:.3f} seconds",
             "> compiling and loading fused kernels ...",
@@ -441,14 +492,15 @@ class MegatronDialect:
         return out
 
     def report_now(self, event: StepDone) -> bool:
-        """Megatron-core reports memory at its first log line."""
-        del event
-        return True
+        """Megatron-core reports memory at its first log line, the older code at the first whose lr is above
+        zero (fp16 skips keep it at 0)."""
+        return not self.legacy or event.numbers.lr > 0.0
 
     def theory_lines(self) -> list[str]:
-        """report_theoretical_memory(verbose=True) on rank 0 (the short form: no activation estimate)."""
+        """report_theoretical_memory(verbose=True) on rank 0 (the short form: no activation estimate); the
+        older code has none."""
         t = self.theory
-        if t is None:
+        if t is None or self.legacy:
             return []
         return [
             f"Number of parameters in transformer block in billions: {t.transformer / 1e9: .2f}",
@@ -459,16 +511,18 @@ class MegatronDialect:
         ]
 
     def timer_lines(self, event: StepDone) -> list[str]:
-        """Timers logged after the line (Megatron-core's default --timing-log-level 0 logs none)."""
-        del event
-        return []
+        """Timers logged after the line: Megatron-core's default --timing-log-level 0 logs none, the older
+        code every timer, `time (ms) | name: value | ...` averaged over the interval."""
+        if not self.legacy or not event.timers_ms:
+            return []
+        return timers_block([(name, ms, ms) for name, ms in event.timers_ms], legacy=True)
 
     def iteration(self, event: StepDone, at: float) -> str:
         """The iteration line: figures over the log interval, TFLOP/s from Megatron's FLOPs and its time."""
         n = event.numbers
         job = event.run.job
         return iteration_line(
-            timestamp=seconds_time(at),
+            timestamp=None if self.legacy else seconds_time(at),
             step=n.step,
             total=job.total_steps,
             samples=n.samples,

@@ -9,15 +9,9 @@ from typing import ClassVar
 
 from fakerun.dialects.base import HintRule
 from fakerun.dialects.events import (
-    CheckpointSaved,
-    CheckpointSaving,
-    ProcessGroupReady,
     StepDone,
-    TrainingStarted,
 )
-from fakerun.dialects.megatron import SAVE_DIR, MegatronDialect, _e, arguments_block
-from fakerun.sim.job import JobSpec
-from fakerun.sim.run import RunPlan
+from fakerun.dialects.megatron import MegatronDialect, _e
 
 # Selected by its path, by --fake-trainer, or (hints.parse_hints) by DeepSpeed's switches beside Megatron's
 # arguments: it adds options to Megatron's parser rather than spelling its own, so it takes no votes.
@@ -78,73 +72,11 @@ def ds_iteration_line(
 
 
 class MegatronDeepSpeedDialect(MegatronDialect):
-    """Megatron-DeepSpeed's console (2022): Megatron's start-up in its older wording, the BLOOM iteration
-    line, the `time (ms)` timers after it, memory reports once the lr is above zero."""
+    """Megatron-DeepSpeed's console (2022): the older Megatron-LM's lines with the BLOOM iteration line."""
 
     name: ClassVar[str] = "megatron-deepspeed"
     hints: ClassVar[HintRule] = HINTS
-
-    def startup(self, run: RunPlan) -> list[str]:
-        """Rank 0 after parsing its arguments (megatron/arguments.py of the fork: its own spacing)."""
-        job = run.job
-        return [
-            f"using world size: {job.world_size}, data-parallel-size: {job.dp}, tensor-model-parallel size: "
-            f"{job.tp}, pipeline-model-parallel size: {job.pp} ",
-            f"using {'torch.float16' if job.precision == 'fp16' else 'torch.bfloat16'} for parameters ...",
-            *arguments_block(run, 1234),
-            f"setting number of micro-batches to constant {job.grad_accum}",
-        ]
-
-    def initialized(self, event: ProcessGroupReady, at: float) -> list[str]:
-        """The fork says `initializing` where Megatron-core says `initialized`; seeds per parallel rank."""
-        assert self.run is not None
-        job = self.run.job
-        return [
-            f"> initializing tensor model parallel with size {job.tp}",
-            f"> initializing pipeline model parallel with size {job.pp}",
-            "> setting random seeds to 1234 ...",
-            "> initializing model parallel cuda seeds on global rank 0, model parallel rank 0, and data "
-            "parallel rank 0 with model parallel seed: 3952 and data parallel seed: 1234",
-            "> compiling dataset index builder ...",
-            f">>> done with dataset index builder. Compilation time: {event.helpers_compile_s:.3f} seconds",
-            "> compiling and loading fused kernels ...",
-            ">>> done with compiling and loading fused kernels. Compilation time: "
-            f"{event.kernels_compile_s:.3f} seconds",
-            f"time to initialize megatron (seconds): {at - self.started_at:.3f}",
-            self.datetime("after megatron is initialized", at),
-        ]
-
-    def timers(self, rows: Sequence[tuple[str, float, float]]) -> list[str]:
-        """The fork's Timers.log: one `time (ms) | name: value` line (the last rank's own times)."""
-        return ["time (ms)" + "".join(f" | {name}: {hi:.2f}" for name, _, hi in rows)]
-
-    def rerun_line(self, event: TrainingStarted) -> list[str]:
-        """The fork has no rerun state machine."""
-        del event
-        return []
-
-    def saving_line(self, event: CheckpointSaving) -> str:
-        """The fork's save_checkpoint (no format: DeepSpeed writes its own)."""
-        return f"saving checkpoint at iteration {event.step:7d} to {SAVE_DIR}"
-
-    def saved_line(self, event: CheckpointSaved, job: JobSpec) -> str:
-        """The fork's last save line."""
-        del job
-        return f"  successfully saved checkpoint at iteration {event.step:7d} to {SAVE_DIR}"
-
-    def report_now(self, event: StepDone) -> bool:
-        """The fork reports memory at the first log line whose lr is above zero (fp16 skips keep it at 0)."""
-        return event.numbers.lr > 0.0
-
-    def theory_lines(self) -> list[str]:
-        """The fork has no theoretical memory report."""
-        return []
-
-    def timer_lines(self, event: StepDone) -> list[str]:
-        """Timers.log on the last rank: `time (ms) | name: value | ...` averaged over the interval."""
-        if not event.timers_ms:
-            return []
-        return ["time (ms)" + "".join(f" | {name}: {ms:.2f}" for name, ms in event.timers_ms)]
+    always_legacy: ClassVar[bool] = True  # forked from 2021 Megatron-LM: its start-up, timers and saves
 
     def iteration(self, event: StepDone, at: float) -> str:
         """The BLOOM-style line."""

@@ -1,4 +1,4 @@
-"""FLOPs, MFU (30-55%, slowly drifting), stragglers, step time, TFLOP/s and tokens/s."""
+"""FLOPs, utilisation (30-55% with attention counted, slowly drifting), MFU, stragglers, step time."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ if TYPE_CHECKING:
     from fakerun.presets import ModelSpec
     from fakerun.sim.job import JobSpec
 
-# Reported MFU always stays in this band (PRODUCT.md 6). Real runs: 38-43% Llama 3 405B on H100, ~48% BLOOM on
-# A100, 52-58% torchtitan on A100, "up to 47%" Megatron-Core on H100 (PHYSICS.md 2); > ~80% would look fake.
+# The GPUs' utilisation (model FLOPs with attention counted, over the dense peak) always stays in this band
+# (PRODUCT.md 6). Real runs: 38-43% Llama 3 405B on H100, ~48% BLOOM on A100, 52-58% torchtitan on A100, "up
+# to 47%" Megatron-Core on H100 (PHYSICS.md 2); > ~80% would look fake. The 6N MFU is this times the 6N
+# share of the work (attention_discount): the same band for long-sequence small models would make Megatron,
+# which counts attention, print more TFLOP/s than the GPU can do (1.3B at seq 8192 on H100: ~580).
 MFU_MIN = 0.30
 MFU_MAX = 0.55
 CENTER_MIN = 0.33
@@ -40,6 +43,13 @@ def model_flops_per_token(model: ModelSpec) -> float:
 def attention_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     """The attention term Megatron adds to 6N: 12 * layers * hidden * seq (Narayanan et al. 2021 [mem])."""
     return 12.0 * model.layers * model.hidden * seq_len
+
+
+@functools.lru_cache(maxsize=256)
+def attention_discount(job: JobSpec) -> float:
+    """The 6N share of the work a step does: 6N / (6N + attention), the MFU of a unit utilisation."""
+    per_token = model_flops_per_token(job.model)
+    return per_token / (per_token + attention_flops_per_token(job.model, job.seq_len))
 
 
 def megatron_flops_per_step(job: JobSpec) -> float:
@@ -118,8 +128,9 @@ def tflops_per_gpu(job: JobSpec, seconds: float) -> float:
 
 
 @functools.lru_cache(maxsize=256)
-def mfu_center(job: JobSpec) -> float:
-    """The job's typical MFU: the GPU's usual figure less bubble, exposed comms, MoE and thin GEMMs."""
+def utilisation_center(job: JobSpec) -> float:
+    """The job's typical utilisation (attention counted): the GPU's usual figure less bubble, exposed comms,
+    MoE and thin GEMMs."""
     mfu = job.gpu.mfu_typical
     if job.pp > 1:
         # 1F1B bubble: (p - 1) / (m + p - 1) of the step idles (Narayanan et al. 2021).
@@ -138,19 +149,26 @@ def mfu_center(job: JobSpec) -> float:
         mfu *= 0.85  # the forward runs twice: hardware does up to 8N of work per token for 6N of credit
     # The typical figures already include a usual bubble and usual exposed communication: count half of ours.
     plan = comm_plan(job)
-    t0 = step_time_for_mfu(job, mfu)
+    t0 = step_time_for_mfu(job, mfu * attention_discount(job))
     mfu *= 1.0 - 0.5 * plan.exposed_s / (t0 + plan.exposed_s)
     # FSDP may sit lower in the band than the usual floor (excerpt 70: 33% with attention counted).
     floor = FSDP_CENTER_MIN if job.zero_stage == 3 and job.dp > 1 else CENTER_MIN
     return min(CENTER_MAX, max(floor, mfu))
 
 
+def mfu_center(job: JobSpec) -> float:
+    """The job's typical 6N MFU: its typical utilisation less the attention share of the work."""
+    return utilisation_center(job) * attention_discount(job)
+
+
 def base_mfu(job: JobSpec, step: int) -> float:
-    """MFU of `step` before stragglers: centre + slow seeded drift (O(1) at any step) + a little noise."""
+    """6N MFU of `step` before stragglers: the utilisation centre + slow seeded drift (O(1) at any step) + a
+    little noise, kept in the band, times the 6N share of the work."""
     drift = 0.025 * rand.value_noise(job.seed, "mfu-slow", step / 150.0)
     drift += 0.012 * rand.value_noise(job.seed, "mfu-mid", step / 23.0)
     noise = 0.004 * rand.normal(job.seed, "mfu-noise", step)
-    return min(MFU_MAX, max(MFU_MIN, mfu_center(job) + drift + noise))
+    utilisation = min(MFU_MAX, max(MFU_MIN, utilisation_center(job) + drift + noise))
+    return utilisation * attention_discount(job)
 
 
 @dataclass(frozen=True)
@@ -180,12 +198,12 @@ def straggler(job: JobSpec, step: int) -> Straggler | None:
 
 
 def reported_mfu(job: JobSpec, step: int) -> tuple[float, float, Straggler | None]:
-    """(reported MFU, MFU without the straggler, straggler) of `step`; the reported one stays >= MFU_MIN."""
+    """(reported MFU, MFU without the straggler, straggler) of `step`; its utilisation stays >= MFU_MIN."""
     base = base_mfu(job, step)
     s = straggler(job, step)
     if s is None:
         return base, base, None
-    return max(MFU_MIN, base / s.slowdown), base, s
+    return max(MFU_MIN * attention_discount(job), base / s.slowdown), base, s
 
 
 @functools.lru_cache(maxsize=256)
@@ -194,7 +212,7 @@ def exposed_fraction(job: JobSpec) -> float:
     plan = comm_plan(job)
     if plan.total_s <= 0:
         return 0.0
-    t_min = step_time_for_mfu(job, MFU_MAX)
+    t_min = step_time_for_mfu(job, MFU_MAX * attention_discount(job))
     cap = MAX_EXPOSED_SHARE * t_min / (plan.total_s * (1.0 + 3 * COMM_JITTER))
     return min(plan.exposed_fraction, cap)
 

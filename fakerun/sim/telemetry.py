@@ -99,9 +99,9 @@ def _load(job: JobSpec, phase: Phase) -> tuple[float, float]:
     # ~250 W of 700 (excerpt 40); full-size layers keep it at ~100%.
     width = job.model.hidden / job.tp
     util = min(1.0, max(0.25, width / 1024.0))
-    mfu = compute.mfu_center(job)
-    # Well-fed H100s draw 500-700 W in pretraining (PHYSICS.md 1): more MFU, more power.
-    intensity = min(0.97, 0.70 + 0.9 * (mfu - 0.30)) * util**0.8
+    busy = compute.utilisation_center(job)  # attention kernels heat the GPU as much as the GEMMs of 6N
+    # Well-fed H100s draw 500-700 W in pretraining (PHYSICS.md 1): more utilisation, more power.
+    intensity = min(0.97, 0.70 + 0.9 * (busy - 0.30)) * util**0.8
     if phase == "train":
         return util, intensity
     if phase == "eval":

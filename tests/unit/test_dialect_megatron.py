@@ -48,6 +48,14 @@ DS = re.compile(
     r" number of skipped iterations: +(?P<skipped>\d+) \| number of nan iterations: +(?P<nan>\d+) \|"
     r" samples per second: (?P<sps>\d+\.\d{3}) \| TFLOPs: (?P<tflops>\d+\.\d\d) \|$"
 )
+# Megatron-LM 2021-22 (excerpts 21, 25): no timestamp, no throughput, a 3-digit learning rate.
+LEGACY = re.compile(
+    r"^ iteration +(?P<it>\d+)/ +(?P<total>\d+) \| consumed samples: +(?P<samples>\d+) \|"
+    r" elapsed time per iteration \(ms\): (?P<ms>\d+\.\d) \| learning rate: (?P<lr>\d\.\d{3}E[+-]\d\d) \|"
+    r" global batch size: +(?P<gbs>\d+) \|(?: lm loss: (?P<loss>\d\.\d{6}E[+-]\d\d) \|)?"
+    r" loss scale: (?P<scale>\d+\.\d) \|(?: grad norm: (?P<gn>\d+\.\d{3}) \|)?"
+    r" number of skipped iterations: +(?P<skipped>\d+) \| number of nan iterations: +(?P<nan>\d+) \|$"
+)
 TIMERS = re.compile(r"^time \(ms\)( \| [a-z-]+: \d+\.\d\d)+$")
 ARG_ROW = re.compile(r"^  (?P<name>\w+) (?P<dots>\.+) (?P<value>.*)$")
 
@@ -109,10 +117,12 @@ def step_done(run: RunPlan, step: int, rank: int) -> ev.StepDone:
     )
 
 
-def lines(name: str, run: RunPlan, rank: int, events: list[ev.Event]) -> list[str]:
+def lines(
+    name: str, run: RunPlan, rank: int, events: list[ev.Event], settings: tuple[tuple[str, str], ...] = ()
+) -> list[str]:
     d = dialects.make(name, seat(run.job, rank))
     out: list[str] = []
-    for e in [ev.JobStarted(run=run, first=True, resume=False), *events]:
+    for e in [ev.JobStarted(run=run, first=True, resume=False, settings=settings), *events]:
         out += [item.text for item in d.render(e, AT) if isinstance(item, Line)]
     return out
 
@@ -259,6 +269,65 @@ class TestMegatronCore:
             ],
         )
         assert "save-checkpoint" in final[1] and "on validation set" in final[-2]
+
+
+class TestMegatronLegacy:
+    """A script with 2021-22 arguments gets that era's lines; --save names the checkpoint folder."""
+
+    ARGS = "--num-layers 24 --hidden-size 1024 --checkpoint-activations --DDP-impl local --save /ck/run1"
+
+    def settings(self, args: str = ARGS) -> tuple[tuple[str, str], ...]:
+        return tuple(parse_hints("pretrain_gpt.py", args.split()).settings.items())
+
+    def test_old_arguments_select_the_old_line_and_timers(self) -> None:
+        run = make_run(fp16_job(), max_steps=40, log_interval=10)
+        e = step_done(run, 30, 7)
+        out = lines("megatron", run, 7, [e], self.settings())
+        m = LEGACY.match(out[0])
+        assert m, out[0]
+        assert int(m["samples"]) == e.numbers.samples
+        assert float(m["ms"]) == pytest.approx(1000 * e.interval_s, abs=0.05)
+        assert float(m["lr"]) == pytest.approx(e.numbers.lr, rel=1e-3)
+        assert TIMERS.match(out[-1]) and "forward-compute" in out[-1]
+        modern = lines("megatron", run, 7, [e], self.settings("--num-layers 24 --save /ck/run1"))
+        assert CORE.match(modern[0]) and len(modern) == 1
+
+    def test_old_memory_waits_for_a_positive_lr_without_theory(self) -> None:
+        run = make_run(fp16_job(), max_steps=40, log_interval=10)
+        report = ev.MemoryReport(
+            step=1, iterations=1, allocated=1e9, max_allocated=2e9, reserved=3e9, max_reserved=3e9
+        )
+        steps = [step_done(run, 10, 0), step_done(run, 30, 0)]
+        out = lines("megatron", run, 0, [report, *steps], self.settings())
+        assert [int(m["it"]) for m in map(MEMORY.match, out) if m] == [30]
+        assert not any("Theoretical memory" in line for line in out)
+
+    @pytest.mark.parametrize(
+        ("args", "saving", "saved"),
+        [
+            (
+                ARGS,
+                "saving checkpoint at iteration      40 to /ck/run1",
+                "  successfully saved checkpoint at",
+            ),
+            (
+                "--save /ck/run1",
+                "saving checkpoint at iteration      40 to /ck/run1 in torch_dist",
+                "  success",
+            ),
+        ],
+    )
+    def test_save_folder_in_the_save_lines(self, args: str, saving: str, saved: str) -> None:
+        run = make_run(fp16_job(), max_steps=40, log_interval=10)
+        events: list[ev.Event] = [
+            ev.CheckpointSaving(step=40, path="x", format="torch_dist"),
+            ev.CheckpointSaved(step=40, path="x", nbytes=1, seconds=2.0, bandwidth_gbs=1.0),
+        ]
+        out = lines("megatron", run, 0, events, self.settings(args))
+        assert out[0].startswith(saving)
+        assert out[1].startswith(saved) and "/ck/run1" in out[1]
+        startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)], self.settings(args))
+        assert "  save ............................................ /ck/run1" in startup
 
 
 class TestMegatronDeepSpeed:
