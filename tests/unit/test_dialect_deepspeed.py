@@ -112,7 +112,13 @@ def test_engine_init_block_on_rank_0_only() -> None:
     config = ds_config()
     run = run_plan(config)
     lines = texts(dialect(0, config).render(built(run), AT))
-    assert texts(dialect(1, config).render(built(run), AT)) == []
+    # Other ranks: only the lines DeepSpeed's unfiltered logger prints on every rank.
+    others = texts(dialect(1, config).render(built(run), AT))
+    assert [re.sub(PREFIX.replace(r"\[INFO\]", r"\[\w+\]"), "", t) for t in others] == [
+        "Attempting to get learning rate from scheduler before it has started",
+        "Flattening param group 0 on cuda (sufficient memory)",
+    ]
+    assert all(t in lines for t in others)
     heads = [m.group(2, 4) for m in (re.match(PREFIX, t) for t in lines) if m]
     assert heads[0] == ("engine.py", "_configure_distributed_model")
     assert ("stage_1_and_2.py", "__init__") in heads and ("config.py", "print") in heads
@@ -232,7 +238,13 @@ def test_warmup_decay_and_linear_schedules() -> None:
 def test_warning_level_prints_nothing() -> None:
     """DeepSpeed >= 0.17.6's logger is at WARNING unless the config's log_level says otherwise."""
     config = ds_config(log_level="warning")
-    assert texts(dialect(0, config).render(built(run_plan(config)), AT)) == []
+    # WarmupLR's warning before its first step is the one line of deepspeed.initialize left.
+    for rank in (0, 3):
+        (warning,) = texts(dialect(rank, config).render(built(run_plan(config)), AT))
+        assert "] [WARNING] [lr_schedules.py:" in warning
+    no_scheduler = {k: v for k, v in CONFIG.items() if k != "scheduler"}
+    bare = parse_ds_config(json.dumps({**no_scheduler, "log_level": "warning"}))
+    assert bare is not None and texts(dialect(0, bare).render(built(run_plan(bare)), AT)) == []
     assert steps(config) == []
 
 
@@ -258,3 +270,33 @@ def test_selection_by_arguments(tmp_path: Path) -> None:
     assert h.job["micro_batch"] == 2 and h.job["grad_accum"] == 4 and h.job["zero_stage"] == 2
     assert h.job["lr"] == pytest.approx(2e-4) and h.job["warmup_steps"] == 10
     assert h.cadence["log_interval"] == 5
+
+
+def test_zero3_init_lines_and_scheduler_repr() -> None:
+    """Stage 3: the MiCS line, the bucket sizes of the config (prefetch default 5e7), ZeRO-3's pinned-memory
+    summaries; the configured scheduler as an object repr; warmup_min_lr 0 printed as the JSON's int."""
+    config = ds_config(
+        zero_optimization={"stage": 3},
+        scheduler={"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_num_steps": 10}},
+    )
+    lines = texts(dialect(0, config).render(built(run_plan(config)), AT))
+    bodies = [re.sub(PREFIX.replace(r"\[INFO\]", r"\[\w+\]"), "", t) for t in lines]
+    mics = (
+        "[Rank 0] Creating fp16 ZeRO stage 3 optimizer, MiCS is enabled False, "
+        "Hierarchical params gather False"
+    )
+    i = bodies.index(mics)
+    assert bodies[i + 1 : i + 4] == [
+        "[Rank 0] Creating torch.float16 ZeRO stage 3 optimizer",
+        "Reduce bucket size 500000000",
+        "Prefetch bucket size 50000000",
+    ]
+    assert "[Rank 0] DeepSpeed Final Optimizer = DeepSpeedZeroOptimizer_Stage3" in bodies
+    assert sum("pinned across" in b for b in bodies) == 2
+    reprs = [b for b in bodies if b.startswith("[Rank 0] DeepSpeed LR Scheduler = ")]
+    assert re.fullmatch(
+        r".* = <deepspeed\.runtime\.lr_schedules\.WarmupLR object at 0x7f[0-9a-f]{9}0>", reprs[0]
+    )
+    assert any(re.fullmatch(r"\[Rank 0\] step=0, skipped=0, lr=\[0\], mom=.*", b) for b in bodies)
+    others = texts(dialect(2, config).render(built(run_plan(config)), AT))
+    assert sum("pinned across" in t for t in others) == 2
