@@ -11,6 +11,7 @@ __all__ = ["DsConfig", "parse_ds_config"]
 
 # DeepSpeed's defaults (runtime/constants.py, zero/config.py, fp16 loss scaler).
 _BUCKET = 500_000_000
+_PREFETCH = 50_000_000
 _SCHEDULERS = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
 
 
@@ -36,6 +37,15 @@ class DsConfig:
     cpu_offload: bool = False
     round_robin_gradients: bool = False
     gradient_clipping: float = 0.0
+    memory_breakdown: bool = False
+    prefetch_bucket_size: int = _PREFETCH
+    # WarmupLR / WarmupDecayLR params (lr_schedules.py); warmup_max_lr None: the optimizer's lr, and
+    # warmup_num_steps None: filled in by the caller (HF's "auto").
+    warmup_min_lr: float = 0.0
+    warmup_max_lr: float | None = None
+    warmup_num_steps: int | None = 1000
+    warmup_type: str = "log"
+    total_num_steps: int | None = None
 
     def user_config(self) -> dict[str, Any]:
         """The config as the script gave it, keys in file order."""
@@ -68,6 +78,13 @@ def _table(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _number(value: object) -> float | None:
+    """A numeric config value, None for "auto", booleans and anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 def parse_ds_config(text: str) -> DsConfig | None:
     """The config in `text` (JSON), None when it is not a JSON object."""
     try:
@@ -83,8 +100,12 @@ def parse_ds_config(text: str) -> DsConfig | None:
     params = _table(optimizer, "params")
     betas = params.get("betas")
     scheduler = _table(config, "scheduler").get("type")
+    sched = _table(_table(config, "scheduler"), "params")
+    warmup = sched.get("warmup_num_steps", 1000)
+    total = sched.get("total_num_steps")
     zero = _table(config, "zero_optimization")
     offload = _table(zero, "offload_optimizer")
+    prefetch = zero.get("prefetch_bucket_size")  # the field's name; stage3_prefetch_bucket_size its alias
     level = config.get("log_level")
     return DsConfig(
         user=json.dumps(config),
@@ -108,8 +129,13 @@ def parse_ds_config(text: str) -> DsConfig | None:
         allgather_bucket_size=_int(zero.get("allgather_bucket_size"), _BUCKET),
         cpu_offload=offload.get("device") == "cpu" or _bool(zero, "cpu_offload"),
         round_robin_gradients=_bool(zero, "round_robin_gradients"),
-        gradient_clipping=float(config["gradient_clipping"])
-        if isinstance(config.get("gradient_clipping"), (int, float))
-        and not isinstance(config.get("gradient_clipping"), bool)
-        else 0.0,
+        gradient_clipping=_number(config.get("gradient_clipping")) or 0.0,
+        memory_breakdown=_bool(config, "memory_breakdown"),
+        prefetch_bucket_size=_int(zero.get("stage3_prefetch_bucket_size", prefetch), _PREFETCH),
+        warmup_min_lr=_number(sched.get("warmup_min_lr")) or 0.0,
+        warmup_max_lr=_number(sched.get("warmup_max_lr")),
+        warmup_num_steps=_int(warmup, 0) or None,
+        # Any other type falls back to log, as WarmupLR warns.
+        warmup_type="linear" if sched.get("warmup_type") == "linear" else "log",
+        total_num_steps=_int(total, 0) or None,
     )

@@ -15,6 +15,8 @@ from fakerun.dialects.events import (
     StepDone,
 )
 from fakerun.dsconfig import DsConfig
+from fakerun.sim import rand
+from fakerun.sim.ds_lossscale import scheduler_lr
 from fakerun.sim.job import JobSpec
 
 # Options DeepSpeed's add_config_arguments and its examples define (`--deepspeed` is a flag there; HF
@@ -33,6 +35,7 @@ GIT_BRANCH = "unknown"
 _LOG_DIST = "logging.py:123:log_dist"
 _GROUPS = "engine.py:1867:_configure_distributed_model"
 _ZERO = "stage_1_and_2.py:{}:__init__"
+_STAGE3 = "stage3.py:{}:{}"
 _CONFIG = "config.py:{}:print"
 _USER_CONFIG = "config.py:999:print_user_config"
 _TIMER = "timer.py:264:stop"
@@ -78,9 +81,17 @@ def py_float(x: float) -> str:
     return repr(float(x))
 
 
-def progress_line(step: int, skipped: int, lr: float, mom: str) -> str:
-    """engine._report_progress: `step=40, skipped=2, lr=[5e-05], mom=[[0.9, 0.999]]`."""
-    return f"[Rank 0] step={step}, skipped={skipped}, lr=[{py_float(lr)}], mom={mom}"
+def progress_line(step: int, skipped: int, lr: float, mom: str, shown: str | None = None) -> str:
+    """engine._report_progress: `step=40, skipped=2, lr=[5e-05], mom=[[0.9, 0.999]]` (`shown`: the lr's
+    text when it is not a float's)."""
+    return f"[Rank 0] step={step}, skipped={skipped}, lr=[{shown or py_float(lr)}], mom={mom}"
+
+
+def _json_number(ds: DsConfig, name: str, value: float) -> str:
+    """A scheduler param as Python prints the JSON's value: `0` for an integer, else the float's repr."""
+    params = ds.user_config().get("scheduler", {}).get("params", {})
+    given = params.get(name) if isinstance(params, dict) else None
+    return str(given) if isinstance(given, int) and not isinstance(given, bool) else py_float(value)
 
 
 def throughput_line(
@@ -130,7 +141,7 @@ def config_rows(ds: DsConfig, job: JobSpec) -> list[tuple[str, str]]:
         "graph_harvesting": "False",
         "load_universal_checkpoint": "False",
         "log_level": ds.log_level,
-        "memory_breakdown": "False",
+        "memory_breakdown": str(ds.memory_breakdown),
         "mics_hierarchial_params_gather": "False",
         "mics_shard_size": "-1",
         "optimizer_legacy_fusion": "False",
@@ -190,8 +201,8 @@ class DeepSpeedDialect:
 
     def wants(self, kind: type[Event]) -> bool:
         """Rank 0 logs (log_dist ranks=[0]); every rank learns the config from JobStarted."""
-        if kind is JobStarted:
-            return True
+        if kind in (JobStarted, ModelBuilt):
+            return True  # ModelBuilt: deepspeed.initialize's unfiltered lines on every rank
         return self.seat.rank == 0 and self.ds.info and kind in (ModelBuilt, StepDone, CheckpointSaving)
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
@@ -201,10 +212,14 @@ class DeepSpeedDialect:
             self.ds = event.run.deepspeed or DsConfig(zero_stage=event.run.job.zero_stage)
             self.job = event.run.job
             return ()
+        if isinstance(event, ModelBuilt) and self.seat.rank != 0:
+            return [Line(text) for text in self.other_rank_init(at)]
+        if isinstance(event, ModelBuilt) and self.job is not None:
+            if not self.ds.info:
+                return [Line(text) for text in self.scheduler_warning(at)]
+            return [Line(text) for text in self.engine_init(self.job, at)]
         if self.seat.rank != 0 or not self.ds.info:
             return ()
-        if isinstance(event, ModelBuilt) and self.job is not None:
-            return [Line(text) for text in self.engine_init(self.job, at)]
         if isinstance(event, StepDone):
             return [Line(text) for text in self.step(event, at)]
         if isinstance(event, CheckpointSaving):
@@ -222,6 +237,48 @@ class DeepSpeedDialect:
         if betas is not None:
             return "[[" + ", ".join(py_float(b) for b in betas) + "]]"
         return "[(0.9, 0.999)]"
+
+    def scheduler_repr(self, job: JobSpec) -> str:
+        """The configured scheduler object's default repr: its class and a heap address of this process."""
+        if self.ds.scheduler is None:
+            return "None"
+        # CPython's heap on x86-64 Linux: 0x7f plus ten hex digits, 16-byte aligned.
+        u = rand.uniform(job.seed, "ds-lr-scheduler-address", self.seat.rank)
+        address = 0x7F0000000000 + (int(u * 0xFFFFFFFFFF) & ~0xF)
+        return f"<deepspeed.runtime.lr_schedules.{self.ds.scheduler} object at {address:#x}>"
+
+    def scheduler_warning(self, at: float) -> list[str]:
+        """WarmupLR.__init__ asks get_lr() for the lr before the first step, which warns (every rank)."""
+        if self.ds.scheduler not in ("WarmupLR", "WarmupDecayLR"):
+            return []
+        where = "lr_schedules.py:734:get_lr"
+        return [
+            prefix(at, where, "WARNING")
+            + "Attempting to get learning rate from scheduler before it has started"
+        ]
+
+    def pinned(self, at: float, tag: str) -> list[str]:
+        """pin_memory_tracker's summary (every rank): nothing pinned without offload_optimizer.pin_memory."""
+        return [
+            prefix(at, "pin_memory_tracker.py:56:log_summary")
+            + f"[pinned-memory {tag}] 0 B pinned across 0 allocations"
+        ]
+
+    def flattening(self, at: float) -> list[str]:
+        """ZeRO 1/2 flatten the (single) param group on the GPU (every rank)."""
+        return [prefix(at, _ZERO.format(438)) + "Flattening param group 0 on cuda (sufficient memory)"]
+
+    def other_rank_init(self, at: float) -> list[str]:
+        """Other ranks' lines in deepspeed.initialize: DeepSpeed's logger itself filters no rank."""
+        out = self.scheduler_warning(at)
+        if self.ds.info and self.ds.zero_stage in (1, 2):
+            out += self.flattening(at)
+        if self.ds.info and self.ds.zero_stage == 3:
+            out += [
+                *self.pinned(at, "ZeRO-3 parameter offload init"),
+                *self.pinned(at, "ZeRO-3 optimizer init"),
+            ]
+        return out
 
     def engine_init(self, job: JobSpec, at: float) -> list[str]:
         """DeepSpeedEngine.__init__ on rank 0: groups summary, optimizer, ZeRO, scheduler, config dump."""
@@ -255,11 +312,25 @@ class DeepSpeedDialect:
                 prefix(at, _ZERO.format(199)) + f"CPU Offload: {ds.cpu_offload}",
                 prefix(at, _ZERO.format(200))
                 + f"Round robin gradient partitioning: {ds.round_robin_gradients}",
+                *self.flattening(at),
                 prefix(at, _ZERO.format(664)) + "optimizer state initialized",
             ]
             final = "DeepSpeedZeroOptimizer"
         elif ds.zero_stage == 3:
+            # The MiCS line's "fp16" is literal in engine._configure_zero_optimizer, whatever the dtype.
+            out.append(
+                f"{p}[Rank 0] Creating fp16 ZeRO stage 3 optimizer, MiCS is enabled False, "
+                "Hierarchical params gather False"
+            )
             out.append(f"{p}[Rank 0] Creating {dtype} ZeRO stage 3 optimizer")
+            out += [
+                prefix(at, _STAGE3.format(216, "__init__")) + f"Reduce bucket size {ds.reduce_bucket_size}",
+                prefix(at, _STAGE3.format(217, "__init__"))
+                + f"Prefetch bucket size {ds.prefetch_bucket_size}",
+                *self.pinned(at, "ZeRO-3 parameter offload init"),
+                prefix(at, _STAGE3.format(728, "_setup_for_real_optimizer")) + "optimizer state initialized",
+                *self.pinned(at, "ZeRO-3 optimizer init"),
+            ]
             final = "DeepSpeedZeroOptimizer_Stage3"
         elif ds.precision == "fp16":
             out.append(f"{p}[Rank 0] Creating fp16 optimizer with dynamic loss scale")
@@ -270,13 +341,14 @@ class DeepSpeedDialect:
         else:
             final = basic
         out.append(f"{p}[Rank 0] DeepSpeed Final Optimizer = {final}")
-        if ds.scheduler:
-            out.append(f"{p}[Rank 0] DeepSpeed using configured LR scheduler = {ds.scheduler}")
-            out.append(f"{p}[Rank 0] DeepSpeed LR Scheduler = {ds.scheduler}")
-        else:
-            out.append(f"{p}[Rank 0] DeepSpeed LR Scheduler = None")
-        # _report_progress(0): the scheduler's first lr (warmup_min_lr, 0) or the optimizer's.
-        out.append(p + progress_line(0, 0, 0.0 if ds.scheduler else job.lr, self.mom()))
+        out += self.scheduler_warning(at)
+        out.append(f"{p}[Rank 0] DeepSpeed using configured LR scheduler = {ds.scheduler}")
+        out.append(f"{p}[Rank 0] DeepSpeed LR Scheduler = {self.scheduler_repr(job)}")
+        # _report_progress(0): WarmupLR's warmup_min_lr as the JSON gave it (0 stays an int), else the
+        # optimizer's lr.
+        start = scheduler_lr(ds, job, 0)
+        shown = None if start is None else _json_number(ds, "warmup_min_lr", start)
+        out.append(p + progress_line(0, 0, job.lr if start is None else start, self.mom(), shown))
         out.append(prefix(at, _CONFIG.format(1009)) + "DeepSpeedEngine configuration:")
         c = prefix(at, _CONFIG.format(1013))
         for name, value in config_rows(ds, job):

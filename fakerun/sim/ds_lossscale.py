@@ -1,12 +1,21 @@
-"""DeepSpeed's dynamic fp16 loss scaler (runtime/fp16/loss_scaler.py DynamicLossScaler), step by step."""
+"""DeepSpeed's dynamic fp16 loss scaler (runtime/fp16/loss_scaler.py DynamicLossScaler), step by step, and
+what its skipped steps hold back: the engine's configured lr scheduler and the weights."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
-from fakerun.sim import rand
+from fakerun.dsconfig import DsConfig
+from fakerun.sim import loss, rand
+from fakerun.sim.job import JobSpec
+from fakerun.sim.schedule import lr as job_lr
+from fakerun.sim.step import StepNumbers
 
-__all__ = ["ScalerState", "advance", "initial_state"]
+__all__ = ["ScalerState", "advance", "engine_numbers", "engine_step", "initial_state", "scheduler_lr"]
+
+# The configured schedulers whose lr this module computes (lr_schedules.py); the others keep the job's.
+_WARMUP_SCHEDULERS = ("WarmupLR", "WarmupDecayLR")
 
 # An fp16 run's gradients overflow above a scale of about 2**11-2**14 (loss scale logs settle there); a
 # rare spike overflows at any scale. The ceiling is drawn once per job.
@@ -75,3 +84,51 @@ def advance(
             s = replace(s, hysteresis=delayed_shift, scale=s.scale * factor)
     s = replace(s, iteration=s.iteration + 1)
     return ScaleStep(state=s, attempted=attempted, overflow=overflow, hysteresis_before=state.hysteresis)
+
+
+def scheduler_lr(ds: DsConfig, job: JobSpec, updates: int) -> float | None:
+    """The lr of the config's WarmupLR / WarmupDecayLR after `updates` scheduler steps (None: another
+    scheduler or none); the float operations are lr_schedules.py's, so the printed digits match."""
+    if ds.scheduler not in _WARMUP_SCHEDULERS:
+        return None
+    low = ds.warmup_min_lr
+    high = ds.warmup_max_lr if ds.warmup_max_lr is not None else job.lr
+    if updates < 1:
+        return low  # set at construction: get_lr() before the first step returns min_lrs
+    iteration = updates - 1  # last_batch_iteration counts from -1
+    warmup = max(2, ds.warmup_num_steps if ds.warmup_num_steps is not None else job.warmup_steps)
+    if iteration < warmup:
+        if ds.warmup_type == "linear":
+            gamma = iteration / warmup
+        else:
+            gamma = (1.0 / math.log(warmup)) * math.log(iteration + 1)
+    elif ds.scheduler == "WarmupDecayLR":
+        total = ds.total_num_steps if ds.total_num_steps is not None else job.total_steps
+        gamma = max(0.0, float(total - iteration) / float(max(1.0, total - warmup)))
+    else:
+        gamma = 1.0
+    return low + ((high - low) * gamma)
+
+
+def engine_numbers(job: JobSpec, ds: DsConfig, n: StepNumbers, skipped: int) -> StepNumbers:
+    """A step's figures as DeepSpeed's engine shows them after `skipped` overflowed steps: those moved
+    neither the lr scheduler nor the weights (_take_model_step steps the scheduler only without overflow)."""
+    updates = n.step - skipped
+    lr = scheduler_lr(ds, job, updates)
+    if not skipped:
+        return n if lr is None else replace(n, lr=lr)
+    if lr is None:
+        lr = job_lr(job, updates)
+    value = loss.train_loss(job, updates) if updates >= 1 else n.loss
+    return replace(n, lr=lr, loss=value, ppl=loss.perplexity(value))
+
+
+def engine_step(
+    job: JobSpec, ds: DsConfig, state: ScalerState, n: StepNumbers
+) -> tuple[StepNumbers, ScaleStep | None]:
+    """Optimizer step `n.step` through DeepSpeed's engine from scaler `state`: the fp16 scaler's outcome
+    (None without fp16) and the figures the skips so far leave."""
+    if ds.precision != "fp16":
+        return engine_numbers(job, ds, n, state.skipped), None
+    scaled = advance(state, job.seed, n.step, delayed_shift=ds.hysteresis, window=ds.loss_scale_window)
+    return engine_numbers(job, ds, n, scaled.state.skipped), scaled

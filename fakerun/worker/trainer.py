@@ -438,11 +438,18 @@ class RankTrainer:
         norms: list[float] = []
         # DeepSpeed's fp16 scaler (its config's), carried step to step, and its ThroughputTimer's span.
         ds = run.deepspeed
-        ds_fp16 = ds is not None and ds.precision == "fp16"
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
         while True:
-            # fp16: overflowed iterations are skipped; the lr and the model advance only on the others.
-            numbers = lossscale.with_skips(job, step_numbers(job, self.rank, step))
+            # fp16: overflowed iterations are skipped; the lr and the model advance only on the others. A
+            # DeepSpeed config's fp16 is its engine's scaler, unless the job's own arguments say fp16
+            # (Megatron-DeepSpeed, HF --fp16: lossscale's scaler, which their dialects print, models it).
+            numbers = step_numbers(job, self.rank, step)
+            ds_scaled = None
+            if ds is not None and ds_state is not None and job.precision != "fp16":
+                numbers, ds_scaled = ds_lossscale.engine_step(job, ds, ds_state, numbers)
+                ds_state = ds_scaled.state if ds_scaled is not None else ds_state
+            else:
+                numbers = lossscale.with_skips(job, numbers)
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
             if step == job.oom_at_step:
                 self._run_out_of_memory(numbers.compute_s / max(job.grad_accum, 1) + overhead)
@@ -483,12 +490,6 @@ class RankTrainer:
             # Megatron's counters cover the iterations since its previous log line (or the run's start).
             since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
             scaled = lossscale.loss_scale(job, job.seed, step)
-            ds_scaled = None
-            if ds_fp16 and ds is not None and ds_state is not None:
-                ds_scaled = ds_lossscale.advance(
-                    ds_state, job.seed, step, delayed_shift=ds.hysteresis, window=ds.loss_scale_window
-                )
-                ds_state = ds_scaled.state
             skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
             # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
             # (warm-up included on iteration 1), scaled by its own token rate against the job's.

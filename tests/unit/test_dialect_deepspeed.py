@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import re
 from pathlib import Path
 
@@ -86,11 +87,8 @@ def steps(config: DsConfig, rank: int = 0) -> list[str]:
     times: list[float] = []
     out: list[str] = []
     for s in range(1, 41):
-        n = step_numbers(run.job, rank, s)
-        scale = ds_lossscale.advance(
-            state, run.job.seed, s, delayed_shift=config.hysteresis, window=config.loss_scale_window
-        )
-        state = scale.state
+        n, scale = ds_lossscale.engine_step(run.job, config, state, step_numbers(run.job, rank, s))
+        state = scale.state if scale is not None else state
         times.append(n.step_time_s)
         event = ev.StepDone(
             run=run,
@@ -102,7 +100,7 @@ def steps(config: DsConfig, rank: int = 0) -> list[str]:
             rank_tflops=n.tflops_per_gpu,
             rank_mfu=n.mfu,
             logged=True,
-            ds_scale=scale if config.precision == "fp16" else None,
+            ds_scale=scale,
             timed_s=sum(times[2:]),
             timed_steps=max(0, len(times) - 2),
         )
@@ -114,7 +112,13 @@ def test_engine_init_block_on_rank_0_only() -> None:
     config = ds_config()
     run = run_plan(config)
     lines = texts(dialect(0, config).render(built(run), AT))
-    assert texts(dialect(1, config).render(built(run), AT)) == []
+    # Other ranks: only the lines DeepSpeed's unfiltered logger prints on every rank.
+    others = texts(dialect(1, config).render(built(run), AT))
+    assert [re.sub(PREFIX.replace(r"\[INFO\]", r"\[\w+\]"), "", t) for t in others] == [
+        "Attempting to get learning rate from scheduler before it has started",
+        "Flattening param group 0 on cuda (sufficient memory)",
+    ]
+    assert all(t in lines for t in others)
     heads = [m.group(2, 4) for m in (re.match(PREFIX, t) for t in lines) if m]
     assert heads[0] == ("engine.py", "_configure_distributed_model")
     assert ("stage_1_and_2.py", "__init__") in heads and ("config.py", "print") in heads
@@ -169,8 +173,11 @@ def test_step_and_timer_lines_every_steps_per_print() -> None:
         assert float(m.group(8)) == pytest.approx(run.job.global_batch / n.step_time_s)
         assert float(m.group(9)) == pytest.approx(n.mem_allocated_gib, abs=0.006)
     for m in progress:
-        n = step_numbers(run.job, 0, int(m.group(5)))
-        assert float(m.group(7)) == pytest.approx(n.lr)
+        # WarmupLR's default log warm-up over 10 steps, to the optimizer's lr: after k updates the lr is
+        # lr * ln(k) / ln(10), then lr; overflowed steps are no updates.
+        updates = int(m.group(5)) - int(m.group(6))
+        expected = run.job.lr * math.log(max(updates, 1)) / math.log(10) if updates <= 10 else run.job.lr
+        assert float(m.group(7)) == pytest.approx(expected, rel=1e-12)
         assert (float(m.group(8)), float(m.group(9))) == (0.9, 0.95)
     # Nothing else on other ranks (log_dist ranks=[0]).
     assert steps(config, rank=2) == []
@@ -194,10 +201,50 @@ def test_fp16_overflows_at_start_follow_the_scaler() -> None:
     assert not any(map(OVERFLOW.match, steps(ds_config(fp16={"enabled": False}, bf16={"enabled": True}))))
 
 
+def test_overflowed_steps_hold_back_lr_and_loss() -> None:
+    """A skipped step steps neither the lr scheduler nor the weights: the lr and loss printed after N steps
+    with s skipped are those of N - s updates without any overflow."""
+    fp16, bf16 = ds_config(), ds_config(fp16={"enabled": False}, bf16={"enabled": True})
+    job = run_plan(fp16).job
+    state = ds_lossscale.initial_state(fp16.initial_scale_power, fp16.hysteresis)
+    plain = ds_lossscale.initial_state(bf16.initial_scale_power, bf16.hysteresis)
+    seen = 0
+    for s in range(1, 41):
+        n, scale = ds_lossscale.engine_step(job, fp16, state, step_numbers(job, 0, s))
+        assert scale is not None
+        state = scale.state
+        updates = s - state.skipped
+        if updates < 1:
+            assert n.lr == 0.0  # warmup_min_lr: the scheduler has not stepped
+            continue
+        ref, none = ds_lossscale.engine_step(job, bf16, plain, step_numbers(job, 0, updates))
+        assert none is None and (n.lr, n.loss) == (ref.lr, ref.loss)
+        seen += state.skipped > 0
+    assert seen and state.skipped > 0
+
+
+def test_warmup_decay_and_linear_schedules() -> None:
+    """WarmupDecayLR: linear warm-up to warmup_max_lr, then linear decay to 0 at total_num_steps."""
+    sched = {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-3, "warmup_num_steps": 10, "warmup_type": "linear"}
+    decay = ds_config(scheduler={"type": "WarmupDecayLR", "params": {**sched, "total_num_steps": 30}})
+    job = run_plan(decay).job
+    # After k updates last_batch_iteration is k - 1.
+    assert ds_lossscale.scheduler_lr(decay, job, 6) == pytest.approx(1e-3 * 5 / 10)
+    assert ds_lossscale.scheduler_lr(decay, job, 21) == pytest.approx(1e-3 * (30 - 20) / (30 - 10))
+    assert ds_lossscale.scheduler_lr(decay, job, 40) == 0.0
+    assert ds_lossscale.scheduler_lr(ds_config(scheduler={"type": "OneCycle"}), job, 5) is None
+
+
 def test_warning_level_prints_nothing() -> None:
     """DeepSpeed >= 0.17.6's logger is at WARNING unless the config's log_level says otherwise."""
     config = ds_config(log_level="warning")
-    assert texts(dialect(0, config).render(built(run_plan(config)), AT)) == []
+    # WarmupLR's warning before its first step is the one line of deepspeed.initialize left.
+    for rank in (0, 3):
+        (warning,) = texts(dialect(rank, config).render(built(run_plan(config)), AT))
+        assert "] [WARNING] [lr_schedules.py:" in warning
+    no_scheduler = {k: v for k, v in CONFIG.items() if k != "scheduler"}
+    bare = parse_ds_config(json.dumps({**no_scheduler, "log_level": "warning"}))
+    assert bare is not None and texts(dialect(0, bare).render(built(run_plan(bare)), AT)) == []
     assert steps(config) == []
 
 
@@ -223,3 +270,33 @@ def test_selection_by_arguments(tmp_path: Path) -> None:
     assert h.job["micro_batch"] == 2 and h.job["grad_accum"] == 4 and h.job["zero_stage"] == 2
     assert h.job["lr"] == pytest.approx(2e-4) and h.job["warmup_steps"] == 10
     assert h.cadence["log_interval"] == 5
+
+
+def test_zero3_init_lines_and_scheduler_repr() -> None:
+    """Stage 3: the MiCS line, the bucket sizes of the config (prefetch default 5e7), ZeRO-3's pinned-memory
+    summaries; the configured scheduler as an object repr; warmup_min_lr 0 printed as the JSON's int."""
+    config = ds_config(
+        zero_optimization={"stage": 3},
+        scheduler={"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_num_steps": 10}},
+    )
+    lines = texts(dialect(0, config).render(built(run_plan(config)), AT))
+    bodies = [re.sub(PREFIX.replace(r"\[INFO\]", r"\[\w+\]"), "", t) for t in lines]
+    mics = (
+        "[Rank 0] Creating fp16 ZeRO stage 3 optimizer, MiCS is enabled False, "
+        "Hierarchical params gather False"
+    )
+    i = bodies.index(mics)
+    assert bodies[i + 1 : i + 4] == [
+        "[Rank 0] Creating torch.float16 ZeRO stage 3 optimizer",
+        "Reduce bucket size 500000000",
+        "Prefetch bucket size 50000000",
+    ]
+    assert "[Rank 0] DeepSpeed Final Optimizer = DeepSpeedZeroOptimizer_Stage3" in bodies
+    assert sum("pinned across" in b for b in bodies) == 2
+    reprs = [b for b in bodies if b.startswith("[Rank 0] DeepSpeed LR Scheduler = ")]
+    assert re.fullmatch(
+        r".* = <deepspeed\.runtime\.lr_schedules\.WarmupLR object at 0x7f[0-9a-f]{9}0>", reprs[0]
+    )
+    assert any(re.fullmatch(r"\[Rank 0\] step=0, skipped=0, lr=\[0\], mom=.*", b) for b in bodies)
+    others = texts(dialect(2, config).render(built(run_plan(config)), AT))
+    assert sum("pinned across" in t for t in others) == 2
