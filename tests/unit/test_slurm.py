@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -495,8 +496,11 @@ class TestPresetNodelist:
         """Each shipped preset's list expands to its host names; no tool name in them."""
         cluster = presets.load_cluster(name)
         text = preset_nodelist(cluster, 4)
-        assert expand_nodelist(text) == [presets.host_name(cluster, i) for i in range(4)]
-        assert "[" in text and "fake" not in text
+        hosts = [presets.host_name(cluster, i) for i in range(4)]
+        assert expand_nodelist(text) == hosts and "fake" not in text
+        # Numbered nodes compress to a range; EC2's address-named hosts (ip-10-1-2-3) share no prefix.
+        if len({re.sub(r"\d+$", "", h) for h in hosts}) == 1:
+            assert "[" in text
 
     def test_presets_are_told_apart(self) -> None:
         """No two shipped cluster presets name their first node alike."""
