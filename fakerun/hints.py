@@ -51,6 +51,11 @@ class Hints:
     seed: int | None = None
     style: str = dialects.DEFAULT  # the dialect the arguments select (fakerun.dialects), its default if none
     cadence: dict[str, int] = field(default_factory=dict)  # log/eval/save intervals and eval iterations
+    # HF's --logging_steps/--eval_steps/--save_steps below 1: a fraction of the run's steps (cadence key ->).
+    cadence_ratio: dict[str, float] = field(default_factory=dict)
+    # HF's --logging_strategy, --eval_strategy (--evaluation_strategy), --save_strategy as given: "logging",
+    # "eval", "save" -> "no", "steps", "epoch" (or "best" for saves).
+    strategies: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
     # Textual settings a framework echoes in its log (torchtitan's job.description, training.dataset...), as
     # given; no figure: those are in job and arch.
@@ -98,6 +103,10 @@ _OPTIONS: dict[str, str] = {
     "logging_steps": _VALUE,
     "eval_steps": _VALUE,
     "save_steps": _VALUE,
+    "logging_strategy": _VALUE,
+    "eval_strategy": _VALUE,
+    "evaluation_strategy": _VALUE,  # transformers < 4.46's name, still accepted (deprecated) in 4.50
+    "save_strategy": _VALUE,
     # Megatron-LM
     "num_layers": _VALUE,
     "hidden_size": _VALUE,
@@ -528,6 +537,8 @@ class _Builder:
         self.job: dict[str, object] = {}
         self.top: dict[str, object] = {}  # model_name, epochs, warmup_ratio, seed
         self.cadence: dict[str, int] = {}
+        self.cadence_ratio: dict[str, float] = {}
+        self.strategies: dict[str, str] = {}
         self.sources: dict[str, str] = {}
 
     def set(self, where: dict[str, _T], key: str, value: _T, g: _Given) -> None:
@@ -591,6 +602,14 @@ _CADENCE: dict[str, tuple[str, int, int]] = {
     "validation.steps": ("eval_iters", 1, _MAX_EVAL_ITERS),
 }
 _HF_RATIO_STEPS = frozenset({"logging_steps", "eval_steps", "save_steps"})
+# HF's IntervalStrategy values, and SaveStrategy's (transformers 4.50 adds "best": save on a new best metric).
+_INTERVAL = {name: name for name in ("no", "steps", "epoch")}
+_HF_STRATEGIES: dict[str, tuple[str, dict[str, str]]] = {
+    "logging_strategy": ("logging", _INTERVAL),
+    "eval_strategy": ("eval", _INTERVAL),
+    "evaluation_strategy": ("eval", _INTERVAL),
+    "save_strategy": ("save", {**_INTERVAL, "best": "best"}),
+}
 _ARCH_INTS: dict[str, str] = {
     "num_layers": "layers",
     "hidden_size": "hidden",
@@ -630,10 +649,16 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     if key in _JOB_INTS:
         name, low, high = _JOB_INTS[key]
         b.set(b.job, name, _int(g, low, high=high), g)
-    elif key in _HF_RATIO_STEPS and _float(g, high=float(MAX_STEPS)) < 1:
-        pass  # HF also takes a fraction of the run (0.1); the simulation keeps its own cadence then
+    elif key in _HF_RATIO_STEPS and (ratio := _float(g, high=float(MAX_STEPS))) < 1:
+        # HF also takes a fraction of the run (0.1): the interval is known once the run's length is.
+        b.drop(b.cadence, _CADENCE[key][0])
+        b.set(b.cadence_ratio, _CADENCE[key][0], ratio, g)
+    elif key in _HF_STRATEGIES:
+        name, choices = _HF_STRATEGIES[key]
+        b.set(b.strategies, name, _choice(g, choices), g)
     elif key in _CADENCE:
         name, low, high = _CADENCE[key]
+        b.drop(b.cadence_ratio, name)
         b.set(b.cadence, name, _int(g, low, high=high), g)
     elif key in _ARCH_INTS:
         arch_key = _ARCH_INTS[key]
@@ -950,6 +975,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         seed=seed if isinstance(seed, int) else None,
         style=style,
         cadence=b.cadence,
+        cadence_ratio=b.cadence_ratio,
+        strategies=b.strategies,
         sources=b.sources,
         deepspeed=ds if isinstance(ds, DsConfig) else None,
         settings=_settings(args, config),

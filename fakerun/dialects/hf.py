@@ -37,8 +37,8 @@ HINTS = HintRule(
         "model_name_or_path per_device_train_batch_size per_gpu_train_batch_size per_device_eval_batch_size "
         "gradient_accumulation_steps num_train_epochs lr_scheduler_type warmup_ratio deepspeed fsdp "
         "output_dir overwrite_output_dir do_train do_eval logging_steps save_steps save_strategy "
-        "eval_strategy evaluation_strategy report_to model_max_length max_seq_length block_size "
-        "dataset_name train_file save_total_limit logging_dir run_name gradient_checkpointing "
+        "logging_strategy eval_strategy evaluation_strategy report_to model_max_length max_seq_length "
+        "block_size dataset_name train_file save_total_limit logging_dir run_name gradient_checkpointing "
         "use_peft lora_r lora_alpha lora_dropout lora_target_modules"
     ),
     exact=frozenset({"seq_length"}),  # Megatron's is seq-length

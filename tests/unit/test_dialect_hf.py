@@ -7,6 +7,8 @@ import itertools
 import math
 import re
 
+import pytest
+
 from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
@@ -24,7 +26,7 @@ from fakerun.dialects.events import (
     TrainingStopped,
 )
 from fakerun.dialects.hf import HfDialect
-from fakerun.hints import parse_hints
+from fakerun.hints import HintError, parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import loss
 from fakerun.sim.job import make_job
@@ -314,3 +316,62 @@ class TestFinetuneRegime:
         assert job.regime == "pretrain"
         ln_v = math.log(job.model.vocab)
         assert ln_v - 0.3 <= loss.train_loss(job, 1) <= ln_v + 0.6
+
+
+class TestTrainingArgumentsCadence:
+    """TrainingArguments' logging, evaluation and save strategies and their defaults."""
+
+    BASE = ("run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--max_steps", "2000")
+
+    def cadence(self, *args: str) -> tuple[int, int, int]:
+        """(log, eval, save) intervals of the 2000-step run with these extra arguments."""
+        run = run_of(["--fake-seed", "3", *self.BASE, *args])
+        return run.log_interval, run.eval_interval, run.save_interval
+
+    def test_defaults(self) -> None:
+        """logging_steps 500, no evaluation, a save every 500 steps."""
+        assert self.cadence() == (500, 0, 500)
+
+    def test_eval_steps_alone_does_not_evaluate(self) -> None:
+        """eval_strategy "no" (the default) ignores --eval_steps."""
+        assert self.cadence("--eval_steps", "20")[1] == 0
+
+    def test_steps_strategy_falls_back_to_logging_steps(self) -> None:
+        """eval_strategy "steps" without --eval_steps evaluates every logging_steps; either spelling."""
+        for name in ("--eval_strategy", "--evaluation_strategy"):
+            assert self.cadence(name, "steps", "--logging_steps", "10") == (10, 10, 500)
+        assert self.cadence("--eval_strategy", "steps", "--eval_steps", "40") == (500, 40, 500)
+
+    def test_fractions_of_the_run(self) -> None:
+        """A step count below 1 is that share of max_steps, rounded up."""
+        got = self.cadence("--logging_steps", "0.01", "--eval_strategy", "steps", "--save_steps", "0.25")
+        assert got == (20, 20, 500)
+
+    def test_epoch_strategies(self) -> None:
+        """Epoch strategies act at each epoch's end: here 3 epochs of equal length."""
+        run = run_of(
+            [
+                *("--fake-seed", "3", "run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B"),
+                *("--num_train_epochs", "3", "--eval_strategy", "epoch", "--save_strategy", "epoch"),
+                *("--logging_strategy", "epoch"),
+            ]
+        )
+        per_epoch = run.job.total_steps // 3
+        assert run.job.total_steps == 3 * per_epoch  # the assertion below needs whole epochs
+        assert (run.log_interval, run.eval_interval, run.save_interval) == (per_epoch,) * 3
+        assert run.evaluates_after(per_epoch) and not run.evaluates_after(per_epoch - 1)
+
+    def test_no_strategies(self) -> None:
+        """ "no": no step is logged, evaluated or saved (the end of the run still is)."""
+        log, evaluate, save = self.cadence("--logging_strategy", "no", "--save_strategy", "no")
+        assert log > 2000 and (evaluate, save) == (0, 0)
+
+    def test_best_saves_with_each_evaluation(self) -> None:
+        """save_strategy "best" saves when an evaluation improves: at the evaluation steps."""
+        got = self.cadence("--eval_strategy", "steps", "--eval_steps", "50", "--save_strategy", "best")
+        assert got[2] == 50
+
+    def test_bad_strategy(self) -> None:
+        """A value HF's enum refuses is an error naming the option."""
+        with pytest.raises(HintError, match="--save_strategy"):
+            parse_hints("run_clm.py", ["--save_strategy", "sometimes"])
