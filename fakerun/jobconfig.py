@@ -66,8 +66,8 @@ def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
         kw.setdefault("grad_accum", 1)
 
 
-def hf_cadence(run: RunPlan, hints: Hints) -> dict[str, int]:
-    """TrainingArguments' log, evaluation and save intervals (its strategies, steps and their defaults)."""
+def hf_cadence(run: RunPlan, hints: Hints) -> RunPlan:
+    """The run with TrainingArguments' log, evaluation and save intervals (strategies, steps, defaults)."""
     total = run.job.total_steps
 
     def steps(key: str, default: int) -> int:
@@ -89,7 +89,9 @@ def hf_cadence(run: RunPlan, hints: Hints) -> dict[str, int]:
     save = strategy.get("save", "steps")
     # save_strategy "best" saves when an evaluation finds a new best loss: each one, as the loss falls.
     save_interval = eval_interval if save == "best" else interval(save, steps("save_interval", HF_SAVE_STEPS))
-    return {"log_interval": log_interval, "eval_interval": eval_interval, "save_interval": save_interval}
+    return dataclasses.replace(
+        run, log_interval=log_interval, eval_interval=eval_interval, save_interval=save_interval
+    )
 
 
 def _job(bundle: presets.PresetBundle, model: presets.ModelSpec, nnodes: int, npn: int, **kw: Any) -> JobSpec:
@@ -190,7 +192,7 @@ def build_run(
             eval_iters=hints.cadence.get("eval_iters"),
         )
         if hints.style == "hf":
-            run = dataclasses.replace(run, **hf_cadence(run, hints))
+            run = hf_cadence(run, hints)
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
     if hints.deepspeed is not None:
