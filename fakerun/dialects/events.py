@@ -348,6 +348,16 @@ class EvalStarted:
 
 
 @dataclass(frozen=True)
+class EvalProgress:
+    """An evaluation after `step` has run `batch` of its `batches` batches in `elapsed_s`."""
+
+    step: int
+    batch: int
+    batches: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
 class EvalDone:
     """An evaluation has ended."""
 
@@ -484,6 +494,7 @@ Event: TypeAlias = (
     | TrainingStopped
     | EarlyStoppingCheck
     | EvalStarted
+    | EvalProgress
     | EvalDone
     | CheckpointSaving
     | CheckpointSaved

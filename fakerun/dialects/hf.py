@@ -16,6 +16,8 @@ from fakerun.dialects.events import (
     DatasetLoading,
     DatasetReady,
     EvalDone,
+    EvalProgress,
+    EvalStarted,
     Event,
     JobStarted,
     ModelConfigured,
@@ -164,6 +166,8 @@ class HfDialect:
         return self.seat.rank == 0 and kind in (
             DatasetLoading,
             StepDone,
+            EvalStarted,
+            EvalProgress,
             EvalDone,
             CheckpointSaving,
             TrainingFinished,
@@ -202,6 +206,10 @@ class HfDialect:
                 return self._block(event, at)
             case StepDone() if seat.rank == 0:
                 return self._step(event)
+            case EvalStarted() if seat.rank == 0:
+                return [self._eval_bar(0, event.iters, 0.0)]
+            case EvalProgress() if seat.rank == 0:
+                return [self._eval_bar(event.batch, event.batches, event.elapsed_s)]
             case EvalDone() if seat.rank == 0:
                 return self._eval(event)
             case CheckpointSaving() if seat.rank == 0:
@@ -269,10 +277,21 @@ class HfDialect:
             out += self._write(log_dict(n.loss, n.grad_norm, n.lr, event.epoch))
         return out
 
+    def _eval_bar(self, batch: int, batches: int, elapsed_s: float) -> BarDraw:
+        """ProgressCallback's prediction bar: below the training bar (tqdm's next free position) while it is
+        open, alone on its line after training."""
+        text = bar.meter(batch, batches, elapsed_s, ncols=self.seat.bar_columns)
+        return BarDraw(text, position=0 if self.stopped else 1)
+
     def _eval(self, event: EvalDone) -> list[Output]:
         if not self.stopped:
-            return self._write(eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch))
-        # The script's trainer.evaluate() after training: no bar to write through, log_metrics prints.
+            # on_evaluate closes the bar (leave=False: blanked), then on_log writes the dict.
+            out: list[Output] = [BarClose(position=1)]
+            return out + self._write(
+                eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch)
+            )
+        # The script's trainer.evaluate() after training: its bar is left (leave=True as no training bar is
+        # open); no dict, as on_log writes only through the training bar; log_metrics prints the block.
         metrics: dict[str, float | int] = {
             "epoch": round(event.epoch, 2),
             "eval_loss": float32(event.loss),
@@ -283,7 +302,7 @@ class HfDialect:
             "perplexity": event.ppl,
         }
         self.metrics += metrics_block("eval", metrics)
-        return []
+        return [BarClose()]
 
     def _saving(self, event: CheckpointSaving, at: float) -> list[Output]:
         """Trainer._save: glued to the bar on stderr, as a logger line written while tqdm's line is open."""

@@ -16,6 +16,8 @@ from fakerun.dialects.events import (
     CheckpointSaving,
     DatasetReady,
     EvalDone,
+    EvalProgress,
+    EvalStarted,
     Event,
     JobStarted,
     ModelConfigured,
@@ -139,7 +141,7 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
         iters=10,
         epoch=steps / run.steps_per_epoch,
     )
-    out += dialect.render(eval_event, AT + 50)
+    out += evaluate(dialect, eval_event, AT + 50)
     out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 60)
     out += dialect.render(
         TrainingStopped(
@@ -153,10 +155,20 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
         ),
         AT + 70,
     )
-    out += dialect.render(eval_event, AT + 80)
+    out += evaluate(dialect, eval_event, AT + 80)
     out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 90)
     out += dialect.render(TrainingFinished(step=steps), AT + 100)
     return out
+
+
+def evaluate(dialect: HfDialect, done: EvalDone, at: float) -> list[Output]:
+    """An evaluation as the phase loop emits it: its start, a progress event per batch, its end."""
+    out = list(dialect.render(EvalStarted(step=done.step, iters=done.iters), at - done.seconds))
+    for batch in range(1, done.iters + 1):
+        elapsed = done.seconds * batch / done.iters
+        progress = EvalProgress(step=done.step, batch=batch, batches=done.iters, elapsed_s=elapsed)
+        out += dialect.render(progress, at - done.seconds + elapsed)
+    return out + list(dialect.render(done, at))
 
 
 def dicts(out: list[Output]) -> list[dict[str, object]]:
@@ -208,7 +220,8 @@ class TestRankZero:
         # tqdm.write blanks the bar before each dict: those draws are spaces and a carriage return.
         bars = [o.text for o in out if isinstance(o, BarDraw) and o.text.strip()]
         assert bars and all(BAR.match(b) for b in bars), bars[:3]
-        assert {int(m.group("n")) for b in bars if (m := BAR.match(b))} == set(range(11))
+        training = [m for b in bars if (m := BAR.match(b)) and int(m.group("total")) == run.job.total_steps]
+        assert {int(m.group("n")) for m in training} == set(range(11))
         logs = [d for d in dicts(out) if "loss" in d]
         assert [list(d) for d in logs] == [LOG_KEYS, LOG_KEYS]
         for d, step in zip(logs, (5, 10), strict=True):
@@ -219,7 +232,34 @@ class TestRankZero:
             )
             assert d["learning_rate"] == n.lr
             assert d["epoch"] == round(step / run.steps_per_epoch, 2)
-        assert sum(isinstance(o, BarClose) for o in out) == 1
+        # The training bar's close, then the final evaluation's bar (its own line, left on screen).
+        assert [o.position for o in out if isinstance(o, BarClose) and o.position == 0] == [0, 0]
+
+    def test_evaluation_bar_during_training(self) -> None:
+        """Below the training bar, 0 to N batches over the evaluation's time, blanked before the dict."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        first = next(i for i, o in enumerate(out) if isinstance(o, BarDraw) and o.position == 1)
+        nested = out[first : first + 11]
+        assert all(isinstance(o, BarDraw) and o.position == 1 for o in nested)
+        counts = [BAR.match(o.text) for o in nested if isinstance(o, BarDraw)]
+        assert [(int(m.group("n")), int(m.group("total"))) for m in counts if m] == [
+            (i, 10) for i in range(11)
+        ]
+        # 10 batches in 12.5 s: 1.25 s each, nothing left.
+        assert nested[-1].text.endswith("| 10/10 [00:12<00:00,  1.25s/it]")  # type: ignore[union-attr]
+        assert out[first + 11] == BarClose(position=1)
+        assert isinstance(out[first + 13], Line) and "eval_loss" in out[first + 13].text  # type: ignore[union-attr]
+
+    def test_evaluation_bar_after_training(self) -> None:
+        """The script's final evaluate(): the bar alone on its line and left at 100%, no dict."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        stop = next(i for i, o in enumerate(out) if isinstance(o, Line) and "{'train_runtime'" in o.text)
+        after = out[stop:]
+        assert not any(isinstance(o, BarDraw) and o.position for o in after)
+        draws = [o.text for o in after if isinstance(o, BarDraw) and "/10 [" in o.text]
+        assert len(draws) == 11 and draws[-1].startswith("100%|██████████| 10/10")
+        assert BarClose() in after
+        assert not [o for o in after if isinstance(o, Line) and "eval_loss" in o.text and "{" in o.text]
 
     def test_eval_train_dicts_and_metrics(self) -> None:
         """The eval dict during training; the train dict at the end; log_metrics blocks printed last."""
