@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -107,6 +108,14 @@ _OPTIONS: dict[str, str] = {
     "eval_strategy": _VALUE,
     "evaluation_strategy": _VALUE,  # transformers < 4.46's name, still accepted (deprecated) in 4.50
     "save_strategy": _VALUE,
+    # LoRA through PEFT: TRL's ModelConfig (--use_peft --lora_r 16 --lora_target_modules q_proj v_proj)
+    "use_peft": _HF_BOOL,
+    "peft": _HF_BOOL,
+    "lora_r": _VALUE,
+    "lora_rank": _VALUE,
+    "lora_alpha": _VALUE,
+    "lora_dropout": _VALUE,
+    "lora_target_modules": _VALUE,  # argparse nargs="+": every word up to the next option
     # Megatron-LM
     "num_layers": _VALUE,
     "hidden_size": _VALUE,
@@ -413,6 +422,12 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
         value: str | None
         if eq:
             value = inline
+        elif key in _LISTS:
+            words_given = list(itertools.takewhile(_is_value, args[i:]))
+            if not words_given:
+                raise HintError(f"script argument {option}: expected at least one argument")
+            value = " ".join(words_given)
+            i += len(words_given)
         elif kind == _VALUE:
             if i >= len(args) or not _is_value(args[i]):
                 raise HintError(f"script argument {option}: expected a value")
@@ -601,6 +616,10 @@ _CADENCE: dict[str, tuple[str, int, int]] = {
     "eval_iters": ("eval_iters", 1, _MAX_EVAL_ITERS),
     "validation.steps": ("eval_iters", 1, _MAX_EVAL_ITERS),
 }
+_LISTS = frozenset({"lora_target_modules"})
+_MAX_LORA_RANK = 65536
+# TRL's ModelConfig.lora_r default, when --use_peft names no rank.
+TRL_LORA_R = 16
 _HF_RATIO_STEPS = frozenset({"logging_steps", "eval_steps", "save_steps"})
 # HF's IntervalStrategy values, and SaveStrategy's (transformers 4.50 adds "best": save on a new best metric).
 _INTERVAL = {name: name for name in ("no", "steps", "epoch")}
@@ -653,6 +672,14 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         # HF also takes a fraction of the run (0.1): the interval is known once the run's length is.
         b.drop(b.cadence, _CADENCE[key][0])
         b.set(b.cadence_ratio, _CADENCE[key][0], ratio, g)
+    elif key in ("use_peft", "peft"):
+        b.set(b.top, "use_peft", _bool(g), g)
+    elif key in ("lora_r", "lora_rank"):
+        b.set(b.job, "lora_rank", _int(g, high=_MAX_LORA_RANK), g)
+    elif key == "lora_target_modules":
+        b.set(b.job, "lora_targets", tuple(_str(g).replace(",", " ").split()), g)
+    elif key in ("lora_alpha", "lora_dropout"):
+        _float(g, positive=False, high=float(_MAX_LORA_RANK))  # checked; no figure shows it
     elif key in _HF_STRATEGIES:
         name, choices = _HF_STRATEGIES[key]
         b.set(b.strategies, name, _choice(g, choices), g)
@@ -801,6 +828,19 @@ def _finish(b: _Builder) -> None:
         b.set(b.job, "warmup_steps", 0, sched)
     if "total_steps" in b.job:
         b.drop(b.top, "epochs")
+    _finish_lora(b)
+
+
+def _finish_lora(b: _Builder) -> None:
+    """LoRA: on with --use_peft (TRL's rank 16 unless given) or LoRA options, off if --use_peft false."""
+    peft = b.top.get("use_peft")
+    given = any(k in b.job for k in ("lora_rank", "lora_targets"))
+    if peft is False or (peft is None and not given):
+        b.drop(b.job, "lora_rank")
+        b.drop(b.job, "lora_targets")
+    elif "lora_rank" not in b.job:
+        source = b.given.get("use_peft") or b.given.get("peft") or b.given["lora_target_modules"]
+        b.set(b.job, "lora_rank", TRL_LORA_R, source)
 
 
 def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:

@@ -98,6 +98,7 @@ class ModelConfigured:
 
     model: ModelSpec
     seq_len: int
+    adapter_params: int = 0  # LoRA's trainable parameters (the model's are frozen), 0 without LoRA
 
 
 @dataclass(frozen=True)

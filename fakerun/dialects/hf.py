@@ -112,6 +112,13 @@ def train_dict(runtime_s: float, samples: int, steps: int, loss: float, epoch: f
     return repr(record)
 
 
+def peft_trainable(adapters: int, base: int) -> str:
+    """PeftModel.print_trainable_parameters: the adapters count in all params (peft >= 0.10's format)."""
+    total = base + adapters
+    share = 100 * adapters / total
+    return f"trainable params: {adapters:,d} || all params: {total:,d} || trainable%: {share:.4f}"
+
+
 def _timedelta(secs: float) -> str:
     """trainer_pt_utils._secs2timedelta: `0:01:23.45`."""
     return f"{datetime.timedelta(seconds=int(secs))}.{int(abs(secs - int(secs)) * 100):02d}"
@@ -191,7 +198,10 @@ class HfDialect:
                     )
                 ]
             case ModelConfigured():
-                self.params = event.model.params
+                self.params = event.adapter_params or event.model.params
+                if event.adapter_params:
+                    # get_peft_model in every process, and the script's print_trainable_parameters().
+                    return [Line(peft_trainable(event.adapter_params, event.model.params))]
             case ParallelismDecided():
                 self.micro_batch, self.grad_accum = event.micro_batch, event.grad_accum
                 self.global_batch = event.global_batch

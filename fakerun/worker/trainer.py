@@ -303,7 +303,7 @@ class RankTrainer:
                     kernels_compile_s=kernels_s,
                 )
             )
-        emit(ModelConfigured(model=job.model, seq_len=job.seq_len))
+        emit(ModelConfigured(model=job.model, seq_len=job.seq_len, adapter_params=job.adapter_params))
         emit(
             ParallelismDecided(
                 tp=job.tp,

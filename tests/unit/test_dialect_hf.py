@@ -30,7 +30,7 @@ from fakerun.dialects.events import (
 from fakerun.dialects.hf import HfDialect
 from fakerun.hints import HintError, parse_hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import loss
+from fakerun.sim import collectives, compute, loss, memory
 from fakerun.sim.job import make_job
 from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
@@ -415,3 +415,59 @@ class TestTrainingArgumentsCadence:
         """A value HF's enum refuses is an error naming the option."""
         with pytest.raises(HintError, match="--save_strategy"):
             parse_hints("run_clm.py", ["--save_strategy", "sometimes"])
+
+
+class TestLora:
+    """--use_peft / --lora_r: PEFT's adapters are what trains, in the log and in the physics."""
+
+    ARGS = ("run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--max_steps", "100")
+
+    def test_arguments(self) -> None:
+        """TRL's spelling (a list of targets, rank 16 by default); --use_peft false turns LoRA off."""
+        job = run_of(
+            [*self.ARGS, "--use_peft", "--lora_r", "8", "--lora_target_modules", "q_proj", "v_proj"]
+        ).job
+        assert (job.lora_rank, job.lora_targets) == (8, ("q_proj", "v_proj"))
+        assert run_of([*self.ARGS, "--use_peft", "true"]).job.lora_rank == 16
+        assert run_of([*self.ARGS, "--lora_r", "8", "--use_peft", "false"]).job.lora_rank == 0
+
+    def test_adapter_count(self) -> None:
+        """Llama 3 8B, r=8 on PEFT's default q_proj and v_proj: r x (in + out) per projection, 32 layers."""
+        job = run_of([*self.ARGS, "--lora_r", "8"]).job
+        assert job.adapter_params == 32 * 8 * ((4096 + 4096) + (4096 + 1024)) == job.trainable_params
+        every = run_of([*self.ARGS, "--lora_r", "8", "--lora_target_modules", "all-linear"]).job
+        per_layer = (4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 3 * (4096 + 14336)
+        assert every.adapter_params == 32 * 8 * per_layer
+
+    def test_physics(self) -> None:
+        """Adam state and gradients only for the adapters; the step's compute stays the base model's."""
+        full = run_of(list(self.ARGS)).job
+        lora = run_of([*self.ARGS, "--use_peft"]).job
+        full_mem, lora_mem = memory.memory_breakdown(full, 0), memory.memory_breakdown(lora, 0)
+        assert lora_mem.optimizer < full_mem.optimizer / 100 and lora_mem.grads < full_mem.grads / 100
+        assert full.zero_stage == lora.zero_stage and lora_mem.weights > full_mem.weights  # base + adapters
+        assert sum(collectives.grad_buckets(lora)) < sum(collectives.grad_buckets(full)) / 100
+        assert compute.expected_step_time(lora) == compute.expected_step_time(full)
+
+    def test_peft_line_and_block(self) -> None:
+        """Every rank prints PEFT's line; the block counts the adapters as its trainable parameters."""
+        model = presets.resolve("llama3-8b", None, None).model
+        for rank in (0, 5):
+            out = HfDialect(seat(rank)).render(
+                ModelConfigured(model=model, seq_len=8192, adapter_params=3_407_872), AT
+            )
+            assert [o.text for o in out if isinstance(o, Line)] == [
+                "trainable params: 3,407,872 || all params: 8,033,669,120 || trainable%: 0.0424"
+            ]
+        dialect = HfDialect(seat(0))
+        dialect.render(ModelConfigured(model=model, seq_len=8192, adapter_params=3_407_872), AT)
+        block = dialect.render(
+            TrainingStarted(
+                first_step=1, last_step=5, total_steps=5, warmup_steps=0, lr=1e-4, schedule="linear"
+            ),
+            AT,
+        )
+        assert any(
+            isinstance(o, Line) and o.text.endswith("Number of trainable parameters = 3,407,872")
+            for o in block
+        )
