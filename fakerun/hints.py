@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,11 @@ class Hints:
     seed: int | None = None
     style: str = dialects.DEFAULT  # the dialect the arguments select (fakerun.dialects), its default if none
     cadence: dict[str, int] = field(default_factory=dict)  # log/eval/save intervals and eval iterations
+    # HF's --logging_steps/--eval_steps/--save_steps below 1: a fraction of the run's steps (cadence key ->).
+    cadence_ratio: dict[str, float] = field(default_factory=dict)
+    # HF's --logging_strategy, --eval_strategy (--evaluation_strategy), --save_strategy as given: "logging",
+    # "eval", "save" -> "no", "steps", "epoch" (or "best" for saves).
+    strategies: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # hint name -> the argument it came from
     # Textual settings a framework echoes in its log (torchtitan's job.description, training.dataset...), as
     # given; no figure: those are in job and arch.
@@ -98,6 +104,18 @@ _OPTIONS: dict[str, str] = {
     "logging_steps": _VALUE,
     "eval_steps": _VALUE,
     "save_steps": _VALUE,
+    "logging_strategy": _VALUE,
+    "eval_strategy": _VALUE,
+    "evaluation_strategy": _VALUE,  # transformers < 4.46's name, still accepted (deprecated) in 4.50
+    "save_strategy": _VALUE,
+    # LoRA through PEFT: TRL's ModelConfig (--use_peft --lora_r 16 --lora_target_modules q_proj v_proj)
+    "use_peft": _HF_BOOL,
+    "peft": _HF_BOOL,
+    "lora_r": _VALUE,
+    "lora_rank": _VALUE,
+    "lora_alpha": _VALUE,
+    "lora_dropout": _VALUE,
+    "lora_target_modules": _VALUE,  # argparse nargs="+": every word up to the next option
     # Megatron-LM
     "num_layers": _VALUE,
     "hidden_size": _VALUE,
@@ -404,6 +422,12 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
         value: str | None
         if eq:
             value = inline
+        elif key in _LISTS:
+            words_given = list(itertools.takewhile(_is_value, args[i:]))
+            if not words_given:
+                raise HintError(f"script argument {option}: expected at least one argument")
+            value = " ".join(words_given)
+            i += len(words_given)
         elif kind == _VALUE:
             if i >= len(args) or not _is_value(args[i]):
                 raise HintError(f"script argument {option}: expected a value")
@@ -528,6 +552,8 @@ class _Builder:
         self.job: dict[str, object] = {}
         self.top: dict[str, object] = {}  # model_name, epochs, warmup_ratio, seed
         self.cadence: dict[str, int] = {}
+        self.cadence_ratio: dict[str, float] = {}
+        self.strategies: dict[str, str] = {}
         self.sources: dict[str, str] = {}
 
     def set(self, where: dict[str, _T], key: str, value: _T, g: _Given) -> None:
@@ -590,7 +616,19 @@ _CADENCE: dict[str, tuple[str, int, int]] = {
     "eval_iters": ("eval_iters", 1, _MAX_EVAL_ITERS),
     "validation.steps": ("eval_iters", 1, _MAX_EVAL_ITERS),
 }
+_LISTS = frozenset({"lora_target_modules"})
+_MAX_LORA_RANK = 65536
+# TRL's ModelConfig.lora_r default, when --use_peft names no rank.
+TRL_LORA_R = 16
 _HF_RATIO_STEPS = frozenset({"logging_steps", "eval_steps", "save_steps"})
+# HF's IntervalStrategy values, and SaveStrategy's (transformers 4.50 adds "best": save on a new best metric).
+_INTERVAL = {name: name for name in ("no", "steps", "epoch")}
+_HF_STRATEGIES: dict[str, tuple[str, dict[str, str]]] = {
+    "logging_strategy": ("logging", _INTERVAL),
+    "eval_strategy": ("eval", _INTERVAL),
+    "evaluation_strategy": ("eval", _INTERVAL),
+    "save_strategy": ("save", {**_INTERVAL, "best": "best"}),
+}
 _ARCH_INTS: dict[str, str] = {
     "num_layers": "layers",
     "hidden_size": "hidden",
@@ -630,10 +668,24 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     if key in _JOB_INTS:
         name, low, high = _JOB_INTS[key]
         b.set(b.job, name, _int(g, low, high=high), g)
-    elif key in _HF_RATIO_STEPS and _float(g, high=float(MAX_STEPS)) < 1:
-        pass  # HF also takes a fraction of the run (0.1); the simulation keeps its own cadence then
+    elif key in _HF_RATIO_STEPS and (ratio := _float(g, high=float(MAX_STEPS))) < 1:
+        # HF also takes a fraction of the run (0.1): the interval is known once the run's length is.
+        b.drop(b.cadence, _CADENCE[key][0])
+        b.set(b.cadence_ratio, _CADENCE[key][0], ratio, g)
+    elif key in ("use_peft", "peft"):
+        b.set(b.top, "use_peft", _bool(g), g)
+    elif key in ("lora_r", "lora_rank"):
+        b.set(b.job, "lora_rank", _int(g, high=_MAX_LORA_RANK), g)
+    elif key == "lora_target_modules":
+        b.set(b.job, "lora_targets", tuple(_str(g).replace(",", " ").split()), g)
+    elif key in ("lora_alpha", "lora_dropout"):
+        _float(g, positive=False, high=float(_MAX_LORA_RANK))  # checked; no figure shows it
+    elif key in _HF_STRATEGIES:
+        name, choices = _HF_STRATEGIES[key]
+        b.set(b.strategies, name, _choice(g, choices), g)
     elif key in _CADENCE:
         name, low, high = _CADENCE[key]
+        b.drop(b.cadence_ratio, name)
         b.set(b.cadence, name, _int(g, low, high=high), g)
     elif key in _ARCH_INTS:
         arch_key = _ARCH_INTS[key]
@@ -776,6 +828,19 @@ def _finish(b: _Builder) -> None:
         b.set(b.job, "warmup_steps", 0, sched)
     if "total_steps" in b.job:
         b.drop(b.top, "epochs")
+    _finish_lora(b)
+
+
+def _finish_lora(b: _Builder) -> None:
+    """LoRA: on with --use_peft (TRL's rank 16 unless given) or LoRA options, off if --use_peft false."""
+    peft = b.top.get("use_peft")
+    given = any(k in b.job for k in ("lora_rank", "lora_targets"))
+    if peft is False or (peft is None and not given):
+        b.drop(b.job, "lora_rank")
+        b.drop(b.job, "lora_targets")
+    elif "lora_rank" not in b.job:
+        source = b.given.get("use_peft") or b.given.get("peft") or b.given["lora_target_modules"]
+        b.set(b.job, "lora_rank", TRL_LORA_R, source)
 
 
 def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
@@ -950,6 +1015,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         seed=seed if isinstance(seed, int) else None,
         style=style,
         cadence=b.cadence,
+        cadence_ratio=b.cadence_ratio,
+        strategies=b.strategies,
         sources=b.sources,
         deepspeed=ds if isinstance(ds, DsConfig) else None,
         settings=_settings(args, config),

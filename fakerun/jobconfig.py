@@ -38,7 +38,9 @@ def draw_seed(shared_key: str | None = None) -> int:
 # DeepSpeed ZeRO: it has no tensor or pipeline parallel layout).
 HF_LR = 5e-5
 HF_EPOCHS = 3.0
-HF_SAVE_STEPS = 500  # save_strategy "steps" every 500; eval_strategy "no" unless --eval_steps
+# TrainingArguments' defaults: logging_strategy and save_strategy "steps", every 500; eval_strategy "no".
+HF_LOGGING_STEPS = 500
+HF_SAVE_STEPS = 500
 # A fine-tuning dataset (instruction / chat data): ~5k-100k examples (Alpaca 52k, Dolly 15k, OpenHermes 1M is
 # the rare large one), log-uniform by seed.
 FINETUNE_EXAMPLES = (5_000, 100_000)
@@ -62,6 +64,34 @@ def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
     kw.setdefault("pp", 1)
     if "global_batch" not in kw:
         kw.setdefault("grad_accum", 1)
+
+
+def hf_cadence(run: RunPlan, hints: Hints) -> RunPlan:
+    """The run with TrainingArguments' log, evaluation and save intervals (strategies, steps, defaults)."""
+    total = run.job.total_steps
+
+    def steps(key: str, default: int) -> int:
+        # A fraction below 1 is of the run's max_steps, rounded up (TrainingArguments.__post_init__).
+        ratio = hints.cadence_ratio.get(key)
+        return math.ceil(ratio * total) if ratio is not None else hints.cadence.get(key) or default
+
+    def interval(strategy: str, steps_given: int) -> int:
+        if strategy == "epoch":
+            return run.steps_per_epoch
+        return steps_given if strategy == "steps" else 0
+
+    strategy = hints.strategies
+    log = steps("log_interval", HF_LOGGING_STEPS)
+    # An interval longer than the run: logging_strategy "no" logs no step (the final train dict still prints).
+    log_interval = interval(strategy.get("logging", "steps"), log) or total + 1
+    # eval_strategy "steps" without --eval_steps evaluates every logging_steps; "no" ignores --eval_steps.
+    eval_interval = interval(strategy.get("eval", "no"), steps("eval_interval", log))
+    save = strategy.get("save", "steps")
+    # save_strategy "best" saves when an evaluation finds a new best loss: each one, as the loss falls.
+    save_interval = eval_interval if save == "best" else interval(save, steps("save_interval", HF_SAVE_STEPS))
+    return dataclasses.replace(
+        run, log_interval=log_interval, eval_interval=eval_interval, save_interval=save_interval
+    )
 
 
 def _job(bundle: presets.PresetBundle, model: presets.ModelSpec, nnodes: int, npn: int, **kw: Any) -> JobSpec:
@@ -157,10 +187,12 @@ def build_run(
             patience=fake.early_stopping,
             epochs=epochs,
             log_interval=hints.cadence.get("log_interval"),
-            eval_interval=hints.cadence.get("eval_interval", 0 if hints.style == "hf" else None),
-            save_interval=hints.cadence.get("save_interval", HF_SAVE_STEPS if hints.style == "hf" else None),
+            eval_interval=hints.cadence.get("eval_interval"),
+            save_interval=hints.cadence.get("save_interval"),
             eval_iters=hints.cadence.get("eval_iters"),
         )
+        if hints.style == "hf":
+            run = hf_cadence(run, hints)
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
     if hints.deepspeed is not None:

@@ -98,6 +98,7 @@ class ModelConfigured:
 
     model: ModelSpec
     seq_len: int
+    adapter_params: int = 0  # LoRA's trainable parameters (the model's are frozen), 0 without LoRA
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,16 @@ class EvalStarted:
 
 
 @dataclass(frozen=True)
+class EvalProgress:
+    """An evaluation after `step` has run `batch` of its `batches` batches in `elapsed_s`."""
+
+    step: int
+    batch: int
+    batches: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
 class EvalDone:
     """An evaluation has ended."""
 
@@ -484,6 +495,7 @@ Event: TypeAlias = (
     | TrainingStopped
     | EarlyStoppingCheck
     | EvalStarted
+    | EvalProgress
     | EvalDone
     | CheckpointSaving
     | CheckpointSaved

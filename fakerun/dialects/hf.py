@@ -16,6 +16,8 @@ from fakerun.dialects.events import (
     DatasetLoading,
     DatasetReady,
     EvalDone,
+    EvalProgress,
+    EvalStarted,
     Event,
     JobStarted,
     ModelConfigured,
@@ -37,8 +39,8 @@ HINTS = HintRule(
         "model_name_or_path per_device_train_batch_size per_gpu_train_batch_size per_device_eval_batch_size "
         "gradient_accumulation_steps num_train_epochs lr_scheduler_type warmup_ratio deepspeed fsdp "
         "output_dir overwrite_output_dir do_train do_eval logging_steps save_steps save_strategy "
-        "eval_strategy evaluation_strategy report_to model_max_length max_seq_length block_size "
-        "dataset_name train_file save_total_limit logging_dir run_name gradient_checkpointing "
+        "logging_strategy eval_strategy evaluation_strategy report_to model_max_length max_seq_length "
+        "block_size dataset_name train_file save_total_limit logging_dir run_name gradient_checkpointing "
         "use_peft lora_r lora_alpha lora_dropout lora_target_modules"
     ),
     exact=frozenset({"seq_length"}),  # Megatron's is seq-length
@@ -110,6 +112,13 @@ def train_dict(runtime_s: float, samples: int, steps: int, loss: float, epoch: f
     return repr(record)
 
 
+def peft_trainable(adapters: int, base: int) -> str:
+    """PeftModel.print_trainable_parameters: the adapters count in all params (peft >= 0.10's format)."""
+    total = base + adapters
+    share = 100 * adapters / total
+    return f"trainable params: {adapters:,d} || all params: {total:,d} || trainable%: {share:.4f}"
+
+
 def _timedelta(secs: float) -> str:
     """trainer_pt_utils._secs2timedelta: `0:01:23.45`."""
     return f"{datetime.timedelta(seconds=int(secs))}.{int(abs(secs - int(secs)) * 100):02d}"
@@ -164,6 +173,8 @@ class HfDialect:
         return self.seat.rank == 0 and kind in (
             DatasetLoading,
             StepDone,
+            EvalStarted,
+            EvalProgress,
             EvalDone,
             CheckpointSaving,
             TrainingFinished,
@@ -187,7 +198,10 @@ class HfDialect:
                     )
                 ]
             case ModelConfigured():
-                self.params = event.model.params
+                self.params = event.adapter_params or event.model.params
+                if event.adapter_params:
+                    # get_peft_model in every process, and the script's print_trainable_parameters().
+                    return [Line(peft_trainable(event.adapter_params, event.model.params))]
             case ParallelismDecided():
                 self.micro_batch, self.grad_accum = event.micro_batch, event.grad_accum
                 self.global_batch = event.global_batch
@@ -202,6 +216,10 @@ class HfDialect:
                 return self._block(event, at)
             case StepDone() if seat.rank == 0:
                 return self._step(event)
+            case EvalStarted() if seat.rank == 0:
+                return [self._eval_bar(0, event.iters, 0.0)]
+            case EvalProgress() if seat.rank == 0:
+                return [self._eval_bar(event.batch, event.batches, event.elapsed_s)]
             case EvalDone() if seat.rank == 0:
                 return self._eval(event)
             case CheckpointSaving() if seat.rank == 0:
@@ -269,10 +287,21 @@ class HfDialect:
             out += self._write(log_dict(n.loss, n.grad_norm, n.lr, event.epoch))
         return out
 
+    def _eval_bar(self, batch: int, batches: int, elapsed_s: float) -> BarDraw:
+        """ProgressCallback's prediction bar: below the training bar (tqdm's next free position) while it is
+        open, alone on its line after training."""
+        text = bar.meter(batch, batches, elapsed_s, ncols=self.seat.bar_columns)
+        return BarDraw(text, position=0 if self.stopped else 1)
+
     def _eval(self, event: EvalDone) -> list[Output]:
         if not self.stopped:
-            return self._write(eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch))
-        # The script's trainer.evaluate() after training: no bar to write through, log_metrics prints.
+            # on_evaluate closes the bar (leave=False: blanked), then on_log writes the dict.
+            out: list[Output] = [BarClose(position=1)]
+            return out + self._write(
+                eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch)
+            )
+        # The script's trainer.evaluate() after training: its bar is left (leave=True as no training bar is
+        # open); no dict, as on_log writes only through the training bar; log_metrics prints the block.
         metrics: dict[str, float | int] = {
             "epoch": round(event.epoch, 2),
             "eval_loss": float32(event.loss),
@@ -283,7 +312,7 @@ class HfDialect:
             "perplexity": event.ppl,
         }
         self.metrics += metrics_block("eval", metrics)
-        return []
+        return [BarClose()]
 
     def _saving(self, event: CheckpointSaving, at: float) -> list[Output]:
         """Trainer._save: glued to the bar on stderr, as a logger line written while tqdm's line is open."""

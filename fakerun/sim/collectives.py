@@ -212,7 +212,15 @@ def _busiest_stage(job: JobSpec) -> int:
 
 
 def grad_buckets(job: JobSpec) -> tuple[float, ...]:
-    """Gradient buckets (bytes) of the busiest stage's dense parameters, in the order backward fills them."""
+    """Gradient buckets (bytes) of the busiest stage's trained parameters, in the order backward fills."""
+    if job.lora_rank:
+        # LoRA: DDP reduces only parameters that require grad, the adapters: the buckets at their share.
+        share = job.adapter_params / job.model.params
+        return tuple(b * share for b in _dense_buckets(job))
+    return _dense_buckets(job)
+
+
+def _dense_buckets(job: JobSpec) -> tuple[float, ...]:
     stage = _busiest_stage(job)
     dense, _ = stage_params(job, stage)
     grad_bytes = 4.0 if job.fp32_grad_buffer else 2.0

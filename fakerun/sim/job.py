@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fakerun.presets import ClusterSpec, GpuSpec, ModelSpec, StorageSpec, with_gpu
+from fakerun.sim import lora
 from fakerun.sim.loss import LAWS
 from fakerun.sim.memory import check_fits
 from fakerun.sim.schedule import SCHEDULES
@@ -80,6 +81,9 @@ class JobSpec:
     loss_scale_window: int = 1000
     hysteresis: int = 2
     static_loss_scale: float | None = None
+    # LoRA (PEFT): adapters of this rank on these projections are all that trains; 0: a full fine-tune.
+    lora_rank: int = 0
+    lora_targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,6 +118,16 @@ class JobSpec:
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step over the whole job."""
         return self.global_batch * self.seq_len
+
+    @property
+    def adapter_params(self) -> int:
+        """LoRA's trainable parameters, 0 without LoRA."""
+        return lora.adapter_params(self.model, self.lora_rank, self.lora_targets) if self.lora_rank else 0
+
+    @property
+    def trainable_params(self) -> int:
+        """Parameters the optimizer updates: the adapters with LoRA, else the whole model."""
+        return self.adapter_params or self.model.params
 
     @property
     def sharding(self) -> str:
@@ -204,6 +218,8 @@ def make_job(
     loss_scale_window: int = 1000,
     hysteresis: int = 2,
     static_loss_scale: float | None = None,
+    lora_rank: int = 0,
+    lora_targets: tuple[str, ...] = (),
     check_memory: bool = True,
     allow_oom: bool = False,
 ) -> JobSpec:
@@ -351,6 +367,8 @@ def make_job(
         loss_scale_window=loss_scale_window,
         hysteresis=hysteresis,
         static_loss_scale=static_loss_scale,
+        lora_rank=lora_rank,
+        lora_targets=lora_targets,
     )
     if check_memory:
         try:

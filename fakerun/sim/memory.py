@@ -146,6 +146,12 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     weights = WEIGHT_BYTES * (total if z < 3 else dense / d + expert / edp)
     grads = grad_b * (total if z < 2 else dense / d + expert / edp)
     optimizer = OPTIMIZER_BYTES * (total if z == 0 else dense / d + expert / edp)
+    if job.lora_rank:
+        # LoRA: the frozen base has no gradient or Adam state; the adapters (this stage's share) have both.
+        adapters = total * job.adapter_params / m.params
+        weights += WEIGHT_BYTES * adapters
+        grads = grad_b * adapters / (d if z >= 2 else 1)
+        optimizer = OPTIMIZER_BYTES * adapters / (d if z >= 1 else 1)
 
     n_layers = job.stage_layers(pp_rank)
     flight = in_flight_microbatches(job, pp_rank)

@@ -25,6 +25,7 @@ from fakerun.dialects.events import (
     EarlyStoppingCheck,
     EpochDone,
     EvalDone,
+    EvalProgress,
     EvalStarted,
     GpuGrid,
     GradientSync,
@@ -67,6 +68,7 @@ from fakerun.worker.printer import Printer
 
 # Steps over which rank 0's bar smooths its rate (tqdm keeps a moving average; older steps weigh nothing).
 _BAR_WINDOW = 50
+EVAL_BAR_REFRESH_S = 0.1  # tqdm's mininterval
 # A pause worth a warning: this many times its usual length (a stall), and an evaluation also longer than
 # this many training steps.
 _SLOW_PAUSE = 1.5
@@ -305,7 +307,7 @@ class RankTrainer:
                     kernels_compile_s=kernels_s,
                 )
             )
-        emit(ModelConfigured(model=job.model, seq_len=job.seq_len))
+        emit(ModelConfigured(model=job.model, seq_len=job.seq_len, adapter_params=job.adapter_params))
         emit(
             ParallelismDecided(
                 tp=job.tp,
@@ -679,6 +681,8 @@ class RankTrainer:
         if phase == "eval":
             self._phase(step, "eval")
             emit(EvalStarted(step=step, iters=run.eval_iters))
+            if self.out.wants(EvalProgress):
+                self._eval_progress(step, seconds, until)
             self._sleep_until(until)
             value = loss.eval_loss(job, step)
             emit(
@@ -720,6 +724,17 @@ class RankTrainer:
                 )
             )
             self._slow_pause(step, phase, seconds)
+
+    def _eval_progress(self, step: int, seconds: float, until: float) -> None:
+        """The evaluation's batches as they end, evenly over its `seconds`, as often as tqdm refreshes."""
+        batches = self.run.eval_iters
+        per_batch = seconds / batches
+        # tqdm redraws at most every mininterval (0.1 s of the job's time): fast batches show in strides.
+        stride = max(1, math.ceil(EVAL_BAR_REFRESH_S / per_batch))
+        start = until - seconds / self.ctx.speed
+        for batch in (*range(stride, batches, stride), batches):
+            self._sleep_until(start + batch * per_batch / self.ctx.speed)
+            self.out.emit(EvalProgress(step=step, batch=batch, batches=batches, elapsed_s=batch * per_batch))
 
     def _slow_pause(self, step: int, phase: str, seconds: float) -> None:
         """A warning when the pause after `step` stalled far beyond its usual length (sim's rare stalls)."""

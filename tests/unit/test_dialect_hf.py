@@ -7,6 +7,8 @@ import itertools
 import math
 import re
 
+import pytest
+
 from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
@@ -14,6 +16,8 @@ from fakerun.dialects.events import (
     CheckpointSaving,
     DatasetReady,
     EvalDone,
+    EvalProgress,
+    EvalStarted,
     Event,
     JobStarted,
     ModelConfigured,
@@ -24,9 +28,9 @@ from fakerun.dialects.events import (
     TrainingStopped,
 )
 from fakerun.dialects.hf import HfDialect
-from fakerun.hints import parse_hints
+from fakerun.hints import HintError, parse_hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import loss
+from fakerun.sim import collectives, compute, loss, memory
 from fakerun.sim.job import make_job
 from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
@@ -137,7 +141,7 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
         iters=10,
         epoch=steps / run.steps_per_epoch,
     )
-    out += dialect.render(eval_event, AT + 50)
+    out += evaluate(dialect, eval_event, AT + 50)
     out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 60)
     out += dialect.render(
         TrainingStopped(
@@ -151,10 +155,20 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
         ),
         AT + 70,
     )
-    out += dialect.render(eval_event, AT + 80)
+    out += evaluate(dialect, eval_event, AT + 80)
     out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 90)
     out += dialect.render(TrainingFinished(step=steps), AT + 100)
     return out
+
+
+def evaluate(dialect: HfDialect, done: EvalDone, at: float) -> list[Output]:
+    """An evaluation as the phase loop emits it: its start, a progress event per batch, its end."""
+    out = list(dialect.render(EvalStarted(step=done.step, iters=done.iters), at - done.seconds))
+    for batch in range(1, done.iters + 1):
+        elapsed = done.seconds * batch / done.iters
+        progress = EvalProgress(step=done.step, batch=batch, batches=done.iters, elapsed_s=elapsed)
+        out += dialect.render(progress, at - done.seconds + elapsed)
+    return out + list(dialect.render(done, at))
 
 
 def dicts(out: list[Output]) -> list[dict[str, object]]:
@@ -206,7 +220,8 @@ class TestRankZero:
         # tqdm.write blanks the bar before each dict: those draws are spaces and a carriage return.
         bars = [o.text for o in out if isinstance(o, BarDraw) and o.text.strip()]
         assert bars and all(BAR.match(b) for b in bars), bars[:3]
-        assert {int(m.group("n")) for b in bars if (m := BAR.match(b))} == set(range(11))
+        training = [m for b in bars if (m := BAR.match(b)) and int(m.group("total")) == run.job.total_steps]
+        assert {int(m.group("n")) for m in training} == set(range(11))
         logs = [d for d in dicts(out) if "loss" in d]
         assert [list(d) for d in logs] == [LOG_KEYS, LOG_KEYS]
         for d, step in zip(logs, (5, 10), strict=True):
@@ -217,7 +232,34 @@ class TestRankZero:
             )
             assert d["learning_rate"] == n.lr
             assert d["epoch"] == round(step / run.steps_per_epoch, 2)
-        assert sum(isinstance(o, BarClose) for o in out) == 1
+        # The training bar's close, then the final evaluation's bar (its own line, left on screen).
+        assert [o.position for o in out if isinstance(o, BarClose) and o.position == 0] == [0, 0]
+
+    def test_evaluation_bar_during_training(self) -> None:
+        """Below the training bar, 0 to N batches over the evaluation's time, blanked before the dict."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        first = next(i for i, o in enumerate(out) if isinstance(o, BarDraw) and o.position == 1)
+        nested = out[first : first + 11]
+        assert all(isinstance(o, BarDraw) and o.position == 1 for o in nested)
+        counts = [BAR.match(o.text) for o in nested if isinstance(o, BarDraw)]
+        assert [(int(m.group("n")), int(m.group("total"))) for m in counts if m] == [
+            (i, 10) for i in range(11)
+        ]
+        # 10 batches in 12.5 s: 1.25 s each, nothing left.
+        assert nested[-1].text.endswith("| 10/10 [00:12<00:00,  1.25s/it]")  # type: ignore[union-attr]
+        assert out[first + 11] == BarClose(position=1)
+        assert isinstance(out[first + 13], Line) and "eval_loss" in out[first + 13].text  # type: ignore[union-attr]
+
+    def test_evaluation_bar_after_training(self) -> None:
+        """The script's final evaluate(): the bar alone on its line and left at 100%, no dict."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        stop = next(i for i, o in enumerate(out) if isinstance(o, Line) and "{'train_runtime'" in o.text)
+        after = out[stop:]
+        assert not any(isinstance(o, BarDraw) and o.position for o in after)
+        draws = [o.text for o in after if isinstance(o, BarDraw) and "/10 [" in o.text]
+        assert len(draws) == 11 and draws[-1].startswith("100%|██████████| 10/10")
+        assert BarClose() in after
+        assert not [o for o in after if isinstance(o, Line) and "eval_loss" in o.text and "{" in o.text]
 
     def test_eval_train_dicts_and_metrics(self) -> None:
         """The eval dict during training; the train dict at the end; log_metrics blocks printed last."""
@@ -314,3 +356,118 @@ class TestFinetuneRegime:
         assert job.regime == "pretrain"
         ln_v = math.log(job.model.vocab)
         assert ln_v - 0.3 <= loss.train_loss(job, 1) <= ln_v + 0.6
+
+
+class TestTrainingArgumentsCadence:
+    """TrainingArguments' logging, evaluation and save strategies and their defaults."""
+
+    BASE = ("run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--max_steps", "2000")
+
+    def cadence(self, *args: str) -> tuple[int, int, int]:
+        """(log, eval, save) intervals of the 2000-step run with these extra arguments."""
+        run = run_of(["--fake-seed", "3", *self.BASE, *args])
+        return run.log_interval, run.eval_interval, run.save_interval
+
+    def test_defaults(self) -> None:
+        """logging_steps 500, no evaluation, a save every 500 steps."""
+        assert self.cadence() == (500, 0, 500)
+
+    def test_eval_steps_alone_does_not_evaluate(self) -> None:
+        """eval_strategy "no" (the default) ignores --eval_steps."""
+        assert self.cadence("--eval_steps", "20")[1] == 0
+
+    def test_steps_strategy_falls_back_to_logging_steps(self) -> None:
+        """eval_strategy "steps" without --eval_steps evaluates every logging_steps; either spelling."""
+        for name in ("--eval_strategy", "--evaluation_strategy"):
+            assert self.cadence(name, "steps", "--logging_steps", "10") == (10, 10, 500)
+        assert self.cadence("--eval_strategy", "steps", "--eval_steps", "40") == (500, 40, 500)
+
+    def test_fractions_of_the_run(self) -> None:
+        """A step count below 1 is that share of max_steps, rounded up."""
+        got = self.cadence("--logging_steps", "0.01", "--eval_strategy", "steps", "--save_steps", "0.25")
+        assert got == (20, 20, 500)
+
+    def test_epoch_strategies(self) -> None:
+        """Epoch strategies act at each epoch's end: here 3 epochs of equal length."""
+        run = run_of(
+            [
+                *("--fake-seed", "3", "run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B"),
+                *("--num_train_epochs", "3", "--eval_strategy", "epoch", "--save_strategy", "epoch"),
+                *("--logging_strategy", "epoch"),
+            ]
+        )
+        per_epoch = run.job.total_steps // 3
+        assert run.job.total_steps == 3 * per_epoch  # the assertion below needs whole epochs
+        assert (run.log_interval, run.eval_interval, run.save_interval) == (per_epoch,) * 3
+        assert run.evaluates_after(per_epoch) and not run.evaluates_after(per_epoch - 1)
+
+    def test_no_strategies(self) -> None:
+        """ "no": no step is logged, evaluated or saved (the end of the run still is)."""
+        log, evaluate, save = self.cadence("--logging_strategy", "no", "--save_strategy", "no")
+        assert log > 2000 and (evaluate, save) == (0, 0)
+
+    def test_best_saves_with_each_evaluation(self) -> None:
+        """save_strategy "best" saves when an evaluation improves: at the evaluation steps."""
+        got = self.cadence("--eval_strategy", "steps", "--eval_steps", "50", "--save_strategy", "best")
+        assert got[2] == 50
+
+    def test_bad_strategy(self) -> None:
+        """A value HF's enum refuses is an error naming the option."""
+        with pytest.raises(HintError, match="--save_strategy"):
+            parse_hints("run_clm.py", ["--save_strategy", "sometimes"])
+
+
+class TestLora:
+    """--use_peft / --lora_r: PEFT's adapters are what trains, in the log and in the physics."""
+
+    ARGS = ("run_clm.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--max_steps", "100")
+
+    def test_arguments(self) -> None:
+        """TRL's spelling (a list of targets, rank 16 by default); --use_peft false turns LoRA off."""
+        job = run_of(
+            [*self.ARGS, "--use_peft", "--lora_r", "8", "--lora_target_modules", "q_proj", "v_proj"]
+        ).job
+        assert (job.lora_rank, job.lora_targets) == (8, ("q_proj", "v_proj"))
+        assert run_of([*self.ARGS, "--use_peft", "true"]).job.lora_rank == 16
+        assert run_of([*self.ARGS, "--lora_r", "8", "--use_peft", "false"]).job.lora_rank == 0
+
+    def test_adapter_count(self) -> None:
+        """Llama 3 8B, r=8 on PEFT's default q_proj and v_proj: r x (in + out) per projection, 32 layers."""
+        job = run_of([*self.ARGS, "--lora_r", "8"]).job
+        assert job.adapter_params == 32 * 8 * ((4096 + 4096) + (4096 + 1024)) == job.trainable_params
+        every = run_of([*self.ARGS, "--lora_r", "8", "--lora_target_modules", "all-linear"]).job
+        per_layer = (4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 3 * (4096 + 14336)
+        assert every.adapter_params == 32 * 8 * per_layer
+
+    def test_physics(self) -> None:
+        """Adam state and gradients only for the adapters; the step's compute stays the base model's."""
+        full = run_of(list(self.ARGS)).job
+        lora = run_of([*self.ARGS, "--use_peft"]).job
+        full_mem, lora_mem = memory.memory_breakdown(full, 0), memory.memory_breakdown(lora, 0)
+        assert lora_mem.optimizer < full_mem.optimizer / 100 and lora_mem.grads < full_mem.grads / 100
+        assert full.zero_stage == lora.zero_stage and lora_mem.weights > full_mem.weights  # base + adapters
+        assert sum(collectives.grad_buckets(lora)) < sum(collectives.grad_buckets(full)) / 100
+        assert compute.expected_step_time(lora) == compute.expected_step_time(full)
+
+    def test_peft_line_and_block(self) -> None:
+        """Every rank prints PEFT's line; the block counts the adapters as its trainable parameters."""
+        model = presets.resolve("llama3-8b", None, None).model
+        for rank in (0, 5):
+            out = HfDialect(seat(rank)).render(
+                ModelConfigured(model=model, seq_len=8192, adapter_params=3_407_872), AT
+            )
+            assert [o.text for o in out if isinstance(o, Line)] == [
+                "trainable params: 3,407,872 || all params: 8,033,669,120 || trainable%: 0.0424"
+            ]
+        dialect = HfDialect(seat(0))
+        dialect.render(ModelConfigured(model=model, seq_len=8192, adapter_params=3_407_872), AT)
+        block = dialect.render(
+            TrainingStarted(
+                first_step=1, last_step=5, total_steps=5, warmup_steps=0, lr=1e-4, schedule="linear"
+            ),
+            AT,
+        )
+        assert any(
+            isinstance(o, Line) and o.text.endswith("Number of trainable parameters = 3,407,872")
+            for o in block
+        )

@@ -109,6 +109,7 @@ def sample_events() -> list[ev.Event]:
         ),
         ev.TrainingStopped(step=20, reason="reached max steps"),
         ev.EvalStarted(step=20, iters=10),
+        ev.EvalProgress(step=20, batch=10, batches=10, elapsed_s=4.0),
         ev.EarlyStoppingCheck(step=20, val_loss=3.1, best=3.0, best_step=10, strikes=1, patience=3),
         ev.EvalDone(step=20, loss=3.1, ppl=math.exp(3.1), seconds=4.0, samples=1280, iters=10, epoch=0.1),
         ev.CheckpointSaving(step=20, path="iter_0000020", format="torch_dist"),

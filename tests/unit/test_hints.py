@@ -777,9 +777,12 @@ class TestCadence:
         """Each framework's interval options land in the cadence."""
         assert parse_hints(script, args).cadence == want
 
-    def test_hf_fraction_keeps_default(self) -> None:
-        """HF's fractional steps (a share of the run) leave the cadence to the simulation."""
-        assert parse_hints("run_clm.py", ["--logging_steps", "0.1"]).cadence == {}
+    def test_hf_fraction_is_a_ratio(self) -> None:
+        """HF's fractional steps (a share of the run) wait for its length; a later count replaces them."""
+        h = parse_hints("run_clm.py", ["--logging_steps", "0.1"])
+        assert (h.cadence, h.cadence_ratio) == ({}, {"log_interval": 0.1})
+        h = parse_hints("run_clm.py", ["--logging_steps", "0.1", "--logging_steps", "7"])
+        assert (h.cadence, h.cadence_ratio) == ({"log_interval": 7}, {})
 
     @pytest.mark.parametrize("args", [["--log-interval", "0"], ["--eval-iters", "x"], ["--save_steps", "-3"]])
     def test_bad_values(self, args: list[str]) -> None:
