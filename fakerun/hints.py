@@ -851,7 +851,8 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
     mbs_given = given.get("parallelism.pipeline_parallel_microbatch_size")
     mbs = _int(mbs_given, high=_model_high("micro_batch")) if mbs_given is not None else 1
     local = given.get("training.local_batch_size")
-    if isinstance(pp, int) and pp > 1 and (local is not None or mbs_given is not None):
+    pipelined = isinstance(pp, int) and pp > 1
+    if pipelined and (local is not None or mbs_given is not None):
         # With pipeline stages, each local batch runs as local/mbs micro batches of mbs sequences.
         if local is not None:
             n_local = _int(local, high=_model_high("micro_batch"))
@@ -864,6 +865,15 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         source = mbs_given or local
         if source is not None:
             b.set(b.job, "micro_batch", mbs, source)
+    if b.style == "titan" and not pipelined and "global_batch" not in b.job and "grad_accum" not in b.job:
+        # training.global_batch_size's default (-1) is local_batch_size x the data-parallel degree: one
+        # micro batch per step, not the preset's global batch.
+        b.set(b.job, "grad_accum", 1, local or _Given("training.global_batch_size", "-1"))
+    if b.style == "titan":
+        # Not an argument: torchtitan's MixedPrecisionPolicy (or AMP) keeps fp32 parameters and reduces the
+        # gradients in fp32 (mixed_precision_reduce = "float32"), whatever the configuration.
+        b.job["state_layout"] = "fp32"
+        b.job["fp32_grad_buffer"] = True
     lr_min = given.get("lr_scheduler.lr_min")
     if lr_min is not None:
         ratio = _float(lr_min, positive=False, high=1.0)
