@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
-from fakerun.dialects import megatron_ds
+from fakerun.dialects import megatron_ds, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
@@ -928,6 +928,60 @@ def _regime(script: str, args: Sequence[str]) -> str:
     return "pretrain"
 
 
+# torchtune's config overrides (`key=value` after --config) -> the flat option they mean here.
+_TUNE_KEYS = {
+    "batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "optimizer.lr": "optimizer.lr",
+    "seed": "seed",
+    "tokenizer.max_seq_len": "max_seq_length",
+    "lr_scheduler.num_warmup_steps": "warmup_iters",
+    "log_every_n_steps": "log_interval",
+}
+# The recipes' shipped configs (0.6.1): a full fine-tune at lr 2e-5 with no scheduler, LoRA at 3e-4 with a
+# cosine schedule after warm-up (num_warmup_steps 100, left to the run's length here: torchtune takes more
+# warm-up steps than steps, the simulation does not); both batch 2 with activation checkpointing. LoRA's 8B,
+# 7B and 3B configs accumulate 8 micro batches.
+_TUNE_DEFAULTS: dict[str, dict[str, object]] = {
+    "full": {"micro_batch": 2, "grad_accum": 1, "lr": 2e-5, "lr_schedule": "constant", "warmup_steps": 0},
+    "lora": {"micro_batch": 2, "grad_accum": 8, "lr": 3e-4, "lr_schedule": "cosine"},
+}
+
+
+def _tune(b: _Builder, args: Sequence[str]) -> None:
+    """torchtune: the model and the recipe's defaults from --config, then its `key=value` overrides."""
+    config = next((args[i + 1] for i, tok in enumerate(args[:-1]) if tok == "--config"), "")
+    named = torchtune.config_model(config)
+    kind = named[1] if named else "full"
+    if named is not None:
+        b.top["model"] = named[0]
+    for key, value in _TUNE_DEFAULTS[kind].items():
+        b.job.setdefault(key, value)
+    b.job["state_layout"] = "bf16"  # dtype: bf16 trains bf16 weights, AdamW's states in their dtype
+    b.job.setdefault("recompute", "full")  # enable_activation_checkpointing: True
+    epochs: int | None = None
+    per_epoch: int | None = None
+    for tok in args:
+        key, eq, value = tok.partition("=")
+        if not eq or tok.startswith("-"):
+            continue
+        g = _Given(key, value)
+        if key in _TUNE_KEYS:
+            _one(b, _TUNE_KEYS[key], g)
+        elif key == "epochs":
+            epochs = _int(g, high=int(MAX_EPOCHS))
+            b.set(b.top, "epochs", float(epochs), g)
+        elif key == "max_steps_per_epoch" and value.strip().lower() not in ("null", "none"):
+            per_epoch = _int(g, high=MAX_STEPS)
+            b.sources["max_steps_per_epoch"] = key
+        elif key == "enable_activation_checkpointing":
+            b.set(b.job, "recompute", "full" if _bool(g) else "none", g)
+    if per_epoch is not None:
+        # An epoch stops at max_steps_per_epoch (the instruction data set holds more than that many steps).
+        b.job["total_steps"] = (epochs or 1) * per_epoch
+        b.top.setdefault("epochs", float(epochs or 1))
+
+
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
     """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
     names = _option_names(args)
@@ -946,6 +1000,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     for key, g in given.items():
         _one(b, key, g)
     _finish(b)
+    if style == "torchtune":
+        _tune(b, args)
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
@@ -1015,6 +1071,10 @@ def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "true"
         key = name.replace("-", "_")
         if key in _TITAN_TEXT or key in _HF_TEXT or key == "config":
+            out[key] = value
+    for tok in args:  # torchtune's `key=value` config overrides, echoed in its resolved config
+        key, eq, value = tok.partition("=")
+        if eq and not tok.startswith("-") and re.fullmatch(r"[A-Za-z_][\w.]*", key):
             out[key] = value
     return out
 
