@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
-from fakerun.dialects import megatron, megatron_ds
+from fakerun.dialects import megatron, megatron_ds, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
@@ -916,7 +916,8 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
     mbs_given = given.get("parallelism.pipeline_parallel_microbatch_size")
     mbs = _int(mbs_given, high=_model_high("micro_batch")) if mbs_given is not None else 1
     local = given.get("training.local_batch_size")
-    if isinstance(pp, int) and pp > 1 and (local is not None or mbs_given is not None):
+    pipelined = isinstance(pp, int) and pp > 1
+    if pipelined and (local is not None or mbs_given is not None):
         # With pipeline stages, each local batch runs as local/mbs micro batches of mbs sequences.
         if local is not None:
             n_local = _int(local, high=_model_high("micro_batch"))
@@ -929,6 +930,15 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         source = mbs_given or local
         if source is not None:
             b.set(b.job, "micro_batch", mbs, source)
+    if b.style == "titan" and not pipelined and "global_batch" not in b.job and "grad_accum" not in b.job:
+        # training.global_batch_size's default (-1) is local_batch_size x the data-parallel degree: one
+        # micro batch per step, not the preset's global batch.
+        b.set(b.job, "grad_accum", 1, local or _Given("training.global_batch_size", "-1"))
+    if b.style == "titan":
+        # Not an argument: torchtitan's MixedPrecisionPolicy (or AMP) keeps fp32 parameters and reduces the
+        # gradients in fp32 (mixed_precision_reduce = "float32"), whatever the configuration.
+        b.job["state_layout"] = "fp32"
+        b.job["fp32_grad_buffer"] = True
     lr_min = given.get("lr_scheduler.lr_min")
     if lr_min is not None:
         ratio = _float(lr_min, positive=False, high=1.0)
@@ -983,6 +993,60 @@ def _regime(script: str, args: Sequence[str]) -> str:
     return "pretrain"
 
 
+# torchtune's config overrides (`key=value` after --config) -> the flat option they mean here.
+_TUNE_KEYS = {
+    "batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "optimizer.lr": "optimizer.lr",
+    "seed": "seed",
+    "tokenizer.max_seq_len": "max_seq_length",
+    "lr_scheduler.num_warmup_steps": "warmup_iters",
+    "log_every_n_steps": "log_interval",
+}
+# The recipes' shipped configs (0.6.1): a full fine-tune at lr 2e-5 with no scheduler, LoRA at 3e-4 with a
+# cosine schedule after warm-up (num_warmup_steps 100, left to the run's length here: torchtune takes more
+# warm-up steps than steps, the simulation does not); both batch 2 with activation checkpointing. LoRA's 8B,
+# 7B and 3B configs accumulate 8 micro batches.
+_TUNE_DEFAULTS: dict[str, dict[str, object]] = {
+    "full": {"micro_batch": 2, "grad_accum": 1, "lr": 2e-5, "lr_schedule": "constant", "warmup_steps": 0},
+    "lora": {"micro_batch": 2, "grad_accum": 8, "lr": 3e-4, "lr_schedule": "cosine"},
+}
+
+
+def _tune(b: _Builder, args: Sequence[str]) -> None:
+    """torchtune: the model and the recipe's defaults from --config, then its `key=value` overrides."""
+    config = next((args[i + 1] for i, tok in enumerate(args[:-1]) if tok == "--config"), "")
+    named = torchtune.config_model(config)
+    kind = named[1] if named else "full"
+    if named is not None:
+        b.top["model"] = named[0]
+    for key, value in _TUNE_DEFAULTS[kind].items():
+        b.job.setdefault(key, value)
+    b.job["state_layout"] = "bf16"  # dtype: bf16 trains bf16 weights, AdamW's states in their dtype
+    b.job.setdefault("recompute", "full")  # enable_activation_checkpointing: True
+    epochs: int | None = None
+    per_epoch: int | None = None
+    for tok in args:
+        key, eq, value = tok.partition("=")
+        if not eq or tok.startswith("-"):
+            continue
+        g = _Given(key, value)
+        if key in _TUNE_KEYS:
+            _one(b, _TUNE_KEYS[key], g)
+        elif key == "epochs":
+            epochs = _int(g, high=int(MAX_EPOCHS))
+            b.set(b.top, "epochs", float(epochs), g)
+        elif key == "max_steps_per_epoch" and value.strip().lower() not in ("null", "none"):
+            per_epoch = _int(g, high=MAX_STEPS)
+            b.sources["max_steps_per_epoch"] = key
+        elif key == "enable_activation_checkpointing":
+            b.set(b.job, "recompute", "full" if _bool(g) else "none", g)
+    if per_epoch is not None:
+        # An epoch stops at max_steps_per_epoch (the instruction data set holds more than that many steps).
+        b.job["total_steps"] = (epochs or 1) * per_epoch
+        b.top.setdefault("epochs", float(epochs or 1))
+
+
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
     """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
     names = _option_names(args)
@@ -1001,6 +1065,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     for key, g in given.items():
         _one(b, key, g)
     _finish(b)
+    if style == "torchtune":
+        _tune(b, args)
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
@@ -1074,6 +1140,10 @@ def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "true"
         key = name.replace("-", "_")
         if key in _TITAN_TEXT or key in _HF_TEXT or key in _MEGATRON_TEXT or key == "config":
+            out[key] = value
+    for tok in args:  # torchtune's `key=value` config overrides, echoed in its resolved config
+        key, eq, value = tok.partition("=")
+        if eq and not tok.startswith("-") and re.fullmatch(r"[A-Za-z_][\w.]*", key):
             out[key] = value
     return out
 

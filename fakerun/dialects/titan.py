@@ -58,6 +58,22 @@ _LLAMA3_FLAVORS = {"8B": (1024, 1.3), "70B": (4096, 1.3), "405B": (4096, 1.2)}
 # Where torchtitan's hf_datasets/text_datasets.py finds a dataset by name.
 _DATASET_PATHS = {"c4": "allenai/c4", "c4_validation": "allenai/c4", "c4_test": "tests/assets/c4_test"}
 _SLEEP_S = 2.0  # train(): rank 0 sleeps 2 seconds before "Training completed"
+# tools/utils.get_peak_flops: bf16 dense FLOPS by a substring of the device's name, first match wins; other
+# devices fall back to A100's with a warning. Its MFU divides by these, not the datasheet's exact value.
+_PEAK_FLOPS = (
+    ("A100", 312e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("B200", 2.25e15),
+    ("MI355X", 2500e12),
+    ("MI300X", 1300e12),
+    ("MI325X", 1300e12),
+    ("MI250X", 191.5e12),
+    ("l40s", 362e12),
+)
+_FALLBACK_FLOPS = 312e12
 
 
 def prefix(at: float, level: str = "INFO") -> str:
@@ -89,6 +105,11 @@ def step_line(
         f"{c['cyan']}tflops: {tflops:,.2f}  "
         f"{c['magenta']}mfu: {mfu_pct:.2f}%{c['reset']}"
     )
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The peak torchtitan computes MFU against for this device, None when it falls back to A100's."""
+    return next((flops for key, flops in _PEAK_FLOPS if key in device_name), None)
 
 
 def mesh_dims(job: JobSpec, dp_replicate: int) -> list[str]:
@@ -137,6 +158,11 @@ class TitanDialect:
         assert self.job is not None
         flavor = self.job.model.name.rsplit("-", 1)[-1].upper()
         return self._set("model.name", "llama3"), self._set("model.flavor", flavor)
+
+    @property
+    def _peak(self) -> float:
+        assert self.job is not None
+        return peak_flops(self.job.gpu.display_name) or _FALLBACK_FLOPS
 
     def _dump_folder(self) -> str:
         return self._set("job.dump_folder", "./outputs").rstrip("/")
@@ -286,7 +312,10 @@ class TitanDialect:
             out.append(f"{p}Applied {'HSDP' if rep > 1 else 'FSDP'} to the model")
         elif job.dp > 1:
             out.append(f"{p}Applied DDP to the model")
-        out.append(f"{p}Peak FLOPS used for computing MFU: {job.gpu.peak_flops:.3e}")
+        peak = peak_flops(gpu)
+        if peak is None:
+            out.append(f"{prefix(at, 'WARNING')}Peak flops undefined for: {gpu}, fallback to A100")
+        out.append(f"{p}Peak FLOPS used for computing MFU: {peak or _FALLBACK_FLOPS:.3e}")
         out.append(
             f"{p}CUDA memory usage for model: {event.weights_bytes / _GIB:.2f}GiB"
             f"({100.0 * event.weights_bytes / capacity:.2f}%)"
@@ -333,7 +362,7 @@ class TitanDialect:
                     memory_pct=n.mem_pct,
                     tps=n.rank_tokens_per_s,
                     tflops=event.rank_tflops,
-                    mfu_pct=100.0 * event.rank_mfu,
+                    mfu_pct=100.0 * event.rank_tflops * 1e12 / self._peak,
                     color=bool(self._colors["red"]),
                 )
             )
@@ -359,4 +388,4 @@ _WANTED: frozenset[type[Event]] = frozenset(
     }
 )
 
-__all__ = ["HINTS", "TitanDialect", "mesh_dims", "prefix", "step_line"]
+__all__ = ["HINTS", "TitanDialect", "mesh_dims", "peak_flops", "prefix", "step_line"]

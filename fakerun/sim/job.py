@@ -84,6 +84,9 @@ class JobSpec:
     # LoRA (PEFT): adapters of this rank on these projections are all that trains; 0: a full fine-tune.
     lora_rank: int = 0
     lora_targets: tuple[str, ...] = ()
+    # Bytes per parameter of weights and optimizer states (sim/memory.STATE_BYTES): "mixed" (bf16 weights,
+    # fp32 master and Adam states), "fp32" (FSDP2 / AMP: fp32 parameters are the master), "bf16" (pure bf16).
+    state_layout: str = "mixed"
 
     def __post_init__(self) -> None:
         problems = []
@@ -220,6 +223,7 @@ def make_job(
     static_loss_scale: float | None = None,
     lora_rank: int = 0,
     lora_targets: tuple[str, ...] = (),
+    state_layout: str = "mixed",
     check_memory: bool = True,
     allow_oom: bool = False,
 ) -> JobSpec:
@@ -319,6 +323,8 @@ def make_job(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if precision not in ("bf16", "fp16"):
         raise ValueError(f"precision must be bf16 or fp16, got {precision!r}")
+    if state_layout not in ("mixed", "fp32", "bf16"):
+        raise ValueError(f"state_layout must be mixed, fp32 or bf16, got {state_layout!r}")
     if loss_scale_window < 1 or hysteresis < 1 or not 0 < min_loss_scale <= initial_loss_scale:
         raise ValueError(
             "need loss_scale_window >= 1, hysteresis >= 1 and 0 < min_loss_scale <= initial_loss_scale"
@@ -369,6 +375,7 @@ def make_job(
         static_loss_scale=static_loss_scale,
         lora_rank=lora_rank,
         lora_targets=lora_targets,
+        state_layout=state_layout,
     )
     if check_memory:
         try:

@@ -20,6 +20,11 @@ MIB = float(1 << 20)
 # 1.2359B params, d=8 -> (2 + 4 + 12/8) bytes = 8839 MiB, the "weight and optimizer" line of excerpt 08.
 WEIGHT_BYTES = 2.0
 OPTIMIZER_BYTES = 12.0
+# Bytes per parameter of (weights, optimizer states) by JobSpec.state_layout. "mixed": the above. "fp32":
+# FSDP2's MixedPrecisionPolicy and AMP keep the (sharded) parameters in fp32, so they are Adam's master copy
+# and only m and v add 8 (torchtitan: 8.03B / 8 GPUs x 4 = 3.74 GiB for the model after init). "bf16":
+# torchtune's dtype=bf16 trains bf16 parameters and AdamW keeps m and v in their dtype (2 + 2), no master.
+STATE_BYTES = {"mixed": (WEIGHT_BYTES, OPTIMIZER_BYTES), "fp32": (4.0, 8.0), "bf16": (2.0, 4.0)}
 # Memory nvidia-smi counts beyond PyTorch's "reserved": excerpt 08 shows 12,232 MiB reserved, 16,273 MiB used.
 CUDA_CONTEXT_GIB = 0.6  # context + lazily loaded kernels
 WORKSPACE_GIB = 0.25  # cuBLAS / cuDNN workspaces
@@ -143,15 +148,16 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     edp = max(job.dp // job.ep, 1)
     grad_b = 4.0 if job.fp32_grad_buffer else 2.0
     z = job.zero_stage
-    weights = WEIGHT_BYTES * (total if z < 3 else dense / d + expert / edp)
+    weight_b, optimizer_b = STATE_BYTES[job.state_layout]
+    weights = weight_b * (total if z < 3 else dense / d + expert / edp)
     grads = grad_b * (total if z < 2 else dense / d + expert / edp)
-    optimizer = OPTIMIZER_BYTES * (total if z == 0 else dense / d + expert / edp)
+    optimizer = optimizer_b * (total if z == 0 else dense / d + expert / edp)
     if job.lora_rank:
         # LoRA: the frozen base has no gradient or Adam state; the adapters (this stage's share) have both.
         adapters = total * job.adapter_params / m.params
-        weights += WEIGHT_BYTES * adapters
+        weights += weight_b * adapters
         grads = grad_b * adapters / (d if z >= 2 else 1)
-        optimizer = OPTIMIZER_BYTES * adapters / (d if z >= 1 else 1)
+        optimizer = optimizer_b * adapters / (d if z >= 1 else 1)
 
     n_layers = job.stage_layers(pp_rank)
     flight = in_flight_microbatches(job, pp_rank)

@@ -472,8 +472,24 @@ class TestTorchtitan:
             "tp": 8,
             "recompute": "full",
             "min_lr": pytest.approx(1.5e-5),
+            "grad_accum": 1,
+            "state_layout": "fp32",
+            "fp32_grad_buffer": True,
         }
         assert h.sources["total_steps"] == f"training.steps in {config}"
+
+    def test_global_batch_defaults_to_local_times_data_parallel(self, tmp_path: Path) -> None:
+        """training.global_batch_size -1 (the default): local batch x DP, one micro batch per step."""
+        cmd = parse_command_line(
+            ["--nproc-per-node", "8", "train.py", "--training.local_batch_size", "2"], {}
+        )
+        bundle = presets.resolve("llama3-8b")
+        run, _ = build_run(cmd, bundle, nnodes=1, nproc_per_node=8, model_given=True)
+        assert (run.job.micro_batch, run.job.grad_accum, run.job.global_batch) == (2, 1, 16)
+        explicit = parse_hints(
+            "train.py", ["--training.local_batch_size", "2", "--training.global_batch_size", "64"]
+        )
+        assert explicit.job["global_batch"] == 64 and "grad_accum" not in explicit.job
 
     @pytest.mark.parametrize("before", [False, True])
     @pytest.mark.parametrize("option", ["--training.steps", "--training-steps".replace("-steps", ".steps")])
