@@ -283,7 +283,9 @@ class TestFakerunOwnEvents:
     def test_no_other_dialect_prints_them(self, name: str, rank: int) -> None:
         """Nothing for the new kinds, no nested bar, no loop, epoch or success line in another framework."""
         d = dialects.make(name, seat(rank))
-        for kind in (ev.WeightsLoading, ev.SlowPause, ev.EpochDone):
+        # An epoch's end may be a framework's own moment (torchtune saves then): only its summary line is
+        # fakerun's, checked below.
+        for kind in (ev.WeightsLoading, ev.SlowPause):
             assert not d.wants(kind), kind.__name__
         items = [i for e in [*sample_events(), *self.extra_events()] for i in d.render(e, AT)]
         assert not any(isinstance(i, (BarDraw, BarClose)) and i.position for i in items)
