@@ -147,7 +147,7 @@ class TestEpochsFineTune:
         *("--nproc-per-node", "2", "--fake-trainer", "fakerun", "--fake-seed", "9", *FAST),
         *("train.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--num_train_epochs", "3"),
         *("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "64"),
-        *("--max_seq_length", "256", "--eval_steps", "3"),
+        *("--max_seq_length", "256", "--eval_strategy", "steps", "--eval_steps", "3"),
     ]
 
     def test_run(self, runner: Runner) -> None:
