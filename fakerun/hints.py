@@ -169,7 +169,74 @@ _OPTIONS: dict[str, str] = {
     "n_head": _VALUE,
     "n_embd": _VALUE,
     "compile": _FLAG,
+    # NeMo 2's recipe (nemo llm pretrain --factory NAME)
+    "factory": _VALUE,
+    "recipe": _VALUE,
+    # Lightning's Trainer arguments as its examples' argparse spells them (LightningCLI: --trainer.*)
+    "max_epochs": _VALUE,
+    "accumulate_grad_batches": _VALUE,
+    "gradient_clip_val": _VALUE,
+    "precision": _VALUE,
+    "val_check_interval": _VALUE,
+    "limit_val_batches": _VALUE,
+    "log_every_n_steps": _VALUE,
+    "seed_everything": _VALUE,
 }
+
+# Dotted names of LightningCLI (`--trainer.max_steps 100`), NeMo 1's hydra overrides (`model.optim.lr=3e-4`)
+# and NeMo 2's recipe overrides (`trainer.strategy.tensor_model_parallel_size=2`) -> the flat option meant.
+_DOTTED: dict[str, str] = {
+    **{
+        f"trainer.{k}": k
+        for k in (
+            "max_steps",
+            "max_epochs",
+            "accumulate_grad_batches",
+            "gradient_clip_val",
+            "precision",
+            "val_check_interval",
+            "limit_val_batches",
+            "log_every_n_steps",
+        )
+    },
+    **{
+        f"{section}.{k}": k
+        for section in ("model", "trainer.strategy")
+        for k in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "expert_model_parallel_size")
+    },
+    **{
+        f"model.{k}": k
+        for k in (
+            "micro_batch_size",
+            "global_batch_size",
+            "num_layers",
+            "hidden_size",
+            "ffn_hidden_size",
+            "num_attention_heads",
+            "num_query_groups",
+            "max_position_embeddings",
+            "lr",
+            "learning_rate",
+        )
+    },
+    **{f"data.{k}": k for k in ("micro_batch_size", "global_batch_size", "seq_length", "batch_size")},
+    "model.encoder_seq_length": "seq_length",
+    "model.seq_length": "seq_length",
+    "model.data.seq_length": "seq_length",
+    "model.optim.lr": "lr",
+    "optim.config.lr": "lr",
+    "model.optim.sched.min_lr": "min_lr",
+    "optim.lr_scheduler.min_lr": "min_lr",
+    "model.optim.sched.warmup_steps": "warmup_steps",
+    "optim.lr_scheduler.warmup_steps": "warmup_steps",
+    "exp_manager.checkpoint_callback_params.every_n_train_steps": "save_interval",
+    "log.ckpt.every_n_train_steps": "save_interval",
+}
+# A hydra override: `key.sub=value`, `+key=value` adds a key, `++key=value` adds or overrides it.
+_HYDRA = re.compile(r"\+{0,2}([A-Za-z_]\w*(?:\.\w+)+)=(.*)", re.DOTALL)
+# The top-level sections of NeMo's hydra configs: other `key.sub=value` overrides (torchtune's
+# `optimizer.lr=`) are not NeMo's.
+_NEMO_SECTIONS = frozenset({"trainer", "model", "exp_manager", "data", "optim", "log", "resume", "strategy"})
 
 # torchtitan's JobConfig: every known key takes a value. Older releases' names map to the current ones.
 _TITAN_KEYS = frozenset(
@@ -362,7 +429,7 @@ def _canonical(name: str) -> str:
     """The table key of an option name: underscores, torchtitan's older names mapped to the current ones."""
     key = name.replace("-", "_")
     if "." in key:
-        return _TITAN_OLD.get(key, key)
+        return _DOTTED.get(key) or _TITAN_OLD.get(key, key)
     return key
 
 
@@ -385,6 +452,8 @@ def _option_names(args: Sequence[str]) -> list[str]:
             if eq and "." not in name:
                 # nanoGPT's configurator takes only `--key=value`: the form votes apart from the name.
                 names.append(name + "=")
+        elif (m := _HYDRA.fullmatch(tok)) and m[1].split(".", 1)[0] in _NEMO_SECTIONS:
+            names.append("<hydra>")  # NeMo's hydra overrides (`trainer.max_steps=100`) vote for NeMo
         elif tok.endswith(".py") and not tok.startswith("-"):
             names.append("<config_py>")  # nanoGPT's configurator execs a config file given as an argument
     return names
@@ -404,6 +473,13 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
         i += 1
         if tok == "--":
             break
+        hydra = _HYDRA.fullmatch(tok)
+        if hydra is not None:
+            key = _canonical(hydra[1])
+            if _kind(key) is not None:
+                given.pop(key, None)
+                given[key] = _Given(hydra[1], hydra[2])
+            continue
         if not tok.startswith("--") or len(tok) == 2:
             continue
         name, eq, inline = tok[2:].partition("=")
@@ -590,6 +666,7 @@ _JOB_INTS: dict[str, tuple[str, int, int]] = {
     "max_iters": ("total_steps", 1, MAX_STEPS),
     "warmup_iters": ("warmup_steps", 0, MAX_STEPS),
     "gradient_accumulation_steps": ("grad_accum", 1, _MAX_GRAD_ACCUM),
+    "accumulate_grad_batches": ("grad_accum", 1, _MAX_GRAD_ACCUM),
     "global_batch_size": ("global_batch", 1, _model_high("global_batch")),
     "train_iters": ("total_steps", 1, MAX_STEPS),
     "training.steps": ("total_steps", 1, MAX_STEPS),
@@ -607,6 +684,7 @@ _CADENCE: dict[str, tuple[str, int, int]] = {
     "logging_steps": ("log_interval", 1, MAX_STEPS),
     "log_interval": ("log_interval", 1, MAX_STEPS),
     "metrics.log_freq": ("log_interval", 1, MAX_STEPS),
+    "log_every_n_steps": ("log_interval", 1, MAX_STEPS),
     "eval_steps": ("eval_interval", 0, MAX_STEPS),
     "eval_interval": ("eval_interval", 0, MAX_STEPS),
     "validation.freq": ("eval_interval", 0, MAX_STEPS),
@@ -628,6 +706,32 @@ _HF_STRATEGIES: dict[str, tuple[str, dict[str, str]]] = {
     "eval_strategy": ("eval", _INTERVAL),
     "evaluation_strategy": ("eval", _INTERVAL),
     "save_strategy": ("save", {**_INTERVAL, "best": "best"}),
+}
+# Lightning's int-or-fraction options: an int counts batches, a float is a fraction of the epoch (or of the
+# validation set), which the simulation leaves to its own cadence.
+_PL_INT_OR_FRACTION = {"val_check_interval": "eval_interval", "limit_val_batches": "eval_iters"}
+# Trainer(precision=...) values Lightning 2 accepts; the 16-bit float ones train with a loss scaler.
+_PL_PRECISIONS = {
+    **dict.fromkeys(("16", "16-mixed", "16-true", "transformer-engine-float16"), "fp16"),
+    **dict.fromkeys(("bf16", "bf16-mixed", "bf16-true", "32", "32-true", "64", "64-true"), "bf16"),
+    "transformer-engine": "bf16",
+}
+# NeMo 2 recipe names (`--factory llama31_70b`) whose shape is a preset's under another name.
+_NEMO_RECIPES = {
+    "llama31_8b": "llama3-8b",
+    "llama31_70b": "llama3-70b",
+    "llama31_405b": "llama3-405b",
+    "llama32_1b": "llama3.2-1b",
+    "llama32_3b": "llama3.2-3b",
+    "qwen25_7b": "qwen2.5-7b",
+    "qwen25_72b": "qwen2.5-72b",
+}
+# Nemotron recipes: no preset, so their shape over a Llama 3 preset (NeMo's llm/gpt/model/nemotron.py: untied
+# embeddings, a 256k vocabulary).
+_NEMOTRON = {
+    "nemotron3_8b": {"layers": 32, "hidden": 4096, "ffn_hidden": 16384, "heads": 32, "kv_heads": 32},
+    "nemotron4_15b": {"layers": 32, "hidden": 6144, "ffn_hidden": 24576, "heads": 48, "kv_heads": 8},
+    "nemotron4_340b": {"layers": 96, "hidden": 18432, "ffn_hidden": 73728, "heads": 96, "kv_heads": 8},
 }
 _ARCH_INTS: dict[str, str] = {
     "num_layers": "layers",
@@ -704,6 +808,27 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
             b.set(b.job, "total_steps", steps, g)
     elif key == "num_train_epochs":
         b.set(b.top, "epochs", _float(g, high=MAX_EPOCHS), g)
+    elif key == "max_epochs":
+        epochs = _int(g, -1, high=int(MAX_EPOCHS))  # Lightning: -1 (or 0) leaves max_steps in charge
+        if epochs > 0:
+            b.set(b.top, "epochs", float(epochs), g)
+    elif key in _PL_INT_OR_FRACTION:
+        text = _str(g)
+        if text.isdigit() and int(text) > 0:
+            name = _PL_INT_OR_FRACTION[key]
+            b.set(b.cadence, name, _int(g, high=_MAX_EVAL_ITERS if name == "eval_iters" else MAX_STEPS), g)
+        else:
+            _float(g, positive=False, high=1.0)  # a fraction of the epoch: Lightning refuses more than 1.0
+    elif key == "gradient_clip_val":
+        clip = _float(g, positive=False, high=1e6)
+        if clip > 0:  # 0 turns clipping off; the simulated norm is clipped at any positive threshold
+            b.set(b.job, "grad_clip", clip, g)
+    elif key == "precision":
+        b.set(b.job, "precision", _choice(g, _PL_PRECISIONS), g)
+    elif key == "seed_everything":
+        b.set(b.top, "seed", _int(g, 0, high=MAX_SEED), g)
+    elif key in ("factory", "recipe"):
+        _nemo_recipe(b, g)
     elif key == "warmup_steps":
         _hf_warmup(b, g)
     elif key in ("warmup_ratio", "lr_warmup_fraction"):
@@ -766,6 +891,21 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
             b.set(b.job, "global_batch", gbs, g)
     else:
         assert key in _LATER, key
+
+
+def _nemo_recipe(b: _Builder, g: _Given) -> None:
+    """NeMo 2's recipe (`--factory llama3_8b`, `llm.llama3_70b.pretrain_recipe(num_nodes=2)`): its model."""
+    name = _str(g).split("(", 1)[0].strip()
+    skip = ("llm", "recipes", "pretrain_recipe", "finetune_recipe")
+    parts = [p for p in name.lower().split(".") if p not in skip]
+    recipe = parts[-1] if parts else ""
+    shape = _NEMOTRON.get(recipe)
+    if shape is not None:
+        b.set(b.top, "model", "llama3-8b", g)
+        for arch_key, value in {**shape, "vocab": 256000, "tied_embeddings": 0}.items():
+            b.set(b.arch, arch_key, value, g)
+    elif recipe:
+        b.set(b.top, "model", _NEMO_RECIPES.get(recipe, recipe), g)
 
 
 def _hf_warmup(b: _Builder, g: _Given) -> None:
@@ -937,8 +1077,8 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
     if b.style == "titan":
         # Not an argument: torchtitan's MixedPrecisionPolicy (or AMP) keeps fp32 parameters and reduces the
         # gradients in fp32 (mixed_precision_reduce = "float32"), whatever the configuration.
-        b.job["state_layout"] = "fp32"
-        b.job["fp32_grad_buffer"] = True
+        b.set(b.job, "state_layout", "fp32", _Given("training.mixed_precision_param", "float32"))
+        b.set(b.job, "fp32_grad_buffer", True, _Given("training.mixed_precision_reduce", "float32"))
     lr_min = given.get("lr_scheduler.lr_min")
     if lr_min is not None:
         ratio = _float(lr_min, positive=False, high=1.0)
@@ -1020,10 +1160,12 @@ def _tune(b: _Builder, args: Sequence[str]) -> None:
     kind = named[1] if named else "full"
     if named is not None:
         b.top["model"] = named[0]
-    for key, value in _TUNE_DEFAULTS[kind].items():
-        b.job.setdefault(key, value)
-    b.job["state_layout"] = "bf16"  # dtype: bf16 trains bf16 weights, AdamW's states in their dtype
-    b.job.setdefault("recompute", "full")  # enable_activation_checkpointing: True
+    recipe = _Given("config", config)
+    for key, value in {**_TUNE_DEFAULTS[kind], "recompute": "full"}.items():  # activation checkpointing on
+        if key not in b.job:
+            b.set(b.job, key, value, recipe)
+    # dtype: bf16 trains bf16 weights, AdamW's states in their dtype
+    b.set(b.job, "state_layout", "bf16", _Given("dtype", "bf16"))
     epochs: int | None = None
     per_epoch: int | None = None
     for tok in args:
@@ -1085,7 +1227,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         strategies=b.strategies,
         sources=b.sources,
         deepspeed=ds if isinstance(ds, DsConfig) else None,
-        settings=_settings(args, config),
+        settings=_settings(args, config) | _lightning_settings(given),
         regime=_regime(script, args),
     )
 
@@ -1145,6 +1287,19 @@ def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:
         key, eq, value = tok.partition("=")
         if eq and not tok.startswith("-") and re.fullmatch(r"[A-Za-z_][\w.]*", key):
             out[key] = value
+    return out
+
+
+def _lightning_settings(given: Mapping[str, _Given]) -> dict[str, str]:
+    """Trainer(precision=...) as given (the summary sizes weights by it); max_epochs when it ends the fit."""
+    out: dict[str, str] = {}
+    g = given.get("precision")
+    if g is not None:
+        out["precision"] = _str(g).lower()
+    epochs, steps = given.get("max_epochs"), given.get("max_steps")
+    steps_end = steps is not None and _int(steps, None, high=MAX_STEPS) > 0
+    if epochs is not None and _int(epochs, -1, high=int(MAX_EPOCHS)) > 0 and not steps_end:
+        out["max_epochs"] = _str(epochs)
     return out
 
 

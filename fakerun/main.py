@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from fakerun import dialects, presets
 from fakerun.cli import parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
+from fakerun.dialects.lightning import LightningDialect
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
 from fakerun.launcher import glog, preflight
 from fakerun.launcher.cluster import ClusterLink
@@ -144,8 +145,21 @@ def _sim_context(
         grid=cmd.fake.grid or dialects.DIALECTS[trainer].grid,
         clock=clock,
         real_node=plan.nodes[0].group_rank,
-        settings=tuple(hints.settings.items()),
+        settings=tuple({**hints.settings, **_logger_version(trainer)}.items()),
     )
+
+
+def _logger_version(trainer: str) -> dict[str, str]:
+    """The default logger's version (the bar's v_num): one past the highest lightning_logs/version_N."""
+    if trainer != LightningDialect.name:
+        return {}
+    try:
+        names = os.listdir("lightning_logs")
+    except OSError:
+        names = []
+    numbers = [n.removeprefix("version_") for n in names if n.startswith("version_")]
+    versions = [int(v) for v in numbers if v.isdigit() and os.path.isdir(f"lightning_logs/version_{v}")]
+    return {"v_num": str(max(versions) + 1 if versions else 0)}
 
 
 def _shown_pid(plan: LaunchPlan, ctx: SimContext | None) -> Callable[[WorkerSlot, int, int], int] | None:

@@ -1,4 +1,7 @@
-"""PyTorch Lightning (Trainer + DDP strategy): its start-up, model summary, tqdm bar and stop message."""
+"""PyTorch Lightning 2.6 (Trainer + DDP strategy): its start-up, model summary, tqdm bar and stop message.
+
+NeMo 2 pins lightning<=2.4.0 and borrows these lines in that version's form (nemo.py): `hpu` and `flops`
+select it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import ClassVar
 
 from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, words
 from fakerun.dialects.events import (
+    DeviceSelected,
     EvalDone,
     Event,
     JobStarted,
@@ -22,21 +26,39 @@ from fakerun.dialects.events import (
 from fakerun.render import bar
 from fakerun.sim.run import RunPlan
 
-# LightningCLI's dotted options (`--trainer.max_steps`, `--model.lr`) and a `fit` subcommand's `--config`.
+# LightningCLI's dotted options (`--trainer.max_steps`, `--model.lr`) and a `fit` subcommand's `--config`; the
+# Trainer arguments Lightning's examples take with argparse (`--accelerator gpu --devices 8 --max_epochs 3`).
 HINTS = HintRule(
     script=re.compile(r"lightning|(^|/)(main|cli)_?pl\.py$"),
+    options=words(
+        "max_epochs accumulate_grad_batches gradient_clip_val val_check_interval limit_val_batches"
+        " log_every_n_steps check_val_every_n_epoch accelerator strategy devices num_nodes"
+    ),
     sections=words("trainer data ckpt_path seed_everything"),  # model/optimizer: torchtitan's too
 )
 _PARAM_UNITS = ("", "K", "M", "B", "T")
+# TQDMProgressBar.BAR_FORMAT: the rate is always in it/s (rate_noinv_fmt), never tqdm's s/it.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+# Tqdm.format_num pads floats to this many characters so that the postfix does not flicker.
+_PAD_SIZE = 5
+# ModelSummary's precision_to_bits; the others ("bf16-mixed", the default "32-true") size as 32 bits.
+_SUMMARY_BITS = {"16": 16, "bf16": 16, "16-true": 16, "bf16-true": 16, "64": 64, "64-true": 64}
 
 
-def accelerator_lines() -> list[str]:
-    """trainer/setup.py's _log_device_info on global rank 0."""
-    return [
-        "GPU available: True (cuda), used: True",
-        "TPU available: False, using: 0 TPU cores",
-        "HPU available: False, using: 0 HPUs",
-    ]
+def accelerator_lines(*, hpu: bool) -> list[str]:
+    """trainer/setup.py's _log_device_info on global rank 0 (the HPU line until Lightning 2.5)."""
+    lines = ["GPU available: True (cuda), used: True", "TPU available: False, using: 0 TPU cores"]
+    return [*lines, "HPU available: False, using: 0 HPUs"] if hpu else lines
+
+
+def tensor_cores_line(device_name: str) -> str:
+    """fabric's _check_cuda_matmul_precision on rank 0 when the script left float32 matmuls at "highest"."""
+    return (
+        f"You are using a CUDA device ({device_name!r}) that has Tensor Cores. To properly utilize them, "
+        "you should set `torch.set_float32_matmul_precision('medium' | 'high')` which will trade-off "
+        "precision for performance. For more details, read https://pytorch.org/docs/stable/generated/"
+        "torch.set_float32_matmul_precision.html#torch.set_float32_matmul_precision"
+    )
 
 
 def member_line(rank: int, world_size: int) -> str:
@@ -73,42 +95,62 @@ def human_count(number: float) -> str:
     return f"{value:,.1f} {_PARAM_UNITS[index]}"
 
 
-def summary_lines(name: str, type_name: str, params: float, *, trainable_modules: int) -> list[str]:
-    """ModelSummary's table (Lightning 2.3-2.5: a Mode column, module mode counts; fp32 weights)."""
-    cols = [("Name", [name]), ("Type", [type_name]), ("Params", [human_count(params)]), ("Mode", ["train"])]
+def summary_lines(
+    name: str,
+    type_name: str,
+    params: float,
+    *,
+    trainable_modules: int,
+    precision: str = "32-true",
+    flops: bool,
+) -> list[str]:
+    """ModelSummary's table: a Mode column (2.3+), FLOPs column and total (2.6; 0 with no example input)."""
+    cols = [(" ", ["0"]), ("Name", [name]), ("Type", [type_name]), ("Params", [human_count(params)])]
+    cols.append(("Mode", ["train"]))
+    if flops:
+        cols.append(("FLOPs", ["0"]))
     widths = [max(len(h), *(len(v) for v in vals)) for h, vals in cols]
-    total_width = sum(widths) + 3 * (len(cols) + 1)
+    # _format_summary_table counts two separators more than the rows have: its rule is 6 characters wider.
+    rule = "-" * (sum(widths) + 3 * (len(cols) + 1))
     header = " | ".join(f"{h:<{w}}" for (h, _), w in zip(cols, widths, strict=True))
     body = " | ".join(f"{vals[0]:<{w}}" for (_, vals), w in zip(cols, widths, strict=True))
-    rule = "-" * total_width
-    return [
-        f"  | {header}",
+    megabytes = params * _SUMMARY_BITS.get(precision, 32) / 8 / 1e6
+    lines = [
+        header,
         rule,
-        f"0 | {body}",
+        body,
         rule,
         f"{human_count(params):<10}Trainable params",
         f"{human_count(0):<10}Non-trainable params",
         f"{human_count(params):<10}Total params",
-        f"{params * 4 / 1e6:<10,.3f}Total estimated model params size (MB)",
+        f"{megabytes:<10,.3f}Total estimated model params size (MB)",
         f"{trainable_modules:<10}Modules in train mode",
         f"{0:<10}Modules in eval mode",
     ]
+    return [*lines, f"{human_count(0):<10}Total Flops"] if flops else lines
 
 
-def train_postfix(v_num: int, loss: float) -> str:
-    """The bar's postfix as tqdm.set_postfix formats Lightning's metrics (3 significant digits)."""
+def train_postfix(v_num: str, loss: float) -> str:
+    """The bar's postfix as tqdm.set_postfix formats Lightning's metrics: logger version, then loss."""
     return f"v_num={v_num}, train_loss={bar_num(loss)}"
 
 
 def bar_num(x: float) -> str:
-    """tqdm.format_num: the shorter of `{:.3g}` (exponent without its leading zero) and str()."""
+    """Lightning's Tqdm.format_num: tqdm's (`{:.3g}` unless str() is shorter), zero-padded to 5 places."""
     f = f"{x:.3g}".replace("+0", "+").replace("-0", "-")
     s = str(x)
-    return f if len(f) <= len(s) else s
+    n = f if len(f) < len(s) else s
+    if "e" in n:
+        return n
+    if "." not in n and len(n) < _PAD_SIZE:
+        n += "."
+    return n + "0" * (_PAD_SIZE - len(n))
 
 
-def stopped_line(max_steps: int) -> str:
-    """fit_loop.py's rank-zero info when the step budget is spent."""
+def stopped_line(max_steps: int, max_epochs: str | None = None) -> str:
+    """fit_loop.py's rank-zero info when the step (or, with no max_steps given, the epoch) budget is spent."""
+    if max_epochs is not None:
+        return f"`Trainer.fit` stopped: `max_epochs={max_epochs}` reached."
     return f"`Trainer.fit` stopped: `max_steps={max_steps}` reached."
 
 
@@ -127,7 +169,11 @@ class LightningDialect:
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         self.run: RunPlan | None = None
+        self.settings: dict[str, str] = {}
         self.last_bar = ""
+        self.epoch = -1  # the epoch the training bar counts (it is reset at each epoch's start)
+        self.epoch_start_s = 0.0  # training time when that epoch's bar was reset
+        self.initial = 0  # batches already done when the bar started counting (a resumed run's)
         self.stopped = False  # fit() has returned: the script's own evaluation after it draws no bar here
 
     @property
@@ -139,7 +185,14 @@ class LightningDialect:
         """Init lines on every rank; the rest on global rank 0."""
         if kind in (JobStarted, ProcessGroupInitializing, ModelBuilt):
             return True
-        return self.zero and kind in (WorkerStarted, ProcessGroupReady, StepDone, EvalDone, TrainingStopped)
+        return self.zero and kind in (
+            WorkerStarted,
+            DeviceSelected,
+            ProcessGroupReady,
+            StepDone,
+            EvalDone,
+            TrainingStopped,
+        )
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """Lightning's lines for the event on this rank."""
@@ -147,9 +200,12 @@ class LightningDialect:
         seat = self.seat
         if isinstance(event, JobStarted):
             self.run = event.run
+            self.settings = dict(event.settings)
             return ()
         if isinstance(event, WorkerStarted):
-            return [Line(text) for text in accelerator_lines()] if self.zero else ()
+            return [Line(text) for text in accelerator_lines(hpu=False)] if self.zero else ()
+        if isinstance(event, DeviceSelected):
+            return [Line(tensor_cores_line(event.name))] if self.zero else ()
         if isinstance(event, ProcessGroupInitializing):
             return [Line(member_line(seat.rank, event.world_size))]
         if isinstance(event, ProcessGroupReady):
@@ -157,45 +213,60 @@ class LightningDialect:
         if isinstance(event, ModelBuilt):
             out: list[Output] = [Line(visible_devices_line(seat.local_rank, seat.nproc_per_node))]
             if self.zero:
-                layers = event.layers_on_rank
-                out += [Line(""), Line("")]
-                out += [
-                    Line(t)
-                    for t in summary_lines(
-                        "model", "GPT", event.params_on_rank, trainable_modules=modules_in_train_mode(layers)
-                    )
-                ]
+                # ModelSummary logs "\n" + the table.
+                table = summary_lines(
+                    "model",
+                    "GPT",
+                    event.params_on_rank,
+                    trainable_modules=modules_in_train_mode(event.layers_on_rank),
+                    precision=self.settings.get("precision", "32-true"),
+                    flops=True,
+                )
+                out += [Line(""), *(Line(t) for t in table)]
             return out
         if not self.zero or self.run is None:
             return ()
         run = self.run
         if isinstance(event, StepDone):
-            n = event.numbers
-            self.last_bar = bar.meter(
-                n.step,
-                run.job.total_steps,
-                event.elapsed_s,
-                prefix=f"Epoch {run.epoch_of(n.step) - 1}",
-                postfix=train_postfix(0, n.loss),
-                rate=bar.ema_rate(event.recent_s),
-                ncols=seat.bar_columns,
-                initial=run.job.start_step,
-            )
-            return [BarDraw(self.last_bar)]
+            return [BarDraw(self.train_bar(run, event))]
         if isinstance(event, EvalDone) and not self.stopped:
-            # The validation bar (leave=False) draws over the training bar, which tqdm redraws next step.
+            # The validation bar (leave=False) is drawn below the training bar and erased when it closes.
             val = bar.meter(
                 event.iters,
                 event.iters,
                 event.seconds,
                 prefix="Validation DataLoader 0",
                 ncols=seat.bar_columns,
+                bar_format=BAR_FORMAT,
             )
-            return [BarDraw(val)]
+            return [BarDraw(val, position=1), BarClose(position=1)]
         if isinstance(event, TrainingStopped):
             self.stopped = True
             out = [BarClose(self.last_bar or None)]
             if event.reason in ("reached total steps", "reached max steps"):
-                out.append(Line(stopped_line(event.step)))
+                out.append(Line(stopped_line(event.step, self.settings.get("max_epochs"))))
             return out
         return ()
+
+    def train_bar(self, run: RunPlan, event: StepDone) -> str:
+        """The training bar after a step: this epoch's micro batches, counted from the epoch's start."""
+        n = event.numbers
+        epoch = run.epoch_of(n.step) - 1
+        accum = run.job.grad_accum
+        done = (n.step - epoch * run.steps_per_epoch) * accum
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.epoch_start_s = event.elapsed_s - n.step_time_s
+            # A resumed run's bar starts at the restored batch: tqdm's rate counts from there.
+            self.initial = done - accum if n.step == run.first_step else 0
+        self.last_bar = bar.meter(
+            done,
+            run.steps_per_epoch * accum,
+            event.elapsed_s - self.epoch_start_s,
+            prefix=f"Epoch {epoch}",
+            postfix=train_postfix(self.settings.get("v_num", "0"), n.loss),
+            ncols=self.seat.bar_columns,
+            initial=self.initial,
+            bar_format=BAR_FORMAT,
+        )
+        return self.last_bar

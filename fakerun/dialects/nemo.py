@@ -35,7 +35,7 @@ HINTS = HintRule(
         r"nemo|megatron_gpt_pretraining"
         r"|(^|/)pretrain_(llama|nemotron|mixtral|mistral|qwen|gemma|starcoder|deepseek|baichuan)[a-z0-9_.]*\.py$"
     ),
-    exact=words("factory recipe yes"),
+    exact=words("factory recipe yes <hydra>"),  # <hydra>: each `key.sub=value` override (hints._option_names)
     sections=words("exp_manager"),
 )
 
@@ -97,7 +97,7 @@ class NemoDialect:
         if isinstance(event, WorkerStarted):
             if not self.zero:
                 return ()
-            return [Line(text) for text in accelerator_lines()]
+            return [Line(text) for text in accelerator_lines(hpu=True)]
         if isinstance(event, ProcessGroupInitializing):
             return [Line(member_line(seat.rank, event.world_size))]
         if isinstance(event, ProcessGroupReady):
@@ -113,7 +113,9 @@ class NemoDialect:
                 out.append(Line(""))
                 out += [
                     Line(t)
-                    for t in summary_lines("module", "GPTModel", event.params_on_rank, trainable_modules=1)
+                    for t in summary_lines(
+                        "module", "GPTModel", event.params_on_rank, trainable_modules=1, flops=False
+                    )
                 ]
             return out
         run = self.run

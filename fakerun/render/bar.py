@@ -47,6 +47,7 @@ def meter(
     ncols: int | None = None,
     initial: int = 0,
     unit: str = "it",
+    bar_format: str | None = None,
 ) -> str:
     """tqdm's meter text for these figures (no carriage return, no newline)."""
     # Imported here: tqdm's import costs ~60 ms (importlib.metadata), paid by rank 0 only, not by every fork.
@@ -62,5 +63,6 @@ def meter(
         rate=rate,
         postfix=postfix,
         initial=initial,
+        bar_format=bar_format,
     )
     return text

@@ -9,6 +9,7 @@ import re
 
 from fakerun import dialects, presets
 from fakerun.dialects import events as ev
+from fakerun.dialects import lightning
 from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
 from fakerun.hints import parse_hints
 from fakerun.sim import estimates, loss
@@ -83,11 +84,13 @@ def eval_done(step: int) -> ev.EvalDone:
     )
 
 
-def lines(name: str, rank: int, events: list[ev.Event]) -> list[str]:
+def lines(
+    name: str, rank: int, events: list[ev.Event], settings: tuple[tuple[str, str], ...] = ()
+) -> list[str]:
     """Every stdout/stderr line and bar text the dialect prints on `rank` for `events`, in order."""
     d = dialects.make(name, seat(rank))
     out: list[Output] = []
-    for e in [ev.JobStarted(run=gpt2_run(), first=True, resume=False), *events]:
+    for e in [ev.JobStarted(run=gpt2_run(), first=True, resume=False, settings=settings), *events]:
         out.extend(d.render(e, AT))
     return [o.text for o in out if isinstance(o, (Line, BarDraw, BarClose)) and o.text is not None]
 
@@ -268,20 +271,79 @@ class TestLightning:
     def test_summary_table(self) -> None:
         out = lines("lightning", 0, [built()])
         header = next(t for t in out if t.startswith("  | Name"))
-        assert re.fullmatch(r"  \| Name +\| Type +\| Params +\| Mode +", header)
+        assert re.fullmatch(r"  \| Name +\| Type +\| Params +\| Mode +\| FLOPs", header)
+        assert out[out.index(header) - 1] == ""  # ModelSummary logs "\n" + the table
         row = next(t for t in out if t.startswith("0 | "))
-        params = re.fullmatch(r"0 \| model +\| GPT +\| (\d+) M +\| train", row)
+        params = re.fullmatch(r"0 \| model +\| GPT +\| (\d+) M +\| train +\| 0 +", row)
         assert params is not None and int(params.group(1)) == int(gpt2_run().job.model.params / 1e6)
         size = next(t for t in out if t.endswith("Total estimated model params size (MB)"))
         assert math.isclose(
             float(size[:10].replace(",", "")), gpt2_run().job.model.params * 4 / 1e6, abs_tol=1e-3
         )
 
+    def test_summary_as_excerpt_72(self) -> None:
+        """Lightning 2.4's table (NeMo's pin) for the excerpt's 31-parameter Sequential, line for line."""
+        table = lightning.summary_lines("model", "Sequential", 31, trainable_modules=3, flops=False)
+        assert table[:8] == [
+            "  | Name  | Type       | Params | Mode ",
+            "-" * 45,
+            "0 | model | Sequential | 31     | train",
+            "-" * 45,
+            "31        Trainable params",
+            "0         Non-trainable params",
+            "31        Total params",
+            "0.000     Total estimated model params size (MB)",
+        ]
+        assert table[8:] == ["3         Modules in train mode", "0         Modules in eval mode"]
+
+    def test_summary_sizes_weights_by_precision(self) -> None:
+        """model_summary's precision_to_bits: bf16-true is 2 bytes a parameter; bf16-mixed falls back to 4."""
+        size = {
+            p: lightning.summary_lines("m", "T", 1e6, trainable_modules=1, precision=p, flops=True)[7]
+            for p in ("bf16-true", "bf16-mixed")
+        }
+        assert size["bf16-true"].startswith("2.000 ") and size["bf16-mixed"].startswith("4.000 ")
+
+    def test_bar_numbers_are_padded(self) -> None:
+        """Lightning's Tqdm.format_num pads floats to 5 characters (to stop the bar flickering)."""
+        assert [lightning.bar_num(x) for x in (2.31, 12.0, 10.5, 1e-05, 0.123456, math.nan)] == [
+            "2.310",
+            "12.00",
+            "10.50",
+            "1e-5",
+            "0.123",
+            "nan.0",
+        ]
+
+    def test_bar_rate_is_iterations_per_second_with_logger_version(self) -> None:
+        """BAR_FORMAT's rate_noinv_fmt: 16 batches in 160 s show 0.10it/s, never tqdm's 10.00s/it."""
+        first = step_done(1)
+        first = dataclasses.replace(first, elapsed_s=first.numbers.step_time_s)  # the epoch's clock from 0
+        slow = dataclasses.replace(step_done(2), elapsed_s=160.0)
+        assert gpt2_run().job.grad_accum == 8  # the bar counts micro batches: 2 steps are 16 of them
+        out = lines("lightning", 0, [first, slow], settings=(("v_num", "7"),))
+        meter = r"\| 16/\d+ \[02:40<[\d:]+,  0\.10it/s, v_num=7, train_loss=\d+\.\d+\]$"
+        assert re.search(meter, out[-1]), out[-1]
+
+    def test_stop_by_epochs(self) -> None:
+        stop = ev.TrainingStopped(step=40, reason="reached total steps")
+        out = lines("lightning", 0, [stop], (("max_epochs", "3"),))
+        assert out[-1] == "`Trainer.fit` stopped: `max_epochs=3` reached."
+
+    def test_device_lines_of_the_pinned_versions(self) -> None:
+        """Lightning 2.6 dropped the HPU line (#21327); NeMo's Lightning (<=2.4) still prints it."""
+        started = ev.WorkerStarted(host="node-a", local_rank=0, world_size=4, pid=1)
+        assert lines("lightning", 0, [started]) == [
+            "GPU available: True (cuda), used: True",
+            "TPU available: False, using: 0 TPU cores",
+        ]
+        assert lines("nemo", 0, [started])[-1] == "HPU available: False, using: 0 HPUs"
+
     def test_bar_and_stop(self) -> None:
         out = lines("lightning", 0, [step_done(5), ev.TrainingStopped(step=40, reason="reached max steps")])
-        assert re.match(r"^Epoch 0: +\d+%\|.*\| 5/\d+ \[.*it.*, v_num=0, train_loss=\d+\.\d+\]", out[0]), out[
-            0
-        ]
+        # 5 steps of 8 accumulated micro batches: the bar counts the dataloader's batches
+        meter = r"^Epoch 0: +\d+%\|.*\| 40/\d+ \[.*it/s, v_num=0, train_loss=\d+\.\d+\]"
+        assert re.match(meter, out[0]), out[0]
         assert out[-1] == "`Trainer.fit` stopped: `max_steps=40` reached."
         assert lines("lightning", 1, [step_done(5)]) == []
 
@@ -299,6 +361,56 @@ class TestLightning:
         assert parse_hints(
             "main.py", ["fit", "--trainer.max_steps", "100", "--trainer.devices", "8"]
         ).style == ("lightning")
+
+    def test_cli_and_argparse_options_are_honoured(self) -> None:
+        cli = parse_hints(
+            "main.py",
+            [
+                *("fit", "--trainer.max_steps", "100"),
+                *("--trainer.accumulate_grad_batches", "4", "--data.batch_size", "8"),
+            ],
+        )
+        assert cli.job == {"total_steps": 100, "grad_accum": 4, "micro_batch": 8}
+        plain = parse_hints(
+            "train.py",
+            [
+                *("--accelerator", "gpu", "--devices", "8", "--strategy", "ddp", "--max_epochs", "3"),
+                *("--gradient_clip_val", "0.5", "--precision", "16-mixed", "--val_check_interval", "0.25"),
+            ],
+        )
+        assert plain.style == "lightning" and plain.epochs == 3.0 and plain.cadence == {}
+        assert plain.job == {"grad_clip": 0.5, "precision": "fp16"}
+        assert plain.settings == {"precision": "16-mixed", "max_epochs": "3"}
+
+
+class TestNemoArguments:
+    def test_hydra_overrides(self) -> None:
+        h = parse_hints(
+            "megatron_gpt_pretraining.py",
+            [
+                *("trainer.devices=8", "trainer.num_nodes=2", "trainer.max_steps=500"),
+                *("trainer.val_check_interval=50", "trainer.log_every_n_steps=10"),
+                *("model.micro_batch_size=1", "model.global_batch_size=128"),
+                *("model.tensor_model_parallel_size=2", "++model.optim.lr=3e-4"),
+                "model.encoder_seq_length=4096",
+                "exp_manager.checkpoint_callback_params.every_n_train_steps=100",
+            ],
+        )
+        assert h.job == {"total_steps": 500, "micro_batch": 1, "global_batch": 128, "tp": 2, "lr": 3e-4} | {
+            "seq_len": 4096
+        }
+        assert h.arch == {"seq_len": 4096}
+        assert h.cadence == {"eval_interval": 50, "log_interval": 10, "save_interval": 100}
+
+    def test_hydra_overrides_select_nemo(self) -> None:
+        h = parse_hints("pretrain.py", ["trainer.max_steps=100", "model.micro_batch_size=2"])
+        assert h.style == "nemo"
+
+    def test_recipes_name_models(self) -> None:
+        h = parse_hints("/usr/local/bin/nemo", ["llm", "pretrain", "--factory", "llama31_70b"])
+        assert h.style == "nemo" and h.model is not None and h.model.name == "llama3-70b"
+        nemotron = parse_hints("/usr/local/bin/nemo", ["llm", "pretrain", "--factory", "nemotron4_15b"])
+        assert nemotron.arch["hidden"] == 6144 and nemotron.arch["vocab"] == 256000
 
 
 def test_printed_mfu_is_the_events() -> None:
