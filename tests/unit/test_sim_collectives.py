@@ -133,7 +133,7 @@ class TestNetworkCap:
 
     @settings(max_examples=80, deadline=None)
     @given(
-        st.sampled_from(["dgx-h100", "dgx-a100", "hgx-b200", "hgx-h200", "h800-roce", "mi300x-node"]),
+        st.sampled_from(presets.list_presets()["clusters"]),
         st.sampled_from(["all_reduce", "reduce_scatter", "all_gather"]),
         st.integers(2, 16),
         st.sampled_from([1, 2, 4, 8]),
