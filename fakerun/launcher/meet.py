@@ -30,6 +30,7 @@ from fakerun.launcher.rendezvous import (
     try_listen,
 )
 from fakerun.launcher.wire import WireError, job_secret
+from fakerun.presets import host_name
 from fakerun.sim.job import JobSpec
 
 C10D_DEFAULT_PORT = 29400  # torch's default when --rdzv-endpoint names no port
@@ -258,6 +259,14 @@ def meet(
     except BaseException:
         _close(gate, listener)
         raise
+    if job is not None and len(set(assignment.hosts)) < len(assignment.hosts):
+        # Agents on one machine play different nodes: they take the cluster's names for them, as distinct
+        # hosts would show distinct names (in the grid, NCCL's lines, the failure report, a lost node's line).
+        hosts = tuple(host_name(job.cluster, i) for i in range(len(assignment.hosts)))
+        assignment = dataclasses.replace(assignment, hosts=hosts)
+        host = hosts[assignment.group_rank]
+        for group_rank, peer in peers.items():
+            peer.host = hosts[group_rank]
     node = NodePlan(assignment.group_rank, host)
     new_rdzv = dataclasses.replace(
         rdzv, master_addr=assignment.master_addr, master_port=assignment.master_port

@@ -259,9 +259,13 @@ _TRACEBACKS: dict[str, list[_Frame]] = {
 def launcher_traceback(kind: TracebackKind, launcher_argv0: str, site_packages: str) -> str:
     """The launcher's Python traceback up to (not including) the exception line, as torchrun prints it."""
     site = site_packages.rstrip("/")
+    # Run as `fakerun`, the frame shows torch's console script beside it: a real job's traceback names
+    # torchrun, never the simulator.
+    head, sep, name = launcher_argv0.rpartition("/")
+    argv0 = f"{head}{sep}torchrun" if name == "fakerun" else launcher_argv0
     lines = ["Traceback (most recent call last):"]
     for path, lineno, func, code, carets in _TRACEBACKS[kind]:
-        shown = launcher_argv0 if path == _ARGV0 else path.replace(_SITE, site)
+        shown = argv0 if path == _ARGV0 else path.replace(_SITE, site)
         lines.append(f'  File "{shown}", line {lineno}, in {func}')
         lines.append(f"    {code}")
         if carets is not None:

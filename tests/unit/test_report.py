@@ -245,9 +245,12 @@ class TestLauncherTraceback:
         text = report.launcher_traceback(
             "child_failed", "/usr/bin/fakerun", "/usr/lib/python3.12/site-packages/"
         )
+        # Run as fakerun, the frame names torchrun beside it; any other name (a torchrun shim) as it is.
         assert text.startswith(
-            'Traceback (most recent call last):\n  File "/usr/bin/fakerun", line 8, in <module>\n'
+            'Traceback (most recent call last):\n  File "/usr/bin/torchrun", line 8, in <module>\n'
         )
+        shim = report.launcher_traceback("child_failed", "/home/u/.local/bin/torchrun", "/s")
+        assert '  File "/home/u/.local/bin/torchrun", line 8, in <module>\n' in shim
         assert "/opt/venv" not in text
         assert (
             '  File "/usr/lib/python3.12/site-packages/torch/distributed/run.py", line 1028, in main\n'
