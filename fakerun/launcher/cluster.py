@@ -26,6 +26,7 @@ from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer, PeerGone
 from fakerun.launcher.rendezvous import is_int
 from fakerun.launcher.wire import WireError, shown
+from fakerun.limits import MAX_NNODES
 from fakerun.sim.telemetry import PHASES
 
 HEARTBEAT_S = 1.0
@@ -37,7 +38,8 @@ MAX_PID = (1 << 31) - 1
 TELEMETRY_MAX = (100.0, 100.0, 200.0, 10_000.0, 10_000.0, float(1 << 24))
 
 Deliver = Callable[[list[tuple[int, dict[str, Any]]]], None]  # replies to local ranks
-Abort = Callable[[str], None]  # tell every local worker that the job is lost
+# Tell every local worker that the job is lost, and on which node it failed (None: unknown).
+Abort = Callable[[str, int | None], None]
 
 
 @dataclass
@@ -55,6 +57,7 @@ class ClusterLink:
     deliver: Deliver | None = None  # non-root
     abort: Abort | None = None
     lost: str | None = None  # why the job is lost, once it is
+    lost_node: int | None = None  # the node where it failed: the peer its workers' NCCL sees close
     finished: bool = False  # the run's last step was answered: agents leaving now is the normal end
     _gathered: dict[int, dict[str, Any]] = field(default_factory=dict)  # non-root: the local barrier
     _outbox: dict[int, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)  # root
@@ -111,9 +114,9 @@ class ClusterLink:
         """A local worker died mid-run: the whole job is lost (root tells everyone, others tell root)."""
         reason = f"rank {rank} on node {self.group_rank} exited"
         if self.is_root:
-            self._lose(reason)
+            self._lose(reason, self.group_rank)
         else:
-            self._send(0, {"k": "lost", "reason": reason})
+            self._send(0, {"k": "lost", "reason": reason, "node": self.group_rank})
 
     # -- events from the loop --------------------------------------------------------------------------
 
@@ -186,9 +189,9 @@ class ClusterLink:
                 if self.deliver is not None:
                     self.deliver(replies)
             elif kind == "lost" and self.is_root:
-                self._lose(_reason(message))
+                self._lose(_reason(message), _node(message))
             elif kind == "abort" and not self.is_root:
-                self._abort_locally(_reason(message))
+                self._abort_locally(_reason(message), _node(message))
             else:
                 raise WireError(f"unexpected message {shown(kind, 40)!r}")
         except WireError as exc:
@@ -218,25 +221,37 @@ class ClusterLink:
             return  # the run is over: the other agents leave once their workers are done
         reason = f"lost node {peer.group_rank} ({peer.host or peer.address}): {why}"
         if self.is_root:
-            self._lose(reason)
+            self._lose(reason, peer.group_rank)
         else:
-            self._abort_locally(reason)
+            self._abort_locally(reason, peer.group_rank)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, node: int | None) -> None:
         """Root: the job is lost; every node aborts its workers."""
         if self.lost is not None:
             return
-        for node in list(self.peers):
-            self._send(node, {"k": "abort", "reason": reason})
-        self._abort_locally(reason)
+        for peer in list(self.peers):
+            self._send(peer, {"k": "abort", "reason": reason, "node": node})
+        self._abort_locally(reason, node)
 
-    def _abort_locally(self, reason: str) -> None:
+    def _abort_locally(self, reason: str, node: int | None) -> None:
         if self.lost is not None:
             return
         self.lost = reason
+        self.lost_node = node
         self.warn(notice(reason))
         if self.abort is not None:
-            self.abort(reason)
+            self.abort(reason, node)
+
+
+def _node(message: dict[str, Any]) -> int | None:
+    """The node a `lost` or `abort` message names, if it names one."""
+    node = message.get("node")
+    if node is None:
+        return None
+    if not is_int(node, 0, MAX_NNODES - 1):
+        raise WireError("field 'node' is not a node")
+    assert isinstance(node, int)
+    return node
 
 
 def _reason(message: dict[str, Any]) -> str:

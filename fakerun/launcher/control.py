@@ -157,7 +157,7 @@ class ControlHub:
                 raise ProtocolError("not a JSON object")
             if cluster is not None and cluster.lost is not None:
                 # A restarted attempt of a job that lost a node cannot complete: its workers abort too.
-                self._send(channel, {"k": "abort", "reason": cluster.lost})
+                self._send(channel, {"k": "abort", "reason": cluster.lost, "node": cluster.lost_node})
                 return
             if cluster is not None and not cluster.is_root:
                 coordinator.observe(channel.rank, msg, time.time())  # for this node's state file
@@ -232,10 +232,10 @@ class ControlHub:
             # With --fake-loop another run follows: an agent leaving between runs is still a lost node.
             self.cluster.finished = self.finished and not self.loop
 
-    def abort(self, reason: str) -> None:
-        """The job is lost elsewhere: every local worker is told to fail as NCCL would make it fail."""
+    def abort(self, reason: str, node: int | None = None) -> None:
+        """The job is lost (on `node`, if known): every local worker is told to fail as NCCL would make it."""
         for channel in list(self.channels.values()):
-            self._send(channel, {"k": "abort", "reason": reason})
+            self._send(channel, {"k": "abort", "reason": reason, "node": node})
 
     def _send(self, channel: _Channel, reply: dict[str, Any]) -> None:
         self._send_bytes(channel, _encode(reply))

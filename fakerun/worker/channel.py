@@ -18,6 +18,10 @@ class CoordinatorGone(Exception):
 class JobAborted(Exception):
     """Another node of the job is lost: this rank's collectives can never complete."""
 
+    def __init__(self, reason: str, node: int | None) -> None:
+        super().__init__(reason)
+        self.node = node  # the node where the job failed, if the launcher knows it
+
 
 class CoordinatorLink:
     """Sends this rank's reports and waits for the coordinator's answers."""
@@ -42,7 +46,8 @@ class CoordinatorLink:
         if not isinstance(reply, dict):
             raise CoordinatorGone("malformed reply")
         if reply.get("k") == "abort":
-            raise JobAborted(str(reply.get("reason", "")))
+            node = reply.get("node")
+            raise JobAborted(str(reply.get("reason", "")), node if isinstance(node, int) else None)
         return reply
 
     def wait_until(self, deadline: float) -> None:

@@ -14,10 +14,9 @@ import setproctitle
 
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
-from fakerun.sim.stack import stack_for
 from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
-from fakerun.worker.trainer import CudaOutOfMemory, SimContext, run_rank
+from fakerun.worker.trainer import CudaOutOfMemory, SimContext, nccl_abort_text, run_rank
 
 
 def set_title(argv: Sequence[str]) -> None:
@@ -33,20 +32,11 @@ _NOT_DESTROYED = (
 )
 
 
-def die_like_nccl(rank: int, nccl_version: str) -> None:
-    """What a rank prints and how it dies when a peer node vanishes: the NCCL watchdog, then SIGABRT."""
-    what = (
-        f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}] Process group watchdog thread terminated with "
-        "exception: NCCL error: remote process exited or there was a network error, "
-        f"NCCL version {nccl_version}"
-    )
-    sys.stderr.write(
-        f"{c10_prefix(rank, 'E', 'ProcessGroupNCCL.cpp:1895')} {what}\n"
-        "ncclRemoteError: A call failed possibly due to a network error or a remote process exiting "
-        "prematurely.\nLast error:\nsocketProgress: Connection closed by remote peer\n"
-        f"terminate called after throwing an instance of 'c10::DistBackendError'\n  what():  {what}\n"
-    )
-    sys.stderr.flush()
+def die_like_nccl(text: str) -> None:
+    """How a rank dies when the job failed elsewhere: NCCL's watchdog text on stderr, then SIGABRT."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(text)
+        sys.stderr.flush()
     # std::terminate aborts; without a core file, which would be left behind in the working directory.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGABRT, signal.SIG_DFL)
@@ -86,9 +76,8 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     except CoordinatorGone:
         # The launcher is tearing the job down (it also signals us); leave quietly.
         return 1
-    except JobAborted:
-        # torch's getNcclVersion(): the job's NCCL release, without the build suffix of NCCL's own line.
-        die_like_nccl(int(env.get("RANK", "0")), stack_for(ctx.run.job.cluster).nccl)
+    except JobAborted as exc:
+        die_like_nccl(nccl_abort_text(ctx, env, exc.node, sysconfig.get_paths()["purelib"]))
         return 1
     except KeyboardInterrupt:
         # Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an

@@ -52,13 +52,14 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.presets import host_name
-from fakerun.render import nccl
+from fakerun.render import c10, nccl
 from fakerun.render.grid import GridGpu
 from fakerun.sim import checkpoint, compute, ds_lossscale, estimates, identity, loss, lossscale, memory, rand
 from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times, usual_eval_seconds
+from fakerun.sim.stack import stack_for
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
@@ -202,19 +203,8 @@ class RankTrainer:
         return deadline
 
     def _identity(self) -> tuple[int, int]:
-        """The pid this rank shows and the thread id NCCL's init thread shows, as its host would draw them."""
-        job = self.run.job
-        npn = job.nproc_per_node
-        attempt = int(self.env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-        if self.node == self.ctx.real_node:
-            pid = os.getpid()
-            # Forked one after another by this launcher: the node's last worker is about this far above.
-            last = pid + (npn - 1 - self.local_rank)
-        else:
-            pids = identity.worker_pids(job.seed, self.node, npn, attempt, job.nnodes)
-            pid, last = pids[self.local_rank], max(pids)
-        tid = identity.nccl_tids(job.seed, self.node, last, npn, attempt)[self.local_rank]
-        return pid, tid
+        """The pid this rank shows and the thread id NCCL's init thread shows, as its host would draw it."""
+        return shown_identity(self.ctx, self.env)
 
     def _sleep_until(self, deadline: float) -> None:
         # Sleeping on the control socket: an abort from the launcher (a lost node) ends the wait at once.
@@ -823,6 +813,44 @@ class RankTrainer:
             wall_s=time.time() - wall_start,
             speed=self.ctx.speed,
         )
+
+
+def shown_identity(ctx: SimContext, env: dict[str, str]) -> tuple[int, int]:
+    """The pid a rank shows and the thread id NCCL's init thread shows, as its host would draw them."""
+    job = ctx.run.job
+    npn = job.nproc_per_node
+    rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
+    node = rank // npn
+    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if node == ctx.real_node:
+        pid = os.getpid()
+        # Forked one after another by this launcher: the node's last worker is about this far above.
+        last = pid + (npn - 1 - local_rank)
+    else:
+        pids = identity.worker_pids(job.seed, node, npn, attempt, job.nnodes)
+        pid, last = pids[local_rank], max(pids)
+    tid = identity.nccl_tids(job.seed, node, last, npn, attempt)[local_rank]
+    return pid, tid
+
+
+def nccl_abort_text(ctx: SimContext, env: dict[str, str], failed_node: int | None, site_packages: str) -> str:
+    """What a rank prints when the job failed on `failed_node` (None: unknown) while its collective waited:
+    NCCL's WARN under NCCL_DEBUG, then the watchdog's error and std::terminate, with their backtraces."""
+    job = ctx.run.job
+    rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
+    node = rank // job.nproc_per_node
+    if failed_node is None or not 0 <= failed_node < len(ctx.hosts):
+        failed_node = (node + 1) % len(ctx.hosts)
+    peer = c10.socket_address(ctx.hosts[failed_node], job.seed, rank)
+    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    process = c10.Process(job.seed, rank, attempt, site_packages)
+    now = ctx.clock.at(time.monotonic()) if ctx.clock is not None else time.time()
+    text = c10.remote_error(process, stack_for(job.cluster).nccl, peer, now)
+    if env.get("NCCL_DEBUG", "").upper() in ("WARN", "INFO", "TRACE"):
+        pid, tid = shown_identity(ctx, env)
+        # NCCL's proxy thread notices the closed socket: a thread of its own, a few ids above the init thread.
+        text = c10.nccl_warn(ctx.hosts[node], pid, tid + 3, local_rank, peer) + text
+    return text
 
 
 def run_rank(ctx: SimContext, env: dict[str, str], control_fd: int) -> int:

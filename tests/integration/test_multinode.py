@@ -211,6 +211,18 @@ class TestStatic:
         assert "ncclRemoteError" in err and "exitcode: -6" in err and "ChildFailedError" in err
         # torch's watchdog names the NCCL release of the job's stack, the one its NCCL INFO lines print.
         assert re.search(r"network error, NCCL version 2\.29\.\d+\n", err), err[-2000:]
+        # Each surviving rank: the lost node's host (by the cluster's names: both agents run here) and port
+        # as the closed peer, the exception's backtrace in the log line and again after std::terminate.
+        for rank in (0, 1):
+            block = err[err.index(f"[rank{rank}]:[E") :]
+            peer = re.search(r"Connection closed by remote peer (\S+)<(\d+)>\n", block)
+            assert peer is not None and peer[1] == "gpu-node-002" and 32768 <= int(peer[2]) < 61000
+            assert block.index("Exception raised from checkForNCCLErrorsInternal at /pytorch/") < block.index(
+                "terminate called after throwing an instance of 'c10::DistBackendError'"
+            )
+            assert re.search(
+                r"\nframe #0: c10::Error::Error\(c10::SourceLocation, std::string\) \+ 0x", block
+            )
 
 
 class TestC10d:
