@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import math
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,10 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
-from fakerun.dialects import megatron, megatron_ds, torchtune
+from fakerun.dialects import megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
+from fakerun.sim import estimates
 
 __all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
 
@@ -31,7 +34,7 @@ ARCH_KEYS = (
     "top_k",
     "max_position",
 )
-_FLAG_ARCH_KEYS = ("tied_embeddings",)  # 0 or 1
+_FLAG_ARCH_KEYS = ("tied_embeddings", "bias")  # 0 or 1 (bias: 1 is biases everywhere, 0 none)
 _ALL_ARCH_KEYS = (*ARCH_KEYS, *_FLAG_ARCH_KEYS, "seq_len")
 
 
@@ -64,6 +67,8 @@ class Hints:
     # "finetune" when the arguments name a pretrained checkpoint (sim/loss.py's regime), else "pretrain".
     regime: str = "pretrain"
     deepspeed: DsConfig | None = None  # the DeepSpeed JSON config the script is given, when it reads
+    # What the launcher warns about before the job starts (a config file the simulation could not read).
+    notices: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,6 +328,8 @@ class _Given:
     @property
     def label(self) -> str:
         """The argument as error messages name it."""
+        if self.where.endswith(".py"):
+            return f"nanoGPT config {self.where!r}: {self.option}"
         if self.where:
             return f"torchtitan config {self.where!r}: {self.option}"
         return f"script argument {self.option}"
@@ -1043,6 +1050,13 @@ def _finish_nanogpt(b: _Builder, given: Mapping[str, _Given]) -> None:
         g = given.get(key)
         if g is not None:
             _bool(g) if key == "compile" else _int(g, 1, high=MAX_STEPS)  # values the real script accepts
+    iters = given.get("max_iters")
+    if iters is not None:
+        # The loop breaks once iter_num > max_iters: iterations 0 to max_iters, one more than max_iters.
+        b.set(b.job, "total_steps", _int(iters, 1, high=MAX_STEPS - 1) + 1, iters)
+    if "eval_interval" in b.cadence:
+        # A checkpoint follows each evaluation (after iteration 0), not a cadence of its own.
+        b.set(b.cadence, "save_interval", b.cadence["eval_interval"], given["eval_interval"])
 
 
 def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
@@ -1195,7 +1209,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     style = dialects.select(script, names)
     if style in ("megatron", "deepspeed") and megatron_ds.applies(script, names):
         style = megatron_ds.MegatronDeepSpeedDialect.name
-    given = _scan(args, style)
+    configured = _nanogpt_configure(args) if style == "nanogpt" else None
+    given = _scan(args, style) if configured is None else _nanogpt_given(configured)
     config = given.get("job.config_file")
     if config is not None:
         merged = _titan_file(config)
@@ -1209,6 +1224,17 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     _finish(b)
     if style == "torchtune":
         _tune(b, args)
+    regime = _regime(script, args)
+    settings = _settings(args, config) | _lightning_settings(given)
+    notices: tuple[str, ...] = ()
+    if configured is not None:
+        regime = _nanogpt_model(b, configured)
+        settings = _nanogpt_settings(configured)
+        notices = tuple(
+            f"nanoGPT config file {path!r} not found: the real configurator.py would die of "
+            f"FileNotFoundError opening it; simulating train.py without it"
+            for path in configured.missing
+        )
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
@@ -1227,9 +1253,120 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         strategies=b.strategies,
         sources=b.sources,
         deepspeed=ds if isinstance(ds, DsConfig) else None,
-        settings=_settings(args, config) | _lightning_settings(given),
-        regime=_regime(script, args),
+        settings=settings,
+        regime=regime,
+        notices=notices,
     )
+
+
+# train.py's globals that drive the simulated job -> the option they are in _OPTIONS (the same names).
+_NANOGPT_KEYS = (
+    *("batch_size", "block_size", "gradient_accumulation_steps", "max_iters", "warmup_iters"),
+    *("lr_decay_iters", "learning_rate", "min_lr", "n_layer", "n_head", "n_embd"),
+    *("eval_interval", "eval_iters", "log_interval", "compile"),
+)
+# The settings nanoGPT's lines show: what it prints at start-up (configurator.py, "found vocab_size").
+_NANOGPT_TEXT = ("init_from", "compile", "out_dir", "dropout", "dataset")
+
+
+def _read_config(path: str) -> str | None:
+    """A nanoGPT config file's text, None when there is none; unreadable ones fail as open() would."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise HintError(f"nanoGPT config {path!r}: cannot read it: {exc}") from None
+
+
+def _nanogpt_configure(args: Sequence[str]) -> nanogpt.Configured:
+    """configurator.py over the script's arguments; its exception as a one-line HintError."""
+    try:
+        return nanogpt.configure(list(itertools.takewhile(lambda a: a != "--", args)), _read_config)
+    except nanogpt.ConfigError as exc:
+        raise HintError(f"nanoGPT's configurator.py would raise {exc}") from None
+
+
+def _nanogpt_given(conf: nanogpt.Configured) -> dict[str, _Given]:
+    """train.py's final values of the keys the simulation reads, each with where it was set."""
+    given: dict[str, _Given] = {}
+    for key in _NANOGPT_KEYS:
+        source = conf.sources.get(key)
+        value = conf.values[key]
+        if source is None:
+            given[key] = _Given(key, value, where="train.py")
+        elif source.startswith("--"):
+            given[key] = _Given(f"--{key}", str(value))
+        else:
+            given[key] = _Given(key, value, where=source)
+    return given
+
+
+class _NoGlobals(pickle.Unpickler):
+    """An unpickler for plain data only: a meta.pkl that names a class or function is not read."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _meta_vocab(dataset: str) -> int | None:
+    """vocab_size of data/<dataset>/meta.pkl, as train.py reads it, when that file exists."""
+    path = Path("data", dataset, "meta.pkl")
+    try:
+        meta = _NoGlobals(io.BytesIO(path.read_bytes())).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError):
+        return None
+    vocab = meta.get("vocab_size") if isinstance(meta, dict) else None
+    return vocab if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 else None
+
+
+def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
+    """train.py's model (from scratch: padded vocabulary, its bias; or GPT-2's weights), dtype; the regime."""
+    values = conf.values
+    init = str(values["init_from"])
+    source = conf.sources.get("init_from")
+    g = _Given("--init_from" if source and source.startswith("--") else "init_from", init, where="")
+    if init.startswith("gpt2"):
+        shape = nanogpt.PRETRAINED.get(init)
+        if shape is None:
+            raise g.fail(f"AssertionError (model.py: {init!r} is not one of {', '.join(nanogpt.PRETRAINED)})")
+        layers, heads, hidden = shape
+        # from_pretrained forces GPT-2's vocabulary, block size 1024 and biases; crop_block_size shortens it.
+        arch = {
+            "layers": layers,
+            "heads": heads,
+            "kv_heads": heads,
+            "hidden": hidden,
+            "ffn_hidden": 4 * hidden,
+        }
+        for key, value in {**arch, "vocab": estimates.GPT2_VOCAB, "bias": 1}.items():
+            b.set(b.arch, key, value, g)
+        block = b.job.get("seq_len")
+        seq = min(block if isinstance(block, int) else 1024, 1024)
+        b.set(b.job, "seq_len", seq, g)
+        b.set(b.arch, "seq_len", seq, g)
+        regime = "finetune"
+    else:
+        # meta.pkl's vocabulary, else GPT-2's rounded up to 50304; LayerNorm and Linear biases per `bias`.
+        vocab = _meta_vocab(str(values["dataset"])) or estimates.NANOGPT_PADDED_VOCAB
+        b.set(b.arch, "vocab", vocab, g)
+        b.set(b.arch, "bias", int(bool(values["bias"])), g)
+        regime = "pretrain"
+    if values["dtype"] == "float16":  # train.py's GradScaler
+        b.set(b.job, "precision", "fp16", _Given("dtype", "float16"))
+    if values["decay_lr"] is False:
+        b.set(b.job, "lr_schedule", "constant", _Given("decay_lr", "False"))
+    return regime
+
+
+def _nanogpt_settings(conf: nanogpt.Configured) -> dict[str, str]:
+    """What nanoGPT's lines echo: configurator.py's prints, the model's origin, compile, the vocabulary."""
+    out = {key: str(conf.values[key]) for key in _NANOGPT_TEXT}
+    out["echo"] = "\n".join(conf.echo)
+    vocab = _meta_vocab(str(conf.values["dataset"]))
+    if vocab is not None:
+        out["meta_vocab"] = str(vocab)
+    return out
 
 
 # torchtitan's textual settings its log echoes (the description, dataset, folders, switches).
@@ -1319,9 +1456,10 @@ def apply_arch(model: ModelSpec, arch: Mapping[str, int]) -> ModelSpec:
         if value > high:
             raise HintError(f"architecture hint {key}={_shown(value)} exceeds {high}")
     changes: dict[str, Any] = {k: v for k, v in arch.items() if k in ARCH_KEYS and getattr(model, k) != v}
-    for key in _FLAG_ARCH_KEYS:
-        if key in arch and bool(arch[key]) != getattr(model, key):
-            changes[key] = bool(arch[key])
+    if "tied_embeddings" in arch and bool(arch["tied_embeddings"]) != model.tied_embeddings:
+        changes["tied_embeddings"] = bool(arch["tied_embeddings"])
+    if "bias" in arch and ("all" if arch["bias"] else "none") != model.bias:
+        changes["bias"] = "all" if arch["bias"] else "none"
     if "heads" in changes and "kv_heads" not in arch and model.kv_heads == model.heads:
         changes["kv_heads"] = changes["heads"]  # multi-head attention stays multi-head
     if "experts" in changes and "top_k" not in arch:

@@ -125,6 +125,8 @@ def _sim_context(
     except JobConfigError as exc:
         print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    for line in hints.notices:
+        print(notice(line), file=sys.stderr)
     trainer = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
     # Rank 0's bar reaches the terminal when torchrun would show its stderr there (no --redirects).
     tty = sys.stderr.isatty() and not (plan.redirects.get(0, 0) & 2)

@@ -128,7 +128,8 @@ class ModelSpec:
         return self.experts > 1
 
     def _norm_params(self) -> int:
-        return self.hidden if self.norm == "rmsnorm" else 2 * self.hidden
+        # A LayerNorm has a bias vector unless the model has no biases at all (nanoGPT's bias=False).
+        return 2 * self.hidden if self.norm == "layernorm" and self.bias != "none" else self.hidden
 
     def _final_norm(self) -> int:
         return self._norm_params()

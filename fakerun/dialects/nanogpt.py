@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from fakerun.dialects.base import HintRule, Line, Output, Seat, words
@@ -36,26 +39,191 @@ HINTS = HintRule(
 # train.py's default out_dir ('out'); the checkpoint is out/ckpt.pt.
 OUT_DIR = "out"
 
+# train.py's config globals before configurator.py runs (dtype: every simulated GPU supports bfloat16).
+TRAIN_DEFAULTS: dict[str, object] = {
+    "out_dir": "out",
+    "eval_interval": 2000,
+    "log_interval": 1,
+    "eval_iters": 200,
+    "eval_only": False,
+    "always_save_checkpoint": True,
+    "init_from": "scratch",
+    "wandb_log": False,
+    "wandb_project": "owt",
+    "wandb_run_name": "gpt2",
+    "dataset": "openwebtext",
+    "gradient_accumulation_steps": 40,
+    "batch_size": 12,
+    "block_size": 1024,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_embd": 768,
+    "dropout": 0.0,
+    "bias": False,
+    "learning_rate": 6e-4,
+    "max_iters": 600000,
+    "weight_decay": 1e-1,
+    "beta1": 0.9,
+    "beta2": 0.95,
+    "grad_clip": 1.0,
+    "decay_lr": True,
+    "warmup_iters": 2000,
+    "lr_decay_iters": 600000,
+    "min_lr": 6e-5,
+    "backend": "nccl",
+    "device": "cuda",
+    "dtype": "bfloat16",
+    "compile": True,
+}
+# Other names in train.py's globals() when configurator.py runs: `--key=value` passes its `key in globals()`
+# test for them, then fails the type assertion.
+_MODULE_GLOBALS = words(
+    "os time math pickle nullcontext np torch DDP init_process_group destroy_process_group GPTConfig GPT "
+    "config_keys"
+)
+# GPT.from_pretrained's shapes (model.py): (n_layer, n_head, n_embd).
+PRETRAINED = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+_BINOPS: dict[type[ast.operator], Callable[[object, object], object]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+
+
+class ConfigError(ValueError):
+    """What configurator.py (or the config file it execs) raises, as Python prints its last line."""
+
+
+@dataclass(frozen=True)
+class Configured:
+    """train.py's config after configurator.py: the values, where each came from, and what it printed."""
+
+    values: dict[str, object]
+    sources: dict[str, str]  # key -> the `--key=value` argument or the config file that set it last
+    echo: tuple[str, ...]  # configurator.py's prints, in order
+    missing: tuple[str, ...]  # config files given that do not exist (open() would raise)
+
+
+def _evaluate(node: ast.expr, names: dict[str, object]) -> object:
+    """A config file's right-hand side made of literals, arithmetic and names it assigned before."""
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](_evaluate(node.left, names), _evaluate(node.right, names))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _evaluate(node.operand, names)
+        if isinstance(value, (int, float)):
+            return -value
+    return ast.literal_eval(node)
+
+
+def _exec_config(path: str, text: str, values: dict[str, object], sources: dict[str, str]) -> None:
+    """exec() of a config file, for its plain assignments (anything it computes otherwise is left out)."""
+    try:
+        tree = ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        raise ConfigError(f"SyntaxError: {exc.msg} ({path}, line {exc.lineno})") from None
+    for stmt in tree.body:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+            continue
+        target = stmt.targets[0]
+        if not isinstance(target, ast.Name):
+            continue
+        try:
+            values[target.id] = _evaluate(stmt.value, values)
+        except (ValueError, TypeError, ArithmeticError, RecursionError, MemoryError):
+            continue  # `'ft-' + str(time.time())`: a value no simulated figure depends on
+        sources[target.id] = path
+
+
+def configure(args: Sequence[str], read: Callable[[str], str | None]) -> Configured:
+    """configurator.py over train.py's defaults: config files exec'd, then `--key=value` checked and set.
+
+    `read(path)` is the config file's text, or None when it does not exist."""
+    values = dict(TRAIN_DEFAULTS)
+    sources: dict[str, str] = {}
+    echo: list[str] = []
+    missing: list[str] = []
+    for arg in args:
+        if "=" not in arg:
+            if arg.startswith("--"):
+                raise ConfigError(f"AssertionError (configurator.py: a config file, not {arg!r})")
+            text = read(arg)
+            if text is None:
+                missing.append(arg)  # the real script prints the header below, then dies opening it
+                continue
+            echo.append(f"Overriding config with {arg}:")
+            echo.extend(text.split("\n"))  # print(f.read()): the text and one more newline
+            _exec_config(arg, text, values, sources)
+            continue
+        if not arg.startswith("--"):
+            raise ConfigError(f"AssertionError (configurator.py: {arg!r} does not start with --)")
+        parts = arg.split("=")
+        if len(parts) != 2:
+            raise ConfigError(f"ValueError: too many values to unpack (expected 2) ({arg!r})")
+        key, val = parts[0][2:], parts[1]
+        if key not in values and key not in _MODULE_GLOBALS:
+            raise ConfigError(f"ValueError: Unknown config key: {key}")
+        try:
+            attempt: object = ast.literal_eval(val)
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+            attempt = val
+        if key not in values or type(attempt) is not type(values[key]):
+            have = type(values[key]).__name__ if key in values else "module global"
+            raise ConfigError(
+                f"AssertionError (configurator.py: type(attempt) == type(globals()[key]): --{key} is "
+                f"{type(attempt).__name__}, {key} is {have})"
+            )
+        echo.append(f"Overriding: {key} = {attempt}")
+        values[key] = attempt
+        sources[key] = arg
+    return Configured(values=values, sources=sources, echo=tuple(echo), missing=tuple(missing))
+
 
 def tokens_line(tokens_per_iter: int) -> str:
     """train.py, every rank: the tokens one iteration consumes over the whole job."""
     return f"tokens per iteration will be: {tokens_per_iter:,}"
 
 
-def model_lines(groups_event: ModelBuilt, *, resume: bool, compile_model: bool = True) -> list[str]:
+def model_lines(
+    built: ModelBuilt, *, resume: bool, settings: Mapping[str, str], out_dir: str = OUT_DIR
+) -> list[str]:
     """Model init and optimizer set-up as train.py and model.py print them (every rank)."""
-    g = groups_event.groups
-    out = [f"Resuming training from {OUT_DIR}"] if resume else ["Initializing a new model from scratch"]
-    if not resume:
-        out.append("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    out.append(f"number of parameters: {groups_event.reported_params / 1e6:.2f}M")
+    g = built.groups
+    init = settings.get("init_from", "scratch")
+    meta = settings.get("meta_vocab")
+    out: list[str] = []
+    if meta is not None:
+        out.append(
+            f"found vocab_size = {meta} (inside data/{settings.get('dataset', 'openwebtext')}/meta.pkl)"
+        )
+    if resume:
+        out.append(f"Resuming training from {out_dir}")
+    elif init.startswith("gpt2"):
+        out.append(f"Initializing from OpenAI GPT-2 weights: {init}")
+        out.append(f"loading weights from pretrained gpt: {init}")
+        out.append("forcing vocab_size=50257, block_size=1024, bias=True")
+        out.append(f"overriding dropout rate to {settings.get('dropout', '0.0')}")
+    else:
+        out.append("Initializing a new model from scratch")
+        if meta is None:
+            out.append("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
+    out.append(f"number of parameters: {built.reported_params / 1e6:.2f}M")
     if g is not None:
         out.append(f"num decayed parameter tensors: {g.decay_tensors}, with {g.decay_params:,} parameters")
         out.append(
             f"num non-decayed parameter tensors: {g.nodecay_tensors}, with {g.nodecay_params:,} parameters"
         )
     out.append("using fused AdamW: True")
-    if compile_model:
+    if settings.get("compile", "True") == "True":
         out.append("compiling the model... (takes a ~minute)")
     return out
 
@@ -81,6 +249,12 @@ class NanoGptDialect:
         self.seat = seat
         self.resume = False
         self.run: RunPlan | None = None
+        self.settings: dict[str, str] = {}
+
+    def _on_eval_step(self, step: int) -> bool:
+        """Whether train.py evaluates (and may save) at iter_num `step`; the run's end is no such step."""
+        run = self.run
+        return run is None or (run.eval_interval > 0 and step % run.eval_interval == 0)
 
     @property
     def master(self) -> bool:
@@ -97,12 +271,16 @@ class NanoGptDialect:
         """nanoGPT's lines for the event on this rank."""
         del at  # nanoGPT's prints carry no time
         if isinstance(event, JobStarted):
-            self.resume, self.run = event.resume, event.run
-            return ()
+            self.resume, self.run, self.settings = event.resume, event.run, dict(event.settings)
+            echo = self.settings.get("echo")
+            # configurator.py runs once per process, as train.py starts, before init_process_group.
+            return [Line(text) for text in echo.split("\n")] if event.first and echo is not None else ()
         if isinstance(event, ParallelismDecided):
             return [Line(tokens_line(event.tokens_per_step))]
         if isinstance(event, ModelBuilt):
-            return [Line(text) for text in model_lines(event, resume=self.resume)]
+            out_dir = self.settings.get("out_dir", OUT_DIR)
+            lines = model_lines(event, resume=self.resume, settings=self.settings, out_dir=out_dir)
+            return [Line(text) for text in lines]
         if not self.master:
             return ()
         run = self.run
@@ -119,8 +297,8 @@ class NanoGptDialect:
             if iter_num % interval:
                 return ()
             return [Line(iter_line(iter_num, n.loss, n.step_time_s, event.nanogpt_mfu))]
-        if isinstance(event, EvalDone):
+        if isinstance(event, EvalDone) and self._on_eval_step(event.step):
             return [Line(eval_line(event.step, event.train_loss, event.loss))]
-        if isinstance(event, CheckpointSaving):
-            return [Line(f"saving checkpoint to {OUT_DIR}")]
+        if isinstance(event, CheckpointSaving) and self._on_eval_step(event.step):
+            return [Line(f"saving checkpoint to {self.settings.get('out_dir', OUT_DIR)}")]
         return ()

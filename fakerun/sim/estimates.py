@@ -35,15 +35,17 @@ def _position_params(model: ModelSpec) -> int:
     return (model.max_position or model.seq_len) * model.hidden if model.position == "learned" else 0
 
 
-def gpt_params(model: ModelSpec) -> int:
-    """All parameters of the model with the padded vocabulary (llm.c's num_parameters)."""
-    extra_rows = padded_vocab(model) - model.vocab
+def gpt_params(model: ModelSpec, *, padded: bool = True) -> int:
+    """All parameters of the model with the padded vocabulary (llm.c's num_parameters); GPT-2's own
+    vocabulary when not `padded` (nanoGPT's from_pretrained)."""
+    extra_rows = padded_vocab(model) - model.vocab if padded else 0
     return model.params + extra_rows * model.hidden * (1 if model.tied_embeddings else 2)
 
 
-def nanogpt_num_params(model: ModelSpec) -> int:
-    """nanoGPT's get_num_params(): every parameter but the position embeddings, padded vocabulary included."""
-    return gpt_params(model) - _position_params(model)
+def nanogpt_num_params(model: ModelSpec, *, padded: bool = True) -> int:
+    """nanoGPT's get_num_params(): every parameter but the position embeddings, padded vocabulary included
+    unless the weights are GPT-2's (not `padded`)."""
+    return gpt_params(model, padded=padded) - _position_params(model)
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,10 @@ class ParamGroups:
     nodecay_params: int
 
 
-def param_groups(model: ModelSpec) -> ParamGroups:
+def param_groups(model: ModelSpec, *, padded: bool = True) -> ParamGroups:
     """The weight-decay groups of the model laid out as nanoGPT's GPT (fused qkv, tied or untied head)."""
     h, f, layers = model.hidden, model.ffn_hidden, model.layers
-    norm_vectors = 2 if model.norm == "layernorm" else 1
+    norm_vectors = 2 if model.norm == "layernorm" and model.bias != "none" else 1
     mlp_mats = 3 if model.mlp == "swiglu" else 2
     qkv = h + 2 * model.head_dim * (model.kv_heads or model.heads)
     # Per block: c_attn, attn c_proj, the MLP matrices; two norms per block and one at the end.
@@ -75,7 +77,7 @@ def param_groups(model: ModelSpec) -> ParamGroups:
     decay_tensors += 0 if model.tied_embeddings else 1
     return ParamGroups(
         decay_tensors=decay_tensors,
-        decay_params=gpt_params(model) - nodecay,
+        decay_params=gpt_params(model, padded=padded) - nodecay,
         nodecay_tensors=nodecay_tensors,
         nodecay_params=nodecay,
     )
@@ -84,7 +86,7 @@ def param_groups(model: ModelSpec) -> ParamGroups:
 def nanogpt_mfu(job: JobSpec, dt_s: float) -> float:
     """nanoGPT's estimate_mfu for an iteration of `dt_s`: (6N + 12LHQT) T per sequence over 312 TFLOPS."""
     m = job.model
-    n = nanogpt_num_params(m)
+    n = nanogpt_num_params(m, padded=job.regime != "finetune")
     t = job.seq_len
     flops_per_token = 6 * n + 12 * m.layers * m.heads * m.head_dim * t
     # fwdbwd_per_iter = batch_size * gradient_accumulation_steps, the latter already divided by the ranks.

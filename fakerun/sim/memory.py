@@ -99,7 +99,7 @@ def stage_params(job: JobSpec, pp_rank: int) -> tuple[float, float]:
     if pp_rank == 0:
         dense += emb + (m.max_position * m.hidden if m.position == "learned" else 0)
     if pp_rank == job.pp - 1:
-        dense += m.hidden * (1 if m.norm == "rmsnorm" else 2)
+        dense += m.hidden * (2 if m.norm == "layernorm" and m.bias != "none" else 1)
         # Megatron keeps a copy of tied embeddings on the last stage; an untied LM head lives there anyway.
         if not m.tied_embeddings or job.pp > 1:
             dense += emb

@@ -338,8 +338,9 @@ class RankTrainer:
                 layers_on_rank=job.stage_layers(pp_rank),
                 pp_rank=pp_rank,
                 theory=megatron_figures.theory(job),
-                groups=estimates.param_groups(job.model),
-                reported_params=estimates.nanogpt_num_params(job.model),
+                # nanoGPT pads the vocabulary of a model from scratch, not GPT-2's pretrained one.
+                groups=estimates.param_groups(job.model, padded=job.regime != "finetune"),
+                reported_params=estimates.nanogpt_num_params(job.model, padded=job.regime != "finetune"),
                 padded_params=estimates.gpt_params(job.model),
                 padded_vocab=estimates.padded_vocab(job.model),
                 weights_bytes=built.weights,
@@ -487,7 +488,9 @@ class RankTrainer:
             # (warm-up included on iteration 1), scaled by its own token rate against the job's.
             ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
             index = step - run.first_step
-            if logged and index >= estimates.NANOGPT_SETTLE_ITERS:
+            # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a multiple of its
+            # log_interval, once local_iter_num = index reaches 5.
+            if (step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
                 mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
                 running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
             loss_z = estimates.zscore(losses, numbers.loss)

@@ -11,7 +11,7 @@ from fakerun import dialects, presets
 from fakerun.dialects import events as ev
 from fakerun.dialects import lightning
 from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
-from fakerun.hints import parse_hints
+from fakerun.hints import apply_arch, parse_hints
 from fakerun.sim import estimates, loss
 from fakerun.sim.job import make_job
 from fakerun.sim.run import RunPlan, make_run
@@ -143,7 +143,8 @@ class TestNanoGpt:
             assert figure is not None and int(figure.group(1).replace(",", "")) == job.tokens_per_step
 
     def test_iter_and_eval_lines_on_master_only(self) -> None:
-        events: list[ev.Event] = [started(), step_done(1), eval_done(20), step_done(21, nanogpt_mfu=0.4321)]
+        k = gpt2_run().eval_interval
+        events: list[ev.Event] = [started(), step_done(1), eval_done(k), step_done(k + 1, nanogpt_mfu=0.4321)]
         assert lines("nanogpt", 1, events) == []
         out = lines("nanogpt", 0, events)
         first = EVAL.match(out[0])
@@ -153,9 +154,17 @@ class TestNanoGpt:
         n1 = step_numbers(gpt2_run().job, 0, 1)
         assert float(it0.group(3)) == round(n1.step_time_s * 1000, 2)
         ev20 = EVAL.match(out[2])
-        assert ev20 is not None and ev20.group(1) == "20"
+        assert ev20 is not None and ev20.group(1) == str(k)
         it20 = ITER.match(out[3])
-        assert it20 is not None and it20.group(1) == "20" and it20.group(4) == "43.21"
+        assert it20 is not None and it20.group(1) == str(k) and it20.group(4) == "43.21"
+
+    def test_no_eval_or_save_off_the_eval_interval(self) -> None:
+        """train.py evaluates and saves only at iter_num % eval_interval == 0: a run's end is not one."""
+        k = gpt2_run().eval_interval
+        off = ev.CheckpointSaving(step=k + 3, path="out", format="torch_dist")
+        assert lines("nanogpt", 0, [eval_done(k + 3), off]) == []
+        on = ev.CheckpointSaving(step=k, path="out", format="torch_dist")
+        assert lines("nanogpt", 0, [on], settings=(("out_dir", "out-x"),)) == ["saving checkpoint to out-x"]
 
     def test_mfu_is_against_the_a100_promise(self) -> None:
         """estimate_mfu: (6N + 12 L H Q T) T B / dt / 312e12, whatever the GPU."""
@@ -173,6 +182,104 @@ class TestNanoGpt:
         )
         assert h.style == "nanogpt" and h.model_name == "gpt2"
         assert h.job["micro_batch"] == 8 and h.job["global_batch"] == 320
+
+
+def nanogpt_module_params(layers: int, c: int, vocab: int, bias: bool) -> int:
+    """model.py's GPT counted module by module, position table left out (get_num_params)."""
+    b = int(bias)
+    block = 2 * (c + b * c) + (3 * c * c + b * 3 * c) + (c * c + b * c) + (4 * c * c + b * 4 * c)
+    block += 4 * c * c + b * c
+    return vocab * c + layers * block + (c + b * c)
+
+
+CONFIG = "# small\nbatch_size = 4\ngradient_accumulation_steps = 2 * 4\nmax_iters = 300\neval_interval = 50\n"
+
+
+class TestNanoGptConfigurator:
+    def test_echo_and_overrides_as_configurator_prints_them(self) -> None:
+        from fakerun.dialects.nanogpt import configure
+
+        conf = configure(["c.py", "--learning_rate=1e-3", "--compile=False"], {"c.py": CONFIG}.get)
+        # print(f.read()) of a file ending in a newline: its lines, then one empty line.
+        assert conf.echo == (
+            "Overriding config with c.py:",
+            *CONFIG.split("\n"),
+            "Overriding: learning_rate = 0.001",
+            "Overriding: compile = False",
+        )
+        assert conf.echo[-3] == ""
+        assert conf.values["gradient_accumulation_steps"] == 8 and conf.values["compile"] is False
+
+    def test_configurator_errors(self) -> None:
+        from fakerun.dialects.nanogpt import ConfigError, configure
+
+        for args, said in (
+            (["--foo=1"], "ValueError: Unknown config key: foo"),
+            (["--batch_size=8.0"], "AssertionError"),  # a float where train.py has an int
+            (["--os=1"], "AssertionError"),  # in globals(), not a config value
+            (["--a=b=c"], "ValueError: too many values to unpack"),
+        ):
+            try:
+                configure(args, {}.get)
+            except ConfigError as exc:
+                assert str(exc).startswith(said), exc
+            else:
+                raise AssertionError(f"{args} accepted")
+        assert configure(["missing.py"], {}.get).missing == ("missing.py",)
+
+    def test_config_file_and_arguments_drive_the_job(self, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "c.py").write_text(CONFIG)
+        h = parse_hints("train.py", ["c.py", "--batch_size=6", "--n_layer=6", "--compile=False"])
+        assert h.style == "nanogpt" and h.notices == ()
+        # batch_size x gradient_accumulation_steps (whole job) sequences; iterations 0..max_iters.
+        assert h.job["micro_batch"] == 6 and h.job["global_batch"] == 6 * 8 and h.job["total_steps"] == 301
+        assert (
+            h.cadence["eval_interval"] == 50 == h.cadence["save_interval"] and h.cadence["log_interval"] == 1
+        )
+        assert h.arch["bias"] == 0 and h.arch["vocab"] == 50304 and h.arch["layers"] == 6
+        assert dict(h.settings)["compile"] == "False"
+        model = apply_arch(presets.load_model(h.model_name or ""), h.arch)
+        assert estimates.nanogpt_num_params(model) == nanogpt_module_params(6, 768, 50304, False)
+        assert parse_hints("train.py", ["gone.py"]).notices  # the launcher warns, the job runs on
+
+    def test_gpt2_124m_without_bias_as_the_readme_prints_it(self, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        monkeypatch.chdir(tmp_path)
+        h = parse_hints("train.py", ["--compile=False"])
+        model = apply_arch(presets.load_model("gpt2"), h.arch)
+        assert f"{estimates.nanogpt_num_params(model) / 1e6:.2f}M" == "123.59M"
+        g = estimates.param_groups(model)
+        # 2-D tensors: wte, wpe and 4 matrices per block; LayerNorm weights only (bias=False).
+        assert (g.decay_tensors, g.nodecay_tensors, g.nodecay_params) == (50, 25, 25 * 768)
+        assert g.decay_params + g.nodecay_params == nanogpt_module_params(12, 768, 50304, False) + 1024 * 768
+
+    def test_init_from_gpt2_xl(self, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        monkeypatch.chdir(tmp_path)
+        h = parse_hints("train.py", ["--init_from=gpt2-xl", "--block_size=512", "--dropout=0.1"])
+        assert h.regime == "finetune" and h.job["seq_len"] == 512
+        model = apply_arch(presets.load_model("gpt2"), h.arch)
+        n = estimates.nanogpt_num_params(model, padded=False)
+        assert n == nanogpt_module_params(48, 1600, 50257, True)
+        settings = dict(h.settings)
+        b = dataclasses.replace(built(), reported_params=n, groups=None)
+        d = dialects.make("nanogpt", seat(0))
+        d.render(
+            ev.JobStarted(run=gpt2_run(), first=False, resume=False, settings=tuple(settings.items())), AT
+        )
+        out = [o.text for o in d.render(b, AT) if isinstance(o, Line)]
+        assert out[:4] == [
+            "Initializing from OpenAI GPT-2 weights: gpt2-xl",
+            "loading weights from pretrained gpt: gpt2-xl",
+            "forcing vocab_size=50257, block_size=1024, bias=True",
+            "overriding dropout rate to 0.1",
+        ]
+        assert out[4] == f"number of parameters: {n / 1e6:.2f}M"
+
+    def test_echo_on_every_rank_once_per_process(self) -> None:
+        echo = (("echo", "Overriding: batch_size = 8"), ("compile", "False"))
+        for rank in (0, 3):
+            assert lines("nanogpt", rank, [built()], settings=echo)[0] == "Overriding: batch_size = 8"
+        assert "compiling the model... (takes a ~minute)" not in lines("nanogpt", 0, [built()], settings=echo)
 
 
 # -- llm.c (train_gpt2.cu printf0) -------------------------------------------------------------------
