@@ -230,7 +230,9 @@ class ClusterSpec:
     transport: str = "ib"  # ib | roce | efa: NCCL's network (NET/IB over IB or RoCE, or the OFI plugin)
     oob_if: str = "ib0"  # the bootstrap interface NCCL picks (ib0, bond0, enp..., eth0)
     ib_gid_index: int = 3  # RoCE only: NCCL_IB_GID_INDEX the job sets (3: RoCE v2 over IPv4 on most hosts)
-    collnet: bool = False  # SHARP in the IB switches (CollNet)
+    # SHARP in the InfiniBand switches (Quantum/Quantum-2 aggregation): NCCL reaches it through CollNet with
+    # HPC-X's plugin when the job sets NCCL_COLLNET_ENABLE=1 (render/nccl.py)
+    sharp: bool = False
     mnnvl_domain: int = 0  # GPUs in one multi-node NVLink domain (72 on a GB200 NVL72); 0: none
     threads_per_core: int = 2  # SMT siblings per core (Grace: 1)
     cpu_sockets: int = 2  # NUMA nodes the GPUs are spread over
@@ -509,6 +511,8 @@ def _check_cluster(c: ClusterSpec) -> None:
     check_bus_ids(c.bus_ids)
     _check_host_pattern(c)
     _one_of(c, "transport", ("ib", "roce", "efa"))
+    if c.sharp and (c.transport != "ib" or c.gpu.vendor != "nvidia"):
+        raise ValueError("field 'sharp' needs transport = \"ib\" and NVIDIA GPUs (NCCL's SHARP plugin)")
     if c.stack and c.stack not in stack.STACKS:
         raise ValueError(f"field 'stack' must be one of {', '.join(stack.STACKS)}, got {c.stack!r}")
     if c.stack and stack.STACKS[c.stack].vendor != c.gpu.vendor:

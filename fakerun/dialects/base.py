@@ -56,6 +56,7 @@ class Seat:
     bar_columns: int | None = None  # the terminal's width when rank 0's bar reaches a terminal
     grid: bool = False  # the GPU grid is shown (fakerun's own style, or --fake-grid)
     nccl_debug: bool = False  # NCCL_DEBUG=INFO (or TRACE) in the rank's environment
+    nccl_collnet_enable: str | None = None  # NCCL_COLLNET_ENABLE as the environment spells it; None: unset
 
     @property
     def width(self) -> int:

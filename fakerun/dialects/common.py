@@ -49,7 +49,13 @@ class TorchLines:
         key = (event.job.seed, event.pid, event.tid)
         if self._nccl is None or self._nccl[0] != key:
             job = event.job
-            topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, self.seat.hosts)
+            topo = nccl.nccl_topo_for(
+                job.cluster,
+                job.nnodes,
+                job.nproc_per_node,
+                self.seat.hosts,
+                collnet_enable=self.seat.nccl_collnet_enable,
+            )
             parts = nccl.nccl_init_parts(topo, self.seat.rank, pid=event.pid, tid=event.tid, seed=job.seed)
             self._nccl = (key, parts)
         return self._nccl[1]

@@ -30,12 +30,15 @@ if TYPE_CHECKING:
     from fakerun.presets import ClusterSpec
 
 __all__ = [
+    "COLLNET_NODE_THRESHOLD",
     "NCCL_FORMS",
     "NcclTopo",
     "bus_id",
     "coll_channels",
+    "collnet_heads",
     "nccl_init_lines",
     "nccl_topo_for",
+    "nvls_heads",
     "pci_bus_id",
     "ring_order",
     "tree_line",
@@ -51,6 +54,12 @@ _NVLS_CHUNK = 128 * 1024  # src/transport/nvls.cc NCCL_NVLS_CHUNKSIZE default
 _NCCL_STEPS = 8
 _EC2_HOST = re.compile(r"ip-(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})\b")  # ip-10-1-23-45: its private IPv4
 _RAS_PORT = 28028  # src/ras/ras_internal.h: the RAS client socket's default port
+COLLNET_NODE_THRESHOLD = 2  # init.cc:798 NCCL_COLLNET_NODE_THRESHOLD default
+# HPC-X's NCCL plugin (github.com/Mellanox/nccl-rdma-sharp-plugins) where NGC containers and HPC-X put it; its
+# net plugin is named after its version until init switches it to its IB transport (p2p_plugin.c pluginSetup).
+_SHARP_LIB = "/opt/hpcx/nccl_rdma_sharp_plugin/lib/libnccl-net.so"
+_SHARP_NET = "IBext_v11"  # ib_plugin.c ibPlugin_v11
+_STRTOL = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 
 # Per release family (sim.stack.NCCL_FORMATS), the forms that differ: source file:line at the tag for 2.29,
 # RCCL 2.27.7 (hipified NCCL 2.27) as its logs show it. Keys are read by nccl_init_lines.
@@ -110,9 +119,8 @@ class NcclTopo:
     ampere: bool = False  # sm80 reads over NVLink: P2P connections end in "/read"
     blackwell: bool = False  # sm100: 24 NVLS channels in one NVLink domain, 32 across (nvls.cc:149-151)
     nvls: bool = False  # NVSwitch with NVLink SHARP (Hopper and later)
-    # SHARP in the IB switches: NCCL sets CollNet up only with NCCL_COLLNET_ENABLE=1 and the SHARP plugin,
-    # neither of which a default job has, so no line shows it (init.cc:56, coll_net.cc).
-    collnet: bool = False
+    sharp: bool = False  # SHARP in the InfiniBand switches, reached through HPC-X's plugin (collnet_plugin)
+    collnet_enable: str | None = None  # NCCL_COLLNET_ENABLE as the job's environment spells it; None: unset
     mnnvl_domain: int = 0  # GPUs per multi-node NVLink domain; 0: none
     gid_index: int = 3  # NCCL_IB_GID_INDEX on RoCE
 
@@ -149,6 +157,35 @@ class NcclTopo:
     def mnnvl(self) -> bool:
         """Whether NCCL turns MNNVL on: several nodes in one NVLink fabric (init.cc:988, mnnvl.cc:87)."""
         return self.mnnvl_domain > self.nproc_per_node and self.nnodes > 1 and self.gpu_vendor == "nvidia"
+
+    @property
+    def collnet_setting(self) -> int | None:
+        """NCCL_COLLNET_ENABLE as NCCL reads it (strtol, base 0: "1", "0x1"; words are 0); None when unset."""
+        if self.collnet_enable is None:
+            return None
+        m = _STRTOL.match(self.collnet_enable)
+        if not m:
+            return 0
+        sign, digits = m.groups()
+        base = 16 if digits[:2].lower() == "0x" else 8 if digits.startswith("0") else 10
+        value = int(digits, base)
+        return -value if sign == "-" else value
+
+    @property
+    def collnet_plugin(self) -> bool:
+        """Whether NCCL loads HPC-X's SHARP plugin: a job that enables CollNet on a SHARP fabric brings it."""
+        fabric = self.sharp and self.transport == "ib" and self.gpu_vendor == "nvidia"
+        return fabric and self.collnet_setting == 1
+
+    @property
+    def collnet_nodes(self) -> int:
+        """comm->nNodes as CollNet counts it: NVLink domains (a GB200 rack is one)."""
+        return -(-self.world // self.domain_ranks)
+
+    @property
+    def collnet(self) -> bool:
+        """Whether NCCL sets CollNet up: the plugin, and at least NCCL_COLLNET_NODE_THRESHOLD nodes."""
+        return self.collnet_plugin and self.collnet_nodes >= COLLNET_NODE_THRESHOLD
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,6 +368,23 @@ def _socket_cpus(topo: NcclTopo, local_rank: int) -> list[int]:
     return [t * topo.cpu_cores + c for t in range(topo.threads_per_core) for c in cores]
 
 
+def nvls_heads(topo: NcclTopo) -> int:
+    """NVLS heads per node (nHeads): one per NIC rail across nodes, half the GPUs inside one domain."""
+    heads = topo.nics_per_node if not topo.single_domain else max(1, topo.nproc_per_node // 2)
+    return min(heads, topo.nproc_per_node)
+
+
+def collnet_heads(topo: NcclTopo) -> list[int]:
+    """The local GPUs that head CollNet, one per rail (coll_net.cc ncclCollNetSetup, in head order).
+
+    With NVLS they are NVLS's heads; without, the CollNet Direct graph's, the first GPU beside each NIC.
+    """
+    if topo.nvls:
+        return list(range(nvls_heads(topo)))
+    p = topo.nproc_per_node
+    return [g for g in range(p) if g == 0 or _nic(topo, g) != _nic(topo, g - 1)]
+
+
 def _nic(topo: NcclTopo, local_rank: int) -> int:
     """The NIC closest to a GPU: one per GPU on 8-NIC nodes, shared by neighbours on nodes with fewer."""
     n = topo.nics_per_node
@@ -445,10 +499,78 @@ def init_schedule(seed: int, rank: int, nnodes: int) -> InitSchedule:
     )
 
 
-def _nic_list(topo: NcclTopo) -> str:
-    """`[0]mlx5_0:1/IB [1]mlx5_1:1/IB ...` (transport/net_ib/init.cc:376)."""
+def _nic_list(topo: NcclTopo, suffix: str = "") -> str:
+    """`[0]mlx5_0:1/IB [1]mlx5_1:1/IB ...` (transport/net_ib/init.cc:376); `suffix` after each (`/SHARP`)."""
     layer = "RoCE" if topo.transport == "roce" else "IB"
-    return "".join(f" [{i}]{topo.nic_prefix}{i}:1/{layer}" for i in range(topo.nics_per_node))
+    return "".join(f" [{i}]{topo.nic_prefix}{i}:1/{layer}{suffix}" for i in range(topo.nics_per_node))
+
+
+# ----------------------------------------------------------------------------------------------------
+# CollNet: SHARP through HPC-X's plugin (nccl-rdma-sharp-plugins, its v11 interface for NCCL 2.28/2.29)
+
+
+def _collnet_env_lines(topo: NcclTopo) -> list[str]:
+    """What parsing NCCL_COLLNET_ENABLE prints on the main thread (init.cc:1885-1935), where it is set.
+
+    torch leaves config.collnetEnable unset, which NCCL's default has made 0 by then: so "reset" too.
+    """
+    value = topo.collnet_setting
+    if value is None or topo.gpu_vendor != "nvidia":
+        return []
+    out = [
+        f"Comm config collnetEnable reset to NCCL_COLLNET_ENABLE={value}",
+        f"NCCL_COLLNET_ENABLE set by environment to {value}.",
+    ]
+    if value not in (0, 1):
+        out.append(f"collnetEnable {value} is not a valid value 0/1, set it to 0")
+    return out
+
+
+def _sharp_plugin_lines(topo: NcclTopo, ip: str) -> list[str]:
+    """HPC-X's plugin loaded and initialized by NCCL (plugin/net.cc, plugin/gin.cc) in place of its own IB."""
+    return [
+        "NET/Plugin: Loaded net plugin NCCL RDMA Plugin v11 (v11)",  # plugin/net/net_v11.cc:18
+        "NET/Plugin: Loaded collnet plugin SHARP (v11)",  # plugin/net/net_v11.cc:27
+        f"Successfully loaded external network plugin {_SHARP_LIB}",  # plugin/net.cc:117
+        f"Plugin Path : {_SHARP_LIB}",  # the plugin's p2p_plugin.c pluginSetup
+        f"P2P plugin v11 {_SHARP_NET}",  # p2p_plugin.c pluginInit_v11
+        # p2p_plugin.c nccl_p2p_ib_init: every InfiniBand port is a SHARP device.
+        f"NET/IB : Using{_nic_list(topo, '/SHARP')} [RO]; OOB {topo.oob_if}:{ip}<0>",
+        f"Initialized NET plugin {_SHARP_NET}",  # plugin/net.cc:172
+        f"Assigned NET plugin {_SHARP_NET} to comm",  # plugin/net.cc:211
+        # GIN tries the NET plugin's library too and prints this though it holds no GIN (plugin/gin.cc:84).
+        f"Successfully loaded external gin plugin {_SHARP_LIB}",
+        "Assigned GIN plugin GIN_IB_GDAKI to comm",
+        "Assigned RMA plugin GIN_IB_PROXY to comm",
+        f"Using network {_SHARP_NET}",  # init.cc:457
+    ]
+
+
+def _collnet_setup_lines(topo: NcclTopo, rank: int, init: str, proxy: str, nch: int) -> list[str]:
+    """A head rank's CollNet connections at init (coll_net.cc:184/208 per channel, the SHARP group once).
+
+    Each head joins, on every channel, the CollNet group of its rail's heads over the nodes: the line names
+    the head's index (the CollNet graph channel), 0 for receive and 1 for send, and its NIC. The plugin's
+    proxy connects the SHARP group at the first channel (sharp_plugin.c ncclSharpConnect).
+    """
+    p = topo.nproc_per_node
+    local = rank % p
+    heads = collnet_heads(topo)
+    if local not in heads:
+        return []
+    h = heads.index(local)
+    nic = _nic(topo, local)
+    via = f"via COLLNET/SHARP/{nic}/GDRDMA"
+    node = rank // topo.domain_ranks
+    out: list[str] = []
+    for c in range(nch):
+        out.append(f"{init}CollNet {h:02d}/0 : {rank} [receive] {via}")
+        if c == 0:
+            out.append(
+                f"{proxy}SHARP rank {node}/{topo.collnet_nodes} initialized on {topo.nic_prefix}{nic}:1"
+            )
+        out.append(f"{init}CollNet {h:02d}/1 : {rank} [send] {via}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -594,11 +716,14 @@ def nccl_init_parts(
         lines.append(main + stack.nccl_version_line)  # init.cc:648-655
         lines.append(main + forms["git"].format(git=stack.nccl_git))
     lines.append(f"{main}Comm config Blocking set to 1")  # init.cc:1756: torch sets config.blocking
+    lines += [main + x for x in _collnet_env_lines(topo)]
 
     # The init thread: network plugin, then ncclCommInitRankFunc.
     lines = parts["init"]
     if topo.transport == "efa":
         lines += [init + x for x in _efa_plugin_lines(topo, seed, rank, ip)]
+    elif topo.collnet_plugin:
+        lines += [init + x for x in _sharp_plugin_lines(topo, ip)]
     else:
         plugin = "librccl-net.so libnccl-net.so" if amd else "libnccl-net.so"
         lines.append(f"{init}NET/Plugin: Could not find: {plugin}")
@@ -663,6 +788,11 @@ def nccl_init_parts(
         f"{init}comm {comm} rank {rank} nRanks {n} nNodes {topo.nnodes} localRanks {local_ranks} "
         f"localRank {local} MNNVL {mnnvl_flag}"  # init.cc:1252
     )
+    if topo.collnet_plugin and not topo.collnet:
+        lines.append(  # init.cc:1286
+            f"{init}Communicator has {topo.collnet_nodes} nodes which is less than CollNet node threshold "
+            f"{COLLNET_NODE_THRESHOLD}, disabling CollNet"
+        )
     lines = parts["channels"]
     if rank == 0:
         lines += [init + _ring_line(topo, c, nch) for c in range(nch)]
@@ -684,6 +814,9 @@ def nccl_init_parts(
         proxy.format(tid=proxy_tid) + f"[Proxy Service] Device {local} CPU core {core}"
     )  # proxy.cc:1623
     lines.append(proxy.format(tid=uds_tid) + f"[Proxy Service UDS] Device {local} CPU core {core_uds}")
+    if topo.collnet:
+        sharp_proxy = f"{host}:{pid}:{proxy_tid} [{local}] NCCL INFO "
+        lines += _collnet_setup_lines(topo, rank, init, sharp_proxy, nch)
     if efa:
         # aws-ofi-nccl is also NCCL's tuner (it set NCCL_TUNER_PLUGIN), loaded here as in real 2.29.2 logs.
         lines += [
@@ -766,8 +899,7 @@ def _first_collective(
                 out += link(c, rank, parent)
         out.append(f"{conn}Connected all trees")  # transport/generic.cc:59
     if nvls_ch:
-        heads = topo.nics_per_node if not topo.single_domain else max(1, p // 2)
-        heads = min(heads, p)
+        heads = nvls_heads(topo)
         head_rank = local if local < heads else -1
         chunk = _NVLS_CHUNK
         if topo.transport == "efa":
@@ -784,8 +916,18 @@ def _first_collective(
     return out
 
 
-def nccl_topo_for(cluster: ClusterSpec, nnodes: int, nproc_per_node: int, hosts: Sequence[str]) -> NcclTopo:
-    """The NcclTopo of a job on `nnodes` nodes of a cluster preset, `nproc_per_node` ranks each."""
+def nccl_topo_for(
+    cluster: ClusterSpec,
+    nnodes: int,
+    nproc_per_node: int,
+    hosts: Sequence[str],
+    *,
+    collnet_enable: str | None = None,
+) -> NcclTopo:
+    """The NcclTopo of a job on `nnodes` nodes of a cluster preset, `nproc_per_node` ranks each.
+
+    `collnet_enable` is NCCL_COLLNET_ENABLE from the job's environment (None when unset).
+    """
     name = cluster.nic_name
     # Device names: mlx5_0, mlx5_1 ... but bnxt_re0, bnxt_re1 ...: a separator only after a digit or word.
     prefix = name + "_" if name[-1:].isdigit() or name.endswith("_bond") else name
@@ -808,7 +950,8 @@ def nccl_topo_for(cluster: ClusterSpec, nnodes: int, nproc_per_node: int, hosts:
         ampere=gpu.architecture == "Ampere",
         blackwell=gpu.architecture == "Blackwell",
         nvls=cluster.nvls and gpu.vendor == "nvidia",
-        collnet=cluster.collnet,
+        sharp=cluster.sharp,
+        collnet_enable=collnet_enable,
         mnnvl_domain=cluster.mnnvl_domain,
         gid_index=cluster.ib_gid_index,
     )

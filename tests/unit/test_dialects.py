@@ -342,6 +342,21 @@ class TestCommonLayers:
         lines = TorchLines(seat(0, nccl_debug=True)).render(event, AT)
         assert any("Init COMPLETE" in item.text for item in lines if isinstance(item, Line))
 
+    def test_collnet_enable_reaches_nccl(self) -> None:
+        """NCCL_COLLNET_ENABLE from the rank's environment turns SHARP's CollNet lines on (SHARP cluster)."""
+        event = ev.NcclInitialized(job=run_plan().job, pid=10, tid=11)
+        assert event.job.cluster.sharp and event.job.nnodes >= 2
+
+        def texts(**kw: typing.Any) -> list[str]:
+            lines = TorchLines(seat(0, nccl_debug=True, **kw)).render(event, AT)
+            return [item.text for item in lines if isinstance(item, Line)]
+
+        assert not any("COLLNET" in text for text in texts())
+        assert any(
+            "CollNet 00/0 : 0 [receive] via COLLNET/SHARP/0/GDRDMA" in t
+            for t in texts(nccl_collnet_enable="1")
+        )
+
     def test_grid_only_when_shown(self) -> None:
         """The grid layer prints nothing unless the seat shows the grid."""
         grid = next(e for e in sample_events() if isinstance(e, ev.GpuGrid))

@@ -432,3 +432,14 @@ class TestHostileFiles:
     def test_names_longer_than_any_file_name(self, kind: str, name: str) -> None:
         """A name or path the file system cannot even look up (ENAMETOOLONG) is a short line, no OSError."""
         assert len(load_error(kind, name)) < 600
+
+
+class TestSharp:
+    @pytest.mark.parametrize(("transport", "ok"), [("ib", True), ("roce", False), ("efa", False)])
+    def test_sharp_needs_infiniband(self, tmp_path: Path, transport: str, ok: bool) -> None:
+        """SHARP lives in InfiniBand switches: a RoCE or EFA cluster that claims it is refused."""
+        path = variant(tmp_path, "clusters", sharp=True, transport=transport)
+        if ok:
+            assert presets.load_cluster(path).sharp
+        else:
+            assert "'sharp'" in load_error("clusters", path)

@@ -548,3 +548,125 @@ class TestEfa:
         assert "NCCL_P2P_NET_CHUNKSIZE set by environment to 524288." in multi
         assert not any(x.startswith("NCCL_P2P_NET_CHUNKSIZE") for x in single)
         assert "P2P Chunksize set to 524288" in multi
+
+
+# CollNet/SHARP (NCCL 2.29.7: init.cc:1286, 1889-1892; transport/coll_net.cc:184/208; HPC-X's plugin).
+COLLNET_CONN = re.compile(r"CollNet (\d\d)/([01]) : (\d+) \[(receive|send)\] via COLLNET/SHARP/(\d+)/GDRDMA")
+SHARP_RANK = re.compile(r"SHARP rank (\d+)/(\d+) initialized on (mlx5_\d+):1")
+THRESHOLD = re.compile(
+    r"Communicator has (\d+) nodes which is less than CollNet node threshold (\d+), disabling CollNet"
+)
+
+
+def with_env(t: NcclTopo, value: str | None) -> NcclTopo:
+    """The topology of the same job run with NCCL_COLLNET_ENABLE=value (None: unset)."""
+    return dataclasses.replace(t, collnet_enable=value)
+
+
+class TestCollNet:
+    SHARP_CLUSTERS: ClassVar[list[str]] = [c for c in CLUSTERS if presets.load_cluster(c).sharp]
+
+    def test_sharp_presets_are_the_ndr_infiniband_ones(self) -> None:
+        """Quantum-2 (NDR) InfiniBand fabrics have SHARP; RoCE, EFA and HDR presets do not."""
+        for name in CLUSTERS:
+            cluster = presets.load_cluster(name)
+            assert cluster.sharp == cluster.fabric.startswith("InfiniBand NDR"), name
+        assert "dgx-h100" in self.SHARP_CLUSTERS
+
+    @pytest.mark.parametrize("name", CLUSTERS)
+    def test_unset_changes_nothing(self, name: str) -> None:
+        """Without NCCL_COLLNET_ENABLE a SHARP cluster prints what a cluster without SHARP prints."""
+        t = cluster_topo(name, 2)
+        plain = dataclasses.replace(t, sharp=False)
+        for rank in (0, t.world - 1):
+            assert nccl_init_lines(t, rank, pid=7, tid=8, seed=3) == nccl_init_lines(
+                plain, rank, pid=7, tid=8, seed=3
+            )
+
+    @pytest.mark.parametrize("name", ["dgx-a100", "h800-roce", "p5-efa"])
+    def test_without_sharp_only_the_env_lines(self, name: str) -> None:
+        """No SHARP fabric, no plugin: NCCL only reports the variable, on the main thread after its config."""
+        t = cluster_topo(name, 2)
+        for rank in (0, t.world - 1):
+            before = nccl_init_lines(t, rank, pid=7, tid=8, seed=3)
+            after = nccl_init_lines(with_env(t, "1"), rank, pid=7, tid=8, seed=3)
+            added = [line for line in after if line not in before]
+            assert messages(added) == [
+                "Comm config collnetEnable reset to NCCL_COLLNET_ENABLE=1",
+                "NCCL_COLLNET_ENABLE set by environment to 1.",
+            ]
+            assert [line for line in after if line not in added] == before
+            at = after.index(added[0])
+            assert messages([after[at - 1]]) == ["Comm config Blocking set to 1"]
+            assert {PREFIX.match(line).group(3) for line in added} == {"7"}  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize("value", ["0", "2", "yes"])
+    def test_not_one_loads_no_plugin(self, value: str) -> None:
+        """Only NCCL_COLLNET_ENABLE=1 turns CollNet on; strtol reads a word as 0, 2 is refused."""
+        t = with_env(cluster_topo("dgx-h100", 2), value)
+        msgs = messages(nccl_init_lines(t, 0, pid=7, tid=8, seed=3))
+        read = 0 if value == "yes" else int(value)
+        assert f"NCCL_COLLNET_ENABLE set by environment to {read}." in msgs
+        assert ("collnetEnable 2 is not a valid value 0/1, set it to 0" in msgs) == (read == 2)
+        assert not any("SHARP" in m or COLLNET_CONN.fullmatch(m) for m in msgs)
+        assert "Using network IB" in msgs
+
+    @pytest.mark.parametrize("name", SHARP_CLUSTERS)
+    def test_below_the_node_threshold(self, name: str) -> None:
+        """One node (or one NVLink domain): the plugin loads, NCCL then turns CollNet off and says why."""
+        cluster = presets.load_cluster(name)
+        nnodes = max(1, cluster.mnnvl_domain // cluster.gpus_per_node)  # a whole NVL72 rack is one domain
+        t = with_env(cluster_topo(name, nnodes), "1")
+        parts = nccl_init_parts(t, t.world - 1, pid=7, tid=8, seed=3)
+        msgs = messages([line for part in parts.values() for line in part])
+        assert "NET/Plugin: Loaded collnet plugin SHARP (v11)" in msgs
+        m = first(THRESHOLD, messages(parts["topology"]))
+        assert (int(m.group(1)), int(m.group(2))) == (1, 2)  # NCCL_COLLNET_NODE_THRESHOLD's default
+        assert not any(COLLNET_CONN.fullmatch(x) or SHARP_RANK.fullmatch(x) for x in msgs)
+
+    @pytest.mark.parametrize(("name", "nnodes"), [("dgx-h100", 2), ("dgx-h100", 3), ("hgx-b200", 4)])
+    def test_heads_connect_per_channel(self, name: str, nnodes: int) -> None:
+        """Each GPU beside a NIC joins its rail's SHARP group on every channel, receiving and sending."""
+        t = with_env(cluster_topo(name, nnodes), "1")
+        p = t.nproc_per_node
+        groups: dict[str, set[int]] = defaultdict(set)
+        for rank in range(t.world):
+            parts = nccl_init_parts(t, rank, pid=7, tid=8, seed=3)
+            msgs = messages(parts["init"])
+            assert msgs[:3] == [
+                "NET/Plugin: Loaded net plugin NCCL RDMA Plugin v11 (v11)",
+                "NET/Plugin: Loaded collnet plugin SHARP (v11)",
+                "Successfully loaded external network plugin "
+                "/opt/hpcx/nccl_rdma_sharp_plugin/lib/libnccl-net.so",
+            ]
+            nics = first(FORMS_229["netib"], [m.replace("/SHARP", "") for m in msgs]).group(1).split()
+            assert len(nics) == t.nics_per_node and msgs.count("Using network IBext_v11") == 1
+            assert all("/IB/SHARP" in m for m in msgs if m.startswith("NET/IB : Using"))
+            chan = messages(parts["channels"])
+            conns = [m for m in map(COLLNET_CONN.fullmatch, chan) if m]
+            nch = int(first(FORMS_229["channels"], chan).group(1))
+            local = rank % p
+            # DGX H100/B200: one NIC per GPU, so every GPU heads its own rail (head index = GPU = NIC).
+            assert [c.groups() for c in conns] == [
+                (f"{local:02d}", str(i), str(rank), kind, str(local))
+                for _ in range(nch)
+                for i, kind in ((0, "receive"), (1, "send"))
+            ]
+            sharp = [m for m in map(SHARP_RANK.fullmatch, chan) if m]
+            assert [s.groups() for s in sharp] == [(str(rank // p), str(nnodes), f"mlx5_{local}")]
+            groups[f"mlx5_{local}"].add(rank // p)
+            assert chan.index(sharp[0].group(0)) == chan.index(conns[0].group(0)) + 1
+        assert groups == {f"mlx5_{g}": set(range(nnodes)) for g in range(p)}
+
+    def test_fewer_nics_than_gpus(self) -> None:
+        """With 4 NICs for 8 GPUs NVLS has 4 heads per node: only those GPUs print CollNet lines."""
+        t = topo(2, 8, nvls=True, sharp=True, collnet_enable="1")
+        t = dataclasses.replace(t, nics_per_node=4)
+        heads = set()
+        for rank in range(t.world):
+            msgs = messages(nccl_init_parts(t, rank, pid=7, tid=8, seed=3)["channels"])
+            conns = [m for m in map(COLLNET_CONN.fullmatch, msgs) if m]
+            if conns:
+                heads.add(rank % 8)
+                assert {int(c.group(1)) for c in conns} == {rank % 8}
+        assert len(heads) == t.nics_per_node
