@@ -16,6 +16,7 @@ from fakerun.dialects.events import (
 )
 from fakerun.dsconfig import DsConfig
 from fakerun.sim import rand
+from fakerun.sim.ds_breakdown import ENGINE_PHASES, EngineTimes, MemoryUsage, total_times
 from fakerun.sim.ds_lossscale import scheduler_lr
 from fakerun.sim.job import JobSpec
 
@@ -103,6 +104,31 @@ def throughput_line(
         f"CurrSamplesPerSec={current!r}, MemAllocated={round(allocated / _GIB, 2)!r}GB, "
         f"MaxMemAllocated={round(max_allocated / _GIB, 2)!r}GB"
     )
+
+
+def memory_lines(message: str, m: MemoryUsage) -> list[str]:
+    """runtime/utils.see_memory_usage: plain print()s on global rank 0, whatever the log level; the f-string's
+    backslash continuations keep each next line's 8-space indent, hence the 9 spaces and the trailing one."""
+    gap = " " * 9
+    return [
+        message,
+        f"MA {round(m.allocated / _GIB, 2)} GB{gap}Max_MA {round(m.max_allocated / _GIB, 2)} GB{gap}"
+        f"CA {round(m.reserved / _GIB, 2)} GB{gap}Max_CA {round(m.max_reserved / _GIB)} GB ",
+        f"CPU Virtual Memory:  used = {round(m.host_used / _GIB, 2)} GB, percent = {m.host_percent}%",
+    ]
+
+
+def timers_line(t: EngineTimes, suffix: str) -> str:
+    """SynchronizedWallClockTimer.log through print_dist(ranks=[0]): `[Rank 0] time (ms) | fwd...: 1.23 |
+    ...`, suffix "_microstep" for the micro-step timers, "" for the global ones."""
+    parts = (
+        ("fwd", t.fwd),
+        ("bwd", t.bwd),
+        ("bwd_inner", t.bwd_inner),
+        ("bwd_allreduce", t.bwd_allreduce),
+        ("step", t.step),
+    )
+    return "[Rank 0] time (ms)" + "".join(f" | {name}{suffix}: {ms:.2f}" for name, ms in parts)
 
 
 def config_rows(ds: DsConfig, job: JobSpec) -> list[tuple[str, str]]:
@@ -203,7 +229,11 @@ class DeepSpeedDialect:
         """Rank 0 logs (log_dist ranks=[0]); every rank learns the config from JobStarted."""
         if kind in (JobStarted, ModelBuilt):
             return True  # ModelBuilt: deepspeed.initialize's unfiltered lines on every rank
-        return self.seat.rank == 0 and self.ds.info and kind in (ModelBuilt, StepDone, CheckpointSaving)
+        if self.seat.rank != 0:
+            return False
+        # The breakdowns print()s whatever the log level.
+        printed = self.ds.wall_clock_breakdown or self.ds.memory_breakdown
+        return (kind is StepDone and printed) or (self.ds.info and kind in (StepDone, CheckpointSaving))
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """The engine's lines for the events DeepSpeed logs at; nothing for the others."""
@@ -215,13 +245,23 @@ class DeepSpeedDialect:
         if isinstance(event, ModelBuilt) and self.seat.rank != 0:
             return [Line(text) for text in self.other_rank_init(at)]
         if isinstance(event, ModelBuilt) and self.job is not None:
+            # memory_breakdown's first two calls come before the engine configures the model.
+            init = (
+                "DeepSpeed Engine: After args sanity test",
+                "DeepSpeed Engine: Before configure distributed model",
+            )
+            out = [
+                t for message, m in zip(init, event.ds_memory, strict=False) for t in memory_lines(message, m)
+            ]
             if not self.ds.info:
-                return [Line(text) for text in self.scheduler_warning(at)]
-            return [Line(text) for text in self.engine_init(self.job, at)]
-        if self.seat.rank != 0 or not self.ds.info:
+                return [Line(text) for text in out + self.scheduler_warning(at)]
+            return [Line(text) for text in out + self.engine_init(self.job, at)]
+        if self.seat.rank != 0:
             return ()
         if isinstance(event, StepDone):
             return [Line(text) for text in self.step(event, at)]
+        if not self.ds.info:
+            return ()
         if isinstance(event, CheckpointSaving):
             tag = f"global_step{event.step}"
             p = prefix(at, _LOG_DIST)
@@ -363,10 +403,42 @@ class DeepSpeedDialect:
         return out
 
     def step(self, event: StepDone, at: float) -> list[str]:
-        """An overflow on its step; step= and the throughput timer every steps_per_print."""
+        """The step's micro-steps as engine.forward/backward/step print them: memory_breakdown's calls at
+        each phase; on the boundary, the optimizer's lines; the micro-step timers after every step() and the
+        global ones on the boundary (wall_clock_breakdown); and the step's last memory call."""
+        ga = max(event.run.job.grad_accum, 1)
+        timers = event.ds_timers
+        out: list[str] = []
+        for i in range(ga):
+            memory = event.ds_memory[i] if i < len(event.ds_memory) else ()
+            for message, m in zip(ENGINE_PHASES[:-1], memory, strict=False):
+                out += memory_lines(message, m)
+            if i == ga - 1:
+                out += self.boundary(event, at)
+            if timers is not None:
+                out.append(timers_line(timers.micro[i], "_microstep"))
+            if timers is not None and i == ga - 1:
+                out.append(timers_line(total_times(timers.micro), ""))
+            if len(memory) == len(ENGINE_PHASES):
+                out += memory_lines(ENGINE_PHASES[-1], memory[-1])
+        return out
+
+    def boundary(self, event: StepDone, at: float) -> list[str]:
+        """_take_model_step's lines: an overflow (INFO), else the ZeRO-1/2 optimizer's timers (printed with
+        wall_clock_breakdown); step= and the throughput timer every steps_per_print (INFO)."""
         out: list[str] = []
         n = event.numbers
         s = event.ds_scale
+        overflow = s is not None and s.overflow
+        if not overflow and event.ds_timers is not None and self.ds.zero_stage in (1, 2):
+            # DeepSpeedZeroOptimizer.step ends with timers.log(OPTIMIZER_TIMERS); an overflow returns first.
+            o = event.ds_timers.optimizer
+            out.append(
+                f"[Rank 0] time (ms) | optimizer_allgather: {o.allgather:.2f} | optimizer_gradients: "
+                f"{o.gradients:.2f} | optimizer_step: {o.step:.2f}"
+            )
+        if not self.ds.info:
+            return out
         if s is not None and s.overflow:
             if s.hysteresis_before > 1:
                 out.append(
@@ -390,6 +462,10 @@ class DeepSpeedDialect:
                 job.global_batch / (event.timed_s / event.timed_steps) if event.timed_steps else float("-inf")
             )
             current = job.global_batch / n.step_time_s
+            # memory_breakdown resets the peak at every call: the timer's maximum is the optimizer step's.
+            peak = (
+                event.ds_memory[-1][-1].max_allocated if event.ds_memory else n.mem_max_allocated_gib * _GIB
+            )
             out.append(
                 prefix(at, _TIMER)
                 + throughput_line(
@@ -398,7 +474,7 @@ class DeepSpeedDialect:
                     running,
                     current,
                     n.mem_allocated_gib * _GIB,
-                    n.mem_max_allocated_gib * _GIB,
+                    peak,
                 )
             )
         return out

@@ -9,6 +9,7 @@ from typing import TypeAlias
 from fakerun.presets import ModelSpec
 from fakerun.render.grid import GridGpu
 from fakerun.sim.checkpoint import ExportFile
+from fakerun.sim.ds_breakdown import MemoryUsage, StepTimes
 from fakerun.sim.ds_lossscale import ScaleStep
 from fakerun.sim.estimates import ParamGroups
 from fakerun.sim.job import JobSpec
@@ -159,6 +160,8 @@ class ModelBuilt:
     reported_params: int = 0
     padded_params: int = 0
     padded_vocab: int = 0
+    # DeepSpeed's memory_breakdown: see_memory_usage's figures in the engine's __init__ (sim/ds_breakdown).
+    ds_memory: tuple[MemoryUsage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,10 @@ class StepDone:
     ds_scale: ScaleStep | None = None
     timed_s: float = 0.0
     timed_steps: int = 0
+    # DeepSpeed's wall_clock_breakdown and memory_breakdown (sim/ds_breakdown.py): the engine's timers and
+    # see_memory_usage's figures at each phase, per micro-step of the step (empty unless configured).
+    ds_timers: StepTimes | None = None
+    ds_memory: tuple[tuple[MemoryUsage, ...], ...] = ()
 
 
 @dataclass(frozen=True)

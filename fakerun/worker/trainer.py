@@ -54,7 +54,18 @@ from fakerun.dialects.events import (
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
 from fakerun.render.grid import GridGpu
-from fakerun.sim import checkpoint, compute, ds_lossscale, estimates, identity, loss, lossscale, memory, rand
+from fakerun.sim import (
+    checkpoint,
+    compute,
+    ds_breakdown,
+    ds_lossscale,
+    estimates,
+    identity,
+    loss,
+    lossscale,
+    memory,
+    rand,
+)
 from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
@@ -347,6 +358,7 @@ class RankTrainer:
                 weights_bytes=built.weights,
                 init_s=times.model_init_s,
                 capacity_bytes=built.capacity,
+                ds_memory=ds_breakdown.init_memory(job, self.rank) if self._ds_breakdown()[1] else (),
             )
         )
         if resume:
@@ -433,6 +445,7 @@ class RankTrainer:
         # DeepSpeed's fp16 scaler (its config's), carried step to step, and its ThroughputTimer's span.
         ds = run.deepspeed
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
+        ds_timers, ds_memory = self._ds_breakdown()
         while True:
             # fp16: overflowed iterations are skipped; the lr and the model advance only on the others. A
             # DeepSpeed config's fp16 is its engine's scaler, unless the job's own arguments say fp16
@@ -528,6 +541,24 @@ class RankTrainer:
                     ds_scale=ds_scaled,
                     timed_s=sum(step_times[2:]),
                     timed_steps=max(0, len(step_times) - 2),
+                    ds_timers=(
+                        ds_breakdown.engine_times(
+                            job, numbers, overhead_s=overhead, bucket_elements=ds.reduce_bucket_size
+                        )
+                        if ds is not None and ds_timers
+                        else None
+                    ),
+                    ds_memory=tuple(
+                        ds_breakdown.micro_memory(
+                            job,
+                            self.rank,
+                            step,
+                            i,
+                            first=index == 0 and i == 0,
+                            overflow=ds_scaled is not None and ds_scaled.overflow,
+                        )
+                        for i in range(job.grad_accum if ds_memory else 0)
+                    ),
                 )
             )
             if logged and self.out.wants(GradientSync):
@@ -558,6 +589,14 @@ class RankTrainer:
             self._epoch_end(step)
             prev = numbers
             step += 1
+
+    def _ds_breakdown(self) -> tuple[bool, bool]:
+        """DeepSpeed's (wall_clock_breakdown, memory_breakdown) on this rank: only global rank 0 prints
+        either (print_dist ranks=[0], see_memory_usage)."""
+        ds = self.run.deepspeed
+        if ds is None or self.rank != 0:
+            return False, False
+        return ds.wall_clock_breakdown, ds.memory_breakdown
 
     def _run_out_of_memory(self, micro_batch_s: float) -> None:
         """The first micro-batch's backward asks for one tensor too many: every rank gets there within a few

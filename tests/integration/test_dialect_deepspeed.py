@@ -47,5 +47,7 @@ def test_deepspeed_script(runner: Runner) -> None:
     assert steps == ["0", "2", "4"]
     assert re.search(r"epoch=0/micro_step=8/global_step=4, RunningAvgSamplesPerSec=", out)
     # Every line of DeepSpeed's is its logger's, but for the multi-line messages' continuation lines.
+    # No wall_clock_breakdown or memory_breakdown in the config: no timers, no see_memory_usage.
+    assert "time (ms)" not in out and "Engine before forward" not in out and "CPU Virtual Memory" not in out
     firsts = [t for t in out.splitlines() if t.startswith("[")]
     assert firsts and all(DS_LINE.match(t) for t in firsts)

@@ -17,7 +17,7 @@ from fakerun.dialects.base import Line, Output, Seat
 from fakerun.dialects.deepspeed import DeepSpeedDialect, encode
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.hints import parse_hints
-from fakerun.sim import ds_lossscale
+from fakerun.sim import ds_breakdown, ds_lossscale
 from fakerun.sim.job import make_job
 from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
@@ -79,17 +79,25 @@ def built(run: RunPlan) -> ev.ModelBuilt:
     return ev.ModelBuilt(dtype="bfloat16", params_on_rank=1e9, layers_on_rank=16, pp_rank=0)
 
 
-def steps(config: DsConfig, rank: int = 0) -> list[str]:
-    """The dialect's lines over the run, with the scaler and timer figures as the phase loop computes them."""
+def steps(config: DsConfig, rank: int = 0, last: int = 40) -> list[str]:
+    """The dialect's lines over the run, with the scaler and timer figures as the phase loop computes them
+    (the breakdowns on rank 0 only, when configured)."""
     run = run_plan(config)
+    job = run.job
     d = dialect(rank, config)
     state = ds_lossscale.initial_state(config.initial_scale_power, config.hysteresis)
     times: list[float] = []
     out: list[str] = []
-    for s in range(1, 41):
-        n, scale = ds_lossscale.engine_step(run.job, config, state, step_numbers(run.job, rank, s))
+    for s in range(1, last + 1):
+        n, scale = ds_lossscale.engine_step(job, config, state, step_numbers(job, rank, s))
         state = scale.state if scale is not None else state
         times.append(n.step_time_s)
+        timers = ds_breakdown.engine_times(job, n) if config.wall_clock_breakdown and rank == 0 else None
+        overflow = scale is not None and scale.overflow
+        memory = tuple(
+            ds_breakdown.micro_memory(job, rank, s, i, first=s == 1 and i == 0, overflow=overflow)
+            for i in range(job.grad_accum if config.memory_breakdown and rank == 0 else 0)
+        )
         event = ev.StepDone(
             run=run,
             numbers=n,
@@ -103,6 +111,8 @@ def steps(config: DsConfig, rank: int = 0) -> list[str]:
             ds_scale=scale,
             timed_s=sum(times[2:]),
             timed_steps=max(0, len(times) - 2),
+            ds_timers=timers,
+            ds_memory=memory,
         )
         out += texts(d.render(event, AT + s))
     return out
@@ -300,3 +310,177 @@ def test_zero3_init_lines_and_scheduler_repr() -> None:
     assert any(re.fullmatch(r"\[Rank 0\] step=0, skipped=0, lr=\[0\], mom=.*", b) for b in bodies)
     others = texts(dialect(2, config).render(built(run_plan(config)), AT))
     assert sum("pinned across" in t for t in others) == 2
+
+
+# timer.py SynchronizedWallClockTimer.log through print_dist: `[Rank 0] time (ms) | name: %.2f | ...`.
+MICRO = re.compile(
+    r"\[Rank 0\] time \(ms\) \| fwd_microstep: (\d+\.\d\d) \| bwd_microstep: (\d+\.\d\d) \| "
+    r"bwd_inner_microstep: (\d+\.\d\d) \| bwd_allreduce_microstep: (\d+\.\d\d) \| "
+    r"step_microstep: (\d+\.\d\d)$"
+)
+GLOBAL = re.compile(
+    r"\[Rank 0\] time \(ms\) \| fwd: (\d+\.\d\d) \| bwd: (\d+\.\d\d) \| bwd_inner: (\d+\.\d\d) \| "
+    r"bwd_allreduce: (\d+\.\d\d) \| step: (\d+\.\d\d)$"
+)
+OPTIMIZER = re.compile(
+    r"\[Rank 0\] time \(ms\) \| optimizer_allgather: (\d+\.\d\d) \| optimizer_gradients: (\d+\.\d\d) \| "
+    r"optimizer_step: (\d+\.\d\d)$"
+)
+# runtime/utils.py see_memory_usage: the f-string's continuation lines keep their 8-space indent.
+MA = re.compile(
+    r"MA (\d+\.\d{1,2}) GB {9}Max_MA (\d+\.\d{1,2}) GB {9}CA (\d+\.\d{1,2}) GB {9}Max_CA (\d+) GB $"
+)
+CPU = re.compile(r"CPU Virtual Memory:  used = (\d+\.\d{1,2}) GB, percent = (\d{1,3}\.\d)%$")
+PHASES = [f"Engine {when} {what}" for what in ("forward", "backward", "step") for when in ("before", "after")]
+
+
+def kind(line: str) -> str:
+    """What a line is, for checking the order of a step's lines."""
+    for name, pattern in (
+        ("micro", MICRO),
+        ("global", GLOBAL),
+        ("optimizer", OPTIMIZER),
+        ("step", STEP),
+        ("tput", TIMER),
+        ("overflow", OVERFLOW),
+        ("ma", MA),
+        ("cpu", CPU),
+    ):
+        if pattern.match(line):
+            return name
+    return line if line in PHASES else "?"
+
+
+def test_default_config_prints_no_breakdown() -> None:
+    """wall_clock_breakdown and memory_breakdown default to false: no timers, no see_memory_usage."""
+    config = ds_config()
+    assert not config.wall_clock_breakdown and not config.memory_breakdown
+    lines = steps(config, last=10)
+    assert lines and not [t for t in lines if kind(t) in ("micro", "global", "optimizer", "ma", "cpu")]
+    assert not [t for t in lines if t in PHASES or t.startswith("DeepSpeed Engine:")]
+    quiet = ds_config(log_level="warning")
+    assert not dialect(0, quiet).wants(ev.StepDone) and steps(quiet, last=10) == []
+
+
+def test_breakdowns_print_whatever_the_log_level_on_rank_0_only() -> None:
+    """print_dist / print(): no logger prefix, no INFO line needed; see_memory_usage returns off rank 0."""
+    config = ds_config(log_level="warning", wall_clock_breakdown=True, memory_breakdown=True)
+    lines = steps(config, last=20)  # past the first overflows
+    assert lines and not [t for t in lines if t.startswith("[20")]
+    assert {kind(t) for t in lines} == {"micro", "global", "optimizer", "ma", "cpu", *PHASES}
+    assert steps(config, rank=1, last=5) == []
+    assert dialect(0, config).wants(ev.StepDone) and not dialect(1, config).wants(ev.StepDone)
+
+
+def test_order_of_a_steps_lines_follows_the_engine() -> None:
+    """forward/backward/step per micro-step: see_memory_usage at each phase; on the boundary the optimizer's
+    timers (or the overflow), step= and the throughput timer, then the micro and global timers; then the
+    last see_memory_usage (engine.py step())."""
+    config = ds_config(wall_clock_breakdown=True, memory_breakdown=True)
+    ga = run_plan(config).job.grad_accum
+    lines = steps(config, last=40)
+    memory = [k for p in PHASES[:-1] for k in (p, "ma", "cpu")]
+    after = [PHASES[-1], "ma", "cpu"]
+    micro = [*memory, "micro", *after]
+    kinds = [kind(t) for t in lines]
+    per_step = len(micro) * ga + 1  # the optimizer's line or the overflow
+    # Step 40 (a steps_per_print step without overflow) is the last one.
+    start = len(kinds) - (per_step + 3)
+    assert kinds[start - 3 : start] == after  # step 39's end
+    tail = kinds[-(per_step + 3) :]
+    assert tail == micro * (ga - 1) + [*memory, "optimizer", "step", "tput", "micro", "global", *after]
+    # An overflowed step: the overflow instead of the optimizer's timers (it returns before logging them).
+    i = kinds.index("overflow")
+    assert kinds[i - len(memory) : i] == memory and kinds[i + 1 : i + 3] == ["micro", "global"]
+    assert "?" not in kinds
+
+
+def test_timers_add_up_to_the_step_the_throughput_timer_measures() -> None:
+    """The global timers run through every micro-step; fwd + bwd + step span what the ThroughputTimer does
+    (CurrSamplesPerSec = train_batch_size / its span) less the untimed calls between them."""
+    config = ds_config(wall_clock_breakdown=True)
+    job = run_plan(config).job
+    lines = steps(config, last=40)
+    micros: list[list[float]] = []
+    measured_ms: float | None = None
+    checked = 0
+    for t in lines:
+        if m := MICRO.match(t):
+            micros.append([float(x) for x in m.groups()])
+            fwd, bwd, inner, allreduce, step = micros[-1]
+            assert bwd >= inner + allreduce - 0.01 and fwd > 0 and step >= 0
+        elif m := TIMER.match(t):
+            # Printed in step() before the timers of the same step.
+            measured_ms = 1000.0 * job.global_batch / float(m.group(8))
+        elif m := GLOBAL.match(t):
+            totals = [float(x) for x in m.groups()]
+            assert len(micros) == job.grad_accum
+            for j, total in enumerate(totals):
+                assert total == pytest.approx(sum(x[j] for x in micros), abs=0.01 * job.grad_accum)
+            micros = []
+            if measured_ms is not None:
+                assert 0.0 <= measured_ms - (totals[0] + totals[1] + totals[4]) <= 0.6 * job.grad_accum
+                checked += 1
+                measured_ms = None
+        elif m := OPTIMIZER.match(t):
+            assert sum(float(x) for x in m.groups()) > 0
+    assert checked == 40 // 5
+
+
+def test_zero1_reduces_only_on_the_boundary() -> None:
+    """ZeRO-1 (and the DDP-style engine) all-reduce at the accumulation boundary only; ZeRO-2 reduces every
+    micro-step's gradients (engine.allreduce_gradients)."""
+    for stage in (1, 2):
+        config = ds_config(wall_clock_breakdown=True, zero_optimization={"stage": stage})
+        job = dataclasses.replace(run_plan(config).job, zero_stage=stage)
+        n = step_numbers(job, 0, 7)
+        micro = ds_breakdown.engine_times(job, n).micro
+        off, on = micro[0].bwd_allreduce, micro[-1].bwd_allreduce
+        if stage == 1:
+            assert off < 0.1 < on
+        else:
+            assert off == pytest.approx(on, rel=0.5)
+
+
+def test_memory_breakdown_figures_reset_their_peaks() -> None:
+    """see_memory_usage resets the peaks after each call: nothing is allocated between "Engine before
+    backward" and the call before it; backward holds the step's peak, which the throughput timer's
+    MaxMemAllocated no longer sees (the peak since "Engine before step"); Max_CA is CA to a whole GB."""
+    config = ds_config(memory_breakdown=True)
+    lines = steps(config, last=10)
+    stats: dict[str, list[tuple[float, ...]]] = {}
+    phase = ""
+    tput: float | None = None
+    for t in lines:
+        if t in PHASES:
+            phase = t
+        elif m := MA.match(t):
+            ma, max_ma, ca, max_ca = (float(x) for x in m.groups())
+            stats.setdefault(phase, []).append((ma, max_ma, ca, max_ca))
+            assert ma <= max_ma <= ca and abs(max_ca - ca) <= 0.505
+            if phase == "Engine after step" and tput is not None:
+                assert tput == max_ma  # MaxMemAllocated: the optimizer step's own peak
+                tput = None
+        elif m := TIMER.match(t):
+            tput = float(m.group(10))  # printed in step(), before "Engine after step"
+    peak = max(max_ma for rows in stats.values() for _, max_ma, _, _ in rows)
+    assert all(row[1] == peak for row in stats["Engine after backward"][1:])
+    assert all(row[0] == row[1] for row in stats["Engine before backward"])
+    after_fwd = stats["Engine after forward"][0]
+    before_fwd = stats["Engine before forward"][0]
+    assert after_fwd[0] > before_fwd[0] and stats["Engine after backward"][0][0] == before_fwd[0]
+    # The allocator grows during the run's first micro-step and keeps what it reserved.
+    assert before_fwd[2] < after_fwd[2] and len({row[2] for row in stats["Engine after step"]}) == 1
+
+
+def test_memory_breakdown_init_lines_before_the_groups_summary() -> None:
+    """engine.__init__: "After args sanity test" and "Before configure distributed model" (force=
+    memory_breakdown), the model not yet on the GPU, before _configure_distributed_model's summary."""
+    config = ds_config(memory_breakdown=True)
+    run = run_plan(config)
+    init = ds_breakdown.init_memory(run.job, 0)
+    lines = texts(dialect(0, config).render(dataclasses.replace(built(run), ds_memory=init), AT))
+    assert lines[0] == "DeepSpeed Engine: After args sanity test"
+    assert lines[3] == "DeepSpeed Engine: Before configure distributed model"
+    assert MA.match(lines[1]) and MA.match(lines[4]) and CPU.match(lines[2]) and CPU.match(lines[5])
+    assert lines[1].startswith("MA 0.0 GB") and "distributed groups summary" in lines[6]
