@@ -19,7 +19,7 @@ from fakerun.dialects.lightning import LightningDialect
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
 from fakerun.launcher import glog, preflight
 from fakerun.launcher.cluster import ClusterLink
-from fakerun.launcher.console import Console, open_std_streams, quiet_broken_pipe
+from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
 from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir, LogDirError
@@ -128,8 +128,9 @@ def _sim_context(
     for line in hints.notices:
         print(notice(line), file=sys.stderr)
     trainer = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
-    # Rank 0's bar reaches the terminal when torchrun would show its stderr there (no --redirects).
-    tty = sys.stderr.isatty() and not (plan.redirects.get(0, 0) & 2)
+    # Rank 0's bar reaches the terminal when torchrun would show its bar's stream there (no --redirects).
+    bar_file, bar_bit = (sys.stdout, 1) if dialects.bar_stream(trainer) == "stdout" else (sys.stderr, 2)
+    tty = bar_file.isatty() and not (plan.redirects.get(0, 0) & bar_bit)
     columns = shutil.get_terminal_size().columns if tty else None
     # Simulated names for every node; the ones this launcher plays keep the names the plan gave them.
     hosts = [presets.host_name(bundle.cluster, i) for i in range(plan.max_nodes)]
@@ -410,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     clock = JobClock(started_wall, started_mono, 1.0 if cmd.fake.exec else cmd.fake.speed)
     ctx = None if cmd.fake.exec else _sim_context(cmd, plan, bundle, clock)
     console = Console(
-        sys.stdout.buffer, sys.stderr.buffer, pin_bars=ctx is not None and ctx.bar_columns is not None
+        sys.stdout.buffer,
+        sys.stderr.buffer,
+        pin_bars=ctx is not None and ctx.bar_columns is not None,
+        bar_stream=STDOUT if ctx is not None and dialects.bar_stream(ctx.trainer) == "stdout" else STDERR,
     )
     metrics = _open_metrics(cmd, console) if ctx is not None else None
     plain = os.path.basename(argv[0]) == "__main__.py"

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fakerun.dialects.base import Dialect, Seat
+from fakerun.dialects.base import Dialect, Seat, Stream
 from fakerun.dialects.deepspeed import DeepSpeedDialect
 from fakerun.dialects.fakerun import FakerunDialect
 from fakerun.dialects.hf import HfDialect
@@ -50,7 +50,7 @@ from fakerun.dialects.nemo import NemoDialect
 from fakerun.dialects.titan import TitanDialect
 from fakerun.dialects.torchtune import TorchtuneDialect
 
-__all__ = ["DEFAULT", "DIALECTS", "choose", "make", "names", "select"]
+__all__ = ["DEFAULT", "DIALECTS", "bar_stream", "choose", "make", "names", "select"]
 
 # name -> dialect. The order is the order in which script-path patterns are tried.
 DIALECTS: dict[str, type[Dialect]] = {
@@ -103,6 +103,12 @@ def choose(explicit: str | None, hinted: str, log_format: str) -> str:
     if log_format != "console":
         return DEFAULT
     return explicit if explicit is not None else hinted
+
+
+def bar_stream(name: str) -> Stream:
+    """The stream the dialect's progress bars go to: a `bar_stream` class attribute, else tqdm's stderr."""
+    stream: Stream = getattr(DIALECTS[name], "bar_stream", "stderr")
+    return stream
 
 
 def make(name: str, seat: Seat) -> Dialect:

@@ -23,10 +23,11 @@ class Line:
 
 @dataclass(frozen=True)
 class BarDraw:
-    """A progress bar redrawn in place on stderr (tqdm's `\\r` + meter)."""
+    """A progress bar redrawn in place (tqdm's `\\r` + meter) on its stream (tqdm's file=, stderr default)."""
 
     text: str
     position: int = 0  # tqdm's position=: a nested bar drawn that many lines below the cursor's
+    stream: Stream = "stderr"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class BarClose:
 
     text: str | None = None
     position: int = 0
+    stream: Stream = "stderr"
 
 
 Output: TypeAlias = Line | BarDraw | BarClose

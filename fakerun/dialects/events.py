@@ -211,6 +211,10 @@ class TrainingStarted:
     # The losses an evaluation before the first step would measure (nanoGPT evaluates at iter_num 0).
     train_loss: float = math.nan
     val_loss: float = math.nan
+    # Lightning's sanity check before fit (num_sanity_val_steps=2): its batches (0 when the run never
+    # validates) and the time they take.
+    sanity_batches: int = 0
+    sanity_s: float = 0.0
 
 
 # -- training ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import ClassVar
 
-from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, words
+from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, Stream, words
 from fakerun.dialects.events import (
     DeviceSelected,
     EvalDone,
@@ -20,6 +20,7 @@ from fakerun.dialects.events import (
     ProcessGroupInitializing,
     ProcessGroupReady,
     StepDone,
+    TrainingStarted,
     TrainingStopped,
     WorkerStarted,
 )
@@ -41,8 +42,11 @@ _PARAM_UNITS = ("", "K", "M", "B", "T")
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
 # Tqdm.format_num pads floats to this many characters so that the postfix does not flicker.
 _PAD_SIZE = 5
-# ModelSummary's precision_to_bits; the others ("bf16-mixed", the default "32-true") size as 32 bits.
-_SUMMARY_BITS = {"16": 16, "bf16": 16, "16-true": 16, "bf16-true": 16, "64": 64, "64-true": 64}
+# ModelSummary's precision_to_bits over trainer.precision; the others ("bf16-mixed", the default "32-true")
+# size as 32 bits. Its "16"/"bf16"/"64" keys never match: the connector has already turned
+# Trainer(precision="bf16") into "bf16-mixed" (fabric's _convert_precision_to_unified_args).
+_SUMMARY_BITS = {"16-true": 16, "bf16-true": 16, "64-true": 64}
+_PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 
 
 def accelerator_lines(*, hpu: bool) -> list[str]:
@@ -114,7 +118,7 @@ def summary_lines(
     rule = "-" * (sum(widths) + 3 * (len(cols) + 1))
     header = " | ".join(f"{h:<{w}}" for (h, _), w in zip(cols, widths, strict=True))
     body = " | ".join(f"{vals[0]:<{w}}" for (_, vals), w in zip(cols, widths, strict=True))
-    megabytes = params * _SUMMARY_BITS.get(precision, 32) / 8 / 1e6
+    megabytes = params * _SUMMARY_BITS.get(_PRECISION_ALIASES.get(precision, precision), 32) / 8 / 1e6
     lines = [
         header,
         rule,
@@ -160,11 +164,15 @@ def modules_in_train_mode(layers: int) -> int:
 
 
 class LightningDialect:
-    """Lightning's Trainer under torchrun: rank-0 info lines, per-rank init lines, rank 0's tqdm bar."""
+    """Lightning's Trainer under torchrun: rank-0 info lines, per-rank init lines, rank 0's tqdm bar.
+
+    Its info lines go through the `lightning.pytorch`/`lightning.fabric` loggers' own StreamHandler (stderr,
+    added when the root logger has none); its bars are Tqdm(file=sys.stdout)."""
 
     name: ClassVar[str] = "lightning"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False
+    bar_stream: ClassVar[Stream] = "stdout"  # TQDMProgressBar's bars are Tqdm(file=sys.stdout)
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
@@ -189,6 +197,7 @@ class LightningDialect:
             WorkerStarted,
             DeviceSelected,
             ProcessGroupReady,
+            TrainingStarted,
             StepDone,
             EvalDone,
             TrainingStopped,
@@ -203,15 +212,15 @@ class LightningDialect:
             self.settings = dict(event.settings)
             return ()
         if isinstance(event, WorkerStarted):
-            return [Line(text) for text in accelerator_lines(hpu=False)] if self.zero else ()
+            return [Line(text, "stderr") for text in accelerator_lines(hpu=False)] if self.zero else ()
         if isinstance(event, DeviceSelected):
-            return [Line(tensor_cores_line(event.name))] if self.zero else ()
+            return [Line(tensor_cores_line(event.name), "stderr")] if self.zero else ()
         if isinstance(event, ProcessGroupInitializing):
-            return [Line(member_line(seat.rank, event.world_size))]
+            return [Line(member_line(seat.rank, event.world_size), "stderr")]
         if isinstance(event, ProcessGroupReady):
-            return [Line(text) for text in registered_lines(seat.world_size)] if self.zero else ()
+            return [Line(text, "stderr") for text in registered_lines(seat.world_size)] if self.zero else ()
         if isinstance(event, ModelBuilt):
-            out: list[Output] = [Line(visible_devices_line(seat.local_rank, seat.nproc_per_node))]
+            out: list[Output] = [Line(visible_devices_line(seat.local_rank, seat.nproc_per_node), "stderr")]
             if self.zero:
                 # ModelSummary logs "\n" + the table.
                 table = summary_lines(
@@ -222,13 +231,15 @@ class LightningDialect:
                     precision=self.settings.get("precision", "32-true"),
                     flops=True,
                 )
-                out += [Line(""), *(Line(t) for t in table)]
+                out += [Line("", "stderr"), *(Line(t, "stderr") for t in table)]
             return out
         if not self.zero or self.run is None:
             return ()
         run = self.run
+        if isinstance(event, TrainingStarted):
+            return self.sanity_bar(event) if event.sanity_batches else ()
         if isinstance(event, StepDone):
-            return [BarDraw(self.train_bar(run, event))]
+            return [BarDraw(self.train_bar(run, event), stream="stdout")]
         if isinstance(event, EvalDone) and not self.stopped:
             # The validation bar (leave=False) is drawn below the training bar and erased when it closes.
             val = bar.meter(
@@ -239,14 +250,35 @@ class LightningDialect:
                 ncols=seat.bar_columns,
                 bar_format=BAR_FORMAT,
             )
-            return [BarDraw(val, position=1), BarClose(position=1)]
+            return [BarDraw(val, position=1, stream="stdout"), BarClose(position=1, stream="stdout")]
         if isinstance(event, TrainingStopped):
             self.stopped = True
-            out = [BarClose(self.last_bar or None)]
+            out = [BarClose(self.last_bar or None, stream="stdout")]
             if event.reason in ("reached total steps", "reached max steps"):
-                out.append(Line(stopped_line(event.step, self.settings.get("max_epochs"))))
+                out.append(Line(stopped_line(event.step, self.settings.get("max_epochs")), "stderr"))
             return out
         return ()
+
+    def sanity_bar(self, event: TrainingStarted) -> list[Output]:
+        """The sanity check's bar as tqdm writes it: made with no total under its bare description, reset to
+        the batches under the dataloader's, batch by batch, then blanked (leave=False: spaces and `\\r`)."""
+        batches = event.sanity_batches
+        desc = "Sanity Checking"
+        states = [(desc, 0, None), (desc, 0, batches)]
+        states += [(f"{desc} DataLoader 0", n, batches) for n in range(batches + 1)]
+        draws = [
+            bar.meter(
+                n,
+                total,
+                event.sanity_s * n / batches,
+                prefix=prefix,
+                ncols=self.seat.bar_columns,
+                bar_format=BAR_FORMAT,
+            )
+            for prefix, n, total in states
+        ]
+        blank = " " * len(draws[-1]) + "\r"
+        return [BarDraw(text, stream="stdout") for text in (*draws, blank)]
 
     def train_bar(self, run: RunPlan, event: StepDone) -> str:
         """The training bar after a step: this epoch's micro batches, counted from the epoch's start."""

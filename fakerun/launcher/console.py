@@ -416,23 +416,32 @@ class Console:
     """Owns the launcher's stdout and stderr; every byte the job shows goes through here."""
 
     def __init__(
-        self, stdout: BinaryIO, stderr: BinaryIO, *, pin_bars: bool = False, rank_logs: RankLogs | None = None
+        self,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        *,
+        pin_bars: bool = False,
+        bar_stream: int = STDERR,
+        rank_logs: RankLogs | None = None,
     ) -> None:
         line = LineState() if _same_file(stdout, stderr) else None
         self.out = Sink(stdout, line)
         self.err = Sink(stderr, line)
         self._filtered: dict[str, OutputFile | None] = {}
         self._warned: set[str] = set()
-        # On a terminal, worker progress bars (on their stderr) stay on the bottom lines.
+        # On a terminal, worker progress bars (on the dialect's bar stream) stay on the bottom lines.
         self.board = StatusBoard() if pin_bars else None
-        self._out_on_terminal = pin_bars and _isatty(stdout)
-        self._stderr = stderr
+        self.bar_stream = bar_stream
+        self._bar_sink = self.sink(bar_stream)
+        # Lines on the other stream scroll the pinned bar too when that stream is the same terminal.
+        self._other_on_terminal = pin_bars and _isatty(stderr if bar_stream == STDOUT else stdout)
+        self._bar_file = stdout if bar_stream == STDOUT else stderr
         self.rank_logs = rank_logs
 
     def columns(self) -> int:
         """The terminal's width now (it may have been resized since the job started)."""
         try:
-            return os.get_terminal_size(self._stderr.fileno()).columns
+            return os.get_terminal_size(self._bar_file.fileno()).columns
         except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return 80
 
@@ -493,7 +502,7 @@ class Console:
             plan.args.duplicate_stdout_filters if stream == STDOUT else plan.args.duplicate_stderr_filters
         )
         filtered = self.filtered_file(attempt_path, name) if filters else None
-        board = self.board if stream == STDERR else None
+        board = self.board if stream == self.bar_stream else None
         rank_file = self.rank_logs.file_for(rank) if self.rank_logs is not None else None
         return Route(
             spec,
@@ -520,9 +529,10 @@ class Console:
             self.out.flush()
             self.err.flush()
         else:
-            scrolls = self.err.pending or (self._out_on_terminal and self.out.pending)
+            other = self.out if self.bar_stream == STDERR else self.err
+            scrolls = self._bar_sink.pending or (self._other_on_terminal and other.pending)
             if board.shown and (scrolls or board.changed):
-                self.err.raw(erase_rows(board.shown))
+                self._bar_sink.raw(erase_rows(board.shown))
                 board.shown = 0
             self.out.flush()
             self.err.flush()
@@ -530,7 +540,7 @@ class Console:
                 columns = self.columns()
                 rows = board.rows()
                 # The area's rows, the cursor left at the end of the bottom one (where tqdm leaves it).
-                self.err.raw(b"\n".join(fit_line(row, columns) for row in rows))
+                self._bar_sink.raw(b"\n".join(fit_line(row, columns) for row in rows))
                 board.shown = len(rows)
             board.changed = False
 

@@ -38,7 +38,7 @@ def train_postfix(loss: float, lr: float, tokens_per_s: float, *, width: int | N
 
 def meter(
     n: int,
-    total: int,
+    total: int | None,
     elapsed_s: float,
     *,
     prefix: str = "",
@@ -49,13 +49,13 @@ def meter(
     unit: str = "it",
     bar_format: str | None = None,
 ) -> str:
-    """tqdm's meter text for these figures (no carriage return, no newline)."""
+    """tqdm's meter text for these figures (no carriage return, no newline; `0/?` with no total)."""
     # Imported here: tqdm's import costs ~60 ms (importlib.metadata), paid by rank 0 only, not by every fork.
     from tqdm.std import tqdm
 
     text: str = tqdm.format_meter(
         n,
-        total,
+        total,  # type: ignore[arg-type]  # tqdm's stub says float; None is its unknown total (`0/?`)
         elapsed_s,
         ncols=ncols,
         prefix=prefix,

@@ -13,7 +13,7 @@ from fakerun.dialects.events import Event
 
 
 class Printer:
-    """Renders a rank's events and writes them: whole lines per stream, a tqdm-style bar on stderr."""
+    """Renders a rank's events and writes them: whole lines per stream, a tqdm-style bar on the dialect's."""
 
     def __init__(
         self,
@@ -57,28 +57,28 @@ class Printer:
                 continue
             self._flush_stdout(pending)
             pending = []
-            err = self._stderr or sys.stderr
+            out = (self._stdout or sys.stdout) if item.stream == "stdout" else (self._stderr or sys.stderr)
             if isinstance(item, Line):
-                err.write(item.text + "\n")
+                out.write(item.text + "\n")
             elif isinstance(item, BarDraw) and item.position:
                 # tqdm's moveto(position), the refresh, moveto(-position): one write, whole in the pipe.
-                err.write(_nested(item.position, item.text))
+                out.write(_nested(item.position, item.text))
                 self._nested[item.position] = len(item.text)
             elif isinstance(item, BarClose) and item.position:
                 # leave=False: tqdm blanks the nested bar's line with as many spaces as it held.
                 if item.position in self._nested:
-                    err.write(_nested(item.position, " " * self._nested.pop(item.position)))
+                    out.write(_nested(item.position, " " * self._nested.pop(item.position)))
             elif isinstance(item, BarDraw):
-                err.write("\r" + item.text)
+                out.write("\r" + item.text)
                 self.bar_open = True
             elif isinstance(item, BarClose):
                 # tqdm.close(): the last state, then the newline that ends the bar (nothing if none is open).
                 if item.text is not None:
-                    err.write("\r" + item.text)
+                    out.write("\r" + item.text)
                 if self.bar_open or item.text is not None:
-                    err.write("\n")
+                    out.write("\n")
                 self.bar_open = False
-            err.flush()
+            out.flush()
         self._flush_stdout(pending)
 
     def _flush_stdout(self, pending: list[str]) -> None:

@@ -81,6 +81,7 @@ from fakerun.worker.printer import Printer
 # Steps over which rank 0's bar smooths its rate (tqdm keeps a moving average; older steps weigh nothing).
 _BAR_WINDOW = 50
 EVAL_BAR_REFRESH_S = 0.1  # tqdm's mininterval
+SANITY_VAL_STEPS = 2  # Lightning's Trainer(num_sanity_val_steps=2): validation batches run before fit
 # A pause worth a warning: this many times its usual length (a stall), and an evaluation also longer than
 # this many training steps.
 _SLOW_PAUSE = 1.5
@@ -383,6 +384,7 @@ class RankTrainer:
             # from_pretrained: the base model's bf16 weights, shard by shard.
             t = self._load_weights(t, times.load_s, checkpoint.checkpoint_bytes(job.model, full=False))
         model_ms, data_ms = megatron_figures.setup_timers_ms(job, resume=resume)
+        sanity = min(SANITY_VAL_STEPS, self.run.eval_iters) if self.run.eval_interval > 0 else 0
         emit(
             TrainingStarted(
                 first_step=self.run.first_step,
@@ -395,6 +397,8 @@ class RankTrainer:
                 data_setup_ms=data_ms,
                 train_loss=loss.expected_loss(job, job.start_step),
                 val_loss=loss.eval_loss(job, job.start_step),
+                sanity_batches=sanity,
+                sanity_s=usual_eval_seconds(job, sanity),
             )
         )
         # The first step's collectives make everyone wait for the slowest rank (the coordinator's barrier).

@@ -388,6 +388,15 @@ class TestPrinter:
         assert out.getvalue() == "a\nb\n"
         assert err.getvalue() == "\r1/2w\n\r2/2\n"
 
+    def test_bar_on_stdout_in_order_with_stdout_lines(self) -> None:
+        """A bar on stdout (Lightning's Tqdm(file=sys.stdout)) goes out between the stdout lines around it."""
+        out, err = io.StringIO(), io.StringIO()
+        layer = self.Fixed(
+            Line("a"), BarDraw("1/2", stream="stdout"), BarClose("2/2", stream="stdout"), Line("b")
+        )
+        Printer([layer], clock=lambda: AT, stdout=out, stderr=err).emit(ev.TrainingFinished(step=1))
+        assert out.getvalue() == "a\n\r1/2\r2/2\nb\n" and err.getvalue() == ""
+
     def test_nested_bar_as_tqdm_moves_to_it(self) -> None:
         """A bar at position 1 is drawn a line down, the cursor back up; its close blanks that line."""
         err = io.StringIO()

@@ -325,26 +325,97 @@ class TestLlmc:
 
 # -- NeMo 2 (excerpt 28, nemo/lightning/pytorch/callbacks/progress_printer.py) ----------------------------
 
-NEMO = re.compile(
-    r"^Training epoch (\d+), iteration (\d+)/(\d+) \| lr: ([\d.e+-]+) \| consumed_samples: (\d+) "
-    r"\| global_batch_size: (\d+) \| global_step: (\d+) \| reduced_train_loss: ([\d.]+) "
-    r"\| train_step_timing in s: ([\d.e+-]+)(?: \| val_loss: ([\d.]+))?$"
-)
+NEMO = re.compile(r"^Training epoch (\d+), iteration (\d+)/(\d+)((?: \| [a-z_ ]+: [\d.e+-]+)+)$")
+# progress_bar_metrics in the order the keys are first logged in a step: lr (OptimizerModule's
+# on_train_batch_start), global_batch_size (MegatronDataSampler.on_megatron_step_end), global_step and
+# reduced_train_loss (MegatronStrategy.training_step), train_step_timing in s (TimingCallback's batch end).
+NEMO_KEYS = ["lr", "global_batch_size", "global_step", "reduced_train_loss", "train_step_timing in s"]
+NEMO_INFO = re.compile(r"^\[NeMo I \d{4}-\d\d-\d\d \d\d:\d\d:\d\d ([a-z_]+):(\d+)\] (.*)$")
+
+
+def nemo_metrics(line: str) -> tuple[int, int, int, list[tuple[str, str]]]:
+    """(epoch, iteration, total - 1, [(key, value), ...]) of a ProgressPrinter line."""
+    m = NEMO.match(line)
+    assert m is not None, line
+    pairs = [tuple(p.split(": ")) for p in m.group(4).split(" | ")[1:]]
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), [(k, v) for k, v in pairs]
+
+
+def saved(step: int) -> ev.CheckpointSaved:
+    return ev.CheckpointSaved(step=step, path="iter", nbytes=1, seconds=8.0, bandwidth_gbs=1.0)
 
 
 class TestNemo:
     def test_progress_lines_on_rank0(self) -> None:
+        """A fresh run: consumed_samples is logged only once global_step is non-zero, so its key comes after
+        the timing; val_loss joins after the first validation (NeMo 24.12's lines show this order)."""
         job = gpt2_run().job
-        out = lines("nemo", 0, [step_done(1), eval_done(1), step_done(2)])
-        first = NEMO.match(out[0])
-        assert first is not None, out[0]
-        assert first.group(2) == "0" and int(first.group(3)) == job.total_steps - 1
-        assert int(first.group(5)) == job.global_batch and first.group(7) == "0"
-        assert first.group(10) is None
-        assert out[1:6] == [f"Validation: iteration {i}/5" for i in range(1, 6)]
-        second = NEMO.match(out[6])
-        assert second is not None and second.group(10) is not None
+        out = lines("nemo", 0, [step_done(1), step_done(2), eval_done(2), step_done(3)])
+        epoch, iteration, last, first = nemo_metrics(out[0])
+        assert (epoch, iteration, last) == (0, 0, job.total_steps - 1)
+        assert [k for k, _ in first] == NEMO_KEYS
+        assert dict(first)["global_batch_size"] == str(job.global_batch) and dict(first)["global_step"] == "0"
+        _, _, _, second = nemo_metrics(out[1])
+        assert [k for k, _ in second] == [*NEMO_KEYS, "consumed_samples"]
+        assert dict(second)["consumed_samples"] == str(2 * job.global_batch)  # (global_step + 1) x gbs
+        assert out[2:7] == [f"Validation: iteration {i}/5" for i in range(1, 6)]
+        _, _, _, third = nemo_metrics(out[7])
+        assert [k for k, _ in third] == [*NEMO_KEYS, "consumed_samples", "val_loss"]
         assert lines("nemo", 2, [step_done(1)]) == []
+
+    def test_resumed_run_logs_consumed_samples_after_lr(self) -> None:
+        """Resumed at a non-zero global_step, the sampler logs consumed_samples in the first step, before
+        global_batch_size (the order of bionemo-recipes#740's resumed run in excerpt 28)."""
+        d = dialects.make("nemo", seat(0))
+        d.render(ev.JobStarted(run=gpt2_run(), first=True, resume=True), AT)
+        out = d.render(step_done(11), AT)
+        _, iteration, _, metrics = nemo_metrics(out[0].text if isinstance(out[0], Line) else "")
+        assert iteration == 10
+        assert [k for k, _ in metrics] == ["lr", "consumed_samples", *NEMO_KEYS[1:]]
+
+    def test_async_checkpoint_after_validation(self) -> None:
+        """ModelCheckpoint after validation: the top-k and -last saves scheduled (MegatronCheckpointIO's
+        timing line first), finalized at the next batch end after its progress line."""
+        job = gpt2_run().job
+        out = lines("nemo", 0, [step_done(20), eval_done(20), saved(20), step_done(21)])
+        info = [m.groups() for t in out if (m := NEMO_INFO.match(t))]
+        val = f"{loss.eval_loss(job, 20):.2f}"
+        name = f"model_name=0--val_loss={val}-step=19-consumed_samples={20 * job.global_batch}.0"
+        paths = [f"nemo_experiments/default/checkpoints/{name}{tail}.ckpt" for tail in ("", "-last")]
+        timing = re.compile(
+            r"Global Checkpoint Save : Rank: 0 : Iteration: 20 : Start time: \d+\.\d{3}s"
+            r" : Save duration: \d+\.\d{3}s"
+        )
+        assert [(mod, msg.split(" for ")[-1]) for mod, _, msg in info[:4] if mod == "model_checkpoint"] == [
+            ("model_checkpoint", p) for p in paths
+        ]
+        assert [mod for mod, _, _ in info[:4]] == ["pl", "model_checkpoint"] * 2
+        assert all(timing.fullmatch(msg) for mod, _, msg in info[:4] if mod == "pl")
+        after = out.index(next(t for t in out if t.startswith("Training epoch 0, iteration 20/")))
+        assert [NEMO_INFO.match(t).group(3) for t in out[after + 1 : after + 5]] == [  # type: ignore[union-attr]
+            f"Successfully saved checkpoint from iteration      20 to {paths[0]}",
+            f"Async checkpoint save for step 20 ({paths[0]}) finalized successfully.",
+            f"Successfully saved checkpoint from iteration      20 to {paths[1]}",
+            f"Async checkpoint save for step 20 ({paths[1]}) finalized successfully.",
+        ]
+
+    def test_checkpoint_between_validations(self) -> None:
+        """A save on the time interval (at a batch end, before the batch counts as completed): the iteration
+        is one less, val_loss 0.00 until a validation has run (as NeMo 24.12 names it)."""
+        out = lines("nemo", 0, [step_done(19), saved(19), ev.TrainingFinished(step=19)])
+        assert any("Iteration: 18 :" in t for t in out)
+        assert any(
+            t.endswith(
+                "model_name=0--val_loss=0.00-step=18-consumed_samples="
+                + f"{19 * gpt2_run().job.global_batch}.0.ckpt"
+            )
+            for t in out
+        )
+        # Still pending at the end: AsyncFinalizerCallback.on_train_end finalizes it, blocking.
+        assert any(
+            t.endswith("Pending async checkpoint saves. Finalizing them synchronously now") for t in out
+        )
+        assert out[-1].endswith("Async finalization time took 0.001 s")
 
     def test_start_up(self) -> None:
         events: list[ev.Event] = [
@@ -410,6 +481,51 @@ class TestLightning:
             for p in ("bf16-true", "bf16-mixed")
         }
         assert size["bf16-true"].startswith("2.000 ") and size["bf16-mixed"].startswith("4.000 ")
+        # Trainer(precision="bf16") is "bf16-mixed" by the time the summary looks; "64" is "64-true".
+        legacy = {
+            p: lightning.summary_lines("m", "T", 1e6, trainable_modules=1, precision=p, flops=True)[7]
+            for p in ("bf16", "64")
+        }
+        assert legacy["bf16"].startswith("4.000 ") and legacy["64"].startswith("8.000 ")
+
+    def test_streams(self) -> None:
+        """Lightning's info lines go through its loggers' StreamHandler (stderr); its bars are
+        Tqdm(file=sys.stdout). NeMo's ProgressPrinter print()s to stdout, its INFO logging too."""
+        d = dialects.make("lightning", seat(0))
+        d.render(ev.JobStarted(run=gpt2_run(), first=True, resume=False), AT)
+        events: list[ev.Event] = [
+            ev.WorkerStarted(host="node-a", local_rank=0, world_size=4, pid=1),
+            built(),
+            step_done(1),
+            ev.TrainingStopped(step=40, reason="reached max steps"),
+        ]
+        out = [o for e in events for o in d.render(e, AT)]
+        assert {o.stream for o in out if isinstance(o, Line)} == {"stderr"}
+        assert {o.stream for o in out if isinstance(o, (BarDraw, BarClose))} == {"stdout"}
+        assert dialects.bar_stream("lightning") == "stdout" and dialects.bar_stream("hf") == "stderr"
+        n = dialects.make("nemo", seat(0))
+        n.render(ev.JobStarted(run=gpt2_run(), first=True, resume=False), AT)
+        progress = n.render(step_done(1), AT)
+        assert [o.stream for o in progress if isinstance(o, Line)] == ["stdout"]
+
+    def test_sanity_check_bar(self) -> None:
+        """The sanity check's bar before the first step, as tqdm writes it (a real log's sequence): bare
+        description with no total, reset to 2 batches, under the dataloader's name, then blanked."""
+        start = dataclasses.replace(started(), sanity_batches=2, sanity_s=0.6)
+        out = lines("lightning", 0, [start])
+        assert out[:3] == [
+            "Sanity Checking: |          | 0/? [00:00<?, ?it/s]",
+            "Sanity Checking:   0%|          | 0/2 [00:00<?, ?it/s]",
+            "Sanity Checking DataLoader 0:   0%|          | 0/2 [00:00<?, ?it/s]",
+        ]
+        assert out[3].startswith(
+            "Sanity Checking DataLoader 0:  50%|█████     | 1/2 [00:00<00:00,  3.33it/s]"
+        )
+        assert out[4].startswith(
+            "Sanity Checking DataLoader 0: 100%|██████████| 2/2 [00:00<00:00,  3.33it/s]"
+        )
+        assert out[5] == " " * len(out[4]) + "\r"  # leave=False at position 0
+        assert lines("lightning", 0, [started()]) == []  # no validation: no sanity check
 
     def test_bar_numbers_are_padded(self) -> None:
         """Lightning's Tqdm.format_num pads floats to 5 characters (to stop the bar flickering)."""

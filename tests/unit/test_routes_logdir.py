@@ -151,6 +151,20 @@ class TestLiveBars:
         assert out.getvalue() == b"rank 3 says hi\n"
         assert err.getvalue() == b" 1/10" + ERASE_LINE + b" 1/10"
 
+    def test_stdout_bar_pinned_on_stdout(self) -> None:
+        """A dialect whose bars go to stdout pins them there; its stderr lines scroll them on one terminal."""
+        out, err = Tty(), Tty()
+        console = Console(out, err, pin_bars=True, bar_stream=STDOUT)
+        spec = RouteSpec(True, "", False, False)
+        bar = Route(spec, console.out, None, None, [], console.board, stream=STDOUT)
+        info = Route(spec, console.err, None, None, [], stream=STDERR)
+        bar.feed(b"\r 1/10")
+        console.flush()
+        info.feed(b"rank 1 says hi\n")
+        console.flush()
+        assert out.getvalue() == b" 1/10" + ERASE_LINE + b" 1/10"
+        assert err.getvalue() == b"rank 1 says hi\n"
+
     def test_terminal_bar_cut_to_the_width(self) -> None:
         """A bar wider than the terminal is cut (by characters, not bytes) so it never wraps."""
         console, _, err, bar, _ = self.console(pin=True)
