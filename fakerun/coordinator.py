@@ -110,6 +110,7 @@ class Coordinator:
         self.pause_starts: dict[str, float] = {}  # phase -> when the pauses after the last step begin
         # --fake-early-stopping: the coordinator decides for every rank, so that all of them stop together.
         self.patience = Patience(run.patience) if run.patience else None
+        self.started_at: float | None = None  # rank 0's start on the job's clock (its ready message says)
 
     # -- messages -------------------------------------------------------------------------------------------
 
@@ -124,6 +125,8 @@ class Coordinator:
             self._sample(rank, state, tel, kind, wall)
         if kind == "ready":
             state.pid = int(_number(msg, "pid"))
+            if rank == 0 and "t0" in msg:
+                self.started_at = _number(msg, "t0")
             return self._on_ready(rank, now, wall)
         if kind == "step":
             step = int(_number(msg, "s"))
@@ -234,7 +237,20 @@ class Coordinator:
             # The validation after this step is known now (pure physics): when it uses up the patience, the
             # answer stops every rank, and the run's last pauses (that validation, the save) follow.
             stop = self.patience.observe(step, loss.eval_loss(job, step)) or stop
-        pauses = self.run.pauses_after(step, final=stop)
+        # Megatron's exits end the run after any step, the last one included (checked after its evaluation
+        # and save): --exit-interval's step is the run's last, --exit-duration-in-mins' is known only now.
+        exits = stop and self.run.exits_at(step)
+        limit = self.run.exit_after_s
+        if limit is not None:
+            # Megatron's time since the process started, as rank 0 prints it; without the job's clock, the
+            # simulated training time (a lower bound: the exit prints a time past the limit either way).
+            if self.clock is not None and self.started_at is not None:
+                spent = self.clock.at(release) - self.started_at
+            else:
+                spent = self.sim_elapsed
+            if spent + self.run.periodic_pause_seconds(step) > limit:
+                stop = exits = True
+        pauses = self.run.pauses_after(step, final=stop, exits=exits)
         buckets = bucket_allreduces(job, step)
         allreduce_ms = 1000.0 * sum(b.seconds for b in buckets)
         reply: dict[str, Any] = {
@@ -244,6 +260,7 @@ class Coordinator:
             "comm": comm,
             "ar_ms": allreduce_ms,
             "stop": stop,
+            "exit": exits,
         }
         # One answer object shared by every rank (the caller encodes it once); rank 0 may get the grid too.
         out = Output(replies=[(r, reply) for r in sorted(self.ranks)])
@@ -299,6 +316,7 @@ class Coordinator:
         self.started = False
         self.ready.clear()
         self.patience = Patience(self.run.patience) if self.run.patience else None
+        self.started_at = None
 
     # -- aggregate ------------------------------------------------------------------------------------------
 

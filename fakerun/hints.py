@@ -149,6 +149,9 @@ _OPTIONS: dict[str, str] = {
     "expert_model_parallel_size": _VALUE,
     "recompute_granularity": _VALUE,
     "recompute_activations": _FLAG,
+    # Megatron-LM's 2021-22 activation checkpointing (--checkpoint-activations: every layer, "uniform")
+    "checkpoint_activations": _FLAG,
+    "activations_checkpoint_method": _VALUE,
     "use_distributed_optimizer": _FLAG,
     "untie_embeddings_and_output_weights": _FLAG,
     "log_interval": _VALUE,
@@ -303,6 +306,7 @@ _MEGATRON_SCHEDULES = {
 }
 _TITAN_SCHEDULES = {"linear": "linear", "cosine": "cosine", "sqrt": "linear"}
 _RECOMPUTE_MEGATRON = {"full": "full", "selective": "selective"}
+_RECOMPUTE_METHODS = {"uniform": "uniform", "block": "block"}  # Megatron's methods of full recompute
 _RECOMPUTE_TITAN = {"none": "none", "selective": "selective", "full": "full", "memory_budget": "selective"}
 _FSDP_ZERO = {"full_shard": 3, "hybrid_shard": 3, "shard_grad_op": 2, "hybrid_shard_zero2": 2, "no_shard": 0}
 _FSDP_OTHER = ("offload", "auto_wrap")
@@ -866,9 +870,10 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     elif key == "hysteresis":
         b.set(b.job, "hysteresis", _int(g, high=_MAX_HYSTERESIS), g)
     elif key == "exit_interval":
-        _int(g, high=MAX_STEPS)  # checked as Megatron would; the run's length is --train-iters and --fake-*
+        # argparse's int; 0 (falsy) never exits. The run ends at its first multiple (sim/run.py).
+        b.set(b.cadence, "exit_interval", _int(g, 0, high=MAX_STEPS), g)
     elif key == "exit_duration_in_mins":
-        _float(g, high=float(MAX_STEPS))
+        b.set(b.cadence, "exit_minutes", _int(g, 0, high=MAX_STEPS), g)
     elif key == "zero_stage":
         b.set(b.job, "zero_stage", _int(g, 0, high=3), g)
     elif key == "bf16":
@@ -880,6 +885,12 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     elif key == "recompute_activations":
         if _bool(g):
             b.set(b.job, "recompute", "selective", g)
+    elif key == "checkpoint_activations":
+        if _bool(g):
+            b.set(b.job, "recompute", "full", g)
+    elif key == "activations_checkpoint_method":
+        _choice(g, _RECOMPUTE_METHODS)
+        b.set(b.job, "recompute", "full", g)
     elif key == "activation_checkpoint.mode":
         b.set(b.job, "recompute", _choice(g, _RECOMPUTE_TITAN), g)
     elif key == "use_distributed_optimizer":
@@ -992,6 +1003,10 @@ def _finish_lora(b: _Builder) -> None:
 
 def _finish_megatron(b: _Builder, given: Mapping[str, _Given]) -> None:
     """Megatron's derived values: samples to iterations, and (Megatron style) its architecture defaults."""
+    rc = given.get("recompute_activations")
+    if rc is not None and _bool(rc):
+        # validate_args turns --recompute-activations into selective whatever --recompute-granularity says.
+        b.set(b.job, "recompute", "selective", rc)
     gbs = b.job.get("global_batch")
     for key, name in (("train_samples", "total_steps"), ("lr_warmup_samples", "warmup_steps")):
         g = given.get(key)

@@ -9,7 +9,7 @@ import struct
 import zlib
 from typing import Any
 
-from fakerun import presets
+from fakerun import dialects, presets
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
@@ -190,6 +190,10 @@ def build_run(
             eval_interval=hints.cadence.get("eval_interval"),
             save_interval=hints.cadence.get("save_interval"),
             eval_iters=hints.cadence.get("eval_iters"),
+            saves=_saves(hints),
+            exit_interval=hints.cadence.get("exit_interval", 0),
+            # --exit-duration-in-mins 0 is falsy: Megatron never checks it.
+            exit_after_s=60.0 * minutes if (minutes := hints.cadence.get("exit_minutes")) else None,
         )
         if hints.style == "hf":
             run = hf_cadence(run, hints)
@@ -199,6 +203,12 @@ def build_run(
         run = dataclasses.replace(run, deepspeed=hints.deepspeed)
     _check_waits(run, fake.speed)
     return run, hints
+
+
+def _saves(hints: Hints) -> bool:
+    """Whether the script saves checkpoints: Megatron's only with --save (its folder is a setting)."""
+    option = dialects.DIALECTS[hints.style].hints.save_option
+    return option is None or bool(hints.settings.get(option))
 
 
 def _check_waits(run: RunPlan, speed: float) -> None:

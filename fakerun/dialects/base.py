@@ -83,6 +83,8 @@ class HintRule:
     # An architecture spelled in its arguments gets its own defaults (Megatron: multi-head attention unless
     # --group-query-attention, a 4h FFN, tied embeddings).
     arch_defaults: bool = False
+    # The option without which the script saves no checkpoint (Megatron's --save), None if it always saves.
+    save_option: str | None = None
 
     def votes(self, name: str) -> bool:
         """Whether the option `name` (as spelled, without its leading dashes) votes for this framework."""

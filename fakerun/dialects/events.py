@@ -326,7 +326,9 @@ class TrainingStopped:
     """The step loop ends after `step`."""
 
     step: int
-    reason: str  # "reached total steps", "reached max steps", "reached max time"
+    # "reached total steps", "reached max steps", "reached max time", "early stopping", and Megatron's exits:
+    # "exit interval", "exit duration"
+    reason: str
     # HF Trainer's end-of-training figures: simulated seconds since the step loop began (pauses included), the
     # steps and samples this run trained, the mean of its training losses and its FLOPs (6 N tokens).
     runtime_s: float = 0.0

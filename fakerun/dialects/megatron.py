@@ -23,6 +23,7 @@ from fakerun.dialects.events import (
     ProcessGroupReady,
     StepDone,
     TokenizerLoaded,
+    TrainingFinished,
     TrainingStarted,
     TrainingStopped,
     WorkerStarted,
@@ -32,7 +33,7 @@ from fakerun.sim.megatron import Theory
 from fakerun.sim.run import RunPlan
 
 _MIB = 1024.0**2
-SAVE_DIR = "checkpoints"  # --save when the script's arguments give none
+SAVE_DIR = "checkpoints"  # the folder of a job that saves without --save (a Megatron dialect forced on it)
 # Arguments of Megatron-LM before mid-2022 that newer versions renamed, removed or only warn about
 # (--checkpoint-activations deprecated in 2022, --activations-checkpoint-* renamed to --recompute-* in April
 # 2022, --DDP-impl removed in August 2023): a script passing one was written for the older log format.
@@ -66,6 +67,7 @@ HINTS = HintRule(
     script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)"),
     exact=words(MEGATRON_OPTIONS),
     arch_defaults=True,
+    save_option="save",
 )
 
 
@@ -148,7 +150,7 @@ def timers_block(rows: Sequence[tuple[str, float, float]], *, legacy: bool = Fal
     return out
 
 
-def argument_rows(run: RunPlan, seed: int, save: str = SAVE_DIR) -> list[tuple[str, object]]:
+def argument_rows(run: RunPlan, seed: int, save: str | None = SAVE_DIR) -> list[tuple[str, object]]:
     """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets)."""
     job = run.job
     m = job.model
@@ -211,7 +213,7 @@ def argument_rows(run: RunPlan, seed: int, save: str = SAVE_DIR) -> list[tuple[s
     return rows
 
 
-def arguments_block(run: RunPlan, seed: int, save: str = SAVE_DIR) -> list[str]:
+def arguments_block(run: RunPlan, seed: int, save: str | None = SAVE_DIR) -> list[str]:
     """_print_args: `  name ..... value` rows (dots to column 48) sorted case-insensitively, between rules."""
     rows = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in argument_rows(run, seed, save)]
     return [
@@ -241,11 +243,14 @@ class MegatronDialect:
         self.run: RunPlan | None = None
         self.started_at = 0.0  # the process's start (Megatron's _TRAIN_START_TIME)
         self.memory: MemoryReport | None = None  # reported after the first log line
-        self.stopped = False  # the step loop is over: the final evaluation prints after the save
-        self.final_eval: list[str] = []
+        self.stopped = False  # the step loop is over and training is done: the final evaluation follows
+        self.exiting: TrainingStopped | None = None  # the loop ended by Megatron's --exit-* options
+        # Lines of the end of training that Megatron-core prints after the save fakerun runs last (its
+        # `after training is done` after an in-loop save, its final evaluation after any save).
+        self.held: list[str] = []
         self.theory: Theory | None = None
         self.legacy = self.always_legacy
-        self.save_dir = SAVE_DIR
+        self.save_dir: str | None = SAVE_DIR
 
     # -- ranks -------------------------------------------------------------------------------------------
 
@@ -279,10 +284,11 @@ class MegatronDialect:
             self.run = event.run
             settings = dict(event.settings)
             self.legacy = self.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
-            self.save_dir = settings.get("save") or SAVE_DIR
+            self.save_dir = settings.get("save") or (SAVE_DIR if event.run.saves else None)
             self.started_at = at
             self.stopped = False
-            self.final_eval = []
+            self.exiting = None
+            self.held = []
             return []
         run = self.run
         if run is None:
@@ -332,24 +338,11 @@ class MegatronDialect:
         if isinstance(event, StepDone):
             return self.step(event, at)
         if isinstance(event, TrainingStopped):
-            self.stopped = True
-            return self.stop_lines(event, at) if self.first else []
+            return self.stop_lines(event, at)
         if isinstance(event, EvalStarted):
-            if self.stopped and self.first:
-                return [f"Evaluating on {event.iters * job.global_batch} samples"] + [
-                    f"Evaluating iter {i}/{event.iters}" for i in range(1, event.iters + 1)
-                ]
-            return []
+            return self.hold(self.evaluating_lines(event)) if self.stopped and self.first else []
         if isinstance(event, EvalDone):
-            if not self.last:
-                return []
-            ms = 1000.0 * event.seconds
-            prefix = f"iteration {event.step}" + (" on validation set" if self.stopped else "")
-            block = self.timers([("evaluate", ms, ms)]) + validation_block(prefix, event.loss, event.ppl)
-            if self.stopped:
-                self.final_eval = block  # Megatron saves before its final evaluation
-                return []
-            return block
+            return self.hold(self.validation_lines(event)) if self.last else []
         if isinstance(event, CheckpointSaving):
             if not self.first:
                 return []
@@ -358,13 +351,59 @@ class MegatronDialect:
             out = []
             if self.first:
                 out.append(self.saved_line(event, job))
-            if self.last:
+            if self.last and self.save_timed(event.step):
                 ms = 1000.0 * event.seconds
                 out += self.timers([("save-checkpoint", ms, ms)])
-                out += self.final_eval
-                self.final_eval = []
+            out += self.held
+            self.held = []
             return out
+        if isinstance(event, TrainingFinished):
+            return self.exit_lines(at) if self.first else []
         return []
+
+    def final_save_follows(self) -> bool:
+        """Whether a save is still to come in a run whose training is done (Megatron-core holds lines until
+        after it: it saves before its final evaluation, fakerun after)."""
+        return self.stopped and not self.legacy and self.run is not None and self.run.saves
+
+    def hold(self, lines: list[str]) -> list[str]:
+        """`lines` now, or after the save still to come."""
+        if self.final_save_follows():
+            self.held += lines
+            return []
+        return lines
+
+    def save_timed(self, step: int) -> bool:
+        """Whether save_checkpoint_and_time saved after `step` (it logs the save-checkpoint timer): every
+        save in the loop, the exits' included; the one after the loop is save_checkpoint's own. Megatron-core
+        saves after the loop only when the last iteration's save was not the interval's; the older code saves
+        there anyway, after its final evaluation: fakerun's one save is that one."""
+        if not self.stopped:
+            return True
+        return not self.legacy and self.run is not None and self.run.periodic_save(step)
+
+    def evaluating_lines(self, event: EvalStarted) -> list[str]:
+        """evaluate(verbose=True)'s progress on rank 0: Megatron-core's final evaluation (the older code's is
+        not verbose)."""
+        if self.legacy:
+            return []
+        assert self.run is not None
+        return [f"Evaluating on {event.iters * self.run.job.global_batch} samples"] + [
+            f"Evaluating iter {i}/{event.iters}" for i in range(1, event.iters + 1)
+        ]
+
+    def validation_lines(self, event: EvalDone) -> list[str]:
+        """evaluate_and_print_results on the last rank: Megatron-core's `evaluate` timer (the older code has
+        none) and the validation block, its prefix the final evaluation's after training."""
+        if not self.stopped:
+            prefix = f"iteration {event.step}"
+        elif self.legacy:
+            prefix = "the end of training for val data"
+        else:
+            prefix = f"iteration {event.step} on validation set"
+        ms = 1000.0 * event.seconds
+        timers = [] if self.legacy else self.timers([("evaluate", ms, ms)])
+        return timers + validation_block(prefix, event.loss, event.ppl)
 
     def timers(self, rows: Sequence[tuple[str, float, float]]) -> list[str]:
         """A Timers.log of (name, min, max) rows in this version's form."""
@@ -539,16 +578,29 @@ class MegatronDialect:
         )
 
     def stop_lines(self, event: TrainingStopped, at: float) -> list[str]:
-        """Rank 0 when the loop ends: --exit-interval or --exit-duration-in-mins, then the end of training."""
+        """When the loop ends: rank 0's end of training; an exit prints once its evaluation and save are over
+        (exit_lines). fakerun's own stops (--fake-max-steps, --fake-max-time) end training as the last
+        iteration would."""
         assert self.run is not None
-        out: list[str] = []
-        if event.reason == "reached max steps":
-            out.append(self.datetime(f"exiting program at iteration {event.step}", at))
-        elif event.reason == "reached max time":
-            minutes = int((at - self.started_at) / 60.0)
-            out.append(self.datetime(f"exiting program after {minutes} minutes", at))
-        out.append(self.datetime("after training is done", at))
-        return out
+        if event.reason in ("exit interval", "exit duration"):
+            self.exiting = event
+            return []
+        self.stopped = True
+        if not self.first:
+            return []
+        done = [self.datetime("after training is done", at)]
+        # Megatron-core's in-loop save of the last iteration comes before this line (fakerun saves last).
+        return self.hold(done) if self.run.periodic_save(event.step) else done
+
+    def exit_lines(self, at: float) -> list[str]:
+        """checkpoint_and_decide_exit's last line before sys.exit(0), after the exit's save (rank 0); its
+        minutes are Python's float, since the process started."""
+        event = self.exiting
+        if event is None:
+            return []
+        if event.reason == "exit interval":
+            return [self.datetime(f"exiting program at iteration {event.step}", at)]
+        return [self.datetime(f"exiting program after {(at - self.started_at) / 60.0} minutes", at)]
 
 
 _SEED = 1234  # --seed's default
@@ -565,6 +617,7 @@ _KINDS = frozenset(
         MemoryReport,
         StepDone,
         TrainingStopped,
+        TrainingFinished,
         EvalStarted,
         EvalDone,
         CheckpointSaving,

@@ -15,7 +15,7 @@ from fakerun.dialects.megatron import MegatronDialect, _e
 
 # Selected by its path, by --fake-trainer, or (hints.parse_hints) by DeepSpeed's switches beside Megatron's
 # arguments: it adds options to Megatron's parser rather than spelling its own, so it takes no votes.
-HINTS = HintRule(script=re.compile(r"megatron[-_]deepspeed"), arch_defaults=True)
+HINTS = HintRule(script=re.compile(r"megatron[-_]deepspeed"), arch_defaults=True, save_option="save")
 _DS_SWITCHES = frozenset({"deepspeed", "deepspeed_config", "deepspeed-config", "zero-stage", "zero_stage"})
 
 

@@ -77,6 +77,12 @@ class RunPlan:
     max_steps: int | None = None  # steps per run (--fake-max-steps), kept for the next run of a loop
     patience: int | None = None  # --fake-early-stopping: validations without improvement before a clean stop
     deepspeed: DsConfig | None = None  # the script's DeepSpeed config (--deepspeed_config), None if none
+    saves: bool = True  # the script writes checkpoints at all (Megatron only when given --save)
+    # Megatron's --exit-interval: the run ends after the first step it divides (last_step is that one), and
+    # --exit-duration-in-mins: after the first step that ends (its evaluation and save included) past this
+    # many simulated seconds since the process started. Either exit saves and evaluates no more (exit_pauses).
+    exit_interval: int = 0
+    exit_after_s: float | None = None
 
     @property
     def steps(self) -> int:
@@ -98,20 +104,41 @@ class RunPlan:
 
     def saves_after(self, step: int) -> bool:
         """Whether a checkpoint follows `step` (periodic; the end of the run is handled by the caller)."""
-        return self.save_interval > 0 and step % self.save_interval == 0 and step != self.last_step
+        return self.periodic_save(step) and step != self.last_step
 
-    def pauses_after(self, step: int, *, final: bool = False) -> tuple[Pause, ...]:
-        """Evaluation and checkpoint that follow `step`, in order, with their simulated durations."""
+    def periodic_eval(self, step: int) -> bool:
+        """Whether `step` is one the evaluation interval divides (the last step's is the final evaluation)."""
+        return self.eval_interval > 0 and step % self.eval_interval == 0
+
+    def periodic_save(self, step: int) -> bool:
+        """Whether `step` is one the save interval divides, in a run that saves."""
+        return self.saves and self.save_interval > 0 and step % self.save_interval == 0
+
+    def exits_at(self, step: int) -> bool:
+        """Whether Megatron's --exit-interval ends the run after `step`."""
+        return self.exit_interval > 0 and step % self.exit_interval == 0
+
+    def pauses_after(self, step: int, *, final: bool = False, exits: bool = False) -> tuple[Pause, ...]:
+        """Evaluation and checkpoint that follow `step`, in order, with their simulated durations. A `final`
+        step ends the run with an evaluation and a save; Megatron's exits (`exits`, or --exit-interval's
+        step) only evaluate when the interval says so, then save (if the run saves at all)."""
+        exits = final and (exits or self.exits_at(step))
         out: list[Pause] = []
-        if final or self.evaluates_after(step):
+        if self.evaluates_after(step) or (final and (not exits or self.periodic_eval(step))):
             out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
-        if final or self.saves_after(step):
+        if self.saves and (final or self.saves_after(step)):
             out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
         return tuple(out)
 
     def pause_seconds(self, step: int, *, final: bool = False) -> float:
         """Total simulated time of the pauses after `step`."""
         return sum(seconds for _, seconds in self.pauses_after(step, final=final))
+
+    def periodic_pause_seconds(self, step: int) -> float:
+        """Simulated time of the evaluation and save the intervals put after `step`, last step or not (what
+        Megatron has spent when it checks --exit-duration-in-mins)."""
+        seconds = eval_seconds(self.job, self.eval_iters, step) if self.periodic_eval(step) else 0.0
+        return seconds + (checkpoint.save_seconds(self.job, step) if self.periodic_save(step) else 0.0)
 
 
 def make_run(
@@ -125,11 +152,14 @@ def make_run(
     eval_iters: int | None = None,
     epochs: float | None = None,
     patience: int | None = None,
+    saves: bool = True,
+    exit_interval: int = 0,
+    exit_after_s: float | None = None,
 ) -> RunPlan:
     """The run of `job` from its start step: cadences default to round numbers fitted to the step time."""
     step_s = compute.expected_step_time(job)
     first = job.start_step + 1
-    last = job.total_steps if max_steps is None else min(job.total_steps, job.start_step + max_steps)
+    last = _last_step(job, max_steps, exit_interval)
     iters = EVAL_ITERS if eval_iters is None else eval_iters
     if last < first:
         raise ValueError(f"nothing to run: start step {job.start_step} is the last of {job.total_steps}")
@@ -159,7 +189,19 @@ def make_run(
         max_time_s=max_time_s,
         max_steps=max_steps,
         patience=patience,
+        saves=saves,
+        exit_interval=exit_interval,
+        exit_after_s=exit_after_s,
     )
+
+
+def _last_step(job: JobSpec, max_steps: int | None, exit_interval: int) -> int:
+    """The last step a run of `job` from its start step executes: the total, --fake-max-steps of them, or
+    the first step --exit-interval divides."""
+    last = job.total_steps if max_steps is None else min(job.total_steps, job.start_step + max_steps)
+    if exit_interval > 0:
+        last = min(last, (job.start_step // exit_interval + 1) * exit_interval)
+    return last
 
 
 def resumed(run: RunPlan, saved_step: int) -> RunPlan:
@@ -177,10 +219,7 @@ def looped(run: RunPlan, index: int) -> RunPlan:
         return run
     job = dataclasses.replace(run.job, seed=run.job.seed + index, start_step=0)
     return dataclasses.replace(
-        run,
-        job=job,
-        first_step=1,
-        last_step=job.total_steps if run.max_steps is None else min(job.total_steps, run.max_steps),
+        run, job=job, first_step=1, last_step=_last_step(job, run.max_steps, run.exit_interval)
     )
 
 

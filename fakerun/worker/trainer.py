@@ -172,6 +172,7 @@ class RankTrainer:
         # step after which the validation that used up the patience already ran.
         self.patience: Patience | None = None
         self._evaluated: int | None = None
+        self._exits = False  # the run ends by a Megatron exit (--exit-interval, --exit-duration-in-mins)
         self._tally = _EpochTally(0.0)
         self.born = time.monotonic() if ctx.spawned is None else min(ctx.spawned, time.monotonic())
         # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
@@ -264,6 +265,7 @@ class RankTrainer:
         times = startup_times(job, self.rank, resume=resume)
         pid, tid = self._identity()
         emit(JobStarted(run=self.run, first=first, resume=resume, settings=self.ctx.settings))
+        started = self.out.clock()  # not before the dialects' start: Megatron's exit times count from it
         if first:
             # Nothing is printed before the interpreter has imported torch and the training framework.
             t = self._pace_from(self.born, times.import_s)
@@ -286,7 +288,9 @@ class RankTrainer:
             self._pace_from(t, times.cuda_s)
             emit(ProcessGroupInitializing(backend="nccl", world_size=job.world_size))
         # The store barrier of init_process_group: every rank leaves it when the slowest has arrived.
-        self.link.send({"k": "ready", "pid": os.getpid(), "tel": self._telemetry(job.start_step, "idle")})
+        self.link.send(
+            {"k": "ready", "pid": os.getpid(), "t0": started, "tel": self._telemetry(job.start_step, "idle")}
+        )
         self.link.receive()
         t = time.monotonic()
         self._woke_at(t)
@@ -472,6 +476,7 @@ class RankTrainer:
             )
             self._sleep_until(float(reply["rel"]))
             stop = bool(reply["stop"])
+            self._exits = bool(reply.get("exit"))
             step_times.append(numbers.step_time_s + overhead)
             sim_elapsed += numbers.step_time_s + overhead
             loss_sum += numbers.loss
@@ -626,6 +631,8 @@ class RankTrainer:
         return until
 
     def _stop_reason(self, step: int) -> str:
+        if self._exits:
+            return "exit interval" if self.run.exits_at(step) else "exit duration"
         if step >= self.run.job.total_steps:
             return "reached total steps"
         if step >= self.run.last_step:
@@ -702,7 +709,7 @@ class RankTrainer:
     def _pauses(self, step: int, start: float, *, final: bool) -> float:
         """Runs the evaluation and checkpoint after `step` from `start`; returns when they end (monotonic)."""
         t = start
-        for phase, seconds in self.run.pauses_after(step, final=final):
+        for phase, seconds in self.run.pauses_after(step, final=final, exits=final and self._exits):
             if phase == "eval" and self._evaluated == step:
                 continue  # early stopping's validation ran before the loop ended
             # Absolute deadlines: every rank leaves a collective save at the same moment, as in a real job.
@@ -855,7 +862,7 @@ class RankTrainer:
             median_tokens_per_s_per_gpu=med_tps / job.world_size,
             median_mfu=med_mfu,
             median_tflops=med_mfu * job.gpu.peak_bf16_tflops,
-            checkpoints=sum(1 for s in range(run.first_step, last) if run.saves_after(s)) + 1,
+            checkpoints=sum(1 for s in range(run.first_step, last) if run.saves_after(s)) + int(run.saves),
             last_checkpoint=checkpoint.checkpoint_dir(last),
             wall_s=time.time() - wall_start,
             speed=self.ctx.speed,

@@ -64,3 +64,5 @@ def test_fp16_job_prints_only_megatron_lines(extra: list[str], line: re.Pattern[
     assert any("lm loss" in x for x in iterations[-2:])
     assert any(x.startswith("[Rank 0] (after ") for x in out)
     assert "[after training is done] datetime: " in proc.stdout
+    # --save-interval without --save: Megatron saves nothing (and fakerun runs no save either).
+    assert "saving checkpoint" not in proc.stdout and "save-checkpoint" not in proc.stdout

@@ -12,13 +12,15 @@ import re
 import pytest
 
 from fakerun import dialects, presets
+from fakerun.cli import parse_command_line
 from fakerun.dialects import events as ev
-from fakerun.dialects.base import Line, Seat
+from fakerun.dialects.base import Line, Seat, seconds_time
 from fakerun.hints import parse_hints
+from fakerun.jobconfig import build_run
 from fakerun.sim import compute, lossscale
 from fakerun.sim import megatron as figures
 from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.run import RunPlan, looped, make_run, resumed
 from fakerun.sim.schedule import lr
 from fakerun.sim.step import step_numbers
 
@@ -255,20 +257,124 @@ class TestMegatronCore:
             body
             == " validation loss at iteration 20 | lm loss value: 3.100000E+00 | lm loss PPL: 2.219795E+01 | "
         )
-        # After the loop, Megatron saves first and evaluates on the validation set after.
-        final = lines(
-            "megatron",
-            run,
-            7,
-            [
-                ev.TrainingStopped(step=40, reason="reached total steps"),
-                dataclasses.replace(done, step=40),
-                ev.CheckpointSaved(
-                    step=40, path="iter_0000040", nbytes=10**9, seconds=2.0, bandwidth_gbs=0.5
-                ),
-            ],
+        # After the loop, Megatron saves first and evaluates on the validation set after; only the loop's
+        # saves (save_checkpoint_and_time: the last iteration's when the interval divides it) log a timer.
+        for interval, timed in ((20, True), (30, False)):
+            final = lines(
+                "megatron",
+                dataclasses.replace(run, save_interval=interval),
+                7,
+                [
+                    ev.TrainingStopped(step=40, reason="reached total steps"),
+                    dataclasses.replace(done, step=40),
+                    ev.CheckpointSaved(
+                        step=40, path="iter_0000040", nbytes=10**9, seconds=2.0, bandwidth_gbs=0.5
+                    ),
+                ],
+            )
+            assert ("save-checkpoint" in final[1]) is timed and "on validation set" in final[-2]
+            assert final[: 4 if timed else 2][-1] == f"    {'evaluate '.ljust(48, '.')}: (4000.00, 4000.00)"
+
+
+def final_events(step: int, reason: str) -> list[ev.Event]:
+    """The end of a run as worker/trainer.py emits it: the stop, its evaluation and save, the last line."""
+    done = ev.EvalDone(step=step, loss=3.1, ppl=math.exp(3.1), seconds=4.0, samples=80, iters=2, epoch=0.0)
+    return [
+        ev.TrainingStopped(step=step, reason=reason),
+        ev.EvalStarted(step=step, iters=2),
+        done,
+        ev.CheckpointSaving(step=step, path="x", format="torch_dist"),
+        ev.CheckpointSaved(step=step, path="x", nbytes=1, seconds=2.0, bandwidth_gbs=1.0),
+        ev.TrainingFinished(step=step),
+    ]
+
+
+class TestMegatronEnd:
+    """How a run ends: training done (final evaluation, save) or an --exit-* exit (train()'s sys.exit)."""
+
+    def test_exit_interval_ends_the_run_at_its_first_multiple(self) -> None:
+        run = make_run(fp16_job(), exit_interval=25, eval_interval=10, save_interval=20)
+        assert (run.first_step, run.last_step) == (1, 25)
+        # checkpoint_and_decide_exit: the exit saves (the interval's save did not), no final evaluation.
+        assert [phase for phase, _ in run.pauses_after(25, final=True)] == ["checkpoint"]
+        at_30 = make_run(fp16_job(), exit_interval=30, eval_interval=10, save_interval=30)
+        assert [phase for phase, _ in at_30.pauses_after(30, final=True)] == ["eval", "checkpoint"]
+        # A run restarted from its save at 20 still exits at 25; --fake-max-steps may end it before.
+        assert resumed(run, 20).last_step == 25 and looped(run, 1).last_step == 25
+        assert make_run(fp16_job(), exit_interval=25, max_steps=10).last_step == 10
+        assert make_run(dataclasses.replace(fp16_job(), start_step=50), exit_interval=25).last_step == 75
+
+    def test_exit_prints_after_its_save_and_ends_no_training(self) -> None:
+        run = make_run(fp16_job(), exit_interval=25, eval_interval=10, save_interval=20)
+        events = [
+            e for e in final_events(25, "exit interval") if not isinstance(e, ev.EvalStarted | ev.EvalDone)
+        ]
+        first = lines("megatron", run, 0, events, (("save", "ck"),))
+        assert first[0].startswith("saving checkpoint at iteration      25 to ck")
+        assert first[1].startswith("  successfully saved checkpoint from iteration      25 to ck")
+        assert first[2:] == [f"[exiting program at iteration 25] datetime: {seconds_time(AT)} "]
+        last = lines("megatron", run, 7, events, (("save", "ck"),))
+        assert last == [
+            "(min, max) time across ranks (ms):",
+            f"    {'save-checkpoint '.ljust(48, '.')}: (2000.00, 2000.00)",
+        ]
+
+    def test_exit_duration_prints_pythons_minutes(self) -> None:
+        run = make_run(fp16_job(), exit_after_s=60.0)
+        d = dialects.make("megatron", seat(run.job, 0))
+        d.render(ev.JobStarted(run=run, first=True, resume=False), AT - 95.5)
+        d.render(ev.TrainingStopped(step=70, reason="exit duration"), AT)
+        out = [item.text for item in d.render(ev.TrainingFinished(step=70), AT) if isinstance(item, Line)]
+        assert out == [f"[exiting program after {95.5 / 60.0} minutes] datetime: {seconds_time(AT)} "]
+
+    def test_without_save_nothing_is_saved(self) -> None:
+        run = make_run(fp16_job(), max_steps=40, save_interval=20, saves=False)
+        assert not any(phase == "checkpoint" for s in range(1, 41) for phase, _ in run.pauses_after(s))
+        assert [phase for phase, _ in run.pauses_after(40, final=True)] == ["eval"]
+        startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)])
+        assert "  save ............................................ None" in startup
+        # Megatron's --save decides; a script of another framework always saves.
+        script = ["pretrain_gpt.py", "--num-layers", "4", "--train-iters", "50"]
+        for extra, saves in (([], False), (["--save", "ck"], True)):
+            cmd = parse_command_line(["--nproc-per-node", "8", *script, *extra], {})
+            built, _ = build_run(
+                cmd, presets.resolve("gpt2-124m"), nnodes=1, nproc_per_node=8, model_given=True
+            )
+            assert built.saves is saves
+        cmd = parse_command_line(["--nproc-per-node", "8", "train.py", "--max_steps", "50"], {})
+        assert build_run(cmd, presets.resolve("gpt2-124m"), nnodes=1, nproc_per_node=8, model_given=True)[
+            0
+        ].saves
+
+    def test_legacy_end_evaluates_first_without_timers_or_progress(self) -> None:
+        """2021-22 training.py: `the end of training for val data`, evaluate(verbose=False), then
+        save_checkpoint (no timer)."""
+        run = make_run(fp16_job(), max_steps=40, eval_interval=20, save_interval=20)
+        settings = (("save", "ck"), ("checkpoint_activations", "true"))
+        events = final_events(40, "reached total steps")
+        assert lines("megatron", run, 0, events, settings)[1:] == [
+            "saving checkpoint at iteration      40 to ck",
+            "  successfully saved checkpoint at iteration      40 to ck",
+        ]
+        body = (
+            " validation loss at the end of training for val data | lm loss value: 3.100000E+00 |"
+            " lm loss PPL: 2.219795E+01 | "
         )
-        assert "save-checkpoint" in final[1] and "on validation set" in final[-2]
+        assert lines("megatron", run, 7, events, settings) == [
+            "-" * (len(body) + 1),
+            body,
+            "-" * (len(body) + 1),
+        ]
+        periodic = lines("megatron", run, 7, [events[2]], settings)
+        assert len(periodic) == 3 and periodic[1].startswith(" validation loss at iteration 40 |")
+
+    def test_core_end_holds_progress_until_after_the_save(self) -> None:
+        run = make_run(fp16_job(), max_steps=40, eval_interval=20, save_interval=30)
+        out = lines("megatron", run, 0, final_events(40, "reached max steps"), (("save", "ck"),))
+        assert out[0] == f"[after training is done] datetime: {seconds_time(AT)} "
+        assert out[1].startswith("saving checkpoint") and out[2].startswith("  successfully saved")
+        samples = 2 * run.job.global_batch  # eval_iters global batches
+        assert out[3:] == [f"Evaluating on {samples} samples", "Evaluating iter 1/2", "Evaluating iter 2/2"]
 
 
 class TestMegatronLegacy:
@@ -328,6 +434,50 @@ class TestMegatronLegacy:
         assert out[1].startswith(saved) and "/ck/run1" in out[1]
         startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)], self.settings(args))
         assert "  save ............................................ /ck/run1" in startup
+
+
+class TestMegatronHints:
+    @pytest.mark.parametrize(
+        ("args", "recompute"),
+        [
+            (
+                "--checkpoint-activations",
+                "full",
+            ),  # 2021-22: every layer, activations_checkpoint_method uniform
+            ("--activations-checkpoint-method block", "full"),
+            ("--recompute-granularity full", "full"),
+            ("--recompute-activations", "selective"),
+            # validate_args: --recompute-activations sets selective whatever the granularity says
+            ("--recompute-granularity full --recompute-activations", "selective"),
+            ("--recompute-activations --recompute-granularity full", "selective"),
+        ],
+    )
+    def test_recompute_switches(self, args: str, recompute: str) -> None:
+        assert (
+            parse_hints("pretrain_gpt.py", ["--num-layers", "4", *args.split()]).job["recompute"] == recompute
+        )
+
+    def test_exit_options_reach_the_run(self) -> None:
+        h = parse_hints(
+            "pretrain_gpt.py", ["--num-layers", "4", "--exit-interval", "25", "--exit-duration-in-mins", "3"]
+        )
+        assert h.cadence["exit_interval"] == 25 and h.cadence["exit_minutes"] == 3
+        cmd = parse_command_line(
+            [
+                "--nproc-per-node",
+                "8",
+                "pretrain_gpt.py",
+                "--train-iters",
+                "100",
+                "--exit-interval",
+                "30",
+                "--exit-duration-in-mins",
+                "3",
+            ],
+            {},
+        )
+        run, _ = build_run(cmd, presets.resolve("gpt2-124m"), nnodes=1, nproc_per_node=8, model_given=True)
+        assert (run.last_step, run.exit_interval, run.exit_after_s) == (30, 30, 180.0)
 
 
 class TestMegatronDeepSpeed:
