@@ -43,9 +43,18 @@ _RECIPES = {
 _TUNE_CONFIG = re.compile(r"^([a-z]+)(\d+(?:_\d+)?)?/(\d+(?:\.\d+)?[bm])_(full|lora|qlora)", re.I)
 
 
+def config_name(config: str) -> str:
+    """A shipped config's name as `tune ls` lists it: `tune run` hands the recipe its file's path
+    (.../recipes/configs/llama3_1/8B_full.yaml); a name stays as it is."""
+    text = config.strip().replace("\\", "/")
+    if text.endswith(".yaml") and "configs/" in text:
+        text = text.rsplit("configs/", 1)[1].removesuffix(".yaml")
+    return text
+
+
 def config_model(config: str) -> tuple[str, str] | None:
     """(model name for the presets, "full" or "lora") of a torchtune config name such as llama3_1/8B_lora."""
-    m = _TUNE_CONFIG.match(config.strip())
+    m = _TUNE_CONFIG.match(config_name(config))
     if m is None:
         return None
     family, version, size, kind = m.groups()
@@ -144,7 +153,7 @@ _FALLBACK = {"full": CONFIGS["llama3_1/8B_full"], "lora": CONFIGS["llama3_1/8B_l
 
 def config_defaults(config: str) -> TuneConfig:
     """The shipped config `config` names (a _single_device name: its distributed sibling), else a default."""
-    name = config.strip().removesuffix(".yaml").removesuffix("_single_device")
+    name = config_name(config).removesuffix("_single_device")
     known = CONFIGS.get(name)
     if known is not None:
         return known
@@ -176,7 +185,7 @@ def yaml_float(x: float) -> str:
 
 def output_dir(config: str) -> str:
     """The shipped configs' output_dir: /tmp/torchtune/llama3_1_8B/full for llama3_1/8B_full."""
-    folder, _, name = config.partition("/")
+    folder, _, name = config_name(config).partition("/")
     size, _, kind = name.partition("_")
     return f"/tmp/torchtune/{folder}_{size}/{kind or 'full'}"
 

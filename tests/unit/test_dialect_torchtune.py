@@ -12,13 +12,14 @@ from fakerun import presets
 from fakerun.dialects import events as ev
 from fakerun.dialects import select
 from fakerun.dialects.base import BarClose, BarDraw, Line, Seat
-from fakerun.dialects.torchtune import TorchtuneDialect, config_model, yaml_float
+from fakerun.dialects.torchtune import TorchtuneDialect, config_model, output_dir, yaml_float
 from fakerun.hints import HintError, parse_hints
 from fakerun.sim import instruct
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.memory import memory_breakdown
 from fakerun.sim.run import make_run
 from fakerun.sim.step import step_numbers
+from fakerun.tools.tune import launch_argv
 
 AT = 1_795_000_000.25
 INFO = "INFO:torchtune.utils._logging:"  # get_logger's records through the root handler (its docstring)
@@ -253,3 +254,50 @@ def test_steps_per_epoch_as_the_recipe_counts_them() -> None:
     """len(dataloader) // gradient_accumulation_steps: ceil(51760 / 8) = 6470 samples a rank, 3235 whole
     batches of 2, 404 steps of 8."""
     assert instruct.steps_per_epoch(51_760, micro_batch=2, dp=8, grad_accum=8) == 404
+
+
+def test_tune_run_launches_the_recipe_file_with_the_config_file() -> None:
+    """torchtune's run.py: torchrun options first, then ROOT/recipes/<recipe>.py and --config's
+    ROOT/recipes/configs/<name>.yaml; standalone without a rendezvous endpoint; the dialect still reads the
+    config's name from its path."""
+    args = [
+        "--nproc_per_node",
+        "8",
+        "lora_finetune_distributed",
+        "--config",
+        "llama3_1/8B_lora",
+        "model.lora_rank=16",
+    ]
+    launched = launch_argv(args, "/site")
+    assert launched == (
+        [
+            "--nproc_per_node",
+            "8",
+            "--standalone",
+            "/site/recipes/lora_finetune_distributed.py",
+            "--config",
+            "/site/recipes/configs/llama3_1/8B_lora.yaml",
+            "model.lora_rank=16",
+        ],
+        True,
+    )
+    h = parse_hints(launched[0][3], launched[0][4:])
+    assert h.style == "torchtune" and h.model is not None and h.model.name == "llama3-8b"
+    assert h.job["lora_rank"] == 16 and h.job["grad_accum"] == 8  # llama3_1/8B_lora's own values
+    assert output_dir(launched[0][5]) == "/tmp/torchtune/llama3_1_8B/lora"
+    # No torchrun option: the recipe in tune's own process, on one device.
+    single = launch_argv(["full_finetune_single_device", "--config", "llama3_1/8B_full_single_device"], "/s")
+    assert single == (
+        [
+            "--nproc-per-node",
+            "1",
+            "--standalone",
+            "/s/recipes/full_finetune_single_device.py",
+            "--config",
+            "/s/recipes/configs/llama3_1/8B_full_single_device.yaml",
+        ],
+        False,
+    )
+    assert launch_argv(["--nnodes", "1", "full_finetune_distributed"], "/s") == (
+        "The '--config' argument is required."
+    )
