@@ -430,7 +430,7 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec(
         "install_shims",
         "DIR",
-        "Write `torchrun` and `nvidia-smi` shims running fakerun into DIR and exit "
+        "Write `torchrun`, `nvidia-smi` and `tune` shims running fakerun into DIR and exit "
         "(then PATH=DIR:$PATH runs unmodified job scripts on fakerun).",
         _parse_name("a directory"),
     ),

@@ -18,7 +18,7 @@ from fakerun.dialects import megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
-from fakerun.sim import estimates
+from fakerun.sim import estimates, instruct
 
 __all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
 
@@ -69,6 +69,8 @@ class Hints:
     deepspeed: DsConfig | None = None  # the DeepSpeed JSON config the script is given, when it reads
     # What the launcher warns about before the job starts (a config file the simulation could not read).
     notices: tuple[str, ...] = ()
+    # torchtune: the samples (or packs) in one pass over the config's dataset; None: fakerun's own guess.
+    examples: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -454,6 +456,9 @@ def _kind(key: str) -> str | None:
 def _option_names(args: Sequence[str]) -> list[str]:
     """The option names as spelled (no dashes, no "=value"; `name=` too when so given), up to a "--"."""
     names: list[str] = []
+    # torchtune's `--config llama3_1/8B_lora` claims the `key.sub=value` overrides (model.lora_rank=16) that
+    # would otherwise vote for NeMo's hydra.
+    tune = any(a == "--config" and torchtune.config_model(b) for a, b in itertools.pairwise(args))
     for tok in args:
         if tok == "--":
             break
@@ -463,7 +468,7 @@ def _option_names(args: Sequence[str]) -> list[str]:
             if eq and "." not in name:
                 # nanoGPT's configurator takes only `--key=value`: the form votes apart from the name.
                 names.append(name + "=")
-        elif (m := _HYDRA.fullmatch(tok)) and m[1].split(".", 1)[0] in _NEMO_SECTIONS:
+        elif not tune and (m := _HYDRA.fullmatch(tok)) and m[1].split(".", 1)[0] in _NEMO_SECTIONS:
             names.append("<hydra>")  # NeMo's hydra overrides (`trainer.max_steps=100`) vote for NeMo
         elif tok.endswith(".py") and not tok.startswith("-"):
             names.append("<config_py>")  # nanoGPT's configurator execs a config file given as an argument
@@ -1168,33 +1173,49 @@ _TUNE_KEYS = {
     "gradient_accumulation_steps": "gradient_accumulation_steps",
     "optimizer.lr": "optimizer.lr",
     "seed": "seed",
-    "tokenizer.max_seq_len": "max_seq_length",
     "lr_scheduler.num_warmup_steps": "warmup_iters",
     "log_every_n_steps": "log_interval",
 }
-# The recipes' shipped configs (0.6.1): a full fine-tune at lr 2e-5 with no scheduler, LoRA at 3e-4 with a
-# cosine schedule after warm-up (num_warmup_steps 100, left to the run's length here: torchtune takes more
-# warm-up steps than steps, the simulation does not); both batch 2 with activation checkpointing. LoRA's 8B,
-# 7B and 3B configs accumulate 8 micro batches.
-_TUNE_DEFAULTS: dict[str, dict[str, object]] = {
-    "full": {"micro_batch": 2, "grad_accum": 1, "lr": 2e-5, "lr_schedule": "constant", "warmup_steps": 0},
-    "lora": {"micro_batch": 2, "grad_accum": 8, "lr": 3e-4, "lr_schedule": "cosine"},
-}
+_NULL = frozenset({"null", "none", "~"})
+
+
+def _tune_list(g: _Given) -> tuple[str, ...]:
+    """A YAML flow list as OmegaConf reads an override: `[q_proj,v_proj]`, quotes optional."""
+    text = _str(g)
+    if not (text.startswith("[") and text.endswith("]")):
+        raise g.fail(f"invalid value {_shown(g.value)} (expected a list such as [q_proj,v_proj])")
+    return tuple(w.strip().strip("'\"") for w in text[1:-1].split(",") if w.strip())
 
 
 def _tune(b: _Builder, args: Sequence[str]) -> None:
-    """torchtune: the model and the recipe's defaults from --config, then its `key=value` overrides."""
+    """torchtune: the model and the shipped config's values from --config, then its `key=value` overrides."""
     config = next((args[i + 1] for i, tok in enumerate(args[:-1]) if tok == "--config"), "")
     named = torchtune.config_model(config)
-    kind = named[1] if named else "full"
     if named is not None:
         b.top["model"] = named[0]
+    shipped = torchtune.config_defaults(config)
     recipe = _Given("config", config)
-    for key, value in {**_TUNE_DEFAULTS[kind], "recompute": "full"}.items():  # activation checkpointing on
+    defaults: dict[str, object] = {
+        "micro_batch": shipped.batch,
+        "grad_accum": shipped.grad_accum,
+        "lr": shipped.lr,
+        "recompute": "full" if shipped.checkpointing else "none",
+        # LoRA configs: a cosine schedule after num_warmup_steps 100, left to the run's length here (torchtune
+        # takes more warm-up steps than steps, the simulation does not); full fine-tunes: no scheduler.
+        **({"lr_schedule": "cosine"} if shipped.lora else {"lr_schedule": "constant", "warmup_steps": 0}),
+    }
+    for key, value in defaults.items():
         if key not in b.job:
             b.set(b.job, key, value, recipe)
     # dtype: bf16 trains bf16 weights, AdamW's states in their dtype
     b.set(b.job, "state_layout", "bf16", _Given("dtype", "bf16"))
+    lora = shipped.lora
+    attn, mlp, output = (lora.attn, lora.mlp, lora.output) if lora else ((), False, False)
+    rank = lora.rank if lora else 0
+    rank_from = recipe
+    dataset = instruct.DATASETS[shipped.dataset]
+    max_seq_len: int | None = None
+    packed = False
     epochs: int | None = None
     per_epoch: int | None = None
     for tok in args:
@@ -1202,20 +1223,60 @@ def _tune(b: _Builder, args: Sequence[str]) -> None:
         if not eq or tok.startswith("-"):
             continue
         g = _Given(key, value)
+        null = value.strip().lower() in _NULL
         if key in _TUNE_KEYS:
             _one(b, _TUNE_KEYS[key], g)
         elif key == "epochs":
             epochs = _int(g, high=int(MAX_EPOCHS))
             b.set(b.top, "epochs", float(epochs), g)
-        elif key == "max_steps_per_epoch" and value.strip().lower() not in ("null", "none"):
+        elif key == "max_steps_per_epoch" and not null:
             per_epoch = _int(g, high=MAX_STEPS)
             b.sources["max_steps_per_epoch"] = key
         elif key == "enable_activation_checkpointing":
             b.set(b.job, "recompute", "full" if _bool(g) else "none", g)
+        elif key == "tokenizer.max_seq_len":
+            max_seq_len = None if null else _int(g, high=_model_high("seq_len"))
+        elif key == "dataset.packed":
+            packed = _bool(g)
+        elif key == "dataset._component_":
+            dataset = instruct.DATASETS.get(_str(g), dataset)  # another dataset: alpaca's lengths stand in
+        elif lora is not None and key == "model.lora_rank":
+            rank, rank_from = _int(g, high=_MAX_LORA_RANK), g
+        elif lora is not None and key == "model.lora_attn_modules":
+            attn = _tune_list(g)
+        elif lora is not None and key == "model.apply_lora_to_mlp":
+            mlp = _bool(g)
+        elif lora is not None and key == "model.apply_lora_to_output":
+            output = _bool(g)
+        elif lora is not None and key in ("model.lora_alpha", "model.lora_dropout"):
+            _float(g, positive=False, high=float(_MAX_LORA_RANK))  # checked; no figure shows it
+    if lora is not None:
+        b.set(b.job, "lora_rank", rank, rank_from)
+        b.set(b.job, "lora_targets", torchtune.lora_targets(attn, mlp, output), recipe)
+    _tune_data(b, dataset, max_seq_len, packed)
     if per_epoch is not None:
         # An epoch stops at max_steps_per_epoch (the instruction data set holds more than that many steps).
         b.job["total_steps"] = (epochs or 1) * per_epoch
         b.top.setdefault("epochs", float(epochs or 1))
+
+
+def _tune_data(b: _Builder, data: instruct.InstructData, max_seq_len: int | None, packed: bool) -> None:
+    """The batches torchtune's dataset gives: padded to their longest sample, or packed to max_seq_len."""
+    source = _Given("dataset.packed" if packed else "dataset", data.component)
+    if max_seq_len is not None:
+        given = _Given("tokenizer.max_seq_len", str(max_seq_len))
+        b.set(b.arch, "seq_len", max_seq_len, given)  # the model's context must hold it
+    if packed:
+        if max_seq_len is None:
+            # alpaca_dataset's own check, before any packing
+            raise source.fail("PackedDataset requires a max_seq_len to be set on the tokenizer.")
+        b.set(b.job, "seq_len", max_seq_len, source)
+        b.set(b.top, "examples", instruct.packs(data, max_seq_len), source)
+        return
+    batch = b.job["micro_batch"]
+    assert isinstance(batch, int)
+    b.set(b.job, "seq_len", instruct.padded_length(data, batch, max_seq_len), source)
+    b.set(b.top, "examples", data.examples, source)
 
 
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
@@ -1254,6 +1315,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     name = model_name if isinstance(model_name, str) else None
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
     ds = b.top.get("deepspeed")
+    examples = b.top.get("examples")
     return Hints(
         model_name=name,
         model=model_from_hf_name(name) if name else None,
@@ -1271,6 +1333,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         settings=settings,
         regime=regime,
         notices=notices,
+        examples=examples if isinstance(examples, int) else None,
     )
 
 

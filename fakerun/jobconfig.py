@@ -13,7 +13,7 @@ from fakerun import dialects, presets
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
-from fakerun.sim import checkpoint, compute, memory, rand
+from fakerun.sim import checkpoint, compute, instruct, memory, rand
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import DEFAULT_LADDER, RunPlan, eval_seconds, make_run, pick_default_model, startup_times
 
@@ -160,7 +160,12 @@ def build_run(
             if epochs is None and hints.style == "hf":
                 epochs = HF_EPOCHS
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
-            per_epoch = math.ceil(finetune_examples(kw["seed"]) / probe.global_batch)
+            if hints.examples is not None:  # torchtune: its config's dataset, through the recipe's sampler
+                per_epoch = instruct.steps_per_epoch(
+                    hints.examples, probe.micro_batch, probe.dp, probe.grad_accum
+                )
+            else:
+                per_epoch = math.ceil(finetune_examples(kw["seed"]) / probe.global_batch)
             kw["total_steps"] = max(1, math.ceil((epochs or 1.0) * per_epoch))
         if hints.epochs is not None and "total_steps" not in kw:
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})

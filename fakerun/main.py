@@ -344,7 +344,7 @@ def _under_slurm(cmd: CommandLine) -> tuple[CommandLine, str | None]:
 
 
 def _install_shims(directory: str, prog: str) -> int:
-    """`--fake-install-shims DIR`: torchrun and nvidia-smi shims, then how to use them."""
+    """`--fake-install-shims DIR`: torchrun, nvidia-smi and tune shims, then how to use them."""
     from fakerun.tools.shims import install_shims
 
     try:

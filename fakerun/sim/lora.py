@@ -7,6 +7,7 @@ from fakerun.presets import ModelSpec
 # PEFT's default targets for Llama-style models (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 ALL_LINEAR = "all-linear"  # PEFT: every linear layer but the output head
+OUTPUT_HEAD = "lm_head"  # the output projection (hidden -> vocab), once per model, not per layer
 
 
 def projections(model: ModelSpec) -> dict[str, tuple[int, int]]:
@@ -30,4 +31,5 @@ def adapter_params(model: ModelSpec, rank: int, targets: tuple[str, ...]) -> int
     for name in names:
         fan_in, fan_out = shapes.get(name, (0, 0))  # a name the model lacks matches no module
         per_layer += rank * (fan_in + fan_out) * (model.experts if name in mlp else 1)
-    return model.layers * per_layer
+    head = rank * (model.hidden + model.vocab) if OUTPUT_HEAD in names else 0
+    return model.layers * per_layer + head

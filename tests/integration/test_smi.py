@@ -388,13 +388,13 @@ class TestLiveJob:
 
 
 class TestShims:
-    """install_shims puts `torchrun` and `nvidia-smi` on a PATH directory."""
+    """install_shims puts `torchrun`, `nvidia-smi` and `tune` on a PATH directory."""
 
     def test_install_and_run(self, runner: Runner) -> None:
-        """Both shims are executable scripts that run fakerun and fakerun-smi with the given interpreter."""
+        """The shims are executable scripts that run fakerun's tools with the given interpreter."""
         bin_dir = runner.tmp / "deep" / "bin"
         paths = install_shims(str(bin_dir), python=sys.executable)
-        assert paths == [str(bin_dir / "torchrun"), str(bin_dir / "nvidia-smi")]
+        assert paths == [str(bin_dir / "torchrun"), str(bin_dir / "nvidia-smi"), str(bin_dir / "tune")]
         for path in paths:
             assert os.access(path, os.X_OK)
             text = Path(path).read_text()
@@ -407,6 +407,13 @@ class TestShims:
         usage = subprocess.run(["torchrun", "--help"], capture_output=True, text=True, env=env, timeout=60)
         assert usage.returncode == 0 and "--nproc-per-node" in usage.stdout
         assert usage.stdout.startswith("usage: torchrun ")  # the shim's name, as torchrun's console script
+        # tune's run.py refuses torchrun options for a single-device recipe, before launching anything.
+        single = ["tune", "run", "--nproc_per_node", "2", "lora_finetune_single_device", "--config", "c"]
+        refused = subprocess.run(single, capture_output=True, text=True, env=env, timeout=60)
+        assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+            "tune run: error: Recipe lora_finetune_single_device does not support distributed training."
+            "Please run without torchrun commands."
+        )
 
     def test_reinstall_overwrites_own_shims(self, runner: Runner) -> None:
         """Installing again replaces the shims, e.g. with another interpreter."""
