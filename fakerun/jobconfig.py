@@ -195,7 +195,7 @@ def build_run(
             eval_interval=hints.cadence.get("eval_interval"),
             save_interval=hints.cadence.get("save_interval"),
             eval_iters=hints.cadence.get("eval_iters"),
-            saves=_saves(hints),
+            saves=_saves(hints, cmd),
             exit_interval=hints.cadence.get("exit_interval", 0),
             # --exit-duration-in-mins 0 is falsy: Megatron never checks it.
             exit_after_s=60.0 * minutes if (minutes := hints.cadence.get("exit_minutes")) else None,
@@ -210,9 +210,11 @@ def build_run(
     return run, hints
 
 
-def _saves(hints: Hints) -> bool:
-    """Whether the script saves checkpoints: Megatron's only with --save (its folder is a setting)."""
-    option = dialects.DIALECTS[hints.style].hints.save_option
+def _saves(hints: Hints, cmd: CommandLine) -> bool:
+    """Whether the script saves checkpoints: Megatron's only with --save (its folder is a setting), in the
+    dialect the job prints (--fake-trainer fakerun on a Megatron command line saves as fakerun does)."""
+    style = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
+    option = dialects.DIALECTS[style].hints.save_option
     return option is None or bool(hints.settings.get(option))
 
 
