@@ -60,6 +60,7 @@ class AgentOutput(Protocol):
     """The launcher's messages, in the words torchrun uses; the agent says what, this says how."""
 
     def rendezvousing(self, restart_count: int) -> None: ...
+    def group_starting(self, restart_count: int) -> None: ...
     def group_started(self, restart_count: int, workers: list[Worker]) -> None: ...
     def sending_closing_signal(self, pid: int, sig: signal.Signals) -> None: ...
     def unable_to_shutdown(self, pid: int, sig: signal.Signals) -> None: ...
@@ -167,6 +168,8 @@ class Agent:
         self.on_tick(now)
 
     def _start_attempt(self) -> None:
+        # torch's agent logs the rendezvous result and its start-up lines before it forks the workers.
+        self.out.group_starting(self.restart_count)
         self.workers = {pid: Worker(slot, pid) for pid, slot in self.group.start(self.restart_count)}
         self.state = State.RUNNING
         self._root = None

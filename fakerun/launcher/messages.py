@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fakerun.launcher import glog, report
 from fakerun.launcher.agent import Failure, Worker
 from fakerun.launcher.console import Console
-from fakerun.launcher.envs import WorkerSlot
+from fakerun.launcher.envs import WorkerSlot, worker_slots
 from fakerun.launcher.plan import LaunchPlan
 
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
@@ -106,15 +106,18 @@ class TorchrunVoice:
         self.log.log("I", glog.AGENT_RENDEZVOUSING, glog.rendezvousing(self.role))
 
     def group_started(self, restart_count: int, workers: list[Worker]) -> None:
-        """INFO: the rendezvous result (this agent's own node) and `Starting worker group`."""
+        """The workers' pids as the lines about them show them."""
         if self.shown_pid is not None:
             self._shown = {w.pid: self.shown_pid(w.slot, w.pid, restart_count) for w in workers}
+
+    def group_starting(self, restart_count: int) -> None:
+        """INFO: the rendezvous result (this node's) and `Starting worker group`, before the fork."""
         if self._announced != restart_count:
             self.rendezvousing(restart_count)
         if not self.log.enabled("I"):
             return
         me = self.plan.nodes[0].group_rank  # the node this agent is (the first it plays)
-        mine = [w.slot for w in workers if w.slot.node_index == me]
+        mine = [slot for slot in worker_slots(self.plan) if slot.node_index == me]
         n = self.plan.world_size
         self.log.block(
             "I",

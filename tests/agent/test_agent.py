@@ -41,6 +41,9 @@ class Recorder:
     def rendezvousing(self, restart_count: int) -> None:
         self.events.append(("rendezvous", restart_count))
 
+    def group_starting(self, restart_count: int) -> None:
+        pass
+
     def group_started(self, restart_count: int, workers: list[Worker]) -> None:
         self.events.append(("started", restart_count))
 
