@@ -113,7 +113,9 @@ def _finetune_loss(job: JobSpec, step: int) -> float:
     end = l0 * (0.45 + 0.2 * rand.uniform(loss_seed(job), "loss-end"))
     t = max(job.total_steps, 1)
     x, _ = lr_area(job, max(step - 1, 0))
-    shape = 0.6 * math.exp(-x / (0.05 * t + 1.0)) + 0.4 * math.exp(-x / (0.5 * t + 1.0))
+    # The fast fall takes tens of optimizer steps however short the run (a 60-step fine-tune's first logged
+    # loss is still near where it started), the slow one a good part of the run.
+    shape = 0.6 * math.exp(-x / (0.05 * t + 20.0)) + 0.4 * math.exp(-x / (0.5 * t + 50.0))
     return end + (l0 - end) * shape
 
 
