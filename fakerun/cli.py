@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from fakerun import dialects, limits, tomlfile
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
-from fakerun.sim.failures import FAILURE_KINDS, RANDOM_FAILURE
+from fakerun.sim.failures import FAILURE_KINDS, MAX_FAILURES, RANDOM_FAILURE
 
 __all__ = ["UsageError", "build_parser", "parse_command_line", "prog_name"]
 
@@ -232,8 +232,8 @@ _FAIL_RE = re.compile(r"(?P<name>[^@:]*)(?:@(?P<step>[^:]*))?(?::(?P<rank>.*))?"
 _MAX_RANK = limits.MAX_NNODES * limits.MAX_NPROC_PER_NODE - 1
 
 
-def _parse_fail(value: object) -> str:
-    """Converter for --fake-fail: SCENARIO[@STEP][:RANK], a known scenario, STEP >= 1 and RANK >= 0."""
+def _parse_one_fail(value: object) -> str:
+    """One SCENARIO[@STEP][:RANK]: a known scenario, STEP >= 1 and RANK >= 0."""
     names = (*FAILURE_KINDS, RANDOM_FAILURE)
     match = _FAIL_RE.fullmatch(value.strip().lower()) if isinstance(value, str) else None
     if match is None or match["name"] not in names:
@@ -246,6 +246,22 @@ def _parse_fail(value: object) -> str:
             expected = f"expected an integer from {low} to {high}; as {_FAIL_SYNTAX}"
             raise _BadValue(f"invalid {part} {_shown(text)} in {_shown(value)} ({expected})")
     return match.group(0)
+
+
+def _parse_fail(value: object) -> tuple[str, ...]:
+    """Converter for --fake-fail (repeatable), FAKERUN_FAIL and the config's `fail`: scenarios given one by
+    one, comma-separated, or as a TOML list."""
+    if isinstance(value, str):
+        items: list[object] = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, list):
+        items = [part for item in value for part in (item.split(",") if isinstance(item, str) else [item])]
+    else:
+        raise _BadValue(f"invalid scenario {_shown(value)} (expected {_FAIL_SYNTAX}, or a list of them)")
+    if not items:
+        raise _BadValue(f"no scenario given (as {_FAIL_SYNTAX})")
+    if len(items) > MAX_FAILURES:
+        raise _BadValue(f"{len(items)} scenarios given (at most {MAX_FAILURES})")
+    return tuple(_parse_one_fail(item) for item in items)
 
 
 _NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
@@ -416,8 +432,8 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec(
         "fail",
         "SCENARIO",
-        f"Inject a failure scenario: {_FAIL_SYNTAX}, SCENARIO one of {', '.join(FAILURE_KINDS)}, "
-        f"{RANDOM_FAILURE}.",
+        f"Inject a failure: {_FAIL_SYNTAX}, repeatable; SCENARIO one of {', '.join(FAILURE_KINDS)}, "
+        f"{RANDOM_FAILURE} (see --fake-list-failures).",
         _parse_fail,
     ),
     _FakeSpec(
@@ -427,6 +443,7 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         _parse_flag,
     ),
     _FakeSpec("list_presets", None, "List the model, GPU and cluster presets and exit.", _parse_flag),
+    _FakeSpec("list_failures", None, "List the failure scenarios of --fake-fail and exit.", _parse_flag),
     _FakeSpec(
         "install_shims",
         "DIR",
@@ -753,6 +770,10 @@ def build_parser(
         # Defaults stay None so that a value given on the command line can be told from an absent one.
         if spec.metavar is None:
             group.add_argument(spec.option, dest=spec.dest, action="store_const", const=True, help=spec.help)
+        elif spec.name == "fail":  # repeatable: each one more scenario
+            group.add_argument(
+                spec.option, dest=spec.dest, metavar=spec.metavar, help=spec.help, action="append"
+            )
         else:
             group.add_argument(spec.option, dest=spec.dest, metavar=spec.metavar, help=spec.help)
     return parser
@@ -955,7 +976,7 @@ def _check_limits(parser: _Parser, ns: argparse.Namespace) -> None:
 def _list_presets_without_script(
     argv: list[str], environ: Mapping[str, str], prog: str
 ) -> CommandLine | None:
-    """The command line when no script was given but --fake-list-presets was asked for, else None."""
+    """The command line when no script was given but a listing (or the shims) was asked for, else None."""
     parser = _build(prog, environ, positionals=False)
     try:
         ns = _parse_args(parser, argv)
@@ -964,12 +985,13 @@ def _list_presets_without_script(
     try:
         fake = _resolve_fake(ns, environ)
     except _FakeError as exc:
-        if getattr(ns, _SPEC_BY_NAME["list_presets"].dest) or getattr(
-            ns, _SPEC_BY_NAME["install_shims"].dest
+        if any(
+            getattr(ns, _SPEC_BY_NAME[name].dest)
+            for name in ("list_presets", "list_failures", "install_shims")
         ):
             _fail(f"{prog}: error: {exc}", 2)
         return None
-    if not fake.list_presets and fake.install_shims is None:
+    if not fake.list_presets and not fake.list_failures and fake.install_shims is None:
         return None
     return CommandLine(torchrun=_torchrun_args(ns, training_script=""), fake=fake, prog=prog)
 
@@ -1001,9 +1023,11 @@ def _explicit(prog: str, argv: list[str], environ: Mapping[str, str]) -> frozens
     """The torchrun options the user set: parsed again with every default replaced by a marker."""
     parser = build_parser(prog, {}, positionals=True)
     for action in parser._actions:
-        action.default = _UNSET
+        if not isinstance(action, argparse._AppendAction):  # appending needs a list (no torchrun option)
+            action.default = _UNSET
     ns, _ = parser.parse_known_args(argv)
-    given = {dest for dest, value in vars(ns).items() if value is not _UNSET}
+    # (An appending option keeps its None default: no given value is None.)
+    given = {dest for dest, value in vars(ns).items() if value is not _UNSET and value is not None}
     given |= {f.name for f in fields(TorchrunArgs) if f"PET_{f.name.upper()}" in environ}
     return frozenset(given)
 

@@ -9,6 +9,7 @@ with the wall time at which the step ends, and the metrics file gets the step's 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,11 @@ def _telemetry(msg: Message) -> list[Any] | None:
     return tel
 
 
+# The shortest real wait before a collective is declared timed out, whatever --fake-speed: a loaded machine
+# can delay one rank's report by a second or two, which must not read as a hang.
+WATCHDOG_FLOOR_S = 3.0
+
+
 class Coordinator:
     """The barrier and aggregate of one attempt of the job (all ranks, whichever node they run on)."""
 
@@ -111,6 +117,11 @@ class Coordinator:
         # --fake-early-stopping: the coordinator decides for every rank, so that all of them stop together.
         self.patience = Patience(run.patience) if run.patience else None
         self.started_at: float | None = None  # rank 0's start on the job's clock (its ready message says)
+        # The NCCL watchdog's view of the step's collective: when its first rank entered it (monotonic), and
+        # the ranks stuck inside it (--fake-fail nccl-timeout). Past the timeout, the waiting ranks abort.
+        self.round_started: float | None = None
+        self.stalled: set[int] = set()
+        self.aborted = False  # the attempt's ranks were told to abort (once is enough)
 
     # -- messages -------------------------------------------------------------------------------------------
 
@@ -137,7 +148,71 @@ class Coordinator:
             return self._on_step(rank, seconds, now, wall)
         if kind == "phase":
             return Output()
+        if kind == "stall":
+            # Inside the step's collective, which will never complete for it: the watchdog decides.
+            if int(_number(msg, "s")) == self.step:
+                self.stalled.add(rank)
+                if self.round_started is None:
+                    self.round_started = now
+            return Output()
         raise ProtocolError(f"unknown message kind {kind!r}")
+
+    # -- failures -------------------------------------------------------------------------------------------
+
+    def watchdog_deadline(self) -> float | None:
+        """When the ranks waiting in the current step's collective time out (monotonic), if they wait."""
+        if self.round_started is None or self.aborted:
+            return None
+        return self.round_started + max(self.run.nccl_timeout_s / self.speed, WATCHDOG_FLOOR_S)
+
+    def on_watchdog(self, now: float, wall: float) -> Output:
+        """The collective timed out: every rank waiting in it aborts as its NCCL watchdog makes it."""
+        due = self.watchdog_deadline()
+        if due is None or now < due:
+            return Output()
+        waiting = sorted(set(self.reports) | self.stalled)
+        missing = sorted(set(self.ranks) - set(self.reports) - self.stalled)
+        culprit = missing[0] if missing else (min(self.stalled) if self.stalled else None)
+        self.aborted = True
+        reply: dict[str, Any] = {
+            "k": "abort",
+            "why": "timeout",
+            "s": self.step,
+            "culprit": culprit,
+            "node": None if culprit is None else culprit // self.job.nproc_per_node,
+            "reason": f"step {self.step}'s collective timed out",
+        }
+        out = Output(replies=[(r, reply) for r in waiting])
+        out.records.append(self._failure_record("nccl-timeout" if self.stalled else "hang", culprit, wall))
+        return out
+
+    def on_death(self, rank: int, wall: float) -> Output:
+        """`rank`'s process ended mid-run: the ranks of other nodes, whose network connections to it close,
+        abort with NCCL's remote error (its own node's ranks wait in NVLink transfers for the agent)."""
+        if self.aborted or not self.started:
+            return Output()
+        self.aborted = True
+        node = rank // self.job.nproc_per_node
+        reply = {"k": "abort", "why": "remote", "node": node, "reason": f"rank {rank} exited"}
+        others = [
+            r for r in sorted(self.ranks) if r // self.job.nproc_per_node != node and self.ranks[r].alive
+        ]
+        planned = self.run.failure_for(self.step, rank)
+        out = Output(replies=[(r, reply) for r in others])
+        out.records.append(self._failure_record(planned.kind if planned else "exit", rank, wall))
+        return out
+
+    def _failure_record(self, kind: str, rank: int | None, wall: float) -> dict[str, Any]:
+        """`{"event": "failure"}` for the metrics file: what struck, where, during which step."""
+        at = self.clock.at(time.monotonic()) if self.clock is not None else wall
+        return {
+            "event": "failure",
+            "kind": kind,
+            "rank": rank,
+            "step": self.step,
+            "attempt": self.attempt,
+            "time": round(at, 3),
+        }
 
     def observe(self, rank: int, msg: Message, wall: float = 0.0) -> None:
         """Records what a rank reports without taking part in the barrier (nodes other than node 0)."""
@@ -211,9 +286,12 @@ class Coordinator:
         return out
 
     def _on_step(self, rank: int, seconds: float, now: float, wall: float) -> Output:
+        if not self.reports and self.round_started is None:
+            self.round_started = now
         self.reports[rank] = seconds
         if len(self.reports) < len(self.ranks):
             return Output()
+        self.round_started = None
         step = self.step
         job = self.job
         computes = [self.reports[r] for r in sorted(self.reports)]
@@ -317,6 +395,7 @@ class Coordinator:
         self.ready.clear()
         self.patience = Patience(self.run.patience) if self.run.patience else None
         self.started_at = None
+        self.round_started = None
 
     # -- aggregate ------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from fakerun import dialects, presets
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
-from fakerun.sim import checkpoint, compute, instruct, memory, rand
+from fakerun.sim import checkpoint, compute, failures, instruct, memory, rand
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import DEFAULT_LADDER, RunPlan, eval_seconds, make_run, pick_default_model, startup_times
 
@@ -202,12 +202,26 @@ def build_run(
         )
         if hints.style == "hf":
             run = hf_cadence(run, hints)
+        if fake.fail:
+            run = _with_failures(run, fake.fail)
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
     if hints.deepspeed is not None:
         run = dataclasses.replace(run, deepspeed=hints.deepspeed)
     _check_waits(run, fake.speed)
     return run, hints
+
+
+def _with_failures(run: RunPlan, specs: tuple[str, ...]) -> RunPlan:
+    """The run with --fake-fail's failures: spikes and NaNs go into the loss curve, the rest strike ranks."""
+    planned = failures.plan_failures(
+        run.job, specs, first=run.first_step, last=run.last_step, step_s=compute.expected_step_time(run.job)
+    )
+    job = run.job
+    for failure in planned:
+        job = failures.with_failure(job, failure)
+    strikes = tuple(f for f in planned if f.kind not in failures.CURVE_KINDS)
+    return dataclasses.replace(run, job=job, failures=strikes)
 
 
 def _saves(hints: Hints, cmd: CommandLine) -> bool:

@@ -33,7 +33,7 @@ from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup
 from fakerun.launcher.slurm import apply_slurm, simulated_hosts, slurm_job
 from fakerun.options import CommandLine
 from fakerun.paths import state_dir
-from fakerun.sim import identity
+from fakerun.sim import failures, identity
 from fakerun.sim.run import JobClock, rendezvous_seconds, resumed
 from fakerun.worker.trainer import SimContext
 
@@ -364,6 +364,17 @@ def _print_presets() -> None:
         print(f"{kind + ':':<10}{', '.join(names)}")
 
 
+def _print_failures() -> None:
+    """`--fake-list-failures`: --fake-fail's scenarios, one line each."""
+    width = max(len(name) for name in (*failures.DESCRIPTIONS, failures.RANDOM_FAILURE))
+    for name, text in (
+        *failures.DESCRIPTIONS.items(),
+        (failures.RANDOM_FAILURE, failures.RANDOM_DESCRIPTION),
+    ):
+        print(f"{name:<{width}}  {text}")
+    print("as --fake-fail SCENARIO[@STEP][:RANK], repeatable (default: a seeded step and rank)")
+
+
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `fakerun` and `python -m fakerun`."""
@@ -377,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     bundle = _load_presets(cmd)
     if cmd.fake.list_presets:
         _print_presets()
+        return 0
+    if cmd.fake.list_failures:
+        _print_failures()
         return 0
     try:
         cmd, slurm_host = _under_slurm(cmd)

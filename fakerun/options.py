@@ -69,8 +69,9 @@ class FakeOptions:
     early_stopping: int | None = None  # validations without improvement before the run stops
     skip_memory_check: bool = False
     check: bool = False  # print the GPU-memory feasibility verdict and exit (0 fits, 1 does not)
-    fail: str | None = None
+    fail: tuple[str, ...] = ()  # --fake-fail scenarios, SCENARIO[@STEP][:RANK]
     list_presets: bool = False
+    list_failures: bool = False
     install_shims: str | None = None
     # Where each option that was set came from: "command line", "FAKERUN_<NAME>" or "config file <path>".
     # Options absent here kept their default, so presets may still fill them in.

@@ -298,6 +298,11 @@ def _report(message: dict[str, Any]) -> dict[str, Any]:
         if not is_int(step, 0, MAX_STEP):
             raise WireError("field 's' is not a step number")
         out = {"k": "step", "s": step, "c": _number(message, "c", 0.0, MAX_WAIT_S)}
+    elif kind == "stall":
+        step = message.get("s")
+        if not is_int(step, 0, MAX_STEP):
+            raise WireError("field 's' is not a step number")
+        out = {"k": "stall", "s": step}
     else:
         raise WireError(f"unexpected report {shown(kind, 40)!r}")
     if tel is not None:
@@ -347,6 +352,21 @@ def _reply(reply: dict[str, Any], sent: float, now: float) -> dict[str, Any]:
     kind = reply.get("k")
     if kind == "go":
         return {"k": "go", "t0": now + _number(reply, "t0", sent - MAX_WAIT_S, sent + MAX_WAIT_S) - sent}
+    if kind == "abort":
+        # The coordinator's watchdog (a timed-out collective) or a rank's death elsewhere.
+        why, step, culprit = reply.get("why"), reply.get("s", 0), reply.get("culprit")
+        if why not in ("timeout", "remote") or not is_int(step, 0, MAX_STEP):
+            raise WireError("malformed abort reply")
+        if culprit is not None and not is_int(culprit, 0, MAX_STEP):
+            raise WireError("malformed abort reply")
+        return {
+            "k": "abort",
+            "why": why,
+            "s": step,
+            "culprit": culprit,
+            "node": _node(reply),
+            "reason": _reason(reply),
+        }
     if kind != "step":
         raise WireError(f"unexpected reply {shown(kind, 40)!r}")
     step, stop = reply.get("s"), reply.get("stop")
@@ -360,4 +380,5 @@ def _reply(reply: dict[str, Any], sent: float, now: float) -> dict[str, Any]:
         "comm": _number(reply, "comm", 0.0, MAX_WAIT_S),
         "ar_ms": _number(reply, "ar_ms", 0.0, 1000.0 * MAX_WAIT_S),
         "stop": stop,
+        "exit": reply.get("exit") is True,
     }

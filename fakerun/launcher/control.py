@@ -108,18 +108,27 @@ class ControlHub:
         return fd in self.channels or (self.cluster is not None and self.cluster.owns(fd))
 
     def deadline(self) -> float | None:
-        """When tick() is due: the cluster's heartbeats, and the state file's refresh."""
-        due = self._state_written + STATE_EVERY_S if self.coordinator is not None else None
-        if self.cluster is not None:
-            beat = self.cluster.deadline()
-            due = beat if due is None else min(due, beat)
-        return due
+        """When tick() is due: the cluster's heartbeats, the state file's refresh, the NCCL watchdog."""
+        dues: list[float | None] = [self.cluster.deadline()] if self.cluster is not None else []
+        if self.coordinator is not None:
+            dues.append(self._state_written + STATE_EVERY_S)
+            if self._runs_watchdog():
+                dues.append(self.coordinator.watchdog_deadline())
+        known = [due for due in dues if due is not None]
+        return min(known) if known else None
 
     def tick(self, now: float) -> None:
-        """Timers: the cluster's heartbeats and liveness checks; the state stays fresh through long pauses."""
+        """Timers: the cluster's heartbeats and liveness checks; the state stays fresh through long pauses;
+        a collective that waited past its timeout aborts the ranks in it."""
         if self.cluster is not None:
             self.cluster.tick(now)
+        if self.coordinator is not None and self._runs_watchdog():
+            self._dispatch(self.coordinator.on_watchdog(now, time.time()))
         self.publish_state()
+
+    def _runs_watchdog(self) -> bool:
+        """The coordinator that sees every rank's reports (node 0's) keeps the collective's timeout."""
+        return self.cluster is None or self.cluster.is_root
 
     def pump(self, fd: int) -> None:
         """Reads what a worker (or another agent) sent and handles each complete message."""
@@ -254,9 +263,14 @@ class ControlHub:
         channel.sock.close()
         if self.coordinator is not None:
             self.coordinator.on_gone(channel.rank)
-        if self.cluster is not None and not teardown and not self.finished:
+        if teardown or self.finished:
+            return
+        if self.cluster is not None:
             # A worker died mid-run: the collective it was part of can never complete on any node.
             self.cluster.report_lost_rank(channel.rank)
+        elif self.coordinator is not None:
+            # One launcher playing every node: the other simulated nodes' ranks see the network peer close.
+            self._dispatch(self.coordinator.on_death(channel.rank, time.time()))
 
     def publish_state(self, force: bool = False) -> None:
         """Writes the job state file (atomically, at most once a second) for fakerun-smi and friends."""

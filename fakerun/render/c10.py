@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from fakerun.dialects.base import c10_prefix
 from fakerun.sim import rand
+from fakerun.sim.failures import WatchdogNumbers
 
 # torch 2.13's wheels are built in /pytorch: c10::Error names its sources under that root.
 SOURCE_ROOT = "/pytorch/torch/csrc/distributed/c10d"
@@ -24,6 +25,13 @@ _ERROR_CTOR = ("c10::Error::Error(c10::SourceLocation, std::string)", 0x98, "lib
 WATCHDOG_LOG_LINE = 1895  # LOG(ERROR) "Process group watchdog thread terminated with exception"
 _REMOTE_RAISE_LINE = 2412  # checkForNCCLErrorsInternal
 _RETHROW_LINE = 1903  # Watchdog::run, rethrowing as c10::DistBackendError
+_TIMEOUT_LINE = 635  # WorkNCCL::checkTimeout: the "Watchdog caught collective operation timeout" line
+_DETECTED_LINE = 2188  # Watchdog::runLoop: "Exception (either an error or timeout) detected by watchdog"
+_TIMEOUT_AT_LINE = 2237  # "Timeout at NCCL work"
+_CORRUPTED_LINE = 649  # WorkNCCL::handleException: "Some NCCL operations have failed or timed out"
+_TAKEDOWN_LINE = 655  # "To avoid data inconsistency, we are taking the entire process down."
+_DESYNC_LINE = 2212  # the desync report under TORCH_NCCL_DESYNC_DEBUG=1
+_CUDA_CHECK_LINE = 42  # c10/cuda/CUDAException.cpp: c10_cuda_check_implementation
 _TORCH_LIBS = frozenset({"libc10.so", "libc10_cuda.so", "libtorch_cuda.so", "libtorch_cpu.so", "libtorch.so"})
 # Where each library lands in its process's region (mapped in load order: torch's big CUDA library first).
 _LAYOUT = {
@@ -50,6 +58,41 @@ _REMOTE_ERROR: tuple[Frame, ...] = (
     *_THREAD_TAIL,
 )
 _RETHROW: tuple[Frame, ...] = (_ERROR_CTOR, (None, 0x11C2B6E, "libtorch_cuda.so"), *_THREAD_TAIL)
+_TIMEOUT: tuple[Frame, ...] = (
+    _ERROR_CTOR,
+    (
+        "c10d::ProcessGroupNCCL::WorkNCCL::checkTimeout(std::optional<std::chrono::duration<long, "
+        "std::ratio<1l, 1000l> > >)",
+        0x2C4,
+        "libtorch_cuda.so",
+    ),
+    ("c10d::ProcessGroupNCCL::Watchdog::runLoop()", 0x8A6, "libtorch_cuda.so"),
+    ("c10d::ProcessGroupNCCL::Watchdog::run()", 0x10E, "libtorch_cuda.so"),
+    *_THREAD_TAIL,
+)
+_CUDA_ERROR: tuple[Frame, ...] = (
+    _ERROR_CTOR,
+    (
+        "c10::detail::torchCheckFail(char const*, char const*, unsigned int, std::string const&)",
+        0x64,
+        "libc10.so",
+    ),
+    (
+        "c10::cuda::c10_cuda_check_implementation(int, char const*, char const*, int, bool)",
+        0x11D,
+        "libc10_cuda.so",
+    ),
+    ("c10d::ProcessGroupNCCL::WorkNCCL::finishedGPUExecutionInternal() const", 0x56, "libtorch_cuda.so"),
+    ("c10d::ProcessGroupNCCL::WorkNCCL::isCompleted()", 0x64, "libtorch_cuda.so"),
+    ("c10d::ProcessGroupNCCL::Watchdog::runLoop()", 0x5B1, "libtorch_cuda.so"),
+    ("c10d::ProcessGroupNCCL::Watchdog::run()", 0x10E, "libtorch_cuda.so"),
+    *_THREAD_TAIL,
+)
+# CUDA's error strings (cudaGetErrorString) for the GPU faults the failure scenarios play.
+CUDA_ERRORS = {
+    "xid": "an illegal memory access was encountered",
+    "ecc": "uncorrectable ECC error encountered",
+}
 
 
 @dataclass(frozen=True)
@@ -96,9 +139,11 @@ def frames(process: Process, stack: Sequence[Frame]) -> list[str]:
     return out
 
 
-def raised_from(function: str, line: int, process: Process, stack: Sequence[Frame]) -> str:
+def raised_from(
+    function: str, line: int, process: Process, stack: Sequence[Frame], source_file: str = ""
+) -> str:
     """c10::Error's backtrace: `Exception raised from F at FILE:LINE (most recent call first):` and frames."""
-    source = f"{SOURCE_ROOT}/ProcessGroupNCCL.cpp:{line}"
+    source = f"{source_file or SOURCE_ROOT + '/ProcessGroupNCCL.cpp'}:{line}"
     head = f"Exception raised from {function} at {source} (most recent call first):"
     return "\n".join([head, *frames(process, stack)]) + "\n"
 
@@ -121,11 +166,7 @@ def remote_error(process: Process, nccl_version: str, peer: str, at: float) -> s
         + raised_from("checkForNCCLErrorsInternal", _REMOTE_RAISE_LINE, process, _REMOTE_ERROR)
     )
     log = f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
-    rethrow = raised_from("run", _RETHROW_LINE, process, _RETHROW)
-    return (
-        f"{log}\nterminate called after throwing an instance of 'c10::DistBackendError'\n"
-        f"  what():  {what}\n{rethrow}\n"
-    )
+    return f"{log}\n" + _terminate(what, process)
 
 
 def nccl_warn(host: str, pid: int, tid: int, device: int, peer: str) -> str:
@@ -134,3 +175,88 @@ def nccl_warn(host: str, pid: int, tid: int, device: int, peer: str) -> str:
         f"{host}:{pid}:{tid} [{device}] misc/socket.cc:58 NCCL WARN socketProgress: Connection closed by "
         f"remote peer {peer}\n"
     )
+
+
+def _pg(rank: int) -> str:
+    return f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}]"
+
+
+def _terminate(what: str, process: Process, error: str = "c10::DistBackendError") -> str:
+    """std::terminate's block for the watchdog's rethrown exception: what() with its backtrace, the
+    rethrow's own backtrace, a blank line (the process aborts after it)."""
+    rethrow = raised_from("run", _RETHROW_LINE, process, _RETHROW)
+    return f"terminate called after throwing an instance of '{error}'\n  what():  {what}\n{rethrow}\n"
+
+
+def watchdog_timeout(
+    process: Process, numbers: WatchdogNumbers, at: float, *, desync_with: int | None = None
+) -> str:
+    """A rank's stderr when its collective timed out: the watchdog's lines (the desync report when asked
+    for: `desync_with` is the rank that never joined), then std::terminate (the process then aborts)."""
+    rank, n = process.rank, numbers
+    work = (
+        f"WorkNCCL(SeqNum={n.seq_num}, OpType={n.op_type}, NumelIn={n.numel_in}, NumelOut={n.numel_out}, "
+        f"Timeout(ms)={n.timeout_ms}) ran for {n.ran_for_ms} milliseconds before timing out."
+    )
+    caught = f"[Rank {rank}] Watchdog caught collective operation timeout: {work}"
+    works = (
+        f"work: {n.seq_num}, last enqueued NCCL work: {n.last_enqueued}, last completed NCCL work: "
+        f"{n.last_completed}."
+    )
+
+    def line(source_line: int, text: str, dt: float) -> str:
+        return f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{source_line}', at + dt)} {text}\n"
+
+    out = line(_TIMEOUT_LINE, caught, 0.0)
+    out += line(
+        _DETECTED_LINE,
+        f"{_pg(rank)} Exception (either an error or timeout) detected by watchdog at {works}",
+        0.0003,
+    )
+    if desync_with is not None:
+        out += line(
+            _DESYNC_LINE,
+            f"{_pg(rank)}  - [{rank}] Timeout at collective: {n.op_type}, #{n.seq_num}\n"
+            " - To our best knowledge, the lagging/dead/mismatched ranks that caused the desync are:\n"
+            f"     [{desync_with}] finished collective #{n.last_completed}, but didn't join collective "
+            f"#{n.seq_num} (count from 1)",
+            0.0009,
+        )
+    out += line(_TIMEOUT_AT_LINE, f"{_pg(rank)} Timeout at NCCL {works}", 0.0011)
+    out += line(
+        _CORRUPTED_LINE,
+        f"[Rank {rank}] Some NCCL operations have failed or timed out. Due to the asynchronous nature of "
+        "CUDA kernels, subsequent GPU operations might run on corrupted/incomplete data.",
+        0.0012,
+    )
+    out += line(
+        _TAKEDOWN_LINE,
+        f"[Rank {rank}] To avoid data inconsistency, we are taking the entire process down.",
+        0.0012,
+    )
+    what = f"{_pg(rank)} Process group watchdog thread terminated with exception: {caught}\n" + raised_from(
+        "checkTimeout", _TIMEOUT_LINE, process, _TIMEOUT
+    )
+    out += line(WATCHDOG_LOG_LINE, what, 0.0015)
+    return out + _terminate(what, process)
+
+
+def cuda_error(process: Process, kind: str, at: float) -> str:
+    """A rank's stderr when its GPU faults: the watchdog finds the CUDA error first and terminates the
+    process with c10::Error (the Python side never gets to raise it)."""
+    rank = process.rank
+    message = (
+        f"CUDA error: {CUDA_ERRORS[kind]}\nCUDA kernel errors might be asynchronously reported at some other "
+        "API call, so the stacktrace below might be incorrect.\nFor debugging consider passing "
+        "CUDA_LAUNCH_BLOCKING=1\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n\n"
+    )
+    trace = raised_from(
+        "c10_cuda_check_implementation",
+        _CUDA_CHECK_LINE,
+        process,
+        _CUDA_ERROR,
+        source_file="/pytorch/c10/cuda/CUDAException.cpp",
+    )
+    what = f"{_pg(rank)} Process group watchdog thread terminated with exception: {message}{trace}"
+    log = f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
+    return log + "\n" + _terminate(what, process)

@@ -1,4 +1,5 @@
-"""torch's CUDA out-of-memory error as a rank of a training script prints it: its traceback and message."""
+"""A training script's uncaught errors as a rank prints them through torch's excepthook: the CUDA
+out-of-memory error and a dead DataLoader worker, with their tracebacks."""
 
 from __future__ import annotations
 
@@ -67,3 +68,34 @@ def oom_traceback(rank: int, script: str, site_packages: str, figures: OomFigure
             lines.append("    " + " " * column + "^" * count)
     lines.append(f"torch.OutOfMemoryError: {oom_message(figures, device)}")
     return "".join(f"[rank{rank}]: {line}\n" for line in lines)
+
+
+# torch 2.13's DataLoader frames from the training loop's `for` down to the check that finds a worker dead.
+_LOADER: tuple[tuple[str, int, str, str], ...] = (
+    ("torch/utils/data/dataloader.py", 741, "__next__", "data = self._next_data()"),
+    ("torch/utils/data/dataloader.py", 1486, "_next_data", "idx, data = self._get_data()"),
+    ("torch/utils/data/dataloader.py", 1448, "_get_data", "success, data = self._try_get_data()"),
+    (
+        "torch/utils/data/dataloader.py",
+        1295,
+        "_try_get_data",
+        'raise RuntimeError(f"DataLoader worker (pid(s) {pids_str}) exited unexpectedly") from e',
+    ),
+)
+
+
+def crash_traceback(rank: int, script: str, site_packages: str, worker_pid: int) -> str:
+    """A DataLoader worker killed by a bus error (shared memory exhausted): the worker's own line, then the
+    training loop's RuntimeError through torch's hook, every line prefixed `[rankN]: `."""
+    lines = ["Traceback (most recent call last):"]
+    for lineno, func, code in (*_SCRIPT[:2], (281, "train", "for step, batch in enumerate(train_loader):")):
+        lines += [f'  File "{script}", line {lineno}, in {func}', f"    {code}"]
+    site = site_packages.rstrip("/")
+    for path, lineno, func, code in _LOADER:
+        lines += [f'  File "{site}/{path}", line {lineno}, in {func}', f"    {code}"]
+    lines.append(f"RuntimeError: DataLoader worker (pid(s) {worker_pid}) exited unexpectedly")
+    shm = (
+        "ERROR: Unexpected bus error encountered in worker. This might be caused by insufficient shared "
+        "memory (shm).\n"
+    )
+    return shm + "".join(f"[rank{rank}]: {line}\n" for line in lines)

@@ -3,21 +3,56 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fakerun.sim import rand
 from fakerun.sim.collectives import comm_plan, grad_buckets
-from fakerun.sim.memory import GIB, MIB, memory_breakdown
 
 if TYPE_CHECKING:
     from fakerun.sim.job import JobSpec
 
-FAILURE_KINDS = ("crash", "segfault", "oom", "nccl-timeout", "hang", "node-loss", "loss-spike", "nan")
-# --fake-fail's name for "one of FAILURE_KINDS, chosen by the seed".
+# What each scenario does, as --fake-list-failures shows it.
+DESCRIPTIONS = {
+    "crash": "an uncaught Python exception in the training script (a DataLoader worker died): exit 1",
+    "oom": "torch.OutOfMemoryError in the backward pass, with the memory model's figures: exit 1",
+    "xid": "a GPU fault (Xid): CUDA error: an illegal memory access was encountered; the watchdog aborts: -6",
+    "ecc": "an uncorrectable ECC error in HBM: CUDA error, the watchdog aborts the process: -6",
+    "segfault": "the process dies of SIGSEGV in native code: -11",
+    "sigkill": "the host's OOM killer ends the process: -9",
+    "nccl-timeout": "a collective never completes: every rank's NCCL watchdog times out and aborts: -6",
+    "hang": "one rank stops responding; the others' watchdogs time out and abort (-6), it gets SIGTERM",
+    "node-loss": "a node vanishes: its ranks die (-9), the other nodes' ranks see the remote peer close: -6",
+    "loss-spike": "the loss jumps and the gradient norm with it, then recovers over tens of steps",
+    "nan": "1-3 steps of NaN loss: fp16 skips them and lowers its loss scale; training goes on",
+}
+FAILURE_KINDS = tuple(DESCRIPTIONS)
+# Scenarios that are the loss curve's, not a process's: training goes on.
+CURVE_KINDS = frozenset({"loss-spike", "nan"})
+# --fake-fail's name for failures drawn at the rates of large runs (RANDOM_RATES).
 RANDOM_FAILURE = "random"
+RANDOM_DESCRIPTION = (
+    "failures drawn at the rates of a large run (Llama 3: 419 in 54 days on 16,384 GPUs), scaled to this job"
+)
+# Llama 3's pre-training (Dubey et al. 2024, table 5): 419 unexpected interruptions in 54 days on 16,384
+# H100s, i.e. per GPU-hour; and the share of each cause, mapped onto the scenarios that look like it.
+INTERRUPTIONS_PER_GPU_HOUR = 419 / (54 * 24 * 16_384)
+RANDOM_MIX = {
+    "xid": 0.301 + 0.041,  # faulty GPU, SDC
+    "ecc": 0.172,  # HBM3 memory
+    "node-loss": 0.121 + 0.054 + 0.02,  # host maintenance, network switch/cable, host/power
+    "nccl-timeout": 0.084 + 0.017,  # network, NIC
+    "crash": 0.129,  # software bugs
+    "segfault": 0.027,  # dependency bugs in native code
+    "hang": 0.029,  # GPU hangs, unknown
+}
+# The share of RANDOM_MIX past these kinds: none. The scenarios a random draw can produce.
+RANDOM_KINDS = tuple(RANDOM_MIX)
 # torch.distributed's default NCCL watchdog timeout (excerpts 05, 07: Timeout(ms)=600000).
 WATCHDOG_TIMEOUT_MS = 600_000
+MAX_FAILURES = 64  # --fake-fail scenarios in one job
 
 
 @dataclass(frozen=True)
@@ -57,6 +92,10 @@ def plan_failure(
         "crash": (1, None),  # an uncaught Python exception
         "oom": (1, None),  # torch.OutOfMemoryError, uncaught
         "segfault": (-11, "SIGSEGV"),
+        "sigkill": (-9, "SIGKILL"),
+        # CUDA errors surface in the NCCL watchdog first, which terminates the process (std::abort).
+        "xid": (-6, "SIGABRT"),
+        "ecc": (-6, "SIGABRT"),
         # Every rank of the stuck collective times out; the watchdog aborts the process (std::abort).
         "nccl-timeout": (-6, "SIGABRT"),
     }
@@ -67,6 +106,52 @@ def plan_failure(
     return Failure(kind, step, rank, node, (), None, None)
 
 
+def parse_spec(spec: str) -> tuple[str, int | None, int | None]:
+    """`SCENARIO[@STEP][:RANK]` (the command line checked it) as (scenario, step, rank)."""
+    head, _, rank = spec.partition(":")
+    kind, _, step = head.partition("@")
+    return kind, (int(step) if step else None), (int(rank) if rank else None)
+
+
+def plan_failures(
+    job: JobSpec, specs: Sequence[str], *, first: int, last: int, step_s: float
+) -> tuple[Failure, ...]:
+    """The failures of --fake-fail's specs for a run of steps first..last: each where it says, else seeded
+    in the run; `random` draws from the rates of large runs (none if the run is too short to meet one)."""
+    out: list[Failure] = []
+    for index, spec in enumerate(specs):
+        kind, step, rank = parse_spec(spec)
+        if kind == RANDOM_FAILURE:
+            drawn = random_failure(job, index, first=first, last=last, step_s=step_s)
+            if drawn is None:
+                continue
+            kind, step = drawn
+        horizon = last - job.start_step
+        if step is not None and not first <= step <= last:
+            raise ValueError(f"--fake-fail {spec}: step {step} is outside this run's steps {first}-{last}")
+        out.append(plan_failure(job, kind, step=step, rank=rank, horizon=horizon))
+    return tuple(sorted(out, key=lambda f: f.step))
+
+
+def random_failure(
+    job: JobSpec, index: int, *, first: int, last: int, step_s: float
+) -> tuple[str, int] | None:
+    """When the first interruption of a job this size strikes (exponential at Llama 3's rate per GPU-hour)
+    and what it is (by Llama 3's causes); None when the run ends first."""
+    per_hour = INTERRUPTIONS_PER_GPU_HOUR * job.world_size
+    u = rand.uniform(job.seed, "fail-random-time", index)
+    hours = -math.log(max(1.0 - u, 1e-300)) / per_hour
+    step = first + int(hours * 3600.0 / max(step_s, 1e-9))
+    if step > last:
+        return None
+    pick = rand.uniform(job.seed, "fail-random-kind", index) * sum(RANDOM_MIX.values())
+    for kind, share in RANDOM_MIX.items():
+        pick -= share
+        if pick < 0:
+            return kind, step
+    return RANDOM_KINDS[-1], step
+
+
 def with_failure(job: JobSpec, failure: Failure) -> JobSpec:
     """The job whose loss curve carries the failure: a forced spike, or 1-3 NaN steps."""
     if failure.kind == "loss-spike":
@@ -75,41 +160,6 @@ def with_failure(job: JobSpec, failure: Failure) -> JobSpec:
         n = 1 + int(3 * rand.uniform(job.seed, "nan-run", failure.step))
         return dataclasses.replace(job, nan_steps=(*job.nan_steps, *range(failure.step, failure.step + n)))
     return job
-
-
-@dataclass(frozen=True)
-class OomNumbers:
-    """The figures of torch's "CUDA out of memory. Tried to allocate ..." message, in GiB."""
-
-    device: int
-    tried_gib: float
-    capacity_gib: float
-    free_gib: float
-    in_use_gib: float
-    allocated_gib: float
-    reserved_unallocated_gib: float
-
-
-def oom_numbers(job: JobSpec, rank: int, step: int) -> OomNumbers:
-    """Numbers for an OOM on `rank`: the fp32 logits of a micro batch no longer fit what is left."""
-    mb = memory_breakdown(job, rank, step)
-    # torch sees a little less than nvidia-smi's total (e.g. 79.1 GiB on an 81,559 MiB H100) [mem].
-    capacity = (job.gpu.memory_mib - 550) * MIB
-    free = (0.2 + 1.2 * rand.uniform(job.seed, "oom-free", rank, step)) * GIB
-    tried = max(4.0 * job.seq_len * job.micro_batch * job.model.vocab / job.tp, free + 0.5 * GIB)
-    in_use = capacity - free
-    unallocated = (1.0 + 2.0 * rand.uniform(job.seed, "oom-frag", rank)) * GIB
-    # At the failing allocation the process has grown to fill the device: PyTorch's share is what is left.
-    allocated = max(in_use - mb.overhead - unallocated, 0.0)
-    return OomNumbers(
-        device=rank % job.nproc_per_node,
-        tried_gib=tried / GIB,
-        capacity_gib=capacity / GIB,
-        free_gib=free / GIB,
-        in_use_gib=in_use / GIB,
-        allocated_gib=allocated / GIB,
-        reserved_unallocated_gib=unallocated / GIB,
-    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +176,9 @@ class WatchdogNumbers:
     last_completed: int
 
 
-def watchdog_numbers(job: JobSpec, rank: int, step: int) -> WatchdogNumbers:
+def watchdog_numbers(
+    job: JobSpec, rank: int, step: int, timeout_ms: int = WATCHDOG_TIMEOUT_MS
+) -> WatchdogNumbers:
     """Numbers for a data-parallel gradient collective stuck at `step`, as `rank` reports them."""
     plan = comm_plan(job)
     per_step = max(1, sum(op.count for op in plan.ops if op.group == "dp"))
@@ -140,5 +192,6 @@ def watchdog_numbers(job: JobSpec, rank: int, step: int) -> WatchdogNumbers:
         # FSDP / distributed optimizer: a flat reduce-scatter, NumelIn = dp x NumelOut (excerpt 05).
         op, numel_out = "_REDUCE_SCATTER_BASE", max(numel // job.dp, 1)
         numel = numel_out * job.dp
-    ran_for = WATCHDOG_TIMEOUT_MS + 40 + int(80 * rand.uniform(job.seed, "watchdog", rank, step))
-    return WatchdogNumbers(seq, op, numel, numel_out, WATCHDOG_TIMEOUT_MS, ran_for, seq + 2, seq - 1)
+    # The watchdog polls every ~100 ms: each rank notices a little past the timeout, at its own moment.
+    ran_for = timeout_ms + 20 + int(100 * rand.uniform(job.seed, "watchdog", rank, step))
+    return WatchdogNumbers(seq, op, numel, numel_out, timeout_ms, ran_for, seq + 2, seq - 1)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fakerun.dsconfig import DsConfig
 from fakerun.presets import ModelSpec
 from fakerun.sim import checkpoint, compute, rand
+from fakerun.sim.failures import WATCHDOG_TIMEOUT_MS, Failure
 from fakerun.sim.job import JobSpec
 
 # Intervals real configs use: people pick round numbers, never 37.
@@ -83,6 +84,18 @@ class RunPlan:
     # many simulated seconds since the process started. Either exit saves and evaluates no more (exit_pauses).
     exit_interval: int = 0
     exit_after_s: float | None = None
+    failures: tuple[Failure, ...] = ()  # --fake-fail's strikes on processes, by step
+    # The collective timeout of the job's process groups (torch's default; the script may set its own).
+    nccl_timeout_s: float = WATCHDOG_TIMEOUT_MS / 1000.0
+
+    def failure_for(self, step: int, rank: int) -> Failure | None:
+        """The failure that strikes `rank` during `step`, if one does."""
+        for failure in self.failures:
+            if failure.step == step and (
+                rank == failure.rank or (failure.kind == "node-loss" and rank in failure.ranks)
+            ):
+                return failure
+        return None
 
     @property
     def steps(self) -> int:

@@ -18,9 +18,14 @@ class CoordinatorGone(Exception):
 class JobAborted(Exception):
     """Another node of the job is lost: this rank's collectives can never complete."""
 
-    def __init__(self, reason: str, node: int | None) -> None:
+    def __init__(
+        self, reason: str, node: int | None, *, why: str = "remote", step: int = 0, culprit: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.node = node  # the node where the job failed, if the launcher knows it
+        self.why = why  # "remote": a peer's process or node is gone; "timeout": the collective timed out
+        self.step = step  # the step whose collective timed out
+        self.culprit = culprit  # the rank that never joined it, when known
 
 
 class CoordinatorLink:
@@ -46,8 +51,14 @@ class CoordinatorLink:
         if not isinstance(reply, dict):
             raise CoordinatorGone("malformed reply")
         if reply.get("k") == "abort":
-            node = reply.get("node")
-            raise JobAborted(str(reply.get("reason", "")), node if isinstance(node, int) else None)
+            node, step, culprit = reply.get("node"), reply.get("s"), reply.get("culprit")
+            raise JobAborted(
+                str(reply.get("reason", "")),
+                node if isinstance(node, int) else None,
+                why="timeout" if reply.get("why") == "timeout" else "remote",
+                step=step if isinstance(step, int) else 0,
+                culprit=culprit if isinstance(culprit, int) else None,
+            )
         return reply
 
     def wait_until(self, deadline: float) -> None:

@@ -16,7 +16,7 @@ from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
 from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
-from fakerun.worker.trainer import CudaOutOfMemory, SimContext, nccl_abort_text, run_rank
+from fakerun.worker.trainer import CudaOutOfMemory, SimContext, Struck, nccl_abort_text, run_rank
 
 
 def set_title(argv: Sequence[str]) -> None:
@@ -37,10 +37,17 @@ def die_like_nccl(text: str) -> None:
     with contextlib.suppress(OSError):
         sys.stderr.write(text)
         sys.stderr.flush()
-    # std::terminate aborts; without a core file, which would be left behind in the working directory.
+    die_of(signal.SIGABRT)  # std::terminate aborts
+
+
+def die_of(signum: int) -> None:
+    """Ends the process by `signum` with its default action, without a core file (which would be left in the
+    working directory)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    signal.signal(signal.SIGABRT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGABRT)
+    if signum != signal.SIGKILL:  # SIGKILL has no handler to reset, and cannot be blocked
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
 
 
 def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
@@ -73,11 +80,19 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
             sys.stderr.write(f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:1505')} {_NOT_DESTROYED}\n")
             sys.stderr.flush()
         return 1
+    except Struck as exc:
+        # A --fake-fail scenario: its text, then the signal it dies of, or the script's exit code 1.
+        with contextlib.suppress(OSError):
+            sys.stderr.write(exc.text)
+            sys.stderr.flush()
+        if exc.signum is not None:
+            die_of(exc.signum)
+        return 1
     except CoordinatorGone:
         # The launcher is tearing the job down (it also signals us); leave quietly.
         return 1
     except JobAborted as exc:
-        die_like_nccl(nccl_abort_text(ctx, env, exc.node, sysconfig.get_paths()["purelib"]))
+        die_like_nccl(nccl_abort_text(ctx, env, exc, sysconfig.get_paths()["purelib"]))
         return 1
     except KeyboardInterrupt:
         # Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import statistics
+import sysconfig
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +56,14 @@ from fakerun.dialects.events import (
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
 from fakerun.render.grid import GridGpu
+from fakerun.render.oom import crash_traceback
 from fakerun.sim import (
     checkpoint,
     compute,
     ds_breakdown,
     ds_lossscale,
     estimates,
+    failures,
     identity,
     loss,
     lossscale,
@@ -68,13 +72,14 @@ from fakerun.sim import (
 )
 from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
+from fakerun.sim.failures import Failure
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times, usual_eval_seconds
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
-from fakerun.worker.channel import CoordinatorLink
+from fakerun.worker.channel import CoordinatorLink, JobAborted
 from fakerun.worker.emit import set_clock
 from fakerun.worker.printer import Printer
 
@@ -86,6 +91,16 @@ SANITY_VAL_STEPS = 2  # Lightning's Trainer(num_sanity_val_steps=2): validation 
 # this many training steps.
 _SLOW_PAUSE = 1.5
 _SLOW_EVAL_STEPS = 5
+
+
+class Struck(Exception):
+    """A --fake-fail scenario ends this rank: what it prints on stderr, then the signal it dies of (None:
+    the script's exit code 1)."""
+
+    def __init__(self, text: str, signum: int | None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.signum = signum
 
 
 class CudaOutOfMemory(Exception):
@@ -468,6 +483,9 @@ class RankTrainer:
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
             if step == job.oom_at_step:
                 self._run_out_of_memory(numbers.compute_s / max(job.grad_accum, 1) + overhead)
+            failure = run.failure_for(step, self.rank)
+            if failure is not None:
+                self._strike(failure, step, numbers.compute_s + overhead)
             # The rank reports its compute time at once and waits for the step's end, which the coordinator
             # sets from the slowest rank's compute and the collectives: one wake-up per step, not two, on 64+
             # processes (sleeping through its own compute first would show nothing more).
@@ -614,6 +632,41 @@ class RankTrainer:
         when = (0.7 + 0.03 * uniform(job.seed, "oom-when", self.rank)) * micro_batch_s
         self._pace_from(time.monotonic(), when)
         raise CudaOutOfMemory(memory.oom_figures(job), self.local_rank)
+
+    def _strike(self, failure: Failure, step: int, compute_s: float) -> None:
+        """--fake-fail's scenario on this rank, part-way through the step's compute: it raises what ends the
+        process, or stops answering (hang), or waits inside a collective that never completes."""
+        job = self.run.job
+        self._pace_from(
+            time.monotonic(), (0.2 + 0.6 * uniform(job.seed, "strike-when", self.rank, step)) * compute_s
+        )
+        kind = failure.kind
+        if kind == "oom":
+            raise CudaOutOfMemory(memory.oom_figures(job), self.local_rank)
+        if kind == "hang":
+            while True:  # never enqueues the collective: the others' watchdogs fire; the agent ends this one
+                self.link.receive()
+        if kind == "nccl-timeout":
+            # Inside the collective, which never completes: its watchdog fires with everyone else's.
+            self.link.send({"k": "stall", "s": step})
+            while True:
+                self.link.receive()
+        site = sysconfig.get_paths()["purelib"]
+        if kind == "crash":
+            pid, _ = self._identity()
+            worker_pid = pid + 40 + rand.hash64(job.seed, "loader-pid", self.rank) % 900
+            raise Struck(crash_traceback(self.rank, _script_path(), site, worker_pid), None)
+        if kind in c10.CUDA_ERRORS:
+            process = c10.Process(job.seed, self.rank, self._attempt(), site)
+            raise Struck(c10.cuda_error(process, kind, self._job_now()), signal.SIGABRT)
+        signum = {"segfault": signal.SIGSEGV, "sigkill": signal.SIGKILL, "node-loss": signal.SIGKILL}[kind]
+        raise Struck("", signum)
+
+    def _attempt(self) -> int:
+        return int(self.env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+    def _job_now(self) -> float:
+        return self._job_time() if self.ctx.clock is not None else time.time()
 
     def _early_stop(self, step: int) -> bool:
         """Whether the coordinator's stop after `step` is early stopping (its validation follows)."""
@@ -869,6 +922,13 @@ class RankTrainer:
         )
 
 
+def _script_path() -> str:
+    """The training script as its traceback names it."""
+    import sys
+
+    return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
+
+
 def shown_identity(ctx: SimContext, env: dict[str, str]) -> tuple[int, int]:
     """The pid a rank shows and the thread id NCCL's init thread shows, as its host would draw them."""
     job = ctx.run.job
@@ -887,18 +947,24 @@ def shown_identity(ctx: SimContext, env: dict[str, str]) -> tuple[int, int]:
     return pid, tid
 
 
-def nccl_abort_text(ctx: SimContext, env: dict[str, str], failed_node: int | None, site_packages: str) -> str:
-    """What a rank prints when the job failed on `failed_node` (None: unknown) while its collective waited:
-    NCCL's WARN under NCCL_DEBUG, then the watchdog's error and std::terminate, with their backtraces."""
+def nccl_abort_text(ctx: SimContext, env: dict[str, str], abort: JobAborted, site_packages: str) -> str:
+    """What a rank prints when its collective can never complete: the watchdog's timeout, or (a peer's
+    process or node gone) NCCL's WARN under NCCL_DEBUG, the watchdog's error and std::terminate."""
     job = ctx.run.job
+    failed_node = abort.node
     rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
     node = rank // job.nproc_per_node
     if failed_node is None or not 0 <= failed_node < len(ctx.hosts):
         failed_node = (node + 1) % len(ctx.hosts)
-    peer = c10.socket_address(ctx.hosts[failed_node], job.seed, rank)
     attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     process = c10.Process(job.seed, rank, attempt, site_packages)
     now = ctx.clock.at(time.monotonic()) if ctx.clock is not None else time.time()
+    if abort.why == "timeout":
+        timeout_ms = int(ctx.run.nccl_timeout_s * 1000)
+        numbers = failures.watchdog_numbers(job, rank, abort.step, timeout_ms)
+        desync = env.get("TORCH_NCCL_DESYNC_DEBUG", "") == "1" and abort.culprit is not None
+        return c10.watchdog_timeout(process, numbers, now, desync_with=abort.culprit if desync else None)
+    peer = c10.socket_address(ctx.hosts[failed_node], job.seed, rank)
     text = c10.remote_error(process, stack_for(job.cluster).nccl, peer, now)
     if env.get("NCCL_DEBUG", "").upper() in ("WARN", "INFO", "TRACE"):
         pid, tid = shown_identity(ctx, env)

@@ -514,9 +514,9 @@ FAKE_VALUES = [
     ("--fake-trainer", "FAKERUN_TRAINER", "megatron", "trainer", "megatron"),
     ("--fake-trainer", "FAKERUN_TRAINER", " HF ", "trainer", "hf"),
     ("--fake-metrics", "FAKERUN_METRICS", "m.jsonl", "metrics", "m.jsonl"),
-    ("--fake-fail", "FAKERUN_FAIL", "oom@5:1", "fail", "oom@5:1"),
-    ("--fake-fail", "FAKERUN_FAIL", "nccl-timeout", "fail", "nccl-timeout"),
-    ("--fake-fail", "FAKERUN_FAIL", " Random@12 ", "fail", "random@12"),
+    ("--fake-fail", "FAKERUN_FAIL", "oom@5:1", "fail", ("oom@5:1",)),
+    ("--fake-fail", "FAKERUN_FAIL", "nccl-timeout", "fail", ("nccl-timeout",)),
+    ("--fake-fail", "FAKERUN_FAIL", " Random@12 ", "fail", ("random@12",)),
 ]
 FAKE_FLAGS = [
     ("--fake-exec", "FAKERUN_EXEC", "exec"),
@@ -994,7 +994,7 @@ class TestFakeFail:
     @pytest.mark.parametrize("suffix", ["", "@1", ":0", "@250:7"])
     def test_known_names(self, name: str, suffix: str) -> None:
         """Every scenario of the simulation, and random, with or without a step and a rank."""
-        assert parse(["--fake-fail", name + suffix, "train.py"]).fake.fail == name + suffix
+        assert parse(["--fake-fail", name + suffix, "train.py"]).fake.fail == (name + suffix,)
 
     def test_unknown_name_lists_the_known_ones(self, capsys: pytest.CaptureFixture[str]) -> None:
         """An unknown scenario is one line naming every scenario there is (it used to be ignored)."""
@@ -1024,6 +1024,15 @@ class TestFakeFail:
         line = one_line(capsys, ["--fake-fail", text, "train.py"])
         assert line.startswith("fakerun: error: argument --fake-fail: ")
         assert "SCENARIO[@STEP][:RANK]" in line
+
+    def test_repeated_and_listed(self) -> None:
+        """Repeated on the command line, comma-separated in FAKERUN_FAIL: every scenario, in order."""
+        argv = ["--fake-fail", "oom@5:1", "--fake-fail", "hang@9", "train.py"]
+        assert parse(argv).fake.fail == ("oom@5:1", "hang@9")
+        assert parse(["train.py"], {"FAKERUN_FAIL": "xid@3:2, node-loss"}).fake.fail == (
+            "xid@3:2",
+            "node-loss",
+        )
 
 
 class TestTorchrunLimits:

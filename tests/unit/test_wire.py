@@ -281,7 +281,15 @@ class TestMessageChecks:
         """A release 2 s ahead of the sender's clock is 2 s ahead of ours; a day and more is refused."""
         reply = {"k": "step", "s": 3, "rel": 1002.0, "comm": 0.1, "ar_ms": 1.0, "stop": False, "x": 1}
         out = cluster._reply_items({"now": 1000.0, "items": [[1, reply]]}, frozenset({1}), 50.0)
-        assert out == [(1, {"k": "step", "s": 3, "rel": 52.0, "comm": 0.1, "ar_ms": 1.0, "stop": False})]
+        want = {"k": "step", "s": 3, "rel": 52.0, "comm": 0.1, "ar_ms": 1.0, "stop": False, "exit": False}
+        assert out == [(1, want)]
+        # Only a real True exits (Megatron's --exit-interval), and an abort keeps its checked fields only.
+        abort = {"k": "abort", "why": "timeout", "s": 7, "culprit": 2, "node": 1, "reason": "x\n", "y": 0}
+        ((_, got),) = cluster._reply_items({"now": 0.0, "items": [[1, abort]]}, frozenset({1}), 0.0)
+        assert got == {"k": "abort", "why": "timeout", "s": 7, "culprit": 2, "node": 1, "reason": "x\\n"}
+        for bad in ({"why": "boom"}, {"s": -1}, {"culprit": "2"}, {"node": 1 << 20}):
+            with pytest.raises(WireError):
+                cluster._reply_items({"now": 0.0, "items": [[1, {**abort, **bad}]]}, frozenset({1}), 0.0)
         with pytest.raises(WireError, match="'rel' is out of range"):
             cluster._reply_items({"now": 0.0, "items": [[1, {**reply, "rel": 1e9}]]}, frozenset({1}), 0.0)
         with pytest.raises(WireError, match="not on this node"):
