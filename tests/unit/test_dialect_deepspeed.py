@@ -92,8 +92,12 @@ def steps(config: DsConfig, rank: int = 0, last: int = 40) -> list[str]:
         n, scale = ds_lossscale.engine_step(job, config, state, step_numbers(job, rank, s))
         state = scale.state if scale is not None else state
         times.append(n.step_time_s)
-        timers = ds_breakdown.engine_times(job, n) if config.wall_clock_breakdown and rank == 0 else None
         overflow = scale is not None and scale.overflow
+        timers = (
+            ds_breakdown.engine_times(job, n, overflow=overflow)
+            if config.wall_clock_breakdown and rank == 0
+            else None
+        )
         memory = tuple(
             ds_breakdown.micro_memory(job, rank, s, i, first=s == 1 and i == 0, overflow=overflow)
             for i in range(job.grad_accum if config.memory_breakdown and rank == 0 else 0)
@@ -115,6 +119,20 @@ def steps(config: DsConfig, rank: int = 0, last: int = 40) -> list[str]:
             ds_memory=memory,
         )
         out += texts(d.render(event, AT + s))
+    return out
+
+
+def overflowed(config: DsConfig, last: int = 40) -> set[int]:
+    """The steps of the run whose fp16 scaler overflowed."""
+    job = run_plan(config).job
+    state = ds_lossscale.initial_state(config.initial_scale_power, config.hysteresis)
+    out = set()
+    for s in range(1, last + 1):
+        _, scale = ds_lossscale.engine_step(job, config, state, step_numbers(job, 0, s))
+        assert scale is not None
+        state = scale.state
+        if scale.overflow:
+            out.add(s)
     return out
 
 
@@ -176,11 +194,14 @@ def test_step_and_timer_lines_every_steps_per_print() -> None:
     timers = [m for m in map(TIMER.match, lines) if m]
     assert [int(m.group(5)) for m in progress] == list(range(5, 41, 5))
     assert [int(m.group(6)) for m in timers] == list(range(5, 41, 5))
+    skips = overflowed(config)
     for m in timers:
         step = int(m.group(6))
         assert int(m.group(5)) == step * run.job.grad_accum  # micro steps
         n = step_numbers(run.job, 0, step)
-        assert float(m.group(8)) == pytest.approx(run.job.global_batch / n.step_time_s)
+        # An overflowed step skipped the update: every rank is shorter by it.
+        saved = ds_breakdown.skipped_update_s(run.job) if step in skips else 0.0
+        assert float(m.group(8)) == pytest.approx(run.job.global_batch / (n.step_time_s - saved))
         assert float(m.group(9)) == pytest.approx(n.mem_allocated_gib, abs=0.006)
     for m in progress:
         # WarmupLR's default log warm-up over 10 steps, to the optimizer's lr: after k updates the lr is
