@@ -53,6 +53,16 @@ class DsConfig:
         return value if isinstance(value, dict) else {}
 
     @property
+    def stage0_wrapper(self) -> str | None:
+        """The 16-bit wrapper of ZeRO stage 0 (engine._configure_fp16_optimizer, for fp16 and, with 16-bit
+        gradient accumulation, bf16): FP16_Optimizer around a FusedAdam (the config's Adam/AdamW),
+        FP16_UnfusedOptimizer around anything else (a client optimizer, Lamb); None: no wrapper."""
+        if self.zero_stage > 0 or self.precision == "fp32":
+            return None
+        fused = (self.optimizer or "").lower() in ("adam", "adamw")
+        return "FP16_Optimizer" if fused else "FP16_UnfusedOptimizer"
+
+    @property
     def info(self) -> bool:
         """Whether DeepSpeed's logger prints INFO lines (the config's log_level is info or debug)."""
         return self.log_level in ("info", "debug")

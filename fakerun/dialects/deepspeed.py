@@ -16,8 +16,8 @@ from fakerun.dialects.events import (
 )
 from fakerun.dsconfig import DsConfig
 from fakerun.sim import rand
-from fakerun.sim.ds_breakdown import ENGINE_PHASES, EngineTimes, MemoryUsage, total_times
-from fakerun.sim.ds_lossscale import scheduler_lr
+from fakerun.sim.ds_breakdown import ENGINE_PHASES, EngineTimes, MemoryUsage, init_optimizer_ms, total_times
+from fakerun.sim.ds_lossscale import ScaleStep, scheduler_lr
 from fakerun.sim.job import JobSpec
 
 # Options DeepSpeed's add_config_arguments and its examples define (`--deepspeed` is a flag there; HF
@@ -41,6 +41,10 @@ _CONFIG = "config.py:{}:print"
 _USER_CONFIG = "config.py:999:print_user_config"
 _TIMER = "timer.py:264:stop"
 _SCALER = "loss_scaler.py:{}:update_scale"
+# Stage 0's 16-bit wrappers: their _update_scale's logger.info lines (overflow, increase), and the unfused
+# one's overflow message in step() (step_fused_lamb's for Lamb).
+_FUSED = "fused_optimizer.py:{}:_update_scale"
+_UNFUSED = "unfused_optimizer.py:{}:{}"
 _GIB = 1024.0**3
 _OFFLOAD = (
     "device='cpu' nvme_path=None buffer_count=4 pin_memory=False pipeline_read=False pipeline_write=False "
@@ -230,7 +234,8 @@ class DeepSpeedDialect:
         if kind in (JobStarted, ModelBuilt):
             return True  # ModelBuilt: deepspeed.initialize's unfiltered lines on every rank
         if self.seat.rank != 0:
-            return False
+            # Stage 0's fp16 wrappers log their loss scale changes on every rank.
+            return kind is StepDone and self.ds.info and self._stage0_fp16()
         # The breakdowns print()s whatever the log level.
         printed = self.ds.wall_clock_breakdown or self.ds.memory_breakdown
         return (kind is StepDone and printed) or (self.ds.info and kind in (StepDone, CheckpointSaving))
@@ -254,8 +259,10 @@ class DeepSpeedDialect:
                 t for message, m in zip(init, event.ds_memory, strict=False) for t in memory_lines(message, m)
             ]
             if not self.ds.info:
-                return [Line(text) for text in out + self.scheduler_warning(at)]
+                return [Line(text) for text in out + self.init_timer(self.job) + self.scheduler_warning(at)]
             return [Line(text) for text in out + self.engine_init(self.job, at)]
+        if isinstance(event, StepDone) and self.seat.rank != 0:
+            return [Line(text) for text in self.scaler_lines(event.ds_scale, at)]
         if self.seat.rank != 0:
             return ()
         if isinstance(event, StepDone):
@@ -270,6 +277,16 @@ class DeepSpeedDialect:
                 Line(f"{p}[Rank 0] Saving model checkpoint: checkpoints/{tag}/mp_rank_00_model_states.pt"),
             ]
         return ()
+
+    def _stage0_fp16(self) -> bool:
+        """Whether stage 0's 16-bit wrapper scales the loss (fp16; bf16 has no scaler)."""
+        return self.ds.stage0_wrapper is not None and self.ds.precision == "fp16"
+
+    def init_timer(self, job: JobSpec) -> list[str]:
+        """ZeRO-3's initialize_optimizer_states logs its timer (print_dist, with wall_clock_breakdown)."""
+        if self.ds.zero_stage != 3 or not self.ds.wall_clock_breakdown or self.seat.rank != 0:
+            return []
+        return [f"[Rank 0] time (ms) | init_optimizer_state: {init_optimizer_ms(job, self.seat.rank):.2f}"]
 
     def mom(self) -> str:
         """get_mom(): the optimizer's betas per param group, a list as configured, FusedAdam's tuple else."""
@@ -368,16 +385,20 @@ class DeepSpeedDialect:
                 prefix(at, _STAGE3.format(217, "__init__"))
                 + f"Prefetch bucket size {ds.prefetch_bucket_size}",
                 *self.pinned(at, "ZeRO-3 parameter offload init"),
+                *self.init_timer(job),
                 prefix(at, _STAGE3.format(728, "_setup_for_real_optimizer")) + "optimizer state initialized",
                 *self.pinned(at, "ZeRO-3 optimizer init"),
             ]
             final = "DeepSpeedZeroOptimizer_Stage3"
-        elif ds.precision == "fp16":
-            out.append(f"{p}[Rank 0] Creating fp16 optimizer with dynamic loss scale")
-            final = "FP16_Optimizer"
-        elif ds.precision == "bf16":
-            out.append(f"{p}[Rank 0] Creating BF16 optimizer")
-            final = "BF16_Optimizer"
+        elif ds.stage0_wrapper is not None:
+            # bf16 takes this path too (DDP_BFLOAT16): its LossScaleConfig keeps the static scale 1.0.
+            final = ds.stage0_wrapper
+            kind = "fp16" if final == "FP16_Optimizer" else "fp16 unfused"
+            scale = "dynamic loss scale" if ds.precision == "fp16" else "static loss scale: 1.0"
+            out.append(f"{p}[Rank 0] Creating {kind} optimizer with {scale}")
+            if final == "FP16_UnfusedOptimizer":
+                lamb = (ds.optimizer or "").lower() == "lamb"
+                out.append(prefix(at, _UNFUSED.format(48, "__init__")) + f"Fused Lamb Legacy : {lamb} ")
         else:
             final = basic
         out.append(f"{p}[Rank 0] DeepSpeed Final Optimizer = {final}")
@@ -423,36 +444,108 @@ class DeepSpeedDialect:
                 out += memory_lines(ENGINE_PHASES[-1], memory[-1])
         return out
 
-    def boundary(self, event: StepDone, at: float) -> list[str]:
-        """_take_model_step's lines: an overflow (INFO), else the ZeRO-1/2 optimizer's timers (printed with
-        wall_clock_breakdown); step= and the throughput timer every steps_per_print (INFO)."""
-        out: list[str] = []
-        n = event.numbers
+    def optimizer_timers(self, event: StepDone) -> list[str]:
+        """The optimizer's timers.log at the end of its step(): ZeRO-1/2's and ZeRO-3's (none after an
+        overflow, which returns first), FP16_Optimizer's (its overflow path logs the overflow timers)."""
+        t = event.ds_timers
+        if t is None:
+            return []
+        o = t.optimizer
         s = event.ds_scale
         overflow = s is not None and s.overflow
-        if not overflow and event.ds_timers is not None and self.ds.zero_stage in (1, 2):
-            # DeepSpeedZeroOptimizer.step ends with timers.log(OPTIMIZER_TIMERS); an overflow returns first.
-            o = event.ds_timers.optimizer
-            out.append(
+        if self.ds.stage0_wrapper == "FP16_Optimizer":
+            if overflow and s is not None:
+                # OVERFLOW_TIMERS: compute_norm exists (reset to 0) only once a step has computed a norm.
+                updated = s.state.iteration - s.state.skipped > 0
+                norm = "compute_norm: 0.00 | " if updated else ""
+                return [f"[Rank 0] time (ms) | {norm}overflow_check: {o.overflow_check:.2f}"]
+            return [
+                f"[Rank 0] time (ms) | compute_norm: {o.compute_norm:.2f} | overflow_check: "
+                f"{o.overflow_check:.2f} | unscale_and_clip: {o.unscale:.2f} | basic_step: {o.adam:.2f} | "
+                f"update_fp16: {o.copy_back:.2f}"
+            ]
+        if overflow:
+            return []
+        if self.ds.zero_stage in (1, 2):
+            return [
                 f"[Rank 0] time (ms) | optimizer_allgather: {o.allgather:.2f} | optimizer_gradients: "
                 f"{o.gradients:.2f} | optimizer_step: {o.step:.2f}"
-            )
-        if not self.ds.info:
-            return out
-        if s is not None and s.overflow:
+            ]
+        if self.ds.zero_stage == 3:
+            return [f"[Rank 0] time (ms) | optimizer_step: {o.zero3_step:.2f}"]
+        return []
+
+    def scale_text(self, value: float, pristine: bool) -> str:
+        """A loss scale as the stage-0 wrappers format it: the initial 2**power is an int until the first
+        change, every later scale a float (halved by / 2.0, doubled by *= 2.0)."""
+        return str(int(value)) if pristine else py_float(value)
+
+    def scaler_lines(self, s: ScaleStep | None, at: float) -> list[str]:
+        """The fp16 scaler's INFO lines in the optimizer's step(): ZeRO's DynamicLossScaler on an overflow
+        (rank 0); stage 0's _update_scale on an overflow or an increase (every rank), and its step()'s
+        overflow message (FP16_Optimizer: log_dist on rank 0; FP16_UnfusedOptimizer: every rank)."""
+        if s is None or not self.ds.info:
+            return []
+        rank0 = self.seat.rank == 0
+        if self.ds.stage0_wrapper is None:
+            if not s.overflow or not rank0:
+                return []
             if s.hysteresis_before > 1:
-                out.append(
+                return [
                     prefix(at, _SCALER.format(284))
                     + f"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
                     f"loss scale: {int(s.attempted)}, but hysteresis is {s.hysteresis_before}. Reducing "
                     f"hysteresis to {s.hysteresis_before - 1}"
-                )
-            else:
+                ]
+            return [
+                prefix(at, _SCALER.format(277)) + f"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
+                f"loss scale: {int(s.attempted)}, reducing to {int(s.state.scale)}"
+            ]
+        fused = self.ds.stage0_wrapper == "FP16_Optimizer"
+        skipped_before = s.state.skipped - (1 if s.overflow else 0)
+        pristine = skipped_before == 0 and s.attempted == 2**self.ds.initial_scale_power
+        prev, cur = self.scale_text(s.attempted, pristine), self.scale_text(s.state.scale, False)
+        iteration = s.state.iteration - 1  # cur_iter before _update_scale's increment
+        if not s.overflow:
+            if s.state.scale <= s.attempted:
+                return []
+            lines = (414, 415) if fused else (289, 290)
+            at_line = [_FUSED.format(i) if fused else _UNFUSED.format(i, "_update_scale") for i in lines]
+            return [
+                prefix(at, at_line[0]) + f"No Grad overflow for {self.ds.loss_scale_window} iterations",
+                prefix(at, at_line[1]) + f"Increasing dynamic loss scale from {prev} to {cur}",
+            ]
+        if fused:
+            out = [
+                # The message starts with a newline: the prefix ends its own line.
+                prefix(at, _FUSED.format(406)),
+                f"Grad overflow on iteration {iteration}",
+                prefix(at, _FUSED.format(407)) + f"Reducing dynamic loss scale from {prev} to {cur}",
+            ]
+            if rank0:
                 out.append(
-                    prefix(at, _SCALER.format(277))
-                    + f"[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted "
-                    f"loss scale: {int(s.attempted)}, reducing to {int(s.state.scale)}"
+                    prefix(at, _LOG_DIST) + f"[Rank 0] Overflow detected. Skipping step. Attempted loss "
+                    f"scale: {prev}, reducing to {cur}"
                 )
+            return out
+        lamb = (self.ds.optimizer or "").lower() == "lamb"
+        where = _UNFUSED.format(155, "step_fused_lamb") if lamb else _UNFUSED.format(203, "step")
+        return [
+            prefix(at, _UNFUSED.format(281, "_update_scale")) + f"Grad overflow on iteration: {iteration}",
+            prefix(at, _UNFUSED.format(282, "_update_scale"))
+            + f"Reducing dynamic loss scale from {prev} to {cur}",
+            prefix(at, where) + "[deepspeed] fp16 dynamic loss scale overflow! Skipping step. Attempted loss "
+            f"scale: {prev}, reducing to {cur}",
+        ]
+
+    def boundary(self, event: StepDone, at: float) -> list[str]:
+        """_take_model_step's lines: the optimizer's loss scale messages (INFO), then its timers (printed
+        with wall_clock_breakdown); step= and the throughput timer every steps_per_print (INFO)."""
+        n = event.numbers
+        s = event.ds_scale
+        out = self.scaler_lines(s, at) + self.optimizer_timers(event)
+        if not self.ds.info:
+            return out
         spp = self.ds.steps_per_print
         if n.step % spp == 0:
             skipped = s.state.skipped if s is not None else 0

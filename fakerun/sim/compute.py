@@ -97,7 +97,7 @@ def framework_tflops_per_gpu(job: JobSpec, seconds: float, framework: str = "6n"
     """TFLOP/s per GPU a framework prints for a step of `seconds` (its FLOPs / GPUs / the step time).
 
     The step-time identity holds for every formula: tflops * 1e12 * GPUs * seconds = the framework's FLOPs.
-    Pass the step's wall time as the worker measured it, warm-up included on iteration 1 (_with_warmup).
+    Pass the step's wall time as the worker measured it, warm-up included on iteration 1 (step.retimed).
     """
     return framework_flops_per_step(job, framework) / (job.world_size * seconds) / 1e12
 

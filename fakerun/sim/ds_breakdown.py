@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fakerun.sim import rand
+from fakerun.sim import compute, rand
 from fakerun.sim.collectives import comm_plan
 from fakerun.sim.job import JobSpec
 from fakerun.sim.memory import GIB, MIB, memory_breakdown, stage_params
@@ -20,7 +20,9 @@ __all__ = [
     "StepTimes",
     "engine_times",
     "init_memory",
+    "init_optimizer_ms",
     "micro_memory",
+    "skipped_update_s",
     "total_times",
 ]
 
@@ -30,6 +32,14 @@ _ADAM_BYTES_PER_PARAM = 36.0
 _HBM_EFFICIENCY = 0.8
 # The optimizer's share of a step never exceeds this (tiny models on many GPUs).
 _MAX_OPTIMIZER_SHARE = 0.2
+# Shares of the optimizer's time: the overflow check (an inf/nan test of the gradients and its all-reduce,
+# all an fp16 overflow step runs of it) and, of the update, the 16-bit copy-back (FP16_Optimizer's
+# update_fp16: fp32 read, 16-bit write).
+_OVERFLOW_CHECK_SHARE = 0.04
+_COPY_BACK_SHARE = 0.15
+# ZeRO-3's initialize_optimizer_states: zeroing the largest sub-group's fp32 gradient buffer (memset at HBM
+# speed) and the loop's bookkeeping.
+_INIT_STATE_BASE_MS = 0.4
 # The see_memory_usage calls of one micro-step, in the order engine.forward/backward/step make them.
 ENGINE_PHASES = (
     "Engine before forward",
@@ -59,12 +69,24 @@ class EngineTimes:
 
 @dataclass(frozen=True)
 class OptimizerTimes:
-    """DeepSpeedZeroOptimizer.step's own timers (ZeRO-1/2, on the boundary), ms: the updated partitions'
-    all-gather, the fp32 gradient partition's flatten-and-unscale, and Adam with the 16-bit copy-back."""
+    """The optimizer's own timers on the boundary, ms: the overflow check and gradient norm; the fp32
+    gradients' unscale-and-clip (ZeRO-1/2's optimizer_gradients also flattens the partition: `gradients`);
+    Adam with (ZeRO) or without (FP16_Optimizer's basic_step: `adam`) the 16-bit copy-back (`copy_back`);
+    and ZeRO-1/2's all-gather of the updated partitions. An overflowed step ran only the overflow check."""
 
     allgather: float
+    overflow_check: float
+    compute_norm: float
     gradients: float
+    unscale: float
     step: float
+    adam: float
+    copy_back: float
+
+    @property
+    def zero3_step(self) -> float:
+        """ZeRO-3's optimizer_step: every sub-group's fp32 gradients, unscale, Adam and copy-back."""
+        return self.gradients + self.step
 
 
 @dataclass(frozen=True)
@@ -118,14 +140,39 @@ def _hook_share(job: JobSpec, bucket_elements: int) -> float:
     return math.floor(params / bucket_elements) * bucket_elements / params
 
 
+def _update_ms(job: JobSpec) -> float:
+    """The optimizer's time at the boundary (the same on every rank), at most a share of a typical step."""
+    cap = _MAX_OPTIMIZER_SHARE * 1000.0 * compute.expected_step_time(job)
+    return min(_optimizer_ms(job), cap)
+
+
+def skipped_update_s(job: JobSpec) -> float:
+    """What an fp16 overflow saves a step: every rank skips the update after the overflow check."""
+    return _update_ms(job) * (1.0 - _OVERFLOW_CHECK_SHARE) / 1000.0
+
+
+def init_optimizer_ms(job: JobSpec, rank: int) -> float:
+    """ZeRO-3's init_optimizer_state timer: zeroing the fp32 gradient buffer of the rank's partition."""
+    dense, expert = stage_params(job, 0)
+    bandwidth = max(job.gpu.mem_bandwidth_tbs, 1.0) * 1e12 * _HBM_EFFICIENCY
+    memset_ms = 1000.0 * 4.0 * (dense + expert) / max(job.dp, 1) / bandwidth
+    return _INIT_STATE_BASE_MS + memset_ms + 0.3 * rand.uniform(job.seed, "ds-init-optimizer", rank)
+
+
 def engine_times(
-    job: JobSpec, n: StepNumbers, *, overhead_s: float = 0.0, bucket_elements: int = 500_000_000
+    job: JobSpec,
+    n: StepNumbers,
+    *,
+    overhead_s: float = 0.0,
+    bucket_elements: int = 500_000_000,
+    overflow: bool = False,
 ) -> StepTimes:
     """Rank n.rank's engine timers for each micro-step of step n.step: the step's compute, exposed
     collectives, wait for the slowest rank and (first step) warm-up, less the engine's untimed gaps.
 
     Over a step the timers add up to the step time the ThroughputTimer spans (n.step_time_s, warm-up
-    included), less a fraction of a millisecond per micro-step between the timed regions.
+    included; an overflowed step's without the update it skipped, skipped_update_s), less a fraction of a
+    millisecond per micro-step between the timed regions.
     """
     ga = max(job.grad_accum, 1)
     seed, rank, step = job.seed, n.rank, n.step
@@ -145,7 +192,8 @@ def engine_times(
     gaps = [0.12 + 0.2 * u("gap", i) for i in range(ga)]
     prologues = [0.05 + 0.12 * u("prologue", i) for i in range(ga)]
     idle_steps = [0.02 + 0.04 * u("idle", i) for i in range(ga - 1)]
-    optimizer_ms = min(_optimizer_ms(job), _MAX_OPTIMIZER_SHARE * compute_ms)
+    full_ms = _update_ms(job)
+    optimizer_ms = full_ms * _OVERFLOW_CHECK_SHARE if overflow else full_ms
     work_ms = max(0.0, compute_ms - optimizer_ms - sum(gaps) - sum(prologues) - sum(idle_steps))
 
     reduce_share, gather_share = _exposed_split(job)
@@ -184,11 +232,25 @@ def engine_times(
         step_ms = optimizer_ms + gather_ms if boundary else idle_steps[i]
         bwd = prologues[i] + inner + allreduce
         out.append(EngineTimes(fwd, bwd, inner, allreduce, step_ms))
-    # Inside the boundary's step(): the overflow check and gradient norm come first (untimed by the
-    # optimizer), then the fp32 gradient partition, Adam, and the all-gather of the updated partitions.
-    gradients = optimizer_ms * (0.2 + 0.05 * u("opt-gradients"))
-    checks = optimizer_ms * (0.08 + 0.04 * u("opt-checks"))
-    optimizer = OptimizerTimes(gather_ms, gradients, optimizer_ms - gradients - checks)
+    # Inside the boundary's step(): the overflow check and gradient norm come first (untimed by ZeRO), then
+    # the fp32 gradient partition (its flatten, then the unscale), Adam and its copy-back, and the
+    # all-gather of the updated partitions.
+    check = full_ms * _OVERFLOW_CHECK_SHARE
+    norm = full_ms * (0.05 + 0.03 * u("opt-norm"))
+    gradients = full_ms * (0.2 + 0.05 * u("opt-gradients"))
+    update = full_ms - check - norm - gradients
+    copy_back = update * _COPY_BACK_SHARE
+    optimizer = OptimizerTimes(
+        allgather=gather_ms,
+        # The timer spans the check's kernels and all-reduce; the engine's step timer also spans its entry.
+        overflow_check=check * (0.9 + 0.08 * u("opt-check")),
+        compute_norm=norm,
+        gradients=gradients,
+        unscale=gradients * (0.45 + 0.1 * u("opt-unscale")),
+        step=update,
+        adam=update - copy_back,
+        copy_back=copy_back,
+    )
     return StepTimes(tuple(out), optimizer)
 
 

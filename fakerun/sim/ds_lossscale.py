@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass, replace
 
 from fakerun.dsconfig import DsConfig
-from fakerun.sim import loss, rand
+from fakerun.sim import ds_breakdown, loss, rand
 from fakerun.sim.job import JobSpec
 from fakerun.sim.schedule import lr as job_lr
-from fakerun.sim.step import StepNumbers
+from fakerun.sim.step import StepNumbers, retimed
 
 __all__ = ["ScalerState", "advance", "engine_numbers", "engine_step", "initial_state", "scheduler_lr"]
 
@@ -127,8 +127,23 @@ def engine_step(
     job: JobSpec, ds: DsConfig, state: ScalerState, n: StepNumbers
 ) -> tuple[StepNumbers, ScaleStep | None]:
     """Optimizer step `n.step` through DeepSpeed's engine from scaler `state`: the fp16 scaler's outcome
-    (None without fp16) and the figures the skips so far leave."""
+    (None without fp16) and the figures the skips so far leave; an overflowed step is shorter by the update
+    every rank skipped."""
     if ds.precision != "fp16":
         return engine_numbers(job, ds, n, state.skipped), None
-    scaled = advance(state, job.seed, n.step, delayed_shift=ds.hysteresis, window=ds.loss_scale_window)
-    return engine_numbers(job, ds, n, scaled.state.skipped), scaled
+    # ZeRO's DynamicLossScaler has hysteresis; stage 0's FP16_Optimizer / FP16_UnfusedOptimizer halve the
+    # scale at every overflow (their _update_scale).
+    shift = ds.hysteresis if ds.zero_stage > 0 else 1
+    scaled = advance(
+        state,
+        job.seed,
+        n.step,
+        delayed_shift=shift,
+        window=ds.loss_scale_window,
+        min_scale=ds.min_loss_scale,
+    )
+    numbers = engine_numbers(job, ds, n, scaled.state.skipped)
+    if scaled.overflow:
+        saved = ds_breakdown.skipped_update_s(job)
+        numbers = retimed(replace(numbers, compute_s=numbers.compute_s - saved), -saved)
+    return numbers, scaled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,4 +111,19 @@ def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
         gating_rank=gate,
         straggler_rank=strag.rank if strag is not None else None,
         moe_aux_loss=_aux_loss(job, step),
+    )
+
+
+def retimed(n: StepNumbers, extra_s: float) -> StepNumbers:
+    """A step's figures as measured over its wall time plus `extra_s` (the first step's warm-up; negative: an
+    optimizer update the step skipped)."""
+    f = n.step_time_s / (n.step_time_s + extra_s)
+    return dataclasses.replace(
+        n,
+        step_time_s=n.step_time_s + extra_s,
+        mfu=n.mfu * f,
+        tflops_per_gpu=n.tflops_per_gpu * f,
+        tokens_per_s=n.tokens_per_s * f,
+        tokens_per_s_per_gpu=n.tokens_per_s_per_gpu * f,
+        rank_tokens_per_s=n.rank_tokens_per_s * f,
     )

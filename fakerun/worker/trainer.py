@@ -3,7 +3,6 @@ end), which emits typed events to the rank's printer and knows no framework's fo
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -76,7 +75,7 @@ from fakerun.sim.failures import Failure
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import JobClock, RunPlan, looped, startup_times, usual_eval_seconds
 from fakerun.sim.stack import stack_for
-from fakerun.sim.step import StepNumbers, step_numbers
+from fakerun.sim.step import StepNumbers, retimed, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
 from fakerun.worker.channel import CoordinatorLink, JobAborted
@@ -156,20 +155,6 @@ class _EpochTally:
         if not math.isnan(value):
             self.loss_sum += value
             self.losses += 1
-
-
-def _with_warmup(n: StepNumbers, overhead_s: float) -> StepNumbers:
-    """A step's figures as measured over its wall time plus `overhead_s` of warm-up (the first step)."""
-    f = n.step_time_s / (n.step_time_s + overhead_s)
-    return dataclasses.replace(
-        n,
-        step_time_s=n.step_time_s + overhead_s,
-        mfu=n.mfu * f,
-        tflops_per_gpu=n.tflops_per_gpu * f,
-        tokens_per_s=n.tokens_per_s * f,
-        tokens_per_s_per_gpu=n.tokens_per_s_per_gpu * f,
-        rank_tokens_per_s=n.rank_tokens_per_s * f,
-    )
 
 
 class RankTrainer:
@@ -501,7 +486,7 @@ class RankTrainer:
             self._tally.add(numbers.loss)
             if overhead:
                 # Iteration 1 took its warm-up too: its printed time and throughput say so.
-                numbers = _with_warmup(numbers, overhead)
+                numbers = retimed(numbers, overhead)
             if step == run.first_step:
                 m = memory.memory_breakdown(job, self.rank, step)
                 emit(
@@ -570,7 +555,11 @@ class RankTrainer:
                     timed_steps=max(0, len(step_times) - 2),
                     ds_timers=(
                         ds_breakdown.engine_times(
-                            job, numbers, overhead_s=overhead, bucket_elements=ds.reduce_bucket_size
+                            job,
+                            numbers,
+                            overhead_s=overhead,
+                            bucket_elements=ds.reduce_bucket_size,
+                            overflow=ds_scaled is not None and ds_scaled.overflow,
                         )
                         if ds is not None and ds_timers
                         else None

@@ -92,8 +92,12 @@ def steps(config: DsConfig, rank: int = 0, last: int = 40) -> list[str]:
         n, scale = ds_lossscale.engine_step(job, config, state, step_numbers(job, rank, s))
         state = scale.state if scale is not None else state
         times.append(n.step_time_s)
-        timers = ds_breakdown.engine_times(job, n) if config.wall_clock_breakdown and rank == 0 else None
         overflow = scale is not None and scale.overflow
+        timers = (
+            ds_breakdown.engine_times(job, n, overflow=overflow)
+            if config.wall_clock_breakdown and rank == 0
+            else None
+        )
         memory = tuple(
             ds_breakdown.micro_memory(job, rank, s, i, first=s == 1 and i == 0, overflow=overflow)
             for i in range(job.grad_accum if config.memory_breakdown and rank == 0 else 0)
@@ -115,6 +119,20 @@ def steps(config: DsConfig, rank: int = 0, last: int = 40) -> list[str]:
             ds_memory=memory,
         )
         out += texts(d.render(event, AT + s))
+    return out
+
+
+def overflowed(config: DsConfig, last: int = 40) -> set[int]:
+    """The steps of the run whose fp16 scaler overflowed."""
+    job = run_plan(config).job
+    state = ds_lossscale.initial_state(config.initial_scale_power, config.hysteresis)
+    out = set()
+    for s in range(1, last + 1):
+        _, scale = ds_lossscale.engine_step(job, config, state, step_numbers(job, 0, s))
+        assert scale is not None
+        state = scale.state
+        if scale.overflow:
+            out.add(s)
     return out
 
 
@@ -176,11 +194,14 @@ def test_step_and_timer_lines_every_steps_per_print() -> None:
     timers = [m for m in map(TIMER.match, lines) if m]
     assert [int(m.group(5)) for m in progress] == list(range(5, 41, 5))
     assert [int(m.group(6)) for m in timers] == list(range(5, 41, 5))
+    skips = overflowed(config)
     for m in timers:
         step = int(m.group(6))
         assert int(m.group(5)) == step * run.job.grad_accum  # micro steps
         n = step_numbers(run.job, 0, step)
-        assert float(m.group(8)) == pytest.approx(run.job.global_batch / n.step_time_s)
+        # An overflowed step skipped the update: every rank is shorter by it.
+        saved = ds_breakdown.skipped_update_s(run.job) if step in skips else 0.0
+        assert float(m.group(8)) == pytest.approx(run.job.global_batch / (n.step_time_s - saved))
         assert float(m.group(9)) == pytest.approx(n.mem_allocated_gib, abs=0.006)
     for m in progress:
         # WarmupLR's default log warm-up over 10 steps, to the optimizer's lr: after k updates the lr is
@@ -484,3 +505,128 @@ def test_memory_breakdown_init_lines_before_the_groups_summary() -> None:
     assert lines[3] == "DeepSpeed Engine: Before configure distributed model"
     assert MA.match(lines[1]) and MA.match(lines[4]) and CPU.match(lines[2]) and CPU.match(lines[5])
     assert lines[1].startswith("MA 0.0 GB") and "distributed groups summary" in lines[6]
+
+
+def bodies(lines: list[str]) -> list[str]:
+    """The lines without DeepSpeed's logger prefix."""
+    return [re.sub(PREFIX.replace(r"\[INFO\]", r"\[\w+\]"), "", t) for t in lines]
+
+
+def test_stage0_wraps_16_bit_training_in_fp16_optimizers() -> None:
+    """engine._configure_fp16_optimizer: fp16, and bf16 with bf16 gradient accumulation (DDP_BFLOAT16), get
+    FP16_Optimizer around the config's FusedAdam, FP16_UnfusedOptimizer around a client optimizer; bf16's
+    LossScaleConfig stays static at 1.0."""
+    stage0 = {"stage": 0}
+    bf16 = ds_config(zero_optimization=stage0, fp16={"enabled": False}, bf16={"enabled": True})
+    init = bodies(texts(dialect(0, bf16).render(built(run_plan(bf16)), AT)))
+    assert "[Rank 0] Creating fp16 optimizer with static loss scale: 1.0" in init
+    assert "[Rank 0] DeepSpeed Final Optimizer = FP16_Optimizer" in init
+    client = {k: v for k, v in CONFIG.items() if k != "optimizer"}
+    fp16 = parse_ds_config(json.dumps({**client, "zero_optimization": stage0}))
+    assert fp16 is not None
+    init = bodies(texts(dialect(0, fp16).render(built(run_plan(fp16)), AT)))
+    i = init.index("[Rank 0] Creating fp16 unfused optimizer with dynamic loss scale")
+    assert init[i + 1] == "Fused Lamb Legacy : False "  # the f-string's trailing space
+    assert init[i + 2] == "[Rank 0] DeepSpeed Final Optimizer = FP16_UnfusedOptimizer"
+    fp32 = ds_config(zero_optimization=stage0, fp16={"enabled": False})
+    init = bodies(texts(dialect(0, fp32).render(built(run_plan(fp32)), AT)))
+    assert "[Rank 0] DeepSpeed Final Optimizer = FusedAdam" in init
+
+
+def test_stage0_fp16_scaler_halves_at_every_overflow_on_every_rank() -> None:
+    """FP16_Optimizer._update_scale has no hysteresis: each overflow halves the scale (65536 is the int
+    2**16, then floats); its logger.info lines come on every rank ("\\nGrad overflow ..." leaves the
+    prefix alone on its line), step()'s log_dist on rank 0 only."""
+    config = ds_config(zero_optimization={"stage": 0})
+    lines = bodies(steps(config, last=10))
+    done = re.compile(
+        r"\[Rank 0\] Overflow detected\. Skipping step\. Attempted loss scale: (\S+), reducing to (\S+)$"
+    )
+    found = [m for m in map(done.match, lines) if m]
+    assert found and found[0].groups() == ("65536", "32768.0")
+    for m in found[1:]:
+        assert float(m.group(1)) == 2 * float(m.group(2)) and m.group(1).endswith(".0")
+    over = sorted(overflowed(config, 10))
+    assert len(found) == len(over)
+    iters = [int(t.rsplit(" ", 1)[1]) for t in lines if t.startswith("Grad overflow on iteration ")]
+    assert iters == [s - 1 for s in over]  # cur_iter counts steps from 0
+    i = lines.index(f"Grad overflow on iteration {over[0] - 1}")
+    assert lines[i - 1] == "" and lines[i + 1] == "Reducing dynamic loss scale from 65536 to 32768.0"
+    other = bodies(steps(config, rank=2, last=10))
+    assert [t for t in other if t.startswith("Grad overflow")] == [t for t in lines if t.startswith("Grad")]
+    assert not any(map(done.match, other))
+
+
+FP16_STEP = re.compile(
+    r"\[Rank 0\] time \(ms\) \| compute_norm: (\d+\.\d\d) \| overflow_check: (\d+\.\d\d) \| "
+    r"unscale_and_clip: (\d+\.\d\d) \| basic_step: (\d+\.\d\d) \| update_fp16: (\d+\.\d\d)$"
+)
+FP16_OVERFLOW = re.compile(
+    r"\[Rank 0\] time \(ms\) \| (compute_norm: 0\.00 \| )?overflow_check: (\d+\.\d\d)$"
+)
+
+
+def test_fp16_optimizer_timers() -> None:
+    """FP16_Optimizer.step logs STEP_TIMERS, or on an overflow OVERFLOW_TIMERS, of which compute_norm exists
+    (reset, 0.00) only once a step has computed a norm; they run inside the engine's step timer."""
+    config = ds_config(zero_optimization={"stage": 0}, wall_clock_breakdown=True)
+    lines = steps(config, last=40)
+    over = sorted(overflowed(config))
+    seen = [m for m in map(FP16_OVERFLOW.match, lines) if m]
+    assert len(seen) == len(over)
+    # Before the first update every step overflowed (consecutive from step 1).
+    for step, m in zip(over, seen, strict=True):
+        assert (m.group(1) is None) == (step == over.index(step) + 1)
+    full = [m for m in map(FP16_STEP.match, lines) if m]
+    assert len(full) == 40 - len(over)
+    ga = run_plan(config).job.grad_accum
+    step_ms = [float(m.group(5)) for m in map(MICRO.match, lines) if m][ga - 1 :: ga]
+    optimizer = [m for m in map(lambda t: FP16_STEP.match(t) or FP16_OVERFLOW.match(t), lines) if m]
+    for m, boundary in zip(optimizer, step_ms, strict=True):
+        timed = sum(float(x) for x in m.groups() if x and not x.startswith("compute_norm"))
+        assert 0 < timed <= boundary + 0.01
+    # bf16's wrapper never overflows: STEP_TIMERS every step.
+    bf16 = ds_config(zero_optimization={"stage": 0}, wall_clock_breakdown=True, fp16={"enabled": False})
+    bf16 = dataclasses.replace(bf16, precision="bf16")
+    assert sum(bool(FP16_STEP.match(t)) for t in steps(bf16, last=10)) == 10
+
+
+def test_zero3_optimizer_timers() -> None:
+    """ZeRO-3: init_optimizer_state at initialize_optimizer_states (before "optimizer state initialized",
+    whatever the log level), optimizer_step in _post_step, none after an overflow."""
+    config = ds_config(zero_optimization={"stage": 3}, wall_clock_breakdown=True)
+    init = bodies(texts(dialect(0, config).render(built(run_plan(config)), AT)))
+    i = init.index("optimizer state initialized")
+    assert re.fullmatch(r"\[Rank 0\] time \(ms\) \| init_optimizer_state: \d+\.\d\d", init[i - 1])
+    quiet = dataclasses.replace(config, log_level="warning")
+    assert (
+        sum("init_optimizer_state" in t for t in texts(dialect(0, quiet).render(built(run_plan(quiet)), AT)))
+        == 1
+    )
+    assert not any(
+        "init_optimizer_state" in t for t in texts(dialect(1, config).render(built(run_plan(config)), AT))
+    )
+    lines = steps(config, last=40)
+    stage3 = [t for t in lines if re.fullmatch(r"\[Rank 0\] time \(ms\) \| optimizer_step: \d+\.\d\d", t)]
+    assert len(stage3) == 40 - len(overflowed(config))
+
+
+def test_overflowed_step_skips_the_update() -> None:
+    """An overflow returns from the optimizer's step after the overflow check: that step's engine step timer
+    is shorter by what the step's wall time is, and the rest of the step is unchanged."""
+    config = ds_config(wall_clock_breakdown=True)
+    job = run_plan(config).job
+    state = ds_lossscale.initial_state(config.initial_scale_power, config.hysteresis)
+    n, scale = ds_lossscale.engine_step(job, config, state, step_numbers(job, 0, 1))
+    assert scale is not None and scale.overflow
+    plain = step_numbers(job, 0, 1)
+    saved_ms = 1000.0 * (plain.step_time_s - n.step_time_s)
+    assert saved_ms > 0 and plain.compute_s - n.compute_s == pytest.approx(saved_ms / 1000.0)
+    skipped = ds_breakdown.engine_times(job, n, overflow=True)
+    full = ds_breakdown.engine_times(job, plain)
+    assert full.micro[-1].step - skipped.micro[-1].step == pytest.approx(saved_ms)
+    assert [t.fwd for t in skipped.micro] == pytest.approx([t.fwd for t in full.micro])
+    # What is skipped is the optimizer's own work past the check (ZeRO-2's timers of a normal step).
+    o = full.optimizer
+    assert o.gradients + o.step < saved_ms < o.gradients + o.step + o.overflow_check + o.compute_norm
+    assert n.tokens_per_s == pytest.approx(plain.tokens_per_s * plain.step_time_s / n.step_time_s)
