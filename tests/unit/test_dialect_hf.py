@@ -37,7 +37,7 @@ from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
 
 AT = 1_764_000_000.25
-# `[INFO|trainer.py:2405] 2025-03-06 12:04:09,913 >> ***** Running training *****` (transformers' explicit
+# `[INFO|trainer.py:2409] 2025-03-06 12:04:09,913 >> ***** Running training *****` (transformers' explicit
 # format, as run_clm.py and LLaMA-Factory logs show it).
 EXPLICIT = re.compile(
     r"^\[INFO\|(?P<file>[a-z_]+\.py):(?P<line>\d+)\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} >> (?P<msg>.*)$",
@@ -525,6 +525,20 @@ class TestTrainingArgumentsCadence:
         run = hf_run()
         assert not run.trainer_end and run.stop_pauses(run.last_step) == ()
         assert [p for p, _ in run.pauses_after(run.last_step, final=True)] == ["eval", "checkpoint"]
+
+    def test_eval_arguments(self) -> None:
+        """--do_eval is one of HF's bools (bare or a word); a per-device eval batch must be an int >= 1."""
+        assert parse_hints("run_clm.py", ["--do_eval"]).do_eval
+        assert not parse_hints("run_clm.py", ["--do_eval", "False"]).do_eval
+        assert (
+            parse_hints("run_clm.py", ["--per_device_eval_batch_size=4"]).settings[
+                "per_device_eval_batch_size"
+            ]
+            == "4"
+        )
+        for bad in ("0", "two"):
+            with pytest.raises(HintError, match="--per_device_eval_batch_size"):
+                parse_hints("run_clm.py", ["--per_device_eval_batch_size", bad])
 
     def test_bad_strategy(self) -> None:
         """A value HF's enum refuses is an error naming the option."""
