@@ -71,6 +71,7 @@ class Hints:
     notices: tuple[str, ...] = ()
     # torchtune: the samples (or packs) in one pass over the config's dataset; None: fakerun's own guess.
     examples: int | None = None
+    do_eval: bool = False  # HF's --do_eval: the example script evaluates once training is over
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -90,6 +91,8 @@ _OPTIONS: dict[str, str] = {
     "model_name_or_path": _VALUE,
     "per_device_train_batch_size": _VALUE,
     "per_gpu_train_batch_size": _VALUE,
+    "per_device_eval_batch_size": _VALUE,
+    "do_eval": _HF_BOOL,
     "gradient_accumulation_steps": _VALUE,
     "learning_rate": _VALUE,
     "max_steps": _VALUE,
@@ -794,6 +797,10 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         b.set(b.cadence_ratio, _CADENCE[key][0], ratio, g)
     elif key in ("use_peft", "peft"):
         b.set(b.top, "use_peft", _bool(g), g)
+    elif key == "do_eval":
+        b.set(b.top, "do_eval", _bool(g), g)
+    elif key == "per_device_eval_batch_size":
+        _int(g, high=_model_high("micro_batch"))  # checked; the Trainer echoes it (settings)
     elif key in ("lora_r", "lora_rank"):
         b.set(b.job, "lora_rank", _int(g, high=_MAX_LORA_RANK), g)
     elif key == "lora_target_modules":
@@ -1334,6 +1341,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         regime=regime,
         notices=notices,
         examples=examples if isinstance(examples, int) else None,
+        do_eval=b.top.get("do_eval") is True,
     )
 
 
@@ -1471,7 +1479,7 @@ _TITAN_TEXT = frozenset(
 
 # HF TrainingArguments' text its Trainer echoes (checkpoint paths under --output_dir); Megatron's --save
 # folder and the arguments that date a Megatron script (its log format follows).
-_HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir"})
+_HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir", "per_device_eval_batch_size"})
 _MEGATRON_TEXT = frozenset({"save"}) | megatron.LEGACY_OPTIONS
 
 

@@ -90,7 +90,16 @@ def hf_cadence(run: RunPlan, hints: Hints) -> RunPlan:
     # save_strategy "best" saves when an evaluation finds a new best loss: each one, as the loss falls.
     save_interval = eval_interval if save == "best" else interval(save, steps("save_interval", HF_SAVE_STEPS))
     return dataclasses.replace(
-        run, log_interval=log_interval, eval_interval=eval_interval, save_interval=save_interval
+        run,
+        log_interval=log_interval,
+        eval_interval=eval_interval,
+        save_interval=save_interval,
+        trainer_end=True,
+        # DefaultFlowCallback saves at max_steps under save_strategy "steps", whatever save_steps divides.
+        save_at_stop=save == "steps",
+        # TrainingArguments turns do_eval on for any eval_strategy but "no"; run_clm.py evaluates after
+        # training only with it.
+        end_eval=hints.do_eval or strategy.get("eval", "no") != "no",
     )
 
 

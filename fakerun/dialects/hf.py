@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, log_time, words
 from fakerun.dialects.events import (
+    CheckpointSaved,
     CheckpointSaving,
     DatasetLoading,
     DatasetReady,
@@ -48,13 +49,18 @@ HINTS = HintRule(
 )
 
 # transformers.utils.logging.enable_explicit_format(), which the example scripts (run_clm.py...) and
-# LLaMA-Factory call: `[INFO|trainer.py:2405] 2025-03-06 12:04:09,913 >> ***** Running training *****`. The
-# line numbers are transformers 4.50's (one version per job: REALISM.md, "a version pins a format").
-_BLOCK_LINES = (2405, 2406, 2407, 2408, 2411, 2412, 2413, 2414)
-_COMPLETED_LINE = 2676
-_SAVING_LINE = 3942
+# LLaMA-Factory call: `[INFO|trainer.py:2409] 2025-03-06 12:04:09,913 >> ***** Running training *****`. The
+# line numbers are transformers 4.50.0's, as its wheel's trainer.py has them (4.50.3's are the same; one
+# version per job: REALISM.md, "a version pins a format"). Line 2414, skipped, is DataParallel's adjustment.
+_BLOCK_LINES = (2409, 2410, 2411, 2412, 2415, 2416, 2417, 2418)
+_COMPLETED_LINE = 2665
+_SAVING_LINE = 3966  # Trainer._save
 _CONFIG_LINE = 423
-_GENERATION_CONFIG_LINE = 909
+_GENERATION_CONFIG_LINE = 908
+# evaluation_loop's `***** Running Evaluation *****`, `Num examples` and `Batch size` lines.
+_EVAL_LINES = (4289, 4291, 4294)
+# TrainingArguments.per_device_eval_batch_size's default.
+DEFAULT_EVAL_BATCH = 8
 # TrainingArguments' default output_dir (transformers 4.50: optional, "trainer_output").
 DEFAULT_OUTPUT_DIR = "trainer_output"
 
@@ -62,6 +68,11 @@ DEFAULT_OUTPUT_DIR = "trainer_output"
 def explicit(at: float, source: str, line: int, message: str, level: str = "INFO") -> str:
     """A transformers logger line in the explicit format (it goes to stderr, the library handler's stream)."""
     return f"[{level}|{source}:{line}] {log_time(at)} >> {message}"
+
+
+def trainer_lines(at: float, lines: Sequence[int], texts: Sequence[str]) -> list[Line]:
+    """trainer.py's logger.info calls at these source lines, one message each, on stderr."""
+    return [Line(explicit(at, "trainer.py", n, text), "stderr") for n, text in zip(lines, texts, strict=True)]
 
 
 def script_time(at: float) -> str:
@@ -161,22 +172,23 @@ class HfDialect:
         self.bar = ""  # the bar as last drawn (tqdm.write clears this many columns, then redraws it)
         self.stopped = False
         self.epoch = 0.0
-        # log_metrics' blocks, printed (stdout) once the script's final evaluation and save are over.
+        self.eval_batch = DEFAULT_EVAL_BATCH
+        # log_metrics("train")'s block, printed (stdout) once the script's save_model() is over.
         self.metrics: list[str] = []
 
     def wants(self, kind: type[Event]) -> bool:
         """The events a Trainer job prints something for, on this rank."""
         if kind in (JobStarted, ModelConfigured, ParallelismDecided, DatasetReady, WorkerStarted):
             return True
-        if kind in (TrainingStarted, TrainingStopped):
+        if kind in (TrainingStarted, TrainingStopped, EvalStarted):
             return self.seat.local_rank == 0
         return self.seat.rank == 0 and kind in (
             DatasetLoading,
             StepDone,
-            EvalStarted,
             EvalProgress,
             EvalDone,
             CheckpointSaving,
+            CheckpointSaved,
             TrainingFinished,
         )
 
@@ -185,7 +197,9 @@ class HfDialect:
         seat = self.seat
         match event:
             case JobStarted():
-                self.output_dir = dict(event.settings).get("output_dir", DEFAULT_OUTPUT_DIR).rstrip("/")
+                settings = dict(event.settings)
+                self.output_dir = settings.get("output_dir", DEFAULT_OUTPUT_DIR).rstrip("/")
+                self.eval_batch = int(settings.get("per_device_eval_batch_size", DEFAULT_EVAL_BATCH))
                 self.epochs = event.run.epochs
                 self.stopped = False
             case WorkerStarted():
@@ -216,19 +230,21 @@ class HfDialect:
                 return self._block(event, at)
             case StepDone() if seat.rank == 0:
                 return self._step(event)
-            case EvalStarted() if seat.rank == 0:
-                return [self._eval_bar(0, event.iters, 0.0)]
+            case EvalStarted() if seat.local_rank == 0:
+                return self._eval_start(event, at)
             case EvalProgress() if seat.rank == 0:
                 return [self._eval_bar(event.batch, event.batches, event.elapsed_s)]
             case EvalDone() if seat.rank == 0:
                 return self._eval(event)
             case CheckpointSaving() if seat.rank == 0:
                 return self._saving(event, at)
+            case CheckpointSaved() if seat.rank == 0 and self.stopped:
+                # The script's save_model() is over: log_metrics("train") prints its block.
+                return self._flush_metrics()
             case TrainingStopped() if seat.local_rank == 0:
                 return self._stopped(event, at)
             case TrainingFinished() if seat.rank == 0:
-                lines, self.metrics = self.metrics, []
-                return [Line(text) for text in lines]
+                return self._flush_metrics()
         return ()
 
     # -- pieces --------------------------------------------------------------------------------------------
@@ -245,10 +261,7 @@ class HfDialect:
             f"  Total optimization steps = {event.total_steps:,}",
             f"  Number of trainable parameters = {self.params:,}",
         )
-        out: list[Output] = [
-            Line(explicit(at, "trainer.py", n, text), "stderr")
-            for n, text in zip(_BLOCK_LINES, texts, strict=True)
-        ]
+        out: list[Output] = list(trainer_lines(at, _BLOCK_LINES, texts))
         if self.seat.rank == 0:
             # ProgressCallback.on_train_begin: tqdm(total=max_steps) draws its empty bar at once.
             self.bar = bar.meter(
@@ -287,6 +300,31 @@ class HfDialect:
             out += self._write(log_dict(n.loss, n.grad_norm, n.lr, event.epoch))
         return out
 
+    def _eval_samples(self, batches: int) -> int:
+        """The evaluation set's examples: `batches` per rank of the per-device eval batch, on every rank."""
+        return batches * self.eval_batch * self.seat.world_size
+
+    def _eval_start(self, event: EvalStarted, at: float) -> list[Output]:
+        """evaluation_loop's block on each node's main process (its INFO level), then rank 0's bar; after
+        training, run_clm.py's `*** Evaluate ***` first (its own logger, INFO on the same processes)."""
+        out: list[Output] = []
+        if self.stopped:
+            out.append(Line(f"{script_time(at)} - INFO - __main__ - *** Evaluate ***"))
+        texts = (
+            "\n***** Running Evaluation *****",
+            f"  Num examples = {self._eval_samples(event.iters)}",  # no thousands separator here
+            f"  Batch size = {self.eval_batch}",
+        )
+        out += trainer_lines(at, _EVAL_LINES, texts)
+        if self.seat.rank == 0:
+            out.append(self._eval_bar(0, event.iters, 0.0))
+        return out
+
+    def _flush_metrics(self) -> list[Output]:
+        """log_metrics' blocks not printed yet (world process zero's `print`, on stdout)."""
+        lines, self.metrics = self.metrics, []
+        return [Line(text) for text in lines]
+
     def _eval_bar(self, batch: int, batches: int, elapsed_s: float) -> BarDraw:
         """ProgressCallback's prediction bar: below the training bar (tqdm's next free position) while it is
         open, alone on its line after training."""
@@ -294,25 +332,26 @@ class HfDialect:
         return BarDraw(text, position=0 if self.stopped else 1)
 
     def _eval(self, event: EvalDone) -> list[Output]:
+        # evaluate()'s speed_metrics: num_samples is the evaluation set's length, num_steps its batches.
+        samples = self._eval_samples(event.iters)
         if not self.stopped:
             # on_evaluate closes the bar (leave=False: blanked), then on_log writes the dict.
             out: list[Output] = [BarClose(position=1)]
-            return out + self._write(
-                eval_dict(event.loss, event.seconds, event.samples, event.iters, event.epoch)
-            )
+            return out + self._write(eval_dict(event.loss, event.seconds, samples, event.iters, event.epoch))
         # The script's trainer.evaluate() after training: its bar is left (leave=True as no training bar is
         # open); no dict, as on_log writes only through the training bar; log_metrics prints the block.
         metrics: dict[str, float | int] = {
             "epoch": round(event.epoch, 2),
             "eval_loss": float32(event.loss),
             "eval_runtime": round(event.seconds, 4),
-            "eval_samples": event.samples,
-            "eval_samples_per_second": round(event.samples / event.seconds, 3),
+            "eval_samples": samples,
+            "eval_samples_per_second": round(samples / event.seconds, 3),
             "eval_steps_per_second": round(event.iters / event.seconds, 3),
             "perplexity": event.ppl,
         }
         self.metrics += metrics_block("eval", metrics)
-        return [BarClose()]
+        out = [BarClose()]
+        return out + self._flush_metrics()
 
     def _saving(self, event: CheckpointSaving, at: float) -> list[Output]:
         """Trainer._save: glued to the bar on stderr, as a logger line written while tqdm's line is open."""

@@ -88,6 +88,14 @@ class RunPlan:
     # The collective timeout of the job's process groups (torch's default; the script may set its own).
     nccl_timeout_s: float = WATCHDOG_TIMEOUT_MS / 1000.0
 
+    # HF Trainer's end (hf_cadence): the step the loop stops at keeps its own evaluation and save inside the
+    # loop, before `Training completed` (the save also when the interval does not divide that step:
+    # `save_at_stop`, DefaultFlowCallback at max_steps under save_strategy "steps"); then the example script
+    # saves the model and, only with `end_eval` (--do_eval), evaluates (run_clm.py). Otherwise the run ends
+    # with fakerun's final evaluation, then its save.
+    trainer_end: bool = False
+    save_at_stop: bool = False
+    end_eval: bool = True
     def failure_for(self, step: int, rank: int) -> Failure | None:
         """The failure that strikes `rank` during `step`, if one does."""
         for failure in self.failures:
@@ -133,14 +141,35 @@ class RunPlan:
 
     def pauses_after(self, step: int, *, final: bool = False, exits: bool = False) -> tuple[Pause, ...]:
         """Evaluation and checkpoint that follow `step`, in order, with their simulated durations. A `final`
-        step ends the run with an evaluation and a save; Megatron's exits (`exits`, or --exit-interval's
-        step) only evaluate when the interval says so, then save (if the run saves at all)."""
+        step ends the run with an evaluation and a save (HF Trainer's: its loop's, then its script's);
+        Megatron's exits (`exits`, or --exit-interval's step) only evaluate when the interval says so, then
+        save (if the run saves at all)."""
+        if final and self.trainer_end:
+            return self.stop_pauses(step) + self.end_pauses(step)
         exits = final and (exits or self.exits_at(step))
         out: list[Pause] = []
         if self.evaluates_after(step) or (final and (not exits or self.periodic_eval(step))):
             out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
         if self.saves and (final or self.saves_after(step)):
             out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
+        return tuple(out)
+
+    def stop_pauses(self, step: int) -> tuple[Pause, ...]:
+        """HF Trainer: the evaluation and save its loop runs after the step it stops at (none otherwise)."""
+        if not self.trainer_end:
+            return ()
+        out: list[Pause] = []
+        if self.periodic_eval(step):
+            out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
+        if self.periodic_save(step) or (self.saves and self.save_at_stop):
+            out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
+        return tuple(out)
+
+    def end_pauses(self, step: int) -> tuple[Pause, ...]:
+        """HF Trainer: the example script's save_model() after training, then evaluate() with --do_eval."""
+        out: list[Pause] = [("checkpoint", checkpoint.save_seconds(self.job, step))] if self.saves else []
+        if self.end_eval:
+            out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
         return tuple(out)
 
     def pause_seconds(self, step: int, *, final: bool = False) -> float:

@@ -73,7 +73,7 @@ from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.failures import Failure
 from fakerun.sim.rand import uniform
-from fakerun.sim.run import JobClock, RunPlan, looped, startup_times, usual_eval_seconds
+from fakerun.sim.run import JobClock, Pause, RunPlan, looped, startup_times, usual_eval_seconds
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import StepNumbers, retimed, step_numbers
 from fakerun.sim.stopping import Patience
@@ -584,6 +584,8 @@ class RankTrainer:
                 # The validation that used up the patience is printed before the loop ends, as a callback's.
                 released = self._early_validation(step, released)
             if stop:
+                # HF Trainer: the last step's evaluation and save run inside the loop, before it ends.
+                released = self._pauses(step, released, run.stop_pauses(step))
                 steps = step - run.first_step + 1
                 emit(
                     TrainingStopped(
@@ -601,7 +603,7 @@ class RankTrainer:
                     )
                 )
                 return step, released, wall_start
-            self._pauses(step, released, final=False)
+            self._pauses(step, released, run.pauses_after(step))
             self._epoch_end(step)
             prev = numbers
             step += 1
@@ -748,10 +750,10 @@ class RankTrainer:
         stragglers = frozenset({n.straggler_rank}) if n.straggler_rank is not None else frozenset()
         return GpuGrid(step=step, gpus=gpus, stragglers=stragglers)
 
-    def _pauses(self, step: int, start: float, *, final: bool) -> float:
+    def _pauses(self, step: int, start: float, pauses: tuple[Pause, ...]) -> float:
         """Runs the evaluation and checkpoint after `step` from `start`; returns when they end (monotonic)."""
         t = start
-        for phase, seconds in self.run.pauses_after(step, final=final, exits=final and self._exits):
+        for phase, seconds in pauses:
             if phase == "eval" and self._evaluated == step:
                 continue  # early stopping's validation ran before the loop ended
             # Absolute deadlines: every rank leaves a collective save at the same moment, as in a real job.
@@ -859,7 +861,13 @@ class RankTrainer:
 
     def finish(self, last: int, released: float, wall_start: float) -> None:
         """After the last step: final evaluation and save, then the export and the run's summary."""
-        self._pauses(last, released, final=True)
+        run = self.run
+        if run.trainer_end:
+            # The script's trainer.evaluate() is an evaluation of its own, even after early stopping's.
+            self._evaluated = None
+            self._pauses(last, released, run.end_pauses(last))
+        else:
+            self._pauses(last, released, run.pauses_after(last, final=True, exits=self._exits))
         self._epoch_end(last)
         self._phase(last, "idle")
         job = self.run.job

@@ -13,6 +13,7 @@ from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
 from fakerun.dialects.events import (
+    CheckpointSaved,
     CheckpointSaving,
     DatasetReady,
     EvalDone,
@@ -36,7 +37,7 @@ from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
 
 AT = 1_764_000_000.25
-# `[INFO|trainer.py:2405] 2025-03-06 12:04:09,913 >> ***** Running training *****` (transformers' explicit
+# `[INFO|trainer.py:2409] 2025-03-06 12:04:09,913 >> ***** Running training *****` (transformers' explicit
 # format, as run_clm.py and LLaMA-Factory logs show it).
 EXPLICIT = re.compile(
     r"^\[INFO\|(?P<file>[a-z_]+\.py):(?P<line>\d+)\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} >> (?P<msg>.*)$",
@@ -86,12 +87,15 @@ def hf_run() -> RunPlan:
     return make_run(job, log_interval=5, epochs=3)
 
 
-def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
-    """The start-up events, `steps` steps, an evaluation and a save, the stop and the final evaluation."""
+def feed(
+    dialect: HfDialect, run: RunPlan, *, steps: int = 10, settings: tuple[tuple[str, str], ...] = ()
+) -> list[Output]:
+    """The start-up events, `steps` steps, the last one's evaluation and save inside the loop, the stop, the
+    script's save_model() and its final evaluation (run_clm.py with --do_eval)."""
     job = run.job
     out: list[Output] = []
     events: list[Event] = [
-        JobStarted(run=run, first=True, resume=False, settings=(("output_dir", "out/sft/"),)),
+        JobStarted(run=run, first=True, resume=False, settings=(("output_dir", "out/sft/"), *settings)),
         ModelConfigured(model=job.model, seq_len=job.seq_len),
         ParallelismDecided(
             tp=job.tp,
@@ -142,7 +146,7 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
         epoch=steps / run.steps_per_epoch,
     )
     out += evaluate(dialect, eval_event, AT + 50)
-    out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 60)
+    out += save(dialect, steps, AT + 60)
     out += dialect.render(
         TrainingStopped(
             step=steps,
@@ -155,10 +159,17 @@ def feed(dialect: HfDialect, run: RunPlan, *, steps: int = 10) -> list[Output]:
         ),
         AT + 70,
     )
-    out += evaluate(dialect, eval_event, AT + 80)
-    out += dialect.render(CheckpointSaving(step=steps, path="iter", format="torch_dist"), AT + 90)
+    out += save(dialect, steps, AT + 80)
+    out += evaluate(dialect, eval_event, AT + 95)
     out += dialect.render(TrainingFinished(step=steps), AT + 100)
     return out
+
+
+def save(dialect: HfDialect, step: int, at: float) -> list[Output]:
+    """A save as the phase loop emits it: its start, then its end 5 s later."""
+    out = list(dialect.render(CheckpointSaving(step=step, path="iter", format="torch_dist"), at))
+    done = CheckpointSaved(step=step, path="iter", nbytes=16 * 10**9, seconds=5.0, bandwidth_gbs=3.2)
+    return out + list(dialect.render(done, at + 5))
 
 
 def evaluate(dialect: HfDialect, done: EvalDone, at: float) -> list[Output]:
@@ -184,6 +195,25 @@ def dicts(out: list[Output]) -> list[dict[str, object]]:
     return found
 
 
+def block_fields(out: list[Output], header: str = "***** Running Evaluation *****") -> dict[str, str]:
+    """The `key = value` lines of the first logged block under `header` (its explicit-format messages)."""
+    texts = [o.text for o in out if isinstance(o, Line) and o.stream == "stderr"]
+    start = next(i for i, t in enumerate(texts) if t.endswith(header))
+    fields = {}
+    for text in texts[start + 1 :]:
+        m = EXPLICIT.match(text)
+        if m is None or not m.group("msg").startswith("  "):
+            break
+        key, _, value = m.group("msg").strip().partition(" = ")
+        fields[key] = value
+    return fields
+
+
+def index_of(texts: list[str], part: str, start: int = 0) -> int:
+    """Where the first text from `start` containing `part` is."""
+    return next(i for i in range(start, len(texts)) if part in texts[i])
+
+
 class TestRankZero:
     """Rank 0 prints the block, the bar, the dicts and the final metrics."""
 
@@ -191,11 +221,11 @@ class TestRankZero:
         """The block's lines in the explicit format, with the job's figures and thousands separators."""
         run = hf_run()
         out = feed(HfDialect(seat(0)), run)
-        lines = [o.text for o in out if isinstance(o, Line) and o.stream == "stderr" and "Running" in o.text]
+        lines = [o.text for o in out if isinstance(o, Line) and "Running training" in o.text]
         assert len(lines) == 1
-        block = [
-            EXPLICIT.match(o.text) for o in out if isinstance(o, Line) and "  " in o.text and ">>" in o.text
-        ]
+        # The block is all that precedes the training bar's first draw.
+        start = out[: next(i for i, o in enumerate(out) if isinstance(o, BarDraw))]
+        block = [EXPLICIT.match(o.text) for o in start if isinstance(o, Line) and "  " in o.text]
         fields = {}
         for m in block:
             assert m is not None and m.group("file") == "trainer.py"
@@ -268,9 +298,12 @@ class TestRankZero:
         evals = [d for d in found if "eval_loss" in d]
         trains = [d for d in found if "train_runtime" in d]
         assert [list(d) for d in evals] == [EVAL_KEYS] and [list(d) for d in trains] == [TRAIN_KEYS]
-        assert evals[0]["eval_runtime"] == 12.5 and evals[0]["eval_samples_per_second"] == round(
-            320 / 12.5, 3
-        )
+        # evaluate()'s speed_metrics: the evaluation set over the runtime; its steps are the batches of 8
+        # (the default per-device eval batch) on each of the 8 ranks that cover it.
+        examples = int(block_fields(out)["Num examples"])
+        assert evals[0]["eval_runtime"] == 12.5
+        assert evals[0]["eval_samples_per_second"] == round(examples / 12.5, 3)
+        assert evals[0]["eval_steps_per_second"] == round(math.ceil(examples / (8 * 8)) / 12.5, 3)
         assert trains[0]["train_steps_per_second"] == round(10 / 61.5, 3) and trains[0]["train_loss"] == 1.8
         texts = [o.text for o in out if isinstance(o, Line)]
         saving = [t for t in texts if "Saving model checkpoint to" in t]
@@ -288,6 +321,65 @@ class TestRankZero:
         assert len(completed) == 1 and completed[0].endswith("huggingface.co/models =)\n\n")
 
 
+class TestEvaluationAndEnd:
+    """evaluation_loop's block before each evaluation; run_clm.py's end: save_model, metrics, evaluate."""
+
+    def test_evaluation_block(self) -> None:
+        """Before each evaluation (in training and after): the block in transformers 4.50.0's lines (its
+        trainer.py: 4289, 4291, 4294), the header after a newline, then the prediction bar."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        texts = [o.text if isinstance(o, Line) else "" for o in out]
+        headers = [i for i, t in enumerate(texts) if t.endswith("***** Running Evaluation *****")]
+        assert len(headers) == 2
+        for i in headers:
+            found = [EXPLICIT.match(t) for t in texts[i : i + 3]]
+            assert [(m.group("file"), int(m.group("line"))) for m in found if m] == [
+                ("trainer.py", 4289),
+                ("trainer.py", 4291),
+                ("trainer.py", 4294),
+            ]
+            assert found[0] is not None and found[0].group("msg") == "\n***** Running Evaluation *****"
+            assert all(isinstance(out[j], Line) and out[j].stream == "stderr" for j in range(i, i + 3))  # type: ignore[union-attr]
+            assert isinstance(out[i + 3], BarDraw) and "0/10 [" in out[i + 3].text  # type: ignore[union-attr]
+        fields = block_fields(out)
+        # evaluation_loop prints len(dataset) without a separator; the default eval batch is 8 per device,
+        # and the 8 ranks' bars each count the 10 batches that cover it: ceil(N / (8 x 8)).
+        assert fields["Batch size"] == "8" and fields["Num examples"].isdigit()
+        assert math.ceil(int(fields["Num examples"]) / (8 * 8)) == 10
+
+    def test_per_device_eval_batch_size(self) -> None:
+        """--per_device_eval_batch_size is the block's batch size and sizes the set the 10 batches cover."""
+        out = feed(HfDialect(seat(0)), hf_run(), settings=(("per_device_eval_batch_size", "4"),))
+        fields = block_fields(out)
+        assert fields["Batch size"] == "4"
+        assert math.ceil(int(fields["Num examples"]) / (4 * 8)) == 10
+        metrics = [o.text for o in out if isinstance(o, Line) and o.text.startswith("  eval_samples ")]
+        assert [m.split("=")[1].strip() for m in metrics] == [fields["Num examples"]]
+
+    def test_end_of_run_order(self) -> None:
+        """run_clm.py: the loop's last save, `Training completed`, save_model() to output_dir, the train
+        metrics once it is saved, then `*** Evaluate ***`, the evaluation and its metrics."""
+        out = feed(HfDialect(seat(0)), hf_run())
+        texts = [o.text for o in out if isinstance(o, Line)]
+        order = [
+            "Saving model checkpoint to out/sft/checkpoint-10",
+            "Training completed.",
+            "Saving model checkpoint to out/sft",
+            "Configuration saved in out/sft/generation_config.json",
+            "***** train metrics *****",
+            " - INFO - __main__ - *** Evaluate ***",
+            "***** Running Evaluation *****",
+            "***** eval metrics *****",
+        ]
+        at = [index_of(texts, order[0])]
+        for part in order[1:]:
+            at.append(index_of(texts, part, at[-1] + 1))
+        # log_metrics prints right after the save's last line; the script's line is its logging format.
+        assert at[4] == at[3] + 1
+        script_line = r"\d\d/\d\d/\d{4} \d\d:\d\d:\d\d - INFO - __main__ - \*\*\* Evaluate \*\*\*"
+        assert re.fullmatch(script_line, texts[at[5]])
+
+
 class TestOtherRanks:
     """A node's other ranks print nothing of the Trainer; each node's main process prints its INFO lines."""
 
@@ -296,11 +388,15 @@ class TestOtherRanks:
         assert feed(HfDialect(seat(1)), hf_run()) == []
 
     def test_second_node_main_process(self) -> None:
-        """Rank 4 (local rank 0 of node 1): the block and `Training completed`, no bar and no dict."""
+        """Rank 4 (local rank 0 of node 1): its INFO lines (the blocks, `Training completed`, the script's
+        `*** Evaluate ***`), no bar, no dict, no save and no metrics (world process zero's)."""
         out = feed(HfDialect(seat(4)), hf_run())
         assert not any(isinstance(o, (BarDraw, BarClose)) for o in out)
         texts = [o.text for o in out if isinstance(o, Line)]
         assert any("***** Running training *****" in t for t in texts)
+        assert sum(t.endswith("***** Running Evaluation *****") for t in texts) == 2
+        assert sum(t.endswith(" - INFO - __main__ - *** Evaluate ***") for t in texts) == 1
+        assert not any("Saving model checkpoint" in t for t in texts)
         assert not dicts(out) and not any(t.startswith("*****") for t in texts)
 
 
@@ -410,6 +506,39 @@ class TestTrainingArgumentsCadence:
         """save_strategy "best" saves when an evaluation improves: at the evaluation steps."""
         got = self.cadence("--eval_strategy", "steps", "--eval_steps", "50", "--save_strategy", "best")
         assert got[2] == 50
+
+    def test_end_of_training(self) -> None:
+        """The last step's own evaluation and save (save_strategy "steps" saves at max_steps whatever
+        save_steps divides); then save_model() and, with --do_eval or any eval_strategy, evaluate()."""
+        run = run_of(["--fake-seed", "3", *self.BASE, "--save_steps", "300"])
+        assert [p for p, _ in run.stop_pauses(2000)] == ["checkpoint"] and not run.periodic_save(2000)
+        assert [p for p, _ in run.end_pauses(2000)] == ["checkpoint"]
+        assert [p for p, _ in run.pauses_after(2000, final=True)] == ["checkpoint", "checkpoint"]
+        run = run_of(["--fake-seed", "3", *self.BASE, "--do_eval", "--save_strategy", "no"])
+        assert run.stop_pauses(2000) == () and [p for p, _ in run.end_pauses(2000)] == ["checkpoint", "eval"]
+        run = run_of(["--fake-seed", "3", *self.BASE, "--do_eval", "false", "--eval_strategy", "steps"])
+        assert [p for p, _ in run.stop_pauses(2000)] == ["eval", "checkpoint"]
+        assert [p for p, _ in run.end_pauses(2000)] == ["checkpoint", "eval"]
+
+    def test_other_trainers_end_as_before(self) -> None:
+        """Outside HF, nothing runs in the loop at the stop; the end evaluates, then saves."""
+        run = hf_run()
+        assert not run.trainer_end and run.stop_pauses(run.last_step) == ()
+        assert [p for p, _ in run.pauses_after(run.last_step, final=True)] == ["eval", "checkpoint"]
+
+    def test_eval_arguments(self) -> None:
+        """--do_eval is one of HF's bools (bare or a word); a per-device eval batch must be an int >= 1."""
+        assert parse_hints("run_clm.py", ["--do_eval"]).do_eval
+        assert not parse_hints("run_clm.py", ["--do_eval", "False"]).do_eval
+        assert (
+            parse_hints("run_clm.py", ["--per_device_eval_batch_size=4"]).settings[
+                "per_device_eval_batch_size"
+            ]
+            == "4"
+        )
+        for bad in ("0", "two"):
+            with pytest.raises(HintError, match="--per_device_eval_batch_size"):
+                parse_hints("run_clm.py", ["--per_device_eval_batch_size", bad])
 
     def test_bad_strategy(self) -> None:
         """A value HF's enum refuses is an error naming the option."""
