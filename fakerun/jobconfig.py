@@ -185,6 +185,8 @@ def build_run(
             kw["epochs"] = max(1, math.ceil(epochs))
         # A job that does not fit starts and runs out of memory at its first step, as on real GPUs.
         job = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **kw)
+        style = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
+        ending, test = dialects.ending(style, hints.settings)
         run = make_run(
             job,
             max_steps=fake.max_steps,
@@ -195,7 +197,9 @@ def build_run(
             eval_interval=hints.cadence.get("eval_interval"),
             save_interval=hints.cadence.get("save_interval"),
             eval_iters=hints.cadence.get("eval_iters"),
-            saves=_saves(hints, cmd),
+            saves=_saves(hints, style),
+            ending=ending,
+            test=test,
             exit_interval=hints.cadence.get("exit_interval", 0),
             # --exit-duration-in-mins 0 is falsy: Megatron never checks it.
             exit_after_s=60.0 * minutes if (minutes := hints.cadence.get("exit_minutes")) else None,
@@ -210,10 +214,9 @@ def build_run(
     return run, hints
 
 
-def _saves(hints: Hints, cmd: CommandLine) -> bool:
+def _saves(hints: Hints, style: str) -> bool:
     """Whether the script saves checkpoints: Megatron's only with --save (its folder is a setting), in the
-    dialect the job prints (--fake-trainer fakerun on a Megatron command line saves as fakerun does)."""
-    style = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
+    dialect `style` the job prints (--fake-trainer fakerun on Megatron's arguments saves as fakerun does)."""
     option = dialects.DIALECTS[style].hints.save_option
     return option is None or bool(hints.settings.get(option))
 

@@ -35,6 +35,13 @@ SAVE_SHARE = 0.03
 EVAL_MARGIN = 0.05  # evaluation wall time over the forward FLOPs: data loading, all-reduce of the loss
 
 Pause = tuple[str, float]  # (phase name, simulated seconds)
+# What follows a run's last step (RunPlan.ending): fakerun's validation and save; Megatron-core's pretrain()
+# (its loop's evaluation and save at their intervals, then a save unless the loop's was at that step, the
+# validation and test sets); 2021-22 Megatron-LM's (its loop's, then the validation, a save, the test set).
+ENDING_FAKERUN = "fakerun"
+ENDING_MEGATRON = "megatron"
+ENDING_MEGATRON_2022 = "megatron-2022"
+ENDINGS = (ENDING_FAKERUN, ENDING_MEGATRON, ENDING_MEGATRON_2022)
 
 
 def nice_interval(target_s: float, step_s: float) -> int:
@@ -83,6 +90,10 @@ class RunPlan:
     # many simulated seconds since the process started. Either exit saves and evaluates no more (exit_pauses).
     exit_interval: int = 0
     exit_after_s: float | None = None
+    # What follows the last step when no exit ends the run (ENDINGS), and whether a test-set evaluation ends
+    # it (Megatron's do_test: the data has a test split).
+    ending: str = "fakerun"
+    test: bool = False
 
     @property
     def steps(self) -> int:
@@ -119,16 +130,47 @@ class RunPlan:
         return self.exit_interval > 0 and step % self.exit_interval == 0
 
     def pauses_after(self, step: int, *, final: bool = False, exits: bool = False) -> tuple[Pause, ...]:
-        """Evaluation and checkpoint that follow `step`, in order, with their simulated durations. A `final`
-        step ends the run with an evaluation and a save; Megatron's exits (`exits`, or --exit-interval's
-        step) only evaluate when the interval says so, then save (if the run saves at all)."""
-        exits = final and (exits or self.exits_at(step))
+        """Evaluations and checkpoint that follow `step`, in order, with their simulated durations: the step
+        loop's (loop_pauses), then those after it on the `final` step (end_pauses)."""
+        return self.loop_pauses(step, final=final, exits=exits) + (
+            self.end_pauses(step, exits=exits) if final else ()
+        )
+
+    def loop_pauses(self, step: int, *, final: bool = False, exits: bool = False) -> tuple[Pause, ...]:
+        """The pauses inside the step loop after `step`: its intervals' on any step but the last; on the
+        `final` one Megatron's loop still evaluates and saves at its intervals, and its exits (`exits`, or
+        --exit-interval's step) save there whatever the interval (fakerun's other endings: none)."""
+        if final and self.ending == ENDING_FAKERUN:
+            return ()
+        exiting = final and (exits or self.exits_at(step))
         out: list[Pause] = []
-        if self.evaluates_after(step) or (final and (not exits or self.periodic_eval(step))):
+        if self.periodic_eval(step) if final else self.evaluates_after(step):
             out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
-        if self.saves and (final or self.saves_after(step)):
+        if (self.periodic_save(step) if final else self.saves_after(step)) or (exiting and self.saves):
             out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
         return tuple(out)
+
+    def end_pauses(self, step: int, *, exits: bool = False) -> tuple[Pause, ...]:
+        """The pauses after the step loop ended on `step`, by the run's ending (ENDINGS). An exit (`exits`,
+        or --exit-interval's step) ends the process in Megatron's loop; fakerun's ending then evaluates when
+        the interval says so and saves."""
+        exits = exits or self.exits_at(step)
+        job = self.job
+        if self.ending == ENDING_FAKERUN:
+            validation = ("eval", eval_seconds(job, self.eval_iters, step))
+            save = (("checkpoint", checkpoint.save_seconds(job, step)),) if self.saves else ()
+            return ((validation,) if not exits or self.periodic_eval(step) else ()) + save
+        if exits:
+            return ()
+        # Megatron's loop may have evaluated and saved after this step already: these draw their own times.
+        validation = ("eval", eval_seconds(job, self.eval_iters, step, again=1))
+        save = (("checkpoint", checkpoint.save_seconds(job, step, again=1)),) if self.saves else ()
+        test = (("test", eval_seconds(job, self.eval_iters, step, again=2)),) if self.test else ()
+        if self.ending == ENDING_MEGATRON:
+            # pretrain() saves unless the loop's interval just did, then evaluates both splits.
+            return (() if self.periodic_save(step) else save) + (validation, *test)
+        # The 2021-22 pretrain(): validation, a save whatever the loop saved, then the test split.
+        return (validation, *save, *test)
 
     def pause_seconds(self, step: int, *, final: bool = False) -> float:
         """Total simulated time of the pauses after `step`."""
@@ -155,6 +197,8 @@ def make_run(
     saves: bool = True,
     exit_interval: int = 0,
     exit_after_s: float | None = None,
+    ending: str = ENDING_FAKERUN,
+    test: bool = False,
 ) -> RunPlan:
     """The run of `job` from its start step: cadences default to round numbers fitted to the step time."""
     step_s = compute.expected_step_time(job)
@@ -192,6 +236,8 @@ def make_run(
         saves=saves,
         exit_interval=exit_interval,
         exit_after_s=exit_after_s,
+        ending=ending,
+        test=test,
     )
 
 
@@ -232,11 +278,11 @@ def usual_eval_seconds(job: JobSpec, iters: int) -> float:
     return flops / rate * (1.0 + EVAL_MARGIN)
 
 
-def eval_seconds(job: JobSpec, iters: int, step: int) -> float:
-    """One evaluation after `step`: the usual time, jittered, now and then stalled (validation shards read
-    cold from shared storage)."""
-    jitter = 1.0 + 0.03 * rand.normal(job.seed, "eval-time", step)
-    return usual_eval_seconds(job, iters) * jitter * checkpoint.storage_stall(job, "eval-stall", step)
+def eval_seconds(job: JobSpec, iters: int, step: int, again: int = 0) -> float:
+    """One evaluation after `step` (the `again`-th there): the usual time, jittered, now and then stalled
+    (validation shards read cold from shared storage)."""
+    jitter = 1.0 + 0.03 * rand.normal(job.seed, "eval-time", *checkpoint.pause_keys(step, again))
+    return usual_eval_seconds(job, iters) * jitter * checkpoint.storage_stall(job, "eval-stall", step, again)
 
 
 # Start-up bands, simulated seconds on a real GPU node. The interpreter with `import torch` (CUDA build, its

@@ -8,6 +8,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ from fakerun.sim import (
 from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.rand import uniform
-from fakerun.sim.run import JobClock, RunPlan, looped, startup_times, usual_eval_seconds
+from fakerun.sim.run import JobClock, Pause, RunPlan, looped, startup_times, usual_eval_seconds
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import StepNumbers, step_numbers
 from fakerun.sim.stopping import Patience
@@ -172,6 +173,7 @@ class RankTrainer:
         # step after which the validation that used up the patience already ran.
         self.patience: Patience | None = None
         self._evaluated: int | None = None
+        self._early_eval_done = False  # that validation stands for the next one the run's pauses hold
         self._exits = False  # the run ends by a Megatron exit (--exit-interval, --exit-duration-in-mins)
         self._tally = _EpochTally(0.0)
         self.born = time.monotonic() if ctx.spawned is None else min(ctx.spawned, time.monotonic())
@@ -440,6 +442,7 @@ class RankTrainer:
         wall_start = time.time()
         self.patience = Patience(run.patience) if run.patience else None
         self._evaluated = None
+        self._early_eval_done = False
         step_times: list[float] = []
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
@@ -577,6 +580,8 @@ class RankTrainer:
                 # The validation that used up the patience is printed before the loop ends, as a callback's.
                 released = self._early_validation(step, released)
             if stop:
+                # The loop's own evaluation and save after its last step (Megatron's), before it ends.
+                released = self._pauses(step, released, run.loop_pauses(step, final=True, exits=self._exits))
                 steps = step - run.first_step + 1
                 emit(
                     TrainingStopped(
@@ -594,7 +599,7 @@ class RankTrainer:
                     )
                 )
                 return step, released, wall_start
-            self._pauses(step, released, final=False)
+            self._pauses(step, released, run.loop_pauses(step))
             self._epoch_end(step)
             prev = numbers
             step += 1
@@ -628,6 +633,7 @@ class RankTrainer:
         until = start + seconds / self.ctx.speed
         self._pause(step, "eval", seconds, until=until)
         self._evaluated = step
+        self._early_eval_done = True
         return until
 
     def _stop_reason(self, step: int) -> str:
@@ -706,11 +712,13 @@ class RankTrainer:
         stragglers = frozenset({n.straggler_rank}) if n.straggler_rank is not None else frozenset()
         return GpuGrid(step=step, gpus=gpus, stragglers=stragglers)
 
-    def _pauses(self, step: int, start: float, *, final: bool) -> float:
-        """Runs the evaluation and checkpoint after `step` from `start`; returns when they end (monotonic)."""
+    def _pauses(self, step: int, start: float, pauses: Sequence[Pause]) -> float:
+        """Runs `pauses` (evaluations and checkpoints) after `step` from `start`; returns when they end
+        (monotonic)."""
         t = start
-        for phase, seconds in self.run.pauses_after(step, final=final, exits=final and self._exits):
-            if phase == "eval" and self._evaluated == step:
+        for phase, seconds in pauses:
+            if phase == "eval" and self._early_eval_done:
+                self._early_eval_done = False
                 continue  # early stopping's validation ran before the loop ended
             # Absolute deadlines: every rank leaves a collective save at the same moment, as in a real job.
             t += seconds / self.ctx.speed
@@ -722,13 +730,14 @@ class RankTrainer:
         job = self.run.job
         run = self.run
         emit = self.out.emit
-        if phase == "eval":
+        if phase in ("eval", "test"):
+            split = "test" if phase == "test" else "validation"
             self._phase(step, "eval")
-            emit(EvalStarted(step=step, iters=run.eval_iters))
+            emit(EvalStarted(step=step, iters=run.eval_iters, split=split))
             if self.out.wants(EvalProgress):
                 self._eval_progress(step, seconds, until)
             self._sleep_until(until)
-            value = loss.eval_loss(job, step)
+            value = loss.eval_loss(job, step, split)
             emit(
                 EvalDone(
                     step=step,
@@ -739,10 +748,13 @@ class RankTrainer:
                     iters=run.eval_iters,
                     epoch=step / run.steps_per_epoch,
                     train_loss=loss.expected_loss(job, step),
+                    split=split,
                 )
             )
+            self._slow_pause(step, "eval", seconds)
+            if split == "test":
+                return
             self._tally.val_loss = value
-            self._slow_pause(step, phase, seconds)
             if self.patience is not None and run.evaluates_after(step):
                 self.patience.observe(step, value)
                 p = self.patience
@@ -817,7 +829,7 @@ class RankTrainer:
 
     def finish(self, last: int, released: float, wall_start: float) -> None:
         """After the last step: final evaluation and save, then the export and the run's summary."""
-        self._pauses(last, released, final=True)
+        self._pauses(last, released, self.run.end_pauses(last, exits=self._exits))
         self._epoch_end(last)
         self._phase(last, "idle")
         job = self.run.job
