@@ -303,7 +303,7 @@ class MegatronDialect:
         if isinstance(event, JobStarted):
             self.run = event.run
             settings = dict(event.settings)
-            self.legacy = self.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
+            self.legacy = self.legacy_for(settings)
             self.save_dir = settings.get("save") or (SAVE_DIR if event.run.saves else None)
             self.recompute_given = not RECOMPUTE_OPTIONS.isdisjoint(settings)
             self.started_at = at
@@ -385,8 +385,13 @@ class MegatronDialect:
     def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:
         """What follows the last step (sim/run.ENDINGS: this era's pretrain()) and whether it evaluates a test
         split, from the script's arguments (`settings`)."""
-        legacy = cls.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
+        legacy = cls.legacy_for(settings)
         return (ENDING_MEGATRON_2022 if legacy else ENDING_MEGATRON), cls.has_test(settings)
+
+    @classmethod
+    def legacy_for(cls, settings: Mapping[str, str]) -> bool:
+        """Whether the script's arguments (`settings`) were written for 2021-22 Megatron-LM's log format."""
+        return cls.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
 
     @classmethod
     def has_test(cls, settings: Mapping[str, str]) -> bool:

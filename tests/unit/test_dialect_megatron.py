@@ -8,6 +8,7 @@ import functools
 import itertools
 import math
 import re
+import typing
 
 import pytest
 
@@ -315,9 +316,9 @@ def core_timer(name: str, ms: float) -> list[str]:
     return ["(min, max) time across ranks (ms):", f"    {(name + ' ').ljust(48, '.')}: ({ms:.2f}, {ms:.2f})"]
 
 
-def megatron_run(ending: str = ENDING_MEGATRON, *, test: bool = True, **kw: object) -> RunPlan:
+def megatron_run(ending: str = ENDING_MEGATRON, *, test: bool = True, **kw: typing.Any) -> RunPlan:
     """A Megatron run ending as `ending` says, its last step 40 unless an exit comes first."""
-    return make_run(fp16_job(), max_steps=40, log_interval=10, ending=ending, test=test, **kw)  # type: ignore[arg-type]
+    return make_run(fp16_job(), max_steps=40, log_interval=10, ending=ending, test=test, **kw)
 
 
 class TestMegatronEnd:
