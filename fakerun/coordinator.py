@@ -360,7 +360,7 @@ class Coordinator:
             t += seconds_ * per_second
             if phase == "eval":
                 out.records.append(eval_record(job, step, seconds=seconds_, time=t))
-            else:
+            elif phase == "checkpoint":
                 out.records.append(
                     checkpoint_record(
                         step,

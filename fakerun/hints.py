@@ -1480,7 +1480,15 @@ _TITAN_TEXT = frozenset(
 # HF TrainingArguments' text its Trainer echoes (checkpoint paths under --output_dir); Megatron's --save
 # folder and the arguments that date a Megatron script (its log format follows).
 _HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir", "per_device_eval_batch_size"})
-_MEGATRON_TEXT = frozenset({"save"}) | megatron.LEGACY_OPTIONS
+# Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.
+_MEGATRON_TEXT = (
+    frozenset({"save", "split", "recompute_granularity", "recompute_activations"})
+    | frozenset(f"{split}_data_path" for split in ("train", "valid", "test"))
+    | frozenset(
+        f"{split}_weighted_split_paths{tail}" for split in ("train", "test") for tail in ("", "_path")
+    )
+    | megatron.LEGACY_OPTIONS
+)
 
 
 def _settings(args: Sequence[str], config: _Given | None) -> dict[str, str]:

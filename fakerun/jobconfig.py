@@ -15,7 +15,14 @@ from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
 from fakerun.sim import checkpoint, compute, failures, instruct, memory, rand
 from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.run import DEFAULT_LADDER, RunPlan, eval_seconds, make_run, pick_default_model, startup_times
+from fakerun.sim.run import (
+    DEFAULT_LADDER,
+    RunPlan,
+    eval_seconds,
+    make_run,
+    pick_default_model,
+    startup_times,
+)
 
 
 class JobConfigError(Exception):
@@ -94,7 +101,6 @@ def hf_cadence(run: RunPlan, hints: Hints) -> RunPlan:
         log_interval=log_interval,
         eval_interval=eval_interval,
         save_interval=save_interval,
-        trainer_end=True,
         # DefaultFlowCallback saves at max_steps under save_strategy "steps", whatever save_steps divides.
         save_at_stop=save == "steps",
         # TrainingArguments turns do_eval on for any eval_strategy but "no"; run_clm.py evaluates after
@@ -194,6 +200,8 @@ def build_run(
             kw["epochs"] = max(1, math.ceil(epochs))
         # A job that does not fit starts and runs out of memory at its first step, as on real GPUs.
         job = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **kw)
+        style = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
+        ending, test = dialects.ending(style, hints.settings)
         run = make_run(
             job,
             max_steps=fake.max_steps,
@@ -204,7 +212,9 @@ def build_run(
             eval_interval=hints.cadence.get("eval_interval"),
             save_interval=hints.cadence.get("save_interval"),
             eval_iters=hints.cadence.get("eval_iters"),
-            saves=_saves(hints, cmd),
+            saves=_saves(hints, style),
+            ending=ending,
+            test=test,
             exit_interval=hints.cadence.get("exit_interval", 0),
             # --exit-duration-in-mins 0 is falsy: Megatron never checks it.
             exit_after_s=60.0 * minutes if (minutes := hints.cadence.get("exit_minutes")) else None,
@@ -233,10 +243,9 @@ def _with_failures(run: RunPlan, specs: tuple[str, ...]) -> RunPlan:
     return dataclasses.replace(run, job=job, failures=strikes)
 
 
-def _saves(hints: Hints, cmd: CommandLine) -> bool:
+def _saves(hints: Hints, style: str) -> bool:
     """Whether the script saves checkpoints: Megatron's only with --save (its folder is a setting), in the
-    dialect the job prints (--fake-trainer fakerun on a Megatron command line saves as fakerun does)."""
-    style = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
+    dialect `style` the job prints (--fake-trainer fakerun on Megatron's arguments saves as fakerun does)."""
     option = dialects.DIALECTS[style].hints.save_option
     return option is None or bool(hints.settings.get(option))
 

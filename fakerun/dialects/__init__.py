@@ -35,7 +35,7 @@ imports nothing after the fork (tests/integration/test_fork_imports.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fakerun.dialects.base import Dialect, Seat, Stream
 from fakerun.dialects.deepspeed import DeepSpeedDialect
@@ -49,8 +49,9 @@ from fakerun.dialects.nanogpt import NanoGptDialect
 from fakerun.dialects.nemo import NemoDialect
 from fakerun.dialects.titan import TitanDialect
 from fakerun.dialects.torchtune import TorchtuneDialect
+from fakerun.sim.run import ENDING_FAKERUN
 
-__all__ = ["DEFAULT", "DIALECTS", "bar_stream", "choose", "make", "names", "select"]
+__all__ = ["DEFAULT", "DIALECTS", "bar_stream", "choose", "ending", "make", "names", "select"]
 
 # name -> dialect. The order is the order in which script-path patterns are tried.
 DIALECTS: dict[str, type[Dialect]] = {
@@ -109,6 +110,16 @@ def bar_stream(name: str) -> Stream:
     """The stream the dialect's progress bars go to: a `bar_stream` class attribute, else tqdm's stderr."""
     stream: Stream = getattr(DIALECTS[name], "bar_stream", "stderr")
     return stream
+
+
+def ending(name: str, settings: Mapping[str, str]) -> tuple[str, bool]:
+    """What follows the last step of a job the dialect `name` prints (sim/run.ENDINGS) and whether it
+    evaluates a test split: the dialect's `ending` class method of the script's settings, else fakerun's."""
+    decide = getattr(DIALECTS[name], "ending", None)
+    if decide is None:
+        return ENDING_FAKERUN, False
+    chosen: tuple[str, bool] = decide(settings)
+    return chosen
 
 
 def make(name: str, seat: Seat) -> Dialect:

@@ -359,6 +359,7 @@ class EvalStarted:
 
     step: int
     iters: int
+    split: str = "validation"  # or "test": Megatron's evaluation of the test split after training
 
 
 @dataclass(frozen=True)
@@ -383,6 +384,7 @@ class EvalDone:
     iters: int
     epoch: float
     train_loss: float = math.nan  # the training loss an evaluation of the train split measures (nanoGPT)
+    split: str = "validation"  # or "test" (EvalStarted.split)
 
 
 @dataclass(frozen=True)

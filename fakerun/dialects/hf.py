@@ -7,7 +7,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, log_time, words
@@ -30,6 +30,7 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.render import bar
+from fakerun.sim.run import ENDING_HF
 
 # Options only HF Trainer scripts spell so (either spelling: HfArgumentParser accepts both).
 HINTS = HintRule(
@@ -160,6 +161,11 @@ class HfDialect:
     name: ClassVar[str] = "hf"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+
+    @classmethod
+    def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:
+        """The Trainer's loop, then the example script's save and evaluation (sim/run.ENDING_HF)."""
+        return ENDING_HF, False
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

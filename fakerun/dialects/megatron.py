@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from fakerun.dialects.base import HintRule, Line, Output, Seat, seconds_time, words
@@ -30,7 +30,7 @@ from fakerun.dialects.events import (
 )
 from fakerun.sim.job import JobSpec
 from fakerun.sim.megatron import Theory
-from fakerun.sim.run import RunPlan
+from fakerun.sim.run import ENDING_MEGATRON, ENDING_MEGATRON_2022, RunPlan
 
 _MIB = 1024.0**2
 SAVE_DIR = "checkpoints"  # the folder of a job that saves without --save (a Megatron dialect forced on it)
@@ -46,6 +46,9 @@ LEGACY_OPTIONS = frozenset(
         "DDP_impl",
     }
 )
+
+# The options that turn activation recompute on (validate_args: --checkpoint-activations is full recompute).
+RECOMPUTE_OPTIONS = frozenset({"recompute_granularity", "recompute_activations", "checkpoint_activations"})
 
 # Options only Megatron-LM spells so (its argparse takes dashes only).
 MEGATRON_OPTIONS = (
@@ -133,9 +136,10 @@ def memory_line(
     )
 
 
-def validation_block(prefix: str, loss: float, ppl: float) -> list[str]:
-    """evaluate_and_print_results: a dashed rule one longer than the line, the line, the rule again."""
-    body = f" validation loss at {prefix} | lm loss value: {_e(loss)} | lm loss PPL: {_e(ppl)} | "
+def validation_block(prefix: str, loss: float, ppl: float, label: str = " validation") -> list[str]:
+    """evaluate_and_print_results: a dashed rule one longer than the line, the line, the rule again; Megatron
+    names every split's loss ` validation` (a leading space), Megatron-DeepSpeed by its data group."""
+    body = f"{label} loss at {prefix} | lm loss value: {_e(loss)} | lm loss PPL: {_e(ppl)} | "
     rule = "-" * (len(body) + 1)
     return [rule, body, rule]
 
@@ -150,8 +154,11 @@ def timers_block(rows: Sequence[tuple[str, float, float]], *, legacy: bool = Fal
     return out
 
 
-def argument_rows(run: RunPlan, seed: int, save: str | None = SAVE_DIR) -> list[tuple[str, object]]:
-    """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets)."""
+def argument_rows(
+    run: RunPlan, seed: int, save: str | None = SAVE_DIR, *, recompute_given: bool = True
+) -> list[tuple[str, object]]:
+    """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets);
+    recompute_granularity is None (its default) unless the script asked for recompute (`recompute_given`)."""
     job = run.job
     m = job.model
     fp16 = job.precision == "fp16"
@@ -197,7 +204,7 @@ def argument_rows(run: RunPlan, seed: int, save: str | None = SAVE_DIR) -> list[
         ("params_dtype", "torch.float16" if fp16 else "torch.bfloat16"),
         ("pipeline_model_parallel_size", job.pp),
         ("rank", 0),
-        ("recompute_granularity", None if job.recompute == "none" else job.recompute),
+        ("recompute_granularity", job.recompute if recompute_given and job.recompute != "none" else None),
         ("save", save),
         ("save_interval", run.save_interval),
         ("seed", seed),
@@ -213,14 +220,28 @@ def argument_rows(run: RunPlan, seed: int, save: str | None = SAVE_DIR) -> list[
     return rows
 
 
-def arguments_block(run: RunPlan, seed: int, save: str | None = SAVE_DIR) -> list[str]:
+def arguments_block(
+    run: RunPlan, seed: int, save: str | None = SAVE_DIR, *, recompute_given: bool = True
+) -> list[str]:
     """_print_args: `  name ..... value` rows (dots to column 48) sorted case-insensitively, between rules."""
-    rows = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in argument_rows(run, seed, save)]
+    rows = [
+        f"  {name} {'.' * (48 - len(name))} {value}"
+        for name, value in argument_rows(run, seed, save, recompute_given=recompute_given)
+    ]
     return [
         "------------------------ arguments ------------------------",
         *sorted(rows, key=str.lower),
         "-------------------- end of arguments ---------------------",
     ]
+
+
+def split_has_test(split: str | None) -> bool:
+    """Whether --split gives the test split a share (its third weight; unset, Megatron's default "969, 30, 1"
+    and Megatron-core's mock data's "1,1,1" both do)."""
+    if split is None:
+        return True
+    weights = [float(w) for w in re.findall(r"[0-9]*\.?[0-9]+", split)] + [0.0, 0.0, 0.0]
+    return weights[2] > 0.0
 
 
 def tokenizer_name(job: JobSpec) -> str:
@@ -245,12 +266,11 @@ class MegatronDialect:
         self.memory: MemoryReport | None = None  # reported after the first log line
         self.stopped = False  # the step loop is over and training is done: the final evaluation follows
         self.exiting: TrainingStopped | None = None  # the loop ended by Megatron's --exit-* options
-        # Lines of the end of training that Megatron-core prints after the save fakerun runs last (its
-        # `after training is done` after an in-loop save, its final evaluation after any save).
-        self.held: list[str] = []
         self.theory: Theory | None = None
         self.legacy = self.always_legacy
         self.save_dir: str | None = SAVE_DIR
+        # The script passed a recompute option (else Megatron recomputes nothing).
+        self.recompute_given = False
 
     # -- ranks -------------------------------------------------------------------------------------------
 
@@ -283,12 +303,12 @@ class MegatronDialect:
         if isinstance(event, JobStarted):
             self.run = event.run
             settings = dict(event.settings)
-            self.legacy = self.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
+            self.legacy = self.legacy_for(settings)
             self.save_dir = settings.get("save") or (SAVE_DIR if event.run.saves else None)
+            self.recompute_given = not RECOMPUTE_OPTIONS.isdisjoint(settings)
             self.started_at = at
             self.stopped = False
             self.exiting = None
-            self.held = []
             return []
         run = self.run
         if run is None:
@@ -340,9 +360,9 @@ class MegatronDialect:
         if isinstance(event, TrainingStopped):
             return self.stop_lines(event, at)
         if isinstance(event, EvalStarted):
-            return self.hold(self.evaluating_lines(event)) if self.stopped and self.first else []
+            return self.evaluating_lines(event) if self.stopped and self.first else []
         if isinstance(event, EvalDone):
-            return self.hold(self.validation_lines(event)) if self.last else []
+            return self.validation_lines(event) if self.last else []
         if isinstance(event, CheckpointSaving):
             if not self.first:
                 return []
@@ -351,59 +371,67 @@ class MegatronDialect:
             out = []
             if self.first:
                 out.append(self.saved_line(event, job))
-            if self.last and self.save_timed(event.step):
+            # save_checkpoint_and_time's timer: every save in the loop (the exits' included), not pretrain()'s
+            # own after it.
+            if self.last and not self.stopped:
                 ms = 1000.0 * event.seconds
                 out += self.timers([("save-checkpoint", ms, ms)])
-            out += self.held
-            self.held = []
             return out
         if isinstance(event, TrainingFinished):
             return self.exit_lines(at) if self.first else []
         return []
 
-    def final_save_follows(self) -> bool:
-        """Whether a save is still to come in a run whose training is done (Megatron-core holds lines until
-        after it: it saves before its final evaluation, fakerun after)."""
-        return self.stopped and not self.legacy and self.run is not None and self.run.saves
+    @classmethod
+    def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:
+        """What follows the last step (sim/run.ENDINGS: this era's pretrain()) and whether it evaluates a test
+        split, from the script's arguments (`settings`)."""
+        legacy = cls.legacy_for(settings)
+        return (ENDING_MEGATRON_2022 if legacy else ENDING_MEGATRON), cls.has_test(settings)
 
-    def hold(self, lines: list[str]) -> list[str]:
-        """`lines` now, or after the save still to come."""
-        if self.final_save_follows():
-            self.held += lines
-            return []
-        return lines
+    @classmethod
+    def legacy_for(cls, settings: Mapping[str, str]) -> bool:
+        """Whether the script's arguments (`settings`) were written for 2021-22 Megatron-LM's log format."""
+        return cls.always_legacy or not LEGACY_OPTIONS.isdisjoint(settings)
 
-    def save_timed(self, step: int) -> bool:
-        """Whether save_checkpoint_and_time saved after `step` (it logs the save-checkpoint timer): every
-        save in the loop, the exits' included; the one after the loop is save_checkpoint's own. Megatron-core
-        saves after the loop only when the last iteration's save was not the interval's; the older code saves
-        there anyway, after its final evaluation: fakerun's one save is that one."""
-        if not self.stopped:
-            return True
-        return not self.legacy and self.run is not None and self.run.periodic_save(step)
+    @classmethod
+    def has_test(cls, settings: Mapping[str, str]) -> bool:
+        """Megatron's do_test: a test dataset is built (--test-data-path beside the other splits' paths, or
+        --split's third share). Its --eval-iters is at least 1 here (hints.py), as do_test also needs."""
+        if {"train_data_path", "valid_data_path", "test_data_path"} & settings.keys():
+            return "test_data_path" in settings
+        return split_has_test(settings.get("split"))
 
     def evaluating_lines(self, event: EvalStarted) -> list[str]:
-        """evaluate(verbose=True)'s progress on rank 0: Megatron-core's final evaluation (the older code's is
-        not verbose)."""
-        if self.legacy:
-            return []
+        """evaluate(verbose=True)'s progress on rank 0 after training: Megatron-core's on both splits, every
+        batch; the older code's on the test split only, every --log-interval batches."""
         assert self.run is not None
-        return [f"Evaluating on {event.iters * self.run.job.global_batch} samples"] + [
-            f"Evaluating iter {i}/{event.iters}" for i in range(1, event.iters + 1)
-        ]
+        if not self.legacy:
+            return [f"Evaluating on {event.iters * self.run.job.global_batch} samples"] + [
+                f"Evaluating iter {i}/{event.iters}" for i in range(1, event.iters + 1)
+            ]
+        if event.split != "test":
+            return []
+        every = self.run.log_interval
+        return [f"Evaluating iter {i}/{event.iters}" for i in range(every, event.iters + 1, every)]
 
     def validation_lines(self, event: EvalDone) -> list[str]:
         """evaluate_and_print_results on the last rank: Megatron-core's `evaluate` timer (the older code has
-        none) and the validation block, its prefix the final evaluation's after training."""
+        none) and the validation block, its prefix the split's after training."""
+        test = event.split == "test"
         if not self.stopped:
             prefix = f"iteration {event.step}"
         elif self.legacy:
-            prefix = "the end of training for val data"
+            prefix = f"the end of training for {'test' if test else 'val'} data"
         else:
-            prefix = f"iteration {event.step} on validation set"
+            prefix = f"iteration {event.step} on {'test' if test else 'validation'} set"
         ms = 1000.0 * event.seconds
         timers = [] if self.legacy else self.timers([("evaluate", ms, ms)])
-        return timers + validation_block(prefix, event.loss, event.ppl)
+        return timers + validation_block(prefix, event.loss, event.ppl, self.loss_label(event.split))
+
+    def loss_label(self, split: str) -> str:
+        """What the validation block calls the loss of `split`: Megatron calls every split's ` validation`."""
+        del split
+        return " validation"
 
     def timers(self, rows: Sequence[tuple[str, float, float]]) -> list[str]:
         """A Timers.log of (name, min, max) rows in this version's form."""
@@ -442,7 +470,7 @@ class MegatronDialect:
                 f"using world size: {job.world_size}, data-parallel-size: {job.dp}, tensor-model-parallel "
                 f"size: {job.tp}, pipeline-model-parallel size: {job.pp} ",
                 f"using {dtype} for parameters ...",
-                *arguments_block(run, _SEED, self.save_dir),
+                *arguments_block(run, _SEED, self.save_dir, recompute_given=self.recompute_given),
                 f"setting number of micro-batches to constant {job.grad_accum}",
             ]
         return [
@@ -450,7 +478,7 @@ class MegatronDialect:
             f"hierarchical context-parallel sizes: None, tensor-model-parallel size: {job.tp}, "
             f"pipeline-model-parallel size: {job.pp}",
             f"using {dtype} for parameters ...",
-            *arguments_block(run, _SEED, self.save_dir),
+            *arguments_block(run, _SEED, self.save_dir, recompute_given=self.recompute_given),
             "INFO:megatron.core.num_microbatches_calculator:setting number of microbatches to constant "
             f"{job.grad_accum}",
         ]
@@ -581,16 +609,13 @@ class MegatronDialect:
         """When the loop ends: rank 0's end of training; an exit prints once its evaluation and save are over
         (exit_lines). fakerun's own stops (--fake-max-steps, --fake-max-time) end training as the last
         iteration would."""
-        assert self.run is not None
         if event.reason in ("exit interval", "exit duration"):
             self.exiting = event
             return []
         self.stopped = True
         if not self.first:
             return []
-        done = [self.datetime("after training is done", at)]
-        # Megatron-core's in-loop save of the last iteration comes before this line (fakerun saves last).
-        return self.hold(done) if self.run.periodic_save(event.step) else done
+        return [self.datetime("after training is done", at)]
 
     def exit_lines(self, at: float) -> list[str]:
         """checkpoint_and_decide_exit's last line before sys.exit(0), after the exit's save (rank 0); its

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from fakerun.dialects.base import HintRule
 from fakerun.dialects.events import (
     StepDone,
 )
-from fakerun.dialects.megatron import MegatronDialect, _e
+from fakerun.dialects.megatron import MegatronDialect, _e, split_has_test
 
 # Selected by its path, by --fake-trainer, or (hints.parse_hints) by DeepSpeed's switches beside Megatron's
 # arguments: it adds options to Megatron's parser rather than spelling its own, so it takes no votes.
@@ -99,3 +99,16 @@ class MegatronDeepSpeedDialect(MegatronDialect):
             samples_per_s=event.samples_per_s,
             tflops=event.megatron_tflops,
         )
+
+    @classmethod
+    def has_test(cls, settings: Mapping[str, str]) -> bool:
+        """do_test of the fork: its weighted split paths (data loading option 2) test only with
+        --test-weighted-split-paths[-path]; --data-path's --split as Megatron's."""
+        option2 = ("train_weighted_split_paths", "train_weighted_split_paths_path")
+        if any(name in settings for name in option2):
+            return bool({"test_weighted_split_paths", "test_weighted_split_paths_path"} & settings.keys())
+        return split_has_test(settings.get("split"))
+
+    def loss_label(self, split: str) -> str:
+        """The fork names the loss by its data group (`valid`, `test` unless named), no leading space."""
+        return "test" if split == "test" else "valid"

@@ -77,19 +77,28 @@ def usual_save_seconds(job: JobSpec, *, full: bool = True) -> float:
     return nbytes / _write_bandwidth(job) + fixed
 
 
-def storage_stall(job: JobSpec, stream: str, step: int) -> float:
+def pause_keys(step: int, again: int) -> tuple[int, ...]:
+    """The random draws' keys of a pause after `step`: its `again`-th of its kind there (0: the first, whose
+    draws are the step's own) has draws of its own."""
+    return (step,) if again == 0 else (step, again)
+
+
+def storage_stall(job: JobSpec, stream: str, step: int, again: int = 0) -> float:
     """A rare slow-down of a pause after `step` (another job's I/O on shared storage, a metadata server's
     hiccup, a cold page cache): x2-4 about once in SLOW_PAUSE_ODDS, else 1. Never at step 0, whose pause
     sizes the default cadences."""
-    if step <= 0 or rand.uniform(job.seed, stream, step) >= 1.0 / SLOW_PAUSE_ODDS:
+    keys = pause_keys(step, again)
+    if step <= 0 or rand.uniform(job.seed, stream, *keys) >= 1.0 / SLOW_PAUSE_ODDS:
         return 1.0
-    return 2.0 + 2.0 * rand.uniform(job.seed, stream + "-x", step)
+    return 2.0 + 2.0 * rand.uniform(job.seed, stream + "-x", *keys)
 
 
-def save_seconds(job: JobSpec, step: int, *, full: bool = True) -> float:
-    """Seconds to save a checkpoint at `step`: the usual time, jittered, now and then stalled."""
-    jitter = 1.0 + 0.08 * rand.normal(job.seed, "ckpt-save", step)
-    return usual_save_seconds(job, full=full) * max(0.8, jitter) * storage_stall(job, "ckpt-stall", step)
+def save_seconds(job: JobSpec, step: int, *, full: bool = True, again: int = 0) -> float:
+    """Seconds to save a checkpoint at `step` (the `again`-th save there): the usual time, jittered, now and
+    then stalled."""
+    jitter = 1.0 + 0.08 * rand.normal(job.seed, "ckpt-save", *pause_keys(step, again))
+    stall = storage_stall(job, "ckpt-stall", step, again)
+    return usual_save_seconds(job, full=full) * max(0.8, jitter) * stall
 
 
 def load_seconds(job: JobSpec, *, full: bool = True) -> float:

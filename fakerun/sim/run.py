@@ -36,6 +36,14 @@ SAVE_SHARE = 0.03
 EVAL_MARGIN = 0.05  # evaluation wall time over the forward FLOPs: data loading, all-reduce of the loss
 
 Pause = tuple[str, float]  # (phase name, simulated seconds)
+# What follows a run's last step (RunPlan.ending): fakerun's validation and save; Megatron-core's pretrain()
+# (its loop's evaluation and save at their intervals, then a save unless the loop's was at that step, the
+# validation and test sets); 2021-22 Megatron-LM's (its loop's, then the validation, a save, the test set).
+ENDING_FAKERUN = "fakerun"
+ENDING_MEGATRON = "megatron"
+ENDING_MEGATRON_2022 = "megatron-2022"
+ENDING_HF = "hf"  # HF Trainer's loop, then an example script's save_model() and, with --do_eval, evaluate()
+ENDINGS = (ENDING_FAKERUN, ENDING_MEGATRON, ENDING_MEGATRON_2022, ENDING_HF)
 
 
 def nice_interval(target_s: float, step_s: float) -> int:
@@ -88,14 +96,16 @@ class RunPlan:
     # The collective timeout of the job's process groups (torch's default; the script may set its own).
     nccl_timeout_s: float = WATCHDOG_TIMEOUT_MS / 1000.0
 
-    # HF Trainer's end (hf_cadence): the step the loop stops at keeps its own evaluation and save inside the
-    # loop, before `Training completed` (the save also when the interval does not divide that step:
-    # `save_at_stop`, DefaultFlowCallback at max_steps under save_strategy "steps"); then the example script
-    # saves the model and, only with `end_eval` (--do_eval), evaluates (run_clm.py). Otherwise the run ends
-    # with fakerun's final evaluation, then its save.
-    trainer_end: bool = False
+    # HF Trainer's end (ENDING_HF, hf_cadence): the save also when the interval does not divide the last step
+    # (`save_at_stop`, DefaultFlowCallback at max_steps under save_strategy "steps"), and the script's
+    # evaluation only with --do_eval (`end_eval`, run_clm.py).
     save_at_stop: bool = False
     end_eval: bool = True
+    # What follows the last step when no exit ends the run (ENDINGS), and whether a test-set evaluation ends
+    # it (Megatron's do_test: the data has a test split).
+    ending: str = "fakerun"
+    test: bool = False
+
     def failure_for(self, step: int, rank: int) -> Failure | None:
         """The failure that strikes `rank` during `step`, if one does."""
         for failure in self.failures:
@@ -140,37 +150,56 @@ class RunPlan:
         return self.exit_interval > 0 and step % self.exit_interval == 0
 
     def pauses_after(self, step: int, *, final: bool = False, exits: bool = False) -> tuple[Pause, ...]:
-        """Evaluation and checkpoint that follow `step`, in order, with their simulated durations. A `final`
-        step ends the run with an evaluation and a save (HF Trainer's: its loop's, then its script's);
-        Megatron's exits (`exits`, or --exit-interval's step) only evaluate when the interval says so, then
-        save (if the run saves at all)."""
-        if final and self.trainer_end:
-            return self.stop_pauses(step) + self.end_pauses(step)
-        exits = final and (exits or self.exits_at(step))
-        out: list[Pause] = []
-        if self.evaluates_after(step) or (final and (not exits or self.periodic_eval(step))):
-            out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
-        if self.saves and (final or self.saves_after(step)):
-            out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
-        return tuple(out)
+        """Evaluations and checkpoint that follow `step`, in order, with their simulated durations: the step
+        loop's (loop_pauses), then those after it on the `final` step (end_pauses)."""
+        return self.loop_pauses(step, final=final, exits=exits) + (
+            self.end_pauses(step, exits=exits) if final else ()
+        )
 
-    def stop_pauses(self, step: int) -> tuple[Pause, ...]:
-        """HF Trainer: the evaluation and save its loop runs after the step it stops at (none otherwise)."""
-        if not self.trainer_end:
+    def loop_pauses(self, step: int, *, final: bool = False, exits: bool = False) -> tuple[Pause, ...]:
+        """The pauses inside the step loop after `step`: its intervals' on any step but the last; on the
+        `final` one Megatron's loop still evaluates and saves at its intervals, and its exits (`exits`, or
+        --exit-interval's step) save there whatever the interval (fakerun's other endings: none)."""
+        if final and self.ending == ENDING_FAKERUN:
             return ()
+        exiting = final and (exits or self.exits_at(step))
         out: list[Pause] = []
-        if self.periodic_eval(step):
+        if self.periodic_eval(step) if final else self.evaluates_after(step):
             out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
-        if self.periodic_save(step) or (self.saves and self.save_at_stop):
+        at_stop = final and self.ending == ENDING_HF and self.save_at_stop
+        saves = self.periodic_save(step) if final else self.saves_after(step)
+        if saves or ((exiting or at_stop) and self.saves):
             out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
         return tuple(out)
 
-    def end_pauses(self, step: int) -> tuple[Pause, ...]:
-        """HF Trainer: the example script's save_model() after training, then evaluate() with --do_eval."""
-        out: list[Pause] = [("checkpoint", checkpoint.save_seconds(self.job, step))] if self.saves else []
-        if self.end_eval:
-            out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
-        return tuple(out)
+    def end_pauses(self, step: int, *, exits: bool = False) -> tuple[Pause, ...]:
+        """The pauses after the step loop ended on `step`, by the run's ending (ENDINGS). An exit (`exits`,
+        or --exit-interval's step) ends the process in Megatron's loop; fakerun's ending then evaluates when
+        the interval says so and saves."""
+        exits = exits or self.exits_at(step)
+        job = self.job
+        if self.ending == ENDING_FAKERUN:
+            validation = ("eval", eval_seconds(job, self.eval_iters, step))
+            save = (("checkpoint", checkpoint.save_seconds(job, step)),) if self.saves else ()
+            return ((validation,) if not exits or self.periodic_eval(step) else ()) + save
+        if exits:
+            return ()
+        if self.ending == ENDING_HF:
+            # The script's save_model() (the loop may have saved this step too), then evaluate() with do_eval.
+            model = (("checkpoint", checkpoint.save_seconds(job, step, again=1)),) if self.saves else ()
+            evaluation = (
+                (("eval", eval_seconds(job, self.eval_iters, step, again=1)),) if self.end_eval else ()
+            )
+            return model + evaluation
+        # Megatron's loop may have evaluated and saved after this step already: these draw their own times.
+        validation = ("eval", eval_seconds(job, self.eval_iters, step, again=1))
+        save = (("checkpoint", checkpoint.save_seconds(job, step, again=1)),) if self.saves else ()
+        test = (("test", eval_seconds(job, self.eval_iters, step, again=2)),) if self.test else ()
+        if self.ending == ENDING_MEGATRON:
+            # pretrain() saves unless the loop's interval just did, then evaluates both splits.
+            return (() if self.periodic_save(step) else save) + (validation, *test)
+        # The 2021-22 pretrain(): validation, a save whatever the loop saved, then the test split.
+        return (validation, *save, *test)
 
     def pause_seconds(self, step: int, *, final: bool = False) -> float:
         """Total simulated time of the pauses after `step`."""
@@ -197,6 +226,8 @@ def make_run(
     saves: bool = True,
     exit_interval: int = 0,
     exit_after_s: float | None = None,
+    ending: str = ENDING_FAKERUN,
+    test: bool = False,
 ) -> RunPlan:
     """The run of `job` from its start step: cadences default to round numbers fitted to the step time."""
     step_s = compute.expected_step_time(job)
@@ -234,6 +265,8 @@ def make_run(
         saves=saves,
         exit_interval=exit_interval,
         exit_after_s=exit_after_s,
+        ending=ending,
+        test=test,
     )
 
 
@@ -274,11 +307,11 @@ def usual_eval_seconds(job: JobSpec, iters: int) -> float:
     return flops / rate * (1.0 + EVAL_MARGIN)
 
 
-def eval_seconds(job: JobSpec, iters: int, step: int) -> float:
-    """One evaluation after `step`: the usual time, jittered, now and then stalled (validation shards read
-    cold from shared storage)."""
-    jitter = 1.0 + 0.03 * rand.normal(job.seed, "eval-time", step)
-    return usual_eval_seconds(job, iters) * jitter * checkpoint.storage_stall(job, "eval-stall", step)
+def eval_seconds(job: JobSpec, iters: int, step: int, again: int = 0) -> float:
+    """One evaluation after `step` (the `again`-th there): the usual time, jittered, now and then stalled
+    (validation shards read cold from shared storage)."""
+    jitter = 1.0 + 0.03 * rand.normal(job.seed, "eval-time", *checkpoint.pause_keys(step, again))
+    return usual_eval_seconds(job, iters) * jitter * checkpoint.storage_stall(job, "eval-stall", step, again)
 
 
 # Start-up bands, simulated seconds on a real GPU node. The interpreter with `import torch` (CUDA build, its

@@ -9,6 +9,7 @@ import signal
 import statistics
 import sysconfig
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +173,7 @@ class RankTrainer:
         # step after which the validation that used up the patience already ran.
         self.patience: Patience | None = None
         self._evaluated: int | None = None
+        self._early_eval_done = False  # that validation stands for the next one the run's pauses hold
         self._exits = False  # the run ends by a Megatron exit (--exit-interval, --exit-duration-in-mins)
         self._tally = _EpochTally(0.0)
         self.born = time.monotonic() if ctx.spawned is None else min(ctx.spawned, time.monotonic())
@@ -440,6 +442,7 @@ class RankTrainer:
         wall_start = time.time()
         self.patience = Patience(run.patience) if run.patience else None
         self._evaluated = None
+        self._early_eval_done = False
         step_times: list[float] = []
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
@@ -584,8 +587,8 @@ class RankTrainer:
                 # The validation that used up the patience is printed before the loop ends, as a callback's.
                 released = self._early_validation(step, released)
             if stop:
-                # HF Trainer: the last step's evaluation and save run inside the loop, before it ends.
-                released = self._pauses(step, released, run.stop_pauses(step))
+                # The loop's own evaluation and save after its last step (Megatron's), before it ends.
+                released = self._pauses(step, released, run.loop_pauses(step, final=True, exits=self._exits))
                 steps = step - run.first_step + 1
                 emit(
                     TrainingStopped(
@@ -603,7 +606,7 @@ class RankTrainer:
                     )
                 )
                 return step, released, wall_start
-            self._pauses(step, released, run.pauses_after(step))
+            self._pauses(step, released, run.loop_pauses(step))
             self._epoch_end(step)
             prev = numbers
             step += 1
@@ -672,6 +675,7 @@ class RankTrainer:
         until = start + seconds / self.ctx.speed
         self._pause(step, "eval", seconds, until=until)
         self._evaluated = step
+        self._early_eval_done = True
         return until
 
     def _stop_reason(self, step: int) -> str:
@@ -750,11 +754,13 @@ class RankTrainer:
         stragglers = frozenset({n.straggler_rank}) if n.straggler_rank is not None else frozenset()
         return GpuGrid(step=step, gpus=gpus, stragglers=stragglers)
 
-    def _pauses(self, step: int, start: float, pauses: tuple[Pause, ...]) -> float:
-        """Runs the evaluation and checkpoint after `step` from `start`; returns when they end (monotonic)."""
+    def _pauses(self, step: int, start: float, pauses: Sequence[Pause]) -> float:
+        """Runs `pauses` (evaluations and checkpoints) after `step` from `start`; returns when they end
+        (monotonic)."""
         t = start
         for phase, seconds in pauses:
-            if phase == "eval" and self._evaluated == step:
+            if phase == "eval" and self._early_eval_done:
+                self._early_eval_done = False
                 continue  # early stopping's validation ran before the loop ended
             # Absolute deadlines: every rank leaves a collective save at the same moment, as in a real job.
             t += seconds / self.ctx.speed
@@ -766,13 +772,14 @@ class RankTrainer:
         job = self.run.job
         run = self.run
         emit = self.out.emit
-        if phase == "eval":
+        if phase in ("eval", "test"):
+            split = "test" if phase == "test" else "validation"
             self._phase(step, "eval")
-            emit(EvalStarted(step=step, iters=run.eval_iters))
+            emit(EvalStarted(step=step, iters=run.eval_iters, split=split))
             if self.out.wants(EvalProgress):
                 self._eval_progress(step, seconds, until)
             self._sleep_until(until)
-            value = loss.eval_loss(job, step)
+            value = loss.eval_loss(job, step, split)
             emit(
                 EvalDone(
                     step=step,
@@ -783,10 +790,13 @@ class RankTrainer:
                     iters=run.eval_iters,
                     epoch=step / run.steps_per_epoch,
                     train_loss=loss.expected_loss(job, step),
+                    split=split,
                 )
             )
+            self._slow_pause(step, "eval", seconds)
+            if split == "test":
+                return
             self._tally.val_loss = value
-            self._slow_pause(step, phase, seconds)
             if self.patience is not None and run.evaluates_after(step):
                 self.patience.observe(step, value)
                 p = self.patience
@@ -861,13 +871,7 @@ class RankTrainer:
 
     def finish(self, last: int, released: float, wall_start: float) -> None:
         """After the last step: final evaluation and save, then the export and the run's summary."""
-        run = self.run
-        if run.trainer_end:
-            # The script's trainer.evaluate() is an evaluation of its own, even after early stopping's.
-            self._evaluated = None
-            self._pauses(last, released, run.end_pauses(last))
-        else:
-            self._pauses(last, released, run.pauses_after(last, final=True, exits=self._exits))
+        self._pauses(last, released, self.run.end_pauses(last, exits=self._exits))
         self._epoch_end(last)
         self._phase(last, "idle")
         job = self.run.job

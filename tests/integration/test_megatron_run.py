@@ -21,17 +21,33 @@ GRID = re.compile(r"^GPUs @ step|█")
 
 
 @pytest.mark.parametrize(
-    ("extra", "line"),
+    ("extra", "line", "blocks"),
     [
-        ([], re.compile(r"^ \[[\d :-]+\] iteration +\d+/ +400 \|")),
+        (
+            [],
+            re.compile(r"^ \[[\d :-]+\] iteration +\d+/ +400 \|"),
+            # core_v0.15 pretrain(): the validation set, then the test set (no --split: "969, 30, 1").
+            [
+                " validation loss at iteration 20 |",
+                " validation loss at iteration 25 on validation set |",
+                " validation loss at iteration 25 on test set |",
+            ],
+        ),
         (
             ["--deepspeed", "--deepspeed_config", "ds.json", "--zero-stage", "1"],
             re.compile(r"^ iteration +\d"),
+            [
+                "valid loss at iteration 20 |",
+                "valid loss at the end of training for val data |",
+                "test loss at the end of training for test data |",
+            ],
         ),
     ],
     ids=["megatron", "megatron-deepspeed"],
 )
-def test_fp16_job_prints_only_megatron_lines(extra: list[str], line: re.Pattern[str], tmp_path: Path) -> None:
+def test_fp16_job_prints_only_megatron_lines(
+    extra: list[str], line: re.Pattern[str], blocks: list[str], tmp_path: Path
+) -> None:
     runner = Runner(uuid.uuid4().hex, tmp_path)
     proc = subprocess.run(
         [
@@ -66,3 +82,9 @@ def test_fp16_job_prints_only_megatron_lines(extra: list[str], line: re.Pattern[
     assert "[after training is done] datetime: " in proc.stdout
     # --save-interval without --save: Megatron saves nothing (and fakerun runs no save either).
     assert "saving checkpoint" not in proc.stdout and "save-checkpoint" not in proc.stdout
+    # The evaluations, in pretrain()'s order, each between its dashed rules.
+    found = [x for x in out if "loss at " in x]
+    assert [x.split(" | lm loss value")[0] + " |" for x in found] == blocks
+    for x in found:
+        i = out.index(x)
+        assert out[i - 1] == out[i + 1] == "-" * (len(x) + 1)

@@ -33,7 +33,7 @@ from fakerun.hints import HintError, parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import collectives, compute, loss, memory
 from fakerun.sim.job import make_job
-from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.run import ENDING_HF, RunPlan, make_run
 from fakerun.sim.step import step_numbers
 
 AT = 1_764_000_000.25
@@ -511,19 +511,24 @@ class TestTrainingArgumentsCadence:
         """The last step's own evaluation and save (save_strategy "steps" saves at max_steps whatever
         save_steps divides); then save_model() and, with --do_eval or any eval_strategy, evaluate()."""
         run = run_of(["--fake-seed", "3", *self.BASE, "--save_steps", "300"])
-        assert [p for p, _ in run.stop_pauses(2000)] == ["checkpoint"] and not run.periodic_save(2000)
+        assert [p for p, _ in run.loop_pauses(2000, final=True)] == ["checkpoint"] and not run.periodic_save(
+            2000
+        )
         assert [p for p, _ in run.end_pauses(2000)] == ["checkpoint"]
         assert [p for p, _ in run.pauses_after(2000, final=True)] == ["checkpoint", "checkpoint"]
         run = run_of(["--fake-seed", "3", *self.BASE, "--do_eval", "--save_strategy", "no"])
-        assert run.stop_pauses(2000) == () and [p for p, _ in run.end_pauses(2000)] == ["checkpoint", "eval"]
+        assert run.loop_pauses(2000, final=True) == () and [p for p, _ in run.end_pauses(2000)] == [
+            "checkpoint",
+            "eval",
+        ]
         run = run_of(["--fake-seed", "3", *self.BASE, "--do_eval", "false", "--eval_strategy", "steps"])
-        assert [p for p, _ in run.stop_pauses(2000)] == ["eval", "checkpoint"]
+        assert [p for p, _ in run.loop_pauses(2000, final=True)] == ["eval", "checkpoint"]
         assert [p for p, _ in run.end_pauses(2000)] == ["checkpoint", "eval"]
 
     def test_other_trainers_end_as_before(self) -> None:
         """Outside HF, nothing runs in the loop at the stop; the end evaluates, then saves."""
         run = hf_run()
-        assert not run.trainer_end and run.stop_pauses(run.last_step) == ()
+        assert run.ending != ENDING_HF and run.loop_pauses(run.last_step, final=True) == ()
         assert [p for p, _ in run.pauses_after(run.last_step, final=True)] == ["eval", "checkpoint"]
 
     def test_eval_arguments(self) -> None:

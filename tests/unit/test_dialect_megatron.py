@@ -8,6 +8,7 @@ import functools
 import itertools
 import math
 import re
+import typing
 
 import pytest
 
@@ -20,7 +21,15 @@ from fakerun.jobconfig import build_run
 from fakerun.sim import compute, lossscale
 from fakerun.sim import megatron as figures
 from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.run import RunPlan, looped, make_run, resumed
+from fakerun.sim.run import (
+    ENDING_FAKERUN,
+    ENDING_MEGATRON,
+    ENDING_MEGATRON_2022,
+    RunPlan,
+    looped,
+    make_run,
+    resumed,
+)
 from fakerun.sim.schedule import lr
 from fakerun.sim.step import step_numbers
 
@@ -257,67 +266,88 @@ class TestMegatronCore:
             body
             == " validation loss at iteration 20 | lm loss value: 3.100000E+00 | lm loss PPL: 2.219795E+01 | "
         )
-        # After the loop, Megatron saves first and evaluates on the validation set after; only the loop's
-        # saves (save_checkpoint_and_time: the last iteration's when the interval divides it) log a timer.
-        for interval, timed in ((20, True), (30, False)):
-            final = lines(
-                "megatron",
-                dataclasses.replace(run, save_interval=interval),
-                7,
-                [
-                    ev.TrainingStopped(step=40, reason="reached total steps"),
-                    dataclasses.replace(done, step=40),
-                    ev.CheckpointSaved(
-                        step=40, path="iter_0000040", nbytes=10**9, seconds=2.0, bandwidth_gbs=0.5
-                    ),
-                ],
-            )
-            assert ("save-checkpoint" in final[1]) is timed and "on validation set" in final[-2]
-            assert final[: 4 if timed else 2][-1] == f"    {'evaluate '.ljust(48, '.')}: (4000.00, 4000.00)"
 
 
-def final_events(step: int, reason: str) -> list[ev.Event]:
-    """The end of a run as worker/trainer.py emits it: the stop, its evaluation and save, the last line."""
-    done = ev.EvalDone(step=step, loss=3.1, ppl=math.exp(3.1), seconds=4.0, samples=80, iters=2, epoch=0.0)
+VAL_LOSS, TEST_LOSS = 3.1, 3.2
+
+
+def end_events(run: RunPlan, step: int, reason: str = "reached total steps") -> list[ev.Event]:
+    """The end of a run as worker/trainer.py emits it from the plan: the loop's pauses after its last step,
+    the stop, the pauses after the loop, the last event (evaluations 4 s, saves 2 s)."""
+
+    def pause(phase: str) -> list[ev.Event]:
+        if phase == "checkpoint":
+            return [
+                ev.CheckpointSaving(step=step, path="x", format="torch_dist"),
+                ev.CheckpointSaved(step=step, path="x", nbytes=1, seconds=2.0, bandwidth_gbs=1.0),
+            ]
+        split, value = ("test", TEST_LOSS) if phase == "test" else ("validation", VAL_LOSS)
+        return [
+            ev.EvalStarted(step=step, iters=run.eval_iters, split=split),
+            ev.EvalDone(
+                step=step,
+                loss=value,
+                ppl=math.exp(value),
+                seconds=4.0,
+                samples=run.eval_iters * run.job.global_batch,
+                iters=run.eval_iters,
+                epoch=0.0,
+                split=split,
+            ),
+        ]
+
+    exits = reason.startswith("exit")
     return [
+        *(e for phase, _ in run.loop_pauses(step, final=True, exits=exits) for e in pause(phase)),
         ev.TrainingStopped(step=step, reason=reason),
-        ev.EvalStarted(step=step, iters=2),
-        done,
-        ev.CheckpointSaving(step=step, path="x", format="torch_dist"),
-        ev.CheckpointSaved(step=step, path="x", nbytes=1, seconds=2.0, bandwidth_gbs=1.0),
+        *(e for phase, _ in run.end_pauses(step, exits=exits) for e in pause(phase)),
         ev.TrainingFinished(step=step),
     ]
 
 
-class TestMegatronEnd:
-    """How a run ends: training done (final evaluation, save) or an --exit-* exit (train()'s sys.exit)."""
+def block(label: str, prefix: str, value: float) -> list[str]:
+    """evaluate_and_print_results' lines (its string, rules of len + 1), written from the source."""
+    body = f"{label} loss at {prefix} | lm loss value: {value:.6E} | lm loss PPL: {math.exp(value):.6E} | "
+    return ["-" * (len(body) + 1), body, "-" * (len(body) + 1)]
 
-    def test_exit_interval_ends_the_run_at_its_first_multiple(self) -> None:
-        run = make_run(fp16_job(), exit_interval=25, eval_interval=10, save_interval=20)
+
+def core_timer(name: str, ms: float) -> list[str]:
+    """Megatron-core's Timers.log of one timer (its min and max alike: one rank's figure)."""
+    return ["(min, max) time across ranks (ms):", f"    {(name + ' ').ljust(48, '.')}: ({ms:.2f}, {ms:.2f})"]
+
+
+def megatron_run(ending: str = ENDING_MEGATRON, *, test: bool = True, **kw: typing.Any) -> RunPlan:
+    """A Megatron run ending as `ending` says, its last step 40 unless an exit comes first."""
+    return make_run(fp16_job(), max_steps=40, log_interval=10, ending=ending, test=test, **kw)
+
+
+class TestMegatronEnd:
+    """How a run ends: training done (the loop's evaluation and save, pretrain()'s) or an --exit-* exit."""
+
+    @pytest.mark.parametrize("ending", [ENDING_MEGATRON, ENDING_MEGATRON_2022, ENDING_FAKERUN])
+    def test_exit_interval_ends_the_run_at_its_first_multiple(self, ending: str) -> None:
+        run = make_run(fp16_job(), exit_interval=25, eval_interval=10, save_interval=20, ending=ending)
         assert (run.first_step, run.last_step) == (1, 25)
         # checkpoint_and_decide_exit: the exit saves (the interval's save did not), no final evaluation.
         assert [phase for phase, _ in run.pauses_after(25, final=True)] == ["checkpoint"]
-        at_30 = make_run(fp16_job(), exit_interval=30, eval_interval=10, save_interval=30)
+        at_30 = make_run(fp16_job(), exit_interval=30, eval_interval=10, save_interval=30, ending=ending)
         assert [phase for phase, _ in at_30.pauses_after(30, final=True)] == ["eval", "checkpoint"]
+        # Megatron's exit is its loop's: nothing of pretrain()'s end follows.
+        if ending != ENDING_FAKERUN:
+            assert run.end_pauses(25) == () and at_30.end_pauses(30) == ()
         # A run restarted from its save at 20 still exits at 25; --fake-max-steps may end it before.
         assert resumed(run, 20).last_step == 25 and looped(run, 1).last_step == 25
         assert make_run(fp16_job(), exit_interval=25, max_steps=10).last_step == 10
         assert make_run(dataclasses.replace(fp16_job(), start_step=50), exit_interval=25).last_step == 75
 
     def test_exit_prints_after_its_save_and_ends_no_training(self) -> None:
-        run = make_run(fp16_job(), exit_interval=25, eval_interval=10, save_interval=20)
-        events = [
-            e for e in final_events(25, "exit interval") if not isinstance(e, ev.EvalStarted | ev.EvalDone)
-        ]
+        run = megatron_run(exit_interval=25, eval_interval=10, save_interval=20)
+        events = end_events(run, 25, "exit interval")
         first = lines("megatron", run, 0, events, (("save", "ck"),))
         assert first[0].startswith("saving checkpoint at iteration      25 to ck")
         assert first[1].startswith("  successfully saved checkpoint from iteration      25 to ck")
         assert first[2:] == [f"[exiting program at iteration 25] datetime: {seconds_time(AT)} "]
-        last = lines("megatron", run, 7, events, (("save", "ck"),))
-        assert last == [
-            "(min, max) time across ranks (ms):",
-            f"    {'save-checkpoint '.ljust(48, '.')}: (2000.00, 2000.00)",
-        ]
+        assert lines("megatron", run, 7, events, (("save", "ck"),)) == core_timer("save-checkpoint", 2000.0)
 
     def test_exit_duration_prints_pythons_minutes(self) -> None:
         run = make_run(fp16_job(), exit_after_s=60.0)
@@ -328,7 +358,7 @@ class TestMegatronEnd:
         assert out == [f"[exiting program after {95.5 / 60.0} minutes] datetime: {seconds_time(AT)} "]
 
     def test_without_save_nothing_is_saved(self) -> None:
-        run = make_run(fp16_job(), max_steps=40, save_interval=20, saves=False)
+        run = megatron_run(save_interval=20, saves=False, test=False)
         assert not any(phase == "checkpoint" for s in range(1, 41) for phase, _ in run.pauses_after(s))
         assert [phase for phase, _ in run.pauses_after(40, final=True)] == ["eval"]
         startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)])
@@ -346,35 +376,154 @@ class TestMegatronEnd:
             0
         ].saves
 
-    def test_legacy_end_evaluates_first_without_timers_or_progress(self) -> None:
-        """2021-22 training.py: `the end of training for val data`, evaluate(verbose=False), then
-        save_checkpoint (no timer)."""
+    @pytest.mark.parametrize(
+        ("save_interval", "test", "phases"),
+        [
+            # The loop evaluates (eval interval 20) and saves (20) after iteration 40; pretrain() saves no
+            # more (40 % 20 == 0), then evaluates the validation and the test sets.
+            (20, True, ["eval", "checkpoint", "|", "eval", "test"]),
+            # 40 % 30 != 0: pretrain()'s save, before its evaluations.
+            (30, True, ["eval", "|", "checkpoint", "eval", "test"]),
+            (30, False, ["eval", "|", "checkpoint", "eval"]),
+        ],
+    )
+    def test_core_pauses_follow_pretrain(self, save_interval: int, test: bool, phases: list[str]) -> None:
+        run = megatron_run(eval_interval=20, save_interval=save_interval, test=test)
+        got = [p for p, _ in run.loop_pauses(40, final=True)] + ["|"] + [p for p, _ in run.end_pauses(40)]
+        assert got == phases
+        # Each pause has its own draw: no two evaluations (or saves) of iteration 40 take the same time.
+        seconds = [s for _, s in run.pauses_after(40, final=True)]
+        assert len(set(seconds)) == len(seconds)
+
+    @pytest.mark.parametrize(
+        ("save_interval", "phases"),
+        [
+            # 2021-22 pretrain(): the loop's evaluation and save, then the validation, a save whatever the
+            # loop saved, the test set.
+            (20, ["eval", "checkpoint", "|", "eval", "checkpoint", "test"]),
+            (30, ["eval", "|", "eval", "checkpoint", "test"]),
+        ],
+    )
+    def test_2022_pauses_follow_pretrain(self, save_interval: int, phases: list[str]) -> None:
+        run = megatron_run(ENDING_MEGATRON_2022, eval_interval=20, save_interval=save_interval)
+        got = [p for p, _ in run.loop_pauses(40, final=True)] + ["|"] + [p for p, _ in run.end_pauses(40)]
+        assert got == phases
+
+    def test_fakerun_ending_is_unchanged(self) -> None:
         run = make_run(fp16_job(), max_steps=40, eval_interval=20, save_interval=20)
+        assert run.loop_pauses(40, final=True) == ()
+        assert [p for p, _ in run.end_pauses(40)] == ["eval", "checkpoint"]
+        assert [p for p, _ in run.pauses_after(20)] == ["eval", "checkpoint"]
+
+    def test_core_end_on_every_rank(self) -> None:
+        """core_v0.15 train() then pretrain(): the loop's evaluation and save of iteration 40, `after training
+        is done`, the validation and test sets, each evaluate(verbose=True) with its timer."""
+        run = megatron_run(eval_interval=20, save_interval=20)
+        events = end_events(run, 40)
+        samples = run.eval_iters * run.job.global_batch
+        progress = [f"Evaluating on {samples} samples"] + [
+            f"Evaluating iter {i}/{run.eval_iters}" for i in range(1, run.eval_iters + 1)
+        ]
+        assert lines("megatron", run, 0, events, (("save", "ck"),)) == [
+            "saving checkpoint at iteration      40 to ck in torch_dist format",
+            "  successfully saved checkpoint from iteration      40 to ck [ t 1/1, p 1/1 ]",
+            f"[after training is done] datetime: {seconds_time(AT)} ",
+            *progress,
+            *progress,
+        ]
+        assert lines("megatron", run, 7, events, (("save", "ck"),)) == [
+            *core_timer("evaluate", 4000.0),
+            *block(" validation", "iteration 40", VAL_LOSS),
+            *core_timer("save-checkpoint", 2000.0),
+            *core_timer("evaluate", 4000.0),
+            *block(" validation", "iteration 40 on validation set", VAL_LOSS),
+            *core_timer("evaluate", 4000.0),
+            *block(" validation", "iteration 40 on test set", TEST_LOSS),
+        ]
+        # pretrain()'s own save (40 % 30 != 0) logs no timer and comes before the final evaluations.
+        late = megatron_run(eval_interval=20, save_interval=30)
+        first = lines("megatron", late, 0, end_events(late, 40), (("save", "ck"),))
+        assert first[0].startswith("[after training is done]") and first[1].startswith("saving checkpoint")
+        assert first[3:] == progress * 2
+        assert not any("save-checkpoint" in x for x in lines("megatron", late, 7, end_events(late, 40)))
+
+    def test_2022_end_on_every_rank(self) -> None:
+        """2022 pretrain(): `the end of training for val data` (not verbose), save_checkpoint (no timer), then
+        the test data, verbose: `Evaluating iter` every --log-interval batches."""
+        run = megatron_run(ENDING_MEGATRON_2022, eval_interval=20, save_interval=20, eval_iters=25)
         settings = (("save", "ck"), ("checkpoint_activations", "true"))
-        events = final_events(40, "reached total steps")
-        assert lines("megatron", run, 0, events, settings)[1:] == [
+        events = end_events(run, 40)
+        saving = [
             "saving checkpoint at iteration      40 to ck",
             "  successfully saved checkpoint at iteration      40 to ck",
         ]
-        body = (
-            " validation loss at the end of training for val data | lm loss value: 3.100000E+00 |"
-            " lm loss PPL: 2.219795E+01 | "
-        )
-        assert lines("megatron", run, 7, events, settings) == [
-            "-" * (len(body) + 1),
-            body,
-            "-" * (len(body) + 1),
+        assert lines("megatron", run, 0, events, settings) == [
+            *saving,
+            f"[after training is done] datetime: {seconds_time(AT)} ",
+            *saving,
+            "Evaluating iter 10/25",
+            "Evaluating iter 20/25",
         ]
-        periodic = lines("megatron", run, 7, [events[2]], settings)
-        assert len(periodic) == 3 and periodic[1].startswith(" validation loss at iteration 40 |")
+        assert lines("megatron", run, 7, events, settings) == [
+            *block(" validation", "iteration 40", VAL_LOSS),
+            "time (ms) | save-checkpoint: 2000.00",
+            *block(" validation", "the end of training for val data", VAL_LOSS),
+            *block(" validation", "the end of training for test data", TEST_LOSS),
+        ]
 
-    def test_core_end_holds_progress_until_after_the_save(self) -> None:
-        run = make_run(fp16_job(), max_steps=40, eval_interval=20, save_interval=30)
-        out = lines("megatron", run, 0, final_events(40, "reached max steps"), (("save", "ck"),))
-        assert out[0] == f"[after training is done] datetime: {seconds_time(AT)} "
-        assert out[1].startswith("saving checkpoint") and out[2].startswith("  successfully saved")
-        samples = 2 * run.job.global_batch  # eval_iters global batches
-        assert out[3:] == [f"Evaluating on {samples} samples", "Evaluating iter 1/2", "Evaluating iter 2/2"]
+    def test_megatron_deepspeed_names_its_data_groups(self) -> None:
+        """The fork's evaluate_and_print_results: `valid loss at` / `test loss at`, no leading space, no
+        evaluate timer."""
+        run = megatron_run(ENDING_MEGATRON_2022, eval_interval=20, save_interval=30)
+        assert lines("megatron-deepspeed", run, 7, end_events(run, 40), (("save", "ck"),)) == [
+            *block("valid", "iteration 40", VAL_LOSS),
+            *block("valid", "the end of training for val data", VAL_LOSS),
+            *block("test", "the end of training for test data", TEST_LOSS),
+        ]
+
+    @pytest.mark.parametrize(
+        ("trainer", "args", "ending", "test"),
+        [
+            # core: --data-path without --split takes "969, 30, 1"; mock data "1,1,1": both test.
+            ("megatron", "", ENDING_MEGATRON, True),
+            ("megatron", "--split 969,30,1", ENDING_MEGATRON, True),
+            ("megatron", "--split 99,1,0", ENDING_MEGATRON, False),
+            ("megatron", "--split 100", ENDING_MEGATRON, False),
+            # Per-split paths (blend_per_split): a test set only with its own path.
+            ("megatron", "--train-data-path a --valid-data-path b", ENDING_MEGATRON, False),
+            ("megatron", "--train-data-path a --valid-data-path b --test-data-path c", ENDING_MEGATRON, True),
+            ("megatron", "--checkpoint-activations", ENDING_MEGATRON_2022, True),
+            ("megatron", "--checkpoint-activations --split 98,2", ENDING_MEGATRON_2022, False),
+            ("megatron-deepspeed", "", ENDING_MEGATRON_2022, True),
+            (
+                "megatron-deepspeed",
+                "--train-weighted-split-paths x --valid-weighted-split-paths y",
+                ENDING_MEGATRON_2022,
+                False,
+            ),
+            ("fakerun", "", ENDING_FAKERUN, False),
+        ],
+    )
+    def test_ending_from_the_arguments(self, trainer: str, args: str, ending: str, test: bool) -> None:
+        settings = parse_hints("pretrain_gpt.py", ["--num-layers", "4", *args.split()]).settings
+        assert dialects.ending(trainer, settings) == (ending, test)
+
+    def test_build_run_ends_as_the_dialect_printed(self) -> None:
+        script = ["pretrain_gpt.py", "--num-layers", "4", "--train-iters", "50", "--split", "949,50,1"]
+        for fake, ending in (([], ENDING_MEGATRON), (["--fake-trainer", "fakerun"], ENDING_FAKERUN)):
+            cmd = parse_command_line(["--nproc-per-node", "8", *fake, *script], {})
+            run, _ = build_run(
+                cmd, presets.resolve("gpt2-124m"), nnodes=1, nproc_per_node=8, model_given=True
+            )
+            assert (run.ending, run.test) == (ending, ending == ENDING_MEGATRON)
+
+    def test_recompute_granularity_is_none_unless_asked(self) -> None:
+        # A preset's recompute (llama's selective) is fakerun's physics, not an argument Megatron was given.
+        run = dataclasses.replace(megatron_run(), job=dataclasses.replace(fp16_job(), recompute="selective"))
+        row = "  recompute_granularity " + "." * (48 - len("recompute_granularity")) + " "
+        for settings, shown in (((), "None"), ((("recompute_activations", "true"),), run.job.recompute)):
+            startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)], settings)
+            assert row + shown in startup
 
 
 class TestMegatronLegacy:
