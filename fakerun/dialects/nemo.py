@@ -312,10 +312,11 @@ class NemoDialect:
             ),
             Line(nemo_line("I", "megatron_parallel", 592, params, at)),
             Line("", "stderr"),
+            # ModelSummary at on_fit_start: MegatronParallel.init_ddp has wrapped the module in NeMo's DDP.
             *(
                 Line(t, "stderr")
                 for t in summary_lines(
-                    "module", "GPTModel", event.params_on_rank, trainable_modules=1, flops=False
+                    "module", "DDP", event.params_on_rank, trainable_modules=1, flops=False
                 )
             ),
         ]

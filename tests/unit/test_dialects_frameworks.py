@@ -471,6 +471,8 @@ class TestNemo:
         found = [next(i for i, t in enumerate(after) if t.endswith(want)) for want in order]
         assert found == sorted(found)
         assert after[found[-1] + 1] == "" and after[found[-1] + 2].startswith("  | Name")
+        # The summary sees the module MegatronParallel wrapped in DDP (a NeMo 2 run's `module | DDP` row).
+        assert re.fullmatch(r"0 \| module \| DDP +\| 124 M +\| train", after[found[-1] + 4])
         assert lines("nemo", 3, events) == ["LOCAL_RANK: 3 - CUDA_VISIBLE_DEVICES: [0,1,2,3]"]
 
     def test_resumed_run_finds_its_checkpoint(self) -> None:
