@@ -78,6 +78,9 @@ class Runner:
             # Job state and rank copies inside the test's directory: a SIGKILLed launcher leaves them behind.
             "FAKERUN_STATE_DIR": str(self.tmp / "state"),
         }
+        # A worktree's code over the installed package's (the console script imports whichever comes first).
+        if "PYTHONPATH" in os.environ:
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         env.update(extra)
         return env
 

@@ -59,6 +59,7 @@ class Seat:
     grid: bool = False  # the GPU grid is shown (fakerun's own style, or --fake-grid)
     nccl_debug: bool = False  # NCCL_DEBUG=INFO (or TRACE) in the rank's environment
     nccl_collnet_enable: str | None = None  # NCCL_COLLNET_ENABLE as the environment spells it; None: unset
+    cwd: str = ""  # the rank's working directory (NeMo logs under it); "": paths stay relative
 
     @property
     def width(self) -> int:

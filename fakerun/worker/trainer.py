@@ -196,6 +196,7 @@ class RankTrainer:
             grid=ctx.grid,
             nccl_debug=env.get("NCCL_DEBUG", "").upper() in ("INFO", "TRACE"),
             nccl_collnet_enable=env.get("NCCL_COLLNET_ENABLE"),
+            cwd=os.getcwd(),
         )
         self.out = Printer.for_rank(ctx.trainer, seat, self._job_time if ctx.clock is not None else time.time)
 

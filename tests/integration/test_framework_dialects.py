@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -44,3 +45,11 @@ def test_framework_log_holds_only_the_framework(runner: Runner, trainer: str, sc
         # configurator.py's echo; the missing config file is the launcher's one warning, not a crash.
         assert "\nOverriding: compile = False\n" in out and "compiling the model" not in out
         assert "nanoGPT config file 'config/train_gpt2.py' not found" in result.stderr
+    if trainer == "nemo":
+        # NeMo's default log_dir under the ranks' working directory; the groups of two data-parallel ranks
+        # before the banner; MegatronStrategy's `Initializing distributed` goes to a logger with no handler.
+        logged = f"] Experiments will be logged at {os.path.realpath(runner.tmp)}/nemo_experiments/default\n"
+        assert logged in result.stdout
+        groups = result.stdout.index("megatron_init:449] Rank 0 has data parallel group : [0, 1]\n")
+        assert groups < result.stdout.index("] Padded vocab_size: ")
+        assert "Initializing distributed" not in out

@@ -9,7 +9,7 @@ import re
 
 from fakerun import dialects, presets
 from fakerun.dialects import events as ev
-from fakerun.dialects import lightning
+from fakerun.dialects import lightning, nemo
 from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Seat
 from fakerun.hints import apply_arch, parse_hints
 from fakerun.sim import estimates, loss
@@ -331,6 +331,7 @@ NEMO = re.compile(r"^Training epoch (\d+), iteration (\d+)/(\d+)((?: \| [a-z_ ]+
 # reduced_train_loss (MegatronStrategy.training_step), train_step_timing in s (TimingCallback's batch end).
 NEMO_KEYS = ["lr", "global_batch_size", "global_step", "reduced_train_loss", "train_step_timing in s"]
 NEMO_INFO = re.compile(r"^\[NeMo I \d{4}-\d\d-\d\d \d\d:\d\d:\d\d ([a-z_]+):(\d+)\] (.*)$")
+NEMO_LINE = re.compile(r"^\[NeMo ([IW]) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d ([a-z_]+):(\d+)\] (.*)$")
 
 
 def nemo_metrics(line: str) -> tuple[int, int, int, list[tuple[str, str]]]:
@@ -418,22 +419,133 @@ class TestNemo:
         assert out[-1].endswith("Async finalization time took 0.001 s")
 
     def test_start_up(self) -> None:
+        """Rank 0 in the order llm.train runs: the Trainer's device lines, NeMoLogger.setup and AutoResume's
+        warnings, strategy.connect's fix, megatron_init's groups before init_process_group, the banner, then
+        configure_model, Lightning's CUDA line and MegatronStrategy.setup's lines before the summary."""
+        job = gpt2_run().job
         events: list[ev.Event] = [
             ev.WorkerStarted(host="node-a", local_rank=0, world_size=4, pid=1),
             ev.ProcessGroupInitializing(backend="nccl", world_size=4),
             ev.ProcessGroupReady(tp_rank=0, dp_rank=0, pp_rank=0),
             built(),
         ]
-        out = lines("nemo", 0, events)
-        assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/4" in out
-        mismatch = [t for t in out if "Fixing mis-match" in t]
-        assert re.fullmatch(
-            r"\[NeMo I \d{4}-\d\d-\d\d \d\d:\d\d:\d\d megatron_strategy:\d+\] Fixing .*", mismatch[0]
-        )
-        assert lines("nemo", 3, events) == [
-            "Initializing distributed: GLOBAL_RANK: 3, MEMBER: 4/4",
-            "LOCAL_RANK: 3 - CUDA_VISIBLE_DEVICES: [0,1,2,3]",
+        d = dialects.make("nemo", dataclasses.replace(seat(0), cwd="/w/run"))
+        out: list[Output] = []
+        for e in [ev.JobStarted(run=gpt2_run(), first=True, resume=False), *events]:
+            out.extend(d.render(e, AT))
+        text = [o.text for o in out if isinstance(o, Line)]
+        tags = [
+            (m.group(1), m.group(2), int(m.group(3)), o.stream) for o in out if (m := NEMO_LINE.match(o.text))
         ]
+        assert text[:3] == lightning.accelerator_lines(hpu=True)
+        # nemo_logger.py / resume.py: warnings to stderr, info to stdout, tagged with the call's first line.
+        assert tags[:6] == [
+            ("W", "nemo_logger", 139, "stderr"),
+            ("I", "nemo_logger", 162, "stdout"),
+            ("W", "nemo_logger", 190, "stderr"),
+            ("W", "nemo_logger", 209, "stderr"),
+            ("W", "nemo_logger", 239, "stderr"),
+            ("W", "resume", 239, "stderr"),
+        ]
+        messages = [m.group(4) for t in text if (m := NEMO_LINE.match(t))]
+        assert messages[1] == "Experiments will be logged at /w/run/nemo_experiments/default"
+        assert messages[2].endswith(
+            'Overwriting tensorboard logger "save_dir" to /w/run/nemo_experiments/tb_logs'
+        )
+        assert f"trainer's max_steps was set to {job.total_steps}. Please ensure" in messages[4]
+        assert messages[5].endswith(":/w/run/nemo_experiments/default/checkpoints. Training from scratch.")
+        assert tags[6][1:3] == ("megatron_strategy", 473) and tags[7][1:3] == ("megatron_init", 449)
+        # init_process_group's `Initializing distributed` goes to a logger with no handler: never shown.
+        assert not any(t.startswith("Initializing distributed") for t in text)
+        banner = text.index("distributed_backend=nccl")
+        assert text.index(next(t for t in text if "megatron_init:553]" in t)) < banner
+        after = text[banner:]
+        # base.py's padding to a multiple of 128 x TP (GPT-2's 50257 -> 50304) comes with configure_model.
+        order = [
+            "Padded vocab_size: 50304, original vocab_size: 50257, dummy tokens: 47.",
+            "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0,1,2,3]",
+            f"Copying Trainer's 'max_steps' ({job.total_steps}) to LR scheduler's 'max_steps'.",
+            f"setting number of microbatches to constant {job.global_batch // (job.micro_batch * job.dp)}",
+            f" > number of parameters on (tensor, pipeline) model parallel rank (0 ,0): {job.model.params}",
+        ]
+        found = [next(i for i, t in enumerate(after) if t.endswith(want)) for want in order]
+        assert found == sorted(found)
+        assert after[found[-1] + 1] == "" and after[found[-1] + 2].startswith("  | Name")
+        # The summary sees the module MegatronParallel wrapped in DDP (a NeMo 2 run's `module | DDP` row).
+        assert re.fullmatch(r"0 \| module \| DDP +\| 124 M +\| train", after[found[-1] + 4])
+        assert lines("nemo", 3, events) == ["LOCAL_RANK: 3 - CUDA_VISIBLE_DEVICES: [0,1,2,3]"]
+
+    def test_resumed_run_finds_its_checkpoint(self) -> None:
+        """AutoResume warns only when there is no checkpoint to resume from."""
+        d = dialects.make("nemo", seat(0))
+        d.render(ev.JobStarted(run=gpt2_run(), first=True, resume=True), AT)
+        out = d.render(ev.WorkerStarted(host="node-a", local_rank=0, world_size=4, pid=1), AT)
+        assert not any(isinstance(o, Line) and "resume:" in o.text for o in out)
+        assert any(isinstance(o, Line) and "nemo_logger:162]" in o.text for o in out)
+
+    def test_parallel_groups_of_a_two_gpu_run(self) -> None:
+        """megatron_init's lines for data parallelism over two GPUs, as a real NeMo 2 run printed them."""
+        b = presets.resolve("gpt2-124m")
+        job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=2)
+        assert [text for _, text in nemo.parallel_group_lines(job, 0)] == [
+            "Rank 0 has data parallel group : [0, 1]",
+            "Rank 0 has combined group of data parallel and context parallel : [0, 1]",
+            "All data parallel group ranks with context parallel combined: [[0, 1]]",
+            "Ranks 0 has data parallel rank: 0",
+            "Rank 0 has context parallel group: [0]",
+            "All context parallel group ranks: [[0], [1]]",
+            "Ranks 0 has context parallel rank: 0",
+            "Rank 0 has model parallel group: [0]",
+            "All model parallel group ranks: [[0], [1]]",
+            "Rank 0 has tensor model parallel group: [0]",
+            "All tensor model parallel group ranks: [[0], [1]]",
+            "Rank 0 has tensor model parallel rank: 0",
+            "Rank 0 has pipeline model parallel group: [0]",
+            "Rank 0 has embedding group: [0]",
+            "All pipeline model parallel group ranks: [[0], [1]]",
+            "Rank 0 has pipeline model parallel rank 0",
+            "All embedding group ranks: [[0], [1]]",
+            "Rank 0 has embedding rank: 0",
+        ]
+
+    def test_rank_groups_as_megatron_documents_them(self) -> None:
+        """The examples of fake_initialize_model_parallel's and generate_masked_orthogonal_rank_groups'
+        docstrings: 16 GPUs with TP 2 and PP 4; TP 2, DP 3, PP 4 in that order."""
+        dims = [("tp", 2), ("cp", 1), ("ep", 1), ("dp", 2), ("pp", 4)]
+        assert nemo.rank_groups(dims, "dp") == [[g, g + 2] for g in (0, 1, 4, 5, 8, 9, 12, 13)]
+        assert nemo.rank_groups(dims, "tp") == [[g, g + 1] for g in range(0, 16, 2)]
+        assert nemo.rank_groups(dims, "pp") == [[g, g + 4, g + 8, g + 12] for g in range(4)]
+        dp = nemo.rank_groups([("tp", 2), ("dp", 3), ("pp", 4)], "dp")
+        assert (dp[0], dp[1], dp[7]) == ([0, 2, 4], [1, 3, 5], [19, 21, 23])
+        assert nemo.rank_groups([("tp", 2), ("pp", 2), ("dp", 2)], "dp") == [[0, 4], [1, 5], [2, 6], [3, 7]]
+
+    def test_model_parallel_groups_of_rank_zero(self) -> None:
+        """TP 2 x PP 2 x DP 2: rank = tp + 2 dp + 4 pp. The experts' TP defaults to the model's, so its lines
+        show; `All embedding group ranks` prints the pipeline groups (megatron_init's own quirk)."""
+        b = presets.resolve("gpt2-124m")
+        job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=8, tp=2, pp=2)
+        out = dict((text.split(":")[0], (line, text)) for line, text in nemo.parallel_group_lines(job, 0))
+        assert out["Rank 0 has data parallel group "][1].endswith(": [0, 2]")
+        assert out["Rank 0 has model parallel group"][1].endswith(": [0, 1, 4, 5]")
+        assert out["Rank 0 has tensor model parallel group"][1].endswith(": [0, 1]")
+        assert out["Rank 0 has pipeline model parallel group"][1].endswith(": [0, 4]")
+        assert out["Rank 0 has embedding group"][1].endswith(": [0, 4]")
+        assert out["All embedding group ranks"][1].endswith(": [[0, 4], [1, 5], [2, 6], [3, 7]]")
+        assert out["All expert tensor parallel group ranks"] == (
+            518,
+            "All expert tensor parallel group ranks: [[0, 1], [2, 3], [4, 5], [6, 7]]",
+        )
+        assert "All expert model parallel group ranks" not in out  # EP 1
+
+    def test_validation_total_sticks_at_the_sanity_check(self) -> None:
+        """ProgressPrinter sets its validation total at the first validation batch and never again: after
+        the sanity check's 2 batches every validation counts against 2; without one, against its own."""
+        start = dataclasses.replace(started(), sanity_batches=2, sanity_s=0.6)
+        out = lines("nemo", 0, [start, step_done(2), eval_done(2)])
+        assert out[:2] == [f"Sanity checking Validation: iteration {i}/2" for i in (1, 2)]
+        assert out[3:8] == [f"Validation: iteration {i}/2" for i in range(1, 6)]
+        plain = lines("nemo", 0, [started(), step_done(2), eval_done(2)])
+        assert plain[1:6] == [f"Validation: iteration {i}/5" for i in range(1, 6)]
 
     def test_selected_by_recipes(self) -> None:
         assert (
@@ -560,7 +672,7 @@ class TestLightning:
             "GPU available: True (cuda), used: True",
             "TPU available: False, using: 0 TPU cores",
         ]
-        assert lines("nemo", 0, [started])[-1] == "HPU available: False, using: 0 HPUs"
+        assert lines("nemo", 0, [started])[2] == "HPU available: False, using: 0 HPUs"
 
     def test_bar_and_stop(self) -> None:
         out = lines("lightning", 0, [step_done(5), ev.TrainingStopped(step=40, reason="reached max steps")])
