@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
-from fakerun.dialects import megatron, megatron_ds, nanogpt, torchtune
+from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
@@ -72,6 +72,11 @@ class Hints:
     # torchtune: the samples (or packs) in one pass over the config's dataset; None: fakerun's own guess.
     examples: int | None = None
     do_eval: bool = False  # HF's --do_eval: the example script evaluates once training is over
+    # llm.c: the tokens of the training split its -i pattern names (one epoch is the run when no -x says).
+    train_tokens: int | None = None
+    # A program that dies at start on these arguments (llm.c's error_usage()): what each rank writes on
+    # stderr, and its exit code (negative: the signal it dies of).
+    script_exit: tuple[str, int] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1292,6 +1297,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     style = dialects.select(script, names)
     if style in ("megatron", "deepspeed") and megatron_ds.applies(script, names):
         style = megatron_ds.MegatronDeepSpeedDialect.name
+    if style == "llmc":
+        return _llmc_hints(args)
     configured = _nanogpt_configure(args) if style == "nanogpt" else None
     given = _scan(args, style) if configured is None else _nanogpt_given(configured)
     config = given.get("job.config_file")
@@ -1342,6 +1349,123 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         notices=notices,
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# llm.c (train_gpt2.cu: single-dash flags, each with a value, read by atoi/atof)
+
+_SIGABRT = 6
+# llm.c's -k names -> the simulated schedule: "wsd" holds the peak for 80% of the run before its sqrt decay,
+# which the simulation's constant schedule follows but for that last fifth.
+_LLMC_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "wsd": "constant"}
+# -r: 0 keeps every activation, 1 recomputes the GeLU, 2 the GeLU and the LayerNorms (a selective recompute).
+_LLMC_RECOMPUTE = {0: "none", 1: "selective", 2: "selective"}
+_LLMC_REPO = "karpathy/llm.c"  # Hints.sources for what its defaults decide
+
+
+def _llmc_hints(args: Sequence[str]) -> Hints:
+    """train_gpt2cu's job from its flags, its defaults where they are silent; a command line it refuses, or a
+    model it cannot build, as the program's own death (Hints.script_exit)."""
+    try:
+        a = llmc_args.parse_args(args)  # "--" is one more flag to its loop, which refuses it
+    except llmc_args.UsageError:
+        return Hints(style="llmc", script_exit=(llmc_args.USAGE, 1))
+    try:
+        return _llmc_job(a)
+    except llmc_args.ProgramExit as exc:
+        return Hints(style="llmc", script_exit=(exc.text, -_SIGABRT if exc.signal else 1))
+
+
+def _llmc_job(a: llmc_args.Args) -> Hints:
+    """The hints of parsed llm.c arguments, checked in main()'s order; ProgramExit where the program dies."""
+    flag = _Given("train_gpt2cu", None)
+    if a.warmup_iterations < 0:
+        raise llmc_args.assertion("warmup_iterations >= 0", 1508, "int main(int, char**)")
+    if len(a.output_log_dir.encode()) >= 400:
+        raise llmc_args.assertion("strlen(output_log_dir) < 400", 1510, "int main(int, char**)")
+    for letter, value, high in (
+        ("b", a.micro_batch, _model_high("micro_batch")),
+        ("t", a.seq_len, _model_high("seq_len")),
+    ):
+        if not 1 <= value <= high:
+            raise flag.fail(f"-{letter} {value}: the simulation takes 1 to {high}")
+    tokens = a.micro_batch * a.seq_len
+    if a.total_batch_size != -1 and (a.total_batch_size < 1 or a.total_batch_size % tokens):
+        # total_batch_size % (B * T * num_processes) == 0 fails whatever the number of processes.
+        raise llmc_args.assertion("total_batch_size % tokens_per_fwdbwd == 0", 1518, "int main(int, char**)")
+    shape = llmc_args.model_shape(a.load_filename)
+    if a.seq_len > shape.max_seq_len:
+        raise llmc_args.assertion("T <= model.config.max_seq_len", 1703, "int main(int, char**)")
+    schedule = _LLMC_SCHEDULES.get(a.lr_scheduler_type)
+    if schedule is None:
+        # get_learning_rate's refusal (at the first step: the simulation stops the program at its start).
+        raise llmc_args.ProgramExit(f"Unknown learning rate scheduler type: {a.lr_scheduler_type}\n")
+    if not (math.isfinite(a.learning_rate) and 0 < a.learning_rate <= _MAX_LR):
+        raise flag.fail(f"-l {a.learning_rate:g}: the simulation needs a learning rate in (0, {_MAX_LR:g}]")
+    if not (math.isfinite(a.final_learning_rate_frac) and 0 <= a.final_learning_rate_frac <= 1):
+        raise flag.fail(f"-q {a.final_learning_rate_frac:g}: the simulation needs a final fraction in [0, 1]")
+    if a.val_loss_every == 0:
+        raise flag.fail("-v 0: train_gpt2.cu's `step % val_loss_every` divides by zero (SIGFPE)")
+    if a.max_steps == 0 or a.max_steps < -1:
+        raise flag.fail(f"-x {a.max_steps}: no step to run (-1 runs one epoch)")
+    job: dict[str, object] = {
+        "micro_batch": a.micro_batch,
+        "seq_len": a.seq_len,
+        "lr": a.learning_rate,
+        "min_lr": a.learning_rate * a.final_learning_rate_frac,
+        "warmup_steps": min(a.warmup_iterations, MAX_STEPS),
+        "lr_schedule": schedule,
+        "zero_stage": 1 if a.zero_stage == 1 else 0,  # set_zero_configs: stages 2 and 3 fall back to 0
+        "recompute": _LLMC_RECOMPUTE.get(a.recompute, "selective"),
+        "tp": 1,
+        "pp": 1,
+        # -1: B * T * num_processes, no accumulation; else llm.c's tokens as sequences of T.
+        **(
+            {"grad_accum": 1}
+            if a.total_batch_size == -1
+            else {"global_batch": a.total_batch_size // a.seq_len}
+        ),
+    }
+    if a.max_steps > 0:
+        job["total_steps"] = min(a.max_steps, MAX_STEPS)
+    arch = {
+        "layers": shape.layers,
+        "hidden": shape.channels,
+        "ffn_hidden": 4 * shape.channels,
+        "heads": shape.heads,
+        "kv_heads": shape.heads,
+        "vocab": shape.vocab,
+        "max_position": shape.max_seq_len,
+        "seq_len": a.seq_len,
+        "bias": 1,
+        "tied_embeddings": 1,
+    }
+    cadence = {"log_interval": 1, "eval_interval": abs(a.val_loss_every)}
+    if a.val_max_steps > 0:
+        cadence["eval_iters"] = min(a.val_max_steps, _MAX_EVAL_ITERS)
+    # Checkpoints need -n > 0 and -o; then every -n steps and at the last step.
+    saves = a.checkpoint_every > 0 and a.output_log_dir != ""
+    if saves:
+        cadence["save_interval"] = min(a.checkpoint_every, MAX_STEPS)
+    settings = llmc_args.to_settings(a)
+    settings["llmc.saves"] = "1" if saves else ""
+    val_tokens = llmc_args.data_tokens(a.val_data_pattern, val=True)
+    settings["llmc.val_tokens"] = str(val_tokens or 0)
+    settings["llmc.hellaswag_found"] = "1" if Path(llmc_args.HELLASWAG).is_file() else ""
+    sources = dict.fromkeys((*job, *arch, *cadence), _LLMC_REPO)
+    return Hints(
+        model_name="gpt2-124m",
+        model=load_model("gpt2-124m"),
+        arch=arch,
+        job=job,
+        style="llmc",
+        cadence=cadence,
+        sources=sources,
+        settings=settings,
+        # A .bin file holds trained weights (GPT-2's, an llm.c checkpoint); a descriptor starts at random.
+        regime="finetune" if a.load_filename.endswith(".bin") else "pretrain",
+        train_tokens=llmc_args.data_tokens(a.train_pattern, val=False) if a.max_steps == -1 else None,
     )
 
 

@@ -193,6 +193,16 @@ def build_run(
                     f"{steps} steps, more than {MAX_STEPS}"
                 )
             kw["total_steps"] = steps
+        if hints.train_tokens is not None and "total_steps" not in kw:
+            # llm.c without -x: one epoch, train_num_batches = the split's tokens // total batch size.
+            probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
+            steps = hints.train_tokens // probe.tokens_per_step
+            if not 1 <= steps <= MAX_STEPS:
+                raise JobConfigError(
+                    f"one epoch of {hints.train_tokens} tokens in steps of {probe.tokens_per_step} tokens is "
+                    f"{steps} steps (the simulation runs 1 to {MAX_STEPS}); give -x"
+                )
+            kw["total_steps"] = steps
         if hints.warmup_ratio is not None and "warmup_steps" not in kw:
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
             kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)

@@ -149,6 +149,7 @@ def _sim_context(
         clock=clock,
         real_node=plan.nodes[0].group_rank,
         settings=tuple({**hints.settings, **_logger_version(trainer)}.items()),
+        script_exit=hints.script_exit,
     )
 
 

@@ -50,6 +50,19 @@ def die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
+def die_at_start(text: str, code: int) -> int:
+    """A program that refuses its arguments (llm.c's error_usage()): its text on stderr, then its exit code,
+    or the signal it dies of (a failed assert's SIGABRT)."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    if code < 0:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left in the working directory
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
 def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     """Entry point of a forked worker in simulation mode."""
     # setproctitle relocates the environ block on first use; it must run before environ is rewritten.
@@ -61,6 +74,8 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     # left raises BrokenPipeError instead of killing it (the fork got the defaults, as subprocess gives).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if ctx.script_exit is not None:
+        return die_at_start(*ctx.script_exit)
     try:
         return run_rank(ctx, env, CONTROL_FD)
     except BrokenPipeError as exc:

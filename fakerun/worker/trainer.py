@@ -138,6 +138,9 @@ class SimContext:
     # rank's start-up is paced from it, as a real node's workers all start in the same few milliseconds:
     # forking many ranks on a small machine takes long enough to show at a high --fake-speed otherwise.
     spawned: float | None = None
+    # A program that dies at its start on its arguments (hints.Hints.script_exit): its stderr text and exit
+    # code (negative: the signal it dies of).
+    script_exit: tuple[str, int] | None = None
 
 
 @dataclass
