@@ -57,6 +57,7 @@ class Output:
 
     replies: list[Reply] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    saves: list[tuple[int, float]] = field(default_factory=list)  # (step, monotonic end of its save)
 
 
 def _number(msg: Message, key: str) -> float:
@@ -197,7 +198,7 @@ class Coordinator:
         others = [
             r for r in sorted(self.ranks) if r // self.job.nproc_per_node != node and self.ranks[r].alive
         ]
-        planned = self.run.failure_for(self.step, rank)
+        planned = self.run.failure_for(self.step, rank, self.attempt)
         out = Output(replies=[(r, reply) for r in others])
         out.records.append(self._failure_record(planned.kind if planned else "exit", rank, wall))
         return out
@@ -355,9 +356,12 @@ class Coordinator:
             out.records.append(
                 step_record(numbers, allreduce_ms=allreduce_ms, mem_gib=mem_gib, time=release_wall)
             )
-        t = release_wall
+        t, ends = release_wall, release
         for phase, seconds_ in pauses:
             t += seconds_ * per_second
+            ends += seconds_ / self.speed
+            if phase == "checkpoint":
+                out.saves.append((step, ends))
             if phase == "eval":
                 out.records.append(eval_record(job, step, seconds=seconds_, time=t))
             elif phase == "checkpoint":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,8 +84,14 @@ class Agent:
         max_restarts: int,
         shutdown_timeout: float,
         rendezvous_s: Callable[[int], float] | None = None,
+        monitor_interval: float = 0.0,
     ) -> None:
         self.group = group
+        # torchrun's agent looks at its workers every --monitor-interval seconds: a failure is acted on at
+        # the next look, not the moment it happens (the others' NCCL errors have that long to print).
+        self.monitor_interval = monitor_interval
+        self._attempt_start = 0.0
+        self._terminate_at: float | None = None
         # How long each attempt's rendezvous takes before its workers start (None: no rendezvous step).
         self.rendezvous_s = rendezvous_s
         self.out = out
@@ -114,8 +121,10 @@ class Agent:
         if self.state is State.RUNNING:
             if exitcode != 0:
                 self._root = Failure(worker.slot, pid, exitcode, now)
-                self._stop_all(signal.SIGTERM, now + FAILURE_SHUTDOWN_TIMEOUT)
                 self.state = State.STOPPING_AFTER_FAILURE
+                self._terminate_at = self._next_look(now)
+                if self._terminate_at <= now:
+                    self._terminate(now)
             elif not self.alive():
                 self.out.group_succeeded()
                 self._finish(0)
@@ -127,16 +136,22 @@ class Agent:
         if self.state in (State.STOPPING_AFTER_SIGNAL, State.DONE):
             return
         self._death_signum = signum
+        self._terminate_at = None
         self.out.received_death_signal(signum)
         self.state = State.STOPPING_AFTER_SIGNAL
         self._stop_all(signal.Signals(signum), now + self.shutdown_timeout)
         self._maybe_stopped(now)
 
     def on_tick(self, now: float) -> None:
-        """Time passed: the rendezvous ends, or workers past their shutdown deadline are SIGKILLed."""
+        """Time passed: the rendezvous ends, the monitor's next look finds a failure and SIGTERMs the others,
+        or workers past their shutdown deadline are SIGKILLed."""
         if self.state is State.RENDEZVOUS:
             if self._deadline is not None and now >= self._deadline:
-                self._start_attempt()
+                self._start_attempt(now)
+            return
+        if self._terminate_at is not None:
+            if now >= self._terminate_at:
+                self._terminate(now)
             return
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
@@ -153,21 +168,24 @@ class Agent:
 
     def deadline(self) -> float | None:
         """When on_tick must next be called, if ever."""
-        return self._deadline
+        due = [t for t in (self._deadline, self._terminate_at) if t is not None]
+        return min(due) if due else None
 
     # -- internals --------------------------------------------------------------------------------
 
     def _begin_attempt(self, now: float) -> None:
         """An attempt's rendezvous: its workers start when it completes (on_tick), at once without one."""
         if self.rendezvous_s is None:
-            self._start_attempt()
+            self._start_attempt(now)
             return
         self.out.rendezvousing(self.restart_count)
         self.state = State.RENDEZVOUS
         self._deadline = now + max(0.0, self.rendezvous_s(self.restart_count))
         self.on_tick(now)
 
-    def _start_attempt(self) -> None:
+    def _start_attempt(self, now: float) -> None:
+        self._attempt_start = now
+        self._terminate_at = None
         # torch's agent logs the rendezvous result and its start-up lines before it forks the workers.
         self.out.group_starting(self.restart_count)
         self.workers = {pid: Worker(slot, pid) for pid, slot in self.group.start(self.restart_count)}
@@ -175,6 +193,18 @@ class Agent:
         self._root = None
         self._deadline = None
         self.out.group_started(self.restart_count, list(self.workers.values()))
+
+    def _next_look(self, now: float) -> float:
+        """The monitor loop's next look at the workers after `now` (it looks every monitor_interval from the
+        attempt's start)."""
+        if self.monitor_interval <= 0:
+            return now
+        looks = math.floor((now - self._attempt_start) / self.monitor_interval) + 1
+        return self._attempt_start + looks * self.monitor_interval
+
+    def _terminate(self, now: float) -> None:
+        self._terminate_at = None
+        self._stop_all(signal.SIGTERM, now + FAILURE_SHUTDOWN_TIMEOUT)
 
     def _stop_all(self, sig: signal.Signals, deadline: float) -> None:
         self._stop_signal = sig

@@ -32,9 +32,22 @@ def _encode(message: dict[str, Any]) -> bytes:
 
 @dataclass
 class SavedStep:
-    """The newest checkpoint the job has saved: where a restarted attempt resumes (shared with the forks)."""
+    """The newest checkpoint the job has completely saved: where a restarted attempt resumes."""
 
-    step: int = 0
+    done: int = 0  # the newest step whose save has finished
+    pending: list[tuple[float, int]] = field(default_factory=list)  # (monotonic end of the save, step)
+
+    def saving(self, step: int, ends: float) -> None:
+        """A save of `step` began; it is complete at monotonic time `ends`."""
+        self.pending.append((ends, step))
+
+    @property
+    def step(self) -> int:
+        """The newest complete checkpoint now: a save cut short by a failure is not one to resume from."""
+        now = time.monotonic()
+        self.done = max([self.done, *(step for ends, step in self.pending if ends <= now)])
+        self.pending = [p for p in self.pending if p[0] > now]
+        return self.done
 
 
 @dataclass
@@ -211,9 +224,8 @@ class ControlHub:
                 self.cluster.route(rank, reply)
         if self.cluster is not None:
             self.cluster.flush()
-        for record in out.records:
-            if record.get("event") == "checkpoint":
-                self.saved.step = int(record["step"])
+        for step, ends in out.saves:
+            self.saved.saving(step, ends)
         if self.metrics is not None:
             for record in out.records:
                 # One write per record: a full disk keeps every record before it whole, and none after.

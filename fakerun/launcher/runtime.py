@@ -275,6 +275,7 @@ def run_job(
         max_restarts=plan.args.max_restarts,
         shutdown_timeout=plan.shutdown_timeout,
         rendezvous_s=rendezvous_s,
+        monitor_interval=plan.args.monitor_interval,
     )
     try:
         agent.start(time.time())

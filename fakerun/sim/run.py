@@ -106,13 +106,16 @@ class RunPlan:
     ending: str = "fakerun"
     test: bool = False
 
-    def failure_for(self, step: int, rank: int) -> Failure | None:
-        """The failure that strikes `rank` during `step`, if one does."""
-        for failure in self.failures:
-            if failure.step == step and (
-                rank == failure.rank or (failure.kind == "node-loss" and rank in failure.ranks)
-            ):
-                return failure
+    def failure_for(self, step: int, rank: int, attempt: int = 0) -> Failure | None:
+        """The failure that strikes `rank` during `step` of attempt `attempt`: the attempt-th of the job's
+        failures (each strikes once: a restarted attempt meets the next one, not the one that ended it)."""
+        if attempt >= len(self.failures):
+            return None
+        failure = self.failures[attempt]
+        if failure.step == step and (
+            rank == failure.rank or (failure.kind == "node-loss" and rank in failure.ranks)
+        ):
+            return failure
         return None
 
     @property

@@ -475,7 +475,7 @@ class RankTrainer:
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
             if step == job.oom_at_step:
                 self._run_out_of_memory(numbers.compute_s / max(job.grad_accum, 1) + overhead)
-            failure = run.failure_for(step, self.rank)
+            failure = run.failure_for(step, self.rank, self._attempt())
             if failure is not None:
                 self._strike(failure, step, numbers.compute_s + overhead)
             # The rank reports its compute time at once and waits for the step's end, which the coordinator

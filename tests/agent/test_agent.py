@@ -277,3 +277,32 @@ class TestRendezvous:
         agent.on_signal(signal.SIGTERM, 11.0)
         assert agent.exit_code == 1 and group.starts == [] and group.kills == []
         assert out.names() == ["rendezvous", "death_signal", "signal_exception"]
+
+
+class TestMonitorInterval:
+    """torchrun's agent acts on a failure at its monitor loop's next look, not the moment it happens."""
+
+    def test_survivors_get_sigterm_at_the_next_look(self) -> None:
+        """Looks every 5 s from the attempt's start: a failure at 12 s is acted on at 15 s; a worker that dies
+        meanwhile (its NCCL abort) is reported as it died, not as killed."""
+        group, out = FakeGroup(3), Recorder()
+        agent = Agent(group, out, max_restarts=0, shutdown_timeout=30.0, monitor_interval=5.0)
+        agent.start(0.0)
+        agent.on_exit(101, 1, 12.0)
+        assert group.kills == [] and agent.deadline() == 15.0
+        agent.on_exit(102, -6, 13.0)
+        agent.on_tick(14.9)
+        assert group.kills == []
+        agent.on_tick(15.0)
+        assert group.kills == [(100, signal.SIGTERM)]
+        agent.on_exit(100, -15, 15.1)
+        assert agent.exit_code == 1
+
+    def test_all_gone_before_the_look(self) -> None:
+        """Every worker dead before the next look: nothing to signal, the report follows at once."""
+        group, out = FakeGroup(2), Recorder()
+        agent = Agent(group, out, max_restarts=0, shutdown_timeout=30.0, monitor_interval=5.0)
+        agent.start(0.0)
+        agent.on_exit(100, -9, 1.0)
+        agent.on_exit(101, -6, 1.5)
+        assert group.kills == [] and agent.exit_code == 1

@@ -108,3 +108,21 @@ def test_list_failures(runner: Runner) -> None:
     assert res.code == 0
     names = [line.split()[0] for line in res.stdout.splitlines()[:-1]]
     assert {"oom", "hang", "node-loss", "random"} <= set(names) and len(names) == len(set(names))
+
+
+def test_restart_resumes_from_the_last_complete_checkpoint(runner: Runner) -> None:
+    """--max-restarts 1: the crash at step 7 ends attempt 0; attempt 1 resumes after the save of step 6 (the
+    last one finished before the crash), meets no second crash, and the job ends 0."""
+    args = [*JOB[:-1], "12", "--max-restarts", "1", "--fake-fail", "crash@7:1", "--fake-metrics", "m.jsonl"]
+    res = runner.run([*args, "train.py", "--save-interval", "3", "--save", "ckpt"], timeout=120)
+    assert res.code == 0, res.stderr[-3000:]
+    records = [json.loads(line) for line in (runner.tmp / "m.jsonl").read_text().splitlines()]
+    shown = [(r["event"], r.get("step", r.get("first_step")), r.get("attempt")) for r in records]
+    runs = [(r["attempt"], r["first_step"]) for r in records if r["event"] == "run"]
+    assert runs == [(0, 1), (1, 7)], shown
+    saves = [r["step"] for r in records if r["event"] == "checkpoint"]
+    assert saves == [3, 6, 9, 12]
+    assert [(r["kind"], r["step"], r["attempt"]) for r in records if r["event"] == "failure"] == [
+        ("crash", 7, 0)
+    ]
+    assert res.stderr.count("RuntimeError: DataLoader worker") == 1

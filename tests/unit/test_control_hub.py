@@ -48,3 +48,18 @@ class TestEarlyReports:
         hub._remote_batch(1, [(2, {"k": "step", "step": 1})])
         hub.new_attempt(1, [0, 1])
         assert len(made[0].seen) == 1 and made[1].seen == []
+
+
+def test_a_save_counts_once_it_is_complete() -> None:
+    """A restart resumes from the newest save that had finished: one still being written is not there yet."""
+    import time
+
+    from fakerun.launcher.control import SavedStep
+
+    saved = SavedStep()
+    now = time.monotonic()
+    saved.saving(100, now - 1.0)
+    saved.saving(200, now + 3600.0)
+    assert saved.step == 100
+    saved.pending[-1] = (now - 0.5, 200)
+    assert saved.step == 200 and not saved.pending
