@@ -235,8 +235,14 @@ def test_fake_exec_signal_reaches_the_workers_children(
     proc = runner.start(args)
     sleepers: list[int] = []
 
+    def command(p: psutil.Process) -> list[str]:
+        try:
+            return p.cmdline()
+        except psutil.Error:  # gone, or a zombie, since it was listed (the shell's short-lived children)
+            return []
+
     def both_started() -> bool:
-        sleepers[:] = [p.pid for p in marked_processes(runner.mark) if p.cmdline() == ["sleep", "1000"]]
+        sleepers[:] = [p.pid for p in marked_processes(runner.mark) if command(p) == ["sleep", "1000"]]
         return len(sleepers) == 2
 
     try:
