@@ -281,8 +281,9 @@ def parse_duration(text: str) -> float:
     return hours * 3600 + minutes * 60 + seconds
 
 
-def _parse_max_time(value: object) -> float:
-    """Converter for --fake-max-time: a duration > 0 and <= MAX_SIM_SECONDS, as text or TOML seconds."""
+def _parse_duration(value: object) -> float:
+    """Converter for --fake-max-time and --fake-nccl-timeout: a duration > 0 and <= MAX_SIM_SECONDS, as text
+    or TOML seconds."""
     try:
         seconds = float(_number(value, parse_duration))
     except (ValueError, OverflowError):
@@ -388,7 +389,14 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         "max_time",
         "DURATION",
         "Stop after this long, e.g. 90, 90s, 15m, 2h10m, 1h30m15s, 1.5h.",
-        _parse_max_time,
+        _parse_duration,
+    ),
+    _FakeSpec(
+        "nccl_timeout",
+        "DURATION",
+        "Collective timeout of the job's process groups, e.g. 30m (default: the framework's, or what the "
+        "script's arguments set: --distributed-timeout-minutes, --ddp_timeout, comm.train_timeout_seconds).",
+        _parse_duration,
     ),
     _FakeSpec("start_step", "S", "Start (resume) at step S (default: 0).", _parse_int(0, limits.MAX_STEPS)),
     _FakeSpec("model", "NAME|FILE", "Model: a preset name or a TOML file.", _parse_name("a name or file")),

@@ -164,7 +164,8 @@ class Coordinator:
         """When the ranks waiting in the current step's collective time out (monotonic), if they wait."""
         if self.round_started is None or self.aborted:
             return None
-        return self.round_started + max(self.run.nccl_timeout_s / self.speed, WATCHDOG_FLOOR_S)
+        timeout = self.run.collective_timeout_s(self.step)
+        return self.round_started + max(timeout / self.speed, WATCHDOG_FLOOR_S)
 
     def on_watchdog(self, now: float, wall: float) -> Output:
         """The collective timed out: every rank waiting in it aborts as its NCCL watchdog makes it."""

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from fakerun import dialects, tomlfile
 from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
-from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_STEPS
+from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
 
@@ -72,6 +72,9 @@ class Hints:
     # torchtune: the samples (or packs) in one pass over the config's dataset; None: fakerun's own guess.
     examples: int | None = None
     do_eval: bool = False  # HF's --do_eval: the example script evaluates once training is over
+    # The collective timeout the arguments set (s): "nccl_timeout_s", and torchtitan's until step 1 ends,
+    # "nccl_init_timeout_s" (sim/run.RunPlan's fields of these names).
+    timeouts: dict[str, float] = field(default_factory=dict)
     # llm.c: the tokens of the training split its -i pattern names (one epoch is the run when no -x says).
     train_tokens: int | None = None
     # A program that dies at start on these arguments (llm.c's error_usage()): what each rank writes on
@@ -177,6 +180,9 @@ _OPTIONS: dict[str, str] = {
     "hysteresis": _VALUE,
     "exit_interval": _VALUE,
     "exit_duration_in_mins": _VALUE,
+    # The process groups' collective timeout: Megatron-LM's in minutes, HF TrainingArguments' in seconds
+    "distributed_timeout_minutes": _VALUE,
+    "ddp_timeout": _VALUE,
     "zero_stage": _VALUE,
     # nanoGPT (configurator.py: `--key=value` over train.py's globals)
     "batch_size": _VALUE,
@@ -281,6 +287,8 @@ _TITAN_KEYS = frozenset(
         "checkpoint.interval",
         "validation.freq",
         "validation.steps",
+        "comm.init_timeout_seconds",
+        "comm.train_timeout_seconds",
     }
 )
 _TITAN_OLD = {
@@ -654,6 +662,7 @@ class _Builder:
         self.cadence: dict[str, int] = {}
         self.cadence_ratio: dict[str, float] = {}
         self.strategies: dict[str, str] = {}
+        self.timeouts: dict[str, float] = {}
         self.sources: dict[str, str] = {}
 
     def set(self, where: dict[str, _T], key: str, value: _T, g: _Given) -> None:
@@ -680,6 +689,7 @@ _MAX_SAMPLES = 10**15  # Megatron's sample counts: Llama 3's 15T tokens are 2e9 
 _MAX_LR = field_range(ModelSpec, "lr")[1]
 _MAX_LOSS_SCALE = 2.0**64  # fp16 scales beyond 2**32 (Megatron's default start) overflow every step anyway
 _MAX_HYSTERESIS = 1000
+_MAX_TIMEOUT_S = int(MAX_SIM_SECONDS)  # a collective timeout (s) the simulation can wait out
 _JOB_INTS: dict[str, tuple[str, int, int]] = {
     # option -> (make_job keyword, lowest value, highest value)
     "per_device_train_batch_size": ("micro_batch", 1, _model_high("micro_batch")),
@@ -893,6 +903,12 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         b.set(b.cadence, "exit_minutes", _int(g, 0, high=MAX_STEPS), g)
     elif key == "zero_stage":
         b.set(b.job, "zero_stage", _int(g, 0, high=3), g)
+    elif key == "distributed_timeout_minutes":
+        b.set(b.timeouts, "nccl_timeout_s", 60.0 * _int(g, high=_MAX_TIMEOUT_S // 60), g)
+    elif key in ("ddp_timeout", "comm.train_timeout_seconds"):
+        b.set(b.timeouts, "nccl_timeout_s", float(_int(g, high=_MAX_TIMEOUT_S)), g)
+    elif key == "comm.init_timeout_seconds":
+        b.set(b.timeouts, "nccl_init_timeout_s", float(_int(g, high=_MAX_TIMEOUT_S)), g)
     elif key == "bf16":
         _bool(g)  # the simulation always trains in BF16; the value must still be one HF accepts
     elif key == "gradient_checkpointing":
@@ -1342,6 +1358,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         cadence=b.cadence,
         cadence_ratio=b.cadence_ratio,
         strategies=b.strategies,
+        timeouts=b.timeouts,
         sources=b.sources,
         deepspeed=ds if isinstance(ds, DsConfig) else None,
         settings=settings,

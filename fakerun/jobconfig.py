@@ -237,6 +237,7 @@ def build_run(
         raise JobConfigError(str(exc)) from None
     if hints.deepspeed is not None:
         run = dataclasses.replace(run, deepspeed=hints.deepspeed)
+    run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints
 
@@ -251,6 +252,18 @@ def _with_failures(run: RunPlan, specs: tuple[str, ...]) -> RunPlan:
         job = failures.with_failure(job, failure)
     strikes = tuple(f for f in planned if f.kind not in failures.CURVE_KINDS)
     return dataclasses.replace(run, job=job, failures=strikes)
+
+
+def _with_timeouts(run: RunPlan, style: str, hints: Hints, given: float | None) -> RunPlan:
+    """The run with its collective timeouts: --fake-nccl-timeout's for every step, else the script's
+    arguments' over the defaults of the framework the job prints as (`style`)."""
+    if given is not None:
+        return dataclasses.replace(run, nccl_timeout_s=given, nccl_init_timeout_s=None)
+    timeout, first = dialects.collective_timeouts(style)
+    timeout = hints.timeouts.get("nccl_timeout_s", timeout)
+    if first is not None:
+        first = hints.timeouts.get("nccl_init_timeout_s", first)
+    return dataclasses.replace(run, nccl_timeout_s=timeout, nccl_init_timeout_s=first)
 
 
 def _saves(hints: Hints, style: str) -> bool:

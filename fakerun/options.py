@@ -57,6 +57,7 @@ class FakeOptions:
     speed: float = 1.0
     max_steps: int | None = None
     max_time: float | None = None  # seconds
+    nccl_timeout: float | None = None  # seconds; None: the framework's, or the script's arguments'
     start_step: int = 0
     model: str | None = None
     gpu: str | None = None

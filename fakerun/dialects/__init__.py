@@ -49,9 +49,20 @@ from fakerun.dialects.nanogpt import NanoGptDialect
 from fakerun.dialects.nemo import NemoDialect
 from fakerun.dialects.titan import TitanDialect
 from fakerun.dialects.torchtune import TorchtuneDialect
+from fakerun.sim.failures import WATCHDOG_TIMEOUT_MS
 from fakerun.sim.run import ENDING_FAKERUN
 
-__all__ = ["DEFAULT", "DIALECTS", "bar_stream", "choose", "ending", "make", "names", "select"]
+__all__ = [
+    "DEFAULT",
+    "DIALECTS",
+    "bar_stream",
+    "choose",
+    "collective_timeouts",
+    "ending",
+    "make",
+    "names",
+    "select",
+]
 
 # name -> dialect. The order is the order in which script-path patterns are tried.
 DIALECTS: dict[str, type[Dialect]] = {
@@ -120,6 +131,16 @@ def ending(name: str, settings: Mapping[str, str]) -> tuple[str, bool]:
         return ENDING_FAKERUN, False
     chosen: tuple[str, bool] = decide(settings)
     return chosen
+
+
+def collective_timeouts(name: str) -> tuple[float, float | None]:
+    """The collective timeout (s) of the process groups the dialect `name`'s framework makes, and the one in
+    force until step 1 ends when it differs: its `nccl_timeout_s` and `nccl_init_timeout_s` class
+    attributes, else torch's NCCL default (init_process_group without a timeout)."""
+    dialect = DIALECTS[name]
+    timeout: float = getattr(dialect, "nccl_timeout_s", WATCHDOG_TIMEOUT_MS / 1000.0)
+    first: float | None = getattr(dialect, "nccl_init_timeout_s", None)
+    return timeout, first
 
 
 def make(name: str, seat: Seat) -> Dialect:

@@ -223,6 +223,8 @@ class DeepSpeedDialect:
     name: ClassVar[str] = "deepspeed"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+    # init_distributed's timeout: deepspeed.constants.default_pg_timeout, 10 minutes unless DEEPSPEED_TIMEOUT.
+    nccl_timeout_s: ClassVar[float] = 60.0 * 10
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

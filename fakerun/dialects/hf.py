@@ -161,6 +161,8 @@ class HfDialect:
     name: ClassVar[str] = "hf"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+    # TrainingArguments.ddp_timeout's default, 1800 s, given to init_process_group (through accelerate).
+    nccl_timeout_s: ClassVar[float] = 1800.0
 
     @classmethod
     def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:

@@ -172,6 +172,8 @@ class LightningDialect:
     name: ClassVar[str] = "lightning"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False
+    # DDPStrategy(timeout=default_pg_timeout): torch.distributed.constants' 30 minutes, not NCCL's 10.
+    nccl_timeout_s: ClassVar[float] = 1800.0
     bar_stream: ClassVar[Stream] = "stdout"  # TQDMProgressBar's bars are Tqdm(file=sys.stdout)
 
     def __init__(self, seat: Seat) -> None:

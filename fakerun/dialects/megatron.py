@@ -257,6 +257,7 @@ class MegatronDialect:
     name: ClassVar[str] = "megatron"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+    nccl_timeout_s: ClassVar[float] = 60.0 * 10  # --distributed-timeout-minutes' default
     always_legacy: ClassVar[bool] = False  # a fork of the older code prints its lines whatever the arguments
 
     def __init__(self, seat: Seat) -> None:

@@ -147,6 +147,10 @@ class NemoDialect:
     name: ClassVar[str] = "nemo"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False
+    # The data-parallel groups' (the gradient collectives'): MegatronStrategy leaves the world group at
+    # torch's default, but megatron-core's initialize_model_parallel makes the others with its
+    # distributed_timeout_minutes default, 30, which NeMo does not pass.
+    nccl_timeout_s: ClassVar[float] = 1800.0
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

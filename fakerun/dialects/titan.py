@@ -137,6 +137,10 @@ class TitanDialect:
     name: ClassVar[str] = "titan"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
+    # JobConfig's comm.train_timeout_seconds and comm.init_timeout_seconds (torchtitan 0.2.1's job_config.py):
+    # train.py sets the former after step 1.
+    nccl_timeout_s: ClassVar[float] = 100.0
+    nccl_init_timeout_s: ClassVar[float | None] = 300.0
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

@@ -93,8 +93,11 @@ class RunPlan:
     exit_interval: int = 0
     exit_after_s: float | None = None
     failures: tuple[Failure, ...] = ()  # --fake-fail's strikes on processes, by step
-    # The collective timeout of the job's process groups (torch's default; the script may set its own).
+    # The collective timeout of the job's process groups (torch's default; the framework and the script may
+    # set their own), and the one in force until step 1 ends when it differs (torchtitan's init timeout,
+    # which a run resumed past step 1 keeps to its end: it lowers the timeout only after step 1).
     nccl_timeout_s: float = WATCHDOG_TIMEOUT_MS / 1000.0
+    nccl_init_timeout_s: float | None = None
 
     # HF Trainer's end (ENDING_HF, hf_cadence): the save also when the interval does not divide the last step
     # (`save_at_stop`, DefaultFlowCallback at max_steps under save_strategy "steps"), and the script's
@@ -117,6 +120,12 @@ class RunPlan:
         ):
             return failure
         return None
+
+    def collective_timeout_s(self, step: int) -> float:
+        """The collective timeout the process groups have while `step` runs."""
+        if self.nccl_init_timeout_s is None or (self.first_step == 1 and step > 1):
+            return self.nccl_timeout_s
+        return self.nccl_init_timeout_s
 
     @property
     def steps(self) -> int:

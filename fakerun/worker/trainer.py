@@ -965,7 +965,7 @@ def nccl_abort_text(ctx: SimContext, env: dict[str, str], abort: JobAborted, sit
     process = c10.Process(job.seed, rank, attempt, site_packages)
     now = ctx.clock.at(time.monotonic()) if ctx.clock is not None else time.time()
     if abort.why == "timeout":
-        timeout_ms = int(ctx.run.nccl_timeout_s * 1000)
+        timeout_ms = int(ctx.run.collective_timeout_s(abort.step) * 1000)
         numbers = failures.watchdog_numbers(job, rank, abort.step, timeout_ms)
         desync = env.get("TORCH_NCCL_DESYNC_DEBUG", "") == "1" and abort.culprit is not None
         return c10.watchdog_timeout(process, numbers, now, desync_with=abort.culprit if desync else None)

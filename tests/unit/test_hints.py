@@ -17,6 +17,7 @@ from fakerun.dialects import DEFAULT
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.jobconfig import JobConfigError, build_run
 from fakerun.sim.job import make_job
+from fakerun.sim.run import RunPlan
 from fakerun.sim.schedule import SCHEDULES
 
 
@@ -941,3 +942,77 @@ class TestJobLimits:
         gpu = tmp_path / "slow.toml"
         gpu.write_text('display_name = "slow"\npeak_bf16_tflops = 0.01\nmemory_mib = 81920\ntdp_w = 300\n')
         run_of(["--fake-model", "gpt2-124m", "--fake-gpu", str(gpu), "--fake-speed", "1000000", "train.py"])
+
+
+def planned(argv: list[str], nproc: int = 2) -> RunPlan:
+    """The run build_run makes of a one-node command line."""
+    cmd = parse_command_line([*argv], {})
+    bundle = presets.resolve(cmd.fake.model or "llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    run, _ = build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=cmd.fake.model is not None)
+    return run
+
+
+TITAN = ["-m", "torchtitan.train", "--training.steps", "20"]
+
+
+class TestCollectiveTimeout:
+    """The process groups' collective timeout each framework sets, the script's arguments' and fakerun's."""
+
+    @pytest.mark.parametrize(
+        ("argv", "seconds"),
+        [
+            # torch's NCCL default (nanoGPT's init_process_group without a timeout), Megatron's
+            # --distributed-timeout-minutes default 10, DeepSpeed's default_pg_timeout of 10 minutes
+            (["train.py"], 600.0),
+            (["pretrain_gpt.py", "--tensor-model-parallel-size", "1"], 600.0),
+            (["pretrain_gpt.py", "--distributed-timeout-minutes", "3"], 180.0),
+            (["run_clm.py", "--model_name_or_path", "gpt2"], 1800.0),  # ddp_timeout: 1800
+            (["run_clm.py", "--model_name_or_path", "gpt2", "--ddp_timeout", "120"], 120.0),
+            (["--fake-trainer", "lightning", "train.py"], 1800.0),  # torch's default_pg_timeout, 30 min
+            (["--fake-trainer", "nemo", "train.py"], 1800.0),  # megatron-core's model-parallel groups
+            (["--fake-trainer", "deepspeed", "train.py"], 600.0),
+        ],
+    )
+    def test_framework_and_script(self, argv: list[str], seconds: float) -> None:
+        """The framework's default, or the script's own argument, on every step."""
+        run = planned(["--fake-max-steps", "5", *argv])
+        assert [run.collective_timeout_s(s) for s in (1, 2, 5)] == [seconds] * 3
+
+    def test_torchtitan_lowers_it_after_step_one(self) -> None:
+        """torchtitan: comm.init_timeout_seconds (300) to step 1, comm.train_timeout_seconds (100) after."""
+        run = planned(["--fake-max-steps", "5", *TITAN])
+        assert [run.collective_timeout_s(s) for s in (1, 2, 5)] == [300.0, 100.0, 100.0]
+        given = [*TITAN, "--comm.init_timeout_seconds", "40", "--comm.train_timeout_seconds=7"]
+        run = planned(["--fake-max-steps", "5", *given])
+        assert [run.collective_timeout_s(s) for s in (1, 2)] == [40.0, 7.0]
+
+    def test_torchtitan_resumed_keeps_the_init_timeout(self) -> None:
+        """train.py lowers the timeout only when self.step == 1: a run resumed later never does."""
+        run = planned(["--fake-max-steps", "5", "--fake-start-step", "4", *TITAN])
+        assert run.collective_timeout_s(6) == 300.0
+
+    def test_torchtitan_config_file(self, tmp_path: Path) -> None:
+        """The [comm] table of a --job.config_file."""
+        config = tmp_path / "c.toml"
+        config.write_text("[training]\nsteps = 20\n[comm]\ntrain_timeout_seconds = 15\n")
+        run = planned(["--fake-max-steps", "5", "-m", "torchtitan.train", "--job.config_file", str(config)])
+        assert run.collective_timeout_s(3) == 15.0
+
+    @pytest.mark.parametrize("argv", [TITAN, ["pretrain_gpt.py", "--distributed-timeout-minutes", "3"]])
+    def test_fakerun_option_overrides(self, argv: list[str]) -> None:
+        """--fake-nccl-timeout sets every step's, whatever the framework or the script says."""
+        run = planned(["--fake-max-steps", "5", "--fake-nccl-timeout", "1m30s", *argv])
+        assert [run.collective_timeout_s(s) for s in (1, 2)] == [90.0, 90.0]
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["pretrain_gpt.py", "--distributed-timeout-minutes", "0"],
+            ["run_clm.py", "--ddp_timeout", "ten"],
+            [*TITAN, "--comm.train_timeout_seconds", "-5"],
+        ],
+    )
+    def test_bad_values(self, argv: list[str]) -> None:
+        """A timeout that is no positive integer is the script's argument error, one line."""
+        with pytest.raises(JobConfigError, match=r"timeout"):
+            planned(argv)
