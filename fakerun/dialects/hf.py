@@ -89,6 +89,14 @@ def float32(x: float) -> float:
     return value
 
 
+def accumulated_loss(tr_loss: float, done: int, loss: float, grad_accum: int) -> float:
+    """The Trainer's tr_loss after one more step of `loss`, `done` steps into the logging window: a NaN
+    step's micro-batches each add tr_loss / (1 + done) in its place (logging_nan_inf_filter, a default)."""
+    if math.isnan(loss):
+        return tr_loss * (1.0 + 1.0 / (1 + done)) ** grad_accum
+    return tr_loss + loss
+
+
 def log_dict(loss: float, grad_norm: float, lr: float, epoch: float) -> str:
     """The Trainer's logging_steps line: a dict repr (loss rounded to 4, an fp32 grad norm, epoch to 2)."""
     record = {
@@ -183,6 +191,10 @@ class HfDialect:
         self.eval_batch = DEFAULT_EVAL_BATCH
         # log_metrics("train")'s block, printed (stdout) once the script's save_model() is over.
         self.metrics: list[str] = []
+        # tr_loss and the steps it sums since the last log, for a window that met a NaN step.
+        self.tr_loss = 0.0
+        self.window = 0
+        self.met_nan = False
 
     def wants(self, kind: type[Event]) -> bool:
         """The events a Trainer job prints something for, on this rank."""
@@ -304,8 +316,16 @@ class HfDialect:
         )
         out: list[Output] = [BarDraw(self.bar)]
         # DefaultFlowCallback: a log every logging_steps (no first-step log unless logging_first_step).
+        if n.step == event.run.first_step:
+            self.tr_loss, self.window, self.met_nan = 0.0, 0, False
+        self.tr_loss = accumulated_loss(self.tr_loss, self.window, n.loss, job.grad_accum)
+        self.window += 1
+        self.met_nan = self.met_nan or math.isnan(n.loss)
         if n.step % event.run.log_interval == 0:
-            out += self._write(log_dict(n.loss, n.grad_norm, n.lr, event.epoch))
+            # The window's mean; the simulation shows its last step's loss when no NaN step was filtered.
+            logged = self.tr_loss / self.window if self.met_nan else n.loss
+            out += self._write(log_dict(logged, n.grad_norm, n.lr, event.epoch))
+            self.tr_loss, self.window, self.met_nan = 0.0, 0, False
         return out
 
     def _eval_samples(self, batches: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import math
 import re
@@ -28,7 +29,7 @@ from fakerun.dialects.events import (
     TrainingStarted,
     TrainingStopped,
 )
-from fakerun.dialects.hf import HfDialect
+from fakerun.dialects.hf import HfDialect, float32
 from fakerun.hints import HintError, parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import collectives, compute, loss, memory
@@ -605,3 +606,32 @@ class TestLora:
             isinstance(o, Line) and o.text.endswith("Number of trainable parameters = 3,407,872")
             for o in block
         )
+
+
+class TestNanLoss:
+    """logging_nan_inf_filter (TrainingArguments' default): a NaN step's micro-batches each add tr_loss / (1 +
+    global_step - _globalstep_last_logged) to tr_loss instead of their loss; the log is tr_loss over the
+    window's steps, the grad norm is the step's own (nan)."""
+
+    def test_window_with_nan_steps(self) -> None:
+        """Steps 8 and 9 of the window 6-10 are NaN (4 micro-batches each): its log is the filter's."""
+        run = hf_run()
+        job = dataclasses.replace(run.job, nan_steps=(8, 9))
+        run = dataclasses.replace(run, job=job)
+        logged = dicts(feed(HfDialect(seat(0)), run, steps=10))
+        assert [d["loss"] for d in logged[:1]] == [round(step_numbers(job, 0, 5).loss, 4)]
+        tr = step_numbers(job, 0, 6).loss + step_numbers(job, 0, 7).loss
+        tr *= (1 + 1 / 3) ** 4  # step 8: two steps of the window done before it
+        tr *= (1 + 1 / 4) ** 4  # step 9: three
+        tr += step_numbers(job, 0, 10).loss
+        assert logged[1]["loss"] == round(tr / 5, 4)
+
+    def test_every_step_logged(self) -> None:
+        """--logging_steps 1: the NaN step's window holds nothing else, so its loss logs as 0.0."""
+        run = dataclasses.replace(hf_run(), log_interval=1)
+        job = dataclasses.replace(run.job, nan_steps=(3,))
+        logged = dicts(feed(HfDialect(seat(0)), dataclasses.replace(run, job=job), steps=4))
+        assert [(d["loss"], d["grad_norm"]) for d in logged[2:4]] == [
+            (0.0, None),  # dicts() reads nan as None
+            (round(step_numbers(job, 0, 4).loss, 4), float32(step_numbers(job, 0, 4).grad_norm)),
+        ]
