@@ -195,11 +195,13 @@ class Coordinator:
             return Output()
         self.aborted = True
         node = rank // self.job.nproc_per_node
-        reply = {"k": "abort", "why": "remote", "node": node, "reason": f"rank {rank} exited"}
+        planned = self.run.failure_for(self.step, rank, self.attempt)
+        # A NIC that stayed down: the other side's sends to that node ran out of IB retries as well.
+        why = "ib" if planned is not None and planned.kind == "nic-flap" else "remote"
+        reply = {"k": "abort", "why": why, "node": node, "reason": f"rank {rank} exited"}
         others = [
             r for r in sorted(self.ranks) if r // self.job.nproc_per_node != node and self.ranks[r].alive
         ]
-        planned = self.run.failure_for(self.step, rank, self.attempt)
         out = Output(replies=[(r, reply) for r in others])
         out.records.append(self._failure_record(planned.kind if planned else "exit", rank, wall))
         return out

@@ -243,14 +243,15 @@ def build_run(
 
 
 def _with_failures(run: RunPlan, specs: tuple[str, ...]) -> RunPlan:
-    """The run with --fake-fail's failures: spikes and NaNs go into the loss curve, the rest strike ranks."""
+    """The run with --fake-fail's failures: spikes, NaNs, slow nodes and recovered NIC outages go into the
+    physics, the rest strike ranks."""
     planned = failures.plan_failures(
         run.job, specs, first=run.first_step, last=run.last_step, step_s=compute.expected_step_time(run.job)
     )
     job = run.job
     for failure in planned:
         job = failures.with_failure(job, failure)
-    strikes = tuple(f for f in planned if f.kind not in failures.CURVE_KINDS)
+    strikes = tuple(f for f in planned if f.strikes)
     return dataclasses.replace(run, job=job, failures=strikes)
 
 

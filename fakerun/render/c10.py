@@ -3,6 +3,7 @@ watchdog's lines and std::terminate's block before the process aborts."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -153,16 +154,20 @@ def socket_address(host: str, seed: int, rank: int) -> str:
     return f"{host}<{32768 + rand.hash64(seed, 'nccl-peer-port', rank) % 28232}>"
 
 
-def remote_error(process: Process, nccl_version: str, peer: str, at: float) -> str:
-    """A rank's stderr when a peer's process or node is gone: the watchdog's error line, then std::terminate
-    of the rethrown c10::DistBackendError, each with its backtrace (the process then aborts)."""
+def remote_error(
+    process: Process, nccl_version: str, peer: str, at: float, *, last_error: str | None = None
+) -> str:
+    """A rank's stderr when a peer's process or node is gone (or the network to it: `last_error`, NCCL's
+    last WARN): the watchdog's error line, then std::terminate of the rethrown c10::DistBackendError, each
+    with its backtrace (the process then aborts)."""
     rank = process.rank
+    last = f"socketProgress: Connection closed by remote peer {peer}" if last_error is None else last_error
     what = (
         f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}] Process group watchdog thread terminated with "
         "exception: NCCL error: remote process exited or there was a network error, NCCL version "
         f"{nccl_version}\n"
         "ncclRemoteError: A call failed possibly due to a network error or a remote process exiting "
-        f"prematurely.\nLast error:\nsocketProgress: Connection closed by remote peer {peer}\n"
+        f"prematurely.\nLast error:\n{last}\n"
         + raised_from("checkForNCCLErrorsInternal", _REMOTE_RAISE_LINE, process, _REMOTE_ERROR)
     )
     log = f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
@@ -260,3 +265,77 @@ def cuda_error(process: Process, kind: str, at: float) -> str:
     what = f"{_pg(rank)} Process group watchdog thread terminated with exception: {message}{trace}"
     log = f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
     return log + "\n" + _terminate(what, process)
+
+
+# NCCL 2.29.7's IB transport: ncclIbTest's WARN on a failed completion and its details
+# (transport/net_ib/p2p.cc:786 and :651), the IB async thread's port events (transport/net_ib/common.cc:134),
+# and, under NCCL_DEBUG=INFO, NCCLCHECK's trail up the proxy's progress thread (net.cc:1359, proxy.cc:977).
+IB_CQE_SOURCE = "transport/net_ib/p2p.cc:786"
+IB_COMPLETION_SOURCE = "transport/net_ib/p2p.cc:651"
+IB_ASYNC_SOURCE = "transport/net_ib/common.cc:134"
+_IB_TRAIL = ("transport/net.cc:1359 -> 6", "proxy.cc:977 -> 6 [Progress Thread]")
+# ibv_event_type_str's names and numbers of the port events (libibverbs' enum ibv_event_type).
+PORT_EVENTS = {"down": ("port error", 10), "up": ("port active", 9)}
+IB_RETRY_EXC_ERR = 12  # enum ibv_wc_status: the peer never acknowledged, all retries spent
+_VENDOR_ERR = 129  # the HCA's syndrome that comes with it (mlx5: 0x81)
+
+
+@dataclass(frozen=True)
+class NcclThread:
+    """Where an NCCL line comes from: host, pid, the thread and the CUDA device it prints."""
+
+    host: str
+    pid: int
+    tid: int
+    device: int
+
+
+def nccl_warn_line(at: NcclThread, source: str, message: str, when: float) -> str:
+    """One NCCL WARN as debug.cc prints it: a blank line first, a `[%F %T] ` timestamp (NCCL's default for
+    WARN since 2.23), `host:pid:tid [dev] file:line NCCL WARN message`."""
+    stamp = time.strftime("[%Y-%m-%d %H:%M:%S] ", time.localtime(when))
+    return f"\n{stamp}{at.host}:{at.pid}:{at.tid} [{at.device}] {source} NCCL WARN {message}\n"
+
+
+def ib_port_event(at: NcclThread, hca: str, event: str, when: float) -> str:
+    """The IB async thread's WARN for a port going down ("down") or coming back ("up")."""
+    name, number = PORT_EVENTS[event]
+    message = f"NET/IB : {hca}:1 Got non-fatal async event: {name}({number})"
+    return nccl_warn_line(at, IB_ASYNC_SOURCE, message, when)
+
+
+@dataclass(frozen=True)
+class IbCompletion:
+    """The figures of a failed IB completion: the peer's socket, the GIDs on RoCE, the queue pair."""
+
+    peer: str  # ncclSocketToString: `10.1.2.3<port>`
+    hca: str
+    local_gid: str | None  # RoCE only (`::ffff:10.1.2.3`); IB prints no GIDs
+    remote_gid: str | None
+    req: int
+    comm: int
+    wr_id: int
+    qp_num: int
+
+
+def ib_completion_message(c: IbCompletion) -> str:
+    """ncclIbLogCompletionWithError's message (also ncclGetLastError's, the watchdog's `Last error:`)."""
+    gids = f" localGid {c.local_gid} remoteGids{c.remote_gid}" if c.local_gid and c.remote_gid else ""
+    return (
+        f"NET/IB: Got completion from peer {c.peer} with status=IBV_WC_RETRY_EXC_ERR({IB_RETRY_EXC_ERR}) "
+        f"opcode=IBV_WC_RDMA_WRITE(1) vendor_err={_VENDOR_ERR} {gids} hca {c.hca}"
+    )
+
+
+def ib_error_lines(at: NcclThread, c: IbCompletion, when: float, *, info: bool) -> str:
+    """What the proxy thread prints when its send never got through: the CQE error, its details, and under
+    NCCL_DEBUG=INFO the `-> 6` (ncclRemoteError) trail."""
+    cqe = (
+        f"NET/IB: ncclIbTest: Got CQE with error (devIndex=0, req=0x{c.req:x}, comm=0x{c.comm:x} (send), "
+        f"wr_id={c.wr_id}, qp_num={c.qp_num})"
+    )
+    out = nccl_warn_line(at, IB_CQE_SOURCE, cqe, when)
+    out += nccl_warn_line(at, IB_COMPLETION_SOURCE, ib_completion_message(c), when)
+    if info:
+        out += "".join(f"{at.host}:{at.pid}:{at.tid} [{at.device}] NCCL INFO {t}\n" for t in _IB_TRAIL)
+    return out

@@ -955,3 +955,13 @@ def nccl_topo_for(
         mnnvl_domain=cluster.mnnvl_domain,
         gid_index=cluster.ib_gid_index,
     )
+
+
+def nic_device(topo: NcclTopo, local_rank: int) -> str:
+    """The name of the NIC a GPU's traffic leaves by (`mlx5_3`)."""
+    return f"{topo.nic_prefix}{_nic(topo, local_rank)}"
+
+
+def node_ip(seed: int, node: int, host: str = "") -> str:
+    """A node's address as NCCL's sockets name it."""
+    return _node_ip(seed, node, host)

@@ -11,7 +11,7 @@ from fakerun.sim.collectives import COMM_JITTER, comm_plan
 
 if TYPE_CHECKING:
     from fakerun.presets import ModelSpec
-    from fakerun.sim.job import JobSpec
+    from fakerun.sim.job import JobSpec, SlowNode
 
 # The GPUs' utilisation (model FLOPs with attention counted, over the dense peak) always stays in this band
 # (PRODUCT.md 6). Real runs: 38-43% Llama 3 405B on H100, ~48% BLOOM on A100, 52-58% torchtitan on A100, "up
@@ -215,6 +215,42 @@ def exposed_fraction(job: JobSpec) -> float:
     t_min = step_time_for_mfu(job, MFU_MAX * attention_discount(job))
     cap = MAX_EXPOSED_SHARE * t_min / (plan.total_s * (1.0 + 3 * COMM_JITTER))
     return min(plan.exposed_fraction, cap)
+
+
+# A slowed node's GPUs do not slow alike (each board throttles at its own point): each is this much off the
+# node's factor, fixed for the episode, more than RANK_JITTER so that the same GPU stays the slowest.
+SLOW_SPREAD = 0.06
+
+
+def slow_node(job: JobSpec, node: int, step: int) -> SlowNode | None:
+    """The slow-node episode `node` is in at `step`, if any (the strongest, should several overlap)."""
+    active = [s for s in job.slow_nodes if s.node == node and s.start <= step <= s.end]
+    return max(active, key=lambda s: s.factor, default=None)
+
+
+def slow_factor(job: JobSpec, rank: int, step: int) -> float:
+    """How many times its usual compute time `rank` takes at `step`: 1, or its node's slowdown."""
+    s = slow_node(job, rank // job.nproc_per_node, step)
+    if s is None:
+        return 1.0
+    u = rand.uniform(job.seed, "slow-gpu", rank, s.start)
+    return s.factor * (1.0 - SLOW_SPREAD * u)
+
+
+def slowest_factor(job: JobSpec, step: int) -> float:
+    """The largest slowdown of any rank at `step` (1 when no node is slow): what every rank waits for."""
+    ranks = (
+        r
+        for s in job.slow_nodes
+        if s.start <= step <= s.end
+        for r in range(s.node * job.nproc_per_node, (s.node + 1) * job.nproc_per_node)
+    )
+    return max((slow_factor(job, r, step) for r in ranks), default=1.0)
+
+
+def net_stall_s(job: JobSpec, step: int) -> float:
+    """Seconds a recovered NIC outage added to `step`'s collectives (0 on most steps)."""
+    return sum(s.seconds for s in job.net_stalls if s.step == step)
 
 
 def gating_rank(job: JobSpec, step: int, s: Straggler | None) -> int:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from fakerun.sim import rand
 from fakerun.sim.collectives import comm_plan, grad_buckets
+from fakerun.sim.job import NetStall, SlowNode
 
 if TYPE_CHECKING:
     from fakerun.sim.job import JobSpec
@@ -27,10 +28,12 @@ DESCRIPTIONS = {
     "node-loss": "a node vanishes: its ranks die (-9), the other nodes' ranks see the remote peer close: -6",
     "loss-spike": "the loss jumps and the gradient norm with it, then recovers over tens of steps",
     "nan": "1-3 steps of NaN loss: fp16 skips them and lowers its loss scale; training goes on",
+    "slow-node": "a node's GPUs throttle (heat) or its NVLink degrades: every step waits for it, x1.3-2.5",
+    "nic-flap": "a node's NIC goes down: back within IB's retries, a stalled step; else IB errors, abort: -6",
 }
 FAILURE_KINDS = tuple(DESCRIPTIONS)
 # Scenarios that are the loss curve's, not a process's: training goes on.
-CURVE_KINDS = frozenset({"loss-spike", "nan"})
+CURVE_KINDS = frozenset({"loss-spike", "nan", "slow-node"})
 # --fake-fail's name for failures drawn at the rates of large runs (RANDOM_RATES).
 RANDOM_FAILURE = "random"
 RANDOM_DESCRIPTION = (
@@ -53,6 +56,19 @@ RANDOM_KINDS = tuple(RANDOM_MIX)
 # torch.distributed's default NCCL watchdog timeout (excerpts 05, 07: Timeout(ms)=600000).
 WATCHDOG_TIMEOUT_MS = 600_000
 MAX_FAILURES = 64  # --fake-fail scenarios in one job
+# An IB queue pair resends an unacknowledged packet after its local ACK timeout, 4.096 us x 2^NCCL_IB_TIMEOUT,
+# NCCL_IB_RETRY_CNT times, then fails the work request with IBV_WC_RETRY_EXC_ERR (NCCL 2.29.7's defaults,
+# transport/net_ib/connect.cc: 20 and 7). A link back within the window loses nothing but time.
+IB_ACK_TIMEOUT_S = 4.096e-6 * 2**20
+IB_RETRY_WINDOW_S = IB_ACK_TIMEOUT_S * (7 + 1)
+# How long a flapping link stays down (assumption: a port bounce takes seconds, a reseated cable or a
+# rebooting switch minutes), log-uniform: about 7 in 10 come back within the retry window.
+NIC_OUTAGE_S = (1.0, 180.0)
+# A slow node: its GPUs' compute time times this (a hard thermal throttle halves the clocks or worse), for
+# the rest of the run half the time, else for a few hundred steps (a fan replaced, a link retrained).
+SLOW_FACTOR = (1.3, 2.5)
+SLOW_STEPS = (100, 500)
+SLOW_CAUSES = ("thermal", "nvlink")
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,12 @@ class Failure:
     ranks: tuple[int, ...]  # ranks whose process ends (empty when training goes on or hangs)
     exit_code: int | None  # as torchrun reports it: negative for a signal, None when nobody exits
     signal: str | None
+    seconds: float = 0.0  # nic-flap: the step's stall (it recovers), or until the IB retries give up
+
+    @property
+    def strikes(self) -> bool:
+        """Whether it strikes processes (else it is the physics': the loss curve, slow steps)."""
+        return self.kind not in CURVE_KINDS and not (self.kind == "nic-flap" and not self.ranks)
 
 
 def plan_failure(
@@ -88,6 +110,15 @@ def plan_failure(
     if kind == "node-loss":
         ranks = tuple(range(node * job.nproc_per_node, (node + 1) * job.nproc_per_node))
         return Failure(kind, step, ranks[0], node, ranks, -9, "SIGKILL")
+    if kind == "nic-flap":
+        lo, hi = NIC_OUTAGE_S
+        outage = lo * (hi / lo) ** rand.uniform(job.seed, "nic-outage", step, node)
+        if outage < IB_RETRY_WINDOW_S:
+            # Traffic resumes at the first retransmission after the link is back.
+            stall = math.ceil(outage / IB_ACK_TIMEOUT_S) * IB_ACK_TIMEOUT_S
+            return Failure(kind, step, rank, node, (), None, None, stall)
+        ranks = tuple(range(node * job.nproc_per_node, (node + 1) * job.nproc_per_node))
+        return Failure(kind, step, rank, node, ranks, -6, "SIGABRT", IB_RETRY_WINDOW_S)
     exits: dict[str, tuple[int | None, str | None]] = {
         "crash": (1, None),  # an uncaught Python exception
         "oom": (1, None),  # torch.OutOfMemoryError, uncaught
@@ -153,12 +184,28 @@ def random_failure(
 
 
 def with_failure(job: JobSpec, failure: Failure) -> JobSpec:
-    """The job whose loss curve carries the failure: a forced spike, or 1-3 NaN steps."""
+    """The job whose physics carries the failure: a forced spike, 1-3 NaN steps, a slow node from the
+    failure's step on, or the stall of a NIC outage that recovered."""
     if failure.kind == "loss-spike":
         return dataclasses.replace(job, spike_steps=(*job.spike_steps, failure.step))
     if failure.kind == "nan":
         n = 1 + int(3 * rand.uniform(job.seed, "nan-run", failure.step))
         return dataclasses.replace(job, nan_steps=(*job.nan_steps, *range(failure.step, failure.step + n)))
+    if failure.kind == "slow-node":
+        lo, hi = SLOW_FACTOR
+        factor = lo + (hi - lo) * rand.uniform(job.seed, "slow-factor", failure.step, failure.node)
+        if rand.uniform(job.seed, "slow-until-end", failure.step, failure.node) < 0.5:
+            end = max(job.total_steps, failure.step)
+        else:
+            short, long = SLOW_STEPS
+            span = (long - short) * rand.uniform(job.seed, "slow-len", failure.step)
+            end = failure.step + short + int(span)
+        cause = SLOW_CAUSES[int(rand.uniform(job.seed, "slow-cause", failure.step) < 0.4)]
+        slow = SlowNode(failure.node, failure.step, end, factor, cause)
+        return dataclasses.replace(job, slow_nodes=(*job.slow_nodes, slow))
+    if failure.kind == "nic-flap" and not failure.strikes:
+        stall = NetStall(failure.step, failure.node, failure.rank, failure.seconds)
+        return dataclasses.replace(job, net_stalls=(*job.net_stalls, stall))
     return job
 
 

@@ -31,6 +31,27 @@ class RankCoords:
 
 
 @dataclass(frozen=True)
+class SlowNode:
+    """A node whose GPUs run slower over steps start..end (a failure scenario): `factor` times the compute."""
+
+    node: int
+    start: int
+    end: int  # the last slowed step
+    factor: float
+    cause: str  # "thermal": the GPUs throttle their clocks; "nvlink": degraded links stretch their kernels
+
+
+@dataclass(frozen=True)
+class NetStall:
+    """A step that a node's NIC outage stretched by `seconds` (it came back within IB's retries)."""
+
+    step: int
+    node: int
+    rank: int  # whose NIC it is (the rank at fault)
+    seconds: float
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything the physics needs; build it with make_job(), which derives and checks the parallelism."""
 
@@ -65,6 +86,8 @@ class JobSpec:
     spikes: bool = True  # rare natural loss spikes
     spike_steps: tuple[int, ...] = ()  # forced spikes (failure scenario)
     nan_steps: tuple[int, ...] = ()  # NaN loss, skipped iterations (failure scenario)
+    slow_nodes: tuple[SlowNode, ...] = ()  # throttled or degraded nodes (failure scenario)
+    net_stalls: tuple[NetStall, ...] = ()  # NIC outages that recovered (failure scenario)
     regime: str = (
         "pretrain"  # pretrain: the scaling law from ln(vocab); finetune: SFT-like losses of ~2 down to ~1
     )

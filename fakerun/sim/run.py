@@ -116,7 +116,7 @@ class RunPlan:
             return None
         failure = self.failures[attempt]
         if failure.step == step and (
-            rank == failure.rank or (failure.kind == "node-loss" and rank in failure.ranks)
+            rank == failure.rank or (failure.kind in ("node-loss", "nic-flap") and rank in failure.ranks)
         ):
             return failure
         return None

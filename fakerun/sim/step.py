@@ -50,9 +50,20 @@ class StepNumbers:
 
 
 def step_time(job: JobSpec, step: int, compute_times: Sequence[float], comm_s: float) -> float:
-    """Wall time of a step: the slowest rank gates, then the exposed part of the collectives."""
-    del step  # the same rule at every step; kept so callers pass the step they time
-    return max(compute_times) + comm_s * compute.exposed_fraction(job)
+    """Wall time of a step: the slowest rank gates, then the exposed part of the collectives and any stall
+    of theirs (a NIC outage that recovered)."""
+    return max(compute_times) + comm_s * compute.exposed_fraction(job) + compute.net_stall_s(job, step)
+
+
+def _usual_compute(
+    job: JobSpec, rank: int, step: int, *, gate: int, t_step: float, base_mfu: float, exposed: float
+) -> float:
+    """`rank`'s compute at `step` on healthy GPUs: the gating rank's fills the step, the others end early."""
+    if rank == gate:
+        return t_step - exposed
+    # Everyone else finishes a little early and waits in the next collective.
+    u = rand.uniform(job.seed, "rank-step", rank, step)
+    return (compute.step_time_for_mfu(job, base_mfu) - exposed) * (1.0 - compute.RANK_JITTER * u)
 
 
 def _aux_loss(job: JobSpec, step: int) -> float | None:
@@ -69,12 +80,31 @@ def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
     comm = comm_seconds(job, step)
     exposed = comm * compute.exposed_fraction(job)
     gate = compute.gating_rank(job, step, strag)
-    if rank == gate:
-        t_compute = t_step - exposed
-    else:
-        # Everyone else finishes a little early and waits in the next collective.
-        u = rand.uniform(job.seed, "rank-step", rank, step)
-        t_compute = (compute.step_time_for_mfu(job, base) - exposed) * (1.0 - compute.RANK_JITTER * u)
+    straggler_rank = strag.rank if strag is not None else None
+
+    def slowed_compute(r: int) -> float:
+        usual = _usual_compute(job, r, step, gate=gate, t_step=t_step, base_mfu=base, exposed=exposed)
+        return usual * compute.slow_factor(job, r, step)
+
+    t_compute = slowed_compute(rank)
+    slowed = {
+        r: slowed_compute(r)
+        for s in job.slow_nodes
+        if s.start <= step <= s.end
+        for r in range(s.node * job.nproc_per_node, (s.node + 1) * job.nproc_per_node)
+    }
+    if slowed:
+        # A slow node gates every step: the others wait for its slowest GPU in the collectives.
+        slowest = max(slowed, key=lambda r: slowed[r])
+        if slowed[slowest] > t_step - exposed:
+            t_step, gate = slowed[slowest] + exposed, slowest
+        # What a monitor names: the GPU with the largest slowdown, the same one all episode.
+        straggler_rank = max(slowed, key=lambda r: compute.slow_factor(job, r, step))
+    stall = compute.net_stall_s(job, step)
+    # A NIC outage holds the step's collectives: its seconds count as exposed communication.
+    comm, exposed, t_step = comm + stall, exposed + stall, t_step + stall
+    if slowed or stall:
+        mfu = compute.mfu_for_step_time(job, t_step)
     spike = loss.spike_at(job, step)
     train = loss.train_loss(job, step, spike)
     gn = grad_norm(job, step, spike)
@@ -109,7 +139,7 @@ def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
         mem_gib=mem.reserved / GIB,
         mem_pct=100.0 * mem.reserved / mem.capacity,
         gating_rank=gate,
-        straggler_rank=strag.rank if strag is not None else None,
+        straggler_rank=straggler_rank,
         moe_aux_loss=_aux_loss(job, step),
     )
 

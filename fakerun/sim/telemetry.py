@@ -140,10 +140,30 @@ def _clock(gpu: GpuSpec, mhz: float) -> int:
     return int(min(float(gpu.sm_clock_max_mhz), mhz) // CLOCK_STEP_MHZ * CLOCK_STEP_MHZ)
 
 
-def _thermal_straggler(job: JobSpec, rank: int, step: int, phase: str) -> bool:
-    """Whether `rank` is the thermal straggler of `step` (a training step)."""
-    strag = compute.straggler(job, step) if phase == "train" else None
-    return strag is not None and strag.rank == rank and strag.cause == "thermal"
+def _thermal_slowdown(job: JobSpec, rank: int, step: int, phase: str) -> float | None:
+    """How far `rank`'s clocks fall at `step` (a training step) when its GPU throttles on heat: a thermal
+    straggler's slowdown, or its slow node's; None when it does not throttle."""
+    if phase != "train":
+        return None
+    strag = compute.straggler(job, step)
+    if strag is not None and strag.rank == rank and strag.cause == "thermal":
+        return strag.slowdown
+    slow = compute.slow_node(job, rank // job.nproc_per_node, step)
+    if slow is not None and slow.cause == "thermal":
+        return compute.slow_factor(job, rank, step)
+    return None
+
+
+def _slow_wait(job: JobSpec, rank: int, step: int, phase: str) -> float:
+    """The share of a training step `rank` spends waiting because a node is slow: a healthy GPU waits for
+    the slowest one; a GPU behind degraded NVLink waits on its own transfers; a throttled one does not."""
+    if phase != "train" or not job.slow_nodes:
+        return 0.0
+    slow = compute.slow_node(job, rank // job.nproc_per_node, step)
+    if slow is not None and slow.cause == "nvlink":
+        return 1.0 - 1.0 / compute.slow_factor(job, rank, step)
+    own = compute.slow_factor(job, rank, step)
+    return 1.0 - own / compute.slowest_factor(job, step)
 
 
 def job_board(job: JobSpec, rank: int, host: str | None = None) -> Board:
@@ -157,7 +177,7 @@ def job_board(job: JobSpec, rank: int, host: str | None = None) -> Board:
 def target_temp(job: JobSpec, b: Board, rank: int, step: int, phase: str, power_w: float) -> float:
     """Where rank `rank`'s die temperature heads while it draws `power_w` in `phase` at `step`."""
     target = steady_temp(job.gpu, b, power_w)
-    if _thermal_straggler(job, rank, step, phase):
+    if _thermal_slowdown(job, rank, step, phase) is not None:
         target = max(target, job.gpu.max_temp_c + 1.0)
     return target
 
@@ -193,6 +213,7 @@ def telemetry(
     idle_w = idle_power(gpu, b)
     span = gpu.tdp_w - gpu.idle_power_w
     if phase == "train":
+        wait_frac = max(wait_frac, _slow_wait(job, rank, step, phase))
         intensity *= 1.0 - 0.5 * min(max(wait_frac, 0.0), 1.0)
     # Slow drift (data mix, sequence packing, clocks settling: minutes) and per-sample noise.
     drift = 1.0 + 0.02 * rand.value_noise(rand.hash64(seed, "tele-drift", rank), "tele-drift", step / 40.0)
@@ -215,14 +236,17 @@ def telemetry(
     if phase not in ("train", "eval"):
         sm = float(gpu.sm_clock_idle_mhz)  # nothing running: the clocks fall back to idle within a second
 
-    target = steady_temp(gpu, b, power)
-    if _thermal_straggler(job, rank, step, phase):
-        # A thermal straggler is a GPU whose cooling is failing: it heats towards its slowdown limit with the
-        # same lag as any other change, and its clocks drop by the slowdown.
-        target = max(target, gpu.max_temp_c + 1.0)
-        strag = compute.straggler(job, step)
-        sm = gpu.sm_clock_max_mhz / (strag.slowdown if strag is not None else 1.0)
+    slowdown = _thermal_slowdown(job, rank, step, phase)
+    if slowdown is not None:
+        # A thermal straggler (or a throttling node) is a GPU whose cooling is failing: it heats towards its
+        # slowdown limit with the same lag as any other change, and its clocks drop by the slowdown. Its
+        # dynamic power falls with them, about as f^2 (the voltage cannot follow the clock all the way down).
+        sm = gpu.sm_clock_max_mhz / slowdown
+        power = idle_w + (power - idle_w) / slowdown**2
         throttle = "HW Thermal Slowdown"
+    target = steady_temp(gpu, b, power)
+    if slowdown is not None:
+        target = max(target, gpu.max_temp_c + 1.0)
     start = steady_temp(gpu, b, idle_w) if prev_temp_c is None else prev_temp_c
     die = settle(start, target, elapsed_s)
 

@@ -23,7 +23,9 @@ class JobAborted(Exception):
     ) -> None:
         super().__init__(reason)
         self.node = node  # the node where the job failed, if the launcher knows it
-        self.why = why  # "remote": a peer's process or node is gone; "timeout": the collective timed out
+        # "remote": a peer's process or node is gone; "timeout": the collective timed out; "ib": the network
+        # to the peer's node is gone (its IB sends ran out of retries).
+        self.why = why
         self.step = step  # the step whose collective timed out
         self.culprit = culprit  # the rank that never joined it, when known
 
@@ -55,7 +57,7 @@ class CoordinatorLink:
             raise JobAborted(
                 str(reply.get("reason", "")),
                 node if isinstance(node, int) else None,
-                why="timeout" if reply.get("why") == "timeout" else "remote",
+                why=str(reply["why"]) if reply.get("why") in ("timeout", "ib") else "remote",
                 step=step if isinstance(step, int) else 0,
                 culprit=culprit if isinstance(culprit, int) else None,
             )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fakerun.dialects import DEFAULT
-from fakerun.dialects.base import Seat
+from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.events import (
     BarrierPassed,
     CheckpointLoaded,
@@ -481,10 +481,13 @@ class RankTrainer:
             # The rank reports its compute time at once and waits for the step's end, which the coordinator
             # sets from the slowest rank's compute and the collectives: one wake-up per step, not two, on 64+
             # processes (sleeping through its own compute first would show nothing more).
+            flapped = self._nic_flap(step, "down")
             reply = self.link.request(
                 {"k": "step", "s": step, "c": numbers.compute_s, "tel": self._telemetry(step, "train")}
             )
             self._sleep_until(float(reply["rel"]))
+            if flapped:
+                self._nic_flap(step, "up")
             stop = bool(reply["stop"])
             self._exits = bool(reply.get("exit"))
             step_times.append(numbers.step_time_s + overhead)
@@ -650,6 +653,14 @@ class RankTrainer:
             while True:
                 self.link.receive()
         site = sysconfig.get_paths()["purelib"]
+        if kind == "nic-flap":
+            # The link stays down past the queue pairs' last retry: the sends fail, NCCL reports a remote
+            # error and the watchdog takes the process down.
+            self._port_event(failure.rank, "down")
+            self._pace_from(time.monotonic(), failure.seconds)
+            peer = (self.node + 1) % job.nnodes
+            text = ib_failure_text(self.ctx, self.env, peer, failure.rank, self._job_now())
+            raise Struck(text, signal.SIGABRT)
         if kind == "crash":
             pid, _ = self._identity()
             worker_pid = pid + 40 + rand.hash64(job.seed, "loader-pid", self.rank) % 900
@@ -659,6 +670,29 @@ class RankTrainer:
             raise Struck(c10.cuda_error(process, kind, self._job_now()), signal.SIGABRT)
         signum = {"segfault": signal.SIGSEGV, "sigkill": signal.SIGKILL, "node-loss": signal.SIGKILL}[kind]
         raise Struck("", signum)
+
+    def _nic_flap(self, step: int, event: str) -> bool:
+        """Whether this node's NIC flaps at `step` and comes back within the queue pairs' retries; the IB
+        async thread's WARN when it goes down ("down") or is back ("up"), under NCCL_DEBUG=WARN or INFO."""
+        job = self.run.job
+        stall = next((s for s in job.net_stalls if s.step == step and s.node == self.node), None)
+        if stall is None:
+            return False
+        self._port_event(stall.rank, event)
+        return True
+
+    def _port_event(self, flapping_rank: int, event: str) -> None:
+        """The IB async thread's WARN for the port of `flapping_rank`'s NIC (NCCL_DEBUG=WARN or INFO)."""
+        if not nccl_debug(self.env):
+            return
+        job = self.run.job
+        topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, self.ctx.hosts)
+        pid, tid = self._identity()
+        # The IB async thread: started with the communicator, a few ids above NCCL's init thread.
+        thread = c10.NcclThread(self.ctx.hosts[self.node], pid, tid + 2, self.local_rank)
+        hca = nccl.nic_device(topo, flapping_rank % job.nproc_per_node)
+        text = c10.ib_port_event(thread, hca, event, self._job_now())
+        self.out.write([Line(line, "stderr") for line in text.rstrip("\n").split("\n")])
 
     def _attempt(self) -> int:
         return int(self.env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
@@ -755,7 +789,9 @@ class RankTrainer:
             )
             for r, row in enumerate(rows)
         )
-        stragglers = frozenset({n.straggler_rank}) if n.straggler_rank is not None else frozenset()
+        # A slow node's GPUs are all behind, not only the one the warning names.
+        slow = {r for r in range(job.world_size) if compute.slow_factor(job, r, step) > 1.0}
+        stragglers = frozenset({n.straggler_rank} if n.straggler_rank is not None else set()) | slow
         return GpuGrid(step=step, gpus=gpus, stragglers=stragglers)
 
     def _pauses(self, step: int, start: float, pauses: Sequence[Pause]) -> float:
@@ -969,12 +1005,55 @@ def nccl_abort_text(ctx: SimContext, env: dict[str, str], abort: JobAborted, sit
         numbers = failures.watchdog_numbers(job, rank, abort.step, timeout_ms)
         desync = env.get("TORCH_NCCL_DESYNC_DEBUG", "") == "1" and abort.culprit is not None
         return c10.watchdog_timeout(process, numbers, now, desync_with=abort.culprit if desync else None)
+    if abort.why == "ib":
+        # The link to that node is gone: this side's sends to it ran out of retries too.
+        return ib_failure_text(ctx, env, failed_node, local_rank, now)
     peer = c10.socket_address(ctx.hosts[failed_node], job.seed, rank)
     text = c10.remote_error(process, stack_for(job.cluster).nccl, peer, now)
-    if env.get("NCCL_DEBUG", "").upper() in ("WARN", "INFO", "TRACE"):
+    if nccl_debug(env):
         pid, tid = shown_identity(ctx, env)
         # NCCL's proxy thread notices the closed socket: a thread of its own, a few ids above the init thread.
         text = c10.nccl_warn(ctx.hosts[node], pid, tid + 3, local_rank, peer) + text
+    return text
+
+
+def nccl_debug(env: dict[str, str]) -> bool:
+    """Whether NCCL prints its WARN lines in this environment (NCCL_DEBUG=WARN, INFO or TRACE)."""
+    return env.get("NCCL_DEBUG", "").upper() in ("WARN", "INFO", "TRACE")
+
+
+def ib_failure_text(ctx: SimContext, env: dict[str, str], peer_node: int, nic_rank: int, now: float) -> str:
+    """A rank's stderr when its IB sends to `peer_node` ran out of retries (the NIC of local rank `nic_rank`
+    of its node is the one that went down, or its own): NCCL's WARN lines under NCCL_DEBUG, then the
+    watchdog's ncclRemoteError with the IB error as its last error, and the abort."""
+    job = ctx.run.job
+    rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
+    node = rank // job.nproc_per_node
+    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, ctx.hosts)
+    here, there = ctx.hosts[node], ctx.hosts[peer_node]
+    roce = topo.transport == "roce"
+    h = rand.hash64(job.seed, "ib-cqe", rank, attempt)
+    completion = c10.IbCompletion(
+        peer=f"{nccl.node_ip(job.seed, peer_node, there)}<{32768 + h % 28232}>",
+        hca=nccl.nic_device(topo, nic_rank % job.nproc_per_node),
+        local_gid=f"::ffff:{nccl.node_ip(job.seed, node, here)}" if roce else None,
+        remote_gid=f"::ffff:{nccl.node_ip(job.seed, peer_node, there)}" if roce else None,
+        # The proxy thread's heap (0x7f.. mmap'd arenas), a request slot's wr_id, a queue pair's number.
+        req=0x7F0000000000 + (h >> 20) % 0xFFFFFFFF * 0x40,
+        comm=0x7F0000000000 + (h >> 24) % 0xFFFFFFFF * 0x40,
+        wr_id=h % 256,
+        qp_num=0x100 + (h >> 8) % 0x8000,
+    )
+    process = c10.Process(job.seed, rank, attempt, sysconfig.get_paths()["purelib"])
+    text = c10.remote_error(
+        process, stack_for(job.cluster).nccl, "", now, last_error=c10.ib_completion_message(completion)
+    )
+    if nccl_debug(env):
+        pid, tid = shown_identity(ctx, env)
+        thread = c10.NcclThread(here, pid, tid + 3, local_rank)  # the proxy's progress thread
+        info = env.get("NCCL_DEBUG", "").upper() in ("INFO", "TRACE")
+        text = c10.ib_error_lines(thread, completion, now, info=info) + text
     return text
 
 

@@ -112,8 +112,10 @@ def test_list_failures(runner: Runner) -> None:
 
 def test_restart_resumes_from_the_last_complete_checkpoint(runner: Runner) -> None:
     """--max-restarts 1: the crash at step 7 ends attempt 0; attempt 1 resumes after the save of step 6 (the
-    last one finished before the crash), meets no second crash, and the job ends 0."""
+    last one finished before the crash), meets no second crash, and the job ends 0. A node slowed from step
+    3 on (slow-node strikes no process) stretches every step from there, in both attempts."""
     args = [*JOB[:-1], "12", "--max-restarts", "1", "--fake-fail", "crash@7:1", "--fake-metrics", "m.jsonl"]
+    args += ["--fake-fail", "slow-node@3:2", "--fake-seed", "7"]  # fixed: the figures are then fixed
     res = runner.run([*args, "train.py", "--save-interval", "3", "--save", "ckpt"], timeout=120)
     assert res.code == 0, res.stderr[-3000:]
     records = [json.loads(line) for line in (runner.tmp / "m.jsonl").read_text().splitlines()]
@@ -126,3 +128,7 @@ def test_restart_resumes_from_the_last_complete_checkpoint(runner: Runner) -> No
         ("crash", 7, 0)
     ]
     assert res.stderr.count("RuntimeError: DataLoader worker") == 1
+    times = {r["step"]: r["step_time_s"] for r in records if r["event"] == "step"}
+    # The slow node's factor is at least 1.3 (less its GPUs' 6% spread) on steps whose healthy times differ
+    # by a few percent: every slowed step is longer than every healthy one after the warm-up step.
+    assert min(times[s] for s in range(3, 13)) > 1.15 * times[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -9,8 +10,11 @@ import pytest
 
 from fakerun import presets
 from fakerun.sim import failures as fl
-from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.step import step_numbers
+from fakerun.sim.collectives import comm_seconds
+from fakerun.sim.compute import SLOW_SPREAD, slow_factor
+from fakerun.sim.job import JobSpec, SlowNode, make_job
+from fakerun.sim.step import step_numbers, step_time
+from fakerun.sim.telemetry import telemetry
 
 
 def job(model: str = "llama3.2-1b", **kw: Any) -> JobSpec:
@@ -92,3 +96,88 @@ class TestRandom:
         assert (f.kind, f.step, f.rank, f.exit_code) == ("segfault", 20, 9, -11)
         with pytest.raises(ValueError, match="outside this run's steps 1-100"):
             fl.plan_failures(j, ["oom@500"], first=1, last=100, step_s=1.0)
+
+
+def slow_job(cause: str, factor: float = 2.0, **kw: Any) -> JobSpec:
+    """A 2-node job whose node 1 runs `factor` slower over steps 100-200."""
+    j = job(nnodes=2, seed=11, **kw)
+    return dataclasses.replace(j, slow_nodes=(SlowNode(1, 100, 200, factor, cause),))
+
+
+class TestSlowNode:
+    def test_step_waits_for_the_slowest_rank(self) -> None:
+        """Inside the episode every step takes the slowest rank's compute plus the exposed collectives, the
+        coordinator's rule (step.step_time over all ranks' compute) gives the same, and node 1's ranks take
+        1.3-2.5 x (less the per-GPU spread) their healthy compute; outside it nothing changes."""
+        j = slow_job("thermal")
+        healthy = job(nnodes=2, seed=11)
+        for s in (100, 150, 200):
+            ranks = [step_numbers(j, r, s) for r in range(j.world_size)]
+            n = ranks[0]
+            slowest = max(x.compute_s for x in ranks)
+            assert n.step_time_s == pytest.approx(slowest + n.exposed_comm_s)
+            comm = comm_seconds(j, s)
+            assert step_time(j, s, [x.compute_s for x in ranks], comm) == pytest.approx(n.step_time_s)
+            for r in range(8, 16):
+                ratio = ranks[r].compute_s / step_numbers(healthy, r, s).compute_s
+                assert 2.0 * (1 - SLOW_SPREAD) <= ratio <= 2.0
+            assert n.step_time_s > 1.5 * step_numbers(healthy, 0, s).step_time_s
+            assert n.straggler_rank is not None and n.straggler_rank // 8 == 1
+            assert n.tokens_per_s == pytest.approx(j.tokens_per_step / n.step_time_s)
+        for s in (99, 201):
+            assert step_numbers(j, 3, s) == step_numbers(healthy, 3, s)
+
+    def test_throttled_node_telemetry(self) -> None:
+        """A thermal throttle: node 1's clocks fall by its slowdown (to the 15 MHz bin) with HW Thermal
+        Slowdown and it draws less; degraded NVLink keeps its clocks but it draws less too (it waits on its
+        links); the healthy node waits for the slow one and draws less than when nothing is slow."""
+        healthy = job(nnodes=2, seed=11)
+        for cause in ("thermal", "nvlink"):
+            j = slow_job(cause)
+            slow, ok = telemetry(j, 9, 150, "train"), telemetry(healthy, 9, 150, "train")
+            assert slow.power_w < ok.power_w
+            if cause == "thermal":
+                f = slow_factor(j, 9, 150)
+                assert slow.throttle == "HW Thermal Slowdown"
+                assert slow.sm_clock_mhz == int(j.gpu.sm_clock_max_mhz / f) // 15 * 15
+            else:
+                assert slow.throttle == ok.throttle and slow.sm_clock_mhz == ok.sm_clock_mhz
+            assert telemetry(j, 1, 150, "train").power_w < telemetry(healthy, 1, 150, "train").power_w
+            assert telemetry(j, 9, 250, "train") == telemetry(healthy, 9, 250, "train")
+
+    def test_scenario_draws_the_episode(self) -> None:
+        """--fake-fail slow-node strikes nobody: the job gets one episode on the failure's node, from its
+        step on, 1.3-2.5 x, thermal or NVLink, the same for the same seed."""
+        j = job(nnodes=4, seed=5)
+        f = fl.plan_failure(j, "slow-node", step=300, rank=17)
+        assert not f.strikes
+        (s,) = fl.with_failure(j, f).slow_nodes
+        assert (s.node, s.start) == (2, 300) and 1.3 <= s.factor <= 2.5 and s.cause in ("thermal", "nvlink")
+        assert s.end == j.total_steps or 400 <= s.end <= 800
+        assert fl.with_failure(j, f) == fl.with_failure(j, fl.plan_failure(j, "slow-node", step=300, rank=17))
+
+
+class TestNicFlap:
+    def test_outcomes_by_the_ib_retry_window(self) -> None:
+        """An outage within the queue pairs' retries (8 x 4.096 us x 2^20) stalls its step by whole ACK
+        timeouts; a longer one aborts the node's ranks (-6) once the retries are spent. Seeds give both."""
+        window = 8 * 4.096e-6 * 2**20
+        kinds = set()
+        for seed in range(40):
+            j = job(nnodes=2, seed=seed)
+            f = fl.plan_failure(j, "nic-flap", step=50, rank=10)
+            if f.strikes:
+                assert f.ranks == tuple(range(8, 16)) and f.exit_code == -6
+                assert f.seconds == pytest.approx(window)
+            else:
+                ticks = f.seconds / (4.096e-6 * 2**20)
+                assert 0 < f.seconds <= window and ticks == pytest.approx(round(ticks))
+                jj = fl.with_failure(j, f)
+                before = step_numbers(j, 0, 50).step_time_s
+                assert step_numbers(jj, 0, 50).step_time_s == pytest.approx(before + f.seconds)
+                comm = comm_seconds(jj, 50)
+                computes = [step_numbers(jj, r, 50).compute_s for r in range(16)]
+                assert step_time(jj, 50, computes, comm) == pytest.approx(before + f.seconds)
+                assert step_numbers(jj, 0, 51) == step_numbers(j, 0, 51)
+            kinds.add(f.strikes)
+        assert kinds == {True, False}
