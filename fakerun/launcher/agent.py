@@ -57,6 +57,18 @@ class WorkerGroup(Protocol):
         ...
 
 
+class Rejoin(Protocol):
+    """The other agents of a multi-node job: a restarted attempt starts once every agent is in its round."""
+
+    def request_round(self, restart_count: int) -> None:
+        """This agent stopped its workers and rejoins the job for attempt `restart_count`."""
+        ...
+
+    def round_complete(self, restart_count: int) -> bool:
+        """Whether attempt `restart_count` may start (every agent rejoined, or the round can never happen)."""
+        ...
+
+
 class AgentOutput(Protocol):
     """The launcher's messages, in the words torchrun uses; the agent says what, this says how."""
 
@@ -85,8 +97,10 @@ class Agent:
         shutdown_timeout: float,
         rendezvous_s: Callable[[int], float] | None = None,
         monitor_interval: float = 0.0,
+        rejoin: Rejoin | None = None,
     ) -> None:
         self.group = group
+        self.rejoin = rejoin
         # torchrun's agent looks at its workers every --monitor-interval seconds: a failure is acted on at
         # the next look, not the moment it happens (the others' NCCL errors have that long to print).
         self.monitor_interval = monitor_interval
@@ -146,7 +160,7 @@ class Agent:
         """Time passed: the rendezvous ends, the monitor's next look finds a failure and SIGTERMs the others,
         or workers past their shutdown deadline are SIGKILLed."""
         if self.state is State.RENDEZVOUS:
-            if self._deadline is not None and now >= self._deadline:
+            if self._deadline is not None and now >= self._deadline and self._round_complete():
                 self._start_attempt(now)
             return
         if self._terminate_at is not None:
@@ -168,6 +182,8 @@ class Agent:
 
     def deadline(self) -> float | None:
         """When on_tick must next be called, if ever."""
+        if self.state is State.RENDEZVOUS and not self._round_complete():
+            return None  # the other agents' messages end the wait (the loop calls on_tick after each)
         due = [t for t in (self._deadline, self._terminate_at) if t is not None]
         return min(due) if due else None
 
@@ -180,8 +196,15 @@ class Agent:
             return
         self.out.rendezvousing(self.restart_count)
         self.state = State.RENDEZVOUS
+        if self.restart_count > 0 and self.rejoin is not None:
+            self.rejoin.request_round(self.restart_count)
         self._deadline = now + max(0.0, self.rendezvous_s(self.restart_count))
         self.on_tick(now)
+
+    def _round_complete(self) -> bool:
+        """Whether the other agents (if any) are ready for this attempt; the first one needs no round."""
+        rejoin = self.rejoin
+        return self.restart_count == 0 or rejoin is None or rejoin.round_complete(self.restart_count)
 
     def _start_attempt(self, now: float) -> None:
         self._attempt_start = now

@@ -6,6 +6,13 @@ the answers to its ranks. Every connection carries a heartbeat each second; a no
 HEARTBEAT_TIMEOUT_S, or whose connection breaks, is lost: every agent then aborts its workers, which die as
 NCCL makes them die when a peer vanishes, and each agent reports that failure as torchrun would.
 
+Restarts (--max-restarts) are a new round over the same connections: each agent whose workers have all
+stopped sends `rejoin` for its next attempt; once every other agent has, node 0 answers each with `round`
+and the step every rank resumes from (the newest checkpoint whose save had finished, as node 0 saw it).
+A round without every node cannot happen (a lost agent does not come back; node 0 says `broken` to the
+others): each agent then starts its attempt on a lost job, whose workers abort at once, and its restarts
+run out as they would.
+
 Authenticated is not trusted: every field of every message from another agent is checked for type and
 range before it reaches the coordinator or a worker, and a bad one ends that agent's connection with one
 line (the job is then lost, as when that node breaks). Release times cross the wire as offsets from the
@@ -26,7 +33,7 @@ from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer, PeerGone
 from fakerun.launcher.rendezvous import is_int
 from fakerun.launcher.wire import WireError, shown
-from fakerun.limits import MAX_NNODES
+from fakerun.limits import MAX_NNODES, MAX_RESTARTS
 from fakerun.sim.telemetry import PHASES
 
 HEARTBEAT_S = 1.0
@@ -40,6 +47,8 @@ TELEMETRY_MAX = (100.0, 100.0, 200.0, 10_000.0, 10_000.0, float(1 << 24))
 Deliver = Callable[[list[tuple[int, dict[str, Any]]]], None]  # replies to local ranks
 # Tell every local worker that the job is lost, and on which node it failed (None: unknown).
 Abort = Callable[[str, int | None], None]
+# A restart's round is complete: root passes None and gets the step every rank resumes from; others pass it.
+NewRound = Callable[[int | None], int]
 
 
 @dataclass
@@ -56,6 +65,7 @@ class ClusterLink:
     handle_batch: Callable[[int, list[tuple[int, dict[str, Any]]]], None] | None = None  # root
     deliver: Deliver | None = None  # non-root
     abort: Abort | None = None
+    new_round: NewRound | None = None
     lost: str | None = None  # why the job is lost, once it is
     lost_node: int | None = None  # the node where it failed: the peer its workers' NCCL sees close
     finished: bool = False  # the run's last step was answered: agents leaving now is the normal end
@@ -63,6 +73,10 @@ class ClusterLink:
     _outbox: dict[int, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)  # root
     _next_beat: float = 0.0
     _nnodes: int = 0
+    _wanted: int = 0  # the attempt this agent rejoined for (0: none yet)
+    _rejoined: dict[int, int] = field(default_factory=dict)  # root: node -> the attempt it rejoined for
+    _round: int = 0  # the newest attempt whose round completed
+    _broken: bool = False  # a node is gone for good: no round can complete again
 
     @property
     def is_root(self) -> bool:
@@ -112,11 +126,61 @@ class ClusterLink:
 
     def report_lost_rank(self, rank: int) -> None:
         """A local worker died mid-run: the whole job is lost (root tells everyone, others tell root)."""
+        if self.lost is not None:
+            return  # the job is lost already: every agent knows
         reason = f"rank {rank} on node {self.group_rank} exited"
         if self.is_root:
             self._lose(reason, self.group_rank)
         else:
             self._send(0, {"k": "lost", "reason": reason, "node": self.group_rank})
+
+    # -- restarts ----------------------------------------------------------------------------------------
+
+    def rejoin(self, attempt: int) -> None:
+        """This agent's workers have stopped: it joins the round of `attempt` (root: waits for the others)."""
+        self._wanted = attempt
+        if self.is_root:
+            self._try_round()
+        else:
+            self._send(0, {"k": "rejoin", "attempt": attempt})
+
+    def round_complete(self, attempt: int) -> bool:
+        """Whether attempt `attempt` may start: its round completed, or it never can (a node is gone; the
+        job is then lost, so that the attempt's workers abort rather than wait for that node)."""
+        if self._round == attempt:
+            return True
+        if not self._broken and len(self.peers) == (self._nnodes - 1 if self.is_root else 1):
+            return False
+        if self.lost is None:
+            self._abort_locally("a node of the job is gone and cannot rejoin it", self.lost_node)
+        return True
+
+    def _try_round(self) -> None:
+        """Root: once every other agent rejoined for our attempt, starts the round on every node."""
+        attempt = self._wanted
+        if attempt <= self._round:
+            return
+        for node, theirs in list(self._rejoined.items()):
+            peer = self.peers.get(node)
+            if peer is not None and theirs != attempt:
+                self._peer_lost(peer, f"it rejoined for attempt {theirs}, the job's is {attempt}")
+        if len(self.peers) < self._nnodes - 1 or any(node not in self._rejoined for node in self.peers):
+            return
+        step = self.new_round(None) if self.new_round is not None else 0
+        # The job is whole from here: a send that fails now loses it again, and the others are told so.
+        self._begin_round(attempt)
+        for node in list(self.peers):
+            self._send(node, {"k": "round", "attempt": attempt, "resume": step})
+
+    def _begin_round(self, attempt: int) -> None:
+        """Every agent is in the round of `attempt`: the job is whole again."""
+        self._round = attempt
+        self._rejoined.clear()
+        self._gathered.clear()
+        self._outbox.clear()
+        self.lost = None
+        self.lost_node = None
+        self.finished = False
 
     # -- events from the loop --------------------------------------------------------------------------
 
@@ -192,6 +256,23 @@ class ClusterLink:
                 self._lose(_reason(message), _node(message))
             elif kind == "abort" and not self.is_root:
                 self._abort_locally(_reason(message), _node(message))
+            elif kind == "rejoin" and self.is_root:
+                self._rejoined[peer.group_rank] = _attempt(message)
+                self._try_round()
+            elif kind == "broken" and not self.is_root:
+                if _node(message) is None:
+                    raise WireError("field 'node' is missing")
+                self._broken = True
+            elif kind == "round" and not self.is_root:
+                attempt = _attempt(message)
+                step = message.get("resume")
+                if attempt != self._wanted or attempt <= self._round:
+                    raise WireError(f"a round for attempt {attempt}, not the one this node rejoined for")
+                if not is_int(step, 0, MAX_STEP):
+                    raise WireError("field 'resume' is not a step number")
+                if self.new_round is not None:
+                    self.new_round(step)
+                self._begin_round(attempt)
             else:
                 raise WireError(f"unexpected message {shown(kind, 40)!r}")
         except WireError as exc:
@@ -219,6 +300,11 @@ class ClusterLink:
         self.peers.pop(peer.group_rank, None)
         if self.finished:
             return  # the run is over: the other agents leave once their workers are done
+        if self.is_root and not self._broken:
+            # The node cannot come back: agents waiting for a restart's round must not wait for it.
+            self._broken = True
+            for node in list(self.peers):
+                self._send(node, {"k": "broken", "node": peer.group_rank})
         reason = f"lost node {peer.group_rank} ({peer.host or peer.address}): {why}"
         if self.is_root:
             self._lose(reason, peer.group_rank)
@@ -252,6 +338,15 @@ def _node(message: dict[str, Any]) -> int | None:
         raise WireError("field 'node' is not a node")
     assert isinstance(node, int)
     return node
+
+
+def _attempt(message: dict[str, Any]) -> int:
+    """The restart count a `rejoin` or `round` message names."""
+    attempt = message.get("attempt")
+    if not is_int(attempt, 1, MAX_RESTARTS):
+        raise WireError("field 'attempt' is not a restart count")
+    assert isinstance(attempt, int)
+    return attempt
 
 
 def _reason(message: dict[str, Any]) -> str:

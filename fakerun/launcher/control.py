@@ -49,6 +49,11 @@ class SavedStep:
         self.pending = [p for p in self.pending if p[0] > now]
         return self.done
 
+    def settle(self, step: int) -> None:
+        """The job resumes from `step`: saves still pending were cut short (every worker is gone)."""
+        self.done = step
+        self.pending.clear()
+
 
 @dataclass
 class _Channel:
@@ -88,7 +93,27 @@ class ControlHub:
         cluster.handle_batch = self._remote_batch
         cluster.deliver = self._deliver
         cluster.abort = self.abort
+        cluster.new_round = self._new_round
         cluster.start()
+
+    def request_round(self, restart_count: int) -> None:
+        """The agent restarts: the stopped attempt's sockets go, and we rejoin the other agents."""
+        for fd in list(self.channels):
+            self._close(fd, teardown=True)  # a late EOF must not count as a death in the next attempt
+        if self.cluster is not None:
+            self.cluster.rejoin(restart_count)
+
+    def round_complete(self, restart_count: int) -> bool:
+        """Whether every agent is in the round of attempt `restart_count` (or it can never be)."""
+        return self.cluster is None or self.cluster.round_complete(restart_count)
+
+    def _new_round(self, resume: int | None) -> int:
+        """Every agent rejoined: all resume from node 0's newest complete checkpoint; the old barrier goes."""
+        step = self.saved.step if resume is None else resume
+        self.saved.settle(step)
+        # The stopped attempt's coordinator must not answer (or time out) anyone of the next one.
+        self.coordinator = None
+        return step
 
     def new_attempt(self, attempt: int, ranks: Iterable[int]) -> None:
         """Drops the previous attempt's channels and starts a fresh barrier."""

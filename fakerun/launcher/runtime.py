@@ -276,6 +276,8 @@ def run_job(
         shutdown_timeout=plan.shutdown_timeout,
         rendezvous_s=rendezvous_s,
         monitor_interval=plan.args.monitor_interval,
+        # The agents of a multi-node job restart together: each attempt after the first is a new round.
+        rejoin=hub if hub is not None and hub.cluster is not None else None,
     )
     try:
         agent.start(time.time())

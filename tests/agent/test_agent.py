@@ -75,6 +75,20 @@ class Recorder:
         return [e for e, _ in self.events]
 
 
+@dataclass
+class FakeRejoin:
+    """The other agents of a job: records the rounds asked for; a round completes when the test says."""
+
+    requested: list[int] = field(default_factory=list)
+    complete: set[int] = field(default_factory=set)
+
+    def request_round(self, restart_count: int) -> None:
+        self.requested.append(restart_count)
+
+    def round_complete(self, restart_count: int) -> bool:
+        return restart_count in self.complete
+
+
 def make_agent(
     nproc: int = 3, max_restarts: int = 0, shutdown_timeout: float = 30.0
 ) -> tuple[Agent, FakeGroup, Recorder]:
@@ -269,6 +283,27 @@ class TestRendezvous:
         agent.on_tick(11.5)
         assert group.starts == [0]
         agent.on_tick(11.6)
+        assert group.starts == [0, 1] and out.events[-1] == ("started", 1)
+
+    def test_restart_waits_for_the_other_agents(self) -> None:
+        """A multi-node restart: the round is requested once the workers are gone, and the workers start
+        only when it is complete, however long after the rendezvous time that is."""
+        rounds = FakeRejoin()
+        group, out = FakeGroup(2), Recorder()
+        agent = Agent(
+            group, out, max_restarts=1, shutdown_timeout=30.0, rendezvous_s=lambda a: 0.2, rejoin=rounds
+        )
+        agent.start(10.0)
+        agent.on_tick(10.2)
+        assert group.starts == [0] and rounds.requested == []  # the first attempt is the rendezvous itself
+        agent.on_exit(100, 1, 11.0)
+        agent.on_exit(101, -15, 11.1)
+        assert rounds.requested == [1]
+        agent.on_tick(20.0)
+        assert group.starts == [0] and agent.deadline() is None and agent.state is State.RENDEZVOUS
+        rounds.complete.add(1)
+        assert agent.deadline() == pytest.approx(11.3)
+        agent.on_tick(20.1)
         assert group.starts == [0, 1] and out.events[-1] == ("started", 1)
 
     def test_signal_during_rendezvous_ends_without_workers(self) -> None:

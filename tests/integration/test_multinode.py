@@ -227,6 +227,38 @@ class TestStatic:
                 r"\nframe #0: c10::Error::Error\(c10::SourceLocation, std::string\) \+ 0x", block
             )
 
+    def test_a_crash_restarts_every_agent_from_the_last_complete_save(self, runner: Runner) -> None:
+        """--max-restarts 1 and a crash of rank 1 (node 0) at step 5: both agents stop their workers, go
+        through torchrun's restart lines and a new rendezvous round, and every rank resumes after the save
+        of step 3 (--save-interval 3; Megatron's save blocks, so it finished before step 4 began)."""
+        port = str(free_port())
+        common = ["--nnodes", "2", "--nproc-per-node", "2", "--master-port", port, "--fake-speed", "200"]
+        common += ["--fake-max-steps", "12", "--max-restarts", "1", "--fake-fail", "crash@5:1"]
+        script = ["train.py", "--save-interval", "3", "--save", "ckpt"]
+        n0 = agent(
+            runner, [*common, "--node-rank", "0", "--fake-metrics", "m.jsonl", *script], "n0", LOGLEVEL="INFO"
+        )
+        n1 = agent(runner, [*common, "--node-rank", "1", *script], "n1", LOGLEVEL="INFO")
+        assert finish([n0, n1]) == [0, 0], text(runner, "n0.err")[-2000:] + text(runner, "n1.err")[-2000:]
+        records = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
+        assert [(r["attempt"], r["first_step"]) for r in records if r["event"] == "run"] == [(0, 1), (1, 4)]
+        assert [r["step"] for r in records if r["event"] == "checkpoint"] == [3, 6, 9, 12]
+        # torchrun's restart lines (the reference's 1/1 for --max-restarts 1) on both agents, in order.
+        restart = [
+            "[default] Worker group FAILED. 1/1 attempts left; will restart worker group",
+            "[default] Stopping worker group",
+            "[default] Rendezvous'ing worker group",
+            "[default] Rendezvous complete for workers. Result:",
+            "  restart_count=1",
+        ]
+        for name in ("n0.err", "n1.err"):
+            said = messages(text(runner, name))
+            start = said.index(restart[0])
+            assert said[start : start + len(restart)] == restart, said[start - 5 : start + 10]
+        # Node 1's last rank (Megatron's printer) resumed from the same step: attempt 0 saved step 3 and
+        # attempt 1 saved 6, 9 and 12 (one from step 0 would have saved 3 again).
+        assert text(runner, "n1.out").count("save-checkpoint ...") == 4
+
 
 class TestC10d:
     """`--rdzv-backend c10d --rdzv-endpoint host:port --rdzv-id ID` on three agents (join order)."""

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from fakerun.launcher import cluster, rendezvous
 from fakerun.launcher.meet import MeetError, _check_host, _loopback, _seconds, _secret_warning
-from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Refusals
+from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Peer, Refusals
 from fakerun.launcher.wire import (
     MAX_DEPTH,
     MAX_FRAME,
@@ -541,3 +541,112 @@ class TestJobEpoch:
         other = rendezvous.Join(1, "b", 2, "r", started=now - 10.0)
         assignment, _ = rendezvous._assign([(host, None), (other, None)], "127.0.0.1", 29500)
         assert 10.0 <= assignment.epoch_age < 11.0
+
+
+@contextlib.contextmanager
+def linked(nnodes: int) -> Iterator[list[cluster.ClusterLink]]:
+    """Node 0's link and each other node's, joined by socket pairs (a root and its spokes), started."""
+    links = [
+        cluster.ClusterLink(selectors.DefaultSelector(), g, frozenset({g}), 1, lambda line: None)
+        for g in range(nnodes)
+    ]
+    for g in range(1, nnodes):
+        ours, theirs = socket.socketpair()
+        links[0].peers[g] = rendezvous_peer(ours, g)
+        links[g].peers[0] = rendezvous_peer(theirs, 0)
+    for link in links:
+        link.start()
+    try:
+        yield links
+    finally:
+        for link in links:
+            link.close()
+            link.selector.close()
+
+
+def rendezvous_peer(sock: socket.socket, group_rank: int) -> Peer:
+    sock.setblocking(False)
+    peer = Peer(sock, f"node{group_rank}", group_rank=group_rank, host=f"node{group_rank}")
+    peer.authenticated()
+    return peer
+
+
+def deliver(links: list[cluster.ClusterLink]) -> None:
+    """Hands every link what the others sent it (socket pairs deliver at once)."""
+    for link in links:
+        for peer in list(link.peers.values()):
+            link.pump(peer.fileno())
+
+
+class TestRestartRound:
+    """A restart is a round over the run's connections: it completes when every agent rejoined, and every
+    node learns node 0's resume step; a malformed `rejoin` or `round` ends that connection (job lost)."""
+
+    def test_every_agent_rejoins_then_all_resume_from_node_0s_step(self) -> None:
+        resumed: dict[int, int | None] = {}
+
+        def on_round(node: int) -> cluster.NewRound:
+            def begin(step: int | None) -> int:
+                resumed[node] = step
+                return 6 if step is None else step  # node 0's newest complete save: step 6
+
+            return begin
+
+        with linked(3) as links:
+            for g, link in enumerate(links):
+                link.new_round = on_round(g)
+            links[0].report_lost_rank(0)
+            deliver(links)
+            assert all(link.lost is not None for link in links)
+            links[1].rejoin(1)
+            links[0].rejoin(1)
+            deliver(links)
+            # Node 2 has not stopped its workers yet: nobody may start attempt 1.
+            assert not any(link.round_complete(1) for link in links) and resumed == {}
+            links[2].rejoin(1)
+            deliver(links)
+            deliver(links)
+            assert resumed == {0: None, 1: 6, 2: 6}
+            assert all(link.round_complete(1) and link.lost is None for link in links)
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            {"k": "round", "attempt": 2, "resume": 3},  # not the attempt this node rejoined for
+            {"k": "round", "attempt": True, "resume": 3},
+            {"k": "round", "attempt": 0, "resume": 3},
+            {"k": "round", "attempt": 1, "resume": -1},
+            {"k": "round", "attempt": 1, "resume": 10**400},
+            {"k": "round", "attempt": 1},
+            {"k": "rejoin", "attempt": 1},  # only node 0 takes rejoins
+            {"k": "broken", "node": None},
+            {"k": "broken", "node": -1},
+        ],
+    )
+    def test_a_bad_round_loses_the_job(self, message: dict[str, Any]) -> None:
+        with linked(2) as links:
+            links[1].new_round = lambda step: pytest.fail("a bad round was accepted")
+            links[1].rejoin(1)
+            links[0].peers[1].send(message)
+            deliver(links[1:])
+            assert links[1].peers == {} and links[1].lost is not None and links[1].round_complete(1)
+
+    @pytest.mark.parametrize("attempt", [0, -1, 1.0, "1", None, [1], 1 << 40])
+    def test_a_bad_rejoin_loses_the_job(self, attempt: object) -> None:
+        with linked(2) as links:
+            links[0].rejoin(1)
+            links[1].peers[0].send({"k": "rejoin", "attempt": attempt})
+            deliver(links[:1])
+            assert links[0].peers == {} and links[0].lost is not None and links[0].round_complete(1)
+
+    def test_a_node_gone_cannot_rejoin(self) -> None:
+        """The round of a job missing a node never happens: the attempt starts on a lost job at once."""
+        with linked(3) as links:
+            links[1].rejoin(1)
+            links[0].rejoin(1)
+            links[2].close()
+            deliver(links[:2])
+            assert 2 not in links[0].peers
+            assert links[0].round_complete(1) and links[0].lost is not None
+            deliver(links[1:2])  # node 0 told node 1 the job is lost
+            assert links[1].lost is not None and links[1].round_complete(1)
