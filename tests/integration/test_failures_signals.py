@@ -297,13 +297,25 @@ class TestSignals:
 
 
 class TestBadInput:
-    """Bad values end with one line and torchrun's exit codes, never our traceback."""
+    """Bad values end with torchrun's exit codes and last line; a traceback, if any, is torch's own."""
 
     @pytest.mark.parametrize(
         ("args", "code", "last"),
         [
             (["--nproc-per-node", "foo", "x.py"], 1, "ValueError: Unsupported nproc_per_node value: foo"),
-            (["--nnodes", "3:2", "x.py"], 1, "AssertionError"),
+            (
+                ["--nnodes", "3:2", "x.py"],
+                1,
+                "AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes=3, max_nodes=2",
+            ),
+            pytest.param(
+                ["--nproc-per-node", "gpu", "--fake-exec", "x.py"],
+                1,
+                "ValueError: Cuda is not available.",
+                marks=pytest.mark.skipif(
+                    os.path.isdir("/proc/driver/nvidia/gpus"), reason="the real scripts would have CUDA here"
+                ),
+            ),
             (
                 ["--nproc", "2", "x.py"],
                 2,
@@ -318,10 +330,15 @@ class TestBadInput:
         ],
     )
     def test_errors(self, runner: Runner, args: list[str], code: int, last: str | None) -> None:
-        """Exit code and final line as torchrun's."""
+        """Exit code and final line as torchrun's; no frame of fakerun's own code."""
         res = runner.run(args)
         assert res.code == code
-        assert "Traceback" not in res.stderr
+        frames = [line for line in res.stderr.splitlines() if line.startswith('  File "')]
+        assert all("/torch/distributed/" in f or '/torchrun", line' in f for f in frames)
+        if code == 2:
+            assert "Traceback" not in res.stderr
+        else:
+            assert res.stderr.startswith("Traceback (most recent call last):\n")
         if last is not None:
             assert res.stderr.rstrip("\n").splitlines()[-1] == last
 
