@@ -132,11 +132,17 @@ class TestWorkerFailure:
         assert "Failures:\n  <NO_OTHER_FAILURES>\n" in res.stderr
 
     def test_missing_script(self, runner: Runner) -> None:
-        """Python's own `can't open file` error, exit code 2 in the report, launcher exit 1."""
-        res = runner.run(["--nproc-per-node", "1", "--fake-exec", "nope.py"])
+        """Python's own `can't open file` error from every worker, each one's exit code 2 in the report (none
+        SIGTERMed: all are gone by the monitor's first look, here a second after the start), rank 0 as the
+        root cause, launcher exit 1."""
+        res = runner.run(["--nproc-per-node", "2", "--monitor-interval", "1", "--fake-exec", "nope.py"])
         assert res.code == 1
-        assert "can't open file" in res.stderr
-        assert "  exitcode  : 2 (pid: " in res.stderr
+        assert res.stderr.count("can't open file") == 2
+        assert res.stderr.count("  exitcode  : 2 (pid: ") == 2
+        assert "closing signal" not in res.stderr and "SIGTERM" not in res.stderr
+        assert "] failed (exitcode: 2) local_rank: 0 (pid: " in res.stderr
+        root = res.stderr.split("Root Cause (first observed failure):\n")[1]
+        assert "  rank      : 0 (local_rank: 0)\n" in root
 
     def test_early_clean_exit_keeps_others_running(self, runner: Runner) -> None:
         """A rank that exits 0 early does not stop the others; the run ends with 0."""
