@@ -17,7 +17,7 @@ from fakerun.cli import parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
-from fakerun.launcher import glog, preflight
+from fakerun.launcher import glog, preflight, report
 from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
 from fakerun.launcher.control import ControlHub, SavedStep
@@ -46,6 +46,22 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return int(s.getsockname()[1])
+
+
+def host_gpu_count(driver_dir: str = "/proc/driver/nvidia/gpus") -> int:
+    """The NVIDIA GPUs this host's driver lists (0 without a driver), which CUDA would count for the real
+    scripts of --fake-exec; fakerun's own nvidia-smi shims cannot fool it."""
+    try:
+        return len(os.listdir(driver_dir))
+    except OSError:
+        return 0
+
+
+def _launch_error_text(exc: LaunchError, argv0: str) -> str:
+    """A LaunchError as torchrun prints it: its traceback and exception line, or the line alone."""
+    if exc.traceback is None:
+        return exc.exc_line + "\n"
+    return report.exception_text(exc.exc_line, exc.traceback, argv0, site_packages(), exc.cause)
 
 
 def _log_startup(plan: LaunchPlan, log: LauncherLog, log_dir: LogDir) -> None:
@@ -405,11 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             fqdn=slurm_host or socket.getfqdn(),
             free_port=_free_port(),
             cpu_count=os.cpu_count() or 1,
-            gpus_per_node=bundle.cluster.gpus_per_node,
+            # The real scripts of --fake-exec see this host's GPUs (torch's `gpu` fails without any); a
+            # simulated job has the preset's.
+            gpus_per_node=host_gpu_count() if cmd.fake.exec else bundle.cluster.gpus_per_node,
             node_host=lambda i: presets.host_name(bundle.cluster, i),
         )
     except LaunchError as exc:
-        print(exc.exc_line, file=sys.stderr)
+        sys.stderr.write(_launch_error_text(exc, argv[0]))
         return exc.exit_code
     if cmd.fake.check and not cmd.fake.exec:
         return _check(cmd, plan, bundle, JobClock(started_wall, started_mono, cmd.fake.speed))

@@ -116,6 +116,7 @@ class Agent:
         self.workers: dict[int, Worker] = {}
         self.exit_code: int | None = None
         self._root: Failure | None = None
+        self._found_failed: list[Worker] = []  # the failed workers the look that found a failure saw
         self._deadline: float | None = None
         self._stop_signal: signal.Signals = signal.SIGTERM
         self._death_signum = 0
@@ -134,7 +135,7 @@ class Agent:
         worker.exitcode, worker.exit_time = exitcode, now
         if self.state is State.RUNNING:
             if exitcode != 0:
-                self._root = Failure(worker.slot, pid, exitcode, now)
+                # The root cause is picked at the look that finds this failure (_terminate).
                 self.state = State.STOPPING_AFTER_FAILURE
                 self._terminate_at = self._next_look(now)
                 if self._terminate_at <= now:
@@ -214,6 +215,7 @@ class Agent:
         self.workers = {pid: Worker(slot, pid) for pid, slot in self.group.start(self.restart_count)}
         self.state = State.RUNNING
         self._root = None
+        self._found_failed = []
         self._deadline = None
         self.out.group_started(self.restart_count, list(self.workers.values()))
 
@@ -226,8 +228,20 @@ class Agent:
         return self._attempt_start + looks * self.monitor_interval
 
     def _terminate(self, now: float) -> None:
+        """The look that finds the failure: pick its root cause, SIGTERM the survivors."""
         self._terminate_at = None
+        # torch's poll records every worker found failed at this look with the same timestamp (whole
+        # seconds) in local-rank order, and the first of them is the root cause: the lowest rank. A missing
+        # script's workers all exit 2 before the first look, so rank 0's is.
+        self._found_failed = sorted(
+            (w for w in self.workers.values() if w.exitcode not in (None, 0)), key=lambda w: w.slot.rank
+        )
+        first = self._found_failed[0]
+        assert first.exitcode is not None
+        when = first.exit_time if first.exit_time is not None else now
+        self._root = Failure(first.slot, first.pid, first.exitcode, when)
         self._stop_all(signal.SIGTERM, now + FAILURE_SHUTDOWN_TIMEOUT)
+        self._maybe_stopped(now)
 
     def _stop_all(self, sig: signal.Signals, deadline: float) -> None:
         self._stop_signal = sig
@@ -239,6 +253,8 @@ class Agent:
     def _maybe_stopped(self, now: float) -> None:
         if self.state in (State.RUNNING, State.RENDEZVOUS, State.DONE) or self.alive():
             return
+        if self.state is State.STOPPING_AFTER_FAILURE and self._terminate_at is not None:
+            return  # every worker is gone, but torch's monitor reports only at its next look
         if self.state is State.STOPPING_AFTER_SIGNAL:
             self.out.signal_exception(self._death_signum)
             self._finish(1)
@@ -251,10 +267,16 @@ class Agent:
             self.restart_count += 1
             self._begin_attempt(now)
             return
+        # torch lists the failures its look found first (rank order), then those of the workers it stopped.
+        found = {w.pid for w in self._found_failed}
+        later = sorted(
+            (w for w in self.workers.values() if w.pid not in found and w.exitcode not in (None, 0)),
+            key=lambda w: w.slot.rank,
+        )
         others = [
             Failure(w.slot, w.pid, w.exitcode, w.exit_time or root.time)
-            for w in sorted(self.workers.values(), key=lambda w: w.slot.rank)
-            if w.pid != root.pid and w.exitcode not in (None, 0)
+            for w in [*self._found_failed, *later]
+            if w.pid != root.pid and w.exitcode is not None
         ]
         self.out.child_failed_report(root, others, self.restart_count)
         self._finish(1)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from fakerun.launcher.report import TracebackKind
 from fakerun.limits import MAX_SECONDS_OPTION
 from fakerun.options import TorchrunArgs
 
@@ -29,12 +30,25 @@ _STD_MAPPING = r"^(\d:[0-3],)*(\d:[0-3])$"
 
 
 class LaunchError(Exception):
-    """A bad value found after parsing: torchrun raises, prints the exception line and exits 1."""
+    """A bad value found after parsing: torchrun raises, prints the exception line and exits 1.
 
-    def __init__(self, exc_line: str, exit_code: int = 1) -> None:
+    `traceback` names the frames torch raised it from when fakerun shows them (report.exception_text), and
+    `cause` the exception it was raised `from`, with its own frames.
+    """
+
+    def __init__(
+        self,
+        exc_line: str,
+        exit_code: int = 1,
+        *,
+        traceback: TracebackKind | None = None,
+        cause: tuple[TracebackKind, str] | None = None,
+    ) -> None:
         super().__init__(exc_line)
         self.exc_line = exc_line
         self.exit_code = exit_code
+        self.traceback = traceback
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -89,35 +103,61 @@ class LaunchPlan:
         return self.args.training_script
 
 
+def _int_or_raise(text: str, kind: TracebackKind) -> int:
+    """int(text), or torch's ValueError from that int() raised from the frames `kind` names."""
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise LaunchError(f"ValueError: {exc}", traceback=kind) from None
+
+
 def parse_min_max_nnodes(nnodes: str) -> tuple[int, int]:
     """Parses `N` or `MIN:MAX` and checks 0 < MIN <= MAX, raising torchrun's exceptions."""
     parts = nnodes.split(":")
-    try:
-        if len(parts) == 1:
-            lo = hi = int(parts[0])
-        elif len(parts) == 2:
-            lo, hi = int(parts[0]), int(parts[1])
-        else:
-            raise LaunchError(f'RuntimeError: nnodes={nnodes} is not in "MIN:MAX" format')
-    except ValueError as exc:
-        raise LaunchError(f"ValueError: {exc}") from None
+    if len(parts) == 1:
+        lo = hi = _int_or_raise(parts[0], "nnodes_int")
+    elif len(parts) == 2:
+        lo = _int_or_raise(parts[0], "nnodes_min_int")
+        hi = _int_or_raise(parts[1], "nnodes_max_int")
+    else:
+        raise LaunchError(
+            f'RuntimeError: nnodes={nnodes} is not in "MIN:MAX" format', traceback="nnodes_format"
+        )
     if not 0 < lo <= hi:
-        raise LaunchError("AssertionError")
+        raise LaunchError(
+            f"AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes={lo}, max_nodes={hi}",
+            traceback="nnodes_range",
+        )
     return lo, hi
 
 
 def determine_nproc(value: str, gpus_per_node: int, cpu_count: int) -> int:
-    """Maps --nproc-per-node to a worker count; GPUs are simulated, so `gpu`/`auto` mean the preset's."""
-    if value in ("gpu", "auto"):
-        return gpus_per_node
-    if value == "cpu":
-        return cpu_count
-    if value == "xpu":
-        raise LaunchError("ValueError: Xpu is not available.")
+    """Maps --nproc-per-node to a worker count as torch's determine_local_world_size.
+
+    `gpus_per_node` is what CUDA would count: the simulated GPUs of the preset, or the host's own (0 on a
+    machine without any) when the real scripts run.
+    """
     try:
         n = int(value)
-    except ValueError:
-        raise LaunchError(f"ValueError: Unsupported nproc_per_node value: {value}") from None
+    except ValueError as exc:
+        # torch raises its own ValueErrors `from` this one, so its traceback prints first.
+        cause: tuple[TracebackKind, str] = ("nproc_int", f"ValueError: {exc}")
+        if value == "cpu":
+            return cpu_count
+        if value == "gpu":
+            if gpus_per_node < 1:
+                raise LaunchError(
+                    "ValueError: Cuda is not available.", traceback="nproc_no_cuda", cause=cause
+                ) from None
+            return gpus_per_node
+        if value == "xpu":
+            raise LaunchError(
+                "ValueError: Xpu is not available.", traceback="nproc_no_xpu", cause=cause
+            ) from None
+        if value == "auto":
+            return gpus_per_node if gpus_per_node > 0 else cpu_count
+        unsupported = f"ValueError: Unsupported nproc_per_node value: {value}"
+        raise LaunchError(unsupported, traceback="nproc_unsupported", cause=cause) from None
     if n < 1:
         raise LaunchError(f"ValueError: Unsupported nproc_per_node value: {value}")
     return n
@@ -221,14 +261,15 @@ def make_plan(
     node_host: Callable[[int], str] = _default_node_host,
 ) -> LaunchPlan:
     """Builds the launch plan for one fakerun that plays every node of the job on this host."""
+    # In torch's order (config_from_args): the nodes, the restarts, then the workers per node.
+    min_nodes, max_nodes = parse_min_max_nnodes(args.nnodes)
+    if args.max_restarts < 0:
+        raise LaunchError("AssertionError: max_restarts must be >= 0", traceback="max_restarts")
+    nproc = determine_nproc(args.nproc_per_node, gpus_per_node, cpu_count)
     if args.module and args.no_python:
         raise LaunchError(
             "ValueError: Don't use both the '--no-python' flag and the '--module' flag at the same time."
         )
-    if args.max_restarts < 0:
-        raise LaunchError("AssertionError")
-    min_nodes, max_nodes = parse_min_max_nnodes(args.nnodes)
-    nproc = determine_nproc(args.nproc_per_node, gpus_per_node, cpu_count)
     rdzv = select_rendezvous(args, max_nodes, fqdn, free_port, run_uuid or str(uuid.uuid4()))
     signals, unknown = parse_signals(args.signals_to_handle)
     try:

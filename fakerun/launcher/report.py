@@ -16,7 +16,23 @@ DIST_STORE_ERROR = "torch.distributed.DistStoreError"
 NO_TRACEBACK_HINT = "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
 MAX_WIDTH = 60
 
-TracebackKind = Literal["child_failed", "signal", "c10d_join_timeout", "static_store_timeout"]
+TracebackKind = Literal[
+    "child_failed",
+    "signal",
+    "c10d_join_timeout",
+    "static_store_timeout",
+    "nnodes_int",
+    "nnodes_min_int",
+    "nnodes_max_int",
+    "nnodes_format",
+    "nnodes_range",
+    "max_restarts",
+    "nproc_int",
+    "nproc_unsupported",
+    "nproc_no_cuda",
+    "nproc_no_xpu",
+]
+CHAINED = "\nThe above exception was the direct cause of the following exception:\n\n"
 
 
 @dataclass(frozen=True)
@@ -171,7 +187,7 @@ _ELASTIC = _TORCH + "elastic/"
 # One frame: file, line, function, source line, and where Python 3.11 put carets under it (column, count).
 _Frame = tuple[str, int, str, str, tuple[int, int] | None]
 
-_HEAD: list[_Frame] = [
+_MAIN: list[_Frame] = [
     (_ARGV0, 8, "<module>", "sys.exit(main())", (9, 6)),
     (
         _ELASTIC + "multiprocessing/errors/__init__.py",
@@ -181,6 +197,9 @@ _HEAD: list[_Frame] = [
         (7, 18),
     ),
     (_TORCH + "run.py", 1028, "main", "run(args)", None),
+]
+_HEAD: list[_Frame] = [
+    *_MAIN,
     (_TORCH + "run.py", 1019, "run", "elastic_launch(", None),
     (_TORCH + "launcher/api.py", 194, "__call__", "return launch_agent(", (7, 13)),
 ]
@@ -248,11 +267,64 @@ _STATIC_TIMEOUT: list[_Frame] = [
     ),
 ]
 
+# torch 2.13's config_from_args (run.py), which checks the options before anything is printed at WARNING.
+# Its line numbers are placed from the recorded ones (the OMP_NUM_THREADS warning at 874, `Using
+# nproc_per_node=` at 747, config_from_args(args) just above elastic_launch( at 1019) and the source layout.
+
+
+def _run_py(lineno: int, func: str, code: str, carets: tuple[int, int] | None = None) -> _Frame:
+    """One frame in torch's run.py."""
+    return (_TORCH + "run.py", lineno, func, code, carets)
+
+
+_CONFIG: list[_Frame] = [
+    *_MAIN,
+    _run_py(1018, "run", "config, cmd, cmd_args = config_from_args(args)", (24, 22)),
+]
+_PARSE_NNODES = _run_py(
+    853, "config_from_args", "min_nodes, max_nodes = parse_min_max_nnodes(args.nnodes)", (23, 33)
+)
+_NNODES = [*_CONFIG, _PARSE_NNODES]
+_NPROC = [
+    *_CONFIG,
+    _run_py(
+        871, "config_from_args", "nproc_per_node = determine_local_world_size(args.nproc_per_node)", (17, 47)
+    ),
+]
+_NNODES_FORMAT_RAISE = """raise RuntimeError(f'nnodes={nnodes} is not in "MIN:MAX" format')"""
+_DLWS = "determine_local_world_size"
+
 _TRACEBACKS: dict[str, list[_Frame]] = {
     "child_failed": _HEAD + _CHILD_FAILED,
     "signal": _HEAD + _AGENT_RUN + _SIGNAL,
     "c10d_join_timeout": _HEAD + _AGENT_RUN + _RENDEZVOUS + _C10D_TIMEOUT,
     "static_store_timeout": _HEAD + _AGENT_RUN + _RENDEZVOUS + _STATIC_TIMEOUT,
+    "nnodes_int": [
+        *_NNODES,
+        _run_py(735, "parse_min_max_nnodes", "min_nodes = max_nodes = int(arr[0])", (24, 11)),
+    ],
+    "nnodes_min_int": [*_NNODES, _run_py(737, "parse_min_max_nnodes", "min_nodes = int(arr[0])", (12, 11))],
+    "nnodes_max_int": [*_NNODES, _run_py(738, "parse_min_max_nnodes", "max_nodes = int(arr[1])", (12, 11))],
+    # The line ends in a noqa comment: the statement does not span the line, so Python marks it.
+    "nnodes_format": [
+        *_NNODES,
+        _run_py(
+            740,
+            "parse_min_max_nnodes",
+            _NNODES_FORMAT_RAISE + "  # noqa" + ": E231",
+            (0, len(_NNODES_FORMAT_RAISE)),
+        ),
+    ],
+    "nnodes_range": [*_CONFIG, _run_py(855, "config_from_args", "raise AssertionError(")],
+    "max_restarts": [
+        *_CONFIG,
+        _run_py(859, "config_from_args", 'raise AssertionError("max_restarts must be >= 0")'),
+    ],
+    # The int() that fails first: the cause the ValueErrors below are raised `from`.
+    "nproc_int": [_run_py(748, _DLWS, "return int(nproc_per_node)", (7, 19))],
+    "nproc_unsupported": [*_NPROC, _run_py(776, _DLWS, "raise ValueError(")],
+    "nproc_no_cuda": [*_NPROC, _run_py(755, _DLWS, 'raise ValueError("Cuda is not available.") from e')],
+    "nproc_no_xpu": [*_NPROC, _run_py(760, _DLWS, 'raise ValueError("Xpu is not available.") from e')],
 }
 
 
@@ -272,3 +344,19 @@ def launcher_traceback(kind: TracebackKind, launcher_argv0: str, site_packages: 
             column, count = carets
             lines.append("    " + " " * column + "^" * count)
     return "\n".join(lines) + "\n"
+
+
+def exception_text(
+    exc_line: str,
+    kind: TracebackKind,
+    launcher_argv0: str,
+    site_packages: str,
+    cause: tuple[TracebackKind, str] | None = None,
+) -> str:
+    """An uncaught exception as Python prints it: the cause's traceback and line first when it was raised
+    `from` one, then the traceback and the exception line."""
+    text = ""
+    if cause is not None:
+        cause_kind, cause_line = cause
+        text = launcher_traceback(cause_kind, launcher_argv0, site_packages) + cause_line + "\n" + CHAINED
+    return text + launcher_traceback(kind, launcher_argv0, site_packages) + exc_line + "\n"

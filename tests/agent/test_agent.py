@@ -334,10 +334,40 @@ class TestMonitorInterval:
         assert agent.exit_code == 1
 
     def test_all_gone_before_the_look(self) -> None:
-        """Every worker dead before the next look: nothing to signal, the report follows at once."""
+        """Every worker dead before the next look: nothing to signal, the report comes at that look."""
         group, out = FakeGroup(2), Recorder()
         agent = Agent(group, out, max_restarts=0, shutdown_timeout=30.0, monitor_interval=5.0)
         agent.start(0.0)
         agent.on_exit(100, -9, 1.0)
         agent.on_exit(101, -6, 1.5)
+        assert agent.exit_code is None and agent.deadline() == 5.0
+        agent.on_tick(5.0)
         assert group.kills == [] and agent.exit_code == 1
+        assert out.events[-1] == ("report", (100, [(101, -6)], 0))
+
+    def test_missing_script_every_worker_exits_2(self) -> None:
+        """Every worker fails the same way before the first look (a missing script): all are reported with
+        their exit code 2, none as SIGTERMed, and the root cause is rank 0 whichever was reaped first."""
+        group, out = FakeGroup(4), Recorder()
+        agent = Agent(group, out, max_restarts=0, shutdown_timeout=30.0, monitor_interval=0.1)
+        agent.start(0.0)
+        for pid, t in ((102, 0.02), (100, 0.03), (103, 0.04), (101, 0.05)):
+            agent.on_exit(pid, 2, t)
+        agent.on_tick(0.1)
+        assert group.kills == []
+        assert ("failed", (100, 2)) in out.events
+        assert out.events[-1] == ("report", (100, [(101, 2), (102, 2), (103, 2)], 0))
+
+    def test_root_is_the_lowest_rank_found_failed(self) -> None:
+        """Two failures seen at one look: the lower rank is the root, listed first among the others is the
+        other one found failed, then the workers stopped by SIGTERM."""
+        group, out = FakeGroup(4), Recorder()
+        agent = Agent(group, out, max_restarts=0, shutdown_timeout=30.0, monitor_interval=1.0)
+        agent.start(0.0)
+        agent.on_exit(103, 1, 0.5)
+        agent.on_exit(102, 1, 0.6)
+        agent.on_tick(1.0)
+        assert group.kills == [(100, signal.SIGTERM), (101, signal.SIGTERM)]
+        agent.on_exit(100, -15, 1.1)
+        agent.on_exit(101, -15, 1.1)
+        assert out.events[-1] == ("report", (102, [(103, 1), (100, -15), (101, -15)], 0))

@@ -132,11 +132,17 @@ class TestWorkerFailure:
         assert "Failures:\n  <NO_OTHER_FAILURES>\n" in res.stderr
 
     def test_missing_script(self, runner: Runner) -> None:
-        """Python's own `can't open file` error, exit code 2 in the report, launcher exit 1."""
-        res = runner.run(["--nproc-per-node", "1", "--fake-exec", "nope.py"])
+        """Python's own `can't open file` error from every worker, each one's exit code 2 in the report (none
+        SIGTERMed: all are gone by the monitor's first look, here a second after the start), rank 0 as the
+        root cause, launcher exit 1."""
+        res = runner.run(["--nproc-per-node", "2", "--monitor-interval", "1", "--fake-exec", "nope.py"])
         assert res.code == 1
-        assert "can't open file" in res.stderr
-        assert "  exitcode  : 2 (pid: " in res.stderr
+        assert res.stderr.count("can't open file") == 2
+        assert res.stderr.count("  exitcode  : 2 (pid: ") == 2
+        assert "closing signal" not in res.stderr and "SIGTERM" not in res.stderr
+        assert "] failed (exitcode: 2) local_rank: 0 (pid: " in res.stderr
+        root = res.stderr.split("Root Cause (first observed failure):\n")[1]
+        assert "  rank      : 0 (local_rank: 0)\n" in root
 
     def test_early_clean_exit_keeps_others_running(self, runner: Runner) -> None:
         """A rank that exits 0 early does not stop the others; the run ends with 0."""
@@ -297,13 +303,25 @@ class TestSignals:
 
 
 class TestBadInput:
-    """Bad values end with one line and torchrun's exit codes, never our traceback."""
+    """Bad values end with torchrun's exit codes and last line; a traceback, if any, is torch's own."""
 
     @pytest.mark.parametrize(
         ("args", "code", "last"),
         [
             (["--nproc-per-node", "foo", "x.py"], 1, "ValueError: Unsupported nproc_per_node value: foo"),
-            (["--nnodes", "3:2", "x.py"], 1, "AssertionError"),
+            (
+                ["--nnodes", "3:2", "x.py"],
+                1,
+                "AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes=3, max_nodes=2",
+            ),
+            pytest.param(
+                ["--nproc-per-node", "gpu", "--fake-exec", "x.py"],
+                1,
+                "ValueError: Cuda is not available.",
+                marks=pytest.mark.skipif(
+                    os.path.isdir("/proc/driver/nvidia/gpus"), reason="the real scripts would have CUDA here"
+                ),
+            ),
             (
                 ["--nproc", "2", "x.py"],
                 2,
@@ -318,10 +336,15 @@ class TestBadInput:
         ],
     )
     def test_errors(self, runner: Runner, args: list[str], code: int, last: str | None) -> None:
-        """Exit code and final line as torchrun's."""
+        """Exit code and final line as torchrun's; no frame of fakerun's own code."""
         res = runner.run(args)
         assert res.code == code
-        assert "Traceback" not in res.stderr
+        frames = [line for line in res.stderr.splitlines() if line.startswith('  File "')]
+        assert all("/torch/distributed/" in f or '/torchrun", line' in f for f in frames)
+        if code == 2:
+            assert "Traceback" not in res.stderr
+        else:
+            assert res.stderr.startswith("Traceback (most recent call last):\n")
         if last is not None:
             assert res.stderr.rstrip("\n").splitlines()[-1] == last
 

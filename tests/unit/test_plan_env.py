@@ -80,25 +80,75 @@ class TestTopology:
         """int, cpu (CPU count), gpu and auto (the simulated GPUs per node)."""
         assert plan_for(nproc_per_node=value).nproc_per_node == expected
 
+    def test_nproc_on_a_host_without_gpus(self) -> None:
+        """The real scripts' host without CUDA: torch's `gpu` raises, `auto` falls back to the CPU count."""
+        args = TorchrunArgs(training_script="train.py", nproc_per_node="gpu")
+        with pytest.raises(LaunchError) as err:
+            make_plan(args, {}, fqdn="localhost", free_port=1, cpu_count=2, gpus_per_node=0)
+        assert err.value.exc_line == "ValueError: Cuda is not available."
+        # Raised `from` the int() that failed first, as torch's determine_local_world_size does.
+        assert err.value.cause == ("nproc_int", "ValueError: invalid literal for int() with base 10: 'gpu'")
+        args = TorchrunArgs(training_script="train.py", nproc_per_node="auto")
+        plan = make_plan(args, {}, fqdn="localhost", free_port=1, cpu_count=2, gpus_per_node=0)
+        assert plan.nproc_per_node == 2
+
     def test_min_max_nnodes_plays_max(self) -> None:
         """`--nnodes 1:2` is accepted; the local cluster has the maximum node count."""
         p = plan_for(nnodes="1:2", nproc_per_node="1")
         assert (p.min_nodes, p.max_nodes, p.group_world_size) == (1, 2, 2)
 
     @pytest.mark.parametrize(
-        ("kw", "line"),
+        ("kw", "line", "frames"),
         [
-            ({"nproc_per_node": "foo"}, "ValueError: Unsupported nproc_per_node value: foo"),
-            ({"nnodes": "3:2"}, "AssertionError"),
-            ({"nnodes": "x"}, "ValueError: invalid literal for int() with base 10: 'x'"),
-            ({"redirects": "5"}, r"ValueError: 5 does not match: <^[0-3]$> or <^(\d:[0-3],)*(\d:[0-3])$>"),
+            (
+                {"nproc_per_node": "foo"},
+                "ValueError: Unsupported nproc_per_node value: foo",
+                "nproc_unsupported",
+            ),
+            ({"nproc_per_node": "xpu"}, "ValueError: Xpu is not available.", "nproc_no_xpu"),
+            (
+                {"nnodes": "3:2"},
+                "AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes=3, max_nodes=2",
+                "nnodes_range",
+            ),
+            (
+                {"nnodes": "0"},
+                "AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes=0, max_nodes=0",
+                "nnodes_range",
+            ),
+            (
+                {"nnodes": "2:1"},
+                "AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes=2, max_nodes=1",
+                "nnodes_range",
+            ),
+            ({"nnodes": "x"}, "ValueError: invalid literal for int() with base 10: 'x'", "nnodes_int"),
+            ({"nnodes": "a:b"}, "ValueError: invalid literal for int() with base 10: 'a'", "nnodes_min_int"),
+            ({"nnodes": "1:b"}, "ValueError: invalid literal for int() with base 10: 'b'", "nnodes_max_int"),
+            ({"nnodes": "1:2:3"}, 'RuntimeError: nnodes=1:2:3 is not in "MIN:MAX" format', "nnodes_format"),
+            # torch checks the nodes before the restarts, and both before the workers per node.
+            (
+                {"nnodes": "3:2", "max_restarts": -1, "nproc_per_node": "foo"},
+                "AssertionError: min_nodes must be > 0 and <= max_nodes, got min_nodes=3, max_nodes=2",
+                "nnodes_range",
+            ),
+            (
+                {"max_restarts": -1, "nproc_per_node": "foo"},
+                "AssertionError: max_restarts must be >= 0",
+                "max_restarts",
+            ),
+            (
+                {"redirects": "5"},
+                r"ValueError: 5 does not match: <^[0-3]$> or <^(\d:[0-3],)*(\d:[0-3])$>",
+                None,
+            ),
         ],
     )
-    def test_value_errors(self, kw: dict[str, str], line: str) -> None:
-        """Bad values raise the exception line torchrun ends with, exit code 1."""
+    def test_value_errors(self, kw: dict[str, object], line: str, frames: str | None) -> None:
+        """Bad values raise the exception line torchrun ends with, from torch's frames, exit code 1."""
         with pytest.raises(LaunchError) as err:
             plan_for(**kw)
         assert err.value.exc_line == line
+        assert err.value.traceback == frames
         assert err.value.exit_code == 1
 
 

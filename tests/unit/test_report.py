@@ -267,6 +267,84 @@ class TestLauncherTraceback:
         )
 
 
+class TestExceptionText:
+    """A bad option's exception as Python 3.11 prints it from torch 2.13's run.py (config_from_args)."""
+
+    def test_chained_value_error_of_nproc_per_node(self) -> None:
+        """`--nproc-per-node foo`: int()'s ValueError, then torch's raised from it, each with its frames."""
+        site = "/s/site-packages/torch/distributed"
+        text = report.exception_text(
+            "ValueError: Unsupported nproc_per_node value: foo",
+            "nproc_unsupported",
+            "/v/bin/torchrun",
+            "/s/site-packages",
+            ("nproc_int", "ValueError: invalid literal for int() with base 10: 'foo'"),
+        )
+        # torch's determine_local_world_size: `return int(nproc_per_node)` (line 748) in a try whose except
+        # raises `ValueError(\n f"Unsupported ..."\n) from e` (line 776); config_from_args calls it at 871.
+        assert text == (
+            "Traceback (most recent call last):\n"
+            f'  File "{site}/run.py", line 748, in determine_local_world_size\n'
+            "    return int(nproc_per_node)\n"
+            "           ^^^^^^^^^^^^^^^^^^^\n"
+            "ValueError: invalid literal for int() with base 10: 'foo'\n"
+            "\n"
+            "The above exception was the direct cause of the following exception:\n"
+            "\n"
+            "Traceback (most recent call last):\n"
+            '  File "/v/bin/torchrun", line 8, in <module>\n'
+            "    sys.exit(main())\n"
+            "             ^^^^^^\n"
+            f'  File "{site}/elastic/multiprocessing/errors/__init__.py", line 367, in wrapper\n'
+            "    return f(*args, **kwargs)\n"
+            "           ^^^^^^^^^^^^^^^^^^\n"
+            f'  File "{site}/run.py", line 1028, in main\n'
+            "    run(args)\n"
+            f'  File "{site}/run.py", line 1018, in run\n'
+            "    config, cmd, cmd_args = config_from_args(args)\n"
+            "                            ^^^^^^^^^^^^^^^^^^^^^^\n"
+            f'  File "{site}/run.py", line 871, in config_from_args\n'
+            "    nproc_per_node = determine_local_world_size(args.nproc_per_node)\n"
+            "                     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+            f'  File "{site}/run.py", line 776, in determine_local_world_size\n'
+            "    raise ValueError(\n"
+            "ValueError: Unsupported nproc_per_node value: foo\n"
+        )
+
+    def test_nnodes_frames(self) -> None:
+        """The range check is a multi-line raise (no carets); the format error's raise is marked up to its
+        trailing comment; a bad number is int()'s error in parse_min_max_nnodes."""
+        ranged = report.exception_text("AssertionError: m", "nnodes_range", "t", "/s")
+        assert ranged.endswith(
+            ", line 855, in config_from_args\n    raise AssertionError(\nAssertionError: m\n"
+        )
+        assert "The above exception" not in ranged
+        raise_stmt = """raise RuntimeError(f'nnodes={nnodes} is not in "MIN:MAX" format')"""
+        fmt = report.exception_text("RuntimeError: r", "nnodes_format", "t", "/s")
+        assert fmt.endswith(f"    {raise_stmt}  # noqa: E231\n    {'^' * len(raise_stmt)}\nRuntimeError: r\n")
+        bad_max = report.exception_text("ValueError: v", "nnodes_max_int", "t", "/s")
+        assert bad_max.endswith(
+            "    min_nodes, max_nodes = parse_min_max_nnodes(args.nnodes)\n"
+            f"    {' ' * len('min_nodes, max_nodes = ')}{'^' * len('parse_min_max_nnodes(args.nnodes)')}\n"
+            '  File "/s/torch/distributed/run.py", line 738, in parse_min_max_nnodes\n'
+            "    max_nodes = int(arr[1])\n"
+            "                ^^^^^^^^^^^\n"
+            "ValueError: v\n"
+        )
+
+    def test_no_cuda_is_raised_from_int(self) -> None:
+        """`gpu` without CUDA: the same int() cause, then the one-line raise at line 755 (no carets)."""
+        text = report.exception_text(
+            "ValueError: Cuda is not available.", "nproc_no_cuda", "t", "/s", ("nproc_int", "ValueError: c")
+        )
+        assert text.count("Traceback (most recent call last):\n") == 2
+        assert text.endswith(
+            ", line 755, in determine_local_world_size\n"
+            '    raise ValueError("Cuda is not available.") from e\n'
+            "ValueError: Cuda is not available.\n"
+        )
+
+
 class TestReadErrorFile:
     """read_error_file is tolerant: anything but a JSON object gives None."""
 
