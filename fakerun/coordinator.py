@@ -206,6 +206,20 @@ class Coordinator:
         out.records.append(self._failure_record(planned.kind if planned else "exit", rank, wall))
         return out
 
+    def on_lost(self, node: int | None, wall: float) -> Output:
+        """Node 0 of a multi-node job: the job was lost on `node` (a dead rank there, or its agent gone): the
+        metrics file records it, with the planned failure's kind when one struck there."""
+        if self.aborted:
+            return Output()
+        self.aborted = True
+        npn = self.job.nproc_per_node
+        ranks = range(node * npn, (node + 1) * npn) if node is not None else ()
+        planned = next(
+            (f for r in ranks if (f := self.run.failure_for(self.step, r, self.attempt)) is not None), None
+        )
+        rank = planned.rank if planned is not None else (ranks[0] if ranks else None)
+        return Output(records=[self._failure_record(planned.kind if planned else "node-lost", rank, wall)])
+
     def _failure_record(self, kind: str, rank: int | None, wall: float) -> dict[str, Any]:
         """`{"event": "failure"}` for the metrics file: what struck, where, during which step."""
         at = self.clock.at(time.monotonic()) if self.clock is not None else wall

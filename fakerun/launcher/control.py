@@ -279,9 +279,12 @@ class ControlHub:
             self.cluster.finished = self.finished and not self.loop
 
     def abort(self, reason: str, node: int | None = None) -> None:
-        """The job is lost (on `node`, if known): every local worker is told to fail as NCCL would make it."""
+        """The job is lost (on `node`, if known): every local worker is told to fail as NCCL would make it;
+        node 0 records the failure in the metrics file."""
         for channel in list(self.channels.values()):
             self._send(channel, {"k": "abort", "reason": reason, "node": node})
+        if self.coordinator is not None and self._runs_watchdog():
+            self._dispatch(self.coordinator.on_lost(node, time.time()))
 
     def _send(self, channel: _Channel, reply: dict[str, Any]) -> None:
         self._send_bytes(channel, _encode(reply))

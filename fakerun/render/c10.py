@@ -92,6 +92,7 @@ _CUDA_ERROR: tuple[Frame, ...] = (
 # CUDA's error strings (cudaGetErrorString) for the GPU faults the failure scenarios play.
 CUDA_ERRORS = {
     "xid": "an illegal memory access was encountered",
+    "illegal-memory-access": "an illegal memory access was encountered",
     "ecc": "uncorrectable ECC error encountered",
 }
 

@@ -20,6 +20,7 @@ DESCRIPTIONS = {
     "crash": "an uncaught Python exception in the training script (a DataLoader worker died): exit 1",
     "oom": "torch.OutOfMemoryError in the backward pass, with the memory model's figures: exit 1",
     "xid": "a GPU fault (Xid): CUDA error: an illegal memory access was encountered; the watchdog aborts: -6",
+    "illegal-memory-access": "a kernel's bad address (no Xid): the same CUDA error and abort as xid: -6",
     "ecc": "an uncorrectable ECC error in HBM: CUDA error, the watchdog aborts the process: -6",
     "segfault": "the process dies of SIGSEGV in native code: -11",
     "sigkill": "the host's OOM killer ends the process: -9",
@@ -126,6 +127,7 @@ def plan_failure(
         "sigkill": (-9, "SIGKILL"),
         # CUDA errors surface in the NCCL watchdog first, which terminates the process (std::abort).
         "xid": (-6, "SIGABRT"),
+        "illegal-memory-access": (-6, "SIGABRT"),
         "ecc": (-6, "SIGABRT"),
         # Every rank of the stuck collective times out; the watchdog aborts the process (std::abort).
         "nccl-timeout": (-6, "SIGABRT"),

@@ -243,6 +243,8 @@ class TestStatic:
         records = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
         assert [(r["attempt"], r["first_step"]) for r in records if r["event"] == "run"] == [(0, 1), (1, 4)]
         assert [r["step"] for r in records if r["event"] == "checkpoint"] == [3, 6, 9, 12]
+        # Node 0 records the failure, wherever it struck.
+        assert [(r["kind"], r["attempt"]) for r in records if r["event"] == "failure"] == [("crash", 0)]
         # torchrun's restart lines (the reference's 1/1 for --max-restarts 1) on both agents, in order.
         restart = [
             "[default] Worker group FAILED. 1/1 attempts left; will restart worker group",
