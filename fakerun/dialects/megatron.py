@@ -439,10 +439,11 @@ class MegatronDialect:
         return timers_block(rows, legacy=self.legacy)
 
     def rerun_line(self, event: TrainingStarted) -> list[str]:
-        """Megatron-core's rerun state machine announces the iteration it starts from (older code: none)."""
-        if self.legacy:
+        """train() moves core v0.15's rerun state machine from its initial -1 to the first iteration (a
+        resumed run's checkpoint restores it, so nothing prints then; older code: none)."""
+        if self.legacy or event.first_step > 1:
             return []
-        return [f"Setting rerun_state_machine.current_iteration to {event.first_step - 1}..."]
+        return ["Overwriting rerun_state_machine.current_iteration from -1 to 0..."]
 
     def saving_line(self, event: CheckpointSaving) -> str:
         """save_checkpoint's first line on rank 0 (the older code names no format)."""

@@ -661,3 +661,25 @@ class TestMegatronDeepSpeed:
         bf = make_run(bf16_job(), max_steps=40, log_interval=10)
         m = DS.match(lines("megatron-deepspeed", bf, 7, [step_done(bf, 10, 7)])[0])
         assert m and m["scale"] is None
+
+
+def test_rerun_state_machine_line() -> None:
+    """core v0.15's train() moves the rerun state machine from -1 to the first iteration on a fresh run;
+    a resumed run's checkpoint restores it (no line); the 2021-22 code has none."""
+    run = megatron_run()
+    last = run.job.world_size - 1
+
+    def started(first: int) -> ev.TrainingStarted:
+        return ev.TrainingStarted(
+            first_step=first,
+            last_step=first + 9,
+            total_steps=1000,
+            warmup_steps=10,
+            lr=1e-4,
+            schedule="cosine",
+        )
+
+    fresh = lines("megatron", run, 0, [started(1)]) + lines("megatron", run, last, [started(1)])
+    assert "Overwriting rerun_state_machine.current_iteration from -1 to 0..." in fresh
+    resumed = lines("megatron", run, 0, [started(101)]) + lines("megatron", run, last, [started(101)])
+    assert not any("rerun_state_machine" in line for line in resumed)
