@@ -16,7 +16,14 @@ from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
 from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
-from fakerun.worker.trainer import CudaOutOfMemory, SimContext, Struck, nccl_abort_text, run_rank
+from fakerun.worker.trainer import (
+    CudaOutOfMemory,
+    SimContext,
+    Struck,
+    nccl_abort_text,
+    run_rank,
+    script_path,
+)
 
 
 def set_title(argv: Sequence[str]) -> None:
@@ -88,7 +95,7 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         # The script dies of torch.OutOfMemoryError: its traceback through torch's hook, exit 1 (the agent
         # reports the ChildFailedError); at exit torch warns that the process group was not destroyed.
         rank = int(env.get("RANK", "0"))
-        script = os.path.abspath(sys.argv[0]) if sys.argv else "train.py"
+        script = script_path()
         with contextlib.suppress(OSError):
             site = sysconfig.get_paths()["purelib"]
             sys.stderr.write(oom_traceback(rank, script, site, exc.figures, exc.device))

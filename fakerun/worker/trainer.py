@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import statistics
+import sys
 import sysconfig
 import time
 from collections.abc import Sequence
@@ -664,7 +665,7 @@ class RankTrainer:
         if kind == "crash":
             pid, _ = self._identity()
             worker_pid = pid + 40 + rand.hash64(job.seed, "loader-pid", self.rank) % 900
-            raise Struck(crash_traceback(self.rank, _script_path(), site, worker_pid), None)
+            raise Struck(crash_traceback(self.rank, script_path(), site, worker_pid), None)
         if kind in c10.CUDA_ERRORS:
             process = c10.Process(job.seed, self.rank, self._attempt(), site)
             raise Struck(c10.cuda_error(process, kind, self._job_now()), signal.SIGABRT)
@@ -963,10 +964,8 @@ class RankTrainer:
         )
 
 
-def _script_path() -> str:
-    """The training script as its traceback names it."""
-    import sys
-
+def script_path() -> str:
+    """The training script as its traceback names it (the worker's argv is the script's)."""
     return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
 
 
