@@ -161,18 +161,14 @@ def remote_error(
     """A rank's stderr when a peer's process or node is gone (or the network to it: `last_error`, NCCL's
     last WARN): the watchdog's error line, then std::terminate of the rethrown c10::DistBackendError, each
     with its backtrace (the process then aborts)."""
-    rank = process.rank
     last = f"socketProgress: Connection closed by remote peer {peer}" if last_error is None else last_error
-    what = (
-        f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}] Process group watchdog thread terminated with "
-        "exception: NCCL error: remote process exited or there was a network error, NCCL version "
-        f"{nccl_version}\n"
+    exception = (
+        f"NCCL error: remote process exited or there was a network error, NCCL version {nccl_version}\n"
         "ncclRemoteError: A call failed possibly due to a network error or a remote process exiting "
         f"prematurely.\nLast error:\n{last}\n"
         + raised_from("checkForNCCLErrorsInternal", _REMOTE_RAISE_LINE, process, _REMOTE_ERROR)
     )
-    log = f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
-    return f"{log}\n" + _terminate(what, process)
+    return _watchdog_terminated(process, exception, at)
 
 
 def nccl_warn(host: str, pid: int, tid: int, device: int, peer: str) -> str:
@@ -187,11 +183,17 @@ def _pg(rank: int) -> str:
     return f"[PG ID 0 PG GUID 0(default_pg) Rank {rank}]"
 
 
-def _terminate(what: str, process: Process, error: str = "c10::DistBackendError") -> str:
-    """std::terminate's block for the watchdog's rethrown exception: what() with its backtrace, the
-    rethrow's own backtrace, a blank line (the process aborts after it)."""
+def _watchdog_terminated(process: Process, exception: str, at: float) -> str:
+    """The watchdog's last words on `exception` (its text and backtrace): its error line, then
+    std::terminate's block for the rethrown c10::DistBackendError, what() repeating it and the rethrow's
+    own backtrace, a blank line (the process aborts after it)."""
+    what = f"{_pg(process.rank)} Process group watchdog thread terminated with exception: {exception}"
+    log = f"{c10_prefix(process.rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
     rethrow = raised_from("run", _RETHROW_LINE, process, _RETHROW)
-    return f"terminate called after throwing an instance of '{error}'\n  what():  {what}\n{rethrow}\n"
+    return (
+        f"{log}\nterminate called after throwing an instance of 'c10::DistBackendError'\n"
+        f"  what():  {what}\n{rethrow}\n"
+    )
 
 
 def watchdog_timeout(
@@ -240,17 +242,13 @@ def watchdog_timeout(
         f"[Rank {rank}] To avoid data inconsistency, we are taking the entire process down.",
         0.0012,
     )
-    what = f"{_pg(rank)} Process group watchdog thread terminated with exception: {caught}\n" + raised_from(
-        "checkTimeout", _TIMEOUT_LINE, process, _TIMEOUT
-    )
-    out += line(WATCHDOG_LOG_LINE, what, 0.0015)
-    return out + _terminate(what, process)
+    exception = f"{caught}\n" + raised_from("checkTimeout", _TIMEOUT_LINE, process, _TIMEOUT)
+    return out + _watchdog_terminated(process, exception, at + 0.0015)
 
 
 def cuda_error(process: Process, kind: str, at: float) -> str:
     """A rank's stderr when its GPU faults: the watchdog finds the CUDA error first and terminates the
     process with c10::Error (the Python side never gets to raise it)."""
-    rank = process.rank
     message = (
         f"CUDA error: {CUDA_ERRORS[kind]}\nCUDA kernel errors might be asynchronously reported at some other "
         "API call, so the stacktrace below might be incorrect.\nFor debugging consider passing "
@@ -263,9 +261,7 @@ def cuda_error(process: Process, kind: str, at: float) -> str:
         _CUDA_ERROR,
         source_file="/pytorch/c10/cuda/CUDAException.cpp",
     )
-    what = f"{_pg(rank)} Process group watchdog thread terminated with exception: {message}{trace}"
-    log = f"{c10_prefix(rank, 'E', f'ProcessGroupNCCL.cpp:{WATCHDOG_LOG_LINE}', at)} {what}"
-    return log + "\n" + _terminate(what, process)
+    return _watchdog_terminated(process, message + trace, at)
 
 
 # NCCL 2.29.7's IB transport: ncclIbTest's WARN on a failed completion and its details

@@ -696,7 +696,7 @@ class RankTrainer:
         self.out.write([Line(line, "stderr") for line in text.rstrip("\n").split("\n")])
 
     def _attempt(self) -> int:
-        return int(self.env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        return restart_count(self.env)
 
     def _job_now(self) -> float:
         return self._job_time() if self.ctx.clock is not None else time.time()
@@ -964,6 +964,11 @@ class RankTrainer:
         )
 
 
+def restart_count(env: dict[str, str]) -> int:
+    """The attempt a worker belongs to (torchrun's TORCHELASTIC_RESTART_COUNT; 0 for the first)."""
+    return int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def script_path() -> str:
     """The training script as its traceback names it (the worker's argv is the script's)."""
     return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
@@ -975,7 +980,7 @@ def shown_identity(ctx: SimContext, env: dict[str, str]) -> tuple[int, int]:
     npn = job.nproc_per_node
     rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
     node = rank // npn
-    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    attempt = restart_count(env)
     if node == ctx.real_node:
         pid = os.getpid()
         # Forked one after another by this launcher: the node's last worker is about this far above.
@@ -996,7 +1001,7 @@ def nccl_abort_text(ctx: SimContext, env: dict[str, str], abort: JobAborted, sit
     node = rank // job.nproc_per_node
     if failed_node is None or not 0 <= failed_node < len(ctx.hosts):
         failed_node = (node + 1) % len(ctx.hosts)
-    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    attempt = restart_count(env)
     process = c10.Process(job.seed, rank, attempt, site_packages)
     now = ctx.clock.at(time.monotonic()) if ctx.clock is not None else time.time()
     if abort.why == "timeout":
@@ -1028,7 +1033,7 @@ def ib_failure_text(ctx: SimContext, env: dict[str, str], peer_node: int, nic_ra
     job = ctx.run.job
     rank, local_rank = int(env["RANK"]), int(env["LOCAL_RANK"])
     node = rank // job.nproc_per_node
-    attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    attempt = restart_count(env)
     topo = nccl.nccl_topo_for(job.cluster, job.nnodes, job.nproc_per_node, ctx.hosts)
     here, there = ctx.hosts[node], ctx.hosts[peer_node]
     roce = topo.transport == "roce"
