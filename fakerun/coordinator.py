@@ -347,6 +347,12 @@ class Coordinator:
             if spent + self.run.periodic_pause_seconds(step) > limit:
                 stop = exits = True
         pauses = self.run.pauses_after(step, final=stop, exits=exits)
+        # Megatron-core's rerun of a NaN step: every rank saves after the step before (the step never ends)
+        # and exits 16 together, which ends the run (the launcher then takes the exits as the script's own).
+        rerun = self.run.nan_rerun(step)
+        if rerun is not None:
+            stop, pauses = True, self.run.rerun_pauses(step)
+        saved_step = step - 1 if rerun is not None else step
         buckets = bucket_allreduces(job, step)
         allreduce_ms = 1000.0 * sum(b.seconds for b in buckets)
         reply: dict[str, Any] = {
@@ -367,7 +373,9 @@ class Coordinator:
             release_wall, per_second = self.clock.at(release), 1.0  # the job clock counts simulated seconds
         else:
             release_wall, per_second = wall + (release - now), 1.0 / self.speed
-        if self.record_steps:
+        if rerun is not None:
+            out.records.append(self._failure_record("nan", None, wall))
+        elif self.record_steps:
             numbers = step_numbers(job, 0, step)
             mem_gib = max((s.telemetry[5] for s in self.ranks.values() if s.telemetry), default=0) / 1024.0
             out.records.append(
@@ -378,14 +386,14 @@ class Coordinator:
             t += seconds_ * per_second
             ends += seconds_ / self.speed
             if phase == "checkpoint":
-                out.saves.append((step, ends))
+                out.saves.append((saved_step, ends))
             if phase == "eval":
                 out.records.append(eval_record(job, step, seconds=seconds_, time=t))
             elif phase == "checkpoint":
                 out.records.append(
                     checkpoint_record(
-                        step,
-                        path=checkpoint.checkpoint_dir(step),
+                        saved_step,
+                        path=checkpoint.checkpoint_dir(saved_step),
                         nbytes=checkpoint.checkpoint_bytes(job.model),
                         seconds=seconds_,
                         time=t,

@@ -1623,7 +1623,16 @@ _TITAN_TEXT = frozenset(
 _HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir", "per_device_eval_batch_size"})
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.
 _MEGATRON_TEXT = (
-    frozenset({"save", "split", "recompute_granularity", "recompute_activations"})
+    frozenset(
+        {
+            "save",
+            "split",
+            "recompute_granularity",
+            "recompute_activations",
+            "rerun_mode",
+            "no_check_for_nan_in_loss_and_grad",
+        }
+    )
     | frozenset(f"{split}_data_path" for split in ("train", "valid", "test"))
     | frozenset(
         f"{split}_weighted_split_paths{tail}" for split in ("train", "test") for tail in ("", "_path")

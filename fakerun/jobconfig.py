@@ -7,6 +7,7 @@ import math
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from fakerun import dialects, presets
@@ -17,6 +18,7 @@ from fakerun.sim import checkpoint, compute, failures, instruct, memory, rand
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import (
     DEFAULT_LADDER,
+    ENDING_MEGATRON,
     RunPlan,
     eval_seconds,
     make_run,
@@ -228,6 +230,7 @@ def build_run(
             exit_interval=hints.cadence.get("exit_interval", 0),
             # --exit-duration-in-mins 0 is falsy: Megatron never checks it.
             exit_after_s=60.0 * minutes if (minutes := hints.cadence.get("exit_minutes")) else None,
+            rerun_nan=ending == ENDING_MEGATRON and _validates_results(job, hints.settings),
         )
         if hints.style == "hf":
             run = hf_cadence(run, hints)
@@ -240,6 +243,17 @@ def build_run(
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints
+
+
+def _validates_results(job: JobSpec, settings: Mapping[str, str]) -> bool:
+    """Whether Megatron-core's rerun state machine rejects a NaN loss: --rerun-mode validate_results (its
+    default) with check_for_nan_in_loss_and_grad, which --no-check-for-nan-in-loss-and-grad and validate_args
+    turn off (dynamic fp16 loss scaling: "NaNs in grads / loss are signal to the loss scaler")."""
+    if settings.get("rerun_mode", "validate_results") != "validate_results":
+        return False
+    if "no_check_for_nan_in_loss_and_grad" in settings:
+        return False
+    return job.precision != "fp16" or job.static_loss_scale is not None
 
 
 def _with_failures(run: RunPlan, specs: tuple[str, ...]) -> RunPlan:

@@ -239,6 +239,7 @@ class StepDone:
     loss_scale: float = 1.0
     step_skipped: bool = False  # this iteration overflowed: no update, no grad norm
     skipped_iters: int = 0  # skipped iterations in the log interval
+    nan_steps: int = 0  # iterations of the log interval whose loss was NaN
     advanced_iters: int = 1  # iterations in the log interval that updated the model
     megatron_tflops: float = 0.0  # Megatron's TFLOP/s per GPU over interval_s (compute.framework_*)
     samples_per_s: float = 0.0  # global batch over interval_s (Megatron-DeepSpeed's samples per second)
@@ -299,6 +300,26 @@ class NanLoss:
     """A step whose loss was NaN: the optimizer skipped its update."""
 
     step: int
+
+
+@dataclass(frozen=True)
+class ResultRejected:
+    """Megatron-core's rerun state machine rejects this rank's result at `step` (a NaN loss, or a NaN local
+    grad norm on a stage before the last); `again`: the run resumed to rerun that step and is on the GPU
+    that found it."""
+
+    step: int
+    again: bool = False
+
+
+@dataclass(frozen=True)
+class RerunExit:
+    """The rerun state machine's verdict on NaN `step` once it has rerun it: the script exits with `code`
+    (after a save of the step before, unless `again`)."""
+
+    step: int
+    code: int
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -505,6 +526,8 @@ Event: TypeAlias = (
     | GradientSync
     | GpuGrid
     | NanLoss
+    | ResultRejected
+    | RerunExit
     | LossSpike
     | Straggler
     | TrainingStopped

@@ -21,6 +21,8 @@ from fakerun.dialects.events import (
     ModelBuilt,
     ProcessGroupInitializing,
     ProcessGroupReady,
+    RerunExit,
+    ResultRejected,
     StepDone,
     TokenizerLoaded,
     TrainingFinished,
@@ -124,6 +126,22 @@ def iteration_line(
         f" number of nan iterations: {nan_iters:3d}",
     ]
     return " |".join(parts) + " |"
+
+
+def nan_iterations(event: StepDone) -> int:
+    """training_log's nan iterations: the interval's skipped ones whose loss is NaN or inf (fp16's scaler
+    skips a NaN step; bf16 updates with it, and counts none)."""
+    return event.nan_steps if event.run.job.precision == "fp16" else 0
+
+
+def interval_loss(event: StepDone) -> float | None:
+    """The interval's lm loss as training_log prints it: the mean over its updated iterations, none when
+    there were none or the mean is NaN (`if avg > 0.0`: a bf16 NaN step's loss is in the sum)."""
+    if event.advanced_iters <= 0:
+        return None
+    if event.run.job.precision != "fp16" and event.nan_steps:
+        return None
+    return event.numbers.loss
 
 
 def memory_line(
@@ -344,8 +362,10 @@ class MegatronDialect:
         if isinstance(event, CheckpointLoaded):
             if not self.first:
                 return []
+            restored = run.nan_rerun(run.first_step) == "again"
             return [
                 f" loading distributed checkpoint from {self.save_dir} at iteration {event.step}",
+                *([f"WARNING:{_RERUN_LOGGER}:{_RESTORED}"] if restored else []),
                 f"  successfully loaded checkpoint from {self.save_dir} [ t 1/{job.tp}, p 1/{job.pp} ] "
                 f"at iteration {event.step}",
                 self.datetime("after model, optimizer, and learning rate scheduler are built", at),
@@ -380,7 +400,73 @@ class MegatronDialect:
             return out
         if isinstance(event, TrainingFinished):
             return self.exit_lines(at) if self.first else []
+        if isinstance(event, ResultRejected):
+            return self.rejected_lines(event)
+        if isinstance(event, RerunExit):
+            return self.rerun_exit_lines(event)
         return []
+
+    def rejected_lines(self, event: ResultRejected) -> list[str]:
+        """validate_result's ERROR on every rank (logging's basic format on stdout, Megatron's handler): the
+        last stage's loss check (the loss keeps its autograd node), the other stages' local grad norm check
+        of their first bucket before the data-parallel reduction; on the rerun from the checkpoint, the same
+        node and GPU as the first run."""
+        assert self.run is not None
+        seat = self.seat
+        if event.again:
+            host = seat.hosts[seat.rank // seat.nproc_per_node]
+            return [
+                f"ERROR:{_RERUN_LOGGER}:Got rescheduled on the same GPU. Need to resume again from the same "
+                f"checkpoint (node: {host}, gpu: {seat.local_rank})"
+            ]
+        job = self.run.job
+        result = self.nan_tensor()
+        if job.coords(seat.rank).pp_rank == job.pp - 1:
+            message = "found NaN in local forward loss calculation"
+        else:
+            message = (
+                "found NaN in local grad norm for bucket #0 in backward pass before data-parallel "
+                "communication collective"
+            )
+        return [
+            f"ERROR:{_RERUN_LOGGER}:Unexpected result {result} on rank {seat.rank} at iteration "
+            f"#{event.step} invokation #1 (message='{message}')"
+        ]
+
+    def nan_tensor(self) -> str:
+        """The rejected result as str() shows it: the loss (last stage) or a bucket's grad norm."""
+        assert self.run is not None
+        job = self.run.job
+        last_stage = job.coords(self.seat.rank).pp_rank == job.pp - 1
+        grad_fn = ", grad_fn=<SumBackward0>" if last_stage else ""
+        return f"tensor(nan, device='cuda:{self.seat.local_rank}'{grad_fn})"
+
+    def rerun_exit_lines(self, event: RerunExit) -> list[str]:
+        """After the rerun: rank 0's decision to rerun, each rank's verdict (reproduced), rank 0's exit
+        warning; after the rerun from the checkpoint on the same GPU, rank 0's two warnings."""
+        warn = f"WARNING:{_RERUN_LOGGER}:"
+        if event.again:
+            if not self.first:
+                return []
+            return [
+                f"{warn}Need to restart job from the same checkpoint because it was scheduled on the same "
+                "node/GPU",
+                f"{warn}Exiting now. Please resume the job from the same checkpoint to rerun the last "
+                "iteration and establish a diagnostic",
+            ]
+        result = self.nan_tensor()
+        verdict = (
+            f"{warn}First rerun: unexpected result is reproducible within the tolerance "
+            f"({result} = {result}). Need to rerun on a different GPU to verify correctness"
+        )
+        if not self.first:
+            return [verdict]
+        return [
+            f"{warn}Need to rerun step to check reproducibility of initial result",
+            verdict,
+            f"{warn}Saving a checkpoint and exiting now. Please resume the job from the checkpoint to rerun "
+            "the last iteration and establish a diagnostic",
+        ]
 
     @classmethod
     def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:
@@ -439,11 +525,15 @@ class MegatronDialect:
         return timers_block(rows, legacy=self.legacy)
 
     def rerun_line(self, event: TrainingStarted) -> list[str]:
-        """train() moves core v0.15's rerun state machine from its initial -1 to the first iteration (a
-        resumed run's checkpoint restores it, so nothing prints then; older code: none)."""
-        if self.legacy or event.first_step > 1:
+        """train() moves core v0.15's rerun state machine to the checkpoint's iteration: from its initial -1
+        (a checkpoint keeps the machine's state only when it was saved to rerun a step), or from the iteration
+        the rerun's checkpoint recorded, the NaN step (older code: none)."""
+        if self.legacy:
             return []
-        return ["Overwriting rerun_state_machine.current_iteration from -1 to 0..."]
+        assert self.run is not None
+        start = event.first_step - 1
+        machine = event.first_step if self.run.nan_rerun(event.first_step) == "again" else -1
+        return [f"Overwriting rerun_state_machine.current_iteration from {machine} to {start}..."]
 
     def saving_line(self, event: CheckpointSaving) -> str:
         """save_checkpoint's first line on rank 0 (the older code names no format)."""
@@ -599,11 +689,11 @@ class MegatronDialect:
             tflops=event.megatron_tflops,
             lr=n.lr,
             global_batch=job.global_batch,
-            loss=n.loss if event.advanced_iters > 0 else None,
+            loss=interval_loss(event),
             loss_scale=event.loss_scale,
             grad_norm=None if event.step_skipped else n.grad_norm,
             skipped=event.skipped_iters,
-            nan_iters=int(n.skipped),
+            nan_iters=nan_iterations(event),
             aux_loss=n.moe_aux_loss,
         )
 
@@ -631,6 +721,8 @@ class MegatronDialect:
 
 
 _SEED = 1234  # --seed's default
+_RERUN_LOGGER = "megatron.core.rerun_state_machine"  # its logging.getLogger(__name__)
+_RESTORED = "Getting RerunStateMachine state from checkpoint. Will rerun step."
 _KINDS = frozenset(
     {
         JobStarted,
@@ -639,6 +731,8 @@ _KINDS = frozenset(
         ProcessGroupReady,
         TokenizerLoaded,
         ModelBuilt,
+        ResultRejected,
+        RerunExit,
         CheckpointLoaded,
         TrainingStarted,
         MemoryReport,

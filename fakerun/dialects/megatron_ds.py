@@ -11,7 +11,7 @@ from fakerun.dialects.base import HintRule
 from fakerun.dialects.events import (
     StepDone,
 )
-from fakerun.dialects.megatron import MegatronDialect, _e, split_has_test
+from fakerun.dialects.megatron import MegatronDialect, _e, interval_loss, nan_iterations, split_has_test
 
 # Selected by its path, by --fake-trainer, or (hints.parse_hints) by DeepSpeed's switches beside Megatron's
 # arguments: it adds options to Megatron's parser rather than spelling its own, so it takes no votes.
@@ -91,11 +91,11 @@ class MegatronDeepSpeedDialect(MegatronDialect):
             step_s=event.interval_s,
             lr=n.lr,
             global_batch=job.global_batch,
-            loss=n.loss if event.advanced_iters > 0 else None,
+            loss=interval_loss(event),
             loss_scale=event.loss_scale if job.precision == "fp16" else None,
             grad_norm=None if event.step_skipped else n.grad_norm,
             skipped=event.skipped_iters,
-            nan_iters=int(n.skipped),
+            nan_iters=nan_iterations(event),
             samples_per_s=event.samples_per_s,
             tflops=event.megatron_tflops,
         )

@@ -28,7 +28,7 @@ DESCRIPTIONS = {
     "hang": "one rank stops responding; the others' watchdogs time out and abort (-6), it gets SIGTERM",
     "node-loss": "a node vanishes: its ranks die (-9), the other nodes' ranks see the remote peer close: -6",
     "loss-spike": "the loss jumps and the gradient norm with it, then recovers over tens of steps",
-    "nan": "1-3 steps of NaN loss: fp16 skips them and lowers its loss scale; training goes on",
+    "nan": "1-3 steps of NaN loss: fp16 skips them and lowers its loss scale; Megatron-core bf16 exits 16",
     "slow-node": "a node's GPUs throttle (heat) or its NVLink degrades: every step waits for it, x1.3-2.5",
     "nic-flap": "a node's NIC goes down: back within IB's retries, a stalled step; else IB errors, abort: -6",
 }

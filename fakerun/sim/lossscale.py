@@ -69,7 +69,8 @@ def _timeline(job: JobSpec, seed: int) -> _Timeline:
     skipped_l: list[int] = []
     skips: list[bool] = []
     last = job.total_steps
-    randoms = _random_overflows(seed, last)
+    # A NaN step (the failure scenario) overflows whatever the scale, as a random overflow does.
+    randoms = sorted({*_random_overflows(seed, last), *(s for s in job.nan_steps if 1 <= s <= last)})
     r = 0
     scale, growth, hyst, skipped = job.initial_loss_scale, 0, job.hysteresis, 0
     s = 1

@@ -44,6 +44,9 @@ ENDING_MEGATRON = "megatron"
 ENDING_MEGATRON_2022 = "megatron-2022"
 ENDING_HF = "hf"  # HF Trainer's loop, then an example script's save_model() and, with --do_eval, evaluate()
 ENDINGS = (ENDING_FAKERUN, ENDING_MEGATRON, ENDING_MEGATRON_2022, ENDING_HF)
+# Megatron-core's EXIT_CODE_RESUME_TO_DISAMBIGUATE (rerun_state_machine.py): the job is to resume from the
+# checkpoint it saved and rerun the step on another GPU.
+RERUN_EXIT_CODE = 16
 
 
 def nice_interval(target_s: float, step_s: float) -> int:
@@ -108,6 +111,28 @@ class RunPlan:
     # it (Megatron's do_test: the data has a test split).
     ending: str = "fakerun"
     test: bool = False
+    # Megatron-core's rerun state machine checks every loss and local grad norm (v0.15's defaults: rerun mode
+    # validate_results, the NaN check on unless dynamic fp16 loss scaling turns it off): a NaN ends the run.
+    rerun_nan: bool = False
+
+    def nan_rerun(self, step: int) -> str | None:
+        """How Megatron-core's rerun state machine meets a NaN at `step`: "initial" (found, rerun in place,
+        reproduced: save after the step before and exit 16), "again" (the run resumed from that save and is on
+        the same GPU: exit 16 again, no save), None (no NaN, no check, or the process's first iteration, which
+        it does not validate)."""
+        if not self.rerun_nan or step not in self.job.nan_steps:
+            return None
+        if step > self.first_step:
+            return "initial"
+        # A run resumed right before a NaN step resumed from the save that the rerun asked for.
+        return "again" if self.job.start_step == step - 1 > 0 else None
+
+    def rerun_pauses(self, step: int) -> tuple[Pause, ...]:
+        """The save that the rerun of NaN `step` makes before its exit: of the step before, as
+        save_checkpoint_and_time(iteration) in train() (none in a run that does not save, or again)."""
+        if self.nan_rerun(step) != "initial" or not self.saves:
+            return ()
+        return (("checkpoint", checkpoint.save_seconds(self.job, step - 1)),)
 
     def failure_for(self, step: int, rank: int, attempt: int = 0) -> Failure | None:
         """The failure that strikes `rank` during `step` of attempt `attempt`: the attempt-th of the job's
@@ -240,6 +265,7 @@ def make_run(
     exit_after_s: float | None = None,
     ending: str = ENDING_FAKERUN,
     test: bool = False,
+    rerun_nan: bool = False,
 ) -> RunPlan:
     """The run of `job` from its start step: cadences default to round numbers fitted to the step time."""
     step_s = compute.expected_step_time(job)
@@ -279,6 +305,7 @@ def make_run(
         exit_after_s=exit_after_s,
         ending=ending,
         test=test,
+        rerun_nan=rerun_nan,
     )
 
 

@@ -18,6 +18,7 @@ from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
 from fakerun.worker.trainer import (
     CudaOutOfMemory,
+    ScriptExit,
     SimContext,
     Struck,
     nccl_abort_text,
@@ -102,6 +103,14 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
             sys.stderr.write(f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:1505')} {_NOT_DESTROYED}\n")
             sys.stderr.flush()
         return 1
+    except ScriptExit as exc:
+        # sys.exit(code) out of the training loop: torch warns at exit that the process group was not
+        # destroyed; the agent reports the code.
+        with contextlib.suppress(OSError):
+            rank = int(env.get("RANK", "0"))
+            sys.stderr.write(f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:1505')} {_NOT_DESTROYED}\n")
+            sys.stderr.flush()
+        return exc.code
     except Struck as exc:
         # A --fake-fail scenario: its text, then the signal it dies of, or the script's exit code 1.
         with contextlib.suppress(OSError):

@@ -44,6 +44,8 @@ from fakerun.dialects.events import (
     ParallelismDecided,
     ProcessGroupInitializing,
     ProcessGroupReady,
+    RerunExit,
+    ResultRejected,
     RunSummary,
     SlowPause,
     StepDone,
@@ -77,7 +79,15 @@ from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.failures import Failure
 from fakerun.sim.rand import uniform
-from fakerun.sim.run import JobClock, Pause, RunPlan, looped, startup_times, usual_eval_seconds
+from fakerun.sim.run import (
+    RERUN_EXIT_CODE,
+    JobClock,
+    Pause,
+    RunPlan,
+    looped,
+    startup_times,
+    usual_eval_seconds,
+)
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import StepNumbers, retimed, step_numbers
 from fakerun.sim.stopping import Patience
@@ -105,6 +115,14 @@ class Struck(Exception):
         super().__init__(text)
         self.text = text
         self.signum = signum
+
+
+class ScriptExit(Exception):
+    """The training script ends itself with an exit code (Megatron's sys.exit(16) after a NaN's rerun)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exit {code}")
+        self.code = code
 
 
 class CudaOutOfMemory(Exception):
@@ -485,6 +503,8 @@ class RankTrainer:
             failure = run.failure_for(step, self.rank, self._attempt())
             if failure is not None:
                 self._strike(failure, step, numbers.compute_s + overhead)
+            if run.nan_rerun(step) is not None:
+                self._rerun_exit(step, numbers.compute_s + overhead)
             # The rank reports its compute time at once and waits for the step's end, which the coordinator
             # sets from the slowest rank's compute and the collectives: one wake-up per step, not two, on 64+
             # processes (sleeping through its own compute first would show nothing more).
@@ -527,6 +547,7 @@ class RankTrainer:
             since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
             scaled = lossscale.loss_scale(job, job.seed, step)
             skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
+            nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
             # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
             # (warm-up included on iteration 1), scaled by its own token rate against the job's.
             ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
@@ -556,6 +577,7 @@ class RankTrainer:
                     loss_scale=scaled.scale,
                     step_skipped=scaled.skipped_now,
                     skipped_iters=skipped_iters,
+                    nan_steps=nan_steps,
                     advanced_iters=step - since - skipped_iters,
                     megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
                     samples_per_s=job.global_batch / interval_s,
@@ -677,6 +699,25 @@ class RankTrainer:
             raise Struck(c10.cuda_error(process, kind, self._job_now()), signal.SIGABRT)
         signum = {"segfault": signal.SIGSEGV, "sigkill": signal.SIGKILL, "node-loss": signal.SIGKILL}[kind]
         raise Struck("", signum)
+
+    def _rerun_exit(self, step: int, compute_s: float) -> None:
+        """Megatron-core's rerun state machine at NaN `step`: the check fails part-way through the step, the
+        step runs once more in place (not on the GPU that found it, when the run resumed for that), then every
+        rank saves after the step before (the coordinator's answer carries that save) and exits 16."""
+        run = self.run
+        again = run.nan_rerun(step) == "again"
+        found = (0.5 + 0.3 * uniform(run.job.seed, "nan-found", self.rank)) * compute_s
+        self._pace_from(time.monotonic(), found)
+        self.out.emit(ResultRejected(step=step, again=again))
+        runs = 1 if again else 2  # the step and its rerun in place
+        tel = self._telemetry(step, "train")
+        reply = self.link.request({"k": "step", "s": step, "c": compute_s * runs, "tel": tel})
+        released = float(reply["rel"])
+        self._sleep_until(released)
+        self.out.emit(RerunExit(step=step, code=RERUN_EXIT_CODE, again=again))
+        self._pauses(step - 1, released, run.rerun_pauses(step))
+        self._phase(step, "idle")
+        raise ScriptExit(RERUN_EXIT_CODE)
 
     def _nic_flap(self, step: int, event: str) -> bool:
         """Whether this node's NIC flaps at `step` and comes back within the queue pairs' retries; the IB

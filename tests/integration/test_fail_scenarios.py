@@ -132,3 +132,32 @@ def test_restart_resumes_from_the_last_complete_checkpoint(runner: Runner) -> No
     # The slow node's factor is at least 1.3 (less its GPUs' 6% spread) on steps whose healthy times differ
     # by a few percent: every slowed step is longer than every healthy one after the warm-up step.
     assert min(times[s] for s in range(3, 13)) > 1.15 * times[2]
+
+
+def test_megatron_nan_exits_16_and_resumes_from_the_step_before(runner: Runner) -> None:
+    """A bf16 Megatron-core job meets a NaN at step 5: its rerun state machine reruns the step, saves after
+    step 4 and every rank exits 16 (no peer aborts: the exit is the script's); torchrun reports exitcode 16
+    and restarts; the attempt resumes from step 4, reruns step 5 on the same GPUs and exits 16 again."""
+    args = ["--nnodes", "1", "--nproc-per-node", "2", "--fake-speed", "1000", "--fake-max-steps", "8"]
+    args += ["--max-restarts", "1", "--fake-fail", "nan@5", "--fake-metrics", "m.jsonl", "pretrain_gpt.py"]
+    res = runner.run([*args, "--bf16", "--save-interval", "3", "--save", "ckpt"], timeout=120)
+    assert res.code == 1, res.stderr[-3000:]
+    assert exit_codes(res.stderr) == {0: 16, 1: 16}
+    assert res.stderr.count("error_file: <N/A>") == 2
+    assert "]:[E" not in res.stderr and "Connection closed" not in res.stderr  # no rank's NCCL abort
+    logger = "megatron.core.rerun_state_machine"
+    for rank in (0, 1):
+        assert (
+            f"ERROR:{logger}:Unexpected result tensor(nan, device='cuda:{rank}', grad_fn=<SumBackward0>) on "
+            f"rank {rank} at iteration #5 invokation #1 "
+            "(message='found NaN in local forward loss calculation')"
+        ) in res.stdout
+    assert "saving checkpoint at iteration       4 to ckpt" in res.stdout
+    assert " loading distributed checkpoint from ckpt at iteration 4" in res.stdout
+    assert res.stdout.count("Got rescheduled on the same GPU") == 2
+    assert " iteration        5/" not in res.stdout
+    records = failure_records(res, runner)
+    assert [(r["kind"], r["step"], r["attempt"]) for r in records] == [("nan", 5, 0), ("nan", 5, 1)]
+    lines = (runner.tmp / "m.jsonl").read_text().splitlines()
+    runs = [(r["attempt"], r["first_step"]) for r in map(json.loads, lines) if r["event"] == "run"]
+    assert runs == [(0, 1), (1, 5)]

@@ -18,7 +18,7 @@ from fakerun.dialects import events as ev
 from fakerun.dialects.base import Line, Seat, seconds_time
 from fakerun.hints import parse_hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import compute, lossscale
+from fakerun.sim import checkpoint, compute, lossscale
 from fakerun.sim import megatron as figures
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import (
@@ -107,6 +107,7 @@ def step_done(run: RunPlan, step: int, rank: int) -> ev.StepDone:
     since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
     scaled = lossscale.loss_scale(job, job.seed, step)
     skipped = lossscale.skipped_between(job, job.seed, since, step)
+    nans = sum(1 for s in job.nan_steps if since < s <= step)
     interval_s = n.step_time_s
     return ev.StepDone(
         run=run,
@@ -121,6 +122,7 @@ def step_done(run: RunPlan, step: int, rank: int) -> ev.StepDone:
         loss_scale=scaled.scale,
         step_skipped=scaled.skipped_now,
         skipped_iters=skipped,
+        nan_steps=nans,
         advanced_iters=step - since - skipped,
         megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
         samples_per_s=job.global_batch / interval_s,
@@ -163,6 +165,18 @@ class TestLossScale:
         for step in (1, 2, 50, 4000):
             assert lossscale.loss_scale(bf16_job(), 0, step) == lossscale.LossScale(1.0, 0, False)
             assert lossscale.loss_scale(static, 0, step) == lossscale.LossScale(4096.0, 0, False)
+
+    def test_a_nan_step_overflows_like_any_other(self) -> None:
+        """DynamicGradScaler sees found_inf at a NaN step: it skips it, resets the growth tracker and spends
+        one hysteresis count (halving once the count is used up)."""
+        base = fp16_job()
+        nan = dataclasses.replace(base, nan_steps=(1500,))
+        before = lossscale.loss_scale(base, base.seed, 1499)
+        if lossscale.loss_scale(base, base.seed, 1500).skipped_now:
+            pytest.skip("this seed overflows at 1500 anyway")
+        hit = lossscale.loss_scale(nan, nan.seed, 1500)
+        assert hit.skipped_now and hit.skipped == before.skipped + 1
+        assert hit.scale in (before.scale, before.scale / 2)
 
     def test_skipped_iterations_do_not_advance_the_lr(self) -> None:
         job = fp16_job()
@@ -664,8 +678,8 @@ class TestMegatronDeepSpeed:
 
 
 def test_rerun_state_machine_line() -> None:
-    """core v0.15's train() moves the rerun state machine from -1 to the first iteration on a fresh run;
-    a resumed run's checkpoint restores it (no line); the 2021-22 code has none."""
+    """core v0.15's train() moves the rerun state machine from -1 to the checkpoint's iteration (0 on a fresh
+    run: a checkpoint holds the machine's state only when saved for a rerun); the 2021-22 code has none."""
     run = megatron_run()
     last = run.job.world_size - 1
 
@@ -682,4 +696,136 @@ def test_rerun_state_machine_line() -> None:
     fresh = lines("megatron", run, 0, [started(1)]) + lines("megatron", run, last, [started(1)])
     assert "Overwriting rerun_state_machine.current_iteration from -1 to 0..." in fresh
     resumed = lines("megatron", run, 0, [started(101)]) + lines("megatron", run, last, [started(101)])
-    assert not any("rerun_state_machine" in line for line in resumed)
+    assert "Overwriting rerun_state_machine.current_iteration from -1 to 100..." in resumed
+    assert not any("rerun_state_machine" in line for line in lines("megatron", run, last, [started(101)]))
+    legacy = megatron_run(ENDING_MEGATRON_2022)
+    legacy_lines = lines("megatron", legacy, 0, [started(1)], settings=(("checkpoint_activations", ""),))
+    assert not any("rerun_state_machine" in line for line in legacy_lines)
+
+
+# megatron/core/rerun_state_machine.py (core v0.15): logging.basicConfig's format through Megatron's stdout
+# handler, "%(levelname)s:%(name)s:%(message)s", and validate_result's messages.
+LOGGER = "megatron.core.rerun_state_machine"
+REJECTED = re.compile(
+    rf"^ERROR:{re.escape(LOGGER)}:Unexpected result (?P<result>tensor\(nan, device='cuda:(?P<dev>\d+)'"
+    r"(?P<fn>, grad_fn=<SumBackward0>)?\)) on rank (?P<rank>\d+) at iteration #(?P<it>\d+) invokation #1 "
+    r"\(message='(?P<msg>[^']+)'\)$"
+)
+
+
+def rerun_run(pp: int = 1, **kw: typing.Any) -> RunPlan:
+    """A bf16 Megatron-core run on 8 GPUs (`pp` stages) whose step 7 is NaN, checked by the rerun machine."""
+    b = presets.resolve("gpt2-124m")
+    job = make_job(
+        b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=8, precision="bf16", total_steps=5000, pp=pp
+    )
+    job = dataclasses.replace(job, nan_steps=(7,))
+    return make_run(job, max_steps=40, log_interval=1, save_interval=5, rerun_nan=True, **kw)
+
+
+class TestRerunStateMachine:
+    """A NaN at a step past the first: every rank's check fails, the step reruns, reproduces, the ranks save
+    after the step before and exit 16; resumed there on the same GPUs, they exit 16 again without a save."""
+
+    def test_every_rank_reports_its_own_check(self) -> None:
+        run = rerun_run(pp=2)
+        for rank in range(8):
+            (line,) = lines("megatron", run, rank, [ev.ResultRejected(step=7)])
+            m = REJECTED.match(line)
+            assert m, line
+            last_stage = run.job.coords(rank).pp_rank == 1
+            assert int(m["rank"]) == rank and int(m["dev"]) == rank % 8 and int(m["it"]) == 7
+            assert bool(m["fn"]) is last_stage  # the loss keeps its autograd node, a grad norm has none
+            if last_stage:
+                assert m["msg"] == "found NaN in local forward loss calculation"
+            else:
+                assert m["msg"] == (
+                    "found NaN in local grad norm for bucket #0 in backward pass before data-parallel "
+                    "communication collective"
+                )
+
+    def test_rerun_reproduces_and_rank_0_saves_and_exits(self) -> None:
+        run = rerun_run()
+        exit_event = ev.RerunExit(step=7, code=16)
+        first = lines("megatron", run, 0, [ev.ResultRejected(step=7), exit_event])
+        result = REJECTED.match(first[0])
+        assert result is not None
+        warn = f"WARNING:{LOGGER}:"
+        assert first[1:] == [
+            f"{warn}Need to rerun step to check reproducibility of initial result",
+            f"{warn}First rerun: unexpected result is reproducible within the tolerance "
+            f"({result['result']} = {result['result']}). Need to rerun on a different GPU to verify "
+            "correctness",
+            f"{warn}Saving a checkpoint and exiting now. Please resume the job from the checkpoint to rerun "
+            "the last iteration and establish a diagnostic",
+        ]
+        other = lines("megatron", run, 5, [exit_event])
+        assert len(other) == 1 and other[0].startswith(f"{warn}First rerun:") and "cuda:5" in other[0]
+
+    def test_the_rerun_saves_the_step_before(self) -> None:
+        run = rerun_run()
+        assert run.nan_rerun(7) == "initial" and run.nan_rerun(6) is None
+        assert run.rerun_pauses(7) == (("checkpoint", checkpoint.save_seconds(run.job, 6)),)
+        # The process's first iteration is not validated (no checkpoint could be taken before it).
+        first = dataclasses.replace(run, job=dataclasses.replace(run.job, nan_steps=(1,)))
+        assert first.nan_rerun(1) is None
+        assert dataclasses.replace(run, rerun_nan=False).nan_rerun(7) is None
+
+    def test_resumed_on_the_same_gpu_exits_again(self) -> None:
+        run = resumed(rerun_run(), 6)
+        assert run.nan_rerun(7) == "again" and run.rerun_pauses(7) == ()
+        loaded = ev.CheckpointLoaded(step=6, path="ckpt", tokens=0, loss=3.0, lr=1e-4, seconds=1.0)
+        again = [ev.ResultRejected(step=7, again=True), ev.RerunExit(step=7, code=16, again=True)]
+        out = lines("megatron", run, 0, [loaded, *again])
+        assert f"WARNING:{LOGGER}:Getting RerunStateMachine state from checkpoint. Will rerun step." in out
+        assert out[-3:] == [
+            f"ERROR:{LOGGER}:Got rescheduled on the same GPU. Need to resume again from the same checkpoint "
+            "(node: node-a, gpu: 0)",
+            f"WARNING:{LOGGER}:Need to restart job from the same checkpoint because it was scheduled on the "
+            "same node/GPU",
+            f"WARNING:{LOGGER}:Exiting now. Please resume the job from the same checkpoint to rerun the last "
+            "iteration and establish a diagnostic",
+        ]
+        started = ev.TrainingStarted(7, 40, 5000, 10, 1e-4, "cosine")
+        # The rerun's checkpoint recorded the machine at the NaN iteration; train() moves it back.
+        assert "Overwriting rerun_state_machine.current_iteration from 7 to 6..." in lines(
+            "megatron", run, 0, [started]
+        )
+
+    @pytest.mark.parametrize(
+        ("args", "checks"),
+        [
+            (["--bf16"], True),
+            (["--bf16", "--no-check-for-nan-in-loss-and-grad"], False),
+            (["--bf16", "--rerun-mode", "disabled"], False),
+            (["--fp16"], False),  # validate_args: dynamic loss scaling turns the check off
+            (["--fp16", "--loss-scale", "4096"], True),
+            (["--bf16", "--checkpoint-activations"], False),  # 2021-22 Megatron: no rerun machine
+        ],
+    )
+    def test_which_jobs_validate_results(self, args: list[str], checks: bool) -> None:
+        script = ["pretrain_gpt.py", "--num-layers", "4", "--train-iters", "50", *args]
+        cmd = parse_command_line(["--nproc-per-node", "8", *script], {})
+        run, _ = build_run(cmd, presets.resolve("gpt2-124m"), nnodes=1, nproc_per_node=8, model_given=True)
+        assert run.rerun_nan is checks
+
+
+class TestNanIterations:
+    """training_log: a NaN counts as a nan iteration only when skipped (fp16's scaler), and a bf16 NaN in the
+    interval's loss sum makes its mean NaN, which `if avg > 0.0` leaves out of the line."""
+
+    @pytest.mark.parametrize("name", ["megatron", "megatron-deepspeed"])
+    def test_bf16_nan_interval_has_no_loss_and_no_nan_iterations(self, name: str) -> None:
+        run = make_run(dataclasses.replace(bf16_job(), nan_steps=(23,)), max_steps=40, log_interval=10)
+        line = lines(name, run, 7, [step_done(run, 30, 7)])[0]
+        assert "lm loss" not in line and "number of nan iterations:   0 |" in line
+        clean = lines(name, run, 7, [step_done(run, 20, 7)])[0]
+        assert "lm loss" in clean
+
+    def test_fp16_nan_is_skipped_and_counted(self) -> None:
+        job = dataclasses.replace(fp16_job(), nan_steps=(1500, 1502, 1505))  # two in (1500, 1510]
+        run = make_run(job, max_steps=4000, log_interval=10)
+        line = lines("megatron", run, 7, [step_done(run, 1510, 7)])[0]
+        m = CORE.match(line)
+        assert m, line
+        assert int(m["nan"]) == 2 and int(m["skipped"]) >= 2 and m["loss"] is not None

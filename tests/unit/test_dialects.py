@@ -90,6 +90,8 @@ def sample_events() -> list[ev.Event]:
             step=1, iterations=1, allocated=2e10, max_allocated=3e10, reserved=3.2e10, max_reserved=3.2e10
         ),
         ev.NanLoss(step=1),
+        ev.ResultRejected(step=7),
+        ev.RerunExit(step=7, code=16),
         ev.LossSpike(step=1, loss=9.5, grad_norm=20.0),
         ev.Straggler(step=1, slow_rank=5, host="node-b", step_time_s=1.4, mfu=0.31),
         ev.GpuGrid(step=1, gpus=(gpu,), stragglers=frozenset()),
