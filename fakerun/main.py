@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             control,
             child_fd_limit=fd_limit.original,
             rendezvous_s=rendezvous_s,
+            worker_ttys=ctx is None,
         )
     except LogDirError as exc:
         console.launcher_lines(f"{prog}: error: {exc}\n")

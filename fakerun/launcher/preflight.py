@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from fakerun.launcher.plan import LaunchPlan
 
-# What one rank costs the launcher in descriptors: its stdout and stderr pipes, plus the coordinator
-# socket of a simulated rank. Its output copy for fakerun-tail shares a pool sized from what is left.
+# What one rank costs the launcher in descriptors: its stdout and stderr pipes (or pseudo-terminal masters),
+# plus the coordinator socket of a simulated rank. Its output copy for fakerun-tail shares a pool sized from
+# what is left.
 PIPES_PER_RANK = 2
 CONTROL_PER_RANK = 1
 # The launcher's own descriptors opened after the check: selector, signal pipe, metrics and filter files,

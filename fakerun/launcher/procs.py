@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import resource
 import signal
 import sys
+import termios
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +40,11 @@ def preload_libc() -> None:
 
 @dataclass
 class ChildPipes:
-    """The parent's ends of one worker's pipes."""
+    """The parent's ends of one worker's pipes (or pseudo-terminal masters)."""
 
     stdout: int
     stderr: int
+    ttys: frozenset[int] = frozenset()  # the std fds (1, 2) that are pseudo-terminals
 
 
 # What a forked child runs once its fds and session are set up; it never returns normally.
@@ -63,11 +66,22 @@ class ForkProcessTable:
         preload_libc()
 
     def spawn(
-        self, child_main: ChildMain, *, new_session: bool, control: int | None = None
+        self,
+        child_main: ChildMain,
+        *,
+        new_session: bool,
+        control: int | None = None,
+        ttys: frozenset[int] = frozenset(),
     ) -> tuple[int, ChildPipes]:
-        """Forks a worker whose stdout/stderr are pipes to the launcher and `control` its fd CONTROL_FD."""
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        """Forks a worker whose stdout/stderr are pipes to the launcher and `control` its fd CONTROL_FD;
+        the std fds in `ttys` are pseudo-terminals instead, sized like the launcher's terminal on that fd."""
+        out_r, out_w, out_tty = _output_channel(1 in ttys, 1)
+        try:
+            err_r, err_w, err_tty = _output_channel(2 in ttys, 2)
+        except BaseException:
+            os.close(out_r)
+            os.close(out_w)
+            raise
         # Signals wait until the child has its own handlers: one landing in between would run the
         # launcher's handler in the child, and a SIGTERM meant for the worker would be lost.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._all_signals)
@@ -100,7 +114,8 @@ class ForkProcessTable:
         os.close(err_w)
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
-        return pid, ChildPipes(out_r, err_r)
+        ptys = frozenset(fd for fd, tty in ((1, out_tty), (2, err_tty)) if tty)
+        return pid, ChildPipes(out_r, err_r, ptys)
 
     def kill(self, pid: int, sig: int) -> None:
         """Sends `sig` to the worker, to its whole process group when it has its own (as torch does)."""
@@ -116,6 +131,45 @@ class ForkProcessTable:
     def forget(self, pid: int) -> None:
         """The worker was reaped: its pid, and so its group id, may be reused."""
         self._leaders.discard(pid)
+
+
+def _output_channel(tty: bool, like: int) -> tuple[int, int, bool]:
+    """A worker output stream's (launcher's end, worker's end, whether a pty): a pseudo-terminal sized like
+    the launcher's terminal on fd `like` if `tty`, else a pipe."""
+    if tty:
+        try:
+            master, slave = open_pty(like)
+            return master, slave, True
+        except (OSError, termios.error):
+            pass  # out of ptys (kernel.pty.max is system-wide): this worker writes to a pipe instead
+    r, w = os.pipe()
+    return r, w, False
+
+
+def open_pty(like: int) -> tuple[int, int]:
+    """A pseudo-terminal (master, slave) that passes a worker's bytes unchanged, sized like the terminal on
+    fd `like`."""
+    master, slave = os.openpty()
+    try:
+        attrs = termios.tcgetattr(slave)
+        # No output processing: the worker's `\n` must reach the launcher as `\n`, not `\r\n` (the launcher's
+        # own terminal adds the `\r`, as for torchrun's workers writing to it); nobody types into it to echo.
+        attrs[1] &= ~termios.OPOST
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    copy_window_size(like, master)
+    return master, slave
+
+
+def copy_window_size(source: int, pty: int) -> None:
+    """Gives the pseudo-terminal `pty` the rows and columns of the terminal on fd `source` (if it is one)."""
+    # The struct winsize as it is (rows, columns and pixels): termios.tcgetwinsize is Python 3.11+.
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(pty, termios.TIOCSWINSZ, fcntl.ioctl(source, termios.TIOCGWINSZ, bytes(8)))
 
 
 _replaced_streams: list[object] = []
@@ -139,6 +193,7 @@ def _setup_child(
         signal.SIGUSR1,
         signal.SIGUSR2,
         signal.SIGCHLD,
+        signal.SIGWINCH,
     ):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)

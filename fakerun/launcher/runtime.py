@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fakerun.launcher.agent import Agent, AgentOutput
-from fakerun.launcher.console import STDERR, STDOUT, Console, Route
+from fakerun.launcher.console import STDERR, STDOUT, Console, Route, route_spec
 from fakerun.launcher.control import ControlHub
 from fakerun.launcher.envs import WorkerSlot, worker_slots
 from fakerun.launcher.logdir import LogDir, attempt_dir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import LaunchPlan
-from fakerun.launcher.procs import ChildMain, ForkProcessTable, exit_code_of
+from fakerun.launcher.procs import ChildMain, ForkProcessTable, copy_window_size, exit_code_of
 
 _READ_CHUNK = 65536
 
@@ -28,11 +28,12 @@ ChildFactory = Callable[[WorkerSlot, int, str], ChildMain]
 
 @dataclass
 class _Stream:
-    """A worker pipe registered in the selector."""
+    """A worker pipe (or pseudo-terminal master) registered in the selector."""
 
     pid: int
     fd: int
     route: Route
+    tty: bool = False
 
 
 @dataclass
@@ -49,6 +50,9 @@ class LocalWorkerGroup:
     # Whether a signal that ends the launcher has arrived: the fork loop stops at once, so that the loop
     # can shut down the workers that exist (a 1,000-rank fork loop takes seconds).
     interrupted: Callable[[], bool] = lambda: False
+    # --fake-exec: a real script's stream that torchrun would leave on the launcher's terminal is a pseudo-
+    # terminal, so the script sees a terminal (isatty, its size) while the launcher stays its only writer.
+    worker_ttys: bool = False
     streams: dict[int, _Stream] = field(default_factory=dict)
     by_pid: dict[int, list[int]] = field(default_factory=dict)
 
@@ -76,7 +80,10 @@ class LocalWorkerGroup:
             try:
                 theirs = self.control.channel_for(slot.rank) if self.control is not None else None
                 pid, pipes = self.procs.spawn(
-                    child, new_session=new_session, control=theirs.fileno() if theirs else None
+                    child,
+                    new_session=new_session,
+                    control=theirs.fileno() if theirs else None,
+                    ttys=self._terminal_streams(slot) if self.worker_ttys else frozenset(),
                 )
             except OSError as exc:
                 # Out of processes, memory or descriptors although the preflight passed (another job took
@@ -94,12 +101,32 @@ class LocalWorkerGroup:
             fds = []
             for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
                 route = self.console.open_route(self.plan, slot.local_rank, slot.rank, stream, apath)
-                self.streams[fd] = _Stream(pid, fd, route)
+                self.streams[fd] = _Stream(pid, fd, route, tty=stream in pipes.ttys)
                 self.selector.register(fd, selectors.EVENT_READ)
                 fds.append(fd)
             self.by_pid[pid] = fds
             started.append((pid, slot))
         return started
+
+    def _terminal_streams(self, slot: WorkerSlot) -> frozenset[int]:
+        """The worker's std fds that would be the launcher's terminal under torchrun: a stream shown on the
+        console and neither redirected nor tee'd (torch gives those a file, or /dev/null when filtered out),
+        where the launcher's own stream of that number is a terminal."""
+        terminal = set()
+        for stream in (STDOUT, STDERR):
+            spec = route_spec(self.plan, slot.local_rank, slot.rank, stream)
+            # STDOUT and STDERR are the fd numbers 1 and 2 the worker would inherit.
+            if spec.to_console and not spec.to_file and os.isatty(stream):
+                terminal.add(stream)
+        return frozenset(terminal)
+
+    def resize_ttys(self) -> None:
+        """The launcher's terminal was resized: the workers' pseudo-terminals take its new size, so a script
+        asking for its size gets it as it would from the terminal itself. No SIGWINCH reaches the scripts,
+        as none reaches torchrun's workers, which run in sessions of their own."""
+        for stream in self.streams.values():
+            if stream.tty:
+                copy_window_size(stream.route.stream, stream.fd)
 
     def kill(self, pid: int, sig: int) -> None:
         """Sends `sig` to one worker."""
@@ -210,7 +237,8 @@ def die_of(signum: int) -> None:
 class SignalPipe:
     """Turns signals into bytes on a pipe the selector watches (the self-pipe trick, via set_wakeup_fd)."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...]) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...], noted: tuple[signal.Signals, ...] = ()) -> None:
+        """Watches `signals` (--signals-to-handle), the fatal ones, SIGCHLD and `noted` (ending nothing)."""
         self.r, self.w = os.pipe()
         os.set_blocking(self.r, False)
         os.set_blocking(self.w, False)
@@ -220,7 +248,7 @@ class SignalPipe:
         self.arrived: set[int] = set()
         fatal = [sig for sig in FATAL_BY_DEFAULT if sig not in signals]
         self.ending = frozenset(int(sig) for sig in (*signals, *fatal))
-        for sig in (*signals, *fatal, signal.SIGCHLD):
+        for sig in (*signals, *fatal, signal.SIGCHLD, *noted):
             self._saved[sig] = signal.signal(sig, self._note)
 
     def _note(self, signum: int, frame: object) -> None:
@@ -256,18 +284,28 @@ def run_job(
     control: Callable[[selectors.BaseSelector], ControlHub] | None = None,
     child_fd_limit: int | None = None,
     rendezvous_s: Callable[[int], float] | None = None,
+    worker_ttys: bool = False,
 ) -> int:
     """Runs the job to its end and returns the launcher's exit code; workers get `child_fd_limit` files;
-    each attempt's rendezvous takes `rendezvous_s(restart_count)` seconds of wall time first."""
+    each attempt's rendezvous takes `rendezvous_s(restart_count)` seconds of wall time first; `worker_ttys`
+    gives workers pseudo-terminals where torchrun's would write to the launcher's terminal."""
     selector = selectors.DefaultSelector()
-    sigpipe = SignalPipe(plan.signals_to_handle)
+    sigpipe = SignalPipe(plan.signals_to_handle, (signal.SIGWINCH,) if worker_ttys else ())
     handled = {int(s) for s in plan.signals_to_handle}
     selector.register(sigpipe.r, selectors.EVENT_READ)
     run_dirs = {node.group_rank: log_dir.new_run_dir(plan.rdzv.run_id) for node in plan.nodes}
     hub = control(selector) if control is not None else None
     procs = ForkProcessTable(child_fd_limit)
     group = LocalWorkerGroup(
-        plan, console, selector, procs, child_factory, run_dirs, hub, interrupted=sigpipe.interrupted
+        plan,
+        console,
+        selector,
+        procs,
+        child_factory,
+        run_dirs,
+        hub,
+        interrupted=sigpipe.interrupted,
+        worker_ttys=worker_ttys,
     )
     agent = Agent(
         group,
@@ -296,6 +334,8 @@ def run_job(
                             _reap(group, agent)
                         elif signum in handled:
                             agent.on_signal(signum, time.time())
+                        elif signum == signal.SIGWINCH:
+                            group.resize_ttys()
                         else:
                             raise FatalSignal(signum)
                 elif hub is not None and hub.owns(fd):

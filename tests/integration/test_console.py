@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
+import select
 import stat
+import struct
+import termios
+import time
+import tty
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCRIPTS, Runner
+from tests.conftest import SCRIPTS, Runner, fakerun_exe, marked_processes
 
 CHATTY = str(SCRIPTS / "chatty.py")
 GLOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d{3}000 \d+ [\w/.]+:\d+\] ")
@@ -260,3 +270,132 @@ class TestLauncherVoice:
         )
         assert proc.returncode == 0
         assert proc.stderr.splitlines()[:2] == ["", "*" * 41]
+
+
+# Under a terminal: what each rank's streams are, its terminal's size before and after the outer terminal is
+# resized (rank 0 waits for that), and a tqdm-style bar line on stdout once the size is taken.
+TTY_SCRIPT = """\
+import json, os, sys, time
+
+r = os.environ["LOCAL_RANK"]
+
+
+def size():
+    return list(os.get_terminal_size(1)) if sys.stdout.isatty() else None
+
+
+seen = {name: getattr(sys, name).isatty() for name in ("stdin", "stdout", "stderr")}
+seen["size"] = size()
+sys.stdout.write(f"rank{r} bar 1/2\\rrank{r} bar 2/2\\r\\n")
+print(f"rank{r} on stderr", file=sys.stderr)
+if r == "0" and seen["stdout"]:
+    print("rank0 waits for a resize")
+    while size() == seen["size"]:
+        time.sleep(0.01)
+    seen["resized"] = size()
+with open(f"tty_rank{r}.json", "w") as f:
+    json.dump(seen, f)
+"""
+# The outer terminal's rows and columns, then after the resize.
+ROWS, COLS = 33, 97
+NEW_ROWS, NEW_COLS = 40, 120
+
+
+@dataclass
+class TerminalRun:
+    """A --fake-exec job under a pseudo-terminal: its exit code, the terminal's bytes, each rank's view."""
+
+    code: int
+    shown: bytes
+    seen: dict[int, dict[str, object]]
+
+
+def r_bar(r: int) -> str:
+    """The bar line the script writes for local rank `r`."""
+    return f"rank{r} bar 1/2\rrank{r} bar 2/2\r\n"
+
+
+def winsize(rows: int, cols: int) -> bytes:
+    """A struct winsize."""
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def terminal_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TerminalRun]:
+    """One job in a terminal of its own (raw, so the bytes read are the bytes written): local rank 1's stdout
+    tee'd, rank 2's stderr redirected, rank 3 filtered out; the terminal is resized once rank 0 asks."""
+    tmp = tmp_path_factory.mktemp("tty")
+    runner = Runner(uuid.uuid4().hex, tmp)
+    (tmp / "tty_script.py").write_text(TTY_SCRIPT)
+    args = ["--standalone", "--nproc-per-node", "4", "--tee", "1:1", "--redirects", "2:2"]
+    args += ["--local-ranks-filter", "0,1,2", "--fake-exec", "tty_script.py"]
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(ROWS, COLS))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child: fakerun as a shell would start it in this terminal
+        try:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.chdir(tmp)
+            os.execve(fakerun_exe(), [fakerun_exe(), *args], runner.env())
+        finally:
+            os._exit(127)
+    os.close(slave)
+    shown = b""
+    resized = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the job has ended and closed the terminal
+                    break
+                if not data:
+                    break
+                shown += data
+            # Once every rank on the terminal has taken its size (the bar line comes after).
+            if not resized and b"rank0 waits for a resize" in shown and r_bar(2).encode() in shown:
+                # As a terminal window does: a new size, and SIGWINCH to the foreground job (the launcher).
+                fcntl.ioctl(master, termios.TIOCSWINSZ, winsize(NEW_ROWS, NEW_COLS))
+                resized = True
+    finally:
+        os.close(master)
+        left = marked_processes(runner.mark)
+        for proc in left:
+            proc.kill()
+        _, status = os.waitpid(pid, 0)
+    seen = {int(f.stem[len("tty_rank") :]): json.loads(f.read_text()) for f in tmp.glob("tty_rank*.json")}
+    yield TerminalRun(os.waitstatus_to_exitcode(status), shown, seen)
+    assert not left, f"processes left behind: {[p.pid for p in left]}"
+
+
+class TestTerminal:
+    """--fake-exec in a terminal: scripts see one where torchrun's would; their bytes reach it unchanged."""
+
+    def test_each_stream_is_a_terminal_where_torchruns_would_be(self, terminal_run: TerminalRun) -> None:
+        """torch gives a tee'd or redirected stream a file and a filtered-out one /dev/null; the rest is the
+        launcher's terminal, at its size; stdin is always the launcher's (inherited)."""
+        assert terminal_run.code == 0, terminal_run.shown
+        seen = terminal_run.seen
+        size = [COLS, ROWS]
+        assert seen == {
+            0: {"stdin": True, "stdout": True, "stderr": True, "size": size, "resized": [NEW_COLS, NEW_ROWS]},
+            1: {"stdin": True, "stdout": False, "stderr": True, "size": None},
+            2: {"stdin": True, "stdout": True, "stderr": False, "size": size},
+            3: {"stdin": True, "stdout": False, "stderr": False, "size": None},
+        }
+
+    def test_bytes_reach_the_terminal_as_torchrun_shows_them(self, terminal_run: TerminalRun) -> None:
+        """Unprefixed bar lines arrive byte for byte (`\\r` kept, no `\\r` added before `\\n`); the tee'd
+        stream is prefixed line by line; a redirected or filtered-out stream shows nothing."""
+        shown = terminal_run.shown
+        for r in (0, 2):
+            assert shown.count(f"\n{r_bar(r)}".encode()) == 1
+        assert b"\n[default1]:rank1 bar 1/2\n[default1]:rank1 bar 2/2\n" in shown
+        assert b"\nrank0 on stderr\n" in shown and b"\nrank1 on stderr\n" in shown
+        assert b"rank2 on stderr" not in shown and b"rank3" not in shown
+        assert b"\r\n" not in shown.replace(b"2/2\r\n", b"")

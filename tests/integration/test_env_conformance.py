@@ -192,7 +192,7 @@ class TestProcesses:
     """Each worker is a direct child in its own session, with torchrun's command line."""
 
     def test_process_layout(self, runner: Runner) -> None:
-        """pgid = sid = pid, the parent is the launcher, argv and orig_argv as under torchrun."""
+        """pgid = sid = pid, the parent is the launcher, argv and orig_argv as under torchrun; no terminal."""
         run_probe(runner, ["--standalone", "--nproc-per-node", "2"])
         got = probes(runner.tmp)
         parents = {info["ppid"] for info in got.values()}
@@ -207,6 +207,8 @@ class TestProcesses:
             assert orig[1:] == ["-u", script, "--foo", "1"]
             assert info["cwd"] == str(runner.tmp)
             assert info["name"] == "__main__"
+            # Not under a terminal: torchrun's workers would write to the launcher's pipes here.
+            assert info["stdout_isatty"] is False and info["stderr_isatty"] is False
 
     def test_module_and_no_python(self, runner: Runner) -> None:
         """`-m module` runs `python -u -m module`; `--no-python` runs the file directly."""

@@ -285,11 +285,16 @@ def test_a_fork_failing_midway_ends_the_job_with_one_line(
         """Real forks, until the process table is "full"."""
 
         def spawn(
-            self, child_main: ChildMain, *, new_session: bool, control: int | None = None
+            self,
+            child_main: ChildMain,
+            *,
+            new_session: bool,
+            control: int | None = None,
+            ttys: frozenset[int] = frozenset(),
         ) -> tuple[int, ChildPipes]:
             if len(started) == 3:
                 raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-            pid, pipes = super().spawn(child_main, new_session=new_session, control=control)
+            pid, pipes = super().spawn(child_main, new_session=new_session, control=control, ttys=ttys)
             started.append(pid)
             return pid, pipes
 

@@ -16,6 +16,8 @@ info = {
     "sid": os.getsid(0),
     "cwd": os.getcwd(),
     "name": __name__,
+    "stdout_isatty": sys.stdout.isatty(),
+    "stderr_isatty": sys.stderr.isatty(),
     "env": dict(os.environ),
 }
 with open(os.path.join(out, f"proc_rank{rank}_attempt{restart}.json"), "w") as f:
