@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from fakerun import dialects, tomlfile
 from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
+from fakerun.frameworks import titan_errors, titan_flavors
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
@@ -272,12 +273,17 @@ _TITAN_KEYS = frozenset(
         "lr_scheduler.warmup_steps",
         "lr_scheduler.decay_type",
         "lr_scheduler.lr_min",
+        "lr_scheduler.min_lr_factor",
+        "lr_scheduler.decay_ratio",
+        "training.mixed_precision_param",
         "training.local_batch_size",
         "training.global_batch_size",
         "training.seq_len",
         "training.steps",
         "training.seed",
         "parallelism.data_parallel_shard_degree",
+        "parallelism.data_parallel_replicate_degree",
+        "parallelism.context_parallel_degree",
         "parallelism.tensor_parallel_degree",
         "parallelism.pipeline_parallel_degree",
         "parallelism.pipeline_parallel_microbatch_size",
@@ -323,6 +329,7 @@ _MEGATRON_SCHEDULES = {
     "wsd": "constant",
 }
 _TITAN_SCHEDULES = {"linear": "linear", "cosine": "cosine", "sqrt": "linear"}
+_TITAN_PRECISIONS = {"bfloat16": "bf16", "float32": "fp32"}
 _RECOMPUTE_MEGATRON = {"full": "full", "selective": "selective"}
 _RECOMPUTE_METHODS = {"uniform": "uniform", "block": "block"}  # Megatron's methods of full recompute
 _RECOMPUTE_TITAN = {"none": "none", "selective": "selective", "full": "full", "memory_budget": "selective"}
@@ -557,6 +564,10 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
 def _titan_file(g: _Given) -> dict[str, _Given]:
     """The known keys of a torchtitan TOML config file."""
     path = _str(g)
+    if not g.where and not Path(path).exists():
+        # ConfigManager._maybe_load_toml's open() (no `~` expansion: tomllib opens the path as given)
+        missing = f"FileNotFoundError: [Errno 2] No such file or directory: {path!r}"
+        raise titan_flavors.TitanError(missing, "config_file")
     try:
         text = tomlfile.read_text(str(Path(path).expanduser()))
     except (tomlfile.FileError, ValueError) as exc:  # ValueError: a NUL in the path
@@ -574,6 +585,24 @@ def _titan_file(g: _Given) -> dict[str, _Given]:
             if key in _TITAN_KEYS and key != "job.config_file":
                 out[key] = _Given(f"{section}.{name}", value, where=path)
     return out
+
+
+def _titan_registry(args: Sequence[str]) -> dict[str, _Given]:
+    """What torchtitan's `--module M --config C` config function sets: its model flavor and training."""
+    entry = titan_flavors.registry_choice(args)
+    if entry is None:
+        return {}
+    where = f"torchtitan.models.{entry.module}.config_registry"
+    values: dict[str, object] = {
+        "model.name": entry.module,
+        "model.flavor": entry.flavor,
+        "training.local_batch_size": entry.local_batch,
+        "training.seq_len": entry.seq_len,
+        "training.steps": entry.steps,
+    }
+    if entry.warmup is not None:
+        values["lr_scheduler.warmup_steps"] = entry.warmup
+    return {key: _Given(key, value, where=where) for key, value in values.items()}
 
 
 def _ds_config(b: _Builder, g: _Given) -> None:
@@ -792,7 +821,10 @@ _LATER = frozenset(
         "model.name",
         "model.flavor",
         "lr_scheduler.lr_min",
+        "lr_scheduler.min_lr_factor",
         "parallelism.pipeline_parallel_microbatch_size",
+        "parallelism.data_parallel_replicate_degree",
+        "parallelism.context_parallel_degree",
         "job.config_file",
         "untie_embeddings_and_output_weights",
         "lr_decay_iters",
@@ -879,6 +911,10 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         b.set(b.job, "lr_schedule", _choice(g, _MEGATRON_SCHEDULES), g)
     elif key == "lr_scheduler.decay_type":
         b.set(b.job, "lr_schedule", _choice(g, _TITAN_SCHEDULES), g)
+    elif key == "lr_scheduler.decay_ratio":
+        _float(g, positive=False, high=1.0)  # checked; the decay's start is not simulated apart
+    elif key == "training.mixed_precision_param":
+        _choice(g, _TITAN_PRECISIONS)  # FSDP's compute dtype; the states stay fp32 either way
     elif key in ("deepspeed_config", "deepscale_config") or (key == "deepspeed" and isinstance(g.value, str)):
         _ds_config(b, g)
     elif key == "deepspeed":
@@ -930,9 +966,8 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         if _bool(g):
             b.set(b.job, "zero_stage", 1, g)
     elif key == "parallelism.data_parallel_shard_degree":
-        shard = _int(g, -1, high=MAX_NNODES * MAX_NPROC_PER_NODE)
-        if shard == 0:
-            raise g.fail(f"invalid value {g.value!r} (must be -1 or >= 1)")
+        # 0 or below -1: ParallelDims refuses it on the ranks (frameworks/titan_world.py)
+        shard = _int(g, None, high=MAX_NNODES * MAX_NPROC_PER_NODE)
         b.set(b.job, "zero_stage", 0 if shard == 1 else 3, g)  # FSDP shards everything (ZeRO-3)
     elif key == "training.global_batch_size":
         gbs = _int(g, -1, high=_model_high("global_batch"))
@@ -1108,12 +1143,25 @@ def _finish_nanogpt(b: _Builder, given: Mapping[str, _Given]) -> None:
 
 
 def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
-    """torchtitan's model name and flavor, pipeline micro batches and the minimum learning rate ratio."""
+    """torchtitan's model from its flavor table, its JobConfig defaults, pipeline micro batches, the minimum
+    learning rate, and the figures its ranks check against the world size (titan_world.py)."""
     name, flavor = given.get("model.name"), given.get("model.flavor")
     last = flavor or name
-    if last is not None:  # torchtitan's defaults: llama3, debugmodel
-        text = f"{_str(name) if name else 'llama3'}-{_str(flavor) if flavor else 'debugmodel'}"
-        b.set(b.top, "model", text, last)
+    titan = b.style == "titan"
+    if last is not None or titan:  # torchtitan's defaults: llama3, debugmodel
+        model, variant = _str(name) if name else "llama3", _str(flavor) if flavor else "debugmodel"
+        named = last or _Given("model.flavor", "debugmodel", where="torchtitan's JobConfig")
+        b.set(b.top, "model", f"{model}-{variant}", named)
+        try:
+            b.top["spec"] = titan_flavors.flavor_model(model, variant)
+        except titan_flavors.TitanError as exc:
+            if exc.where:  # torchtitan's own refusal, on every rank
+                b.top["script_exit"] = (titan_errors.traceback_text(exc.where, exc.exception), 1)
+            else:
+                b.top["notice"] = (
+                    f"torchtitan model {model} (flavor {variant}) is not simulated: fakerun's default model "
+                    "stands in for it"
+                )
     pp = b.job.get("pp")
     mbs_given = given.get("parallelism.pipeline_parallel_microbatch_size")
     mbs = _int(mbs_given, high=_model_high("micro_batch")) if mbs_given is not None else 1
@@ -1132,21 +1180,55 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         source = mbs_given or local
         if source is not None:
             b.set(b.job, "micro_batch", mbs, source)
-    if b.style == "titan" and not pipelined and "global_batch" not in b.job and "grad_accum" not in b.job:
+    if titan and not pipelined and "global_batch" not in b.job and "grad_accum" not in b.job:
         # training.global_batch_size's default (-1) is local_batch_size x the data-parallel degree: one
         # micro batch per step, not the preset's global batch.
         b.set(b.job, "grad_accum", 1, local or _Given("training.global_batch_size", "-1"))
-    if b.style == "titan":
+    if titan:
         # Not an argument: torchtitan's MixedPrecisionPolicy (or AMP) keeps fp32 parameters and reduces the
         # gradients in fp32 (mixed_precision_reduce = "float32"), whatever the configuration.
         b.set(b.job, "state_layout", "fp32", _Given("training.mixed_precision_param", "float32"))
         b.set(b.job, "fp32_grad_buffer", True, _Given("training.mixed_precision_reduce", "float32"))
-    lr_min = given.get("lr_scheduler.lr_min")
-    if lr_min is not None:
-        ratio = _float(lr_min, positive=False, high=1.0)
-        lr = b.job.get("lr")
+        if "lr_schedule" not in b.job:  # lr_scheduler.decay_type's default: linear, after the warmup
+            b.set(b.job, "lr_schedule", "linear", _Given("lr_scheduler.decay_type", "linear"))
+        b.top["titan"] = _titan_figures(b, given)
+    lr_min = given.get("lr_scheduler.min_lr_factor") or given.get("lr_scheduler.lr_min")
+    if lr_min is not None or titan:
+        ratio = _float(lr_min, positive=False, high=1.0) if lr_min is not None else 0.0
+        spec = b.top.get("spec")
+        lr = b.job.get("lr", spec.lr if isinstance(spec, ModelSpec) else None)
         if isinstance(lr, float):
-            b.set(b.job, "min_lr", lr * ratio, lr_min)
+            b.set(b.job, "min_lr", lr * ratio, lr_min or _Given("lr_scheduler.min_lr_factor", "0.0"))
+
+
+def _titan_figures(b: _Builder, given: Mapping[str, _Given]) -> dict[str, str]:
+    """What torchtitan's ranks check against the world size (frameworks/titan_world.py), as given or by
+    JobConfig's defaults: the data-parallel degrees, context parallelism, the local and global batch."""
+    high = MAX_NNODES * MAX_NPROC_PER_NODE
+    out: dict[str, str] = {}
+    for key, default in (
+        ("parallelism.data_parallel_replicate_degree", 1),
+        ("parallelism.data_parallel_shard_degree", -1),
+        ("parallelism.context_parallel_degree", 1),
+        ("training.global_batch_size", -1),
+    ):
+        g = given.get(key)
+        out[key] = str(
+            _int(g, None, high=high if "parallelism" in key else _model_high("global_batch"))
+            if g
+            else default
+        )
+    for key in ("model.name", "model.flavor"):  # the registry's too: the log names the model by them
+        g = given.get(key)
+        if g is not None:
+            out[key] = _str(g)
+    local = given.get("training.local_batch_size")
+    spec = b.top.get("spec")
+    default_local = spec.micro_batch if isinstance(spec, ModelSpec) else 8
+    out["training.local_batch_size"] = str(
+        _int(local, high=_model_high("micro_batch")) if local is not None else default_local
+    )
+    return out
 
 
 # Arguments that start the run from pretrained weights: HF's --model_name_or_path (run_clm trains from scratch
@@ -1318,8 +1400,17 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     configured = _nanogpt_configure(args) if style == "nanogpt" else None
     given = _scan(args, style) if configured is None else _nanogpt_given(configured)
     config = given.get("job.config_file")
-    if config is not None:
-        merged = _titan_file(config)
+    titan_exit: tuple[str, int] | None = None
+    titan_notice: str | None = None
+    if config is not None or style == "titan":
+        try:
+            merged = _titan_file(config) if config is not None else _titan_registry(args)
+        except titan_flavors.TitanError as exc:  # torchtitan's ConfigManager refuses them on every rank
+            merged, config = {}, None
+            if exc.where:
+                titan_exit = (titan_errors.traceback_text(exc.where, exc.exception), 1)
+            else:
+                titan_notice = f"torchtitan {exc}: JobConfig's default, llama3 debugmodel, stands in for it"
         for key, g in given.items():  # the command line overrides the file
             merged.pop(key, None)
             merged[key] = g
@@ -1343,12 +1434,24 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         )
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
+    spec = b.top.get("spec")  # a framework's own table's model (torchtitan's flavors)
+    exit_given = titan_exit or b.top.get("script_exit")
+    notice = titan_notice or b.top.get("notice")
+    if isinstance(notice, str):
+        notices = (*notices, notice)
+    figures = b.top.get("titan")
+    if isinstance(figures, dict):
+        settings = {**settings, **{f"titan.{k}": v for k, v in figures.items()}}
+        # checkpoint.enable (default false) decides whether the job saves at all (HintRule.save_option).
+        settings["titan.saves"] = "1" if settings.get("checkpoint.enable", "").lower() in _TRUE else ""
+        if settings.get("validation.enable", "").lower() not in _TRUE:
+            b.cadence["eval_interval"] = 0  # validation.enable = false: no validation, whatever its freq
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
     ds = b.top.get("deepspeed")
     examples = b.top.get("examples")
     return Hints(
         model_name=name,
-        model=model_from_hf_name(name) if name else None,
+        model=spec if isinstance(spec, ModelSpec) else model_from_hf_name(name) if name else None,
         arch=b.arch,
         job=b.job,
         epochs=epochs if isinstance(epochs, float) else None,
@@ -1366,6 +1469,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         notices=notices,
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
+        script_exit=exit_given if isinstance(exit_given, tuple) else None,
     )
 
 
@@ -1610,6 +1714,11 @@ _TITAN_TEXT = frozenset(
         "checkpoint.enable",
         "checkpoint.folder",
         "checkpoint.async_mode",
+        "checkpoint.keep_latest_k",
+        "checkpoint.last_save_model_only",
+        "checkpoint.export_dtype",
+        "metrics.enable_tensorboard",
+        "training.mixed_precision_param",
         "metrics.disable_color_printing",
         "activation_checkpoint.mode",
         "parallelism.data_parallel_replicate_degree",

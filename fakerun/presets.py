@@ -83,6 +83,14 @@ class ModelSpec:
     tied_embeddings: bool = False
     experts: int = 1
     top_k: int = 1
+    # Shapes beyond the uniform GQA decoder (torchtitan's Qwen 3, Llama 4 and DeepSeek V3 flavors); each
+    # default leaves the formula as it was.
+    head_width: int = 0  # an explicit head dimension (Qwen 3: 128 whatever hidden/heads); 0: hidden // heads
+    qk_norm: bool = False  # RMSNorm weights of head_dim on the queries and on the keys of every layer
+    expert_ffn: int = 0  # one routed expert's hidden size; 0: ffn_hidden
+    shared_experts: int = 0  # experts every token passes through, fused into one MLP of this many expert_ffn
+    dense_layers: int = 0  # layers of a MoE model with a dense MLP of ffn_hidden instead of the experts
+    attn_params: int = 0  # one layer's attention weights when not plain GQA (DeepSeek's MLA); 0: from heads
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     # Training defaults of the preset.
@@ -112,15 +120,18 @@ class ModelSpec:
             object.__setattr__(self, "max_position", self.seq_len)
         dense, expert, router = self.layer_params()
         shared = self.embedding_params() + self._final_norm()
-        object.__setattr__(self, "params", self.layers * (dense + self.experts * expert + router) + shared)
+        moe = self.layers - self.dense_layers if self.is_moe else self.layers
+        # A dense layer of a MoE model: its attention and norms, and one MLP of ffn_hidden for the experts.
+        plain = (self.layers - moe) * (dense - self._shared_mlp() + self._mlp(self.ffn_hidden))
+        object.__setattr__(self, "params", moe * (dense + self.experts * expert + router) + plain + shared)
         object.__setattr__(
-            self, "active_params", self.layers * (dense + self.top_k * expert + router) + shared
+            self, "active_params", moe * (dense + self.top_k * expert + router) + plain + shared
         )
 
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
-        return self.hidden // self.heads
+        return self.head_width or self.hidden // self.heads
 
     @property
     def is_moe(self) -> bool:
@@ -134,21 +145,37 @@ class ModelSpec:
     def _final_norm(self) -> int:
         return self._norm_params()
 
+    def _mlp(self, f: int) -> int:
+        """One MLP of hidden size `f`."""
+        h = self.hidden
+        if self.mlp == "swiglu":
+            return 3 * h * f + (2 * f + h if self.bias == "all" else 0)
+        return 2 * h * f + (f + h if self.bias == "all" else 0)
+
+    def _shared_mlp(self) -> int:
+        """The shared experts' one MLP in a MoE layer."""
+        return (
+            self._mlp(self.shared_experts * (self.expert_ffn or self.ffn_hidden))
+            if self.shared_experts
+            else 0
+        )
+
     def layer_params(self) -> tuple[int, int, int]:
-        """(attention + norms, one expert's MLP, router) parameters of one layer."""
-        h, f, hd = self.hidden, self.ffn_hidden, self.head_dim
+        """(attention + norms + shared experts, one expert's MLP, router) parameters of one layer (a MoE one
+        when the model has experts)."""
+        h, hd = self.hidden, self.head_dim
         q, kv = self.heads * hd, self.kv_heads * hd
         attn = h * q + 2 * h * kv + q * h
         if self.bias in ("qkv", "all"):
             attn += q + 2 * kv
         if self.bias == "all":
             attn += h
-        if self.mlp == "swiglu":
-            mlp = 3 * h * f + (2 * f + h if self.bias == "all" else 0)
-        else:
-            mlp = 2 * h * f + (f + h if self.bias == "all" else 0)
+        attn = self.attn_params or attn
+        if self.qk_norm:
+            attn += 2 * hd
         router = h * self.experts if self.is_moe else 0
-        return attn + 2 * self._norm_params(), mlp, router
+        mlp = self._mlp((self.expert_ffn or self.ffn_hidden) if self.is_moe else self.ffn_hidden)
+        return attn + 2 * self._norm_params() + (self._shared_mlp() if self.is_moe else 0), mlp, router
 
     def embedding_params(self) -> int:
         """Token embedding, LM head (unless tied) and learned positions."""
@@ -339,6 +366,11 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "max_position": (0, 1 << 27),  # 0: seq_len
         "experts": (1, 1 << 16),
         "top_k": (1, 1 << 16),
+        "head_width": (0, 1 << 16),
+        "expert_ffn": (0, 1 << 22),
+        "shared_experts": (0, 1 << 16),
+        "dense_layers": (0, 10_000),
+        "attn_params": (0, 1 << 40),
         "global_batch": (1, 1 << 27),
         "micro_batch": (1, 1 << 20),
         "warmup_steps": (0, MAX_STEPS),

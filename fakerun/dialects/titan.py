@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+from fakerun.dialects import files
 from fakerun.dialects.base import HintRule, Line, Output, Seat, log_time, words
 from fakerun.dialects.events import (
     CheckpointLoaded,
@@ -26,6 +27,7 @@ from fakerun.dialects.events import (
     TrainingStarted,
     WorkerStarted,
 )
+from fakerun.frameworks import titan_flavors
 from fakerun.sim.job import JobSpec
 
 # torchtitan's options are `--section.key` of its TOML config's sections.
@@ -36,6 +38,7 @@ HINTS = HintRule(
         "activation_checkpoint float8 mx comm memory_estimation fault_tolerance experimental validation "
         "debug compile"
     ),
+    save_option="titan.saves",  # checkpoint.enable: hints.py sets it from the config and the command line
 )
 
 VERSION = "0.2.1"
@@ -53,8 +56,13 @@ _COLORS = {
     "turquoise": "\033[38;2;54;234;195m",
 }
 _NO_COLORS = dict.fromkeys(_COLORS, "")
-# torchtitan/models/llama3/__init__.py: the flavors' arguments beside the shape (multiple_of, ffn multiplier).
-_LLAMA3_FLAVORS = {"8B": (1024, 1.3), "70B": (4096, 1.3), "405B": (4096, 1.2)}
+# checkpoint.export_dtype -> bytes per weight of the final model-only save, and the dtype's name as logged.
+_EXPORT_DTYPES = {
+    "float32": (4, "torch.float32"),
+    "bfloat16": (2, "torch.bfloat16"),
+    "float16": (2, "torch.float16"),
+}
+_TRUE = ("true", "1", "yes")
 # Where torchtitan's hf_datasets/text_datasets.py finds a dataset by name.
 _DATASET_PATHS = {"c4": "allenai/c4", "c4_validation": "allenai/c4", "c4_test": "tests/assets/c4_test"}
 _SLEEP_S = 2.0  # train(): rank 0 sleeps 2 seconds before "Training completed"
@@ -147,6 +155,24 @@ class TitanDialect:
         self.settings: dict[str, str] = {}
         self.job: JobSpec | None = None
 
+    @staticmethod
+    def artifacts(request: files.SaveRequest) -> Sequence[files.Artifact]:
+        """CheckpointManager's DCP save: `{dump_folder}/{checkpoint.folder}/step-N/`, each rank's
+        `__R_0.distcp` and rank 0's `.metadata`; the last step's model-only save in its export_dtype."""
+        s = request.settings
+        if s.get("titan.saves") != "1":
+            return ()
+        folder = (
+            f"{s.get('job.dump_folder', './outputs').rstrip('/')}/{s.get('checkpoint.folder', 'checkpoint')}"
+        )
+        directory = f"{folder}/step-{request.step}"
+        saved = files.distcp(directory, request)
+        if not _model_only_last(s, request.step, request.run.job.total_steps):
+            return saved
+        width = _EXPORT_DTYPES.get(s.get("checkpoint.export_dtype", "float32"), _EXPORT_DTYPES["float32"])[0]
+        share = request.run.job.model.params * width // request.world_size
+        return [files.Artifact(saved[0].path, share), *saved[1:]]
+
     def _set(self, key: str, default: str) -> str:
         return self.settings.get(key, default)
 
@@ -161,7 +187,8 @@ class TitanDialect:
         """torchtitan's model name and flavor (`llama3`, `8B`), as configured or from the preset's name."""
         assert self.job is not None
         flavor = self.job.model.name.rsplit("-", 1)[-1].upper()
-        return self._set("model.name", "llama3"), self._set("model.flavor", flavor)
+        name = self._set("titan.model.name", self._set("model.name", "llama3"))
+        return name, self._set("titan.model.flavor", self._set("model.flavor", flavor))
 
     @property
     def _peak(self) -> float:
@@ -238,7 +265,14 @@ class TitanDialect:
             ]
         if isinstance(event, CheckpointSaving) and self._checkpointing():
             out = []
-            if event.step >= job.total_steps:
+            if _model_only_last(self.settings, event.step, job.total_steps):
+                dtype = _EXPORT_DTYPES.get(
+                    self._set("checkpoint.export_dtype", "float32"), _EXPORT_DTYPES["float32"]
+                )
+                out.append(
+                    f"{p}Saving a model only checkpoint in {dtype[1]} at last step, step {event.step}."
+                )
+            elif event.step >= job.total_steps:
                 out.append(f"{p}Saving a full checkpoint at last step, step {event.step}.")
             return [f"{p}Saving the checkpoint (or staging if async is enabled).", *out]
         if isinstance(event, CheckpointSaved) and self._checkpointing():
@@ -272,32 +306,21 @@ class TitanDialect:
         c = self._colors
         name, flavor = self._names()
         m = job.model
-        multiple_of, ffn_multiplier = _LLAMA3_FLAVORS.get(flavor, (256, None))
-        args = {
-            "_enforced": "This field is used to enforce all fields have defaults.",
-            "dim": m.hidden,
-            "n_layers": m.layers,
-            "n_heads": m.heads,
-            "n_kv_heads": m.kv_heads,
-            "vocab_size": m.vocab,
-            "multiple_of": multiple_of,
-            "ffn_dim_multiplier": ffn_multiplier,
-            "norm_eps": 1e-05,
-            "rope_theta": 500000,
-            "rope_scaling_args": {
-                "scaling_factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
-            "max_seq_len": job.seq_len,
-            "depth_init": True,
-            "attn_type": "sdpa",
-            "attn_mask_type": "causal",
-            "eos_id": 0,
-        }
+        try:
+            args = titan_flavors.flavor_args(name, flavor)
+        except titan_flavors.TitanError:  # a model the flavor tables lack: Llama 3's arguments of its shape
+            args = {
+                **titan_flavors.flavor_args("llama3", "8B"),
+                "dim": m.hidden,
+                "n_layers": m.layers,
+                "n_heads": m.heads,
+                "n_kv_heads": m.kv_heads,
+                "vocab_size": m.vocab,
+            }
+        # update_from_config: the model's context is the training sequence length
+        args["max_seq_len"] = job.seq_len
         # torchtitan's f-string has no space between the flavor and "with".
-        dump = f"{p}Building {name} {flavor}with {json.dumps(args, indent=2)}".split("\n")
+        dump = f"{p}Building {name} {flavor}with {json.dumps(args, indent=2, ensure_ascii=False)}".split("\n")
         gpu = job.gpu.display_name
         capacity = event.capacity_bytes or job.gpu.memory_mib * 1024.0**2
         out = [
@@ -371,6 +394,12 @@ class TitanDialect:
                 )
             )
         return out
+
+
+def _model_only_last(settings: Mapping[str, str], step: int, total_steps: int) -> bool:
+    """Whether this save is the last step's and checkpoint.last_save_model_only (default true) holds."""
+    only = settings.get("checkpoint.last_save_model_only", "true").lower() in _TRUE
+    return only and step >= total_steps
 
 
 _WANTED: frozenset[type[Event]] = frozenset(

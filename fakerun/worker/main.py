@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import setproctitle
 
+from fakerun.frameworks.titan_errors import RANK_MARK
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
 from fakerun.worker.channel import CoordinatorGone, JobAborted
@@ -83,7 +84,8 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if ctx.script_exit is not None:
-        return die_at_start(*ctx.script_exit)
+        text, code = ctx.script_exit
+        return die_at_start(text.replace(RANK_MARK, env.get("RANK", "0")), code)
     try:
         return run_rank(ctx, env, CONTROL_FD)
     except BrokenPipeError as exc:

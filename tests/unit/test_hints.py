@@ -263,7 +263,6 @@ BAD = [
     (["--fsdp", "shard_everything"], "--fsdp", "'shard_everything'"),
     (["--training.steps", "0"], "--training.steps", "'0'"),
     (["--training.seq_len=long"], "--training.seq_len", "'long'"),
-    (["--parallelism.data_parallel_shard_degree", "0"], "--parallelism.data_parallel_shard_degree", "'0'"),
     (["--activation_checkpoint.mode", "half"], "--activation_checkpoint.mode", "'half'"),
     (["--model_name_or_path", ""], "--model_name_or_path", "''"),
     (["--learning_rate"], "--learning_rate", "expected a value"),
@@ -461,7 +460,8 @@ class TestTorchtitan:
         """Every hint of the file, the model from name and flavor, min_lr from lr * lr_min."""
         h = parse_hints("torchtitan/train.py", ["--job.config_file", str(config)])
         assert h.style == "titan" and h.model_name == "llama3-70B"
-        assert h.model is not None and h.model.name == "llama3-70b"
+        assert h.model is not None and h.model.name == "torchtitan-llama3-70B"
+        assert h.model.params == presets.load_model("llama3-70b").params  # the preset's architecture
         assert h.job == {
             "lr": 1.5e-4,
             "warmup_steps": 200,
@@ -509,12 +509,13 @@ class TestTorchtitan:
     def test_flavor_override_changes_the_model(self, config: Path) -> None:
         """--model.flavor 8B on the command line picks Llama 3 8B."""
         h = parse_hints("train.py", ["--job.config_file", str(config), "--model.flavor", "8B"])
-        assert h.model is not None and h.model.name == "llama3-8b"
+        assert h.model is not None and h.model.params == presets.load_model("llama3-8b").params
 
-    def test_debug_flavor_matches_no_preset(self) -> None:
-        """torchtitan's debugmodel is no preset: the name is kept, the model is None."""
+    def test_debug_flavor_is_torchtitans_own(self) -> None:
+        """torchtitan's debugmodel is no preset: its flavor table's model."""
         h = parse_hints("train.py", ["--model.name", "llama3"])
-        assert h.model_name == "llama3-debugmodel" and h.model is None
+        assert h.model_name == "llama3-debugmodel" and h.model is not None
+        assert h.model.name == "torchtitan-llama3-debugmodel"
 
     def test_pipeline_micro_batches(self) -> None:
         """With pipeline stages the local batch runs as micro batches of pipeline_parallel_microbatch_size."""
@@ -531,12 +532,12 @@ class TestTorchtitan:
         with pytest.raises(HintError, match=r"bad\.toml.*training\.steps: invalid int value 'many'"):
             parse_hints("train.py", ["--job.config_file", str(path)])
 
-    @pytest.mark.parametrize(("content", "match"), [(None, "cannot read"), ("[training\n", "invalid TOML")])
-    def test_unreadable_file(self, tmp_path: Path, content: str | None, match: str) -> None:
-        """torchtitan would fail without its config: a one-line HintError naming --job.config_file."""
+    @pytest.mark.parametrize(("content", "match"), [("[training\n", "invalid TOML")])
+    def test_unreadable_file(self, tmp_path: Path, content: str, match: str) -> None:
+        """A config torchtitan cannot parse: a one-line HintError naming --job.config_file (a missing one is
+        the ranks' FileNotFoundError: tests/unit/test_corpus_torchtitan.py)."""
         path = tmp_path / "cfg.toml"
-        if content is not None:
-            path.write_text(content)
+        path.write_text(content)
         with pytest.raises(HintError, match=f"^script argument --job.config_file: {match}") as info:
             parse_hints("train.py", ["--job.config_file", str(path)])
         assert "\n" not in str(info.value)
@@ -781,6 +782,7 @@ class TestCadence:
                     "5",
                     "--checkpoint.interval",
                     "250",
+                    "--validation.enable",
                     "--validation.freq",
                     "50",
                     "--validation.steps",

@@ -1,0 +1,65 @@
+"""torchtitan's checks of its parallel degrees and batch against the world size, which its ranks make at
+start-up (ParallelDims._validate, Trainer.__init__'s batch assertion): the job's death when they fail."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fakerun.frameworks import titan_errors
+from fakerun.hints import Hints
+
+__all__ = ["check"]
+
+# The job hints a refused configuration drops, so that the simulated job still builds until the ranks die.
+_DROPPED = ("tp", "pp", "ep", "global_batch", "grad_accum", "micro_batch")
+
+
+def _figure(hints: Hints, key: str, default: int) -> int:
+    """One of the figures hints.py's _titan_figures recorded (`titan.<key>`)."""
+    return int(hints.settings.get(f"titan.{key}", str(default)))
+
+
+def refusal(hints: Hints, world: int) -> str | None:
+    """The traceback torchtitan's ranks die with on this world size, or None when the job starts."""
+    dp_replicate = _figure(hints, "parallelism.data_parallel_replicate_degree", 1)
+    dp_shard = _figure(hints, "parallelism.data_parallel_shard_degree", -1)
+    cp = _figure(hints, "parallelism.context_parallel_degree", 1)
+    tp, pp, ep = (int(str(hints.job.get(k, 1))) for k in ("tp", "pp", "ep"))
+    if any(d < 1 for d in (dp_replicate, cp, tp, pp, ep)):
+        message = "AssertionError: Parallelism degree should be >= 1, except for dp_shard"
+        return titan_errors.traceback_text("mesh", message, assertion="degree")
+    if not (dp_shard == -1 or dp_shard >= 1):
+        return titan_errors.traceback_text(
+            "mesh", "AssertionError: dp_shard must -1 or >=1.", assertion="dp_shard"
+        )
+    if dp_shard < 0:
+        dp_shard = world // (dp_replicate * cp * tp * pp)
+        if dp_shard < 1:
+            return titan_errors.traceback_text("mesh", "AssertionError", assertion="dp_shard_derived")
+    if dp_replicate * dp_shard * cp * tp * pp != world:
+        message = (
+            f"AssertionError: Invalid parallel dims: dp_replicate({dp_replicate}) * dp_shard({dp_shard}) * "
+            f"cp({cp}) * tp({tp}) * pp({pp}) != WORLD_SIZE({world})"
+        )
+        return titan_errors.traceback_text("mesh", message, assertion="product")
+    degree = dp_replicate * dp_shard  # the "batch" mesh: data loading's degree
+    local = _figure(hints, "training.local_batch_size", 8)
+    global_batch = _figure(hints, "training.global_batch_size", -1)
+    if global_batch > 0 and global_batch % (local * degree):
+        message = (
+            "AssertionError: global batch size must be multiple of local batch size times data-parallel "
+            f"degree ({global_batch} % ({local} * {degree}) != 0)"
+        )
+        return titan_errors.traceback_text("batch", message)
+    return None
+
+
+def check(hints: Hints, world: int) -> Hints:
+    """The hints with torchtitan's refusal of this world size as every rank's death (Hints.script_exit)."""
+    if hints.style != "titan" or hints.script_exit is not None:
+        return hints
+    text = refusal(hints, world)
+    if text is None:
+        return hints
+    job = {k: v for k, v in hints.job.items() if k not in _DROPPED}
+    return dataclasses.replace(hints, job=job, script_exit=(text, 1))

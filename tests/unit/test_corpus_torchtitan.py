@@ -1,0 +1,234 @@
+"""torchtitan's launch forms read as torchtitan reads them: TOML configs of tests/corpus/torchtitan, the
+--module/--config registry, flavors at their exact size, its defaults and its refusals on the ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fakerun import presets
+from fakerun.cli import parse_command_line
+from fakerun.dialects import files
+from fakerun.dialects.titan import TitanDialect
+from fakerun.frameworks.titan_errors import RANK_MARK
+from fakerun.hints import Hints, parse_hints
+from fakerun.jobconfig import build_run
+from fakerun.sim.run import RunPlan
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "torchtitan"
+SCRIPT = ["-m", "torchtitan.train"]
+
+
+def llama_ffn(dim: int, multiple_of: int, multiplier: float | None) -> int:
+    """torchtitan's FeedForward hidden size (llama3/model/model.py), written out independently."""
+    hidden = int(2 * 4 * dim / 3)
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return -(-hidden // multiple_of) * multiple_of
+
+
+def dense_params(dim: int, layers: int, heads: int, kv_heads: int, vocab: int, ffn: int) -> int:
+    """nn.Module.parameters() of a Llama-style decoder: wq wk wv wo, w1 w2 w3, two norms a layer, untied."""
+    head = dim // heads
+    attn = 2 * dim * dim + 2 * dim * kv_heads * head
+    return layers * (attn + 3 * dim * ffn + 2 * dim) + 2 * vocab * dim + dim
+
+
+def run_of(args: list[str], nproc: int = 2) -> tuple[RunPlan, Hints]:
+    """build_run for `torchrun --nproc-per-node nproc -m torchtitan.train ARGS` (no process is started)."""
+    cmd = parse_command_line([f"--nproc-per-node={nproc}", *SCRIPT, *args], {})
+    bundle = presets.resolve("llama3-8b")
+    return build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=False)
+
+
+def exit_text(hints: Hints, rank: int = 0) -> str:
+    """What every rank writes before it dies (its rank in the `[rankN]: ` prefix)."""
+    assert hints.script_exit is not None
+    return hints.script_exit[0].replace(RANK_MARK, str(rank))
+
+
+class TestFlavors:
+    """Each flavor at the size torchtitan's model builds."""
+
+    def test_llama3_debugmodel(self) -> None:
+        """6.2M parameters: dim 256, 6 layers, 16 heads, vocab 2048, FFN 768 (llama3/__init__.py)."""
+        hints = parse_hints("torchtitan.train", ["--model.name", "llama3", "--model.flavor", "debugmodel"])
+        assert hints.model is not None
+        assert hints.model.params == dense_params(256, 6, 16, 16, 2048, llama_ffn(256, 256, None))
+        assert llama_ffn(256, 256, None) == 768
+
+    def test_torchtitan_default_is_debugmodel(self) -> None:
+        """No model arguments: JobConfig's llama3 debugmodel, not a preset picked by fakerun."""
+        hints = parse_hints("torchtitan.train", ["--training.steps", "5"])
+        assert hints.model_name == "llama3-debugmodel"
+        assert hints.model is not None and hints.model.params < 10**7
+
+    @pytest.mark.parametrize(
+        ("flavor", "published"),
+        [("8B", 8_030_261_248), ("70B", 70_553_706_496), ("405B", 405_853_388_800)],
+    )
+    def test_llama3_published(self, flavor: str, published: int) -> None:
+        """Llama 3.1's published parameter counts (the Hugging Face safetensors' totals)."""
+        hints = parse_hints("torchtitan.train", ["--model.name", "llama3", "--model.flavor", flavor])
+        assert hints.model is not None and hints.model.params == published
+
+    def test_qwen3_tied_head_dim_and_qk_norm(self) -> None:
+        """Qwen3 0.6B: head_dim 128 though dim/heads is 64, q/k norms, tied embeddings: 596,049,920."""
+        dim, layers, heads, kv, vocab, ffn, hd = 1024, 28, 16, 8, 151936, 3072, 128
+        attn = dim * heads * hd * 2 + 2 * dim * kv * hd + 2 * hd
+        expected = layers * (attn + 3 * dim * ffn + 2 * dim) + vocab * dim + dim
+        hints = parse_hints("torchtitan.train", ["--job.config_file", str(CORPUS / "qwen3_0.6b.toml")])
+        assert hints.model is not None and hints.model.params == expected == 596_049_920
+
+    def test_deepseek_v3_671b(self) -> None:
+        """DeepSeek V3's published 671,026,419,200 weights less the 58 MoE layers' 256 expert biases, which
+        torchtitan keeps as buffers, not parameters."""
+        hints = parse_hints("torchtitan.train", ["--model.name", "deepseek_v3", "--model.flavor", "671B"])
+        assert hints.model is not None
+        assert hints.model.params == 671_026_419_200 - 58 * 256
+
+    def test_llama4_debugmodel_interleaved_moe(self) -> None:
+        """Llama 4's debugmodel: every 2nd layer MoE (8 experts of 512, one shared, top-1), the rest dense."""
+        dim, vocab = 256, 2048
+        attn, norms = 4 * dim * dim, 2 * dim
+        dense_ffn = llama_ffn(dim, 256, None)
+        # (2/3 of 4 x dim) / (top_k 1 + 1 shared), rounded up to 256
+        expert = -(-int(int(2 * 4 * dim / 3) / 2) // 256) * 256
+        moe = 8 * 3 * dim * expert + 3 * dim * expert + dim * 8
+        expected = 3 * (attn + norms + 3 * dim * dense_ffn) + 3 * (attn + norms + moe) + 2 * vocab * dim + dim
+        hints = parse_hints("torchtitan.train", ["--job.config_file", str(CORPUS / "llama4_debug.toml")])
+        assert hints.model is not None and hints.model.params == expected
+        active = expected - 7 * 3 * dim * expert * 3
+        assert hints.model.active_params == active
+
+    def test_unknown_flavor_is_the_ranks_key_error(self) -> None:
+        """train.py's model_args[flavor] lookup: KeyError on every rank, prefixed by torch's excepthook."""
+        hints = parse_hints("torchtitan.train", ["--model.name", "llama3", "--model.flavor", "9B"])
+        text = exit_text(hints, rank=1)
+        assert hints.script_exit is not None and hints.script_exit[1] == 1
+        assert text.endswith("[rank1]: KeyError: '9B'\n")
+        assert "model_args = self.train_spec.model_args[job_config.model.flavor]" in text
+
+    def test_unknown_model_is_train_spec_error(self) -> None:
+        """get_train_spec's ValueError for a name no TrainSpec has."""
+        text = exit_text(parse_hints("torchtitan.train", ["--model.name", "llama5"]))
+        assert text.endswith("[rank0]: ValueError: TrainSpec llama5 is not registered.\n")
+
+
+class TestConfigFile:
+    """A TOML config as ConfigManager reads it, the command line winning."""
+
+    def test_llama3_debug_batch_schedule_switches(self) -> None:
+        """local 4 x dp 2 x accumulation 2 = global 16; warmup, linear decay to min_lr_factor; saves on."""
+        config = str(CORPUS / "llama3_debug.toml")
+        run, hints = run_of(["--job.config_file", config])
+        job = run.job
+        assert (job.micro_batch, job.global_batch, job.grad_accum, job.dp) == (4, 16, 16 // (4 * 2), 2)
+        assert (job.seq_len, job.total_steps, job.warmup_steps) == (1024, 12, 2)
+        assert job.lr_schedule == "linear" and job.min_lr == pytest.approx(8e-4 * 0.1)
+        assert run.saves and run.save_interval == 6
+        assert run.eval_interval == 0  # validation.enable = false, whatever its freq
+        assert hints.settings["checkpoint.folder"] == "ckpt"
+
+    def test_command_line_overrides_file(self) -> None:
+        """`--training.steps 4 --checkpoint.enable false`: the file's values give way."""
+        config = str(CORPUS / "llama3_debug.toml")
+        run, _ = run_of(
+            ["--job.config_file", config, "--training.steps", "4", "--checkpoint.enable", "false"]
+        )
+        assert run.job.total_steps == 4 and not run.saves
+
+    def test_global_batch_default_is_local_times_dp(self) -> None:
+        """global_batch_size -1: one micro batch per rank per step."""
+        run, _ = run_of(["--job.config_file", str(CORPUS / "qwen3_0.6b.toml")], nproc=4)
+        assert (run.job.global_batch, run.job.grad_accum) == (4 * 4, 1)
+        assert run.job.lr_schedule == "cosine"
+
+    def test_missing_config_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """run_train.sh's default path outside a checkout: FileNotFoundError, before any process group."""
+        monkeypatch.chdir(tmp_path)
+        path = "./torchtitan/models/llama3/train_configs/debug_model.toml"
+        text = exit_text(parse_hints("torchtitan.train", ["--job.config_file", path]))
+        assert text.endswith(f"FileNotFoundError: [Errno 2] No such file or directory: '{path}'\n")
+        assert not text.startswith("[rank")
+
+
+class TestRegistry:
+    """torchtitan's `--module M --config C` form."""
+
+    def test_llama3_debugmodel(self) -> None:
+        """llama3_debugmodel: 8 x 2048 tokens a micro batch, 10 steps, 2 warmup."""
+        run, hints = run_of(["--module", "llama3", "--config", "llama3_debugmodel"])
+        assert hints.model_name == "llama3-debugmodel"
+        assert (run.job.micro_batch, run.job.seq_len, run.job.total_steps, run.job.warmup_steps) == (
+            8,
+            2048,
+            10,
+            2,
+        )
+
+    def test_variant_builds_on_its_base(self) -> None:
+        """llama3_debugmodel_float8 starts from llama3_debugmodel's Trainer.Config."""
+        hints = parse_hints(
+            "torchtitan.train", ["--module", "llama3", "--config", "llama3_debugmodel_float8"]
+        )
+        assert hints.model_name == "llama3-debugmodel"
+
+    def test_unknown_config_function(self) -> None:
+        """ConfigManager._load_config's ValueError, before the process group."""
+        text = exit_text(parse_hints("torchtitan.train", ["--module", "qwen3", "--config", "qwen3_7b"]))
+        assert (
+            "ValueError: Config function 'qwen3_7b' not found in torchtitan.models.qwen3.config_registry"
+            in text
+        )
+
+
+class TestMesh:
+    """ParallelDims' and the batch's checks, raised by the ranks (exit 1), not refused by the launcher."""
+
+    def test_invalid_parallel_dims(self) -> None:
+        """dp_shard 1 x tp 1 on 2 ranks: _validate's product assertion with its message."""
+        args = ["--model.name", "llama3", "--parallelism.data_parallel_shard_degree", "1"]
+        _, hints = run_of(args)
+        text = exit_text(hints)
+        assert text.endswith(
+            "[rank0]: AssertionError: Invalid parallel dims: dp_replicate(1) * dp_shard(1) * cp(1) * tp(1) * "
+            "pp(1) != WORLD_SIZE(2)\n"
+        )
+
+    def test_global_batch_not_divisible(self) -> None:
+        """global 10 over local 4 x dp 2: Trainer.__init__'s assertion."""
+        args = ["--training.local_batch_size", "4", "--training.global_batch_size", "10"]
+        _, hints = run_of(args)
+        assert exit_text(hints).endswith(
+            "[rank0]: AssertionError: global batch size must be multiple of local batch size times "
+            "data-parallel degree (10 % (4 * 2) != 0)\n"
+        )
+
+
+class TestArtifacts:
+    """The files of a save where the log says: {dump_folder}/{checkpoint.folder}/step-N/."""
+
+    def test_layout_and_final_export_dtype(self) -> None:
+        """Each rank its __R_0.distcp, rank 0 also .metadata; the last step's model-only bf16 shards."""
+        run, hints = run_of(["--job.config_file", str(CORPUS / "llama3_debug.toml")])
+
+        def saved(step: int, rank: int) -> list[files.Artifact]:
+            request = files.SaveRequest(run, hints.settings, step, rank, 2, "checkpoint")
+            return list(TitanDialect.artifacts(request))
+
+        assert [a.path for a in saved(6, 0)] == [
+            "./outputs/ckpt/step-6/__0_0.distcp",
+            "./outputs/ckpt/step-6/.metadata",
+        ]
+        assert [a.path for a in saved(6, 1)] == ["./outputs/ckpt/step-6/__1_0.distcp"]
+        last = saved(12, 1)[0]
+        assert last.size == run.job.model.params * 2 // 2  # bfloat16, half on each of 2 ranks
+
+    def test_checkpoint_disabled_writes_nothing(self) -> None:
+        """checkpoint.enable = false: no saves and no files."""
+        run, hints = run_of(["--job.config_file", str(CORPUS / "qwen3_0.6b.toml")])
+        assert not run.saves
+        request = files.SaveRequest(run, hints.settings, 5, 0, 2, "checkpoint")
+        assert TitanDialect.artifacts(request) == ()
