@@ -6,17 +6,19 @@ import dataclasses
 import io
 import itertools
 import math
+import os
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fakerun import dialects, tomlfile
 from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
+from fakerun.dialects.llmc_py import LlmcPyDialect, to_settings
 from fakerun.dsconfig import DsConfig, parse_ds_config
-from fakerun.frameworks import titan_errors, titan_flavors
+from fakerun.frameworks import llmc_py, titan_errors, titan_flavors, titan_world
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
@@ -81,6 +83,9 @@ class Hints:
     # A program that dies at start on these arguments (llm.c's error_usage()): what each rank writes on
     # stderr, and its exit code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # A check of the script that depends on the job's world size: script_exit's text and code for a world
+    # size it refuses (nanoGPT's gradient_accumulation_steps % ddp_world_size), else None.
+    world_exit: Callable[[int], tuple[str, int] | None] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1395,9 +1400,16 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     style = dialects.select(script, names)
     if style in ("megatron", "deepspeed") and megatron_ds.applies(script, names):
         style = megatron_ds.MegatronDeepSpeedDialect.name
+    if style == "nanogpt" and LlmcPyDialect.hints.script.search(script.replace("\\", "/")):  # type: ignore[union-attr]
+        style = LlmcPyDialect.name  # `--batch_size=8` is nanoGPT's spelling too; nanoGPT has no train_gpt2.py
     if style == "llmc":
         return _llmc_hints(args)
-    configured = _nanogpt_configure(args) if style == "nanogpt" else None
+    if style == LlmcPyDialect.name:
+        return _llmc_py_hints(script, args)
+    try:
+        configured = _nanogpt_configure(args) if style == "nanogpt" else None
+    except nanogpt.ConfigError as exc:
+        return Hints(style=style, script_exit=(exc.traceback(_script_file(script)), 1))
     given = _scan(args, style) if configured is None else _nanogpt_given(configured)
     config = given.get("job.config_file")
     titan_exit: tuple[str, int] | None = None
@@ -1424,14 +1436,11 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     regime = _regime(script, args)
     settings = _settings(args, config) | _lightning_settings(given)
     notices: tuple[str, ...] = ()
+    world_exit = None
     if configured is not None:
         regime = _nanogpt_model(b, configured)
         settings = _nanogpt_settings(configured)
-        notices = tuple(
-            f"nanoGPT config file {path!r} not found: the real configurator.py would die of "
-            f"FileNotFoundError opening it; simulating train.py without it"
-            for path in configured.missing
-        )
+        world_exit = _nanogpt_world_exit(script, configured)
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     spec = b.top.get("spec")  # a framework's own table's model (torchtitan's flavors)
@@ -1449,7 +1458,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
     ds = b.top.get("deepspeed")
     examples = b.top.get("examples")
-    return Hints(
+    hints = Hints(
         model_name=name,
         model=spec if isinstance(spec, ModelSpec) else model_from_hf_name(name) if name else None,
         arch=b.arch,
@@ -1470,7 +1479,11 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
         script_exit=exit_given if isinstance(exit_given, tuple) else None,
+        world_exit=world_exit,
     )
+    if style == "titan" and hints.script_exit is None:
+        hints = dataclasses.replace(hints, world_exit=titan_world.world_exit(hints))
+    return hints
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1590,6 +1603,79 @@ def _llmc_job(a: llmc_args.Args) -> Hints:
     )
 
 
+def _llmc_py_hints(script: str, args: Sequence[str]) -> Hints:
+    """train_gpt2.py's job from its argparse options and defaults; its argparse error or failed assert as the
+    ranks' death (Hints.script_exit), the total batch's divisibility by the world size as Hints.world_exit."""
+    style = LlmcPyDialect.name
+    try:
+        a = llmc_py.parse(script, list(args))
+    except llmc_py.ScriptExit as exc:
+        return Hints(style=style, script_exit=(exc.text, exc.code))
+    src = _Given("train_gpt2.py", None)
+    for name, value, high in (
+        ("--batch_size", a.batch_size, _model_high("micro_batch")),
+        ("--num_iterations", a.num_iterations, MAX_STEPS),
+    ):
+        if not 1 <= value <= high:
+            raise src.fail(f"{name} {value}: the simulation takes 1 to {high}")
+    if not (math.isfinite(a.learning_rate) and 0 < a.learning_rate <= _MAX_LR):
+        raise src.fail(f"--learning_rate {a.learning_rate:g}: the simulation needs one in (0, {_MAX_LR:g}]")
+    layers, heads, hidden = llmc_py.shape(a)
+    arch = {
+        "layers": layers,
+        "heads": heads,
+        "kv_heads": heads,
+        "hidden": hidden,
+        "ffn_hidden": 4 * hidden,
+        "vocab": llmc_py.VOCAB,
+        "max_position": llmc_py.BLOCK,
+        "seq_len": a.sequence_length,
+        "bias": 1,
+        "tied_embeddings": 1,
+    }
+    if a.total_batch_size < 1:
+        raise src.fail(f"--total_batch_size {a.total_batch_size}: the simulation needs a positive batch")
+    job: dict[str, object] = {
+        "micro_batch": a.batch_size,
+        "seq_len": a.sequence_length,
+        # Sequences per step; total_batch_size % (B * T * world) is checked by world_exit first.
+        "global_batch": max(1, a.total_batch_size // a.sequence_length),
+        "total_steps": a.num_iterations,
+        "lr": a.learning_rate,
+        "min_lr": a.learning_rate * min(max(a.learning_rate_decay_frac, 0.0), 1.0),
+        "warmup_steps": min(max(a.warmup_iters, 0), MAX_STEPS),
+        "lr_schedule": "cosine",
+        # float32 and bfloat16 both run without a loss scaler (the simulation has no fp32 kernels).
+        "precision": "fp16" if a.dtype == "float16" else "bf16",
+        "zero_stage": 1 if a.zero_stage == 1 else 0,
+        "tp": 1,
+        "pp": 1,
+    }
+    # Validation needs --val_loss_every > 0 and --input_val_bin; it also runs after the last step.
+    evaluates = a.val_loss_every > 0 and a.input_val_bin != ""
+    cadence = {"log_interval": 1, "eval_interval": a.val_loss_every if evaluates else 0, "save_interval": 0}
+    if a.val_max_steps > 0:
+        cadence["eval_iters"] = min(a.val_max_steps, _MAX_EVAL_ITERS)
+    path = script
+
+    def world_exit(world_size: int) -> tuple[str, int] | None:
+        text = llmc_py.world_exit(path, a, world_size)
+        return None if text is None else (text, 1)
+
+    return Hints(
+        model_name=a.model,
+        model=load_model("gpt2-124m"),
+        arch=arch,
+        job=job,
+        style=style,
+        cadence=cadence,
+        sources=dict.fromkeys((*job, *arch, *cadence), "train_gpt2.py"),
+        settings=to_settings(a),
+        regime="finetune" if a.model in llmc_py.PRETRAINED else "pretrain",
+        world_exit=world_exit,
+    )
+
+
 # train.py's globals that drive the simulated job -> the option they are in _OPTIONS (the same names).
 _NANOGPT_KEYS = (
     *("batch_size", "block_size", "gradient_accumulation_steps", "max_iters", "warmup_iters"),
@@ -1611,11 +1697,27 @@ def _read_config(path: str) -> str | None:
 
 
 def _nanogpt_configure(args: Sequence[str]) -> nanogpt.Configured:
-    """configurator.py over the script's arguments; its exception as a one-line HintError."""
-    try:
-        return nanogpt.configure(list(itertools.takewhile(lambda a: a != "--", args)), _read_config)
-    except nanogpt.ConfigError as exc:
-        raise HintError(f"nanoGPT's configurator.py would raise {exc}") from None
+    """configurator.py over the script's arguments (nanogpt.ConfigError where it dies)."""
+    return nanogpt.configure(list(itertools.takewhile(lambda a: a != "--", args)), _read_config)
+
+
+def _script_file(script: str) -> str:
+    """The training script as Python's traceback names it: the absolute path of the __main__ file."""
+    return os.path.abspath(script)
+
+
+def _nanogpt_world_exit(script: str, conf: nanogpt.Configured) -> Callable[[int], tuple[str, int] | None]:
+    """train.py's death on a world size that does not divide gradient_accumulation_steps."""
+    accumulation = conf.values["gradient_accumulation_steps"]
+    path = _script_file(script)
+
+    def check(world_size: int) -> tuple[str, int] | None:
+        if not isinstance(accumulation, int):
+            return None
+        text = nanogpt.accumulation_exit(path, accumulation, world_size)
+        return None if text is None else (text, 1)
+
+    return check
 
 
 def _nanogpt_given(conf: nanogpt.Configured) -> dict[str, _Given]:
@@ -1683,10 +1785,20 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
         b.set(b.arch, "vocab", vocab, g)
         b.set(b.arch, "bias", int(bool(values["bias"])), g)
         regime = "pretrain"
+    block = b.job.get("seq_len")
+    if isinstance(block, int):
+        # wpe holds block_size rows (crop_block_size cuts GPT-2's 1024 to it).
+        b.set(b.arch, "max_position", block, g)
     if values["dtype"] == "float16":  # train.py's GradScaler
         b.set(b.job, "precision", "fp16", _Given("dtype", "float16"))
+    warmup, total = b.job.get("warmup_steps"), b.job.get("total_steps")
     if values["decay_lr"] is False:
+        # get_lr is never called: the learning rate is learning_rate from the first iteration.
         b.set(b.job, "lr_schedule", "constant", _Given("decay_lr", "False"))
+        b.set(b.job, "warmup_steps", 0, _Given("decay_lr", "False"))
+        b.set(b.job, "min_lr", b.job["lr"], _Given("decay_lr", "False"))
+    elif isinstance(warmup, int) and isinstance(total, int) and warmup > total:
+        b.set(b.job, "warmup_steps", total, _Given("warmup_iters", str(warmup)))  # it warms up all run long
     return regime
 
 

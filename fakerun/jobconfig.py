@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from fakerun import dialects, presets
-from fakerun.frameworks import titan_world
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
@@ -149,7 +148,10 @@ def build_run(
         hints = parse_hints(args.training_script, args.training_script_args)
     except HintError as exc:
         raise JobConfigError(str(exc)) from None
-    hints = titan_world.check(hints, nnodes * nproc_per_node)  # torchtitan's ranks check their mesh
+    refused = hints.world_exit(nnodes * nproc_per_node) if hints.world_exit is not None else None
+    if refused is not None:
+        # Every rank dies at start: the job it would have run is never built (its batch may not even divide).
+        hints = Hints(style=hints.style, settings=hints.settings, script_exit=refused)
     kw: dict[str, Any] = dict(hints.job)
     # --fake-seed (or FAKERUN_SEED) replays a run; the script's own --seed is deterministic like a real one;
     # otherwise each run draws a fresh seed (the launcher passes it; the metrics file's run record keeps it).

@@ -44,6 +44,7 @@ from fakerun.dialects.files import Artifact, SaveRequest
 from fakerun.dialects.hf import HfDialect
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.dialects.llmc import LlmcDialect
+from fakerun.dialects.llmc_py import LlmcPyDialect
 from fakerun.dialects.megatron import MegatronDialect
 from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
 from fakerun.dialects.nanogpt import NanoGptDialect
@@ -75,6 +76,7 @@ DIALECTS: dict[str, type[Dialect]] = {
         TorchtuneDialect,
         NemoDialect,
         NanoGptDialect,
+        LlmcPyDialect,
         LlmcDialect,
         LightningDialect,
         MegatronDeepSpeedDialect,

@@ -20,6 +20,11 @@ from fakerun.dialects.events import (
     StepDone,
     TrainingStarted,
 )
+from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.frameworks import pytrace
+from fakerun.presets import ModelSpec
+from fakerun.sim import estimates
+from fakerun.sim.job import JobSpec
 from fakerun.sim.run import RunPlan
 
 # train.py's globals that configurator.py lets `--key=value` override (and a config/*.py file argument).
@@ -98,8 +103,49 @@ _BINOPS: dict[type[ast.operator], Callable[[object, object], object]] = {
 }
 
 
+# train.py's line that runs configurator.py (karpathy/nanoGPT 3adf61e): every configurator error passes it.
+_EXEC_LINE = 77
+_EXEC_SOURCE = "exec(open('configurator.py').read()) # overrides from command line or config file"
+_EXEC_CALL = "exec(open('configurator.py').read())"
+# configurator.py's lines, as the traceback of its exec'd text names them ("<string>", no source shown).
+_CONF_NOT_FLAG, _CONF_OPEN, _CONF_EXEC, _CONF_FLAG, _CONF_SPLIT, _CONF_TYPE, _CONF_UNKNOWN = (
+    23,
+    26,
+    28,
+    31,
+    32,
+    42,
+    47,
+)
+# train.py's check once init_process_group has run (torch's excepthook prefixes the traceback).
+_ACCUM_LINE = 94
+_ACCUM_TEST = "gradient_accumulation_steps % ddp_world_size == 0"
+
+
 class ConfigError(ValueError):
-    """What configurator.py (or the config file it execs) raises, as Python prints its last line."""
+    """What configurator.py (or the config file it execs) raises: what Python prints after the frames, and
+    the configurator.py line its traceback shows."""
+
+    def __init__(self, exception: str, line: int) -> None:
+        super().__init__(exception)
+        self.exception = exception
+        self.line = line
+
+    def traceback(self, script: str) -> str:
+        """The traceback every rank prints, with train.py at `script` (its absolute path)."""
+        frames = [
+            pytrace.Frame(script, _EXEC_LINE, source=_EXEC_SOURCE, marked=_EXEC_CALL),
+            pytrace.Frame("<string>", self.line),
+        ]
+        return pytrace.traceback_text(frames, self.exception)
+
+
+def accumulation_exit(script: str, accumulation: int, world_size: int) -> str | None:
+    """train.py's `assert gradient_accumulation_steps % ddp_world_size == 0` failing on each rank, or None."""
+    if accumulation % world_size == 0:
+        return None
+    frame = pytrace.Frame(script, _ACCUM_LINE, source=f"    assert {_ACCUM_TEST}", marked=_ACCUM_TEST)
+    return pytrace.traceback_text([frame], "AssertionError", after_init=True)
 
 
 @dataclass(frozen=True)
@@ -109,7 +155,6 @@ class Configured:
     values: dict[str, object]
     sources: dict[str, str]  # key -> the `--key=value` argument or the config file that set it last
     echo: tuple[str, ...]  # configurator.py's prints, in order
-    missing: tuple[str, ...]  # config files given that do not exist (open() would raise)
 
 
 def _evaluate(node: ast.expr, names: dict[str, object]) -> object:
@@ -130,7 +175,10 @@ def _exec_config(path: str, text: str, values: dict[str, object], sources: dict[
     try:
         tree = ast.parse(text, filename=path)
     except SyntaxError as exc:
-        raise ConfigError(f"SyntaxError: {exc.msg} ({path}, line {exc.lineno})") from None
+        # exec() compiles the text as "<string>": SyntaxError shows its line under that name.
+        where = f'  File "<string>", line {exc.lineno or 1}'
+        shown = f"\n    {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+        raise ConfigError(f"{where}{shown}\nSyntaxError: {exc.msg}", _CONF_EXEC) from None
     for stmt in tree.body:
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
             continue
@@ -147,45 +195,68 @@ def _exec_config(path: str, text: str, values: dict[str, object], sources: dict[
 def configure(args: Sequence[str], read: Callable[[str], str | None]) -> Configured:
     """configurator.py over train.py's defaults: config files exec'd, then `--key=value` checked and set.
 
-    `read(path)` is the config file's text, or None when it does not exist."""
+    `read(path)` is the config file's text, or None when it does not exist (open() raises, as here)."""
     values = dict(TRAIN_DEFAULTS)
     sources: dict[str, str] = {}
     echo: list[str] = []
-    missing: list[str] = []
     for arg in args:
         if "=" not in arg:
             if arg.startswith("--"):
-                raise ConfigError(f"AssertionError (configurator.py: a config file, not {arg!r})")
+                raise ConfigError("AssertionError", _CONF_NOT_FLAG)
             text = read(arg)
             if text is None:
-                missing.append(arg)  # the real script prints the header below, then dies opening it
-                continue
+                # It prints the header below (on stdout), then dies opening the file.
+                raise ConfigError(
+                    f"FileNotFoundError: [Errno 2] No such file or directory: {arg!r}", _CONF_OPEN
+                )
             echo.append(f"Overriding config with {arg}:")
             echo.extend(text.split("\n"))  # print(f.read()): the text and one more newline
             _exec_config(arg, text, values, sources)
             continue
         if not arg.startswith("--"):
-            raise ConfigError(f"AssertionError (configurator.py: {arg!r} does not start with --)")
+            raise ConfigError("AssertionError", _CONF_FLAG)
         parts = arg.split("=")
         if len(parts) != 2:
-            raise ConfigError(f"ValueError: too many values to unpack (expected 2) ({arg!r})")
+            raise ConfigError("ValueError: too many values to unpack (expected 2)", _CONF_SPLIT)
         key, val = parts[0][2:], parts[1]
         if key not in values and key not in _MODULE_GLOBALS:
-            raise ConfigError(f"ValueError: Unknown config key: {key}")
+            raise ConfigError(f"ValueError: Unknown config key: {key}", _CONF_UNKNOWN)
         try:
             attempt: object = ast.literal_eval(val)
         except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
             attempt = val
         if key not in values or type(attempt) is not type(values[key]):
-            have = type(values[key]).__name__ if key in values else "module global"
-            raise ConfigError(
-                f"AssertionError (configurator.py: type(attempt) == type(globals()[key]): --{key} is "
-                f"{type(attempt).__name__}, {key} is {have})"
-            )
+            raise ConfigError("AssertionError", _CONF_TYPE)
         echo.append(f"Overriding: {key} = {attempt}")
         values[key] = attempt
         sources[key] = arg
-    return Configured(values=values, sources=sources, echo=tuple(echo), missing=tuple(missing))
+    return Configured(values=values, sources=sources, echo=tuple(echo))
+
+
+# torch.save's zip archive (PyTorch's default since 1.6): per stored tensor a 64-byte-aligned record with its
+# local header and central directory entry ("archive/data/N"); data.pkl pickles each state_dict key and the
+# optimizer's per-parameter state; train.py's config dict and model_args are a few kB more.
+_ZIP_RECORD_BYTES = 64 + 30 + 46 + 2 * len("archive/data/000") + 20
+_PICKLE_KEY_BYTES = 96
+_PICKLE_FIXED_BYTES = 4096
+
+
+def pads_vocab(job: JobSpec) -> bool:
+    """Whether nanoGPT's model has more embedding rows than the job's vocabulary: GPT-2's 50257 rounded up to
+    50304 from scratch; from_pretrained keeps 50257 and a meta.pkl vocabulary is used as it is."""
+    return job.regime != "finetune" and job.model.vocab == estimates.GPT2_VOCAB
+
+
+def ckpt_bytes(model: ModelSpec, *, padded: bool) -> int:
+    """The size of train.py's ckpt.pt: fp32 weights (tied head stored once), AdamW's exp_avg and exp_avg_sq
+    (fp32) and its step scalar per parameter tensor, in torch.save's zip format."""
+    params = estimates.gpt_params(model, padded=padded)
+    groups = estimates.param_groups(model, padded=padded)
+    tensors = groups.decay_tensors + groups.nodecay_tensors
+    data = 4 * params + 2 * 4 * params + 4 * tensors
+    records = tensors + 3 * tensors  # the model's storages; exp_avg, exp_avg_sq, step per parameter
+    keys = tensors + int(model.tied_embeddings) + 3 * tensors
+    return data + records * _ZIP_RECORD_BYTES + keys * _PICKLE_KEY_BYTES + _PICKLE_FIXED_BYTES
 
 
 def tokens_line(tokens_per_iter: int) -> str:
@@ -244,6 +315,19 @@ class NanoGptDialect:
     name: ClassVar[str] = "nanogpt"
     hints: ClassVar[HintRule] = HINTS
     grid: ClassVar[bool] = False
+
+    @staticmethod
+    def artifacts(request: SaveRequest) -> Sequence[Artifact]:
+        """train.py's torch.save of {out_dir}/ckpt.pt: rank 0, after an evaluation at iter_num > 0."""
+        run = request.run
+        if (
+            request.rank != 0
+            or request.kind != "checkpoint"
+            or not (run.eval_interval > 0 and request.step > 0 and request.step % run.eval_interval == 0)
+        ):
+            return ()
+        out_dir = request.settings.get("out_dir", OUT_DIR)
+        return (Artifact(f"{out_dir}/ckpt.pt", ckpt_bytes(run.job.model, padded=pads_vocab(run.job))),)
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

@@ -1,1 +1,1 @@
-"""What each training framework's own tables and rules make of its arguments (models, flavors, defaults)."""
+"""What each training framework's own tables and rules make of its arguments and config files."""

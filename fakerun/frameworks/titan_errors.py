@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import sysconfig
 
-__all__ = ["RANK_MARK", "traceback_text"]
+from fakerun.frameworks import pytrace
 
-# Stands for the rank's number in a text every rank prints (`[rank3]: ` once torch's excepthook is in).
-RANK_MARK = "\x00rank\x00"
+__all__ = ["traceback_text"]
 
 # One frame: file (under torchtitan/, "<site>" for site-packages, "<frozen runpy>"), line, function, the
 # source line stripped, and the part Python 3.11+ underlines: (start, primary length, subscript length) or
@@ -119,7 +118,7 @@ def _root() -> str:
 def traceback_text(where: str, exception: str, *, assertion: str = "") -> str:
     """The traceback a rank prints when torchtitan raises `exception` (`KeyError: 'x'`) at `where` (a key of
     _FRAMES); ParallelDims' assertions name theirs (`assertion`, a key of _MESH_LINES). Ranks past
-    init_process_group prefix every line `[rankN]: ` (RANK_MARK stands for N)."""
+    init_process_group prefix every line `[rankN]: ` (pytrace.RANK_SLOT stands for N)."""
     root, site = _root(), sysconfig.get_paths()["purelib"]
     frames = list(_FRAMES[where])
     if assertion:
@@ -140,7 +139,7 @@ def traceback_text(where: str, exception: str, *, assertion: str = "") -> str:
             lines.append("    " + " " * start + under)
     lines.append(exception)
     # Before init_process_group (the config's parsing) torch's excepthook is not in yet.
-    prefix = "" if where.startswith("config") else f"[rank{RANK_MARK}]: "
+    prefix = "" if where.startswith("config") else f"[rank{pytrace.RANK_SLOT}]: "
     return "".join(f"{prefix}{line}\n" for line in lines)
 
 

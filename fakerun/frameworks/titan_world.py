@@ -3,15 +3,15 @@ start-up (ParallelDims._validate, Trainer.__init__'s batch assertion): the job's
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fakerun.frameworks import titan_errors
-from fakerun.hints import Hints
 
-__all__ = ["check"]
+if TYPE_CHECKING:
+    from fakerun.hints import Hints
 
-# The job hints a refused configuration drops, so that the simulated job still builds until the ranks die.
-_DROPPED = ("tp", "pp", "ep", "global_batch", "grad_accum", "micro_batch")
+__all__ = ["world_exit"]
 
 
 def _figure(hints: Hints, key: str, default: int) -> int:
@@ -54,12 +54,11 @@ def refusal(hints: Hints, world: int) -> str | None:
     return None
 
 
-def check(hints: Hints, world: int) -> Hints:
-    """The hints with torchtitan's refusal of this world size as every rank's death (Hints.script_exit)."""
-    if hints.style != "titan" or hints.script_exit is not None:
-        return hints
-    text = refusal(hints, world)
-    if text is None:
-        return hints
-    job = {k: v for k, v in hints.job.items() if k not in _DROPPED}
-    return dataclasses.replace(hints, job=job, script_exit=(text, 1))
+def world_exit(hints: Hints) -> Callable[[int], tuple[str, int] | None]:
+    """Hints.world_exit of a torchtitan job: its ranks die (traceback, exit 1) on a world size it refuses."""
+
+    def refused(world: int) -> tuple[str, int] | None:
+        text = refusal(hints, world)
+        return None if text is None else (text, 1)
+
+    return refused

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import setproctitle
 
-from fakerun.frameworks.titan_errors import RANK_MARK
+from fakerun.frameworks import pytrace
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
 from fakerun.worker.channel import CoordinatorGone, JobAborted
@@ -59,11 +59,11 @@ def die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def die_at_start(text: str, code: int) -> int:
-    """A program that refuses its arguments (llm.c's error_usage()): its text on stderr, then its exit code,
-    or the signal it dies of (a failed assert's SIGABRT)."""
+def die_at_start(text: str, code: int, rank: int = 0) -> int:
+    """A program that refuses its arguments (llm.c's error_usage()): its text on stderr (with this rank's
+    number where torch's excepthook puts it), then its exit code, or the signal it dies of (SIGABRT)."""
     with contextlib.suppress(OSError):
-        sys.stderr.write(text)
+        sys.stderr.write(pytrace.with_rank(text, rank))
         sys.stderr.flush()
     if code < 0:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left in the working directory
@@ -84,8 +84,7 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if ctx.script_exit is not None:
-        text, code = ctx.script_exit
-        return die_at_start(text.replace(RANK_MARK, env.get("RANK", "0")), code)
+        return die_at_start(*ctx.script_exit, rank=int(env.get("RANK", "0")))
     try:
         return run_rank(ctx, env, CONTROL_FD)
     except BrokenPipeError as exc:

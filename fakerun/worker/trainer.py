@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fakerun import dialects
-from fakerun.dialects import DEFAULT
+from fakerun.dialects import DEFAULT, nanogpt
 from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.events import (
     BarrierPassed,
@@ -386,9 +386,8 @@ class RankTrainer:
                 layers_on_rank=job.stage_layers(pp_rank),
                 pp_rank=pp_rank,
                 theory=megatron_figures.theory(job),
-                # nanoGPT pads the vocabulary of a model from scratch, not GPT-2's pretrained one.
-                groups=estimates.param_groups(job.model, padded=job.regime != "finetune"),
-                reported_params=estimates.nanogpt_num_params(job.model, padded=job.regime != "finetune"),
+                groups=estimates.param_groups(job.model, padded=nanogpt.pads_vocab(job)),
+                reported_params=estimates.nanogpt_num_params(job.model, padded=nanogpt.pads_vocab(job)),
                 padded_params=estimates.gpt_params(job.model),
                 padded_vocab=estimates.padded_vocab(job.model),
                 weights_bytes=built.weights,

@@ -11,7 +11,7 @@ from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects import files
 from fakerun.dialects.titan import TitanDialect
-from fakerun.frameworks.titan_errors import RANK_MARK
+from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim.run import RunPlan
@@ -45,7 +45,7 @@ def run_of(args: list[str], nproc: int = 2) -> tuple[RunPlan, Hints]:
 def exit_text(hints: Hints, rank: int = 0) -> str:
     """What every rank writes before it dies (its rank in the `[rankN]: ` prefix)."""
     assert hints.script_exit is not None
-    return hints.script_exit[0].replace(RANK_MARK, str(rank))
+    return with_rank(hints.script_exit[0], rank)
 
 
 class TestFlavors:

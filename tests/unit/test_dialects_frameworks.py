@@ -177,9 +177,7 @@ class TestNanoGpt:
         assert math.isclose(estimates.nanogpt_running_mfu(0.3, 0.4), 0.31)
 
     def test_hints_take_configurator_overrides(self) -> None:
-        h = parse_hints(
-            "train.py", ["config/train_gpt2.py", "--batch_size=8", "--gradient_accumulation_steps=40"]
-        )
+        h = parse_hints("nanoGPT/train.py", ["--batch_size=8", "--gradient_accumulation_steps=40"])
         assert h.style == "nanogpt" and h.model_name == "gpt2"
         assert h.job["micro_batch"] == 8 and h.job["global_batch"] == 320
 
@@ -211,21 +209,22 @@ class TestNanoGptConfigurator:
         assert conf.values["gradient_accumulation_steps"] == 8 and conf.values["compile"] is False
 
     def test_configurator_errors(self) -> None:
+        """configurator.py's own exceptions, at its own lines (karpathy/nanoGPT 3adf61e configurator.py)."""
         from fakerun.dialects.nanogpt import ConfigError, configure
 
-        for args, said in (
-            (["--foo=1"], "ValueError: Unknown config key: foo"),
-            (["--batch_size=8.0"], "AssertionError"),  # a float where train.py has an int
-            (["--os=1"], "AssertionError"),  # in globals(), not a config value
-            (["--a=b=c"], "ValueError: too many values to unpack"),
+        for args, said, line in (
+            (["--foo=1"], "ValueError: Unknown config key: foo", 47),
+            (["--batch_size=8.0"], "AssertionError", 42),  # a float where train.py has an int
+            (["--os=1"], "AssertionError", 42),  # in globals(), not a config value
+            (["--a=b=c"], "ValueError: too many values to unpack (expected 2)", 32),
+            (["missing.py"], "FileNotFoundError: [Errno 2] No such file or directory: 'missing.py'", 26),
         ):
             try:
                 configure(args, {}.get)
             except ConfigError as exc:
-                assert str(exc).startswith(said), exc
+                assert (exc.exception, exc.line) == (said, line), exc
             else:
                 raise AssertionError(f"{args} accepted")
-        assert configure(["missing.py"], {}.get).missing == ("missing.py",)
 
     def test_config_file_and_arguments_drive_the_job(self, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
         monkeypatch.chdir(tmp_path)
@@ -241,7 +240,8 @@ class TestNanoGptConfigurator:
         assert dict(h.settings)["compile"] == "False"
         model = apply_arch(presets.load_model(h.model_name or ""), h.arch)
         assert estimates.nanogpt_num_params(model) == nanogpt_module_params(6, 768, 50304, False)
-        assert parse_hints("train.py", ["gone.py"]).notices  # the launcher warns, the job runs on
+        gone = parse_hints("train.py", ["gone.py"]).script_exit  # configurator.py dies opening it
+        assert gone is not None and gone[0].endswith("No such file or directory: 'gone.py'\n")
 
     def test_gpt2_124m_without_bias_as_the_readme_prints_it(self, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
         monkeypatch.chdir(tmp_path)

@@ -1,0 +1,252 @@
+"""nanoGPT and llm.c's train_gpt2.py launch commands (tests/corpus/): the job each framework would run."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fakerun import presets
+from fakerun.cli import parse_command_line
+from fakerun.dialects.files import SaveRequest
+from fakerun.dialects.llmc_py import LlmcPyDialect
+from fakerun.dialects.nanogpt import NanoGptDialect, pads_vocab
+from fakerun.hints import parse_hints
+from fakerun.jobconfig import build_run
+from fakerun.sim import estimates
+from fakerun.sim.run import RunPlan
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+
+
+def commands(framework: str) -> list[tuple[int, list[str]]]:
+    """The corpus's `<nproc> <script> <args...>` lines."""
+    text = (CORPUS / framework / "commands.txt").read_text()
+    rows = [shlex.split(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [(int(row[0]), row[1:]) for row in rows]
+
+
+def build(nproc: int, argv: list[str]) -> RunPlan:
+    """build_run on a torchrun command line of one node (no processes)."""
+    cmd = parse_command_line(["--nproc-per-node", str(nproc), *argv], {})
+    bundle = presets.resolve("llama3-8b")
+    run, _ = build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=False)
+    return run
+
+
+def gpt_params(layers: int, c: int, vocab: int, block: int, *, bias: bool) -> int:
+    """model.py's GPT counted module by module (tied head): embeddings, blocks, final LayerNorm."""
+    b = int(bias)
+    ln = c + b * c
+    block_params = (
+        2 * ln + (3 * c * c + b * 3 * c) + (c * c + b * c) + (4 * c * c + b * 4 * c) + (4 * c * c + b * c)
+    )
+    return vocab * c + block * c + layers * block_params + ln
+
+
+@pytest.fixture
+def corpus_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with the corpus at its relative paths and shakespeare_char's meta.pkl."""
+    shutil.copytree(CORPUS, tmp_path / "tests" / "corpus")
+    meta = tmp_path / "data" / "shakespeare_char"
+    meta.mkdir(parents=True)
+    (meta / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 65, "itos": {}, "stoi": {}}))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class TestNanoGptCorpus:
+    def test_every_command_builds(self, corpus_cwd: Path) -> None:
+        for nproc, argv in commands("nanogpt"):
+            run = build(nproc, argv)
+            assert run.job.world_size == nproc
+
+    def test_small_char(self, corpus_cwd: Path) -> None:
+        """meta.pkl's vocabulary, no bias; batch_size x gradient_accumulation_steps over the whole job."""
+        run = build(4, ["train.py", "tests/corpus/nanogpt/small_char.py"])
+        job = run.job
+        m = job.model
+        assert (m.layers, m.hidden, m.heads, m.vocab) == (4, 256, 4, 65)
+        # get_num_params(non_embedding=True) leaves the 128-row position table out.
+        n = gpt_params(4, 256, 65, 128, bias=False) - 128 * 256
+        assert m.params == gpt_params(4, 256, 65, 128, bias=False)
+        assert estimates.nanogpt_num_params(m, padded=pads_vocab(job)) == n
+        assert f"{n / 1e6:.2f}M" == "3.16M"
+        # gradient_accumulation_steps 4 over 4 ranks: one micro batch of 32 each.
+        assert (job.micro_batch, job.grad_accum, job.global_batch) == (32, 1, 128)
+        h = parse_hints("train.py", ["tests/corpus/nanogpt/small_char.py"])
+        assert h.world_exit is not None
+        refused = h.world_exit(3)  # 4 % 3 != 0: train.py's assertion on every rank
+        assert refused is not None and refused[1] == 1
+        assert "[rank\x00]:     assert gradient_accumulation_steps % ddp_world_size == 0\n" in refused[0]
+        assert h.world_exit(2) is None and h.world_exit(1) is None
+        assert h.job["micro_batch"] == 32 and h.job["global_batch"] == 128 and h.job["seq_len"] == 128
+        assert h.job["total_steps"] == 3001 and h.job["warmup_steps"] == 50
+        assert math.isclose(float(h.job["lr"]), 2e-3) and math.isclose(float(h.job["min_lr"]), 2e-4)  # type: ignore[arg-type]
+        assert (h.cadence["eval_interval"], h.cadence["eval_iters"], h.cadence["log_interval"]) == (
+            250,
+            20,
+            10,
+        )
+        assert h.settings["out_dir"] == "out-small-char" and h.settings["meta_vocab"] == "65"
+
+    def test_gpt2_350m_from_scratch_in_fp16(self, corpus_cwd: Path) -> None:
+        run = build(8, ["train.py", "tests/corpus/nanogpt/gpt2_350m.py"])
+        job = run.job
+        m = job.model
+        assert (m.layers, m.hidden, m.heads, m.vocab) == (24, 1024, 16, 50304)
+        n = gpt_params(24, 1024, 50304, 1024, bias=True) - 1024 * 1024
+        assert estimates.nanogpt_num_params(m, padded=pads_vocab(job)) == n
+        # 8 x 1024 x 64 tokens: gradient_accumulation_steps // 8 ranks = 8 micro batches per rank.
+        assert (job.micro_batch, job.grad_accum, job.tokens_per_step) == (8, 8, 524_288)
+        assert job.precision == "fp16" and job.total_steps == 400_001
+
+    def test_finetune_gpt2_xl(self, corpus_cwd: Path) -> None:
+        """init_from='gpt2-xl': from_pretrained's 48 x 1600 shape with GPT-2's vocabulary; decay_lr False."""
+        run = build(2, ["train.py", "tests/corpus/nanogpt/finetune_xl.py", "--block_size=512"])
+        job = run.job
+        m = job.model
+        assert (m.layers, m.hidden, m.heads, m.vocab, job.seq_len) == (48, 1600, 25, 50257, 512)
+        # crop_block_size(512) keeps 512 position rows; get_num_params leaves them out anyway.
+        assert not pads_vocab(job) and m.params == gpt_params(48, 1600, 50257, 512, bias=True)
+        assert estimates.nanogpt_num_params(m, padded=False) == gpt_params(48, 1600, 50257, 0, bias=True)
+        assert job.regime == "finetune" and job.lr_schedule == "constant" and job.total_steps == 21
+        assert (job.micro_batch, job.global_batch) == (1, 32)
+
+    def test_config_errors_are_the_ranks_tracebacks(self, corpus_cwd: Path) -> None:
+        train = str(corpus_cwd / "train.py")
+        exec_line = "    exec(open('configurator.py').read()) # overrides from command line or config file\n"
+        for args, frame, last in (
+            (
+                ["config/train_gpt2.py"],
+                26,
+                "FileNotFoundError: [Errno 2] No such file or directory: 'config/train_gpt2.py'",
+            ),
+            (["--compile=False", "--foo=1"], 47, "ValueError: Unknown config key: foo"),
+            (["--batch_size=8.5"], 42, "AssertionError"),
+        ):
+            h = parse_hints("train.py", args)
+            assert h.script_exit is not None and h.script_exit[1] == 1
+            assert h.script_exit[0] == (
+                "Traceback (most recent call last):\n"
+                f'  File "{train}", line 77, in <module>\n'
+                + exec_line
+                + "    "
+                + "^" * len("exec(open('configurator.py').read())")
+                + "\n"
+                f'  File "<string>", line {frame}, in <module>\n'
+                f"{last}\n"
+            )
+
+    def test_ckpt_pt_after_each_evaluation_but_iteration_0(self, corpus_cwd: Path) -> None:
+        run = build(
+            2, ["train.py", "tests/corpus/nanogpt/gpt2_350m.py", "--eval_interval=10", "--max_iters=30"]
+        )
+        h = parse_hints("train.py", ["tests/corpus/nanogpt/gpt2_350m.py"])
+        settings = dict(h.settings)
+
+        def files(step: int, rank: int = 0) -> list[tuple[str, int]]:
+            req = SaveRequest(
+                run=run, settings=settings, step=step, rank=rank, world_size=2, kind="checkpoint"
+            )
+            return [(a.path, a.size) for a in NanoGptDialect.artifacts(req)]
+
+        m = run.job.model
+        total = gpt_params(24, 1024, 50304, 1024, bias=True)
+        tensors = 4 * 24 + 2 + (2 * 24 + 1) * 2 + 6 * 24  # 2-D, LayerNorm weights and biases, Linear biases
+        [(path, size)] = files(10)
+        assert path == "out/ckpt.pt"
+        # fp32 weights + AdamW's two fp32 moments and a step scalar per tensor, plus the archive's records.
+        assert 12 * total + 4 * tensors < size < 12 * total + 4 * tensors + 2_000_000
+        assert files(10, rank=1) == [] and files(0) == [] and files(15) == []
+        assert estimates.gpt_params(m) == total
+
+
+def pyref_params(layers: int, c: int) -> int:
+    """train_gpt2.py's GPT (biases everywhere, tied head, 50257 rows, 1024 positions)."""
+    return gpt_params(layers, c, 50257, 1024, bias=True)
+
+
+class TestLlmcPyCorpus:
+    @pytest.mark.parametrize(
+        ("model", "shape", "published_m"),
+        [
+            ("gpt2", (12, 12, 768), 124),
+            ("gpt2-medium", (24, 16, 1024), 355),
+            ("gpt2-large", (36, 20, 1280), 774),
+            ("gpt2-xl", (48, 25, 1600), 1558),
+            ("d12", (12, 12, 768), 124),
+            ("d24", (24, 16, 1024), 355),
+            ("d36", (36, 20, 1280), 774),
+            ("d48", (48, 25, 1600), 1558),
+        ],
+    )
+    def test_model_names(
+        self, corpus_cwd: Path, model: str, shape: tuple[int, int, int], published_m: int
+    ) -> None:
+        run = build(2, ["train_gpt2.py", "--model", model, "--total_batch_size", "512"])
+        m = run.job.model
+        assert (m.layers, m.heads, m.hidden, m.vocab) == (*shape, 50257)
+        assert m.params == pyref_params(shape[0], shape[2])
+        assert round(m.params / 1e6) == published_m  # the sizes in write_model's names (124M, 355M...)
+        assert run.job.regime == ("pretrain" if model.startswith("d") else "finetune")
+
+    def test_every_command_builds(self, corpus_cwd: Path) -> None:
+        for nproc, argv in commands("llmc"):
+            run = build(nproc, argv)
+            assert run.job.world_size == nproc
+
+    def test_batch_schedule_precision(self, corpus_cwd: Path) -> None:
+        argv = commands("llmc")[2][1]
+        run = build(8, argv)
+        job = run.job
+        # 524288 tokens / (2 x 1024 x 8 ranks) = 32 micro steps per rank.
+        assert (job.micro_batch, job.seq_len, job.grad_accum, job.tokens_per_step) == (2, 1024, 32, 524_288)
+        assert (job.total_steps, job.warmup_steps, job.lr_schedule) == (100, 10, "cosine")
+        assert math.isclose(job.min_lr, 6e-5) and run.eval_interval == 0
+        fp16 = build(2, commands("llmc")[3][1]).job
+        assert fp16.precision == "fp16" and fp16.zero_stage == 1
+
+    def test_the_scripts_own_deaths(self, corpus_cwd: Path) -> None:
+        script = str(corpus_cwd / "train_gpt2.py")
+        h = parse_hints("train_gpt2.py", ["--model", "gpt5"])
+        assert h.script_exit is not None and h.script_exit[0].startswith(
+            f'Traceback (most recent call last):\n  File "{script}", line 584, in <module>\n'
+        )
+        usage = parse_hints("train_gpt2.py", ["--modle", "gpt2"]).script_exit
+        assert usage is not None and usage[1] == 2
+        assert usage[0].startswith("usage: train_gpt2.py [-h]")
+        assert usage[0].endswith("train_gpt2.py: error: unrecognized arguments: --modle gpt2\n")
+        # The defaults' 256 tokens are not a multiple of 4 x 64 x 2 ranks.
+        d = parse_hints("train_gpt2.py", [])
+        assert d.world_exit is not None and d.world_exit(1) is None
+        refused = d.world_exit(2)
+        assert (
+            refused is not None
+            and "[rank\x00]:     assert args.total_batch_size % tokens_per_fwdbwd == 0\n" in refused[0]
+        )
+
+    def test_write_tensors_files(self, corpus_cwd: Path) -> None:
+        argv = ["train_gpt2.py", "--model", "d12", "--total_batch_size", "512"]
+        run = build(2, argv)
+        settings = dict(parse_hints(argv[0], argv[1:]).settings)
+        req = SaveRequest(run=run, settings=settings, step=10, rank=0, world_size=2, kind="export")
+        # write_model pads wte to 50304 rows: 1024-byte header, then fp32 or bf16 values.
+        padded = pyref_params(12, 768) + (50304 - 50257) * 768
+        logits = 4 * 64 * 50257 * 4
+        assert [(a.path, a.size) for a in LlmcPyDialect.artifacts(req)] == [
+            ("gpt2_d12.bin", 1024 + 4 * padded),
+            ("gpt2_d12_bf16.bin", 1024 + 2 * padded),
+            ("gpt2_d12_debug_state.bin", 1024 + 2 * 4 * 4 * 64 + logits + 4 + 4 * padded),
+        ]
+        off = dict(parse_hints(argv[0], [*argv[1:], "--write_tensors=0"]).settings)
+        assert (
+            LlmcPyDialect.artifacts(
+                SaveRequest(run=run, settings=off, step=10, rank=0, world_size=2, kind="export")
+            )
+            == ()
+        )
