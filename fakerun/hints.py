@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from fakerun import dialects, tomlfile
 from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dsconfig import DsConfig, parse_ds_config
+from fakerun.frameworks import megatron_args
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
@@ -1333,6 +1334,13 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     regime = _regime(script, args)
     settings = _settings(args, config) | _lightning_settings(given)
     notices: tuple[str, ...] = ()
+    spec: ModelSpec | None = None
+    script_exit: tuple[str, int] | None = None
+    if dialects.DIALECTS[style].hints.arch_defaults:
+        reading = megatron_args.read(script, args)
+        core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
+        spec, notices, script_exit = _megatron_reading(b, reading, core=core)
+        settings |= reading.settings
     if configured is not None:
         regime = _nanogpt_model(b, configured)
         settings = _nanogpt_settings(configured)
@@ -1347,8 +1355,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     ds = b.top.get("deepspeed")
     examples = b.top.get("examples")
     return Hints(
-        model_name=name,
-        model=model_from_hf_name(name) if name else None,
+        model_name=spec.name if spec is not None else name,
+        model=spec if spec is not None else model_from_hf_name(name) if name else None,
         arch=b.arch,
         job=b.job,
         epochs=epochs if isinstance(epochs, float) else None,
@@ -1366,7 +1374,44 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         notices=notices,
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
+        script_exit=script_exit,
     )
+
+
+_MEGATRON_DEFAULT = _Given("Megatron-LM's defaults (megatron/training/arguments.py)", None)
+
+
+def _megatron_reading(
+    b: _Builder, reading: megatron_args.Reading, *, core: bool
+) -> tuple[ModelSpec | None, tuple[str, ...], tuple[str, int] | None]:
+    """Megatron's own model, defaults and refusals over the hints of its arguments: (model, notices,
+    the death of every rank). The 2021-22 code and Megatron-DeepSpeed refuse in other words: only core's
+    (`core`) refusals are raised."""
+    death = reading.script_exit if core else None
+    if death is not None:
+        # The ranks die before building anything: keep only what any model and world size can run.
+        b.arch.clear()
+        for key in [k for k in b.job if k not in ("total_steps", "lr", "precision")]:
+            b.drop(b.job, key)
+    for key, value in reading.defaults.items():
+        if key in b.job or (key == "grad_accum" and "global_batch" in b.job):
+            continue
+        if key == "warmup_steps" and "warmup_ratio" in b.top:
+            continue  # --lr-warmup-fraction of a run whose length follows from --train-samples
+        b.set(b.job, key, value, _MEGATRON_DEFAULT)
+    for key, value in reading.job.items():
+        b.set(b.job, key, value, b.given.get("lr_warmup_fraction", _MEGATRON_DEFAULT))
+        b.drop(b.top, "warmup_ratio")
+    for key, n in reading.cadence.items():
+        if key not in b.cadence:
+            b.set(b.cadence, key, n, _MEGATRON_DEFAULT)
+    model = reading.model if death is None else None
+    if model is not None:
+        # The model is whole: only the context is left for apply_arch.
+        b.arch.clear()
+        if reading.seq_len is not None:
+            b.arch["seq_len"] = reading.seq_len
+    return model, reading.notices, death
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import zlib
 from typing import Any
 
 from fakerun import dialects, presets
+from fakerun.frameworks import megatron_args
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
@@ -146,6 +147,8 @@ def build_run(
         hints = parse_hints(args.training_script, args.training_script_args)
     except HintError as exc:
         raise JobConfigError(str(exc)) from None
+    if hints.style == "megatron" and hints.script_exit is None and "megatron.vocab" in hints.settings:
+        hints = _megatron_world(hints, args.training_script, nnodes * nproc_per_node)
     kw: dict[str, Any] = dict(hints.job)
     # --fake-seed (or FAKERUN_SEED) replays a run; the script's own --seed is deterministic like a real one;
     # otherwise each run draws a fresh seed (the launcher passes it; the metrics file's run record keeps it).
@@ -240,6 +243,16 @@ def build_run(
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints
+
+
+def _megatron_world(hints: Hints, script: str, world: int) -> Hints:
+    """Megatron core's refusal of its parallel layout or batch on `world` ranks: every rank dies of it (the
+    job left is one any world size runs, for the launcher to start)."""
+    death = megatron_args.world_exit(script, hints.job, hints.settings, world)
+    if death is None:
+        return hints
+    job = {k: v for k, v in hints.job.items() if k in ("total_steps", "lr", "precision", "seq_len")}
+    return dataclasses.replace(hints, job=job, script_exit=(death, 1))
 
 
 def _with_failures(run: RunPlan, specs: tuple[str, ...]) -> RunPlan:

@@ -270,6 +270,7 @@ class MegatronDialect:
         self.theory: Theory | None = None
         self.legacy = self.always_legacy
         self.save_dir: str | None = SAVE_DIR
+        self.settings: dict[str, str] = {}  # the script's settings (hints.Hints.settings)
         # The script passed a recompute option (else Megatron recomputes nothing).
         self.recompute_given = False
 
@@ -304,6 +305,7 @@ class MegatronDialect:
         if isinstance(event, JobStarted):
             self.run = event.run
             settings = dict(event.settings)
+            self.settings = settings
             self.legacy = self.legacy_for(settings)
             self.save_dir = settings.get("save") or (SAVE_DIR if event.run.saves else None)
             self.recompute_given = not RECOMPUTE_OPTIONS.isdisjoint(settings)
@@ -324,10 +326,12 @@ class MegatronDialect:
         if isinstance(event, TokenizerLoaded):
             if not self.first:
                 return []
+            # A model read from Megatron's arguments holds its padded table; the tokenizer's size: a setting.
+            vocab = int(self.settings.get("megatron.vocab", event.vocab_size))
+            padded = job.model.vocab if "megatron.vocab" in self.settings else event.padded_vocab
             return [
-                f"> building {tokenizer_name(job)} tokenizer ...",
-                f" > padded vocab (size: {event.vocab_size}) with {event.padded_vocab - event.vocab_size} "
-                f"dummy tokens (new size: {event.padded_vocab})",
+                f"> building {self.settings.get('megatron.tokenizer') or tokenizer_name(job)} tokenizer ...",
+                f" > padded vocab (size: {vocab}) with {padded - vocab} dummy tokens (new size: {padded})",
             ]
         if isinstance(event, ModelBuilt):
             self.theory = event.theory
