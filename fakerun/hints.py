@@ -1406,6 +1406,11 @@ def _megatron_reading(
         if key not in b.cadence:
             b.set(b.cadence, key, n, _MEGATRON_DEFAULT)
     model = reading.model if death is None else None
+    known = _preset_with_shape(model) if model is not None else None
+    if model is not None and known is not None:
+        # A published architecture spelled out in Megatron's arguments: call it by its name.
+        names = ("name", "display_name", "family", "hf_name", "published_params", "published_active_params")
+        model = dataclasses.replace(model, **{f: getattr(known, f) for f in names})
     if model is not None:
         # The model is whole: only the context is left for apply_arch.
         b.arch.clear()

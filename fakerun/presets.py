@@ -196,7 +196,8 @@ class ModelSpec:
             blocks = sum(self._block_params(symbol) for symbol in self.hybrid)
             return blocks // len(self.hybrid), 0, 0
         shared = self._mlp_params(self.shared_ffn) if self.shared_ffn else 0
-        router = self.hidden * self.experts if self.is_moe else 0
+        # The router's [experts, hidden] weight, and its bias with linear biases (Megatron's TopKRouter).
+        router = (self.hidden + (self.bias == "all")) * self.experts if self.is_moe else 0
         dense = self._attention_params() + 2 * self._norm_params() + shared
         return dense, self._mlp_params(self.ffn_hidden), router
 

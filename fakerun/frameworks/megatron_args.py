@@ -64,6 +64,7 @@ _TOKENIZER_FILES: tuple[tuple[tuple[str, ...], int], ...] = (
     (("gpt2", "gpt-2"), GPT2_VOCAB),
     (("nemotron", "256k", "gemma"), 256000),
 )
+_REQUIRED = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings")
 _POSITIONS = {
     **{"learned_absolute": "learned", "none": "none"},
     **dict.fromkeys(("rope", "mrope", "relative"), "rope"),
@@ -256,21 +257,6 @@ def _validate_exit(script: str, check: str, message: str = "") -> tuple[str, int
     return traceback_text(script, (*_TO_VALIDATE, _ASSERTS[check]), message), 1
 
 
-def _missing_exit(script: str, name: str) -> tuple[str, int]:
-    """_check_arg_is_not_none's assert for a required model argument."""
-    frames = (
-        *_TO_VALIDATE,
-        (_ARGS, 825, "validate_args", "_check_arg_is_not_none(args, req_arg)"),
-        (
-            _ARGS,
-            1228,
-            "_check_arg_is_not_none",
-            "assert getattr(args, arg) is not None, '{} argument is None'.format(arg)",
-        ),
-    )
-    return traceback_text(script, frames, f"{name} argument is None"), 1
-
-
 # ----------------------------------------------------------------------------------------------------
 # Reading the arguments
 
@@ -324,7 +310,8 @@ def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelS
             opts.get("hybrid_override_pattern"),
         )
     tokenizer = opts.get("tokenizer_type") or "GPT2BPETokenizer"
-    family = "mamba" if mamba else "gpt2" if tokenizer == "GPT2BPETokenizer" else "gpt"
+    llama = swiglu and opts.get("normalization") == "RMSNorm" and position == "rope"
+    family = "mamba" if mamba else "gpt2" if tokenizer == "GPT2BPETokenizer" else "llama" if llama else "gpt"
     bias = "all" if "disable_bias_linear" not in opts else "qkv" if "add_qkv_bias" in opts else "none"
     seq = _int(opts, "seq_length", int(opts["max_position_embeddings"] or 1))
     spec = ModelSpec(
@@ -362,9 +349,6 @@ def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelS
 
 def _model_exit(script: str, opts: Mapping[str, str | None]) -> tuple[str, int] | None:
     """validate_args' refusals of the model and schedule arguments, in its order (the world size aside)."""
-    for name in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
-        if not opts.get(name):
-            return _missing_exit(script, name)
     hidden, heads = _int(opts, "hidden_size", 1), _int(opts, "num_attention_heads", 1)
     if not opts.get("kv_channels") and hidden % heads:
         return _validate_exit(script, "heads")
@@ -438,11 +422,13 @@ def read(script: str, args: Sequence[str]) -> Reading:
     }
     if not opts.get("save_interval"):
         cadence["save_interval"] = 0  # no periodic saves (validate_args refuses --save without it)
-    model_named = any(opts.get(k) for k in ("num_layers", "hidden_size", "num_attention_heads"))
-    if not model_named:
+    missing = [f"--{k.replace('_', '-')}" for k in _REQUIRED if not opts.get(k)]
+    if missing:
+        # Megatron would stop at the first ("num_layers argument is None"); the simulation keeps what sizes
+        # are given over its default model, and says so.
         notice = (
-            f"{os.path.basename(script)}: no --num-layers, --hidden-size or --num-attention-heads "
-            "(Megatron's validate_args requires them): simulating fakerun's default model"
+            f"{os.path.basename(script)}: no {', '.join(missing)} (Megatron's validate_args requires them): "
+            "simulating fakerun's default model" + (" with the sizes given" if len(missing) < 4 else "")
         )
         return Reading(defaults=defaults, job=derived, cadence=cadence, settings=settings, notices=(notice,))
     death = _model_exit(script, opts)
