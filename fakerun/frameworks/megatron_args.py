@@ -425,12 +425,12 @@ def read(script: str, args: Sequence[str]) -> Reading:
     missing = [f"--{k.replace('_', '-')}" for k in _REQUIRED if not opts.get(k)]
     if missing:
         # Megatron would stop at the first ("num_layers argument is None"); the simulation keeps what sizes
-        # are given over its default model, and says so.
+        # are given over its default model and that model's training defaults, and says so.
         notice = (
             f"{os.path.basename(script)}: no {', '.join(missing)} (Megatron's validate_args requires them): "
             "simulating fakerun's default model" + (" with the sizes given" if len(missing) < 4 else "")
         )
-        return Reading(defaults=defaults, job=derived, cadence=cadence, settings=settings, notices=(notice,))
+        return Reading(job=derived, settings=settings, notices=(notice,))
     death = _model_exit(script, opts)
     if death is not None:
         return Reading(defaults=defaults, cadence=cadence, settings=settings, script_exit=death)
