@@ -18,7 +18,7 @@ from fakerun import dialects, tomlfile
 from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dialects.llmc_py import LlmcPyDialect, to_settings
 from fakerun.dsconfig import DsConfig, parse_ds_config
-from fakerun.frameworks import llmc_py, titan_errors, titan_flavors, titan_world
+from fakerun.frameworks import llmc_py, megatron_args, titan_errors, titan_flavors, titan_world
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
@@ -1437,14 +1437,25 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     settings = _settings(args, config) | _lightning_settings(given)
     notices: tuple[str, ...] = ()
     world_exit = None
+    spec: ModelSpec | None = None
+    script_exit: tuple[str, int] | None = None
+    if dialects.DIALECTS[style].hints.arch_defaults:
+        reading = megatron_args.read(script, args)
+        core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
+        spec, notices, script_exit = _megatron_reading(b, reading, core=core)
+        settings |= reading.settings
     if configured is not None:
         regime = _nanogpt_model(b, configured)
         settings = _nanogpt_settings(configured)
         world_exit = _nanogpt_world_exit(script, configured)
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
-    spec = b.top.get("spec")  # a framework's own table's model (torchtitan's flavors)
+    table_spec = b.top.get("spec")  # a framework's own table's model (torchtitan's flavors)
+    if isinstance(table_spec, ModelSpec):
+        spec = table_spec
     exit_given = titan_exit or b.top.get("script_exit")
+    if isinstance(exit_given, tuple):
+        script_exit = exit_given
     notice = titan_notice or b.top.get("notice")
     if isinstance(notice, str):
         notices = (*notices, notice)
@@ -1459,8 +1470,9 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     ds = b.top.get("deepspeed")
     examples = b.top.get("examples")
     hints = Hints(
-        model_name=name,
-        model=spec if isinstance(spec, ModelSpec) else model_from_hf_name(name) if name else None,
+        # A model the arguments spell out (Megatron's) is named after it; a named one keeps its name.
+        model_name=spec.name if spec is not None and name is None else name,
+        model=spec if spec is not None else model_from_hf_name(name) if name else None,
         arch=b.arch,
         job=b.job,
         epochs=epochs if isinstance(epochs, float) else None,
@@ -1478,12 +1490,66 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         notices=notices,
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
-        script_exit=exit_given if isinstance(exit_given, tuple) else None,
+        script_exit=script_exit,
         world_exit=world_exit,
     )
     if style == "titan" and hints.script_exit is None:
         hints = dataclasses.replace(hints, world_exit=titan_world.world_exit(hints))
+    if style == "megatron" and hints.script_exit is None and "megatron.vocab" in hints.settings:
+        hints = dataclasses.replace(hints, world_exit=_megatron_world(script, hints))
     return hints
+
+
+def _megatron_world(script: str, hints: Hints) -> Callable[[int], tuple[str, int] | None]:
+    """Hints.world_exit of a Megatron core job: validate_args' and the batch calculator's refusals of the
+    layout on a world size, which every rank dies of (exit 1)."""
+
+    def refused(world: int) -> tuple[str, int] | None:
+        death = megatron_args.world_exit(script, hints.job, hints.settings, world)
+        return None if death is None else (death, 1)
+
+    return refused
+
+
+_MEGATRON_DEFAULT = _Given("Megatron-LM's defaults (megatron/training/arguments.py)", None)
+
+
+def _megatron_reading(
+    b: _Builder, reading: megatron_args.Reading, *, core: bool
+) -> tuple[ModelSpec | None, tuple[str, ...], tuple[str, int] | None]:
+    """Megatron's own model, defaults and refusals over the hints of its arguments: (model, notices,
+    the death of every rank). The 2021-22 code and Megatron-DeepSpeed refuse in other words: only core's
+    (`core`) refusals are raised."""
+    death = reading.script_exit if core else None
+    if death is not None:
+        # The ranks die before building anything: keep only what any model and world size can run.
+        b.arch.clear()
+        for key in [k for k in b.job if k not in ("total_steps", "lr", "precision")]:
+            b.drop(b.job, key)
+    for key, value in reading.defaults.items():
+        if key in b.job or (key == "grad_accum" and "global_batch" in b.job):
+            continue
+        if key == "warmup_steps" and "warmup_ratio" in b.top:
+            continue  # --lr-warmup-fraction of a run whose length follows from --train-samples
+        b.set(b.job, key, value, _MEGATRON_DEFAULT)
+    for key, value in reading.job.items():
+        b.set(b.job, key, value, b.given.get("lr_warmup_fraction", _MEGATRON_DEFAULT))
+        b.drop(b.top, "warmup_ratio")
+    for key, n in reading.cadence.items():
+        if key not in b.cadence:
+            b.set(b.cadence, key, n, _MEGATRON_DEFAULT)
+    model = reading.model if death is None else None
+    known = _preset_with_shape(model) if model is not None else None
+    if model is not None and known is not None:
+        # A published architecture spelled out in Megatron's arguments: call it by its name.
+        names = ("name", "display_name", "family", "hf_name", "published_params", "published_active_params")
+        model = dataclasses.replace(model, **{f: getattr(known, f) for f in names})
+    if model is not None:
+        # The model is whole: only the context is left for apply_arch.
+        b.arch.clear()
+        if reading.seq_len is not None:
+            b.arch["seq_len"] = reading.seq_len
+    return model, reading.notices, death
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class ModelSpec:
     joke: bool = False
     kv_heads: int = 0  # 0: same as heads (multi-head attention)
     max_position: int = 0  # 0: seq_len
-    position: str = "rope"  # rope | learned
+    position: str = "rope"  # rope | learned | none (no position table, no rotary: Mamba stacks)
     mlp: str = "swiglu"  # swiglu (3 matrices) | gelu (2 matrices)
     norm: str = "rmsnorm"  # rmsnorm (1 vector) | layernorm (2 vectors)
     bias: str = "none"  # none | qkv | all
@@ -88,11 +88,19 @@ class ModelSpec:
     head_width: int = 0  # an explicit head dimension (Qwen 3: 128 whatever hidden/heads); 0: hidden // heads
     qk_norm: bool = False  # RMSNorm weights of head_dim on the queries and on the keys of every layer
     expert_ffn: int = 0  # one routed expert's hidden size; 0: ffn_hidden
-    shared_experts: int = 0  # experts every token passes through, fused into one MLP of this many expert_ffn
+    # The shared experts every token passes through, as one MLP of this hidden size (torchtitan: their number
+    # times expert_ffn; Megatron's --moe-shared-expert-intermediate-size); 0: none.
+    shared_ffn: int = 0
     dense_layers: int = 0  # layers of a MoE model with a dense MLP of ffn_hidden instead of the experts
     attn_params: int = 0  # one layer's attention weights when not plain GQA (DeepSeek's MLA); 0: from heads
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # Megatron's hybrid stack, one symbol a layer (M a Mamba-2 mixer, * self-attention, - an MLP), whose
+    # layers each hold one of these with its own norm; "": every layer is attention then MLP.
+    hybrid: str = ""
+    mamba_state: int = 128  # --mamba-state-dim
+    mamba_head_dim: int = 64  # --mamba-head-dim
+    mamba_groups: int = 8  # --mamba-num-groups
     # Training defaults of the preset.
     global_batch: int = 256
     micro_batch: int = 1
@@ -120,9 +128,15 @@ class ModelSpec:
             object.__setattr__(self, "max_position", self.seq_len)
         dense, expert, router = self.layer_params()
         shared = self.embedding_params() + self._final_norm()
+        if self.hybrid:
+            # Each layer holds one block: the total is exact, layer_params() its per-layer mean.
+            total = sum(self._block_params(symbol) for symbol in self.hybrid) + shared
+            object.__setattr__(self, "params", total)
+            object.__setattr__(self, "active_params", total)
+            return
         moe = self.layers - self.dense_layers if self.is_moe else self.layers
         # A dense layer of a MoE model: its attention and norms, and one MLP of ffn_hidden for the experts.
-        plain = (self.layers - moe) * (dense - self._shared_mlp() + self._mlp(self.ffn_hidden))
+        plain = (self.layers - moe) * (dense - self._shared_mlp() + self._mlp_params(self.ffn_hidden))
         object.__setattr__(self, "params", moe * (dense + self.experts * expert + router) + plain + shared)
         object.__setattr__(
             self, "active_params", moe * (dense + self.top_k * expert + router) + plain + shared
@@ -132,6 +146,50 @@ class ModelSpec:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.head_width or self.hidden // self.heads
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers with self-attention: all of them, or a hybrid stack's `*` layers."""
+        return self.hybrid.count("*") if self.hybrid else self.layers
+
+    def _attention_params(self) -> int:
+        h, hd = self.hidden, self.head_dim
+        q, kv = self.heads * hd, self.kv_heads * hd
+        attn = h * q + 2 * h * kv + q * h
+        if self.bias in ("qkv", "all"):
+            attn += q + 2 * kv
+        if self.bias == "all":
+            attn += h
+        attn = self.attn_params or attn  # DeepSeek's latent attention is not plain GQA
+        if self.qk_norm:
+            attn += 2 * hd
+        return attn
+
+    def _mlp_params(self, ffn: int) -> int:
+        h = self.hidden
+        if self.mlp == "swiglu":
+            return 3 * h * ffn + (2 * ffn + h if self.bias == "all" else 0)
+        return 2 * h * ffn + (ffn + h if self.bias == "all" else 0)
+
+    def _mamba_params(self) -> int:
+        """Megatron's MambaMixer (expand 2, a width-4 causal convolution with bias, no linear biases)."""
+        inner = 2 * self.hidden
+        heads = inner // self.mamba_head_dim
+        groups_state = 2 * self.mamba_groups * self.mamba_state
+        in_proj = self.hidden * (2 * inner + groups_state + heads)  # z, x, B, C and dt
+        conv = (inner + groups_state) * (4 + 1)
+        # dt_bias, A_log and D per head; the gated RMSNorm over the inner width; out_proj.
+        return in_proj + conv + 3 * heads + inner + inner * self.hidden
+
+    def _block_params(self, symbol: str) -> int:
+        """One layer of a hybrid stack: its block and the norm fused in front of it."""
+        if symbol == "M":
+            block = self._mamba_params()
+        elif symbol == "*":
+            block = self._attention_params()
+        else:
+            block = self._mlp_params(self.ffn_hidden)
+        return block + self._norm_params()
 
     @property
     def is_moe(self) -> bool:
@@ -145,37 +203,23 @@ class ModelSpec:
     def _final_norm(self) -> int:
         return self._norm_params()
 
-    def _mlp(self, f: int) -> int:
-        """One MLP of hidden size `f`."""
-        h = self.hidden
-        if self.mlp == "swiglu":
-            return 3 * h * f + (2 * f + h if self.bias == "all" else 0)
-        return 2 * h * f + (f + h if self.bias == "all" else 0)
-
     def _shared_mlp(self) -> int:
         """The shared experts' one MLP in a MoE layer."""
-        return (
-            self._mlp(self.shared_experts * (self.expert_ffn or self.ffn_hidden))
-            if self.shared_experts
-            else 0
-        )
+        return self._mlp_params(self.shared_ffn) if self.shared_ffn else 0
 
     def layer_params(self) -> tuple[int, int, int]:
         """(attention + norms + shared experts, one expert's MLP, router) parameters of one layer (a MoE one
-        when the model has experts)."""
-        h, hd = self.hidden, self.head_dim
-        q, kv = self.heads * hd, self.kv_heads * hd
-        attn = h * q + 2 * h * kv + q * h
-        if self.bias in ("qkv", "all"):
-            attn += q + 2 * kv
-        if self.bias == "all":
-            attn += h
-        attn = self.attn_params or attn
-        if self.qk_norm:
-            attn += 2 * hd
-        router = h * self.experts if self.is_moe else 0
-        mlp = self._mlp((self.expert_ffn or self.ffn_hidden) if self.is_moe else self.ffn_hidden)
-        return attn + 2 * self._norm_params() + (self._shared_mlp() if self.is_moe else 0), mlp, router
+        when the model has experts); a hybrid stack's mean layer as its dense part."""
+        if self.hybrid:
+            blocks = sum(self._block_params(symbol) for symbol in self.hybrid)
+            return blocks // len(self.hybrid), 0, 0
+        # The router's [experts, hidden] weight, and its bias with linear biases (Megatron's TopKRouter).
+        router = (self.hidden + (self.bias == "all")) * self.experts if self.is_moe else 0
+        mlp = self._mlp_params((self.expert_ffn or self.ffn_hidden) if self.is_moe else self.ffn_hidden)
+        dense = (
+            self._attention_params() + 2 * self._norm_params() + (self._shared_mlp() if self.is_moe else 0)
+        )
+        return dense, mlp, router
 
     def embedding_params(self) -> int:
         """Token embedding, LM head (unless tied) and learned positions."""
@@ -368,7 +412,6 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "top_k": (1, 1 << 16),
         "head_width": (0, 1 << 16),
         "expert_ffn": (0, 1 << 22),
-        "shared_experts": (0, 1 << 16),
         "dense_layers": (0, 10_000),
         "attn_params": (0, 1 << 40),
         "global_batch": (1, 1 << 27),
@@ -386,6 +429,10 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "norm_eps": (1e-30, 1.0),
         "lr": (1e-12, 100.0),
         "min_lr_ratio": (0.0, 1.0),
+        "shared_ffn": (0, 1 << 22),
+        "mamba_state": (1, 1 << 16),
+        "mamba_head_dim": (1, 1 << 16),
+        "mamba_groups": (1, 1 << 16),
     },
     GpuSpec: {
         "peak_bf16_tflops": (0.01, 1e5),
@@ -461,13 +508,13 @@ def _one_of(spec: object, name: str, allowed: tuple[Any, ...]) -> None:
 
 def _check_model(m: ModelSpec) -> None:
     _check_ranges(m)
-    if m.hidden % m.heads:
+    if not m.head_width and m.hidden % m.heads:
         raise ValueError(f"hidden={m.hidden} is not divisible by heads={m.heads}")
     if m.heads % m.kv_heads:
         raise ValueError(f"heads={m.heads} is not divisible by kv_heads={m.kv_heads}")
     if m.top_k > m.experts:
         raise ValueError(f"top_k={m.top_k} exceeds experts={m.experts}")
-    _one_of(m, "position", ("rope", "learned"))
+    _one_of(m, "position", ("rope", "learned", "none"))
     _one_of(m, "mlp", ("swiglu", "gelu"))
     _one_of(m, "norm", ("rmsnorm", "layernorm"))
     _one_of(m, "bias", ("none", "qkv", "all"))

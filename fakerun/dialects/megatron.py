@@ -4,6 +4,7 @@ memory reports, timers, validation, saves."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -30,6 +31,9 @@ from fakerun.dialects.events import (
     TrainingStopped,
     WorkerStarted,
 )
+from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.sim import checkpoint
+from fakerun.sim.checkpoint import checkpoint_dir
 from fakerun.sim.job import JobSpec
 from fakerun.sim.megatron import Theory
 from fakerun.sim.run import ENDING_MEGATRON, ENDING_MEGATRON_2022, RunPlan
@@ -253,6 +257,59 @@ def arguments_block(
     ]
 
 
+TRACKER = "latest_checkpointed_iteration.txt"  # get_checkpoint_tracker_filename
+# dist_checkpointing's metadata.json (CheckpointingConfig as json.dump writes it) and the size of common.pt
+# (the arguments, iteration, RNG and optimizer param groups: a few kilobytes).
+_DIST_CONFIG = (
+    '{"sharded_backend": "torch_dist", "sharded_backend_version": 1, '
+    '"common_backend": "torch", "common_backend_version": 1}'
+)
+_COMMON_PT_BYTES = 18_000
+_DIST_THREADS = 2  # TorchDistSaveShardedStrategy's thread_count: each rank writes __R_0 and __R_1
+
+
+def tracker(save: str, request: SaveRequest) -> list[Artifact]:
+    """The tracker file rank 0 writes once every rank has saved: the iteration, no newline."""
+    return [Artifact.text(os.path.join(save, TRACKER), str(request.step))] if request.rank == 0 else []
+
+
+def _torch_dist(directory: str, request: SaveRequest) -> list[Artifact]:
+    """torch_dist: the rank's share in its writer threads' files; rank 0 also common.pt, then at the
+    finalization .metadata and metadata.json."""
+    job = request.run.job
+    share = checkpoint.rank_checkpoint_bytes(job)
+    part = share // _DIST_THREADS
+    sizes = [part] * (_DIST_THREADS - 1) + [share - part * (_DIST_THREADS - 1)]
+    out = [Artifact(f"{directory}/__{request.rank}_{i}.distcp", n) for i, n in enumerate(sizes)]
+    if request.rank == 0:
+        metadata = checkpoint.distcp_files(job)[-1]
+        out.insert(0, Artifact(f"{directory}/common.pt", _COMMON_PT_BYTES))
+        out += [
+            Artifact(f"{directory}/{metadata.name}", metadata.nbytes),
+            Artifact.text(f"{directory}/metadata.json", _DIST_CONFIG),
+        ]
+    return out
+
+
+def _torch_legacy(directory: str, request: SaveRequest) -> list[Artifact]:
+    """--ckpt-format torch: the first data-parallel rank of each model-parallel shard writes its
+    mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt (the optimizer apart, in distrib_optim.pt, when distributed)."""
+    job = request.run.job
+    c = job.coords(request.rank)
+    if c.dp_rank != 0:
+        return []
+    name = f"mp_rank_{c.tp_rank:02d}" + (f"_{c.pp_rank:03d}" if job.pp > 1 else "")
+    name += f"_{c.ep_rank:03d}" if job.ep > 1 else ""
+    shard = job.model.params // (job.tp * job.pp)
+    weights, optimizer = shard * checkpoint.WEIGHT_BYTES, shard * checkpoint.OPTIMIZER_BYTES
+    if job.zero_stage >= 1:
+        return [
+            Artifact(f"{directory}/{name}/model_optim_rng.pt", weights + _COMMON_PT_BYTES),
+            Artifact(f"{directory}/{name}/distrib_optim.pt", optimizer),
+        ]
+    return [Artifact(f"{directory}/{name}/model_optim_rng.pt", weights + optimizer + _COMMON_PT_BYTES)]
+
+
 def split_has_test(split: str | None) -> bool:
     """Whether --split gives the test split a share (its third weight; unset, Megatron's default "969, 30, 1"
     and Megatron-core's mock data's "1,1,1" both do)."""
@@ -278,6 +335,22 @@ class MegatronDialect:
     nccl_timeout_s: ClassVar[float] = 60.0 * 10  # --distributed-timeout-minutes' default
     always_legacy: ClassVar[bool] = False  # a fork of the older code prints its lines whatever the arguments
 
+    @staticmethod
+    def artifacts(request: SaveRequest) -> Sequence[Artifact]:
+        """This rank's files of a save under --save: `iter_0000020/` in the --ckpt-format layout, then, from
+        rank 0 once every rank is done, the tracker file naming the iteration."""
+        if request.kind != "checkpoint":
+            return ()
+        save = request.settings.get("save") or SAVE_DIR
+        directory = os.path.join(save, checkpoint_dir(request.step))
+        # The 2021-22 code knows only the torch format (--ckpt-format came with distributed checkpoints).
+        legacy = MegatronDialect.legacy_for(request.settings)
+        if not legacy and request.settings.get("megatron.ckpt_format", "torch_dist") == "torch_dist":
+            out = _torch_dist(directory, request)
+        else:
+            out = _torch_legacy(directory, request)
+        return out + tracker(save, request)
+
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         self.run: RunPlan | None = None
@@ -288,6 +361,7 @@ class MegatronDialect:
         self.theory: Theory | None = None
         self.legacy = self.always_legacy
         self.save_dir: str | None = SAVE_DIR
+        self.settings: dict[str, str] = {}  # the script's settings (hints.Hints.settings)
         # The script passed a recompute option (else Megatron recomputes nothing).
         self.recompute_given = False
 
@@ -322,6 +396,7 @@ class MegatronDialect:
         if isinstance(event, JobStarted):
             self.run = event.run
             settings = dict(event.settings)
+            self.settings = settings
             self.legacy = self.legacy_for(settings)
             self.save_dir = settings.get("save") or (SAVE_DIR if event.run.saves else None)
             self.recompute_given = not RECOMPUTE_OPTIONS.isdisjoint(settings)
@@ -342,10 +417,12 @@ class MegatronDialect:
         if isinstance(event, TokenizerLoaded):
             if not self.first:
                 return []
+            # A model read from Megatron's arguments holds its padded table; the tokenizer's size: a setting.
+            vocab = int(self.settings.get("megatron.vocab", event.vocab_size))
+            padded = job.model.vocab if "megatron.vocab" in self.settings else event.padded_vocab
             return [
-                f"> building {tokenizer_name(job)} tokenizer ...",
-                f" > padded vocab (size: {event.vocab_size}) with {event.padded_vocab - event.vocab_size} "
-                f"dummy tokens (new size: {event.padded_vocab})",
+                f"> building {self.settings.get('megatron.tokenizer') or tokenizer_name(job)} tokenizer ...",
+                f" > padded vocab (size: {vocab}) with {padded - vocab} dummy tokens (new size: {padded})",
             ]
         if isinstance(event, ModelBuilt):
             self.theory = event.theory

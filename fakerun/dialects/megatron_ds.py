@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -11,7 +12,17 @@ from fakerun.dialects.base import HintRule
 from fakerun.dialects.events import (
     StepDone,
 )
-from fakerun.dialects.megatron import MegatronDialect, _e, interval_loss, nan_iterations, split_has_test
+from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.dialects.megatron import (
+    SAVE_DIR,
+    MegatronDialect,
+    _e,
+    interval_loss,
+    nan_iterations,
+    split_has_test,
+    tracker,
+)
+from fakerun.sim import checkpoint
 
 # Selected by its path, by --fake-trainer, or (hints.parse_hints) by DeepSpeed's switches beside Megatron's
 # arguments: it adds options to Megatron's parser rather than spelling its own, so it takes no votes.
@@ -77,6 +88,32 @@ class MegatronDeepSpeedDialect(MegatronDialect):
     name: ClassVar[str] = "megatron-deepspeed"
     hints: ClassVar[HintRule] = HINTS
     always_legacy: ClassVar[bool] = True  # forked from 2021 Megatron-LM: its start-up, timers and saves
+
+    @staticmethod
+    def artifacts(request: SaveRequest) -> Sequence[Artifact]:
+        """DeepSpeed's engine save under --save: `global_step20/` with each tensor-parallel shard's model
+        states (first data-parallel rank) and every rank's ZeRO (or BF16 optimizer) states, rank 0's
+        `latest` tag; then Megatron's tracker file."""
+        if request.kind != "checkpoint":
+            return ()
+        save = request.settings.get("save") or SAVE_DIR
+        tag = f"global_step{request.step}"
+        job = request.run.job
+        c = job.coords(request.rank)
+        shard = job.model.params // (job.tp * job.pp)
+        out: list[Artifact] = []
+        if c.dp_rank == 0:
+            size = shard * checkpoint.WEIGHT_BYTES
+            out.append(Artifact(os.path.join(save, tag, f"mp_rank_{c.tp_rank:02d}_model_states.pt"), size))
+        # ZeRO partitions the optimizer over the data-parallel ranks; without ZeRO, bf16 runs DeepSpeed's
+        # BF16_Optimizer, whose files carry the "bf16_" prefix (fp16 without ZeRO: inside the model states).
+        prefix = "" if job.zero_stage >= 1 else "bf16_" if job.precision == "bf16" else None
+        if prefix is not None:
+            name = f"{prefix}zero_pp_rank_{c.dp_rank}_mp_rank_{c.tp_rank:02d}_optim_states.pt"
+            out.append(Artifact(os.path.join(save, tag, name), shard * checkpoint.OPTIMIZER_BYTES // job.dp))
+        if request.rank == 0:
+            out.append(Artifact.text(os.path.join(save, "latest"), tag))
+        return out + tracker(save, request)
 
     def iteration(self, event: StepDone, at: float) -> str:
         """The BLOOM-style line."""

@@ -445,7 +445,7 @@ def flavor_model(name: str, flavor: str) -> ModelSpec:
             experts=moe["num_experts"],
             top_k=moe["top_k"],
             expert_ffn=_llama4_expert_ffn(a),
-            shared_experts=moe["num_shared_experts"],
+            shared_ffn=moe["num_shared_experts"] * _llama4_expert_ffn(a),
             # layer i is a MoE layer when (i + 1) % interleave_moe_layer_step == 0
             dense_layers=a["n_layers"] - a["n_layers"] // step,
         )
@@ -455,7 +455,7 @@ def flavor_model(name: str, flavor: str) -> ModelSpec:
             experts=moe["num_experts"],
             top_k=moe["top_k"],
             expert_ffn=a["moe_inter_dim"],
-            shared_experts=moe["num_shared_experts"],
+            shared_ffn=moe["num_shared_experts"] * a["moe_inter_dim"],
             dense_layers=a["n_dense_layers"],
             attn_params=_mla_params(a),
             head_width=a["qk_nope_head_dim"] + a["qk_rope_head_dim"],
@@ -472,7 +472,7 @@ def flavor_model(name: str, flavor: str) -> ModelSpec:
                 experts=moe["num_experts"],
                 top_k=moe["top_k"],
                 expert_ffn=a["moe_inter_dim"],
-                shared_experts=moe["num_shared_experts"],
+                shared_ffn=moe["num_shared_experts"] * a["moe_inter_dim"],
             )
     micro = JOB_DEFAULTS["training.local_batch_size"]
     assert isinstance(micro, int)

@@ -42,7 +42,7 @@ def model_flops_per_token(model: ModelSpec) -> float:
 
 def attention_flops_per_token(model: ModelSpec, seq_len: int) -> float:
     """The attention term Megatron adds to 6N: 12 * layers * hidden * seq (Narayanan et al. 2021 [mem])."""
-    return 12.0 * model.layers * model.hidden * seq_len
+    return 12.0 * model.attention_layers * model.hidden * seq_len
 
 
 @functools.lru_cache(maxsize=256)
@@ -60,6 +60,8 @@ def megatron_flops_per_step(job: JobSpec) -> float:
     + MLP f/h * top_k * 3/2 for SwiGLU + logits V / (2 l h)). B is the global batch in sequences.
     """
     m = job.model
+    if m.hybrid:
+        return _megatron_hybrid_flops(job)
     b, s, n_layers, h = job.global_batch, job.seq_len, m.layers, m.hidden
     q_ratio = m.heads * m.head_dim / h
     attention = (1.0 + m.kv_heads / m.heads + s / h) * q_ratio
@@ -67,6 +69,26 @@ def megatron_flops_per_step(job: JobSpec) -> float:
     mlp = m.ffn_hidden / h * (m.top_k if m.is_moe else 1) * gated
     logits = m.vocab / (2.0 * n_layers * h)
     return 12.0 * b * s * n_layers * h * h * (attention + mlp + logits)
+
+
+def _megatron_hybrid_flops(job: JobSpec) -> float:
+    """num_floating_point_operations' hybrid_flops (core v0.15) for a Mamba hybrid stack: 3 x forward of
+    its attention, MLP and Mamba layers and the logits."""
+    m = job.model
+    b, s, h = job.global_batch, job.seq_len, m.hidden
+    p = m.head_dim * m.heads / h
+    attn = 4 * b * s * h * p * (h + h * (m.kv_heads / m.heads) + s / 2)
+    mlp = 4 * (m.ffn_hidden / h) * (1.5 if m.mlp == "swiglu" else 1.0) * b * s * h**2
+    inner = 2 * h
+    heads = inner // m.mamba_head_dim
+    mamba = (
+        2 * b * s * h * (2 * inner + 2 * m.mamba_groups * m.mamba_state + heads)
+        + 7 * b * s * inner * m.mamba_state
+        + 2 * b * s * inner * h
+    )
+    counts = {symbol: m.hybrid.count(symbol) for symbol in "*-M"}
+    forward = counts["*"] * attn + counts["-"] * mlp + counts["M"] * mamba + 2 * b * s * h * m.vocab
+    return 3.0 * forward
 
 
 def torchtitan_flops_per_token(model: ModelSpec, seq_len: int) -> float:

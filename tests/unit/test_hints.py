@@ -738,11 +738,15 @@ class TestApplyArch:
             *("--micro-batch-size", "2", "--global-batch-size", "256", "--train-iters", "1000"),
             *("--lr", "3e-4", "--min-lr", "3e-5", "--lr-warmup-iters", "100", "--lr-decay-style", "cosine"),
             *("--tensor-model-parallel-size", "2", "--use-distributed-optimizer"),
-            *("--recompute-granularity", "selective", "--data-path", "/data/x", "--tokenizer-type", "HF"),
+            *("--recompute-granularity", "selective", "--data-path", "/data/x"),
+            # Llama's choices over Megatron's GPT defaults (LayerNorm, linear biases, learned positions)
+            *("--normalization", "RMSNorm", "--disable-bias-linear", "--position-embedding-type", "rope"),
+            *("--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", "meta-llama/Meta-Llama-3-8B"),
         ]
         h = parse_hints("pretrain_gpt.py", args)
         b = presets.resolve("llama3-8b")
-        model = apply_arch(b.model, h.arch)
+        assert h.model is not None
+        model = apply_arch(h.model, h.arch)
         assert model.params == dense_swiglu_params(16, 2048, 8192, 32, 8, 128256)
         job = make_job(model, b.cluster, b.storage, nnodes=1, **h.job)  # type: ignore[arg-type]
         assert (job.tp, job.micro_batch, job.global_batch, job.seq_len) == (2, 2, 256, 4096)

@@ -1,0 +1,468 @@
+"""Megatron-LM's own reading of its arguments (core v0.15): the model it builds, the defaults it fills in,
+and the refusals of validate_args and its batch calculator, as the ranks raise them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fakerun.presets import ModelSpec
+
+__all__ = ["Reading", "hybrid_pattern", "read", "tokenizer_vocab", "world_exit"]
+
+# store_true options this module reads (argparse: present or not, no value).
+_FLAGS = frozenset(
+    {
+        "swiglu",
+        "group_query_attention",
+        "untie_embeddings_and_output_weights",
+        "disable_bias_linear",
+        "add_qkv_bias",
+        "sequence_parallel",
+        "fp16",
+        "bf16",
+        "use_rotary_position_embeddings",
+        "no_position_embedding",
+        "use_legacy_models",
+    }
+)
+# Options with one value this module reads.
+_VALUES = frozenset(
+    {
+        *("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups"),
+        *("kv_channels", "max_position_embeddings", "seq_length", "position_embedding_type"),
+        *("normalization", "make_vocab_size_divisible_by", "vocab_size", "tokenizer_type", "tokenizer_model"),
+        *("num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"),
+        *("hybrid_attention_ratio", "hybrid_mlp_ratio", "hybrid_override_pattern"),
+        *("mamba_state_dim", "mamba_head_dim", "mamba_num_groups"),
+        *("micro_batch_size", "global_batch_size", "train_iters", "train_samples", "lr", "min_lr"),
+        *("lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_decay_iters", "lr_decay_samples"),
+        *("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"),
+        *("expert_model_parallel_size", "save", "save_interval", "ckpt_format", "fp8_format", "fp8_recipe"),
+        *("log_interval", "eval_interval", "eval_iters"),
+    }
+)
+# Its defaults (megatron/training/arguments.py) where they differ from a preset's training defaults.
+DEFAULT_LOG_INTERVAL = 100
+DEFAULT_EVAL_INTERVAL = 1000
+DEFAULT_EVAL_ITERS = 100
+DEFAULT_TOPK = 2  # --moe-router-topk
+DEFAULT_DIVISIBLE_BY = 128  # --make-vocab-size-divisible-by
+TIKTOKEN_VOCAB = 2**17  # CustomTikTokenizer's vocab_size when --vocab-size is not given
+GPT2_VOCAB = 50257
+FALLBACK_VOCAB = 32000  # a tokenizer file of no known family: Llama 2's and Mistral's size
+# Tokenizer files by a word of their path (lower case, first match wins) -> len(tokenizer), which Megatron's
+# HuggingFaceTokenizer and SentencePiece tokenizers report as vocab_size.
+_TOKENIZER_FILES: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("llama-3", "llama3", "llama_3"), 128256),
+    (("mistral-nemo", "nemo-12b"), 131072),
+    (("llama-2", "llama2", "llama_2", "mixtral", "mistral"), 32000),
+    (("qwen3",), 151669),
+    (("qwen2", "qwen1.5"), 151665),
+    (("gpt2", "gpt-2"), GPT2_VOCAB),
+    (("nemotron", "256k", "gemma"), 256000),
+)
+_REQUIRED = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings")
+_POSITIONS = {
+    **{"learned_absolute": "learned", "none": "none"},
+    **dict.fromkeys(("rope", "mrope", "relative"), "rope"),
+}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What Megatron makes of a script's arguments: the model, defaults, settings, and an early death."""
+
+    model: ModelSpec | None = None  # the model pretrain_gpt/pretrain_mamba builds (padded vocabulary)
+    seq_len: int | None = None
+    defaults: dict[str, object] = field(default_factory=dict)  # make_job values unless the script set them
+    job: dict[str, object] = field(default_factory=dict)  # make_job values Megatron derives (they win)
+    cadence: dict[str, int] = field(default_factory=dict)  # cadence defaults unless given
+    settings: dict[str, str] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()
+    script_exit: tuple[str, int] | None = None
+
+
+def scan(args: Sequence[str]) -> dict[str, str | None]:
+    """The options this module reads, by argparse's dest name; the last one given wins (flags: None)."""
+    out: dict[str, str | None] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        i += 1
+        if not tok.startswith("--") or len(tok) == 2:
+            continue
+        name, eq, inline = tok[2:].partition("=")
+        key = name.replace("-", "_")
+        if key in _FLAGS and not eq:
+            out[key] = None
+        elif key in _VALUES:
+            if eq:
+                out[key] = inline
+            elif i < len(args) and not args[i].startswith("--"):
+                out[key] = args[i]
+                i += 1
+    return out
+
+
+def tokenizer_vocab(opts: Mapping[str, str | None], default_type: str) -> tuple[int, str | None]:
+    """The tokenizer's vocab_size as build_tokenizer finds it, and a notice when it had to be guessed."""
+    kind = opts.get("tokenizer_type") or default_type
+    given = opts.get("vocab_size")
+    if kind == "GPT2BPETokenizer":
+        return GPT2_VOCAB, None
+    if kind == "NullTokenizer" and given:
+        return int(given) + 1, None  # _NullTokenizer: the ids below vocab_size, then its end-of-document id
+    if kind == "TikTokenizer":
+        return int(given) if given else TIKTOKEN_VOCAB, None
+    if kind in ("Llama3Tokenizer",):
+        return 128256, None
+    if kind == "Llama2Tokenizer":
+        return 32000, None
+    path = (opts.get("tokenizer_model") or "").lower()
+    for words, vocab in _TOKENIZER_FILES:
+        if any(w in path for w in words):
+            return vocab, None
+    if given:
+        return int(given), None
+    shown = opts.get("tokenizer_model") or "none"
+    return FALLBACK_VOCAB, (
+        f"Megatron --tokenizer-type {kind} with --tokenizer-model {shown}: no known tokenizer by that name; "
+        f"simulating a vocabulary of {FALLBACK_VOCAB} tokens"
+    )
+
+
+def padded_vocab(vocab: int, tp: int, divisible_by: int) -> int:
+    """_vocab_size_with_padding: up to a multiple of --make-vocab-size-divisible-by x tensor parallel size."""
+    multiple = divisible_by * tp
+    return -(-vocab // multiple) * multiple
+
+
+def hybrid_pattern(layers: int, attention: float, mlp: float, override: str | None) -> str:
+    """allocate_layers (megatron/core/ssm/mamba_hybrid_layer_allocation.py): the override, else the layers
+    spread by the attention and MLP ratios (Python's round, as the source uses)."""
+    if override:
+        return override
+    kinds = ["M"] * layers
+    n_attention = round(layers * attention)
+    section = (layers - n_attention) / (n_attention + 1)
+    x = section
+    for i in range(layers):
+        if x < 0.5:
+            kinds[i] = "*"
+            x += section
+        else:
+            x -= 1
+    n_mlp = round(layers * mlp)
+    if n_mlp > 0:
+        ratio = (layers - n_attention - n_mlp) / n_mlp
+        x = ratio
+        for i in range(layers):
+            if kinds[i] == "M":
+                if x < 0.5:
+                    kinds[i] = "-"
+                    x += ratio
+                else:
+                    x -= 1
+    return "".join(kinds)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tracebacks: the frames of core v0.15.3 from the script's `pretrain(` down to the failing assert (Python
+# 3.12: a multi-line statement shows its first line, no carets under a whole-line call).
+
+_Frame = tuple[str, int, str, str]  # file (relative to Megatron's checkout), line, function, source line
+_TO_VALIDATE: tuple[_Frame, ...] = (
+    ("megatron/training/training.py", 586, "pretrain", "initialize_megatron("),
+    ("megatron/training/initialize.py", 88, "initialize_megatron", "validate_args(args, args_defaults)"),
+)
+_TO_CALCULATOR: tuple[_Frame, ...] = (
+    ("megatron/training/training.py", 586, "pretrain", "initialize_megatron("),
+    ("megatron/training/initialize.py", 92, "initialize_megatron", "set_global_variables(args)"),
+    ("megatron/training/global_vars.py", 91, "set_global_variables", "init_num_microbatches_calculator("),
+    (
+        "megatron/core/num_microbatches_calculator.py",
+        90,
+        "init_num_microbatches_calculator",
+        "_configure_global_num_microbatches_calculator(",
+    ),
+    (
+        "megatron/core/num_microbatches_calculator.py",
+        181,
+        "_configure_global_num_microbatches_calculator",
+        "_GLOBAL_NUM_MICROBATCHES_CALCULATOR = _build_num_microbatches_calculator(",
+    ),
+    (
+        "megatron/core/num_microbatches_calculator.py",
+        220,
+        "_build_num_microbatches_calculator",
+        "num_microbatches_calculator = ConstantNumMicroBatchesCalculator(",
+    ),
+    (
+        "megatron/core/num_microbatches_calculator.py",
+        340,
+        "__init__",
+        "assert global_batch_size % micro_batch_times_data_parallel_size == 0, (",
+    ),
+)
+_ARGS = "megatron/training/arguments.py"
+_ASSERTS: dict[str, _Frame] = {
+    "world": (_ARGS, 374, "validate_args", "assert args.world_size % total_model_size == 0, ("),
+    "heads": (_ARGS, 840, "validate_args", "assert args.hidden_size % args.num_attention_heads == 0"),
+    "cp_seq": (
+        _ARGS,
+        844,
+        "validate_args",
+        "assert args.seq_length % (args.context_parallel_size * 2) == 0, \\",
+    ),
+    "position": (_ARGS, 856, "validate_args", "assert args.max_position_embeddings >= args.seq_length, \\"),
+    "min_lr": (_ARGS, 862, "validate_args", "assert args.min_lr <= args.lr"),
+    "save_interval": (_ARGS, 864, "validate_args", "assert args.save_interval is not None"),
+    "experts": (
+        _ARGS,
+        1039,
+        "validate_args",
+        "assert args.num_experts % args.expert_model_parallel_size == 0, \\",
+    ),
+    "ep_none": (
+        _ARGS,
+        1038,
+        "validate_args",
+        'assert args.num_experts is not None, "num_experts must be non None to use expert model parallelism"',
+    ),
+}
+# pretrain()'s call in each entry script (the line of `pretrain(`).
+_ENTRY = {"pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provider,")}
+_ENTRY_GPT = (233, "pretrain(")
+
+
+def traceback_text(script: str, frames: Sequence[_Frame], message: str) -> str:
+    """Python's traceback of an AssertionError raised under the script's pretrain() (no rank prefix: torch's
+    excepthook is not installed before init_process_group)."""
+    path = os.path.abspath(script)
+    root = os.path.dirname(path)
+    line, code = _ENTRY.get(os.path.basename(path), _ENTRY_GPT)
+    lines = ["Traceback (most recent call last):"]
+    lines += [f'  File "{path}", line {line}, in <module>', f"    {code}"]
+    for file, lineno, func, source in frames:
+        lines += [f'  File "{root}/{file}", line {lineno}, in {func}', f"    {source}"]
+    lines.append(f"AssertionError: {message}" if message else "AssertionError")
+    return "".join(f"{text}\n" for text in lines)
+
+
+def _validate_exit(script: str, check: str, message: str = "") -> tuple[str, int]:
+    """A failed assert of validate_args as every rank dies of it: its traceback, exit code 1."""
+    return traceback_text(script, (*_TO_VALIDATE, _ASSERTS[check]), message), 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the arguments
+
+
+def _int(opts: Mapping[str, str | None], key: str, default: int) -> int:
+    """An integer option, its default when absent or not a number (hints.py reports malformed values)."""
+    try:
+        return int(opts.get(key) or default)
+    except ValueError:
+        return default
+
+
+def _float(opts: Mapping[str, str | None], key: str, default: float) -> float:
+    """A float option, its default when absent or not a number."""
+    try:
+        return float(opts.get(key) or default)
+    except ValueError:
+        return default
+
+
+def _size_name(params: int) -> str:
+    """`124m`, `1.3b`: a model's size as a name suffix."""
+    return f"{params / 1e6:.0f}m" if params < 1e9 else f"{params / 1e9:.1f}b"
+
+
+def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelSpec, str | None]:
+    """The model pretrain_gpt.py or pretrain_mamba.py builds from these (validated) arguments."""
+    layers = int(opts["num_layers"] or 0)
+    hidden = int(opts["hidden_size"] or 0)
+    heads = int(opts["num_attention_heads"] or 0)
+    swiglu = "swiglu" in opts
+    ffn = _int(opts, "ffn_hidden_size", int(4 * hidden * 2 / 3 / 64) * 64 if swiglu else 4 * hidden)
+    kv_channels = _int(opts, "kv_channels", 0)
+    groups = _int(opts, "num_query_groups", 1) if "group_query_attention" in opts else heads
+    position = _POSITIONS.get(opts.get("position_embedding_type") or "learned_absolute", "learned")
+    if "use_rotary_position_embeddings" in opts:
+        position = "rope"
+    if "no_position_embedding" in opts:
+        position = "none"
+    experts = _int(opts, "num_experts", 0)
+    moe = experts > 1
+    vocab, notice = tokenizer_vocab(opts, "GPT2BPETokenizer")
+    padded = padded_vocab(vocab, tp, _int(opts, "make_vocab_size_divisible_by", DEFAULT_DIVISIBLE_BY))
+    mamba = "mamba" in os.path.basename(script).lower()
+    hybrid = ""
+    if mamba:
+        hybrid = hybrid_pattern(
+            layers,
+            _float(opts, "hybrid_attention_ratio", 0.0),
+            _float(opts, "hybrid_mlp_ratio", 0.0),
+            opts.get("hybrid_override_pattern"),
+        )
+    tokenizer = opts.get("tokenizer_type") or "GPT2BPETokenizer"
+    llama = swiglu and opts.get("normalization") == "RMSNorm" and position == "rope"
+    family = "mamba" if mamba else "gpt2" if tokenizer == "GPT2BPETokenizer" else "llama" if llama else "gpt"
+    bias = "all" if "disable_bias_linear" not in opts else "qkv" if "add_qkv_bias" in opts else "none"
+    seq = _int(opts, "seq_length", int(opts["max_position_embeddings"] or 1))
+    spec = ModelSpec(
+        name="megatron-custom",
+        layers=layers,
+        hidden=hidden,
+        ffn_hidden=_int(opts, "moe_ffn_hidden_size", ffn) if moe else ffn,
+        heads=heads,
+        kv_heads=groups,
+        vocab=padded,
+        seq_len=seq,
+        max_position=int(opts["max_position_embeddings"] or seq),
+        family=family,
+        position=position,
+        mlp="swiglu" if swiglu else "gelu",
+        norm="rmsnorm" if opts.get("normalization") == "RMSNorm" else "layernorm",
+        bias=bias,
+        tied_embeddings="untie_embeddings_and_output_weights" not in opts,
+        experts=max(experts, 1),
+        top_k=min(_int(opts, "moe_router_topk", DEFAULT_TOPK), experts) if moe else 1,
+        head_width=0 if kv_channels * heads == hidden else kv_channels,
+        shared_ffn=_int(opts, "moe_shared_expert_intermediate_size", 0) if moe else 0,
+        hybrid=hybrid,
+        mamba_state=_int(opts, "mamba_state_dim", 128),
+        mamba_head_dim=_int(opts, "mamba_head_dim", 64),
+        mamba_groups=_int(opts, "mamba_num_groups", 8),
+        recompute="none",  # Megatron recomputes nothing unless --recompute-granularity says so
+        zero_stage=0,  # nor shards the optimizer without --use-distributed-optimizer
+    )
+    name = f"{family}-{_size_name(spec.params)}-custom"
+    kind = "hybrid Mamba" if mamba else "MoE" if moe else "GPT"
+    spec = dataclasses.replace(spec, name=name, display_name=f"Megatron {kind} {_size_name(spec.params)}")
+    return spec, notice
+
+
+def _model_exit(script: str, opts: Mapping[str, str | None]) -> tuple[str, int] | None:
+    """validate_args' refusals of the model and schedule arguments, in its order (the world size aside)."""
+    hidden, heads = _int(opts, "hidden_size", 1), _int(opts, "num_attention_heads", 1)
+    if not opts.get("kv_channels") and hidden % heads:
+        return _validate_exit(script, "heads")
+    cp = _int(opts, "context_parallel_size", 1)
+    seq = _int(opts, "seq_length", 0)
+    if seq and cp > 1 and seq % (cp * 2):
+        return _validate_exit(
+            script,
+            "cp_seq",
+            "seq-length should be a multiple of 2 * context-parallel-size if context-parallel-size > 1.",
+        )
+    max_pos = _int(opts, "max_position_embeddings", 0)
+    if seq and max_pos < seq:
+        return _validate_exit(
+            script,
+            "position",
+            f"max_position_embeddings ({max_pos}) must be greater than or equal to seq_length ({seq}).",
+        )
+    if opts.get("lr") and _float(opts, "min_lr", 0.0) > _float(opts, "lr", 0.0):
+        return _validate_exit(script, "min_lr")
+    if opts.get("save") and not opts.get("save_interval"):
+        return _validate_exit(script, "save_interval")
+    ep = _int(opts, "expert_model_parallel_size", 1)
+    experts = _int(opts, "num_experts", 0)
+    if ep > 1 and not experts:
+        message = "num_experts must be non None to use expert model parallelism"
+        return _validate_exit(script, "ep_none", message)
+    if ep > 1 and experts % ep:
+        message = "Number of experts should be a multiple of expert model parallel_size."
+        return _validate_exit(script, "experts", message)
+    return None
+
+
+def _schedule(opts: Mapping[str, str | None]) -> tuple[dict[str, object], dict[str, object]]:
+    """(defaults, derived) of the learning-rate schedule: linear decay to 0 after no warmup unless told;
+    --lr-warmup-fraction of the decay iterations (--lr-decay-iters, else --train-iters)."""
+    defaults: dict[str, object] = {"lr_schedule": "linear", "warmup_steps": 0, "min_lr": 0.0}
+    derived: dict[str, object] = {}
+    fraction = opts.get("lr_warmup_fraction")
+    iters = _int(opts, "lr_decay_iters", _int(opts, "train_iters", 0))
+    if fraction is not None and iters:
+        derived["warmup_steps"] = min(int(_float(opts, "lr_warmup_fraction", 0.0) * iters), iters)
+    return defaults, derived
+
+
+def read(script: str, args: Sequence[str]) -> Reading:
+    """Megatron's reading of a pretrain_gpt.py / pretrain_mamba.py command line."""
+    opts = scan(args)
+    settings: dict[str, str] = {
+        "megatron.ckpt_format": opts.get("ckpt_format") or "torch_dist",
+        "megatron.cp": str(_int(opts, "context_parallel_size", 1)),
+        "megatron.tokenizer": opts.get("tokenizer_type") or "GPT2BPETokenizer",
+    }
+    if opts.get("fp8_format"):
+        settings["megatron.fp8"] = opts["fp8_format"] or ""
+        settings["megatron.fp8_recipe"] = opts.get("fp8_recipe") or "delayed"
+    if "sequence_parallel" in opts:
+        settings["megatron.sequence_parallel"] = "1"
+    tp = _int(opts, "tensor_model_parallel_size", 1)
+    # Megatron's parallel sizes default to 1; one micro batch per data-parallel rank and step unless
+    # --global-batch-size says more ("setting global batch size to micro x DP").
+    defaults: dict[str, object] = {"tp": 1, "pp": 1, "ep": 1}
+    if not opts.get("global_batch_size") and not opts.get("train_samples"):
+        defaults["grad_accum"] = 1
+    sched_defaults, derived = _schedule(opts)
+    defaults.update(sched_defaults)
+    cadence = {
+        "log_interval": DEFAULT_LOG_INTERVAL,
+        "eval_interval": DEFAULT_EVAL_INTERVAL,
+        "eval_iters": DEFAULT_EVAL_ITERS,
+    }
+    if not opts.get("save_interval"):
+        cadence["save_interval"] = 0  # no periodic saves (validate_args refuses --save without it)
+    missing = [f"--{k.replace('_', '-')}" for k in _REQUIRED if not opts.get(k)]
+    if missing:
+        # Megatron would stop at the first ("num_layers argument is None"); the simulation keeps what sizes
+        # are given over its default model and that model's training defaults, and says so.
+        notice = (
+            f"{os.path.basename(script)}: no {', '.join(missing)} (Megatron's validate_args requires them): "
+            "simulating fakerun's default model" + (" with the sizes given" if len(missing) < 4 else "")
+        )
+        return Reading(job=derived, settings=settings, notices=(notice,))
+    death = _model_exit(script, opts)
+    if death is not None:
+        return Reading(defaults=defaults, cadence=cadence, settings=settings, script_exit=death)
+    model, guessed = _model(script, opts, tp)
+    settings["megatron.vocab"] = str(tokenizer_vocab(opts, "GPT2BPETokenizer")[0])
+    return Reading(
+        model=model,
+        seq_len=model.seq_len,
+        defaults=defaults,
+        job=derived,
+        cadence=cadence,
+        settings=settings,
+        notices=(guessed,) if guessed else (),
+    )
+
+
+def world_exit(script: str, job: Mapping[str, object], settings: Mapping[str, str], world: int) -> str | None:
+    """What the ranks die of on `world` GPUs: validate_args' world-size check, then the micro-batch
+    calculator's divisibility of the global batch; None when Megatron accepts the layout."""
+    tp, pp = int(str(job.get("tp", 1))), int(str(job.get("pp", 1)))
+    cp = int(settings.get("megatron.cp", "1"))
+    total = tp * pp * cp
+    if world % total:
+        message = f"world size ({world}) is not divisible by total_model_size (total_model_size={total})"
+        return _validate_exit(script, "world", message)[0]
+    gbs = job.get("global_batch")
+    mbs = job.get("micro_batch")
+    dp = world // total
+    if isinstance(gbs, int) and isinstance(mbs, int) and gbs % (mbs * dp):
+        message = (
+            f"global batch size ({gbs}) is not divisible by micro batch size ({mbs}) times data parallel "
+            f"size ({dp})"
+        )
+        return traceback_text(script, _TO_CALCULATOR, message)
+    return None

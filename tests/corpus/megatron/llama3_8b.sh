@@ -1,0 +1,39 @@
+#!/bin/bash
+# Llama 3 8B, FP8 on H100s, in the style of examples/llama/train_llama3_8b_h100_fp8.sh.
+torchrun --nproc_per_node 8 --nnodes 1 pretrain_gpt.py \
+    --use-mcore-models \
+    --num-layers 32 \
+    --hidden-size 4096 \
+    --ffn-hidden-size 14336 \
+    --num-attention-heads 32 \
+    --group-query-attention \
+    --num-query-groups 8 \
+    --kv-channels 128 \
+    --seq-length 8192 \
+    --max-position-embeddings 8192 \
+    --position-embedding-type rope \
+    --rotary-base 500000 \
+    --normalization RMSNorm \
+    --swiglu \
+    --untie-embeddings-and-output-weights \
+    --disable-bias-linear \
+    --tokenizer-type HuggingFaceTokenizer \
+    --tokenizer-model /models/Meta-Llama-3-8B \
+    --micro-batch-size 1 \
+    --global-batch-size 128 \
+    --train-samples 1280 \
+    --lr 3e-4 \
+    --min-lr 3e-5 \
+    --lr-decay-style cosine \
+    --lr-warmup-samples 128 \
+    --tensor-model-parallel-size 2 \
+    --pipeline-model-parallel-size 1 \
+    --context-parallel-size 2 \
+    --sequence-parallel \
+    --use-distributed-optimizer \
+    --bf16 \
+    --fp8-format hybrid \
+    --fp8-recipe tensorwise \
+    --log-interval 1 \
+    --eval-iters 10 \
+    --eval-interval 100

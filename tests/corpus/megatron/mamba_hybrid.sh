@@ -1,0 +1,35 @@
+#!/bin/bash
+# A small Mamba-2 hybrid, in the style of examples/mamba/train.sh.
+torchrun --nproc_per_node 2 pretrain_mamba.py \
+    --tensor-model-parallel-size 1 \
+    --use-distributed-optimizer \
+    --untie-embeddings-and-output-weights \
+    --init-method-std 0.02 \
+    --position-embedding-type none \
+    --num-layers 24 \
+    --hidden-size 1024 \
+    --num-attention-heads 16 \
+    --group-query-attention \
+    --num-query-groups 8 \
+    --hybrid-attention-ratio 0.08 \
+    --hybrid-mlp-ratio 0.5 \
+    --seq-length 4096 \
+    --max-position-embeddings 4096 \
+    --train-samples 6400 \
+    --lr-warmup-samples 640 \
+    --lr-decay-samples 6400 \
+    --split 99,1,0 \
+    --tokenizer-type GPTSentencePieceTokenizer \
+    --tokenizer-model /data/nemotron_256k.model \
+    --micro-batch-size 4 \
+    --global-batch-size 64 \
+    --lr 2.5e-4 \
+    --min-lr 2.5e-5 \
+    --lr-decay-style cosine \
+    --disable-bias-linear \
+    --normalization RMSNorm \
+    --log-interval 10 \
+    --eval-interval 2000 \
+    --eval-iters 32 \
+    --bf16 \
+    --spec megatron.core.models.mamba.mamba_layer_specs mamba_stack_spec

@@ -1,0 +1,39 @@
+#!/bin/bash
+# Mixtral 8x7B with expert parallelism, in the style of examples/mixtral/train_mixtral_8x7b_distributed.sh.
+torchrun --nproc_per_node 8 --nnodes 1 pretrain_gpt.py \
+    --num-layers 32 \
+    --hidden-size 4096 \
+    --ffn-hidden-size 14336 \
+    --num-attention-heads 32 \
+    --group-query-attention \
+    --num-query-groups 8 \
+    --seq-length 4096 \
+    --max-position-embeddings 32768 \
+    --position-embedding-type rope \
+    --normalization RMSNorm \
+    --swiglu \
+    --untie-embeddings-and-output-weights \
+    --disable-bias-linear \
+    --num-experts 8 \
+    --moe-router-topk 2 \
+    --moe-router-load-balancing-type aux_loss \
+    --moe-aux-loss-coeff 1e-2 \
+    --moe-grouped-gemm \
+    --expert-model-parallel-size 8 \
+    --tokenizer-type Llama2Tokenizer \
+    --tokenizer-model /models/mixtral/tokenizer.model \
+    --micro-batch-size 1 \
+    --global-batch-size 256 \
+    --train-iters 500000 \
+    --lr 1e-4 \
+    --min-lr 1e-5 \
+    --lr-decay-iters 320000 \
+    --lr-decay-style cosine \
+    --lr-warmup-iters 500 \
+    --use-distributed-optimizer \
+    --bf16 \
+    --log-interval 1 \
+    --save-interval 10000 \
+    --eval-interval 1000 \
+    --eval-iters 10 \
+    --save /checkpoints/mixtral

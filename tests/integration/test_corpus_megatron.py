@@ -1,0 +1,47 @@
+"""The corpus' GPT-2 launch script, run unmodified through the launcher: Megatron's lines, the model size
+Megatron reports for it, and the checkpoints it says it saved, where it says."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+from tests.conftest import Runner, fakerun_exe
+from tests.unit.test_corpus_megatron import script_command
+
+
+def test_gpt2_script_runs_as_megatron_and_leaves_its_checkpoints(tmp_path: Path) -> None:
+    nproc, script, args = script_command("gpt2_124m.sh")
+    runner = Runner(uuid.uuid4().hex, tmp_path)
+    launcher = [fakerun_exe(), "--nproc-per-node", str(nproc), "--fake-max-steps=40", "--fake-speed=400"]
+    proc = subprocess.run(
+        [*launcher, script, *args],
+        capture_output=True,
+        timeout=180,
+        env=runner.env(),
+        cwd=tmp_path,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.splitlines()
+    # GPT-2 small with Megatron's padded table: 124,439,808 + 47 x 768 parameters on the one model shard.
+    assert " > padded vocab (size: 50257) with 47 dummy tokens (new size: 50304)" in out
+    assert " > number of parameters on (tensor, pipeline) model parallel rank (0, 0): 124475904" in out
+    iterations = [x for x in out if " iteration " in x and "/     100 |" in x]
+    assert len(iterations) == 4 and "global batch size:    32 |" in iterations[0]
+    saves = [x for x in out if x.startswith("saving checkpoint at iteration")]
+    where = "to checkpoints/gpt2_124m in torch_dist format"
+    assert saves == [f"saving checkpoint at iteration {n:7d} {where}" for n in (20, 40)]
+    root = tmp_path / "checkpoints" / "gpt2_124m"
+    assert (root / "latest_checkpointed_iteration.txt").read_text() == "40"
+    for step in (20, 40):
+        folder = root / f"iter_{step:07d}"
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == sorted(
+            [".metadata", "common.pt", "metadata.json"]
+            + [f"__{r}_{t}.distcp" for r in range(nproc) for t in (0, 1)]
+        )
+        # Weights and Adam states of 124M parameters (2 + 12 bytes each), spread over the ranks' files.
+        shards = sum((folder / f"__{r}_{t}.distcp").stat().st_size for r in range(nproc) for t in (0, 1))
+        assert abs(shards - 124_475_904 * 14) < nproc * 2

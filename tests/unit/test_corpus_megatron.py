@@ -1,0 +1,268 @@
+"""Megatron-LM launch scripts of tests/corpus/megatron read as Megatron reads them: model sizes against
+published counts or the architecture's own formula, batch, schedule, precision, refusals and save layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fakerun import presets
+from fakerun.cli import parse_command_line
+from fakerun.dialects.files import SaveRequest
+from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
+from fakerun.frameworks import megatron_args
+from fakerun.hints import Hints, parse_hints
+from fakerun.jobconfig import build_run
+from fakerun.sim.run import RunPlan
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "megatron"
+
+
+def script_command(name: str) -> tuple[int, str, list[str]]:
+    """(--nproc_per_node, the training script, its arguments) of a corpus launch script's torchrun line."""
+    text = (CORPUS / name).read_text().replace("\\\n", " ")
+    # The script's plain `NAME=value` assignments, expanded as the shell would in the torchrun line.
+    names = dict(re.findall(r"^([A-Z_]+)=(\S+)$", text, flags=re.MULTILINE))
+    line = next(x for x in text.splitlines() if x.lstrip().startswith("torchrun"))
+    line = re.sub(r"\$\{?([A-Z_]+)\}?", lambda m: names[m[1]], line)
+    words = shlex.split(line, comments=True)
+    at = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    nproc = int(words[words.index("--nproc_per_node") + 1])
+    return nproc, words[at], words[at + 1 :]
+
+
+def hints_of(name: str) -> Hints:
+    """parse_hints over a corpus script's arguments."""
+    _, script, args = script_command(name)
+    return parse_hints(script, args)
+
+
+def run_of(script: str, args: list[str], nproc: int) -> tuple[RunPlan, Hints]:
+    """build_run for a one-node launch of `script` with `args`."""
+    cmd = parse_command_line(["--nproc-per-node", str(nproc), script, *args], {})
+    bundle = presets.resolve(cmd.fake.model or "llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    return build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=False)
+
+
+def padded(vocab: int, multiple: int) -> int:
+    """Megatron's padded vocabulary: up to a multiple of 128 x TP."""
+    return math.ceil(vocab / multiple) * multiple
+
+
+def test_gpt2_small_is_gpt2_with_megatron_padding() -> None:
+    h = hints_of("gpt2_124m.sh")
+    m = h.model
+    assert m is not None
+    # openai-community/gpt2 has 124,439,808 parameters; Megatron pads 50257 to 50304 tokens (x 768, tied).
+    assert m.params == 124_439_808 + (padded(50257, 128) - 50257) * 768
+    shape = (m.position, m.mlp, m.norm, m.bias, m.tied_embeddings)
+    assert shape == ("learned", "gelu", "layernorm", "all", True)
+    assert h.settings["megatron.vocab"] == "50257"
+    assert h.job["micro_batch"] == 4 and h.job["global_batch"] == 32 and h.job["total_steps"] == 100
+    # --lr-warmup-fraction .01 of the 100 decay iterations (--train-iters: no --lr-decay-iters).
+    assert h.job["lr_schedule"] == "cosine" and h.job["warmup_steps"] == 1 and h.job["min_lr"] == 6e-5
+    assert h.cadence == {"log_interval": 10, "save_interval": 20, "eval_interval": 50, "eval_iters": 5}
+    assert h.settings["save"] == "checkpoints/gpt2_124m" and h.script_exit is None
+
+
+def test_llama3_8b_is_the_published_model_with_its_samples_schedule() -> None:
+    h = hints_of("llama3_8b.sh")
+    m = h.model
+    assert m is not None and m.name == "llama3-8b"
+    assert m.params == 8_030_261_248  # Meta-Llama-3-8B's published count; 128256 is a multiple of 256
+    # 1280 samples in global batches of 128: 10 iterations, the first a warm-up (128 samples).
+    assert h.job["total_steps"] == 10 and h.job["warmup_steps"] == 1
+    assert h.job["tp"] == 2 and h.job["zero_stage"] == 1
+    assert h.settings["megatron.fp8"] == "hybrid" and h.settings["megatron.fp8_recipe"] == "tensorwise"
+    assert h.settings["megatron.cp"] == "2" and h.settings["megatron.sequence_parallel"] == "1"
+    assert h.cadence["save_interval"] == 0  # no --save: nothing saved
+
+
+def test_mixtral_counts_experts_and_active_parameters() -> None:
+    m = hints_of("mixtral_8x7b.sh").model
+    assert m is not None and m.name == "mixtral-8x7b"
+    assert m.params == 46_702_792_704  # mistralai/Mixtral-8x7B-v0.1's published count
+    # Two experts of eight are active: six SwiGLU experts (3 x 4096 x 14336) per layer idle, 32 layers.
+    assert m.active_params == m.params - 32 * 6 * 3 * 4096 * 14336
+
+
+def test_mamba_hybrid_counts_each_layer_kind() -> None:
+    h = hints_of("mamba_hybrid.sh")
+    m = h.model
+    assert m is not None
+    pattern = m.hybrid
+    # allocate_layers: round(24 x 0.08) attention and round(24 x 0.5) MLP layers, Mamba for the rest.
+    assert (pattern.count("*"), pattern.count("-"), pattern.count("M")) == (2, 12, 10)
+    assert pattern == megatron_args.hybrid_pattern(24, 0.08, 0.5, None)
+    hid, state, groups, head_dim = 1024, 128, 8, 64
+    inner = 2 * hid
+    mamba_heads = inner // head_dim
+    conv_dim = inner + 2 * groups * state
+    mamba = (
+        hid * (2 * inner + 2 * groups * state + mamba_heads)  # in_proj: z, x, B, C, dt
+        + conv_dim * 4
+        + conv_dim  # conv1d weight and bias
+        + 3 * mamba_heads  # dt_bias, A_log, D
+        + inner  # the gated RMSNorm
+        + inner * hid  # out_proj
+    )
+    head = hid // 16
+    attention = hid * 16 * head + 2 * hid * 8 * head + 16 * head * hid  # GQA, 8 groups, no biases
+    mlp = 2 * hid * 4 * hid  # GeLU, 4h
+    vocab = padded(256000, 128)
+    expected = 10 * (mamba + hid) + 2 * (attention + hid) + 12 * (mlp + hid) + hid + 2 * vocab * hid
+    assert m.params == expected and m.position == "none"
+    assert h.job["total_steps"] == 6400 // 64 and h.job["warmup_steps"] == 640 // 64
+
+
+def test_hybrid_override_pattern_wins_and_sets_the_stack() -> None:
+    args = str.split(
+        "--num-layers 8 --hidden-size 512 --num-attention-heads 8 --seq-length 1024 "
+        "--max-position-embeddings 1024 --hybrid-override-pattern M-M*M-M* "
+        "--micro-batch-size 1 --train-iters 10"
+    )
+    m = parse_hints("pretrain_mamba.py", args).model
+    assert m is not None and m.hybrid == "M-M*M-M*" and m.layers == 8 and m.attention_layers == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "vocab"),
+    [
+        (["--tokenizer-type", "NullTokenizer", "--vocab-size", "32000"], 32001),  # its end-of-document id
+        (["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", "Llama-3.1-8B"], 128256),
+        (["--tokenizer-type", "TikTokenizer", "--tokenizer-model", "multiMixV8.gpt4o.json"], 2**17),
+        (["--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", "llama2/tok.model"], 32000),
+        ([], 50257),  # pretrain_gpt.py's args_defaults: GPT2BPETokenizer
+    ],
+)
+def test_tokenizer_vocabulary_and_padding(extra: list[str], vocab: int) -> None:
+    base = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512"
+    args = [*base.split(), "--tensor-model-parallel-size", "2", *extra]
+    h = parse_hints("pretrain_gpt.py", args)
+    assert h.settings["megatron.vocab"] == str(vocab)
+    assert h.model is not None and h.model.vocab == padded(vocab, 128 * 2)
+
+
+def test_defaults_fill_what_the_arguments_leave_out() -> None:
+    args = str.split(
+        "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512 "
+        "--seq-length 512 --micro-batch-size 2 --train-iters 50 --lr 1e-3 --swiglu"
+    )
+    h = parse_hints("pretrain_gpt.py", args)
+    m = h.model
+    assert m is not None
+    assert m.ffn_hidden == int(4 * 256 * 2 / 3 / 64) * 64 and m.kv_heads == 4 and m.tied_embeddings
+    # linear decay to 0 with no warm-up; one micro batch per data-parallel rank (no --global-batch-size)
+    assert (h.job["lr_schedule"], h.job["warmup_steps"], h.job["min_lr"], h.job["grad_accum"]) == (
+        "linear",
+        0,
+        0.0,
+        1,
+    )
+    assert h.cadence == {"log_interval": 100, "eval_interval": 1000, "eval_iters": 100, "save_interval": 0}
+    run, _ = run_of("pretrain_gpt.py", args, 4)
+    assert run.job.global_batch == 2 * 4 and run.job.grad_accum == 1 and not run.saves
+
+
+def test_no_model_arguments_warn_and_fall_back() -> None:
+    h = parse_hints("pretrain_gpt.py", ["--micro-batch-size", "1", "--train-iters", "10"])
+    assert h.model is None and len(h.notices) == 1 and "--num-layers" in h.notices[0]
+
+
+def test_save_without_interval_dies_in_validate_args() -> None:
+    args = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512 --save ck"
+    h = parse_hints("pretrain_gpt.py", args.split())
+    assert h.script_exit is not None
+    text, code = h.script_exit
+    assert code == 1 and text.endswith("    assert args.save_interval is not None\nAssertionError\n")
+    assert text.startswith("Traceback (most recent call last):\n")
+
+
+@pytest.mark.parametrize(
+    ("extra", "nproc", "message"),
+    [
+        (
+            ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
+            6,
+            "AssertionError: world size (6) is not divisible by total_model_size (total_model_size=4)",
+        ),
+        (
+            ["--global-batch-size", "6"],
+            4,
+            "AssertionError: global batch size (6) is not divisible by micro batch size (1) times data "
+            "parallel size (4)",
+        ),
+        (
+            ["--num-experts", "6", "--expert-model-parallel-size", "4"],
+            4,
+            "AssertionError: Number of experts should be a multiple of expert model parallel_size.",
+        ),
+        (
+            ["--seq-length", "1024"],
+            4,
+            "AssertionError: max_position_embeddings (512) must be greater than or equal to "
+            "seq_length (1024).",
+        ),
+    ],
+)
+def test_megatron_refusals_are_raised_by_the_ranks(extra: list[str], nproc: int, message: str) -> None:
+    base = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512"
+    args = [*base.split(), "--micro-batch-size", "1", "--train-iters", "10", *extra]
+    run, hints = run_of("pretrain_gpt.py", args, nproc)
+    assert hints.script_exit is not None
+    text, code = hints.script_exit
+    assert code == 1 and text.splitlines()[-1] == message
+    assert '/pretrain_gpt.py", line 233, in <module>' in text.splitlines()[1]
+    assert run.job.world_size == nproc  # the launcher still starts every rank, which dies of it
+
+
+def save_request(save: str, rank: int, *, fmt: str = "torch_dist", legacy: bool = False) -> SaveRequest:
+    """Rank `rank`'s part of the save after iteration 20 of a 4-rank TP=2 job."""
+    args = str.split(
+        "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512 "
+        "--micro-batch-size 1 --train-iters 40 --tensor-model-parallel-size 2 --save-interval 20"
+    )
+    args += ["--save", save, "--ckpt-format", fmt, *(["--checkpoint-activations"] if legacy else [])]
+    run, hints = run_of("pretrain_gpt.py", args, 4)
+    return SaveRequest(run, hints.settings, 20, rank, 4, "checkpoint")
+
+
+def test_torch_dist_save_layout_and_tracker() -> None:
+    r0 = MegatronDialect.artifacts(save_request("out/ck", 0))
+    r1 = MegatronDialect.artifacts(save_request("out/ck", 1))
+    assert [a.path for a in r1] == ["out/ck/iter_0000020/__1_0.distcp", "out/ck/iter_0000020/__1_1.distcp"]
+    names = [a.path.removeprefix("out/ck/") for a in r0]
+    assert names == [
+        "iter_0000020/common.pt",
+        "iter_0000020/__0_0.distcp",
+        "iter_0000020/__0_1.distcp",
+        "iter_0000020/.metadata",
+        "iter_0000020/metadata.json",
+        "latest_checkpointed_iteration.txt",  # last: once every rank has saved
+    ]
+    assert r0[-1].head == b"20"
+    assert json.loads(r0[-2].head)["sharded_backend"] == "torch_dist"
+
+
+def test_torch_format_writes_one_file_per_model_parallel_shard() -> None:
+    requests = [save_request("ck", rank, fmt="torch") for rank in range(4)]
+    files = [a.path for r in requests for a in MegatronDialect.artifacts(r)]
+    # TP=2 on 4 ranks: ranks 0 and 1 are data-parallel rank 0 of tensor ranks 0 and 1.
+    assert files == [
+        "ck/iter_0000020/mp_rank_00/model_optim_rng.pt",
+        "ck/latest_checkpointed_iteration.txt",
+        "ck/iter_0000020/mp_rank_01/model_optim_rng.pt",
+    ]
+
+
+def test_megatron_deepspeed_saves_deepspeed_global_step_layout() -> None:
+    request = save_request("ck", 0, legacy=True)
+    paths = [a.path for a in MegatronDeepSpeedDialect.artifacts(request)]
+    assert paths[0] == "ck/global_step20/mp_rank_00_model_states.pt"
+    assert paths[-2:] == ["ck/latest", "ck/latest_checkpointed_iteration.txt"]
