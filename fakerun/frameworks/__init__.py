@@ -1,0 +1,1 @@
+"""What each training framework's own names, tables and defaults describe (models, flavors, configs)."""
