@@ -268,7 +268,12 @@ _FAMILIES: tuple[_Family, ...] = (
     _Family(
         "Llama 2",
         re.compile(r"^llama-2-(?P<size>\d+b)"),
-        {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "rms_norm_eps": 1e-5},
+        {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+        },
         _sizes(
             _LLAMA_KEYS,
             {
@@ -382,10 +387,16 @@ _FAMILIES: tuple[_Family, ...] = (
     _Family(
         "Gemma 2",
         re.compile(r"^gemma-2-(?P<size>\d+b)"),
-        {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"], "head_dim": 256, "vocab_size": 256000}
+        {
+            "model_type": "gemma2",
+            "architectures": ["Gemma2ForCausalLM"],
+            "head_dim": 256,
+            "vocab_size": 256000,
+        }
         | {"max_position_embeddings": 8192, "hidden_activation": "gelu_pytorch_tanh"},
         _sizes(
-            "num_hidden_layers hidden_size num_attention_heads num_key_value_heads intermediate_size head_dim",
+            "num_hidden_layers hidden_size num_attention_heads num_key_value_heads intermediate_size "
+            "head_dim",
             {
                 "2b": (26, 2304, 8, 4, 9216, 256),
                 "9b": (42, 3584, 16, 8, 14336, 256),
@@ -419,7 +430,12 @@ _FAMILIES: tuple[_Family, ...] = (
     _Family(
         "Phi-3",
         re.compile(r"^phi-3-(?P<size>mini)-(?P<size2>4k|128k)"),
-        {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "vocab_size": 32064, "hidden_act": "silu"},
+        {
+            "model_type": "phi3",
+            "architectures": ["Phi3ForCausalLM"],
+            "vocab_size": 32064,
+            "hidden_act": "silu",
+        },
         _sizes(
             "num_hidden_layers hidden_size num_attention_heads num_key_value_heads intermediate_size "
             "max_position_embeddings",
@@ -493,7 +509,12 @@ _MODEL_TYPE_DEFAULTS: dict[str, Config] = {
     "llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
     | dict(zip(_LLAMA_KEYS.split(), (32, 4096, 32, 32, 11008, 32000, False, 2048), strict=True)),
     "opt": {"model_type": "opt", "architectures": ["OPTForCausalLM"], "vocab_size": 50272, "ffn_dim": 3072}
-    | {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "max_position_embeddings": 2048},
+    | {
+        "num_hidden_layers": 12,
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 2048,
+    },
 }
 # A size as repos spell it: 160m, 0.5B, 1_8B, 1b1 (BLOOM's 1.1B), 8x7b.
 _SIZE = re.compile(r"(?<![a-z0-9.])(?:(\d+)x)?(\d+(?:[._]\d+)?)([mb])(\d*)(?![a-z0-9])")
