@@ -130,7 +130,7 @@ def distcp_files(job: JobSpec) -> tuple[ExportFile, ...]:
     return (*files, ExportFile(".metadata", 2000 + 150 * job.world_size))
 
 
-def _preset_config(model: ModelSpec) -> dict[str, object]:
+def preset_config(model: ModelSpec) -> dict[str, object]:
     """The config.json of a preset (no hf_config of its own): GPT-2's for GPT-2 and GPT-3, else Llama's or
     Mixtral's."""
     if model.family in ("gpt2", "gpt3"):
@@ -153,7 +153,7 @@ def _preset_config(model: ModelSpec) -> dict[str, object]:
 
 def hf_tensor_shapes(model: ModelSpec) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(name, shape) of the model's tensors in Hugging Face state_dict order (nn.Linear: out x in)."""
-    return hf_layout.tensor_shapes(json.loads(model.hf_config) if model.hf_config else _preset_config(model))
+    return hf_layout.tensor_shapes(json.loads(model.hf_config) if model.hf_config else preset_config(model))
 
 
 def hf_tensors(model: ModelSpec) -> Iterator[tuple[str, int]]:
