@@ -1,4 +1,4 @@
-"""HF example-script launch commands (tests/corpus/hf): the model, batch, schedule and precision they describe."""
+"""HF example launch commands (tests/corpus/hf): the model, batch, schedule and precision they describe."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects.files import SaveRequest
 from fakerun.frameworks import hf_args, hf_files, hf_models
-from fakerun.hints import Hints, parse_hints
+from fakerun.hints import Hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import checkpoint, safetensors
 from fakerun.sim.run import RunPlan
