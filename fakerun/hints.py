@@ -18,7 +18,15 @@ from fakerun import dialects, tomlfile
 from fakerun.dialects import llmc_args, megatron, megatron_ds, nanogpt, torchtune
 from fakerun.dialects.llmc_py import LlmcPyDialect, to_settings
 from fakerun.dsconfig import DsConfig, parse_ds_config
-from fakerun.frameworks import llmc_py, megatron_args, titan_errors, titan_flavors, titan_world
+from fakerun.frameworks import (
+    hf_args,
+    hf_models,
+    llmc_py,
+    megatron_args,
+    titan_errors,
+    titan_flavors,
+    titan_world,
+)
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
@@ -103,6 +111,11 @@ def _words(text: str) -> frozenset[str]:
 _OPTIONS: dict[str, str] = {
     # Hugging Face Trainer (and the usual example scripts)
     "model_name_or_path": _VALUE,
+    "config_name": _VALUE,  # run_clm.py: a config (name or path) to train from scratch, or to override
+    "model_type": _VALUE,  # run_clm.py: that model type's default config, from scratch
+    "torch_dtype": _VALUE,
+    "tf32": _HF_BOOL,
+    "save_total_limit": _VALUE,
     "per_device_train_batch_size": _VALUE,
     "per_gpu_train_batch_size": _VALUE,
     "per_device_eval_batch_size": _VALUE,
@@ -324,6 +337,9 @@ _HF_SCHEDULES = {
     "reduce_lr_on_plateau": "constant",
     "warmup_stable_decay": "constant",
 }
+# --torch_dtype: the dtype from_pretrained loads the weights in. The Trainer's AMP keeps fp32 weights as their
+# own master (state_layout "fp32"); 16-bit weights train as they are, with 16-bit Adam states ("bf16").
+_HF_DTYPES = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "bf16"}
 _HF_TO_ZERO = ("linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt")  # decay to 0
 _HF_NO_WARMUP = ("constant", "reduce_lr_on_plateau")  # HF ignores the warmup for these
 _MEGATRON_SCHEDULES = {
@@ -877,6 +893,16 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
         b.set(b.job, "min_lr", _float(g, positive=False, high=_MAX_LR), g)
     elif key == "model_name_or_path":
         b.set(b.top, "model", _str(g), g)
+    elif key in ("config_name", "model_type"):
+        b.set(b.top, key, _str(g), g)
+    elif key == "torch_dtype":
+        dtype = _choice(g, _HF_DTYPES)
+        if dtype != "auto":
+            b.set(b.job, "state_layout", dtype, g)
+    elif key == "save_total_limit":
+        _int(g, 0, high=MAX_STEPS)  # checked; the Trainer's rotation reads it (settings)
+    elif key == "tf32":
+        _bool(g)  # TF32 matmuls: the simulation's fp32 work is already at tensor-core rates
     elif key == "max_steps":
         steps = _int(g, None, high=MAX_STEPS)  # HF: -1 (the default) or <= 0 leaves the epochs in charge
         if steps > 0:
@@ -997,6 +1023,27 @@ def _nemo_recipe(b: _Builder, g: _Given) -> None:
             b.set(b.arch, arch_key, value, g)
     elif recipe:
         b.set(b.top, "model", _NEMO_RECIPES.get(recipe, recipe), g)
+
+
+def _hf_model(top: Mapping[str, object]) -> tuple[str | None, ModelSpec | None, str | None]:
+    """The model an HF script builds (run_clm.py: --config_name's config over --model_name_or_path's, or
+    --model_type's defaults from scratch): its name, architecture and the line saying what was assumed."""
+    for key in ("config_name", "model"):
+        name = top.get(key)
+        if isinstance(name, str) and name.strip():
+            resolved = hf_models.resolve(name)
+            preset = model_from_hf_name(name)  # a shipped preset's name or alias (llama3-8b) is still one
+            model = resolved.model or preset
+            if preset is not None and model is not None and preset.params == model.params:
+                # The preset of this checkpoint, under its name, with the script's context and config.json.
+                model = dataclasses.replace(
+                    preset, seq_len=model.seq_len, hf_config=model.hf_config, hf_params=model.hf_params
+                )
+            return name, model, resolved.notice
+    model_type = top.get("model_type")
+    if isinstance(model_type, str):
+        return model_type, hf_models.from_model_type(model_type), None
+    return None, None, None
 
 
 def _hf_warmup(b: _Builder, g: _Given) -> None:
@@ -1396,6 +1443,7 @@ def _tune_data(b: _Builder, data: instruct.InstructData, max_seq_len: int | None
 
 def parse_hints(script: str, args: Sequence[str]) -> Hints:
     """The hints in a training script's arguments; unknown arguments are ignored, bad known values raise."""
+    args = hf_args.expand(args)
     names = _option_names(args)
     style = dialects.select(script, names)
     if style in ("megatron", "deepspeed") and megatron_ds.applies(script, names):
@@ -1469,10 +1517,18 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     epochs, ratio, seed = b.top.get("epochs"), b.top.get("warmup_ratio"), b.top.get("seed")
     ds = b.top.get("deepspeed")
     examples = b.top.get("examples")
-    hints = Hints(
+    model: ModelSpec | None
+    if style == "hf":
+        name, model, hf_notice = _hf_model(b.top)
+        notices += (hf_notice,) if hf_notice else ()
+    elif spec is not None:
         # A model the arguments spell out (Megatron's) is named after it; a named one keeps its name.
-        model_name=spec.name if spec is not None and name is None else name,
-        model=spec if spec is not None else model_from_hf_name(name) if name else None,
+        name, model = name or spec.name, spec
+    else:
+        model = model_from_hf_name(name) if name else None
+    hints = Hints(
+        model_name=name,
+        model=model,
         arch=b.arch,
         job=b.job,
         epochs=epochs if isinstance(epochs, float) else None,
@@ -1907,7 +1963,16 @@ _TITAN_TEXT = frozenset(
 
 # HF TrainingArguments' text its Trainer echoes (checkpoint paths under --output_dir); Megatron's --save
 # folder and the arguments that date a Megatron script (its log format follows).
-_HF_TEXT = frozenset({"output_dir", "report_to", "logging_dir", "per_device_eval_batch_size"})
+_HF_TEXT = frozenset(
+    {
+        "output_dir",
+        "report_to",
+        "logging_dir",
+        "per_device_eval_batch_size",
+        "save_total_limit",
+        "torch_dtype",
+    }
+)
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.
 _MEGATRON_TEXT = (
     frozenset(

@@ -47,6 +47,7 @@ def draw_seed(shared_key: str | None = None) -> int:
 # DeepSpeed ZeRO: it has no tensor or pipeline parallel layout).
 HF_LR = 5e-5
 HF_EPOCHS = 3.0
+HF_BATCH = 8  # per_device_train_batch_size
 # TrainingArguments' defaults: logging_strategy and save_strategy "steps", every 500; eval_strategy "no".
 HF_LOGGING_STEPS = 500
 HF_SAVE_STEPS = 500
@@ -64,6 +65,12 @@ def finetune_examples(seed: int) -> int:
 def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
     """HF Trainer's defaults for what its arguments leave unset."""
     kw.setdefault("lr", HF_LR)
+    kw.setdefault("micro_batch", HF_BATCH)
+    # from_pretrained loads fp32 weights unless --torch_dtype says otherwise; --bf16/--fp16 autocast them.
+    kw.setdefault("state_layout", "fp32")
+    # DDP (no sharding without --deepspeed or --fsdp) and every activation kept (no --gradient_checkpointing).
+    kw.setdefault("zero_stage", 0)
+    kw.setdefault("recompute", "none")
     if "lr_schedule" not in kw:
         kw["lr_schedule"] = "linear"
         kw.setdefault("min_lr", 0.0)
@@ -73,6 +80,16 @@ def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
     kw.setdefault("pp", 1)
     if "global_batch" not in kw:
         kw.setdefault("grad_accum", 1)
+
+
+def _hf_default_notice(hints: Hints, model: presets.ModelSpec) -> str:
+    """The launcher's line naming the model simulated when an HF script's arguments name none it can read."""
+    what = (
+        f"{hints.model_name!r} names no architecture fakerun can tell"
+        if hints.model_name
+        else ("no --model_name_or_path, --config_name or --model_type")
+    )
+    return f"{what}; simulating {model.display_name} ({model.params:,} parameters), fakerun's default model"
 
 
 def hf_cadence(run: RunPlan, hints: Hints) -> RunPlan:
@@ -174,6 +191,8 @@ def build_run(
             model = hints.model
         else:
             model = _default_model(bundle, nnodes, nproc_per_node, kw)
+            if hints.style == "hf":
+                hints = dataclasses.replace(hints, notices=(*hints.notices, _hf_default_notice(hints, model)))
         if hints.arch:
             model = apply_arch(model, hints.arch)
         if kw["regime"] == "finetune" and "total_steps" not in kw:

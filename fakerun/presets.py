@@ -115,6 +115,12 @@ class ModelSpec:
     recompute: str = "selective"
     default_cluster: str = "dgx-h100"
     default_nnodes: int = 1
+    # A Hugging Face model's config.json (compact JSON, as fakerun/frameworks/hf_models.py writes it): its
+    # tensors as save_pretrained stores them (sim/hf_layout.py); "": a preset, laid out as Llama or GPT-2.
+    hf_config: str = ""
+    # The exact count of hf_config's tensors where the layer formula below is not exact (BLOOM's embedding
+    # LayerNorm, T5's cross-attention, Qwen3's head_dim and q/k norms, GPT-J's unbiased attention); 0: none.
+    hf_params: int = 0
     # Exact counts from the architecture, filled in by __post_init__.
     params: int = field(init=False, compare=False)
     active_params: int = field(init=False, compare=False)
@@ -137,6 +143,10 @@ class ModelSpec:
         moe = self.layers - self.dense_layers if self.is_moe else self.layers
         # A dense layer of a MoE model: its attention and norms, and one MLP of ffn_hidden for the experts.
         plain = (self.layers - moe) * (dense - self._shared_mlp() + self._mlp_params(self.ffn_hidden))
+        total = moe * (dense + self.experts * expert + router) + plain + shared
+        if self.hf_params:
+            # What the formula misses (or counts too many) is shared by every token, not one expert's.
+            shared += self.hf_params - total
         object.__setattr__(self, "params", moe * (dense + self.experts * expert + router) + plain + shared)
         object.__setattr__(
             self, "active_params", moe * (dense + self.top_k * expert + router) + plain + shared
@@ -407,6 +417,7 @@ _RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "kv_heads": (0, 1 << 16),  # 0: same as heads
         "vocab": (1, 1 << 24),
         "seq_len": (1, 1 << 27),
+        "hf_params": (0, 1 << 44),  # 0: the layer formula's count
         "max_position": (0, 1 << 27),  # 0: seq_len
         "experts": (1, 1 << 16),
         "top_k": (1, 1 << 16),

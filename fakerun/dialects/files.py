@@ -54,21 +54,28 @@ def distcp(directory: str, request: SaveRequest) -> list[Artifact]:
     return files
 
 
-def safetensors_files(directory: str, request: SaveRequest) -> list[Artifact]:
-    """save_pretrained's weights from rank 0: each shard with its real header, and the index when sharded."""
+def safetensors_files(directory: str, request: SaveRequest, dtype: str = "BF16") -> list[Artifact]:
+    """save_pretrained's weights from rank 0: each shard with its real header, and the index when sharded;
+    `dtype` is the weights' (safetensors' name: BF16, F32)."""
     if request.rank != 0:
         return []
-    split = safetensors.shards(checkpoint.hf_tensor_shapes(request.run.job.model), checkpoint.HF_SHARD_BYTES)
+    tensors = checkpoint.hf_tensor_shapes(request.run.job.model)
+    split = safetensors.shards(tensors, checkpoint.HF_SHARD_BYTES, dtype)
     files = [
-        Artifact(f"{directory}/{s.name}", safetensors.file_bytes(s.tensors), safetensors.header(s.tensors))
+        Artifact(
+            f"{directory}/{s.name}",
+            safetensors.file_bytes(s.tensors, dtype),
+            safetensors.header(s.tensors, dtype),
+        )
         for s in split
     ]
     if len(split) > 1:
-        files.append(Artifact.text(f"{directory}/model.safetensors.index.json", safetensors.index(split)))
+        index = safetensors.index(split, dtype)
+        files.append(Artifact.text(f"{directory}/model.safetensors.index.json", index))
     return files
 
 
-def hf_model_files(directory: str, request: SaveRequest) -> list[Artifact]:
+def hf_model_files(directory: str, request: SaveRequest, dtype: str = "BF16") -> list[Artifact]:
     """A save_pretrained directory from rank 0: the weights and the config and tokenizer files beside them."""
     if request.rank != 0:
         return []
@@ -77,4 +84,4 @@ def hf_model_files(directory: str, request: SaveRequest) -> list[Artifact]:
         for f in checkpoint.export_files(request.run.job.model)
         if f.name in checkpoint.COMPANION_FILES and f.name != "model.safetensors.index.json"
     ]
-    return [*safetensors_files(directory, request), *companions]
+    return [*safetensors_files(directory, request, dtype), *companions]

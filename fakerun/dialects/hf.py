@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import math
 import re
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -29,6 +28,9 @@ from fakerun.dialects.events import (
     TrainingStopped,
     WorkerStarted,
 )
+from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.frameworks import hf_files
+from fakerun.frameworks.hf_files import float32
 from fakerun.render import bar
 from fakerun.sim.run import ENDING_HF
 
@@ -79,14 +81,6 @@ def trainer_lines(at: float, lines: Sequence[int], texts: Sequence[str]) -> list
 def script_time(at: float) -> str:
     """The example scripts' logging.basicConfig datefmt: `03/06/2025 12:04:09`."""
     return time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(at))
-
-
-def float32(x: float) -> float:
-    """A value as a float32 tensor's .item() gives it back (fp32 losses and grad norms: 37.657958984375)."""
-    if not math.isfinite(x) or abs(x) > 3.4e38:
-        return x
-    value: float = struct.unpack("f", struct.pack("f", x))[0]
-    return value
 
 
 def accumulated_loss(tr_loss: float, done: int, loss: float, grad_accum: int) -> float:
@@ -171,6 +165,11 @@ class HfDialect:
     grid: ClassVar[bool] = False  # the grid is fakerun's own: --fake-grid shows it
     # TrainingArguments.ddp_timeout's default, 1800 s, given to init_process_group (through accelerate).
     nccl_timeout_s: ClassVar[float] = 1800.0
+
+    @staticmethod
+    def artifacts(request: SaveRequest) -> Sequence[Artifact]:
+        """The files of a Trainer job's saves: checkpoint-N/ under --output_dir, then save_model's."""
+        return hf_files.artifacts(request)
 
     @classmethod
     def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:

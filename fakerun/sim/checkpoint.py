@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fakerun.sim import rand, safetensors
+from fakerun.sim import hf_layout, rand, safetensors
 
 if TYPE_CHECKING:
     from fakerun.presets import ModelSpec
@@ -129,51 +130,30 @@ def distcp_files(job: JobSpec) -> tuple[ExportFile, ...]:
     return (*files, ExportFile(".metadata", 2000 + 150 * job.world_size))
 
 
+def preset_config(model: ModelSpec) -> dict[str, object]:
+    """The config.json of a preset (no hf_config of its own): GPT-2's for GPT-2 and GPT-3, else Llama's or
+    Mixtral's."""
+    if model.family in ("gpt2", "gpt3"):
+        names = ("n_embd", "n_layer", "n_head", "n_inner", "n_positions")
+        figures = (model.hidden, model.layers, model.heads, model.ffn_hidden, model.max_position)
+        return {"model_type": "gpt2", **dict(zip(names, figures, strict=True)), "vocab_size": model.vocab}
+    return {
+        "model_type": "mixtral" if model.is_moe else "llama",
+        "hidden_size": model.hidden,
+        "num_hidden_layers": model.layers,
+        "num_attention_heads": model.heads,
+        "num_key_value_heads": model.kv_heads,
+        "intermediate_size": model.ffn_hidden,
+        "vocab_size": model.vocab,
+        "tie_word_embeddings": model.tied_embeddings,
+        "attention_bias": model.bias != "none",
+        "num_local_experts": model.experts,
+    }
+
+
 def hf_tensor_shapes(model: ModelSpec) -> Iterator[tuple[str, tuple[int, ...]]]:
     """(name, shape) of the model's tensors in Hugging Face state_dict order (nn.Linear: out x in)."""
-    h, f, hd = model.hidden, model.ffn_hidden, model.head_dim
-    q, kv = model.heads * hd, model.kv_heads * hd
-    if model.family in ("gpt2", "gpt3"):
-        # GPT-2's Conv1D stores its weights in x out.
-        yield "transformer.wte.weight", (model.vocab, h)
-        yield "transformer.wpe.weight", (model.max_position, h)
-        for i in range(model.layers):
-            p = f"transformer.h.{i}."
-            yield p + "ln_1.weight", (h,)
-            yield p + "ln_1.bias", (h,)
-            yield p + "attn.c_attn.weight", (h, 3 * h)
-            yield p + "attn.c_attn.bias", (3 * h,)
-            yield p + "attn.c_proj.weight", (h, h)
-            yield p + "attn.c_proj.bias", (h,)
-            yield p + "ln_2.weight", (h,)
-            yield p + "ln_2.bias", (h,)
-            yield p + "mlp.c_fc.weight", (h, f)
-            yield p + "mlp.c_fc.bias", (f,)
-            yield p + "mlp.c_proj.weight", (f, h)
-            yield p + "mlp.c_proj.bias", (h,)
-        yield "transformer.ln_f.weight", (h,)
-        yield "transformer.ln_f.bias", (h,)
-        return
-    yield "model.embed_tokens.weight", (model.vocab, h)
-    for i in range(model.layers):
-        p = f"model.layers.{i}."
-        for name, out, inp in (("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)):
-            yield p + f"self_attn.{name}.weight", (out, inp)
-            if model.bias != "none" and name != "o_proj":
-                yield p + f"self_attn.{name}.bias", (out,)
-        if model.is_moe:
-            yield p + "block_sparse_moe.gate.weight", (model.experts, h)
-            for e in range(model.experts):
-                for w, shape in (("w1", (f, h)), ("w2", (h, f)), ("w3", (f, h))):
-                    yield p + f"block_sparse_moe.experts.{e}.{w}.weight", shape
-        else:
-            for name, shape in (("gate_proj", (f, h)), ("up_proj", (f, h)), ("down_proj", (h, f))):
-                yield p + f"mlp.{name}.weight", shape
-        yield p + "input_layernorm.weight", (h,)
-        yield p + "post_attention_layernorm.weight", (h,)
-    yield "model.norm.weight", (h,)
-    if not model.tied_embeddings:
-        yield "lm_head.weight", (model.vocab, h)
+    return hf_layout.tensor_shapes(json.loads(model.hf_config) if model.hf_config else preset_config(model))
 
 
 def hf_tensors(model: ModelSpec) -> Iterator[tuple[str, int]]:

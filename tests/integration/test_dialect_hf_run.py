@@ -27,6 +27,8 @@ def test_hf_finetune_run(runner: Runner) -> None:
             "run_clm.py",
             *("--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--per_device_train_batch_size", "2"),
             *("--logging_steps", "2", "--save_steps", "3", "--output_dir", "out/sft", "--do_eval"),
+            # 8B's fp32 weights and Adam states need sharding: DDP's full copies do not fit in 80 GB.
+            *("--fsdp", "full_shard auto_wrap", "--gradient_checkpointing"),
         ],
         timeout=240,
     )

@@ -150,6 +150,8 @@ class TestEpochsFineTune:
         *("train.py", "--model_name_or_path", "meta-llama/Meta-Llama-3-8B", "--num_train_epochs", "3"),
         *("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "64"),
         *("--max_seq_length", "256", "--eval_strategy", "steps", "--eval_steps", "3"),
+        # Sharded, with activation checkpointing: 8B's fp32 weights and Adam states do not fit DDP's copies.
+        *("--fsdp", "full_shard auto_wrap", "--gradient_checkpointing"),
     ]
 
     def test_run(self, runner: Runner) -> None:

@@ -582,7 +582,8 @@ class TestLora:
         assert lora_mem.optimizer < full_mem.optimizer / 100 and lora_mem.grads < full_mem.grads / 100
         assert full.zero_stage == lora.zero_stage and lora_mem.weights > full_mem.weights  # base + adapters
         assert sum(collectives.grad_buckets(lora)) < sum(collectives.grad_buckets(full)) / 100
-        assert compute.expected_step_time(lora) == compute.expected_step_time(full)
+        # (The step time may differ: under DDP, HF's default, LoRA all-reduces only the adapters' gradients.)
+        assert compute.flops_per_step(lora) == compute.flops_per_step(full)
 
     def test_peft_line_and_block(self) -> None:
         """Every rank prints PEFT's line; the block counts the adapters as its trainable parameters."""
