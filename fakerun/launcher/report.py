@@ -32,6 +32,8 @@ TracebackKind = Literal[
     "nproc_no_cuda",
     "nproc_no_xpu",
     "launch_no_python",
+    "c10d_store_connect",
+    "c10d_tcp_store",
 ]
 CHAINED = "\nThe above exception was the direct cause of the following exception:\n\n"
 
@@ -274,6 +276,36 @@ _C10D_TIMEOUT: list[_Frame] = [
     ),
     (_ELASTIC + "rendezvous/dynamic_rendezvous.py", 680, "run", "raise RendezvousTimeoutError", None),
 ]
+# The c10d handler is created in launch_agent, before the agent runs: its TCPStore client's failure is
+# re-raised as RendezvousConnectionError (c10d_rendezvous_backend._create_tcp_store). Line numbers placed
+# from torch 2.9's (TCPStore( at 156) and the source layout; 2.13's were not available to check.
+_C10D_BACKEND = _ELASTIC + "rendezvous/c10d_rendezvous_backend.py"
+_C10D_STORE: list[_Frame] = [
+    (
+        _TORCH + "launcher/api.py",
+        353,
+        "launch_agent",
+        "rdzv_handler=rdzv_registry.get_rendezvous_handler(rdzv_parameters),",
+        (13, 53),
+    ),
+    (
+        _ELASTIC + "rendezvous/registry.py",
+        99,
+        "get_rendezvous_handler",
+        "return handler_registry.create_handler(params)",
+        (7, 39),
+    ),
+    (_ELASTIC + "rendezvous/api.py", 367, "create_handler", "handler = creator(params)", (10, 15)),
+    (
+        _ELASTIC + "rendezvous/registry.py",
+        41,
+        "_create_c10d_handler",
+        "backend, store = create_backend(params)",
+        (17, 22),
+    ),
+    (_C10D_BACKEND, 261, "create_backend", "store = _create_tcp_store(params)", (8, 25)),
+    (_C10D_BACKEND, 172, "_create_tcp_store", "raise RendezvousConnectionError(", None),
+]
 _STATIC_TIMEOUT: list[_Frame] = [
     (
         _ELASTIC + "rendezvous/static_tcp_rendezvous.py",
@@ -342,6 +374,8 @@ _TRACEBACKS: dict[str, list[_Frame]] = {
     "nproc_unsupported": [*_NPROC, _run_py(776, _DLWS, "raise ValueError(")],
     "nproc_no_cuda": [*_NPROC, _run_py(755, _DLWS, 'raise ValueError("Cuda is not available.") from e')],
     "nproc_no_xpu": [*_NPROC, _run_py(760, _DLWS, 'raise ValueError("Xpu is not available.") from e')],
+    "c10d_store_connect": _HEAD + _C10D_STORE,
+    "c10d_tcp_store": [(_C10D_BACKEND, 156, "_create_tcp_store", "store = TCPStore(", (8, 9))],
     "launch_no_python": [*_LAUNCH_MAIN, (_TORCH + "launch.py", 184, "launch", "raise ValueError(", None)],
 }
 
