@@ -478,9 +478,10 @@ _FAKE_GROUP_DESCRIPTION = (
 
 
 def build_parser(
-    prog: str, environ: Mapping[str, str] | None = None, *, positionals: bool = True
+    prog: str, environ: Mapping[str, str] | None = None, *, positionals: bool = True, launch: bool = False
 ) -> argparse.ArgumentParser:
-    """torchrun 2.13's get_args_parser() with PET_* defaults read from `environ`, plus the --fake-* group."""
+    """torchrun 2.13's get_args_parser() with PET_* defaults read from `environ`, plus the --fake-* group;
+    `launch`: with the option torch.distributed.launch adds to it."""
     env = {} if environ is None else environ
     parser = _Parser(
         prog=prog,
@@ -778,6 +779,17 @@ def build_parser(
             "followed by all the arguments for the training script.",
         )
         add("training_script_args", nargs=argparse.REMAINDER)
+    if launch:
+        # launch.py's parse_args() adds it after the positionals (its default: pass --local-rank=N).
+        add(
+            "--use-env",
+            "--use_env",
+            default=False,
+            action="store_true",
+            help="Use environment variable to pass 'local rank'. For legacy reasons, the default value is "
+            "False. If set to True, the script will not pass --local-rank as argument, and will instead set "
+            "LOCAL_RANK.",
+        )
 
     group = parser.add_argument_group("fakerun options", _FAKE_GROUP_DESCRIPTION)
     for spec in _FAKE_SPECS:
@@ -910,10 +922,10 @@ def _usage_exit(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
-def _build(prog: str, environ: Mapping[str, str], positionals: bool = True) -> _Parser:
+def _build(prog: str, environ: Mapping[str, str], positionals: bool = True, launch: bool = False) -> _Parser:
     """build_parser in raising mode; a bad PET_* flag value ends the run as torchrun's ValueError would."""
     try:
-        parser = build_parser(prog, environ, positionals=positionals)
+        parser = build_parser(prog, environ, positionals=positionals, launch=launch)
     except _PetFlagError as exc:
         # torchrun raises ValueError here, so exit 1 like it, but with one line instead of a traceback.
         _fail(f"{prog}: error: {exc}", 1)
@@ -1010,9 +1022,12 @@ def _list_presets_without_script(
     return CommandLine(torchrun=_torchrun_args(ns, training_script=""), fake=fake, prog=prog)
 
 
-def parse_command_line(argv: list[str], environ: Mapping[str, str], prog: str = "fakerun") -> CommandLine:
-    """Parse argv (without argv[0]) as torchrun would, plus fakerun's options; SystemExit on bad input."""
-    parser = _build(prog, environ)
+def parse_command_line(
+    argv: list[str], environ: Mapping[str, str], prog: str = "fakerun", *, launch: bool = False
+) -> CommandLine:
+    """Parse argv (without argv[0]) as torchrun would (`launch`: as torch.distributed.launch would), plus
+    fakerun's options; SystemExit on bad input."""
+    parser = _build(prog, environ, launch=launch)
     try:
         ns = _parse_args(parser, argv)
         _check_limits(parser, ns)
@@ -1026,16 +1041,16 @@ def parse_command_line(argv: list[str], environ: Mapping[str, str], prog: str = 
         fake = _resolve_fake(ns, environ)
     except _FakeError as exc:
         _fail(f"{prog}: error: {exc}", 2)
-    args = dataclasses.replace(_torchrun_args(ns), explicit=_explicit(prog, argv, environ))
+    args = dataclasses.replace(_torchrun_args(ns), explicit=_explicit(prog, argv, environ, launch))
     return CommandLine(torchrun=args, fake=fake, prog=prog)
 
 
 _UNSET = object()
 
 
-def _explicit(prog: str, argv: list[str], environ: Mapping[str, str]) -> frozenset[str]:
+def _explicit(prog: str, argv: list[str], environ: Mapping[str, str], launch: bool) -> frozenset[str]:
     """The torchrun options the user set: parsed again with every default replaced by a marker."""
-    parser = build_parser(prog, {}, positionals=True)
+    parser = build_parser(prog, {}, positionals=True, launch=launch)
     for action in parser._actions:
         if not isinstance(action, argparse._AppendAction):  # appending needs a list (no torchrun option)
             action.default = _UNSET

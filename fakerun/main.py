@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import runpy
 import selectors
@@ -35,6 +36,7 @@ from fakerun.options import CommandLine
 from fakerun.paths import state_dir
 from fakerun.sim import failures, identity
 from fakerun.sim.run import JobClock, rendezvous_seconds, resumed
+from fakerun.tools.pydoors import PYLIB, module_path
 from fakerun.worker.trainer import SimContext
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
@@ -303,15 +305,15 @@ def _child_factory(
     cmd: CommandLine, plan: LaunchPlan, python: str, ctx: SimContext | None, saved: SavedStep
 ) -> ChildFactory:
     """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
-    argv = worker_argv(plan, python)
     base_env = dict(os.environ)
     fake = cmd.fake
     spawned: dict[int, float] = {}  # by restart count: when the first worker of that attempt was made
 
     def make(slot: WorkerSlot, restart_count: int, error_file: str) -> ChildMain:
         env = worker_env(base_env, plan, slot, restart_count=restart_count, error_file=error_file)
+        argv = worker_argv(plan, python, slot.local_rank)
         if fake.exec and plan.args.run_path:
-            return _run_path_child(plan, env)
+            return _run_path_child(argv[2:], env)
         if fake.exec:
             return exec_child(argv, env)
         from fakerun.worker.main import worker_main
@@ -328,14 +330,14 @@ def _child_factory(
     return make
 
 
-def _run_path_child(plan: LaunchPlan, env: dict[str, str]) -> ChildMain:
+def _run_path_child(script_argv: list[str], env: dict[str, str]) -> ChildMain:
     """`--run-path`: run the script with runpy in the forked interpreter, as torch's fork start method."""
 
     def run() -> int:
         os.environ.clear()
         os.environ.update(env)
-        sys.argv = [plan.args.training_script, *plan.args.training_script_args]
-        runpy.run_path(plan.args.training_script, run_name="__main__")
+        sys.argv = list(script_argv)
+        runpy.run_path(script_argv[0], run_name="__main__")
         return 0
 
     return run
@@ -372,7 +374,11 @@ def _install_shims(directory: str, prog: str) -> int:
         return 1
     for path in paths:
         print(f"wrote {path}")
-    print(f'run jobs on fakerun with: export PATH="{os.path.abspath(directory)}:$PATH"')
+    shims = os.path.abspath(directory)
+    pylib = os.path.join(shims, PYLIB)
+    print(f'run jobs on fakerun with: export PATH="{shims}:$PATH"')
+    pythonpath = f'export PYTHONPATH="{pylib}${{PYTHONPATH:+:$PYTHONPATH}}"'
+    print(f"and `python -m torch.distributed.run|launch` with: {pythonpath}")
     return 0
 
 
@@ -393,16 +399,37 @@ def _print_failures() -> None:
     print("as --fake-fail SCENARIO[@STEP][:RANK], repeatable (default: a seeded step and rank)")
 
 
+def _source_paths(door: str) -> Callable[[str], str] | None:
+    """How torch's log lines name their source under `python -m torch.distributed.run|launch` (relative to
+    the first sys.path entry holding it, which is then the working directory); None: site-packages'."""
+    if door == "torchrun":
+        return None
+    site, search = site_packages(), list(sys.path)
+
+    @functools.cache
+    def where(source: str) -> str:
+        path, _, line = source.rpartition(":")
+        return f"{module_path(path, search, site)}:{line}"
+
+    return where
+
+
 @quiet_broken_pipe
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point of `fakerun` and `python -m fakerun`."""
+def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
+    """Console entry point of `fakerun` and `python -m fakerun`; `door` "run" or "launch": the launcher as
+    `python -m torch.distributed.<door>` (tools/pydoors.py), argv[0] being that module's path."""
     started_wall, started_mono = time.time(), time.monotonic()
     open_std_streams()
     argv = list(sys.argv if argv is None else argv)
     prog = prog_name(argv[0] if argv else "fakerun")
-    cmd = parse_command_line(argv[1:], os.environ, prog=prog)
+    cmd = parse_command_line(argv[1:], os.environ, prog=prog, launch=door == "launch")
     if cmd.fake.install_shims is not None:
         return _install_shims(cmd.fake.install_shims, prog)
+    if not cmd.torchrun.use_env and cmd.torchrun.no_python:
+        # launch.py's own check, before run(): a traceback, exit 1.
+        line = "ValueError: When using the '--no-python' flag, you must also set the '--use-env' flag."
+        sys.stderr.write(report.exception_text(line, "launch_no_python", argv[0], site_packages()))
+        return 1
     bundle = _load_presets(cmd)
     if cmd.fake.list_presets:
         _print_presets()
@@ -451,9 +478,16 @@ def main(argv: list[str] | None = None) -> int:
         bar_stream=STDOUT if ctx is not None and dialects.bar_stream(ctx.trainer) == "stdout" else STDERR,
     )
     metrics = _open_metrics(cmd, console) if ctx is not None else None
-    plain = os.path.basename(argv[0]) == "__main__.py"
+    # Under `python -m torch.distributed.run` (or fakerun) run.py's logger is `__main__`, which prints bare
+    # text; launch.py imports run.py, whose logger then is `torch.distributed.run`, with torch's format.
+    plain = door == "run" or os.path.basename(argv[0]) == "__main__.py"
     log = LauncherLog(
-        console, log_level(os.environ), plain=plain, pid=os.getpid(), clock=lambda: clock.at(time.monotonic())
+        console,
+        log_level(os.environ),
+        plain=plain,
+        pid=os.getpid(),
+        clock=lambda: clock.at(time.monotonic()),
+        where=_source_paths(door),
     )
     set_notice_clock(log.clock)
     try:

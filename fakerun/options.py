@@ -42,6 +42,8 @@ class TorchrunArgs:
     signals_to_handle: str = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
     shutdown_timeout: int | None = None
     virtual_local_rank: bool = False
+    # torch.distributed.launch's --use-env; torchrun has no such option and behaves as if it were set.
+    use_env: bool = True
     # Options the user set (on the command line or through PET_<DEST>), as opposed to defaults: a default
     # --node-rank 0 and an explicit one mean different topologies (fakerun plays every node vs one node).
     explicit: frozenset[str] = field(default=frozenset(), compare=False)

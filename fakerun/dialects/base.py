@@ -139,10 +139,16 @@ def seconds_time(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
+def c10_log_prefix(level: str, source: str, at: float) -> str:
+    """torch's C++ logging prefix, as a process outside a process group (the launcher) prints it:
+    `[W1122 08:41:58.102931737 socket.cpp:755]`."""
+    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1e9):09d}"
+    return f"[{level}{stamp} {source}]"
+
+
 def c10_prefix(rank: int, level: str, source: str, at: float) -> str:
     """The prefix torch's C++ logging puts on a rank's line: `[rank3]:[W1122 08:41:58.102931737 f.cpp:9]`."""
-    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1e9):09d}"
-    return f"[rank{rank}]:[{level}{stamp} {source}]"
+    return f"[rank{rank}]:{c10_log_prefix(level, source, at)}"
 
 
 def count(n: float) -> str:

@@ -68,11 +68,17 @@ def worker_env(
     return env
 
 
-def worker_argv(plan: LaunchPlan, python: str) -> list[str]:
-    """The worker's command line as torchrun builds it (`python -u script args`, `-m`, `--no-python`)."""
+def worker_argv(plan: LaunchPlan, python: str, local_rank: int) -> list[str]:
+    """The worker's command line as torchrun builds it (`python -u script args`, `-m`, `--no-python`), with
+    `--local-rank=N` before the script's arguments under torch.distributed.launch without --use-env."""
     args = plan.args
-    if args.no_python and not args.run_path:
-        return [args.training_script, *args.training_script_args]
+    script_args = list(args.training_script_args)
+    if not args.use_env:
+        script_args.insert(0, f"--local-rank={local_rank}")
+    if args.run_path:  # torch runs the script in a spawned interpreter: argv[2:] is its sys.argv
+        return [python, "-u", args.training_script, *script_args]
+    if args.no_python:
+        return [args.training_script, *script_args]
     if args.module:
-        return [python, "-u", "-m", args.training_script, *args.training_script_args]
-    return [python, "-u", args.training_script, *args.training_script_args]
+        return [python, "-u", "-m", args.training_script, *script_args]
+    return [python, "-u", args.training_script, *script_args]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 # Sources ("path relative to site-packages:line") of every message the launcher logs (torch 2.13).
@@ -73,11 +73,21 @@ def format_plain(level: str, message: str) -> str:
     return message + "\n"
 
 
-def format_log(level: str, when: float, pid: int, source: str, message: str, *, python_m: bool) -> str:
-    """Either form: under `python -m` only run.py's own messages lose the prefix, torch modules keep it."""
+def format_log(
+    level: str,
+    when: float,
+    pid: int,
+    source: str,
+    message: str,
+    *,
+    python_m: bool,
+    where: Callable[[str], str] | None = None,
+) -> str:
+    """Either form: under `python -m` only run.py's own messages lose the prefix, torch modules keep it;
+    `where` maps a source (site-packages-relative) to the path shown."""
     if python_m and source.startswith(RUN_PY_PATH + ":"):
         return format_plain(level, message)
-    return format_glog(level, when, pid, source, message)
+    return format_glog(level, when, pid, source if where is None else where(source), message)
 
 
 # run.py

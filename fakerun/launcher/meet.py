@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from fakerun.launcher.rendezvous import (
     Assignment,
     Join,
     RendezvousTimeout,
+    StoreUnreachable,
     close_all,
     host_rendezvous,
     join_rendezvous,
@@ -31,11 +33,17 @@ from fakerun.launcher.rendezvous import (
 )
 from fakerun.launcher.wire import WireError, job_secret
 from fakerun.presets import host_name
+from fakerun.render import c10
 from fakerun.sim.job import JobSpec
 
 C10D_DEFAULT_PORT = 29400  # torch's default when --rdzv-endpoint names no port
 STATIC_TIMEOUT_S = 900.0  # torch's static rendezvous (TCPStore) timeout
 C10D_JOIN_TIMEOUT_S = 600.0  # torch's c10d join_timeout
+C10D_READ_TIMEOUT_S = 60.0  # torch's c10d read_timeout: its TCPStore client's timeout
+RENDEZVOUS_CONNECTION_ERROR = (
+    "torch.distributed.elastic.rendezvous.api.RendezvousConnectionError: "
+    "The connection to the C10d store has failed. See inner exception for details."
+)
 
 
 class MeetError(Exception):
@@ -205,9 +213,10 @@ def meet(
     dial = (args.master_addr, rdzv.master_port) if static else _endpoint(rdzv.endpoint)
     _check_host(dial[0], "--master-addr" if static else "--rdzv-endpoint")
     if static:
-        timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
+        timeout = store_timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
     else:
         timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
+        store_timeout = _seconds(rdzv.conf, "read_timeout", C10D_READ_TIMEOUT_S)
     warning = _secret_warning(os.environ, dial[0], dial[1], rdzv.run_id)
     if warning is not None:
         warn(notice(warning))
@@ -235,7 +244,15 @@ def meet(
                 )
             else:
                 assignment, peer = join_rendezvous(
-                    *dial, me, nnodes=plan.max_nodes, secret=secret, timeout_s=timeout
+                    *dial,
+                    me,
+                    nnodes=plan.max_nodes,
+                    secret=secret,
+                    timeout_s=timeout,
+                    store_timeout_s=store_timeout,
+                    on_gai_error=lambda host, port, code, reason: warn(
+                        c10.gai_warning(host, port, code, reason, time.time()).rstrip("\n")
+                    ),
                 )
                 peers = {0: peer}
     except RendezvousTimeout as exc:
@@ -253,6 +270,9 @@ def meet(
         else:
             line = report.rendezvous_timeout_line()
         raise MeetError(trace + line) from None
+    except StoreUnreachable as exc:
+        _close(gate, listener)
+        raise MeetError(_unreachable_text(exc, static, argv0, site_packages)) from None
     except WireError as exc:
         _close(gate, listener)
         raise MeetError(f"fakerun: error: the rendezvous failed: {exc}\n") from None
@@ -272,6 +292,25 @@ def meet(
         rdzv, master_addr=assignment.master_addr, master_port=assignment.master_port
     )
     return dataclasses.replace(plan, nodes=(node,), rdzv=new_rdzv), Links(assignment, peers, gate)
+
+
+def _unreachable_text(exc: StoreUnreachable, static: bool, argv0: str, site_packages: str) -> str:
+    """What torchrun prints when its TCPStore client timed out on a host name that never resolved: the
+    client's error lines, then the launcher's traceback (c10d: the store's error, re-raised)."""
+    process = c10.Process(os.getpid(), 0, 0, site_packages)
+    logged, message = c10.store_connect_timeout(
+        exc.host, exc.port, int(exc.timeout_s * 1000), process, time.time()
+    )
+    error = f"torch.distributed.DistNetworkError: {message}\n"
+    if static:
+        return logged + report.launcher_traceback("static_store_timeout", argv0, site_packages) + error
+    return logged + report.exception_text(
+        RENDEZVOUS_CONNECTION_ERROR,
+        "c10d_store_connect",
+        argv0,
+        site_packages,
+        ("c10d_tcp_store", error[:-1]),
+    )
 
 
 def _close(gate: Gate | None, listener: socket.socket | None) -> None:

@@ -37,13 +37,15 @@ class LauncherLog:
     plain: bool
     pid: int
     clock: Callable[[], float] = time.time
+    where: Callable[[str], str] | None = None  # a source's path as shown, when not site-packages-relative
 
     def log(self, level: str, source: str, message: str) -> None:
         """Logs one message (all its lines) at level I, W or E."""
         if _LETTER_LEVEL[level] < self.threshold:
             return
         # Under `python -m`, only run.py's logger is `__main__` and loses its glog prefix.
-        text = glog.format_log(level, self.clock(), self.pid, source, message, python_m=self.plain)
+        when = self.clock()
+        text = glog.format_log(level, when, self.pid, source, message, python_m=self.plain, where=self.where)
         if text:
             self.console.launcher_lines(text)
 

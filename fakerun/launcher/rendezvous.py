@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import random
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,35 @@ class RendezvousTimeout(Exception):
         self.joined = joined
         self.expected = expected
         self.waited_s = waited_s
+
+
+class StoreUnreachable(Exception):
+    """torch's TCPStore client gave up: the rendezvous host's name did not resolve before its timeout."""
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        super().__init__(f"{host}:{port} did not resolve in {timeout_s:g} s")
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+
+
+class Backoff:
+    """c10d's ExponentialBackoffWithJitter as TCPStore's client uses it: 500 ms, x1.5 per retry up to 60 s,
+    each delay drawn within +-50%."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._interval = 0.5
+
+    def next(self) -> float:
+        """The next delay in seconds."""
+        delay = self._interval * self._rng.uniform(0.5, 1.5)
+        self._interval = min(self._interval * 1.5, 60.0)
+        return delay
+
+
+# Where a failed name lookup is reported: (host, port, gai error code, its text).
+OnGaiError = Callable[[str, int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -255,13 +286,24 @@ def _assign(
 
 
 def join_rendezvous(
-    host: str, port: int, me: Join, *, nnodes: int, secret: bytes, timeout_s: float
+    host: str,
+    port: int,
+    me: Join,
+    *,
+    nnodes: int,
+    secret: bytes,
+    timeout_s: float,
+    store_timeout_s: float | None = None,
+    on_gai_error: OnGaiError | None = None,
 ) -> tuple[Assignment, Peer]:
-    """Joins the rendezvous hosted at host:port, retrying the connection until the deadline."""
+    """Joins the rendezvous hosted at host:port, retrying the connection until the deadline; a host name
+    that does not resolve is retried as torch's TCPStore client does, until `store_timeout_s`."""
     start = time.monotonic()
     deadline = start + timeout_s
+    store_s = timeout_s if store_timeout_s is None else store_timeout_s
+    lookup = _Lookup(host, port, store_s, start + store_s)
     while True:
-        peer = _connect(host, port, deadline)
+        peer = _connect(host, port, deadline, lookup, on_gai_error)
         try:
             sent = answer(secret, _unless_rejected(peer.receive_blocking(deadline)))
             peer.send(sent)
@@ -294,14 +336,46 @@ def _unless_rejected(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def _connect(host: str, port: int, deadline: float) -> Peer:
+@dataclass
+class _Lookup:
+    """The TCPStore client's name lookups: their deadline (its timeout) and its backoff between tries."""
+
+    host: str
+    port: int
+    timeout_s: float
+    deadline: float
+    backoff: Backoff | None = None
+
+    def failed(self, exc: socket.gaierror, on_gai_error: OnGaiError | None) -> None:
+        """Logs a failed lookup and waits the backoff's delay, or gives up as SocketConnectOp does: when
+        the next delay would end past the deadline (so before it)."""
+        if on_gai_error is not None:
+            on_gai_error(self.host, self.port, int(exc.errno or 0), exc.strerror or str(exc))
+        self.backoff = self.backoff or Backoff()
+        delay = self.backoff.next()
+        now = time.monotonic()
+        if now >= self.deadline - delay:
+            raise StoreUnreachable(self.host, self.port, self.timeout_s)
+        time.sleep(delay)
+
+
+def _connect(
+    host: str,
+    port: int,
+    deadline: float,
+    lookup: _Lookup | None = None,
+    on_gai_error: OnGaiError | None = None,
+) -> Peer:
     start = time.monotonic()
     while True:
         try:
             sock = socket.create_connection(
                 (host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))
             )
-        except OSError:
+        except OSError as exc:
+            if lookup is not None and isinstance(exc, socket.gaierror):
+                lookup.failed(exc, on_gai_error)
+                continue
             if time.monotonic() + CONNECT_RETRY_S >= deadline:
                 raise RendezvousTimeout(0, 1, time.monotonic() - start) from None
             time.sleep(CONNECT_RETRY_S)

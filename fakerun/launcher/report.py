@@ -31,6 +31,9 @@ TracebackKind = Literal[
     "nproc_unsupported",
     "nproc_no_cuda",
     "nproc_no_xpu",
+    "launch_no_python",
+    "c10d_store_connect",
+    "c10d_tcp_store",
 ]
 CHAINED = "\nThe above exception was the direct cause of the following exception:\n\n"
 
@@ -198,6 +201,22 @@ _MAIN: list[_Frame] = [
     ),
     (_TORCH + "run.py", 1028, "main", "run(args)", None),
 ]
+# Under `python -m torch.distributed.run|launch` the launcher's traceback starts in runpy (no source lines
+# for frozen modules), then in the module run as __main__.
+_RUNPY: list[_Frame] = [
+    ("<frozen runpy>", 198, "_run_module_as_main", "", None),
+    ("<frozen runpy>", 88, "_run_code", "", None),
+]
+_RUN_PY_MAIN: list[_Frame] = [*_RUNPY, (_TORCH + "run.py", 1032, "<module>", "main()", None), *_MAIN[1:]]
+# torch 2.13's launch.py: main() is wrapped by typing_extensions' deprecated() (4.16's wrapper line), and
+# calls launch(args), which calls run.py's run(args) instead of its main().
+_LAUNCH_MAIN: list[_Frame] = [
+    *_RUNPY,
+    (_TORCH + "launch.py", 207, "<module>", "main()", None),
+    (_SITE + "/typing_extensions.py", 3140, "wrapper", "return arg(*args, **kwargs)", (7, 20)),
+    (_TORCH + "launch.py", 203, "main", "launch(args)", None),
+]
+_LAUNCH_RUN: list[_Frame] = [*_LAUNCH_MAIN, (_TORCH + "launch.py", 188, "launch", "run(args)", None)]
 _HEAD: list[_Frame] = [
     *_MAIN,
     (_TORCH + "run.py", 1019, "run", "elastic_launch(", None),
@@ -256,6 +275,36 @@ _C10D_TIMEOUT: list[_Frame] = [
         None,
     ),
     (_ELASTIC + "rendezvous/dynamic_rendezvous.py", 680, "run", "raise RendezvousTimeoutError", None),
+]
+# The c10d handler is created in launch_agent, before the agent runs: its TCPStore client's failure is
+# re-raised as RendezvousConnectionError (c10d_rendezvous_backend._create_tcp_store). Line numbers placed
+# from torch 2.9's (TCPStore( at 156) and the source layout; 2.13's were not available to check.
+_C10D_BACKEND = _ELASTIC + "rendezvous/c10d_rendezvous_backend.py"
+_C10D_STORE: list[_Frame] = [
+    (
+        _TORCH + "launcher/api.py",
+        353,
+        "launch_agent",
+        "rdzv_handler=rdzv_registry.get_rendezvous_handler(rdzv_parameters),",
+        (13, 53),
+    ),
+    (
+        _ELASTIC + "rendezvous/registry.py",
+        99,
+        "get_rendezvous_handler",
+        "return handler_registry.create_handler(params)",
+        (7, 39),
+    ),
+    (_ELASTIC + "rendezvous/api.py", 367, "create_handler", "handler = creator(params)", (10, 15)),
+    (
+        _ELASTIC + "rendezvous/registry.py",
+        41,
+        "_create_c10d_handler",
+        "backend, store = create_backend(params)",
+        (17, 22),
+    ),
+    (_C10D_BACKEND, 261, "create_backend", "store = _create_tcp_store(params)", (8, 25)),
+    (_C10D_BACKEND, 172, "_create_tcp_store", "raise RendezvousConnectionError(", None),
 ]
 _STATIC_TIMEOUT: list[_Frame] = [
     (
@@ -325,7 +374,23 @@ _TRACEBACKS: dict[str, list[_Frame]] = {
     "nproc_unsupported": [*_NPROC, _run_py(776, _DLWS, "raise ValueError(")],
     "nproc_no_cuda": [*_NPROC, _run_py(755, _DLWS, 'raise ValueError("Cuda is not available.") from e')],
     "nproc_no_xpu": [*_NPROC, _run_py(760, _DLWS, 'raise ValueError("Xpu is not available.") from e')],
+    "c10d_store_connect": _HEAD + _C10D_STORE,
+    "c10d_tcp_store": [(_C10D_BACKEND, 156, "_create_tcp_store", "store = TCPStore(", (8, 9))],
+    "launch_no_python": [*_LAUNCH_MAIN, (_TORCH + "launch.py", 184, "launch", "raise ValueError(", None)],
 }
+
+
+def _frames(kind: TracebackKind, launcher_argv0: str) -> list[_Frame]:
+    """The traceback's frames for the way the launcher was started: torchrun's console script, or
+    `python -m torch.distributed.run|launch` (told apart by the module path given as argv[0])."""
+    frames = _TRACEBACKS[kind]
+    if frames[: len(_MAIN)] != _MAIN:
+        return frames
+    if launcher_argv0.endswith("/torch/distributed/run.py"):
+        return _RUN_PY_MAIN + frames[len(_MAIN) :]
+    if launcher_argv0.endswith("/torch/distributed/launch.py"):
+        return _LAUNCH_RUN + frames[len(_MAIN) :]
+    return frames
 
 
 def launcher_traceback(kind: TracebackKind, launcher_argv0: str, site_packages: str) -> str:
@@ -336,10 +401,11 @@ def launcher_traceback(kind: TracebackKind, launcher_argv0: str, site_packages: 
     head, sep, name = launcher_argv0.rpartition("/")
     argv0 = f"{head}{sep}torchrun" if name == "fakerun" else launcher_argv0
     lines = ["Traceback (most recent call last):"]
-    for path, lineno, func, code, carets in _TRACEBACKS[kind]:
+    for path, lineno, func, code, carets in _frames(kind, launcher_argv0):
         shown = argv0 if path == _ARGV0 else path.replace(_SITE, site)
         lines.append(f'  File "{shown}", line {lineno}, in {func}')
-        lines.append(f"    {code}")
+        if code:  # frozen modules show no source line
+            lines.append(f"    {code}")
         if carets is not None:
             column, count = carets
             lines.append("    " + " " * column + "^" * count)

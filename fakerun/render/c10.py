@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fakerun.dialects.base import c10_prefix
+from fakerun.dialects.base import c10_log_prefix, c10_prefix
 from fakerun.sim import rand
 from fakerun.sim.failures import WatchdogNumbers
 
@@ -33,7 +33,16 @@ _CORRUPTED_LINE = 649  # WorkNCCL::handleException: "Some NCCL operations have f
 _TAKEDOWN_LINE = 655  # "To avoid data inconsistency, we are taking the entire process down."
 _DESYNC_LINE = 2212  # the desync report under TORCH_NCCL_DESYNC_DEBUG=1
 _CUDA_CHECK_LINE = 42  # c10/cuda/CUDAException.cpp: c10_cuda_check_implementation
-_TORCH_LIBS = frozenset({"libc10.so", "libc10_cuda.so", "libtorch_cuda.so", "libtorch_cpu.so", "libtorch.so"})
+_TORCH_LIBS = frozenset(
+    {
+        "libc10.so",
+        "libc10_cuda.so",
+        "libtorch_cuda.so",
+        "libtorch_cpu.so",
+        "libtorch.so",
+        "libtorch_python.so",
+    }
+)
 # Where each library lands in its process's region (mapped in load order: torch's big CUDA library first).
 _LAYOUT = {
     "libtorch_cuda.so": 0x1A000000,
@@ -336,3 +345,53 @@ def ib_error_lines(at: NcclThread, c: IbCompletion, when: float, *, info: bool) 
     if info:
         out += "".join(f"{at.host}:{at.pid}:{at.tid} [{at.device}] NCCL INFO {t}\n" for t in _IB_TRAIL)
     return out
+
+
+# The TCPStore client of a launcher whose rendezvous host does not resolve (c10d/socket.cpp, TCPStore.cpp).
+# Placed from torch 2.8-2.10 logs (the warning at socket.cpp:755; the timeout logged at socket.cpp:1011 and
+# raised at 1013; TCPStore.cpp:390): 2.13's own lines were not available to check.
+SOCKET_WARNING_LINE = 755  # SocketConnectOp::recordError's C10D_WARNING
+SOCKET_TIMEOUT_LINE = 1011  # SocketConnectOp::throwTimeoutError's C10D_ERROR
+_SOCKET_RAISE_LINE = 1013  # ... and its C10D_THROW_ERROR
+TCPSTORE_ERROR_LINE = 390  # TCPStore::TCPStore: "TCP client failed to connect/validate"
+_STORE_CONNECT: tuple[Frame, ...] = (
+    _ERROR_CTOR,
+    (None, 0x5BA8BFE, "libtorch_cpu.so"),
+    (None, 0x136920D, "libtorch_cpu.so"),
+    (None, 0x5BAA2C4, "libtorch_cpu.so"),
+    ("c10d::TCPStore::TCPStore(std::string, c10d::TCPStoreOptions const&)", 0x3B4, "libtorch_cpu.so"),
+    (None, 0xE48B73, "libtorch_python.so"),
+    (None, 0x51A21A, "libtorch_python.so"),
+)
+
+
+def gai_warning(host: str, port: int, code: int, reason: str, at: float) -> str:
+    """The warning each failed name lookup of the TCPStore client logs (it asks for IPv6 addresses first)."""
+    source = f"socket.cpp:{SOCKET_WARNING_LINE}"
+    message = (
+        f"The IPv6 network addresses of ({host}, {port}) cannot be retrieved (gai error: {code} - {reason})."
+    )
+    return f"{c10_log_prefix('W', source, at)} [c10d] {message}\n"
+
+
+def store_connect_timeout(
+    host: str, port: int, timeout_ms: int, process: Process, at: float
+) -> tuple[str, str]:
+    """(What the client logs when its connect timed out: the socket's and the store's E lines and the
+    exception's backtrace; the exception's message, which Python shows without the backtrace.)"""
+    message = (
+        f"The client socket has timed out after {timeout_ms}ms while trying to connect to ({host}, {port})."
+    )
+    store = (
+        f"TCP client failed to connect/validate to host {host}:{port} - timed out "
+        f"(try=0, timeout={timeout_ms}ms): {message}"
+    )
+    text = (
+        f"{c10_log_prefix('E', f'socket.cpp:{SOCKET_TIMEOUT_LINE}', at)} [c10d] {message}\n"
+        f"{c10_log_prefix('E', f'TCPStore.cpp:{TCPSTORE_ERROR_LINE}', at)} [c10d] {store}\n"
+        + raised_from(
+            "throwTimeoutError", _SOCKET_RAISE_LINE, process, _STORE_CONNECT, f"{SOURCE_ROOT}/socket.cpp"
+        )
+        + "\n"
+    )
+    return text, message

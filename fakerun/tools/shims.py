@@ -1,10 +1,13 @@
-"""Shims that make a directory on PATH answer `torchrun`, `nvidia-smi` and `tune` with fakerun's tools."""
+"""Shims that make a directory on PATH answer `torchrun`, `nvidia-smi` and `tune` with fakerun's tools, and
+its `pylib/` on PYTHONPATH answer `python -m torch.distributed.run|launch` (see tools/pydoors.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import stat
+
+from fakerun.tools.pydoors import PYLIB, pylib_files
 
 __all__ = ["MARKER", "SHIMS", "install_shims", "is_shim"]
 
@@ -49,26 +52,35 @@ def is_shim(path: str) -> bool:
     return MARKER.encode() in head
 
 
+def _write(path: str, text: str, mode: int) -> None:
+    """Writes `path` through a temporary file, so a shell or interpreter never reads half of it."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def install_shims(directory: str, *, python: str) -> list[str]:
-    """Writes executable `torchrun`, `nvidia-smi` and `tune` shims running `python -m ...`; their paths."""
+    """Writes executable `torchrun`, `nvidia-smi` and `tune` shims running `python -m ...`, and the
+    stand-in torch package under `pylib/`; the paths written, the three shims first."""
     if not python or "\n" in python or "\0" in python:
         raise ValueError(f"not a usable interpreter path: {python!r}")
-    paths = {name: os.path.join(directory, name) for name in SHIMS}
+    texts = {os.path.join(directory, name): _script(python, module) for name, module in SHIMS.items()}
+    for rel, text in pylib_files(python, MARKER).items():
+        texts[os.path.join(directory, PYLIB, *rel.split("/"))] = text
     # Check every target before writing any, so a refusal leaves the directory as it was.
-    for path in paths.values():
+    for path in texts:
         if os.path.lexists(path) and (not os.path.isfile(path) or not is_shim(path)):
             raise ValueError(f"{path} exists and is not a fakerun shim; not overwriting it")
-    os.makedirs(directory, exist_ok=True)
-    mode = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
-    for name, path in paths.items():
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(_script(python, SHIMS[name]))
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)  # atomic: a shell running the old shim never reads half a file
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    return list(paths.values())
+    executable = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+    readable = stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH
+    for path, text in texts.items():
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        _write(path, text, readable if path.endswith(".py") else executable)
+    return list(texts)

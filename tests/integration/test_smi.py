@@ -394,8 +394,13 @@ class TestShims:
         """The shims are executable scripts that run fakerun's tools with the given interpreter."""
         bin_dir = runner.tmp / "deep" / "bin"
         paths = install_shims(str(bin_dir), python=sys.executable)
-        assert paths == [str(bin_dir / "torchrun"), str(bin_dir / "nvidia-smi"), str(bin_dir / "tune")]
-        for path in paths:
+        shims, stand_in = paths[:3], paths[3:]
+        assert shims == [str(bin_dir / "torchrun"), str(bin_dir / "nvidia-smi"), str(bin_dir / "tune")]
+        assert {Path(p).relative_to(bin_dir).as_posix() for p in stand_in} == {
+            f"pylib/torch/{name}.py"
+            for name in ("__init__", "distributed/__init__", "distributed/run", "distributed/launch")
+        }
+        for path in shims:
             assert os.access(path, os.X_OK)
             text = Path(path).read_text()
             assert text.startswith("#!/bin/sh\n") and MARKER in text and f'exec "{sys.executable}" -' in text

@@ -187,6 +187,7 @@ class TestDefaults:
             "signals_to_handle": "SIGTERM,SIGINT,SIGHUP,SIGQUIT",
             "shutdown_timeout": None,
             "virtual_local_rank": False,
+            "use_env": True,  # torchrun has no --use-env: it passes no --local-rank
         }
 
     def test_fake_defaults(self) -> None:
@@ -886,8 +887,19 @@ class TestProgName:
 
 def test_torchrun_args_fields_match_parser() -> None:
     """Every TorchrunArgs field is an argparse dest of the parser, so no value is silently dropped."""
-    dests = {action.dest for action in build_parser("fakerun")._actions}
+    dests = {action.dest for action in build_parser("fakerun", launch=True)._actions}
     assert {f for f in TorchrunArgs.__dataclass_fields__} - {"explicit"} <= dests
+
+
+def test_use_env_is_launch_only() -> None:
+    """torch.distributed.launch's --use-env (both spellings, default off); torchrun refuses it."""
+    assert parse_command_line(["train.py"], {}, "launch.py", launch=True).torchrun.use_env is False
+    for spelling in ("--use-env", "--use_env"):
+        cmd = parse_command_line([spelling, "train.py"], {}, "launch.py", launch=True)
+        assert cmd.torchrun.use_env is True
+    with pytest.raises(SystemExit) as info:
+        parse_command_line(["--use-env", "train.py"], {}, "torchrun")
+    assert info.value.code == 2
 
 
 class TestExplicit:

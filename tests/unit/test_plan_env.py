@@ -232,7 +232,24 @@ class TestWorkerArgv:
         """`python -u script args`, `-m`, and `--no-python`."""
         args = TorchrunArgs(training_script="train.py", training_script_args=["--foo", "1"], **kw)
         p = make_plan(args, {}, fqdn="h", free_port=1, cpu_count=1, run_uuid=UUID)
-        assert worker_argv(p, "/py") == argv
+        assert worker_argv(p, "/py", 1) == argv
+
+    @pytest.mark.parametrize(
+        ("kw", "argv"),
+        [
+            ({}, ["/py", "-u", "train.py", "--local-rank=1", "--foo", "1"]),
+            ({"module": True}, ["/py", "-u", "-m", "train.py", "--local-rank=1", "--foo", "1"]),
+            ({"no_python": True, "use_env": True}, ["train.py", "--foo", "1"]),
+            ({"use_env": True}, ["/py", "-u", "train.py", "--foo", "1"]),
+        ],
+    )
+    def test_launch_forms(self, kw: dict[str, bool], argv: list[str]) -> None:
+        """torch.distributed.launch: `--local-rank=N` (the worker's local rank) before the script's own
+        arguments, as torch 2.13's config_from_args appends it, unless --use-env."""
+        kw = {"use_env": False, **kw}
+        args = TorchrunArgs(training_script="train.py", training_script_args=["--foo", "1"], **kw)
+        p = make_plan(args, {}, fqdn="h", free_port=1, cpu_count=1, run_uuid=UUID)
+        assert worker_argv(p, "/py", 1) == argv
 
     def test_module_and_no_python_conflict(self) -> None:
         """-m with --no-python is a value error."""
