@@ -423,6 +423,12 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         "Show fakerun's GPU grid whatever the trainer (by default only fakerun's own output shows it).",
         _parse_flag,
     ),
+    _FakeSpec(
+        "no_files",
+        None,
+        "Do not create the checkpoint and export files the job reports writing (sparse files by default).",
+        _parse_flag,
+    ),
     _FakeSpec("metrics", "FILE", "Also write the training metrics to FILE.", _parse_name("a file name")),
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),
     _FakeSpec(

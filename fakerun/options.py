@@ -65,6 +65,7 @@ class FakeOptions:
     log_format: str = "console"
     trainer: str | None = None  # a dialect's name (fakerun/dialects); None: the script's arguments decide
     grid: bool = False  # show the GPU grid in any dialect's output
+    no_files: bool = False  # do not create the files the job reports writing
     metrics: str | None = None
     loop: bool = False
     early_stopping: int | None = None  # validations without improvement before the run stops

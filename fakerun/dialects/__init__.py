@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from fakerun.dialects.base import Dialect, Seat, Stream
 from fakerun.dialects.deepspeed import DeepSpeedDialect
 from fakerun.dialects.fakerun import FakerunDialect
+from fakerun.dialects.files import Artifact, SaveRequest
 from fakerun.dialects.hf import HfDialect
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.dialects.llmc import LlmcDialect
@@ -55,6 +56,7 @@ from fakerun.sim.run import ENDING_FAKERUN
 __all__ = [
     "DEFAULT",
     "DIALECTS",
+    "artifacts",
     "bar_stream",
     "choose",
     "collective_timeouts",
@@ -141,6 +143,16 @@ def collective_timeouts(name: str) -> tuple[float, float | None]:
     timeout: float = getattr(dialect, "nccl_timeout_s", WATCHDOG_TIMEOUT_MS / 1000.0)
     first: float | None = getattr(dialect, "nccl_init_timeout_s", None)
     return timeout, first
+
+
+def artifacts(name: str, request: SaveRequest) -> Sequence[Artifact]:
+    """This rank's files of a save as the dialect `name`'s framework lays them out: its `artifacts` static
+    method of the request, else none."""
+    layout = getattr(DIALECTS[name], "artifacts", None)
+    if layout is None:
+        return ()
+    files: Sequence[Artifact] = layout(request)
+    return files
 
 
 def make(name: str, seat: Seat) -> Dialect:

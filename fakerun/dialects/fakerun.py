@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from fakerun.dialects import files
 from fakerun.dialects.base import (
     BarClose,
     BarDraw,
@@ -55,8 +56,10 @@ from fakerun.dialects.events import (
     WeightsLoading,
     WorkerStarted,
 )
+from fakerun.dialects.files import Artifact, SaveRequest
 from fakerun.render import bar
 from fakerun.render.summary import summary_table
+from fakerun.sim import checkpoint
 from fakerun.sim.run import RunPlan
 
 _MIB = 1024.0**2
@@ -144,6 +147,13 @@ class FakerunDialect:
     name: ClassVar[str] = "fakerun"
     hints: ClassVar[HintRule] = HintRule()  # the default: chosen when no framework's arguments are recognised
     grid: ClassVar[bool] = True
+
+    @staticmethod
+    def artifacts(request: SaveRequest) -> Sequence[Artifact]:
+        """The files of the saves this log reports: a distributed checkpoint per save, the final export."""
+        if request.kind == "checkpoint":
+            return files.distcp(checkpoint.checkpoint_dir(request.step), request)
+        return files.hf_model_files(checkpoint.export_dir(request.run.job.model), request)
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fakerun.sim import rand
+from fakerun.sim import rand, safetensors
 
 if TYPE_CHECKING:
     from fakerun.presets import ModelSpec
@@ -116,6 +117,11 @@ def checkpoint_dir(step: int, style: str = "megatron") -> str:
     return f"iter_{step:07d}"
 
 
+def export_dir(model: ModelSpec) -> str:
+    """Where fakerun's own trainer exports the model at the end of training."""
+    return f"hf_export/{model.name}"
+
+
 def distcp_files(job: JobSpec) -> tuple[ExportFile, ...]:
     """The files of a torch.distributed.checkpoint save: one .distcp per rank and the .metadata file."""
     share = rank_checkpoint_bytes(job)
@@ -123,75 +129,71 @@ def distcp_files(job: JobSpec) -> tuple[ExportFile, ...]:
     return (*files, ExportFile(".metadata", 2000 + 150 * job.world_size))
 
 
-def hf_tensors(model: ModelSpec) -> Iterator[tuple[str, int]]:
-    """(name, elements) of the model's tensors in Hugging Face state_dict order."""
+def hf_tensor_shapes(model: ModelSpec) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the model's tensors in Hugging Face state_dict order (nn.Linear: out x in)."""
     h, f, hd = model.hidden, model.ffn_hidden, model.head_dim
     q, kv = model.heads * hd, model.kv_heads * hd
     if model.family in ("gpt2", "gpt3"):
-        yield "transformer.wte.weight", model.vocab * h
-        yield "transformer.wpe.weight", model.max_position * h
+        # GPT-2's Conv1D stores its weights in x out.
+        yield "transformer.wte.weight", (model.vocab, h)
+        yield "transformer.wpe.weight", (model.max_position, h)
         for i in range(model.layers):
             p = f"transformer.h.{i}."
-            yield p + "ln_1.weight", h
-            yield p + "ln_1.bias", h
-            yield p + "attn.c_attn.weight", h * 3 * h
-            yield p + "attn.c_attn.bias", 3 * h
-            yield p + "attn.c_proj.weight", h * h
-            yield p + "attn.c_proj.bias", h
-            yield p + "ln_2.weight", h
-            yield p + "ln_2.bias", h
-            yield p + "mlp.c_fc.weight", h * f
-            yield p + "mlp.c_fc.bias", f
-            yield p + "mlp.c_proj.weight", f * h
-            yield p + "mlp.c_proj.bias", h
-        yield "transformer.ln_f.weight", h
-        yield "transformer.ln_f.bias", h
+            yield p + "ln_1.weight", (h,)
+            yield p + "ln_1.bias", (h,)
+            yield p + "attn.c_attn.weight", (h, 3 * h)
+            yield p + "attn.c_attn.bias", (3 * h,)
+            yield p + "attn.c_proj.weight", (h, h)
+            yield p + "attn.c_proj.bias", (h,)
+            yield p + "ln_2.weight", (h,)
+            yield p + "ln_2.bias", (h,)
+            yield p + "mlp.c_fc.weight", (h, f)
+            yield p + "mlp.c_fc.bias", (f,)
+            yield p + "mlp.c_proj.weight", (f, h)
+            yield p + "mlp.c_proj.bias", (h,)
+        yield "transformer.ln_f.weight", (h,)
+        yield "transformer.ln_f.bias", (h,)
         return
-    yield "model.embed_tokens.weight", model.vocab * h
+    yield "model.embed_tokens.weight", (model.vocab, h)
     for i in range(model.layers):
         p = f"model.layers.{i}."
-        for name, n in (("q_proj", h * q), ("k_proj", h * kv), ("v_proj", h * kv), ("o_proj", q * h)):
-            yield p + f"self_attn.{name}.weight", n
+        for name, out, inp in (("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)):
+            yield p + f"self_attn.{name}.weight", (out, inp)
             if model.bias != "none" and name != "o_proj":
-                yield p + f"self_attn.{name}.bias", n // h
+                yield p + f"self_attn.{name}.bias", (out,)
         if model.is_moe:
-            yield p + "block_sparse_moe.gate.weight", h * model.experts
+            yield p + "block_sparse_moe.gate.weight", (model.experts, h)
             for e in range(model.experts):
-                for w in ("w1", "w2", "w3"):
-                    yield p + f"block_sparse_moe.experts.{e}.{w}.weight", h * f
+                for w, shape in (("w1", (f, h)), ("w2", (h, f)), ("w3", (f, h))):
+                    yield p + f"block_sparse_moe.experts.{e}.{w}.weight", shape
         else:
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                yield p + f"mlp.{name}.weight", h * f
-        yield p + "input_layernorm.weight", h
-        yield p + "post_attention_layernorm.weight", h
-    yield "model.norm.weight", h
+            for name, shape in (("gate_proj", (f, h)), ("up_proj", (f, h)), ("down_proj", (h, f))):
+                yield p + f"mlp.{name}.weight", shape
+        yield p + "input_layernorm.weight", (h,)
+        yield p + "post_attention_layernorm.weight", (h,)
+    yield "model.norm.weight", (h,)
     if not model.tied_embeddings:
-        yield "lm_head.weight", model.vocab * h
+        yield "lm_head.weight", (model.vocab, h)
+
+
+def hf_tensors(model: ModelSpec) -> Iterator[tuple[str, int]]:
+    """(name, elements) of the model's tensors in Hugging Face state_dict order."""
+    for name, shape in hf_tensor_shapes(model):
+        yield name, math.prod(shape)
 
 
 def safetensors_shards(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tuple[ExportFile, ...]:
-    """bf16 safetensors files as save_pretrained writes them (model-00001-of-0000N.safetensors), greedy."""
-    shards: list[list[int]] = [[0, 0]]  # [bytes, tensors]
-    for name, numel in hf_tensors(model):
-        nbytes = numel * WEIGHT_BYTES
-        # Each tensor adds ~ a JSON header entry (name, dtype, shape, offsets) to its file.
-        entry = len(name) + 60
-        if shards[-1][1] and shards[-1][0] + nbytes > max_shard_bytes:
-            shards.append([0, 0])
-        shards[-1][0] += nbytes + entry
-        shards[-1][1] += 1
-    if len(shards) == 1:
-        return (ExportFile("model.safetensors", shards[0][0] + 8),)
-    n = len(shards)
+    """bf16 safetensors files as save_pretrained writes them (model-00001-of-0000N.safetensors)."""
     return tuple(
-        ExportFile(f"model-{i + 1:05d}-of-{n:05d}.safetensors", b + 8) for i, (b, _) in enumerate(shards)
+        ExportFile(s.name, safetensors.file_bytes(s.tensors))
+        for s in safetensors.shards(hf_tensor_shapes(model), max_shard_bytes)
     )
 
 
 def export_files(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tuple[ExportFile, ...]:
     """All files of a Hugging Face export: the safetensors shards and the companion files, with sizes."""
-    shards = safetensors_shards(model, max_shard_bytes)
-    n_tensors = sum(1 for _ in hf_tensors(model))
+    split = safetensors.shards(hf_tensor_shapes(model), max_shard_bytes)
+    shards = [ExportFile(s.name, safetensors.file_bytes(s.tensors)) for s in split]
     # Sizes modelled on real repos: tokenizer.json ~70 bytes per vocab entry (Llama 3: ~9 MB for 128k) [mem].
     files = [
         *shards,
@@ -202,7 +204,7 @@ def export_files(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tup
         ExportFile("tokenizer_config.json", 2_000 + model.vocab // 3),
     ]
     if len(shards) > 1:
-        files.append(ExportFile("model.safetensors.index.json", 120 + 75 * n_tensors))
+        files.append(ExportFile("model.safetensors.index.json", len(safetensors.index(split))))
     return tuple(sorted(files, key=lambda f: f.name))
 
 

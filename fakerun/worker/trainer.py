@@ -12,8 +12,9 @@ import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from fakerun import dialects
 from fakerun.dialects import DEFAULT
 from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.events import (
@@ -54,6 +55,7 @@ from fakerun.dialects.events import (
     WeightsLoading,
     WorkerStarted,
 )
+from fakerun.dialects.files import SaveRequest
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
 from fakerun.render.grid import GridGpu
@@ -80,6 +82,7 @@ from fakerun.sim.stack import stack_for
 from fakerun.sim.step import StepNumbers, retimed, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
+from fakerun.worker import artifacts
 from fakerun.worker.channel import CoordinatorLink, JobAborted
 from fakerun.worker.emit import set_clock
 from fakerun.worker.printer import Printer
@@ -142,6 +145,8 @@ class SimContext:
     # A program that dies at its start on its arguments (hints.Hints.script_exit): its stderr text and exit
     # code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # Create the checkpoint and export files the job reports writing (dialects/files.py); --fake-no-files.
+    files: bool = True
 
 
 @dataclass
@@ -180,6 +185,7 @@ class RankTrainer:
         self._early_eval_done = False  # that validation stands for the next one the run's pauses hold
         self._exits = False  # the run ends by a Megatron exit (--exit-interval, --exit-duration-in-mins)
         self._tally = _EpochTally(0.0)
+        self._files_failed = False
         self.born = time.monotonic() if ctx.spawned is None else min(ctx.spawned, time.monotonic())
         # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
         # are stamped from the former, so a late wake-up is not multiplied by --fake-speed into the log.
@@ -857,12 +863,31 @@ class RankTrainer:
             nbytes = checkpoint.checkpoint_bytes(job.model)
             emit(CheckpointSaving(step=step, path=path, format="torch_dist"))
             self._sleep_until(until)
+            self._write_files("checkpoint", step)
             emit(
                 CheckpointSaved(
                     step=step, path=path, nbytes=nbytes, seconds=seconds, bandwidth_gbs=nbytes / seconds / 1e9
                 )
             )
             self._slow_pause(step, phase, seconds)
+
+    def _write_files(self, kind: Literal["checkpoint", "export"], step: int) -> None:
+        """This rank's files of a save, as its framework lays them out, unless --fake-no-files."""
+        if not self.ctx.files:
+            return
+        job = self.run.job
+        request = SaveRequest(
+            run=self.run,
+            settings=dict(self.ctx.settings),
+            step=step,
+            rank=self.rank,
+            world_size=job.world_size,
+            kind=kind,
+        )
+        failed = artifacts.write(dialects.artifacts(self.ctx.trainer, request))
+        if failed is not None and not self._files_failed:
+            self._files_failed = True  # one warning per rank, not one per save
+            print(f"fakerun: warning: {failed}", file=sys.stderr, flush=True)
 
     def _eval_progress(self, step: int, seconds: float, until: float) -> None:
         """The evaluation's batches as they end, evenly over its `seconds`, as often as tqdm refreshes."""
@@ -916,7 +941,8 @@ class RankTrainer:
         self._epoch_end(last)
         self._phase(last, "idle")
         job = self.run.job
-        out_dir = f"hf_export/{job.model.name}"
+        self._write_files("export", last)
+        out_dir = checkpoint.export_dir(job.model)
         if self.out.wants(ModelExported):
             self.out.emit(
                 ModelExported(path=out_dir, format="safetensors", files=checkpoint.export_files(job.model))

@@ -1,0 +1,80 @@
+"""What a framework leaves on storage when it saves or exports: pure descriptions the worker writes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from fakerun.sim import checkpoint, safetensors
+
+if TYPE_CHECKING:
+    from fakerun.sim.run import RunPlan
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file as the framework writes it: its leading bytes, then a hole up to its size (sparse)."""
+
+    path: str  # relative to the rank's working directory, or absolute
+    size: int  # bytes the file reports (ls -l, stat); at least len(head)
+    head: bytes = b""  # what a reader of its metadata finds (JSON text, a safetensors header...)
+
+    @classmethod
+    def text(cls, path: str, text: str) -> Artifact:
+        """A small file written whole (a tracker file, a JSON state)."""
+        data = text.encode()
+        return cls(path, len(data), data)
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """One rank's part of a save: which job, which step, what kind of save, and the script's settings."""
+
+    run: RunPlan
+    settings: Mapping[str, str]  # hints.Hints.settings: where the script's arguments say it saves
+    step: int
+    rank: int
+    world_size: int
+    # "checkpoint": a training checkpoint after `step` (periodic or final); "export": the model the script
+    # writes once training is over (HF's save_model, fakerun's hf_export/).
+    kind: Literal["checkpoint", "export"]
+
+
+# A framework's layout: this rank's files of a save, in the order the framework writes them.
+Layout = Callable[[SaveRequest], Sequence[Artifact]]
+
+
+def distcp(directory: str, request: SaveRequest) -> list[Artifact]:
+    """A torch.distributed.checkpoint save: this rank's `__R_0.distcp` and, from rank 0, `.metadata` last."""
+    job = request.run.job
+    files = [Artifact(f"{directory}/__{request.rank}_0.distcp", checkpoint.rank_checkpoint_bytes(job))]
+    if request.rank == 0:
+        files += [Artifact(f"{directory}/{f.name}", f.nbytes) for f in checkpoint.distcp_files(job)[-1:]]
+    return files
+
+
+def safetensors_files(directory: str, request: SaveRequest) -> list[Artifact]:
+    """save_pretrained's weights from rank 0: each shard with its real header, and the index when sharded."""
+    if request.rank != 0:
+        return []
+    split = safetensors.shards(checkpoint.hf_tensor_shapes(request.run.job.model), checkpoint.HF_SHARD_BYTES)
+    files = [
+        Artifact(f"{directory}/{s.name}", safetensors.file_bytes(s.tensors), safetensors.header(s.tensors))
+        for s in split
+    ]
+    if len(split) > 1:
+        files.append(Artifact.text(f"{directory}/model.safetensors.index.json", safetensors.index(split)))
+    return files
+
+
+def hf_model_files(directory: str, request: SaveRequest) -> list[Artifact]:
+    """A save_pretrained directory from rank 0: the weights and the config and tokenizer files beside them."""
+    if request.rank != 0:
+        return []
+    companions = [
+        Artifact(f"{directory}/{f.name}", f.nbytes)
+        for f in checkpoint.export_files(request.run.job.model)
+        if f.name in checkpoint.COMPANION_FILES and f.name != "model.safetensors.index.json"
+    ]
+    return [*safetensors_files(directory, request), *companions]
