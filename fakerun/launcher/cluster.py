@@ -180,8 +180,7 @@ class ClusterLink:
             return  # a connected agent is stopping its workers: it joins within torch's last call
         members: tuple[int, ...] | None = None
         if self.rules is not None:
-            joined = (0, *sorted(node for node in self._rejoined if node in self.peers))
-            last_join = max([self._began, *(self._joined_at.get(node, 0.0) for node in joined[1:])])
+            joined, last_join = self._joined()
             verdict = self.rules.verdict(len(joined), self._began, last_join, time.monotonic())
             if verdict is Verdict.WAIT:
                 return
@@ -223,9 +222,16 @@ class ClusterLink:
         """Root of an elastic job waiting for a round: when its verdict may change without a message."""
         if self.rules is None or not self.is_root or self._wanted <= self._round or self.timed_out:
             return None
-        joined = [node for node in self._rejoined if node in self.peers]
-        last_join = max([self._began, *(self._joined_at.get(node, 0.0) for node in joined)])
-        return self.rules.deadline(len(joined) + 1, self._began, last_join)
+        if any(node not in self._rejoined for node in self.peers):
+            return None  # a connected agent's rejoin (or its loss) moves the round on, not the clock
+        joined, last_join = self._joined()
+        return self.rules.deadline(len(joined), self._began, last_join)
+
+    def _joined(self) -> tuple[tuple[int, ...], float]:
+        """Root: the agents in the round it waits for (itself first, connected ones that rejoined), and
+        when the latest of them joined."""
+        joined = (0, *sorted(node for node in self._rejoined if node in self.peers))
+        return joined, max([self._began, *(self._joined_at.get(node, 0.0) for node in joined[1:])])
 
     def _begin_round(self, attempt: int) -> None:
         """Every agent is in the round of `attempt`: the job is whole again."""
