@@ -22,12 +22,13 @@ from fakerun.launcher import glog, preflight, report
 from fakerun.launcher.cluster import ClusterLink
 from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
 from fakerun.launcher.control import ControlHub, SavedStep
+from fakerun.launcher.elastic import RoundRules
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir, LogDirError
-from fakerun.launcher.meet import Interrupted, Links, MeetError, meet
+from fakerun.launcher.meet import Interrupted, Links, MeetError, meet, round_rules
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable, site_packages
 from fakerun.launcher.outfile import OutputFile, notice, reason, set_notice_clock, warning
-from fakerun.launcher.plan import LaunchError, LaunchPlan, check_launch, make_plan
+from fakerun.launcher.plan import LaunchError, LaunchPlan, NodePlan, check_launch, make_plan
 from fakerun.launcher.procs import ChildMain, exec_child
 from fakerun.launcher.ranklogs import RankLogs
 from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup, die_of, run_job
@@ -41,6 +42,54 @@ from fakerun.worker.trainer import SimContext
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
 DEFAULT_MODEL = "llama3-8b"
+
+
+@dataclasses.dataclass
+class Current:
+    """The job as this agent's latest round made it: its plan and simulated run (an elastic job's round can
+    shrink it), and the worker group and voice that follow them."""
+
+    plan: LaunchPlan
+    ctx: SimContext | None
+    group: LocalWorkerGroup | None = None
+    voice: TorchrunVoice | None = None
+
+    def regroup(
+        self,
+        cmd: CommandLine,
+        bundle: presets.PresetBundle,
+        members: tuple[int, ...],
+        warn: Callable[[str], None],
+    ) -> None:
+        """A round went on with `members` (group ranks in the previous round): new sizes, same model, seed."""
+        plan, ctx = self.plan, self.ctx
+        assert ctx is not None
+        me = members.index(plan.nodes[0].group_rank)
+        hosts = tuple(ctx.hosts[m] for m in members)
+        plan = dataclasses.replace(plan, nodes=(NodePlan(me, hosts[me]),), group_world_size=len(members))
+        job = ctx.run.job
+        try:
+            # The model is the job's, whatever default the smaller size would have picked.
+            run, _ = build_run(
+                cmd,
+                dataclasses.replace(bundle, model=job.model),
+                nnodes=len(members),
+                nproc_per_node=plan.nproc_per_node,
+                model_given=True,
+                fresh_seed=job.seed,
+            )
+        except JobConfigError as exc:
+            print(
+                notice(f"the job keeps its simulated size: at {len(members)} nodes, {exc}"), file=sys.stderr
+            )
+            run = ctx.run
+        self.plan, self.ctx = plan, dataclasses.replace(ctx, run=run, hosts=hosts, real_node=me)
+        if self.group is not None:
+            self.group.plan = plan
+            # This agent's one run directory, under the node's new group rank.
+            self.group.run_dirs = dict(zip([me], self.group.run_dirs.values(), strict=True))
+        if self.voice is not None:
+            self.voice.plan = plan
 
 
 def _free_port() -> int:
@@ -185,16 +234,17 @@ def _logger_version(trainer: str) -> dict[str, str]:
     return {"v_num": str(max(versions) + 1 if versions else 0)}
 
 
-def _shown_pid(plan: LaunchPlan, ctx: SimContext | None) -> Callable[[WorkerSlot, int, int], int] | None:
+def _shown_pid(current: Current) -> Callable[[WorkerSlot, int, int], int] | None:
     """The pid a worker's own agent would name: real on the node this launcher is, drawn on the others."""
-    if ctx is None:
+    if current.ctx is None:
         return None  # --fake-exec: the scripts are what they are and print their own pids
-    real_node = plan.nodes[0].group_rank
-    job = ctx.run.job
 
     def shown(slot: WorkerSlot, pid: int, restart_count: int) -> int:
-        if slot.node_index == real_node:
+        plan, ctx = current.plan, current.ctx
+        assert ctx is not None
+        if slot.node_index == plan.nodes[0].group_rank:
             return pid
+        job = ctx.run.job
         pids = identity.worker_pids(job.seed, slot.node_index, plan.nproc_per_node, restart_count, job.nnodes)
         return pids[slot.local_rank]
 
@@ -244,22 +294,27 @@ def _open_metrics(cmd: CommandLine, console: Console) -> OutputFile | None:
 
 
 def _control(
-    plan: LaunchPlan,
-    ctx: SimContext,
+    current: Current,
     metrics: OutputFile | None,
     saved: SavedStep,
     links: Links | None,
     console: Console,
     publish: bool,
+    rules: RoundRules | None,
+    regroup: Callable[[tuple[int, ...]], None],
 ) -> Callable[[selectors.BaseSelector], ControlHub]:
-    """Builds the coordinator's channels (and, on a multi-node job, the links to the other agents)."""
+    """Builds the coordinator's channels (and, on a multi-node job, the links to the other agents; an
+    elastic job's root decides its restart rounds by `rules`, and each agent follows a new membership)."""
+    plan, ctx = current.plan, current.ctx
+    assert ctx is not None
 
     def warn(line: str) -> None:
         console.launcher_lines(line + "\n")
 
     def make(selector: selectors.BaseSelector) -> ControlHub:
         def coordinator(attempt: int, ranks: Iterable[int]) -> Coordinator:
-            run = resumed(ctx.run, saved.step)
+            assert current.ctx is not None
+            run = resumed(current.ctx.run, saved.step)
             return Coordinator(
                 run,
                 ranks=ranks,
@@ -292,24 +347,25 @@ def _control(
                 warn,
                 peers=dict(links.peers),
                 listener=links.listener,
+                rules=rules if links.assignment.group_rank == 0 else None,
             )
             links.peers.clear()  # the cluster owns them now
             links.listener = None
+            hub.regroup = regroup
             hub.attach(cluster)
         return hub
 
     return make
 
 
-def _child_factory(
-    cmd: CommandLine, plan: LaunchPlan, python: str, ctx: SimContext | None, saved: SavedStep
-) -> ChildFactory:
+def _child_factory(cmd: CommandLine, current: Current, python: str, saved: SavedStep) -> ChildFactory:
     """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
     base_env = dict(os.environ)
     fake = cmd.fake
     spawned: dict[int, float] = {}  # by restart count: when the first worker of that attempt was made
 
     def make(slot: WorkerSlot, restart_count: int, error_file: str) -> ChildMain:
+        plan, ctx = current.plan, current.ctx
         env = worker_env(base_env, plan, slot, restart_count=restart_count, error_file=error_file)
         argv = worker_argv(plan, python, slot.local_rank)
         if fake.exec and plan.args.run_path:
@@ -499,6 +555,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
     fatal = 0
     rank_logs: RankLogs | None = None
     links: Links | None = None
+    rules: RoundRules | None = None
     try:
         _log_startup(plan, log, log_dir)
         try:
@@ -520,6 +577,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
                     job=None if ctx is None else ctx.run.job,
                     started=started_mono,
                 )
+                rules = round_rules(plan, clock.speed)
             except MeetError as exc:
                 console.launcher_lines(exc.text)
                 return exc.exit_code
@@ -539,16 +597,20 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
             rank_logs.max_open = fds.spare  # the copies take what the ranks' pipes leave of the limit
         console.rank_logs = rank_logs
 
+        current = Current(plan, ctx)
+
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
-            return TorchrunVoice(
+            current.group = group
+            current.voice = TorchrunVoice(
                 plan,
                 log,
                 argv[0],
                 python,
                 group.error_file_path,
-                shown_pid=_shown_pid(plan, ctx),
+                shown_pid=_shown_pid(current),
                 announced=plan.multi_node,
             )
+            return current.voice
 
         seed = cmd.fake.seed if ctx is None else ctx.run.job.seed
         # This launcher plays every node of a single-launcher job, so their agents' wait is simulated; an
@@ -560,8 +622,21 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
 
         saved = SavedStep()
         publish = rank_logs is not None
-        control = None if ctx is None else _control(plan, ctx, metrics, saved, links, console, publish)
-        children = _child_factory(cmd, plan, python, ctx, saved)
+        control = None
+        if ctx is not None:
+            control = _control(
+                current,
+                metrics,
+                saved,
+                links,
+                console,
+                publish,
+                rules,
+                lambda members: current.regroup(
+                    cmd, bundle, members, lambda line: console.launcher_lines(line + "\n")
+                ),
+            )
+        children = _child_factory(cmd, current, python, saved)
         return run_job(
             plan,
             console,

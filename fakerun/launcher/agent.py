@@ -68,6 +68,10 @@ class Rejoin(Protocol):
         """Whether attempt `restart_count` may start (every agent rejoined, or the round can never happen)."""
         ...
 
+    def round_timed_out(self) -> bool:
+        """Whether the round this agent waits for ended in torch's RendezvousTimeoutError (elastic jobs)."""
+        ...
+
 
 class AgentOutput(Protocol):
     """The launcher's messages, in the words torchrun uses; the agent says what, this says how."""
@@ -83,6 +87,7 @@ class AgentOutput(Protocol):
     def child_failed_report(self, root: Failure, others: list[Failure], restart_count: int) -> None: ...
     def signal_exception(self, signum: int) -> None: ...
     def group_succeeded(self) -> None: ...
+    def rendezvous_timed_out(self) -> None: ...
 
 
 class Agent:
@@ -161,6 +166,11 @@ class Agent:
         """Time passed: the rendezvous ends, the monitor's next look finds a failure and SIGTERMs the others,
         or workers past their shutdown deadline are SIGKILLed."""
         if self.state is State.RENDEZVOUS:
+            if self.restart_count > 0 and self.rejoin is not None and self.rejoin.round_timed_out():
+                # torch's next_rendezvous raises out of the agent's run: no worker failure to report.
+                self.out.rendezvous_timed_out()
+                self._finish(1)
+                return
             if self._deadline is not None and now >= self._deadline and self._round_complete():
                 self._start_attempt(now)
             return

@@ -11,7 +11,9 @@ stopped sends `rejoin` for its next attempt; once every other agent has, node 0 
 and the step every rank resumes from (the newest checkpoint whose save had finished, as node 0 saw it).
 A round without every node cannot happen (a lost agent does not come back; node 0 says `broken` to the
 others): each agent then starts its attempt on a lost job, whose workers abort at once, and its restarts
-run out as they would.
+run out as they would. Elastic jobs (c10d, --nnodes MIN:MAX) are the exception: node 0 holds the round by
+torch's rules (elastic.py) over the agents still connected, and its `round` names the members, which take
+new group ranks; below MIN the round times out and every waiting agent ends with RendezvousTimeoutError.
 
 Authenticated is not trusted: every field of every message from another agent is checked for type and
 range before it reaches the coordinator or a worker, and a bad one ends that agent's connection with one
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fakerun.launcher.elastic import RoundRules, Verdict, regroup
 from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer, PeerGone
 from fakerun.launcher.rendezvous import is_int
@@ -48,7 +51,9 @@ Deliver = Callable[[list[tuple[int, dict[str, Any]]]], None]  # replies to local
 # Tell every local worker that the job is lost, and on which node it failed (None: unknown).
 Abort = Callable[[str, int | None], None]
 # A restart's round is complete: root passes None and gets the step every rank resumes from; others pass it.
-NewRound = Callable[[int | None], int]
+# The second argument names the round's members by their group ranks in the previous round when the
+# membership changed (an elastic job went on without a lost node), None when every node is in it.
+NewRound = Callable[[int | None, tuple[int, ...] | None], int]
 
 
 @dataclass
@@ -66,6 +71,8 @@ class ClusterLink:
     deliver: Deliver | None = None  # non-root
     abort: Abort | None = None
     new_round: NewRound | None = None
+    rules: RoundRules | None = None  # root of an elastic job: the rules a round completes by
+    timed_out: bool = False  # the round this agent waits for can never complete (below MIN at join_timeout)
     lost: str | None = None  # why the job is lost, once it is
     lost_node: int | None = None  # the node where it failed: the peer its workers' NCCL sees close
     finished: bool = False  # the run's last step was answered: agents leaving now is the normal end
@@ -77,6 +84,8 @@ class ClusterLink:
     _rejoined: dict[int, int] = field(default_factory=dict)  # root: node -> the attempt it rejoined for
     _round: int = 0  # the newest attempt whose round completed
     _broken: bool = False  # a node is gone for good: no round can complete again
+    _began: float = 0.0  # root: when this agent joined the round it waits for (monotonic)
+    _joined_at: dict[int, float] = field(default_factory=dict)  # root: node -> when it rejoined
 
     @property
     def is_root(self) -> bool:
@@ -140,6 +149,7 @@ class ClusterLink:
         """This agent's workers have stopped: it joins the round of `attempt` (root: waits for the others)."""
         self._wanted = attempt
         if self.is_root:
+            self._began = time.monotonic()
             self._try_round()
         else:
             self._send(0, {"k": "rejoin", "attempt": attempt})
@@ -147,8 +157,10 @@ class ClusterLink:
     def round_complete(self, attempt: int) -> bool:
         """Whether attempt `attempt` may start: its round completed, or it never can (a node is gone; the
         job is then lost, so that the attempt's workers abort rather than wait for that node)."""
-        if self._round == attempt:
+        if self._round == attempt or self.timed_out:
             return True
+        if self.rules is not None and not self._broken:
+            return False  # the round's rules decide (_try_round), not the number of nodes connected
         if not self._broken and len(self.peers) == (self._nnodes - 1 if self.is_root else 1):
             return False
         if self.lost is None:
@@ -158,24 +170,74 @@ class ClusterLink:
     def _try_round(self) -> None:
         """Root: once every other agent rejoined for our attempt, starts the round on every node."""
         attempt = self._wanted
-        if attempt <= self._round:
+        if attempt <= self._round or self.timed_out:
             return
         for node, theirs in list(self._rejoined.items()):
             peer = self.peers.get(node)
             if peer is not None and theirs != attempt:
                 self._peer_lost(peer, f"it rejoined for attempt {theirs}, the job's is {attempt}")
-        if len(self.peers) < self._nnodes - 1 or any(node not in self._rejoined for node in self.peers):
+        if any(node not in self._rejoined for node in self.peers):
+            return  # a connected agent is stopping its workers: it joins within torch's last call
+        members: tuple[int, ...] | None = None
+        if self.rules is not None:
+            joined, last_join = self._joined()
+            verdict = self.rules.verdict(len(joined), self._began, last_join, time.monotonic())
+            if verdict is Verdict.WAIT:
+                return
+            if verdict is Verdict.TIMEOUT:
+                # The agents waiting with us reach their own join deadline as well.
+                self.timed_out = True
+                for node in list(self.peers):
+                    self._send(node, {"k": "timeout", "attempt": attempt})
+                return
+            if len(joined) < self._nnodes:
+                members = joined
+        elif len(self.peers) < self._nnodes - 1:
             return
-        step = self.new_round(None) if self.new_round is not None else 0
+        step = self.new_round(None, members) if self.new_round is not None else 0
+        if members is not None:
+            self._regroup(members)
         # The job is whole from here: a send that fails now loses it again, and the others are told so.
         self._begin_round(attempt)
         for node in list(self.peers):
-            self._send(node, {"k": "round", "attempt": attempt, "resume": step})
+            message: dict[str, Any] = {"k": "round", "attempt": attempt, "resume": step}
+            if members is not None:
+                message["members"] = list(members)
+            self._send(node, message)
+
+    def _regroup(self, members: tuple[int, ...]) -> None:
+        """The round's members take their new group ranks (the store's host stays 0)."""
+        ranks = regroup(members)
+        self.group_rank = ranks[self.group_rank]
+        first = self.group_rank * self.nproc_per_node
+        self.local_ranks = frozenset(range(first, first + self.nproc_per_node))
+        if self.is_root:
+            peers, self.peers = self.peers, {}
+            for old, peer in peers.items():
+                peer.group_rank = ranks[old]
+                self.peers[peer.group_rank] = peer
+        self._nnodes = len(members)
+
+    def round_deadline(self) -> float | None:
+        """Root of an elastic job waiting for a round: when its verdict may change without a message."""
+        if self.rules is None or not self.is_root or self._wanted <= self._round or self.timed_out:
+            return None
+        if any(node not in self._rejoined for node in self.peers):
+            return None  # a connected agent's rejoin (or its loss) moves the round on, not the clock
+        joined, last_join = self._joined()
+        return self.rules.deadline(len(joined), self._began, last_join)
+
+    def _joined(self) -> tuple[tuple[int, ...], float]:
+        """Root: the agents in the round it waits for (itself first, connected ones that rejoined), and
+        when the latest of them joined."""
+        joined = (0, *sorted(node for node in self._rejoined if node in self.peers))
+        return joined, max([self._began, *(self._joined_at.get(node, 0.0) for node in joined[1:])])
 
     def _begin_round(self, attempt: int) -> None:
         """Every agent is in the round of `attempt`: the job is whole again."""
         self._round = attempt
         self._rejoined.clear()
+        self._joined_at.clear()
         self._gathered.clear()
         self._outbox.clear()
         self.lost = None
@@ -211,8 +273,9 @@ class ClusterLink:
 
     def deadline(self) -> float:
         """When the loop must call tick() next (monotonic)."""
-        gate = self.listener.deadline() if self.listener is not None else None
-        return self._next_beat if gate is None else min(self._next_beat, gate)
+        due = [self._next_beat, self.listener.deadline() if self.listener is not None else None]
+        due.append(self.round_deadline())
+        return min(t for t in due if t is not None)
 
     def tick(self, now: float) -> None:
         """Heartbeats out, silent peers and stalled handshakes detected."""
@@ -225,6 +288,8 @@ class ClusterLink:
                 self._peer_lost(peer, f"no heartbeat for {HEARTBEAT_TIMEOUT_S:.0f} s")
         if self.listener is not None:
             self.listener.tick(now)
+        if self.round_deadline() is not None:
+            self._try_round()
 
     def close(self) -> None:
         """Closes every connection (the job is over here)."""
@@ -258,11 +323,16 @@ class ClusterLink:
                 self._abort_locally(_reason(message), _node(message))
             elif kind == "rejoin" and self.is_root:
                 self._rejoined[peer.group_rank] = _attempt(message)
+                self._joined_at[peer.group_rank] = time.monotonic()
                 self._try_round()
             elif kind == "broken" and not self.is_root:
                 if _node(message) is None:
                     raise WireError("field 'node' is missing")
                 self._broken = True
+            elif kind == "timeout" and not self.is_root:
+                if _attempt(message) != self._wanted or self._wanted <= self._round:
+                    raise WireError("a timeout for a round this node is not waiting for")
+                self.timed_out = True
             elif kind == "round" and not self.is_root:
                 attempt = _attempt(message)
                 step = message.get("resume")
@@ -270,13 +340,31 @@ class ClusterLink:
                     raise WireError(f"a round for attempt {attempt}, not the one this node rejoined for")
                 if not is_int(step, 0, MAX_STEP):
                     raise WireError("field 'resume' is not a step number")
+                members = self._members(message)
                 if self.new_round is not None:
-                    self.new_round(step)
+                    self.new_round(step, members)
+                if members is not None:
+                    self._regroup(members)
                 self._begin_round(attempt)
             else:
                 raise WireError(f"unexpected message {shown(kind, 40)!r}")
         except WireError as exc:
             self._peer_lost(peer, f"it sent a malformed message ({exc})")
+
+    def _members(self, message: dict[str, Any]) -> tuple[int, ...] | None:
+        """A `round`'s members (None: every node): distinct group ranks in order, from 0, including ours."""
+        members = message.get("members")
+        if members is None:
+            return None
+        if (
+            not isinstance(members, list)
+            or not all(is_int(m, 0, MAX_NNODES - 1) for m in members)
+            or members != sorted(set(members))
+            or members[:1] != [0]
+            or self.group_rank not in members
+        ):
+            raise WireError("field 'members' is not a membership of this job")
+        return tuple(members)
 
     def _send(self, node: int, message: dict[str, Any]) -> None:
         peer = self.peers.get(node)
@@ -300,7 +388,11 @@ class ClusterLink:
         self.peers.pop(peer.group_rank, None)
         if self.finished:
             return  # the run is over: the other agents leave once their workers are done
-        if self.is_root and not self._broken:
+        if self.is_root and self.rules is not None:
+            # An elastic job goes on without the node: a round waiting for it is decided without it.
+            self._rejoined.pop(peer.group_rank, None)
+            self._joined_at.pop(peer.group_rank, None)
+        elif self.is_root and not self._broken:
             # The node cannot come back: agents waiting for a restart's round must not wait for it.
             self._broken = True
             for node in list(self.peers):
@@ -308,6 +400,8 @@ class ClusterLink:
         reason = f"lost node {peer.group_rank} ({peer.host or peer.address}): {why}"
         if self.is_root:
             self._lose(reason, peer.group_rank)
+            if self.rules is not None:
+                self._try_round()
         else:
             self._abort_locally(reason, peer.group_rank)
 

@@ -78,6 +78,7 @@ class ControlHub:
     coordinator: Coordinator | None = None
     channels: dict[int, _Channel] = field(default_factory=dict)
     cluster: ClusterLink | None = None  # the other agents of a multi-node job
+    regroup: Callable[[tuple[int, ...]], None] | None = None  # the launcher's job follows a new membership
     world_size: int = 0  # every rank of the job (the root's coordinator waits for all of them)
     finished: bool = False  # the run's last step was answered: workers closing their sockets is expected
     loop: bool = False  # --fake-loop: runs follow one another
@@ -107,10 +108,20 @@ class ControlHub:
         """Whether every agent is in the round of attempt `restart_count` (or it can never be)."""
         return self.cluster is None or self.cluster.round_complete(restart_count)
 
-    def _new_round(self, resume: int | None) -> int:
-        """Every agent rejoined: all resume from node 0's newest complete checkpoint; the old barrier goes."""
+    def round_timed_out(self) -> bool:
+        """Whether the round this agent waits for timed out (an elastic job below its minimum of nodes)."""
+        return self.cluster is not None and self.cluster.timed_out
+
+    def _new_round(self, resume: int | None, members: tuple[int, ...] | None) -> int:
+        """Every agent rejoined: all resume from node 0's newest complete checkpoint; the old barrier goes.
+        `members` (group ranks in the previous round) when the job goes on with fewer nodes."""
         step = self.saved.step if resume is None else resume
         self.saved.settle(step)
+        if members is not None:
+            self.hosts = tuple(self.hosts[m] for m in members)
+            self.world_size = len(members) * self.nproc_per_node
+            if self.regroup is not None:
+                self.regroup(members)
         # The stopped attempt's coordinator must not answer (or time out) anyone of the next one.
         self.coordinator = None
         return step

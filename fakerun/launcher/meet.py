@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from fakerun.launcher import report
+from fakerun.launcher.elastic import LAST_CALL_TIMEOUT_S, RoundRules
 from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer
 from fakerun.launcher.plan import LaunchPlan, NodePlan
@@ -330,3 +331,20 @@ def _listen_static(port: int, host: str) -> socket.socket:
             f"address. port: {port}, useIpv6: false, code: -98, name: EADDRINUSE, message: "
             f"{(exc.strerror or 'address already in use').lower()}\n"
         ) from None
+
+
+def round_rules(plan: LaunchPlan, speed: float) -> RoundRules | None:
+    """The rules of an elastic job's restart rounds (c10d, --nnodes MIN:MAX); None for a fixed-size job.
+
+    join_timeout is real seconds, as at the first rendezvous; the last call is the simulated cluster's wait
+    for more agents, so it passes at --fake-speed.
+    """
+    if plan.rdzv.form != "c10d" or plan.min_nodes >= plan.max_nodes:
+        return None
+    conf = plan.rdzv.conf
+    return RoundRules(
+        plan.min_nodes,
+        plan.max_nodes,
+        join_timeout_s=_seconds(conf, "join_timeout", C10D_JOIN_TIMEOUT_S),
+        last_call_timeout_s=_seconds(conf, "last_call_timeout", LAST_CALL_TIMEOUT_S) / speed,
+    )

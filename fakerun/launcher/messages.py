@@ -200,6 +200,11 @@ class TorchrunVoice:
         text += report.signal_exception_line(self.log.pid, signum)
         self.log.raw(text)
 
+    def rendezvous_timed_out(self) -> None:
+        """A restart's round never completed: the traceback ending in RendezvousTimeoutError."""
+        text = report.launcher_traceback("c10d_rejoin_timeout", self.argv0, site_packages())
+        self.log.raw(text + report.rendezvous_timeout_line())
+
     def group_succeeded(self) -> None:
         """INFO: the success lines."""
         # The exit barrier's wait is a store round trip once every agent is done (0.00024 s recorded): the

@@ -20,6 +20,7 @@ TracebackKind = Literal[
     "child_failed",
     "signal",
     "c10d_join_timeout",
+    "c10d_rejoin_timeout",
     "static_store_timeout",
     "nnodes_int",
     "nnodes_min_int",
@@ -266,6 +267,27 @@ _RENDEZVOUS: list[_Frame] = [
         (12, 35),
     ),
 ]
+# A restart's round: _invoke_run's restart branch and _restart_workers (torch 2.13's lines placed from the
+# source layout around the recorded _initialize_workers and _rendezvous frames).
+_RESTART: list[_Frame] = [
+    (
+        _ELASTIC + "agent/server/api.py",
+        952,
+        "_invoke_run",
+        "self._restart_workers(self._worker_group)",
+        None,
+    ),
+    _METRICS_WRAPPER,
+    (
+        _ELASTIC + "agent/server/api.py",
+        731,
+        "_restart_workers",
+        "self._initialize_workers(worker_group)",
+        None,
+    ),
+    _METRICS_WRAPPER,
+    *_RENDEZVOUS[2:],
+]
 _C10D_TIMEOUT: list[_Frame] = [
     (
         _ELASTIC + "rendezvous/dynamic_rendezvous.py",
@@ -347,6 +369,7 @@ _TRACEBACKS: dict[str, list[_Frame]] = {
     "child_failed": _HEAD + _CHILD_FAILED,
     "signal": _HEAD + _AGENT_RUN + _SIGNAL,
     "c10d_join_timeout": _HEAD + _AGENT_RUN + _RENDEZVOUS + _C10D_TIMEOUT,
+    "c10d_rejoin_timeout": _HEAD + _AGENT_RUN + _RESTART + _C10D_TIMEOUT,
     "static_store_timeout": _HEAD + _AGENT_RUN + _RENDEZVOUS + _STATIC_TIMEOUT,
     "nnodes_int": [
         *_NNODES,

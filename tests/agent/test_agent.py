@@ -71,6 +71,9 @@ class Recorder:
     def group_succeeded(self) -> None:
         self.events.append(("succeeded", None))
 
+    def rendezvous_timed_out(self) -> None:
+        self.events.append(("rendezvous_timeout", None))
+
     def names(self) -> list[str]:
         return [e for e, _ in self.events]
 
@@ -81,12 +84,16 @@ class FakeRejoin:
 
     requested: list[int] = field(default_factory=list)
     complete: set[int] = field(default_factory=set)
+    timed_out: bool = False
 
     def request_round(self, restart_count: int) -> None:
         self.requested.append(restart_count)
 
     def round_complete(self, restart_count: int) -> bool:
-        return restart_count in self.complete
+        return restart_count in self.complete or self.timed_out
+
+    def round_timed_out(self) -> bool:
+        return self.timed_out
 
 
 def make_agent(
@@ -305,6 +312,23 @@ class TestRendezvous:
         assert agent.deadline() == pytest.approx(11.3)
         agent.on_tick(20.1)
         assert group.starts == [0, 1] and out.events[-1] == ("started", 1)
+
+    def test_a_round_that_times_out_ends_the_agent(self) -> None:
+        """An elastic round below its minimum of nodes: torch's next_rendezvous raises out of the agent's
+        run, so the agent exits 1 with that error and no worker-failure report, starting nothing."""
+        rounds = FakeRejoin()
+        group, out = FakeGroup(2), Recorder()
+        agent = Agent(
+            group, out, max_restarts=3, shutdown_timeout=30.0, rendezvous_s=lambda a: 0.2, rejoin=rounds
+        )
+        agent.start(10.0)
+        agent.on_tick(10.2)
+        agent.on_exit(100, 1, 11.0)
+        agent.on_exit(101, -15, 11.1)
+        rounds.timed_out = True
+        agent.on_tick(40.0)
+        assert agent.exit_code == 1 and group.starts == [0]
+        assert out.names()[-2:] == ["rendezvous", "rendezvous_timeout"] and "report" not in out.names()
 
     def test_signal_during_rendezvous_ends_without_workers(self) -> None:
         """A handled signal before any worker exists: the signal exception, exit 1, nothing started."""

@@ -257,6 +257,8 @@ class TestStatic:
             said = messages(text(runner, name))
             start = said.index(restart[0])
             assert said[start : start + len(restart)] == restart, said[start - 5 : start + 10]
+            # A fixed-size job's round is the whole job again: no node is left out.
+            assert "  group_world_size=2" in said[start + len(restart) : start + len(restart) + 5]
         # Node 1's last rank (Megatron's printer) resumed from the same step: attempt 0 saved step 3 and
         # attempt 1 saved 6, 9 and 12 (one from step 0 would have saved 3 again).
         assert text(runner, "n1.out").count("save-checkpoint ...") == 4
@@ -319,6 +321,38 @@ class TestC10d:
             .rstrip()
             .endswith("torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError")
         )
+
+    def test_a_lost_node_leaves_an_elastic_job_smaller(self, runner: Runner) -> None:
+        """--nnodes 1:2: SIGKILL node 1's agent after a save; node 0's workers fail, its agent restarts, and
+        after torch's last call the round completes without node 1: the job carries on at one node's size
+        from its last complete save, with the same model."""
+        port = str(free_port())
+        common = ["--nnodes", "1:2", "--nproc-per-node", "2", "--rdzv-backend", "c10d"]
+        common += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "el1", "--fake-speed", "20"]
+        common += ["--fake-max-steps", "12", "--max-restarts", "1"]
+        script = ["train.py", "--save-interval", "3", "--save", "ckpt"]
+        n0 = agent(runner, [*common, "--fake-metrics", "m.jsonl", *script], "n0", LOGLEVEL="INFO")
+        time.sleep(0.3)  # node 0 hosts the store
+        n1 = agent(runner, [*common, *script], "n1")
+        deadline, first_save = time.monotonic() + 60, "checkpoint from iteration       3"
+        while time.monotonic() < deadline and first_save not in text(runner, "n0.out"):
+            time.sleep(0.1)
+        n1.send_signal(signal.SIGKILL)
+        assert finish([n0, n1]) == [0, -9], text(runner, "n0.err")[-3000:]
+        said = messages(text(runner, "n0.err"))
+        blocks = [i for i, m in enumerate(said) if m == "[default] Rendezvous complete for workers. Result:"]
+        assert len(blocks) == 2
+        after = said[blocks[1] + 1 : blocks[1] + 11]
+        assert "  restart_count=1" in after and "  group_world_size=1" in after
+        assert "  global_world_sizes=[2, 2]" in after, after  # one node of --nproc-per-node 2
+        records = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
+        runs = [r for r in records if r["event"] == "run"]
+        assert [(r["attempt"], r["nnodes"], r["n_gpus"]) for r in runs] == [(0, 2, 4), (1, 1, 2)]
+        assert runs[0]["model"] == runs[1]["model"]
+        failed = next(i for i, r in enumerate(records) if r["event"] == "failure")
+        saved = [r["step"] for r in records[:failed] if r["event"] == "checkpoint"]
+        assert runs[1]["first_step"] - 1 in saved  # one of the saves made before the loss
+        assert "using world size: 2," in text(runner, "n0.out")
 
 
 class TestSecurity:

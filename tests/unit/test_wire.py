@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakerun.launcher import cluster, rendezvous
+from fakerun.launcher.elastic import RoundRules
 from fakerun.launcher.meet import MeetError, _check_host, _loopback, _seconds, _secret_warning
 from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Peer, Refusals
 from fakerun.launcher.wire import (
@@ -586,7 +587,8 @@ class TestRestartRound:
         resumed: dict[int, int | None] = {}
 
         def on_round(node: int) -> cluster.NewRound:
-            def begin(step: int | None) -> int:
+            def begin(step: int | None, members: tuple[int, ...] | None) -> int:
+                assert members is None  # every node is in the round
                 resumed[node] = step
                 return 6 if step is None else step  # node 0's newest complete save: step 6
 
@@ -621,11 +623,18 @@ class TestRestartRound:
             {"k": "rejoin", "attempt": 1},  # only node 0 takes rejoins
             {"k": "broken", "node": None},
             {"k": "broken", "node": -1},
+            {"k": "round", "attempt": 1, "resume": 3, "members": [0]},  # without this node
+            {"k": "round", "attempt": 1, "resume": 3, "members": [1]},  # without the store's host
+            {"k": "round", "attempt": 1, "resume": 3, "members": [0, 1, 1]},
+            {"k": "round", "attempt": 1, "resume": 3, "members": [1, 0]},
+            {"k": "round", "attempt": 1, "resume": 3, "members": [0, 1, 1 << 40]},
+            {"k": "round", "attempt": 1, "resume": 3, "members": "0,1"},
+            {"k": "timeout", "attempt": 2},  # not the round this node waits for
         ],
     )
     def test_a_bad_round_loses_the_job(self, message: dict[str, Any]) -> None:
         with linked(2) as links:
-            links[1].new_round = lambda step: pytest.fail("a bad round was accepted")
+            links[1].new_round = lambda step, members: pytest.fail("a bad round was accepted")
             links[1].rejoin(1)
             links[0].peers[1].send(message)
             deliver(links[1:])
@@ -650,3 +659,81 @@ class TestRestartRound:
             assert links[0].round_complete(1) and links[0].lost is not None
             deliver(links[1:2])  # node 0 told node 1 the job is lost
             assert links[1].lost is not None and links[1].round_complete(1)
+
+
+class FakeClock:
+    """The monotonic clock cluster.py reads, moved by the test; the peers' heartbeats keep up with it."""
+
+    def __init__(self, links: list[cluster.ClusterLink]) -> None:
+        self.links = links
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Time passes; every connected agent's heartbeat arrives, and each link looks at its round."""
+        self.now += seconds
+        for link in self.links:
+            for peer in link.peers.values():
+                peer.last_seen = self.now
+            link.tick(self.now)
+        deliver(self.links)
+
+
+class TestElasticRound:
+    """--nnodes MIN:MAX under c10d: node 0 holds a restart's round by torch's rules over the agents still
+    connected; a lost node is left out once the last call after the latest join has passed, and the members
+    close up behind node 0; short of MIN, the round ends in a timeout on every waiting agent."""
+
+    def test_the_job_goes_on_without_a_lost_node(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        rounds: dict[int, tuple[int | None, tuple[int, ...] | None]] = {}
+
+        def on_round(node: int) -> cluster.NewRound:
+            def begin(step: int | None, members: tuple[int, ...] | None) -> int:
+                rounds[node] = (step, members)
+                return 9 if step is None else step
+
+            return begin
+
+        with linked(3) as links:
+            clock = FakeClock(links)
+            monkeypatch.setattr(cluster, "time", clock)
+            links[0].rules = RoundRules(1, 3, join_timeout_s=600.0, last_call_timeout_s=30.0)
+            for g, link in enumerate(links):
+                link.new_round = on_round(g)
+            links[1].close()  # node 1's agent dies: its connection closes
+            deliver(links[::2])
+            assert links[0].lost is not None and links[2].lost is not None
+            links[0].rejoin(1)
+            clock.advance(2.0)
+            links[2].rejoin(1)
+            deliver(links)
+            # Each join restarts torch's last call (30 s): nobody starts before it has passed.
+            clock.advance(29.0)
+            assert not links[0].round_complete(1) and not links[2].round_complete(1) and rounds == {}
+            clock.advance(1.0)
+            assert rounds == {0: (None, (0, 2)), 2: (9, (0, 2))}
+            assert links[0].round_complete(1) and links[2].round_complete(1)
+            # Node 2 is group rank 1 of a two-node job now, with the ranks of that place.
+            assert links[2].group_rank == 1 and links[2].local_ranks == frozenset({1})
+            assert list(links[0].peers) == [1] and links[0].peers[1].group_rank == 1
+            assert links[0].lost is None and links[2].lost is None
+
+    def test_below_min_nodes_the_round_times_out(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        with linked(4) as links:
+            clock = FakeClock(links)
+            monkeypatch.setattr(cluster, "time", clock)
+            links[0].rules = RoundRules(3, 4, join_timeout_s=60.0, last_call_timeout_s=30.0)
+            links[0].new_round = links[1].new_round = lambda step, members: pytest.fail("a round completed")
+            links[2].close()
+            links[3].close()
+            deliver(links[:2])
+            links[0].rejoin(1)
+            links[1].rejoin(1)
+            deliver(links[:2])
+            clock.advance(59.0)
+            assert not links[0].round_complete(1) and not links[1].timed_out
+            clock.advance(1.0)
+            assert links[0].timed_out and links[1].timed_out
+            assert links[0].round_complete(1) and links[1].round_complete(1)
