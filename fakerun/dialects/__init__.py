@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from fakerun.dialects.base import Dialect, Seat, Stream
 from fakerun.dialects.deepspeed import DeepSpeedDialect
 from fakerun.dialects.fakerun import FakerunDialect
-from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.dialects.files import Artifact, Removal, SaveRequest
 from fakerun.dialects.hf import HfDialect
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.dialects.llmc import LlmcDialect
@@ -147,13 +147,13 @@ def collective_timeouts(name: str) -> tuple[float, float | None]:
     return timeout, first
 
 
-def artifacts(name: str, request: SaveRequest) -> Sequence[Artifact]:
+def artifacts(name: str, request: SaveRequest) -> Sequence[Artifact | Removal]:
     """This rank's files of a save as the dialect `name`'s framework lays them out: its `artifacts` static
     method of the request, else none."""
     layout = getattr(DIALECTS[name], "artifacts", None)
     if layout is None:
         return ()
-    files: Sequence[Artifact] = layout(request)
+    files: Sequence[Artifact | Removal] = layout(request)
     return files
 
 

@@ -28,6 +28,14 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """A file or directory the framework deletes after a save (HF's save_total_limit, torchtitan's
+    keep_latest_k: the oldest checkpoints beyond the limit)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class SaveRequest:
     """One rank's part of a save: which job, which step, what kind of save, and the script's settings."""
 
@@ -41,8 +49,8 @@ class SaveRequest:
     kind: Literal["checkpoint", "export"]
 
 
-# A framework's layout: this rank's files of a save, in the order the framework writes them.
-Layout = Callable[[SaveRequest], Sequence[Artifact]]
+# A framework's layout: this rank's files of a save, and what it then deletes, in the framework's order.
+Layout = Callable[[SaveRequest], Sequence[Artifact | Removal]]
 
 
 def distcp(directory: str, request: SaveRequest) -> list[Artifact]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fakerun import presets
-from fakerun.dialects.files import Artifact
+from fakerun.dialects.files import Artifact, Removal
 from fakerun.sim import checkpoint, safetensors
 from fakerun.worker import artifacts
 
@@ -73,3 +73,21 @@ class TestWriter:
         Path("blocked").write_text("a file where a directory should be")
         failed = artifacts.write([Artifact("blocked/x.bin", 10)])
         assert failed is not None and "blocked/x.bin" in failed and "\n" not in failed
+
+
+class TestRemoval:
+    def test_a_rotated_checkpoint_is_deleted_after_the_new_one_is_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        assert artifacts.write([Artifact("out/checkpoint-10/a.bin", 5)]) is None
+        assert artifacts.write([Artifact("out/checkpoint-20/a.bin", 5), Removal("out/checkpoint-10")]) is None
+        assert sorted(os.listdir("out")) == ["checkpoint-20"]
+
+    def test_never_the_working_directory_and_a_missing_path_is_no_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        Path("keep.txt").write_text("x")
+        assert artifacts.write([Removal("."), Removal(str(tmp_path)), Removal("gone")]) is None
+        assert Path("keep.txt").exists()
