@@ -6,6 +6,7 @@ import functools
 import io
 import os
 import re
+import select
 import string
 import sys
 from collections.abc import Callable
@@ -110,10 +111,21 @@ class Sink:
         if self.broken:
             return
         try:
-            self._stream.write(data)
-            self._stream.flush()
+            self._write_all(data)
         except OSError:
             self._break()
+
+    def _write_all(self, data: bytes) -> None:
+        """Writes every byte: an unbuffered stream's write is one system call, which a terminal (a pty's
+        buffer is a few kilobytes) may take only part of; the rest would be lost, not retried."""
+        view = memoryview(data)
+        while view:
+            n = self._stream.write(view)
+            if n is None:  # a non-blocking file that takes nothing now: wait until it can
+                select.select([], [self._stream], [])
+                continue
+            view = view[n:]
+        self._stream.flush()
 
     def flush(self) -> None:
         """Writes what is queued in one go."""
@@ -123,8 +135,7 @@ class Sink:
         data = b"".join(self._pending)
         self._pending.clear()
         try:
-            self._stream.write(data)
-            self._stream.flush()
+            self._write_all(data)
         except OSError:
             # The reader went away (`fakerun ... | head`), or the file it was is full: stop writing.
             self._break()

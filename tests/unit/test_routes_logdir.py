@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
+import threading
+import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -120,6 +124,43 @@ class TestRouteLines:
         sink.write(b"x\n")
         sink.flush()
         assert sink.broken
+
+    def test_a_terminal_gets_every_byte_of_a_big_flush(self) -> None:
+        """A write to a pty that a signal interrupts (the launcher's SIGCHLD) returns what it wrote so far:
+        the rest is written, not dropped."""
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        data = b"".join(b"%07d " % i + b"x" * 92 + b"\n" for i in range(5000))  # 500 kB in one flush
+        got = bytearray()
+        reader = threading.Thread(target=_drain, args=(master, len(data), got))
+        previous = signal.signal(signal.SIGALRM, lambda *_: None)
+        signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+        try:
+            reader.start()
+            with open(slave, "wb", buffering=0) as terminal:
+                sink = Sink(terminal)
+                sink.write(data)
+                sink.flush()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        reader.join(timeout=60)
+        os.close(master)
+        assert not sink.broken
+        assert bytes(got) == data
+
+
+def _drain(fd: int, size: int, into: bytearray) -> None:
+    """Reads a pty's master end until `size` bytes came (or the other end closed)."""
+    while len(into) < size:
+        time.sleep(0.0005)  # a terminal that reads slower than the writer writes
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            return
+        if not chunk:
+            return
+        into += chunk
 
 
 class Tty(io.BytesIO):
