@@ -177,10 +177,19 @@ def timers_block(rows: Sequence[tuple[str, float, float]], *, legacy: bool = Fal
 
 
 def argument_rows(
-    run: RunPlan, seed: int, save: str | None = SAVE_DIR, *, recompute_given: bool = True
+    run: RunPlan,
+    seed: int,
+    save: str | None = SAVE_DIR,
+    *,
+    recompute_given: bool = True,
+    settings: Mapping[str, str] | None = None,
+    legacy: bool = False,
 ) -> list[tuple[str, object]]:
     """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets);
-    recompute_granularity is None (its default) unless the script asked for recompute (`recompute_given`)."""
+    recompute_granularity is None (its default) unless the script asked for recompute (`recompute_given`).
+    `settings` (megatron_args.read's) carry what the job spec does not: --ckpt-format, --sequence-parallel
+    and the fp8 options, which the 2021-22 code (`legacy`) does not have."""
+    given = settings or {}
     job = run.job
     m = job.model
     fp16 = job.precision == "fp16"
@@ -190,7 +199,7 @@ def argument_rows(
         ("adam_eps", 1e-08),
         ("attention_dropout", 0.0 if m.family != "gpt2" else 0.1),
         ("bf16", not fp16),
-        ("ckpt_format", "torch_dist"),
+        ("ckpt_format", given.get("megatron.ckpt_format", "torch_dist")),
         ("clip_grad", job.grad_clip),
         ("context_parallel_size", 1),
         ("data_parallel_size", job.dp),
@@ -231,7 +240,8 @@ def argument_rows(
         ("save_interval", run.save_interval),
         ("seed", seed),
         ("seq_length", job.seq_len),
-        ("sequence_parallel", job.tp > 1),
+        # validate_args turns --sequence-parallel off without tensor parallelism; it is never on unasked.
+        ("sequence_parallel", job.tp > 1 and given.get("megatron.sequence_parallel") == "1"),
         ("tensor_model_parallel_size", job.tp),
         ("train_iters", job.total_steps),
         ("untie_embeddings_and_output_weights", not m.tied_embeddings),
@@ -239,17 +249,27 @@ def argument_rows(
         ("weight_decay", 0.1),
         ("world_size", job.world_size),
     ]
+    if not legacy:
+        # TransformerConfig's fp8 (--fp8-format, default None) and fp8_recipe (default "delayed").
+        rows += [
+            ("fp8", given.get("megatron.fp8") or None),
+            ("fp8_recipe", given.get("megatron.fp8_recipe", "delayed")),
+        ]
     return rows
 
 
 def arguments_block(
-    run: RunPlan, seed: int, save: str | None = SAVE_DIR, *, recompute_given: bool = True
+    run: RunPlan,
+    seed: int,
+    save: str | None = SAVE_DIR,
+    *,
+    recompute_given: bool = True,
+    settings: Mapping[str, str] | None = None,
+    legacy: bool = False,
 ) -> list[str]:
     """_print_args: `  name ..... value` rows (dots to column 48) sorted case-insensitively, between rules."""
-    rows = [
-        f"  {name} {'.' * (48 - len(name))} {value}"
-        for name, value in argument_rows(run, seed, save, recompute_given=recompute_given)
-    ]
+    chosen = argument_rows(run, seed, save, recompute_given=recompute_given, settings=settings, legacy=legacy)
+    rows = [f"  {name} {'.' * (48 - len(name))} {value}" for name, value in chosen]
     return [
         "------------------------ arguments ------------------------",
         *sorted(rows, key=str.lower),
@@ -639,7 +659,14 @@ class MegatronDialect:
                 f"using world size: {job.world_size}, data-parallel-size: {job.dp}, tensor-model-parallel "
                 f"size: {job.tp}, pipeline-model-parallel size: {job.pp} ",
                 f"using {dtype} for parameters ...",
-                *arguments_block(run, _SEED, self.save_dir, recompute_given=self.recompute_given),
+                *arguments_block(
+                    run,
+                    _SEED,
+                    self.save_dir,
+                    recompute_given=self.recompute_given,
+                    settings=self.settings,
+                    legacy=self.legacy,
+                ),
                 f"setting number of micro-batches to constant {job.grad_accum}",
             ]
         return [
@@ -647,7 +674,14 @@ class MegatronDialect:
             f"hierarchical context-parallel sizes: None, tensor-model-parallel size: {job.tp}, "
             f"pipeline-model-parallel size: {job.pp}",
             f"using {dtype} for parameters ...",
-            *arguments_block(run, _SEED, self.save_dir, recompute_given=self.recompute_given),
+            *arguments_block(
+                run,
+                _SEED,
+                self.save_dir,
+                recompute_given=self.recompute_given,
+                settings=self.settings,
+                legacy=self.legacy,
+            ),
             "INFO:megatron.core.num_microbatches_calculator:setting number of microbatches to constant "
             f"{job.grad_accum}",
         ]

@@ -41,8 +41,9 @@ def model_flops_per_token(model: ModelSpec) -> float:
 
 
 def attention_flops_per_token(model: ModelSpec, seq_len: int) -> float:
-    """The attention term Megatron adds to 6N: 12 * layers * hidden * seq (Narayanan et al. 2021 [mem])."""
-    return 12.0 * model.attention_layers * model.hidden * seq_len
+    """The attention term Megatron adds to 6N: 12 * layers * hidden * seq (Narayanan et al. 2021 [mem]), with
+    the attention's width (heads x head_dim: Megatron's kv_channels ratio, torchtitan's formula) as hidden."""
+    return 12.0 * model.attention_layers * model.heads * model.head_dim * seq_len
 
 
 @functools.lru_cache(maxsize=256)

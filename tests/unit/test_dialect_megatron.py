@@ -16,6 +16,7 @@ from fakerun import dialects, presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects import events as ev
 from fakerun.dialects.base import Line, Seat, seconds_time
+from fakerun.dialects.megatron import arguments_block
 from fakerun.hints import parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import checkpoint, compute, lossscale
@@ -538,6 +539,73 @@ class TestMegatronEnd:
         for settings, shown in (((), "None"), ((("recompute_activations", "true"),), run.job.recompute)):
             startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)], settings)
             assert row + shown in startup
+
+    SMALL_GPT = (
+        "--num-layers 4 --hidden-size 256 --num-attention-heads 8 --seq-length 512 "
+        "--max-position-embeddings 512 --micro-batch-size 1 --train-iters 20 --bf16"
+    )
+
+    @pytest.mark.parametrize(
+        ("args", "tp", "shown"),
+        [
+            # examples/llama/train_llama3_8b_h100_fp8.sh: --sequence-parallel with TP 1, which validate_args
+            # turns off; its fp8 options; torch_dist.
+            (
+                "--sequence-parallel --fp8-format hybrid --ckpt-format torch_dist",
+                1,
+                {
+                    "sequence_parallel": "False",
+                    "fp8": "hybrid",
+                    "fp8_recipe": "delayed",
+                    "ckpt_format": "torch_dist",
+                },
+            ),
+            (
+                "--sequence-parallel --fp8-format e4m3 --fp8-recipe tensorwise --ckpt-format torch",
+                2,
+                {
+                    "sequence_parallel": "True",
+                    "fp8": "e4m3",
+                    "fp8_recipe": "tensorwise",
+                    "ckpt_format": "torch",
+                },
+            ),
+            # Defaults: no sequence parallelism unasked even with TP, fp8 None, the torch_dist format.
+            (
+                "",
+                2,
+                {
+                    "sequence_parallel": "False",
+                    "fp8": "None",
+                    "fp8_recipe": "delayed",
+                    "ckpt_format": "torch_dist",
+                },
+            ),
+        ],
+    )
+    def test_arguments_echo_the_script_options(self, args: str, tp: int, shown: dict[str, str]) -> None:
+        script = [
+            "pretrain_gpt.py",
+            *self.SMALL_GPT.split(),
+            *("--tensor-model-parallel-size", str(tp)),
+            *args.split(),
+        ]
+        cmd = parse_command_line(["--nproc-per-node", "8", *script], {})
+        run, hints = build_run(
+            cmd, presets.resolve("gpt2-124m"), nnodes=1, nproc_per_node=8, model_given=False
+        )
+        startup = lines("megatron", run, 0, [ev.WorkerStarted("h", 0, 8, 1)], tuple(hints.settings.items()))
+        for name, value in shown.items():
+            assert f"  {name} {'.' * (48 - len(name))} {value}" in startup
+
+    def test_legacy_arguments_have_no_fp8(self) -> None:
+        # The 2021-22 code has no --fp8-format: its arguments block has no fp8 rows.
+        run = megatron_run()
+        rows = arguments_block(run, 1234, settings={"megatron.fp8": "hybrid"}, legacy=True)
+        assert not any(row.startswith(("  fp8 ", "  fp8_recipe ")) for row in rows)
+        assert "  fp8 " + "." * 45 + " hybrid" in arguments_block(
+            run, 1234, settings={"megatron.fp8": "hybrid"}
+        )
 
 
 class TestMegatronLegacy:

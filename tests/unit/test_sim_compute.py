@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakerun import presets
+from fakerun.frameworks import titan_flavors
 from fakerun.sim import compute
 from fakerun.sim.collectives import comm_seconds
 from fakerun.sim.job import JobSpec, make_job
@@ -30,11 +31,12 @@ class TestMfu:
     @settings(max_examples=300, deadline=None)
     @given(st.sampled_from(presets.list_presets()["models"]), st.integers(0, 3), st.integers(0, 2_000_000))
     def test_mfu_stays_in_band(self, model: str, seed: int, step: int) -> None:
-        """Utilisation (6N plus attention's 12 l h s per token) is within [0.30, 0.55] at every step,
-        stragglers included; the 6N MFU is that times 6N's share of the work."""
+        """Utilisation (6N plus attention's 12 l (heads x head_dim) s per token) is within [0.30, 0.55] at
+        every step, stragglers included; the 6N MFU is that times 6N's share of the work."""
         j = job(model, seed)
         m = j.model
-        share = 6 * m.active_params / (6 * m.active_params + 12 * m.layers * m.hidden * j.seq_len)
+        attention = 12 * m.attention_layers * m.heads * m.head_dim * j.seq_len
+        share = 6 * m.active_params / (6 * m.active_params + attention)
         mfu, base, _ = compute.reported_mfu(j, step)
         assert 0.30 <= mfu / share <= base / share <= 0.55 + 1e-12
 
@@ -166,6 +168,19 @@ class TestFrameworkFlops:
         s, h, l_ = j.seq_len, m.hidden, m.layers
         per_token = 12 * l_ * h * h * ((1 + 8 / 32 + s / h) + 14336 / 4096 * 1.5 + m.vocab / (2 * l_ * h))
         assert compute.megatron_flops_per_step(j) == pytest.approx(per_token * j.tokens_per_step, rel=1e-9)
+
+    def test_torchtitan_mfu_stays_in_band_when_heads_are_wider_than_hidden(self) -> None:
+        # torchtitan's qwen3 debugmodel_moe: dim 256, 16 heads of 128 (attention 8x wider than the model),
+        # seq 4096. Its log counts attention as 12 l heads head_dim s; the step's time must carry that work,
+        # or the printed MFU leaves the band (it printed 81%).
+        model = titan_flavors.flavor_model("qwen3", "debugmodel_moe")
+        assert model.heads * model.head_dim == 8 * model.hidden
+        b = presets.resolve("llama3-8b")
+        j = make_job(model, b.cluster, b.storage, seed=0, seq_len=4096, micro_batch=4, grad_accum=1)
+        for step in range(1, 40):
+            numbers = [step_numbers(j, r, step) for r in range(j.world_size)]
+            seconds = step_time(j, step, [n.compute_s for n in numbers], comm_seconds(j, step))
+            assert compute.framework_mfu(j, seconds, "torchtitan") <= compute.MFU_MAX + 1e-9
 
     def test_torchtitan_matches_its_log(self) -> None:
         """Excerpt 70: Llama 3 8B at seq 8192 prints tps 5,615 and tflops 325.20: 57.9 GFLOP per token."""
