@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from fakerun.dialects.titan import TitanDialect
 from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
+from fakerun.sim import schedule
 from fakerun.sim.run import RunPlan
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "torchtitan"
@@ -126,7 +128,12 @@ class TestConfigFile:
         job = run.job
         assert (job.micro_batch, job.global_batch, job.grad_accum, job.dp) == (4, 16, 16 // (4 * 2), 2)
         assert (job.seq_len, job.total_steps, job.warmup_steps) == (1024, 12, 2)
-        assert job.lr_schedule == "linear" and job.min_lr == pytest.approx(8e-4 * 0.1)
+        assert job.min_lr == pytest.approx(8e-4 * 0.1)
+        # linear_warmup_stable_decay: 2 warmup steps, decay round(12 x 0.8) = 10 steps, stable 12 + 1 - 2 - 10
+        # = 1; optimizer step s runs at LambdaLR's index s - 1; linear decay scaled to [0.1, 1].
+        factors = {1: 1 / 2, 2: 2 / 2, 3: 1.0, 4: 0.1 + 0.9 * (1 - 1 / 10), 12: 0.1 + 0.9 * (1 - 9 / 10)}
+        for step, factor in factors.items():
+            assert schedule.lr(job, step) == pytest.approx(8e-4 * factor), step
         assert run.saves and run.save_interval == 6
         assert run.eval_interval == 0  # validation.enable = false, whatever its freq
         assert hints.settings["checkpoint.folder"] == "ckpt"
@@ -143,7 +150,15 @@ class TestConfigFile:
         """global_batch_size -1: one micro batch per rank per step."""
         run, _ = run_of(["--job.config_file", str(CORPUS / "qwen3_0.6b.toml")], nproc=4)
         assert (run.job.global_batch, run.job.grad_accum) == (4 * 4, 1)
-        assert run.job.lr_schedule == "cosine"
+        # 20 warmup steps, then cosine over the other 180 (no decay_ratio) after one stable step, to 0.
+        peak = run.job.lr
+        for step, factor in {
+            21: 1.0,
+            22: 0.5 * (1 + math.cos(math.pi / 180)),
+            111: 0.5,
+            200: 0.5 * (1 + math.cos(math.pi * 179 / 180)),
+        }.items():
+            assert schedule.lr(run.job, step) == pytest.approx(peak * factor), step
 
     def test_missing_config_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """run_train.sh's default path outside a checkout: FileNotFoundError, before any process group."""
