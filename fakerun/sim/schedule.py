@@ -165,8 +165,14 @@ def _sqrt_sum(n: int) -> float:
     if n < 64:
         return math.fsum(math.sqrt(j) for j in range(1, n + 1))
     # zeta(-1/2) is the constant of the expansion.
-    x = float(n)
-    return 2.0 / 3.0 * x**1.5 + 0.5 * x**0.5 - 0.207886224977354566 + x**-0.5 / 24.0 - x**-2.5 / 1920.0
+    root = math.sqrt(n)
+    return (
+        2.0 / 3.0 * n * root
+        + 0.5 * root
+        - 0.207886224977354566
+        + 1.0 / (24.0 * root)
+        - 1.0 / (1920.0 * n * n * root)
+    )
 
 
 def _wsd_area(
