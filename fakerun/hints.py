@@ -352,6 +352,11 @@ _MEGATRON_SCHEDULES = {
 }
 # torchtitan's lr_scheduler.decay_type: the decay of its warmup-stable-decay schedule (sim/schedule.wsd_kind).
 _TITAN_SCHEDULES = {decay: decay for decay in WSD_DECAYS}
+_TITAN_CADENCE = (
+    ("log_interval", "metrics.log_freq", 10),
+    ("save_interval", "checkpoint.interval", 500),
+    ("eval_interval", "validation.freq", 10),
+)
 _TITAN_PRECISIONS = {"bfloat16": "bf16", "float32": "fp32"}
 _RECOMPUTE_MEGATRON = {"full": "full", "selective": "selective"}
 _RECOMPUTE_METHODS = {"uniform": "uniform", "block": "block"}  # Megatron's methods of full recompute
@@ -1244,6 +1249,10 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         b.set(b.job, "state_layout", "fp32", _Given("training.mixed_precision_param", "float32"))
         b.set(b.job, "fp32_grad_buffer", True, _Given("training.mixed_precision_reduce", "float32"))
         _titan_schedule(b, given)
+        # JobConfig's metrics.log_freq, checkpoint.interval and validation.freq when the arguments are silent.
+        for key, option, default in _TITAN_CADENCE:
+            if key not in b.cadence:
+                b.set(b.cadence, key, default, _Given(option, str(default), where="torchtitan's JobConfig"))
         b.top["titan"] = _titan_figures(b, given)
     lr_min = given.get("lr_scheduler.min_lr_factor") or given.get("lr_scheduler.lr_min")
     if lr_min is not None or titan:

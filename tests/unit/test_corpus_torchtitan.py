@@ -134,7 +134,7 @@ class TestConfigFile:
         factors = {1: 1 / 2, 2: 2 / 2, 3: 1.0, 4: 0.1 + 0.9 * (1 - 1 / 10), 12: 0.1 + 0.9 * (1 - 9 / 10)}
         for step, factor in factors.items():
             assert schedule.lr(job, step) == pytest.approx(8e-4 * factor), step
-        assert run.saves and run.save_interval == 6
+        assert run.saves and run.save_interval == 3
         assert run.eval_interval == 0  # validation.enable = false, whatever its freq
         assert hints.settings["checkpoint.folder"] == "ckpt"
 
