@@ -1254,6 +1254,7 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
             if key not in b.cadence:
                 b.set(b.cadence, key, default, _Given(option, str(default), where="torchtitan's JobConfig"))
         b.top["titan"] = _titan_figures(b, given)
+        _titan_context_parallel(b, given)
     lr_min = given.get("lr_scheduler.min_lr_factor") or given.get("lr_scheduler.lr_min")
     if lr_min is not None or titan:
         ratio = _float(lr_min, positive=False, high=1.0) if lr_min is not None else 0.0
@@ -1276,6 +1277,28 @@ def _titan_schedule(b: _Builder, given: Mapping[str, _Given]) -> None:
     warmup = b.job.get("warmup_steps", spec.warmup_steps if isinstance(spec, ModelSpec) else None)
     if isinstance(total, int) and isinstance(warmup, int) and warmup > total:
         b.set(b.job, "warmup_steps", total, given.get("lr_scheduler.warmup_steps") or given["training.steps"])
+
+
+def _titan_context_parallel(b: _Builder, given: Mapping[str, _Given]) -> None:
+    """context_parallel_degree > 1 as the simulated job can hold it: the cp ranks of one batch slice count as
+    data-parallel ranks (FSDP shards over them too: torchtitan's fsdp mesh is dp_shard x cp), each with a
+    1/cp share of every sequence, so tokens per step, activations and throughput per rank come out right;
+    the dialect prints the full sequence and torchtitan's batch (titan.py). A sequence cp does not divide
+    is left whole (the batch and the throughput then count cp's ranks as data-parallel ones)."""
+    g = given.get("parallelism.context_parallel_degree")
+    figures = b.top.get("titan")
+    if g is None or not isinstance(figures, dict):
+        return
+    cp = int(figures["parallelism.context_parallel_degree"])
+    spec = b.top.get("spec")
+    seq = b.job.get("seq_len", spec.seq_len if isinstance(spec, ModelSpec) else None)
+    if cp <= 1 or not isinstance(seq, int) or seq % cp:
+        return
+    b.set(b.job, "seq_len", seq // cp, g)
+    gbs = b.job.get("global_batch")
+    if isinstance(gbs, int):  # training.global_batch_size counts whole sequences: cp times as many slices
+        b.set(b.job, "global_batch", gbs * cp, g)
+    figures["context_parallel_seq_len"] = str(seq)
 
 
 def _titan_figures(b: _Builder, given: Mapping[str, _Given]) -> dict[str, str]:

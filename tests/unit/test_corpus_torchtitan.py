@@ -10,7 +10,9 @@ import pytest
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.dialects import events as ev
 from fakerun.dialects import files
+from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.titan import TitanDialect
 from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
@@ -247,3 +249,45 @@ class TestArtifacts:
         assert not run.saves
         request = files.SaveRequest(run, hints.settings, 5, 0, 2, "checkpoint")
         assert TitanDialect.artifacts(request) == ()
+
+
+class TestContextParallel:
+    """context_parallel_degree 2 on 4 GPUs: ParallelDims' dp_shard = 4 / cp = 2 loads the data, the batch is
+    torchtitan's (global 16 = local 4 x 2 x accumulation 2), and every rank holds half of each sequence."""
+
+    def test_batch_tokens_and_mesh(self) -> None:
+        config = str(CORPUS / "llama3_debug.toml")
+        run, hints = run_of(
+            ["--job.config_file", config, "--parallelism.context_parallel_degree", "2"], nproc=4
+        )
+        job = run.job
+        # 16 sequences of 1024 tokens a step, each split over the 2 cp ranks of its batch slice.
+        assert job.tokens_per_step == 16 * 1024 and job.seq_len == 1024 // 2
+        d = TitanDialect(Seat(rank=0, local_rank=0, world_size=4, nproc_per_node=4, hosts=("h",)))
+        d.render(
+            ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
+        )
+        lines = [o.text.split(" - INFO - ", 1)[-1] for o in d.render(ev.ProcessGroupReady(0, 0, 0), 0.0)]
+        assert lines[0] == (
+            "Building device mesh with parallelism: pp=1, dp_replicate=1, dp_shard=2, cp=2, tp=1, ep=1, etp=1"
+        )
+        # build_mesh's sizes: batch 2, loss 2 x 2, fsdp 2 x 2, cp 2, efsdp 4 (tp 1, ep 1).
+        assert lines[1] == (
+            "Successfully created meshes with active dimensions: ['batch', 'loss', 'fsdp', 'cp', 'efsdp']"
+        )
+        built = ev.ModelBuilt(
+            dtype="bf16", params_on_rank=1.0, layers_on_rank=6, pp_rank=0, weights_bytes=1e6
+        )
+        texts = [o.text.split(" - INFO - ", 1)[-1] for o in d.render(built, 0.0) if isinstance(o, Line)]
+        assert "Applied Context Parallel to the model" in texts
+        assert any(
+            t.startswith(
+                "Trainer is initialized with local batch size 4, global batch size 16, gradient accumulation "
+                "steps 2, sequence length 1024, total steps 12"
+            )
+            for t in texts
+        )
+
+    def test_without_cp_the_sequence_stays_whole(self) -> None:
+        run, _ = run_of(["--job.config_file", str(CORPUS / "llama3_debug.toml")], nproc=2)
+        assert run.job.seq_len == 1024 and run.job.tokens_per_step == 16 * 1024
