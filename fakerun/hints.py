@@ -30,6 +30,7 @@ from fakerun.frameworks import (
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
+from fakerun.sim.schedule import WSD_DECAYS, wsd_kind
 
 __all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
 
@@ -349,7 +350,13 @@ _MEGATRON_SCHEDULES = {
     "inverse-square-root": "linear",
     "wsd": "constant",
 }
-_TITAN_SCHEDULES = {"linear": "linear", "cosine": "cosine", "sqrt": "linear"}
+# torchtitan's lr_scheduler.decay_type: the decay of its warmup-stable-decay schedule (sim/schedule.wsd_kind).
+_TITAN_SCHEDULES = {decay: decay for decay in WSD_DECAYS}
+_TITAN_CADENCE = (
+    ("log_interval", "metrics.log_freq", 10),
+    ("save_interval", "checkpoint.interval", 500),
+    ("eval_interval", "validation.freq", 10),
+)
 _TITAN_PRECISIONS = {"bfloat16": "bf16", "float32": "fp32"}
 _RECOMPUTE_MEGATRON = {"full": "full", "selective": "selective"}
 _RECOMPUTE_METHODS = {"uniform": "uniform", "block": "block"}  # Megatron's methods of full recompute
@@ -941,9 +948,9 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     elif key == "lr_decay_style":
         b.set(b.job, "lr_schedule", _choice(g, _MEGATRON_SCHEDULES), g)
     elif key == "lr_scheduler.decay_type":
-        b.set(b.job, "lr_schedule", _choice(g, _TITAN_SCHEDULES), g)
+        b.set(b.job, "lr_schedule", wsd_kind(_choice(g, _TITAN_SCHEDULES)), g)
     elif key == "lr_scheduler.decay_ratio":
-        _float(g, positive=False, high=1.0)  # checked; the decay's start is not simulated apart
+        b.set(b.top, "decay_ratio", _float(g, positive=False, high=1.0), g)  # _finish_titan's schedule
     elif key == "training.mixed_precision_param":
         _choice(g, _TITAN_PRECISIONS)  # FSDP's compute dtype; the states stay fp32 either way
     elif key in ("deepspeed_config", "deepscale_config") or (key == "deepspeed" and isinstance(g.value, str)):
@@ -1241,9 +1248,13 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         # gradients in fp32 (mixed_precision_reduce = "float32"), whatever the configuration.
         b.set(b.job, "state_layout", "fp32", _Given("training.mixed_precision_param", "float32"))
         b.set(b.job, "fp32_grad_buffer", True, _Given("training.mixed_precision_reduce", "float32"))
-        if "lr_schedule" not in b.job:  # lr_scheduler.decay_type's default: linear, after the warmup
-            b.set(b.job, "lr_schedule", "linear", _Given("lr_scheduler.decay_type", "linear"))
+        _titan_schedule(b, given)
+        # JobConfig's metrics.log_freq, checkpoint.interval and validation.freq when the arguments are silent.
+        for key, option, default in _TITAN_CADENCE:
+            if key not in b.cadence:
+                b.set(b.cadence, key, default, _Given(option, str(default), where="torchtitan's JobConfig"))
         b.top["titan"] = _titan_figures(b, given)
+        _titan_context_parallel(b, given)
     lr_min = given.get("lr_scheduler.min_lr_factor") or given.get("lr_scheduler.lr_min")
     if lr_min is not None or titan:
         ratio = _float(lr_min, positive=False, high=1.0) if lr_min is not None else 0.0
@@ -1251,6 +1262,43 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         lr = b.job.get("lr", spec.lr if isinstance(spec, ModelSpec) else None)
         if isinstance(lr, float):
             b.set(b.job, "min_lr", lr * ratio, lr_min or _Given("lr_scheduler.min_lr_factor", "0.0"))
+
+
+def _titan_schedule(b: _Builder, given: Mapping[str, _Given]) -> None:
+    """build_lr_schedulers' warmup-stable-decay: decay_type (default linear) over decay_ratio of the steps
+    (default: all after the warmup), and a warmup longer than the run cut to the run, as torchtitan does."""
+    decay_given = given.get("lr_scheduler.decay_type")
+    decay = _choice(decay_given, _TITAN_SCHEDULES) if decay_given is not None else "linear"
+    ratio = b.top.get("decay_ratio")
+    source = given.get("lr_scheduler.decay_ratio") or decay_given or _Given("lr_scheduler.decay_type", decay)
+    b.set(b.job, "lr_schedule", wsd_kind(decay, ratio if isinstance(ratio, float) else None), source)
+    spec = b.top.get("spec")
+    total = b.job.get("total_steps", spec.total_steps if isinstance(spec, ModelSpec) else None)
+    warmup = b.job.get("warmup_steps", spec.warmup_steps if isinstance(spec, ModelSpec) else None)
+    if isinstance(total, int) and isinstance(warmup, int) and warmup > total:
+        b.set(b.job, "warmup_steps", total, given.get("lr_scheduler.warmup_steps") or given["training.steps"])
+
+
+def _titan_context_parallel(b: _Builder, given: Mapping[str, _Given]) -> None:
+    """context_parallel_degree > 1 as the simulated job can hold it: the cp ranks of one batch slice count as
+    data-parallel ranks (FSDP shards over them too: torchtitan's fsdp mesh is dp_shard x cp), each with a
+    1/cp share of every sequence, so tokens per step, activations and throughput per rank come out right;
+    the dialect prints the full sequence and torchtitan's batch (titan.py). A sequence cp does not divide
+    is left whole (the batch and the throughput then count cp's ranks as data-parallel ones)."""
+    g = given.get("parallelism.context_parallel_degree")
+    figures = b.top.get("titan")
+    if g is None or not isinstance(figures, dict):
+        return
+    cp = int(figures["parallelism.context_parallel_degree"])
+    spec = b.top.get("spec")
+    seq = b.job.get("seq_len", spec.seq_len if isinstance(spec, ModelSpec) else None)
+    if cp <= 1 or not isinstance(seq, int) or seq % cp:
+        return
+    b.set(b.job, "seq_len", seq // cp, g)
+    gbs = b.job.get("global_batch")
+    if isinstance(gbs, int):  # training.global_batch_size counts whole sequences: cp times as many slices
+        b.set(b.job, "global_batch", gbs * cp, g)
+    figures["context_parallel_seq_len"] = str(seq)
 
 
 def _titan_figures(b: _Builder, given: Mapping[str, _Given]) -> dict[str, str]:

@@ -28,7 +28,9 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.frameworks import titan_flavors
+from fakerun.sim import compute
 from fakerun.sim.job import JobSpec
+from fakerun.sim.run import ENDING_TITAN, RunPlan
 
 # torchtitan's options are `--section.key` of its TOML config's sections.
 HINTS = HintRule(
@@ -120,18 +122,20 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in _PEAK_FLOPS if key in device_name), None)
 
 
-def mesh_dims(job: JobSpec, dp_replicate: int) -> list[str]:
-    """ParallelDims.build_mesh's one-dimensional meshes larger than 1, in its dictionary's order."""
-    dp_shard = max(job.dp // dp_replicate, 1)
+def mesh_dims(job: JobSpec, dp_replicate: int, cp: int = 1) -> list[str]:
+    """ParallelDims.build_mesh's one-dimensional meshes larger than 1, in its dictionary's order (the job's
+    data-parallel ranks include the cp ranks, hints._titan_context_parallel)."""
+    dp_shard = max(job.dp // (dp_replicate * cp), 1)
     batch = dp_replicate * dp_shard
-    fsdp = dp_shard  # context parallelism is not simulated (cp=1)
-    efsdp = fsdp * job.tp // max(job.ep, 1)
+    fsdp = dp_shard * cp
+    efsdp = fsdp * job.tp // max(job.ep, 1)  # etp = 1
     sizes = {
         "pp": job.pp,
         "batch": batch,
-        "loss": batch,
+        "loss": batch * cp,
         "dp_replicate": dp_replicate,
         "fsdp": fsdp,
+        "cp": cp,
         "tp": job.tp,
         "ep": job.ep,
         "efsdp": efsdp,
@@ -150,28 +154,37 @@ class TitanDialect:
     nccl_timeout_s: ClassVar[float] = 100.0
     nccl_init_timeout_s: ClassVar[float | None] = 300.0
 
+    @classmethod
+    def ending(cls, settings: Mapping[str, str]) -> tuple[str, bool]:
+        """train()'s loop saves and validates at its intervals; nothing follows it (sim/run.ENDING_TITAN)."""
+        return ENDING_TITAN, False
+
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         self.settings: dict[str, str] = {}
         self.job: JobSpec | None = None
+        self.run: RunPlan | None = None
 
     @staticmethod
-    def artifacts(request: files.SaveRequest) -> Sequence[files.Artifact]:
+    def artifacts(request: files.SaveRequest) -> Sequence[files.Artifact | files.Removal]:
         """CheckpointManager's DCP save: `{dump_folder}/{checkpoint.folder}/step-N/`, each rank's
-        `__R_0.distcp` and rank 0's `.metadata`; the last step's model-only save in its export_dtype."""
+        `__R_0.distcp` and rank 0's `.metadata`; the last step's model-only save in its export_dtype; then
+        rank 0's purge of the step folders keep_latest_k rotates out. torchtitan exports nothing else."""
         s = request.settings
-        if s.get("titan.saves") != "1":
+        if s.get("titan.saves") != "1" or request.kind != "checkpoint":
             return ()
-        folder = (
-            f"{s.get('job.dump_folder', './outputs').rstrip('/')}/{s.get('checkpoint.folder', 'checkpoint')}"
-        )
-        directory = f"{folder}/step-{request.step}"
-        saved = files.distcp(directory, request)
-        if not _model_only_last(s, request.step, request.run.job.total_steps):
-            return saved
-        width = _EXPORT_DTYPES.get(s.get("checkpoint.export_dtype", "float32"), _EXPORT_DTYPES["float32"])[0]
-        share = request.run.job.model.params * width // request.world_size
-        return [files.Artifact(saved[0].path, share), *saved[1:]]
+        folder = checkpoint_folder(s)
+        saved: list[files.Artifact | files.Removal] = [
+            *files.distcp(f"{folder}/step-{request.step}", request)
+        ]
+        if _model_only_last(s, request.step, request.run.job.total_steps):
+            width = _EXPORT_DTYPES.get(s.get("checkpoint.export_dtype", "float32"), _EXPORT_DTYPES["float32"])
+            share = request.run.job.model.params * width[0] // request.world_size
+            saved[0] = files.Artifact(f"{folder}/step-{request.step}/__{request.rank}_0.distcp", share)
+        stale = rotated_out(s, request.run, request.step)
+        if stale is not None and request.rank == 0:
+            saved.append(files.Removal(f"{folder}/step-{stale}"))
+        return saved
 
     def _set(self, key: str, default: str) -> str:
         return self.settings.get(key, default)
@@ -207,6 +220,7 @@ class TitanDialect:
         if isinstance(event, JobStarted):
             self.settings = dict(event.settings)
             self.job = event.run.job
+            self.run = event.run
             return () if event.first else self._start(at)
         if self.job is None:
             return ()
@@ -228,11 +242,12 @@ class TitanDialect:
             return [line.text for line in self._start(at)]
         if isinstance(event, ProcessGroupReady):
             rep = int(self._set("parallelism.data_parallel_replicate_degree", "1") or 1)
-            rep = rep if rep > 0 and job.dp % rep == 0 else 1
+            cp = self._cp
+            rep = rep if rep > 0 and job.dp % (rep * cp) == 0 else 1
             return [
                 f"{p}Building device mesh with parallelism: pp={job.pp}, dp_replicate={rep}, "
-                f"dp_shard={job.dp // rep}, cp=1, tp={job.tp}, ep={job.ep}, etp=1",
-                f"{p}Successfully created meshes with active dimensions: {mesh_dims(job, rep)}",
+                f"dp_shard={job.dp // (rep * cp)}, cp={cp}, tp={job.tp}, ep={job.ep}, etp=1",
+                f"{p}Successfully created meshes with active dimensions: {mesh_dims(job, rep, cp)}",
                 f"{p}[GC] Initial GC collection took 0.00 seconds",
             ]
         if isinstance(event, TokenizerLoaded):
@@ -276,28 +291,62 @@ class TitanDialect:
                 out.append(f"{p}Saving a full checkpoint at last step, step {event.step}.")
             return [f"{p}Saving the checkpoint (or staging if async is enabled).", *out]
         if isinstance(event, CheckpointSaved) and self._checkpointing():
+            gc = f"{p}[GC] GC collection invoked by checkpointer. took 0.01 seconds"
+            if event.step >= job.total_steps:
+                return [gc]  # save() returns right after _save_last_step: no "Finished" line, no purge
             return [
-                f"{p}[GC] GC collection invoked by checkpointer. took 0.01 seconds",
+                gc,
                 # torchtitan's two f-strings join without a space before "in".
                 f"{p}Finished saving the checkpoint (or staging if async is enabled)"
                 f"in {event.seconds:.2f} seconds.",
+                *self._purged(event.step, at),
             ]
         if isinstance(event, TrainingFinished):
-            done = prefix(at + _SLEEP_S)
-            if self.seat.rank == 0:
-                return [
-                    f"{p}Sleeping 2 seconds for other ranks to complete",
-                    f"{done}Training completed",
-                    f"{done}Process group destroyed",
-                ]
-            return [f"{done}Process group destroyed"]
+            # Rank 0 sleeps before "Training completed"; every rank logs it, then close() stops the purge
+            # thread (keep_latest_k > 0) and main() destroys the process group.
+            done = prefix(at + _SLEEP_S) if self.seat.rank == 0 else p
+            out = [f"{p}Sleeping 2 seconds for other ranks to complete"] if self.seat.rank == 0 else []
+            out.append(f"{done}Training completed")
+            if self._checkpointing() and keep_latest_k(self.settings) > 0:
+                out.append(f"{done}Destroying the purge thread.")
+            return [*out, f"{done}Process group destroyed"]
         return []
+
+    def _purged(self, step: int, at: float) -> list[str]:
+        """Rank 0's purge thread deleting the folder keep_latest_k rotates out after the save of `step`."""
+        stale = rotated_out(self.settings, self.run, step) if self.run is not None else None
+        if stale is None or self.seat.rank != 0:
+            return []
+        path = f"{checkpoint_folder(self.settings)}/step-{stale}"
+        p = prefix(at)
+        # shutil.rmtree of world_size + 1 files: milliseconds.
+        seconds = 0.001 * (self.job.world_size + 1) if self.job is not None else 0.0
+        return [
+            f"{p}Checkpointer is deleting {path}.",
+            f"{p}Checkpointer deleted {path} in {seconds:.2f} seconds.",
+        ]
 
     def _checkpointing(self) -> bool:
         return self._on("checkpoint.enable")
 
+    @property
+    def _cp(self) -> int:
+        """context_parallel_degree when the job holds it (its ranks then train 1/cp of each sequence)."""
+        return int(self._set("titan.parallelism.context_parallel_degree", "1")) if self._seq_len_cp else 1
+
+    @property
+    def _seq_len_cp(self) -> int | None:
+        """A context-parallel job's whole training sequence (hints._titan_context_parallel), else None."""
+        given = self._set("titan.context_parallel_seq_len", "")
+        return int(given) if given else None
+
+    def _seq_len(self) -> int:
+        """training.seq_len as configured (the job's ranks each hold 1/cp of it)."""
+        assert self.job is not None
+        return self._seq_len_cp or self.job.seq_len
+
     def _checkpoint_dir(self, step: int) -> str:
-        return f"{self._dump_folder()}/{self._set('checkpoint.folder', 'checkpoint')}/step-{step}"
+        return f"{checkpoint_folder(self.settings)}/step-{step}"
 
     def _built(self, event: ModelBuilt, at: float) -> list[str]:
         job = self.job
@@ -318,7 +367,7 @@ class TitanDialect:
                 "vocab_size": m.vocab,
             }
         # update_from_config: the model's context is the training sequence length
-        args["max_seq_len"] = job.seq_len
+        args["max_seq_len"] = self._seq_len()
         # torchtitan's f-string has no space between the flavor and "with".
         dump = f"{p}Building {name} {flavor}with {json.dumps(args, indent=2, ensure_ascii=False)}".split("\n")
         gpu = job.gpu.display_name
@@ -337,6 +386,8 @@ class TitanDialect:
         sharded = job.dp // max(rep, 1) > 1
         if sharded:
             out.append(f"{p}Applied {'HSDP' if rep > 1 else 'FSDP'} to the model")
+            if self._cp > 1:
+                out.append(f"{p}Applied Context Parallel to the model")
         elif job.dp > 1:
             out.append(f"{p}Applied DDP to the model")
         peak = peak_flops(gpu)
@@ -348,7 +399,7 @@ class TitanDialect:
             f"({100.0 * event.weights_bytes / capacity:.2f}%)"
         )
         if self._checkpointing():
-            folder = f"{self._dump_folder()}/{self._set('checkpoint.folder', 'checkpoint')}"
+            folder = checkpoint_folder(self.settings)
             out.append(f"{p}Checkpointing active. Checkpoints will be loaded from and saved to {folder}")
         if sharded:
             out.append(f"{p}Mixed precision training is handled by fully_shard")
@@ -365,8 +416,9 @@ class TitanDialect:
         local = job.micro_batch * job.grad_accum if pipelined else job.micro_batch
         accum = 1 if pipelined else job.grad_accum
         out.append(
-            f"{p}Trainer is initialized with local batch size {local}, global batch size {job.global_batch}, "
-            f"gradient accumulation steps {accum}, sequence length {job.seq_len}, "
+            f"{p}Trainer is initialized with local batch size {local}, "
+            f"global batch size {job.global_batch // self._cp}, "
+            f"gradient accumulation steps {accum}, sequence length {self._seq_len()}, "
             f"total steps {job.total_steps} (warmup {job.warmup_steps})"
         )
         return out
@@ -379,6 +431,12 @@ class TitanDialect:
             # GarbageCollection.run runs at the start of the step, before its metrics are logged.
             out.append(f"{prefix(at)}[GC] Performing periodic GC collection took {event.gc_s:.2f} seconds")
         if event.logged:
+            # get_num_flop_per_token counts attention over the whole sequence, not a cp rank's share of it.
+            tflops = event.rank_tflops
+            if self._cp > 1 and self.job is not None:
+                m, seq = self.job.model, self._seq_len()
+                whole = compute.torchtitan_flops_per_token(m, seq)
+                tflops *= whole / compute.torchtitan_flops_per_token(m, self.job.seq_len)
             out.append(
                 step_line(
                     timestamp=log_time(at),
@@ -388,12 +446,37 @@ class TitanDialect:
                     memory_gib=n.mem_gib,
                     memory_pct=n.mem_pct,
                     tps=n.rank_tokens_per_s,
-                    tflops=event.rank_tflops,
-                    mfu_pct=100.0 * event.rank_tflops * 1e12 / self._peak,
+                    tflops=tflops,
+                    mfu_pct=100.0 * tflops * 1e12 / self._peak,
                     color=bool(self._colors["red"]),
                 )
             )
         return out
+
+
+def checkpoint_folder(settings: Mapping[str, str]) -> str:
+    """CheckpointManager.folder: os.path.join(job.dump_folder, checkpoint.folder)."""
+    dump = settings.get("job.dump_folder", "./outputs").rstrip("/")
+    return f"{dump}/{settings.get('checkpoint.folder', 'checkpoint')}"
+
+
+def keep_latest_k(settings: Mapping[str, str]) -> int:
+    """checkpoint.keep_latest_k (JobConfig's default 10; 0 or below keeps every checkpoint)."""
+    try:
+        return int(settings.get("checkpoint.keep_latest_k", "10"))
+    except ValueError:
+        return 10
+
+
+def rotated_out(settings: Mapping[str, str], run: RunPlan, step: int) -> int | None:
+    """The step folder _purge_stale_checkpoints deletes after the save of `step`: the newest beyond the
+    keep_latest_k newest of the interval's saves (the older ones went at earlier saves), None when none is
+    due. The last step's save (training.steps) returns before it purges."""
+    k = keep_latest_k(settings)
+    if k <= 0 or step >= run.job.total_steps or run.save_interval <= 0:
+        return None
+    stale = step - k * run.save_interval
+    return stale if stale > 0 else None
 
 
 def _model_only_last(settings: Mapping[str, str], step: int, total_steps: int) -> bool:

@@ -43,7 +43,10 @@ ENDING_FAKERUN = "fakerun"
 ENDING_MEGATRON = "megatron"
 ENDING_MEGATRON_2022 = "megatron-2022"
 ENDING_HF = "hf"  # HF Trainer's loop, then an example script's save_model() and, with --do_eval, evaluate()
-ENDINGS = (ENDING_FAKERUN, ENDING_MEGATRON, ENDING_MEGATRON_2022, ENDING_HF)
+# torchtitan's train(): each step saves (at the interval, and at training.steps) then validates (at step 1 and
+# the interval's multiples); nothing follows its loop.
+ENDING_TITAN = "titan"
+ENDINGS = (ENDING_FAKERUN, ENDING_MEGATRON, ENDING_MEGATRON_2022, ENDING_HF, ENDING_TITAN)
 # Megatron-core's EXIT_CODE_RESUME_TO_DISAMBIGUATE (rerun_state_machine.py): the job is to resume from the
 # checkpoint it saved and rerun the step on another GPU.
 RERUN_EXIT_CODE = 16
@@ -168,15 +171,18 @@ class RunPlan:
 
     def evaluates_after(self, step: int) -> bool:
         """Whether an evaluation follows `step` (periodic; the end of the run is handled by the caller)."""
-        return self.eval_interval > 0 and step % self.eval_interval == 0 and step != self.last_step
+        return self.periodic_eval(step) and step != self.last_step
 
     def saves_after(self, step: int) -> bool:
         """Whether a checkpoint follows `step` (periodic; the end of the run is handled by the caller)."""
         return self.periodic_save(step) and step != self.last_step
 
     def periodic_eval(self, step: int) -> bool:
-        """Whether `step` is one the evaluation interval divides (the last step's is the final evaluation)."""
-        return self.eval_interval > 0 and step % self.eval_interval == 0
+        """Whether `step` is one the evaluation interval divides (the last step's is the final evaluation);
+        torchtitan's Validator.should_validate also takes step 1."""
+        if self.eval_interval <= 0:
+            return False
+        return step % self.eval_interval == 0 or (self.ending == ENDING_TITAN and step == 1)
 
     def periodic_save(self, step: int) -> bool:
         """Whether `step` is one the save interval divides, in a run that saves."""
@@ -199,6 +205,8 @@ class RunPlan:
         --exit-interval's step) save there whatever the interval (fakerun's other endings: none)."""
         if final and self.ending == ENDING_FAKERUN:
             return ()
+        if self.ending == ENDING_TITAN:
+            return self._titan_pauses(step)
         exiting = final and (exits or self.exits_at(step))
         out: list[Pause] = []
         if self.periodic_eval(step) if final else self.evaluates_after(step):
@@ -207,6 +215,17 @@ class RunPlan:
         saves = self.periodic_save(step) if final else self.saves_after(step)
         if saves or ((exiting or at_stop) and self.saves):
             out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
+        return tuple(out)
+
+    def _titan_pauses(self, step: int) -> tuple[Pause, ...]:
+        """torchtitan's step loop after `step`: CheckpointManager.save at the interval or at training.steps
+        (a run cut short by --fake-max-steps or --fake-max-time saves only at the interval), then the
+        validation."""
+        out: list[Pause] = []
+        if self.saves and (self.periodic_save(step) or step == self.job.total_steps):
+            out.append(("checkpoint", checkpoint.save_seconds(self.job, step)))
+        if self.periodic_eval(step):
+            out.append(("eval", eval_seconds(self.job, self.eval_iters, step)))
         return tuple(out)
 
     def end_pauses(self, step: int, *, exits: bool = False) -> tuple[Pause, ...]:
@@ -219,7 +238,7 @@ class RunPlan:
             validation = ("eval", eval_seconds(job, self.eval_iters, step))
             save = (("checkpoint", checkpoint.save_seconds(job, step)),) if self.saves else ()
             return ((validation,) if not exits or self.periodic_eval(step) else ()) + save
-        if exits:
+        if exits or self.ending == ENDING_TITAN:
             return ()
         if self.ending == ENDING_HF:
             # The script's save_model() (the loop may have saved this step too), then evaluate() with do_eval.

@@ -1,4 +1,5 @@
-"""Learning-rate schedules: linear warmup, then cosine (default), linear or constant decay to min_lr."""
+"""Learning-rate schedules: linear warmup, then cosine (default), linear or constant decay to min_lr, or
+torchtitan's warmup-stable-decay (wsd_kind)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,79 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fakerun.sim.job import JobSpec
 
-SCHEDULES = ("cosine", "linear", "constant")
+# torchtitan's lr_scheduler.decay_type: how linear_warmup_stable_decay's decay phase falls.
+WSD_DECAYS = ("linear", "sqrt", "cosine")
+
+
+class _Schedules(tuple[str, ...]):
+    """The plain schedule names; `in` also accepts torchtitan's warmup-stable-decay kinds (wsd_kind)."""
+
+    def __contains__(self, kind: object) -> bool:
+        return super().__contains__(kind) or (isinstance(kind, str) and _wsd(kind) is not None)
+
+
+SCHEDULES = _Schedules(("cosine", "linear", "constant"))
+
+
+def wsd_kind(decay: str, ratio: float | None = None) -> str:
+    """The schedule name of torchtitan's linear_warmup_stable_decay with this decay_type and decay_ratio
+    (None: the decay takes every step after the warmup)."""
+    if decay not in WSD_DECAYS or (ratio is not None and not 0.0 <= ratio <= 1.0):
+        raise ValueError(f"no warmup-stable-decay schedule with decay {decay!r} and ratio {ratio!r}")
+    return f"wsd-{decay}" if ratio is None else f"wsd-{decay}-{ratio!r}"
+
+
+def _wsd(kind: str) -> tuple[str, float | None] | None:
+    """(decay_type, decay_ratio) of a wsd_kind name, None for any other name."""
+    parts = kind.split("-", 2)
+    if len(parts) < 2 or parts[0] != "wsd" or parts[1] not in WSD_DECAYS:
+        return None
+    if len(parts) == 2:
+        return parts[1], None
+    try:
+        ratio = float(parts[2])
+    except ValueError:
+        return None
+    return (parts[1], ratio) if 0.0 <= ratio <= 1.0 else None
+
+
+def _wsd_phases(warmup: int, total: int, ratio: float | None) -> tuple[int, int, int]:
+    """build_lr_schedulers' (warmup, stable, decay) steps: the warmup at most the run, the decay
+    round(total * ratio) at most what the warmup leaves, and a virtual last step in the stable phase so the
+    last step's lr stays above the floor."""
+    warm = min(warmup, total)
+    decay = total - warm if ratio is None else min(round(total * ratio), total - warm)
+    return warm, total + 1 - warm - decay, decay
+
+
+def _wsd_factor(
+    step: int, warmup: int, total: int, decay_type: str, ratio: float | None, floor: float
+) -> float:
+    """linear_warmup_stable_decay's multiplier of the peak lr at optimizer step `step` (1-based: LambdaLR's
+    index is the steps already taken, step - 1)."""
+    warm, stable, decay = _wsd_phases(warmup, total, ratio)
+    current = max(step, 1) - 1
+    if current < warm:
+        return (current + 1) / warm
+    if current < warm + stable:
+        return 1.0
+    # Past the run (a decay of 0 steps, or steps beyond it): the floor, never below it.
+    progress = min((current + 1 - warm - stable) / decay, 1.0) if decay > 0 else 1.0
+    if decay_type == "linear":
+        adjustment = 1.0 - progress
+    elif decay_type == "sqrt":
+        adjustment = 1.0 - math.sqrt(progress)
+    else:
+        adjustment = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * adjustment
 
 
 def lr_at(step: int, *, peak: float, min_lr: float, warmup: int, total: int, kind: str = "cosine") -> float:
     """The learning rate at `step` (1-based optimizer steps; step 0 is before any update)."""
+    wsd = _wsd(kind)
+    if wsd is not None:
+        floor = min_lr / peak if peak > 0 else 0.0
+        return peak * _wsd_factor(step, warmup, total, wsd[0], wsd[1], floor)
     # Megatron's warmup: lr = peak * step / warmup: the first logged lr is peak/warmup, lr(warmup) = peak.
     if warmup > 0 and step < warmup:
         return peak * max(step, 0) / warmup
@@ -61,6 +130,9 @@ def lr_area_at(
     s = max(step, 0)
     if peak <= 0 or s == 0:
         return 0.0, 0.0
+    wsd = _wsd(kind)
+    if wsd is not None:
+        return _wsd_area(s, min_lr / peak, warmup, total, *wsd)
     m = min(s, warmup - 1) if warmup > 0 else 0
     s1 = m * (m + 1) / (2.0 * warmup) if warmup > 0 else 0.0
     first = max(warmup, 1)  # the first step at the decay part of the schedule
@@ -86,6 +158,42 @@ def lr_area_at(
     post = n + tail
     area = decay + tail * r
     return s1 + area, post - area
+
+
+def _sqrt_sum(n: int) -> float:
+    """sum_{j=1}^{n} sqrt(j): exact below 64 terms, else Euler-Maclaurin (error below 1e-9)."""
+    if n < 64:
+        return math.fsum(math.sqrt(j) for j in range(1, n + 1))
+    # zeta(-1/2) is the constant of the expansion.
+    root = math.sqrt(n)
+    return (
+        2.0 / 3.0 * n * root
+        + 0.5 * root
+        - 0.207886224977354566
+        + 1.0 / (24.0 * root)
+        - 1.0 / (1920.0 * n * n * root)
+    )
+
+
+def _wsd_area(
+    s: int, floor: float, warmup: int, total: int, decay_type: str, ratio: float | None
+) -> tuple[float, float]:
+    """lr_area_at of torchtitan's warmup-stable-decay after steps 1..s, in closed form."""
+    warm, stable, decay = _wsd_phases(warmup, total, ratio)
+    m = min(s, warm)
+    s1 = m * (m + 1) / (2.0 * warm) if warm > 0 else 0.0
+    flat = min(max(s - warm, 0), stable)
+    # Decay steps j = 1, 2, ... at progress j / decay; from j = decay on, the floor.
+    n_all = max(s - warm - stable, 0)
+    n = min(n_all, max(decay - 1, 0))
+    if decay_type == "linear":
+        falling = n - n * (n + 1) / (2.0 * decay) if n else 0.0
+    elif decay_type == "sqrt":
+        falling = n - _sqrt_sum(n) / math.sqrt(decay) if n else 0.0
+    else:
+        falling = 0.5 * (n + _cos_sum(n + 1, decay) - 1.0) if n else 0.0
+    decay_area = n_all * floor + (1.0 - floor) * falling
+    return s1 + flat + decay_area, n_all - decay_area
 
 
 def lr_area(job: JobSpec, step: int) -> tuple[float, float]:

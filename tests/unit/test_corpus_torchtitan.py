@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.dialects import events as ev
 from fakerun.dialects import files
+from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.titan import TitanDialect
 from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
+from fakerun.sim import schedule
 from fakerun.sim.run import RunPlan
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "torchtitan"
@@ -126,8 +130,13 @@ class TestConfigFile:
         job = run.job
         assert (job.micro_batch, job.global_batch, job.grad_accum, job.dp) == (4, 16, 16 // (4 * 2), 2)
         assert (job.seq_len, job.total_steps, job.warmup_steps) == (1024, 12, 2)
-        assert job.lr_schedule == "linear" and job.min_lr == pytest.approx(8e-4 * 0.1)
-        assert run.saves and run.save_interval == 6
+        assert job.min_lr == pytest.approx(8e-4 * 0.1)
+        # linear_warmup_stable_decay: 2 warmup steps, decay round(12 x 0.8) = 10 steps, stable 12 + 1 - 2 - 10
+        # = 1; optimizer step s runs at LambdaLR's index s - 1; linear decay scaled to [0.1, 1].
+        factors = {1: 1 / 2, 2: 2 / 2, 3: 1.0, 4: 0.1 + 0.9 * (1 - 1 / 10), 12: 0.1 + 0.9 * (1 - 9 / 10)}
+        for step, factor in factors.items():
+            assert schedule.lr(job, step) == pytest.approx(8e-4 * factor), step
+        assert run.saves and run.save_interval == 3
         assert run.eval_interval == 0  # validation.enable = false, whatever its freq
         assert hints.settings["checkpoint.folder"] == "ckpt"
 
@@ -143,7 +152,15 @@ class TestConfigFile:
         """global_batch_size -1: one micro batch per rank per step."""
         run, _ = run_of(["--job.config_file", str(CORPUS / "qwen3_0.6b.toml")], nproc=4)
         assert (run.job.global_batch, run.job.grad_accum) == (4 * 4, 1)
-        assert run.job.lr_schedule == "cosine"
+        # 20 warmup steps, then cosine over the other 180 (no decay_ratio) after one stable step, to 0.
+        peak = run.job.lr
+        for step, factor in {
+            21: 1.0,
+            22: 0.5 * (1 + math.cos(math.pi / 180)),
+            111: 0.5,
+            200: 0.5 * (1 + math.cos(math.pi * 179 / 180)),
+        }.items():
+            assert schedule.lr(run.job, step) == pytest.approx(peak * factor), step
 
     def test_missing_config_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """run_train.sh's default path outside a checkout: FileNotFoundError, before any process group."""
@@ -232,3 +249,45 @@ class TestArtifacts:
         assert not run.saves
         request = files.SaveRequest(run, hints.settings, 5, 0, 2, "checkpoint")
         assert TitanDialect.artifacts(request) == ()
+
+
+class TestContextParallel:
+    """context_parallel_degree 2 on 4 GPUs: ParallelDims' dp_shard = 4 / cp = 2 loads the data, the batch is
+    torchtitan's (global 16 = local 4 x 2 x accumulation 2), and every rank holds half of each sequence."""
+
+    def test_batch_tokens_and_mesh(self) -> None:
+        config = str(CORPUS / "llama3_debug.toml")
+        run, hints = run_of(
+            ["--job.config_file", config, "--parallelism.context_parallel_degree", "2"], nproc=4
+        )
+        job = run.job
+        # 16 sequences of 1024 tokens a step, each split over the 2 cp ranks of its batch slice.
+        assert job.tokens_per_step == 16 * 1024 and job.seq_len == 1024 // 2
+        d = TitanDialect(Seat(rank=0, local_rank=0, world_size=4, nproc_per_node=4, hosts=("h",)))
+        d.render(
+            ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
+        )
+        lines = [o.text.split(" - INFO - ", 1)[-1] for o in d.render(ev.ProcessGroupReady(0, 0, 0), 0.0)]
+        assert lines[0] == (
+            "Building device mesh with parallelism: pp=1, dp_replicate=1, dp_shard=2, cp=2, tp=1, ep=1, etp=1"
+        )
+        # build_mesh's sizes: batch 2, loss 2 x 2, fsdp 2 x 2, cp 2, efsdp 4 (tp 1, ep 1).
+        assert lines[1] == (
+            "Successfully created meshes with active dimensions: ['batch', 'loss', 'fsdp', 'cp', 'efsdp']"
+        )
+        built = ev.ModelBuilt(
+            dtype="bf16", params_on_rank=1.0, layers_on_rank=6, pp_rank=0, weights_bytes=1e6
+        )
+        texts = [o.text.split(" - INFO - ", 1)[-1] for o in d.render(built, 0.0) if isinstance(o, Line)]
+        assert "Applied Context Parallel to the model" in texts
+        assert any(
+            t.startswith(
+                "Trainer is initialized with local batch size 4, global batch size 16, gradient accumulation "
+                "steps 2, sequence length 1024, total steps 12"
+            )
+            for t in texts
+        )
+
+    def test_without_cp_the_sequence_stays_whole(self) -> None:
+        run, _ = run_of(["--job.config_file", str(CORPUS / "llama3_debug.toml")], nproc=2)
+        assert run.job.seq_len == 1024 and run.job.tokens_per_step == 16 * 1024

@@ -8,6 +8,7 @@ import re
 
 from fakerun import presets
 from fakerun.dialects import events as ev
+from fakerun.dialects import files
 from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.titan import TitanDialect, mesh_dims, peak_flops
 from fakerun.sim import compute, memory
@@ -187,14 +188,78 @@ def test_checkpoint_and_shutdown_lines() -> None:
         PREFIX + r"Finished saving the checkpoint \(or staging if async is enabled\)in 12\.35 s", saved[1]
     )
     end0 = texts(d, ev.TrainingFinished(step=20))
+    # train() logs "Training completed" on every rank (rank 0 after its sleep); close() stops the purge
+    # thread every rank started (keep_latest_k defaults to 10); main() destroys the group.
     assert [re.sub(PREFIX, "", t) for t in end0] == [
         "Sleeping 2 seconds for other ranks to complete",
         "Training completed",
+        "Destroying the purge thread.",
         "Process group destroyed",
     ]
     assert [re.sub(PREFIX, "", t) for t in texts(dialect(rank=3), ev.TrainingFinished(step=20))] == [
-        "Process group destroyed"
+        "Training completed",
+        "Destroying the purge thread.",
+        "Process group destroyed",
     ]
+
+
+def rotating(rank: int, keep: str) -> tuple[TitanDialect, RunPlan]:
+    """A dialect of a 100-step run saving every 10 steps under ./out/ckpt with checkpoint.keep_latest_k."""
+    b = presets.resolve("llama3.2-1b")
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=2, total_steps=100)
+    run = make_run(job, save_interval=10)
+    settings = (
+        ("checkpoint.enable", "true"),
+        ("job.dump_folder", "./out/"),
+        ("checkpoint.folder", "ckpt"),
+        ("checkpoint.keep_latest_k", keep),
+        ("titan.saves", "1"),
+    )
+    d = TitanDialect(Seat(rank=rank, local_rank=rank, world_size=2, nproc_per_node=2, hosts=("h",)))
+    d.render(ev.JobStarted(run=run, first=True, resume=False, settings=settings), AT)
+    return d, run
+
+
+def saved_at(d: TitanDialect, step: int) -> list[str]:
+    event = ev.CheckpointSaved(step=step, path="", nbytes=10, seconds=1.0, bandwidth_gbs=1.0)
+    return [re.sub(PREFIX, "", t) for t in texts(d, event)]
+
+
+def test_keep_latest_k_purges_on_rank_0_after_each_periodic_save() -> None:
+    """_purge_stale_checkpoints after the save of step 40 with k 3 keeps 20, 30, 40: step-10 goes, from rank
+    0's purge thread; nothing at 30 (three folders); the last step's save returns before it purges."""
+    d0, run = rotating(0, "3")
+    assert saved_at(d0, 30)[2:] == []
+    assert saved_at(d0, 40)[2:] == [
+        "Checkpointer is deleting ./out/ckpt/step-10.",
+        "Checkpointer deleted ./out/ckpt/step-10 in 0.00 seconds.",
+    ]
+    assert saved_at(d0, 100)[2:] == []
+    assert saved_at(rotating(1, "3")[0], 40)[2:] == []
+    request = files.SaveRequest(
+        run=run, settings=dict(d0.settings), step=40, rank=0, world_size=2, kind="checkpoint"
+    )
+    written = TitanDialect.artifacts(request)
+    assert written[-1] == files.Removal("./out/ckpt/step-10")
+    assert [f.path for f in written[:-1] if isinstance(f, files.Artifact)] == [
+        "./out/ckpt/step-40/__0_0.distcp",
+        "./out/ckpt/step-40/.metadata",
+    ]
+    assert not any(
+        isinstance(f, files.Removal) for f in TitanDialect.artifacts(dataclasses.replace(request, rank=1))
+    )
+    assert TitanDialect.artifacts(dataclasses.replace(request, kind="export")) == ()
+
+
+def test_keep_latest_k_zero_keeps_everything_and_starts_no_thread() -> None:
+    """keep_latest_k = 0: no purge thread, nothing deleted."""
+    d0, run = rotating(0, "0")
+    assert saved_at(d0, 90)[2:] == []
+    assert "Destroying the purge thread." not in "".join(texts(d0, ev.TrainingFinished(step=100)))
+    request = files.SaveRequest(
+        run=run, settings=dict(d0.settings), step=90, rank=0, world_size=2, kind="checkpoint"
+    )
+    assert not any(isinstance(f, files.Removal) for f in TitanDialect.artifacts(request))
 
 
 def test_mesh_dims_follow_parallel_degrees() -> None:

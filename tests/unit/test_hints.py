@@ -90,7 +90,7 @@ SIMPLE = [
     ("--training.seed", "3", "top", "seed", 3),
     ("--optimizer.lr", "1e-4", "job", "lr", 1e-4),
     ("--lr_scheduler.warmup_steps", "50", "job", "warmup_steps", 50),
-    ("--lr_scheduler.decay_type", "cosine", "job", "lr_schedule", "cosine"),
+    ("--lr_scheduler.decay_type", "cosine", "job", "lr_schedule", "wsd-cosine"),
     ("--parallelism.tensor_parallel_degree", "2", "job", "tp", 2),
     ("--parallelism.pipeline_parallel_degree", "2", "job", "pp", 2),
     ("--parallelism.expert_parallel_degree", "4", "job", "ep", 4),
@@ -465,7 +465,7 @@ class TestTorchtitan:
         assert h.job == {
             "lr": 1.5e-4,
             "warmup_steps": 200,
-            "lr_schedule": "cosine",
+            "lr_schedule": "wsd-cosine",
             "micro_batch": 2,
             "seq_len": 8192,
             "total_steps": 1000,

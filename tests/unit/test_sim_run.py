@@ -178,3 +178,42 @@ def test_start_up_durations_are_never_shared() -> None:
     imports = [startup_times(big, rank, resume=False).import_s for rank in range(big.world_size)]
     assert len({round(x, 6) for x in imports}) == len(imports)
     assert all(IMPORT_S[0] <= x <= IMPORT_S[1] for x in imports)
+
+
+class TestTitanEnding:
+    """torchtitan's train(): each step saves (interval or training.steps) and then validates (step 1 and the
+    interval's multiples, only with validation.enable); nothing runs after the loop."""
+
+    def titan(
+        self, eval_interval: int, *, saves: bool = True, max_steps: int | None = None
+    ) -> run_mod.RunPlan:
+        b = presets.resolve("llama3.2-1b")
+        j = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=8, total_steps=20)
+        return make_run(
+            j,
+            ending=run_mod.ENDING_TITAN,
+            eval_interval=eval_interval,
+            save_interval=10,
+            saves=saves,
+            max_steps=max_steps,
+        )
+
+    def test_validation_off_adds_nothing_after_the_last_step(self) -> None:
+        """validation.enable = false: the last step saves (checkpoint.enable) and that is all."""
+        run = self.titan(0)
+        assert [phase for phase, _ in run.pauses_after(20, final=True)] == ["checkpoint"]
+        assert self.titan(0, saves=False).pauses_after(20, final=True) == ()
+        assert run.pauses_after(1) == () and run.end_pauses(20) == ()
+
+    def test_save_then_validate_at_step_one_and_the_interval(self) -> None:
+        """Validator.should_validate: step == 1 or step % freq == 0, after CheckpointManager.save."""
+        run = self.titan(5)
+        assert [phase for phase, _ in run.pauses_after(1)] == ["eval"]
+        assert [phase for phase, _ in run.pauses_after(10)] == ["checkpoint", "eval"]
+        assert run.pauses_after(7) == ()
+        assert [phase for phase, _ in run.pauses_after(20, final=True)] == ["checkpoint", "eval"]
+
+    def test_a_run_cut_short_saves_only_at_the_interval(self) -> None:
+        """--fake-max-steps 7 stops before training.steps: torchtitan's last-step save never comes."""
+        assert self.titan(0, max_steps=7).pauses_after(7, final=True) == ()
+        assert [p for p, _ in self.titan(0, max_steps=10).pauses_after(10, final=True)] == ["checkpoint"]

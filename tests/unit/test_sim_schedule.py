@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.sim.job import make_job
-from fakerun.sim.schedule import lr, lr_area_at, lr_at
+from fakerun.sim.schedule import SCHEDULES, lr, lr_area_at, lr_at, wsd_kind
 
 KW: dict[str, Any] = {"peak": 3e-4, "min_lr": 3e-5, "warmup": 2000, "total": 102_000}
 
@@ -61,12 +61,63 @@ class TestOtherSchedules:
         assert lr(j, 10_000) == pytest.approx(3e-5)
 
 
+class TestTorchtitanWsd:
+    """torchtitan's linear_warmup_stable_decay (components/lr_scheduler.py): optimizer step s runs at
+    LambdaLR's index c = s - 1; factor (c + 1) / warmup while c < warmup, 1 while c < warmup + stable, then
+    the decay at progress (c + 1 - warmup - stable) / decay, scaled to [min_lr_factor, 1]; stable = total +
+    1 - warmup - decay (a virtual last step), decay = round(total x decay_ratio), or all after the warmup."""
+
+    # 100 steps, 10 warmup, decay_ratio 0.2: 20 decay steps, 71 stable ones (c = 10..80).
+    WSD: ClassVar[dict[str, Any]] = {"peak": 1e-3, "min_lr": 1e-4, "warmup": 10, "total": 100}
+
+    @pytest.mark.parametrize(
+        ("decay", "step", "factor"),
+        [
+            ("linear", 1, 1 / 10),
+            ("linear", 10, 1.0),
+            ("linear", 81, 1.0),  # c = 80: the last stable index
+            ("linear", 82, 0.1 + 0.9 * (1 - 1 / 20)),
+            ("linear", 91, 0.1 + 0.9 * (1 - 10 / 20)),
+            ("linear", 100, 0.1 + 0.9 * (1 - 19 / 20)),  # the last step stays above the floor
+            ("sqrt", 86, 0.1 + 0.9 * (1 - math.sqrt(5 / 20))),
+            ("cosine", 91, 0.1 + 0.9 * 0.5),
+            ("cosine", 86, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))),
+        ],
+    )
+    def test_points(self, decay: str, step: int, factor: float) -> None:
+        """The lr at chosen steps, from the source's formula."""
+        assert lr_at(step, kind=wsd_kind(decay, 0.2), **self.WSD) == pytest.approx(1e-3 * factor)
+
+    def test_no_ratio_decays_after_one_stable_step(self) -> None:
+        """decay_ratio None: decay = total - warmup = 90, stable 1 (c = 10), then linear to 0 at c = 100."""
+        kw = {**self.WSD, "min_lr": 0.0}
+        assert lr_at(11, kind=wsd_kind("linear"), **kw) == pytest.approx(1e-3)
+        assert lr_at(12, kind=wsd_kind("linear"), **kw) == pytest.approx(1e-3 * (1 - 1 / 90))
+        assert lr_at(100, kind=wsd_kind("linear"), **kw) == pytest.approx(1e-3 * (1 - 89 / 90))
+
+    def test_decay_cut_to_what_the_warmup_leaves(self) -> None:
+        """Warmup 10 + decay round(100 x 0.95) = 95 > 100: decay 90 steps, as with no ratio."""
+        for step in (11, 50, 100):
+            assert lr_at(step, kind=wsd_kind("cosine", 0.95), **self.WSD) == pytest.approx(
+                lr_at(step, kind=wsd_kind("cosine"), **self.WSD)
+            )
+
+    def test_names(self) -> None:
+        """Every decay type and ratio is a schedule make_job accepts; other wsd spellings are not."""
+        assert wsd_kind("sqrt", 0.25) in SCHEDULES and wsd_kind("cosine") in SCHEDULES
+        assert "wsd-exp" not in SCHEDULES and "wsd-linear-1.5" not in SCHEDULES and "wsd" not in SCHEDULES
+        with pytest.raises(ValueError):
+            wsd_kind("exp")
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(1, 400),
     st.floats(0.0, 1.0),
     st.sampled_from([0.0, 0.1, 0.5, 1.0]),
-    st.sampled_from(["cosine", "linear", "constant"]),
+    st.sampled_from(
+        ["cosine", "linear", "constant", wsd_kind("linear"), wsd_kind("sqrt", 0.3), wsd_kind("cosine", 0.8)]
+    ),
     st.integers(0, 500),
 )
 def test_lr_area_is_the_sum_of_the_lr(
