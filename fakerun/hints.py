@@ -1971,6 +1971,10 @@ _HF_TEXT = frozenset(
         "per_device_eval_batch_size",
         "save_total_limit",
         "torch_dtype",
+        # the rotation's best checkpoint (frameworks/hf_files.py)
+        "load_best_model_at_end",
+        "metric_for_best_model",
+        "save_strategy",
     }
 )
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.
