@@ -1975,6 +1975,10 @@ _HF_TEXT = frozenset(
         "load_best_model_at_end",
         "metric_for_best_model",
         "save_strategy",
+        # the training data, whose size sets the steps of epochs (frameworks/hf_datasets.py)
+        "dataset_name",
+        "dataset_config_name",
+        "train_file",
     }
 )
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.

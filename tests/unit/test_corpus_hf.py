@@ -184,8 +184,9 @@ def test_no_model_named() -> None:
     cmd = parse_command_line(["--nproc-per-node", "2", "run_clm.py", "--output_dir", "x"], {})
     bundle = presets.resolve("llama3-8b", None, None)
     run, hints = build_run(cmd, bundle, nnodes=1, nproc_per_node=2, model_given=False)
-    (notice,) = hints.notices
+    notice, data = hints.notices  # and no data named either: its size is assumed, and said
     assert run.job.model.display_name in notice and "--model_name_or_path" in notice
+    assert "training data's size is unknown" in data and f"{run.job.total_steps:,} steps" in data
 
 
 def test_yaml_reader() -> None:
