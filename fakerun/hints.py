@@ -1979,6 +1979,7 @@ _HF_TEXT = frozenset(
         "dataset_name",
         "dataset_config_name",
         "train_file",
+        "bf16",  # a DeepSpeed config's bf16.enabled "auto" (frameworks/hf_deepspeed.py)
     }
 )
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fakerun import dialects, presets
-from fakerun.frameworks import hf_datasets
+from fakerun.frameworks import hf_datasets, hf_deepspeed
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
@@ -287,7 +287,10 @@ def build_run(
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
     if hints.deepspeed is not None:
-        run = dataclasses.replace(run, deepspeed=hints.deepspeed)
+        ds = hints.deepspeed
+        if hints.style == "hf":  # the Trainer fills the config's "auto" values from its arguments
+            ds = hf_deepspeed.filled(ds, run.job, hints.settings)
+        run = dataclasses.replace(run, deepspeed=ds)
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints
