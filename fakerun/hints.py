@@ -2019,6 +2019,15 @@ _HF_TEXT = frozenset(
         "per_device_eval_batch_size",
         "save_total_limit",
         "torch_dtype",
+        # the rotation's best checkpoint (frameworks/hf_files.py)
+        "load_best_model_at_end",
+        "metric_for_best_model",
+        "save_strategy",
+        # the training data, whose size sets the steps of epochs (frameworks/hf_datasets.py)
+        "dataset_name",
+        "dataset_config_name",
+        "train_file",
+        "bf16",  # a DeepSpeed config's bf16.enabled "auto" (frameworks/hf_deepspeed.py)
     }
 )
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fakerun import dialects, presets
+from fakerun.frameworks import hf_datasets, hf_deepspeed
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
@@ -90,6 +91,27 @@ def _hf_default_notice(hints: Hints, model: presets.ModelSpec) -> str:
         else ("no --model_name_or_path, --config_name or --model_type")
     )
     return f"{what}; simulating {model.display_name} ({model.params:,} parameters), fakerun's default model"
+
+
+def _hf_steps(hints: Hints, probe: JobSpec, epochs: float, seed: int) -> tuple[int, tuple[str, ...]]:
+    """max_steps of an HF run without --max_steps: its epochs over the script's data (a known dataset's
+    blocks, else a drawn fine-tuning set's size, which the returned notice names)."""
+    data = hf_datasets.train_data(hints.settings, probe.seq_len, finetune_examples(seed))
+    per_epoch = hf_datasets.steps_per_epoch(data.examples, probe.micro_batch, probe.dp, probe.grad_accum)
+    steps = math.ceil(epochs * per_epoch)
+    source = hints.sources.get("epochs", "--num_train_epochs")
+    if steps > MAX_STEPS:
+        raise JobConfigError(
+            f"script argument {source}: {epochs:g} epochs of {per_epoch} steps are {steps} steps, more than "
+            f"{MAX_STEPS}; give --max_steps"
+        )
+    if data.known:
+        return steps, ()
+    what = f"the size of {data.named}" if data.named else "the training data's size"
+    return steps, (
+        f"{what} is unknown; assuming {data.examples:,} examples: {epochs:g} epochs of {per_epoch:,} steps "
+        f"({steps:,} steps; --max_steps sets the length)",
+    )
 
 
 def hf_cadence(run: RunPlan, hints: Hints) -> RunPlan:
@@ -195,10 +217,13 @@ def build_run(
                 hints = dataclasses.replace(hints, notices=(*hints.notices, _hf_default_notice(hints, model)))
         if hints.arch:
             model = apply_arch(model, hints.arch)
+        if hints.style == "hf" and "total_steps" not in kw:
+            epochs = HF_EPOCHS if epochs is None else epochs
+            probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
+            kw["total_steps"], notice = _hf_steps(hints, probe, epochs, kw["seed"])
+            hints = dataclasses.replace(hints, notices=(*hints.notices, *notice))
         if kw["regime"] == "finetune" and "total_steps" not in kw:
             # A fine-tune runs its epochs over an instruction dataset, not the preset's pre-training corpus.
-            if epochs is None and hints.style == "hf":
-                epochs = HF_EPOCHS
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
             if hints.examples is not None:  # torchtune: its config's dataset, through the recipe's sampler
                 per_epoch = instruct.steps_per_epoch(
@@ -262,7 +287,10 @@ def build_run(
     except (ValueError, HintError) as exc:
         raise JobConfigError(str(exc)) from None
     if hints.deepspeed is not None:
-        run = dataclasses.replace(run, deepspeed=hints.deepspeed)
+        ds = hints.deepspeed
+        if hints.style == "hf":  # the Trainer fills the config's "auto" values from its arguments
+            ds = hf_deepspeed.filled(ds, run.job, hints.settings)
+        run = dataclasses.replace(run, deepspeed=ds)
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints

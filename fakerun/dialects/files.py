@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from fakerun.sim import checkpoint, safetensors
 
 if TYPE_CHECKING:
+    from fakerun.dialects.events import TrainingStopped
     from fakerun.sim.run import RunPlan
 
 
@@ -47,6 +48,8 @@ class SaveRequest:
     # "checkpoint": a training checkpoint after `step` (periodic or final); "export": the model the script
     # writes once training is over (HF's save_model, fakerun's hf_export/).
     kind: Literal["checkpoint", "export"]
+    # The step loop's end as the rank measured it (its clock's runtime: HF's train metrics), for an export.
+    stopped: TrainingStopped | None = None
 
 
 # A framework's layout: this rank's files of a save, and what it then deletes, in the framework's order.

@@ -28,11 +28,10 @@ from fakerun.dialects.events import (
     TrainingStopped,
     WorkerStarted,
 )
-from fakerun.dialects.files import Artifact, SaveRequest
-from fakerun.frameworks import hf_files
-from fakerun.frameworks.hf_files import float32
+from fakerun.dialects.files import Artifact, Removal, SaveRequest
+from fakerun.frameworks import hf_files, hf_results
 from fakerun.render import bar
-from fakerun.sim.run import ENDING_HF
+from fakerun.sim.run import ENDING_HF, RunPlan
 
 # Options only HF Trainer scripts spell so (either spelling: HfArgumentParser accepts both).
 HINTS = HintRule(
@@ -62,8 +61,9 @@ _CONFIG_LINE = 423
 _GENERATION_CONFIG_LINE = 908
 # evaluation_loop's `***** Running Evaluation *****`, `Num examples` and `Batch size` lines.
 _EVAL_LINES = (4289, 4291, 4294)
-# TrainingArguments.per_device_eval_batch_size's default.
-DEFAULT_EVAL_BATCH = 8
+DEFAULT_EVAL_BATCH = hf_results.DEFAULT_EVAL_BATCH
+_DELETING_LINE = 4065  # _rotate_checkpoints
+_DELETING_END_LINE = 2706  # train()'s last rotation under save_total_limit 1 with a best checkpoint
 # TrainingArguments' default output_dir (transformers 4.50: optional, "trainer_output").
 DEFAULT_OUTPUT_DIR = "trainer_output"
 
@@ -91,39 +91,21 @@ def accumulated_loss(tr_loss: float, done: int, loss: float, grad_accum: int) ->
     return tr_loss + loss
 
 
+def _shown(record: hf_results.Record) -> str:
+    """ProgressCallback.on_log: the record without total_flos, its epoch rounded to 2, as a dict repr."""
+    shown = {k: v for k, v in record.items() if k != "total_flos"}
+    shown["epoch"] = round(shown["epoch"], 2)
+    return repr(shown)
+
+
 def log_dict(loss: float, grad_norm: float, lr: float, epoch: float) -> str:
     """The Trainer's logging_steps line: a dict repr (loss rounded to 4, an fp32 grad norm, epoch to 2)."""
-    record = {
-        "loss": round(loss, 4),
-        "grad_norm": float32(grad_norm),
-        "learning_rate": lr,
-        "epoch": round(epoch, 2),
-    }
-    return repr(record)
+    return _shown(hf_results.step_record(loss, grad_norm, lr, epoch))
 
 
 def eval_dict(loss: float, runtime_s: float, samples: int, steps: int, epoch: float) -> str:
     """The Trainer's evaluation line (speed_metrics: runtime to 4 decimals, rates to 3)."""
-    record = {
-        "eval_loss": float32(loss),
-        "eval_runtime": round(runtime_s, 4),
-        "eval_samples_per_second": round(samples / runtime_s, 3),
-        "eval_steps_per_second": round(steps / runtime_s, 3),
-        "epoch": round(epoch, 2),
-    }
-    return repr(record)
-
-
-def train_dict(runtime_s: float, samples: int, steps: int, loss: float, epoch: float) -> str:
-    """The Trainer's last log line (total_flos is popped by ProgressCallback before it prints)."""
-    record = {
-        "train_runtime": round(runtime_s, 4),
-        "train_samples_per_second": round(samples / runtime_s, 3),
-        "train_steps_per_second": round(steps / runtime_s, 3),
-        "train_loss": loss,
-        "epoch": round(epoch, 2),
-    }
-    return repr(record)
+    return _shown(hf_results.eval_metrics(loss, runtime_s, samples, steps, epoch))
 
 
 def peft_trainable(adapters: int, base: int) -> str:
@@ -167,7 +149,7 @@ class HfDialect:
     nccl_timeout_s: ClassVar[float] = 1800.0
 
     @staticmethod
-    def artifacts(request: SaveRequest) -> Sequence[Artifact]:
+    def artifacts(request: SaveRequest) -> Sequence[Artifact | Removal]:
         """The files of a Trainer job's saves: checkpoint-N/ under --output_dir, then save_model's."""
         return hf_files.artifacts(request)
 
@@ -183,7 +165,10 @@ class HfDialect:
         self.params = 0
         self.micro_batch = self.grad_accum = self.global_batch = 0
         self.samples = 0
+        self.run: RunPlan | None = None
+        self.settings: dict[str, str] = {}
         self.epochs = 1
+        self.fp16 = False
         self.bar = ""  # the bar as last drawn (tqdm.write clears this many columns, then redraws it)
         self.stopped = False
         self.epoch = 0.0
@@ -217,17 +202,20 @@ class HfDialect:
         match event:
             case JobStarted():
                 settings = dict(event.settings)
+                self.run, self.settings = event.run, settings
                 self.output_dir = settings.get("output_dir", DEFAULT_OUTPUT_DIR).rstrip("/")
                 self.eval_batch = int(settings.get("per_device_eval_batch_size", DEFAULT_EVAL_BATCH))
                 self.epochs = event.run.epochs
                 self.stopped = False
+                # run_clm.py's `16-bits training: {training_args.fp16}`: --fp16 only (--bf16 prints False).
+                self.fp16 = event.run.job.precision == "fp16"
             case WorkerStarted():
                 # run_clm.py and its siblings warn once per process, on stdout (their basicConfig handler).
                 return [
                     Line(
                         f"{script_time(at)} - WARNING - __main__ - Process rank: {event.local_rank}, device: "
                         f"cuda:{event.local_rank}, n_gpu: 1, distributed training: {event.world_size > 1}, "
-                        "16-bits training: False"
+                        f"16-bits training: {self.fp16}"
                     )
                 ]
             case ModelConfigured():
@@ -260,6 +248,9 @@ class HfDialect:
             case CheckpointSaved() if seat.rank == 0 and self.stopped:
                 # The script's save_model() is over: log_metrics("train") prints its block.
                 return self._flush_metrics()
+            case CheckpointSaved() if seat.rank == 0 and self.run is not None:
+                paths = hf_files.rotated(self.run, self.settings, event.step)
+                return self._deleting(paths, _DELETING_LINE, at)
             case TrainingStopped() if seat.local_rank == 0:
                 return self._stopped(event, at)
             case TrainingFinished() if seat.rank == 0:
@@ -367,16 +358,8 @@ class HfDialect:
             return out + self._write(eval_dict(event.loss, event.seconds, samples, event.iters, event.epoch))
         # The script's trainer.evaluate() after training: its bar is left (leave=True as no training bar is
         # open); no dict, as on_log writes only through the training bar; log_metrics prints the block.
-        metrics: dict[str, float | int] = {
-            "epoch": round(event.epoch, 2),
-            "eval_loss": float32(event.loss),
-            "eval_runtime": round(event.seconds, 4),
-            "eval_samples": samples,
-            "eval_samples_per_second": round(samples / event.seconds, 3),
-            "eval_steps_per_second": round(event.iters / event.seconds, 3),
-            "perplexity": event.ppl,
-        }
-        self.metrics += metrics_block("eval", metrics)
+        evaluated = hf_results.eval_metrics(event.loss, event.seconds, samples, event.iters, event.epoch)
+        self.metrics += metrics_block("eval", hf_results.eval_results(evaluated, samples))
         out = [BarClose()]
         return out + self._flush_metrics()
 
@@ -409,17 +392,17 @@ class HfDialect:
         out: list[Output] = [Line(explicit(at, "trainer.py", _COMPLETED_LINE, message), "stderr")]
         if self.seat.rank != 0:
             return out
-        runtime = max(event.runtime_s, 1e-3)
-        out += self._write(train_dict(runtime, event.samples, event.steps, event.mean_loss, self.epoch))
+        record = hf_results.train_record(event, self.epoch)
+        out += self._write(_shown(record))
         out.append(BarClose())
-        metrics: dict[str, float | int] = {
-            "epoch": round(self.epoch, 2),
-            "total_flos": event.total_flos,
-            "train_loss": event.mean_loss,
-            "train_runtime": round(runtime, 4),
-            "train_samples": self.samples,
-            "train_samples_per_second": round(event.samples / runtime, 3),
-            "train_steps_per_second": round(event.steps / runtime, 3),
-        }
-        self.metrics = metrics_block("train", metrics)
+        if self.run is not None:
+            # train()'s own last rotation (save_total_limit 1, a best checkpoint kept), after its final log.
+            paths = hf_files.ended_rotation(self.run, self.settings, event.step)
+            out += self._deleting(paths, _DELETING_END_LINE, at)
+        self.metrics = metrics_block("train", hf_results.train_results(record, self.samples))
         return out
+
+    def _deleting(self, paths: Sequence[str], line: int, at: float) -> list[Output]:
+        """The Trainer's `Deleting older checkpoint [...] due to args.save_total_limit` lines (stderr)."""
+        text = "Deleting older checkpoint [{}] due to args.save_total_limit"
+        return [Line(explicit(at, "trainer.py", line, text.format(p)), "stderr") for p in paths]

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import math
-import struct
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
-from fakerun.dialects.files import Artifact, SaveRequest, hf_model_files
+from fakerun.dialects.files import Artifact, Removal, SaveRequest, hf_model_files
+from fakerun.frameworks import hf_results
 from fakerun.sim import checkpoint
-from fakerun.sim.step import step_numbers
+from fakerun.sim.loss import eval_loss
+from fakerun.sim.run import RunPlan
 
 __all__ = [
     "TRANSFORMERS_VERSION",
     "artifacts",
+    "best_step",
     "checkpoint_files",
     "config_json",
     "export_files",
-    "float32",
+    "rotated",
     "trainer_state",
 ]
 
@@ -37,14 +39,7 @@ _OPTIMIZER_OVERHEAD = 1_500
 _ZERO_TO_FP32_BYTES = 33_226  # DeepSpeed 0.16's utils/zero_to_fp32.py, copied beside each checkpoint
 # GPT-2's tokenizer special token; most Llama-shaped repos name theirs in their config.json.
 _GPT2_EOS = "<|endoftext|>"
-
-
-def float32(x: float) -> float:
-    """A value as a float32 tensor's .item() gives it back (fp32 losses and grad norms: 37.657958984375)."""
-    if not math.isfinite(x) or abs(x) > 3.4e38:
-        return x
-    value: float = struct.unpack("f", struct.pack("f", x))[0]
-    return value
+_TRUE = ("true", "1", "yes", "y", "t")
 
 
 def _json(value: object) -> str:
@@ -121,27 +116,113 @@ def _model_dir(directory: str, request: SaveRequest) -> list[Artifact]:
     ]
 
 
+def _metric(settings: Mapping[str, str]) -> bool:
+    """Whether the Trainer tracks a best metric the simulation knows: metric_for_best_model, "loss" by
+    default under load_best_model_at_end (TrainingArguments.__post_init__), the evaluation loss."""
+    metric = settings.get("metric_for_best_model")
+    if metric is None:
+        return settings.get("load_best_model_at_end", "false").lower() in _TRUE
+    return metric.removeprefix("eval_") == "loss"
+
+
+def _evals(run: RunPlan, step: int) -> range:
+    """The steps up to `step` after which the eval strategy evaluates."""
+    return range(run.eval_interval, step + 1, run.eval_interval) if run.eval_interval > 0 else range(0)
+
+
+def best_step(run: RunPlan, settings: Mapping[str, str], step: int) -> tuple[float | None, int | None]:
+    """TrainerState's (best_metric, best_global_step) after `step`: the lowest evaluation loss so far and its
+    step (greater_is_better is False for a loss: np.less keeps the first of equal ones); best_global_step
+    only under save_strategy "steps" or "epoch" (_determine_best_metric)."""
+    if not _metric(settings):
+        return None, None
+    best: tuple[float, int] | None = None
+    for s in _evals(run, step):
+        value = hf_results.float32(eval_loss(run.job, s))
+        if best is None or value < best[0]:
+            best = (value, s)
+    if best is None:
+        return None, None
+    saves = settings.get("save_strategy", "steps") in ("steps", "epoch")
+    return best[0], best[1] if saves else None
+
+
+def _root(settings: Mapping[str, str]) -> str:
+    """--output_dir as Trainer's glob of it spells its paths (pathlib: no `./`, no trailing slash)."""
+    return str(PurePath(output_dir(settings)))
+
+
+def _saved(run: RunPlan, step: int) -> list[int]:
+    """The steps with a checkpoint-N/ by the save after `step` (that one included), rotation aside."""
+    steps = list(range(run.save_interval, step, run.save_interval)) if run.save_interval > 0 else []
+    return [*steps, step]
+
+
+def _rotation(run: RunPlan, settings: Mapping[str, str], step: int) -> tuple[list[int], list[int]]:
+    """(the checkpoints on disk after the save at `step`, those its _rotate_checkpoints deleted): every save
+    so far replayed through Trainer._sorted_checkpoints and _rotate_checkpoints (save_total_limit; the best
+    checkpoint moved up to second newest, and a limit of 1 kept at 2 while the newest is not the best)."""
+    limit = int(settings.get("save_total_limit") or 0)
+    kept: list[int] = []
+    deleted: list[int] = []
+    best_dir: int | None = None
+    for s in _saved(run, step):
+        kept.append(s)
+        best = best_step(run, settings, s)[1]
+        if best is not None and best in kept:  # _save_checkpoint: only a best checkpoint that exists
+            best_dir = best
+        if limit <= 0 or len(kept) <= limit:
+            deleted = []
+            continue
+        order = sorted(kept)
+        if best_dir is not None and best_dir in order:
+            for i in range(order.index(best_dir), len(order) - 2):
+                order[i], order[i + 1] = order[i + 1], order[i]
+        keep = 2 if best_dir is not None and limit == 1 and order[-1] != best_dir else limit
+        deleted = order[: max(0, len(order) - keep)]
+        kept = [k for k in kept if k not in deleted]
+    return kept, deleted
+
+
+def rotated(run: RunPlan, settings: Mapping[str, str], step: int) -> list[str]:
+    """The checkpoint-N/ directories the Trainer deletes after its save at `step` (save_total_limit), oldest
+    first, as its log names them."""
+    root = _root(settings)
+    return [f"{root}/checkpoint-{s}" for s in _rotation(run, settings, step)[1]]
+
+
+def ended_rotation(run: RunPlan, settings: Mapping[str, str], step: int) -> list[str]:
+    """The checkpoints train() deletes once over when save_total_limit is 1 and a best checkpoint is kept:
+    every one but the best (a run that saved at all)."""
+    if not run.saves or run.save_interval <= 0 or int(settings.get("save_total_limit") or 0) != 1:
+        return []
+    kept, _ = _rotation(run, settings, max(s for s in _saved(run, step) if s <= step))
+    best = best_step(run, settings, step)[1]
+    if best is None or best not in kept:
+        return []
+    root = _root(settings)
+    return [f"{root}/checkpoint-{s}" for s in sorted(kept) if s != best]
+
+
 def trainer_state(request: SaveRequest) -> str:
-    """trainer_state.json at this save: TrainerState's fields and the log history of its logging steps
-    (the losses, grad norms and learning rates the run printed), as TrainerState.save_to_json writes it."""
-    run, job, step = request.run, request.run.job, request.step
-    history = []
-    for logged in range(run.log_interval, step + 1, run.log_interval):
-        n = step_numbers(job, 0, logged)
-        history.append(
-            {
-                "epoch": logged / run.steps_per_epoch,
-                "grad_norm": float32(n.grad_norm),
-                "learning_rate": n.lr,
-                "loss": round(n.loss, 4),
-                "step": logged,
-            }
-        )
-    tokens = job.tokens_per_step * (step - job.start_step)
+    """trainer_state.json at this save: TrainerState's fields and the log history of its logging steps and
+    evaluations (the figures the run printed), as TrainerState.save_to_json writes it; the script's
+    save_state() after train() adds train()'s own final record."""
+    run, job, step, settings = request.run, request.run.job, request.step, request.settings
+    history = hf_results.log_history(run, settings, step)
+    epoch = step / run.steps_per_epoch
+    stopped = request.stopped
+    if request.kind == "export" and stopped is not None:
+        history.append({**hf_results.train_record(stopped, epoch), "step": step})
+    best_metric, best_global = best_step(run, settings, step)
+    best_dir = None
+    if best_global is not None and best_global in _rotation(run, settings, step)[0] and run.saves:
+        best_dir = f"{output_dir(settings)}/checkpoint-{best_global}"
     state = {
-        "best_metric": None,
-        "best_model_checkpoint": None,
-        "epoch": step / run.steps_per_epoch,
+        "best_global_step": best_global,
+        "best_metric": best_metric,
+        "best_model_checkpoint": best_dir,
+        "epoch": epoch,
         "eval_steps": run.eval_interval or run.log_interval,
         "global_step": step,
         "is_hyper_param_search": False,
@@ -165,8 +246,7 @@ def trainer_state(request: SaveRequest) -> str:
                 "attributes": {},
             }
         },
-        # transformers' floating_point_ops: 6 x non-embedding parameters x tokens.
-        "total_flos": 6.0 * (job.model.params - job.model.embedding_params()) * tokens,
+        "total_flos": hf_results.total_flos(job, step - job.start_step),
         "train_batch_size": job.micro_batch,
         "trial_name": None,
         "trial_params": None,
@@ -215,15 +295,42 @@ def checkpoint_files(directory: str, request: SaveRequest) -> list[Artifact]:
     return files
 
 
-def export_files(directory: str, request: SaveRequest) -> list[Artifact]:
-    """The script's trainer.save_model() (the model, its config and tokenizer, training_args.bin) and
-    trainer.save_state() (trainer_state.json), in --output_dir, from rank 0."""
+def _results(path: str, metrics: Mapping[str, float | int]) -> Artifact:
+    """A save_metrics file: json.dump with indent 4 and sorted keys (no final newline)."""
+    return Artifact.text(path, json.dumps(metrics, indent=4, sort_keys=True))
+
+
+def export_files(directory: str, request: SaveRequest) -> list[Artifact | Removal]:
+    """From rank 0, the script's end: train()'s last rotation, trainer.save_model() (the model, its config and
+    tokenizer, training_args.bin), save_metrics("train") (train_results.json, all_results.json) and
+    save_state() (trainer_state.json), then with --do_eval save_metrics("eval") (eval_results.json, and
+    all_results.json with both)."""
     if request.rank != 0:
         return []
-    return [
-        *_model_dir(directory, request),
-        Artifact.text(f"{directory}/trainer_state.json", trainer_state(request)),
-    ]
+    run, settings, step = request.run, request.settings, request.step
+    files: list[Artifact | Removal] = [Removal(p) for p in ended_rotation(run, settings, step)]
+    files += _model_dir(directory, request)
+    results: dict[str, float | int] = {}
+    stopped = request.stopped
+    if stopped is not None:
+        train = hf_results.train_results(
+            hf_results.train_record(stopped, step / run.steps_per_epoch),
+            run.dataset_tokens // run.job.seq_len,
+        )
+        results |= train
+        files += [
+            _results(f"{directory}/train_results.json", train),
+            _results(f"{directory}/all_results.json", results),
+        ]
+    files.append(Artifact.text(f"{directory}/trainer_state.json", trainer_state(request)))
+    if run.end_eval:
+        evaluation = hf_results.final_eval(run, settings, step)
+        results |= evaluation
+        files += [
+            _results(f"{directory}/eval_results.json", evaluation),
+            _results(f"{directory}/all_results.json", results),
+        ]
+    return files
 
 
 def output_dir(settings: Mapping[str, str]) -> str:
@@ -231,9 +338,13 @@ def output_dir(settings: Mapping[str, str]) -> str:
     return str(settings.get("output_dir", DEFAULT_OUTPUT_DIR)).rstrip("/") or "/"
 
 
-def artifacts(request: SaveRequest) -> Sequence[Artifact]:
-    """This rank's files of an HF Trainer save: checkpoint-N/ for a periodic save, --output_dir at the end."""
+def artifacts(request: SaveRequest) -> Sequence[Artifact | Removal]:
+    """This rank's files of an HF Trainer save: checkpoint-N/ for a periodic save, then (rank 0, the process
+    that saves) the checkpoints save_total_limit rotates out; --output_dir at the end."""
     root = output_dir(request.settings)
-    if request.kind == "checkpoint":
-        return checkpoint_files(f"{root}/checkpoint-{request.step}", request)
-    return export_files(root, request)
+    if request.kind == "export":
+        return export_files(root, request)
+    files: list[Artifact | Removal] = [*checkpoint_files(f"{root}/checkpoint-{request.step}", request)]
+    if request.rank == 0:
+        files += [Removal(p) for p in rotated(request.run, request.settings, request.step)]
+    return files

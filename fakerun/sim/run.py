@@ -161,6 +161,11 @@ class RunPlan:
         return self.last_step - self.first_step + 1
 
     @property
+    def dataset_tokens(self) -> int:
+        """Tokens in one pass over the training data: an epoch's share of the run's steps."""
+        return self.job.total_steps * self.job.tokens_per_step // self.epochs
+
+    @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per pass over the dataset."""
         return max(1, math.ceil(self.job.total_steps / self.epochs))

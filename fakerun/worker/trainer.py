@@ -58,6 +58,7 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.dialects.files import SaveRequest
+from fakerun.frameworks import hf_results
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
 from fakerun.render.grid import GridGpu
@@ -80,6 +81,7 @@ from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.failures import Failure
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import (
+    ENDING_HF,
     RERUN_EXIT_CODE,
     JobClock,
     Pause,
@@ -204,6 +206,10 @@ class RankTrainer:
         self._exits = False  # the run ends by a Megatron exit (--exit-interval, --exit-duration-in-mins)
         self._tally = _EpochTally(0.0)
         self._files_failed = False
+        # The step loop's end figures (an HF export's train metrics), and whether the run's end pauses are
+        # running: HF's save there is the script's save_model(), written with the export, not checkpoint-N/.
+        self._stopped: TrainingStopped | None = None
+        self._ending = False
         self.born = time.monotonic() if ctx.spawned is None else min(ctx.spawned, time.monotonic())
         # The simulated moment this rank last woke for (a deadline, or the go) and when it really woke: lines
         # are stamped from the former, so a late wake-up is not multiplied by --fake-speed into the log.
@@ -282,6 +288,7 @@ class RankTrainer:
 
     def run_job(self, *, first: bool) -> None:
         """Start-up, training until the coordinator says stop, then evaluation, save, export and summary."""
+        self._stopped, self._ending = None, False
         self.startup(first=first)
         last, released, wall_start = self.train()
         self.finish(last, released, wall_start)
@@ -366,7 +373,7 @@ class RankTrainer:
             )
         )
         t = self._dataset(t, times.dataset_s)
-        dataset_tokens = job.total_steps * job.tokens_per_step // self.run.epochs
+        dataset_tokens = self.run.dataset_tokens
         emit(
             DatasetReady(
                 tokens=dataset_tokens,
@@ -625,21 +632,16 @@ class RankTrainer:
                 # The loop's own evaluation and save after its last step (Megatron's), before it ends.
                 released = self._pauses(step, released, run.loop_pauses(step, final=True, exits=self._exits))
                 steps = step - run.first_step + 1
-                emit(
-                    TrainingStopped(
-                        step=step,
-                        reason=self._stop_reason(step),
-                        runtime_s=self.out.clock() - clock0,
-                        steps=steps,
-                        samples=steps * job.global_batch,
-                        mean_loss=loss_sum / steps,
-                        # transformers' floating_point_ops: 6 x non-embedding parameters x tokens.
-                        total_flos=6.0
-                        * (job.model.params - job.model.embedding_params())
-                        * steps
-                        * job.tokens_per_step,
-                    )
+                self._stopped = TrainingStopped(
+                    step=step,
+                    reason=self._stop_reason(step),
+                    runtime_s=self.out.clock() - clock0,
+                    steps=steps,
+                    samples=steps * job.global_batch,
+                    mean_loss=loss_sum / steps,
+                    total_flos=hf_results.total_flos(job, steps),
                 )
+                emit(self._stopped)
                 return step, released, wall_start
             self._pauses(step, released, run.loop_pauses(step))
             self._epoch_end(step)
@@ -903,7 +905,8 @@ class RankTrainer:
             nbytes = checkpoint.checkpoint_bytes(job.model)
             emit(CheckpointSaving(step=step, path=path, format="torch_dist"))
             self._sleep_until(until)
-            self._write_files("checkpoint", step)
+            if not (self._ending and run.ending == ENDING_HF):
+                self._write_files("checkpoint", step)
             emit(
                 CheckpointSaved(
                     step=step, path=path, nbytes=nbytes, seconds=seconds, bandwidth_gbs=nbytes / seconds / 1e9
@@ -923,6 +926,7 @@ class RankTrainer:
             rank=self.rank,
             world_size=job.world_size,
             kind=kind,
+            stopped=self._stopped if kind == "export" else None,
         )
         failed = artifacts.write(dialects.artifacts(self.ctx.trainer, request))
         if failed is not None and not self._files_failed:
@@ -977,6 +981,7 @@ class RankTrainer:
 
     def finish(self, last: int, released: float, wall_start: float) -> None:
         """After the last step: final evaluation and save, then the export and the run's summary."""
+        self._ending = True
         self._pauses(last, released, self.run.end_pauses(last, exits=self._exits))
         self._epoch_end(last)
         self._phase(last, "idle")

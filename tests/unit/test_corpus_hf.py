@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
-from fakerun.dialects.files import SaveRequest
+from fakerun.dialects.base import Line
+from fakerun.dialects.events import CheckpointSaved, JobStarted, TrainingStopped, WorkerStarted
+from fakerun.dialects.files import Artifact, Removal, SaveRequest
+from fakerun.dialects.hf import HfDialect
 from fakerun.frameworks import hf_args, hf_files, hf_models
+from fakerun.frameworks.hf_results import float32
 from fakerun.hints import Hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import checkpoint, safetensors
+from fakerun.sim import checkpoint, loss, safetensors
 from fakerun.sim.run import RunPlan
+from tests.unit.test_dialect_hf import seat as dialect_seat
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "hf"
 
@@ -184,8 +191,9 @@ def test_no_model_named() -> None:
     cmd = parse_command_line(["--nproc-per-node", "2", "run_clm.py", "--output_dir", "x"], {})
     bundle = presets.resolve("llama3-8b", None, None)
     run, hints = build_run(cmd, bundle, nnodes=1, nproc_per_node=2, model_given=False)
-    (notice,) = hints.notices
+    notice, data = hints.notices  # and no data named either: its size is assumed, and said
     assert run.job.model.display_name in notice and "--model_name_or_path" in notice
+    assert "training data's size is unknown" in data and f"{run.job.total_steps:,} steps" in data
 
 
 def test_yaml_reader() -> None:
@@ -216,3 +224,125 @@ def test_checkpoint_files() -> None:
     export = {f.path for f in hf_files.artifacts(SaveRequest(run, hints.settings, 200, 0, 2, "export"))}
     assert "runs/pythia-160m-wikitext/trainer_state.json" in export
     assert "runs/pythia-160m-wikitext/model.safetensors" in export
+
+
+def request(run: RunPlan, settings: dict[str, str], step: int, rank: int = 0, **kw: Any) -> SaveRequest:
+    """One rank's save request of a 2-rank job."""
+    return SaveRequest(run, settings, step, rank, 2, kw.pop("kind", "checkpoint"), **kw)
+
+
+def rotation_run(save: int = 3, evals: int = 3) -> RunPlan:
+    """The Pythia command, 12 steps, saving every `save` and evaluating every `evals`."""
+    run, _ = plan("clm_pythia.sh")
+    return dataclasses.replace(run, save_interval=save, eval_interval=evals, last_step=12, log_interval=3)
+
+
+class TestRotation:
+    """--save_total_limit: Trainer._rotate_checkpoints after each save (transformers 4.50's trainer.py)."""
+
+    def test_the_newest_n_stay(self) -> None:
+        """Limit 2, a save every 3 steps: each save past the second deletes the one two saves back, from
+        rank 0 (the process that saves), after writing its own checkpoint."""
+        run, settings = rotation_run(), {"output_dir": "./out/", "save_total_limit": "2"}
+        for step in (3, 6):
+            assert not [f for f in hf_files.artifacts(request(run, settings, step)) if isinstance(f, Removal)]
+        for step in (9, 12):
+            files = hf_files.artifacts(request(run, settings, step))
+            assert files[-1] == Removal(f"out/checkpoint-{step - 6}")  # pathlib's spelling: no ./
+            assert all(isinstance(f, Artifact) for f in files[:-1])
+            assert not [
+                f for f in hf_files.artifacts(request(run, settings, step, 1)) if isinstance(f, Removal)
+            ]
+
+    def test_the_best_checkpoint_is_kept(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """load_best_model_at_end (metric: the eval loss): the best checkpoint survives besides the newest;
+        with a limit of 1 the newest stays too, and train()'s end deletes all but the best."""
+        losses = {3: 2.5, 6: 2.0, 9: 2.2, 12: 2.1}  # the best at step 6
+        monkeypatch.setattr(hf_files, "eval_loss", lambda job, step: losses[step])
+        run = rotation_run()
+        settings = {"output_dir": "out", "save_total_limit": "1", "load_best_model_at_end": "true"}
+        assert hf_files.rotated(run, settings, 6) == ["out/checkpoint-3"]
+        assert hf_files.rotated(run, settings, 9) == []  # limit 1 held at 2: checkpoint-6 and -9
+        assert hf_files.rotated(run, settings, 12) == ["out/checkpoint-9"]
+        assert hf_files.ended_rotation(run, settings, 12) == ["out/checkpoint-12"]
+        state = json.loads(hf_files.trainer_state(request(run, settings, 12)))
+        assert (state["best_global_step"], state["best_metric"]) == (6, 2.0)
+        assert state["best_model_checkpoint"] == "out/checkpoint-6"
+        text = "Deleting older checkpoint [out/checkpoint-9] due to args.save_total_limit"
+        dialect = HfDialect(dialect_seat(0))
+        dialect.render(JobStarted(run=run, first=True, resume=False, settings=tuple(settings.items())), 0.0)
+        (line,) = dialect.render(
+            CheckpointSaved(step=12, path="", nbytes=1, seconds=1.0, bandwidth_gbs=1.0), 0.0
+        )
+        assert isinstance(line, Line) and line.text.endswith(text) and "[INFO|trainer.py:4065]" in line.text
+
+
+class TestEndFiles:
+    """run_clm.py's end: save_model, save_metrics("train"), save_state, then with --do_eval
+    save_metrics("eval"): the figures the log printed."""
+
+    def test_results_and_state(self) -> None:
+        """train_results.json from the step loop's end (speed_metrics' rounding), eval_results.json with the
+        perplexity of its loss, all_results.json both, trainer_state.json's evaluations and final record."""
+        run = dataclasses.replace(rotation_run(), end_eval=True)
+        settings = {"output_dir": "out"}
+        stopped = TrainingStopped(12, "reached max steps", 80.0, 12, 96, 2.25, 4.0e13)
+        files = {
+            f.path: json.loads(f.head)
+            for f in hf_files.artifacts(request(run, settings, 12, kind="export", stopped=stopped))
+            if isinstance(f, Artifact) and f.path.endswith(("results.json", "trainer_state.json"))
+        }
+        train = files["out/train_results.json"]
+        assert train["train_samples_per_second"] == round(96 / 80.0, 3)
+        assert train["train_steps_per_second"] == round(12 / 80.0, 3)
+        assert (train["train_runtime"], train["train_loss"], train["total_flos"]) == (80.0, 2.25, 4.0e13)
+        assert train["epoch"] == 12 / run.steps_per_epoch
+        assert train["train_samples"] == run.job.total_steps * run.job.tokens_per_step // run.job.seq_len
+        evaluation = files["out/eval_results.json"]
+        final_loss = float32(loss.eval_loss(run.job, 12))
+        assert evaluation["eval_loss"] == final_loss and evaluation["perplexity"] == math.exp(final_loss)
+        assert evaluation["eval_samples"] == run.eval_iters * 8 * 2  # the default eval batch on 2 ranks
+        assert files["out/all_results.json"] == {**train, **evaluation}
+        history = files["out/trainer_state.json"]["log_history"]
+        evals = [e for e in history if "eval_loss" in e]
+        assert [e["step"] for e in evals] == [3, 6, 9, 12]
+        assert [e["eval_loss"] for e in evals] == [float32(loss.eval_loss(run.job, s)) for s in (3, 6, 9, 12)]
+        assert history[-1] == {**{k: v for k, v in train.items() if k != "train_samples"}, "step": 12}
+
+    def test_save_model_writes_no_checkpoint(self) -> None:
+        """The export is --output_dir's files only (save_model writes no checkpoint-N/)."""
+        run, hints = plan("clm_pythia.sh")
+        paths = [f.path for f in hf_files.artifacts(SaveRequest(run, hints.settings, 200, 0, 2, "export"))]
+        assert paths and not [p for p in paths if "checkpoint-" in p]
+
+
+def test_sixteen_bits_line() -> None:
+    """run_clm.py's `16-bits training: {training_args.fp16}`: True with --fp16, False with --bf16."""
+    for name, expected in (("translation_t5.sh", "True"), ("clm_pythia.sh", "False")):
+        run, hints = plan(name)
+        dialect = HfDialect(dialect_seat(1))
+        dialect.render(
+            JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
+        )
+        (line,) = dialect.render(WorkerStarted(host="h", local_rank=1, world_size=2, pid=1), 0.0)
+        assert isinstance(line, Line) and line.text.endswith(f"16-bits training: {expected}")
+
+
+def test_epochs_over_wikitext() -> None:
+    """No --max_steps: TrainingArguments' 3 epochs over WikiText-2's 2,318 blocks of 1,024 tokens (the
+    `Num examples` of published run_clm.py runs): 1,159 per rank in batches of 8, 145 steps an epoch."""
+    run, hints = plan("clm_scratch.sh")
+    per_epoch = math.ceil(math.ceil(2318 / 2) / 8)
+    assert run.job.total_steps == 3 * per_epoch and run.epochs == 3 and run.steps_per_epoch == per_epoch
+    assert hints.notices == ()
+
+
+def test_deepspeed_auto_filled() -> None:
+    """The config deepspeed.initialize gets: its "auto" values from the Trainer's arguments (--bf16, the
+    batch, max_grad_norm's 1.0)."""
+    run, _ = plan("clm_deepspeed.sh")
+    assert run.deepspeed is not None and run.deepspeed.precision == "bf16"
+    config = run.deepspeed.user_config()
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (4, 2)
+    assert config["train_batch_size"] == 4 * 2 * 2 and config["gradient_clipping"] == 1.0
+    assert config["bf16"] == {"enabled": True}

@@ -29,7 +29,8 @@ from fakerun.dialects.events import (
     TrainingStarted,
     TrainingStopped,
 )
-from fakerun.dialects.hf import HfDialect, float32
+from fakerun.dialects.hf import HfDialect
+from fakerun.frameworks.hf_results import float32
 from fakerun.hints import HintError, parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import collectives, compute, loss, memory
