@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import json
 import math
 import os
 import pickle
@@ -23,6 +24,7 @@ from fakerun.frameworks import (
     hf_models,
     llmc_py,
     megatron_args,
+    nanogpt_ckpt,
     titan_errors,
     titan_flavors,
     titan_world,
@@ -91,6 +93,9 @@ class Hints:
     # A program that dies at start on these arguments (llm.c's error_usage()): what each rank writes on
     # stderr, and its exit code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # What each rank prints on stdout before it dies of script_exit (or of world_exit, when the script
+    # dies of nothing before its world-size check): pytrace.stdout_for's slots mark what differs by rank.
+    script_stdout: str = ""
     # A check of the script that depends on the job's world size: script_exit's text and code for a world
     # size it refuses (nanoGPT's gradient_accumulation_steps % ddp_world_size), else None.
     world_exit: Callable[[int], tuple[str, int] | None] | None = None
@@ -1457,7 +1462,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     try:
         configured = _nanogpt_configure(args) if style == "nanogpt" else None
     except nanogpt.ConfigError as exc:
-        return Hints(style=style, script_exit=(exc.traceback(_script_file(script)), 1))
+        stdout = _lines(exc.echo)
+        return Hints(style=style, script_exit=(exc.traceback(_script_file(script)), 1), script_stdout=stdout)
     given = _scan(args, style) if configured is None else _nanogpt_given(configured)
     config = given.get("job.config_file")
     titan_exit: tuple[str, int] | None = None
@@ -1487,6 +1493,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     world_exit = None
     spec: ModelSpec | None = None
     script_exit: tuple[str, int] | None = None
+    script_stdout = ""
     if dialects.DIALECTS[style].hints.arch_defaults:
         reading = megatron_args.read(script, args)
         core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
@@ -1496,6 +1503,12 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         regime = _nanogpt_model(b, configured)
         settings = _nanogpt_settings(configured)
         world_exit = _nanogpt_world_exit(script, configured)
+        script_stdout = _lines(configured.echo)  # what every rank has printed by its world-size check
+        resumed = _nanogpt_resume(b, configured, script, settings)
+        if isinstance(resumed, str):
+            notices = (*notices, resumed)
+        elif resumed is not None:
+            script_exit, script_stdout = resumed
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     table_spec = b.top.get("spec")  # a framework's own table's model (torchtitan's flavors)
@@ -1547,6 +1560,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
         script_exit=script_exit,
+        script_stdout=script_stdout,
         world_exit=world_exit,
     )
     if style == "titan" and hints.script_exit is None:
@@ -1925,13 +1939,68 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
 
 
 def _nanogpt_settings(conf: nanogpt.Configured) -> dict[str, str]:
-    """What nanoGPT's lines echo: configurator.py's prints, the model's origin, compile, the vocabulary."""
+    """What nanoGPT's lines echo (configurator.py's prints, the model's origin, compile, the vocabulary), its
+    whole config (ckpt.pt keeps it), and the best loss to beat when it saves only on a better one."""
     out = {key: str(conf.values[key]) for key in _NANOGPT_TEXT}
     out["echo"] = "\n".join(conf.echo)
+    out["config"] = json.dumps(conf.values)
+    if conf.values["always_save_checkpoint"] is not True:
+        out["save_best"] = repr(nanogpt.INITIAL_BEST)
     vocab = _meta_vocab(str(conf.values["dataset"]))
     if vocab is not None:
         out["meta_vocab"] = str(vocab)
     return out
+
+
+def _lines(printed: Sequence[str]) -> str:
+    """Lines a script printed, as its stdout holds them."""
+    return "".join(f"{line}\n" for line in printed)
+
+
+def _nanogpt_resume(
+    b: _Builder, conf: nanogpt.Configured, script: str, settings: dict[str, str]
+) -> tuple[tuple[str, int], str] | str | None:
+    """init_from='resume': the iteration, best loss and model that train.py reads back from ckpt.pt; its
+    death (and what it printed first) when out_dir has none; a notice for a file fakerun did not write."""
+    values = conf.values
+    if values["init_from"] != "resume":
+        return None
+    out_dir = str(values["out_dir"])
+    path = nanogpt_ckpt.ckpt_path(out_dir)
+    if not os.path.exists(path):
+        block, batch, accum = (
+            values["block_size"],
+            values["batch_size"],
+            values["gradient_accumulation_steps"],
+        )
+        printed = [*conf.echo]
+        if isinstance(block, int) and isinstance(batch, int) and isinstance(accum, int):
+            printed.append(nanogpt.tokens_line(accum * batch * block))
+        if "meta_vocab" in settings:
+            printed.append(nanogpt.meta_line(settings["meta_vocab"], settings["dataset"]))
+        printed.append(f"Resuming training from {out_dir}")
+        return (nanogpt_ckpt.missing_traceback(_script_file(script), path), 1), _lines(printed)
+    saved = nanogpt_ckpt.read(path)
+    if saved is None:
+        return f"nanoGPT checkpoint {path} was not written by fakerun: the run resumes from iteration 0"
+    g = _Given("init_from", "resume", where="")
+    args = saved.model_args
+    arch = {"layers": args["n_layer"], "heads": args["n_head"], "kv_heads": args["n_head"]}
+    arch |= {"hidden": args["n_embd"], "ffn_hidden": 4 * args["n_embd"], "vocab": args["vocab_size"]}
+    arch |= {"bias": int(bool(args["bias"]))}
+    block = b.job.get("seq_len")
+    # The checkpoint's model, cropped to the config's block_size when that is shorter.
+    arch["max_position"] = min(args["block_size"], block) if isinstance(block, int) else args["block_size"]
+    for key, value in arch.items():
+        b.set(b.arch, key, value, g)
+    b.set(b.job, "start_step", saved.iter_num, g)
+    total = b.job.get("total_steps")
+    if isinstance(total, int) and total <= saved.iter_num:
+        # The loop trains the resumed iteration before it checks iter_num > max_iters.
+        b.set(b.job, "total_steps", saved.iter_num + 1, g)
+    if "save_best" in settings:
+        settings["save_best"] = repr(saved.best_val_loss)
+    return None
 
 
 # torchtitan's textual settings its log echoes (the description, dataset, folders, switches).

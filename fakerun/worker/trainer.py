@@ -163,6 +163,8 @@ class SimContext:
     # A program that dies at its start on its arguments (hints.Hints.script_exit): its stderr text and exit
     # code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # What each rank prints on stdout before that death (hints.Hints.script_stdout, pytrace's slots in it).
+    script_stdout: str = ""
     # Create the checkpoint and export files the job reports writing (dialects/files.py); --fake-no-files.
     files: bool = True
 
