@@ -25,6 +25,7 @@ from fakerun.frameworks import (
     llmc_py,
     megatron_args,
     nanogpt_ckpt,
+    pytrace,
     titan_errors,
     titan_flavors,
     titan_world,
@@ -1743,10 +1744,12 @@ def _llmc_py_hints(script: str, args: Sequence[str]) -> Hints:
     """train_gpt2.py's job from its argparse options and defaults; its argparse error or failed assert as the
     ranks' death (Hints.script_exit), the total batch's divisibility by the world size as Hints.world_exit."""
     style = LlmcPyDialect.name
+    # print0 of the version, before argparse (rank 0).
+    version = f"{pytrace.MASTER_LINE}Running pytorch {pytrace.TORCH_SLOT}\n"
     try:
         a = llmc_py.parse(script, list(args))
     except llmc_py.ScriptExit as exc:
-        return Hints(style=style, script_exit=(exc.text, exc.code))
+        return Hints(style=style, script_exit=(exc.text, exc.code), script_stdout=version + exc.stdout)
     src = _Given("train_gpt2.py", None)
     for name, value, high in (
         ("--batch_size", a.batch_size, _model_high("micro_batch")),
@@ -1808,6 +1811,8 @@ def _llmc_py_hints(script: str, args: Sequence[str]) -> Hints:
         sources=dict.fromkeys((*job, *arch, *cadence), "train_gpt2.py"),
         settings=to_settings(a),
         regime="finetune" if a.model in llmc_py.PRETRAINED else "pretrain",
+        # Every rank's device, printed before the total batch's check against the world size.
+        script_stdout=f"{version}using device: cuda:{pytrace.LOCAL_RANK_SLOT}\n",
         world_exit=world_exit,
     )
 

@@ -228,7 +228,8 @@ class RankTrainer:
             nccl_collnet_enable=env.get("NCCL_COLLNET_ENABLE"),
             cwd=os.getcwd(),
         )
-        self.out = Printer.for_rank(ctx.trainer, seat, self._job_time if ctx.clock is not None else time.time)
+        clock = self._job_time if ctx.clock is not None else time.time
+        self.out = Printer.for_rank(ctx.trainer, seat, clock, files=ctx.files)
 
     def _job_time(self) -> float:
         """The job's time for a line printed now: the simulated moment reached plus real time since then."""
