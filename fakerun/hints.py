@@ -1930,6 +1930,9 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
     if isinstance(block, int):
         # wpe holds block_size rows (crop_block_size cuts GPT-2's 1024 to it).
         b.set(b.arch, "max_position", block, g)
+    # torch.manual_seed(1337 + seed_offset): every run of the same config draws the same numbers, and a
+    # resumed one goes on along the curve the saved one was on.
+    b.set(b.top, "seed", nanogpt.SEED, g)
     if values["dtype"] == "float16":  # train.py's GradScaler
         b.set(b.job, "precision", "fp16", _Given("dtype", "float16"))
     warmup, total = b.job.get("warmup_steps"), b.job.get("total_steps")

@@ -44,6 +44,8 @@ HINTS = HintRule(
 )
 # train.py's default out_dir ('out'); the checkpoint is out/ckpt.pt.
 OUT_DIR = "out"
+# train.py's torch.manual_seed(1337 + seed_offset).
+SEED = 1337
 # train.py's best_val_loss before any evaluation (a resume takes the checkpoint's).
 INITIAL_BEST = 1e9
 
