@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import json
 import math
 import os
 import pickle
@@ -23,6 +24,8 @@ from fakerun.frameworks import (
     hf_models,
     llmc_py,
     megatron_args,
+    nanogpt_ckpt,
+    pytrace,
     titan_errors,
     titan_flavors,
     titan_world,
@@ -92,6 +95,9 @@ class Hints:
     # A program that dies at start on these arguments (llm.c's error_usage()): what each rank writes on
     # stderr, and its exit code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # What each rank prints on stdout before it dies of script_exit (or of world_exit, when the script
+    # dies of nothing before its world-size check): pytrace.stdout_for's slots mark what differs by rank.
+    script_stdout: str = ""
     # A check of the script that depends on the job's world size: script_exit's text and code for a world
     # size it refuses (nanoGPT's gradient_accumulation_steps % ddp_world_size), else None.
     world_exit: Callable[[int], tuple[str, int] | None] | None = None
@@ -1505,7 +1511,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     try:
         configured = _nanogpt_configure(args) if style == "nanogpt" else None
     except nanogpt.ConfigError as exc:
-        return Hints(style=style, script_exit=(exc.traceback(_script_file(script)), 1))
+        stdout = _lines(exc.echo)
+        return Hints(style=style, script_exit=(exc.traceback(_script_file(script)), 1), script_stdout=stdout)
     given = _scan(args, style) if configured is None else _nanogpt_given(configured)
     config = given.get("job.config_file")
     titan_exit: tuple[str, int] | None = None
@@ -1535,6 +1542,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     world_exit = None
     spec: ModelSpec | None = None
     script_exit: tuple[str, int] | None = None
+    script_stdout = ""
     if dialects.DIALECTS[style].hints.arch_defaults:
         reading = megatron_args.read(script, args)
         core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
@@ -1544,6 +1552,12 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         regime = _nanogpt_model(b, configured)
         settings = _nanogpt_settings(configured)
         world_exit = _nanogpt_world_exit(script, configured)
+        script_stdout = _lines(configured.echo)  # what every rank has printed by its world-size check
+        resumed = _nanogpt_resume(b, configured, script, settings)
+        if isinstance(resumed, str):
+            notices = (*notices, resumed)
+        elif resumed is not None:
+            script_exit, script_stdout = resumed
     model_name = b.top.get("model")
     name = model_name if isinstance(model_name, str) else None
     table_spec = b.top.get("spec")  # a framework's own table's model (torchtitan's flavors)
@@ -1595,6 +1609,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         examples=examples if isinstance(examples, int) else None,
         do_eval=b.top.get("do_eval") is True,
         script_exit=script_exit,
+        script_stdout=script_stdout,
         world_exit=world_exit,
     )
     if style == "titan" and hints.script_exit is None:
@@ -1777,10 +1792,12 @@ def _llmc_py_hints(script: str, args: Sequence[str]) -> Hints:
     """train_gpt2.py's job from its argparse options and defaults; its argparse error or failed assert as the
     ranks' death (Hints.script_exit), the total batch's divisibility by the world size as Hints.world_exit."""
     style = LlmcPyDialect.name
+    # print0 of the version, before argparse (rank 0).
+    version = f"{pytrace.MASTER_LINE}Running pytorch {pytrace.TORCH_SLOT}\n"
     try:
         a = llmc_py.parse(script, list(args))
     except llmc_py.ScriptExit as exc:
-        return Hints(style=style, script_exit=(exc.text, exc.code))
+        return Hints(style=style, script_exit=(exc.text, exc.code), script_stdout=version + exc.stdout)
     src = _Given("train_gpt2.py", None)
     for name, value, high in (
         ("--batch_size", a.batch_size, _model_high("micro_batch")),
@@ -1842,6 +1859,8 @@ def _llmc_py_hints(script: str, args: Sequence[str]) -> Hints:
         sources=dict.fromkeys((*job, *arch, *cadence), "train_gpt2.py"),
         settings=to_settings(a),
         regime="finetune" if a.model in llmc_py.PRETRAINED else "pretrain",
+        # Every rank's device, printed before the total batch's check against the world size.
+        script_stdout=f"{version}using device: cuda:{pytrace.LOCAL_RANK_SLOT}\n",
         world_exit=world_exit,
     )
 
@@ -1959,6 +1978,9 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
     if isinstance(block, int):
         # wpe holds block_size rows (crop_block_size cuts GPT-2's 1024 to it).
         b.set(b.arch, "max_position", block, g)
+    # torch.manual_seed(1337 + seed_offset): every run of the same config draws the same numbers, and a
+    # resumed one goes on along the curve the saved one was on.
+    b.set(b.top, "seed", nanogpt.SEED, g)
     if values["dtype"] == "float16":  # train.py's GradScaler
         b.set(b.job, "precision", "fp16", _Given("dtype", "float16"))
     warmup, total = b.job.get("warmup_steps"), b.job.get("total_steps")
@@ -1973,13 +1995,68 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
 
 
 def _nanogpt_settings(conf: nanogpt.Configured) -> dict[str, str]:
-    """What nanoGPT's lines echo: configurator.py's prints, the model's origin, compile, the vocabulary."""
+    """What nanoGPT's lines echo (configurator.py's prints, the model's origin, compile, the vocabulary), its
+    whole config (ckpt.pt keeps it), and the best loss to beat when it saves only on a better one."""
     out = {key: str(conf.values[key]) for key in _NANOGPT_TEXT}
     out["echo"] = "\n".join(conf.echo)
+    out["config"] = json.dumps(conf.values)
+    if conf.values["always_save_checkpoint"] is not True:
+        out["save_best"] = repr(nanogpt.INITIAL_BEST)
     vocab = _meta_vocab(str(conf.values["dataset"]))
     if vocab is not None:
         out["meta_vocab"] = str(vocab)
     return out
+
+
+def _lines(printed: Sequence[str]) -> str:
+    """Lines a script printed, as its stdout holds them."""
+    return "".join(f"{line}\n" for line in printed)
+
+
+def _nanogpt_resume(
+    b: _Builder, conf: nanogpt.Configured, script: str, settings: dict[str, str]
+) -> tuple[tuple[str, int], str] | str | None:
+    """init_from='resume': the iteration, best loss and model that train.py reads back from ckpt.pt; its
+    death (and what it printed first) when out_dir has none; a notice for a file fakerun did not write."""
+    values = conf.values
+    if values["init_from"] != "resume":
+        return None
+    out_dir = str(values["out_dir"])
+    path = nanogpt_ckpt.ckpt_path(out_dir)
+    if not os.path.exists(path):
+        block, batch, accum = (
+            values["block_size"],
+            values["batch_size"],
+            values["gradient_accumulation_steps"],
+        )
+        printed = [*conf.echo]
+        if isinstance(block, int) and isinstance(batch, int) and isinstance(accum, int):
+            printed.append(nanogpt.tokens_line(accum * batch * block))
+        if "meta_vocab" in settings:
+            printed.append(nanogpt.meta_line(settings["meta_vocab"], settings["dataset"]))
+        printed.append(f"Resuming training from {out_dir}")
+        return (nanogpt_ckpt.missing_traceback(_script_file(script), path), 1), _lines(printed)
+    saved = nanogpt_ckpt.read(path)
+    if saved is None:
+        return f"nanoGPT checkpoint {path} was not written by fakerun: the run resumes from iteration 0"
+    g = _Given("init_from", "resume", where="")
+    args = saved.model_args
+    arch = {"layers": args["n_layer"], "heads": args["n_head"], "kv_heads": args["n_head"]}
+    arch |= {"hidden": args["n_embd"], "ffn_hidden": 4 * args["n_embd"], "vocab": args["vocab_size"]}
+    arch |= {"bias": int(bool(args["bias"]))}
+    block = b.job.get("seq_len")
+    # The checkpoint's model, cropped to the config's block_size when that is shorter.
+    arch["max_position"] = min(args["block_size"], block) if isinstance(block, int) else args["block_size"]
+    for key, value in arch.items():
+        b.set(b.arch, key, value, g)
+    b.set(b.job, "start_step", saved.iter_num, g)
+    total = b.job.get("total_steps")
+    if isinstance(total, int) and total <= saved.iter_num:
+        # The loop trains the resumed iteration before it checks iter_num > max_iters.
+        b.set(b.job, "total_steps", saved.iter_num + 1, g)
+    if "save_best" in settings:
+        settings["save_best"] = repr(saved.best_val_loss)
+    return None
 
 
 # torchtitan's textual settings its log echoes (the description, dataset, folders, switches).

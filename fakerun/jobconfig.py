@@ -190,7 +190,9 @@ def build_run(
     refused = hints.world_exit(nnodes * nproc_per_node) if hints.world_exit is not None else None
     if refused is not None:
         # Every rank dies at start: the job it would have run is never built (its batch may not even divide).
-        hints = Hints(style=hints.style, settings=hints.settings, script_exit=refused)
+        hints = Hints(
+            style=hints.style, settings=hints.settings, script_exit=refused, script_stdout=hints.script_stdout
+        )
     kw: dict[str, Any] = dict(hints.job)
     # --fake-seed (or FAKERUN_SEED) replays a run; the script's own --seed is deterministic like a real one;
     # otherwise each run draws a fresh seed (the launcher passes it; the metrics file's run record keeps it).
@@ -279,6 +281,9 @@ def build_run(
             # --exit-duration-in-mins 0 is falsy: Megatron never checks it.
             exit_after_s=60.0 * minutes if (minutes := hints.cadence.get("exit_minutes")) else None,
             rerun_nan=ending == ENDING_MEGATRON and _validates_results(job, hints.settings),
+            # A script that saves only on a better validation loss (nanoGPT's always_save_checkpoint=False)
+            # names the best one before the run in its settings.
+            save_best=float(best) if (best := hints.settings.get("save_best")) else None,
         )
         if hints.style == "hf":
             run = hf_cadence(run, hints)

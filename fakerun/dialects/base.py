@@ -41,7 +41,17 @@ class BarClose:
     stream: Stream = "stderr"
 
 
-Output: TypeAlias = Line | BarDraw | BarClose
+@dataclass(frozen=True)
+class LogWrite:
+    """Text the script writes into a log file of its own (llm.c's main.log), appended or, `fresh`, replacing
+    what the file held (its directory made first); nothing with --fake-no-files."""
+
+    path: str
+    text: str
+    fresh: bool = False
+
+
+Output: TypeAlias = Line | BarDraw | BarClose | LogWrite
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from fakerun.dialects import llmc_args
-from fakerun.dialects.base import HintRule, Line, Output, Seat
+from fakerun.dialects.base import HintRule, Line, LogWrite, Output, Seat
 from fakerun.dialects.events import (
     EvalDone,
     Event,
@@ -118,20 +119,22 @@ class LlmcPyDialect:
             return ()
         if isinstance(event, TrainingStarted):
             first = event.first_step - 1
+            # --output_dir: main.log is made (wiped clean) just before the loop.
+            out: list[Output] = [LogWrite(self.log, "", fresh=True)] if self.log else []
             if run.eval_interval > 0 and first % run.eval_interval == 0:
-                return [Line(f"val loss {event.val_loss}")]
-            return ()
+                out += self._val(first, event.val_loss)
+            return out
         if isinstance(event, StepDone):
             n = event.numbers
             # Timed: iterations past the first among the run's last 20 (0-based step > num_iterations - 20).
             if n.step - 1 > 0 and n.step - 1 > run.job.total_steps - _TIMED:
                 self.times.append(n.step_time_s)
             tok_s = run.job.tokens_per_step / n.step_time_s
-            return [
-                Line(step_line(n.step, run.job.total_steps, n.loss, n.grad_norm, n.lr, n.step_time_s, tok_s))
-            ]
+            line = step_line(n.step, run.job.total_steps, n.loss, n.grad_norm, n.lr, n.step_time_s, tok_s)
+            # main.log's train line: the loop's 0-based step.
+            return [Line(line), *self._logged("trl", n.step - 1, n.loss)]
         if isinstance(event, EvalDone):
-            return [Line(f"val loss {event.loss}")]
+            return self._val(event.step, event.loss)
         if isinstance(event, MemoryReport):
             self.peak = max(self.peak, event.max_allocated)
             return ()
@@ -143,6 +146,19 @@ class LlmcPyDialect:
                 Line(f"peak memory consumption: {int(self.peak) // _MIB} MiB"),
             ]
         return ()
+
+    @property
+    def log(self) -> str:
+        """--output_dir's main.log, "" when there is none."""
+        return os.path.join(self.args.output_dir, "main.log") if self.args.output_dir else ""
+
+    def _val(self, step: int, value: float) -> list[Output]:
+        """print0 of the validation loss after `step` iterations, and its main.log line."""
+        return [Line(f"val loss {value}"), *self._logged("tel", step, value)]
+
+    def _logged(self, kind: str, step: int, value: float) -> list[Output]:
+        """main.log's line `"s:%d trl:%f"` (train) or `tel` (validation), when there is a main.log."""
+        return [LogWrite(self.log, f"s:{step:d} {kind}:{value:f}\n")] if self.log else []
 
     def _start(self, run: RunPlan, first: bool) -> list[str]:
         """From the interpreter's start to the tokenizer: the version, the device, the batch arithmetic."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,9 +22,9 @@ from fakerun.dialects.events import (
     TrainingStarted,
 )
 from fakerun.dialects.files import Artifact, SaveRequest
-from fakerun.frameworks import pytrace
+from fakerun.frameworks import nanogpt_ckpt, pytrace
 from fakerun.presets import ModelSpec
-from fakerun.sim import estimates
+from fakerun.sim import estimates, loss
 from fakerun.sim.job import JobSpec
 from fakerun.sim.run import RunPlan
 
@@ -43,6 +44,10 @@ HINTS = HintRule(
 )
 # train.py's default out_dir ('out'); the checkpoint is out/ckpt.pt.
 OUT_DIR = "out"
+# train.py's torch.manual_seed(1337 + seed_offset).
+SEED = 1337
+# train.py's best_val_loss before any evaluation (a resume takes the checkpoint's).
+INITIAL_BEST = 1e9
 
 # train.py's config globals before configurator.py runs (dtype: every simulated GPU supports bfloat16).
 TRAIN_DEFAULTS: dict[str, object] = {
@@ -130,6 +135,7 @@ class ConfigError(ValueError):
         super().__init__(exception)
         self.exception = exception
         self.line = line
+        self.echo: tuple[str, ...] = ()  # what configurator.py printed before it died
 
     def traceback(self, script: str) -> str:
         """The traceback every rank prints, with train.py at `script` (its absolute path)."""
@@ -195,42 +201,56 @@ def _exec_config(path: str, text: str, values: dict[str, object], sources: dict[
 def configure(args: Sequence[str], read: Callable[[str], str | None]) -> Configured:
     """configurator.py over train.py's defaults: config files exec'd, then `--key=value` checked and set.
 
-    `read(path)` is the config file's text, or None when it does not exist (open() raises, as here)."""
+    `read(path)` is the config file's text, or None when it does not exist (open() raises, as here); a
+    ConfigError carries what was printed before it (its `echo`)."""
     values = dict(TRAIN_DEFAULTS)
     sources: dict[str, str] = {}
     echo: list[str] = []
-    for arg in args:
-        if "=" not in arg:
-            if arg.startswith("--"):
-                raise ConfigError("AssertionError", _CONF_NOT_FLAG)
-            text = read(arg)
-            if text is None:
-                # It prints the header below (on stdout), then dies opening the file.
-                raise ConfigError(
-                    f"FileNotFoundError: [Errno 2] No such file or directory: {arg!r}", _CONF_OPEN
-                )
-            echo.append(f"Overriding config with {arg}:")
-            echo.extend(text.split("\n"))  # print(f.read()): the text and one more newline
-            _exec_config(arg, text, values, sources)
-            continue
-        if not arg.startswith("--"):
-            raise ConfigError("AssertionError", _CONF_FLAG)
-        parts = arg.split("=")
-        if len(parts) != 2:
-            raise ConfigError("ValueError: too many values to unpack (expected 2)", _CONF_SPLIT)
-        key, val = parts[0][2:], parts[1]
-        if key not in values and key not in _MODULE_GLOBALS:
-            raise ConfigError(f"ValueError: Unknown config key: {key}", _CONF_UNKNOWN)
-        try:
-            attempt: object = ast.literal_eval(val)
-        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-            attempt = val
-        if key not in values or type(attempt) is not type(values[key]):
-            raise ConfigError("AssertionError", _CONF_TYPE)
-        echo.append(f"Overriding: {key} = {attempt}")
-        values[key] = attempt
-        sources[key] = arg
+    try:
+        for arg in args:
+            _configure_one(arg, read, values, sources, echo)
+    except ConfigError as exc:
+        exc.echo = tuple(echo)
+        raise
     return Configured(values=values, sources=sources, echo=tuple(echo))
+
+
+def _configure_one(
+    arg: str,
+    read: Callable[[str], str | None],
+    values: dict[str, object],
+    sources: dict[str, str],
+    echo: list[str],
+) -> None:
+    """configurator.py's loop body for one argument: a config file, or a `--key=value` override."""
+    if "=" not in arg:
+        if arg.startswith("--"):
+            raise ConfigError("AssertionError", _CONF_NOT_FLAG)
+        echo.append(f"Overriding config with {arg}:")
+        text = read(arg)
+        if text is None:
+            # It printed the header above (on stdout), then dies opening the file.
+            raise ConfigError(f"FileNotFoundError: [Errno 2] No such file or directory: {arg!r}", _CONF_OPEN)
+        echo.extend(text.split("\n"))  # print(f.read()): the text and one more newline
+        _exec_config(arg, text, values, sources)
+        return
+    if not arg.startswith("--"):
+        raise ConfigError("AssertionError", _CONF_FLAG)
+    parts = arg.split("=")
+    if len(parts) != 2:
+        raise ConfigError("ValueError: too many values to unpack (expected 2)", _CONF_SPLIT)
+    key, val = parts[0][2:], parts[1]
+    if key not in values and key not in _MODULE_GLOBALS:
+        raise ConfigError(f"ValueError: Unknown config key: {key}", _CONF_UNKNOWN)
+    try:
+        attempt: object = ast.literal_eval(val)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        attempt = val
+    if key not in values or type(attempt) is not type(values[key]):
+        raise ConfigError("AssertionError", _CONF_TYPE)
+    echo.append(f"Overriding: {key} = {attempt}")
+    values[key] = attempt
+    sources[key] = arg
 
 
 # torch.save's zip archive (PyTorch's default since 1.6): per stored tensor a 64-byte-aligned record with its
@@ -264,6 +284,11 @@ def tokens_line(tokens_per_iter: int) -> str:
     return f"tokens per iteration will be: {tokens_per_iter:,}"
 
 
+def meta_line(vocab: str, dataset: str) -> str:
+    """train.py, every rank: the vocabulary of the dataset's meta.pkl."""
+    return f"found vocab_size = {vocab} (inside data/{dataset}/meta.pkl)"
+
+
 def model_lines(
     built: ModelBuilt, *, resume: bool, settings: Mapping[str, str], out_dir: str = OUT_DIR
 ) -> list[str]:
@@ -273,9 +298,7 @@ def model_lines(
     meta = settings.get("meta_vocab")
     out: list[str] = []
     if meta is not None:
-        out.append(
-            f"found vocab_size = {meta} (inside data/{settings.get('dataset', 'openwebtext')}/meta.pkl)"
-        )
+        out.append(meta_line(meta, settings.get("dataset", "openwebtext")))
     if resume:
         out.append(f"Resuming training from {out_dir}")
     elif init.startswith("gpt2"):
@@ -318,7 +341,8 @@ class NanoGptDialect:
 
     @staticmethod
     def artifacts(request: SaveRequest) -> Sequence[Artifact]:
-        """train.py's torch.save of {out_dir}/ckpt.pt: rank 0, after an evaluation at iter_num > 0."""
+        """train.py's torch.save of {out_dir}/ckpt.pt: rank 0, after an evaluation at iter_num > 0 (one that
+        beats the best so far, without always_save_checkpoint: the run's plan holds only those saves)."""
         run = request.run
         if (
             request.rank != 0
@@ -326,8 +350,21 @@ class NanoGptDialect:
             or not (run.eval_interval > 0 and request.step > 0 and request.step % run.eval_interval == 0)
         ):
             return ()
-        out_dir = request.settings.get("out_dir", OUT_DIR)
-        return (Artifact(f"{out_dir}/ckpt.pt", ckpt_bytes(run.job.model, padded=pads_vocab(run.job))),)
+        job, settings = run.job, request.settings
+        model = job.model
+        model_args = {
+            "n_layer": model.layers,
+            "n_head": model.heads,
+            "n_embd": model.hidden,
+            "block_size": job.seq_len,
+            "bias": int(model.bias != "none"),
+            "vocab_size": model.vocab,
+        }
+        config = json.loads(settings["config"]) if "config" in settings else {}
+        # best_val_loss is this evaluation's loss: the save follows it because it is the best (or always).
+        head = nanogpt_ckpt.head(request.step, loss.eval_loss(job, request.step), model_args, config)
+        path = nanogpt_ckpt.ckpt_path(settings.get("out_dir", OUT_DIR))
+        return (Artifact(path, max(ckpt_bytes(model, padded=pads_vocab(job)), len(head)), head),)
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

@@ -55,30 +55,68 @@ class Args:
     write_tensors: int = 1
 
 
-class ScriptExit(Exception):
-    """train_gpt2.py dies: what it writes on stderr and its exit code."""
+# main()'s help= texts, as -h prints them (typos included).
+HELP = {
+    "input_bin": "input .bin to train on",
+    "input_val_bin": "input .bin to eval validation loss on",
+    "output_dir": "output directory to which to write logs and checkpoints",
+    "model": "gpt2|gpt2-medium|gpt2-large|gpt2-xl|d12|d24|d36|d48",
+    "batch_size": "batch size, in units of #batch dimensions",
+    "sequence_length": "sequence length",
+    "total_batch_size": "total desired batch size, in units of #tokens",
+    "num_iterations": "number of iterations to run",
+    "inference_only": "only run inference",
+    "learning_rate": "learning rate warmup iterations",
+    "warmup_iters": "learning rate warmup iterations",
+    "learning_rate_decay_frac": "learning rate warmup iterations",
+    "weight_decay": "weight decay",
+    "grad_clip": "maximum gradient magnitude",
+    "val_loss_every": "every how mant steps to evaluate val loss?",
+    "val_max_steps": "how many batches of val to average?",
+    "sample_every": "how often to sample from the model?",
+    "overfit_single_batch": "overfit just one batch of data",
+    "tensorcores": "use tensorcores",
+    "device": "by default we autodetect, or set it here",
+    "compile": "torch.compile the model",
+    "flash": "use flash attention",
+    "dtype": "float32|float16|bfloat16",
+    "zero_stage": "zero redundancy optimizer stage (0/1/2/3)",
+    "write_tensors": "write tensors to disk",
+}
 
-    def __init__(self, text: str, code: int) -> None:
+
+class ScriptExit(Exception):
+    """train_gpt2.py ends before its loop: what it writes on stderr, its exit code, and what it printed on
+    stdout before (argparse's -h help)."""
+
+    def __init__(self, text: str, code: int, stdout: str = "") -> None:
         super().__init__(text)
         self.text = text
         self.code = code
+        self.stdout = stdout
 
 
 class _Parser(argparse.ArgumentParser):
-    """The script's parser: its errors as ScriptExit (argparse's usage and message, exit 2), not an exit."""
+    """The script's parser: its errors as ScriptExit (argparse's usage and message, exit 2), its help (-h)
+    as ScriptExit's stdout with exit 0, not printed nor exited here."""
+
+    printed = ""
+
+    def _print_message(self, message: str, file: object = None) -> None:
+        self.printed += message  # print_help()'s text, for stdout
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        raise ScriptExit(message or "", status)
+        raise ScriptExit(message or "", status, self.printed)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ScriptExit(f"{self.format_usage()}{self.prog}: error: {message}\n", 2)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    """main()'s add_argument calls (types and defaults; help text does not reach the log)."""
+    """main()'s add_argument calls: types, defaults and help texts."""
     p = _Parser(prog=prog, add_help=True)
     for name, value in Args().__dict__.items():
-        p.add_argument(f"--{name}", type=type(value), default=value)
+        p.add_argument(f"--{name}", type=type(value), default=value, help=HELP[name])
     return p
 
 

@@ -1,4 +1,4 @@
-"""An uncaught Python exception as CPython 3.11 prints it: frames with their source line and carets."""
+"""An uncaught Python exception as CPython 3.11 prints it, and what a script prints before it dies."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from dataclasses import dataclass
 # Stands for the rank in a text every rank prints (hints.Hints.script_exit): torch's excepthook, installed by
 # init_process_group, prefixes each line with `[rankN]: `; the worker puts its own rank in.
 RANK_SLOT = "\x00"
+# In a Hints.script_stdout text: LOCAL_RANK_SLOT stands for the rank's LOCAL_RANK, TORCH_SLOT for the job's
+# torch.__version__, and a line that starts with MASTER_LINE is printed by rank 0 only (a script's print0).
+LOCAL_RANK_SLOT = "\x01"
+TORCH_SLOT = "\x02"
+MASTER_LINE = "\x03"
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,11 @@ def traceback_text(frames: Sequence[Frame], exception: str, *, after_init: bool 
 def with_rank(text: str, rank: int) -> str:
     """A script_exit text as rank `rank` prints it."""
     return text.replace(RANK_SLOT, str(rank))
+
+
+def stdout_for(text: str, rank: int, local_rank: int, torch: str) -> str:
+    """A script_stdout text as rank `rank` (local rank `local_rank`, on torch `torch`) prints it."""
+    lines = text.splitlines(keepends=True)
+    kept = [line.removeprefix(MASTER_LINE) for line in lines if rank == 0 or not line.startswith(MASTER_LINE)]
+    shown = "".join(kept).replace(LOCAL_RANK_SLOT, str(local_rank)).replace(TORCH_SLOT, torch)
+    return with_rank(shown, rank)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from fakerun.dsconfig import DsConfig
 from fakerun.presets import ModelSpec
-from fakerun.sim import checkpoint, compute, rand
+from fakerun.sim import checkpoint, compute, loss, rand
 from fakerun.sim.failures import WATCHDOG_TIMEOUT_MS, Failure
 from fakerun.sim.job import JobSpec
 
@@ -117,6 +117,9 @@ class RunPlan:
     # Megatron-core's rerun state machine checks every loss and local grad norm (v0.15's defaults: rerun mode
     # validate_results, the NaN check on unless dynamic fp16 loss scaling turns it off): a NaN ends the run.
     rerun_nan: bool = False
+    # The saves of a script that saves only on a better validation loss (nanoGPT without
+    # always_save_checkpoint); None: every step the save interval divides.
+    best_saves: BestSaves | None = dataclasses.field(default=None, compare=False)
 
     def nan_rerun(self, step: int) -> str | None:
         """How Megatron-core's rerun state machine meets a NaN at `step`: "initial" (found, rerun in place,
@@ -190,7 +193,9 @@ class RunPlan:
         return step % self.eval_interval == 0 or (self.ending == ENDING_TITAN and step == 1)
 
     def periodic_save(self, step: int) -> bool:
-        """Whether `step` is one the save interval divides, in a run that saves."""
+        """Whether `step` is one the save interval divides (or best_saves holds), in a run that saves."""
+        if self.best_saves is not None:
+            return self.saves and self.best_saves.saves_after(step)
         return self.saves and self.save_interval > 0 and step % self.save_interval == 0
 
     def exits_at(self, step: int) -> bool:
@@ -290,15 +295,17 @@ def make_run(
     ending: str = ENDING_FAKERUN,
     test: bool = False,
     rerun_nan: bool = False,
+    save_best: float | None = None,
 ) -> RunPlan:
-    """The run of `job` from its start step: cadences default to round numbers fitted to the step time."""
+    """The run of `job` from its start step: cadences default to round numbers fitted to the step time;
+    `save_best`: the script saves only on a validation loss below the best so far, this one before the run."""
     step_s = compute.expected_step_time(job)
     first = job.start_step + 1
     last = _last_step(job, max_steps, exit_interval)
     iters = EVAL_ITERS if eval_iters is None else eval_iters
     if last < first:
         raise ValueError(f"nothing to run: start step {job.start_step} is the last of {job.total_steps}")
-    return RunPlan(
+    plan = RunPlan(
         job=job,
         first_step=first,
         last_step=last,
@@ -331,6 +338,36 @@ def make_run(
         test=test,
         rerun_nan=rerun_nan,
     )
+    if save_best is None:
+        return plan
+    return dataclasses.replace(plan, best_saves=BestSaves(job, plan.eval_interval, save_best))
+
+
+class BestSaves:
+    """Which evaluations a script follows with a save because the validation loss beats the best so far
+    (nanoGPT: `losses['val'] < best_val_loss`): a pure function of the job, worked out as far as asked."""
+
+    def __init__(self, job: JobSpec, eval_interval: int, best: float) -> None:
+        self.job = job
+        self.interval = eval_interval
+        # The run's start is evaluated and counts toward the best (no save follows it): the first multiple of
+        # the interval at or after it is the next evaluation to look at.
+        self._next = -(-job.start_step // eval_interval) * eval_interval if eval_interval > 0 else 0
+        self._best = best
+        self._saves: set[int] = set()
+
+    def saves_after(self, step: int) -> bool:
+        """Whether the evaluation after `step` improves on every one before it (and the initial best)."""
+        if self.interval <= 0 or step % self.interval:
+            return False
+        while self._next <= step:
+            value = loss.eval_loss(self.job, self._next)
+            if value < self._best:
+                self._best = value
+                if self._next > self.job.start_step:
+                    self._saves.add(self._next)
+            self._next += self.interval
+        return step in self._saves
 
 
 def _last_step(job: JobSpec, max_steps: int | None, exit_interval: int) -> int:

@@ -15,6 +15,7 @@ import setproctitle
 from fakerun.frameworks import pytrace
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
+from fakerun.sim.stack import stack_for
 from fakerun.worker.channel import CoordinatorGone, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
 from fakerun.worker.trainer import (
@@ -59,12 +60,19 @@ def die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def die_at_start(text: str, code: int, rank: int = 0) -> int:
-    """A program that refuses its arguments (llm.c's error_usage()): its text on stderr (with this rank's
-    number where torch's excepthook puts it), then its exit code, or the signal it dies of (SIGABRT)."""
+def die_at_start(text: str, code: int, rank: int = 0, stdout: str = "") -> int:
+    """A program that refuses its arguments (llm.c's error_usage()): what it printed on stdout first, its text
+    on stderr (with this rank's number where torch's excepthook puts it), then its exit code, or the signal it
+    dies of (SIGABRT)."""
     with contextlib.suppress(OSError):
-        sys.stderr.write(pytrace.with_rank(text, rank))
-        sys.stderr.flush()
+        # torchrun starts Python workers with -u: stdout is unbuffered, so it reaches the terminal (or its
+        # --redirects file) before the traceback is written, in the order the program printed them.
+        if stdout:
+            sys.stdout.write(stdout)
+            sys.stdout.flush()
+        if text:
+            sys.stderr.write(pytrace.with_rank(text, rank))
+            sys.stderr.flush()
     if code < 0:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left in the working directory
         signal.signal(-code, signal.SIG_DFL)
@@ -84,7 +92,10 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if ctx.script_exit is not None:
-        return die_at_start(*ctx.script_exit, rank=int(env.get("RANK", "0")))
+        rank, local_rank = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+        torch = stack_for(ctx.run.job.cluster).torch
+        stdout = pytrace.stdout_for(ctx.script_stdout, rank, local_rank, torch)
+        return die_at_start(*ctx.script_exit, rank=rank, stdout=stdout)
     try:
         return run_rank(ctx, env, CONTROL_FD)
     except BrokenPipeError as exc:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from fakerun.dialects import make
-from fakerun.dialects.base import BarClose, BarDraw, Line, Output, Renderer, Seat
+from fakerun.dialects.base import BarClose, BarDraw, Line, LogWrite, Output, Renderer, Seat
 from fakerun.dialects.common import GridLines, TorchLines
 from fakerun.dialects.events import Event
 
@@ -21,8 +23,10 @@ class Printer:
         clock: Callable[[], float],
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
+        files: bool = True,
     ) -> None:
         self.layers = tuple(layers)
+        self.files = files  # the script's own log files are written (not with --fake-no-files)
         self.clock = clock
         # Looked up when writing unless given, so that a test's redirection of sys.stdout is honoured.
         self._stdout = stdout
@@ -31,9 +35,9 @@ class Printer:
         self._nested: dict[int, int] = {}  # position -> columns of the nested bar last drawn there
 
     @classmethod
-    def for_rank(cls, dialect: str, seat: Seat, clock: Callable[[], float]) -> Printer:
+    def for_rank(cls, dialect: str, seat: Seat, clock: Callable[[], float], *, files: bool = True) -> Printer:
         """torch's own lines, then the dialect's, then the grid."""
-        return cls((TorchLines(seat), make(dialect, seat), GridLines(seat)), clock)
+        return cls((TorchLines(seat), make(dialect, seat), GridLines(seat)), clock, files=files)
 
     def wants(self, kind: type[Event]) -> bool:
         """Whether anything is printed on this rank for events of `kind`."""
@@ -52,6 +56,9 @@ class Printer:
         """Writes outputs in order, stdout lines of a run in one write, each stream flushed."""
         pending: list[str] = []
         for item in outputs:
+            if isinstance(item, LogWrite):
+                self._log(item)
+                continue
             if isinstance(item, Line) and item.stream == "stdout":
                 pending.append(item.text + "\n")
                 continue
@@ -80,6 +87,18 @@ class Printer:
                 self.bar_open = False
             out.flush()
         self._flush_stdout(pending)
+
+    def _log(self, item: LogWrite) -> None:
+        """Writes into the script's log file (opened and closed for each write, as llm.c's script does); a
+        file that cannot be written is left alone: the log is a courtesy to what reads it, like saves."""
+        if not self.files:
+            return
+        with contextlib.suppress(OSError):
+            parent = os.path.dirname(item.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            with open(item.path, "w" if item.fresh else "a", encoding="utf-8") as f:
+                f.write(item.text)
 
     def _flush_stdout(self, pending: list[str]) -> None:
         if pending:

@@ -165,6 +165,8 @@ class SimContext:
     # A program that dies at its start on its arguments (hints.Hints.script_exit): its stderr text and exit
     # code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # What each rank prints on stdout before that death (hints.Hints.script_stdout, pytrace's slots in it).
+    script_stdout: str = ""
     # Create the checkpoint and export files the job reports writing (dialects/files.py); --fake-no-files.
     files: bool = True
 
@@ -232,7 +234,8 @@ class RankTrainer:
             nccl_collnet_enable=env.get("NCCL_COLLNET_ENABLE"),
             cwd=os.getcwd(),
         )
-        self.out = Printer.for_rank(ctx.trainer, seat, self._job_time if ctx.clock is not None else time.time)
+        clock = self._job_time if ctx.clock is not None else time.time
+        self.out = Printer.for_rank(ctx.trainer, seat, clock, files=ctx.files)
 
     def _job_time(self) -> float:
         """The job's time for a line printed now: the simulated moment reached plus real time since then."""

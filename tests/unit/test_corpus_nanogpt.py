@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 import pickle
 import shlex
 import shutil
+import struct
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.dialects import events as ev
+from fakerun.dialects.base import Seat
 from fakerun.dialects.files import SaveRequest
 from fakerun.dialects.llmc_py import LlmcPyDialect
 from fakerun.dialects.nanogpt import NanoGptDialect, pads_vocab
+from fakerun.frameworks import pytrace
 from fakerun.hints import parse_hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import estimates
+from fakerun.sim import estimates, loss
 from fakerun.sim.run import RunPlan
+from fakerun.sim.step import step_numbers
+from fakerun.worker import artifacts
+from fakerun.worker.main import die_at_start
+from fakerun.worker.printer import Printer
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
@@ -249,4 +261,202 @@ class TestLlmcPyCorpus:
                 SaveRequest(run=run, settings=off, step=10, rank=0, world_size=2, kind="export")
             )
             == ()
+        )
+
+
+def started(run: RunPlan, val_loss: float) -> ev.TrainingStarted:
+    """The loop's start, with the validation loss an evaluation before it measures."""
+    job = run.job
+    return ev.TrainingStarted(
+        first_step=run.first_step,
+        last_step=run.last_step,
+        total_steps=job.total_steps,
+        warmup_steps=job.warmup_steps,
+        lr=job.lr,
+        schedule=job.lr_schedule,
+        val_loss=val_loss,
+    )
+
+
+def step_done(run: RunPlan, step: int, value: float) -> ev.StepDone:
+    """Step `step` (1-based) with training loss `value`."""
+    n = dataclasses.replace(step_numbers(run.job, 0, step), loss=value)
+    return ev.StepDone(
+        run=run,
+        numbers=n,
+        elapsed_s=float(step),
+        recent_s=(),
+        interval_s=1.0,
+        epoch=0.0,
+        rank_tflops=0.0,
+        rank_mfu=0.0,
+        logged=True,
+    )
+
+
+def eval_done(step: int, value: float) -> ev.EvalDone:
+    """A validation after `step` steps measuring `value`."""
+    return ev.EvalDone(step=step, loss=value, ppl=math.exp(value), seconds=1.0, samples=1, iters=1, epoch=0.0)
+
+
+class TestBeforeTheyDie:
+    """What each rank prints on stdout before the script's death (Hints.script_stdout)."""
+
+    def test_stdout_for_ranks(self) -> None:
+        text = f"{pytrace.MASTER_LINE}Running pytorch {pytrace.TORCH_SLOT}\n"
+        text += f"using device: cuda:{pytrace.LOCAL_RANK_SLOT}\n"
+        assert pytrace.stdout_for(text, 0, 0, "2.9.0") == "Running pytorch 2.9.0\nusing device: cuda:0\n"
+        assert pytrace.stdout_for(text, 5, 1, "2.9.0") == "using device: cuda:1\n"
+
+    def test_stdout_comes_before_the_traceback(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """torchrun's workers run `python -u`: what was printed is out before the traceback is written."""
+        both = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", both)
+        monkeypatch.setattr(sys, "stderr", both)
+        code = die_at_start(f"[rank{pytrace.RANK_SLOT}]: AssertionError\n", 1, rank=3, stdout="printed\n")
+        assert code == 1 and both.getvalue() == "printed\n[rank3]: AssertionError\n"
+
+    def test_configurator_prints_up_to_its_death(self, corpus_cwd: Path) -> None:
+        h = parse_hints("train.py", ["--compile=False", "config/train_gpt2.py"])
+        assert h.script_exit is not None
+        # print(f"Overriding: ...") for the override, then the file's header before open() fails.
+        assert (
+            h.script_stdout == "Overriding: compile = False\nOverriding config with config/train_gpt2.py:\n"
+        )
+        text = (corpus_cwd / "tests/corpus/nanogpt/small_char.py").read_text()
+        h = parse_hints("train.py", ["tests/corpus/nanogpt/small_char.py", "--bogus=1"])
+        # print(f.read()) adds a newline to the file's text.
+        assert h.script_stdout == f"Overriding config with tests/corpus/nanogpt/small_char.py:\n{text}\n"
+
+    def test_world_size_death_keeps_the_config_echo(self, corpus_cwd: Path) -> None:
+        argv = ["train.py", "tests/corpus/nanogpt/small_char.py", "--compile=True"]
+        cmd = parse_command_line(["--nproc-per-node", "3", *argv], {})
+        _, hints = build_run(cmd, presets.resolve("llama3-8b"), nnodes=1, nproc_per_node=3, model_given=False)
+        assert hints.script_exit is not None and "assert gradient_accumulation_steps" in hints.script_exit[0]
+        assert hints.script_stdout.endswith("\nOverriding: compile = True\n")
+        assert hints.script_stdout.startswith("Overriding config with tests/corpus/nanogpt/small_char.py:\n")
+
+    def test_llmc_help_and_version(self, corpus_cwd: Path) -> None:
+        h = parse_hints("train_gpt2.py", ["-h"])
+        assert h.script_exit == ("", 0)
+        rank0 = pytrace.stdout_for(h.script_stdout, 0, 0, "2.9.0")
+        rank1 = pytrace.stdout_for(h.script_stdout, 1, 1, "2.9.0")
+        assert rank0 == "Running pytorch 2.9.0\n" + rank1  # print0, then argparse's help on every rank
+        assert rank1.startswith("usage: train_gpt2.py [-h] [--input_bin INPUT_BIN]")
+        for help_text in ("input .bin to train on", "every how mant steps to evaluate val loss?"):
+            assert help_text in " ".join(rank1.split())
+        # A world size the batch does not divide: the version (rank 0) and each rank's device came first.
+        d = parse_hints("train_gpt2.py", [])
+        assert pytrace.stdout_for(d.script_stdout, 1, 1, "2.9.0") == "using device: cuda:1\n"
+
+
+class TestSavesAndResume:
+    def test_saves_only_on_a_better_val_loss(self, corpus_cwd: Path) -> None:
+        """always_save_checkpoint = False (small_char.py): a save after an evaluation only when its loss is
+        below every one before it, iteration 0's included."""
+        run = build(4, ["train.py", "tests/corpus/nanogpt/small_char.py", "--eval_interval=5"])
+        evals = range(0, run.last_step + 1, 5)
+        values = {s: loss.eval_loss(run.job, s) for s in evals}
+        expected = [s for s in evals if s > 0 and values[s] < min(values[t] for t in evals if t < s)]
+        saved = [s for s in evals if run.periodic_save(s)]
+        assert saved == expected
+        always = build(4, ["train.py", "tests/corpus/nanogpt/small_char.py", "--always_save_checkpoint=True"])
+        assert always.best_saves is None and always.periodic_save(250)
+
+    def test_missing_checkpoint_is_torch_loads_death(self, corpus_cwd: Path) -> None:
+        train = str(corpus_cwd / "train.py")
+        h = parse_hints("train.py", ["tests/corpus/nanogpt/small_char.py", "--init_from=resume"])
+        assert h.script_exit is not None and h.script_exit[1] == 1
+        text = h.script_exit[0].replace(pytrace.RANK_SLOT, "0")
+        assert text.startswith(
+            f'[rank0]: Traceback (most recent call last):\n[rank0]:   File "{train}", line 162, in <module>\n'
+            "[rank0]:     checkpoint = torch.load(ckpt_path, map_location=device)\n"
+        )
+        assert text.endswith(
+            "[rank0]: FileNotFoundError: [Errno 2] No such file or directory: 'out-small-char/ckpt.pt'\n"
+        )
+        # Printed first: the config, tokens per iteration (4 x 32 x 128), meta.pkl's vocabulary, the resume.
+        assert h.script_stdout.endswith(
+            "\nOverriding: init_from = resume\ntokens per iteration will be: 16,384\n"
+            "found vocab_size = 65 (inside data/shakespeare_char/meta.pkl)\n"
+            "Resuming training from out-small-char\n"
+        )
+
+    def test_resume_from_the_checkpoint_a_run_wrote(self, corpus_cwd: Path) -> None:
+        argv = ["train.py", "tests/corpus/nanogpt/small_char.py", "--n_layer=2", "--eval_interval=20"]
+        run = build(2, argv)
+        settings = dict(parse_hints(argv[0], argv[1:]).settings)
+        req = SaveRequest(run=run, settings=settings, step=40, rank=0, world_size=2, kind="checkpoint")
+        assert artifacts.write(NanoGptDialect.artifacts(req)) is None
+        # A zip's first local record, as torch.save writes it: ckpt/data.pkl, stored, its pickle after it.
+        data = (corpus_cwd / "out-small-char/ckpt.pt").read_bytes()[:65536]
+        fields = struct.unpack(zipfile.structFileHeader, data[: zipfile.sizeFileHeader])
+        name_len, extra_len, size = (
+            fields[zipfile._FH_FILENAME_LENGTH],
+            fields[zipfile._FH_EXTRA_FIELD_LENGTH],
+            fields[zipfile._FH_COMPRESSED_SIZE],
+        )
+        assert (
+            fields[zipfile._FH_SIGNATURE] == zipfile.stringFileHeader
+            and fields[zipfile._FH_COMPRESSION_METHOD] == 0
+        )
+        start = zipfile.sizeFileHeader + name_len
+        assert data[zipfile.sizeFileHeader : start] == b"ckpt/data.pkl"
+        saved = pickle.loads(data[start + extra_len : start + extra_len + size])
+        assert saved["iter_num"] == 40 and saved["config"]["n_layer"] == 2
+        assert saved["model_args"] == {
+            "n_layer": 2,
+            "n_head": 4,
+            "n_embd": 256,
+            "block_size": 128,
+            "bias": 0,
+            "vocab_size": 65,
+        }
+        resumed = build(2, ["train.py", "tests/corpus/nanogpt/small_char.py", "--init_from=resume"])
+        job = resumed.job
+        # The checkpoint's iteration and model (2 layers), whatever the config file says now (4).
+        assert job.start_step == 40 and resumed.first_step == 41 and job.model.layers == 2
+        assert (job.model.hidden, job.model.heads, job.model.vocab) == (256, 4, 65)
+        # best_val_loss from the file: a save needs a loss below iteration 40's.
+        best = loss.eval_loss(run.job, 40)
+        for s in range(250, resumed.last_step + 1, 250):
+            better = loss.eval_loss(job, s) < min(
+                [best, *(loss.eval_loss(job, t) for t in range(250, s, 250))]
+            )
+            assert resumed.periodic_save(s) == better
+
+    def test_a_checkpoint_fakerun_did_not_write(self, corpus_cwd: Path) -> None:
+        (corpus_cwd / "out-small-char").mkdir()
+        (corpus_cwd / "out-small-char/ckpt.pt").write_bytes(b"PK\x03\x04" + bytes(100))
+        h = parse_hints("train.py", ["tests/corpus/nanogpt/small_char.py", "--init_from=resume"])
+        assert h.script_exit is None and "start_step" not in h.job
+        assert any("out-small-char/ckpt.pt" in n for n in h.notices)
+
+
+class TestLlmcMainLog:
+    def test_main_log_lines(self, corpus_cwd: Path) -> None:
+        """--output_dir: main.log wiped before the loop, then "s:%d trl:%f" per step and "s:%d tel:%f" per
+        validation, the loop's 0-based step, from rank 0 only."""
+        argv = ["train_gpt2.py", "--output_dir=logs", "--total_batch_size=512"]
+        argv += ["--input_val_bin=v.bin", "--val_loss_every=2", "--num_iterations=3"]
+        run = build(2, argv)
+        settings = tuple(parse_hints(argv[0], argv[1:]).settings.items())
+        (corpus_cwd / "logs").mkdir()
+        (corpus_cwd / "logs/main.log").write_text("an older run\n")
+        for rank in (1, 0):
+            seat = Seat(rank=rank, local_rank=rank, world_size=2, nproc_per_node=2, hosts=("h",))
+            printer = Printer.for_rank(LlmcPyDialect.name, seat, lambda: 0.0)
+            printer = Printer(printer.layers, lambda: 0.0, stdout=io.StringIO())
+            printer.emit(ev.JobStarted(run=run, first=True, resume=False, settings=settings))
+            printer.emit(started(run, val_loss=2.5))
+            for step, value in ((1, 2.25), (2, 2.125)):
+                printer.emit(step_done(run, step, value))
+            printer.emit(eval_done(step=2, value=2.0))
+            printer.emit(step_done(run, 3, 1.875))
+            printer.emit(eval_done(step=3, value=1.75))
+            if rank == 1:
+                assert (corpus_cwd / "logs/main.log").read_text() == "an older run\n"
+        assert (corpus_cwd / "logs/main.log").read_text() == (
+            "s:0 tel:2.500000\ns:0 trl:2.250000\ns:1 trl:2.125000\ns:2 tel:2.000000\ns:2 trl:1.875000\n"
+            "s:3 tel:1.750000\n"
         )
