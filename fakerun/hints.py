@@ -346,8 +346,8 @@ _MEGATRON_SCHEDULES = {
     "cosine": "cosine",
     "linear": "linear",
     "constant": "constant",
-    "inverse-square-root": "linear",
-    "wsd": "constant",
+    "inverse-square-root": "inverse-square-root",
+    "wsd": "wsd",
 }
 _TITAN_SCHEDULES = {"linear": "linear", "cosine": "cosine", "sqrt": "linear"}
 _TITAN_PRECISIONS = {"bfloat16": "bf16", "float32": "fp32"}
@@ -1557,11 +1557,11 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
 
 
 def _megatron_world(script: str, hints: Hints) -> Callable[[int], tuple[str, int] | None]:
-    """Hints.world_exit of a Megatron core job: validate_args' and the batch calculator's refusals of the
-    layout on a world size, which every rank dies of (exit 1)."""
+    """Hints.world_exit of a Megatron core job: validate_args', the batch calculator's and the model
+    config's refusals of the layout on a world size, which every rank dies of (exit 1)."""
 
     def refused(world: int) -> tuple[str, int] | None:
-        death = megatron_args.world_exit(script, hints.job, hints.settings, world)
+        death = megatron_args.world_exit(script, hints.job, world, hints.model)
         return None if death is None else (death, 1)
 
     return refused

@@ -176,6 +176,10 @@ def timers_block(rows: Sequence[tuple[str, float, float]], *, legacy: bool = Fal
     return out
 
 
+# The simulation's schedule names as Megatron's --lr-decay-style spells them.
+_DECAY_STYLES = {"wsd": "WSD"}
+
+
 def argument_rows(
     run: RunPlan, seed: int, save: str | None = SAVE_DIR, *, recompute_given: bool = True
 ) -> list[tuple[str, object]]:
@@ -192,7 +196,7 @@ def argument_rows(
         ("bf16", not fp16),
         ("ckpt_format", "torch_dist"),
         ("clip_grad", job.grad_clip),
-        ("context_parallel_size", 1),
+        ("context_parallel_size", job.cp),
         ("data_parallel_size", job.dp),
         ("distributed_backend", "nccl"),
         ("eval_interval", run.eval_interval),
@@ -212,7 +216,7 @@ def argument_rows(
         ("loss_scale", job.static_loss_scale),
         ("loss_scale_window", job.loss_scale_window),
         ("lr", job.lr),
-        ("lr_decay_style", job.lr_schedule),
+        ("lr_decay_style", _DECAY_STYLES.get(job.lr_schedule, job.lr_schedule)),
         ("lr_warmup_iters", job.warmup_steps),
         ("make_vocab_size_divisible_by", 128),
         ("max_position_embeddings", m.max_position),
@@ -242,13 +246,30 @@ def argument_rows(
     return rows
 
 
+def core_rows(settings: Mapping[str, str]) -> list[tuple[str, object]]:
+    """Arguments of Megatron-core's parser the older code lacks: FP8 (--fp8-format's dest is `fp8`), the
+    decay's end and WSD's annealing, as the script gave them."""
+    return [
+        ("fp8", settings.get("megatron.fp8")),
+        ("fp8_recipe", settings.get("megatron.fp8_recipe", "delayed")),
+        ("lr_decay_iters", settings.get("megatron.lr_decay_iters")),
+        ("lr_wsd_decay_iters", settings.get("megatron.lr_wsd_decay_iters")),
+        ("lr_wsd_decay_style", settings.get("megatron.lr_wsd_decay_style", "exponential")),
+    ]
+
+
 def arguments_block(
-    run: RunPlan, seed: int, save: str | None = SAVE_DIR, *, recompute_given: bool = True
+    run: RunPlan,
+    seed: int,
+    save: str | None = SAVE_DIR,
+    *,
+    recompute_given: bool = True,
+    extra: Sequence[tuple[str, object]] = (),
 ) -> list[str]:
     """_print_args: `  name ..... value` rows (dots to column 48) sorted case-insensitively, between rules."""
     rows = [
         f"  {name} {'.' * (48 - len(name))} {value}"
-        for name, value in argument_rows(run, seed, save, recompute_given=recompute_given)
+        for name, value in [*argument_rows(run, seed, save, recompute_given=recompute_given), *extra]
     ]
     return [
         "------------------------ arguments ------------------------",
@@ -296,7 +317,7 @@ def _torch_legacy(directory: str, request: SaveRequest) -> list[Artifact]:
     mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt (the optimizer apart, in distrib_optim.pt, when distributed)."""
     job = request.run.job
     c = job.coords(request.rank)
-    if c.dp_rank != 0:
+    if c.dp_rank != 0 or c.cp_rank != 0:
         return []
     name = f"mp_rank_{c.tp_rank:02d}" + (f"_{c.pp_rank:03d}" if job.pp > 1 else "")
     name += f"_{c.ep_rank:03d}" if job.ep > 1 else ""
@@ -643,11 +664,18 @@ class MegatronDialect:
                 f"setting number of micro-batches to constant {job.grad_accum}",
             ]
         return [
-            f"using world size: {job.world_size}, data-parallel size: {job.dp}, context-parallel size: 1, "
-            f"hierarchical context-parallel sizes: None, tensor-model-parallel size: {job.tp}, "
+            f"using world size: {job.world_size}, data-parallel size: {job.dp}, "
+            f"context-parallel size: {job.cp}, hierarchical context-parallel sizes: None, "
+            f"tensor-model-parallel size: {job.tp}, "
             f"pipeline-model-parallel size: {job.pp}",
             f"using {dtype} for parameters ...",
-            *arguments_block(run, _SEED, self.save_dir, recompute_given=self.recompute_given),
+            *arguments_block(
+                run,
+                _SEED,
+                self.save_dir,
+                recompute_given=self.recompute_given,
+                extra=core_rows(self.settings),
+            ),
             "INFO:megatron.core.num_microbatches_calculator:setting number of microbatches to constant "
             f"{job.grad_accum}",
         ]

@@ -80,7 +80,7 @@ def test_llama3_8b_is_the_published_model_with_its_samples_schedule() -> None:
     assert h.job["total_steps"] == 10 and h.job["warmup_steps"] == 1
     assert h.job["tp"] == 2 and h.job["zero_stage"] == 1
     assert h.settings["megatron.fp8"] == "hybrid" and h.settings["megatron.fp8_recipe"] == "tensorwise"
-    assert h.settings["megatron.cp"] == "2" and h.settings["megatron.sequence_parallel"] == "1"
+    assert h.job["cp"] == 2 and h.settings["megatron.sequence_parallel"] == "1"
     assert h.cadence["save_interval"] == 0  # no --save: nothing saved
 
 

@@ -74,7 +74,7 @@ SIMPLE = [
     ("--lr-warmup-iters", "2000", "job", "warmup_steps", 2000),
     ("--lr-warmup-fraction", "0.01", "top", "warmup_ratio", 0.01),
     ("--lr-decay-style", "linear", "job", "lr_schedule", "linear"),
-    ("--lr-decay-style", "WSD", "job", "lr_schedule", "constant"),
+    ("--lr-decay-style", "WSD", "job", "lr_schedule", "wsd"),
     ("--train-iters", "5000", "job", "total_steps", 5000),
     ("--tensor-model-parallel-size", "4", "job", "tp", 4),
     ("--pipeline-model-parallel-size", "2", "job", "pp", 2),
