@@ -94,6 +94,11 @@ class Hints:
     # A check of the script that depends on the job's world size: script_exit's text and code for a world
     # size it refuses (nanoGPT's gradient_accumulation_steps % ddp_world_size), else None.
     world_exit: Callable[[int], tuple[str, int] | None] | None = None
+    # What rank 0 prints on stdout before it dies of script_exit (frameworks print from rank 0 only:
+    # Megatron's layout line before validate_args' later asserts), and the same as a function of the world
+    # size, which jobconfig.build_run turns into script_stdout once it knows the world (it wins when set).
+    script_stdout: str | None = None
+    world_stdout: Callable[[int], str] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1487,9 +1492,11 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     world_exit = None
     spec: ModelSpec | None = None
     script_exit: tuple[str, int] | None = None
+    megatron_stdout: Callable[[int], str] | None = None
     if dialects.DIALECTS[style].hints.arch_defaults:
         reading = megatron_args.read(script, args)
         core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
+        megatron_stdout = reading.printed_before if core else None
         spec, notices, script_exit = _megatron_reading(b, reading, core=core)
         settings |= reading.settings
     if configured is not None:
@@ -1553,6 +1560,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         hints = dataclasses.replace(hints, world_exit=titan_world.world_exit(hints))
     if style == "megatron" and hints.script_exit is None and "megatron.vocab" in hints.settings:
         hints = dataclasses.replace(hints, world_exit=_megatron_world(script, hints))
+    if megatron_stdout is not None:
+        hints = dataclasses.replace(hints, world_stdout=megatron_stdout)
     return hints
 
 

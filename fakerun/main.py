@@ -217,6 +217,7 @@ def _sim_context(
         real_node=plan.nodes[0].group_rank,
         settings=tuple({**hints.settings, **_logger_version(trainer)}.items()),
         script_exit=hints.script_exit,
+        script_stdout=hints.script_stdout,
         files=not cmd.fake.no_files,
     )
 

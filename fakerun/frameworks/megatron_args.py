@@ -85,6 +85,21 @@ class Reading:
     settings: dict[str, str] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
     script_exit: tuple[str, int] | None = None
+    layout: tuple[int, int, int] = (1, 1, 1)  # tensor, pipeline and context parallel sizes as given
+    params_dtype: str = "torch.float32"  # --bf16: torch.bfloat16, --fp16: torch.float16
+
+    def printed_before(self, world: int) -> str:
+        """What rank 0 has printed on `world` GPUs when a refusal after validate_args' world-size check
+        stops it (Hints.world_stdout): the layout line and the parameters' dtype. Before that check (a world
+        size it refuses): nothing."""
+        tp, pp, cp = self.layout
+        if world % (tp * pp * cp):
+            return ""
+        return (
+            f"using world size: {world}, data-parallel size: {world // (tp * pp * cp)}, context-parallel "
+            f"size: {cp}, hierarchical context-parallel sizes: None, tensor-model-parallel size: {tp}, "
+            f"pipeline-model-parallel size: {pp}\nusing {self.params_dtype} for parameters ...\n"
+        )
 
 
 def scan(args: Sequence[str]) -> dict[str, str | None]:
@@ -480,6 +495,8 @@ def read(script: str, args: Sequence[str]) -> Reading:
     if "sequence_parallel" in opts:
         settings["megatron.sequence_parallel"] = "1"
     tp = _int(opts, "tensor_model_parallel_size", 1)
+    layout = (tp, _int(opts, "pipeline_model_parallel_size", 1), _int(opts, "context_parallel_size", 1))
+    dtype = "torch.bfloat16" if "bf16" in opts else "torch.float16" if "fp16" in opts else "torch.float32"
     # Megatron's parallel sizes default to 1; one micro batch per data-parallel rank and step unless
     # --global-batch-size says more ("setting global batch size to micro x DP").
     defaults: dict[str, object] = {"tp": 1, "pp": 1, "ep": 1}
@@ -507,10 +524,17 @@ def read(script: str, args: Sequence[str]) -> Reading:
             f"{os.path.basename(script)}: no {', '.join(missing)} (Megatron's validate_args requires them): "
             "simulating fakerun's default model" + (" with the sizes given" if len(missing) < 4 else "")
         )
-        return Reading(job=derived, settings=settings, notices=(notice,))
+        return Reading(job=derived, settings=settings, notices=(notice,), layout=layout, params_dtype=dtype)
     death = _model_exit(script, opts)
     if death is not None:
-        return Reading(defaults=defaults, cadence=cadence, settings=settings, script_exit=death)
+        return Reading(
+            defaults=defaults,
+            cadence=cadence,
+            settings=settings,
+            script_exit=death,
+            layout=layout,
+            params_dtype=dtype,
+        )
     model, guessed = _model(script, opts, tp)
     settings["megatron.vocab"] = str(tokenizer_vocab(opts, "GPT2BPETokenizer")[0])
     return Reading(
@@ -521,6 +545,8 @@ def read(script: str, args: Sequence[str]) -> Reading:
         cadence=cadence,
         settings=settings,
         notices=(guessed,) if guessed else (),
+        layout=layout,
+        params_dtype=dtype,
     )
 
 

@@ -59,9 +59,14 @@ def die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
-def die_at_start(text: str, code: int, rank: int = 0) -> int:
-    """A program that refuses its arguments (llm.c's error_usage()): its text on stderr (with this rank's
-    number where torch's excepthook puts it), then its exit code, or the signal it dies of (SIGABRT)."""
+def die_at_start(text: str, code: int, rank: int = 0, stdout: str | None = None) -> int:
+    """A program that refuses its arguments (llm.c's error_usage()): on rank 0 what it printed first
+    (`stdout`), then its text on stderr (with this rank's number where torch's excepthook puts it), then its
+    exit code, or the signal it dies of (SIGABRT)."""
+    if stdout and rank == 0:
+        with contextlib.suppress(OSError):
+            sys.stdout.write(stdout)
+            sys.stdout.flush()
     with contextlib.suppress(OSError):
         sys.stderr.write(pytrace.with_rank(text, rank))
         sys.stderr.flush()
@@ -84,7 +89,7 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if ctx.script_exit is not None:
-        return die_at_start(*ctx.script_exit, rank=int(env.get("RANK", "0")))
+        return die_at_start(*ctx.script_exit, rank=int(env.get("RANK", "0")), stdout=ctx.script_stdout)
     try:
         return run_rank(ctx, env, CONTROL_FD)
     except BrokenPipeError as exc:

@@ -163,6 +163,8 @@ class SimContext:
     # A program that dies at its start on its arguments (hints.Hints.script_exit): its stderr text and exit
     # code (negative: the signal it dies of).
     script_exit: tuple[str, int] | None = None
+    # What rank 0 prints on stdout before it dies of script_exit (hints.Hints.script_stdout).
+    script_stdout: str | None = None
     # Create the checkpoint and export files the job reports writing (dialects/files.py); --fake-no-files.
     files: bool = True
 
