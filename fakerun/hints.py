@@ -33,7 +33,7 @@ from fakerun.frameworks import (
 from fakerun.limits import MAX_EPOCHS, MAX_NNODES, MAX_NPROC_PER_NODE, MAX_SEED, MAX_SIM_SECONDS, MAX_STEPS
 from fakerun.presets import ModelSpec, field_range, list_presets, load_model, model_from_hf_name
 from fakerun.sim import estimates, instruct
-from fakerun.sim.schedule import WSD_DECAYS, wsd_kind
+from fakerun.sim.schedule import warmup_stable_decay
 
 __all__ = ["ARCH_KEYS", "HintError", "Hints", "apply_arch", "parse_hints"]
 
@@ -101,6 +101,9 @@ class Hints:
     # A check of the script that depends on the job's world size: script_exit's text and code for a world
     # size it refuses (nanoGPT's gradient_accumulation_steps % ddp_world_size), else None.
     world_exit: Callable[[int], tuple[str, int] | None] | None = None
+    # script_stdout as a function of the world size (Megatron's layout line before validate_args' later
+    # asserts), which jobconfig.build_run turns into script_stdout once it knows the world (it wins when set).
+    world_stdout: Callable[[int], str] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -353,11 +356,11 @@ _MEGATRON_SCHEDULES = {
     "cosine": "cosine",
     "linear": "linear",
     "constant": "constant",
-    "inverse-square-root": "linear",
-    "wsd": "constant",
+    "inverse-square-root": "inverse-square-root",
+    "wsd": "wsd",
 }
-# torchtitan's lr_scheduler.decay_type: the decay of its warmup-stable-decay schedule (sim/schedule.wsd_kind).
-_TITAN_SCHEDULES = {decay: decay for decay in WSD_DECAYS}
+# torchtitan's lr_scheduler.decay_type -> the "wsd" schedule's annealing style (sim/schedule.WSD_STYLES).
+_TITAN_SCHEDULES = {"linear": "linear", "sqrt": "minus_sqrt", "cosine": "cosine"}
 _TITAN_CADENCE = (
     ("log_interval", "metrics.log_freq", 10),
     ("save_interval", "checkpoint.interval", 500),
@@ -954,7 +957,7 @@ def _one(b: _Builder, key: str, g: _Given) -> None:
     elif key == "lr_decay_style":
         b.set(b.job, "lr_schedule", _choice(g, _MEGATRON_SCHEDULES), g)
     elif key == "lr_scheduler.decay_type":
-        b.set(b.job, "lr_schedule", wsd_kind(_choice(g, _TITAN_SCHEDULES)), g)
+        _choice(g, _TITAN_SCHEDULES)  # checked here, used by _titan_schedule
     elif key == "lr_scheduler.decay_ratio":
         b.set(b.top, "decay_ratio", _float(g, positive=False, high=1.0), g)  # _finish_titan's schedule
     elif key == "training.mixed_precision_param":
@@ -1271,18 +1274,27 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
 
 
 def _titan_schedule(b: _Builder, given: Mapping[str, _Given]) -> None:
-    """build_lr_schedulers' warmup-stable-decay: decay_type (default linear) over decay_ratio of the steps
-    (default: all after the warmup), and a warmup longer than the run cut to the run, as torchtitan does."""
+    """build_lr_schedulers' linear_warmup_stable_decay as a "wsd" schedule: a warmup longer than the run cut
+    to the run, then the peak, then decay_type (default linear) over decay_ratio of the steps (default: all
+    after the warmup), ending one virtual step past the run so the last step's lr stays above the floor."""
     decay_given = given.get("lr_scheduler.decay_type")
-    decay = _choice(decay_given, _TITAN_SCHEDULES) if decay_given is not None else "linear"
+    style = _choice(decay_given, _TITAN_SCHEDULES) if decay_given is not None else "linear"
     ratio = b.top.get("decay_ratio")
-    source = given.get("lr_scheduler.decay_ratio") or decay_given or _Given("lr_scheduler.decay_type", decay)
-    b.set(b.job, "lr_schedule", wsd_kind(decay, ratio if isinstance(ratio, float) else None), source)
+    source = (
+        given.get("lr_scheduler.decay_ratio") or decay_given or _Given("lr_scheduler.decay_type", "linear")
+    )
     spec = b.top.get("spec")
     total = b.job.get("total_steps", spec.total_steps if isinstance(spec, ModelSpec) else None)
     warmup = b.job.get("warmup_steps", spec.warmup_steps if isinstance(spec, ModelSpec) else None)
-    if isinstance(total, int) and isinstance(warmup, int) and warmup > total:
-        b.set(b.job, "warmup_steps", total, given.get("lr_scheduler.warmup_steps") or given["training.steps"])
+    if not (isinstance(total, int) and isinstance(warmup, int)):
+        return
+    warm, end, steps = warmup_stable_decay(warmup, total, ratio if isinstance(ratio, float) else None)
+    if warm != warmup:
+        b.set(b.job, "warmup_steps", warm, given.get("lr_scheduler.warmup_steps") or given["training.steps"])
+    b.set(b.job, "lr_schedule", "wsd", source)
+    b.set(b.job, "decay_steps", end, source)
+    b.set(b.job, "wsd_decay_steps", steps, source)
+    b.set(b.job, "wsd_style", style, source)
 
 
 def _titan_context_parallel(b: _Builder, given: Mapping[str, _Given]) -> None:
@@ -1543,9 +1555,11 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     spec: ModelSpec | None = None
     script_exit: tuple[str, int] | None = None
     script_stdout = ""
+    megatron_stdout: Callable[[int], str] | None = None
     if dialects.DIALECTS[style].hints.arch_defaults:
         reading = megatron_args.read(script, args)
         core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
+        megatron_stdout = reading.printed_before if core else None
         spec, notices, script_exit = _megatron_reading(b, reading, core=core)
         settings |= reading.settings
     if configured is not None:
@@ -1616,15 +1630,17 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         hints = dataclasses.replace(hints, world_exit=titan_world.world_exit(hints))
     if style == "megatron" and hints.script_exit is None and "megatron.vocab" in hints.settings:
         hints = dataclasses.replace(hints, world_exit=_megatron_world(script, hints))
+    if megatron_stdout is not None:
+        hints = dataclasses.replace(hints, world_stdout=megatron_stdout)
     return hints
 
 
 def _megatron_world(script: str, hints: Hints) -> Callable[[int], tuple[str, int] | None]:
-    """Hints.world_exit of a Megatron core job: validate_args' and the batch calculator's refusals of the
-    layout on a world size, which every rank dies of (exit 1)."""
+    """Hints.world_exit of a Megatron core job: validate_args', the batch calculator's and the model
+    config's refusals of the layout on a world size, which every rank dies of (exit 1)."""
 
     def refused(world: int) -> tuple[str, int] | None:
-        death = megatron_args.world_exit(script, hints.job, hints.settings, world)
+        death = megatron_args.world_exit(script, hints.job, world, hints.model)
         return None if death is None else (death, 1)
 
     return refused

@@ -187,12 +187,19 @@ def build_run(
         hints = parse_hints(args.training_script, args.training_script_args)
     except HintError as exc:
         raise JobConfigError(str(exc)) from None
-    refused = hints.world_exit(nnodes * nproc_per_node) if hints.world_exit is not None else None
+    world = nnodes * nproc_per_node
+    refused = hints.world_exit(world) if hints.world_exit is not None else None
     if refused is not None:
         # Every rank dies at start: the job it would have run is never built (its batch may not even divide).
         hints = Hints(
-            style=hints.style, settings=hints.settings, script_exit=refused, script_stdout=hints.script_stdout
+            style=hints.style,
+            settings=hints.settings,
+            script_exit=refused,
+            script_stdout=hints.script_stdout,
+            world_stdout=hints.world_stdout,
         )
+    if hints.script_exit is not None and hints.world_stdout is not None:
+        hints = dataclasses.replace(hints, script_stdout=hints.world_stdout(world))
     kw: dict[str, Any] = dict(hints.job)
     # --fake-seed (or FAKERUN_SEED) replays a run; the script's own --seed is deterministic like a real one;
     # otherwise each run draws a fresh seed (the launcher passes it; the metrics file's run record keeps it).

@@ -176,6 +176,10 @@ def timers_block(rows: Sequence[tuple[str, float, float]], *, legacy: bool = Fal
     return out
 
 
+# The simulation's schedule names as Megatron's --lr-decay-style spells them.
+_DECAY_STYLES = {"wsd": "WSD"}
+
+
 def argument_rows(
     run: RunPlan,
     seed: int,
@@ -187,8 +191,8 @@ def argument_rows(
 ) -> list[tuple[str, object]]:
     """The arguments Megatron echoes, by their attribute names (a subset of its ~500, the ones a job sets);
     recompute_granularity is None (its default) unless the script asked for recompute (`recompute_given`).
-    `settings` (megatron_args.read's) carry what the job spec does not: --ckpt-format, --sequence-parallel
-    and the fp8 options, which the 2021-22 code (`legacy`) does not have."""
+    `settings` (megatron_args.read's) carry what the job spec does not: --ckpt-format, --sequence-parallel,
+    the fp8 options and the decay's end and WSD annealing, which the 2021-22 code (`legacy`) does not have."""
     given = settings or {}
     job = run.job
     m = job.model
@@ -201,7 +205,7 @@ def argument_rows(
         ("bf16", not fp16),
         ("ckpt_format", given.get("megatron.ckpt_format", "torch_dist")),
         ("clip_grad", job.grad_clip),
-        ("context_parallel_size", 1),
+        ("context_parallel_size", job.cp),
         ("data_parallel_size", job.dp),
         ("distributed_backend", "nccl"),
         ("eval_interval", run.eval_interval),
@@ -221,7 +225,7 @@ def argument_rows(
         ("loss_scale", job.static_loss_scale),
         ("loss_scale_window", job.loss_scale_window),
         ("lr", job.lr),
-        ("lr_decay_style", job.lr_schedule),
+        ("lr_decay_style", _DECAY_STYLES.get(job.lr_schedule, job.lr_schedule)),
         ("lr_warmup_iters", job.warmup_steps),
         ("make_vocab_size_divisible_by", 128),
         ("max_position_embeddings", m.max_position),
@@ -254,6 +258,10 @@ def argument_rows(
         rows += [
             ("fp8", given.get("megatron.fp8") or None),
             ("fp8_recipe", given.get("megatron.fp8_recipe", "delayed")),
+            # The decay's end and WSD's annealing, as the script gave them.
+            ("lr_decay_iters", given.get("megatron.lr_decay_iters")),
+            ("lr_wsd_decay_iters", given.get("megatron.lr_wsd_decay_iters")),
+            ("lr_wsd_decay_style", given.get("megatron.lr_wsd_decay_style", "exponential")),
         ]
     return rows
 
@@ -316,7 +324,7 @@ def _torch_legacy(directory: str, request: SaveRequest) -> list[Artifact]:
     mp_rank_TT[_PPP][_EEE]/model_optim_rng.pt (the optimizer apart, in distrib_optim.pt, when distributed)."""
     job = request.run.job
     c = job.coords(request.rank)
-    if c.dp_rank != 0:
+    if c.dp_rank != 0 or c.cp_rank != 0:
         return []
     name = f"mp_rank_{c.tp_rank:02d}" + (f"_{c.pp_rank:03d}" if job.pp > 1 else "")
     name += f"_{c.ep_rank:03d}" if job.ep > 1 else ""
@@ -670,8 +678,9 @@ class MegatronDialect:
                 f"setting number of micro-batches to constant {job.grad_accum}",
             ]
         return [
-            f"using world size: {job.world_size}, data-parallel size: {job.dp}, context-parallel size: 1, "
-            f"hierarchical context-parallel sizes: None, tensor-model-parallel size: {job.tp}, "
+            f"using world size: {job.world_size}, data-parallel size: {job.dp}, "
+            f"context-parallel size: {job.cp}, hierarchical context-parallel sizes: None, "
+            f"tensor-model-parallel size: {job.tp}, "
             f"pipeline-model-parallel size: {job.pp}",
             f"using {dtype} for parameters ...",
             *arguments_block(

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fakerun.frameworks import pytrace
 from fakerun.presets import ModelSpec
 
 __all__ = ["Reading", "hybrid_pattern", "read", "tokenizer_vocab", "world_exit"]
@@ -41,7 +42,8 @@ _VALUES = frozenset(
         *("lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_decay_iters", "lr_decay_samples"),
         *("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"),
         *("expert_model_parallel_size", "save", "save_interval", "ckpt_format", "fp8_format", "fp8_recipe"),
-        *("log_interval", "eval_interval", "eval_iters"),
+        *("log_interval", "eval_interval", "eval_iters", "global_batch_size"),
+        *("lr_wsd_decay_iters", "lr_wsd_decay_samples", "lr_wsd_decay_style"),
     }
 )
 # Its defaults (megatron/training/arguments.py) where they differ from a preset's training defaults.
@@ -83,6 +85,23 @@ class Reading:
     settings: dict[str, str] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
     script_exit: tuple[str, int] | None = None
+    layout: tuple[int, int, int] = (1, 1, 1)  # tensor, pipeline and context parallel sizes as given
+    params_dtype: str = "torch.float32"  # --bf16: torch.bfloat16, --fp16: torch.float16
+
+    def printed_before(self, world: int) -> str:
+        """What rank 0 has printed on `world` GPUs when a refusal after validate_args' world-size check
+        stops it (Hints.world_stdout): the layout line and the parameters' dtype. Before that check (a world
+        size it refuses): nothing."""
+        tp, pp, cp = self.layout
+        if world % (tp * pp * cp):
+            return ""
+        # Megatron prints from rank 0 only (pytrace.MASTER_LINE).
+        return (
+            f"{pytrace.MASTER_LINE}using world size: {world}, data-parallel size: {world // (tp * pp * cp)}, "
+            f"context-parallel size: {cp}, hierarchical context-parallel sizes: None, tensor-model-parallel "
+            f"size: {tp}, pipeline-model-parallel size: {pp}\n"
+            f"{pytrace.MASTER_LINE}using {self.params_dtype} for parameters ...\n"
+        )
 
 
 def scan(args: Sequence[str]) -> dict[str, str | None]:
@@ -233,6 +252,55 @@ _ASSERTS: dict[str, _Frame] = {
         'assert args.num_experts is not None, "num_experts must be non None to use expert model parallelism"',
     ),
 }
+# From setup_model_and_optimizer in pretrain() to TransformerConfig's __post_init__ (core v0.15.3), where the
+# model's sizes meet the tensor-parallel size; (file, line, function, source, the part carets mark).
+_BUILDERS = {
+    "pretrain_mamba.py": (
+        "mamba_builders.py",
+        14,
+        "mamba_builder",
+        "core_transformer_config_from_args(args, TransformerConfig)",
+    ),
+}
+_GPT_BUILDER = ("gpt_builders.py", 29, "gpt_builder", "core_transformer_config_from_args(args)")
+_TO_CONFIG: tuple[tuple[str, int, str, str, str | None], ...] = (
+    (
+        "megatron/training/training.py",
+        666,
+        "pretrain",
+        "model, optimizer, opt_param_scheduler = setup_model_and_optimizer(",
+        None,
+    ),
+    (
+        "megatron/training/training.py",
+        1094,
+        "setup_model_and_optimizer",
+        "model = get_model(model_provider_func, model_type)",
+        "get_model(model_provider_func, model_type)",
+    ),
+    ("megatron/training/training.py", 885, "get_model", "model = build_model()", "build_model()"),
+    (
+        "megatron/training/training.py",
+        877,
+        "build_model",
+        "model = model_provider_func(pre_process=pre_process, post_process=post_process)",
+        "model_provider_func(pre_process=pre_process, post_process=post_process)",
+    ),
+    (
+        "model_provider.py",
+        68,
+        "model_provider",
+        "return model_builder(args, pre_process, post_process, vp_stage)",
+        "model_builder(args, pre_process, post_process, vp_stage)",
+    ),
+)
+_FROM_CONFIG = (_ARGS, 1307, "core_transformer_config_from_args", "return config_class(**kw_args)")
+# The dataclass's generated __init__ (exec'd text, no source): line 3 + one per field of TransformerConfig
+# and ModelParallelConfig (204 in v0.15.3) calls __post_init__ (Python 3.12's dataclasses._create_fn).
+_INIT_LINE = 207
+_CONFIG_FILE = "megatron/core/transformer/transformer_config.py"
+_CONFIG_RAISES = {"num_attention_heads": 744, "num_query_groups": 759}
+
 # pretrain()'s call in each entry script (the line of `pretrain(`).
 _ENTRY = {"pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provider,")}
 _ENTRY_GPT = (233, "pretrain(")
@@ -382,15 +450,33 @@ def _model_exit(script: str, opts: Mapping[str, str | None]) -> tuple[str, int] 
     return None
 
 
+def _iterations(opts: Mapping[str, str | None], iters: str, samples: str) -> int:
+    """An iteration count given as iterations, or as samples of --global-batch-size each; 0 if neither."""
+    gbs = _int(opts, "global_batch_size", 0)
+    if opts.get(iters):
+        return _int(opts, iters, 0)
+    return _int(opts, samples, 0) // gbs if gbs else 0
+
+
 def _schedule(opts: Mapping[str, str | None]) -> tuple[dict[str, object], dict[str, object]]:
-    """(defaults, derived) of the learning-rate schedule: linear decay to 0 after no warmup unless told;
-    --lr-warmup-fraction of the decay iterations (--lr-decay-iters, else --train-iters)."""
+    """(defaults, derived) of the learning-rate schedule (get_optimizer_param_scheduler): linear decay to 0
+    after no warmup unless told; the decay ends at --lr-decay-iters (else the run's end), min_lr after it;
+    --lr-warmup-fraction of the decay iterations; WSD's annealing steps and style."""
     defaults: dict[str, object] = {"lr_schedule": "linear", "warmup_steps": 0, "min_lr": 0.0}
     derived: dict[str, object] = {}
     fraction = opts.get("lr_warmup_fraction")
-    iters = _int(opts, "lr_decay_iters", _int(opts, "train_iters", 0))
+    decay = _iterations(opts, "lr_decay_iters", "lr_decay_samples")
+    total = _iterations(opts, "train_iters", "train_samples")
+    iters = decay or total
     if fraction is not None and iters:
         derived["warmup_steps"] = min(int(_float(opts, "lr_warmup_fraction", 0.0) * iters), iters)
+    if decay and decay != total:
+        derived["decay_steps"] = decay
+    wsd = _iterations(opts, "lr_wsd_decay_iters", "lr_wsd_decay_samples")
+    if wsd:
+        derived["wsd_decay_steps"] = wsd
+    if opts.get("lr_wsd_decay_style"):
+        derived["wsd_style"] = opts["lr_wsd_decay_style"]
     return defaults, derived
 
 
@@ -399,15 +485,20 @@ def read(script: str, args: Sequence[str]) -> Reading:
     opts = scan(args)
     settings: dict[str, str] = {
         "megatron.ckpt_format": opts.get("ckpt_format") or "torch_dist",
-        "megatron.cp": str(_int(opts, "context_parallel_size", 1)),
         "megatron.tokenizer": opts.get("tokenizer_type") or "GPT2BPETokenizer",
     }
     if opts.get("fp8_format"):
         settings["megatron.fp8"] = opts["fp8_format"] or ""
         settings["megatron.fp8_recipe"] = opts.get("fp8_recipe") or "delayed"
+    # Arguments the log echoes as given (None when absent), whatever the simulation makes of them.
+    for key in ("lr_decay_iters", "lr_wsd_decay_iters", "lr_wsd_decay_style"):
+        if opts.get(key):
+            settings[f"megatron.{key}"] = opts[key] or ""
     if "sequence_parallel" in opts:
         settings["megatron.sequence_parallel"] = "1"
     tp = _int(opts, "tensor_model_parallel_size", 1)
+    layout = (tp, _int(opts, "pipeline_model_parallel_size", 1), _int(opts, "context_parallel_size", 1))
+    dtype = "torch.bfloat16" if "bf16" in opts else "torch.float16" if "fp16" in opts else "torch.float32"
     # Megatron's parallel sizes default to 1; one micro batch per data-parallel rank and step unless
     # --global-batch-size says more ("setting global batch size to micro x DP").
     defaults: dict[str, object] = {"tp": 1, "pp": 1, "ep": 1}
@@ -415,6 +506,11 @@ def read(script: str, args: Sequence[str]) -> Reading:
         defaults["grad_accum"] = 1
     sched_defaults, derived = _schedule(opts)
     defaults.update(sched_defaults)
+    cp = _int(opts, "context_parallel_size", 1)
+    if cp > 1:
+        derived["cp"] = cp
+    if opts.get("fp8_format"):
+        derived["fp8"] = True
     cadence = {
         "log_interval": DEFAULT_LOG_INTERVAL,
         "eval_interval": DEFAULT_EVAL_INTERVAL,
@@ -430,10 +526,17 @@ def read(script: str, args: Sequence[str]) -> Reading:
             f"{os.path.basename(script)}: no {', '.join(missing)} (Megatron's validate_args requires them): "
             "simulating fakerun's default model" + (" with the sizes given" if len(missing) < 4 else "")
         )
-        return Reading(job=derived, settings=settings, notices=(notice,))
+        return Reading(job=derived, settings=settings, notices=(notice,), layout=layout, params_dtype=dtype)
     death = _model_exit(script, opts)
     if death is not None:
-        return Reading(defaults=defaults, cadence=cadence, settings=settings, script_exit=death)
+        return Reading(
+            defaults=defaults,
+            cadence=cadence,
+            settings=settings,
+            script_exit=death,
+            layout=layout,
+            params_dtype=dtype,
+        )
     model, guessed = _model(script, opts, tp)
     settings["megatron.vocab"] = str(tokenizer_vocab(opts, "GPT2BPETokenizer")[0])
     return Reading(
@@ -444,14 +547,40 @@ def read(script: str, args: Sequence[str]) -> Reading:
         cadence=cadence,
         settings=settings,
         notices=(guessed,) if guessed else (),
+        layout=layout,
+        params_dtype=dtype,
     )
 
 
-def world_exit(script: str, job: Mapping[str, object], settings: Mapping[str, str], world: int) -> str | None:
-    """What the ranks die of on `world` GPUs: validate_args' world-size check, then the micro-batch
-    calculator's divisibility of the global batch; None when Megatron accepts the layout."""
-    tp, pp = int(str(job.get("tp", 1))), int(str(job.get("pp", 1)))
-    cp = int(settings.get("megatron.cp", "1"))
+def config_traceback(script: str, field: str, value: int, tp: int) -> str:
+    """TransformerConfig's refusal of a size the tensor-parallel size does not divide, raised while the
+    model is built (after init_process_group: torch's `[rankN]: ` on every line)."""
+    path = os.path.abspath(script)
+    root = os.path.dirname(path)
+    line, code = _ENTRY.get(os.path.basename(path), _ENTRY_GPT)
+    file, lineno, func, call = _BUILDERS.get(os.path.basename(path), _GPT_BUILDER)
+    frames = [pytrace.Frame(path, line, "<module>", code)]
+    for f, n, fn, source, marked in (
+        *_TO_CONFIG,
+        (file, lineno, func, f"config = {call}", call),
+        (*_FROM_CONFIG, "config_class(**kw_args)"),
+    ):
+        frames.append(pytrace.Frame(f"{root}/{f}", n, fn, source, marked))
+    frames += [
+        pytrace.Frame("<string>", _INIT_LINE, "__init__"),
+        pytrace.Frame(f"{root}/{_CONFIG_FILE}", _CONFIG_RAISES[field], "__post_init__", "raise ValueError("),
+    ]
+    message = f"ValueError: {field} ({value}) must be a multiple of tensor_model_parallel_size ({tp})."
+    return pytrace.traceback_text(frames, message, after_init=True)
+
+
+def world_exit(
+    script: str, job: Mapping[str, object], world: int, model: ModelSpec | None = None
+) -> str | None:
+    """What the ranks die of on `world` GPUs: validate_args' world-size check, the micro-batch calculator's
+    divisibility of the global batch, then TransformerConfig's of the heads and query groups by the
+    tensor-parallel size; None when Megatron accepts the layout."""
+    tp, pp, cp = (int(str(job.get(key, 1))) for key in ("tp", "pp", "cp"))
     total = tp * pp * cp
     if world % total:
         message = f"world size ({world}) is not divisible by total_model_size (total_model_size={total})"
@@ -465,4 +594,8 @@ def world_exit(script: str, job: Mapping[str, object], settings: Mapping[str, st
             f"size ({dp})"
         )
         return traceback_text(script, _TO_CALCULATOR, message)
+    if model is not None and model.heads % tp:
+        return config_traceback(script, "num_attention_heads", model.heads, tp)
+    if model is not None and model.kv_heads % tp:
+        return config_traceback(script, "num_query_groups", model.kv_heads, tp)
     return None

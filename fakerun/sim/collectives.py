@@ -171,7 +171,7 @@ def allreduce_time(cluster: ClusterSpec, nbytes: float, ranks: int, ranks_per_no
 class CommOp:
     """A kind of collective a rank runs `count` times per optimizer step."""
 
-    group: str  # dp | edp | tp | pp | ep
+    group: str  # dp | edp | tp | pp | ep | cp
     op: str
     nbytes: float
     count: int
@@ -236,7 +236,7 @@ def _dense_buckets(job: JobSpec) -> tuple[float, ...]:
     m = job.model
     dense_layer, expert_layer, router = m.layer_params()
     layer = (dense_layer + router + (0 if m.is_moe else expert_layer)) / job.tp
-    limit = max(MEGATRON_BUCKET_ELEMENTS, 1_000_000 * job.dp)
+    limit = max(MEGATRON_BUCKET_ELEMENTS, 1_000_000 * job.dp_cp)
     out: list[float] = []
     acc = 0.0
     n_layers = job.stage_layers(stage)
@@ -253,14 +253,16 @@ def _dense_buckets(job: JobSpec) -> tuple[float, ...]:
 
 @functools.lru_cache(maxsize=256)
 def comm_plan(job: JobSpec) -> CommPlan:
-    """The collectives of one step: DP gradient sync, TP activations, PP sends, MoE all-to-all."""
+    """The collectives of one step: DP gradient sync, TP activations, PP sends, MoE all-to-all, context
+    parallel K/V exchange."""
     c = job.cluster
     m = job.model
     stage = _busiest_stage(job)
     dense, expert = stage_params(job, stage)
     n_layers = job.stage_layers(stage)
     ga = job.grad_accum
-    act_bytes = 2.0 * job.seq_len * job.micro_batch * m.hidden  # one bf16 activation tensor of a micro batch
+    # One bf16 activation tensor of a micro batch (the rank's share of each sequence under context parallel).
+    act_bytes = 2.0 * job.local_seq_len * job.micro_batch * m.hidden
     grad_bytes = 4.0 if job.fp32_grad_buffer else 2.0
     ops: list[CommOp] = []
 
@@ -272,25 +274,27 @@ def comm_plan(job: JobSpec) -> CommPlan:
         t = collective_time(c, op, nbytes, ranks, per_node)
         ops.append(CommOp(group, op, nbytes, count, t.seconds, exposed, t.algo, t.ranks, t.nodes))
 
-    buckets = grad_buckets(job) if job.dp > 1 else ()
-    dp_node = _per_node(job, job.tp, job.dp)
-    if job.dp > 1:
+    # Gradients are reduced over the data x context parallel ranks (they hold the same weights).
+    dp = job.dp_cp
+    buckets = grad_buckets(job) if dp > 1 else ()
+    dp_node = _per_node(job, job.tp, dp)
+    if dp > 1:
         if job.zero_stage == 0:
             # DDP overlaps bucket all-reduces with backward; only the last bucket is fully exposed.
             for i, b in enumerate(buckets):
-                add("dp", "all_reduce", b, 1, job.dp, dp_node, 1.0 if i == len(buckets) - 1 else 0.1)
+                add("dp", "all_reduce", b, 1, dp, dp_node, 1.0 if i == len(buckets) - 1 else 0.1)
         elif job.zero_stage in (1, 2):
             # Distributed optimizer: reduce-scatter the grads (overlapped with backward), all-gather the
             # updated bf16 params (overlapped with the next forward).
             for i, b in enumerate(buckets):
-                add("dp", "reduce_scatter", b, 1, job.dp, dp_node, 1.0 if i == len(buckets) - 1 else 0.1)
-                add("dp", "all_gather", b * 2.0 / grad_bytes, 1, job.dp, dp_node, 0.2)
+                add("dp", "reduce_scatter", b, 1, dp, dp_node, 1.0 if i == len(buckets) - 1 else 0.1)
+                add("dp", "all_gather", b * 2.0 / grad_bytes, 1, dp, dp_node, 0.2)
         else:
             # FSDP: per layer, all-gather params for forward and again for backward, reduce-scatter grads.
             layer = dense / max(n_layers, 1)
-            add("dp", "all_gather", 2.0 * layer, 2 * n_layers, job.dp, dp_node, 0.15)
-            add("dp", "reduce_scatter", grad_bytes * layer, n_layers, job.dp, dp_node, 0.15)
-    edp = job.dp // job.ep
+            add("dp", "all_gather", 2.0 * layer, 2 * n_layers, dp, dp_node, 0.15)
+            add("dp", "reduce_scatter", grad_bytes * layer, n_layers, dp, dp_node, 0.15)
+    edp = dp // job.ep
     if m.is_moe and edp > 1 and expert > 0:
         edp_node = _per_node(job, job.tp * job.ep, edp)
         add(
@@ -309,12 +313,20 @@ def comm_plan(job: JobSpec) -> CommPlan:
         # backward: the volume of 4 all-reduces; mostly on the critical path (Korthikanti et al. 2022).
         add("tp", "all_reduce", act_bytes, 4 * n_layers * ga, job.tp, job.tp, 0.7)
     if job.pp > 1:
-        inter = job.tp * job.dp >= job.nproc_per_node
+        inter = job.tp * dp >= job.nproc_per_node
         add("pp", "send_recv", act_bytes / job.tp, 2 * ga, 2, 1 if inter else 2, 0.5)
     if m.is_moe and job.ep > 1:
         # Token dispatch and combine, forward and backward: 4 all-to-alls per MoE layer per micro batch.
-        ep_node = _per_node(job, job.tp, job.ep)
+        ep_node = _per_node(job, job.tp * job.cp, job.ep)
         add("ep", "all_to_all", act_bytes * m.top_k / job.tp, 4 * n_layers * ga, job.ep, ep_node, 0.8)
+    if job.cp > 1:
+        # Ring attention: each rank's K and V chunk (its heads' share) goes round the cp ranks, cp - 1 hops
+        # per attention layer forward; backward passes the K/V chunk and its gradient, twice the volume.
+        # Each hop hides behind the attention of the chunk in hand (Liu et al. 2023, Ring Attention).
+        kv_chunk = 2.0 * 2.0 * job.local_seq_len * job.micro_batch * m.kv_heads * m.head_dim / job.tp
+        attention = round(n_layers * m.attention_layers / m.layers)
+        cp_node = _per_node(job, job.tp, job.cp)
+        add("cp", "send_recv", kv_chunk, 3 * (job.cp - 1) * attention * ga, job.cp, cp_node, 0.2)
 
     total = sum(o.total_s for o in ops)
     exposed = sum(o.total_s * o.exposed for o in ops)
@@ -338,8 +350,8 @@ def comm_seconds(job: JobSpec, step: int) -> float:
 def _bucket_collectives(job: JobSpec) -> tuple[CollectiveTime, ...]:
     """The gradient buckets' collectives before the step's jitter (the same every step of a job)."""
     op = "all_reduce" if job.zero_stage == 0 else "reduce_scatter"
-    per_node = _per_node(job, job.tp, job.dp)
-    return tuple(collective_time(job.cluster, op, b, job.dp, per_node) for b in comm_plan(job).buckets)
+    per_node = _per_node(job, job.tp, job.dp_cp)
+    return tuple(collective_time(job.cluster, op, b, job.dp_cp, per_node) for b in comm_plan(job).buckets)
 
 
 def bucket_allreduces(job: JobSpec, step: int) -> tuple[CollectiveTime, ...]:

@@ -238,9 +238,10 @@ def watchdog_numbers(
     if job.zero_stage == 0:
         op, numel_out = "ALLREDUCE", numel
     else:
-        # FSDP / distributed optimizer: a flat reduce-scatter, NumelIn = dp x NumelOut (excerpt 05).
-        op, numel_out = "_REDUCE_SCATTER_BASE", max(numel // job.dp, 1)
-        numel = numel_out * job.dp
+        # FSDP / distributed optimizer: a flat reduce-scatter, NumelIn = dp x NumelOut (excerpt 05), over the
+        # data x context parallel ranks.
+        op, numel_out = "_REDUCE_SCATTER_BASE", max(numel // job.dp_cp, 1)
+        numel = numel_out * job.dp_cp
     # The watchdog polls every ~100 ms: each rank notices a little past the timeout, at its own moment.
     ran_for = timeout_ms + 20 + int(100 * rand.uniform(job.seed, "watchdog", rank, step))
     return WatchdogNumbers(seq, op, numel, numel_out, timeout_ms, ran_for, seq + 2, seq - 1)

@@ -11,7 +11,7 @@ from fakerun.presets import ClusterSpec, GpuSpec, ModelSpec, StorageSpec, with_g
 from fakerun.sim import lora
 from fakerun.sim.loss import LAWS
 from fakerun.sim.memory import check_fits
-from fakerun.sim.schedule import SCHEDULES
+from fakerun.sim.schedule import SCHEDULES, WSD_STYLES
 
 RECOMPUTE = ("none", "selective", "full")
 REGIMES = ("pretrain", "finetune")
@@ -19,7 +19,8 @@ REGIMES = ("pretrain", "finetune")
 
 @dataclass(frozen=True)
 class RankCoords:
-    """Where a global rank sits: node, local rank and its tensor / data / pipeline / expert parallel ranks."""
+    """Where a global rank sits: node, local rank and its tensor / data / pipeline / expert / context parallel
+    ranks."""
 
     rank: int
     node: int
@@ -28,6 +29,7 @@ class RankCoords:
     dp_rank: int
     pp_rank: int
     ep_rank: int
+    cp_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,25 @@ class JobSpec:
     # Bytes per parameter of weights and optimizer states (sim/memory.STATE_BYTES): "mixed" (bf16 weights,
     # fp32 master and Adam states), "fp32" (FSDP2 / AMP: fp32 parameters are the master), "bf16" (pure bf16).
     state_layout: str = "mixed"
+    # Context parallelism: each sequence is split over `cp` ranks (ring attention passes the K/V chunks
+    # around them); world = tp * cp * dp * pp, and gradients and sharded states span the dp * cp ranks.
+    cp: int = 1
+    # The decay's last step (Megatron's --lr-decay-iters): min_lr holds after it; 0: the run's last step.
+    decay_steps: int = 0
+    # The "wsd" schedule: its annealing steps at the end of the decay, and their shape (WSD_STYLES).
+    wsd_decay_steps: int = 0
+    wsd_style: str = "exponential"
+    # FP8 GEMMs (Transformer Engine's --fp8-format): the matmuls run at the GPU's FP8 rate where it has one.
+    fp8: bool = False
 
     def __post_init__(self) -> None:
         problems = []
         if self.world_size != self.nnodes * self.nproc_per_node:
             problems.append(f"world_size {self.world_size} != nnodes*nproc_per_node")
-        if self.world_size != self.tp * self.pp * self.dp:
-            problems.append(f"world_size {self.world_size} != tp*pp*dp = {self.tp}*{self.pp}*{self.dp}")
+        if self.world_size != self.tp * self.pp * self.cp * self.dp:
+            problems.append(
+                f"world_size {self.world_size} != tp*pp*cp*dp = {self.tp}*{self.pp}*{self.cp}*{self.dp}"
+            )
         if self.global_batch != self.micro_batch * self.dp * self.grad_accum:
             problems.append(f"global_batch {self.global_batch} != micro_batch*dp*grad_accum")
         if self.dp % self.ep:
@@ -156,9 +170,26 @@ class JobSpec:
         return self.adapter_params or self.model.params
 
     @property
+    def decay_end(self) -> int:
+        """The last step of the learning-rate decay."""
+        return self.decay_steps or self.total_steps
+
+    @property
+    def dp_cp(self) -> int:
+        """Ranks holding the same weights (data x context parallel): the group gradients are reduced over
+        and sharded states are split over (Megatron's data-parallel group with context, torchtitan's
+        dp_shard_cp mesh)."""
+        return self.dp * self.cp
+
+    @property
+    def local_seq_len(self) -> int:
+        """Tokens of each sequence one rank holds: its share under context parallelism."""
+        return self.seq_len // self.cp
+
+    @property
     def sharding(self) -> str:
         """How data parallelism shards the training state: DDP, ZeRO-1, ZeRO-2 or FSDP."""
-        if self.dp == 1:
+        if self.dp_cp == 1:
             return "DDP"  # one data-parallel rank has nothing to shard with: ZeRO-1 over 1 rank is plain DDP
         return ("DDP", "ZeRO-1", "ZeRO-2", "FSDP")[self.zero_stage]
 
@@ -168,10 +199,12 @@ class JobSpec:
         return self.world_size
 
     def coords(self, rank: int) -> RankCoords:
-        """Megatron's rank order: tensor parallel fastest, then data parallel, then pipeline stage."""
+        """Megatron's rank order (tp-cp-ep-dp-pp): tensor parallel fastest, then context parallel, then data
+        parallel, then pipeline stage."""
         tp_rank = rank % self.tp
-        dp_rank = (rank // self.tp) % self.dp
-        pp_rank = rank // (self.tp * self.dp)
+        cp_rank = (rank // self.tp) % self.cp
+        dp_rank = (rank // (self.tp * self.cp)) % self.dp
+        pp_rank = rank // (self.tp * self.cp * self.dp)
         return RankCoords(
             rank=rank,
             node=rank // self.nproc_per_node,
@@ -180,6 +213,7 @@ class JobSpec:
             dp_rank=dp_rank,
             pp_rank=pp_rank,
             ep_rank=dp_rank % self.ep,
+            cp_rank=cp_rank,
         )
 
     def stage_layers(self, pp_rank: int) -> int:
@@ -217,6 +251,7 @@ def make_job(
     tp: int | None = None,
     pp: int | None = None,
     ep: int | None = None,
+    cp: int = 1,
     micro_batch: int | None = None,
     grad_accum: int | None = None,
     global_batch: int | None = None,
@@ -224,6 +259,10 @@ def make_job(
     lr: float | None = None,
     min_lr: float | None = None,
     lr_schedule: str = "cosine",
+    decay_steps: int | None = None,
+    wsd_decay_steps: int = 0,
+    wsd_style: str = "exponential",
+    fp8: bool = False,
     warmup_steps: int | None = None,
     total_steps: int | None = None,
     zero_stage: int | None = None,
@@ -272,17 +311,21 @@ def make_job(
         )
     world = nn * npn
     m = model
+    if cp < 1 or world % cp:
+        raise ValueError(f"cp={cp} does not divide the world size {world}")
+    rest = world // cp  # the ranks tensor, pipeline and data parallelism share
 
     # Tensor parallelism stays inside a node and must divide the attention heads.
     if tp is None:
         tp_ = _largest_fitting(
             min(m.tp, npn),
-            lambda t: world % t == 0 and m.heads % t == 0 and m.kv_heads % t == 0 and npn % t == 0,
+            lambda t: rest % t == 0 and m.heads % t == 0 and m.kv_heads % t == 0 and npn % t == 0,
         )
     else:
         tp_ = tp
-        if tp_ < 1 or world % tp_:
-            raise ValueError(f"tp={tp_} does not divide the world size {world}")
+        if tp_ < 1 or rest % tp_:
+            shown = f"the world size {world}" + (f" / cp={cp}" if cp > 1 else "")
+            raise ValueError(f"tp={tp_} does not divide {shown}")
         if tp_ > npn:
             raise ValueError(
                 f"tp={tp_} exceeds nproc_per_node={npn} (tensor parallelism stays inside a node)"
@@ -290,14 +333,14 @@ def make_job(
         if m.heads % tp_:
             raise ValueError(f"tp={tp_} does not divide the {m.heads} attention heads of {m.name}")
     if pp is None:
-        pp_ = _largest_fitting(min(m.pp, m.layers), lambda p: (world // tp_) % p == 0)
+        pp_ = _largest_fitting(min(m.pp, m.layers), lambda p: (rest // tp_) % p == 0)
     else:
         pp_ = pp
-        if pp_ < 1 or (world // tp_) % pp_:
-            raise ValueError(f"pp={pp_} does not divide world/tp = {world // tp_}")
+        if pp_ < 1 or (rest // tp_) % pp_:
+            raise ValueError(f"pp={pp_} does not divide world/(tp*cp) = {rest // tp_}")
         if pp_ > m.layers:
             raise ValueError(f"pp={pp_} exceeds the {m.layers} layers of {m.name}")
-    dp_ = world // (tp_ * pp_)
+    dp_ = rest // (tp_ * pp_)
     if not m.is_moe:
         if ep not in (None, 1):
             raise ValueError(f"ep={ep} needs a mixture-of-experts model; {m.name} is dense")
@@ -312,6 +355,9 @@ def make_job(
     seq = m.seq_len if seq_len is None else seq_len
     if seq < 1 or seq > m.max_position:
         raise ValueError(f"seq_len={seq} outside [1, {m.max_position}] for {m.name}")
+    if cp > 1 and seq % (2 * cp):
+        # Load-balanced ring attention gives each rank two chunks of the sequence, one from each end.
+        raise ValueError(f"seq_len={seq} is not a multiple of 2*cp = {2 * cp}")
 
     mbs_given = micro_batch is not None
     mbs = m.micro_batch if micro_batch is None else micro_batch
@@ -332,6 +378,10 @@ def make_job(
         raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={peak} min_lr={low}")
     if lr_schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {lr_schedule!r} (choose from: {', '.join(SCHEDULES)})")
+    if decay_steps is not None and decay_steps <= warm:
+        raise ValueError(f"decay_steps={decay_steps} must exceed warmup_steps={warm}")
+    if wsd_style not in WSD_STYLES or wsd_decay_steps < 0:
+        raise ValueError(f"need wsd_decay_steps >= 0 and wsd_style in {', '.join(WSD_STYLES)}")
     zero = m.zero_stage if zero_stage is None else zero_stage
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero}")
@@ -369,6 +419,7 @@ def make_job(
         pp=pp_,
         dp=dp_,
         ep=ep_,
+        cp=cp,
         micro_batch=mbs,
         grad_accum=ga,
         global_batch=gbs,
@@ -376,6 +427,10 @@ def make_job(
         lr=peak,
         min_lr=low,
         lr_schedule=lr_schedule,
+        decay_steps=decay_steps or 0,
+        wsd_decay_steps=wsd_decay_steps,
+        wsd_style=wsd_style,
+        fp8=fp8,
         warmup_steps=warm,
         total_steps=total,
         zero_stage=zero,
@@ -443,7 +498,7 @@ def _fit(job: JobSpec, *, zero_given: bool, mbs_given: bool, rc_given: bool) -> 
     """Escalate defaulted memory knobs (ZeRO stage, micro batch, then full recompute) until the job fits."""
     candidates = [job]
     cur = job
-    if not zero_given and job.dp > 1:
+    if not zero_given and job.dp_cp > 1:
         for z in range(job.zero_stage + 1, 4):
             cur = dataclasses.replace(cur, zero_stage=z)
             candidates.append(cur)

@@ -117,9 +117,10 @@ def activation_coefficient(job: JobSpec) -> float:
 
 
 def layer_activation_bytes(job: JobSpec) -> float:
-    """Saved activations of one layer for one micro batch on one rank (sequence parallel when tp > 1)."""
+    """Saved activations of one layer for one micro batch on one rank (sequence parallel when tp > 1; its
+    share of each sequence under context parallelism)."""
     m = job.model
-    s, b, h = job.seq_len, job.micro_batch, m.hidden
+    s, b, h = job.local_seq_len, job.micro_batch, m.hidden
     per_layer = s * b * h * activation_coefficient(job) / job.tp
     if job.recompute == "none":
         # Eager attention keeps the a*s*s score and softmax tensors: 5*a*s/h more per sbh (Korthikanti eq. 2).
@@ -135,7 +136,7 @@ def in_flight_microbatches(job: JobSpec, pp_rank: int) -> int:
 
 
 def _group_count(job: JobSpec) -> int:
-    return sum(1 for size in (job.dp, job.tp, job.pp, job.ep) if size > 1)
+    return sum(1 for size in (job.dp, job.tp, job.pp, job.ep, job.cp) if size > 1)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -144,8 +145,8 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     m = job.model
     dense, expert = stage_params(job, pp_rank)
     total = dense + expert
-    d = job.dp
-    edp = max(job.dp // job.ep, 1)
+    d = job.dp_cp  # context-parallel ranks hold the same weights: ZeRO shards over them too
+    edp = max(d // job.ep, 1)
     grad_b = 4.0 if job.fp32_grad_buffer else 2.0
     z = job.zero_stage
     weight_b, optimizer_b = STATE_BYTES[job.state_layout]
@@ -164,13 +165,13 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     per_layer = layer_activation_bytes(job)
     if job.recompute == "full":
         # Only each layer's input is kept; one layer at a time is recomputed in full during backward.
-        acts = flight * n_layers * 2.0 * job.seq_len * job.micro_batch * m.hidden / job.tp + per_layer
+        acts = flight * n_layers * 2.0 * job.local_seq_len * job.micro_batch * m.hidden / job.tp + per_layer
     else:
         acts = flight * n_layers * per_layer
     logits = 0.0
     if pp_rank == job.pp - 1:
         # bf16 logits plus the fp32 copy the cross-entropy works on: 6 bytes per vocab entry per token.
-        logits = 6.0 * job.seq_len * job.micro_batch * m.vocab / job.tp
+        logits = 6.0 * job.local_seq_len * job.micro_batch * m.vocab / job.tp
     if z == 3:
         dense_layer, expert_layer, router = m.layer_params()
         layer_full = dense_layer + router + (m.experts * expert_layer / job.ep if m.is_moe else expert_layer)
@@ -194,7 +195,7 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     frag = 0.02 + 0.03 * rand.uniform(job.seed, "mem-frag", frag_key)
     reserved = math.ceil(max_allocated * (1.0 + frag) / (2 * MIB)) * 2 * MIB
     overhead = (CUDA_CONTEXT_GIB + WORKSPACE_GIB + NCCL_GROUP_GIB * _group_count(job)) * GIB
-    if job.cluster.nvls and job.nproc_per_node > 1 and (job.dp > 1 or job.tp > 1):
+    if job.cluster.nvls and job.nproc_per_node > 1 and (job.dp_cp > 1 or job.tp > 1):
         overhead += NVLS_GIB * GIB
     if local0:
         overhead += STRAY_CONTEXT_GIB * (job.nproc_per_node - 1) * GIB

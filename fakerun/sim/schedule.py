@@ -1,100 +1,98 @@
-"""Learning-rate schedules: linear warmup, then cosine (default), linear or constant decay to min_lr, or
-torchtitan's warmup-stable-decay (wsd_kind)."""
+"""Learning-rate schedules: linear warmup, then cosine (default), linear, constant, inverse-square-root or
+warmup-stable-decay (WSD) down to min_lr, which holds after the decay's last step."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fakerun.sim.job import JobSpec
 
-# torchtitan's lr_scheduler.decay_type: how linear_warmup_stable_decay's decay phase falls.
-WSD_DECAYS = ("linear", "sqrt", "cosine")
+SCHEDULES = ("cosine", "linear", "constant", "inverse-square-root", "wsd")
+# WSD's annealing shapes (Megatron's --lr-wsd-decay-style): the coefficient of (peak - min_lr) at x, the
+# share of the annealing steps done.
+WSD_STYLES = ("exponential", "linear", "cosine", "minus_sqrt")
+_ZETA_HALF = -1.4603545088095868  # zeta(1/2), for sums of 1/sqrt(i)
+_ZETA_MINUS_HALF = -0.2078862250773545  # zeta(-1/2), for sums of sqrt(i)
 
 
-class _Schedules(tuple[str, ...]):
-    """The plain schedule names; `in` also accepts torchtitan's warmup-stable-decay kinds (wsd_kind)."""
+@dataclass(frozen=True)
+class Shape:
+    """What a schedule needs beyond its peak, floor, warmup and end: WSD's annealing steps and style, and the
+    samples per step (Megatron counts inverse-square-root in samples: no warmup: peak / sqrt(samples))."""
 
-    def __contains__(self, kind: object) -> bool:
-        return super().__contains__(kind) or (isinstance(kind, str) and _wsd(kind) is not None)
-
-
-SCHEDULES = _Schedules(("cosine", "linear", "constant"))
-
-
-def wsd_kind(decay: str, ratio: float | None = None) -> str:
-    """The schedule name of torchtitan's linear_warmup_stable_decay with this decay_type and decay_ratio
-    (None: the decay takes every step after the warmup)."""
-    if decay not in WSD_DECAYS or (ratio is not None and not 0.0 <= ratio <= 1.0):
-        raise ValueError(f"no warmup-stable-decay schedule with decay {decay!r} and ratio {ratio!r}")
-    return f"wsd-{decay}" if ratio is None else f"wsd-{decay}-{ratio!r}"
+    wsd_steps: int = 0
+    wsd_style: str = "exponential"
+    samples_per_step: int = 1
 
 
-def _wsd(kind: str) -> tuple[str, float | None] | None:
-    """(decay_type, decay_ratio) of a wsd_kind name, None for any other name."""
-    parts = kind.split("-", 2)
-    if len(parts) < 2 or parts[0] != "wsd" or parts[1] not in WSD_DECAYS:
-        return None
-    if len(parts) == 2:
-        return parts[1], None
-    try:
-        ratio = float(parts[2])
-    except ValueError:
-        return None
-    return (parts[1], ratio) if 0.0 <= ratio <= 1.0 else None
+_PLAIN = Shape()
 
 
-def _wsd_phases(warmup: int, total: int, ratio: float | None) -> tuple[int, int, int]:
-    """build_lr_schedulers' (warmup, stable, decay) steps: the warmup at most the run, the decay
-    round(total * ratio) at most what the warmup leaves, and a virtual last step in the stable phase so the
-    last step's lr stays above the floor."""
+def _wsd_coefficient(style: str, x: float) -> float:
+    """OptimizerParamScheduler.get_lr's WSD annealing coefficient at x in [0, 1]."""
+    if style == "linear":
+        return 1.0 - x
+    if style == "cosine":
+        return 0.5 * (math.cos(math.pi * x) + 1.0)
+    if style == "minus_sqrt":
+        return 1.0 - math.sqrt(x)
+    return 2.0 * math.pow(0.5, x) - 1.0  # exponential, Megatron's default
+
+
+def warmup_stable_decay(warmup: int, total: int, ratio: float | None) -> tuple[int, int, int]:
+    """torchtitan's linear_warmup_stable_decay in the "wsd" schedule's terms, (warmup, decay end, annealing
+    steps): the warmup cut to the run, the decay over round(total x ratio) steps (all after the warmup when
+    None, at most what the warmup leaves), ending one step past the run: torchtitan's stable phase counts a
+    virtual last step, so the run's last lr stays above the floor."""
     warm = min(warmup, total)
-    decay = total - warm if ratio is None else min(round(total * ratio), total - warm)
-    return warm, total + 1 - warm - decay, decay
+    steps = total - warm if ratio is None else min(round(total * ratio), total - warm)
+    return warm, total + 1, steps
 
 
-def _wsd_factor(
-    step: int, warmup: int, total: int, decay_type: str, ratio: float | None, floor: float
+def lr_at(
+    step: int,
+    *,
+    peak: float,
+    min_lr: float,
+    warmup: int,
+    total: int,
+    kind: str = "cosine",
+    shape: Shape = _PLAIN,
 ) -> float:
-    """linear_warmup_stable_decay's multiplier of the peak lr at optimizer step `step` (1-based: LambdaLR's
-    index is the steps already taken, step - 1)."""
-    warm, stable, decay = _wsd_phases(warmup, total, ratio)
-    current = max(step, 1) - 1
-    if current < warm:
-        return (current + 1) / warm
-    if current < warm + stable:
-        return 1.0
-    # Past the run (a decay of 0 steps, or steps beyond it): the floor, never below it.
-    progress = min((current + 1 - warm - stable) / decay, 1.0) if decay > 0 else 1.0
-    if decay_type == "linear":
-        adjustment = 1.0 - progress
-    elif decay_type == "sqrt":
-        adjustment = 1.0 - math.sqrt(progress)
-    else:
-        adjustment = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return floor + (1.0 - floor) * adjustment
-
-
-def lr_at(step: int, *, peak: float, min_lr: float, warmup: int, total: int, kind: str = "cosine") -> float:
-    """The learning rate at `step` (1-based optimizer steps; step 0 is before any update)."""
-    wsd = _wsd(kind)
-    if wsd is not None:
-        floor = min_lr / peak if peak > 0 else 0.0
-        return peak * _wsd_factor(step, warmup, total, wsd[0], wsd[1], floor)
+    """The learning rate at `step` (1-based optimizer steps; step 0 is before any update); `total` is the
+    decay's last step, after which the lr stays at min_lr (Megatron's --lr-decay-iters)."""
     # Megatron's warmup: lr = peak * step / warmup: the first logged lr is peak/warmup, lr(warmup) = peak.
     if warmup > 0 and step < warmup:
         return peak * max(step, 0) / warmup
     if kind == "constant":
         return peak
+    if kind == "inverse-square-root":
+        if step > total:
+            return min_lr
+        u = shape.samples_per_step
+        return max(min_lr, peak * math.sqrt(max(warmup * u, 1)) / math.sqrt(max(step * u, 1)))
     if step >= total:
         return min_lr
+    if kind == "wsd":
+        anneal_start = total - min(shape.wsd_steps, total - warmup)
+        if step <= anneal_start:
+            return peak
+        x = (step - anneal_start) / (total - anneal_start)
+        return min_lr + (peak - min_lr) * _wsd_coefficient(shape.wsd_style, x)
     progress = (step - warmup) / max(total - warmup, 1)
     if kind == "linear":
         # HF Trainer's default "linear" schedule (there with min_lr = 0).
         return peak + (min_lr - peak) * progress
     # Cosine to min_lr (10% of peak by default): GPT-3, Llama 2/3 recipes (PHYSICS.md 5).
     return min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def job_shape(job: JobSpec) -> Shape:
+    """The job's WSD annealing and samples per step."""
+    return Shape(job.wsd_decay_steps, job.wsd_style, job.global_batch)
 
 
 def lr(job: JobSpec, step: int) -> float:
@@ -104,8 +102,9 @@ def lr(job: JobSpec, step: int) -> float:
         peak=job.lr,
         min_lr=job.min_lr,
         warmup=job.warmup_steps,
-        total=job.total_steps,
+        total=job.decay_end,
         kind=job.lr_schedule,
+        shape=job_shape(job),
     )
 
 
@@ -117,8 +116,60 @@ def _cos_sum(n: int, period: int) -> float:
     return math.sin(n * half) * math.cos((n - 1) * half) / math.sin(half)
 
 
+def _inv_sqrt_sum(n: int) -> float:
+    """sum_{i=1}^{n} 1/sqrt(i) (Euler-Maclaurin with zeta(1/2): within 0.2% at n = 1, O(1) at any n)."""
+    if n <= 0:
+        return 0.0
+    return 2.0 * math.sqrt(n) + _ZETA_HALF + 0.5 / math.sqrt(n) - 1.0 / (24.0 * math.sqrt(n) ** 3)
+
+
+def _sqrt_sum(n: int) -> float:
+    """sum_{j=1}^{n} sqrt(j) (Euler-Maclaurin with zeta(-1/2))."""
+    if n <= 0:
+        return 0.0
+    return 2.0 / 3.0 * math.sqrt(n) ** 3 + 0.5 * math.sqrt(n) + _ZETA_MINUS_HALF + 1.0 / (24.0 * math.sqrt(n))
+
+
+def _wsd_sum(style: str, n: int, span: int) -> float:
+    """sum_{j=1}^{n} of the WSD annealing coefficient at j / span, in closed form."""
+    if n <= 0:
+        return 0.0
+    if style == "linear":
+        return n - n * (n + 1) / (2.0 * span)
+    if style == "cosine":
+        return 0.5 * n + 0.5 * (_cos_sum(n + 1, span) - 1.0)
+    if style == "minus_sqrt":
+        return n - _sqrt_sum(n) / math.sqrt(span)
+    q = math.pow(0.5, 1.0 / span)
+    return 2.0 * q * (1.0 - math.pow(q, n)) / (1.0 - q) - n
+
+
+def _decay_area(s: int, first: int, r: float, warmup: int, total: int, kind: str, shape: Shape) -> float:
+    """sum of lr_i / peak over the decay steps first..min(s, total - 1) of WSD or inverse-square-root (and
+    inverse-square-root's last decay step, `total`, which is not yet min_lr)."""
+    if kind == "wsd":
+        anneal_start = total - min(shape.wsd_steps, total - warmup)
+        stable = max(min(s, anneal_start) - first + 1, 0)
+        n = max(min(s, total - 1) - anneal_start, 0)
+        return stable + n * r + (1.0 - r) * _wsd_sum(shape.wsd_style, n, total - anneal_start)
+    # inverse-square-root: peak * c / sqrt(i) until it meets min_lr at step i_r, min_lr after.
+    u = shape.samples_per_step
+    c = math.sqrt(max(warmup * u, 1) / u)
+    last = min(s, total)
+    i_r = min(int((c / r) ** 2) if r > 0 else last, last)
+    falling = c * (_inv_sqrt_sum(i_r) - _inv_sqrt_sum(first - 1)) if i_r >= first else 0.0
+    return falling + r * (last - max(i_r, first - 1))
+
+
 def lr_area_at(
-    step: int, *, peak: float, min_lr: float, warmup: int, total: int, kind: str = "cosine"
+    step: int,
+    *,
+    peak: float,
+    min_lr: float,
+    warmup: int,
+    total: int,
+    kind: str = "cosine",
+    shape: Shape = _PLAIN,
 ) -> tuple[float, float]:
     """(S1, S2) after optimizer steps 1..`step`, in peak-lr steps, in closed form.
 
@@ -130,9 +181,6 @@ def lr_area_at(
     s = max(step, 0)
     if peak <= 0 or s == 0:
         return 0.0, 0.0
-    wsd = _wsd(kind)
-    if wsd is not None:
-        return _wsd_area(s, min_lr / peak, warmup, total, *wsd)
     m = min(s, warmup - 1) if warmup > 0 else 0
     s1 = m * (m + 1) / (2.0 * warmup) if warmup > 0 else 0.0
     first = max(warmup, 1)  # the first step at the decay part of the schedule
@@ -142,6 +190,11 @@ def lr_area_at(
     if kind == "constant":
         n = s - first + 1
         return s1 + n, 0.0
+    if kind in ("wsd", "inverse-square-root"):
+        end = total + 1 if kind == "inverse-square-root" else total  # the first step at min_lr
+        tail = max(s - max(end, first) + 1, 0)
+        area = _decay_area(s, first, r, warmup, total, kind, shape) + tail * r
+        return s1 + area, (s - first + 1) - area
     span = max(total - warmup, 1)
     # Steps first..min(s, total - 1) follow the decay (j = i - warmup); later ones sit at min_lr.
     j0 = first - warmup
@@ -160,42 +213,6 @@ def lr_area_at(
     return s1 + area, post - area
 
 
-def _sqrt_sum(n: int) -> float:
-    """sum_{j=1}^{n} sqrt(j): exact below 64 terms, else Euler-Maclaurin (error below 1e-9)."""
-    if n < 64:
-        return math.fsum(math.sqrt(j) for j in range(1, n + 1))
-    # zeta(-1/2) is the constant of the expansion.
-    root = math.sqrt(n)
-    return (
-        2.0 / 3.0 * n * root
-        + 0.5 * root
-        - 0.207886224977354566
-        + 1.0 / (24.0 * root)
-        - 1.0 / (1920.0 * n * n * root)
-    )
-
-
-def _wsd_area(
-    s: int, floor: float, warmup: int, total: int, decay_type: str, ratio: float | None
-) -> tuple[float, float]:
-    """lr_area_at of torchtitan's warmup-stable-decay after steps 1..s, in closed form."""
-    warm, stable, decay = _wsd_phases(warmup, total, ratio)
-    m = min(s, warm)
-    s1 = m * (m + 1) / (2.0 * warm) if warm > 0 else 0.0
-    flat = min(max(s - warm, 0), stable)
-    # Decay steps j = 1, 2, ... at progress j / decay; from j = decay on, the floor.
-    n_all = max(s - warm - stable, 0)
-    n = min(n_all, max(decay - 1, 0))
-    if decay_type == "linear":
-        falling = n - n * (n + 1) / (2.0 * decay) if n else 0.0
-    elif decay_type == "sqrt":
-        falling = n - _sqrt_sum(n) / math.sqrt(decay) if n else 0.0
-    else:
-        falling = 0.5 * (n + _cos_sum(n + 1, decay) - 1.0) if n else 0.0
-    decay_area = n_all * floor + (1.0 - floor) * falling
-    return s1 + flat + decay_area, n_all - decay_area
-
-
 def lr_area(job: JobSpec, step: int) -> tuple[float, float]:
     """The job's (S1, S2) learning-rate areas after `step` optimizer steps (see lr_area_at)."""
     return lr_area_at(
@@ -203,6 +220,7 @@ def lr_area(job: JobSpec, step: int) -> tuple[float, float]:
         peak=job.lr,
         min_lr=job.min_lr,
         warmup=job.warmup_steps,
-        total=job.total_steps,
+        total=job.decay_end,
         kind=job.lr_schedule,
+        shape=job_shape(job),
     )

@@ -3,6 +3,8 @@ Megatron reports for it, and the checkpoints it says it saved, where it says."""
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -30,6 +32,14 @@ def test_gpt2_script_runs_as_megatron_and_leaves_its_checkpoints(tmp_path: Path)
     assert " > number of parameters on (tensor, pipeline) model parallel rank (0, 0): 124475904" in out
     iterations = [x for x in out if " iteration " in x and "/     100 |" in x]
     assert len(iterations) == 4 and "global batch size:    32 |" in iterations[0]
+    # OptimizerParamScheduler.get_lr: cosine from 6e-4 after 1 warm-up iteration to 6e-5 at --lr-decay-iters
+    # 30, then min_lr for the rest of the run.
+    printed = [re.search(r" learning rate: (\S+) \|", x)[1] for x in iterations]  # type: ignore[index]
+    cosine = [6e-5 + (6e-4 - 6e-5) * 0.5 * (1 + math.cos(math.pi * (i - 1) / 29)) for i in (10, 20)]
+    assert printed == [f"{lr:.6E}" for lr in (*cosine, 6e-5, 6e-5)]
+    assert re.search(r"^  lr_decay_iters \.+ 30$", proc.stdout, flags=re.MULTILINE)
+    assert re.search(r"^  context_parallel_size \.+ 1$", proc.stdout, flags=re.MULTILINE)
+    assert "data-parallel size: 2, context-parallel size: 1, hierarchical" in proc.stdout
     saves = [x for x in out if x.startswith("saving checkpoint at iteration")]
     where = "to checkpoints/gpt2_124m in torch_dist format"
     assert saves == [f"saving checkpoint at iteration {n:7d} {where}" for n in (20, 40)]

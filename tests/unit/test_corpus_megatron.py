@@ -3,23 +3,30 @@ published counts or the architecture's own formula, batch, schedule, precision, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fakerun import presets
 from fakerun.cli import parse_command_line
+from fakerun.dialects.base import Seat
 from fakerun.dialects.files import SaveRequest
 from fakerun.dialects.megatron import MegatronDialect
 from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
-from fakerun.frameworks import megatron_args
+from fakerun.frameworks import megatron_args, pytrace
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
+from fakerun.sim import compute, memory, schedule
+from fakerun.sim.collectives import comm_plan
+from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import RunPlan
+from fakerun.worker.main import die_at_start
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "megatron"
 
@@ -65,8 +72,8 @@ def test_gpt2_small_is_gpt2_with_megatron_padding() -> None:
     assert shape == ("learned", "gelu", "layernorm", "all", True)
     assert h.settings["megatron.vocab"] == "50257"
     assert h.job["micro_batch"] == 4 and h.job["global_batch"] == 32 and h.job["total_steps"] == 100
-    # --lr-warmup-fraction .01 of the 100 decay iterations (--train-iters: no --lr-decay-iters).
     assert h.job["lr_schedule"] == "cosine" and h.job["warmup_steps"] == 1 and h.job["min_lr"] == 6e-5
+    assert h.job["decay_steps"] == 30  # --lr-decay-iters: min_lr from iteration 30 to the run's end (100)
     assert h.cadence == {"log_interval": 10, "save_interval": 20, "eval_interval": 50, "eval_iters": 5}
     assert h.settings["save"] == "checkpoints/gpt2_124m" and h.script_exit is None
 
@@ -80,7 +87,7 @@ def test_llama3_8b_is_the_published_model_with_its_samples_schedule() -> None:
     assert h.job["total_steps"] == 10 and h.job["warmup_steps"] == 1
     assert h.job["tp"] == 2 and h.job["zero_stage"] == 1
     assert h.settings["megatron.fp8"] == "hybrid" and h.settings["megatron.fp8_recipe"] == "tensorwise"
-    assert h.settings["megatron.cp"] == "2" and h.settings["megatron.sequence_parallel"] == "1"
+    assert h.job["cp"] == 2 and h.settings["megatron.sequence_parallel"] == "1"
     assert h.cadence["save_interval"] == 0  # no --save: nothing saved
 
 
@@ -266,3 +273,264 @@ def test_megatron_deepspeed_saves_deepspeed_global_step_layout() -> None:
     paths = [a.path for a in MegatronDeepSpeedDialect.artifacts(request)]
     assert paths[0] == "ck/global_step20/mp_rank_00_model_states.pt"
     assert paths[-2:] == ["ck/latest", "ck/latest_checkpointed_iteration.txt"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Context parallelism, FP8, the schedule's end, deaths in the model config, what rank 0 printed first
+
+
+def test_context_parallel_splits_each_sequence_over_its_ranks() -> None:
+    nproc, script, args = script_command("llama3_8b.sh")
+    run, hints = run_of(script, args, nproc)
+    job = run.job
+    # --tensor-model-parallel-size 2, --context-parallel-size 2 on 8 GPUs: DP = 8 / (2 x 1 x 2).
+    assert (job.tp, job.cp, job.pp, job.dp) == (2, 2, 1, 2)
+    # Megatron's rank order tp-cp-dp-pp: ranks 0, 1 are TP ranks of CP rank 0; 2, 3 of CP rank 1.
+    assert [(c.tp_rank, c.cp_rank, c.dp_rank) for c in map(job.coords, range(4))] == [
+        (0, 0, 0),
+        (1, 0, 0),
+        (0, 1, 0),
+        (1, 1, 0),
+    ]
+    dialect = MegatronDialect(Seat(rank=0, local_rank=0, world_size=8, nproc_per_node=8, hosts=("node-a",)))
+    dialect.settings = dict(hints.settings)
+    text = "\n".join(dialect.startup(run))
+    assert (
+        "data-parallel size: 2, context-parallel size: 2, hierarchical context-parallel sizes: None" in text
+    )
+    assert re.search(r"^  context_parallel_size \.+ 2$", text, flags=re.MULTILINE)
+    assert re.search(r"^  fp8 \.+ hybrid$", text, flags=re.MULTILINE)
+    assert re.search(r"^  fp8_recipe \.+ tensorwise$", text, flags=re.MULTILINE)
+
+
+def _job(**kw: object) -> JobSpec:
+    """A Llama 3 8B job on one 8 x H100 node with explicit parallelism (memory unchecked)."""
+    bundle = presets.resolve("llama3-8b", "h100", None)
+    base: dict[str, Any] = dict(
+        nnodes=1,
+        nproc_per_node=8,
+        tp=2,
+        pp=1,
+        micro_batch=1,
+        global_batch=16,
+        seq_len=8192,
+        recompute="selective",
+    )
+    return make_job(bundle.model, bundle.cluster, bundle.storage, check_memory=False, **{**base, **kw})
+
+
+def test_context_parallel_physics() -> None:
+    one, two = _job(), _job(cp=2)
+    assert one.cp == 1 and one.dp == 4 and two.dp == 2 and two.dp_cp == 4
+    # Each rank holds half of each sequence: half the saved activations (no s x s term under selective).
+    assert memory.layer_activation_bytes(two) == memory.layer_activation_bytes(one) / 2
+    assert not [o for o in comm_plan(one).ops if o.group == "cp"]
+    (ring,) = [o for o in comm_plan(two).ops if o.group == "cp"]
+    m = two.model
+    # A rank's K and V chunk (bf16, its 8/2 query groups of 128, 4096 tokens), cp - 1 hops forward and two
+    # chunks (K/V and their gradient) per hop backward, per layer and micro batch.
+    assert ring.op == "send_recv" and ring.ranks == 2
+    assert ring.nbytes == 2 * 2 * 4096 * 1 * m.kv_heads * m.head_dim / 2
+    assert ring.count == 3 * 1 * m.layers * two.grad_accum
+    # Gradients are reduced over the 4 ranks holding the same weights (data x context parallel).
+    assert {o.ranks for o in comm_plan(two).ops if o.group == "dp"} == {4}
+    # The same tokens per step over the same GPUs: no faster, and slower only by the exposed K/V exchange.
+    assert compute.expected_step_time(two) >= compute.expected_step_time(one) * 0.98
+
+
+def test_fp8_gemms_run_faster_where_the_gpu_has_an_fp8_rate() -> None:
+    bf16, fp8 = _job(), _job(fp8=True)
+    h100 = bf16.gpu
+    assert h100.peak_fp8_tflops > h100.peak_bf16_tflops
+    faster = compute.expected_step_time(bf16) / compute.expected_step_time(fp8)
+    # Some of the step runs at twice the rate, never all of it.
+    assert 1.0 < faster < h100.peak_fp8_tflops / h100.peak_bf16_tflops
+    a100 = presets.resolve("llama3-8b", "a100-80gb", None)
+    plain = make_job(a100.model, a100.cluster, a100.storage, tp=2, check_memory=False)
+    assert compute.expected_step_time(dataclasses.replace(plain, fp8=True)) == compute.expected_step_time(
+        plain
+    )
+
+
+def _megatron_lr(
+    i: int,
+    gbs: int,
+    *,
+    style: str,
+    peak: float,
+    low: float,
+    warmup: int,
+    decay: int,
+    wsd: int = 0,
+    wsd_style: str = "exponential",
+) -> float:
+    """OptimizerParamScheduler.get_lr (core v0.15) after iteration i: its steps are samples."""
+    n, w, d = i * gbs, warmup * gbs, decay * gbs
+    if w > 0 and n <= w:
+        return peak * n / w
+    if style == "constant":
+        return peak
+    if n > d:
+        return low
+    if style == "inverse-square-root":
+        return max(low, peak * max(w, 1) ** 0.5 / max(n, 1) ** 0.5)
+    ratio = (n - w) / (d - w)
+    if style == "linear":
+        coeff = 1.0 - ratio
+    elif style == "cosine":
+        coeff = 0.5 * (math.cos(math.pi * ratio) + 1.0)
+    else:
+        start = d - wsd * gbs
+        x = (n - start) / (wsd * gbs)
+        coeff = (
+            1.0
+            if n <= start
+            else {
+                "linear": 1.0 - x,
+                "cosine": 0.5 * (math.cos(math.pi * x) + 1.0),
+                "exponential": 2.0 * 0.5**x - 1.0,
+                "minus_sqrt": 1.0 - math.sqrt(x),
+            }[wsd_style]
+        )
+    return low + coeff * (peak - low)
+
+
+@pytest.mark.parametrize(
+    ("extra", "style", "warmup", "wsd", "wsd_style"),
+    [
+        (["--lr-decay-style", "cosine", "--lr-warmup-iters", "5"], "cosine", 5, 0, ""),
+        (["--lr-decay-style", "linear"], "linear", 0, 0, ""),
+        (["--lr-decay-style", "inverse-square-root"], "inverse-square-root", 0, 0, ""),
+        (
+            ["--lr-decay-style", "inverse-square-root", "--lr-warmup-iters", "4"],
+            "inverse-square-root",
+            4,
+            0,
+            "",
+        ),
+        *(
+            (
+                ["--lr-decay-style", "WSD", "--lr-wsd-decay-iters", "20", "--lr-wsd-decay-style", s],
+                "wsd",
+                0,
+                20,
+                s,
+            )
+            for s in ("exponential", "linear", "cosine", "minus_sqrt")
+        ),
+    ],
+)
+def test_lr_follows_megatron_and_holds_min_lr_after_the_decay(
+    extra: list[str], style: str, warmup: int, wsd: int, wsd_style: str
+) -> None:
+    base = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512"
+    args = [*base.split(), "--micro-batch-size", "2", "--global-batch-size", "16", "--train-iters", "100"]
+    args += ["--lr", "3e-4", "--min-lr", "3e-5", "--lr-decay-iters", "60", *extra]
+    run, hints = run_of("pretrain_gpt.py", args, 4)
+    job = run.job
+    assert hints.script_exit is None and job.decay_end == 60 and job.lr_schedule == style
+    for i in (1, 2, 4, 5, 9, 30, 45, 50, 59, 60, 61, 100):
+        want = _megatron_lr(
+            i,
+            16,
+            style=style,
+            peak=3e-4,
+            low=3e-5,
+            warmup=warmup,
+            decay=60,
+            wsd=wsd,
+            wsd_style=wsd_style or "exponential",
+        )
+        assert schedule.lr(job, i) == pytest.approx(want, rel=1e-12, abs=1e-18), i
+    # The closed-form areas the loss curve integrates agree with summing the printed lrs.
+    for i in (3, 40, 60, 80):
+        s1, s2 = schedule.lr_area(job, i)
+        lrs = [schedule.lr(job, k) / job.lr for k in range(1, i + 1)]
+        after = lrs[max(job.warmup_steps, 1) - 1 :]
+        assert s1 == pytest.approx(sum(lrs), rel=2e-3)
+        assert s2 == pytest.approx(sum(1.0 - x for x in after), rel=2e-3, abs=1e-2)
+
+
+def test_heads_tensor_parallel_does_not_divide_die_in_transformer_config() -> None:
+    base = "--num-layers 2 --hidden-size 768 --num-attention-heads 12 --max-position-embeddings 512"
+    args = [
+        *base.split(),
+        "--micro-batch-size",
+        "1",
+        "--train-iters",
+        "10",
+        "--tensor-model-parallel-size",
+        "8",
+    ]
+    run, hints = run_of("/opt/Megatron-LM/pretrain_gpt.py", args, 8)
+    assert hints.script_exit is not None and run.job.world_size == 8
+    text, code = hints.script_exit
+    lines = pytrace.with_rank(text, 3).splitlines()
+    assert code == 1 and all(x.startswith("[rank3]: ") for x in lines)
+    assert lines[-1] == (
+        "[rank3]: ValueError: num_attention_heads (12) must be a multiple of tensor_model_parallel_size (8)."
+    )
+    assert lines[-3:-1] == [
+        '[rank3]:   File "/opt/Megatron-LM/megatron/core/transformer/transformer_config.py", line 744, in '
+        "__post_init__",
+        "[rank3]:     raise ValueError(",
+    ]
+    assert '[rank3]:   File "/opt/Megatron-LM/gpt_builders.py", line 29, in gpt_builder' in lines
+    # Megatron's layout line and the dtype are out on rank 0's stdout by then.
+    assert pytrace.stdout_for(hints.script_stdout, 3, 3, "2.13.0") == ""  # rank 0 prints them
+    assert pytrace.stdout_for(hints.script_stdout, 0, 0, "2.13.0").startswith(
+        "using world size: 8, data-parallel size: 1, context-parallel size: 1"
+    )
+
+
+def test_query_groups_are_checked_after_the_heads() -> None:
+    base = "--num-layers 2 --hidden-size 1024 --num-attention-heads 16 --max-position-embeddings 512"
+    args = [
+        *base.split(),
+        "--group-query-attention",
+        "--num-query-groups",
+        "2",
+        "--tensor-model-parallel-size",
+        "4",
+    ]
+    _, hints = run_of("pretrain_gpt.py", [*args, "--micro-batch-size", "1", "--train-iters", "10"], 4)
+    assert hints.script_exit is not None
+    assert (
+        hints.script_exit[0]
+        .splitlines()[-1]
+        .endswith("ValueError: num_query_groups (2) must be a multiple of tensor_model_parallel_size (4).")
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "nproc", "stdout"),
+    [
+        # validate_args' world-size check comes before its layout line: nothing printed.
+        (["--tensor-model-parallel-size", "4"], 6, ""),
+        # The micro-batch calculator runs after validate_args printed the layout and the dtype.
+        (
+            ["--global-batch-size", "6", "--fp16"],
+            4,
+            "using world size: 4, data-parallel size: 4, context-parallel size: 1, hierarchical "
+            "context-parallel sizes: None, tensor-model-parallel size: 1, pipeline-model-parallel size: 1\n"
+            "using torch.float16 for parameters ...\n",
+        ),
+    ],
+)
+def test_rank0_stdout_before_the_refusal(extra: list[str], nproc: int, stdout: str) -> None:
+    base = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512"
+    _, hints = run_of(
+        "pretrain_gpt.py", [*base.split(), "--micro-batch-size", "1", "--train-iters", "9", *extra], nproc
+    )
+    assert hints.script_exit is not None
+    assert pytrace.stdout_for(hints.script_stdout, 0, 0, "2.13.0") == stdout
+    assert pytrace.stdout_for(hints.script_stdout, 1, 1, "2.13.0") == ""  # Megatron prints from rank 0
+
+
+def test_die_at_start_prints_rank0_stdout_first(capsys: pytest.CaptureFixture[str]) -> None:
+    printed = f"{pytrace.MASTER_LINE}layout\n"
+    assert die_at_start("oops\n", 1, rank=0, stdout=pytrace.stdout_for(printed, 0, 0, "2.13.0")) == 1
+    assert capsys.readouterr() == ("layout\n", "oops\n")
+    oops = f"[rank{pytrace.RANK_SLOT}]: oops\n"
+    assert die_at_start(oops, 1, rank=2, stdout=pytrace.stdout_for(printed, 2, 2, "2.13.0")) == 1
+    assert capsys.readouterr() == ("", "[rank2]: oops\n")

@@ -15,7 +15,8 @@ torchrun --nproc_per_node 2 --nnodes 1 --master_addr localhost --master_port 600
     --lr 6e-4 \
     --min-lr 6e-5 \
     --lr-decay-style cosine \
-    --lr-warmup-fraction .01 \
+    --lr-decay-iters 30 \
+    --lr-warmup-iters 1 \
     --weight-decay 0.1 \
     --clip-grad 1.0 \
     --bf16 \
