@@ -514,6 +514,8 @@ class TestRestart:
                 "--fake-metrics",
                 "m.jsonl",
                 "pretrain_gpt.py",
+                "--save",
+                "ckpt",
                 "--save-interval",
                 "4",
             ],
