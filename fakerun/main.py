@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from fakerun import dialects, presets
 from fakerun.cli import parse_command_line, prog_name
@@ -53,6 +54,7 @@ class Current:
     ctx: SimContext | None
     group: LocalWorkerGroup | None = None
     voice: TorchrunVoice | None = None
+    rank_logs: RankLogs | None = None  # fakerun-tail's copies, whose meta.json follows the job's shape
 
     def regroup(self, cmd: CommandLine, bundle: presets.PresetBundle, membership: Membership) -> None:
         """A round went on with other nodes (this one keeps its place among `membership.members`)."""
@@ -84,6 +86,8 @@ class Current:
             self.group.run_dirs = dict(zip([me], self.group.run_dirs.values(), strict=True))
         if self.voice is not None:
             self.voice.plan = plan
+        if self.rank_logs is not None:
+            self.rank_logs.describe(_rank_meta(cmd, plan))
 
 
 def _free_port() -> int:
@@ -245,20 +249,23 @@ def _shown_pid(current: Current) -> Callable[[WorkerSlot, int, int], int] | None
     return shown
 
 
-def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs | None:
-    """The per-rank output copies fakerun-tail reads; without them (read-only /tmp) the job still runs."""
-    slots = worker_slots(plan)
-    meta = {
+def _rank_meta(cmd: CommandLine, plan: LaunchPlan) -> dict[str, Any]:
+    """The job as fakerun-tail reads it (meta.json): this launcher's nodes and their ranks."""
+    return {
         "run_id": plan.rdzv.run_id,
         "script": cmd.torchrun.training_script,
-        "nnodes": plan.max_nodes,
+        "nnodes": plan.group_world_size,
         "nproc_per_node": plan.nproc_per_node,
         "nodes": {str(node.group_rank): node.host for node in plan.nodes},
-        "ranks": [slot.rank for slot in slots],
+        "ranks": [slot.rank for slot in worker_slots(plan)],
     }
+
+
+def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs | None:
+    """The per-rank output copies fakerun-tail reads; without them (read-only /tmp) the job still runs."""
     directory = state_dir()
     try:
-        return RankLogs(os.path.join(directory, f"job-{os.getpid()}"), meta, console.warn)
+        return RankLogs(os.path.join(directory, f"job-{os.getpid()}"), _rank_meta(cmd, plan), console.warn)
     except OSError as exc:
         console.warn(
             notice(
@@ -612,7 +619,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
             rank_logs.max_open = fds.spare  # the copies take what the ranks' pipes leave of the limit
         console.rank_logs = rank_logs
 
-        current = Current(plan, ctx)
+        current = Current(plan, ctx, rank_logs=rank_logs)
         if links is not None and ctx is not None and len(ctx.hosts) != plan.group_world_size:
             # An elastic job this agent joined while it ran (or began short of MAX): the size it has.
             current.resize(cmd, bundle, plan.nodes[0].group_rank, ctx.hosts)
