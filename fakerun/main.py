@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from fakerun import dialects, presets
 from fakerun.cli import parse_command_line, prog_name
@@ -19,7 +20,7 @@ from fakerun.coordinator import Coordinator
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
 from fakerun.launcher import glog, preflight, report
-from fakerun.launcher.cluster import ClusterLink
+from fakerun.launcher.cluster import ClusterLink, Membership, NameHost
 from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
 from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.elastic import RoundRules
@@ -53,35 +54,30 @@ class Current:
     ctx: SimContext | None
     group: LocalWorkerGroup | None = None
     voice: TorchrunVoice | None = None
+    rank_logs: RankLogs | None = None  # fakerun-tail's copies, whose meta.json follows the job's shape
 
-    def regroup(
-        self,
-        cmd: CommandLine,
-        bundle: presets.PresetBundle,
-        members: tuple[int, ...],
-        warn: Callable[[str], None],
-    ) -> None:
-        """A round went on with `members` (group ranks in the previous round): new sizes, same model, seed."""
+    def regroup(self, cmd: CommandLine, bundle: presets.PresetBundle, membership: Membership) -> None:
+        """A round went on with other nodes (this one keeps its place among `membership.members`)."""
+        self.resize(cmd, bundle, membership.members.index(self.plan.nodes[0].group_rank), membership.hosts)
+
+    def resize(self, cmd: CommandLine, bundle: presets.PresetBundle, me: int, hosts: tuple[str, ...]) -> None:
+        """The job has the nodes `hosts`, this agent being group rank `me`: new sizes, same model and seed."""
         plan, ctx = self.plan, self.ctx
         assert ctx is not None
-        me = members.index(plan.nodes[0].group_rank)
-        hosts = tuple(ctx.hosts[m] for m in members)
-        plan = dataclasses.replace(plan, nodes=(NodePlan(me, hosts[me]),), group_world_size=len(members))
+        plan = dataclasses.replace(plan, nodes=(NodePlan(me, hosts[me]),), group_world_size=len(hosts))
         job = ctx.run.job
         try:
-            # The model is the job's, whatever default the smaller size would have picked.
+            # The model is the job's, whatever default the other size would have picked.
             run, _ = build_run(
                 cmd,
                 dataclasses.replace(bundle, model=job.model),
-                nnodes=len(members),
+                nnodes=len(hosts),
                 nproc_per_node=plan.nproc_per_node,
                 model_given=True,
                 fresh_seed=job.seed,
             )
         except JobConfigError as exc:
-            print(
-                notice(f"the job keeps its simulated size: at {len(members)} nodes, {exc}"), file=sys.stderr
-            )
+            print(notice(f"the job keeps its simulated size: at {len(hosts)} nodes, {exc}"), file=sys.stderr)
             run = ctx.run
         self.plan, self.ctx = plan, dataclasses.replace(ctx, run=run, hosts=hosts, real_node=me)
         if self.group is not None:
@@ -90,6 +86,8 @@ class Current:
             self.group.run_dirs = dict(zip([me], self.group.run_dirs.values(), strict=True))
         if self.voice is not None:
             self.voice.plan = plan
+        if self.rank_logs is not None:
+            self.rank_logs.describe(_rank_meta(cmd, plan))
 
 
 def _free_port() -> int:
@@ -252,20 +250,23 @@ def _shown_pid(current: Current) -> Callable[[WorkerSlot, int, int], int] | None
     return shown
 
 
-def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs | None:
-    """The per-rank output copies fakerun-tail reads; without them (read-only /tmp) the job still runs."""
-    slots = worker_slots(plan)
-    meta = {
+def _rank_meta(cmd: CommandLine, plan: LaunchPlan) -> dict[str, Any]:
+    """The job as fakerun-tail reads it (meta.json): this launcher's nodes and their ranks."""
+    return {
         "run_id": plan.rdzv.run_id,
         "script": cmd.torchrun.training_script,
-        "nnodes": plan.max_nodes,
+        "nnodes": plan.group_world_size,
         "nproc_per_node": plan.nproc_per_node,
         "nodes": {str(node.group_rank): node.host for node in plan.nodes},
-        "ranks": [slot.rank for slot in slots],
+        "ranks": [slot.rank for slot in worker_slots(plan)],
     }
+
+
+def _rank_logs(cmd: CommandLine, plan: LaunchPlan, console: Console) -> RankLogs | None:
+    """The per-rank output copies fakerun-tail reads; without them (read-only /tmp) the job still runs."""
     directory = state_dir()
     try:
-        return RankLogs(os.path.join(directory, f"job-{os.getpid()}"), meta, console.warn)
+        return RankLogs(os.path.join(directory, f"job-{os.getpid()}"), _rank_meta(cmd, plan), console.warn)
     except OSError as exc:
         console.warn(
             notice(
@@ -302,10 +303,11 @@ def _control(
     console: Console,
     publish: bool,
     rules: RoundRules | None,
-    regroup: Callable[[tuple[int, ...]], None],
+    regroup: Callable[[Membership], None],
 ) -> Callable[[selectors.BaseSelector], ControlHub]:
     """Builds the coordinator's channels (and, on a multi-node job, the links to the other agents; an
-    elastic job's root decides its restart rounds by `rules`, and each agent follows a new membership)."""
+    elastic job's root decides its rounds by `rules` and takes in agents that join it while it runs, and
+    each agent follows a new membership)."""
     plan, ctx = current.plan, current.ctx
     assert ctx is not None
 
@@ -340,6 +342,7 @@ def _control(
         if links is not None:
             hub.world_size = plan.world_size
             local = frozenset(slot.rank for slot in worker_slots(plan))
+            root = links.assignment.group_rank == 0
             cluster = ClusterLink(
                 selector,
                 links.assignment.group_rank,
@@ -348,7 +351,13 @@ def _control(
                 warn,
                 peers=dict(links.peers),
                 listener=links.listener,
-                rules=rules if links.assignment.group_rank == 0 else None,
+                rules=rules if root else None,
+                hosts=ctx.hosts,
+                me=links.me if root and rules is not None else None,
+                master=(plan.rdzv.master_addr, plan.rdzv.master_port),
+                epoch=ctx.clock.mono0 if ctx.clock is not None else time.monotonic(),
+                name_host=_host_namer(ctx.run.job.cluster, links.renamed),
+                round_no=links.assignment.round,
             )
             links.peers.clear()  # the cluster owns them now
             links.listener = None
@@ -357,6 +366,19 @@ def _control(
         return hub
 
     return make
+
+
+def _host_namer(cluster: presets.ClusterSpec, renamed: bool) -> NameHost:
+    """How node 0 names an agent joining the running job: its own host name, unless the nodes took the
+    cluster's names (agents sharing one machine) or another node has it; then the cluster's first free one."""
+
+    def name(host: str, taken: tuple[str, ...]) -> str:
+        if not renamed and host not in taken:
+            return host
+        free = (presets.host_name(cluster, i) for i in range(len(taken) + 1))
+        return next((n for n in free if n not in taken), f"{host}-{len(taken)}")
+
+    return name
 
 
 def _child_factory(cmd: CommandLine, current: Current, python: str, saved: SavedStep) -> ChildFactory:
@@ -598,7 +620,11 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
             rank_logs.max_open = fds.spare  # the copies take what the ranks' pipes leave of the limit
         console.rank_logs = rank_logs
 
-        current = Current(plan, ctx)
+        current = Current(plan, ctx, rank_logs=rank_logs)
+        if links is not None and ctx is not None and len(ctx.hosts) != plan.group_world_size:
+            # An elastic job this agent joined while it ran (or began short of MAX): the size it has.
+            current.resize(cmd, bundle, plan.nodes[0].group_rank, ctx.hosts)
+            plan, ctx = current.plan, current.ctx
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
             current.group = group
@@ -621,7 +647,8 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         def rendezvous_s(restart_count: int) -> float:
             return rendezvous_seconds(seed, rdzv_nodes, restart_count) / clock.speed
 
-        saved = SavedStep()
+        # An agent that joined a running job resumes from the step its assignment named.
+        saved = SavedStep(links.assignment.resume if links is not None else 0)
         publish = rank_logs is not None
         control = None
         if ctx is not None:
@@ -633,9 +660,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
                 console,
                 publish,
                 rules,
-                lambda members: current.regroup(
-                    cmd, bundle, members, lambda line: console.launcher_lines(line + "\n")
-                ),
+                lambda membership: current.regroup(cmd, bundle, membership),
             )
         children = _child_factory(cmd, current, python, saved)
         return run_job(

@@ -22,6 +22,7 @@ class State(enum.Enum):
     RUNNING = "running"
     STOPPING_AFTER_FAILURE = "stopping_after_failure"
     STOPPING_AFTER_SIGNAL = "stopping_after_signal"
+    STOPPING_FOR_NEW_NODES = "stopping_for_new_nodes"  # an elastic job grows: a restart that is not counted
     DONE = "done"
 
 
@@ -68,6 +69,14 @@ class Rejoin(Protocol):
         """Whether attempt `restart_count` may start (every agent rejoined, or the round can never happen)."""
         ...
 
+    def nodes_waiting(self) -> int:
+        """How many agents wait to join at the next round (torch's num_nodes_waiting; elastic jobs)."""
+        ...
+
+    def stopping_for_round(self) -> None:
+        """This agent stops its healthy workers for a round: their ends are no failure of the job."""
+        ...
+
     def round_timed_out(self) -> bool:
         """Whether the round this agent waits for ended in torch's RendezvousTimeoutError (elastic jobs)."""
         ...
@@ -83,6 +92,7 @@ class AgentOutput(Protocol):
     def unable_to_shutdown(self, pid: int, sig: signal.Signals) -> None: ...
     def worker_failed(self, failure: Failure) -> None: ...
     def will_restart(self, attempts_left: int) -> None: ...
+    def new_nodes_detected(self, waiting: int) -> None: ...
     def received_death_signal(self, signum: int) -> None: ...
     def child_failed_report(self, root: Failure, others: list[Failure], restart_count: int) -> None: ...
     def signal_exception(self, signum: int) -> None: ...
@@ -125,6 +135,8 @@ class Agent:
         self._deadline: float | None = None
         self._stop_signal: signal.Signals = signal.SIGTERM
         self._death_signum = 0
+        self._rejoining = False  # this attempt starts at a new round of the job's agents
+        self._new_nodes_look: float | None = None  # the monitor's look that acts on agents waiting to join
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -166,7 +178,7 @@ class Agent:
         """Time passed: the rendezvous ends, the monitor's next look finds a failure and SIGTERMs the others,
         or workers past their shutdown deadline are SIGKILLed."""
         if self.state is State.RENDEZVOUS:
-            if self.restart_count > 0 and self.rejoin is not None and self.rejoin.round_timed_out():
+            if self._rejoining and self.rejoin is not None and self.rejoin.round_timed_out():
                 # torch's next_rendezvous raises out of the agent's run: no worker failure to report.
                 self.out.rendezvous_timed_out()
                 self._finish(1)
@@ -177,6 +189,13 @@ class Agent:
         if self._terminate_at is not None:
             if now >= self._terminate_at:
                 self._terminate(now)
+            return
+        if self.state is State.RUNNING and self.rejoin is not None and self.rejoin.nodes_waiting() > 0:
+            # torch's monitor loop asks the rendezvous at each look whether nodes wait to join.
+            if self._new_nodes_look is None:
+                self._new_nodes_look = self._next_look(now)
+            if now >= self._new_nodes_look:
+                self._restart_for_new_nodes(self.rejoin.nodes_waiting(), now)
             return
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
@@ -195,19 +214,21 @@ class Agent:
         """When on_tick must next be called, if ever."""
         if self.state is State.RENDEZVOUS and not self._round_complete():
             return None  # the other agents' messages end the wait (the loop calls on_tick after each)
-        due = [t for t in (self._deadline, self._terminate_at) if t is not None]
+        due = [t for t in (self._deadline, self._terminate_at, self._new_nodes_look) if t is not None]
         return min(due) if due else None
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _begin_attempt(self, now: float) -> None:
-        """An attempt's rendezvous: its workers start when it completes (on_tick), at once without one."""
+    def _begin_attempt(self, now: float, *, rejoining: bool = False) -> None:
+        """An attempt's rendezvous: its workers start when it completes (on_tick), at once without one.
+        `rejoining`: it is a new round of the job's agents (a restart, or nodes joining)."""
         if self.rendezvous_s is None:
             self._start_attempt(now)
             return
         self.out.rendezvousing(self.restart_count)
         self.state = State.RENDEZVOUS
-        if self.restart_count > 0 and self.rejoin is not None:
+        self._rejoining = rejoining and self.rejoin is not None
+        if self._rejoining and self.rejoin is not None:
             self.rejoin.request_round(self.restart_count)
         self._deadline = now + max(0.0, self.rendezvous_s(self.restart_count))
         self.on_tick(now)
@@ -215,11 +236,23 @@ class Agent:
     def _round_complete(self) -> bool:
         """Whether the other agents (if any) are ready for this attempt; the first one needs no round."""
         rejoin = self.rejoin
-        return self.restart_count == 0 or rejoin is None or rejoin.round_complete(self.restart_count)
+        return not self._rejoining or rejoin is None or rejoin.round_complete(self.restart_count)
+
+    def _restart_for_new_nodes(self, waiting: int, now: float) -> None:
+        """torch's _restart_workers on a membership change: stop the healthy group, rejoin, start it again,
+        with the restart count (and the restarts left) unchanged."""
+        self._new_nodes_look = None
+        self.out.new_nodes_detected(waiting)
+        self.state = State.STOPPING_FOR_NEW_NODES
+        if self.rejoin is not None:
+            self.rejoin.stopping_for_round()
+        self._stop_all(signal.SIGTERM, now + FAILURE_SHUTDOWN_TIMEOUT)
+        self._maybe_stopped(now)
 
     def _start_attempt(self, now: float) -> None:
         self._attempt_start = now
         self._terminate_at = None
+        self._new_nodes_look = None
         # torch's agent logs the rendezvous result and its start-up lines before it forks the workers.
         self.out.group_starting(self.restart_count)
         self.workers = {pid: Worker(slot, pid) for pid, slot in self.group.start(self.restart_count)}
@@ -269,13 +302,16 @@ class Agent:
             self.out.signal_exception(self._death_signum)
             self._finish(1)
             return
+        if self.state is State.STOPPING_FOR_NEW_NODES:
+            self._begin_attempt(now, rejoining=True)
+            return
         assert self._root is not None
         root = self._root
         self.out.worker_failed(root)
         if self.restart_count < self.max_restarts:
             self.out.will_restart(self.max_restarts - self.restart_count)
             self.restart_count += 1
-            self._begin_attempt(now)
+            self._begin_attempt(now, rejoining=True)
             return
         # torch lists the failures its look found first (rank order), then those of the workers it stopped.
         found = {w.pid for w in self._found_failed}

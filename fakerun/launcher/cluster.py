@@ -14,6 +14,11 @@ others): each agent then starts its attempt on a lost job, whose workers abort a
 run out as they would. Elastic jobs (c10d, --nnodes MIN:MAX) are the exception: node 0 holds the round by
 torch's rules (elastic.py) over the agents still connected, and its `round` names the members, which take
 new group ranks; below MIN the round times out and every waiting agent ends with RendezvousTimeoutError.
+An agent that dials node 0's port while an elastic job runs short of MAX is taken in as torch's waiting
+node: node 0 tells every agent how many wait (`waiting`), each stops its workers as torch's agent does on
+seeing them (no restart counted) and rejoins, and the newcomer's assignment comes when that round completes,
+with the round's number and the step the job resumes from. Rounds are numbered from the first rendezvous
+(round 0), restarts and membership changes alike.
 
 Authenticated is not trusted: every field of every message from another agent is checked for type and
 range before it reaches the coordinator or a worker, and a bad one ends that agent's connection with one
@@ -33,10 +38,10 @@ from typing import Any
 
 from fakerun.launcher.elastic import RoundRules, Verdict, regroup
 from fakerun.launcher.outfile import notice
-from fakerun.launcher.peers import Gate, Peer, PeerGone
-from fakerun.launcher.rendezvous import is_int
+from fakerun.launcher.peers import Gate, Peer, PeerGone, Pending
+from fakerun.launcher.rendezvous import Assignment, Join, check_join, is_int, is_name
 from fakerun.launcher.wire import WireError, shown
-from fakerun.limits import MAX_NNODES, MAX_RESTARTS
+from fakerun.limits import MAX_NNODES
 from fakerun.sim.telemetry import PHASES
 
 HEARTBEAT_S = 1.0
@@ -50,10 +55,30 @@ TELEMETRY_MAX = (100.0, 100.0, 200.0, 10_000.0, 10_000.0, float(1 << 24))
 Deliver = Callable[[list[tuple[int, dict[str, Any]]]], None]  # replies to local ranks
 # Tell every local worker that the job is lost, and on which node it failed (None: unknown).
 Abort = Callable[[str, int | None], None]
-# A restart's round is complete: root passes None and gets the step every rank resumes from; others pass it.
-# The second argument names the round's members by their group ranks in the previous round when the
-# membership changed (an elastic job went on without a lost node), None when every node is in it.
-NewRound = Callable[[int | None, tuple[int, ...] | None], int]
+# The name a newcomer's host takes in the job, given the names its nodes have (a clash needs another).
+NameHost = Callable[[str, tuple[str, ...]], str]
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The nodes of a round whose membership changed: `members`, the group ranks (in the previous round) of
+    the nodes that stay, and `hosts`, every node's host by its new group rank (the newcomers last)."""
+
+    members: tuple[int, ...]
+    hosts: tuple[str, ...]
+
+
+# A round is complete: root passes None and gets the step every rank resumes from; others pass it. The
+# second argument is the new membership when it changed (an elastic job lost or gained nodes), else None.
+NewRound = Callable[[int | None, Membership | None], int]
+
+
+@dataclass
+class Newcomer:
+    """Root: an agent that joined a running elastic job and waits for its next round."""
+
+    peer: Peer
+    since: float  # when it joined (monotonic): a join restarts torch's last call
 
 
 @dataclass
@@ -72,6 +97,12 @@ class ClusterLink:
     abort: Abort | None = None
     new_round: NewRound | None = None
     rules: RoundRules | None = None  # root of an elastic job: the rules a round completes by
+    hosts: tuple[str, ...] = ()  # every node's host, by group rank
+    me: Join | None = None  # root of an elastic job: its own join, which a newcomer's must match
+    master: tuple[str, int] = ("", 0)  # root: the workers' master address and port, for newcomers
+    epoch: float = 0.0  # root: when the job's first agent started (monotonic), for newcomers' clocks
+    name_host: NameHost = lambda host, taken: host
+    round_no: int = 0  # the newest round this agent is in (0: the first rendezvous)
     timed_out: bool = False  # the round this agent waits for can never complete (below MIN at join_timeout)
     lost: str | None = None  # why the job is lost, once it is
     lost_node: int | None = None  # the node where it failed: the peer its workers' NCCL sees close
@@ -80,9 +111,10 @@ class ClusterLink:
     _outbox: dict[int, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)  # root
     _next_beat: float = 0.0
     _nnodes: int = 0
-    _wanted: int = 0  # the attempt this agent rejoined for (0: none yet)
-    _rejoined: dict[int, int] = field(default_factory=dict)  # root: node -> the attempt it rejoined for
-    _round: int = 0  # the newest attempt whose round completed
+    _wanted: int = 0  # the round this agent rejoined for (0: none yet)
+    _rejoined: dict[int, int] = field(default_factory=dict)  # root: node -> the round it rejoined for
+    _waiting: list[Newcomer] = field(default_factory=list)  # root: agents waiting for the next round
+    _told_waiting: int = 0  # non-root: how many agents node 0 says wait for the next round
     _broken: bool = False  # a node is gone for good: no round can complete again
     _began: float = 0.0  # root: when this agent joined the round it waits for (monotonic)
     _joined_at: dict[int, float] = field(default_factory=dict)  # root: node -> when it rejoined
@@ -145,19 +177,24 @@ class ClusterLink:
 
     # -- restarts ----------------------------------------------------------------------------------------
 
-    def rejoin(self, attempt: int) -> None:
-        """This agent's workers have stopped: it joins the round of `attempt` (root: waits for the others)."""
-        self._wanted = attempt
+    @property
+    def nodes_waiting(self) -> int:
+        """How many agents wait to join at the next round (torch's num_nodes_waiting)."""
+        return len(self._waiting) if self.is_root else self._told_waiting
+
+    def rejoin(self) -> None:
+        """This agent's workers have stopped: it joins the next round (root: waits for the others)."""
+        self._wanted = self.round_no + 1
         if self.is_root:
             self._began = time.monotonic()
             self._try_round()
         else:
-            self._send(0, {"k": "rejoin", "attempt": attempt})
+            self._send(0, {"k": "rejoin", "round": self._wanted})
 
-    def round_complete(self, attempt: int) -> bool:
-        """Whether attempt `attempt` may start: its round completed, or it never can (a node is gone; the
-        job is then lost, so that the attempt's workers abort rather than wait for that node)."""
-        if self._round == attempt or self.timed_out:
+    def round_complete(self) -> bool:
+        """Whether the round this agent rejoined for completed, or never can (a node is gone; the job is
+        then lost, so that the next attempt's workers abort rather than wait for that node)."""
+        if self.round_no >= self._wanted or self.timed_out:
             return True
         if self.rules is not None and not self._broken:
             return False  # the round's rules decide (_try_round), not the number of nodes connected
@@ -168,46 +205,65 @@ class ClusterLink:
         return True
 
     def _try_round(self) -> None:
-        """Root: once every other agent rejoined for our attempt, starts the round on every node."""
-        attempt = self._wanted
-        if attempt <= self._round or self.timed_out:
+        """Root: once every other agent rejoined for our round, starts the round on every node."""
+        wanted = self._wanted
+        if wanted <= self.round_no or self.timed_out:
             return
         for node, theirs in list(self._rejoined.items()):
             peer = self.peers.get(node)
-            if peer is not None and theirs != attempt:
-                self._peer_lost(peer, f"it rejoined for attempt {theirs}, the job's is {attempt}")
+            if peer is not None and theirs != wanted:
+                self._peer_lost(peer, f"it rejoined for round {theirs}, the job's next is {wanted}")
         if any(node not in self._rejoined for node in self.peers):
             return  # a connected agent is stopping its workers: it joins within torch's last call
-        members: tuple[int, ...] | None = None
+        membership: Membership | None = None
         if self.rules is not None:
             joined, last_join = self._joined()
-            verdict = self.rules.verdict(len(joined), self._began, last_join, time.monotonic())
+            count = len(joined) + len(self._waiting)
+            verdict = self.rules.verdict(count, self._began, last_join, time.monotonic())
             if verdict is Verdict.WAIT:
                 return
             if verdict is Verdict.TIMEOUT:
                 # The agents waiting with us reach their own join deadline as well.
                 self.timed_out = True
                 for node in list(self.peers):
-                    self._send(node, {"k": "timeout", "attempt": attempt})
+                    self._send(node, {"k": "timeout", "round": wanted})
+                self._drop_newcomers("the round it waited for timed out")
                 return
-            if len(joined) < self._nnodes:
-                members = joined
+            if len(joined) < self._nnodes or self._waiting:
+                membership = self._membership(joined)
         elif len(self.peers) < self._nnodes - 1:
             return
-        step = self.new_round(None, members) if self.new_round is not None else 0
-        if members is not None:
-            self._regroup(members)
+        step = self.new_round(None, membership) if self.new_round is not None else 0
+        newcomers = [n.peer for n in self._waiting]
+        fresh = {id(peer) for peer in newcomers}
+        self._waiting.clear()
+        if membership is not None:
+            self._regroup(membership, newcomers)
         # The job is whole from here: a send that fails now loses it again, and the others are told so.
-        self._begin_round(attempt)
+        self._begin_round(wanted)
         for node in list(self.peers):
-            message: dict[str, Any] = {"k": "round", "attempt": attempt, "resume": step}
-            if members is not None:
-                message["members"] = list(members)
+            peer = self.peers[node]
+            if id(peer) in fresh:
+                # Its join is answered now, as torch's rendezvous answers a waiting node at the new round.
+                age = max(0.0, time.monotonic() - self.epoch)
+                assign = Assignment(node, self.hosts, *self.master, age, self.round_no, step)
+                self._send(node, assign.message())
+                continue
+            message: dict[str, Any] = {"k": "round", "round": wanted, "resume": step}
+            if membership is not None:
+                message.update(members=list(membership.members), hosts=list(membership.hosts))
             self._send(node, message)
 
-    def _regroup(self, members: tuple[int, ...]) -> None:
-        """The round's members take their new group ranks (the store's host stays 0)."""
-        ranks = regroup(members)
+    def _membership(self, joined: tuple[int, ...]) -> Membership:
+        """Root: the next round's nodes: those that rejoined, then the newcomers under names of their own."""
+        hosts = [self.hosts[m] for m in joined]
+        for newcomer in self._waiting:
+            hosts.append(self.name_host(newcomer.peer.host, tuple(hosts)))
+        return Membership(joined, tuple(hosts))
+
+    def _regroup(self, membership: Membership, newcomers: list[Peer] | None = None) -> None:
+        """The round's members take their new group ranks (the store's host stays 0), newcomers the last."""
+        ranks = regroup(membership.members)
         self.group_rank = ranks[self.group_rank]
         first = self.group_rank * self.nproc_per_node
         self.local_ranks = frozenset(range(first, first + self.nproc_per_node))
@@ -216,26 +272,35 @@ class ClusterLink:
             for old, peer in peers.items():
                 peer.group_rank = ranks[old]
                 self.peers[peer.group_rank] = peer
-        self._nnodes = len(members)
+            now = time.monotonic()
+            for peer in newcomers or []:
+                peer.group_rank = len(self.peers) + 1
+                peer.host = membership.hosts[peer.group_rank]
+                peer.last_seen = now  # it was silent while it waited, as a joining agent is
+                self.peers[peer.group_rank] = peer
+        self.hosts = membership.hosts
+        self._nnodes = len(membership.hosts)
 
     def round_deadline(self) -> float | None:
         """Root of an elastic job waiting for a round: when its verdict may change without a message."""
-        if self.rules is None or not self.is_root or self._wanted <= self._round or self.timed_out:
+        if self.rules is None or not self.is_root or self._wanted <= self.round_no or self.timed_out:
             return None
         if any(node not in self._rejoined for node in self.peers):
             return None  # a connected agent's rejoin (or its loss) moves the round on, not the clock
         joined, last_join = self._joined()
-        return self.rules.deadline(len(joined), self._began, last_join)
+        return self.rules.deadline(len(joined) + len(self._waiting), self._began, last_join)
 
     def _joined(self) -> tuple[tuple[int, ...], float]:
-        """Root: the agents in the round it waits for (itself first, connected ones that rejoined), and
-        when the latest of them joined."""
+        """Root: the job's agents in the round it waits for (itself first, connected ones that rejoined),
+        and when the latest agent (newcomers included) joined."""
         joined = (0, *sorted(node for node in self._rejoined if node in self.peers))
-        return joined, max([self._began, *(self._joined_at.get(node, 0.0) for node in joined[1:])])
+        times = [self._joined_at.get(node, 0.0) for node in joined[1:]] + [n.since for n in self._waiting]
+        return joined, max([self._began, *times])
 
-    def _begin_round(self, attempt: int) -> None:
-        """Every agent is in the round of `attempt`: the job is whole again."""
-        self._round = attempt
+    def _begin_round(self, round_no: int) -> None:
+        """Every agent is in round `round_no`: the job is whole again."""
+        self.round_no = round_no
+        self._told_waiting = 0
         self._rejoined.clear()
         self._joined_at.clear()
         self._gathered.clear()
@@ -251,9 +316,13 @@ class ClusterLink:
         gate = self.listener
         if gate is not None and gate.owns(fd):
             now = time.monotonic()
-            for p, _ in gate.pump(fd, now):
-                # It knows the secret, so it is an agent of this job: one that came too late, or one too many.
-                gate.refuse(p, f"the job's {self._nnodes} nodes have all joined and are running", now)
+            for p, message in gate.pump(fd, now):
+                if not p.done:
+                    self._arrival(gate, p, message, now)
+            return
+        newcomer = next((n for n in self._waiting if n.peer.fileno() == fd), None)
+        if newcomer is not None:
+            self._newcomer_spoke(newcomer)
             return
         peer = next((p for p in self.peers.values() if p.fileno() == fd), None)
         if peer is None:
@@ -270,6 +339,60 @@ class ClusterLink:
             if self.peers.get(peer.group_rank) is not peer:
                 return  # dropped while handling an earlier message
             self._handle(peer, message)
+
+    def _arrival(self, gate: Gate, p: Pending, message: dict[str, Any], now: float) -> None:
+        """Root: an agent that knows the job's secret dialled in during the run. An elastic job short of
+        MAX nodes takes it in at its next round; otherwise it came too late, or is one too many."""
+        rules, me = self.rules, self.me
+        if (
+            rules is None
+            or me is None
+            or self.finished
+            or self.timed_out
+            or len(self.peers) + 1 + len(self._waiting) >= rules.max_nodes
+        ):
+            gate.refuse(p, f"the job's {self._nnodes} nodes have all joined and are running", now)
+            return
+        try:
+            join = check_join(message, me, [], rules.max_nodes)
+        except WireError as exc:
+            gate.refuse(p, str(exc), now)
+            return
+        peer = gate.admit(p)
+        peer.host = join.host
+        self.selector.register(peer.fileno(), selectors.EVENT_READ)
+        self._waiting.append(Newcomer(peer, now))
+        for node in list(self.peers):
+            self._send(node, {"k": "waiting", "n": len(self._waiting)})
+        self._try_round()
+
+    def _newcomer_spoke(self, newcomer: Newcomer) -> None:
+        """Root: a waiting agent sent something: it waits for its assignment in silence, so it is gone."""
+        try:
+            messages = newcomer.peer.receive()
+        except PeerGone:
+            self._drop_newcomer(newcomer, "its agent closed the connection")
+            return
+        except WireError as exc:
+            self._drop_newcomer(newcomer, f"it sent garbage ({exc})")
+            return
+        if messages:
+            self._drop_newcomer(newcomer, f"it sent {shown(messages[0].get('k'), 40)!r} before its round")
+
+    def _drop_newcomer(self, newcomer: Newcomer, why: str) -> None:
+        """Root: a waiting agent leaves the next round (the others are told how many still wait)."""
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(newcomer.peer.fileno())
+        newcomer.peer.close()
+        self._waiting.remove(newcomer)
+        self.warn(notice(f"the agent waiting to join from {newcomer.peer.address} left: {why}"))
+        for node in list(self.peers):
+            self._send(node, {"k": "waiting", "n": len(self._waiting)})
+        self._try_round()
+
+    def _drop_newcomers(self, why: str) -> None:
+        for newcomer in list(self._waiting):
+            self._drop_newcomer(newcomer, why)
 
     def deadline(self) -> float:
         """When the loop must call tick() next (monotonic)."""
@@ -293,11 +416,12 @@ class ClusterLink:
 
     def close(self) -> None:
         """Closes every connection (the job is over here)."""
-        for peer in self.peers.values():
+        for peer in [*self.peers.values(), *(n.peer for n in self._waiting)]:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(peer.fileno())
             peer.close()
         self.peers.clear()
+        self._waiting.clear()
         if self.listener is not None:
             self.listener.close()
             self.listener = None
@@ -322,38 +446,45 @@ class ClusterLink:
             elif kind == "abort" and not self.is_root:
                 self._abort_locally(_reason(message), _node(message))
             elif kind == "rejoin" and self.is_root:
-                self._rejoined[peer.group_rank] = _attempt(message)
+                self._rejoined[peer.group_rank] = _round(message)
                 self._joined_at[peer.group_rank] = time.monotonic()
                 self._try_round()
             elif kind == "broken" and not self.is_root:
                 if _node(message) is None:
                     raise WireError("field 'node' is missing")
                 self._broken = True
+            elif kind == "waiting" and not self.is_root:
+                count = message.get("n")
+                if not is_int(count, 0, MAX_NNODES):
+                    raise WireError("field 'n' is not a number of nodes")
+                assert isinstance(count, int)
+                self._told_waiting = count
             elif kind == "timeout" and not self.is_root:
-                if _attempt(message) != self._wanted or self._wanted <= self._round:
+                if _round(message) != self._wanted or self._wanted <= self.round_no:
                     raise WireError("a timeout for a round this node is not waiting for")
                 self.timed_out = True
             elif kind == "round" and not self.is_root:
-                attempt = _attempt(message)
+                round_no = _round(message)
                 step = message.get("resume")
-                if attempt != self._wanted or attempt <= self._round:
-                    raise WireError(f"a round for attempt {attempt}, not the one this node rejoined for")
+                if round_no != self._wanted or round_no <= self.round_no:
+                    raise WireError(f"round {round_no}, not the one this node rejoined for")
                 if not is_int(step, 0, MAX_STEP):
                     raise WireError("field 'resume' is not a step number")
-                members = self._members(message)
+                membership = self._membership_of(message)
                 if self.new_round is not None:
-                    self.new_round(step, members)
-                if members is not None:
-                    self._regroup(members)
-                self._begin_round(attempt)
+                    self.new_round(step, membership)
+                if membership is not None:
+                    self._regroup(membership)
+                self._begin_round(round_no)
             else:
                 raise WireError(f"unexpected message {shown(kind, 40)!r}")
         except WireError as exc:
             self._peer_lost(peer, f"it sent a malformed message ({exc})")
 
-    def _members(self, message: dict[str, Any]) -> tuple[int, ...] | None:
-        """A `round`'s members (None: every node): distinct group ranks in order, from 0, including ours."""
-        members = message.get("members")
+    def _membership_of(self, message: dict[str, Any]) -> Membership | None:
+        """A `round`'s new membership (None: unchanged): the members, distinct group ranks in order from 0
+        including ours, and a host name for each node of the new round (members first)."""
+        members, hosts = message.get("members"), message.get("hosts")
         if members is None:
             return None
         if (
@@ -364,7 +495,13 @@ class ClusterLink:
             or self.group_rank not in members
         ):
             raise WireError("field 'members' is not a membership of this job")
-        return tuple(members)
+        if (
+            not isinstance(hosts, list)
+            or not len(members) <= len(hosts) <= MAX_NNODES
+            or not all(is_name(h) for h in hosts)
+        ):
+            raise WireError("field 'hosts' is not the hosts of this job")
+        return Membership(tuple(members), tuple(str(h) for h in hosts))
 
     def _send(self, node: int, message: dict[str, Any]) -> None:
         peer = self.peers.get(node)
@@ -434,13 +571,13 @@ def _node(message: dict[str, Any]) -> int | None:
     return node
 
 
-def _attempt(message: dict[str, Any]) -> int:
-    """The restart count a `rejoin` or `round` message names."""
-    attempt = message.get("attempt")
-    if not is_int(attempt, 1, MAX_RESTARTS):
-        raise WireError("field 'attempt' is not a restart count")
-    assert isinstance(attempt, int)
-    return attempt
+def _round(message: dict[str, Any]) -> int:
+    """The round a `rejoin`, `round` or `timeout` message names (the first one after the rendezvous is 1)."""
+    round_no = message.get("round")
+    if not is_int(round_no, 1, MAX_STEP):
+        raise WireError("field 'round' is not a round number")
+    assert isinstance(round_no, int)
+    return round_no
 
 
 def _reason(message: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fakerun.coordinator import Coordinator, Output, ProtocolError
-from fakerun.launcher.cluster import ClusterLink
+from fakerun.launcher.cluster import ClusterLink, Membership
 from fakerun.launcher.outfile import OutputFile, notice, warning
 from fakerun.launcher.wire import WireError
 from fakerun.paths import state_dir
@@ -78,9 +78,10 @@ class ControlHub:
     coordinator: Coordinator | None = None
     channels: dict[int, _Channel] = field(default_factory=dict)
     cluster: ClusterLink | None = None  # the other agents of a multi-node job
-    regroup: Callable[[tuple[int, ...]], None] | None = None  # the launcher's job follows a new membership
+    regroup: Callable[[Membership], None] | None = None  # the launcher's job follows a new membership
     world_size: int = 0  # every rank of the job (the root's coordinator waits for all of them)
     finished: bool = False  # the run's last step was answered: workers closing their sockets is expected
+    stopping: bool = False  # the agent stops its healthy workers for a new round (nodes join the job)
     loop: bool = False  # --fake-loop: runs follow one another
     state_failed: bool = False  # the state file cannot be written: warned once, not tried again
     # Root: batches of other nodes that reported before this agent's own attempt (and coordinator) began.
@@ -102,28 +103,39 @@ class ControlHub:
         for fd in list(self.channels):
             self._close(fd, teardown=True)  # a late EOF must not count as a death in the next attempt
         if self.cluster is not None:
-            self.cluster.rejoin(restart_count)
+            self.cluster.rejoin()
 
     def round_complete(self, restart_count: int) -> bool:
-        """Whether every agent is in the round of attempt `restart_count` (or it can never be)."""
-        return self.cluster is None or self.cluster.round_complete(restart_count)
+        """Whether every agent is in the round this agent rejoined for (or it can never be)."""
+        return self.cluster is None or self.cluster.round_complete()
+
+    def stopping_for_round(self) -> None:
+        """The agent stops its healthy workers to let agents in: their sockets closing loses nothing, and
+        the stopped attempt's barrier is dropped (other nodes' reports for it too)."""
+        self.stopping = True
+        self.coordinator = None
+
+    def nodes_waiting(self) -> int:
+        """How many agents wait to join the job at its next round (an elastic job short of MAX nodes)."""
+        return 0 if self.cluster is None else self.cluster.nodes_waiting
 
     def round_timed_out(self) -> bool:
         """Whether the round this agent waits for timed out (an elastic job below its minimum of nodes)."""
         return self.cluster is not None and self.cluster.timed_out
 
-    def _new_round(self, resume: int | None, members: tuple[int, ...] | None) -> int:
+    def _new_round(self, resume: int | None, membership: Membership | None) -> int:
         """Every agent rejoined: all resume from node 0's newest complete checkpoint; the old barrier goes.
-        `members` (group ranks in the previous round) when the job goes on with fewer nodes."""
+        `membership` when the job goes on with other nodes (fewer, or newcomers)."""
         step = self.saved.step if resume is None else resume
         self.saved.settle(step)
-        if members is not None:
-            self.hosts = tuple(self.hosts[m] for m in members)
-            self.world_size = len(members) * self.nproc_per_node
+        if membership is not None:
+            self.hosts = membership.hosts
+            self.world_size = len(membership.hosts) * self.nproc_per_node
             if self.regroup is not None:
-                self.regroup(members)
+                self.regroup(membership)
         # The stopped attempt's coordinator must not answer (or time out) anyone of the next one.
         self.coordinator = None
+        self.stopping = False  # reports from here on are the next attempt's
         return step
 
     def new_attempt(self, attempt: int, ranks: Iterable[int]) -> None:
@@ -231,7 +243,8 @@ class ControlHub:
         """Root: another node's ranks reported (its local barrier is complete)."""
         coordinator = self.coordinator
         if coordinator is None:
-            self._early.append((node, items))
+            if not self.stopping:
+                self._early.append((node, items))
             return
         for rank, msg in items:
             if rank // self.nproc_per_node != node:
@@ -314,7 +327,7 @@ class ControlHub:
         channel.sock.close()
         if self.coordinator is not None:
             self.coordinator.on_gone(channel.rank)
-        if teardown or self.finished:
+        if teardown or self.finished or self.stopping:
             return
         if self.cluster is not None:
             # A worker died mid-run: the collective it was part of can never complete on any node.

@@ -23,6 +23,7 @@ AGENT_DEATH_SIGNAL = f"{_AGENT}:753"
 AGENT_STARTING_WORKERS = f"{_AGENT}:912"
 AGENT_GROUP_SUCCEEDED = f"{_AGENT}:932"
 AGENT_GROUP_FAILED = f"{_AGENT}:942"
+AGENT_NEW_NODES = f"{_AGENT}:962"  # _invoke_run's HEALTHY branch, ten lines after the FAILED one's call
 AGENT_LOCAL_GROUP_FINISHED = f"{_AGENT}:985"
 AGENT_DONE_WAITING = f"{_AGENT}:1000"
 LOCAL_AGENT_FILE_TIMER = f"{_LOCAL_AGENT}:265"
@@ -230,6 +231,11 @@ def starting_worker_group(role: str) -> str:
 def stopping_worker_group(role: str) -> str:
     """`[default] Stopping worker group` (INFO, before a restart)."""
     return f"[{role}] Stopping worker group"
+
+
+def new_nodes_detected(role: str, waiting: int, group_rank: int) -> str:
+    """`[default] Detected 1 new nodes from group_rank=0; will restart worker group` (INFO)."""
+    return f"[{role}] Detected {waiting} new nodes from group_rank={group_rank}; will restart worker group"
 
 
 def worker_group_failed_will_restart(

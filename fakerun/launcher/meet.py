@@ -67,6 +67,8 @@ class Links:
     assignment: Assignment
     peers: dict[int, Peer]
     listener: Gate | None  # the host's port, refusing late agents and strangers during the run
+    me: Join | None = None  # this agent's join, which an agent joining the running job must match
+    renamed: bool = False  # the nodes took the cluster's host names (agents sharing one machine)
 
     def close(self) -> None:
         """Closes everything (when the run never took them over)."""
@@ -250,6 +252,7 @@ def meet(
                     nnodes=plan.max_nodes,
                     secret=secret,
                     timeout_s=timeout,
+                    min_nodes=None if static else plan.min_nodes,
                     store_timeout_s=store_timeout,
                     on_gai_error=lambda host, port, code, reason: warn(
                         c10.gai_warning(host, port, code, reason, time.time()).rstrip("\n")
@@ -280,19 +283,23 @@ def meet(
     except BaseException:
         _close(gate, listener)
         raise
-    if job is not None and len(set(assignment.hosts)) < len(assignment.hosts):
+    renamed = job is not None and len(set(assignment.hosts)) < len(assignment.hosts)
+    if renamed:
+        assert job is not None
         # Agents on one machine play different nodes: they take the cluster's names for them, as distinct
         # hosts would show distinct names (in the grid, NCCL's lines, the failure report, a lost node's line).
         hosts = tuple(host_name(job.cluster, i) for i in range(len(assignment.hosts)))
         assignment = dataclasses.replace(assignment, hosts=hosts)
-        host = hosts[assignment.group_rank]
         for group_rank, peer in peers.items():
             peer.host = hosts[group_rank]
+    # Ours as the host named us (one joining a running job may take another name than its own).
+    host = assignment.hosts[assignment.group_rank]
     node = NodePlan(assignment.group_rank, host)
     new_rdzv = dataclasses.replace(
         rdzv, master_addr=assignment.master_addr, master_port=assignment.master_port
     )
-    return dataclasses.replace(plan, nodes=(node,), rdzv=new_rdzv), Links(assignment, peers, gate)
+    links = Links(assignment, peers, gate, me, renamed)
+    return dataclasses.replace(plan, nodes=(node,), rdzv=new_rdzv), links
 
 
 def _unreachable_text(exc: StoreUnreachable, static: bool, argv0: str, site_packages: str) -> str:

@@ -173,6 +173,13 @@ class TorchrunVoice:
         )
         self.log.log("I", glog.AGENT_STOPPING_GROUP, glog.stopping_worker_group(self.role))
 
+    def new_nodes_detected(self, waiting: int) -> None:
+        """INFO: agents wait to join (an elastic job's membership changes): the group restarts, uncounted."""
+        me = self.plan.nodes[0].group_rank
+        self.log.log("I", glog.AGENT_NEW_NODES, glog.new_nodes_detected(self.role, waiting, me))
+        self.log.log("I", glog.AGENT_STOPPING_GROUP, glog.stopping_worker_group(self.role))
+        self._announced = None  # the same attempt rendezvous again
+
     def received_death_signal(self, signum: int) -> None:
         """W: `Received 15 death signal, shutting down workers`."""
         self.log.log("W", glog.AGENT_DEATH_SIGNAL, glog.received_death_signal(signum))

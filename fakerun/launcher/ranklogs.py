@@ -86,16 +86,30 @@ class RankLogs:
         self._lru: OrderedDict[RankFile, None] = OrderedDict()  # open copies, least recently written first
         self._warn = warn
         self.failed = False  # a copy could not be written: warned once, every copy dropped
+        self._started = time.time()
         prune_stale(os.path.dirname(directory))
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = os.path.join(directory, META + ".tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({**meta, "launcher_pid": os.getpid(), "started": time.time()}, f)
-            os.replace(tmp, os.path.join(directory, META))
+            self._write_meta(meta)
         except OSError:
             self._remove()  # a half-made entry would be listed by fakerun-tail until the next job prunes it
             raise
+
+    def describe(self, meta: dict[str, Any]) -> None:
+        """The job changed shape (an elastic job's nodes came or went): meta.json says what it is now."""
+        if self.failed:
+            return
+        try:
+            self._write_meta(meta)
+        except OSError as exc:
+            self._fail(os.path.join(self.directory, META), exc)
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        """Replaces meta.json whole, so that a reader never sees half of it."""
+        tmp = os.path.join(self.directory, META + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({**meta, "launcher_pid": os.getpid(), "started": self._started}, f)
+        os.replace(tmp, os.path.join(self.directory, META))
 
     def file_for(self, rank: int) -> RankFile | None:
         """The rank's file (appended across restarts, created at its first write); None once failed."""

@@ -27,6 +27,7 @@ CONNECT_RETRY_S = 0.5
 MAX_NAME = 255  # host names and addresses
 MAX_NPROC = 1 << 16
 MAX_AGE_S = 7 * 86400.0  # how long ago an agent may have started: a rendezvous times out long before
+MAX_ROUND = 1 << 53  # round numbers and steps
 
 
 class RendezvousTimeout(Exception):
@@ -109,6 +110,24 @@ class Assignment:
     # Seconds ago (when the assignment arrived) the first agent of the job started: every agent's job clock
     # starts then, so that the nodes' timestamps agree as NTP-synchronised hosts' do.
     epoch_age: float = 0.0
+    # An agent that joins a running elastic job: the round it joins (rounds so far, the first being 0) and
+    # the step the job resumes from in it; 0 and 0 for the job's first round.
+    round: int = 0
+    resume: int = 0
+
+    def message(self) -> dict[str, Any]:
+        """As the host sends it to the agent it is for."""
+        message: dict[str, Any] = {
+            "k": "assign",
+            "group_rank": self.group_rank,
+            "hosts": list(self.hosts),
+            "master_addr": self.master_addr,
+            "master_port": self.master_port,
+            "epoch_age": self.epoch_age,
+        }
+        if self.round:
+            message.update(round=self.round, resume=self.resume)
+        return message
 
 
 def is_age(value: object) -> bool:
@@ -153,7 +172,7 @@ def _parse_join(message: dict[str, Any]) -> Join:
     return Join(node_rank, host, nproc, run_id, str(job), str(digest), time.monotonic() - float(age))
 
 
-def _check_join(
+def check_join(
     message: dict[str, Any], me: Join, joined: list[tuple[Join, Peer | None]], nnodes: int
 ) -> Join:
     """The join of an authenticated agent, if it belongs to this job; WireError saying why not."""
@@ -232,7 +251,7 @@ def host_rendezvous(
                     if p.done or len(joined) >= nnodes:
                         continue
                     try:
-                        join = _check_join(message, me, joined, nnodes)
+                        join = check_join(message, me, joined, nnodes)
                     except WireError as exc:
                         gate.refuse(p, str(exc), now)
                         continue
@@ -273,14 +292,9 @@ def _assign(
         # then lost as when a node dies mid-run.
         with contextlib.suppress(PeerGone):
             peer.send(
-                {
-                    "k": "assign",
-                    "group_rank": group_rank,
-                    "hosts": list(hosts),
-                    "master_addr": master_addr,
-                    "master_port": master_port,
-                    "epoch_age": max(0.0, time.monotonic() - first),
-                }
+                Assignment(
+                    group_rank, hosts, master_addr, master_port, max(0.0, time.monotonic() - first)
+                ).message()
             )
     return Assignment(mine, hosts, master_addr, master_port, max(0.0, time.monotonic() - first)), peers
 
@@ -293,11 +307,13 @@ def join_rendezvous(
     nnodes: int,
     secret: bytes,
     timeout_s: float,
+    min_nodes: int | None = None,
     store_timeout_s: float | None = None,
     on_gai_error: OnGaiError | None = None,
 ) -> tuple[Assignment, Peer]:
     """Joins the rendezvous hosted at host:port, retrying the connection until the deadline; a host name
-    that does not resolve is retried as torch's TCPStore client does, until `store_timeout_s`."""
+    that does not resolve is retried as torch's TCPStore client does, until `store_timeout_s`. An elastic
+    job's assignment may name from `min_nodes` to `nnodes` nodes (a job we join while it runs)."""
     start = time.monotonic()
     deadline = start + timeout_s
     store_s = timeout_s if store_timeout_s is None else store_timeout_s
@@ -310,7 +326,9 @@ def join_rendezvous(
             verify_welcome(secret, sent, _unless_rejected(peer.receive_blocking(deadline)))
             peer.authenticated()
             peer.send(me.message())
-            assignment = _parse_assign(_unless_rejected(peer.receive_blocking(deadline)), me, nnodes)
+            assignment = _parse_assign(
+                _unless_rejected(peer.receive_blocking(deadline)), me, nnodes, min_nodes
+            )
         except PeerGone:
             # The host dropped us (it may be restarting, or we were early): try again while time is left.
             peer.close()
@@ -385,8 +403,11 @@ def _connect(
         return Peer(sock, f"{host}:{port}")
 
 
-def _parse_assign(message: dict[str, Any], me: Join, nnodes: int) -> Assignment:
-    """The host's answer to our join, checked for type and range; WireError saying what is wrong."""
+def _parse_assign(message: dict[str, Any], me: Join, nnodes: int, min_nodes: int | None = None) -> Assignment:
+    """The host's answer to our join, checked for type and range; WireError saying what is wrong.
+
+    An elastic job (c10d, --nnodes MIN:MAX) may have from `min_nodes` to `nnodes` nodes when we join it.
+    """
     if message.get("k") != "assign":
         raise WireError(
             f"expected an assignment from the rendezvous host, got {shown(message.get('k'), 40)!r}"
@@ -394,18 +415,24 @@ def _parse_assign(message: dict[str, Any], me: Join, nnodes: int) -> Assignment:
     group_rank, hosts = message.get("group_rank"), message.get("hosts")
     addr, port = message.get("master_addr"), message.get("master_port")
     epoch_age = message.get("epoch_age", 0.0)
-    # The host itself is group rank 0; a static agent keeps its node rank.
-    if not is_int(group_rank, 1, nnodes - 1) or (me.node_rank is not None and group_rank != me.node_rank):
-        raise WireError(f"malformed assignment from the rendezvous host (group rank {shown(group_rank, 40)})")
-    if not isinstance(hosts, list) or len(hosts) != nnodes or not all(is_name(h) for h in hosts):
+    round_no, resume = message.get("round", 0), message.get("resume", 0)
+    low = nnodes if min_nodes is None else min_nodes
+    if not isinstance(hosts, list) or not low <= len(hosts) <= nnodes or not all(is_name(h) for h in hosts):
         raise WireError("malformed assignment from the rendezvous host (host names)")
+    # The host itself is group rank 0; a static agent keeps its node rank.
+    if not is_int(group_rank, 1, len(hosts) - 1) or (me.node_rank is not None and group_rank != me.node_rank):
+        raise WireError(f"malformed assignment from the rendezvous host (group rank {shown(group_rank, 40)})")
     if not is_name(addr) or not is_int(port, 1, 65535):
         raise WireError("malformed assignment from the rendezvous host (master address)")
     if not is_age(epoch_age):
         raise WireError("malformed assignment from the rendezvous host (epoch)")
+    if not is_int(round_no, 0, MAX_ROUND) or not is_int(resume, 0, MAX_ROUND):
+        raise WireError("malformed assignment from the rendezvous host (round)")
     assert isinstance(group_rank, int) and isinstance(addr, str) and isinstance(port, int)
-    assert isinstance(epoch_age, (int, float))
-    return Assignment(group_rank, tuple(str(h) for h in hosts), addr, port, float(epoch_age))
+    assert isinstance(epoch_age, (int, float)) and isinstance(round_no, int) and isinstance(resume, int)
+    return Assignment(
+        group_rank, tuple(str(h) for h in hosts), addr, port, float(epoch_age), round_no, resume
+    )
 
 
 def close_all(peers: dict[int, Peer]) -> None:

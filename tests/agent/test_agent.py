@@ -59,6 +59,9 @@ class Recorder:
     def will_restart(self, attempts_left: int) -> None:
         self.events.append(("will_restart", attempts_left))
 
+    def new_nodes_detected(self, waiting: int) -> None:
+        self.events.append(("new_nodes", waiting))
+
     def received_death_signal(self, signum: int) -> None:
         self.events.append(("death_signal", signum))
 
@@ -85,6 +88,8 @@ class FakeRejoin:
     requested: list[int] = field(default_factory=list)
     complete: set[int] = field(default_factory=set)
     timed_out: bool = False
+    waiting: int = 0  # agents waiting to join at the next round
+    stopped_for_round: int = 0
 
     def request_round(self, restart_count: int) -> None:
         self.requested.append(restart_count)
@@ -94,6 +99,12 @@ class FakeRejoin:
 
     def round_timed_out(self) -> bool:
         return self.timed_out
+
+    def nodes_waiting(self) -> int:
+        return self.waiting
+
+    def stopping_for_round(self) -> None:
+        self.stopped_for_round += 1
 
 
 def make_agent(
@@ -329,6 +340,46 @@ class TestRendezvous:
         agent.on_tick(40.0)
         assert agent.exit_code == 1 and group.starts == [0]
         assert out.names()[-2:] == ["rendezvous", "rendezvous_timeout"] and "report" not in out.names()
+
+    def test_nodes_waiting_to_join_restart_the_group_uncounted(self) -> None:
+        """torch's HEALTHY branch: agents waiting to join are seen at the monitor's next look; the group is
+        SIGTERMed and rejoins, then starts again with the same restart count and every restart still left."""
+        rounds = FakeRejoin()
+        group, out = FakeGroup(2), Recorder()
+        agent = Agent(
+            group,
+            out,
+            max_restarts=1,
+            shutdown_timeout=30.0,
+            rendezvous_s=lambda a: 0.2,
+            rejoin=rounds,
+            monitor_interval=5.0,
+        )
+        agent.start(10.0)
+        agent.on_tick(10.2)  # the attempt starts at 10.2: the monitor looks at 15.2, 20.2...
+        rounds.waiting = 1
+        agent.on_tick(12.0)
+        assert group.kills == [] and agent.deadline() == pytest.approx(15.2)
+        agent.on_tick(15.2)
+        stops = [("sending", (100, "SIGTERM")), ("sending", (101, "SIGTERM"))]
+        assert out.events[-3:] == [("new_nodes", 1), *stops]
+        assert group.kills == [(100, signal.SIGTERM), (101, signal.SIGTERM)] and rounds.stopped_for_round == 1
+        agent.on_exit(100, -15, 15.3)
+        assert rounds.requested == []  # a worker is still stopping
+        agent.on_exit(101, -15, 15.4)
+        assert rounds.requested == [0] and out.events[-1] == ("rendezvous", 0)
+        assert "failed" not in out.names() and "will_restart" not in out.names()
+        agent.on_tick(16.0)
+        assert group.starts == [0]  # the round is not complete
+        rounds.waiting = 0
+        rounds.complete.add(0)
+        agent.on_tick(16.1)
+        assert group.starts == [0, 0] and agent.restart_count == 0
+        # A failure after it still has its one restart.
+        agent.on_exit(102, 1, 17.0)
+        agent.on_tick(21.1)  # the look after it (the attempt started at 16.1)
+        agent.on_exit(103, -15, 21.2)
+        assert ("will_restart", 1) in out.events and rounds.requested == [0, 1]
 
     def test_signal_during_rendezvous_ends_without_workers(self) -> None:
         """A handled signal before any worker exists: the signal exception, exit 1, nothing started."""

@@ -443,3 +443,17 @@ class TestSharp:
             assert presets.load_cluster(path).sharp
         else:
             assert "'sharp'" in load_error("clusters", path)
+
+
+class TestJoiningHostNames:
+    """Node 0 names an agent that joins a running elastic job: by its own host name when that is free and
+    the job kept real names, else by the cluster's first name no node has."""
+
+    def test_names(self) -> None:
+        from fakerun.main import _host_namer
+
+        cluster = presets.resolve("llama3-8b", None, None).cluster
+        names = [presets.host_name(cluster, i) for i in range(3)]
+        assert _host_namer(cluster, renamed=False)("gpu7", ("gpu1",)) == "gpu7"
+        assert _host_namer(cluster, renamed=False)("gpu1", ("gpu1",)) == names[0]
+        assert _host_namer(cluster, renamed=True)("localhost", (names[0], names[2])) == names[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from fakerun.launcher.console import (
 )
 from fakerun.launcher.logdir import LogDir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import make_plan
-from fakerun.launcher.ranklogs import prune_stale
+from fakerun.launcher.ranklogs import RankLogs, prune_stale
 from fakerun.options import TorchrunArgs
 
 
@@ -402,6 +403,22 @@ class TestPruneStale:
         (tmp_path / "notes.txt").write_text("x")
         prune_stale(str(tmp_path))
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"job-{os.getpid()}.json", "notes.txt"])
+
+
+class TestJobDescription:
+    """fakerun-tail's meta.json follows an elastic job's shape: a new round's nodes and ranks replace the old
+    ones whole, the launcher and its start staying."""
+
+    def test_a_new_shape_replaces_the_description(self, tmp_path: Path) -> None:
+        meta = {"run_id": "el", "nodes": {"2": "n2"}, "ranks": [4, 5]}
+        logs = RankLogs(str(tmp_path / "job-1"), meta, print)
+        first = json.loads((tmp_path / "job-1" / "meta.json").read_text())
+        logs.describe({"run_id": "el", "nodes": {"1": "n2"}, "ranks": [2, 3]})
+        now = json.loads((tmp_path / "job-1" / "meta.json").read_text())
+        assert (now["nodes"], now["ranks"]) == ({"1": "n2"}, [2, 3])
+        assert (now["launcher_pid"], now["started"]) == (first["launcher_pid"], first["started"])
+        assert sorted(p.name for p in (tmp_path / "job-1").iterdir()) == ["meta.json"]
+        logs.close()
 
 
 def _reaped_pid() -> int:

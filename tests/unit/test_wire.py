@@ -8,6 +8,7 @@ real loopback sockets and an explicit clock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import re
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from fakerun.launcher import cluster, rendezvous
 from fakerun.launcher.elastic import RoundRules
 from fakerun.launcher.meet import MeetError, _check_host, _loopback, _seconds, _secret_warning
-from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Peer, Refusals
+from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Peer, Pending, Refusals
 from fakerun.launcher.wire import (
     MAX_DEPTH,
     MAX_FRAME,
@@ -311,7 +312,7 @@ class TestMessageChecks:
     def test_joins(self, message: dict[str, Any]) -> None:
         me = rendezvous.Join(0, "h", 1, "none", "gpt2-124m on h100", "d")
         try:
-            join = rendezvous._check_join({**message, "k": "join"}, me, [(me, None)], 2)
+            join = rendezvous.check_join({**message, "k": "join"}, me, [(me, None)], 2)
         except WireError:
             return
         assert join.node_rank in (None, 1) and join.host.isprintable()
@@ -556,6 +557,7 @@ def linked(nnodes: int) -> Iterator[list[cluster.ClusterLink]]:
         links[0].peers[g] = rendezvous_peer(ours, g)
         links[g].peers[0] = rendezvous_peer(theirs, 0)
     for link in links:
+        link.hosts = tuple(f"node{g}" for g in range(nnodes))
         link.start()
     try:
         yield links
@@ -587,7 +589,7 @@ class TestRestartRound:
         resumed: dict[int, int | None] = {}
 
         def on_round(node: int) -> cluster.NewRound:
-            def begin(step: int | None, members: tuple[int, ...] | None) -> int:
+            def begin(step: int | None, members: cluster.Membership | None) -> int:
                 assert members is None  # every node is in the round
                 resumed[node] = step
                 return 6 if step is None else step  # node 0's newest complete save: step 6
@@ -600,65 +602,65 @@ class TestRestartRound:
             links[0].report_lost_rank(0)
             deliver(links)
             assert all(link.lost is not None for link in links)
-            links[1].rejoin(1)
-            links[0].rejoin(1)
+            links[1].rejoin()
+            links[0].rejoin()
             deliver(links)
             # Node 2 has not stopped its workers yet: nobody may start attempt 1.
-            assert not any(link.round_complete(1) for link in links) and resumed == {}
-            links[2].rejoin(1)
+            assert not any(link.round_complete() for link in links[:2]) and resumed == {}
+            links[2].rejoin()
             deliver(links)
             deliver(links)
             assert resumed == {0: None, 1: 6, 2: 6}
-            assert all(link.round_complete(1) and link.lost is None for link in links)
+            assert all(link.round_complete() and link.lost is None for link in links)
 
     @pytest.mark.parametrize(
         "message",
         [
-            {"k": "round", "attempt": 2, "resume": 3},  # not the attempt this node rejoined for
-            {"k": "round", "attempt": True, "resume": 3},
-            {"k": "round", "attempt": 0, "resume": 3},
-            {"k": "round", "attempt": 1, "resume": -1},
-            {"k": "round", "attempt": 1, "resume": 10**400},
-            {"k": "round", "attempt": 1},
-            {"k": "rejoin", "attempt": 1},  # only node 0 takes rejoins
+            {"k": "round", "round": 2, "resume": 3},  # not the round this node rejoined for
+            {"k": "round", "round": True, "resume": 3},
+            {"k": "round", "round": 0, "resume": 3},
+            {"k": "round", "round": 1, "resume": -1},
+            {"k": "round", "round": 1, "resume": 10**400},
+            {"k": "round", "round": 1},
+            {"k": "rejoin", "round": 1},  # only node 0 takes rejoins
             {"k": "broken", "node": None},
             {"k": "broken", "node": -1},
-            {"k": "round", "attempt": 1, "resume": 3, "members": [0]},  # without this node
-            {"k": "round", "attempt": 1, "resume": 3, "members": [1]},  # without the store's host
-            {"k": "round", "attempt": 1, "resume": 3, "members": [0, 1, 1]},
-            {"k": "round", "attempt": 1, "resume": 3, "members": [1, 0]},
-            {"k": "round", "attempt": 1, "resume": 3, "members": [0, 1, 1 << 40]},
-            {"k": "round", "attempt": 1, "resume": 3, "members": "0,1"},
-            {"k": "timeout", "attempt": 2},  # not the round this node waits for
+            {"k": "round", "round": 1, "resume": 3, "members": [0]},  # without this node
+            {"k": "round", "round": 1, "resume": 3, "members": [1]},  # without the store's host
+            {"k": "round", "round": 1, "resume": 3, "members": [0, 1, 1]},
+            {"k": "round", "round": 1, "resume": 3, "members": [1, 0]},
+            {"k": "round", "round": 1, "resume": 3, "members": [0, 1, 1 << 40]},
+            {"k": "round", "round": 1, "resume": 3, "members": "0,1"},
+            {"k": "timeout", "round": 2},  # not the round this node waits for
         ],
     )
     def test_a_bad_round_loses_the_job(self, message: dict[str, Any]) -> None:
         with linked(2) as links:
             links[1].new_round = lambda step, members: pytest.fail("a bad round was accepted")
-            links[1].rejoin(1)
+            links[1].rejoin()
             links[0].peers[1].send(message)
             deliver(links[1:])
-            assert links[1].peers == {} and links[1].lost is not None and links[1].round_complete(1)
+            assert links[1].peers == {} and links[1].lost is not None and links[1].round_complete()
 
-    @pytest.mark.parametrize("attempt", [0, -1, 1.0, "1", None, [1], 1 << 40])
-    def test_a_bad_rejoin_loses_the_job(self, attempt: object) -> None:
+    @pytest.mark.parametrize("round_no", [0, -1, 1.0, "1", None, [1], 2, 1 << 60])
+    def test_a_bad_rejoin_loses_the_job(self, round_no: object) -> None:
         with linked(2) as links:
-            links[0].rejoin(1)
-            links[1].peers[0].send({"k": "rejoin", "attempt": attempt})
+            links[0].rejoin()
+            links[1].peers[0].send({"k": "rejoin", "round": round_no})
             deliver(links[:1])
-            assert links[0].peers == {} and links[0].lost is not None and links[0].round_complete(1)
+            assert links[0].peers == {} and links[0].lost is not None and links[0].round_complete()
 
     def test_a_node_gone_cannot_rejoin(self) -> None:
         """The round of a job missing a node never happens: the attempt starts on a lost job at once."""
         with linked(3) as links:
-            links[1].rejoin(1)
-            links[0].rejoin(1)
+            links[1].rejoin()
+            links[0].rejoin()
             links[2].close()
             deliver(links[:2])
             assert 2 not in links[0].peers
-            assert links[0].round_complete(1) and links[0].lost is not None
+            assert links[0].round_complete() and links[0].lost is not None
             deliver(links[1:2])  # node 0 told node 1 the job is lost
-            assert links[1].lost is not None and links[1].round_complete(1)
+            assert links[1].lost is not None and links[1].round_complete()
 
 
 class FakeClock:
@@ -687,10 +689,10 @@ class TestElasticRound:
     close up behind node 0; short of MIN, the round ends in a timeout on every waiting agent."""
 
     def test_the_job_goes_on_without_a_lost_node(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        rounds: dict[int, tuple[int | None, tuple[int, ...] | None]] = {}
+        rounds: dict[int, tuple[int | None, cluster.Membership | None]] = {}
 
         def on_round(node: int) -> cluster.NewRound:
-            def begin(step: int | None, members: tuple[int, ...] | None) -> int:
+            def begin(step: int | None, members: cluster.Membership | None) -> int:
                 rounds[node] = (step, members)
                 return 9 if step is None else step
 
@@ -705,16 +707,17 @@ class TestElasticRound:
             links[1].close()  # node 1's agent dies: its connection closes
             deliver(links[::2])
             assert links[0].lost is not None and links[2].lost is not None
-            links[0].rejoin(1)
+            links[0].rejoin()
             clock.advance(2.0)
-            links[2].rejoin(1)
+            links[2].rejoin()
             deliver(links)
             # Each join restarts torch's last call (30 s): nobody starts before it has passed.
             clock.advance(29.0)
-            assert not links[0].round_complete(1) and not links[2].round_complete(1) and rounds == {}
+            assert not links[0].round_complete() and not links[2].round_complete() and rounds == {}
             clock.advance(1.0)
-            assert rounds == {0: (None, (0, 2)), 2: (9, (0, 2))}
-            assert links[0].round_complete(1) and links[2].round_complete(1)
+            smaller = cluster.Membership((0, 2), ("node0", "node2"))
+            assert rounds == {0: (None, smaller), 2: (9, smaller)}
+            assert links[0].round_complete() and links[2].round_complete()
             # Node 2 is group rank 1 of a two-node job now, with the ranks of that place.
             assert links[2].group_rank == 1 and links[2].local_ranks == frozenset({1})
             assert list(links[0].peers) == [1] and links[0].peers[1].group_rank == 1
@@ -729,11 +732,131 @@ class TestElasticRound:
             links[2].close()
             links[3].close()
             deliver(links[:2])
-            links[0].rejoin(1)
-            links[1].rejoin(1)
+            links[0].rejoin()
+            links[1].rejoin()
             deliver(links[:2])
             clock.advance(59.0)
-            assert not links[0].round_complete(1) and not links[1].timed_out
+            assert not links[0].round_complete() and not links[1].timed_out
             clock.advance(1.0)
             assert links[0].timed_out and links[1].timed_out
-            assert links[0].round_complete(1) and links[1].round_complete(1)
+            assert links[0].round_complete() and links[1].round_complete()
+
+
+class FakePort:
+    """Node 0's rendezvous port as the run sees it: it hands over the joins of agents that proved the
+    secret, and records whom it refused."""
+
+    FD = -100
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[Pending, dict[str, Any]]] = []
+        self.refused: list[str] = []
+
+    def attach(self, selector: selectors.BaseSelector) -> None:
+        pass
+
+    def owns(self, fd: int) -> bool:
+        return fd == self.FD
+
+    def pump(self, fd: int, now: float) -> list[tuple[Pending, dict[str, Any]]]:
+        arrivals, self.arrivals = self.arrivals, []
+        return arrivals
+
+    def refuse(self, p: Pending, why: str, now: float) -> None:
+        p.done = True
+        self.refused.append(why)
+        p.peer.close()
+
+    def admit(self, p: Pending) -> Peer:
+        p.done = True
+        return p.peer
+
+    def deadline(self) -> float | None:
+        return None
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TestNodesJoining:
+    """An agent that dials node 0 while an elastic job runs short of MAX waits for the next round: every
+    agent learns that it waits, and once all have rejoined the round takes it in as the last group rank,
+    its join answered with the job's hosts, the round's number and the step to resume from."""
+
+    ME = rendezvous.Join(None, "node0", 1, "el", "gpt2-124m on h100", "d")
+
+    def arrive(self, port: FakePort, host: str) -> socket.socket:
+        """A newcomer's connection, past its handshake, with its join; returns the newcomer's end."""
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        peer = Peer(ours, f"{host}:1")
+        peer.authenticated()
+        join = dataclasses.replace(self.ME, host=host).message()
+        port.arrivals.append((Pending(peer, ours.fileno(), {}, time.monotonic(), authed=True), join))
+        return theirs
+
+    def test_a_newcomer_joins_the_next_round(self) -> None:
+        rounds: dict[int, tuple[int | None, cluster.Membership | None]] = {}
+
+        def on_round(node: int) -> cluster.NewRound:
+            def begin(step: int | None, membership: cluster.Membership | None) -> int:
+                rounds[node] = (step, membership)
+                return 9 if step is None else step
+
+            return begin
+
+        port = FakePort()
+        with linked(2) as links:
+            root = links[0]
+            root.rules = RoundRules(1, 3, join_timeout_s=600.0, last_call_timeout_s=30.0)
+            root.me, root.listener, root.master, root.round_no = self.ME, port, ("node0", 29500), 0  # type: ignore[assignment]
+            for g, link in enumerate(links):
+                link.new_round = on_round(g)
+            newcomer = Peer(self.arrive(port, "node7"), "node0:29400")
+            root.pump(FakePort.FD)
+            deliver(links)
+            assert root.nodes_waiting == 1 and links[1].nodes_waiting == 1 and port.refused == []
+            root.rejoin()
+            links[1].rejoin()
+            deliver(links)
+            deliver(links)
+            # Three agents in the round is MAX: it completes at once.
+            grown = cluster.Membership((0, 1), ("node0", "node1", "node7"))
+            assert rounds == {0: (None, grown), 1: (9, grown)}
+            assert root.round_complete() and links[1].round_complete()
+            assert sorted(root.peers) == [1, 2] and root.peers[2].host == "node7"
+            assert root.nodes_waiting == 0 and links[1].nodes_waiting == 0
+            assign = rendezvous._parse_assign(newcomer.receive_blocking(time.monotonic() + 5), self.ME, 3, 1)
+            assert (assign.group_rank, assign.hosts) == (2, grown.hosts)
+            assert (assign.round, assign.resume) == (1, 9) and (assign.master_addr, assign.master_port) == (
+                "node0",
+                29500,
+            )
+            newcomer.close()
+
+    def test_a_job_at_max_nodes_refuses_a_newcomer(self) -> None:
+        port = FakePort()
+        with linked(2) as links:
+            links[0].rules = RoundRules(1, 2)
+            links[0].me, links[0].listener = self.ME, port  # type: ignore[assignment]
+            self.arrive(port, "node7").close()
+            links[0].pump(FakePort.FD)
+            assert links[0].nodes_waiting == 0 and len(port.refused) == 1
+            assert "have all joined" in port.refused[0]
+
+    def test_a_newcomer_that_leaves_before_its_round_is_forgotten(self) -> None:
+        port = FakePort()
+        with linked(2) as links:
+            links[0].rules = RoundRules(1, 3)
+            links[0].me, links[0].listener = self.ME, port  # type: ignore[assignment]
+            theirs = self.arrive(port, "node7")
+            links[0].pump(FakePort.FD)
+            assert links[0].nodes_waiting == 1
+            fd = next(iter(links[0]._waiting)).peer.fileno()
+            theirs.close()
+            links[0].pump(fd)
+            deliver(links)
+            assert links[0].nodes_waiting == 0 and links[1].nodes_waiting == 0
