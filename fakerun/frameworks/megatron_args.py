@@ -312,12 +312,9 @@ def traceback_text(script: str, frames: Sequence[_Frame], message: str) -> str:
     path = os.path.abspath(script)
     root = os.path.dirname(path)
     line, code = _ENTRY.get(os.path.basename(path), _ENTRY_GPT)
-    lines = ["Traceback (most recent call last):"]
-    lines += [f'  File "{path}", line {line}, in <module>', f"    {code}"]
-    for file, lineno, func, source in frames:
-        lines += [f'  File "{root}/{file}", line {lineno}, in {func}', f"    {source}"]
-    lines.append(f"AssertionError: {message}" if message else "AssertionError")
-    return "".join(f"{text}\n" for text in lines)
+    entries = [pytrace.Frame(path, line, "<module>", code)]
+    entries += [pytrace.Frame(f"{root}/{file}", n, func, source) for file, n, func, source in frames]
+    return pytrace.traceback_text(entries, f"AssertionError: {message}" if message else "AssertionError")
 
 
 def _validate_exit(script: str, check: str, message: str = "") -> tuple[str, int]:

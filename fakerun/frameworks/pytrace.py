@@ -24,6 +24,9 @@ class Frame:
     function: str = "<module>"
     source: str | None = None
     marked: str | None = None  # the part of the source the failing instruction spans
+    # Python 3.11's underline as (column in the stripped source, its marks), when it is more than carets
+    # under `marked` (a binary operation's or a subscript's `~~~~^^^^`).
+    underline: tuple[int, str] | None = None
 
 
 def _frame_lines(frame: Frame) -> list[str]:
@@ -33,7 +36,10 @@ def _frame_lines(frame: Frame) -> list[str]:
         return out
     code = frame.source.strip()
     out.append(f"    {code}")
-    if frame.marked is not None and frame.marked != code:
+    if frame.underline is not None:
+        start, marks = frame.underline
+        out.append("    " + " " * start + marks)
+    elif frame.marked is not None and frame.marked != code:
         start = code.index(frame.marked)
         out.append("    " + " " * start + "^" * len(frame.marked))
     return out

@@ -124,23 +124,19 @@ def traceback_text(where: str, exception: str, *, assertion: str = "") -> str:
     if assertion:
         line = _MESH_LINES[assertion]
         frames.append(("distributed/parallel_dims.py", line, "_validate", _ASSERTS[assertion], None))
-    lines = ["Traceback (most recent call last):"]
+    entries = []
     for path, lineno, func, code, marks in frames:
         if path.startswith("<site>"):
             path = site + path.removeprefix("<site>")
         elif not path.startswith("<"):
             path = f"{root}/{path}"
-        lines.append(f'  File "{path}", line {lineno}, in {func}')
-        if code:
-            lines.append(f"    {code}")
+        underline = None
         if marks is not None:
             start, primary, subscript = marks
-            under = "~" * primary + "^" * subscript if subscript else "^" * primary
-            lines.append("    " + " " * start + under)
-    lines.append(exception)
+            underline = (start, "~" * primary + "^" * subscript if subscript else "^" * primary)
+        entries.append(pytrace.Frame(path, lineno, func, code or None, underline=underline))
     # Before init_process_group (the config's parsing) torch's excepthook is not in yet.
-    prefix = "" if where.startswith("config") else f"[rank{pytrace.RANK_SLOT}]: "
-    return "".join(f"{prefix}{line}\n" for line in lines)
+    return pytrace.traceback_text(entries, exception, after_init=not where.startswith("config"))
 
 
 _ASSERTS = {
