@@ -57,6 +57,7 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.frameworks import hf_files
 from fakerun.render import bar
 from fakerun.render.summary import summary_table
 from fakerun.sim import checkpoint
@@ -153,7 +154,8 @@ class FakerunDialect:
         """The files of the saves this log reports: a distributed checkpoint per save, the final export."""
         if request.kind == "checkpoint":
             return files.distcp(checkpoint.checkpoint_dir(request.step), request)
-        return files.hf_model_files(checkpoint.export_dir(request.run.job.model), request)
+        # Its export is the bf16 model its log reports (checkpoint.export_files' sizes).
+        return hf_files.save_pretrained(checkpoint.export_dir(request.run.job.model), request, hf_files.BF16)
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat

@@ -84,15 +84,3 @@ def safetensors_files(directory: str, request: SaveRequest, dtype: str = "BF16")
         index = safetensors.index(split, dtype)
         files.append(Artifact.text(f"{directory}/model.safetensors.index.json", index))
     return files
-
-
-def hf_model_files(directory: str, request: SaveRequest, dtype: str = "BF16") -> list[Artifact]:
-    """A save_pretrained directory from rank 0: the weights and the config and tokenizer files beside them."""
-    if request.rank != 0:
-        return []
-    companions = [
-        Artifact(f"{directory}/{f.name}", f.nbytes)
-        for f in checkpoint.export_files(request.run.job.model)
-        if f.name in checkpoint.COMPANION_FILES and f.name != "model.safetensors.index.json"
-    ]
-    return [*safetensors_files(directory, request, dtype), *companions]

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
-from fakerun.dialects.files import Artifact, Removal, SaveRequest, hf_model_files
+from fakerun.dialects.files import Artifact, Removal, SaveRequest, safetensors_files
 from fakerun.frameworks import hf_results
 from fakerun.sim import checkpoint
 from fakerun.sim.loss import eval_loss
@@ -21,6 +21,7 @@ __all__ = [
     "config_json",
     "export_files",
     "rotated",
+    "save_pretrained",
     "trainer_state",
 ]
 
@@ -47,6 +48,10 @@ def _json(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True) + "\n"
 
 
+# (config.json's torch_dtype, safetensors' dtype) of 16-bit weights (a trainer that exports in bf16).
+BF16 = ("bfloat16", "BF16")
+
+
 def _dtype(request: SaveRequest) -> tuple[str, str]:
     """(config.json's torch_dtype, safetensors' dtype) of the saved weights: the dtype the model trains in
     (fp32 under the Trainer's AMP, unless --torch_dtype loaded it in 16 bits)."""
@@ -55,15 +60,15 @@ def _dtype(request: SaveRequest) -> tuple[str, str]:
     return "float32", "F32"
 
 
-def config_json(request: SaveRequest) -> str:
-    """config.json as save_pretrained writes it: the model's config with its architectures, dtype and the
-    transformers version that wrote it."""
+def config_json(request: SaveRequest, dtype: tuple[str, str] | None = None) -> str:
+    """config.json as save_pretrained writes it: the model's config with its architectures, dtype (the
+    weights' as trained, or `dtype`) and the transformers version that wrote it."""
     model = request.run.job.model
     cfg: dict[str, Any] = json.loads(model.hf_config) if model.hf_config else checkpoint.preset_config(model)
     cfg.setdefault(
         "architectures", ["GPT2LMHeadModel" if cfg["model_type"] == "gpt2" else "LlamaForCausalLM"]
     )
-    cfg["torch_dtype"] = _dtype(request)[0]
+    cfg["torch_dtype"] = (dtype or _dtype(request))[0]
     cfg["transformers_version"] = TRANSFORMERS_VERSION
     cfg.setdefault("use_cache", True)
     return _json(cfg)
@@ -98,20 +103,28 @@ def _tokenizer_files(directory: str, request: SaveRequest) -> list[Artifact]:
     ]
 
 
-def _model_dir(directory: str, request: SaveRequest) -> list[Artifact]:
-    """save_pretrained's files (rank 0): weights, config.json, generation_config.json, the tokenizer's."""
+def save_pretrained(
+    directory: str, request: SaveRequest, dtype: tuple[str, str] | None = None
+) -> list[Artifact]:
+    """save_pretrained's files (rank 0): config.json, generation_config.json, the weights in the training
+    dtype (or `dtype`, as _dtype gives it), the tokenizer's."""
     if request.rank != 0:
         return []
-    weights = [
-        f
-        for f in hf_model_files(directory, request, dtype=_dtype(request)[1])
-        if f.path.endswith((".safetensors", ".index.json"))
-    ]
+    chosen = dtype or _dtype(request)
     return [
-        Artifact.text(f"{directory}/config.json", config_json(request)),
+        Artifact.text(f"{directory}/config.json", config_json(request, chosen)),
         Artifact.text(f"{directory}/generation_config.json", _generation_config(request)),
-        *weights,
+        *safetensors_files(directory, request, dtype=chosen[1]),
         *_tokenizer_files(directory, request),
+    ]
+
+
+def _model_dir(directory: str, request: SaveRequest) -> list[Artifact]:
+    """Trainer.save_model's files (rank 0): save_pretrained's and the pickled TrainingArguments."""
+    if request.rank != 0:
+        return []
+    return [
+        *save_pretrained(directory, request),
         Artifact(f"{directory}/training_args.bin", _TRAINING_ARGS_BYTES, _ZIP),
     ]
 

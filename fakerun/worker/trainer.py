@@ -57,7 +57,7 @@ from fakerun.dialects.events import (
     WeightsLoading,
     WorkerStarted,
 )
-from fakerun.dialects.files import SaveRequest
+from fakerun.dialects.files import Artifact, Removal, SaveRequest
 from fakerun.frameworks import hf_results
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
@@ -917,10 +917,8 @@ class RankTrainer:
             )
             self._slow_pause(step, phase, seconds)
 
-    def _write_files(self, kind: Literal["checkpoint", "export"], step: int) -> None:
-        """This rank's files of a save, as its framework lays them out, unless --fake-no-files."""
-        if not self.ctx.files:
-            return
+    def _write_files(self, kind: Literal["checkpoint", "export"], step: int) -> Sequence[Artifact | Removal]:
+        """This rank's files of a save, as its framework lays them out; written unless --fake-no-files."""
         job = self.run.job
         request = SaveRequest(
             run=self.run,
@@ -931,10 +929,14 @@ class RankTrainer:
             kind=kind,
             stopped=self._stopped if kind == "export" else None,
         )
-        failed = artifacts.write(dialects.artifacts(self.ctx.trainer, request))
+        saved = dialects.artifacts(self.ctx.trainer, request)
+        if not self.ctx.files:
+            return saved
+        failed = artifacts.write(saved)
         if failed is not None and not self._files_failed:
             self._files_failed = True  # one warning per rank, not one per save
             print(f"fakerun: warning: {failed}", file=sys.stderr, flush=True)
+        return saved
 
     def _eval_progress(self, step: int, seconds: float, until: float) -> None:
         """The evaluation's batches as they end, evenly over its `seconds`, as often as tqdm refreshes."""
@@ -989,12 +991,17 @@ class RankTrainer:
         self._epoch_end(last)
         self._phase(last, "idle")
         job = self.run.job
-        self._write_files("export", last)
+        exported = self._write_files("export", last)
         out_dir = checkpoint.export_dir(job.model)
         if self.out.wants(ModelExported):
-            self.out.emit(
-                ModelExported(path=out_dir, format="safetensors", files=checkpoint.export_files(job.model))
+            # The files as written, where the layout writes this export; else the export's modelled files.
+            written = tuple(
+                checkpoint.ExportFile(f.path.removeprefix(out_dir + "/"), f.size)
+                for f in exported
+                if isinstance(f, Artifact) and f.path.startswith(out_dir + "/")
             )
+            files = tuple(sorted(written, key=lambda f: f.name)) or checkpoint.export_files(job.model)
+            self.out.emit(ModelExported(path=out_dir, format="safetensors", files=files))
         if self.out.wants(RunSummary):
             self.out.emit(self._summary(last, wall_start))
         self.out.emit(TrainingFinished(step=last))
