@@ -93,6 +93,15 @@ def _hf_default_notice(hints: Hints, model: presets.ModelSpec) -> str:
     return f"{what}; simulating {model.display_name} ({model.params:,} parameters), fakerun's default model"
 
 
+def _default_notice(cmd: CommandLine, model: presets.ModelSpec, world: int) -> str:
+    """The launcher's line naming the model simulated when the script's arguments name none."""
+    script = os.path.basename(cmd.torchrun.training_script)
+    return (
+        f"{script}'s arguments name no model: simulating {model.display_name} ({model.params:,} parameters), "
+        f"the largest of fakerun's default models whose steps take a second or two on {world} GPUs"
+    )
+
+
 def _hf_steps(hints: Hints, probe: JobSpec, epochs: float, seed: int) -> tuple[int, tuple[str, ...]]:
     """max_steps of an HF run without --max_steps: its epochs over the script's data (a known dataset's
     blocks, else a drawn fine-tuning set's size, which the returned notice names)."""
@@ -224,6 +233,10 @@ def build_run(
             model = _default_model(bundle, nnodes, nproc_per_node, kw)
             if hints.style == "hf":
                 hints = dataclasses.replace(hints, notices=(*hints.notices, _hf_default_notice(hints, model)))
+            elif not hints.arch and not hints.notices:
+                # No silent default: say what stands in for the model the arguments do not name.
+                assumed = _default_notice(cmd, model, nnodes * nproc_per_node)
+                hints = dataclasses.replace(hints, notices=(assumed,))
         if hints.arch:
             model = apply_arch(model, hints.arch)
         if hints.style == "hf" and "total_steps" not in kw:
