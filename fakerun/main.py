@@ -20,7 +20,7 @@ from fakerun.coordinator import Coordinator
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
 from fakerun.launcher import glog, preflight, report
-from fakerun.launcher.cluster import ClusterLink, Membership, NameHost
+from fakerun.launcher.cluster import ClusterLink, Membership, NameHosts
 from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
 from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.elastic import RoundRules
@@ -162,7 +162,7 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
 
 def _fresh_seed(plan: LaunchPlan) -> int:
     """A seed for a run given none: random when this launcher plays every node, else shared by run id."""
-    if len(plan.nodes) >= plan.max_nodes:
+    if len(plan.nodes) >= plan.group_world_size:
         return draw_seed()
     return draw_seed(f"{plan.rdzv.run_id}|{plan.rdzv.endpoint}")
 
@@ -182,7 +182,7 @@ def _sim_context(
         run, hints = build_run(
             cmd,
             bundle,
-            nnodes=plan.max_nodes,
+            nnodes=plan.group_world_size,
             nproc_per_node=plan.nproc_per_node,
             model_given=cmd.fake.model is not None,
             fresh_seed=_fresh_seed(plan),
@@ -198,7 +198,7 @@ def _sim_context(
     tty = bar_file.isatty() and not (plan.redirects.get(0, 0) & bar_bit)
     columns = shutil.get_terminal_size().columns if tty else None
     # Simulated names for every node; the ones this launcher plays keep the names the plan gave them.
-    hosts = [presets.host_name(bundle.cluster, i) for i in range(plan.max_nodes)]
+    hosts = [presets.host_name(bundle.cluster, i) for i in range(plan.group_world_size)]
     for node in plan.nodes:
         hosts[node.group_rank] = node.host
     return SimContext(
@@ -356,7 +356,7 @@ def _control(
                 me=links.me if root and rules is not None else None,
                 master=(plan.rdzv.master_addr, plan.rdzv.master_port),
                 epoch=ctx.clock.mono0 if ctx.clock is not None else time.monotonic(),
-                name_host=_host_namer(ctx.run.job.cluster, links.renamed),
+                name_hosts=_host_namer(ctx.run.job.cluster, links.renamed),
                 round_no=links.assignment.round,
             )
             links.peers.clear()  # the cluster owns them now
@@ -368,15 +368,25 @@ def _control(
     return make
 
 
-def _host_namer(cluster: presets.ClusterSpec, renamed: bool) -> NameHost:
-    """How node 0 names an agent joining the running job: its own host name, unless the nodes took the
-    cluster's names (agents sharing one machine) or another node has it; then the cluster's first free one."""
+def _host_namer(cluster: presets.ClusterSpec, renamed: bool) -> NameHosts:
+    """How node 0 names the nodes of a round that takes in agents joining the running job: by their own host
+    names, unless two would share one (agents sharing a machine); then every node takes the cluster's names,
+    as at a first rendezvous of such agents (`renamed`), and later newcomers the cluster's first free ones."""
+    shared = renamed
 
-    def name(host: str, taken: tuple[str, ...]) -> str:
-        if not renamed and host not in taken:
-            return host
-        free = (presets.host_name(cluster, i) for i in range(len(taken) + 1))
-        return next((n for n in free if n not in taken), f"{host}-{len(taken)}")
+    def name(kept: tuple[str, ...], arriving: tuple[str, ...]) -> tuple[str, ...]:
+        nonlocal shared
+        hosts = kept + arriving
+        if not shared and len(set(hosts)) == len(hosts):
+            return hosts
+        if not shared:
+            shared = True
+            return tuple(presets.host_name(cluster, i) for i in range(len(hosts)))
+        named = list(kept)
+        for host in arriving:
+            free = (presets.host_name(cluster, i) for i in range(len(named) + 1))
+            named.append(next((n for n in free if n not in named), f"{host}-{len(named)}"))
+        return tuple(named)
 
     return name
 
@@ -588,6 +598,11 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
             # out of range...): after them, as there, and before any worker exists.
             console.launcher_lines(exc.exc_line + "\n")
             return exc.exit_code
+        try:
+            rules = round_rules(plan, clock.speed)
+        except MeetError as exc:
+            console.launcher_lines(exc.text)
+            return exc.exit_code
         if plan.multi_node:
             # torch's agent says it is rendezvousing before it waits for the other nodes' agents.
             TorchrunVoice(plan, log, argv[0], python, lambda slot, attempt: "").rendezvousing(0)
@@ -600,7 +615,6 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
                     job=None if ctx is None else ctx.run.job,
                     started=started_mono,
                 )
-                rules = round_rules(plan, clock.speed)
             except MeetError as exc:
                 console.launcher_lines(exc.text)
                 return exc.exit_code
@@ -643,9 +657,11 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         # This launcher plays every node of a single-launcher job, so their agents' wait is simulated; an
         # agent that met the others over TCP has waited for real and only the store's round remains.
         rdzv_nodes = 1 if plan.multi_node else plan.group_world_size
+        # A standalone elastic job's one agent waits for more in every round, until torch's last call.
+        last_call_s = rules.last_call_timeout_s if rules is not None and not plan.multi_node else 0.0
 
         def rendezvous_s(restart_count: int) -> float:
-            return rendezvous_seconds(seed, rdzv_nodes, restart_count) / clock.speed
+            return rendezvous_seconds(seed, rdzv_nodes, restart_count) / clock.speed + last_call_s
 
         # An agent that joined a running job resumes from the step its assignment named.
         saved = SavedStep(links.assignment.resume if links is not None else 0)

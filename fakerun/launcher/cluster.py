@@ -55,8 +55,9 @@ TELEMETRY_MAX = (100.0, 100.0, 200.0, 10_000.0, 10_000.0, float(1 << 24))
 Deliver = Callable[[list[tuple[int, dict[str, Any]]]], None]  # replies to local ranks
 # Tell every local worker that the job is lost, and on which node it failed (None: unknown).
 Abort = Callable[[str, int | None], None]
-# The name a newcomer's host takes in the job, given the names its nodes have (a clash needs another).
-NameHost = Callable[[str, tuple[str, ...]], str]
+# The names of a round's nodes, given the names of those that stay and the newcomers' own host names (a
+# clash needs others).
+NameHosts = Callable[[tuple[str, ...], tuple[str, ...]], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class ClusterLink:
     me: Join | None = None  # root of an elastic job: its own join, which a newcomer's must match
     master: tuple[str, int] = ("", 0)  # root: the workers' master address and port, for newcomers
     epoch: float = 0.0  # root: when the job's first agent started (monotonic), for newcomers' clocks
-    name_host: NameHost = lambda host, taken: host
+    name_hosts: NameHosts = lambda kept, arriving: kept + arriving
     round_no: int = 0  # the newest round this agent is in (0: the first rendezvous)
     timed_out: bool = False  # the round this agent waits for can never complete (below MIN at join_timeout)
     lost: str | None = None  # why the job is lost, once it is
@@ -255,11 +256,9 @@ class ClusterLink:
             self._send(node, message)
 
     def _membership(self, joined: tuple[int, ...]) -> Membership:
-        """Root: the next round's nodes: those that rejoined, then the newcomers under names of their own."""
-        hosts = [self.hosts[m] for m in joined]
-        for newcomer in self._waiting:
-            hosts.append(self.name_host(newcomer.peer.host, tuple(hosts)))
-        return Membership(joined, tuple(hosts))
+        """Root: the next round's nodes: those that rejoined, then the newcomers, named by `name_hosts`."""
+        kept = tuple(self.hosts[m] for m in joined)
+        return Membership(joined, self.name_hosts(kept, tuple(n.peer.host for n in self._waiting)))
 
     def _regroup(self, membership: Membership, newcomers: list[Peer] | None = None) -> None:
         """The round's members take their new group ranks (the store's host stays 0), newcomers the last."""
@@ -275,9 +274,11 @@ class ClusterLink:
             now = time.monotonic()
             for peer in newcomers or []:
                 peer.group_rank = len(self.peers) + 1
-                peer.host = membership.hosts[peer.group_rank]
                 peer.last_seen = now  # it was silent while it waited, as a joining agent is
                 self.peers[peer.group_rank] = peer
+        # A newcomer sharing a machine with a node renames them all (see NameHosts).
+        for peer in self.peers.values():
+            peer.host = membership.hosts[peer.group_rank]
         self.hosts = membership.hosts
         self._nnodes = len(membership.hosts)
 

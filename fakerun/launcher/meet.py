@@ -220,6 +220,9 @@ def meet(
     else:
         timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
         store_timeout = _seconds(rdzv.conf, "read_timeout", C10D_READ_TIMEOUT_S)
+    # The first round's last call waits for agents started by people or schedulers: real seconds, as the
+    # join timeout. A fixed-size job waits for all its nodes.
+    rules = round_rules(plan, 1.0) or RoundRules(plan.max_nodes, plan.max_nodes, join_timeout_s=timeout)
     warning = _secret_warning(os.environ, dial[0], dial[1], rdzv.run_id)
     if warning is not None:
         warn(notice(warning))
@@ -240,8 +243,7 @@ def meet(
                 assignment, peers = host_rendezvous(
                     gate,
                     me,
-                    nnodes=plan.max_nodes,
-                    timeout_s=timeout,
+                    rules=rules,
                     master_addr=rdzv.master_addr,
                     master_port=rdzv.master_port,
                 )
@@ -341,12 +343,12 @@ def _listen_static(port: int, host: str) -> socket.socket:
 
 
 def round_rules(plan: LaunchPlan, speed: float) -> RoundRules | None:
-    """The rules of an elastic job's restart rounds (c10d, --nnodes MIN:MAX); None for a fixed-size job.
+    """The rules of an elastic job's rounds (c10d or standalone, --nnodes MIN:MAX); None for a fixed size.
 
-    join_timeout is real seconds, as at the first rendezvous; the last call is the simulated cluster's wait
-    for more agents, so it passes at --fake-speed.
+    join_timeout is real seconds; the last call of a restart's round is the simulated cluster's wait for
+    more agents, so it passes at --fake-speed (`speed`; 1 for the first round, which real agents join).
     """
-    if plan.rdzv.form != "c10d" or plan.min_nodes >= plan.max_nodes:
+    if plan.rdzv.form not in ("c10d", "standalone") or plan.min_nodes >= plan.max_nodes:
         return None
     conf = plan.rdzv.conf
     return RoundRules(

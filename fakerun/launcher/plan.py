@@ -288,7 +288,11 @@ def make_plan(
         group_rank = args.node_rank if rdzv.form == "static" else 0
         nodes: tuple[NodePlan, ...] = (NodePlan(group_rank, fqdn),)
     else:
-        nodes = tuple(NodePlan(i, h) for i, h in enumerate(host_names(max_nodes, fqdn, node_host)))
+        # A standalone job has one agent, whose round completes with MIN nodes after torch's last call
+        # (torchrun's `--standalone --nnodes 1:2` runs one node): this launcher plays MIN of them. Static
+        # waits for MAX (torch's static rendezvous is as large as max_nodes).
+        played = min_nodes if rdzv.form == "standalone" else max_nodes
+        nodes = tuple(NodePlan(i, h) for i, h in enumerate(host_names(played, fqdn, node_host)))
     return LaunchPlan(
         args=args,
         rdzv=rdzv,
@@ -296,7 +300,7 @@ def make_plan(
         max_nodes=max_nodes,
         nproc_per_node=nproc,
         nodes=nodes,
-        group_world_size=max_nodes,
+        group_world_size=max_nodes if multi else len(nodes),  # a multi-node job's size follows its rendezvous
         redirects=parse_std(args.redirects, nproc),
         tee=parse_std(args.tee, nproc),
         local_ranks_filter=parse_local_ranks_filter(args.local_ranks_filter),

@@ -2,10 +2,11 @@
 
 The agent of node 0 (static) or the first agent to bind the c10d endpoint hosts: its gate (peers.py)
 accepts the other agents and checks that each knows the job's secret; the host then checks that each
-agrees on the job (run id, ranks per node, the simulated model and GPUs) and, when all nodes have joined,
-tells each its group rank, every node's host name and the workers' master address. Every field either side
-receives is checked for type and range: a bad one refuses that connection (host) or ends the rendezvous with
-one line (agent). The connections stay open for the run (step relays and heartbeats, see cluster.py).
+agrees on the job (run id, ranks per node, the simulated model and GPUs) and, when the round completes
+(every node joined; for an elastic job, MIN of them and torch's last call passed), tells each its group
+rank, every node's host name and the workers' master address. Every field either side receives is checked
+for type and range: a bad one refuses that connection (host) or ends the rendezvous with one line (agent).
+The connections stay open for the run (step relays and heartbeats, see cluster.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fakerun.launcher.elastic import RoundRules, Verdict
 from fakerun.launcher.peers import Gate, Peer, PeerGone
 from fakerun.launcher.wire import WireError, answer, shown, verify_welcome
 
@@ -227,37 +229,42 @@ def host_rendezvous(
     gate: Gate,
     me: Join,
     *,
-    nnodes: int,
-    timeout_s: float,
+    rules: RoundRules,
     master_addr: str,
     master_port: int,
 ) -> tuple[Assignment, dict[int, Peer]]:
-    """Hosts the rendezvous until `nnodes` agents (us included) joined; returns our assignment and peers."""
-    start = time.monotonic()
-    deadline = start + timeout_s
+    """Hosts the job's first rendezvous until `rules` complete it (at once with MAX agents, us included;
+    an elastic job's once MIN have joined and the last call after the latest join passed); returns our
+    assignment and peers. RendezvousTimeout at the join timeout short of that."""
+    start = last_join = time.monotonic()
     selector = selectors.DefaultSelector()
     gate.attach(selector)
     joined: list[tuple[Join, Peer | None]] = [(me, None)]
     try:
-        while len(joined) < nnodes:
+        while True:
             now = time.monotonic()
-            if now >= deadline:
-                raise RendezvousTimeout(len(joined), nnodes, now - start)
+            verdict = rules.verdict(len(joined), start, last_join, now)
+            if verdict is Verdict.COMPLETE:
+                break
+            if verdict is Verdict.TIMEOUT:
+                raise RendezvousTimeout(len(joined), rules.max_nodes, now - start)
             gate.tick(now)
-            wait = min(deadline, gate.deadline() or deadline, now + 1.0) - now
+            due = rules.deadline(len(joined), start, last_join)
+            wait = min(due, gate.deadline() or due, now + 1.0) - now
             for key, _ in selector.select(max(0.0, wait)):
                 now = time.monotonic()
                 for p, message in gate.pump(int(key.fd), now):
-                    if p.done or len(joined) >= nnodes:
+                    if p.done or len(joined) >= rules.max_nodes:
                         continue
                     try:
-                        join = check_join(message, me, joined, nnodes)
+                        join = check_join(message, me, joined, rules.max_nodes)
                     except WireError as exc:
                         gate.refuse(p, str(exc), now)
                         continue
                     peer = gate.admit(p)
                     peer.host = join.host
                     joined.append((join, peer))
+                    last_join = now  # each join restarts the last call
         return _assign(joined, master_addr, master_port)
     except BaseException:
         for _, member in joined:

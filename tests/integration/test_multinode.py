@@ -11,10 +11,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from fakerun import presets
+from fakerun.main import DEFAULT_MODEL
 from tests.conftest import SCRIPTS, Runner, fakerun_exe
 
 PROBE = str(SCRIPTS / "probe.py")
@@ -322,54 +325,74 @@ class TestC10d:
             .endswith("torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError")
         )
 
-    def test_a_lost_node_leaves_an_elastic_job_smaller_until_it_comes_back(self, runner: Runner) -> None:
-        """--nnodes 1:2: SIGKILL node 1's agent after a save; node 0's workers fail, its agent restarts, and
-        after torch's last call the round completes without node 1: the job carries on at one node's size
-        from its last complete save, with the same model. Node 1's agent started again joins the running
-        job: node 0 restarts its workers for it without counting a restart, and the job goes on at two
-        nodes from its last complete save."""
+    def test_an_elastic_job_starts_at_min_nodes_grows_and_shrinks(self, runner: Runner) -> None:
+        """--nnodes 1:2: node 0's agent alone completes the first round after its last call (1 s here) and
+        runs at one node. Node 1's agent started then joins the running job: node 0 restarts its workers for
+        it without counting a restart, and the job goes on at two nodes from its last complete save, the
+        nodes under the cluster's names (they share this machine). Node 1's agent SIGKILLed after a save:
+        node 0's workers fail, its agent restarts, and after torch's last call the round completes without
+        node 1: the job carries on at one node's size from its last complete save, with the same model."""
         port = str(free_port())
         common = ["--nnodes", "1:2", "--nproc-per-node", "2", "--rdzv-backend", "c10d"]
         common += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "el1", "--fake-speed", "20"]
-        common += ["--fake-max-steps", "24", "--max-restarts", "1"]
+        common += ["--fake-max-steps", "24", "--max-restarts", "1", "--rdzv-conf", "last_call_timeout=1"]
         script = ["train.py", "--save-interval", "3", "--save", "ckpt"]
         n0 = agent(runner, [*common, "--fake-metrics", "m.jsonl", *script], "n0", LOGLEVEL="INFO")
-        time.sleep(0.3)  # node 0 hosts the store
-        n1 = agent(runner, [*common, *script], "n1")
         rounds = "[default] Rendezvous complete for workers. Result:"
-        deadline, first_save = time.monotonic() + 60, "checkpoint from iteration       3"
-        while time.monotonic() < deadline and first_save not in text(runner, "n0.out"):
-            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+
+        def runs() -> list[dict[str, object]]:
+            records = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
+            return [r for r in records if r["event"] == "run"]
+
+        def wait_for(done: Callable[[], bool]) -> None:
+            while time.monotonic() < deadline and not done():
+                time.sleep(0.1)
+
+        wait_for(lambda: (runner.tmp / "m.jsonl").exists() and len(runs()) == 1)
+        n1 = agent(runner, [*common, *script], "n1", LOGLEVEL="INFO")
+        # Node 1 dies once the two-node job has saved.
+        wait_for(
+            lambda: (
+                len(runs()) == 2
+                and '"event": "checkpoint"' in text(runner, "m.jsonl").split('"event": "run"')[2]
+            )
+        )
         n1.send_signal(signal.SIGKILL)
-        # Node 1 comes back once the job runs at one node (its run record is out).
-        while time.monotonic() < deadline and text(runner, "m.jsonl").count('"event": "run"') < 2:
-            time.sleep(0.1)
-        back = agent(runner, [*common, *script], "n1b", LOGLEVEL="INFO")
-        assert finish([n0, n1, back]) == [0, -9, 0], text(runner, "n0.err")[-3000:]
+        assert finish([n0, n1]) == [0, -9], text(runner, "n0.err")[-3000:]
         said = messages(text(runner, "n0.err"))
         blocks = [i for i, m in enumerate(said) if m == rounds]
         assert len(blocks) == 3
-        after = said[blocks[1] + 1 : blocks[1] + 11]
+        alone = said[blocks[0] + 1 : blocks[0] + 11]
+        assert "  restart_count=0" in alone and "  group_world_size=1" in alone
+        grown = said[blocks[1] + 1 : blocks[1] + 11]
+        # A membership change is no restart: the count stays, and node 0 keeps group rank 0.
+        assert "  restart_count=0" in grown and "  group_world_size=2" in grown and "  group_rank=0" in grown
+        assert "[default] Detected 1 new nodes from group_rank=0; will restart worker group" in said
+        after = said[blocks[2] + 1 : blocks[2] + 11]
         assert "  restart_count=1" in after and "  group_world_size=1" in after
         assert "  global_world_sizes=[2, 2]" in after, after  # one node of --nproc-per-node 2
-        grown = said[blocks[2] + 1 : blocks[2] + 11]
-        # A membership change is no restart: the count stays, and node 0 keeps group rank 0.
-        assert "  restart_count=1" in grown and "  group_world_size=2" in grown and "  group_rank=0" in grown
-        assert "[default] Detected 1 new nodes from group_rank=0; will restart worker group" in said
-        joined = messages(text(runner, "n1b.err"))
+        joined = messages(text(runner, "n1.err"))
         mine = joined[joined.index(rounds) + 1 : joined.index(rounds) + 11]
         assert "  restart_count=0" in mine and "  group_rank=1" in mine and "  group_world_size=2" in mine
         records = [json.loads(line) for line in text(runner, "m.jsonl").splitlines()]
-        runs = [r for r in records if r["event"] == "run"]
-        assert [(r["attempt"], r["nnodes"], r["n_gpus"]) for r in runs] == [(0, 2, 4), (1, 1, 2), (1, 2, 4)]
-        assert runs[0]["model"] == runs[1]["model"] == runs[2]["model"]
+        started = runs()
+        assert [(r["attempt"], r["nnodes"], r["n_gpus"]) for r in started] == [
+            (0, 1, 2),
+            (0, 2, 4),
+            (1, 1, 2),
+        ]
+        assert started[0]["model"] == started[1]["model"] == started[2]["model"]
+        second = records.index(started[1])
+        saved = [r["step"] for r in records[:second] if r["event"] == "checkpoint"]
+        assert started[1]["first_step"] - 1 in [0, *saved]  # the start or a save before the newcomer's round
         failed = next(i for i, r in enumerate(records) if r["event"] == "failure")
         saved = [r["step"] for r in records[:failed] if r["event"] == "checkpoint"]
-        assert runs[1]["first_step"] - 1 in saved  # one of the saves made before the loss
-        third = records.index(runs[2])
-        saved = [r["step"] for r in records[:third] if r["event"] == "checkpoint"]
-        assert runs[2]["first_step"] - 1 in saved  # a save made before the newcomer's round
+        assert started[2]["first_step"] - 1 in saved  # one of the saves made before the loss
         assert "using world size: 2," in text(runner, "n0.out")
+        # Both agents run here: the nodes took the cluster's names, node 1 the second.
+        cluster = presets.resolve(DEFAULT_MODEL, None, None).cluster
+        assert f"lost node 1 ({presets.host_name(cluster, 1)}): its agent closed the connection" in said
 
 
 class TestSecurity:

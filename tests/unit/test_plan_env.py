@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from fakerun.launcher.envs import worker_argv, worker_env, worker_slots
-from fakerun.launcher.plan import LaunchError, make_plan, parse_std
+from fakerun.launcher.plan import LaunchError, NodePlan, make_plan, parse_std
 from fakerun.options import TorchrunArgs
 
 UUID = "97f2a5c4-832e-4665-9d8b-a0de9c567226"
@@ -96,6 +96,18 @@ class TestTopology:
         """`--nnodes 1:2` is accepted; the local cluster has the maximum node count."""
         p = plan_for(nnodes="1:2", nproc_per_node="1")
         assert (p.min_nodes, p.max_nodes, p.group_world_size) == (1, 2, 2)
+
+    def test_standalone_min_max_nnodes_plays_min(self) -> None:
+        """`--standalone --nnodes 1:2`: torchrun's one agent completes its round alone after the last call
+        (min_nodes 1, no second agent can find localhost:0): one node, the real host."""
+        p = plan_for(nnodes="1:2", nproc_per_node="1", standalone=True)
+        assert (p.min_nodes, p.max_nodes, p.group_world_size, p.nodes) == (
+            1,
+            2,
+            1,
+            (NodePlan(0, "localhost"),),
+        )
+        assert not p.multi_node
 
     @pytest.mark.parametrize(
         ("kw", "line", "frames"),

@@ -446,14 +446,28 @@ class TestSharp:
 
 
 class TestJoiningHostNames:
-    """Node 0 names an agent that joins a running elastic job: by its own host name when that is free and
-    the job kept real names, else by the cluster's first name no node has."""
+    """Node 0 names the nodes of a round that takes in agents joining a running elastic job: by their own
+    host names while no two share one; a clash gives every node the cluster's names, as agents sharing a
+    machine take at a first rendezvous, and later newcomers the cluster's first names no node has."""
 
     def test_names(self) -> None:
         from fakerun.main import _host_namer
 
         cluster = presets.resolve("llama3-8b", None, None).cluster
-        names = [presets.host_name(cluster, i) for i in range(3)]
-        assert _host_namer(cluster, renamed=False)("gpu7", ("gpu1",)) == "gpu7"
-        assert _host_namer(cluster, renamed=False)("gpu1", ("gpu1",)) == names[0]
-        assert _host_namer(cluster, renamed=True)("localhost", (names[0], names[2])) == names[1]
+        names = tuple(presets.host_name(cluster, i) for i in range(3))
+        assert _host_namer(cluster, renamed=False)(("gpu1",), ("gpu7",)) == ("gpu1", "gpu7")
+        # A job begun by one agent, joined by another on its machine: both take the cluster's names.
+        assert _host_namer(cluster, renamed=False)(("gpu1",), ("gpu1",)) == names[:2]
+        assert _host_namer(cluster, renamed=True)((names[0], names[2]), ("localhost",)) == (
+            *names[::2],
+            names[1],
+        )
+
+    def test_a_renamed_job_stays_renamed(self) -> None:
+        from fakerun.main import _host_namer
+
+        cluster = presets.resolve("llama3-8b", None, None).cluster
+        names = tuple(presets.host_name(cluster, i) for i in range(3))
+        name = _host_namer(cluster, renamed=False)
+        assert name(("gpu1",), ("gpu1",)) == names[:2]
+        assert name(names[:2], ("gpu9",)) == names  # not gpu9: the nodes have the cluster's names now

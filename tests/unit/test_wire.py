@@ -15,6 +15,7 @@ import re
 import selectors
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -545,6 +546,100 @@ class TestJobEpoch:
         assert 10.0 <= assignment.epoch_age < 11.0
 
 
+class VirtualTime:
+    """rendezvous.py's clock and selector for a host waiting alone: a wait that no socket ends passes at
+    once, the clock moving on by the time the host asked to wait."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def DefaultSelector(self) -> selectors.BaseSelector:  # the name selectors' has
+        clock = self
+
+        class Selector(selectors.DefaultSelector):
+            def select(self, timeout: float | None = None) -> list[Any]:
+                events = super().select(0)
+                if not events and timeout:
+                    clock.now += timeout
+                return events
+
+        return Selector()
+
+
+class TestFirstRendezvous:
+    """Node 0 hosts the job's first round by torch's rules: at once with MAX agents; an elastic job's with
+    MIN once the last call after the latest join has passed; short of MIN, RendezvousTimeoutError."""
+
+    ME = rendezvous.Join(None, "node0", 1, "el", "gpt2-124m on h100", "d")
+
+    @pytest.fixture
+    def gate(self) -> Iterator[Gate]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        gate = Gate(listener, b"secret", lambda line: None)
+        yield gate
+        gate.close()
+
+    def host(self, gate: Gate, rules: RoundRules) -> tuple[rendezvous.Assignment, dict[int, Peer]]:
+        return rendezvous.host_rendezvous(gate, self.ME, rules=rules, master_addr="node0", master_port=29500)
+
+    def test_alone_at_min_nodes_after_the_last_call(
+        self, gate: Gate, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        clock = VirtualTime()
+        monkeypatch.setattr(rendezvous, "time", clock)
+        monkeypatch.setattr(rendezvous, "selectors", clock)
+        assignment, peers = self.host(gate, RoundRules(1, 2, join_timeout_s=600.0, last_call_timeout_s=30.0))
+        assert (assignment.group_rank, assignment.hosts, peers) == (0, ("node0",), {})
+        assert clock.now == 1000.0 + 30.0  # torch's last call after the host's own join, not a moment less
+
+    def test_short_of_min_nodes_it_times_out(self, gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+        clock = VirtualTime()
+        monkeypatch.setattr(rendezvous, "time", clock)
+        monkeypatch.setattr(rendezvous, "selectors", clock)
+        with pytest.raises(rendezvous.RendezvousTimeout) as caught:
+            self.host(gate, RoundRules(2, 3, join_timeout_s=60.0, last_call_timeout_s=30.0))
+        assert (caught.value.joined, caught.value.expected) == (1, 3)
+        assert clock.now == 1000.0 + 60.0
+
+    def test_a_fixed_size_job_waits_for_every_node(self, gate: Gate, monkeypatch: pytest.MonkeyPatch) -> None:
+        clock = VirtualTime()
+        monkeypatch.setattr(rendezvous, "time", clock)
+        monkeypatch.setattr(rendezvous, "selectors", clock)
+        with pytest.raises(rendezvous.RendezvousTimeout) as caught:
+            self.host(gate, RoundRules(2, 2, join_timeout_s=900.0))
+        assert (caught.value.joined, caught.value.expected) == (1, 2)
+        assert clock.now == 1000.0 + 900.0
+
+    def test_max_nodes_complete_it_at_once(self, gate: Gate) -> None:
+        """A second agent of 1:2 joins: no last call (an hour here: the test would see one node)."""
+        port = gate.listener.getsockname()[1]
+        joined: list[rendezvous.Assignment] = []
+        other = dataclasses.replace(self.ME, host="node1")
+
+        def join() -> None:
+            assignment, peer = rendezvous.join_rendezvous(
+                "127.0.0.1", port, other, nnodes=2, secret=b"secret", timeout_s=60.0, min_nodes=1
+            )
+            joined.append(assignment)
+            peer.close()
+
+        thread = threading.Thread(target=join)
+        thread.start()
+        try:
+            assignment, peers = self.host(
+                gate, RoundRules(1, 2, join_timeout_s=3600.0, last_call_timeout_s=3600.0)
+            )
+        finally:
+            thread.join(60)
+        assert assignment.hosts == ("node0", "node1") and list(peers) == [1]
+        assert [(a.group_rank, a.hosts) for a in joined] == [(1, ("node0", "node1"))]
+        rendezvous.close_all(peers)
+
+
 @contextlib.contextmanager
 def linked(nnodes: int) -> Iterator[list[cluster.ClusterLink]]:
     """Node 0's link and each other node's, joined by socket pairs (a root and its spokes), started."""
@@ -835,6 +930,27 @@ class TestNodesJoining:
                 "node0",
                 29500,
             )
+            newcomer.close()
+
+    def test_a_round_that_renames_the_nodes_renames_every_link(self) -> None:
+        """A newcomer on node 0's machine: every node takes the name node 0 gives it, on both ends of each
+        connection (a lost node's line names it so)."""
+        port = FakePort()
+        with linked(2) as links:
+            root = links[0]
+            root.rules = RoundRules(1, 3, join_timeout_s=600.0, last_call_timeout_s=30.0)
+            root.me, root.listener = self.ME, port  # type: ignore[assignment]
+            root.name_hosts = lambda kept, arriving: ("c0", "c1", "c2")
+            for link in links:
+                link.new_round = lambda step, membership: 0
+            newcomer = self.arrive(port, "node0")
+            root.pump(FakePort.FD)
+            root.rejoin()
+            links[1].rejoin()
+            deliver(links)
+            deliver(links)
+            assert [(g, p.host) for g, p in root.peers.items()] == [(1, "c1"), (2, "c2")]
+            assert links[1].peers[0].host == "c0" and links[1].hosts == root.hosts == ("c0", "c1", "c2")
             newcomer.close()
 
     def test_a_job_at_max_nodes_refuses_a_newcomer(self) -> None:
