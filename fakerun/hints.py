@@ -1298,25 +1298,17 @@ def _titan_schedule(b: _Builder, given: Mapping[str, _Given]) -> None:
 
 
 def _titan_context_parallel(b: _Builder, given: Mapping[str, _Given]) -> None:
-    """context_parallel_degree > 1 as the simulated job can hold it: the cp ranks of one batch slice count as
-    data-parallel ranks (FSDP shards over them too: torchtitan's fsdp mesh is dp_shard x cp), each with a
-    1/cp share of every sequence, so tokens per step, activations and throughput per rank come out right;
-    the dialect prints the full sequence and torchtitan's batch (titan.py). A sequence cp does not divide
-    is left whole (the batch and the throughput then count cp's ranks as data-parallel ones)."""
+    """context_parallel_degree > 1 as the job's cp: ParallelDims' dp_shard is the world over dp_replicate x cp
+    x tp x pp, the batch counts whole sequences, each rank holds 1/cp of every one and FSDP shards over
+    dp_shard x cp (JobSpec.dp_cp). A degree or sequence torchtitan refuses is its ranks' death
+    (titan_world.py), before the job is built."""
     g = given.get("parallelism.context_parallel_degree")
     figures = b.top.get("titan")
     if g is None or not isinstance(figures, dict):
         return
     cp = int(figures["parallelism.context_parallel_degree"])
-    spec = b.top.get("spec")
-    seq = b.job.get("seq_len", spec.seq_len if isinstance(spec, ModelSpec) else None)
-    if cp <= 1 or not isinstance(seq, int) or seq % cp:
-        return
-    b.set(b.job, "seq_len", seq // cp, g)
-    gbs = b.job.get("global_batch")
-    if isinstance(gbs, int):  # training.global_batch_size counts whole sequences: cp times as many slices
-        b.set(b.job, "global_batch", gbs * cp, g)
-    figures["context_parallel_seq_len"] = str(seq)
+    if cp > 1:
+        b.set(b.job, "cp", cp, g)
 
 
 def _titan_figures(b: _Builder, given: Mapping[str, _Given]) -> dict[str, str]:

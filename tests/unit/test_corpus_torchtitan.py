@@ -17,7 +17,7 @@ from fakerun.dialects.titan import TitanDialect
 from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import schedule
+from fakerun.sim import memory, schedule
 from fakerun.sim.run import RunPlan
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "torchtitan"
@@ -214,6 +214,18 @@ class TestMesh:
             "pp(1) != WORLD_SIZE(2)\n"
         )
 
+    def test_expert_parallel_must_divide_the_sparse_region(self) -> None:
+        """deepseek_v3_16b's expert_parallel_degree 8 on 2 GPUs: ParallelDims._validate's ValueError on every
+        rank (exit 1), before the launcher's own checks of the job."""
+        config = str(CORPUS / "deepseek_v3_16b.toml")
+        _, hints = run_of(["--job.config_file", config, "--parallelism.expert_parallel_degree", "8"])
+        assert hints.script_exit is not None and hints.script_exit[1] == 1
+        text = exit_text(hints, 1)
+        assert '[rank1]:   File "' in text and "in _validate\n[rank1]:     raise ValueError(\n" in text
+        assert text.endswith(
+            "[rank1]: ValueError: expert_parallel_degree (8) must divide dp_shard * cp * tp (2)\n"
+        )
+
     def test_global_batch_not_divisible(self) -> None:
         """global 10 over local 4 x dp 2: Trainer.__init__'s assertion."""
         args = ["--training.local_batch_size", "4", "--training.global_batch_size", "10"]
@@ -261,8 +273,12 @@ class TestContextParallel:
             ["--job.config_file", config, "--parallelism.context_parallel_degree", "2"], nproc=4
         )
         job = run.job
-        # 16 sequences of 1024 tokens a step, each split over the 2 cp ranks of its batch slice.
-        assert job.tokens_per_step == 16 * 1024 and job.seq_len == 1024 // 2
+        # 16 sequences of 1024 tokens a step, each split over the 2 cp ranks of its batch slice: the batch
+        # degree is 4 / cp = 2, the FSDP group dp_shard x cp = 4.
+        assert job.tokens_per_step == 16 * 1024 and job.seq_len == 1024
+        assert (job.cp, job.dp, job.dp_cp, job.local_seq_len) == (2, 2, 4, 512)
+        # fully_shard over the fsdp mesh: each rank holds a quarter of the fp32 parameters.
+        assert memory.memory_breakdown(job, 0, 0).weights == pytest.approx(4.0 * job.model.params / 4)
         d = TitanDialect(Seat(rank=0, local_rank=0, world_size=4, nproc_per_node=4, hosts=("h",)))
         d.render(
             ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
@@ -290,4 +306,32 @@ class TestContextParallel:
 
     def test_without_cp_the_sequence_stays_whole(self) -> None:
         run, _ = run_of(["--job.config_file", str(CORPUS / "llama3_debug.toml")], nproc=2)
-        assert run.job.seq_len == 1024 and run.job.tokens_per_step == 16 * 1024
+        assert run.job.seq_len == 1024 and run.job.tokens_per_step == 16 * 1024 and run.job.cp == 1
+
+    def test_cp_activations_are_a_share_of_the_sequence(self) -> None:
+        """The same batch slice with cp 2 on twice the GPUs: each rank saves half the activations."""
+        config = ["--job.config_file", str(CORPUS / "llama3_debug.toml")]
+        whole, _ = run_of(config, nproc=2)
+        split, _ = run_of([*config, "--parallelism.context_parallel_degree", "2"], nproc=4)
+        assert split.job.micro_batch == whole.job.micro_batch
+        assert memory.layer_activation_bytes(split.job) == pytest.approx(
+            memory.layer_activation_bytes(whole.job) / 2
+        )
+
+    def test_sequence_not_divisible_by_two_cp_dies_on_the_ranks(self) -> None:
+        """seq 1020 with cp 4 (4 GPUs): parallelize_llama's assertion 1020 % (1 x 2 x 4), its f-string's
+        newlines and indentation printed as they are."""
+        args = ["--job.config_file", str(CORPUS / "llama3_debug.toml"), "--training.seq_len", "1020"]
+        _, hints = run_of([*args, "--parallelism.context_parallel_degree", "4"], nproc=4)
+        assert hints.script_exit is not None and hints.script_exit[1] == 1
+        text = exit_text(hints, 3)
+        assert '[rank3]:   File "' in text and 'parallelize.py", line 67, in parallelize_llama' in text
+        assert text.endswith(
+            "[rank3]: AssertionError: \n"
+            "[rank3]:         Sequence length 1020 must be divisible by the product of TP degree\n"
+            "[rank3]:         (1) and 2 * CP degree (4).\n"
+            "[rank3]:         \n"
+        )
+        # 1020 = 2 x 510: without cp the same sequence starts.
+        _, whole = run_of(args, nproc=4)
+        assert whole.script_exit is None
