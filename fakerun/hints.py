@@ -624,22 +624,16 @@ def _titan_file(g: _Given) -> dict[str, _Given]:
     return out
 
 
-def _titan_registry(args: Sequence[str]) -> dict[str, _Given]:
-    """What torchtitan's `--module M --config C` config function sets: its model flavor and training."""
-    entry = titan_flavors.registry_choice(args)
-    if entry is None:
-        return {}
-    where = f"torchtitan.models.{entry.module}.config_registry"
-    values: dict[str, object] = {
-        "model.name": entry.module,
-        "model.flavor": entry.flavor,
-        "training.local_batch_size": entry.local_batch,
-        "training.seq_len": entry.seq_len,
-        "training.steps": entry.steps,
-    }
-    if entry.warmup is not None:
-        values["lr_scheduler.warmup_steps"] = entry.warmup
-    return {key: _Given(key, value, where=where) for key, value in values.items()}
+def _titan_registry(args: Sequence[str]) -> tuple[dict[str, _Given], dict[str, str]]:
+    """What torchtitan's `--module M --config C` config function sets: its known keys and its settings."""
+    choice = titan_flavors.registry_choice(args)
+    if choice is None:
+        return {}, {}
+    name, entry = choice
+    where = f"torchtitan.models.{entry.module}.config_registry.{name}"
+    values = titan_flavors.registry_values(entry)
+    given = {key: _Given(key, value, where=where) for key, value in values.items()}
+    return given, titan_flavors.registry_settings(name, entry)
 
 
 def _ds_config(b: _Builder, g: _Given) -> None:
@@ -1521,9 +1515,10 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     config = given.get("job.config_file")
     titan_exit: tuple[str, int] | None = None
     titan_notice: str | None = None
+    titan_text: dict[str, str] = {}  # the registry form's settings, under the command line's
     if config is not None or style == "titan":
         try:
-            merged = _titan_file(config) if config is not None else _titan_registry(args)
+            merged, titan_text = (_titan_file(config), {}) if config is not None else _titan_registry(args)
         except titan_flavors.TitanError as exc:  # torchtitan's ConfigManager refuses them on every rank
             merged, config = {}, None
             if exc.where:
@@ -1541,7 +1536,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     if style == "torchtune":
         _tune(b, args)
     regime = _regime(script, args)
-    settings = _settings(args, config) | _lightning_settings(given)
+    settings = titan_text | _settings(args, config) | _lightning_settings(given)
     notices: tuple[str, ...] = ()
     world_exit = None
     spec: ModelSpec | None = None

@@ -328,6 +328,11 @@ class TitanDialect:
         return self._on("checkpoint.enable")
 
     @property
+    def _registry(self) -> bool:
+        """Whether the job is the --module/--config registry form (the sources after 0.2.x)."""
+        return bool(self._set("titan.registry", ""))
+
+    @property
     def _dp_replicate(self) -> int:
         """data_parallel_replicate_degree as configured when it divides the job's batch degree, else 1."""
         assert self.job is not None
@@ -357,8 +362,15 @@ class TitanDialect:
             }
         # update_from_config: the model's context is the training sequence length
         args["max_seq_len"] = job.seq_len
-        # torchtitan's f-string has no space between the flavor and "with".
-        dump = f"{p}Building {name} {flavor}with {json.dumps(args, indent=2, ensure_ascii=False)}".split("\n")
+        # 0.2.x's f-string has no space between the flavor and "with"; the registry's trainer.py names the
+        # model only.
+        dump = (
+            [f"{p}Building {name} {flavor}"]
+            if self._registry
+            else f"{p}Building {name} {flavor}with {json.dumps(args, indent=2, ensure_ascii=False)}".split(
+                "\n"
+            )
+        )
         gpu = job.gpu.display_name
         capacity = event.capacity_bytes or job.gpu.memory_mib * 1024.0**2
         out = [
@@ -405,12 +417,18 @@ class TitanDialect:
         pipelined = job.pp > 1
         local = job.micro_batch * job.grad_accum if pipelined else job.micro_batch
         accum = 1 if pipelined else job.grad_accum
-        out.append(
-            f"{p}Trainer is initialized with local batch size {local}, "
-            f"global batch size {job.global_batch}, "
-            f"gradient accumulation steps {accum}, sequence length {job.seq_len}, "
-            f"total steps {job.total_steps} (warmup {job.warmup_steps})"
-        )
+        if self._registry:  # trainer.py counts tokens: a DP rank's per micro step, and the step's
+            sizes = (
+                f"{local * job.seq_len} tokens per DP rank, {job.tokens_per_step} tokens per train step, "
+                f"gradient accumulation steps {accum}, maximum context length {job.seq_len}"
+            )
+        else:
+            sizes = (
+                f"local batch size {local}, global batch size {job.global_batch}, "
+                f"gradient accumulation steps {accum}, sequence length {job.seq_len}"
+            )
+        steps = f"total steps {job.total_steps} (warmup {job.warmup_steps})"
+        out.append(f"{p}Trainer is initialized with {sizes}, {steps}")
         return out
 
     def _step(self, event: StepDone, at: float) -> list[str]:

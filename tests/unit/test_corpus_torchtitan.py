@@ -185,6 +185,73 @@ class TestRegistry:
             2,
         )
 
+    def test_llama3_debugmodel_trainer_config(self) -> None:
+        """The rest of llama3_debugmodel's Trainer.Config: MetricsProcessor.Config(log_freq=1) logs every
+        step; default_adamw(lr=8e-4); SelectiveAC; CheckpointManager(interval=10, last_save_model_only=False)
+        but not enabled; Validator.Config(freq=5, steps=10) without enable; the c4_test dataset."""
+        run, hints = run_of(["--module", "llama3", "--config", "llama3_debugmodel"])
+        assert run.log_interval == 1 and run.job.lr == pytest.approx(8e-4)
+        assert run.job.recompute == "selective" and run.job.min_lr == 0.0
+        assert not run.saves and run.eval_interval == 0
+        s = hints.settings
+        assert s["checkpoint.last_save_model_only"] == "false" and s["training.dataset"] == "c4_test"
+        assert s["profiling.enable_profiling"] == "false" and s["metrics.enable_tensorboard"] == "false"
+        # warmup 2, decay round(10 x 0.8) = 8, stable 10 + 1 - 2 - 8 = 1; step s at LambdaLR index s - 1.
+        for step, factor in {1: 1 / 2, 2: 1.0, 3: 1.0, 4: 1 - 1 / 8, 10: 1 - 7 / 8}.items():
+            assert schedule.lr(run.job, step) == pytest.approx(8e-4 * factor), step
+
+    def test_deepseek_v3_16b_schedule_and_experts(self) -> None:
+        """deepseek_v3_16b on 8 GPUs: lr 2.2e-4, the default 200 warmup steps, cosine over round(1000 x 0.8)
+        = 800 steps down to min_lr_factor 0.1, expert_parallel_degree 8, log_freq's default 10."""
+        run, _ = run_of(["--module", "deepseek_v3", "--config", "deepseek_v3_16b"], nproc=8)
+        job = run.job
+        assert (job.micro_batch, job.seq_len, job.total_steps, job.warmup_steps, job.ep) == (
+            4,
+            4096,
+            1000,
+            200,
+            8,
+        )
+        assert run.log_interval == 10
+        stable = 1000 + 1 - 200 - 800
+        for step in (1, 200, 201, 500, 1000):
+            index = step - 1
+            if index < 200:
+                factor = (index + 1) / 200
+            elif index < 200 + stable:
+                factor = 1.0
+            else:
+                progress = (index + 1 - 200 - stable) / 800
+                factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            assert schedule.lr(job, step) == pytest.approx(2.2e-4 * factor), step
+
+    def test_big_llama3_profiles_and_shards_tensors(self) -> None:
+        """llama3_70b: Profiler and TensorBoard on, tensor_parallel_degree 8, FullAC, lr 1.5e-4."""
+        hints = parse_hints("torchtitan.train", ["--module", "llama3", "--config", "llama3_70b"])
+        assert hints.job["tp"] == 8 and hints.job["recompute"] == "full" and hints.job["lr"] == 1.5e-4
+        assert hints.settings["profiling.enable_profiling"] == "true"
+        assert hints.settings["metrics.enable_tensorboard"] == "true"
+
+    def test_registry_form_logs_as_its_trainer(self) -> None:
+        """trainer.py after 0.2.x: `Building llama3 debugmodel` with no arguments dump, and the token counts
+        of its Trainer line (8 x 2048 a DP rank, x 2 ranks a step)."""
+        run, hints = run_of(["--module", "llama3", "--config", "llama3_debugmodel"])
+        d = TitanDialect(Seat(rank=0, local_rank=0, world_size=2, nproc_per_node=2, hosts=("h",)))
+        d.render(
+            ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
+        )
+        built = ev.ModelBuilt(
+            dtype="bf16", params_on_rank=1.0, layers_on_rank=6, pp_rank=0, weights_bytes=1e6
+        )
+        texts = [o.text.split(" - INFO - ", 1)[-1] for o in d.render(built, 0.0) if isinstance(o, Line)]
+        assert texts[0] == "Building llama3 debugmodel"
+        assert not any("{" in t or t.startswith('"') for t in texts)
+        assert (
+            f"Trainer is initialized with {8 * 2048} tokens per DP rank, {8 * 2048 * 2} tokens per train "
+            "step, gradient accumulation steps 1, maximum context length 2048, total steps 10 (warmup 2)"
+        ) in texts
+        assert "Applied selective activation checkpointing to the model" in texts
+
     def test_variant_builds_on_its_base(self) -> None:
         """llama3_debugmodel_float8 starts from llama3_debugmodel's Trainer.Config."""
         hints = parse_hints(
