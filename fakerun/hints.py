@@ -317,6 +317,7 @@ _TITAN_KEYS = frozenset(
         "parallelism.pipeline_parallel_microbatch_size",
         "parallelism.expert_parallel_degree",
         "activation_checkpoint.mode",
+        "activation_checkpoint.selective_ac_option",
         "metrics.log_freq",
         "checkpoint.interval",
         "validation.freq",
@@ -856,6 +857,7 @@ _LATER = frozenset(
         "parallelism.pipeline_parallel_microbatch_size",
         "parallelism.data_parallel_replicate_degree",
         "parallelism.context_parallel_degree",
+        "activation_checkpoint.selective_ac_option",
         "job.config_file",
         "untie_embeddings_and_output_weights",
         "lr_decay_iters",
@@ -1258,6 +1260,9 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
                 b.set(b.cadence, key, default, _Given(option, str(default), where="torchtitan's JobConfig"))
         b.top["titan"] = _titan_figures(b, given)
         _titan_context_parallel(b, given)
+        sac = given.get("activation_checkpoint.selective_ac_option")
+        if sac is not None and _str(sac) == "op" and b.job.get("recompute") == "selective":
+            b.set(b.job, "recompute", "op", sac)  # per-op SAC (an int: every nth layer, as "selective")
     lr_min = given.get("lr_scheduler.min_lr_factor") or given.get("lr_scheduler.lr_min")
     if lr_min is not None or titan:
         ratio = _float(lr_min, positive=False, high=1.0) if lr_min is not None else 0.0

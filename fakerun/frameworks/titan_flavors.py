@@ -602,6 +602,8 @@ def registry_values(entry: RegistryEntry) -> dict[str, object]:
         "parallelism.tensor_parallel_degree": entry.tp,
         "parallelism.expert_parallel_degree": entry.ep,
     }
+    if entry.ac == "selective":  # SelectiveAC after 0.2.x is per-op checkpointing only
+        values["activation_checkpoint.selective_ac_option"] = "op"
     if entry.decay_ratio is not None:
         values["lr_scheduler.decay_ratio"] = entry.decay_ratio
     if entry.validator is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import memory, schedule
+from fakerun.sim.job import JobSpec
+from fakerun.sim.memory import GIB
 from fakerun.sim.run import RunPlan
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "torchtitan"
@@ -191,7 +194,7 @@ class TestRegistry:
         but not enabled; Validator.Config(freq=5, steps=10) without enable; the c4_test dataset."""
         run, hints = run_of(["--module", "llama3", "--config", "llama3_debugmodel"])
         assert run.log_interval == 1 and run.job.lr == pytest.approx(8e-4)
-        assert run.job.recompute == "selective" and run.job.min_lr == 0.0
+        assert run.job.recompute == "op" and run.job.min_lr == 0.0  # SelectiveAC: per-op checkpointing
         assert not run.saves and run.eval_interval == 0
         s = hints.settings
         assert s["checkpoint.last_save_model_only"] == "false" and s["training.dataset"] == "c4_test"
@@ -402,3 +405,45 @@ class TestContextParallel:
         # 1020 = 2 x 510: without cp the same sequence starts.
         _, whole = run_of(args, nproc=4)
         assert whole.script_exit is None
+
+
+class TestMoeMemory:
+    """deepseek_v3_16b as published for 8 GPUs: its activations from the experts' own sizes, and its peak
+    against a real run of that configuration."""
+
+    def job(self) -> JobSpec:
+        run, _ = run_of(["--module", "deepseek_v3", "--config", "deepseek_v3_16b"], nproc=8)
+        return run.job
+
+    def test_routed_experts_count_their_own_hidden_size(self) -> None:
+        """Without recompute a MoE layer keeps, per token, each of its top_k routed copies' input (2 dim
+        bytes) and their gate, up and product (3 x 2 x moe_inter_dim), the shared experts' the same at
+        2 x moe_inter_dim, not top_k copies of the dense layers' inter_dim."""
+        job = dataclasses.replace(self.job(), recompute="selective")
+        dim, expert, shared, dense, k = 2048, 1408, 2 * 1408, 10944, 6
+        moe_bytes = k * (2 * dim + 3 * 2 * expert) + (2 * dim + 3 * 2 * shared)
+        dense_bytes = 2 * dim + 3 * 2 * dense
+        mlp = (26 * moe_bytes + 1 * dense_bytes) / 27  # 1 dense layer (n_dense_layers) of 27
+        tokens = 4 * 4096
+        expected = tokens * (15 * dim + mlp)  # attention's 11 and the norms' 4 bytes per dim
+        assert memory.layer_activation_bytes(job) == pytest.approx(expected)
+
+    def test_per_op_checkpointing_keeps_less_than_the_layer(self) -> None:
+        """SelectiveAC (per-op): each layer keeps at least its input and the dispatched tokens (2 dim bytes
+        plus top_k x 2 dim each way over EP) and at most what it keeps without recompute."""
+        job = self.job()
+        assert job.recompute == "op" and job.ep == 8
+        kept = memory.layer_activation_bytes(job)
+        tokens, dim = 4 * 4096, 2048
+        assert tokens * (2 * dim + 2 * 6 * 2 * dim * 26 / 27) < kept  # both ways, top_k copies, bf16
+        assert kept < memory.layer_activation_bytes(dataclasses.replace(job, recompute="selective"))
+
+    def test_peak_near_the_published_run(self) -> None:
+        """pytorch/torchtitan#1789: this configuration (local batch 4, seq 4096, EP 8, per-op SAC) on 8 H100
+        80GB peaks at 73.32 GiB reserved. States: fp32 weights and grads and Adam's m and v, FSDP over 8
+        ranks: 16 bytes x 15.7B / 8 = 29 GiB of it."""
+        job = self.job()
+        mb = memory.memory_breakdown(job, 0)
+        states = 16 * job.model.params / 8
+        assert mb.weights + mb.grads + mb.optimizer == pytest.approx(states, rel=0.01)
+        assert 0.9 * 73.32 * GIB < mb.reserved < 1.1 * 73.32 * GIB
