@@ -317,6 +317,7 @@ _TITAN_KEYS = frozenset(
         "parallelism.pipeline_parallel_microbatch_size",
         "parallelism.expert_parallel_degree",
         "activation_checkpoint.mode",
+        "activation_checkpoint.selective_ac_option",
         "metrics.log_freq",
         "checkpoint.interval",
         "validation.freq",
@@ -624,22 +625,16 @@ def _titan_file(g: _Given) -> dict[str, _Given]:
     return out
 
 
-def _titan_registry(args: Sequence[str]) -> dict[str, _Given]:
-    """What torchtitan's `--module M --config C` config function sets: its model flavor and training."""
-    entry = titan_flavors.registry_choice(args)
-    if entry is None:
-        return {}
-    where = f"torchtitan.models.{entry.module}.config_registry"
-    values: dict[str, object] = {
-        "model.name": entry.module,
-        "model.flavor": entry.flavor,
-        "training.local_batch_size": entry.local_batch,
-        "training.seq_len": entry.seq_len,
-        "training.steps": entry.steps,
-    }
-    if entry.warmup is not None:
-        values["lr_scheduler.warmup_steps"] = entry.warmup
-    return {key: _Given(key, value, where=where) for key, value in values.items()}
+def _titan_registry(args: Sequence[str]) -> tuple[dict[str, _Given], dict[str, str]]:
+    """What torchtitan's `--module M --config C` config function sets: its known keys and its settings."""
+    choice = titan_flavors.registry_choice(args)
+    if choice is None:
+        return {}, {}
+    name, entry = choice
+    where = f"torchtitan.models.{entry.module}.config_registry.{name}"
+    values = titan_flavors.registry_values(entry)
+    given = {key: _Given(key, value, where=where) for key, value in values.items()}
+    return given, titan_flavors.registry_settings(name, entry)
 
 
 def _ds_config(b: _Builder, g: _Given) -> None:
@@ -862,6 +857,7 @@ _LATER = frozenset(
         "parallelism.pipeline_parallel_microbatch_size",
         "parallelism.data_parallel_replicate_degree",
         "parallelism.context_parallel_degree",
+        "activation_checkpoint.selective_ac_option",
         "job.config_file",
         "untie_embeddings_and_output_weights",
         "lr_decay_iters",
@@ -1264,6 +1260,9 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
                 b.set(b.cadence, key, default, _Given(option, str(default), where="torchtitan's JobConfig"))
         b.top["titan"] = _titan_figures(b, given)
         _titan_context_parallel(b, given)
+        sac = given.get("activation_checkpoint.selective_ac_option")
+        if sac is not None and _str(sac) == "op" and b.job.get("recompute") == "selective":
+            b.set(b.job, "recompute", "op", sac)  # per-op SAC (an int: every nth layer, as "selective")
     lr_min = given.get("lr_scheduler.min_lr_factor") or given.get("lr_scheduler.lr_min")
     if lr_min is not None or titan:
         ratio = _float(lr_min, positive=False, high=1.0) if lr_min is not None else 0.0
@@ -1298,25 +1297,17 @@ def _titan_schedule(b: _Builder, given: Mapping[str, _Given]) -> None:
 
 
 def _titan_context_parallel(b: _Builder, given: Mapping[str, _Given]) -> None:
-    """context_parallel_degree > 1 as the simulated job can hold it: the cp ranks of one batch slice count as
-    data-parallel ranks (FSDP shards over them too: torchtitan's fsdp mesh is dp_shard x cp), each with a
-    1/cp share of every sequence, so tokens per step, activations and throughput per rank come out right;
-    the dialect prints the full sequence and torchtitan's batch (titan.py). A sequence cp does not divide
-    is left whole (the batch and the throughput then count cp's ranks as data-parallel ones)."""
+    """context_parallel_degree > 1 as the job's cp: ParallelDims' dp_shard is the world over dp_replicate x cp
+    x tp x pp, the batch counts whole sequences, each rank holds 1/cp of every one and FSDP shards over
+    dp_shard x cp (JobSpec.dp_cp). A degree or sequence torchtitan refuses is its ranks' death
+    (titan_world.py), before the job is built."""
     g = given.get("parallelism.context_parallel_degree")
     figures = b.top.get("titan")
     if g is None or not isinstance(figures, dict):
         return
     cp = int(figures["parallelism.context_parallel_degree"])
-    spec = b.top.get("spec")
-    seq = b.job.get("seq_len", spec.seq_len if isinstance(spec, ModelSpec) else None)
-    if cp <= 1 or not isinstance(seq, int) or seq % cp:
-        return
-    b.set(b.job, "seq_len", seq // cp, g)
-    gbs = b.job.get("global_batch")
-    if isinstance(gbs, int):  # training.global_batch_size counts whole sequences: cp times as many slices
-        b.set(b.job, "global_batch", gbs * cp, g)
-    figures["context_parallel_seq_len"] = str(seq)
+    if cp > 1:
+        b.set(b.job, "cp", cp, g)
 
 
 def _titan_figures(b: _Builder, given: Mapping[str, _Given]) -> dict[str, str]:
@@ -1529,9 +1520,10 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     config = given.get("job.config_file")
     titan_exit: tuple[str, int] | None = None
     titan_notice: str | None = None
+    titan_text: dict[str, str] = {}  # the registry form's settings, under the command line's
     if config is not None or style == "titan":
         try:
-            merged = _titan_file(config) if config is not None else _titan_registry(args)
+            merged, titan_text = (_titan_file(config), {}) if config is not None else _titan_registry(args)
         except titan_flavors.TitanError as exc:  # torchtitan's ConfigManager refuses them on every rank
             merged, config = {}, None
             if exc.where:
@@ -1549,7 +1541,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     if style == "torchtune":
         _tune(b, args)
     regime = _regime(script, args)
-    settings = _settings(args, config) | _lightning_settings(given)
+    settings = titan_text | _settings(args, config) | _lightning_settings(given)
     notices: tuple[str, ...] = ()
     world_exit = None
     spec: ModelSpec | None = None

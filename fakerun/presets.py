@@ -142,7 +142,7 @@ class ModelSpec:
             return
         moe = self.layers - self.dense_layers if self.is_moe else self.layers
         # A dense layer of a MoE model: its attention and norms, and one MLP of ffn_hidden for the experts.
-        plain = (self.layers - moe) * (dense - self._shared_mlp() + self._mlp_params(self.ffn_hidden))
+        plain = (self.layers - moe) * self.plain_layer_params()
         total = moe * (dense + self.experts * expert + router) + plain + shared
         if self.hf_params:
             # What the formula misses (or counts too many) is shared by every token, not one expert's.
@@ -216,6 +216,10 @@ class ModelSpec:
     def _shared_mlp(self) -> int:
         """The shared experts' one MLP in a MoE layer."""
         return self._mlp_params(self.shared_ffn) if self.shared_ffn else 0
+
+    def plain_layer_params(self) -> int:
+        """One of a MoE model's dense layers: its attention and norms, and one MLP of ffn_hidden."""
+        return self.layer_params()[0] - self._shared_mlp() + self._mlp_params(self.ffn_hidden)
 
     def layer_params(self) -> tuple[int, int, int]:
         """(attention + norms + shared experts, one expert's MLP, router) parameters of one layer (a MoE one

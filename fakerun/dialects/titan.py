@@ -28,7 +28,6 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.frameworks import titan_flavors
-from fakerun.sim import compute
 from fakerun.sim.job import JobSpec
 from fakerun.sim.run import ENDING_TITAN, RunPlan
 
@@ -122,10 +121,11 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in _PEAK_FLOPS if key in device_name), None)
 
 
-def mesh_dims(job: JobSpec, dp_replicate: int, cp: int = 1) -> list[str]:
+def mesh_dims(job: JobSpec, dp_replicate: int) -> list[str]:
     """ParallelDims.build_mesh's one-dimensional meshes larger than 1, in its dictionary's order (the job's
-    data-parallel ranks include the cp ranks, hints._titan_context_parallel)."""
-    dp_shard = max(job.dp // (dp_replicate * cp), 1)
+    data-parallel degree is torchtitan's batch degree, dp_replicate x dp_shard)."""
+    cp = job.cp
+    dp_shard = max(job.dp // dp_replicate, 1)
     batch = dp_replicate * dp_shard
     fsdp = dp_shard * cp
     efsdp = fsdp * job.tp // max(job.ep, 1)  # etp = 1
@@ -241,13 +241,11 @@ class TitanDialect:
         if isinstance(event, WorkerStarted):
             return [line.text for line in self._start(at)]
         if isinstance(event, ProcessGroupReady):
-            rep = int(self._set("parallelism.data_parallel_replicate_degree", "1") or 1)
-            cp = self._cp
-            rep = rep if rep > 0 and job.dp % (rep * cp) == 0 else 1
+            rep = self._dp_replicate
             return [
                 f"{p}Building device mesh with parallelism: pp={job.pp}, dp_replicate={rep}, "
-                f"dp_shard={job.dp // (rep * cp)}, cp={cp}, tp={job.tp}, ep={job.ep}, etp=1",
-                f"{p}Successfully created meshes with active dimensions: {mesh_dims(job, rep, cp)}",
+                f"dp_shard={job.dp // rep}, cp={job.cp}, tp={job.tp}, ep={job.ep}, etp=1",
+                f"{p}Successfully created meshes with active dimensions: {mesh_dims(job, rep)}",
                 f"{p}[GC] Initial GC collection took 0.00 seconds",
             ]
         if isinstance(event, TokenizerLoaded):
@@ -330,20 +328,16 @@ class TitanDialect:
         return self._on("checkpoint.enable")
 
     @property
-    def _cp(self) -> int:
-        """context_parallel_degree when the job holds it (its ranks then train 1/cp of each sequence)."""
-        return int(self._set("titan.parallelism.context_parallel_degree", "1")) if self._seq_len_cp else 1
+    def _registry(self) -> bool:
+        """Whether the job is the --module/--config registry form (the sources after 0.2.x)."""
+        return bool(self._set("titan.registry", ""))
 
     @property
-    def _seq_len_cp(self) -> int | None:
-        """A context-parallel job's whole training sequence (hints._titan_context_parallel), else None."""
-        given = self._set("titan.context_parallel_seq_len", "")
-        return int(given) if given else None
-
-    def _seq_len(self) -> int:
-        """training.seq_len as configured (the job's ranks each hold 1/cp of it)."""
+    def _dp_replicate(self) -> int:
+        """data_parallel_replicate_degree as configured when it divides the job's batch degree, else 1."""
         assert self.job is not None
-        return self._seq_len_cp or self.job.seq_len
+        rep = int(self._set("parallelism.data_parallel_replicate_degree", "1") or 1)
+        return rep if rep > 0 and self.job.dp % rep == 0 else 1
 
     def _checkpoint_dir(self, step: int) -> str:
         return f"{checkpoint_folder(self.settings)}/step-{step}"
@@ -367,9 +361,16 @@ class TitanDialect:
                 "vocab_size": m.vocab,
             }
         # update_from_config: the model's context is the training sequence length
-        args["max_seq_len"] = self._seq_len()
-        # torchtitan's f-string has no space between the flavor and "with".
-        dump = f"{p}Building {name} {flavor}with {json.dumps(args, indent=2, ensure_ascii=False)}".split("\n")
+        args["max_seq_len"] = job.seq_len
+        # 0.2.x's f-string has no space between the flavor and "with"; the registry's trainer.py names the
+        # model only.
+        dump = (
+            [f"{p}Building {name} {flavor}"]
+            if self._registry
+            else f"{p}Building {name} {flavor}with {json.dumps(args, indent=2, ensure_ascii=False)}".split(
+                "\n"
+            )
+        )
         gpu = job.gpu.display_name
         capacity = event.capacity_bytes or job.gpu.memory_mib * 1024.0**2
         out = [
@@ -382,11 +383,12 @@ class TitanDialect:
         ac = self._set("activation_checkpoint.mode", job.recompute if job.recompute != "none" else "none")
         if ac != "none":
             out.append(f"{p}Applied {ac} activation checkpointing to the model")
-        rep = int(self._set("parallelism.data_parallel_replicate_degree", "1") or 1)
-        sharded = job.dp // max(rep, 1) > 1
+        rep = self._dp_replicate
+        # parallel_dims.fsdp_enabled: dp_shard or cp above 1 (the fsdp mesh is dp_shard x cp).
+        sharded = job.dp // rep > 1 or job.cp > 1
         if sharded:
             out.append(f"{p}Applied {'HSDP' if rep > 1 else 'FSDP'} to the model")
-            if self._cp > 1:
+            if job.cp > 1:
                 out.append(f"{p}Applied Context Parallel to the model")
         elif job.dp > 1:
             out.append(f"{p}Applied DDP to the model")
@@ -415,12 +417,18 @@ class TitanDialect:
         pipelined = job.pp > 1
         local = job.micro_batch * job.grad_accum if pipelined else job.micro_batch
         accum = 1 if pipelined else job.grad_accum
-        out.append(
-            f"{p}Trainer is initialized with local batch size {local}, "
-            f"global batch size {job.global_batch // self._cp}, "
-            f"gradient accumulation steps {accum}, sequence length {self._seq_len()}, "
-            f"total steps {job.total_steps} (warmup {job.warmup_steps})"
-        )
+        if self._registry:  # trainer.py counts tokens: a DP rank's per micro step, and the step's
+            sizes = (
+                f"{local * job.seq_len} tokens per DP rank, {job.tokens_per_step} tokens per train step, "
+                f"gradient accumulation steps {accum}, maximum context length {job.seq_len}"
+            )
+        else:
+            sizes = (
+                f"local batch size {local}, global batch size {job.global_batch}, "
+                f"gradient accumulation steps {accum}, sequence length {job.seq_len}"
+            )
+        steps = f"total steps {job.total_steps} (warmup {job.warmup_steps})"
+        out.append(f"{p}Trainer is initialized with {sizes}, {steps}")
         return out
 
     def _step(self, event: StepDone, at: float) -> list[str]:
@@ -431,12 +439,8 @@ class TitanDialect:
             # GarbageCollection.run runs at the start of the step, before its metrics are logged.
             out.append(f"{prefix(at)}[GC] Performing periodic GC collection took {event.gc_s:.2f} seconds")
         if event.logged:
-            # get_num_flop_per_token counts attention over the whole sequence, not a cp rank's share of it.
+            # get_num_flop_per_token counts attention over the whole sequence, as the job's figures do.
             tflops = event.rank_tflops
-            if self._cp > 1 and self.job is not None:
-                m, seq = self.job.model, self._seq_len()
-                whole = compute.torchtitan_flops_per_token(m, seq)
-                tflops *= whole / compute.torchtitan_flops_per_token(m, self.job.seq_len)
             out.append(
                 step_line(
                     timestamp=log_time(at),

@@ -76,6 +76,17 @@ _FRAMES: dict[str, tuple[_Frame, ...]] = {
     ),
     # the batch check in Trainer.__init__
     "batch": (*_INIT, ("train.py", 202, "__init__", "assert (", None)),
+    # the model's parallelize_fn (without pipeline stages), whose first statement checks the sequence length
+    "parallelize": (
+        *_INIT,
+        (
+            "train.py",
+            256,
+            "__init__",
+            "model = self.train_spec.parallelize_fn(model, parallel_dims, job_config)",
+            (8, 64, 0),
+        ),
+    ),
     # ConfigManager._maybe_load_toml of a config file it cannot open
     "config_file": (
         *_RUNPY,
@@ -103,8 +114,17 @@ _FRAMES.update(
         ),
     }
 )
-# ParallelDims._validate's assertions by their source line.
-_MESH_LINES = {"degree": 46, "dp_shard": 48, "dp_shard_derived": 51, "product": 53, "etp": 59}
+# ParallelDims._validate's assertions by their source line. "ep" is the expert-parallel check torchtitan added
+# after 0.2.x (#4258: 0.2.x's build_mesh failed on the truncated efsdp degree instead), its raise placed
+# six lines below the product assertion as it is in the source.
+_MESH_LINES = {"degree": 46, "dp_shard": 48, "dp_shard_derived": 51, "product": 53, "ep": 59, "etp": 59}
+# Each model's parallelize_fn: (file, line of its sequence-length assertion, function) in 0.2.x.
+_PARALLELIZE = {
+    "llama3": ("models/llama3/infra/parallelize.py", 67, "parallelize_llama"),
+    "llama4": ("models/llama4/infra/parallelize.py", 80, "parallelize_llama"),
+    "deepseek_v3": ("models/deepseek_v3/infra/parallelize.py", 59, "parallelize_deepseekv3"),
+    "qwen3": ("models/qwen3/infra/parallelize.py", 61, "parallelize_qwen3"),
+}
 
 
 def _root() -> str:
@@ -117,11 +137,15 @@ def _root() -> str:
 
 def traceback_text(where: str, exception: str, *, assertion: str = "") -> str:
     """The traceback a rank prints when torchtitan raises `exception` (`KeyError: 'x'`) at `where` (a key of
-    _FRAMES); ParallelDims' assertions name theirs (`assertion`, a key of _MESH_LINES). Ranks past
-    init_process_group prefix every line `[rankN]: ` (pytrace.RANK_SLOT stands for N)."""
+    _FRAMES); ParallelDims' assertions name theirs (`assertion`, a key of _MESH_LINES), parallelize_fn's its
+    model (`assertion`, a key of _PARALLELIZE). Ranks past init_process_group prefix every line `[rankN]: `
+    (pytrace.RANK_SLOT stands for N)."""
     root, site = _root(), sysconfig.get_paths()["purelib"]
     frames = list(_FRAMES[where])
-    if assertion:
+    if where == "parallelize":
+        path, line, func = _PARALLELIZE.get(assertion, _PARALLELIZE["llama3"])
+        frames.append((path, line, func, "assert (", None))
+    elif assertion:
         line = _MESH_LINES[assertion]
         frames.append(("distributed/parallel_dims.py", line, "_validate", _ASSERTS[assertion], None))
     entries = []
@@ -145,4 +169,5 @@ _ASSERTS = {
     "dp_shard_derived": "assert dp_shard >= 1",
     "product": "assert dp_replicate * dp_shard * cp * tp * pp == self.world_size, (",
     "etp": 'assert etp == tp or etp == 1, "Currently we only support ETP=TP or ETP=1"',
+    "ep": "raise ValueError(",
 }

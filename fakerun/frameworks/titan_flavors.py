@@ -19,6 +19,8 @@ __all__ = [
     "flavor_model",
     "models",
     "registry_choice",
+    "registry_settings",
+    "registry_values",
 ]
 
 
@@ -500,33 +502,127 @@ def flavor_model(name: str, flavor: str) -> ModelSpec:
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """One config_registry function: its model flavor and the training its Trainer.Config sets."""
+    """One config_registry function: its model flavor and what its Trainer.Config sets (the defaults are the
+    Config classes' own: LRSchedulersContainer, MetricsProcessor, CheckpointManager, Validator, Profiler)."""
 
     module: str
     flavor: str
     local_batch: int  # num_tokens_per_microbatch_per_dp_rank // max_context_length
     seq_len: int  # max_context_length
     steps: int
-    warmup: int | None = None  # None: the LR scheduler's default
+    lr: float = 8e-4  # default_adamw(lr=...)
+    warmup: int = 200
+    decay_ratio: float | None = None  # None: decay over every step after the warmup
+    decay_type: str = "linear"
+    min_lr_factor: float = 0.0
+    log_freq: int = 10
+    checkpoint_interval: int = 500
+    last_save_model_only: bool = True
+    export_dtype: str = "float32"
+    validator: tuple[int, int] | None = None  # Validator.Config(freq, steps); enable stays False in all
+    ac: str = "selective"  # SelectiveAC.Config() or FullAC.Config()
+    tp: int = 1
+    ep: int = 1
+    profiling: bool = False  # Profiler.Config(enable_profiling=True)
+    tensorboard: bool = False  # MetricsProcessor.Config(enable_tensorboard=True)
+    dataset: str = "c4"
 
 
-_DEBUG = (8, 2048, 10, 2)
-REGISTRY: Mapping[str, RegistryEntry] = {
-    "llama3_debugmodel": RegistryEntry("llama3", "debugmodel", *_DEBUG),
-    "llama3_8b": RegistryEntry("llama3", "8B", 1, 8192, 1000),
-    "llama3_70b": RegistryEntry("llama3", "70B", 8, 8192, 1000),
-    "llama3_405b": RegistryEntry("llama3", "405B", 2, 8192, 3000, 600),
-    "deepseek_v3_debugmodel": RegistryEntry("deepseek_v3", "debugmodel", *_DEBUG),
-    "deepseek_v3_16b": RegistryEntry("deepseek_v3", "16B", 4, 4096, 1000),
-    "deepseek_v3_671b": RegistryEntry("deepseek_v3", "671B", 4, 4096, 10000, 2000),
-    "qwen3_debugmodel": RegistryEntry("qwen3", "debugmodel", *_DEBUG),
-    "qwen3_0_6b": RegistryEntry("qwen3", "0.6B", 4, 4096, 10, 2),
-    "qwen3_1_7b": RegistryEntry("qwen3", "1.7B", 4, 4096, 100, 20),
-    "qwen3_14b": RegistryEntry("qwen3", "14B", 4, 4096, 3000, 600),
-    "qwen3_30b_a3b": RegistryEntry("qwen3", "30B-A3B", 2, 4096, 3000, 600),
-    "qwen3_32b": RegistryEntry("qwen3", "32B", 2, 4096, 3000, 600),
-    "qwen3_moe_debug": RegistryEntry("qwen3", "debugmodel_moe", 4, 4096, 10, 2),
+# What the debug-model functions share: a short linear warmup-stable-decay, every step logged, a save at the
+# end with the full state, the test dataset.
+_DEBUG: dict[str, Any] = {
+    "local_batch": 8,
+    "seq_len": 2048,
+    "steps": 10,
+    "warmup": 2,
+    "decay_ratio": 0.8,
+    "log_freq": 1,
+    "checkpoint_interval": 10,
+    "last_save_model_only": False,
+    "dataset": "c4_test",
 }
+# The Llama 3 functions' profiler and TensorBoard, and their Validator.Config(freq=500, steps=1200).
+_LLAMA3_BIG: dict[str, Any] = {"profiling": True, "tensorboard": True, "validator": (500, 1200)}
+# qwen3's: the full state in float16 at the end.
+_QWEN3_SAVE: dict[str, Any] = {"last_save_model_only": False, "export_dtype": "float16"}
+_QWEN3_BIG: dict[str, Any] = {**_QWEN3_SAVE, "warmup": 600, "steps": 3000, "ac": "full"}
+_DS_DECAY: dict[str, Any] = {"lr": 2.2e-4, "decay_ratio": 0.8, "decay_type": "cosine", "min_lr_factor": 0.1}
+# torchtitan/models/*/config_registry.py at the mirror's HEAD, function by function.
+REGISTRY: Mapping[str, RegistryEntry] = {
+    "llama3_debugmodel": RegistryEntry("llama3", "debugmodel", validator=(5, 10), **_DEBUG),
+    "llama3_8b": RegistryEntry("llama3", "8B", 1, 8192, 1000, lr=3e-4, **_LLAMA3_BIG),
+    "llama3_70b": RegistryEntry("llama3", "70B", 8, 8192, 1000, lr=1.5e-4, ac="full", tp=8, **_LLAMA3_BIG),
+    "llama3_405b": RegistryEntry(
+        "llama3", "405B", 2, 8192, 3000, lr=8e-5, warmup=600, ac="full", tp=8, **_LLAMA3_BIG
+    ),
+    "deepseek_v3_debugmodel": RegistryEntry("deepseek_v3", "debugmodel", **_DEBUG),
+    "deepseek_v3_16b": RegistryEntry(
+        "deepseek_v3", "16B", 4, 4096, 1000, checkpoint_interval=10, ep=8, **_DS_DECAY
+    ),
+    "deepseek_v3_671b": RegistryEntry("deepseek_v3", "671B", 4, 4096, 10000, warmup=2000, ep=2, **_DS_DECAY),
+    "qwen3_debugmodel": RegistryEntry("qwen3", "debugmodel", **_DEBUG),
+    "qwen3_0_6b": RegistryEntry("qwen3", "0.6B", 4, 4096, 10, lr=3e-4, warmup=2, log_freq=1, **_QWEN3_SAVE),
+    "qwen3_1_7b": RegistryEntry(
+        "qwen3", "1.7B", 4, 4096, 100, warmup=20, checkpoint_interval=50, **_QWEN3_SAVE
+    ),
+    "qwen3_14b": RegistryEntry("qwen3", "14B", 4, 4096, **_QWEN3_BIG),
+    "qwen3_30b_a3b": RegistryEntry("qwen3", "30B-A3B", 2, 4096, **_QWEN3_BIG),
+    "qwen3_32b": RegistryEntry("qwen3", "32B", 2, 4096, **_QWEN3_BIG),
+    "qwen3_moe_debug": RegistryEntry(
+        "qwen3",
+        "debugmodel_moe",
+        4,
+        4096,
+        10,
+        lr=3e-4,
+        warmup=2,
+        log_freq=1,
+        checkpoint_interval=10,
+        dataset="c4_test",
+        **_QWEN3_SAVE,
+    ),
+}
+
+
+def registry_values(entry: RegistryEntry) -> dict[str, object]:
+    """The config function's values under JobConfig's keys (hints.py reads them as a TOML file's)."""
+    values: dict[str, object] = {
+        "model.name": entry.module,
+        "model.flavor": entry.flavor,
+        "training.local_batch_size": entry.local_batch,
+        "training.seq_len": entry.seq_len,
+        "training.steps": entry.steps,
+        "optimizer.lr": entry.lr,
+        "lr_scheduler.warmup_steps": entry.warmup,
+        "lr_scheduler.decay_type": entry.decay_type,
+        "lr_scheduler.min_lr_factor": entry.min_lr_factor,
+        "metrics.log_freq": entry.log_freq,
+        "checkpoint.interval": entry.checkpoint_interval,
+        "activation_checkpoint.mode": entry.ac,
+        "parallelism.tensor_parallel_degree": entry.tp,
+        "parallelism.expert_parallel_degree": entry.ep,
+    }
+    if entry.ac == "selective":  # SelectiveAC after 0.2.x is per-op checkpointing only
+        values["activation_checkpoint.selective_ac_option"] = "op"
+    if entry.decay_ratio is not None:
+        values["lr_scheduler.decay_ratio"] = entry.decay_ratio
+    if entry.validator is not None:
+        values["validation.freq"], values["validation.steps"] = entry.validator
+    return values
+
+
+def registry_settings(name: str, entry: RegistryEntry) -> dict[str, str]:
+    """The config function's textual settings the dialect reads (JobConfig's keys), and `titan.registry`:
+    the function's name, which marks the registry form's log (trainer.py of the same sources)."""
+    return {
+        "titan.registry": name,
+        "training.dataset": entry.dataset,
+        "checkpoint.last_save_model_only": str(entry.last_save_model_only).lower(),
+        "checkpoint.export_dtype": entry.export_dtype,
+        "activation_checkpoint.mode": entry.ac,
+        "profiling.enable_profiling": str(entry.profiling).lower(),
+        "metrics.enable_tensorboard": str(entry.tensorboard).lower(),
+    }
 
 
 def _option(args: Sequence[str], name: str) -> str | None:
@@ -542,10 +638,10 @@ def _option(args: Sequence[str], name: str) -> str | None:
     return found
 
 
-def registry_choice(args: Sequence[str]) -> RegistryEntry | None:
-    """The config function `--module M --config C` names (None without --module); TitanError as
-    ConfigManager._load_config raises it. A variant (`llama3_debugmodel_float8`) builds on its base config,
-    so it takes the longest known config its name starts with."""
+def registry_choice(args: Sequence[str]) -> tuple[str, RegistryEntry] | None:
+    """The config function `--module M --config C` names, as (base function, entry) (None without
+    --module); TitanError as ConfigManager._load_config raises it. A variant (`llama3_debugmodel_float8`)
+    builds on its base config, so it takes the longest known config its name starts with."""
     module, config = _option(args, "module"), _option(args, "config")
     if module is None:
         return None
@@ -570,4 +666,5 @@ def registry_choice(args: Sequence[str]) -> RegistryEntry | None:
             f"torchtitan.models.{module}.config_registry. Available config functions: {available}",
             "config_function",
         )
-    return REGISTRY[max(bases, key=len)]
+    base = max(bases, key=len)
+    return base, REGISTRY[base]

@@ -1,5 +1,6 @@
-"""torchtitan's checks of its parallel degrees and batch against the world size, which its ranks make at
-start-up (ParallelDims._validate, Trainer.__init__'s batch assertion): the job's death when they fail."""
+"""torchtitan's checks of its parallel degrees, batch and sequence length against the world size, which its
+ranks make at start-up (ParallelDims._validate, Trainer.__init__'s batch assertion, parallelize_fn's
+sequence check): the job's death when they fail."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def refusal(hints: Hints, world: int) -> str | None:
             f"cp({cp}) * tp({tp}) * pp({pp}) != WORLD_SIZE({world})"
         )
         return titan_errors.traceback_text("mesh", message, assertion="product")
+    sparse_region = dp_shard * cp * tp  # the experts' FSDP x EP region of the mesh
+    if sparse_region % ep:
+        message = (
+            f"ValueError: expert_parallel_degree ({ep}) must divide dp_shard * cp * tp ({sparse_region})"
+        )
+        return titan_errors.traceback_text("mesh", message, assertion="ep")
     degree = dp_replicate * dp_shard  # the "batch" mesh: data loading's degree
     local = _figure(hints, "training.local_batch_size", 8)
     global_batch = _figure(hints, "training.global_batch_size", -1)
@@ -51,7 +58,23 @@ def refusal(hints: Hints, world: int) -> str | None:
             f"degree ({global_batch} % ({local} * {degree}) != 0)"
         )
         return titan_errors.traceback_text("batch", message)
-    return None
+    return _sequence_refusal(hints, tp, cp)
+
+
+def _sequence_refusal(hints: Hints, tp: int, cp: int) -> str | None:
+    """parallelize_fn's first check: sequence parallelism splits each sequence over tp ranks and
+    load-balanced context parallelism over 2 x cp chunks, so seq_len must divide by tp x 2 x cp."""
+    model = hints.model
+    seq = int(str(hints.job.get("seq_len", model.seq_len if model is not None else 2048)))
+    if seq % (tp * 2 * cp) == 0:
+        return None
+    # The assertion's message is a triple-quoted f-string: its newlines and indentation are printed.
+    message = (
+        f"AssertionError: \n        Sequence length {seq} must be divisible by the product of TP degree\n"
+        f"        ({tp}) and 2 * CP degree ({cp}).\n        "
+    )
+    family = model.family if model is not None else "llama3"
+    return titan_errors.traceback_text("parallelize", message, assertion=family)
 
 
 def world_exit(hints: Hints) -> Callable[[int], tuple[str, int] | None]:

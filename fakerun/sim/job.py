@@ -13,7 +13,9 @@ from fakerun.sim.loss import LAWS
 from fakerun.sim.memory import check_fits
 from fakerun.sim.schedule import SCHEDULES, WSD_STYLES
 
-RECOMPUTE = ("none", "selective", "full")
+# "op": torchtitan's per-op selective checkpointing (sim/memory.op_sac_coefficient); "selective":
+# Megatron's, recomputing the attention core only.
+RECOMPUTE = ("none", "selective", "op", "full")
 REGIMES = ("pretrain", "finetune")
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fakerun.sim import rand
 
 if TYPE_CHECKING:
+    from fakerun.presets import ModelSpec
     from fakerun.sim.job import JobSpec
 
 GIB = float(1 << 30)
@@ -91,10 +92,17 @@ def stage_params(job: JobSpec, pp_rank: int) -> tuple[float, float]:
     m = job.model
     dense_layer, expert_layer, router = m.layer_params()
     n = job.stage_layers(pp_rank)
-    dense = float(n * (dense_layer + router))
-    expert = float(n * m.experts * expert_layer) if m.is_moe else 0.0
-    if not m.is_moe:
-        dense += n * expert_layer
+    if m.is_moe:
+        # The model's first dense_layers layers have one MLP of ffn_hidden in place of the experts.
+        first = sum(job.stage_layers(p) for p in range(pp_rank))
+        plain = max(0, min(first + n, m.dense_layers) - first)
+        moe = n - plain
+        dense = float(moe * (dense_layer + router))
+        dense += plain * m.plain_layer_params()
+        expert = float(moe * m.experts * expert_layer)
+    else:
+        dense = float(n * (dense_layer + expert_layer))
+        expert = 0.0
     emb = m.vocab * m.hidden
     if pp_rank == 0:
         dense += emb + (m.max_position * m.hidden if m.position == "learned" else 0)
@@ -106,14 +114,54 @@ def stage_params(job: JobSpec, pp_rank: int) -> tuple[float, float]:
     return dense / job.tp, expert / (job.tp * job.ep)
 
 
+def _mlp_coefficient(m: ModelSpec, ffn: int) -> float:
+    """Saved bytes per token per hidden unit of one MLP of hidden size `ffn`."""
+    r = ffn / m.hidden
+    # GPT (GELU, 4h): 19 bytes with r = 4 (Korthikanti et al. 2022 [mem]). SwiGLU keeps the input plus gate,
+    # up and their product: 2 + 6r (23 for Llama's r = 3.5).
+    return 2.0 + 6.0 * r if m.mlp == "swiglu" else 3.0 + 4.0 * r
+
+
+def _moe_layers(m: ModelSpec) -> int:
+    """Layers whose MLP is the experts (a MoE model's first dense_layers have a dense MLP of ffn_hidden)."""
+    return m.layers - min(m.dense_layers, m.layers) if m.is_moe else 0
+
+
 def activation_coefficient(job: JobSpec) -> float:
-    """Activation bytes per token per hidden unit of one layer, as in Korthikanti et al. 2022's 34."""
+    """Activation bytes per token per hidden unit of one layer (the mean over a MoE model's dense and expert
+    layers), as in Korthikanti et al. 2022's 34: attention 11 + 4 for the layer norms + the MLP's."""
     m = job.model
-    r = m.ffn_hidden / m.hidden
-    # GPT (GELU, 4h): 11 attention + 19 MLP + 4 layer norms = 34 bytes (Korthikanti et al. 2022 [mem]).
-    # SwiGLU keeps the input plus gate, up and their product: 2 + 6r (23 for Llama's r = 3.5).
-    mlp = 2.0 + 6.0 * r if m.mlp == "swiglu" else 3.0 + 4.0 * r
-    return 11.0 + 4.0 + mlp * (m.top_k if m.is_moe else 1)
+    mlp = _mlp_coefficient(m, m.ffn_hidden)
+    moe = _moe_layers(m)
+    if moe:
+        # Each token's top_k routed copies through an expert's MLP (its own hidden size), and the shared
+        # experts' MLP every token passes through.
+        routed = m.top_k * _mlp_coefficient(m, m.expert_ffn or m.ffn_hidden)
+        routed += _mlp_coefficient(m, m.shared_ffn) if m.shared_ffn else 0.0
+        mlp = (moe * routed + (m.layers - moe) * mlp) / m.layers
+    return 11.0 + 4.0 + mlp
+
+
+def op_sac_coefficient(job: JobSpec) -> float:
+    """Saved bytes per token per hidden unit of one layer under torchtitan's per-op selective checkpointing
+    (activation_checkpoint.py's policy): the layer's input, the attention output, every other matmul
+    output (the others and every elementwise op recomputed), the MoE all-to-all outputs under expert
+    parallelism; the routed experts' grouped matmuls are not in the save list and are recomputed."""
+    m = job.model
+    h, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
+
+    def mm_outputs(ffn: int) -> int:
+        return 2 * ffn + h if m.mlp == "swiglu" else ffn + h
+
+    attention = q + 2 * kv + h  # wq, wk, wv and wo outputs
+    moe = _moe_layers(m)
+    dense_mm = attention + mm_outputs(m.ffn_hidden)
+    moe_mm = attention + (mm_outputs(m.shared_ffn) if m.shared_ffn else 0)
+    # dispatch and combine: each token's top_k copies, in bf16, each way
+    a2a = 2.0 * 2 * m.top_k * h if moe and job.ep > 1 else 0.0
+    # bf16: half the matmul outputs at 2 bytes each, the input and the attention output
+    per_layer = ((m.layers - moe) * dense_mm + moe * (moe_mm + a2a)) / m.layers + 2.0 * (h + q)
+    return per_layer / h
 
 
 def layer_activation_bytes(job: JobSpec) -> float:
@@ -121,11 +169,17 @@ def layer_activation_bytes(job: JobSpec) -> float:
     share of each sequence under context parallelism)."""
     m = job.model
     s, b, h = job.local_seq_len, job.micro_batch, m.hidden
-    per_layer = s * b * h * activation_coefficient(job) / job.tp
+    coefficient = op_sac_coefficient(job) if job.recompute == "op" else activation_coefficient(job)
+    per_layer = s * b * h * coefficient / job.tp
     if job.recompute == "none":
         # Eager attention keeps the a*s*s score and softmax tensors: 5*a*s/h more per sbh (Korthikanti eq. 2).
         per_layer += 5.0 * m.heads * s * s * b / job.tp
     return per_layer
+
+
+def _recomputed_layer_bytes(job: JobSpec) -> float:
+    """One layer's activations as its recompute rebuilds them in backward (full or per-op checkpointing)."""
+    return job.local_seq_len * job.micro_batch * job.model.hidden * activation_coefficient(job) / job.tp
 
 
 def in_flight_microbatches(job: JobSpec, pp_rank: int) -> int:
@@ -162,12 +216,14 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
 
     n_layers = job.stage_layers(pp_rank)
     flight = in_flight_microbatches(job, pp_rank)
-    per_layer = layer_activation_bytes(job)
     if job.recompute == "full":
         # Only each layer's input is kept; one layer at a time is recomputed in full during backward.
-        acts = flight * n_layers * 2.0 * job.local_seq_len * job.micro_batch * m.hidden / job.tp + per_layer
+        kept = 2.0 * job.local_seq_len * job.micro_batch * m.hidden / job.tp
+        acts = flight * n_layers * kept + _recomputed_layer_bytes(job)
+    elif job.recompute == "op":
+        acts = flight * n_layers * layer_activation_bytes(job) + _recomputed_layer_bytes(job)
     else:
-        acts = flight * n_layers * per_layer
+        acts = flight * n_layers * layer_activation_bytes(job)
     logits = 0.0
     if pp_rank == job.pp - 1:
         # bf16 logits plus the fp32 copy the cross-entropy works on: 6 bytes per vocab entry per token.

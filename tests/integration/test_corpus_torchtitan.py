@@ -34,6 +34,17 @@ def test_corpus_debug_config_saves_where_it_says(runner: Runner) -> None:
     out = result.stdout
     assert f"Model llama3 debugmodel size: {LLAMA3_DEBUGMODEL:,} total parameters" in out
     assert "local batch size 4, global batch size 16, gradient accumulation steps 2" in out
+    # ParallelDims on 2 ranks, cp 1: dp_shard = 2 / (dp_replicate x cp x tp x pp), FSDP over it.
+    assert "Building device mesh with parallelism: pp=1, dp_replicate=1, dp_shard=2, cp=1, tp=1, ep=1" in out
+    assert "Applied FSDP to the model" in out and "Applied Context Parallel" not in out
+    # tflops = tps x get_num_flop_per_token: 6 x (params - embedding) + 12 x layers x heads x head_dim x
+    # seq (dim 256, 6 layers, 16 heads of 16, vocab 2048, seq 1024).
+    per_token = 6 * (LLAMA3_DEBUGMODEL - 2048 * 256) + 12 * 6 * 16 * 16 * 1024
+    steps = re.findall(r"tps: ([\d,]+)  tflops: ([\d.,]+)", out)
+    assert steps
+    for tps, tflops in steps:
+        expected = int(tps.replace(",", "")) * per_token / 1e12
+        assert abs(float(tflops.replace(",", "")) - expected) <= 0.005 + 1e-3 * expected
     assert "Saving a model only checkpoint in torch.bfloat16 at last step, step 12." in out
     folder = re.search(r"Checkpoints will be loaded from and saved to (\S+)", out)
     assert folder is not None and folder[1] == "./outputs/ckpt"

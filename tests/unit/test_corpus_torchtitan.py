@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from fakerun.dialects.titan import TitanDialect
 from fakerun.frameworks.pytrace import with_rank
 from fakerun.hints import Hints, parse_hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import schedule
+from fakerun.sim import memory, schedule
+from fakerun.sim.job import JobSpec
+from fakerun.sim.memory import GIB
 from fakerun.sim.run import RunPlan
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "torchtitan"
@@ -185,6 +188,73 @@ class TestRegistry:
             2,
         )
 
+    def test_llama3_debugmodel_trainer_config(self) -> None:
+        """The rest of llama3_debugmodel's Trainer.Config: MetricsProcessor.Config(log_freq=1) logs every
+        step; default_adamw(lr=8e-4); SelectiveAC; CheckpointManager(interval=10, last_save_model_only=False)
+        but not enabled; Validator.Config(freq=5, steps=10) without enable; the c4_test dataset."""
+        run, hints = run_of(["--module", "llama3", "--config", "llama3_debugmodel"])
+        assert run.log_interval == 1 and run.job.lr == pytest.approx(8e-4)
+        assert run.job.recompute == "op" and run.job.min_lr == 0.0  # SelectiveAC: per-op checkpointing
+        assert not run.saves and run.eval_interval == 0
+        s = hints.settings
+        assert s["checkpoint.last_save_model_only"] == "false" and s["training.dataset"] == "c4_test"
+        assert s["profiling.enable_profiling"] == "false" and s["metrics.enable_tensorboard"] == "false"
+        # warmup 2, decay round(10 x 0.8) = 8, stable 10 + 1 - 2 - 8 = 1; step s at LambdaLR index s - 1.
+        for step, factor in {1: 1 / 2, 2: 1.0, 3: 1.0, 4: 1 - 1 / 8, 10: 1 - 7 / 8}.items():
+            assert schedule.lr(run.job, step) == pytest.approx(8e-4 * factor), step
+
+    def test_deepseek_v3_16b_schedule_and_experts(self) -> None:
+        """deepseek_v3_16b on 8 GPUs: lr 2.2e-4, the default 200 warmup steps, cosine over round(1000 x 0.8)
+        = 800 steps down to min_lr_factor 0.1, expert_parallel_degree 8, log_freq's default 10."""
+        run, _ = run_of(["--module", "deepseek_v3", "--config", "deepseek_v3_16b"], nproc=8)
+        job = run.job
+        assert (job.micro_batch, job.seq_len, job.total_steps, job.warmup_steps, job.ep) == (
+            4,
+            4096,
+            1000,
+            200,
+            8,
+        )
+        assert run.log_interval == 10
+        stable = 1000 + 1 - 200 - 800
+        for step in (1, 200, 201, 500, 1000):
+            index = step - 1
+            if index < 200:
+                factor = (index + 1) / 200
+            elif index < 200 + stable:
+                factor = 1.0
+            else:
+                progress = (index + 1 - 200 - stable) / 800
+                factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            assert schedule.lr(job, step) == pytest.approx(2.2e-4 * factor), step
+
+    def test_big_llama3_profiles_and_shards_tensors(self) -> None:
+        """llama3_70b: Profiler and TensorBoard on, tensor_parallel_degree 8, FullAC, lr 1.5e-4."""
+        hints = parse_hints("torchtitan.train", ["--module", "llama3", "--config", "llama3_70b"])
+        assert hints.job["tp"] == 8 and hints.job["recompute"] == "full" and hints.job["lr"] == 1.5e-4
+        assert hints.settings["profiling.enable_profiling"] == "true"
+        assert hints.settings["metrics.enable_tensorboard"] == "true"
+
+    def test_registry_form_logs_as_its_trainer(self) -> None:
+        """trainer.py after 0.2.x: `Building llama3 debugmodel` with no arguments dump, and the token counts
+        of its Trainer line (8 x 2048 a DP rank, x 2 ranks a step)."""
+        run, hints = run_of(["--module", "llama3", "--config", "llama3_debugmodel"])
+        d = TitanDialect(Seat(rank=0, local_rank=0, world_size=2, nproc_per_node=2, hosts=("h",)))
+        d.render(
+            ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
+        )
+        built = ev.ModelBuilt(
+            dtype="bf16", params_on_rank=1.0, layers_on_rank=6, pp_rank=0, weights_bytes=1e6
+        )
+        texts = [o.text.split(" - INFO - ", 1)[-1] for o in d.render(built, 0.0) if isinstance(o, Line)]
+        assert texts[0] == "Building llama3 debugmodel"
+        assert not any("{" in t or t.startswith('"') for t in texts)
+        assert (
+            f"Trainer is initialized with {8 * 2048} tokens per DP rank, {8 * 2048 * 2} tokens per train "
+            "step, gradient accumulation steps 1, maximum context length 2048, total steps 10 (warmup 2)"
+        ) in texts
+        assert "Applied selective activation checkpointing to the model" in texts
+
     def test_variant_builds_on_its_base(self) -> None:
         """llama3_debugmodel_float8 starts from llama3_debugmodel's Trainer.Config."""
         hints = parse_hints(
@@ -212,6 +282,18 @@ class TestMesh:
         assert text.endswith(
             "[rank0]: AssertionError: Invalid parallel dims: dp_replicate(1) * dp_shard(1) * cp(1) * tp(1) * "
             "pp(1) != WORLD_SIZE(2)\n"
+        )
+
+    def test_expert_parallel_must_divide_the_sparse_region(self) -> None:
+        """deepseek_v3_16b's expert_parallel_degree 8 on 2 GPUs: ParallelDims._validate's ValueError on every
+        rank (exit 1), before the launcher's own checks of the job."""
+        config = str(CORPUS / "deepseek_v3_16b.toml")
+        _, hints = run_of(["--job.config_file", config, "--parallelism.expert_parallel_degree", "8"])
+        assert hints.script_exit is not None and hints.script_exit[1] == 1
+        text = exit_text(hints, 1)
+        assert '[rank1]:   File "' in text and "in _validate\n[rank1]:     raise ValueError(\n" in text
+        assert text.endswith(
+            "[rank1]: ValueError: expert_parallel_degree (8) must divide dp_shard * cp * tp (2)\n"
         )
 
     def test_global_batch_not_divisible(self) -> None:
@@ -261,8 +343,12 @@ class TestContextParallel:
             ["--job.config_file", config, "--parallelism.context_parallel_degree", "2"], nproc=4
         )
         job = run.job
-        # 16 sequences of 1024 tokens a step, each split over the 2 cp ranks of its batch slice.
-        assert job.tokens_per_step == 16 * 1024 and job.seq_len == 1024 // 2
+        # 16 sequences of 1024 tokens a step, each split over the 2 cp ranks of its batch slice: the batch
+        # degree is 4 / cp = 2, the FSDP group dp_shard x cp = 4.
+        assert job.tokens_per_step == 16 * 1024 and job.seq_len == 1024
+        assert (job.cp, job.dp, job.dp_cp, job.local_seq_len) == (2, 2, 4, 512)
+        # fully_shard over the fsdp mesh: each rank holds a quarter of the fp32 parameters.
+        assert memory.memory_breakdown(job, 0, 0).weights == pytest.approx(4.0 * job.model.params / 4)
         d = TitanDialect(Seat(rank=0, local_rank=0, world_size=4, nproc_per_node=4, hosts=("h",)))
         d.render(
             ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0
@@ -290,4 +376,74 @@ class TestContextParallel:
 
     def test_without_cp_the_sequence_stays_whole(self) -> None:
         run, _ = run_of(["--job.config_file", str(CORPUS / "llama3_debug.toml")], nproc=2)
-        assert run.job.seq_len == 1024 and run.job.tokens_per_step == 16 * 1024
+        assert run.job.seq_len == 1024 and run.job.tokens_per_step == 16 * 1024 and run.job.cp == 1
+
+    def test_cp_activations_are_a_share_of_the_sequence(self) -> None:
+        """The same batch slice with cp 2 on twice the GPUs: each rank saves half the activations."""
+        config = ["--job.config_file", str(CORPUS / "llama3_debug.toml")]
+        whole, _ = run_of(config, nproc=2)
+        split, _ = run_of([*config, "--parallelism.context_parallel_degree", "2"], nproc=4)
+        assert split.job.micro_batch == whole.job.micro_batch
+        assert memory.layer_activation_bytes(split.job) == pytest.approx(
+            memory.layer_activation_bytes(whole.job) / 2
+        )
+
+    def test_sequence_not_divisible_by_two_cp_dies_on_the_ranks(self) -> None:
+        """seq 1020 with cp 4 (4 GPUs): parallelize_llama's assertion 1020 % (1 x 2 x 4), its f-string's
+        newlines and indentation printed as they are."""
+        args = ["--job.config_file", str(CORPUS / "llama3_debug.toml"), "--training.seq_len", "1020"]
+        _, hints = run_of([*args, "--parallelism.context_parallel_degree", "4"], nproc=4)
+        assert hints.script_exit is not None and hints.script_exit[1] == 1
+        text = exit_text(hints, 3)
+        assert '[rank3]:   File "' in text and 'parallelize.py", line 67, in parallelize_llama' in text
+        assert text.endswith(
+            "[rank3]: AssertionError: \n"
+            "[rank3]:         Sequence length 1020 must be divisible by the product of TP degree\n"
+            "[rank3]:         (1) and 2 * CP degree (4).\n"
+            "[rank3]:         \n"
+        )
+        # 1020 = 2 x 510: without cp the same sequence starts.
+        _, whole = run_of(args, nproc=4)
+        assert whole.script_exit is None
+
+
+class TestMoeMemory:
+    """deepseek_v3_16b as published for 8 GPUs: its activations from the experts' own sizes, and its peak
+    against a real run of that configuration."""
+
+    def job(self) -> JobSpec:
+        run, _ = run_of(["--module", "deepseek_v3", "--config", "deepseek_v3_16b"], nproc=8)
+        return run.job
+
+    def test_routed_experts_count_their_own_hidden_size(self) -> None:
+        """Without recompute a MoE layer keeps, per token, each of its top_k routed copies' input (2 dim
+        bytes) and their gate, up and product (3 x 2 x moe_inter_dim), the shared experts' the same at
+        2 x moe_inter_dim, not top_k copies of the dense layers' inter_dim."""
+        job = dataclasses.replace(self.job(), recompute="selective")
+        dim, expert, shared, dense, k = 2048, 1408, 2 * 1408, 10944, 6
+        moe_bytes = k * (2 * dim + 3 * 2 * expert) + (2 * dim + 3 * 2 * shared)
+        dense_bytes = 2 * dim + 3 * 2 * dense
+        mlp = (26 * moe_bytes + 1 * dense_bytes) / 27  # 1 dense layer (n_dense_layers) of 27
+        tokens = 4 * 4096
+        expected = tokens * (15 * dim + mlp)  # attention's 11 and the norms' 4 bytes per dim
+        assert memory.layer_activation_bytes(job) == pytest.approx(expected)
+
+    def test_per_op_checkpointing_keeps_less_than_the_layer(self) -> None:
+        """SelectiveAC (per-op): each layer keeps at least its input and the dispatched tokens (2 dim bytes
+        plus top_k x 2 dim each way over EP) and at most what it keeps without recompute."""
+        job = self.job()
+        assert job.recompute == "op" and job.ep == 8
+        kept = memory.layer_activation_bytes(job)
+        tokens, dim = 4 * 4096, 2048
+        assert tokens * (2 * dim + 2 * 6 * 2 * dim * 26 / 27) < kept  # both ways, top_k copies, bf16
+        assert kept < memory.layer_activation_bytes(dataclasses.replace(job, recompute="selective"))
+
+    def test_peak_near_the_published_run(self) -> None:
+        """pytorch/torchtitan#1789: this configuration (local batch 4, seq 4096, EP 8, per-op SAC) on 8 H100
+        80GB peaks at 73.32 GiB reserved. States: fp32 weights and grads and Adam's m and v, FSDP over 8
+        ranks: 16 bytes x 15.7B / 8 = 29 GiB of it."""
+        job = self.job()
+        mb = memory.memory_breakdown(job, 0)
+        states = 16 * job.model.params / 8
+        assert mb.weights + mb.grads + mb.optimizer == pytest.approx(states, rel=0.01)
+        assert 0.9 * 73.32 * GIB < mb.reserved < 1.1 * 73.32 * GIB
