@@ -2120,7 +2120,18 @@ _HF_TEXT = frozenset(
         "dataset_name",
         "dataset_config_name",
         "train_file",
-        "bf16",  # a DeepSpeed config's bf16.enabled "auto" (frameworks/hf_deepspeed.py)
+        # what a DeepSpeed config's values are filled from and checked against (frameworks/hf_deepspeed.py)
+        "bf16",
+        "bf16_full_eval",
+        "fp16_full_eval",
+        "fp16_backend",
+        "half_precision_backend",
+        "fp16_opt_level",
+        "max_grad_norm",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "weight_decay",
     }
 )
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.
