@@ -1597,6 +1597,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     if style == "hf":
         name, model, hf_notice = _hf_model(b.top)
         notices += (hf_notice,) if hf_notice else ()
+        settings["hf.script"] = os.path.basename(script)  # which example script: what its eval computes
     elif spec is not None:
         # A model the arguments spell out (Megatron's) is named after it; a named one keeps its name.
         name, model = name or spec.name, spec

@@ -18,7 +18,7 @@ from fakerun.dialects.base import Line
 from fakerun.dialects.events import CheckpointSaved, JobStarted, TrainingStopped, WorkerStarted
 from fakerun.dialects.files import Artifact, Removal, SaveRequest
 from fakerun.dialects.hf import HfDialect
-from fakerun.frameworks import hf_args, hf_files, hf_models, hf_script, pytrace
+from fakerun.frameworks import hf_args, hf_files, hf_models, hf_results, hf_script, pytrace
 from fakerun.frameworks.hf_results import float32, logged_numbers
 from fakerun.frameworks.pytrace import RANK_SLOT
 from fakerun.hints import Hints
@@ -264,7 +264,7 @@ class TestRotation:
         """load_best_model_at_end (metric: the eval loss): the best checkpoint survives besides the newest;
         with a limit of 1 the newest stays too, and train()'s end deletes all but the best."""
         losses = {3: 2.5, 6: 2.0, 9: 2.2, 12: 2.1}  # the best at step 6
-        monkeypatch.setattr(hf_files, "eval_loss", lambda job, step: losses[step])
+        monkeypatch.setattr(hf_results, "eval_loss", lambda job, step: losses[step])
         run = rotation_run()
         settings = {"output_dir": "out", "save_total_limit": "1", "load_best_model_at_end": "true"}
         assert hf_files.rotated(run, settings, 6) == ["out/checkpoint-3"]
@@ -281,6 +281,24 @@ class TestRotation:
             CheckpointSaved(step=12, path="", nbytes=1, seconds=1.0, bandwidth_gbs=1.0), 0.0
         )
         assert isinstance(line, Line) and line.text.endswith(text) and "[INFO|trainer.py:4065]" in line.text
+        # train()'s end loads it back (trainer.py:2903 in 4.50.0), right after `Training completed.`
+        stopped = TrainingStopped(12, "reached max steps", 80.0, 12, 96, 2.25, 4.0e13)
+        lines = [o.text for o in dialect.render(stopped, 0.0) if isinstance(o, Line) and o.stream == "stderr"]
+        assert "Training completed." in lines[0]
+        assert lines[1].endswith(" >> Loading best model from out/checkpoint-6 (score: 2.0).")
+        assert "[INFO|trainer.py:2903]" in lines[1]
+
+    def test_best_accuracy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """metric_for_best_model accuracy (run_clm.py reports one): greater is better, so the best is the
+        evaluation with the lowest loss, and best_metric its accuracy."""
+        losses = {3: 2.5, 6: 2.0, 9: 2.2, 12: 2.1}
+        monkeypatch.setattr(hf_results, "eval_loss", lambda job, step: losses[step])
+        run = rotation_run()
+        settings = {"output_dir": "out", "metric_for_best_model": "accuracy", "hf.script": "run_clm.py"}
+        accuracy = hf_results.periodic_eval(run, settings, 6)["eval_accuracy"]
+        assert hf_files.best_step(run, settings, 12) == (accuracy, 6)
+        assert hf_files.best_checkpoint(run, settings, 12) == ("out/checkpoint-6", accuracy)
+        assert hf_files.best_step(run, {**settings, "hf.script": "sft.py"}, 12) == (None, None)
 
 
 class TestEndFiles:
@@ -472,3 +490,35 @@ def test_script_frames_read_from_the_script(tmp_path: Path) -> None:
     assert (call.line, call.function, call.marked) == (6, "main", "trainer.train()")
     text = pytrace.traceback_text([top, call], "ValueError: x")
     assert "    result = trainer.train()  # go\n             ^^^^^^^^^^^^^^^\n" in text
+
+
+class TestEvalAccuracy:
+    """run_clm.py's compute_metrics (evaluate's accuracy over next-token predictions): eval_accuracy right
+    after eval_loss in every evaluation's metrics; scripts without compute_metrics have none."""
+
+    def test_next_token_accuracy(self) -> None:
+        run, hints = plan("clm_pythia.sh")
+        settings = {**hints.settings, "output_dir": "out"}
+        metrics = hf_results.final_eval(run, settings, 12)
+        assert list(metrics)[:2] == ["eval_loss", "eval_accuracy"]
+        # correct predictions over the scored tokens: every block's positions but its last
+        scored = metrics["eval_samples"] * (run.job.seq_len - 1)
+        correct = metrics["eval_accuracy"] * scored
+        assert abs(correct - round(correct)) < 1e-6 and 0 < correct < scored
+        periodic = hf_results.periodic_eval(run, settings, 6)
+        assert "eval_accuracy" in periodic
+
+    def test_published_points(self) -> None:
+        """The two published run_clm.py evaluations (loss 2.3305: accuracy 0.5375; 2.4644: 0.5212) within a
+        percent; lower losses score higher."""
+        settings = {"hf.script": "run_clm.py"}
+        for loss_value, published in ((2.330519199371338, 0.5374923472925482), (2.464402675628662, 0.5212)):
+            accuracy = hf_results.eval_accuracy(settings, loss_value, 280, 1024)
+            assert accuracy == pytest.approx(published, rel=0.01)
+        values = [hf_results.eval_accuracy(settings, x / 2, 16, 1024) or 0.0 for x in range(1, 24)]
+        assert values == sorted(values, reverse=True)
+
+    def test_which_scripts(self) -> None:
+        for script, scored in (("run_clm.py", True), ("run_mlm.py", True), ("sft.py", False)):
+            accuracy = hf_results.eval_accuracy({"hf.script": script}, 2.0, 16, 512)
+            assert (accuracy is not None) == scored, script
