@@ -1589,6 +1589,7 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     if style == "hf":
         name, model, hf_notice = _hf_model(b.top)
         notices += (hf_notice,) if hf_notice else ()
+        settings["hf.script"] = os.path.basename(script)  # which example script: what its eval computes
     elif spec is not None:
         # A model the arguments spell out (Megatron's) is named after it; a named one keeps its name.
         name, model = name or spec.name, spec
@@ -2112,7 +2113,18 @@ _HF_TEXT = frozenset(
         "dataset_name",
         "dataset_config_name",
         "train_file",
-        "bf16",  # a DeepSpeed config's bf16.enabled "auto" (frameworks/hf_deepspeed.py)
+        # what a DeepSpeed config's values are filled from and checked against (frameworks/hf_deepspeed.py)
+        "bf16",
+        "bf16_full_eval",
+        "fp16_full_eval",
+        "fp16_backend",
+        "half_precision_backend",
+        "fp16_opt_level",
+        "max_grad_norm",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "weight_decay",
     }
 )
 # Megatron's (and Megatron-DeepSpeed's) arguments its log echoes, or that decide which splits it evaluates.

@@ -52,6 +52,9 @@ HF_BATCH = 8  # per_device_train_batch_size
 # TrainingArguments' defaults: logging_strategy and save_strategy "steps", every 500; eval_strategy "no".
 HF_LOGGING_STEPS = 500
 HF_SAVE_STEPS = 500
+# torch.amp.GradScaler's defaults, which accelerate's fp16 mixed precision uses as they are.
+HF_INIT_SCALE = 2.0**16
+HF_GROWTH_INTERVAL = 2000
 # A fine-tuning dataset (instruction / chat data): ~5k-100k examples (Alpaca 52k, Dolly 15k, OpenHermes 1M is
 # the rare large one), log-uniform by seed.
 FINETUNE_EXAMPLES = (5_000, 100_000)
@@ -81,6 +84,18 @@ def _hf_defaults(kw: dict[str, Any], hints: Hints) -> None:
     kw.setdefault("pp", 1)
     if "global_batch" not in kw:
         kw.setdefault("grad_accum", 1)
+    # --fp16's loss scaler: the DeepSpeed engine's (its config's fp16 section) under --deepspeed, else
+    # accelerate's torch.amp.GradScaler (init_scale 2**16, halved at each overflow, doubled after
+    # growth_interval 2000 clean steps; no hysteresis).
+    ds = hints.deepspeed
+    scaler = (
+        (2.0**ds.initial_scale_power, ds.hysteresis, ds.loss_scale_window, ds.min_loss_scale)
+        if ds is not None
+        else (HF_INIT_SCALE, 1, HF_GROWTH_INTERVAL, 1.0)
+    )
+    keys = ("initial_loss_scale", "hysteresis", "loss_scale_window", "min_loss_scale")
+    for key, value in zip(keys, scaler, strict=True):
+        kw.setdefault(key, value)
 
 
 def _hf_default_notice(hints: Hints, model: presets.ModelSpec) -> str:
@@ -102,11 +117,18 @@ def _default_notice(cmd: CommandLine, model: presets.ModelSpec, world: int) -> s
     )
 
 
-def _hf_steps(hints: Hints, probe: JobSpec, epochs: float, seed: int) -> tuple[int, tuple[str, ...]]:
-    """max_steps of an HF run without --max_steps: its epochs over the script's data (a known dataset's
-    blocks, else a drawn fine-tuning set's size, which the returned notice names)."""
+def _hf_data(hints: Hints, probe: JobSpec, seed: int) -> tuple[hf_datasets.Data, int]:
+    """The script's training data (a known dataset's blocks, else a drawn fine-tuning set's size) and its
+    update steps per epoch (Trainer.set_initial_training_values)."""
     data = hf_datasets.train_data(hints.settings, probe.seq_len, finetune_examples(seed))
-    per_epoch = hf_datasets.steps_per_epoch(data.examples, probe.micro_batch, probe.dp, probe.grad_accum)
+    return data, hf_datasets.steps_per_epoch(data.examples, probe.micro_batch, probe.dp, probe.grad_accum)
+
+
+def _hf_steps(
+    hints: Hints, data: hf_datasets.Data, per_epoch: int, epochs: float
+) -> tuple[int, tuple[str, ...]]:
+    """max_steps of an HF run without --max_steps: its epochs over the script's data, and the notice naming
+    the size assumed for data fakerun does not know."""
     steps = math.ceil(epochs * per_epoch)
     source = hints.sources.get("epochs", "--num_train_epochs")
     if steps > MAX_STEPS:
@@ -239,11 +261,17 @@ def build_run(
                 hints = dataclasses.replace(hints, notices=(assumed,))
         if hints.arch:
             model = apply_arch(model, hints.arch)
-        if hints.style == "hf" and "total_steps" not in kw:
-            epochs = HF_EPOCHS if epochs is None else epochs
+        hf_epoch: tuple[hf_datasets.Data, int] | None = None
+        if hints.style == "hf":
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
-            kw["total_steps"], notice = _hf_steps(hints, probe, epochs, kw["seed"])
-            hints = dataclasses.replace(hints, notices=(*hints.notices, *notice))
+            data, per_epoch = hf_epoch = _hf_data(hints, probe, kw["seed"])
+            if "total_steps" in kw:
+                # --max_steps: num_train_epochs = ceil(max_steps / num_update_steps_per_epoch).
+                epochs = float(math.ceil(kw["total_steps"] / per_epoch))
+            else:
+                epochs = HF_EPOCHS if epochs is None else epochs
+                kw["total_steps"], notice = _hf_steps(hints, data, per_epoch, epochs)
+                hints = dataclasses.replace(hints, notices=(*hints.notices, *notice))
         if kw["regime"] == "finetune" and "total_steps" not in kw:
             # A fine-tune runs its epochs over an instruction dataset, not the preset's pre-training corpus.
             probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
@@ -305,7 +333,9 @@ def build_run(
             # names the best one before the run in its settings.
             save_best=float(best) if (best := hints.settings.get("save_best")) else None,
         )
-        if hints.style == "hf":
+        if hf_epoch is not None:
+            # The epoch in the Trainer's logs is the step over the data's steps per epoch, not the run's.
+            run = dataclasses.replace(run, examples=hf_epoch[0].examples, epoch_steps=hf_epoch[1])
             run = hf_cadence(run, hints)
         if fake.fail:
             run = _with_failures(run, fake.fail)
@@ -314,6 +344,11 @@ def build_run(
     if hints.deepspeed is not None:
         ds = hints.deepspeed
         if hints.style == "hf":  # the Trainer fills the config's "auto" values from its arguments
+            # ... and refuses, on every rank, the values that contradict them (world size and the run's
+            # length included: only the built job knows them all, and one message lists them together).
+            death = hf_deepspeed.refusal(ds, run.job, hints.settings, args.training_script)
+            if death is not None and hints.script_exit is None:
+                hints = dataclasses.replace(hints, script_exit=death)
             ds = hf_deepspeed.filled(ds, run.job, hints.settings)
         run = dataclasses.replace(run, deepspeed=ds)
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)

@@ -64,6 +64,7 @@ _EVAL_LINES = (4289, 4291, 4294)
 DEFAULT_EVAL_BATCH = hf_results.DEFAULT_EVAL_BATCH
 _DELETING_LINE = 4065  # _rotate_checkpoints
 _DELETING_END_LINE = 2706  # train()'s last rotation under save_total_limit 1 with a best checkpoint
+_LOAD_BEST_LINE = 2903  # _load_best_model
 # TrainingArguments' default output_dir (transformers 4.50: optional, "trainer_output").
 DEFAULT_OUTPUT_DIR = "trainer_output"
 
@@ -103,9 +104,11 @@ def log_dict(loss: float, grad_norm: float, lr: float, epoch: float) -> str:
     return _shown(hf_results.step_record(loss, grad_norm, lr, epoch))
 
 
-def eval_dict(loss: float, runtime_s: float, samples: int, steps: int, epoch: float) -> str:
+def eval_dict(
+    loss: float, runtime_s: float, samples: int, steps: int, epoch: float, accuracy: float | None = None
+) -> str:
     """The Trainer's evaluation line (speed_metrics: runtime to 4 decimals, rates to 3)."""
-    return _shown(hf_results.eval_metrics(loss, runtime_s, samples, steps, epoch))
+    return _shown(hf_results.eval_metrics(loss, runtime_s, samples, steps, epoch, accuracy))
 
 
 def peft_trainable(adapters: int, base: int) -> str:
@@ -352,13 +355,16 @@ class HfDialect:
     def _eval(self, event: EvalDone) -> list[Output]:
         # evaluate()'s speed_metrics: num_samples is the evaluation set's length, num_steps its batches.
         samples = self._eval_samples(event.iters)
+        seq_len = self.run.job.seq_len if self.run is not None else 0
+        accuracy = hf_results.eval_accuracy(self.settings, event.loss, samples, seq_len)
+        figures = (event.loss, event.seconds, samples, event.iters, event.epoch, accuracy)
         if not self.stopped:
             # on_evaluate closes the bar (leave=False: blanked), then on_log writes the dict.
             out: list[Output] = [BarClose(position=1)]
-            return out + self._write(eval_dict(event.loss, event.seconds, samples, event.iters, event.epoch))
+            return out + self._write(eval_dict(*figures))
         # The script's trainer.evaluate() after training: its bar is left (leave=True as no training bar is
         # open); no dict, as on_log writes only through the training bar; log_metrics prints the block.
-        evaluated = hf_results.eval_metrics(event.loss, event.seconds, samples, event.iters, event.epoch)
+        evaluated = hf_results.eval_metrics(*figures)
         self.metrics += metrics_block("eval", hf_results.eval_results(evaluated, samples))
         out = [BarClose()]
         return out + self._flush_metrics()
@@ -390,6 +396,11 @@ class HfDialect:
         self.stopped = True
         message = "\n\nTraining completed. Do not forget to share your model on huggingface.co/models =)\n\n"
         out: list[Output] = [Line(explicit(at, "trainer.py", _COMPLETED_LINE, message), "stderr")]
+        best = self._best(event.step)
+        if best is not None:
+            # load_best_model_at_end: _load_best_model, on the processes that log INFO, after the barrier.
+            text = f"Loading best model from {best[0]} (score: {best[1]})."
+            out.append(Line(explicit(at, "trainer.py", _LOAD_BEST_LINE, text), "stderr"))
         if self.seat.rank != 0:
             return out
         record = hf_results.train_record(event, self.epoch)
@@ -401,6 +412,12 @@ class HfDialect:
             out += self._deleting(paths, _DELETING_END_LINE, at)
         self.metrics = metrics_block("train", hf_results.train_results(record, self.samples))
         return out
+
+    def _best(self, step: int) -> tuple[str, float] | None:
+        """The checkpoint and score train() loads back at its end under --load_best_model_at_end."""
+        if self.run is None or not hf_files.loads_best(self.settings):
+            return None
+        return hf_files.best_checkpoint(self.run, self.settings, step)
 
     def _deleting(self, paths: Sequence[str], line: int, at: float) -> list[Output]:
         """The Trainer's `Deleting older checkpoint [...] due to args.save_total_limit` lines (stderr)."""

@@ -10,7 +10,6 @@ from typing import Any
 from fakerun.dialects.files import Artifact, Removal, SaveRequest, safetensors_files
 from fakerun.frameworks import hf_results
 from fakerun.sim import checkpoint
-from fakerun.sim.loss import eval_loss
 from fakerun.sim.run import RunPlan
 
 __all__ = [
@@ -129,13 +128,17 @@ def _model_dir(directory: str, request: SaveRequest) -> list[Artifact]:
     ]
 
 
-def _metric(settings: Mapping[str, str]) -> bool:
-    """Whether the Trainer tracks a best metric the simulation knows: metric_for_best_model, "loss" by
-    default under load_best_model_at_end (TrainingArguments.__post_init__), the evaluation loss."""
+def _metric(settings: Mapping[str, str]) -> str | None:
+    """The metric the Trainer tracks for the best checkpoint, when the simulation knows it:
+    metric_for_best_model ("loss" by default under load_best_model_at_end, TrainingArguments.__post_init__),
+    the evaluation loss, or the accuracy of a script whose compute_metrics reports one."""
     metric = settings.get("metric_for_best_model")
     if metric is None:
-        return settings.get("load_best_model_at_end", "false").lower() in _TRUE
-    return metric.removeprefix("eval_") == "loss"
+        return "loss" if loads_best(settings) else None
+    name = metric.removeprefix("eval_")
+    if name == "loss" or (name == "accuracy" and hf_results.eval_accuracy(settings, 1.0, 1, 2) is not None):
+        return name
+    return None
 
 
 def _evals(run: RunPlan, step: int) -> range:
@@ -144,20 +147,35 @@ def _evals(run: RunPlan, step: int) -> range:
 
 
 def best_step(run: RunPlan, settings: Mapping[str, str], step: int) -> tuple[float | None, int | None]:
-    """TrainerState's (best_metric, best_global_step) after `step`: the lowest evaluation loss so far and its
-    step (greater_is_better is False for a loss: np.less keeps the first of equal ones); best_global_step
-    only under save_strategy "steps" or "epoch" (_determine_best_metric)."""
-    if not _metric(settings):
+    """TrainerState's (best_metric, best_global_step) after `step`: the best evaluation figure so far and its
+    step (greater_is_better: False for a loss, np.less, True otherwise, np.greater: either keeps the first of
+    equal ones); best_global_step only under save_strategy "steps" or "epoch" (_determine_best_metric)."""
+    metric = _metric(settings)
+    if metric is None:
         return None, None
     best: tuple[float, int] | None = None
     for s in _evals(run, step):
-        value = hf_results.float32(eval_loss(run.job, s))
-        if best is None or value < best[0]:
+        value = float(hf_results.periodic_eval(run, settings, s)[f"eval_{metric}"])
+        if best is None or (value < best[0] if metric == "loss" else value > best[0]):
             best = (value, s)
     if best is None:
         return None, None
     saves = settings.get("save_strategy", "steps") in ("steps", "epoch")
     return best[0], best[1] if saves else None
+
+
+def loads_best(settings: Mapping[str, str]) -> bool:
+    """--load_best_model_at_end: train() loads the best checkpoint back once its loop is over."""
+    return settings.get("load_best_model_at_end", "false").lower() in _TRUE
+
+
+def best_checkpoint(run: RunPlan, settings: Mapping[str, str], step: int) -> tuple[str, float] | None:
+    """TrainerState's (best_model_checkpoint, best_metric) after `step`: the best evaluation's checkpoint
+    while rotation has kept it (os.path.join of --output_dir as given), None when there is none."""
+    metric, best = best_step(run, settings, step)
+    if metric is None or best is None or not run.saves or best not in _rotation(run, settings, step)[0]:
+        return None
+    return f"{output_dir(settings)}/checkpoint-{best}", metric
 
 
 def _root(settings: Mapping[str, str]) -> str:
@@ -228,9 +246,7 @@ def trainer_state(request: SaveRequest) -> str:
     if request.kind == "export" and stopped is not None:
         history.append({**hf_results.train_record(stopped, epoch), "step": step})
     best_metric, best_global = best_step(run, settings, step)
-    best_dir = None
-    if best_global is not None and best_global in _rotation(run, settings, step)[0] and run.saves:
-        best_dir = f"{output_dir(settings)}/checkpoint-{best_global}"
+    best_dir = (best_checkpoint(run, settings, step) or (None, None))[0]
     state = {
         "best_global_step": best_global,
         "best_metric": best_metric,

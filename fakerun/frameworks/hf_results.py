@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_EVAL_BATCH",
+    "eval_accuracy",
     "eval_metrics",
     "eval_results",
     "eval_samples",
@@ -72,9 +73,33 @@ def _speed(split: str, runtime_s: float, samples: int, steps: int) -> Record:
     }
 
 
-def eval_metrics(loss: float, runtime_s: float, samples: int, steps: int, epoch: float) -> Record:
-    """evaluate()'s metrics as Trainer.log records them: the fp32 loss, speed_metrics, the epoch."""
-    return {"eval_loss": float32(loss), **_speed("eval", runtime_s, samples, steps), "epoch": epoch}
+# The fraction of tokens each accuracy-computing example script scores (run_clm.py: every position but the
+# last, against the next token; run_mlm.py: the masked ones, mlm_probability 0.15 by default).
+_ACCURACY_SCRIPTS = {"run_clm.py": None, "run_mlm.py": 0.15}
+# Token accuracy against the loss: exp(-k x loss). Published run_clm.py evaluations on WikiText-2 give
+# k = -ln(accuracy) / loss = 0.2664 (loss 2.3305, accuracy 0.5375) and 0.2644 (2.4644, 0.5212): one constant
+# fits both; it tends to 1 as the loss goes to 0 and gives GPT-2's ~0.42 at its fine-tuned loss of ~3.3.
+_ACCURACY_K = 0.265
+
+
+def eval_accuracy(settings: Mapping[str, str], loss: float, samples: int, seq_len: int) -> float | None:
+    """compute_metrics' `accuracy` (evaluate's: correct / scored tokens) when the script computes one
+    (run_clm.py, run_mlm.py), else None."""
+    script = settings.get("hf.script", "")
+    if script not in _ACCURACY_SCRIPTS or not math.isfinite(loss):
+        return None
+    share = _ACCURACY_SCRIPTS[script]
+    scored = samples * (seq_len - 1) if share is None else max(1, round(samples * seq_len * share))
+    return round(math.exp(-_ACCURACY_K * loss) * scored) / scored
+
+
+def eval_metrics(
+    loss: float, runtime_s: float, samples: int, steps: int, epoch: float, accuracy: float | None = None
+) -> Record:
+    """evaluate()'s metrics as Trainer.log records them: the fp32 loss, compute_metrics' accuracy (prefixed
+    after the loss), speed_metrics, the epoch."""
+    scored: Record = {} if accuracy is None else {"eval_accuracy": accuracy}
+    return {"eval_loss": float32(loss), **scored, **_speed("eval", runtime_s, samples, steps), "epoch": epoch}
 
 
 def train_metrics(
@@ -126,7 +151,9 @@ def periodic_eval(run: RunPlan, settings: Mapping[str, str], step: int) -> Recor
     job = run.job
     samples = eval_samples(run.eval_iters, _eval_batch(settings), job.world_size)
     seconds = eval_seconds(job, run.eval_iters, step)
-    return eval_metrics(eval_loss(job, step), seconds, samples, run.eval_iters, step / run.steps_per_epoch)
+    value = eval_loss(job, step)
+    accuracy = eval_accuracy(settings, value, samples, job.seq_len)
+    return eval_metrics(value, seconds, samples, run.eval_iters, step / run.steps_per_epoch, accuracy)
 
 
 def final_eval(run: RunPlan, settings: Mapping[str, str], step: int) -> Record:
@@ -135,7 +162,9 @@ def final_eval(run: RunPlan, settings: Mapping[str, str], step: int) -> Record:
     job = run.job
     samples = eval_samples(run.eval_iters, _eval_batch(settings), job.world_size)
     seconds = eval_seconds(job, run.eval_iters, step, again=1)
-    metrics = eval_metrics(eval_loss(job, step), seconds, samples, run.eval_iters, step / run.steps_per_epoch)
+    value = eval_loss(job, step)
+    accuracy = eval_accuracy(settings, value, samples, job.seq_len)
+    metrics = eval_metrics(value, seconds, samples, run.eval_iters, step / run.steps_per_epoch, accuracy)
     return eval_results(metrics, samples)
 
 

@@ -135,6 +135,7 @@ def with_skips(job: JobSpec, n: StepNumbers) -> StepNumbers:
         return n
     done = n.step - skipped  # optimizer updates so far: the lr scheduler and the weights are this far
     if done < 1:
-        return dataclasses.replace(n, lr=0.0)
+        # No update yet: the scheduler's initial lr (0 in a warmup, the peak without one).
+        return dataclasses.replace(n, lr=lr(job, 0))
     value = loss.train_loss(job, done)
     return dataclasses.replace(n, lr=lr(job, done), loss=value, ppl=loss.perplexity(value))

@@ -120,6 +120,11 @@ class RunPlan:
     # The saves of a script that saves only on a better validation loss (nanoGPT without
     # always_save_checkpoint); None: every step the save interval divides.
     best_saves: BestSaves | None = dataclasses.field(default=None, compare=False)
+    # HF Trainer: the optimizer steps of one pass over the script's data and its examples, when the data's
+    # size sets them rather than the run's length (--max_steps over a known dataset: its epochs are
+    # ceil(max_steps / epoch_steps)); 0: the run's steps over its epochs.
+    epoch_steps: int = 0
+    examples: int = 0
 
     def nan_rerun(self, step: int) -> str | None:
         """How Megatron-core's rerun state machine meets a NaN at `step`: "initial" (found, rerun in place,
@@ -165,13 +170,16 @@ class RunPlan:
 
     @property
     def dataset_tokens(self) -> int:
-        """Tokens in one pass over the training data: an epoch's share of the run's steps."""
+        """Tokens in one pass over the training data: its examples' when known, else an epoch's share of the
+        run's steps."""
+        if self.examples:
+            return self.examples * self.job.seq_len
         return self.job.total_steps * self.job.tokens_per_step // self.epochs
 
     @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per pass over the dataset."""
-        return max(1, math.ceil(self.job.total_steps / self.epochs))
+        return self.epoch_steps or max(1, math.ceil(self.job.total_steps / self.epochs))
 
     def epoch_of(self, step: int) -> int:
         """1-based epoch that `step` belongs to."""

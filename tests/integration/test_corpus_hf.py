@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 
@@ -55,3 +56,12 @@ def test_pythia_clm_run(runner: Runner) -> None:
         assert (runner.tmp / directory / "model.safetensors").stat().st_size > 4 * 162_322_944
     for rank in (0, 1):
         assert (runner.tmp / f"out/clm/checkpoint-8/rng_state_{rank}.pth").is_file()
+    # --fp16: accelerate's GradScaler starts at 2**16, so at most its first few updates are skipped and the
+    # linear schedule's lr is logged, down to 0.0 only at the last step.
+    logged = [ast.literal_eval(d) for d in re.findall(r"^\{'loss': .*\}$", result.stdout, re.M)]
+    assert [d["learning_rate"] > 0 for d in logged] == [True, True, True, False]
+    # --max_steps over data of unknown size (thousands of examples): one epoch, 12 steps a sliver of it.
+    assert "  Num Epochs = 1\n" in result.stderr and all(d["epoch"] <= 0.02 for d in logged)
+    # run_clm.py's compute_metrics: the token accuracy after the loss, in the file and the block.
+    assert 0 < evaluation["eval_accuracy"] < 1  # save_metrics sorts its keys
+    assert re.search(r"^  eval_accuracy +=\s+0\.\d+$", result.stdout, re.M)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from fakerun.dialects.base import Line
 from fakerun.dialects.events import CheckpointSaved, JobStarted, TrainingStopped, WorkerStarted
 from fakerun.dialects.files import Artifact, Removal, SaveRequest
 from fakerun.dialects.hf import HfDialect
-from fakerun.frameworks import hf_args, hf_files, hf_models
-from fakerun.frameworks.hf_results import float32
+from fakerun.frameworks import hf_args, hf_files, hf_models, hf_results, hf_script, pytrace
+from fakerun.frameworks.hf_results import float32, logged_numbers
+from fakerun.frameworks.pytrace import RANK_SLOT
 from fakerun.hints import Hints
 from fakerun.jobconfig import build_run
-from fakerun.sim import checkpoint, loss, safetensors
+from fakerun.sim import checkpoint, loss, lossscale, safetensors
 from fakerun.sim.run import RunPlan
 from tests.unit.test_dialect_hf import seat as dialect_seat
 
@@ -82,7 +84,11 @@ def command(name: str) -> tuple[int, str, list[str]]:
 
 def plan(name: str) -> tuple[RunPlan, Hints]:
     """build_run on a corpus command, as the launcher runs it (one node)."""
-    nproc, script, args = command(name)
+    return plan_of(*command(name))
+
+
+def plan_of(nproc: int, script: str, args: list[str]) -> tuple[RunPlan, Hints]:
+    """build_run on a script and its arguments, `nproc` ranks on one node."""
     cmd = parse_command_line(["--nproc-per-node", str(nproc), script, *args], {})
     bundle = presets.resolve("llama3-8b", None, None)
     return build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=False)
@@ -258,7 +264,7 @@ class TestRotation:
         """load_best_model_at_end (metric: the eval loss): the best checkpoint survives besides the newest;
         with a limit of 1 the newest stays too, and train()'s end deletes all but the best."""
         losses = {3: 2.5, 6: 2.0, 9: 2.2, 12: 2.1}  # the best at step 6
-        monkeypatch.setattr(hf_files, "eval_loss", lambda job, step: losses[step])
+        monkeypatch.setattr(hf_results, "eval_loss", lambda job, step: losses[step])
         run = rotation_run()
         settings = {"output_dir": "out", "save_total_limit": "1", "load_best_model_at_end": "true"}
         assert hf_files.rotated(run, settings, 6) == ["out/checkpoint-3"]
@@ -275,6 +281,24 @@ class TestRotation:
             CheckpointSaved(step=12, path="", nbytes=1, seconds=1.0, bandwidth_gbs=1.0), 0.0
         )
         assert isinstance(line, Line) and line.text.endswith(text) and "[INFO|trainer.py:4065]" in line.text
+        # train()'s end loads it back (trainer.py:2903 in 4.50.0), right after `Training completed.`
+        stopped = TrainingStopped(12, "reached max steps", 80.0, 12, 96, 2.25, 4.0e13)
+        lines = [o.text for o in dialect.render(stopped, 0.0) if isinstance(o, Line) and o.stream == "stderr"]
+        assert "Training completed." in lines[0]
+        assert lines[1].endswith(" >> Loading best model from out/checkpoint-6 (score: 2.0).")
+        assert "[INFO|trainer.py:2903]" in lines[1]
+
+    def test_best_accuracy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """metric_for_best_model accuracy (run_clm.py reports one): greater is better, so the best is the
+        evaluation with the lowest loss, and best_metric its accuracy."""
+        losses = {3: 2.5, 6: 2.0, 9: 2.2, 12: 2.1}
+        monkeypatch.setattr(hf_results, "eval_loss", lambda job, step: losses[step])
+        run = rotation_run()
+        settings = {"output_dir": "out", "metric_for_best_model": "accuracy", "hf.script": "run_clm.py"}
+        accuracy = hf_results.periodic_eval(run, settings, 6)["eval_accuracy"]
+        assert hf_files.best_step(run, settings, 12) == (accuracy, 6)
+        assert hf_files.best_checkpoint(run, settings, 12) == ("out/checkpoint-6", accuracy)
+        assert hf_files.best_step(run, {**settings, "hf.script": "sft.py"}, 12) == (None, None)
 
 
 class TestEndFiles:
@@ -297,7 +321,7 @@ class TestEndFiles:
         assert train["train_steps_per_second"] == round(12 / 80.0, 3)
         assert (train["train_runtime"], train["train_loss"], train["total_flos"]) == (80.0, 2.25, 4.0e13)
         assert train["epoch"] == 12 / run.steps_per_epoch
-        assert train["train_samples"] == run.job.total_steps * run.job.tokens_per_step // run.job.seq_len
+        assert train["train_samples"] == 2318  # len(train_dataset): WikiText-2's blocks, whatever max_steps
         evaluation = files["out/eval_results.json"]
         final_loss = float32(loss.eval_loss(run.job, 12))
         assert evaluation["eval_loss"] == final_loss and evaluation["perplexity"] == math.exp(final_loss)
@@ -337,6 +361,16 @@ def test_epochs_over_wikitext() -> None:
     assert hints.notices == ()
 
 
+def test_max_steps_epochs_over_wikitext() -> None:
+    """--max_steps 200 over WikiText-2's 2,318 blocks, 4 a rank on 2 ranks, accumulating 2: 290 batches a
+    rank, 145 updates an epoch (set_initial_training_values), so num_train_epochs = ceil(200 / 145) = 2 and
+    the logged epoch is the step over 145."""
+    run, _ = plan("clm_pythia.sh")
+    per_epoch = math.ceil(math.ceil(2318 / 2) / 4) // 2
+    assert (run.job.total_steps, run.steps_per_epoch, run.epochs) == (200, per_epoch, 2)
+    assert run.dataset_tokens // run.job.seq_len == 2318  # the block's Num examples
+
+
 def test_deepspeed_auto_filled() -> None:
     """The config deepspeed.initialize gets: its "auto" values from the Trainer's arguments (--bf16, the
     batch, max_grad_norm's 1.0)."""
@@ -346,3 +380,145 @@ def test_deepspeed_auto_filled() -> None:
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (4, 2)
     assert config["train_batch_size"] == 4 * 2 * 2 and config["gradient_clipping"] == 1.0
     assert config["bf16"] == {"enabled": True}
+
+
+FP16_CLM = [
+    *("--model_name_or_path", "EleutherAI/pythia-160m", "--per_device_train_batch_size", "4"),
+    *("--max_steps", "12", "--do_train", "--fp16", "--output_dir", "out"),
+]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_fp16_grad_scaler(seed: int) -> None:
+    """--fp16 without DeepSpeed: accelerate's torch.amp.GradScaler (init_scale 2**16, backoff 0.5 at every
+    overflow, growth after 2000 clean steps). Its early overflows halve the scale one each and keep the linear
+    schedule where it was (optimizer_step_was_skipped: no lr_scheduler.step), so the logged lr is the
+    schedule's at the updates done: its peak while none is, never 0 before the last step."""
+    run, _ = plan_of(2, "run_clm.py", [*FP16_CLM, "--seed", str(seed)])
+    job = run.job
+    assert (job.initial_loss_scale, job.hysteresis, job.loss_scale_window) == (2.0**16, 1, 2000)
+    peak = job.lr
+    for step in range(1, 13):
+        skipped = lossscale.loss_scale(job, job.seed, step).skipped
+        assert lossscale.loss_scale(job, job.seed, step).scale == 2.0**16 / 2**skipped
+        done = step - skipped
+        expected = peak * (1 - done / 12) if done else peak  # get_linear_schedule_with_warmup, no warmup
+        assert logged_numbers(job, step).lr == pytest.approx(expected, rel=1e-12)
+        assert logged_numbers(job, step).lr > 0 or step == 12
+
+
+DS_FIXED = {
+    "train_micro_batch_size_per_gpu": 8,
+    "train_batch_size": 32,
+    "gradient_accumulation_steps": 2,
+    "gradient_clipping": 1.0,
+    "optimizer": {"type": "AdamW", "params": {"lr": 3e-4, "betas": [0.9, 0.95], "weight_decay": 0.1}},
+    "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_max_lr": "auto", "total_num_steps": 1000}},
+    "bf16": {"enabled": True},
+}
+DS_ARGS = [
+    *("--model_name_or_path", "gpt2", "--deepspeed", "ds_fixed.json", "--per_device_train_batch_size", "4"),
+    *("--gradient_accumulation_steps", "2", "--max_steps", "30", "--bf16", "--learning_rate", "3e-4"),
+]
+
+
+class TestDeepSpeedMismatch:
+    """A config value that is neither "auto" nor the arguments' own: trainer_config_finalize's ValueError on
+    every rank, listing each as fill_match found it, in trainer_config_process's then finalize's order."""
+
+    @pytest.fixture(autouse=True)
+    def _config(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        (tmp_path / "ds_fixed.json").write_text(json.dumps(DS_FIXED))
+        monkeypatch.chdir(tmp_path)
+
+    def test_message(self) -> None:
+        _, hints = plan_of(2, "run_clm.py", DS_ARGS)
+        assert hints.script_exit is not None
+        text, code = hints.script_exit
+        lines = [line.removeprefix(f"[rank{RANK_SLOT}]: ") for line in text.splitlines()]
+        assert code == 1 and all(line.startswith(f"[rank{RANK_SLOT}]: ") for line in text.splitlines())
+        at = lines.index(
+            "ValueError: Please correct the following DeepSpeed config values that mismatch "
+            "TrainingArguments values:"
+        )
+        # world 2 x micro 4 x accumulation 2 = 16; betas and weight decay are TrainingArguments' defaults,
+        # 30 steps and no warmup the run's; the lr, clipping and accumulation agree and are not listed.
+        assert lines[at + 1 :] == [
+            "- ds train_micro_batch_size_per_gpu=8 vs hf per_device_train_batch_size=4",
+            "- ds train_batch_size=32 vs hf train_batch_size (calculated)=16",
+            "- ds optimizer.params.betas=[0.9, 0.95] vs hf adam_beta1+adam_beta2=[0.9, 0.999]",
+            "- ds optimizer.params.weight_decay=0.1 vs hf weight_decay=0.0",
+            "- ds scheduler.params.total_num_steps=1000 vs hf num_training_steps (calculated)=30",
+            "The easiest method is to set these DeepSpeed config values to 'auto'.",
+        ]
+        # transformers 4.50.0's frames below the script's call, innermost last.
+        places = re.findall(r'File "[^"]*/(transformers/[\w/.]+)", line (\d+), in (\w+)', text)
+        assert places == [
+            ("transformers/trainer.py", "2245", "train"),
+            ("transformers/trainer.py", "2322", "_inner_training_loop"),
+            ("transformers/integrations/deepspeed.py", "450", "deepspeed_init"),
+            ("transformers/integrations/deepspeed.py", "271", "trainer_config_finalize"),
+        ]
+
+    def test_world_size_decides_the_batch(self) -> None:
+        """At 4 ranks the calculated batch is 4 x 4 x 2 = 32, the config's: that line goes."""
+        _, hints = plan_of(4, "run_clm.py", DS_ARGS)
+        assert hints.script_exit is not None
+        assert "train_batch_size (calculated)" not in hints.script_exit[0]
+        assert "train_micro_batch_size_per_gpu=8" in hints.script_exit[0]
+
+    def test_arguments_that_agree(self) -> None:
+        """The same values given as arguments: nothing to refuse, and the config keeps them."""
+        args = [
+            *DS_ARGS,
+            *("--adam_beta2", "0.95", "--weight_decay", "0.1", "--max_steps", "1000"),
+            *("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2"),
+        ]
+        run, hints = plan_of(2, "run_clm.py", args)
+        assert hints.script_exit is None and run.deepspeed is not None
+        assert run.deepspeed.user_config()["train_batch_size"] == 32
+
+
+def test_script_frames_read_from_the_script(tmp_path: Path) -> None:
+    """The script's own frames come from its file: the line numbers and source where its main() calls
+    trainer.train() and where the module calls main(), as Python prints them."""
+    body = ["import sys", "", "", "def main():", "    trainer = make()", "    result = trainer.train()  # go"]
+    script = tmp_path / "train_lm.py"
+    script.write_text("\n".join([*body, "", "", 'if __name__ == "__main__":', "    main()", ""]))
+    top, call = hf_script.main_frames(str(script))
+    assert (top.path, top.line, top.function, top.source) == (str(script), 10, "<module>", "main()")
+    assert (call.line, call.function, call.marked) == (6, "main", "trainer.train()")
+    text = pytrace.traceback_text([top, call], "ValueError: x")
+    assert "    result = trainer.train()  # go\n             ^^^^^^^^^^^^^^^\n" in text
+
+
+class TestEvalAccuracy:
+    """run_clm.py's compute_metrics (evaluate's accuracy over next-token predictions): eval_accuracy right
+    after eval_loss in every evaluation's metrics; scripts without compute_metrics have none."""
+
+    def test_next_token_accuracy(self) -> None:
+        run, hints = plan("clm_pythia.sh")
+        settings = {**hints.settings, "output_dir": "out"}
+        metrics = hf_results.final_eval(run, settings, 12)
+        assert list(metrics)[:2] == ["eval_loss", "eval_accuracy"]
+        # correct predictions over the scored tokens: every block's positions but its last
+        scored = metrics["eval_samples"] * (run.job.seq_len - 1)
+        correct = metrics["eval_accuracy"] * scored
+        assert abs(correct - round(correct)) < 1e-6 and 0 < correct < scored
+        periodic = hf_results.periodic_eval(run, settings, 6)
+        assert "eval_accuracy" in periodic
+
+    def test_published_points(self) -> None:
+        """The two published run_clm.py evaluations (loss 2.3305: accuracy 0.5375; 2.4644: 0.5212) within a
+        percent; lower losses score higher."""
+        settings = {"hf.script": "run_clm.py"}
+        for loss_value, published in ((2.330519199371338, 0.5374923472925482), (2.464402675628662, 0.5212)):
+            accuracy = hf_results.eval_accuracy(settings, loss_value, 280, 1024)
+            assert accuracy == pytest.approx(published, rel=0.01)
+        values = [hf_results.eval_accuracy(settings, x / 2, 16, 1024) or 0.0 for x in range(1, 24)]
+        assert values == sorted(values, reverse=True)
+
+    def test_which_scripts(self) -> None:
+        for script, scored in (("run_clm.py", True), ("run_mlm.py", True), ("sft.py", False)):
+            accuracy = hf_results.eval_accuracy({"hf.script": script}, 2.0, 16, 512)
+            assert (accuracy is not None) == scored, script
