@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from fakerun.frameworks import pytrace
 from fakerun.presets import ModelSpec
 
-__all__ = ["Reading", "hybrid_pattern", "read", "tokenizer_vocab", "world_exit"]
+__all__ = ["Reading", "hybrid_pattern", "read", "tokenizer_vocab", "world_exit", "world_size_exit"]
 
 # store_true options this module reads (argparse: present or not, no value).
 _FLAGS = frozenset(
@@ -41,7 +41,15 @@ _VALUES = frozenset(
         *("micro_batch_size", "global_batch_size", "train_iters", "train_samples", "lr", "min_lr"),
         *("lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_decay_iters", "lr_decay_samples"),
         *("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"),
-        *("expert_model_parallel_size", "save", "save_interval", "ckpt_format", "fp8_format", "fp8_recipe"),
+        *(
+            "expert_model_parallel_size",
+            "expert_tensor_parallel_size",
+            "save",
+            "save_interval",
+            "ckpt_format",
+            "fp8_format",
+            "fp8_recipe",
+        ),
         *("log_interval", "eval_interval", "eval_iters", "global_batch_size"),
         *("lr_wsd_decay_iters", "lr_wsd_decay_samples", "lr_wsd_decay_style"),
     }
@@ -226,6 +234,19 @@ _TO_CALCULATOR: tuple[_Frame, ...] = (
         "assert global_batch_size % micro_batch_times_data_parallel_size == 0, (",
     ),
 )
+# To the expert grid's check in initialize_model_parallel (after init_process_group).
+_TO_MODEL_PARALLEL: tuple[_Frame, ...] = (
+    ("megatron/training/training.py", 586, "pretrain", "initialize_megatron("),
+    ("megatron/training/initialize.py", 156, "initialize_megatron", "finish_mpu_init()"),
+    (
+        "megatron/training/initialize.py",
+        121,
+        "finish_mpu_init",
+        "_initialize_distributed(get_embedding_ranks, get_position_embedding_ranks, store)",
+    ),
+    ("megatron/training/initialize.py", 359, "_initialize_distributed", "mpu.initialize_model_parallel("),
+    ("megatron/core/parallel_state.py", 750, "initialize_model_parallel", "raise RuntimeError("),
+)
 _ARGS = "megatron/training/arguments.py"
 _ASSERTS: dict[str, _Frame] = {
     "world": (_ARGS, 374, "validate_args", "assert args.world_size % total_model_size == 0, ("),
@@ -306,15 +327,22 @@ _ENTRY = {"pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provide
 _ENTRY_GPT = (233, "pretrain(")
 
 
-def traceback_text(script: str, frames: Sequence[_Frame], message: str) -> str:
-    """Python's traceback of an AssertionError raised under the script's pretrain() (no rank prefix: torch's
-    excepthook is not installed before init_process_group)."""
+def traceback_text(
+    script: str,
+    frames: Sequence[_Frame],
+    message: str,
+    *,
+    error: str = "AssertionError",
+    after_init: bool = False,
+) -> str:
+    """Python's traceback of an exception (`error`) raised under the script's pretrain(): without a rank
+    prefix before init_process_group (torch's excepthook is not installed yet), with it after."""
     path = os.path.abspath(script)
     root = os.path.dirname(path)
     line, code = _ENTRY.get(os.path.basename(path), _ENTRY_GPT)
     entries = [pytrace.Frame(path, line, "<module>", code)]
     entries += [pytrace.Frame(f"{root}/{file}", n, func, source) for file, n, func, source in frames]
-    return pytrace.traceback_text(entries, f"AssertionError: {message}" if message else "AssertionError")
+    return pytrace.traceback_text(entries, f"{error}: {message}" if message else error, after_init=after_init)
 
 
 def _validate_exit(script: str, check: str, message: str = "") -> tuple[str, int]:
@@ -506,6 +534,8 @@ def read(script: str, args: Sequence[str]) -> Reading:
     cp = _int(opts, "context_parallel_size", 1)
     if cp > 1:
         derived["cp"] = cp
+    if opts.get("expert_tensor_parallel_size") and _int(opts, "num_experts", 0) > 1:
+        derived["etp"] = _int(opts, "expert_tensor_parallel_size", tp)
     if opts.get("fp8_format"):
         derived["fp8"] = True
     cadence = {
@@ -571,26 +601,42 @@ def config_traceback(script: str, field: str, value: int, tp: int) -> str:
     return pytrace.traceback_text(frames, message, after_init=True)
 
 
+def world_size_exit(script: str, layout: tuple[int, int, int], world: int) -> str | None:
+    """validate_args' first refusal, of a world size the tensor x pipeline x context sizes do not divide."""
+    total = layout[0] * layout[1] * layout[2]
+    if world % total == 0:
+        return None
+    message = f"world size ({world}) is not divisible by total_model_size (total_model_size={total})"
+    return _validate_exit(script, "world", message)[0]
+
+
 def world_exit(
     script: str, job: Mapping[str, object], world: int, model: ModelSpec | None = None
 ) -> str | None:
-    """What the ranks die of on `world` GPUs: validate_args' world-size check, the micro-batch calculator's
-    divisibility of the global batch, then TransformerConfig's of the heads and query groups by the
-    tensor-parallel size; None when Megatron accepts the layout."""
+    """What the ranks die of on `world` GPUs, in the order pretrain() meets them: validate_args' world-size
+    check, the micro-batch calculator's divisibility of the global batch, initialize_model_parallel's expert
+    grid, then TransformerConfig's of the heads and query groups by the tensor-parallel size; None when
+    Megatron accepts the layout."""
     tp, pp, cp = (int(str(job.get(key, 1))) for key in ("tp", "pp", "cp"))
-    total = tp * pp * cp
-    if world % total:
-        message = f"world size ({world}) is not divisible by total_model_size (total_model_size={total})"
-        return _validate_exit(script, "world", message)[0]
+    refused = world_size_exit(script, (tp, pp, cp), world)
+    if refused is not None:
+        return refused
     gbs = job.get("global_batch")
     mbs = job.get("micro_batch")
-    dp = world // total
+    dp = world // (tp * pp * cp)
     if isinstance(gbs, int) and isinstance(mbs, int) and gbs % (mbs * dp):
         message = (
             f"global batch size ({gbs}) is not divisible by micro batch size ({mbs}) times data parallel "
             f"size ({dp})"
         )
         return traceback_text(script, _TO_CALCULATOR, message)
+    # initialize_model_parallel's expert grid: --expert-tensor-parallel-size defaults to the tensor size.
+    grid = int(str(job.get("etp") or tp)) * int(str(job.get("ep", 1))) * pp
+    if world % grid:
+        message = (
+            f"world_size ({world}) is not divisible by expert_tensor_model_pipeline_parallel size ({grid})"
+        )
+        return traceback_text(script, _TO_MODEL_PARALLEL, message, error="RuntimeError", after_init=True)
     if model is not None and model.heads % tp:
         return config_traceback(script, "num_attention_heads", model.heads, tp)
     if model is not None and model.kv_heads % tp:

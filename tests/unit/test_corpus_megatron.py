@@ -534,3 +534,55 @@ def test_die_at_start_prints_rank0_stdout_first(capsys: pytest.CaptureFixture[st
     oops = f"[rank{pytrace.RANK_SLOT}]: oops\n"
     assert die_at_start(oops, 1, rank=2, stdout=pytrace.stdout_for(printed, 2, 2, "2.13.0")) == 1
     assert capsys.readouterr() == ("", "[rank2]: oops\n")
+
+
+def test_expert_grid_that_does_not_tile_the_world_dies_in_initialize_model_parallel() -> None:
+    # The Mixtral script on PP4: ETP (= TP 1) x EP 8 x PP 4 = 32 ranks per expert grid slice, 8 GPUs.
+    nproc, script, args = script_command("mixtral_8x7b.sh")
+    _, hints = run_of(script, [*args, "--pipeline-model-parallel-size", "4"], nproc)
+    assert hints.script_exit is not None
+    text = pytrace.with_rank(hints.script_exit[0], 5)
+    lines = text.splitlines()
+    assert lines[-1] == (
+        "[rank5]: RuntimeError: world_size (8) is not divisible by expert_tensor_model_pipeline_parallel "
+        f"size ({1 * 8 * 4})"
+    )
+    # After init_process_group (torch's excepthook prefixes every line), from _initialize_distributed.
+    assert all(x.startswith("[rank5]: ") for x in lines)
+    where = Path("megatron/core/parallel_state.py").absolute()
+    assert lines[-3:-1] == [
+        f'[rank5]:   File "{where}", line 750, in initialize_model_parallel',
+        "[rank5]:     raise RuntimeError(",
+    ]
+    assert "    mpu.initialize_model_parallel(" in text and "in finish_mpu_init" in text
+
+
+def test_experts_borrow_tensor_ranks_with_expert_tensor_parallel_one() -> None:
+    # TP4 x EP8 on 8 GPUs is valid with --expert-tensor-parallel-size 1 (the expert grid 1 x 8 x 1 x 1).
+    nproc, script, args = script_command("mixtral_8x7b.sh")
+    extra = ["--tensor-model-parallel-size", "4", "--expert-tensor-parallel-size", "1", "--sequence-parallel"]
+    run, hints = run_of(script, [*args, *extra], nproc)
+    assert hints.script_exit is None
+    job = run.job
+    assert (job.tp, job.dp, job.ep, job.expert_tp, job.expert_dp) == (4, 2, 8, 1, 1)
+    # Each rank holds one whole expert (3 matrices of 4096 x 14336) of each of the 32 layers.
+    assert memory.stage_params(job, 0)[1] == 32 * 3 * 4096 * 14336
+    ops = {(op.group, op.op): op.ranks for op in comm_plan(job).ops}
+    assert ops[("ep", "all_to_all")] == 8 and ("edp", "all_reduce") not in ops
+    # Without it the experts are split over TP's 4 ranks too: 4 x 8 x 1 does not tile 8 GPUs.
+    _, refused = run_of(script, [*args, "--tensor-model-parallel-size", "4"], nproc)
+    assert refused.script_exit is not None
+    assert refused.script_exit[0].endswith("expert_tensor_model_pipeline_parallel size (32)\n")
+
+
+@pytest.mark.parametrize(("nproc", "last"), [(6, "AssertionError: world size (6) is not divisible"), (8, "")])
+def test_world_size_is_checked_before_the_model_arguments(nproc: int, last: str) -> None:
+    # validate_args asserts the world size first, then --save's --save-interval.
+    base = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512 --save ck"
+    args = [*base.split(), "--micro-batch-size", "1", "--train-iters", "9"]
+    args += ["--tensor-model-parallel-size", "4"]
+    _, hints = run_of("pretrain_gpt.py", args, nproc)
+    assert hints.script_exit is not None
+    final = hints.script_exit[0].splitlines()[-1]
+    assert final.startswith(last) if last else final == "AssertionError"
+    assert ("assert args.save_interval is not None" in hints.script_exit[0]) == (not last)
