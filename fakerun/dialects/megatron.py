@@ -70,10 +70,10 @@ MEGATRON_OPTIONS = (
     "attention-dropout hidden-dropout transformer-impl initial-loss-scale loss-scale-window loss-scale "
     "min-loss-scale hysteresis exit-interval exit-duration-in-mins checkpoint-activations "
     "activations-checkpoint-method activations-checkpoint-num-layers distribute-checkpointed-activations "
-    "DDP-impl"
+    "DDP-impl hybrid-layer-pattern hybrid-override-pattern"
 )
 HINTS = HintRule(
-    script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)"),
+    script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|hybrid|retro|ict|vlm|vision)"),
     exact=words(MEGATRON_OPTIONS),
     arch_defaults=True,
     save_option="save",

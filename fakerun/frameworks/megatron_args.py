@@ -36,7 +36,7 @@ _VALUES = frozenset(
         *("kv_channels", "max_position_embeddings", "seq_length", "position_embedding_type"),
         *("normalization", "make_vocab_size_divisible_by", "vocab_size", "tokenizer_type", "tokenizer_model"),
         *("num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"),
-        *("hybrid_attention_ratio", "hybrid_mlp_ratio", "hybrid_override_pattern"),
+        *("hybrid_attention_ratio", "hybrid_mlp_ratio", "hybrid_override_pattern", "hybrid_layer_pattern"),
         *("mamba_state_dim", "mamba_head_dim", "mamba_num_groups"),
         *("micro_batch_size", "global_batch_size", "train_iters", "train_samples", "lr", "min_lr"),
         *("lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_decay_iters", "lr_decay_samples"),
@@ -282,6 +282,13 @@ _BUILDERS = {
         "mamba_builder",
         "core_transformer_config_from_args(args, TransformerConfig)",
     ),
+    # Megatron's later pretrain_hybrid.py (its line numbers: the script's own at HEAD, the rest v0.15.3's).
+    "pretrain_hybrid.py": (
+        "hybrid_builders.py",
+        15,
+        "hybrid_builder",
+        "core_transformer_config_from_args(args, TransformerConfig)",
+    ),
 }
 _GPT_BUILDER = ("gpt_builders.py", 29, "gpt_builder", "core_transformer_config_from_args(args)")
 _TO_CONFIG: tuple[tuple[str, int, str, str, str | None], ...] = (
@@ -323,7 +330,10 @@ _CONFIG_FILE = "megatron/core/transformer/transformer_config.py"
 _CONFIG_RAISES = {"num_attention_heads": 744, "num_query_groups": 759}
 
 # pretrain()'s call in each entry script (the line of `pretrain(`).
-_ENTRY = {"pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provider,")}
+_ENTRY = {
+    "pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provider,"),
+    "pretrain_hybrid.py": (553, "pretrain("),
+}
 _ENTRY_GPT = (233, "pretrain(")
 
 
@@ -375,6 +385,21 @@ def _size_name(params: int) -> str:
     return f"{params / 1e6:.0f}m" if params < 1e9 else f"{params / 1e9:.1f}b"
 
 
+def _main_pattern(opts: Mapping[str, str | None]) -> str | None:
+    """The hybrid stack's layers as --hybrid-layer-pattern (or its deprecated --hybrid-override-pattern) gives
+    them: the main decoder's part before the first MTP separator `/`, pipeline separators `|` dropped
+    (get_hybrid_total_layer_count)."""
+    pattern = opts.get("hybrid_layer_pattern") or opts.get("hybrid_override_pattern")
+    return pattern.split("/")[0].replace("|", "") if pattern else None
+
+
+def _is_hybrid(script: str, opts: Mapping[str, str | None]) -> bool:
+    """Whether the script builds a hybrid (Mamba) stack: pretrain_mamba.py, pretrain_hybrid.py, or a
+    pattern of layers."""
+    name = os.path.basename(script).lower()
+    return "mamba" in name or "hybrid" in name or _main_pattern(opts) is not None
+
+
 def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelSpec, str | None]:
     """The model pretrain_gpt.py or pretrain_mamba.py builds from these (validated) arguments."""
     layers = int(opts["num_layers"] or 0)
@@ -393,14 +418,14 @@ def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelS
     moe = experts > 1
     vocab, notice = tokenizer_vocab(opts, "GPT2BPETokenizer")
     padded = padded_vocab(vocab, tp, _int(opts, "make_vocab_size_divisible_by", DEFAULT_DIVISIBLE_BY))
-    mamba = "mamba" in os.path.basename(script).lower()
+    mamba = _is_hybrid(script, opts)
     hybrid = ""
     if mamba:
         hybrid = hybrid_pattern(
             layers,
             _float(opts, "hybrid_attention_ratio", 0.0),
             _float(opts, "hybrid_mlp_ratio", 0.0),
-            opts.get("hybrid_override_pattern"),
+            _main_pattern(opts),
         )
     tokenizer = opts.get("tokenizer_type") or "GPT2BPETokenizer"
     llama = swiglu and opts.get("normalization") == "RMSNorm" and position == "rope"
@@ -506,8 +531,12 @@ def _schedule(opts: Mapping[str, str | None]) -> tuple[dict[str, object], dict[s
 
 
 def read(script: str, args: Sequence[str]) -> Reading:
-    """Megatron's reading of a pretrain_gpt.py / pretrain_mamba.py command line."""
+    """Megatron's reading of a pretrain_gpt.py / pretrain_mamba.py / pretrain_hybrid.py command line."""
     opts = scan(args)
+    pattern = _main_pattern(opts)
+    if pattern and _is_hybrid(script, opts):
+        # validate_args: the pattern's layer count is num_layers, whatever --num-layers says.
+        opts["num_layers"] = str(len(pattern))
     settings: dict[str, str] = {
         "megatron.ckpt_format": opts.get("ckpt_format") or "torch_dist",
         "megatron.tokenizer": opts.get("tokenizer_type") or "GPT2BPETokenizer",

@@ -107,25 +107,51 @@ def test_mamba_hybrid_counts_each_layer_kind() -> None:
     # allocate_layers: round(24 x 0.08) attention and round(24 x 0.5) MLP layers, Mamba for the rest.
     assert (pattern.count("*"), pattern.count("-"), pattern.count("M")) == (2, 12, 10)
     assert pattern == megatron_args.hybrid_pattern(24, 0.08, 0.5, None)
-    hid, state, groups, head_dim = 1024, 128, 8, 64
+    assert m.params == hybrid_params(10, 2, 12, hid=1024, heads=16, groups=8) and m.position == "none"
+    assert h.job["total_steps"] == 6400 // 64 and h.job["warmup_steps"] == 640 // 64
+
+
+def hybrid_params(n_mamba: int, n_attention: int, n_mlp: int, *, hid: int, heads: int, groups: int) -> int:
+    """A Mamba-2 hybrid's parameters: Mamba-2 mixers (state 128, 8 groups, head dim 64), GQA attention and
+    GeLU 4h MLPs without biases, each with its RMSNorm, the final norm and untied 256,000-token tables."""
+    state, ssm_groups, head_dim = 128, 8, 64
     inner = 2 * hid
     mamba_heads = inner // head_dim
-    conv_dim = inner + 2 * groups * state
+    conv_dim = inner + 2 * ssm_groups * state
     mamba = (
-        hid * (2 * inner + 2 * groups * state + mamba_heads)  # in_proj: z, x, B, C, dt
+        hid * (2 * inner + 2 * ssm_groups * state + mamba_heads)  # in_proj: z, x, B, C, dt
         + conv_dim * 4
         + conv_dim  # conv1d weight and bias
         + 3 * mamba_heads  # dt_bias, A_log, D
         + inner  # the gated RMSNorm
         + inner * hid  # out_proj
     )
-    head = hid // 16
-    attention = hid * 16 * head + 2 * hid * 8 * head + 16 * head * hid  # GQA, 8 groups, no biases
+    head = hid // heads
+    attention = hid * heads * head + 2 * hid * groups * head + heads * head * hid  # q, k and v, out
     mlp = 2 * hid * 4 * hid  # GeLU, 4h
     vocab = padded(256000, 128)
-    expected = 10 * (mamba + hid) + 2 * (attention + hid) + 12 * (mlp + hid) + hid + 2 * vocab * hid
-    assert m.params == expected and m.position == "none"
-    assert h.job["total_steps"] == 6400 // 64 and h.job["warmup_steps"] == 640 // 64
+    layers = n_mamba * (mamba + hid) + n_attention * (attention + hid) + n_mlp * (mlp + hid)
+    return layers + hid + 2 * vocab * hid
+
+
+def test_hybrid_layer_pattern_of_pretrain_hybrid_gives_the_layers() -> None:
+    # Megatron's later form: pretrain_hybrid.py, no --num-layers, the pattern's length is the depth.
+    h = hints_of("hybrid_layer_pattern.sh")
+    assert h.style == "megatron" and h.script_exit is None and h.notices == ()
+    m = h.model
+    assert m is not None and m.layers == 32 and m.hybrid == "M-M-*M-M-M-M*-M-M-M-*M-M-M-M-*M-"
+    assert m.params == hybrid_params(14, 4, 14, hid=768, heads=12, groups=4)
+    # --train-samples 640,000 and --lr-warmup-samples 6,400 of 64 sequences per iteration.
+    assert h.job["total_steps"] == 640_000 // 64 and h.job["warmup_steps"] == 6_400 // 64
+    # The old names read the same: pretrain_mamba.py's --hybrid-override-pattern; MTP depths after `/` and
+    # pipeline separators `|` are not decoder layers (get_hybrid_total_layer_count).
+    _, _, args = script_command("hybrid_layer_pattern.sh")
+    old = [("--hybrid-override-pattern" if a == "--hybrid-layer-pattern" else a) for a in args]
+    assert parse_hints("pretrain_mamba.py", old).model == m
+    at = args.index("--hybrid-layer-pattern") + 1
+    mtp = [*args[:at], "M-M*|M-M*/MM/MM", *args[at + 1 :], "--pipeline-model-parallel-size", "2"]
+    other = parse_hints("pretrain_hybrid.py", mtp).model
+    assert other is not None and other.layers == 8 and other.hybrid == "M-M*M-M*"
 
 
 def test_hybrid_override_pattern_wins_and_sets_the_stack() -> None:
