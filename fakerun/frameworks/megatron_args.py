@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from fakerun.frameworks import pytrace
 from fakerun.presets import ModelSpec
 
-__all__ = ["Reading", "hybrid_pattern", "read", "tokenizer_vocab", "world_exit", "world_size_exit"]
+__all__ = [
+    "ECHO_PREFIX",
+    "MODERN_ONLY",
+    "Reading",
+    "hybrid_pattern",
+    "read",
+    "tokenizer_vocab",
+    "world_exit",
+    "world_size_exit",
+]
 
 # store_true options this module reads (argparse: present or not, no value).
 _FLAGS = frozenset(
@@ -52,8 +61,26 @@ _VALUES = frozenset(
         ),
         *("log_interval", "eval_interval", "eval_iters", "global_batch_size"),
         *("lr_wsd_decay_iters", "lr_wsd_decay_samples", "lr_wsd_decay_style"),
+        *("adam_beta1", "adam_beta2", "adam_eps", "init_method_std", "weight_decay", "attention_dropout"),
+        *("hidden_dropout", "tensorboard_dir", "rotary_base"),
     }
 )
+# Arguments the arguments block echoes as the script gave them (argparse's type: float, int, str, flag), else
+# Megatron's defaults (arguments.py); pretrain_gpt.py's args_defaults make the tokenizer GPT-2's.
+_ECHOED: tuple[tuple[str, type, object], ...] = (
+    *(("adam_beta1", float, 0.9), ("adam_beta2", float, 0.999), ("adam_eps", float, 1e-08)),
+    *(("init_method_std", float, 0.02), ("weight_decay", float, 0.01)),
+    *(("attention_dropout", float, 0.1), ("hidden_dropout", float, 0.1)),
+    *(("tokenizer_type", str, "GPT2BPETokenizer"), ("tokenizer_model", str, None), ("vocab_size", int, None)),
+    *(("position_embedding_type", str, "learned_absolute"), ("normalization", str, "LayerNorm")),
+    *(("swiglu", bool, False), ("rotary_base", int, 10000), ("tensorboard_dir", str, None)),
+    *(("train_samples", int, None), ("lr_warmup_samples", int, 0), ("lr_decay_samples", int, None)),
+)
+# Of those, the ones Megatron-LM gained after 2022 (absent from the 2021-22 code's block).
+MODERN_ONLY = frozenset(
+    {"tokenizer_model", "vocab_size", "position_embedding_type", "normalization", "swiglu", "rotary_base"}
+)
+ECHO_PREFIX = "megatron.arg."  # Hints.settings keys of the echoed arguments (the rest is the dest name)
 # Its defaults (megatron/training/arguments.py) where they differ from a preset's training defaults.
 DEFAULT_LOG_INTERVAL = 100
 DEFAULT_EVAL_INTERVAL = 1000
@@ -131,6 +158,32 @@ def scan(args: Sequence[str]) -> dict[str, str | None]:
             elif i < len(args) and not args[i].startswith("--"):
                 out[key] = args[i]
                 i += 1
+    return out
+
+
+def _shown(kind: type, text: str) -> str:
+    """An argument's value as _print_args shows it: argparse's conversion, then str()."""
+    try:
+        return str(kind(text)) if kind in (int, float) else text
+    except ValueError:
+        return text
+
+
+def echoed(opts: Mapping[str, str | None]) -> dict[str, str]:
+    """Hints.settings of the arguments the block echoes: the script's values, else Megatron's defaults; a
+    run given in samples shows train_iters None and no warmup iterations (validate_args keeps them so)."""
+    out: dict[str, str] = {}
+    for dest, kind, default in _ECHOED:
+        if kind is bool:
+            shown = str(dest in opts)
+        elif opts.get(dest):
+            shown = _shown(kind, opts[dest] or "")
+        else:
+            shown = str(default)
+        out[ECHO_PREFIX + dest] = shown
+    if opts.get("train_samples") and not opts.get("train_iters"):
+        out[ECHO_PREFIX + "train_iters"] = "None"
+        out[ECHO_PREFIX + "lr_warmup_iters"] = str(_int(opts, "lr_warmup_iters", 0))
     return out
 
 
@@ -550,6 +603,7 @@ def read(script: str, args: Sequence[str]) -> Reading:
             settings[f"megatron.{key}"] = opts[key] or ""
     if "sequence_parallel" in opts:
         settings["megatron.sequence_parallel"] = "1"
+    settings |= echoed(opts)
     tp = _int(opts, "tensor_model_parallel_size", 1)
     layout = (tp, _int(opts, "pipeline_model_parallel_size", 1), _int(opts, "context_parallel_size", 1))
     dtype = "torch.bfloat16" if "bf16" in opts else "torch.float16" if "fp16" in opts else "torch.float32"

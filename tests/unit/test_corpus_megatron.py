@@ -17,7 +17,7 @@ from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects.base import Seat
 from fakerun.dialects.files import SaveRequest
-from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.megatron import MegatronDialect, argument_rows
 from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
 from fakerun.frameworks import megatron_args, pytrace
 from fakerun.hints import Hints, parse_hints
@@ -612,3 +612,67 @@ def test_world_size_is_checked_before_the_model_arguments(nproc: int, last: str)
     final = hints.script_exit[0].splitlines()[-1]
     assert final.startswith(last) if last else final == "AssertionError"
     assert ("assert args.save_interval is not None" in hints.script_exit[0]) == (not last)
+
+
+def launch_of(script: str, args: list[str], nproc: int, *, use_env: bool = False) -> Hints:
+    """build_run's hints for `python -m torch.distributed.launch` of `script` (without --use-env: the workers
+    get --local-rank=N first)."""
+    launch = ["--nproc_per_node", str(nproc), *(["--use-env"] if use_env else []), script, *args]
+    cmd = parse_command_line(launch, {}, launch=True)
+    bundle = presets.resolve("llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    return build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=False)[1]
+
+
+LEGACY_ARGS = str.split(
+    "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 "
+    "--micro-batch-size 1 --global-batch-size 4 --train-iters 10 --lr 1e-4 --checkpoint-activations --fp16"
+)
+
+
+@pytest.mark.parametrize(("extra", "option"), [([], "--DDP-impl"), (["--deepspeed"], "--deepspeed_config")])
+def test_launch_passes_local_rank_which_legacy_parsers_refuse(
+    monkeypatch: pytest.MonkeyPatch, extra: list[str], option: str
+) -> None:
+    # 2021-22 Megatron-LM and Megatron-DeepSpeed know only --local_rank: argparse prints its usage (wrapped
+    # at COLUMNS - 2) and the error, exit 2, on every rank with that rank's --local-rank=N.
+    monkeypatch.setenv("COLUMNS", "100")
+    hints = launch_of("examples/../pretrain_gpt.py", [*LEGACY_ARGS, *extra], 2)
+    assert hints.script_exit is not None
+    text, code = hints.script_exit
+    lines = pytrace.with_rank(text, 1).replace(pytrace.LOCAL_RANK_SLOT, "1").splitlines()
+    assert code == 2 and lines[0].startswith("usage: pretrain_gpt.py [-h] [--num-layers NUM_LAYERS] ")
+    assert lines[-1] == "pretrain_gpt.py: error: unrecognized arguments: --local-rank=1"
+    indent = " " * len("usage: pretrain_gpt.py ")
+    # Wrapped at 98 columns, but for one option too long for a line of its own.
+    assert all(x.startswith(indent + "[") and (len(x) <= 98 or x.count(" [-") == 1) for x in lines[1:-1])
+    # Each parser's own options: the 2021 code's --DDP-impl, DeepSpeed's config arguments.
+    assert f"[{option} " in text and "[--local_rank LOCAL_RANK]" in text
+    # The same script with --use-env, or under torchrun, runs.
+    assert launch_of("pretrain_gpt.py", [*LEGACY_ARGS, *extra], 2, use_env=True).script_exit is None
+
+
+def test_launch_local_rank_is_accepted_by_megatron_core() -> None:
+    # Megatron-core reads LOCAL_RANK from the environment: a core script under launch is not refused by it.
+    args = [a for a in LEGACY_ARGS if a != "--checkpoint-activations"]
+    assert launch_of("pretrain_gpt.py", args, 2).script_exit is None
+
+
+def test_arguments_block_echoes_the_scripts_own_values() -> None:
+    nproc, script, args = script_command("llama3_8b.sh")
+    run, hints = run_of(script, [*args, "--init-method-std", "0.0134", "--adam-eps", "1.0e-8"], nproc)
+    rows = dict(argument_rows(run, 1234, "ck", settings=hints.settings))
+    # As given (argparse's float() then str()), else Megatron's defaults (arguments.py): Adam's beta2 0.999,
+    # weight decay 0.01, dropout 0.1.
+    assert (rows["init_method_std"], rows["adam_eps"], rows["rotary_base"]) == ("0.0134", "1e-08", "500000")
+    assert (rows["adam_beta2"], rows["weight_decay"], rows["attention_dropout"]) == ("0.999", "0.01", "0.1")
+    assert rows["tokenizer_type"] == "HuggingFaceTokenizer"
+    assert rows["tokenizer_model"] == "/models/Meta-Llama-3-8B"
+    assert (rows["position_embedding_type"], rows["normalization"]) == ("rope", "RMSNorm")
+    assert rows["swiglu"] == "True"
+    assert (rows["vocab_size"], rows["tensorboard_dir"], rows["save_interval"]) == ("None", "None", None)
+    # A run given in samples: validate_args leaves train_iters None and the samples as given.
+    assert (rows["train_iters"], rows["train_samples"], rows["lr_warmup_samples"]) == ("None", "1280", "128")
+    assert (rows["lr_warmup_iters"], rows["lr_decay_samples"]) == ("0", "None")
+    # The 2021-22 code's block has none of the arguments Megatron gained later, and the same given values.
+    legacy = dict(argument_rows(run, 1234, "ck", settings=hints.settings, legacy=True))
+    assert not megatron_args.MODERN_ONLY & set(legacy) and legacy["init_method_std"] == "0.0134"
