@@ -1548,8 +1548,10 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     script_exit: tuple[str, int] | None = None
     script_stdout = ""
     megatron_stdout: Callable[[int], str] | None = None
+    megatron_layout = (1, 1, 1)
     if dialects.DIALECTS[style].hints.arch_defaults:
         reading = megatron_args.read(script, args)
+        megatron_layout = reading.layout
         core = style == "megatron" and not megatron.MegatronDialect.legacy_for(settings)
         megatron_stdout = reading.printed_before if core else None
         spec, notices, script_exit = _megatron_reading(b, reading, core=core)
@@ -1625,7 +1627,22 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         hints = dataclasses.replace(hints, world_exit=_megatron_world(script, hints))
     if megatron_stdout is not None:
         hints = dataclasses.replace(hints, world_stdout=megatron_stdout)
+        if hints.script_exit is not None and hints.world_exit is None:
+            hints = dataclasses.replace(hints, world_exit=_megatron_world_first(script, megatron_layout))
     return hints
+
+
+def _megatron_world_first(
+    script: str, layout: tuple[int, int, int]
+) -> Callable[[int], tuple[str, int] | None]:
+    """Hints.world_exit of a Megatron core job refused for its model arguments: validate_args checks the
+    world size before them, so a world size it refuses is what the ranks die of."""
+
+    def refused(world: int) -> tuple[str, int] | None:
+        death = megatron_args.world_size_exit(script, layout, world)
+        return None if death is None else (death, 1)
+
+    return refused
 
 
 def _megatron_world(script: str, hints: Hints) -> Callable[[int], tuple[str, int] | None]:

@@ -7,11 +7,13 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fakerun import dialects, presets
-from fakerun.frameworks import hf_datasets, hf_deepspeed
+from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
+from fakerun.frameworks import hf_datasets, hf_deepspeed, megatron_argparse
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
 from fakerun.options import CommandLine
@@ -220,6 +222,10 @@ def build_run(
         raise JobConfigError(str(exc)) from None
     world = nnodes * nproc_per_node
     refused = hints.world_exit(world) if hints.world_exit is not None else None
+    if not args.use_env:
+        # torch.distributed.launch passes --local-rank=N, which the older Megatron parsers do not know.
+        usage = _legacy_megatron_usage(hints, args.training_script, args.training_script_args)
+        refused = (usage, 2) if usage is not None else refused
     if refused is not None:
         # Every rank dies at start: the job it would have run is never built (its batch may not even divide).
         hints = Hints(
@@ -354,6 +360,18 @@ def build_run(
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints
+
+
+def _legacy_megatron_usage(hints: Hints, script: str, args: Sequence[str]) -> str | None:
+    """argparse's refusal of `--local-rank=N` by 2021-22 Megatron-LM or Megatron-DeepSpeed (their
+    `--local_rank`): the usage and error every rank prints before exiting with code 2."""
+    if hints.style == MegatronDeepSpeedDialect.name:
+        words = megatron_argparse.MEGATRON_DEEPSPEED
+    elif hints.style == MegatronDialect.name and MegatronDialect.legacy_for(hints.settings):
+        words = megatron_argparse.LEGACY_MEGATRON
+    else:
+        return None
+    return megatron_argparse.refusal(script, args, words)
 
 
 def _validates_results(job: JobSpec, settings: Mapping[str, str]) -> bool:

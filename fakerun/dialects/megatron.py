@@ -32,6 +32,7 @@ from fakerun.dialects.events import (
     WorkerStarted,
 )
 from fakerun.dialects.files import Artifact, SaveRequest
+from fakerun.frameworks import megatron_args
 from fakerun.sim import checkpoint
 from fakerun.sim.checkpoint import checkpoint_dir
 from fakerun.sim.job import JobSpec
@@ -70,10 +71,10 @@ MEGATRON_OPTIONS = (
     "attention-dropout hidden-dropout transformer-impl initial-loss-scale loss-scale-window loss-scale "
     "min-loss-scale hysteresis exit-interval exit-duration-in-mins checkpoint-activations "
     "activations-checkpoint-method activations-checkpoint-num-layers distribute-checkpointed-activations "
-    "DDP-impl"
+    "DDP-impl hybrid-layer-pattern hybrid-override-pattern"
 )
 HINTS = HintRule(
-    script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|retro|ict|vlm|vision)"),
+    script=re.compile(r"megatron|pretrain_(gpt|bert|t5|mamba|hybrid|retro|ict|vlm|vision)"),
     exact=words(MEGATRON_OPTIONS),
     arch_defaults=True,
     save_option="save",
@@ -241,7 +242,7 @@ def argument_rows(
         ("rank", 0),
         ("recompute_granularity", job.recompute if recompute_given and job.recompute != "none" else None),
         ("save", save),
-        ("save_interval", run.save_interval),
+        ("save_interval", run.save_interval or None),  # --save-interval defaults to None
         ("seed", seed),
         ("seq_length", job.seq_len),
         # validate_args turns --sequence-parallel off without tensor parallelism; it is never on unasked.
@@ -253,6 +254,13 @@ def argument_rows(
         ("weight_decay", 0.1),
         ("world_size", job.world_size),
     ]
+    # The script's own values (megatron_args.echoed) where Megatron read its arguments.
+    shown = dict(rows)
+    for key, value in given.items():
+        dest = key.removeprefix(megatron_args.ECHO_PREFIX)
+        if dest != key and not (legacy and dest in megatron_args.MODERN_ONLY):
+            shown[dest] = value
+    rows = list(shown.items())
     if not legacy:
         # TransformerConfig's fp8 (--fp8-format, default None) and fp8_recipe (default "delayed").
         rows += [

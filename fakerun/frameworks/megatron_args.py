@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from fakerun.frameworks import pytrace
 from fakerun.presets import ModelSpec
 
-__all__ = ["Reading", "hybrid_pattern", "read", "tokenizer_vocab", "world_exit"]
+__all__ = [
+    "ECHO_PREFIX",
+    "MODERN_ONLY",
+    "Reading",
+    "hybrid_pattern",
+    "read",
+    "tokenizer_vocab",
+    "world_exit",
+    "world_size_exit",
+]
 
 # store_true options this module reads (argparse: present or not, no value).
 _FLAGS = frozenset(
@@ -36,16 +45,42 @@ _VALUES = frozenset(
         *("kv_channels", "max_position_embeddings", "seq_length", "position_embedding_type"),
         *("normalization", "make_vocab_size_divisible_by", "vocab_size", "tokenizer_type", "tokenizer_model"),
         *("num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"),
-        *("hybrid_attention_ratio", "hybrid_mlp_ratio", "hybrid_override_pattern"),
+        *("hybrid_attention_ratio", "hybrid_mlp_ratio", "hybrid_override_pattern", "hybrid_layer_pattern"),
         *("mamba_state_dim", "mamba_head_dim", "mamba_num_groups"),
         *("micro_batch_size", "global_batch_size", "train_iters", "train_samples", "lr", "min_lr"),
         *("lr_warmup_iters", "lr_warmup_fraction", "lr_warmup_samples", "lr_decay_iters", "lr_decay_samples"),
         *("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"),
-        *("expert_model_parallel_size", "save", "save_interval", "ckpt_format", "fp8_format", "fp8_recipe"),
+        *(
+            "expert_model_parallel_size",
+            "expert_tensor_parallel_size",
+            "save",
+            "save_interval",
+            "ckpt_format",
+            "fp8_format",
+            "fp8_recipe",
+        ),
         *("log_interval", "eval_interval", "eval_iters", "global_batch_size"),
         *("lr_wsd_decay_iters", "lr_wsd_decay_samples", "lr_wsd_decay_style"),
+        *("adam_beta1", "adam_beta2", "adam_eps", "init_method_std", "weight_decay", "attention_dropout"),
+        *("hidden_dropout", "tensorboard_dir", "rotary_base"),
     }
 )
+# Arguments the arguments block echoes as the script gave them (argparse's type: float, int, str, flag), else
+# Megatron's defaults (arguments.py); pretrain_gpt.py's args_defaults make the tokenizer GPT-2's.
+_ECHOED: tuple[tuple[str, type, object], ...] = (
+    *(("adam_beta1", float, 0.9), ("adam_beta2", float, 0.999), ("adam_eps", float, 1e-08)),
+    *(("init_method_std", float, 0.02), ("weight_decay", float, 0.01)),
+    *(("attention_dropout", float, 0.1), ("hidden_dropout", float, 0.1)),
+    *(("tokenizer_type", str, "GPT2BPETokenizer"), ("tokenizer_model", str, None), ("vocab_size", int, None)),
+    *(("position_embedding_type", str, "learned_absolute"), ("normalization", str, "LayerNorm")),
+    *(("swiglu", bool, False), ("rotary_base", int, 10000), ("tensorboard_dir", str, None)),
+    *(("train_samples", int, None), ("lr_warmup_samples", int, 0), ("lr_decay_samples", int, None)),
+)
+# Of those, the ones Megatron-LM gained after 2022 (absent from the 2021-22 code's block).
+MODERN_ONLY = frozenset(
+    {"tokenizer_model", "vocab_size", "position_embedding_type", "normalization", "swiglu", "rotary_base"}
+)
+ECHO_PREFIX = "megatron.arg."  # Hints.settings keys of the echoed arguments (the rest is the dest name)
 # Its defaults (megatron/training/arguments.py) where they differ from a preset's training defaults.
 DEFAULT_LOG_INTERVAL = 100
 DEFAULT_EVAL_INTERVAL = 1000
@@ -123,6 +158,32 @@ def scan(args: Sequence[str]) -> dict[str, str | None]:
             elif i < len(args) and not args[i].startswith("--"):
                 out[key] = args[i]
                 i += 1
+    return out
+
+
+def _shown(kind: type, text: str) -> str:
+    """An argument's value as _print_args shows it: argparse's conversion, then str()."""
+    try:
+        return str(kind(text)) if kind in (int, float) else text
+    except ValueError:
+        return text
+
+
+def echoed(opts: Mapping[str, str | None]) -> dict[str, str]:
+    """Hints.settings of the arguments the block echoes: the script's values, else Megatron's defaults; a
+    run given in samples shows train_iters None and no warmup iterations (validate_args keeps them so)."""
+    out: dict[str, str] = {}
+    for dest, kind, default in _ECHOED:
+        if kind is bool:
+            shown = str(dest in opts)
+        elif opts.get(dest):
+            shown = _shown(kind, opts[dest] or "")
+        else:
+            shown = str(default)
+        out[ECHO_PREFIX + dest] = shown
+    if opts.get("train_samples") and not opts.get("train_iters"):
+        out[ECHO_PREFIX + "train_iters"] = "None"
+        out[ECHO_PREFIX + "lr_warmup_iters"] = str(_int(opts, "lr_warmup_iters", 0))
     return out
 
 
@@ -226,6 +287,19 @@ _TO_CALCULATOR: tuple[_Frame, ...] = (
         "assert global_batch_size % micro_batch_times_data_parallel_size == 0, (",
     ),
 )
+# To the expert grid's check in initialize_model_parallel (after init_process_group).
+_TO_MODEL_PARALLEL: tuple[_Frame, ...] = (
+    ("megatron/training/training.py", 586, "pretrain", "initialize_megatron("),
+    ("megatron/training/initialize.py", 156, "initialize_megatron", "finish_mpu_init()"),
+    (
+        "megatron/training/initialize.py",
+        121,
+        "finish_mpu_init",
+        "_initialize_distributed(get_embedding_ranks, get_position_embedding_ranks, store)",
+    ),
+    ("megatron/training/initialize.py", 359, "_initialize_distributed", "mpu.initialize_model_parallel("),
+    ("megatron/core/parallel_state.py", 750, "initialize_model_parallel", "raise RuntimeError("),
+)
 _ARGS = "megatron/training/arguments.py"
 _ASSERTS: dict[str, _Frame] = {
     "world": (_ARGS, 374, "validate_args", "assert args.world_size % total_model_size == 0, ("),
@@ -259,6 +333,13 @@ _BUILDERS = {
         "mamba_builders.py",
         14,
         "mamba_builder",
+        "core_transformer_config_from_args(args, TransformerConfig)",
+    ),
+    # Megatron's later pretrain_hybrid.py (its line numbers: the script's own at HEAD, the rest v0.15.3's).
+    "pretrain_hybrid.py": (
+        "hybrid_builders.py",
+        15,
+        "hybrid_builder",
         "core_transformer_config_from_args(args, TransformerConfig)",
     ),
 }
@@ -302,19 +383,29 @@ _CONFIG_FILE = "megatron/core/transformer/transformer_config.py"
 _CONFIG_RAISES = {"num_attention_heads": 744, "num_query_groups": 759}
 
 # pretrain()'s call in each entry script (the line of `pretrain(`).
-_ENTRY = {"pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provider,")}
+_ENTRY = {
+    "pretrain_mamba.py": (223, "pretrain(train_valid_test_datasets_provider,"),
+    "pretrain_hybrid.py": (553, "pretrain("),
+}
 _ENTRY_GPT = (233, "pretrain(")
 
 
-def traceback_text(script: str, frames: Sequence[_Frame], message: str) -> str:
-    """Python's traceback of an AssertionError raised under the script's pretrain() (no rank prefix: torch's
-    excepthook is not installed before init_process_group)."""
+def traceback_text(
+    script: str,
+    frames: Sequence[_Frame],
+    message: str,
+    *,
+    error: str = "AssertionError",
+    after_init: bool = False,
+) -> str:
+    """Python's traceback of an exception (`error`) raised under the script's pretrain(): without a rank
+    prefix before init_process_group (torch's excepthook is not installed yet), with it after."""
     path = os.path.abspath(script)
     root = os.path.dirname(path)
     line, code = _ENTRY.get(os.path.basename(path), _ENTRY_GPT)
     entries = [pytrace.Frame(path, line, "<module>", code)]
     entries += [pytrace.Frame(f"{root}/{file}", n, func, source) for file, n, func, source in frames]
-    return pytrace.traceback_text(entries, f"AssertionError: {message}" if message else "AssertionError")
+    return pytrace.traceback_text(entries, f"{error}: {message}" if message else error, after_init=after_init)
 
 
 def _validate_exit(script: str, check: str, message: str = "") -> tuple[str, int]:
@@ -347,6 +438,21 @@ def _size_name(params: int) -> str:
     return f"{params / 1e6:.0f}m" if params < 1e9 else f"{params / 1e9:.1f}b"
 
 
+def _main_pattern(opts: Mapping[str, str | None]) -> str | None:
+    """The hybrid stack's layers as --hybrid-layer-pattern (or its deprecated --hybrid-override-pattern) gives
+    them: the main decoder's part before the first MTP separator `/`, pipeline separators `|` dropped
+    (get_hybrid_total_layer_count)."""
+    pattern = opts.get("hybrid_layer_pattern") or opts.get("hybrid_override_pattern")
+    return pattern.split("/")[0].replace("|", "") if pattern else None
+
+
+def _is_hybrid(script: str, opts: Mapping[str, str | None]) -> bool:
+    """Whether the script builds a hybrid (Mamba) stack: pretrain_mamba.py, pretrain_hybrid.py, or a
+    pattern of layers."""
+    name = os.path.basename(script).lower()
+    return "mamba" in name or "hybrid" in name or _main_pattern(opts) is not None
+
+
 def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelSpec, str | None]:
     """The model pretrain_gpt.py or pretrain_mamba.py builds from these (validated) arguments."""
     layers = int(opts["num_layers"] or 0)
@@ -365,14 +471,14 @@ def _model(script: str, opts: Mapping[str, str | None], tp: int) -> tuple[ModelS
     moe = experts > 1
     vocab, notice = tokenizer_vocab(opts, "GPT2BPETokenizer")
     padded = padded_vocab(vocab, tp, _int(opts, "make_vocab_size_divisible_by", DEFAULT_DIVISIBLE_BY))
-    mamba = "mamba" in os.path.basename(script).lower()
+    mamba = _is_hybrid(script, opts)
     hybrid = ""
     if mamba:
         hybrid = hybrid_pattern(
             layers,
             _float(opts, "hybrid_attention_ratio", 0.0),
             _float(opts, "hybrid_mlp_ratio", 0.0),
-            opts.get("hybrid_override_pattern"),
+            _main_pattern(opts),
         )
     tokenizer = opts.get("tokenizer_type") or "GPT2BPETokenizer"
     llama = swiglu and opts.get("normalization") == "RMSNorm" and position == "rope"
@@ -478,8 +584,12 @@ def _schedule(opts: Mapping[str, str | None]) -> tuple[dict[str, object], dict[s
 
 
 def read(script: str, args: Sequence[str]) -> Reading:
-    """Megatron's reading of a pretrain_gpt.py / pretrain_mamba.py command line."""
+    """Megatron's reading of a pretrain_gpt.py / pretrain_mamba.py / pretrain_hybrid.py command line."""
     opts = scan(args)
+    pattern = _main_pattern(opts)
+    if pattern and _is_hybrid(script, opts):
+        # validate_args: the pattern's layer count is num_layers, whatever --num-layers says.
+        opts["num_layers"] = str(len(pattern))
     settings: dict[str, str] = {
         "megatron.ckpt_format": opts.get("ckpt_format") or "torch_dist",
         "megatron.tokenizer": opts.get("tokenizer_type") or "GPT2BPETokenizer",
@@ -493,6 +603,7 @@ def read(script: str, args: Sequence[str]) -> Reading:
             settings[f"megatron.{key}"] = opts[key] or ""
     if "sequence_parallel" in opts:
         settings["megatron.sequence_parallel"] = "1"
+    settings |= echoed(opts)
     tp = _int(opts, "tensor_model_parallel_size", 1)
     layout = (tp, _int(opts, "pipeline_model_parallel_size", 1), _int(opts, "context_parallel_size", 1))
     dtype = "torch.bfloat16" if "bf16" in opts else "torch.float16" if "fp16" in opts else "torch.float32"
@@ -506,6 +617,8 @@ def read(script: str, args: Sequence[str]) -> Reading:
     cp = _int(opts, "context_parallel_size", 1)
     if cp > 1:
         derived["cp"] = cp
+    if opts.get("expert_tensor_parallel_size") and _int(opts, "num_experts", 0) > 1:
+        derived["etp"] = _int(opts, "expert_tensor_parallel_size", tp)
     if opts.get("fp8_format"):
         derived["fp8"] = True
     cadence = {
@@ -571,26 +684,42 @@ def config_traceback(script: str, field: str, value: int, tp: int) -> str:
     return pytrace.traceback_text(frames, message, after_init=True)
 
 
+def world_size_exit(script: str, layout: tuple[int, int, int], world: int) -> str | None:
+    """validate_args' first refusal, of a world size the tensor x pipeline x context sizes do not divide."""
+    total = layout[0] * layout[1] * layout[2]
+    if world % total == 0:
+        return None
+    message = f"world size ({world}) is not divisible by total_model_size (total_model_size={total})"
+    return _validate_exit(script, "world", message)[0]
+
+
 def world_exit(
     script: str, job: Mapping[str, object], world: int, model: ModelSpec | None = None
 ) -> str | None:
-    """What the ranks die of on `world` GPUs: validate_args' world-size check, the micro-batch calculator's
-    divisibility of the global batch, then TransformerConfig's of the heads and query groups by the
-    tensor-parallel size; None when Megatron accepts the layout."""
+    """What the ranks die of on `world` GPUs, in the order pretrain() meets them: validate_args' world-size
+    check, the micro-batch calculator's divisibility of the global batch, initialize_model_parallel's expert
+    grid, then TransformerConfig's of the heads and query groups by the tensor-parallel size; None when
+    Megatron accepts the layout."""
     tp, pp, cp = (int(str(job.get(key, 1))) for key in ("tp", "pp", "cp"))
-    total = tp * pp * cp
-    if world % total:
-        message = f"world size ({world}) is not divisible by total_model_size (total_model_size={total})"
-        return _validate_exit(script, "world", message)[0]
+    refused = world_size_exit(script, (tp, pp, cp), world)
+    if refused is not None:
+        return refused
     gbs = job.get("global_batch")
     mbs = job.get("micro_batch")
-    dp = world // total
+    dp = world // (tp * pp * cp)
     if isinstance(gbs, int) and isinstance(mbs, int) and gbs % (mbs * dp):
         message = (
             f"global batch size ({gbs}) is not divisible by micro batch size ({mbs}) times data parallel "
             f"size ({dp})"
         )
         return traceback_text(script, _TO_CALCULATOR, message)
+    # initialize_model_parallel's expert grid: --expert-tensor-parallel-size defaults to the tensor size.
+    grid = int(str(job.get("etp") or tp)) * int(str(job.get("ep", 1))) * pp
+    if world % grid:
+        message = (
+            f"world_size ({world}) is not divisible by expert_tensor_model_pipeline_parallel size ({grid})"
+        )
+        return traceback_text(script, _TO_MODEL_PARALLEL, message, error="RuntimeError", after_init=True)
     if model is not None and model.heads % tp:
         return config_traceback(script, "num_attention_heads", model.heads, tp)
     if model is not None and model.kv_heads % tp:

@@ -294,9 +294,9 @@ def comm_plan(job: JobSpec) -> CommPlan:
             layer = dense / max(n_layers, 1)
             add("dp", "all_gather", 2.0 * layer, 2 * n_layers, dp, dp_node, 0.15)
             add("dp", "reduce_scatter", grad_bytes * layer, n_layers, dp, dp_node, 0.15)
-    edp = dp // job.ep
+    edp = job.expert_dp
     if m.is_moe and edp > 1 and expert > 0:
-        edp_node = _per_node(job, job.tp * job.ep, edp)
+        edp_node = _per_node(job, job.expert_tp * job.ep, edp)
         add(
             "edp",
             "reduce_scatter" if job.zero_stage else "all_reduce",
@@ -317,7 +317,7 @@ def comm_plan(job: JobSpec) -> CommPlan:
         add("pp", "send_recv", act_bytes / job.tp, 2 * ga, 2, 1 if inter else 2, 0.5)
     if m.is_moe and job.ep > 1:
         # Token dispatch and combine, forward and backward: 4 all-to-alls per MoE layer per micro batch.
-        ep_node = _per_node(job, job.tp * job.cp, job.ep)
+        ep_node = _per_node(job, job.expert_tp, job.ep)  # the expert grid: ep ranks one etp apart
         add("ep", "all_to_all", act_bytes * m.top_k / job.tp, 4 * n_layers * ga, job.ep, ep_node, 0.8)
     if job.cp > 1:
         # Ring attention: each rank's K and V chunk (its heads' share) goes round the cp ranks, cp - 1 hops

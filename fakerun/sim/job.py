@@ -82,7 +82,11 @@ class JobSpec:
     seed: int = 0
     law: str = "chinchilla"
     start_step: int = 0
+    # Expert parallelism: the MoE layers' experts are split over `ep` ranks, each expert's matrices over
+    # `etp` (0: the dense layers' tp, Megatron's default). The expert grid etp x ep x expert-dp x pp spans
+    # the same world as the dense one (Megatron's initialize_model_parallel), so ep may borrow tp's ranks.
     ep: int = 1
+    etp: int = 0
     recompute: str = "selective"
     lr_schedule: str = "cosine"
     fp32_grad_buffer: bool = False
@@ -135,8 +139,11 @@ class JobSpec:
             )
         if self.global_batch != self.micro_batch * self.dp * self.grad_accum:
             problems.append(f"global_batch {self.global_batch} != micro_batch*dp*grad_accum")
-        if self.dp % self.ep:
-            problems.append(f"dp={self.dp} is not divisible by ep={self.ep}")
+        if self.world_size % (self.expert_tp * self.ep * self.pp):
+            problems.append(
+                f"world_size {self.world_size} is not divisible by etp*ep*pp = "
+                f"{self.expert_tp}*{self.ep}*{self.pp}"
+            )
         if self.gpu != self.cluster.gpu:
             problems.append("gpu differs from the cluster's GPU (use presets.with_gpu)")
         if not 0 <= self.start_step <= self.total_steps:
@@ -184,6 +191,17 @@ class JobSpec:
         return self.dp * self.cp
 
     @property
+    def expert_tp(self) -> int:
+        """Ranks each expert's matrices are split over (expert tensor parallel)."""
+        return self.etp or self.tp
+
+    @property
+    def expert_dp(self) -> int:
+        """Ranks holding the same experts (expert data parallel): the group expert gradients are reduced
+        over and expert states are sharded over."""
+        return self.world_size // (self.expert_tp * self.ep * self.pp)
+
+    @property
     def local_seq_len(self) -> int:
         """Tokens of each sequence one rank holds: its share under context parallelism."""
         return self.seq_len // self.cp
@@ -202,7 +220,7 @@ class JobSpec:
 
     def coords(self, rank: int) -> RankCoords:
         """Megatron's rank order (tp-cp-ep-dp-pp): tensor parallel fastest, then context parallel, then data
-        parallel, then pipeline stage."""
+        parallel, then pipeline stage; the expert rank from the expert grid (etp, ep, expert dp, pp)."""
         tp_rank = rank % self.tp
         cp_rank = (rank // self.tp) % self.cp
         dp_rank = (rank // (self.tp * self.cp)) % self.dp
@@ -214,7 +232,7 @@ class JobSpec:
             tp_rank=tp_rank,
             dp_rank=dp_rank,
             pp_rank=pp_rank,
-            ep_rank=dp_rank % self.ep,
+            ep_rank=(rank // self.expert_tp) % self.ep,
             cp_rank=cp_rank,
         )
 
@@ -253,6 +271,7 @@ def make_job(
     tp: int | None = None,
     pp: int | None = None,
     ep: int | None = None,
+    etp: int | None = None,
     cp: int = 1,
     micro_batch: int | None = None,
     grad_accum: int | None = None,
@@ -343,16 +362,24 @@ def make_job(
         if pp_ > m.layers:
             raise ValueError(f"pp={pp_} exceeds the {m.layers} layers of {m.name}")
     dp_ = rest // (tp_ * pp_)
+    etp_ = tp_ if etp is None else etp
+    if etp_ < 1 or etp_ > npn:
+        raise ValueError(f"etp={etp_} outside [1, nproc_per_node={npn}]")
     if not m.is_moe:
         if ep not in (None, 1):
             raise ValueError(f"ep={ep} needs a mixture-of-experts model; {m.name} is dense")
-        ep_ = 1
+        ep_, etp_ = 1, tp_
     elif ep is None:
-        ep_ = _largest_fitting(min(m.ep, dp_), lambda e: dp_ % e == 0 and m.experts % e == 0)
+        ep_ = _largest_fitting(
+            min(m.ep, dp_), lambda e: world % (etp_ * e * pp_) == 0 and dp_ % e == 0 and m.experts % e == 0
+        )
     else:
         ep_ = ep
-        if ep_ < 1 or dp_ % ep_ or m.experts % ep_:
-            raise ValueError(f"ep={ep_} must divide both dp={dp_} and the {m.experts} experts")
+        if ep_ < 1 or m.experts % ep_:
+            raise ValueError(f"ep={ep_} does not divide the {m.experts} experts")
+    if world % (etp_ * ep_ * pp_):
+        # The expert grid (etp x ep x expert-dp x pp) must tile the world as the dense one does.
+        raise ValueError(f"etp*ep*pp = {etp_}*{ep_}*{pp_} does not divide the world size {world}")
 
     seq = m.seq_len if seq_len is None else seq_len
     if seq < 1 or seq > m.max_position:
@@ -421,6 +448,7 @@ def make_job(
         pp=pp_,
         dp=dp_,
         ep=ep_,
+        etp=0 if etp_ == tp_ else etp_,
         cp=cp,
         micro_batch=mbs,
         grad_accum=ga,

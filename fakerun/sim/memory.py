@@ -111,7 +111,7 @@ def stage_params(job: JobSpec, pp_rank: int) -> tuple[float, float]:
         # Megatron keeps a copy of tied embeddings on the last stage; an untied LM head lives there anyway.
         if not m.tied_embeddings or job.pp > 1:
             dense += emb
-    return dense / job.tp, expert / (job.tp * job.ep)
+    return dense / job.tp, expert / (job.expert_tp * job.ep)
 
 
 def _mlp_coefficient(m: ModelSpec, ffn: int) -> float:
@@ -200,7 +200,7 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     dense, expert = stage_params(job, pp_rank)
     total = dense + expert
     d = job.dp_cp  # context-parallel ranks hold the same weights: ZeRO shards over them too
-    edp = max(d // job.ep, 1)
+    edp = job.expert_dp  # expert states are sharded over the ranks holding the same experts
     grad_b = 4.0 if job.fp32_grad_buffer else 2.0
     z = job.zero_stage
     weight_b, optimizer_b = STATE_BYTES[job.state_layout]

@@ -95,7 +95,10 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         rank, local_rank = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
         torch = stack_for(ctx.run.job.cluster).torch
         stdout = pytrace.stdout_for(ctx.script_stdout, rank, local_rank, torch)
-        return die_at_start(*ctx.script_exit, rank=rank, stdout=stdout)
+        text, code = ctx.script_exit
+        # torch.distributed.launch's --local-rank=N, echoed in an argparse refusal.
+        text = text.replace(pytrace.LOCAL_RANK_SLOT, str(local_rank))
+        return die_at_start(text, code, rank=rank, stdout=stdout)
     try:
         return run_rank(ctx, env, CONTROL_FD)
     except BrokenPipeError as exc:

@@ -907,9 +907,11 @@ class RankTrainer:
             path = checkpoint.checkpoint_dir(step)
             nbytes = checkpoint.checkpoint_bytes(job.model)
             emit(CheckpointSaving(step=step, path=path, format="torch_dist"))
-            self._sleep_until(until)
             if not (self._ending and run.ending == ENDING_HF):
+                # Written while the save lasts, so their real cost (rank 0 writes the most) does not delay
+                # its end past what other ranks print after it (the last rank's test split in Megatron).
                 self._write_files("checkpoint", step)
+            self._sleep_until(until)
             emit(
                 CheckpointSaved(
                     step=step, path=path, nbytes=nbytes, seconds=seconds, bandwidth_gbs=nbytes / seconds / 1e9

@@ -40,6 +40,9 @@ def test_gpt2_script_runs_as_megatron_and_leaves_its_checkpoints(tmp_path: Path)
     assert re.search(r"^  lr_decay_iters \.+ 30$", proc.stdout, flags=re.MULTILINE)
     assert re.search(r"^  context_parallel_size \.+ 1$", proc.stdout, flags=re.MULTILINE)
     assert "data-parallel size: 2, context-parallel size: 1, hierarchical" in proc.stdout
+    # The script's own values, else Megatron's defaults (arguments.py: Adam's beta2 0.999, dropout 0.1).
+    for name, value in (("weight_decay", "0.1"), ("adam_beta2", "0.999"), ("train_samples", "None")):
+        assert re.search(rf"^  {name} \.+ {re.escape(value)}$", proc.stdout, flags=re.MULTILINE), name
     saves = [x for x in out if x.startswith("saving checkpoint at iteration")]
     where = "to checkpoints/gpt2_124m in torch_dist format"
     assert saves == [f"saving checkpoint at iteration {n:7d} {where}" for n in (20, 40)]

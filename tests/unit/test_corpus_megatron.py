@@ -17,7 +17,7 @@ from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects.base import Seat
 from fakerun.dialects.files import SaveRequest
-from fakerun.dialects.megatron import MegatronDialect
+from fakerun.dialects.megatron import MegatronDialect, argument_rows
 from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
 from fakerun.frameworks import megatron_args, pytrace
 from fakerun.hints import Hints, parse_hints
@@ -107,25 +107,51 @@ def test_mamba_hybrid_counts_each_layer_kind() -> None:
     # allocate_layers: round(24 x 0.08) attention and round(24 x 0.5) MLP layers, Mamba for the rest.
     assert (pattern.count("*"), pattern.count("-"), pattern.count("M")) == (2, 12, 10)
     assert pattern == megatron_args.hybrid_pattern(24, 0.08, 0.5, None)
-    hid, state, groups, head_dim = 1024, 128, 8, 64
+    assert m.params == hybrid_params(10, 2, 12, hid=1024, heads=16, groups=8) and m.position == "none"
+    assert h.job["total_steps"] == 6400 // 64 and h.job["warmup_steps"] == 640 // 64
+
+
+def hybrid_params(n_mamba: int, n_attention: int, n_mlp: int, *, hid: int, heads: int, groups: int) -> int:
+    """A Mamba-2 hybrid's parameters: Mamba-2 mixers (state 128, 8 groups, head dim 64), GQA attention and
+    GeLU 4h MLPs without biases, each with its RMSNorm, the final norm and untied 256,000-token tables."""
+    state, ssm_groups, head_dim = 128, 8, 64
     inner = 2 * hid
     mamba_heads = inner // head_dim
-    conv_dim = inner + 2 * groups * state
+    conv_dim = inner + 2 * ssm_groups * state
     mamba = (
-        hid * (2 * inner + 2 * groups * state + mamba_heads)  # in_proj: z, x, B, C, dt
+        hid * (2 * inner + 2 * ssm_groups * state + mamba_heads)  # in_proj: z, x, B, C, dt
         + conv_dim * 4
         + conv_dim  # conv1d weight and bias
         + 3 * mamba_heads  # dt_bias, A_log, D
         + inner  # the gated RMSNorm
         + inner * hid  # out_proj
     )
-    head = hid // 16
-    attention = hid * 16 * head + 2 * hid * 8 * head + 16 * head * hid  # GQA, 8 groups, no biases
+    head = hid // heads
+    attention = hid * heads * head + 2 * hid * groups * head + heads * head * hid  # q, k and v, out
     mlp = 2 * hid * 4 * hid  # GeLU, 4h
     vocab = padded(256000, 128)
-    expected = 10 * (mamba + hid) + 2 * (attention + hid) + 12 * (mlp + hid) + hid + 2 * vocab * hid
-    assert m.params == expected and m.position == "none"
-    assert h.job["total_steps"] == 6400 // 64 and h.job["warmup_steps"] == 640 // 64
+    layers = n_mamba * (mamba + hid) + n_attention * (attention + hid) + n_mlp * (mlp + hid)
+    return layers + hid + 2 * vocab * hid
+
+
+def test_hybrid_layer_pattern_of_pretrain_hybrid_gives_the_layers() -> None:
+    # Megatron's later form: pretrain_hybrid.py, no --num-layers, the pattern's length is the depth.
+    h = hints_of("hybrid_layer_pattern.sh")
+    assert h.style == "megatron" and h.script_exit is None and h.notices == ()
+    m = h.model
+    assert m is not None and m.layers == 32 and m.hybrid == "M-M-*M-M-M-M*-M-M-M-*M-M-M-M-*M-"
+    assert m.params == hybrid_params(14, 4, 14, hid=768, heads=12, groups=4)
+    # --train-samples 640,000 and --lr-warmup-samples 6,400 of 64 sequences per iteration.
+    assert h.job["total_steps"] == 640_000 // 64 and h.job["warmup_steps"] == 6_400 // 64
+    # The old names read the same: pretrain_mamba.py's --hybrid-override-pattern; MTP depths after `/` and
+    # pipeline separators `|` are not decoder layers (get_hybrid_total_layer_count).
+    _, _, args = script_command("hybrid_layer_pattern.sh")
+    old = [("--hybrid-override-pattern" if a == "--hybrid-layer-pattern" else a) for a in args]
+    assert parse_hints("pretrain_mamba.py", old).model == m
+    at = args.index("--hybrid-layer-pattern") + 1
+    mtp = [*args[:at], "M-M*|M-M*/MM/MM", *args[at + 1 :], "--pipeline-model-parallel-size", "2"]
+    other = parse_hints("pretrain_hybrid.py", mtp).model
+    assert other is not None and other.layers == 8 and other.hybrid == "M-M*M-M*"
 
 
 def test_hybrid_override_pattern_wins_and_sets_the_stack() -> None:
@@ -534,3 +560,119 @@ def test_die_at_start_prints_rank0_stdout_first(capsys: pytest.CaptureFixture[st
     oops = f"[rank{pytrace.RANK_SLOT}]: oops\n"
     assert die_at_start(oops, 1, rank=2, stdout=pytrace.stdout_for(printed, 2, 2, "2.13.0")) == 1
     assert capsys.readouterr() == ("", "[rank2]: oops\n")
+
+
+def test_expert_grid_that_does_not_tile_the_world_dies_in_initialize_model_parallel() -> None:
+    # The Mixtral script on PP4: ETP (= TP 1) x EP 8 x PP 4 = 32 ranks per expert grid slice, 8 GPUs.
+    nproc, script, args = script_command("mixtral_8x7b.sh")
+    _, hints = run_of(script, [*args, "--pipeline-model-parallel-size", "4"], nproc)
+    assert hints.script_exit is not None
+    text = pytrace.with_rank(hints.script_exit[0], 5)
+    lines = text.splitlines()
+    assert lines[-1] == (
+        "[rank5]: RuntimeError: world_size (8) is not divisible by expert_tensor_model_pipeline_parallel "
+        f"size ({1 * 8 * 4})"
+    )
+    # After init_process_group (torch's excepthook prefixes every line), from _initialize_distributed.
+    assert all(x.startswith("[rank5]: ") for x in lines)
+    where = Path("megatron/core/parallel_state.py").absolute()
+    assert lines[-3:-1] == [
+        f'[rank5]:   File "{where}", line 750, in initialize_model_parallel',
+        "[rank5]:     raise RuntimeError(",
+    ]
+    assert "    mpu.initialize_model_parallel(" in text and "in finish_mpu_init" in text
+
+
+def test_experts_borrow_tensor_ranks_with_expert_tensor_parallel_one() -> None:
+    # TP4 x EP8 on 8 GPUs is valid with --expert-tensor-parallel-size 1 (the expert grid 1 x 8 x 1 x 1).
+    nproc, script, args = script_command("mixtral_8x7b.sh")
+    extra = ["--tensor-model-parallel-size", "4", "--expert-tensor-parallel-size", "1", "--sequence-parallel"]
+    run, hints = run_of(script, [*args, *extra], nproc)
+    assert hints.script_exit is None
+    job = run.job
+    assert (job.tp, job.dp, job.ep, job.expert_tp, job.expert_dp) == (4, 2, 8, 1, 1)
+    # Each rank holds one whole expert (3 matrices of 4096 x 14336) of each of the 32 layers.
+    assert memory.stage_params(job, 0)[1] == 32 * 3 * 4096 * 14336
+    ops = {(op.group, op.op): op.ranks for op in comm_plan(job).ops}
+    assert ops[("ep", "all_to_all")] == 8 and ("edp", "all_reduce") not in ops
+    # Without it the experts are split over TP's 4 ranks too: 4 x 8 x 1 does not tile 8 GPUs.
+    _, refused = run_of(script, [*args, "--tensor-model-parallel-size", "4"], nproc)
+    assert refused.script_exit is not None
+    assert refused.script_exit[0].endswith("expert_tensor_model_pipeline_parallel size (32)\n")
+
+
+@pytest.mark.parametrize(("nproc", "last"), [(6, "AssertionError: world size (6) is not divisible"), (8, "")])
+def test_world_size_is_checked_before_the_model_arguments(nproc: int, last: str) -> None:
+    # validate_args asserts the world size first, then --save's --save-interval.
+    base = "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --max-position-embeddings 512 --save ck"
+    args = [*base.split(), "--micro-batch-size", "1", "--train-iters", "9"]
+    args += ["--tensor-model-parallel-size", "4"]
+    _, hints = run_of("pretrain_gpt.py", args, nproc)
+    assert hints.script_exit is not None
+    final = hints.script_exit[0].splitlines()[-1]
+    assert final.startswith(last) if last else final == "AssertionError"
+    assert ("assert args.save_interval is not None" in hints.script_exit[0]) == (not last)
+
+
+def launch_of(script: str, args: list[str], nproc: int, *, use_env: bool = False) -> Hints:
+    """build_run's hints for `python -m torch.distributed.launch` of `script` (without --use-env: the workers
+    get --local-rank=N first)."""
+    launch = ["--nproc_per_node", str(nproc), *(["--use-env"] if use_env else []), script, *args]
+    cmd = parse_command_line(launch, {}, launch=True)
+    bundle = presets.resolve("llama3-8b", cmd.fake.gpu, cmd.fake.cluster)
+    return build_run(cmd, bundle, nnodes=1, nproc_per_node=nproc, model_given=False)[1]
+
+
+LEGACY_ARGS = str.split(
+    "--num-layers 2 --hidden-size 256 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 "
+    "--micro-batch-size 1 --global-batch-size 4 --train-iters 10 --lr 1e-4 --checkpoint-activations --fp16"
+)
+
+
+@pytest.mark.parametrize(("extra", "option"), [([], "--DDP-impl"), (["--deepspeed"], "--deepspeed_config")])
+def test_launch_passes_local_rank_which_legacy_parsers_refuse(
+    monkeypatch: pytest.MonkeyPatch, extra: list[str], option: str
+) -> None:
+    # 2021-22 Megatron-LM and Megatron-DeepSpeed know only --local_rank: argparse prints its usage (wrapped
+    # at COLUMNS - 2) and the error, exit 2, on every rank with that rank's --local-rank=N.
+    monkeypatch.setenv("COLUMNS", "100")
+    hints = launch_of("examples/../pretrain_gpt.py", [*LEGACY_ARGS, *extra], 2)
+    assert hints.script_exit is not None
+    text, code = hints.script_exit
+    lines = pytrace.with_rank(text, 1).replace(pytrace.LOCAL_RANK_SLOT, "1").splitlines()
+    assert code == 2 and lines[0].startswith("usage: pretrain_gpt.py [-h] [--num-layers NUM_LAYERS] ")
+    assert lines[-1] == "pretrain_gpt.py: error: unrecognized arguments: --local-rank=1"
+    indent = " " * len("usage: pretrain_gpt.py ")
+    # Wrapped at 98 columns, but for one option too long for a line of its own.
+    assert all(x.startswith(indent + "[") and (len(x) <= 98 or x.count(" [-") == 1) for x in lines[1:-1])
+    # Each parser's own options: the 2021 code's --DDP-impl, DeepSpeed's config arguments.
+    assert f"[{option} " in text and "[--local_rank LOCAL_RANK]" in text
+    # The same script with --use-env, or under torchrun, runs.
+    assert launch_of("pretrain_gpt.py", [*LEGACY_ARGS, *extra], 2, use_env=True).script_exit is None
+
+
+def test_launch_local_rank_is_accepted_by_megatron_core() -> None:
+    # Megatron-core reads LOCAL_RANK from the environment: a core script under launch is not refused by it.
+    args = [a for a in LEGACY_ARGS if a != "--checkpoint-activations"]
+    assert launch_of("pretrain_gpt.py", args, 2).script_exit is None
+
+
+def test_arguments_block_echoes_the_scripts_own_values() -> None:
+    nproc, script, args = script_command("llama3_8b.sh")
+    run, hints = run_of(script, [*args, "--init-method-std", "0.0134", "--adam-eps", "1.0e-8"], nproc)
+    rows = dict(argument_rows(run, 1234, "ck", settings=hints.settings))
+    # As given (argparse's float() then str()), else Megatron's defaults (arguments.py): Adam's beta2 0.999,
+    # weight decay 0.01, dropout 0.1.
+    assert (rows["init_method_std"], rows["adam_eps"], rows["rotary_base"]) == ("0.0134", "1e-08", "500000")
+    assert (rows["adam_beta2"], rows["weight_decay"], rows["attention_dropout"]) == ("0.999", "0.01", "0.1")
+    assert rows["tokenizer_type"] == "HuggingFaceTokenizer"
+    assert rows["tokenizer_model"] == "/models/Meta-Llama-3-8B"
+    assert (rows["position_embedding_type"], rows["normalization"]) == ("rope", "RMSNorm")
+    assert rows["swiglu"] == "True"
+    assert (rows["vocab_size"], rows["tensorboard_dir"], rows["save_interval"]) == ("None", "None", None)
+    # A run given in samples: validate_args leaves train_iters None and the samples as given.
+    assert (rows["train_iters"], rows["train_samples"], rows["lr_warmup_samples"]) == ("None", "1280", "128")
+    assert (rows["lr_warmup_iters"], rows["lr_decay_samples"]) == ("0", "None")
+    # The 2021-22 code's block has none of the arguments Megatron gained later, and the same given values.
+    legacy = dict(argument_rows(run, 1234, "ck", settings=hints.settings, legacy=True))
+    assert not megatron_args.MODERN_ONLY & set(legacy) and legacy["init_method_std"] == "0.0134"

@@ -117,6 +117,24 @@ class TestRanks:
         assert again == j and hash(again) == hash(j)
 
 
+class TestExpertGrid:
+    def test_experts_may_borrow_tensor_ranks(self) -> None:
+        """Megatron's TP4 x EP8 with ETP1 on 8 GPUs: dp is 2, yet the expert grid 1 x 8 x 1 x 1 tiles the
+        world; the 8 ep ranks are adjacent."""
+        j = job("mixtral-8x7b", nnodes=1, tp=4, pp=1, ep=8, etp=1, check_memory=False)
+        assert (j.dp, j.ep, j.expert_tp, j.expert_dp) == (2, 8, 1, 1)
+        assert [j.coords(r).ep_rank for r in range(8)] == list(range(8))
+
+    def test_expert_tensor_parallel_defaults_to_tp(self) -> None:
+        """Without etp the experts are split over tp too: EP4 needs tp x 4 x pp ranks."""
+        j = job("mixtral-8x7b", nnodes=1, tp=2, pp=1, ep=4, check_memory=False)
+        assert (j.expert_tp, j.expert_dp) == (2, 1)
+        # Ranks tp apart share an expert rank's tensor shards: expert ranks step every tp ranks.
+        assert [j.coords(r).ep_rank for r in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+        with pytest.raises(ValueError, match=r"etp\*ep\*pp = 4\*8\*1 does not divide the world size 8"):
+            job("mixtral-8x7b", nnodes=1, tp=4, pp=1, ep=8)
+
+
 class TestShardingLabel:
     def test_one_data_parallel_rank_has_no_zero_stage(self) -> None:
         """ZeRO over a data-parallel group of one shards nothing: the job says DDP, as real trainers do."""
