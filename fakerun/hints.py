@@ -1260,6 +1260,10 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
                 b.set(b.cadence, key, default, _Given(option, str(default), where="torchtitan's JobConfig"))
         b.top["titan"] = _titan_figures(b, given)
         _titan_context_parallel(b, given)
+        ep = b.job.get("ep")
+        if isinstance(ep, int) and ep > 1:
+            # Experts are not split over the tensor-parallel ranks (expert_tensor_parallel_degree 1).
+            b.set(b.job, "etp", 1, given.get("parallelism.expert_parallel_degree") or _Given("etp", "1"))
         sac = given.get("activation_checkpoint.selective_ac_option")
         if sac is not None and _str(sac) == "op" and b.job.get("recompute") == "selective":
             b.set(b.job, "recompute", "op", sac)  # per-op SAC (an int: every nth layer, as "selective")
