@@ -1701,6 +1701,11 @@ def _megatron_reading(
     return model, reading.notices, death
 
 
+def _gpt2_arch(layers: int, heads: int, hidden: int) -> dict[str, int]:
+    """A GPT-2 shape's arch hints: multi-head attention and the 4x GeLU MLP."""
+    return {"layers": layers, "heads": heads, "kv_heads": heads, "hidden": hidden, "ffn_hidden": 4 * hidden}
+
+
 # ----------------------------------------------------------------------------------------------------
 # llm.c (train_gpt2.cu: single-dash flags, each with a value, read by atoi/atof)
 
@@ -1837,13 +1842,8 @@ def _llmc_py_hints(script: str, args: Sequence[str]) -> Hints:
             raise src.fail(f"{name} {value}: the simulation takes 1 to {high}")
     if not (math.isfinite(a.learning_rate) and 0 < a.learning_rate <= _MAX_LR):
         raise src.fail(f"--learning_rate {a.learning_rate:g}: the simulation needs one in (0, {_MAX_LR:g}]")
-    layers, heads, hidden = llmc_py.shape(a)
     arch = {
-        "layers": layers,
-        "heads": heads,
-        "kv_heads": heads,
-        "hidden": hidden,
-        "ffn_hidden": 4 * hidden,
+        **_gpt2_arch(*llmc_py.shape(a)),
         "vocab": llmc_py.VOCAB,
         "max_position": llmc_py.BLOCK,
         "seq_len": a.sequence_length,
@@ -1982,16 +1982,8 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
         shape = nanogpt.PRETRAINED.get(init)
         if shape is None:
             raise g.fail(f"AssertionError (model.py: {init!r} is not one of {', '.join(nanogpt.PRETRAINED)})")
-        layers, heads, hidden = shape
         # from_pretrained forces GPT-2's vocabulary, block size 1024 and biases; crop_block_size shortens it.
-        arch = {
-            "layers": layers,
-            "heads": heads,
-            "kv_heads": heads,
-            "hidden": hidden,
-            "ffn_hidden": 4 * hidden,
-        }
-        for key, value in {**arch, "vocab": estimates.GPT2_VOCAB, "bias": 1}.items():
+        for key, value in {**_gpt2_arch(*shape), "vocab": estimates.GPT2_VOCAB, "bias": 1}.items():
             b.set(b.arch, key, value, g)
         block = b.job.get("seq_len")
         seq = min(block if isinstance(block, int) else 1024, 1024)
