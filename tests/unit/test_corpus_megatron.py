@@ -691,3 +691,13 @@ def test_default_model_is_named_only_for_a_job_that_runs() -> None:
     _, refused = run_of("pretrain_gpt.py", args, 8)
     assert refused.script_exit is not None and "total_model_size=128" in refused.script_exit[0]
     assert not any("simulating" in n for n in refused.notices)
+
+
+def test_hybrid_rank_holds_its_own_layers_exactly() -> None:
+    """The count Megatron prints for rank (0, 0) without TP or PP is the whole hybrid model, to the parameter:
+    its layers are blocks of different sizes, not the per-layer mean times the depth."""
+    _, script, args = script_command("hybrid_layer_pattern.sh")
+    run, _ = run_of(script, args, 1)
+    expected = hybrid_params(14, 4, 14, hid=768, heads=12, groups=4)
+    dense, expert = memory.stage_params(run.job, 0)
+    assert (dense, expert) == (expected, 0.0)
