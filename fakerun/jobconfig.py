@@ -261,8 +261,9 @@ def build_run(
             model = _default_model(bundle, nnodes, nproc_per_node, kw)
             if hints.style == "hf":
                 hints = dataclasses.replace(hints, notices=(*hints.notices, _hf_default_notice(hints, model)))
-            elif not hints.arch and not hints.notices:
-                # No silent default: say what stands in for the model the arguments do not name.
+            elif not hints.arch and not hints.notices and hints.script_exit is None:
+                # No silent default: say what stands in for the model the arguments do not name. A job whose
+                # ranks die at start (a refusal) builds no model, so nothing stands in for one.
                 assumed = _default_notice(cmd, model, nnodes * nproc_per_node)
                 hints = dataclasses.replace(hints, notices=(assumed,))
         if hints.arch:

@@ -191,6 +191,10 @@ class ModelSpec:
         # dt_bias, A_log and D per head; the gated RMSNorm over the inner width; out_proj.
         return in_proj + conv + 3 * heads + inner + inner * self.hidden
 
+    def hybrid_params(self, start: int, stop: int) -> int:
+        """Parameters of a hybrid stack's layers start..stop-1 (each its own block, norms included)."""
+        return sum(self._block_params(symbol) for symbol in self.hybrid[start:stop])
+
     def _block_params(self, symbol: str) -> int:
         """One layer of a hybrid stack: its block and the norm fused in front of it."""
         if symbol == "M":

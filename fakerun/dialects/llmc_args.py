@@ -18,6 +18,7 @@ __all__ = [
     "UsageError",
     "assertion",
     "c_float",
+    "data_files",
     "data_tokens",
     "from_settings",
     "model_shape",
@@ -369,6 +370,19 @@ def data_tokens(pattern: str, *, val: bool) -> int | None:
         if folder in pattern:
             return val_tokens if val else train_tokens
     return None
+
+
+# dev/data/fineweb.py's --shard_size default: 1e8 tokens a file, the last one the remainder.
+FINEWEB_SHARD_TOKENS = 10**8
+
+
+def data_files(pattern: str, *, val: bool) -> int:
+    """Files the pattern's glob matches (DataLoader's len(self.files)): a FineWeb split's 1e8-token shards
+    when the pattern is a glob, else the one file it names."""
+    tokens = data_tokens(pattern, val=val)
+    if tokens is None or "fineweb" not in pattern.lower() or not any(c in pattern for c in "*?["):
+        return 1
+    return math.ceil(tokens / FINEWEB_SHARD_TOKENS)
 
 
 # main()'s HellaSwag eval file (run only with -h 1 and when it exists).

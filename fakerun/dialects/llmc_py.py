@@ -184,11 +184,11 @@ class LlmcPyDialect:
             return out
         if a.compile:
             out.append("compiling the model...")
-        tokens = llmc_args.data_tokens(a.input_bin, val="_val" in a.input_bin)
-        if tokens is not None:
-            out.append(f"DataLoader: total number of tokens: {tokens:,} across 1 files")
-        if a.input_val_bin and (val := llmc_args.data_tokens(a.input_val_bin, val=True)) is not None:
-            out.append(f"DataLoader: total number of tokens: {val:,} across 1 files")
+        for pattern, val in ((a.input_bin, "_val" in a.input_bin), (a.input_val_bin, True)):
+            tokens = llmc_args.data_tokens(pattern, val=val) if pattern else None
+            if tokens is not None:
+                files = llmc_args.data_files(pattern, val=val)
+                out.append(f"DataLoader: total number of tokens: {tokens:,} across {files} files")
         model = run.job.model
         vp = estimates.padded_vocab(model)
         if a.write_tensors and not a.inference_only:

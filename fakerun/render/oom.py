@@ -55,9 +55,19 @@ def oom_message(figures: OomFigures, device: int) -> str:
     )
 
 
-def oom_traceback(rank: int, script: str, site_packages: str, figures: OomFigures, device: int) -> str:
-    """The uncaught OutOfMemoryError of `loss.backward()`, every line prefixed `[rankN]: ` by torch's hook."""
-    lines = ["Traceback (most recent call last):"]
+# Python 3.11's first entries under `python -m module` (runpy's frozen frames show no source line).
+RUNPY = (
+    '  File "<frozen runpy>", line 198, in _run_module_as_main',
+    '  File "<frozen runpy>", line 88, in _run_code',
+)
+
+
+def oom_traceback(
+    rank: int, script: str, site_packages: str, figures: OomFigures, device: int, *, module: bool = False
+) -> str:
+    """The uncaught OutOfMemoryError of `loss.backward()`, every line prefixed `[rankN]: ` by torch's hook;
+    `module`: the script ran as `python -m` (runpy's frames first)."""
+    lines = ["Traceback (most recent call last):", *(RUNPY if module else ())]
     for lineno, func, code in _SCRIPT:
         lines += [f'  File "{script}", line {lineno}, in {func}', f"    {code}"]
     site = site_packages.rstrip("/")

@@ -277,12 +277,13 @@ def train_loss(job: JobSpec, step: int, spike: object = _UNSET) -> float:
 
 def eval_loss(job: JobSpec, step: int, split: str = "validation") -> float:
     """Validation loss after `step`: consistently above the noiseless training curve, small noise; the test
-    split (`split` "test") is held-out data of the same distribution, with noise of its own."""
+    split (`split` "test") is held-out data of the same distribution, with noise of its own; the train split
+    ("train", nanoGPT's estimate_loss) has no generalisation gap but the same sampling noise."""
     base = expected_loss(job, step + 1)
     spike = spike_at(job, step)
     if spike is not None:
         base += (initial_loss(job) - base) * spike_loss_factor(spike) * 0.8
-    gap = EVAL_GAP * (2.0 if job.regime == "finetune" else 1.0)
+    gap = 0.0 if split == "train" else EVAL_GAP * (2.0 if job.regime == "finetune" else 1.0)
     stream = "eval-noise" if split == "validation" else f"{split}-noise"
     return base * (1.0 + gap + 0.003 * rand.normal(loss_seed(job), stream, step))
 

@@ -92,9 +92,14 @@ def stage_params(job: JobSpec, pp_rank: int) -> tuple[float, float]:
     m = job.model
     dense_layer, expert_layer, router = m.layer_params()
     n = job.stage_layers(pp_rank)
-    if m.is_moe:
+    first = sum(job.stage_layers(p) for p in range(pp_rank))
+    if m.hybrid:
+        # Each layer of a hybrid stack is its own block: the stage's own layers, not n mean layers (Megatron
+        # prints the exact count per rank).
+        dense = float(m.hybrid_params(first, first + n))
+        expert = 0.0
+    elif m.is_moe:
         # The model's first dense_layers layers have one MLP of ffn_hidden in place of the experts.
-        first = sum(job.stage_layers(p) for p in range(pp_rank))
         plain = max(0, min(first + n, m.dense_layers) - first)
         moe = n - plain
         dense = float(moe * (dense_layer + router))

@@ -80,6 +80,12 @@ def die_at_start(text: str, code: int, rank: int = 0, stdout: str = "") -> int:
     return code
 
 
+def module_file(module: str) -> str:
+    """The file `python -m module` runs (cwd): a package's __main__.py or the module."""
+    path = os.path.abspath(module.replace(".", os.sep))
+    return os.path.join(path, "__main__.py") if os.path.isdir(path) else f"{path}.py"
+
+
 def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     """Entry point of a forked worker in simulation mode."""
     # setproctitle relocates the environ block on first use; it must run before environ is rewritten.
@@ -87,6 +93,10 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     os.environ.clear()
     os.environ.update(env)
     sys.argv = argv[2:] if len(argv) > 2 and argv[1] == "-u" else list(argv)
+    module = sys.argv[:1] == ["-m"] and len(sys.argv) > 1
+    if module:
+        # `python -m pkg.mod`: runpy puts the module's file in sys.argv[0], the path its tracebacks name.
+        sys.argv = [module_file(sys.argv[1]), *sys.argv[2:]]
     # A real (Python) worker's interpreter ignores these from its start, so a write to a stdout whose reader
     # left raises BrokenPipeError instead of killing it (the fork got the defaults, as subprocess gives).
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -114,7 +124,7 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         script = script_path()
         with contextlib.suppress(OSError):
             site = sysconfig.get_paths()["purelib"]
-            sys.stderr.write(oom_traceback(rank, script, site, exc.figures, exc.device))
+            sys.stderr.write(oom_traceback(rank, script, site, exc.figures, exc.device, module=module))
             sys.stderr.write(f"{c10_prefix(rank, 'W', 'ProcessGroupNCCL.cpp:1505')} {_NOT_DESTROYED}\n")
             sys.stderr.flush()
         return 1

@@ -439,7 +439,7 @@ class RankTrainer:
                 schedule=job.lr_schedule,
                 model_setup_ms=model_ms,
                 data_setup_ms=data_ms,
-                train_loss=loss.expected_loss(job, job.start_step),
+                train_loss=loss.eval_loss(job, job.start_step, "train"),
                 val_loss=loss.eval_loss(job, job.start_step),
                 sanity_batches=sanity,
                 sanity_s=usual_eval_seconds(job, sanity),
@@ -881,7 +881,7 @@ class RankTrainer:
                     samples=run.eval_iters * job.global_batch,
                     iters=run.eval_iters,
                     epoch=step / run.steps_per_epoch,
-                    train_loss=loss.expected_loss(job, step),
+                    train_loss=loss.eval_loss(job, step, "train"),
                     split=split,
                 )
             )

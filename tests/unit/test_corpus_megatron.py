@@ -676,3 +676,28 @@ def test_arguments_block_echoes_the_scripts_own_values() -> None:
     # The 2021-22 code's block has none of the arguments Megatron gained later, and the same given values.
     legacy = dict(argument_rows(run, 1234, "ck", settings=hints.settings, legacy=True))
     assert not megatron_args.MODERN_ONLY & set(legacy) and legacy["init_method_std"] == "0.0134"
+
+
+def test_default_model_is_named_only_for_a_job_that_runs() -> None:
+    """A script without model arguments gets one launcher notice naming the stand-in; a script whose ranks die
+    at start (TP 8 x PP 16 on 8 GPUs, examples/gpt3's grid) builds no model, so no notice says one stands in
+    for the 96-layer model its arguments name."""
+    _, bare = run_of("pretrain_gpt.py", ["--micro-batch-size", "1", "--train-iters", "10"], 8)
+    (notice,) = bare.notices
+    assert "simulating" in notice or "--num-layers" in notice
+    grid = "--tensor-model-parallel-size 8 --pipeline-model-parallel-size 16"
+    model = "--num-layers 96 --hidden-size 12288 --num-attention-heads 96 --seq-length 2048"
+    args = f"{grid} {model} --max-position-embeddings 2048 --micro-batch-size 1 --train-iters 10".split()
+    _, refused = run_of("pretrain_gpt.py", args, 8)
+    assert refused.script_exit is not None and "total_model_size=128" in refused.script_exit[0]
+    assert not any("simulating" in n for n in refused.notices)
+
+
+def test_hybrid_rank_holds_its_own_layers_exactly() -> None:
+    """The count Megatron prints for rank (0, 0) without TP or PP is the whole hybrid model, to the parameter:
+    its layers are blocks of different sizes, not the per-layer mean times the depth."""
+    _, script, args = script_command("hybrid_layer_pattern.sh")
+    run, _ = run_of(script, args, 1)
+    expected = hybrid_params(14, 4, 14, hid=768, heads=12, groups=4)
+    dense, expert = memory.stage_params(run.job, 0)
+    assert (dense, expert) == (expected, 0.0)

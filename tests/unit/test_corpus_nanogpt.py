@@ -460,3 +460,22 @@ class TestLlmcMainLog:
             "s:0 tel:2.500000\ns:0 trl:2.250000\ns:1 trl:2.125000\ns:2 tel:2.000000\ns:2 trl:1.875000\n"
             "s:3 tel:1.750000\n"
         )
+
+
+class TestEstimateLoss:
+    def test_train_split_is_measured_like_val(self, corpus_cwd: Path) -> None:
+        """estimate_loss averages eval_iters batches of each split: the train figure is a measurement with
+        noise of its own, so two evaluations never print the same value while the lr is still warming up
+        (train_shakespeare_char: 100 warmup iterations), and it sits below val by the generalisation gap."""
+        run = build(1, ["train.py", "tests/corpus/nanogpt/small_char.py"])
+        job = run.job
+        first, second = loss.eval_loss(job, 0, "train"), loss.eval_loss(job, 4, "train")
+        assert first != second
+        steps = range(0, 2000, 10)
+        gaps = [
+            (loss.eval_loss(job, s) - loss.eval_loss(job, s, "train")) / loss.expected_loss(job, s + 1)
+            for s in steps
+        ]
+        assert loss.EVAL_GAP / 2 < sum(gaps) / len(gaps) < 2 * loss.EVAL_GAP
+        for s in (0, 4, 500):
+            assert abs(loss.eval_loss(job, s, "train") / loss.expected_loss(job, s + 1) - 1) < 0.02

@@ -3,10 +3,12 @@ nested epoch bars, epoch lines, the shards bar, slow-pause warnings, the success
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
 import re
+from pathlib import Path
 
 from fakerun import presets
 from fakerun.dialects import events as ev
@@ -19,6 +21,7 @@ from fakerun.sim.memory import OomFigures
 from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
 from fakerun.sim.stopping import Patience
+from fakerun.worker.main import module_file
 from fakerun.worker.printer import Printer
 
 GIB = 1024.0**3
@@ -109,6 +112,21 @@ class TestOomMessage:
         assert frames[-1].startswith(
             '[rank3]:   File "/env/lib/python3.11/site-packages/torch/autograd/graph.py"'
         )
+
+    def test_module_run_starts_in_runpy_and_names_the_module_file(self, tmp_path: Path) -> None:
+        """`torchrun -m torchtitan.train`: Python 3.11 starts the traceback in runpy's frozen frames (no
+        source lines), then the module's own file, which is what sys.argv[0] holds under `python -m`."""
+        (tmp_path / "torchtitan").mkdir()
+        with contextlib.chdir(tmp_path):
+            path = module_file("torchtitan.train")
+        assert path == str(tmp_path / "torchtitan" / "train.py")
+        text = oom_traceback(0, path, "/env/site", self.FIGURES, 0, module=True)
+        lines = text.splitlines()
+        assert lines[1:3] == [
+            '[rank0]:   File "<frozen runpy>", line 198, in _run_module_as_main',
+            '[rank0]:   File "<frozen runpy>", line 88, in _run_code',
+        ]
+        assert lines[3].startswith(f'[rank0]:   File "{path}", line ')
 
 
 AT = 1_795_000_000.0

@@ -15,6 +15,7 @@ from fakerun.dialects.llmc_args import (
     Args,
     ProgramExit,
     UsageError,
+    data_files,
     data_tokens,
     model_shape,
     parse_args,
@@ -174,6 +175,14 @@ class TestHints:
         assert data_tokens(Args().val_data_pattern, val=True) == 32_768
         assert data_tokens("dev/data/tinystories/TinyStories_train.bin", val=False) == 925_653_391
         assert data_tokens("/data/mine/*.bin", val=False) is None
+
+    def test_data_files(self) -> None:
+        """fineweb.py writes 1e8-token shards, shard 0 the val split: a glob over the 10B sample's train split
+        finds ceil(9,891,000,000 / 1e8) = 99 files; a file named outright is one."""
+        assert data_files("dev/data/fineweb10B/fineweb_train_*.bin", val=False) == 99
+        assert data_files("dev/data/fineweb10B/fineweb_val_*.bin", val=True) == 1
+        assert data_files("dev/data/fineweb10B/fineweb_train_000001.bin", val=False) == 1
+        assert data_files(Args().train_data_pattern, val=False) == 1
 
 
 def run_for(argv: list[str], nproc: int) -> RunPlan:
