@@ -100,8 +100,8 @@ def make_budget(
         raise BudgetError(f"{what}: give one of --flops, --gpu-hours, --gpus with --days, --dollars")
     if days is not None and gpus is None:
         raise BudgetError("--days needs --gpus (a budget in GPU-days)")
-    if (dollars is None) != (price_per_gpu_hour is None):
-        raise BudgetError("--dollars and --price-per-gpu-hour go together")
+    if dollars is not None and price_per_gpu_hour is None:
+        raise BudgetError("--dollars needs --price-per-gpu-hour")
     if flops is not None:
         if mfu is not None:
             raise BudgetError("--mfu applies to budgets in GPU time, not to --flops")

@@ -82,6 +82,8 @@ def _plan_parser() -> _Parser:
 
 def _plan(argv: Sequence[str]) -> int:
     args = _plan_parser().parse_args(argv)
+    if args.plot is not None and args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"--plot {args.plot}: the file must end in .png, .svg or .pdf")
     law = get_law(args.law)
     cluster = cluster_for(args.cluster, args.gpu)
     gpu_given = args.gpu is not None or args.cluster is not None
@@ -110,6 +112,7 @@ def _plan(argv: Sequence[str]) -> int:
         seq_len=args.seq_len,
         vocab=args.vocab,
         price_per_gpu_hour=args.price_per_gpu_hour,
+        framework=args.framework,
     )
     command = _launch(report, args.framework) if args.launch else None
     if args.sbatch is not None:
@@ -140,9 +143,10 @@ def _needs_design(report: Report, option: str) -> Any:
 
 
 def _launch(report: Report, framework: str) -> str:
+    design = _needs_design(report, "--launch")
     arch = arch_module()
     assert arch is not None  # a design exists only where arch does
-    argv: list[str] = arch.launch_command(_needs_design(report, "--launch"), framework=framework)
+    argv: list[str] = arch.launch_command(design, framework=framework)
     return shlex.join(argv)
 
 
@@ -157,8 +161,6 @@ def _write_sbatch(report: Report, path: Path, framework: str) -> None:
 
 
 def _plot(path: Path, report: Report) -> None:
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise UsageError(f"--plot {path}: the file must end in .png, .svg or .pdf")
     try:
         chart.plot(path, report.budget.flops, report.law, report.plan)
     except ImportError:

@@ -15,6 +15,7 @@ from fakerun.plan import optimum as opt
 from fakerun.plan.budget import Budget, BudgetError
 from fakerun.plan.laws import ScalingLaw
 from fakerun.presets import ClusterSpec, ModelSpec
+from fakerun.sim.job import JobSpec
 from fakerun.sim.loss import Law, data_constrained_tokens
 
 DEFAULT_FAMILY = "llama"
@@ -24,24 +25,52 @@ DEFAULT_VOCAB = 128_256  # Llama 3's tokenizer
 # model's default cluster with that GPU); this model's default cluster is the DGX H100.
 _CLUSTER_REFERENCE_MODEL = "llama3-8b"
 _SI = ("", "K", "M", "B", "T", "P")
-# Design fields that are not figures (the model and cluster are shown in their own sections).
-_NOT_FIGURES = ("model", "cluster", "gpu", "storage", "job")
-# Units of design fields by the end of their names.
+# Design fields shown elsewhere (the model in its own section, the job's layout below) or not figures.
+_NOT_FIGURES = ("model", "job", "tokens", "sources", "node_overhead")
+# Units of design fields by name, then by the end of their names; anything else is a plain number.
+_NAME_UNITS = {"compute": "FLOP", "batch_tokens_fit": "tokens", "cost": "USD"}
 _SUFFIX_UNITS = (
     ("_kwh", "kWh"),
     ("_bytes", "B"),
     ("_gib", "GiB"),
     ("_seconds", "s"),
-    ("_s", "s"),
-    ("_days", "days"),
     ("days", "days"),
     ("gpu_hours", "GPU-hours"),
-    ("_usd", "USD"),
-    ("cost", "USD"),
     ("mfu", "fraction"),
     ("lr", "1"),
-    ("tokens", "tokens"),
-    ("flops", "FLOP"),
+    ("_flops", "FLOP"),
+)
+# Labels of design fields where the name is not one.
+_LABELS = {
+    "step_seconds": "step time",
+    "mfu": "MFU",
+    "memory_gib": "memory per GPU",
+    "days": "wall clock",
+    "gpu_hours": "GPU time",
+    "energy_kwh": "energy",
+    "checkpoint_bytes": "checkpoint size",
+    "checkpoint_save_seconds": "checkpoint save",
+    "batch_tokens_fit": "batch (fit)",
+    "compute": "compute (M x D)",
+    "model_flops": "model FLOPs (6ND)",
+}
+# The simulated job's layout and schedule, with units.
+_JOB_FIGURES = (
+    ("nnodes", "nodes", "1"),
+    ("world_size", "GPUs", "1"),
+    ("tp", "tensor parallel", "1"),
+    ("pp", "pipeline parallel", "1"),
+    ("dp", "data parallel", "1"),
+    ("ep", "expert parallel", "1"),
+    ("zero_stage", "ZeRO stage", "1"),
+    ("recompute", "activation recompute", ""),
+    ("micro_batch", "micro batch", "sequences"),
+    ("global_batch", "global batch", "sequences"),
+    ("tokens_per_step", "tokens per step", "tokens"),
+    ("lr", "peak lr", "1"),
+    ("min_lr", "final lr", "1"),
+    ("warmup_steps", "warm-up", "steps"),
+    ("total_steps", "training steps", "steps"),
 )
 
 
@@ -78,7 +107,6 @@ class Report:
     max_params: float | None = None
     model: ModelSpec | None = None
     design: Any = None
-    price_per_gpu_hour: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def sections(self) -> list[Section]:
@@ -148,18 +176,15 @@ class Report:
 
     def _design_section(self) -> Section:
         figs = []
+        job = getattr(self.design, "job", None)
+        if isinstance(job, JobSpec):
+            figs += [Figure(key, label, getattr(job, key), unit) for key, label, unit in _JOB_FIGURES]
         for f in dataclasses.fields(self.design):
             value = getattr(self.design, f.name)
             if f.name in _NOT_FIGURES or not isinstance(value, int | float | str):
                 continue
-            figs.append(Figure(f.name, f.name.replace("_", " "), value, _unit_of(f.name, value)))
-        hours = getattr(self.design, "gpu_hours", None)
-        if (
-            self.price_per_gpu_hour is not None
-            and isinstance(hours, int | float)
-            and all(f.key != "cost" for f in figs)
-        ):
-            figs.append(Figure("cost", "cost", hours * self.price_per_gpu_hour, "USD"))
+            label = _LABELS.get(f.name, f.name.replace("_", " "))
+            figs.append(Figure(f.name, label, value, _unit_of(f.name, value)))
         return Section("design", "design (simulated)", figs)
 
     def to_json(self) -> dict[str, Any]:
@@ -178,6 +203,8 @@ class Report:
 def _unit_of(name: str, value: object) -> str:
     if isinstance(value, str):
         return ""
+    if name in _NAME_UNITS:
+        return _NAME_UNITS[name]
     return next((unit for suffix, unit in _SUFFIX_UNITS if name.endswith(suffix)), "1")
 
 
@@ -276,6 +303,7 @@ def make_report(
     seq_len: int = DEFAULT_SEQ_LEN,
     vocab: int = DEFAULT_VOCAB,
     price_per_gpu_hour: float | None = None,
+    framework: str = "megatron",
 ) -> Report:
     """The plan for a budget: optima under the law, then, where fakerun.plan.arch is installed and a cluster
     given, the architecture and its simulated design.
@@ -295,43 +323,49 @@ def make_report(
     arch = arch_module() if cluster is not None else None
     model = design = None
     if arch is not None and cluster is not None:
-        model, design = _design(arch, chosen, family, cluster, budget, seq_len, vocab)
+        settings = _Settings(family, cluster, seq_len, vocab, framework, price_per_gpu_hour)
+        model, design = _design(arch, chosen, budget, settings)
         mfu = getattr(design, "mfu", None)
         if budget.gpu_hours is not None and budget.mfu_source == "default" and isinstance(mfu, float):
             budget = budget.with_mfu(mfu, "simulator")
             best, chosen, data, inference = _optima(budget, law, **constraints)
-            model, design = _design(arch, chosen, family, cluster, budget, seq_len, vocab)
+            model, design = _design(arch, chosen, budget, settings)
     elif cluster is not None:
         notes.append("no architecture or design: fakerun.plan.arch is not installed")
     iso = opt.isoflop(budget.flops, law)
-    return Report(
-        law, budget, best, chosen, iso, data, inference, max_params, model, design, price_per_gpu_hour, notes
-    )
+    return Report(law, budget, best, chosen, iso, data, inference, max_params, model, design, notes)
 
 
-def _design(
-    arch: ModuleType,
-    plan: opt.Optimum,
-    family: str,
-    cluster: ClusterSpec,
-    budget: Budget,
-    seq_len: int,
-    vocab: int,
-) -> tuple[ModelSpec, Any]:
+@dataclass(frozen=True)
+class _Settings:
+    """What the design is asked for beside the model's size: family, cluster, shape, framework, price."""
+
+    family: str
+    cluster: ClusterSpec
+    seq_len: int
+    vocab: int
+    framework: str
+    price_per_gpu_hour: float | None
+
+
+def _design(arch: ModuleType, plan: opt.Optimum, budget: Budget, s: _Settings) -> tuple[ModelSpec, Any]:
     """The family's architecture for the planned size and its design on the cluster."""
-    try:
-        fam = arch.FAMILIES[family]
-    except KeyError:
-        raise BudgetError(
-            f"unknown model family {family!r} (choose from: {', '.join(arch.FAMILIES)})"
-        ) from None
-    model: ModelSpec = fam.architecture(plan.params, seq_len=seq_len, vocab=vocab)
-    design = arch.design(model, plan.tokens, cluster=cluster, gpus=budget.gpus, seq_len=seq_len)
+    family = arch.get_family(s.family)
+    model: ModelSpec = family.architecture(plan.params, seq_len=s.seq_len, vocab=s.vocab)
+    design = arch.design(
+        model,
+        plan.tokens,
+        cluster=s.cluster,
+        gpus=budget.gpus,
+        seq_len=s.seq_len,
+        framework=s.framework,
+        price_per_gpu_hour=s.price_per_gpu_hour,
+    )
     return model, design
 
 
-def fmt_value(value: float | int | str, unit: str) -> str:
-    """A figure as the table prints it: counts with SI suffixes, FLOPs in powers of ten, shares in %."""
+def fmt_value(value: float | int | str, unit: str, label: str = "") -> str:
+    """A figure as the table prints it: big numbers with SI suffixes, FLOPs in powers of ten, shares in %."""
     if isinstance(value, str):
         return value
     if unit == "fraction":
@@ -341,14 +375,18 @@ def fmt_value(value: float | int | str, unit: str) -> str:
         return f"{mant}e{int(exp)} FLOP"
     if unit == "nats/token":
         return f"{value:.4f} nats/token"
-    if unit in ("params", "tokens", "B") and value >= 1000:
+    if unit == "B" and value >= 1000:
+        # Bytes in decimal units (GB, TB), as checkpoint sizes are quoted.
         k = min(int(math.log10(value)) // 3, len(_SI) - 1)
-        # Bytes in decimal units (GB, TB), as checkpoint sizes are quoted; counts with B for billions.
-        prefix = ("", "k", "M", "G", "T", "P")[k] + "B" if unit == "B" else _SI[k]
-        return f"{value / 1000**k:.3g}{prefix}"
+        return f"{value / 1000**k:.3g} {'kMGTP'[k - 1]}B"
+    shown = "" if unit in ("1", "params") or label.endswith(unit) else f" {unit}"
+    if abs(value) >= 1e6 or (abs(value) >= 1e4 and isinstance(value, float)):
+        k = min(int(math.log10(abs(value))) // 3, len(_SI) - 1)
+        text = f"{value / 1000**k:.3g}{_SI[k]}"
+        return f"${text}" if unit == "USD" else f"{text}{shown}"
     if isinstance(value, int):
-        return f"{value:,}" + ("" if unit == "1" else f" {unit}")
-    return f"{value:.3g}" + ("" if unit == "1" else f" {unit}")
+        return f"{value:,}{shown}"
+    return f"${value:,.2f}" if unit == "USD" else f"{value:.3g}{shown}"
 
 
 def table(report: Report) -> str:
@@ -357,6 +395,6 @@ def table(report: Report) -> str:
     lines = [f"law: {law.name}, {law.source}"]
     for s in report.sections():
         lines.append(f"{s.title}")
-        lines.extend(f"  {f.label:<24} {fmt_value(f.value, f.unit)}" for f in s.figures)
+        lines.extend(f"  {f.label:<24} {fmt_value(f.value, f.unit, f.label)}" for f in s.figures)
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
