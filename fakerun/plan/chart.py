@@ -82,8 +82,9 @@ def plot(path: Path, flops: float, law: ScalingLaw, planned: opt.Optimum | None 
     best = opt.compute_optimal(flops, law)
     front.axvline(flops, color="crimson", ls="--", lw=1)
     front.plot([flops, flops], [best.params, best.tokens], "o", color="crimson")
-    front.annotate(f"{best.params:.3g} params\n{best.tokens:.3g} tokens", (flops, best.params), fontsize=8,
-                   xytext=(6, -24), textcoords="offset points")  # fmt: skip
+    n, d = fmt_value(best.params, "params"), fmt_value(best.tokens, "tokens", "tokens")
+    front.annotate(f"{n} parameters\n{d} tokens", (flops, best.params), fontsize=8, xytext=(6, -24),
+                   textcoords="offset points")  # fmt: skip
     front.set(xscale="log", yscale="log", xlabel="training compute (FLOP)", title="compute-optimal frontier")
     front.legend(fontsize=8)
     fig.savefig(path)

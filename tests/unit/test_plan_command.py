@@ -149,3 +149,18 @@ def test_fit_without_numpy_names_the_extra(
     )
     code, _, err = run(capsys, "fit", "runs.csv")
     assert (code, err) == (2, "fakerun-plan: error: fit needs numpy: pip install 'fakerun[plan]'\n")
+
+
+@pytest.mark.skipif(not HAS_ARCH, reason="needs fakerun.plan.arch (the design)")
+@pytest.mark.parametrize("flops", [1e21, 1e23])
+def test_the_planned_job_ends_on_the_predicted_loss(flops: float) -> None:
+    """The simulated job of the design uses the plan's law: its noiseless loss after the planned tokens is
+    the loss the plan predicts (a cosine-to-10% schedule ends on the law)."""
+    from fakerun.plan import get_law, make_budget, make_report
+    from fakerun.plan.report import cluster_for
+    from fakerun.sim import loss
+
+    report = make_report(make_budget(flops=flops), get_law("epoch-ai"), cluster=cluster_for(None, None))
+    job = report.design.job
+    assert job.total_steps * job.tokens_per_step == pytest.approx(report.plan.tokens, rel=1e-3)
+    assert loss.expected_loss(job, job.total_steps) == pytest.approx(report.plan.loss, rel=1e-3)
