@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from fakerun.presets import ClusterSpec, GpuSpec, ModelSpec, StorageSpec, with_gpu
 from fakerun.sim import lora
-from fakerun.sim.loss import LAWS
+from fakerun.sim.loss import DEFAULT_LAW, law_name
 from fakerun.sim.memory import check_fits
 from fakerun.sim.schedule import SCHEDULES, WSD_STYLES
 
@@ -80,7 +80,7 @@ class JobSpec:
     # ZeRO stage: 0 DDP, 1 sharded optimizer (Megatron distributed optimizer), 2 + grads, 3 FSDP full shard.
     zero_stage: int
     seed: int = 0
-    law: str = "chinchilla"
+    law: str = DEFAULT_LAW
     start_step: int = 0
     # Expert parallelism: the MoE layers' experts are split over `ep` ranks, each expert's matrices over
     # `etp` (0: the dense layers' tp, Megatron's default). The expert grid etp x ep x expert-dp x pp spans
@@ -291,7 +291,7 @@ def make_job(
     fp32_grad_buffer: bool = False,
     grad_clip: float = 1.0,
     seed: int = 0,
-    law: str = "chinchilla",
+    law: str = DEFAULT_LAW,
     start_step: int = 0,
     spikes: bool = True,
     spike_steps: tuple[int, ...] = (),
@@ -417,8 +417,7 @@ def make_job(
     rc = m.recompute if recompute is None else recompute
     if rc not in RECOMPUTE:
         raise ValueError(f"unknown recompute {rc!r} (choose from: {', '.join(RECOMPUTE)})")
-    if law not in LAWS:
-        raise ValueError(f"unknown scaling law {law!r} (choose from: {', '.join(LAWS)})")
+    law = law_name(law)
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r} (choose from: {', '.join(REGIMES)})")
     if epochs < 1:

@@ -35,14 +35,29 @@ class Law:
 
 
 LAWS: dict[str, Law] = {
-    # Hoffmann et al. 2022, approach 3 as printed in the paper (Appendix D; PHYSICS.md 4).
-    "chinchilla": Law("chinchilla", 1.69, 406.4, 410.7, 0.34, 0.28, "Hoffmann et al. 2022, approach 3"),
-    # Besiroglu, Erdil, Barnett, You 2024 (arXiv 2404.10102): E=1.8172, A=482.01, B=2085.43, alpha=0.3478,
-    # beta=0.3658. PHYSICS.md marks the digits [mem]; they agree with our recollection of the paper.
-    "epoch": Law(
-        "epoch", 1.8172, 482.01, 2085.43, 0.3478, 0.3658, "Besiroglu et al. 2024, Epoch AI replication"
+    # Besiroglu, Erdil, Barnett, You 2024 ("Chinchilla Scaling: A replication attempt", arXiv 2404.10102):
+    # approach 3 refitted on Chinchilla's own data. The default: unlike the published fit, its optimum agrees
+    # with approaches 1 and 2 (~20 tokens per parameter at Chinchilla's budget).
+    "epoch-ai": Law(
+        "epoch-ai", 1.8172, 482.01, 2085.43, 0.3478, 0.3658, "Besiroglu et al. 2024 (arXiv 2404.10102)"
+    ),
+    # Hoffmann et al. 2022 (arXiv 2203.15556), approach 3 as printed in the paper (Appendix D; PHYSICS.md 4).
+    "chinchilla-3": Law(
+        "chinchilla-3", 1.69, 406.4, 410.7, 0.34, 0.28, "Hoffmann et al. 2022 (arXiv 2203.15556), approach 3"
     ),
 }
+DEFAULT_LAW = "epoch-ai"
+# Earlier names, kept so saved configs and job specs still load.
+LAW_ALIASES = {"epoch": "epoch-ai", "chinchilla": "chinchilla-3"}
+
+
+def law_name(name: str) -> str:
+    """The canonical name of a law given by name or alias; ValueError naming the choices otherwise."""
+    canonical = LAW_ALIASES.get(name, name)
+    if canonical not in LAWS:
+        raise ValueError(f"unknown scaling law {name!r} (choose from: {', '.join(LAWS)})")
+    return canonical
+
 
 # Relative per-step noise of the training loss (~1-1.5% in Megatron-LLM and BLOOM logs, excerpts 22, 26).
 NOISE_REL = 0.010
@@ -55,7 +70,7 @@ SPIKE_SPAN = 60  # steps a spike takes to fade
 
 def law(job: JobSpec) -> Law:
     """The job's scaling law."""
-    return LAWS[job.law]
+    return LAWS[law_name(job.law)]
 
 
 def effective_params(model: ModelSpec) -> float:

@@ -45,6 +45,12 @@ class TestDefaults:
         j = job("llama3.2-1b", nnodes=3, nproc_per_node=8)
         assert j.global_batch % (j.micro_batch * j.dp) == 0
 
+    def test_default_law_is_the_epoch_ai_refit_and_old_names_still_load(self) -> None:
+        """Jobs follow Besiroglu et al. 2024 unless told; "chinchilla" and "epoch" name the renamed laws."""
+        assert job("llama3.2-1b").law == "epoch-ai"
+        assert job("llama3.2-1b", law="chinchilla").law == "chinchilla-3"
+        assert job("llama3.2-1b", law="epoch").law == "epoch-ai"
+
     def test_short_runs_shorten_the_warmup(self) -> None:
         """A 200-step run warms up over 20 steps instead of the preset's 2000."""
         assert job("llama3.2-1b", total_steps=200).warmup_steps == 20
@@ -71,7 +77,7 @@ class TestErrors:
             ({"global_batch": 64, "grad_accum": 3}, "global_batch=64 != micro_batch"),
             ({"zero_stage": 5}, "zero_stage must be"),
             ({"recompute": "some"}, "unknown recompute"),
-            ({"law": "kaplan"}, "unknown scaling law"),
+            ({"law": "gpt-4"}, "unknown scaling law 'gpt-4' (choose from: epoch-ai, chinchilla-3)"),
             ({"warmup_steps": 5000, "total_steps": 1000}, "warmup_steps=5000"),
             ({"seq_len": 100_000}, "seq_len=100000"),
             ({"ep": 2}, "needs a mixture-of-experts"),
