@@ -23,6 +23,7 @@ __all__ = [
     "Family",
     "batch_tokens",
     "design",
+    "flops_per_token",
     "get_family",
     "launch_command",
     "peak_lr",
@@ -494,6 +495,7 @@ def _script(d: Design, framework: str | None) -> list[str]:
 
 
 def _fake_options(d: Design) -> list[str]:
+    """fakerun's own options naming the design's cluster (and GPU, when replaced)."""
     out = ["--fake-cluster", d.cluster]
     return out + (["--fake-gpu", d.gpu] if d.gpu else [])
 
