@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fakerun.plan import optimum as opt
 from fakerun.plan.laws import ScalingLaw
 from fakerun.plan.report import fmt_value
+
+if TYPE_CHECKING:
+    from fakerun.plan.fit import Estimate, FitResult, Run
 
 PLOT_HINT = "pip install 'fakerun[plot]'"
 # Budgets drawn around the user's: a decade either side, as Chinchilla's Figure 3 spaces its IsoFLOP curves.
@@ -86,6 +91,75 @@ def plot(path: Path, flops: float, law: ScalingLaw, planned: opt.Optimum | None 
     front.annotate(f"{n} parameters\n{d} tokens", (flops, best.params), fontsize=8, xytext=(6, -24),
                    textcoords="offset points")  # fmt: skip
     front.set(xscale="log", yscale="log", xlabel="training compute (FLOP)", title="compute-optimal frontier")
+    front.legend(fontsize=8)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fit_summary(result: FitResult) -> str:
+    """The fit as a table: each constant with its confidence interval, the IsoFLOP minima, the exponents of
+    the optimum's growth, and the optimum both approaches extrapolate to."""
+
+    def est(e: Estimate, unit: str) -> str:
+        value = fmt_value(e.value, unit)
+        return (
+            value
+            if math.isnan(e.low)
+            else f"{value}  [{fmt_value(e.low, unit)} .. {fmt_value(e.high, unit)}]"
+        )
+
+    rows = [
+        f"law: L = E + A/N^alpha + B/D^beta, fitted to {result.runs} runs ({result.optimizer}, "
+        f"{result.resamples} bootstrap resamples, {result.level:.0%} intervals)",
+        *(f"  {name:<22} {est(getattr(result, name), '1')}" for name in ("E", "A", "B", "alpha", "beta")),
+        "IsoFLOP minima (approach 2)",
+        *(
+            f"  {fmt_value(m.flops, 'FLOP'):<22} N {fmt_value(m.params, 'params'):>7}  "
+            f"D {fmt_value(m.tokens, 'tokens'):>14}  loss {m.loss:.4f} ({m.sizes} sizes)"
+            for m in result.minima
+        ),
+        f"  {'N_opt ~ C^a':<22} a = {est(result.a, '1')}",
+        f"  {'D_opt ~ C^b':<22} b = {est(result.b, '1')}",
+    ]
+    for name, x in (("approach 2", result.approach2), ("approach 3", result.approach3)):
+        rows.append(f"optimum at {fmt_value(x.flops, 'FLOP')} ({name})")
+        rows.append(f"  {'parameters':<22} {est(x.params, 'params')}")
+        rows.append(f"  {'tokens':<22} {est(x.tokens, 'tokens')}")
+        if x.loss is not None:
+            rows.append(f"  {'predicted loss':<22} {est(x.loss, 'nats/token')}")
+    return "\n".join(rows)
+
+
+def plot_fit(path: Path, result: FitResult, runs: Sequence[Run]) -> None:
+    """The runs' losses against parameters per budget, the fitted law's IsoFLOP curves through them, and the
+    fitted frontier with its bootstrap band, to `path`; ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (iso, front) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    budgets = [m.flops for m in result.minima]
+    for i, c in enumerate(budgets):
+        colour = cmap(i / max(len(budgets) - 1, 1))
+        near = [r for r in runs if abs(math.log10(r.flops / c)) < 0.1]
+        iso.plot([r.params for r in near], [r.loss for r in near], "o", color=colour, ms=4)
+        curve = opt.isoflop_curve(c, result.law, points=81, span=10.0)
+        iso.plot([n for n, _ in curve], [loss for _, loss in curve], color=colour, lw=1.2, label=f"{c:.1e}")
+    iso.set(xscale="log", xlabel="parameters", ylabel="loss (nats/token)", title="runs and the fitted law")
+    iso.legend(title="FLOP", fontsize=7, title_fontsize=8)
+    x = result.approach3
+    decades = math.log10(x.flops / budgets[0])
+    span = [budgets[0] * 10.0 ** (decades * k / 40) for k in range(41)]
+    fitted = [opt.optimal_params(c, result.law) for c in span]
+    front.plot(span, fitted, color="tab:blue", label="fitted N_opt")
+    front.plot([m.flops for m in result.minima], [m.params for m in result.minima], "o", color="tab:blue",
+               label="IsoFLOP minima")  # fmt: skip
+    front.errorbar([x.flops], [x.params.value], yerr=[[x.params.value - x.params.low],
+                   [x.params.high - x.params.value]], fmt="*", color="crimson", ms=10,
+                   label=f"extrapolated ({result.level:.0%})")  # fmt: skip
+    front.set(xscale="log", yscale="log", xlabel="training compute (FLOP)", title="fitted frontier")
     front.legend(fontsize=8)
     fig.savefig(path)
     plt.close(fig)

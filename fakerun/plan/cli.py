@@ -205,12 +205,18 @@ def _fit(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     fit = _fit_module("fit")
     try:
-        result = fit.fit(fit.read_runs(args.runs))
+        runs = fit.read_runs(args.runs)
+        result = fit.fit(runs)
     except fit.FitError as err:
         raise UsageError(str(err)) from None
-    print(json.dumps(_jsonable(result), indent=2) if args.json else str(result))
-    if args.plot is not None and hasattr(fit, "plot"):
-        fit.plot(result, args.plot)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else chart.fit_summary(result))
+    if args.plot is not None:
+        try:
+            chart.plot_fit(args.plot, result, runs)
+        except ImportError:
+            print(f"{PROG}: no plot written: matplotlib is not installed: {chart.PLOT_HINT}", file=sys.stderr)
+        except OSError as err:
+            raise UsageError(f"cannot write {args.plot}: {err.strerror}") from None
     return 0
 
 

@@ -6,6 +6,7 @@ extra `plan`, and importing this module must stay cheap for `fakerun-plan` witho
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import io
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fakerun.plan.arch import batch_tokens, peak_lr
+from fakerun.plan.laws import DEFAULT_LAW, get_law
+from fakerun.plan.optimum import optimal_params
 from fakerun.presets import ModelSpec
-from fakerun.sim.loss import LAWS, Law
-from fakerun.sim.plan import optimal_params
+from fakerun.sim.loss import Law
 
 if TYPE_CHECKING:
     import numpy as np
@@ -556,6 +559,31 @@ def fit(
     """Approaches 2 and 3 of Hoffmann et al. 2022 over `runs`, with percentile intervals from `bootstrap`
     resamples (runs drawn with replacement: within each budget for approach 2, from all for approach 3) and
     the optimum extrapolated to `at_flops` (default: a hundred times the largest budget)."""
+    with _one_thread():
+        return _fit(runs, bootstrap=bootstrap, seed=seed, at_flops=at_flops, level=level)
+
+
+def _one_thread() -> contextlib.AbstractContextManager[object]:
+    """BLAS on one thread while fitting: the arrays are a few hundred numbers, and threads fighting over a
+    small machine's cores made a scipy fit 10x slower; threadpoolctl (installed with the plan extra) sets it,
+    without it the fit runs as it is."""
+    try:
+        limits = importlib.import_module("threadpoolctl").threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    manager: contextlib.AbstractContextManager[object] = limits(limits=1)
+    return manager
+
+
+def _fit(
+    runs: Sequence[Run],
+    *,
+    bootstrap: int,
+    seed: int,
+    at_flops: float | None,
+    level: float,
+) -> FitResult:
+    """fit's work, with the threads it runs on already set."""
     np = _numpy()
     if not 0 < level < 1:
         raise FitError(f"the confidence level must be in (0, 1), got {level}")
@@ -686,19 +714,13 @@ def _megatron_args(
     ]
 
 
-def _batch_and_lr(flops: float) -> tuple[float, float]:
-    """(global batch in tokens, peak lr) for a budget: DeepSeek-AI 2024 (DeepSeek LLM, arXiv 2401.02954,
-    section 3.1) fitted B_opt = 0.2920 C^0.3271 and eta_opt = 0.3118 C^-0.1250 on small runs like these."""
-    return 0.2920 * flops**0.3271, 0.3118 * flops**-0.1250
-
-
 def sweep(
     budgets: Sequence[float],
     *,
     family: str = "llama",
     cluster: str = "dgx-h100",
     gpus: int = 8,
-    law: str | Law = "epoch",
+    law: str | Law = DEFAULT_LAW,
     factors: Sequence[float] = SWEEP_FACTORS,
     seq_len: int = 2048,
     global_batch: int | None = None,
@@ -721,12 +743,12 @@ def sweep(
         raise FitError(
             f"need gpus >= 1 and a global batch that is a multiple of them, got {gpus}, {global_batch}"
         )
-    lw = LAWS[law] if isinstance(law, str) else law
+    lw = get_law(law)
     commands = []
     for c in sorted(budgets):
-        batch_tokens, lr = _batch_and_lr(c)
+        batch, lr = batch_tokens(c), peak_lr(c)  # DeepSeek LLM 2024's fits (plan.arch)
         # A power of two of sequences per data-parallel rank (tp = pp = 1): whole micro batches of up to 4.
-        per_rank = 2 ** round(math.log2(max(batch_tokens / seq_len / gpus, 1.0)))
+        per_rank = 2 ** round(math.log2(max(batch / seq_len / gpus, 1.0)))
         per_rank = global_batch // gpus if global_batch is not None else per_rank
         micro = math.gcd(per_rank, 4)
         sizes: dict[int, ModelSpec] = {}

@@ -164,3 +164,32 @@ def test_the_planned_job_ends_on_the_predicted_loss(flops: float) -> None:
     job = report.design.job
     assert job.total_steps * job.tokens_per_step == pytest.approx(report.plan.tokens, rel=1e-3)
     assert loss.expected_loss(job, job.total_steps) == pytest.approx(report.plan.loss, rel=1e-3)
+
+
+def test_fit_prints_the_law_with_intervals_and_plots_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`fit RUNS`: the constants with their bootstrap intervals, the IsoFLOP minima, both extrapolated
+    optima; --plot draws the runs and the fitted law."""
+    pytest.importorskip("numpy")
+    e, a, b, alpha, beta = 1.8172, 482.01, 2085.43, 0.3478, 0.3658  # Epoch AI's law, to be recovered
+    rows = ["params,tokens,loss"]
+    for c in (1e18, 3e18, 1e19, 3e19, 1e20):
+        n_opt = (alpha * a / (beta * b)) ** (1 / (alpha + beta)) * (c / 6) ** (beta / (alpha + beta))
+        for i, f in enumerate((0.25, 0.5, 1.0, 2.0, 4.0)):
+            n, d = n_opt * f, c / (6 * n_opt * f)
+            wobble = 1 + 0.002 * ((-1) ** i)  # a little noise, deterministic
+            rows.append(f"{n:.0f},{d:.0f},{(e + a / n**alpha + b / d**beta) * wobble:.6f}")
+    runs = tmp_path / "runs.csv"
+    runs.write_text("\n".join(rows) + "\n")
+    code, out, err = run(capsys, "fit", str(runs))
+    assert code == 0, err
+    assert "fitted to 25 runs" in out and "IsoFLOP minima (approach 2)" in out
+    alpha_row = next(line for line in out.splitlines() if line.strip().startswith("alpha"))
+    low, high = (float(x) for x in alpha_row.split("[")[1].rstrip("]").split(" .. "))
+    assert low <= alpha <= high
+    if importlib.util.find_spec("matplotlib") is not None:
+        picture = tmp_path / "fit.png"
+        code, _, err = run(capsys, "fit", str(runs), "--plot", str(picture))
+        assert code == 0, err
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
