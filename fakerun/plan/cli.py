@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from fakerun.plan import chart
 from fakerun.plan.budget import BudgetError, make_budget
-from fakerun.plan.laws import DEFAULT_LAW, LAWS, get_law
+from fakerun.plan.laws import DEFAULT_LAW, LAWS, ScalingLaw, get_law
 from fakerun.plan.report import (
     DEFAULT_FAMILY,
     DEFAULT_SEQ_LEN,
@@ -26,6 +26,7 @@ from fakerun.plan.report import (
     table,
 )
 from fakerun.presets import PresetError
+from fakerun.sim.loss import LAW_ALIASES
 
 PROG = "fakerun-plan"
 FRAMEWORKS = ("megatron", "torchtitan")
@@ -65,7 +66,11 @@ def _plan_parser() -> _Parser:
     c.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help=f"default {DEFAULT_SEQ_LEN}")
     c.add_argument("--vocab", type=int, default=DEFAULT_VOCAB, help=f"default {DEFAULT_VOCAB}")
     m = p.add_argument_group("model and cluster")
-    m.add_argument("--law", default=DEFAULT_LAW, help=f"{', '.join(LAWS)} (default {DEFAULT_LAW})")
+    m.add_argument(
+        "--law",
+        default=DEFAULT_LAW,
+        help=f"{', '.join(LAWS)} (default {DEFAULT_LAW}), or runs to fit one to (as `fit RUNS` reads them)",
+    )
     m.add_argument("--family", default=DEFAULT_FAMILY, help=f"model family (default {DEFAULT_FAMILY})")
     m.add_argument("--cluster", help="cluster preset (default: the GPU's, else dgx-h100)")
     m.add_argument("--gpu", help="GPU preset")
@@ -80,11 +85,23 @@ def _plan_parser() -> _Parser:
     return p
 
 
+def _law(given: str) -> ScalingLaw:
+    """A law by name, or the law fitted (approach 3) to the runs at the path `given` names."""
+    if given in LAWS or given in LAW_ALIASES or not Path(given).exists():
+        return get_law(given)
+    fit = _fit_module("--law RUNS")
+    try:
+        fitted: ScalingLaw = fit.fit(fit.read_runs(given), bootstrap=0).law
+    except fit.FitError as err:
+        raise UsageError(f"--law {given}: {err}") from None
+    return fitted
+
+
 def _plan(argv: Sequence[str]) -> int:
     args = _plan_parser().parse_args(argv)
     if args.plot is not None and args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError(f"--plot {args.plot}: the file must end in .png, .svg or .pdf")
-    law = get_law(args.law)
+    law = _law(args.law)
     cluster = cluster_for(args.cluster, args.gpu)
     gpu_given = args.gpu is not None or args.cluster is not None
     budget = make_budget(

@@ -193,3 +193,37 @@ def test_fit_prints_the_law_with_intervals_and_plots_it(
         code, _, err = run(capsys, "fit", str(runs), "--plot", str(picture))
         assert code == 0, err
         assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_law_fitted_from_runs_plans_with_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`--law RUNS` fits a law to the runs and plans with it: runs made from Chinchilla's published law give
+    that law's tokens per parameter at the budget (its closed-form optimum), not the default law's ~20."""
+    pytest.importorskip("numpy")
+    e, a, b, alpha, beta = 1.69, 406.4, 410.7, 0.34, 0.28  # Hoffmann et al. 2022 as published
+    rows = ["params,tokens,loss"]
+    for c in (1e18, 3e18, 1e19, 3e19, 1e20):
+        n_opt = (alpha * a / (beta * b)) ** (1 / (alpha + beta)) * (c / 6) ** (beta / (alpha + beta))
+        for f in (0.25, 0.5, 1.0, 2.0, 4.0):
+            n, d = n_opt * f, c / (6 * n_opt * f)
+            rows.append(f"{n:.0f},{d:.0f},{e + a / n**alpha + b / d**beta:.6f}")
+    runs = tmp_path / "runs.csv"
+    runs.write_text("\n".join(rows) + "\n")
+    fitted = as_json(capsys, "--flops", "1e21", "--law", str(runs))
+    default = as_json(capsys, "--flops", "1e21")
+    ratio = next(v for k, v in _walk(fitted) if k == "tokens_per_param")["value"]
+    ratio_default = next(v for k, v in _walk(default) if k == "tokens_per_param")["value"]
+    n_opt = (alpha * a / (beta * b)) ** (1 / (alpha + beta)) * (1e21 / 6) ** (beta / (alpha + beta))
+    expected = 1e21 / (6 * n_opt) / n_opt
+    assert ratio == pytest.approx(expected, rel=0.1)
+    assert ratio > 2 * ratio_default
+
+
+def _walk(doc: Any) -> Any:
+    """(key, value) of every dict in a JSON document, depth first."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from _walk(v)
