@@ -30,6 +30,7 @@ from fakerun.launcher.rendezvous import (
     host_rendezvous,
     join_rendezvous,
     listen,
+    resolve,
     try_listen,
 )
 from fakerun.launcher.wire import WireError, job_secret
@@ -223,6 +224,10 @@ def meet(
     # The first round's last call waits for agents started by people or schedulers: real seconds, as the
     # join timeout. A fixed-size job waits for all its nodes.
     rules = round_rules(plan, 1.0) or RoundRules(plan.max_nodes, plan.max_nodes, join_timeout_s=timeout)
+
+    def on_gai_error(host: str, port: int, code: int, reason: str) -> None:
+        warn(c10.gai_warning(host, port, code, reason, time.time()).rstrip("\n"))
+
     warning = _secret_warning(os.environ, dial[0], dial[1], rdzv.run_id)
     if warning is not None:
         warn(notice(warning))
@@ -234,6 +239,9 @@ def meet(
         with _interruptible():
             # Who hosts: static node 0 on the master port; under c10d, the first agent on the endpoint's
             # machine to bind its port. Everyone else dials the host.
+            if static and args.node_rank == 0:
+                # The store's host is its own first client: it connects to --master-addr like the others.
+                resolve(dial[0], dial[1], store_timeout, on_gai_error=on_gai_error)
             if static:
                 listener = _listen_static(rdzv.master_port, bind) if args.node_rank == 0 else None
             else:
@@ -256,9 +264,7 @@ def meet(
                     timeout_s=timeout,
                     min_nodes=None if static else plan.min_nodes,
                     store_timeout_s=store_timeout,
-                    on_gai_error=lambda host, port, code, reason: warn(
-                        c10.gai_warning(host, port, code, reason, time.time()).rstrip("\n")
-                    ),
+                    on_gai_error=on_gai_error,
                 )
                 peers = {0: peer}
     except RendezvousTimeout as exc:

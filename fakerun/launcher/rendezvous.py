@@ -384,6 +384,19 @@ class _Lookup:
         time.sleep(delay)
 
 
+def resolve(host: str, port: int, timeout_s: float, on_gai_error: OnGaiError | None = None) -> None:
+    """Returns once `host` resolves, as the store's own client on the host (static node 0) first looks its
+    master address up: each failed lookup logged and retried on the client's backoff; StoreUnreachable when
+    the next try would pass `timeout_s`."""
+    lookup = _Lookup(host, port, timeout_s, time.monotonic() + timeout_s)
+    while True:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            return
+        except socket.gaierror as exc:
+            lookup.failed(exc, on_gai_error)
+
+
 def _connect(
     host: str,
     port: int,

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from fakerun.launcher.meet import _unreachable_text
-from fakerun.launcher.rendezvous import Backoff, Join, StoreUnreachable, join_rendezvous
+from fakerun.launcher.rendezvous import Backoff, Join, StoreUnreachable, join_rendezvous, resolve
 
 HOST = "no-such-host.invalid"  # RFC 6761: never resolves
 
@@ -73,3 +73,13 @@ def test_what_torchrun_prints_when_it_gives_up(static: bool) -> None:
             "The above exception was the direct cause of the following exception:",
             "",
         ]
+
+
+def test_the_store_host_looks_its_master_address_up_too() -> None:
+    """Static node 0 hosts the store and is its own first client: an unresolvable --master-addr fails there
+    as on the other nodes (warnings, then the store's timeout), a resolvable one returns at once."""
+    failures: list[tuple[str, int, int, str]] = []
+    with pytest.raises(StoreUnreachable):
+        resolve(HOST, 29500, 1.5, on_gai_error=lambda *f: failures.append(f))
+    assert failures and all(f[:2] == (HOST, 29500) for f in failures)
+    resolve("localhost", 29500, 1.5)
