@@ -1511,6 +1511,8 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
         style = megatron_ds.MegatronDeepSpeedDialect.name
     if style == "nanogpt" and LlmcPyDialect.hints.script.search(script.replace("\\", "/")):  # type: ignore[union-attr]
         style = LlmcPyDialect.name  # `--batch_size=8` is nanoGPT's spelling too; nanoGPT has no train_gpt2.py
+    if style == dialects.DEFAULT and nanogpt.in_checkout(script):
+        style = "nanogpt"  # a bare `train.py` of nanoGPT's README, run in its checkout
     if style == "llmc":
         return _llmc_hints(args)
     if style == LlmcPyDialect.name:

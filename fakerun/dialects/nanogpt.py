@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import operator
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,16 @@ from fakerun.presets import ModelSpec
 from fakerun.sim import estimates, loss
 from fakerun.sim.job import JobSpec
 from fakerun.sim.run import RunPlan
+
+
+def in_checkout(script: str) -> bool:
+    """Whether `script` is a nanoGPT checkout's train.py (beside its configurator.py and model.py): the
+    README's bare `torchrun ... train.py` names no option of its own."""
+    folder = os.path.dirname(os.path.abspath(script))
+    return os.path.basename(script) == "train.py" and all(
+        os.path.isfile(os.path.join(folder, name)) for name in ("configurator.py", "model.py")
+    )
+
 
 # train.py's globals that configurator.py lets `--key=value` override (and a config/*.py file argument).
 HINTS = HintRule(

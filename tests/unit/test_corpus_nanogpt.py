@@ -479,3 +479,15 @@ class TestEstimateLoss:
         assert loss.EVAL_GAP / 2 < sum(gaps) / len(gaps) < 2 * loss.EVAL_GAP
         for s in (0, 4, 500):
             assert abs(loss.eval_loss(job, s, "train") / loss.expected_loss(job, s + 1) - 1) < 0.02
+
+
+def test_a_bare_train_py_in_a_nanogpt_checkout_is_nanogpt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's multi-node command names no option: train.py beside configurator.py and model.py is
+    nanoGPT's; elsewhere a bare train.py stays fakerun's own."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_hints("train.py", []).style != "nanogpt"
+    (tmp_path / "configurator.py").write_text("# nanoGPT's\n")
+    (tmp_path / "model.py").write_text("# nanoGPT's\n")
+    assert parse_hints("train.py", []).style == "nanogpt"
