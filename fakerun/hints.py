@@ -1253,6 +1253,8 @@ def _finish_titan(b: _Builder, given: Mapping[str, _Given]) -> None:
         # gradients in fp32 (mixed_precision_reduce = "float32"), whatever the configuration.
         b.set(b.job, "state_layout", "fp32", _Given("training.mixed_precision_param", "float32"))
         b.set(b.job, "fp32_grad_buffer", True, _Given("training.mixed_precision_reduce", "float32"))
+        # Trainer.__init__ sets the rank's device before any CUDA call: no stray contexts on device 0.
+        b.set(b.job, "device_first", True, _Given("torchtitan's Trainer", "set_device"))
         _titan_schedule(b, given)
         # JobConfig's metrics.log_freq, checkpoint.interval and validation.freq when the arguments are silent.
         for key, option, default in _TITAN_CADENCE:

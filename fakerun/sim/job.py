@@ -90,6 +90,9 @@ class JobSpec:
     recompute: str = "selective"
     lr_schedule: str = "cosine"
     fp32_grad_buffer: bool = False
+    # The script sets each rank's CUDA device before its first CUDA call (torchtitan's Trainer does), so no
+    # rank leaves a stray context on device 0.
+    device_first: bool = False
     grad_clip: float = 1.0
     spikes: bool = True  # rare natural loss spikes
     spike_steps: tuple[int, ...] = ()  # forced spikes (failure scenario)
@@ -289,6 +292,7 @@ def make_job(
     zero_stage: int | None = None,
     recompute: str | None = None,
     fp32_grad_buffer: bool = False,
+    device_first: bool = False,
     grad_clip: float = 1.0,
     seed: int = 0,
     law: str = DEFAULT_LAW,
@@ -465,6 +469,7 @@ def make_job(
         zero_stage=zero,
         recompute=rc,
         fp32_grad_buffer=fp32_grad_buffer,
+        device_first=device_first,
         grad_clip=grad_clip,
         seed=seed,
         law=law,

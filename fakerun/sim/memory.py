@@ -258,7 +258,7 @@ def _breakdown(job: JobSpec, pp_rank: int, phase: int, local0: bool, frag_key: i
     overhead = (CUDA_CONTEXT_GIB + WORKSPACE_GIB + NCCL_GROUP_GIB * _group_count(job)) * GIB
     if job.cluster.nvls and job.nproc_per_node > 1 and (job.dp_cp > 1 or job.tp > 1):
         overhead += NVLS_GIB * GIB
-    if local0:
+    if local0 and not job.device_first:
         overhead += STRAY_CONTEXT_GIB * (job.nproc_per_node - 1) * GIB
     return MemoryBreakdown(
         weights=weights,

@@ -480,6 +480,7 @@ class TestTorchtitan:
             "grad_accum": 1,
             "state_layout": "fp32",
             "fp32_grad_buffer": True,
+            "device_first": True,
         }
         assert h.sources["total_steps"] == f"training.steps in {config}"
 
