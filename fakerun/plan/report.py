@@ -16,7 +16,7 @@ from fakerun.plan.budget import Budget, BudgetError
 from fakerun.plan.laws import ScalingLaw
 from fakerun.presets import ClusterSpec, ModelSpec
 from fakerun.sim.job import JobSpec
-from fakerun.sim.loss import Law, data_constrained_tokens
+from fakerun.sim.loss import Law, data_constrained_tokens, effective_params
 
 DEFAULT_FAMILY = "llama"
 DEFAULT_SEQ_LEN = 4096
@@ -352,6 +352,13 @@ def _design(arch: ModuleType, plan: opt.Optimum, budget: Budget, s: _Settings) -
     """The family's architecture for the planned size and its design on the cluster."""
     family = arch.get_family(s.family)
     model: ModelSpec = family.architecture(plan.params, seq_len=s.seq_len, vocab=s.vocab)
+    for _ in range(2):
+        # A mixture of experts counts in the law (and in the simulated loss) by sqrt(total x active): size
+        # it so that figure is the planned N, and the job trains onto the predicted loss.
+        if not model.is_moe:
+            break
+        target = plan.params * model.params / effective_params(model)
+        model = family.architecture(target, seq_len=s.seq_len, vocab=s.vocab)
     design = arch.design(
         model,
         plan.tokens,

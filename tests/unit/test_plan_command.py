@@ -227,3 +227,16 @@ def _walk(doc: Any) -> Any:
     elif isinstance(doc, list):
         for v in doc:
             yield from _walk(v)
+
+
+@pytest.mark.skipif(not HAS_ARCH, reason="needs fakerun.plan.arch")
+def test_a_mixture_of_experts_is_sized_by_its_effective_parameters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The law's N for a MoE (as the simulated loss counts it) is sqrt(total x active): the planned Mixtral's
+    is the compute-optimal N, so its job trains onto the predicted loss."""
+    doc = as_json(capsys, "--flops", "1e22", "--family", "mixtral")
+    arch, best = doc["architecture"], doc["compute_optimal"]
+    effective = (arch["params"]["value"] * arch["active_params"]["value"]) ** 0.5
+    assert effective == pytest.approx(best["params"]["value"], rel=0.03)
+    assert arch["params"]["value"] > 1.5 * best["params"]["value"]  # the total is well above N
