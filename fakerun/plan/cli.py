@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from fakerun.plan import chart
+from fakerun.plan import arch, chart
+from fakerun.plan import fit as fitting
 from fakerun.plan.budget import BudgetError, make_budget
 from fakerun.plan.laws import DEFAULT_LAW, LAWS, ScalingLaw, get_law
 from fakerun.plan.report import (
@@ -20,7 +20,6 @@ from fakerun.plan.report import (
     DEFAULT_SEQ_LEN,
     DEFAULT_VOCAB,
     Report,
-    arch_module,
     cluster_for,
     make_report,
     table,
@@ -89,10 +88,10 @@ def _law(given: str) -> ScalingLaw:
     """A law by name, or the law fitted (approach 3) to the runs at the path `given` names."""
     if given in LAWS or given in LAW_ALIASES or not Path(given).exists():
         return get_law(given)
-    fit = _fit_module("--law RUNS")
+    _need_numpy("--law RUNS")
     try:
-        fitted: ScalingLaw = fit.fit(fit.read_runs(given), bootstrap=0).law
-    except fit.FitError as err:
+        fitted: ScalingLaw = fitting.fit(fitting.read_runs(given), bootstrap=0).law
+    except fitting.FitError as err:
         raise UsageError(f"--law {given}: {err}") from None
     return fitted
 
@@ -152,25 +151,20 @@ def _plan(argv: Sequence[str]) -> int:
     return 0
 
 
-def _needs_design(report: Report, option: str) -> Any:
+def _needs_design(report: Report, option: str) -> arch.Design:
     """The report's design, or a usage error saying why there is none."""
     if report.design is None:
-        raise UsageError(f"{option} needs fakerun.plan.arch (architectures and designs), not installed")
+        raise UsageError(f"{option} needs a cluster to design the job on")
     return report.design
 
 
 def _launch(report: Report, framework: str) -> str:
     design = _needs_design(report, "--launch")
-    arch = arch_module()
-    assert arch is not None  # a design exists only where arch does
-    argv: list[str] = arch.launch_command(design, framework=framework)
-    return shlex.join(argv)
+    return shlex.join(arch.launch_command(design, framework=framework))
 
 
 def _write_sbatch(report: Report, path: Path, framework: str) -> None:
     design = _needs_design(report, "--sbatch")
-    arch = arch_module()
-    assert arch is not None
     try:
         path.write_text(arch.sbatch_script(design, framework=framework))
     except OSError as err:
@@ -186,28 +180,11 @@ def _plot(path: Path, report: Report) -> None:
         raise UsageError(f"cannot write {path}: {err.strerror}") from None
 
 
-def _fit_module(what: str) -> Any:
-    """fakerun.plan.fit, or a usage error naming the extra it needs."""
+def _need_numpy(what: str) -> None:
+    """A usage error naming the extra `what` needs when numpy is absent (fakerun.plan.fit imports it only
+    when it fits)."""
     if importlib.util.find_spec("numpy") is None:
         raise UsageError(f"{what} needs numpy: pip install 'fakerun[plan]'")
-    try:
-        return importlib.import_module("fakerun.plan.fit")
-    except ModuleNotFoundError as err:
-        if err.name != "fakerun.plan.fit":
-            raise
-        raise UsageError(f"{what} needs fakerun.plan.fit, not installed") from None
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def _fit(argv: Sequence[str]) -> int:
@@ -220,11 +197,11 @@ def _fit(argv: Sequence[str]) -> int:
     p.add_argument("--json", action="store_true", help="the fit as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="the fitted law over the data")
     args = p.parse_args(argv)
-    fit = _fit_module("fit")
+    _need_numpy("fit")
     try:
-        runs = fit.read_runs(args.runs)
-        result = fit.fit(runs)
-    except fit.FitError as err:
+        runs = fitting.read_runs(args.runs)
+        result = fitting.fit(runs)
+    except fitting.FitError as err:
         raise UsageError(str(err)) from None
     print(json.dumps(result.as_dict(), indent=2) if args.json else chart.fit_summary(result))
     if args.plot is not None:
@@ -241,10 +218,10 @@ def _sweep(argv: Sequence[str]) -> int:
     p = _Parser(prog=f"{PROG} sweep", description="The fakerun commands of a small IsoFLOP sweep.")
     p.add_argument("budgets", type=float, nargs="+", help="FLOP budgets (five or more to fit)")
     args = p.parse_args(argv)
-    fit = _fit_module("sweep")
+    _need_numpy("sweep")
     try:
-        commands = fit.sweep(args.budgets)
-    except fit.FitError as err:
+        commands = fitting.sweep(args.budgets)
+    except fitting.FitError as err:
         raise UsageError(str(err)) from None
     for command in commands:
         print(command if isinstance(command, str) else shlex.join(command))

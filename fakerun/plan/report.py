@@ -4,18 +4,16 @@ design, as figures with units for the table and for JSON."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from fakerun import presets
+from fakerun.plan import arch
 from fakerun.plan import optimum as opt
 from fakerun.plan.budget import Budget, BudgetError
 from fakerun.plan.laws import ScalingLaw
 from fakerun.presets import ClusterSpec, ModelSpec
-from fakerun.sim.job import JobSpec
 from fakerun.sim.loss import Law, data_constrained_tokens, effective_params
 
 DEFAULT_FAMILY = "llama"
@@ -106,7 +104,7 @@ class Report:
     inference: opt.InferenceAware | None = None
     max_params: float | None = None
     model: ModelSpec | None = None
-    design: Any = None
+    design: arch.Design | None = None
     notes: list[str] = field(default_factory=list)
 
     def sections(self) -> list[Section]:
@@ -175,10 +173,8 @@ class Report:
         return Section("budget", "budget", figs)
 
     def _design_section(self) -> Section:
-        figs = []
-        job = getattr(self.design, "job", None)
-        if isinstance(job, JobSpec):
-            figs += [Figure(key, label, getattr(job, key), unit) for key, label, unit in _JOB_FIGURES]
+        assert self.design is not None
+        figs = [Figure(key, label, getattr(self.design.job, key), unit) for key, label, unit in _JOB_FIGURES]
         for f in dataclasses.fields(self.design):
             value = getattr(self.design, f.name)
             if f.name in _NOT_FIGURES or not isinstance(value, int | float | str):
@@ -240,16 +236,6 @@ def _model_section(m: ModelSpec) -> Section:
             Figure("active_params", "active parameters", m.active_params, "params"),
         ]
     return Section("architecture", "architecture", figs)
-
-
-def arch_module() -> ModuleType | None:
-    """fakerun.plan.arch (architectures and designs), or None where it is not installed."""
-    try:
-        return importlib.import_module("fakerun.plan.arch")
-    except ModuleNotFoundError as err:
-        if err.name != "fakerun.plan.arch":
-            raise
-        return None
 
 
 def cluster_for(cluster: str | None, gpu: str | None) -> ClusterSpec:
@@ -320,18 +306,15 @@ def make_report(
     }
     best, chosen, data, inference = _optima(budget, law, **constraints)
     notes: list[str] = []
-    arch = arch_module() if cluster is not None else None
-    model = design = None
-    if arch is not None and cluster is not None:
+    model: ModelSpec | None = None
+    design: arch.Design | None = None
+    if cluster is not None:
         settings = _Settings(family, cluster, seq_len, vocab, framework, price_per_gpu_hour)
-        model, design = _design(arch, chosen, budget, settings)
-        mfu = getattr(design, "mfu", None)
-        if budget.gpu_hours is not None and budget.mfu_source == "default" and isinstance(mfu, float):
-            budget = budget.with_mfu(mfu, "simulator")
+        model, design = _design(chosen, budget, settings)
+        if budget.gpu_hours is not None and budget.mfu_source == "default":
+            budget = budget.with_mfu(design.mfu, "simulator")
             best, chosen, data, inference = _optima(budget, law, **constraints)
-            model, design = _design(arch, chosen, budget, settings)
-    elif cluster is not None:
-        notes.append("no architecture or design: fakerun.plan.arch is not installed")
+            model, design = _design(chosen, budget, settings)
     iso = opt.isoflop(budget.flops, law)
     return Report(law, budget, best, chosen, iso, data, inference, max_params, model, design, notes)
 
@@ -348,7 +331,7 @@ class _Settings:
     price_per_gpu_hour: float | None
 
 
-def _design(arch: ModuleType, plan: opt.Optimum, budget: Budget, s: _Settings) -> tuple[ModelSpec, Any]:
+def _design(plan: opt.Optimum, budget: Budget, s: _Settings) -> tuple[ModelSpec, arch.Design]:
     """The family's architecture for the planned size and its design on the cluster."""
     family = arch.get_family(s.family)
     model: ModelSpec = family.architecture(plan.params, seq_len=s.seq_len, vocab=s.vocab)

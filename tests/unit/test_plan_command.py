@@ -12,7 +12,6 @@ import pytest
 
 from fakerun.plan import cli
 
-HAS_ARCH = importlib.util.find_spec("fakerun.plan.arch") is not None
 H100_PEAK = 989.4e12
 
 
@@ -112,13 +111,6 @@ def test_bad_input_is_one_line_and_exit_2(
     assert message in err
 
 
-@pytest.mark.skipif(HAS_ARCH, reason="fakerun.plan.arch is installed: --launch works")
-def test_launch_without_arch_says_why(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without the design module, --launch is refused in one line."""
-    code, _, err = run(capsys, "--flops", "1e21", "--launch")
-    assert code == 2 and "--launch needs fakerun.plan.arch" in err
-
-
 def test_plot_writes_the_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """--plot FILE.png writes a PNG (matplotlib, the `plot` extra)."""
     pytest.importorskip("matplotlib")
@@ -151,7 +143,6 @@ def test_fit_without_numpy_names_the_extra(
     assert (code, err) == (2, "fakerun-plan: error: fit needs numpy: pip install 'fakerun[plan]'\n")
 
 
-@pytest.mark.skipif(not HAS_ARCH, reason="needs fakerun.plan.arch (the design)")
 @pytest.mark.parametrize("flops", [1e21, 1e23])
 def test_the_planned_job_ends_on_the_predicted_loss(flops: float) -> None:
     """The simulated job of the design uses the plan's law: its noiseless loss after the planned tokens is
@@ -229,7 +220,6 @@ def _walk(doc: Any) -> Any:
             yield from _walk(v)
 
 
-@pytest.mark.skipif(not HAS_ARCH, reason="needs fakerun.plan.arch")
 def test_a_mixture_of_experts_is_sized_by_its_effective_parameters(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
