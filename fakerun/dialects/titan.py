@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -83,6 +84,9 @@ _PEAK_FLOPS = (
     ("l40s", 362e12),
 )
 _FALLBACK_FLOPS = 312e12
+# The registry form's ActivationCheckpointing subclasses by activation_checkpoint.mode: apply() logs the class
+# name (activation_checkpoint.py at the mirror's HEAD).
+_AC_CLASSES = {"selective": "SelectiveAC", "full": "FullAC"}
 
 
 def prefix(at: float, level: str = "INFO") -> str:
@@ -140,6 +144,30 @@ def mesh_dims(job: JobSpec, dp_replicate: int) -> list[str]:
         "ep": job.ep,
         "efsdp": efsdp,
     }
+    return [name for name, size in sizes.items() if size > 1]
+
+
+def registry_mesh_dims(job: JobSpec, dp_replicate: int, spmd_backend: str = "spmd_types") -> list[str]:
+    """The registry form's get_all_one_dimensional_meshes: _single_axis_meshes' names larger than 1, in its
+    order, efsdp only with EP above 1 (_mesh_exist), then spmd_types' dp and dp_shard or partial_dtensor's
+    fsdp (parallel_dims.py at the mirror's HEAD)."""
+    cp, tp, ep = job.cp, job.tp, max(job.ep, 1)
+    dp_shard = max(job.dp // dp_replicate, 1)
+    batch = dp_replicate * dp_shard
+    sizes = {
+        "pp": job.pp,
+        "batch": batch,
+        "loss": batch * cp,
+        "dp_replicate": dp_replicate,
+        "cp": cp,
+        "tp": tp,
+        "ep": ep,
+        "efsdp": dp_shard * cp * tp // ep if ep > 1 else 1,
+    }
+    if spmd_backend == "spmd_types":
+        sizes |= {"dp": batch, "dp_shard": dp_shard}
+    else:
+        sizes["fsdp"] = dp_shard * cp
     return [name for name, size in sizes.items() if size > 1]
 
 
@@ -229,10 +257,12 @@ class TitanDialect:
 
     def _start(self, at: float) -> list[Line]:
         p = prefix(at)
-        return [
-            Line(f"{p}torchtitan version: {VERSION} (0.0.0 means __version__ is not defined correctly)."),
-            Line(f"{p}Starting job: {self._set('job.description', 'default job')}"),
-        ]
+        version = Line(
+            f"{p}torchtitan version: {VERSION} (0.0.0 means __version__ is not defined correctly)."
+        )
+        if self._registry:  # the registry form's train.py main() logs the version only
+            return [version]
+        return [version, Line(f"{p}Starting job: {self._set('job.description', 'default job')}")]
 
     def _texts(self, event: Event, at: float) -> list[str]:
         job = self.job
@@ -242,15 +272,21 @@ class TitanDialect:
             return [line.text for line in self._start(at)]
         if isinstance(event, ProcessGroupReady):
             rep = self._dp_replicate
+            degrees = f"pp={job.pp}, dp_replicate={rep}, dp_shard={job.dp // rep}, cp={job.cp}, tp={job.tp}"
+            if self._registry:  # the registry form's ParallelDims has no etp
+                degrees += f", ep={job.ep}"
+                meshes = registry_mesh_dims(job, rep, self._set("parallelism.spmd_backend", "spmd_types"))
+            else:
+                degrees += f", ep={job.ep}, etp=1"
+                meshes = mesh_dims(job, rep)
             return [
-                f"{p}Building device mesh with parallelism: pp={job.pp}, dp_replicate={rep}, "
-                f"dp_shard={job.dp // rep}, cp={job.cp}, tp={job.tp}, ep={job.ep}, etp=1",
-                f"{p}Successfully created meshes with active dimensions: {mesh_dims(job, rep)}",
+                f"{p}Building device mesh with parallelism: {degrees}",
+                f"{p}Successfully created meshes with active dimensions: {meshes}",
                 f"{p}[GC] Initial GC collection took 0.00 seconds",
             ]
         if isinstance(event, TokenizerLoaded):
             return [f"{p}Loading tokenizer from tokenizer.json"]
-        if isinstance(event, DatasetReady):
+        if isinstance(event, DatasetReady) and not self._registry:  # the registry's dataloader logs nothing
             name = self._set("training.dataset", "c4_test")
             return [f"{p}Preparing {name} dataset from {_DATASET_PATHS.get(name, name)}"]
         if isinstance(event, ModelBuilt):
@@ -375,6 +411,7 @@ class TitanDialect:
         capacity = event.capacity_bytes or job.gpu.memory_mib * 1024.0**2
         out = [
             *dump,
+            *self._tensorboard(at),
             f"{p}CUDA capacity: {gpu} with {capacity / _GIB:.2f}GiB memory",
             f"{p}{c['blue']}Model {name} {flavor} {c['red']}size: {m.params:,} total parameters{c['reset']}",
         ]
@@ -382,7 +419,8 @@ class TitanDialect:
             out.append(f"{p}Applied Tensor Parallelism to the model")
         ac = self._set("activation_checkpoint.mode", job.recompute if job.recompute != "none" else "none")
         if ac != "none":
-            out.append(f"{p}Applied {ac} activation checkpointing to the model")
+            named = _AC_CLASSES.get(ac, ac) if self._registry else ac
+            out.append(f"{p}Applied {named} activation checkpointing to the model")
         rep = self._dp_replicate
         # parallel_dims.fsdp_enabled: dp_shard or cp above 1 (the fsdp mesh is dp_shard x cp).
         sharded = job.dp // rep > 1 or job.cp > 1
@@ -403,7 +441,9 @@ class TitanDialect:
         if self._checkpointing():
             folder = checkpoint_folder(self.settings)
             out.append(f"{p}Checkpointing active. Checkpoints will be loaded from and saved to {folder}")
-        if sharded:
+        if self._registry:
+            pass  # the registry form's trainer.py logs no mixed precision line
+        elif sharded:
             out.append(f"{p}Mixed precision training is handled by fully_shard")
         elif job.tp > 1 or job.pp > 1:
             out.append(
@@ -430,6 +470,22 @@ class TitanDialect:
         steps = f"total steps {job.total_steps} (warmup {job.warmup_steps})"
         out.append(f"{p}Trainer is initialized with {sizes}, {steps}")
         return out
+
+    def _tensorboard(self, at: float) -> list[str]:
+        """MetricsProcessor's TensorBoardLogger line, on the rank _get_metrics_rank picks: rank 0, or with
+        pipeline stages (but the ZBVZeroBubble schedule) the last stage's first rank; datetime.now() dates
+        its folder (0.2.x metrics.py and the registry form's alike)."""
+        job = self.job
+        assert job is not None
+        if not self._on("metrics.enable_tensorboard"):
+            return []
+        schedule = self._set("parallelism.pipeline_parallel_schedule", "1F1B")
+        last_stage = job.world_size // job.pp * (job.pp - 1)
+        if self.seat.rank != (last_stage if job.pp > 1 and schedule != "ZBVZeroBubble" else 0):
+            return []
+        tb = self._set("metrics.save_tb_folder", "tb")
+        folder = f"{self._dump_folder()}/{tb}/{time.strftime('%Y%m%d-%H%M', time.localtime(at))}"
+        return [f"{prefix(at)}TensorBoard logging enabled. Logs will be saved at {folder}"]
 
     def _step(self, event: StepDone, at: float) -> list[str]:
         n = event.numbers
@@ -508,4 +564,4 @@ _WANTED: frozenset[type[Event]] = frozenset(
     }
 )
 
-__all__ = ["HINTS", "TitanDialect", "mesh_dims", "peak_flops", "prefix", "step_line"]
+__all__ = ["HINTS", "TitanDialect", "mesh_dims", "peak_flops", "prefix", "registry_mesh_dims", "step_line"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -253,7 +254,8 @@ class TestRegistry:
             f"Trainer is initialized with {8 * 2048} tokens per DP rank, {8 * 2048 * 2} tokens per train "
             "step, gradient accumulation steps 1, maximum context length 2048, total steps 10 (warmup 2)"
         ) in texts
-        assert "Applied selective activation checkpointing to the model" in texts
+        # activation_checkpoint.py: f"Applied {type(self).__name__} activation checkpointing to the model"
+        assert "Applied SelectiveAC activation checkpointing to the model" in texts
 
     def test_variant_builds_on_its_base(self) -> None:
         """llama3_debugmodel_float8 starts from llama3_debugmodel's Trainer.Config."""
@@ -269,6 +271,143 @@ class TestRegistry:
             "ValueError: Config function 'qwen3_7b' not found in torchtitan.models.qwen3.config_registry"
             in text
         )
+
+
+def registry_dialect(args: list[str], nproc: int = 2, rank: int = 0) -> TitanDialect:
+    """rank's TitanDialect for the job `-m torchtitan.train ARGS`, its JobStarted rendered."""
+    run, hints = run_of(args, nproc)
+    seat = Seat(rank=rank, local_rank=rank, world_size=nproc, nproc_per_node=nproc, hosts=("h",))
+    d = TitanDialect(seat)
+    d.render(ev.JobStarted(run=run, first=True, resume=False, settings=tuple(hints.settings.items())), 0.0)
+    return d
+
+
+def texts_of(d: TitanDialect, event: ev.Event, at: float = 0.0) -> list[str]:
+    """The dialect's lines for `event`, without torchtitan's `[titan] <time> - root - LEVEL - ` prefix."""
+    return [o.text.split(" - ", 3)[-1] for o in d.render(event, at) if isinstance(o, Line)]
+
+
+BUILT = ev.ModelBuilt(dtype="bf16", params_on_rank=1.0, layers_on_rank=6, pp_rank=0, weights_bytes=1e6)
+DEBUG = ["--module", "llama3", "--config", "llama3_debugmodel"]
+
+
+class TestRegistryPreamble:
+    """The registry form's start-up lines are its own sources' (the mirror's HEAD), not 0.2.x's."""
+
+    def test_no_job_or_dataset_lines(self) -> None:
+        """train.py main() logs the version and nothing like `Starting job`; the dataloader logs nothing."""
+        d = registry_dialect(DEBUG)
+        worker = ev.WorkerStarted(host="h", local_rank=0, world_size=2, pid=1)
+        # train.py: "torchtitan version: %s (0.0.0 means __version__ is not defined correctly)."
+        assert texts_of(d, worker) == [
+            "torchtitan version: 0.2.1 (0.0.0 means __version__ is not defined correctly)."
+        ]
+        assert texts_of(d, ev.DatasetReady(tokens=1, samples=1, epochs=1, steps_per_epoch=1)) == []
+
+    def test_fsdp_mesh_under_spmd_types(self) -> None:
+        """2 GPUs, dp_shard 2: parallel_dims.py's mesh line stops at ep, and spmd_types' meshes are batch,
+        loss, dp, dp_shard (efsdp, of size 2, is a fake-backend mesh while ep is 1)."""
+        lines = texts_of(registry_dialect(DEBUG), ev.ProcessGroupReady(0, 0, 0))
+        # f"pp={self.pp}, dp_replicate={self.dp_replicate}, dp_shard={self.dp_shard}, "
+        # f"cp={self.cp}, tp={self.tp}, ep={self.ep}"
+        assert (
+            lines[0]
+            == "Building device mesh with parallelism: pp=1, dp_replicate=1, dp_shard=2, cp=1, tp=1, ep=1"
+        )
+        assert (
+            lines[1]
+            == "Successfully created meshes with active dimensions: ['batch', 'loss', 'dp', 'dp_shard']"
+        )
+
+    def test_hsdp_tp_mesh_is_the_docstring_example(self) -> None:
+        """get_all_one_dimensional_meshes' docstring: dp_replicate=2, dp_shard=2, tp=2 on 8 ranks gives
+        dict_keys(['batch', 'loss', 'dp_replicate', 'tp', 'dp', 'dp_shard'])."""
+        args = [*DEBUG, "--parallelism.data_parallel_replicate_degree", "2"]
+        args += ["--parallelism.tensor_parallel_degree", "2"]
+        lines = texts_of(registry_dialect(args, nproc=8), ev.ProcessGroupReady(0, 0, 0))
+        assert lines[1] == (
+            "Successfully created meshes with active dimensions: "
+            "['batch', 'loss', 'dp_replicate', 'tp', 'dp', 'dp_shard']"
+        )
+
+    @pytest.mark.parametrize(
+        ("config", "ep", "nproc", "meshes"),
+        [
+            # efsdp = dp_shard * cp * tp // ep = 4 // 2 = 2: listed, after ep
+            ("deepseek_v3_debugmodel", 2, 4, ["batch", "loss", "ep", "efsdp", "dp", "dp_shard"]),
+            # 8 // 8 = 1: not listed
+            ("deepseek_v3_16b", 8, 8, ["batch", "loss", "ep", "dp", "dp_shard"]),
+        ],
+    )
+    def test_expert_meshes(self, config: str, ep: int, nproc: int, meshes: list[str]) -> None:
+        """_mesh_exist keeps efsdp only with ep above 1; like every axis it is listed only above size 1."""
+        args = [
+            "--module",
+            "deepseek_v3",
+            "--config",
+            config,
+            "--parallelism.expert_parallel_degree",
+            str(ep),
+        ]
+        lines = texts_of(registry_dialect(args, nproc=nproc), ev.ProcessGroupReady(0, 0, 0))
+        assert lines[1] == f"Successfully created meshes with active dimensions: {meshes}"
+
+    def test_partial_dtensor_keeps_fsdp(self) -> None:
+        """spmd_backend partial_dtensor: the flattened fsdp axis in place of dp and dp_shard."""
+        args = [*DEBUG, "--parallelism.spmd_backend", "partial_dtensor"]
+        lines = texts_of(registry_dialect(args), ev.ProcessGroupReady(0, 0, 0))
+        assert lines[1] == "Successfully created meshes with active dimensions: ['batch', 'loss', 'fsdp']"
+
+    @pytest.mark.parametrize(("config", "policy"), [("qwen3_0_6b", "SelectiveAC"), ("qwen3_14b", "FullAC")])
+    def test_ac_class_and_no_mixed_precision_line(self, config: str, policy: str) -> None:
+        """apply() names its class; the registry form's trainer.py and fsdp.py log no mixed precision."""
+        texts = texts_of(registry_dialect(["--module", "qwen3", "--config", config]), BUILT)
+        assert f"Applied {policy} activation checkpointing to the model" in texts
+        assert not any("Mixed precision" in t for t in texts)
+
+    def test_tensorboard_line_on_the_metrics_rank(self) -> None:
+        """llama3_8b sets enable_tensorboard: metrics.py's TensorBoardLogger logs
+        f"TensorBoard logging enabled. Logs will be saved at {log_dir}", log_dir being
+        os.path.join(dump_folder, save_tb_folder, datetime.now().strftime("%Y%m%d-%H%M")), on rank 0
+        (_get_metrics_rank without PP), after `Building` and before MetricsProcessor's CUDA capacity."""
+        at = 1_800_000_000.0
+        args = ["--module", "llama3", "--config", "llama3_8b"]
+        texts = texts_of(registry_dialect(args, nproc=8), BUILT, at)
+        folder = "./outputs/tb/" + time.strftime("%Y%m%d-%H%M", time.localtime(at))
+        assert texts[:2] == [
+            "Building llama3 8B",
+            f"TensorBoard logging enabled. Logs will be saved at {folder}",
+        ]
+        assert texts[2].startswith("CUDA capacity: ")
+        assert not any(
+            "TensorBoard" in t for t in texts_of(registry_dialect(args, nproc=8, rank=1), BUILT, at)
+        )
+
+    def test_tensorboard_with_pipeline_stages(self) -> None:
+        """pp 2 on 4 ranks, 1F1B: the first rank of the last stage, (4 // 2) x (2 - 1) = 2, logs it."""
+        args = ["--module", "llama3", "--config", "llama3_8b", "--parallelism.pipeline_parallel_degree", "2"]
+        logging = [
+            rank
+            for rank in range(4)
+            if any("TensorBoard" in t for t in texts_of(registry_dialect(args, nproc=4, rank=rank), BUILT))
+        ]
+        assert logging == [2]
+
+    def test_toml_form_logs_it_too(self) -> None:
+        """0.2.x's metrics.py logs the same line from the TOML's [metrics] enable_tensorboard, after the
+        arguments dump of `Building`; its 0.2.x preamble stays (`Starting job`, etp, fully_shard)."""
+        args = ["--job.config_file", str(CORPUS / "llama3_debug.toml"), "--metrics.enable_tensorboard"]
+        d = registry_dialect(args)
+        texts = texts_of(d, BUILT)
+        capacity = next(i for i, t in enumerate(texts) if t.startswith("CUDA capacity: "))
+        logged = "TensorBoard logging enabled. Logs will be saved at ./outputs/tb/"
+        assert texts[capacity - 1].startswith(logged)
+        assert "Mixed precision training is handled by fully_shard" in texts
+        assert texts_of(d, ev.ProcessGroupReady(0, 0, 0))[0].endswith(", ep=1, etp=1")
+
+    def test_off_without_the_switch(self) -> None:
+        """llama3_debugmodel leaves enable_tensorboard at MetricsProcessor.Config's False."""
+        assert not any("TensorBoard" in t for t in texts_of(registry_dialect(DEBUG), BUILT))
 
 
 class TestMesh:
