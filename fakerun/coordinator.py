@@ -301,6 +301,8 @@ class Coordinator:
                 last_step=self.run.last_step,
             )
         )
+        if self.run.steps == 0:
+            self._next_run()  # a run of no step (nanoGPT's eval_only) ends here: no step round will come
         return out
 
     def _on_step(self, rank: int, seconds: float, now: float, wall: float) -> Output:

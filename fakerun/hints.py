@@ -1993,6 +1993,8 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
         seq = min(block if isinstance(block, int) else 1024, 1024)
         b.set(b.job, "seq_len", seq, g)
         b.set(b.arch, "seq_len", seq, g)
+        if values["dataset"] == "openwebtext":  # the losses nanoGPT's README measured there
+            b.set(b.job, "pretrained_losses", nanogpt.PRETRAINED_OWT_LOSSES[init], g)
         regime = "finetune"
     else:
         # meta.pkl's vocabulary, else GPT-2's rounded up to 50304; LayerNorm and Linear biases per `bias`.
@@ -2007,6 +2009,8 @@ def _nanogpt_model(b: _Builder, conf: nanogpt.Configured) -> str:
     # torch.manual_seed(1337 + seed_offset): every run of the same config draws the same numbers, and a
     # resumed one goes on along the curve the saved one was on.
     b.set(b.top, "seed", nanogpt.SEED, g)
+    if values["eval_only"] is True:
+        b.set(b.cadence, "eval_only", 1, _Given("eval_only", "True", where=""))
     if values["dtype"] == "float16":  # train.py's GradScaler
         b.set(b.job, "precision", "fp16", _Given("dtype", "float16"))
     warmup, total = b.job.get("warmup_steps"), b.job.get("total_steps")

@@ -339,6 +339,7 @@ def build_run(
             # A script that saves only on a better validation loss (nanoGPT's always_save_checkpoint=False)
             # names the best one before the run in its settings.
             save_best=float(best) if (best := hints.settings.get("save_best")) else None,
+            eval_only=bool(hints.cadence.get("eval_only")),
         )
         if hf_epoch is not None:
             # The epoch in the Trainer's logs is the step over the data's steps per epoch, not the run's.

@@ -109,6 +109,14 @@ PRETRAINED = {
     "gpt2-large": (36, 20, 1280),
     "gpt2-xl": (48, 25, 1600),
 }
+# README.md's "baselines" table: each GPT-2 checkpoint evaluated on OpenWebText (config/eval_gpt2*.py),
+# (train loss, val loss). WebText is not OWT: fine-tuning GPT-2 (124M) on it brings it to ~2.85.
+PRETRAINED_OWT_LOSSES = {
+    "gpt2": (3.11, 3.12),
+    "gpt2-medium": (2.85, 2.84),
+    "gpt2-large": (2.66, 2.67),
+    "gpt2-xl": (2.56, 2.54),
+}
 _BINOPS: dict[type[ast.operator], Callable[[object, object], object]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -419,6 +427,8 @@ class NanoGptDialect:
         if isinstance(event, TrainingStarted):
             # The loop evaluates before its first iteration when iter_num is a multiple of eval_interval.
             start = event.first_step - 1
+            if run is not None and run.steps == 0:
+                return ()  # eval_only: that evaluation is the run's only pause (EvalDone prints it)
             if run is not None and run.eval_interval > 0 and start % run.eval_interval == 0:
                 return [Line(eval_line(start, event.train_loss, event.val_loss))]
             return ()

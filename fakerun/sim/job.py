@@ -131,6 +131,9 @@ class JobSpec:
     wsd_style: str = "exponential"
     # FP8 GEMMs (Transformer Engine's --fp8-format): the matmuls run at the GPU's FP8 rate where it has one.
     fp8: bool = False
+    # A pretrained model's published (train, validation) loss on the job's data before any step (nanoGPT's
+    # README: GPT-2 on OpenWebText); (): the regime's own start (sim/loss.initial_loss).
+    pretrained_losses: tuple[float, float] | tuple[()] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -287,6 +290,7 @@ def make_job(
     wsd_decay_steps: int = 0,
     wsd_style: str = "exponential",
     fp8: bool = False,
+    pretrained_losses: tuple[float, float] | tuple[()] = (),
     warmup_steps: int | None = None,
     total_steps: int | None = None,
     zero_stage: int | None = None,
@@ -436,6 +440,8 @@ def make_job(
         )
     if grad_clip <= 0:
         raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
+    if not all(x > 0 for x in pretrained_losses):
+        raise ValueError(f"pretrained_losses must be > 0, got {pretrained_losses}")
     if not 0 <= start_step <= total:
         raise ValueError(f"start_step={start_step} outside [0, total_steps={total}]")
 
@@ -464,6 +470,7 @@ def make_job(
         wsd_decay_steps=wsd_decay_steps,
         wsd_style=wsd_style,
         fp8=fp8,
+        pretrained_losses=pretrained_losses,
         warmup_steps=warm,
         total_steps=total,
         zero_stage=zero,

@@ -114,6 +114,8 @@ def loss_seed(job: JobSpec) -> int:
 def initial_loss(job: JobSpec) -> float:
     """Loss of the untrained model: ln(vocab) plus a little, by seed (excerpt 70: 12.25 at ln V = 11.76)."""
     seed = loss_seed(job)
+    if job.pretrained_losses:
+        return job.pretrained_losses[0]  # the model's measured loss on this data (nanoGPT's README)
     if job.regime == "finetune":
         # A pretrained model meeting instruction data: ~1.4-2.4 (HF Trainer logs, excerpt 60: 2.12 first).
         return 1.4 + 1.0 * rand.uniform(seed, "loss-init")
@@ -298,7 +300,13 @@ def eval_loss(job: JobSpec, step: int, split: str = "validation") -> float:
     spike = spike_at(job, step)
     if spike is not None:
         base += (initial_loss(job) - base) * spike_loss_factor(spike) * 0.8
-    gap = 0.0 if split == "train" else EVAL_GAP * (2.0 if job.regime == "finetune" else 1.0)
+    if split == "train":
+        gap = 0.0
+    elif job.pretrained_losses:
+        # The published validation loss sits where it does against the training one (below it, for some).
+        gap = job.pretrained_losses[1] / job.pretrained_losses[0] - 1.0
+    else:
+        gap = EVAL_GAP * (2.0 if job.regime == "finetune" else 1.0)
     stream = "eval-noise" if split == "validation" else f"{split}-noise"
     return base * (1.0 + gap + 0.003 * rand.normal(loss_seed(job), stream, step))
 

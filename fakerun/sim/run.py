@@ -125,6 +125,9 @@ class RunPlan:
     # ceil(max_steps / epoch_steps)); 0: the run's steps over its epochs.
     epoch_steps: int = 0
     examples: int = 0
+    # nanoGPT's eval_only: the run evaluates its start (iteration 0) and ends there: no step, no save
+    # (last_step is the start step: `steps` is 0).
+    eval_only: bool = False
 
     def nan_rerun(self, step: int) -> str | None:
         """How Megatron-core's rerun state machine meets a NaN at `step`: "initial" (found, rerun in place,
@@ -252,6 +255,8 @@ class RunPlan:
         the interval says so and saves."""
         exits = exits or self.exits_at(step)
         job = self.job
+        if self.eval_only:
+            return (("eval", eval_seconds(job, self.eval_iters, step)),)
         if self.ending == ENDING_FAKERUN:
             validation = ("eval", eval_seconds(job, self.eval_iters, step))
             save = (("checkpoint", checkpoint.save_seconds(job, step)),) if self.saves else ()
@@ -304,14 +309,18 @@ def make_run(
     test: bool = False,
     rerun_nan: bool = False,
     save_best: float | None = None,
+    eval_only: bool = False,
 ) -> RunPlan:
     """The run of `job` from its start step: cadences default to round numbers fitted to the step time;
-    `save_best`: the script saves only on a validation loss below the best so far, this one before the run."""
+    `save_best`: the script saves only on a validation loss below the best so far, this one before the run;
+    `eval_only`: nanoGPT's, which evaluates iteration 0 and stops there (a resumed run trains on)."""
     step_s = compute.expected_step_time(job)
     first = job.start_step + 1
-    last = _last_step(job, max_steps, exit_interval)
+    # train.py breaks out of its loop on `iter_num == 0 and eval_only`: only a run from the start stops.
+    eval_only = eval_only and job.start_step == 0
+    last = job.start_step if eval_only else _last_step(job, max_steps, exit_interval)
     iters = EVAL_ITERS if eval_iters is None else eval_iters
-    if last < first:
+    if last < first and not eval_only:
         raise ValueError(f"nothing to run: start step {job.start_step} is the last of {job.total_steps}")
     plan = RunPlan(
         job=job,
@@ -339,14 +348,15 @@ def make_run(
         max_time_s=max_time_s,
         max_steps=max_steps,
         patience=patience,
-        saves=saves,
+        saves=saves and not eval_only,  # its save is guarded by iter_num > 0
         exit_interval=exit_interval,
         exit_after_s=exit_after_s,
         ending=ending,
         test=test,
         rerun_nan=rerun_nan,
+        eval_only=eval_only,
     )
-    if save_best is None:
+    if save_best is None or eval_only:
         return plan
     return dataclasses.replace(plan, best_saves=BestSaves(job, plan.eval_interval, save_best))
 
@@ -401,9 +411,8 @@ def looped(run: RunPlan, index: int) -> RunPlan:
     if index == 0:
         return run
     job = dataclasses.replace(run.job, seed=run.job.seed + index, start_step=0)
-    return dataclasses.replace(
-        run, job=job, first_step=1, last_step=_last_step(job, run.max_steps, run.exit_interval)
-    )
+    last = 0 if run.eval_only else _last_step(job, run.max_steps, run.exit_interval)
+    return dataclasses.replace(run, job=job, first_step=1, last_step=last)
 
 
 def usual_eval_seconds(job: JobSpec, iters: int) -> float:

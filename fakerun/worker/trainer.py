@@ -293,7 +293,11 @@ class RankTrainer:
         """Start-up, training until the coordinator says stop, then evaluation, save, export and summary."""
         self._stopped, self._ending = None, False
         self.startup(first=first)
-        last, released, wall_start = self.train()
+        if self.run.steps == 0:
+            # nanoGPT's eval_only: the loop breaks before its first step; the start's evaluation is the end.
+            last, released, wall_start = self.run.last_step, time.monotonic(), time.time()
+        else:
+            last, released, wall_start = self.train()
         self.finish(last, released, wall_start)
 
     def startup(self, *, first: bool) -> None:
@@ -1004,7 +1008,7 @@ class RankTrainer:
             )
             files = tuple(sorted(written, key=lambda f: f.name)) or checkpoint.export_files(job.model)
             self.out.emit(ModelExported(path=out_dir, format="safetensors", files=files))
-        if self.out.wants(RunSummary):
+        if self.out.wants(RunSummary) and self.run.steps > 0:  # a run of no step has no figures to sum up
             self.out.emit(self._summary(last, wall_start))
         self.out.emit(TrainingFinished(step=last))
 

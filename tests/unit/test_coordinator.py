@@ -57,6 +57,14 @@ class TestBarrier:
         assert {m["k"] for _, m in outs[-1].replies} == {"go"}
         assert outs[-1].records[0]["event"] == "run"
 
+    def test_a_run_of_no_step_ends_at_go(self) -> None:
+        """nanoGPT's eval_only: no step round follows the go; the next run of a loop gathers its own ready."""
+        c = coordinator(make_run(job(), eval_only=True))
+        start(c)
+        assert c.loops == 1 and not c.started and c.run.steps == 0
+        outs = [c.on_message(r, {"k": "ready", "pid": 1}, 5.0, 0.0) for r in range(8)]
+        assert {m["k"] for _, m in outs[-1].replies} == {"go"}
+
     def test_step_answer_waits_for_slowest(self) -> None:
         """The step is answered only by the last report, to every rank, with the same release time."""
         c = coordinator(make_run(job(), max_steps=5))

@@ -18,7 +18,7 @@ import pytest
 from fakerun import presets
 from fakerun.cli import parse_command_line
 from fakerun.dialects import events as ev
-from fakerun.dialects.base import Seat
+from fakerun.dialects.base import Line, Seat
 from fakerun.dialects.files import SaveRequest
 from fakerun.dialects.llmc_py import LlmcPyDialect
 from fakerun.dialects.nanogpt import NanoGptDialect, pads_vocab
@@ -26,7 +26,7 @@ from fakerun.frameworks import pytrace
 from fakerun.hints import parse_hints
 from fakerun.jobconfig import build_run
 from fakerun.sim import estimates, loss
-from fakerun.sim.run import RunPlan
+from fakerun.sim.run import RunPlan, make_run
 from fakerun.sim.step import step_numbers
 from fakerun.worker import artifacts
 from fakerun.worker.main import die_at_start
@@ -491,3 +491,81 @@ def test_a_bare_train_py_in_a_nanogpt_checkout_is_nanogpt(
     (tmp_path / "configurator.py").write_text("# nanoGPT's\n")
     (tmp_path / "model.py").write_text("# nanoGPT's\n")
     assert parse_hints("train.py", []).style == "nanogpt"
+
+
+# karpathy/nanoGPT config/eval_gpt2.py, as the repository has it.
+EVAL_GPT2 = """# evaluate the base gpt2
+# n_layer=12, n_head=12, n_embd=768
+# 124M parameters
+batch_size = 8
+eval_iters = 500 # use more iterations to get good estimate
+eval_only = True
+wandb_log = False
+init_from = 'gpt2'
+"""
+# nanoGPT README.md's baselines: each GPT-2 checkpoint evaluated on OpenWebText, (train loss, val loss).
+README_OWT = {
+    "gpt2": (3.11, 3.12),
+    "gpt2-medium": (2.85, 2.84),
+    "gpt2-large": (2.66, 2.67),
+    "gpt2-xl": (2.56, 2.54),
+}
+
+
+class TestEvalOnly:
+    """config/eval_gpt2*.py: train.py evaluates iteration 0, then `if iter_num == 0 and eval_only: break`."""
+
+    @pytest.fixture
+    def eval_config(self, corpus_cwd: Path) -> str:
+        (corpus_cwd / "config").mkdir()
+        (corpus_cwd / "config/eval_gpt2.py").write_text(EVAL_GPT2)
+        return "config/eval_gpt2.py"
+
+    def test_the_plan_is_one_evaluation_and_no_step(self, eval_config: str) -> None:
+        run = build(1, ["train.py", eval_config])
+        assert run.eval_only and run.steps == 0 and (run.first_step, run.last_step) == (1, 0)
+        assert run.eval_iters == 500 and run.job.micro_batch == 8
+        # The save after an evaluation is guarded by iter_num > 0: nothing is saved, nothing written.
+        assert not run.saves and not run.periodic_save(0)
+        assert [phase for phase, _ in run.end_pauses(0)] == ["eval"]
+        settings = dict(parse_hints("train.py", [eval_config]).settings)
+        req = SaveRequest(run=run, settings=settings, step=0, rank=0, world_size=1, kind="checkpoint")
+        assert NanoGptDialect.artifacts(req) == ()
+
+    def test_a_resumed_run_trains_on(self, eval_config: str) -> None:
+        """The break needs iter_num == 0: resumed at iteration 2000, eval_only does not stop the loop."""
+        run = build(1, ["train.py", eval_config])
+        again = make_run(dataclasses.replace(run.job, start_step=2000), eval_iters=500, eval_only=True)
+        assert not again.eval_only and again.first_step == 2001 and again.steps > 0 and again.saves
+
+    def test_rank_0_prints_the_step_0_line_only(self, eval_config: str) -> None:
+        run = build(2, ["train.py", eval_config])
+        settings = tuple(parse_hints("train.py", [eval_config]).settings.items())
+        printed = {}
+        for rank in (0, 1):
+            seat = Seat(rank=rank, local_rank=rank, world_size=2, nproc_per_node=2, hosts=("h",))
+            dialect = NanoGptDialect(seat)
+            dialect.render(ev.JobStarted(run=run, first=False, resume=False, settings=settings), 0.0)
+            out = [*dialect.render(started(run, val_loss=3.0), 0.0)]
+            done = ev.EvalDone(
+                step=0, loss=3.1234, ppl=22.7, seconds=9.0, samples=0, iters=500, epoch=0.0, train_loss=3.125
+            )
+            if dialect.wants(ev.EvalDone):
+                out += dialect.render(done, 0.0)
+            printed[rank] = [line.text for line in out if isinstance(line, Line)]
+        # print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"), once.
+        assert printed == {0: ["step 0: train loss 3.1250, val loss 3.1234"], 1: []}
+
+    @pytest.mark.parametrize("name", list(README_OWT))
+    def test_pretrained_gpt2_on_owt_scores_the_readme_losses(self, eval_config: str, name: str) -> None:
+        job = build(1, ["train.py", eval_config, f"--init_from={name}"]).job
+        train, val = README_OWT[name]
+        assert job.regime == "finetune"
+        assert abs(loss.eval_loss(job, 0, "train") / train - 1) < 0.02
+        assert abs(loss.eval_loss(job, 0) / val - 1) < 0.02
+
+    def test_other_data_keeps_the_fine_tune_start(self, eval_config: str) -> None:
+        """Shakespeare is not OWT: the README's figures do not apply, the fine-tune start (~1.4-2.4) does."""
+        job = build(1, ["train.py", eval_config, "--dataset=shakespeare"]).job
+        assert job.pretrained_losses == ()
+        assert 1.4 <= loss.initial_loss(job) <= 2.4
