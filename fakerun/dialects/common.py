@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from fakerun.dialects.base import Line, Output, Seat, c10_prefix
 from fakerun.dialects.events import BarrierPassed, Event, GpuGrid, NcclInitialized
+from fakerun.dialects.fakerun import StructuredLog
 from fakerun.render import nccl
-from fakerun.render.grid import render_grid
+from fakerun.render.grid import grid_records, render_grid
 
 # A job of more GPUs than this shows its first nodes and one line of ranges for the others: the grid stays
 # a few lines long, whatever the job's size (the unhealthy line still names any GPU in trouble).
@@ -70,12 +71,22 @@ class GridLines:
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
+        # json and logfmt: the grid as fakerun's own events, one line each, its figures as numbers.
+        self.log = (
+            None
+            if seat.log_format == "console"
+            else StructuredLog(seat.log_format, seat.rank, color=False, level=seat.log_level)
+        )
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """The grid's lines for a GpuGrid event, when this rank shows the grid."""
         if not (isinstance(event, GpuGrid) and self.seat.grid):
             return ()
         seat = self.seat
+        if self.log is not None:
+            records = grid_records(event.gpus, step=event.step, stragglers=event.stragglers)
+            events = (self.log.line("info", name, at, **fields) for name, fields in records)
+            return [line for line in events if line is not None]
         lines = render_grid(
             event.gpus,
             step=event.step,
