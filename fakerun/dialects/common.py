@@ -25,12 +25,20 @@ def barrier_warning(rank: int, device_index: int, at: float) -> str:
     )
 
 
+def _machine_log(seat: Seat) -> StructuredLog | None:
+    """The rank's structlog logger when its log format is for machines (json, logfmt), else None."""
+    if seat.log_format == "console":
+        return None
+    return StructuredLog(seat.log_format, seat.rank, color=False, level=seat.log_level)
+
+
 class TorchLines:
     """What torch and NCCL print on every rank whatever the training framework is."""
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         self._nccl: tuple[tuple[int, int, int], dict[str, list[str]]] | None = None
+        self.log = _machine_log(seat)
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """torch's barrier warning on stderr; NCCL's INFO lines under NCCL_DEBUG=INFO."""
@@ -42,7 +50,12 @@ class TorchLines:
         if isinstance(event, NcclInitialized) and seat.nccl_debug:
             parts = self._nccl_parts(event)
             names = nccl.INIT_PARTS if event.part is None else (event.part,)
-            return [Line(text) for name in names for text in parts[name]]
+            texts = [text for name in names for text in parts[name]]
+            if self.log is not None:
+                # json and logfmt promise one event per stdout line: NCCL's own lines ride in `nccl` events.
+                lines = (self.log.line("info", "nccl", at, line=text) for text in texts)
+                return [line for line in lines if line is not None]
+            return [Line(text) for text in texts]
         return ()
 
     def _nccl_parts(self, event: NcclInitialized) -> dict[str, list[str]]:
@@ -72,11 +85,7 @@ class GridLines:
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         # json and logfmt: the grid as fakerun's own events, one line each, its figures as numbers.
-        self.log = (
-            None
-            if seat.log_format == "console"
-            else StructuredLog(seat.log_format, seat.rank, color=False, level=seat.log_level)
-        )
+        self.log = _machine_log(seat)
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """The grid's lines for a GpuGrid event, when this rank shows the grid."""
