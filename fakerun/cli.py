@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from fakerun import dialects, limits, tomlfile
+from fakerun.dialects.fakerun import LEVELS
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
 from fakerun.sim.failures import FAILURE_KINDS, MAX_FAILURES, RANDOM_FAILURE
 
@@ -322,11 +323,15 @@ def _parse_name(what: str) -> Callable[[object], str]:
     return convert
 
 
-def _parse_log_format(value: object) -> str:
-    """Converter for --fake-log-format."""
-    if isinstance(value, str) and value.strip().lower() in _LOG_FORMATS:
-        return value.strip().lower()
-    raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(_LOG_FORMATS)})")
+def _parse_choice(choices: Sequence[str]) -> Callable[[object], str]:
+    """Converter for an option taking one of `choices` (any case)."""
+
+    def convert(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(choices)})")
+
+    return convert
 
 
 def _parse_trainer(value: object) -> str:
@@ -407,8 +412,16 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec(
         "log_format",
         "{" + ",".join(_LOG_FORMATS) + "}",
-        "Format of fakerun's own log lines (default: console).",
-        _parse_log_format,
+        "Format of fakerun's own log lines (default: console); json and logfmt print every line as one "
+        "event, the GPU grid and the summary included.",
+        _parse_choice(_LOG_FORMATS),
+    ),
+    _FakeSpec(
+        "log_level",
+        "{" + ",".join(LEVELS) + "}",
+        "Lowest level of fakerun's own events shown (default: info; debug adds each logged step's gradient "
+        "sync).",
+        _parse_choice(tuple(LEVELS)),
     ),
     _FakeSpec(
         "trainer",

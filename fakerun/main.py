@@ -206,6 +206,7 @@ def _sim_context(
         hosts=tuple(hosts),
         speed=cmd.fake.speed,
         log_format=cmd.fake.log_format,
+        log_level=cmd.fake.log_level,
         loop=cmd.fake.loop,
         bar_columns=columns,
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,

@@ -65,6 +65,7 @@ class FakeOptions:
     gpu: str | None = None
     cluster: str | None = None
     log_format: str = "console"
+    log_level: str = "info"  # the lowest level of fakerun's own events shown (debug, info, warning)
     trainer: str | None = None  # a dialect's name (fakerun/dialects); None: the script's arguments decide
     grid: bool = False  # show the GPU grid in any dialect's output
     no_files: bool = False  # do not create the files the job reports writing

@@ -64,6 +64,7 @@ class Seat:
     nproc_per_node: int
     hosts: tuple[str, ...]  # one per node of the job
     log_format: str = "console"  # fakerun's own events: "console", "json" or "logfmt"
+    log_level: str = "info"  # the lowest level of fakerun's own events shown: "debug", "info" or "warning"
     color: bool = False
     bar_columns: int | None = None  # the terminal's width when rank 0's bar reaches a terminal
     grid: bool = False  # the GPU grid is shown (fakerun's own style, or --fake-grid)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from fakerun.dialects.base import Line, Output, Seat, c10_prefix
 from fakerun.dialects.events import BarrierPassed, Event, GpuGrid, NcclInitialized
+from fakerun.dialects.fakerun import StructuredLog
 from fakerun.render import nccl
-from fakerun.render.grid import render_grid
+from fakerun.render.grid import grid_records, render_grid
 
 # A job of more GPUs than this shows its first nodes and one line of ranges for the others: the grid stays
 # a few lines long, whatever the job's size (the unhealthy line still names any GPU in trouble).
@@ -24,12 +25,20 @@ def barrier_warning(rank: int, device_index: int, at: float) -> str:
     )
 
 
+def _machine_log(seat: Seat) -> StructuredLog | None:
+    """The rank's structlog logger when its log format is for machines (json, logfmt), else None."""
+    if seat.log_format == "console":
+        return None
+    return StructuredLog(seat.log_format, seat.rank, color=False, level=seat.log_level)
+
+
 class TorchLines:
     """What torch and NCCL print on every rank whatever the training framework is."""
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
         self._nccl: tuple[tuple[int, int, int], dict[str, list[str]]] | None = None
+        self.log = _machine_log(seat)
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """torch's barrier warning on stderr; NCCL's INFO lines under NCCL_DEBUG=INFO."""
@@ -41,7 +50,12 @@ class TorchLines:
         if isinstance(event, NcclInitialized) and seat.nccl_debug:
             parts = self._nccl_parts(event)
             names = nccl.INIT_PARTS if event.part is None else (event.part,)
-            return [Line(text) for name in names for text in parts[name]]
+            texts = [text for name in names for text in parts[name]]
+            if self.log is not None:
+                # json and logfmt promise one event per stdout line: NCCL's own lines ride in `nccl` events.
+                lines = (self.log.line("info", "nccl", at, line=text) for text in texts)
+                return [line for line in lines if line is not None]
+            return [Line(text) for text in texts]
         return ()
 
     def _nccl_parts(self, event: NcclInitialized) -> dict[str, list[str]]:
@@ -70,12 +84,18 @@ class GridLines:
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
+        # json and logfmt: the grid as fakerun's own events, one line each, its figures as numbers.
+        self.log = _machine_log(seat)
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
         """The grid's lines for a GpuGrid event, when this rank shows the grid."""
         if not (isinstance(event, GpuGrid) and self.seat.grid):
             return ()
         seat = self.seat
+        if self.log is not None:
+            records = grid_records(event.gpus, step=event.step, stragglers=event.stragglers)
+            events = (self.log.line("info", name, at, **fields) for name, fields in records)
+            return [line for line in events if line is not None]
         lines = render_grid(
             event.gpus,
             step=event.step,

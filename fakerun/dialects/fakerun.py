@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import structlog
+from structlog.typing import EventDict, Processor
 
 from fakerun.dialects import files
 from fakerun.dialects.base import (
@@ -65,6 +68,9 @@ from fakerun.sim.run import RunPlan
 
 _MIB = 1024.0**2
 
+# --fake-log-level's choices: the levels fakerun's own events are logged at.
+LEVELS: dict[str, int] = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
 # Events only rank 0 prints (a real script guards its logging with `if rank == 0`).
 _RANK0: frozenset[type[Event]] = frozenset(
     {
@@ -109,37 +115,102 @@ _EVERY_RANK: frozenset[type[Event]] = frozenset(
 )
 
 
-class StructuredLog:
-    """structlog's output as a logger bound to `rank=N` writes it, rendered from an event's moment."""
+@dataclass(frozen=True)
+class Shown:
+    """A field as the console shows it (`42.29%`, `17.3 GB`), and the typed fields json and logfmt carry
+    in its place (`mfu=0.4229`, `size_bytes=17301504000`): machines read numbers, people read units."""
 
-    def __init__(self, log_format: str, rank: int, *, color: bool) -> None:
-        self.rank = rank
-        self.renderer: structlog.typing.Processor
+    text: str
+    fields: Mapping[str, object]
+
+
+def shown(text: str, **fields: object) -> Shown:
+    """`text` on the console, `fields` (in this order, in the field's place) in json and logfmt."""
+    return Shown(text, fields)
+
+
+def _human(_logger: object, _name: str, record: EventDict) -> EventDict:
+    """structlog processor: each Shown field as its text (the console's format)."""
+    return {k: v.text if isinstance(v, Shown) else v for k, v in record.items()}
+
+
+def _typed(_logger: object, _name: str, record: EventDict) -> EventDict:
+    """structlog processor: each Shown field replaced by its typed fields (json's and logfmt's formats)."""
+    out: EventDict = {}
+    for key, value in record.items():
+        if isinstance(value, Shown):
+            out.update(value.fields)
+        else:
+            out[key] = value
+    return out
+
+
+def _finite(_logger: object, _name: str, record: EventDict) -> EventDict:
+    """structlog processor: a NaN or infinite float as null, since JSON has no such numbers (`jq` rejects
+    Python's `NaN`)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
+def _stamped(stamp: Callable[[float], str]) -> Processor:
+    """structlog processor: the event's moment on the job's clock (`_at`) as the `timestamp` field, last."""
+
+    def process(_logger: object, _name: str, record: EventDict) -> EventDict:
+        at = record.pop("_at")
+        record["timestamp"] = stamp(at)
+        return record
+
+    return process
+
+
+class _Lines:
+    """The logger at the end of structlog's chain: hands the rendered line back to the caller, which
+    decides the stream and the moment it is written (the printer), instead of writing it."""
+
+    def msg(self, message: str) -> str:
+        return message
+
+    debug = info = warning = error = msg
+
+
+class StructuredLog:
+    """structlog's output as a logger bound to `rank=N` writes it, rendered from an event's moment: a
+    filtering bound logger at `level` over add_log_level, the time and the format's renderer."""
+
+    def __init__(self, log_format: str, rank: int, *, color: bool, level: str = "info") -> None:
+        processors: list[Processor] = [structlog.processors.add_log_level]
+        renderer: Processor
         if log_format == "json":
-            self.stamp = iso_time
-            self.renderer = structlog.processors.JSONRenderer()
+            stamp = iso_time
+            processors += [_typed, _finite]
+            renderer = structlog.processors.JSONRenderer()
         elif log_format == "logfmt":
-            self.stamp = iso_time
-            self.renderer = structlog.processors.LogfmtRenderer(
-                key_order=["timestamp", "level", "event", "rank"]
+            stamp = iso_time
+            processors.append(_typed)
+            # bool_as_flag=False: `straggler=true`, not a bare `straggler`, so that every field is key=value.
+            renderer = structlog.processors.LogfmtRenderer(
+                key_order=["timestamp", "level", "event", "rank"], bool_as_flag=False
             )
         else:
-            self.stamp = log_time
+            stamp = log_time
+            processors.append(_human)
             # The event's padding, positionally: structlog < 25 names it pad_event, later ones pad_event_to.
-            self.renderer = structlog.dev.ConsoleRenderer(28, colors=color, sort_keys=False)
+            renderer = structlog.dev.ConsoleRenderer(28, colors=color, sort_keys=False)
+        processors += [_stamped(stamp), renderer]
+        self.logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+            _Lines(),
+            processors=processors,
+            wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        ).bind(rank=rank)
 
-    def line(self, level: str, event: str, at: float, **fields: Any) -> Line:
-        """One event line: the bound rank, the fields in order, then the event, level and time processors."""
-        record: dict[str, Any] = {"rank": self.rank, **fields, "event": event}
-        record = dict(structlog.processors.add_log_level(None, level, record))
-        record["timestamp"] = self.stamp(at)
-        text = self.renderer(None, level, record)
-        assert isinstance(text, str)
-        return Line(text)
+    def enabled(self, level: str) -> bool:
+        """Whether events of `level` are shown (--fake-log-level)."""
+        return self.logger.is_enabled_for(LEVELS[level])
 
-
-def _nan_or(value: float, digits: int) -> float | str:
-    return "nan" if math.isnan(value) else round(value, digits)
+    def line(self, level: str, event: str, at: float, **fields: Any) -> Line | None:
+        """One event line (None below the log level): the bound rank, the fields in order, then the event,
+        level and time."""
+        text = getattr(self.logger, level)(event, **fields, _at=at)
+        return None if text is None else Line(text)
 
 
 class FakerunDialect:
@@ -159,7 +230,7 @@ class FakerunDialect:
 
     def __init__(self, seat: Seat) -> None:
         self.seat = seat
-        self.log = StructuredLog(seat.log_format, seat.rank, color=seat.color)
+        self.log = StructuredLog(seat.log_format, seat.rank, color=seat.color, level=seat.log_level)
         self.runs = 0  # runs begun by this process (--fake-loop runs one after another)
         self.run: RunPlan | None = None  # the current run's plan
         # Rank 0's bars over a run of several epochs, as nested tqdm bars: the epochs' (position 0, open since
@@ -169,13 +240,19 @@ class FakerunDialect:
         self.epoch_t0 = 0.0  # the run's training time (StepDone.elapsed_s) when this epoch's first step began
 
     def wants(self, kind: type[Event]) -> bool:
-        """Rank 0 prints every event of the run; the other ranks their own start-up and end."""
+        """Rank 0 prints the run's events at the log level; the other ranks their own start-up and end."""
+        if kind is GradientSync and not self.log.enabled("debug"):
+            return False  # the only debug event: not even built below --fake-log-level debug
         return kind in _EVERY_RANK or (kind in _RANK0 and self.seat.rank == 0)
 
     def render(self, event: Event, at: float) -> Sequence[Output]:
-        """The lines of `event` on this rank."""
+        """The lines of `event` on this rank (the ones at or above the log level)."""
         if not self.wants(type(event)):
             return ()
+        return tuple(out for out in self.outputs(event, at) if out is not None)
+
+    def outputs(self, event: Event, at: float) -> Sequence[Output | None]:
+        """The lines of `event`, None in place of an event line below the log level."""
         info = self.log.line
         match event:
             case JobStarted():
@@ -248,7 +325,7 @@ class FakerunDialect:
                         "model config",
                         at,
                         model=m.hf_name or m.display_name,
-                        params=count(m.params),
+                        params=shown(count(m.params), params=m.params),
                         layers=m.layers,
                         hidden=m.hidden,
                         heads=m.heads,
@@ -283,7 +360,7 @@ class FakerunDialect:
                         "info",
                         "dataset ready",
                         at,
-                        tokens=count(event.tokens),
+                        tokens=shown(count(event.tokens), tokens=event.tokens),
                         samples=event.samples,
                         epochs=event.epochs,
                         steps_per_epoch=event.steps_per_epoch,
@@ -296,12 +373,14 @@ class FakerunDialect:
                         "model initialized",
                         at,
                         dtype=event.dtype,
-                        params_on_rank=count(event.params_on_rank),
+                        params_on_rank=shown(
+                            count(event.params_on_rank), params_on_rank=event.params_on_rank
+                        ),
                         layers_on_rank=event.layers_on_rank,
                     )
                 ]
             case CheckpointLoading():
-                return [info("info", "loading checkpoint", at, path=event.path, size=gigabytes(event.nbytes))]
+                return [info("info", "loading checkpoint", at, path=event.path, size=_size(event.nbytes))]
             case CheckpointLoaded():
                 return [
                     info(
@@ -310,9 +389,9 @@ class FakerunDialect:
                         at,
                         path=event.path,
                         step=event.step,
-                        tokens=count(event.tokens),
+                        tokens=shown(count(event.tokens), tokens=event.tokens),
                         loss=round(event.loss, 4),
-                        lr=f"{event.lr:.3e}",
+                        lr=shown(f"{event.lr:.3e}", lr=event.lr),
                         seconds=round(event.seconds, 1),
                     )
                 ]
@@ -333,7 +412,7 @@ class FakerunDialect:
                     )
                 ]
             case StepDone():
-                out: list[Output] = list(self.step_bars(event, at))
+                out: list[Output | None] = list(self.step_bars(event, at))
                 if event.logged:
                     out.append(self.train_line(event, at))
                 return out
@@ -371,7 +450,7 @@ class FakerunDialect:
                         "nan loss detected, skipping optimizer step",
                         at,
                         step=event.step,
-                        grad_norm="nan",
+                        grad_norm=math.nan,
                     )
                 ]
             case LossSpike():
@@ -395,7 +474,7 @@ class FakerunDialect:
                         slow_rank=event.slow_rank,
                         host=event.host,
                         step_time_s=round(event.step_time_s, 3),
-                        mfu=f"{100 * event.mfu:.1f}%",
+                        mfu=shown(f"{100 * event.mfu:.1f}%", mfu=round(event.mfu, 4)),
                     )
                 ]
             case TrainingStopped():
@@ -425,7 +504,7 @@ class FakerunDialect:
                         at,
                         step=event.step,
                         path=event.path,
-                        size=gigabytes(event.nbytes),
+                        size=_size(event.nbytes),
                         seconds=round(event.seconds, 1),
                         bandwidth_gbs=round(event.bandwidth_gbs, 2),
                     )
@@ -433,24 +512,28 @@ class FakerunDialect:
             case ModelExported():
                 lines = [info("info", "exporting model", at, path=event.path, format=event.format)]
                 for f in event.files:
-                    size = gigabytes(f.nbytes) if f.nbytes >= 1e8 else f"{f.nbytes:,} B"
+                    size = (
+                        _size(f.nbytes) if f.nbytes >= 1e8 else shown(f"{f.nbytes:,} B", size_bytes=f.nbytes)
+                    )
                     lines.append(info("info", "wrote", at, file=f"{event.path}/{f.name}", size=size))
                 return lines
             case RunSummary():
+                # On the job's clock, as every timestamp of the run (real seconds times the speed).
+                wall = event.wall_s * event.speed
+                complete = info(
+                    "info",
+                    "training complete",
+                    at,
+                    steps=event.last_step - event.first_step + 1,
+                    tokens=shown(count(event.tokens), tokens=event.tokens),
+                    wall_time=shown(f"{wall:.1f}s", wall_time_s=round(wall, 1)),
+                    final_loss=round(event.final_loss, 4),
+                )
+                if self.seat.log_format != "console":
+                    # Machines get the table's figures as one event of numbers, not as boxed text.
+                    return [complete, info("info", "training summary", at, **summary_fields(event))]
                 table = summary_table("Training summary", summary_rows(event), width=self.seat.width)
-                return [
-                    info(
-                        "info",
-                        "training complete",
-                        at,
-                        steps=event.last_step - event.first_step + 1,
-                        tokens=count(event.tokens),
-                        # On the job's clock, as every timestamp of the run (real seconds times the speed).
-                        wall_time=f"{event.wall_s * event.speed:.1f}s",
-                        final_loss=_nan_or(event.final_loss, 4),
-                    ),
-                    *(Line(text) for text in table),
-                ]
+                return [complete, *(Line(text) for text in table)]
             case TrainingFinished():
                 return [info("info", "training finished", at, step=event.step)]
         return ()
@@ -556,20 +639,20 @@ class FakerunDialect:
         done = run.epoch_of(step) - (0 if ends else 1)
         return [BarClose(position=1), BarClose(self.epochs_meter(run, done, at))]
 
-    def epoch_line(self, event: EpochDone, at: float) -> Line:
+    def epoch_line(self, event: EpochDone, at: float) -> Line | None:
         """The `epoch complete` event: the epoch's mean training loss, its validation, tokens and time."""
         fields: dict[str, Any] = {
-            "epoch": f"{event.epoch}/{event.epochs}",
+            "epoch": shown(f"{event.epoch}/{event.epochs}", epoch=event.epoch, epochs=event.epochs),
             "step": event.step,
-            "train_loss": _nan_or(event.train_loss, 4),
+            "train_loss": round(event.train_loss, 4),
         }
         if not math.isnan(event.val_loss):
             fields["val_loss"] = round(event.val_loss, 4)
-        fields["tokens"] = count(event.tokens)
+        fields["tokens"] = shown(count(event.tokens), tokens=event.tokens)
         fields["seconds"] = round(event.seconds, 1)
         return self.log.line("info", "epoch complete", at, **fields)
 
-    def slow_pause_line(self, event: SlowPause, at: float) -> Line:
+    def slow_pause_line(self, event: SlowPause, at: float) -> Line | None:
         """A warning about an evaluation or a checkpoint save that took far longer than usual."""
         if event.phase == "eval":
             return self.log.line(
@@ -590,7 +673,7 @@ class FakerunDialect:
             usual_s=round(event.usual_s, 1),
         )
 
-    def train_line(self, event: StepDone, at: float) -> Line:
+    def train_line(self, event: StepDone, at: float) -> Line | None:
         """The periodic `train` event with the step's figures."""
         n = event.numbers
         return self.log.line(
@@ -598,18 +681,18 @@ class FakerunDialect:
             "train",
             at,
             step=n.step,
-            loss=_nan_or(n.loss, 4),
-            ppl=_nan_or(n.ppl, 2),
-            lr=f"{n.lr:.4e}",
+            loss=round(n.loss, 4),
+            ppl=round(n.ppl, 2),
+            lr=shown(f"{n.lr:.4e}", lr=n.lr),
             grad_norm=round(n.grad_norm, 4),
             tokens_per_s=round(n.tokens_per_s),
             tflops=round(n.tflops_per_gpu, 1),
-            mfu=f"{100 * n.mfu:.2f}%",
+            mfu=shown(f"{100 * n.mfu:.2f}%", mfu=round(n.mfu, 4)),
             step_time_s=round(n.step_time_s, 3),
             memory_gib=round(n.mem_gib, 2),
         )
 
-    def patience_line(self, event: EarlyStoppingCheck, at: float) -> Line:
+    def patience_line(self, event: EarlyStoppingCheck, at: float) -> Line | None:
         """The early-stopping counter after a validation; the line that stops the run when it runs out."""
         if event.strikes >= event.patience:
             return self.log.line(
@@ -620,7 +703,7 @@ class FakerunDialect:
                 val_loss=round(event.val_loss, 4),
                 best_val_loss=round(event.best, 4),
                 best_step=event.best_step,
-                patience=f"{event.strikes}/{event.patience}",
+                patience=_patience(event.strikes, event.patience),
             )
         if event.strikes == 0:
             return self.log.line(
@@ -629,7 +712,7 @@ class FakerunDialect:
                 at,
                 step=event.step,
                 best_val_loss=round(event.best, 4),
-                patience=f"0/{event.patience}",
+                patience=_patience(0, event.patience),
             )
         return self.log.line(
             "info",
@@ -639,10 +722,10 @@ class FakerunDialect:
             val_loss=round(event.val_loss, 4),
             best_val_loss=round(event.best, 4),
             best_step=event.best_step,
-            patience=f"{event.strikes}/{event.patience}",
+            patience=_patience(event.strikes, event.patience),
         )
 
-    def validation_line(self, event: EvalDone, at: float) -> Line:
+    def validation_line(self, event: EvalDone, at: float) -> Line | None:
         """The `validation` event after an evaluation."""
         return self.log.line(
             "info",
@@ -653,6 +736,50 @@ class FakerunDialect:
             val_ppl=round(event.ppl, 2),
             seconds=round(event.seconds, 1),
         )
+
+
+def _size(nbytes: int) -> Shown:
+    """A size: `17.3 GB` on the console, `size_bytes=17301504000` for machines."""
+    return shown(gigabytes(nbytes), size_bytes=nbytes)
+
+
+def _patience(strikes: int, patience: int) -> Shown:
+    """The early-stopping counter: `2/5` on the console, `strikes=2 patience=5` for machines."""
+    return shown(f"{strikes}/{patience}", strikes=strikes, patience=patience)
+
+
+def summary_fields(s: RunSummary) -> dict[str, object]:
+    """The figures of fakerun's end-of-run table as typed fields (json and logfmt)."""
+    return {
+        "model": s.model.display_name,
+        "params": s.model.params,
+        "gpus": s.world_size,
+        "gpu_name": s.gpu_name,
+        "nnodes": s.nnodes,
+        "nproc_per_node": s.nproc_per_node,
+        "tp": s.tp,
+        "pp": s.pp,
+        "dp": s.dp,
+        "sharding": s.sharding,
+        "first_step": s.first_step,
+        "last_step": s.last_step,
+        "total_steps": s.total_steps,
+        "tokens": s.tokens,
+        "tokens_per_step": s.tokens_per_step,
+        "final_loss": round(s.final_loss, 4),
+        "val_loss": round(s.val_loss, 4),
+        "val_ppl": round(s.val_ppl, 2),
+        "step_time_s": round(s.median_step_s, 3),
+        "tokens_per_s": round(s.median_tokens_per_s),
+        "tokens_per_s_per_gpu": round(s.median_tokens_per_s_per_gpu),
+        "mfu": round(s.median_mfu, 4),
+        "tflops_per_gpu": round(s.median_tflops, 1),
+        "checkpoints": s.checkpoints,
+        "last_checkpoint": s.last_checkpoint,
+        # The table's wall time: real seconds, at the job's speed.
+        "real_time_s": round(s.wall_s, 1),
+        "speed": s.speed,
+    }
 
 
 def summary_rows(s: RunSummary) -> list[tuple[str, str]]:

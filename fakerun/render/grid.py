@@ -21,6 +21,7 @@ __all__ = [
     "MARKERS",
     "UTIL_GLYPHS",
     "GridGpu",
+    "grid_records",
     "health",
     "render_grid",
     "severity",
@@ -48,6 +49,7 @@ _MIN_WIDTH = 20
 _ONE_NODE_PER_LINE_MAX = 16
 _MAX_ROWS_WITH_UTIL = 32  # a screenful: beyond it, per-node utilisation gives way to more nodes per line
 _SEP = "  "
+_MIB = 1024 * 1024
 _DOT = " · "
 
 
@@ -365,6 +367,116 @@ def _legend(cells: Sequence[_Cell], color: bool, width: int) -> str:
     return _fit_fields([util, *fields], width, _SEP)
 
 
+def _judged(
+    gpus: Sequence[GridGpu], stragglers: frozenset[int], temp_warn: int, temp_crit: int
+) -> list[_Cell]:
+    """Every GPU with its health, in node then local-rank order."""
+    ordered = sorted(gpus, key=lambda g: (g.node, g.local_rank, g.rank))
+    # Low utilisation is judged against the job's own training level: a small model at TP=8 runs at ~25%.
+    train_utils = [g.util_pct for g in ordered if g.phase == "train"]
+    util_floor = round(0.5 * statistics.median(train_utils)) if train_utils else 0
+    return [
+        _Cell(
+            g,
+            health(
+                g,
+                temp_warn=temp_warn,
+                temp_crit=temp_crit,
+                util_floor=util_floor,
+                straggler=g.rank in stragglers,
+            ),
+        )
+        for g in ordered
+    ]
+
+
+def _nodes(cells: Sequence[_Cell]) -> list[_Node]:
+    """The cells grouped by node, in order."""
+    by_node: dict[int, list[_Cell]] = {}
+    for c in cells:
+        by_node.setdefault(c.gpu.node, []).append(c)
+    return [_Node(group[0].gpu.host, tuple(group)) for group in by_node.values()]
+
+
+def grid_records(
+    gpus: Sequence[GridGpu],
+    *,
+    step: int,
+    stragglers: frozenset[int] = frozenset(),
+    temp_warn: int = 83,
+    temp_crit: int = 90,
+) -> list[tuple[str, dict[str, object]]]:
+    """The grid as events for machines (json, logfmt): `gpu grid` with the job's figures, then each node's
+    `gpu node` aggregates followed by its GPUs' `gpu` figures, numbers as numbers, memory in bytes."""
+    cells = _judged(gpus, stragglers, temp_warn, temp_crit)
+    nodes = _nodes(cells)
+    alive = [c.gpu for c in cells if c.level != "dead"]
+    timed = [g for g in alive if g.step_ms > 0]
+    slowest = max(timed, key=lambda g: (g.step_ms, -g.rank)) if timed else None
+    counts = dict.fromkeys(HEALTH_LEVELS, 0)
+    for c in cells:
+        counts[c.level] += 1
+    records: list[tuple[str, dict[str, object]]] = [
+        (
+            "gpu grid",
+            {
+                "step": step,
+                "gpus": len(cells),
+                "nodes": len(nodes),
+                "util_pct": round(statistics.fmean(g.util_pct for g in alive)) if alive else 0,
+                "max_temp_c": max((g.temp_c for g in alive), default=0),
+                "power_w": sum(c.gpu.power_w for c in cells),
+                "slowest_rank": None if slowest is None else slowest.rank,
+                "slowest_step_ms": None if slowest is None else round(slowest.step_ms, 1),
+                **counts,
+            },
+        )
+    ]
+    for n in nodes:
+        busy = n.busiest()
+        records.append(
+            (
+                "gpu node",
+                {
+                    "step": step,
+                    "node": busy.node,
+                    "host": n.host,
+                    "gpus": len(n.cells),
+                    "util_pct": n.util(),
+                    "max_temp_c": n.max_temp(),
+                    "power_w": n.power(),
+                    "max_mem_used_bytes": busy.mem_used_mib * _MIB,
+                    "mem_total_bytes": busy.mem_total_mib * _MIB,
+                    "health": max((c.level for c in n.cells), key=severity),
+                },
+            )
+        )
+        records += [("gpu", _gpu_fields(c, step, stragglers)) for c in n.cells]
+    return records
+
+
+def _gpu_fields(cell: _Cell, step: int, stragglers: frozenset[int]) -> dict[str, object]:
+    """One GPU's figures (its rank as `gpu_rank`: `rank` is the printing rank's, bound to every event)."""
+    g = cell.gpu
+    return {
+        "step": step,
+        "gpu_rank": g.rank,
+        "node": g.node,
+        "host": g.host,
+        "local_rank": g.local_rank,
+        "util_pct": g.util_pct,
+        "temp_c": g.temp_c,
+        "power_w": g.power_w,
+        "power_cap_w": g.power_cap_w,
+        "mem_used_bytes": g.mem_used_mib * _MIB,
+        "mem_total_bytes": g.mem_total_mib * _MIB,
+        "phase": g.phase,
+        "step_ms": round(g.step_ms, 1) if g.step_ms > 0 else None,
+        "straggler": g.rank in stragglers,
+        "health": cell.level,
+    }
+
+
 def render_grid(
     gpus: Sequence[GridGpu],
     *,
@@ -380,27 +492,8 @@ def render_grid(
     `detail_gpus`, a job of more GPUs shows its first nodes up to that many and sums up the others."""
     if width < _MIN_WIDTH:
         raise ValueError(f"width must be at least {_MIN_WIDTH}, got {width}")
-    ordered = sorted(gpus, key=lambda g: (g.node, g.local_rank, g.rank))
-    # Low utilisation is judged against the job's own training level: a small model at TP=8 runs at ~25%.
-    train_utils = [g.util_pct for g in ordered if g.phase == "train"]
-    util_floor = round(0.5 * statistics.median(train_utils)) if train_utils else 0
-    cells = [
-        _Cell(
-            g,
-            health(
-                g,
-                temp_warn=temp_warn,
-                temp_crit=temp_crit,
-                util_floor=util_floor,
-                straggler=g.rank in stragglers,
-            ),
-        )
-        for g in ordered
-    ]
-    by_node: dict[int, list[_Cell]] = {}
-    for c in cells:
-        by_node.setdefault(c.gpu.node, []).append(c)
-    nodes = [_Node(group[0].gpu.host, tuple(group)) for group in by_node.values()]
+    cells = _judged(gpus, stragglers, temp_warn, temp_crit)
+    nodes = _nodes(cells)
     lines = [_header(cells, len(nodes), step, width)]
     hidden: list[_Cell] = []
     if detail_gpus is not None and len(cells) > detail_gpus:

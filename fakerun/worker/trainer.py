@@ -169,6 +169,7 @@ class SimContext:
     script_stdout: str = ""
     # Create the checkpoint and export files the job reports writing (dialects/files.py); --fake-no-files.
     files: bool = True
+    log_level: str = "info"  # the lowest level of fakerun's own events shown (--fake-log-level)
 
 
 @dataclass
@@ -227,6 +228,7 @@ class RankTrainer:
             nproc_per_node=job.nproc_per_node,
             hosts=ctx.hosts,
             log_format=ctx.log_format,
+            log_level=ctx.log_level,
             color=ctx.color,
             bar_columns=ctx.bar_columns,
             grid=ctx.grid,

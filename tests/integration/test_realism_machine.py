@@ -47,7 +47,13 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Result:
 
 
 def events(res: Result) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    """Every stdout line as JSON: under --fake-log-format json each one is an event, NCCL's included."""
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def nccl_lines(res: Result) -> list[str]:
+    """NCCL_DEBUG's lines, as the json format carries them (in `nccl` events, text intact)."""
+    return [e["line"] for e in events(res) if e["event"] == "nccl"]
 
 
 def stamp(event: dict[str, Any]) -> float:
@@ -129,7 +135,7 @@ class TestOrder:
 
     def test_nccl_init_interleaves_across_ranks(self, job: Result) -> None:
         """Each rank's NCCL set-up prints part by part as it gets there, not as one block per rank."""
-        pids = [int(m[2]) for m in map(NCCL_ID.match, job.stdout.splitlines()) if m]
+        pids = [int(m[2]) for m in map(NCCL_ID.match, nccl_lines(job)) if m]
         runs = 1 + sum(a != b for a, b in itertools.pairwise(pids))
         assert len(set(pids)) == 4 and runs > 2 * 4  # one block per rank would be 4 runs
 
@@ -142,7 +148,7 @@ class TestIdentities:
         node0, node1 = [pids[0], pids[1]], [pids[2], pids[3]]
         assert min(node1) - max(node0) not in range(1, 20) and min(node0) - max(node1) not in range(1, 20)
         tids: dict[int, set[int]] = {}
-        for line in job.stdout.splitlines():
+        for line in nccl_lines(job):
             m = NCCL_ID.match(line)
             if m:
                 pid, tid = int(m[2]), int(m[3])

@@ -47,7 +47,7 @@ CLOCK_FIELDS = {"time", "timestamp", "pid", "run_id", "seconds"}
 
 
 def json_events(text: str) -> list[dict[str, Any]]:
-    """The structlog JSON events of an output (NCCL lines, the grid and the summary are plain text)."""
+    """The structlog JSON events of an output (lines not starting with `{` skipped)."""
     events = []
     for line in text.splitlines():
         if line.startswith("{"):
@@ -91,6 +91,60 @@ class TestAcceptance:
             "training finished",
         ):
             assert {e["rank"] for e in events if e["event"] == name} == set(range(8)), name
+
+    def test_every_stdout_line_is_a_typed_json_event(
+        self, json_run: tuple[Result, list[dict[str, Any]]]
+    ) -> None:
+        """`| jq .` never fails: every stdout line is one JSON object (no NaN), figures are numbers that agree
+        with the metrics file, and the grid and the summary are events carrying their per-GPU and per-node
+        data; no debug event at the default level."""
+        result, recs = json_run
+
+        def strict(constant: str) -> None:
+            raise ValueError(f"not JSON: {constant}")
+
+        lines = result.stdout.splitlines()
+        events = [json.loads(line, parse_constant=strict) for line in lines]
+        assert events and all(isinstance(e, dict) for e in events)
+        assert all(e["level"] != "debug" for e in events)
+        steps = {r["step"]: r for r in recs if r["event"] == "step"}
+        trains = [e for e in events if e["event"] == "train"]
+        assert trains
+        for e in trains:
+            assert isinstance(e["mfu"], float) and isinstance(e["lr"], float)
+            assert e["lr"] == pytest.approx(steps[e["step"]]["lr"])
+            if e["step"] > 1:  # the printed step 1 includes its warm-up, the metrics record does not
+                assert e["mfu"] == pytest.approx(steps[e["step"]]["mfu"], abs=1e-4)
+        saved = [e for e in events if e["event"] == "checkpoint saved"]
+        assert saved and all(isinstance(e["size_bytes"], int) and e["size_bytes"] > 0 for e in saved)
+
+        grids = [e for e in events if e["event"] == "gpu grid"]
+        assert grids
+        for grid in grids:
+            step = grid["step"]
+            gpus = [e for e in events if e["event"] == "gpu" and e["step"] == step]
+            nodes = [e for e in events if e["event"] == "gpu node" and e["step"] == step]
+            assert sorted(g["gpu_rank"] for g in gpus) == list(range(8))
+            assert grid["gpus"] == 8 and grid["nodes"] == 2 and len(nodes) == 2
+            assert grid["power_w"] == sum(g["power_w"] for g in gpus)
+            assert sum(grid[level] for level in ("ok", "busy", "warn", "crit", "dead")) == 8
+            for node in nodes:
+                mine = [g for g in gpus if g["node"] == node["node"]]
+                assert len(mine) == node["gpus"] == 4 and {g["host"] for g in mine} == {node["host"]}
+                assert node["power_w"] == sum(g["power_w"] for g in mine)
+                assert node["max_temp_c"] == max(g["temp_c"] for g in mine)
+                assert node["max_mem_used_bytes"] == max(g["mem_used_bytes"] for g in mine)
+                assert node["util_pct"] == round(sum(g["util_pct"] for g in mine) / len(mine))
+            for g in gpus:
+                # Bytes of whole MiB, as the GPU reports its memory.
+                assert g["mem_used_bytes"] % 2**20 == 0 and 0 < g["mem_used_bytes"] < g["mem_total_bytes"]
+                assert isinstance(g["util_pct"], int) and isinstance(g["temp_c"], int)
+        (summary,) = [e for e in events if e["event"] == "training summary"]
+        run = recs[0]
+        assert summary["gpus"] == run["n_gpus"] == 8 and summary["nnodes"] == 2
+        assert summary["params"] == run["params"] and summary["last_step"] == 30
+        assert summary["tokens"] == 30 * run["global_batch_tokens"]
+        assert isinstance(summary["mfu"], float) and 0 < summary["mfu"] < 1
 
     def test_json_events_carry_required_keys(self, json_run: tuple[Result, list[dict[str, Any]]]) -> None:
         """Every JSON line has timestamp, level, event and rank."""

@@ -514,6 +514,8 @@ FAKE_VALUES = [
     ("--fake-cluster", "FAKERUN_CLUSTER", "dgx", "cluster", "dgx"),
     ("--fake-log-format", "FAKERUN_LOG_FORMAT", "json", "log_format", "json"),
     ("--fake-log-format", "FAKERUN_LOG_FORMAT", "logfmt", "log_format", "logfmt"),
+    ("--fake-log-level", "FAKERUN_LOG_LEVEL", "debug", "log_level", "debug"),
+    ("--fake-log-level", "FAKERUN_LOG_LEVEL", " Warning ", "log_level", "warning"),
     ("--fake-trainer", "FAKERUN_TRAINER", "megatron", "trainer", "megatron"),
     ("--fake-trainer", "FAKERUN_TRAINER", " HF ", "trainer", "hf"),
     ("--fake-metrics", "FAKERUN_METRICS", "m.jsonl", "metrics", "m.jsonl"),
@@ -640,6 +642,7 @@ class TestConfigFile:
             ("list-presets = false", "list_presets", False),
             ("model = 'llama3-70b'", "model", "llama3-70b"),
             ("log_format = 'json'", "log_format", "json"),
+            ("log-level = 'debug'", "log_level", "debug"),
             ("start_step = 10", "start_step", 10),
         ],
     )
@@ -793,6 +796,7 @@ class TestBadFakeValues:
             ("FAKERUN_EXEC", "--fake-exec", "maybe"),
             ("FAKERUN_LOOP", "--fake-loop", "2"),
             ("FAKERUN_LOG_FORMAT", "--fake-log-format", "yaml"),
+            ("FAKERUN_LOG_LEVEL", "--fake-log-level", "trace"),
             ("FAKERUN_TRAINER", "--fake-trainer", "no-such-trainer"),
         ],
     )
@@ -818,6 +822,7 @@ class TestBadFakeValues:
             ("exec = 2", "--fake-exec"),
             ("model = 3", "--fake-model"),
             ("log_format = 'xml'", "--fake-log-format"),
+            ("log_level = 'error'", "--fake-log-level"),
             ("trainer = 'no-such-trainer'", "--fake-trainer"),
             ("[fakerun]\nfail = {a = 1}", "--fake-fail"),
         ],
