@@ -443,6 +443,13 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         _parse_flag,
     ),
     _FakeSpec("metrics", "FILE", "Also write the training metrics to FILE.", _parse_name("a file name")),
+    _FakeSpec(
+        "tensorboard",
+        "DIR",
+        "Write TensorBoard event files of the run's curves into DIR, with the tags of the framework the "
+        "output follows (needs tensorboardX: pip install 'fakerun[tensorboard]').",
+        _parse_name("a directory"),
+    ),
     _FakeSpec("loop", None, "Start the simulated run over each time it ends.", _parse_flag),
     _FakeSpec(
         "early_stopping",

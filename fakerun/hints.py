@@ -2161,6 +2161,15 @@ _MEGATRON_TEXT = (
             "recompute_activations",
             "rerun_mode",
             "no_check_for_nan_in_loss_and_grad",
+            # where and what its TensorBoard writer writes (worker/tensorboard.py)
+            "tensorboard_dir",
+            "tensorboard_log_interval",
+            "log_timers_to_tensorboard",
+            "log_memory_to_tensorboard",
+            "log_validation_ppl_to_tensorboard",
+            "log_world_size_to_tensorboard",
+            "no_log_loss_scale_to_tensorboard",
+            "log_throughput",
         }
     )
     | frozenset(f"{split}_data_path" for split in ("train", "valid", "test"))

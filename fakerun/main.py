@@ -218,6 +218,7 @@ def _sim_context(
         script_exit=hints.script_exit,
         script_stdout=hints.script_stdout,
         files=not cmd.fake.no_files,
+        tensorboard=cmd.fake.tensorboard,
     )
 
 

@@ -70,6 +70,7 @@ class FakeOptions:
     grid: bool = False  # show the GPU grid in any dialect's output
     no_files: bool = False  # do not create the files the job reports writing
     metrics: str | None = None
+    tensorboard: str | None = None  # write TensorBoard event files into this folder
     loop: bool = False
     early_stopping: int | None = None  # validations without improvement before the run stops
     skip_memory_check: bool = False

@@ -7,6 +7,7 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from fakerun.dialects.base import BarClose, BarDraw, HintRule, Line, Output, Seat, log_time, words
@@ -90,6 +91,28 @@ def accumulated_loss(tr_loss: float, done: int, loss: float, grad_accum: int) ->
     if math.isnan(loss):
         return tr_loss * (1.0 + 1.0 / (1 + done)) ** grad_accum
     return tr_loss + loss
+
+
+@dataclass
+class LossWindow:
+    """The Trainer's tr_loss over its logging window, and the loss its log shows at the window's end."""
+
+    tr_loss: float = 0.0
+    steps: int = 0
+    met_nan: bool = False
+
+    def add(self, loss: float, grad_accum: int) -> None:
+        """One more optimizer step of `loss`."""
+        self.tr_loss = accumulated_loss(self.tr_loss, self.steps, loss, grad_accum)
+        self.steps += 1
+        self.met_nan = self.met_nan or math.isnan(loss)
+
+    def take(self, last: float) -> float:
+        """The logged loss, the window then starting over: its mean, or (the simulation's) the last step's
+        `last` loss when no NaN step was filtered."""
+        logged = self.tr_loss / self.steps if self.met_nan else last
+        self.tr_loss, self.steps, self.met_nan = 0.0, 0, False
+        return logged
 
 
 def _shown(record: hf_results.Record) -> str:
@@ -179,9 +202,7 @@ class HfDialect:
         # log_metrics("train")'s block, printed (stdout) once the script's save_model() is over.
         self.metrics: list[str] = []
         # tr_loss and the steps it sums since the last log, for a window that met a NaN step.
-        self.tr_loss = 0.0
-        self.window = 0
-        self.met_nan = False
+        self.window = LossWindow()
 
     def wants(self, kind: type[Event]) -> bool:
         """The events a Trainer job prints something for, on this rank."""
@@ -310,15 +331,10 @@ class HfDialect:
         out: list[Output] = [BarDraw(self.bar)]
         # DefaultFlowCallback: a log every logging_steps (no first-step log unless logging_first_step).
         if n.step == event.run.first_step:
-            self.tr_loss, self.window, self.met_nan = 0.0, 0, False
-        self.tr_loss = accumulated_loss(self.tr_loss, self.window, n.loss, job.grad_accum)
-        self.window += 1
-        self.met_nan = self.met_nan or math.isnan(n.loss)
+            self.window = LossWindow()
+        self.window.add(n.loss, job.grad_accum)
         if n.step % event.run.log_interval == 0:
-            # The window's mean; the simulation shows its last step's loss when no NaN step was filtered.
-            logged = self.tr_loss / self.window if self.met_nan else n.loss
-            out += self._write(log_dict(logged, n.grad_norm, n.lr, event.epoch))
-            self.tr_loss, self.window, self.met_nan = 0.0, 0, False
+            out += self._write(log_dict(self.window.take(n.loss), n.grad_norm, n.lr, event.epoch))
         return out
 
     def _eval_samples(self, batches: int) -> int:

@@ -231,11 +231,6 @@ class TitanDialect:
         name = self._set("titan.model.name", self._set("model.name", "llama3"))
         return name, self._set("titan.model.flavor", self._set("model.flavor", flavor))
 
-    @property
-    def _peak(self) -> float:
-        assert self.job is not None
-        return peak_flops(self.job.gpu.display_name) or _FALLBACK_FLOPS
-
     def _dump_folder(self) -> str:
         return self._set("job.dump_folder", "./outputs").rstrip("/")
 
@@ -477,15 +472,11 @@ class TitanDialect:
         its folder (0.2.x metrics.py and the registry form's alike)."""
         job = self.job
         assert job is not None
-        if not self._on("metrics.enable_tensorboard"):
+        if not self._on("metrics.enable_tensorboard") or self.seat.rank != metrics_rank(self.settings, job):
             return []
-        schedule = self._set("parallelism.pipeline_parallel_schedule", "1F1B")
-        last_stage = job.world_size // job.pp * (job.pp - 1)
-        if self.seat.rank != (last_stage if job.pp > 1 and schedule != "ZBVZeroBubble" else 0):
-            return []
-        tb = self._set("metrics.save_tb_folder", "tb")
-        folder = f"{self._dump_folder()}/{tb}/{time.strftime('%Y%m%d-%H%M', time.localtime(at))}"
-        return [f"{prefix(at)}TensorBoard logging enabled. Logs will be saved at {folder}"]
+        return [
+            f"{prefix(at)}TensorBoard logging enabled. Logs will be saved at {tb_folder(self.settings, at)}"
+        ]
 
     def _step(self, event: StepDone, at: float) -> list[str]:
         n = event.numbers
@@ -507,11 +498,32 @@ class TitanDialect:
                     memory_pct=n.mem_pct,
                     tps=n.rank_tokens_per_s,
                     tflops=tflops,
-                    mfu_pct=100.0 * tflops * 1e12 / self._peak,
+                    mfu_pct=mfu_pct(event.run.job, tflops),
                     color=bool(self._colors["red"]),
                 )
             )
         return out
+
+
+def metrics_rank(settings: Mapping[str, str], job: JobSpec) -> int:
+    """_get_metrics_rank: rank 0, or with pipeline stages (but the ZBVZeroBubble schedule) the last stage's
+    first rank."""
+    schedule = settings.get("parallelism.pipeline_parallel_schedule", "1F1B")
+    last_stage = job.world_size // job.pp * (job.pp - 1)
+    return last_stage if job.pp > 1 and schedule != "ZBVZeroBubble" else 0
+
+
+def tb_folder(settings: Mapping[str, str], at: float) -> str:
+    """MetricsProcessor's TensorBoard folder: {dump_folder}/{save_tb_folder}/ dated by datetime.now() at
+    `at`."""
+    dump = settings.get("job.dump_folder", "./outputs").rstrip("/")
+    tb = settings.get("metrics.save_tb_folder", "tb")
+    return f"{dump}/{tb}/{time.strftime('%Y%m%d-%H%M', time.localtime(at))}"
+
+
+def mfu_pct(job: JobSpec, tflops: float) -> float:
+    """The MFU (%) torchtitan logs for `tflops` per GPU, against its own table's peak for the device."""
+    return 100.0 * tflops * 1e12 / (peak_flops(job.gpu.display_name) or _FALLBACK_FLOPS)
 
 
 def checkpoint_folder(settings: Mapping[str, str]) -> str:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EVAL_BATCH",
     "eval_accuracy",
+    "eval_batch",
     "eval_metrics",
     "eval_results",
     "eval_samples",
@@ -141,7 +142,8 @@ def eval_samples(iters: int, eval_batch: int, world_size: int) -> int:
     return iters * eval_batch * world_size
 
 
-def _eval_batch(settings: Mapping[str, str]) -> int:
+def eval_batch(settings: Mapping[str, str]) -> int:
+    """--per_device_eval_batch_size, or its default."""
     return int(settings.get("per_device_eval_batch_size", DEFAULT_EVAL_BATCH))
 
 
@@ -149,7 +151,7 @@ def periodic_eval(run: RunPlan, settings: Mapping[str, str], step: int) -> Recor
     """The metrics of the evaluation the eval strategy runs after `step` (the same loss and time the
     simulated job has there)."""
     job = run.job
-    samples = eval_samples(run.eval_iters, _eval_batch(settings), job.world_size)
+    samples = eval_samples(run.eval_iters, eval_batch(settings), job.world_size)
     seconds = eval_seconds(job, run.eval_iters, step)
     value = eval_loss(job, step)
     accuracy = eval_accuracy(settings, value, samples, job.seq_len)
@@ -160,7 +162,7 @@ def final_eval(run: RunPlan, settings: Mapping[str, str], step: int) -> Record:
     """eval_results.json of the script's evaluate() after training ended on `step` (the second pause
     there: sim/run.end_pauses)."""
     job = run.job
-    samples = eval_samples(run.eval_iters, _eval_batch(settings), job.world_size)
+    samples = eval_samples(run.eval_iters, eval_batch(settings), job.world_size)
     seconds = eval_seconds(job, run.eval_iters, step, again=1)
     value = eval_loss(job, step)
     accuracy = eval_accuracy(settings, value, samples, job.seq_len)

@@ -12,6 +12,7 @@ from fakerun.dialects import make
 from fakerun.dialects.base import BarClose, BarDraw, Line, LogWrite, Output, Renderer, Seat
 from fakerun.dialects.common import GridLines, TorchLines
 from fakerun.dialects.events import Event
+from fakerun.worker.tensorboard import TensorBoard
 
 
 class Printer:
@@ -24,8 +25,10 @@ class Printer:
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
         files: bool = True,
+        tensorboard: TensorBoard | None = None,
     ) -> None:
         self.layers = tuple(layers)
+        self.tensorboard = tensorboard  # the rank's TensorBoard writer, fed every event after its lines
         self.files = files  # the script's own log files are written (not with --fake-no-files)
         self.clock = clock
         # Looked up when writing unless given, so that a test's redirection of sys.stdout is honoured.
@@ -35,9 +38,21 @@ class Printer:
         self._nested: dict[int, int] = {}  # position -> columns of the nested bar last drawn there
 
     @classmethod
-    def for_rank(cls, dialect: str, seat: Seat, clock: Callable[[], float], *, files: bool = True) -> Printer:
-        """torch's own lines, then the dialect's, then the grid."""
-        return cls((TorchLines(seat), make(dialect, seat), GridLines(seat)), clock, files=files)
+    def for_rank(
+        cls,
+        dialect: str,
+        seat: Seat,
+        clock: Callable[[], float],
+        *,
+        files: bool = True,
+        tensorboard: str | None = None,
+    ) -> Printer:
+        """torch's own lines, then the dialect's, then the grid; the framework's TensorBoard files (or, given,
+        --fake-tensorboard's)."""
+        host = seat.hosts[min(seat.rank // seat.nproc_per_node, len(seat.hosts) - 1)] if seat.hosts else ""
+        board = TensorBoard(dialect, seat.rank, host, tensorboard, files=files)
+        layers = (TorchLines(seat), make(dialect, seat), GridLines(seat))
+        return cls(layers, clock, files=files, tensorboard=board)
 
     def wants(self, kind: type[Event]) -> bool:
         """Whether anything is printed on this rank for events of `kind`."""
@@ -51,6 +66,8 @@ class Printer:
             out.extend(layer.render(event, at))
         if out:
             self.write(out)
+        if self.tensorboard is not None:
+            self.tensorboard.record(event, at)
 
     def write(self, outputs: Sequence[Output]) -> None:
         """Writes outputs in order, stdout lines of a run in one write, each stream flushed."""

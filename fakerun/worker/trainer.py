@@ -170,6 +170,9 @@ class SimContext:
     # Create the checkpoint and export files the job reports writing (dialects/files.py); --fake-no-files.
     files: bool = True
     log_level: str = "info"  # the lowest level of fakerun's own events shown (--fake-log-level)
+    # --fake-tensorboard: the folder the writing rank's TensorBoard event files go to, whatever the script's
+    # arguments say (worker/tensorboard.py).
+    tensorboard: str | None = None
 
 
 @dataclass
@@ -237,7 +240,7 @@ class RankTrainer:
             cwd=os.getcwd(),
         )
         clock = self._job_time if ctx.clock is not None else time.time
-        self.out = Printer.for_rank(ctx.trainer, seat, clock, files=ctx.files)
+        self.out = Printer.for_rank(ctx.trainer, seat, clock, files=ctx.files, tensorboard=ctx.tensorboard)
 
     def _job_time(self) -> float:
         """The job's time for a line printed now: the simulated moment reached plus real time since then."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def test_torchtitan_run_train_command(runner: Runner) -> None:
     assert logged[1] == "Starting job: Llama 3 8B training"
     assert any(t.startswith("step:  1  loss: ") for t in logged)
     assert logged[-1] == "Process group destroyed"
+    # The config's enable_tensorboard: the folder its line names holds the metrics rank's event file.
+    folder = next(t for t in logged if t.startswith("TensorBoard logging enabled")).rsplit(" ", 1)[1]
+    if importlib.util.find_spec("tensorboardX") and importlib.util.find_spec("tensorboard"):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        reader = EventAccumulator(str(runner.tmp / folder))
+        reader.Reload()
+        assert [e.step for e in reader.Scalars("loss_metrics/global_avg_loss")] == [1]  # log_freq 10
 
 
 def test_torchtune_recipe(runner: Runner) -> None:

@@ -1,0 +1,208 @@
+"""TensorBoard event files: which rank writes where, and the tags and steps read back with TensorBoard's own
+event reader (those tests skip without the tensorboard extra)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakerun import presets
+from fakerun.dialects import events as ev
+from fakerun.dialects.base import Seat
+from fakerun.dialects.titan import TitanDialect
+from fakerun.sim.job import make_job
+from fakerun.sim.run import RunPlan, make_run
+from fakerun.sim.step import step_numbers
+from fakerun.worker.tensorboard import MISSING, TensorBoard
+
+AT = 1_795_000_000.25  # the job's clock at the run's start
+STEP_S = 2.0  # each simulated step, on that clock
+
+
+@functools.cache
+def plan(nproc: int = 8, pp: int = 1) -> RunPlan:
+    b = presets.resolve("llama3-8b")
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=nproc, pp=pp)
+    return make_run(job, max_steps=12, log_interval=5)
+
+
+def step_event(run: RunPlan, step: int) -> ev.StepDone:
+    n = step_numbers(run.job, 0, step)
+    return ev.StepDone(
+        run=run,
+        numbers=n,
+        elapsed_s=step * STEP_S,
+        recent_s=(STEP_S,),
+        interval_s=STEP_S,
+        epoch=step / run.steps_per_epoch,
+        rank_tflops=400.0,
+        rank_mfu=0.4,
+        logged=step % run.log_interval == 0 or step == run.first_step,
+    )
+
+
+def drive(board: TensorBoard, run: RunPlan, settings: dict[str, str], steps: int = 12) -> None:
+    """A run as the trainer emits it: start, model, steps with an evaluation after step 10, the end."""
+    board.record(ev.JobStarted(run=run, first=True, resume=False, settings=tuple(settings.items())), AT)
+    board.record(ev.ModelBuilt(dtype="bf16", params_on_rank=1e9, layers_on_rank=32, pp_rank=0), AT + 1)
+    for step in range(1, steps + 1):
+        board.record(step_event(run, step), AT + 10 + step * STEP_S)
+        if step == 10:
+            done = ev.EvalDone(
+                step=10, loss=2.5, ppl=math.exp(2.5), seconds=4.0, samples=64, iters=4, epoch=0.5
+            )
+            board.record(done, AT + 40)
+    stopped = ev.TrainingStopped(
+        step=steps, reason="reached max steps", runtime_s=30.0, steps=steps, samples=96
+    )
+    board.record(stopped, AT + 50)
+    board.record(ev.TrainingFinished(step=steps), AT + 60)
+
+
+def scalars(folder: Path) -> dict[str, list[Any]]:
+    """Every scalar series of the event files in `folder`, through TensorBoard's EventAccumulator."""
+    pytest.importorskip("tensorboardX")
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    reader = accumulator.EventAccumulator(str(folder))
+    reader.Reload()
+    return {tag: reader.Scalars(tag) for tag in reader.Tags()["scalars"]}
+
+
+def only_dir(root: Path) -> Path:
+    """The one folder under `root` that holds an event file."""
+    found = {p.parent for p in root.rglob("events.out.tfevents.*")}
+    assert len(found) == 1, found
+    return found.pop()
+
+
+def test_hf_tags_where_report_to_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF: rank 0 writes under {output_dir}/runs/{%b%d_%H-%M-%S}_{host}, TensorBoardCallback's tags at the
+    logging steps (the loss rounded to 4), the evaluation's under eval/, train()'s final metrics."""
+    pytest.importorskip("tensorboardX")
+    monkeypatch.chdir(tmp_path)
+    run = plan()
+    settings = {"output_dir": "out", "report_to": "tensorboard"}
+    drive(TensorBoard("hf", 1, "node0", None, files=True), run, settings)
+    assert not (tmp_path / "out").exists()  # not world process zero
+    drive(TensorBoard("hf", 0, "node0", None, files=True), run, settings)
+    folder = only_dir(tmp_path / "out")
+    assert folder == tmp_path / "out" / "runs" / (
+        time.strftime("%b%d_%H-%M-%S", time.localtime(AT)) + "_node0"
+    )
+    got = scalars(folder)
+    assert {"train/loss", "train/grad_norm", "train/learning_rate", "train/epoch"} <= set(got)
+    assert {"eval/loss", "eval/runtime", "eval/samples_per_second", "eval/steps_per_second"} <= set(got)
+    assert {"train/train_runtime", "train/train_loss", "train/total_flos"} <= set(got)
+    assert [e.step for e in got["train/loss"]] == [5, 10]
+    for e in got["train/loss"]:
+        assert e.value == pytest.approx(round(step_numbers(run.job, 0, e.step).loss, 4), rel=1e-6)
+        assert e.wall_time == pytest.approx(AT + 10 + e.step * STEP_S)
+    assert [e.step for e in got["train/learning_rate"]] == [5, 10]
+    assert got["train/learning_rate"][1].value == pytest.approx(step_numbers(run.job, 0, 10).lr, rel=1e-6)
+    assert [(e.step, e.value) for e in got["eval/loss"]] == [(10, 2.5)]
+    assert got["eval/runtime"][0].value == pytest.approx(4.0)
+    assert [e.step for e in got["train/train_runtime"]] == [12]
+
+
+def test_hf_writes_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --report_to (transformers 4.x would take every installed integration: fakerun takes none), or
+    --fake-no-files: no folder; --logging_dir is used as given."""
+    pytest.importorskip("tensorboardX")
+    monkeypatch.chdir(tmp_path)
+    drive(TensorBoard("hf", 0, "h", None, files=True), plan(), {"output_dir": "a"})
+    drive(TensorBoard("hf", 0, "h", None, files=False), plan(), {"output_dir": "b", "report_to": "all"})
+    assert not list(tmp_path.iterdir())
+    settings = {"output_dir": "c", "report_to": "wandb,tensorboard", "logging_dir": "logs/x"}
+    drive(TensorBoard("hf", 0, "h", None, files=True), plan(), settings)
+    assert only_dir(tmp_path) == tmp_path / "logs" / "x"
+
+
+def test_megatron_tags_from_the_last_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Megatron: the last rank writes into --tensorboard-dir every iteration, each scalar also against the
+    consumed samples; the interval timer's iteration-time from the second log line on; the validation loss."""
+    monkeypatch.chdir(tmp_path)
+    run = plan()
+    settings = {"tensorboard_dir": "tb", "log_timers_to_tensorboard": "true", "log_throughput": "true"}
+    drive(TensorBoard("megatron", 0, "h", None, files=True), run, settings)
+    assert not (tmp_path / "tb").exists()
+    drive(TensorBoard("megatron", 7, "h", None, files=True), run, settings)
+    got = scalars(tmp_path / "tb")
+    every = list(range(1, 13))
+    for tag in ("lm loss", "learning-rate", "batch-size", "loss-scale", "grad-norm"):
+        assert [e.step for e in got[tag]] == every, tag
+        assert [e.step for e in got[f"{tag} vs samples"]] == [s * run.job.global_batch for s in every]
+    assert [e.value for e in got["batch-size"]] == [run.job.global_batch] * 12
+    assert got["lm loss"][2].value == pytest.approx(step_numbers(run.job, 0, 3).loss, rel=1e-6)
+    assert [e.step for e in got["iteration-time"]] == [5, 10]  # not the first iteration's
+    assert [e.step for e in got["throughput"]] == [5, 10]
+    assert [(e.step, e.value) for e in got["lm loss validation"]] == [(10, 2.5)]
+    assert [e.step for e in got["lm loss validation vs samples"]] == [10 * run.job.global_batch]
+    assert "lm loss validation ppl" not in got and "mem-reserved-bytes" not in got
+
+
+def test_titan_tags_in_the_dated_folder_its_line_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchtitan: the metrics rank writes at its log steps into the folder its start-up line names, with
+    MetricsProcessor's tags as spelled (`mfu(%)`, `memory/max_reserved(GiB)`)."""
+    monkeypatch.chdir(tmp_path)
+    run = plan()
+    settings = {"metrics.enable_tensorboard": "true", "job.dump_folder": "./dump"}
+    drive(TensorBoard("titan", 0, "h", None, files=True), run, settings)
+    d = TitanDialect(Seat(rank=0, local_rank=0, world_size=8, nproc_per_node=8, hosts=("h",)))
+    d.render(ev.JobStarted(run=run, first=True, resume=False, settings=tuple(settings.items())), AT)
+    line = d.render(ev.ModelBuilt(dtype="bf16", params_on_rank=1e9, layers_on_rank=32, pp_rank=0), AT + 1)
+    named = next(str(o.text).rsplit(" ", 1)[1] for o in line if "TensorBoard" in str(getattr(o, "text", "")))
+    folder = only_dir(tmp_path / "dump")
+    assert folder == (tmp_path / named).resolve()
+    got = scalars(folder)
+    assert {"loss_metrics/global_avg_loss", "grad_norm", "throughput(tps)", "tflops", "mfu(%)", "lr"} <= set(
+        got
+    )
+    assert {"memory/max_reserved(GiB)", "memory/max_reserved(%)", "memory/max_active(GiB)"} <= set(got)
+    assert [e.step for e in got["loss_metrics/global_avg_loss"]] == [1, 5, 10]
+    n = step_numbers(run.job, 0, 5)
+    assert got["memory/max_reserved(GiB)"][1].value == pytest.approx(n.mem_gib, rel=1e-6)
+    assert got["tflops"][1].value == pytest.approx(400.0)
+
+
+def test_titan_metrics_rank_with_pipeline_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two pipeline stages the last stage's first rank (4 of 8) writes, not rank 0."""
+    pytest.importorskip("tensorboardX")
+    monkeypatch.chdir(tmp_path)
+    run = plan(pp=2)
+    settings = {"metrics.enable_tensorboard": "true", "job.dump_folder": "d0"}
+    drive(TensorBoard("titan", 0, "h", None, files=True), run, settings)
+    assert not (tmp_path / "d0").exists()
+    drive(TensorBoard("titan", 4, "h", None, files=True), run, settings)
+    assert only_dir(tmp_path / "d0").is_dir()
+
+
+def test_fake_tensorboard_for_any_dialect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--fake-tensorboard DIR: rank 0 of a framework without TensorBoard of its own writes fakerun's curves
+    into DIR at its log steps; a framework that has some writes its own tags there instead."""
+    monkeypatch.chdir(tmp_path)
+    drive(TensorBoard("nanogpt", 0, "h", "fake", files=False), plan(), {})
+    got = scalars(tmp_path / "fake")
+    assert [e.step for e in got["train/loss"]] == [1, 5, 10]
+    assert {"train/lr", "train/tokens_per_s", "train/mfu", "eval/loss"} <= set(got)
+    drive(TensorBoard("megatron", 7, "h", "fake2", files=True), plan(), {})
+    assert "lm loss" in scalars(tmp_path / "fake2")
+
+
+def test_missing_extra_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without tensorboardX the run goes on: one warning line saying how to get it, no files."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # importing it raises ImportError
+    board = TensorBoard("hf", 0, "h", None, files=True)
+    drive(board, plan(), {"report_to": "tensorboard"})
+    assert capsys.readouterr().err == MISSING + "\n"
+    assert "pip install" in MISSING and not list(tmp_path.iterdir())
