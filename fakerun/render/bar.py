@@ -15,8 +15,9 @@ MININTERVAL = 0.1
 # A meter with a bar: `{desc}: {pct}%|` (desc may hold `|`, as torchtune's `1|12|Loss: ...`), the bar drawn
 # with tqdm's characters, then `|` and the rest.
 _METER = re.compile(r"(?P<l>.*?\d%\|)(?P<bar>[ \u2588-\u258f]*)(?P<r>\|.*)", re.DOTALL)
-# The last field of a postfix (`, loss=2.34`) before the closing `]`; the first field (`[00:01<00:10`) stays.
-_LAST_FIELD = re.compile(r",[^,\[\]]*(?=\]$)")
+# The last field of a postfix (`, loss=2.34`) before the closing `]`, after tqdm's own two (`[00:01<00:10,
+# 1.07it/s`), which stay.
+_LAST_FIELD = re.compile(r"(?<=\[)([^,\[\]]*,[^,\[\]]*(?:,[^,\[\]]*)*?),[^,\[\]]*\]$")
 
 
 class BarWidth:
@@ -117,7 +118,7 @@ def fit(text: str, columns: int, frac: float | None = None) -> str:
     else:
         left, bar_text, right = m["l"], m["bar"], m["r"]
     room = columns - disp_len(left) - disp_len(right)
-    while room < 1 and (shorter := _LAST_FIELD.sub("", right, count=1)) != right:
+    while room < 1 and (shorter := _LAST_FIELD.sub(r"\1]", right, count=1)) != right:
         room += disp_len(right) - disp_len(shorter)
         right = shorter
     if room < 1 and left:

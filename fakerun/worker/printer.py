@@ -18,12 +18,12 @@ from fakerun.render.bar import MININTERVAL
 
 @dataclass
 class _BarState:
-    """What tqdm keeps of one open bar: its status printer's last length, its last refresh, and the update
-    that mininterval held back (close() shows the final state)."""
+    """What tqdm keeps of one open bar: its status printer's last length, its last refresh, and its state
+    now (close() shows it again, or for the first time when mininterval held its update back)."""
 
     last_len: int = 0
     drawn_at: float | None = None  # the job's time of the last refresh; None: none yet (the first is drawn)
-    held: str | None = None
+    text: str | None = None
 
 
 class Printer:
@@ -86,9 +86,10 @@ class Printer:
                 if state is not None:
                     out.write(_at(item.position, self._status(state, "")))
             elif isinstance(item, BarClose):
-                # tqdm.close(): the last state, then the newline that ends the bar (nothing if none is open).
+                # tqdm.close(): the final state shown again, then the newline that ends the bar (nothing if
+                # none is open).
                 state = self._bars.pop(0, None)
-                text = item.text if item.text is not None else state.held if state is not None else None
+                text = item.text if item.text is not None else state.text if state is not None else None
                 if text is not None:
                     out.write(self._status(state or _BarState(), text))
                 if state is not None or item.text is not None:
@@ -108,13 +109,13 @@ class Printer:
         if not item.text.strip(" \r"):
             # tqdm's clear() (before tqdm.write) or a leave=False close: blanks; nothing is padded after them.
             out.write(_at(item.position, "\r" + item.text))
-            state.last_len = 0
+            state.last_len, state.text = 0, None
             return
         now = self.clock()
+        state.text = item.text
         if not item.forced and state.drawn_at is not None and now - state.drawn_at < MININTERVAL:
-            state.held = item.text
             return
-        state.drawn_at, state.held = now, None
+        state.drawn_at = now
         # tqdm's moveto(position), the refresh, moveto(-position): one write, whole in the pipe.
         out.write(_at(item.position, self._status(state, item.text)))
 
