@@ -36,6 +36,7 @@ from fakerun.launcher.runtime import ChildFactory, FatalSignal, LocalWorkerGroup
 from fakerun.launcher.slurm import apply_slurm, simulated_hosts, slurm_job
 from fakerun.options import CommandLine
 from fakerun.paths import state_dir
+from fakerun.render.bar import BarWidth
 from fakerun.sim import failures, identity
 from fakerun.sim.run import JobClock, rendezvous_seconds, resumed
 from fakerun.tools.pydoors import PYLIB, module_path
@@ -196,7 +197,7 @@ def _sim_context(
     # Rank 0's bar reaches the terminal when torchrun would show its bar's stream there (no --redirects).
     bar_file, bar_bit = (sys.stdout, 1) if dialects.bar_stream(trainer) == "stdout" else (sys.stderr, 2)
     tty = bar_file.isatty() and not (plan.redirects.get(0, 0) & bar_bit)
-    columns = shutil.get_terminal_size().columns if tty else None
+    width = BarWidth(shutil.get_terminal_size().columns) if tty else None
     # Simulated names for every node; the ones this launcher plays keep the names the plan gave them.
     hosts = [presets.host_name(bundle.cluster, i) for i in range(plan.group_world_size)]
     for node in plan.nodes:
@@ -208,7 +209,7 @@ def _sim_context(
         log_format=cmd.fake.log_format,
         log_level=cmd.fake.log_level,
         loop=cmd.fake.loop,
-        bar_columns=columns,
+        bar_width=width,
         color=sys.stdout.isatty() and "NO_COLOR" not in os.environ,
         trainer=trainer,
         grid=cmd.fake.grid or dialects.DIALECTS[trainer].grid,
@@ -565,7 +566,8 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
     console = Console(
         sys.stdout.buffer,
         sys.stderr.buffer,
-        pin_bars=ctx is not None and ctx.bar_columns is not None,
+        pin_bars=ctx is not None and ctx.bar_width is not None,
+        bar_width=ctx.bar_width if ctx is not None else None,
         bar_stream=STDOUT if ctx is not None and dialects.bar_stream(ctx.trainer) == "stdout" else STDERR,
     )
     metrics = _open_metrics(cmd, console) if ctx is not None else None

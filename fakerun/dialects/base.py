@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol, TypeAlias
 
 from fakerun.dialects.events import Event
+from fakerun.render.bar import BarWidth
 
 Stream: TypeAlias = Literal["stdout", "stderr"]
 
@@ -28,6 +29,9 @@ class BarDraw:
     text: str
     position: int = 0  # tqdm's position=: a nested bar drawn that many lines below the cursor's
     stream: Stream = "stderr"
+    # tqdm's refresh() (set_description, set_postfix, Lightning's bars, the redraw after tqdm.write): drawn
+    # at once. Otherwise an update(): drawn only once tqdm's mininterval has passed since the last refresh.
+    forced: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,16 @@ class Seat:
     log_format: str = "console"  # fakerun's own events: "console", "json" or "logfmt"
     log_level: str = "info"  # the lowest level of fakerun's own events shown: "debug", "info" or "warning"
     color: bool = False
-    bar_columns: int | None = None  # the terminal's width when rank 0's bar reaches a terminal
+    terminal: BarWidth | None = None  # the terminal's width (kept up to date) when rank 0's bar reaches one
     grid: bool = False  # the GPU grid is shown (fakerun's own style, or --fake-grid)
     nccl_debug: bool = False  # NCCL_DEBUG=INFO (or TRACE) in the rank's environment
     nccl_collnet_enable: str | None = None  # NCCL_COLLNET_ENABLE as the environment spells it; None: unset
     cwd: str = ""  # the rank's working directory (NeMo logs under it); "": paths stay relative
+
+    @property
+    def bar_columns(self) -> int | None:
+        """The terminal's width now, for tqdm's ncols (None: not a terminal, tqdm's 10-character bar)."""
+        return None if self.terminal is None else self.terminal.columns
 
     @property
     def width(self) -> int:

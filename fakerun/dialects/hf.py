@@ -314,7 +314,7 @@ class HfDialect:
         tqdm.write prints to sys.stdout unless told otherwise, while the bar lives on stderr: under `2>&1`
         the bytes read `\\r<blanks>\\r{...}` as in reallog 61, and `> log` keeps the dicts apart from the bar.
         """
-        return [BarDraw(" " * len(self.bar) + "\r"), Line(text), BarDraw(self.bar)]
+        return [BarDraw(" " * len(self.bar) + "\r"), Line(text), BarDraw(self.bar, forced=True)]
 
     def _step(self, event: StepDone) -> list[Output]:
         n = event.numbers

@@ -241,7 +241,8 @@ class LightningDialect:
         if isinstance(event, TrainingStarted):
             return self.sanity_bar(event) if event.sanity_batches else ()
         if isinstance(event, StepDone):
-            return [BarDraw(self.train_bar(run, event), stream="stdout")]
+            # Lightning's bar calls refresh() itself (its refresh_rate), whatever tqdm's mininterval.
+            return [BarDraw(self.train_bar(run, event), stream="stdout", forced=True)]
         if isinstance(event, EvalDone) and not self.stopped:
             # The validation bar (leave=False) is drawn below the training bar and erased when it closes.
             val = bar.meter(
@@ -252,7 +253,7 @@ class LightningDialect:
                 ncols=seat.bar_columns,
                 bar_format=BAR_FORMAT,
             )
-            return [BarDraw(val, position=1, stream="stdout"), BarClose(position=1, stream="stdout")]
+            return [BarDraw(val, 1, "stdout", forced=True), BarClose(position=1, stream="stdout")]
         if isinstance(event, TrainingStopped):
             self.stopped = True
             out = [BarClose(self.last_bar or None, stream="stdout")]
@@ -280,7 +281,7 @@ class LightningDialect:
             for prefix, n, total in states
         ]
         blank = " " * len(draws[-1]) + "\r"
-        return [BarDraw(text, stream="stdout") for text in (*draws, blank)]
+        return [BarDraw(text, stream="stdout", forced=True) for text in (*draws, blank)]
 
     def train_bar(self, run: RunPlan, event: StepDone) -> str:
         """The training bar after a step: this epoch's micro batches, counted from the epoch's start."""

@@ -358,7 +358,7 @@ class TorchtuneDialect:
             ncols=self.seat.bar_columns,
             initial=max(0, run.first_step - 1 - (epoch - 1) * per_epoch),
         )
-        out.append(BarDraw(self.meter))
+        out.append(BarDraw(self.meter, forced=True))  # set_description() after update(): a refresh()
         return out
 
     def _saved(self, event: EpochDone) -> list[str]:

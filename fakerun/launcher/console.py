@@ -16,6 +16,7 @@ from typing import BinaryIO, ParamSpec, Protocol
 from fakerun.launcher.outfile import OutputFile, notice, reason
 from fakerun.launcher.plan import LaunchPlan
 from fakerun.launcher.ranklogs import RankFile, RankLogs
+from fakerun.render import bar
 
 STDOUT, STDERR = 1, 2
 # The longest unfinished line a route holds back: past it, a worker writing without newlines would take the
@@ -400,11 +401,13 @@ def open_std_streams() -> None:
 
 
 def fit_line(text: bytes, columns: int) -> bytes:
-    """`text` cut to fit one terminal line: a pinned bar that wrapped could no longer be erased in place."""
-    chars = text.decode("utf-8", "replace")
+    """`text` made to fit one terminal line, short of its last column: a pinned bar that wrapped could no
+    longer be erased in place. A tqdm meter is refitted as tqdm fits it (its bar shrinks, its closing `]`
+    stays), so a bar formatted before the terminal shrank shows its figures, not the start of its bar."""
+    chars = text.decode("utf-8", "replace").rstrip(" ")  # a refresh's padding: nothing to show
     if len(chars) < columns:
-        return text
-    return chars[: max(columns - 1, 1)].encode()
+        return chars.encode()
+    return bar.fit(chars, max(columns - 1, 1)).encode()
 
 
 def _isatty(stream: BinaryIO) -> bool:
@@ -434,6 +437,7 @@ class Console:
         pin_bars: bool = False,
         bar_stream: int = STDERR,
         rank_logs: RankLogs | None = None,
+        bar_width: bar.BarWidth | None = None,
     ) -> None:
         line = LineState() if _same_file(stdout, stderr) else None
         self.out = Sink(stdout, line)
@@ -448,6 +452,15 @@ class Console:
         self._other_on_terminal = pin_bars and _isatty(stderr if bar_stream == STDOUT else stdout)
         self._bar_file = stdout if bar_stream == STDOUT else stderr
         self.rank_logs = rank_logs
+        self.bar_width = bar_width  # the width the workers format their bars to (None: not a terminal)
+
+    def resized(self) -> None:
+        """The terminal was resized (SIGWINCH): the workers' next refreshes take its new width, and the pinned
+        bars are redrawn at once, refitted to it."""
+        if self.bar_width is not None:
+            self.bar_width.set(self.columns())
+        if self.board is not None and self.board.shown:
+            self.board.changed = True
 
     def columns(self) -> int:
         """The terminal's width now (it may have been resized since the job started)."""
@@ -549,6 +562,8 @@ class Console:
             self.err.flush()
             if board.owner is not None and not board.shown:
                 columns = self.columns()
+                if self.bar_width is not None:
+                    self.bar_width.set(columns)  # a resize that came before the signal was watched
                 rows = board.rows()
                 # The area's rows, the cursor left at the end of the bottom one (where tqdm leaves it).
                 self._bar_sink.raw(b"\n".join(fit_line(row, columns) for row in rows))

@@ -290,7 +290,9 @@ def run_job(
     each attempt's rendezvous takes `rendezvous_s(restart_count)` seconds of wall time first; `worker_ttys`
     gives workers pseudo-terminals where torchrun's would write to the launcher's terminal."""
     selector = selectors.DefaultSelector()
-    sigpipe = SignalPipe(plan.signals_to_handle, (signal.SIGWINCH,) if worker_ttys else ())
+    # A resize reaches the workers' pseudo-terminals, or the bars the launcher pins and the workers format.
+    resizes = worker_ttys or console.bar_width is not None
+    sigpipe = SignalPipe(plan.signals_to_handle, (signal.SIGWINCH,) if resizes else ())
     handled = {int(s) for s in plan.signals_to_handle}
     selector.register(sigpipe.r, selectors.EVENT_READ)
     run_dirs = {node.group_rank: log_dir.new_run_dir(plan.rdzv.run_id) for node in plan.nodes}
@@ -336,6 +338,7 @@ def run_job(
                             agent.on_signal(signum, time.time())
                         elif signum == signal.SIGWINCH:
                             group.resize_ttys()
+                            console.resized()
                         else:
                             raise FatalSignal(signum)
                 elif hub is not None and hub.owns(fd):

@@ -16,9 +16,12 @@ from fakerun.sim.job import JobSpec
 # Intervals real configs use: people pick round numbers, never 37.
 NICE_INTERVALS = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000)
 # Wall-time targets (simulated seconds) the default intervals aim for: a metric line every few seconds,
-# the GPU grid every ~20 s, an evaluation every ~5 min and a checkpoint every ~10 min.
+# the GPU grid every ~30 s, an evaluation every ~5 min and a checkpoint every ~10 min.
 LOG_EVERY_S = 5.0
-GRID_EVERY_S = 20.0
+GRID_EVERY_S = 30.0
+# Metric lines at least between two GPU grids: a grid is a dozen lines, and with slow steps (a metric line
+# each) one per ~30 s would come every step and bury the metric lines.
+GRID_MIN_LOG_LINES = 5
 EVAL_EVERY_S = 300.0
 SAVE_EVERY_S = 600.0
 EVAL_ITERS = 10  # validation batches per evaluation (Megatron's --eval-iters default is 100; demos use 10)
@@ -50,6 +53,17 @@ ENDINGS = (ENDING_FAKERUN, ENDING_MEGATRON, ENDING_MEGATRON_2022, ENDING_HF, END
 # Megatron-core's EXIT_CODE_RESUME_TO_DISAMBIGUATE (rerun_state_machine.py): the job is to resume from the
 # checkpoint it saved and rerun the step on another GPU.
 RERUN_EXIT_CODE = 16
+
+
+def grid_interval(step_s: float, log_interval: int) -> int:
+    """Steps between two GPU grids: the round multiple of the log interval (a grid follows a metric line)
+    nearest to GRID_EVERY_S of simulated time, with at least GRID_MIN_LOG_LINES metric lines between grids."""
+    want = max(1.0, GRID_EVERY_S / max(step_s, 1e-9))
+    least = GRID_MIN_LOG_LINES * log_interval
+    nice = [n for n in NICE_INTERVALS if n >= least and n % log_interval == 0]
+    if not nice:  # an unround log interval (a script's --log-interval 7): its multiples
+        return max(least, math.ceil(want / log_interval) * log_interval)
+    return min(nice, key=lambda n: abs(math.log(n / want)))
 
 
 def nice_interval(target_s: float, step_s: float) -> int:
@@ -322,12 +336,13 @@ def make_run(
     iters = EVAL_ITERS if eval_iters is None else eval_iters
     if last < first and not eval_only:
         raise ValueError(f"nothing to run: start step {job.start_step} is the last of {job.total_steps}")
+    log_every = log_interval or nice_interval(LOG_EVERY_S, step_s)
     plan = RunPlan(
         job=job,
         first_step=first,
         last_step=last,
-        log_interval=log_interval or nice_interval(LOG_EVERY_S, step_s),
-        grid_interval=nice_interval(GRID_EVERY_S, step_s),
+        log_interval=log_every,
+        grid_interval=grid_interval(step_s, log_every),
         eval_interval=(
             costed_interval(EVAL_EVERY_S, step_s, eval_seconds(job, iters, 0), EVAL_SHARE)
             if eval_interval is None

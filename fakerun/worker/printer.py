@@ -6,13 +6,25 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from fakerun.dialects import make
 from fakerun.dialects.base import BarClose, BarDraw, Line, LogWrite, Output, Renderer, Seat
 from fakerun.dialects.common import GridLines, TorchLines
 from fakerun.dialects.events import Event
+from fakerun.render.bar import MININTERVAL
 from fakerun.worker.tensorboard import TensorBoard
+
+
+@dataclass
+class _BarState:
+    """What tqdm keeps of one open bar: its status printer's last length, its last refresh, and its state
+    now (close() shows it again, or for the first time when mininterval held its update back)."""
+
+    last_len: int = 0
+    drawn_at: float | None = None  # the job's time of the last refresh; None: none yet (the first is drawn)
+    text: str | None = None
 
 
 class Printer:
@@ -34,8 +46,7 @@ class Printer:
         # Looked up when writing unless given, so that a test's redirection of sys.stdout is honoured.
         self._stdout = stdout
         self._stderr = stderr
-        self.bar_open = False
-        self._nested: dict[int, int] = {}  # position -> columns of the nested bar last drawn there
+        self._bars: dict[int, _BarState] = {}  # position -> its open bar
 
     @classmethod
     def for_rank(
@@ -84,26 +95,57 @@ class Printer:
             out = (self._stdout or sys.stdout) if item.stream == "stdout" else (self._stderr or sys.stderr)
             if isinstance(item, Line):
                 out.write(item.text + "\n")
-            elif isinstance(item, BarDraw) and item.position:
-                # tqdm's moveto(position), the refresh, moveto(-position): one write, whole in the pipe.
-                out.write(_nested(item.position, item.text))
-                self._nested[item.position] = len(item.text)
-            elif isinstance(item, BarClose) and item.position:
-                # leave=False: tqdm blanks the nested bar's line with as many spaces as it held.
-                if item.position in self._nested:
-                    out.write(_nested(item.position, " " * self._nested.pop(item.position)))
             elif isinstance(item, BarDraw):
-                out.write("\r" + item.text)
-                self.bar_open = True
+                self._draw(out, item)
+            elif isinstance(item, BarClose) and item.position:
+                # leave=False: tqdm blanks the nested bar's line (its status printer writing '').
+                state = self._bars.pop(item.position, None)
+                if state is not None:
+                    out.write(_at(item.position, self._status(state, "")))
             elif isinstance(item, BarClose):
-                # tqdm.close(): the last state, then the newline that ends the bar (nothing if none is open).
-                if item.text is not None:
-                    out.write("\r" + item.text)
-                if self.bar_open or item.text is not None:
+                # tqdm.close(): the final state shown again, then the newline that ends the bar (nothing if
+                # none is open).
+                state = self._bars.pop(0, None)
+                text = item.text if item.text is not None else state.text if state is not None else None
+                if text is not None:
+                    out.write(self._status(state or _BarState(), text))
+                if state is not None or item.text is not None:
                     out.write("\n")
-                self.bar_open = False
             out.flush()
         self._flush_stdout(pending)
+
+    @property
+    def bar_open(self) -> bool:
+        """Whether the bar at position 0 is drawn and not closed."""
+        return 0 in self._bars
+
+    def _draw(self, out: TextIO, item: BarDraw) -> None:
+        """A refresh as tqdm writes it, unless it is an update() within mininterval of the bar's last refresh
+        (on the job's clock, which the bar's elapsed times count): then it waits for the next refresh."""
+        state = self._bars.setdefault(item.position, _BarState())
+        if not item.text.strip(" \r"):
+            # tqdm's clear() (before tqdm.write) or a leave=False close: blanks; nothing is padded after them.
+            out.write(_at(item.position, "\r" + item.text))
+            state.last_len, state.text = 0, None
+            return
+        now = self.clock()
+        state.text = item.text
+        if not item.forced and state.drawn_at is not None and now - state.drawn_at < MININTERVAL:
+            return
+        state.drawn_at = now
+        # tqdm's moveto(position), the refresh, moveto(-position): one write, whole in the pipe.
+        out.write(_at(item.position, self._status(state, item.text)))
+
+    @staticmethod
+    def _status(state: _BarState, text: str) -> str:
+        """tqdm's status_printer: `\\r`, the text, and spaces over what a longer last refresh left."""
+        # Imported here, as in render/bar.py: tqdm's import is paid by the rank that draws a bar only.
+        from tqdm.utils import disp_len
+
+        width = disp_len(text)
+        padding = " " * max(state.last_len - width, 0)
+        state.last_len = width
+        return "\r" + text + padding
 
     def _log(self, item: LogWrite) -> None:
         """Writes into the script's log file (opened and closed for each write, as llm.c's script does); a
@@ -124,6 +166,6 @@ class Printer:
             out.flush()
 
 
-def _nested(position: int, text: str) -> str:
-    """A nested bar's refresh as tqdm writes it: down `position` lines, `\\r` and the text, back up."""
-    return "\n" * position + "\r" + text + "\x1b[A" * position
+def _at(position: int, status: str) -> str:
+    """A bar's refresh at `position` as tqdm writes it: down `position` lines, the status, back up."""
+    return "\n" * position + status + "\x1b[A" * position

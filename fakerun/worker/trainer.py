@@ -61,6 +61,7 @@ from fakerun.dialects.files import Artifact, Removal, SaveRequest
 from fakerun.frameworks import hf_results
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
+from fakerun.render.bar import BarWidth
 from fakerun.render.grid import GridGpu
 from fakerun.render.oom import crash_traceback
 from fakerun.sim import (
@@ -145,7 +146,8 @@ class SimContext:
     speed: float
     log_format: str
     loop: bool
-    bar_columns: int | None  # the terminal's width when rank 0's bar reaches a terminal, else None
+    # The terminal's width when rank 0's bar reaches one (the launcher updates it on a resize), else None.
+    bar_width: BarWidth | None
     color: bool
     # The dialect the job prints in (fakerun/dialects: --fake-trainer, else what the script's arguments look
     # like; json and logfmt are fakerun's own events).
@@ -233,7 +235,7 @@ class RankTrainer:
             log_format=ctx.log_format,
             log_level=ctx.log_level,
             color=ctx.color,
-            bar_columns=ctx.bar_columns,
+            terminal=ctx.bar_width,
             grid=ctx.grid,
             nccl_debug=env.get("NCCL_DEBUG", "").upper() in ("INFO", "TRACE"),
             nccl_collnet_enable=env.get("NCCL_COLLNET_ENABLE"),

@@ -399,3 +399,63 @@ class TestTerminal:
         assert b"\nrank0 on stderr\n" in shown and b"\nrank1 on stderr\n" in shown
         assert b"rank2 on stderr" not in shown and b"rank3" not in shown
         assert b"\r\n" not in shown.replace(b"2/2\r\n", b"")
+
+
+class TestBarResize:
+    """A simulated job's pinned bar when the terminal it runs in is resized."""
+
+    def test_bar_refits_after_the_terminal_shrinks(self, tmp_path: Path) -> None:
+        """In a 200-column terminal shrunk to 80 once the bar shows (TIOCSWINSZ: the kernel sends the
+        launcher SIGWINCH), every bar drawn after fits 79 columns with its count and closing `]` (not
+        `Epoch 1/1:   0%|` and blanks), and the bar's last line is the worker's, formatted for 80 columns."""
+        runner = Runner(uuid.uuid4().hex, tmp_path)
+        args = ["--nproc-per-node", "1", "--fake-model", "gpt2-124m", "--fake-speed", "20"]
+        args += ["--fake-max-steps", "40", "train.py"]
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(50, 200))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: fakerun as a shell would start it in this terminal
+            try:
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for fd in (0, 1, 2):
+                    os.dup2(slave, fd)
+                os.chdir(tmp_path)
+                os.execve(fakerun_exe(), [fakerun_exe(), *args], runner.env())
+            finally:
+                os._exit(127)
+        os.close(slave)
+        shown, resized_at = b"", -1
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                if select.select([master], [], [], 1.0)[0]:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: the job has ended and closed the terminal
+                        break
+                    if not data:
+                        break
+                    shown += data
+                if resized_at < 0 and b"Epoch 1/1:" in shown:
+                    fcntl.ioctl(master, termios.TIOCSWINSZ, winsize(50, 80))
+                    resized_at = len(shown)
+        finally:
+            os.close(master)
+            left = marked_processes(runner.mark)
+            for proc in left:
+                proc.kill()
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, shown[-2000:]
+        assert not left
+        # What the terminal shows after the resize, cut where the launcher erases or a line ends.
+        pieces = re.split(r"\r\x1b\[K|\r?\n", shown[resized_at:].decode("utf-8", "replace"))
+        bars = [p for p in pieces if p.startswith("Epoch 1/1:")]
+        # Bars already on their way when the signal came are as wide as before; from the launcher's first
+        # redraw at the new width on, none is.
+        first = next(i for i, text in enumerate(bars) if len(text) < 80)
+        *pinned, last = bars[first:]
+        assert len(pinned) >= 2
+        for text in pinned:
+            assert len(text) <= 79 and re.search(r"\| \d+/\d+ \[[^\]]+\]$", text), text
+        assert len(last) == 80 and last.endswith("]") and "| 40/" in last, last

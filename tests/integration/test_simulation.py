@@ -235,11 +235,12 @@ class TestConsoleOutput:
     """What a person watching sees (not a terminal here: the bar is tqdm into a file)."""
 
     def test_bar_refreshes_into_file_like_tqdm(self, console_run: Result) -> None:
-        """Rank 0's stderr carries `\\r`-separated tqdm refreshes up to step 30 of the job's total."""
+        """Rank 0's stderr carries `\\r`-separated tqdm refreshes up to step 30 of the job's total, then
+        close()'s display of the final state (tqdm shows it again before its newline)."""
         assert console_run.code == 0, console_run.stderr[-2000:]
         refreshes = re.findall(r"\r(Epoch 1/1:\s+\d+%\|[^|]*\| (\d+)/(\d+) \[[^\]]*\])", console_run.stderr)
         assert refreshes
-        assert [int(n) for _, n, _ in refreshes] == list(range(1, 31))
+        assert [int(n) for _, n, _ in refreshes] == [*range(1, 31), 30]
         assert "Loading dataset shards: 100%" in console_run.stderr
 
     def test_grid_shows_every_gpu(self, console_run: Result) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import math
 import re
 from pathlib import Path
@@ -190,7 +191,9 @@ class TestNestedEpochBars:
     def run_through(self, run: RunPlan, last: int) -> str:
         """Rank 0's stderr for steps 1..last, epoch ends included, then the stop."""
         err = io.StringIO()
-        printer = Printer([dialect()], clock=lambda: AT, stdout=io.StringIO(), stderr=err)
+        # The job's clock moves a second each time it is read: every update is past tqdm's mininterval.
+        ticks = itertools.count(AT)
+        printer = Printer([dialect()], clock=lambda: next(ticks), stdout=io.StringIO(), stderr=err)
         printer.emit(ev.JobStarted(run=run, first=True, resume=False))
         for step in range(1, last + 1):
             printer.emit(step_done(run, step))

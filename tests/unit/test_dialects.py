@@ -10,11 +10,13 @@ import re
 import typing
 
 import pytest
+import tqdm.std
 
 from fakerun import dialects, presets
 from fakerun.dialects import events as ev
 from fakerun.dialects.base import BarClose, BarDraw, Line, Seat
 from fakerun.dialects.common import GridLines, TorchLines
+from fakerun.render import bar
 from fakerun.render.grid import GridGpu
 from fakerun.sim import checkpoint
 from fakerun.sim.job import make_job
@@ -405,6 +407,42 @@ class TestPrinter:
         layer = self.Fixed(BarDraw("0/2"), BarDraw("3/10", position=1), BarClose(position=1), BarClose("1/2"))
         Printer([layer], clock=lambda: AT, stdout=io.StringIO(), stderr=err).emit(ev.TrainingFinished(step=1))
         assert err.getvalue() == "\r0/2" + "\n\r3/10\x1b[A" + "\n\r    \x1b[A" + "\r1/2\n"
+
+    @pytest.mark.parametrize("total", [40, 42])
+    def test_refreshes_into_a_file_byte_for_byte_as_tqdm(
+        self, total: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The bar into a file (a SLURM .out) is tqdm's bytes: a refresh per mininterval (0.1 s) of updates,
+        `\\r` and the meter padded over a longer last one, close() showing the final state (42: an update
+        held back by mininterval) and its newline. Reference: tqdm itself on a StringIO, same clock."""
+        now = [1000.0]
+        monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+        monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)  # no monitor thread
+        dt = 0.03  # 4 steps a refresh; neither elapsed nor remaining ever lands on a whole second
+        # tok/s alternates between 1.13M and 998k from one refresh to the next: the shorter is padded.
+        posts = [
+            f"loss={3 - i / 100:.4f}, tok/s={bar.human_count(1.13e6 if i // 4 % 2 else 9.98e5)}"
+            for i in range(total + 1)
+        ]
+        # A UTF-8 file, as a job's .out is (on an io.StringIO, which has no encoding, tqdm draws in ASCII).
+        ref = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+        t = tqdm.std.tqdm(total=total, desc="Epoch 1/1", file=ref)
+        err = io.StringIO()
+        printer = Printer([], clock=lambda: now[0], stdout=io.StringIO(), stderr=err)
+        start = now[0]
+        printer.write([BarDraw(bar.meter(0, total, 0.0, prefix="Epoch 1/1"))])
+        for i in range(1, total + 1):
+            now[0] += dt
+            t.set_postfix_str(posts[i], refresh=False)
+            t.update(1)
+            text = bar.meter(i, total, now[0] - start, prefix="Epoch 1/1", postfix=posts[i], rate=1 / dt)
+            printer.write([BarDraw(text)])
+        t.close()
+        printer.write([BarClose()])
+        ref.flush()
+        assert err.getvalue() == ref.buffer.getvalue().decode()  # type: ignore[attr-defined]
+        assert err.getvalue().count("\r") == 1 + total // 4 + 1  # the first draw, a refresh per 4, the close
+        assert re.search(r"tok/s=998k\] +\r", err.getvalue())  # the padding did something
 
     def test_close_without_open_bar_writes_nothing(self) -> None:
         """Closing a bar that was never drawn leaves stderr empty, as tqdm does."""

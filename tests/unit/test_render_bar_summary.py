@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tqdm.std import tqdm
 
 from fakerun.render import bar
 from fakerun.render.summary import summary_table
@@ -37,6 +39,57 @@ class TestMeter:
             n, total, 1234.5, prefix="Epoch 1/1", postfix="loss=2.1, lr=3.00e-04", rate=1.3, ncols=ncols
         )
         assert len(text) <= ncols
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(0, 1000), st.integers(20, 250))
+    def test_as_tqdm_fits_it_where_it_fits(self, n: int, ncols: int) -> None:
+        """Where tqdm's own meter at `ncols` keeps all its text (a bar of 1+ characters), it is the meter."""
+        kw = {"prefix": "Epoch 1/1", "postfix": "loss=2.1000, lr=3.00e-04", "rate": 1.3}
+        ref = tqdm.format_meter(n, 1000, 1234.5, ncols=ncols, **kw)  # type: ignore[arg-type]
+        if ref.endswith("]"):
+            assert bar.meter(n, 1000, 1234.5, ncols=ncols, **kw) == ref  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("ncols", [50, 60, 70, 80])
+    def test_too_narrow_keeps_the_closing_bracket(self, ncols: int) -> None:
+        """tqdm would cut the end; here the postfix loses fields from its end, the count and `]` stay."""
+        post = "loss=2.3456, ppl=10.44, lr=3.00e-04, tok/s=113k"
+        text = bar.meter(37, 19073, 17.0, prefix="Epoch 1/1", postfix=post, rate=0.8, ncols=ncols)
+        assert len(text) == ncols and text.endswith("]") and "| 37/19073 [" in text
+        fields = text[text.index("[") + 1 : -1].split(", ")
+        assert post.startswith(", ".join(fields[2:]))  # the first fields kept, in order
+
+    def test_description_cut_last(self) -> None:
+        """With no postfix field left to drop, the description is cut from its end; the rest is whole."""
+        text = bar.meter(37, 19073, 17.0, prefix="Epoch 1/1", postfix="loss=2.3456", ncols=50)
+        ref = tqdm.format_meter(37, 19073, 17.0, prefix="Epoch 1/1")  # its figures, its 10-column bar
+        r_bar = ref[ref.index("| ", ref.index("%|") + 2) :]  # `| 37/19073 [elapsed<remaining, rate]`
+        assert text == "Epoch " + "   0%|" + " " + r_bar  # `Epoch 1/1:` lost 4 characters, the bar is 1
+
+    def test_refit_after_a_shrink_is_tqdm_at_the_new_width(self) -> None:
+        """A meter drawn for 200 columns, refitted to 119 from its text alone, reads as tqdm's at 119."""
+        kw = {"prefix": "Epoch 1/1", "postfix": "loss=2.3456, tok/s=113k", "rate": 0.5}
+        wide = tqdm.format_meter(50, 200, 99.0, ncols=200, **kw)  # type: ignore[arg-type]
+        assert bar.fit(wide, 119) == tqdm.format_meter(50, 200, 99.0, ncols=119, **kw)  # type: ignore[arg-type]
+        # tqdm's padding after a longer refresh is no part of the meter.
+        assert bar.fit(wide + " " * 30, 200) == wide
+
+    def test_width_is_shared_with_forked_workers(self) -> None:
+        """The launcher's update after the fork is what the worker reads."""
+        width = bar.BarWidth(200)
+        go_r, go_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the worker
+            os.read(go_r, 1)
+            os.write(out_w, str(width.columns).encode())
+            os._exit(0)
+        width.set(80)
+        os.write(go_w, b"x")
+        seen = os.read(out_r, 16)
+        os.waitpid(pid, 0)
+        for fd in (go_r, go_w, out_r, out_w):
+            os.close(fd)
+        assert seen == b"80"
 
     def test_ema_rate(self) -> None:
         """tqdm's smoothing: constant step times give their inverse; none gives None."""

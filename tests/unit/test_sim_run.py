@@ -13,9 +13,12 @@ from fakerun.sim import checkpoint, compute
 from fakerun.sim import run as run_mod
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import (
+    GRID_EVERY_S,
+    GRID_MIN_LOG_LINES,
     IMPORT_S,
     NICE_INTERVALS,
     eval_seconds,
+    grid_interval,
     looped,
     make_run,
     nice_interval,
@@ -43,6 +46,22 @@ class TestCadence:
         want = target / step_s
         if NICE_INTERVALS[0] <= want <= NICE_INTERVALS[-1]:
             assert want / 2.5 <= n <= want * 2.5
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.floats(0.01, 600.0), st.sampled_from(NICE_INTERVALS[:12]))
+    def test_grid_on_a_time_cadence_never_every_metric_line(self, step_s: float, log_interval: int) -> None:
+        """The grid comes after a metric line, with at least GRID_MIN_LOG_LINES of them between two grids,
+        a round number of steps within a factor 2.5 of GRID_EVERY_S when that leaves room for them."""
+        n = grid_interval(step_s, log_interval)
+        assert n % log_interval == 0 and n >= GRID_MIN_LOG_LINES * log_interval
+        want = GRID_EVERY_S / step_s
+        if want >= 2.5 * GRID_MIN_LOG_LINES * log_interval and want <= NICE_INTERVALS[-1] / 2.5:
+            assert want / 2.5 <= n <= want * 2.5
+
+    def test_grid_of_slow_steps(self) -> None:
+        """A minute per step: a metric line each step, the grid every 5 (not every step, as ~30 s gave)."""
+        assert grid_interval(60.0, 1) == 5
+        assert grid_interval(1.0, 7) == 35  # a script's unround log interval: its multiples
 
     def test_default_cadences_follow_step_time(self) -> None:
         """Slower steps mean fewer steps between metric lines and saves."""
