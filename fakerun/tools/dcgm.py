@@ -1,28 +1,37 @@
 """`fakerun-smi --serve`: the running job's GPUs as dcgm-exporter serves them, in Prometheus text format.
 
-Needs prometheus_client (the `serve` extra). The metric names, types and help texts are dcgm-exporter's
-(etc/default-counters.csv and etc/dcp-metrics-included.csv); the labels are the ones it puts on every
-sample: gpu, UUID, pci_bus_id, device, modelName, Hostname and DCGM_FI_DRIVER_VERSION (its captures since
-3.3). Every GPU of every node of the job is served, each under its simulated host name, so one endpoint
-shows the whole simulated cluster. The state is read again on every scrape.
+Needs prometheus_client (the `serve` extra): the metrics are a prometheus_client Collector in a registry
+of their own. The metric names, types and help texts are dcgm-exporter's (etc/default-counters.csv and
+etc/dcp-metrics-included.csv); the labels are the ones it puts on every sample, in its order: gpu, UUID,
+pci_bus_id, device, modelName, Hostname and DCGM_FI_DRIVER_VERSION (its captures since 3.3). Every GPU
+of every node of the job is served, each under its simulated host name, so one endpoint shows the whole
+simulated cluster. The state is read again on every scrape.
+
+The text is written here rather than by prometheus_client's generate_latest, which renames every counter
+`<name>_total` in its HELP and TYPE lines: dcgm-exporter's counters (DCGM_FI_DEV_PCIE_REPLAY_COUNTER ...)
+have no such suffix, and dashboards query them by their own names. Writing it also keeps the exporter's
+label order and its integers (`345`, where generate_latest writes `345.0`).
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from fakerun.render.smi import SmiGpu
 from fakerun.render.smi_reports import memory_temp
 
-__all__ = ["LABELS", "METRICS", "DcgmCollector", "parse_address", "start"]
+__all__ = ["LABELS", "METRICS", "DcgmCollector", "exposition", "parse_address", "start"]
 
 LOOPBACK = "127.0.0.1"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
 LABELS = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
 
 # A job's GPUs: (simulated host, its GPUs and the driver) per node.
@@ -145,10 +154,57 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start(host: str, port: int, nodes: Callable[[], Nodes]) -> WSGIServer:
+def _escape(value: str) -> str:
+    """A label value as the text format quotes it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    """A sample value as Go prints it: integers without a fraction."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry's families in Prometheus' text format, as dcgm-exporter writes them."""
+    out = []
+    for family in registry.collect():
+        out += [f"# HELP {family.name} {family.documentation}", f"# TYPE {family.name} {family.type}"]
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}")
+    return ("\n".join(out) + "\n").encode()
+
+
+def start(host: str, port: int, nodes: Callable[[], Nodes]) -> ThreadingHTTPServer:
     """Serves /metrics from a registry holding only the DCGM collector, in a daemon thread."""
     # A registry of its own: the default one adds the Python process's metrics, which dcgm-exporter has not.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DcgmCollector(nodes))
-    server, _ = start_http_server(port, addr=host, registry=registry)
+
+    class Handler(BaseHTTPRequestHandler):
+        """GET /metrics: a scrape; anything else: 404."""
+
+        def do_GET(self) -> None:
+            """Answers one request."""
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = exposition(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: a scrape every few seconds would fill the terminal."""
+
+    class Server(ThreadingHTTPServer):
+        """The HTTP server, on IPv6 when the host is an IPv6 address."""
+
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    server = Server((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="dcgm-exporter", daemon=True).start()
     return server
