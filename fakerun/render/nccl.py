@@ -359,11 +359,21 @@ def _ranges(cpus: Sequence[int]) -> str:
     return ",".join(out)
 
 
+def gpu_socket(topo: NcclTopo, local_rank: int) -> int:
+    """The CPU socket (NUMA node) a GPU hangs off: the GPUs split evenly over the sockets, in order."""
+    gpus_per_socket = max(1, -(-topo.nproc_per_node // topo.cpu_sockets))
+    return min(topo.cpu_sockets - 1, local_rank // gpus_per_socket)
+
+
+def cpu_affinity(topo: NcclTopo, local_rank: int) -> str:
+    """The CPUs of a GPU's socket as a range list (`0-55,112-167`), as NCCL and nvidia-smi print them."""
+    return _ranges(_socket_cpus(topo, local_rank))
+
+
 def _socket_cpus(topo: NcclTopo, local_rank: int) -> list[int]:
     """The CPUs of the GPU's socket: its cores and their SMT siblings (numbered after all the cores)."""
     per_socket = topo.cpu_cores // topo.cpu_sockets
-    gpus_per_socket = max(1, -(-topo.nproc_per_node // topo.cpu_sockets))
-    socket = min(topo.cpu_sockets - 1, local_rank // gpus_per_socket)
+    socket = gpu_socket(topo, local_rank)
     cores = range(socket * per_socket, (socket + 1) * per_socket)
     return [t * topo.cpu_cores + c for t in range(topo.threads_per_core) for c in cores]
 
@@ -389,6 +399,11 @@ def _nic(topo: NcclTopo, local_rank: int) -> int:
     """The NIC closest to a GPU: one per GPU on 8-NIC nodes, shared by neighbours on nodes with fewer."""
     n = topo.nics_per_node
     return local_rank * n // max(topo.nproc_per_node, n) % n
+
+
+def nic_index(topo: NcclTopo, local_rank: int) -> int:
+    """The index of the NIC closest to a GPU (see _nic)."""
+    return _nic(topo, local_rank)
 
 
 def _comm_ptr(seed: int, rank: int, comm: int = 0) -> str:

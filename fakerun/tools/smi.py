@@ -1,9 +1,11 @@
 """fakerun-smi: a fake `nvidia-smi` that shows the GPUs of the fakerun job running on this machine.
 
 Running jobs publish their state in `fakerun.paths.state_dir()` (one `job-<pid>.json` per
-launcher, rewritten about once a second). fakerun-smi shows one node of the newest live job: the node
-whose simulated host name is this machine's, else node 0 (`--node N` picks another). With no job, the
-eight idle H100s of the default cluster preset.
+launcher, rewritten about once a second). fakerun-smi shows one node of a live job: the job `--run-id`
+names, else the one whose launcher started last (said on stderr when several run); the node whose
+simulated host name is this machine's, else node 0 (`--node N` picks another). With no job, the eight
+idle H100s of the default cluster preset. Besides the default table: `-L`, `--query-gpu`, `-q`,
+`--version`, `topo -m`, `dmon`, and `--serve` (dcgm-exporter's metrics, fakerun/tools/dcgm.py).
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from typing import Any, NoReturn
 import psutil
 
 from fakerun.paths import state_dir
-from fakerun.presets import GpuSpec, PresetError, check_bus_ids, load_cluster, load_gpu
-from fakerun.render import smi
-from fakerun.render.nccl import pci_bus_id
+from fakerun.presets import ClusterSpec, GpuSpec, PresetError, check_bus_ids, load_cluster, load_gpu
+from fakerun.render import smi, smi_reports
+from fakerun.render.nccl import cpu_affinity, gpu_socket, nccl_topo_for, nic_index, pci_bus_id
 from fakerun.sim.stack import stack_for
 from fakerun.sim.telemetry import GpuTelemetry, board, idle_telemetry, settle
 
-__all__ = ["Snapshot", "choose_node", "main", "running_jobs", "snapshot"]
+__all__ = ["Snapshot", "choose_job", "choose_node", "main", "node_snapshots", "running_jobs", "snapshot"]
 
 STALE_S = 10.0  # a state file not rewritten for this long belongs to no running job
 IDLE_CLUSTER = "dgx-h100"
@@ -51,6 +53,7 @@ NO_DRIVER = (
 BAD_COMBINATION = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
 _COMPUTE_CAP = {"Volta": "7.0", "Ampere": "8.0", "Ada": "8.9", "Hopper": "9.0", "Blackwell": "10.0"}
 _NVIDIA_SMI_EXIT_DRIVER = 9
+DCGM_PORT = 9400  # dcgm-exporter's default port
 
 
 class UsageError(Exception):
@@ -126,6 +129,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--query-compute-apps", metavar="FIELDS", help="process properties, e.g. pid,process_name,used_memory"
     )
     p.add_argument("--format", metavar="FMT", help="with a query: csv[,noheader][,nounits]")
+    p.add_argument("-q", "--query", action="store_true", help="the long report of each GPU (or those of -i)")
+    p.add_argument("--version", action="store_true", help="nvidia-smi, NVML, driver and CUDA versions")
+    p.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="fakerun: the job to show (run id or launcher pid); default: the one started last",
+    )
+    p.add_argument(
+        "--serve",
+        metavar="[HOST:]PORT",
+        nargs="?",
+        const=str(DCGM_PORT),
+        help=f"fakerun: serve the job's GPUs as dcgm-exporter does (default port {DCGM_PORT}, loopback)",
+    )
     p.add_argument(
         "--node",
         metavar="N",
@@ -171,8 +188,16 @@ def _gpus(job: dict[str, Any]) -> list[dict[str, Any]]:
     return [g for g in job.get("gpus", []) if isinstance(g, dict)]
 
 
+def _started(job: dict[str, Any]) -> float:
+    """When the job's launcher process started (0 when it cannot be read)."""
+    try:
+        return float(psutil.Process(_int(job, "launcher_pid")).create_time())
+    except (psutil.Error, OSError, ValueError):
+        return 0.0
+
+
 def running_jobs(directory: str, wall: float) -> list[dict[str, Any]]:
-    """The state documents of live jobs, newest first; unreadable, stale and orphaned files are skipped."""
+    """The state documents of live jobs, the last started first; unreadable, stale, orphaned files skipped."""
     try:
         names = os.listdir(directory)
     except OSError:
@@ -191,8 +216,41 @@ def running_jobs(directory: str, wall: float) -> list[dict[str, Any]]:
         if wall - _num(state, "updated", -1e18) > STALE_S or not _alive(_int(state, "launcher_pid")):
             continue
         jobs.append(state)
-    jobs.sort(key=lambda s: _num(s, "updated"), reverse=True)
+    # By launch, not by the last rewrite: every launcher rewrites its file each second, so ordering by
+    # `updated` showed whichever job wrote last (two calls a second apart showed two different jobs).
+    jobs.sort(key=lambda s: (_started(s), _int(s, "launcher_pid")), reverse=True)
     return jobs
+
+
+def _label(job: dict[str, Any]) -> str:
+    """How a job is named in messages: its run id and launcher pid."""
+    return f"{str(job.get('run_id', ''))[:100]} (pid {_int(job, 'launcher_pid')})"
+
+
+def choose_job(jobs: Sequence[dict[str, Any]], run_id: str | None) -> tuple[list[dict[str, Any]], str]:
+    """The jobs `--run-id` names (run id or launcher pid), else the last started; and a note naming it.
+
+    The note is empty unless a choice was made between several jobs. Several launchers of one job (one
+    per node, on the same host) share its run id: all of them are kept, and `--node` picks among them.
+    """
+    if run_id is not None:
+        chosen = [j for j in jobs if run_id in (str(j.get("run_id", "")), str(_int(j, "launcher_pid")))]
+        if not chosen:
+            running = ", ".join(map(_label, jobs)) or "none"
+            raise UsageError(f"no running fakerun job has run id {run_id} (running: {running})")
+        return chosen, ""
+    if not jobs:
+        return [], ""
+    first = str(jobs[0].get("run_id", ""))
+    chosen = [j for j in jobs if str(j.get("run_id", "")) == first]
+    if len(chosen) == len(jobs):
+        return chosen, ""
+    others = len({str(j.get("run_id", "")) for j in jobs}) - 1
+    note = (
+        f"{others + 1} fakerun jobs are running; showing {_label(jobs[0])}, the last started "
+        "(pick another with --run-id)"
+    )
+    return chosen, note
 
 
 def _short(host: str) -> str:
@@ -392,14 +450,81 @@ def _idle_snapshot(hostname: str, sample: int) -> Snapshot:
     return Snapshot(gpus, [], stack.driver, stack.driver_cuda)
 
 
-def snapshot(node: int | None, wall: float, hostname: str, directory: str | None = None) -> Snapshot:
-    """This machine's GPUs now: the chosen node of the newest running job, or idle GPUs."""
-    jobs = running_jobs(state_dir() if directory is None else directory, wall)
+def snapshot(
+    node: int | None,
+    wall: float,
+    hostname: str,
+    directory: str | None = None,
+    run_id: str | None = None,
+    notes: list[str] | None = None,
+) -> Snapshot:
+    """This machine's GPUs now: the chosen node of the chosen running job, or idle GPUs.
+
+    A note about the choice (several jobs running) is appended to `notes` when given.
+    """
+    jobs, note = choose_job(running_jobs(state_dir() if directory is None else directory, wall), run_id)
+    if note and notes is not None:
+        notes.append(note)
     chosen = choose_node(jobs, hostname, node)
     if chosen is None:
         return _idle_snapshot(hostname, int(wall))
     job, n = chosen
     return _job_snapshot(job, n, int(wall), wall)
+
+
+def node_snapshots(
+    wall: float,
+    hostname: str,
+    directory: str | None = None,
+    run_id: str | None = None,
+    node: int | None = None,
+) -> list[tuple[str, Snapshot]]:
+    """(host, GPUs) of every node of the chosen job (or of node `node` only); this host idle without one."""
+    jobs, _ = choose_job(running_jobs(state_dir() if directory is None else directory, wall), run_id)
+    views: dict[int, tuple[dict[str, Any], str]] = {}
+    for job in jobs:
+        for g in _gpus(job):
+            views.setdefault(_int(g, "node"), (job, str(g.get("host", "")) or hostname))
+    if node is not None:
+        if node not in views:
+            known = ", ".join(map(str, sorted(views))) or "none"
+            raise UsageError(f"the running job has no node {node} (its nodes here: {known})")
+        views = {node: views[node]}
+    if not views:
+        return [(hostname, _idle_snapshot(hostname, int(wall)))]
+    return [(host, _job_snapshot(job, n, int(wall), wall)) for n, (job, host) in sorted(views.items())]
+
+
+def _job_cluster(node: int | None, wall: float, hostname: str, run_id: str | None) -> ClusterSpec:
+    """The cluster preset of the job fakerun-smi shows (the default preset without one)."""
+    jobs, _ = choose_job(running_jobs(state_dir(), wall), run_id)
+    chosen = choose_node(jobs, hostname, node)
+    name = str(chosen[0].get("cluster", "")) if chosen else IDLE_CLUSTER
+    try:
+        return load_cluster(name)
+    except PresetError:
+        return load_cluster(IDLE_CLUSTER)
+
+
+def topo_node(cluster: ClusterSpec) -> smi_reports.TopoNode:
+    """A node of a cluster preset as `topo -m` draws it, from the topology NCCL's lines describe."""
+    gpus = cluster.gpus_per_node
+    topo = nccl_topo_for(cluster, 1, gpus, [""])
+    nics = cluster.nics_per_node
+    sockets = tuple(gpu_socket(topo, g) for g in range(gpus))
+    # Each NIC sits by the first GPU that uses it; nodes with more NICs than GPUs (p5) spread them evenly.
+    nic_gpus = tuple(
+        next((g for g in range(gpus) if nic_index(topo, g) == j), j * gpus // max(nics, 1))
+        for j in range(nics)
+    )
+    return smi_reports.TopoNode(
+        gpu_sockets=sockets,
+        gpu_cpus=tuple(cpu_affinity(topo, g) for g in range(gpus)),
+        nvlinks=cluster.gpu.nvlinks if cluster.gpu.link.startswith("NVLink") else 0,
+        nic_names=tuple(f"{topo.nic_prefix}{j}" for j in range(nics)),
+        nic_sockets=tuple(sockets[g] for g in nic_gpus),
+        nic_gpus=nic_gpus,
+    )
 
 
 def select(snap: Snapshot, ids: str | None) -> Snapshot:
@@ -429,7 +554,7 @@ def select(snap: Snapshot, ids: str | None) -> Snapshot:
 class _Request:
     """What to print each refresh."""
 
-    kind: str  # table | list | gpu | apps
+    kind: str  # table | list | gpu | apps | query | version | dmon | topo
     fields: tuple[smi.Field, ...] = ()
     fmt: smi.CsvFormat = dataclasses.field(default_factory=smi.CsvFormat)
 
@@ -437,12 +562,14 @@ class _Request:
 def _request(args: argparse.Namespace) -> _Request:
     """What the options ask for; bad combinations are errors."""
     queries = [q for q in (args.query_gpu, args.query_compute_apps) if q is not None]
-    if len(queries) > 1 or (queries and args.list_gpus):
+    modes = len(queries) + args.list_gpus + args.query + args.version + (args.serve is not None)
+    if modes > 1:
         raise smi.SmiError(BAD_COMBINATION)
     if args.format is not None and not queries:
         raise UsageError("--format only applies to --query-gpu and --query-compute-apps")
-    if args.list_gpus:
-        return _Request("list")
+    for flag, kind in ((args.list_gpus, "list"), (args.query, "query"), (args.version, "version")):
+        if flag:
+            return _Request(kind)
     if not queries:
         return _Request("table")
     if args.format is None:
@@ -453,12 +580,33 @@ def _request(args: argparse.Namespace) -> _Request:
     return _Request("apps", tuple(smi.parse_query(args.query_compute_apps, smi.APP_FIELDS)), fmt)
 
 
-def _render(req: _Request, snap: Snapshot, now: datetime, first: bool) -> list[str]:
-    """The lines one refresh prints."""
+def _architecture(snap: Snapshot) -> str:
+    """The GPUs' architecture (-q's Product Architecture), from their compute capability."""
+    cap = snap.gpus[0].compute_cap if snap.gpus else ""
+    return next((arch for arch, c in _COMPUTE_CAP.items() if c == cap), "")
+
+
+def _render(req: _Request, snap: Snapshot, now: datetime, first: bool, attached: int) -> list[str]:
+    """The lines one refresh prints (`attached`: the node's GPU count, before -i)."""
     # Looping queries print their header once, as nvidia-smi does; the table is printed whole each time.
     fmt = smi.CsvFormat(header=req.fmt.header and first, units=req.fmt.units)
     if req.kind == "list":
         return smi.render_list(snap.gpus)
+    if req.kind == "version":
+        return smi_reports.render_version(snap.driver_version, snap.cuda_version)
+    if req.kind == "dmon":
+        rows = [smi_reports.dmon_row(g) for g in snap.gpus]
+        return [*smi_reports.dmon_header(), *rows] if first else rows
+    if req.kind == "query":
+        return smi_reports.render_query(
+            snap.gpus,
+            snap.processes,
+            now=now,
+            driver_version=snap.driver_version,
+            cuda_version=snap.cuda_version,
+            attached=attached,
+            architecture=_architecture(snap),
+        )
     if req.kind == "gpu":
         return smi.render_gpu_csv(snap.gpus, req.fields, fmt, now=now, driver_version=snap.driver_version)
     if req.kind == "apps":
@@ -475,49 +623,147 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _run(args: argparse.Namespace, req: _Request) -> int:
-    """Prints once, or every interval until a signal; returns the exit status."""
+def _run(args: argparse.Namespace, req: _Request, prog: str) -> int:
+    """Prints once, or every interval until a signal (dmon: `count` times); returns the exit status."""
     interval = args.loop_ms if args.loop_ms is not None else args.loop
+    count = getattr(args, "count", None)
     hostname = socket.gethostname()
     first = True
     while True:
         wall = time.time()
+        notes: list[str] = []
         try:
-            snap = select(snapshot(args.node, wall, hostname), args.id)
+            whole = snapshot(args.node, wall, hostname, run_id=args.run_id, notes=notes)
+            snap = select(whole, args.id)
         except smi.SmiError as exc:
             print(exc, flush=True)  # nvidia-smi prints its own errors on stdout
             return exc.code
-        lines = _render(req, snap, datetime.fromtimestamp(wall), first)
+        if first:
+            for note in notes:
+                print(f"{prog}: {note}", file=sys.stderr, flush=True)
+        lines = _render(req, snap, datetime.fromtimestamp(wall), first, len(whole.gpus))
         if lines:
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
-        if interval is None:
+        if count is not None:
+            count -= 1
+        if interval is None or count == 0:
             return 0
         first = False
         time.sleep(interval)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Subcommands: topo -m, dmon
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """The fakerun options every subcommand takes: --run-id and --node."""
+    p.add_argument("--run-id", metavar="ID", help="fakerun: the job to show (run id or launcher pid)")
+    p.add_argument("--node", metavar="N", type=_node, help="fakerun: show node N of a multi-node job")
+
+
+def _count(text: str) -> int:
+    """argparse type: a positive sample count."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"the count must be a positive integer, not {text!r}")
+    return int(text)
+
+
+def _dmon_parser(prog: str) -> argparse.ArgumentParser:
+    """`dmon`: the rolling per-GPU table."""
+    p = _Parser(prog=f"{prog} dmon", allow_abbrev=False, description="Prints a line per GPU every interval.")
+    p.add_argument("-i", "--id", metavar="IDS", help="only these GPUs: indexes, UUIDs or PCI bus ids")
+    p.add_argument(
+        "-c", "--count", metavar="N", type=_count, help="stop after N samples (default: until Ctrl-C)"
+    )
+    p.add_argument(
+        "-d", "--delay", metavar="SEC", type=_seconds, default=1.0, help="seconds between samples (1)"
+    )
+    _common(p)
+    return p
+
+
+def _topo_parser(prog: str) -> argparse.ArgumentParser:
+    """`topo -m`: the node's connection matrix."""
+    p = _Parser(prog=f"{prog} topo", allow_abbrev=False, description="Shows the node's GPU and NIC topology.")
+    p.add_argument("-m", "--matrix", action="store_true", help="the GPU/NIC connection matrix")
+    _common(p)
+    return p
+
+
+def _dmon(argv: Sequence[str], prog: str) -> int:
+    """`fakerun-smi dmon ...`."""
+    args = _dmon_parser(prog).parse_args(argv)
+    args.loop, args.loop_ms = args.delay, None
+    return _run(args, _Request("dmon"), prog)
+
+
+def _topo(argv: Sequence[str], prog: str) -> int:
+    """`fakerun-smi topo -m`."""
+    args = _topo_parser(prog).parse_args(argv)
+    if not args.matrix:
+        raise UsageError("topo: only -m (the connection matrix) is supported")
+    cluster = _job_cluster(args.node, time.time(), socket.gethostname(), args.run_id)
+    if cluster.gpu.vendor != "nvidia":
+        raise smi.SmiError(NO_DRIVER, _NVIDIA_SMI_EXIT_DRIVER)
+    sys.stdout.write("\n".join(smi_reports.render_topo(topo_node(cluster))) + "\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace, prog: str) -> int:
+    """`--serve [HOST:]PORT`: dcgm-exporter's /metrics until Ctrl-C or SIGTERM."""
+    try:
+        from fakerun.tools import dcgm
+    except ImportError:
+        raise UsageError("--serve needs prometheus_client: pip install 'fakerun[serve]'") from None
+    try:
+        host, port = dcgm.parse_address(args.serve)
+    except ValueError as exc:
+        raise UsageError(f"--serve: {exc}") from None
+    hostname = socket.gethostname()
+
+    def nodes() -> list[tuple[str, Snapshot]]:
+        return node_snapshots(time.time(), hostname, run_id=args.run_id, node=args.node)
+
+    server = dcgm.start(host, port, nodes)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"{prog}: serving dcgm-exporter metrics on http://{shown}:{server.server_port}/metrics",
+        file=sys.stderr,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Entry point of `fakerun-smi` (and of the `nvidia-smi` shim)."""
     prog = prog or os.path.basename(sys.argv[0]) or "fakerun-smi"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     try:
+        if argv[:1] == ["dmon"]:
+            return _dmon(argv[1:], prog)
+        if argv[:1] == ["topo"]:
+            return _topo(argv[1:], prog)
         args = build_parser(prog).parse_args(argv)
         req = _request(args)
+        if args.serve is not None:
+            return _serve(args, prog)
+        return _run(args, req, prog)
+    except _Stop:
+        return 0
     except UsageError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except smi.SmiError as exc:
         print(exc)
         return exc.code
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop)
-    try:
-        return _run(args, req)
-    except _Stop:
-        return 0
-    except UsageError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # The reader went away (`| head`): nothing more to say, and nothing to flush at exit either.
         with contextlib.suppress(OSError):

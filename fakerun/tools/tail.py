@@ -93,23 +93,40 @@ def parse_meta(raw: object, directory: str = "") -> Job | None:
     return job if nproc > 0 else None
 
 
-def choose_job(jobs: Sequence[Job], run_id: str | None) -> Job:
-    """The job to tail among the running ones: the only one, or the one --run-id (run id or pid) names."""
+def _holding(jobs: Sequence[Job], rank: int | None, node: int | None) -> list[Job]:
+    """The agents among `jobs` that run the wanted ranks: node `node`'s, else rank `rank` (default 0)."""
+    if node is not None:
+        return [j for j in jobs if node_ranks(j, node)]
+    return [j for j in jobs if (0 if rank is None else rank) in j.ranks]
+
+
+def choose_job(
+    jobs: Sequence[Job], run_id: str | None, *, rank: int | None = None, node: int | None = None
+) -> Job:
+    """The job to tail among the running ones: the only one, or the one --run-id (run id or pid) names.
+
+    The agents of one job (one launcher per node, all on this host) share its run id: among them, the one
+    running the ranks asked for (--node, --rank, else rank 0) is the one to tail.
+    """
     if run_id is not None:
         matches = [j for j in jobs if run_id in (j.run_id, str(j.launcher_pid))]
-        if len(matches) == 1:
-            return matches[0]
         if not matches:
             running = ", ".join(j.label() for j in jobs) or "none"
             raise TailError(f"no running fakerun job has run id {run_id} (running: {running})")
+    elif not jobs:
+        raise TailError("no fakerun job is running on this host")
+    else:
+        matches = list(jobs)
+    if len(matches) > 1 and len({j.run_id for j in matches}) == 1:
+        holding = _holding(matches, rank, node)
+        matches = holding if len(holding) == 1 else matches
+    if len(matches) == 1:
+        return matches[0]
+    if run_id is not None:
         pids = ", ".join(str(j.launcher_pid) for j in matches)
         raise TailError(f"{len(matches)} running jobs have run id {run_id}; pick one by pid: --run-id {pids}")
-    if not jobs:
-        raise TailError("no fakerun job is running on this host")
-    if len(jobs) > 1:
-        listed = ", ".join(j.label() for j in jobs)
-        raise TailError(f"{len(jobs)} fakerun jobs are running: {listed}; pick one with --run-id")
-    return jobs[0]
+    listed = ", ".join(j.label() for j in matches)
+    raise TailError(f"{len(matches)} fakerun jobs are running: {listed}; pick one with --run-id")
 
 
 def format_ranges(values: Sequence[int]) -> str:
@@ -329,13 +346,15 @@ def running_jobs(base: str) -> list[Job]:
     return sorted(jobs, key=lambda j: (j.started, j.launcher_pid))
 
 
-def find_job(base: str, run_id: str | None, wait_s: float) -> Job:
+def find_job(
+    base: str, run_id: str | None, wait_s: float, *, rank: int | None = None, node: int | None = None
+) -> Job:
     """The job to tail; with --wait, retries for that long while none (or not the named one) is running."""
     deadline = time.monotonic() + wait_s
     while True:
         jobs = running_jobs(base)
         try:
-            return choose_job(jobs, run_id)
+            return choose_job(jobs, run_id, rank=rank, node=node)
         except TailError:
             # Waiting does not make several jobs one: ambiguity fails at once.
             waiting_helps = run_id is not None or not jobs
@@ -532,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _quiet_signals():
             try:
-                job = find_job(state_dir(), args.run_id, args.wait)
+                job = find_job(state_dir(), args.run_id, args.wait, rank=args.rank, node=args.node)
                 ranks = select_ranks(job, args.rank, args.node)
                 node_mode = args.node is not None
                 tty = sys.stdout.isatty()

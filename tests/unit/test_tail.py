@@ -107,6 +107,20 @@ def test_choose_job_same_run_id_asks_for_the_pid() -> None:
     assert choose_job(jobs, "2").launcher_pid == 2
 
 
+def test_choose_job_agents_of_one_job_by_node() -> None:
+    # One launcher per node on this host: each agent's meta lists its own node's ranks.
+    agents = [
+        job(launcher_pid=1, nodes={"0": "a"}, ranks=[0, 1, 2, 3]),
+        job(launcher_pid=2, nodes={"1": "b"}, ranks=[4, 5, 6, 7]),
+    ]
+    assert choose_job(agents, "none", node=1).launcher_pid == 2
+    assert choose_job(agents, "none", node=0).launcher_pid == 1
+    assert choose_job(agents, "none", rank=6).launcher_pid == 2
+    assert choose_job(agents, None).launcher_pid == 1  # rank 0 by default, as select_ranks
+    with pytest.raises(TailError, match="--run-id 1, 2"):
+        choose_job(agents, "none", node=3)
+
+
 @pytest.mark.parametrize(
     ("values", "text"),
     [([0, 1, 2, 3], "0-3"), ([5], "5"), ([8, 9, 0, 1], "0-1, 8-9"), ([0, 2, 3], "0, 2-3"), ([], "")],
