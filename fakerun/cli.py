@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -14,10 +15,12 @@ from typing import Any, NoReturn
 
 from fakerun import dialects, limits, tomlfile
 from fakerun.dialects.fakerun import LEVELS
+from fakerun.launcher.wire import SECRET_VAR
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
+from fakerun.paths import STATE_DIR_VAR
 from fakerun.sim.failures import FAILURE_KINDS, MAX_FAILURES, RANDOM_FAILURE
 
-__all__ = ["UsageError", "build_parser", "parse_command_line", "prog_name"]
+__all__ = ["UsageError", "build_parser", "misspelled_env", "parse_command_line", "prog_name"]
 
 _FAKE_PREFIX = "--fake-"
 _ENV_PREFIX = "FAKERUN_"
@@ -410,6 +413,12 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
         "cluster", "NAME|FILE", "Cluster: a preset name or a TOML file.", _parse_name("a name or file")
     ),
     _FakeSpec(
+        "storage",
+        "NAME|FILE",
+        "Storage the checkpoints go to: a preset name or a TOML file (default: the cluster's).",
+        _parse_name("a name or file"),
+    ),
+    _FakeSpec(
         "log_format",
         "{" + ",".join(_LOG_FORMATS) + "}",
         "Format of fakerun's own log lines (default: console); json and logfmt print every line as one "
@@ -479,6 +488,12 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     _FakeSpec("list_presets", None, "List the model, GPU and cluster presets and exit.", _parse_flag),
     _FakeSpec("list_failures", None, "List the failure scenarios of --fake-fail and exit.", _parse_flag),
     _FakeSpec(
+        "version",
+        None,
+        "Print fakerun's version and the torch, CUDA, NCCL and driver versions it simulates, and exit.",
+        _parse_flag,
+    ),
+    _FakeSpec(
         "install_shims",
         "DIR",
         "Write `torchrun`, `nvidia-smi` and `tune` shims running fakerun into DIR and exit "
@@ -487,7 +502,11 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     ),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _FAKE_SPECS}
+# The options that do one thing and exit, so need no script.
+_SCRIPTLESS = ("list_presets", "list_failures", "version", "install_shims")
 _CONFIG_KEYS = tuple(spec.name for spec in _FAKE_SPECS if spec.name != "config")
+# Every FAKERUN_* variable fakerun reads: the options' and those the launcher reads itself.
+_KNOWN_ENV = (*(spec.env for spec in _FAKE_SPECS), STATE_DIR_VAR, SECRET_VAR)
 
 _FAKE_GROUP_DESCRIPTION = (
     "These simulate the job; each is also read from FAKERUN_<NAME> and from the --fake-config TOML file."
@@ -1031,13 +1050,10 @@ def _list_presets_without_script(
     try:
         fake = _resolve_fake(ns, environ)
     except _FakeError as exc:
-        if any(
-            getattr(ns, _SPEC_BY_NAME[name].dest)
-            for name in ("list_presets", "list_failures", "install_shims")
-        ):
+        if any(getattr(ns, _SPEC_BY_NAME[name].dest) for name in _SCRIPTLESS):
             _fail(f"{prog}: error: {exc}", 2)
         return None
-    if not fake.list_presets and not fake.list_failures and fake.install_shims is None:
+    if all(getattr(fake, name) in (False, None) for name in _SCRIPTLESS):
         return None
     return CommandLine(torchrun=_torchrun_args(ns, training_script=""), fake=fake, prog=prog)
 
@@ -1079,6 +1095,21 @@ def _explicit(prog: str, argv: list[str], environ: Mapping[str, str], launch: bo
     given = {dest for dest, value in vars(ns).items() if value is not _UNSET and value is not None}
     given |= {f.name for f in fields(TorchrunArgs) if f"PET_{f.name.upper()}" in environ}
     return frozenset(given)
+
+
+def misspelled_env(environ: Mapping[str, str]) -> list[str]:
+    """A line for each FAKERUN_* variable fakerun does not read that looks like one it does (a typo that
+    would otherwise be ignored without a word); variables like no known one are someone else's."""
+    lines = []
+    # The names are compared without the shared prefix, which would make any two look alike.
+    known = {name.removeprefix(_ENV_PREFIX): name for name in _KNOWN_ENV}
+    for name in sorted(environ):
+        if not name.startswith(_ENV_PREFIX) or name in _KNOWN_ENV:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(_ENV_PREFIX), list(known), n=1)
+        if close:
+            lines.append(f"{name} is set but fakerun reads no such variable: did you mean {known[close[0]]}?")
+    return lines
 
 
 def prog_name(argv0: str) -> str:

@@ -16,7 +16,7 @@ from fakerun.dialects.megatron_ds import MegatronDeepSpeedDialect
 from fakerun.frameworks import hf_datasets, hf_deepspeed, megatron_argparse
 from fakerun.hints import HintError, Hints, apply_arch, parse_hints
 from fakerun.limits import MAX_SEED, MAX_STEPS, MAX_WALL_STEP_S
-from fakerun.options import CommandLine
+from fakerun.options import CommandLine, FakeOptions
 from fakerun.sim import checkpoint, compute, failures, instruct, memory, rand
 from fakerun.sim.job import JobSpec, make_job
 from fakerun.sim.run import (
@@ -258,7 +258,8 @@ def build_run(
         elif hints.model is not None:
             model = hints.model
         else:
-            model = _default_model(bundle, nnodes, nproc_per_node, kw)
+            # The default model is the one for this many GPUs whatever step the run resumes at.
+            model = _default_model(bundle, nnodes, nproc_per_node, {**kw, "start_step": 0})
             if hints.style == "hf":
                 hints = dataclasses.replace(hints, notices=(*hints.notices, _hf_default_notice(hints, model)))
             elif not hints.arch and not hints.notices and hints.script_exit is None:
@@ -315,6 +316,9 @@ def build_run(
             kw["warmup_steps"] = math.ceil(hints.warmup_ratio * probe.total_steps)
         if epochs is not None:
             kw["epochs"] = max(1, math.ceil(epochs))
+        if fake.start_step:
+            probe = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **{**kw, "start_step": 0})
+            _check_start_step(fake, probe)
         # A job that does not fit starts and runs out of memory at its first step, as on real GPUs.
         job = _job(bundle, model, nnodes, nproc_per_node, allow_oom=True, **kw)
         style = dialects.choose(cmd.fake.trainer, hints.style, cmd.fake.log_format)
@@ -362,6 +366,18 @@ def build_run(
     run = _with_timeouts(run, style, hints, fake.nccl_timeout)
     _check_waits(run, fake.speed)
     return run, hints
+
+
+def _check_start_step(fake: FakeOptions, probe: JobSpec) -> None:
+    """JobConfigError when --fake-start-step leaves nothing to run, naming the model and its run's length."""
+    if fake.start_step < probe.total_steps:
+        return
+    origin = fake.sources.get("start_step", "command line")
+    where = "" if origin == "command line" else f" (from {origin})"
+    raise JobConfigError(
+        f"argument --fake-start-step: {fake.start_step} is not before the last step of the run: "
+        f"{probe.model.display_name} trains {probe.total_steps:,} steps here{where}"
+    )
 
 
 def _legacy_megatron_usage(hints: Hints, script: str, args: Sequence[str]) -> str | None:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from fakerun import dialects, presets
-from fakerun.cli import parse_command_line, prog_name
+from fakerun import dialects, listing, presets
+from fakerun.cli import misspelled_env, parse_command_line, prog_name
 from fakerun.coordinator import Coordinator
 from fakerun.dialects.lightning import LightningDialect
 from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
@@ -39,6 +39,7 @@ from fakerun.paths import state_dir
 from fakerun.render.bar import BarWidth
 from fakerun.sim import failures, identity
 from fakerun.sim.run import JobClock, rendezvous_seconds, resumed
+from fakerun.sim.stack import stack_for
 from fakerun.tools.pydoors import PYLIB, module_path
 from fakerun.worker.trainer import SimContext
 
@@ -439,7 +440,7 @@ def _load_presets(cmd: CommandLine) -> presets.PresetBundle:
     """The model, GPU and cluster presets of the job; a bad name or file ends the run with one line."""
     fake = cmd.fake
     try:
-        return presets.resolve(fake.model or DEFAULT_MODEL, fake.gpu, fake.cluster)
+        return presets.resolve(fake.model or DEFAULT_MODEL, fake.gpu, fake.cluster, fake.storage)
     except presets.PresetError as exc:
         print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -475,9 +476,8 @@ def _install_shims(directory: str, prog: str) -> int:
 
 
 def _print_presets() -> None:
-    """`--fake-list-presets`: the shipped presets by kind."""
-    for kind, names in presets.list_presets().items():
-        print(f"{kind + ':':<10}{', '.join(names)}")
+    """`--fake-list-presets`: the shipped presets by kind, with their key figures."""
+    print("\n".join(listing.preset_lines()))
 
 
 def _print_failures() -> None:
@@ -515,6 +515,8 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
     argv = list(sys.argv if argv is None else argv)
     prog = prog_name(argv[0] if argv else "fakerun")
     cmd = parse_command_line(argv[1:], os.environ, prog=prog, launch=door == "launch")
+    for line in misspelled_env(os.environ):
+        print(notice(line), file=sys.stderr)
     if cmd.fake.install_shims is not None:
         return _install_shims(cmd.fake.install_shims, prog)
     if not cmd.torchrun.use_env and cmd.torchrun.no_python:
@@ -523,6 +525,9 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         sys.stderr.write(report.exception_text(line, "launch_no_python", argv[0], site_packages()))
         return 1
     bundle = _load_presets(cmd)
+    if cmd.fake.version:
+        print("\n".join(listing.version_lines(stack_for(bundle.cluster), bundle.cluster.name)))
+        return 0
     if cmd.fake.list_presets:
         _print_presets()
         return 0

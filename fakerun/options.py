@@ -64,6 +64,7 @@ class FakeOptions:
     model: str | None = None
     gpu: str | None = None
     cluster: str | None = None
+    storage: str | None = None  # None: the cluster preset's
     log_format: str = "console"
     log_level: str = "info"  # the lowest level of fakerun's own events shown (debug, info, warning)
     trainer: str | None = None  # a dialect's name (fakerun/dialects); None: the script's arguments decide
@@ -78,6 +79,7 @@ class FakeOptions:
     fail: tuple[str, ...] = ()  # --fake-fail scenarios, SCENARIO[@STEP][:RANK]
     list_presets: bool = False
     list_failures: bool = False
+    version: bool = False
     install_shims: str | None = None
     # Where each option that was set came from: "command line", "FAKERUN_<NAME>" or "config file <path>".
     # Options absent here kept their default, so presets may still fill them in.

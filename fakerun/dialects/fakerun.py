@@ -784,9 +784,10 @@ def summary_fields(s: RunSummary) -> dict[str, object]:
 
 def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
     """The rows of fakerun's end-of-run table."""
+    nodes = "node" if s.nnodes == 1 else "nodes"
     return [
         ("model", f"{s.model.display_name} ({count(s.model.params)} parameters)"),
-        ("GPUs", f"{s.world_size} x {s.gpu_name} ({s.nnodes} nodes x {s.nproc_per_node})"),
+        ("GPUs", f"{s.world_size} x {s.gpu_name} ({s.nnodes} {nodes} x {s.nproc_per_node})"),
         ("parallelism", f"TP {s.tp} / PP {s.pp} / DP {s.dp}, {s.sharding}"),
         ("steps", f"{s.first_step:,}-{s.last_step:,} of {s.total_steps:,}"),
         ("tokens", f"{count(s.tokens)} ({s.tokens_per_step:,} per step)"),

@@ -17,7 +17,7 @@ from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink, Membership
 from fakerun.launcher.outfile import OutputFile, notice, warning
 from fakerun.launcher.wire import WireError
-from fakerun.paths import state_dir
+from fakerun.paths import release_state_dir, state_dir
 
 # A worker's messages are a few hundred bytes; anything this long is not ours.
 MAX_MESSAGE = 64 * 1024
@@ -378,6 +378,5 @@ class ControlHub:
         if self._state_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._state_path)
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(self._state_path))  # only when no other job uses it
+            release_state_dir(os.path.dirname(self._state_path))
             self._state_path = None

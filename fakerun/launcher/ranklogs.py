@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fakerun.launcher.outfile import OutputFile, warning
+from fakerun.paths import release_state_dir
 
 META = "meta.json"
 
@@ -161,5 +162,4 @@ class RankLogs:
 
     def _remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(self.directory))  # the shared state dir, when no other job uses it
+        release_state_dir(os.path.dirname(self.directory))

@@ -354,13 +354,30 @@ def preset_nodelist(cluster: ClusterSpec, nnodes: int) -> str:
     return compress_hostlist([host_name(cluster, i) for i in range(nnodes)])
 
 
+_USAGE = "usage: python -m fakerun.launcher.slurm NODES [CLUSTER] | hostnames LIST"
+
+
+def _hostnames(text: str) -> int:
+    """`hostnames LIST`: the hosts one a line, as `scontrol show hostnames LIST` prints them."""
+    try:
+        hosts = expand_nodelist(text)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write("".join(f"{host}\n" for host in hosts))
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     """`python -m fakerun.launcher.slurm NODES [CLUSTER]`: the node list of a NODES-node job on a cluster
-    preset (by default the default model's), as sbatch sets SLURM_JOB_NODELIST; for scripts/slurm."""
+    preset (by default the default model's), as sbatch sets SLURM_JOB_NODELIST; `hostnames LIST`: the hosts
+    of a hostlist, one a line. For scripts/slurm/fake_srun.sh, whose hostlists are all expanded here."""
     from fakerun import presets
 
+    if len(argv) == 2 and argv[0] == "hostnames":
+        return _hostnames(argv[1])
     if len(argv) not in (1, 2) or not _UINT.fullmatch(argv[0]) or int(argv[0]) < 1:
-        print("usage: python -m fakerun.launcher.slurm NODES [CLUSTER]", file=sys.stderr)
+        print(_USAGE, file=sys.stderr)
         return 2
     try:
         if len(argv) == 2 and argv[1]:

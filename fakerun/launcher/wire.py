@@ -27,13 +27,16 @@ _HEADER = struct.Struct(">I")
 _HEX = re.compile(r"[0-9a-f]+")
 
 
+SECRET_VAR = "FAKERUN_SECRET"
+
+
 class WireError(ValueError):
     """A peer sent something that is not our protocol (garbage, oversized, wrong secret); one line."""
 
 
 def job_secret(environ: dict[str, str] | os._Environ[str], run_id: str) -> bytes:
     """FAKERUN_SECRET, or one derived from the run id (which keeps strangers' jobs apart, not attackers)."""
-    given = environ.get("FAKERUN_SECRET")
+    given = environ.get(SECRET_VAR)
     if given:
         return given.encode(errors="surrogateescape")
     return hashlib.sha256(f"fakerun-job:{run_id}".encode(errors="surrogateescape")).digest()

@@ -2,16 +2,19 @@
 # fake_srun.sh: run an sbatch script on this machine as if SLURM had given it NODES nodes.
 #
 # Usage:
-#   scripts/slurm/fake_srun.sh [-N NODES] [-J NAME] [-w LIST] [-o FILE] [--jobid ID] [--site-lua] [--]
-#                              SCRIPT [SCRIPT_ARGS...]
+#   scripts/slurm/fake_srun.sh [-N NODES] [-J NAME] [-w LIST] [-o FILE] [-e FILE] [--sbatch-output]
+#                              [--jobid ID] [--site-lua] [--] SCRIPT [SCRIPT_ARGS...]
 #
 #   -N, --nodes NODES     simulated nodes (default: the script's `#SBATCH --nodes`, else 1)
 #   -J, --job-name NAME   SLURM_JOB_NAME (default: the script's `#SBATCH --job-name`, else its file name)
 #   -w, --nodelist LIST   the nodes' names (default: named as the cluster preset names them, FAKERUN_CLUSTER
 #                         or the default one's: gpu-node-[001-00N])
-#   -o, --output FILE     the job's output (stdout and stderr) into FILE, `%x`, `%j`, `%N`, `%u` expanded as
-#                         sbatch does (`%x-%j.out`); `Submitted batch job ID` on the terminal. Default: the
-#                         terminal
+#   -o, --output FILE     the job's output (stdout, and stderr without -e) into FILE, `%x`, `%j`, `%A`, `%a`,
+#                         `%N`, `%u`, `%%` expanded as sbatch does (`%x-%j.out`); `Submitted batch job ID` on
+#                         the terminal. Default: the terminal
+#   -e, --error FILE      the job's stderr into FILE, expanded likewise
+#   --sbatch-output       files as sbatch writes them: -o/-e, else the script's `#SBATCH --output`/`--error`,
+#                         else slurm-%j.out in the current directory
 #   --jobid ID            SLURM_JOB_ID (default: a random 6-digit number)
 #   --site-lua            every srun prints `srun: lua: Submitted job ID`, as on sites with a lua cli_filter
 #   -h, --help            this text
@@ -62,6 +65,9 @@
 
 set -euo pipefail
 
+# The repository this script is in (also when it runs as the `srun` or `scontrol` link to itself).
+REPO=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
+readonly REPO
 # Without fakerun: node names as many sites have them.
 readonly NODE_PREFIX=node
 # With it: the node list of a job of NODES nodes on CLUSTER (default: the default model's cluster), and
@@ -92,104 +98,17 @@ usage() {
 
 # --- hostlists ---------------------------------------------------------------------------------------
 
-# Prints the numbers of one bracket body (`1,3,5-7`, `001-016`), zero-padded to each range's low end.
-range_values() {
-	local body=$1 item lo hi width n
-	local -a items
-	[[ -n $body ]] || {
-		echo "bad hostlist: empty brackets" >&2
+# Prints the hosts of a SLURM hostlist (`gpu-[001-002],login1`), one a line, in hostlist.c's order; an
+# error line and status 1 if it is malformed. fakerun's module is the one implementation (unit-tested
+# against SLURM's order), run from this repository with fakerun's Python, else python3 (it needs only the
+# standard library).
+expand_hostlist() {
+	local py
+	py=$(fakerun_python) || py=$(command -v python3) || {
+		echo "fake_srun.sh: no python3 to expand the hostlist '$1' with" >&2
 		return 1
 	}
-	IFS=, read -ra items <<<"$body"
-	for item in "${items[@]}"; do
-		if [[ ! $item =~ ^([0-9]+)(-([0-9]+))?$ ]]; then
-			echo "bad hostlist range '$item'" >&2
-			return 1
-		fi
-		lo=${BASH_REMATCH[1]}
-		hi=${BASH_REMATCH[3]:-$lo}
-		width=${#lo}
-		# 10# keeps a leading zero from making the number octal.
-		for ((n = 10#$lo; n <= 10#$hi; n++)); do
-			printf '%0*d\n' "$width" "$n"
-		done
-	done
-}
-
-# Prints the names of a prefix that may hold brackets (`r[1-2]c`), in SLURM's order: its rightmost bracket
-# is the outer loop (hostlist.c expands the brackets to its left inside it).
-expand_prefix() {
-	local prefix=$1 head rest body tail out v h
-	local -a heads values
-	if [[ $prefix != *'['* ]]; then
-		printf '%s\n' "$prefix"
-		return
-	fi
-	head=${prefix%'['*}
-	rest=${prefix##*'['}
-	body=${rest%%']'*}
-	tail=${rest#*']'}
-	out=$(expand_prefix "$head") || return 1
-	mapfile -t heads <<<"$out"
-	out=$(range_values "$body") || return 1
-	mapfile -t values <<<"$out"
-	for v in "${values[@]}"; do
-		for h in "${heads[@]}"; do
-			printf '%s\n' "$h$v$tail"
-		done
-	done
-}
-
-# Prints the hosts of one hostlist token: a name, or a prefix ending with a bracket (`gpu-[001-004]`).
-expand_token() {
-	local token=$1 prefix body out name v
-	local -a names values
-	if [[ $token != *'['* ]]; then
-		printf '%s\n' "$token"
-		return
-	fi
-	if [[ $token != *']' ]]; then
-		echo "bad hostlist '$token': nothing may follow the last ']'" >&2
-		return 1
-	fi
-	prefix=${token%'['*}
-	body=${token##*'['}
-	body=${body%']'}
-	out=$(expand_prefix "$prefix") || return 1
-	mapfile -t names <<<"$out"
-	out=$(range_values "$body") || return 1
-	mapfile -t values <<<"$out"
-	for name in "${names[@]}"; do
-		for v in "${values[@]}"; do
-			printf '%s\n' "$name$v"
-		done
-	done
-}
-
-# Prints the hosts of a SLURM hostlist (`gpu-[001-002],login1`), one a line.
-expand_hostlist() {
-	local text=$1 token="" ch i inside=0
-	local -a tokens=()
-	# Split on commas, spaces and tabs outside brackets, as hostlist.c does.
-	for ((i = 0; i < ${#text}; i++)); do
-		ch=${text:i:1}
-		case $ch in
-		'[') inside=1 ;;
-		']') inside=0 ;;
-		',' | ' ' | $'\t')
-			if ((!inside)); then
-				[[ -z $token ]] || tokens+=("$token")
-				token=""
-				continue
-			fi
-			;;
-		esac
-		token+=$ch
-	done
-	[[ -z $token ]] || tokens+=("$token")
-	for token in "${tokens[@]}"; do
-		expand_token "$token" || return 1
-	done
+	PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$py" -m fakerun.launcher.slurm hostnames "$1"
 }
 
 # Prints SLURM's compressed tasks-per-node form of its arguments: `2 2 2 1` -> `2(x3),1`.
@@ -861,8 +780,33 @@ cleanup() {
 	rm -rf "$FAKE_SRUN_DIR"
 }
 
+# Prints a file name pattern of sbatch's --output/--error with its replacement symbols expanded: %x the job
+# name, %j and %A the job id, %a the array index (4294967294, SLURM's NO_VAL: no array), %N the first node,
+# %u the user, %% a percent sign. Arguments: PATTERN NAME JOBID NODE.
+file_pattern() {
+	local pattern=$1 out="" ch i
+	for ((i = 0; i < ${#pattern}; i++)); do
+		ch=${pattern:i:1}
+		if [[ $ch != % || $i -eq $((${#pattern} - 1)) ]]; then
+			out+=$ch
+			continue
+		fi
+		i=$((i + 1))
+		case ${pattern:i:1} in
+		x) out+=$2 ;;
+		j | A) out+=$3 ;;
+		a) out+=4294967294 ;;
+		N) out+=$4 ;;
+		u) out+=$SLURM_JOB_USER ;;
+		%) out+=% ;;
+		*) out+=%${pattern:i:1} ;;
+		esac
+	done
+	printf '%s\n' "$out"
+}
+
 sbatch_main() {
-	local nodes="" name="" jobid="" hostlist="" output="" site_lua=""
+	local nodes="" name="" jobid="" hostlist="" output="" error="" files="" site_lua=""
 	while (($#)); do
 		case $1 in
 		-N | --nodes) nodes=${2:?-N needs a node count} && shift 2 ;;
@@ -871,6 +815,9 @@ sbatch_main() {
 		--nodelist=*) hostlist=${1#*=} && shift ;;
 		-o | --output) output=${2:?-o needs a file name} && shift 2 ;;
 		--output=*) output=${1#*=} && shift ;;
+		-e | --error) error=${2:?-e needs a file name} && shift 2 ;;
+		--error=*) error=${1#*=} && shift ;;
+		--sbatch-output) files=1 && shift ;;
 		--site-lua) site_lua=1 && shift ;;
 		-J | --job-name) name=${2:?-J needs a name} && shift 2 ;;
 		--job-name=*) name=${1#*=} && shift ;;
@@ -980,14 +927,24 @@ sbatch_main() {
 	if [[ -n $site_lua ]]; then export FAKE_SRUN_SITE_LUA=1; else unset FAKE_SRUN_SITE_LUA; fi
 	export PATH="$FAKE_SRUN_DIR:$PATH"
 
-	# -o: the job's output in a file, as sbatch writes it; the terminal gets sbatch's one line.
-	if [[ -n $output ]]; then
-		output=${output//%x/$name}
-		output=${output//%j/$jobid}
-		output=${output//%N/$first}
-		output=${output//%u/$SLURM_JOB_USER}
+	# -o (or --sbatch-output): the job's output in files, as sbatch writes them; the terminal gets sbatch's
+	# one line. sbatch's own choice: -o/-e, else the script's #SBATCH --output/--error, else slurm-%j.out,
+	# with stderr into the output file unless an error file is named.
+	if [[ -n $files ]]; then
+		output=${output:-$(sbatch_option "$script" output o)}
+		output=${output:-slurm-%j.out}
+		error=${error:-$(sbatch_option "$script" error e)}
+	fi
+	if [[ -n $output || -n $error ]]; then
 		echo "Submitted batch job $jobid"
-		exec >>"$output" 2>&1 || return 1
+		if [[ -n $output ]]; then
+			exec >"$(file_pattern "$output" "$name" "$jobid" "$first")" || return 1
+		fi
+		if [[ -n $error ]]; then
+			exec 2>"$(file_pattern "$error" "$name" "$jobid" "$first")" || return 1
+		elif [[ -n $output ]]; then
+			exec 2>&1
+		fi
 	fi
 	# In the foreground, so that Ctrl-C reaches the script and its srun (a background job would ignore it).
 	local rc=0

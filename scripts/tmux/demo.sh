@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: demo.sh [-s NAME] [--detach] [--ranks A,B] [-h] [FAKERUN_ARG ...]
+usage: demo.sh [-s NAME] [--detach] [--size COLSxLINES] [--ranks A,B] [-h] [FAKERUN_ARG ...]
 
 Opens a tmux session (a new window when already inside tmux) running
   fakerun --nnodes 2 --nproc-per-node 8 [FAKERUN_ARG ...] train.py
@@ -15,6 +15,7 @@ Enter then closes the window.
 
   -s, --session NAME  tmux session name (default: fakerun-demo, or fakerun-demo-<pid> when taken)
   --detach            create the session without attaching to it (scripts, tests)
+  --size COLSxLINES   the new session's size (default: this terminal's, else 200x50)
   --ranks A,B         the two ranks to tail (default: 5,12)
   -h, --help          this help
   FAKERUN_ARG ...     anything else goes to fakerun, e.g. --fake-speed 5 --fake-max-steps 200
@@ -73,6 +74,7 @@ esac
 
 session=""
 detach=0
+size_arg=""
 ranks="5,12"
 fakerun_args=()
 while (($#)); do
@@ -81,6 +83,8 @@ while (($#)); do
         -s | --session) session=${2:?--session needs a name}; shift 2 ;;
         --session=*) session=${1#*=}; shift ;;
         --detach) detach=1; shift ;;
+        --size) size_arg=${2:?--size needs COLSxLINES}; shift 2 ;;
+        --size=*) size_arg=${1#*=}; shift ;;
         --ranks) ranks=${2:?--ranks needs A,B}; shift 2 ;;
         --ranks=*) ranks=${1#*=}; shift ;;
         --) shift; fakerun_args+=("$@"); break ;;
@@ -90,6 +94,10 @@ done
 IFS=, read -r rank_a rank_b <<<"$ranks"
 if ! [[ "$rank_a" =~ ^[0-9]+$ && "$rank_b" =~ ^[0-9]+$ ]]; then
     echo "demo.sh: --ranks takes two ranks, e.g. 5,12" >&2
+    exit 2
+fi
+if [[ -n "$size_arg" && ! "$size_arg" =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]]; then
+    echo "demo.sh: --size takes COLSxLINES, e.g. 200x50" >&2
     exit 2
 fi
 
@@ -129,8 +137,10 @@ else
         session="fakerun-demo"
         tmux has-session -t "=$session" 2>/dev/null && session="fakerun-demo-$$"
     fi
-    size=()
-    if [[ -t 1 ]]; then
+    size=(-x 200 -y 50)
+    if [[ -n "$size_arg" ]]; then
+        size=(-x "${size_arg%x*}" -y "${size_arg#*x}")
+    elif [[ -t 1 ]]; then
         size=(-x "$(tput cols)" -y "$(tput lines)")
     fi
     main=$(tmux new-session -d -P -F '#{pane_id}' -s "$session" -n fakerun-demo "${size[@]}" -c "$PWD" \
@@ -138,15 +148,26 @@ else
     target=$session
 fi
 
-# Layout: the job on top (wide: its lines are long), the GPU table to its right, the two tails below.
-split() {  # split TARGET -v|-h SIZE COMMAND...: a new pane, its id printed
-    local at=$1 dir=$2 pct=$3
+# Layout. nvidia-smi's table is SMI_COLS wide (91 on the 580 drivers, 89 on older ones), and a pane
+# narrower than that wraps every row; watch cuts instead, hiding the right border. Wide windows (200x50):
+# the table in a column of its own, full height, the job and the tails to its left. Narrower ones
+# (120x40): the job across the top, the table under it at its width, the tails beside and below.
+readonly SMI_COLS=91
+split() {  # split TARGET -v|-h LENGTH COMMAND...: a new pane (LENGTH cells or N%), its id printed
+    local at=$1 dir=$2 length=$3
     shift 3
-    tmux split-window "$dir" -d -P -F '#{pane_id}' -t "$at" -l "$pct" -c "$PWD" "${envs[@]}" "$@"
+    tmux split-window "$dir" -d -P -F '#{pane_id}' -t "$at" -l "$length" -c "$PWD" "${envs[@]}" "$@"
 }
-pane_a=$(split "$main" -v 35% "${tail_a[@]}")
-pane_b=$(split "$pane_a" -h 50% "${tail_b[@]}")
-pane_smi=$(split "$main" -h 30% "${smi_cmd[@]}")
+cols=$(tmux display-message -p -t "$main" '#{window_width}')
+if ((cols >= SMI_COLS + 100)); then
+    pane_smi=$(split "$main" -h "$SMI_COLS" "${smi_cmd[@]}")
+    pane_a=$(split "$main" -v 40% "${tail_a[@]}")
+    pane_b=$(split "$pane_a" -h 50% "${tail_b[@]}")
+else
+    pane_smi=$(split "$main" -v 45% "${smi_cmd[@]}")
+    pane_a=$(split "$pane_smi" -h $((cols - SMI_COLS - 1)) "${tail_a[@]}")
+    pane_b=$(split "$pane_a" -v 50% "${tail_b[@]}")
+fi
 # A finished tail keeps its last lines on screen instead of closing and reshaping the layout.
 for pane in "$pane_a" "$pane_b"; do
     tmux set-option -p -t "$pane" remain-on-exit on

@@ -385,7 +385,7 @@ class TestPresetOptions:
         """--fake-list-presets needs no script and lists every kind."""
         res = runner.run(["--fake-list-presets"])
         assert res.code == 0
-        kinds = [line.split(":")[0] for line in res.stdout.splitlines()]
+        kinds = [line.split()[0] for line in res.stdout.splitlines() if not line.startswith(" ")]
         assert kinds == ["models", "gpus", "clusters", "storage"]
 
     def test_cluster_names_the_simulated_hosts(self, runner: Runner) -> None:
