@@ -320,6 +320,30 @@ def winsize(rows: int, cols: int) -> bytes:
     return struct.pack("HHHH", rows, cols, 0, 0)
 
 
+def _fakerun_in_a_terminal(
+    runner: Runner, args: list[str], cwd: Path, rows: int, cols: int, *, raw: bool = False
+) -> tuple[int, int]:
+    """fakerun started as a shell starts it in a terminal of rows x cols (its session, the pty as its
+    controlling terminal and its three streams); (its pid, the terminal's master end)."""
+    master, slave = os.openpty()
+    if raw:
+        tty.setraw(slave)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(rows, cols))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.chdir(cwd)
+            os.execve(fakerun_exe(), [fakerun_exe(), *args], runner.env())
+        finally:
+            os._exit(127)
+    os.close(slave)
+    return pid, master
+
+
 @pytest.fixture(scope="module")
 def terminal_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TerminalRun]:
     """One job in a terminal of its own (raw, so the bytes read are the bytes written): local rank 1's stdout
@@ -329,21 +353,7 @@ def terminal_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TerminalR
     (tmp / "tty_script.py").write_text(TTY_SCRIPT)
     args = ["--standalone", "--nproc-per-node", "4", "--tee", "1:1", "--redirects", "2:2"]
     args += ["--local-ranks-filter", "0,1,2", "--fake-exec", "tty_script.py"]
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(ROWS, COLS))
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child: fakerun as a shell would start it in this terminal
-        try:
-            os.setsid()
-            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-            for fd in (0, 1, 2):
-                os.dup2(slave, fd)
-            os.chdir(tmp)
-            os.execve(fakerun_exe(), [fakerun_exe(), *args], runner.env())
-        finally:
-            os._exit(127)
-    os.close(slave)
+    pid, master = _fakerun_in_a_terminal(runner, args, tmp, ROWS, COLS, raw=True)
     shown = b""
     resized = False
     deadline = time.monotonic() + 30
@@ -411,20 +421,7 @@ class TestBarResize:
         runner = Runner(uuid.uuid4().hex, tmp_path)
         args = ["--nproc-per-node", "1", "--fake-model", "gpt2-124m", "--fake-speed", "20"]
         args += ["--fake-max-steps", "40", "train.py"]
-        master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(50, 200))
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child: fakerun as a shell would start it in this terminal
-            try:
-                os.setsid()
-                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-                for fd in (0, 1, 2):
-                    os.dup2(slave, fd)
-                os.chdir(tmp_path)
-                os.execve(fakerun_exe(), [fakerun_exe(), *args], runner.env())
-            finally:
-                os._exit(127)
-        os.close(slave)
+        pid, master = _fakerun_in_a_terminal(runner, args, tmp_path, 50, 200)
         shown, resized_at = b"", -1
         deadline = time.monotonic() + 60
         try:
