@@ -122,6 +122,17 @@ if [[ -n "${FAKERUN_STATE_DIR:-}" ]]; then
     envs+=(-e "FAKERUN_STATE_DIR=$FAKERUN_STATE_DIR")
 fi
 
+# In fakerun's own style only rank 0 prints once training runs, so the tails would stop after start-up.
+# Unless the caller chose a style, the job prints as torchtitan's run_train.sh runs it: every rank logs its
+# steps (the tails keep moving) and the job pane shows local rank 0 of each node (--local-ranks-filter 0).
+style=()
+for arg in "${fakerun_args[@]}"; do
+    case "$arg" in --fake-trainer | --fake-trainer=* | --local-ranks-filter | --local-ranks-filter=*) style=(x) ;; esac
+done
+if ((${#style[@]} == 0)); then
+    fakerun_args=(--fake-trainer titan --local-ranks-filter 0 "${fakerun_args[@]}")
+fi
+
 # Commands go to tmux as argument lists: tmux then runs them directly, with no shell in between to quote
 # for, and each pane's process is the one that gets Ctrl-C and the hangup when the window closes.
 job_cmd=("$self" __job "$fakerun" --rdzv-id "$run_id" --nnodes 2 --nproc-per-node 8 "${fakerun_args[@]}" train.py)
