@@ -27,14 +27,12 @@ from fakerun.dialects.events import (
     TrainingStopped,
 )
 from fakerun.frameworks import hf_files, hf_results
+from fakerun.launcher.outfile import notice
 from fakerun.sim.run import RunPlan
 
 Scalar = tuple[str, float, int]  # tag, value, global step
 
-MISSING = (
-    "fakerun: warning: no TensorBoard event files: they need tensorboardX "
-    "(pip install 'fakerun[tensorboard]')"
-)
+MISSING = "no TensorBoard event files: they need tensorboardX (pip install 'fakerun[tensorboard]')"
 _TRUE = ("true", "1", "yes")
 _GIB = 1024.0**3
 
@@ -297,7 +295,8 @@ class TensorBoard:
             from tensorboardX.proto.summary_pb2 import Summary
         except ImportError:
             self.missing = True
-            print(MISSING, file=sys.stderr, flush=True)
+            # In the launcher's notice format (a glog line), not a prefix no real job prints.
+            print(notice(MISSING), file=sys.stderr, flush=True)
             return None
         # torch.utils.tensorboard's file name ends with the writer's pid and a counter.
         return FileWriter(logdir, filename_suffix=f".{os.getpid()}.0"), Summary

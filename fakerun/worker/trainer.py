@@ -59,6 +59,7 @@ from fakerun.dialects.events import (
 )
 from fakerun.dialects.files import Artifact, Removal, SaveRequest
 from fakerun.frameworks import hf_results
+from fakerun.launcher.outfile import notice
 from fakerun.presets import host_name
 from fakerun.render import c10, nccl
 from fakerun.render.bar import BarWidth
@@ -948,7 +949,8 @@ class RankTrainer:
         failed = artifacts.write(saved)
         if failed is not None and not self._files_failed:
             self._files_failed = True  # one warning per rank, not one per save
-            print(f"fakerun: warning: {failed}", file=sys.stderr, flush=True)
+            # In the launcher's notice format (a glog line), not a prefix no real job prints.
+            print(notice(failed), file=sys.stderr, flush=True)
         return saved
 
     def _eval_progress(self, step: int, seconds: float, until: float) -> None:
