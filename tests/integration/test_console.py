@@ -320,6 +320,17 @@ def winsize(rows: int, cols: int) -> bytes:
     return struct.pack("HHHH", rows, cols, 0, 0)
 
 
+def _terminal_output(master: int) -> bytes | None:
+    """What the terminal shows within a second (b"" if nothing); None once the job closed it (EIO, EOF)."""
+    if not select.select([master], [], [], 1.0)[0]:
+        return b""
+    try:
+        data = os.read(master, 65536)
+    except OSError:  # EIO: the job has ended and closed the terminal
+        return None
+    return data or None
+
+
 def _fakerun_in_a_terminal(
     runner: Runner, args: list[str], cwd: Path, rows: int, cols: int, *, raw: bool = False
 ) -> tuple[int, int]:
@@ -359,14 +370,10 @@ def terminal_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TerminalR
     deadline = time.monotonic() + 30
     try:
         while time.monotonic() < deadline:
-            if select.select([master], [], [], 1.0)[0]:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the job has ended and closed the terminal
-                    break
-                if not data:
-                    break
-                shown += data
+            data = _terminal_output(master)
+            if data is None:
+                break
+            shown += data
             # Once every rank on the terminal has taken its size (the bar line comes after).
             if not resized and b"rank0 waits for a resize" in shown and r_bar(2).encode() in shown:
                 # As a terminal window does: a new size, and SIGWINCH to the foreground job (the launcher).
@@ -426,14 +433,10 @@ class TestBarResize:
         deadline = time.monotonic() + 60
         try:
             while time.monotonic() < deadline:
-                if select.select([master], [], [], 1.0)[0]:
-                    try:
-                        data = os.read(master, 65536)
-                    except OSError:  # EIO: the job has ended and closed the terminal
-                        break
-                    if not data:
-                        break
-                    shown += data
+                data = _terminal_output(master)
+                if data is None:
+                    break
+                shown += data
                 if resized_at < 0 and b"Epoch 1/1:" in shown:
                     fcntl.ioctl(master, termios.TIOCSWINSZ, winsize(50, 80))
                     resized_at = len(shown)
