@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -164,16 +164,18 @@ def hf_tensors(model: ModelSpec) -> Iterator[tuple[str, int]]:
 
 def safetensors_shards(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tuple[ExportFile, ...]:
     """bf16 safetensors files as save_pretrained writes them (model-00001-of-0000N.safetensors)."""
-    return tuple(
-        ExportFile(s.name, safetensors.file_bytes(s.tensors))
-        for s in safetensors.shards(hf_tensor_shapes(model), max_shard_bytes)
-    )
+    return _shard_files(safetensors.shards(hf_tensor_shapes(model), max_shard_bytes))
+
+
+def _shard_files(split: Sequence[safetensors.Shard]) -> tuple[ExportFile, ...]:
+    """Each shard as a file: its header and its tensors' bytes."""
+    return tuple(ExportFile(s.name, safetensors.file_bytes(s.tensors)) for s in split)
 
 
 def export_files(model: ModelSpec, max_shard_bytes: int = HF_SHARD_BYTES) -> tuple[ExportFile, ...]:
     """All files of a Hugging Face export: the safetensors shards and the companion files, with sizes."""
     split = safetensors.shards(hf_tensor_shapes(model), max_shard_bytes)
-    shards = [ExportFile(s.name, safetensors.file_bytes(s.tensors)) for s in split]
+    shards = _shard_files(split)
     # Sizes modelled on real repos: tokenizer.json ~70 bytes per vocab entry (Llama 3: ~9 MB for 128k) [mem].
     files = [
         *shards,
