@@ -258,6 +258,7 @@ class Display:
     tty: bool
     node_mode: bool = False
     columns: Callable[[], int] = lambda: 80
+    chop: bool = False  # on a terminal, cut lines at its width instead of letting them wrap (less -S)
     open: bool = False  # the cursor is not at the start of a line (a bar or a partial line was written)
 
     def render(self, units: Sequence[Unit], prefix: bytes = b"") -> bytes:
@@ -276,12 +277,20 @@ class Display:
             else:
                 if self.open:
                     out.append(b"\n")
-                out.append(prefix + unit.text + (b"\n" if unit.newline else b""))
+                out.append(self._fit(prefix + unit.text) + (b"\n" if unit.newline else b""))
             if unit.kind == _BAR and not unit.text:
                 self.open = self.open and not unit.newline
             else:
                 self.open = not unit.newline
         return b"".join(out)
+
+    def _fit(self, text: bytes) -> bytes:
+        """A line as shown: cut at the terminal's width now when chopping, else whole."""
+        if not (self.chop and self.tty):
+            return text
+        shown = text.decode("utf-8", "replace")
+        width = max(self.columns(), 1)
+        return shown[:width].encode() if len(shown) > width else text
 
     def _bar(self, unit: Unit, prefix: bytes) -> bytes:
         """One refresh: `\\r` + prefix + text, cut to the terminal and clearing a longer previous one."""
@@ -498,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--node", type=int, metavar="N", help="show every rank of node N, prefixed [rankR]:")
     p.add_argument("-f", "--follow", action="store_true", help="keep showing new output until the job ends")
     p.add_argument("-n", "--lines", type=_non_negative_int, metavar="K", help="start with the last K lines")
+    p.add_argument(
+        "-S",
+        "--chop-long-lines",
+        action="store_true",
+        help="on a terminal, cut lines at its width instead of wrapping them (as less -S)",
+    )
     p.add_argument("--run-id", metavar="ID", help="the job to show (run id or launcher pid) when several run")
     p.add_argument(
         "--wait",
@@ -555,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ranks = select_ranks(job, args.rank, args.node)
                 node_mode = args.node is not None
                 tty = sys.stdout.isatty()
-                display = Display(tty=tty, node_mode=node_mode, columns=lambda: _columns(80))
+                display = Display(
+                    tty=tty, node_mode=node_mode, columns=lambda: _columns(80), chop=args.chop_long_lines
+                )
                 sources = [
                     RankFile(
                         r,

@@ -43,8 +43,14 @@ find_cmd() {
 # ----------------------------------------------------------------------------------------- pane roles
 # The panes run this script again with a role as first argument, so that no command line is quoted twice.
 
+# The job's lines longer than its pane are cut at the edge instead of wrapping into the next row (DECAWM
+# off: the terminal keeps writing into the last column), so one line stays one row and the pane scrolls
+# evenly; the tails cut theirs cleanly (fakerun-tail -S, as less -S).
+nowrap() { printf '\033[?7l'; }
+
 role_job() {  # role_job FAKERUN ARG...: the job in the foreground, then a closing prompt
     local status=0
+    nowrap
     # Ctrl-C reaches fakerun directly (same process group), which stops its workers as torchrun does; the
     # trap only keeps this shell alive to say how the job ended (and makes Ctrl-C at the prompt close too).
     trap ':' INT
@@ -54,13 +60,13 @@ role_job() {  # role_job FAKERUN ARG...: the job in the foreground, then a closi
     tmux kill-window -t "${TMUX_PANE:?}" 2>/dev/null || true
 }
 
-role_smi() {  # role_smi FAKERUN_SMI: the GPU table, refreshed every second
+role_smi() {  # role_smi FAKERUN_SMI [ARG...]: the GPU table (or query), refreshed every second
     if command -v watch >/dev/null 2>&1; then
-        exec watch -n 1 -t "$1"
+        exec watch -n 1 -t "$@"
     fi
     while :; do
         clear
-        "$1" || true
+        "$@" || true
         sleep 1
     done
 }
@@ -136,9 +142,12 @@ fi
 # Commands go to tmux as argument lists: tmux then runs them directly, with no shell in between to quote
 # for, and each pane's process is the one that gets Ctrl-C and the hangup when the window closes.
 job_cmd=("$self" __job "$fakerun" --rdzv-id "$run_id" --nnodes 2 --nproc-per-node 8 "${fakerun_args[@]}" train.py)
-tail_a=("$tail_cmd" --rank "$rank_a" -f --wait 30 --run-id "$run_id")
-tail_b=("$tail_cmd" --rank "$rank_b" -f --wait 30 --run-id "$run_id")
+tail_a=("$tail_cmd" --rank "$rank_a" -f -S --wait 30 --run-id "$run_id")
+tail_b=("$tail_cmd" --rank "$rank_b" -f -S --wait 30 --run-id "$run_id")
 smi_cmd=("$self" __smi "$smi")
+# Where the table does not fit beside the job, the GPU pane shows what people watch in a small pane instead:
+# one CSV row per GPU.
+smi_query=("$self" __smi "$smi" --query-gpu=index,name,temperature.gpu,utilization.gpu,memory.used,memory.total,power.draw --format=csv)
 
 if [[ -n "${TMUX:-}" ]]; then
     main=$(tmux new-window -P -F '#{pane_id}' -n fakerun-demo -c "$PWD" "${envs[@]}" "${job_cmd[@]}")
@@ -159,24 +168,29 @@ else
     target=$session
 fi
 
-# Layout. nvidia-smi's table is SMI_COLS wide (91 on the 580 drivers, 89 on older ones), and a pane
-# narrower than that wraps every row; watch cuts instead, hiding the right border. Wide windows (200x50):
-# the table in a column of its own, full height, the job and the tails to its left. Narrower ones
-# (120x40): the job across the top, the table under it at its width, the tails beside and below.
-readonly SMI_COLS=91
+# Layout. nvidia-smi's table is SMI_COLS wide (91 on the 580 drivers, 89 on older ones); the default style's
+# step lines are about LINE_COLS. Very wide windows: the table in a column of its own, full height, the job
+# and the tails to its left. Wide ones (200x50): the job across the top, whole step lines; under it the
+# tails stacked (a step line's start: time, step, loss, grad norm) and the table beside them. Narrower ones
+# (120x40): the job, the GPUs as CSV rows (what fits a small pane), and the two tails, stacked.
+readonly SMI_COLS=91 LINE_COLS=150
 split() {  # split TARGET -v|-h LENGTH COMMAND...: a new pane (LENGTH cells or N%), its id printed
     local at=$1 dir=$2 length=$3
     shift 3
     tmux split-window "$dir" -d -P -F '#{pane_id}' -t "$at" -l "$length" -c "$PWD" "${envs[@]}" "$@"
 }
 cols=$(tmux display-message -p -t "$main" '#{window_width}')
-if ((cols >= SMI_COLS + 100)); then
+if ((cols >= SMI_COLS + 1 + LINE_COLS)); then
     pane_smi=$(split "$main" -h "$SMI_COLS" "${smi_cmd[@]}")
     pane_a=$(split "$main" -v 40% "${tail_a[@]}")
     pane_b=$(split "$pane_a" -h 50% "${tail_b[@]}")
+elif ((cols >= SMI_COLS + 1 + 60)); then
+    pane_a=$(split "$main" -v 65% "${tail_a[@]}")
+    pane_smi=$(split "$pane_a" -h "$SMI_COLS" "${smi_cmd[@]}")
+    pane_b=$(split "$pane_a" -v 50% "${tail_b[@]}")
 else
-    pane_smi=$(split "$main" -v 45% "${smi_cmd[@]}")
-    pane_a=$(split "$pane_smi" -h $((cols - SMI_COLS - 1)) "${tail_a[@]}")
+    pane_smi=$(split "$main" -v 60% "${smi_query[@]}")
+    pane_a=$(split "$pane_smi" -v 60% "${tail_a[@]}")
     pane_b=$(split "$pane_a" -v 50% "${tail_b[@]}")
 fi
 # A finished tail keeps its last lines on screen instead of closing and reshaping the layout.

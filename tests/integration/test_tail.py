@@ -221,9 +221,10 @@ def test_tmux_demo_runs_and_leaves_nothing_behind(runner: Runner) -> None:
         )
         return {title: rest for title, *rest in (line.split("|") for line in out.stdout.splitlines())}
 
-    def shown(title: str) -> str:
-        """Everything the pane shows and scrolled past, wrapped lines joined."""
-        return tmux("capture-pane", "-p", "-J", "-S", "-", "-t", panes()[title][0]).stdout
+    def shown(title: str, *, join: bool = True) -> str:
+        """Everything the pane shows and scrolled past, wrapped lines joined (or not)."""
+        flags = ["-J"] if join else []
+        return tmux("capture-pane", "-p", *flags, "-S", "-", "-t", panes()[title][0]).stdout
 
     try:
         res = subprocess.run(
@@ -248,6 +249,9 @@ def test_tmux_demo_runs_and_leaves_nothing_behind(runner: Runner) -> None:
             # The demo's default style is torchtitan's: every rank logs its steps to the end.
             assert f"Rank {rank}]" in text and " - step: " in text and "Training completed" in text, text
             assert f"Rank {rank + 1}]" not in text
+            # Nothing wrapped: joining wrapped rows changes nothing (step lines are longer than the pane).
+            rows = [row for row in shown(f"rank {rank}", join=False).splitlines() if row]
+            assert [line for line in text.splitlines() if line] == rows
         wait_for(lambda: "fakerun exited with status 0" in shown("fakerun"), "the job's closing prompt")
         tmux("send-keys", "-t", panes()["fakerun"][0], "Enter")
         wait_for(lambda: tmux("has-session", "-t", "=demo").returncode != 0, "the window to close")

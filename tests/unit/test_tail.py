@@ -324,6 +324,18 @@ def test_terminal_cuts_the_bar_to_the_width() -> None:
     assert d.render([bar("Epoch ██████████".encode())]) == "\rEpoch ████\x1b[K".encode()
 
 
+def test_chop_cuts_lines_at_the_width_read_each_time_on_a_terminal_only() -> None:
+    width = [12]
+    d = Display(tty=True, columns=lambda: width[0], chop=True)
+    text = "é step: 1 loss 10.5".encode()  # cut by characters, not bytes
+    assert d.render([line(text), line(b"short")]) == "é step: 1 lo\nshort\n".encode()
+    width[0] = 14  # the pane was resized
+    assert d.render([line(text)], b"[r]") == "[r]é step: 1 l\n".encode()
+    # into a pipe, and on a terminal without -S, lines stay whole
+    for display in (Display(tty=False, chop=True), Display(tty=True, columns=lambda: 12)):
+        assert display.render([line(b"step: 1 loss 10.5")]) == b"step: 1 loss 10.5\n"
+
+
 def test_node_mode_prefixes_and_keeps_lines_whole_in_a_pipe() -> None:
     d = Display(tty=False, node_mode=True)
     out = d.render([line(b"a"), bar(BAR1)], b"[rank0]: ")
