@@ -2170,6 +2170,8 @@ _MEGATRON_TEXT = (
             "log_world_size_to_tensorboard",
             "no_log_loss_scale_to_tensorboard",
             "log_throughput",
+            "log_batch_size_to_tensorboard",  # Megatron-DeepSpeed's, and its misspelt learning-rate switch
+            "no_log_learnig_rate_to_tensorboard",
         }
     )
     | frozenset(f"{split}_data_path" for split in ("train", "valid", "test"))

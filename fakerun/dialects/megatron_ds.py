@@ -40,6 +40,12 @@ def applies(script: str, option_names: Sequence[str]) -> bool:
     return by_path or any(megatron.votes(o) for o in option_names)
 
 
+def data_group(split: str) -> str:
+    """The data group pretrain() names an evaluation by, in its log and its TensorBoard tags (`valid`, `test`
+    unless --valid/--test-weighted-split-names name them)."""
+    return "test" if split == "test" else "valid"
+
+
 def ds_iteration_line(
     *,
     step: int,
@@ -147,5 +153,5 @@ class MegatronDeepSpeedDialect(MegatronDialect):
         return split_has_test(settings.get("split"))
 
     def loss_label(self, split: str) -> str:
-        """The fork names the loss by its data group (`valid`, `test` unless named), no leading space."""
-        return "test" if split == "test" else "valid"
+        """The fork names the loss by its data group, no leading space."""
+        return data_group(split)

@@ -1,9 +1,10 @@
 """TensorBoard event files of a rank's curves, with the tags its framework writes (the `tensorboard` extra).
 
-Where the script's arguments ask for them (HF's --report_to tensorboard, Megatron's --tensorboard-dir,
-torchtitan's metrics.enable_tensorboard) or --fake-tensorboard DIR does, the framework's logging rank writes
-each scalar its framework writes, at the steps it writes them, stamped on the job's clock. The writer is
-tensorboardX, imported only by that rank once it knows where to write (forked workers import nothing else).
+Where the script's arguments ask for them (HF's --report_to tensorboard, Megatron's and Megatron-DeepSpeed's
+--tensorboard-dir, torchtitan's metrics.enable_tensorboard) or --fake-tensorboard DIR does, the framework's
+logging rank writes each scalar its framework writes, at the steps it writes them, stamped on the job's clock.
+The writer is tensorboardX, imported only by that rank once it knows where to write (forked workers import
+nothing else).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from fakerun.dialects import hf, titan
+from fakerun.dialects import hf, megatron_ds, titan
 from fakerun.dialects.events import (
     EvalDone,
     Event,
@@ -24,10 +25,12 @@ from fakerun.dialects.events import (
     ModelBuilt,
     StepDone,
     TrainingFinished,
+    TrainingStarted,
     TrainingStopped,
 )
 from fakerun.frameworks import hf_files, hf_results
 from fakerun.launcher.outfile import notice
+from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.run import RunPlan
 
 Scalar = tuple[str, float, int]  # tag, value, global step
@@ -99,47 +102,55 @@ def _hf(record: hf_results.Record, step: int) -> list[Scalar]:
     return out
 
 
-class MegatronTags:
-    """Megatron-LM's training_log and evaluate_and_print_results (its writer lives on the last rank)."""
+class _MegatronWriter:
+    """What Megatron-LM's and Megatron-DeepSpeed's writers share: --tensorboard-dir, its interval, the
+    store_true switches that gate their scalars, and the consumed samples an evaluation is plotted against."""
 
     def __init__(self, run: RunPlan, settings: Mapping[str, str], fixed: str | None):
         self.run = run
         self.logdir: str | None = fixed or settings["tensorboard_dir"]
         self.interval = max(1, _int(settings.get("tensorboard_log_interval"), 1))
-        on = {k for k, v in settings.items() if v.lower() in _TRUE}
-        self.timers = "log_timers_to_tensorboard" in on
-        self.memory = "log_memory_to_tensorboard" in on
-        self.ppl = "log_validation_ppl_to_tensorboard" in on
-        self.world = "log_world_size_to_tensorboard" in on
-        self.loss_scale = "no_log_loss_scale_to_tensorboard" not in on
-        self.throughput = "log_throughput" in on
+        self.on = frozenset(k for k, v in settings.items() if v.lower() in _TRUE)
+        self.timers = "log_timers_to_tensorboard" in self.on
+        self.ppl = "log_validation_ppl_to_tensorboard" in self.on
         self.samples = 0  # args.consumed_train_samples
+
+
+class MegatronTags(_MegatronWriter):
+    """Megatron-LM's training_log and evaluate_and_print_results (its writer lives on the last rank)."""
+
+    def __init__(self, run: RunPlan, settings: Mapping[str, str], fixed: str | None):
+        super().__init__(run, settings, fixed)
+        self.memory = "log_memory_to_tensorboard" in self.on
+        self.world = "log_world_size_to_tensorboard" in self.on
+        self.loss_scale = "no_log_loss_scale_to_tensorboard" not in self.on
+        self.throughput = "log_throughput" in self.on
 
     def scalars(self, event: Event, at: float) -> list[Scalar]:
         job = self.run.job
         out: list[Scalar] = []
         if isinstance(event, EvalDone):
             # The test split's evaluation writes under the same tags (no suffix without several sets).
-            out += _both("lm loss validation", event.loss, event.step, self.samples)
+            vs = ("samples", self.samples)
+            out += _against("lm loss validation", event.loss, event.step, vs)
             if self.ppl:
-                out += _both(
-                    "lm loss validation ppl", math.exp(min(20.0, event.loss)), event.step, self.samples
-                )
+                out += _against("lm loss validation ppl", _ppl(event.loss), event.step, vs)
             return out
         if not isinstance(event, StepDone):
             return out
         n = event.numbers
         self.samples = n.samples
+        vs = ("samples", n.samples)
         if n.step % self.interval == 0:
-            out += _both("learning-rate", n.lr, n.step, n.samples)
-            out += _both("batch-size", job.global_batch, n.step, n.samples)
-            out += _both("lm loss", n.loss, n.step, n.samples)
+            out += _against("learning-rate", n.lr, n.step, vs)
+            out += _against("batch-size", job.global_batch, n.step, vs)
+            out += _against("lm loss", n.loss, n.step, vs)
             if self.loss_scale:
-                out += _both("loss-scale", event.loss_scale, n.step, n.samples)
+                out += _against("loss-scale", event.loss_scale, n.step, vs)
             if self.world:
-                out += _both("world-size", job.world_size, n.step, n.samples)
+                out += _against("world-size", job.world_size, n.step, vs)
             if not event.step_skipped:  # an overflowed iteration has no grad norm
-                out += _both("grad-norm", n.grad_norm, n.step, n.samples)
+                out += _against("grad-norm", n.grad_norm, n.step, vs)
             if self.memory:
                 out += [
                     ("mem-reserved-bytes", n.mem_reserved_gib * _GIB, n.step),
@@ -154,9 +165,97 @@ class MegatronTags:
         return out
 
 
-def _both(tag: str, value: float, step: int, samples: int) -> list[Scalar]:
-    """A Megatron scalar against the iteration, and its `vs samples` twin against the consumed samples."""
-    return [(tag, float(value), step), (f"{tag} vs samples", float(value), samples)]
+class MegatronDsTags(_MegatronWriter):
+    """Megatron-DeepSpeed's training_log, evaluate_and_print_results and log_restart_to_tensorboard (the last
+    rank's writer): each scalar in its group, against the iteration, the consumed samples and tokens."""
+
+    def __init__(self, run: RunPlan, settings: Mapping[str, str], fixed: str | None):
+        super().__init__(run, settings, fixed)
+        job = run.job
+        self.batch_size = "log_batch_size_to_tensorboard" in self.on
+        self.lr = "no_log_learnig_rate_to_tensorboard" not in self.on  # the option's own spelling
+        self.loss_scale = job.precision == "fp16" and "no_log_loss_scale_to_tensorboard" not in self.on
+        # get_parameters_in_billions(model, exclude_embeddings=True): the whole model's, taken here as
+        # evenly spread over the model-parallel ranks (the last stage's count times tp x pp in the source).
+        self.billions = (job.model.params - job.model.embedding_params()) / 1e9
+        self.tokens = 0  # args.consumed_train_tokens
+
+    def axes(self) -> tuple[tuple[str, int], ...]:
+        """The `vs samples` and `vs tokens` axes at the last iteration."""
+        return ("samples", self.samples), ("tokens", self.tokens)
+
+    def gigaflos(self) -> tuple[str, int]:
+        """args.gigaflos_no_embeds (6 x samples x seq_length x billions, summed per iteration and kept in
+        checkpoints), the losses' extra axis; add_scalar truncates a step to an integer."""
+        return "gigaflos (without embeddings)", int(6 * self.samples * self.run.job.seq_len * self.billions)
+
+    def scalars(self, event: Event, at: float) -> list[Scalar]:
+        job = self.run.job
+        if isinstance(event, TrainingStarted):
+            # A blip of the world size where this run starts (args.iteration), to mark a restart.
+            start = event.first_step - 1
+            return [
+                ("iteration-time/world_size", job.world_size, start),
+                ("iteration-time/world_size", 0, start + 1),
+            ]
+        if isinstance(event, EvalDone):
+            # pretrain()'s test evaluation is passed iteration 0; each group names its plots.
+            step = 0 if event.split == "test" else event.step
+            tag = f"lm-loss-validation/{megatron_ds.data_group(event.split)}/lm loss validation"
+            scalars = _against(tag, event.loss, step, *self.axes(), self.gigaflos())
+            if self.ppl:
+                scalars += _against(tag + " ppl", _ppl(event.loss), step, *self.axes(), self.gigaflos())
+            return scalars
+        if not isinstance(event, StepDone):
+            return []
+        n = event.numbers
+        self.samples, self.tokens = n.samples, n.tokens
+        vs = self.axes()
+        out: list[Scalar] = []
+        if n.step % self.interval == 0:
+            out += [
+                ("steps-vs-samples/y=steps,x=samples", n.step, n.samples),
+                ("steps-vs-samples/y=samples,x=steps", n.samples, n.step),
+                ("steps-vs-tokens/y=steps,x=tokens", n.step, n.tokens),
+                ("steps-vs-tokens/y=tokens,x=steps", n.tokens, n.step),
+            ]
+            if self.lr:
+                out += _against("learning-rate/learning-rate", n.lr, n.step, *vs)
+            if self.batch_size:
+                out += _against("batch-size/batch-size", job.global_batch, n.step, vs[0])
+            out += _against("lm-loss-training/lm loss", n.loss, n.step, *vs, self.gigaflos())
+            if self.loss_scale:
+                out += _against("loss-scale/loss-scale", event.loss_scale, n.step, *vs)
+            # Both as the iteration line prints them: DeepSpeed's engine reports no zeros (0, not None).
+            if not event.step_skipped:
+                out += _against("grad-norm/grad-norm", n.grad_norm, n.step, *vs)
+                out += _against("num-zeros/num-zeros", 0.0, n.step, *vs)
+            if self.timers:  # Timers.write: each timer's seconds per iteration, the ones the log prints
+                out += [
+                    (f"time/{k}-time", ms / 1e3, n.step) for k, ms in megatron_figures.step_timers_ms(job, n)
+                ]
+        if self.timers and n.step % self.run.log_interval == 0:
+            per_s = event.samples_per_s
+            figures = {
+                "samples per second": per_s,
+                "samples per second per replica": per_s / job.dp,
+                "tokens per second": per_s * job.seq_len,
+                "tokens per second per replica": per_s * job.seq_len / job.dp,
+                "TFLOPs per gpu (estimated)": event.megatron_tflops,
+            }
+            out += _against("iteration-time/iteration-time", event.interval_s, n.step, *vs)
+            out += [(f"iteration-time/{name}", value, n.step) for name, value in figures.items()]
+        return out
+
+
+def _against(tag: str, value: float, step: int, *axes: tuple[str, int]) -> list[Scalar]:
+    """A Megatron scalar against the iteration, and its `{tag} vs {axis}` twins against the other axes."""
+    return [(tag, float(value), step)] + [(f"{tag} vs {name}", float(value), x) for name, x in axes]
+
+
+def _ppl(loss: float) -> float:
+    """Megatron's validation perplexity: exp of the loss, capped at exp(20)."""
+    return math.exp(min(20.0, loss))
 
 
 class TitanTags:
@@ -239,9 +338,11 @@ def tags_for(
         report_to = set(re.split(r"[\s,]+", settings.get("report_to", "").lower()))
         if (fixed or (files and report_to & {"tensorboard", "all"})) and rank == 0:
             return HfTags(run, settings, host, at, fixed)
-    elif trainer == "megatron":
+    elif trainer in ("megatron", megatron_ds.MegatronDeepSpeedDialect.name):
+        # Both build the writer on the last rank only (global_vars._set_tensorboard_writer).
         if (fixed or (files and settings.get("tensorboard_dir"))) and rank == job.world_size - 1:
-            return MegatronTags(run, settings, fixed)
+            writer = MegatronTags if trainer == "megatron" else MegatronDsTags
+            return writer(run, settings, fixed)
     elif trainer == "titan":
         asked = settings.get("metrics.enable_tensorboard", "").lower() in _TRUE
         if (fixed or (files and asked)) and rank == titan.metrics_rank(settings, job):

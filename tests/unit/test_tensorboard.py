@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fakerun import presets
+from fakerun import hints, presets
 from fakerun.dialects import events as ev
 from fakerun.dialects.base import Seat
 from fakerun.dialects.titan import TitanDialect
@@ -26,9 +26,9 @@ STEP_S = 2.0  # each simulated step, on that clock
 
 
 @functools.cache
-def plan(nproc: int = 8, pp: int = 1) -> RunPlan:
+def plan(nproc: int = 8, pp: int = 1, precision: str = "bf16") -> RunPlan:
     b = presets.resolve("llama3-8b")
-    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=nproc, pp=pp)
+    job = make_job(b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=nproc, pp=pp, precision=precision)
     return make_run(job, max_steps=12, log_interval=5)
 
 
@@ -44,20 +44,42 @@ def step_event(run: RunPlan, step: int) -> ev.StepDone:
         rank_tflops=400.0,
         rank_mfu=0.4,
         logged=step % run.log_interval == 0 or step == run.first_step,
+        loss_scale=2.0**16,
+        megatron_tflops=300.0,
+        samples_per_s=run.job.global_batch / STEP_S,
     )
 
 
-def drive(board: TensorBoard, run: RunPlan, settings: dict[str, str], steps: int = 12) -> None:
-    """A run as the trainer emits it: start, model, steps with an evaluation after step 10, the end."""
+def drive(
+    board: TensorBoard,
+    run: RunPlan,
+    settings: dict[str, str],
+    steps: int = 12,
+    splits: tuple[str, ...] = ("validation",),
+) -> None:
+    """A run as the trainer emits it: start, model, training, steps with evaluations of `splits` after
+    step 10, the end."""
     board.record(ev.JobStarted(run=run, first=True, resume=False, settings=tuple(settings.items())), AT)
     board.record(ev.ModelBuilt(dtype="bf16", params_on_rank=1e9, layers_on_rank=32, pp_rank=0), AT + 1)
+    started = ev.TrainingStarted(
+        first_step=1, last_step=steps, total_steps=steps, warmup_steps=2, lr=3e-4, schedule="cosine"
+    )
+    board.record(started, AT + 5)
     for step in range(1, steps + 1):
         board.record(step_event(run, step), AT + 10 + step * STEP_S)
         if step == 10:
-            done = ev.EvalDone(
-                step=10, loss=2.5, ppl=math.exp(2.5), seconds=4.0, samples=64, iters=4, epoch=0.5
-            )
-            board.record(done, AT + 40)
+            for split in splits:
+                done = ev.EvalDone(
+                    step=10,
+                    loss=2.5,
+                    ppl=math.exp(2.5),
+                    seconds=4.0,
+                    samples=64,
+                    iters=4,
+                    epoch=0.5,
+                    split=split,
+                )
+                board.record(done, AT + 40)
     stopped = ev.TrainingStopped(
         step=steps, reason="reached max steps", runtime_s=30.0, steps=steps, samples=96
     )
@@ -144,6 +166,143 @@ def test_megatron_tags_from_the_last_rank(tmp_path: Path, monkeypatch: pytest.Mo
     assert [(e.step, e.value) for e in got["lm loss validation"]] == [(10, 2.5)]
     assert [e.step for e in got["lm loss validation vs samples"]] == [10 * run.job.global_batch]
     assert "lm loss validation ppl" not in got and "mem-reserved-bytes" not in got
+
+
+# Megatron-DeepSpeed's megatron/training.py: what training_log writes every --tensorboard-log-interval without
+# any switch (lm-loss-training has the gigaflos axis too), evaluate_and_print_results' validation group, and
+# initialize.log_restart_to_tensorboard's world-size blip.
+VS = ("", " vs samples", " vs tokens")
+DS_DEFAULT = {
+    "steps-vs-samples/y=steps,x=samples",
+    "steps-vs-samples/y=samples,x=steps",
+    "steps-vs-tokens/y=steps,x=tokens",
+    "steps-vs-tokens/y=tokens,x=steps",
+    *(f"learning-rate/learning-rate{vs}" for vs in VS),
+    *(f"lm-loss-training/lm loss{vs}" for vs in (*VS, " vs gigaflos (without embeddings)")),
+    *(f"grad-norm/grad-norm{vs}" for vs in VS),
+    *(f"num-zeros/num-zeros{vs}" for vs in VS),
+    "iteration-time/world_size",
+    *(
+        f"lm-loss-validation/valid/lm loss validation{vs}"
+        for vs in (*VS, " vs gigaflos (without embeddings)")
+    ),
+}
+
+
+def test_megatron_deepspeed_default_tags_from_the_last_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Megatron-DeepSpeed: the last rank writes its grouped tags every iteration against the iteration,
+    the consumed samples and tokens (the losses also against the gigaflos); no switch, no bf16 loss scale."""
+    monkeypatch.chdir(tmp_path)
+    run = plan()
+    job = run.job
+    drive(TensorBoard("megatron-deepspeed", 6, "h", None, files=True), run, {"tensorboard_dir": "tb"})
+    assert not (tmp_path / "tb").exists()
+    drive(TensorBoard("megatron-deepspeed", 7, "h", None, files=True), run, {"tensorboard_dir": "tb"})
+    got = scalars(tmp_path / "tb")
+    assert set(got) == DS_DEFAULT
+    every = range(1, 13)
+    samples = [s * job.global_batch for s in every]  # consumed_train_samples
+    tokens = [x * job.seq_len for x in samples]  # consumed_train_tokens: samples x seq_length
+    loss = "lm-loss-training/lm loss"
+    assert [e.step for e in got[loss]] == list(every)
+    assert [e.step for e in got[loss + " vs samples"]] == samples
+    assert [e.step for e in got[loss + " vs tokens"]] == tokens
+    # gigaflos_no_embeds: 6 x samples x seq_length x the parameters without embeddings, in billions.
+    billions = (job.model.params - job.model.embedding_params()) / 1e9
+    assert [e.step for e in got[loss + " vs gigaflos (without embeddings)"]] == [
+        int(6 * x * job.seq_len * billions) for x in samples
+    ]
+    assert got[loss][2].value == pytest.approx(step_numbers(job, 0, 3).loss, rel=1e-6)
+    assert [e.value for e in got["learning-rate/learning-rate vs tokens"]] == pytest.approx(
+        [step_numbers(job, 0, s).lr for s in every], rel=1e-6
+    )
+    assert [(e.step, e.value) for e in got["steps-vs-tokens/y=tokens,x=steps"]][:2] == [
+        (1, tokens[0]),
+        (2, tokens[1]),
+    ]
+    assert {e.value for e in got["num-zeros/num-zeros"]} == {0.0}
+    assert [(e.step, e.value) for e in got["iteration-time/world_size"]] == [(0, 8), (1, 0)]
+    validation = "lm-loss-validation/valid/lm loss validation"
+    assert [(e.step, e.value) for e in got[validation]] == [(10, 2.5)]
+    assert [e.step for e in got[validation + " vs tokens"]] == [tokens[9]]
+
+
+def test_megatron_deepspeed_switches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tensorboard-log-interval 2, the timers (per-timer time/ tags at that interval, the iteration-time
+    group at the log interval), the batch size, the validation perplexity, fp16's loss scale, no learning
+    rate; the test evaluation under its own group at iteration 0."""
+    monkeypatch.chdir(tmp_path)
+    run = plan(precision="fp16")
+    job = run.job
+    settings = {
+        "tensorboard_dir": "tb",
+        "tensorboard_log_interval": "2",
+        "log_timers_to_tensorboard": "true",
+        "log_batch_size_to_tensorboard": "true",
+        "log_validation_ppl_to_tensorboard": "true",
+        "no_log_learnig_rate_to_tensorboard": "true",
+    }
+    drive(
+        TensorBoard("megatron-deepspeed", 7, "h", None, files=True),
+        run,
+        settings,
+        splits=("validation", "test"),
+    )
+    got = scalars(tmp_path / "tb")
+    assert not {t for t in got if t.startswith("learning-rate/")}
+    even = [2, 4, 6, 8, 10, 12]
+    for tag in (
+        "lm-loss-training/lm loss",
+        "batch-size/batch-size",
+        "loss-scale/loss-scale",
+        "time/forward-compute-time",
+    ):
+        assert [e.step for e in got[tag]] == even, tag
+    assert "batch-size/batch-size vs samples" in got and "batch-size/batch-size vs tokens" not in got
+    assert [e.value for e in got["loss-scale/loss-scale vs tokens"]] == [2.0**16] * 6
+    assert {"time/backward-compute-time", "time/optimizer-time", "time/batch-generator-time"} <= set(got)
+    for name in (
+        "iteration-time",
+        "samples per second",
+        "tokens per second per replica",
+        "TFLOPs per gpu (estimated)",
+    ):
+        assert [e.step for e in got[f"iteration-time/{name}"]] == [5, 10], name
+    assert [e.step for e in got["iteration-time/iteration-time vs samples"]] == [
+        5 * job.global_batch,
+        10 * job.global_batch,
+    ]
+    assert got["iteration-time/iteration-time"][0].value == pytest.approx(STEP_S)
+    # samples_per_sec = batch_size / time; tokens: x seq_length; per replica: / data-parallel size.
+    per_replica = job.global_batch / STEP_S * job.seq_len / job.dp
+    assert got["iteration-time/tokens per second per replica"][1].value == pytest.approx(
+        per_replica, rel=1e-6
+    )
+    assert got["iteration-time/TFLOPs per gpu (estimated)"][0].value == pytest.approx(300.0)
+    ppl = "lm-loss-validation/valid/lm loss validation ppl"
+    assert [(e.step, e.value) for e in got[ppl]] == [(10, pytest.approx(math.exp(2.5), rel=1e-6))]
+    test = "lm-loss-validation/test/lm loss validation"
+    assert [(e.step, e.value) for e in got[test]] == [(0, 2.5)]
+    assert [e.step for e in got[test + " vs samples"]] == [10 * job.global_batch]
+
+
+def test_megatron_deepspeed_switches_reach_the_writer() -> None:
+    """The fork's own switches (the learning-rate one misspelt as its parser spells it) are kept from the
+    script's arguments for the writer."""
+    args = [
+        "--tensorboard-dir",
+        "tb",
+        "--log-batch-size-to-tensorboard",
+        "--no-log-learnig-rate-to-tensorboard",
+    ]
+    settings = hints.parse_hints(
+        "Megatron-DeepSpeed/pretrain_gpt.py", ["--deepspeed", "--deepspeed_config", "ds.json", *args]
+    ).settings
+    assert (
+        settings["log_batch_size_to_tensorboard"] == settings["no_log_learnig_rate_to_tensorboard"] == "true"
+    )
 
 
 def test_titan_tags_in_the_dated_folder_its_line_names(
