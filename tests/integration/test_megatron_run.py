@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import uuid
@@ -34,7 +35,7 @@ GRID = re.compile(r"^GPUs @ step|█")
             ],
         ),
         (
-            ["--deepspeed", "--deepspeed_config", "ds.json", "--zero-stage", "1"],
+            ["--deepspeed", "--deepspeed_config", "ds.json", "--zero-stage", "1", "--tensorboard-dir", "tb"],
             re.compile(r"^ iteration +\d"),
             [
                 "valid loss at iteration 20 |",
@@ -88,3 +89,14 @@ def test_fp16_job_prints_only_megatron_lines(
     for x in found:
         i = out.index(x)
         assert out[i - 1] == out[i + 1] == "-" * (len(x) + 1)
+    if "--tensorboard-dir" in extra and importlib.util.find_spec("tensorboardX"):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        # The last rank's event file: each evaluation under its data group, the test one at iteration 0.
+        reader = EventAccumulator(str(tmp_path / "tb"))
+        reader.Reload()
+        steps = {
+            g: [e.step for e in reader.Scalars(f"lm-loss-validation/{g}/lm loss validation")]
+            for g in ("valid", "test")
+        }
+        assert steps == {"valid": [20, 25], "test": [0]}
