@@ -541,6 +541,19 @@ def _is_value(tok: str) -> bool:
     return not tok.startswith("-") or tok == "-" or bool(_NEGATIVE_NUMBER.match(tok))
 
 
+def _deepspeed_switch(style: str, following: str | None) -> bool:
+    """Whether --deepspeed is DeepSpeed's store_true switch (add_config_arguments: --deepspeed_config names
+    the file) rather than HF Trainer's option naming a JSON config; `following` is the argument after it."""
+    if style.startswith("megatron"):
+        return True  # Megatron-DeepSpeed's parser adds DeepSpeed's arguments to Megatron's
+    if style == "deepspeed":
+        # DeepSpeed's own scripts, unless the script takes a JSON file after it
+        return following is None or not following.lower().endswith(".json")
+    # A script of no known framework: HF's parser would refuse a --deepspeed with no value after it, a
+    # DeepSpeed script's switch reads it.
+    return style == dialects.DEFAULT and (following is None or not _is_value(following))
+
+
 def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
     """The known options of the command line, last one wins, in the order of their last occurrence."""
     given: dict[str, _Given] = {}
@@ -564,13 +577,8 @@ def _scan(args: Sequence[str], style: str) -> dict[str, _Given]:
         kind = _kind(key)
         if kind is None:
             continue
-        if key == "deepspeed" and style.startswith("megatron"):
-            kind = _FLAG  # Megatron-DeepSpeed's --deepspeed is a switch (--deepspeed_config names the file)
-        if key == "deepspeed" and style == "deepspeed" and not eq:
-            # So is DeepSpeed's own (add_config_arguments), unless the script takes a JSON file after it.
-            following = args[i] if i < len(args) else ""
-            if not following.lower().endswith(".json"):
-                kind = _FLAG
+        if key == "deepspeed" and not eq and _deepspeed_switch(style, args[i] if i < len(args) else None):
+            kind = _FLAG
         option = f"--{name}"
         value: str | None
         if eq:
@@ -1509,7 +1517,9 @@ def parse_hints(script: str, args: Sequence[str]) -> Hints:
     args = hf_args.expand(args)
     names = _option_names(args)
     style = dialects.select(script, names)
-    if style in ("megatron", "deepspeed") and megatron_ds.applies(script, names):
+    # A tie of votes leaves the default (`--deepspeed --num-layers 4`: DeepSpeed's, HF's and Megatron's
+    # options): Megatron-DeepSpeed is the framework that spells them all.
+    if style in ("megatron", "deepspeed", dialects.DEFAULT) and megatron_ds.applies(script, names):
         style = megatron_ds.MegatronDeepSpeedDialect.name
     if style == "nanogpt" and LlmcPyDialect.hints.script.search(script.replace("\\", "/")):  # type: ignore[union-attr]
         style = LlmcPyDialect.name  # `--batch_size=8` is nanoGPT's spelling too; nanoGPT has no train_gpt2.py

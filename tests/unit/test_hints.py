@@ -374,7 +374,8 @@ class TestHfRules:
 
 
 class TestDeepSpeed:
-    """--deepspeed names a JSON config: its zero_optimization.stage becomes the ZeRO stage."""
+    """HF's --deepspeed names a JSON config (its zero_optimization.stage becomes the ZeRO stage); DeepSpeed's
+    and Megatron-DeepSpeed's is a switch."""
 
     @pytest.mark.parametrize("stage", [0, 1, 2, 3])
     def test_stage_from_the_file(self, tmp_path: Path, stage: int) -> None:
@@ -410,6 +411,44 @@ class TestDeepSpeed:
         path.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
         with pytest.raises(HintError, match=r"^script argument --deepspeed: invalid zero_optimization.stage"):
             parse_hints("run_clm.py", ["--deepspeed", str(path)])
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["--deepspeed", "--num-layers", "4"],  # before an option
+            ["--num-layers", "4", "--deepspeed"],  # last
+            ["--num-layers", "4", "--deepspeed", "--micro-batch-size", "2"],  # between options
+        ],
+    )
+    def test_megatron_deepspeeds_switch_anywhere(self, args: list[str]) -> None:
+        """Megatron-DeepSpeed's parser gets --deepspeed from deepspeed.add_config_arguments, a store_true:
+        bare wherever it stands, the option after it keeps its own value."""
+        h = parse_hints("Megatron-DeepSpeed/pretrain_gpt.py", args)
+        assert h.style == "megatron-deepspeed" and h.arch["layers"] == 4 and h.deepspeed is None
+        assert h.sources["layers"] == "--num-layers"
+
+    def test_megatron_deepspeeds_switch_alone(self) -> None:
+        """The switch alone on a Megatron-DeepSpeed script: that framework, nothing read as a config."""
+        h = parse_hints("Megatron-DeepSpeed/pretrain_gpt.py", ["--deepspeed"])
+        assert h.style == "megatron-deepspeed" and h.deepspeed is None and "zero_stage" not in h.job
+
+    @pytest.mark.parametrize(
+        "args", [["--deepspeed"], ["--local_rank=0", "--deepspeed"], ["--deepspeed", "-v"]]
+    )
+    def test_a_bare_switch_of_an_unknown_script_is_deepspeeds(self, args: list[str]) -> None:
+        """No value after it: only a DeepSpeed script's parser (store_true) accepts it, so it is that."""
+        h = parse_hints("train.py", args)
+        assert h.style == DEFAULT and h.deepspeed is None
+
+    def test_hf_still_takes_the_config_after_it(self, tmp_path: Path) -> None:
+        """HF Trainer's --deepspeed takes a value: the JSON config after it, even among Megatron's options;
+        bare, its parser refuses it."""
+        path = tmp_path / "ds_config.json"
+        path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+        h = parse_hints("run_clm.py", ["--deepspeed", str(path), "--num-layers", "4"])
+        assert h.style == "hf" and h.job["zero_stage"] == 3 and h.deepspeed is not None
+        with pytest.raises(HintError, match=r"^script argument --deepspeed: expected a value$"):
+            parse_hints("run_clm.py", ["--deepspeed"])
 
 
 TITAN_TOML = """
