@@ -1145,6 +1145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.no_torch and args.torch_venv is not None:
         parser.error("--torch-venv and --no-torch exclude each other")
+    if args.torch_venv is not None and not os.access(_venv_python(args.torch_venv), os.X_OK):
+        parser.error(f"--torch-venv {args.torch_venv}: no {_venv_python(args.torch_venv)}")
     runs = 1 if args.quick else max(1, args.runs)
     with signals_raise(), tempfile.TemporaryDirectory(prefix="fakerun-bench.") as cwd:
         BENCH_DIRS.append(os.path.realpath(cwd))
