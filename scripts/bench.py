@@ -1,11 +1,16 @@
 """Benchmarks of fakerun against the service levels of PRODUCT.md section 8; prints a Markdown table.
 
-Usage: python scripts/bench.py [--runs N] [--quick]
+Usage: python scripts/bench.py [--runs N] [--quick] [--only first-line] [--torch-venv PATH | --no-torch]
 
 Every figure is measured over several runs (median and min-max). Every process the benchmark starts is
 killed at the end, on success, on an exception and on Ctrl-C/SIGTERM. Standard library plus psutil only.
 Jobs run without PYTHONDONTWRITEBYTECODE in their environment, after one untimed warm-up, so that the
 launcher loads cached bytecode as a user's install does.
+
+The first-line figure is compared with torchrun running the same script in the same run. torchrun comes
+from a virtual environment of the benchmark's own with the CPU build of torch (TORCH_REQUIREMENT), cached
+in $XDG_CACHE_HOME/fakerun-bench/torch-venv (~/.cache/... by default) and built there, untimed, by the first
+run that finds it missing or stale (a few minutes: pip installs a ~200 MB wheel and its dependencies).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import importlib
+import fcntl
 import json
 import os
 import platform
@@ -389,6 +394,149 @@ def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# torchrun for the first-line comparison: a virtual environment of the benchmark's own, built untimed.
+
+# PRODUCT.md §8 compares with torchrun of this release.
+TORCH_REQUIREMENT = "torch==2.13.*"
+# PyTorch's index of CPU builds (`2.13.0+cpu`, a ~200 MB wheel); PyPI's Linux wheel of the same release pulls
+# several GB of CUDA libraries. pip ranks `2.13.0+cpu` above `2.13.0` (a local version label sorts after
+# the bare version), so with both indexes (and any wheel directory pip is configured with) it takes the CPU
+# build wherever one is offered; an unreachable index is skipped with a warning.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# Written last into a finished venv: what it was built for. A venv without it (half-built) or built for
+# another requirement or Python is rebuilt.
+TORCH_MARKER = "fakerun-bench-torch.json"
+PIP_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class Torch:
+    """The python of a venv where torch imports, and torch's version there."""
+
+    python: str
+    version: str
+
+
+def default_torch_venv() -> str:
+    """The per-user cache directory of the benchmark's torch venv."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fakerun-bench", "torch-venv")
+
+
+def _venv_python(venv: str) -> str:
+    return os.path.join(venv, "bin", "python")
+
+
+def _marker() -> dict[str, str]:
+    return {"requirement": TORCH_REQUIREMENT, "python": platform.python_version()}
+
+
+def _cached_torch(venv: str) -> Torch | None:
+    """The torch of a finished venv built for TORCH_REQUIREMENT and this Python, or None."""
+    try:
+        with open(os.path.join(venv, TORCH_MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or any(marker.get(k) != v for k, v in _marker().items()):
+        return None
+    python = _venv_python(venv)
+    if not os.access(python, os.X_OK):  # e.g. the base interpreter it links to is gone
+        return None
+    return Torch(python, str(marker.get("torch", "?")))
+
+
+def probe_torch(python: str) -> str:
+    """torch's version as `python` imports it, with the modules torchrun loads (untimed: warms the cache)."""
+    out = subprocess.run(
+        [python, "-c", "import torch, torch.distributed.run; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k not in DROPPED_ENV},
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"torch does not import with {python}:\n{out.stderr[-2000:]}")
+    return out.stdout.strip()
+
+
+def _pip_install(python: str, requirement: str) -> bool:
+    """Installs `requirement` into the venv of `python`, pip's progress on our stderr; False on failure."""
+    argv = [python, "-m", "pip", "install", "--disable-pip-version-check", "--retries", "1"]
+    log(f"pip install {requirement} (extra index {TORCH_CPU_INDEX})")
+    code = subprocess.run(
+        [*argv, "--extra-index-url", TORCH_CPU_INDEX, requirement],
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr,
+        timeout=PIP_TIMEOUT_S,
+        check=False,
+    ).returncode
+    return code == 0
+
+
+def _build_torch_venv(venv: str) -> None:
+    """Builds the venv in a temporary sibling directory and renames it into place once torch imports."""
+    parent = os.path.dirname(venv)
+    build = tempfile.mkdtemp(prefix=os.path.basename(venv) + ".build.", dir=parent)
+    try:
+        log(f"building {venv} (untimed; pip installs torch, ~200 MB, and its dependencies)")
+        subprocess.run([sys.executable, "-m", "venv", build], check=True, stdin=subprocess.DEVNULL)
+        python = _venv_python(build)
+        if not _pip_install(python, TORCH_REQUIREMENT):
+            log(f"{TORCH_REQUIREMENT} is not available: installing the newest torch pip finds")
+            if not _pip_install(python, "torch"):
+                raise RuntimeError("pip could not install torch (see its output above)")
+        version = probe_torch(python)
+        if "+cpu" not in version:
+            log(f"torch {version} is not a CPU build (PyPI's wheel, with CUDA libraries)")
+        with open(os.path.join(build, TORCH_MARKER), "w") as f:
+            json.dump({**_marker(), "torch": version}, f)
+        if os.path.lexists(venv):  # stale or half-built: moved aside first, as rename needs an empty target
+            stale = tempfile.mkdtemp(prefix=os.path.basename(venv) + ".stale.", dir=parent)
+            os.rename(venv, os.path.join(stale, "venv"))
+            shutil.rmtree(stale, ignore_errors=True)
+        # venvs are not relocatable in general, but `bin/python -m ...` is: its prefix comes from the
+        # pyvenv.cfg beside it (only the console scripts' shebangs keep the build path, and none is used).
+        os.rename(build, venv)
+        log(f"built {venv}: torch {version}")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)  # gone after the rename; a failed build's leftovers
+
+
+def ensure_torch_venv(venv: str) -> Torch:
+    """The cached torch venv, built first if it is missing, half-built or stale (one builder at a time)."""
+    os.makedirs(os.path.dirname(venv), exist_ok=True)
+    with open(venv + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second benchmark waits for the first one's build, then uses it
+        cached = _cached_torch(venv)
+        if cached is None:
+            _build_torch_venv(venv)
+            cached = _cached_torch(venv)
+            if cached is None:
+                raise RuntimeError(f"{venv} has no valid {TORCH_MARKER} right after its build")
+    return cached
+
+
+def find_torch(venv: str | None, enabled: bool) -> Torch | None:
+    """The torch to compare with: of `--torch-venv` if given, else the cached venv's; None with --no-torch."""
+    if not enabled:
+        return None
+    if venv is not None:
+        python = _venv_python(os.path.abspath(venv))
+        torch = Torch(python, probe_torch(python))
+    else:
+        torch = ensure_torch_venv(default_torch_venv())
+        torch.version = probe_torch(torch.python)  # untimed: the first torchrun starts with a warm page cache
+    wanted = TORCH_REQUIREMENT.split("==", 1)[1].rstrip(".*")
+    if not torch.version.startswith(wanted + "."):
+        log(f"torch {wanted} was not available: comparing with torch {torch.version}")
+    log(f"torchrun: {torch.python} -m torch.distributed.run (torch {torch.version})")
+    return torch
+
+
+# ----------------------------------------------------------------------------------------------------
 # The figures; each function measures one run and returns a number.
 
 
@@ -413,9 +561,10 @@ def first_line_fakerun(cwd: str) -> float:
         job.stop()
 
 
-def first_line_torchrun(cwd: str) -> float:
+def first_line_torchrun(cwd: str, python: str) -> float:
+    """The same hello script under the real torchrun (its workers inherit its stdout, as fakerun's do)."""
     script = trivial_script(cwd)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "8", script]
+    argv = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "8", script]
     job = Job(argv, cwd)
     try:
         return job.wait_first_line()
@@ -741,9 +890,10 @@ class Row:
     figure: str
     values: list[float]
     unit: str
-    target: float | None = None  # the figure must be <= target
+    target: float | None = None  # the figure must be <= target (>= with at_least)
     target_text: str = ""
     note: str = ""
+    at_least: bool = False
 
     def cells(self) -> list[str]:
         if not self.values:
@@ -752,7 +902,8 @@ class Row:
         spread = f"{_fmt(min(self.values), self.unit)} – {_fmt(max(self.values), self.unit)}"
         verdict = ""
         if self.target is not None:
-            verdict = "met" if med <= self.target else "**not met**"
+            met = med >= self.target if self.at_least else med <= self.target
+            verdict = "met" if met else "**not met**"
         figure = f"{self.figure} ({self.note})" if self.note else self.figure
         return [figure, _fmt(med, self.unit), spread, str(len(self.values)), self.target_text, verdict]
 
@@ -786,29 +937,42 @@ def log(text: str) -> None:
     print(f"  {text}", file=sys.stderr, flush=True)
 
 
-def torch_importable() -> bool:
-    try:
-        importlib.import_module("torch")
-    except ImportError:
-        return False
-    return True
+def first_line_rows(runs: int, cwd: str, torch: Torch | None) -> list[Row]:
+    """fakerun's first line of the hello script and, interleaved run by run, torchrun's and their ratio."""
+    fake: list[float] = []
+    real: list[float] = []
+    for i in range(runs):  # interleaved, so that the machine's noise hits both alike
+        fake.append(first_line_fakerun(cwd))
+        text = f"first line run {i + 1}/{runs}: fakerun {fake[-1]:.3f} s"
+        if torch is not None:
+            real.append(first_line_torchrun(cwd, torch.python))
+            text += f", torchrun {real[-1]:.3f} s ({real[-1] / fake[-1]:.1f}x)"
+        log(text)
+    rows = [Row("first line of a --fake-exec hello script, 8 ranks (fakerun)", fake, "s")]
+    if torch is None:
+        rows.append(
+            Row("first line of the same script, 8 ranks (torchrun)", [], "s", note="n/a (--no-torch)")
+        )
+        return rows
+    rows.append(
+        Row(
+            f"first line of the same script, 8 ranks (torchrun --standalone, torch {torch.version})",
+            real,
+            "s",
+        )
+    )
+    # PRODUCT.md §8: at least 10x sooner than torchrun running the same script, measured in the same run.
+    ratio = [r / f for r, f in zip(real, fake, strict=True)]
+    rows.append(Row("torchrun / fakerun first line", ratio, "x", 10.0, "≥ 10× sooner", at_least=True))
+    return rows
 
 
-def measure(runs: int, quick: bool, cwd: str) -> list[Row]:
+def measure(runs: int, quick: bool, cwd: str, torch: Torch | None, only: str | None) -> list[Row]:
     sizes = [1, 8] if quick else [1, 8, 32, 128]
     window = 2.0 if quick else 5.0
-    rows: list[Row] = []
-
-    fake_first = repeat(runs, "first line fakerun", lambda: first_line_fakerun(cwd))
-    # PRODUCT.md §8: at least 10x sooner than torchrun running the same script, measured in the same run.
-    rows.append(Row("first line of a --fake-exec hello script, 8 ranks (fakerun)", fake_first, "s"))
-    if torch_importable():
-        torch_first = repeat(runs, "first line torchrun", lambda: first_line_torchrun(cwd))
-        rows.append(Row("first worker line, 8 ranks (torchrun --standalone)", torch_first, "s"))
-        ratio = [t / f for t, f in zip(torch_first, fake_first, strict=True)]
-        rows.append(Row("torchrun / fakerun, first line", ratio, "x"))
-    else:
-        rows.append(Row("first worker line, 8 ranks (torchrun)", [], "s", note="n/a (torch not importable)"))
+    rows = first_line_rows(runs, cwd, torch)
+    if only == "first-line":
+        return rows
 
     start_targets = {8: (0.5, "≤ 0.5 s"), 128: (5.0, "≤ 5 s")}
     pss_targets = {8: (300.0, "≤ 300 MB")}
@@ -961,6 +1125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default: 5)")
     parser.add_argument("--quick", action="store_true", help="one run per figure, 8 and 64 ranks only (CI)")
+    parser.add_argument(
+        "--only", choices=["first-line"], help="measure only these figures (first-line: fakerun and torchrun)"
+    )
+    parser.add_argument(
+        "--torch-venv",
+        metavar="PATH",
+        help="a virtual environment with torch to take torchrun from (default: the benchmark's own, cached "
+        "in $XDG_CACHE_HOME/fakerun-bench/torch-venv and built there if missing or stale)",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip torchrun (no ratio for the first line)")
     # Internal: the baseline barrier runs in a child process of the benchmark (see baseline_rounds).
     parser.add_argument("--baseline-barrier", type=int, metavar="N", help=argparse.SUPPRESS)
     parser.add_argument("--window", type=float, default=5.0, help=argparse.SUPPRESS)
@@ -969,14 +1143,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate = baseline_barrier(args.baseline_barrier, args.window)
         print(json.dumps({"rounds_per_s": rate}), flush=True)
         return 0
+    if args.no_torch and args.torch_venv is not None:
+        parser.error("--torch-venv and --no-torch exclude each other")
+    if args.torch_venv is not None and not os.access(_venv_python(args.torch_venv), os.X_OK):
+        parser.error(f"--torch-venv {args.torch_venv}: no {_venv_python(args.torch_venv)}")
     runs = 1 if args.quick else max(1, args.runs)
     with signals_raise(), tempfile.TemporaryDirectory(prefix="fakerun-bench.") as cwd:
         BENCH_DIRS.append(os.path.realpath(cwd))
-        started = time.monotonic()
         try:
+            # Before the clock starts: building the venv takes minutes once, then checking it a second or two.
+            t0 = time.monotonic()
+            torch = find_torch(args.torch_venv, not args.no_torch)
+            started = time.monotonic()
+            if torch is not None:
+                log(f"torch venv ready in {started - t0:.1f} s (not part of the benchmark time)")
             describe_environment()
             warm_up(cwd)
-            rows = measure(runs, args.quick, cwd)
+            rows = measure(runs, args.quick, cwd, torch, args.only)
         except KeyboardInterrupt:
             print("interrupted; cleaning up", file=sys.stderr)
             return 130
