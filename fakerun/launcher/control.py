@@ -156,13 +156,10 @@ class ControlHub:
                 if self.cluster is not None:
                     self.cluster.reject(node, str(exc))
 
-    def channel_for(self, rank: int) -> socket.socket:
-        """Creates rank's socket pair, registers our end; returns the worker's end (to close after fork)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ours.setblocking(False)
+    def adopt(self, rank: int, ours: socket.socket) -> None:
+        """Watches rank's control socket (the launcher's end, non-blocking)."""
         self.channels[ours.fileno()] = _Channel(rank, ours)
         self.selector.register(ours.fileno(), selectors.EVENT_READ)
-        return theirs
 
     def owns(self, fd: int) -> bool:
         """Whether `fd` is one of our control sockets or cluster connections."""

@@ -9,11 +9,13 @@ import fcntl
 import os
 import resource
 import signal
+import socket
 import sys
 import termios
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 _PR_SET_PDEATHSIG = 1
 # A simulated worker finds its coordinator socket here (after stdin, stdout and stderr).
@@ -45,6 +47,7 @@ class ChildPipes:
     stdout: int
     stderr: int
     ttys: frozenset[int] = frozenset()  # the std fds (1, 2) that are pseudo-terminals
+    control: socket.socket | None = None  # the launcher's end of the worker's control socket, if asked
 
 
 # What a forked child runs once its fds and session are set up; it never returns normally.
@@ -70,52 +73,81 @@ class ForkProcessTable:
         child_main: ChildMain,
         *,
         new_session: bool,
-        control: int | None = None,
+        control: bool = False,
         ttys: frozenset[int] = frozenset(),
     ) -> tuple[int, ChildPipes]:
-        """Forks a worker whose stdout/stderr are pipes to the launcher and `control` its fd CONTROL_FD;
-        the std fds in `ttys` are pseudo-terminals instead, sized like the launcher's terminal on that fd."""
-        out_r, out_w, out_tty = _output_channel(1 in ttys, 1)
+        """Forks a worker whose stdout/stderr are pipes to the launcher and, with `control`, one end of a
+        socket pair its fd CONTROL_FD; the std fds in `ttys` are pseudo-terminals instead, sized like the
+        launcher's terminal on that fd."""
         try:
-            err_r, err_w, err_tty = _output_channel(2 in ttys, 2)
-        except BaseException:
-            os.close(out_r)
-            os.close(out_w)
-            raise
-        # Signals wait until the child has its own handlers: one landing in between would run the
+            [started] = self.spawn_all([ForkRequest(child_main, control, ttys)], new_session=new_session)
+        except SpawnFailed as exc:
+            raise exc.error from None
+        return started
+
+    def spawn_all(
+        self, requests: Sequence[ForkRequest], *, new_session: bool
+    ) -> list[tuple[int, ChildPipes]]:
+        """Forks one worker per request, in order, each as spawn() does; raises SpawnFailed (with the workers
+        started) when a pipe, a socket or a fork cannot be made.
+
+        Between two forks the launcher only makes the next worker's pipes and forks: each memory page it
+        writes then stays behind, copied, in every worker forked before (copy-on-write), a private page per
+        worker and per write, so what costs Python objects is done before the first fork or after the last.
+        """
+        started: list[tuple[int, _Ends]] = []
+        failure: OSError | None = None
+        # Signals wait until each child has its own handlers: one landing in between would run the
         # launcher's handler in the child, and a SIGTERM meant for the worker would be lost.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._all_signals)
         try:
-            pid = os.fork()
-        except BaseException:
+            for request in requests:
+                ends = _Ends.open(request.ttys, request.control)
+                try:
+                    pid = self._fork()
+                except BaseException:
+                    ends.close_theirs()
+                    ends.close_ours()
+                    raise
+                if pid == 0:  # pragma: no cover - runs in the child, which never returns
+                    self._run_child(request, ends, new_session, mask)
+                ends.close_theirs()
+                started.append((pid, ends))
+        except OSError as exc:
+            failure = exc
+        finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            raise
-        if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            code = 1
-            try:
-                _setup_child(self.launcher_pid, new_session, out_w, err_w, control, mask, self.child_fd_limit)
-                code = child_main()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
         if new_session:
-            self._leaders.add(pid)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(out_w)
-        os.close(err_w)
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
-        ptys = frozenset(fd for fd, tty in ((1, out_tty), (2, err_tty)) if tty)
-        return pid, ChildPipes(out_r, err_r, ptys)
+            self._leaders.update(pid for pid, _ in started)
+        pipes = [(pid, ends.ours()) for pid, ends in started]
+        if failure is not None:
+            raise SpawnFailed(pipes, failure)
+        return pipes
+
+    def _fork(self) -> int:
+        """os.fork(); a seam for tests that run out of processes."""
+        return os.fork()
+
+    def _run_child(
+        self, request: ForkRequest, ends: _Ends, new_session: bool, mask: set[int | signal.Signals]
+    ) -> NoReturn:
+        """The child's side of a fork: its fds and session, then its main; ends the process."""
+        code = 1
+        try:
+            theirs = ends.control_w.fileno() if ends.control_w is not None else None
+            limit = self.child_fd_limit
+            _setup_child(self.launcher_pid, new_session, ends.out_w, ends.err_w, theirs, mask, limit)
+            code = request.child_main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
 
     def kill(self, pid: int, sig: int) -> None:
         """Sends `sig` to the worker, to its whole process group when it has its own (as torch does)."""
@@ -131,6 +163,77 @@ class ForkProcessTable:
     def forget(self, pid: int) -> None:
         """The worker was reaped: its pid, and so its group id, may be reused."""
         self._leaders.discard(pid)
+
+
+@dataclass(frozen=True)
+class ForkRequest:
+    """One worker to fork: what it runs, whether it gets a control socket, its std fds that are ptys."""
+
+    child_main: ChildMain
+    control: bool = False
+    ttys: frozenset[int] = frozenset()
+
+
+class SpawnFailed(Exception):
+    """A pipe, a socket or a fork could not be made: the workers started before it, and the error."""
+
+    def __init__(self, started: list[tuple[int, ChildPipes]], error: OSError) -> None:
+        super().__init__(str(error))
+        self.started = started
+        self.error = error
+
+
+@dataclass
+class _Ends:
+    """Both ends of one worker's stdout and stderr channels, and of its control socket if it has one."""
+
+    out_r: int
+    out_w: int
+    out_tty: bool
+    err_r: int
+    err_w: int
+    err_tty: bool
+    control_r: socket.socket | None = None
+    control_w: socket.socket | None = None
+
+    @classmethod
+    def open(cls, ttys: frozenset[int], control: bool) -> _Ends:
+        """The channels of a worker whose std fds in `ttys` are pseudo-terminals."""
+        made: list[int] = []
+        try:
+            out_r, out_w, out_tty = _output_channel(1 in ttys, 1)
+            made += (out_r, out_w)
+            err_r, err_w, err_tty = _output_channel(2 in ttys, 2)
+            made += (err_r, err_w)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if control else (None, None)
+        except BaseException:
+            for fd in made:
+                os.close(fd)
+            raise
+        return cls(out_r, out_w, out_tty, err_r, err_w, err_tty, ours, theirs)
+
+    def close_theirs(self) -> None:
+        """Closes the worker's ends (in the launcher, once the worker has them)."""
+        os.close(self.out_w)
+        os.close(self.err_w)
+        if self.control_w is not None:
+            self.control_w.close()
+
+    def close_ours(self) -> None:
+        """Closes the launcher's ends (a worker that was never started)."""
+        os.close(self.out_r)
+        os.close(self.err_r)
+        if self.control_r is not None:
+            self.control_r.close()
+
+    def ours(self) -> ChildPipes:
+        """The launcher's ends, non-blocking, as ChildPipes."""
+        os.set_blocking(self.out_r, False)
+        os.set_blocking(self.err_r, False)
+        if self.control_r is not None:
+            self.control_r.setblocking(False)
+        ptys = frozenset(fd for fd, tty in ((1, self.out_tty), (2, self.err_tty)) if tty)
+        return ChildPipes(self.out_r, self.err_r, ptys, self.control_r)
 
 
 def _output_channel(tty: bool, like: int) -> tuple[int, int, bool]:

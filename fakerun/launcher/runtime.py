@@ -18,9 +18,20 @@ from fakerun.launcher.control import ControlHub
 from fakerun.launcher.envs import WorkerSlot, worker_slots
 from fakerun.launcher.logdir import LogDir, attempt_dir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import LaunchPlan
-from fakerun.launcher.procs import ChildMain, ForkProcessTable, copy_window_size, exit_code_of
+from fakerun.launcher.procs import (
+    ChildMain,
+    ChildPipes,
+    ForkProcessTable,
+    ForkRequest,
+    SpawnFailed,
+    copy_window_size,
+    exit_code_of,
+)
 
 _READ_CHUNK = 65536
+# Workers forked in one tight loop (ForkProcessTable.spawn_all): a signal that ends the launcher stops the
+# start between two batches, and a batch's pipes and sockets are all open at once.
+FORK_BATCH = 128
 
 # Builds what a forked worker runs: given its slot and attempt, returns the child's main function.
 ChildFactory = Callable[[WorkerSlot, int, str], ChildMain]
@@ -67,46 +78,69 @@ class LocalWorkerGroup:
         new_session = not self.plan.args.run_path
         started: list[tuple[int, WorkerSlot]] = []
         slots = worker_slots(self.plan)
+        if self.control is not None:
+            self.control.new_attempt(restart_count, [slot.rank for slot in slots])
+        for first in range(0, len(slots), FORK_BATCH):
+            if self.interrupted():
+                break
+            self._start_batch(slots, first, restart_count, new_session, started)
+        return started
+
+    def _start_batch(
+        self,
+        slots: list[WorkerSlot],
+        first: int,
+        restart_count: int,
+        new_session: bool,
+        started: list[tuple[int, WorkerSlot]],
+    ) -> None:
+        """Forks slots[first:first + FORK_BATCH] in one tight loop (ForkProcessTable.spawn_all), then
+        registers their streams."""
+        batch = slots[first : first + FORK_BATCH]
+        requests = [
+            ForkRequest(
+                self.child_factory(slot, restart_count, self.error_file_path(slot, restart_count)),
+                control=self.control is not None,
+                ttys=self._terminal_streams(slot) if self.worker_ttys else frozenset(),
+            )
+            for slot in batch
+        ]
+        if os.environ.get("WARM") and first == 0:
+            from fakerun._probe import warm
+            warm(requests[0].child_main)
         # Objects allocated so far (every preloaded module) leave the collector's care: a child's collections
         # would otherwise touch their headers and copy every page of them (Instagram's gc.freeze() recipe).
         gc.freeze()
-        if self.control is not None:
-            self.control.new_attempt(restart_count, [slot.rank for slot in slots])
-        for slot in slots:
-            if self.interrupted():
-                break
-            child = self.child_factory(slot, restart_count, self.error_file_path(slot, restart_count))
-            theirs = None
-            try:
-                theirs = self.control.channel_for(slot.rank) if self.control is not None else None
-                pid, pipes = self.procs.spawn(
-                    child,
-                    new_session=new_session,
-                    control=theirs.fileno() if theirs else None,
-                    ttys=self._terminal_streams(slot) if self.worker_ttys else frozenset(),
-                )
-            except OSError as exc:
-                # Out of processes, memory or descriptors although the preflight passed (another job took
-                # them meanwhile): what was started goes, and the launcher ends with one line.
-                self._stop_started(started)
-                what = "fork" if exc.errno in (errno.EAGAIN, errno.ENOMEM) else "create its pipes"
-                raise StartError(
-                    f"cannot start rank {slot.rank} ({len(started)} of {len(slots)} started): "
-                    f"{what}: {exc.strerror or exc}"
-                ) from None
-            finally:
-                if theirs is not None:
-                    theirs.close()
-            apath = attempt_dir(self.run_dirs[slot.node_index], restart_count)
-            fds = []
-            for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
-                route = self.console.open_route(self.plan, slot.local_rank, slot.rank, stream, apath)
-                self.streams[fd] = _Stream(pid, fd, route, tty=stream in pipes.ttys)
-                self.selector.register(fd, selectors.EVENT_READ)
-                fds.append(fd)
-            self.by_pid[pid] = fds
+        failure: OSError | None = None
+        try:
+            spawned = self.procs.spawn_all(requests, new_session=new_session)
+        except SpawnFailed as exc:
+            spawned, failure = exc.started, exc.error
+        for (pid, pipes), slot in zip(spawned, batch, strict=False):  # those started
+            self._register(pid, pipes, slot, restart_count)
             started.append((pid, slot))
-        return started
+        if failure is not None:
+            # Out of processes, memory or descriptors although the preflight passed (another job took
+            # them meanwhile): what was started goes, and the launcher ends with one line.
+            self._stop_started(started)
+            what = "fork" if failure.errno in (errno.EAGAIN, errno.ENOMEM) else "create its pipes"
+            raise StartError(
+                f"cannot start rank {slots[len(started)].rank} ({len(started)} of {len(slots)} started): "
+                f"{what}: {failure.strerror or failure}"
+            ) from None
+
+    def _register(self, pid: int, pipes: ChildPipes, slot: WorkerSlot, restart_count: int) -> None:
+        """Routes a started worker's streams and watches them and its control socket."""
+        if pipes.control is not None and self.control is not None:
+            self.control.adopt(slot.rank, pipes.control)
+        apath = attempt_dir(self.run_dirs[slot.node_index], restart_count)
+        fds = []
+        for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
+            route = self.console.open_route(self.plan, slot.local_rank, slot.rank, stream, apath)
+            self.streams[fd] = _Stream(pid, fd, route, tty=stream in pipes.ttys)
+            self.selector.register(fd, selectors.EVENT_READ)
+            fds.append(fd)
+        self.by_pid[pid] = fds
 
     def _terminal_streams(self, slot: WorkerSlot) -> frozenset[int]:
         """The worker's std fds that would be the launcher's terminal under torchrun: a stream shown on the

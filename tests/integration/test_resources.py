@@ -25,7 +25,7 @@ from fakerun.launcher.console import Console
 from fakerun.launcher.envs import WorkerSlot
 from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.plan import make_plan
-from fakerun.launcher.procs import ChildMain, ChildPipes, ForkProcessTable, exec_child
+from fakerun.launcher.procs import ChildMain, ForkProcessTable, exec_child
 from fakerun.limits import MAX_NNODES
 from tests.conftest import Result, Runner, fakerun_exe, marked_processes
 
@@ -285,19 +285,13 @@ def test_a_fork_failing_midway_ends_the_job_with_one_line(
     class RunsOutOfProcesses(ForkProcessTable):
         """Real forks, until the process table is "full"."""
 
-        def spawn(
-            self,
-            child_main: ChildMain,
-            *,
-            new_session: bool,
-            control: int | None = None,
-            ttys: frozenset[int] = frozenset(),
-        ) -> tuple[int, ChildPipes]:
+        def _fork(self) -> int:
             if len(started) == 3:
                 raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-            pid, pipes = super().spawn(child_main, new_session=new_session, control=control, ttys=ttys)
-            started.append(pid)
-            return pid, pipes
+            pid = super()._fork()
+            if pid != 0:
+                started.append(pid)
+            return pid
 
     monkeypatch.setattr(runtime, "ForkProcessTable", RunsOutOfProcesses)
     cmd = parse_command_line(["--nproc-per-node", "8", "--fake-exec", "--no-python", "/bin/sleep", "30"], {})
