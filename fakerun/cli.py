@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -1105,6 +1104,8 @@ def misspelled_env(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         if not name.startswith(_ENV_PREFIX) or name in _KNOWN_ENV:
             continue
+        import difflib  # only for a FAKERUN_* variable fakerun does not read: not on every start
+
         close = difflib.get_close_matches(name.removeprefix(_ENV_PREFIX), list(known), n=1)
         if close:
             lines.append(f"{name} is set but fakerun reads no such variable: did you mean {known[close[0]]}?")
