@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -13,12 +12,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-from fakerun import dialects, limits, tomlfile
-from fakerun.dialects.fakerun import LEVELS
+from fakerun import limits, tomlfile
 from fakerun.launcher.wire import SECRET_VAR
+from fakerun.names import FAILURE_KINDS, LOG_LEVELS, MAX_FAILURES, RANDOM_FAILURE, TRAINERS
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
 from fakerun.paths import STATE_DIR_VAR
-from fakerun.sim.failures import FAILURE_KINDS, MAX_FAILURES, RANDOM_FAILURE
 
 __all__ = ["UsageError", "build_parser", "misspelled_env", "parse_command_line", "prog_name"]
 
@@ -339,9 +337,9 @@ def _parse_choice(choices: Sequence[str]) -> Callable[[object], str]:
 
 def _parse_trainer(value: object) -> str:
     """Converter for --fake-trainer: a dialect's name (fakerun/dialects)."""
-    if isinstance(value, str) and value.strip().lower() in dialects.DIALECTS:
+    if isinstance(value, str) and value.strip().lower() in TRAINERS:
         return value.strip().lower()
-    raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(dialects.names())})")
+    raise _BadValue(f"invalid choice {_shown(value)} (choose from {', '.join(TRAINERS)})")
 
 
 @dataclass(frozen=True)
@@ -427,14 +425,14 @@ _FAKE_SPECS: tuple[_FakeSpec, ...] = (
     ),
     _FakeSpec(
         "log_level",
-        "{" + ",".join(LEVELS) + "}",
+        "{" + ",".join(LOG_LEVELS) + "}",
         "Lowest level of fakerun's own events shown (default: info; debug adds each logged step's gradient "
         "sync).",
-        _parse_choice(tuple(LEVELS)),
+        _parse_choice(LOG_LEVELS),
     ),
     _FakeSpec(
         "trainer",
-        "{" + ",".join(dialects.names()) + "}",
+        "{" + ",".join(TRAINERS) + "}",
         "Print the training output as this framework does (default: the one the script's arguments look "
         "like, else fakerun's own events; the json and logfmt log formats always print fakerun's).",
         _parse_trainer,
@@ -1106,6 +1104,8 @@ def misspelled_env(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         if not name.startswith(_ENV_PREFIX) or name in _KNOWN_ENV:
             continue
+        import difflib  # only for a FAKERUN_* variable fakerun does not read: not on every start
+
         close = difflib.get_close_matches(name.removeprefix(_ENV_PREFIX), list(known), n=1)
         if close:
             lines.append(f"{name} is set but fakerun reads no such variable: did you mean {known[close[0]]}?")

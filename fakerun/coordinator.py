@@ -16,8 +16,9 @@ from typing import Any
 
 from fakerun.render.metrics import checkpoint_record, eval_record, run_record, step_record
 from fakerun.sim import checkpoint, compute, loss
+from fakerun.sim.clock import JobClock
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
-from fakerun.sim.run import JobClock, RunPlan, looped
+from fakerun.sim.run import RunPlan, looped
 from fakerun.sim.stack import stack_for
 from fakerun.sim.step import step_numbers, step_time
 from fakerun.sim.stopping import Patience

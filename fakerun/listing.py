@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from fakerun import presets
-from fakerun.dialects.base import count
 from fakerun.sim.stack import Stack
 
 __all__ = ["preset_lines", "version_lines"]
@@ -26,6 +25,8 @@ def _gib(mib: int) -> str:
 
 
 def _model_row(m: presets.ModelSpec) -> list[str]:
+    from fakerun.dialects.base import count  # it loads every dialect: --fake-version does without
+
     active = f" ({count(m.active_params)} active)" if m.active_params != m.params else ""
     nodes = "node" if m.default_nnodes == 1 else "nodes"
     return [

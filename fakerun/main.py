@@ -1,9 +1,15 @@
-"""`fakerun`: parse torchrun's command line, plan the job, run it, and turn the outcome into an exit code."""
+"""`fakerun`: parse torchrun's command line, plan the job, run it, and turn the outcome into an exit code.
+
+A --fake-exec launcher loads the launcher alone: the simulation (dialects, hints, the coordinator, the
+worker's trainer) is imported by the simulated path's functions, all of it by preload_simulation() before the
+first fork (tests/unit/test_lazy_imports.py holds `import fakerun.main` free of it).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import runpy
 import selectors
@@ -12,17 +18,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fakerun import dialects, listing, presets
+from fakerun import names, presets
 from fakerun.cli import misspelled_env, parse_command_line, prog_name
-from fakerun.coordinator import Coordinator
-from fakerun.dialects.lightning import LightningDialect
-from fakerun.jobconfig import JobConfigError, build_run, check_report, draw_seed
 from fakerun.launcher import glog, preflight, report
-from fakerun.launcher.cluster import ClusterLink, Membership, NameHosts
 from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
-from fakerun.launcher.control import ControlHub, SavedStep
 from fakerun.launcher.elastic import RoundRules
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir, LogDirError
@@ -37,11 +38,31 @@ from fakerun.launcher.slurm import apply_slurm, simulated_hosts, slurm_job
 from fakerun.options import CommandLine
 from fakerun.paths import state_dir
 from fakerun.render.bar import BarWidth
-from fakerun.sim import failures, identity
-from fakerun.sim.run import JobClock, rendezvous_seconds, resumed
+from fakerun.sim import identity
+from fakerun.sim.clock import JobClock
 from fakerun.sim.stack import stack_for
 from fakerun.tools.pydoors import PYLIB, module_path
-from fakerun.worker.trainer import SimContext
+
+if TYPE_CHECKING:
+    from fakerun.launcher.cluster import Membership, NameHosts
+    from fakerun.launcher.control import ControlHub, SavedStep
+    from fakerun.worker.trainer import SimContext
+
+# Every module a simulated job runs, which its launcher imports before it forks the first worker: a worker
+# then imports nothing (each import after the fork would cost every rank its time and private memory; the
+# audit is tests/integration/test_fork_imports.py). The worker's entry point brings the trainer, its printer,
+# every dialect and the simulation; the rest is what the launcher's side of a simulated job adds.
+SIMULATION_MODULES = (
+    "fakerun.worker.main",
+    "fakerun.dialects",
+    "fakerun.jobconfig",
+    "fakerun.coordinator",
+    "fakerun.launcher.control",
+    "fakerun.launcher.cluster",
+    "fakerun.render.c10",
+    "fakerun.sim.failures",
+    "fakerun.sim.run",
+)
 
 # The model simulated when neither --fake-model nor the script's arguments name one.
 DEFAULT_MODEL = "llama3-8b"
@@ -64,6 +85,8 @@ class Current:
 
     def resize(self, cmd: CommandLine, bundle: presets.PresetBundle, me: int, hosts: tuple[str, ...]) -> None:
         """The job has the nodes `hosts`, this agent being group rank `me`: new sizes, same model and seed."""
+        from fakerun.jobconfig import JobConfigError, build_run
+
         plan, ctx = self.plan, self.ctx
         assert ctx is not None
         plan = dataclasses.replace(plan, nodes=(NodePlan(me, hosts[me]),), group_world_size=len(hosts))
@@ -164,6 +187,8 @@ def _config_view(plan: LaunchPlan, log_dir: LogDir) -> glog.LaunchConfigView:
 
 def _fresh_seed(plan: LaunchPlan) -> int:
     """A seed for a run given none: random when this launcher plays every node, else shared by run id."""
+    from fakerun.jobconfig import draw_seed
+
     if len(plan.nodes) >= plan.group_world_size:
         return draw_seed()
     return draw_seed(f"{plan.rdzv.run_id}|{plan.rdzv.endpoint}")
@@ -171,6 +196,8 @@ def _fresh_seed(plan: LaunchPlan) -> int:
 
 def _check(cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle, clock: JobClock) -> int:
     """--fake-check: the job's GPU-memory verdict on stdout, exit 0 if it fits and 1 if not."""
+    from fakerun.jobconfig import check_report
+
     code, line = check_report(_sim_context(cmd, plan, bundle, clock).run.job)
     print(line)
     return code
@@ -180,6 +207,10 @@ def _sim_context(
     cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle, clock: JobClock
 ) -> SimContext:
     """The simulated job every rank shares; a job that cannot be simulated ends the run with one line."""
+    from fakerun import dialects
+    from fakerun.jobconfig import JobConfigError, build_run
+    from fakerun.worker.trainer import SimContext
+
     try:
         run, hints = build_run(
             cmd,
@@ -226,6 +257,8 @@ def _sim_context(
 
 def _logger_version(trainer: str) -> dict[str, str]:
     """The default logger's version (the bar's v_num): one past the highest lightning_logs/version_N."""
+    from fakerun.dialects.lightning import LightningDialect
+
     if trainer != LightningDialect.name:
         return {}
     try:
@@ -312,6 +345,11 @@ def _control(
     """Builds the coordinator's channels (and, on a multi-node job, the links to the other agents; an
     elastic job's root decides its rounds by `rules` and takes in agents that join it while it runs, and
     each agent follows a new membership)."""
+    from fakerun.coordinator import Coordinator
+    from fakerun.launcher.cluster import ClusterLink
+    from fakerun.launcher.control import ControlHub
+    from fakerun.sim.run import resumed
+
     plan, ctx = current.plan, current.ctx
     assert ctx is not None
 
@@ -395,8 +433,22 @@ def _host_namer(cluster: presets.ClusterSpec, renamed: bool) -> NameHosts:
     return name
 
 
-def _child_factory(cmd: CommandLine, current: Current, python: str, saved: SavedStep) -> ChildFactory:
-    """What each forked worker runs: the real program (--fake-exec) or the simulated trainer."""
+def preload_simulation() -> None:
+    """Imports SIMULATION_MODULES: a simulated job's launcher calls it before it forks any worker."""
+    for name in SIMULATION_MODULES:
+        importlib.import_module(name)
+
+
+def _bar_stream(trainer: str) -> int:
+    """The launcher's stream (STDOUT or STDERR) that the dialect `trainer` draws its progress bars on."""
+    from fakerun import dialects
+
+    return STDOUT if dialects.bar_stream(trainer) == "stdout" else STDERR
+
+
+def _child_factory(cmd: CommandLine, current: Current, python: str, saved: SavedStep | None) -> ChildFactory:
+    """What each forked worker runs: the real program (--fake-exec) or the simulated trainer (which resumes
+    from the `saved` step)."""
     base_env = dict(os.environ)
     fake = cmd.fake
     spawned: dict[int, float] = {}  # by restart count: when the first worker of that attempt was made
@@ -409,9 +461,10 @@ def _child_factory(cmd: CommandLine, current: Current, python: str, saved: Saved
             return _run_path_child(argv[2:], env)
         if fake.exec:
             return exec_child(argv, env)
+        from fakerun.sim.run import resumed
         from fakerun.worker.main import worker_main
 
-        assert ctx is not None
+        assert ctx is not None and saved is not None
         # A restarted attempt resumes from the newest checkpoint, as a real job's --resume would.
         rank_ctx = dataclasses.replace(
             ctx,
@@ -477,15 +530,17 @@ def _install_shims(directory: str, prog: str) -> int:
 
 def _print_presets() -> None:
     """`--fake-list-presets`: the shipped presets by kind, with their key figures."""
+    from fakerun import listing
+
     print("\n".join(listing.preset_lines()))
 
 
 def _print_failures() -> None:
     """`--fake-list-failures`: --fake-fail's scenarios, one line each."""
-    width = max(len(name) for name in (*failures.DESCRIPTIONS, failures.RANDOM_FAILURE))
+    width = max(len(name) for name in (*names.DESCRIPTIONS, names.RANDOM_FAILURE))
     for name, text in (
-        *failures.DESCRIPTIONS.items(),
-        (failures.RANDOM_FAILURE, failures.RANDOM_DESCRIPTION),
+        *names.DESCRIPTIONS.items(),
+        (names.RANDOM_FAILURE, names.RANDOM_DESCRIPTION),
     ):
         print(f"{name:<{width}}  {text}")
     print("as --fake-fail SCENARIO[@STEP][:RANK], repeatable (default: a seeded step and rank)")
@@ -526,6 +581,8 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         return 1
     bundle = _load_presets(cmd)
     if cmd.fake.version:
+        from fakerun import listing
+
         print("\n".join(listing.version_lines(stack_for(bundle.cluster), bundle.cluster.name)))
         return 0
     if cmd.fake.list_presets:
@@ -567,13 +624,16 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         return 1
     # The job's one clock: every timestamp of a simulated job runs at --fake-speed (real scripts: real time).
     clock = JobClock(started_wall, started_mono, 1.0 if cmd.fake.exec else cmd.fake.speed)
-    ctx = None if cmd.fake.exec else _sim_context(cmd, plan, bundle, clock)
+    ctx = None
+    if not cmd.fake.exec:
+        preload_simulation()
+        ctx = _sim_context(cmd, plan, bundle, clock)
     console = Console(
         sys.stdout.buffer,
         sys.stderr.buffer,
         pin_bars=ctx is not None and ctx.bar_width is not None,
         bar_width=ctx.bar_width if ctx is not None else None,
-        bar_stream=STDOUT if ctx is not None and dialects.bar_stream(ctx.trainer) == "stdout" else STDERR,
+        bar_stream=STDERR if ctx is None else _bar_stream(ctx.trainer),
     )
     metrics = _open_metrics(cmd, console) if ctx is not None else None
     # Under `python -m torch.distributed.run` (or fakerun) run.py's logger is `__main__`, which prints bare
@@ -662,7 +722,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
             )
             return current.voice
 
-        seed = cmd.fake.seed if ctx is None else ctx.run.job.seed
+        seed = None if ctx is None else ctx.run.job.seed
         # This launcher plays every node of a single-launcher job, so their agents' wait is simulated; an
         # agent that met the others over TCP has waited for real and only the store's round remains.
         rdzv_nodes = 1 if plan.multi_node else plan.group_world_size
@@ -670,13 +730,21 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         last_call_s = rules.last_call_timeout_s if rules is not None and not plan.multi_node else 0.0
 
         def rendezvous_s(restart_count: int) -> float:
+            if seed is None:
+                # --fake-exec, a light torchrun for tests: the real scripts start at once, after only the
+                # last call of an elastic job (which decides who is in the round).
+                return last_call_s
+            from fakerun.sim.run import rendezvous_seconds  # preloaded
+
             return rendezvous_seconds(seed, rdzv_nodes, restart_count) / clock.speed + last_call_s
 
-        # An agent that joined a running job resumes from the step its assignment named.
-        saved = SavedStep(links.assignment.resume if links is not None else 0)
         publish = rank_logs is not None
-        control = None
+        saved = control = None
         if ctx is not None:
+            from fakerun.launcher.control import SavedStep
+
+            # An agent that joined a running job resumes from the step its assignment named.
+            saved = SavedStep(links.assignment.resume if links is not None else 0)
             control = _control(
                 current,
                 metrics,

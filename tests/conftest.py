@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,49 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "integration" / "scripts"
+
+
+# The simulation: packages and modules a --fake-exec launcher never loads ("x." covers x's modules only)...
+_SIMULATION = (
+    "structlog",
+    "tqdm",
+    "fakerun.dialects",
+    "fakerun.worker",
+    "fakerun.frameworks",
+    "fakerun.hints",
+    "fakerun.jobconfig",
+    "fakerun.coordinator",
+    "fakerun.dsconfig",
+    "fakerun.launcher.control",
+    "fakerun.launcher.cluster",
+    "fakerun.sim.",
+    "fakerun.render.",
+)
+# ... but for these pure modules of its packages: the job clock, the simulated hosts' names and pids, the
+# software stack --fake-version names, and the progress-bar geometry of the launcher's console.
+_LAUNCHER_SIDE = frozenset(
+    {
+        "fakerun.sim.clock",
+        "fakerun.sim.identity",
+        "fakerun.sim.rand",
+        "fakerun.sim.stack",
+        "fakerun.render.bar",
+    }
+)
+
+
+def _within(name: str, entry: str) -> bool:
+    """Whether module `name` is the _SIMULATION entry `entry` or one of its modules."""
+    return name.startswith(entry) if entry.endswith(".") else name == entry or name.startswith(entry + ".")
+
+
+def simulation_modules(modules: Iterable[str]) -> list[str]:
+    """The modules among `modules` that belong to the simulation, which a --fake-exec launcher never loads."""
+    return sorted(
+        name
+        for name in modules
+        if name not in _LAUNCHER_SIDE and any(_within(name, entry) for entry in _SIMULATION)
+    )
 
 
 def reference_dir() -> Path:

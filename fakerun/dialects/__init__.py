@@ -25,12 +25,14 @@ How to add a dialect (say `nanogpt`):
    framework prints a figure no event carries, add the field to the event in events.py and compute it in
    the phase loop from sim/, never in the dialect. Timestamp helpers are in base.py (log_time,
    seconds_time, iso_time, c10_prefix).
-2. Add one row to DIALECTS below. Earlier rows win when two script patterns match the script's path.
+2. Add one row to DIALECTS below (earlier rows win when two script patterns match the script's path), and
+   its name to fakerun/names.py's TRAINERS, which the command line checks without loading the dialects.
 3. Test it as tests/unit/test_dialects.py does: feed events, parse the lines back with patterns taken from
    the real logs in reference/reallogs/.
 
-The launcher imports this package (and so every dialect module) before it forks the workers: a worker
-imports nothing after the fork (tests/integration/test_fork_imports.py).
+A simulated job's launcher imports this package (and so every dialect module) before it forks the workers
+(main.preload_simulation): a worker imports nothing after the fork (tests/integration/test_fork_imports.py).
+A --fake-exec launcher never imports it.
 """
 
 from __future__ import annotations

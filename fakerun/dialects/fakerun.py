@@ -61,6 +61,7 @@ from fakerun.dialects.events import (
 )
 from fakerun.dialects.files import Artifact, SaveRequest
 from fakerun.frameworks import hf_files
+from fakerun.names import LOG_LEVELS
 from fakerun.render import bar
 from fakerun.render.summary import summary_table
 from fakerun.sim import checkpoint
@@ -69,7 +70,7 @@ from fakerun.sim.run import RunPlan
 _MIB = 1024.0**2
 
 # --fake-log-level's choices: the levels fakerun's own events are logged at.
-LEVELS: dict[str, int] = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+LEVELS: dict[str, int] = {name: getattr(logging, name.upper()) for name in LOG_LEVELS}
 
 # Events only rank 0 prints (a real script guards its logging with `if rank == 0`).
 _RANK0: frozenset[type[Event]] = frozenset(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fakerun.launcher import report
 from fakerun.launcher.elastic import LAST_CALL_TIMEOUT_S, RoundRules
@@ -35,8 +36,9 @@ from fakerun.launcher.rendezvous import (
 )
 from fakerun.launcher.wire import WireError, job_secret
 from fakerun.presets import host_name
-from fakerun.render import c10
-from fakerun.sim.job import JobSpec
+
+if TYPE_CHECKING:
+    from fakerun.sim.job import JobSpec
 
 C10D_DEFAULT_PORT = 29400  # torch's default when --rdzv-endpoint names no port
 STATIC_TIMEOUT_S = 900.0  # torch's static rendezvous (TCPStore) timeout
@@ -226,6 +228,8 @@ def meet(
     rules = round_rules(plan, 1.0) or RoundRules(plan.max_nodes, plan.max_nodes, join_timeout_s=timeout)
 
     def on_gai_error(host: str, port: int, code: int, reason: str) -> None:
+        from fakerun.render import c10  # c10's prefixes are the dialects': loaded only on this error path
+
         warn(c10.gai_warning(host, port, code, reason, time.time()).rstrip("\n"))
 
     warning = _secret_warning(os.environ, dial[0], dial[1], rdzv.run_id)
@@ -313,6 +317,8 @@ def meet(
 def _unreachable_text(exc: StoreUnreachable, static: bool, argv0: str, site_packages: str) -> str:
     """What torchrun prints when its TCPStore client timed out on a host name that never resolved: the
     client's error lines, then the launcher's traceback (c10d: the store's error, re-raised)."""
+    from fakerun.render import c10  # c10's prefixes are the dialects': loaded only on this error path
+
     process = c10.Process(os.getpid(), 0, 0, site_packages)
     logged, message = c10.store_connect_timeout(
         exc.host, exc.port, int(exc.timeout_s * 1000), process, time.time()

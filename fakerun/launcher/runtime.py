@@ -11,10 +11,10 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fakerun.launcher.agent import Agent, AgentOutput
 from fakerun.launcher.console import STDERR, STDOUT, Console, Route, route_spec
-from fakerun.launcher.control import ControlHub
 from fakerun.launcher.envs import WorkerSlot, worker_slots
 from fakerun.launcher.logdir import LogDir, attempt_dir, error_file, make_attempt_dirs
 from fakerun.launcher.plan import LaunchPlan
@@ -27,6 +27,9 @@ from fakerun.launcher.procs import (
     copy_window_size,
     exit_code_of,
 )
+
+if TYPE_CHECKING:
+    from fakerun.launcher.control import ControlHub  # the simulated job's: a --fake-exec run never loads it
 
 _READ_CHUNK = 65536
 # Workers forked in one tight loop (ForkProcessTable.spawn_all): a signal that ends the launcher stops the

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fakerun.names import FAILURE_KINDS, RANDOM_FAILURE
 from fakerun.sim import rand
 from fakerun.sim.collectives import comm_plan, grad_buckets
 from fakerun.sim.job import NetStall, SlowNode
@@ -15,31 +16,8 @@ from fakerun.sim.job import NetStall, SlowNode
 if TYPE_CHECKING:
     from fakerun.sim.job import JobSpec
 
-# What each scenario does, as --fake-list-failures shows it.
-DESCRIPTIONS = {
-    "crash": "an uncaught Python exception in the training script (a DataLoader worker died): exit 1",
-    "oom": "torch.OutOfMemoryError in the backward pass, with the memory model's figures: exit 1",
-    "xid": "a GPU fault (Xid): CUDA error: an illegal memory access was encountered; the watchdog aborts: -6",
-    "illegal-memory-access": "a kernel's bad address (no Xid): the same CUDA error and abort as xid: -6",
-    "ecc": "an uncorrectable ECC error in HBM: CUDA error, the watchdog aborts the process: -6",
-    "segfault": "the process dies of SIGSEGV in native code: -11",
-    "sigkill": "the host's OOM killer ends the process: -9",
-    "nccl-timeout": "a collective never completes: every rank's NCCL watchdog times out and aborts: -6",
-    "hang": "one rank stops responding; the others' watchdogs time out and abort (-6), it gets SIGTERM",
-    "node-loss": "a node vanishes: its ranks die (-9), the other nodes' ranks see the remote peer close: -6",
-    "loss-spike": "the loss jumps and the gradient norm with it, then recovers over tens of steps",
-    "nan": "1-3 steps of NaN loss: fp16 skips them and lowers its loss scale; Megatron-core bf16 exits 16",
-    "slow-node": "a node's GPUs throttle (heat) or its NVLink degrades: every step waits for it, x1.3-2.5",
-    "nic-flap": "a node's NIC goes down: back within IB's retries, a stalled step; else IB errors, abort: -6",
-}
-FAILURE_KINDS = tuple(DESCRIPTIONS)
 # Scenarios that are the loss curve's, not a process's: training goes on.
 CURVE_KINDS = frozenset({"loss-spike", "nan", "slow-node"})
-# --fake-fail's name for failures drawn at the rates of large runs (RANDOM_RATES).
-RANDOM_FAILURE = "random"
-RANDOM_DESCRIPTION = (
-    "failures drawn at the rates of a large run (Llama 3: 419 in 54 days on 16,384 GPUs), scaled to this job"
-)
 # Llama 3's pre-training (Dubey et al. 2024, table 5): 419 unexpected interruptions in 54 days on 16,384
 # H100s, i.e. per GPU-hour; and the share of each cause, mapped onto the scenarios that look like it.
 INTERRUPTIONS_PER_GPU_HOUR = 419 / (54 * 24 * 16_384)
@@ -56,7 +34,6 @@ RANDOM_MIX = {
 RANDOM_KINDS = tuple(RANDOM_MIX)
 # torch.distributed's default NCCL watchdog timeout (excerpts 05, 07: Timeout(ms)=600000).
 WATCHDOG_TIMEOUT_MS = 600_000
-MAX_FAILURES = 64  # --fake-fail scenarios in one job
 # An IB queue pair resends an unacknowledged packet after its local ACK timeout, 4.096 us x 2^NCCL_IB_TIMEOUT,
 # NCCL_IB_RETRY_CNT times, then fails the work request with IBV_WC_RETRY_EXC_ERR (NCCL 2.29.7's defaults,
 # transport/net_ib/connect.cc: 20 and 7). A link back within the window loses nothing but time.

@@ -79,13 +79,13 @@ from fakerun.sim import (
     rand,
 )
 from fakerun.sim import megatron as megatron_figures
+from fakerun.sim.clock import JobClock
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.failures import Failure
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import (
     ENDING_HF,
     RERUN_EXIT_CODE,
-    JobClock,
     Pause,
     RunPlan,
     looped,

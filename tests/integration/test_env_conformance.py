@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCRIPTS, Result, Runner
+from tests.conftest import SCRIPTS, Result, Runner, simulation_modules
 
 VOLATILE = {"MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE"}
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -236,7 +236,8 @@ class TestProcesses:
 
 
 def test_run_path_runs_in_launcher_process_group(runner: Runner) -> None:
-    """`--run-path` runs the script in a forked interpreter in the launcher's process group."""
+    """`--run-path` runs the script in a forked interpreter in the launcher's process group, which has loaded
+    no module of the simulation (a --fake-exec launcher needs none)."""
     script = str(SCRIPTS / "probe.py")
     res = runner.run(["--nproc-per-node", "2", "--run-path", "--fake-exec", script, "--foo", "1"])
     assert res.code == 0, res.stderr
@@ -247,3 +248,4 @@ def test_run_path_runs_in_launcher_process_group(runner: Runner) -> None:
         assert info["name"] == "__main__"
         assert info["pgid"] != info["pid"]
         assert info["sid"] != info["pid"]
+        assert simulation_modules(info["modules"]) == []

@@ -11,8 +11,8 @@ import pytest
 from fakerun import dialects
 from fakerun.cli import build_parser, parse_command_line, prog_name
 from fakerun.launcher.plan import LaunchError, check_launch, make_plan
+from fakerun.names import FAILURE_KINDS
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
-from fakerun.sim.failures import FAILURE_KINDS
 
 HELP_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "torchrun" / "01_help"
 FAKE_GROUP = "\nfakerun options:"

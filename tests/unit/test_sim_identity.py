@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.sim import identity
+from fakerun.sim.clock import JobClock
 from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.run import CUDA_S, IMPORT_S, JobClock, rendezvous_seconds, startup_times
+from fakerun.sim.run import CUDA_S, IMPORT_S, rendezvous_seconds, startup_times
 
 SEEDS = st.integers(0, 2**32)
 NPROC = st.sampled_from([1, 2, 4, 8])

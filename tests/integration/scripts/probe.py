@@ -19,6 +19,8 @@ info = {
     "stdout_isatty": sys.stdout.isatty(),
     "stderr_isatty": sys.stderr.isatty(),
     "env": dict(os.environ),
+    # Under --run-path, the launcher's modules at the fork too.
+    "modules": sorted(sys.modules),
 }
 with open(os.path.join(out, f"proc_rank{rank}_attempt{restart}.json"), "w") as f:
     json.dump(info, f, indent=1, sort_keys=True)
