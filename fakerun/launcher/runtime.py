@@ -108,9 +108,6 @@ class LocalWorkerGroup:
             )
             for slot in batch
         ]
-        if os.environ.get("WARM") and first == 0:
-            from fakerun._probe import warm
-            warm(requests[0].child_main)
         # Objects allocated so far (every preloaded module) leave the collector's care: a child's collections
         # would otherwise touch their headers and copy every page of them (Instagram's gc.freeze() recipe).
         gc.freeze()
