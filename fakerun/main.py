@@ -437,6 +437,11 @@ def preload_simulation() -> None:
     """Imports SIMULATION_MODULES: a simulated job's launcher calls it before it forks any worker."""
     for name in SIMULATION_MODULES:
         importlib.import_module(name)
+    # setproctitle relocates the process's environment on its first use: done once here, the workers share
+    # the result instead of each copying it (they retitle themselves as torch's workers are named).
+    import setproctitle
+
+    setproctitle.getproctitle()
 
 
 def _bar_stream(trainer: str) -> int:

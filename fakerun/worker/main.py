@@ -42,6 +42,16 @@ _NOT_DESTROYED = (
 )
 
 
+def adopt_environment(env: dict[str, str]) -> None:
+    """Makes os.environ hold `env`, changing only what differs from the launcher's: each variable set is a
+    putenv whose allocations copy pages of the heap this forked worker shares with the launcher."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 def die_like_nccl(text: str) -> None:
     """How a rank dies when the job failed elsewhere: NCCL's watchdog text on stderr, then SIGABRT."""
     with contextlib.suppress(OSError):
@@ -90,8 +100,7 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     """Entry point of a forked worker in simulation mode."""
     # setproctitle relocates the environ block on first use; it must run before environ is rewritten.
     set_title(argv)
-    os.environ.clear()
-    os.environ.update(env)
+    adopt_environment(env)
     sys.argv = argv[2:] if len(argv) > 2 and argv[1] == "-u" else list(argv)
     module = sys.argv[:1] == ["-m"] and len(sys.argv) > 1
     if module:

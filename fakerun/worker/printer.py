@@ -66,7 +66,9 @@ class Printer:
         return cls(layers, clock, files=files, tensorboard=board)
 
     def wants(self, kind: type[Event]) -> bool:
-        """Whether anything is printed on this rank for events of `kind`."""
+        """Whether anything is printed (or written to TensorBoard) on this rank for events of `kind`."""
+        if self.tensorboard is not None and self.tensorboard.wants(kind):
+            return True
         return any(layer.wants(kind) for layer in self.layers)
 
     def emit(self, event: Event) -> None:

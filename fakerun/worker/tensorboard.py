@@ -359,6 +359,12 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
+# The events a writer reads (its isinstance checks and case patterns): a rank that writes must build them.
+RECORDED: frozenset[type[Event]] = frozenset(
+    {JobStarted, ModelBuilt, TrainingStarted, StepDone, EvalDone, TrainingStopped, TrainingFinished}
+)
+
+
 class TensorBoard:
     """Writes one rank's scalars into event files through tensorboardX, job by job (--fake-loop)."""
 
@@ -367,12 +373,18 @@ class TensorBoard:
         self.tags: Tags | None = None
         self.writer: tuple[Any, Any] | None = None  # tensorboardX's FileWriter and Summary
         self.missing = False  # tensorboardX is absent: warned once, nothing more is tried
+        self._decided = False  # a JobStarted has said whether this rank writes
+
+    def wants(self, kind: type[Event]) -> bool:
+        """Whether events of `kind` may bring scalars on this rank: until its JobStarted chose no writer."""
+        return kind in RECORDED and not self.missing and (self.tags is not None or not self._decided)
 
     def record(self, event: Event, at: float) -> None:
         """Writes the scalars `event` brings (opening the job's event file once its folder is known)."""
         if isinstance(event, JobStarted):
             self.close()
             self.tags = tags_for(self.trainer, event, self.rank, self.host, at, self.fixed, self.files)
+            self._decided = True
         if self.tags is None or self.missing:
             return
         scalars = self.tags.scalars(event, at)

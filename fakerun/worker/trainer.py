@@ -10,6 +10,7 @@ import statistics
 import sys
 import sysconfig
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -493,7 +494,10 @@ class RankTrainer:
         self.patience = Patience(run.patience) if run.patience else None
         self._evaluated = None
         self._early_eval_done = False
-        step_times: list[float] = []
+        # The latest steps' times (a log interval's, the bar's window), and the sum and count of every step
+        # after the first two (the frameworks' timed steps): a run of any length holds a bounded window.
+        step_times: deque[float] = deque(maxlen=max(run.log_interval, _BAR_WINDOW))
+        timed_s, timed_steps, steps_done = 0.0, 0, 0
         sim_elapsed = 0.0
         prev: StepNumbers | None = None
         step = run.first_step
@@ -507,6 +511,7 @@ class RankTrainer:
         ds = run.deepspeed
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
         ds_timers, ds_memory = self._ds_breakdown()
+        wants_steps = self.out.wants(StepDone)
         while True:
             # fp16: overflowed iterations are skipped; the lr and the model advance only on the others. A
             # DeepSpeed config's fp16 is its engine's scaler, unless the job's own arguments say fp16
@@ -539,6 +544,10 @@ class RankTrainer:
             stop = bool(reply["stop"])
             self._exits = bool(reply.get("exit"))
             step_times.append(numbers.step_time_s + overhead)
+            steps_done += 1
+            if steps_done > 2:
+                timed_s += numbers.step_time_s + overhead
+                timed_steps += 1
             sim_elapsed += numbers.step_time_s + overhead
             loss_sum += numbers.loss
             self._tally.add(numbers.loss)
@@ -562,81 +571,85 @@ class RankTrainer:
             if isinstance(grid, list) and self.out.wants(GpuGrid):
                 emit(self._grid(step, grid, numbers))
             logged = step % run.log_interval == 0 or step == run.first_step
-            interval = step_times[-run.log_interval :]
-            interval_s = sum(interval) / len(interval)
-            # Megatron's counters cover the iterations since its previous log line (or the run's start).
-            since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
-            scaled = lossscale.loss_scale(job, job.seed, step)
-            skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
-            nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
-            # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
-            # (warm-up included on iteration 1), scaled by its own token rate against the job's.
-            ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
-            index = step - run.first_step
-            # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a multiple of its
-            # log_interval, once local_iter_num = index reaches 5.
-            if (step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
-                mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
-                running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
-            loss_z = estimates.zscore(losses, numbers.loss)
-            norm_z = estimates.zscore(norms, numbers.grad_norm)
-            losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
-            norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
-            tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
-            titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
-            emit(
-                StepDone(
-                    run=run,
-                    numbers=numbers,
-                    elapsed_s=sim_elapsed,
-                    recent_s=tuple(step_times[-_BAR_WINDOW:]),
-                    interval_s=interval_s,
-                    epoch=step / run.steps_per_epoch,
-                    rank_tflops=titan_tflops * ratio,
-                    rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
-                    logged=logged,
-                    loss_scale=scaled.scale,
-                    step_skipped=scaled.skipped_now,
-                    skipped_iters=skipped_iters,
-                    nan_steps=nan_steps,
-                    advanced_iters=step - since - skipped_iters,
-                    megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
-                    samples_per_s=job.global_batch / interval_s,
-                    timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
-                    nanogpt_mfu=running_mfu,
-                    llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
-                    loss_z=loss_z,
-                    norm_z=norm_z,
-                    llmc_tokens_per_s=llmc_tps,
-                    # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
-                    gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
-                    ds_scale=ds_scaled,
-                    timed_s=sum(step_times[2:]),
-                    timed_steps=max(0, len(step_times) - 2),
-                    ds_timers=(
-                        ds_breakdown.engine_times(
-                            job,
-                            numbers,
-                            overhead_s=overhead,
-                            bucket_elements=ds.reduce_bucket_size,
-                            overflow=ds_scaled is not None and ds_scaled.overflow,
-                        )
-                        if ds is not None and ds_timers
-                        else None
-                    ),
-                    ds_memory=tuple(
-                        ds_breakdown.micro_memory(
-                            job,
-                            self.rank,
-                            step,
-                            i,
-                            first=index == 0 and i == 0,
-                            overflow=ds_scaled is not None and ds_scaled.overflow,
-                        )
-                        for i in range(job.grad_accum if ds_memory else 0)
-                    ),
+            # The step's event and the figures only it carries (the frameworks' running estimates among them),
+            # on the ranks where it is printed or written: elsewhere (most ranks of a large job in most
+            # styles) a step is its collective and its pace alone.
+            if wants_steps:
+                interval = list(step_times)[-run.log_interval :]
+                interval_s = sum(interval) / len(interval)
+                # Megatron's counters cover the iterations since its previous log line (or the run's start).
+                since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
+                scaled = lossscale.loss_scale(job, job.seed, step)
+                skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
+                nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
+                # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall
+                # time (warm-up included on iteration 1), scaled by its own token rate against the job's.
+                ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
+                index = step - run.first_step
+                # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a multiple of
+                # its log_interval, once local_iter_num = index reaches 5.
+                if (step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
+                    mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
+                    running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
+                loss_z = estimates.zscore(losses, numbers.loss)
+                norm_z = estimates.zscore(norms, numbers.grad_norm)
+                losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
+                norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
+                tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
+                titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
+                emit(
+                    StepDone(
+                        run=run,
+                        numbers=numbers,
+                        elapsed_s=sim_elapsed,
+                        recent_s=tuple(step_times)[-_BAR_WINDOW:],
+                        interval_s=interval_s,
+                        epoch=step / run.steps_per_epoch,
+                        rank_tflops=titan_tflops * ratio,
+                        rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
+                        logged=logged,
+                        loss_scale=scaled.scale,
+                        step_skipped=scaled.skipped_now,
+                        skipped_iters=skipped_iters,
+                        nan_steps=nan_steps,
+                        advanced_iters=step - since - skipped_iters,
+                        megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
+                        samples_per_s=job.global_batch / interval_s,
+                        timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
+                        nanogpt_mfu=running_mfu,
+                        llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
+                        loss_z=loss_z,
+                        norm_z=norm_z,
+                        llmc_tokens_per_s=llmc_tps,
+                        # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
+                        gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
+                        ds_scale=ds_scaled,
+                        timed_s=timed_s,
+                        timed_steps=timed_steps,
+                        ds_timers=(
+                            ds_breakdown.engine_times(
+                                job,
+                                numbers,
+                                overhead_s=overhead,
+                                bucket_elements=ds.reduce_bucket_size,
+                                overflow=ds_scaled is not None and ds_scaled.overflow,
+                            )
+                            if ds is not None and ds_timers
+                            else None
+                        ),
+                        ds_memory=tuple(
+                            ds_breakdown.micro_memory(
+                                job,
+                                self.rank,
+                                step,
+                                i,
+                                first=index == 0 and i == 0,
+                                overflow=ds_scaled is not None and ds_scaled.overflow,
+                            )
+                            for i in range(job.grad_accum if ds_memory else 0)
+                        ),
+                    )
                 )
-            )
             if logged and self.out.wants(GradientSync):
                 self._sync(step, reply)
             released = float(reply["rel"])

@@ -367,3 +367,23 @@ def test_missing_extra_warns_once(
     # One line in the launcher's glog notice format, not a `fakerun:` prefix no real job prints.
     assert err.count("\n") == 1 and err.startswith("W") and err.rstrip("\n").endswith("] " + MISSING)
     assert "pip install" in MISSING and not list(tmp_path.iterdir())
+
+
+def test_recorded_names_every_event_a_writer_reads() -> None:
+    """A rank that writes TensorBoard files builds the events its writer reads (Printer.wants): RECORDED
+    must hold every event class the module tests for."""
+    import ast
+    import inspect
+
+    from fakerun.dialects import events
+    from fakerun.worker import tensorboard
+
+    tree = ast.parse(inspect.getsource(tensorboard))
+    read: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+            read |= {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+        if isinstance(node, ast.MatchClass) and isinstance(node.cls, ast.Name):
+            read.add(node.cls.id)
+    read &= {name for name, _ in inspect.getmembers(events, inspect.isclass)}
+    assert read and read <= {kind.__name__ for kind in tensorboard.RECORDED}
