@@ -107,5 +107,5 @@ class GridLines:
         return [Line(text) for text in lines]
 
     def wants(self, kind: type[Event]) -> bool:
-        """The grid's events, when it is shown."""
-        return kind is GpuGrid and self.seat.grid
+        """The grid's events, when it is shown: on global rank 0, the one the coordinator sends its rows."""
+        return kind is GpuGrid and self.seat.grid and self.seat.rank == 0

@@ -73,18 +73,49 @@ def _aux_loss(job: JobSpec, step: int) -> float | None:
     return 1.015 + 0.25 * math.exp(-step / 150.0) + 0.002 * rand.normal(job.seed, "aux", step)
 
 
-def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
-    """All numbers of `step` for `rank`; pure and cheap (O(1) hash draws keyed by seed, rank and step)."""
+@dataclass(frozen=True)
+class _Timing:
+    """A step's rank-independent timing: reported and base MFU, step time, communication, the gating rank."""
+
+    mfu: float
+    base_mfu: float
+    straggler: compute.Straggler | None
+    t_step: float
+    comm: float
+    exposed: float
+    gate: int
+
+    def compute_of(self, job: JobSpec, rank: int, step: int) -> float:
+        """`rank`'s compute at `step`, slowed on a slow node."""
+        usual = _usual_compute(
+            job, rank, step, gate=self.gate, t_step=self.t_step, base_mfu=self.base_mfu, exposed=self.exposed
+        )
+        return usual * compute.slow_factor(job, rank, step)
+
+
+def _timing(job: JobSpec, step: int) -> _Timing:
     mfu, base, strag = compute.reported_mfu(job, step)
     t_step = compute.step_time_for_mfu(job, mfu)
     comm = comm_seconds(job, step)
     exposed = comm * compute.exposed_fraction(job)
-    gate = compute.gating_rank(job, step, strag)
+    return _Timing(mfu, base, strag, t_step, comm, exposed, compute.gating_rank(job, step, strag))
+
+
+def compute_seconds(job: JobSpec, rank: int, step: int) -> float:
+    """`rank`'s compute time at `step` (step_numbers' compute_s) without the step's other figures: what a rank
+    that prints nothing of its steps reports to the coordinator."""
+    return _timing(job, step).compute_of(job, rank, step)
+
+
+def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
+    """All numbers of `step` for `rank`; pure and cheap (O(1) hash draws keyed by seed, rank and step)."""
+    timing = _timing(job, step)
+    mfu, t_step, comm, exposed, gate = timing.mfu, timing.t_step, timing.comm, timing.exposed, timing.gate
+    strag = timing.straggler
     straggler_rank = strag.rank if strag is not None else None
 
     def slowed_compute(r: int) -> float:
-        usual = _usual_compute(job, r, step, gate=gate, t_step=t_step, base_mfu=base, exposed=exposed)
-        return usual * compute.slow_factor(job, r, step)
+        return timing.compute_of(job, r, step)
 
     t_compute = slowed_compute(rank)
     slowed = {

@@ -32,6 +32,7 @@ from fakerun.dialects.events import (
     EvalDone,
     EvalProgress,
     EvalStarted,
+    Event,
     GpuGrid,
     GradientSync,
     JobStarted,
@@ -94,7 +95,7 @@ from fakerun.sim.run import (
     usual_eval_seconds,
 )
 from fakerun.sim.stack import stack_for
-from fakerun.sim.step import StepNumbers, retimed, step_numbers
+from fakerun.sim.step import StepNumbers, compute_seconds, retimed, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
 from fakerun.worker import artifacts
@@ -104,6 +105,16 @@ from fakerun.worker.printer import Printer
 
 # Steps over which rank 0's bar smooths its rate (tqdm keeps a moving average; older steps weigh nothing).
 _BAR_WINDOW = 50
+# The events of the step loop drawn from a step's figures (StepNumbers).
+_STEP_FIGURE_EVENTS: tuple[type[Event], ...] = (
+    StepDone,
+    NanLoss,
+    LossSpike,
+    Straggler,
+    GpuGrid,
+    TrainingStopped,
+    EpochDone,
+)
 EVAL_BAR_REFRESH_S = 0.1  # tqdm's mininterval
 SANITY_VAL_STEPS = 2  # Lightning's Trainer(num_sanity_val_steps=2): validation batches run before fit
 # A pause worth a warning: this many times its usual length (a stall), and an evaluation also longer than
@@ -197,6 +208,27 @@ class _EpochTally:
             self.losses += 1
 
 
+# A rank's step reports carry a GPU sample at most this often (real seconds), besides the first step's and the
+# first after each phase change: what shows the GPUs (the grid, fakerun-smi, the metrics endpoint) reads them
+# about as often (DCGM's default update is 1 Hz), and at a fast pace computing one every step would cost a
+# rank most of its time.
+TELEMETRY_EVERY_S = 1.0
+
+
+@dataclass
+class _Sampler:
+    """Whether a step report carries a GPU sample now."""
+
+    last: float | None = None  # when the latest was sent (monotonic); None: the next one is due
+
+    def due(self, now: float) -> bool:
+        """Whether a sample is due at `now`; if so, it counts as sent."""
+        if self.last is not None and now - self.last < TELEMETRY_EVERY_S:
+            return False
+        self.last = now
+        return True
+
+
 class RankTrainer:
     """Runs one rank: every figure comes from sim/, every wait from the coordinator or the pace, every line
     from the printer."""
@@ -216,6 +248,7 @@ class RankTrainer:
         self._exits = False  # the run ends by a Megatron exit (--exit-interval, --exit-duration-in-mins)
         self._tally = _EpochTally(0.0)
         self._files_failed = False
+        self._sampler = _Sampler()
         # The step loop's end figures (an HF export's train metrics), and whether the run's end pauses are
         # running: HF's save there is the script's save_model(), written with the export, not checkpoint-N/.
         self._stopped: TrainingStopped | None = None
@@ -280,6 +313,7 @@ class RankTrainer:
 
     def _phase(self, step: int, phase: Phase) -> None:
         self.link.send({"k": "phase", "tel": self._telemetry(step, phase)})
+        self._sampler.last = None  # the next step's report shows the GPU back at work
 
     @property
     def node(self) -> int:
@@ -512,48 +546,46 @@ class RankTrainer:
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
         ds_timers, ds_memory = self._ds_breakdown()
         wants_steps = self.out.wants(StepDone)
+        # A rank that prints (or writes) nothing drawn from its steps' figures computes only its compute
+        # time for the coordinator; DeepSpeed's engine scaler changes that time, so it needs the figures.
+        lean = ds is None and not any(self.out.wants(kind) for kind in _STEP_FIGURE_EVENTS)
         while True:
             # fp16: overflowed iterations are skipped; the lr and the model advance only on the others. A
             # DeepSpeed config's fp16 is its engine's scaler, unless the job's own arguments say fp16
             # (Megatron-DeepSpeed, HF --fp16: lossscale's scaler, which their dialects print, models it).
-            numbers = step_numbers(job, self.rank, step)
             ds_scaled = None
-            if ds is not None and ds_state is not None and job.precision != "fp16":
-                numbers, ds_scaled = ds_lossscale.engine_step(job, ds, ds_state, numbers)
-                ds_state = ds_scaled.state if ds_scaled is not None else ds_state
+            numbers: StepNumbers | None = None
+            if lean:
+                compute_s = compute_seconds(job, self.rank, step)
             else:
-                numbers = lossscale.with_skips(job, numbers)
+                numbers = step_numbers(job, self.rank, step)
+                if ds is not None and ds_state is not None and job.precision != "fp16":
+                    numbers, ds_scaled = ds_lossscale.engine_step(job, ds, ds_state, numbers)
+                    ds_state = ds_scaled.state if ds_scaled is not None else ds_state
+                else:
+                    numbers = lossscale.with_skips(job, numbers)
+                compute_s = numbers.compute_s
             overhead = compute.first_step_overhead_s(job) if step == run.first_step else 0.0
             if step == job.oom_at_step:
-                self._run_out_of_memory(numbers.compute_s / max(job.grad_accum, 1) + overhead)
+                self._run_out_of_memory(compute_s / max(job.grad_accum, 1) + overhead)
             failure = run.failure_for(step, self.rank, self._attempt())
             if failure is not None:
-                self._strike(failure, step, numbers.compute_s + overhead)
+                self._strike(failure, step, compute_s + overhead)
             if run.nan_rerun(step) is not None:
-                self._rerun_exit(step, numbers.compute_s + overhead)
+                self._rerun_exit(step, compute_s + overhead)
             # The rank reports its compute time at once and waits for the step's end, which the coordinator
             # sets from the slowest rank's compute and the collectives: one wake-up per step, not two, on 64+
             # processes (sleeping through its own compute first would show nothing more).
             flapped = self._nic_flap(step, "down")
-            reply = self.link.request(
-                {"k": "step", "s": step, "c": numbers.compute_s, "tel": self._telemetry(step, "train")}
-            )
+            report: dict[str, Any] = {"k": "step", "s": step, "c": compute_s}
+            if self._sampler.due(time.monotonic()):
+                report["tel"] = self._telemetry(step, "train")
+            reply = self.link.request(report)
             self._sleep_until(float(reply["rel"]))
             if flapped:
                 self._nic_flap(step, "up")
             stop = bool(reply["stop"])
             self._exits = bool(reply.get("exit"))
-            step_times.append(numbers.step_time_s + overhead)
-            steps_done += 1
-            if steps_done > 2:
-                timed_s += numbers.step_time_s + overhead
-                timed_steps += 1
-            sim_elapsed += numbers.step_time_s + overhead
-            loss_sum += numbers.loss
-            self._tally.add(numbers.loss)
-            if overhead:
-                # Iteration 1 took its warm-up too: its printed time and throughput say so.
-                numbers = retimed(numbers, overhead)
             if step == run.first_step:
                 m = memory.memory_breakdown(job, self.rank, step)
                 emit(
@@ -566,90 +598,104 @@ class RankTrainer:
                         max_reserved=m.reserved,
                     )
                 )
-            self._warnings(numbers, prev)
-            grid = reply.get("grid")
-            if isinstance(grid, list) and self.out.wants(GpuGrid):
-                emit(self._grid(step, grid, numbers))
             logged = step % run.log_interval == 0 or step == run.first_step
-            # The step's event and the figures only it carries (the frameworks' running estimates among them),
-            # on the ranks where it is printed or written: elsewhere (most ranks of a large job in most
-            # styles) a step is its collective and its pace alone.
-            if wants_steps:
-                interval = list(step_times)[-run.log_interval :]
-                interval_s = sum(interval) / len(interval)
-                # Megatron's counters cover the iterations since its previous log line (or the run's start).
-                since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
-                scaled = lossscale.loss_scale(job, job.seed, step)
-                skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
-                nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
-                # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall
-                # time (warm-up included on iteration 1), scaled by its own token rate against the job's.
-                ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
-                index = step - run.first_step
-                # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a multiple of
-                # its log_interval, once local_iter_num = index reaches 5.
-                if (step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
-                    mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
-                    running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
-                loss_z = estimates.zscore(losses, numbers.loss)
-                norm_z = estimates.zscore(norms, numbers.grad_norm)
-                losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
-                norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
-                tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
-                titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
-                emit(
-                    StepDone(
-                        run=run,
-                        numbers=numbers,
-                        elapsed_s=sim_elapsed,
-                        recent_s=tuple(step_times)[-_BAR_WINDOW:],
-                        interval_s=interval_s,
-                        epoch=step / run.steps_per_epoch,
-                        rank_tflops=titan_tflops * ratio,
-                        rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
-                        logged=logged,
-                        loss_scale=scaled.scale,
-                        step_skipped=scaled.skipped_now,
-                        skipped_iters=skipped_iters,
-                        nan_steps=nan_steps,
-                        advanced_iters=step - since - skipped_iters,
-                        megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
-                        samples_per_s=job.global_batch / interval_s,
-                        timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
-                        nanogpt_mfu=running_mfu,
-                        llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
-                        loss_z=loss_z,
-                        norm_z=norm_z,
-                        llmc_tokens_per_s=llmc_tps,
-                        # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
-                        gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
-                        ds_scale=ds_scaled,
-                        timed_s=timed_s,
-                        timed_steps=timed_steps,
-                        ds_timers=(
-                            ds_breakdown.engine_times(
-                                job,
-                                numbers,
-                                overhead_s=overhead,
-                                bucket_elements=ds.reduce_bucket_size,
-                                overflow=ds_scaled is not None and ds_scaled.overflow,
-                            )
-                            if ds is not None and ds_timers
-                            else None
-                        ),
-                        ds_memory=tuple(
-                            ds_breakdown.micro_memory(
-                                job,
-                                self.rank,
-                                step,
-                                i,
-                                first=index == 0 and i == 0,
-                                overflow=ds_scaled is not None and ds_scaled.overflow,
-                            )
-                            for i in range(job.grad_accum if ds_memory else 0)
-                        ),
+            # The figures of the step, on ranks that print or write some of them (lean: this rank prints
+            # none, and its step is its report and its pace alone).
+            if numbers is not None:
+                step_times.append(numbers.step_time_s + overhead)
+                steps_done += 1
+                if steps_done > 2:
+                    timed_s += numbers.step_time_s + overhead
+                    timed_steps += 1
+                sim_elapsed += numbers.step_time_s + overhead
+                loss_sum += numbers.loss
+                self._tally.add(numbers.loss)
+                if overhead:
+                    # Iteration 1 took its warm-up too: its printed time and throughput say so.
+                    numbers = retimed(numbers, overhead)
+                self._warnings(numbers, prev)
+                grid = reply.get("grid")
+                if isinstance(grid, list) and self.out.wants(GpuGrid):
+                    emit(self._grid(step, grid, numbers))
+                # The step's event and the figures only it carries (the frameworks' running estimates), where
+                # it is printed or written.
+                if wants_steps:
+                    interval = list(step_times)[-run.log_interval :]
+                    interval_s = sum(interval) / len(interval)
+                    # Megatron's counters cover the iterations since its previous log line (or the start).
+                    since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
+                    scaled = lossscale.loss_scale(job, job.seed, step)
+                    skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
+                    nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
+                    # torchtitan's figures as each rank measures them: its FLOPs per token over the step's
+                    # wall time (warm-up included on iteration 1), scaled by its own token rate against the
+                    # job's.
+                    ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
+                    index = step - run.first_step
+                    # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a
+                    # multiple of its log_interval, once local_iter_num = index reaches 5.
+                    if (step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
+                        mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
+                        running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
+                    loss_z = estimates.zscore(losses, numbers.loss)
+                    norm_z = estimates.zscore(norms, numbers.grad_norm)
+                    losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
+                    norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
+                    tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
+                    titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
+                    emit(
+                        StepDone(
+                            run=run,
+                            numbers=numbers,
+                            elapsed_s=sim_elapsed,
+                            recent_s=tuple(step_times)[-_BAR_WINDOW:],
+                            interval_s=interval_s,
+                            epoch=step / run.steps_per_epoch,
+                            rank_tflops=titan_tflops * ratio,
+                            rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
+                            logged=logged,
+                            loss_scale=scaled.scale,
+                            step_skipped=scaled.skipped_now,
+                            skipped_iters=skipped_iters,
+                            nan_steps=nan_steps,
+                            advanced_iters=step - since - skipped_iters,
+                            megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
+                            samples_per_s=job.global_batch / interval_s,
+                            timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
+                            nanogpt_mfu=running_mfu,
+                            llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
+                            loss_z=loss_z,
+                            norm_z=norm_z,
+                            llmc_tokens_per_s=llmc_tps,
+                            # A full Python GC of a trainer's heap: tens of ms, drawn per rank and step.
+                            gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
+                            ds_scale=ds_scaled,
+                            timed_s=timed_s,
+                            timed_steps=timed_steps,
+                            ds_timers=(
+                                ds_breakdown.engine_times(
+                                    job,
+                                    numbers,
+                                    overhead_s=overhead,
+                                    bucket_elements=ds.reduce_bucket_size,
+                                    overflow=ds_scaled is not None and ds_scaled.overflow,
+                                )
+                                if ds is not None and ds_timers
+                                else None
+                            ),
+                            ds_memory=tuple(
+                                ds_breakdown.micro_memory(
+                                    job,
+                                    self.rank,
+                                    step,
+                                    i,
+                                    first=index == 0 and i == 0,
+                                    overflow=ds_scaled is not None and ds_scaled.overflow,
+                                )
+                                for i in range(job.grad_accum if ds_memory else 0)
+                            ),
+                        )
                     )
-                )
             if logged and self.out.wants(GradientSync):
                 self._sync(step, reply)
             released = float(reply["rel"])

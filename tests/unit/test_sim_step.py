@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakerun import presets
-from fakerun.sim.job import JobSpec, make_job
-from fakerun.sim.step import step_numbers
+from fakerun.sim.job import JobSpec, SlowNode, make_job
+from fakerun.sim.step import compute_seconds, step_numbers
 
 
 @functools.cache
@@ -60,3 +61,28 @@ class TestAccounting:
         assert step_numbers(job(), 0, 10).moe_aux_loss is None
         aux = step_numbers(job("mixtral-8x7b"), 0, 5000).moe_aux_loss
         assert aux is not None and 1.0 < aux < 1.05
+
+
+class TestComputeSeconds:
+    """compute_seconds: a rank's compute time alone, as step_numbers reports it."""
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(0, 2**40), st.integers(0, 15), st.integers(1, 10**6))
+    def test_equals_step_numbers_compute(self, seed: int, rank: int, step: int) -> None:
+        j = two_nodes(seed)
+        assert compute_seconds(j, rank, step) == step_numbers(j, rank, step).compute_s
+
+    def test_equals_it_on_a_slow_node_and_with_stragglers(self) -> None:
+        base = two_nodes(11)
+        slow = dataclasses.replace(base, slow_nodes=(SlowNode(1, 100, 200, 2.0, "thermal"),))
+        for rank in (0, 7, 8, 15):
+            for step in (99, 100, 150, 200, 201):
+                assert compute_seconds(slow, rank, step) == step_numbers(slow, rank, step).compute_s
+        # node 1's ranks really are slowed inside the episode, so the case above compares slowed times
+        assert compute_seconds(slow, 8, 150) > 1.5 * compute_seconds(base, 8, 150)
+
+
+@functools.cache
+def two_nodes(seed: int) -> JobSpec:
+    b = presets.resolve("llama3-8b")
+    return make_job(b.model, b.cluster, b.storage, nnodes=2, seed=seed)
