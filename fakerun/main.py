@@ -64,6 +64,8 @@ SIMULATION_MODULES = (
     "fakerun.sim.run",
 )
 
+# The most output copies (fakerun-tail's rank files) kept open at once.
+RANK_FILES_OPEN = 128
 # The model simulated when neither --fake-model nor the script's arguments name one.
 DEFAULT_MODEL = "llama3-8b"
 
@@ -705,7 +707,10 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
                 links = None
         rank_logs = _rank_logs(cmd, plan, console)
         if rank_logs is not None:
-            rank_logs.max_open = fds.spare  # the copies take what the ranks' pipes leave of the limit
+            # The copies take what the ranks' pipes leave of the limit, and no more than RANK_FILES_OPEN: a
+            # copy not written lately is closed and reopened at its next write, so a large job holds about
+            # three descriptors per rank (its pipes and control socket), not four.
+            rank_logs.max_open = min(fds.spare, RANK_FILES_OPEN)
         console.rank_logs = rank_logs
 
         current = Current(plan, ctx, rank_logs=rank_logs)

@@ -27,6 +27,7 @@ from fakerun.launcher.logdir import LogDir
 from fakerun.launcher.plan import make_plan
 from fakerun.launcher.procs import ChildMain, ForkProcessTable, exec_child
 from fakerun.limits import MAX_NNODES
+from fakerun.main import RANK_FILES_OPEN
 from tests.conftest import Result, Runner, fakerun_exe, marked_processes
 
 FAST = ["--fake-max-steps", "2", "--fake-speed", "1000", "train.py"]
@@ -88,6 +89,31 @@ class TestOpenFiles:
         assert res.code == 0, res.stderr[-2000:]
         assert "Traceback" not in res.stderr
         assert len(re.findall(r"training finished +rank=\d+", res.stdout)) == 256
+
+    def test_a_large_job_holds_about_three_descriptors_per_rank(self, runner: Runner) -> None:
+        """200 ranks that have all written: the launcher holds their pipes and control sockets and at most
+        RANK_FILES_OPEN of their output copies (a regression guard on descriptors per rank, no timing)."""
+        ranks = 200
+        args = ["--nnodes", "25", "--nproc-per-node", "8", "--fake-speed", "50", "--fake-max-steps", "100000"]
+        proc = subprocess.Popen(
+            [fakerun_exe(), *args, "t.py"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=runner.env(),
+            cwd=runner.tmp,
+        )
+        try:
+            launcher = psutil.Process(proc.pid)
+            copies = runner.tmp / "state" / f"job-{proc.pid}"
+            # Every rank has written (its copy exists) and they all train.
+            wait_until(lambda: len(list(copies.glob("rank-*.log"))) == ranks, "every rank's first lines")
+            wait_until(lambda: len(launcher.children()) == ranks, "every worker")
+            held = launcher.num_fds()
+            assert held <= 3 * ranks + RANK_FILES_OPEN + preflight.LAUNCHER_FDS, held
+            assert held > 3 * ranks  # the count is the launcher's: pipes and sockets of every rank
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
 
     def test_workers_get_the_users_soft_limit_back(self, runner: Runner) -> None:
         """Raised for the launcher only: a worker sees the soft limit the job was started with."""
