@@ -20,7 +20,7 @@ from fakerun.sim.clock import JobClock
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
 from fakerun.sim.run import RunPlan, looped
 from fakerun.sim.stack import stack_for
-from fakerun.sim.step import step_numbers, step_time
+from fakerun.sim.step import compute_timing, step_numbers, step_time
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Board, job_board, sensor_noise, settle, target_temp
 
@@ -291,7 +291,7 @@ class Coordinator:
         # NCCL init is collective: training starts for everyone when the last rank is ready.
         self.started = True
         self.step_start = now
-        go = {"k": "go", "t0": now}
+        go = {"k": "go", "t0": now, "next": compute_timing(self.job, self.run.first_step).wire()}
         out = Output(replies=[(r, go) for r in sorted(self.ranks)])
         out.records.append(
             run_record(
@@ -367,6 +367,9 @@ class Coordinator:
             "stop": stop,
             "exit": exits,
         }
+        if not stop:
+            # The next step's timing, computed once here rather than by each rank (see ComputeTiming).
+            reply["next"] = compute_timing(job, step + 1).wire()
         # One answer object shared by every rank (the caller encodes it once); rank 0 may get the grid too.
         out = Output(replies=[(r, reply) for r in sorted(self.ranks)])
         if step % self.run.grid_interval == 0 or step == self.run.first_step or stop:

@@ -678,7 +678,8 @@ def _reply(reply: dict[str, Any], sent: float, now: float) -> dict[str, Any]:
     """One answer of the coordinator ("go" or "step") checked, its release time moved to our clock."""
     kind = reply.get("k")
     if kind == "go":
-        return {"k": "go", "t0": now + _number(reply, "t0", sent - MAX_WAIT_S, sent + MAX_WAIT_S) - sent}
+        t0 = now + _number(reply, "t0", sent - MAX_WAIT_S, sent + MAX_WAIT_S) - sent
+        return {"k": "go", "t0": t0, **_next_timing(reply)}
     if kind == "abort":
         # The coordinator's watchdog (a timed-out collective) or a rank's death elsewhere.
         why, step, culprit = reply.get("why"), reply.get("s", 0), reply.get("culprit")
@@ -708,4 +709,17 @@ def _reply(reply: dict[str, Any], sent: float, now: float) -> dict[str, Any]:
         "ar_ms": _number(reply, "ar_ms", 0.0, 1000.0 * MAX_WAIT_S),
         "stop": stop,
         "exit": reply.get("exit") is True,
+        **_next_timing(reply),
     }
+
+
+def _next_timing(reply: dict[str, Any]) -> dict[str, Any]:
+    """The next step's compute timing an answer may carry (sim.step.ComputeTiming.wire), checked; {} without.
+    A rank given none computes it itself."""
+    value = reply.get("next")
+    if value is None:
+        return {}
+    if not isinstance(value, list) or len(value) != 4 or not is_int(value[0], 0, MAX_STEP):
+        raise WireError("malformed step timing")
+    fields = {str(i): v for i, v in enumerate(value)}
+    return {"next": [value[0], *(_number(fields, str(i), 0.0, MAX_WAIT_S) for i in (1, 2, 3))]}

@@ -55,17 +55,6 @@ def step_time(job: JobSpec, step: int, compute_times: Sequence[float], comm_s: f
     return max(compute_times) + comm_s * compute.exposed_fraction(job) + compute.net_stall_s(job, step)
 
 
-def _usual_compute(
-    job: JobSpec, rank: int, step: int, *, gate: int, t_step: float, base_mfu: float, exposed: float
-) -> float:
-    """`rank`'s compute at `step` on healthy GPUs: the gating rank's fills the step, the others end early."""
-    if rank == gate:
-        return t_step - exposed
-    # Everyone else finishes a little early and waits in the next collective.
-    u = rand.uniform(job.seed, "rank-step", rank, step)
-    return (compute.step_time_for_mfu(job, base_mfu) - exposed) * (1.0 - compute.RANK_JITTER * u)
-
-
 def _aux_loss(job: JobSpec, step: int) -> float | None:
     if not job.model.is_moe:
         return None
@@ -74,23 +63,48 @@ def _aux_loss(job: JobSpec, step: int) -> float | None:
 
 
 @dataclass(frozen=True)
-class _Timing:
-    """A step's rank-independent timing: reported and base MFU, step time, communication, the gating rank."""
+class ComputeTiming:
+    """What every rank's compute time at a step follows: the gating rank, the step time, the step time of
+    healthy GPUs and the exposed communication (the coordinator sends it with each answer, so that a rank
+    that prints nothing of its steps draws only its own jitter)."""
 
-    mfu: float
-    base_mfu: float
-    straggler: compute.Straggler | None
-    t_step: float
-    comm: float
-    exposed: float
     gate: int
+    t_step: float
+    t_base: float
+    exposed: float
 
     def compute_of(self, job: JobSpec, rank: int, step: int) -> float:
         """`rank`'s compute at `step`, slowed on a slow node."""
-        usual = _usual_compute(
-            job, rank, step, gate=self.gate, t_step=self.t_step, base_mfu=self.base_mfu, exposed=self.exposed
-        )
+        if rank == self.gate:
+            usual = self.t_step - self.exposed
+        else:
+            # Everyone else finishes a little early and waits in the next collective.
+            u = rand.uniform(job.seed, "rank-step", rank, step)
+            usual = (self.t_base - self.exposed) * (1.0 - compute.RANK_JITTER * u)
         return usual * compute.slow_factor(job, rank, step)
+
+    def wire(self) -> list[float]:
+        """The timing as a JSON list."""
+        return [self.gate, self.t_step, self.t_base, self.exposed]
+
+    @classmethod
+    def from_wire(cls, value: object) -> ComputeTiming | None:
+        """A timing read back from wire(); None if `value` is not one."""
+        if not (isinstance(value, list) and len(value) == 4 and isinstance(value[0], int)):
+            return None
+        if not all(isinstance(v, float) for v in value[1:]):
+            return None
+        return cls(value[0], value[1], value[2], value[3])
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """A step's rank-independent figures: reported MFU, straggler, communication, and the compute timing."""
+
+    mfu: float
+    straggler: compute.Straggler | None
+    comm: float
+    timing: ComputeTiming
 
 
 def _timing(job: JobSpec, step: int) -> _Timing:
@@ -98,20 +112,28 @@ def _timing(job: JobSpec, step: int) -> _Timing:
     t_step = compute.step_time_for_mfu(job, mfu)
     comm = comm_seconds(job, step)
     exposed = comm * compute.exposed_fraction(job)
-    return _Timing(mfu, base, strag, t_step, comm, exposed, compute.gating_rank(job, step, strag))
+    gate = compute.gating_rank(job, step, strag)
+    return _Timing(
+        mfu, strag, comm, ComputeTiming(gate, t_step, compute.step_time_for_mfu(job, base), exposed)
+    )
+
+
+def compute_timing(job: JobSpec, step: int) -> ComputeTiming:
+    """The compute timing of `step`, the same for every rank."""
+    return _timing(job, step).timing
 
 
 def compute_seconds(job: JobSpec, rank: int, step: int) -> float:
-    """`rank`'s compute time at `step` (step_numbers' compute_s) without the step's other figures: what a rank
-    that prints nothing of its steps reports to the coordinator."""
-    return _timing(job, step).compute_of(job, rank, step)
+    """`rank`'s compute time at `step` (step_numbers' compute_s) without the step's other figures."""
+    return compute_timing(job, step).compute_of(job, rank, step)
 
 
 def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
     """All numbers of `step` for `rank`; pure and cheap (O(1) hash draws keyed by seed, rank and step)."""
-    timing = _timing(job, step)
-    mfu, t_step, comm, exposed, gate = timing.mfu, timing.t_step, timing.comm, timing.exposed, timing.gate
-    strag = timing.straggler
+    figures = _timing(job, step)
+    timing = figures.timing
+    mfu, comm, strag = figures.mfu, figures.comm, figures.straggler
+    t_step, exposed, gate = timing.t_step, timing.exposed, timing.gate
     straggler_rank = strag.rank if strag is not None else None
 
     def slowed_compute(r: int) -> float:

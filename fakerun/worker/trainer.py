@@ -95,7 +95,7 @@ from fakerun.sim.run import (
     usual_eval_seconds,
 )
 from fakerun.sim.stack import stack_for
-from fakerun.sim.step import StepNumbers, compute_seconds, retimed, step_numbers
+from fakerun.sim.step import ComputeTiming, StepNumbers, compute_timing, retimed, step_numbers
 from fakerun.sim.stopping import Patience
 from fakerun.sim.telemetry import Phase, telemetry
 from fakerun.worker import artifacts
@@ -249,6 +249,9 @@ class RankTrainer:
         self._tally = _EpochTally(0.0)
         self._files_failed = False
         self._sampler = _Sampler()
+        # The next step's compute timing, from the coordinator's latest answer (None: compute it).
+        self._timing: ComputeTiming | None = None
+        self._timing_step = 0
         # The step loop's end figures (an HF export's train metrics), and whether the run's end pauses are
         # running: HF's save there is the script's save_model(), written with the export, not checkpoint-N/.
         self._stopped: TrainingStopped | None = None
@@ -310,6 +313,11 @@ class RankTrainer:
     def _telemetry(self, step: int, phase: Phase) -> list[Any]:
         t = telemetry(self.run.job, self.rank, step, phase)
         return [t.util_pct, t.mem_util_pct, t.temp_c, t.power_w, t.sm_clock_mhz, t.mem_used_mib, phase]
+
+    def _note_timing(self, reply: dict[str, Any], step: int) -> None:
+        """Keeps the compute timing of `step` that the coordinator's answer carries, if it does."""
+        self._timing = ComputeTiming.from_wire(reply.get("next"))
+        self._timing_step = step
 
     def _phase(self, step: int, phase: Phase) -> None:
         self.link.send({"k": "phase", "tel": self._telemetry(step, phase)})
@@ -379,7 +387,7 @@ class RankTrainer:
         self.link.send(
             {"k": "ready", "pid": os.getpid(), "t0": started, "tel": self._telemetry(job.start_step, "idle")}
         )
-        self.link.receive()
+        self._note_timing(self.link.receive(), self.run.first_step)
         t = time.monotonic()
         self._woke_at(t)
         if first:
@@ -556,7 +564,8 @@ class RankTrainer:
             ds_scaled = None
             numbers: StepNumbers | None = None
             if lean:
-                compute_s = compute_seconds(job, self.rank, step)
+                timing = self._timing if self._timing_step == step else None
+                compute_s = (timing or compute_timing(job, step)).compute_of(job, self.rank, step)
             else:
                 numbers = step_numbers(job, self.rank, step)
                 if ds is not None and ds_state is not None and job.precision != "fp16":
@@ -581,6 +590,7 @@ class RankTrainer:
             if self._sampler.due(time.monotonic()):
                 report["tel"] = self._telemetry(step, "train")
             reply = self.link.request(report)
+            self._note_timing(reply, step + 1)
             self._sleep_until(float(reply["rel"]))
             if flapped:
                 self._nic_flap(step, "up")

@@ -86,3 +86,20 @@ class TestComputeSeconds:
 def two_nodes(seed: int) -> JobSpec:
     b = presets.resolve("llama3-8b")
     return make_job(b.model, b.cluster, b.storage, nnodes=2, seed=seed)
+
+
+def test_compute_timing_survives_json_and_gives_each_rank_its_compute() -> None:
+    """The coordinator's timing, through JSON, gives a rank exactly the compute step_numbers gives it."""
+    import json
+
+    from fakerun.sim.step import ComputeTiming, compute_timing
+
+    j = two_nodes(5)
+    for step in (1, 2, 777):
+        back = ComputeTiming.from_wire(json.loads(json.dumps(compute_timing(j, step).wire())))
+        assert back is not None
+        assert [back.compute_of(j, r, step) for r in range(16)] == [
+            step_numbers(j, r, step).compute_s for r in range(16)
+        ]
+    for bad in (None, [1, 2.0, 3.0], ["0", 1.0, 1.0, 1.0], [0, 1, 1.0, 1.0], {"gate": 0}):
+        assert ComputeTiming.from_wire(bad) is None

@@ -280,6 +280,19 @@ class TestMessageChecks:
         with pytest.raises(WireError):
             cluster._report(report)
 
+    def test_reply_timing_passes_checked(self) -> None:
+        """The next step's compute timing reaches a remote rank as floats, or the reply is refused."""
+        reply = {"k": "step", "s": 3, "rel": 1.0, "comm": 0.1, "ar_ms": 1.0, "stop": False}
+        [(_, out)] = cluster._reply_items(
+            {"now": 1.0, "items": [[1, {**reply, "next": [5, 2, 1.5, 0.25]}]]}, frozenset({1}), 1.0
+        )
+        assert out["next"] == [5, 2.0, 1.5, 0.25] and all(isinstance(v, float) for v in out["next"][1:])
+        for bad in ([5, 2.0, 1.5], [-1, 2.0, 1.5, 0.2], [5, 2.0, float("nan"), 0.2], [5, "2", 1.5, 0.2], {}):
+            with pytest.raises(WireError):
+                cluster._reply_items(
+                    {"now": 1.0, "items": [[1, {**reply, "next": bad}]]}, frozenset({1}), 1.0
+                )
+
     def test_reply_release_moves_to_our_clock(self) -> None:
         """A release 2 s ahead of the sender's clock is 2 s ahead of ours; a day and more is refused."""
         reply = {"k": "step", "s": 3, "rel": 1002.0, "comm": 0.1, "ar_ms": 1.0, "stop": False, "x": 1}
