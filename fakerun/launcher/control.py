@@ -22,6 +22,8 @@ from fakerun.paths import release_state_dir, state_dir
 # A worker's messages are a few hundred bytes; anything this long is not ours.
 MAX_MESSAGE = 64 * 1024
 _READ_CHUNK = 65536
+# The first message a simulated worker waits for (worker.channel.CoordinatorLink.wait_start).
+_START = b'{"k":"start"}\n'
 STATE_EVERY_S = 1.0
 
 
@@ -77,6 +79,7 @@ class ControlHub:
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     coordinator: Coordinator | None = None
     channels: dict[int, _Channel] = field(default_factory=dict)
+    by_rank: dict[int, _Channel] = field(default_factory=dict)  # the same channels by their rank
     cluster: ClusterLink | None = None  # the other agents of a multi-node job
     regroup: Callable[[Membership], None] | None = None  # the launcher's job follows a new membership
     world_size: int = 0  # every rank of the job (the root's coordinator waits for all of them)
@@ -158,8 +161,14 @@ class ControlHub:
 
     def adopt(self, rank: int, ours: socket.socket) -> None:
         """Watches rank's control socket (the launcher's end, non-blocking)."""
-        self.channels[ours.fileno()] = _Channel(rank, ours)
+        self.channels[ours.fileno()] = self.by_rank[rank] = _Channel(rank, ours)
         self.selector.register(ours.fileno(), selectors.EVENT_READ)
+
+    def start_workers(self) -> None:
+        """Lets every local worker begin (they wait for this after their fork, so that a large job's fork loop
+        does not compete with the first workers' start-up for the CPU)."""
+        for channel in self.channels.values():
+            self._send_bytes(channel, _START)
 
     def owns(self, fd: int) -> bool:
         """Whether `fd` is one of our control sockets or cluster connections."""
@@ -256,7 +265,7 @@ class ControlHub:
 
     def _dispatch(self, out: Output) -> None:
         """Answers to local ranks directly, to remote ones through their agents; records to the file."""
-        by_rank = {c.rank: c for c in self.channels.values()}
+        by_rank = self.by_rank
         encoded: dict[int, bytes] = {}  # the coordinator shares one answer object between ranks: encode once
         for rank, reply in out.replies:
             self._note(reply)
@@ -281,7 +290,7 @@ class ControlHub:
 
     def _deliver(self, items: list[tuple[int, dict[str, Any]]]) -> None:
         """Non-root: answers from node 0's coordinator for our ranks."""
-        by_rank = {c.rank: c for c in self.channels.values()}
+        by_rank = self.by_rank
         for rank, reply in items:
             self._note(reply)
             target = by_rank.get(rank)
@@ -319,6 +328,8 @@ class ControlHub:
 
     def _close(self, fd: int, *, teardown: bool = False) -> None:
         channel = self.channels.pop(fd)
+        if self.by_rank.get(channel.rank) is channel:
+            del self.by_rank[channel.rank]
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(fd)
         channel.sock.close()
@@ -349,7 +360,7 @@ class ControlHub:
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(state, f)
+                f.write(json.dumps(state))  # json.dump would take the pure-Python encoder, ~10x slower
             os.replace(tmp, path)
             self._state_path = path
         except OSError as exc:

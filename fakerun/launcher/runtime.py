@@ -87,6 +87,8 @@ class LocalWorkerGroup:
             if self.interrupted():
                 break
             self._start_batch(slots, first, restart_count, new_session, started)
+        if self.control is not None:
+            self.control.start_workers()
         return started
 
     def _start_batch(

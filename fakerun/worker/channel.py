@@ -63,6 +63,12 @@ class CoordinatorLink:
             )
         return reply
 
+    def wait_start(self) -> None:
+        """Blocks until the launcher has forked every worker of the attempt and lets them begin."""
+        reply = self.receive()
+        if reply.get("k") != "start":
+            raise CoordinatorGone(f"expected the start, got {reply.get('k')!r}")
+
     def wait_until(self, deadline: float) -> None:
         """Sleeps until `deadline` (monotonic), waking at once if the launcher aborts the job meanwhile."""
         while True:

@@ -16,7 +16,7 @@ from fakerun.frameworks import pytrace
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
 from fakerun.sim.stack import stack_for
-from fakerun.worker.channel import CoordinatorGone, JobAborted
+from fakerun.worker.channel import CoordinatorGone, CoordinatorLink, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
 from fakerun.worker.trainer import (
     CudaOutOfMemory,
@@ -98,6 +98,15 @@ def module_file(module: str) -> str:
 
 def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     """Entry point of a forked worker in simulation mode."""
+    link = CoordinatorLink(CONTROL_FD)
+    try:
+        # Nothing before the launcher has forked the whole attempt: a large job's fork loop then runs
+        # without the first workers' start-up taking the CPU from it.
+        link.wait_start()
+    except CoordinatorGone:
+        return 1  # the launcher is stopping the job before it began
+    except KeyboardInterrupt:
+        return interrupted()
     # setproctitle relocates the environ block on first use; it must run before environ is rewritten.
     set_title(argv)
     adopt_environment(env)
@@ -119,7 +128,7 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         text = text.replace(pytrace.LOCAL_RANK_SLOT, str(local_rank))
         return die_at_start(text, code, rank=rank, stdout=stdout)
     try:
-        return run_rank(ctx, env, CONTROL_FD)
+        return run_rank(ctx, env, link)
     except BrokenPipeError as exc:
         # Its stdout or stderr went away (`fakerun ... | head`): the script dies of it, traceback and exit 1.
         with contextlib.suppress(OSError):
@@ -160,8 +169,12 @@ def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
         die_like_nccl(nccl_abort_text(ctx, env, exc, sysconfig.get_paths()["purelib"]))
         return 1
     except KeyboardInterrupt:
-        # Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an
-        # interrupted program does, without a traceback of the simulator's own frames.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-        return 130
+        return interrupted()
+
+
+def interrupted() -> int:
+    """Ctrl-C reaches every worker (own session, forwarded by the launcher): die of SIGINT as an interrupted
+    program does, without a traceback of the simulator's own frames."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    return 130

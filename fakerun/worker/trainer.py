@@ -1226,6 +1226,6 @@ def ib_failure_text(ctx: SimContext, env: dict[str, str], peer_node: int, nic_ra
     return text
 
 
-def run_rank(ctx: SimContext, env: dict[str, str], control_fd: int) -> int:
-    """Entry of a simulated rank."""
-    return RankTrainer(ctx, env, CoordinatorLink(control_fd)).main()
+def run_rank(ctx: SimContext, env: dict[str, str], link: CoordinatorLink) -> int:
+    """Entry of a simulated rank, talking to the coordinator through `link`."""
+    return RankTrainer(ctx, env, link).main()
