@@ -1154,12 +1154,10 @@ def first_line_rows(runs: int, cwd: str, torch: Torch | None) -> list[Row]:
 FULL_ONLY = "n/a (full run only)"
 
 
-def simulated_first_line_row(ranks: int, values: list[float], note: str = "") -> Row:
+def simulated_first_line_row(job: str, values: list[float]) -> Row:
     """The simulated job's own paced start-up, reported apart from the launcher's overhead (no target)."""
-    label = (
-        f"first line of the simulated job at speed 1, {ranks} ranks (realism: follows real start-up times)"
-    )
-    return Row(label, values, "s", note=note)
+    label = f"first line of the simulated job at speed 1, {job} (realism: follows real start-up times)"
+    return Row(label, values, "s")
 
 
 def start_rows(runs: int, quick: bool, cwd: str) -> list[Row]:
@@ -1290,7 +1288,7 @@ def training_rows(runs: int, quick: bool, cwd: str, window: float) -> list[Row]:
         )
         if not extra and quick:
             first = [t.first_line_s for t in samples]
-            rows.append(simulated_first_line_row(ranks, first, note="the default-pace training run's"))
+            rows.append(simulated_first_line_row(f"{ranks} ranks, of the default-pace training run", first))
         if not extra:
             pss = [t.pss_mb for t in samples]
             rows += [
@@ -1431,7 +1429,7 @@ def measure(runs: int, quick: bool, cwd: str, torch: Torch | None, only: str | N
         return rows
     if not quick:  # --quick takes it from its default-pace training run (a job of its own takes 5-40 s)
         values = repeat(runs, "simulated first line, default pace", lambda: first_line_simulated(cwd))
-        rows.append(simulated_first_line_row(RANKS_PER_NODE, values))
+        rows.append(simulated_first_line_row(f"{RANKS_PER_NODE} ranks", values))
     rows += start_rows(runs, quick, cwd)
     rows += completion_rows(quick, cwd)
     rows += training_rows(runs, quick, cwd, window)
