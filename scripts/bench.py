@@ -69,6 +69,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROUNDS_SPEED = "100000"
 # Pace of the start-up runs: the simulated `import torch` and CUDA context (seconds) become microseconds.
 START_SPEED = "1000000"
+# How often "alive" (all N children exist) is checked, for fakerun and for its fork baseline alike.
+ALIVE_POLL_S = 0.005
 # The largest job: 4096 ranks, run to FLEET_STEPS at FLEET_SPEED (its simulated start-up takes no time to
 # speak of), its tree's PSS sampled every PSS_PERIOD_S. Forking and ending 4096 ranks on two cores takes
 # minutes, hence its own timeout.
@@ -633,9 +635,29 @@ def sample_pss(job: Job, ranks: int, samples: int = 3) -> float:
 
 @dataclass
 class StartAndPss:
+    alive_s: float  # launch until the launcher's N workers all exist
     started_s: float
     pss_mb: float
     processes: int
+
+
+def children_of(pid: int) -> int:
+    """How many children `pid` has now (/proc/PID/task/PID/children: one small read, unlike a /proc scan)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return len(f.read().split())
+    except OSError:
+        return 0
+
+
+def wait_children(job: Job, n: int, timeout: float = START_TIMEOUT_S) -> float:
+    """Seconds from the job's launch until its process has `n` children (polled every ALIVE_POLL_S)."""
+    deadline = time.monotonic() + timeout
+    while children_of(job.proc.pid) < n:
+        if job.proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{n} children never existed:\n{job.stderr_tail()}")
+        time.sleep(ALIVE_POLL_S)
+    return time.monotonic() - job.t0
 
 
 def start_and_pss(nnodes: int, cwd: str) -> StartAndPss:
@@ -647,10 +669,11 @@ def start_and_pss(nnodes: int, cwd: str) -> StartAndPss:
     ranks = nnodes * RANKS_PER_NODE
     job = long_job(nnodes, cwd, "--fake-speed", START_SPEED)
     try:
+        alive = wait_children(job, ranks)
         started = job.wait_all_started()
         time.sleep(0.3)
         pss = sample_pss(job, ranks)
-        return StartAndPss(started, pss, len(job.tree()))
+        return StartAndPss(alive, started, pss, len(job.tree()))
     finally:
         job.stop()
 
@@ -866,43 +889,35 @@ def bench_child(cwd: str, *args: str) -> dict[str, float]:
 # script in a child process of its own (`--baseline-fork N`).
 
 
-def fork_sleepers(nprocs: int) -> float:
-    """Seconds to fork `nprocs` children that sleep until killed, from a Python preloaded like the launcher.
-
-    The same preload (fakerun.main.preload_simulation) and gc.freeze() as the launcher's before its fork
-    loop; a child is alive once fork() returned in the parent. The children are killed and reaped before this
-    returns.
-    """
+def fork_sleepers(nprocs: int) -> None:
+    """Forks `nprocs` children that sleep until killed, from a Python preloaded like the launcher (the same
+    fakerun.main.preload_simulation() and gc.freeze() before its fork loop), then waits to be killed; the
+    children die with it (parent-death signal)."""
     import fakerun.main
 
     fakerun.main.preload_simulation()
     gc.freeze()
-    pids: list[int] = []
-    try:
-        t0 = time.monotonic()
-        for _ in range(nprocs):
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child
-                try:
-                    _die_with_parent()
-                    while True:
-                        signal.pause()
-                finally:
-                    os._exit(1)
-            pids.append(pid)
-        return time.monotonic() - t0
-    finally:
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
+    for _ in range(nprocs):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                _die_with_parent()
+                while True:
+                    signal.pause()
+            finally:
+                os._exit(1)
+    while True:
+        signal.pause()
 
 
 def baseline_fork(nprocs: int, cwd: str) -> float:
-    """fork_sleepers(nprocs) in a child process of its own: seconds until all N children were forked."""
-    return bench_child(cwd, "--baseline-fork", str(nprocs))["alive_s"]
+    """Seconds from launching fork_sleepers(nprocs) in a process of its own until its N children exist,
+    measured as fakerun's "all ranks alive" is."""
+    job = Job([sys.executable, os.path.abspath(__file__), "--baseline-fork", str(nprocs)], cwd)
+    try:
+        return wait_children(job, nprocs)
+    finally:
+        job.stop(signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1175,28 +1190,32 @@ def start_rows(runs: int, quick: bool, cwd: str) -> list[Row]:
             r = start_and_pss(nnodes, cwd)
             results.append(r)
             text = (
-                f"{ranks} ranks run {i + 1}/{runs}: started {r.started_s:.3f} s, "
+                f"{ranks} ranks run {i + 1}/{runs}: alive {r.alive_s:.3f} s, started {r.started_s:.3f} s, "
                 f"PSS {r.pss_mb:.0f} MB over {r.processes} processes"
             )
             if nnodes == sizes[-1]:
                 forks.append(baseline_fork(ranks, cwd))
-                text += f"; baseline fork {forks[-1]:.3f} s ({r.started_s / forks[-1]:.1f}x)"
+                text += f"; baseline alive {forks[-1]:.3f} s ({r.alive_s / forks[-1]:.1f}x)"
             log(text)
         st, st_text = start_targets.get(nnodes, (None, ""))
+        alive = [r.alive_s for r in results]
+        started.append(Row(f"all ranks alive, {ranks} ranks ({nnodes}×8)", alive, "s"))
         values = [r.started_s for r in results]
-        started.append(Row(f"all ranks started, {ranks} ranks ({nnodes}×8)", values, "s", st, st_text))
+        started.append(
+            Row(f"all ranks started (printed their first line), {ranks} ranks", values, "s", st, st_text)
+        )
         if forks:
             started.append(
                 Row(
-                    f"baseline: a Python preloaded like the launcher forks {ranks} sleeping children",
+                    f"baseline: a Python preloaded like the launcher, all {ranks} sleeping children alive",
                     forks,
                     "s",
                 )
             )
             started.append(
                 Row(
-                    f"all ranks started / baseline fork, {ranks} ranks",
-                    [v / f for v, f in zip(values, forks, strict=True)],
+                    f"all ranks alive / baseline, {ranks} ranks",
+                    [v / f for v, f in zip(alive, forks, strict=True)],
                     "ratio",
                     2.0,
                     "≤ 2×",
@@ -1487,7 +1506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"rounds_per_s": rate}), flush=True)
         return 0
     if args.baseline_fork is not None:
-        print(json.dumps({"alive_s": fork_sleepers(args.baseline_fork)}), flush=True)
+        fork_sleepers(args.baseline_fork)
         return 0
     if args.no_torch and args.torch_venv is not None:
         parser.error("--torch-venv and --no-torch exclude each other")
