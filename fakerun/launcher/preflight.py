@@ -21,10 +21,10 @@ LAUNCHER_FDS = 32
 # The fewest output copies kept open at once; more are reopened in turn (see ranklogs.RankLogs).
 MIN_RANK_FILES = 16
 
-# Memory per rank, measured (psutil, 64-1024 simulated ranks): USS 4.6-4.8 MB, PSS 4.6-4.9 MB per worker; the
-# host's available memory dropped by 4.4-5.3 MB per rank (page tables, kernel stacks, pipe and socket
-# buffers included). The same figure stands in for --fake-exec, whose real script costs at least that.
-RANK_BYTES = 5 * 2**20
+# Memory per rank, measured (1024 simulated ranks training, 2026-12-05): the host's available memory dropped
+# by 4.28 MB per rank (PSS 4.6 MB per rank; page tables 117 kB and kernel stacks 16 kB per rank included);
+# with 10% to spare. The same figure stands in for --fake-exec, whose real script costs at least that.
+RANK_BYTES = 9 * 2**19
 LAUNCHER_BYTES = 64 * 2**20
 # A job may take this share of the memory available now: the rest is for everything else on the host.
 MEMORY_SHARE = 0.9
@@ -190,7 +190,7 @@ def memory_error(ranks: int, available: int | None, prog: str) -> str | None:
     fit = max(0, (usable - LAUNCHER_BYTES) // RANK_BYTES)
     return (
         f"{prog}: error: cannot start {ranks} ranks: they need about {need / GIB:.1f} GiB of memory "
-        f"({RANK_BYTES // 2**20} MiB each) and {available / GIB:.1f} GiB is available "
+        f"({RANK_BYTES / 2**20:g} MiB each) and {available / GIB:.1f} GiB is available "
         f"({MEMORY_SHARE:.0%} of it for the job); at most {fit} ranks fit "
         "(--fake-skip-memory-check starts them anyway)"
     )

@@ -176,7 +176,7 @@ class TestMemory:
         assert match is not None, lines[0]
         assert int(match[1]) == nodes * 8
         assert 0 < int(match[2]) < nodes * 8
-        assert re.search(r"GiB of memory \(5 MiB each\) and [\d.]+ GiB is available", lines[0])
+        assert re.search(r"GiB of memory \(4.5 MiB each\) and [\d.]+ GiB is available", lines[0])
         assert lines[0].endswith("(--fake-skip-memory-check starts them anyway)")
 
     @pytest.mark.parametrize("how", ["option", "env"])
