@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import resource
@@ -23,21 +22,32 @@ CONTROL_FD = 3
 _libc: ctypes.CDLL | None = None
 
 
+_prctl: Callable[..., int] | None = None
+
+
 def _set_parent_death_signal(sig: int) -> None:
     """Asks the kernel to send `sig` to this process when its parent dies (Linux only)."""
-    global _libc
     if not sys.platform.startswith("linux"):
         return
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    preload_libc()
+    assert _prctl is not None
+    _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def preload_libc() -> None:
-    """Loads libc in the launcher so that forked workers need not look it up."""
-    global _libc
-    if _libc is None and sys.platform.startswith("linux"):
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    """Loads libc and looks prctl up in the launcher, so that forked workers need not: ctypes' first lookup
+    of a function builds objects that would cost each worker ~1.5 MB of pages copied from the launcher."""
+    global _libc, _prctl
+    if _prctl is not None or not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:  # not glibc: ask the linker's cache (a subprocess running ldconfig -p)
+            from ctypes.util import find_library
+
+            _libc = ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
+    _prctl = _libc.prctl
 
 
 @dataclass
