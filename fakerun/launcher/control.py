@@ -320,11 +320,18 @@ class ControlHub:
         self._send_bytes(channel, _encode(reply))
 
     def _send_bytes(self, channel: _Channel, data: bytes) -> None:
-        # The worker waits for this very reply, so its buffer has room; a dead worker just loses it.
+        # The worker waits for this very reply, so its buffer has room and one non-blocking send takes it
+        # whole (a blocking socket would cost two fcntl calls per answer); a dead worker just loses it.
         with contextlib.suppress(OSError):
-            channel.sock.setblocking(True)
-            channel.sock.sendall(data)
-            channel.sock.setblocking(False)
+            sent = 0
+            with contextlib.suppress(BlockingIOError):
+                sent = channel.sock.send(data)
+            if sent < len(data):  # a large answer (the grid) on a full buffer: the rest, blocking
+                channel.sock.setblocking(True)
+                try:
+                    channel.sock.sendall(data[sent:])
+                finally:
+                    channel.sock.setblocking(False)
 
     def _close(self, fd: int, *, teardown: bool = False) -> None:
         channel = self.channels.pop(fd)
