@@ -707,10 +707,13 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
                 links = None
         rank_logs = _rank_logs(cmd, plan, console)
         if rank_logs is not None:
-            # The copies take what the ranks' pipes leave of the limit, and no more than RANK_FILES_OPEN: a
-            # copy not written lately is closed and reopened at its next write, so a large job holds about
-            # three descriptors per rank (its pipes and control socket), not four.
-            rank_logs.max_open = min(fds.spare, RANK_FILES_OPEN)
+            # The copies take what the ranks' channels leave of the limit, and no more than one for two
+            # ranks, at most RANK_FILES_OPEN: a copy not written lately is closed and reopened at its next
+            # write, so a simulated job holds under two descriptors per rank (its control socket, which
+            # carries its output, and a share of the copies).
+            ranks = len(plan.nodes) * plan.nproc_per_node
+            share = max(preflight.MIN_RANK_FILES, ranks // 2)
+            rank_logs.max_open = min(fds.spare, RANK_FILES_OPEN, share)
         console.rank_logs = rank_logs
 
         current = Current(plan, ctx, rank_logs=rank_logs)

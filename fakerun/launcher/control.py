@@ -9,13 +9,15 @@ import selectors
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink, Membership
+from fakerun.launcher.console import Route
 from fakerun.launcher.outfile import OutputFile, notice, warning
+from fakerun.launcher.procs import FRAME_HEADER, OUTPUT_STREAMS
 from fakerun.launcher.wire import WireError
 from fakerun.paths import release_state_dir, state_dir
 
@@ -59,11 +61,13 @@ class SavedStep:
 
 @dataclass
 class _Channel:
-    """One worker's control socket as the launcher holds it."""
+    """One worker's control socket as the launcher holds it, with the routes of the output it carries."""
 
     rank: int
     sock: socket.socket
     buffer: bytes = b""
+    routes: Mapping[int, Route] = field(default_factory=dict)  # stream number (1, 2) -> its route
+    told_gone: set[int] = field(default_factory=set)  # streams the worker was told are gone (cut_off)
 
 
 @dataclass
@@ -159,10 +163,27 @@ class ControlHub:
                 if self.cluster is not None:
                     self.cluster.reject(node, str(exc))
 
-    def adopt(self, rank: int, ours: socket.socket) -> None:
-        """Watches rank's control socket (the launcher's end, non-blocking)."""
-        self.channels[ours.fileno()] = self.by_rank[rank] = _Channel(rank, ours)
+    def adopt(self, rank: int, ours: socket.socket, routes: Mapping[int, Route] | None = None) -> None:
+        """Watches rank's control socket (the launcher's end, non-blocking), whose output frames go to
+        `routes` by stream number."""
+        self.channels[ours.fileno()] = self.by_rank[rank] = _Channel(rank, ours, routes=routes or {})
         self.selector.register(ours.fileno(), selectors.EVENT_READ)
+
+    def drain(self, rank: int) -> None:
+        """Reads all an ended worker left on its socket (its last output, its last reports), to its EOF."""
+        channel = self.by_rank.get(rank)
+        while channel is not None and self.channels.get(channel.sock.fileno()) is channel:
+            if not self.pump(channel.sock.fileno()):
+                return
+
+    def cut_off(self) -> None:
+        """Tells each worker whose stdout or stderr can no longer go anywhere (the launcher's own is gone)
+        that its next write there fails, as it would on torchrun's inherited stream."""
+        for channel in list(self.channels.values()):
+            for stream, route in channel.routes.items():
+                if route.cut_off and stream not in channel.told_gone:
+                    channel.told_gone.add(stream)
+                    self._send(channel, {"k": "epipe", "stream": stream})
 
     def start_workers(self) -> None:
         """Lets every local worker begin (they wait for this after their fork, so that a large job's fork loop
@@ -197,30 +218,51 @@ class ControlHub:
         """The coordinator that sees every rank's reports (node 0's) keeps the collective's timeout."""
         return self.cluster is None or self.cluster.is_root
 
-    def pump(self, fd: int) -> None:
-        """Reads what a worker (or another agent) sent and handles each complete message."""
+    def pump(self, fd: int) -> bool:
+        """Reads what a worker (or another agent) sent and handles each complete message and output frame;
+        False when nothing more can be read now (nothing waiting, or the socket closed)."""
         if self.cluster is not None and fd not in self.channels and self.cluster.owns(fd):
             self.cluster.pump(fd)
-            return
+            return False
         channel = self.channels.get(fd)
         if channel is None:
-            return
+            return False
         try:
             data = channel.sock.recv(_READ_CHUNK)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._close(fd)
-            return
-        buf = channel.buffer + data
-        *lines, channel.buffer = buf.split(b"\n")
-        if len(channel.buffer) > MAX_MESSAGE:
-            self.warn(notice(f"dropping an oversized control message from rank {channel.rank}"))
-            channel.buffer = b""
-        for line in lines:
-            self._handle(channel, line)
+            return False
+        channel.buffer = self._take(channel, channel.buffer + data)
+        return True
+
+    def _take(self, channel: _Channel, buf: bytes) -> bytes:
+        """Handles the whole messages and output frames at the start of `buf`; returns the rest."""
+        at, end = 0, len(buf)
+        while at < end:
+            if buf[at] in OUTPUT_STREAMS:
+                if end - at < FRAME_HEADER:
+                    break
+                size = int.from_bytes(buf[at + 1 : at + FRAME_HEADER], "big")
+                if end - at - FRAME_HEADER < size:
+                    break
+                route = channel.routes.get(buf[at])
+                if route is not None:
+                    route.feed(buf[at + FRAME_HEADER : at + FRAME_HEADER + size])
+                at += FRAME_HEADER + size
+                continue
+            newline = buf.find(b"\n", at)
+            if newline < 0:
+                if end - at > MAX_MESSAGE:
+                    self.warn(notice(f"dropping an oversized control message from rank {channel.rank}"))
+                    return b""
+                break
+            self._handle(channel, buf[at:newline])
+            at = newline + 1
+        return buf[at:]
 
     def _handle(self, channel: _Channel, line: bytes) -> None:
         coordinator = self.coordinator
@@ -337,6 +379,8 @@ class ControlHub:
         channel = self.channels.pop(fd)
         if self.by_rank.get(channel.rank) is channel:
             del self.by_rank[channel.rank]
+        for route in channel.routes.values():
+            route.close()  # a partial last line goes out, and the stream's files close
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(fd)
         channel.sock.close()

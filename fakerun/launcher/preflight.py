@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from fakerun.launcher.plan import LaunchPlan
 
-# What one rank costs the launcher in descriptors: its stdout and stderr pipes (or pseudo-terminal masters),
-# plus the coordinator socket of a simulated rank. Its output copy for fakerun-tail shares a pool sized from
-# what is left.
+# What one rank costs the launcher in descriptors: a --fake-exec rank's stdout and stderr pipes (or
+# pseudo-terminal masters); a simulated rank's control socket, which carries its output too. Its output copy
+# for fakerun-tail shares a pool sized from what is left.
 PIPES_PER_RANK = 2
 CONTROL_PER_RANK = 1
 # The launcher's own descriptors opened after the check: selector, signal pipe, metrics and filter files,
@@ -83,7 +83,7 @@ def fds_per_rank(plan: LaunchPlan, *, simulated: bool) -> float:
     for local_rank in range(plan.nproc_per_node):
         bits = plan.redirects.get(local_rank, 0) | plan.tee.get(local_rank, 0)
         files += (bits & 1) + (bits >> 1 & 1)
-    return PIPES_PER_RANK + (CONTROL_PER_RANK if simulated else 0) + files / plan.nproc_per_node
+    return (CONTROL_PER_RANK if simulated else PIPES_PER_RANK) + files / plan.nproc_per_node
 
 
 @dataclass(frozen=True)

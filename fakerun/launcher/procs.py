@@ -19,6 +19,11 @@ from typing import NoReturn
 _PR_SET_PDEATHSIG = 1
 # A simulated worker finds its coordinator socket here (after stdin, stdout and stderr).
 CONTROL_FD = 3
+# On that socket the worker also writes its output, in frames: the stream's number (1 stdout, 2 stderr),
+# the length (4 bytes, big-endian), the bytes. Its control messages are JSON objects, one a line: their
+# first byte is `{`, never 1 or 2.
+OUTPUT_STREAMS = (1, 2)
+FRAME_HEADER = 5
 _libc: ctypes.CDLL | None = None
 
 
@@ -54,8 +59,8 @@ def preload_libc() -> None:
 class ChildPipes:
     """The parent's ends of one worker's pipes (or pseudo-terminal masters)."""
 
-    stdout: int
-    stderr: int
+    stdout: int | None  # None: a simulated worker, whose output comes as frames on its control socket
+    stderr: int | None
     ttys: frozenset[int] = frozenset()  # the std fds (1, 2) that are pseudo-terminals
     control: socket.socket | None = None  # the launcher's end of the worker's control socket, if asked
 
@@ -195,12 +200,13 @@ class SpawnFailed(Exception):
 
 @dataclass
 class _Ends:
-    """Both ends of one worker's stdout and stderr channels, and of its control socket if it has one."""
+    """Both ends of one worker's channels: its stdout and stderr pipes (or ptys), or, for a simulated worker,
+    one socket pair that is its stdout, its stderr and its control socket at once."""
 
-    out_r: int
+    out_r: int | None
     out_w: int
     out_tty: bool
-    err_r: int
+    err_r: int | None
     err_w: int
     err_tty: bool
     control_r: socket.socket | None = None
@@ -208,38 +214,40 @@ class _Ends:
 
     @classmethod
     def open(cls, ttys: frozenset[int], control: bool) -> _Ends:
-        """The channels of a worker whose std fds in `ttys` are pseudo-terminals."""
-        made: list[int] = []
+        """The channels of a worker: a socket pair with `control`, else pipes (ptys for the fds in `ttys`)."""
+        if control:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            return cls(None, theirs.fileno(), False, None, theirs.fileno(), False, ours, theirs)
+        out_r, out_w, out_tty = _output_channel(1 in ttys, 1)
         try:
-            out_r, out_w, out_tty = _output_channel(1 in ttys, 1)
-            made += (out_r, out_w)
             err_r, err_w, err_tty = _output_channel(2 in ttys, 2)
-            made += (err_r, err_w)
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if control else (None, None)
         except BaseException:
-            for fd in made:
-                os.close(fd)
+            os.close(out_r)
+            os.close(out_w)
             raise
-        return cls(out_r, out_w, out_tty, err_r, err_w, err_tty, ours, theirs)
+        return cls(out_r, out_w, out_tty, err_r, err_w, err_tty)
 
     def close_theirs(self) -> None:
         """Closes the worker's ends (in the launcher, once the worker has them)."""
-        os.close(self.out_w)
-        os.close(self.err_w)
         if self.control_w is not None:
             self.control_w.close()
+            return
+        os.close(self.out_w)
+        os.close(self.err_w)
 
     def close_ours(self) -> None:
         """Closes the launcher's ends (a worker that was never started)."""
-        os.close(self.out_r)
-        os.close(self.err_r)
+        for fd in (self.out_r, self.err_r):
+            if fd is not None:
+                os.close(fd)
         if self.control_r is not None:
             self.control_r.close()
 
     def ours(self) -> ChildPipes:
         """The launcher's ends, non-blocking, as ChildPipes."""
-        os.set_blocking(self.out_r, False)
-        os.set_blocking(self.err_r, False)
+        for fd in (self.out_r, self.err_r):
+            if fd is not None:
+                os.set_blocking(fd, False)
         if self.control_r is not None:
             self.control_r.setblocking(False)
         ptys = frozenset(fd for fd, tty in ((1, self.out_tty), (2, self.err_tty)) if tty)

@@ -69,6 +69,7 @@ class LocalWorkerGroup:
     worker_ttys: bool = False
     streams: dict[int, _Stream] = field(default_factory=dict)
     by_pid: dict[int, list[int]] = field(default_factory=dict)
+    ranks_of: dict[int, int] = field(default_factory=dict)  # a simulated worker's pid -> its rank
 
     def error_file_path(self, slot: WorkerSlot, restart_count: int) -> str:
         """TORCHELASTIC_ERROR_FILE of a worker."""
@@ -132,14 +133,20 @@ class LocalWorkerGroup:
             ) from None
 
     def _register(self, pid: int, pipes: ChildPipes, slot: WorkerSlot, restart_count: int) -> None:
-        """Routes a started worker's streams and watches them and its control socket."""
-        if pipes.control is not None and self.control is not None:
-            self.control.adopt(slot.rank, pipes.control)
+        """Routes a started worker's streams and watches them (or its control socket, which carries them)."""
         apath = attempt_dir(self.run_dirs[slot.node_index], restart_count)
+        routes = {
+            stream: self.console.open_route(self.plan, slot.local_rank, slot.rank, stream, apath)
+            for stream in (STDOUT, STDERR)
+        }
+        if pipes.control is not None and self.control is not None:
+            self.control.adopt(slot.rank, pipes.control, routes)
+            self.ranks_of[pid] = slot.rank
         fds = []
         for fd, stream in ((pipes.stdout, STDOUT), (pipes.stderr, STDERR)):
-            route = self.console.open_route(self.plan, slot.local_rank, slot.rank, stream, apath)
-            self.streams[fd] = _Stream(pid, fd, route, tty=stream in pipes.ttys)
+            if fd is None:
+                continue
+            self.streams[fd] = _Stream(pid, fd, routes[stream], tty=stream in pipes.ttys)
             self.selector.register(fd, selectors.EVENT_READ)
             fds.append(fd)
         self.by_pid[pid] = fds
@@ -201,7 +208,10 @@ class LocalWorkerGroup:
 
     def cut_off(self) -> None:
         """Closes our end of every pipe whose output can no longer go anywhere (our stdout or stderr is gone),
-        so the worker's own next write fails as it would on torchrun's inherited stdout."""
+        so the worker's own next write fails as it would on torchrun's inherited stdout (a simulated worker
+        is told so on its control socket)."""
+        if self.control is not None:
+            self.control.cut_off()
         for stream in list(self.streams.values()):
             if stream.route.cut_off:
                 # What the worker wrote already still reaches its copies (fakerun-tail); one read, as a
@@ -216,10 +226,14 @@ class LocalWorkerGroup:
                 self._close(stream)
 
     def drain_pid(self, pid: int) -> None:
-        """Reads everything an ended worker left in its pipes, so its last lines precede our messages."""
+        """Reads everything an ended worker left in its pipes (or its control socket), so its last lines
+        precede our messages."""
         self.procs.forget(pid)
         for fd in self.by_pid.pop(pid, []):
             self.pump(fd, drain=True)
+        rank = self.ranks_of.pop(pid, None)
+        if rank is not None and self.control is not None:
+            self.control.drain(rank)
 
     def _close(self, stream: _Stream) -> None:
         with contextlib.suppress(KeyError, ValueError):

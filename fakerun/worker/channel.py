@@ -1,12 +1,18 @@
-"""A worker's end of its coordinator socket: newline-framed JSON, blocking, one request at a time."""
+"""A worker's end of its coordinator socket: newline-framed JSON, blocking, one request at a time; and the
+worker's stdout and stderr, as frames on the same socket."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import select
 import socket
 import time
 from typing import Any
+
+from fakerun.launcher.procs import OUTPUT_STREAMS
 
 _MAX_WAIT_S = 86_400.0
 
@@ -36,6 +42,17 @@ class CoordinatorLink:
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=fd)
         self._buffer = b""
+        self.broken: set[int] = set()  # output streams the launcher can no longer write anywhere
+
+    def output(self, stream: int, data: bytes) -> None:
+        """Writes `data` to the worker's stdout (1) or stderr (2): one frame, whole."""
+        if stream in self.broken:
+            # torchrun's worker would write to the launcher's stdout or stderr, whose reader is gone.
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        try:
+            self._sock.sendall(bytes((stream,)) + len(data).to_bytes(4, "big") + data)
+        except OSError:
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
 
     def send(self, message: dict[str, Any]) -> None:
         """One message, written whole."""
@@ -46,12 +63,25 @@ class CoordinatorLink:
 
     def receive(self) -> dict[str, Any]:
         """Blocks until the next answer arrives."""
-        while b"\n" not in self._buffer:
-            self._buffer += self._recv_some()
+        while True:
+            while b"\n" not in self._buffer:
+                self._buffer += self._recv_some()
+            reply = self._take()
+            if reply is not None:
+                return reply
+
+    def _take(self) -> dict[str, Any] | None:
+        """The first message of the buffer (whole): an answer, None for a notice it has applied, or raises."""
         line, self._buffer = self._buffer.split(b"\n", 1)
         reply = json.loads(line)
         if not isinstance(reply, dict):
             raise CoordinatorGone("malformed reply")
+        if reply.get("k") == "epipe":
+            # The launcher's stdout (or stderr) reader is gone: this worker's next write there fails.
+            stream = reply.get("stream")
+            if stream in OUTPUT_STREAMS:
+                self.broken.add(stream)
+            return None
         if reply.get("k") == "abort":
             node, step, culprit = reply.get("node"), reply.get("s"), reply.get("culprit")
             raise JobAborted(
@@ -78,10 +108,11 @@ class CoordinatorLink:
             # select() overflows past ~9e9 s; waking once a day and looping costs nothing.
             readable, _, _ = select.select([self._sock], [], [], min(left, _MAX_WAIT_S))
             if readable:
-                # Only an abort arrives unasked; receive() raises it (or CoordinatorGone at EOF).
+                # Only notices arrive unasked: an abort (raised here) or a stream gone (applied).
                 self._buffer += self._recv_some()
-                if b"\n" in self._buffer:
-                    self.receive()
+                while b"\n" in self._buffer:
+                    if self._take() is not None:
+                        raise CoordinatorGone("an answer nobody asked for")
 
     def _recv_some(self) -> bytes:
         try:
@@ -96,3 +127,24 @@ class CoordinatorLink:
         """Sends and waits for the answer."""
         self.send(message)
         return self.receive()
+
+
+class FramedStream(io.TextIOBase):
+    """A simulated worker's sys.stdout or sys.stderr: each write goes to the launcher as one frame."""
+
+    def __init__(self, link: CoordinatorLink, stream: int) -> None:
+        super().__init__()
+        self._link = link
+        self._stream = stream
+
+    encoding = "utf-8"
+    errors = "backslashreplace"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        """Sends `text` (utf-8), whole."""
+        if text:
+            self._link.output(self._stream, text.encode("utf-8", "backslashreplace"))
+        return len(text)

@@ -16,7 +16,7 @@ from fakerun.frameworks import pytrace
 from fakerun.launcher.procs import CONTROL_FD
 from fakerun.render.oom import oom_traceback
 from fakerun.sim.stack import stack_for
-from fakerun.worker.channel import CoordinatorGone, CoordinatorLink, JobAborted
+from fakerun.worker.channel import CoordinatorGone, CoordinatorLink, FramedStream, JobAborted
 from fakerun.worker.emit import c10_prefix, script_traceback
 from fakerun.worker.trainer import (
     CudaOutOfMemory,
@@ -99,6 +99,10 @@ def module_file(module: str) -> str:
 def worker_main(argv: list[str], env: dict[str, str], ctx: SimContext) -> int:
     """Entry point of a forked worker in simulation mode."""
     link = CoordinatorLink(CONTROL_FD)
+    # Its stdout and stderr are frames on the control socket (fds 1 and 2 are that socket too): one
+    # descriptor per rank in the launcher, and the two streams reach it in the order they were written.
+    sys.stdout = FramedStream(link, 1)
+    sys.stderr = FramedStream(link, 2)
     try:
         # Nothing before the launcher has forked the whole attempt: a large job's fork loop then runs
         # without the first workers' start-up taking the CPU from it.

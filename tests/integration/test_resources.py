@@ -90,9 +90,10 @@ class TestOpenFiles:
         assert "Traceback" not in res.stderr
         assert len(re.findall(r"training finished +rank=\d+", res.stdout)) == 256
 
-    def test_a_large_job_holds_about_three_descriptors_per_rank(self, runner: Runner) -> None:
-        """200 ranks that have all written: the launcher holds their pipes and control sockets and at most
-        RANK_FILES_OPEN of their output copies (a regression guard on descriptors per rank, no timing)."""
+    def test_a_large_job_holds_under_two_descriptors_per_rank(self, runner: Runner) -> None:
+        """200 ranks that have all written: the launcher holds each one's control socket (its output comes on
+        it) and at most RANK_FILES_OPEN of their output copies (a regression guard on descriptors per rank,
+        no timing)."""
         ranks = 200
         args = ["--nnodes", "25", "--nproc-per-node", "8", "--fake-speed", "50", "--fake-max-steps", "100000"]
         proc = subprocess.Popen(
@@ -109,8 +110,8 @@ class TestOpenFiles:
             wait_until(lambda: len(list(copies.glob("rank-*.log"))) == ranks, "every rank's first lines")
             wait_until(lambda: len(launcher.children()) == ranks, "every worker")
             held = launcher.num_fds()
-            assert held <= 3 * ranks + RANK_FILES_OPEN + preflight.LAUNCHER_FDS, held
-            assert held > 3 * ranks  # the count is the launcher's: pipes and sockets of every rank
+            assert held <= ranks + min(RANK_FILES_OPEN, ranks // 2) + preflight.LAUNCHER_FDS, held
+            assert held > ranks  # the count is the launcher's: every rank's socket
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
