@@ -17,7 +17,7 @@ from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink, Membership
 from fakerun.launcher.console import Route
 from fakerun.launcher.outfile import OutputFile, notice, warning
-from fakerun.launcher.procs import FRAME_HEADER, OUTPUT_STREAMS
+from fakerun.launcher.procs import FRAME_HEADER, MAX_FRAME, OUTPUT_STREAMS
 from fakerun.launcher.wire import WireError
 from fakerun.paths import release_state_dir, state_dir
 
@@ -247,6 +247,11 @@ class ControlHub:
                 if end - at < FRAME_HEADER:
                     break
                 size = int.from_bytes(buf[at + 1 : at + FRAME_HEADER], "big")
+                if size > MAX_FRAME:
+                    # Not a frame the worker wrote (a raw write to its fd 1 or 2, say): what follows
+                    # cannot be told apart, so it is dropped, with one notice.
+                    self.warn(notice(f"dropping unframed output from rank {channel.rank}"))
+                    return b""
                 if end - at - FRAME_HEADER < size:
                     break
                 route = channel.routes.get(buf[at])

@@ -24,6 +24,7 @@ CONTROL_FD = 3
 # first byte is `{`, never 1 or 2.
 OUTPUT_STREAMS = (1, 2)
 FRAME_HEADER = 5
+MAX_FRAME = 1 << 20  # a larger write goes in several frames; a larger announced length is not a frame
 _libc: ctypes.CDLL | None = None
 
 

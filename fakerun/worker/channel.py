@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Any
 
-from fakerun.launcher.procs import OUTPUT_STREAMS
+from fakerun.launcher.procs import MAX_FRAME, OUTPUT_STREAMS
 
 _MAX_WAIT_S = 86_400.0
 
@@ -50,7 +50,9 @@ class CoordinatorLink:
             # torchrun's worker would write to the launcher's stdout or stderr, whose reader is gone.
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         try:
-            self._sock.sendall(bytes((stream,)) + len(data).to_bytes(4, "big") + data)
+            for at in range(0, len(data), MAX_FRAME):
+                part = data[at : at + MAX_FRAME]
+                self._sock.sendall(bytes((stream,)) + len(part).to_bytes(4, "big") + part)
         except OSError:
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from None
 
