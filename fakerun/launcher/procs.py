@@ -84,27 +84,12 @@ class ForkProcessTable:
         self._all_signals = signal.valid_signals()
         preload_libc()
 
-    def spawn(
-        self,
-        child_main: ChildMain,
-        *,
-        new_session: bool,
-        control: bool = False,
-        ttys: frozenset[int] = frozenset(),
-    ) -> tuple[int, ChildPipes]:
-        """Forks a worker whose stdout/stderr are pipes to the launcher and, with `control`, one end of a
-        socket pair its fd CONTROL_FD; the std fds in `ttys` are pseudo-terminals instead, sized like the
-        launcher's terminal on that fd."""
-        try:
-            [started] = self.spawn_all([ForkRequest(child_main, control, ttys)], new_session=new_session)
-        except SpawnFailed as exc:
-            raise exc.error from None
-        return started
-
     def spawn_all(
         self, requests: Sequence[ForkRequest], *, new_session: bool
     ) -> list[tuple[int, ChildPipes]]:
-        """Forks one worker per request, in order, each as spawn() does; raises SpawnFailed (with the workers
+        """Forks one worker per request, in order: its stdout and stderr pipes to the launcher
+        (pseudo-terminals for the fds in `ttys`, sized like the launcher's terminal on that fd), or with
+        `control` one socket pair that is its fds 1, 2 and CONTROL_FD; raises SpawnFailed (with the workers
         started) when a pipe, a socket or a fork cannot be made.
 
         Between two forks the launcher only makes the next worker's pipes and forks: each memory page it

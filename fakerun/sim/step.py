@@ -123,11 +123,6 @@ def compute_timing(job: JobSpec, step: int) -> ComputeTiming:
     return _timing(job, step).timing
 
 
-def compute_seconds(job: JobSpec, rank: int, step: int) -> float:
-    """`rank`'s compute time at `step` (step_numbers' compute_s) without the step's other figures."""
-    return compute_timing(job, step).compute_of(job, rank, step)
-
-
 def step_numbers(job: JobSpec, rank: int, step: int) -> StepNumbers:
     """All numbers of `step` for `rank`; pure and cheap (O(1) hash draws keyed by seed, rank and step)."""
     figures = _timing(job, step)

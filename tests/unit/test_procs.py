@@ -7,7 +7,7 @@ import os
 import struct
 import termios
 
-from fakerun.launcher.procs import ForkProcessTable, copy_window_size, open_pty
+from fakerun.launcher.procs import ForkProcessTable, ForkRequest, copy_window_size, open_pty
 
 # Bytes a terminal's output processing would change: `\n` (ONLCR adds `\r`), a bare `\r`, a tab, colour codes.
 RAW = b"line\nbar 1/2\rbar 2/2\r\n\ttab\x1b[31mred\x1b[0m\n"
@@ -98,8 +98,9 @@ def test_spawned_worker_sees_a_terminal_only_on_the_streams_asked_and_no_descrip
         return 0
 
     procs = ForkProcessTable()
-    pid, pipes = procs.spawn(child, new_session=True, ttys=frozenset({1}))
+    [(pid, pipes)] = procs.spawn_all([ForkRequest(child, ttys=frozenset({1}))], new_session=True)
     assert pipes.ttys == frozenset({1})
+    assert pipes.stdout is not None and pipes.stderr is not None
     assert open_fds() - before == {pipes.stdout, pipes.stderr}
     out, err = read_all(pipes.stdout), read_all(pipes.stderr)
     _, status = os.waitpid(pid, 0)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fakerun import presets
 from fakerun.sim.job import JobSpec, SlowNode, make_job
-from fakerun.sim.step import compute_seconds, step_numbers
+from fakerun.sim.step import compute_timing, step_numbers
 
 
 @functools.cache
@@ -64,7 +64,7 @@ class TestAccounting:
 
 
 class TestComputeSeconds:
-    """compute_seconds: a rank's compute time alone, as step_numbers reports it."""
+    """compute_timing: the step's timing, from which each rank's compute time is what step_numbers says."""
 
     @settings(max_examples=100, deadline=None)
     @given(st.integers(0, 2**40), st.integers(0, 15), st.integers(1, 10**6))
@@ -103,3 +103,8 @@ def test_compute_timing_survives_json_and_gives_each_rank_its_compute() -> None:
         ]
     for bad in (None, [1, 2.0, 3.0], ["0", 1.0, 1.0, 1.0], [0, 1, 1.0, 1.0], {"gate": 0}):
         assert ComputeTiming.from_wire(bad) is None
+
+
+def compute_seconds(job: JobSpec, rank: int, step: int) -> float:
+    """A rank's compute time at `step` as a lean rank computes it (the coordinator's timing, its jitter)."""
+    return compute_timing(job, step).compute_of(job, rank, step)
