@@ -12,7 +12,7 @@ import sysconfig
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fakerun import dialects
@@ -84,6 +84,7 @@ from fakerun.sim import megatron as megatron_figures
 from fakerun.sim.clock import JobClock
 from fakerun.sim.collectives import bucket_allreduces
 from fakerun.sim.failures import Failure
+from fakerun.sim.job import JobSpec
 from fakerun.sim.rand import uniform
 from fakerun.sim.run import (
     ENDING_HF,
@@ -213,6 +214,32 @@ class _EpochTally:
 # about as often (DCGM's default update is 1 Hz), and at a fast pace computing one every step would cost a
 # rank most of its time.
 TELEMETRY_EVERY_S = 1.0
+
+
+@dataclass
+class _Running:
+    """The trainers' own running estimates, carried from step to step: nanoGPT's running_mfu, llm.c's
+    windows of recent losses and gradient norms (its outlier z-scores) and its tokens/s EMA."""
+
+    nanogpt_mfu: float = -1.0
+    tps_ema: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+
+    def advance(self, job: JobSpec, run: RunPlan, n: StepNumbers, index: int) -> tuple[float, float, float]:
+        """Takes step `n` (the run's `index`-th) in; returns llm.c's loss and norm z-scores and tokens/s."""
+        # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a multiple of its
+        # log_interval, once local_iter_num = index reaches 5.
+        if (n.step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
+            self.nanogpt_mfu = estimates.nanogpt_running_mfu(
+                self.nanogpt_mfu, estimates.nanogpt_mfu(job, n.step_time_s)
+            )
+        loss_z = estimates.zscore(self.losses, n.loss)
+        norm_z = estimates.zscore(self.norms, n.grad_norm)
+        self.losses = [*self.losses[-estimates.LLMC_WINDOW :], n.loss]
+        self.norms = [*self.norms[-estimates.LLMC_WINDOW :], n.grad_norm]
+        self.tps_ema, tokens_per_s = estimates.llmc_tokens_per_s(self.tps_ema, n.tokens_per_s, index)
+        return loss_z, norm_z, tokens_per_s
 
 
 @dataclass
@@ -545,10 +572,7 @@ class RankTrainer:
         step = run.first_step
         clock0, loss_sum = self.out.clock(), 0.0  # HF Trainer's train_runtime and train_loss
         self._tally = _EpochTally(clock0)
-        # Trainers' own running estimates (nanoGPT's running_mfu, llm.c's outlier windows and tok/s EMA).
-        running_mfu, tps_ema = -1.0, 0.0
-        losses: list[float] = []
-        norms: list[float] = []
+        running = _Running()  # the trainers' own running estimates
         # DeepSpeed's fp16 scaler (its config's), carried step to step, and its ThroughputTimer's span.
         ds = run.deepspeed
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
@@ -630,80 +654,17 @@ class RankTrainer:
                 # The step's event and the figures only it carries (the frameworks' running estimates), where
                 # it is printed or written.
                 if wants_steps:
-                    interval = list(step_times)[-run.log_interval :]
-                    interval_s = sum(interval) / len(interval)
-                    # Megatron's counters cover the iterations since its previous log line (or the start).
-                    since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
-                    scaled = lossscale.loss_scale(job, job.seed, step)
-                    skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
-                    nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
-                    # torchtitan's figures as each rank measures them: its FLOPs per token over the step's
-                    # wall time (warm-up included on iteration 1), scaled by its own token rate against the
-                    # job's.
-                    ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
-                    index = step - run.first_step
-                    # nanoGPT logs (and only then updates running_mfu) when iter_num = step - 1 is a
-                    # multiple of its log_interval, once local_iter_num = index reaches 5.
-                    if (step - 1) % run.log_interval == 0 and index >= estimates.NANOGPT_SETTLE_ITERS:
-                        mfu = estimates.nanogpt_mfu(job, numbers.step_time_s)
-                        running_mfu = estimates.nanogpt_running_mfu(running_mfu, mfu)
-                    loss_z = estimates.zscore(losses, numbers.loss)
-                    norm_z = estimates.zscore(norms, numbers.grad_norm)
-                    losses = [*losses[-estimates.LLMC_WINDOW :], numbers.loss]
-                    norms = [*norms[-estimates.LLMC_WINDOW :], numbers.grad_norm]
-                    tps_ema, llmc_tps = estimates.llmc_tokens_per_s(tps_ema, numbers.tokens_per_s, index)
-                    titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
                     emit(
-                        StepDone(
-                            run=run,
-                            numbers=numbers,
-                            elapsed_s=sim_elapsed,
-                            recent_s=tuple(step_times)[-_BAR_WINDOW:],
-                            interval_s=interval_s,
-                            epoch=step / run.steps_per_epoch,
-                            rank_tflops=titan_tflops * ratio,
-                            rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
+                        self._step_done(
+                            numbers,
                             logged=logged,
-                            loss_scale=scaled.scale,
-                            step_skipped=scaled.skipped_now,
-                            skipped_iters=skipped_iters,
-                            nan_steps=nan_steps,
-                            advanced_iters=step - since - skipped_iters,
-                            megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
-                            samples_per_s=job.global_batch / interval_s,
-                            timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
-                            nanogpt_mfu=running_mfu,
-                            llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
-                            loss_z=loss_z,
-                            norm_z=norm_z,
-                            llmc_tokens_per_s=llmc_tps,
-                            # A full Python GC of a trainer's heap: tens of ms, drawn per rank and step.
-                            gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
-                            ds_scale=ds_scaled,
-                            timed_s=timed_s,
-                            timed_steps=timed_steps,
-                            ds_timers=(
-                                ds_breakdown.engine_times(
-                                    job,
-                                    numbers,
-                                    overhead_s=overhead,
-                                    bucket_elements=ds.reduce_bucket_size,
-                                    overflow=ds_scaled is not None and ds_scaled.overflow,
-                                )
-                                if ds is not None and ds_timers
-                                else None
-                            ),
-                            ds_memory=tuple(
-                                ds_breakdown.micro_memory(
-                                    job,
-                                    self.rank,
-                                    step,
-                                    i,
-                                    first=index == 0 and i == 0,
-                                    overflow=ds_scaled is not None and ds_scaled.overflow,
-                                )
-                                for i in range(job.grad_accum if ds_memory else 0)
-                            ),
+                            step_times=step_times,
+                            elapsed_s=sim_elapsed,
+                            timed=(timed_s, timed_steps),
+                            overhead_s=overhead,
+                            ds_scaled=ds_scaled,
+                            ds_breakdowns=(ds_timers, ds_memory),
+                            running=running,
                         )
                     )
             if logged and self.out.wants(GradientSync):
@@ -731,6 +692,85 @@ class RankTrainer:
             self._epoch_end(step)
             prev = numbers
             step += 1
+
+    def _step_done(
+        self,
+        numbers: StepNumbers,
+        *,
+        logged: bool,
+        step_times: Sequence[float],
+        elapsed_s: float,
+        timed: tuple[float, int],
+        overhead_s: float,
+        ds_scaled: ds_lossscale.ScaleStep | None,
+        ds_breakdowns: tuple[bool, bool],
+        running: _Running,
+    ) -> StepDone:
+        """The step's event: its figures and those only it carries (the frameworks' own counters and
+        estimates), `running` advanced by the step."""
+        run, job, step = self.run, self.run.job, numbers.step
+        interval = list(step_times)[-run.log_interval :]
+        interval_s = sum(interval) / len(interval)
+        # Megatron's counters cover the iterations since its previous log line (or the run's start).
+        since = max(run.first_step - 1, (step - 1) // run.log_interval * run.log_interval)
+        scaled = lossscale.loss_scale(job, job.seed, step)
+        skipped_iters = lossscale.skipped_between(job, job.seed, since, step)
+        nan_steps = sum(1 for s in job.nan_steps if since < s <= step)
+        # torchtitan's figures as each rank measures them: its FLOPs per token over the step's wall time
+        # (warm-up included on iteration 1), scaled by its own token rate against the job's.
+        ratio = numbers.rank_tokens_per_s / numbers.tokens_per_s_per_gpu
+        index = step - run.first_step
+        loss_z, norm_z, llmc_tps = running.advance(job, run, numbers, index)
+        titan_tflops = compute.framework_tflops_per_gpu(job, numbers.step_time_s, "torchtitan")
+        ds = run.deepspeed
+        ds_timers, ds_memory = ds_breakdowns
+        overflow = ds_scaled is not None and ds_scaled.overflow
+        return StepDone(
+            run=run,
+            numbers=numbers,
+            elapsed_s=elapsed_s,
+            recent_s=tuple(step_times)[-_BAR_WINDOW:],
+            interval_s=interval_s,
+            epoch=step / run.steps_per_epoch,
+            rank_tflops=titan_tflops * ratio,
+            rank_mfu=titan_tflops * 1e12 / job.gpu.peak_flops * ratio,
+            logged=logged,
+            loss_scale=scaled.scale,
+            step_skipped=scaled.skipped_now,
+            skipped_iters=skipped_iters,
+            nan_steps=nan_steps,
+            advanced_iters=step - since - skipped_iters,
+            megatron_tflops=compute.framework_tflops_per_gpu(job, interval_s, "megatron"),
+            samples_per_s=job.global_batch / interval_s,
+            timers_ms=megatron_figures.step_timers_ms(job, numbers) if logged else (),
+            nanogpt_mfu=running.nanogpt_mfu,
+            llmc_mfu=estimates.llmc_mfu(job, numbers.step_time_s),
+            loss_z=loss_z,
+            norm_z=norm_z,
+            llmc_tokens_per_s=llmc_tps,
+            # A full Python GC of a trainer's heap: tens of milliseconds, drawn per rank and step.
+            gc_s=0.004 + 0.05 * rand.uniform(job.seed, "gc", self.rank, step),
+            ds_scale=ds_scaled,
+            timed_s=timed[0],
+            timed_steps=timed[1],
+            ds_timers=(
+                ds_breakdown.engine_times(
+                    job,
+                    numbers,
+                    overhead_s=overhead_s,
+                    bucket_elements=ds.reduce_bucket_size,
+                    overflow=overflow,
+                )
+                if ds is not None and ds_timers
+                else None
+            ),
+            ds_memory=tuple(
+                ds_breakdown.micro_memory(
+                    job, self.rank, step, i, first=index == 0 and i == 0, overflow=overflow
+                )
+                for i in range(job.grad_accum if ds_memory else 0)
+            ),
+        )
 
     def _ds_breakdown(self) -> tuple[bool, bool]:
         """DeepSpeed's (wall_clock_breakdown, memory_breakdown) on this rank: only global rank 0 prints
