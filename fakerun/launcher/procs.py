@@ -331,12 +331,15 @@ def _setup_child(
             resource.setrlimit(
                 resource.RLIMIT_NOFILE, (fd_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
             )
-    # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered.
+    # Python's sys.stdout still wraps fd 1; rebind it line-buffered as `python -u` would be unbuffered (a
+    # simulated worker's own main rebinds both to frames on its control socket instead).
     # The old stream objects are kept alive: if one owned an fd we have just reused (an embedding program
-    # that pointed sys.stdout at a file), collecting it would close that fd under us.
+    # that pointed sys.stdout at a file), collecting it would close that fd under us, or flush the
+    # launcher's unwritten output into the worker's socket.
     _replaced_streams.extend((sys.stdout, sys.stderr))
-    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
-    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    if control is None:
+        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
 
 
 def _max_fd() -> int:
