@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-from fakerun import limits, tomlfile
-from fakerun.launcher.wire import SECRET_VAR
-from fakerun.names import FAILURE_KINDS, LOG_LEVELS, MAX_FAILURES, RANDOM_FAILURE, TRAINERS
+from fakerun import limits
+from fakerun.names import FAILURE_KINDS, LOG_LEVELS, MAX_FAILURES, RANDOM_FAILURE, SECRET_VAR, TRAINERS
 from fakerun.options import CommandLine, FakeOptions, TorchrunArgs
 from fakerun.paths import STATE_DIR_VAR
 
@@ -861,6 +860,8 @@ def _from(origin: str) -> str:
 
 def _load_config(path: str, origin: str) -> _Config:
     """Read and check the TOML config file; _FakeError on any problem."""
+    from fakerun import tomlfile  # tomllib only for a job given a config file: it is 2 ms of every start-up
+
     where = "argument --fake-config: "
     try:
         data = tomlfile.load(path)
@@ -1075,16 +1076,16 @@ def parse_command_line(
         fake = _resolve_fake(ns, environ)
     except _FakeError as exc:
         _fail(f"{prog}: error: {exc}", 2)
-    args = dataclasses.replace(_torchrun_args(ns), explicit=_explicit(prog, argv, environ, launch))
+    args = dataclasses.replace(_torchrun_args(ns), explicit=_explicit(parser, argv, environ))
     return CommandLine(torchrun=args, fake=fake, prog=prog)
 
 
 _UNSET = object()
 
 
-def _explicit(prog: str, argv: list[str], environ: Mapping[str, str], launch: bool) -> frozenset[str]:
-    """The torchrun options the user set: parsed again with every default replaced by a marker."""
-    parser = build_parser(prog, {}, positionals=True, launch=launch)
+def _explicit(parser: argparse.ArgumentParser, argv: list[str], environ: Mapping[str, str]) -> frozenset[str]:
+    """The torchrun options the user set: `argv`, which `parser` parsed, parsed again with every default
+    replaced by a marker (the parser is used up: building another is a tenth of the launcher's start-up)."""
     for action in parser._actions:
         if not isinstance(action, argparse._AppendAction):  # appending needs a list (no torchrun option)
             action.default = _UNSET

@@ -1,8 +1,9 @@
 """`fakerun`: parse torchrun's command line, plan the job, run it, and turn the outcome into an exit code.
 
 A --fake-exec launcher loads the launcher alone: the simulation (dialects, hints, the coordinator, the
-worker's trainer) is imported by the simulated path's functions, all of it by preload_simulation() before the
-first fork (tests/unit/test_lazy_imports.py holds `import fakerun.main` free of it).
+worker's trainer, the presets) is imported by the simulated path's functions, all of it by
+preload_simulation() before the first fork (tests/unit/test_lazy_imports.py holds `import fakerun.main` free
+of it); the multi-node rendezvous is imported by a job of several nodes.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from fakerun import names, presets
+from fakerun import names
 from fakerun.cli import misspelled_env, parse_command_line, prog_name
 from fakerun.launcher import glog, preflight, report
 from fakerun.launcher.console import STDERR, STDOUT, Console, open_std_streams, quiet_broken_pipe
-from fakerun.launcher.elastic import RoundRules
+from fakerun.launcher.elastic import MeetError, RoundRules, round_rules
 from fakerun.launcher.envs import WorkerSlot, worker_argv, worker_env, worker_slots
 from fakerun.launcher.logdir import LogDir, LogDirError
-from fakerun.launcher.meet import Interrupted, Links, MeetError, meet, round_rules
 from fakerun.launcher.messages import LauncherLog, TorchrunVoice, log_level, python_executable, site_packages
 from fakerun.launcher.outfile import OutputFile, notice, reason, set_notice_clock, warning
 from fakerun.launcher.plan import LaunchError, LaunchPlan, NodePlan, check_launch, make_plan
@@ -40,12 +40,13 @@ from fakerun.paths import state_dir
 from fakerun.render.bar import BarWidth
 from fakerun.sim import identity
 from fakerun.sim.clock import JobClock
-from fakerun.sim.stack import stack_for
 from fakerun.tools.pydoors import PYLIB, module_path
 
 if TYPE_CHECKING:
+    from fakerun import presets
     from fakerun.launcher.cluster import Membership, NameHosts
     from fakerun.launcher.control import ControlHub, SavedStep
+    from fakerun.launcher.meet import Links
     from fakerun.worker.trainer import SimContext
 
 # Every module a simulated job runs, which its launcher imports before it forks the first worker: a worker
@@ -209,7 +210,7 @@ def _sim_context(
     cmd: CommandLine, plan: LaunchPlan, bundle: presets.PresetBundle, clock: JobClock
 ) -> SimContext:
     """The simulated job every rank shares; a job that cannot be simulated ends the run with one line."""
-    from fakerun import dialects
+    from fakerun import dialects, presets
     from fakerun.jobconfig import JobConfigError, build_run
     from fakerun.worker.trainer import SimContext
 
@@ -416,6 +417,8 @@ def _host_namer(cluster: presets.ClusterSpec, renamed: bool) -> NameHosts:
     """How node 0 names the nodes of a round that takes in agents joining the running job: by their own host
     names, unless two would share one (agents sharing a machine); then every node takes the cluster's names,
     as at a first rendezvous of such agents (`renamed`), and later newcomers the cluster's first free ones."""
+    from fakerun import presets
+
     shared = renamed
 
     def name(kept: tuple[str, ...], arriving: tuple[str, ...]) -> tuple[str, ...]:
@@ -498,12 +501,21 @@ def _run_path_child(script_argv: list[str], env: dict[str, str]) -> ChildMain:
 
 def _load_presets(cmd: CommandLine) -> presets.PresetBundle:
     """The model, GPU and cluster presets of the job; a bad name or file ends the run with one line."""
+    from fakerun import presets
+
     fake = cmd.fake
     try:
         return presets.resolve(fake.model or DEFAULT_MODEL, fake.gpu, fake.cluster, fake.storage)
     except presets.PresetError as exc:
         print(f"{cmd.prog}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _host_name(bundle: presets.PresetBundle, index: int) -> str:
+    """The simulated cluster's name for node `index`."""
+    from fakerun import presets
+
+    return presets.host_name(bundle.cluster, index)
 
 
 def _under_slurm(cmd: CommandLine) -> tuple[CommandLine, str | None]:
@@ -586,11 +598,18 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         line = "ValueError: When using the '--no-python' flag, you must also set the '--use-env' flag."
         sys.stderr.write(report.exception_text(line, "launch_no_python", argv[0], site_packages()))
         return 1
-    bundle = _load_presets(cmd)
+    fake = cmd.fake
+    bundle = functools.cache(functools.partial(_load_presets, cmd))
+    if not fake.exec or fake.model or fake.gpu or fake.cluster or fake.storage:
+        # Loaded now, so that a bad name ends the run before anything starts. A real script's job with none
+        # named needs them only for its simulated nodes' host names: their import and files are a fifth of
+        # its launcher's start-up, which its first line waits for.
+        bundle()
     if cmd.fake.version:
         from fakerun import listing
+        from fakerun.sim.stack import stack_for
 
-        print("\n".join(listing.version_lines(stack_for(bundle.cluster), bundle.cluster.name)))
+        print("\n".join(listing.version_lines(stack_for(bundle().cluster), bundle().cluster.name)))
         return 0
     if cmd.fake.list_presets:
         _print_presets()
@@ -612,14 +631,14 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
             cpu_count=os.cpu_count() or 1,
             # The real scripts of --fake-exec see this host's GPUs (torch's `gpu` fails without any); a
             # simulated job has the preset's.
-            gpus_per_node=host_gpu_count() if cmd.fake.exec else bundle.cluster.gpus_per_node,
-            node_host=lambda i: presets.host_name(bundle.cluster, i),
+            gpus_per_node=host_gpu_count() if cmd.fake.exec else bundle().cluster.gpus_per_node,
+            node_host=lambda i: _host_name(bundle(), i),
         )
     except LaunchError as exc:
         sys.stderr.write(_launch_error_text(exc, argv[0]))
         return exc.exit_code
     if cmd.fake.check and not cmd.fake.exec:
-        return _check(cmd, plan, bundle, JobClock(started_wall, started_mono, cmd.fake.speed))
+        return _check(cmd, plan, bundle(), JobClock(started_wall, started_mono, cmd.fake.speed))
     # Before anything is forked (or any agent met): a job the host cannot hold is refused in one line.
     fd_limit = preflight.raise_fd_limit()
     try:
@@ -634,7 +653,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
     ctx = None
     if not cmd.fake.exec:
         preload_simulation()
-        ctx = _sim_context(cmd, plan, bundle, clock)
+        ctx = _sim_context(cmd, plan, bundle(), clock)
     console = Console(
         sys.stdout.buffer,
         sys.stderr.buffer,
@@ -682,6 +701,8 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         if plan.multi_node:
             # torch's agent says it is rendezvousing before it waits for the other nodes' agents.
             TorchrunVoice(plan, log, argv[0], python, lambda slot, attempt: "").rendezvousing(0)
+            from fakerun.launcher.meet import Interrupted, meet
+
             try:
                 plan, links = meet(
                     plan,
@@ -719,7 +740,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
         current = Current(plan, ctx, rank_logs=rank_logs)
         if links is not None and ctx is not None and len(ctx.hosts) != plan.group_world_size:
             # An elastic job this agent joined while it ran (or began short of MAX): the size it has.
-            current.resize(cmd, bundle, plan.nodes[0].group_rank, ctx.hosts)
+            current.resize(cmd, bundle(), plan.nodes[0].group_rank, ctx.hosts)
             plan, ctx = current.plan, current.ctx
 
         def voice(group: LocalWorkerGroup) -> TorchrunVoice:
@@ -766,7 +787,7 @@ def main(argv: list[str] | None = None, *, door: str = "torchrun") -> int:
                 console,
                 publish,
                 rules,
-                lambda membership: current.regroup(cmd, bundle, membership),
+                lambda membership: current.regroup(cmd, bundle(), membership),
             )
         children = _child_factory(cmd, current, python, saved)
         return run_job(

@@ -1,7 +1,11 @@
 """The names fakerun's command line accepts for what the simulation implements (trainer dialects, log levels,
-failure scenarios), importable without the simulation: a --fake-exec launcher never loads it."""
+failure scenarios) and the environment variables it reads, importable without the simulation or the
+multi-node protocol: a single-node --fake-exec launcher loads neither."""
 
 from __future__ import annotations
+
+# The job's shared secret for the agents' handshake (launcher/wire.py); one derived from the run id if unset.
+SECRET_VAR = "FAKERUN_SECRET"
 
 # --fake-trainer's choices, sorted: the keys of fakerun.dialects.DIALECTS (a unit test holds them equal).
 TRAINERS = (

@@ -9,11 +9,25 @@ round) ends it with RendezvousTimeoutError. A node whose agent is gone never joi
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fakerun.launcher.plan import LaunchPlan
 
 LAST_CALL_TIMEOUT_S = 30.0  # torch's default last_call_timeout (rdzv-conf `last_call_timeout`)
 JOIN_TIMEOUT_S = 600.0  # torch's default join_timeout (rdzv-conf `join_timeout`)
+
+
+class MeetError(Exception):
+    """The rendezvous failed; `text` is what torchrun prints (traceback and exception line), then exit 1."""
+
+    def __init__(self, text: str, exit_code: int = 1) -> None:
+        super().__init__(text)
+        self.text = text
+        self.exit_code = exit_code
 
 
 class Verdict(enum.Enum):
@@ -52,6 +66,35 @@ class RoundRules:
         if joined >= self.min_nodes:
             return min(timeout, last_join + self.last_call_timeout_s)
         return timeout
+
+
+def conf_seconds(conf: dict[str, str], key: str, default: float) -> float:
+    """--rdzv-conf's `key` in seconds (`default` if absent); a value that is none raises MeetError."""
+    try:
+        value = float(conf.get(key, default))
+    except ValueError:
+        raise MeetError(f"ValueError: could not convert string to float: {conf[key]!r}\n") from None
+    if not (math.isfinite(value) and value > 0):
+        # nan never times out and breaks select(); inf and negative waits make no sense either.
+        raise MeetError(f"fakerun: error: --rdzv-conf: {key}={conf[key]} is not a number of seconds > 0\n")
+    return value
+
+
+def round_rules(plan: LaunchPlan, speed: float) -> RoundRules | None:
+    """The rules of an elastic job's rounds (c10d or standalone, --nnodes MIN:MAX); None for a fixed size.
+
+    join_timeout is real seconds; the last call of a restart's round is the simulated cluster's wait for
+    more agents, so it passes at --fake-speed (`speed`; 1 for the first round, which real agents join).
+    """
+    if plan.rdzv.form not in ("c10d", "standalone") or plan.min_nodes >= plan.max_nodes:
+        return None
+    conf = plan.rdzv.conf
+    return RoundRules(
+        plan.min_nodes,
+        plan.max_nodes,
+        join_timeout_s=conf_seconds(conf, "join_timeout", JOIN_TIMEOUT_S),
+        last_call_timeout_s=conf_seconds(conf, "last_call_timeout", LAST_CALL_TIMEOUT_S) / speed,
+    )
 
 
 def regroup(members: Iterable[int]) -> dict[int, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-import math
 import os
 import re
 import signal
@@ -18,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from fakerun.launcher import report
-from fakerun.launcher.elastic import LAST_CALL_TIMEOUT_S, RoundRules
+from fakerun.launcher.elastic import JOIN_TIMEOUT_S, MeetError, RoundRules, conf_seconds, round_rules
 from fakerun.launcher.outfile import notice
 from fakerun.launcher.peers import Gate, Peer
 from fakerun.launcher.plan import LaunchPlan, NodePlan
@@ -42,21 +41,11 @@ if TYPE_CHECKING:
 
 C10D_DEFAULT_PORT = 29400  # torch's default when --rdzv-endpoint names no port
 STATIC_TIMEOUT_S = 900.0  # torch's static rendezvous (TCPStore) timeout
-C10D_JOIN_TIMEOUT_S = 600.0  # torch's c10d join_timeout
 C10D_READ_TIMEOUT_S = 60.0  # torch's c10d read_timeout: its TCPStore client's timeout
 RENDEZVOUS_CONNECTION_ERROR = (
     "torch.distributed.elastic.rendezvous.api.RendezvousConnectionError: "
     "The connection to the C10d store has failed. See inner exception for details."
 )
-
-
-class MeetError(Exception):
-    """The rendezvous failed; `text` is what torchrun prints (traceback and exception line), then exit 1."""
-
-    def __init__(self, text: str, exit_code: int = 1) -> None:
-        super().__init__(text)
-        self.text = text
-        self.exit_code = exit_code
 
 
 class Interrupted(Exception):
@@ -80,17 +69,6 @@ class Links:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-
-
-def _seconds(conf: dict[str, str], key: str, default: float) -> float:
-    try:
-        value = float(conf.get(key, default))
-    except ValueError:
-        raise MeetError(f"ValueError: could not convert string to float: {conf[key]!r}\n") from None
-    if not (math.isfinite(value) and value > 0):
-        # nan never times out and breaks select(); inf and negative waits make no sense either.
-        raise MeetError(f"fakerun: error: --rdzv-conf: {key}={conf[key]} is not a number of seconds > 0\n")
-    return value
 
 
 def _check_host(host: str, option: str) -> None:
@@ -219,10 +197,10 @@ def meet(
     dial = (args.master_addr, rdzv.master_port) if static else _endpoint(rdzv.endpoint)
     _check_host(dial[0], "--master-addr" if static else "--rdzv-endpoint")
     if static:
-        timeout = store_timeout = _seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
+        timeout = store_timeout = conf_seconds(rdzv.conf, "timeout", STATIC_TIMEOUT_S)
     else:
-        timeout = _seconds(rdzv.conf, "join_timeout", C10D_JOIN_TIMEOUT_S)
-        store_timeout = _seconds(rdzv.conf, "read_timeout", C10D_READ_TIMEOUT_S)
+        timeout = conf_seconds(rdzv.conf, "join_timeout", JOIN_TIMEOUT_S)
+        store_timeout = conf_seconds(rdzv.conf, "read_timeout", C10D_READ_TIMEOUT_S)
     # The first round's last call waits for agents started by people or schedulers: real seconds, as the
     # join timeout. A fixed-size job waits for all its nodes.
     rules = round_rules(plan, 1.0) or RoundRules(plan.max_nodes, plan.max_nodes, join_timeout_s=timeout)
@@ -352,20 +330,3 @@ def _listen_static(port: int, host: str) -> socket.socket:
             f"address. port: {port}, useIpv6: false, code: -98, name: EADDRINUSE, message: "
             f"{(exc.strerror or 'address already in use').lower()}\n"
         ) from None
-
-
-def round_rules(plan: LaunchPlan, speed: float) -> RoundRules | None:
-    """The rules of an elastic job's rounds (c10d or standalone, --nnodes MIN:MAX); None for a fixed size.
-
-    join_timeout is real seconds; the last call of a restart's round is the simulated cluster's wait for
-    more agents, so it passes at --fake-speed (`speed`; 1 for the first round, which real agents join).
-    """
-    if plan.rdzv.form not in ("c10d", "standalone") or plan.min_nodes >= plan.max_nodes:
-        return None
-    conf = plan.rdzv.conf
-    return RoundRules(
-        plan.min_nodes,
-        plan.max_nodes,
-        join_timeout_s=_seconds(conf, "join_timeout", C10D_JOIN_TIMEOUT_S),
-        last_call_timeout_s=_seconds(conf, "last_call_timeout", LAST_CALL_TIMEOUT_S) / speed,
-    )

@@ -10,9 +10,12 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from fakerun.options import TorchrunArgs
-from fakerun.presets import ClusterSpec, host_name
+
+if TYPE_CHECKING:
+    from fakerun.presets import ClusterSpec
 
 __all__ = [
     "SlurmJob",
@@ -349,6 +352,8 @@ def compress_hostlist(hosts: Sequence[str]) -> str:
 
 def preset_nodelist(cluster: ClusterSpec, nnodes: int) -> str:
     """The node list SLURM would give a job of `nnodes` nodes on `cluster`, named as the preset names them."""
+    from fakerun.presets import host_name  # the launcher imports this module; only the helper needs presets
+
     if nnodes < 1:
         raise ValueError(f"a job has at least one node, not {nnodes}")
     return compress_hostlist([host_name(cluster, i) for i in range(nnodes)])

@@ -19,15 +19,14 @@ import secrets
 import struct
 from typing import Any
 
+from fakerun.names import SECRET_VAR
+
 MAX_FRAME = 1 << 20  # the largest message: a 1024-GPU grid is ~60 kB
 MAX_HANDSHAKE_FRAME = 4096  # until the peer has proved the secret: the handshake's messages are ~150 bytes
 MAX_DEPTH = 16  # our deepest message (replies -> items -> [rank, reply] -> grid -> row) is 6 levels
 PROTOCOL = "fakerun/1"
 _HEADER = struct.Struct(">I")
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-SECRET_VAR = "FAKERUN_SECRET"
 
 
 class WireError(ValueError):

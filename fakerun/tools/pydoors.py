@@ -15,7 +15,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["DOORS", "PYLIB", "exec_door", "module_path", "pylib_files", "run_door"]
 
@@ -151,6 +150,8 @@ def module_path(site_relative: str, search: Sequence[str], site_packages: str) -
     """A torch source file as torch's log formatter names it (make_module_path_relative): resolved, then
     relative to the first sys.path entry holding it. Under `python -m` the first entry is the working
     directory, so a venv below it shows as `venv/lib/python3.11/site-packages/torch/...`."""
+    from pathlib import Path  # as torch's; the module doors alone need it (3 ms of a launcher's start)
+
     path = Path(site_packages, site_relative).resolve()
     for entry in search:
         try:

@@ -25,8 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakerun.launcher import cluster, rendezvous
-from fakerun.launcher.elastic import RoundRules
-from fakerun.launcher.meet import MeetError, _check_host, _loopback, _seconds, _secret_warning
+from fakerun.launcher.elastic import MeetError, RoundRules, conf_seconds
+from fakerun.launcher.meet import _check_host, _loopback, _secret_warning
 from fakerun.launcher.peers import EVICT_AFTER_S, HANDSHAKE_TIMEOUT_S, Gate, Peer, Pending, Refusals
 from fakerun.launcher.wire import (
     MAX_DEPTH,
@@ -496,8 +496,9 @@ class TestAddresses:
     @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "0"])
     def test_timeouts(self, value: str) -> None:
         with pytest.raises(MeetError, match=f"timeout={value} is not a number of seconds > 0"):
-            _seconds({"timeout": value}, "timeout", 900.0)
-        assert _seconds({}, "timeout", 900.0) == 900.0 and _seconds({"timeout": "2.5"}, "timeout", 1) == 2.5
+            conf_seconds({"timeout": value}, "timeout", 900.0)
+        assert conf_seconds({}, "timeout", 900.0) == 900.0
+        assert conf_seconds({"timeout": "2.5"}, "timeout", 1) == 2.5
 
     @pytest.mark.parametrize("host", ["a" * 64, "a..b", "x." + "b" * 70 + ".org"])
     def test_host_names(self, host: str) -> None:
