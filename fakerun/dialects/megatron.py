@@ -7,7 +7,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from fakerun.dialects.base import HintRule, Line, Output, Seat, seconds_time, words
 from fakerun.dialects.events import (
@@ -40,6 +40,9 @@ from fakerun.sim.megatron import Theory
 from fakerun.sim.run import ENDING_MEGATRON, ENDING_MEGATRON_2022, RunPlan
 
 _MIB = 1024.0**2
+# The ranks a kind of event prints on (_AUDIENCES): all, print_rank_0's, print_rank_last's, and data-parallel
+# rank 0 of each model-parallel shard.
+Role = Literal["every", "first", "last", "dp_first"]
 SAVE_DIR = "checkpoints"  # the folder of a job that saves without --save (a Megatron dialect forced on it)
 # Arguments of Megatron-LM before mid-2022 that newer versions renamed, removed or only warn about
 # (--checkpoint-activations deprecated in 2022, --activations-checkpoint-* renamed to --recompute-* in April
@@ -417,9 +420,21 @@ class MegatronDialect:
         """Whether this rank is data-parallel rank 0 (memory and parameter counts print there)."""
         return self.run is not None and self.run.job.coords(self.seat.rank).dp_rank == 0
 
+    def plays(self, role: Role) -> bool:
+        """Whether this rank is among `role`'s ranks; every rank may be a data-parallel first one until
+        JobStarted brings the layout."""
+        if role == "every":
+            return True
+        if role == "first":
+            return self.first
+        if role == "last":
+            return self.last
+        return self.run is None or self.dp_first()
+
     def wants(self, kind: type[Event]) -> bool:
-        """Whether this rank prints anything for events of `kind` (the summary and export never)."""
-        return kind in _KINDS
+        """Whether this rank may print anything for events of `kind`, or keeps from them what its own later
+        lines need (_AUDIENCES; the summary and export never)."""
+        return any(self.plays(role) for role in _AUDIENCES.get(kind, ()))
 
     # -- rendering ---------------------------------------------------------------------------------------
 
@@ -441,18 +456,17 @@ class MegatronDialect:
             self.exiting = None
             return []
         run = self.run
-        if run is None:
+        # The ranks of each kind's lines (_AUDIENCES); the branches below pick among them where they differ.
+        if run is None or not self.wants(type(event)):
             return []
         job = run.job
         if isinstance(event, WorkerStarted):
-            return self.startup(run) if self.first else []
+            return self.startup(run)
         if isinstance(event, ProcessGroupInitializing):
-            return ["> initializing torch distributed ..."] if self.first else []
+            return ["> initializing torch distributed ..."]
         if isinstance(event, ProcessGroupReady):
-            return self.initialized(event, at) if self.first else []
+            return self.initialized(event, at)
         if isinstance(event, TokenizerLoaded):
-            if not self.first:
-                return []
             # A model read from Megatron's arguments holds its padded table; the tokenizer's size: a setting.
             vocab = int(self.settings.get("megatron.vocab", event.vocab_size))
             padded = job.model.vocab if "megatron.vocab" in self.settings else event.padded_vocab
@@ -473,8 +487,6 @@ class MegatronDialect:
                 out.append(self.datetime("after model, optimizer, and learning rate scheduler are built", at))
             return out
         if isinstance(event, CheckpointLoaded):
-            if not self.first:
-                return []
             restored = run.nan_rerun(run.first_step) == "again"
             return [
                 f" loading distributed checkpoint from {self.save_dir} at iteration {event.step}",
@@ -484,7 +496,7 @@ class MegatronDialect:
                 self.datetime("after model, optimizer, and learning rate scheduler are built", at),
             ]
         if isinstance(event, TrainingStarted):
-            return self.training_started(event, at) if self.first else []
+            return self.training_started(event, at)
         if isinstance(event, MemoryReport):
             if event.iterations == 1:
                 self.memory = event
@@ -494,12 +506,10 @@ class MegatronDialect:
         if isinstance(event, TrainingStopped):
             return self.stop_lines(event, at)
         if isinstance(event, EvalStarted):
-            return self.evaluating_lines(event) if self.stopped and self.first else []
+            return self.evaluating_lines(event) if self.stopped else []
         if isinstance(event, EvalDone):
-            return self.validation_lines(event) if self.last else []
+            return self.validation_lines(event)
         if isinstance(event, CheckpointSaving):
-            if not self.first:
-                return []
             return [self.saving_line(event)]
         if isinstance(event, CheckpointSaved):
             out = []
@@ -512,7 +522,7 @@ class MegatronDialect:
                 out += self.timers([("save-checkpoint", ms, ms)])
             return out
         if isinstance(event, TrainingFinished):
-            return self.exit_lines(at) if self.first else []
+            return self.exit_lines(at)
         if isinstance(event, ResultRejected):
             return self.rejected_lines(event)
         if isinstance(event, RerunExit):
@@ -851,25 +861,27 @@ class MegatronDialect:
 _SEED = 1234  # --seed's default
 _RERUN_LOGGER = "megatron.core.rerun_state_machine"  # its logging.getLogger(__name__)
 _RESTORED = "Getting RerunStateMachine state from checkpoint. Will rerun step."
-_KINDS = frozenset(
-    {
-        JobStarted,
-        WorkerStarted,
-        ProcessGroupInitializing,
-        ProcessGroupReady,
-        TokenizerLoaded,
-        ModelBuilt,
-        ResultRejected,
-        RerunExit,
-        CheckpointLoaded,
-        TrainingStarted,
-        MemoryReport,
-        StepDone,
-        TrainingStopped,
-        TrainingFinished,
-        EvalStarted,
-        EvalDone,
-        CheckpointSaving,
-        CheckpointSaved,
-    }
-)
+# Who prints (or keeps for its own later lines) each kind's lines: print_rank_0's rank 0, print_rank_last's
+# last rank, the data-parallel first ranks' parameter counts and memory reports (rank 0's theory among them),
+# every rank's rerun verdicts; JobStarted sets up every rank. The step loop's stop is kept by rank 0 (its
+# evaluation progress and exit line) and the last rank (its validation's prefix and save timers).
+_AUDIENCES: dict[type[Event], tuple[Role, ...]] = {
+    JobStarted: ("every",),
+    WorkerStarted: ("first",),
+    ProcessGroupInitializing: ("first",),
+    ProcessGroupReady: ("first",),
+    TokenizerLoaded: ("first",),
+    ModelBuilt: ("dp_first",),
+    ResultRejected: ("every",),
+    RerunExit: ("every",),
+    CheckpointLoaded: ("first",),
+    TrainingStarted: ("first",),
+    MemoryReport: ("dp_first",),
+    StepDone: ("last", "dp_first"),
+    TrainingStopped: ("first", "last"),
+    TrainingFinished: ("first",),
+    EvalStarted: ("first",),
+    EvalDone: ("last",),
+    CheckpointSaving: ("first",),
+    CheckpointSaved: ("first", "last"),
+}

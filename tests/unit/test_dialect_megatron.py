@@ -26,6 +26,7 @@ from fakerun.sim.run import (
     ENDING_FAKERUN,
     ENDING_MEGATRON,
     ENDING_MEGATRON_2022,
+    Pause,
     RunPlan,
     looped,
     make_run,
@@ -33,6 +34,8 @@ from fakerun.sim.run import (
 )
 from fakerun.sim.schedule import lr
 from fakerun.sim.step import step_numbers
+from fakerun.worker.printer import Printer
+from fakerun.worker.trainer import _STEP_FIGURE_EVENTS
 
 AT = 1_795_000_000.25
 
@@ -286,36 +289,42 @@ class TestMegatronCore:
 VAL_LOSS, TEST_LOSS = 3.1, 3.2
 
 
+def pause_events(run: RunPlan, step: int, pauses: tuple[Pause, ...]) -> list[ev.Event]:
+    """The pauses after `step` as worker/trainer.py emits them (evaluations 4 s, saves 2 s)."""
+    return [e for phase, _ in pauses for e in pause(run, step, phase)]
+
+
+def pause(run: RunPlan, step: int, phase: str) -> list[ev.Event]:
+    """One pause after `step`: an evaluation of its split or a save."""
+    if phase == "checkpoint":
+        return [
+            ev.CheckpointSaving(step=step, path="x", format="torch_dist"),
+            ev.CheckpointSaved(step=step, path="x", nbytes=1, seconds=2.0, bandwidth_gbs=1.0),
+        ]
+    split, value = ("test", TEST_LOSS) if phase == "test" else ("validation", VAL_LOSS)
+    return [
+        ev.EvalStarted(step=step, iters=run.eval_iters, split=split),
+        ev.EvalDone(
+            step=step,
+            loss=value,
+            ppl=math.exp(value),
+            seconds=4.0,
+            samples=run.eval_iters * run.job.global_batch,
+            iters=run.eval_iters,
+            epoch=0.0,
+            split=split,
+        ),
+    ]
+
+
 def end_events(run: RunPlan, step: int, reason: str = "reached total steps") -> list[ev.Event]:
     """The end of a run as worker/trainer.py emits it from the plan: the loop's pauses after its last step,
-    the stop, the pauses after the loop, the last event (evaluations 4 s, saves 2 s)."""
-
-    def pause(phase: str) -> list[ev.Event]:
-        if phase == "checkpoint":
-            return [
-                ev.CheckpointSaving(step=step, path="x", format="torch_dist"),
-                ev.CheckpointSaved(step=step, path="x", nbytes=1, seconds=2.0, bandwidth_gbs=1.0),
-            ]
-        split, value = ("test", TEST_LOSS) if phase == "test" else ("validation", VAL_LOSS)
-        return [
-            ev.EvalStarted(step=step, iters=run.eval_iters, split=split),
-            ev.EvalDone(
-                step=step,
-                loss=value,
-                ppl=math.exp(value),
-                seconds=4.0,
-                samples=run.eval_iters * run.job.global_batch,
-                iters=run.eval_iters,
-                epoch=0.0,
-                split=split,
-            ),
-        ]
-
+    the stop, the pauses after the loop, the last event."""
     exits = reason.startswith("exit")
     return [
-        *(e for phase, _ in run.loop_pauses(step, final=True, exits=exits) for e in pause(phase)),
+        *pause_events(run, step, run.loop_pauses(step, final=True, exits=exits)),
         ev.TrainingStopped(step=step, reason=reason),
-        *(e for phase, _ in run.end_pauses(step, exits=exits) for e in pause(phase)),
+        *pause_events(run, step, run.end_pauses(step, exits=exits)),
         ev.TrainingFinished(step=step),
     ]
 
@@ -897,3 +906,154 @@ class TestNanIterations:
         m = CORE.match(line)
         assert m, line
         assert int(m["nan"]) == 2 and int(m["skipped"]) >= 2 and m["loss"] is not None
+
+
+def job_events(run: RunPlan, rank: int) -> list[ev.Event]:
+    """Every event of the dialect's kinds that `rank` of a Megatron job lives through, as worker/trainer.py
+    emits them from the plan: start-up, each step (the first one's memory report) with the loop's evaluations
+    and saves, then the end; or, at a NaN step the rerun machine checks, the rejection, the exit and the
+    save of the step before."""
+    job = run.job
+    c = job.coords(rank)
+    out: list[ev.Event] = [
+        ev.WorkerStarted("node-a", local_rank=rank % job.nproc_per_node, world_size=job.world_size, pid=1),
+        ev.ProcessGroupInitializing(backend="nccl", world_size=job.world_size),
+        ev.ProcessGroupReady(tp_rank=c.tp_rank, dp_rank=c.dp_rank, pp_rank=c.pp_rank),
+        ev.TokenizerLoaded(job.model.vocab, figures.padded_vocab(job.model.vocab, job.tp)),
+        ev.ModelBuilt(
+            dtype="bfloat16",
+            params_on_rank=1e8,
+            layers_on_rank=job.stage_layers(c.pp_rank),
+            pp_rank=c.pp_rank,
+            theory=figures.theory(job),
+        ),
+    ]
+    if job.start_step:
+        out.append(ev.CheckpointLoaded(job.start_step, "ckpt", tokens=0, loss=3.0, lr=1e-4, seconds=1.0))
+    out.append(
+        ev.TrainingStarted(run.first_step, run.last_step, job.total_steps, job.warmup_steps, job.lr, "cosine")
+    )
+    for step in range(run.first_step, run.last_step):
+        if run.nan_rerun(step) is not None:
+            again = run.nan_rerun(step) == "again"
+            out += [ev.ResultRejected(step, again), ev.RerunExit(step, 16, again)]
+            return out + pause_events(run, step - 1, run.rerun_pauses(step))
+        if step == run.first_step:
+            out.append(
+                ev.MemoryReport(step, 1, allocated=2e9, max_allocated=3e9, reserved=4e9, max_reserved=4e9)
+            )
+        out += [step_done(run, step, rank), *pause_events(run, step, run.loop_pauses(step))]
+    return [*out, step_done(run, run.last_step, rank), *end_events(run, run.last_step)]
+
+
+def layout_run(
+    nproc: int, tp: int = 1, pp: int = 1, start: int = 0, ending: str = ENDING_MEGATRON
+) -> RunPlan:
+    """A Megatron run of 40 steps on `nproc` GPUs that evaluates and saves every 20 and tests at the end."""
+    b = presets.resolve("gpt2-124m")
+    job = make_job(
+        b.model, b.cluster, b.storage, nnodes=1, nproc_per_node=nproc, tp=tp, pp=pp, precision="fp16", seed=7
+    )
+    run = make_run(
+        job, max_steps=40, log_interval=10, eval_interval=20, save_interval=20, ending=ending, test=True
+    )
+    return resumed(run, start) if start else run
+
+
+LEGACY_SETTINGS = (("checkpoint_activations", ""),)
+
+
+class TestRankExactWants:
+    """wants() answers per rank what Megatron's print_rank_0, print_rank_last, report_memory (data-parallel
+    rank 0) and the rerun machine's every-rank logging print: a rank that prints none of a step's figures is
+    lean (worker/trainer.py computes only its compute time)."""
+
+    @staticmethod
+    def dp_first(job: JobSpec) -> set[int]:
+        return {r for r in range(job.world_size) if job.coords(r).dp_rank == 0}
+
+    @pytest.mark.parametrize(
+        ("name", "run", "settings"),
+        [
+            ("megatron", layout_run(8, tp=2, pp=2), ()),
+            ("megatron", layout_run(4, start=20), ()),
+            ("megatron", layout_run(8, tp=2, pp=2, ending=ENDING_MEGATRON_2022), LEGACY_SETTINGS),
+            ("megatron-deepspeed", layout_run(8, tp=2, pp=2, ending=ENDING_MEGATRON_2022), ()),
+            ("megatron", rerun_run(pp=2), ()),
+        ],
+        ids=["tp2-pp2", "dp4-resumed", "legacy", "megatron-deepspeed", "rerun"],
+    )
+    def test_a_rank_that_does_not_want_a_kind_prints_nothing_for_it(
+        self, name: str, run: RunPlan, settings: tuple[tuple[str, str], ...]
+    ) -> None:
+        job = run.job
+        last = job.world_size - 1
+        printers: dict[type[ev.Event], set[int]] = {}
+        for rank in range(job.world_size):
+            d = dialects.make(name, seat(job, rank))
+            d.render(ev.JobStarted(run=run, first=True, resume=bool(job.start_step), settings=settings), AT)
+            for e in job_events(run, rank):
+                out = d.render(e, AT)
+                if not d.wants(type(e)):
+                    assert out == [], (rank, e)
+                if out:
+                    printers.setdefault(type(e), set()).add(rank)
+        # Who prints, from Megatron's print functions (not the dialect's table): rank 0's start-up, saves and
+        # end, the last rank's iteration lines, validation and save timers, data-parallel rank 0's parameter
+        # counts and memory reports, every rank's rerun verdicts.
+        expected = {
+            ev.WorkerStarted: {0},
+            ev.ProcessGroupInitializing: {0},
+            ev.ProcessGroupReady: {0},
+            ev.TokenizerLoaded: {0},
+            ev.CheckpointLoaded: {0},
+            ev.TrainingStarted: {0},
+            ev.TrainingStopped: {0},
+            ev.EvalStarted: {0},
+            ev.CheckpointSaving: {0},
+            ev.CheckpointSaved: {0, last},
+            ev.EvalDone: {last},
+            ev.ModelBuilt: self.dp_first(job),
+            ev.StepDone: self.dp_first(job) | {last},
+            ev.ResultRejected: set(range(job.world_size)),
+            ev.RerunExit: set(range(job.world_size)),
+        }
+        assert printers == {kind: ranks for kind, ranks in expected.items() if kind in printers}
+        assert ev.StepDone in printers and ev.CheckpointSaved in printers
+
+    @pytest.mark.parametrize(
+        ("nproc", "tp", "pp", "lean"),
+        # Ranks (tp fastest, then dp, then pp) that are neither first nor last nor of data-parallel rank 0.
+        [(8, 2, 2, {2, 3, 6}), (4, 1, 1, {1, 2}), (8, 1, 8, set())],
+    )
+    @pytest.mark.parametrize("name", ["megatron", "megatron-deepspeed"])
+    def test_ranks_printing_no_step_figure_are_lean(
+        self,
+        name: str,
+        nproc: int,
+        tp: int,
+        pp: int,
+        lean: set[int],
+        tmp_path: typing.Any,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The trainer's lean test through the rank's Printer once JobStarted is out; --tensorboard-dir's
+        writer (the last rank's only) keeps no other rank from being lean."""
+        monkeypatch.chdir(tmp_path)
+        run = layout_run(nproc, tp=tp, pp=pp)
+        job = run.job
+        started = ev.JobStarted(run=run, first=True, resume=False, settings=(("tensorboard_dir", "tb"),))
+        got, writing = set(), set()
+        for rank in range(job.world_size):
+            # Until JobStarted brings the layout, any rank may be of data-parallel rank 0.
+            unknown = dialects.make(name, seat(job, rank))
+            assert unknown.wants(ev.StepDone) and unknown.wants(ev.ModelBuilt)
+            printer = Printer.for_rank(name, seat(job, rank), lambda: AT)
+            printer.emit(started)
+            if not any(printer.wants(kind) for kind in _STEP_FIGURE_EVENTS):
+                got.add(rank)
+            assert printer.tensorboard is not None
+            if any(printer.tensorboard.wants(kind) for kind in _STEP_FIGURE_EVENTS):
+                writing.add(rank)
+        assert got == lean
+        assert writing <= {job.world_size - 1}
