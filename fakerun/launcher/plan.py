@@ -6,7 +6,6 @@ import math
 import os
 import re
 import signal
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
@@ -249,6 +248,16 @@ def _default_node_host(index: int) -> str:
     return f"gpu-node-{index + 1:03d}"
 
 
+def random_uuid() -> str:
+    """A random (version 4) UUID, as torchrun's str(uuid.uuid4()) names a standalone run; made here because
+    the uuid module's import (platform's) is 2 ms of every launcher's start-up."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def make_plan(
     args: TorchrunArgs,
     environ: dict[str, str] | os._Environ[str],
@@ -270,7 +279,7 @@ def make_plan(
         raise LaunchError(
             "ValueError: Don't use both the '--no-python' flag and the '--module' flag at the same time."
         )
-    rdzv = select_rendezvous(args, max_nodes, fqdn, free_port, run_uuid or str(uuid.uuid4()))
+    rdzv = select_rendezvous(args, max_nodes, fqdn, free_port, run_uuid or random_uuid())
     signals, unknown = parse_signals(args.signals_to_handle)
     try:
         shutdown_timeout = float(min(_shutdown_timeout(args, environ), MAX_SECONDS_OPTION))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import signal
+import uuid
 
 import pytest
 
 from fakerun.launcher.envs import worker_argv, worker_env, worker_slots
-from fakerun.launcher.plan import LaunchError, NodePlan, make_plan, parse_std
+from fakerun.launcher.plan import LaunchError, NodePlan, make_plan, parse_std, random_uuid
 from fakerun.options import TorchrunArgs
 
 UUID = "97f2a5c4-832e-4665-9d8b-a0de9c567226"
@@ -27,6 +28,14 @@ def plan_for(environ: dict[str, str] | None = None, **kw: object):  # type: igno
 
 class TestRendezvousSelection:
     """torchrun's rules for standalone, automatic c10d and static."""
+
+    def test_random_uuid_is_a_version_4_uuid(self) -> None:
+        """A standalone run id parses, in the uuid module, as a random UUID spelled as it spells one."""
+        ids = {random_uuid() for _ in range(200)}
+        assert len(ids) == 200
+        for text in ids:
+            parsed = uuid.UUID(text)
+            assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
 
     def test_standalone(self) -> None:
         """--standalone: c10d on localhost:0, a uuid run id, the fqdn and a random port."""
