@@ -275,7 +275,7 @@ class ControlHub:
             return
         cluster = self.cluster
         try:
-            msg = json.loads(line)
+            msg = json.loads(line.decode())  # UTF-8, as workers write (json's detection costs more per rank)
             if not isinstance(msg, dict):
                 raise ProtocolError("not a JSON object")
             if cluster is not None and cluster.lost is not None:
@@ -313,14 +313,15 @@ class ControlHub:
     def _dispatch(self, out: Output) -> None:
         """Answers to local ranks directly, to remote ones through their agents; records to the file."""
         by_rank = self.by_rank
-        encoded: dict[int, bytes] = {}  # the coordinator shares one answer object between ranks: encode once
+        # The coordinator shares one answer object between ranks: noted and encoded once.
+        encoded: dict[int, bytes] = {}
         for rank, reply in out.replies:
-            self._note(reply)
+            data = encoded.get(id(reply))
+            if data is None:
+                self._note(reply)
+                data = encoded[id(reply)] = _encode(reply)
             target = by_rank.get(rank)
             if target is not None:
-                data = encoded.get(id(reply))
-                if data is None:
-                    data = encoded[id(reply)] = _encode(reply)
                 self._send_bytes(target, data)
             elif self.cluster is not None:
                 self.cluster.route(rank, reply)
@@ -369,15 +370,21 @@ class ControlHub:
     def _send_bytes(self, channel: _Channel, data: bytes) -> None:
         # The worker waits for this very reply, so its buffer has room and one non-blocking send takes it
         # whole (a blocking socket would cost two fcntl calls per answer); a dead worker just loses it.
-        with contextlib.suppress(OSError):
+        # (try/except, not contextlib.suppress: this runs once per rank and step.)
+        try:
+            sent = channel.sock.send(data)
+        except BlockingIOError:
             sent = 0
-            with contextlib.suppress(BlockingIOError):
-                sent = channel.sock.send(data)
-            if sent < len(data):  # a large answer (the grid) on a full buffer: the rest, blocking
+        except OSError:
+            return
+        if sent < len(data):  # a large answer (the grid) on a full buffer: the rest, blocking
+            try:
                 channel.sock.setblocking(True)
-                try:
-                    channel.sock.sendall(data[sent:])
-                finally:
+                channel.sock.sendall(data[sent:])
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
                     channel.sock.setblocking(False)
 
     def _close(self, fd: int, *, teardown: bool = False) -> None:

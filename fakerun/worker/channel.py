@@ -15,6 +15,9 @@ from typing import Any
 from fakerun.launcher.procs import MAX_FRAME, OUTPUT_STREAMS
 
 _MAX_WAIT_S = 86_400.0
+# One compact encoder for every message: json.dumps with options builds a new encoder per call, and a
+# rank sends one message a step.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class CoordinatorGone(Exception):
@@ -59,7 +62,7 @@ class CoordinatorLink:
     def send(self, message: dict[str, Any]) -> None:
         """One message, written whole."""
         try:
-            self._sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self._sock.sendall(_encode(message).encode() + b"\n")
         except OSError as exc:
             raise CoordinatorGone(str(exc)) from None
 
@@ -75,7 +78,7 @@ class CoordinatorLink:
     def _take(self) -> dict[str, Any] | None:
         """The first message of the buffer (whole): an answer, None for a notice it has applied, or raises."""
         line, self._buffer = self._buffer.split(b"\n", 1)
-        reply = json.loads(line)
+        reply = json.loads(line.decode())  # UTF-8, as the launcher writes: json's own detection is slower
         if not isinstance(reply, dict):
             raise CoordinatorGone("malformed reply")
         if reply.get("k") == "epipe":

@@ -578,6 +578,7 @@ class RankTrainer:
         ds_state = None if ds is None else ds_lossscale.initial_state(ds.initial_scale_power, ds.hysteresis)
         ds_timers, ds_memory = self._ds_breakdown()
         wants_steps = self.out.wants(StepDone)
+        wants_sync = self.out.wants(GradientSync)  # asked once: the printer's layers are settled by now
         # A rank that prints (or writes) nothing drawn from its steps' figures computes only its compute
         # time for the coordinator; DeepSpeed's engine scaler changes that time, so it needs the figures.
         lean = ds is None and not any(self.out.wants(kind) for kind in _STEP_FIGURE_EVENTS)
@@ -667,7 +668,7 @@ class RankTrainer:
                             running=running,
                         )
                     )
-            if logged and self.out.wants(GradientSync):
+            if logged and wants_sync:
                 self._sync(step, reply)
             released = float(reply["rel"])
             if stop and self._early_stop(step):
@@ -848,6 +849,8 @@ class RankTrainer:
         """Whether this node's NIC flaps at `step` and comes back within the queue pairs' retries; the IB
         async thread's WARN when it goes down ("down") or is back ("up"), under NCCL_DEBUG=WARN or INFO."""
         job = self.run.job
+        if not job.net_stalls:  # the usual case, asked every step
+            return False
         stall = next((s for s in job.net_stalls if s.step == step and s.node == self.node), None)
         if stall is None:
             return False
