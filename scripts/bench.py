@@ -1,6 +1,7 @@
 """Benchmarks of fakerun against the service levels of PRODUCT.md section 8; prints a Markdown table.
 
-Usage: python scripts/bench.py [--runs N] [--quick] [--only first-line] [--torch-venv PATH | --no-torch]
+Usage: python scripts/bench.py [--runs N] [--quick] [--only first-line|page-merging]
+                              [--torch-venv PATH | --no-torch]
 
 Every figure is measured over several runs (median and min-max); a figure compared with a baseline is
 measured interleaved with it, run by run, in the same run of the benchmark. Every process the benchmark
@@ -21,6 +22,8 @@ The figures, each with its target where PRODUCT.md section 8 sets one:
 - CPU of a 64-rank job while training (<= 3% at the default pace), PSS and the launcher's open descriptors
   per rank while training, at 64 and 1024 ranks (<= 2.5 MB and <= 2 per rank at 1024 ranks);
 - coordinator step rounds/s with pacing removed vs a bare socket barrier, 64 and 1024 ranks (>= 0.5x);
+- PSS per rank of a 1024-rank job at the default pace as training begins and 4 minutes later, where the
+  kernel's same-page merging runs (KSM, which root turns on; n/a elsewhere), and ksmd's CPU meanwhile;
 - SIGTERM and SIGKILL to the launcher until every process is gone, 64 and 1024 ranks (<= 0.5 s / 1 s at 64
   ranks, <= 1 s at 1024).
 --quick runs each figure once, at 64 ranks at most (figures of 1024 and 4096 ranks read n/a), in about a
@@ -1404,6 +1407,63 @@ def training_rows(runs: int, quick: bool, cwd: str, window: float) -> list[Row]:
     return rows
 
 
+# Same-page merging (fakerun/launcher/pagemerge.py): measured where the machine runs KSM, which only root
+# turns on (`echo 1 > /sys/kernel/mm/ksm/run`); the benchmark never changes the kernel's settings.
+KSM = "/sys/kernel/mm/ksm"
+MERGE_NODES = 128  # 1024 ranks, as the PSS-per-rank target
+MERGE_WINDOW_S = 240.0  # how long the merged figure is followed once training runs
+MERGE_SAMPLE_S = 15.0
+
+
+def _ksm_setting(name: str) -> str:
+    try:
+        with open(os.path.join(KSM, name), encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _ksmd_seconds() -> float:
+    """CPU seconds of the kernel's ksmd thread so far (0 without one)."""
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "ksmd":
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                return float(t.user + t.system)
+    return 0.0
+
+
+def merge_rows(cwd: str) -> list[Row]:
+    """PSS per rank of a 1024-rank job at the default pace once training runs and MERGE_WINDOW_S later, with
+    the kernel merging the ranks' identical pages, and ksmd's CPU meanwhile; n/a where KSM does not run."""
+    ranks = MERGE_NODES * RANKS_PER_NODE
+    label = f"PSS per rank while training, {ranks} ranks, default pace, kernel same-page merging on"
+    if _ksm_setting("run") != "1":
+        return [
+            Row(label, [], "MB/rank", 2.5, "≤ 2.5 MB", note=f"n/a: KSM does not run ({KSM}/run is not 1)")
+        ]
+    scan = f"ksmd scanning {_ksm_setting('pages_to_scan')} pages every {_ksm_setting('sleep_millisecs')} ms"
+    job = long_job(MERGE_NODES, cwd)
+    try:
+        job.wait_training()
+        first = sample_pss(job, ranks) / ranks
+        ksmd0, t0 = _ksmd_seconds(), time.monotonic()
+        last = first
+        while time.monotonic() - t0 < MERGE_WINDOW_S:
+            time.sleep(MERGE_SAMPLE_S)
+            job.check_running("the merging window")
+            last = sample_pss(job, ranks) / ranks
+            log(f"page merging: {time.monotonic() - t0:.0f} s into training, PSS {last:.2f} MB per rank")
+        ksmd_pct = 100.0 * (_ksmd_seconds() - ksmd0) / (time.monotonic() - t0)
+    finally:
+        job.stop()
+    return [
+        Row(f"{label}: as training begins", [first], "MB/rank"),
+        Row(f"{label}: {MERGE_WINDOW_S:g} s later ({scan})", [last], "MB/rank", 2.5, "≤ 2.5 MB"),
+        Row(f"CPU of ksmd over those {MERGE_WINDOW_S:g} s", [ksmd_pct], "%"),
+    ]
+
+
 def rounds_rows(runs: int, quick: bool, cwd: str, window: float) -> list[Row]:
     """Coordinator rounds/s vs the bare barrier, interleaved; at 1024 ranks PSS and descriptors per rank."""
     rows: list[Row] = []
@@ -1511,8 +1571,10 @@ def teardown_rows(runs: int, quick: bool, cwd: str) -> list[Row]:
 
 
 def measure(runs: int, quick: bool, cwd: str, torch: Torch | None, only: str | None) -> list[Row]:
-    """Every figure, in turn (--only first-line: the first-line figures alone)."""
+    """Every figure, in turn (--only: those figures alone)."""
     window = 2.0 if quick else 5.0
+    if only == "page-merging":
+        return merge_rows(cwd)
     # --quick (CI) leaves out the pip install: building it takes longer than the quick run itself.
     installed = None if quick else install_fakerun(cwd)
     rows = first_line_rows(runs, cwd, torch, installed)
@@ -1526,6 +1588,8 @@ def measure(runs: int, quick: bool, cwd: str, torch: Torch | None, only: str | N
     rows += training_rows(runs, quick, cwd, window)
     rows += rounds_rows(runs, quick, cwd, window)
     rows += teardown_rows(runs, quick, cwd)
+    if not quick:
+        rows += merge_rows(cwd)
     return rows
 
 
@@ -1558,7 +1622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default: 5)")
     parser.add_argument("--quick", action="store_true", help="one run per figure, 8 and 64 ranks only (CI)")
     parser.add_argument(
-        "--only", choices=["first-line"], help="measure only these figures (first-line: fakerun and torchrun)"
+        "--only",
+        choices=["first-line", "page-merging"],
+        help="measure only these figures (first-line: fakerun and torchrun; page-merging: PSS with KSM on)",
     )
     parser.add_argument(
         "--torch-venv",

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from fakerun.launcher import pagemerge
+
 _PR_SET_PDEATHSIG = 1
 # A simulated worker finds its coordinator socket here (after stdin, stdout and stderr).
 CONTROL_FD = 3
@@ -29,6 +31,7 @@ _libc: ctypes.CDLL | None = None
 
 
 _prctl: Callable[..., int] | None = None
+_madvise: Callable[[int, int, int], int] | None = None
 
 
 def _set_parent_death_signal(sig: int) -> None:
@@ -43,7 +46,7 @@ def _set_parent_death_signal(sig: int) -> None:
 def preload_libc() -> None:
     """Loads libc and looks prctl up in the launcher, so that forked workers need not: ctypes' first lookup
     of a function builds objects that would cost each worker ~1.5 MB of pages copied from the launcher."""
-    global _libc, _prctl
+    global _libc, _prctl, _madvise
     if _prctl is not None or not sys.platform.startswith("linux"):
         return
     if _libc is None:
@@ -54,6 +57,10 @@ def preload_libc() -> None:
 
             _libc = ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
     _prctl = _libc.prctl
+    madvise = _libc.madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)  # 64-bit addresses and lengths
+    madvise.restype = ctypes.c_int
+    _madvise = madvise
 
 
 @dataclass
@@ -96,6 +103,10 @@ class ForkProcessTable:
         writes then stays behind, copied, in every worker forked before (copy-on-write), a private page per
         worker and per write, so what costs Python objects is done before the first fork or after the last.
         """
+        if _madvise is not None and any(request.control for request in requests):
+            # Simulated workers: the pages they will copy from the launcher, which the kernel can merge back
+            # into one where it runs same-page merging (madvise was looked up by preload_libc() in __init__).
+            pagemerge.mark_mergeable(_madvise)
         started: list[tuple[int, _Ends]] = []
         failure: OSError | None = None
         # Signals wait until each child has its own handlers: one landing in between would run the
