@@ -10,6 +10,7 @@ import pytest
 
 from fakerun import presets
 from fakerun.coordinator import Coordinator, ProtocolError
+from fakerun.launcher.control import _encode
 from fakerun.sim import checkpoint, compute
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
 from fakerun.sim.job import JobSpec, make_job
@@ -238,3 +239,22 @@ class TestState:
         c = coordinator(make_run(job(), max_steps=3))
         c.on_gone(3)
         assert c.state((), 4, 1, 0.0)["gpus"][3]["phase"] == "dead"
+
+
+class TestStepMessageBytes:
+    """A regression guard on what a step costs the wire, which every rank pays each step: the answer is
+    one object shared by every rank but rank 0 (whose answer may carry the grid), so the hub encodes it
+    once, and its encoding stays within a budget."""
+
+    # Bytes of one step answer as the hub sends it (newline included): today's carry the release time, the
+    # communication figures, the stop flags and the next step's compute timing, about 200 bytes.
+    BUDGET = 256
+
+    def test_one_shared_answer_within_budget(self) -> None:
+        c = coordinator(make_run(job(8, 8), max_steps=12))
+        start(c)
+        for step in range(1, 13):
+            replies, _ = report_all(c, step, 100.0 + step)
+            others = [m for r, m in replies if r != 0]
+            assert len(others) == 63 and len({id(m) for m in others}) == 1
+            assert len(_encode(others[0])) <= self.BUDGET
