@@ -54,12 +54,3 @@ def test_row_verdicts_compare_the_median_with_the_target_in_its_direction(bench:
     assert at_most.cells()[-1] == "**not met**"  # median 2.5 > 2
     assert at_least.cells()[-1] == "met"  # median 0.6 >= 0.5
     assert bench.Row("f", [], "", 1.0, "≤ 1 s", note="n/a").cells()[-1] == ""
-
-
-def test_merging_settles_only_once_it_began_and_stopped_falling(bench: ModuleType) -> None:
-    """Flat from the start is not settled (nothing merged yet); still falling is not; three close samples
-    under 90% of the first are."""
-    assert not bench.settled([5.0, 5.0, 5.0], 5.0)
-    assert not bench.settled([5.0, 4.0, 3.0, 2.0], 5.0)
-    assert not bench.settled([5.0, 1.7], 5.0)
-    assert bench.settled([5.0, 3.0, 1.70, 1.69, 1.70], 5.0)
