@@ -1134,27 +1134,25 @@ class Row:
         return [figure, _fmt(med, self.unit), spread, str(len(self.values)), self.target_text, verdict]
 
 
+# How a value of each unit prints (rounds/s: grouped digits from 100 up, one decimal below).
+_FORMATS = {
+    "s": "{:.3f} s",
+    "MB": "{:.0f} MB",
+    "MB/rank": "{:.2f} MB",
+    "GB": "{:.2f} GB",
+    "fds/rank": "{:.2f}",
+    "exit": "exit {:.0f}",
+    "%": "{:.1f}%",
+    "x": "{:.1f}×",
+    "ratio": "{:.2f}×",
+}
+
+
 def _fmt(value: float, unit: str) -> str:
-    if unit == "s":
-        return f"{value:.3f} s"
-    if unit == "MB":
-        return f"{value:.0f} MB"
-    if unit == "MB/rank":
-        return f"{value:.2f} MB"
-    if unit == "GB":
-        return f"{value:.2f} GB"
-    if unit == "fds/rank":
-        return f"{value:.2f}"
-    if unit == "exit":
-        return f"exit {value:.0f}"
-    if unit == "%":
-        return f"{value:.1f}%"
-    if unit == "x":
-        return f"{value:.1f}×"
-    if unit == "ratio":
-        return f"{value:.2f}×"
     if unit == "rounds/s":
         return f"{value:,.0f}/s" if value >= 100 else f"{value:.1f}/s"
+    if unit in _FORMATS:
+        return _FORMATS[unit].format(value)
     return f"{value:g} {unit}"
 
 

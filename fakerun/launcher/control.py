@@ -17,7 +17,7 @@ from fakerun.coordinator import Coordinator, Output, ProtocolError
 from fakerun.launcher.cluster import ClusterLink, Membership
 from fakerun.launcher.console import Route
 from fakerun.launcher.outfile import OutputFile, notice, warning
-from fakerun.launcher.procs import FRAME_HEADER, MAX_FRAME, OUTPUT_STREAMS
+from fakerun.launcher.procs import FRAME_HEADER, MAX_FRAME, OUTPUT_STREAMS, encode_message
 from fakerun.launcher.wire import WireError
 from fakerun.paths import release_state_dir, state_dir
 
@@ -25,13 +25,8 @@ from fakerun.paths import release_state_dir, state_dir
 MAX_MESSAGE = 64 * 1024
 _READ_CHUNK = 65536
 # The first message a simulated worker waits for (worker.channel.CoordinatorLink.wait_start).
-_START = b'{"k":"start"}\n'
+_START = encode_message({"k": "start"})
 STATE_EVERY_S = 1.0
-
-
-def _encode(message: dict[str, Any]) -> bytes:
-    """One newline-framed JSON message for a worker."""
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 @dataclass
@@ -319,7 +314,7 @@ class ControlHub:
             data = encoded.get(id(reply))
             if data is None:
                 self._note(reply)
-                data = encoded[id(reply)] = _encode(reply)
+                data = encoded[id(reply)] = encode_message(reply)
             target = by_rank.get(rank)
             if target is not None:
                 self._send_bytes(target, data)
@@ -365,7 +360,7 @@ class ControlHub:
             self._dispatch(self.coordinator.on_lost(node, time.time()))
 
     def _send(self, channel: _Channel, reply: dict[str, Any]) -> None:
-        self._send_bytes(channel, _encode(reply))
+        self._send_bytes(channel, encode_message(reply))
 
     def _send_bytes(self, channel: _Channel, data: bytes) -> None:
         # The worker waits for this very reply, so its buffer has room and one non-blocking send takes it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import resource
 import signal
@@ -14,7 +15,7 @@ import termios
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fakerun.launcher import pagemerge
 
@@ -27,11 +28,19 @@ CONTROL_FD = 3
 OUTPUT_STREAMS = (1, 2)
 FRAME_HEADER = 5
 MAX_FRAME = 1 << 20  # a larger write goes in several frames; a larger announced length is not a frame
+# One compact encoder for every control message: json.dumps with options builds a new encoder per call, and
+# every rank sends a report and gets an answer each step.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 _libc: ctypes.CDLL | None = None
 
 
 _prctl: Callable[..., int] | None = None
 _madvise: Callable[[int, int, int], int] | None = None
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """One control message as it goes on the socket, either way: compact JSON and a newline."""
+    return _compact(message).encode() + b"\n"
 
 
 def _set_parent_death_signal(sig: int) -> None:

@@ -12,12 +12,9 @@ import socket
 import time
 from typing import Any
 
-from fakerun.launcher.procs import MAX_FRAME, OUTPUT_STREAMS
+from fakerun.launcher.procs import MAX_FRAME, OUTPUT_STREAMS, encode_message
 
 _MAX_WAIT_S = 86_400.0
-# One compact encoder for every message: json.dumps with options builds a new encoder per call, and a
-# rank sends one message a step.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class CoordinatorGone(Exception):
@@ -62,7 +59,7 @@ class CoordinatorLink:
     def send(self, message: dict[str, Any]) -> None:
         """One message, written whole."""
         try:
-            self._sock.sendall(_encode(message).encode() + b"\n")
+            self._sock.sendall(encode_message(message))
         except OSError as exc:
             raise CoordinatorGone(str(exc)) from None
 

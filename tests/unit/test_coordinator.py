@@ -10,7 +10,7 @@ import pytest
 
 from fakerun import presets
 from fakerun.coordinator import Coordinator, ProtocolError
-from fakerun.launcher.control import _encode
+from fakerun.launcher.procs import encode_message
 from fakerun.sim import checkpoint, compute
 from fakerun.sim.collectives import bucket_allreduces, comm_seconds
 from fakerun.sim.job import JobSpec, make_job
@@ -257,4 +257,4 @@ class TestStepMessageBytes:
             replies, _ = report_all(c, step, 100.0 + step)
             others = [m for r, m in replies if r != 0]
             assert len(others) == 63 and len({id(m) for m in others}) == 1
-            assert len(_encode(others[0])) <= self.BUDGET
+            assert len(encode_message(others[0])) <= self.BUDGET
