@@ -351,11 +351,13 @@ class TestC10d:
 
         wait_for(lambda: (runner.tmp / "m.jsonl").exists() and len(runs()) == 1)
         n1 = agent(runner, [*common, *script], "n1", LOGLEVEL="INFO")
-        # Node 1 dies once the two-node job has saved.
+        # Node 1 dies once the two-node job has completely saved. A checkpoint record is written when its
+        # save begins, and a save is complete only once its pause is over; the steps after it, and so the
+        # next save's record, come after that pause.
         wait_for(
             lambda: (
                 len(runs()) == 2
-                and '"event": "checkpoint"' in text(runner, "m.jsonl").split('"event": "run"')[2]
+                and text(runner, "m.jsonl").split('"event": "run"')[2].count('"event": "checkpoint"') >= 2
             )
         )
         n1.send_signal(signal.SIGKILL)
